@@ -1,0 +1,187 @@
+"""Service settings: one `Settings` class read from the environment (and `.env`), cached by `get_settings()`.
+
+Every variable is documented in the README's settings table; keep the two in step.
+Embedded defaults (SQLite + local-mode Qdrant under DATA_DIR, the offline ONNX model) need no external service.
+`ENVIRONMENT=production` refuses insecure settings at start-up with an error naming the variable.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Where `make model` writes the offline all-MiniLM-L6-v2 export (relative to the repo root).
+DEFAULT_MODEL_DIR = Path(".models/all-MiniLM-L6-v2")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unsafe; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    """All runtime configuration of the service; field name upper-cased is the environment variable."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    # --- runtime -------------------------------------------------------------------------------------
+    environment: Literal["development", "test", "staging", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    data_dir: Path = Path(".data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+
+    # --- registry (SQLAlchemy) -------------------------------------------------------------------------
+    database_url: str | None = Field(None, description="postgresql+psycopg://... ; default: SQLite in DATA_DIR")
+
+    # --- vector store (Qdrant) -------------------------------------------------------------------------
+    qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: local mode at QDRANT_PATH")
+    qdrant_api_key: SecretStr | None = None
+    qdrant_prefer_grpc: bool = False
+    qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")
+    qdrant_collection_prefix: str = Field("documents", pattern=r"^[a-z0-9_-]+$")
+    qdrant_replication_factor: int = Field(1, ge=1, le=10)
+    qdrant_shard_number: int = Field(1, ge=1, le=64)
+    qdrant_timeout_seconds: float = Field(10.0, gt=0)
+
+    # --- embedding and chunking ------------------------------------------------------------------------
+    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding_model_path: Path | None = Field(
+        None, description="local ONNX model dir; default .models/all-MiniLM-L6-v2 when it exists"
+    )
+    embedding_cache_dir: Path | None = Field(None, description="fastembed cache dir; default DATA_DIR/fastembed")
+    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
+    chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
+    chunk_overlap: int = Field(32, ge=0)
+
+    # --- input limits ----------------------------------------------------------------------------------
+    max_document_bytes: int = Field(10_000_000, ge=1)
+
+    # --- auth and tenancy ------------------------------------------------------------------------------
+    auth_disabled: bool = False
+    api_keys: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description='JSON {"key": "tenant"} or "key1:tenant1,key2:tenant2"'
+    )
+    api_keys_file: Path | None = Field(None, description="file with API_KEYS content (a mounted Secret)")
+    default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    # --- rate limits (limits syntax, per API key) -------------------------------------------------------
+    rate_limit_enabled: bool = True
+    rate_limit_ingest: str = "120/minute"
+    rate_limit_search: str = "600/minute"
+
+    # --- redis: cache, rate-limit storage, job queue ---------------------------------------------------
+    redis_url: str | None = None
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(300, ge=1)
+    cache_max_entries: int = Field(2048, ge=1)
+
+    # --- async ingestion -------------------------------------------------------------------------------
+    jobs_queue_name: str = "rag:ingest"
+    jobs_max_concurrency: int = Field(2, ge=1, le=64)
+    jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    # --- HTTP hygiene ----------------------------------------------------------------------------------
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        return parse_api_keys(value) if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_insecure_production(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise SettingsError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.environment != "production":
+            return self
+        if self.auth_disabled:
+            raise SettingsError("AUTH_DISABLED=true is refused when ENVIRONMENT=production")
+        if not self.api_keys and self.api_keys_file is None:
+            raise SettingsError("ENVIRONMENT=production needs API_KEYS or API_KEYS_FILE")
+        if "*" in self.cors_origins:
+            raise SettingsError("CORS_ORIGINS='*' is refused when ENVIRONMENT=production")
+        return self
+
+    # --- derived values (the one place defaults that depend on other settings are resolved) -----------
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').as_posix()}"
+
+    @property
+    def resolved_qdrant_path(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def resolved_model_path(self) -> Path | None:
+        if self.embedding_model_path is not None:
+            return self.embedding_model_path
+        return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.onnx").exists() else None
+
+    @property
+    def resolved_embedding_cache_dir(self) -> Path:
+        return self.embedding_cache_dir or self.data_dir / "fastembed"
+
+    @property
+    def resolved_docs_enabled(self) -> bool:
+        return self.environment != "production" if self.docs_enabled is None else self.docs_enabled
+
+    def load_api_keys(self) -> dict[str, str]:
+        """API key -> tenant, merging API_KEYS and the file at API_KEYS_FILE (re-read on each call)."""
+        keys = dict(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                content = self.api_keys_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"API_KEYS_FILE {self.api_keys_file} cannot be read: {exc}") from exc
+            keys.update(parse_api_keys(content))
+        return keys
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse `{"key": "tenant"}` JSON or `key:tenant,key:tenant` (newlines also separate pairs)."""
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if raw.startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"API_KEYS is not valid JSON: {exc.msg}") from exc
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+            raise SettingsError("API_KEYS must map string keys to string tenants")
+        return parsed
+    keys: dict[str, str] = {}
+    for pair in raw.replace("\n", ",").split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, sep, tenant = pair.partition(":")
+        if not sep or not key.strip() or not tenant.strip():
+            raise SettingsError("API_KEYS entries must look like key:tenant")
+        keys[key.strip()] = tenant.strip()
+    return keys
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
