@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     log_json: bool = True
 
     # --- registry (SQLAlchemy) -------------------------------------------------------------------------
-    database_url: str | None = Field(None, description="postgresql+psycopg://... ; default: SQLite in DATA_DIR")
+    database_url: str | None = Field(
+        None, description="postgresql+psycopg://... ; default: SQLite in DATA_DIR"
+    )
 
     # --- vector store (Qdrant) -------------------------------------------------------------------------
     qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: local mode at QDRANT_PATH")
@@ -55,7 +57,9 @@ class Settings(BaseSettings):
     embedding_model_path: Path | None = Field(
         None, description="local ONNX model dir; default .models/all-MiniLM-L6-v2 when it exists"
     )
-    embedding_cache_dir: Path | None = Field(None, description="fastembed cache dir; default DATA_DIR/fastembed")
+    embedding_cache_dir: Path | None = Field(
+        None, description="fastembed cache dir; default DATA_DIR/fastembed"
+    )
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")

@@ -1,0 +1,196 @@
+"""Throwaway Postgres and Redis servers for integration tests.
+
+Each server lives in a temporary directory on a free loopback port and is stopped when the context exits.
+When DATABASE_URL / REDIS_URL are set the tests use those servers instead. Nothing here skips: a missing
+binary is an error telling how to get it, so CI can never pass without running the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class ServerError(RuntimeError):
+    """A throwaway server could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_binary(name: str) -> str:
+    for directory in (os.environ.get("PG_BIN", ""), *PG_BIN_DIRS):
+        candidate = Path(directory) / name
+        if directory and candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServerError(f"{name} not found: install postgresql-15 (see .ci/ensure-servers) or set DATABASE_URL")
+
+
+def _as_unprivileged(cmd: list[str]) -> list[str]:
+    # Postgres refuses to run as root; CI runs as root, so drop to the distribution's postgres user.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _wait_until(check, what: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    # Readiness polling, not a timing assertion: the deadline only bounds a server that never comes up.
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServerError(
+                f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')[-2000:]}"
+            )
+        if check():
+            return
+        time.sleep(0.05)
+    raise ServerError(f"{what} did not become ready:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def postgres_server(database: str = "rag_test") -> Iterator[str]:
+    """Start a throwaway Postgres and yield a SQLAlchemy URL (`postgresql+psycopg://...`) to a fresh database."""
+    import psycopg
+
+    tmp = Path(tempfile.mkdtemp(prefix="rag-pg-"))
+    data, sockets, log = tmp / "data", tmp / "sock", tmp / "postgres.log"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(sockets, "postgres")
+    port = free_port()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            _as_unprivileged(
+                [
+                    _pg_binary("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        with log.open("wb") as log_file:
+            proc = subprocess.Popen(
+                _as_unprivileged(
+                    [
+                        _pg_binary("postgres"),
+                        "-D",
+                        str(data),
+                        "-p",
+                        str(port),
+                        "-k",
+                        str(sockets),
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        "synchronous_commit=off",
+                        "-c",
+                        "full_page_writes=off",
+                    ]
+                ),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+        def ready() -> bool:
+            try:
+                with psycopg.connect(admin, connect_timeout=2):
+                    return True
+            except psycopg.OperationalError:
+                return False
+
+        _wait_until(ready, "postgres", proc, log)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+    except subprocess.CalledProcessError as exc:
+        raise ServerError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+    finally:
+        if proc is not None:
+            _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """Start a throwaway redis-server (no persistence) and yield its `redis://` URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerError(
+            "redis-server not found: `apt-get install redis-server` (make servers does) or set REDIS_URL"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix="rag-redis-"))
+    log = tmp / "redis.log"
+    port = free_port()
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        _wait_until(ready, "redis-server", proc, log)
+        yield url
+    finally:
+        _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
