@@ -1,0 +1,303 @@
+"""``ragops``: the delivery CLI (Typer + rich) over the workflow functions.
+
+Exit codes: 0 success; 1 refused or failed (a promotion refusal, drift, a failed preview or up); 2 usage (bad
+options, an invalid stack name or TTL, a promotion order that is not allowed). Long operations stream Pulumi's
+output and show a spinner naming the resource being worked on.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pulumi.automation import EngineEvent
+from pulumi.automation.errors import CommandError
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from infra.workflows import drift as drift_mod
+from infra.workflows import ephemeral as ephemeral_mod
+from infra.workflows import promote as promote_mod
+from infra.workflows.comment import render_comment
+from infra.workflows.preview import run_preview
+from infra.workflows.stacks import (
+    POLICY_PACK,
+    REPO_ROOT,
+    Context,
+    OnEvent,
+    OnOutput,
+    UsageError,
+    WorkflowError,
+    parse_rfc3339,
+)
+
+app = typer.Typer(
+    name="ragops",
+    help="Deliver the RAG platform: PR previews, promotions dev -> staging -> prod, ephemeral stacks, drift checks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ephemeral_app = typer.Typer(help="Short-lived per-PR stacks with guaranteed teardown.", no_args_is_help=True)
+app.add_typer(ephemeral_app, name="ephemeral")
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+StackOpt = Annotated[str, typer.Option("--stack", "-s", help="Stack name (dev, staging, prod, pr-123...).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Do not stream Pulumi's own output.")]
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    work_dir: Annotated[
+        Path, typer.Option("--work-dir", help="Project directory holding Pulumi.yaml.", file_okay=False)
+    ] = REPO_ROOT,
+) -> None:
+    """Deliver the RAG platform with the Pulumi Automation API (any backend; no Pulumi Cloud features)."""
+    if ctx.obj is None:  # tests hand in a Context with a fake Pulumi runner
+        ctx.obj = Context(work_dir=work_dir)
+
+
+@contextmanager
+def _progress(title: str, quiet: bool) -> Iterator[tuple[OnOutput, OnEvent]]:
+    """A spinner naming the current resource, with Pulumi's output printed above it."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.completed} resources"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_output(line: str) -> None:
+            if not quiet:
+                progress.console.print(line, markup=False, highlight=False)
+
+        def on_event(event: EngineEvent) -> None:
+            if event.resource_pre_event is not None:
+                meta = event.resource_pre_event.metadata
+                op = getattr(meta.op, "value", meta.op)
+                progress.update(task, description=f"{title}: {op} {meta.urn.rsplit('::', 1)[-1]}")
+            elif event.res_outputs_event is not None:
+                progress.advance(task)
+
+        yield on_output, on_event
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Map workflow errors to exit codes with a readable message."""
+    try:
+        return action()
+    except UsageError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    except WorkflowError as exc:
+        console.print(f"[red]refused:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    except CommandError as exc:
+        console.print(f"[red]pulumi failed:[/] {exc}", markup=False, highlight=False)
+        for note in getattr(exc, "__notes__", []):
+            console.print(note, markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt as exc:
+        console.print("[red]interrupted[/]")
+        for note in getattr(exc, "__notes__", []):
+            console.print(note, markup=False, highlight=False)
+        raise typer.Exit(1) from exc
+    except FileNotFoundError as exc:
+        if exc.filename and Path(str(exc.filename)).name == "pulumi":
+            console.print(
+                "[red]error:[/] the Pulumi CLI is not on PATH (https://www.pulumi.com/docs/install/)."
+            )
+            raise typer.Exit(1) from exc
+        raise
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    stack: StackOpt,
+    comment_file: Annotated[
+        Path | None,
+        typer.Option("--comment-file", help="Write the Markdown PR comment here.", dir_okay=False),
+    ] = None,
+    policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """`pulumi preview --diff` with the policy pack, summarised as a PR comment (exit 1 if it fails)."""
+    context: Context = ctx.obj
+
+    def action() -> Any:
+        with _progress(f"preview {stack}", quiet) as (on_output, on_event):
+            return run_preview(
+                context.workspace(),
+                stack,
+                policy_pack=POLICY_PACK if policy else None,
+                on_output=on_output,
+                on_event=on_event,
+            )
+
+    report = _run(action)
+    comment = render_comment(report)
+    if comment_file is not None:
+        comment_file.write_text(comment + "\n", encoding="utf-8")
+    pending = ", ".join(f"{n} {op}" for op, n in sorted(report.pending.items())) or "no changes"
+    if not report.ok:
+        console.print(f"[red]preview of {stack} failed[/] ({pending})")
+        if report.error:
+            console.print(report.error, markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"preview of {stack}: {pending}", highlight=False)
+
+
+@app.command()
+def promote(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option("--from", help="Source stack (dev or staging).")],
+    target: Annotated[str, typer.Option("--to", help="Target stack (staging or prod).")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Deploy the source stack's image digest (and promotable settings) to the next stack."""
+    context: Context = ctx.obj
+
+    def action() -> promote_mod.Promotion:
+        promote_mod.check_order(source, target)  # refuse before touching Pulumi
+        with _progress(f"promote {source} -> {target}", quiet) as (on_output, on_event):
+            return promote_mod.promote(context, source, target, on_output=on_output, on_event=on_event)
+
+    done = _run(action)
+    console.print(
+        f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
+    )
+
+
+@app.command()
+def drift(
+    ctx: typer.Context,
+    stack: StackOpt,
+    report_file: Annotated[
+        Path | None, typer.Option("--report-file", help="Append the report here (e.g. $GITHUB_STEP_SUMMARY).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """`pulumi refresh --preview-only --expect-no-changes`; exit 1 with a report when the stack drifted."""
+    context: Context = ctx.obj
+
+    def action() -> drift_mod.DriftReport:
+        with _progress(f"drift {stack}", quiet) as (on_output, on_event):
+            return drift_mod.check_drift(context, stack, on_output=on_output, on_event=on_event)
+
+    report = _run(action)
+    text = report.render()
+    if report_file is not None:
+        with report_file.open("a", encoding="utf-8") as fh:
+            fh.write(f"```text\n{text}\n```\n")
+    typer.echo(text)
+    if report.has_drift:
+        raise typer.Exit(1)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@ephemeral_app.command("up")
+def ephemeral_up(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option("--name", help="Stack name, e.g. pr-123.")],
+    ttl: Annotated[
+        str, typer.Option("--ttl", help="Lifetime: s/m/h/d units, e.g. 24h, 1d12h (max 7d).")
+    ] = "24h",
+    owner: Annotated[
+        str | None, typer.Option("--owner", help="Owner to record (default: the actor).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Create/update an ephemeral stack and `up` it; tear it down if that fails or is interrupted."""
+    context: Context = ctx.obj
+
+    def action() -> ephemeral_mod.EphemeralStack:
+        ephemeral_mod.validate_name(name)
+        ephemeral_mod.parse_ttl(ttl)
+        # A cancelled CI job gets SIGTERM: turn it into KeyboardInterrupt so the teardown still runs.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            with _progress(f"ephemeral up {name}", quiet) as (on_output, on_event):
+                return ephemeral_mod.up(
+                    context, name, ttl, owner=owner, on_output=on_output, on_event=on_event
+                )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    record = _run(action)
+    console.print(f"ephemeral stack {record.name} is up until {record.expires_at} (owner {record.owner})")
+
+
+@ephemeral_app.command("destroy")
+def ephemeral_destroy(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Stack name, e.g. pr-123.")],
+    quiet: QuietOpt = False,
+) -> None:
+    """Destroy an ephemeral stack's resources and remove it; already gone is success."""
+    context: Context = ctx.obj
+
+    def action() -> bool:
+        ephemeral_mod.validate_name(name)
+        with _progress(f"ephemeral destroy {name}", quiet) as (on_output, on_event):
+            return ephemeral_mod.destroy(context, name, on_output=on_output, on_event=on_event)
+
+    destroyed = _run(action)
+    console.print(f"ephemeral stack {name} {'destroyed and removed' if destroyed else 'was already gone'}")
+
+
+@ephemeral_app.command("reap")
+def ephemeral_reap(
+    ctx: typer.Context,
+    now: Annotated[
+        str | None, typer.Option("--now", help="Pretend it is this RFC 3339 time (default: the clock).")
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Destroy every expired ephemeral stack (safe to run repeatedly and concurrently)."""
+    context: Context = ctx.obj
+    try:
+        moment: datetime | None = parse_rfc3339(now) if now else None
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"--now must be an RFC 3339 time such as 2026-01-31T12:00:00Z ({exc})."
+        ) from exc
+
+    def action() -> ephemeral_mod.ReapReport:
+        with _progress("reap", quiet) as (on_output, on_event):
+            return ephemeral_mod.reap(context, now=moment, on_output=on_output, on_event=on_event)
+
+    report = _run(action)
+    for name in report.destroyed:
+        typer.echo(f"destroyed {name}")
+    for name in report.kept:
+        typer.echo(f"kept {name} (not expired)")
+    for name, reason in report.skipped.items():
+        typer.echo(f"skipped {name}: {reason}")
+    for name, reason in report.failed.items():
+        typer.echo(f"FAILED {name}: {reason}")
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point (``ragops``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""``ragops ephemeral up|destroy|reap``: short-lived per-PR stacks with guaranteed teardown.
+
+- ``up`` creates (or updates) a stack from ``ephemeral.template.yaml`` (the dev stack file + overrides), records
+  ``rag:ephemeral`` = {name, owner, expiresAt} and runs ``pulumi up``. If anything fails or is interrupted
+  (KeyboardInterrupt included) the stack is destroyed and removed before the error propagates.
+- ``destroy`` runs ``pulumi destroy`` then ``pulumi stack rm``; a stack that is already gone is success.
+  The stack is only removed once its resources are gone, so a failed destroy never orphans cloud resources.
+- ``reap`` lists the stacks, reads each ephemeral stack's expiry (the exported ``ephemeral`` output, which lives
+  in the backend's state, or the local stack config) and destroys the expired ones. Several reapers may run at
+  once: a stack another reaper removed or holds locked is skipped, not an error.
+
+Expiry lives in the stack itself (config + output), never in Pulumi Cloud TTL features, so any backend works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi.automation import Stack, Workspace
+from pulumi.automation.errors import (
+    CommandError,
+    ConcurrentUpdateError,
+    StackAlreadyExistsError,
+    StackNotFoundError,
+)
+
+from infra.workflows.stacks import (
+    PERMANENT_STACKS,
+    PROJECT,
+    Context,
+    OnEvent,
+    OnOutput,
+    UsageError,
+    WorkflowError,
+    _as_object,
+    parse_rfc3339,
+    rfc3339,
+    set_config_values,
+)
+
+EPHEMERAL_KEY = f"{PROJECT}:ephemeral"
+TEMPLATE = Path(__file__).with_name("ephemeral.template.yaml")
+
+# A DNS label (it becomes a namespace and a hostname) short enough to leave room for resource-name suffixes.
+NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+MAX_NAME_LENGTH = 40
+TTL_RE = re.compile(r"(\d+)([smhd])")
+TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+MIN_TTL = timedelta(minutes=5)
+MAX_TTL = timedelta(days=7)
+
+
+def validate_name(name: str) -> str:
+    """Return the name if it can be an ephemeral stack name, else raise UsageError saying why."""
+    if name in PERMANENT_STACKS:
+        raise UsageError(
+            f"{name!r} is a permanent stack; ephemeral stacks need their own name (e.g. pr-123)."
+        )
+    if len(name) > MAX_NAME_LENGTH or not NAME_RE.match(name):
+        raise UsageError(
+            f"Invalid ephemeral stack name {name!r}: use 1-{MAX_NAME_LENGTH} lowercase letters, digits and "
+            "hyphens, starting with a letter and not ending with a hyphen (it becomes a namespace and hostname)."
+        )
+    return name
+
+
+def parse_ttl(text: str) -> timedelta:
+    """Parse a TTL like ``90m``, ``24h``, ``1d12h``; between MIN_TTL and MAX_TTL, else UsageError."""
+    cleaned = text.strip().lower()
+    if not cleaned or TTL_RE.sub("", cleaned):
+        raise UsageError(
+            f"Invalid TTL {text!r}: use a number with a unit s, m, h or d, e.g. 30m, 24h, 2d, 1d12h."
+        )
+    ttl = timedelta()
+    for amount, unit in TTL_RE.findall(cleaned):
+        ttl += timedelta(**{TTL_UNITS[unit]: int(amount)})
+    if ttl < MIN_TTL or ttl > MAX_TTL:
+        raise UsageError(f"TTL {text!r} is out of range: it must be between {MIN_TTL} and {MAX_TTL}.")
+    return ttl
+
+
+def expires_at(now: datetime, ttl: timedelta) -> str:
+    """The RFC 3339 UTC expiry of a stack created at ``now`` with ``ttl``."""
+    return rfc3339(now + ttl)
+
+
+def is_expired(info: dict[str, Any], now: datetime) -> bool:
+    """An ephemeral record is expired at or after its ``expiresAt``; ValueError when it has none."""
+    raw = info.get("expiresAt")
+    if not isinstance(raw, str):
+        raise ValueError("the ephemeral record has no expiresAt")
+    return parse_rfc3339(raw) <= now
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _drop_secure(value: Any) -> Any:
+    """Remove encrypted leaves (``{secure: ...}``); return None when the value itself is one."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return None
+        return {k: v for k, v in ((k, _drop_secure(v)) for k, v in value.items()) if v is not None}
+    if isinstance(value, list):
+        return [v for v in (_drop_secure(v) for v in value) if v is not None]
+    return value
+
+
+def _substitute(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{name}", name)
+    if isinstance(value, dict):
+        return {k: _substitute(v, name) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, name) for v in value]
+    return value
+
+
+def template_config(work_dir: Path, name: str, template: Path = TEMPLATE) -> dict[str, Any]:
+    """The config of a new ephemeral stack: the base stack file's values, secure ones dropped, then overrides."""
+    spec = yaml.safe_load(template.read_text()) or {}
+    base: dict[str, Any] = {}
+    base_file = spec.get("base")
+    if base_file:
+        path = work_dir / base_file
+        if path.exists():
+            base = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    cleaned = {k: v for k, v in ((k, _drop_secure(v)) for k, v in base.items()) if v is not None}
+    return _substitute(_deep_merge(cleaned, spec.get("config") or {}), name)
+
+
+@dataclass(frozen=True)
+class EphemeralStack:
+    """The ``rag:ephemeral`` record of a stack."""
+
+    name: str
+    owner: str
+    expires_at: str
+
+    def record(self) -> dict[str, str]:
+        """The config/output value."""
+        return {"name": self.name, "owner": self.owner, "expiresAt": self.expires_at}
+
+
+def up(
+    ctx: Context,
+    name: str,
+    ttl: str,
+    *,
+    owner: str | None = None,
+    template: Path = TEMPLATE,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+) -> EphemeralStack:
+    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first."""
+    validate_name(name)
+    lifetime = parse_ttl(ttl)
+    record = EphemeralStack(
+        name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
+    )
+    values = template_config(ctx.work_dir, name, template)
+    values[EPHEMERAL_KEY] = record.record()
+    ws = ctx.workspace()
+    try:
+        try:
+            stack = Stack.create(name, ws)
+        except StackAlreadyExistsError:
+            stack = Stack.select(name, ws)  # a new push to the same PR: update it and extend the expiry
+        set_config_values(ws, name, values)
+        stack.up(
+            on_output=on_output, on_event=on_event, message=f"ephemeral {name} until {record.expires_at}"
+        )
+    except BaseException as exc:
+        try:
+            teardown(ws, name, on_output=on_output, on_event=on_event)
+        except BaseException as cleanup_exc:  # the original error must still propagate
+            exc.add_note(
+                f"Teardown of ephemeral stack {name!r} also failed ({cleanup_exc}); "
+                f"run `ragops ephemeral destroy {name}` or let the reaper retry."
+            )
+        else:
+            exc.add_note(f"Ephemeral stack {name!r} was destroyed and removed after the failure.")
+        raise
+    return record
+
+
+def teardown(
+    ws: Workspace, name: str, *, on_output: OnOutput | None = None, on_event: OnEvent | None = None
+) -> bool:
+    """Destroy the stack's resources, then remove the stack. False when it did not exist.
+
+    Raises ConcurrentUpdateError when another operation holds the stack, CommandError when destroy fails (the
+    stack is then kept, so its resources stay tracked and a later destroy can finish the job).
+    """
+    try:
+        stack = Stack.select(name, ws)
+    except StackNotFoundError:
+        return False
+    stack.destroy(on_output=on_output, on_event=on_event, message=f"teardown of ephemeral {name}")
+    # A concurrent teardown may remove it between our destroy and rm: the goal is reached either way.
+    with contextlib.suppress(StackNotFoundError):
+        ws.remove_stack(name)
+    return True
+
+
+def destroy(
+    ctx: Context, name: str, *, on_output: OnOutput | None = None, on_event: OnEvent | None = None
+) -> bool:
+    """``ragops ephemeral destroy NAME``: True when destroyed, False when it was already gone."""
+    validate_name(name)
+    try:
+        return teardown(ctx.workspace(), name, on_output=on_output, on_event=on_event)
+    except ConcurrentUpdateError as exc:
+        raise WorkflowError(
+            f"Stack {name!r} is locked by another operation; retry when it finishes (the reaper will, too)."
+        ) from exc
+
+
+def read_ephemeral(ws: Workspace, stack: str) -> dict[str, Any] | None:
+    """The stack's ``rag:ephemeral`` record: the local config if present, else the exported output (state)."""
+    config = ws.get_all_config(stack)
+    if EPHEMERAL_KEY in config:
+        record = _as_object(config[EPHEMERAL_KEY].value)
+        if record:
+            return record
+    outputs = ws.stack_outputs(stack)
+    if "ephemeral" in outputs:
+        return _as_object(outputs["ephemeral"].value)
+    return None
+
+
+@dataclass
+class ReapReport:
+    """What one reaper run did; ``failed`` makes the command exit 1."""
+
+    destroyed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> reason (gone, locked, unreadable)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+def reap(
+    ctx: Context,
+    *,
+    now: datetime | None = None,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+) -> ReapReport:
+    """Destroy every expired ephemeral stack. Idempotent and safe to run concurrently."""
+    moment = now or ctx.clock()
+    ws = ctx.workspace()
+    report = ReapReport()
+    for summary in ws.list_stacks():
+        name = summary.name
+        short = name.rsplit("/", 1)[-1]
+        if short in PERMANENT_STACKS or not NAME_RE.match(short):
+            continue
+        try:
+            record = read_ephemeral(ws, name)
+            if record is None:
+                report.skipped[name] = "not an ephemeral stack (no rag:ephemeral record)"
+                continue
+            try:
+                expired = is_expired(record, moment)
+            except ValueError as exc:
+                report.skipped[name] = f"unreadable expiry ({exc})"
+                continue
+            if not expired:
+                report.kept.append(name)
+                continue
+            if teardown(ws, name, on_output=on_output, on_event=on_event):
+                report.destroyed.append(name)
+            else:
+                report.skipped[name] = "already removed"
+        except StackNotFoundError:
+            report.skipped[name] = "already removed"
+        except ConcurrentUpdateError:
+            report.skipped[name] = "locked by another operation (another reaper?)"
+        except CommandError as exc:
+            report.failed[name] = str(exc).strip()
+    return report

@@ -1,0 +1,204 @@
+"""``ragops promote --from dev --to staging``: ship exactly the build the source stack runs, nothing else.
+
+A promotion reads the source stack's ``imageDigest`` output (the image it actually deployed), refuses unless it is
+an immutable ``...@sha256:<64 hex>`` ref and the source has no pending changes (its preview is empty, so what is
+deployed is what the code says), then on the target: sets ``rag:image`` to that digest, copies the
+``PROMOTABLE_KEYS`` (service settings that describe the build's behaviour, not the environment), records
+``rag:promotion`` = {from, digest, at, by}, all in one ``config set-all`` write, and runs ``pulumi up``.
+
+Only dev -> staging and staging -> prod are allowed: prod never receives a build staging has not run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pulumi.automation import Workspace
+
+from infra.workflows.preview import run_preview
+from infra.workflows.stacks import (
+    PROJECT,
+    Context,
+    OnEvent,
+    OnOutput,
+    UsageError,
+    WorkflowError,
+    rfc3339,
+    select,
+    set_config_values,
+)
+
+ALLOWED_PROMOTIONS: dict[str, str] = {"dev": "staging", "staging": "prod"}
+
+IMAGE_KEY = f"{PROJECT}:image"
+PROMOTION_KEY = f"{PROJECT}:promotion"
+SERVICE_KEY = f"{PROJECT}:service"
+
+# Paths inside `rag:service` copied source -> target. They change what the build *does* with documents (how text
+# is chunked and embedded, which collections it reads and writes, what it accepts), so staging must test exactly
+# what prod will run. Everything else under `rag:service` -- replicas, autoscaling, resources, PDBs, log level,
+# cache/rate-limit/concurrency knobs, CORS origins, API docs -- is sized or exposed per environment and stays put.
+PROMOTABLE_KEYS: tuple[str, ...] = (
+    "service.settings.chunkSize",
+    "service.settings.chunkOverlap",
+    "service.settings.embeddingBatchSize",
+    "service.settings.maxDocumentBytes",
+    "service.settings.qdrantCollectionPrefix",
+)
+
+DIGEST_REF = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a promotion did (the recorded ``rag:promotion`` value plus the copied settings)."""
+
+    source: str
+    target: str
+    digest: str
+    at: str
+    by: str
+    copied: dict[str, Any]
+
+    def record(self) -> dict[str, str]:
+        """The ``rag:promotion`` config value."""
+        return {"from": self.source, "digest": self.digest, "at": self.at, "by": self.by}
+
+
+def check_order(source: str, target: str) -> None:
+    """Refuse any promotion other than dev -> staging or staging -> prod."""
+    if ALLOWED_PROMOTIONS.get(source) != target:
+        allowed = ", ".join(f"{a} -> {b}" for a, b in ALLOWED_PROMOTIONS.items())
+        raise UsageError(f"Cannot promote {source} -> {target}: the only allowed promotions are {allowed}.")
+
+
+def check_digest(ref: Any, source: str) -> str:
+    """Return the ref when it is an immutable digest ref, else refuse with the reason."""
+    if not isinstance(ref, str) or not ref:
+        raise WorkflowError(
+            f"Stack {source!r} has no `imageDigest` output: deploy it first (`pulumi up -s {source}`), then promote."
+        )
+    if not DIGEST_REF.match(ref):
+        raise WorkflowError(
+            f"Stack {source!r} exports imageDigest {ref!r}, which is not an immutable digest ref "
+            "(REGISTRY/REPO@sha256:<64 lowercase hex>); refusing to promote a mutable tag."
+        )
+    return ref
+
+
+def _get_path(obj: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
+    node: Any = obj
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _set_path(obj: dict[str, Any], path: list[str], value: Any) -> None:
+    node = obj
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def _del_path(obj: dict[str, Any], path: list[str]) -> None:
+    node: Any = obj
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(path[-1], None)
+
+
+def _service_object(ws: Workspace, stack: str) -> dict[str, Any]:
+    value = ws.get_all_config(stack).get(SERVICE_KEY)
+    if value is None or value.value in ("", None):
+        return {}
+    if value.secret:
+        raise WorkflowError(
+            f"Stack {stack!r} stores {SERVICE_KEY} as a secret; promotable settings must be plain."
+        )
+    try:
+        parsed = json.loads(value.value) if isinstance(value.value, str) else value.value
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(
+            f"Stack {stack!r} has a {SERVICE_KEY} value that is not an object: {exc}."
+        ) from exc
+    if not isinstance(parsed, dict):
+        raise WorkflowError(f"Stack {stack!r} has a {SERVICE_KEY} value that is not an object.")
+    return parsed
+
+
+def merge_promotable(source_service: dict[str, Any], target_service: dict[str, Any]) -> tuple[dict, dict]:
+    """Target's ``rag:service`` with each promotable path made equal to the source's (unset stays unset).
+
+    Returns (merged object, {path: value copied or None when removed}).
+    """
+    merged = copy.deepcopy(target_service)
+    copied: dict[str, Any] = {}
+    for key in PROMOTABLE_KEYS:
+        path = key.split(".")[1:]  # drop the leading "service"
+        present, value = _get_path(source_service, path)
+        if present:
+            _set_path(merged, path, copy.deepcopy(value))
+            copied[key] = value
+        else:
+            # The source runs on the project default: so must the target.
+            _del_path(merged, path)
+            copied[key] = None
+    return merged, copied
+
+
+def promote(
+    ctx: Context,
+    source: str,
+    target: str,
+    *,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+) -> Promotion:
+    """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it."""
+    check_order(source, target)
+    ws = ctx.workspace()
+    src = select(ws, source)
+    outputs = src.outputs()
+    digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
+
+    report = run_preview(ws, source, policy_pack=None, on_output=on_output, on_event=on_event)
+    if not report.ok:
+        raise WorkflowError(
+            f"Could not check {source!r} for pending changes; its preview failed:\n{report.error}"
+        )
+    if report.pending:
+        changes = ", ".join(f"{n} {op}" for op, n in sorted(report.pending.items()))
+        raise WorkflowError(
+            f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
+            f"Run `pulumi up -s {source}` (or merge to main) and promote again."
+        )
+
+    tgt = select(ws, target)
+    merged, copied = merge_promotable(_service_object(ws, source), _service_object(ws, target))
+    promotion = Promotion(
+        source=source,
+        target=target,
+        digest=digest,
+        at=rfc3339(ctx.clock()),
+        by=ctx.actor(),
+        copied=copied,
+    )
+    set_config_values(
+        ws,
+        target,
+        {IMAGE_KEY: digest, SERVICE_KEY: merged, PROMOTION_KEY: promotion.record()},
+    )
+    tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
+    return promotion
