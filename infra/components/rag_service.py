@@ -1,0 +1,574 @@
+"""`RagService` (`rag:app:RagService`): the RAG API and its ingestion worker on Kubernetes.
+
+Creates, all parented to the component and named `f"{name}-<role>"`:
+- optionally the Namespace (`create_namespace`),
+- ServiceAccount (annotations carry the workload-identity / IRSA binding),
+- ConfigMap of non-secret settings (its name carries a hash of the content, so a settings change rolls the pods)
+  and a Secret with DATABASE_URL, REDIS_URL, QDRANT_API_KEY and API_KEYS (Pulumi secrets that stay secret),
+- the API Deployment (startup/liveness probes on /healthz, readiness on /readyz, restricted security context,
+  read-only root filesystem with emptyDirs for /tmp and DATA_DIR, zone/host topology spread), its Service,
+  an autoscaling/v2 HPA and a PodDisruptionBudget when more than one replica can run,
+- the worker Deployment (`python -m service.worker`, its own replica count) when a Redis queue exists,
+- NetworkPolicies: default deny for the namespace, then gateway -> API, API/worker -> Qdrant/Postgres/Redis/DNS,
+  monitoring -> /metrics,
+- optionally a ServiceMonitor, created only after the monitoring CRDs (`monitoring_crds`).
+
+The spec builders below are pure functions of the args; the component only wires them into resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import EgressTarget, Resources, require
+
+APP = "rag"
+DATA_DIR = "/var/lib/rag"
+SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "API_KEYS")
+ENVIRONMENTS = ("development", "test", "staging", "production")
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """HorizontalPodAutoscaler (autoscaling/v2) settings of the API Deployment."""
+
+    min_replicas: int = 2
+    max_replicas: int = 5
+    cpu_utilization: int = 70
+    """Target average CPU utilisation, percent of the request."""
+    memory_utilization: int | None = None
+    """Optional target average memory utilisation, percent of the request."""
+    scale_down_window_seconds: int = 300
+    """How long load must stay low before replicas are removed (avoids flapping)."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The ingestion worker Deployment (`python -m service.worker`); needs a Redis queue."""
+
+    enabled: bool = True
+    replicas: int = 1
+    concurrency: int = 2
+    """JOBS_MAX_CONCURRENCY inside each worker pod."""
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+    )
+
+
+@dataclass(frozen=True)
+class NetworkAccess:
+    """Which NetworkPolicies to create and whom they let in and out."""
+
+    enabled: bool = True
+    default_deny: bool = True
+    """Create the namespace-wide default-deny policy (data components bring their own allow policies)."""
+    gateway_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods (gateway/ingress proxies) may call the API."""
+    gateway_cidrs: tuple[str, ...] = ()
+    """Source ranges of cloud load balancers that reach pods directly. With no namespace and no CIDR the API
+    port is open to any source (the Service is ClusterIP; the gateway is the only way in from outside)."""
+    monitoring_namespace: str | None = "monitoring"
+    """Namespace of Prometheus, allowed to scrape /metrics; None to disallow."""
+    egress: tuple[EgressTarget, ...] = ()
+    """Backends the API and worker may reach (use each data component's `egress_target`)."""
+
+
+@dataclass(frozen=True)
+class RagServiceArgs:
+    """Arguments of `RagService`; plain values, plus Pulumi Inputs for image, endpoints and secrets."""
+
+    namespace: str
+    """Kubernetes namespace of every object."""
+    image: pulumi.Input[str]
+    """Container image, pinned (`repo@sha256:...` from ServiceImage, or a version tag)."""
+    environment: str = "development"
+    """ENVIRONMENT of the service: development, test, staging or production."""
+    qdrant_url: pulumi.Input[str] | None = None
+    """QDRANT_URL; None keeps the embedded local-mode Qdrant (dev only)."""
+    qdrant_api_key: pulumi.Input[str] | None = None
+    """QDRANT_API_KEY (secret)."""
+    database_url: pulumi.Input[str] | None = None
+    """DATABASE_URL (secret), `postgresql+psycopg://...`; None keeps SQLite in DATA_DIR."""
+    redis_url: pulumi.Input[str] | None = None
+    """REDIS_URL (secret); enables the Redis cache, rate-limit storage and the worker queue."""
+    api_keys: pulumi.Input[str] | None = None
+    """API_KEYS (secret): `{"key": "tenant"}` JSON or `key:tenant,...`; required in production."""
+    qdrant_replication_factor: int = 1
+    """QDRANT_REPLICATION_FACTOR for new collections (use QdrantCluster.replication_factor)."""
+    settings: Mapping[str, str] = field(default_factory=dict)
+    """Further non-secret environment variables (LOG_LEVEL, RATE_LIMIT_SEARCH, ...)."""
+    replicas: int = 1
+    """API replicas when autoscaling is off."""
+    autoscaling: Autoscaling | None = None
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+    )
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    port: int = 8000
+    run_as_user: int = 10001
+    """UID the service image runs as (its Dockerfile's USER)."""
+    service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    """E.g. `eks.amazonaws.com/role-arn` or `iam.gke.io/gcp-service-account`."""
+    create_namespace: bool = False
+    network: NetworkAccess = field(default_factory=NetworkAccess)
+    service_monitor: bool = False
+    monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    """Resources that install the monitoring.coreos.com CRDs (Monitoring.crds_ready); the ServiceMonitor waits."""
+    depends_on: tuple[pulumi.Resource, ...] = ()
+    """Resources every child waits for (e.g. a Namespace created elsewhere)."""
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def validate_args(args: RagServiceArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot produce a working service."""
+    specs.check_dns_label(args.namespace, "RagServiceArgs.namespace")
+    require(
+        args.environment in ENVIRONMENTS,
+        f"RagServiceArgs.environment {args.environment!r} must be one of {', '.join(ENVIRONMENTS)}.",
+    )
+    if isinstance(args.image, str):
+        specs.check_image(args.image, "RagServiceArgs.image")
+    require(1 <= args.replicas <= 100, "RagServiceArgs.replicas must be between 1 and 100.")
+    require(1 <= args.port <= 65535, "RagServiceArgs.port must be a TCP port between 1 and 65535.")
+    require(args.run_as_user > 0, "RagServiceArgs.run_as_user must be a non-root UID (greater than 0).")
+    require(
+        1 <= args.qdrant_replication_factor <= 10,
+        "RagServiceArgs.qdrant_replication_factor must be between 1 and 10.",
+    )
+    if args.environment == "production":
+        require(
+            args.api_keys is not None, "RagServiceArgs.api_keys is required when environment is production."
+        )
+        require(
+            args.qdrant_url is not None,
+            "RagServiceArgs.qdrant_url is required when environment is production.",
+        )
+        require(
+            args.database_url is not None,
+            "RagServiceArgs.database_url is required when environment is production.",
+        )
+    scaling = args.autoscaling
+    if scaling is not None:
+        require(scaling.min_replicas >= 1, "RagServiceArgs.autoscaling.min_replicas must be at least 1.")
+        require(
+            scaling.max_replicas >= scaling.min_replicas,
+            "RagServiceArgs.autoscaling.max_replicas must not be below min_replicas.",
+        )
+        require(
+            1 <= scaling.cpu_utilization <= 100,
+            "RagServiceArgs.autoscaling.cpu_utilization must be a percentage between 1 and 100.",
+        )
+        require(
+            scaling.memory_utilization is None or 1 <= scaling.memory_utilization <= 100,
+            "RagServiceArgs.autoscaling.memory_utilization must be a percentage between 1 and 100.",
+        )
+    args.resources.validate("RagServiceArgs.resources")
+    args.worker.resources.validate("RagServiceArgs.worker.resources")
+    require(args.worker.replicas >= 1, "RagServiceArgs.worker.replicas must be at least 1.")
+    require(1 <= args.worker.concurrency <= 64, "RagServiceArgs.worker.concurrency must be between 1 and 64.")
+    require(
+        not (args.worker.enabled and args.redis_url is None),
+        "RagServiceArgs.worker.enabled needs redis_url: the worker consumes the Redis job queue "
+        "(without Redis the API runs jobs in-process; set worker.enabled=False).",
+    )
+    specs.check_env_names(list(args.settings), "RagServiceArgs.settings")
+    clash = sorted(set(args.settings) & {*SECRET_KEYS, *managed_setting_names()})
+    require(
+        not clash,
+        f"RagServiceArgs.settings must not set {', '.join(clash)}: the component manages those variables.",
+    )
+    require(
+        not (args.service_monitor and args.network.enabled and args.network.monitoring_namespace is None),
+        "RagServiceArgs.service_monitor needs network.monitoring_namespace so Prometheus may scrape the pods.",
+    )
+
+
+def managed_setting_names() -> tuple[str, ...]:
+    """Environment variables the component sets itself in the ConfigMap."""
+    return ("ENVIRONMENT", "HOST", "PORT", "DATA_DIR", "QDRANT_URL", "QDRANT_REPLICATION_FACTOR")
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def wants_pdb(replicas: int, autoscaling: Autoscaling | None) -> bool:
+    """A PDB only makes sense when more than one pod can run at the same time."""
+    return (autoscaling.min_replicas if autoscaling is not None else replicas) > 1
+
+
+def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
+    """The ConfigMap content: managed non-secret settings plus `args.settings`."""
+    data = {
+        "ENVIRONMENT": args.environment,
+        "HOST": "0.0.0.0",  # noqa: S104 - inside the pod the server must listen on the pod IP
+        "PORT": str(args.port),
+        "DATA_DIR": DATA_DIR,
+        "LOG_JSON": "true",
+        "QDRANT_REPLICATION_FACTOR": str(args.qdrant_replication_factor),
+        "JOBS_MAX_CONCURRENCY": str(args.worker.concurrency),
+    }
+    if qdrant_url is not None:
+        data["QDRANT_URL"] = qdrant_url
+    data.update(args.settings)
+    return data
+
+
+def config_map_name(base: str, data: Mapping[str, str]) -> str:
+    """`<base>-config-<hash>`: a content change renames the ConfigMap, which rolls the Deployments."""
+    digest = hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()[:10]
+    return f"{base}-config-{digest}"
+
+
+def pod_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """emptyDirs for the only writable paths under the read-only root filesystem: /tmp and DATA_DIR."""
+    volumes = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+        {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}},
+    ]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "data", "mountPath": DATA_DIR}]  # noqa: S108
+    return volumes, mounts
+
+
+def api_container(
+    image: Any, port: int, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
+) -> dict[str, Any]:
+    """The API container: HTTP port, probes on /healthz and /readyz, settings from the ConfigMap and Secret."""
+    _, mounts = pod_volumes()
+    return {
+        "name": "api",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "envFrom": [{"configMapRef": {"name": config_name}}, {"secretRef": {"name": secret_name}}],
+        # Loading the embedding model can take a while: the startup probe holds off liveness until /healthz answers.
+        "startupProbe": specs.http_probe("/healthz", "http", period=5, timeout=3, failures=60),
+        "livenessProbe": specs.http_probe("/healthz", "http", period=10, timeout=3, failures=3),
+        "readinessProbe": specs.http_probe("/readyz", "http", period=5, timeout=5, failures=3),
+        "resources": specs.resources_spec(resources),
+        "securityContext": specs.container_security_context(run_as_user),
+        "volumeMounts": mounts,
+    }
+
+
+def worker_container(
+    image: Any, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
+) -> dict[str, Any]:
+    """The worker container: same image and settings, `python -m service.worker`, liveness by process."""
+    _, mounts = pod_volumes()
+    return {
+        "name": "worker",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "service.worker"],
+        "envFrom": [{"configMapRef": {"name": config_name}}, {"secretRef": {"name": secret_name}}],
+        "resources": specs.resources_spec(resources),
+        "securityContext": specs.container_security_context(run_as_user),
+        "volumeMounts": mounts,
+    }
+
+
+def deployment_spec(
+    container: Mapping[str, Any],
+    *,
+    match: Mapping[str, str],
+    pod_labels: Mapping[str, str],
+    replicas: int | None,
+    service_account: str,
+    run_as_user: int,
+    termination_grace_seconds: int = 30,
+) -> dict[str, Any]:
+    """Deployment spec; `replicas=None` leaves the count to the HPA (so `pulumi up` never fights it)."""
+    volumes, _ = pod_volumes()
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": dict(match)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {"labels": dict(pod_labels)},
+            "spec": {
+                "serviceAccountName": service_account,
+                "automountServiceAccountToken": True,
+                "securityContext": specs.pod_security_context(run_as_user, run_as_user),
+                "terminationGracePeriodSeconds": termination_grace_seconds,
+                "topologySpreadConstraints": specs.topology_spread(match),
+                "containers": [dict(container)],
+                "volumes": volumes,
+            },
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return spec
+
+
+def hpa_spec(target_deployment: str, scaling: Autoscaling) -> dict[str, Any]:
+    """autoscaling/v2 HPA: CPU (and optionally memory) utilisation, fast scale-up, slow stabilised scale-down."""
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "Resource",
+            "resource": {
+                "name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": scaling.cpu_utilization},
+            },
+        }
+    ]
+    if scaling.memory_utilization is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "memory",
+                    "target": {"type": "Utilization", "averageUtilization": scaling.memory_utilization},
+                },
+            }
+        )
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target_deployment},
+        "minReplicas": scaling.min_replicas,
+        "maxReplicas": scaling.max_replicas,
+        "metrics": metrics,
+        "behavior": {
+            "scaleUp": {
+                "stabilizationWindowSeconds": 0,
+                "selectPolicy": "Max",
+                "policies": [
+                    {"type": "Percent", "value": 100, "periodSeconds": 60},
+                    {"type": "Pods", "value": 4, "periodSeconds": 60},
+                ],
+            },
+            "scaleDown": {
+                "stabilizationWindowSeconds": scaling.scale_down_window_seconds,
+                "selectPolicy": "Min",
+                "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}],
+            },
+        },
+    }
+
+
+def service_spec(match: Mapping[str, str], port: int) -> dict[str, Any]:
+    """ClusterIP Service in front of the API pods (the gateway routes to it)."""
+    return {
+        "type": "ClusterIP",
+        "selector": dict(match),
+        "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+    }
+
+
+def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAccess) -> dict[str, Any]:
+    """API pods: in from the gateway (and Prometheus) on the HTTP port; out to DNS and the data services."""
+    gateway_peers: list[dict[str, Any]] = [specs.namespace_peer(ns) for ns in network.gateway_namespaces]
+    gateway_peers += [{"ipBlock": {"cidr": cidr}} for cidr in network.gateway_cidrs]
+    ingress = [specs.ingress_rule([port], gateway_peers or None)]
+    if network.monitoring_namespace is not None and gateway_peers:
+        ingress.append(specs.ingress_rule([port], [specs.namespace_peer(network.monitoring_namespace)]))
+    egress = [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
+    return specs.network_policy_spec(match, ingress=ingress, egress=egress)
+
+
+def worker_network_policy(match: Mapping[str, str], network: NetworkAccess) -> dict[str, Any]:
+    """Worker pods serve nothing: no ingress at all; out to DNS and the data services."""
+    egress = [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
+    return specs.network_policy_spec(match, ingress=[], egress=egress)
+
+
+# ---------------------------------------------------------------------------------------------- component
+class RagService(pulumi.ComponentResource):
+    """The RAG API Deployment, its worker, Service, autoscaling, disruption budget, settings and policies."""
+
+    namespace: str
+    service_name: str
+    service_port: int
+    selector_labels: dict[str, str]
+    """Labels selecting the API pods (for gateways and other components' NetworkPolicies)."""
+    url: pulumi.Output[str]
+    """In-cluster URL of the API, http://<service>.<namespace>.svc:<port>."""
+    deployment_name: str
+    service_account_name: str
+
+    def __init__(self, name: str, args: RagServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        validate_args(args)
+        super().__init__("rag:app:RagService", name, None, opts)
+
+        ns = args.namespace
+        base = name
+        specs.check_dns_label(f"{base}-worker", "RagService name")
+        waits: list[pulumi.Resource] = list(args.depends_on)
+
+        if args.create_namespace:
+            namespace = k8s.core.v1.Namespace(
+                f"{name}-namespace",
+                metadata={
+                    "name": ns,
+                    "labels": {
+                        "app.kubernetes.io/part-of": specs.PART_OF,
+                        # Enforce baseline; warn/audit against restricted (our own pods already meet it).
+                        "pod-security.kubernetes.io/enforce": "baseline",
+                        "pod-security.kubernetes.io/warn": "restricted",
+                        "pod-security.kubernetes.io/audit": "restricted",
+                    },
+                },
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+            )
+            waits.append(namespace)
+
+        def child(extra: list[pulumi.Resource] | None = None) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[*waits, *(extra or [])])
+
+        api_match = specs.selector_labels(APP, base, "api")
+        api_labels = specs.labels(APP, base, "api")
+        worker_match = specs.selector_labels(APP, base, "worker")
+        worker_labels = specs.labels(APP, base, "worker")
+        common = specs.labels(APP, base, "service")
+
+        sa_name = base
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=specs.metadata(sa_name, ns, common, args.service_account_annotations),
+            opts=child(),
+        )
+
+        data = pulumi.Output.from_input(args.qdrant_url).apply(lambda url: config_data(args, url))
+        config_name = data.apply(lambda d: config_map_name(base, d))
+        k8s.core.v1.ConfigMap(
+            f"{name}-config",
+            metadata={"name": config_name, "namespace": ns, "labels": common},
+            data=data,
+            opts=child(),
+        )
+
+        secret_name = f"{base}-secrets"
+        secret_values = {
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "QDRANT_API_KEY": args.qdrant_api_key,
+            "API_KEYS": args.api_keys,
+        }
+        string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
+        k8s.core.v1.Secret(
+            f"{name}-secrets",
+            metadata=specs.metadata(secret_name, ns, common),
+            type="Opaque",
+            string_data=string_data,
+            opts=child(),
+        )
+
+        api_replicas = None if args.autoscaling is not None else args.replicas
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-api",
+            metadata=specs.metadata(base, ns, api_labels),
+            spec=deployment_spec(
+                api_container(
+                    args.image, args.port, args.resources, args.run_as_user, config_name, secret_name
+                ),
+                match=api_match,
+                pod_labels=api_labels,
+                replicas=api_replicas,
+                service_account=sa_name,
+                run_as_user=args.run_as_user,
+            ),
+            opts=child(),
+        )
+
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=specs.metadata(base, ns, api_labels),
+            spec=service_spec(api_match, args.port),
+            opts=child(),
+        )
+
+        if args.autoscaling is not None:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{name}-hpa",
+                metadata=specs.metadata(base, ns, api_labels),
+                spec=hpa_spec(base, args.autoscaling),
+                opts=child([deployment]),
+            )
+
+        if wants_pdb(args.replicas, args.autoscaling):
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata=specs.metadata(base, ns, api_labels),
+                spec=specs.pdb_spec(api_match),
+                opts=child(),
+            )
+
+        if args.worker.enabled:
+            worker_name = f"{base}-worker"
+            k8s.apps.v1.Deployment(
+                f"{name}-worker",
+                metadata=specs.metadata(worker_name, ns, worker_labels),
+                spec=deployment_spec(
+                    worker_container(
+                        args.image, args.worker.resources, args.run_as_user, config_name, secret_name
+                    ),
+                    match=worker_match,
+                    pod_labels=worker_labels,
+                    replicas=args.worker.replicas,
+                    service_account=sa_name,
+                    run_as_user=args.run_as_user,
+                    # Let a running ingestion job finish before the pod is killed.
+                    termination_grace_seconds=120,
+                ),
+                opts=child(),
+            )
+            if args.worker.replicas > 1:
+                k8s.policy.v1.PodDisruptionBudget(
+                    f"{name}-worker-pdb",
+                    metadata=specs.metadata(worker_name, ns, worker_labels),
+                    spec=specs.pdb_spec(worker_match),
+                    opts=child(),
+                )
+
+        if args.network.enabled:
+            if args.network.default_deny:
+                k8s.networking.v1.NetworkPolicy(
+                    f"{name}-default-deny",
+                    metadata=specs.metadata("default-deny", ns, common),
+                    spec=specs.default_deny_spec(),
+                    opts=child(),
+                )
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-api-netpol",
+                metadata=specs.metadata(base, ns, api_labels),
+                spec=api_network_policy(api_match, args.port, args.network),
+                opts=child(),
+            )
+            if args.worker.enabled:
+                k8s.networking.v1.NetworkPolicy(
+                    f"{name}-worker-netpol",
+                    metadata=specs.metadata(f"{base}-worker", ns, worker_labels),
+                    spec=worker_network_policy(worker_match, args.network),
+                    opts=child(),
+                )
+
+        if args.service_monitor:
+            k8s.apiextensions.CustomResource(
+                f"{name}-servicemonitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="ServiceMonitor",
+                metadata=specs.metadata(base, ns, api_labels),
+                spec=specs.service_monitor_spec(api_match, ns, port="http"),
+                opts=child(list(args.monitoring_crds)),
+            )
+
+        self.namespace = ns
+        self.service_name = base
+        self.service_port = args.port
+        self.selector_labels = api_match
+        self.deployment_name = base
+        self.service_account_name = sa_name
+        self.url = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{args.port}")
+        self.register_outputs(
+            {
+                "namespace": ns,
+                "serviceName": base,
+                "servicePort": args.port,
+                "url": self.url,
+            }
+        )

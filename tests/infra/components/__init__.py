@@ -1,0 +1,1 @@
+"""Unit tests of the Pulumi components in infra/components (pure spec builders and mocked runs)."""
