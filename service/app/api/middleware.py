@@ -1,0 +1,248 @@
+"""HTTP hygiene as pure ASGI middleware: request ids, access logs, HTTP metrics, security headers, CORS,
+and a request-body size limit enforced while the body streams in.
+
+Order (outermost first): RequestContext -> CORS -> BodySizeLimit -> the app. RequestContext is outermost so
+every response, including CORS preflights, 413s and unexpected 500s, carries `X-Request-ID` and the security
+headers, and is counted in `rag_http_requests_total` under its route *template* (`/v1/documents/{document_id}`),
+never the raw path, which would explode label cardinality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.app.core.config import Settings
+from service.app.core.errors import error_body
+from service.app.core.logging import request_id_var
+from service.app.core.metrics import REQUEST_SECONDS, REQUESTS
+
+logger = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Room for multipart boundaries and part headers around a document of MAX_DOCUMENT_BYTES.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: access-logged at DEBUG
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# The Swagger/ReDoc pages load their bundle from jsdelivr and bootstrap it with an inline script.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
+    "worker-src 'self' blob:; frame-ancestors 'none'"
+)
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def openapi_kwargs(settings: Settings) -> dict[str, Any]:
+    """FastAPI(...) arguments that switch the OpenAPI schema and UIs off unless DOCS_ENABLED resolves true."""
+    if settings.resolved_docs_enabled:
+        return {}
+    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
+
+
+def valid_request_id(value: str | None) -> str:
+    """The client's X-Request-ID when it is a safe token, else a fresh one (never trust it into logs raw)."""
+    if value and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def security_headers(settings: Settings, path: str) -> list[tuple[bytes, bytes]]:
+    """Headers added to every response; HSTS only outside development (local HTTP must keep working)."""
+    csp = DOCS_CSP if path.startswith(DOCS_PATHS) and settings.resolved_docs_enabled else API_CSP
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-security-policy", csp.encode()),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    ]
+    if settings.environment != "development":
+        headers.append((b"strict-transport-security", HSTS.encode()))
+    return headers
+
+
+def _route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "<unmatched>"
+
+
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class RequestContextMiddleware:
+    """Request id (validated or generated, echoed), security headers, access log, HTTP metrics, last-resort 500."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = dict(scope["headers"]).get(b"x-request-id")
+        request_id = valid_request_id(raw.decode("latin-1") if raw is not None else None)
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        extra_headers = [
+            (b"x-request-id", request_id.encode()),
+            *security_headers(self.settings, scope["path"]),
+        ]
+        status = 500
+        started = False
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *(h for h in extra_headers if h[0] not in present),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Starlette's ServerErrorMiddleware sits outside us and would answer without our headers.
+            logger.exception("unhandled error", extra={"path": scope["path"]})
+            if started:
+                raise
+            status = 500
+            await _send_json(send, 500, error_body("internal", "internal server error"), extra_headers)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = _route_template(scope)
+            method = scope["method"]
+            REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            REQUEST_SECONDS.labels(route=route, method=method).observe(elapsed)
+            state = scope.get("state", {})
+            logger.log(
+                logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO,
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "tenant": state.get("tenant"),
+                },
+            )
+            request_id_var.reset(token)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once the body crosses the limit; an HTTPException so FastAPI re-raises it as is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class BodySizeLimitMiddleware:
+    """Rejects bodies over `max_bytes` with 413: at once from Content-Length, else as soon as the streamed
+    (e.g. chunked) body crosses the limit, without reading the rest."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            # Normally the app's handler already answered 413; this covers code that swallowed nothing but
+            # let the exception escape (e.g. a route streaming the body itself without handlers).
+            if started:
+                raise
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        await _send_json(
+            send,
+            413,
+            error_body(
+                "payload_too_large",
+                f"request body exceeds the limit of {self.max_bytes} bytes",
+                limit=self.max_bytes,
+            ),
+            [(b"connection", b"close")],
+        )
+
+
+def install_middleware(app: FastAPI, settings: Settings) -> None:
+    """Add the HTTP hygiene middleware in the documented order (last added runs outermost)."""
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_document_bytes + MULTIPART_OVERHEAD_BYTES
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware, settings=settings)

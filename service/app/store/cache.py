@@ -1,0 +1,151 @@
+"""Search-result cache: Redis when REDIS_URL is set, else an in-process LRU with a TTL.
+
+Entries are keyed by a hash of everything that determines a result (tenant, the whole search request, the
+embedding model) plus the tenant's registry `data_version`. Every document write or delete bumps that version,
+so a write makes all of the tenant's older entries unreachable at once; they then age out by TTL/LRU. Nothing
+is ever deleted explicitly, so there is no invalidation race between replicas.
+
+Cache failures never fail a request: `RedisCache` logs a warning, counts
+`rag_failures_total{component="cache"}` and `rag_search_cache_requests_total{result="error"}`, behaves as a
+miss, and skips Redis for a short back-off so a dead server costs one timeout, not one per request.
+Lookups are counted where they happen: hit, miss or error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+import redis
+
+from service.app.core.config import Settings
+from service.app.core.metrics import CACHE_REQUESTS, FAILURES
+from service.app.store.protocols import Cache
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "rag:search:"
+
+
+def search_cache_key(tenant_id: str, data_version: int, model: str, request: dict[str, Any]) -> str:
+    """The cache key of one search: stable across processes (sorted JSON), opaque (SHA-256)."""
+    material = json.dumps(
+        {"tenant": tenant_id, "version": data_version, "model": model, "request": request},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return KEY_PREFIX + hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+class MemoryCache:
+    """A thread-safe LRU of at most `max_entries` values, each expiring `ttl_seconds` after it was set."""
+
+    def __init__(self, max_entries: int, clock: Any = time.monotonic) -> None:
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] <= self._clock():
+                del self._entries[key]
+                entry = None
+            if entry is None:
+                CACHE_REQUESTS.labels(result="miss").inc()
+                return None
+            self._entries.move_to_end(key)
+        CACHE_REQUESTS.labels(result="hit").inc()
+        return entry[1]
+
+    def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        with self._lock:
+            self._entries[key] = (self._clock() + ttl_seconds, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def ping(self) -> bool:
+        return True
+
+
+class RedisCache:
+    """Values in Redis with a TTL (SET EX); errors degrade to a miss plus a back-off before the next try."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_seconds: float = 0.5,
+        backoff_seconds: float = 5.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
+        self._backoff_seconds = backoff_seconds
+        self._clock = clock
+        self._down_until = 0.0
+
+    def _failed(self, operation: str, exc: Exception) -> None:
+        FAILURES.labels(component="cache").inc()
+        self._down_until = self._clock() + self._backoff_seconds
+        logger.warning(
+            "search cache unavailable, bypassing it for %.0f s (%s: %s)",
+            self._backoff_seconds,
+            operation,
+            exc,
+            extra={"component": "cache"},
+        )
+
+    def _bypassed(self) -> bool:
+        return self._clock() < self._down_until
+
+    def get(self, key: str) -> bytes | None:
+        if self._bypassed():
+            CACHE_REQUESTS.labels(result="error").inc()
+            return None
+        try:
+            value = self._client.get(key)
+        except redis.RedisError as exc:
+            CACHE_REQUESTS.labels(result="error").inc()
+            self._failed("get", exc)
+            return None
+        CACHE_REQUESTS.labels(result="miss" if value is None else "hit").inc()
+        return value  # type: ignore[return-value]
+
+    def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        if self._bypassed():
+            return
+        try:
+            self._client.set(key, value, ex=ttl_seconds)
+        except redis.RedisError as exc:
+            self._failed("set", exc)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def build_cache(settings: Settings) -> Cache | None:
+    """The cache these settings ask for: None when CACHE_ENABLED=false, Redis with REDIS_URL, else memory."""
+    if not settings.cache_enabled:
+        return None
+    if settings.redis_url:
+        return RedisCache(settings.redis_url)
+    return MemoryCache(settings.cache_max_entries)
