@@ -1,0 +1,66 @@
+"""Cluster targets: where the platform runs (`existing`, `gke`, `eks`), each built at the top level of the stack.
+
+`build_cluster(config)` returns a `ClusterTarget`: the Kubernetes provider every component receives through `opts`
+(providers are never built inside a component), the registry the image is pushed to, the kubeconfig (a secret
+Output), the storage class, and - for the clouds - the cloud provider and network that managed databases, caches,
+buckets and workload identity are created with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.config import StackConfig
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Where the service image is pushed: `repository` is `HOST/PATH/NAME` (no tag); credentials may be None."""
+
+    repository: pulumi.Output[str]
+    server: pulumi.Output[str]
+    username: pulumi.Output[str] | None = None
+    password: pulumi.Output[str] | None = None  # secret
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """What the rest of the program needs from a cluster target."""
+
+    provider_name: Literal["existing", "gke", "eks"]
+    k8s_provider: k8s.Provider
+    kubeconfig: pulumi.Output[str]  # secret
+    registry: Registry
+    storage_class: str
+    cloud_provider: pulumi.ProviderResource | None = None  # gcp/aws provider for managed resources
+    region: str = ""
+    network: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # vpc/subnets/security group (eks), network (gke)
+    depends_on: tuple[pulumi.Resource, ...] = ()  # what must exist before workloads (node pool / node group)
+    # (namespace, service account name, role) -> annotations binding that KSA to a cloud identity.
+    workload_identity: Callable[[str, str, str], Mapping[str, pulumi.Input[str]]] | None = None
+
+    def cloud_opts(self, *, protect: bool = False, **extra: Any) -> pulumi.ResourceOptions:
+        """Options for a managed cloud resource created outside a component (protected in prod)."""
+        return pulumi.ResourceOptions(provider=self.cloud_provider, protect=protect, **extra)
+
+
+def build_cluster(config: StackConfig) -> ClusterTarget:
+    """The configured cluster target (import is lazy so a dev run never loads the cloud SDKs)."""
+    if config.cluster.provider == "gke":
+        from infra.clusters.gke import build_gke
+
+        return build_gke(config)
+    if config.cluster.provider == "eks":
+        from infra.clusters.eks import build_eks
+
+        return build_eks(config)
+    from infra.clusters.existing import build_existing
+
+    return build_existing(config)

@@ -1,0 +1,748 @@
+"""Typed, frozen stack configuration and the environment rules.
+
+`Pulumi.yaml` declares every `rag:*` key with its default; a stack file overrides some of them. The CLI replaces a
+whole object-valued key when a stack sets it, so `load_config` merges each stack object over the declared default
+itself: a stack file only has to name what differs. Everything is checked here, before a resource exists, and every
+failure is a `ConfigError` naming the key (`rag:qdrant.replicas`) and the stack file (`Pulumi.prod.yaml`).
+
+Environment rules (the platform's promises per environment) live here too: prod needs TLS from a real issuer,
+>= 3 Qdrant replicas and a replication factor >= 2, and gets its stateful resources protected.
+
+`parse_config` is pure (plain dicts in, `StackConfig` out) so it is unit-tested without the engine; `load_config`
+feeds it from `pulumi.Config("rag")`. Secrets never pass through here as plain values: see `Secrets`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+PROJECT = "rag"
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
+QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+CRON_RE = re.compile(r"^(\S+\s+){4}\S+$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+class ConfigError(ValueError):
+    """A stack's configuration is missing, mistyped or breaks an environment rule.
+
+    The message names the key and the stack file; `key` and `stack_file` carry them for tools.
+    """
+
+    def __init__(self, key: str, stack_file: str, problem: str) -> None:
+        self.key = key
+        self.stack_file = stack_file
+        super().__init__(f"{key} in {stack_file}: {problem}")
+
+
+def _f(default: Any = MISSING, **checks: Any) -> Any:
+    """A dataclass field carrying its checks (min, max, pattern) in metadata."""
+    if isinstance(default, (dict, list)):
+        raise TypeError("mutable defaults are not used")
+    return field(default=default, metadata=checks)
+
+
+# --- shapes ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Quantities:
+    """CPU and memory as Kubernetes quantity strings."""
+
+    cpu: str = _f(pattern=QUANTITY_RE)
+    memory: str = _f(pattern=QUANTITY_RE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """Container requests and limits."""
+
+    requests: Quantities
+    limits: Quantities
+
+
+@dataclass(frozen=True, kw_only=True)
+class Storage:
+    """A PersistentVolumeClaim's size and class (empty class: the cluster target's default)."""
+
+    size: str = _f(pattern=QUANTITY_RE)
+    storageClass: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExistingCluster:
+    """An existing cluster reached through a kubeconfig (kind, minikube, any)."""
+
+    kubeconfig: str
+    context: str
+    registry: str = _f(pattern=re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]$"))
+    storageClass: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GkeNodePool:
+    """The GKE node pool (ignored on Autopilot)."""
+
+    machineType: str
+    minNodes: int = _f(min=0, max=100)
+    maxNodes: int = _f(min=1, max=100)
+    diskSizeGb: int = _f(min=10, max=65536)
+    spot: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class GkeCluster:
+    """A GKE cluster with its Artifact Registry repository and workload identity."""
+
+    project: str
+    region: str
+    autopilot: bool
+    releaseChannel: Literal["RAPID", "REGULAR", "STABLE"]
+    deletionProtection: bool
+    nodePool: GkeNodePool
+    storageClass: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EksNodeGroup:
+    """The EKS managed node group."""
+
+    instanceType: str
+    minSize: int = _f(min=1, max=100)
+    maxSize: int = _f(min=1, max=100)
+    desiredSize: int = _f(min=1, max=100)
+    diskSizeGb: int = _f(min=10, max=16384)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EksCluster:
+    """An EKS cluster with its VPC, ECR repository and IRSA."""
+
+    region: str
+    version: str = _f(pattern=re.compile(r"^1\.[0-9]{2}$"))
+    vpcCidr: str = _f(pattern=re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/(1[6-9]|2[0-4])$"))
+    availabilityZones: int = _f(min=2, max=6)
+    nodeGroup: EksNodeGroup
+    storageClass: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterConfig:
+    """Which cluster the platform runs on; only the selected provider's block is checked strictly."""
+
+    provider: Literal["existing", "gke", "eks"]
+    existing: ExistingCluster
+    gke: GkeCluster
+    eks: EksCluster
+
+    @property
+    def storage_class(self) -> str:
+        """The storage class of the selected target."""
+        return getattr(self, self.provider).storageClass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Toggle:
+    """An optional feature switch."""
+
+    enabled: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class QdrantConfig:
+    """Qdrant in cluster mode."""
+
+    version: str = _f(pattern=re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+$"))
+    replicas: int = _f(min=1, max=15)
+    replicationFactor: int = _f(min=1, max=10)
+    shardNumber: int = _f(min=1, max=64)
+    storage: Storage
+    resources: Resources
+    pdb: Toggle
+    snapshotsStorage: Storage
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudNativePg:
+    """CloudNativePG Cluster settings (mode cloudnative)."""
+
+    instances: int = _f(min=1, max=9)
+    storage: Storage
+    resources: Resources
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManagedPostgres:
+    """RDS (eks) / Cloud SQL (gke) settings (mode managed)."""
+
+    instanceClass: str
+    tier: str
+    storageGb: int = _f(min=20, max=65536)
+    multiAz: bool = True
+    backupRetentionDays: int = _f(min=0, max=35)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresConfig:
+    """The registry database."""
+
+    mode: Literal["cloudnative", "managed"]
+    version: str = _f(pattern=re.compile(r"^1[4-8]$"))
+    database: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+    user: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
+    cloudnative: CloudNativePg
+    managed: ManagedPostgres
+
+
+@dataclass(frozen=True, kw_only=True)
+class InClusterRedis:
+    """The in-cluster Valkey StatefulSet (mode incluster)."""
+
+    storage: Storage
+    resources: Resources
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManagedRedis:
+    """ElastiCache (eks) / Memorystore (gke) settings (mode managed)."""
+
+    nodeType: str
+    tier: Literal["BASIC", "STANDARD_HA"]
+    memorySizeGb: int = _f(min=1, max=300)
+    replicas: int = _f(min=0, max=5)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """Cache, rate-limit storage and job queue."""
+
+    mode: Literal["incluster", "managed"]
+    version: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+$"))
+    incluster: InClusterRedis
+    managed: ManagedRedis
+
+
+@dataclass(frozen=True, kw_only=True)
+class Autoscaling:
+    """HorizontalPodAutoscaler (autoscaling/v2) bounds."""
+
+    enabled: bool
+    minReplicas: int = _f(min=1, max=100)
+    maxReplicas: int = _f(min=1, max=100)
+    targetCpuUtilization: int = _f(min=10, max=100)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pdb:
+    """PodDisruptionBudget of the service."""
+
+    enabled: bool
+    minAvailable: int = _f(min=1, max=100)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Worker:
+    """The ingestion worker Deployment."""
+
+    enabled: bool
+    replicas: int = _f(min=0, max=100)
+    resources: Resources
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSettings:
+    """Behaviour of the build, passed to the service as environment variables (see `env`)."""
+
+    logLevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    chunkSize: int = _f(min=16, max=8192)
+    chunkOverlap: int = _f(min=0, max=8191)
+    embeddingBatchSize: int = _f(min=1, max=1024)
+    maxDocumentBytes: int = _f(min=1, max=1_000_000_000)
+    qdrantCollectionPrefix: str = _f(pattern=re.compile(r"^[a-z0-9_-]+$"))
+    cacheEnabled: bool = True
+    cacheTtlSeconds: int = _f(min=1, max=86400 * 30)
+    rateLimitEnabled: bool = True
+    rateLimitIngest: str = _f(pattern=re.compile(r"^[0-9]+/(second|minute|hour|day)$"))
+    rateLimitSearch: str = _f(pattern=re.compile(r"^[0-9]+/(second|minute|hour|day)$"))
+    jobsMaxConcurrency: int = _f(min=1, max=64)
+    docsEnabled: bool = False
+    corsOrigins: tuple[str, ...] = ()
+
+    def env(self) -> dict[str, str]:
+        """The service's environment variables (names from service/app/core/config.py)."""
+        values: dict[str, str] = {}
+        for item in fields(self):
+            name = re.sub(r"(?<!^)(?=[A-Z])", "_", item.name).upper()
+            value = getattr(self, item.name)
+            if isinstance(value, bool):
+                values[name] = "true" if value else "false"
+            elif isinstance(value, tuple):
+                values[name] = json.dumps(list(value))
+            else:
+                values[name] = str(value)
+        return values
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceConfig:
+    """The RAG API and its worker."""
+
+    replicas: int = _f(min=1, max=100)
+    autoscaling: Autoscaling
+    resources: Resources
+    pdb: Pdb
+    worker: Worker
+    settings: ServiceSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsConfig:
+    """cert-manager and the ClusterIssuer."""
+
+    enabled: bool
+    issuer: Literal["selfSigned", "letsencrypt-staging", "letsencrypt"]
+    email: str
+    certManagerVersion: str = _f(pattern=re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+$"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngressFallback:
+    """An Ingress beside the Gateway, for clusters without a Gateway API implementation."""
+
+    enabled: bool
+    className: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewayConfig:
+    """The Gateway API entry."""
+
+    hostname: str = _f(pattern=HOSTNAME_RE)
+    className: str = _f(pattern=re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))
+    ingress: IngressFallback
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alerts:
+    """PrometheusRule thresholds."""
+
+    errorRatePercent: float = _f(min=0.1, max=100)
+    latencyP95Seconds: float = _f(min=0.01, max=60)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitoringConfig:
+    """kube-prometheus-stack and the service's alerts and dashboard."""
+
+    enabled: bool
+    chartVersion: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
+    retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
+    storage: Storage
+    alerts: Alerts
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupsConfig:
+    """Scheduled Qdrant snapshots to object storage."""
+
+    enabled: bool
+    schedule: str = _f(pattern=CRON_RE)
+    bucket: str = ""
+    endpoint: str = ""
+    retentionDays: int = _f(min=1, max=3650)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Promotion:
+    """Where the deployed image came from (written by `ragops promote`)."""
+
+    from_: str
+    digest: str
+    at: str
+    by: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ephemeral:
+    """An ephemeral preview stack (written by `ragops ephemeral up`)."""
+
+    name: str
+    owner: str
+    expiresAt: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    """Everything the program reads, checked. `protect` is derived: stateful resources are protected in prod."""
+
+    stack: str
+    environment: Literal["dev", "staging", "prod"]
+    namespace: str
+    image: str
+    cluster: ClusterConfig
+    qdrant: QdrantConfig
+    postgres: PostgresConfig
+    redis: RedisConfig
+    service: ServiceConfig
+    tls: TlsConfig
+    gateway: GatewayConfig
+    monitoring: MonitoringConfig
+    backups: BackupsConfig
+    promotion: Promotion | None
+    ephemeral: Ephemeral | None
+    promotion_raw: Mapping[str, Any] | None
+    ephemeral_raw: Mapping[str, Any] | None
+
+    @property
+    def stack_file(self) -> str:
+        """The stack's config file name."""
+        return stack_file(self.stack)
+
+    @property
+    def protect(self) -> bool:
+        """Whether stateful resources (volumes, databases, caches, buckets) get `protect=True`."""
+        return self.environment == "prod"
+
+    @property
+    def is_prod(self) -> bool:
+        """Whether prod rules apply."""
+        return self.environment == "prod"
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def stack_file(stack: str) -> str:
+    """`Pulumi.<stack>.yaml`."""
+    return f"Pulumi.{stack}.yaml"
+
+
+@cache
+def _declared(project_file: Path) -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(project_file.read_text(encoding="utf-8"))
+    return dict(document.get("config") or {})
+
+
+def declared_config(project_file: Path = PROJECT_FILE) -> dict[str, dict[str, Any]]:
+    """The `config:` declarations of Pulumi.yaml (bare key -> {type?, default?, description})."""
+    return {key: dict(value) for key, value in _declared(project_file).items()}
+
+
+def declared_defaults(project_file: Path = PROJECT_FILE) -> dict[str, Any]:
+    """Bare key -> declared default, for every declared key that has one."""
+    return {key: decl["default"] for key, decl in declared_config(project_file).items() if "default" in decl}
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """`override` over `base`, recursing into mappings only (lists and scalars replace)."""
+    if isinstance(base, Mapping) and isinstance(override, Mapping):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base[key], value) if key in base else value
+        return merged
+    return override
+
+
+def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
+    """Read `rag:*` from the running program's config and check it (raises ConfigError)."""
+    import pulumi
+
+    stack = pulumi.get_stack()
+    cfg = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    for key, decl in declared_config(project_file).items():
+        if key in SECRET_KEYS:
+            continue
+        text = cfg.get(key)
+        if text is None:
+            continue
+        raw[key] = _decode(key, text, decl, stack)
+    return parse_config(raw, stack, project_file=project_file)
+
+
+def _decode(key: str, text: str, decl: Mapping[str, Any], stack: str) -> Any:
+    """Turn the CLI's string form of a value back into its value (objects and arrays come as JSON)."""
+    kind = decl.get("type")
+    if kind == "string":
+        return text
+    if kind == "integer":
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(
+                f"{PROJECT}:{key}", stack_file(stack), f"expected an integer, got {text!r}"
+            ) from None
+    if kind == "boolean":
+        if text not in ("true", "false"):
+            raise ConfigError(f"{PROJECT}:{key}", stack_file(stack), f"expected true or false, got {text!r}")
+        return text == "true"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if isinstance(decl.get("default"), Mapping):
+            raise ConfigError(f"{PROJECT}:{key}", stack_file(stack), "expected an object") from None
+        return text
+
+
+def parse_config(raw: Mapping[str, Any], stack: str, *, project_file: Path = PROJECT_FILE) -> StackConfig:
+    """Check `raw` (bare key -> value as set by the stack) merged over the declared defaults."""
+    file = stack_file(stack)
+    declared = declared_config(project_file)
+    for key in raw:
+        if key not in declared:
+            raise ConfigError(f"{PROJECT}:{key}", file, "unknown key (not declared in Pulumi.yaml)")
+    values: dict[str, Any] = {}
+    for key, decl in declared.items():
+        if key in SECRET_KEYS:
+            continue
+        if key not in raw and "default" not in decl:
+            raise ConfigError(f"{PROJECT}:{key}", file, "missing key (Pulumi.yaml declares no default)")
+        default = decl.get("default")
+        value = raw.get(key, default)
+        if isinstance(default, Mapping) and default and value is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{PROJECT}:{key}", file, f"expected an object, got {type(value).__name__}")
+            value = deep_merge(default, value)
+        values[key] = value
+
+    built = _build_fields(StackConfig, {**values, "stack": stack}, f"{PROJECT}:", file)
+    config = StackConfig(**built)
+    _check_rules(config, file)
+    return config
+
+
+_SKIP = {"stack", "promotion", "ephemeral", "promotion_raw", "ephemeral_raw"}
+
+
+def _build_fields(cls: type, data: Mapping[str, Any], prefix: str, file: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    known = {item.name for item in fields(cls)}
+    out: dict[str, Any] = {}
+    if cls is StackConfig:
+        out["stack"] = data["stack"]
+        for key in ("promotion", "ephemeral"):
+            value = data.get(key) or None
+            out[f"{key}_raw"] = value
+            out[key] = _build_optional_record(key, value, file)
+        known -= _SKIP
+    else:
+        for key in data:
+            if key not in known:
+                raise ConfigError(
+                    f"{prefix}{key}", file, f"unknown key (expected one of {', '.join(sorted(known))})"
+                )
+    for item in fields(cls):
+        if item.name not in known:
+            continue
+        key = f"{prefix}{item.name}"
+        if item.name not in data or data[item.name] is None:
+            if item.default is not MISSING:
+                out[item.name] = item.default
+                continue
+            raise ConfigError(key, file, "missing key")
+        out[item.name] = _coerce(hints[item.name], data[item.name], key, file, item.metadata)
+    return out
+
+
+def _coerce(hint: Any, value: Any, key: str, file: str, checks: Mapping[str, Any]) -> Any:
+    origin = get_origin(hint)
+    if is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, file, f"expected an object, got {_kind(value)}")
+        return hint(**_build_fields(hint, value, f"{key}.", file))
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(
+                key, file, f"unknown value {value!r} (expected one of {', '.join(map(str, allowed))})"
+            )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        return _coerce(next(arg for arg in get_args(hint) if arg is not type(None)), value, key, file, checks)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(key, file, f"expected a list of strings, got {_kind(value)}")
+        return tuple(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, file, f"expected true or false, got {_kind(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, file, f"expected an integer, got {_kind(value)}")
+        _check_range(value, key, file, checks)
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, file, f"expected a number, got {_kind(value)}")
+        _check_range(value, key, file, checks)
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, file, f"expected a string, got {_kind(value)}")
+        pattern = checks.get("pattern")
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ConfigError(key, file, f"invalid value {value!r} (expected to match {pattern.pattern})")
+        return value
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _check_range(value: float, key: str, file: str, checks: Mapping[str, Any]) -> None:
+    low, high = checks.get("min"), checks.get("max")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(key, file, f"{value} is out of range ({low}..{high})")
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer"}
+    return names.get(type(value), type(value).__name__) + f" ({json.dumps(value)[:60]})"
+
+
+def _build_optional_record(key: str, value: Any, file: str) -> Any:
+    if value is None:
+        return None
+    name = f"{PROJECT}:{key}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, file, f"expected an object, got {_kind(value)}")
+    if key == "promotion":
+        record = {"from_": value.get("from"), **{k: value.get(k) for k in ("digest", "at", "by")}}
+        for sub, item in record.items():
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{name}.{sub.rstrip('_')}", file, "missing key (a non-empty string)")
+        if not IMAGE_DIGEST_RE.fullmatch(record["digest"]):
+            raise ConfigError(
+                f"{name}.digest", file, "expected an immutable image ref REGISTRY/REPO@sha256:<64 hex>"
+            )
+        return Promotion(**record)
+    record = {k: value.get(k) for k in ("name", "owner", "expiresAt")}
+    for sub, item in record.items():
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{name}.{sub}", file, "missing key (a non-empty string)")
+    if not _is_rfc3339_utc(record["expiresAt"]):
+        raise ConfigError(
+            f"{name}.expiresAt", file, "expected an RFC 3339 UTC time like 2026-01-31T12:00:00Z"
+        )
+    return Ephemeral(**record)
+
+
+def _is_rfc3339_utc(text: str) -> bool:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|\+00:00)", text):
+        return False
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+# --- environment rules -----------------------------------------------------------------------------------------
+
+
+def _check_rules(config: StackConfig, file: str) -> None:
+    def fail(key: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(f"{PROJECT}:{key}", file, problem)
+
+    if config.image and not IMAGE_DIGEST_RE.fullmatch(config.image):
+        fail("image", f"{config.image!r} is not an immutable digest ref REGISTRY/REPO@sha256:<64 hex>")
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
+        fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
+
+    cluster = config.cluster
+    if cluster.provider == "gke" and not cluster.gke.project:
+        fail(
+            "cluster.gke.project", "missing key (the GCP project id is required when cluster.provider is gke)"
+        )
+    if cluster.provider == "gke" and cluster.gke.nodePool.minNodes > cluster.gke.nodePool.maxNodes:
+        fail("cluster.gke.nodePool.minNodes", "must not exceed cluster.gke.nodePool.maxNodes")
+    if cluster.provider == "eks":
+        group = cluster.eks.nodeGroup
+        if not group.minSize <= group.desiredSize <= group.maxSize:
+            fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
+
+    qdrant = config.qdrant
+    if qdrant.replicationFactor > qdrant.replicas:
+        fail(
+            "qdrant.replicationFactor",
+            f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
+        )
+
+    service = config.service
+    scaling = service.autoscaling
+    if scaling.enabled:
+        if scaling.minReplicas > scaling.maxReplicas:
+            fail("service.autoscaling.minReplicas", "must not exceed service.autoscaling.maxReplicas")
+        if not scaling.minReplicas <= service.replicas <= scaling.maxReplicas:
+            fail("service.replicas", "must lie within service.autoscaling.minReplicas..maxReplicas")
+    if service.settings.chunkOverlap >= service.settings.chunkSize:
+        fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
+
+    for key, mode in (("postgres.mode", config.postgres.mode), ("redis.mode", config.redis.mode)):
+        if mode == "managed" and cluster.provider == "existing":
+            fail(key, "managed needs a cloud cluster (cluster.provider gke or eks)")
+
+    if config.tls.enabled and config.tls.issuer != "selfSigned" and "@" not in config.tls.email:
+        fail("tls.email", "an ACME e-mail address is required for the Let's Encrypt issuers")
+    if config.backups.enabled and cluster.provider == "existing" and not config.backups.bucket:
+        fail("backups.bucket", "required on an existing cluster (no cloud to create the bucket in)")
+
+    if config.is_prod:
+        if not config.tls.enabled:
+            fail("tls.enabled", "prod requires TLS")
+        if config.tls.issuer != "letsencrypt":
+            fail("tls.issuer", f"prod requires the letsencrypt issuer, not {config.tls.issuer}")
+        if qdrant.replicas < 3:
+            fail("qdrant.replicas", f"prod requires at least 3 Qdrant replicas, got {qdrant.replicas}")
+        if qdrant.replicationFactor < 2:
+            fail(
+                "qdrant.replicationFactor",
+                f"prod requires a replication factor >= 2, got {qdrant.replicationFactor}",
+            )
+        if service.replicas < 2 and not scaling.enabled:
+            fail("service.replicas", "prod requires at least 2 service replicas or autoscaling")
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+SECRET_KEYS = frozenset({"qdrantApiKey", "serviceApiKeys"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Secrets:
+    """Secret values as Outputs: from `pulumi config set --secret` or generated with pulumi_random, never plain."""
+
+    qdrant_api_key: Any  # pulumi.Output[str]
+    service_api_keys: Any  # pulumi.Output[str], JSON {"key": "tenant"}
+
+
+def load_secrets() -> Secrets:
+    """Secret config as Outputs; an empty key gets a RandomPassword (secret in state) created at top level."""
+    import pulumi
+    import pulumi_random as random
+    from pulumi.runtime.config import get_config
+
+    cfg = pulumi.Config(PROJECT)
+    # Only emptiness is read in the clear (to decide whether to generate); the value itself goes out as a secret.
+    if get_config(f"{PROJECT}:qdrantApiKey"):
+        qdrant_key = cfg.require_secret("qdrantApiKey")
+    else:
+        qdrant_key = random.RandomPassword("qdrant-api-key", length=40, special=False).result
+    if get_config(f"{PROJECT}:serviceApiKeys"):
+        api_keys = cfg.require_secret("serviceApiKeys")
+    else:
+        generated = random.RandomPassword("service-api-key", length=40, special=False).result
+        api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
+    return Secrets(
+        qdrant_api_key=pulumi.Output.secret(qdrant_key), service_api_keys=pulumi.Output.secret(api_keys)
+    )

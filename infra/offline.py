@@ -1,0 +1,390 @@
+"""Run the real Pulumi program offline, under `pulumi.runtime.set_mocks`, and record what it registers.
+
+`run_stack("prod")` feeds the program its config the way the CLI does (the Pulumi.yaml defaults, then each key the
+stack file sets replacing the default, every value as a `rag:`-prefixed string, objects as JSON), runs
+`infra/__main__.py` as the script the CLI runs, and returns every registered resource with its resolved inputs,
+secret input keys, parent, protect flag, provider and dependencies, plus the resolved stack outputs.
+
+The recording happens in the mock resource monitor (it sees the engine's RegisterResource request, which carries
+parent/protect/provider/dependencies - what a real engine would record), not in a transform. The `Mocks` return
+plausible outputs for every resource type the program uses (cluster endpoints and CA data, registry URLs, RDS /
+ElastiCache / Cloud SQL / Memorystore endpoints, a `sha256:` digest for the image build), all derived from the
+resource's name so two runs of the same stack give the same result.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import runpy
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.config import PROJECT, SECRET_KEYS, deep_merge, stack_file
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+ACCOUNT_ID = "123456789012"
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+@dataclass(frozen=True)
+class RecordedResource:
+    """One resource the program registered."""
+
+    type: str  # Pulumi type token, e.g. "kubernetes:apps/v1:Deployment"
+    name: str  # logical resource name
+    urn: str
+    custom: bool  # False for component resources
+    inputs: dict[str, Any]  # resolved plain input values (secrets unwrapped)
+    secret_keys: frozenset[str]  # top-level input keys whose value was a secret
+    parent: str | None  # parent URN (None only for the root stack)
+    protect: bool
+    provider: str | None  # provider URN, or None for the default provider
+    depends_on: tuple[str, ...]  # URNs (explicit depends_on and input dependencies, as the engine sees them)
+
+
+@dataclass(frozen=True)
+class StackRun:
+    """What one offline run of a stack produced."""
+
+    stack: str
+    resources: list[RecordedResource]
+    outputs: dict[str, Any]  # resolved stack outputs
+    secret_outputs: frozenset[str]
+
+    def of_type(self, type_: str) -> list[RecordedResource]:
+        """The resources of one type token."""
+        return [resource for resource in self.resources if resource.type == type_]
+
+    def by_name(self, name: str) -> RecordedResource:
+        """The one resource with this logical name."""
+        matches = [resource for resource in self.resources if resource.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+    @property
+    def urns(self) -> list[str]:
+        """All URNs, sorted."""
+        return sorted(resource.urn for resource in self.resources)
+
+
+# --- config, as the CLI passes it ----------------------------------------------------------------------------
+
+
+def cli_config(
+    stack: str, *, config_overrides: Mapping[str, Any] | None = None, project_dir: Path = PROJECT_DIR
+) -> tuple[dict[str, str], list[str]]:
+    """The `{"rag:key": "value"}` map (and the secret keys) the CLI would hand the program for `stack`.
+
+    `config_overrides` (keys bare or `rag:`-prefixed) are applied to the stack file's values first: a mapping is
+    merged into the stack's object for that key (falling back to the declared default), `None` unsets the key.
+    Encrypted (`secure:`) stack values cannot be decrypted offline; they become a fixed placeholder secret.
+    """
+    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text(encoding="utf-8"))
+    declared: dict[str, Any] = project.get("config") or {}
+    path = project_dir / stack_file(stack)
+    stack_doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    stack_values: dict[str, Any] = dict(stack_doc.get("config") or {})
+
+    secret_keys: set[str] = set()
+    for key, value in list(stack_values.items()):
+        if isinstance(value, Mapping) and set(value) == {"secure"}:
+            stack_values[key] = f"offline-secret-{key.split(':')[-1]}"
+            secret_keys.add(key)
+
+    for key, value in (config_overrides or {}).items():
+        full = key if ":" in key else f"{PROJECT}:{key}"
+        if value is None:
+            stack_values.pop(full, None)
+            continue
+        bare = full.split(":", 1)[1]
+        base = stack_values.get(full, (declared.get(bare) or {}).get("default"))
+        stack_values[full] = deep_merge(base, value) if isinstance(value, Mapping) else value
+        if bare in SECRET_KEYS:
+            secret_keys.add(full)
+
+    values: dict[str, Any] = {}
+    for bare, declaration in declared.items():
+        if isinstance(declaration, Mapping) and "default" in declaration:
+            values[f"{PROJECT}:{bare}"] = declaration["default"]
+        elif not isinstance(declaration, Mapping):
+            values[f"{PROJECT}:{bare}"] = declaration
+    values.update(stack_values)
+    return {key: _cli_string(value) for key, value in values.items()}, sorted(secret_keys)
+
+
+def _cli_string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+# --- mocks ---------------------------------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+def _fake_cert(name: str) -> str:
+    pem = f"-----BEGIN CERTIFICATE-----\n{_digest('ca', name)}\n-----END CERTIFICATE-----\n"
+    return base64.b64encode(pem.encode()).decode()
+
+
+class PlatformMocks(pulumi_mocks.Mocks):
+    """Plausible, deterministic outputs for the resource types and invokes the program uses."""
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
+        """Echo the inputs, plus the outputs a real provider would compute for this type."""
+        name, inputs = args.name, dict(args.inputs)
+        state: dict[str, Any] = dict(inputs)
+        extra = _outputs_for(args.typ, name, inputs)
+        state.update(extra)
+        return f"{name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+        """Answer the data-source invokes."""
+        tok = args.token
+        if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": ["eu-west-1a", "eu-west-1b", "eu-west-1c"], "zoneIds": ["z1", "z2", "z3"]}, None
+        if tok == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {
+                "accountId": ACCOUNT_ID,
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
+                "userId": "AIDA",
+            }, None
+        if tok == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, None
+        if tok == "aws:index/getRegion:getRegion":
+            return {"name": "eu-west-1", "region": "eu-west-1"}, None
+        if tok == "aws:iam/getPolicyDocument:getPolicyDocument":
+            return {
+                "json": json.dumps({"Version": "2012-10-17", "Statement": args.args.get("statements", [])})
+            }, None
+        if tok == "gcp:organizations/getClientConfig:getClientConfig":
+            return {
+                "accessToken": "offline-token",
+                "project": "offline-project",
+                "region": "europe-west1",
+            }, None
+        if tok == "gcp:organizations/getProject:getProject":
+            return {"number": "123456789", "projectId": args.args.get("projectId", "offline-project")}, None
+        return {}, None
+
+
+def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    region = "eu-west-1"
+    if typ == "random:index/randomPassword:RandomPassword":
+        return {"result": _digest("password", name)[: int(inputs.get("length", 32))]}
+    if typ == "random:index/randomId:RandomId":
+        return {"hex": _digest("id", name)[:8], "b64Url": _digest("id", name)[:11]}
+    if typ == "tls:index/privateKey:PrivateKey":
+        return {"privateKeyPem": f"offline-key-{name}", "publicKeyPem": f"offline-pub-{name}"}
+    if typ == "docker-build:index:Image":
+        digest = "sha256:" + _digest("image", name, json.dumps(inputs.get("context"), sort_keys=True))
+        tags = inputs.get("tags") or [f"registry.local/{name}:offline"]
+        return {"digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}"}
+    if typ == "aws:eks/cluster:Cluster":
+        cluster = inputs.get("name") or name
+        issuer = f"https://oidc.eks.{region}.amazonaws.com/id/{_digest('oidc', name)[:32].upper()}"
+        return {
+            "name": cluster,
+            "arn": f"arn:aws:eks:{region}:{ACCOUNT_ID}:cluster/{cluster}",
+            "endpoint": f"https://{_digest('eks', name)[:32].upper()}.gr7.{region}.eks.amazonaws.com",
+            "certificateAuthority": {"data": _fake_cert(name)},
+            "identities": [{"oidcs": [{"issuer": issuer}]}],
+            "version": inputs.get("version", "1.33"),
+        }
+    if typ == "aws:eks/nodeGroup:NodeGroup":
+        return {"arn": f"arn:aws:eks:{region}:{ACCOUNT_ID}:nodegroup/{name}", "status": "ACTIVE"}
+    if typ == "aws:ecr/repository:Repository":
+        repo = inputs.get("name") or name
+        return {
+            "repositoryUrl": f"{ACCOUNT_ID}.dkr.ecr.{region}.amazonaws.com/{repo}",
+            "registryId": ACCOUNT_ID,
+            "arn": f"arn:aws:ecr:{region}:{ACCOUNT_ID}:repository/{repo}",
+            "name": repo,
+        }
+    if typ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+        url = str(inputs.get("url", "")).removeprefix("https://")
+        return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:oidc-provider/{url}"}
+    if typ in ("aws:iam/role:Role", "aws:iam/policy:Policy"):
+        kind = "role" if typ.endswith("Role") else "policy"
+        resource = inputs.get("name") or f"{name}-{_digest(kind, name)[:7]}"
+        return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:{kind}/{resource}", "name": resource}
+    if typ == "aws:rds/instance:Instance":
+        host = f"{inputs.get('identifier') or name}.c{_digest('rds', name)[:10]}.{region}.rds.amazonaws.com"
+        return {"address": host, "endpoint": f"{host}:5432", "port": 5432, "arn": f"arn:aws:rds:::db:{name}"}
+    if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+        host = f"master.{name}.{_digest('cache', name)[:6]}.euw1.cache.amazonaws.com"
+        return {
+            "primaryEndpointAddress": host,
+            "readerEndpointAddress": host.replace("master.", "replica."),
+            "port": 6379,
+            "arn": f"arn:aws:elasticache:::replicationgroup:{name}",
+        }
+    if typ.startswith("aws:s3/bucket"):
+        bucket = inputs.get("bucket") or f"{name}-{_digest('bucket', name)[:8]}"
+        return {"bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "region": region}
+    if typ.startswith("aws:ec2/") or typ.startswith("aws:"):
+        return {"arn": f"arn:aws:{typ.split(':')[1].split('/')[0]}:{region}:{ACCOUNT_ID}:{name}"}
+    if typ == "gcp:container/cluster:Cluster":
+        return {
+            "name": inputs.get("name") or name,
+            "endpoint": f"34.{int(_digest('gke', name)[:2], 16)}.0.1",
+            "masterAuth": {"clusterCaCertificate": _fake_cert(name)},
+            "location": inputs.get("location", "europe-west1"),
+            "selfLink": f"https://container.googleapis.com/v1/projects/p/locations/l/clusters/{name}",
+        }
+    if typ == "gcp:artifactregistry/repository:Repository":
+        return {"name": inputs.get("repositoryId") or name, "registryUri": None}
+    if typ == "gcp:serviceaccount/account:Account":
+        project = inputs.get("project") or "offline-project"
+        email = f"{inputs.get('accountId') or name}@{project}.iam.gserviceaccount.com"
+        return {
+            "email": email,
+            "name": f"projects/{project}/serviceAccounts/{email}",
+            "member": f"serviceAccount:{email}",
+        }
+    if typ == "gcp:sql/databaseInstance:DatabaseInstance":
+        return {
+            "privateIpAddress": "10.20.0.3",
+            "publicIpAddress": None,
+            "connectionName": f"p:europe-west1:{name}",
+            "ipAddresses": [{"ipAddress": "10.20.0.3", "type": "PRIVATE"}],
+            "name": inputs.get("name") or name,
+        }
+    if typ == "gcp:redis/instance:Instance":
+        return {"host": "10.30.0.4", "port": 6379, "currentLocationId": "europe-west1-b"}
+    if typ == "gcp:storage/bucket:Bucket":
+        bucket = inputs.get("name") or f"{name}-{_digest('bucket', name)[:8]}"
+        return {
+            "name": bucket,
+            "url": f"gs://{bucket}",
+            "selfLink": f"https://www.googleapis.com/storage/v1/b/{bucket}",
+        }
+    if typ == "gcp:compute/network:Network":
+        return {
+            "selfLink": f"projects/p/global/networks/{inputs.get('name') or name}",
+            "name": inputs.get("name") or name,
+        }
+    if typ.startswith("kubernetes:") and isinstance(inputs.get("metadata"), Mapping):
+        metadata = dict(inputs["metadata"])
+        metadata.setdefault("name", name)
+        return {"metadata": metadata}
+    return {}
+
+
+# --- the recording monitor -----------------------------------------------------------------------------------
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, keeping each RegisterResource request's options next to its inputs."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.records: list[RecordedResource] = []
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """URNs as the engine makes them: children of the root stack carry no `pulumi:pulumi:Stack$` prefix."""
+        if parent and parent.split("::")[2] == STACK_TYPE:
+            parent = ""
+        return super().make_urn(parent, type_, name)
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        urn = self.make_urn(request.parent, request.type, request.name)
+        raw = rpc.deserialize_properties(request.object) if request.type != STACK_TYPE else {}
+        inputs: dict[str, Any] = {}
+        secret_keys: set[str] = set()
+        for key, value in raw.items():
+            if rpc.is_rpc_secret(value):
+                secret_keys.add(key)
+            inputs[key] = _plain(rpc.unwrap_rpc_secret(value))
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        self.records.append(
+            RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=urn,
+                custom=bool(request.custom),
+                inputs=inputs,
+                secret_keys=frozenset(secret_keys),
+                parent=request.parent or None,
+                protect=bool(request.protect),
+                provider=provider,
+                depends_on=tuple(sorted(set(request.dependencies))),
+            )
+        )
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """Unwrap nested secrets and turn resource references into their URNs."""
+    if rpc.is_rpc_secret(value):
+        return _plain(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, pulumi.Resource):
+        return f"<resource {type(value).__name__}>"
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+# --- running -------------------------------------------------------------------------------------------------
+
+
+def run_stack(
+    stack: str, *, config_overrides: Mapping[str, Any] | None = None, project_dir: Path = PROJECT_DIR
+) -> StackRun:
+    """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values.
+
+    Raises infra.config.ConfigError for bad config (before any resource is registered).
+    """
+    values, secret_keys = cli_config(stack, config_overrides=config_overrides, project_dir=project_dir)
+    root_dir = str(project_dir)
+    if root_dir not in sys.path:
+        sys.path.insert(0, root_dir)
+
+    # A fresh root stack, config and RPC state for every run: nothing carries over from the previous one.
+    settings.ROOT.set(None)
+    settings.SETTINGS.outputs.clear()
+    set_all_config(values, secret_keys)
+    mocks = PlatformMocks()
+    monitor = _RecordingMonitor(mocks)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    root = settings.get_root_resource()
+
+    resolved: dict[str, tuple[Any, bool]] = {}
+
+    async def program() -> None:
+        runpy.run_path(str(project_dir / "infra" / "__main__.py"), run_name="__main__")
+        for name, value in dict(root.outputs).items():  # type: ignore[union-attr]
+            output = pulumi.Output.from_input(value)
+            resolved[name] = (await output.future(), await output.is_secret())
+
+    try:
+        _sync_await(run_pulumi_func(program))
+    finally:
+        settings.ROOT.set(None)
+        set_all_config({}, [])
+
+    outputs = {name: _plain(value) for name, (value, _secret) in resolved.items()}
+    secret_outputs = frozenset(name for name, (_value, secret) in resolved.items() if secret)
+    return StackRun(
+        stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs
+    )

@@ -1,0 +1,1 @@
+"""Tests of the Pulumi program, its config and its cluster targets."""
