@@ -195,6 +195,53 @@ def test_missing_local_model_names_the_fix(tmp_path: Path) -> None:
         FastEmbedEmbedder(MODEL, model_path=tmp_path / "absent", cache_dir=tmp_path)
 
 
+def _fake_hub_cache(cache: Path, model_dir: Path) -> Path:
+    """Lay the exported files out as huggingface_hub caches fastembed's download of this model."""
+    repo = cache / "models--Qdrant--all-MiniLM-L6-v2-onnx"
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    for name in (
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "config.json",
+    ):
+        (snapshot / name).symlink_to(model_dir / name)
+    return snapshot
+
+
+def test_without_a_local_path_the_model_comes_from_the_cache_dir(
+    model_dir: Path, embedder: FastEmbedEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a production image has after `fetch_model`: the model in EMBEDDING_CACHE_DIR, no EMBEDDING_MODEL_PATH.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    snapshot = _fake_hub_cache(tmp_path / "cache", model_dir)
+    monkeypatch.chdir(tmp_path)  # away from the repo's .models, the default EMBEDDING_MODEL_PATH
+    monkeypatch.delenv("EMBEDDING_MODEL_PATH", raising=False)
+    settings = Settings(embedding_model=MODEL, embedding_cache_dir=tmp_path / "cache")
+    assert settings.resolved_model_path is None
+
+    hub = FastEmbedEmbedder.from_settings(settings)
+
+    assert hub.model_dir == snapshot  # the tokenizer is taken from fastembed's model dir
+    assert hub.max_tokens == 256
+    assert len(hub.tokenizer.encode(" ".join(_long_words(300))).ids) == 302
+    assert np.allclose(hub.embed_query("cached"), embedder.embed_query("cached"), atol=1e-6)
+
+
+def test_a_hub_model_missing_from_the_cache_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach for the network in tests
+
+    with pytest.raises(EmbeddingModelError, match=r"BAAI/bge-small-en-v1\.5.*service\.tools\.fetch_model"):
+        FastEmbedEmbedder("BAAI/bge-small-en-v1.5", cache_dir=tmp_path / "empty")
+
+
 # --- the export ----------------------------------------------------------------------------------------------
 
 
@@ -241,8 +288,8 @@ def test_export_is_deterministic_and_complete(tmp_path: Path, model_dir: Path) -
     assert files == sorted(p.relative_to(second).as_posix() for p in second.rglob("*") if p.is_file())
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
-    # the checked-in build recipe gives what `make model` built
-    assert _sha256(first / "model.onnx") == _sha256(model_dir / "model.onnx")
+    # the checked-in build recipe gives what `make model` built (a stale .models needs `make model`)
+    assert _sha256(first / "model.onnx") == _sha256(model_dir / "model.onnx"), "stale model: run `make model`"
 
     assert json.loads((first / "tokenizer_config.json").read_text())["model_max_length"] == 256
     assert json.loads((first / "tokenizer.json").read_text())["truncation"]["max_length"] == 256

@@ -54,8 +54,11 @@ class FastEmbedEmbedder:
                 threads=threads,
                 specific_model_path=str(model_path) if model_path is not None else None,
             )
-        except ValueError as exc:  # fastembed's error for a model it does not support
-            raise EmbeddingModelError(f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}") from exc
+        except ValueError as exc:  # fastembed's error for an unsupported model or one missing from the cache
+            hint = "" if model_path is not None else "; fetch it with `python -m service.tools.fetch_model`"
+            raise EmbeddingModelError(
+                f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}{hint}"
+            ) from exc
         self.model_name = model_name
         self.dimension = int(self._model.embedding_size)
         self._batch_size = batch_size
@@ -98,7 +101,7 @@ class FastEmbedEmbedder:
         )
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one search query (fastembed applies the model's query prefix, if it has one)."""
+        """Embed one search query through fastembed's query path (MiniLM and BGE v1.5 need no prefix)."""
         return self._run("query", lambda: self._model.query_embed(text))[0]
 
     def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
