@@ -24,21 +24,24 @@ def supported_models() -> list[str]:
 
 
 def parse_args(argv: list[str] | None, settings: Settings | None = None) -> argparse.Namespace:
-    """Parse the command line; defaults are taken from `settings` (read from the environment when None)."""
-    settings = Settings() if settings is None else settings
+    """Parse the command line; what the flags leave out comes from `settings` (read from the environment)."""
     parser = argparse.ArgumentParser(
         prog="python -m service.tools.fetch_model", description=__doc__.split("\n")[0]
     )
-    parser.add_argument(
-        "--model", default=settings.embedding_model, help="fastembed model name (EMBEDDING_MODEL)"
-    )
+    parser.add_argument("--model", default=None, help="fastembed model name (default: EMBEDDING_MODEL)")
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=settings.resolved_embedding_cache_dir,
-        help="fastembed cache directory (EMBEDDING_CACHE_DIR)",
+        default=None,
+        help="fastembed cache directory (default: EMBEDDING_CACHE_DIR)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Settings are only read when needed: a build stage passing both flags need not hold a valid service config.
+    if args.model is None or args.cache_dir is None:
+        settings = Settings() if settings is None else settings
+        args.model = args.model or settings.embedding_model
+        args.cache_dir = args.cache_dir or settings.resolved_embedding_cache_dir
+    return args
 
 
 def fetch(model: str, cache_dir: Path) -> Path:

@@ -347,6 +347,16 @@ def test_fetch_model_flags_override_settings(tmp_path: Path) -> None:
     assert fetch_model.parse_args([], settings).cache_dir == tmp_path / "fastembed"
 
 
+def test_fetch_model_with_both_flags_does_not_read_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "production")  # without API keys: Settings() would refuse to load
+    monkeypatch.delenv("API_KEYS", raising=False)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+
+    args = fetch_model.parse_args(["--model", "BAAI/bge-small-en-v1.5", "--cache-dir", "/models"])
+
+    assert (args.model, args.cache_dir) == ("BAAI/bge-small-en-v1.5", Path("/models"))
+
+
 def test_fetch_model_knows_the_production_models() -> None:
     names = fetch_model.supported_models()
     assert "BAAI/bge-small-en-v1.5" in names
