@@ -197,6 +197,14 @@ def managed_setting_names() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
+def client_selector(name: str) -> dict[str, str]:
+    """Labels matching both the API and the worker pods of the RagService called `name`.
+
+    Plain strings, so data components can admit the service in their NetworkPolicies before it exists.
+    """
+    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": name}
+
+
 def wants_pdb(replicas: int, autoscaling: Autoscaling | None) -> bool:
     """A PDB only makes sense when more than one pod can run at the same time."""
     return (autoscaling.min_replicas if autoscaling is not None else replicas) > 1
@@ -386,6 +394,8 @@ class RagService(pulumi.ComponentResource):
     service_port: int
     selector_labels: dict[str, str]
     """Labels selecting the API pods (for gateways and other components' NetworkPolicies)."""
+    client_labels: dict[str, str]
+    """Labels selecting the API and worker pods (equal to `client_selector(name)`)."""
     url: pulumi.Output[str]
     """In-cluster URL of the API, http://<service>.<namespace>.svc:<port>."""
     deployment_name: str
@@ -561,6 +571,7 @@ class RagService(pulumi.ComponentResource):
         self.service_name = base
         self.service_port = args.port
         self.selector_labels = api_match
+        self.client_labels = client_selector(base)
         self.deployment_name = base
         self.service_account_name = sa_name
         self.url = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{args.port}")

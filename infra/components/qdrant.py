@@ -1,0 +1,354 @@
+"""`QdrantCluster` (`rag:data:QdrantCluster`): a Qdrant cluster as our own StatefulSet.
+
+Why our own StatefulSet rather than the official qdrant Helm chart: a Helm release is opaque to the offline
+checks (its manifests only exist once Helm renders them against a cluster), while these typed Kubernetes resources
+render to plain manifests that `kubernetes-validate` and the policy pack check without a cluster; and we get full
+control of the parts that matter for a stateful service: the PodDisruptionBudget, required anti-affinity plus zone
+spread, the restricted security context and read-only root filesystem, and how the API key reaches the pods.
+The trade-off: upgrades of the chart's defaults (new config keys, probe changes, the updater hook) do not come for
+free; we follow Qdrant's release notes ourselves and pin the image version here.
+
+Creates: ServiceAccount (no token), the API-key Secret, a headless Service (peer DNS, p2p port 6335, publishes
+not-ready pods so peers can bootstrap) and a client Service (6333 HTTP, 6334 gRPC), the StatefulSet (cluster mode:
+pod 0 starts the consensus, others bootstrap from it via the headless DNS name; a PVC per pod), a PDB when
+replicas > 1, a NetworkPolicy (clients + peers + Prometheus in, DNS + peers out) and optionally a ServiceMonitor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import EgressTarget, Resources, require
+
+APP = "qdrant"
+DEFAULT_IMAGE = "qdrant/qdrant:v1.15.4-unprivileged"
+HTTP_PORT = 6333
+GRPC_PORT = 6334
+P2P_PORT = 6335
+RUN_AS_USER = 1000
+FS_GROUP = 3000
+API_KEY_KEY = "api-key"
+
+
+@dataclass(frozen=True)
+class QdrantClusterArgs:
+    """Arguments of `QdrantCluster`."""
+
+    namespace: str
+    api_key: pulumi.Input[str]
+    """API key required on every request (a Pulumi secret)."""
+    replicas: int = 1
+    """Qdrant nodes (StatefulSet pods); production uses 3."""
+    replication_factor: int = 1
+    """Replication factor the service uses for new collections (QDRANT_REPLICATION_FACTOR); <= replicas."""
+    image: str = DEFAULT_IMAGE
+    """Pinned image; the -unprivileged variant runs as UID 1000."""
+    storage_size: str = "10Gi"
+    storage_class: str | None = None
+    """StorageClass of the data PVCs; None uses the cluster default."""
+    snapshots_size: str = "10Gi"
+    """Size limit of the snapshots emptyDir (snapshots are streamed to object storage by QdrantBackups)."""
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi")
+    )
+    anti_affinity: Literal["required", "preferred"] = "required"
+    """`required`: never two nodes of the cluster on one Kubernetes node."""
+    protect: bool = False
+    """Protect the StatefulSet and its Secret from `pulumi destroy` (prod: True)."""
+    network_policy: bool = True
+    client_selectors: tuple[Mapping[str, str], ...] = ()
+    """Pod label selectors (same namespace) allowed to call Qdrant (the service, the backup job)."""
+    monitoring_namespace: str | None = "monitoring"
+    service_monitor: bool = False
+    monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+def validate_args(args: QdrantClusterArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot form a working cluster."""
+    specs.check_dns_label(args.namespace, "QdrantClusterArgs.namespace")
+    specs.check_image(args.image, "QdrantClusterArgs.image")
+    require(1 <= args.replicas <= 32, "QdrantClusterArgs.replicas must be between 1 and 32.")
+    require(
+        1 <= args.replication_factor <= args.replicas,
+        "QdrantClusterArgs.replication_factor must be at least 1 and at most replicas "
+        f"({args.replicas}): each copy of a shard lives on a different node.",
+    )
+    specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
+    specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
+    args.resources.validate("QdrantClusterArgs.resources")
+    require(
+        args.anti_affinity in ("required", "preferred"),
+        "QdrantClusterArgs.anti_affinity must be 'required' or 'preferred'.",
+    )
+    require(
+        not (args.network_policy and not args.client_selectors),
+        "QdrantClusterArgs.client_selectors must name at least one client when network_policy is on, "
+        "or nothing could reach Qdrant.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def headless_name(base: str) -> str:
+    """Name of the headless Service that gives each pod a stable DNS name."""
+    return f"{base}-headless"
+
+
+def peer_host(base: str, namespace: str, index: int) -> str:
+    """DNS name of pod `index`: <base>-<i>.<base>-headless.<namespace>.svc."""
+    return f"{base}-{index}.{headless_name(base)}.{namespace}.svc"
+
+
+def bootstrap_script(base: str, namespace: str) -> str:
+    """Pod 0 starts the Raft consensus; every other pod bootstraps from pod 0 over the p2p port."""
+    first = f"http://{peer_host(base, namespace, 0)}:{P2P_PORT}"
+    own = f"http://{base}-${{INDEX}}.{headless_name(base)}.{namespace}.svc:{P2P_PORT}"
+    return (
+        "set -e\n"
+        'INDEX="${HOSTNAME##*-}"\n'
+        'if [ "$INDEX" = "0" ]; then\n'
+        f'  exec ./entrypoint.sh --uri "{first}"\n'
+        "else\n"
+        f'  exec ./entrypoint.sh --bootstrap "{first}" --uri "{own}"\n'
+        "fi\n"
+    )
+
+
+def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
+    """The Qdrant container: cluster mode env, API key from the Secret, probes, restricted security."""
+    env = [
+        {"name": "QDRANT__CLUSTER__ENABLED", "value": "true"},
+        {"name": "QDRANT__CLUSTER__P2P__PORT", "value": str(P2P_PORT)},
+        {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
+        {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+        {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
+        {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
+        {
+            "name": "QDRANT__SERVICE__API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEY_KEY}},
+        },
+    ]
+    return {
+        "name": "qdrant",
+        "image": args.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/bash", "-c"],
+        "args": [bootstrap_script(base, args.namespace)],
+        "env": env,
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "p2p", "containerPort": P2P_PORT, "protocol": "TCP"},
+        ],
+        # Health endpoints need no API key. Loading large collections at start can take minutes.
+        "startupProbe": specs.http_probe("/livez", HTTP_PORT, period=10, timeout=3, failures=60),
+        "livenessProbe": specs.http_probe("/livez", HTTP_PORT, period=10, timeout=3, failures=6),
+        "readinessProbe": specs.http_probe("/readyz", HTTP_PORT, period=5, timeout=3, failures=3),
+        "resources": specs.resources_spec(args.resources),
+        "securityContext": specs.container_security_context(RUN_AS_USER, FS_GROUP),
+        "volumeMounts": [
+            {"name": "storage", "mountPath": "/qdrant/storage"},
+            {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
+            {"name": "init", "mountPath": "/qdrant/init"},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        ],
+    }
+
+
+def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
+    """StatefulSet spec: parallel start (peers wait for pod 0 themselves), a PVC template, spread and anti-affinity."""
+    match = specs.selector_labels(APP, base, "vector-store")
+    pod_labels = specs.labels(APP, base, "vector-store")
+    pvc: dict[str, Any] = {
+        "metadata": {"name": "storage", "labels": dict(match)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": args.storage_size}}},
+    }
+    if args.storage_class is not None:
+        pvc["spec"]["storageClassName"] = args.storage_class
+    return {
+        "replicas": args.replicas,
+        "serviceName": headless_name(base),
+        "podManagementPolicy": "Parallel",
+        "updateStrategy": {"type": "RollingUpdate"},
+        "selector": {"matchLabels": dict(match)},
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": {
+                "serviceAccountName": base,
+                "automountServiceAccountToken": False,
+                "securityContext": specs.pod_security_context(RUN_AS_USER, FS_GROUP),
+                "terminationGracePeriodSeconds": 60,
+                "affinity": specs.pod_anti_affinity(match, required=args.anti_affinity == "required"),
+                "topologySpreadConstraints": specs.topology_spread(match)[:1],
+                "containers": [container_spec(args, base, secret_name)],
+                "volumes": [
+                    {"name": "snapshots", "emptyDir": {"sizeLimit": args.snapshots_size}},
+                    {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                ],
+            },
+        },
+        "volumeClaimTemplates": [pvc],
+    }
+
+
+def headless_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
+    """Headless Service: per-pod DNS for p2p; not-ready pods are published so peers can bootstrap."""
+    return {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": dict(match),
+        "ports": [
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            {"name": "p2p", "port": P2P_PORT, "targetPort": "p2p", "protocol": "TCP"},
+        ],
+    }
+
+
+def client_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
+    """ClusterIP Service the clients use (HTTP and gRPC)."""
+    return {
+        "type": "ClusterIP",
+        "selector": dict(match),
+        "ports": [
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+        ],
+    }
+
+
+def network_policy_spec(args: QdrantClusterArgs, match: Mapping[str, str]) -> dict[str, Any]:
+    """Clients on 6333/6334, peers on all three ports, Prometheus on 6333; out only to DNS and peers."""
+    peers = [{"podSelector": {"matchLabels": dict(match)}}]
+    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    ingress = [
+        specs.ingress_rule([HTTP_PORT, GRPC_PORT], clients),
+        specs.ingress_rule([HTTP_PORT, GRPC_PORT, P2P_PORT], peers),
+    ]
+    if args.monitoring_namespace is not None:
+        ingress.append(specs.ingress_rule([HTTP_PORT], [specs.namespace_peer(args.monitoring_namespace)]))
+    egress = [
+        specs.dns_egress_rule(),
+        {"to": peers, "ports": [{"protocol": "TCP", "port": p} for p in (HTTP_PORT, GRPC_PORT, P2P_PORT)]},
+    ]
+    return specs.network_policy_spec(match, ingress=ingress, egress=egress)
+
+
+# ---------------------------------------------------------------------------------------------- component
+class QdrantCluster(pulumi.ComponentResource):
+    """A Qdrant cluster (StatefulSet in cluster mode) with its Services, Secret, PDB and policies."""
+
+    endpoint: pulumi.Output[str]
+    """Client URL, http://<service>.<namespace>.svc:6333."""
+    api_key: pulumi.Output[str]
+    """The API key (secret)."""
+    replication_factor: int
+    service_name: str
+    headless_service_name: str
+    api_key_secret_name: str
+    selector_labels: dict[str, str]
+    peer_urls: list[str]
+    """HTTP URL of every node (snapshots are per node in a cluster, so backups visit each)."""
+    egress_target: EgressTarget
+    """What clients' NetworkPolicies must allow to reach this cluster."""
+
+    def __init__(
+        self, name: str, args: QdrantClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        validate_args(args)
+        super().__init__("rag:data:QdrantCluster", name, None, opts)
+        base = name
+        ns = args.namespace
+        specs.check_dns_label(headless_name(base), "QdrantCluster name")
+        match = specs.selector_labels(APP, base, "vector-store")
+        object_labels = specs.labels(APP, base, "vector-store")
+        secret_name = f"{base}-api-key"
+
+        def child(
+            *, protect: bool = False, extra: tuple[pulumi.Resource, ...] = ()
+        ) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
+
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=specs.metadata(base, ns, object_labels),
+            automount_service_account_token=False,
+            opts=child(),
+        )
+        api_key = pulumi.Output.secret(args.api_key)
+        secret = k8s.core.v1.Secret(
+            f"{name}-api-key",
+            metadata=specs.metadata(secret_name, ns, object_labels),
+            type="Opaque",
+            string_data={API_KEY_KEY: api_key},
+            opts=child(protect=args.protect),
+        )
+        k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=specs.metadata(headless_name(base), ns, object_labels),
+            spec=headless_service_spec(match),
+            opts=child(),
+        )
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=specs.metadata(base, ns, object_labels),
+            spec=client_service_spec(match),
+            opts=child(),
+        )
+        k8s.apps.v1.StatefulSet(
+            f"{name}-statefulset",
+            metadata=specs.metadata(base, ns, object_labels),
+            spec=statefulset_spec(args, base, secret_name),
+            opts=child(protect=args.protect, extra=(secret,)),
+        )
+        if args.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=specs.pdb_spec(match),
+                opts=child(),
+            )
+        if args.network_policy:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-netpol",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=network_policy_spec(args, match),
+                opts=child(),
+            )
+        if args.service_monitor:
+            k8s.apiextensions.CustomResource(
+                f"{name}-servicemonitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="ServiceMonitor",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=specs.service_monitor_spec(
+                    match, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
+                ),
+                opts=child(extra=args.monitoring_crds),
+            )
+
+        self.endpoint = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{HTTP_PORT}")
+        self.api_key = api_key
+        self.replication_factor = args.replication_factor
+        self.service_name = base
+        self.headless_service_name = headless_name(base)
+        self.api_key_secret_name = secret_name
+        self.selector_labels = match
+        self.peer_urls = [f"http://{peer_host(base, ns, i)}:{HTTP_PORT}" for i in range(args.replicas)]
+        self.egress_target = EgressTarget(APP, HTTP_PORT, dict(match), extra_ports=(GRPC_PORT,))
+        self.register_outputs(
+            {
+                "endpoint": self.endpoint,
+                "apiKey": self.api_key,
+                "replicationFactor": self.replication_factor,
+                "peerUrls": self.peer_urls,
+            }
+        )
