@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,17 @@ def test_batch_size_does_not_change_vectors(
         np.abs(np.subtract(small_batches.embed_documents(texts), embedder.embed_documents(texts))).max()
         < 1e-5
     )
+
+
+def test_concurrent_calls_from_threads_give_the_same_vectors(embedder: FastEmbedEmbedder) -> None:
+    # The service calls the one shared embedder from a threadpool.
+    texts = [f"thread {i}: {' '.join(_long_words(5 + 7 * i))}" for i in range(8)]
+    expected = [embedder.embed_documents([text])[0] for text in texts]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda text: embedder.embed_documents([text])[0], texts))
+
+    assert np.abs(np.subtract(results, expected)).max() < 1e-6
 
 
 def test_tokenizer_neither_truncates_nor_pads(embedder: FastEmbedEmbedder) -> None:
