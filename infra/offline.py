@@ -155,34 +155,41 @@ class PlatformMocks(pulumi_mocks.Mocks):
         state.update(extra)
         return f"{name}-id", state
 
-    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]] | None]:
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         """Answer the data-source invokes."""
         tok = args.token
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": ["eu-west-1a", "eu-west-1b", "eu-west-1c"], "zoneIds": ["z1", "z2", "z3"]}, None
+            return {"names": ["eu-west-1a", "eu-west-1b", "eu-west-1c"], "zoneIds": ["z1", "z2", "z3"]}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
                 "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
                 "userId": "AIDA",
-            }, None
+            }, []
         if tok == "aws:index/getPartition:getPartition":
-            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, None
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com"}, []
         if tok == "aws:index/getRegion:getRegion":
-            return {"name": "eu-west-1", "region": "eu-west-1"}, None
+            return {"name": "eu-west-1", "region": "eu-west-1"}, []
         if tok == "aws:iam/getPolicyDocument:getPolicyDocument":
             return {
                 "json": json.dumps({"Version": "2012-10-17", "Statement": args.args.get("statements", [])})
-            }, None
+            }, []
+        if tok == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {
+                "userName": "AWS",
+                "password": "offline-ecr-password",
+                "authorizationToken": base64.b64encode(b"AWS:offline-ecr-password").decode(),
+                "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.eu-west-1.amazonaws.com",
+            }, []
         if tok == "gcp:organizations/getClientConfig:getClientConfig":
             return {
                 "accessToken": "offline-token",
                 "project": "offline-project",
                 "region": "europe-west1",
-            }, None
+            }, []
         if tok == "gcp:organizations/getProject:getProject":
-            return {"number": "123456789", "projectId": args.args.get("projectId", "offline-project")}, None
-        return {}, None
+            return {"number": "123456789", "projectId": args.args.get("projectId", "offline-project")}, []
+        return {}, []
 
 
 def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:

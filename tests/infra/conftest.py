@@ -22,6 +22,8 @@ IN_CLUSTER = {"postgres": {"mode": "cloudnative"}, "redis": {"mode": "incluster"
 def target_overrides(stack: str, target: str) -> dict:
     """Config overrides that move `stack` onto cluster `target` (only what the target itself demands)."""
     overrides: dict = {"cluster": {"provider": target}}
+    if target == "gke" and stack == "dev":
+        overrides["cluster"]["gke"] = {"project": "rag-dev"}
     if target == "existing":
         overrides.update(IN_CLUSTER)
         overrides["backups"] = {"bucket": "rag-backups", "endpoint": "http://minio.minio:9000"}

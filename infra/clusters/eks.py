@@ -1,0 +1,346 @@
+"""EKS target: VPC, cluster, managed node group, EBS CSI driver, gp3 StorageClass, ECR and IRSA.
+
+Built from `aws.*` resources (not the pulumi-eks multi-language component) so every resource is visible to the
+offline tests and policies, with an explicit `aws.Provider` for `rag:cluster.eks.region`. The VPC has one public
+and one private subnet per zone and a single NAT gateway; nodes, RDS and ElastiCache live in the private subnets.
+IRSA: the cluster's OIDC issuer is registered as an IAM identity provider; `workload_identity(ns, ksa, role)`
+creates a role only that Kubernetes service account can assume and returns its `eks.amazonaws.com/role-arn`
+annotation. In prod the cluster, node group and ECR repository are protected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.clusters import ClusterTarget, Registry
+from infra.config import StackConfig
+
+NODE_POLICIES = (
+    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+)
+EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+
+
+def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
+    """(public, private) subnet CIDRs: /20s carved from the VPC range, publics first."""
+    subnets = [str(net) for net in ipaddress.ip_network(vpc_cidr).subnets(new_prefix=20)]
+    if len(subnets) < 2 * zones:
+        raise ValueError(f"{vpc_cidr} is too small for {2 * zones} /20 subnets")
+    return subnets[:zones], subnets[zones : 2 * zones]
+
+
+def kubeconfig_for(name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig that authenticates with `aws eks get-token` (no long-lived credentials inside)."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {
+                    "name": name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "aws",
+                            "args": [
+                                "eks",
+                                "get-token",
+                                "--cluster-name",
+                                name,
+                                "--region",
+                                region,
+                                "--output",
+                                "json",
+                            ],
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def assume_role_policy(service: str) -> str:
+    """Trust policy letting an AWS service assume a role."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+        }
+    )
+
+
+def irsa_trust_policy(oidc_arn: str, issuer: str, namespace: str, service_account: str) -> str:
+    """Trust policy letting exactly one Kubernetes service account assume a role through the cluster's OIDC."""
+    host = issuer.removeprefix("https://")
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Federated": oidc_arn},
+                    "Action": "sts:AssumeRoleWithWebIdentity",
+                    "Condition": {
+                        "StringEquals": {
+                            f"{host}:sub": f"system:serviceaccount:{namespace}:{service_account}",
+                            f"{host}:aud": "sts.amazonaws.com",
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def build_eks(config: StackConfig) -> ClusterTarget:
+    """The EKS cluster target for `config` (provider `eks`)."""
+    eks = config.cluster.eks
+    stack = pulumi.get_stack()
+    name = f"rag-{stack}"
+    aws_provider = aws.Provider(
+        "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
+    )
+    opts = pulumi.ResourceOptions(provider=aws_provider)
+    kept = pulumi.ResourceOptions(provider=aws_provider, protect=config.protect)
+
+    zones = aws.get_availability_zones_output(
+        state="available", opts=pulumi.InvokeOutputOptions(provider=aws_provider)
+    )
+    public_cidrs, private_cidrs = subnet_cidrs(eks.vpcCidr, eks.availabilityZones)
+
+    vpc = aws.ec2.Vpc(
+        "vpc",
+        cidr_block=eks.vpcCidr,
+        enable_dns_hostnames=True,
+        enable_dns_support=True,
+        tags={"Name": name},
+        opts=opts,
+    )
+    gateway = aws.ec2.InternetGateway("igw", vpc_id=vpc.id, opts=opts)
+    public_rt = aws.ec2.RouteTable(
+        "public-rt", vpc_id=vpc.id, routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}], opts=opts
+    )
+    public_subnets: list[aws.ec2.Subnet] = []
+    private_subnets: list[aws.ec2.Subnet] = []
+    for index, cidr in enumerate(public_cidrs):
+        subnet = aws.ec2.Subnet(
+            f"public-{index}",
+            vpc_id=vpc.id,
+            cidr_block=cidr,
+            availability_zone=zones.names[index],
+            map_public_ip_on_launch=True,
+            tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1"},
+            opts=opts,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"public-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=opts
+        )
+        public_subnets.append(subnet)
+    nat_ip = aws.ec2.Eip("nat-ip", domain="vpc", opts=opts)
+    nat = aws.ec2.NatGateway("nat", subnet_id=public_subnets[0].id, allocation_id=nat_ip.id, opts=opts)
+    private_rt = aws.ec2.RouteTable(
+        "private-rt", vpc_id=vpc.id, routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}], opts=opts
+    )
+    for index, cidr in enumerate(private_cidrs):
+        subnet = aws.ec2.Subnet(
+            f"private-{index}",
+            vpc_id=vpc.id,
+            cidr_block=cidr,
+            availability_zone=zones.names[index],
+            tags={"Name": f"{name}-private-{index}", "kubernetes.io/role/internal-elb": "1"},
+            opts=opts,
+        )
+        aws.ec2.RouteTableAssociation(
+            f"private-{index}", subnet_id=subnet.id, route_table_id=private_rt.id, opts=opts
+        )
+        private_subnets.append(subnet)
+
+    cluster_role = aws.iam.Role(
+        "eks-cluster-role", assume_role_policy=assume_role_policy("eks.amazonaws.com"), opts=opts
+    )
+    cluster_policy = aws.iam.RolePolicyAttachment(
+        "eks-cluster-policy",
+        role=cluster_role.name,
+        policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+        opts=opts,
+    )
+    cluster = aws.eks.Cluster(
+        "eks",
+        name=name,
+        version=eks.version,
+        role_arn=cluster_role.arn,
+        vpc_config={
+            "subnet_ids": [subnet.id for subnet in private_subnets + public_subnets],
+            "endpoint_private_access": True,
+            "endpoint_public_access": True,
+        },
+        access_config={
+            "authentication_mode": "API_AND_CONFIG_MAP",
+            "bootstrap_cluster_creator_admin_permissions": True,
+        },
+        enabled_cluster_log_types=["api", "audit", "authenticator"],
+        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[cluster_policy])),
+    )
+
+    node_role = aws.iam.Role(
+        "eks-node-role", assume_role_policy=assume_role_policy("ec2.amazonaws.com"), opts=opts
+    )
+    node_policies = [
+        aws.iam.RolePolicyAttachment(
+            f"eks-node-{arn.rsplit('/', 1)[1]}", role=node_role.name, policy_arn=arn, opts=opts
+        )
+        for arn in NODE_POLICIES
+    ]
+    group = eks.nodeGroup
+    node_group = aws.eks.NodeGroup(
+        "eks-nodes",
+        cluster_name=cluster.name,
+        node_role_arn=node_role.arn,
+        subnet_ids=[subnet.id for subnet in private_subnets],
+        instance_types=[group.instanceType],
+        disk_size=group.diskSizeGb,
+        scaling_config={
+            "min_size": group.minSize,
+            "max_size": group.maxSize,
+            "desired_size": group.desiredSize,
+        },
+        update_config={"max_unavailable": 1},
+        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=node_policies)),
+    )
+
+    issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])
+    oidc = aws.iam.OpenIdConnectProvider(
+        "eks-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=opts
+    )
+
+    def irsa_role(resource_name: str, namespace: str, service_account: str) -> aws.iam.Role:
+        return aws.iam.Role(
+            resource_name,
+            assume_role_policy=pulumi.Output.all(oidc.arn, issuer).apply(
+                lambda parts: irsa_trust_policy(parts[0], parts[1], namespace, service_account)
+            ),
+            opts=opts,
+        )
+
+    # PersistentVolumes on EKS need the EBS CSI driver (an add-on with its own IRSA role) and a gp3 class.
+    ebs_role = irsa_role("ebs-csi-role", "kube-system", "ebs-csi-controller-sa")
+    aws.iam.RolePolicyAttachment("ebs-csi-policy", role=ebs_role.name, policy_arn=EBS_CSI_POLICY, opts=opts)
+    ebs_addon = aws.eks.Addon(
+        "ebs-csi",
+        cluster_name=cluster.name,
+        addon_name="aws-ebs-csi-driver",
+        service_account_role_arn=ebs_role.arn,
+        resolve_conflicts_on_create="OVERWRITE",
+        opts=pulumi.ResourceOptions(provider=aws_provider, depends_on=[node_group]),
+    )
+
+    repository = aws.ecr.Repository(
+        "registry",
+        name=f"rag-service-{stack}",
+        image_tag_mutability="IMMUTABLE",
+        image_scanning_configuration={"scan_on_push": True},
+        force_delete=not config.protect,
+        opts=kept,
+    )
+    aws.ecr.LifecyclePolicy(
+        "registry-lifecycle",
+        repository=repository.name,
+        policy=json.dumps(
+            {
+                "rules": [
+                    {
+                        "rulePriority": 1,
+                        "description": "keep the last 50 images",
+                        "selection": {
+                            "tagStatus": "any",
+                            "countType": "imageCountMoreThan",
+                            "countNumber": 50,
+                        },
+                        "action": {"type": "expire"},
+                    }
+                ]
+            }
+        ),
+        opts=opts,
+    )
+
+    kubeconfig = pulumi.Output.secret(
+        pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(
+            lambda parts: kubeconfig_for(parts[0], parts[1], parts[2]["data"], eks.region)
+        )
+    )
+    k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    storage_class = k8s.storage.v1.StorageClass(
+        "gp3",
+        metadata={
+            "name": eks.storageClass,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        provisioner="ebs.csi.aws.com",
+        parameters={"type": "gp3", "encrypted": "true", "fsType": "ext4"},
+        volume_binding_mode="WaitForFirstConsumer",
+        allow_volume_expansion=True,
+        reclaim_policy="Retain" if config.protect else "Delete",
+        opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[ebs_addon]),
+    )
+
+    roles: dict[tuple[str, str, str], aws.iam.Role] = {}
+
+    def workload_identity(namespace: str, service_account: str, role: str) -> Mapping[str, pulumi.Input[str]]:
+        """An IRSA role for `namespace/service_account` (policies attached by the caller); returns the annotation."""
+        key = (namespace, service_account, role)
+        if key not in roles:
+            roles[key] = irsa_role(f"irsa-{role}", namespace, service_account)
+        return {"eks.amazonaws.com/role-arn": roles[key].arn}
+
+    token = aws.ecr.get_authorization_token_output(
+        registry_id=repository.registry_id, opts=pulumi.InvokeOutputOptions(provider=aws_provider)
+    )
+    security_group = aws.ec2.SecurityGroup(
+        "data-sg",
+        vpc_id=vpc.id,
+        description="Managed data stores (RDS, ElastiCache) reachable from inside the VPC only",
+        ingress=[
+            {"protocol": "tcp", "from_port": 5432, "to_port": 5432, "cidr_blocks": [eks.vpcCidr]},
+            {"protocol": "tcp", "from_port": 6379, "to_port": 6379, "cidr_blocks": [eks.vpcCidr]},
+        ],
+        egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"]}],
+        opts=opts,
+    )
+    return ClusterTarget(
+        provider_name="eks",
+        k8s_provider=k8s_provider,
+        kubeconfig=kubeconfig,
+        registry=Registry(
+            repository=repository.repository_url,
+            server=repository.repository_url.apply(lambda url: url.split("/", 1)[0]),
+            username=token.user_name,
+            password=pulumi.Output.secret(token.password),
+        ),
+        storage_class=eks.storageClass,
+        cloud_provider=aws_provider,
+        region=eks.region,
+        network={
+            "vpc": vpc,
+            "private_subnet_ids": [subnet.id for subnet in private_subnets],
+            "data_security_group_id": security_group.id,
+            "oidc_provider": oidc,
+            "irsa_roles": roles,
+        },
+        depends_on=(node_group, ebs_addon, storage_class),
+        workload_identity=workload_identity,
+    )

@@ -1,0 +1,235 @@
+"""GKE target: network, cluster (Standard + node pool, or Autopilot), Artifact Registry and workload identity.
+
+Created at the top level of the stack with an explicit `gcp.Provider` (project and region from `rag:cluster.gke`),
+so nothing depends on ambient `gcp:*` config. The VPC is VPC-native with a private-services range so Cloud SQL and
+Memorystore (managed modes) get private IPs on it. Workload identity: one Google service account per workload role
+(`backup`, `service`), bound to its Kubernetes service account with `roles/iam.workloadIdentityUser`; the component
+that creates the KSA puts the returned annotation on it. In prod the cluster, node pool and registry are protected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.clusters import ClusterTarget, Registry
+from infra.config import StackConfig
+
+APIS = (
+    "container.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "iam.googleapis.com",
+    "sqladmin.googleapis.com",
+    "redis.googleapis.com",
+    "servicenetworking.googleapis.com",
+    "storage.googleapis.com",
+)
+WORKLOAD_ROLES = ("backup", "service")
+
+
+def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
+    """A kubeconfig that authenticates with gke-gcloud-auth-plugin (no long-lived credentials inside)."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": name,
+                    "cluster": {"server": f"https://{endpoint}", "certificate-authority-data": ca_data},
+                }
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {
+                    "name": name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "gke-gcloud-auth-plugin",
+                            "provideClusterInfo": True,
+                            "installHint": "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin",
+                        }
+                    },
+                }
+            ],
+        }
+    )
+
+
+def build_gke(config: StackConfig) -> ClusterTarget:
+    """The GKE cluster target for `config` (provider `gke`)."""
+    gke = config.cluster.gke
+    stack = pulumi.get_stack()
+    protect = config.protect
+    gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
+    opts = pulumi.ResourceOptions(provider=gcp_provider)
+    kept = pulumi.ResourceOptions(provider=gcp_provider, protect=protect)
+
+    services = [
+        gcp.projects.Service(f"api-{api.split('.')[0]}", service=api, disable_on_destroy=False, opts=opts)
+        for api in APIS
+    ]
+    after_apis = pulumi.ResourceOptions(depends_on=services)
+
+    network = gcp.compute.Network(
+        "network", auto_create_subnetworks=False, opts=pulumi.ResourceOptions.merge(opts, after_apis)
+    )
+    subnet = gcp.compute.Subnetwork(
+        "subnet",
+        network=network.id,
+        region=gke.region,
+        ip_cidr_range="10.10.0.0/20",
+        private_ip_google_access=True,
+        secondary_ip_ranges=[
+            {"range_name": "pods", "ip_cidr_range": "10.20.0.0/14"},
+            {"range_name": "services", "ip_cidr_range": "10.24.0.0/20"},
+        ],
+        opts=opts,
+    )
+    # Private services access: Cloud SQL and Memorystore get addresses in this range, reachable from the pods.
+    private_range = gcp.compute.GlobalAddress(
+        "private-services-range",
+        purpose="VPC_PEERING",
+        address_type="INTERNAL",
+        prefix_length=16,
+        network=network.id,
+        opts=opts,
+    )
+    peering = gcp.servicenetworking.Connection(
+        "private-services",
+        network=network.id,
+        service="servicenetworking.googleapis.com",
+        reserved_peering_ranges=[private_range.name],
+        opts=opts,
+    )
+
+    workload_pool = f"{gke.project}.svc.id.goog"
+    common = {
+        "location": gke.region,
+        "network": network.id,
+        "subnetwork": subnet.id,
+        "release_channel": {"channel": gke.releaseChannel},
+        "deletion_protection": gke.deletionProtection,
+        "ip_allocation_policy": {
+            "cluster_secondary_range_name": "pods",
+            "services_secondary_range_name": "services",
+        },
+    }
+    depends: list[pulumi.Resource] = []
+    if gke.autopilot:
+        cluster = gcp.container.Cluster(
+            "gke",
+            name=f"rag-{stack}",
+            enable_autopilot=True,
+            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            **common,
+        )
+    else:
+        cluster = gcp.container.Cluster(
+            "gke",
+            name=f"rag-{stack}",
+            remove_default_node_pool=True,
+            initial_node_count=1,
+            workload_identity_config={"workload_pool": workload_pool},
+            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            **common,
+        )
+        node_sa = gcp.serviceaccount.Account(
+            "node-sa",
+            account_id=f"rag-{stack}-nodes"[:30],
+            display_name=f"GKE nodes of rag-{stack}",
+            opts=opts,
+        )
+        for role in (
+            "roles/logging.logWriter",
+            "roles/monitoring.metricWriter",
+            "roles/artifactregistry.reader",
+        ):
+            gcp.projects.IAMMember(
+                f"node-sa-{role.split('/')[1]}",
+                project=gke.project,
+                role=role,
+                member=node_sa.email.apply(lambda email: f"serviceAccount:{email}"),
+                opts=opts,
+            )
+        pool = gke.nodePool
+        node_pool = gcp.container.NodePool(
+            "gke-nodes",
+            cluster=cluster.name,
+            location=gke.region,
+            autoscaling={"min_node_count": pool.minNodes, "max_node_count": pool.maxNodes},
+            management={"auto_repair": True, "auto_upgrade": True},
+            node_config={
+                "machine_type": pool.machineType,
+                "disk_size_gb": pool.diskSizeGb,
+                "spot": pool.spot,
+                "service_account": node_sa.email,
+                "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+                "workload_metadata_config": {"mode": "GKE_METADATA"},
+            },
+            opts=kept,
+        )
+        depends.append(node_pool)
+
+    registry = gcp.artifactregistry.Repository(
+        "registry",
+        repository_id="rag",
+        location=gke.region,
+        format="DOCKER",
+        description=f"RAG service images ({stack})",
+        opts=pulumi.ResourceOptions.merge(kept, after_apis),
+    )
+
+    identities: dict[str, gcp.serviceaccount.Account] = {
+        role: gcp.serviceaccount.Account(
+            f"wi-{role}",
+            account_id=f"rag-{stack}-{role}"[:30],
+            display_name=f"rag {stack} {role} workload",
+            opts=opts,
+        )
+        for role in WORKLOAD_ROLES
+    }
+
+    def workload_identity(namespace: str, service_account: str, role: str) -> Mapping[str, pulumi.Input[str]]:
+        """Bind KSA `namespace/service_account` to the `role` GSA; returns the KSA annotation."""
+        account = identities[role]
+        gcp.serviceaccount.IAMMember(
+            f"wi-{role}-binding",
+            service_account_id=account.name,
+            role="roles/iam.workloadIdentityUser",
+            member=f"serviceAccount:{workload_pool}[{namespace}/{service_account}]",
+            opts=opts,
+        )
+        return {"iam.gke.io/gcp-service-account": account.email}
+
+    kubeconfig = pulumi.Output.secret(
+        pulumi.Output.all(cluster.name, cluster.endpoint, cluster.master_auth).apply(
+            lambda parts: kubeconfig_for(parts[0], parts[1], parts[2]["cluster_ca_certificate"])
+        )
+    )
+    k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    host = f"{gke.region}-docker.pkg.dev"
+    token = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=gcp_provider))
+    return ClusterTarget(
+        provider_name="gke",
+        k8s_provider=k8s_provider,
+        kubeconfig=kubeconfig,
+        registry=Registry(
+            repository=registry.repository_id.apply(lambda repo: f"{host}/{gke.project}/{repo}/rag-service"),
+            server=pulumi.Output.from_input(host),
+            username=pulumi.Output.from_input("oauth2accesstoken"),
+            password=pulumi.Output.secret(token.access_token),
+        ),
+        storage_class=gke.storageClass,
+        cloud_provider=gcp_provider,
+        region=gke.region,
+        network={"network": network, "subnet": subnet, "private_services": peering, "project": gke.project},
+        depends_on=tuple(depends) or (cluster,),
+        workload_identity=workload_identity,
+    )
