@@ -16,9 +16,14 @@ import hmac
 import logging
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from fastapi import Request
+
 from service.app.core.config import Settings, SettingsError
+from service.app.core.errors import Unauthorized
+from service.app.core.ratelimit import Budget
 
 logger = logging.getLogger(__name__)
 
@@ -106,3 +111,59 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+class InvalidApiKey(Unauthorized):
+    """401 with the RFC 6750 challenge, so clients know to send `Authorization: Bearer <key>`."""
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": f'{BEARER_CHALLENGE}, error="invalid_token"'}
+
+
+class MissingApiKey(Unauthorized):
+    """401 for a request without (bearer) credentials: the bare challenge, as RFC 6750 asks."""
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": BEARER_CHALLENGE}
+
+
+def authenticate_request(request: Request) -> Principal:
+    """The caller's principal (cached on request.state); raises 401 unless auth is disabled."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    services = request.app.state.services
+    settings: Settings = services.settings
+    if settings.auth_disabled:
+        client = request.client.host if request.client else "unknown"
+        principal = Principal(tenant=settings.default_tenant, key_id=f"client:{client}")
+    else:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None:
+            raise MissingApiKey("missing API key: send `Authorization: Bearer <key>`")
+        found = services.auth.authenticate(token)
+        if found is None:
+            raise InvalidApiKey("invalid API key")
+        principal = found
+    request.state.principal = principal
+    request.state.tenant = principal.tenant  # read by the access log
+    return principal
+
+
+def get_tenant(request: Request) -> str:
+    """FastAPI dependency: the tenant of the caller's API key (DEFAULT_TENANT when AUTH_DISABLED=true)."""
+    return authenticate_request(request).tenant
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def rate_limit(write_budget: Budget) -> Callable[[Request], Awaitable[None]]:
+    """A router dependency charging the caller's key: writes to `write_budget`, reads to the search budget."""
+
+    async def enforce(request: Request) -> None:
+        principal = authenticate_request(request)
+        budget: Budget = write_budget if request.method in WRITE_METHODS else "search"
+        await request.app.state.services.limiter.hit(budget, principal.key_id)
+
+    return enforce

@@ -80,6 +80,8 @@ class RedisJobStore:
 
 
 def _result_dict(result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return dict(result)
     if dataclasses.is_dataclass(result) and not isinstance(result, type):
         return dataclasses.asdict(result)
     if hasattr(result, "model_dump"):

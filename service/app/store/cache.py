@@ -22,6 +22,8 @@ from collections import OrderedDict
 from typing import Any
 
 import redis
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from service.app.core.config import Settings
 from service.app.core.metrics import CACHE_REQUESTS, FAILURES
@@ -149,3 +151,49 @@ def build_cache(settings: Settings) -> Cache | None:
     if settings.redis_url:
         return RedisCache(settings.redis_url)
     return MemoryCache(settings.cache_max_entries)
+
+
+class CachedSearch:
+    """Wraps the SearchService: same `search(tenant_id, request)`, answered from the cache when possible.
+
+    The tenant's data version is read *before* searching, so a result is never stored under a version older
+    than the data it saw: a write racing with the search at worst caches under a version no one asks for again.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        cache: Cache,
+        registry: Any,
+        *,
+        model_name: str,
+        ttl_seconds: int,
+        response_model: type[BaseModel],
+    ) -> None:
+        self._inner = inner
+        self._cache = cache
+        self._registry = registry
+        self._model_name = model_name
+        self._ttl_seconds = ttl_seconds
+        self._response_model = response_model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def search(self, tenant_id: str, request: BaseModel) -> Any:
+        try:
+            version = await run_in_threadpool(self._registry.data_version, tenant_id)
+        except Exception:
+            # Without the version there is no safe key; the search itself will report a registry outage.
+            logger.warning("search cache bypassed: data version unavailable", exc_info=True)
+            return await self._inner.search(tenant_id, request)
+        key = search_cache_key(tenant_id, version, self._model_name, request.model_dump(mode="json"))
+        raw = await run_in_threadpool(self._cache.get, key)
+        if raw is not None:
+            try:
+                return self._response_model.model_validate_json(raw)
+            except ValueError:
+                logger.warning("search cache entry unreadable; recomputing", extra={"key": key})
+        response = await self._inner.search(tenant_id, request)
+        await run_in_threadpool(self._cache.set, key, response.model_dump_json().encode(), self._ttl_seconds)
+        return response

@@ -1,0 +1,94 @@
+"""Liveness and readiness probes: /healthz says the process serves, /readyz that its backends answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.app.api.deps import ServicesDep
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["operations"])
+
+READY_CHECK_TIMEOUT_SECONDS = 5.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process is up and its event loop answers; no backend is consulted."""
+    return {"status": "ok"}
+
+
+def _ping_vectors(vectors: Any) -> None:
+    ping = getattr(vectors, "ping", None)
+    if callable(ping):
+        ping()
+        return
+    # A metadata call that needs the collection to exist, which a ready service requires anyway.
+    if not vectors.client.collection_exists(vectors.collection):
+        raise RuntimeError(f"collection {vectors.collection} does not exist")
+
+
+def _ping_registry(registry: Any) -> None:
+    registry.ping()
+
+
+async def _run_check(check: Callable[[], Awaitable[None]]) -> str | None:
+    """None when the check passes, else a short reason."""
+    try:
+        await asyncio.wait_for(check(), timeout=READY_CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return f"no answer within {READY_CHECK_TIMEOUT_SECONDS:.0f} s"
+    except Exception as exc:
+        return str(getattr(exc, "message", None) or exc) or type(exc).__name__
+    return None
+
+
+async def _redis_check(services: Any) -> None:
+    jobs = getattr(services, "jobs", None)
+    cache = getattr(services, "cache", None)
+    limiter = getattr(services, "limiter", None)
+    if jobs is not None and not await jobs.ping():
+        raise RuntimeError("job queue Redis does not answer")
+    if cache is not None and hasattr(cache, "ping") and not await run_in_threadpool(cache.ping):
+        raise RuntimeError("cache Redis does not answer")
+    if limiter is not None and not await limiter.check_storage():
+        raise RuntimeError("rate-limit Redis does not answer")
+
+
+@router.get("/readyz", responses={503: {"description": "a backend failed; the body names each failed check"}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Readiness: the vector store, the database and (when REDIS_URL is set) Redis answer; else 503."""
+    checks: dict[str, Callable[[], Awaitable[None]]] = {
+        "qdrant": lambda: run_in_threadpool(_ping_vectors, services.vectors),
+        "database": lambda: run_in_threadpool(_ping_registry, services.registry),
+    }
+    if services.settings.redis_url:
+        checks["redis"] = lambda: _redis_check(services)
+    results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
+    report = {
+        name: ("ok" if error is None else "failed") for name, error in zip(checks, results, strict=True)
+    }
+    failed = {name: error for name, error in zip(checks, results, strict=True) if error is not None}
+    if failed:
+        logger.warning("not ready", extra={"failed_checks": failed})
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "checks": report,
+                "error": {
+                    "code": "not_ready",
+                    "message": "failed checks: " + ", ".join(sorted(failed)),
+                    "failed": failed,
+                },
+            },
+            status_code=503,
+        )
+    return JSONResponse({"status": "ok", "checks": report})
