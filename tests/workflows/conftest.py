@@ -1,0 +1,47 @@
+"""Fixtures: a fake Pulumi backend, a workflow Context bound to it, a fixed clock and actor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from infra.workflows.stacks import Context
+from tests.workflows.fake_pulumi import FakeBackend
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    """An empty in-memory Pulumi backend."""
+    return FakeBackend()
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    """A project dir with a dev stack file, like the repo root (the fake CLI never reads Pulumi.yaml)."""
+    (tmp_path / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text(
+        "config:\n"
+        "  rag:environment: dev\n"
+        "  rag:qdrantApiKey:\n"
+        "    secure: v1:AAAA\n"
+        "  rag:service:\n"
+        "    replicas: 1\n"
+        "    settings:\n"
+        "      logLevel: DEBUG\n"
+        "  rag:gateway:\n"
+        "    hostname: rag.localtest.me\n"
+        "    className: envoy-gateway\n"
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def ctx(backend: FakeBackend, work_dir: Path) -> Context:
+    """A workflow Context whose Pulumi CLI is the fake backend, at a fixed time, acted by `octocat`."""
+    return Context(
+        work_dir=work_dir, pulumi_command=backend.command(), clock=lambda: NOW, actor=lambda: "octocat"
+    )

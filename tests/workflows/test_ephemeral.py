@@ -1,0 +1,361 @@
+"""Ephemeral stacks: validation, TTL arithmetic, template config, guaranteed teardown, destroy, the reaper."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from pulumi.automation.errors import CommandError
+
+from infra.workflows import ephemeral
+from infra.workflows.stacks import Context, UsageError, WorkflowError
+from tests.workflows.conftest import NOW
+from tests.workflows.fake_pulumi import FakeBackend
+
+# ---------------------------------------------------------------- validation and TTL arithmetic
+
+
+@pytest.mark.parametrize("name", ["pr-1", "pr-123", "feature-x", "a", "p" * 40])
+def test_valid_names(name: str) -> None:
+    assert ephemeral.validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "PR-1", "pr_1", "pr-1-", "-pr", "1pr", "pr.1", "pr/1", "p" * 41, "dev", "staging", "prod", "pr 1"],
+)
+def test_invalid_names_are_usage_errors(name: str) -> None:
+    with pytest.raises(UsageError):
+        ephemeral.validate_name(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("5m", timedelta(minutes=5)),
+        ("300s", timedelta(minutes=5)),
+        ("90m", timedelta(minutes=90)),
+        ("24h", timedelta(hours=24)),
+        ("1d12h", timedelta(hours=36)),
+        ("2d", timedelta(days=2)),
+        ("7d", timedelta(days=7)),
+        ("6d23h59m60s", timedelta(days=7)),
+        (" 24H ", timedelta(hours=24)),
+    ],
+)
+def test_ttl_parsing(text: str, expected: timedelta) -> None:
+    assert ephemeral.parse_ttl(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "24", "h", "24x", "1.5h", "-1h", "24h junk", "0m", "4m", "299s", "7d1s", "8d"]
+)
+def test_bad_or_out_of_range_ttl_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError):
+        ephemeral.parse_ttl(text)
+
+
+def test_expiry_arithmetic_is_utc_rfc3339() -> None:
+    assert ephemeral.expires_at(NOW, timedelta(hours=24)) == "2026-03-02T12:00:00Z"
+    assert ephemeral.expires_at(NOW, ephemeral.parse_ttl("1d12h")) == "2026-03-03T00:00:00Z"
+    record = {"expiresAt": "2026-03-01T12:00:00Z"}
+    assert ephemeral.is_expired(record, NOW)  # at the instant of expiry
+    assert not ephemeral.is_expired(record, NOW - timedelta(seconds=1))
+    assert ephemeral.is_expired({"expiresAt": "2026-03-01T13:00:00+02:00"}, NOW)  # offsets are honoured
+    with pytest.raises(ValueError, match="no expiresAt"):
+        ephemeral.is_expired({}, NOW)
+
+
+def test_template_config_merges_dev_values_drops_secrets_and_substitutes(ctx: Context) -> None:
+    values = ephemeral.template_config(ctx.work_dir, "pr-7")
+    assert "rag:qdrantApiKey" not in values  # encrypted for the dev stack only
+    assert values["rag:namespace"] == "pr-7"
+    assert values["rag:gateway"] == {"hostname": "pr-7.rag.localtest.me", "className": "envoy-gateway"}
+    assert values["rag:service"]["settings"]["logLevel"] == "DEBUG"  # from dev
+    assert values["rag:monitoring"] == {"enabled": False}
+    assert values["rag:image"] == ""
+
+
+# ---------------------------------------------------------------- up
+
+
+def test_up_creates_configures_and_updates_the_stack(ctx: Context, backend: FakeBackend) -> None:
+    record = ephemeral.up(ctx, "pr-123", "24h", owner="alice")
+
+    assert record.record() == {"name": "pr-123", "owner": "alice", "expiresAt": "2026-03-02T12:00:00Z"}
+    cmds = backend.commands()
+    assert cmds[0] == ["stack", "init", "pr-123"]
+    assert cmds[1][:5] == ["config", "set-all", "--stack", "pr-123", "--json"]
+    written = json.loads(cmds[1][5])
+    assert written["rag:ephemeral"]["objectValue"] == record.record()
+    assert written["rag:namespace"] == {"secret": False, "value": "pr-123"}
+    assert cmds[2] == [
+        "up",
+        "--yes",
+        "--skip-preview",
+        "--message",
+        "ephemeral pr-123 until 2026-03-02T12:00:00Z",
+        "--exec-kind",
+        "auto.local",
+        "--stack",
+        "pr-123",
+    ]
+    stack = backend.stacks["pr-123"]
+    assert stack.config_value("rag:ephemeral") == record.record()
+    assert stack.outputs["ephemeral"] == record.record()
+    assert stack.resources == 12
+
+
+def test_up_again_updates_the_existing_stack_and_extends_expiry(ctx: Context, backend: FakeBackend) -> None:
+    ephemeral.up(ctx, "pr-5", "1h")
+    later = Context(
+        work_dir=ctx.work_dir,
+        pulumi_command=backend.command(),
+        clock=lambda: NOW + timedelta(hours=5),
+        actor=lambda: "octocat",
+    )
+    record = ephemeral.up(later, "pr-5", "2h")
+    assert record.expires_at == "2026-03-01T19:00:00Z"
+    lifecycle = [c for c in backend.commands("stack") if c[1] in ("init", "select", "rm")]
+    assert lifecycle == [
+        ["stack", "init", "pr-5"],
+        ["stack", "init", "pr-5"],
+        ["stack", "select", "--stack", "pr-5"],
+    ]
+    assert backend.stacks["pr-5"].config_value("rag:ephemeral")["expiresAt"] == "2026-03-01T19:00:00Z"
+    assert record.owner == "octocat"
+
+
+def _teardown_calls(name: str) -> list[list[str]]:
+    return [
+        ["stack", "select", "--stack", name],
+        [
+            "destroy",
+            "--skip-preview",
+            "--yes",
+            "--message",
+            f"teardown of ephemeral {name}",
+            "--exec-kind",
+            "auto.local",
+            "--stack",
+            name,
+        ],
+        ["stack", "history", "--json", "--show-secrets", "--page-size", "1", "--page", "1", "--stack", name],
+        ["stack", "rm", "--yes", name],
+    ]
+
+
+def test_failed_up_is_torn_down_before_the_error_propagates(ctx: Context, backend: FakeBackend) -> None:
+    backend.script("pr-9").up_error = "error: update failed: Deployment rag-service timed out"
+
+    with pytest.raises(CommandError, match="timed out") as info:
+        ephemeral.up(ctx, "pr-9", "24h")
+
+    assert "pr-9" not in backend.stacks
+    assert backend.commands()[-4:] == _teardown_calls("pr-9")
+    assert any("destroyed and removed" in note for note in info.value.__notes__)
+
+
+def test_interrupted_up_is_torn_down_and_the_interrupt_reraised(ctx: Context, backend: FakeBackend) -> None:
+    backend.script("pr-10").up_interrupt = True
+
+    with pytest.raises(KeyboardInterrupt):
+        ephemeral.up(ctx, "pr-10", "24h")
+
+    assert "pr-10" not in backend.stacks
+    assert backend.commands()[-4:] == _teardown_calls("pr-10")
+
+
+def test_failed_teardown_keeps_the_stack_and_says_so(ctx: Context, backend: FakeBackend) -> None:
+    script = backend.script("pr-11")
+    script.up_error = "error: update failed"
+    script.destroy_error = "error: deleting Namespace pr-11: forbidden"
+
+    with pytest.raises(CommandError, match="update failed") as info:
+        ephemeral.up(ctx, "pr-11", "24h")
+
+    assert "pr-11" in backend.stacks  # resources remain, so the stack must stay tracked
+    assert backend.commands("stack")[-1] != ["stack", "rm", "--yes", "pr-11"]
+    assert any("ragops ephemeral destroy pr-11" in note for note in info.value.__notes__)
+
+
+def test_up_validates_before_touching_pulumi(ctx: Context, backend: FakeBackend) -> None:
+    with pytest.raises(UsageError):
+        ephemeral.up(ctx, "prod", "24h")
+    with pytest.raises(UsageError):
+        ephemeral.up(ctx, "pr-1", "30d")
+    assert backend.calls == []
+
+
+# ---------------------------------------------------------------- destroy
+
+
+def test_destroy_is_destroy_then_rm_and_idempotent(ctx: Context, backend: FakeBackend) -> None:
+    ephemeral.up(ctx, "pr-3", "24h")
+    backend.calls.clear()
+
+    assert ephemeral.destroy(ctx, "pr-3") is True
+    assert backend.commands() == _teardown_calls("pr-3")
+    assert "pr-3" not in backend.stacks
+
+    backend.calls.clear()
+    assert ephemeral.destroy(ctx, "pr-3") is False  # already gone: success, nothing else attempted
+    assert backend.commands() == [["stack", "select", "--stack", "pr-3"]]
+
+
+def test_destroy_after_a_failed_teardown_finishes_the_job(ctx: Context, backend: FakeBackend) -> None:
+    script = backend.script("pr-4")
+    script.up_error = "error: update failed"
+    script.destroy_error = "error: transient"
+    with pytest.raises(CommandError):
+        ephemeral.up(ctx, "pr-4", "24h")
+    script.destroy_error = None
+
+    assert ephemeral.destroy(ctx, "pr-4") is True
+    assert "pr-4" not in backend.stacks
+
+
+def test_destroy_of_a_locked_stack_is_refused(ctx: Context, backend: FakeBackend) -> None:
+    ephemeral.up(ctx, "pr-6", "24h")
+    backend.stacks["pr-6"].lock.acquire()
+    try:
+        with pytest.raises(WorkflowError, match="locked by another operation"):
+            ephemeral.destroy(ctx, "pr-6")
+    finally:
+        backend.stacks["pr-6"].lock.release()
+    assert "pr-6" in backend.stacks
+
+
+def test_destroy_refuses_permanent_stacks(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("prod")
+    with pytest.raises(UsageError, match="permanent"):
+        ephemeral.destroy(ctx, "prod")
+    assert backend.calls == []
+    assert "prod" in backend.stacks
+
+
+# ---------------------------------------------------------------- reap
+
+
+def _ephemeral_stack(backend: FakeBackend, name: str, expires: str, *, in_config: bool = True) -> None:
+    record = {"name": name, "owner": "alice", "expiresAt": expires}
+    backend.add_stack(
+        name,
+        config={"rag:ephemeral": record} if in_config else {"rag:ephemeral": {}},
+        outputs={"ephemeral": record},
+    )
+
+
+def _fleet(backend: FakeBackend) -> None:
+    backend.add_stack("dev", config={"rag:ephemeral": {}})
+    backend.add_stack("prod")
+    _ephemeral_stack(backend, "pr-1", "2026-03-01T11:00:00Z")  # expired an hour ago
+    _ephemeral_stack(backend, "pr-2", "2026-03-01T12:00:00Z")  # expires right now
+    _ephemeral_stack(backend, "pr-3", "2026-03-01T12:00:01Z")  # still alive
+    # Reaped from a fresh CI checkout: no local stack file, the record comes from the state's output.
+    _ephemeral_stack(backend, "pr-4", "2026-02-28T00:00:00Z", in_config=False)
+    backend.add_stack("scratch", config={}, outputs={})  # not ephemeral: never touched
+
+
+def test_reap_destroys_expired_stacks_only(ctx: Context, backend: FakeBackend) -> None:
+    _fleet(backend)
+
+    report = ephemeral.reap(ctx)
+
+    assert sorted(report.destroyed) == ["pr-1", "pr-2", "pr-4"]
+    assert report.kept == ["pr-3"]
+    assert report.skipped == {"scratch": "not an ephemeral stack (no rag:ephemeral record)"}
+    assert report.failed == {}
+    assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]
+    # Permanent stacks are not even read.
+    assert not [c for c in backend.commands() if c[-1] in ("dev", "prod")]
+    assert backend.commands("destroy")
+    assert all(c[-1] in ("pr-1", "pr-2", "pr-4") for c in backend.commands("destroy"))
+
+
+def test_reap_uses_the_injected_now(ctx: Context, backend: FakeBackend) -> None:
+    _fleet(backend)
+    report = ephemeral.reap(ctx, now=NOW - timedelta(days=2))
+    assert report.destroyed == []
+    assert sorted(report.kept) == ["pr-1", "pr-2", "pr-3", "pr-4"]
+
+
+def test_reap_is_idempotent(ctx: Context, backend: FakeBackend) -> None:
+    _fleet(backend)
+    first = ephemeral.reap(ctx)
+    backend.calls.clear()
+    second = ephemeral.reap(ctx)
+    assert sorted(first.destroyed) == ["pr-1", "pr-2", "pr-4"]
+    assert second.destroyed == []
+    assert second.failed == {}
+    assert backend.commands("destroy") == []
+    assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]
+
+
+def test_reap_skips_unreadable_expiry_and_reports_failures(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("pr-8", config={"rag:ephemeral": {"name": "pr-8", "expiresAt": "tomorrow"}})
+    backend.add_stack("pr-9", config={"rag:ephemeral": {"name": "pr-9", "owner": "x"}})
+    _ephemeral_stack(backend, "pr-10", "2026-01-01T00:00:00Z")
+    backend.script("pr-10").destroy_error = "error: cloud says no"
+
+    report = ephemeral.reap(ctx)
+
+    assert report.skipped["pr-8"].startswith("unreadable expiry")
+    assert report.skipped["pr-9"].startswith("unreadable expiry")
+    assert "cloud says no" in report.failed["pr-10"]
+    assert {"pr-8", "pr-9", "pr-10"} <= set(backend.stacks)
+
+
+def test_two_concurrent_reapers_destroy_each_stack_once(ctx: Context, backend: FakeBackend) -> None:
+    _fleet(backend)
+    b_finished = threading.Event()
+    first_destroy = threading.Event()
+    errors: list[BaseException] = []
+
+    def during(op: str, stack: str) -> None:
+        # Reaper A, holding pr-1's lock, waits until reaper B has run its whole pass.
+        if op == "destroy" and stack == "pr-1" and not first_destroy.is_set():
+            first_destroy.set()
+            assert b_finished.wait(timeout=30), "reaper B never finished"
+
+    backend.during = during
+    reports: dict[str, ephemeral.ReapReport] = {}
+
+    def run(label: str) -> None:
+        try:
+            reports[label] = ephemeral.reap(
+                Context(work_dir=ctx.work_dir, pulumi_command=backend.command(), clock=lambda: NOW)
+            )
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            if label == "B":
+                b_finished.set()
+
+    a = threading.Thread(target=run, args=("A",))
+    a.start()
+    assert first_destroy.wait(timeout=30)  # A holds pr-1 before B starts
+    b = threading.Thread(target=run, args=("B",))
+    b.start()
+    b.join(timeout=60)
+    a.join(timeout=60)
+
+    assert errors == []
+    ra, rb = reports["A"], reports["B"]
+    assert ra.failed == {}
+    assert rb.failed == {}
+    assert rb.skipped["pr-1"] == "locked by another operation (another reaper?)"
+    # Every expired stack destroyed exactly once between the two; B took the ones A had not reached.
+    assert sorted(ra.destroyed + rb.destroyed) == ["pr-1", "pr-2", "pr-4"]
+    assert "pr-1" in ra.destroyed
+    destroys = [c[-1] for c in backend.commands("destroy")]
+    assert sorted(s for s in destroys) == sorted(
+        ["pr-1", "pr-1", "pr-2", "pr-4"]
+    )  # B's locked attempt on pr-1
+    # A reached pr-2/pr-4 after B had removed them: skipped as already removed, not an error.
+    for name in ("pr-2", "pr-4"):
+        assert name in rb.destroyed
+        assert ra.skipped[name] == "already removed"
+    assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]

@@ -1,0 +1,81 @@
+"""`ragops preview`: the exact CLI calls, the collected steps/policy findings, and failed previews."""
+
+from __future__ import annotations
+
+import pytest
+from pulumi.automation.errors import StackNotFoundError
+
+from infra.workflows.preview import run_preview
+from infra.workflows.stacks import Context
+from tests.workflows.fake_pulumi import FakeBackend, outputs_event, policy_event, step_event
+
+
+def test_preview_runs_diff_with_the_policy_pack_and_collects_steps(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    backend.add_stack("dev")
+    script = backend.script("dev")
+    script.preview_events = [
+        step_event("create", "rag-hpa", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"),
+        step_event("update", "rag-service", diffs=["spec"]),
+        outputs_event("update", "rag-service", diffs=["spec"]),  # same step again: counted once
+        step_event("same", "rag-ns", "kubernetes:core/v1:Namespace"),
+        policy_event("no-latest-tag", "image uses :latest", level="advisory"),
+    ]
+    script.preview_summary = {"create": 1, "update": 1, "same": 10}
+
+    report = run_preview(ctx.workspace(), "dev")
+
+    assert backend.commands() == [
+        ["stack", "select", "--stack", "dev"],
+        [
+            "preview",
+            "--diff",
+            "--policy-pack",
+            "infra/policy",
+            "--exec-kind",
+            "auto.local",
+            "--event-log",
+            "<event-log>",
+            "--stack",
+            "dev",
+        ],
+    ]
+    assert backend.calls[1][0] == "--non-interactive"
+    assert report.ok
+    assert report.changes == {"create": 1, "update": 1, "same": 10}
+    assert report.pending == {"create": 1, "update": 1}
+    assert [(s.op, s.name, s.diffs) for s in report.steps] == [
+        ("create", "rag-hpa", ()),
+        ("update", "rag-service", ("spec",)),
+    ]
+    assert [(v.policy, v.level) for v in report.violations] == [("no-latest-tag", "advisory")]
+    assert "12 unchanged" in report.stdout
+
+
+def test_preview_without_policy_pack_omits_the_flag(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("staging")
+    report = run_preview(ctx.workspace(), "staging", policy_pack=None)
+    preview = backend.commands("preview")[0]
+    assert "--policy-pack" not in preview
+    assert preview[:2] == ["preview", "--diff"]
+    assert report.pending == {}
+
+
+def test_failed_preview_still_reports_violations_and_error(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("prod")
+    script = backend.script("prod")
+    script.preview_events = [policy_event("tls-outside-dev", "Gateway has no TLS listener")]
+    script.preview_error = "error: preview failed: 1 mandatory policy violation"
+
+    report = run_preview(ctx.workspace(), "prod")
+
+    assert not report.ok
+    assert "mandatory policy violation" in str(report.error)
+    assert [v.policy for v in report.violations] == ["tls-outside-dev"]
+
+
+def test_preview_of_unknown_stack_raises_not_found(ctx: Context, backend: FakeBackend) -> None:
+    with pytest.raises(StackNotFoundError):
+        run_preview(ctx.workspace(), "nope")
+    assert backend.commands() == [["stack", "select", "--stack", "nope"]]
