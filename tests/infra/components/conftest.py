@@ -100,6 +100,7 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ == "gcp:redis/instance:Instance":
             state.setdefault("host", "10.0.0.5")
             state.setdefault("port", 6379)
+            state.setdefault("authString", "memorystore-auth")
         if args.typ == "gcp:sql/databaseInstance:DatabaseInstance":
             state.setdefault("privateIpAddress", "10.0.0.7")
             state.setdefault("connectionName", f"proj:region:{args.name}")

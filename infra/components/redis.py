@@ -1,0 +1,344 @@
+"""`RedisCache` (`rag:data:RedisCache`): the Redis-protocol store behind the cache, rate limits and job queue.
+
+Modes:
+- `incluster`: a single-node Valkey StatefulSet (pinned `valkey/valkey` image, BSD-licensed Redis fork), password
+  from a Pulumi secret passed as `--requirepass $(REDIS_PASSWORD)` (expanded by Kubernetes from a secretKeyRef
+  env var, so the password is never in the manifest), append-only persistence on a PVC, probes, non-root,
+  read-only root filesystem, and a NetworkPolicy admitting only the listed clients.
+  One node is deliberate: the data is a cache plus a job queue whose loss only re-queues work; HA belongs to
+  the managed modes.
+- `elasticache`: an AWS ElastiCache replication group (engine valkey) with TLS in transit, encryption at rest and
+  an AUTH token, in its own subnet group and security group (port 6379 from `allowed_cidrs` only);
+  multi-AZ with automatic failover when it has two or more nodes.
+- `memorystore`: a GCP Memorystore for Redis instance with AUTH on the authorized VPC network.
+
+Every mode outputs `url`, a secret `REDIS_URL` for RagService, and `egress_target` for its NetworkPolicy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import EgressTarget, Resources, require
+
+APP = "valkey"
+DEFAULT_IMAGE = "valkey/valkey:8.1.3"
+PORT = 6379
+RUN_AS_USER = 999  # the `valkey` user of the official image
+PASSWORD_KEY = "password"  # noqa: S105 - the Secret key name, not a password
+MODES = ("incluster", "elasticache", "memorystore")
+
+
+@dataclass(frozen=True)
+class RedisCacheArgs:
+    """Arguments of `RedisCache`; the fields of the modes not chosen are ignored."""
+
+    mode: Literal["incluster", "elasticache", "memorystore"]
+    password: pulumi.Input[str] | None = None
+    """Secret password (incluster) or AUTH token (elasticache, 16-128 printable characters). Memorystore
+    generates its own AUTH string."""
+    protect: bool = False
+    """Protect the stateful resource (StatefulSet / replication group / instance) from deletion (prod: True)."""
+    depends_on: tuple[pulumi.Resource, ...] = ()
+    # --- incluster
+    namespace: str | None = None
+    image: str = DEFAULT_IMAGE
+    storage_size: str = "2Gi"
+    storage_class: str | None = None
+    maxmemory: str = "200mb"
+    """Valkey `maxmemory`; keep it below the memory limit. Keys with a TTL are evicted first (volatile-lru)."""
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="100m", memory_request="256Mi", memory_limit="384Mi")
+    )
+    network_policy: bool = True
+    client_selectors: tuple[Mapping[str, str], ...] = ()
+    """Pod label selectors (same namespace) allowed to connect."""
+    # --- elasticache
+    vpc_id: pulumi.Input[str] | None = None
+    subnet_ids: tuple[pulumi.Input[str], ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    """elasticache: source ranges admitted by the security group (the cluster's node/pod CIDRs).
+    memorystore: optional destination range for the service's egress policy (the reserved IP range)."""
+    node_type: str = "cache.t4g.small"
+    num_cache_clusters: int = 2
+    engine_version: str = "8.0"
+    # --- memorystore
+    region: str | None = None
+    authorized_network: pulumi.Input[str] | None = None
+    """VPC network id the instance is reachable from (the GKE cluster's network)."""
+    memory_size_gb: int = 1
+    tier: Literal["BASIC", "STANDARD_HA"] = "STANDARD_HA"
+
+
+def validate_args(args: RedisCacheArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot produce a reachable Redis."""
+    require(args.mode in MODES, f"RedisCacheArgs.mode {args.mode!r} must be one of {', '.join(MODES)}.")
+    if args.mode in ("incluster", "elasticache"):
+        require(args.password is not None, f"RedisCacheArgs.password is required in {args.mode} mode.")
+    if isinstance(args.password, str) and args.mode == "elasticache":
+        require(
+            16 <= len(args.password) <= 128,
+            "RedisCacheArgs.password must be 16 to 128 characters long for an ElastiCache AUTH token.",
+        )
+    if args.mode == "incluster":
+        require(args.namespace is not None, "RedisCacheArgs.namespace is required in incluster mode.")
+        specs.check_dns_label(args.namespace or "", "RedisCacheArgs.namespace")
+        specs.check_image(args.image, "RedisCacheArgs.image")
+        specs.check_quantity(args.storage_size, "RedisCacheArgs.storage_size")
+        args.resources.validate("RedisCacheArgs.resources")
+        require(
+            not (args.network_policy and not args.client_selectors),
+            "RedisCacheArgs.client_selectors must name at least one client when network_policy is on.",
+        )
+    if args.mode == "elasticache":
+        require(args.vpc_id is not None, "RedisCacheArgs.vpc_id is required in elasticache mode.")
+        require(
+            len(args.subnet_ids) >= 1,
+            "RedisCacheArgs.subnet_ids must list the private subnets in elasticache mode.",
+        )
+        require(
+            len(args.allowed_cidrs) >= 1,
+            "RedisCacheArgs.allowed_cidrs must list who may connect in elasticache mode.",
+        )
+        require(
+            1 <= args.num_cache_clusters <= 6, "RedisCacheArgs.num_cache_clusters must be between 1 and 6."
+        )
+    if args.mode == "memorystore":
+        require(args.region is not None, "RedisCacheArgs.region is required in memorystore mode.")
+        require(
+            args.authorized_network is not None,
+            "RedisCacheArgs.authorized_network is required in memorystore mode.",
+        )
+        require(args.memory_size_gb >= 1, "RedisCacheArgs.memory_size_gb must be at least 1.")
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def redis_url(password: str | None, host: str, port: int = PORT, *, tls: bool = False, db: int = 0) -> str:
+    """REDIS_URL with the password percent-encoded (`rediss://` when TLS is on)."""
+    scheme = "rediss" if tls else "redis"
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def valkey_container(args: RedisCacheArgs, secret_name: str) -> dict[str, Any]:
+    """Valkey with the password from the Secret, AOF persistence on /data and TTL-first eviction."""
+    ping = 'valkey-cli -a "$REDIS_PASSWORD" --no-auth-warning ping | grep -q PONG'
+    return {
+        "name": "valkey",
+        "image": args.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["valkey-server"],
+        # $(REDIS_PASSWORD) is expanded by the kubelet from the env below; the manifest holds no secret.
+        "args": [
+            "--requirepass",
+            "$(REDIS_PASSWORD)",
+            "--appendonly",
+            "yes",
+            "--dir",
+            "/data",
+            "--maxmemory",
+            args.maxmemory,
+            "--maxmemory-policy",
+            "volatile-lru",
+        ],
+        "env": [
+            {
+                "name": "REDIS_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": PASSWORD_KEY}},
+            }
+        ],
+        "ports": [{"name": "redis", "containerPort": PORT, "protocol": "TCP"}],
+        "startupProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5, "failureThreshold": 30},
+        "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10, "failureThreshold": 3},
+        "readinessProbe": specs.exec_probe(["sh", "-c", ping], period=5, timeout=3, failures=3),
+        "resources": specs.resources_spec(args.resources),
+        "securityContext": specs.container_security_context(RUN_AS_USER, RUN_AS_USER),
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+    }
+
+
+def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[str, Any]:
+    """One-replica StatefulSet with a PVC for the append-only file."""
+    match = specs.selector_labels(APP, base, "cache")
+    pvc: dict[str, Any] = {
+        "metadata": {"name": "data", "labels": dict(match)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": args.storage_size}}},
+    }
+    if args.storage_class is not None:
+        pvc["spec"]["storageClassName"] = args.storage_class
+    return {
+        "replicas": 1,
+        "serviceName": f"{base}-headless",
+        "selector": {"matchLabels": dict(match)},
+        "updateStrategy": {"type": "RollingUpdate"},
+        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "template": {
+            "metadata": {"labels": specs.labels(APP, base, "cache")},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "securityContext": specs.pod_security_context(RUN_AS_USER, RUN_AS_USER),
+                "terminationGracePeriodSeconds": 30,
+                "containers": [valkey_container(args, secret_name)],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+            },
+        },
+        "volumeClaimTemplates": [pvc],
+    }
+
+
+def network_policy_spec(args: RedisCacheArgs, match: Mapping[str, str]) -> dict[str, Any]:
+    """Only the clients reach port 6379; Valkey itself needs no outbound traffic."""
+    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    return specs.network_policy_spec(match, ingress=[specs.ingress_rule([PORT], clients)], egress=[])
+
+
+# ---------------------------------------------------------------------------------------------- component
+class RedisCache(pulumi.ComponentResource):
+    """Valkey in the cluster, ElastiCache, or Memorystore; outputs a secret REDIS_URL."""
+
+    url: pulumi.Output[str]
+    """REDIS_URL for the service (secret)."""
+    egress_target: EgressTarget
+    """What the service's NetworkPolicy must allow to reach this store."""
+
+    def __init__(self, name: str, args: RedisCacheArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        validate_args(args)
+        super().__init__("rag:data:RedisCache", name, None, opts)
+        if args.mode == "incluster":
+            self.url, self.egress_target = self._incluster(name, args)
+        elif args.mode == "elasticache":
+            self.url, self.egress_target = self._elasticache(name, args)
+        else:
+            self.url, self.egress_target = self._memorystore(name, args)
+        self.register_outputs({"url": self.url})
+
+    def _opts(self, args: RedisCacheArgs, *, protect: bool = False) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=list(args.depends_on))
+
+    def _incluster(self, name: str, args: RedisCacheArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        ns = args.namespace or ""
+        base = name
+        specs.check_dns_label(f"{base}-headless", "RedisCache name")
+        match = specs.selector_labels(APP, base, "cache")
+        object_labels = specs.labels(APP, base, "cache")
+        secret_name = f"{base}-password"
+        password = pulumi.Output.secret(args.password)
+        k8s.core.v1.Secret(
+            f"{name}-password",
+            metadata=specs.metadata(secret_name, ns, object_labels),
+            type="Opaque",
+            string_data={PASSWORD_KEY: password},
+            opts=self._opts(args, protect=args.protect),
+        )
+        ports = [{"name": "redis", "port": PORT, "targetPort": "redis", "protocol": "TCP"}]
+        k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=specs.metadata(f"{base}-headless", ns, object_labels),
+            spec={"clusterIP": "None", "selector": dict(match), "ports": ports},
+            opts=self._opts(args),
+        )
+        k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=specs.metadata(base, ns, object_labels),
+            spec={"type": "ClusterIP", "selector": dict(match), "ports": ports},
+            opts=self._opts(args),
+        )
+        k8s.apps.v1.StatefulSet(
+            f"{name}-statefulset",
+            metadata=specs.metadata(base, ns, object_labels),
+            spec=statefulset_spec(args, base, secret_name),
+            opts=self._opts(args, protect=args.protect),
+        )
+        if args.network_policy:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-netpol",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=network_policy_spec(args, match),
+                opts=self._opts(args),
+            )
+        host = f"{base}.{ns}.svc"
+        url = pulumi.Output.secret(password.apply(lambda pw: redis_url(pw, host)))
+        return url, EgressTarget("redis", PORT, dict(match))
+
+    def _elasticache(self, name: str, args: RedisCacheArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        subnets = aws.elasticache.SubnetGroup(
+            f"{name}-subnets",
+            description="Private subnets of the RAG cache",
+            subnet_ids=list(args.subnet_ids),
+            opts=self._opts(args),
+        )
+        security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            description="RAG cache: TLS Redis protocol from the cluster only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                {
+                    "protocol": "tcp",
+                    "from_port": PORT,
+                    "to_port": PORT,
+                    "cidr_blocks": list(args.allowed_cidrs),
+                    "description": "Redis protocol (TLS) from the Kubernetes cluster",
+                }
+            ],
+            opts=self._opts(args),
+        )
+        multi_node = args.num_cache_clusters >= 2
+        token = pulumi.Output.secret(args.password)
+        group = aws.elasticache.ReplicationGroup(
+            f"{name}-replication-group",
+            description="RAG cache, rate limits and job queue",
+            engine="valkey",
+            engine_version=args.engine_version,
+            node_type=args.node_type,
+            num_cache_clusters=args.num_cache_clusters,
+            automatic_failover_enabled=multi_node,
+            multi_az_enabled=multi_node,
+            port=PORT,
+            transit_encryption_enabled=True,
+            at_rest_encryption_enabled=True,
+            auth_token=token,
+            subnet_group_name=subnets.name,
+            security_group_ids=[security_group.id],
+            snapshot_retention_limit=3,
+            auto_minor_version_upgrade=True,
+            opts=self._opts(args, protect=args.protect),
+        )
+        url = pulumi.Output.secret(
+            pulumi.Output.all(token, group.primary_endpoint_address).apply(
+                lambda values: redis_url(values[0], values[1], tls=True)
+            )
+        )
+        return url, EgressTarget("redis", PORT, cidrs=tuple(args.allowed_cidrs))
+
+    def _memorystore(self, name: str, args: RedisCacheArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        instance = gcp.redis.Instance(
+            f"{name}-instance",
+            region=args.region,
+            tier=args.tier,
+            memory_size_gb=args.memory_size_gb,
+            redis_version="REDIS_7_2",
+            authorized_network=args.authorized_network,
+            connect_mode="PRIVATE_SERVICE_ACCESS",
+            auth_enabled=True,
+            # In-transit TLS on Memorystore needs its CA mounted in the service pods; traffic stays on the
+            # private VPC network and is authenticated with AUTH. See docs/components.md.
+            transit_encryption_mode="DISABLED",
+            redis_configs={"maxmemory-policy": "volatile-lru"},
+            opts=self._opts(args, protect=args.protect),
+        )
+        url = pulumi.Output.secret(
+            pulumi.Output.all(instance.auth_string, instance.host, instance.port).apply(
+                lambda values: redis_url(values[0], values[1], int(values[2] or PORT))
+            )
+        )
+        # The instance's reserved range is chosen by Google; allowed_cidrs narrows egress when given.
+        return url, EgressTarget("redis", PORT, cidrs=tuple(args.allowed_cidrs))

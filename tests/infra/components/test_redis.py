@@ -1,0 +1,152 @@
+"""Tests of the RedisCache component in its three modes: Valkey in the cluster, ElastiCache and Memorystore."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from infra.components import redis as r
+from infra.components.rag_service import client_selector
+from infra.components.specs import ComponentArgsError
+
+from .conftest import Program, assert_all_parented, is_secret, resolve, run_components, validate_manifests
+
+PASSWORD = "p@ss/word:with#chars-1234"
+
+
+def incluster(**overrides: object) -> r.RedisCacheArgs:
+    values: dict[str, object] = {
+        "mode": "incluster",
+        "password": pulumi.Output.secret(PASSWORD),
+        "namespace": "rag",
+        "client_selectors": (client_selector("rag"),),
+        "protect": True,
+    }
+    values.update(overrides)
+    return r.RedisCacheArgs(**values)  # type: ignore[arg-type]
+
+
+def elasticache(**overrides: object) -> r.RedisCacheArgs:
+    values: dict[str, object] = {
+        "mode": "elasticache",
+        "password": pulumi.Output.secret("a" * 32),
+        "vpc_id": "vpc-123",
+        "subnet_ids": ("subnet-a", "subnet-b"),
+        "allowed_cidrs": ("10.0.0.0/16",),
+        "protect": True,
+    }
+    values.update(overrides)
+    return r.RedisCacheArgs(**values)  # type: ignore[arg-type]
+
+
+def run_cache(args: r.RedisCacheArgs) -> Program:
+    return run_components(lambda: r.RedisCache("redis", args))
+
+
+def test_redis_url_encodes_the_password() -> None:
+    assert r.redis_url("a/b@c", "h", 6379) == "redis://:a%2Fb%40c@h:6379/0"
+    assert r.redis_url("pw", "h", tls=True).startswith("rediss://:pw@h:6379")
+    assert r.redis_url(None, "h") == "redis://h:6379/0"
+
+
+def test_valkey_container_takes_password_from_env_not_manifest() -> None:
+    container = r.valkey_container(incluster(), "redis-password")
+    assert container["args"][:2] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "redis-password", "key": "password"}
+    assert "--appendonly" in container["args"]
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["image"].startswith("valkey/valkey:8.")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda: incluster(password=None), "password is required"),
+        (lambda: incluster(namespace=None), "namespace is required"),
+        (lambda: incluster(image="valkey/valkey:latest"), "latest"),
+        (lambda: incluster(client_selectors=()), "client_selectors"),
+        (lambda: elasticache(password="short"), "16 to 128"),
+        (lambda: elasticache(subnet_ids=()), "subnet_ids"),
+        (lambda: elasticache(allowed_cidrs=()), "allowed_cidrs"),
+        (lambda: r.RedisCacheArgs(mode="memorystore"), "region"),
+        (lambda: r.RedisCacheArgs(mode="sentinel"), "mode"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_args_fail_with_a_sentence(args: object, message: str) -> None:
+    with pytest.raises(ComponentArgsError, match=message) as info:
+        r.validate_args(args())  # type: ignore[operator]
+    assert str(info.value).endswith(".")
+
+
+def test_incluster_children_protection_and_secret_url() -> None:
+    program = run_cache(incluster())
+    component = assert_all_parented(program, "rag:data:RedisCache")
+    assert {x.name for x in program.resources if x is not component} == {
+        "redis-password",
+        "redis-headless",
+        "redis-service",
+        "redis-statefulset",
+        "redis-netpol",
+    }
+    assert program.named("redis-statefulset").protect is True
+    assert "stringData" in program.named("redis-password").secret_paths
+    assert PASSWORD not in repr(program.named("redis-statefulset").inputs)
+    cache: r.RedisCache = program.result
+    assert is_secret(cache.url)
+    assert resolve(cache.url) == "redis://:p%40ss%2Fword%3Awith%23chars-1234@redis.rag.svc:6379/0"
+    assert cache.egress_target.pod_labels["app.kubernetes.io/name"] == "valkey"
+    assert validate_manifests(program) == 5
+
+
+def test_elasticache_is_encrypted_authenticated_and_protected() -> None:
+    program = run_cache(elasticache())
+    assert_all_parented(program, "rag:data:RedisCache")
+    group = program.one("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group.name == "redis-replication-group"
+    assert group.inputs["transitEncryptionEnabled"] is True
+    assert group.inputs["atRestEncryptionEnabled"] is True
+    assert group.inputs["engine"] == "valkey"
+    assert group.inputs["automaticFailoverEnabled"] is True
+    assert group.inputs["multiAzEnabled"] is True
+    assert "authToken" in group.secret_paths
+    assert group.protect is True
+    sg = program.one("aws:ec2/securityGroup:SecurityGroup")
+    assert sg.inputs["ingress"][0]["cidrBlocks"] == ["10.0.0.0/16"]
+    assert sg.inputs["ingress"][0]["fromPort"] == 6379
+    assert program.one("aws:elasticache/subnetGroup:SubnetGroup").inputs["subnetIds"] == [
+        "subnet-a",
+        "subnet-b",
+    ]
+    cache: r.RedisCache = program.result
+    assert is_secret(cache.url)
+    assert (
+        resolve(cache.url)
+        == f"rediss://:{'a' * 32}@master.redis-replication-group.cache.amazonaws.com:6379/0"
+    )
+    assert cache.egress_target.cidrs == ("10.0.0.0/16",)
+    assert not [x for x in program.resources if x.type.startswith("kubernetes:")]
+
+
+def test_single_node_elasticache_has_no_failover() -> None:
+    program = run_cache(elasticache(num_cache_clusters=1, protect=False))
+    group = program.one("aws:elasticache/replicationGroup:ReplicationGroup")
+    assert group.inputs["automaticFailoverEnabled"] is False
+    assert group.protect is False
+
+
+def test_memorystore_uses_auth_and_outputs_a_secret_url() -> None:
+    args = r.RedisCacheArgs(
+        mode="memorystore",
+        region="europe-west1",
+        authorized_network="projects/p/global/networks/n",
+        protect=True,
+    )
+    program = run_cache(args)
+    assert_all_parented(program, "rag:data:RedisCache")
+    instance = program.one("gcp:redis/instance:Instance")
+    assert instance.inputs["authEnabled"] is True
+    assert instance.inputs["tier"] == "STANDARD_HA"
+    assert instance.protect is True
+    cache: r.RedisCache = program.result
+    assert is_secret(cache.url)
+    assert resolve(cache.url) == "redis://:memorystore-auth@10.0.0.5:6379/0"
