@@ -1,0 +1,31 @@
+"""`python -m service`: migrate the registry once, then serve the app with uvicorn on HOST:PORT (WORKERS processes)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from service.app.core.config import get_settings
+from service.app.store.registry import DocumentRegistry
+
+
+def main() -> None:
+    """Run the service as configured by the environment."""
+    settings = get_settings()
+    # Migrate in the parent so that several workers never race on the schema at start-up.
+    registry = DocumentRegistry.from_settings(settings)
+    try:
+        registry.migrate()
+    finally:
+        registry.close()
+    uvicorn.run(
+        "service.app.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()

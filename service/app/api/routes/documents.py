@@ -1,0 +1,236 @@
+"""Document routes: create/replace (JSON or file upload), read, list, delete. Logic lives in IngestService."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Message, Receive
+
+from service.app.api.deps import ServicesDep, TenantDep
+from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.app.ingest.extract import detect_content_type, extract_text, normalize_content_type
+from service.app.ingest.models import (
+    DOCUMENT_ID_PATTERN,
+    JSON_CONTENT_TYPES,
+    DocumentIn,
+    DocumentList,
+    DocumentOut,
+    IngestResult,
+    document_id_from_filename,
+    validate_document_id,
+)
+from service.app.store.registry import MAX_PAGE_SIZE
+
+router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+# Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+_JSON_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": DocumentIn.model_json_schema()}},
+    }
+}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": ".txt/.md/.html/.pdf"},
+                        "document_id": {"type": "string", "pattern": DOCUMENT_ID_PATTERN},
+                        "metadata": {"type": "string", "description": "JSON object of metadata"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than MAX_DOCUMENT_BYTES ({limit} bytes)", limit=limit)
+
+
+def _check_content_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    try:
+        length = int(declared)
+    except ValueError as exc:
+        raise InvalidInput("Content-Length is not a number") from exc
+    if length > limit:
+        raise _too_large(limit)
+
+
+async def read_limited_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) by Content-Length first and again while reading."""
+    _check_content_length(request, limit)
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _limited_receive(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+        return message
+
+    return limited
+
+
+@router.put(
+    "/{document_id}",
+    response_model=IngestResult,
+    responses={201: {"model": IngestResult, "description": "created"}},
+    openapi_extra=_JSON_BODY,
+)
+async def put_document(
+    document_id: str, request: Request, response: Response, services: ServicesDep, tenant: TenantDep
+) -> IngestResult:
+    """Create or replace a document from JSON ``{text, metadata, content_type}``."""
+    validate_document_id(document_id)
+    body = await read_limited_body(request, services.settings.max_document_bytes)
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    try:
+        document = DocumentIn.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_input=False)]
+        ) from exc
+    if normalize_content_type(document.content_type) not in JSON_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"content_type {document.content_type!r} cannot be sent as JSON text; "
+            f"use one of {', '.join(JSON_CONTENT_TYPES)} or upload the file to POST /v1/documents",
+            supported=list(JSON_CONTENT_TYPES),
+        )
+    result = await services.ingest.ingest(
+        tenant,
+        document_id,
+        text=document.text,
+        metadata=document.metadata,
+        content_type=document.content_type,
+    )
+    response.status_code = status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK
+    return result
+
+
+@router.post(
+    "",
+    response_model=IngestResult,
+    responses={201: {"model": IngestResult, "description": "created"}},
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload_document(
+    request: Request, response: Response, services: ServicesDep, tenant: TenantDep
+) -> IngestResult:
+    """Create or replace a document from a multipart file upload (.txt/.md/.html/.pdf)."""
+    limit = services.settings.max_document_bytes
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise UnsupportedMediaType(
+            "upload with Content-Type multipart/form-data and a `file` field "
+            "(or PUT /v1/documents/{document_id} with JSON)"
+        )
+    _check_content_length(request, limit + MULTIPART_OVERHEAD)
+    limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD))
+    try:
+        form = await limited.form(max_files=1, max_fields=8)
+    except StarletteHTTPException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput("the multipart body needs a `file` field with the document")
+        if upload.size is not None and upload.size > limit:
+            raise _too_large(limit)
+        given_id = form.get("document_id")
+        if given_id is not None and not isinstance(given_id, str):
+            raise InvalidInput("document_id must be a text field")
+        document_id = (
+            validate_document_id(given_id) if given_id else document_id_from_filename(upload.filename)
+        )
+        metadata_field = form.get("metadata")
+        metadata = None
+        if metadata_field:
+            if not isinstance(metadata_field, str):
+                raise InvalidInput("metadata must be a text field holding a JSON object")
+            try:
+                metadata = json.loads(metadata_field)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"metadata is not valid JSON: {exc}") from exc
+        content_type = detect_content_type(upload.content_type, upload.filename)
+        data = await upload.read()
+    finally:
+        await form.close()
+    if len(data) > limit:
+        raise _too_large(limit)
+    charset_type = upload.content_type if content_type != "application/pdf" else content_type
+    text = await _extract(data, charset_type or content_type, content_type)
+    result = await services.ingest.ingest(
+        tenant, document_id, text=text, metadata=metadata, content_type=content_type
+    )
+    response.status_code = status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK
+    return result
+
+
+async def _extract(data: bytes, declared: str, content_type: str) -> str:
+    from anyio import to_thread
+
+    # Keep a declared charset (text/plain; charset=latin-1) but the detected type.
+    charset = declared.split(";", 1)[1] if ";" in declared else ""
+    full_type = f"{content_type};{charset}" if charset else content_type
+    return await to_thread.run_sync(extract_text, data, full_type)
+
+
+@router.get("/{document_id}", response_model=DocumentOut)
+async def get_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
+    """One document's registry entry (version, hash, metadata, chunk count)."""
+    return await services.ingest.get(tenant, document_id)
+
+
+@router.get("", response_model=DocumentList)
+async def list_documents(
+    services: ServicesDep,
+    tenant: TenantDep,
+    cursor: Annotated[
+        str | None, Query(max_length=1024, description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> DocumentList:
+    """The tenant's documents ordered by id, a page at a time."""
+    return await services.ingest.list(tenant, cursor=cursor, limit=limit)
+
+
+@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+async def delete_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Delete a document and its chunks (404 when unknown)."""
+    await services.ingest.delete(tenant, document_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,175 @@
+"""Domain errors of the service and the one place they become HTTP responses.
+
+Hierarchy (raise these from services and adapters; routes stay thin):
+
+    RagError(Exception)            500 internal         base: ``status_code``, ``code``, ``message``, ``details``
+    ├── InvalidInput               422 invalid_input    the request is well-formed HTTP but the content is unusable
+    ├── NotFound                   404 not_found        unknown document (in this tenant)
+    ├── PayloadTooLarge            413 payload_too_large body over MAX_DOCUMENT_BYTES
+    ├── UnsupportedMediaType       415 unsupported_media_type  a content type we cannot extract text from
+    ├── Conflict                   409 conflict         a concurrent write won
+    ├── Unauthorized               401 unauthorized     missing/unknown API key
+    ├── Forbidden                  403 forbidden        key valid but not allowed
+    ├── RateLimited                429 rate_limited     carries ``retry_after`` seconds (sent as Retry-After)
+    └── ServiceUnavailable         503 service_unavailable  a backend (vector store, registry, embedder) failed;
+                                                         nothing visible changed, the client may retry
+
+Every error response has the body ``{"error": {"code": ..., "message": ..., **details}}`` where ``message`` is a
+human-readable reason. Request validation errors (bad JSON, wrong types) map to 422 ``invalid_input`` with the
+offending fields listed; anything unexpected is logged with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class RagError(Exception):
+    """Base of all domain errors; subclasses fix the HTTP status and the machine-readable code."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def headers(self) -> dict[str, str] | None:
+        """Extra response headers for this error (none by default)."""
+        return None
+
+
+class InvalidInput(RagError):
+    """The request content is unusable (empty text, bad metadata, unreadable PDF...)."""
+
+    status_code = 422
+    code = "invalid_input"
+
+
+class NotFound(RagError):
+    """The addressed resource does not exist in the caller's tenant."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(RagError):
+    """The request body is larger than MAX_DOCUMENT_BYTES."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RagError):
+    """The content type is not one we can extract text from."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Conflict(RagError):
+    """A concurrent write to the same resource won; retrying is safe."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class Unauthorized(RagError):
+    """No or an unknown API key."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str] | None:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(RagError):
+    """The API key is valid but not allowed to do this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class RateLimited(RagError):
+    """Too many requests for this API key; ``retry_after`` is in seconds."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int | None = None, **details: Any) -> None:
+        if retry_after is not None:
+            details["retry_after"] = retry_after
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+class ServiceUnavailable(RagError):
+    """A backend failed; nothing visible changed and the request can be retried."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
+    """The JSON body shared by every error response."""
+    return {"error": {"code": code, "message": message, **jsonable_encoder(details)}}
+
+
+async def _rag_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RagError)
+    if exc.status_code >= 500:
+        logger.warning("request failed: %s: %s", exc.code, exc.message)
+    return JSONResponse(
+        error_body(exc.code, exc.message, **exc.details), status_code=exc.status_code, headers=exc.headers()
+    )
+
+
+def _describe_validation_error(error: dict[str, Any]) -> dict[str, Any]:
+    # Only location, message and type: echoing the input back could reflect a 10 MB body.
+    return {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
+
+
+async def _validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_describe_validation_error(e) for e in exc.errors()]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    message = f"{where}: {first['msg']}"
+    return JSONResponse(error_body("invalid_input", message, errors=errors), status_code=422)
+
+
+async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return JSONResponse(
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unexpected_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors, HTTP errors and anything unexpected to the JSON error body."""
+    app.add_exception_handler(RagError, _rag_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unexpected_error_handler)

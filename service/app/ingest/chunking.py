@@ -1,0 +1,208 @@
+"""Token-aware chunking with the embedding model's own tokenizer.
+
+A chunk holds at most ``budget = min(CHUNK_SIZE, max_tokens - special tokens)`` tokens, so with the special
+tokens the model adds it never exceeds the model's maximum length and nothing is silently truncated at
+embedding time. Consecutive chunks share up to CHUNK_OVERLAP tokens of whole sentences.
+
+How text is cut, in order of preference:
+1. paragraphs (blank-line separated) are the natural unit; a chunk ends at a paragraph break when that still
+   leaves it at least half full;
+2. otherwise at a sentence end (``.``, ``!``, ``?`` followed by whitespace, or a line break);
+3. only a single sentence longer than the budget is split inside, at token offsets (preferring word starts).
+
+Every chunk is a span of the original text (``text[start:end]``), spans are in order and together cover every
+token of the text. The text is tokenized once per paragraph; each chunk is re-tokenized at the end to prove the
+limit, and split further in the (tokenizer-dependent) case where re-tokenizing a span costs more tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tokenizers import Encoding, Tokenizer
+
+PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+# A sentence ends after terminal punctuation (plus closing quotes/brackets) before whitespace, or at a line break.
+SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+ENCODE_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A span ``text[start:end]`` of the source text and its token count (special tokens excluded)."""
+
+    text: str
+    start: int
+    end: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """An uncuttable piece: a sentence, or a token-bounded piece of an over-long sentence."""
+
+    start: int
+    end: int
+    tokens: int
+    paragraph_start: bool
+
+
+class Chunker:
+    """Splits text into chunks that fit the model; configured once from the embedder and settings."""
+
+    def __init__(self, tokenizer: Tokenizer, *, max_tokens: int, chunk_size: int, chunk_overlap: int) -> None:
+        # A private copy: never let someone else's truncation/padding settings change our counts.
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.special_tokens = self.tokenizer.num_special_tokens_to_add(False)
+        self.max_tokens = max_tokens
+        self.budget = min(chunk_size, max_tokens - self.special_tokens)
+        if self.budget < 8:
+            raise ValueError(f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens})")
+        # The overlap must leave room for new text in every chunk.
+        self.overlap = max(0, min(chunk_overlap, self.budget // 2))
+
+    def params(self) -> dict[str, int]:
+        """What, besides the text, determines the chunks (part of a document's content hash)."""
+        return {"budget": self.budget, "overlap": self.overlap, "max_tokens": self.max_tokens}
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` including the special tokens the model adds."""
+        return len(self.tokenizer.encode(text, add_special_tokens=True).ids)
+
+    def split(self, text: str) -> list[Chunk]:
+        """Chunks of ``text`` in order; empty when the text has no tokens."""
+        units = list(self._units(text))
+        if not units:
+            return []
+        chunks = [self._make_chunk(text, units, a, b) for a, b in self._pack(units)]
+        return self._enforce_limit(text, chunks)
+
+    # --- units -------------------------------------------------------------------------------------------
+    def _paragraphs(self, text: str) -> Iterator[tuple[int, int]]:
+        position = 0
+        for match in PARAGRAPH_BREAK.finditer(text):
+            if match.start() > position:
+                yield position, match.start()
+            position = match.end()
+        if position < len(text):
+            yield position, len(text)
+
+    def _units(self, text: str) -> Iterator[_Unit]:
+        paragraphs = list(self._paragraphs(text))
+        for batch_start in range(0, len(paragraphs), ENCODE_BATCH):
+            batch = paragraphs[batch_start : batch_start + ENCODE_BATCH]
+            encodings = self.tokenizer.encode_batch([text[a:b] for a, b in batch], add_special_tokens=False)
+            for (offset, end), encoding in zip(batch, encodings, strict=True):
+                yield from self._paragraph_units(text[offset:end], offset, encoding)
+
+    def _paragraph_units(self, paragraph: str, offset: int, encoding: Encoding) -> Iterator[_Unit]:
+        starts = [s for s, _ in encoding.offsets]
+        ends = [e for _, e in encoding.offsets]
+        word_ids = encoding.word_ids
+        first = True
+        for s, e in _sentences(paragraph):
+            i0 = bisect.bisect_left(starts, s)
+            i1 = bisect.bisect_left(starts, e)
+            count = i1 - i0
+            if count == 0:
+                continue
+            if count <= self.budget:
+                yield _Unit(offset + s, offset + e, count, first)
+                first = False
+                continue
+            for j0, j1 in self._hard_split(i0, i1, word_ids):
+                yield _Unit(offset + starts[j0], offset + ends[j1 - 1], j1 - j0, first)
+                first = False
+
+    def _hard_split(self, i0: int, i1: int, word_ids: list[int | None]) -> Iterator[tuple[int, int]]:
+        """Token ranges of at most ``budget`` tokens covering [i0, i1), cut at word starts when possible."""
+        i = i0
+        while i < i1:
+            j = min(i + self.budget, i1)
+            if j < i1:
+                floor = i + self.budget // 2
+                k = j
+                while k > floor and word_ids[k] is not None and word_ids[k] == word_ids[k - 1]:
+                    k -= 1
+                if k > floor:
+                    j = k
+            yield i, j
+            i = j
+
+    # --- packing -----------------------------------------------------------------------------------------
+    def _pack(self, units: list[_Unit]) -> Iterator[tuple[int, int]]:
+        """Unit ranges [a, b) of chunks: greedy fill, prefer paragraph ends, overlap whole trailing units."""
+        prefix = [0]
+        for unit in units:
+            prefix.append(prefix[-1] + unit.tokens)
+        n = len(units)
+        start = 0
+        while start < n:
+            end = start
+            while end < n and prefix[end + 1] - prefix[start] <= self.budget:
+                end += 1
+            if end < n:
+                for k in range(end - 1, start, -1):
+                    if units[k].paragraph_start and prefix[k] - prefix[start] >= self.budget // 2:
+                        end = k
+                        break
+            yield start, end
+            if end >= n:
+                return
+            new_start = end
+            while new_start - 1 > start and prefix[end] - prefix[new_start - 1] <= self.overlap:
+                new_start -= 1
+            # The next chunk must fit the overlap plus the first new unit.
+            while new_start < end and prefix[end + 1] - prefix[new_start] > self.budget:
+                new_start += 1
+            start = new_start
+
+    @staticmethod
+    def _make_chunk(text: str, units: list[_Unit], a: int, b: int) -> Chunk:
+        start, end = units[a].start, units[b - 1].end
+        return Chunk(text[start:end], start, end, sum(u.tokens for u in units[a:b]))
+
+    def _enforce_limit(self, text: str, chunks: list[Chunk]) -> list[Chunk]:
+        encodings = self.tokenizer.encode_batch([c.text for c in chunks], add_special_tokens=False)
+        checked: list[Chunk] = []
+        for chunk, encoding in zip(chunks, encodings, strict=True):
+            checked.extend(self._fit(text, chunk, encoding))
+        return checked
+
+    def _fit(self, text: str, chunk: Chunk, encoding: Encoding) -> list[Chunk]:
+        if len(encoding.ids) <= self.budget:
+            return [Chunk(chunk.text, chunk.start, chunk.end, len(encoding.ids))]
+        # Re-tokenizing the span cost more tokens than counted (e.g. a word cut mid-way): split by tokens again.
+        pieces: list[Chunk] = []
+        offsets = encoding.offsets
+        step = max(1, self.budget // 2)
+        for i in range(0, len(offsets), step):
+            a = chunk.start + offsets[i][0]
+            b = chunk.start + offsets[min(i + step, len(offsets)) - 1][1]
+            piece = Chunk(text[a:b], a, b, 0)
+            sub = self.tokenizer.encode(piece.text, add_special_tokens=False)
+            pieces.extend(self._fit(text, piece, sub))
+        return pieces
+
+
+def _sentences(paragraph: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each sentence of a paragraph, whitespace trimmed, in order."""
+    position = 0
+    for match in SENTENCE_END.finditer(paragraph):
+        yield from _trimmed(paragraph, position, match.end())
+        position = match.end()
+    yield from _trimmed(paragraph, position, len(paragraph))
+
+
+def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if start < end:
+        yield start, end

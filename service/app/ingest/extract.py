@@ -1,0 +1,165 @@
+"""Text extraction from uploaded bytes: plain text, Markdown, HTML and PDF.
+
+`extract_text(data, content_type)` is pure (no I/O besides parsing) so the HTTP route and the async job worker
+share it. Markdown is kept as text: its markup is light and carries meaning (headings, lists) the embedder
+handles well. HTML loses script/style/noscript/template elements and keeps headings, paragraphs, list items
+and table cells as paragraphs of their own. PDF text comes from pypdf page by page. Problems are domain errors:
+an unknown type is UnsupportedMediaType (415), unreadable or empty content is InvalidInput (422).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import PurePath
+
+from bs4 import BeautifulSoup
+from bs4.element import NavigableString, Tag
+
+from service.app.core.errors import InvalidInput, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf")
+EXTENSION_TYPES = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
+# Content types that say nothing about the content: fall back to the file extension.
+GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/x-www-form-urlencoded"}
+TYPE_ALIASES = {"text/x-markdown": "text/markdown", "application/xhtml+xml": "text/html"}
+
+DROPPED_TAGS = ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
+BLOCK_TAGS = {
+    "address", "article", "aside", "blockquote", "caption", "dd", "details", "div", "dl", "dt", "fieldset",
+    "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main",
+    "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "br",
+}  # fmt: skip
+HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+
+
+def normalize_content_type(content_type: str | None) -> str:
+    """``Text/HTML; charset=utf-8`` -> ``text/html`` (aliases folded)."""
+    base = (content_type or "").split(";", 1)[0].strip().lower()
+    return TYPE_ALIASES.get(base, base)
+
+
+def charset_of(content_type: str | None) -> str | None:
+    """The charset parameter of a content type, if any."""
+    match = re.search(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", content_type or "", re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def detect_content_type(content_type: str | None, filename: str | None) -> str:
+    """The supported type of an upload: its declared type unless generic, else from the file extension."""
+    declared = normalize_content_type(content_type)
+    if declared in SUPPORTED_TYPES:
+        return declared
+    suffix = PurePath(filename or "").suffix.lower()
+    if declared in GENERIC_TYPES and suffix in EXTENSION_TYPES:
+        return EXTENSION_TYPES[suffix]
+    raise UnsupportedMediaType(
+        f"unsupported content type {declared or 'unknown'!r} for {filename or 'the upload'!r}; "
+        f"supported: {', '.join(SUPPORTED_TYPES)} (or a .txt/.md/.html/.pdf file name)",
+        supported=list(SUPPORTED_TYPES),
+    )
+
+
+def decode_text(data: bytes, charset: str | None = None) -> str:
+    """Bytes of a text document as str: the declared charset, else UTF-8 (BOM tolerated)."""
+    if b"\x00" in data:
+        raise InvalidInput("the text contains NUL bytes; is it a binary file?")
+    encoding = charset or "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except LookupError as exc:
+        raise InvalidInput(f"unknown charset {charset!r}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"the text is not valid {charset or 'UTF-8'} (byte {exc.start}); send UTF-8 or declare the charset"
+        ) from exc
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML document; headings and other blocks become their own paragraphs."""
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup.find_all(DROPPED_TAGS):
+        tag.decompose()
+    blocks: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        line = re.sub(r"\s+", " ", "".join(current)).strip()
+        if line:
+            blocks.append(line)
+        current.clear()
+
+    def walk(node: Tag) -> None:
+        for child in node.children:
+            if isinstance(child, NavigableString):
+                if type(child) is NavigableString:  # skips comments, CDATA, doctype, processing instructions
+                    current.append(str(child))
+            elif isinstance(child, Tag):
+                if child.name in BLOCK_TAGS:
+                    flush()
+                    walk(child)
+                    flush()
+                else:
+                    walk(child)
+
+    walk(soup)
+    flush()
+    return "\n\n".join(blocks)
+
+
+def pdf_to_text(data: bytes) -> str:
+    """Text of every page of a PDF, pages separated by blank lines."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise InvalidInput("the PDF is encrypted; upload an unencrypted copy")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except InvalidInput:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
+        raise InvalidInput(f"the PDF cannot be read: {exc or type(exc).__name__}") from exc
+    except (
+        Exception
+    ) as exc:  # pypdf raises assorted errors on malformed files; none of them is a server fault
+        logger.info("pypdf failed on an upload", exc_info=exc)
+        raise InvalidInput(f"the PDF cannot be read: {type(exc).__name__}") from exc
+    return "\n\n".join(page.strip() for page in pages if page.strip())
+
+
+def extract_text(data: bytes, content_type: str) -> str:
+    """Plain text of a document of a supported type; InvalidInput when nothing readable remains."""
+    kind = normalize_content_type(content_type)
+    if kind == "application/pdf":
+        text = pdf_to_text(data)
+    elif kind in ("text/plain", "text/markdown"):
+        text = decode_text(data, charset_of(content_type))
+    elif kind == "text/html":
+        text = html_to_text(decode_text(data, charset_of(content_type)))
+    else:
+        raise UnsupportedMediaType(
+            f"unsupported content type {kind or 'unknown'!r}; supported: {', '.join(SUPPORTED_TYPES)}",
+            supported=list(SUPPORTED_TYPES),
+        )
+    text = normalize_text(text)
+    if not text.strip():
+        raise InvalidInput("the document contains no text")
+    return text
+
+
+def normalize_text(text: str) -> str:
+    """Unix newlines, no NULs, no trailing whitespace at the ends."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()

@@ -1,0 +1,127 @@
+"""Request/response models and input rules of the document API (shared by the routes and the job worker)."""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from pathlib import PurePath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.app.core.errors import InvalidInput
+
+DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
+METADATA_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_METADATA_KEYS = 64
+MAX_METADATA_STRING = 1024
+MAX_METADATA_LIST = 100
+JSON_CONTENT_TYPES = ("text/plain", "text/markdown", "text/html")
+
+_document_id = re.compile(DOCUMENT_ID_PATTERN)
+_metadata_key = re.compile(METADATA_KEY_PATTERN)
+
+MetadataValue = str | int | float | bool | list[str]
+
+
+class DocumentIn(BaseModel):
+    """Body of PUT /v1/documents/{document_id}."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description="the document text (HTML is reduced to its visible text)")
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="flat object: string, number, boolean or list-of-string values"
+    )
+    content_type: str = Field("text/plain", description="text/plain, text/markdown or text/html")
+
+
+class IngestResult(BaseModel):
+    """Outcome of one ingest: whether anything changed, and how many chunks the active version has."""
+
+    document_id: str
+    status: Literal["created", "updated", "unchanged"]
+    chunks: int
+    version: int
+
+
+class DocumentOut(BaseModel):
+    """A document as the registry knows it (its text lives in the chunks)."""
+
+    document_id: str
+    version: int
+    content_hash: str
+    content_type: str
+    chunk_count: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DocumentList(BaseModel):
+    """One page of documents ordered by id; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    documents: list[DocumentOut]
+    next_cursor: str | None
+
+
+def validate_document_id(document_id: str) -> str:
+    """The id itself, or InvalidInput naming the allowed pattern."""
+    if not isinstance(document_id, str) or not _document_id.fullmatch(document_id):
+        raise InvalidInput(
+            f"document_id must match {DOCUMENT_ID_PATTERN} (letters, digits, . _ : -; 1 to 256 characters)"
+        )
+    return document_id
+
+
+def document_id_from_filename(filename: str | None) -> str:
+    """A document id derived from an upload's file name: base name, disallowed characters replaced by '-'."""
+    name = PurePath((filename or "").replace("\\", "/")).name
+    candidate = re.sub(r"[^A-Za-z0-9._:-]+", "-", name).strip("-.")[:256]
+    if not candidate:
+        raise InvalidInput("no document_id given and none can be derived from the file name")
+    return candidate
+
+
+def validate_metadata_key(key: str, what: str = "metadata key") -> str:
+    """Metadata keys become payload paths (``metadata.<key>``): identifiers only."""
+    if not isinstance(key, str) or not _metadata_key.fullmatch(key):
+        raise InvalidInput(f"{what} {key!r} must match {METADATA_KEY_PATTERN}")
+    return key
+
+
+def validate_metadata(metadata: Any) -> dict[str, MetadataValue]:
+    """A flat object of str/number/bool/list-of-str values, or InvalidInput saying which key is wrong."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidInput(f"metadata has more than {MAX_METADATA_KEYS} keys")
+    clean: dict[str, MetadataValue] = {}
+    for key, value in metadata.items():
+        validate_metadata_key(key)
+        if isinstance(value, bool):
+            clean[key] = value
+        elif isinstance(value, int | float):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidInput(f"metadata.{key} must be a finite number")
+            if isinstance(value, int) and not -(2**63) <= value < 2**63:
+                raise InvalidInput(f"metadata.{key} is out of the 64-bit integer range")
+            clean[key] = value
+        elif isinstance(value, str):
+            if len(value) > MAX_METADATA_STRING:
+                raise InvalidInput(f"metadata.{key} is longer than {MAX_METADATA_STRING} characters")
+            clean[key] = value
+        elif isinstance(value, list):
+            if len(value) > MAX_METADATA_LIST or not all(isinstance(item, str) for item in value):
+                raise InvalidInput(f"metadata.{key} must be a list of at most {MAX_METADATA_LIST} strings")
+            if any(len(item) > MAX_METADATA_STRING for item in value):
+                raise InvalidInput(f"metadata.{key} has an item longer than {MAX_METADATA_STRING} characters")
+            clean[key] = list(value)
+        else:
+            raise InvalidInput(
+                f"metadata.{key} must be a string, number, boolean or list of strings (no nested objects)"
+            )
+    return clean

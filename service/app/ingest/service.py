@@ -1,0 +1,282 @@
+"""Ingestion: text -> chunks -> vectors -> Qdrant, with the registry deciding what is visible.
+
+Write ordering (why a crash or a backend error never exposes half a document)
+-----------------------------------------------------------------------------
+The registry row ``(tenant_id, document_id) -> version`` is the source of truth for the ACTIVE version, and a
+search returns a chunk only if its ``(document_id, version)`` is active (service.app.search.service). So:
+
+Ingest
+  1. Hash the content: text + canonical metadata + content type + model + chunking parameters. Equal to the
+     active row's hash -> ``unchanged``; nothing is embedded or written.
+  2. Chunk and embed (in a threadpool), then upsert the points tagged with a NEW version ``v_new`` (point ids
+     are uuid5 of tenant/document/version/chunk, so a retry rewrites the same points). They are invisible:
+     the registry still points at the old version (or at nothing).
+  3. In ONE registry transaction switch the row to ``v_new`` and bump the tenant's ``data_version`` (the
+     search cache key). This is the commit point: before it searches see the old version, after it the new one.
+     It is a compare-and-set on the version read in step 1, so a concurrent writer that lost gets 409 Conflict
+     and deletes its own points, and never replaces a version it did not see.
+  4. Delete the document's points with ``version < v_new``. A failure here is logged and ignored: what is left
+     is invisible garbage that the next write of the document removes.
+
+  A Qdrant error in step 2 (or a registry error in step 3) answers 503, leaves the registry unchanged and at
+  most some invisible points (removed best-effort right away, else by the next write); a retry succeeds.
+  Versions are ``max(previous + 1, now in microseconds)``: increasing per document and distinct between
+  concurrent writers, which is what makes the ``version < v_new`` clean-up safe while another write is in flight.
+
+Delete
+  Registry row first (atomic; from then on no search returns the document), then the document's points up to
+  the deleted version (a writer in another process may already be upserting a newer one). If the point
+  deletion fails the points are invisible garbage and the request still succeeds.
+
+Within one process, writes of the same document are serialised by a per-document lock, so concurrent PUTs of
+one id both succeed (last one wins) instead of one getting 409; across processes the compare-and-set decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+
+from service.app.core.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RagError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from service.app.core.metrics import CHUNKS_INGESTED, DOCUMENTS_INGESTED, FAILURES
+from service.app.ingest.chunking import Chunker
+from service.app.ingest.extract import SUPPORTED_TYPES, html_to_text, normalize_content_type, normalize_text
+from service.app.ingest.models import (
+    DocumentList,
+    DocumentOut,
+    IngestResult,
+    validate_document_id,
+    validate_metadata,
+)
+from service.app.store.protocols import Embedder
+from service.app.store.registry import DocumentRecord, DocumentRegistry
+from service.app.store.vectors import ChunkPoint, VectorStore
+
+logger = logging.getLogger(__name__)
+
+
+def canonical_json(value: Any) -> str:
+    """Key-sorted, compact JSON: equal values always serialise to equal strings."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def new_version(previous: int | None) -> int:
+    """Next version of a document: increasing, and distinct between concurrent writers."""
+    return max((previous or 0) + 1, time.time_ns() // 1000)
+
+
+def to_document_out(record: DocumentRecord) -> DocumentOut:
+    return DocumentOut(
+        document_id=record.document_id,
+        version=record.version,
+        content_hash=record.content_hash,
+        content_type=record.content_type,
+        chunk_count=record.chunk_count,
+        metadata=record.metadata,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+@dataclass
+class _KeyedLocks:
+    """asyncio locks per key, dropped when nobody holds or waits for them."""
+
+    _locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def hold(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class IngestService:
+    """Creates, replaces, reads and deletes documents; the only writer of the registry and the vector store."""
+
+    def __init__(
+        self, *, registry: DocumentRegistry, vectors: VectorStore, embedder: Embedder, chunker: Chunker
+    ) -> None:
+        self.registry = registry
+        self.vectors = vectors
+        self.embedder = embedder
+        self.chunker = chunker
+        self._locks = _KeyedLocks()
+
+    def content_hash(self, text: str, metadata: dict[str, Any], content_type: str) -> str:
+        """What decides whether a write changes anything (the model and chunking included)."""
+        material = canonical_json(
+            {
+                "text": text,
+                "metadata": metadata,
+                "content_type": content_type,
+                "model": self.embedder.model_name,
+                "chunking": self.chunker.params(),
+            }
+        )
+        return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+    async def ingest(
+        self,
+        tenant_id: str,
+        document_id: str,
+        *,
+        text: str,
+        metadata: dict[str, Any] | None = None,
+        content_type: str = "text/plain",
+    ) -> IngestResult:
+        """Create or replace a document; ``unchanged`` without any embedding when the content is the same."""
+        validate_document_id(document_id)
+        clean_metadata = validate_metadata(metadata)
+        kind = normalize_content_type(content_type)
+        if kind not in SUPPORTED_TYPES:
+            raise UnsupportedMediaType(
+                f"unsupported content_type {kind or content_type!r}; supported: {', '.join(SUPPORTED_TYPES)}",
+                supported=list(SUPPORTED_TYPES),
+            )
+        if not isinstance(text, str):
+            raise InvalidInput("text must be a string")
+        if kind == "text/html":
+            text = await to_thread.run_sync(html_to_text, text)
+        text = normalize_text(text)
+        if not text:
+            raise InvalidInput("text is empty")
+        digest = self.content_hash(text, clean_metadata, kind)
+        async with self._locks.hold((tenant_id, document_id)):
+            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest)
+
+    async def _write(
+        self, tenant_id: str, document_id: str, text: str, metadata: dict[str, Any], kind: str, digest: str
+    ) -> IngestResult:
+        current = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        if current is not None and current.content_hash == digest:
+            DOCUMENTS_INGESTED.labels(status="unchanged").inc()
+            return IngestResult(
+                document_id=document_id,
+                status="unchanged",
+                chunks=current.chunk_count,
+                version=current.version,
+            )
+
+        chunks = await to_thread.run_sync(self.chunker.split, text)
+        if not chunks:
+            raise InvalidInput("text has no content the model can read")
+        texts = [chunk.text for chunk in chunks]
+        try:
+            vectors = await to_thread.run_sync(self.embedder.embed_documents, texts)
+        except RagError:
+            raise
+        except Exception as exc:
+            FAILURES.labels(component="embedder").inc()
+            logger.error("embedding failed", exc_info=exc)
+            raise ServiceUnavailable("embedding failed; nothing was changed, retry later") from exc
+
+        version = new_version(current.version if current else None)
+        points = [
+            ChunkPoint(
+                tenant_id=tenant_id,
+                document_id=document_id,
+                version=version,
+                chunk_index=index,
+                text=chunk_text,
+                vector=vector,
+                metadata=metadata,
+                content_hash=digest,
+                model=self.embedder.model_name,
+            )
+            for index, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        try:
+            await to_thread.run_sync(self.vectors.upsert, points)
+        except ServiceUnavailable:
+            await self._discard(tenant_id, document_id, version)
+            raise
+
+        try:
+            await to_thread.run_sync(
+                lambda: self.registry.activate(
+                    tenant_id,
+                    document_id,
+                    expected_version=current.version if current else None,
+                    version=version,
+                    content_hash=digest,
+                    metadata=metadata,
+                    content_type=kind,
+                    chunk_count=len(points),
+                )
+            )
+        except (Conflict, ServiceUnavailable):
+            await self._discard(tenant_id, document_id, version)
+            raise
+
+        try:
+            await to_thread.run_sync(self.vectors.delete_versions_below, tenant_id, document_id, version)
+        except ServiceUnavailable:
+            logger.warning("stale chunks of %s/%s left behind (invisible)", tenant_id, document_id)
+
+        status = "created" if current is None else "updated"
+        DOCUMENTS_INGESTED.labels(status=status).inc()
+        CHUNKS_INGESTED.inc(len(points))
+        return IngestResult(document_id=document_id, status=status, chunks=len(points), version=version)
+
+    async def _discard(self, tenant_id: str, document_id: str, version: int) -> None:
+        # Best effort: these points were never active; if this fails too the next write removes them.
+        try:
+            await to_thread.run_sync(self.vectors.delete_version, tenant_id, document_id, version)
+        except ServiceUnavailable:
+            logger.warning(
+                "could not discard unpublished version %s of %s/%s", version, tenant_id, document_id
+            )
+
+    async def get(self, tenant_id: str, document_id: str) -> DocumentOut:
+        """The active document, or NotFound."""
+        validate_document_id(document_id)
+        record = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        if record is None:
+            raise NotFound(f"document {document_id!r} not found", document_id=document_id)
+        return to_document_out(record)
+
+    async def list(self, tenant_id: str, *, cursor: str | None, limit: int) -> DocumentList:
+        """A page of the tenant's documents ordered by id."""
+        page = await to_thread.run_sync(lambda: self.registry.list(tenant_id, cursor=cursor, limit=limit))
+        return DocumentList(documents=[to_document_out(r) for r in page.items], next_cursor=page.next_cursor)
+
+    async def delete(self, tenant_id: str, document_id: str) -> DocumentOut:
+        """Remove a document (registry row first, then its points); NotFound when unknown."""
+        validate_document_id(document_id)
+        async with self._locks.hold((tenant_id, document_id)):
+            record = await to_thread.run_sync(self.registry.delete, tenant_id, document_id)
+            if record is None:
+                raise NotFound(f"document {document_id!r} not found", document_id=document_id)
+            try:
+                # Up to the deleted version only: a concurrent writer's newer points are its own business.
+                await to_thread.run_sync(
+                    self.vectors.delete_versions_below, tenant_id, document_id, record.version + 1
+                )
+            except ServiceUnavailable:
+                logger.warning("chunks of deleted %s/%s left behind (invisible)", tenant_id, document_id)
+        return to_document_out(record)

@@ -1,0 +1,127 @@
+"""The FastAPI application factory: `create_app(settings)` wires adapters into services at start-up.
+
+    app = create_app()                                  # everything from the environment
+    app = create_app(settings, embedder=embedder)       # tests: share one loaded model
+    app = create_app(settings, vectors=FlakyStore(...)) # tests: inject a failing/wrapped adapter
+
+Adapters passed in are used as they are and not closed by the app; the ones the app builds itself (from
+settings) are closed on shutdown. The lifespan builds a `Services` container on ``app.state.services``: it
+migrates the registry, creates the Qdrant collection when missing and loads the embedding model, so a started
+app is ready to serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI
+
+from service.app.api.routes import documents, search
+from service.app.core.config import Settings, get_settings
+from service.app.core.errors import install_error_handlers
+from service.app.ingest.chunking import Chunker
+from service.app.ingest.service import IngestService
+from service.app.search.service import SearchService
+from service.app.store.protocols import Embedder
+from service.app.store.registry import DocumentRegistry
+from service.app.store.vectors import QdrantVectorStore, VectorStore
+
+
+@dataclass
+class Services:
+    """Everything a request may need, built once per app by the lifespan."""
+
+    settings: Settings
+    registry: DocumentRegistry
+    vectors: VectorStore
+    embedder: Embedder
+    ingest: IngestService
+    search: SearchService
+    # Shutdown hooks for what the app built itself (injected adapters belong to the caller).
+    closers: list[Callable[[], Any]] = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+        self.closers.clear()
+
+
+def build_services(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    vectors: VectorStore | None = None,
+    registry: DocumentRegistry | None = None,
+) -> Services:
+    """Build (or take) the adapters, prepare the backends, and wire the domain services."""
+    closers: list[Callable[[], Any]] = []
+    if embedder is None:
+        from service.app.store.embedder import FastEmbedEmbedder
+
+        embedder = FastEmbedEmbedder.from_settings(settings)
+    if registry is None:
+        registry = DocumentRegistry.from_settings(settings)
+        closers.append(registry.close)
+    registry.migrate()
+    if vectors is None:
+        vectors = QdrantVectorStore.from_settings(
+            settings, model_name=embedder.model_name, dimension=embedder.dimension
+        )
+        closers.append(vectors.close)
+    vectors.ensure_collection()
+    chunker = Chunker(
+        embedder.tokenizer,
+        max_tokens=embedder.max_tokens,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+    )
+    return Services(
+        settings=settings,
+        registry=registry,
+        vectors=vectors,
+        embedder=embedder,
+        ingest=IngestService(registry=registry, vectors=vectors, embedder=embedder, chunker=chunker),
+        search=SearchService(registry=registry, vectors=vectors, embedder=embedder),
+        closers=closers,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    embedder: Embedder | None = None,
+    vectors: VectorStore | None = None,
+    registry: DocumentRegistry | None = None,
+) -> FastAPI:
+    """The service app; optional adapters replace the ones the settings would build (see module docstring)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await to_thread.run_sync(
+            lambda: build_services(settings, embedder=embedder, vectors=vectors, registry=registry)
+        )
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(services.close)
+
+    docs = settings.resolved_docs_enabled
+    app = FastAPI(
+        title="RAG document service",
+        version="0.1.0",
+        summary="Ingest documents, search them semantically.",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+    )
+    install_error_handlers(app)
+    app.include_router(documents.router)
+    app.include_router(search.router)
+    return app

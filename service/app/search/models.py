@@ -1,0 +1,103 @@
+"""Search request/response models: query, top_k, metadata filter, score threshold -> ranked chunks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
+
+from service.app.core.errors import InvalidInput
+from service.app.ingest.models import validate_metadata_key
+from service.app.store.vectors import MetadataCondition
+
+MAX_QUERY_CHARS = 8192
+
+
+class AnyOf(BaseModel):
+    """``{"any": [...]}``: the field equals one of the values (for list fields: contains one of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    any: list[StrictStr] | list[StrictInt] = Field(min_length=1, max_length=100)
+
+
+class NumericRange(BaseModel):
+    """``{"gte": 1, "lt": 5}``: numeric bounds, at least one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gt: StrictInt | StrictFloat | None = None
+    gte: StrictInt | StrictFloat | None = None
+    lt: StrictInt | StrictFloat | None = None
+    lte: StrictInt | StrictFloat | None = None
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+            raise ValueError("a range needs at least one of gt, gte, lt, lte")
+
+
+FilterValue = StrictStr | StrictBool | StrictInt | StrictFloat | AnyOf | NumericRange
+
+
+class SearchRequest(BaseModel):
+    """Body of POST /v1/search."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="natural-language query")
+    top_k: int = Field(5, ge=1, le=100, description="number of chunks to return")
+    filter: dict[str, FilterValue] | None = Field(
+        None,
+        description='metadata conditions, all must hold: {"lang": "en"}, {"tags": {"any": ["a", "b"]}}, '
+        '{"year": {"gte": 2020}}',
+    )
+    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must not be blank")
+        return value
+
+    def conditions(self) -> list[MetadataCondition]:
+        """The filter as vector-store conditions; InvalidInput for a bad field name."""
+        conditions = []
+        for key, value in (self.filter or {}).items():
+            validate_metadata_key(key, "filter field")
+            if isinstance(value, AnyOf):
+                conditions.append(MetadataCondition(field=key, any_of=list(value.any)))
+            elif isinstance(value, NumericRange):
+                conditions.append(
+                    MetadataCondition(field=key, gt=value.gt, gte=value.gte, lt=value.lt, lte=value.lte)
+                )
+            elif isinstance(value, str | bool | int | float):
+                conditions.append(MetadataCondition(field=key, equals=value))
+            else:  # pragma: no cover - pydantic already restricted the types
+                raise InvalidInput(f"filter.{key} has an unsupported value")
+        return conditions
+
+
+class SearchResult(BaseModel):
+    """One matching chunk."""
+
+    document_id: str
+    chunk_index: int
+    text: str
+    score: float
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    """Matching chunks, best first."""
+
+    results: list[SearchResult]

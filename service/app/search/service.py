@@ -1,0 +1,97 @@
+"""Search: embed the query, ask the vector store, keep only chunks of ACTIVE document versions.
+
+The vector store may hold points that are not (or no longer) visible: a new version being written, an old one
+not yet cleaned up, leftovers of a failed write (see service.app.ingest.service). The registry decides: hits
+are over-fetched and those whose (document_id, version) is not active are dropped, with one registry query per
+page of hits. So a search never mixes old and new chunks of a document and never returns duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from anyio import to_thread
+
+from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.metrics import FAILURES, SEARCH_SECONDS
+from service.app.search.models import SearchRequest, SearchResponse, SearchResult
+from service.app.store.protocols import Embedder
+from service.app.store.registry import DocumentRegistry
+from service.app.store.vectors import MetadataCondition, VectorHit, VectorStore
+
+logger = logging.getLogger(__name__)
+
+# Extra hits fetched per page to absorb invisible points without a second round trip.
+OVERFETCH_FACTOR = 2
+OVERFETCH_MIN = 10
+MAX_PAGES = 5
+
+
+class SearchService:
+    """Semantic search over one tenant's active documents."""
+
+    def __init__(self, *, registry: DocumentRegistry, vectors: VectorStore, embedder: Embedder) -> None:
+        self.registry = registry
+        self.vectors = vectors
+        self.embedder = embedder
+
+    async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
+        """The ``top_k`` best chunks matching the request, best first."""
+        conditions = request.conditions()
+        try:
+            vector = await to_thread.run_sync(self.embedder.embed_query, request.query)
+        except RagError:
+            raise
+        except Exception as exc:
+            FAILURES.labels(component="embedder").inc()
+            logger.error("query embedding failed", exc_info=exc)
+            raise ServiceUnavailable("query embedding failed; retry later") from exc
+        started = time.perf_counter()
+        hits = await to_thread.run_sync(
+            lambda: self._visible_hits(tenant_id, vector, request.top_k, conditions, request.score_threshold)
+        )
+        SEARCH_SECONDS.observe(time.perf_counter() - started)
+        return SearchResponse(
+            results=[
+                SearchResult(
+                    document_id=hit.document_id,
+                    chunk_index=hit.chunk_index,
+                    text=hit.text,
+                    score=hit.score,
+                    metadata=hit.metadata,
+                )
+                for hit in hits
+            ]
+        )
+
+    def _visible_hits(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        top_k: int,
+        conditions: Sequence[MetadataCondition],
+        score_threshold: float | None,
+    ) -> list[VectorHit]:
+        page_size = max(top_k * OVERFETCH_FACTOR, top_k + OVERFETCH_MIN)
+        kept: list[VectorHit] = []
+        seen: set[tuple[str, int]] = set()
+        for page in range(MAX_PAGES):
+            hits = self.vectors.search(
+                tenant_id,
+                vector,
+                limit=page_size,
+                offset=page * page_size,
+                conditions=conditions,
+                score_threshold=score_threshold,
+            )
+            active = self.registry.active_versions(tenant_id, {hit.document_id for hit in hits})
+            for hit in hits:
+                key = (hit.document_id, hit.chunk_index)
+                if active.get(hit.document_id) == hit.version and key not in seen:
+                    seen.add(key)
+                    kept.append(hit)
+            if len(kept) >= top_k or len(hits) < page_size:
+                break
+        return kept[:top_k]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the document registry, applied in code by `DocumentRegistry.migrate()`."""

@@ -1,0 +1,347 @@
+"""Document registry: which version of each document is active, per tenant (SQLAlchemy 2, SQLite or Postgres).
+
+The registry row is the source of truth for what a search may return: a vector point is visible only when its
+(document_id, version) is the active one here (see service.app.ingest.service for the full write ordering).
+
+Tables (created by the Alembic migrations shipped in ``migrations/``, applied by ``migrate()`` at start-up):
+
+- ``documents(tenant_id, document_id)`` primary key, the active ``version``, ``content_hash``, ``metadata``
+  (JSON), ``content_type``, ``chunk_count``, ``created_at``, ``updated_at``.
+- ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
+  of that tenant, so a cache keyed on it is invalidated by any change.
+
+Writes are compare-and-set on the version the writer started from: a concurrent writer that lost gets `Conflict`
+instead of silently replacing a version it never saw. Backend failures surface as `ServiceUnavailable`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from service.app.core.config import Settings
+from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from service.app.core.metrics import FAILURES
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MAX_PAGE_SIZE = 100
+
+metadata_obj = sa.MetaData()
+
+documents = sa.Table(
+    "documents",
+    metadata_obj,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("document_id", sa.String(256), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("content_type", sa.String(128), nullable=False),
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+tenants = sa.Table(
+    "tenants",
+    metadata_obj,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("data_version", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """One active document as the registry knows it."""
+
+    tenant_id: str
+    document_id: str
+    version: int
+    content_hash: str
+    metadata: dict[str, Any]
+    content_type: str
+    chunk_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    """A page of documents ordered by id; ``next_cursor`` is None on the last page."""
+
+    items: list[DocumentRecord]
+    next_cursor: str | None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn backend failures into ServiceUnavailable (domain errors pass through untouched)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            FAILURES.labels(component="registry").inc()
+            raise ServiceUnavailable(f"document registry unavailable: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def encode_cursor(document_id: str) -> str:
+    """Opaque cursor: the last document id of a page, base64url-encoded."""
+    return base64.urlsafe_b64encode(json.dumps({"after": document_id}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The document id a cursor points after; InvalidInput for anything we did not issue."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        after = json.loads(raw)["after"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise InvalidInput("cursor is not valid; pass back the next_cursor of a previous page") from exc
+    if not isinstance(after, str):
+        raise InvalidInput("cursor is not valid; pass back the next_cursor of a previous page")
+    return after
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _record(row: sa.Row[Any]) -> DocumentRecord:
+    m = row._mapping
+    return DocumentRecord(
+        tenant_id=m["tenant_id"],
+        document_id=m["document_id"],
+        version=int(m["version"]),
+        content_hash=m["content_hash"],
+        metadata=dict(m["metadata"] or {}),
+        content_type=m["content_type"],
+        chunk_count=int(m["chunk_count"]),
+        created_at=_utc(m["created_at"]),
+        updated_at=_utc(m["updated_at"]),
+    )
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """An Alembic Config built in code (no alembic.ini): the shipped scripts, bound to a connection or URL."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation: a literal % in a password must be doubled.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+class DocumentRegistry:
+    """SQLAlchemy-backed registry of active document versions; every call is scoped to one tenant."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DocumentRegistry:
+        """SQLite under DATA_DIR by default, DATABASE_URL (e.g. postgresql+psycopg://) when set."""
+        return cls(settings.resolved_database_url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @_guarded
+    def migrate(self) -> None:
+        """Apply the shipped Alembic migrations up to head (idempotent; serialised on Postgres)."""
+        with self.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @_guarded
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless the database answers."""
+        with self.engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+
+    @_guarded
+    def get(self, tenant_id: str, document_id: str) -> DocumentRecord | None:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(documents).where(
+                    documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
+                )
+            ).first()
+        return None if row is None else _record(row)
+
+    @_guarded
+    def list(self, tenant_id: str, *, cursor: str | None = None, limit: int = 20) -> DocumentPage:
+        """Documents of a tenant ordered by id, ``limit`` (1..100) per page, resuming after ``cursor``."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}")
+        query = sa.select(documents).where(documents.c.tenant_id == tenant_id)
+        if cursor:
+            query = query.where(documents.c.document_id > decode_cursor(cursor))
+        query = query.order_by(documents.c.document_id).limit(limit + 1)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        items = [_record(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(items[-1].document_id) if len(rows) > limit else None
+        return DocumentPage(items=items, next_cursor=next_cursor)
+
+    @_guarded
+    def active_versions(self, tenant_id: str, document_ids: Iterable[str]) -> dict[str, int]:
+        """document_id -> active version for those of ``document_ids`` that exist (one query)."""
+        ids = sorted(set(document_ids))
+        if not ids:
+            return {}
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(documents.c.document_id, documents.c.version).where(
+                    documents.c.tenant_id == tenant_id, documents.c.document_id.in_(ids)
+                )
+            ).all()
+        return {row.document_id: int(row.version) for row in rows}
+
+    @_guarded
+    def data_version(self, tenant_id: str) -> int:
+        """A counter that changes with every write or delete in the tenant (0 before the first)."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                sa.select(tenants.c.data_version).where(tenants.c.tenant_id == tenant_id)
+            ).scalar()
+        return int(value or 0)
+
+    @_guarded
+    def activate(
+        self,
+        tenant_id: str,
+        document_id: str,
+        *,
+        expected_version: int | None,
+        version: int,
+        content_hash: str,
+        metadata: dict[str, Any],
+        content_type: str,
+        chunk_count: int,
+    ) -> DocumentRecord:
+        """Make ``version`` the active one, in one transaction with the tenant's data_version bump.
+
+        Compare-and-set: succeeds only if the active version is still ``expected_version`` (None: no row yet),
+        otherwise raises Conflict and changes nothing.
+        """
+        now = datetime.now(UTC)
+        values = {
+            "version": version,
+            "content_hash": content_hash,
+            "metadata": metadata,
+            "content_type": content_type,
+            "chunk_count": chunk_count,
+            "updated_at": now,
+        }
+        try:
+            with self.engine.begin() as connection:
+                if expected_version is None:
+                    connection.execute(
+                        documents.insert().values(
+                            tenant_id=tenant_id, document_id=document_id, created_at=now, **values
+                        )
+                    )
+                else:
+                    result = connection.execute(
+                        documents.update()
+                        .where(
+                            documents.c.tenant_id == tenant_id,
+                            documents.c.document_id == document_id,
+                            documents.c.version == expected_version,
+                        )
+                        .values(**values)
+                    )
+                    if result.rowcount != 1:
+                        raise Conflict(
+                            f"document {document_id!r} was changed by a concurrent request; retry",
+                            document_id=document_id,
+                        )
+                self._bump(connection, tenant_id)
+                row = connection.execute(
+                    sa.select(documents).where(
+                        documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
+                    )
+                ).one()
+        except IntegrityError as exc:
+            raise Conflict(
+                f"document {document_id!r} was created by a concurrent request; retry",
+                document_id=document_id,
+            ) from exc
+        return _record(row)
+
+    @_guarded
+    def delete(self, tenant_id: str, document_id: str) -> DocumentRecord | None:
+        """Remove the row (and bump data_version) atomically; the removed record, or None if there was none."""
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(documents).where(
+                    documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
+                )
+            ).first()
+            if row is None:
+                return None
+            result = connection.execute(
+                documents.delete().where(
+                    documents.c.tenant_id == tenant_id,
+                    documents.c.document_id == document_id,
+                    documents.c.version == row.version,
+                )
+            )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"document {document_id!r} was changed by a concurrent request; retry",
+                    document_id=document_id,
+                )
+            self._bump(connection, tenant_id)
+        return _record(row)
+
+    def _bump(self, connection: Connection, tenant_id: str) -> None:
+        # One atomic upsert, so two first writes of a tenant never collide on the tenants row.
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(tenants).values(tenant_id=tenant_id, data_version=1)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[tenants.c.tenant_id],
+                set_={"data_version": tenants.c.data_version + 1},
+            )
+        )

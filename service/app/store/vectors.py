@@ -1,0 +1,398 @@
+"""Qdrant vector store: one collection per (model, dimension), points tagged with tenant, document and version.
+
+- Server mode when QDRANT_URL is set (API key, optional gRPC); otherwise Qdrant's local mode persisted at
+  QDRANT_PATH (default DATA_DIR/qdrant) or ``:memory:``. Local mode serves one process: run WORKERS=1 with it.
+- The collection is ``{QDRANT_COLLECTION_PREFIX}__{model slug}__{dimension}``, so changing EMBEDDING_MODEL never
+  mixes vector spaces; it is created at start-up (cosine distance) together with payload indexes on ``tenant_id``
+  (keyword, ``is_tenant``), ``document_id``, ``version`` and, lazily, each metadata field seen on ingest. Local
+  mode ignores payload indexes (it filters by scanning), which is fine for its scale.
+- Point ids are uuid5(tenant/document/version/chunk_index): re-running the same write is idempotent, and two
+  versions of a document never overwrite each other's points. Payload: tenant_id, document_id, version,
+  chunk_index, text, metadata, content_hash, model.
+
+Which version of a document is visible is decided by the registry, not here (see service.app.ingest.service).
+Every backend failure is raised as ServiceUnavailable and counted in rag_failures_total{component="vector_store"}.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, Protocol, TypeVar
+
+from qdrant_client import QdrantClient, models
+
+from service.app.core.config import Settings
+from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.metrics import FAILURES
+
+logger = logging.getLogger(__name__)
+
+POINT_NAMESPACE = uuid.UUID("6f1d9c1e-3b0a-5d3e-9a59-0c1f4e2b7a10")
+UPSERT_BATCH = 256
+
+
+def model_slug(model_name: str) -> str:
+    """``sentence-transformers/all-MiniLM-L6-v2`` -> ``sentence-transformers-all-minilm-l6-v2``."""
+    return re.sub(r"[^a-z0-9]+", "-", model_name.lower()).strip("-")
+
+
+def collection_name(prefix: str, model_name: str, dimension: int) -> str:
+    """The collection for one vector space: prefix, model and dimension all in the name."""
+    return f"{prefix}__{model_slug(model_name)}__{dimension}"
+
+
+def point_id(tenant_id: str, document_id: str, version: int, chunk_index: int) -> str:
+    """Deterministic point id of one chunk of one version of a document."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant_id}/{document_id}/{version}/{chunk_index}"))
+
+
+@dataclass(frozen=True)
+class ChunkPoint:
+    """One embedded chunk ready to be written."""
+
+    tenant_id: str
+    document_id: str
+    version: int
+    chunk_index: int
+    text: str
+    vector: Sequence[float]
+    metadata: dict[str, Any]
+    content_hash: str
+    model: str
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "document_id": self.document_id,
+            "version": self.version,
+            "chunk_index": self.chunk_index,
+            "text": self.text,
+            "metadata": self.metadata,
+            "content_hash": self.content_hash,
+            "model": self.model,
+        }
+
+
+@dataclass(frozen=True)
+class MetadataCondition:
+    """One validated filter condition on a metadata field: exactly one of equals / any_of / a numeric range."""
+
+    field: str
+    equals: str | int | float | bool | None = None
+    any_of: Sequence[str | int] | None = None
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    """One scored chunk as stored."""
+
+    document_id: str
+    version: int
+    chunk_index: int
+    text: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class VectorStore(Protocol):
+    """What the ingest and search services need from a vector store."""
+
+    collection: str
+
+    def ensure_collection(self) -> None: ...
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None: ...
+
+    def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None: ...
+
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None: ...
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None: ...
+
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        offset: int = 0,
+        conditions: Sequence[MetadataCondition] = (),
+        score_threshold: float | None = None,
+    ) -> list[VectorHit]: ...
+
+    def count(self, tenant_id: str, document_id: str | None = None) -> int: ...
+
+    def close(self) -> None: ...
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """Serialise local-mode access and turn any backend failure into ServiceUnavailable."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0]
+        assert isinstance(store, QdrantVectorStore)
+        try:
+            with store._lock:
+                return func(*args, **kwargs)
+        except RagError:
+            raise
+        except Exception as exc:
+            FAILURES.labels(component="vector_store").inc()
+            logger.error("vector store call %s failed", func.__name__, exc_info=exc)
+            raise ServiceUnavailable(f"vector store unavailable: {type(exc).__name__}") from exc
+
+    return wrapper
+
+
+def _document_filter(tenant_id: str, document_id: str, *extra: models.Condition) -> models.Filter:
+    return models.Filter(
+        must=[
+            models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant_id)),
+            models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
+            *extra,
+        ]
+    )
+
+
+def _condition(condition: MetadataCondition) -> models.Condition:
+    key = f"metadata.{condition.field}"
+    if condition.any_of is not None:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(condition.any_of)))
+    if condition.equals is not None:
+        value = condition.equals
+        if isinstance(value, float) and not value.is_integer():
+            # MatchValue takes str/int/bool; a float equality is the degenerate range.
+            return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
+        if isinstance(value, float):
+            value = int(value)
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+    return models.FieldCondition(
+        key=key, range=models.Range(gt=condition.gt, gte=condition.gte, lt=condition.lt, lte=condition.lte)
+    )
+
+
+def _metadata_index_schema(value: Any) -> models.PayloadSchemaType | None:
+    if isinstance(value, bool):
+        return models.PayloadSchemaType.BOOL
+    if isinstance(value, int):
+        return models.PayloadSchemaType.INTEGER
+    if isinstance(value, float):
+        return models.PayloadSchemaType.FLOAT
+    if isinstance(value, str | list):
+        return models.PayloadSchemaType.KEYWORD
+    return None
+
+
+class QdrantVectorStore:
+    """VectorStore over qdrant-client, server or local mode."""
+
+    def __init__(
+        self, client: QdrantClient, *, collection: str, dimension: int, local: bool, settings: Settings
+    ) -> None:
+        self.client = client
+        self.collection = collection
+        self.dimension = dimension
+        self.local = local
+        self._settings = settings
+        # Local mode is an in-process store without its own locking; the server needs none from us.
+        self._lock: threading.Lock | _NoLock = threading.Lock() if local else _NoLock()
+        self._indexed_metadata: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, model_name: str, dimension: int) -> QdrantVectorStore:
+        """Server client for QDRANT_URL, else local mode at resolved_qdrant_path (":memory:" kept as is)."""
+        name = collection_name(settings.qdrant_collection_prefix, model_name, dimension)
+        timeout = max(1, round(settings.qdrant_timeout_seconds))
+        if settings.qdrant_url:
+            client = QdrantClient(
+                url=settings.qdrant_url,
+                api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+                prefer_grpc=settings.qdrant_prefer_grpc,
+                timeout=timeout,
+            )
+            return cls(client, collection=name, dimension=dimension, local=False, settings=settings)
+        path = settings.resolved_qdrant_path
+        if str(path) == ":memory:":
+            client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+        return cls(client, collection=name, dimension=dimension, local=True, settings=settings)
+
+    @_guarded
+    def ensure_collection(self) -> None:
+        """Create the collection and its payload indexes when missing; check the dimension when present."""
+        if self.client.collection_exists(self.collection):
+            info = self.client.get_collection(self.collection)
+            vectors = info.config.params.vectors
+            size = vectors.size if isinstance(vectors, models.VectorParams) else None
+            if size is not None and size != self.dimension:
+                raise ServiceUnavailable(
+                    f"collection {self.collection} has vectors of size {size}, the model gives {self.dimension}"
+                )
+        else:
+            self.client.create_collection(
+                self.collection,
+                vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
+                replication_factor=self._settings.qdrant_replication_factor,
+                shard_number=self._settings.qdrant_shard_number,
+            )
+        if self.local:
+            return
+        self.client.create_payload_index(
+            self.collection,
+            "tenant_id",
+            field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True),
+        )
+        self.client.create_payload_index(
+            self.collection, "document_id", field_schema=models.PayloadSchemaType.KEYWORD
+        )
+        self.client.create_payload_index(
+            self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
+        )
+
+    def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
+        # Indexes only speed filtering up (Qdrant filters unindexed fields too), so failures are logged, not raised.
+        if self.local:
+            return
+        for metadata in metadata_items:
+            for key, value in metadata.items():
+                schema = _metadata_index_schema(value)
+                if key in self._indexed_metadata or schema is None:
+                    continue
+                try:
+                    self.client.create_payload_index(self.collection, f"metadata.{key}", field_schema=schema)
+                except Exception as exc:
+                    logger.warning("could not index metadata.%s: %s", key, exc)
+                self._indexed_metadata.add(key)
+
+    @_guarded
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        """Write points (batched, waiting for each batch to be applied)."""
+        if not points:
+            return
+        self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
+        for start in range(0, len(points), UPSERT_BATCH):
+            batch = points[start : start + UPSERT_BATCH]
+            self.client.upsert(
+                self.collection,
+                points=[
+                    models.PointStruct(
+                        id=point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
+                        vector=list(p.vector),
+                        payload=p.payload(),
+                    )
+                    for p in batch
+                ],
+                wait=True,
+            )
+
+    @_guarded
+    def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
+        """Delete every point of the document whose version is lower than ``version``."""
+        condition = models.FieldCondition(key="version", range=models.Range(lt=version))
+        self.client.delete(
+            self.collection,
+            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id, condition)),
+            wait=True,
+        )
+
+    @_guarded
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
+        """Delete the points of exactly one version of the document."""
+        condition = models.FieldCondition(key="version", match=models.MatchValue(value=version))
+        self.client.delete(
+            self.collection,
+            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id, condition)),
+            wait=True,
+        )
+
+    @_guarded
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        """Delete every point of the document, all versions."""
+        self.client.delete(
+            self.collection,
+            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id)),
+            wait=True,
+        )
+
+    @_guarded
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        offset: int = 0,
+        conditions: Sequence[MetadataCondition] = (),
+        score_threshold: float | None = None,
+    ) -> list[VectorHit]:
+        """Nearest chunks of the tenant matching every condition, best first."""
+        query_filter = models.Filter(
+            must=[
+                models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant_id)),
+                *(_condition(c) for c in conditions),
+            ]
+        )
+        response = self.client.query_points(
+            self.collection,
+            query=list(vector),
+            query_filter=query_filter,
+            limit=limit,
+            offset=offset or None,
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
+        hits = []
+        for point in response.points:
+            payload = point.payload or {}
+            hits.append(
+                VectorHit(
+                    document_id=payload["document_id"],
+                    version=int(payload["version"]),
+                    chunk_index=int(payload["chunk_index"]),
+                    text=payload["text"],
+                    score=float(point.score),
+                    metadata=dict(payload.get("metadata") or {}),
+                )
+            )
+        return hits
+
+    @_guarded
+    def count(self, tenant_id: str, document_id: str | None = None) -> int:
+        """Number of points of the tenant (or of one document, all versions); used by tests and checks."""
+        must = [models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant_id))]
+        if document_id is not None:
+            must.append(models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)))
+        return self.client.count(self.collection, count_filter=models.Filter(must=must), exact=True).count
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception as exc:
+            logger.warning("closing the vector store failed: %s", exc)
+
+
+class _NoLock:
+    """A context manager that does nothing (server mode needs no client-side lock)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
