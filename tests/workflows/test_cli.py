@@ -1,0 +1,178 @@
+"""The `ragops` CLI through typer's CliRunner: exit codes 0 ok, 1 refused/failed, 2 usage, and their messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from infra.workflows.cli import app
+from infra.workflows.stacks import Context
+from tests.workflows.fake_pulumi import DIGEST, FakeBackend, policy_event, step_event
+
+runner = CliRunner()
+
+
+def _invoke(ctx: Context, *args: str):
+    return runner.invoke(app, list(args), obj=ctx)
+
+
+def test_preview_writes_the_comment_and_exits_0(ctx: Context, backend: FakeBackend, tmp_path: Path) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").preview_events = [step_event("create", "rag-hpa")]
+    backend.script("dev").preview_summary = {"create": 1, "same": 3}
+    out = tmp_path / "comment.md"
+
+    result = _invoke(ctx, "preview", "--stack", "dev", "--comment-file", str(out), "--quiet")
+
+    assert result.exit_code == 0, result.output
+    assert "preview of dev: 1 create" in result.output
+    assert out.read_text().startswith("<!-- ragops-preview:dev -->\n### Pulumi preview for `dev`")
+    assert "--policy-pack" in backend.commands("preview")[0]
+
+
+def test_failed_preview_still_writes_the_comment_and_exits_1(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").preview_events = [policy_event("qdrant-api-key", "Qdrant has no API key")]
+    backend.script("dev").preview_error = "error: 1 mandatory policy violation"
+    out = tmp_path / "comment.md"
+
+    result = _invoke(ctx, "preview", "-s", "dev", "--comment-file", str(out), "--no-policy")
+
+    assert result.exit_code == 1
+    assert "preview of dev failed" in result.output
+    assert "**Preview failed.**" in out.read_text()
+    assert "qdrant-api-key" in out.read_text()
+    assert "--policy-pack" not in backend.commands("preview")[0]
+
+
+def test_preview_streams_pulumi_output_unless_quiet(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev")
+    assert "12 unchanged" in _invoke(ctx, "preview", "-s", "dev").output
+    assert "12 unchanged" not in _invoke(ctx, "preview", "-s", "dev", "-q").output
+
+
+def test_promote_ok(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    backend.add_stack("staging")
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "-q")
+    assert result.exit_code == 0, result.output
+    assert f"promoted {DIGEST} dev -> staging (by octocat at 2026-03-01T12:00:00Z)" in result.output.replace(
+        "\n", ""
+    )
+
+
+def test_promote_wrong_order_is_usage_exit_2(ctx: Context, backend: FakeBackend) -> None:
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "prod")
+    assert result.exit_code == 2
+    assert "only allowed promotions" in result.output
+    assert backend.calls == []
+
+
+def test_promote_refusal_exits_1(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev", outputs={"imageDigest": "registry.example.com/rag/service:latest"})
+    backend.add_stack("staging")
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging")
+    assert result.exit_code == 1
+    assert "refused:" in result.output
+    assert "not an immutable digest" in result.output.replace("\n", " ")
+
+
+def test_drift_exit_codes(ctx: Context, backend: FakeBackend, tmp_path: Path) -> None:
+    backend.add_stack("prod")
+    summary = tmp_path / "summary.md"
+    clean = _invoke(ctx, "drift", "--stack", "prod", "--report-file", str(summary))
+    assert clean.exit_code == 0
+    assert "No drift" in clean.output
+
+    backend.script("prod").refresh_summary = {"update": 1, "same": 11}
+    backend.script("prod").refresh_events = [step_event("refresh", "rag-service", diffs=["spec"])]
+    drifted = _invoke(ctx, "drift", "--stack", "prod", "--report-file", str(summary))
+    assert drifted.exit_code == 1
+    assert "Drift detected in stack 'prod'" in drifted.output
+    text = summary.read_text()
+    assert "No drift" in text  # appended, not overwritten
+    assert "Drift detected" in text
+
+
+def test_ephemeral_up_destroy_cycle(ctx: Context, backend: FakeBackend) -> None:
+    up = _invoke(ctx, "ephemeral", "up", "--name", "pr-42", "--ttl", "12h", "-q")
+    assert up.exit_code == 0, up.output
+    assert "pr-42 is up until 2026-03-02T00:00:00Z (owner octocat)" in up.output
+    assert backend.stacks["pr-42"].resources == 12
+
+    first = _invoke(ctx, "ephemeral", "destroy", "pr-42", "-q")
+    again = _invoke(ctx, "ephemeral", "destroy", "pr-42", "-q")
+    assert first.exit_code == 0
+    assert "destroyed and removed" in first.output
+    assert again.exit_code == 0
+    assert "already gone" in again.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ephemeral", "up", "--name", "Bad_Name", "--ttl", "1h"],
+        ["ephemeral", "up", "--name", "pr-1", "--ttl", "forever"],
+        ["ephemeral", "up", "--name", "pr-1", "--ttl", "30d"],
+        ["ephemeral", "destroy", "staging"],
+        ["ephemeral", "reap", "--now", "yesterday"],
+        ["ephemeral", "up", "--ttl", "1h"],  # missing --name
+        ["promote", "--from", "dev"],  # missing --to
+        ["frobnicate"],
+    ],
+)
+def test_usage_errors_exit_2_without_calling_pulumi(
+    ctx: Context, backend: FakeBackend, args: list[str]
+) -> None:
+    result = _invoke(ctx, *args)
+    assert result.exit_code == 2, result.output
+    assert backend.calls == []
+
+
+def test_failed_ephemeral_up_exits_1_after_teardown(ctx: Context, backend: FakeBackend) -> None:
+    backend.script("pr-13").up_error = "error: update failed"
+    result = _invoke(ctx, "ephemeral", "up", "--name", "pr-13", "-q")
+    assert result.exit_code == 1
+    assert "pulumi failed" in result.output
+    assert "destroyed and removed after the failure" in result.output
+    assert "pr-13" not in backend.stacks
+
+
+def test_interrupted_ephemeral_up_exits_1_after_teardown(ctx: Context, backend: FakeBackend) -> None:
+    backend.script("pr-14").up_interrupt = True
+    result = _invoke(ctx, "ephemeral", "up", "--name", "pr-14", "-q")
+    assert result.exit_code == 1
+    assert "interrupted" in result.output
+    assert "pr-14" not in backend.stacks
+
+
+def test_reap_with_now_and_failure_exit_codes(ctx: Context, backend: FakeBackend) -> None:
+    record = {"name": "pr-1", "owner": "a", "expiresAt": "2026-03-01T00:00:00Z"}
+    backend.add_stack("pr-1", config={"rag:ephemeral": record})
+
+    early = _invoke(ctx, "ephemeral", "reap", "--now", "2026-02-28T00:00:00Z", "-q")
+    assert early.exit_code == 0
+    assert "kept pr-1 (not expired)" in early.output
+
+    backend.script("pr-1").destroy_error = "error: boom"
+    failing = _invoke(ctx, "ephemeral", "reap", "-q")
+    assert failing.exit_code == 1
+    assert "FAILED pr-1" in failing.output
+
+    backend.script("pr-1").destroy_error = None
+    ok = _invoke(ctx, "ephemeral", "reap", "-q")
+    assert ok.exit_code == 0
+    assert "destroyed pr-1" in ok.output
+
+
+def test_missing_pulumi_cli_is_a_clear_failure(
+    work_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    result = runner.invoke(app, ["drift", "--stack", "dev"], obj=Context(work_dir=work_dir))
+    assert result.exit_code == 1
+    assert "Pulumi CLI is not on PATH" in result.output
