@@ -38,9 +38,11 @@ DEV_ENVIRONMENTS = frozenset({"dev", "development", "local"})
 POD_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"})
 SCALABLE_KINDS = frozenset({"Deployment", "StatefulSet"})
 
-#: ``app.kubernetes.io/name`` values (or logical names) of the workloads that must carry probes: the HTTP service
-#: and Qdrant. The queue worker has no HTTP endpoint to probe, so it is not listed.
-DEFAULT_PROBED_WORKLOADS = ("rag-service", "rag-api", "qdrant")
+#: Label sets of the workloads that must carry probes besides Qdrant (found by its image): the HTTP API. The queue
+#: worker has no HTTP endpoint to probe, so it is not listed. Policy config ``probedWorkloads`` replaces this.
+DEFAULT_PROBED_WORKLOADS: tuple[Mapping[str, str], ...] = (
+    {"app.kubernetes.io/name": "rag", "app.kubernetes.io/component": "api"},
+)
 
 QDRANT_API_KEY_ENV = "QDRANT__SERVICE__API_KEY"
 
@@ -159,21 +161,18 @@ def require_resources(args: ResourceValidationArgs, report_violation: ReportViol
 
 
 def require_probes(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """The service and Qdrant workloads have liveness and readiness probes on every container."""
+    """The API and Qdrant workloads have liveness and readiness probes on every container."""
     kind = kind_of(args.resource_type)
     if kind not in SCALABLE_KINDS:
         return
-    probed = tuple(args.get_config().get("probedWorkloads") or DEFAULT_PROBED_WORKLOADS)
-    meta = _map(args.props.get("metadata"))
-    labels = _map(meta.get("labels"))
-    identity = {
-        str(labels.get("app.kubernetes.io/name", "")),
-        str(meta.get("name") or ""),
-        args.name,
-    }
-    if not identity & set(probed):
-        return
     spec = pod_spec(kind, args.props) or {}
+    pod_labels = _map(_get(args.props, "spec", "template", "metadata", "labels"))
+    selectors = [_map(s) for s in _seq(args.get_config().get("probedWorkloads"))] or DEFAULT_PROBED_WORKLOADS
+    is_qdrant = any(_is_qdrant_container(c) for _, c in all_containers(spec))
+    if not is_qdrant and not any(
+        sel and all(pod_labels.get(k) == v for k, v in sel.items()) for sel in selectors
+    ):
+        return
     for label, container in all_containers(spec):
         if label.startswith("init"):
             continue
@@ -324,6 +323,14 @@ def require_protect_in_prod(args: ResourceValidationArgs, report_violation: Repo
 
 
 # ---------------------------------------------------------------------------------------------- stack rules
+def _int(value: Any, default: int) -> int:
+    """An integer field, or ``default`` when absent or malformed (schema validation reports the latter)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def _namespace(props: Mapping[str, Any]) -> str:
     return str(_get(props, "metadata", "namespace") or "")
 
@@ -360,7 +367,7 @@ def require_pdb(args: StackValidationArgs, report_violation: ReportViolation) ->
         if kind == "HorizontalPodAutoscaler":
             target = _map(_get(r.props, "spec", "scaleTargetRef"))
             key = (_namespace(r.props), str(target.get("kind")), str(target.get("name")))
-            hpa_min[key] = int(_get(r.props, "spec", "minReplicas") or 1)
+            hpa_min[key] = _int(_get(r.props, "spec", "minReplicas"), 1)
         elif kind == "PodDisruptionBudget":
             pdbs.append(r)
     for r in args.resources:
@@ -368,8 +375,7 @@ def require_pdb(args: StackValidationArgs, report_violation: ReportViolation) ->
         if kind not in SCALABLE_KINDS:
             continue
         ns, name = _namespace(r.props), _object_name(r)
-        replicas = _get(r.props, "spec", "replicas")
-        replicas = 1 if replicas is None else int(replicas)
+        replicas = _int(_get(r.props, "spec", "replicas"), 1)
         wanted = max(replicas, hpa_min.get((ns, kind, name), 0))
         if wanted <= 1:
             continue
@@ -405,8 +411,8 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
             properties={
                 "probedWorkloads": {
                     "type": "array",
-                    "items": {"type": "string"},
-                    "description": "app.kubernetes.io/name labels (or names) of workloads that need probes.",
+                    "items": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "description": "Pod label sets of the workloads that need probes (Qdrant always does).",
                 }
             }
         ),

@@ -1,0 +1,421 @@
+"""Render, validate and policy-check one stack offline: ``python -m infra.render --stack prod --out out/prod``.
+
+Runs the real program under mocks (``infra.offline.run_stack``), then:
+
+* writes every Kubernetes object as YAML, one file per object at ``k8s/<namespace|_cluster>/<kind>--<name>.yaml``,
+  and every Helm release as its chart, version, repository and values at ``helm/<namespace>--<name>.yaml``
+  (Secret data and password/token-like values redacted);
+* validates built-in kinds with kubernetes-validate in strict mode (unknown fields are errors) for
+  :data:`KUBERNETES_VERSION`, and custom resources against the vendored CRD schemas in ``infra/schemas/``
+  (custom kinds without a vendored schema are listed as *not validated*);
+* runs the CrossGuard policy pack (``infra.policy``) on the recorded resources for the stack's environment;
+* writes ``plan.md`` and ``plan.json`` (resource counts by type, protected resources, secrets, outputs with
+  secrets masked, validation and policy results) and prints a readable report.
+
+Exit status: 0 clean, 1 validation or policy failures, 2 configuration error (the ``ConfigError`` message naming
+the key and stack file is printed, no traceback). ``--set key.path=JSON`` overrides stack config for a what-if.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+from infra.config import ConfigError
+from infra.offline import RecordedResource, StackRun, cli_config, run_stack
+from infra.policy import Violation, run_policies
+
+#: The Kubernetes minor version manifests are validated against: the oldest version any stack targets
+#: (EKS 1.33 in Pulumi.prod.yaml), so every API used exists on every cluster.
+KUBERNETES_VERSION = "1.33"
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
+#: API groups installed by CRDs (operators, Gateway API): never in kubernetes-validate's built-in schemas.
+CRD_GROUPS = frozenset(
+    {
+        "gateway.networking.k8s.io",
+        "cert-manager.io",
+        "acme.cert-manager.io",
+        "monitoring.coreos.com",
+        "postgresql.cnpg.io",
+    }
+)
+REDACTED = "<redacted>"
+_SECRETISH = re.compile(
+    r"(password|passwd|secret|token|apikey|api_key|privatekey|private_key)", re.IGNORECASE
+)
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Problem:
+    """A validation failure: the rendered file and what is wrong with it."""
+
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.message}"
+
+
+@dataclass
+class Report:
+    """Everything one render produced and found."""
+
+    stack: str
+    environment: str
+    files: list[str] = field(default_factory=list)
+    validated_builtin: int = 0
+    validated_custom: dict[str, str] = field(default_factory=dict)  # file -> schema used
+    not_validated: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.violations
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+def is_kubernetes_object(resource: RecordedResource) -> bool:
+    """A custom resource of the Kubernetes provider that is one API object (not Helm, YAML groups or providers)."""
+    return (
+        resource.custom
+        and resource.type.startswith("kubernetes:")
+        and resource.type not in HELM_TYPES
+        and not resource.type.startswith("kubernetes:yaml/")
+    )
+
+
+def manifest_of(resource: RecordedResource) -> dict[str, Any]:
+    """The object as the provider would apply it; apiVersion/kind come from the type token when absent."""
+    group_version, kind = resource.type.split(":", 1)[1].rsplit(":", 1)
+    api_version = group_version[len("core/") :] if group_version.startswith("core/") else group_version
+    manifest = {"apiVersion": api_version, "kind": kind}
+    manifest.update(resource.inputs)
+    return manifest
+
+
+def file_for(manifest: Mapping[str, Any], resource: RecordedResource) -> str:
+    """Stable relative path by kind, namespace and name."""
+    meta = manifest.get("metadata") or {}
+    namespace = meta.get("namespace") or "_cluster"
+    name = meta.get("name") or resource.name
+    return f"k8s/{namespace}/{str(manifest['kind']).lower()}--{name}.yaml"
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if isinstance(value, Mapping):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, key) for v in value]
+    if isinstance(value, str) and _SECRETISH.search(key) and value:
+        return REDACTED
+    return value
+
+
+def redacted(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy safe to write to disk: Secret data and password/token-like string values replaced."""
+    out = _redact(manifest)
+    if manifest.get("kind") == "Secret":
+        if isinstance(out.get("data"), Mapping):
+            out["data"] = {k: base64.b64encode(REDACTED.encode()).decode() for k in out["data"]}
+        if isinstance(out.get("stringData"), Mapping):
+            out["stringData"] = dict.fromkeys(out["stringData"], REDACTED)
+    return out
+
+
+def helm_document(resource: RecordedResource) -> dict[str, Any]:
+    """A Helm release as its chart coordinates and values (the chart itself is not rendered offline)."""
+    inputs = resource.inputs
+    repo = (inputs.get("repositoryOpts") or {}).get("repo") or inputs.get("repository")
+    return {
+        "type": resource.type,
+        "release": inputs.get("name") or resource.name,
+        "namespace": inputs.get("namespace"),
+        "chart": inputs.get("chart"),
+        "version": inputs.get("version"),
+        "repository": repo,
+        "values": _redact(inputs.get("values") or {}),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def api_group(api_version: str) -> str:
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+@cache
+def crd_schema(api_version: str, kind: str) -> tuple[dict[str, Any], str] | None:
+    """The vendored openAPIV3Schema for a custom kind and where it came from, if vendored."""
+    group, _, version = api_version.rpartition("/")
+    path = SCHEMA_DIR / group / f"{kind.lower()}_{version}.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return doc["schema"], f"{path.relative_to(SCHEMA_DIR)} ({doc['source']})"
+
+
+def validate_manifest(manifest: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """``(validated-by, errors)``; validated-by is ``""`` when no schema exists for a custom kind."""
+    api_version, kind = str(manifest.get("apiVersion", "")), str(manifest.get("kind", ""))
+    if api_group(api_version) in CRD_GROUPS:
+        found = crd_schema(api_version, kind)
+        if found is None:
+            return "", []
+        schema, source = found
+        validator = jsonschema.Draft202012Validator(schema)
+        errors = sorted(validator.iter_errors(dict(manifest)), key=lambda e: list(e.absolute_path))
+        return source, [_describe(e) for e in errors]
+    try:
+        kubernetes_validate.validate(dict(manifest), KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return f"kubernetes {KUBERNETES_VERSION} strict", [_describe(error)]
+    except kubernetes_validate.SchemaNotFoundError as error:
+        return f"kubernetes {KUBERNETES_VERSION} strict", [
+            f"{error.message} (not a built-in API; a custom kind needs a schema in infra/schemas/)"
+        ]
+    return f"kubernetes {KUBERNETES_VERSION} strict", []
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return f"{error.message} (at {path or '<root>'})"
+
+
+# ---------------------------------------------------------------------------------------------- render
+def _write_yaml(path: Path, document: Any, header: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    path.write_text(f"# {header}\n{body}", encoding="utf-8")
+
+
+def _masked_outputs(run: StackRun) -> dict[str, Any]:
+    return {k: ("[secret]" if k in run.secret_outputs else v) for k, v in sorted(run.outputs.items())}
+
+
+def summarize(run: StackRun, environment: str) -> dict[str, Any]:
+    """Resource counts by type, protected resources, secrets and masked outputs."""
+    resources = [r for r in run.resources if r.type != "pulumi:pulumi:Stack"]
+    return {
+        "stack": run.stack,
+        "environment": environment,
+        "resources": len(resources),
+        "byType": dict(sorted(Counter(r.type for r in resources).items())),
+        "protected": sorted(f"{r.type}::{r.name}" for r in resources if r.protect),
+        "secrets": {
+            "resourcesWithSecretInputs": sum(1 for r in resources if r.secret_keys),
+            "kubernetesSecrets": sum(1 for r in resources if r.type == "kubernetes:core/v1:Secret"),
+            "secretOutputs": sorted(run.secret_outputs),
+        },
+        "outputs": _masked_outputs(run),
+    }
+
+
+def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
+    """Write, validate and policy-check an already recorded run into ``out``."""
+    report = Report(stack=run.stack, environment=environment)
+    for stale in ("k8s", "helm"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    seen: dict[str, str] = {}
+    for resource in run.resources:
+        if resource.type in HELM_TYPES:
+            doc = helm_document(resource)
+            rel = f"helm/{doc['namespace'] or '_default'}--{doc['release']}.yaml"
+            _write_yaml(out / rel, doc, f"Helm release from {resource.urn} (chart not rendered offline)")
+            report.files.append(rel)
+            report.not_validated.append(
+                f"{rel} (Helm values: the chart's own schema is not available offline)"
+            )
+            continue
+        if not is_kubernetes_object(resource):
+            continue
+        manifest = manifest_of(resource)
+        rel = file_for(manifest, resource)
+        if rel in seen:
+            report.problems.append(Problem(rel, f"declared twice: {seen[rel]} and {resource.urn}"))
+            continue
+        seen[rel] = resource.urn
+        _write_yaml(out / rel, redacted(manifest), f"From {resource.urn}")
+        report.files.append(rel)
+        validated_by, errors = validate_manifest(manifest)
+        report.problems.extend(Problem(rel, e) for e in errors)
+        if not validated_by:
+            report.not_validated.append(
+                f"{rel} (no vendored schema for {manifest['apiVersion']} {manifest['kind']})"
+            )
+        elif validated_by.startswith("kubernetes "):
+            report.validated_builtin += 1
+        else:
+            report.validated_custom[rel] = validated_by
+
+    report.violations = run_policies(run.resources, environment=environment)
+    report.summary = summarize(run, environment)
+    (out / "plan.json").write_text(json.dumps(plan_json(report), indent=2) + "\n", encoding="utf-8")
+    (out / "plan.md").write_text(plan_markdown(report), encoding="utf-8")
+    return report
+
+
+def plan_json(report: Report) -> dict[str, Any]:
+    return {
+        **report.summary,
+        "files": sorted(report.files),
+        "validation": {
+            "kubernetesVersion": KUBERNETES_VERSION,
+            "strict": True,
+            "builtinValidated": report.validated_builtin,
+            "customValidated": dict(sorted(report.validated_custom.items())),
+            "notValidated": sorted(report.not_validated),
+            "problems": [str(p) for p in report.problems],
+        },
+        "policies": [
+            {"policy": v.policy, "message": v.message, "urn": v.urn, "enforcement": v.enforcement}
+            for v in report.violations
+        ],
+        "ok": report.ok,
+    }
+
+
+def _lines(items: Iterable[str], empty: str) -> list[str]:
+    rows = [f"- {item}" for item in items]
+    return rows or [f"- {empty}"]
+
+
+def plan_markdown(report: Report) -> str:
+    s = report.summary
+    rows = [f"| `{t}` | {n} |" for t, n in s["byType"].items()]
+    secrets = s["secrets"]
+    parts = [
+        f"# Plan: stack `{report.stack}` ({report.environment})",
+        "",
+        f"**{'PASS' if report.ok else 'FAIL'}**: {s['resources']} resources, {len(report.files)} files rendered, "
+        f"{len(report.problems)} validation problems, {len(report.violations)} policy violations.",
+        "",
+        "## Resources by type",
+        "",
+        "| type | count |",
+        "| --- | ---: |",
+        *rows,
+        "",
+        "## Protected resources",
+        "",
+        *_lines((f"`{p}`" for p in s["protected"]), "none"),
+        "",
+        "## Secrets",
+        "",
+        f"- resources with secret inputs: {secrets['resourcesWithSecretInputs']}",
+        f"- Kubernetes Secrets: {secrets['kubernetesSecrets']}",
+        f"- secret outputs: {', '.join(secrets['secretOutputs']) or 'none'}",
+        "",
+        "## Outputs",
+        "",
+        *_lines((f"`{k}`: `{json.dumps(v)}`" for k, v in s["outputs"].items()), "none"),
+        "",
+        "## Validation",
+        "",
+        f"- {report.validated_builtin} built-in objects validated with kubernetes-validate "
+        f"(Kubernetes {KUBERNETES_VERSION}, strict)",
+        f"- {len(report.validated_custom)} custom resources validated against vendored CRD schemas",
+        f"- {len(report.not_validated)} not schema-validated:",
+        *[f"  - {n}" for n in sorted(report.not_validated)],
+        "",
+        "### Problems",
+        "",
+        *_lines((str(p) for p in report.problems), "none"),
+        "",
+        "## Policy violations",
+        "",
+        *_lines((str(v) for v in report.violations), "none"),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def print_report(report: Report, out: Path) -> None:
+    s = report.summary
+    print(
+        f"stack {report.stack} ({report.environment}): {s['resources']} resources, {len(report.files)} files in {out}"
+    )
+    print(
+        f"  validated: {report.validated_builtin} built-in (Kubernetes {KUBERNETES_VERSION}, strict), "
+        f"{len(report.validated_custom)} custom; {len(report.not_validated)} not schema-validated"
+    )
+    print(
+        f"  protected: {len(s['protected'])}; secret outputs: {', '.join(s['secrets']['secretOutputs']) or '-'}"
+    )
+    for problem in report.problems:
+        print(f"  INVALID {problem}")
+    for violation in report.violations:
+        print(f"  POLICY  {violation}")
+    print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["qdrant.replicas=1", "image=\"r@sha256:..\""]`` -> ``{"qdrant": {"replicas": 1}, ...}`` (JSON values)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        path = key.removeprefix("rag:").split(".")
+        target = overrides
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return overrides
+
+
+def environment_for(stack: str, overrides: Mapping[str, Any]) -> str:
+    """The ``rag:environment`` the program ran with (the stack name when unset)."""
+    values, _ = cli_config(stack, config_overrides=overrides)
+    return values.get("rag:environment") or stack
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help="stack name (reads Pulumi.<stack>.yaml)")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=JSON", help="override a config key"
+    )
+    args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        run = run_stack(args.stack, config_overrides=overrides)
+        environment = environment_for(args.stack, overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = render_run(run, args.out, environment=environment)
+    print_report(report, args.out)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

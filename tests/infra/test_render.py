@@ -1,0 +1,255 @@
+"""``python -m infra.render``: every stack renders, validates and passes the policies; breakage exits non-zero.
+
+Each stack's program runs once under mocks per test session (``runs``); the tests render those recorded runs into
+``tmp_path``. The CLI itself (``main``) is exercised in-process for exit codes and once as a real subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra import render
+from infra.offline import RecordedResource, StackRun, run_stack
+
+STACKS = ("dev", "staging", "prod")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def runs() -> dict[str, StackRun]:
+    """Each real stack file run once through the real program under mocks."""
+    return {stack: run_stack(stack) for stack in STACKS}
+
+
+def k8s_objects(run: StackRun) -> list[RecordedResource]:
+    return [r for r in run.resources if render.is_kubernetes_object(r)]
+
+
+def with_resources(run: StackRun, *extra: RecordedResource, drop: str | None = None) -> StackRun:
+    kept = [r for r in run.resources if r.urn != drop]
+    return dataclasses.replace(run, resources=[*kept, *extra])
+
+
+def variant(resource: RecordedResource, name: str, inputs: dict) -> RecordedResource:
+    """A sibling of ``resource`` recording the manifest ``inputs`` under its own type token."""
+    api_version = inputs["apiVersion"]
+    type_ = f"kubernetes:{api_version if '/' in api_version else 'core/' + api_version}:{inputs['kind']}"
+    return dataclasses.replace(
+        resource, type=type_, name=name, urn=f"{resource.urn}-{name}", inputs=inputs, protect=False
+    )
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_renders_validates_and_passes_policies(
+    runs: dict[str, StackRun], stack: str, tmp_path: Path
+) -> None:
+    run = runs[stack]
+    report = render.render_run(run, tmp_path, environment=stack)
+
+    assert report.problems == []
+    assert report.violations == []
+    assert report.ok
+    objects = k8s_objects(run)
+    written = sorted(tmp_path.glob("k8s/*/*.yaml"))
+    assert len(written) == len(objects) > 0
+    for path in written:
+        doc = yaml.safe_load(path.read_text())
+        assert path.name == f"{doc['kind'].lower()}--{doc['metadata']['name']}.yaml"
+    assert report.validated_builtin + len(report.validated_custom) + sum(
+        1 for n in report.not_validated if n.startswith("k8s/")
+    ) == len(objects)
+
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    counted = Counter(r.type for r in run.resources if r.type != "pulumi:pulumi:Stack")
+    assert plan["byType"] == dict(counted)
+    assert plan["resources"] == sum(counted.values())
+    assert plan["ok"] is True
+    assert plan["validation"]["kubernetesVersion"] == render.KUBERNETES_VERSION
+    assert plan["outputs"]["kubeconfig"] == "[secret]"
+    assert "PASS" in (tmp_path / "plan.md").read_text()
+
+
+def test_prod_protects_its_state(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    report = render.render_run(runs["prod"], tmp_path, environment="prod")
+    protected = sorted(f"{r.type}::{r.name}" for r in runs["prod"].resources if r.protect)
+    assert protected, "prod protects nothing"
+    assert report.summary["protected"] == protected
+    plan_md = (tmp_path / "plan.md").read_text()
+    assert all(f"`{entry}`" in plan_md for entry in protected)
+
+
+def test_unknown_field_in_a_manifest_fails_strict_validation(
+    runs: dict[str, StackRun], tmp_path: Path
+) -> None:
+    run = runs["dev"]
+    target = k8s_objects(run)[0]
+    inputs = copy.deepcopy(target.inputs)
+    inputs["metadata"]["labelz"] = {"typo": "yes"}
+    broken = with_resources(run, dataclasses.replace(target, inputs=inputs), drop=target.urn)
+
+    report = render.render_run(broken, tmp_path, environment="dev")
+
+    assert not report.ok
+    manifest = render.manifest_of(target)
+    rel = render.file_for(manifest, target)
+    assert [str(p) for p in report.problems] == [
+        f"{rel}: Additional properties are not allowed ('labelz' was unexpected) (at metadata)"
+    ]
+    assert json.loads((tmp_path / "plan.json").read_text())["ok"] is False
+
+
+def test_wrong_type_and_removed_api_fail(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    run = runs["dev"]
+    base = k8s_objects(run)[0]
+    bad_replicas = variant(
+        base,
+        "api",
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "api", "namespace": "rag"},
+            "spec": {"replicas": "three", "selector": {}, "template": {}},
+        },
+    )
+    removed = variant(
+        base,
+        "old-pdb",
+        {
+            "apiVersion": "policy/v1beta1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "old", "namespace": "rag"},
+        },
+    )
+    report = render.render_run(with_resources(run, bad_replicas, removed), tmp_path, environment="dev")
+    problems = {p.file: p.message for p in report.problems}
+    assert (
+        problems["k8s/rag/deployment--api.yaml"]
+        == "'three' is not of type 'integer', 'null' (at spec.replicas)"
+    )
+    assert problems["k8s/rag/poddisruptionbudget--old.yaml"].startswith(
+        "Couldn't find schema for kind PodDisruptionBudget with api version policy/v1beta1"
+    )
+
+
+def test_policy_violation_fails_the_render(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    run = runs["dev"]
+    base = k8s_objects(run)[0]
+    pvc = variant(
+        base,
+        "data",
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "rag"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        },
+    )
+    report = render.render_run(with_resources(run, pvc), tmp_path, environment="prod")
+    assert report.problems == []
+    assert not report.ok
+    assert [(v.policy, v.message) for v in report.violations if v.urn == pvc.urn] == [
+        (
+            "protect-stateful-in-prod",
+            "kubernetes:core/v1:PersistentVolumeClaim data holds data and must be protected in prod "
+            "(ResourceOptions(protect=True)).",
+        )
+    ]
+    plan_md = (tmp_path / "plan.md").read_text()
+    assert "[mandatory] protect-stateful-in-prod: kubernetes:core/v1:PersistentVolumeClaim data" in plan_md
+    assert "**FAIL**" in plan_md
+
+
+def test_secret_values_are_redacted_on_disk(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    run = runs["dev"]
+    base = k8s_objects(run)[0]
+    secret = variant(
+        base,
+        "creds",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "creds", "namespace": "rag"},
+            "stringData": {"DATABASE_URL": "postgresql://u:hunter2@db/rag"},
+        },
+    )
+    report = render.render_run(with_resources(run, secret), tmp_path, environment="dev")
+    assert report.ok
+    text = (tmp_path / "k8s/rag/secret--creds.yaml").read_text()
+    assert "hunter2" not in text
+    assert "DATABASE_URL: <redacted>" in text
+
+
+def test_custom_kind_without_schema_is_listed_not_validated(
+    runs: dict[str, StackRun], tmp_path: Path
+) -> None:
+    run = runs["dev"]
+    base = k8s_objects(run)[0]
+    scheduled = variant(
+        base,
+        "nightly",
+        {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "ScheduledBackup",
+            "metadata": {"name": "nightly", "namespace": "rag"},
+            "spec": {"schedule": "0 0 0 * * *", "cluster": {"name": "pg"}},
+        },
+    )
+    report = render.render_run(with_resources(run, scheduled), tmp_path, environment="dev")
+    assert report.ok
+    assert report.not_validated == [
+        "k8s/rag/scheduledbackup--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 ScheduledBackup)"
+    ]
+
+
+def test_parse_overrides_nests_dotted_keys() -> None:
+    assert render.parse_overrides(["qdrant.replicas=1", "rag:tls.enabled=false", "image=abc"]) == {
+        "qdrant": {"replicas": 1},
+        "tls": {"enabled": False},
+        "image": "abc",
+    }
+
+
+def test_main_renders_dev(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "stack dev (dev)" in out
+    assert out.rstrip().splitlines()[-1].startswith("PASS")
+    assert (tmp_path / "plan.md").is_file()
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "infra.render",
+            "--stack",
+            "prod",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "qdrant.replicas=2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "rag:qdrant.replicas in Pulumi.prod.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_unknown_stack_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--stack", "nope", "--out", str(tmp_path)]) == 2
+    assert "Pulumi.nope.yaml" in capsys.readouterr().err
