@@ -1,0 +1,373 @@
+"""`PostgresDatabase` (`rag:data:PostgresDatabase`): the service's registry database, outputting DATABASE_URL.
+
+Modes:
+- `cloudnative`: the CloudNativePG operator (its official Helm chart, pinned, from
+  https://cloudnative-pg.github.io/charts; skip with `install_operator=False` when the cluster has it) and a
+  `postgresql.cnpg.io/v1` `Cluster` that waits for the operator release (whose chart installs the CRDs):
+  N instances with streaming replication and automated failover, PVC storage, initdb bootstrap of the database
+  owned by the app user whose password comes from a Pulumi secret (a `kubernetes.io/basic-auth` Secret),
+  pod anti-affinity, a PodDisruptionBudget (the operator creates it), and a NetworkPolicy.
+- `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
+  group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
+- `cloudsql`: a GCP Cloud SQL PostgreSQL instance on a private IP, plus its database and user.
+
+No Bitnami charts or images anywhere (their free catalogue was withdrawn in 2025).
+All modes output `url` = `postgresql+psycopg://user:password@host:5432/db` as a Pulumi secret.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import EgressTarget, Resources, require
+
+PORT = 5432
+CNPG_CHART = "cloudnative-pg"
+CNPG_REPO = "https://cloudnative-pg.github.io/charts"
+CNPG_CHART_VERSION = "0.26.1"
+DEFAULT_PG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:17.5"
+MODES = ("cloudnative", "rds", "cloudsql")
+_IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
+
+
+@dataclass(frozen=True)
+class PostgresDatabaseArgs:
+    """Arguments of `PostgresDatabase`; the fields of the modes not chosen are ignored."""
+
+    mode: Literal["cloudnative", "rds", "cloudsql"]
+    password: pulumi.Input[str]
+    """Password of the application user (a Pulumi secret)."""
+    database: str = "rag"
+    username: str = "rag"
+    protect: bool = False
+    """Protect the database resource from deletion (prod: True; RDS/Cloud SQL deletion protection too)."""
+    depends_on: tuple[pulumi.Resource, ...] = ()
+    # --- cloudnative
+    namespace: str | None = None
+    instances: int = 1
+    storage_size: str = "10Gi"
+    storage_class: str | None = None
+    image: str = DEFAULT_PG_IMAGE
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+    )
+    install_operator: bool = True
+    operator_namespace: str = "cnpg-system"
+    operator_chart_version: str = CNPG_CHART_VERSION
+    operator: pulumi.Resource | None = None
+    """An operator release created elsewhere, waited for when `install_operator` is False."""
+    network_policy: bool = True
+    client_selectors: tuple[Mapping[str, str], ...] = ()
+    # --- rds
+    vpc_id: pulumi.Input[str] | None = None
+    subnet_ids: tuple[pulumi.Input[str], ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    instance_class: str = "db.t4g.medium"
+    allocated_storage_gb: int = 50
+    max_allocated_storage_gb: int = 200
+    engine_version: str = "17.5"
+    multi_az: bool = True
+    backup_retention_days: int = 7
+    # --- cloudsql
+    region: str | None = None
+    private_network: pulumi.Input[str] | None = None
+    tier: str = "db-custom-2-7680"
+    database_version: str = "POSTGRES_17"
+    availability_type: Literal["ZONAL", "REGIONAL"] = "REGIONAL"
+
+
+def validate_args(args: PostgresDatabaseArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot produce a reachable database."""
+    require(args.mode in MODES, f"PostgresDatabaseArgs.mode {args.mode!r} must be one of {', '.join(MODES)}.")
+    require(args.password is not None, "PostgresDatabaseArgs.password is required.")
+    require(
+        bool(re.match(_IDENT, args.database)),
+        f"PostgresDatabaseArgs.database {args.database!r} must be a lower-case SQL identifier.",
+    )
+    require(
+        bool(re.match(_IDENT, args.username)),
+        f"PostgresDatabaseArgs.username {args.username!r} must be a lower-case SQL identifier.",
+    )
+    if args.mode == "cloudnative":
+        require(args.namespace is not None, "PostgresDatabaseArgs.namespace is required in cloudnative mode.")
+        specs.check_dns_label(args.namespace or "", "PostgresDatabaseArgs.namespace")
+        specs.check_image(args.image, "PostgresDatabaseArgs.image")
+        specs.check_quantity(args.storage_size, "PostgresDatabaseArgs.storage_size")
+        args.resources.validate("PostgresDatabaseArgs.resources")
+        require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
+        require(
+            not (args.network_policy and not args.client_selectors),
+            "PostgresDatabaseArgs.client_selectors must name at least one client when network_policy is on.",
+        )
+    if args.mode == "rds":
+        require(args.vpc_id is not None, "PostgresDatabaseArgs.vpc_id is required in rds mode.")
+        require(
+            len(args.subnet_ids) >= 2,
+            "PostgresDatabaseArgs.subnet_ids must list at least two subnets in rds mode.",
+        )
+        require(
+            len(args.allowed_cidrs) >= 1,
+            "PostgresDatabaseArgs.allowed_cidrs must list who may connect in rds mode.",
+        )
+        require(
+            args.max_allocated_storage_gb >= args.allocated_storage_gb >= 20,
+            "PostgresDatabaseArgs.allocated_storage_gb must be at least 20 and not above max_allocated_storage_gb.",
+        )
+    if args.mode == "cloudsql":
+        require(args.region is not None, "PostgresDatabaseArgs.region is required in cloudsql mode.")
+        require(
+            args.private_network is not None,
+            "PostgresDatabaseArgs.private_network is required in cloudsql mode.",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def database_url(user: str, password: str, host: str, database: str, port: int = PORT) -> str:
+    """DATABASE_URL for SQLAlchemy + psycopg 3, with user and password percent-encoded."""
+    return f"postgresql+psycopg://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+
+
+def operator_values() -> dict[str, Any]:
+    """Helm values of the CloudNativePG operator chart (its CRDs are part of the chart)."""
+    return {
+        "crds": {"create": True},
+        "replicaCount": 1,
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
+
+
+def cluster_spec(args: PostgresDatabaseArgs, app_secret: str) -> dict[str, Any]:
+    """The CNPG `Cluster` spec: instances, storage, initdb bootstrap with the app owner, anti-affinity."""
+    storage: dict[str, Any] = {"size": args.storage_size}
+    if args.storage_class is not None:
+        storage["storageClass"] = args.storage_class
+    return {
+        "instances": args.instances,
+        "imageName": args.image,
+        "primaryUpdateStrategy": "unsupervised",
+        "enableSuperuserAccess": False,
+        "storage": storage,
+        "bootstrap": {
+            "initdb": {"database": args.database, "owner": args.username, "secret": {"name": app_secret}}
+        },
+        "postgresql": {"parameters": {"max_connections": "200", "shared_buffers": "128MB"}},
+        "resources": specs.resources_spec(args.resources),
+        "affinity": {
+            "enablePodAntiAffinity": True,
+            "topologyKey": specs.HOST_KEY,
+            "podAntiAffinityType": "required" if args.instances > 1 else "preferred",
+        },
+        "enablePDB": True,
+    }
+
+
+def cluster_pod_labels(cluster_name: str) -> dict[str, str]:
+    """Labels CloudNativePG puts on every instance pod of a cluster."""
+    return {"cnpg.io/cluster": cluster_name}
+
+
+def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[str, Any]:
+    """Clients and peer instances on 5432; the operator on the instance manager's status port 8000.
+
+    Egress is left open: instances talk to the Kubernetes API (whose address differs per cluster) and to peers.
+    """
+    match = cluster_pod_labels(cluster_name)
+    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    ingress = [
+        specs.ingress_rule([PORT], [*clients, {"podSelector": {"matchLabels": match}}]),
+        specs.ingress_rule([8000, PORT], [specs.namespace_peer(args.operator_namespace)]),
+    ]
+    return specs.network_policy_spec(match, ingress=ingress, egress=None)
+
+
+# ---------------------------------------------------------------------------------------------- component
+class PostgresDatabase(pulumi.ComponentResource):
+    """CloudNativePG in the cluster, RDS, or Cloud SQL; outputs a secret DATABASE_URL."""
+
+    url: pulumi.Output[str]
+    """DATABASE_URL (secret)."""
+    egress_target: EgressTarget
+    operator: pulumi.Resource | None
+    """The operator Helm release (cloudnative mode with install_operator), for others to depend on."""
+
+    def __init__(
+        self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        validate_args(args)
+        super().__init__("rag:data:PostgresDatabase", name, None, opts)
+        self.operator = None
+        if args.mode == "cloudnative":
+            self.url, self.egress_target = self._cloudnative(name, args)
+        elif args.mode == "rds":
+            self.url, self.egress_target = self._rds(name, args)
+        else:
+            self.url, self.egress_target = self._cloudsql(name, args)
+        self.register_outputs({"url": self.url})
+
+    def _opts(
+        self, args: PostgresDatabaseArgs, *, protect: bool = False, extra: tuple[pulumi.Resource, ...] = ()
+    ) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
+
+    def _cloudnative(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        ns = args.namespace or ""
+        cluster_name = name
+        specs.check_dns_label(f"{cluster_name}-app", "PostgresDatabase name")
+        object_labels = specs.labels("postgres", name, "database")
+        password = pulumi.Output.secret(args.password)
+        operator: pulumi.Resource | None = args.operator
+        if args.install_operator:
+            operator = k8s.helm.v3.Release(
+                f"{name}-operator",
+                name="cnpg",
+                chart=CNPG_CHART,
+                version=args.operator_chart_version,
+                repository_opts={"repo": CNPG_REPO},
+                namespace=args.operator_namespace,
+                create_namespace=True,
+                atomic=True,
+                wait_for_jobs=True,
+                timeout=600,
+                values=operator_values(),
+                opts=self._opts(args),
+            )
+            self.operator = operator
+        app_secret = f"{cluster_name}-app-credentials"
+        secret = k8s.core.v1.Secret(
+            f"{name}-app-credentials",
+            metadata=specs.metadata(app_secret, ns, object_labels),
+            type="kubernetes.io/basic-auth",
+            string_data={"username": args.username, "password": password},
+            opts=self._opts(args, protect=args.protect),
+        )
+        waits = (secret, *((operator,) if operator is not None else ()))
+        k8s.apiextensions.CustomResource(
+            f"{name}-cluster",
+            api_version="postgresql.cnpg.io/v1",
+            kind="Cluster",
+            metadata=specs.metadata(cluster_name, ns, object_labels),
+            spec=cluster_spec(args, app_secret),
+            opts=self._opts(args, protect=args.protect, extra=waits),
+        )
+        if args.network_policy:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-netpol",
+                metadata=specs.metadata(cluster_name, ns, object_labels),
+                spec=network_policy_spec(args, cluster_name),
+                opts=self._opts(args),
+            )
+        # CloudNativePG serves the primary as the `<cluster>-rw` Service.
+        host = f"{cluster_name}-rw.{ns}.svc"
+        url = pulumi.Output.secret(
+            password.apply(lambda pw: database_url(args.username, pw, host, args.database))
+        )
+        return url, EgressTarget("postgres", PORT, cluster_pod_labels(cluster_name))
+
+    def _rds(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        subnets = aws.rds.SubnetGroup(
+            f"{name}-subnets",
+            description="Private subnets of the RAG database",
+            subnet_ids=list(args.subnet_ids),
+            opts=self._opts(args),
+        )
+        security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            description="RAG database: PostgreSQL from the cluster only",
+            vpc_id=args.vpc_id,
+            ingress=[
+                {
+                    "protocol": "tcp",
+                    "from_port": PORT,
+                    "to_port": PORT,
+                    "cidr_blocks": list(args.allowed_cidrs),
+                    "description": "PostgreSQL from the Kubernetes cluster",
+                }
+            ],
+            opts=self._opts(args),
+        )
+        password = pulumi.Output.secret(args.password)
+        instance = aws.rds.Instance(
+            f"{name}-instance",
+            engine="postgres",
+            engine_version=args.engine_version,
+            instance_class=args.instance_class,
+            allocated_storage=args.allocated_storage_gb,
+            max_allocated_storage=args.max_allocated_storage_gb,
+            storage_type="gp3",
+            storage_encrypted=True,
+            db_name=args.database,
+            username=args.username,
+            password=password,
+            port=PORT,
+            db_subnet_group_name=subnets.name,
+            vpc_security_group_ids=[security_group.id],
+            publicly_accessible=False,
+            multi_az=args.multi_az,
+            backup_retention_period=args.backup_retention_days,
+            deletion_protection=args.protect,
+            skip_final_snapshot=False,
+            final_snapshot_identifier=f"{name}-final",
+            copy_tags_to_snapshot=True,
+            auto_minor_version_upgrade=True,
+            performance_insights_enabled=True,
+            apply_immediately=False,
+            opts=self._opts(args, protect=args.protect),
+        )
+        url = pulumi.Output.secret(
+            pulumi.Output.all(password, instance.address).apply(
+                lambda values: database_url(args.username, values[0], values[1], args.database)
+            )
+        )
+        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
+
+    def _cloudsql(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
+        instance = gcp.sql.DatabaseInstance(
+            f"{name}-instance",
+            region=args.region,
+            database_version=args.database_version,
+            deletion_protection=args.protect,
+            settings={
+                "tier": args.tier,
+                "availability_type": args.availability_type,
+                "disk_autoresize": True,
+                "disk_type": "PD_SSD",
+                "ip_configuration": {
+                    "ipv4_enabled": False,
+                    "private_network": args.private_network,
+                    "ssl_mode": "ENCRYPTED_ONLY",
+                },
+                "backup_configuration": {"enabled": True, "point_in_time_recovery_enabled": True},
+                "deletion_protection_enabled": args.protect,
+            },
+            opts=self._opts(args, protect=args.protect),
+        )
+        database = gcp.sql.Database(
+            f"{name}-database",
+            instance=instance.name,
+            name=args.database,
+            opts=self._opts(args, protect=args.protect),
+        )
+        password = pulumi.Output.secret(args.password)
+        gcp.sql.User(
+            f"{name}-user",
+            instance=instance.name,
+            name=args.username,
+            password=password,
+            opts=self._opts(args, extra=(database,)),
+        )
+        url = pulumi.Output.secret(
+            pulumi.Output.all(password, instance.private_ip_address).apply(
+                lambda values: database_url(args.username, values[0], values[1], args.database)
+            )
+        )
+        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))

@@ -1,0 +1,177 @@
+"""Tests of the PostgresDatabase component: CloudNativePG, RDS and Cloud SQL modes."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from infra.components import postgres as pg
+from infra.components.rag_service import client_selector
+from infra.components.specs import ComponentArgsError
+
+from .conftest import Program, assert_all_parented, is_secret, resolve, run_components, validate_manifests
+
+PASSWORD = "pa:ss@word/1"
+ENCODED = "pa%3Ass%40word%2F1"
+
+
+def cloudnative(**overrides: object) -> pg.PostgresDatabaseArgs:
+    values: dict[str, object] = {
+        "mode": "cloudnative",
+        "password": pulumi.Output.secret(PASSWORD),
+        "namespace": "rag",
+        "instances": 3,
+        "storage_size": "20Gi",
+        "client_selectors": (client_selector("rag"),),
+        "protect": True,
+    }
+    values.update(overrides)
+    return pg.PostgresDatabaseArgs(**values)  # type: ignore[arg-type]
+
+
+def rds(**overrides: object) -> pg.PostgresDatabaseArgs:
+    values: dict[str, object] = {
+        "mode": "rds",
+        "password": pulumi.Output.secret(PASSWORD),
+        "vpc_id": "vpc-1",
+        "subnet_ids": ("subnet-a", "subnet-b"),
+        "allowed_cidrs": ("10.0.0.0/16",),
+        "protect": True,
+    }
+    values.update(overrides)
+    return pg.PostgresDatabaseArgs(**values)  # type: ignore[arg-type]
+
+
+def run_db(args: pg.PostgresDatabaseArgs) -> Program:
+    return run_components(lambda: pg.PostgresDatabase("postgres", args))
+
+
+def test_database_url_uses_psycopg_and_encodes_credentials() -> None:
+    assert pg.database_url("rag", PASSWORD, "db.rag.svc", "rag") == (
+        f"postgresql+psycopg://rag:{ENCODED}@db.rag.svc:5432/rag"
+    )
+
+
+def test_cluster_spec_bootstraps_the_app_owner() -> None:
+    spec = pg.cluster_spec(cloudnative(storage_class="standard-rwo"), "postgres-app-credentials")
+    assert spec["instances"] == 3
+    assert spec["bootstrap"]["initdb"] == {
+        "database": "rag",
+        "owner": "rag",
+        "secret": {"name": "postgres-app-credentials"},
+    }
+    assert spec["storage"] == {"size": "20Gi", "storageClass": "standard-rwo"}
+    assert spec["affinity"]["podAntiAffinityType"] == "required"
+    assert spec["enableSuperuserAccess"] is False
+    assert "bitnami" not in spec["imageName"]
+    assert pg.cluster_spec(cloudnative(instances=1), "s")["affinity"]["podAntiAffinityType"] == "preferred"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda: cloudnative(namespace=None), "namespace is required"),
+        (lambda: cloudnative(database="Rag-DB"), "SQL identifier"),
+        (lambda: cloudnative(instances=0), "instances"),
+        (lambda: cloudnative(image="postgres:latest"), "latest"),
+        (lambda: rds(subnet_ids=("subnet-a",)), "two subnets"),
+        (lambda: rds(allocated_storage_gb=10), "allocated_storage_gb"),
+        (lambda: pg.PostgresDatabaseArgs(mode="cloudsql", password="x"), "region"),
+        (lambda: pg.PostgresDatabaseArgs(mode="bitnami", password="x"), "mode"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_args_fail_with_a_sentence(args: object, message: str) -> None:
+    with pytest.raises(ComponentArgsError, match=message) as info:
+        pg.validate_args(args())  # type: ignore[operator]
+    assert str(info.value).endswith(".")
+
+
+def test_cloudnative_cluster_waits_for_the_operator_release() -> None:
+    program = run_db(cloudnative())
+    component = assert_all_parented(program, "rag:data:PostgresDatabase")
+    assert {r.name for r in program.resources if r is not component} == {
+        "postgres-operator",
+        "postgres-app-credentials",
+        "postgres-cluster",
+        "postgres-netpol",
+    }
+    release = program.named("postgres-operator")
+    assert release.type == "kubernetes:helm.sh/v3:Release"
+    assert release.inputs["chart"] == "cloudnative-pg"
+    assert release.inputs["version"] == pg.CNPG_CHART_VERSION
+    assert release.inputs["repositoryOpts"]["repo"] == "https://cloudnative-pg.github.io/charts"
+    cluster = program.named("postgres-cluster")
+    assert cluster.type == "kubernetes:postgresql.cnpg.io/v1:Cluster"
+    assert release.urn in cluster.depends_on
+    assert cluster.protect is True
+    assert program.named("postgres-app-credentials").protect is True
+    assert release.protect is False
+
+
+def test_cloudnative_password_stays_secret() -> None:
+    program = run_db(cloudnative())
+    secret = program.named("postgres-app-credentials")
+    assert secret.inputs["type"] == "kubernetes.io/basic-auth"
+    assert "stringData" in secret.secret_paths
+    assert PASSWORD not in repr(program.named("postgres-cluster").inputs)
+    db: pg.PostgresDatabase = program.result
+    assert is_secret(db.url)
+    assert resolve(db.url) == f"postgresql+psycopg://rag:{ENCODED}@postgres-rw.rag.svc:5432/rag"
+    assert db.egress_target.pod_labels == {"cnpg.io/cluster": "postgres"}
+    assert validate_manifests(program) == 2
+
+
+def test_cloudnative_can_use_an_operator_installed_elsewhere() -> None:
+    program = run_db(cloudnative(install_operator=False))
+    assert "kubernetes:helm.sh/v3:Release" not in program.types()
+
+
+def test_rds_is_encrypted_private_and_deletion_protected() -> None:
+    program = run_db(rds())
+    assert_all_parented(program, "rag:data:PostgresDatabase")
+    instance = program.one("aws:rds/instance:Instance")
+    assert instance.name == "postgres-instance"
+    inputs = instance.inputs
+    assert inputs["storageEncrypted"] is True
+    assert inputs["publiclyAccessible"] is False
+    assert inputs["deletionProtection"] is True
+    assert inputs["skipFinalSnapshot"] is False
+    assert inputs["finalSnapshotIdentifier"] == "postgres-final"
+    assert "password" in instance.secret_paths
+    assert instance.protect is True
+    sg = program.one("aws:ec2/securityGroup:SecurityGroup")
+    assert sg.inputs["ingress"][0]["fromPort"] == 5432
+    db: pg.PostgresDatabase = program.result
+    assert is_secret(db.url)
+    assert resolve(db.url) == (
+        f"postgresql+psycopg://rag:{ENCODED}@postgres-instance.abc.eu-west-1.rds.amazonaws.com:5432/rag"
+    )
+
+
+def test_rds_outside_prod_is_deletable() -> None:
+    program = run_db(rds(protect=False))
+    instance = program.one("aws:rds/instance:Instance")
+    assert instance.inputs["deletionProtection"] is False
+    assert instance.protect is False
+
+
+def test_cloudsql_private_instance_database_and_user() -> None:
+    args = pg.PostgresDatabaseArgs(
+        mode="cloudsql",
+        password=pulumi.Output.secret(PASSWORD),
+        region="europe-west1",
+        private_network="projects/p/global/networks/n",
+        protect=True,
+    )
+    program = run_db(args)
+    assert_all_parented(program, "rag:data:PostgresDatabase")
+    instance = program.one("gcp:sql/databaseInstance:DatabaseInstance")
+    assert instance.inputs["settings"]["ipConfiguration"]["ipv4Enabled"] is False
+    assert instance.inputs["deletionProtection"] is True
+    assert instance.protect is True
+    assert program.one("gcp:sql/database:Database").inputs["name"] == "rag"
+    user = program.one("gcp:sql/user:User")
+    assert "password" in user.secret_paths
+    db: pg.PostgresDatabase = program.result
+    assert resolve(db.url) == f"postgresql+psycopg://rag:{ENCODED}@10.0.0.7:5432/rag"
+    assert is_secret(db.url)
