@@ -737,11 +737,11 @@ def load_secrets() -> Secrets:
     if get_config(f"{PROJECT}:qdrantApiKey"):
         qdrant_key = cfg.require_secret("qdrantApiKey")
     else:
-        qdrant_key = random.RandomPassword("qdrant-api-key", length=40, special=False).result
+        qdrant_key = random.RandomPassword("qdrant-api-key-random", length=40, special=False).result
     if get_config(f"{PROJECT}:serviceApiKeys"):
         api_keys = cfg.require_secret("serviceApiKeys")
     else:
-        generated = random.RandomPassword("service-api-key", length=40, special=False).result
+        generated = random.RandomPassword("service-api-key-random", length=40, special=False).result
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
     return Secrets(
         qdrant_api_key=pulumi.Output.secret(qdrant_key), service_api_keys=pulumi.Output.secret(api_keys)

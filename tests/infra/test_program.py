@@ -1,0 +1,155 @@
+"""The whole program under mocks: every real stack file on every cluster target.
+
+Asserts the platform's promises on the recorded resources: parenting, providers only at the top level, protect
+flags in prod (and nowhere else), secrets staying secret, replica counts and HPA bounds per environment, the
+contract's stack outputs, determinism, and stable names (a committed URN snapshot per stack and target).
+Regenerate the snapshots after an intended rename/addition with `UPDATE_SNAPSHOTS=1 pytest tests/infra`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from infra.offline import StackRun, run_stack
+from tests.infra.conftest import STACKS, TARGETS, run
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+STACK_TYPE = "pulumi:pulumi:Stack"
+DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
+OUTPUTS = {"serviceUrl", "imageDigest", "qdrantEndpoint", "kubeconfig", "promotion", "ephemeral"}
+# Resource types that hold data: protected in prod, never elsewhere.
+STATEFUL_TYPES = {
+    "kubernetes:apps/v1:StatefulSet",
+    "aws:eks/cluster:Cluster",
+    "aws:eks/nodeGroup:NodeGroup",
+    "aws:ecr/repository:Repository",
+    "aws:rds/instance:Instance",
+    "aws:elasticache/replicationGroup:ReplicationGroup",
+    "aws:s3/bucketV2:BucketV2",
+    "aws:s3/bucket:Bucket",
+    "gcp:container/cluster:Cluster",
+    "gcp:container/nodePool:NodePool",
+    "gcp:artifactregistry/repository:Repository",
+    "gcp:sql/databaseInstance:DatabaseInstance",
+    "gcp:redis/instance:Instance",
+    "gcp:storage/bucket:Bucket",
+}
+
+
+def stack_urn(result: StackRun) -> str:
+    return next(r.urn for r in result.resources if r.type == STACK_TYPE)
+
+
+def statefulset(result: StackRun, name: str) -> dict:
+    return result.by_name(f"{name}-statefulset").inputs
+
+
+def test_every_resource_has_a_parent_in_the_run(target_run: StackRun) -> None:
+    urns = {resource.urn for resource in target_run.resources}
+    roots = [resource for resource in target_run.resources if resource.parent is None]
+    assert [resource.type for resource in roots] == [STACK_TYPE]
+    for resource in target_run.resources:
+        assert resource.parent is None or resource.parent in urns, resource.urn
+
+
+def test_providers_are_created_at_the_top_level_only(target_run: StackRun) -> None:
+    providers = [r for r in target_run.resources if r.type.startswith("pulumi:providers:")]
+    assert providers
+    for provider in providers:
+        assert provider.parent == stack_urn(target_run), provider.urn
+    names = {p.urn for p in providers}
+    # Every cloud or Kubernetes resource goes through an explicit provider, never the ambient default one.
+    for resource in target_run.resources:
+        if resource.custom and not resource.type.startswith(("pulumi:providers:", "random:")):
+            assert resource.provider in names, resource.urn
+
+
+def test_outputs_follow_the_contract(target_run: StackRun) -> None:
+    outputs = target_run.outputs
+    assert set(outputs) == OUTPUTS
+    assert re.fullmatch(r"https://[a-z0-9.-]+", outputs["serviceUrl"])
+    assert outputs["qdrantEndpoint"].startswith("http://qdrant.")
+    assert outputs["kubeconfig"]
+    assert "kubeconfig" in target_run.secret_outputs
+    assert outputs["promotion"] is None
+    assert outputs["ephemeral"] is None
+
+
+def test_promotion_and_ephemeral_config_are_exported() -> None:
+    promotion = {"from": "staging", "digest": DIGEST, "at": "2026-11-22T08:00:00Z", "by": "ci"}
+    ephemeral = {"name": "pr-9", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"}
+    result = run("dev", promotion=promotion, ephemeral=ephemeral)
+    assert result.outputs["promotion"] == promotion
+    assert result.outputs["ephemeral"] == ephemeral
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_protect_is_set_on_stateful_resources_in_prod_only(target: str) -> None:
+    for stack in STACKS:
+        result = run(stack, target)
+        protected = {r.urn for r in result.resources if r.protect}
+        stateful = {r.urn for r in result.resources if r.type in STATEFUL_TYPES}
+        assert stateful
+        if stack == "prod":
+            assert stateful <= protected, sorted(stateful - protected)
+        else:
+            assert protected == set(), sorted(protected)
+
+
+def test_qdrant_replicas_per_environment(target_run: StackRun) -> None:
+    spec = statefulset(target_run, "qdrant")["spec"]
+    expected = {"dev": 1, "staging": 3, "prod": 3}[target_run.stack]
+    assert spec["replicas"] == expected
+    env = {item["name"]: item for item in spec["template"]["spec"]["containers"][0].get("env", [])}
+    assert "QDRANT__CLUSTER__ENABLED" in env
+
+
+def test_qdrant_api_key_stays_secret(target_run: StackRun) -> None:
+    secret = target_run.by_name("qdrant-api-key")
+    assert secret.type == "kubernetes:core/v1:Secret"
+    assert "stringData" in secret.secret_keys
+    generated = target_run.by_name("qdrant-api-key-random").inputs
+    assert generated["length"] >= 32
+
+
+def test_configured_qdrant_api_key_is_used_and_secret() -> None:
+    result = run("dev", qdrantApiKey="configured-key-123")
+    assert "qdrant-api-key-random" not in {r.name for r in result.resources}
+    secret = result.by_name("qdrant-api-key")
+    assert "stringData" in secret.secret_keys
+    assert "configured-key-123" in secret.inputs["stringData"].values()
+
+
+def test_cloud_kubeconfig_is_a_secret_provider_input() -> None:
+    for target in ("gke", "eks"):
+        result = run("staging", target)
+        provider = next(r for r in result.of_type("pulumi:providers:kubernetes"))
+        assert "kubeconfig" in provider.secret_keys
+
+
+def test_same_stack_twice_gives_the_same_resources() -> None:
+    first = run_stack("prod")
+    second = run_stack("prod")
+    assert first.urns == second.urns
+    assert {r.urn: r.inputs for r in first.resources} == {r.urn: r.inputs for r in second.resources}
+    assert first.outputs == second.outputs
+
+
+def test_image_digest_from_config_is_deployed_as_is() -> None:
+    result = run("staging", image=DIGEST)
+    assert result.outputs["imageDigest"] == DIGEST
+    assert result.of_type("docker-build:index:Image") == []
+
+
+@pytest.mark.parametrize(("stack", "target"), [(s, t) for s in STACKS for t in TARGETS])
+def test_urns_match_the_committed_snapshot(stack: str, target: str) -> None:
+    path = SNAPSHOTS / f"{stack}-{target}.txt"
+    current = "\n".join(run(stack, target).urns) + "\n"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        SNAPSHOTS.mkdir(exist_ok=True)
+        path.write_text(current)
+    assert path.read_text() == current, f"resource names changed; if intended, regenerate {path.name}"
