@@ -24,6 +24,7 @@ from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
 from infra.workflows.comment import render_comment
+from infra.workflows.deploy import deploy
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
     POLICY_PACK,
@@ -157,6 +158,31 @@ def preview(
             console.print(report.error, markup=False, highlight=False)
         raise typer.Exit(1)
     console.print(f"preview of {stack}: {pending}", highlight=False)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    stack: StackOpt,
+    policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """`pulumi up` a stack with the policy pack (CI runs this on dev for every push to main)."""
+    context: Context = ctx.obj
+
+    def action() -> dict[str, int]:
+        with _progress(f"up {stack}", quiet) as (on_output, on_event):
+            return deploy(
+                context,
+                stack,
+                policy_pack=POLICY_PACK if policy else None,
+                on_output=on_output,
+                on_event=on_event,
+            )
+
+    changes = _run(action)
+    summary = ", ".join(f"{n} {op}" for op, n in sorted(changes.items()) if n) or "no changes"
+    console.print(f"up {stack}: {summary}", highlight=False)
 
 
 @app.command()

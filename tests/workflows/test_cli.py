@@ -176,3 +176,35 @@ def test_missing_pulumi_cli_is_a_clear_failure(
     result = runner.invoke(app, ["drift", "--stack", "dev"], obj=Context(work_dir=work_dir))
     assert result.exit_code == 1
     assert "Pulumi CLI is not on PATH" in result.output
+
+
+def test_up_runs_pulumi_up_with_the_policy_pack(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev")
+    result = _invoke(ctx, "up", "--stack", "dev", "-q")
+    assert result.exit_code == 0, result.output
+    assert "up dev: 12 create" in result.output
+    assert backend.commands("up") == [
+        [
+            "up",
+            "--yes",
+            "--skip-preview",
+            "--message",
+            "ragops up dev",
+            "--policy-pack",
+            "infra/policy",
+            "--exec-kind",
+            "auto.local",
+            "--event-log",
+            "<event-log>",
+            "--stack",
+            "dev",
+        ]
+    ]
+
+
+def test_failed_up_exits_1(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").up_error = "error: policy violation"
+    result = _invoke(ctx, "up", "--stack", "dev", "-q")
+    assert result.exit_code == 1
+    assert "policy violation" in result.output
