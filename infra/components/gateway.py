@@ -1,0 +1,340 @@
+"""`TlsGateway` (`rag:net:TlsGateway`): HTTPS entry to the service with certificates from cert-manager.
+
+Creates:
+- cert-manager from its official Helm chart (pinned; CRDs installed by the chart; Gateway API support switched on
+  in its ControllerConfiguration) unless `install_cert_manager=False`,
+- a ClusterIssuer per environment: `selfsigned` (dev), `letsencrypt-staging` or `letsencrypt-prod` (ACME with
+  the HTTP-01 challenge answered through a Gateway API HTTPRoute on our Gateway),
+- a Certificate for the hostname, stored in the Secret the listener uses,
+- entry `gateway` (default): a Gateway API `Gateway` of `gateway_class_name` with an HTTP listener (only
+  redirects) and an HTTPS listener terminating TLS with `certificateRefs`, an HTTPRoute redirecting HTTP to
+  HTTPS (301) and the HTTPRoute to the service; entry `ingress`: a networking.k8s.io/v1 Ingress fallback with
+  the same certificate (ACME solved through the ingress class).
+
+CRD ordering: the ClusterIssuer and Certificate depend on the cert-manager release that installs their CRDs; the
+Gateway and HTTPRoutes depend on `gateway_crds` (whatever installs the Gateway API CRDs: GKE has them built in).
+Output: `url`, the public https URL of the service.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import require
+
+CERT_MANAGER_CHART = "cert-manager"
+CERT_MANAGER_REPO = "https://charts.jetstack.io"
+CERT_MANAGER_VERSION = "v1.18.2"
+ACME_SERVERS = {
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+    "letsencrypt-prod": "https://acme-v02.api.letsencrypt.org/directory",
+}
+ISSUERS = ("selfsigned", *ACME_SERVERS)
+GKE_HEALTH_CHECK_CIDRS = ("35.191.0.0/16", "130.211.0.0/22")
+"""Source ranges of Google Cloud load balancers and health checks (for the service's NetworkPolicy on GKE)."""
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class TlsGatewayArgs:
+    """Arguments of `TlsGateway`."""
+
+    namespace: str
+    """Namespace of the Gateway/Ingress, routes and Certificate (the service's namespace)."""
+    hostname: str
+    """Public DNS name of the service (point it at the Gateway's address)."""
+    service_name: str
+    service_port: int
+    issuer: Literal["selfsigned", "letsencrypt-staging", "letsencrypt-prod"]
+    acme_email: str | None = None
+    """Contact e-mail of the ACME account (required for Let's Encrypt)."""
+    entry: Literal["gateway", "ingress"] = "gateway"
+    gateway_class_name: str = "gke-l7-global-external-managed"
+    ingress_class_name: str | None = None
+    """IngressClass for the `ingress` fallback (None uses the cluster default)."""
+    gateway_annotations: Mapping[str, str] = field(default_factory=dict)
+    install_cert_manager: bool = True
+    cert_manager_version: str = CERT_MANAGER_VERSION
+    cert_manager_namespace: str = "cert-manager"
+    cert_manager: pulumi.Resource | None = None
+    """A cert-manager installed elsewhere, waited for when install_cert_manager is False."""
+    gateway_crds: tuple[pulumi.Resource, ...] = ()
+    """Resources installing the Gateway API CRDs; the Gateway and routes wait for them."""
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+def validate_args(args: TlsGatewayArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot produce a working HTTPS entry."""
+    specs.check_dns_label(args.namespace, "TlsGatewayArgs.namespace")
+    specs.check_dns_label(args.service_name, "TlsGatewayArgs.service_name")
+    require(
+        bool(_HOSTNAME.match(args.hostname)),
+        f"TlsGatewayArgs.hostname {args.hostname!r} must be a lower-case fully qualified DNS name.",
+    )
+    require(1 <= args.service_port <= 65535, "TlsGatewayArgs.service_port must be between 1 and 65535.")
+    require(
+        args.issuer in ISSUERS, f"TlsGatewayArgs.issuer {args.issuer!r} must be one of {', '.join(ISSUERS)}."
+    )
+    require(args.entry in ("gateway", "ingress"), "TlsGatewayArgs.entry must be 'gateway' or 'ingress'.")
+    if args.issuer in ACME_SERVERS:
+        require(
+            args.acme_email is not None and bool(_EMAIL.match(args.acme_email)),
+            f"TlsGatewayArgs.acme_email must be a valid e-mail address for the {args.issuer} issuer.",
+        )
+    if args.entry == "gateway":
+        specs.check_dns_label(args.gateway_class_name, "TlsGatewayArgs.gateway_class_name")
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def cert_manager_values() -> dict[str, Any]:
+    """Helm values: install the CRDs with the chart (kept on uninstall) and enable Gateway API support."""
+    return {
+        "crds": {"enabled": True, "keep": True},
+        "config": {
+            "apiVersion": "controller.config.cert-manager.io/v1alpha1",
+            "kind": "ControllerConfiguration",
+            "enableGatewayAPI": True,
+        },
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    }
+
+
+def issuer_spec(
+    issuer: str,
+    acme_email: str | None,
+    *,
+    gateway: str,
+    namespace: str,
+    entry: str,
+    ingress_class: str | None,
+) -> dict[str, Any]:
+    """ClusterIssuer spec: self-signed, or ACME with an HTTP-01 solver through our Gateway (or the Ingress class)."""
+    if issuer == "selfsigned":
+        return {"selfSigned": {}}
+    if entry == "gateway":
+        solver = {
+            "http01": {
+                "gatewayHTTPRoute": {
+                    "parentRefs": [
+                        {"name": gateway, "namespace": namespace, "kind": "Gateway", "sectionName": "http"}
+                    ]
+                }
+            }
+        }
+    else:
+        solver = (
+            {"http01": {"ingress": {"ingressClassName": ingress_class}}}
+            if ingress_class
+            else {"http01": {"ingress": {}}}
+        )
+    return {
+        "acme": {
+            "server": ACME_SERVERS[issuer],
+            "email": acme_email,
+            "privateKeySecretRef": {"name": f"{issuer}-account-key"},
+            "solvers": [solver],
+        }
+    }
+
+
+def certificate_spec(hostname: str, secret_name: str, issuer_name: str) -> dict[str, Any]:
+    """cert-manager Certificate for the hostname (ECDSA P-256, rotated key on renewal)."""
+    return {
+        "secretName": secret_name,
+        "dnsNames": [hostname],
+        "issuerRef": {"name": issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "duration": "2160h",
+        "renewBefore": "720h",
+    }
+
+
+def gateway_spec(class_name: str, hostname: str, tls_secret: str) -> dict[str, Any]:
+    """Gateway with an HTTP listener (redirect + ACME challenges) and an HTTPS listener terminating TLS."""
+    same = {"namespaces": {"from": "Same"}}
+    return {
+        "gatewayClassName": class_name,
+        "listeners": [
+            {"name": "http", "protocol": "HTTP", "port": 80, "hostname": hostname, "allowedRoutes": same},
+            {
+                "name": "https",
+                "protocol": "HTTPS",
+                "port": 443,
+                "hostname": hostname,
+                "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": tls_secret}]},
+                "allowedRoutes": same,
+            },
+        ],
+    }
+
+
+def redirect_route_spec(gateway: str, hostname: str) -> dict[str, Any]:
+    """HTTPRoute on the HTTP listener: 301 to https (the ACME solver's more specific route still wins)."""
+    return {
+        "parentRefs": [{"name": gateway, "sectionName": "http"}],
+        "hostnames": [hostname],
+        "rules": [
+            {
+                "filters": [
+                    {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
+                ]
+            }
+        ],
+    }
+
+
+def service_route_spec(gateway: str, hostname: str, service: str, port: int) -> dict[str, Any]:
+    """HTTPRoute on the HTTPS listener sending every path to the service."""
+    return {
+        "parentRefs": [{"name": gateway, "sectionName": "https"}],
+        "hostnames": [hostname],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"name": service, "port": port}],
+            }
+        ],
+    }
+
+
+def ingress_spec(
+    hostname: str, tls_secret: str, service: str, port: int, class_name: str | None
+) -> dict[str, Any]:
+    """networking.k8s.io/v1 Ingress fallback with TLS from the same Certificate Secret."""
+    spec: dict[str, Any] = {
+        "tls": [{"hosts": [hostname], "secretName": tls_secret}],
+        "rules": [
+            {
+                "host": hostname,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": service, "port": {"number": port}}},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    if class_name is not None:
+        spec["ingressClassName"] = class_name
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------- component
+class TlsGateway(pulumi.ComponentResource):
+    """cert-manager, a ClusterIssuer, a Certificate and a Gateway API entry (or Ingress) to the service."""
+
+    url: pulumi.Output[str]
+    """Public URL of the service, https://<hostname>."""
+    cert_manager: pulumi.Resource | None
+    """The cert-manager release (when installed here), for others needing its CRDs."""
+    gateway_name: str
+    tls_secret_name: str
+
+    def __init__(self, name: str, args: TlsGatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        validate_args(args)
+        super().__init__("rag:net:TlsGateway", name, None, opts)
+        ns = args.namespace
+        base = name
+        object_labels = specs.labels("gateway", base, "entry")
+        gateway_name = base
+        tls_secret = f"{base}-tls"
+        issuer_name = f"{base}-{args.issuer}"
+
+        def child(*extra: pulumi.Resource) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *extra])
+
+        cert_manager: pulumi.Resource | None = args.cert_manager
+        self.cert_manager = None
+        if args.install_cert_manager:
+            cert_manager = k8s.helm.v3.Release(
+                f"{name}-cert-manager",
+                name="cert-manager",
+                chart=CERT_MANAGER_CHART,
+                version=args.cert_manager_version,
+                repository_opts={"repo": CERT_MANAGER_REPO},
+                namespace=args.cert_manager_namespace,
+                create_namespace=True,
+                atomic=True,
+                timeout=600,
+                values=cert_manager_values(),
+                # cert-manager only enables its Gateway API support if those CRDs exist when it starts.
+                opts=child(*args.gateway_crds),
+            )
+            self.cert_manager = cert_manager
+        crds = (cert_manager,) if cert_manager is not None else ()
+
+        k8s.apiextensions.CustomResource(
+            f"{name}-issuer",
+            api_version="cert-manager.io/v1",
+            kind="ClusterIssuer",
+            metadata={"name": issuer_name, "labels": object_labels},
+            spec=issuer_spec(
+                args.issuer,
+                args.acme_email,
+                gateway=gateway_name,
+                namespace=ns,
+                entry=args.entry,
+                ingress_class=args.ingress_class_name,
+            ),
+            opts=child(*crds),
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version="cert-manager.io/v1",
+            kind="Certificate",
+            metadata=specs.metadata(tls_secret, ns, object_labels),
+            spec=certificate_spec(args.hostname, tls_secret, issuer_name),
+            opts=child(*crds),
+        )
+
+        if args.entry == "gateway":
+            gateway = k8s.apiextensions.CustomResource(
+                f"{name}-gateway",
+                api_version="gateway.networking.k8s.io/v1",
+                kind="Gateway",
+                metadata=specs.metadata(gateway_name, ns, object_labels, args.gateway_annotations),
+                spec=gateway_spec(args.gateway_class_name, args.hostname, tls_secret),
+                opts=child(*args.gateway_crds),
+            )
+            k8s.apiextensions.CustomResource(
+                f"{name}-redirect-route",
+                api_version="gateway.networking.k8s.io/v1",
+                kind="HTTPRoute",
+                metadata=specs.metadata(f"{base}-redirect", ns, object_labels),
+                spec=redirect_route_spec(gateway_name, args.hostname),
+                opts=child(gateway, *args.gateway_crds),
+            )
+            k8s.apiextensions.CustomResource(
+                f"{name}-route",
+                api_version="gateway.networking.k8s.io/v1",
+                kind="HTTPRoute",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=service_route_spec(gateway_name, args.hostname, args.service_name, args.service_port),
+                opts=child(gateway, *args.gateway_crds),
+            )
+        else:
+            k8s.networking.v1.Ingress(
+                f"{name}-ingress",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=ingress_spec(
+                    args.hostname, tls_secret, args.service_name, args.service_port, args.ingress_class_name
+                ),
+                opts=child(),
+            )
+
+        self.gateway_name = gateway_name
+        self.tls_secret_name = tls_secret
+        self.url = pulumi.Output.from_input(f"https://{args.hostname}")
+        self.register_outputs({"url": self.url})

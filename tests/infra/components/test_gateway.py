@@ -1,0 +1,158 @@
+"""Tests of the TlsGateway component: issuers per environment, Gateway API resources, CRD ordering, fallback."""
+
+from __future__ import annotations
+
+import pulumi_kubernetes as k8s
+import pytest
+
+from infra.components import gateway as gw
+from infra.components.specs import ComponentArgsError
+
+from .conftest import Program, assert_all_parented, resolve, run_components, validate_manifests
+
+
+def gateway_args(**overrides: object) -> gw.TlsGatewayArgs:
+    values: dict[str, object] = {
+        "namespace": "rag",
+        "hostname": "rag.example.com",
+        "service_name": "rag",
+        "service_port": 8000,
+        "issuer": "letsencrypt-prod",
+        "acme_email": "ops@example.com",
+        "gateway_class_name": "gke-l7-global-external-managed",
+    }
+    values.update(overrides)
+    return gw.TlsGatewayArgs(**values)  # type: ignore[arg-type]
+
+
+def run_gateway(args: gw.TlsGatewayArgs) -> Program:
+    return run_components(lambda: gw.TlsGateway("gateway", args))
+
+
+def test_selfsigned_issuer_for_dev() -> None:
+    assert gw.issuer_spec(
+        "selfsigned", None, gateway="g", namespace="n", entry="gateway", ingress_class=None
+    ) == {"selfSigned": {}}
+
+
+@pytest.mark.parametrize(
+    ("issuer", "server"),
+    [
+        ("letsencrypt-staging", "https://acme-staging-v02.api.letsencrypt.org/directory"),
+        ("letsencrypt-prod", "https://acme-v02.api.letsencrypt.org/directory"),
+    ],
+)
+def test_acme_issuers_solve_http01_through_the_gateway(issuer: str, server: str) -> None:
+    spec = gw.issuer_spec(
+        issuer, "ops@example.com", gateway="gw", namespace="rag", entry="gateway", ingress_class=None
+    )
+    assert spec["acme"]["server"] == server
+    assert spec["acme"]["email"] == "ops@example.com"
+    assert spec["acme"]["solvers"] == [
+        {
+            "http01": {
+                "gatewayHTTPRoute": {
+                    "parentRefs": [
+                        {"name": "gw", "namespace": "rag", "kind": "Gateway", "sectionName": "http"}
+                    ]
+                }
+            }
+        }
+    ]
+
+
+def test_ingress_entry_solves_through_the_ingress_class() -> None:
+    spec = gw.issuer_spec(
+        "letsencrypt-prod", "a@b.co", gateway="g", namespace="n", entry="ingress", ingress_class="nginx"
+    )
+    assert spec["acme"]["solvers"] == [{"http01": {"ingress": {"ingressClassName": "nginx"}}}]
+
+
+def test_gateway_listeners_terminate_tls_with_the_certificate_secret() -> None:
+    spec = gw.gateway_spec("cls", "rag.example.com", "gateway-tls")
+    http, https = spec["listeners"]
+    assert (http["protocol"], http["port"]) == ("HTTP", 80)
+    assert (https["protocol"], https["port"]) == ("HTTPS", 443)
+    assert https["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "gateway-tls"}]
+    assert spec["gatewayClassName"] == "cls"
+
+
+def test_routes_redirect_http_and_send_https_to_the_service() -> None:
+    redirect = gw.redirect_route_spec("gw", "rag.example.com")
+    assert redirect["parentRefs"] == [{"name": "gw", "sectionName": "http"}]
+    assert redirect["rules"][0]["filters"][0]["requestRedirect"] == {"scheme": "https", "statusCode": 301}
+    route = gw.service_route_spec("gw", "rag.example.com", "rag", 8000)
+    assert route["parentRefs"] == [{"name": "gw", "sectionName": "https"}]
+    assert route["rules"][0]["backendRefs"] == [{"name": "rag", "port": 8000}]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hostname": "Not A Host"}, "hostname"),
+        ({"acme_email": None}, "acme_email"),
+        ({"issuer": "vault"}, "issuer"),
+        ({"service_port": 0}, "service_port"),
+        ({"entry": "loadbalancer"}, "entry"),
+    ],
+)
+def test_invalid_args_fail_with_a_sentence(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ComponentArgsError, match=message) as info:
+        gw.validate_args(gateway_args(**overrides))
+    assert str(info.value).endswith(".")
+
+
+def test_selfsigned_needs_no_email() -> None:
+    gw.validate_args(gateway_args(issuer="selfsigned", acme_email=None))
+
+
+def test_gateway_entry_resources_and_crd_ordering() -> None:
+    def build() -> gw.TlsGateway:
+        crds = k8s.core.v1.Namespace("gateway-api-crds")
+        return gw.TlsGateway("gateway", gateway_args(gateway_crds=(crds,)))
+
+    program = run_components(build)
+    component = program.one("rag:net:TlsGateway")
+    children = [r for r in program.resources if r.parent == component.urn]
+    assert {r.name for r in children} == {
+        "gateway-cert-manager",
+        "gateway-issuer",
+        "gateway-certificate",
+        "gateway-gateway",
+        "gateway-redirect-route",
+        "gateway-route",
+    }
+    release = program.named("gateway-cert-manager")
+    assert release.inputs["chart"] == "cert-manager"
+    assert release.inputs["version"] == gw.CERT_MANAGER_VERSION
+    assert release.inputs["values"]["crds"]["enabled"] is True
+    assert release.inputs["values"]["config"]["enableGatewayAPI"] is True
+    crds = program.urn_of("gateway-api-crds")
+    assert crds in release.depends_on
+    for cr in ("gateway-issuer", "gateway-certificate"):
+        assert release.urn in program.named(cr).depends_on
+    for cr in ("gateway-gateway", "gateway-redirect-route", "gateway-route"):
+        assert crds in program.named(cr).depends_on
+    assert program.named("gateway-route").inputs["kind"] == "HTTPRoute"
+    cert = program.named("gateway-certificate").inputs
+    assert cert["spec"]["dnsNames"] == ["rag.example.com"]
+    assert cert["spec"]["issuerRef"]["name"] == program.named("gateway-issuer").inputs["metadata"]["name"]
+    gateway = program.named("gateway-gateway").inputs
+    assert gateway["spec"]["listeners"][1]["tls"]["certificateRefs"][0]["name"] == cert["spec"]["secretName"]
+    assert resolve(program.result.url) == "https://rag.example.com"
+
+
+def test_ingress_fallback_and_existing_cert_manager() -> None:
+    program = run_gateway(
+        gateway_args(
+            entry="ingress", ingress_class_name="nginx", install_cert_manager=False, issuer="selfsigned"
+        )
+    )
+    assert_all_parented(program, "rag:net:TlsGateway")
+    types = program.types()
+    assert "kubernetes:helm.sh/v3:Release" not in types
+    assert "kubernetes:gateway.networking.k8s.io/v1:Gateway" not in types
+    ingress = program.one("kubernetes:networking.k8s.io/v1:Ingress").inputs
+    assert ingress["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "gateway-tls"}]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert validate_manifests(program) == 1
