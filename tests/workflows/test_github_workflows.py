@@ -1,0 +1,138 @@
+"""The GitHub Actions workflows: valid against the GitHub workflow JSON schema (check-jsonschema's vendored copy,
+offline), actions pinned to exact versions, and each workflow wired to the ragops command it exists for."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.workflows.stacks import REPO_ROOT
+
+WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+FILES = sorted(WORKFLOWS.glob("*.yml"))
+EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml"}
+
+
+def _validate(paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, paths),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def _load(name: str) -> dict[str, Any]:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the bare key `on` as boolean True.
+    data["on"] = data.pop(True, data.get("on"))
+    return data
+
+
+def _runs(job: dict[str, Any]) -> str:
+    return "\n".join(step.get("run", "") for step in job["steps"])
+
+
+def test_all_expected_workflows_exist() -> None:
+    assert {p.name for p in FILES} >= EXPECTED
+
+
+def test_every_workflow_matches_the_github_workflow_schema() -> None:
+    result = _validate(FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "validation done" in result.stdout
+
+
+def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("name: x\non: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    stepz: []\n")
+    result = _validate([broken])
+    assert result.returncode == 1
+    assert "broken.yml" in result.stdout
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_actions_are_pinned_to_exact_versions(path: Path) -> None:
+    uses = re.findall(r"uses:\s*([^\s#]+)", path.read_text())
+    assert uses
+    for ref in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@(v\d+\.\d+\.\d+|[0-9a-f]{40})", ref), (
+            f"{path.name}: unpinned {ref}"
+        )
+
+
+def test_pr_runs_tests_then_preview_comment_and_ephemeral_stack() -> None:
+    wf = _load("pr.yml")
+    assert wf["on"]["pull_request"]["types"] == ["opened", "synchronize", "reopened"]
+    jobs = wf["jobs"]
+    assert "make test" in _runs(jobs["test"])
+    assert jobs["preview"]["needs"] == "test"
+    assert "ragops preview --stack dev --comment-file preview.md" in _runs(jobs["preview"])
+    comment = next(s for s in jobs["preview"]["steps"] if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert comment["with"]["path"] == "preview.md"
+    assert comment["if"].startswith("always()")  # a failed preview still explains itself on the PR
+    assert jobs["preview"]["permissions"]["pull-requests"] == "write"
+    assert jobs["ephemeral"]["needs"] == "test"
+    assert 'ragops ephemeral up --name "pr-${{ github.event.pull_request.number }}" --ttl 48h' in _runs(
+        jobs["ephemeral"]
+    )
+
+
+def test_pr_close_destroys_the_ephemeral_stack_in_the_same_concurrency_group() -> None:
+    wf, pr = _load("pr-close.yml"), _load("pr.yml")
+    assert wf["on"]["pull_request"]["types"] == ["closed"]
+    assert wf["concurrency"]["group"] == pr["concurrency"]["group"]
+    assert 'ragops ephemeral destroy "pr-${{ github.event.pull_request.number }}"' in _runs(
+        wf["jobs"]["destroy"]
+    )
+
+
+def test_main_updates_dev_after_tests() -> None:
+    wf = _load("main.yml")
+    assert wf["on"]["push"]["branches"] == ["main"]
+    deploy = wf["jobs"]["deploy-dev"]
+    assert deploy["needs"] == "test"
+    assert deploy["environment"] == "dev"
+    assert "ragops up --stack dev" in _runs(deploy)
+
+
+def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
+    wf = _load("promote.yml")
+    assert "workflow_dispatch" in wf["on"]
+    staging, prod = wf["jobs"]["staging"], wf["jobs"]["prod"]
+    assert staging["environment"] == "staging"
+    assert prod["environment"] == "prod"
+    assert prod["needs"] == "staging"
+    assert "ragops promote --from dev --to staging" in _runs(staging)
+    assert "ragops promote --from staging --to prod" in _runs(prod)
+
+
+def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
+    wf = _load("nightly.yml")
+    assert wf["on"]["schedule"][0]["cron"]
+    drift = wf["jobs"]["drift"]
+    assert drift["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    assert drift["strategy"]["fail-fast"] is False
+    assert 'ragops drift --stack "${{ matrix.stack }}"' in _runs(drift)
+    assert "ragops ephemeral reap" in _runs(wf["jobs"]["reap"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_backend_settings_come_from_secrets(name: str) -> None:
+    env = _load(name)["env"]
+    assert env["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
+    assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
