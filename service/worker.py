@@ -31,9 +31,12 @@ async def ingest_document(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[
 
 
 async def _default_services(settings: Settings) -> Any:
+    from anyio import to_thread
+
     from service.app.main import build_services
 
-    return await build_services(settings)
+    # Same container as the API (migrates the registry, ensures the collection, loads the model).
+    return await to_thread.run_sync(build_services, settings)
 
 
 def worker_settings(
@@ -51,8 +54,8 @@ def worker_settings(
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         container = ctx.get("services")
-        if ctx.get("owns_services") and container is not None and hasattr(container, "aclose"):
-            await container.aclose()
+        if ctx.get("owns_services") and container is not None:
+            container.close()
 
     return {
         # One try: a failed ingestion is reported to the client as failed, who decides to resubmit.

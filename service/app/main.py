@@ -18,11 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from service.app.api.routes import documents, search
+from service.app import production
+from service.app.api.middleware import install_middleware
+from service.app.api.routes import documents, health, jobs, metrics, search
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import install_error_handlers
+from service.app.core.logging import configure_logging
+from service.app.core.security import rate_limit
 from service.app.ingest.chunking import Chunker
 from service.app.ingest.service import IngestService
 from service.app.search.service import SearchService
@@ -43,6 +47,11 @@ class Services:
     search: SearchService
     # Shutdown hooks for what the app built itself (injected adapters belong to the caller).
     closers: list[Callable[[], Any]] = field(default_factory=list, repr=False)
+    # Production features, attached by service.app.production.attach in the lifespan.
+    auth: Any = None  # ApiKeyAuthenticator
+    limiter: Any = None  # RateLimiter
+    cache: Any = None  # Cache | None
+    jobs: Any = None  # JobQueue
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -99,6 +108,7 @@ def create_app(
 ) -> FastAPI:
     """The service app; optional adapters replace the ones the settings would build (see module docstring)."""
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -106,9 +116,11 @@ def create_app(
             lambda: build_services(settings, embedder=embedder, vectors=vectors, registry=registry)
         )
         app.state.services = services
+        close_production = await production.attach(services)
         try:
             yield
         finally:
+            await close_production()
             await to_thread.run_sync(services.close)
 
     docs = settings.resolved_docs_enabled
@@ -122,6 +134,11 @@ def create_app(
         openapi_url="/openapi.json" if docs else None,
     )
     install_error_handlers(app)
-    app.include_router(documents.router)
-    app.include_router(search.router)
+    install_middleware(app, settings)
+    # Router-level: every /v1 route authenticates (401) and then spends the key's budget (429).
+    app.include_router(documents.router, dependencies=[Depends(rate_limit("ingest"))])
+    app.include_router(search.router, dependencies=[Depends(rate_limit("search"))])
+    app.include_router(jobs.router, dependencies=[Depends(rate_limit("search"))])
+    app.include_router(health.router)
+    app.include_router(metrics.router)
     return app

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Request
 
 from service.app.core.config import Settings
+from service.app.core.security import authenticate_request
 
 if TYPE_CHECKING:
     from service.app.main import Services
@@ -26,9 +27,9 @@ ServicesDep = Annotated["Services", Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_tenant(settings: SettingsDep) -> str:
-    """The caller's tenant; without authentication everything belongs to DEFAULT_TENANT."""
-    return settings.default_tenant
+def get_tenant(request: Request) -> str:
+    """The tenant of the caller's API key (401 without a valid one); DEFAULT_TENANT when AUTH_DISABLED=true."""
+    return authenticate_request(request).tenant
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

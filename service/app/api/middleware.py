@@ -30,8 +30,9 @@ logger = logging.getLogger("service.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Room for multipart boundaries and part headers around a document of MAX_DOCUMENT_BYTES.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The global backstop sits above the routes' own limits (MAX_DOCUMENT_BYTES, + 64 KiB for a multipart envelope)
+# so those answer first with their precise message; this one guards every other route before any code runs.
+BODY_LIMIT_SLACK_BYTES = 128 * 1024
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: access-logged at DEBUG
 
@@ -43,13 +44,6 @@ DOCS_CSP = (
     "worker-src 'self' blob:; frame-ancestors 'none'"
 )
 HSTS = "max-age=31536000; includeSubDomains"
-
-
-def openapi_kwargs(settings: Settings) -> dict[str, Any]:
-    """FastAPI(...) arguments that switch the OpenAPI schema and UIs off unless DOCS_ENABLED resolves true."""
-    if settings.resolved_docs_enabled:
-        return {}
-    return {"docs_url": None, "redoc_url": None, "openapi_url": None}
 
 
 def valid_request_id(value: str | None) -> str:
@@ -234,7 +228,7 @@ class BodySizeLimitMiddleware:
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the HTTP hygiene middleware in the documented order (last added runs outermost)."""
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_document_bytes + MULTIPART_OVERHEAD_BYTES
+        BodySizeLimitMiddleware, max_bytes=settings.max_document_bytes + BODY_LIMIT_SLACK_BYTES
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -25,6 +25,7 @@ from service.app.ingest.models import (
     document_id_from_filename,
     validate_document_id,
 )
+from service.app.jobs.submit import ASYNC_RESPONSES, AsyncFlag, submit_ingest
 from service.app.store.registry import MAX_PAGE_SIZE
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
@@ -106,11 +107,16 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
 @router.put(
     "/{document_id}",
     response_model=IngestResult,
-    responses={201: {"model": IngestResult, "description": "created"}},
+    responses={201: {"model": IngestResult, "description": "created"}, **ASYNC_RESPONSES},
     openapi_extra=_JSON_BODY,
 )
 async def put_document(
-    document_id: str, request: Request, response: Response, services: ServicesDep, tenant: TenantDep
+    document_id: str,
+    request: Request,
+    response: Response,
+    services: ServicesDep,
+    tenant: TenantDep,
+    async_: AsyncFlag = False,
 ) -> IngestResult:
     """Create or replace a document from JSON ``{text, metadata, content_type}``."""
     validate_document_id(document_id)
@@ -131,6 +137,15 @@ async def put_document(
             f"use one of {', '.join(JSON_CONTENT_TYPES)} or upload the file to POST /v1/documents",
             supported=list(JSON_CONTENT_TYPES),
         )
+    if async_:
+        return await submit_ingest(
+            services,
+            tenant,
+            document_id,
+            text=document.text,
+            metadata=document.metadata,
+            content_type=document.content_type,
+        )
     result = await services.ingest.ingest(
         tenant,
         document_id,
@@ -145,11 +160,11 @@ async def put_document(
 @router.post(
     "",
     response_model=IngestResult,
-    responses={201: {"model": IngestResult, "description": "created"}},
+    responses={201: {"model": IngestResult, "description": "created"}, **ASYNC_RESPONSES},
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload_document(
-    request: Request, response: Response, services: ServicesDep, tenant: TenantDep
+    request: Request, response: Response, services: ServicesDep, tenant: TenantDep, async_: AsyncFlag = False
 ) -> IngestResult:
     """Create or replace a document from a multipart file upload (.txt/.md/.html/.pdf)."""
     limit = services.settings.max_document_bytes
@@ -194,6 +209,10 @@ async def upload_document(
         raise _too_large(limit)
     charset_type = upload.content_type if content_type != "application/pdf" else content_type
     text = await _extract(data, charset_type or content_type, content_type)
+    if async_:
+        return await submit_ingest(
+            services, tenant, document_id, text=text, metadata=metadata, content_type=content_type
+        )
     result = await services.ingest.ingest(
         tenant, document_id, text=text, metadata=metadata, content_type=content_type
     )

@@ -1,0 +1,61 @@
+"""Enqueue an ingestion as a job: validate what can be validated now, then answer 202 with the job id."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from service.app.ingest.models import validate_document_id, validate_metadata
+from service.app.jobs.models import IngestPayload, JobStatus, new_job_id
+
+
+class JobAccepted(BaseModel):
+    """Body of a 202: poll `status_url` until the status is succeeded or failed."""
+
+    job_id: str
+    status: JobStatus
+    document_id: str
+    status_url: str
+
+
+async def submit_ingest(
+    services: Any,
+    tenant_id: str,
+    document_id: str,
+    *,
+    text: str,
+    metadata: dict[str, Any] | None,
+    content_type: str,
+) -> JSONResponse:
+    """Queue the ingestion of already-extracted text; 422s for a bad id or metadata come before the 202."""
+    validate_document_id(document_id)
+    clean_metadata = validate_metadata(metadata)
+    payload = IngestPayload(
+        job_id=new_job_id(),
+        tenant_id=tenant_id,
+        document_id=document_id,
+        text=text,
+        metadata=clean_metadata,
+        content_type=content_type,
+    )
+    record = await services.jobs.submit(payload)
+    status_url = f"/v1/jobs/{record.job_id}"
+    body = JobAccepted(
+        job_id=record.job_id, status=record.status, document_id=document_id, status_url=status_url
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=202, headers={"Location": status_url})
+
+
+AsyncFlag = Annotated[
+    bool,
+    Query(
+        alias="async",
+        description="true: validate, queue the ingestion and answer 202 {job_id}; poll GET /v1/jobs/{job_id}",
+    ),
+]
+ASYNC_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobAccepted, "description": "queued (with ?async=true)"}
+}

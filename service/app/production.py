@@ -1,0 +1,43 @@
+"""Production features attached to the `Services` container: API-key auth, rate limiter, search cache, job queue.
+
+`attach(services)` runs in the app lifespan right after the core services are built; it returns the coroutine
+that releases what it opened (Redis connections, running in-process jobs), which the lifespan awaits on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from service.app.core.ratelimit import RateLimiter
+from service.app.core.security import ApiKeyAuthenticator
+from service.app.jobs.queue import build_job_queue
+from service.app.search.models import SearchResponse
+from service.app.store.cache import CachedSearch, RedisCache, build_cache
+
+
+async def attach(services: Any) -> Callable[[], Awaitable[None]]:
+    """Add auth, limiter, cache (wrapping `services.search`) and jobs to `services`; return their closer."""
+    settings = services.settings
+    services.auth = ApiKeyAuthenticator(settings)
+    services.limiter = RateLimiter(settings)
+    services.cache = build_cache(settings)
+    if services.cache is not None:
+        services.search = CachedSearch(
+            services.search,
+            services.cache,
+            services.registry,
+            model_name=services.embedder.model_name,
+            ttl_seconds=settings.cache_ttl_seconds,
+            response_model=SearchResponse,
+        )
+    services.jobs = await build_job_queue(settings, services.ingest)
+
+    async def close() -> None:
+        await services.jobs.close()
+        if isinstance(services.cache, RedisCache):
+            await run_in_threadpool(services.cache.close)
+
+    return close
