@@ -69,3 +69,17 @@ def headers_a() -> dict[str, str]:
 @pytest.fixture
 def headers_b() -> dict[str, str]:
     return bearer(KEY_B)
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """A new, empty database on the Postgres server of `server_url`; returns its SQLAlchemy URL."""
+    import sqlalchemy as sa
+
+    url = sa.make_url(server_url)
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
