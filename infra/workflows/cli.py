@@ -272,6 +272,9 @@ def ephemeral_up(
 def ephemeral_destroy(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Stack name, e.g. pr-123.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Destroy even without a rag:ephemeral record (a killed first up).")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Destroy an ephemeral stack's resources and remove it; already gone is success."""
@@ -280,7 +283,7 @@ def ephemeral_destroy(
     def action() -> bool:
         ephemeral_mod.validate_name(name)
         with _progress(f"ephemeral destroy {name}", quiet) as (on_output, on_event):
-            return ephemeral_mod.destroy(context, name, on_output=on_output, on_event=on_event)
+            return ephemeral_mod.destroy(context, name, force=force, on_output=on_output, on_event=on_event)
 
     destroyed = _run(action)
     console.print(f"ephemeral stack {name} {'destroyed and removed' if destroyed else 'was already gone'}")

@@ -54,6 +54,12 @@ MAX_NAME_LENGTH = 40
 TTL_RE = re.compile(r"(\d+)([smhd])")
 TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MIN_TTL = timedelta(minutes=5)
+
+
+class NotEphemeralError(WorkflowError):
+    """The named stack exists but carries no ``rag:ephemeral`` record: not ours to adopt or destroy."""
+
+
 MAX_TTL = timedelta(days=7)
 
 
@@ -175,16 +181,28 @@ def up(
     values = template_config(ctx.work_dir, name, template)
     values[EPHEMERAL_KEY] = record.record()
     ws = ctx.workspace()
+    owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
     try:
         try:
             stack = Stack.create(name, ws)
+            owned = True
         except StackAlreadyExistsError:
-            stack = Stack.select(name, ws)  # a new push to the same PR: update it and extend the expiry
+            # A new push to the same PR updates the stack and extends its expiry -- but never adopt a stack
+            # somebody made by hand: tearing that down on a failure would destroy what is not ours.
+            if read_ephemeral(ws, name) is None:
+                raise NotEphemeralError(
+                    f"Stack {name!r} already exists and is not an ephemeral stack (no {EPHEMERAL_KEY} record); "
+                    "refusing to adopt it. Pick another name."
+                ) from None
+            owned = True
+            stack = Stack.select(name, ws)
         set_config_values(ws, name, values)
         stack.up(
             on_output=on_output, on_event=on_event, message=f"ephemeral {name} until {record.expires_at}"
         )
     except BaseException as exc:
+        if not owned:
+            raise
         try:
             teardown(ws, name, on_output=on_output, on_event=on_event)
         except BaseException as cleanup_exc:  # the original error must still propagate
@@ -218,12 +236,33 @@ def teardown(
 
 
 def destroy(
-    ctx: Context, name: str, *, on_output: OnOutput | None = None, on_event: OnEvent | None = None
+    ctx: Context,
+    name: str,
+    *,
+    force: bool = False,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
 ) -> bool:
-    """``ragops ephemeral destroy NAME``: True when destroyed, False when it was already gone."""
+    """``ragops ephemeral destroy NAME``: True when destroyed, False when it was already gone.
+
+    Refuses a stack without a ``rag:ephemeral`` record unless ``force``: a by-hand stack that happens to have a
+    valid name is not ours to destroy. (CI passes ``--force`` for ``pr-<number>``, a name only ephemeral stacks
+    use, so a stack whose first update was killed before recording anything is still cleaned up.)
+    """
     validate_name(name)
+    ws = ctx.workspace()
     try:
-        return teardown(ctx.workspace(), name, on_output=on_output, on_event=on_event)
+        if not force:
+            try:
+                record = read_ephemeral(ws, name)
+            except StackNotFoundError:
+                return False
+            if record is None:
+                raise NotEphemeralError(
+                    f"Stack {name!r} has no {EPHEMERAL_KEY} record, so it is not a (finished) ephemeral stack; "
+                    "refusing to destroy it. Pass --force if you are sure it is a leftover."
+                )
+        return teardown(ws, name, on_output=on_output, on_event=on_event)
     except ConcurrentUpdateError as exc:
         raise WorkflowError(
             f"Stack {name!r} is locked by another operation; retry when it finishes (the reaper will, too)."

@@ -11,6 +11,7 @@ would see from the real CLI.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -100,7 +101,8 @@ class Script:
     )
     preview_error: str | None = None  # stderr of a failing preview
     up_error: str | None = None  # stderr of a failing up
-    up_interrupt: bool = False  # raise KeyboardInterrupt mid-up (Ctrl-C / SIGTERM)
+    up_interrupt: bool = False  # raise KeyboardInterrupt mid-up (Ctrl-C)
+    up_sigterm: bool = False  # the process receives SIGTERM mid-up (a cancelled CI job)
     up_resources: int = 12
     destroy_error: str | None = None
     refresh_events: list[dict[str, Any]] = field(default_factory=list)
@@ -392,6 +394,8 @@ class _Handler:
         self._emit([step_event("create", "ns", "kubernetes:core/v1:Namespace")])
         if script.up_interrupt:
             raise KeyboardInterrupt
+        if script.up_sigterm:
+            signal.raise_signal(signal.SIGTERM)
         if script.up_error is not None:
             stack.history.append(_history("update", {"create": 3}, "failed"))
             return "Updating (stack)", script.up_error, 255

@@ -150,6 +150,29 @@ def test_interrupted_ephemeral_up_exits_1_after_teardown(ctx: Context, backend: 
     assert "pr-14" not in backend.stacks
 
 
+def test_sigterm_during_ephemeral_up_still_tears_down(ctx: Context, backend: FakeBackend) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    backend.script("pr-15").up_sigterm = True
+    result = _invoke(ctx, "ephemeral", "up", "--name", "pr-15", "-q")
+    assert result.exit_code == 1
+    assert "interrupted" in result.output
+    assert "destroyed and removed" in result.output
+    assert "pr-15" not in backend.stacks
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is restored afterwards
+
+
+def test_destroy_without_record_is_refused_then_forced(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("pr-16")
+    refused = _invoke(ctx, "ephemeral", "destroy", "pr-16", "-q")
+    assert refused.exit_code == 1
+    assert "Pass --force" in refused.output.replace("\n", " ")
+    forced = _invoke(ctx, "ephemeral", "destroy", "--force", "pr-16", "-q")
+    assert forced.exit_code == 0
+    assert "pr-16" not in backend.stacks
+
+
 def test_reap_with_now_and_failure_exit_codes(ctx: Context, backend: FakeBackend) -> None:
     record = {"name": "pr-1", "owner": "a", "expiresAt": "2026-03-01T00:00:00Z"}
     backend.add_stack("pr-1", config={"rag:ephemeral": record})

@@ -181,6 +181,21 @@ def test_failed_teardown_keeps_the_stack_and_says_so(ctx: Context, backend: Fake
     assert any("ragops ephemeral destroy pr-11" in note for note in info.value.__notes__)
 
 
+def test_up_never_adopts_or_tears_down_a_stack_that_is_not_ephemeral(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    backend.add_stack("scratch", config={"rag:service": {"replicas": 2}})
+    backend.script("scratch").up_error = "error: must not be reached"
+
+    with pytest.raises(ephemeral.NotEphemeralError, match="not an ephemeral stack"):
+        ephemeral.up(ctx, "scratch", "24h")
+
+    assert backend.commands("up") == []
+    assert backend.commands("destroy") == []
+    assert backend.stacks["scratch"].config_value("rag:service") == {"replicas": 2}
+    assert "rag:ephemeral" not in backend.stacks["scratch"].config
+
+
 def test_up_validates_before_touching_pulumi(ctx: Context, backend: FakeBackend) -> None:
     with pytest.raises(UsageError):
         ephemeral.up(ctx, "prod", "24h")
@@ -197,12 +212,43 @@ def test_destroy_is_destroy_then_rm_and_idempotent(ctx: Context, backend: FakeBa
     backend.calls.clear()
 
     assert ephemeral.destroy(ctx, "pr-3") is True
-    assert backend.commands() == _teardown_calls("pr-3")
+    # The record is checked first (it is in the local config here), then destroy, then rm.
+    assert backend.commands() == [
+        ["config", "--show-secrets", "--json", "--stack", "pr-3"],
+        *_teardown_calls("pr-3"),
+    ]
     assert "pr-3" not in backend.stacks
 
     backend.calls.clear()
     assert ephemeral.destroy(ctx, "pr-3") is False  # already gone: success, nothing else attempted
+    assert backend.commands() == [["config", "--show-secrets", "--json", "--stack", "pr-3"]]
+    backend.calls.clear()
+    assert ephemeral.destroy(ctx, "pr-3", force=True) is False
     assert backend.commands() == [["stack", "select", "--stack", "pr-3"]]
+
+
+def test_destroy_refuses_a_stack_without_an_ephemeral_record_unless_forced(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    backend.add_stack("scratch", config={"rag:ephemeral": {}})
+    with pytest.raises(ephemeral.NotEphemeralError, match="no rag:ephemeral record"):
+        ephemeral.destroy(ctx, "scratch")
+    assert backend.commands("destroy") == []
+    assert backend.stacks["scratch"].resources == 12
+
+    assert ephemeral.destroy(ctx, "scratch", force=True) is True
+    assert "scratch" not in backend.stacks
+
+
+def test_destroy_reads_the_record_from_state_on_a_fresh_checkout(ctx: Context, backend: FakeBackend) -> None:
+    record = {"name": "pr-77", "owner": "a", "expiresAt": "2026-03-09T00:00:00Z"}
+    backend.add_stack("pr-77", config={}, outputs={"ephemeral": record})  # no local stack file values
+    assert ephemeral.destroy(ctx, "pr-77") is True
+    assert backend.commands()[:3] == [
+        ["config", "--show-secrets", "--json", "--stack", "pr-77"],
+        ["stack", "output", "--json", "--stack", "pr-77"],
+        ["stack", "output", "--json", "--show-secrets", "--stack", "pr-77"],
+    ]
 
 
 def test_destroy_after_a_failed_teardown_finishes_the_job(ctx: Context, backend: FakeBackend) -> None:

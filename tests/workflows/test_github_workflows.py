@@ -96,7 +96,7 @@ def test_pr_close_destroys_the_ephemeral_stack_in_the_same_concurrency_group() -
     wf, pr = _load("pr-close.yml"), _load("pr.yml")
     assert wf["on"]["pull_request"]["types"] == ["closed"]
     assert wf["concurrency"]["group"] == pr["concurrency"]["group"]
-    assert 'ragops ephemeral destroy "pr-${{ github.event.pull_request.number }}"' in _runs(
+    assert 'ragops ephemeral destroy --force "pr-${{ github.event.pull_request.number }}"' in _runs(
         wf["jobs"]["destroy"]
     )
 
