@@ -33,7 +33,9 @@ from typing import Any
 
 import jsonschema
 import kubernetes_validate
+import kubernetes_validate.utils
 import yaml
+from referencing import Registry, Resource
 
 from infra.config import ConfigError
 from infra.offline import RecordedResource, StackRun, cli_config, run_stack
@@ -54,6 +56,9 @@ CRD_GROUPS = frozenset(
         "monitoring.coreos.com",
         "postgresql.cnpg.io",
     }
+)
+OBJECT_META_REF = (
+    "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 )
 REDACTED = "<redacted>"
 _SECRETISH = re.compile(
@@ -161,15 +166,52 @@ def api_group(api_version: str) -> str:
     return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
 
 
+def strict_schema(node: Any) -> Any:
+    """A CRD's structural openAPIV3Schema as strict JSON Schema.
+
+    ``nullable`` becomes an explicit null alternative, and every ``type: object`` with declared properties rejects
+    unknown fields (what the API server's strict field validation does) unless it preserves unknown fields.
+    CEL rules (``x-kubernetes-validations``) are not evaluated.
+    """
+    if isinstance(node, list):
+        return [strict_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict_schema(v) if k not in ("enum", "default", "required") else v for k, v in node.items()}
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if out.pop("nullable", False):
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
 @cache
-def crd_schema(api_version: str, kind: str) -> tuple[dict[str, Any], str] | None:
-    """The vendored openAPIV3Schema for a custom kind and where it came from, if vendored."""
+def _object_meta_registry() -> Registry:
+    """kubernetes-validate's strict definitions, so custom resources get the built-in ObjectMeta check."""
+    path = f"kubernetes-json-schema/v{KUBERNETES_VERSION}.0-local-strict/_definitions.json"
+    definitions = kubernetes_validate.utils.schema_contents(path, KUBERNETES_VERSION)
+    return Resource.from_contents(definitions) @ Registry()
+
+
+@cache
+def crd_schema(api_version: str, kind: str) -> tuple[jsonschema.protocols.Validator, str] | None:
+    """A validator for a custom kind from its vendored schema, and where the schema came from."""
     group, _, version = api_version.rpartition("/")
-    path = SCHEMA_DIR / group / f"{kind.lower()}_{version}.json"
+    path = SCHEMA_DIR / group / f"{kind.lower()}_{version}.yaml"
     if not path.is_file():
         return None
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    return doc["schema"], f"{path.relative_to(SCHEMA_DIR)} ({doc['source']})"
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    schema = strict_schema(doc["schema"])
+    schema["properties"]["metadata"] = {"$ref": OBJECT_META_REF}
+    schema["properties"]["apiVersion"] = {"const": api_version}
+    schema["properties"]["kind"] = {"const": kind}
+    validator = jsonschema.Draft202012Validator(schema, registry=_object_meta_registry())
+    return validator, f"{group}/{path.name} ({doc['version']})"
 
 
 def validate_manifest(manifest: Mapping[str, Any]) -> tuple[str, list[str]]:
@@ -179,8 +221,7 @@ def validate_manifest(manifest: Mapping[str, Any]) -> tuple[str, list[str]]:
         found = crd_schema(api_version, kind)
         if found is None:
             return "", []
-        schema, source = found
-        validator = jsonschema.Draft202012Validator(schema)
+        validator, source = found
         errors = sorted(validator.iter_errors(dict(manifest)), key=lambda e: list(e.absolute_path))
         return source, [_describe(e) for e in errors]
     try:
