@@ -154,17 +154,18 @@ class FakeBackend:
                 out.append(args)
         return out
 
-    def command(self) -> FakePulumi:
-        """A PulumiCommand bound to this backend."""
-        return FakePulumi(self)
+    def command(self, version: VersionInfo | None = None) -> FakePulumi:
+        """A PulumiCommand bound to this backend (a CLI <= 3.205 gets its events through a log file)."""
+        return FakePulumi(self, version)
 
 
 class FakePulumi(PulumiCommand):
     """The injected ``pulumi_command``: records argv and answers like the CLI."""
 
-    def __init__(self, backend: FakeBackend) -> None:  # no super(): it would run `pulumi version`
+    def __init__(self, backend: FakeBackend, version: VersionInfo | None = None) -> None:
+        # No super().__init__: it would run `pulumi version`.
         self.command = "pulumi"
-        self.version = VersionInfo(3, 272, 0)
+        self.version = version or VersionInfo(3, 272, 0)
         self.backend = backend
 
     def run(

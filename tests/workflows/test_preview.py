@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pulumi.automation.errors import StackNotFoundError
+from semver import VersionInfo
 
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import Context
@@ -51,6 +52,22 @@ def test_preview_runs_diff_with_the_policy_pack_and_collects_steps(
     ]
     assert [(v.policy, v.level) for v in report.violations] == [("no-latest-tag", "advisory")]
     assert "12 unchanged" in report.stdout
+
+
+def test_older_cli_event_log_file_is_read_too(ctx: Context, backend: FakeBackend) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").preview_events = [
+        step_event("delete", "old-cronjob", "kubernetes:batch/v1:CronJob")
+    ]
+    backend.script("dev").preview_summary = {"delete": 1}
+    old_cli = Context(work_dir=ctx.work_dir, pulumi_command=backend.command(VersionInfo(3, 200, 0)))
+
+    report = run_preview(old_cli.workspace(), "dev")
+
+    event_log = backend.calls[-1][backend.calls[-1].index("--event-log") + 1]
+    assert not event_log.startswith("tcp://")  # a file path, not the gRPC endpoint
+    assert [(s.op, s.name) for s in report.steps] == [("delete", "old-cronjob")]
+    assert report.pending == {"delete": 1}
 
 
 def test_preview_without_policy_pack_omits_the_flag(ctx: Context, backend: FakeBackend) -> None:
