@@ -1,18 +1,16 @@
-"""Fixtures for the production-feature tests: the real app (real embedder, local Qdrant, SQLite unless a test
-passes DATABASE_URL) with API keys for two tenants. Import the fixtures a module uses from here."""
+"""Helpers for the production-feature tests: settings with API keys for two tenants, bearer headers, a fresh
+Postgres database. The fixtures built on them live in tests/service/prod_fixtures.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
-from service.app.main import create_app
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210"
@@ -40,35 +38,6 @@ def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def make_client(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> MakeClient:
-    """`with make_client(**setting_overrides) as client:` a started app (lifespan run) sharing the real embedder."""
-
-    @contextmanager
-    def factory(**overrides: Any) -> Iterator[TestClient]:
-        settings = production_settings(tmp_path_factory.mktemp("app"), **overrides)
-        with TestClient(create_app(settings, embedder=embedder)) as client:
-            yield client
-
-    return factory
-
-
-@pytest.fixture
-def client(make_client: MakeClient) -> Iterator[TestClient]:
-    with make_client() as started:
-        yield started
-
-
-@pytest.fixture
-def headers_a() -> dict[str, str]:
-    return bearer(KEY_A)
-
-
-@pytest.fixture
-def headers_b() -> dict[str, str]:
-    return bearer(KEY_B)
 
 
 def fresh_database(server_url: str, name: str) -> str:

@@ -15,7 +15,7 @@ from service.app.core import security
 from service.app.core.config import Settings
 from service.app.core.security import ApiKeyAuthenticator, bearer_token, key_id
 
-pytest_plugins = ["tests.service.prod_support"]  # fixtures: make_client, client, headers_a, headers_b
+pytest_plugins = ["tests.service.prod_fixtures"]  # fixtures: make_client, client, headers_a, headers_b
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

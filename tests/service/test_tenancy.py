@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from tests.service.prod_support import MakeClient, fresh_database
 
-pytest_plugins = ["tests.service.prod_support"]
+pytest_plugins = ["tests.service.prod_fixtures"]
 
 A_TEXT = "Alpine lakes freeze in winter; the ice on Lake Sils is thick enough for skating by January."
 B_TEXT = (

@@ -48,6 +48,7 @@ class RateLimiter:
             "search": parse_many(settings.rate_limit_search),
         }
         self._storage = storage if storage is not None else _storage(settings)
+        self.storage_kind = "memory" if isinstance(self._storage, MemoryStorage) else "redis"
         self._strategy = MovingWindowRateLimiter(self._storage)
 
     def describe(self, budget: Budget) -> str:

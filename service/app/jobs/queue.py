@@ -18,7 +18,7 @@ import logging
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError
@@ -28,6 +28,7 @@ from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
 logger = logging.getLogger(__name__)
 
 JOB_KEY_PREFIX = "rag:job:"
+REDIS_TIMEOUT_SECONDS = 2.0
 ARQ_FUNCTION = "ingest_document"
 
 
@@ -202,8 +203,14 @@ class ArqJobQueue:
 
     @classmethod
     async def connect(cls, settings: Settings) -> ArqJobQueue:
+        """A client that connects on first use: the API starts (and reports not-ready) while Redis is down."""
         assert settings.redis_url, "ArqJobQueue needs REDIS_URL"
-        pool = await create_pool(redis_settings(settings), default_queue_name=settings.jobs_queue_name)
+        pool = ArqRedis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+        )
+        pool.default_queue_name = settings.jobs_queue_name
         return cls(pool, settings)
 
     async def submit(self, payload: IngestPayload) -> JobRecord:
