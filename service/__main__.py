@@ -11,6 +11,10 @@ from service.app.store.registry import DocumentRegistry
 def main() -> None:
     """Run the service as configured by the environment."""
     settings = get_settings()
+    if settings.workers > 1 and not settings.qdrant_url:
+        raise SystemExit(
+            "WORKERS > 1 needs a Qdrant server (QDRANT_URL): local mode at QDRANT_PATH serves one process"
+        )
     # Migrate in the parent so that several workers never race on the schema at start-up.
     registry = DocumentRegistry.from_settings(settings)
     try:

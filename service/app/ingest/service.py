@@ -56,7 +56,7 @@ from service.app.core.errors import (
 )
 from service.app.core.metrics import CHUNKS_INGESTED, DOCUMENTS_INGESTED, FAILURES
 from service.app.ingest.chunking import Chunker
-from service.app.ingest.extract import SUPPORTED_TYPES, html_to_text, normalize_content_type, normalize_text
+from service.app.ingest.extract import SUPPORTED_TYPES, normalize_content_type, normalize_text
 from service.app.ingest.models import (
     DocumentList,
     DocumentOut,
@@ -149,7 +149,11 @@ class IngestService:
         metadata: dict[str, Any] | None = None,
         content_type: str = "text/plain",
     ) -> IngestResult:
-        """Create or replace a document; ``unchanged`` without any embedding when the content is the same."""
+        """Create or replace a document from its extracted text; ``unchanged`` (no embedding) when nothing changed.
+
+        ``text`` is plain text: callers extract it first (`extract_text` for files, `html_to_text` for HTML
+        sent as JSON); ``content_type`` records what the source was.
+        """
         validate_document_id(document_id)
         clean_metadata = validate_metadata(metadata)
         kind = normalize_content_type(content_type)
@@ -160,8 +164,6 @@ class IngestService:
             )
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
-        if kind == "text/html":
-            text = await to_thread.run_sync(html_to_text, text)
         text = normalize_text(text)
         if not text:
             raise InvalidInput("text is empty")

@@ -212,6 +212,7 @@ class QdrantVectorStore:
         # Local mode is an in-process store without its own locking; the server needs none from us.
         self._lock: threading.Lock | _NoLock = threading.Lock() if local else _NoLock()
         self._indexed_metadata: set[str] = set()
+        self.upsert_batch = UPSERT_BATCH
 
     @classmethod
     def from_settings(cls, settings: Settings, *, model_name: str, dimension: int) -> QdrantVectorStore:
@@ -287,8 +288,8 @@ class QdrantVectorStore:
         if not points:
             return
         self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
-        for start in range(0, len(points), UPSERT_BATCH):
-            batch = points[start : start + UPSERT_BATCH]
+        for start in range(0, len(points), self.upsert_batch):
+            batch = points[start : start + self.upsert_batch]
             self.client.upsert(
                 self.collection,
                 points=[

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from starlette.types import Message, Receive
 
 from service.app.api.deps import ServicesDep, TenantDep
 from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.app.ingest.extract import detect_content_type, extract_text, normalize_content_type
+from service.app.ingest.extract import detect_content_type, extract_text, html_to_text, normalize_content_type
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
     JSON_CONTENT_TYPES,
@@ -137,19 +138,22 @@ async def put_document(
             f"use one of {', '.join(JSON_CONTENT_TYPES)} or upload the file to POST /v1/documents",
             supported=list(JSON_CONTENT_TYPES),
         )
+    text = document.text
+    if normalize_content_type(document.content_type) == "text/html":
+        text = await to_thread.run_sync(html_to_text, text)
     if async_:
         return await submit_ingest(
             services,
             tenant,
             document_id,
-            text=document.text,
+            text=text,
             metadata=document.metadata,
             content_type=document.content_type,
         )
     result = await services.ingest.ingest(
         tenant,
         document_id,
-        text=document.text,
+        text=text,
         metadata=document.metadata,
         content_type=document.content_type,
     )
@@ -221,8 +225,6 @@ async def upload_document(
 
 
 async def _extract(data: bytes, declared: str, content_type: str) -> str:
-    from anyio import to_thread
-
     # Keep a declared charset (text/plain; charset=latin-1) but the detected type.
     charset = declared.split(";", 1)[1] if ";" in declared else ""
     full_type = f"{content_type};{charset}" if charset else content_type

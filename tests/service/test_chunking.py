@@ -1,0 +1,162 @@
+"""Token-aware chunking with the model's own tokenizer: limits hold for any input, text is covered in order."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import random
+
+import pytest
+
+from service.app.ingest.chunking import Chunk, Chunker
+from service.app.store.embedder import FastEmbedEmbedder
+
+WORDS = [
+    "the",
+    "of",
+    "retrieval",
+    "vector",
+    "embedding",
+    "tokenizer",
+    "paragraph",
+    "sentence",
+    "qdrant",
+    "postgres",
+    "kubernetes",
+    "unbelievably",
+    "internationalization",
+    "café",
+    "naïve",
+    "東京",
+    "数据库",
+    "😀",
+    "e-mail",
+    "state-of-the-art",
+    "(parenthesis)",
+    '"quoted"',
+    "3.14159",
+    "1,000,000",
+    "https://example.com/a/b?c=d&e=f",
+    "C++",
+    "x86_64",
+    "ÅÄÖ",
+]
+
+
+def random_text(rng: random.Random) -> str:
+    """Random prose with every shape the chunker must survive: short and endless sentences, blank lines,
+    single line breaks, words longer than a whole chunk, unicode, stray whitespace."""
+    parts: list[str] = []
+    for _ in range(rng.randint(0, 40)):
+        kind = rng.random()
+        if kind < 0.55:
+            words = [rng.choice(WORDS) for _ in range(rng.randint(1, 30))]
+            parts.append(" ".join(words) + rng.choice([". ", "! ", "? ", ".\n", " "]))
+        elif kind < 0.7:
+            parts.append(rng.choice(["\n\n", "\n", "\n \n\t\n", "   "]))
+        elif kind < 0.85:
+            # A sentence far longer than any chunk, without punctuation.
+            parts.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 700))) + " ")
+        elif kind < 0.95:
+            # A "word" with no spaces, longer than the whole chunk budget in tokens.
+            parts.append(
+                "".join(rng.choice("abcdefghij-._/0123456789") for _ in range(rng.randint(50, 2500)))
+            )
+        else:
+            parts.append(rng.choice(["😀" * rng.randint(1, 400), "東京" * rng.randint(1, 400)]))
+    return "".join(parts)
+
+
+def assert_valid_chunks(chunker: Chunker, text: str, chunks: list[Chunk]) -> None:
+    for chunk in chunks:
+        assert chunk.text == text[chunk.start : chunk.end]
+        assert chunk.text.strip() == chunk.text
+        assert chunk.text
+        assert chunker.count_tokens(chunk.text) <= chunker.max_tokens
+        assert chunk.tokens + chunker.special_tokens == chunker.count_tokens(chunk.text)
+    starts = [c.start for c in chunks]
+    ends = [c.end for c in chunks]
+    assert starts == sorted(set(starts)), "chunks must start strictly in order"
+    assert ends == sorted(ends), "chunks must end in order"
+    # Coverage: every token of the whole text lies inside some chunk.
+    encoding = chunker.tokenizer.encode(text, add_special_tokens=False)
+    for token_start, token_end in encoding.offsets:
+        if token_end > token_start:
+            # Ends are sorted, so the last chunk starting at or before the token is the one to contain it.
+            index = bisect.bisect_right(starts, token_start) - 1
+            where = f"token at {token_start}:{token_end} ({text[token_start:token_end]!r})"
+            assert index >= 0, f"{where} is before the first chunk"
+            assert token_end <= chunks[index].end, f"{where} is in no chunk"
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "chunk_size", "chunk_overlap"),
+    [(256, 200, 32), (256, 1000, 300), (256, 64, 0), (40, 32, 8), (24, 16, 15)],
+)
+def test_random_inputs_respect_the_limit_and_cover_the_text_in_order(
+    embedder: FastEmbedEmbedder, max_tokens: int, chunk_size: int, chunk_overlap: int
+) -> None:
+    chunker = Chunker(
+        embedder.tokenizer, max_tokens=max_tokens, chunk_size=chunk_size, chunk_overlap=chunk_overlap
+    )
+    assert chunker.budget <= max_tokens - chunker.special_tokens
+    rng = random.Random(f"{max_tokens}-{chunk_size}-{chunk_overlap}")
+    for _ in range(40):
+        text = random_text(rng)
+        assert_valid_chunks(chunker, text, chunker.split(text))
+
+
+def test_the_model_max_length_caps_a_larger_chunk_size(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=embedder.max_tokens, chunk_size=4096, chunk_overlap=0)
+    assert embedder.max_tokens == 256
+    assert chunker.budget == 254
+    text = " ".join(["retrieval"] * 5000)
+    chunks = chunker.split(text)
+    assert max(chunker.count_tokens(c.text) for c in chunks) == 256
+
+
+def test_paragraph_breaks_are_preferred_cut_points(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=100, chunk_overlap=0)
+    paragraph = "Bees collect nectar from flowers. " * 7  # ~42 tokens
+    text = "\n\n".join([paragraph.strip()] * 3)
+    chunks = chunker.split(text)
+    # Two paragraphs would fit (84 tokens) but not three: the cut is at the paragraph break.
+    assert [c.text for c in chunks] == ["\n\n".join([paragraph.strip()] * 2), paragraph.strip()]
+
+
+def test_sentences_are_not_cut_when_they_fit(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=40, chunk_overlap=10)
+    sentences = [f"Sentence number {i} talks about topic {i * 7}." for i in range(60)]
+    chunks = chunker.split(" ".join(sentences))
+    assert len(chunks) > 5
+    for chunk in chunks:
+        assert chunk.text.startswith("Sentence number ")
+        assert chunk.text.endswith(".")
+
+
+def test_consecutive_chunks_overlap_by_whole_sentences_within_the_budget(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=60, chunk_overlap=20)
+    text = " ".join(f"Fact {i} is about the number {i}." for i in range(80))
+    chunks = chunker.split(text)
+    for previous, following in itertools.pairwise(chunks):
+        assert following.start < previous.end, "chunks should share an overlap"
+        shared = text[following.start : previous.end]
+        assert chunker.count_tokens(shared) - chunker.special_tokens <= 20
+        assert shared.endswith(".")
+
+
+def test_an_over_long_sentence_is_split_at_word_starts(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=50, chunk_overlap=0)
+    text = " ".join(["unbelievably"] * 300)  # several word pieces per word, no sentence end
+    chunks = chunker.split(text)
+    assert len(chunks) > 1
+    for chunk in chunks:
+        assert chunk.text.startswith("unbelievably")
+        assert chunk.text.endswith("unbelievably")
+    assert_valid_chunks(chunker, text, chunks)
+
+
+def test_text_without_tokens_gives_no_chunks(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
+    assert chunker.split("") == []
+    assert chunker.split(" \n\n\t ") == []

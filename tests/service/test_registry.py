@@ -1,0 +1,161 @@
+"""Document registry on SQLite and on a real Postgres: migrations, compare-and-set writes, data_version, paging."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from service.app.store.registry import DocumentRegistry, decode_cursor, encode_cursor
+from tests.service.support import create_database
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DocumentRegistry]:
+    """A migrated registry on a fresh database of each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
+    else:
+        url = create_database(request.getfixturevalue("postgres_url"), "h2_test_registry")
+    registry = DocumentRegistry(url)
+    registry.migrate()
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A tenant no other test writes to."""
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def write(
+    registry: DocumentRegistry, tenant: str, document_id: str, *, expected: int | None, version: int
+) -> None:
+    registry.activate(
+        tenant,
+        document_id,
+        expected_version=expected,
+        version=version,
+        content_hash=f"hash-{version}",
+        metadata={"lang": "en", "tags": ["a", "b"], "year": 2024, "draft": False},
+        content_type="text/plain",
+        chunk_count=version,
+    )
+
+
+def test_migrations_create_the_schema_and_are_idempotent(registry: DocumentRegistry) -> None:
+    registry.migrate()
+    inspector = sa.inspect(registry.engine)
+    assert {"documents", "tenants", "alembic_version"} <= set(inspector.get_table_names())
+    assert {c["name"] for c in inspector.get_columns("documents")} == {
+        "tenant_id", "document_id", "version", "content_hash", "metadata", "content_type",
+        "chunk_count", "created_at", "updated_at",
+    }  # fmt: skip
+    assert inspector.get_pk_constraint("documents")["constrained_columns"] == ["tenant_id", "document_id"]
+    with registry.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_activate_creates_then_replaces_with_compare_and_set(registry: DocumentRegistry, tenant: str) -> None:
+    assert registry.get(tenant, "doc") is None
+    write(registry, tenant, "doc", expected=None, version=1)
+    created = registry.get(tenant, "doc")
+    assert created is not None
+    assert created.version == 1
+    assert created.chunk_count == 1
+    assert created.metadata == {"lang": "en", "tags": ["a", "b"], "year": 2024, "draft": False}
+    assert created.created_at.tzinfo is not None
+
+    write(registry, tenant, "doc", expected=1, version=5)
+    updated = registry.get(tenant, "doc")
+    assert updated is not None
+    assert updated.version == 5
+    assert updated.content_hash == "hash-5"
+    assert updated.created_at == created.created_at
+    assert updated.updated_at >= created.updated_at
+
+
+def test_a_writer_that_lost_the_race_gets_conflict_and_changes_nothing(
+    registry: DocumentRegistry, tenant: str
+) -> None:
+    write(registry, tenant, "doc", expected=None, version=1)
+    before = registry.data_version(tenant)
+    with pytest.raises(Conflict):
+        write(registry, tenant, "doc", expected=None, version=2)  # someone created it meanwhile
+    with pytest.raises(Conflict):
+        write(registry, tenant, "doc", expected=7, version=8)  # stale expectation
+    record = registry.get(tenant, "doc")
+    assert record is not None
+    assert record.version == 1
+    assert registry.data_version(tenant) == before
+
+
+def test_data_version_is_bumped_by_every_write_and_delete_of_the_tenant_only(
+    registry: DocumentRegistry, tenant: str
+) -> None:
+    other = tenant + "-other"
+    assert registry.data_version(tenant) == 0
+    write(registry, tenant, "a", expected=None, version=1)
+    write(registry, tenant, "a", expected=1, version=2)
+    write(registry, tenant, "b", expected=None, version=1)
+    assert registry.data_version(tenant) == 3
+    assert registry.delete(tenant, "a") is not None
+    assert registry.data_version(tenant) == 4
+    assert registry.delete(tenant, "a") is None
+    assert registry.data_version(tenant) == 4
+    assert registry.data_version(other) == 0
+
+
+def test_tenants_are_isolated(registry: DocumentRegistry, tenant: str) -> None:
+    other = tenant + "-other"
+    write(registry, tenant, "same-id", expected=None, version=1)
+    write(registry, other, "same-id", expected=None, version=9)
+    assert registry.get(tenant, "same-id").version == 1  # type: ignore[union-attr]
+    assert registry.get(other, "same-id").version == 9  # type: ignore[union-attr]
+    assert registry.active_versions(tenant, ["same-id", "missing"]) == {"same-id": 1}
+    registry.delete(other, "same-id")
+    assert registry.get(tenant, "same-id") is not None
+
+
+def test_list_pages_through_every_document_in_id_order(registry: DocumentRegistry, tenant: str) -> None:
+    ids = [f"doc-{i:03d}" for i in range(23)]
+    for document_id in reversed(ids):
+        write(registry, tenant, document_id, expected=None, version=1)
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = registry.list(tenant, cursor=cursor, limit=10)
+        seen += [record.document_id for record in page.items]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == ids
+    assert pages == 3
+    exact = registry.list(tenant, limit=23)
+    assert len(exact.items) == 23
+    assert exact.next_cursor is None
+
+
+def test_list_rejects_bad_limits_and_cursors(registry: DocumentRegistry, tenant: str) -> None:
+    for limit in (0, 101):
+        with pytest.raises(InvalidInput):
+            registry.list(tenant, limit=limit)
+    for cursor in ("not-base64!!", encode_cursor("x")[:-3] + "###", "eyJub3BlIjogMX0"):
+        with pytest.raises(InvalidInput):
+            registry.list(tenant, cursor=cursor, limit=5)
+    assert decode_cursor(encode_cursor("doc:1/ü")) == "doc:1/ü"
+
+
+def test_an_unreachable_database_is_service_unavailable() -> None:
+    registry = DocumentRegistry("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
+    with pytest.raises(ServiceUnavailable, match="registry unavailable"):
+        registry.get("t", "d")
+    registry.close()
