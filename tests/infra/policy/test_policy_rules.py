@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pulumi
 import pytest
 from policy_builders import (
     API_LABELS,
@@ -24,10 +25,12 @@ from policy_builders import (
     recorded,
     workload,
 )
+from pulumi.runtime.config import set_all_config
 from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
 
 from infra.offline import RecordedResource
-from infra.policy import POLICIES, run_policies
+from infra.policy import POLICIES, environment_of, run_policies
+from infra.policy.evaluate import resource_args
 from infra.policy.rules import image_problem
 
 K8s = Callable[..., RecordedResource]
@@ -381,3 +384,29 @@ def test_single_replica_needs_no_pdb(k8s: K8s) -> None:
         messages([k8s(workload(replicas=1)), k8s(qdrant_statefulset(1))], "pdb-for-replicated-workloads")
         == []
     )
+
+
+# ------------------------------------------------------------------------------------------- configuration
+def test_probed_workloads_come_from_policy_config(k8s: K8s) -> None:
+    worker = container("worker")
+    del worker["livenessProbe"], worker["readinessProbe"]
+    resource = k8s(workload(name="rag-worker", containers=[worker], labels=WORKER_LABELS))
+    policy = next(p for p in POLICIES if p.name == "health-probes")
+    reported: list[str] = []
+    config = {"probedWorkloads": [{"app.kubernetes.io/component": "worker"}]}
+    policy.validate(resource_args(resource, config), lambda message, urn=None: reported.append(message))
+    assert reported == [
+        "Deployment rag/rag-worker: container 'worker' has no livenessProbe and no readinessProbe."
+    ]
+
+
+def test_environment_falls_back_to_stack_config_then_stack_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert environment_of({"environment": "Staging"}) == "staging"
+    try:
+        set_all_config({"rag:environment": "prod"})
+        assert environment_of({}) == "prod"
+        set_all_config({})
+        monkeypatch.setattr(pulumi, "get_stack", lambda: "Dev")
+        assert environment_of({}) == "dev"
+    finally:
+        set_all_config({})
