@@ -229,7 +229,7 @@ class RedisConfig:
     """Cache, rate-limit storage and job queue."""
 
     mode: Literal["incluster", "managed"]
-    version: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+$"))
+    version: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
     incluster: InClusterRedis
     managed: ManagedRedis
 

@@ -2,7 +2,8 @@
 
 Built from `aws.*` resources (not the pulumi-eks multi-language component) so every resource is visible to the
 offline tests and policies, with an explicit `aws.Provider` for `rag:cluster.eks.region`. The VPC has one public
-and one private subnet per zone and a single NAT gateway; nodes, RDS and ElastiCache live in the private subnets.
+and one private subnet per zone and a single NAT gateway; nodes, RDS and ElastiCache (created by the postgres and
+redis components from `network`) live in the private subnets.
 IRSA: the cluster's OIDC issuer is registered as an IAM identity provider; `workload_identity(ns, ksa, role)`
 creates a role only that Kubernetes service account can assume and returns its `eks.amazonaws.com/role-arn`
 annotation. In prod the cluster, node group and ECR repository are protected.
@@ -310,17 +311,6 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     token = aws.ecr.get_authorization_token_output(
         registry_id=repository.registry_id, opts=pulumi.InvokeOutputOptions(provider=aws_provider)
     )
-    security_group = aws.ec2.SecurityGroup(
-        "data-sg",
-        vpc_id=vpc.id,
-        description="Managed data stores (RDS, ElastiCache) reachable from inside the VPC only",
-        ingress=[
-            {"protocol": "tcp", "from_port": 5432, "to_port": 5432, "cidr_blocks": [eks.vpcCidr]},
-            {"protocol": "tcp", "from_port": 6379, "to_port": 6379, "cidr_blocks": [eks.vpcCidr]},
-        ],
-        egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"]}],
-        opts=opts,
-    )
     return ClusterTarget(
         provider_name="eks",
         k8s_provider=k8s_provider,
@@ -335,9 +325,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         cloud_provider=aws_provider,
         region=eks.region,
         network={
-            "vpc": vpc,
             "private_subnet_ids": [subnet.id for subnet in private_subnets],
-            "data_security_group_id": security_group.id,
+            "vpc_id": vpc.id,
+            "vpc_cidr": eks.vpcCidr,
             "oidc_provider": oidc,
             "irsa_roles": roles,
         },

@@ -29,6 +29,8 @@ APIS = (
     "storage.googleapis.com",
 )
 WORKLOAD_ROLES = ("backup", "service")
+# Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
+PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
 
 
 def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
@@ -97,7 +99,8 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         "private-services-range",
         purpose="VPC_PEERING",
         address_type="INTERNAL",
-        prefix_length=16,
+        address=PRIVATE_SERVICES_CIDR.split("/")[0],
+        prefix_length=int(PRIVATE_SERVICES_CIDR.split("/")[1]),
         network=network.id,
         opts=opts,
     )
@@ -229,7 +232,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         storage_class=gke.storageClass,
         cloud_provider=gcp_provider,
         region=gke.region,
-        network={"network": network, "subnet": subnet, "private_services": peering, "project": gke.project},
+        network={
+            "network_id": network.id,
+            "private_services": peering,
+            "private_services_cidr": PRIVATE_SERVICES_CIDR,
+            "project": gke.project,
+        },
         depends_on=tuple(depends) or (cluster,),
         workload_identity=workload_identity,
     )

@@ -24,6 +24,7 @@ OUTPUTS = {"serviceUrl", "imageDigest", "qdrantEndpoint", "kubeconfig", "promoti
 # Resource types that hold data: protected in prod, never elsewhere.
 STATEFUL_TYPES = {
     "kubernetes:apps/v1:StatefulSet",
+    "kubernetes:postgresql.cnpg.io/v1:Cluster",
     "aws:eks/cluster:Cluster",
     "aws:eks/nodeGroup:NodeGroup",
     "aws:ecr/repository:Repository",
@@ -64,7 +65,10 @@ def test_providers_are_created_at_the_top_level_only(target_run: StackRun) -> No
     names = {p.urn for p in providers}
     # Every cloud or Kubernetes resource goes through an explicit provider, never the ambient default one.
     for resource in target_run.resources:
-        if resource.custom and not resource.type.startswith(("pulumi:providers:", "random:")):
+        # random and docker-build need no configuration: their default providers are fine.
+        if resource.custom and not resource.type.startswith(
+            ("pulumi:providers:", "random:", "docker-build:")
+        ):
             assert resource.provider in names, resource.urn
 
 
@@ -116,6 +120,89 @@ def test_qdrant_api_key_stays_secret(target_run: StackRun) -> None:
     assert generated["length"] >= 32
 
 
+def test_every_credential_input_stays_secret(target_run: StackRun) -> None:
+    for secret in target_run.of_type("kubernetes:core/v1:Secret"):
+        assert secret.secret_keys & {"stringData", "data"}, secret.urn
+    credential_inputs = {
+        "aws:rds/instance:Instance": "password",
+        "aws:elasticache/replicationGroup:ReplicationGroup": "authToken",
+        "gcp:sql/user:User": "password",
+        "docker-build:index:Image": "registries",
+    }
+    for resource in target_run.resources:
+        key = credential_inputs.get(resource.type)
+        if key is not None and resource.inputs.get(key) and resource.type != "docker-build:index:Image":
+            assert key in resource.secret_keys, resource.urn
+    service_secret = target_run.by_name("rag-secrets")
+    assert {"DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "API_KEYS"} <= set(
+        service_secret.inputs["stringData"]
+    )
+
+
+def test_service_deployment_runs_the_deployed_image_with_probes(target_run: StackRun) -> None:
+    pod = target_run.by_name("rag-api").inputs["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == target_run.outputs["imageDigest"]
+    assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", container["image"])
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"]["memory"]
+    worker = target_run.by_name("rag-worker").inputs["spec"]["template"]["spec"]["containers"][0]
+    assert worker["image"] == container["image"]
+
+
+def test_service_replicas_and_hpa_bounds_per_environment(target_run: StackRun) -> None:
+    deployment = target_run.by_name("rag-api").inputs["spec"]
+    hpas = target_run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    pdbs = {r.name for r in target_run.of_type("kubernetes:policy/v1:PodDisruptionBudget")}
+    if target_run.stack == "dev":
+        assert deployment["replicas"] == 1
+        assert hpas == []
+        assert "rag-pdb" not in pdbs
+        return
+    bounds = {"staging": (2, 5), "prod": (3, 10)}[target_run.stack]
+    (hpa,) = hpas
+    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == bounds
+    assert (
+        hpa.inputs["spec"]["scaleTargetRef"]["name"]
+        == target_run.by_name("rag-api").inputs["metadata"]["name"]
+    )
+    assert "replicas" not in deployment  # the HPA owns the count; `pulumi up` must not fight it
+    assert {"rag-pdb", "qdrant-pdb"} <= pdbs
+
+
+def test_settings_reach_the_service_config_map() -> None:
+    result = run("staging", service={"settings": {"chunkSize": 320, "rateLimitSearch": "50/second"}})
+    data = result.by_name("rag-config").inputs["data"]
+    assert data["CHUNK_SIZE"] == "320"
+    assert data["RATE_LIMIT_SEARCH"] == "50/second"
+    assert data["ENVIRONMENT"] == "staging"
+    assert data["QDRANT_REPLICATION_FACTOR"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("stack", "target", "types"),
+    [
+        ("prod", "eks", {"aws:rds/instance:Instance", "aws:elasticache/replicationGroup:ReplicationGroup"}),
+        ("prod", "gke", {"gcp:sql/databaseInstance:DatabaseInstance", "gcp:redis/instance:Instance"}),
+        ("staging", "gke", {"kubernetes:postgresql.cnpg.io/v1:Cluster", "kubernetes:apps/v1:StatefulSet"}),
+    ],
+)
+def test_data_store_modes_follow_config_and_target(stack: str, target: str, types: set[str]) -> None:
+    result = run(stack, target)
+    assert types <= {r.type for r in result.resources}
+
+
+def test_managed_data_stores_switch_to_in_cluster_by_config() -> None:
+    result = run("prod", postgres={"mode": "cloudnative"}, redis={"mode": "incluster"})
+    found = {r.type for r in result.resources}
+    assert "aws:rds/instance:Instance" not in found
+    assert "aws:elasticache/replicationGroup:ReplicationGroup" not in found
+    assert result.by_name("postgres-cluster").protect is True
+    assert result.by_name("redis-statefulset").protect is True
+
+
 def test_configured_qdrant_api_key_is_used_and_secret() -> None:
     result = run("dev", qdrantApiKey="configured-key-123")
     assert "qdrant-api-key-random" not in {r.name for r in result.resources}
@@ -143,6 +230,18 @@ def test_image_digest_from_config_is_deployed_as_is() -> None:
     result = run("staging", image=DIGEST)
     assert result.outputs["imageDigest"] == DIGEST
     assert result.of_type("docker-build:index:Image") == []
+    assert result.by_name("rag-api").inputs["spec"]["template"]["spec"]["containers"][0]["image"] == DIGEST
+
+
+def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_registry() -> None:
+    result = run("prod")
+    (image,) = result.of_type("docker-build:index:Image")
+    assert image.inputs["push"] is True
+    assert image.inputs["context"]["location"] == "service"
+    assert "registries" in image.secret_keys
+    assert result.outputs["imageDigest"].startswith(
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service-prod@"
+    )
 
 
 @pytest.mark.parametrize(("stack", "target"), [(s, t) for s in STACKS for t in TARGETS])
