@@ -10,7 +10,15 @@ import redis
 from service.app.core.config import Settings
 from service.app.core.metrics import CACHE_REQUESTS, FAILURES
 from service.app.store.cache import MemoryCache, RedisCache, build_cache, search_cache_key
-from tests.support.servers import free_port
+from tests.service.prod_support import MakeClient
+from tests.support.servers import free_port, redis_server
+
+pytest_plugins = ["tests.service.prod_fixtures"]
+
+GLACIER = (
+    "Glaciers move downhill under their own weight; the ice deforms and slides over meltwater at the bed."
+)
+GLACIER_2 = "Ice sheets flow outward from their centre, and outlet glaciers carry the ice to the sea."
 
 
 class FakeClock:
@@ -115,3 +123,96 @@ def test_redis_down_is_bypassed_with_a_warning_and_counted(caplog: pytest.LogCap
     clock.now += 5.1  # after the back-off Redis is tried again (and fails again)
     assert cache.get("k") is None
     assert counter(FAILURES, component="cache") == failures + 2
+
+
+# --- through the API ------------------------------------------------------------------------------------
+
+QUERY = {"query": "how do glaciers move", "top_k": 3}
+
+
+def hits_and_misses() -> tuple[float, float]:
+    return counter(CACHE_REQUESTS, result="hit"), counter(CACHE_REQUESTS, result="miss")
+
+
+def test_repeated_search_is_served_from_the_cache_until_a_write(
+    make_client: MakeClient, headers_a: dict[str, str], headers_b: dict[str, str]
+) -> None:
+    with make_client() as client:
+        client.put("/v1/documents/ice", json={"text": GLACIER}, headers=headers_a)
+        hits, misses = hits_and_misses()
+        first = client.post("/v1/search", json=QUERY, headers=headers_a).json()
+        second = client.post("/v1/search", json=QUERY, headers=headers_a).json()
+        assert second == first
+        assert hits_and_misses() == (hits + 1, misses + 1)
+
+        # Another tenant asking the same question is a different entry (and sees none of A's documents).
+        assert client.post("/v1/search", json=QUERY, headers=headers_b).json()["results"] == []
+        assert hits_and_misses() == (hits + 1, misses + 2)
+
+        # A write bumps the tenant's data version: the next identical search is a miss and sees the new data.
+        client.put("/v1/documents/ice-2", json={"text": GLACIER_2}, headers=headers_a)
+        third = client.post("/v1/search", json=QUERY, headers=headers_a).json()
+        assert hits_and_misses() == (hits + 1, misses + 3)
+        assert {r["document_id"] for r in third["results"]} == {"ice", "ice-2"}
+        client.delete("/v1/documents/ice-2", headers=headers_a)
+        fourth = client.post("/v1/search", json=QUERY, headers=headers_a).json()
+        assert {r["document_id"] for r in fourth["results"]} == {"ice"}
+
+
+def test_a_different_parameter_is_a_different_entry(
+    make_client: MakeClient, headers_a: dict[str, str]
+) -> None:
+    with make_client() as client:
+        client.put("/v1/documents/ice", json={"text": GLACIER, "metadata": {"lang": "en"}}, headers=headers_a)
+        client.post("/v1/search", json=QUERY, headers=headers_a)
+        hits, misses = hits_and_misses()
+        for variant in (
+            {**QUERY, "top_k": 1},
+            {**QUERY, "score_threshold": 0.9},
+            {**QUERY, "filter": {"lang": "de"}},
+        ):
+            client.post("/v1/search", json=variant, headers=headers_a)
+        assert hits_and_misses() == (hits, misses + 3)
+
+
+def test_redis_cache_through_the_api(
+    make_client: MakeClient, headers_a: dict[str, str], redis_url: str
+) -> None:
+    with make_client(redis_url=redis_url) as client:
+        assert isinstance(client.app.state.services.cache, RedisCache)
+        client.put("/v1/documents/ice", json={"text": GLACIER}, headers=headers_a)
+        query = {"query": f"glacier flow {free_port()}"}  # unique: the session's Redis is shared
+        hits, misses = hits_and_misses()
+        first = client.post("/v1/search", json=query, headers=headers_a).json()
+        assert client.post("/v1/search", json=query, headers=headers_a).json() == first
+        assert hits_and_misses() == (hits + 1, misses + 1)
+        client.put("/v1/documents/ice", json={"text": GLACIER_2}, headers=headers_a)
+        client.post("/v1/search", json=query, headers=headers_a)
+        assert hits_and_misses() == (hits + 1, misses + 2)
+
+
+def test_search_keeps_working_when_redis_stops(
+    make_client: MakeClient, headers_a: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with redis_server() as private_redis, make_client(redis_url=private_redis) as client:
+        client.put("/v1/documents/ice", json={"text": GLACIER}, headers=headers_a)
+        before = client.post("/v1/search", json=QUERY, headers=headers_a)
+        assert before.status_code == 200
+        redis.Redis.from_url(private_redis).shutdown(nosave=True)
+
+        failures, errors = counter(FAILURES, component="cache"), counter(CACHE_REQUESTS, result="error")
+        with caplog.at_level(logging.WARNING):
+            after = client.post("/v1/search", json=QUERY, headers=headers_a)
+        assert after.status_code == 200
+        assert after.json() == before.json()
+        assert counter(FAILURES, component="cache") == failures + 1
+        assert counter(CACHE_REQUESTS, result="error") == errors + 1
+        assert any("search cache unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_search_works_when_redis_was_never_there(make_client: MakeClient, headers_a: dict[str, str]) -> None:
+    with make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0") as client:
+        errors = counter(CACHE_REQUESTS, result="error")
+        response = client.post("/v1/search", json=QUERY, headers=headers_a)
+        assert response.status_code == 200
+        assert counter(CACHE_REQUESTS, result="error") == errors + 1
