@@ -8,6 +8,7 @@ output and show a spinner naming the resource being worked on.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -255,14 +256,17 @@ def ephemeral_up(
         ephemeral_mod.validate_name(name)
         ephemeral_mod.parse_ttl(ttl)
         # A cancelled CI job gets SIGTERM: turn it into KeyboardInterrupt so the teardown still runs.
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # (Signal handlers can only be installed from the main thread.)
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main else None
         try:
             with _progress(f"ephemeral up {name}", quiet) as (on_output, on_event):
                 return ephemeral_mod.up(
                     context, name, ttl, owner=owner, on_output=on_output, on_event=on_event
                 )
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
 
     record = _run(action)
     console.print(f"ephemeral stack {record.name} is up until {record.expires_at} (owner {record.owner})")
