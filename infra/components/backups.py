@@ -1,0 +1,360 @@
+"""`QdrantBackups` (`rag:ops:QdrantBackups`): scheduled Qdrant snapshots streamed to S3 or GCS.
+
+A CronJob runs a small bash script (kept in a ConfigMap) in a pinned official cloud CLI image
+(`amazon/aws-cli` or `google/cloud-sdk` slim). For every Qdrant node (snapshots cover only the shards a node
+holds, so a cluster backup visits each node) and every collection it creates a snapshot through the REST API,
+streams it straight into `s3://` / `gs://<bucket>/<prefix>/<UTC stamp>/<node>/<collection>/` (no local disk),
+then deletes the snapshot from the node. Credentials come from the pod's ServiceAccount: IRSA
+(`eks.amazonaws.com/role-arn`) or GKE Workload Identity (`iam.gke.io/gcp-service-account`) annotations; no keys.
+The Qdrant API key is read from the QdrantCluster's own Secret.
+
+With `create_bucket`, the bucket is created too: S3 with versioning, default encryption, a public access block
+and expiry of old backups; or GCS with uniform access, public access prevention, versioning and the same
+expiry. Protected from deletion when `protect` is set (prod).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.components import specs
+from infra.components.specs import EgressTarget, Resources, require
+
+APP = "qdrant-backup"
+IMAGES = {
+    "aws": "amazon/aws-cli:2.27.0",
+    "gcp": "google/cloud-sdk:520.0.0-slim",
+}
+RUN_AS_USER = 1000
+SCRIPT_NAME = "backup.sh"
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CRON = re.compile(r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$")
+
+BACKUP_SCRIPT = r"""#!/bin/bash
+# Snapshot every collection on every Qdrant node and stream each snapshot to object storage.
+set -euo pipefail
+: "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}"
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+HDR="api-key: ${QDRANT_API_KEY}"
+
+upload() {  # stdin -> object key $1
+  case "$CLOUD" in
+    aws) aws s3 cp - "s3://${BUCKET}/$1" --only-show-errors ;;
+    gcp) gcloud storage cp - "gs://${BUCKET}/$1" --quiet ;;
+    *) echo "unknown CLOUD=$CLOUD" >&2; return 2 ;;
+  esac
+}
+
+names() {  # the "name" values of a Qdrant JSON answer
+  grep -o '"name": *"[^"]*"' | sed -e 's/^"name": *"//' -e 's/"$//'
+}
+
+count=0
+for peer in $QDRANT_PEERS; do
+  node="${peer#*://}"; node="${node%%[.:/]*}"
+  collections="$(curl -fsS --max-time 60 -H "$HDR" "${peer}/collections" | names)"
+  for collection in $collections; do
+    snapshot="$(curl -fsS --max-time 3600 -X POST -H "$HDR" \
+      "${peer}/collections/${collection}/snapshots?wait=true" | names | head -n 1)"
+    key="${PREFIX}/${STAMP}/${node}/${collection}/${snapshot}"
+    curl -fsS --max-time 3600 -H "$HDR" "${peer}/collections/${collection}/snapshots/${snapshot}" | upload "$key"
+    curl -fsS --max-time 600 -X DELETE -H "$HDR" \
+      "${peer}/collections/${collection}/snapshots/${snapshot}?wait=true" > /dev/null
+    echo "{\"event\":\"snapshot_uploaded\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
+    count=$((count + 1))
+  done
+done
+echo "{\"event\":\"backup_finished\",\"snapshots\":${count},\"stamp\":\"${STAMP}\"}"
+"""
+
+
+@dataclass(frozen=True)
+class QdrantBackupsArgs:
+    """Arguments of `QdrantBackups`."""
+
+    namespace: str
+    cloud: Literal["aws", "gcp"]
+    bucket_name: str
+    """Bucket receiving the snapshots (created here when `create_bucket`)."""
+    qdrant_peer_urls: tuple[str, ...]
+    """HTTP URL of every Qdrant node (QdrantCluster.peer_urls)."""
+    qdrant_api_key_secret: str
+    """Name of the Secret holding the Qdrant API key under `api-key` (QdrantCluster.api_key_secret_name)."""
+    qdrant_target: EgressTarget | None = None
+    """QdrantCluster.egress_target, for this job's NetworkPolicy."""
+    schedule: str = "0 3 * * *"
+    """Cron schedule, in UTC."""
+    prefix: str = "qdrant"
+    service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    """IRSA role or GKE service account granting write access to the bucket."""
+    create_bucket: bool = False
+    bucket_location: str | None = None
+    """GCS location (required to create a GCS bucket)."""
+    retention_days: int = 30
+    """Delete backups (and old object versions) after this many days; 0 keeps them forever."""
+    image: str | None = None
+    """Override the default pinned cloud CLI image."""
+    resources: Resources = field(
+        default_factory=lambda: Resources(cpu_request="100m", memory_request="128Mi", memory_limit="512Mi")
+    )
+    protect: bool = False
+    network_policy: bool = True
+    suspend: bool = False
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+def backup_selector(name: str) -> dict[str, str]:
+    """Labels of the backup job's pods (give them to QdrantClusterArgs.client_selectors)."""
+    return specs.selector_labels(APP, name, "backup")
+
+
+def validate_args(args: QdrantBackupsArgs) -> None:
+    """Raise ComponentArgsError with a full sentence when the args cannot produce working backups."""
+    specs.check_dns_label(args.namespace, "QdrantBackupsArgs.namespace")
+    require(args.cloud in IMAGES, "QdrantBackupsArgs.cloud must be 'aws' or 'gcp'.")
+    require(
+        bool(_BUCKET.match(args.bucket_name)),
+        f"QdrantBackupsArgs.bucket_name {args.bucket_name!r} is not a valid bucket name.",
+    )
+    require(
+        len(args.qdrant_peer_urls) >= 1, "QdrantBackupsArgs.qdrant_peer_urls must list at least one node."
+    )
+    for url in args.qdrant_peer_urls:
+        require(
+            url.startswith(("http://", "https://")) and " " not in url,
+            f"QdrantBackupsArgs.qdrant_peer_urls entry {url!r} must be an http(s) URL.",
+        )
+    require(
+        bool(_CRON.match(args.schedule.strip())),
+        f"QdrantBackupsArgs.schedule {args.schedule!r} is not a cron schedule.",
+    )
+    require(
+        bool(re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", args.prefix)),
+        f"QdrantBackupsArgs.prefix {args.prefix!r} must be a relative object path without spaces.",
+    )
+    require(args.retention_days >= 0, "QdrantBackupsArgs.retention_days must not be negative.")
+    if args.create_bucket and args.cloud == "gcp":
+        require(
+            args.bucket_location is not None,
+            "QdrantBackupsArgs.bucket_location is required to create a GCS bucket.",
+        )
+    if args.image is not None:
+        specs.check_image(args.image, "QdrantBackupsArgs.image")
+    args.resources.validate("QdrantBackupsArgs.resources")
+
+
+# ---------------------------------------------------------------------------------------------- pure specs
+def destination(cloud: str, bucket: str, prefix: str) -> str:
+    """Where backups land, e.g. s3://bucket/qdrant."""
+    return f"{'s3' if cloud == 'aws' else 'gs'}://{bucket}/{prefix}"
+
+
+def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict[str, Any]:
+    """CronJob spec: one run at a time, bounded retries and runtime, restricted pod, script from the ConfigMap."""
+    image = args.image or IMAGES[args.cloud]
+    env = [
+        {"name": "CLOUD", "value": args.cloud},
+        {"name": "BUCKET", "value": args.bucket_name},
+        {"name": "PREFIX", "value": args.prefix},
+        {"name": "QDRANT_PEERS", "value": " ".join(args.qdrant_peer_urls)},
+        {
+            "name": "QDRANT_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": args.qdrant_api_key_secret, "key": "api-key"}},
+        },
+        # The CLIs keep caches/config under HOME; the root filesystem is read-only.
+        {"name": "HOME", "value": "/tmp"},  # noqa: S108
+        {"name": "CLOUDSDK_CONFIG", "value": "/tmp/gcloud"},  # noqa: S108
+    ]
+    container = {
+        "name": "backup",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/bash", f"/scripts/{SCRIPT_NAME}"],
+        "env": env,
+        "resources": specs.resources_spec(args.resources),
+        "securityContext": specs.container_security_context(RUN_AS_USER, RUN_AS_USER),
+        "volumeMounts": [
+            {"name": "scripts", "mountPath": "/scripts", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        ],
+    }
+    return {
+        "schedule": args.schedule,
+        "timeZone": "Etc/UTC",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "suspend": args.suspend,
+        "jobTemplate": {
+            "metadata": {"labels": specs.labels(APP, base, "backup")},
+            "spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": 6 * 3600,
+                "ttlSecondsAfterFinished": 7 * 24 * 3600,
+                "template": {
+                    "metadata": {"labels": specs.labels(APP, base, "backup")},
+                    "spec": {
+                        "serviceAccountName": base,
+                        "restartPolicy": "Never",
+                        "securityContext": specs.pod_security_context(RUN_AS_USER, RUN_AS_USER),
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "scripts", "configMap": {"name": script_config, "defaultMode": 0o555}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                        ],
+                    },
+                },
+            },
+        },
+    }
+
+
+def network_policy_spec(args: QdrantBackupsArgs, match: Mapping[str, str]) -> dict[str, Any]:
+    """No ingress; out to DNS, Qdrant, and HTTPS/metadata endpoints (object storage, STS, workload identity)."""
+    egress = [specs.dns_egress_rule()]
+    if args.qdrant_target is not None:
+        egress.append(specs.egress_rule(args.qdrant_target))
+    # Object storage and the cloud token endpoints have no fixed addresses: ports only.
+    egress.append({"ports": [{"protocol": "TCP", "port": p} for p in (443, 80, 988)]})
+    return specs.network_policy_spec(match, ingress=[], egress=egress)
+
+
+# ---------------------------------------------------------------------------------------------- component
+class QdrantBackups(pulumi.ComponentResource):
+    """A CronJob snapshotting every Qdrant collection to S3/GCS, and optionally the bucket."""
+
+    bucket_name: pulumi.Output[str]
+    destination: str
+    """s3://<bucket>/<prefix> or gs://<bucket>/<prefix>."""
+    cronjob_name: str
+    selector_labels: dict[str, str]
+
+    def __init__(
+        self, name: str, args: QdrantBackupsArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        validate_args(args)
+        super().__init__("rag:ops:QdrantBackups", name, None, opts)
+        ns = args.namespace
+        base = name
+        specs.check_dns_label(base, "QdrantBackups name")
+        object_labels = specs.labels(APP, base, "backup")
+        match = backup_selector(base)
+
+        def child(*, protect: bool = False) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=list(args.depends_on))
+
+        bucket: pulumi.Output[str] = pulumi.Output.from_input(args.bucket_name)
+        if args.create_bucket:
+            bucket = (
+                self._aws_bucket(name, args, child)
+                if args.cloud == "aws"
+                else self._gcs_bucket(name, args, child)
+            )
+
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=specs.metadata(base, ns, object_labels, args.service_account_annotations),
+            opts=child(),
+        )
+        script_config = f"{base}-script"
+        k8s.core.v1.ConfigMap(
+            f"{name}-script",
+            metadata=specs.metadata(script_config, ns, object_labels),
+            data={SCRIPT_NAME: BACKUP_SCRIPT},
+            opts=child(),
+        )
+        k8s.batch.v1.CronJob(
+            f"{name}-cronjob",
+            metadata=specs.metadata(base, ns, object_labels),
+            spec=cronjob_spec(args, base, script_config),
+            opts=child(),
+        )
+        if args.network_policy:
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-netpol",
+                metadata=specs.metadata(base, ns, object_labels),
+                spec=network_policy_spec(args, match),
+                opts=child(),
+            )
+
+        self.bucket_name = bucket
+        self.destination = destination(args.cloud, args.bucket_name, args.prefix)
+        self.cronjob_name = base
+        self.selector_labels = match
+        self.register_outputs({"bucketName": bucket, "destination": self.destination})
+
+    def _aws_bucket(self, name: str, args: QdrantBackupsArgs, child: Any) -> pulumi.Output[str]:
+        bucket = aws.s3.BucketV2(
+            f"{name}-bucket", bucket=args.bucket_name, force_destroy=False, opts=child(protect=args.protect)
+        )
+        aws.s3.BucketVersioningV2(
+            f"{name}-bucket-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=child(),
+        )
+        aws.s3.BucketServerSideEncryptionConfigurationV2(
+            f"{name}-bucket-encryption",
+            bucket=bucket.id,
+            rules=[
+                {
+                    "apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms"},
+                    "bucket_key_enabled": True,
+                }
+            ],
+            opts=child(),
+        )
+        aws.s3.BucketPublicAccessBlock(
+            f"{name}-bucket-public-access",
+            bucket=bucket.id,
+            block_public_acls=True,
+            block_public_policy=True,
+            ignore_public_acls=True,
+            restrict_public_buckets=True,
+            opts=child(),
+        )
+        if args.retention_days > 0:
+            aws.s3.BucketLifecycleConfigurationV2(
+                f"{name}-bucket-lifecycle",
+                bucket=bucket.id,
+                rules=[
+                    {
+                        "id": "expire-old-backups",
+                        "status": "Enabled",
+                        "filter": {"prefix": f"{args.prefix}/"},
+                        "expiration": {"days": args.retention_days},
+                        "noncurrent_version_expiration": {"noncurrent_days": 7},
+                    }
+                ],
+                opts=child(),
+            )
+        return bucket.bucket
+
+    def _gcs_bucket(self, name: str, args: QdrantBackupsArgs, child: Any) -> pulumi.Output[str]:
+        rules = []
+        if args.retention_days > 0:
+            rules = [
+                {"action": {"type": "Delete"}, "condition": {"age": args.retention_days}},
+                {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": 7}},
+            ]
+        bucket = gcp.storage.Bucket(
+            f"{name}-bucket",
+            name=args.bucket_name,
+            location=args.bucket_location,
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning={"enabled": True},
+            lifecycle_rules=rules,
+            force_destroy=False,
+            opts=child(protect=args.protect),
+        )
+        return bucket.name
