@@ -396,6 +396,10 @@ class _Handler:
         if script.up_interrupt:
             raise KeyboardInterrupt
         if script.up_sigterm:
+            # Without a handler SIGTERM would end the test run itself.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None), (
+                "no SIGTERM handler installed"
+            )
             signal.raise_signal(signal.SIGTERM)
         if script.up_error is not None:
             stack.history.append(_history("update", {"create": 3}, "failed"))
