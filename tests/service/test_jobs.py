@@ -4,19 +4,33 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
 from service.app.core.errors import InvalidInput
 from service.app.core.metrics import JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, new_job_id
 from service.app.jobs.queue import JOB_KEY_PREFIX, ArqJobQueue, InProcessJobQueue
+from service.app.main import create_app
+from service.app.store.registry import DocumentRegistry
 from service.worker import build_worker
+from tests.service.prod_support import MakeClient, fresh_database, production_settings
+
+pytest_plugins = ["tests.service.prod_fixtures"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -159,3 +173,180 @@ async def test_arq_queue_and_worker_on_real_redis(redis_url: str) -> None:
 def test_worker_refuses_to_start_without_redis() -> None:
     with pytest.raises(ValueError, match="REDIS_URL"):
         build_worker(Settings(redis_url=None))
+
+
+# --- through the API ------------------------------------------------------------------------------------
+
+TEXT = "Basalt columns form when thick lava flows cool slowly and contract into hexagonal prisms."
+
+
+def wait_in_process(client: TestClient) -> None:
+    client.portal.call(client.app.state.services.jobs.wait_idle)
+
+
+def run_worker_burst(client: TestClient, settings: Settings) -> None:
+    """Run an arq worker in burst mode on the app's own event loop and services (as a worker pod would)."""
+
+    async def burst() -> None:
+        worker = build_worker(settings, services=client.app.state.services, burst=True, handle_signals=False)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+
+    client.portal.call(burst)
+
+
+def queue_depth_metric(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("rag_job_queue_depth "):
+            return float(line.split()[1])
+    raise AssertionError("rag_job_queue_depth not exposed")
+
+
+def test_async_put_returns_202_and_the_job_succeeds_in_process(
+    make_client: MakeClient, headers_a: dict[str, str]
+) -> None:
+    with make_client() as client:
+        accepted = client.put("/v1/documents/basalt?async=true", json={"text": TEXT}, headers=headers_a)
+        assert accepted.status_code == 202
+        body = accepted.json()
+        assert body["status"] == "queued"
+        assert body["document_id"] == "basalt"
+        assert accepted.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['job_id']}"
+        wait_in_process(client)
+
+        job = client.get(body["status_url"], headers=headers_a).json()
+        assert job["status"] == "succeeded"
+        assert job["result"]["status"] == "created"
+        assert job["result"]["chunks"] >= 1
+        assert job["error"] is None
+        assert "tenant_id" not in job
+        hits = client.post("/v1/search", json={"query": "hexagonal lava columns"}, headers=headers_a).json()
+        assert hits["results"][0]["document_id"] == "basalt"
+
+
+def test_async_upload_returns_202(make_client: MakeClient, headers_a: dict[str, str]) -> None:
+    with make_client() as client:
+        accepted = client.post(
+            "/v1/documents?async=true",
+            files={"file": ("notes.md", b"# Basalt\n\n" + TEXT.encode(), "text/markdown")},
+            headers=headers_a,
+        )
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["document_id"] == "notes.md"
+        wait_in_process(client)
+        job = client.get(accepted.json()["status_url"], headers=headers_a).json()
+        assert job["status"] == "succeeded"
+        assert (
+            client.get("/v1/documents/notes.md", headers=headers_a).json()["content_type"] == "text/markdown"
+        )
+
+
+def test_a_failing_job_reports_failed_with_the_error(
+    make_client: MakeClient, headers_a: dict[str, str]
+) -> None:
+    with make_client() as client:
+        accepted = client.put("/v1/documents/blank?async=true", json={"text": "   \n "}, headers=headers_a)
+        assert accepted.status_code == 202
+        wait_in_process(client)
+        job = client.get(accepted.json()["status_url"], headers=headers_a).json()
+        assert job["status"] == "failed"
+        assert job["error"] == "invalid_input: text is empty"
+        assert job["result"] is None
+        assert client.get("/v1/documents/blank", headers=headers_a).status_code == 404
+
+
+def test_what_can_be_checked_up_front_is_a_422_not_a_job(
+    make_client: MakeClient, headers_a: dict[str, str]
+) -> None:
+    with make_client() as client:
+        nested = client.put(
+            "/v1/documents/d?async=true", json={"text": TEXT, "metadata": {"a": {"b": 1}}}, headers=headers_a
+        )
+        assert nested.status_code == 422
+        bad_id = client.put("/v1/documents/bad%20id?async=true", json={"text": TEXT}, headers=headers_a)
+        assert bad_id.status_code == 422
+        assert client.get("/v1/jobs/not-a-job", headers=headers_a).status_code == 404
+        assert client.get("/v1/jobs/bad$id", headers=headers_a).status_code == 422
+
+
+def test_arq_jobs_on_redis_and_postgres_survive_an_api_restart(
+    tmp_path, embedder, redis_url: str, postgres_url: str, headers_a: dict[str, str]
+) -> None:
+    settings = production_settings(
+        tmp_path,
+        redis_url=redis_url,
+        database_url=fresh_database(postgres_url, f"jobs_{uuid.uuid4().hex[:8]}"),
+        jobs_queue_name=f"test-api-jobs-{uuid.uuid4().hex[:8]}",
+    )
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        assert isinstance(client.app.state.services.jobs, ArqJobQueue)
+        ok = client.put("/v1/documents/basalt?async=true", json={"text": TEXT}, headers=headers_a)
+        bad = client.put("/v1/documents/blank?async=true", json={"text": " "}, headers=headers_a)
+        assert ok.status_code == bad.status_code == 202
+        assert client.get(ok.json()["status_url"], headers=headers_a).json()["status"] == "queued"
+        assert queue_depth_metric(client) == 2
+
+    # The API process is gone; a new one (and a worker) pick the jobs up from Redis.
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        assert client.get(ok.json()["status_url"], headers=headers_a).json()["status"] == "queued"
+        run_worker_burst(client, settings)
+        job = client.get(ok.json()["status_url"], headers=headers_a).json()
+        assert job["status"] == "succeeded", job
+        assert job["result"]["status"] == "created"
+        failed = client.get(bad.json()["status_url"], headers=headers_a).json()
+        assert failed["status"] == "failed"
+        assert failed["error"] == "invalid_input: text is empty"
+        assert queue_depth_metric(client) == 0
+        hits = client.post("/v1/search", json={"query": "hexagonal lava columns"}, headers=headers_a).json()
+        assert hits["results"][0]["document_id"] == "basalt"
+
+
+async def test_python_m_service_worker_runs_jobs(
+    tmp_path, model_dir, redis_url: str, postgres_url: str
+) -> None:
+    """The real entry point in its own process: it builds its services from the environment and runs a job."""
+    database_url = fresh_database(postgres_url, f"worker_{uuid.uuid4().hex[:8]}")
+    queue_name = f"test-worker-{uuid.uuid4().hex[:8]}"
+    settings = Settings(_env_file=None, redis_url=redis_url, jobs_queue_name=queue_name)
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "JOBS_QUEUE_NAME": queue_name,
+        "DATA_DIR": str(tmp_path),
+        "EMBEDDING_MODEL_PATH": str(model_dir),
+        "AUTH_DISABLED": "true",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.worker", cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    queue = await ArqJobQueue.connect(settings)
+    try:
+        job = payload("tenant-w", "from-worker", TEXT)
+        await queue.submit(job)
+        # Polling for the outcome (bounded, not a timing assertion): the process loads a model first.
+        deadline = time.monotonic() + 120
+        record = await queue.get("tenant-w", job.job_id)
+        while record.status not in (JobStatus.succeeded, JobStatus.failed) and time.monotonic() < deadline:
+            assert proc.returncode is None, (tmp_path / "worker.log").read_text()
+            await asyncio.sleep(0.2)
+            record = await queue.get("tenant-w", job.job_id)
+        assert record.status is JobStatus.succeeded, (tmp_path / "worker.log").read_text()
+        assert record.result["document_id"] == "from-worker"
+        registry = DocumentRegistry(database_url)
+        try:
+            assert registry.get("tenant-w", "from-worker").chunk_count == record.result["chunks"]
+        finally:
+            registry.close()
+    finally:
+        await queue.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=60)
+        log.close()
+    # One JSON object per line from the worker too.
+    lines = [line for line in (tmp_path / "worker.log").read_text().splitlines() if line.startswith("{")]
+    assert any(json.loads(line)["message"] == "worker ready" for line in lines)
