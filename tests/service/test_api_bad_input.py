@@ -1,0 +1,250 @@
+"""Every bad-input case answers 4xx with a reason, never 500, and never loses what is stored."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app.store.embedder import FastEmbedEmbedder
+from tests.service.support import encrypt_pdf, make_pdf, make_settings, running_app
+
+LIMIT = 4096
+KEEP = "keep-me"
+KEEP_TEXT = "Saturn's rings are made of ice and rock."
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
+    """An app with a small MAX_DOCUMENT_BYTES and one stored document that must survive every bad request."""
+    settings = make_settings(tmp_path_factory.mktemp("bad"), max_document_bytes=LIMIT)
+    with running_app(settings, embedder=embedder) as client:
+        assert (
+            client.put(f"/v1/documents/{KEEP}", json={"text": KEEP_TEXT, "metadata": {"n": 1}}).status_code
+            == 201
+        )
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def _stored_document_survives(client: TestClient) -> Iterator[None]:
+    before = client.get(f"/v1/documents/{KEEP}").json()
+    yield
+    assert client.get(f"/v1/documents/{KEEP}").json() == before
+    results = client.post("/v1/search", json={"query": "Saturn rings ice", "top_k": 1}).json()["results"]
+    assert results[0]["document_id"] == KEEP
+    assert results[0]["text"] == KEEP_TEXT
+
+
+def assert_error(response, status: int, code: str, reason: str = "") -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert reason.lower() in error["message"].lower()
+
+
+# --- size limits ---------------------------------------------------------------------------------------
+def test_a_body_over_the_limit_is_413_by_content_length(client: TestClient) -> None:
+    body = json.dumps({"text": "x" * (LIMIT + 10)})
+    response = client.put(f"/v1/documents/{KEEP}", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 413, "payload_too_large", "MAX_DOCUMENT_BYTES")
+
+
+def test_a_chunked_body_over_the_limit_is_413_while_reading(client: TestClient) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"y" * 1000
+        yield b'"}'
+
+    response = client.put(
+        f"/v1/documents/{KEEP}", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_an_upload_over_the_limit_is_413(client: TestClient) -> None:
+    response = client.post(
+        "/v1/documents", files={"file": ("big.txt", b"z " * LIMIT, "text/plain")}, data={"document_id": KEEP}
+    )
+    assert_error(response, 413, "payload_too_large")
+
+
+def test_a_body_just_under_the_limit_is_accepted(client: TestClient) -> None:
+    text = "Small moons shepherd the rings. " * 100
+    body = json.dumps({"text": text})
+    assert len(body) <= LIMIT
+    assert client.put("/v1/documents/under-limit", content=body).status_code == 201
+
+
+# --- types ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("filename", "declared"), [("cat.png", "image/png"), ("doc.docx", "application/octet-stream")]
+)
+def test_unsupported_upload_types_are_415(client: TestClient, filename: str, declared: str) -> None:
+    response = client.post(
+        "/v1/documents", files={"file": (filename, b"\x89PNG...", declared)}, data={"document_id": KEEP}
+    )
+    assert_error(response, 415, "unsupported_media_type", "unsupported")
+
+
+def test_an_unsupported_json_content_type_is_415(client: TestClient) -> None:
+    response = client.put(f"/v1/documents/{KEEP}", json={"text": "x", "content_type": "application/pdf"})
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_posting_json_instead_of_multipart_is_415(client: TestClient) -> None:
+    assert_error(
+        client.post("/v1/documents", json={"text": "hello"}), 415, "unsupported_media_type", "multipart"
+    )
+
+
+# --- malformed bodies ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "body"),
+        (b'{"metadata": {}}', "text"),
+        (b'{"text": 42}', "text"),
+        (b'{"text": "ok", "unknown": 1}', "unknown"),
+    ],
+)
+def test_malformed_json_bodies_are_422(client: TestClient, body: bytes, reason: str) -> None:
+    response = client.put(f"/v1/documents/{KEEP}", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_input", reason)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t  ", "<script>alert(1)</script>"])
+def test_empty_text_is_422(client: TestClient, text: str) -> None:
+    content_type = "text/html" if text.startswith("<") else "text/plain"
+    response = client.put(f"/v1/documents/{KEEP}", json={"text": text, "content_type": content_type})
+    assert_error(response, 422, "invalid_input", "empty")
+
+
+@pytest.mark.parametrize(
+    ("metadata", "reason"),
+    [
+        ({"nested": {"a": 1}}, "no nested objects"),
+        ({"mixed": ["a", 1]}, "list of"),
+        ({"bad key": "x"}, "must match"),
+        ({"a.b": "x"}, "must match"),
+        ({"nan": float("inf")}, "finite"),
+        ([1, 2], "metadata"),
+        ("text", "metadata"),
+    ],
+)
+def test_bad_metadata_is_422(client: TestClient, metadata: object, reason: str) -> None:
+    body = json.dumps({"text": "Valid text.", "metadata": metadata}, allow_nan=True)
+    response = client.put(f"/v1/documents/{KEEP}", content=body)
+    assert response.status_code == 422, response.text
+    assert reason in response.text
+
+
+@pytest.mark.parametrize("document_id", ["has space", "x" * 257, "semi;colon", "ümlaut"])
+def test_bad_document_ids_are_422(client: TestClient, document_id: str) -> None:
+    response = client.put(f"/v1/documents/{document_id}", json={"text": "Valid text."})
+    assert_error(response, 422, "invalid_input", "document_id")
+
+
+# --- uploads -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("filename", "content", "reason"),
+    [
+        ("broken.pdf", b"%PDF-1.4 truncated", "PDF cannot be read"),
+        ("locked.pdf", encrypt_pdf(make_pdf(["secret"])), "encrypted"),
+        ("blank.pdf", make_pdf([""]), "no text"),
+        ("empty.txt", b"", "no text"),
+        ("latin.txt", "caf\xe9".encode("latin-1"), "UTF-8"),
+        ("binary.txt", b"\x00\x01\x02", "NUL"),
+    ],
+)
+def test_unreadable_uploads_are_422(client: TestClient, filename: str, content: bytes, reason: str) -> None:
+    response = client.post(
+        "/v1/documents",
+        files={"file": (filename, content, "application/octet-stream")},
+        data={"document_id": KEEP},
+    )
+    assert_error(response, 422, "invalid_input", reason)
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "reason"),
+    [
+        (None, {"document_id": KEEP}, "file"),
+        ({"file": ("a.txt", b"text", "text/plain")}, {"document_id": "bad id"}, "document_id"),
+        ({"file": ("a.txt", b"text", "text/plain")}, {"document_id": KEEP, "metadata": "{oops"}, "metadata"),
+        (
+            {"file": ("a.txt", b"text", "text/plain")},
+            {"document_id": KEEP, "metadata": '{"x": {"y": 1}}'},
+            "nested",
+        ),
+        ({"file": ("...", b"text", "text/plain")}, {}, "document_id"),
+    ],
+)
+def test_bad_upload_forms_are_422(client: TestClient, files: dict | None, data: dict, reason: str) -> None:
+    if files is None:
+        response = client.post("/v1/documents", data=data, files={"other": ("a.txt", b"x", "text/plain")})
+    else:
+        response = client.post("/v1/documents", files=files, data=data)
+    assert_error(response, 422, "invalid_input", reason)
+
+
+def test_a_malformed_multipart_body_is_422(client: TestClient) -> None:
+    response = client.post(
+        "/v1/documents",
+        content=b"--nope\r\ngarbage",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_error(response, 422, "invalid_input", "malformed multipart")
+    missing_boundary = client.post(
+        "/v1/documents", content=b"abc", headers={"content-type": "multipart/form-data"}
+    )
+    assert_error(missing_boundary, 422, "invalid_input", "boundary")
+
+
+# --- unknown ids, listing, search ----------------------------------------------------------------------
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    assert_error(client.get("/v1/documents/nope"), 404, "not_found", "nope")
+    assert_error(client.delete("/v1/documents/nope"), 404, "not_found", "nope")
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 101}, {"limit": "x"}, {"cursor": "!!!"}, {"cursor": "eyJ4IjogMX0"}]
+)
+def test_bad_list_parameters_are_422(client: TestClient, params: dict) -> None:
+    assert_error(client.get("/v1/documents", params=params), 422, "invalid_input")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"query": ""},
+        {"query": "   "},
+        {"query": "x" * 9000},
+        {"query": "ok", "top_k": 0},
+        {"query": "ok", "top_k": 101},
+        {"query": "ok", "top_k": "many"},
+        {"query": "ok", "score_threshold": 2},
+        {"query": "ok", "filter": {"bad key": "x"}},
+        {"query": "ok", "filter": {"n": {"any": []}}},
+        {"query": "ok", "filter": {"n": {"between": [1, 2]}}},
+        {"query": "ok", "filter": {"n": {}}},
+        {"query": "ok", "filter": {"n": [1, 2]}},
+        {"query": "ok", "filter": {"n": None}},
+        {"query": "ok", "filter": {"n": {"gte": "high"}}},
+        {"query": "ok", "extra": True},
+    ],
+)
+def test_bad_search_requests_are_422(client: TestClient, body: dict) -> None:
+    assert_error(client.post("/v1/search", json=body), 422, "invalid_input")
+
+
+def test_unknown_routes_and_methods_are_json_errors(client: TestClient) -> None:
+    assert_error(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_error(client.patch(f"/v1/documents/{KEEP}", json={}), 405, "method_not_allowed")
