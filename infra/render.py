@@ -108,12 +108,23 @@ def is_kubernetes_object(resource: RecordedResource) -> bool:
     )
 
 
+def integral(value: Any) -> Any:
+    """Whole-number floats as ints: the engine carries every number as a float, the provider sends JSON ints."""
+    if isinstance(value, Mapping):
+        return {k: integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def manifest_of(resource: RecordedResource) -> dict[str, Any]:
     """The object as the provider would apply it; apiVersion/kind come from the type token when absent."""
     group_version, kind = resource.type.split(":", 1)[1].rsplit(":", 1)
     api_version = group_version[len("core/") :] if group_version.startswith("core/") else group_version
     manifest = {"apiVersion": api_version, "kind": kind}
-    manifest.update(resource.inputs)
+    manifest.update(integral(resource.inputs))
     return manifest
 
 
@@ -157,7 +168,7 @@ def helm_document(resource: RecordedResource) -> dict[str, Any]:
         "chart": inputs.get("chart"),
         "version": inputs.get("version"),
         "repository": repo,
-        "values": _redact(inputs.get("values") or {}),
+        "values": _redact(integral(inputs.get("values") or {})),
     }
 
 

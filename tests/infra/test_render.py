@@ -255,3 +255,29 @@ def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
 def test_unknown_stack_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert render.main(["--stack", "nope", "--out", str(tmp_path)]) == 2
     assert "Pulumi.nope.yaml" in capsys.readouterr().err
+
+
+def test_whole_number_floats_are_written_as_ints(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    assert render.integral({"a": 5.0, "b": [1.5, 2.0], "c": "3.0"}) == {"a": 5, "b": [1.5, 2], "c": "3.0"}
+    assert type(render.integral({"a": 5.0})["a"]) is int
+    render.render_run(runs["staging"], tmp_path, environment="staging")
+    for path in tmp_path.glob("k8s/*/horizontalpodautoscaler--*.yaml"):
+        spec = yaml.safe_load(path.read_text())["spec"]
+        assert type(spec["maxReplicas"]) is int, path
+
+
+def test_a_component_regression_is_caught_by_the_policies(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real program with the API's PDB switched off: staging's HPA minimum of 2 then has no budget."""
+    from infra.components import rag_service
+
+    monkeypatch.setattr(rag_service, "wants_pdb", lambda *_args: False)
+    assert render.main(["--stack", "staging", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "POLICY  [mandatory] pdb-for-replicated-workloads: Deployment rag/rag runs 2 replicas "
+        "but no PodDisruptionBudget selects its pods." in out
+    )
+    assert out.rstrip().splitlines()[-1].startswith("FAIL")
+    assert json.loads((tmp_path / "plan.json").read_text())["ok"] is False
