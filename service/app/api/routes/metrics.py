@@ -9,9 +9,17 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from service.app.api.deps import ServicesDep
-from service.app.core.metrics import JOB_QUEUE_DEPTH
+from service.app.core.metrics import CACHE_REQUESTS, FAILURES, JOB_QUEUE_DEPTH, JOBS
 
 router = APIRouter(tags=["operations"])
+
+# Known label values start at 0, so dashboards and rate() see a series before its first event.
+for _result in ("hit", "miss", "error"):
+    CACHE_REQUESTS.labels(result=_result)
+for _status in ("succeeded", "failed"):
+    JOBS.labels(status=_status)
+for _component in ("vector_store", "registry", "embedder", "cache", "jobs", "rate_limiter"):
+    FAILURES.labels(component=_component)
 
 
 def _registry() -> CollectorRegistry:
