@@ -179,7 +179,9 @@ def cluster_pod_labels(cluster_name: str) -> dict[str, str]:
 def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[str, Any]:
     """Clients and peer instances on 5432; the operator on the instance manager's status port 8000.
 
-    Egress is left open: instances talk to the Kubernetes API (whose address differs per cluster) and to peers.
+    Egress is allowed everywhere (an empty rule): instances talk to the Kubernetes API, whose address differs
+    per cluster, and to their peers. Listing Egress explicitly matters: the namespace's default-deny policy
+    would otherwise block it.
     """
     match = cluster_pod_labels(cluster_name)
     clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
@@ -187,7 +189,7 @@ def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[s
         specs.ingress_rule([PORT], [*clients, {"podSelector": {"matchLabels": match}}]),
         specs.ingress_rule([8000, PORT], [specs.namespace_peer(args.operator_namespace)]),
     ]
-    return specs.network_policy_spec(match, ingress=ingress, egress=None)
+    return specs.network_policy_spec(match, ingress=ingress, egress=[{}])
 
 
 # ---------------------------------------------------------------------------------------------- component

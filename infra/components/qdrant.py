@@ -34,6 +34,8 @@ P2P_PORT = 6335
 RUN_AS_USER = 1000
 FS_GROUP = 3000
 API_KEY_KEY = "api-key"
+SCRAPE_LABEL = {"rag.platform/scrape": "true"}
+"""Only on the client Service, so the ServiceMonitor does not scrape every node twice (headless + client)."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ class QdrantCluster(pulumi.ComponentResource):
         )
         k8s.core.v1.Service(
             f"{name}-service",
-            metadata=specs.metadata(base, ns, object_labels),
+            metadata=specs.metadata(base, ns, {**object_labels, **SCRAPE_LABEL}),
             spec=client_service_spec(match),
             opts=child(),
         )
@@ -330,7 +332,7 @@ class QdrantCluster(pulumi.ComponentResource):
                 kind="ServiceMonitor",
                 metadata=specs.metadata(base, ns, object_labels),
                 spec=specs.service_monitor_spec(
-                    match, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
+                    {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
                 ),
                 opts=child(extra=args.monitoring_crds),
             )

@@ -379,6 +379,20 @@ def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAcce
     return specs.network_policy_spec(match, ingress=ingress, egress=egress)
 
 
+ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
+ACME_SOLVER_PORT = 8089
+
+
+def acme_solver_network_policy() -> dict[str, Any]:
+    """cert-manager runs HTTP-01 solver pods in the Certificate's namespace; the default deny would starve them.
+
+    Let's Encrypt reaches them through the gateway from addresses we cannot list, so port 8089 is open to all.
+    """
+    return specs.network_policy_spec(
+        ACME_SOLVER_LABELS, ingress=[specs.ingress_rule([ACME_SOLVER_PORT], None)], egress=[]
+    )
+
+
 def worker_network_policy(match: Mapping[str, str], network: NetworkAccess) -> dict[str, Any]:
     """Worker pods serve nothing: no ingress at all; out to DNS and the data services."""
     egress = [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
@@ -541,6 +555,12 @@ class RagService(pulumi.ComponentResource):
                     f"{name}-default-deny",
                     metadata=specs.metadata("default-deny", ns, common),
                     spec=specs.default_deny_spec(),
+                    opts=child(),
+                )
+                k8s.networking.v1.NetworkPolicy(
+                    f"{name}-acme-solver-netpol",
+                    metadata=specs.metadata("acme-http01-solver", ns, common),
+                    spec=acme_solver_network_policy(),
                     opts=child(),
                 )
             k8s.networking.v1.NetworkPolicy(

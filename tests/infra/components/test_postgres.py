@@ -86,6 +86,18 @@ def test_invalid_args_fail_with_a_sentence(args: object, message: str) -> None:
     assert str(info.value).endswith(".")
 
 
+def test_cloudnative_policy_admits_clients_and_operator_and_opens_egress() -> None:
+    spec = pg.network_policy_spec(cloudnative(), "postgres")
+    assert spec["podSelector"]["matchLabels"] == {"cnpg.io/cluster": "postgres"}
+    assert spec["ingress"][0]["from"][0] == {"podSelector": {"matchLabels": client_selector("rag")}}
+    assert spec["ingress"][1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "cnpg-system"}}}
+    ]
+    # Egress must be listed (allow-all) or the namespace default-deny would cut the instances off the API server.
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["egress"] == [{}]
+
+
 def test_cloudnative_cluster_waits_for_the_operator_release() -> None:
     program = run_db(cloudnative())
     component = assert_all_parented(program, "rag:data:PostgresDatabase")

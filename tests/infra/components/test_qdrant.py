@@ -163,8 +163,17 @@ def test_outputs() -> None:
 
 def test_service_monitor_authenticates_with_the_api_key_secret() -> None:
     program = run_cluster(cluster_args())
-    monitor = program.named("qdrant-servicemonitor").inputs["spec"]["endpoints"][0]
-    assert monitor["authorization"]["credentials"] == {"name": "qdrant-api-key", "key": "api-key"}
+    spec = program.named("qdrant-servicemonitor").inputs["spec"]
+    assert spec["endpoints"][0]["authorization"]["credentials"] == {
+        "name": "qdrant-api-key",
+        "key": "api-key",
+    }
+    # Only the client Service matches, so each node is scraped once.
+    selector = spec["selector"]["matchLabels"]
+    client = program.named("qdrant-service").inputs["metadata"]["labels"]
+    headless = program.named("qdrant-headless").inputs["metadata"]["labels"]
+    assert selector.items() <= client.items()
+    assert not selector.items() <= headless.items()
 
 
 def test_manifests_pass_strict_kubernetes_validation() -> None:

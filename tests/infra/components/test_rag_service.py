@@ -146,6 +146,12 @@ def test_api_network_policy_opens_gateway_monitoring_and_backends() -> None:
     assert {"ipBlock": {"cidr": "10.0.0.0/16"}} in spec["egress"][1]["to"]
 
 
+def test_acme_solver_pods_stay_reachable_under_default_deny() -> None:
+    spec = rs.acme_solver_network_policy()
+    assert spec["podSelector"]["matchLabels"] == {"acme.cert-manager.io/http01-solver": "true"}
+    assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8089}]}]
+
+
 def test_worker_network_policy_denies_all_ingress() -> None:
     spec = rs.worker_network_policy({"app": "w"}, rs.NetworkAccess())
     assert spec["ingress"] == []
@@ -196,6 +202,7 @@ def test_production_service_resources_and_names() -> None:
         "rag-worker",
         "rag-worker-pdb",
         "rag-default-deny",
+        "rag-acme-solver-netpol",
         "rag-api-netpol",
         "rag-worker-netpol",
         "rag-servicemonitor",
