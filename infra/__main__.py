@@ -2,7 +2,9 @@
 
 The CLI runs this file as a script, so it first makes the repository root importable; everything else lives in
 the `infra` package (config checks in infra/config.py, cluster targets in infra/clusters/, building blocks in
-infra/components/). `infra/offline.py` runs this same file under mocks.
+infra/components/). `infra/offline.py` runs this same file under mocks. This file only maps the checked config
+onto the components' args and wires their outputs into each other; providers are built by the cluster target at
+the top level and reach every component through `opts`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import pulumi  # noqa: E402
 import pulumi_kubernetes as k8s  # noqa: E402
 import pulumi_random as random  # noqa: E402
 
-from infra.clusters import build_cluster  # noqa: E402
+from infra.clusters import ClusterTarget, build_cluster  # noqa: E402
+from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector  # noqa: E402
+from infra.components.gateway import TlsGateway, TlsGatewayArgs  # noqa: E402
+from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs  # noqa: E402
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs  # noqa: E402
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs  # noqa: E402
 from infra.components.rag_service import (  # noqa: E402
@@ -33,11 +38,20 @@ from infra.components.rag_service import (  # noqa: E402
 from infra.components.redis import RedisCache, RedisCacheArgs  # noqa: E402
 from infra.components.specs import Resources  # noqa: E402
 from infra.config import Resources as ConfigResources  # noqa: E402
-from infra.config import load_config, load_secrets  # noqa: E402
+from infra.config import StackConfig, load_config, load_secrets  # noqa: E402
 
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
+BACKUPS_NAME = "qdrant-backups"
 SERVICE_ENVIRONMENT = {"dev": "development", "staging": "staging", "prod": "production"}
-GATEWAY_NAMESPACES = ("envoy-gateway-system", "gateway-system")  # where Gateway API proxies run
+ISSUERS = {
+    "selfSigned": "selfsigned",
+    "letsencrypt-staging": "letsencrypt-staging",
+    "letsencrypt": "letsencrypt-prod",
+}
+# Who reaches the API pods through the gateway: GKE's managed Gateway sends traffic from Google's load balancer
+# ranges straight to the pods (container-native); elsewhere the Gateway API proxies run in these namespaces.
+GKE_LB_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+PROXY_NAMESPACES = ("envoy-gateway-system",)
 
 
 def resources(spec: ConfigResources) -> Resources:
@@ -50,10 +64,37 @@ def resources(spec: ConfigResources) -> Resources:
     )
 
 
+def storage_class(configured: str, cluster: ClusterTarget) -> str | None:
+    """A component's storage class: its own config, else the cluster target's, else the cluster default."""
+    return configured or cluster.storage_class or None
+
+
+def managed_mode(kind: str, cluster: ClusterTarget) -> str:
+    """The component mode of a managed data store on this cloud."""
+    modes = {
+        "postgres": {"eks": "rds", "gke": "cloudsql"},
+        "redis": {"eks": "elasticache", "gke": "memorystore"},
+    }
+    return modes[kind][cluster.provider_name]
+
+
+def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> str:
+    """The configured bucket, or a name derived from the stack and project/region (buckets are global)."""
+    if config.backups.bucket:
+        return config.backups.bucket
+    scope = cluster.network.get("project") or cluster.region
+    return f"rag-{config.stack}-qdrant-backups-{scope}"[:63].rstrip("-.")
+
+
 config = load_config()
 secrets = load_secrets()
 cluster = build_cluster(config)
-k8s_opts = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on))
+network = cluster.network
+in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
+# Data stores may be managed cloud resources: a component picks the provider of each child's package.
+data_opts = pulumi.ResourceOptions(
+    providers=[p for p in (cluster.k8s_provider, cluster.cloud_provider) if p is not None]
+)
 
 namespace = k8s.core.v1.Namespace(
     "namespace",
@@ -67,10 +108,39 @@ namespace = k8s.core.v1.Namespace(
             "pod-security.kubernetes.io/audit": "restricted",
         },
     },
-    opts=k8s_opts,
+    opts=pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on)),
 )
-in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
+ready = (namespace,)
 
+# --- monitoring first: its CRDs gate every ServiceMonitor and PrometheusRule ------------------------------------
+monitoring = None
+if config.monitoring.enabled:
+    mon = config.monitoring
+    monitoring = Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            service_namespace=config.namespace,
+            grafana_admin_password=random.RandomPassword(
+                "grafana-admin-password-random", length=32, special=False
+            ).result,
+            chart_version=mon.chartVersion,
+            service_job=SERVICE_NAME,
+            qdrant_job="qdrant",
+            retention=mon.retention,
+            storage_size=mon.storage.size,
+            storage_class=storage_class(mon.storage.storageClass, cluster),
+            thresholds=AlertThresholds(
+                error_ratio=mon.alerts.errorRatePercent / 100,
+                p95_latency_seconds=mon.alerts.latencyP95Seconds,
+            ),
+            depends_on=tuple(cluster.depends_on),
+        ),
+        opts=in_cluster,
+    )
+monitoring_crds = (monitoring.crds_ready,) if monitoring is not None else ()
+
+# --- data stores ------------------------------------------------------------------------------------------------
+clients = (client_selector(SERVICE_NAME),)
 qdrant_cfg = config.qdrant
 qdrant = QdrantCluster(
     "qdrant",
@@ -81,43 +151,33 @@ qdrant = QdrantCluster(
         replication_factor=qdrant_cfg.replicationFactor,
         image=f"qdrant/qdrant:{qdrant_cfg.version}-unprivileged",
         storage_size=qdrant_cfg.storage.size,
-        storage_class=qdrant_cfg.storage.storageClass or cluster.storage_class or None,
+        storage_class=storage_class(qdrant_cfg.storage.storageClass, cluster),
         snapshots_size=qdrant_cfg.snapshotsStorage.size,
         resources=resources(qdrant_cfg.resources),
         protect=config.protect,
-        client_selectors=(client_selector(SERVICE_NAME),),
-        depends_on=(namespace,),
+        client_selectors=(*clients, backup_selector(BACKUPS_NAME)) if config.backups.enabled else clients,
+        service_monitor=monitoring is not None,
+        monitoring_crds=monitoring_crds,
+        depends_on=ready,
     ),
     opts=in_cluster,
 )
 
-# Managed data stores get the cloud provider too; a component picks the provider of each child's package.
-data_opts = pulumi.ResourceOptions(
-    providers=[p for p in (cluster.k8s_provider, cluster.cloud_provider) if p is not None]
-)
-network = cluster.network
-clients = (client_selector(SERVICE_NAME),)
-
 pg_cfg = config.postgres
-pg_mode = (
-    "cloudnative"
-    if pg_cfg.mode == "cloudnative"
-    else {"eks": "rds", "gke": "cloudsql"}[cluster.provider_name]
-)
-pg_password = random.RandomPassword("postgres-password-random", length=32, special=False).result
+pg_mode = "cloudnative" if pg_cfg.mode == "cloudnative" else managed_mode("postgres", cluster)
 postgres = PostgresDatabase(
     "postgres",
     PostgresDatabaseArgs(
         mode=pg_mode,
-        password=pg_password,
+        password=random.RandomPassword("postgres-password-random", length=32, special=False).result,
         database=pg_cfg.database,
         username=pg_cfg.user,
         protect=config.protect,
-        depends_on=(namespace,) if pg_mode == "cloudnative" else tuple(cluster.depends_on),
+        depends_on=ready if pg_mode == "cloudnative" else tuple(cluster.depends_on),
         namespace=config.namespace,
         instances=pg_cfg.cloudnative.instances,
         storage_size=pg_cfg.cloudnative.storage.size,
-        storage_class=pg_cfg.cloudnative.storage.storageClass or cluster.storage_class or None,
+        storage_class=storage_class(pg_cfg.cloudnative.storage.storageClass, cluster),
         image=f"ghcr.io/cloudnative-pg/postgresql:{pg_cfg.version}",
         resources=resources(pg_cfg.cloudnative.resources),
         client_selectors=clients,
@@ -135,6 +195,7 @@ postgres = PostgresDatabase(
         database_version=f"POSTGRES_{pg_cfg.version}",
         availability_type="REGIONAL" if pg_cfg.managed.multiAz else "ZONAL",
     ),
+    # Cloud SQL's private IP needs the private services peering first.
     opts=pulumi.ResourceOptions.merge(
         data_opts,
         pulumi.ResourceOptions(depends_on=[network["private_services"]] if pg_mode == "cloudsql" else []),
@@ -142,34 +203,24 @@ postgres = PostgresDatabase(
 )
 
 redis_cfg = config.redis
-redis_mode = (
-    "incluster"
-    if redis_cfg.mode == "incluster"
-    else {"eks": "elasticache", "gke": "memorystore"}[cluster.provider_name]
-)
-redis_password = random.RandomPassword("redis-password-random", length=40, special=False).result
+redis_mode = "incluster" if redis_cfg.mode == "incluster" else managed_mode("redis", cluster)
+redis_cidrs = tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network)
 redis = RedisCache(
     "redis",
     RedisCacheArgs(
         mode=redis_mode,
-        password=redis_password,
+        password=random.RandomPassword("redis-password-random", length=40, special=False).result,
         protect=config.protect,
-        depends_on=(namespace,) if redis_mode == "incluster" else tuple(cluster.depends_on),
+        depends_on=ready if redis_mode == "incluster" else tuple(cluster.depends_on),
         namespace=config.namespace,
         image=f"valkey/valkey:{redis_cfg.version}",
         storage_size=redis_cfg.incluster.storage.size,
-        storage_class=redis_cfg.incluster.storage.storageClass or cluster.storage_class or None,
+        storage_class=storage_class(redis_cfg.incluster.storage.storageClass, cluster),
         resources=resources(redis_cfg.incluster.resources),
         client_selectors=clients,
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
-        allowed_cidrs=(
-            (network["vpc_cidr"],)
-            if "vpc_cidr" in network
-            else (network["private_services_cidr"],)
-            if "private_services_cidr" in network
-            else ()
-        ),
+        allowed_cidrs=redis_cidrs,
         node_type=redis_cfg.managed.nodeType,
         num_cache_clusters=1 + redis_cfg.managed.replicas,
         region=cluster.region or None,
@@ -185,9 +236,10 @@ redis = RedisCache(
     ),
 )
 
+# --- the service image: a promoted digest as is, or built from service/Dockerfile and pushed -------------------
 image_ref: pulumi.Input[str]
 if config.image:
-    image_ref = config.image  # an immutable digest (promotion): deploy it, build nothing
+    image_ref = config.image
 else:
     import pulumi_docker_build as docker_build
 
@@ -209,13 +261,11 @@ else:
     )
     image_ref = pulumi.Output.all(registry.repository, built.digest).apply(lambda p: f"{p[0]}@{p[1]}")
 
+# --- the service ------------------------------------------------------------------------------------------------
 svc_cfg = config.service
 settings = svc_cfg.settings.env()
 settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
 scaling = svc_cfg.autoscaling
-service_account_annotations = (
-    cluster.workload_identity(config.namespace, SERVICE_NAME, "service") if cluster.workload_identity else {}
-)
 service = RagService(
     SERVICE_NAME,
     RagServiceArgs(
@@ -246,16 +296,70 @@ service = RagService(
             concurrency=svc_cfg.settings.jobsMaxConcurrency,
             resources=resources(svc_cfg.worker.resources),
         ),
-        service_account_annotations=service_account_annotations,
+        service_account_annotations=(
+            cluster.workload_identity(config.namespace, SERVICE_NAME, "service")
+            if cluster.workload_identity
+            else {}
+        ),
         network=NetworkAccess(
-            gateway_namespaces=GATEWAY_NAMESPACES,
+            gateway_namespaces=() if cluster.provider_name == "gke" else PROXY_NAMESPACES,
+            gateway_cidrs=GKE_LB_RANGES if cluster.provider_name == "gke" else (),
             egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
         ),
-        depends_on=(namespace,),
+        service_monitor=monitoring is not None,
+        monitoring_crds=monitoring_crds,
+        depends_on=ready,
     ),
     opts=in_cluster,
 )
-service_url = f"https://{config.gateway.hostname}"
+
+# --- TLS entry --------------------------------------------------------------------------------------------------
+service_url: pulumi.Input[str] = service.url
+if config.tls.enabled:
+    gateway_cfg = config.gateway
+    gateway = TlsGateway(
+        "gateway",
+        TlsGatewayArgs(
+            namespace=config.namespace,
+            hostname=gateway_cfg.hostname,
+            service_name=service.service_name,
+            service_port=service.service_port,
+            issuer=ISSUERS[config.tls.issuer],
+            acme_email=config.tls.email or None,
+            entry="ingress" if gateway_cfg.ingress.enabled else "gateway",
+            gateway_class_name=gateway_cfg.className,
+            ingress_class_name=gateway_cfg.ingress.className or None,
+            cert_manager_version=config.tls.certManagerVersion,
+            depends_on=ready,
+        ),
+        opts=in_cluster,
+    )
+    service_url = gateway.url
+
+# --- backups (cloud targets; the config validator refuses them elsewhere) ----------------------------------------
+if config.backups.enabled and cluster.cloud is not None and cluster.workload_identity is not None:
+    bucket = backup_bucket(config, cluster)
+    backups = QdrantBackups(
+        BACKUPS_NAME,
+        QdrantBackupsArgs(
+            namespace=config.namespace,
+            cloud=cluster.cloud,
+            bucket_name=bucket,
+            qdrant_peer_urls=tuple(qdrant.peer_urls),
+            qdrant_api_key_secret=qdrant.api_key_secret_name,
+            qdrant_target=qdrant.egress_target,
+            schedule=config.backups.schedule,
+            service_account_annotations=cluster.workload_identity(config.namespace, BACKUPS_NAME, "backup"),
+            create_bucket=not config.backups.bucket,
+            bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
+            retention_days=config.backups.retentionDays,
+            protect=config.protect,
+            depends_on=ready,
+        ),
+        opts=data_opts,
+    )
+    if cluster.grant_bucket_write is not None:
+        cluster.grant_bucket_write("backup", backups.bucket_name)
 
 pulumi.export("serviceUrl", service_url)
 pulumi.export("imageDigest", image_ref)

@@ -359,8 +359,7 @@ class BackupsConfig:
 
     enabled: bool
     schedule: str = _f(pattern=CRON_RE)
-    bucket: str = ""
-    endpoint: str = ""
+    bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
 
 
@@ -694,8 +693,11 @@ def _check_rules(config: StackConfig, file: str) -> None:
 
     if config.tls.enabled and config.tls.issuer != "selfSigned" and "@" not in config.tls.email:
         fail("tls.email", "an ACME e-mail address is required for the Let's Encrypt issuers")
-    if config.backups.enabled and cluster.provider == "existing" and not config.backups.bucket:
-        fail("backups.bucket", "required on an existing cluster (no cloud to create the bucket in)")
+    if config.backups.enabled and cluster.provider == "existing":
+        fail(
+            "backups.enabled",
+            "backups need a cloud cluster (gke or eks): snapshots go to GCS/S3 via workload identity",
+        )
 
     if config.is_prod:
         if not config.tls.enabled:

@@ -43,8 +43,11 @@ class ClusterTarget:
         default_factory=dict
     )  # vpc/subnets/security group (eks), network (gke)
     depends_on: tuple[pulumi.Resource, ...] = ()  # what must exist before workloads (node pool / node group)
-    # (namespace, service account name, role) -> annotations binding that KSA to a cloud identity.
+    # (namespace, service account name, role) -> annotations binding that KSA to the role's cloud identity.
     workload_identity: Callable[[str, str, str], Mapping[str, pulumi.Input[str]]] | None = None
+    # (role, bucket name) -> lets the role's cloud identity write backups into the bucket.
+    grant_bucket_write: Callable[[str, pulumi.Input[str]], None] | None = None
+    cloud: Literal["aws", "gcp"] | None = None
 
     def cloud_opts(self, *, protect: bool = False, **extra: Any) -> pulumi.ResourceOptions:
         """Options for a managed cloud resource created outside a component (protected in prod)."""

@@ -107,6 +107,23 @@ def irsa_trust_policy(oidc_arn: str, issuer: str, namespace: str, service_accoun
     )
 
 
+def bucket_policy(bucket: str) -> str:
+    """IAM policy: list one bucket and put/get/delete its objects (the backup job streams multipart uploads)."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": f"arn:aws:s3:::{bucket}"},
+                {
+                    "Effect": "Allow",
+                    "Action": ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
+                    "Resource": f"arn:aws:s3:::{bucket}/*",
+                },
+            ],
+        }
+    )
+
+
 def build_eks(config: StackConfig) -> ClusterTarget:
     """The EKS cluster target for `config` (provider `eks`)."""
     eks = config.cluster.eks
@@ -299,14 +316,22 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[ebs_addon]),
     )
 
-    roles: dict[tuple[str, str, str], aws.iam.Role] = {}
+    roles: dict[str, aws.iam.Role] = {}
 
     def workload_identity(namespace: str, service_account: str, role: str) -> Mapping[str, pulumi.Input[str]]:
-        """An IRSA role for `namespace/service_account` (policies attached by the caller); returns the annotation."""
-        key = (namespace, service_account, role)
-        if key not in roles:
-            roles[key] = irsa_role(f"irsa-{role}", namespace, service_account)
-        return {"eks.amazonaws.com/role-arn": roles[key].arn}
+        """An IRSA role only `namespace/service_account` can assume; returns the KSA annotation."""
+        if role not in roles:
+            roles[role] = irsa_role(f"irsa-{role}", namespace, service_account)
+        return {"eks.amazonaws.com/role-arn": roles[role].arn}
+
+    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> None:
+        """Let the `role` IRSA role list the bucket and write/read/delete its objects."""
+        aws.iam.RolePolicy(
+            f"irsa-{role}-bucket",
+            role=roles[role].id,
+            policy=pulumi.Output.from_input(bucket).apply(bucket_policy),
+            opts=opts,
+        )
 
     token = aws.ecr.get_authorization_token_output(
         registry_id=repository.registry_id, opts=pulumi.InvokeOutputOptions(provider=aws_provider)
@@ -329,8 +354,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "vpc_id": vpc.id,
             "vpc_cidr": eks.vpcCidr,
             "oidc_provider": oidc,
-            "irsa_roles": roles,
         },
         depends_on=(node_group, ebs_addon, storage_class),
         workload_identity=workload_identity,
+        grant_bucket_write=grant_bucket_write,
+        cloud="aws",
     )

@@ -211,6 +211,16 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
         return {"iam.gke.io/gcp-service-account": account.email}
 
+    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> None:
+        """Let the `role` Google service account manage the bucket's objects."""
+        gcp.storage.BucketIAMMember(
+            f"wi-{role}-bucket",
+            bucket=bucket,
+            role="roles/storage.objectAdmin",
+            member=identities[role].email.apply(lambda email: f"serviceAccount:{email}"),
+            opts=opts,
+        )
+
     kubeconfig = pulumi.Output.secret(
         pulumi.Output.all(cluster.name, cluster.endpoint, cluster.master_auth).apply(
             lambda parts: kubeconfig_for(parts[0], parts[1], parts[2]["cluster_ca_certificate"])
@@ -240,4 +250,6 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         },
         depends_on=tuple(depends) or (cluster,),
         workload_identity=workload_identity,
+        grant_bucket_write=grant_bucket_write,
+        cloud="gcp",
     )

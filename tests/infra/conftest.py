@@ -26,7 +26,7 @@ def target_overrides(stack: str, target: str) -> dict:
         overrides["cluster"]["gke"] = {"project": "rag-dev"}
     if target == "existing":
         overrides.update(IN_CLUSTER)
-        overrides["backups"] = {"bucket": "rag-backups", "endpoint": "http://minio.minio:9000"}
+        overrides["backups"] = {"enabled": False}  # snapshots go to GCS/S3: cloud targets only
     return overrides
 
 

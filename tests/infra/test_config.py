@@ -270,3 +270,11 @@ def test_run_stack_raises_config_errors_naming_key_and_file() -> None:
         run_stack("prod", config_overrides={"tls": {"enabled": False}})
     with pytest.raises(ConfigError, match=r"^rag:qdrant\.replicas in Pulumi\.dev\.yaml: missing key"):
         run_stack("dev", config_overrides={"qdrant": {"replicas": None}})
+
+
+def test_backups_need_a_cloud_cluster() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^rag:backups\.enabled in Pulumi\.dev\.yaml: backups need a cloud"
+    ):
+        parse_config({"backups": {"enabled": True}}, "dev")
+    assert parse_config({"backups": {"enabled": True}, "cluster": {"provider": "eks"}}, "dev").backups.enabled

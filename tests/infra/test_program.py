@@ -252,3 +252,60 @@ def test_urns_match_the_committed_snapshot(stack: str, target: str) -> None:
         SNAPSHOTS.mkdir(exist_ok=True)
         path.write_text(current)
     assert path.read_text() == current, f"resource names changed; if intended, regenerate {path.name}"
+
+
+def test_tls_issuer_follows_the_environment(target_run: StackRun) -> None:
+    issuer = target_run.by_name("gateway-issuer").inputs["spec"]
+    expected = {"dev": "selfSigned", "staging": "acme", "prod": "acme"}[target_run.stack]
+    assert expected in issuer
+    if expected == "acme":
+        server = issuer["acme"]["server"]
+        assert ("staging" in server) == (target_run.stack == "staging")
+    assert (
+        target_run.outputs["serviceUrl"]
+        == f"https://{target_run.by_name('gateway-gateway').inputs['spec']['listeners'][1]['hostname']}"
+    )
+
+
+def test_without_tls_there_is_no_gateway_and_the_url_is_internal() -> None:
+    result = run("dev", tls={"enabled": False})
+    assert not [r for r in result.resources if r.type.startswith("rag:net:")]
+    assert result.outputs["serviceUrl"].startswith("http://rag.rag.svc")
+
+
+def test_monitors_and_rules_wait_for_the_monitoring_crds() -> None:
+    result = run("prod")
+    release = result.by_name("monitoring-stack").urn
+    users = [r for r in result.resources if r.type.startswith("kubernetes:monitoring.coreos.com/")]
+    assert {r.name for r in users} >= {"rag-servicemonitor", "qdrant-servicemonitor", "monitoring-rules"}
+    for resource in users:
+        assert release in resource.depends_on, resource.name
+    assert "monitoring-stack" not in {r.name for r in run("dev").resources}
+
+
+def test_backups_run_on_schedule_with_workload_identity_and_bucket_access() -> None:
+    prod = run("prod")
+    cronjob = prod.by_name("qdrant-backups-cronjob").inputs["spec"]
+    assert cronjob["schedule"] == "30 2 * * *"
+    account = prod.by_name("qdrant-backups-sa").inputs["metadata"]
+    assert account["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    trust = prod.by_name("irsa-backup").inputs["assumeRolePolicy"]
+    assert "system:serviceaccount:rag:qdrant-backups" in trust
+    policy = prod.by_name("irsa-backup-bucket").inputs["policy"]
+    assert "arn:aws:s3:::rag-prod-qdrant-backups-eu-west-1/*" in policy
+    assert prod.by_name("qdrant-backups-bucket").protect is True
+    staging = run("staging")
+    account = staging.by_name("qdrant-backups-sa").inputs["metadata"]
+    assert account["annotations"]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
+    binding = staging.by_name("wi-backup-binding").inputs
+    assert binding["member"] == "serviceAccount:rag-staging.svc.id.goog[rag/qdrant-backups]"
+    assert staging.by_name("wi-backup-bucket").inputs["role"] == "roles/storage.objectAdmin"
+    # The backup job's pods are admitted by Qdrant's NetworkPolicy.
+    ingress = staging.by_name("qdrant-netpol").inputs["spec"]["ingress"]
+    assert "qdrant-backups" in str(ingress)
+
+
+def test_a_configured_backup_bucket_is_used_not_created() -> None:
+    result = run("prod", backups={"bucket": "acme-rag-backups"})
+    assert "qdrant-backups-bucket" not in {r.name for r in result.resources}
+    assert "arn:aws:s3:::acme-rag-backups" in result.by_name("irsa-backup-bucket").inputs["policy"]
