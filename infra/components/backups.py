@@ -103,7 +103,9 @@ class QdrantBackupsArgs:
     image: str | None = None
     """Override the default pinned cloud CLI image."""
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="100m", memory_request="128Mi", memory_limit="512Mi")
+        default_factory=lambda: Resources(
+            cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit="512Mi"
+        )
     )
     protect: bool = False
     network_policy: bool = True

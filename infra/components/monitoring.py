@@ -71,7 +71,9 @@ class MonitoringArgs:
     storage_size: str = "20Gi"
     storage_class: str | None = None
     prometheus_resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="250m", memory_request="1Gi", memory_limit="2Gi")
+        default_factory=lambda: Resources(
+            cpu_request="250m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
+        )
     )
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     depends_on: tuple[pulumi.Resource, ...] = ()

@@ -59,7 +59,9 @@ class PostgresDatabaseArgs:
     storage_class: str | None = None
     image: str = DEFAULT_PG_IMAGE
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+        default_factory=lambda: Resources(
+            cpu_request="250m", memory_request="512Mi", cpu_limit="2", memory_limit="1Gi"
+        )
     )
     install_operator: bool = True
     operator_namespace: str = "cnpg-system"

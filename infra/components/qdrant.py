@@ -57,7 +57,9 @@ class QdrantClusterArgs:
     snapshots_size: str = "10Gi"
     """Size limit of the snapshots emptyDir (snapshots are streamed to object storage by QdrantBackups)."""
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="500m", memory_request="1Gi", memory_limit="2Gi")
+        default_factory=lambda: Resources(
+            cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
+        )
     )
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""

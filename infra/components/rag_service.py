@@ -59,7 +59,9 @@ class WorkerSettings:
     concurrency: int = 2
     """JOBS_MAX_CONCURRENCY inside each worker pod."""
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+        default_factory=lambda: Resources(
+            cpu_request="250m", memory_request="512Mi", cpu_limit="2", memory_limit="1Gi"
+        )
     )
 
 
@@ -109,7 +111,9 @@ class RagServiceArgs:
     """API replicas when autoscaling is off."""
     autoscaling: Autoscaling | None = None
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="250m", memory_request="512Mi", memory_limit="1Gi")
+        default_factory=lambda: Resources(
+            cpu_request="250m", memory_request="512Mi", cpu_limit="2", memory_limit="1Gi"
+        )
     )
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     port: int = 8000

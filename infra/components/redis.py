@@ -57,7 +57,9 @@ class RedisCacheArgs:
     maxmemory: str = "200mb"
     """Valkey `maxmemory`; keep it below the memory limit. Keys with a TTL are evicted first (volatile-lru)."""
     resources: Resources = field(
-        default_factory=lambda: Resources(cpu_request="100m", memory_request="256Mi", memory_limit="384Mi")
+        default_factory=lambda: Resources(
+            cpu_request="100m", memory_request="256Mi", cpu_limit="500m", memory_limit="384Mi"
+        )
     )
     network_policy: bool = True
     client_selectors: tuple[Mapping[str, str], ...] = ()

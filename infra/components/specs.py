@@ -111,8 +111,8 @@ class Resources:
 
     cpu_request: str = "100m"
     memory_request: str = "256Mi"
-    cpu_limit: str | None = None
-    """None leaves CPU unlimited (throttling hurts latency more than it protects neighbours)."""
+    cpu_limit: str | None = "1"
+    """None leaves CPU unlimited; the policy pack requires a limit, so every default sets one."""
     memory_limit: str = "512Mi"
 
     def validate(self, what: str) -> None:
