@@ -58,13 +58,16 @@ def worker_settings(
             container.close()
 
     return {
-        # One try: a failed ingestion is reported to the client as failed, who decides to resubmit.
-        "functions": [func(ingest_document, name=ARQ_FUNCTION, max_tries=1)],
+        # Failures are recorded, not raised, so arq never retries them; its tries only count runs cut short
+        # by a worker shutdown, which arq re-queues for the next worker.
+        "functions": [func(ingest_document, name=ARQ_FUNCTION, max_tries=3)],
         "queue_name": settings.jobs_queue_name,
         "redis_settings": redis_settings(settings),
         "max_jobs": settings.jobs_max_concurrency,
         "keep_result": 3600,
         "job_timeout": 3600,
+        # On SIGTERM stop taking jobs and let running ones finish (inside Kubernetes' 30 s grace period).
+        "job_completion_wait": 25,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
     }

@@ -123,6 +123,20 @@ async def test_in_process_concurrency_is_bounded() -> None:
     assert len(ingest.calls) == 5
 
 
+async def test_a_job_cut_short_by_shutdown_goes_back_to_queued() -> None:
+    ingest = FakeIngest(gate=asyncio.Event())  # never released: the job is mid-ingest at shutdown
+    queue = InProcessJobQueue(ingest, max_concurrency=1, ttl_seconds=3600)
+    job = payload("t", "slow")
+    await queue.submit(job)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert (await queue.get("t", job.job_id)).status is JobStatus.running
+    await queue.close(grace_seconds=0)
+    record = await queue.get("t", job.job_id)
+    assert record.status is JobStatus.queued
+    assert record.started_at is None
+
+
 def test_job_record_round_trips_with_its_tenant_but_hides_it_from_the_api() -> None:
     record = JobRecord.queued(payload("tenant-x", "doc"))
     restored = JobRecord.from_storage(record.to_storage())

@@ -7,6 +7,7 @@ separate worker processes (`python -m service.worker`). In-process jobs live and
 
 A job that fails is recorded as failed with the error message and not retried: ingestion errors (an invalid
 document, a backend outage) are reported to the client, who can resubmit; the document id makes that idempotent.
+A job interrupted by a worker shutdown goes back to queued and arq hands it to the next worker.
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ async def run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) 
             metadata=payload.metadata,
             content_type=payload.content_type,
         )
+    except asyncio.CancelledError:
+        # Worker shutdown: back to queued; arq re-queues a cancelled job for the next worker (max_tries).
+        record.status = JobStatus.queued
+        record.started_at = None
+        await store.put(record)
+        raise
     except Exception as exc:
         record.status = JobStatus.failed
         if isinstance(exc, RagError):
