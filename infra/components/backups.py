@@ -9,7 +9,7 @@ then deletes the snapshot from the node. Credentials come from the pod's Service
 The Qdrant API key is read from the QdrantCluster's own Secret.
 
 With `create_bucket`, the bucket is created too: S3 with versioning, default encryption, a public access block
-and expiry of old backups; or GCS with uniform access, public access prevention, versioning and the same
+and expiry of old backups (pulumi-aws 7's `s3.Bucket` family; the `*V2` names are deprecated there); or GCS with uniform access, public access prevention, versioning and the same
 expiry. Protected from deletion when `protect` is set (prod).
 """
 
@@ -295,16 +295,16 @@ class QdrantBackups(pulumi.ComponentResource):
         self.register_outputs({"bucketName": bucket, "destination": self.destination})
 
     def _aws_bucket(self, name: str, args: QdrantBackupsArgs, child: Any) -> pulumi.Output[str]:
-        bucket = aws.s3.BucketV2(
+        bucket = aws.s3.Bucket(
             f"{name}-bucket", bucket=args.bucket_name, force_destroy=False, opts=child(protect=args.protect)
         )
-        aws.s3.BucketVersioningV2(
+        aws.s3.BucketVersioning(
             f"{name}-bucket-versioning",
             bucket=bucket.id,
             versioning_configuration={"status": "Enabled"},
             opts=child(),
         )
-        aws.s3.BucketServerSideEncryptionConfigurationV2(
+        aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-bucket-encryption",
             bucket=bucket.id,
             rules=[
@@ -325,7 +325,7 @@ class QdrantBackups(pulumi.ComponentResource):
             opts=child(),
         )
         if args.retention_days > 0:
-            aws.s3.BucketLifecycleConfigurationV2(
+            aws.s3.BucketLifecycleConfiguration(
                 f"{name}-bucket-lifecycle",
                 bucket=bucket.id,
                 rules=[

@@ -106,7 +106,7 @@ class _Mocks(pulumi.runtime.Mocks):
             state.setdefault("connectionName", f"proj:region:{args.name}")
         if args.typ == "docker-build:index:Image":
             state.setdefault("digest", "sha256:" + "ab" * 32)
-        if args.typ == "aws:s3/bucketV2:BucketV2":
+        if args.typ in ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
             state.setdefault("bucket", state.get("bucket") or f"{args.name}-bucket")
             state.setdefault("arn", f"arn:aws:s3:::{state['bucket']}")
         return f"{args.name}-id", state

@@ -213,14 +213,14 @@ def test_invalid_args_fail_with_a_sentence(overrides: dict[str, object], message
 def test_aws_bucket_is_versioned_encrypted_private_and_protected() -> None:
     program = run_backups(backup_args())
     assert_all_parented(program, "rag:ops:QdrantBackups")
-    bucket = program.one("aws:s3/bucketV2:BucketV2")
+    bucket = program.one("aws:s3/bucket:Bucket")
     assert bucket.name == "qdrant-backup-bucket"
     assert bucket.protect is True
     assert bucket.inputs["bucket"] == "rag-prod-qdrant-backups"
-    versioning = program.one("aws:s3/bucketVersioningV2:BucketVersioningV2")
+    versioning = program.one("aws:s3/bucketVersioning:BucketVersioning")
     assert versioning.inputs["versioningConfiguration"]["status"] == "Enabled"
     encryption = program.one(
-        "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2"
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
     )
     assert encryption.inputs["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
     public = program.one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock").inputs
