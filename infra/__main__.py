@@ -24,6 +24,7 @@ import pulumi_random as random  # noqa: E402
 from infra.clusters import ClusterTarget, build_cluster  # noqa: E402
 from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector  # noqa: E402
 from infra.components.gateway import TlsGateway, TlsGatewayArgs  # noqa: E402
+from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha  # noqa: E402
 from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs  # noqa: E402
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs  # noqa: E402
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs  # noqa: E402
@@ -237,29 +238,23 @@ redis = RedisCache(
 )
 
 # --- the service image: a promoted digest as is, or built from service/Dockerfile and pushed -------------------
-image_ref: pulumi.Input[str]
-if config.image:
-    image_ref = config.image
-else:
-    import pulumi_docker_build as docker_build
-
-    registry = cluster.registry
-    # Relative to the working directory, so state (and the offline snapshots) do not carry a checkout's path.
-    context = os.path.relpath(Path(_ROOT) / "service")
-    built = docker_build.Image(
-        "service-image",
-        context={"location": context},
-        dockerfile={"location": os.path.join(context, "Dockerfile")},
-        platforms=["linux/amd64"],
-        push=True,
-        tags=[registry.repository.apply(lambda repo: f"{repo}:{pulumi.get_stack()}")],
-        registries=[
-            {"address": registry.server, "username": registry.username, "password": registry.password}
-            if registry.username is not None
-            else {"address": registry.server}
-        ],
-    )
-    image_ref = pulumi.Output.all(registry.repository, built.digest).apply(lambda p: f"{p[0]}@{p[1]}")
+registry = cluster.registry
+image = ServiceImage(
+    "service-image",
+    ServiceImageArgs(
+        existing_ref=config.image or None,
+        repository=registry.repository,
+        git_sha=None if config.image else current_git_sha(),
+        registry=(
+            RegistryAuth(address=registry.server, username=registry.username, password=registry.password)
+            if registry.username is not None and registry.password is not None
+            else None
+        ),
+        # Relative to the working directory, so state (and the offline snapshots) carry no checkout path.
+        context_dir=os.path.relpath(_ROOT),
+    ),
+)
+image_ref = image.ref
 
 # --- the service ------------------------------------------------------------------------------------------------
 svc_cfg = config.service

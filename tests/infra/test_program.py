@@ -237,7 +237,8 @@ def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_re
     result = run("prod")
     (image,) = result.of_type("docker-build:index:Image")
     assert image.inputs["push"] is True
-    assert image.inputs["context"]["location"] == "service"
+    assert image.inputs["context"]["location"] == "."
+    assert image.inputs["dockerfile"]["location"] == "service/Dockerfile"
     assert "registries" in image.secret_keys
     assert result.outputs["imageDigest"].startswith(
         "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service-prod@"
