@@ -32,6 +32,7 @@ from infra.components import specs
 from infra.components.specs import EgressTarget, Resources, require
 
 PORT = 5432
+METRICS_PORT = 9187
 CNPG_CHART = "cloudnative-pg"
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART_VERSION = "0.26.1"
@@ -70,6 +71,12 @@ class PostgresDatabaseArgs:
     """An operator release created elsewhere, waited for when `install_operator` is False."""
     network_policy: bool = True
     client_selectors: tuple[Mapping[str, str], ...] = ()
+    pod_monitor: bool = False
+    """Create a PodMonitor scraping the instances' metrics port (9187)."""
+    monitoring_namespace: str | None = "monitoring"
+    """Namespace of Prometheus, admitted on 9187 by the NetworkPolicy; None to disallow."""
+    monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    """Resources installing the monitoring.coreos.com CRDs (Monitoring.crds_ready); the PodMonitor waits."""
     # --- rds
     vpc_id: pulumi.Input[str] | None = None
     subnet_ids: tuple[pulumi.Input[str], ...] = ()
@@ -173,6 +180,14 @@ def cluster_spec(args: PostgresDatabaseArgs, app_secret: str) -> dict[str, Any]:
     }
 
 
+def pod_monitor_spec(cluster_name: str) -> dict[str, Any]:
+    """PodMonitor for the instances' exporter (the operator names the container port `metrics`)."""
+    return {
+        "selector": {"matchLabels": cluster_pod_labels(cluster_name)},
+        "podMetricsEndpoints": [{"port": "metrics", "interval": "30s"}],
+    }
+
+
 def cluster_pod_labels(cluster_name: str) -> dict[str, str]:
     """Labels CloudNativePG puts on every instance pod of a cluster."""
     return {"cnpg.io/cluster": cluster_name}
@@ -191,6 +206,8 @@ def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[s
         specs.ingress_rule([PORT], [*clients, {"podSelector": {"matchLabels": match}}]),
         specs.ingress_rule([8000, PORT], [specs.namespace_peer(args.operator_namespace)]),
     ]
+    if args.monitoring_namespace is not None:
+        ingress.append(specs.ingress_rule([METRICS_PORT], [specs.namespace_peer(args.monitoring_namespace)]))
     return specs.network_policy_spec(match, ingress=ingress, egress=[{}])
 
 
@@ -269,6 +286,15 @@ class PostgresDatabase(pulumi.ComponentResource):
                 metadata=specs.metadata(cluster_name, ns, object_labels),
                 spec=network_policy_spec(args, cluster_name),
                 opts=self._opts(args),
+            )
+        if args.pod_monitor:
+            k8s.apiextensions.CustomResource(
+                f"{name}-podmonitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="PodMonitor",
+                metadata=specs.metadata(cluster_name, ns, object_labels),
+                spec=pod_monitor_spec(cluster_name),
+                opts=self._opts(args, extra=args.monitoring_crds),
             )
         # CloudNativePG serves the primary as the `<cluster>-rw` Service.
         host = f"{cluster_name}-rw.{ns}.svc"

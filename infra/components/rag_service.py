@@ -305,7 +305,8 @@ def deployment_spec(
             "metadata": {"labels": dict(pod_labels)},
             "spec": {
                 "serviceAccountName": service_account,
-                "automountServiceAccountToken": True,
+                # The service never calls the Kubernetes API; IRSA/Workload Identity do not need this token.
+                "automountServiceAccountToken": False,
                 "securityContext": specs.pod_security_context(run_as_user, run_as_user),
                 "terminationGracePeriodSeconds": termination_grace_seconds,
                 "topologySpreadConstraints": specs.topology_spread(match),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pulumi
+import pulumi_kubernetes as k8s
 import pytest
 
 from infra.components import postgres as pg
@@ -93,6 +94,7 @@ def test_cloudnative_policy_admits_clients_and_operator_and_opens_egress() -> No
     assert spec["ingress"][1]["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "cnpg-system"}}}
     ]
+    assert spec["ingress"][2]["ports"] == [{"protocol": "TCP", "port": 9187}]
     # Egress must be listed (allow-all) or the namespace default-deny would cut the instances off the API server.
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     assert spec["egress"] == [{}]
@@ -131,6 +133,19 @@ def test_cloudnative_password_stays_secret() -> None:
     assert resolve(db.url) == f"postgresql+psycopg://rag:{ENCODED}@postgres-rw.rag.svc:5432/rag"
     assert db.egress_target.pod_labels == {"cnpg.io/cluster": "postgres"}
     assert validate_manifests(program) == 2
+
+
+def test_pod_monitor_waits_for_monitoring_crds() -> None:
+    def build() -> pg.PostgresDatabase:
+        crds = k8s.helm.v3.Release("crds", chart="kube-prometheus-stack", version="1.0.0")
+        return pg.PostgresDatabase("postgres", cloudnative(pod_monitor=True, monitoring_crds=(crds,)))
+
+    program = run_components(build)
+    monitor = program.named("postgres-podmonitor")
+    assert monitor.type == "kubernetes:monitoring.coreos.com/v1:PodMonitor"
+    assert program.urn_of("crds") in monitor.depends_on
+    assert monitor.inputs["spec"]["selector"]["matchLabels"] == {"cnpg.io/cluster": "postgres"}
+    assert "postgres-podmonitor" not in {r.name for r in run_db(cloudnative()).resources}
 
 
 def test_cloudnative_can_use_an_operator_installed_elsewhere() -> None:
