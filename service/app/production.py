@@ -37,6 +37,7 @@ async def attach(services: Any) -> Callable[[], Awaitable[None]]:
 
     async def close() -> None:
         await services.jobs.close()
+        await services.limiter.close()
         if isinstance(services.cache, RedisCache):
             await run_in_threadpool(services.cache.close)
 

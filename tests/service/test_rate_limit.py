@@ -107,6 +107,7 @@ async def test_redis_limiter_counts_in_redis(redis_url: str) -> None:
         await limiter.hit("ingest", identity)
     assert 60 < caught.value.retry_after <= 3600
     assert await limiter.check_storage()
+    await limiter.close()
 
 
 async def test_a_broken_redis_fails_open_and_is_counted() -> None:
@@ -118,6 +119,7 @@ async def test_a_broken_redis_fails_open_and_is_counted() -> None:
         await limiter.hit("search", "someone")  # no RateLimited: the request goes through
     assert FAILURES.labels(component="rate_limiter")._value.get() == before + 3
     assert not await limiter.check_storage()
+    await limiter.close()
 
 
 def test_memory_is_the_default_storage(make_client: MakeClient) -> None:

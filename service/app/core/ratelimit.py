@@ -27,13 +27,19 @@ from service.app.core.metrics import FAILURES
 logger = logging.getLogger(__name__)
 
 Budget = Literal["ingest", "search"]
+REDIS_TIMEOUT_SECONDS = 1.0
 
 
 def _storage(settings: Settings) -> Storage:
     if settings.redis_url:
         # redis-py's asyncio client (already a dependency) rather than the default coredis.
         return storage_from_string(
-            f"async+{settings.redis_url}", implementation="redispy", key_prefix="rag:ratelimit"
+            f"async+{settings.redis_url}",
+            implementation="redispy",
+            key_prefix="rag:ratelimit",
+            # A dead Redis must cost a request milliseconds, not the client's default minutes.
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
         )
     return MemoryStorage()
 
@@ -83,6 +89,12 @@ class RateLimiter:
             return bool(await self._storage.check())
         except Exception:
             return False
+
+    async def close(self) -> None:
+        """Close the Redis connection pool, if any (the memory storage holds nothing to close)."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None and hasattr(client, "aclose"):
+            await client.aclose()
 
     async def reset(self) -> None:
         """Forget every counter (tests and operators)."""
