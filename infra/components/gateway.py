@@ -9,7 +9,8 @@ Creates:
 - entry `gateway` (default): a Gateway API `Gateway` of `gateway_class_name` with an HTTP listener (only
   redirects) and an HTTPS listener terminating TLS with `certificateRefs`, an HTTPRoute redirecting HTTP to
   HTTPS (301) and the HTTPRoute to the service; entry `ingress`: a networking.k8s.io/v1 Ingress fallback with
-  the same certificate (ACME solved through the ingress class).
+  the same certificate (ACME solved through the ingress class),
+- on GKE gateway classes, a `HealthCheckPolicy` so Google's load balancer probes /readyz rather than `/`.
 
 CRD ordering: the ClusterIssuer and Certificate depend on the cert-manager release that installs their CRDs; the
 Gateway and HTTPRoutes depend on `gateway_crds` (whatever installs the Gateway API CRDs: GKE has them built in).
@@ -61,6 +62,8 @@ class TlsGatewayArgs:
     ingress_class_name: str | None = None
     """IngressClass for the `ingress` fallback (None uses the cluster default)."""
     gateway_annotations: Mapping[str, str] = field(default_factory=dict)
+    health_check_path: str = "/readyz"
+    """Path cloud load balancers probe on the service (GKE: a HealthCheckPolicy; "/" would 404)."""
     install_cert_manager: bool = True
     cert_manager_version: str = CERT_MANAGER_VERSION
     cert_manager_namespace: str = "cert-manager"
@@ -91,6 +94,10 @@ def validate_args(args: TlsGatewayArgs) -> None:
         )
     if args.entry == "gateway":
         specs.check_dns_label(args.gateway_class_name, "TlsGatewayArgs.gateway_class_name")
+    require(
+        args.health_check_path.startswith("/"),
+        "TlsGatewayArgs.health_check_path must be an absolute URL path.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
@@ -202,6 +209,32 @@ def service_route_spec(gateway: str, hostname: str, service: str, port: int) -> 
                 "backendRefs": [{"name": service, "port": port}],
             }
         ],
+    }
+
+
+def is_gke_class(class_name: str) -> bool:
+    """GKE's managed Gateway classes (gke-l7-*) probe backends themselves and need a HealthCheckPolicy."""
+    return class_name.startswith("gke-")
+
+
+def lb_source_cidrs(class_name: str) -> tuple[str, ...]:
+    """Source ranges a Gateway class's load balancer reaches pods from (for RagService's NetworkPolicy:
+    `NetworkAccess.gateway_cidrs`). GKE's managed classes proxy from Google's front-end ranges; in-cluster
+    implementations come from their own pods (use `gateway_namespaces`) and need none."""
+    return GKE_HEALTH_CHECK_CIDRS if is_gke_class(class_name) else ()
+
+
+def gke_health_check_policy_spec(service: str, port: int, path: str) -> dict[str, Any]:
+    """networking.gke.io/v1 HealthCheckPolicy: probe the service's readiness path instead of `/`."""
+    return {
+        "default": {
+            "checkIntervalSec": 10,
+            "timeoutSec": 5,
+            "healthyThreshold": 1,
+            "unhealthyThreshold": 3,
+            "config": {"type": "HTTP", "httpHealthCheck": {"port": port, "requestPath": path}},
+        },
+        "targetRef": {"group": "", "kind": "Service", "name": service},
     }
 
 
@@ -324,6 +357,17 @@ class TlsGateway(pulumi.ComponentResource):
                 spec=service_route_spec(gateway_name, args.hostname, args.service_name, args.service_port),
                 opts=child(gateway, *args.gateway_crds),
             )
+            if is_gke_class(args.gateway_class_name):
+                k8s.apiextensions.CustomResource(
+                    f"{name}-health-check-policy",
+                    api_version="networking.gke.io/v1",
+                    kind="HealthCheckPolicy",
+                    metadata=specs.metadata(args.service_name, ns, object_labels),
+                    spec=gke_health_check_policy_spec(
+                        args.service_name, args.service_port, args.health_check_path
+                    ),
+                    opts=child(),
+                )
         else:
             k8s.networking.v1.Ingress(
                 f"{name}-ingress",

@@ -121,6 +121,7 @@ def test_gateway_entry_resources_and_crd_ordering() -> None:
         "gateway-gateway",
         "gateway-redirect-route",
         "gateway-route",
+        "gateway-health-check-policy",
     }
     release = program.named("gateway-cert-manager")
     assert release.inputs["chart"] == "cert-manager"
@@ -140,6 +141,16 @@ def test_gateway_entry_resources_and_crd_ordering() -> None:
     gateway = program.named("gateway-gateway").inputs
     assert gateway["spec"]["listeners"][1]["tls"]["certificateRefs"][0]["name"] == cert["spec"]["secretName"]
     assert resolve(program.result.url) == "https://rag.example.com"
+
+
+def test_gke_health_check_probes_readiness_path() -> None:
+    spec = gw.gke_health_check_policy_spec("rag", 8000, "/readyz")
+    assert spec["default"]["config"]["httpHealthCheck"] == {"port": 8000, "requestPath": "/readyz"}
+    assert spec["targetRef"] == {"group": "", "kind": "Service", "name": "rag"}
+    assert gw.lb_source_cidrs("gke-l7-global-external-managed") == ("35.191.0.0/16", "130.211.0.0/22")
+    assert gw.lb_source_cidrs("eg") == ()
+    other = run_gateway(gateway_args(gateway_class_name="eg"))
+    assert "gateway-health-check-policy" not in {r.name for r in other.resources}
 
 
 def test_ingress_fallback_and_existing_cert_manager() -> None:
