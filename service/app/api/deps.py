@@ -13,12 +13,13 @@ if TYPE_CHECKING:
     from service.app.main import Services
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     """The container the lifespan built for this app (registry, vectors, embedder, ingest, search...)."""
+    # async: a plain `def` dependency would cost a threadpool hop on every request.
     return request.app.state.services
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings this app was created with (not necessarily the process-wide ones)."""
     return request.app.state.services.settings
 

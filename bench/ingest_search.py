@@ -1,0 +1,333 @@
+"""Benchmark: the service over HTTP vs the raw fastembed + qdrant-client path, on the same text, in one run.
+
+    make bench                       # N=60 documents, 200 searches
+    python bench/ingest_search.py --docs 200 --queries 500 --write docs/benchmarks.md
+
+Ingest: N generated documents (a few hundred words of topical prose each) are PUT one by one to a real
+`python -m service` on loopback (embedded defaults in a temp dir: SQLite + local Qdrant; auth, rate limits and
+the search cache off, so the core path is measured). The raw path chunks the same documents with the same
+Chunker, embeds each document's chunks with fastembed (same model, same batch size) and upserts them with
+qdrant-client into a local collection. Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
+
+Search: the same queries are sent as POST /v1/search (top_k 5) and as raw query_embed + query_points with a
+tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Each ingest path runs twice in
+alternating order and the better run counts, to damp noise from other processes on shared cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from fastembed import TextEmbedding
+from qdrant_client import QdrantClient, models
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from service.app.core.config import Settings  # noqa: E402
+from service.app.ingest.chunking import Chunker  # noqa: E402
+from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MODEL_DIR = REPO / ".models" / "all-MiniLM-L6-v2"
+
+TOPICS = {
+    "astronomy": "planets orbit stars galaxies telescope light-years nebula comet gravity spectrum",
+    "cooking": "dough oven simmer spices caramelise fermentation knife broth sauce seasoning",
+    "networking": "packets routers latency bandwidth TCP handshake DNS firewall throughput protocol",
+    "medicine": "patients diagnosis antibodies dosage symptoms clinical trial vaccine therapy immune",
+    "finance": "interest rates bonds inflation equity dividends portfolio liquidity risk yield",
+    "ecology": "species habitat predators wetlands pollination biodiversity climate soil rivers",
+    "history": "empire treaty revolution dynasty archives monarchy battle trade reform",
+    "databases": "indexes transactions replication queries schema isolation vacuum partitions locks",
+}
+TEMPLATES = [
+    "In practice, {a} depends on {b}, which is why experts study {c} so carefully.",
+    "The relationship between {a} and {b} changed once {c} became widely understood.",
+    "Many beginners confuse {a} with {b}; the difference shows up clearly in {c}.",
+    "A common rule of thumb is that {a} matters more than {b} unless {c} is involved.",
+    "Recent work measured {a} under different conditions of {b} and reported surprising {c}.",
+    "Without {a}, the effect of {b} on {c} would be much harder to observe.",
+]
+
+
+def make_document(rng: random.Random, index: int) -> tuple[str, str, dict]:
+    topic = rng.choice(sorted(TOPICS))
+    words = TOPICS[topic].split()
+    paragraphs = []
+    for _ in range(rng.randint(3, 7)):
+        sentences = [
+            rng.choice(TEMPLATES).format(a=rng.choice(words), b=rng.choice(words), c=rng.choice(words))
+            for _ in range(rng.randint(3, 8))
+        ]
+        paragraphs.append(" ".join(sentences))
+    return f"bench-{index:05d}", f"{topic.title()} notes\n\n" + "\n\n".join(paragraphs), {"topic": topic}
+
+
+def make_queries(rng: random.Random, count: int) -> list[str]:
+    queries = []
+    for _ in range(count):
+        words = TOPICS[rng.choice(sorted(TOPICS))].split()
+        queries.append(f"how does {rng.choice(words)} relate to {rng.choice(words)}")
+    return queries
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """`python -m service` on loopback with embedded defaults in a temp dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATA_DIR": str(data_dir),
+            "ENVIRONMENT": "development",
+            "AUTH_DISABLED": "true",
+            "RATE_LIMIT_ENABLED": "false",
+            "CACHE_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+            "EMBEDDING_MODEL_PATH": str(MODEL_DIR),
+        }
+        for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH"):
+            env.pop(key, None)
+        self.log_path = data_dir.parent / "service.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"service exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit("service did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+
+def ingest_http(
+    client: httpx.Client, documents: list[tuple[str, str, dict]], prefix: str
+) -> tuple[int, float]:
+    chunks = 0
+    started = time.perf_counter()
+    for document_id, text, metadata in documents:
+        response = client.put(
+            f"/v1/documents/{prefix}{document_id}", json={"text": text, "metadata": metadata}
+        )
+        response.raise_for_status()
+        chunks += response.json()["chunks"]
+    return chunks, time.perf_counter() - started
+
+
+def ingest_raw(
+    model: TextEmbedding,
+    chunker: Chunker,
+    qdrant: QdrantClient,
+    collection: str,
+    documents: list[tuple[str, str, dict]],
+    batch_size: int,
+    prefix: str,
+) -> tuple[int, float]:
+    chunks = 0
+    started = time.perf_counter()
+    for document_id, text, metadata in documents:
+        texts = [chunk.text for chunk in chunker.split(text)]
+        vectors = list(model.passage_embed(texts, batch_size=batch_size))
+        qdrant.upsert(
+            collection,
+            points=[
+                models.PointStruct(
+                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}{document_id}/{i}")),
+                    vector=vector.tolist(),
+                    payload={
+                        "tenant_id": "default",
+                        "document_id": f"{prefix}{document_id}",
+                        "chunk_index": i,
+                        "text": chunk_text,
+                        "metadata": metadata,
+                    },
+                )
+                for i, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
+            ],
+            wait=True,
+        )
+        chunks += len(texts)
+    return chunks, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=60)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md", help="results file")
+    args = parser.parse_args()
+    if not (MODEL_DIR / "model.onnx").exists():
+        raise SystemExit("run `make model` first")
+
+    rng = random.Random(args.seed)
+    documents = [make_document(rng, i) for i in range(args.docs)]
+    queries = make_queries(rng, args.queries)
+    settings = Settings(_env_file=None)
+    work = Path(tempfile.mkdtemp(prefix="rag-bench-"))
+    service = ServiceProcess(work / "service")
+    try:
+        embedder = FastEmbedEmbedder(MODEL, model_path=MODEL_DIR, cache_dir=work / "fastembed")
+        chunker = Chunker(
+            embedder.tokenizer,
+            max_tokens=embedder.max_tokens,
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+        )
+        model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR), cache_dir=str(work / "fastembed"))
+        qdrant = QdrantClient(path=str(work / "raw-qdrant"))
+        collection = "raw"
+        qdrant.create_collection(
+            collection, vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
+        )
+        client = httpx.Client(base_url=service.url, timeout=120)
+
+        # Warm-up both paths (model sessions, first collection writes, connection pool).
+        ingest_http(client, documents[:3], "warm-")
+        ingest_raw(model, chunker, qdrant, collection, documents[:3], settings.embedding_batch_size, "warm-")
+
+        http_runs, raw_runs = [], []
+        for round_ in range(2):
+            order = ("raw", "http") if round_ == 0 else ("http", "raw")
+            for path in order:
+                prefix = f"r{round_}-"
+                if path == "http":
+                    http_runs.append(ingest_http(client, documents, prefix))
+                else:
+                    raw_runs.append(
+                        ingest_raw(
+                            model,
+                            chunker,
+                            qdrant,
+                            collection,
+                            documents,
+                            settings.embedding_batch_size,
+                            prefix,
+                        )
+                    )
+        http_chunks, http_seconds = min(http_runs, key=lambda r: r[1])
+        raw_chunks, raw_seconds = min(raw_runs, key=lambda r: r[1])
+        assert http_chunks == raw_chunks, (http_chunks, raw_chunks)
+        http_rate, raw_rate = http_chunks / http_seconds, raw_chunks / raw_seconds
+
+        tenant = models.Filter(
+            must=[models.FieldCondition(key="tenant_id", match=models.MatchValue(value="default"))]
+        )
+        for query in queries[:10]:
+            client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
+            qdrant.query_points(
+                collection, query=next(iter(model.query_embed(query))).tolist(), query_filter=tenant, limit=5
+            )
+        http_latency, raw_latency = [], []
+        for query in queries:
+            started = time.perf_counter()
+            client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
+            http_latency.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            vector = next(iter(model.query_embed(query))).tolist()
+            qdrant.query_points(collection, query=vector, query_filter=tenant, limit=5, with_payload=True)
+            raw_latency.append(time.perf_counter() - started)
+        client.close()
+        qdrant.close()
+    finally:
+        service.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    points = raw_chunks * 2 + sum(len(chunker.split(d[1])) for d in documents[:3])
+    rows = [
+        ("Ingest throughput (chunks/s)", f"{http_rate:.1f}", f"{raw_rate:.1f}", f"{http_rate / raw_rate:.2f}x", ">= 0.90x"),
+        ("Search latency p50 (ms)", f"{statistics.median(http_latency) * 1000:.1f}",
+         f"{statistics.median(raw_latency) * 1000:.1f}",
+         f"{statistics.median(http_latency) / statistics.median(raw_latency):.2f}x", "<= 1.30x"),
+        ("Search latency p99 (ms)", f"{percentile(http_latency, 0.99) * 1000:.1f}",
+         f"{percentile(raw_latency, 0.99) * 1000:.1f}",
+         f"{percentile(http_latency, 0.99) / percentile(raw_latency, 0.99):.2f}x", "-"),
+    ]  # fmt: skip
+    table = "\n".join(
+        [
+            "| Metric | HTTP service | Raw fastembed + qdrant-client | Ratio | Target |",
+            "|---|---|---|---|---|",
+        ]
+        + [f"| {' | '.join(row)} |" for row in rows]
+    )
+    setup = (
+        f"{args.docs} documents, {raw_chunks} chunks per ingest run (CHUNK_SIZE={settings.chunk_size}, "
+        f"CHUNK_OVERLAP={settings.chunk_overlap}), {args.queries} searches (top_k 5) over ~{points} points per "
+        f"store; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
+        f"{platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+    )
+    print(setup)
+    print(table)
+    if args.write:
+        args.write.write_text(RESULTS_DOC.format(setup=setup, table=table), encoding="utf-8")
+        print(f"wrote {args.write}")
+
+
+RESULTS_DOC = """# Benchmarks
+
+`make bench` (`bench/ingest_search.py`) compares the service, called over HTTP, with the raw libraries it
+wraps, on the same documents in the same run:
+
+- **HTTP service**: `python -m service` on 127.0.0.1 with embedded defaults (SQLite registry, local-mode
+  Qdrant; auth, rate limits and the search cache off so the core path is measured). Documents are PUT one at
+  a time; searches are `POST /v1/search`.
+- **Raw**: the same chunks (same `Chunker`, same model, same batch size) embedded with fastembed and upserted
+  with qdrant-client, document by document; searches are `query_embed` + `query_points` with a tenant filter.
+
+Each ingest path runs twice in alternating order and the faster run counts (other processes share the CPUs).
+The service additionally hashes the content, reads/writes the registry, cleans up previous versions and, on
+search, checks hits against the registry: the ratios are the cost of those guarantees plus HTTP.
+
+## Latest results
+
+{setup}
+
+{table}
+
+Re-run with `make bench` (or `python bench/ingest_search.py --docs 200 --queries 500`); the script rewrites
+this file. Numbers depend heavily on the machine and on concurrent load.
+"""
+
+
+if __name__ == "__main__":
+    main()
