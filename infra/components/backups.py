@@ -102,6 +102,8 @@ class QdrantBackupsArgs:
     """Delete backups (and old object versions) after this many days; 0 keeps them forever."""
     image: str | None = None
     """Override the default pinned cloud CLI image."""
+    aws_region: str | None = None
+    """AWS_REGION of the bucket (the IRSA webhook usually injects the cluster's region already)."""
     resources: Resources = field(
         default_factory=lambda: Resources(
             cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit="512Mi"
@@ -175,6 +177,8 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
         {"name": "HOME", "value": "/tmp"},  # noqa: S108
         {"name": "CLOUDSDK_CONFIG", "value": "/tmp/gcloud"},  # noqa: S108
     ]
+    if args.aws_region is not None:
+        env.append({"name": "AWS_REGION", "value": args.aws_region})
     container = {
         "name": "backup",
         "image": image,
@@ -206,6 +210,8 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
                     "metadata": {"labels": specs.labels(APP, base, "backup")},
                     "spec": {
                         "serviceAccountName": base,
+                        # IRSA projects its own token and GKE uses the metadata server: no API token needed.
+                        "automountServiceAccountToken": False,
                         "restartPolicy": "Never",
                         "securityContext": specs.pod_security_context(RUN_AS_USER, RUN_AS_USER),
                         "containers": [container],

@@ -182,6 +182,11 @@ def test_cronjob_spec() -> None:
     assert env["BUCKET"]["value"] == "rag-prod-qdrant-backups"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["volumes"][0]["configMap"]["name"] == "qdrant-backup-script"
+    assert pod["automountServiceAccountToken"] is False
+    assert "AWS_REGION" not in env
+    regional = b.cronjob_spec(backup_args(aws_region="eu-west-1"), "x", "y")
+    regional_env = regional["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in regional_env
     gcp = b.cronjob_spec(backup_args(cloud="gcp", bucket_location="EU"), "x", "y")
     assert gcp["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] == b.IMAGES["gcp"]
 
