@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.worker import Worker, func
+from pydantic import ValidationError
 
 from service.app.core.config import Settings, SettingsError, get_settings
 from service.app.core.logging import configure_logging
@@ -80,12 +81,14 @@ def build_worker(settings: Settings, *, services: Any = None, **overrides: Any) 
 
 def main() -> int:
     """Run the worker until SIGTERM/SIGINT (arq finishes or re-queues running jobs)."""
-    settings = get_settings()
-    configure_logging(settings)
     try:
+        settings = get_settings()
+        configure_logging(settings)
         worker = build_worker(settings)
-    except SettingsError as exc:
-        print(f"service.worker: error: {exc}", file=sys.stderr)
+    except (SettingsError, ValidationError) as exc:
+        # One readable line (e.g. "AUTH_DISABLED=true is refused when ENVIRONMENT=production"), no traceback.
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        print(f"service.worker: error: {reason}", file=sys.stderr)
         return 2
     worker.run()
     return 0

@@ -121,6 +121,28 @@ def test_production_refuses_auth_disabled_at_start_up(tmp_path: Path) -> None:
     assert "AUTH_DISABLED=true is refused when ENVIRONMENT=production" in proc.stderr
 
 
+def test_the_worker_refuses_auth_disabled_in_production_with_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "ENVIRONMENT": "production",
+        "AUTH_DISABLED": "true",
+        "API_KEYS": "k:t",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.worker"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("AUTH_DISABLED=true is refused when ENVIRONMENT=production")
+    assert "Traceback" not in proc.stderr
+
+
 def test_production_without_any_key_is_refused() -> None:
     with pytest.raises(ValueError, match="ENVIRONMENT=production needs API_KEYS or API_KEYS_FILE"):
         Settings(environment="production")
