@@ -304,3 +304,16 @@ def test_outputs() -> None:
 def test_manifests_pass_strict_kubernetes_validation(make_args: object) -> None:
     program = run_service(make_args(create_namespace=True))  # type: ignore[operator]
     assert validate_manifests(program) >= 5
+
+
+def test_children_inherit_the_provider_passed_through_opts() -> None:
+    def build() -> rs.RagService:
+        provider = k8s.Provider("cluster", kubeconfig="apiVersion: v1\nkind: Config\n")
+        return rs.RagService("rag", prod_args(), pulumi.ResourceOptions(provider=provider))
+
+    program = run_components(build)
+    provider_urn = program.urn_of("cluster")
+    children = [r for r in program.resources if r.custom and r.type.startswith("kubernetes:")]
+    assert len(children) >= 10
+    for res in children:
+        assert res.provider.startswith(provider_urn + "::"), res.name

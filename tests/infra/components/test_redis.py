@@ -150,3 +150,20 @@ def test_memorystore_uses_auth_and_outputs_a_secret_url() -> None:
     cache: r.RedisCache = program.result
     assert is_secret(cache.url)
     assert resolve(cache.url) == "redis://:memorystore-auth@10.0.0.5:6379/0"
+
+
+def test_each_child_gets_the_provider_of_its_package() -> None:
+    import pulumi_aws as aws
+    import pulumi_kubernetes as k8s
+
+    def build() -> r.RedisCache:
+        cluster = k8s.Provider("cluster", kubeconfig="apiVersion: v1\nkind: Config\n")
+        cloud = aws.Provider("cloud", region="eu-west-1")
+        return r.RedisCache("redis", elasticache(), pulumi.ResourceOptions(providers=[cluster, cloud]))
+
+    program = run_components(build)
+    cloud_urn = program.urn_of("cloud")
+    aws_children = [x for x in program.resources if x.type.startswith("aws:")]
+    assert len(aws_children) == 3
+    for res in aws_children:
+        assert res.provider.startswith(cloud_urn + "::"), res.name
