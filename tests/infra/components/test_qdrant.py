@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pulumi
 import pytest
 
@@ -178,3 +182,36 @@ def test_service_monitor_authenticates_with_the_api_key_secret() -> None:
 
 def test_manifests_pass_strict_kubernetes_validation() -> None:
     assert validate_manifests(run_cluster(cluster_args())) == 7
+
+
+@pytest.mark.parametrize(
+    ("hostname", "expected"),
+    [
+        ("qdrant-0", ["--uri", "http://qdrant-0.qdrant-headless.rag.svc:6335"]),
+        (
+            "qdrant-2",
+            [
+                "--bootstrap",
+                "http://qdrant-0.qdrant-headless.rag.svc:6335",
+                "--uri",
+                "http://qdrant-2.qdrant-headless.rag.svc:6335",
+            ],
+        ),
+    ],
+)
+def test_bootstrap_script_runs_the_entrypoint_with_peer_arguments(
+    tmp_path: Path, hostname: str, expected: list[str]
+) -> None:
+    entrypoint = tmp_path / "entrypoint.sh"
+    entrypoint.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n', encoding="utf-8")
+    entrypoint.chmod(0o755)
+    result = subprocess.run(
+        ["/bin/bash", "-c", q.bootstrap_script("qdrant", "rag")],
+        cwd=tmp_path,
+        env={"HOSTNAME": hostname, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout.splitlines() == expected
