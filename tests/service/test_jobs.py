@@ -341,6 +341,7 @@ async def test_python_m_service_worker_runs_jobs(
     queue = await ArqJobQueue.connect(settings)
     try:
         job = payload("tenant-w", "from-worker", TEXT)
+        job.request_id = "req-from-api-1"
         await queue.submit(job)
         # Polling for the outcome (bounded, not a timing assertion): the process loads a model first.
         deadline = time.monotonic() + 120
@@ -363,4 +364,8 @@ async def test_python_m_service_worker_runs_jobs(
         log.close()
     # One JSON object per line from the worker too.
     lines = [line for line in (tmp_path / "worker.log").read_text().splitlines() if line.startswith("{")]
-    assert any(json.loads(line)["message"] == "worker ready" for line in lines)
+    entries = [json.loads(line) for line in lines]
+    assert any(entry["message"] == "worker ready" for entry in entries)
+    finished = [entry for entry in entries if entry["message"] == "ingestion job succeeded"]
+    assert finished[0]["request_id"] == "req-from-api-1"  # correlates with the submitting request
+    assert finished[0]["job_id"] == job.job_id

@@ -42,6 +42,7 @@ class IngestPayload(BaseModel):
     text: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     content_type: str = "text/plain"
+    request_id: str | None = None  # of the submitting request, so worker logs can be correlated with it
 
 
 class JobRecord(BaseModel):

@@ -23,6 +23,7 @@ from arq.connections import ArqRedis, RedisSettings
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError
+from service.app.core.logging import request_id_var
 from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
 
@@ -92,7 +93,18 @@ def _result_dict(result: Any) -> dict[str, Any]:
 
 
 async def run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) -> JobRecord:
-    """Run one ingestion job, recording running and then succeeded (with the result) or failed (with the error)."""
+    """Run one ingestion job, recording running and then succeeded (with the result) or failed (with the error).
+
+    Log lines written meanwhile carry the id of the request that submitted the job, in a worker process too.
+    """
+    token = request_id_var.set(payload.request_id or request_id_var.get())
+    try:
+        return await _run_ingest(ingest, store, payload)
+    finally:
+        request_id_var.reset(token)
+
+
+async def _run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) -> JobRecord:
     record = await store.get(payload.job_id) or JobRecord.queued(payload)
     record.status = JobStatus.running
     record.started_at = utcnow()
@@ -131,6 +143,11 @@ async def run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) 
     record.finished_at = utcnow()
     JOBS.labels(status=record.status.value).inc()
     await store.put(record)
+    logger.info(
+        "ingestion job %s",
+        record.status.value,
+        extra={"job_id": payload.job_id, "tenant": payload.tenant_id, "document_id": payload.document_id},
+    )
     return record
 
 

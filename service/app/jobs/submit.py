@@ -8,6 +8,7 @@ from fastapi import Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from service.app.core.logging import request_id_var
 from service.app.ingest.models import validate_document_id, validate_metadata
 from service.app.jobs.models import IngestPayload, JobStatus, new_job_id
 
@@ -40,6 +41,7 @@ async def submit_ingest(
         text=text,
         metadata=clean_metadata,
         content_type=content_type,
+        request_id=request_id_var.get(),
     )
     record = await services.jobs.submit(payload)
     status_url = f"/v1/jobs/{record.job_id}"
