@@ -47,7 +47,8 @@ KUBERNETES_VERSION = "1.33"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
-#: API groups installed by CRDs (operators, Gateway API): never in kubernetes-validate's built-in schemas.
+#: API groups installed by CRDs (operators, Gateway API, the cloud's own controllers): never in kubernetes-validate's
+#: built-in schemas. Any other group without a built-in schema is an error, so a typo'd apiVersion cannot pass.
 CRD_GROUPS = frozenset(
     {
         "gateway.networking.k8s.io",
@@ -55,12 +56,14 @@ CRD_GROUPS = frozenset(
         "acme.cert-manager.io",
         "monitoring.coreos.com",
         "postgresql.cnpg.io",
+        "networking.gke.io",  # GKE Gateway controller policies (HealthCheckPolicy, GCPBackendPolicy)
     }
 )
 OBJECT_META_REF = (
     "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 )
 REDACTED = "<redacted>"
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's C loader when built with it
 _SECRETISH = re.compile(
     r"(password|passwd|secret|token|apikey|api_key|privatekey|private_key)", re.IGNORECASE
 )
@@ -182,13 +185,17 @@ def strict_schema(node: Any) -> Any:
 
     ``nullable`` becomes an explicit null alternative, and every ``type: object`` with declared properties rejects
     unknown fields (what the API server's strict field validation does) unless it preserves unknown fields.
-    CEL rules (``x-kubernetes-validations``) are not evaluated.
+    CEL rules (``x-kubernetes-validations``) are not evaluated; RE2 inline case-insensitivity flags are moved
+    to the front of the pattern, where Python's ``re`` requires them.
     """
     if isinstance(node, list):
         return [strict_schema(item) for item in node]
     if not isinstance(node, dict):
         return node
     out = {k: strict_schema(v) if k not in ("enum", "default", "required") else v for k, v in node.items()}
+    if isinstance(out.get("pattern"), str) and "(?i)" in out["pattern"][1:]:
+        # RE2 (Go) accepts a flag group after "^"; Python only at the very start.
+        out["pattern"] = "(?i)" + out["pattern"].replace("(?i)", "")
     if (
         out.get("type") == "object"
         and "properties" in out
@@ -216,7 +223,7 @@ def crd_schema(api_version: str, kind: str) -> tuple[jsonschema.protocols.Valida
     path = SCHEMA_DIR / group / f"{kind.lower()}_{version}.yaml"
     if not path.is_file():
         return None
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     schema = strict_schema(doc["schema"])
     schema["properties"]["metadata"] = {"$ref": OBJECT_META_REF}
     schema["properties"]["apiVersion"] = {"const": api_version}

@@ -14,6 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -30,13 +31,23 @@ def runs() -> dict[str, StackRun]:
     return {stack: run_stack(stack) for stack in STACKS}
 
 
+@pytest.fixture(scope="session")
+def rendered(runs: dict[str, StackRun], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Each stack rendered once: ``{stack: (report, out_dir)}``."""
+    result = {}
+    for stack, run in runs.items():
+        out = tmp_path_factory.mktemp(f"render-{stack}")
+        result[stack] = (render.render_run(run, out, environment=stack), out)
+    return result
+
+
 def k8s_objects(run: StackRun) -> list[RecordedResource]:
     return [r for r in run.resources if render.is_kubernetes_object(r)]
 
 
-def with_resources(run: StackRun, *extra: RecordedResource, drop: str | None = None) -> StackRun:
-    kept = [r for r in run.resources if r.urn != drop]
-    return dataclasses.replace(run, resources=[*kept, *extra])
+def only(run: StackRun, *resources: RecordedResource) -> StackRun:
+    """The run cut down to these resources: a render of just them is fast and its findings are theirs alone."""
+    return dataclasses.replace(run, resources=list(resources))
 
 
 def variant(resource: RecordedResource, name: str, inputs: dict) -> RecordedResource:
@@ -50,10 +61,10 @@ def variant(resource: RecordedResource, name: str, inputs: dict) -> RecordedReso
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_stack_renders_validates_and_passes_policies(
-    runs: dict[str, StackRun], stack: str, tmp_path: Path
+    runs: dict[str, StackRun], rendered: dict[str, tuple], stack: str
 ) -> None:
     run = runs[stack]
-    report = render.render_run(run, tmp_path, environment=stack)
+    report, tmp_path = rendered[stack]
 
     assert report.problems == []
     assert report.violations == []
@@ -78,8 +89,8 @@ def test_every_stack_renders_validates_and_passes_policies(
     assert "PASS" in (tmp_path / "plan.md").read_text()
 
 
-def test_prod_protects_its_state(runs: dict[str, StackRun], tmp_path: Path) -> None:
-    report = render.render_run(runs["prod"], tmp_path, environment="prod")
+def test_prod_protects_its_state(runs: dict[str, StackRun], rendered: dict[str, tuple]) -> None:
+    report, tmp_path = rendered["prod"]
     protected = sorted(f"{r.type}::{r.name}" for r in runs["prod"].resources if r.protect)
     assert protected, "prod protects nothing"
     assert report.summary["protected"] == protected
@@ -94,7 +105,7 @@ def test_unknown_field_in_a_manifest_fails_strict_validation(
     target = k8s_objects(run)[0]
     inputs = copy.deepcopy(target.inputs)
     inputs["metadata"]["labelz"] = {"typo": "yes"}
-    broken = with_resources(run, dataclasses.replace(target, inputs=inputs), drop=target.urn)
+    broken = only(run, dataclasses.replace(target, inputs=inputs))
 
     report = render.render_run(broken, tmp_path, environment="dev")
 
@@ -129,7 +140,7 @@ def test_wrong_type_and_removed_api_fail(runs: dict[str, StackRun], tmp_path: Pa
             "metadata": {"name": "old", "namespace": "rag"},
         },
     )
-    report = render.render_run(with_resources(run, bad_replicas, removed), tmp_path, environment="dev")
+    report = render.render_run(only(run, bad_replicas, removed), tmp_path, environment="dev")
     problems = {p.file: p.message for p in report.problems}
     assert (
         problems["k8s/rag/deployment--api.yaml"]
@@ -153,14 +164,15 @@ def test_policy_violation_fails_the_render(runs: dict[str, StackRun], tmp_path: 
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
         },
     )
-    report = render.render_run(with_resources(run, pvc), tmp_path, environment="prod")
+    report = render.render_run(only(run, pvc), tmp_path, environment="prod")
     assert report.problems == []
     assert not report.ok
-    assert [(v.policy, v.message) for v in report.violations if v.urn == pvc.urn] == [
+    assert [(v.policy, v.message, v.urn) for v in report.violations] == [
         (
             "protect-stateful-in-prod",
             "kubernetes:core/v1:PersistentVolumeClaim data holds data and must be protected in prod "
             "(ResourceOptions(protect=True)).",
+            pvc.urn,
         )
     ]
     plan_md = (tmp_path / "plan.md").read_text()
@@ -181,7 +193,7 @@ def test_secret_values_are_redacted_on_disk(runs: dict[str, StackRun], tmp_path:
             "stringData": {"DATABASE_URL": "postgresql://u:hunter2@db/rag"},
         },
     )
-    report = render.render_run(with_resources(run, secret), tmp_path, environment="dev")
+    report = render.render_run(only(run, secret), tmp_path, environment="dev")
     assert report.ok
     text = (tmp_path / "k8s/rag/secret--creds.yaml").read_text()
     assert "hunter2" not in text
@@ -203,12 +215,11 @@ def test_custom_kind_without_schema_is_listed_not_validated(
             "spec": {"schedule": "0 0 0 * * *", "cluster": {"name": "pg"}},
         },
     )
-    report = render.render_run(with_resources(run, scheduled), tmp_path, environment="dev")
+    report = render.render_run(only(run, scheduled), tmp_path, environment="dev")
     assert report.ok
-    assert (
+    assert report.not_validated == [
         "k8s/rag/scheduledbackup--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 ScheduledBackup)"
-        in report.not_validated
-    )
+    ]
     assert "scheduledbackup--nightly" in (tmp_path / "plan.md").read_text()
 
 
@@ -257,10 +268,11 @@ def test_unknown_stack_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "Pulumi.nope.yaml" in capsys.readouterr().err
 
 
-def test_whole_number_floats_are_written_as_ints(runs: dict[str, StackRun], tmp_path: Path) -> None:
+def test_whole_number_floats_are_written_as_ints(rendered: dict[str, tuple]) -> None:
     assert render.integral({"a": 5.0, "b": [1.5, 2.0], "c": "3.0"}) == {"a": 5, "b": [1.5, 2], "c": "3.0"}
     assert type(render.integral({"a": 5.0})["a"]) is int
-    render.render_run(runs["staging"], tmp_path, environment="staging")
+    _, tmp_path = rendered["staging"]
+    assert list(tmp_path.glob("k8s/*/horizontalpodautoscaler--*.yaml"))
     for path in tmp_path.glob("k8s/*/horizontalpodautoscaler--*.yaml"):
         spec = yaml.safe_load(path.read_text())["spec"]
         assert type(spec["maxReplicas"]) is int, path
@@ -281,3 +293,136 @@ def test_a_component_regression_is_caught_by_the_policies(
     )
     assert out.rstrip().splitlines()[-1].startswith("FAIL")
     assert json.loads((tmp_path / "plan.json").read_text())["ok"] is False
+
+
+SCHEMA_FILES = sorted(render.SCHEMA_DIR.glob("*/*.yaml"))
+
+CUSTOM_OBJECTS = {
+    "ServiceMonitor": {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "rag", "namespace": "rag", "labels": {"release": "monitoring"}},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "rag"}},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
+        },
+    },
+    "PrometheusRule": {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "rag", "namespace": "rag"},
+        "spec": {
+            "groups": [{"name": "rag", "rules": [{"alert": "QdrantDown", "expr": "up == 0", "for": "5m"}]}]
+        },
+    },
+    "Gateway": {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "rag", "namespace": "rag"},
+        "spec": {
+            "gatewayClassName": "eg",
+            "listeners": [
+                {"name": "http", "protocol": "HTTP", "port": 80, "hostname": "rag.example.com"},
+                {
+                    "name": "https",
+                    "protocol": "HTTPS",
+                    "port": 443,
+                    "hostname": "rag.example.com",
+                    "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "rag-tls"}]},
+                },
+            ],
+        },
+    },
+    "HTTPRoute": {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "rag", "namespace": "rag"},
+        "spec": {
+            "parentRefs": [{"name": "rag", "sectionName": "https"}],
+            "hostnames": ["rag.example.com"],
+            "rules": [
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [{"name": "rag", "port": 80}],
+                    "timeouts": {"request": "30s"},
+                }
+            ],
+        },
+    },
+    "Certificate": {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {"name": "rag", "namespace": "rag"},
+        "spec": {
+            "secretName": "rag-tls",
+            "dnsNames": ["rag.example.com"],
+            "issuerRef": {"name": "letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        },
+    },
+}
+
+#: One typo'd field per kind, at a nested path, and the error it must produce.
+TYPOS = {
+    "ServiceMonitor": (("spec", "endpoints", 0), "intervall", "spec.endpoints.0"),
+    "PrometheusRule": (("spec", "groups", 0, "rules", 0), "severity", "spec.groups.0.rules.0"),
+    "Gateway": (("spec", "listeners", 1, "tls"), "certificateRef", "spec.listeners.1.tls"),
+    "HTTPRoute": (("spec", "rules", 0, "backendRefs", 0), "weigth", "spec.rules.0.backendRefs.0"),
+    "Certificate": (("spec", "privateKey"), "bits", "spec.privateKey"),
+}
+
+
+@pytest.mark.parametrize("path", SCHEMA_FILES, ids=lambda p: p.name)
+def test_vendored_schemas_name_their_source_and_compile(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    assert set(doc) >= {"kind", "apiVersion", "version", "source", "schema"}
+    assert doc["source"].startswith("https://github.com/")
+    assert "/blob/" in doc["source"]
+    assert path.name == f"{doc['kind'].lower()}_{doc['apiVersion'].rsplit('/', 1)[1]}.yaml"
+    strict = render.strict_schema(doc["schema"])
+    jsonschema.Draft202012Validator(
+        strict, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    ).check_schema(strict)
+    assert strict["properties"]["spec"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize("kind", sorted(CUSTOM_OBJECTS))
+def test_custom_resources_validate_strictly(kind: str) -> None:
+    good = copy.deepcopy(CUSTOM_OBJECTS[kind])
+    validated_by, errors = render.validate_manifest(good)
+    assert errors == []
+    assert validated_by.startswith(f"{good['apiVersion'].rsplit('/', 1)[0]}/{kind.lower()}_v1.yaml (")
+
+    path, field, where = TYPOS[kind]
+    bad = copy.deepcopy(good)
+    target = bad
+    for step in path:
+        target = target[step]
+    target[field] = "x"
+    bad["metadata"]["labelz"] = {}
+    _, errors = render.validate_manifest(bad)
+    assert errors == [
+        "Additional properties are not allowed ('labelz' was unexpected) (at metadata)",
+        f"Additional properties are not allowed ('{field}' was unexpected) (at {where})",
+    ]
+
+
+def test_custom_resource_required_fields_and_bounds() -> None:
+    gateway = copy.deepcopy(CUSTOM_OBJECTS["Gateway"])
+    gateway["spec"]["listeners"][0]["port"] = 0
+    del gateway["spec"]["gatewayClassName"]
+    _, errors = render.validate_manifest(gateway)
+    assert errors == [
+        "'gatewayClassName' is a required property (at spec)",
+        "0 is less than the minimum of 1 (at spec.listeners.0.port)",
+    ]
+
+
+def test_re2_inline_flags_work_in_python() -> None:
+    rule = copy.deepcopy(CUSTOM_OBJECTS["PrometheusRule"])
+    rule["spec"]["groups"][0]["partial_response_strategy"] = "ABORT"
+    assert render.validate_manifest(rule)[1] == []
+    rule["spec"]["groups"][0]["partial_response_strategy"] = "retry"
+    assert render.validate_manifest(rule)[1] == [
+        "'retry' does not match '(?i)^(abort|warn)?$' (at spec.groups.0.partial_response_strategy)"
+    ]
