@@ -141,8 +141,17 @@ def _record(row: sa.Row[Any]) -> DocumentRecord:
     )
 
 
+def normalize_database_url(url: str) -> str:
+    """``postgres://`` and driver-less ``postgresql://`` URLs (as managed databases hand them out) use psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout."""
+    url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
