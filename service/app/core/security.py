@@ -7,6 +7,9 @@ whenever its modification time, size or inode changes, so a rotated Secret takes
 Comparison is constant-time: the presented key is checked against every configured key with
 `hmac.compare_digest` on SHA-256 digests (equal lengths), without stopping at the first match, so the
 response time says nothing about which key, or how much of a key, matched.
+
+FastAPI dependencies built on it: `get_tenant` (behind `TenantDep`, 401 unless AUTH_DISABLED) and
+`rate_limit(budget)`, which main.py attaches to the /v1 routers so every route authenticates, then spends.
 """
 
 from __future__ import annotations
