@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
+# Running a directory puts infra/ itself first on sys.path, where config.py or policy/ could shadow other
+# top-level modules; the package is imported from the repository root instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
@@ -23,7 +26,7 @@ import pulumi_random as random  # noqa: E402
 
 from infra.clusters import ClusterTarget, build_cluster  # noqa: E402
 from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector  # noqa: E402
-from infra.components.gateway import TlsGateway, TlsGatewayArgs  # noqa: E402
+from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs  # noqa: E402
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha  # noqa: E402
 from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs  # noqa: E402
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs  # noqa: E402
@@ -49,9 +52,8 @@ ISSUERS = {
     "letsencrypt-staging": "letsencrypt-staging",
     "letsencrypt": "letsencrypt-prod",
 }
-# Who reaches the API pods through the gateway: GKE's managed Gateway sends traffic from Google's load balancer
-# ranges straight to the pods (container-native); elsewhere the Gateway API proxies run in these namespaces.
-GKE_LB_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# Who reaches the API pods through the gateway: a cloud-managed Gateway class sends traffic from its load
+# balancer ranges straight to the pods (`lb_source_cidrs`); in-cluster implementations proxy from these namespaces.
 PROXY_NAMESPACES = ("envoy-gateway-system",)
 
 
@@ -176,12 +178,15 @@ postgres = PostgresDatabase(
         protect=config.protect,
         depends_on=ready if pg_mode == "cloudnative" else tuple(cluster.depends_on),
         namespace=config.namespace,
+        install_operator=pg_cfg.cloudnative.installOperator,
         instances=pg_cfg.cloudnative.instances,
         storage_size=pg_cfg.cloudnative.storage.size,
         storage_class=storage_class(pg_cfg.cloudnative.storage.storageClass, cluster),
         image=f"ghcr.io/cloudnative-pg/postgresql:{pg_cfg.version}",
         resources=resources(pg_cfg.cloudnative.resources),
         client_selectors=clients,
+        pod_monitor=monitoring is not None,
+        monitoring_crds=monitoring_crds,
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
         allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
@@ -261,6 +266,7 @@ svc_cfg = config.service
 settings = svc_cfg.settings.env()
 settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
 scaling = svc_cfg.autoscaling
+lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
 service = RagService(
     SERVICE_NAME,
     RagServiceArgs(
@@ -297,8 +303,8 @@ service = RagService(
             else {}
         ),
         network=NetworkAccess(
-            gateway_namespaces=() if cluster.provider_name == "gke" else PROXY_NAMESPACES,
-            gateway_cidrs=GKE_LB_RANGES if cluster.provider_name == "gke" else (),
+            gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
+            gateway_cidrs=lb_cidrs,
             egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
         ),
         service_monitor=monitoring is not None,
@@ -325,6 +331,7 @@ if config.tls.enabled:
             gateway_class_name=gateway_cfg.className,
             ingress_class_name=gateway_cfg.ingress.className or None,
             cert_manager_version=config.tls.certManagerVersion,
+            install_cert_manager=config.tls.installCertManager,
             depends_on=ready,
         ),
         opts=in_cluster,
@@ -348,6 +355,7 @@ if config.backups.enabled and cluster.cloud is not None and cluster.workload_ide
             create_bucket=not config.backups.bucket,
             bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
             retention_days=config.backups.retentionDays,
+            aws_region=cluster.region if cluster.cloud == "aws" else None,
             protect=config.protect,
             depends_on=ready,
         ),

@@ -178,6 +178,7 @@ class QdrantConfig:
 class CloudNativePg:
     """CloudNativePG Cluster settings (mode cloudnative)."""
 
+    installOperator: bool
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
@@ -315,6 +316,7 @@ class TlsConfig:
     issuer: Literal["selfSigned", "letsencrypt-staging", "letsencrypt"]
     email: str
     certManagerVersion: str = _f(pattern=re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+$"))
+    installCertManager: bool
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -310,3 +310,24 @@ def test_a_configured_backup_bucket_is_used_not_created() -> None:
     result = run("prod", backups={"bucket": "acme-rag-backups"})
     assert "qdrant-backups-bucket" not in {r.name for r in result.resources}
     assert "arn:aws:s3:::acme-rag-backups" in result.by_name("irsa-backup-bucket").inputs["policy"]
+
+
+def test_shared_cluster_operators_can_be_left_to_the_cluster() -> None:
+    own = run("dev")
+    assert {"gateway-cert-manager", "postgres-operator"} <= {r.name for r in own.resources}
+    shared = run(
+        "dev", tls={"installCertManager": False}, postgres={"cloudnative": {"installOperator": False}}
+    )
+    names = {r.name for r in shared.resources}
+    assert "gateway-cert-manager" not in names
+    assert "postgres-operator" not in names
+    assert "gateway-issuer" in names
+    assert "postgres-cluster" in names
+
+
+def test_api_admits_the_gateway_of_the_configured_class() -> None:
+    gke_class = str(run("staging").by_name("rag-api-netpol").inputs["spec"]["ingress"])
+    assert "35.191.0.0/16" in gke_class
+    in_cluster = str(run("prod").by_name("rag-api-netpol").inputs["spec"]["ingress"])
+    assert "envoy-gateway-system" in in_cluster
+    assert "35.191.0.0/16" not in in_cluster
