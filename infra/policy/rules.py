@@ -300,6 +300,30 @@ def require_tls(args: ResourceValidationArgs, report_violation: ReportViolation)
             )
 
 
+def _serves_tls(kind: str, props: Mapping[str, Any]) -> bool:
+    if kind == "Ingress":
+        return any(_map(t).get("secretName") for t in _seq(_get(props, "spec", "tls")))
+    listeners = [_map(x) for x in _seq(_get(props, "spec", "listeners"))]
+    return any(x.get("protocol") == "HTTPS" and _seq(_get(x, "tls", "certificateRefs")) for x in listeners)
+
+
+def require_tls_entry_point(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """Outside dev, the stack declares at least one TLS entry point (a Gateway or an Ingress serving HTTPS)."""
+    environment = environment_of(args.get_config())
+    if environment in DEV_ENVIRONMENTS:
+        return
+    if any(
+        kind_of(r.resource_type) in ("Gateway", "Ingress") and _serves_tls(kind_of(r.resource_type), r.props)
+        for r in args.resources
+    ):
+        return
+    report_violation(
+        f"{environment} has no TLS entry point: declare a Gateway with an HTTPS listener (certificateRefs) "
+        "or an Ingress with spec.tls.",
+        None,
+    )
+
+
 def is_stateful(resource_type: str, props: Mapping[str, Any]) -> bool:
     """Whether deleting this resource would lose data."""
     if resource_type == "kubernetes:apps/v1:StatefulSet":
@@ -446,6 +470,13 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
         name="protect-stateful-in-prod",
         description="In prod, volumes, databases, caches and buckets are protected from deletion.",
         validate=require_protect_in_prod,
+        enforcement_level=MANDATORY,
+        config_schema=ENVIRONMENT_SCHEMA,
+    ),
+    StackValidationPolicy(
+        name="tls-entry-point-outside-dev",
+        description="Outside dev, the stack has a Gateway or Ingress serving HTTPS.",
+        validate=require_tls_entry_point,
         enforcement_level=MANDATORY,
         config_schema=ENVIRONMENT_SCHEMA,
     ),

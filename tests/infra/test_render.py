@@ -173,7 +173,13 @@ def test_policy_violation_fails_the_render(runs: dict[str, StackRun], tmp_path: 
             "kubernetes:core/v1:PersistentVolumeClaim data holds data and must be protected in prod "
             "(ResourceOptions(protect=True)).",
             pvc.urn,
-        )
+        ),
+        (
+            "tls-entry-point-outside-dev",
+            "prod has no TLS entry point: declare a Gateway with an HTTPS listener (certificateRefs) "
+            "or an Ingress with spec.tls.",
+            None,
+        ),
     ]
     plan_md = (tmp_path / "plan.md").read_text()
     assert "[mandatory] protect-stateful-in-prod: kubernetes:core/v1:PersistentVolumeClaim data" in plan_md
@@ -237,6 +243,17 @@ def test_main_renders_dev(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "stack dev (dev)" in out
     assert out.rstrip().splitlines()[-1].startswith("PASS")
     assert (tmp_path / "plan.md").is_file()
+
+
+def test_a_policy_violating_config_override_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Config allows staging without TLS; the policy pack does not (it would leave staging with no HTTPS entry)."""
+    assert render.main(["--stack", "staging", "--out", str(tmp_path), "--set", "tls.enabled=false"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "POLICY  [mandatory] tls-entry-point-outside-dev: staging has no TLS entry point: declare a Gateway "
+        "with an HTTPS listener (certificateRefs) or an Ingress with spec.tls." in out
+    )
+    assert out.rstrip().splitlines()[-1].startswith("FAIL")
 
 
 def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:

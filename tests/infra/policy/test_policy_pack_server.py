@@ -18,7 +18,15 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
-from policy_builders import API_LABELS, pdb, qdrant_statefulset, workload
+from policy_builders import (
+    API_LABELS,
+    HTTP_LISTENER,
+    HTTPS_LISTENER,
+    gateway,
+    pdb,
+    qdrant_statefulset,
+    workload,
+)
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[3]
@@ -119,22 +127,35 @@ def test_pack_reports_resource_violations_with_the_stack_environment(
 
 def test_pack_reports_stack_violations(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
     dep_type, pdb_type = "kubernetes:apps/v1:Deployment", "kubernetes:policy/v1:PodDisruptionBudget"
+    gw_type = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
     deployment = analyzer_pb2.AnalyzerResource(
         type=dep_type, properties=struct(workload(replicas=3)), urn=urn(dep_type, "svc"), name="svc"
     )
     response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[deployment]))
-    assert [(d.policyName, violation(d), d.urn) for d in response.diagnostics] == [
+    assert sorted((d.policyName, violation(d), d.urn) for d in response.diagnostics) == [
         (
             "pdb-for-replicated-workloads",
             "Deployment rag/rag-service runs 3 replicas but no PodDisruptionBudget selects its pods.",
             urn(dep_type, "svc"),
-        )
+        ),
+        (
+            "tls-entry-point-outside-dev",
+            "prod has no TLS entry point: declare a Gateway with an HTTPS listener (certificateRefs) "
+            "or an Ingress with spec.tls.",
+            "",
+        ),
     ]
+    entry = analyzer_pb2.AnalyzerResource(
+        type=gw_type,
+        properties=struct(gateway([HTTP_LISTENER, HTTPS_LISTENER])),
+        urn=urn(gw_type, "gw"),
+        name="gw",
+    )
     budget = analyzer_pb2.AnalyzerResource(
         type=pdb_type,
         properties=struct(pdb("rag-service", API_LABELS)),
         urn=urn(pdb_type, "pdb"),
         name="pdb",
     )
-    ok = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[deployment, budget]))
+    ok = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[deployment, budget, entry]))
     assert list(ok.diagnostics) == []

@@ -54,14 +54,12 @@ def test_pack_lists_every_rule_as_mandatory() -> None:
         "tls-outside-dev",
         "protect-stateful-in-prod",
         "pdb-for-replicated-workloads",
+        "tls-entry-point-outside-dev",
     }
     assert all(p.enforcement_level is EnforcementLevel.MANDATORY for p in POLICIES)
-    assert isinstance(
-        next(p for p in POLICIES if p.name == "pdb-for-replicated-workloads"), StackValidationPolicy
-    )
-    assert all(
-        isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name != "pdb-for-replicated-workloads"
-    )
+    stack_level = {"pdb-for-replicated-workloads", "tls-entry-point-outside-dev"}
+    assert all(isinstance(p, StackValidationPolicy) for p in POLICIES if p.name in stack_level)
+    assert all(isinstance(p, ResourceValidationPolicy) for p in POLICIES if p.name not in stack_level)
 
 
 def test_well_formed_stack_passes_every_policy(k8s: K8s) -> None:
@@ -308,6 +306,29 @@ def test_ingress_fallback_needs_tls_outside_dev(k8s: K8s) -> None:
     ]
     ingress["spec"]["tls"] = [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]
     assert messages([k8s(ingress)], "tls-outside-dev") == []
+
+
+def test_stack_without_tls_entry_point_fails_outside_dev(k8s: K8s) -> None:
+    expected = (
+        "{env} has no TLS entry point: declare a Gateway with an HTTPS listener (certificateRefs) "
+        "or an Ingress with spec.tls."
+    )
+    only_workloads = [k8s(workload())]
+    assert messages(only_workloads, "tls-entry-point-outside-dev", "dev") == []
+    assert messages(only_workloads, "tls-entry-point-outside-dev", "staging") == [
+        expected.format(env="staging")
+    ]
+    plain = [*only_workloads, k8s(gateway([HTTP_LISTENER]))]
+    assert messages(plain, "tls-entry-point-outside-dev", "prod") == [expected.format(env="prod")]
+    https = [*only_workloads, k8s(gateway([HTTP_LISTENER, HTTPS_LISTENER]))]
+    assert messages(https, "tls-entry-point-outside-dev", "prod") == []
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "rag", "namespace": "rag"},
+        "spec": {"tls": [{"hosts": ["rag.example.com"], "secretName": "rag-tls"}]},
+    }
+    assert messages([*only_workloads, k8s(ingress)], "tls-entry-point-outside-dev", "prod") == []
 
 
 # ------------------------------------------------------------------------------------------- protect-stateful
