@@ -80,6 +80,13 @@ def test_every_key_has_a_description_default_and_valid_type() -> None:
             assert declaration["type"] in {"string", "integer", "boolean", "array"}, key
 
 
+def test_declarations_use_only_the_project_schema_attributes() -> None:
+    # Pulumi's project schema: a declaration may carry type, items, description, secret, default and value.
+    for key, declaration in declared_config().items():
+        assert set(declaration) <= {"type", "items", "description", "secret", "default", "value"}, key
+        assert ":" not in key, key  # bare keys are the project's namespace (rag:)
+
+
 def test_every_config_field_is_declared_in_pulumi_yaml() -> None:
     defaults = declared_defaults()
     for item in fields(StackConfig):
