@@ -324,6 +324,15 @@ CUSTOM_OBJECTS = {
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}],
         },
     },
+    "PodMonitor": {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": "postgres", "namespace": "rag"},
+        "spec": {
+            "selector": {"matchLabels": {"cnpg.io/cluster": "postgres"}},
+            "podMetricsEndpoints": [{"port": "metrics", "interval": "30s"}],
+        },
+    },
     "PrometheusRule": {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -382,6 +391,7 @@ CUSTOM_OBJECTS = {
 #: One typo'd field per kind, at a nested path, and the error it must produce.
 TYPOS = {
     "ServiceMonitor": (("spec", "endpoints", 0), "intervall", "spec.endpoints.0"),
+    "PodMonitor": (("spec", "podMetricsEndpoints", 0), "targetPorts", "spec.podMetricsEndpoints.0"),
     "PrometheusRule": (("spec", "groups", 0, "rules", 0), "severity", "spec.groups.0.rules.0"),
     "Gateway": (("spec", "listeners", 1, "tls"), "certificateRef", "spec.listeners.1.tls"),
     "HTTPRoute": (("spec", "rules", 0, "backendRefs", 0), "weigth", "spec.rules.0.backendRefs.0"),
