@@ -2,8 +2,9 @@
 
 Asserts the platform's promises on the recorded resources: parenting, providers only at the top level, protect
 flags in prod (and nowhere else), secrets staying secret, replica counts and HPA bounds per environment, the
-contract's stack outputs, determinism, and stable names (a committed URN snapshot per stack and target).
-Regenerate the snapshots after an intended rename/addition with `UPDATE_SNAPSHOTS=1 pytest tests/infra`.
+contract's stack outputs, determinism, and stable names: no URN of the committed snapshot per stack and target
+may disappear (that would delete or replace a real resource). Refresh the snapshots after an intended change
+with `UPDATE_SNAPSHOTS=1 pytest tests/infra/test_program.py -k urn` and review the diff.
 """
 
 from __future__ import annotations
@@ -246,13 +247,31 @@ def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_re
 
 
 @pytest.mark.parametrize(("stack", "target"), [(s, t) for s in STACKS for t in TARGETS])
-def test_urns_match_the_committed_snapshot(stack: str, target: str) -> None:
+def test_no_committed_urn_disappears(stack: str, target: str) -> None:
+    # A URN that vanishes is a resource a real `pulumi up` would delete (a rename is a delete plus a create),
+    # so it must be a reviewed change of the snapshot. New resources only extend the snapshot.
     path = SNAPSHOTS / f"{stack}-{target}.txt"
-    current = "\n".join(run(stack, target).urns) + "\n"
+    current = run(stack, target).urns
     if os.environ.get("UPDATE_SNAPSHOTS") == "1":
         SNAPSHOTS.mkdir(exist_ok=True)
-        path.write_text(current)
-    assert path.read_text() == current, f"resource names changed; if intended, regenerate {path.name}"
+        path.write_text("\n".join(current) + "\n")
+    committed = path.read_text().split()
+    assert committed == sorted(committed)
+    gone = sorted(set(committed) - set(current))
+    assert gone == [], f"resources would be deleted or replaced; if intended, regenerate {path.name}"
+
+
+def vanished(stack: str, target: str, result: StackRun) -> set[str]:
+    """Committed URNs of `stack` on `target` that `result` no longer has."""
+    return set((SNAPSHOTS / f"{stack}-{target}.txt").read_text().split()) - set(result.urns)
+
+
+def test_the_snapshot_check_sees_resources_that_would_go() -> None:
+    assert vanished("prod", "eks", run("prod")) == set()
+    without_monitoring = vanished("prod", "eks", run("prod", monitoring={"enabled": False}))
+    assert any(urn.endswith("::monitoring-stack") for urn in without_monitoring)
+    # Names do not depend on values such as the namespace, so moving a stack renames nothing.
+    assert vanished("dev", "existing", run("dev", namespace="rag-elsewhere")) == set()
 
 
 def test_tls_issuer_follows_the_environment(target_run: StackRun) -> None:
