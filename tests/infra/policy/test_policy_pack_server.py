@@ -1,7 +1,7 @@
 """The real pack: start ``infra/policy`` the way the Pulumi CLI does and talk to its analyzer over gRPC.
 
-The CLI launches the pack's ``__main__`` as a script with the stack's config in ``PULUMI_CONFIG`` and the stack in
-``PULUMI_STACK``, reads the port it prints, then calls ``GetAnalyzerInfo`` / ``Analyze`` / ``AnalyzeStack``. This
+The CLI launches the pack through ``python -m pulumi.policy`` (which runs ``infra/policy/__main__.py``) with the
+stack's config in ``PULUMI_CONFIG`` and the stack in ``PULUMI_STACK``, reads the port it prints, then calls ``GetAnalyzerInfo`` / ``Analyze`` / ``AnalyzeStack``. This
 test does the same, so ``pulumi preview --policy-pack infra/policy`` is exercised end to end minus the CLI.
 """
 
@@ -43,8 +43,14 @@ def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
         "PULUMI_DRY_RUN": "true",
         "PYTHONPATH": "",
     }
+    # Exactly the launcher the Python language host uses for a policy pack: `python -u -m pulumi.policy
+    # <engine address> <pack dir>`, which runs the pack's __main__.py; the engine address is unused until an error.
     proc = subprocess.Popen(
-        [sys.executable, str(PACK)], cwd=PACK, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", str(PACK)],
+        cwd=PACK,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         line = proc.stdout.readline().decode().strip() if proc.stdout else ""
