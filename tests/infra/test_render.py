@@ -20,6 +20,7 @@ import yaml
 
 from infra import render
 from infra.offline import RecordedResource, StackRun, run_stack
+from infra.policy import run_policies
 
 STACKS = ("dev", "staging", "prod")
 REPO = Path(__file__).resolve().parents[2]
@@ -453,3 +454,51 @@ def test_re2_inline_flags_work_in_python() -> None:
     assert render.validate_manifest(rule)[1] == [
         "'retry' does not match '(?i)^(abort|warn)?$' (at spec.groups.0.partial_response_strategy)"
     ]
+
+
+def _workload(run: StackRun, kind: str, predicate) -> RecordedResource:
+    matches = [r for r in k8s_objects(run) if r.inputs.get("kind") == kind and predicate(r)]
+    assert len(matches) == 1, [r.name for r in matches]
+    return matches[0]
+
+
+def test_policies_are_in_scope_for_the_real_api_and_qdrant_workloads(runs: dict[str, StackRun]) -> None:
+    """Guards the policies' defaults (API pod labels, Qdrant image) against drift in the components."""
+    run = runs["staging"]
+    api = _workload(
+        run,
+        "Deployment",
+        lambda r: (
+            r.inputs["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "api"
+        ),
+    )
+    qdrant = _workload(
+        run,
+        "StatefulSet",
+        lambda r: any(
+            "qdrant/qdrant" in c["image"] for c in r.inputs["spec"]["template"]["spec"]["containers"]
+        ),
+    )
+    api_inputs = copy.deepcopy(api.inputs)
+    for c in api_inputs["spec"]["template"]["spec"]["containers"]:
+        c.pop("readinessProbe", None)
+    qdrant_inputs = copy.deepcopy(qdrant.inputs)
+    for c in qdrant_inputs["spec"]["template"]["spec"]["containers"]:
+        c["env"] = [e for e in c.get("env", []) if e["name"] != "QDRANT__SERVICE__API_KEY"]
+    broken = only(
+        run,
+        dataclasses.replace(api, inputs=api_inputs),
+        dataclasses.replace(qdrant, inputs=qdrant_inputs),
+    )
+    found = {(v.policy, v.urn) for v in run_policies(broken.resources, environment="staging")}
+    assert ("health-probes", api.urn) in found
+    assert ("qdrant-api-key", qdrant.urn) in found
+    resource_rules = {
+        "health-probes",
+        "qdrant-api-key",
+        "container-resources",
+        "run-as-non-root",
+        "pinned-images",
+    }
+    unmodified = {v.policy for v in run_policies([api, qdrant], environment="staging")}
+    assert not unmodified & resource_rules
