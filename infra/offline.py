@@ -288,6 +288,14 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "selfLink": f"projects/p/global/networks/{inputs.get('name') or name}",
             "name": inputs.get("name") or name,
         }
+    if typ == "gcp:compute/globalAddress:GlobalAddress":
+        return {
+            "address": inputs.get("address") or "10.100.0.0",
+            "selfLink": f"projects/p/global/addresses/{name}",
+        }
+    if typ.startswith("gcp:"):
+        resource = inputs.get("name") or name
+        return {"name": resource, "selfLink": f"https://www.googleapis.com/{typ.split(':')[1]}/{resource}"}
     if typ.startswith("kubernetes:") and isinstance(inputs.get("metadata"), Mapping):
         metadata = dict(inputs["metadata"])
         metadata.setdefault("name", name)
