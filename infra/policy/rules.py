@@ -227,8 +227,31 @@ def image_problem(image: str) -> str | None:
     return None
 
 
+def _latest_in_values(value: Any, path: str = "values") -> Iterator[str]:
+    """Paths in Helm values that select a ``latest`` image (``tag: latest`` or ``image: repo:latest``)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if (key == "tag" and item == "latest") or (
+                key == "image" and isinstance(item, str) and item.split("@", 1)[0].endswith(":latest")
+            ):
+                yield here
+            else:
+                yield from _latest_in_values(item, here)
+    elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        for index, item in enumerate(value):
+            yield from _latest_in_values(item, f"{path}[{index}]")
+
+
 def forbid_latest_images(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    """Every container image has a digest or an explicit tag other than ``latest``."""
+    """Every container image has a digest or an explicit tag other than ``latest``; Helm charts pin a version."""
+    if args.resource_type.startswith("kubernetes:helm.sh/"):
+        chart = args.props.get("chart") or "?"
+        if not args.props.get("version"):
+            report_violation(f"Helm release {args.name}: chart {chart!r} has no pinned version.", None)
+        for where in _latest_in_values(args.props.get("values")):
+            report_violation(f"Helm release {args.name}: {where} selects the mutable tag 'latest'.", None)
+        return
     kind = kind_of(args.resource_type)
     spec = pod_spec(kind, args.props)
     if spec is None:
@@ -449,7 +472,7 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ),
     ResourceValidationPolicy(
         name="pinned-images",
-        description="Images carry a digest or an explicit tag other than latest.",
+        description="Images carry a digest or an explicit tag other than latest; Helm charts pin a version.",
         validate=forbid_latest_images,
         enforcement_level=MANDATORY,
     ),

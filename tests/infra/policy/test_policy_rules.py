@@ -227,6 +227,32 @@ def test_pinned_images_pass(image: str) -> None:
     assert image_problem(image) is None
 
 
+def test_helm_releases_pin_chart_and_image_versions() -> None:
+    good = recorded(
+        "kubernetes:helm.sh/v3:Release",
+        "monitoring",
+        {
+            "chart": "kube-prometheus-stack",
+            "version": "77.0.0",
+            "values": {"grafana": {"image": {"tag": "12.1.0"}}},
+        },
+    )
+    assert messages([good], "pinned-images") == []
+    bad = recorded(
+        "kubernetes:helm.sh/v3:Release",
+        "monitoring",
+        {
+            "chart": "kube-prometheus-stack",
+            "values": {"grafana": {"image": {"tag": "latest"}}, "sidecars": [{"image": "busybox:latest"}]},
+        },
+    )
+    assert messages([bad], "pinned-images") == [
+        "Helm release monitoring: chart 'kube-prometheus-stack' has no pinned version.",
+        "Helm release monitoring: values.grafana.image.tag selects the mutable tag 'latest'.",
+        "Helm release monitoring: values.sidecars[0].image selects the mutable tag 'latest'.",
+    ]
+
+
 # ------------------------------------------------------------------------------------------- qdrant-api-key
 def test_qdrant_api_key_from_secret_passes(k8s: K8s) -> None:
     assert messages([k8s(qdrant_statefulset())], "qdrant-api-key") == []
