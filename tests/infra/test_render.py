@@ -376,6 +376,28 @@ CUSTOM_OBJECTS = {
             ],
         },
     },
+    "ClusterIssuer": {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "ClusterIssuer",
+        "metadata": {"name": "letsencrypt"},
+        "spec": {
+            "acme": {
+                "server": "https://acme-v02.api.letsencrypt.org/directory",
+                "email": "platform@example.com",
+                "privateKeySecretRef": {"name": "letsencrypt-account-key"},
+                "solvers": [
+                    {
+                        "http01": {
+                            "gatewayHTTPRoute": {
+                                "parentRefs": [{"name": "rag", "namespace": "rag", "sectionName": "http"}],
+                                "podTemplate": {"spec": {"nodeSelector": {"pool": "system"}}},
+                            }
+                        }
+                    }
+                ],
+            }
+        },
+    },
     "Certificate": {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
@@ -397,6 +419,11 @@ TYPOS = {
     "Gateway": (("spec", "listeners", 1, "tls"), "certificateRef", "spec.listeners.1.tls"),
     "HTTPRoute": (("spec", "rules", 0, "backendRefs", 0), "weigth", "spec.rules.0.backendRefs.0"),
     "Certificate": (("spec", "privateKey"), "bits", "spec.privateKey"),
+    "ClusterIssuer": (
+        ("spec", "acme", "solvers", 0, "http01", "gatewayHTTPRoute"),
+        "parentRef",
+        "spec.acme.solvers.0.http01.gatewayHTTPRoute",
+    ),
 }
 
 
