@@ -16,7 +16,7 @@ Environment-dependent rules (TLS outside dev, protection in prod) ask :func:`env
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -262,10 +262,16 @@ def forbid_latest_images(args: ResourceValidationArgs, report_violation: ReportV
             report_violation(f"{describe(args.props, args.name)}: {label} {problem}.", None)
 
 
+def repository_of(image: str) -> str:
+    """The repository of an image reference, without tag or digest (``host:5000/a/b:1@sha256:..`` -> ``host:5000/a/b``)."""
+    head, _, last = image.split("@", 1)[0].rpartition("/")
+    last = last.split(":", 1)[0]
+    return f"{head}/{last}" if head else last
+
+
 def _is_qdrant_container(container: Mapping[str, Any]) -> bool:
-    image = str(container.get("image") or "")
-    repo = image.split("@", 1)[0].rsplit(":", 1)[0] if "/" in image else image.split(":", 1)[0]
-    return repo.endswith("qdrant/qdrant") or repo == "qdrant"
+    repository = repository_of(str(container.get("image") or ""))
+    return repository == "qdrant/qdrant" or repository.endswith("/qdrant/qdrant")
 
 
 def require_qdrant_api_key(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -438,8 +444,6 @@ def require_pdb(args: StackValidationArgs, report_violation: ReportViolation) ->
 
 
 # ---------------------------------------------------------------------------------------------- the policy list
-Rule = Callable[[Any, ReportViolation], None]
-
 MANDATORY = EnforcementLevel.MANDATORY
 
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [

@@ -31,7 +31,7 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValid
 from infra.offline import RecordedResource
 from infra.policy import POLICIES, environment_of, run_policies
 from infra.policy.evaluate import resource_args
-from infra.policy.rules import image_problem
+from infra.policy.rules import image_problem, repository_of
 
 K8s = Callable[..., RecordedResource]
 WORKER_LABELS = {"app.kubernetes.io/name": "rag", "app.kubernetes.io/component": "worker"}
@@ -290,6 +290,33 @@ def test_qdrant_helm_release_needs_api_key() -> None:
         "kubernetes:helm.sh/v3:Release", "qdrant", {"chart": "qdrant", "values": {"apiKey": True}}
     )
     assert messages([good], "qdrant-api-key") == []
+
+
+@pytest.mark.parametrize(
+    ("image", "repository"),
+    [
+        ("qdrant/qdrant:v1.15.4", "qdrant/qdrant"),
+        ("docker.io/qdrant/qdrant@sha256:" + "b" * 64, "docker.io/qdrant/qdrant"),
+        ("registry:5000/qdrant/qdrant", "registry:5000/qdrant/qdrant"),
+        (
+            "registry:5000/mirror/qdrant/qdrant:v1.15.4@sha256:" + "c" * 64,
+            "registry:5000/mirror/qdrant/qdrant",
+        ),
+        ("busybox", "busybox"),
+    ],
+)
+def test_repository_of(image: str, repository: str) -> None:
+    assert repository_of(image) == repository
+
+
+def test_qdrant_is_recognised_from_a_mirror(k8s: K8s) -> None:
+    sts = qdrant_statefulset()
+    qdrant = sts["spec"]["template"]["spec"]["containers"][0]
+    qdrant["image"] = "registry:5000/mirror/qdrant/qdrant:v1.15.4"
+    del qdrant["env"]
+    assert messages([k8s(sts)], "qdrant-api-key") == [
+        "StatefulSet rag/qdrant: Qdrant container 'qdrant' has no QDRANT__SERVICE__API_KEY."
+    ]
 
 
 def test_other_workloads_need_no_qdrant_key(k8s: K8s) -> None:
