@@ -263,7 +263,7 @@ def forbid_latest_images(args: ResourceValidationArgs, report_violation: ReportV
 
 
 def repository_of(image: str) -> str:
-    """The repository of an image reference, without tag or digest (``host:5000/a/b:1@sha256:..`` -> ``host:5000/a/b``)."""
+    """An image reference without tag or digest: ``host:5000/a/b:1@sha256:..`` -> ``host:5000/a/b``."""
     head, _, last = image.split("@", 1)[0].rpartition("/")
     last = last.split(":", 1)[0]
     return f"{head}/{last}" if head else last
