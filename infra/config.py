@@ -693,6 +693,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
         if mode == "managed" and cluster.provider == "existing":
             fail(key, "managed needs a cloud cluster (cluster.provider gke or eks)")
 
+    gateway = config.gateway
+    gke_class = gateway.className.startswith("gke-")
+    if config.tls.enabled and not gateway.ingress.enabled and gke_class and cluster.provider != "gke":
+        fail(
+            "gateway.className",
+            f"{gateway.className} is a GKE-managed Gateway class; {cluster.provider} has none",
+        )
     if config.tls.enabled and config.tls.issuer != "selfSigned" and "@" not in config.tls.email:
         fail("tls.email", "an ACME e-mail address is required for the Let's Encrypt issuers")
     if config.backups.enabled and cluster.provider == "existing":

@@ -22,6 +22,8 @@ IN_CLUSTER = {"postgres": {"mode": "cloudnative"}, "redis": {"mode": "incluster"
 def target_overrides(stack: str, target: str) -> dict:
     """Config overrides that move `stack` onto cluster `target` (only what the target itself demands)."""
     overrides: dict = {"cluster": {"provider": target}}
+    if target != "gke":
+        overrides["gateway"] = {"className": "envoy-gateway"}  # GKE's managed classes exist only on GKE
     if target == "gke" and stack == "dev":
         overrides["cluster"]["gke"] = {"project": "rag-dev"}
     if target == "existing":

@@ -219,6 +219,15 @@ def test_errors_name_the_key_and_the_stack_file(changes: dict, key: str, fragmen
     assert fragment in message
 
 
+def test_gke_gateway_classes_need_gke() -> None:
+    with pytest.raises(ConfigError, match=r"^rag:gateway\.className in Pulumi\.staging\.yaml: gke-l7-"):
+        parse_config({**stack_values("staging"), "cluster": {"provider": "eks"}}, "staging")
+    moved = parse_config(
+        {**stack_values("staging"), "cluster": {"provider": "eks"}, "gateway": {"className": "eg"}}, "staging"
+    )
+    assert moved.gateway.className == "eg"
+
+
 def test_managed_databases_need_a_cloud_cluster() -> None:
     with pytest.raises(ConfigError, match=r"^rag:postgres\.mode in Pulumi\.dev\.yaml: managed needs a cloud"):
         parse_config({"postgres": {"mode": "managed"}}, "dev")
