@@ -201,3 +201,13 @@ async def test_same_document_id_in_two_tenants_is_two_documents(client: TestClie
     assert [r.text for r in b.results] == ["Tardigrades survive in space."]
     await services.ingest.delete("tenant-a", "shared")
     assert (await services.ingest.get("tenant-b", "shared")).document_id == "shared"
+
+
+def test_an_upload_declaring_its_charset_is_decoded_with_it(client: TestClient) -> None:
+    content = "Crème brûlée needs a blowtorch.".encode("latin-1")
+    response = client.post(
+        "/v1/documents", files={"file": ("dessert.txt", content, "text/plain; charset=latin-1")}
+    )
+    assert response.status_code == 201, response.text
+    hits = search(client, "creme brulee dessert", top_k=1)
+    assert hits[0]["text"] == "Crème brûlée needs a blowtorch."

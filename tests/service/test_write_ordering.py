@@ -256,3 +256,31 @@ def test_a_qdrant_error_during_search_is_503_and_the_next_search_works(env: Env)
     assert failed.status_code == 503
     assert failed.json()["error"]["code"] == "service_unavailable"
     assert env.doc_hits("searchable", "comet ice")[0]["text"] == "Comets have icy nuclei."
+
+
+def test_search_pages_past_many_invisible_points_to_fill_top_k(env: Env, embedder: FastEmbedEmbedder) -> None:
+    _, live = put(env, "paged", "Lighthouses guide ships along rocky coasts at night.")
+    query = "lighthouse beacon for ships"
+    vector = embedder.embed_query(query)
+    # Twelve unpublished chunks that match the query exactly: more than one page of hits for top_k=2.
+    ghosts = [
+        ChunkPoint(
+            tenant_id=env.tenant,
+            document_id="paged",
+            version=new_version(live["version"]),
+            chunk_index=i,
+            text=f"GHOST {i}",
+            vector=vector,
+            metadata={},
+            content_hash="ghost",
+            model=embedder.model_name,
+        )
+        for i in range(12)
+    ]
+    env.vectors.upsert(ghosts)
+    response = env.http.post("/v1/search", json={"query": query, "top_k": 2})
+    results = response.json()["results"]
+    assert len(results) == 2
+    assert results[0]["document_id"] == "paged"
+    assert results[0]["text"] == "Lighthouses guide ships along rocky coasts at night."
+    assert all("GHOST" not in r["text"] for r in results)

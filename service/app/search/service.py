@@ -23,9 +23,9 @@ from service.app.store.vectors import MetadataCondition, VectorHit, VectorStore
 
 logger = logging.getLogger(__name__)
 
-# Extra hits fetched per page to absorb invisible points without a second round trip.
-OVERFETCH_FACTOR = 2
-OVERFETCH_MIN = 10
+# Extra hits fetched per page to absorb invisible points (rare: writes in flight, failed clean-ups) without a
+# second round trip; when a page still falls short the next page is fetched, up to MAX_PAGES.
+OVERFETCH_MIN = 4
 MAX_PAGES = 5
 
 
@@ -88,7 +88,7 @@ class SearchService:
         conditions: Sequence[MetadataCondition],
         score_threshold: float | None,
     ) -> list[VectorHit]:
-        page_size = max(top_k * OVERFETCH_FACTOR, top_k + OVERFETCH_MIN)
+        page_size = top_k + max(OVERFETCH_MIN, top_k // 4)
         kept: list[VectorHit] = []
         seen: set[tuple[str, int]] = set()
         for page in range(MAX_PAGES):

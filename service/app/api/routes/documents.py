@@ -15,7 +15,13 @@ from starlette.types import Message, Receive
 
 from service.app.api.deps import ServicesDep, TenantDep
 from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from service.app.ingest.extract import detect_content_type, extract_text, html_to_text, normalize_content_type
+from service.app.ingest.extract import (
+    charset_of,
+    detect_content_type,
+    extract_text,
+    html_to_text,
+    normalize_content_type,
+)
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
     JSON_CONTENT_TYPES,
@@ -211,8 +217,7 @@ async def upload_document(
         await form.close()
     if len(data) > limit:
         raise _too_large(limit)
-    charset_type = upload.content_type if content_type != "application/pdf" else content_type
-    text = await _extract(data, charset_type or content_type, content_type)
+    text = await _extract(data, upload.content_type or "", content_type)
     if async_:
         return await submit_ingest(
             services, tenant, document_id, text=text, metadata=metadata, content_type=content_type
@@ -225,9 +230,9 @@ async def upload_document(
 
 
 async def _extract(data: bytes, declared: str, content_type: str) -> str:
-    # Keep a declared charset (text/plain; charset=latin-1) but the detected type.
-    charset = declared.split(";", 1)[1] if ";" in declared else ""
-    full_type = f"{content_type};{charset}" if charset else content_type
+    # The detected type, with the charset parameter the part declared (text/plain; charset=latin-1), if any.
+    charset = charset_of(declared)
+    full_type = f"{content_type}; charset={charset}" if charset else content_type
     return await to_thread.run_sync(extract_text, data, full_type)
 
 
