@@ -149,9 +149,21 @@ def _redact(value: Any, key: str = "") -> Any:
     return value
 
 
-def redacted(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy safe to write to disk: Secret data and password/token-like string values replaced."""
+def _redact_strings(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    return REDACTED if isinstance(value, str) else value
+
+
+def redacted(manifest: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """A copy safe to write to disk: Secret data, inputs the program marked secret (every string under them) and
+    password/token-like string values replaced."""
     out = _redact(manifest)
+    for key in secret_keys:
+        if key in out and key not in ("apiVersion", "kind", "metadata"):
+            out[key] = _redact_strings(out[key])
     if manifest.get("kind") == "Secret":
         if isinstance(out.get("data"), Mapping):
             out["data"] = {k: base64.b64encode(REDACTED.encode()).decode() for k in out["data"]}
@@ -313,7 +325,7 @@ def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
             report.problems.append(Problem(rel, f"declared twice: {seen[rel]} and {resource.urn}"))
             continue
         seen[rel] = resource.urn
-        _write_yaml(out / rel, redacted(manifest), f"From {resource.urn}")
+        _write_yaml(out / rel, redacted(manifest, resource.secret_keys), f"From {resource.urn}")
         report.files.append(rel)
         validated_by, errors = validate_manifest(manifest)
         report.problems.extend(Problem(rel, e) for e in errors)

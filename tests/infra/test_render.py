@@ -207,6 +207,26 @@ def test_secret_values_are_redacted_on_disk(runs: dict[str, StackRun], tmp_path:
     assert "DATABASE_URL: <redacted>" in text
 
 
+def test_inputs_marked_secret_are_redacted_on_disk(runs: dict[str, StackRun], tmp_path: Path) -> None:
+    base = k8s_objects(runs["dev"])[0]
+    config = variant(
+        base,
+        "settings",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "settings", "namespace": "rag"},
+            "data": {"DSN": "postgresql://u:hunter2@db/rag", "LOG_LEVEL": "INFO"},
+        },
+    )
+    config = dataclasses.replace(config, secret_keys=frozenset({"data"}))
+    report = render.render_run(only(runs["dev"], config), tmp_path, environment="dev")
+    assert report.ok
+    written = yaml.safe_load((tmp_path / "k8s/rag/configmap--settings.yaml").read_text())
+    assert written["data"] == {"DSN": "<redacted>", "LOG_LEVEL": "<redacted>"}
+    assert written["metadata"]["name"] == "settings"
+
+
 def test_custom_kind_without_schema_is_listed_not_validated(
     runs: dict[str, StackRun], tmp_path: Path
 ) -> None:
