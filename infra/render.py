@@ -183,7 +183,9 @@ def helm_document(resource: RecordedResource) -> dict[str, Any]:
         "chart": inputs.get("chart"),
         "version": inputs.get("version"),
         "repository": repo,
-        "values": _redact(integral(inputs.get("values") or {})),
+        "values": (_redact_strings if "values" in resource.secret_keys else _redact)(
+            integral(inputs.get("values") or {})
+        ),
     }
 
 

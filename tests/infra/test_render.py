@@ -549,3 +549,32 @@ def test_policies_are_in_scope_for_the_real_api_and_qdrant_workloads(runs: dict[
     }
     unmodified = {v.policy for v in run_policies([api, qdrant], environment="staging")}
     assert not unmodified & resource_rules
+
+
+def test_helm_values_are_redacted_when_secret() -> None:
+    release = RecordedResource(
+        type="kubernetes:helm.sh/v3:Release",
+        name="monitoring",
+        urn="urn:pulumi:dev::rag::kubernetes:helm.sh/v3:Release::monitoring",
+        custom=True,
+        inputs={
+            "chart": "kube-prometheus-stack",
+            "version": "77.0.0",
+            "repositoryOpts": {"repo": "https://prometheus-community.github.io/helm-charts"},
+            "values": {"grafana": {"adminPassword": "hunter2", "replicas": 2.0, "ingress": {"host": "g"}}},
+        },
+        secret_keys=frozenset(),
+        parent=None,
+        protect=False,
+        provider=None,
+        depends_on=(),
+    )
+    doc = render.helm_document(release)
+    assert doc["chart"] == "kube-prometheus-stack"
+    assert doc["version"] == "77.0.0"
+    assert doc["repository"] == "https://prometheus-community.github.io/helm-charts"
+    assert doc["values"] == {
+        "grafana": {"adminPassword": "<redacted>", "replicas": 2, "ingress": {"host": "g"}}
+    }
+    secret = dataclasses.replace(release, secret_keys=frozenset({"values"}))
+    assert render.helm_document(secret)["values"]["grafana"]["ingress"] == {"host": "<redacted>"}
