@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import empty_pb2, struct_pb2
 from policy_builders import (
     API_LABELS,
@@ -165,3 +166,10 @@ def test_pack_reports_stack_violations(analyzer: analyzer_pb2_grpc.AnalyzerStub)
     )
     ok = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[deployment, budget, entry]))
     assert list(ok.diagnostics) == []
+
+
+def test_policy_project_file_points_at_the_project_virtualenv() -> None:
+    project = yaml.safe_load((PACK / "PulumiPolicy.yaml").read_text())
+    assert project["runtime"]["name"] == "python"
+    assert (PACK / project["runtime"]["options"]["virtualenv"]).resolve() == REPO / ".venv"
+    assert project["version"]
