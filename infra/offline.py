@@ -147,10 +147,20 @@ def _fake_cert(name: str) -> str:
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
+    def __init__(self) -> None:
+        # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
+        self._providers: dict[str, dict[str, Any]] = {}
+
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         """Echo the inputs, plus the outputs a real provider would compute for this type."""
         name, inputs = args.name, dict(args.inputs)
-        state: dict[str, Any] = dict(inputs)
+        if args.typ.startswith("pulumi:providers:"):
+            self._providers[f"{name}-id"] = inputs
+        provider_id = (args.provider or "").rsplit("::", 1)[-1]
+        provider_inputs = self._providers.get(provider_id, {})
+        if args.typ.startswith("gcp:") and "project" not in inputs and provider_inputs.get("project"):
+            inputs = {**inputs, "project": provider_inputs["project"]}
+        state: dict[str, Any] = dict(args.inputs)
         extra = _outputs_for(args.typ, name, inputs)
         state.update(extra)
         return f"{name}-id", state

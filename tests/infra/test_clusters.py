@@ -143,3 +143,22 @@ def test_cloud_targets_switch_by_config_alone() -> None:
     assert not on_eks.of_type("gcp:container/cluster:Cluster")
     assert on_gke.by_name("gke").protect is True
     assert on_eks.by_name("eks").protect is False
+
+
+def test_service_account_is_bound_to_a_cloud_identity_on_clouds_only() -> None:
+    gke = run("staging")
+    annotations = gke.by_name("rag-sa").inputs["metadata"]["annotations"]
+    assert annotations["iam.gke.io/gcp-service-account"].startswith("rag-staging-service@rag-staging.")
+    assert (
+        gke.by_name("wi-service-binding").inputs["member"]
+        == "serviceAccount:rag-staging.svc.id.goog[rag/rag]"
+    )
+    eks = run("prod")
+    assert (
+        eks.by_name("rag-sa")
+        .inputs["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        .startswith("arn:aws:iam::")
+    )
+    assert "system:serviceaccount:rag:rag" in eks.by_name("irsa-service").inputs["assumeRolePolicy"]
+    existing = run("dev").by_name("rag-sa").inputs["metadata"]
+    assert not existing.get("annotations")
