@@ -99,10 +99,17 @@ data_opts = pulumi.ResourceOptions(
     providers=[p for p in (cluster.k8s_provider, cluster.cloud_provider) if p is not None]
 )
 
+# An ephemeral stack's namespace says whose it is and when it expires, for anyone looking at the cluster.
+ephemeral_annotations = (
+    {"rag.dev/ephemeral-owner": config.ephemeral.owner, "rag.dev/expires-at": config.ephemeral.expiresAt}
+    if config.ephemeral is not None
+    else {}
+)
 namespace = k8s.core.v1.Namespace(
     "namespace",
     metadata={
         "name": config.namespace,
+        "annotations": ephemeral_annotations,
         "labels": {
             "app.kubernetes.io/part-of": "rag",
             # Enforce baseline; warn/audit against restricted (the platform's own pods meet it).

@@ -90,6 +90,8 @@ def test_promotion_and_ephemeral_config_are_exported() -> None:
     result = run("dev", promotion=promotion, ephemeral=ephemeral)
     assert result.outputs["promotion"] == promotion
     assert result.outputs["ephemeral"] == ephemeral
+    annotations = result.by_name("namespace").inputs["metadata"]["annotations"]
+    assert annotations == {"rag.dev/ephemeral-owner": "alice", "rag.dev/expires-at": "2026-11-23T08:00:00Z"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
