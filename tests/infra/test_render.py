@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from infra import render
-from infra.offline import RecordedResource, StackRun, run_stack
+from infra.offline import RecordedResource, StackRun
 from infra.policy import run_policies
+from tests.infra.conftest import run as cached_run
 
 STACKS = ("dev", "staging", "prod")
 REPO = Path(__file__).resolve().parents[2]
@@ -28,8 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def runs() -> dict[str, StackRun]:
-    """Each real stack file run once through the real program under mocks."""
-    return {stack: run_stack(stack) for stack in STACKS}
+    """Each real stack file run through the real program under mocks (the session cache of tests/infra/conftest)."""
+    return {stack: cached_run(stack) for stack in STACKS}
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +89,14 @@ def test_every_stack_renders_validates_and_passes_policies(
     assert plan["validation"]["kubernetesVersion"] == render.KUBERNETES_VERSION
     assert plan["outputs"]["kubeconfig"] == "[secret]"
     assert "PASS" in (tmp_path / "plan.md").read_text()
+
+
+def test_every_cluster_target_validates_and_passes_policies(target_run: StackRun, tmp_path: Path) -> None:
+    """Each stack moved onto each cluster target (existing, GKE, EKS) renders clean too."""
+    report = render.render_run(target_run, tmp_path, environment=render.environment_for(target_run.stack, {}))
+    assert report.problems == []
+    assert report.violations == []
+    assert report.validated_builtin > 0
 
 
 def test_prod_protects_its_state(runs: dict[str, StackRun], rendered: dict[str, tuple]) -> None:
