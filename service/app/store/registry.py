@@ -149,6 +149,15 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (searches) run while a write commits; NORMAL syncs at checkpoints, which in WAL mode
+    # keeps the database consistent across crashes (only the very last commits can be lost on power failure).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout."""
     url = normalize_database_url(url)
@@ -157,7 +166,9 @@ def make_engine(url: str) -> Engine:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
     return sa.create_engine(url, pool_pre_ping=True)
 
 
