@@ -130,3 +130,66 @@ def test_an_existing_collection_of_another_size_is_refused(tmp_path: Path) -> No
 )
 def test_database_urls_default_to_psycopg3(given: str, expected: str) -> None:
     assert normalize_database_url(given) == expected
+
+
+class RecordingClient:
+    """Stands in for a Qdrant *server* client (none runs here): records the calls the store makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple, dict]] = []
+
+    def __getattr__(self, name: str):
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append((name, args, kwargs))
+            return False if name == "collection_exists" else None
+
+        return call
+
+
+def test_server_mode_creates_the_collection_with_cosine_and_payload_indexes(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, qdrant_replication_factor=2, qdrant_shard_number=3)
+    client = RecordingClient()
+    store = QdrantVectorStore(client, collection="c", dimension=384, local=False, settings=settings)  # type: ignore[arg-type]
+    store.ensure_collection()
+    created = next(kwargs for name, _, kwargs in client.calls if name == "create_collection")
+    assert created["vectors_config"] == models.VectorParams(size=384, distance=models.Distance.COSINE)
+    assert created["replication_factor"] == 2
+    assert created["shard_number"] == 3
+    indexes = {
+        args[1]: kwargs["field_schema"]
+        for name, args, kwargs in client.calls
+        if name == "create_payload_index"
+    }
+    assert indexes["tenant_id"] == models.KeywordIndexParams(
+        type=models.KeywordIndexType.KEYWORD, is_tenant=True
+    )
+    assert indexes["document_id"] == models.PayloadSchemaType.KEYWORD
+    assert indexes["version"] == models.PayloadSchemaType.INTEGER
+
+    client.calls.clear()
+    point = chunk("doc", 1, 0, [1.0, 0.0, 0.0, 0.0])
+    store.upsert(
+        [
+            ChunkPoint(
+                **{
+                    **point.__dict__,
+                    "metadata": {"lang": "en", "year": 2024, "score": 0.5, "ok": True, "tags": ["a"]},
+                }
+            )
+        ]
+    )
+    store.upsert([point])  # already indexed fields are not re-created
+    metadata_indexes = {
+        args[1]: kwargs["field_schema"]
+        for name, args, kwargs in client.calls
+        if name == "create_payload_index"
+    }
+    assert metadata_indexes == {
+        "metadata.lang": models.PayloadSchemaType.KEYWORD,
+        "metadata.year": models.PayloadSchemaType.INTEGER,
+        "metadata.score": models.PayloadSchemaType.FLOAT,
+        "metadata.ok": models.PayloadSchemaType.BOOL,
+        "metadata.tags": models.PayloadSchemaType.KEYWORD,
+    }
+    assert sum(1 for name, _, _ in client.calls if name == "create_payload_index") == 5
+    assert sum(1 for name, _, _ in client.calls if name == "upsert") == 2
