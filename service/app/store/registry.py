@@ -246,13 +246,15 @@ class DocumentRegistry:
         ids = sorted(set(document_ids))
         if not ids:
             return {}
+        # Every search runs this: plain driver SQL costs a third of building and compiling a Core select.
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            "SELECT document_id, version FROM documents "  # noqa: S608 - only placeholders are interpolated
+            f"WHERE tenant_id = {mark} AND document_id IN ({', '.join([mark] * len(ids))})"
+        )
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                sa.select(documents.c.document_id, documents.c.version).where(
-                    documents.c.tenant_id == tenant_id, documents.c.document_id.in_(ids)
-                )
-            ).all()
-        return {row.document_id: int(row.version) for row in rows}
+            rows = connection.exec_driver_sql(sql, (tenant_id, *ids)).all()
+        return {document_id: int(version) for document_id, version in rows}
 
     @_guarded
     def data_version(self, tenant_id: str) -> int:
