@@ -28,7 +28,7 @@ import pulumi_aws as aws
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.components import specs
+from infra.components import aws_network, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 PORT = 5432
@@ -304,25 +304,16 @@ class PostgresDatabase(pulumi.ComponentResource):
         return url, EgressTarget("postgres", PORT, cluster_pod_labels(cluster_name))
 
     def _rds(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
-        subnets = aws.rds.SubnetGroup(
-            f"{name}-subnets",
-            description="Private subnets of the RAG database",
-            subnet_ids=list(args.subnet_ids),
-            opts=self._opts(args),
-        )
-        security_group = aws.ec2.SecurityGroup(
-            f"{name}-sg",
-            description="RAG database: PostgreSQL from the cluster only",
+        network = aws_network.private_access(
+            name,
+            aws.rds.SubnetGroup,
             vpc_id=args.vpc_id,
-            ingress=[
-                {
-                    "protocol": "tcp",
-                    "from_port": PORT,
-                    "to_port": PORT,
-                    "cidr_blocks": list(args.allowed_cidrs),
-                    "description": "PostgreSQL from the Kubernetes cluster",
-                }
-            ],
+            subnet_ids=args.subnet_ids,
+            port=PORT,
+            allowed_cidrs=args.allowed_cidrs,
+            subnets_description="Private subnets of the RAG database",
+            sg_description="RAG database: PostgreSQL from the cluster only",
+            rule_description="PostgreSQL from the Kubernetes cluster",
             opts=self._opts(args),
         )
         password = pulumi.Output.secret(args.password)
@@ -339,8 +330,8 @@ class PostgresDatabase(pulumi.ComponentResource):
             username=args.username,
             password=password,
             port=PORT,
-            db_subnet_group_name=subnets.name,
-            vpc_security_group_ids=[security_group.id],
+            db_subnet_group_name=network.subnet_group_name,
+            vpc_security_group_ids=[network.security_group_id],
             publicly_accessible=False,
             multi_az=args.multi_az,
             backup_retention_period=args.backup_retention_days,

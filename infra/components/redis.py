@@ -27,7 +27,7 @@ import pulumi_aws as aws
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.components import specs
+from infra.components import aws_network, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 APP = "valkey"
@@ -272,25 +272,16 @@ class RedisCache(pulumi.ComponentResource):
         return url, EgressTarget("redis", PORT, dict(match))
 
     def _elasticache(self, name: str, args: RedisCacheArgs) -> tuple[pulumi.Output[str], EgressTarget]:
-        subnets = aws.elasticache.SubnetGroup(
-            f"{name}-subnets",
-            description="Private subnets of the RAG cache",
-            subnet_ids=list(args.subnet_ids),
-            opts=self._opts(args),
-        )
-        security_group = aws.ec2.SecurityGroup(
-            f"{name}-sg",
-            description="RAG cache: TLS Redis protocol from the cluster only",
+        network = aws_network.private_access(
+            name,
+            aws.elasticache.SubnetGroup,
             vpc_id=args.vpc_id,
-            ingress=[
-                {
-                    "protocol": "tcp",
-                    "from_port": PORT,
-                    "to_port": PORT,
-                    "cidr_blocks": list(args.allowed_cidrs),
-                    "description": "Redis protocol (TLS) from the Kubernetes cluster",
-                }
-            ],
+            subnet_ids=args.subnet_ids,
+            port=PORT,
+            allowed_cidrs=args.allowed_cidrs,
+            subnets_description="Private subnets of the RAG cache",
+            sg_description="RAG cache: TLS Redis protocol from the cluster only",
+            rule_description="Redis protocol (TLS) from the Kubernetes cluster",
             opts=self._opts(args),
         )
         multi_node = args.num_cache_clusters >= 2
@@ -308,8 +299,8 @@ class RedisCache(pulumi.ComponentResource):
             transit_encryption_enabled=True,
             at_rest_encryption_enabled=True,
             auth_token=token,
-            subnet_group_name=subnets.name,
-            security_group_ids=[security_group.id],
+            subnet_group_name=network.subnet_group_name,
+            security_group_ids=[network.security_group_id],
             snapshot_retention_limit=3,
             auto_minor_version_upgrade=True,
             opts=self._opts(args, protect=args.protect),
