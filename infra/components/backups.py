@@ -232,7 +232,7 @@ def network_policy_spec(args: QdrantBackupsArgs, match: Mapping[str, str]) -> di
     if args.qdrant_target is not None:
         egress.append(specs.egress_rule(args.qdrant_target))
     # Object storage and the cloud token endpoints have no fixed addresses: ports only.
-    egress.append({"ports": [{"protocol": "TCP", "port": p} for p in (443, 80, 988)]})
+    egress.append({"ports": specs.tcp_ports((443, 80, 988))})
     return specs.network_policy_spec(match, ingress=[], egress=egress)
 
 

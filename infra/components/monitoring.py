@@ -102,12 +102,7 @@ def validate_args(args: MonitoringArgs) -> None:
 # ---------------------------------------------------------------------------------------------- pure specs
 def chart_values(args: MonitoringArgs, admin_secret: str) -> dict[str, Any]:
     """kube-prometheus-stack values: discover every monitor/rule, persistent Prometheus, sidecar dashboards."""
-    volume_spec: dict[str, Any] = {
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": args.storage_size}},
-    }
-    if args.storage_class is not None:
-        volume_spec["storageClassName"] = args.storage_class
+    volume_spec = specs.pvc_spec(args.storage_size, args.storage_class)
     return {
         "crds": {"enabled": True},
         "prometheus": {

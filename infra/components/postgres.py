@@ -201,9 +201,9 @@ def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[s
     would otherwise block it.
     """
     match = cluster_pod_labels(cluster_name)
-    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    clients = specs.pod_peers(args.client_selectors)
     ingress = [
-        specs.ingress_rule([PORT], [*clients, {"podSelector": {"matchLabels": match}}]),
+        specs.ingress_rule([PORT], [*clients, specs.pod_peer(match)]),
         specs.ingress_rule([8000, PORT], [specs.namespace_peer(args.operator_namespace)]),
     ]
     if args.monitoring_namespace is not None:

@@ -169,12 +169,6 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
     """StatefulSet spec: parallel start (peers wait for pod 0 themselves), a PVC template, spread and anti-affinity."""
     match = specs.selector_labels(APP, base, "vector-store")
     pod_labels = specs.labels(APP, base, "vector-store")
-    pvc: dict[str, Any] = {
-        "metadata": {"name": "storage", "labels": dict(match)},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": args.storage_size}}},
-    }
-    if args.storage_class is not None:
-        pvc["spec"]["storageClassName"] = args.storage_class
     return {
         "replicas": args.replicas,
         "serviceName": headless_name(base),
@@ -199,7 +193,9 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                 ],
             },
         },
-        "volumeClaimTemplates": [pvc],
+        "volumeClaimTemplates": [
+            specs.volume_claim_template("storage", match, args.storage_size, args.storage_class)
+        ],
     }
 
 
@@ -231,8 +227,8 @@ def client_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
 
 def network_policy_spec(args: QdrantClusterArgs, match: Mapping[str, str]) -> dict[str, Any]:
     """Clients on 6333/6334, peers on all three ports, Prometheus on 6333; out only to DNS and peers."""
-    peers = [{"podSelector": {"matchLabels": dict(match)}}]
-    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    peers = [specs.pod_peer(match)]
+    clients = specs.pod_peers(args.client_selectors)
     ingress = [
         specs.ingress_rule([HTTP_PORT, GRPC_PORT], clients),
         specs.ingress_rule([HTTP_PORT, GRPC_PORT, P2P_PORT], peers),
@@ -241,7 +237,7 @@ def network_policy_spec(args: QdrantClusterArgs, match: Mapping[str, str]) -> di
         ingress.append(specs.ingress_rule([HTTP_PORT], [specs.namespace_peer(args.monitoring_namespace)]))
     egress = [
         specs.dns_egress_rule(),
-        {"to": peers, "ports": [{"protocol": "TCP", "port": p} for p in (HTTP_PORT, GRPC_PORT, P2P_PORT)]},
+        {"to": peers, "ports": specs.tcp_ports((HTTP_PORT, GRPC_PORT, P2P_PORT))},
     ]
     return specs.network_policy_spec(match, ingress=ingress, egress=egress)
 

@@ -171,12 +171,6 @@ def valkey_container(args: RedisCacheArgs, secret_name: str) -> dict[str, Any]:
 def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[str, Any]:
     """One-replica StatefulSet with a PVC for the append-only file."""
     match = specs.selector_labels(APP, base, "cache")
-    pvc: dict[str, Any] = {
-        "metadata": {"name": "data", "labels": dict(match)},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": args.storage_size}}},
-    }
-    if args.storage_class is not None:
-        pvc["spec"]["storageClassName"] = args.storage_class
     return {
         "replicas": 1,
         "serviceName": f"{base}-headless",
@@ -193,13 +187,15 @@ def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[
                 "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
             },
         },
-        "volumeClaimTemplates": [pvc],
+        "volumeClaimTemplates": [
+            specs.volume_claim_template("data", match, args.storage_size, args.storage_class)
+        ],
     }
 
 
 def network_policy_spec(args: RedisCacheArgs, match: Mapping[str, str]) -> dict[str, Any]:
     """Only the clients reach port 6379; Valkey itself needs no outbound traffic."""
-    clients = [{"podSelector": {"matchLabels": dict(sel)}} for sel in args.client_selectors]
+    clients = specs.pod_peers(args.client_selectors)
     return specs.network_policy_spec(match, ingress=[specs.ingress_rule([PORT], clients)], egress=[])
 
 

@@ -1,5 +1,5 @@
 """Pure builders for the Kubernetes specs the components apply: labels, security contexts, probes, resources,
-topology spread, anti-affinity, PDBs, NetworkPolicy rules and ServiceMonitors.
+topology spread, anti-affinity, PDBs, volume claims, NetworkPolicy rules and ServiceMonitors.
 
 Every function returns plain dicts with the Kubernetes API's own camelCase field names, so the same values are
 what Pulumi sends, what the offline renderer writes, and what `kubernetes-validate` checks. Nothing here touches
@@ -237,6 +237,22 @@ def pdb_spec(match: Mapping[str, str], *, max_unavailable: int = 1) -> dict[str,
     return {"maxUnavailable": max_unavailable, "selector": {"matchLabels": dict(match)}}
 
 
+# ---------------------------------------------------------------------------------------------- storage
+def pvc_spec(size: str, storage_class: str | None = None) -> dict[str, Any]:
+    """PersistentVolumeClaim spec: one ReadWriteOnce volume of `size`; None uses the cluster's default class."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return spec
+
+
+def volume_claim_template(
+    name: str, match: Mapping[str, str], size: str, storage_class: str | None = None
+) -> dict[str, Any]:
+    """A StatefulSet `volumeClaimTemplates` entry: a PVC per pod, labelled like the pods it belongs to."""
+    return {"metadata": {"name": name, "labels": dict(match)}, "spec": pvc_spec(size, storage_class)}
+
+
 # ---------------------------------------------------------------------------------------------- network
 @dataclass(frozen=True)
 class EgressTarget:
@@ -251,11 +267,26 @@ class EgressTarget:
     extra_ports: tuple[int, ...] = ()
 
 
+def pod_peer(pod_labels: Mapping[str, str]) -> dict[str, Any]:
+    """A NetworkPolicyPeer matching pods by labels (in the policy's own namespace)."""
+    return {"podSelector": {"matchLabels": dict(pod_labels)}}
+
+
+def pod_peers(selectors: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """One pod peer per label selector (e.g. a component's `client_selectors`)."""
+    return [pod_peer(sel) for sel in selectors]
+
+
+def tcp_ports(ports: Sequence[int]) -> list[dict[str, Any]]:
+    """NetworkPolicyPort entries for TCP `ports`."""
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
 def peers_for(target: EgressTarget) -> list[dict[str, Any]]:
     """NetworkPolicyPeer list for an egress target."""
     peers: list[dict[str, Any]] = []
     if target.pod_labels:
-        peer: dict[str, Any] = {"podSelector": {"matchLabels": dict(target.pod_labels)}}
+        peer = pod_peer(target.pod_labels)
         if target.namespace is not None:
             peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": target.namespace}}
         peers.append(peer)
@@ -265,8 +296,7 @@ def peers_for(target: EgressTarget) -> list[dict[str, Any]]:
 
 def egress_rule(target: EgressTarget) -> dict[str, Any]:
     """One egress rule: the target's peers on its TCP port(s)."""
-    ports = [{"protocol": "TCP", "port": p} for p in (target.port, *target.extra_ports)]
-    rule: dict[str, Any] = {"ports": ports}
+    rule: dict[str, Any] = {"ports": tcp_ports((target.port, *target.extra_ports))}
     peers = peers_for(target)
     if peers:
         rule["to"] = peers
@@ -285,7 +315,7 @@ def namespace_peer(namespace: str) -> dict[str, Any]:
 
 def ingress_rule(ports: Sequence[int], peers: Sequence[Mapping[str, Any]] | None) -> dict[str, Any]:
     """One ingress rule on TCP `ports` from `peers` (None: from anywhere)."""
-    rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": p} for p in ports]}
+    rule: dict[str, Any] = {"ports": tcp_ports(ports)}
     if peers is not None:
         rule["from"] = [dict(p) for p in peers]
     return rule

@@ -103,3 +103,20 @@ def test_labels_keep_selectors_to_the_immutable_subset() -> None:
     selector = specs.selector_labels("rag", "rag", "api")
     assert selector.items() <= full.items()
     assert "app.kubernetes.io/managed-by" not in selector
+
+
+def test_volume_claims_use_the_default_class_unless_one_is_named() -> None:
+    default = specs.pvc_spec("10Gi")
+    assert default == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}
+    assert specs.pvc_spec("1Gi", "gp3")["storageClassName"] == "gp3"
+    template = specs.volume_claim_template("data", {"app": "v"}, "2Gi", "standard")
+    assert template["metadata"] == {"name": "data", "labels": {"app": "v"}}
+    assert template["spec"]["storageClassName"] == "standard"
+
+
+def test_pod_peers_and_tcp_ports() -> None:
+    assert specs.pod_peers([{"a": "1"}, {"b": "2"}]) == [
+        {"podSelector": {"matchLabels": {"a": "1"}}},
+        {"podSelector": {"matchLabels": {"b": "2"}}},
+    ]
+    assert specs.tcp_ports([80, 443]) == [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]
