@@ -373,7 +373,7 @@ search, checks hits against the registry: the ratios are the cost of those guara
   Local-mode Qdrant searches by scanning, so the raw search time grows with the number of points and the ratio
   falls as the collection grows; with a Qdrant server both paths add the same network round trip, which
   lowers it further. On this shared 2-CPU machine repeated runs varied by about ±0.2 in the search ratio
-  (p50 between 1.2x and 1.4x across runs at a few hundred points).
+  (p50 between 1.2x and 1.45x across runs at a few hundred points, so the 1.3x target is not met reliably).
 - p99 is sensitive to the other processes on the machine; the HTTP path has more threads and processes to
   schedule (client, event loop, worker thread), so it suffers more from contention.
 
