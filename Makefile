@@ -57,7 +57,7 @@ format: install ## Apply ruff fixes and formatting
 plan: install ## Render, validate and policy-check a stack offline: make plan STACK=prod
 	$(PY) -m infra.render --stack $(STACK) --out out/$(STACK)
 
-bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant (writes nothing; see docs/benchmarks.md)
+bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant; rewrites docs/benchmarks.md
 	$(PY) bench/ingest_search.py
 
 constraints: ## Re-pin the transitive dependency set from a fresh venv

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import uvicorn
+import sys
 
-from service.app.core.config import get_settings
+import uvicorn
+from pydantic import ValidationError
+
+from service.app.core.config import SettingsError, describe_settings_error, get_settings
 from service.app.store.registry import DocumentRegistry
 
 
 def main() -> None:
     """Run the service as configured by the environment."""
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (SettingsError, ValidationError) as exc:
+        print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
     if settings.workers > 1 and not settings.qdrant_url:
         raise SystemExit(
             "WORKERS > 1 needs a Qdrant server (QDRANT_URL): local mode at QDRANT_PATH serves one process"

@@ -15,7 +15,7 @@ from typing import Any
 from arq.worker import Worker, func
 from pydantic import ValidationError
 
-from service.app.core.config import Settings, SettingsError, get_settings
+from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
 from service.app.core.logging import configure_logging
 from service.app.jobs.models import IngestPayload
 from service.app.jobs.queue import ARQ_FUNCTION, RedisJobStore, redis_settings, run_ingest
@@ -86,9 +86,7 @@ def main() -> int:
         configure_logging(settings)
         worker = build_worker(settings)
     except (SettingsError, ValidationError) as exc:
-        # One readable line (e.g. "AUTH_DISABLED=true is refused when ENVIRONMENT=production"), no traceback.
-        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        print(f"service.worker: error: {reason}", file=sys.stderr)
+        print(f"service.worker: error: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
     worker.run()
     return 0

@@ -117,8 +117,8 @@ def test_production_refuses_auth_disabled_at_start_up(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "AUTH_DISABLED=true is refused when ENVIRONMENT=production" in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "service: error: AUTH_DISABLED=true is refused when ENVIRONMENT=production"
 
 
 def test_the_worker_refuses_auth_disabled_in_production_with_one_line(tmp_path: Path) -> None:

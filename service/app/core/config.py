@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Where `make model` writes the offline all-MiniLM-L6-v2 export (relative to the repo root).
@@ -183,6 +183,18 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             raise SettingsError("API_KEYS entries must look like key:tenant")
         keys[key.strip()] = tenant.strip()
     return keys
+
+
+def describe_settings_error(exc: ValidationError | SettingsError) -> str:
+    """A readable one-line reason per problem, each naming its environment variable; no traceback."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    reasons = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        reasons.append(f"{field.upper()}: {message}" if field else message)
+    return "; ".join(reasons)
 
 
 @lru_cache
