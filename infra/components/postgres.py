@@ -211,6 +211,17 @@ def network_policy_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[s
     return specs.network_policy_spec(match, ingress=ingress, egress=[{}])
 
 
+def _secret_url(
+    args: PostgresDatabaseArgs, password: pulumi.Output[str], host: pulumi.Input[str]
+) -> pulumi.Output[str]:
+    """DATABASE_URL of the app user once password and host are known, kept secret."""
+    return pulumi.Output.secret(
+        pulumi.Output.all(password, host).apply(
+            lambda values: database_url(args.username, values[0], values[1], args.database)
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------------- component
 class PostgresDatabase(pulumi.ComponentResource):
     """CloudNativePG in the cluster, RDS, or Cloud SQL; outputs a secret DATABASE_URL."""
@@ -298,9 +309,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             )
         # CloudNativePG serves the primary as the `<cluster>-rw` Service.
         host = f"{cluster_name}-rw.{ns}.svc"
-        url = pulumi.Output.secret(
-            password.apply(lambda pw: database_url(args.username, pw, host, args.database))
-        )
+        url = _secret_url(args, password, host)
         return url, EgressTarget("postgres", PORT, cluster_pod_labels(cluster_name))
 
     def _rds(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
@@ -344,11 +353,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             apply_immediately=False,
             opts=self._opts(args, protect=args.protect),
         )
-        url = pulumi.Output.secret(
-            pulumi.Output.all(password, instance.address).apply(
-                lambda values: database_url(args.username, values[0], values[1], args.database)
-            )
-        )
+        url = _secret_url(args, password, instance.address)
         return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
 
     def _cloudsql(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
@@ -386,9 +391,5 @@ class PostgresDatabase(pulumi.ComponentResource):
             password=password,
             opts=self._opts(args, extra=(database,)),
         )
-        url = pulumi.Output.secret(
-            pulumi.Output.all(password, instance.private_ip_address).apply(
-                lambda values: database_url(args.username, values[0], values[1], args.database)
-            )
-        )
+        url = _secret_url(args, password, instance.private_ip_address)
         return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
