@@ -247,24 +247,36 @@ def pod_volumes() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return volumes, mounts
 
 
+def _settings_env_from(config_name: Any, secret_name: str) -> list[dict[str, Any]]:
+    """Every key of the settings ConfigMap and the Secret as environment variables (API and worker alike)."""
+    return [{"configMapRef": {"name": config_name}}, {"secretRef": {"name": secret_name}}]
+
+
+def _restricted_runtime(resources: Resources, run_as_user: int) -> dict[str, Any]:
+    """Resources, the restricted security context and the writable-dir mounts every service container carries."""
+    _, mounts = pod_volumes()
+    return {
+        "resources": specs.resources_spec(resources),
+        "securityContext": specs.container_security_context(run_as_user),
+        "volumeMounts": mounts,
+    }
+
+
 def api_container(
     image: Any, port: int, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
 ) -> dict[str, Any]:
     """The API container: HTTP port, probes on /healthz and /readyz, settings from the ConfigMap and Secret."""
-    _, mounts = pod_volumes()
     return {
         "name": "api",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "envFrom": [{"configMapRef": {"name": config_name}}, {"secretRef": {"name": secret_name}}],
+        "envFrom": _settings_env_from(config_name, secret_name),
         # Loading the embedding model can take a while: the startup probe holds off liveness until /healthz answers.
         "startupProbe": specs.http_probe("/healthz", "http", period=5, timeout=3, failures=60),
         "livenessProbe": specs.http_probe("/healthz", "http", period=10, timeout=3, failures=3),
         "readinessProbe": specs.http_probe("/readyz", "http", period=5, timeout=5, failures=3),
-        "resources": specs.resources_spec(resources),
-        "securityContext": specs.container_security_context(run_as_user),
-        "volumeMounts": mounts,
+        **_restricted_runtime(resources, run_as_user),
     }
 
 
@@ -272,16 +284,13 @@ def worker_container(
     image: Any, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
 ) -> dict[str, Any]:
     """The worker container: same image and settings, `python -m service.worker`, liveness by process."""
-    _, mounts = pod_volumes()
     return {
         "name": "worker",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "service.worker"],
-        "envFrom": [{"configMapRef": {"name": config_name}}, {"secretRef": {"name": secret_name}}],
-        "resources": specs.resources_spec(resources),
-        "securityContext": specs.container_security_context(run_as_user),
-        "volumeMounts": mounts,
+        "envFrom": _settings_env_from(config_name, secret_name),
+        **_restricted_runtime(resources, run_as_user),
     }
 
 
@@ -320,27 +329,19 @@ def deployment_spec(
     return spec
 
 
+def _utilization_metric(resource: str, percent: int) -> dict[str, Any]:
+    """An autoscaling/v2 Resource metric targeting an average utilisation (percent of the pods' request)."""
+    return {
+        "type": "Resource",
+        "resource": {"name": resource, "target": {"type": "Utilization", "averageUtilization": percent}},
+    }
+
+
 def hpa_spec(target_deployment: str, scaling: Autoscaling) -> dict[str, Any]:
     """autoscaling/v2 HPA: CPU (and optionally memory) utilisation, fast scale-up, slow stabilised scale-down."""
-    metrics: list[dict[str, Any]] = [
-        {
-            "type": "Resource",
-            "resource": {
-                "name": "cpu",
-                "target": {"type": "Utilization", "averageUtilization": scaling.cpu_utilization},
-            },
-        }
-    ]
+    metrics = [_utilization_metric("cpu", scaling.cpu_utilization)]
     if scaling.memory_utilization is not None:
-        metrics.append(
-            {
-                "type": "Resource",
-                "resource": {
-                    "name": "memory",
-                    "target": {"type": "Utilization", "averageUtilization": scaling.memory_utilization},
-                },
-            }
-        )
+        metrics.append(_utilization_metric("memory", scaling.memory_utilization))
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target_deployment},
         "minReplicas": scaling.min_replicas,
@@ -373,6 +374,11 @@ def service_spec(match: Mapping[str, str], port: int) -> dict[str, Any]:
     }
 
 
+def _backend_egress(network: NetworkAccess) -> list[dict[str, Any]]:
+    """Egress of the API and the worker alike: DNS, then each data service they use."""
+    return [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
+
+
 def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAccess) -> dict[str, Any]:
     """API pods: in from the gateway (and Prometheus) on the HTTP port; out to DNS and the data services."""
     gateway_peers: list[dict[str, Any]] = [specs.namespace_peer(ns) for ns in network.gateway_namespaces]
@@ -380,8 +386,7 @@ def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAcce
     ingress = [specs.ingress_rule([port], gateway_peers or None)]
     if network.monitoring_namespace is not None and gateway_peers:
         ingress.append(specs.ingress_rule([port], [specs.namespace_peer(network.monitoring_namespace)]))
-    egress = [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
-    return specs.network_policy_spec(match, ingress=ingress, egress=egress)
+    return specs.network_policy_spec(match, ingress=ingress, egress=_backend_egress(network))
 
 
 ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
@@ -400,8 +405,7 @@ def acme_solver_network_policy() -> dict[str, Any]:
 
 def worker_network_policy(match: Mapping[str, str], network: NetworkAccess) -> dict[str, Any]:
     """Worker pods serve nothing: no ingress at all; out to DNS and the data services."""
-    egress = [specs.dns_egress_rule(), *(specs.egress_rule(t) for t in network.egress)]
-    return specs.network_policy_spec(match, ingress=[], egress=egress)
+    return specs.network_policy_spec(match, ingress=[], egress=_backend_egress(network))
 
 
 # ---------------------------------------------------------------------------------------------- component
