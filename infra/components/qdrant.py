@@ -31,6 +31,8 @@ DEFAULT_IMAGE = "qdrant/qdrant:v1.15.4-unprivileged"
 HTTP_PORT = 6333
 GRPC_PORT = 6334
 P2P_PORT = 6335
+PORTS = {"http": HTTP_PORT, "grpc": GRPC_PORT, "p2p": P2P_PORT}
+"""Named ports of every node, in the order the container and the headless Service list them."""
 RUN_AS_USER = 1000
 FS_GROUP = 3000
 API_KEY_KEY = "api-key"
@@ -145,11 +147,7 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         "command": ["/bin/bash", "-c"],
         "args": [bootstrap_script(base, args.namespace)],
         "env": env,
-        "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "p2p", "containerPort": P2P_PORT, "protocol": "TCP"},
-        ],
+        "ports": [specs.container_port(port_name, port) for port_name, port in PORTS.items()],
         # Health endpoints need no API key. Loading large collections at start can take minutes.
         "startupProbe": specs.http_probe("/livez", HTTP_PORT, period=10, timeout=3, failures=60),
         "livenessProbe": specs.http_probe("/livez", HTTP_PORT, period=10, timeout=3, failures=6),
@@ -205,11 +203,7 @@ def headless_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
         "clusterIP": "None",
         "publishNotReadyAddresses": True,
         "selector": dict(match),
-        "ports": [
-            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-            {"name": "p2p", "port": P2P_PORT, "targetPort": "p2p", "protocol": "TCP"},
-        ],
+        "ports": [specs.service_port(port_name, port) for port_name, port in PORTS.items()],
     }
 
 
@@ -218,10 +212,7 @@ def client_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
     return {
         "type": "ClusterIP",
         "selector": dict(match),
-        "ports": [
-            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
-            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-        ],
+        "ports": [specs.service_port("http", HTTP_PORT), specs.service_port("grpc", GRPC_PORT)],
     }
 
 

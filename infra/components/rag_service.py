@@ -270,7 +270,7 @@ def api_container(
         "name": "api",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [specs.container_port("http", port)],
         "envFrom": _settings_env_from(config_name, secret_name),
         # Loading the embedding model can take a while: the startup probe holds off liveness until /healthz answers.
         "startupProbe": specs.http_probe("/healthz", "http", period=5, timeout=3, failures=60),
@@ -370,7 +370,7 @@ def service_spec(match: Mapping[str, str], port: int) -> dict[str, Any]:
     return {
         "type": "ClusterIP",
         "selector": dict(match),
-        "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        "ports": [specs.service_port("http", port)],
     }
 
 

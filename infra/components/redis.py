@@ -158,7 +158,7 @@ def valkey_container(args: RedisCacheArgs, secret_name: str) -> dict[str, Any]:
                 "valueFrom": {"secretKeyRef": {"name": secret_name, "key": PASSWORD_KEY}},
             }
         ],
-        "ports": [{"name": "redis", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [specs.container_port("redis", PORT)],
         "startupProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5, "failureThreshold": 30},
         "livenessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 10, "failureThreshold": 3},
         "readinessProbe": specs.exec_probe(["sh", "-c", ping], period=5, timeout=3, failures=3),
@@ -237,7 +237,7 @@ class RedisCache(pulumi.ComponentResource):
             string_data={PASSWORD_KEY: password},
             opts=self._opts(args, protect=args.protect),
         )
-        ports = [{"name": "redis", "port": PORT, "targetPort": "redis", "protocol": "TCP"}]
+        ports = [specs.service_port("redis", PORT)]
         k8s.core.v1.Service(
             f"{name}-headless",
             metadata=specs.metadata(f"{base}-headless", ns, object_labels),

@@ -1,5 +1,5 @@
 """Pure builders for the Kubernetes specs the components apply: labels, security contexts, probes, resources,
-topology spread, anti-affinity, PDBs, volume claims, NetworkPolicy rules and ServiceMonitors.
+topology spread, anti-affinity, PDBs, named ports, volume claims, NetworkPolicy rules and ServiceMonitors.
 
 Every function returns plain dicts with the Kubernetes API's own camelCase field names, so the same values are
 what Pulumi sends, what the offline renderer writes, and what `kubernetes-validate` checks. Nothing here touches
@@ -195,6 +195,17 @@ def exec_probe(
         "timeoutSeconds": timeout,
         "failureThreshold": failures,
     }
+
+
+# ---------------------------------------------------------------------------------------------- ports
+def container_port(name: str, port: int) -> dict[str, Any]:
+    """A named TCP container port (Services and probes refer to it by name)."""
+    return {"name": name, "containerPort": port, "protocol": "TCP"}
+
+
+def service_port(name: str, port: int) -> dict[str, Any]:
+    """A Service port forwarding to the container port of the same name."""
+    return {"name": name, "port": port, "targetPort": name, "protocol": "TCP"}
 
 
 # ---------------------------------------------------------------------------------------------- placement

@@ -120,3 +120,13 @@ def test_pod_peers_and_tcp_ports() -> None:
         {"podSelector": {"matchLabels": {"b": "2"}}},
     ]
     assert specs.tcp_ports([80, 443]) == [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]
+
+
+def test_service_ports_target_the_container_port_by_name() -> None:
+    assert specs.container_port("http", 8000) == {"name": "http", "containerPort": 8000, "protocol": "TCP"}
+    assert specs.service_port("http", 80) == {
+        "name": "http",
+        "port": 80,
+        "targetPort": "http",
+        "protocol": "TCP",
+    }
