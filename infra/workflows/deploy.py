@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.workflows.stacks import POLICY_PACK, Context, OnEvent, OnOutput, select
+from infra.workflows.stacks import POLICY_PACK, Context, OnEvent, OnOutput, change_counts, select
 
 
 def deploy(
@@ -21,4 +21,4 @@ def deploy(
         on_event=on_event,
         message=f"ragops up {stack}",
     )
-    return {str(k): int(v) for k, v in (result.summary.resource_changes or {}).items()}
+    return change_counts(result.summary.resource_changes)

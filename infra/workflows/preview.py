@@ -14,7 +14,7 @@ from typing import Any
 from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
-from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, select
+from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
 
 # Steps that change nothing; everything else counts as a pending change.
 NO_CHANGE_OPS = frozenset({"same"})
@@ -75,7 +75,7 @@ class EventCollector:
                 )
             )
         elif event.summary_event is not None:
-            self.summary = {str(k): int(v) for k, v in (event.summary_event.resource_changes or {}).items()}
+            self.summary = change_counts(event.summary_event.resource_changes)
         if self.forward is not None:
             self.forward(event)
 
@@ -142,7 +142,7 @@ def run_preview(
             violations=collector.violations,
             error=str(exc).strip(),
         )
-    changes = {str(k): int(v) for k, v in (result.change_summary or {}).items()}
+    changes = change_counts(result.change_summary)
     return PreviewReport(
         stack=stack,
         changes=changes,

@@ -171,3 +171,8 @@ def set_config_values(
 def string_config(value: ConfigValue | None) -> str:
     """The plain string of a config value, '' when absent."""
     return "" if value is None else str(value.value)
+
+
+def change_counts(changes: Mapping[Any, Any] | None) -> dict[str, int]:
+    """Pulumi's per-operation change counts (a summary event, a preview or an update) as plain ``{op: n}``."""
+    return {str(k): int(v) for k, v in (changes or {}).items()}
