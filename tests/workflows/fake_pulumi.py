@@ -241,22 +241,28 @@ class _Handler:
             return self._rm(a[-1], force="--force" in a)
         if a[:2] == ["stack", "ls"]:
             return self._ls()
+        on_stack = self._on_stack(a)
+        stack = self._stack()
+        if stack is None:
+            return _not_found(str(self.stack_name))
+        return on_stack(stack)
+
+    def _on_stack(self, a: list[str]) -> Callable[[FakeStack], tuple[str, str, int]]:
+        """The handler of a command that acts on the existing `--stack` (the CLI fails the same way without it)."""
         if a[:2] == ["stack", "output"]:
-            return self._outputs(show_secrets="--show-secrets" in a)
+            return lambda stack: self._outputs(stack, show_secrets="--show-secrets" in a)
         if a[:2] == ["stack", "history"]:
-            return self._history()
+            return self._history
         if a[:2] == ["config", "set-all"]:
-            return self._set_all(json.loads(str(self._opt("--json"))))
+            return lambda stack: self._set_all(stack, json.loads(str(self._opt("--json"))))
         if a[0] == "config" and "--json" in a:
-            return self._config()
+            return self._config
         if a[0] == "preview":
-            return self._preview()
-        if a[0] == "up":
-            return self._engine_op("up")
-        if a[0] == "destroy":
-            return self._engine_op("destroy")
+            return self._preview
+        if a[0] in ("up", "destroy"):
+            return lambda stack: self._engine_op(stack, a[0])
         if a[0] == "refresh":
-            return self._refresh()
+            return self._refresh
         raise AssertionError(f"the fake pulumi does not know {a}")
 
     def _stack(self) -> FakeStack | None:
@@ -295,32 +301,20 @@ class _Handler:
             ]
         return json.dumps(rows), "", 0
 
-    def _outputs(self, show_secrets: bool) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _outputs(self, stack: FakeStack, show_secrets: bool) -> tuple[str, str, int]:
         out = {
             k: (v if show_secrets or k not in stack.secret_outputs else SECRET)
             for k, v in stack.outputs.items()
         }
         return json.dumps(out), "", 0
 
-    def _history(self) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _history(self, stack: FakeStack) -> tuple[str, str, int]:
         return json.dumps(list(reversed(stack.history))[:1]), "", 0
 
-    def _config(self) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _config(self, stack: FakeStack) -> tuple[str, str, int]:
         return json.dumps(stack.config), "", 0
 
-    def _set_all(self, entries: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _set_all(self, stack: FakeStack, entries: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, int]:
         with self.b.mutex:
             for key, entry in entries.items():
                 stack.config[key] = dict(entry)
@@ -341,10 +335,7 @@ class _Handler:
             with open(target, "a", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(e) + "\n" for e in numbered)
 
-    def _preview(self) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _preview(self, stack: FakeStack) -> tuple[str, str, int]:
         script = self.b.script(stack.name)
         summary = {
             "summaryEvent": {
@@ -359,10 +350,7 @@ class _Handler:
         self._emit([*script.preview_events, summary])
         return script.preview_stdout, "", 0
 
-    def _refresh(self) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _refresh(self, stack: FakeStack) -> tuple[str, str, int]:
         script = self.b.script(stack.name)
         if script.refresh_error is not None:
             return "", script.refresh_error, 255
@@ -373,10 +361,7 @@ class _Handler:
             return "Refreshing (stack)", "error: no changes were expected but changes were proposed", 255
         return "Refreshing (stack)", "", 0
 
-    def _engine_op(self, op: str) -> tuple[str, str, int]:
-        stack = self._stack()
-        if stack is None:
-            return _not_found(str(self.stack_name))
+    def _engine_op(self, stack: FakeStack, op: str) -> tuple[str, str, int]:
         if not stack.lock.acquire(blocking=False):
             return _locked(stack.name)
         try:
