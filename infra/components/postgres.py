@@ -108,16 +108,17 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
         f"PostgresDatabaseArgs.username {args.username!r} must be a lower-case SQL identifier.",
     )
     if args.mode == "cloudnative":
-        require(args.namespace is not None, "PostgresDatabaseArgs.namespace is required in cloudnative mode.")
-        specs.check_dns_label(args.namespace or "", "PostgresDatabaseArgs.namespace")
-        specs.check_image(args.image, "PostgresDatabaseArgs.image")
-        specs.check_quantity(args.storage_size, "PostgresDatabaseArgs.storage_size")
-        args.resources.validate("PostgresDatabaseArgs.resources")
-        require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
-        require(
-            not (args.network_policy and not args.client_selectors),
-            "PostgresDatabaseArgs.client_selectors must name at least one client when network_policy is on.",
+        specs.check_in_cluster_store(
+            "PostgresDatabaseArgs",
+            args.mode,
+            namespace=args.namespace,
+            image=args.image,
+            storage_size=args.storage_size,
+            resources=args.resources,
+            network_policy=args.network_policy,
+            client_selectors=args.client_selectors,
         )
+        require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
     if args.mode == "rds":
         require(args.vpc_id is not None, "PostgresDatabaseArgs.vpc_id is required in rds mode.")
         require(

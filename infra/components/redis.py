@@ -92,14 +92,15 @@ def validate_args(args: RedisCacheArgs) -> None:
             "RedisCacheArgs.password must be 16 to 128 characters long for an ElastiCache AUTH token.",
         )
     if args.mode == "incluster":
-        require(args.namespace is not None, "RedisCacheArgs.namespace is required in incluster mode.")
-        specs.check_dns_label(args.namespace or "", "RedisCacheArgs.namespace")
-        specs.check_image(args.image, "RedisCacheArgs.image")
-        specs.check_quantity(args.storage_size, "RedisCacheArgs.storage_size")
-        args.resources.validate("RedisCacheArgs.resources")
-        require(
-            not (args.network_policy and not args.client_selectors),
-            "RedisCacheArgs.client_selectors must name at least one client when network_policy is on.",
+        specs.check_in_cluster_store(
+            "RedisCacheArgs",
+            args.mode,
+            namespace=args.namespace,
+            image=args.image,
+            storage_size=args.storage_size,
+            resources=args.resources,
+            network_policy=args.network_policy,
+            client_selectors=args.client_selectors,
         )
     if args.mode == "elasticache":
         require(args.vpc_id is not None, "RedisCacheArgs.vpc_id is required in elasticache mode.")

@@ -68,6 +68,29 @@ def check_env_names(names: Sequence[str], what: str) -> None:
         )
 
 
+def check_in_cluster_store(
+    what: str,
+    mode: str,
+    *,
+    namespace: str | None,
+    image: str,
+    storage_size: str,
+    resources: Resources,
+    network_policy: bool,
+    client_selectors: Sequence[Mapping[str, str]],
+) -> None:
+    """The fields a data store running in the cluster needs (`what` names the args class, `mode` the mode)."""
+    require(namespace is not None, f"{what}.namespace is required in {mode} mode.")
+    check_dns_label(namespace or "", f"{what}.namespace")
+    check_image(image, f"{what}.image")
+    check_quantity(storage_size, f"{what}.storage_size")
+    resources.validate(f"{what}.resources")
+    require(
+        not (network_policy and not client_selectors),
+        f"{what}.client_selectors must name at least one client when network_policy is on.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- labels
 def labels(name: str, instance: str, component: str) -> dict[str, str]:
     """The recommended app.kubernetes.io labels for every object of one workload."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from infra.components import specs
@@ -130,3 +132,25 @@ def test_service_ports_target_the_container_port_by_name() -> None:
         "targetPort": "http",
         "protocol": "TCP",
     }
+
+
+def test_in_cluster_store_checks_name_the_args_class_and_mode() -> None:
+    good: dict[str, Any] = {
+        "namespace": "rag",
+        "image": "valkey/valkey:8.1.3",
+        "storage_size": "2Gi",
+        "resources": Resources(),
+        "network_policy": True,
+        "client_selectors": ({"app": "rag"},),
+    }
+    specs.check_in_cluster_store("RedisCacheArgs", "incluster", **good)
+    with pytest.raises(ComponentArgsError) as missing:
+        specs.check_in_cluster_store("RedisCacheArgs", "incluster", **{**good, "namespace": None})
+    assert str(missing.value) == "RedisCacheArgs.namespace is required in incluster mode."
+    with pytest.raises(ComponentArgsError) as clients:
+        specs.check_in_cluster_store(
+            "PostgresDatabaseArgs", "cloudnative", **{**good, "client_selectors": ()}
+        )
+    assert str(clients.value) == (
+        "PostgresDatabaseArgs.client_selectors must name at least one client when network_policy is on."
+    )
