@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components import specs
+from infra.components import prometheus_operator, specs
 from infra.components.specs import Resources, require
 
 CHART = "kube-prometheus-stack"
@@ -417,10 +417,9 @@ class Monitoring(pulumi.ComponentResource):
             values=chart_values(args, admin_secret),
             opts=child(namespace, secret),
         )
-        k8s.apiextensions.CustomResource(
+        prometheus_operator.monitoring_object(
             f"{name}-rules",
-            api_version="monitoring.coreos.com/v1",
-            kind="PrometheusRule",
+            "PrometheusRule",
             metadata=specs.metadata(f"{name}-rag-alerts", ns, object_labels),
             spec=prometheus_rule_spec(args),
             opts=child(release),

@@ -28,7 +28,7 @@ import pulumi_aws as aws
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.components import aws_network, specs
+from infra.components import aws_network, prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 PORT = 5432
@@ -300,10 +300,9 @@ class PostgresDatabase(pulumi.ComponentResource):
                 opts=self._opts(args),
             )
         if args.pod_monitor:
-            k8s.apiextensions.CustomResource(
+            prometheus_operator.monitoring_object(
                 f"{name}-podmonitor",
-                api_version="monitoring.coreos.com/v1",
-                kind="PodMonitor",
+                "PodMonitor",
                 metadata=specs.metadata(cluster_name, ns, object_labels),
                 spec=pod_monitor_spec(cluster_name),
                 opts=self._opts(args, extra=args.monitoring_crds),

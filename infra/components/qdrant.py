@@ -23,7 +23,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components import specs
+from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 APP = "qdrant"
@@ -315,10 +315,9 @@ class QdrantCluster(pulumi.ComponentResource):
                 opts=child(),
             )
         if args.service_monitor:
-            k8s.apiextensions.CustomResource(
+            prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
-                api_version="monitoring.coreos.com/v1",
-                kind="ServiceMonitor",
+                "ServiceMonitor",
                 metadata=specs.metadata(base, ns, object_labels),
                 spec=specs.service_monitor_spec(
                     {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)

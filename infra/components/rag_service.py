@@ -27,7 +27,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.components import specs
+from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 APP = "rag"
@@ -587,10 +587,9 @@ class RagService(pulumi.ComponentResource):
                 )
 
         if args.service_monitor:
-            k8s.apiextensions.CustomResource(
+            prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
-                api_version="monitoring.coreos.com/v1",
-                kind="ServiceMonitor",
+                "ServiceMonitor",
                 metadata=specs.metadata(base, ns, api_labels),
                 spec=specs.service_monitor_spec(api_match, ns, port="http"),
                 opts=child(list(args.monitoring_crds)),
