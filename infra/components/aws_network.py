@@ -8,7 +8,7 @@ its own resource names (`<name>-subnets`, `<name>-sg`) and descriptions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import pulumi
 import pulumi_aws as aws
@@ -21,14 +21,23 @@ class PrivateAccess(NamedTuple):
     security_group_id: pulumi.Output[str]
 
 
+class PrivateNetworkArgs(Protocol):
+    """The fields PostgresDatabaseArgs (rds mode) and RedisCacheArgs (elasticache mode) share."""
+
+    @property
+    def vpc_id(self) -> pulumi.Input[str] | None: ...
+    @property
+    def subnet_ids(self) -> Sequence[pulumi.Input[str]]: ...
+    @property
+    def allowed_cidrs(self) -> Sequence[str]: ...
+
+
 def private_access(
     name: str,
     subnet_group: type[aws.rds.SubnetGroup] | type[aws.elasticache.SubnetGroup],
+    args: PrivateNetworkArgs,
     *,
-    vpc_id: pulumi.Input[str] | None,
-    subnet_ids: Sequence[pulumi.Input[str]],
     port: int,
-    allowed_cidrs: Sequence[str],
     subnets_description: str,
     sg_description: str,
     rule_description: str,
@@ -38,19 +47,19 @@ def private_access(
     subnets = subnet_group(
         f"{name}-subnets",
         description=subnets_description,
-        subnet_ids=list(subnet_ids),
+        subnet_ids=list(args.subnet_ids),
         opts=opts,
     )
     security_group = aws.ec2.SecurityGroup(
         f"{name}-sg",
         description=sg_description,
-        vpc_id=vpc_id,
+        vpc_id=args.vpc_id,
         ingress=[
             {
                 "protocol": "tcp",
                 "from_port": port,
                 "to_port": port,
-                "cidr_blocks": list(allowed_cidrs),
+                "cidr_blocks": list(args.allowed_cidrs),
                 "description": rule_description,
             }
         ],

@@ -108,16 +108,7 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
         f"PostgresDatabaseArgs.username {args.username!r} must be a lower-case SQL identifier.",
     )
     if args.mode == "cloudnative":
-        specs.check_in_cluster_store(
-            "PostgresDatabaseArgs",
-            args.mode,
-            namespace=args.namespace,
-            image=args.image,
-            storage_size=args.storage_size,
-            resources=args.resources,
-            network_policy=args.network_policy,
-            client_selectors=args.client_selectors,
-        )
+        specs.check_in_cluster_store("PostgresDatabaseArgs", args)
         require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
     if args.mode == "rds":
         require(args.vpc_id is not None, "PostgresDatabaseArgs.vpc_id is required in rds mode.")
@@ -316,10 +307,8 @@ class PostgresDatabase(pulumi.ComponentResource):
         network = aws_network.private_access(
             name,
             aws.rds.SubnetGroup,
-            vpc_id=args.vpc_id,
-            subnet_ids=args.subnet_ids,
+            args,
             port=PORT,
-            allowed_cidrs=args.allowed_cidrs,
             subnets_description="Private subnets of the RAG database",
             sg_description="RAG database: PostgreSQL from the cluster only",
             rule_description="PostgreSQL from the Kubernetes cluster",

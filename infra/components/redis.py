@@ -92,16 +92,7 @@ def validate_args(args: RedisCacheArgs) -> None:
             "RedisCacheArgs.password must be 16 to 128 characters long for an ElastiCache AUTH token.",
         )
     if args.mode == "incluster":
-        specs.check_in_cluster_store(
-            "RedisCacheArgs",
-            args.mode,
-            namespace=args.namespace,
-            image=args.image,
-            storage_size=args.storage_size,
-            resources=args.resources,
-            network_policy=args.network_policy,
-            client_selectors=args.client_selectors,
-        )
+        specs.check_in_cluster_store("RedisCacheArgs", args)
     if args.mode == "elasticache":
         require(args.vpc_id is not None, "RedisCacheArgs.vpc_id is required in elasticache mode.")
         require(
@@ -272,10 +263,8 @@ class RedisCache(pulumi.ComponentResource):
         network = aws_network.private_access(
             name,
             aws.elasticache.SubnetGroup,
-            vpc_id=args.vpc_id,
-            subnet_ids=args.subnet_ids,
+            args,
             port=PORT,
-            allowed_cidrs=args.allowed_cidrs,
             subnets_description="Private subnets of the RAG cache",
             sg_description="RAG cache: TLS Redis protocol from the cluster only",
             rule_description="Redis protocol (TLS) from the Kubernetes cluster",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 PART_OF = "rag"
 
@@ -68,25 +68,34 @@ def check_env_names(names: Sequence[str], what: str) -> None:
         )
 
 
-def check_in_cluster_store(
-    what: str,
-    mode: str,
-    *,
-    namespace: str | None,
-    image: str,
-    storage_size: str,
-    resources: Resources,
-    network_policy: bool,
-    client_selectors: Sequence[Mapping[str, str]],
-) -> None:
-    """The fields a data store running in the cluster needs (`what` names the args class, `mode` the mode)."""
-    require(namespace is not None, f"{what}.namespace is required in {mode} mode.")
-    check_dns_label(namespace or "", f"{what}.namespace")
-    check_image(image, f"{what}.image")
-    check_quantity(storage_size, f"{what}.storage_size")
-    resources.validate(f"{what}.resources")
+class InClusterStoreArgs(Protocol):
+    """The fields PostgresDatabaseArgs (cloudnative mode) and RedisCacheArgs (incluster mode) share."""
+
+    @property
+    def mode(self) -> str: ...
+    @property
+    def namespace(self) -> str | None: ...
+    @property
+    def image(self) -> str: ...
+    @property
+    def storage_size(self) -> str: ...
+    @property
+    def resources(self) -> Resources: ...
+    @property
+    def network_policy(self) -> bool: ...
+    @property
+    def client_selectors(self) -> Sequence[Mapping[str, str]]: ...
+
+
+def check_in_cluster_store(what: str, args: InClusterStoreArgs) -> None:
+    """The fields a data store running in the cluster needs (`what` names the args class in the messages)."""
+    require(args.namespace is not None, f"{what}.namespace is required in {args.mode} mode.")
+    check_dns_label(args.namespace or "", f"{what}.namespace")
+    check_image(args.image, f"{what}.image")
+    check_quantity(args.storage_size, f"{what}.storage_size")
+    args.resources.validate(f"{what}.resources")
     require(
-        not (network_policy and not client_selectors),
+        not (args.network_policy and not args.client_selectors),
         f"{what}.client_selectors must name at least one client when network_policy is on.",
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 
@@ -135,22 +135,22 @@ def test_service_ports_target_the_container_port_by_name() -> None:
 
 
 def test_in_cluster_store_checks_name_the_args_class_and_mode() -> None:
-    good: dict[str, Any] = {
-        "namespace": "rag",
-        "image": "valkey/valkey:8.1.3",
-        "storage_size": "2Gi",
-        "resources": Resources(),
-        "network_policy": True,
-        "client_selectors": ({"app": "rag"},),
-    }
-    specs.check_in_cluster_store("RedisCacheArgs", "incluster", **good)
+    good = SimpleNamespace(
+        mode="incluster",
+        namespace="rag",
+        image="valkey/valkey:8.1.3",
+        storage_size="2Gi",
+        resources=Resources(),
+        network_policy=True,
+        client_selectors=({"app": "rag"},),
+    )
+    specs.check_in_cluster_store("RedisCacheArgs", good)
     with pytest.raises(ComponentArgsError) as missing:
-        specs.check_in_cluster_store("RedisCacheArgs", "incluster", **{**good, "namespace": None})
+        specs.check_in_cluster_store("RedisCacheArgs", SimpleNamespace(**{**vars(good), "namespace": None}))
     assert str(missing.value) == "RedisCacheArgs.namespace is required in incluster mode."
+    no_clients = SimpleNamespace(**{**vars(good), "mode": "cloudnative", "client_selectors": ()})
     with pytest.raises(ComponentArgsError) as clients:
-        specs.check_in_cluster_store(
-            "PostgresDatabaseArgs", "cloudnative", **{**good, "client_selectors": ()}
-        )
+        specs.check_in_cluster_store("PostgresDatabaseArgs", no_clients)
     assert str(clients.value) == (
         "PostgresDatabaseArgs.client_selectors must name at least one client when network_policy is on."
     )
