@@ -10,6 +10,8 @@ MODEL_DIR := .models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STACK ?= dev
+# `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
+SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
 .PHONY: help install model serve worker test lint format plan bench constraints servers clean
 
@@ -37,7 +39,7 @@ servers: ## Make sure the test servers exist (redis-server via apt when missing;
 	@bash .ci/ensure-servers
 
 serve: install model ## Run the service on embedded defaults (SQLite + local Qdrant under .data/) on $(HOST):$(PORT)
-	HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
 
 worker: install model ## Run the ingestion worker process (needs REDIS_URL)
 	$(PY) -m service.worker
