@@ -1,0 +1,58 @@
+"""The repository keeps its promises: the README's two commands, CI running the same test command, and a
+settings table that lists every variable the service reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from service.app.core.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _first_code_block(markdown: str) -> list[str]:
+    match = re.search(r"```(?:bash)?\n(.*?)```", markdown, re.S)
+    assert match, "README has no code block"
+    return [line.split("#")[0].strip() for line in match.group(1).splitlines() if line.strip()]
+
+
+def test_readme_starts_with_exactly_the_two_set_up_commands() -> None:
+    assert _first_code_block(README) == ["make serve", "make test"]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = [
+        line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert "make test" in commands
+
+
+def test_make_targets_named_in_the_readme_exist() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.M))
+    named = set(re.findall(r"`make ([a-z-]+)", README)) | set(re.findall(r"^make ([a-z-]+)", README, re.M))
+    assert named, "README names no make target"
+    assert named <= targets, f"README names missing targets: {sorted(named - targets)}"
+
+
+def test_every_setting_is_in_the_readme_settings_table() -> None:
+    table_rows = {m.group(1) for m in re.finditer(r"^\| `([A-Z_]+)` \|", README, re.M)}
+    variables = {name.upper() for name in Settings.model_fields}
+    assert variables <= table_rows, (
+        f"settings missing from the README table: {sorted(variables - table_rows)}"
+    )
+
+
+def test_every_documented_setting_exists() -> None:
+    table_rows = {m.group(1) for m in re.finditer(r"^\| `([A-Z_]+)` \|", README, re.M)}
+    variables = {name.upper() for name in Settings.model_fields}
+    # The one row that is not ours: prometheus-client reads it directly.
+    assert table_rows - variables == {"PROMETHEUS_MULTIPROC_DIR"}
+
+
+def test_readme_links_point_at_files_that_exist() -> None:
+    for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README):
+        assert (ROOT / target).exists(), f"README links to missing {target}"
