@@ -104,9 +104,7 @@ def check_in_cluster_store(what: str, args: InClusterStoreArgs) -> None:
 def labels(name: str, instance: str, component: str) -> dict[str, str]:
     """The recommended app.kubernetes.io labels for every object of one workload."""
     return {
-        "app.kubernetes.io/name": name,
-        "app.kubernetes.io/instance": instance,
-        "app.kubernetes.io/component": component,
+        **selector_labels(name, instance, component),
         "app.kubernetes.io/part-of": PART_OF,
         "app.kubernetes.io/managed-by": "pulumi",
     }
