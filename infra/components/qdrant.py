@@ -106,15 +106,15 @@ def headless_name(base: str) -> str:
     return f"{base}-headless"
 
 
-def peer_host(base: str, namespace: str, index: int) -> str:
-    """DNS name of pod `index`: <base>-<i>.<base>-headless.<namespace>.svc."""
+def peer_host(base: str, namespace: str, index: int | str) -> str:
+    """DNS name of pod `index`: <base>-<i>.<base>-headless.<namespace>.svc (`index` may be a shell variable)."""
     return f"{base}-{index}.{headless_name(base)}.{namespace}.svc"
 
 
 def bootstrap_script(base: str, namespace: str) -> str:
     """Pod 0 starts the Raft consensus; every other pod bootstraps from pod 0 over the p2p port."""
     first = f"http://{peer_host(base, namespace, 0)}:{P2P_PORT}"
-    own = f"http://{base}-${{INDEX}}.{headless_name(base)}.{namespace}.svc:{P2P_PORT}"
+    own = f"http://{peer_host(base, namespace, '${INDEX}')}:{P2P_PORT}"
     return (
         "set -e\n"
         'INDEX="${HOSTNAME##*-}"\n'

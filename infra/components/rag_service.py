@@ -430,7 +430,8 @@ class RagService(pulumi.ComponentResource):
 
         ns = args.namespace
         base = name
-        specs.check_dns_label(f"{base}-worker", "RagService name")
+        worker_name = f"{base}-worker"
+        specs.check_dns_label(worker_name, "RagService name")
         waits: list[pulumi.Resource] = list(args.depends_on)
 
         if args.create_namespace:
@@ -532,7 +533,6 @@ class RagService(pulumi.ComponentResource):
             )
 
         if args.worker.enabled:
-            worker_name = f"{base}-worker"
             k8s.apps.v1.Deployment(
                 f"{name}-worker",
                 metadata=specs.metadata(worker_name, ns, worker_labels),
@@ -581,7 +581,7 @@ class RagService(pulumi.ComponentResource):
             if args.worker.enabled:
                 k8s.networking.v1.NetworkPolicy(
                     f"{name}-worker-netpol",
-                    metadata=specs.metadata(f"{base}-worker", ns, worker_labels),
+                    metadata=specs.metadata(worker_name, ns, worker_labels),
                     spec=worker_network_policy(worker_match, args.network),
                     opts=child(),
                 )
