@@ -35,6 +35,7 @@ from infra.workflows.stacks import (
     OnOutput,
     UsageError,
     WorkflowError,
+    describe_counts,
     parse_rfc3339,
 )
 
@@ -107,13 +108,11 @@ def _run(action: Callable[[], T]) -> T:
         raise typer.Exit(1) from exc
     except CommandError as exc:
         console.print(f"[red]pulumi failed:[/] {exc}", markup=False, highlight=False)
-        for note in getattr(exc, "__notes__", []):
-            console.print(note, markup=False, highlight=False)
+        _print_notes(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt as exc:
         console.print("[red]interrupted[/]")
-        for note in getattr(exc, "__notes__", []):
-            console.print(note, markup=False, highlight=False)
+        _print_notes(exc)
         raise typer.Exit(1) from exc
     except FileNotFoundError as exc:
         if exc.filename and Path(str(exc.filename)).name == "pulumi":
@@ -122,6 +121,12 @@ def _run(action: Callable[[], T]) -> T:
             )
             raise typer.Exit(1) from exc
         raise
+
+
+def _print_notes(exc: BaseException) -> None:
+    """The notes a workflow added to an error (e.g. whether a failed ephemeral stack was torn down)."""
+    for note in getattr(exc, "__notes__", []):
+        console.print(note, markup=False, highlight=False)
 
 
 @app.command()
@@ -152,7 +157,7 @@ def preview(
     comment = render_comment(report)
     if comment_file is not None:
         comment_file.write_text(comment + "\n", encoding="utf-8")
-    pending = ", ".join(f"{n} {op}" for op, n in sorted(report.pending.items())) or "no changes"
+    pending = describe_counts(report.pending) or "no changes"
     if not report.ok:
         console.print(f"[red]preview of {stack} failed[/] ({pending})")
         if report.error:
@@ -182,7 +187,7 @@ def up(
             )
 
     changes = _run(action)
-    summary = ", ".join(f"{n} {op}" for op, n in sorted(changes.items()) if n) or "no changes"
+    summary = describe_counts(changes) or "no changes"
     console.print(f"up {stack}: {summary}", highlight=False)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pulumi.automation.errors import CommandError
 
 from infra.workflows.preview import NO_CHANGE_OPS, EventCollector, Step
-from infra.workflows.stacks import Context, OnEvent, OnOutput, select
+from infra.workflows.stacks import Context, OnEvent, OnOutput, describe_counts, select
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class DriftReport:
         if not self.has_drift:
             return f"No drift: stack {self.stack!r} matches its state."
         lines = [f"Drift detected in stack {self.stack!r}:"]
-        counts = ", ".join(
-            f"{n} {op}" for op, n in sorted(self.changes.items()) if op not in NO_CHANGE_OPS and n
-        )
+        counts = describe_counts({op: n for op, n in self.changes.items() if op not in NO_CHANGE_OPS})
         if counts:
             lines.append(f"  changes on refresh: {counts}")
         for step in self.drifted:

@@ -27,6 +27,7 @@ from infra.workflows.stacks import (
     OnOutput,
     UsageError,
     WorkflowError,
+    describe_counts,
     rfc3339,
     select,
     set_config_values,
@@ -179,7 +180,7 @@ def promote(
             f"Could not check {source!r} for pending changes; its preview failed:\n{report.error}"
         )
     if report.pending:
-        changes = ", ".join(f"{n} {op}" for op, n in sorted(report.pending.items()))
+        changes = describe_counts(report.pending)
         raise WorkflowError(
             f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
             f"Run `pulumi up -s {source}` (or merge to main) and promote again."

@@ -176,3 +176,8 @@ def string_config(value: ConfigValue | None) -> str:
 def change_counts(changes: Mapping[Any, Any] | None) -> dict[str, int]:
     """Pulumi's per-operation change counts (a summary event, a preview or an update) as plain ``{op: n}``."""
     return {str(k): int(v) for k, v in (changes or {}).items()}
+
+
+def describe_counts(counts: Mapping[str, int]) -> str:
+    """Change counts as text, ``"1 create, 2 update"``: the non-zero ones, by operation ('' when there are none)."""
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items()) if n)
