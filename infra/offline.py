@@ -14,6 +14,7 @@ resource's name so two runs of the same stack give the same result.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -386,6 +387,10 @@ def run_stack(
         sys.path.insert(0, root_dir)
 
     # A fresh root stack, config and RPC state for every run: nothing carries over from the previous one.
+    # The SDK schedules on the thread's current event loop; a previous async test may have closed or unset
+    # it, so each run gets a loop of its own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
     set_all_config(values, secret_keys)
@@ -407,6 +412,8 @@ def run_stack(
     finally:
         settings.ROOT.set(None)
         set_all_config({}, [])
+        loop.close()
+        asyncio.set_event_loop(None)
 
     outputs = {name: _plain(value) for name, (value, _secret) in resolved.items()}
     secret_outputs = frozenset(name for name, (_value, secret) in resolved.items() if secret)
