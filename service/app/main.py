@@ -24,7 +24,7 @@ from service.app import production
 from service.app.api.middleware import install_middleware
 from service.app.api.routes import documents, health, jobs, metrics, search
 from service.app.core.config import Settings, get_settings
-from service.app.core.errors import install_error_handlers
+from service.app.core.errors import error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
 from service.app.core.security import rate_limit
 from service.app.ingest.chunking import Chunker
@@ -136,9 +136,10 @@ def create_app(
     install_error_handlers(app)
     install_middleware(app, settings)
     # Router-level: every /v1 route authenticates (401) and then spends the key's budget (429).
-    app.include_router(documents.router, dependencies=[Depends(rate_limit("ingest"))])
-    app.include_router(search.router, dependencies=[Depends(rate_limit("search"))])
-    app.include_router(jobs.router, dependencies=[Depends(rate_limit("search"))])
+    v1_errors = error_responses(401, 422, 429)
+    app.include_router(documents.router, dependencies=[Depends(rate_limit("ingest"))], responses=v1_errors)
+    app.include_router(search.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
+    app.include_router(jobs.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
     app.include_router(health.router)
     app.include_router(metrics.router)
     return app

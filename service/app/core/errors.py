@@ -28,7 +28,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,44 @@ class ServiceUnavailable(RagError):
     code = "service_unavailable"
 
 
+class ErrorDetail(BaseModel):
+    """The ``error`` object: a machine-readable code, a human-readable reason, and code-specific details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error response."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    401: "missing or unknown API key",
+    404: "unknown resource (in the caller's tenant)",
+    409: "a concurrent write to the same document won; retrying is safe",
+    413: "request body over the size limit",
+    415: "unsupported content type",
+    422: "invalid input; the message names the offending field",
+    429: "rate limit exceeded; see Retry-After",
+    503: "a backend failed; nothing visible changed and the request can be retried",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting these error statuses with the shared error body.
+
+    Listing 422 here also replaces FastAPI's default ``HTTPValidationError`` schema, which this service never
+    sends (validation errors use the same error body as everything else).
+    """
+    return {
+        status: {"model": ErrorResponse, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses
+    }
+
+
 def error_body(code: str, message: str, **details: Any) -> dict[str, Any]:
     """The JSON body shared by every error response."""
     return {"error": {"code": code, "message": message, **jsonable_encoder(details)}}
@@ -152,13 +192,33 @@ async def _validation_error_handler(_request: Request, exc: Exception) -> JSONRe
     return JSONResponse(error_body("invalid_input", message, errors=errors), status_code=422)
 
 
-async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first matching route's).
+
+    Asked of the router itself, one method at a time, so included routers and prefixes need no special case.
+    """
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         exc.status_code, "http_error"
     )
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        # /v1/documents/{id} is served by three routes (PUT, GET, DELETE): the Allow header must list all.
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
     return JSONResponse(
-        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers or None
     )
 
 

@@ -54,13 +54,16 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="natural-language query")
-    top_k: int = Field(5, ge=1, le=100, description="number of chunks to return")
+    # Strict: lax parsing would take `true` as top_k=1 and `false` as a threshold of 0.0 (the schema says number).
+    top_k: StrictInt = Field(5, ge=1, le=100, description="number of chunks to return")
     filter: dict[str, FilterValue] | None = Field(
         None,
         description='metadata conditions, all must hold: {"lang": "en"}, {"tags": {"any": ["a", "b"]}}, '
         '{"year": {"gte": 2020}}',
     )
-    score_threshold: float | None = Field(None, ge=-1.0, le=1.0, description="minimum cosine similarity")
+    score_threshold: StrictFloat | None = Field(
+        None, ge=-1.0, le=1.0, description="minimum cosine similarity"
+    )
 
     @field_validator("query")
     @classmethod

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
 from service.app.api.deps import ServicesDep, TenantDep
-from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_responses
 from service.app.ingest.extract import (
     charset_of,
     detect_content_type,
@@ -114,7 +114,11 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
 @router.put(
     "/{document_id}",
     response_model=IngestResult,
-    responses={201: {"model": IngestResult, "description": "created"}, **ASYNC_RESPONSES},
+    responses={
+        201: {"model": IngestResult, "description": "created"},
+        **ASYNC_RESPONSES,
+        **error_responses(409, 413, 415, 503),
+    },
     openapi_extra=_JSON_BODY,
 )
 async def put_document(
@@ -170,7 +174,11 @@ async def put_document(
 @router.post(
     "",
     response_model=IngestResult,
-    responses={201: {"model": IngestResult, "description": "created"}, **ASYNC_RESPONSES},
+    responses={
+        201: {"model": IngestResult, "description": "created"},
+        **ASYNC_RESPONSES,
+        **error_responses(409, 413, 415, 503),
+    },
     openapi_extra=_UPLOAD_BODY,
 )
 async def upload_document(
@@ -236,7 +244,7 @@ async def _extract(data: bytes, declared: str, content_type: str) -> str:
     return await to_thread.run_sync(extract_text, data, full_type)
 
 
-@router.get("/{document_id}", response_model=DocumentOut)
+@router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))
 async def get_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
     """One document's registry entry (version, hash, metadata, chunk count)."""
     return await services.ingest.get(tenant, document_id)
@@ -255,7 +263,12 @@ async def list_documents(
     return await services.ingest.list(tenant, cursor=cursor, limit=limit)
 
 
-@router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+@router.delete(
+    "/{document_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404, 409, 503),
+)
 async def delete_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
     """Delete a document and its chunks (404 when unknown)."""
     await services.ingest.delete(tenant, document_id)

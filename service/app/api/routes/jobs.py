@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service.app.api.deps import ServicesDep, TenantDep
-from service.app.core.errors import NotFound
+from service.app.core.errors import NotFound, error_responses
 from service.app.jobs.models import JobRecord
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}", response_model=JobRecord)
+@router.get("/{job_id}", response_model=JobRecord, responses=error_responses(404))
 async def get_job(
     job_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")], tenant: TenantDep, services: ServicesDep
 ) -> JobRecord:
