@@ -339,6 +339,9 @@ if config.tls.enabled:
             ingress_class_name=gateway_cfg.ingress.className or None,
             cert_manager_version=config.tls.certManagerVersion,
             install_cert_manager=config.tls.installCertManager,
+            # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
+            issuer_kind="ClusterIssuer" if config.tls.installCertManager else "Issuer",
+            existing_cluster_issuer=config.tls.clusterIssuer or None,
             depends_on=ready,
         ),
         opts=in_cluster,

@@ -310,13 +310,19 @@ class ServiceConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TlsConfig:
-    """cert-manager and the ClusterIssuer."""
+    """cert-manager and the certificate issuer.
+
+    A stack that installs cert-manager owns it and creates a ClusterIssuer; one that does not is a guest on a
+    shared cluster and creates a namespaced Issuer (cluster-scoped names would collide between stacks), or uses
+    the existing ClusterIssuer named by `clusterIssuer`.
+    """
 
     enabled: bool
     issuer: Literal["selfSigned", "letsencrypt-staging", "letsencrypt"]
     email: str
     certManagerVersion: str = _f(pattern=re.compile(r"^v[0-9]+\.[0-9]+\.[0-9]+$"))
     installCertManager: bool
+    clusterIssuer: str = _f(pattern=re.compile(r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)?$"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -700,7 +706,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
             "gateway.className",
             f"{gateway.className} is a GKE-managed Gateway class; {cluster.provider} has none",
         )
-    if config.tls.enabled and config.tls.issuer != "selfSigned" and "@" not in config.tls.email:
+    tls = config.tls
+    own_issuer = not tls.clusterIssuer  # an existing ClusterIssuer has its own ACME account
+    if tls.enabled and own_issuer and tls.issuer != "selfSigned" and "@" not in tls.email:
         fail("tls.email", "an ACME e-mail address is required for the Let's Encrypt issuers")
     if config.backups.enabled and cluster.provider == "existing":
         fail(
@@ -713,6 +721,11 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail("tls.enabled", "prod requires TLS")
         if config.tls.issuer != "letsencrypt":
             fail("tls.issuer", f"prod requires the letsencrypt issuer, not {config.tls.issuer}")
+        if not own_issuer:
+            fail(
+                "tls.clusterIssuer",
+                "prod creates its own letsencrypt issuer (what an existing ClusterIssuer issues cannot be checked)",
+            )
         if qdrant.replicas < 3:
             fail("qdrant.replicas", f"prod requires at least 3 Qdrant replicas, got {qdrant.replicas}")
         if qdrant.replicationFactor < 2:

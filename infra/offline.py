@@ -86,9 +86,16 @@ class StackRun:
 
 
 def cli_config(
-    stack: str, *, config_overrides: Mapping[str, Any] | None = None, project_dir: Path = PROJECT_DIR
+    stack: str,
+    *,
+    config_overrides: Mapping[str, Any] | None = None,
+    project_dir: Path = PROJECT_DIR,
+    stack_config: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """The `{"rag:key": "value"}` map (and the secret keys) the CLI would hand the program for `stack`.
+
+    `stack_config` stands in for the stack file's `config:` mapping, for stacks that only live in a backend
+    (an ephemeral stack's config as `ragops ephemeral up` wrote it); by default Pulumi.<stack>.yaml is read.
 
     `config_overrides` (keys bare or `rag:`-prefixed) are applied to the stack file's values first: a mapping is
     merged into the stack's object for that key (falling back to the declared default), `None` unsets the key.
@@ -96,9 +103,10 @@ def cli_config(
     """
     project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text(encoding="utf-8"))
     declared: dict[str, Any] = project.get("config") or {}
-    path = project_dir / stack_file(stack)
-    stack_doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    stack_values: dict[str, Any] = dict(stack_doc.get("config") or {})
+    if stack_config is None:
+        stack_doc = yaml.safe_load((project_dir / stack_file(stack)).read_text(encoding="utf-8")) or {}
+        stack_config = stack_doc.get("config") or {}
+    stack_values: dict[str, Any] = dict(stack_config)
 
     secret_keys: set[str] = set()
     for key, value in list(stack_values.items()):
@@ -375,13 +383,20 @@ def _plain(value: Any) -> Any:
 
 
 def run_stack(
-    stack: str, *, config_overrides: Mapping[str, Any] | None = None, project_dir: Path = PROJECT_DIR
+    stack: str,
+    *,
+    config_overrides: Mapping[str, Any] | None = None,
+    project_dir: Path = PROJECT_DIR,
+    stack_config: Mapping[str, Any] | None = None,
 ) -> StackRun:
-    """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values.
+    """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values
+    (or `stack_config`, see `cli_config`).
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
-    values, secret_keys = cli_config(stack, config_overrides=config_overrides, project_dir=project_dir)
+    values, secret_keys = cli_config(
+        stack, config_overrides=config_overrides, project_dir=project_dir, stack_config=stack_config
+    )
     root_dir = str(project_dir)
     if root_dir not in sys.path:
         sys.path.insert(0, root_dir)

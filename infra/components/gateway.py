@@ -3,8 +3,11 @@
 Creates:
 - cert-manager from its official Helm chart (pinned; CRDs installed by the chart; Gateway API support switched on
   in its ControllerConfiguration) unless `install_cert_manager=False`,
-- a ClusterIssuer per environment: `selfsigned` (dev), `letsencrypt-staging` or `letsencrypt-prod` (ACME with
-  the HTTP-01 challenge answered through a Gateway API HTTPRoute on our Gateway),
+- an issuer per environment: `selfsigned` (dev), `letsencrypt-staging` or `letsencrypt-prod` (ACME with the
+  HTTP-01 challenge answered through a Gateway API HTTPRoute on our Gateway). It is a cluster-scoped
+  `ClusterIssuer` by default, or a namespaced `Issuer` (`issuer_kind="Issuer"`) so several stacks can share one
+  cluster without fighting over one cluster-wide name; with `existing_cluster_issuer` none is created and the
+  Certificate uses that ClusterIssuer,
 - a Certificate for the hostname, stored in the Secret the listener uses,
 - entry `gateway` (default): a Gateway API `Gateway` of `gateway_class_name` with an HTTP listener (only
   redirects) and an HTTPS listener terminating TLS with `certificateRefs`, an HTTPRoute redirecting HTTP to
@@ -71,6 +74,12 @@ class TlsGatewayArgs:
     """A cert-manager installed elsewhere, waited for when install_cert_manager is False."""
     gateway_crds: tuple[pulumi.Resource, ...] = ()
     """Resources installing the Gateway API CRDs; the Gateway and routes wait for them."""
+    issuer_kind: Literal["ClusterIssuer", "Issuer"] = "ClusterIssuer"
+    """The issuer created: a ClusterIssuer (one name per cluster, so only for the stack that owns the cluster's
+    cert-manager) or an Issuer in `namespace` (any number of stacks per cluster)."""
+    existing_cluster_issuer: str | None = None
+    """Name of a ClusterIssuer that already exists in the cluster: the Certificate uses it and no issuer is
+    created (`issuer`, `acme_email` and `issuer_kind` are then unused)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -87,7 +96,13 @@ def validate_args(args: TlsGatewayArgs) -> None:
         args.issuer in ISSUERS, f"TlsGatewayArgs.issuer {args.issuer!r} must be one of {', '.join(ISSUERS)}."
     )
     require(args.entry in ("gateway", "ingress"), "TlsGatewayArgs.entry must be 'gateway' or 'ingress'.")
-    if args.issuer in ACME_SERVERS:
+    require(
+        args.issuer_kind in ("ClusterIssuer", "Issuer"),
+        "TlsGatewayArgs.issuer_kind must be 'ClusterIssuer' or 'Issuer'.",
+    )
+    if args.existing_cluster_issuer is not None:
+        specs.check_dns_label(args.existing_cluster_issuer, "TlsGatewayArgs.existing_cluster_issuer")
+    elif args.issuer in ACME_SERVERS:
         require(
             args.acme_email is not None and bool(_EMAIL.match(args.acme_email)),
             f"TlsGatewayArgs.acme_email must be a valid e-mail address for the {args.issuer} issuer.",
@@ -123,7 +138,11 @@ def issuer_spec(
     entry: str,
     ingress_class: str | None,
 ) -> dict[str, Any]:
-    """ClusterIssuer spec: self-signed, or ACME with an HTTP-01 solver through our Gateway (or the Ingress class)."""
+    """(Cluster)Issuer spec: self-signed, or ACME with an HTTP-01 solver through our Gateway (or the Ingress class).
+
+    The ACME account key Secret lives in cert-manager's namespace for a ClusterIssuer, in the Issuer's own
+    namespace for an Issuer.
+    """
     if issuer == "selfsigned":
         return {"selfSigned": {}}
     if entry == "gateway":
@@ -152,12 +171,14 @@ def issuer_spec(
     }
 
 
-def certificate_spec(hostname: str, secret_name: str, issuer_name: str) -> dict[str, Any]:
+def certificate_spec(
+    hostname: str, secret_name: str, issuer_name: str, issuer_kind: str = "ClusterIssuer"
+) -> dict[str, Any]:
     """cert-manager Certificate for the hostname (ECDSA P-256, rotated key on renewal)."""
     return {
         "secretName": secret_name,
         "dnsNames": [hostname],
-        "issuerRef": {"name": issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        "issuerRef": {"name": issuer_name, "kind": issuer_kind, "group": "cert-manager.io"},
         "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
         "duration": "2160h",
         "renewBefore": "720h",
@@ -266,7 +287,7 @@ def ingress_spec(
 
 # ---------------------------------------------------------------------------------------------- component
 class TlsGateway(pulumi.ComponentResource):
-    """cert-manager, a ClusterIssuer, a Certificate and a Gateway API entry (or Ingress) to the service."""
+    """cert-manager, an issuer, a Certificate and a Gateway API entry (or Ingress) to the service."""
 
     url: pulumi.Output[str]
     """Public URL of the service, https://<hostname>."""
@@ -283,7 +304,8 @@ class TlsGateway(pulumi.ComponentResource):
         object_labels = specs.labels("gateway", base, "entry")
         gateway_name = base
         tls_secret = f"{base}-tls"
-        issuer_name = f"{base}-{args.issuer}"
+        issuer_name = args.existing_cluster_issuer or f"{base}-{args.issuer}"
+        issuer_kind = "ClusterIssuer" if args.existing_cluster_issuer else args.issuer_kind
 
         def child(*extra: pulumi.Resource) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *extra])
@@ -308,27 +330,28 @@ class TlsGateway(pulumi.ComponentResource):
             self.cert_manager = cert_manager
         crds = (cert_manager,) if cert_manager is not None else ()
 
-        k8s.apiextensions.CustomResource(
-            f"{name}-issuer",
-            api_version="cert-manager.io/v1",
-            kind="ClusterIssuer",
-            metadata={"name": issuer_name, "labels": object_labels},
-            spec=issuer_spec(
-                args.issuer,
-                args.acme_email,
-                gateway=gateway_name,
-                namespace=ns,
-                entry=args.entry,
-                ingress_class=args.ingress_class_name,
-            ),
-            opts=child(*crds),
-        )
+        if args.existing_cluster_issuer is None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-issuer",
+                api_version="cert-manager.io/v1",
+                kind=issuer_kind,
+                metadata=specs.metadata(issuer_name, ns if issuer_kind == "Issuer" else None, object_labels),
+                spec=issuer_spec(
+                    args.issuer,
+                    args.acme_email,
+                    gateway=gateway_name,
+                    namespace=ns,
+                    entry=args.entry,
+                    ingress_class=args.ingress_class_name,
+                ),
+                opts=child(*crds),
+            )
         k8s.apiextensions.CustomResource(
             f"{name}-certificate",
             api_version="cert-manager.io/v1",
             kind="Certificate",
             metadata=specs.metadata(tls_secret, ns, object_labels),
-            spec=certificate_spec(args.hostname, tls_secret, issuer_name),
+            spec=certificate_spec(args.hostname, tls_secret, issuer_name, issuer_kind),
             opts=child(*crds),
         )
 

@@ -189,6 +189,8 @@ def test_service_settings_become_service_environment_variables() -> None:
         ({"qdrant": {"storage": {"size": "lots"}}}, "rag:qdrant.storage.size", "invalid value"),
         ({"qdrant": {"replicationFactor": 4}}, "rag:qdrant.replicationFactor", "exceeds"),
         ({"tls": {"email": ""}}, "rag:tls.email", "ACME"),
+        ({"tls": {"clusterIssuer": "letsencrypt-prod"}}, "rag:tls.clusterIssuer", "prod creates its own"),
+        ({"tls": {"clusterIssuer": "Shared_Issuer"}}, "rag:tls.clusterIssuer", "invalid value"),
         ({"cluster": {"provider": "gke", "gke": {"project": ""}}}, "rag:cluster.gke.project", "missing key"),
         (
             {"qdrant": {"resources": {"limits": {"memory": None}}}},
@@ -294,3 +296,12 @@ def test_backups_need_a_cloud_cluster() -> None:
     ):
         parse_config({"backups": {"enabled": True}}, "dev")
     assert parse_config({"backups": {"enabled": True}, "cluster": {"provider": "eks"}}, "dev").backups.enabled
+
+
+def test_an_existing_cluster_issuer_needs_no_acme_email() -> None:
+    staging = stack_values("staging")
+    tls = {**staging["tls"], "email": ""}
+    with pytest.raises(ConfigError, match=r"^rag:tls\.email in Pulumi\.staging\.yaml: "):
+        parse_config({**staging, "tls": tls}, "staging")
+    shared = parse_config({**staging, "tls": {**tls, "clusterIssuer": "letsencrypt-staging"}}, "staging")
+    assert shared.tls.clusterIssuer == "letsencrypt-staging"

@@ -427,6 +427,12 @@ CUSTOM_OBJECTS = {
             }
         },
     },
+    "Issuer": {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Issuer",
+        "metadata": {"name": "selfsigned", "namespace": "pr-1"},
+        "spec": {"selfSigned": {}},
+    },
     "Certificate": {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
@@ -448,6 +454,7 @@ TYPOS = {
     "Gateway": (("spec", "listeners", 1, "tls"), "certificateRef", "spec.listeners.1.tls"),
     "HTTPRoute": (("spec", "rules", 0, "backendRefs", 0), "weigth", "spec.rules.0.backendRefs.0"),
     "Certificate": (("spec", "privateKey"), "bits", "spec.privateKey"),
+    "Issuer": (("spec", "selfSigned"), "isCA", "spec.selfSigned"),
     "ClusterIssuer": (
         ("spec", "acme", "solvers", 0, "http01", "gatewayHTTPRoute"),
         "parentRef",

@@ -167,3 +167,44 @@ def test_ingress_fallback_and_existing_cert_manager() -> None:
     assert ingress["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "gateway-tls"}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
     assert validate_manifests(program) == 1
+
+
+def test_a_guest_stack_issues_from_a_namespaced_issuer() -> None:
+    program = run_gateway(gateway_args(namespace="pr-1", install_cert_manager=False, issuer_kind="Issuer"))
+    issuer = program.one("kubernetes:cert-manager.io/v1:Issuer").inputs
+    assert issuer["metadata"]["name"] == "gateway-letsencrypt-prod"
+    assert issuer["metadata"]["namespace"] == "pr-1"
+    # The HTTP-01 challenge is still answered through this stack's own Gateway.
+    solver = issuer["spec"]["acme"]["solvers"][0]["http01"]["gatewayHTTPRoute"]
+    assert solver["parentRefs"][0] == {
+        "name": "gateway",
+        "namespace": "pr-1",
+        "kind": "Gateway",
+        "sectionName": "http",
+    }
+    assert program.by_type("kubernetes:cert-manager.io/v1:ClusterIssuer") == []
+    ref = program.named("gateway-certificate").inputs["spec"]["issuerRef"]
+    assert ref == {"name": "gateway-letsencrypt-prod", "kind": "Issuer", "group": "cert-manager.io"}
+
+
+def test_an_existing_cluster_issuer_is_used_and_none_is_created() -> None:
+    program = run_gateway(
+        gateway_args(
+            install_cert_manager=False, existing_cluster_issuer="shared-letsencrypt", acme_email=None
+        )
+    )
+    assert {r.name for r in program.resources} & {"gateway-issuer", "gateway-cert-manager"} == set()
+    ref = program.named("gateway-certificate").inputs["spec"]["issuerRef"]
+    assert ref == {"name": "shared-letsencrypt", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"issuer_kind": "Namespace"}, "issuer_kind"),
+        ({"existing_cluster_issuer": "Not A Name"}, "existing_cluster_issuer"),
+    ],
+)
+def test_invalid_issuer_choice_fails_with_a_sentence(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ComponentArgsError, match=message):
+        gw.validate_args(gateway_args(**overrides))

@@ -1,0 +1,155 @@
+"""PR stacks share dev's cluster: dev plus two ephemeral stacks must not declare the same Kubernetes object twice.
+
+The ephemeral stacks are made the way CI makes them: `ragops ephemeral up` (against the fake Pulumi backend) builds
+their config from infra/workflows/ephemeral.template.yaml and writes it to the stack; that config then runs through
+the real program offline (`infra.offline.run_stack`). Two stacks declaring one object would fight over it in a real
+cluster (the second `pulumi up` fails, or worse, adopts and later deletes the first one's object).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from infra.offline import StackRun, run_stack
+from infra.workflows import ephemeral
+from infra.workflows.stacks import REPO_ROOT, Context
+from tests.workflows.fake_pulumi import FakeBackend
+
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+# Kinds without a namespace: one name per cluster. Every other kind must name its namespace explicitly (an object
+# without one lands in whatever namespace the kubeconfig defaults to, shared by every stack).
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterIssuer",
+        "StorageClass",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PriorityClass",
+        "IngressClass",
+        "GatewayClass",
+        "PersistentVolume",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    }
+)
+PR_STACKS = ("pr-1", "pr-2")
+
+
+def cluster_keys(run: StackRun) -> list[tuple[Any, ...]]:
+    """What each Kubernetes object and Helm release of a run occupies in the cluster (one key per resource)."""
+    keys: list[tuple[Any, ...]] = []
+    for resource in run.resources:
+        if not resource.custom or not resource.type.startswith("kubernetes:"):
+            continue
+        inputs = resource.inputs
+        if resource.type == HELM_RELEASE:
+            keys.append(("helm release", inputs["namespace"], inputs["name"]))
+            continue
+        kind = inputs["kind"]
+        metadata = inputs["metadata"]
+        assert metadata.get("name"), f"{resource.urn} has no explicit name"
+        if kind in CLUSTER_SCOPED:
+            assert "namespace" not in metadata, f"{resource.urn}: a {kind} has no namespace"
+            keys.append(("cluster", kind, metadata["name"]))
+        else:
+            assert metadata.get("namespace"), f"{resource.urn}: a namespaced {kind} must name its namespace"
+            keys.append(("namespaced", metadata["namespace"], kind, metadata["name"]))
+    return keys
+
+
+def collisions(*runs: StackRun) -> set[tuple[Any, ...]]:
+    """Keys claimed by more than one resource across the runs."""
+    counts = Counter(key for run in runs for key in cluster_keys(run))
+    return {key for key, n in counts.items() if n > 1}
+
+
+@pytest.fixture(scope="module")
+def pr_configs() -> dict[str, dict[str, Any]]:
+    """The config `ragops ephemeral up` writes for pr-1 and pr-2 (template over the real Pulumi.dev.yaml)."""
+    backend = FakeBackend()
+    ctx = Context(
+        work_dir=REPO_ROOT,
+        pulumi_command=backend.command(),
+        clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+        actor=lambda: "octocat",
+    )
+    configs = {}
+    for name in PR_STACKS:
+        ephemeral.up(ctx, name, "24h")
+        stack = backend.stacks[name]
+        configs[name] = {key: stack.config_value(key) for key in stack.config}
+    return configs
+
+
+@pytest.fixture(scope="module")
+def shared_runs(pr_configs: dict[str, dict[str, Any]]) -> list[StackRun]:
+    """dev as committed plus both PR stacks, each through the real program."""
+    return [run_stack("dev")] + [run_stack(name, stack_config=pr_configs[name]) for name in PR_STACKS]
+
+
+def test_dev_and_two_pr_stacks_declare_no_object_twice(shared_runs: list[StackRun]) -> None:
+    assert collisions(*shared_runs) == set()
+    # Every stack does declare its own copy of the namespaced platform, each in its own namespace.
+    namespaces = [{key[1] for key in cluster_keys(run) if key[0] == "namespaced"} for run in shared_runs]
+    assert namespaces == [{"rag"}, {"pr-1"}, {"pr-2"}]
+
+
+def test_pr_stacks_install_nothing_cluster_wide_and_issue_from_their_own_namespace(
+    shared_runs: list[StackRun],
+) -> None:
+    dev, *prs = shared_runs
+    assert {key[1] for key in cluster_keys(dev) if key[0] == "helm release"} == {
+        "cert-manager",
+        "cnpg-system",
+    }
+    for run in prs:
+        keys = cluster_keys(run)
+        assert [key for key in keys if key[0] == "helm release"] == []
+        assert [key for key in keys if key[0] == "cluster"] == [("cluster", "Namespace", run.stack)]
+        issuer = run.by_name("gateway-issuer").inputs
+        assert (issuer["kind"], issuer["metadata"]["namespace"]) == ("Issuer", run.stack)
+        certificate = run.by_name("gateway-certificate").inputs["spec"]
+        assert certificate["issuerRef"]["kind"] == "Issuer"
+        assert certificate["issuerRef"]["name"] == issuer["metadata"]["name"]
+        assert run.outputs["serviceUrl"] == f"https://{run.stack}.rag.localtest.me"
+
+
+def test_a_pr_stack_may_reuse_devs_cluster_issuer_by_name(
+    shared_runs: list[StackRun], pr_configs: dict[str, dict[str, Any]]
+) -> None:
+    dev_issuer = shared_runs[0].by_name("gateway-issuer").inputs
+    assert dev_issuer["kind"] == "ClusterIssuer"
+    run = run_stack(
+        "pr-1",
+        stack_config=pr_configs["pr-1"],
+        config_overrides={"tls": {"clusterIssuer": dev_issuer["metadata"]["name"]}},
+    )
+    assert [r for r in run.resources if r.name == "gateway-issuer"] == []
+    issuer_ref = run.by_name("gateway-certificate").inputs["spec"]["issuerRef"]
+    assert issuer_ref == {"name": "gateway-selfsigned", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    assert collisions(shared_runs[0], run, shared_runs[2]) == set()
+
+
+def test_the_check_catches_a_pr_stack_that_installs_the_cluster_wide_pieces(
+    shared_runs: list[StackRun], pr_configs: dict[str, dict[str, Any]]
+) -> None:
+    """Without the template's two switches, the PR stack collides with dev exactly where it should."""
+    greedy = run_stack(
+        "pr-1",
+        stack_config=pr_configs["pr-1"],
+        config_overrides={
+            "tls": {"installCertManager": True},
+            "postgres": {"cloudnative": {"installOperator": True}},
+        },
+    )
+    assert collisions(shared_runs[0], greedy) == {
+        ("cluster", "ClusterIssuer", "gateway-selfsigned"),
+        ("helm release", "cert-manager", "cert-manager"),
+        ("helm release", "cnpg-system", "cnpg"),
+    }
