@@ -21,6 +21,9 @@ JSON_CONTENT_TYPES = ("text/plain", "text/markdown", "text/html")
 
 _document_id = re.compile(DOCUMENT_ID_PATTERN)
 _metadata_key = re.compile(METADATA_KEY_PATTERN)
+# JSON's "\ud800" escape decodes to a lone surrogate: a str Python holds but UTF-8 (hashing, Qdrant, Postgres)
+# cannot encode.
+_surrogate = re.compile("[\ud800-\udfff]")
 
 MetadataValue = str | int | float | bool | list[str]
 
@@ -84,6 +87,11 @@ def document_id_from_filename(filename: str | None) -> str:
     return candidate
 
 
+def has_lone_surrogate(value: str) -> bool:
+    """True when ``value`` holds an unpaired UTF-16 surrogate (not valid Unicode, not encodable as UTF-8)."""
+    return not value.isascii() and _surrogate.search(value) is not None
+
+
 def validate_metadata_key(key: str, what: str = "metadata key") -> str:
     """Metadata keys become payload paths (``metadata.<key>``): identifiers only."""
     if not isinstance(key, str) or not _metadata_key.fullmatch(key):
@@ -113,12 +121,18 @@ def validate_metadata(metadata: Any) -> dict[str, MetadataValue]:
         elif isinstance(value, str):
             if len(value) > MAX_METADATA_STRING:
                 raise InvalidInput(f"metadata.{key} is longer than {MAX_METADATA_STRING} characters")
+            if has_lone_surrogate(value):
+                raise InvalidInput(f"metadata.{key} contains an unpaired surrogate (not valid Unicode)")
             clean[key] = value
         elif isinstance(value, list):
             if len(value) > MAX_METADATA_LIST or not all(isinstance(item, str) for item in value):
                 raise InvalidInput(f"metadata.{key} must be a list of at most {MAX_METADATA_LIST} strings")
             if any(len(item) > MAX_METADATA_STRING for item in value):
                 raise InvalidInput(f"metadata.{key} has an item longer than {MAX_METADATA_STRING} characters")
+            if any(has_lone_surrogate(item) for item in value):
+                raise InvalidInput(
+                    f"metadata.{key} has an item with an unpaired surrogate (not valid Unicode)"
+                )
             clean[key] = list(value)
         else:
             raise InvalidInput(

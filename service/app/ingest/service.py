@@ -61,6 +61,7 @@ from service.app.ingest.models import (
     DocumentList,
     DocumentOut,
     IngestResult,
+    has_lone_surrogate,
     validate_document_id,
     validate_metadata,
 )
@@ -164,6 +165,10 @@ class IngestService:
             )
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
+        if has_lone_surrogate(text):
+            raise InvalidInput(
+                "text contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode"
+            )
         text = normalize_text(text)
         if not text:
             raise InvalidInput("text is empty")

@@ -8,8 +8,9 @@ from fastapi import Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from service.app.core.errors import InvalidInput
 from service.app.core.logging import request_id_var
-from service.app.ingest.models import validate_document_id, validate_metadata
+from service.app.ingest.models import has_lone_surrogate, validate_document_id, validate_metadata
 from service.app.jobs.models import IngestPayload, JobStatus, new_job_id
 
 
@@ -34,6 +35,11 @@ async def submit_ingest(
     """Queue the ingestion of already-extracted text; 422s for a bad id or metadata come before the 202."""
     validate_document_id(document_id)
     clean_metadata = validate_metadata(metadata)
+    if has_lone_surrogate(text):
+        # Refused now, not as a failed job: the payload could not even be serialised for the queue.
+        raise InvalidInput(
+            "text contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode"
+        )
     payload = IngestPayload(
         job_id=new_job_id(),
         tenant_id=tenant_id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response, status
@@ -96,6 +96,28 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+def parse_json_field(raw: str | bytes, what: str) -> Any:
+    """``json.loads`` with every way it can fail on client input reported as a 422 naming ``what``."""
+    try:
+        return json.loads(raw)
+    # ValueError covers JSONDecodeError, bad UTF-8/UTF-16 bytes and integers over Python's 4300-digit limit;
+    # RecursionError is deeply nested arrays/objects.
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidInput(f"{what} is not valid JSON: {reason}") from exc
+
+
+def parse_document(body: bytes) -> DocumentIn:
+    """The PUT body as a DocumentIn; 422 for anything that is not a JSON object of the right shape."""
+    payload = parse_json_field(body, "body")
+    try:
+        return DocumentIn.model_validate(payload)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_input=False)]
+        ) from exc
+
+
 def _limited_receive(receive: Receive, limit: int) -> Receive:
     seen = 0
 
@@ -132,16 +154,7 @@ async def put_document(
     """Create or replace a document from JSON ``{text, metadata, content_type}``."""
     validate_document_id(document_id)
     body = await read_limited_body(request, services.settings.max_document_bytes)
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
-    try:
-        document = DocumentIn.model_validate(payload)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_input=False)]
-        ) from exc
+    document = parse_document(body)
     if normalize_content_type(document.content_type) not in JSON_CONTENT_TYPES:
         raise UnsupportedMediaType(
             f"content_type {document.content_type!r} cannot be sent as JSON text; "
@@ -215,10 +228,7 @@ async def upload_document(
         if metadata_field:
             if not isinstance(metadata_field, str):
                 raise InvalidInput("metadata must be a text field holding a JSON object")
-            try:
-                metadata = json.loads(metadata_field)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"metadata is not valid JSON: {exc}") from exc
+            metadata = parse_json_field(metadata_field, "metadata")
         content_type = detect_content_type(upload.content_type, upload.filename)
         data = await upload.read()
     finally:
