@@ -135,3 +135,15 @@ def test_openapi_documents_the_error_body(client: TestClient) -> None:
         assert ref == "#/components/schemas/ErrorResponse"
     assert "HTTPValidationError" not in schema["components"]["schemas"]
     assert schema["components"]["schemas"]["ErrorDetail"]["required"] == ["code", "message"]
+
+
+def test_multipart_body_over_the_global_limit_is_a_413(tmp_path: Path, embedder: Any) -> None:
+    """Was a 422 "malformed multipart body": the middleware's 413 raised inside form parsing was relabelled."""
+    settings = make_settings(tmp_path, max_document_bytes=1000)
+    with running_app(settings, embedder=embedder) as client:
+        chunks = (b"x" * 65536 for _ in range(4))  # streamed (no Content-Length), past limit + slack
+        response = client.post(
+            "/v1/documents", content=chunks, headers={"content-type": "multipart/form-data; boundary=xx"}
+        )
+        assert_rejected(response, 413, "larger than MAX_DOCUMENT_BYTES (1000 bytes)")
+        assert response.json()["error"]["limit"] == 1000

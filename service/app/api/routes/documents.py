@@ -210,6 +210,9 @@ async def upload_document(
     try:
         form = await limited.form(max_files=1, max_fields=8)
     except StarletteHTTPException as exc:
+        if exc.status_code == status.HTTP_413_CONTENT_TOO_LARGE:
+            # The global body limit (middleware) fired while the form streamed in: too large, not malformed.
+            raise _too_large(limit) from exc
         raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
     try:
         upload = form.get("file")
