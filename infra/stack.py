@@ -1,0 +1,563 @@
+"""The stack's wiring: checked config + cluster target -> component args -> components -> stack outputs.
+
+`infra/__main__.py` loads the config, the secrets and the cluster target, calls `build` and exports what it
+returns. Everything that maps config onto a component's args is a small pure function here (`qdrant_args`,
+`postgres_args`, ...): no resource is created in them, so they are unit-tested without the engine. `build` creates
+the resources in order (namespace, monitoring, data stores, image, service, TLS entry, backups) and wires each
+component's outputs into the next one's args. Providers come from the cluster target and reach every component
+through `opts`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from infra.clusters import ClusterTarget
+from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector
+from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
+from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
+from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs
+from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
+from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
+from infra.components.rag_service import (
+    Autoscaling,
+    NetworkAccess,
+    RagService,
+    RagServiceArgs,
+    WorkerSettings,
+    client_selector,
+)
+from infra.components.redis import RedisCache, RedisCacheArgs
+from infra.components.specs import EgressTarget, Resources
+from infra.config import Resources as ConfigResources
+from infra.config import Secrets, StackConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
+BACKUPS_NAME = "qdrant-backups"
+SERVICE_ENVIRONMENT = {"dev": "development", "staging": "staging", "prod": "production"}
+ISSUERS = {
+    "selfSigned": "selfsigned",
+    "letsencrypt-staging": "letsencrypt-staging",
+    "letsencrypt": "letsencrypt-prod",
+}
+# Who reaches the API pods through the gateway: a cloud-managed Gateway class sends traffic from its load
+# balancer ranges straight to the pods (`lb_source_cidrs`); in-cluster implementations proxy from these namespaces.
+PROXY_NAMESPACES = ("envoy-gateway-system",)
+CLIENTS = (client_selector(SERVICE_NAME),)
+
+
+# --- small mappings ----------------------------------------------------------------------------------------------
+
+
+def resources(spec: ConfigResources) -> Resources:
+    """Config requests/limits -> the components' Resources."""
+    return Resources(
+        cpu_request=spec.requests.cpu,
+        memory_request=spec.requests.memory,
+        cpu_limit=spec.limits.cpu,
+        memory_limit=spec.limits.memory,
+    )
+
+
+def storage_class(configured: str, cluster: ClusterTarget) -> str | None:
+    """A component's storage class: its own config, else the cluster target's, else the cluster default."""
+    return configured or cluster.storage_class or None
+
+
+def managed_mode(kind: str, cluster: ClusterTarget) -> str:
+    """The component mode of a managed data store on this cloud."""
+    modes = {
+        "postgres": {"eks": "rds", "gke": "cloudsql"},
+        "redis": {"eks": "elasticache", "gke": "memorystore"},
+    }
+    return modes[kind][cluster.provider_name]
+
+
+def postgres_mode(config: StackConfig, cluster: ClusterTarget) -> str:
+    """`cloudnative`, or the cloud's managed mode (`rds`, `cloudsql`)."""
+    return "cloudnative" if config.postgres.mode == "cloudnative" else managed_mode("postgres", cluster)
+
+
+def redis_mode(config: StackConfig, cluster: ClusterTarget) -> str:
+    """`incluster`, or the cloud's managed mode (`elasticache`, `memorystore`)."""
+    return "incluster" if config.redis.mode == "incluster" else managed_mode("redis", cluster)
+
+
+def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> str:
+    """The configured bucket, or a name derived from the stack and project/region (buckets are global)."""
+    if config.backups.bucket:
+        return config.backups.bucket
+    scope = cluster.network.get("project") or cluster.region
+    return f"rag-{config.stack}-qdrant-backups-{scope}"[:63].rstrip("-.")
+
+
+# --- component args ----------------------------------------------------------------------------------------------
+
+
+def namespace_metadata(config: StackConfig) -> dict[str, Any]:
+    """The platform namespace; an ephemeral stack's says whose it is and when it expires."""
+    annotations = (
+        {"rag.dev/ephemeral-owner": config.ephemeral.owner, "rag.dev/expires-at": config.ephemeral.expiresAt}
+        if config.ephemeral is not None
+        else {}
+    )
+    return {
+        "name": config.namespace,
+        "annotations": annotations,
+        "labels": {
+            "app.kubernetes.io/part-of": "rag",
+            # Enforce baseline; warn/audit against restricted (the platform's own pods meet it).
+            "pod-security.kubernetes.io/enforce": "baseline",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+        },
+    }
+
+
+def monitoring_args(
+    config: StackConfig, cluster: ClusterTarget, *, grafana_admin_password: pulumi.Input[str]
+) -> MonitoringArgs:
+    """kube-prometheus-stack and the service's alerts (`rag:monitoring`)."""
+    mon = config.monitoring
+    return MonitoringArgs(
+        service_namespace=config.namespace,
+        grafana_admin_password=grafana_admin_password,
+        chart_version=mon.chartVersion,
+        service_job=SERVICE_NAME,
+        qdrant_job="qdrant",
+        retention=mon.retention,
+        storage_size=mon.storage.size,
+        storage_class=storage_class(mon.storage.storageClass, cluster),
+        thresholds=AlertThresholds(
+            error_ratio=mon.alerts.errorRatePercent / 100,
+            p95_latency_seconds=mon.alerts.latencyP95Seconds,
+        ),
+        depends_on=tuple(cluster.depends_on),
+    )
+
+
+def qdrant_args(
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    api_key: pulumi.Input[str],
+    monitoring_crds: tuple[pulumi.Resource, ...] = (),
+    depends_on: tuple[pulumi.Resource, ...] = (),
+) -> QdrantClusterArgs:
+    """The Qdrant cluster (`rag:qdrant`); the service (and the backup job, when on) may reach it."""
+    cfg = config.qdrant
+    return QdrantClusterArgs(
+        namespace=config.namespace,
+        api_key=api_key,
+        replicas=cfg.replicas,
+        replication_factor=cfg.replicationFactor,
+        image=f"qdrant/qdrant:{cfg.version}-unprivileged",
+        storage_size=cfg.storage.size,
+        storage_class=storage_class(cfg.storage.storageClass, cluster),
+        snapshots_size=cfg.snapshotsStorage.size,
+        resources=resources(cfg.resources),
+        protect=config.protect,
+        client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
+        service_monitor=config.monitoring.enabled,
+        monitoring_crds=monitoring_crds,
+        depends_on=depends_on,
+    )
+
+
+def postgres_args(
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    password: pulumi.Input[str],
+    monitoring_crds: tuple[pulumi.Resource, ...] = (),
+    ready: tuple[pulumi.Resource, ...] = (),
+) -> PostgresDatabaseArgs:
+    """Postgres (`rag:postgres`): CloudNativePG in the namespace, or RDS/Cloud SQL in the target's network."""
+    cfg = config.postgres
+    mode = postgres_mode(config, cluster)
+    network = cluster.network
+    return PostgresDatabaseArgs(
+        mode=mode,
+        password=password,
+        database=cfg.database,
+        username=cfg.user,
+        protect=config.protect,
+        depends_on=ready if mode == "cloudnative" else tuple(cluster.depends_on),
+        namespace=config.namespace,
+        install_operator=cfg.cloudnative.installOperator,
+        instances=cfg.cloudnative.instances,
+        storage_size=cfg.cloudnative.storage.size,
+        storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
+        image=f"ghcr.io/cloudnative-pg/postgresql:{cfg.version}",
+        resources=resources(cfg.cloudnative.resources),
+        client_selectors=CLIENTS,
+        pod_monitor=config.monitoring.enabled,
+        monitoring_crds=monitoring_crds,
+        vpc_id=network.get("vpc_id"),
+        subnet_ids=tuple(network.get("private_subnet_ids", ())),
+        allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
+        instance_class=cfg.managed.instanceClass,
+        allocated_storage_gb=cfg.managed.storageGb,
+        max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
+        multi_az=cfg.managed.multiAz,
+        backup_retention_days=cfg.managed.backupRetentionDays,
+        region=cluster.region or None,
+        private_network=network.get("network_id"),
+        tier=cfg.managed.tier,
+        database_version=f"POSTGRES_{cfg.version}",
+        availability_type="REGIONAL" if cfg.managed.multiAz else "ZONAL",
+    )
+
+
+def redis_args(
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    password: pulumi.Input[str],
+    ready: tuple[pulumi.Resource, ...] = (),
+) -> RedisCacheArgs:
+    """Redis (`rag:redis`): a Valkey StatefulSet, or ElastiCache/Memorystore in the target's network."""
+    cfg = config.redis
+    mode = redis_mode(config, cluster)
+    network = cluster.network
+    return RedisCacheArgs(
+        mode=mode,
+        password=password,
+        protect=config.protect,
+        depends_on=ready if mode == "incluster" else tuple(cluster.depends_on),
+        namespace=config.namespace,
+        image=f"valkey/valkey:{cfg.version}",
+        storage_size=cfg.incluster.storage.size,
+        storage_class=storage_class(cfg.incluster.storage.storageClass, cluster),
+        resources=resources(cfg.incluster.resources),
+        client_selectors=CLIENTS,
+        vpc_id=network.get("vpc_id"),
+        subnet_ids=tuple(network.get("private_subnet_ids", ())),
+        allowed_cidrs=tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network),
+        node_type=cfg.managed.nodeType,
+        num_cache_clusters=1 + cfg.managed.replicas,
+        region=cluster.region or None,
+        authorized_network=network.get("network_id"),
+        memory_size_gb=cfg.managed.memorySizeGb,
+        tier=cfg.managed.tier,
+    )
+
+
+def image_args(
+    config: StackConfig, cluster: ClusterTarget, *, git_sha: str | None, context_dir: str
+) -> ServiceImageArgs:
+    """The service image: a promoted digest (`rag:image`) as is, or built from service/Dockerfile and pushed."""
+    registry = cluster.registry
+    return ServiceImageArgs(
+        existing_ref=config.image or None,
+        repository=registry.repository,
+        git_sha=None if config.image else git_sha,
+        registry=(
+            RegistryAuth(address=registry.server, username=registry.username, password=registry.password)
+            if registry.username is not None and registry.password is not None
+            else None
+        ),
+        context_dir=context_dir,
+    )
+
+
+@dataclass(frozen=True)
+class DataStores:
+    """What the service reads from the data store components: where they are, and how to reach them."""
+
+    qdrant_url: pulumi.Input[str]
+    qdrant_api_key: pulumi.Input[str]
+    qdrant_replication_factor: int
+    database_url: pulumi.Input[str]
+    redis_url: pulumi.Input[str]
+    egress: tuple[EgressTarget, ...]
+    """Qdrant, Postgres and Redis, for the service's egress NetworkPolicy."""
+
+    @classmethod
+    def of(cls, qdrant: QdrantCluster, postgres: PostgresDatabase, redis: RedisCache) -> DataStores:
+        """The outputs of the three components."""
+        return cls(
+            qdrant_url=qdrant.endpoint,
+            qdrant_api_key=qdrant.api_key,
+            qdrant_replication_factor=qdrant.replication_factor,
+            database_url=postgres.url,
+            redis_url=redis.url,
+            egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
+        )
+
+
+def service_args(
+    config: StackConfig,
+    *,
+    image: pulumi.Input[str],
+    stores: DataStores,
+    api_keys: pulumi.Input[str],
+    service_account_annotations: Mapping[str, pulumi.Input[str]],
+    monitoring_crds: tuple[pulumi.Resource, ...] = (),
+    ready: tuple[pulumi.Resource, ...] = (),
+) -> RagServiceArgs:
+    """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
+    cfg = config.service
+    settings = cfg.settings.env()
+    settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
+    scaling = cfg.autoscaling
+    lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
+    return RagServiceArgs(
+        namespace=config.namespace,
+        image=image,
+        environment=SERVICE_ENVIRONMENT[config.environment],
+        qdrant_url=stores.qdrant_url,
+        qdrant_api_key=stores.qdrant_api_key,
+        database_url=stores.database_url,
+        redis_url=stores.redis_url,
+        api_keys=api_keys,
+        qdrant_replication_factor=stores.qdrant_replication_factor,
+        settings=settings,
+        replicas=cfg.replicas,
+        autoscaling=(
+            Autoscaling(
+                min_replicas=scaling.minReplicas,
+                max_replicas=scaling.maxReplicas,
+                cpu_utilization=scaling.targetCpuUtilization,
+            )
+            if scaling.enabled
+            else None
+        ),
+        resources=resources(cfg.resources),
+        worker=WorkerSettings(
+            enabled=cfg.worker.enabled,
+            replicas=max(cfg.worker.replicas, 1),
+            concurrency=cfg.settings.jobsMaxConcurrency,
+            resources=resources(cfg.worker.resources),
+        ),
+        service_account_annotations=service_account_annotations,
+        network=NetworkAccess(
+            gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
+            gateway_cidrs=lb_cidrs,
+            egress=stores.egress,
+        ),
+        service_monitor=config.monitoring.enabled,
+        monitoring_crds=monitoring_crds,
+        depends_on=ready,
+    )
+
+
+def gateway_args(
+    config: StackConfig, *, service_name: str, service_port: int, ready: tuple[pulumi.Resource, ...] = ()
+) -> TlsGatewayArgs:
+    """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service."""
+    tls = config.tls
+    gateway = config.gateway
+    return TlsGatewayArgs(
+        namespace=config.namespace,
+        hostname=gateway.hostname,
+        service_name=service_name,
+        service_port=service_port,
+        issuer=ISSUERS[tls.issuer],
+        acme_email=tls.email or None,
+        entry="ingress" if gateway.ingress.enabled else "gateway",
+        gateway_class_name=gateway.className,
+        ingress_class_name=gateway.ingress.className or None,
+        cert_manager_version=tls.certManagerVersion,
+        install_cert_manager=tls.installCertManager,
+        # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
+        issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
+        existing_cluster_issuer=tls.clusterIssuer or None,
+        depends_on=ready,
+    )
+
+
+def backups_args(
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    qdrant: QdrantCluster,
+    service_account_annotations: Mapping[str, pulumi.Input[str]],
+    ready: tuple[pulumi.Resource, ...] = (),
+) -> QdrantBackupsArgs:
+    """The Qdrant snapshot CronJob (`rag:backups`), writing to the target cloud's object storage."""
+    if cluster.cloud is None:
+        raise ValueError("Backups need a cloud cluster target: snapshots go to GCS or S3.")
+    return QdrantBackupsArgs(
+        namespace=config.namespace,
+        cloud=cluster.cloud,
+        bucket_name=backup_bucket(config, cluster),
+        qdrant_peer_urls=tuple(qdrant.peer_urls),
+        qdrant_api_key_secret=qdrant.api_key_secret_name,
+        qdrant_target=qdrant.egress_target,
+        schedule=config.backups.schedule,
+        service_account_annotations=service_account_annotations,
+        create_bucket=not config.backups.bucket,
+        bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
+        retention_days=config.backups.retentionDays,
+        aws_region=cluster.region if cluster.cloud == "aws" else None,
+        protect=config.protect,
+        depends_on=ready,
+    )
+
+
+def outputs(
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    service_url: pulumi.Input[str],
+    image_ref: pulumi.Input[str],
+    qdrant_endpoint: pulumi.Input[str],
+) -> dict[str, Any]:
+    """The stack outputs of the contract, in export order."""
+    return {
+        "serviceUrl": service_url,
+        "imageDigest": image_ref,
+        "qdrantEndpoint": qdrant_endpoint,
+        "kubeconfig": cluster.kubeconfig,
+        "promotion": dict(config.promotion_raw) if config.promotion_raw else None,
+        "ephemeral": dict(config.ephemeral_raw) if config.ephemeral_raw else None,
+    }
+
+
+# --- the stack ---------------------------------------------------------------------------------------------------
+
+
+def _needs_private_services(mode: str, managed: str, cluster: ClusterTarget) -> list[pulumi.Resource]:
+    # Cloud SQL's private IP and Memorystore's private service access need the private services peering first.
+    return [cluster.network["private_services"]] if mode == managed else []
+
+
+def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
+    """Create every component of the stack on `cluster`; returns the stack outputs to export."""
+    in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
+    # Data stores may be managed cloud resources: a component picks the provider of each child's package.
+    data_opts = pulumi.ResourceOptions(
+        providers=[p for p in (cluster.k8s_provider, cluster.cloud_provider) if p is not None]
+    )
+    namespace = k8s.core.v1.Namespace(
+        "namespace",
+        metadata=namespace_metadata(config),
+        opts=pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on)),
+    )
+    ready = (namespace,)
+
+    # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
+    monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    if config.monitoring.enabled:
+        password = random.RandomPassword("grafana-admin-password-random", length=32, special=False).result
+        monitoring = Monitoring(
+            "monitoring",
+            monitoring_args(config, cluster, grafana_admin_password=password),
+            opts=in_cluster,
+        )
+        monitoring_crds = (monitoring.crds_ready,)
+
+    qdrant = QdrantCluster(
+        "qdrant",
+        qdrant_args(
+            config,
+            cluster,
+            api_key=secrets.qdrant_api_key,
+            monitoring_crds=monitoring_crds,
+            depends_on=ready,
+        ),
+        opts=in_cluster,
+    )
+    postgres = PostgresDatabase(
+        "postgres",
+        postgres_args(
+            config,
+            cluster,
+            password=random.RandomPassword("postgres-password-random", length=32, special=False).result,
+            monitoring_crds=monitoring_crds,
+            ready=ready,
+        ),
+        opts=pulumi.ResourceOptions.merge(
+            data_opts,
+            pulumi.ResourceOptions(
+                depends_on=_needs_private_services(postgres_mode(config, cluster), "cloudsql", cluster)
+            ),
+        ),
+    )
+    redis = RedisCache(
+        "redis",
+        redis_args(
+            config,
+            cluster,
+            password=random.RandomPassword("redis-password-random", length=40, special=False).result,
+            ready=ready,
+        ),
+        opts=pulumi.ResourceOptions.merge(
+            data_opts,
+            pulumi.ResourceOptions(
+                depends_on=_needs_private_services(redis_mode(config, cluster), "memorystore", cluster)
+            ),
+        ),
+    )
+
+    image = ServiceImage(
+        "service-image",
+        image_args(
+            config,
+            cluster,
+            git_sha=None if config.image else current_git_sha(),
+            # Relative to the working directory, so state (and the offline snapshots) carry no checkout path.
+            context_dir=os.path.relpath(ROOT),
+        ),
+    )
+
+    service = RagService(
+        SERVICE_NAME,
+        service_args(
+            config,
+            image=image.ref,
+            stores=DataStores.of(qdrant, postgres, redis),
+            api_keys=secrets.service_api_keys,
+            service_account_annotations=(
+                cluster.workload_identity(config.namespace, SERVICE_NAME, "service")
+                if cluster.workload_identity
+                else {}
+            ),
+            monitoring_crds=monitoring_crds,
+            ready=ready,
+        ),
+        opts=in_cluster,
+    )
+
+    service_url: pulumi.Input[str] = service.url
+    if config.tls.enabled:
+        gateway = TlsGateway(
+            "gateway",
+            gateway_args(
+                config, service_name=service.service_name, service_port=service.service_port, ready=ready
+            ),
+            opts=in_cluster,
+        )
+        service_url = gateway.url
+
+    # Backups run on cloud targets only (the config validator refuses them elsewhere).
+    if config.backups.enabled and cluster.cloud is not None and cluster.workload_identity is not None:
+        backups = QdrantBackups(
+            BACKUPS_NAME,
+            backups_args(
+                config,
+                cluster,
+                qdrant=qdrant,
+                service_account_annotations=cluster.workload_identity(
+                    config.namespace, BACKUPS_NAME, "backup"
+                ),
+                ready=ready,
+            ),
+            opts=data_opts,
+        )
+        if cluster.grant_bucket_write is not None:
+            cluster.grant_bucket_write("backup", backups.bucket_name)
+
+    return outputs(
+        config, cluster, service_url=service_url, image_ref=image.ref, qdrant_endpoint=qdrant.endpoint
+    )
