@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.support import make_settings, running_app
+from tests.service.support import create_database, make_settings, running_app
 
 STORED = {"text": "Otters hold hands while they sleep.", "metadata": {"animal": "otter"}}
 
@@ -147,3 +148,24 @@ def test_multipart_body_over_the_global_limit_is_a_413(tmp_path: Path, embedder:
         )
         assert_rejected(response, 413, "larger than MAX_DOCUMENT_BYTES (1000 bytes)")
         assert response.json()["error"]["limit"] == 1000
+
+
+def forged_cursor(after: Any) -> str:
+    """A cursor in the service's own format pointing after ``after`` (what a client could tamper together)."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor", [forged_cursor("a\x00b"), forged_cursor("\ud800"), forged_cursor(5), "!!!", "_w", "AA"]
+)
+def test_tampered_cursors_are_a_422_on_postgres(
+    tmp_path: Path, embedder: Any, postgres_url: str, cursor: str
+) -> None:
+    """Was a 503 "registry unavailable: DataError" on Postgres for a cursor carrying a NUL byte."""
+    database_url = create_database(postgres_url, "r1_tampered_cursor")
+    settings = make_settings(tmp_path, database_url=database_url)
+    with running_app(settings, embedder=embedder) as client:
+        assert client.put("/v1/documents/kept", json=STORED).status_code == 201
+        response = client.get("/v1/documents", params={"cursor": cursor})
+        assert_rejected(response, 422, "cursor is not valid")
+        assert [d["document_id"] for d in client.get("/v1/documents").json()["documents"]] == ["kept"]

@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from service.app.core.metrics import FAILURES
+from service.app.ingest.models import has_lone_surrogate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_PAGE_SIZE = 100
@@ -116,7 +117,9 @@ def decode_cursor(cursor: str) -> str:
         after = json.loads(raw)["after"]
     except (binascii.Error, ValueError, KeyError, TypeError) as exc:
         raise InvalidInput("cursor is not valid; pass back the next_cursor of a previous page") from exc
-    if not isinstance(after, str):
+    # A forged id with a NUL byte (or a lone surrogate) made Postgres fail: a 503 for bad input. No stored id
+    # can hold either, so no cursor we issued does.
+    if not isinstance(after, str) or "\x00" in after or has_lone_surrogate(after):
         raise InvalidInput("cursor is not valid; pass back the next_cursor of a previous page")
     return after
 
