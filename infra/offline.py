@@ -33,7 +33,7 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.config import PROJECT, SECRET_KEYS, deep_merge, stack_file
+from infra.config import PROJECT, SECRET_KEYS, ConfigError, deep_merge, stack_file
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
@@ -124,6 +124,13 @@ def cli_config(
         stack_values[full] = deep_merge(base, value) if isinstance(value, Mapping) else value
         if bare in SECRET_KEYS:
             secret_keys.add(full)
+
+    for key in stack_values:
+        namespace, _, bare = key.partition(":")
+        # The CLI refuses a project key the project does not declare ("not defined by the project
+        # configuration"); without this check a typo'd key would be silently ignored offline.
+        if namespace == PROJECT and bare not in declared:
+            raise ConfigError(key, stack_file(stack), "unknown key (not declared in Pulumi.yaml)")
 
     values: dict[str, Any] = {}
     for bare, declaration in declared.items():

@@ -1,0 +1,163 @@
+"""Every config error, through the path the real CLI takes, names the key and the stack file.
+
+The cases run `infra.offline.run_stack` (stack file -> the CLI's `rag:`-prefixed strings -> `load_config` inside
+the program), not `parse_config` alone, so the CLI encoding of each value is part of what is tested. Every
+environment rule in `infra.config._check_rules` has a case: a rule added without one fails
+`test_every_rule_has_an_error_case`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+from typing import Any
+
+import pytest
+
+from infra import config as config_module
+from infra.config import ConfigError, declared_defaults
+from infra.offline import run_stack
+
+DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
+
+# (stack, overrides, key, fragment of the problem): one case per environment rule.
+RULES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("staging", {"image": "rag-service:1.0"}, "image", "immutable digest"),
+    ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
+    (
+        "staging",
+        {"cluster": {"gke": {"nodePool": {"minNodes": 5, "maxNodes": 3}}}},
+        "cluster.gke.nodePool.minNodes",
+        "must not exceed",
+    ),
+    (
+        "prod",
+        {"cluster": {"eks": {"nodeGroup": {"minSize": 2, "desiredSize": 1}}}},
+        "cluster.eks.nodeGroup.desiredSize",
+        "within minSize..maxSize",
+    ),
+    ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
+    (
+        "staging",
+        {"service": {"autoscaling": {"minReplicas": 6}}},
+        "service.autoscaling.minReplicas",
+        "must not exceed",
+    ),
+    ("staging", {"service": {"replicas": 9}}, "service.replicas", "must lie within"),
+    ("dev", {"service": {"settings": {"chunkOverlap": 2000}}}, "service.settings.chunkOverlap", "smaller"),
+    ("dev", {"postgres": {"mode": "managed"}}, "postgres.mode", "managed needs a cloud cluster"),
+    ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
+    ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
+    ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
+    ("dev", {"backups": {"enabled": True}}, "backups.enabled", "backups need a cloud cluster"),
+    ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
+    ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
+    ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),
+    ("prod", {"qdrant": {"replicas": 2, "replicationFactor": 2}}, "qdrant.replicas", "at least 3"),
+    ("prod", {"qdrant": {"replicationFactor": 1}}, "qdrant.replicationFactor", "replication factor >= 2"),
+    (
+        "prod",
+        {"service": {"replicas": 1, "autoscaling": {"enabled": False}}},
+        "service.replicas",
+        "at least 2 service replicas",
+    ),
+]
+
+# (overrides on dev, key, fragment): a value of the wrong shape for each kind of field.
+WRONG_TYPES: list[tuple[dict[str, Any], str, str]] = [
+    ({"tls": {"enabled": "yes"}}, "tls.enabled", "expected true or false"),
+    ({"qdrant": {"replicas": "3"}}, "qdrant.replicas", "expected an integer"),
+    (
+        {"monitoring": {"alerts": {"latencyP95Seconds": "fast"}}},
+        "monitoring.alerts.latencyP95Seconds",
+        "a number",
+    ),
+    ({"gateway": {"hostname": 42}}, "gateway.hostname", "expected a string"),
+    (
+        {"service": {"settings": {"corsOrigins": "https://a.example"}}},
+        "service.settings.corsOrigins",
+        "a list",
+    ),
+    ({"qdrant": 3}, "qdrant", "expected an object"),
+    ({"qdrant": {"storage": "10Gi"}}, "qdrant.storage", "expected an object"),
+    ({"tls": {"issuer": "zerossl"}}, "tls.issuer", "unknown value 'zerossl'"),
+    ({"qdrant": {"replicas": 0}}, "qdrant.replicas", "out of range"),
+    ({"backups": {"schedule": "daily"}}, "backups.schedule", "invalid value"),
+    ({"tls": {"installCertManger": False}}, "tls.installCertManger", "unknown key"),
+    ({"qdrant": {"replicas": None}}, "qdrant.replicas", "missing key"),
+    ({"promotion": {"from": "dev", "digest": DIGEST, "at": "now"}}, "promotion.by", "missing key"),
+    (
+        {"ephemeral": {"name": "pr-1", "owner": "me", "expiresAt": "2026-03-01"}},
+        "ephemeral.expiresAt",
+        "RFC 3339",
+    ),
+    ({"qdrnt": {"replicas": 3}}, "qdrnt", "unknown key"),
+]
+
+
+def error_of(stack: str, overrides: dict[str, Any]) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        run_stack(stack, config_overrides=overrides)
+    return caught.value
+
+
+def assert_names(error: ConfigError, key: str, stack: str, fragment: str) -> None:
+    assert error.key == f"rag:{key}"
+    assert error.stack_file == f"Pulumi.{stack}.yaml"
+    message = str(error)
+    assert message.startswith(f"rag:{key} in Pulumi.{stack}.yaml: "), message
+    assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "key", "fragment"), RULES, ids=[f"{c[0]}:{c[2]}" for c in RULES]
+)
+def test_each_environment_rule_names_key_and_stack_file(
+    stack: str, overrides: dict[str, Any], key: str, fragment: str
+) -> None:
+    assert_names(error_of(stack, overrides), key, stack, fragment)
+
+
+@pytest.mark.parametrize(("overrides", "key", "fragment"), WRONG_TYPES, ids=[c[1] for c in WRONG_TYPES])
+def test_each_kind_of_wrong_value_names_key_and_stack_file(
+    overrides: dict[str, Any], key: str, fragment: str
+) -> None:
+    assert_names(error_of("dev", overrides), key, "dev", fragment)
+
+
+def _config_paths() -> set[str]:
+    paths: set[str] = set()
+
+    def walk(value: Any, prefix: str) -> None:
+        paths.add(prefix)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}")
+
+    for key, default in declared_defaults().items():
+        walk(default, key)
+    return paths
+
+
+def test_every_rule_has_an_error_case() -> None:
+    """Each config path the rules mention (as a string literal) is the key of at least one RULES case."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(config_module._check_rules)))
+    literals = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    ruled = literals & _config_paths()
+    assert len(ruled) >= 15  # the rules are found at all
+    assert ruled == {key for _stack, _overrides, key, _fragment in RULES}
+
+
+def test_the_committed_stacks_and_a_correct_override_still_pass() -> None:
+    """The cases fail because of their one change: the same stacks run clean without it."""
+    assert (
+        run_stack("prod", config_overrides={"qdrant": {"replicas": 4}})
+        .outputs["serviceUrl"]
+        .startswith("https://")
+    )
