@@ -169,3 +169,18 @@ def test_tampered_cursors_are_a_422_on_postgres(
         response = client.get("/v1/documents", params={"cursor": cursor})
         assert_rejected(response, 422, "cursor is not valid")
         assert [d["document_id"] for d in client.get("/v1/documents").json()["documents"]] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"z\xff\xfe\x1a", "body is not valid JSON: 'utf-8' codec can't decode"),
+        (b'{"query": "q", "top_k": 1' + b"0" * 5000 + b"}", "body is not valid JSON: Exceeds the limit"),
+        (b'{"query": "q", "filter": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    ],
+)
+def test_unparseable_search_body_is_a_422(client: TestClient, body: bytes, reason: str) -> None:
+    """Was FastAPI's 400 "There was an error parsing the body" (code http_error); bad JSON is a 422 everywhere."""
+    response = client.post("/v1/search", content=body, headers={"content-type": "application/json"})
+    assert_rejected(response, 422, reason)
+    assert response.json()["error"]["code"] == "invalid_input"

@@ -210,6 +210,12 @@ def allowed_methods(request: Request) -> list[str]:
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ValueError | RecursionError):
+        # FastAPI's 400 "There was an error parsing the body" for a JSON body json.loads cannot take (not UTF-8,
+        # an integer over 4300 digits, nested too deeply): bad JSON is a 422 here, as on every other route.
+        reason = "nested too deeply" if isinstance(cause, RecursionError) else str(cause)
+        return JSONResponse(error_body("invalid_input", f"body is not valid JSON: {reason}"), status_code=422)
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
         exc.status_code, "http_error"
     )
