@@ -184,3 +184,31 @@ def test_unparseable_search_body_is_a_422(client: TestClient, body: bytes, reaso
     response = client.post("/v1/search", content=body, headers={"content-type": "application/json"})
     assert_rejected(response, 422, reason)
     assert response.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"any": ["a", 1]}, 'filter.tag "any" must list only strings or only integers'),
+        ({"any": [True]}, 'filter.tag "any" must list only strings or only integers'),
+        ({"any": ["a"] * 101}, 'filter.tag needs "any": a list of 1 to 100 values'),
+        ({}, "filter.tag must be a string, number or boolean"),
+        ({"gte": 1, "any": [1]}, "got an object with keys ['any', 'gte']"),
+        ({"gte": "high"}, "filter.tag range bounds must be numbers"),
+        (None, "not null"),
+        (["a", "b"], 'not list (several values go in {"any": [...]})'),
+    ],
+)
+def test_a_bad_filter_value_gets_a_reason_that_fits(client: TestClient, value: Any, reason: str) -> None:
+    """Was "filter.tag.str: Input should be a valid string" for all of these (the union's first member)."""
+    response = client.post("/v1/search", json={"query": "otters", "filter": {"tag": value}})
+    assert_rejected(response, 422, reason)
+
+
+def test_good_filters_still_filter(client: TestClient) -> None:
+    """The shape check lets every documented filter through."""
+    for value in ("otter", {"any": ["otter", "bee"]}):
+        response = client.post("/v1/search", json={"query": "otters", "filter": {"animal": value}})
+        assert [hit["document_id"] for hit in response.json()["results"]] == ["kept"]
+    response = client.post("/v1/search", json={"query": "otters", "filter": {"animal": {"any": ["bee"]}}})
+    assert response.json()["results"] == []

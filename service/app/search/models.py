@@ -20,6 +20,7 @@ from service.app.ingest.models import validate_metadata_key
 from service.app.store.vectors import MetadataCondition
 
 MAX_QUERY_CHARS = 8192
+MAX_ANY_VALUES = 100
 
 
 class AnyOf(BaseModel):
@@ -27,7 +28,7 @@ class AnyOf(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    any: list[StrictStr] | list[StrictInt] = Field(min_length=1, max_length=100)
+    any: list[StrictStr] | list[StrictInt] = Field(min_length=1, max_length=MAX_ANY_VALUES)
 
 
 class NumericRange(BaseModel):
@@ -43,6 +44,36 @@ class NumericRange(BaseModel):
     def model_post_init(self, _context: Any) -> None:
         if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
             raise ValueError("a range needs at least one of gt, gte, lt, lte")
+
+
+_RANGE_KEYS = {"gt", "gte", "lt", "lte"}
+_FILTER_SHAPES = 'a string, number or boolean, {"any": [...]} or a range like {"gte": 1, "lt": 5}'
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _filter_value_problem(item: Any) -> str | None:
+    """What is wrong with one filter value, in words, or None when its shape is right."""
+    if isinstance(item, str | bool) or _is_number(item):
+        return None
+    if not isinstance(item, dict):
+        kind = "null" if item is None else type(item).__name__
+        return f'must be {_FILTER_SHAPES}, not {kind} (several values go in {{"any": [...]}})'
+    keys = set(item)
+    if keys == {"any"}:
+        values = item["any"]
+        if not isinstance(values, list) or not values or len(values) > MAX_ANY_VALUES:
+            return f'needs "any": a list of 1 to {MAX_ANY_VALUES} values'
+        if not (all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)):
+            return '"any" must list only strings or only integers'
+        return None
+    if keys and keys <= _RANGE_KEYS:
+        if not all(_is_number(v) for v in item.values()):
+            return "range bounds must be numbers"
+        return None
+    return f"must be {_FILTER_SHAPES}; got an object with keys {sorted(keys)}"
 
 
 FilterValue = StrictStr | StrictBool | StrictInt | StrictFloat | AnyOf | NumericRange
@@ -70,6 +101,18 @@ class SearchRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("query must not be blank")
+        return value
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _filter_shapes(cls, value: Any) -> Any:
+        # Without this, a bad value fails every member of the FilterValue union and the first of those errors
+        # ("filter.k.str: Input should be a valid string") was the message, whatever the client meant.
+        if isinstance(value, dict):
+            for key, item in value.items():
+                problem = _filter_value_problem(item)
+                if problem:
+                    raise ValueError(f"filter.{key} {problem}")
         return value
 
     def conditions(self) -> list[MetadataCondition]:
