@@ -212,3 +212,16 @@ def test_good_filters_still_filter(client: TestClient) -> None:
         assert [hit["document_id"] for hit in response.json()["results"]] == ["kept"]
     response = client.post("/v1/search", json={"query": "otters", "filter": {"animal": {"any": ["bee"]}}})
     assert response.json()["results"] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("page.pdf", b"<!doctype html><html><body>Otters</body></html>"), ("notes.txt", b"plain words")],
+)
+def test_a_pdf_that_is_not_a_pdf_says_so(client: TestClient, name: str, data: bytes) -> None:
+    """Was 422 "the PDF cannot be read: Stream has ended unexpectedly" (pypdf's words)."""
+    response = client.post(
+        "/v1/documents", data={"document_id": "kept"}, files={"file": (name, data, "application/pdf")}
+    )
+    assert_rejected(response, 422, "the file is not a PDF (no %PDF- header)")
+    assert_kept_intact(client)

@@ -56,7 +56,7 @@ def test_encrypted_and_corrupt_pdfs_are_invalid_input_with_a_reason() -> None:
         extract_text(encrypt_pdf(data), "application/pdf")
     with pytest.raises(InvalidInput, match="cannot be read"):
         extract_text(data[: len(data) // 3], "application/pdf")
-    with pytest.raises(InvalidInput, match="cannot be read"):
+    with pytest.raises(InvalidInput, match="not a PDF"):
         extract_text(b"this is not a pdf at all", "application/pdf")
 
 

@@ -123,6 +123,10 @@ def pdf_to_text(data: bytes) -> str:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    # Readers accept the header anywhere in the first 1024 bytes. Without one (an HTML page or a text file
+    # saved as .pdf), pypdf's own error ("Stream has ended unexpectedly") tells the client nothing.
+    if b"%PDF-" not in data[:1024]:
+        raise InvalidInput("the file is not a PDF (no %PDF- header); upload it with its real type")
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
