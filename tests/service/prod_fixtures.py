@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app.main import create_app
 from tests.service.prod_support import KEY_A, KEY_B, MakeClient, bearer, production_settings
+from tests.service.support import FailingEmbedder
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def make_client(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Make
     @contextmanager
     def factory(**overrides: Any) -> Iterator[TestClient]:
         settings = production_settings(tmp_path_factory.mktemp("app"), **overrides)
-        with TestClient(create_app(settings, embedder=embedder)) as client:
+        with TestClient(create_app(settings, embedder=FailingEmbedder(embedder))) as client:
             yield client
 
     return factory

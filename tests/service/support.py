@@ -177,6 +177,18 @@ class CountingEmbedder:
         return self._inner.embed_query(text)
 
 
+FAILING_MARKER = "embedder-outage-marker"
+
+
+class FailingEmbedder(CountingEmbedder):
+    """A real embedder that raises (as an unreachable model server would) for passages containing FAILING_MARKER."""
+
+    def embed_documents(self, texts: Any) -> list[list[float]]:
+        if any(FAILING_MARKER in text for text in texts):
+            raise RuntimeError("embedding backend unavailable")
+        return super().embed_documents(texts)
+
+
 def long_text(marker: str, paragraphs: int) -> str:
     """A multi-chunk text whose every sentence carries ``marker`` (to tell versions apart in results)."""
     return "\n\n".join(

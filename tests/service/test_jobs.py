@@ -27,6 +27,7 @@ from service.app.main import create_app
 from service.app.store.registry import DocumentRegistry
 from service.worker import build_worker
 from tests.service.prod_support import MakeClient, fresh_database, production_settings
+from tests.service.support import FAILING_MARKER, FailingEmbedder
 
 pytest_plugins = ["tests.service.prod_fixtures"]
 
@@ -261,14 +262,16 @@ def test_a_failing_job_reports_failed_with_the_error(
     make_client: MakeClient, headers_a: dict[str, str]
 ) -> None:
     with make_client() as client:
-        accepted = client.put("/v1/documents/blank?async=true", json={"text": "   \n "}, headers=headers_a)
+        accepted = client.put(
+            "/v1/documents/outage?async=true", json={"text": f"notes {FAILING_MARKER}"}, headers=headers_a
+        )
         assert accepted.status_code == 202
         wait_in_process(client)
         job = client.get(accepted.json()["status_url"], headers=headers_a).json()
         assert job["status"] == "failed"
-        assert job["error"] == "invalid_input: text is empty"
+        assert job["error"] == "service_unavailable: embedding failed; nothing was changed, retry later"
         assert job["result"] is None
-        assert client.get("/v1/documents/blank", headers=headers_a).status_code == 404
+        assert client.get("/v1/documents/outage", headers=headers_a).status_code == 404
 
 
 def test_what_can_be_checked_up_front_is_a_422_not_a_job(
@@ -281,6 +284,9 @@ def test_what_can_be_checked_up_front_is_a_422_not_a_job(
         assert nested.status_code == 422
         bad_id = client.put("/v1/documents/bad%20id?async=true", json={"text": TEXT}, headers=headers_a)
         assert bad_id.status_code == 422
+        blank = client.put("/v1/documents/blank?async=true", json={"text": "   \n "}, headers=headers_a)
+        assert blank.status_code == 422
+        assert blank.json()["error"]["message"] == "text is empty"
         assert client.get("/v1/jobs/not-a-job", headers=headers_a).status_code == 404
         assert client.get("/v1/jobs/bad$id", headers=headers_a).status_code == 422
 
@@ -294,16 +300,18 @@ def test_arq_jobs_on_redis_and_postgres_survive_an_api_restart(
         database_url=fresh_database(postgres_url, f"jobs_{uuid.uuid4().hex[:8]}"),
         jobs_queue_name=f"test-api-jobs-{uuid.uuid4().hex[:8]}",
     )
-    with TestClient(create_app(settings, embedder=embedder)) as client:
+    with TestClient(create_app(settings, embedder=FailingEmbedder(embedder))) as client:
         assert isinstance(client.app.state.services.jobs, ArqJobQueue)
         ok = client.put("/v1/documents/basalt?async=true", json={"text": TEXT}, headers=headers_a)
-        bad = client.put("/v1/documents/blank?async=true", json={"text": " "}, headers=headers_a)
+        bad = client.put(
+            "/v1/documents/outage?async=true", json={"text": f"notes {FAILING_MARKER}"}, headers=headers_a
+        )
         assert ok.status_code == bad.status_code == 202
         assert client.get(ok.json()["status_url"], headers=headers_a).json()["status"] == "queued"
         assert queue_depth_metric(client) == 2
 
     # The API process is gone; a new one (and a worker) pick the jobs up from Redis.
-    with TestClient(create_app(settings, embedder=embedder)) as client:
+    with TestClient(create_app(settings, embedder=FailingEmbedder(embedder))) as client:
         assert client.get(ok.json()["status_url"], headers=headers_a).json()["status"] == "queued"
         run_worker_burst(client, settings)
         job = client.get(ok.json()["status_url"], headers=headers_a).json()
@@ -311,7 +319,7 @@ def test_arq_jobs_on_redis_and_postgres_survive_an_api_restart(
         assert job["result"]["status"] == "created"
         failed = client.get(bad.json()["status_url"], headers=headers_a).json()
         assert failed["status"] == "failed"
-        assert failed["error"] == "invalid_input: text is empty"
+        assert failed["error"] == "service_unavailable: embedding failed; nothing was changed, retry later"
         assert queue_depth_metric(client) == 0
         hits = client.post("/v1/search", json={"query": "hexagonal lava columns"}, headers=headers_a).json()
         assert hits["results"][0]["document_id"] == "basalt"

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from service.app.core.errors import InvalidInput
 from service.app.core.logging import request_id_var
+from service.app.ingest.extract import normalize_text
 from service.app.ingest.models import has_lone_surrogate, validate_document_id, validate_metadata
 from service.app.jobs.models import IngestPayload, JobStatus, new_job_id
 
@@ -40,6 +41,9 @@ async def submit_ingest(
         raise InvalidInput(
             "text contains an unpaired surrogate (\\ud800-\\udfff), which is not valid Unicode"
         )
+    if not normalize_text(text):
+        # The synchronous path answers 422 for this; a queued job must not turn bad input into a failed job.
+        raise InvalidInput("text is empty")
     payload = IngestPayload(
         job_id=new_job_id(),
         tenant_id=tenant_id,
