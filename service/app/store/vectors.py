@@ -306,30 +306,32 @@ class QdrantVectorStore:
     @_guarded
     def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
         """Delete every point of the document whose version is lower than ``version``."""
-        condition = models.FieldCondition(key="version", range=models.Range(lt=version))
-        self.client.delete(
-            self.collection,
-            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id, condition)),
-            wait=True,
+        self._delete_where(
+            _document_filter(
+                tenant_id, document_id, models.FieldCondition(key="version", range=models.Range(lt=version))
+            )
         )
 
     @_guarded
     def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
         """Delete the points of exactly one version of the document."""
-        condition = models.FieldCondition(key="version", match=models.MatchValue(value=version))
-        self.client.delete(
-            self.collection,
-            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id, condition)),
-            wait=True,
+        self._delete_where(
+            _document_filter(
+                tenant_id,
+                document_id,
+                models.FieldCondition(key="version", match=models.MatchValue(value=version)),
+            )
         )
 
     @_guarded
     def delete_document(self, tenant_id: str, document_id: str) -> None:
         """Delete every point of the document, all versions."""
+        self._delete_where(_document_filter(tenant_id, document_id))
+
+    def _delete_where(self, selection: models.Filter) -> None:
+        # Local mode evaluates the filter by scanning every point; a server uses the payload indexes.
         self.client.delete(
-            self.collection,
-            points_selector=models.FilterSelector(filter=_document_filter(tenant_id, document_id)),
-            wait=True,
+            self.collection, points_selector=models.FilterSelector(filter=selection), wait=True
         )
 
     @_guarded
