@@ -66,7 +66,9 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(32, ge=0)
 
     # --- orphan collector (service.app.store.gc) ------------------------------------------------------
-    gc_enabled: bool = Field(True, description="collect orphan points at start-up and every GC_INTERVAL_SECONDS")
+    gc_enabled: bool = Field(
+        True, description="collect orphan points at start-up and every GC_INTERVAL_SECONDS"
+    )
     gc_interval_seconds: float = Field(
         3600.0, ge=0, description="seconds between orphan-point collections (0: only at start-up)"
     )
