@@ -39,11 +39,13 @@ as working once that resource exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from infra.config import PROJECT, deep_merge
+from infra.components.specs import ComponentArgsError
+from infra.config import PROJECT, ConfigError, deep_merge
 from infra.offline import RecordedResource, StackRun
 
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
@@ -891,3 +893,236 @@ def describe(capabilities_: Iterable[Capability]) -> list[str]:
         f"`{c.name}`: {c.detail}" + (f" ({c.provider.rsplit('::', 1)[-1]})" if c.provider else "")
         for c in sorted(capabilities_, key=lambda c: c.name)
     ]
+
+
+# ---------------------------------------------------------------------------------------------- config consumed
+#: Where each declared key is exercised: (stack, cluster target, extra config both runs get, for keys that only
+#: matter once a feature is on). The first matching prefix wins; the default is dev on its existing cluster. The
+#: places are the cheapest programs where the key applies (dev moved onto a cloud rather than staging or prod).
+MANAGED = {"postgres": {"mode": "managed"}, "redis": {"mode": "managed"}}
+CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
+    ("cluster.gke.", "dev", "gke", {}),
+    ("cluster.eks.", "dev", "eks", {}),
+    ("postgres.mode", "dev", "eks", {}),
+    ("redis.mode", "dev", "eks", {}),
+    ("postgres.managed.tier", "dev", "gke", MANAGED),
+    ("redis.managed.tier", "dev", "gke", MANAGED),
+    ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    ("postgres.managed.", "dev", "eks", MANAGED),
+    ("redis.managed.", "dev", "eks", MANAGED),
+    ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
+    (
+        "service.autoscaling.",
+        "dev",
+        "existing",
+        {"service": {"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 5}}},
+    ),
+    ("service.pdb.", "dev", "existing", {"service": {"replicas": 3}}),
+    ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
+    ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
+    ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
+)
+DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
+#: A valid other value for keys the generic rule (flip a bool, +1 a number, change a quantity) cannot make.
+ALTERNATIVES: Mapping[str, Any] = {
+    "environment": "staging",
+    "namespace": "rag-other",
+    "image": DIGEST,
+    "qdrantApiKey": "offline-other-qdrant-key-0123456789",
+    "serviceApiKeys": json.dumps({"offline-other-service-key-0123456789": "tenant-a"}),
+    "promotion": {"from": "staging", "digest": DIGEST, "at": "2026-11-22T08:00:00Z", "by": "ci"},
+    "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
+    "cluster.provider": "eks",
+    "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
+    "cluster.existing.context": "other-context",
+    "cluster.existing.registry": "registry.example.com/rag",
+    "cluster.existing.storageClass": "local-path",
+    "cluster.gke.project": "rag-other",
+    "cluster.gke.region": "europe-west4",
+    "cluster.gke.releaseChannel": "STABLE",
+    "cluster.gke.nodePool.machineType": "e2-standard-8",
+    "cluster.gke.storageClass": "premium-rwo",
+    "cluster.eks.region": "eu-central-1",
+    "cluster.eks.version": "1.34",
+    "cluster.eks.vpcCidr": "10.1.0.0/16",
+    "cluster.eks.availabilityZones": 2,
+    "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
+    "cluster.eks.storageClass": "gp3-other",
+    "qdrant.version": "v1.15.5",
+    "qdrant.replicas": 5,
+    "qdrant.storage.storageClass": "fast-qdrant",
+    "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
+    "postgres.mode": "managed",
+    "postgres.version": "16",
+    "postgres.database": "rag_other",
+    "postgres.user": "rag_other",
+    "postgres.cloudnative.storage.storageClass": "fast-postgres",
+    "postgres.managed.instanceClass": "db.r7g.large",
+    "postgres.managed.tier": "db-custom-4-15360",
+    "redis.mode": "managed",
+    "redis.version": "8.1.4",
+    "redis.incluster.storage.storageClass": "fast-redis",
+    "redis.managed.nodeType": "cache.r7g.large",
+    "redis.managed.tier": "BASIC",
+    "service.autoscaling.minReplicas": 2,
+    "service.settings.logLevel": "WARNING",
+    "service.settings.qdrantCollectionPrefix": "docs-other",
+    "service.settings.rateLimitIngest": "61/minute",
+    "service.settings.rateLimitSearch": "301/minute",
+    "service.settings.corsOrigins": ["https://app.example.com"],
+    "tls.issuer": "letsencrypt",
+    "tls.email": "other@example.com",
+    "tls.certManagerVersion": "v1.18.1",
+    "tls.clusterIssuer": "shared-issuer",
+    "gateway.hostname": "rag.other.example.com",
+    "gateway.className": "eg",
+    "gateway.ingress.className": "nginx-other",
+    "monitoring.chartVersion": "78.3.1",
+    "monitoring.retention": "14d",
+    "monitoring.storage.storageClass": "fast-monitoring",
+    "backups.schedule": "0 4 * * *",
+    "backups.bucket": "rag-other-backups",
+}
+
+
+@cache
+def _declared_config() -> dict[str, Any]:
+    import yaml
+
+    from infra.offline import PROJECT_DIR
+
+    text = (PROJECT_DIR / "Pulumi.yaml").read_text(encoding="utf-8")
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("config") or {}  # noqa: S506
+
+
+def declared_keys() -> dict[str, Any]:
+    """Every declared config key as a dotted path to a leaf of its default (objects are walked), with the default."""
+    leaves: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value and prefix not in ALTERNATIVES:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        else:
+            leaves[prefix] = value
+
+    for key, declaration in _declared_config().items():
+        walk(key, declaration.get("default") if isinstance(declaration, Mapping) else declaration)
+    return leaves
+
+
+def place_for(key: str) -> tuple[str, str, Mapping[str, Any]]:
+    """(stack, cluster target, extra config) where `key` is exercised."""
+    for prefix, stack, target, extra in CONFIG_PLACES:
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return stack, target, extra
+    return "dev", "existing", {}
+
+
+def alternative(key: str, value: Any, index: int = 0) -> Any:
+    """Another valid value for `key` (whose current value is `value`); `index` makes quantities distinct, so that
+    several keys changed in one run can each be found in what the program declares."""
+    if key in ALTERNATIVES:
+        return ALTERNATIVES[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2
+    if isinstance(value, str):
+        # Small increases keep every requests <= limits and size ordering valid.
+        number, unit = value.rstrip("GiMm"), value[len(value.rstrip("GiMm")) :]
+        if number.isdigit() and unit == "Gi":
+            return f"{int(number) * 1024 + 1 + index}Mi"
+        if number.isdigit() and unit in ("Mi", "m"):
+            return f"{int(number) + 1 + index}{unit}"
+        if value.isdigit():
+            return f"{int(value) * 1000 + 1 + index}m" if key.endswith(".cpu") else str(int(value) + 1)
+    raise KeyError(f"no alternative value for {key} = {value!r}: add one to ALTERNATIVES")
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """`"a.b.c", v` -> `{"a": {"b": {"c": v}}}` (a config override)."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def config_value(config: Mapping[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def fingerprint(run: StackRun) -> tuple[Any, ...]:
+    """What a run declares: every resource's URN, inputs and options, and the stack outputs."""
+    resources = sorted(
+        (r.urn, json.dumps(r.inputs, sort_keys=True, default=str), r.protect, r.provider or "", r.depends_on)
+        for r in run.resources
+    )
+    return tuple(resources), json.dumps(run.outputs, sort_keys=True, default=str)
+
+
+def _strings(run: StackRun) -> set[str]:
+    found: set[str] = set()
+    for resource in run.resources:
+        for _path, _key, value in _walk(resource.inputs):
+            if isinstance(value, str):
+                found.add(value)
+    for _path, _key, value in _walk(run.outputs):
+        if isinstance(value, str):
+            found.add(value)
+    return found
+
+
+def _present(sentinel: str, strings: set[str]) -> bool:
+    return sentinel in strings or (len(sentinel) >= 6 and any(sentinel in s for s in strings))
+
+
+def unconsumed_keys(
+    keys: Iterable[str],
+    base: StackRun,
+    runner: Callable[[Mapping[str, Any]], StackRun],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The keys (all exercised at one place, `base` being its run) whose change does not change the program, each
+    with what was tried. `runner(overrides)` runs the program at that place with `overrides` over `extra`.
+
+    String values are changed together in one run, each to a value `base` does not contain; a key whose value then
+    shows up in what the program declares is consumed. Every other key (and any such key whose value did not show
+    up as such, or if that run is refused) gets a run of its own: consumed if the fingerprint differs.
+    """
+    config = effective_config(base)
+    base_strings = _strings(base)
+    changes: dict[str, tuple[Any, Any]] = {}
+    for index, key in enumerate(sorted(keys)):
+        value = config_value(config, key)
+        changes[key] = (value, alternative(key, value, index))
+    traced = {
+        key: other
+        for key, (_value, other) in changes.items()
+        if isinstance(other, str) and not _present(other, base_strings)
+    }
+    consumed: set[str] = set()
+    if traced:
+        overrides: dict[str, Any] = dict(extra or {})
+        for key, other in traced.items():
+            overrides = deep_merge(overrides, nested(key, other))
+        try:
+            batch_strings = _strings(runner(overrides))
+        except (ConfigError, ComponentArgsError):  # a combination refused as a whole: one run per key instead
+            batch_strings = set()
+        consumed = {key for key, other in traced.items() if _present(other, batch_strings)}
+    base_print = fingerprint(base)
+    unconsumed: dict[str, str] = {}
+    for key, (value, other) in changes.items():
+        if key in consumed:
+            continue
+        changed = runner(deep_merge(dict(extra or {}), nested(key, other)))
+        if fingerprint(changed) == base_print:
+            unconsumed[key] = f"{value!r} -> {other!r}"
+    return unconsumed
