@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
     chunk_overlap: int = Field(32, ge=0)
 
+    # --- orphan collector (service.app.store.gc) ------------------------------------------------------
+    gc_enabled: bool = Field(
+        True, description="collect orphan points at start-up and every GC_INTERVAL_SECONDS"
+    )
+    gc_interval_seconds: float = Field(
+        3600.0, ge=0, description="seconds between orphan-point collections (0: only at start-up)"
+    )
+    gc_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="age before an unpublished version is an orphan; writes older refuse to commit",
+    )
+    gc_max_versions: int = Field(
+        10_000, ge=1, description="document versions removed per collection run at most"
+    )
+
     # --- input limits ----------------------------------------------------------------------------------
     max_document_bytes: int = Field(10_000_000, ge=1)
 
