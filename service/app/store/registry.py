@@ -67,6 +67,27 @@ tenants = sa.Table(
     sa.Column("data_version", sa.BigInteger, nullable=False),
 )
 
+jobs_table = sa.Table(
+    "jobs",
+    metadata_obj,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("woken_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
+    sa.Index("ix_jobs_finished_at", "finished_at"),
+)
+
 
 @dataclass(frozen=True)
 class DocumentRecord:
