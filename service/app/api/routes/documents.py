@@ -6,7 +6,7 @@ import json
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -36,6 +36,9 @@ from service.app.jobs.submit import ASYNC_RESPONSES, AsyncFlag, submit_ingest
 from service.app.store.registry import MAX_PAGE_SIZE
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
+
+# The pattern is in the OpenAPI schema so clients and fuzzers know it; the 422 names the field and the pattern.
+DocumentIdPath = Annotated[str, Path(pattern=DOCUMENT_ID_PATTERN, description="letters, digits, . _ : -")]
 
 # Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -144,7 +147,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     openapi_extra=_JSON_BODY,
 )
 async def put_document(
-    document_id: str,
+    document_id: DocumentIdPath,
     request: Request,
     response: Response,
     services: ServicesDep,
@@ -258,7 +261,7 @@ async def _extract(data: bytes, declared: str, content_type: str) -> str:
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))
-async def get_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
+async def get_document(document_id: DocumentIdPath, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
     """One document's registry entry (version, hash, metadata, chunk count)."""
     return await services.ingest.get(tenant, document_id)
 
@@ -282,7 +285,7 @@ async def list_documents(
     response_class=Response,
     responses=error_responses(404, 409, 503),
 )
-async def delete_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+async def delete_document(document_id: DocumentIdPath, services: ServicesDep, tenant: TenantDep) -> Response:
     """Delete a document and its chunks (404 when unknown)."""
     await services.ingest.delete(tenant, document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
