@@ -359,7 +359,12 @@ def service_args(
 
 
 def gateway_args(
-    config: StackConfig, *, service_name: str, service_port: int, ready: tuple[pulumi.Resource, ...] = ()
+    config: StackConfig,
+    *,
+    service_name: str,
+    service_port: int,
+    ready: tuple[pulumi.Resource, ...] = (),
+    gateway_crds: tuple[pulumi.Resource, ...] = (),
 ) -> TlsGatewayArgs:
     """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service."""
     tls = config.tls
@@ -379,6 +384,7 @@ def gateway_args(
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
+        gateway_crds=gateway_crds,
         depends_on=ready,
     )
 
@@ -541,7 +547,11 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         gateway = TlsGateway(
             "gateway",
             gateway_args(
-                config, service_name=service.service_name, service_port=service.service_port, ready=ready
+                config,
+                service_name=service.service_name,
+                service_port=service.service_port,
+                ready=ready,
+                gateway_crds=cluster.gateway_api,
             ),
             opts=in_cluster,
         )

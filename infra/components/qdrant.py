@@ -272,7 +272,7 @@ class QdrantCluster(pulumi.ComponentResource):
         ) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
 
-        k8s.core.v1.ServiceAccount(
+        service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(base, ns, object_labels),
             automount_service_account_token=False,
@@ -302,7 +302,8 @@ class QdrantCluster(pulumi.ComponentResource):
             f"{name}-statefulset",
             metadata=specs.metadata(base, ns, object_labels),
             spec=statefulset_spec(args, base, secret_name),
-            opts=child(protect=args.protect, extra=(secret,)),
+            # Its pods read the API-key Secret and run as the ServiceAccount, both by name.
+            opts=child(protect=args.protect, extra=(secret, service_account)),
         )
         if args.pdb and args.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
-from service.app.store.registry import DocumentRegistry, decode_cursor, encode_cursor
+from service.app.store.registry import DocumentRegistry, alembic_config, decode_cursor, encode_cursor
 from tests.service.support import create_database
 
 
@@ -49,6 +50,11 @@ def write(
     )
 
 
+def migration_head() -> str:
+    """The newest shipped migration (what start-up must have applied)."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def test_migrations_create_the_schema_and_are_idempotent(registry: DocumentRegistry) -> None:
     registry.migrate()
     inspector = sa.inspect(registry.engine)
@@ -59,7 +65,10 @@ def test_migrations_create_the_schema_and_are_idempotent(registry: DocumentRegis
     }  # fmt: skip
     assert inspector.get_pk_constraint("documents")["constrained_columns"] == ["tenant_id", "document_id"]
     with registry.engine.connect() as connection:
-        assert connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert (
+            connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            == migration_head()
+        )
 
 
 def test_activate_creates_then_replaces_with_compare_and_set(registry: DocumentRegistry, tenant: str) -> None:
@@ -214,7 +223,7 @@ def test_source_pages_cover_every_tenant_and_report_documents_without_text(
             owner, document_id, expected_version=None, version=1, content_hash="h", metadata={},
             content_type="text/plain", chunk_count=1, text=f"{owner}/{document_id}",
         )  # fmt: skip
-    write(registry, tenant, "no-text", expected=None, version=1)  # as before migration 0002: no text
+    write(registry, tenant, "no-text", expected=None, version=1)  # as before migration 0003: no text
     kept: list[tuple[str, str, str]] = []
     missing: list[tuple[str, str]] = []
     after = None
@@ -237,13 +246,13 @@ def test_source_pages_cover_every_tenant_and_report_documents_without_text(
     assert registry.source(tenant, "a").text == f"{tenant}/a"
 
 
-def test_migration_0002_keeps_existing_documents(tmp_path: pytest.TempPathFactory) -> None:
+def test_the_document_sources_migration_keeps_existing_documents(tmp_path: pytest.TempPathFactory) -> None:
     from alembic import command
 
     from service.app.store.registry import alembic_config
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url=url), "0001")
+    command.upgrade(alembic_config(url=url), "0002_jobs")
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         connection.execute(

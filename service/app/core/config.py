@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     jobs_queue_name: str = "rag:ingest"
     jobs_max_concurrency: int = Field(2, ge=1, le=64)
     jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
+    jobs_retry_base_seconds: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt")
+    jobs_retry_max_seconds: float = Field(300.0, gt=0, description="longest retry delay")
+    jobs_sweep_seconds: float = Field(
+        5.0, gt=0, description="how often a worker re-sends wake-ups for queued jobs Redis lost"
+    )
 
     # --- HTTP hygiene ----------------------------------------------------------------------------------
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -10,7 +10,7 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
 - ``document_sources(tenant_id, document_id)`` primary key, the ``version`` it belongs to and its ``text`` (the
   extracted plain text that was chunked): written in the same transaction that activates the version and
   removed with the document, so the text of every active version is kept and a re-index can re-chunk and
-  re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0002 have none.
+  re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0003 have none.
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -78,6 +78,27 @@ tenants = sa.Table(
     metadata_obj,
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("data_version", sa.BigInteger, nullable=False),
+)
+
+jobs_table = sa.Table(
+    "jobs",
+    metadata_obj,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("woken_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
+    sa.Index("ix_jobs_finished_at", "finished_at"),
 )
 
 
@@ -494,7 +515,7 @@ class DocumentRegistry:
 
     @_guarded
     def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:
-        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before 0002)."""
+        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:

@@ -1,7 +1,7 @@
 """Keep the source text of each active document version (document_sources), so documents can be re-indexed.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_document_sources
+Revises: 0002_jobs
 Create Date: 2026-11-25
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003_document_sources"
+down_revision = "0002_jobs"
 branch_labels = None
 depends_on = None
 
