@@ -33,6 +33,11 @@ INVISIBLE_HITS = Counter(
 ORPHANS_REMOVED = Counter(
     "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
 )
+CONNECTIONS_CLOSED = Counter(
+    "rag_http_connections_closed_total",
+    "Connections the server closed because the client was too slow.",
+    ["reason"],
+)  # header_timeout | body_idle
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
 JOB_QUEUE_DEPTH = Gauge("rag_job_queue_depth", "Ingestion jobs waiting to run.")
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
