@@ -118,6 +118,12 @@ class Settings(BaseSettings):
 
     # --- async ingestion -------------------------------------------------------------------------------
     jobs_queue_name: str = "rag:ingest"
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="worker's /metrics, /healthz, /readyz port (on HOST); 0: off"
+    )
+    worker_stale_seconds: float = Field(
+        60.0, gt=0, description="worker probes fail after this long without a successful poll of the queue"
+    )
     jobs_max_concurrency: int = Field(2, ge=1, le=64)
     jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
