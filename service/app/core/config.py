@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP hygiene ----------------------------------------------------------------------------------
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection must complete its request headers within this (slowloris)"
+    )
+    http_body_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest silence while a request body is being received"
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="idle keep-alive connections are closed after this"
+    )
+    http_limit_concurrency: int | None = Field(
+        None, ge=1, description="connections + requests per process before new requests get 503 (uvicorn)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
 

@@ -33,6 +33,11 @@ INVISIBLE_HITS = Counter(
 ORPHANS_REMOVED = Counter(
     "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
 )
+CONNECTIONS_CLOSED = Counter(
+    "rag_http_connections_closed_total",
+    "Connections the server closed because the client was too slow.",
+    ["reason"],
+)  # header_timeout | body_idle
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
 # Queue gauges are set from the job table (the API at scrape time, the worker on each poll): a queue that grows
 # with no live consumer shows here even when no worker is running at all.
