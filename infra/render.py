@@ -93,6 +93,8 @@ class Report:
     not_validated: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Worth a look, not a failure (e.g. alerts that reach nobody)."""
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -301,6 +303,18 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     }
 
 
+def plan_warnings(run: StackRun) -> list[str]:
+    """What deploys fine but will disappoint: monitoring whose alerts reach nobody."""
+    warnings = []
+    if run.outputs.get("alertReceivers") == []:
+        warnings.append(
+            "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "
+            "(set rag:slackWebhookUrl or rag:pagerdutyRoutingKey with --secret, or rag:monitoring.alerting.email.to; "
+            "see docs/runbooks.md)"
+        )
+    return warnings
+
+
 def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
     """Write, validate and policy-check an already recorded run into ``out``."""
     report = Report(stack=run.stack, environment=environment)
@@ -341,6 +355,7 @@ def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
             report.validated_custom[rel] = validated_by
 
     report.violations = run_policies(run.resources, environment=environment)
+    report.warnings = plan_warnings(run)
     report.summary = summarize(run, environment)
     (out / "plan.json").write_text(json.dumps(plan_json(report), indent=2) + "\n", encoding="utf-8")
     (out / "plan.md").write_text(plan_markdown(report), encoding="utf-8")
@@ -363,6 +378,7 @@ def plan_json(report: Report) -> dict[str, Any]:
             {"policy": v.policy, "message": v.message, "urn": v.urn, "enforcement": v.enforcement}
             for v in report.violations
         ],
+        "warnings": list(report.warnings),
         "ok": report.ok,
     }
 
@@ -418,6 +434,10 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines((str(v) for v in report.violations), "none"),
         "",
+        "## Warnings",
+        "",
+        *_lines(report.warnings, "none"),
+        "",
     ]
     return "\n".join(parts)
 
@@ -438,6 +458,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  INVALID {problem}")
     for violation in report.violations:
         print(f"  POLICY  {violation}")
+    for warning in report.warnings:
+        print(f"  WARNING {warning}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 
