@@ -31,6 +31,15 @@ ADMIN_SECRET_KEYS = ("admin-user", "admin-password")
 RELEASE_NAME = "kube-prometheus-stack"
 # The grafana subchart's fullname is `<release>-grafana`; its Service listens on port 80.
 GRAFANA_SERVICE = f"{RELEASE_NAME}-grafana"
+# kube-prometheus-stack 78.3.0 values (charts/kube-prometheus-stack/values.yaml at the chart's tag).
+CONTROL_PLANE_COMPONENTS = ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")
+CONTROL_PLANE_RULES = (
+    "etcd",
+    "kubeControllerManager",
+    "kubeSchedulerAlerting",
+    "kubeSchedulerRecording",
+    "kubeProxy",
+)
 
 # Metric names exported by the service (service/app/core/metrics.py).
 M_REQUESTS = "rag_http_requests_total"
@@ -300,6 +309,12 @@ def chart_values(
             },
         },
         "alertmanager": alertmanager,
+        # Managed control planes (EKS, GKE) expose no controller-manager, scheduler or etcd endpoints, and GKE's
+        # Dataplane V2 has no kube-proxy (kind binds them all to 127.0.0.1): these scrapes could only fail, and
+        # their `*Down` alerts fire for ever. `<component>.enabled: false` removes the ServiceMonitor and its
+        # rules (the rule templates of chart 78.3.0 are gated on it); the defaultRules switches say so too.
+        **{component: {"enabled": False} for component in CONTROL_PLANE_COMPONENTS},
+        "defaultRules": {"rules": dict.fromkeys(CONTROL_PLANE_RULES, False)},
     }
 
 
