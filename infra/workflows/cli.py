@@ -449,7 +449,7 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
     if info.url:
         with reach.client_for(info) as client:
             readiness = reach.check_ready(client)
-        note = "" if info.verify_tls else " [self-signed certificate, not verified]"
+        note = " [self-signed certificate, not verified]" if info.unverified_https else ""
         typer.echo(f"readyz:    {readiness.describe()}{note}")
     if info.grafana:
         typer.echo(f"grafana:   {info.grafana.get('portForward')} -> {info.grafana.get('url')} (user admin)")
@@ -470,7 +470,7 @@ def smoke(
 
     def action() -> reach.SmokeReport:
         info = reach.read_info(context, stack)
-        if not info.verify_tls:
+        if info.unverified_https:
             console.print(f"note: {stack} uses a self-signed certificate; TLS is not verified")
         return reach.smoke(info, wait_seconds=wait)
 

@@ -45,6 +45,11 @@ class StackInfo:
         """Whether the URL's certificate can be checked against the public CAs."""
         return self.tls_issuer != "selfSigned"
 
+    @property
+    def unverified_https(self) -> bool:
+        """An https URL whose certificate is not verified (the self-signed issuer)."""
+        return bool(self.url and self.url.startswith("https://") and not self.verify_tls)
+
 
 @dataclass(frozen=True)
 class Readiness:

@@ -183,6 +183,7 @@ def test_a_user_goes_from_up_to_a_first_search_on_the_deployed_url(
         transcript.append(f"$ ragops {' '.join(args)}\n{result.output}")
         assert result.exit_code == 0, "\n".join(transcript)
     (tmp_path / "transcript.txt").write_text("\n".join(transcript))
+    print("\n".join(transcript))  # shown with -s: the transcript docs/delivery.md quotes
 
     up, status, smoke = transcript
     assert "up dev: 12 create" in up
