@@ -777,6 +777,21 @@ def _check_rules(config: StackConfig, file: str) -> None:
             "backups need a cloud cluster (gke or eks): snapshots go to GCS/S3 via workload identity",
         )
 
+    email = config.monitoring.alerting.email
+    if email.to:
+        if "@" not in email.to:
+            fail("monitoring.alerting.email.to", f"{email.to!r} is not an e-mail address")
+        if not email.sender or "@" not in email.sender:
+            fail(
+                "monitoring.alerting.email.sender",
+                "an e-mail sender address is required when email.to is set",
+            )
+        if not email.smarthost:
+            fail(
+                "monitoring.alerting.email.smarthost",
+                "the SMTP server (host:port) is required when email.to is set",
+            )
+
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")

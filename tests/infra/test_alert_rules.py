@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.config import ConfigError, parse_config
 from infra.offline import StackRun
 from infra.stack import SERVICE_NAME
 from tests.infra.conftest import run
@@ -336,3 +337,57 @@ def test_alert_thresholds_are_config() -> None:
     assert alerts["RagQueueOldestJobTooOld"]["expr"].endswith("> 120")
     assert f"< {5 * DAY}" in alerts["CertificateExpiringSoon"]["expr"]
     assert f"> {50 * 3600}" in alerts["QdrantBackupMissing"]["expr"]
+
+
+def test_receiver_config_and_secrets_reach_alertmanager() -> None:
+    result = run(
+        "staging",
+        slackWebhookUrl="https://hooks.slack.example/T0/B0/secret-path",
+        pagerdutyRoutingKey="pd-key-123",
+        smtpPassword="smtp-pw-456",
+        monitoring={
+            "alerting": {
+                "slack": {"channel": "#rag-alerts"},
+                "email": {
+                    "to": "oncall@example.com",
+                    "sender": "alerts@example.com",
+                    "smarthost": "smtp.example.com:587",
+                    "username": "alerts",
+                },
+            }
+        },
+    )
+    assert result.outputs["alertReceivers"] == ["slack", "pagerduty", "email"]
+    secret = result.by_name("monitoring-alertmanager-receivers")
+    assert secret.inputs["stringData"] == {
+        "slack-webhook-url": "https://hooks.slack.example/T0/B0/secret-path",
+        "pagerduty-routing-key": "pd-key-123",
+        "smtp-password": "smtp-pw-456",
+    }
+    assert secret.secret_keys  # Pulumi secrets, never plain in state
+    values = result.by_name("monitoring-stack").inputs["values"]
+    receivers = {r["name"]: r for r in values["alertmanager"]["config"]["receivers"]}
+    assert receivers["rag-warning"]["slack_configs"][0]["channel"] == "#rag-alerts"
+    email = receivers["rag-critical"]["email_configs"][0]
+    assert (email["to"], email["from"], email["smarthost"], email["auth_username"]) == (
+        "oncall@example.com",
+        "alerts@example.com",
+        "smtp.example.com:587",
+        "alerts",
+    )
+    assert "pd-key-123" not in str(values)
+    assert "secret-path" not in str(values)
+
+
+def test_an_email_receiver_without_smarthost_is_a_config_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"rag:monitoring\.alerting\.email\.smarthost.*Pulumi\.staging\.yaml"
+    ):
+        parse_config(
+            {
+                "monitoring": {
+                    "alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}
+                }
+            },
+            "staging",
+        )
