@@ -450,6 +450,8 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
         with reach.client_for(info) as client:
             readiness = reach.check_ready(client)
         note = " [self-signed certificate, not verified]" if info.unverified_https else ""
+        if not readiness.reachable:
+            note += reach.loopback_note(info.url)
         typer.echo(f"readyz:    {readiness.describe()}{note}")
     if info.grafana:
         typer.echo(f"grafana:   {info.grafana.get('portForward')} -> {info.grafana.get('url')} (user admin)")

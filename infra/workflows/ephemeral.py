@@ -146,6 +146,14 @@ LOOPBACK_DOMAINS = ("localhost", "localtest.me", "lvh.me", "localho.st", "vcap.m
 LOOPBACK_WILDCARD_DNS = re.compile(r"(^|\.)127(-|\.)\d+(-|\.)\d+(-|\.)\d+\.(nip\.io|sslip\.io|xip\.io)$")
 
 
+def is_loopback_name(host: str) -> bool:
+    """Whether a DNS name resolves to the local machine by convention (localhost, *.localtest.me, 127.0.0.1.nip.io)."""
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in LOOPBACK_DOMAINS) or bool(
+        LOOPBACK_WILDCARD_DNS.search(host)
+    )
+
+
 def validate_domain(domain: str) -> str:
     """A preview domain a reviewer can reach: a DNS name (wildcard record to the gateway), not a loopback name."""
     cleaned = domain.strip().lower().rstrip(".")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from infra.workflows.ephemeral import is_loopback_name
 from infra.workflows.stacks import Context, WorkflowError, _as_object
 
 READYZ_TIMEOUT_SECONDS = 5.0
@@ -111,6 +112,17 @@ def client_for(info: StackInfo, transport: httpx.BaseTransport | None = None) ->
     )
 
 
+def loopback_note(url: str) -> str:
+    """A note when the URL's host is a name that resolves to the local machine (reachable only there)."""
+    host = (httpx.URL(url).host or "").lower()
+    if host in ("127.0.0.1", "::1") or is_loopback_name(host):
+        return (
+            f" ({host} resolves to the machine running ragops: set rag:gateway.hostname to a DNS name that points "
+            "at the cluster's gateway)"
+        )
+    return ""
+
+
 def check_ready(client: httpx.Client) -> Readiness:
     """One ``GET /readyz``."""
     try:
@@ -177,6 +189,7 @@ def smoke(
             if clock() >= deadline:
                 raise SmokeFailure(
                     f"GET {info.url}/readyz: {readiness.describe()} after waiting {wait_seconds:.0f}s"
+                    + loopback_note(str(info.url))
                 )
             sleep(min(5.0, max(0.0, deadline - clock())))
         report.steps.append(f"GET /readyz: {readiness.describe()}")

@@ -241,6 +241,18 @@ def test_smoke_fails_when_readyz_never_turns_ready(
     assert "NOT ready (HTTP 503; qdrant ok, redis failed)" in " ".join(result.output.split())
 
 
+def test_smoke_of_a_localhost_name_says_it_only_resolves_here(ctx: Context, backend: FakeBackend) -> None:
+    port = free_port()  # nothing listens: a stack deployed elsewhere under a loopback name is unreachable
+    backend.add_stack(
+        "dev", outputs={"serviceUrl": f"http://rag.localtest.me:{port}", "apiKeys": json.dumps({KEY: "d"})}
+    )
+    result = _invoke(ctx, "smoke", "-s", "dev", "--wait", "0")
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "unreachable" in out
+    assert "rag.localtest.me resolves to the machine running ragops: set rag:gateway.hostname" in out
+
+
 def test_smoke_without_an_api_key_output_refuses(ctx: Context, backend: FakeBackend) -> None:
     backend.add_stack("dev", outputs={"serviceUrl": "http://127.0.0.1:9"})
     result = _invoke(ctx, "smoke", "-s", "dev")
