@@ -1,15 +1,22 @@
-"""`Monitoring` (`rag:ops:Monitoring`): kube-prometheus-stack, the service's alerts and its Grafana dashboard.
+"""`Monitoring` (`rag:ops:Monitoring`): kube-prometheus-stack, the stack's alerts, their receivers and the dashboard.
 
 Creates the monitoring Namespace, the Grafana admin Secret (password from a Pulumi secret), the
 kube-prometheus-stack Helm release (pinned; its chart installs the monitoring.coreos.com CRDs; Prometheus is
-told to pick up every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own), a `PrometheusRule`
-with the service's alerts, and a dashboard ConfigMap labelled `grafana_dashboard: "1"` that Grafana's sidecar
-loads.
+told to pick up every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own), Alertmanager routing by
+severity to the configured receivers (their credentials in a Secret mounted as files, never in the chart's values),
+a PodMonitor for cert-manager (certificate expiry), a `PrometheusRule` with the alerts of every component and a
+dashboard ConfigMap labelled `grafana_dashboard: "1"` that Grafana's sidecar loads.
+
+Why rule expressions are built here rather than shipped as a YAML file: each depends on the stack (data-store
+modes, replica counts, whether backups and TLS exist, thresholds), and the tests feed exactly what the program
+declares to promtool. Managed data stores export nothing to the cluster's Prometheus, so their alerts use the
+service's own failure counters; in-cluster ones use their exporters' series.
 
 CRD ordering: `crds_ready` is the release; everything needing those CRDs (the rule here, the ServiceMonitors of
 RagService and QdrantCluster) depends on it, so nothing is created before the CRDs exist.
 
-Alert and panel queries use the metric names of service/app/core/metrics.py.
+Alert and panel queries use the metric names of service/app/core/metrics.py and the worker's agreed series
+(`WORKER_METRICS`). `python -m infra.components.monitoring` rewrites docs/grafana/rag-service.json.
 """
 
 from __future__ import annotations
