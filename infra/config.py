@@ -753,6 +753,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail("service.autoscaling.minReplicas", "must not exceed service.autoscaling.maxReplicas")
         if not scaling.minReplicas <= service.replicas <= scaling.maxReplicas:
             fail("service.replicas", "must lie within service.autoscaling.minReplicas..maxReplicas")
+    pods = scaling.minReplicas if scaling.enabled else service.replicas
+    if service.pdb.enabled and pods > 1 and service.pdb.minAvailable >= pods:
+        fail(
+            "service.pdb.minAvailable",
+            f"{service.pdb.minAvailable} leaves no pod of the {pods} evictable: node drains would block for ever",
+        )
     if service.settings.chunkOverlap >= service.settings.chunkSize:
         fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
 

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
 
-KEY_A = "key-a-0123456789abcdef"
-KEY_B = "key-b-fedcba9876543210"
+KEY_A = "key-a-0123456789abcdef0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210fedcba9876543210"
 API_KEYS = f"{KEY_A}:tenant-a,{KEY_B}:tenant-b"
 
 MakeClient = Callable[..., AbstractContextManager[TestClient]]
