@@ -321,8 +321,8 @@ def api_container(
 def worker_container(
     image: Any, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
 ) -> dict[str, Any]:
-    """The worker container: same image and settings, `python -m service.worker`, its Prometheus metrics on the
-    port named `metrics` (WORKER_METRICS_PORT), scraped by the worker PodMonitor."""
+    """The worker container: same image and settings, `python -m service.worker`, its Prometheus metrics and
+    probes on the port named `metrics` (WORKER_METRICS_PORT), scraped by the worker PodMonitor."""
     return {
         "name": "worker",
         "image": image,
@@ -330,6 +330,12 @@ def worker_container(
         "command": ["python", "-m", "service.worker"],
         "env": [{"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)}],
         "ports": [{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
+        # The worker's /healthz and /readyz fail once it has not polled the queue for WORKER_STALE_SECONDS
+        # (service/app/jobs/health.py): a worker that stopped consuming is restarted, not left 'running'.
+        # The startup probe covers loading the model before the first poll.
+        "startupProbe": specs.http_probe("/healthz", "metrics", period=5, timeout=3, failures=60),
+        "livenessProbe": specs.http_probe("/healthz", "metrics", period=15, timeout=5, failures=3),
+        "readinessProbe": specs.http_probe("/readyz", "metrics", period=10, timeout=5, failures=3),
         "envFrom": _settings_env_from(config_name, secret_name),
         **_restricted_runtime(resources, run_as_user),
     }

@@ -28,6 +28,7 @@ def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "qdrant_url": None,
         "qdrant_path": tmp_path / "qdrant",
         "redis_url": None,
+        "worker_metrics_port": 0,  # a worker run in a test serves no probe port unless the test asks
         "api_keys": API_KEYS,
         "rate_limit_enabled": False,
         "log_json": True,

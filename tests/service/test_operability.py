@@ -125,7 +125,7 @@ def test_metrics_expose_every_service_metric_with_route_templates(
         "rag_embedding_duration_seconds_bucket",
         "rag_search_duration_seconds_bucket",
         "rag_search_cache_requests_total",
-        "rag_job_queue_depth",
+        "rag_queue_depth",
         "rag_jobs_total",
         "rag_failures_total",
     ):

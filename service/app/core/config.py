@@ -118,6 +118,12 @@ class Settings(BaseSettings):
 
     # --- async ingestion -------------------------------------------------------------------------------
     jobs_queue_name: str = "rag:ingest"
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="worker's /metrics, /healthz, /readyz port (on HOST); 0: off"
+    )
+    worker_stale_seconds: float = Field(
+        60.0, gt=0, description="worker probes fail after this long without a successful poll of the queue"
+    )
     jobs_max_concurrency: int = Field(2, ge=1, le=64)
     jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
@@ -128,6 +134,18 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP hygiene ----------------------------------------------------------------------------------
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection must complete its request headers within this (slowloris)"
+    )
+    http_body_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest silence while a request body is being received"
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="idle keep-alive connections are closed after this"
+    )
+    http_limit_concurrency: int | None = Field(
+        None, ge=1, description="connections + requests per process before new requests get 503 (uvicorn)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
 

@@ -166,6 +166,10 @@ def test_worker_exposes_its_metrics_port_by_the_agreed_name() -> None:
     container = rs.worker_container("img@sha256:" + "a" * 64, Resources(), 10001, "cfg", "sec")
     assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
     assert {"name": "WORKER_METRICS_PORT", "value": "9100"} in container["env"]
+    # Probes that fail when the worker stops consuming (the worker's /healthz, /readyz on the same port).
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
 # ---------------------------------------------------------------------------------------------- validation
