@@ -34,6 +34,12 @@ ORPHANS_REMOVED = Counter(
     "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
 )
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
+SHADOW_WRITE_FAILURES = Counter(
+    "rag_shadow_write_failures_total",
+    "Writes whose copy into the re-index/standby generation failed (replayed by the re-index catch-up).",
+)
+REINDEX_DOCUMENTS = Gauge("rag_reindex_documents", "Documents of the running re-index, by state.", ["state"])
+REINDEX_STATE = Gauge("rag_reindex_running", "1 while a re-index builds or switches, else 0.")
 JOB_QUEUE_DEPTH = Gauge("rag_job_queue_depth", "Ingestion jobs waiting to run.")
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
 FAILURES = Counter(
