@@ -8,6 +8,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app.core.config import SettingsError, describe_settings_error, get_settings
+from service.app.core.server import GuardedHttpToolsProtocol
 from service.app.store.registry import DocumentRegistry
 
 
@@ -15,6 +16,7 @@ def main() -> None:
     """Run the service as configured by the environment."""
     try:
         settings = get_settings()
+        settings.load_api_keys()  # a broken API_KEYS_FILE is one line here, not a traceback from the lifespan
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -40,6 +42,9 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        limit_concurrency=settings.http_limit_concurrency,
     )
 
 

@@ -65,6 +65,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"cluster": {"provider": "gke"}}, "gateway.className", "not a GKE Gateway class"),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
+        "prod",
+        {"qdrant": {"snapshotsStorage": {"size": "5Gi"}}},
+        "qdrant.snapshotsStorage.size",
+        "smaller than qdrant.storage.size",
+    ),
+    (
         "staging",
         {"service": {"autoscaling": {"minReplicas": 6}}},
         "service.autoscaling.minReplicas",
