@@ -25,7 +25,7 @@ from fastapi import Depends, FastAPI
 
 from service.app import production
 from service.app.api.middleware import install_middleware
-from service.app.api.routes import admin, documents, health, jobs, metrics, search
+from service.app.api.routes import admin, documents, health, internal, jobs, metrics, search
 from service.app.api.routes.docs import install_docs
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
@@ -281,4 +281,6 @@ def create_app(
     app.include_router(admin.router, responses=error_responses(401, 403))
     app.include_router(health.router)
     app.include_router(metrics.router)
+    if settings.internal_token is not None:
+        app.include_router(internal.router)
     return app

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     qdrant_replication_factor: int = Field(1, ge=1, le=10)
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_timeout_seconds: float = Field(10.0, gt=0)
+    internal_token: SecretStr | None = Field(
+        None,
+        description="API: serve its embedded store to workers on /internal/vectors; worker: the token to send",
+    )
+    vector_store_url: str | None = Field(
+        None,
+        description="worker: base URL of the API whose embedded store it writes through (INTERNAL_TOKEN)",
+    )
 
     # --- embedding and chunking ------------------------------------------------------------------------
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
