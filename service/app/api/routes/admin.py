@@ -20,15 +20,15 @@ from service.app.ingest.index import IndexConfig
 
 
 async def require_admin(request: Request) -> None:
-    """401 without a bearer token, 401 for a wrong one, 403 when no ADMIN_API_KEY is configured."""
+    """401 without a bearer token, 403 when no ADMIN_API_KEY is configured, 401 for a wrong key."""
     settings = request.app.state.services.settings
     if settings.auth_disabled:
         return
-    if settings.admin_api_key is None:
-        raise Forbidden("admin routes are disabled: set ADMIN_API_KEY")
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
         raise MissingApiKey("missing admin key: send `Authorization: Bearer <ADMIN_API_KEY>`")
+    if settings.admin_api_key is None:
+        raise Forbidden("admin routes are disabled: set ADMIN_API_KEY")
     if not hmac.compare_digest(token.encode(), settings.admin_api_key.get_secret_value().encode()):
         raise InvalidApiKey("invalid admin key")
 
