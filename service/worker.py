@@ -70,7 +70,9 @@ async def _default_services(settings: Settings) -> Any:
         # The API owns the embedded store; this worker writes through it (service.app.store.remote).
         vectors = RemoteVectorStore.from_settings(settings)
     # Same container as the API (migrates the registry, ensures the collection, loads the model).
-    services = await to_thread.run_sync(lambda: build_services(settings, vectors=vectors))
+    services = await to_thread.run_sync(
+        lambda: build_services(settings, vectors=vectors, start_reindex=False)
+    )
     if vectors is not None:
         services.closers.append(vectors.close)
     return services

@@ -75,8 +75,13 @@ def build_services(
     embedder: Embedder | None = None,
     vectors: VectorStore | None = None,
     registry: DocumentRegistry | None = None,
+    start_reindex: bool = True,
 ) -> Services:
-    """Build (or take) the adapters, prepare the backends, and wire the domain services."""
+    """Build (or take) the adapters, prepare the backends, and wire the domain services.
+
+    ``start_reindex``: whether a config that differs from the served index starts a re-index here (the API);
+    workers pass False and follow the index pointer instead.
+    """
     closers: list[Callable[[], Any]] = []
     if embedder is None:
         from service.app.store.embedder import FastEmbedEmbedder
@@ -141,11 +146,39 @@ def build_services(
         closers=closers,
         reindexer=reindexer,
     )
-    if generation.config != wanted and settings.reindex_on_config_change:
+    ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
+    if generation.config != wanted and settings.reindex_on_config_change and start_reindex:
         # A changed model or chunking: build it in the background while search serves the current index.
         logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
         reindexer.start(wanted)
     return services
+
+
+def _follow_pointer(
+    registry: DocumentRegistry,
+    index: ActiveIndex,
+    reindexer: Reindexer,
+    make_generation: Callable[..., IndexGeneration],
+) -> None:
+    """Adopt a switch another process made (its re-index or rollback): serve and write where the pointer says.
+
+    Called before each write, so a worker or another replica writes into the new collection (and keeps the
+    old one, the rollback target, as its shadow) from its first write after the switch.
+    """
+    if reindexer.running():
+        return  # this process is switching itself
+    pointer = registry.index_pointer()
+    state = index.state
+    if pointer is None or pointer.collection == state.current.collection:
+        return
+    generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
+    standby = None
+    if pointer.previous_collection == state.current.collection:
+        standby = state.current
+    elif pointer.previous_collection and pointer.previous_config:
+        standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
+    logger.info("following the index pointer to %s", pointer.collection)
+    index.set(IndexState(current=generation, shadow=standby))
 
 
 def _generation_factory(
@@ -153,6 +186,8 @@ def _generation_factory(
 ) -> Callable[..., IndexGeneration]:
     """Builds the generation of a config: its collection through the same client, its model, its chunker."""
     embedders: dict[str, Embedder] = {embedder.model_name: embedder}
+    # One store object per collection: local mode's in-process point index must see every write to it.
+    stores: dict[str, VectorStore] = {base.collection: base}
 
     def make(config: IndexConfig, collection: str | None = None) -> IndexGeneration:
         model = embedders.get(config.model)
@@ -174,12 +209,11 @@ def _generation_factory(
             embedders[config.model] = model
         if collection is None:
             collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
-        if collection == base.collection:
+        if not isinstance(base, QdrantVectorStore):
+            # A store lent by the API process (service.app.store.remote) serves the API's current collection.
             store = base
-        elif isinstance(base, QdrantVectorStore):
-            store = base.sibling(collection, model.dimension)
         else:
-            raise InvalidInput("re-indexing needs the Qdrant vector store")
+            store = stores.setdefault(collection, base.sibling(collection, model.dimension))
         try:
             chunker = Chunker(
                 model.tokenizer,

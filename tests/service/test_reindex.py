@@ -204,3 +204,35 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
+
+
+def test_another_process_adopts_the_switch_at_its_next_write(
+    client: TestClient, embedder: FastEmbedEmbedder
+) -> None:
+    import anyio
+
+    from service.app.main import build_services
+
+    services = services_of(client)
+    client.put("/v1/documents/d0", json={"text": text_of(0, 0)})
+    # A second process (a worker, another replica) sharing the registry and the store, built before the switch.
+    other = build_services(
+        services.settings,
+        embedder=embedder,
+        vectors=services.vectors,
+        registry=services.registry,
+        start_reindex=False,
+    )
+    old = other.ingest.index.current
+    assert client.post("/v1/admin/reindex", json={"chunk_size": 24, "chunk_overlap": 4}).status_code == 202
+    assert services.reindexer.wait(timeout=600).state == "switched"
+    new = services.ingest.index.current
+
+    result = anyio.run(lambda: other.ingest.ingest("default", "from-other", text=text_of(4, 1)))
+    assert other.ingest.index.current.collection == new.collection
+    assert other.ingest.index.state.shadow.collection == old.collection
+    # Counted in Qdrant itself: the two "processes" each hold their own store objects.
+    assert new.vectors.count("default", "from-other") == result.chunks
+    assert old.vectors.count("default", "from-other") > 0  # the rollback target has it too
+    hits = client.post("/v1/search", json={"query": "coral reef fish", "top_k": 5}).json()["results"]
+    assert "from-other" in {hit["document_id"] for hit in hits}
