@@ -13,6 +13,8 @@ STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
 SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
+comma := ,
+
 .PHONY: help install model serve worker test lint format plan bench constraints servers clean
 
 help: ## List the targets
@@ -59,8 +61,10 @@ format: install ## Apply ruff fixes and formatting
 plan: install ## Render, validate and policy-check a stack offline: make plan STACK=prod
 	$(PY) -m infra.render --stack $(STACK) --out out/$(STACK)
 
-bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant; rewrites docs/benchmarks.md
+bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw; `make bench SCALE=100000` adds the scale run
 	$(PY) bench/ingest_search.py
+	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
+	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)
 
 constraints: ## Re-pin the transitive dependency set from a fresh venv
 	rm -rf /tmp/rag-constraints && $(PYTHON) -m venv /tmp/rag-constraints

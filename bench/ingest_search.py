@@ -102,8 +102,9 @@ def free_port() -> int:
 class ServiceProcess:
     """`python -m service` on loopback with embedded defaults in a temp dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        extra = env
         env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -116,8 +117,9 @@ class ServiceProcess:
             "LOG_LEVEL": "WARNING",
             "EMBEDDING_MODEL_PATH": str(MODEL_DIR),
         }
-        for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH"):
+        for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH", "EDGE_PATH", "VECTOR_STORE"):
             env.pop(key, None)
+        env.update(extra or {})
         self.log_path = data_dir.parent / "service.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(

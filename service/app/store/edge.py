@@ -468,6 +468,11 @@ class EdgeVectorStore:
         return self.shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
     @_guarded
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless the shard is open and answers (readiness)."""
+        self.shard.info()
+
+    @_guarded
     def optimize(self) -> bool:
         """Run the optimizers now (HNSW build, merges, vacuum) and wait; True when anything changed."""
         return self.shard.optimize()

@@ -453,6 +453,12 @@ class QdrantVectorStore:
         return hits
 
     @_guarded
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless the backend answers and the collection exists (readiness)."""
+        if not self.client.collection_exists(self.collection):
+            raise ServiceUnavailable(f"collection {self.collection} does not exist")
+
+    @_guarded
     def count(self, tenant_id: str, document_id: str | None = None) -> int:
         """Number of points of the tenant (or of one document, all versions); used by tests and checks."""
         must = [models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant_id))]
