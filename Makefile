@@ -15,7 +15,7 @@ SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
 comma := ,
 
-.PHONY: help install model serve worker test lint format plan bench constraints servers clean
+.PHONY: help install model serve worker test lint format plan bench eval constraints servers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw; `make b
 	$(PY) bench/ingest_search.py
 	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
 	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)
+
+eval: install model ## Retrieval quality (hit@1/5, MRR@10, nDCG@10 per mode) on the man-page set through the HTTP API
+	$(PY) -m quality.evaluate $(EVAL_ARGS)
 
 constraints: ## Re-pin the transitive dependency set from a fresh venv
 	rm -rf /tmp/rag-constraints && $(PYTHON) -m venv /tmp/rag-constraints

@@ -166,6 +166,7 @@ def qdrant_args(
         snapshots_size=cfg.snapshotsStorage.size,
         resources=resources(cfg.resources),
         protect=config.protect,
+        pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
@@ -281,6 +282,8 @@ class DataStores:
     redis_url: pulumi.Input[str]
     egress: tuple[EgressTarget, ...]
     """Qdrant, Postgres and Redis, for the service's egress NetworkPolicy."""
+    ready: tuple[pulumi.Resource, ...] = ()
+    """What the service's workloads wait for (each component's `ready`)."""
 
     @classmethod
     def of(cls, qdrant: QdrantCluster, postgres: PostgresDatabase, redis: RedisCache) -> DataStores:
@@ -292,6 +295,7 @@ class DataStores:
             database_url=postgres.url,
             redis_url=redis.url,
             egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
+            ready=(*qdrant.ready, *postgres.ready, *redis.ready),
         )
 
 
@@ -347,12 +351,20 @@ def service_args(
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
+        backends=stores.ready,
+        pdb_enabled=cfg.pdb.enabled,
+        pdb_min_available=cfg.pdb.minAvailable,
         depends_on=ready,
     )
 
 
 def gateway_args(
-    config: StackConfig, *, service_name: str, service_port: int, ready: tuple[pulumi.Resource, ...] = ()
+    config: StackConfig,
+    *,
+    service_name: str,
+    service_port: int,
+    ready: tuple[pulumi.Resource, ...] = (),
+    gateway_crds: tuple[pulumi.Resource, ...] = (),
 ) -> TlsGatewayArgs:
     """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service."""
     tls = config.tls
@@ -372,6 +384,7 @@ def gateway_args(
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
+        gateway_crds=gateway_crds,
         depends_on=ready,
     )
 
@@ -534,7 +547,11 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         gateway = TlsGateway(
             "gateway",
             gateway_args(
-                config, service_name=service.service_name, service_port=service.service_port, ready=ready
+                config,
+                service_name=service.service_name,
+                service_port=service.service_port,
+                ready=ready,
+                gateway_crds=cluster.gateway_api,
             ),
             opts=in_cluster,
         )
@@ -551,7 +568,8 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
                 service_account_annotations=cluster.workload_identity(
                     config.namespace, BACKUPS_NAME, "backup"
                 ),
-                ready=ready,
+                # The job reads Qdrant's API-key Secret by name and calls every node.
+                ready=(*ready, *qdrant.ready),
             ),
             opts=data_opts,
         )

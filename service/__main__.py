@@ -18,6 +18,12 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.redis_url and settings.embedded_vector_store:
+        raise SystemExit(
+            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
+            f"store (VECTOR_STORE={settings.vector_store}) opens in one process only; unset REDIS_URL to run jobs "
+            "in the API process"
+        )
     if settings.workers > 1 and settings.embedded_vector_store:
         raise SystemExit(
             "service: error: WORKERS > 1 needs a Qdrant server (QDRANT_URL): "

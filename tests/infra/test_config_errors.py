@@ -38,6 +38,31 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.nodeGroup.desiredSize",
         "within minSize..maxSize",
     ),
+    (
+        "prod",
+        {"cluster": {"eks": {"publicAccessCidrs": ["10.0.0.1/8"]}}},
+        "cluster.eks.publicAccessCidrs",
+        "not an IPv4/IPv6 network",
+    ),
+    (
+        "prod",
+        {"cluster": {"eks": {"endpointPublicAccess": True}}},
+        "cluster.eks.publicAccessCidrs",
+        "EKS would open it to 0.0.0.0/0",
+    ),
+    (
+        "staging",
+        {"cluster": {"gke": {"masterAuthorizedNetworks": ["nowhere"]}}},
+        "cluster.gke.masterAuthorizedNetworks",
+        "not an IPv4/IPv6 network",
+    ),
+    (
+        "staging",
+        {"cluster": {"gke": {"masterAuthorizedNetworks": []}}},
+        "cluster.gke.masterAuthorizedNetworks",
+        "no authorized network is listed",
+    ),
+    ("prod", {"cluster": {"provider": "gke"}}, "gateway.className", "not a GKE Gateway class"),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
         "staging",

@@ -123,7 +123,13 @@ def test_postgres_managed_sizes_and_network() -> None:
     assert args.availability_type == "REGIONAL"
     assert args.protect is True
     gke = stack.postgres_args(
-        config("prod", cluster={"provider": "gke", "gke": {"project": "p"}}), target("gke"), password="pw"
+        config(
+            "prod",
+            cluster={"provider": "gke", "gke": {"project": "p"}},
+            gateway={"className": "gke-l7-global-external-managed"},
+        ),
+        target("gke"),
+        password="pw",
     )
     assert (gke.mode, gke.private_network, gke.region) == (
         "cloudsql",
@@ -139,7 +145,13 @@ def test_redis_args_per_target() -> None:
     assert managed.num_cache_clusters == 1 + config("prod").redis.managed.replicas
     assert managed.allowed_cidrs == ("10.0.0.0/16",)
     memorystore = stack.redis_args(
-        config("prod", cluster={"provider": "gke", "gke": {"project": "p"}}), target("gke"), password="pw"
+        config(
+            "prod",
+            cluster={"provider": "gke", "gke": {"project": "p"}},
+            gateway={"className": "gke-l7-global-external-managed"},
+        ),
+        target("gke"),
+        password="pw",
     )
     assert memorystore.mode == "memorystore"
     assert memorystore.allowed_cidrs == ("10.100.0.0/16",)

@@ -1,0 +1,208 @@
+"""A first `pulumi up` converges: what each resource needs exists before it is created (issue 8).
+
+These tests read the dependency graph the engine would see (explicit `depends_on` plus input dependencies, as
+recorded by `infra.offline`) and assert the orderings a real cluster and cloud demand: workloads after what they
+read, custom resources after what installs their CRDs, cloud bindings after the cluster that creates their pool.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+
+from infra.offline import RecordedResource, StackRun
+from tests.infra.conftest import run
+
+
+def closure(result: StackRun, resource: RecordedResource) -> set[str]:
+    """URNs `resource` transitively waits for (depends_on edges; a component stands for all its children)."""
+    by_urn = {r.urn: r for r in result.resources}
+    children: dict[str, list[str]] = {}
+    for r in result.resources:
+        if r.parent is not None:
+            children.setdefault(r.parent, []).append(r.urn)
+
+    @cache
+    def expand(urn: str) -> frozenset[str]:
+        # Depending on a component means depending on every resource under it.
+        out = {urn}
+        for child in children.get(urn, ()):
+            out |= expand(child)
+        return frozenset(out)
+
+    seen: set[str] = set()
+    stack = list(resource.depends_on)
+    while stack:
+        urn = stack.pop()
+        for dep in expand(urn):
+            if dep not in seen:
+                seen.add(dep)
+                stack.extend(by_urn[dep].depends_on if dep in by_urn else ())
+    return seen
+
+
+def waits_for(result: StackRun, resource: RecordedResource, other: RecordedResource) -> bool:
+    return other.urn in closure(result, resource)
+
+
+def test_service_workloads_wait_for_what_they_read_and_the_managed_stores() -> None:
+    # prod on EKS: RDS and ElastiCache take 15-30 minutes; the Deployments' rollout await is 10.
+    result = run("prod")
+    api, worker = result.by_name("rag-api"), result.by_name("rag-worker")
+    for needed in ("rag-secrets", "rag-config", "rag-sa", "postgres-instance", "redis-replication-group"):
+        assert waits_for(result, api, result.by_name(needed)), needed
+        assert waits_for(result, worker, result.by_name(needed)), needed
+    assert waits_for(result, api, result.by_name("qdrant-statefulset"))
+
+
+def test_cloud_sql_clients_wait_for_the_database_user() -> None:
+    result = run("prod", "gke")
+    api = result.by_name("rag-api")
+    for needed in ("postgres-instance", "postgres-database", "postgres-user", "redis-instance"):
+        assert waits_for(result, api, result.by_name(needed)), needed
+
+
+def test_in_cluster_stores_wait_for_their_secrets() -> None:
+    result = run("staging")
+    assert waits_for(result, result.by_name("redis-statefulset"), result.by_name("redis-password"))
+    assert waits_for(result, result.by_name("qdrant-statefulset"), result.by_name("qdrant-api-key"))
+    assert waits_for(result, result.by_name("rag-api"), result.by_name("postgres-cluster"))
+
+
+def test_the_backup_job_waits_for_its_script_account_and_qdrant_secret() -> None:
+    result = run("prod")
+    cronjob = result.by_name("qdrant-backups-cronjob")
+    for needed in ("qdrant-backups-script", "qdrant-backups-sa", "qdrant-api-key"):
+        assert waits_for(result, cronjob, result.by_name(needed)), needed
+
+
+def test_workload_identity_bindings_wait_for_the_cluster_that_creates_the_pool() -> None:
+    result = run("staging")
+    cluster = result.by_name("gke")
+    for binding in result.of_type("gcp:serviceaccount/iAMMember:IAMMember"):
+        assert waits_for(result, binding, cluster), binding.name
+
+
+# --- APIs before their users -------------------------------------------------------------------------------------
+
+GATEWAY_KINDS = (
+    "kubernetes:gateway.networking.k8s.io/v1:Gateway",
+    "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
+)
+
+
+def test_eks_installs_a_gateway_controller_and_its_class_before_the_gateway() -> None:
+    for stack in ("prod", "staging"):
+        result = run(stack, "eks")
+        release = result.by_name("envoy-gateway")
+        assert release.inputs["chart"] == "oci://docker.io/envoyproxy/gateway-helm"
+        assert release.inputs["version"] == "v1.9.0"
+        gateway_class = result.by_name("gateway-class")
+        gateway = result.by_name("gateway-gateway")
+        assert gateway_class.inputs["metadata"]["name"] == gateway.inputs["spec"]["gatewayClassName"]
+        assert (
+            gateway_class.inputs["spec"]["controllerName"] == "gateway.envoyproxy.io/gatewayclass-controller"
+        )
+        assert waits_for(result, gateway_class, release)
+        for kind in GATEWAY_KINDS:
+            for resource in result.of_type(kind):
+                assert waits_for(result, resource, gateway_class), resource.name
+        # cert-manager's Gateway API support needs the CRDs when it starts.
+        assert waits_for(result, result.by_name("gateway-cert-manager"), release)
+
+
+def test_gke_switches_on_its_gateway_api_before_the_gateway_and_cert_manager() -> None:
+    for stack in ("staging", "prod"):
+        result = run(stack, "gke")
+        cluster = result.by_name("gke")
+        assert cluster.inputs["gatewayApiConfig"] == {"channel": "CHANNEL_STANDARD"}
+        for name in (
+            "gateway-gateway",
+            "gateway-route",
+            "gateway-cert-manager",
+            "gateway-health-check-policy",
+        ):
+            assert waits_for(result, result.by_name(name), cluster), name
+
+
+def test_cert_manager_gateway_api_support_follows_the_entry() -> None:
+    gateway = run("dev").by_name("gateway-cert-manager").inputs["values"]
+    assert gateway["config"]["enableGatewayAPI"] is True
+    ingress = run(
+        "dev", gateway={"className": "envoy-gateway", "ingress": {"enabled": True, "className": "nginx"}}
+    )
+    assert "config" not in ingress.by_name("gateway-cert-manager").inputs["values"]
+
+
+def test_custom_resources_wait_for_what_installs_their_crds() -> None:
+    providers = {
+        "cert-manager.io": "gateway-cert-manager",
+        "monitoring.coreos.com": "monitoring-stack",
+        "postgresql.cnpg.io": "postgres-operator",
+    }
+    for stack, target in (("staging", "gke"), ("staging", "eks"), ("dev", "existing")):
+        result = run(stack, target)
+        for resource in result.resources:
+            group = resource.type.split(":")[1].split("/")[0]
+            if group in providers:
+                provider = result.by_name(providers[group])
+                assert waits_for(result, resource, provider), (stack, target, resource.name)
+
+
+# --- what the cluster enforces -----------------------------------------------------------------------------------
+
+
+def test_eks_enforces_network_policies_and_serves_the_metrics_api() -> None:
+    result = run("prod")
+    addon = result.by_name("vpc-cni")
+    assert addon.inputs["addonName"] == "vpc-cni"
+    assert json.loads(addon.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    # Nodes join with the policy agent already configured.
+    assert waits_for(result, result.by_name("eks-nodes"), addon)
+    assert result.by_name("metrics-server").inputs["chart"] == "metrics-server"
+    assert waits_for(result, result.by_name("rag-hpa"), result.by_name("metrics-server"))
+
+
+def test_gke_enforces_network_policies_with_dataplane_v2() -> None:
+    for stack in ("staging", "prod"):
+        assert run(stack, "gke").by_name("gke").inputs["datapathProvider"] == "ADVANCED_DATAPATH"
+
+
+def test_kube_prometheus_stack_does_not_scrape_managed_control_planes() -> None:
+    values = run("prod").by_name("monitoring-stack").inputs["values"]
+    for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
+        assert values[component] == {"enabled": False}, component
+    assert not any(values["defaultRules"]["rules"].values())
+
+
+# --- security defaults -------------------------------------------------------------------------------------------
+
+
+def test_prod_clusters_are_private_by_default() -> None:
+    vpc = run("prod").by_name("eks").inputs["vpcConfig"]
+    assert vpc["endpointPublicAccess"] is False
+    assert vpc["endpointPrivateAccess"] is True
+    gke = run("prod", "gke").by_name("gke").inputs
+    assert gke["privateClusterConfig"]["enablePrivateNodes"] is True
+    assert gke["privateClusterConfig"]["enablePrivateEndpoint"] is True
+    assert gke["masterAuthorizedNetworksConfig"]["gcpPublicCidrsAccessEnabled"] is False
+    # Private nodes still pull public images through Cloud NAT.
+    assert (
+        run("prod", "gke").by_name("nat").inputs["sourceSubnetworkIpRangesToNat"]
+        == "ALL_SUBNETWORKS_ALL_IP_RANGES"
+    )
+
+
+def test_opening_an_endpoint_takes_the_ranges_it_opens_to() -> None:
+    vpc = run("staging", "eks").by_name("eks").inputs["vpcConfig"]
+    assert vpc["endpointPublicAccess"] is True
+    assert vpc["publicAccessCidrs"] == ["0.0.0.0/0"]
+    opened = run(
+        "prod", cluster={"eks": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}}
+    )
+    assert opened.by_name("eks").inputs["vpcConfig"]["publicAccessCidrs"] == ["203.0.113.0/24"]
+    gke = run("staging").by_name("gke").inputs
+    assert gke["privateClusterConfig"]["enablePrivateEndpoint"] is False
+    assert gke["masterAuthorizedNetworksConfig"]["cidrBlocks"] == [
+        {"cidrBlock": "0.0.0.0/0", "displayName": "deployers-0"}
+    ]
