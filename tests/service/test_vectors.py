@@ -288,3 +288,17 @@ def test_server_mode_creates_the_collection_with_cosine_and_payload_indexes(tmp_
     }
     assert sum(1 for name, _, _ in client.calls if name == "create_payload_index") == 5
     assert sum(1 for name, _, _ in client.calls if name == "upsert") == 2
+
+
+def test_versions_lists_every_stored_version_with_its_point_count(store: VectorStore) -> None:
+    from service.app.store.vectors import PointVersion
+
+    store.upsert([chunk("doc", v, i, [1.0, float(i), float(v), 0.0]) for v in (1, 2) for i in range(v + 1)])
+    store.upsert([chunk("doc", 1, 0, [1.0, 0.0, 0.0, 0.0], tenant="t2")])
+    assert sorted(store.versions(), key=lambda p: (p.tenant_id, p.version)) == [
+        PointVersion("t1", "doc", 1, 2),
+        PointVersion("t1", "doc", 2, 3),
+        PointVersion("t2", "doc", 1, 1),
+    ]
+    store.delete_version("t1", "doc", 1)
+    assert {(p.tenant_id, p.version) for p in store.versions()} == {("t1", 2), ("t2", 1)}

@@ -51,6 +51,7 @@ from service.app.core.metrics import FAILURES
 from service.app.store.vectors import (
     ChunkPoint,
     MetadataCondition,
+    PointVersion,
     VectorHit,
     collection_name,
     point_id,
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 DENSE_VECTOR = "dense"
 UPSERT_BATCH = 256
+SCROLL_PAGE = 4096
 LOCK_FILE = ".lock"
 
 
@@ -466,6 +468,25 @@ class EdgeVectorStore:
         if document_id is not None:
             must.append(_match("document_id", document_id))
         return self.shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
+
+    @_guarded
+    def versions(self) -> list[PointVersion]:
+        """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
+        point-id order, reading three payload fields (memory: one entry per version, not per point)."""
+        counts: dict[tuple[str, str, int], int] = {}
+        offset: Any = None
+        while True:
+            records, offset = self.shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
+                )
+            )
+            for record in records:
+                payload = record.payload or {}
+                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+                counts[key] = counts.get(key, 0) + 1
+            if offset is None:
+                return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
 
     @_guarded
     def ping(self) -> None:
