@@ -436,6 +436,12 @@ def main() -> None:
     embed_seconds = time.perf_counter() - started
     query_vectors = np.asarray([embedder.embed_query(t) for t in query_texts], dtype=np.float32)
     nprng = np.random.default_rng(args.seed)
+    # Start-up of the same service on an empty data dir: what start-up costs before any data (imports, model).
+    started = time.perf_counter()
+    empty = ServiceProcess(work / "empty", env=args.service_env)
+    empty_startup = time.perf_counter() - started
+    empty_rss = rss_mb(empty.proc.pid)
+    empty.stop()
     results = []
     try:
         for n in sizes:
@@ -451,7 +457,8 @@ def main() -> None:
         f"{len(texts)} real chunks of standard-library docstrings embedded in {embed_seconds:.0f} s, replicated "
         f"with noise up to each size; {args.queries} queries (docstring first sentences), top_k {TOP_K}, tenant "
         f"filter on 90 % of the points; local mode measured on {args.local_queries} queries, skipped above "
-        f"{args.local_max:,} points."
+        f"{args.local_max:,} points. The same service on an empty data dir started in {empty_startup:.2f} s "
+        f"with {empty_rss:.0f} MB RSS (the baseline for the start-up and RSS columns)."
     )
     table = render(results, setup)
     print(table)
