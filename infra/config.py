@@ -716,6 +716,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
+    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < _bytes(qdrant.storage.size):
+        fail(
+            "qdrant.snapshotsStorage.size",
+            f"{qdrant.snapshotsStorage.size} is smaller than qdrant.storage.size ({qdrant.storage.size}): a node's "
+            "snapshot (and a snapshot being restored) is about as large as its data",
+        )
+
     service = config.service
     scaling = service.autoscaling
     if scaling.enabled:
@@ -723,6 +730,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail("service.autoscaling.minReplicas", "must not exceed service.autoscaling.maxReplicas")
         if not scaling.minReplicas <= service.replicas <= scaling.maxReplicas:
             fail("service.replicas", "must lie within service.autoscaling.minReplicas..maxReplicas")
+    pods = scaling.minReplicas if scaling.enabled else service.replicas
+    if service.pdb.enabled and pods > 1 and service.pdb.minAvailable >= pods:
+        fail(
+            "service.pdb.minAvailable",
+            f"{service.pdb.minAvailable} leaves no pod of the {pods} evictable: node drains would block for ever",
+        )
     if service.settings.chunkOverlap >= service.settings.chunkSize:
         fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
 
@@ -766,6 +779,25 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
         if service.replicas < 2 and not scaling.enabled:
             fail("service.replicas", "prod requires at least 2 service replicas or autoscaling")
+
+
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def _bytes(quantity: str) -> float:
+    """A storage quantity (already matched by QUANTITY_RE) in bytes."""
+    number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS.get(unit, 1)
 
 
 def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:

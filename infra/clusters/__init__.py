@@ -26,6 +26,8 @@ class Registry:
     server: pulumi.Output[str]
     username: pulumi.Output[str] | None = None
     password: pulumi.Output[str] | None = None  # secret
+    # Where the BuildKit cache goes (`<cache_repository>:buildcache`, overwritten each build); None: `repository`.
+    cache_repository: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)

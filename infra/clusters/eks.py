@@ -299,6 +299,36 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         force_delete=not config.protect,
         opts=kept,
     )
+    # The build cache is one tag rewritten by every build: it cannot live in the IMMUTABLE repository.
+    cache_repository = aws.ecr.Repository(
+        "registry-cache",
+        name=f"rag-service-{stack}-cache",
+        image_tag_mutability="MUTABLE",
+        force_delete=True,
+        opts=opts,
+    )
+    aws.ecr.LifecyclePolicy(
+        "registry-cache-lifecycle",
+        repository=cache_repository.name,
+        policy=json.dumps(
+            {
+                "rules": [
+                    {
+                        "rulePriority": 1,
+                        "description": "drop cache blobs no tag points to any more",
+                        "selection": {
+                            "tagStatus": "untagged",
+                            "countType": "sinceImagePushed",
+                            "countUnit": "days",
+                            "countNumber": 7,
+                        },
+                        "action": {"type": "expire"},
+                    }
+                ]
+            }
+        ),
+        opts=opts,
+    )
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
@@ -410,6 +440,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             server=repository.repository_url.apply(lambda url: url.split("/", 1)[0]),
             username=token.user_name,
             password=pulumi.Output.secret(token.password),
+            cache_repository=cache_repository.repository_url,
         ),
         storage_class=eks.storageClass,
         cloud_provider=aws_provider,

@@ -51,13 +51,21 @@ class QdrantClusterArgs:
     """Qdrant nodes (StatefulSet pods); production uses 3."""
     replication_factor: int = 1
     """Replication factor the service uses for new collections (QDRANT_REPLICATION_FACTOR); <= replicas."""
+    shard_number: int = 1
+    """Shards per collection the service creates (QDRANT_SHARD_NUMBER): spread over the nodes, so more shards
+    than nodes lets a later scale-out move shards instead of re-creating collections."""
     image: str = DEFAULT_IMAGE
     """Pinned image; the -unprivileged variant runs as UID 1000."""
     storage_size: str = "10Gi"
     storage_class: str | None = None
     """StorageClass of the data PVCs; None uses the cluster default."""
     snapshots_size: str = "10Gi"
-    """Size limit of the snapshots emptyDir (snapshots are streamed to object storage by QdrantBackups)."""
+    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod).
+    A snapshot of a node, and an uploaded snapshot being restored, is about as large as the node's data, so give
+    it at least `storage_size` when backups run; an emptyDir would come out of the node's disk and get the pod
+    evicted past its limit."""
+    snapshots_storage_class: str | None = None
+    """StorageClass of the snapshot volume; None uses the cluster default."""
     resources: Resources = field(
         default_factory=lambda: Resources(
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
@@ -88,6 +96,7 @@ def validate_args(args: QdrantClusterArgs) -> None:
         "QdrantClusterArgs.replication_factor must be at least 1 and at most replicas "
         f"({args.replicas}): each copy of a shard lives on a different node.",
     )
+    require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
     specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
     args.resources.validate("QdrantClusterArgs.resources")
@@ -135,6 +144,9 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         {"name": "QDRANT__CLUSTER__P2P__PORT", "value": str(P2P_PORT)},
         {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
         {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+        # Snapshot assembly and snapshot uploads (restore) write temporary files: keep them on the snapshot
+        # volume, not on the data volume (default storage/snapshots_temp, which a full data disk cannot take).
+        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
         {
@@ -187,7 +199,15 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
                 "volumes": [
-                    {"name": "snapshots", "emptyDir": {"sizeLimit": args.snapshots_size}},
+                    {
+                        "name": "snapshots",
+                        "ephemeral": {
+                            "volumeClaimTemplate": {
+                                "metadata": {"labels": dict(match)},
+                                "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
+                            }
+                        },
+                    },
                     {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                 ],
@@ -244,6 +264,8 @@ class QdrantCluster(pulumi.ComponentResource):
     api_key: pulumi.Output[str]
     """The API key (secret)."""
     replication_factor: int
+    shard_number: int
+    """Shards per collection (the service creates collections with it)."""
     service_name: str
     headless_service_name: str
     api_key_secret_name: str
@@ -334,6 +356,7 @@ class QdrantCluster(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{HTTP_PORT}")
         self.api_key = api_key
         self.replication_factor = args.replication_factor
+        self.shard_number = args.shard_number
         self.service_name = base
         self.headless_service_name = headless_name(base)
         self.api_key_secret_name = secret_name
@@ -345,6 +368,7 @@ class QdrantCluster(pulumi.ComponentResource):
                 "endpoint": self.endpoint,
                 "apiKey": self.api_key,
                 "replicationFactor": self.replication_factor,
+                "shardNumber": self.shard_number,
                 "peerUrls": self.peer_urls,
             }
         )

@@ -65,6 +65,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"cluster": {"provider": "gke"}}, "gateway.className", "not a GKE Gateway class"),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
+        "prod",
+        {"qdrant": {"snapshotsStorage": {"size": "5Gi"}}},
+        "qdrant.snapshotsStorage.size",
+        "smaller than qdrant.storage.size",
+    ),
+    (
         "staging",
         {"service": {"autoscaling": {"minReplicas": 6}}},
         "service.autoscaling.minReplicas",
@@ -72,6 +78,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("staging", {"service": {"replicas": 9}}, "service.replicas", "must lie within"),
     ("dev", {"service": {"settings": {"chunkOverlap": 2000}}}, "service.settings.chunkOverlap", "smaller"),
+    ("staging", {"service": {"pdb": {"minAvailable": 2}}}, "service.pdb.minAvailable", "drains would block"),
     ("dev", {"postgres": {"mode": "managed"}}, "postgres.mode", "managed needs a cloud cluster"),
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),

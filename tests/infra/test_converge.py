@@ -206,3 +206,75 @@ def test_opening_an_endpoint_takes_the_ranges_it_opens_to() -> None:
     assert gke["masterAuthorizedNetworksConfig"]["cidrBlocks"] == [
         {"cidrBlock": "0.0.0.0/0", "displayName": "deployers-0"}
     ]
+
+
+# --- values cloud APIs accept and keep -------------------------------------------------------------------------
+
+
+def test_the_build_cache_goes_to_a_repository_that_takes_overwrites() -> None:
+    result = run("prod")
+    image = result.by_name("service-image-image").inputs
+    cache = result.by_name("registry-cache").inputs
+    assert cache["imageTagMutability"] == "MUTABLE"
+    assert result.by_name("registry").inputs["imageTagMutability"] == "IMMUTABLE"
+    (cache_to,) = image["cacheTo"]
+    assert cache_to["registry"]["ref"].split("/")[-1] == f"{cache['name']}:buildcache"
+    assert cache_to["registry"]["imageManifest"] is True
+    assert cache_to["registry"]["ociMediaTypes"] is True
+
+
+def test_managed_engine_versions_follow_the_config_and_do_not_fight_minor_upgrades() -> None:
+    result = run("prod")
+    assert result.by_name("postgres-instance").inputs["engineVersion"] == "17"
+    assert result.by_name("redis-replication-group").inputs["engineVersion"] == "8.1"
+    older = run("prod", postgres={"version": "16"}, redis={"version": "8.0.2"})
+    assert older.by_name("postgres-instance").inputs["engineVersion"] == "16"
+    assert older.by_name("redis-replication-group").inputs["engineVersion"] == "8.0"
+
+
+# --- config that reaches the system ----------------------------------------------------------------------------
+
+
+def config_map(result: StackRun) -> dict:
+    return result.by_name("rag-config").inputs["data"]
+
+
+def test_qdrant_shard_number_reaches_the_service() -> None:
+    assert config_map(run("prod"))["QDRANT_SHARD_NUMBER"] == "6"
+    assert config_map(run("staging"))["QDRANT_SHARD_NUMBER"] == "3"
+    assert config_map(run("dev"))["QDRANT_SHARD_NUMBER"] == "1"
+
+
+def test_pdb_settings_reach_the_disruption_budgets() -> None:
+    prod = run("prod")
+    assert prod.by_name("rag-pdb").inputs["spec"]["minAvailable"] == 2
+    assert prod.by_name("qdrant-pdb")
+    off = run("prod", service={"pdb": {"enabled": False}}, qdrant={"pdb": {"enabled": False}})
+    names = {r.name for r in off.resources}
+    assert not names & {"rag-pdb", "rag-worker-pdb", "qdrant-pdb"}
+
+
+# --- operations at the declared sizes --------------------------------------------------------------------------
+
+
+def test_qdrant_snapshot_scratch_holds_a_node_and_takes_its_configured_class() -> None:
+    result = run("prod", qdrant={"snapshotsStorage": {"storageClass": "gp3-snapshots"}})
+    pod = result.by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "snapshots")
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "100Gi"  # = qdrant.storage.size in Pulumi.prod.yaml
+    assert claim["storageClassName"] == "gp3-snapshots"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["QDRANT__STORAGE__TEMP_PATH"].startswith("/qdrant/snapshots/")
+
+
+def test_the_restore_job_is_declared_with_scratch_for_a_whole_node() -> None:
+    result = run("prod")
+    restore = result.by_name("qdrant-backups-restore").inputs["spec"]
+    assert restore["suspend"] is True
+    pod = restore["jobTemplate"]["spec"]["template"]["spec"]
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert scratch["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert waits_for(
+        result, result.by_name("qdrant-backups-restore"), result.by_name("qdrant-backups-script")
+    )

@@ -69,6 +69,7 @@ def stores() -> stack.DataStores:
         qdrant_url="http://qdrant:6333",
         qdrant_api_key="qk",
         qdrant_replication_factor=2,
+        qdrant_shard_number=3,
         database_url="postgresql+psycopg://rag@pg/rag",
         redis_url="redis://redis:6379/0",
         egress=(EgressTarget(name="qdrant", port=6333), EgressTarget(name="postgres", port=5432)),

@@ -16,7 +16,7 @@ from infra.workflows.stacks import REPO_ROOT
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
-EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml"}
+EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml", "e2e.yml"}
 
 
 def _validate(paths: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -131,8 +131,28 @@ def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
     assert "ragops ephemeral reap" in _runs(wf["jobs"]["reap"])
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"e2e.yml"}))  # e2e uses a throw-away local backend
 def test_backend_settings_come_from_secrets(name: str) -> None:
     env = _load(name)["env"]
     assert env["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+
+
+def test_e2e_runs_the_make_target_users_run_on_kind() -> None:
+    job = _load("e2e.yml")["jobs"]["kind"]
+    assert "make e2e" in _runs(job)
+    uses = [step.get("uses", "") for step in job["steps"]]
+    assert any(u.startswith("helm/kind-action@") for u in uses)
+    assert any(u.startswith("pulumi/actions@") for u in uses)
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert re.search(r"^e2e: .*\n\tbash \.ci/e2e$", makefile, re.M)
+    script = (REPO_ROOT / ".ci" / "e2e").read_text()
+    # A local backend, the dev stack, and a teardown that runs whatever happens.
+    for needle in (
+        'PULUMI_BACKEND_URL="file://',
+        "pulumi up --stack dev",
+        "pulumi destroy --stack dev",
+        "trap cleanup EXIT",
+    ):
+        assert needle in script, needle
+    subprocess.run(["bash", "-n", str(REPO_ROOT / ".ci" / "e2e")], check=True, timeout=30)
