@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
     chunk_overlap: int = Field(32, ge=0)
 
+    reindex_on_config_change: bool = Field(
+        True,
+        description="at start-up, re-index in the background when EMBEDDING_MODEL/CHUNK_SIZE/CHUNK_OVERLAP "
+        "differ from the index search serves (instead of serving an empty collection)",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="bearer key of the /v1/admin routes (re-index); unset: admin routes refuse (403)"
+    )
+
     # --- orphan collector (service.app.store.gc) ------------------------------------------------------
     gc_enabled: bool = Field(
         True, description="collect orphan points at start-up and every GC_INTERVAL_SECONDS"
