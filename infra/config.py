@@ -353,6 +353,34 @@ class Alerts:
 
     errorRatePercent: float = _f(min=0.1, max=100)
     latencyP95Seconds: float = _f(min=0.01, max=60)
+    queueOldestJobAgeSeconds: int = _f(min=30, max=86400)
+    certificateExpiryDays: int = _f(min=1, max=60)
+    backupMaxAgeHours: int = _f(min=1, max=720)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackAlerting:
+    """Slack receiver; the webhook URL is the secret `rag:slackWebhookUrl`."""
+
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailAlerting:
+    """E-mail receiver; the SMTP password is the secret `rag:smtpPassword`."""
+
+    to: str
+    sender: str
+    smarthost: str = _f(pattern=re.compile(r"^([A-Za-z0-9.-]+:[0-9]{1,5})?$"))
+    username: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alerting:
+    """Alertmanager receivers (PagerDuty is enabled by the secret `rag:pagerdutyRoutingKey` alone)."""
+
+    slack: SlackAlerting
+    email: EmailAlerting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +392,8 @@ class MonitoringConfig:
     retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
     storage: Storage
     alerts: Alerts
+    runbookUrl: str = _f(pattern=re.compile(r"^\S+$"))
+    alerting: Alerting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -760,6 +790,21 @@ def _check_rules(config: StackConfig, file: str) -> None:
             "backups need a cloud cluster (gke or eks): snapshots go to GCS/S3 via workload identity",
         )
 
+    email = config.monitoring.alerting.email
+    if email.to:
+        if "@" not in email.to:
+            fail("monitoring.alerting.email.to", f"{email.to!r} is not an e-mail address")
+        if not email.sender or "@" not in email.sender:
+            fail(
+                "monitoring.alerting.email.sender",
+                "an e-mail sender address is required when email.to is set",
+            )
+        if not email.smarthost:
+            fail(
+                "monitoring.alerting.email.smarthost",
+                "the SMTP server (host:port) is required when email.to is set",
+            )
+
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")
@@ -810,7 +855,11 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 
 # --- secrets ---------------------------------------------------------------------------------------------------
 
-SECRET_KEYS = frozenset({"qdrantApiKey", "serviceApiKeys"})
+SECRET_KEYS = frozenset(
+    {"qdrantApiKey", "serviceApiKeys", "slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword"}
+)
+# Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
+OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -819,6 +868,9 @@ class Secrets:
 
     qdrant_api_key: Any  # pulumi.Output[str]
     service_api_keys: Any  # pulumi.Output[str], JSON {"key": "tenant"}
+    slack_webhook_url: Any = None  # pulumi.Output[str] | None
+    pagerduty_routing_key: Any = None
+    smtp_password: Any = None
 
 
 def load_secrets() -> Secrets:
@@ -838,6 +890,14 @@ def load_secrets() -> Secrets:
     else:
         generated = random.RandomPassword("service-api-key-random", length=40, special=False).result
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
+    optional = {
+        key: cfg.require_secret(key) if get_config(f"{PROJECT}:{key}") else None
+        for key in OPTIONAL_SECRET_KEYS
+    }
     return Secrets(
-        qdrant_api_key=pulumi.Output.secret(qdrant_key), service_api_keys=pulumi.Output.secret(api_keys)
+        qdrant_api_key=pulumi.Output.secret(qdrant_key),
+        service_api_keys=pulumi.Output.secret(api_keys),
+        slack_webhook_url=optional["slackWebhookUrl"],
+        pagerduty_routing_key=optional["pagerdutyRoutingKey"],
+        smtp_password=optional["smtpPassword"],
     )

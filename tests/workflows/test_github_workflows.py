@@ -87,16 +87,32 @@ def test_pr_runs_tests_then_preview_comment_and_ephemeral_stack() -> None:
     assert comment["if"].startswith("always()")  # a failed preview still explains itself on the PR
     assert jobs["preview"]["permissions"]["pull-requests"] == "write"
     assert jobs["ephemeral"]["needs"] == "test"
+    ephemeral = jobs["ephemeral"]
     assert 'ragops ephemeral up --name "pr-${{ github.event.pull_request.number }}" --ttl 48h' in _runs(
-        jobs["ephemeral"]
+        ephemeral
     )
+    up = next(s for s in ephemeral["steps"] if "ragops ephemeral up" in s.get("run", ""))
+    assert (
+        up["env"]["RAGOPS_PREVIEW_DOMAIN"] == "${{ vars.PREVIEW_DOMAIN }}"
+    )  # a reachable host, not localhost
+    assert "--comment-file ephemeral.md" in up["run"]
+    runs = [s.get("run", "") for s in ephemeral["steps"]]
+    smoke = next(
+        i
+        for i, r in enumerate(runs)
+        if 'ragops smoke --stack "pr-${{ github.event.pull_request.number }}"' in r
+    )
+    assert smoke > runs.index(up["run"])
+    comment = next(s for s in ephemeral["steps"] if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert comment["with"] == {"header": "ragops-ephemeral", "path": "ephemeral.md"}
+    assert ephemeral["permissions"]["pull-requests"] == "write"
 
 
 def test_pr_close_destroys_the_ephemeral_stack_in_the_same_concurrency_group() -> None:
     wf, pr = _load("pr-close.yml"), _load("pr.yml")
     assert wf["on"]["pull_request"]["types"] == ["closed"]
     assert wf["concurrency"]["group"] == pr["concurrency"]["group"]
-    assert 'ragops ephemeral destroy --force "pr-${{ github.event.pull_request.number }}"' in _runs(
+    assert 'ragops ephemeral destroy --force --stack "pr-${{ github.event.pull_request.number }}"' in _runs(
         wf["jobs"]["destroy"]
     )
 
@@ -107,7 +123,7 @@ def test_main_updates_dev_after_tests() -> None:
     deploy = wf["jobs"]["deploy-dev"]
     assert deploy["needs"] == "test"
     assert deploy["environment"] == "dev"
-    assert "ragops up --stack dev" in _runs(deploy)
+    assert _runs(deploy).strip().endswith("ragops up --stack dev\n.venv/bin/ragops smoke --stack dev")
 
 
 def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
@@ -117,8 +133,16 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     assert staging["environment"] == "staging"
     assert prod["environment"] == "prod"
     assert prod["needs"] == "staging"
-    assert "ragops promote --from dev --to staging" in _runs(staging)
-    assert "ragops promote --from staging --to prod" in _runs(prod)
+    assert (
+        _runs(staging)
+        .strip()
+        .endswith("ragops promote --from dev --to staging\n.venv/bin/ragops smoke --stack staging")
+    )
+    assert (
+        _runs(prod)
+        .strip()
+        .endswith("ragops promote --from staging --to prod\n.venv/bin/ragops smoke --stack prod")
+    )
 
 
 def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
