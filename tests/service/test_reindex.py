@@ -236,3 +236,28 @@ def test_another_process_adopts_the_switch_at_its_next_write(
     assert old.vectors.count("default", "from-other") > 0  # the rollback target has it too
     hits = client.post("/v1/search", json={"query": "coral reef fish", "top_k": 5}).json()["results"]
     assert "from-other" in {hit["document_id"] for hit in hits}
+
+
+def test_the_cli_starts_watches_and_rolls_back(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.reindex import main
+
+    for index in range(3):
+        client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)})
+    assert (
+        main(
+            ["--interval", "0.05", "start", "--chunk-size", "24", "--chunk-overlap", "4", "--wait"],
+            client=client,
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "switched: serving" in out
+    assert "chunk 24/4" in out
+    assert main(["start", "--chunk-size", "24", "--chunk-overlap", "4"], client=client) == 1
+    assert "already built" in capsys.readouterr().out
+    assert main(["rollback"], client=client) == 0
+    assert "rolled_back: serving" in capsys.readouterr().out
+    assert main(["status"], client=client) == 0
+    assert "chunk 64/8" in capsys.readouterr().out
