@@ -39,6 +39,7 @@ from service.app.search.service import SearchService
 from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
+from service.app.store.remote import RemoteVectorStore
 from service.app.store.vectors import QdrantVectorStore, VectorStore
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,11 @@ def build_services(
     if generation.config != wanted and settings.reindex_on_config_change and start_reindex:
         # A changed model or chunking: build it in the background while search serves the current index.
         logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
-        reindexer.start(wanted)
+        try:
+            reindexer.start(wanted)
+        except InvalidInput as exc:
+            # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
+            logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
     return services
 
 
@@ -216,11 +221,18 @@ def _generation_factory(
             embedders[config.model] = model
         if collection is None:
             collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
-        if not isinstance(base, QdrantVectorStore):
+        if isinstance(base, QdrantVectorStore):
+            store = stores.setdefault(collection, base.sibling(collection, model.dimension))
+        elif collection == base.collection or isinstance(base, RemoteVectorStore):
             # A store lent by the API process (service.app.store.remote) serves the API's current collection.
             store = base
         else:
-            store = stores.setdefault(collection, base.sibling(collection, model.dimension))
+            # qdrant-edge holds one locked shard directory per store: a second collection beside it is not
+            # wired yet, and writing the new chunking into the served collection would corrupt it.
+            raise InvalidInput(
+                f"re-indexing into a new collection is not supported by the {type(base).__name__} store yet; "
+                "use VECTOR_STORE=local or a Qdrant server (QDRANT_URL)"
+            )
         try:
             chunker = Chunker(
                 model.tokenizer,

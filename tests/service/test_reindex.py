@@ -56,7 +56,9 @@ def settings_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(settings_dir: Path, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
-    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    settings = make_settings(
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+    )
     with running_app(settings, embedder=embedder) as client:
         yield client
 
@@ -160,13 +162,17 @@ def test_reindex_under_concurrent_reads_and_writes_then_rollback(
 def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
     settings_dir: Path, embedder: FastEmbedEmbedder
 ) -> None:
-    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    settings = make_settings(
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+    )
     with running_app(settings, embedder=embedder) as client:
         for index in range(4):
             client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)})
         first = services_of(client).ingest.index.current.collection
     # The stack changes CHUNK_SIZE: start-up keeps serving the old index and re-indexes in the background.
-    changed = make_settings(settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False)
+    changed = make_settings(
+        settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False, vector_store="local"
+    )
     with running_app(changed, embedder=embedder) as client:
         services = services_of(client)
         status = services.reindexer.wait(timeout=600)
@@ -204,6 +210,10 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
+        # The default embedded store (qdrant-edge) cannot hold a second collection yet: refused, not corrupted.
+        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 24})
+        assert edge.status_code == 422
+        assert "not supported" in edge.text
 
 
 def test_another_process_adopts_the_switch_at_its_next_write(
