@@ -21,8 +21,9 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from service.app import production
+from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
-from service.app.api.routes import documents, health, jobs, metrics, search
+from service.app.api.routes import answer, documents, health, jobs, metrics, search
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
@@ -52,6 +53,7 @@ class Services:
     limiter: Any = None  # RateLimiter
     cache: Any = None  # Cache | None
     jobs: Any = None  # JobQueue
+    answer: Any = None  # AnswerService, attached by service.app.answer.service.attach
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -117,9 +119,11 @@ def create_app(
         )
         app.state.services = services
         close_production = await production.attach(services)
+        close_answer = await answer_service.attach(services)
         try:
             yield
         finally:
+            await close_answer()
             await close_production()
             await to_thread.run_sync(services.close)
 
@@ -139,6 +143,7 @@ def create_app(
     v1_errors = error_responses(401, 422, 429)
     app.include_router(documents.router, dependencies=[Depends(rate_limit("ingest"))], responses=v1_errors)
     app.include_router(search.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
+    app.include_router(answer.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
     app.include_router(jobs.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
     app.include_router(health.router)
     app.include_router(metrics.router)
