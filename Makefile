@@ -13,7 +13,7 @@ STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
 SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
-.PHONY: help install model serve worker test lint format plan bench constraints servers clean
+.PHONY: help install model serve worker test lint format plan bench eval constraints servers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ plan: install ## Render, validate and policy-check a stack offline: make plan ST
 
 bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant; rewrites docs/benchmarks.md
 	$(PY) bench/ingest_search.py
+
+eval: install model ## Retrieval quality (hit@1/5, MRR@10, nDCG@10 per mode) on the man-page set through the HTTP API
+	$(PY) -m quality.evaluate $(EVAL_ARGS)
 
 constraints: ## Re-pin the transitive dependency set from a fresh venv
 	rm -rf /tmp/rag-constraints && $(PYTHON) -m venv /tmp/rag-constraints

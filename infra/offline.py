@@ -21,7 +21,7 @@ import json
 import runpy
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,8 @@ class StackRun:
     resources: list[RecordedResource]
     outputs: dict[str, Any]  # resolved stack outputs
     secret_outputs: frozenset[str]
+    #: The `{"rag:key": "value"}` config the program ran with (Pulumi.yaml defaults, stack values, overrides).
+    config: Mapping[str, str] = field(default_factory=dict)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
         """The resources of one type token."""
@@ -440,5 +442,9 @@ def run_stack(
     outputs = {name: _plain(value) for name, (value, _secret) in resolved.items()}
     secret_outputs = frozenset(name for name, (_value, secret) in resolved.items() if secret)
     return StackRun(
-        stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs
+        stack=stack,
+        resources=list(monitor.records),
+        outputs=outputs,
+        secret_outputs=secret_outputs,
+        config=dict(values),
     )

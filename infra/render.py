@@ -9,10 +9,13 @@ Runs the real program under mocks (``infra.offline.run_stack``), then:
   :data:`KUBERNETES_VERSION`, and custom resources against the vendored CRD schemas in ``infra/schemas/``
   (custom kinds without a vendored schema are listed as *not validated*);
 * runs the CrossGuard policy pack (``infra.policy``) on the recorded resources for the stack's environment;
+* runs the deployability analysis (``infra.deployability``): dependency closure (CRDs and what workloads read are
+  created first), class references, what the cluster target must enforce (NetworkPolicy, metrics API, managed
+  control plane), reported with the resource and the fix;
 * writes ``plan.md`` and ``plan.json`` (resource counts by type, protected resources, secrets, outputs with
   secrets masked, validation and policy results) and prints a readable report.
 
-Exit status: 0 clean, 1 validation or policy failures, 2 configuration error (the ``ConfigError`` message naming
+Exit status: 0 clean, 1 validation, policy or deployability failures, 2 configuration error (the ``ConfigError`` message naming
 the key and stack file is printed, no traceback). ``--set key.path=JSON`` overrides stack config for a what-if.
 """
 
@@ -38,6 +41,7 @@ import yaml
 from referencing import Registry, Resource
 
 from infra.config import ConfigError
+from infra.deployability import Analysis, analyse, describe
 from infra.offline import RecordedResource, StackRun, cli_config, run_stack
 from infra.policy import Violation, run_policies
 
@@ -93,11 +97,16 @@ class Report:
     not_validated: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    deployability: Analysis | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def findings(self) -> list[Any]:
+        return self.deployability.findings if self.deployability is not None else []
+
+    @property
     def ok(self) -> bool:
-        return not self.problems and not self.violations
+        return not self.problems and not self.violations and not self.findings
 
 
 # ---------------------------------------------------------------------------------------------- manifests
@@ -301,8 +310,9 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     }
 
 
-def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
-    """Write, validate and policy-check an already recorded run into ``out``."""
+def render_run(run: StackRun, out: Path, *, environment: str, deployability: bool = True) -> Report:
+    """Write, validate, policy-check and (unless ``deployability`` is false, for a partial program) analyse an
+    already recorded run into ``out``."""
     report = Report(stack=run.stack, environment=environment)
     for stale in ("k8s", "helm"):
         shutil.rmtree(out / stale, ignore_errors=True)
@@ -341,6 +351,8 @@ def render_run(run: StackRun, out: Path, *, environment: str) -> Report:
             report.validated_custom[rel] = validated_by
 
     report.violations = run_policies(run.resources, environment=environment)
+    if deployability:
+        report.deployability = analyse(run)
     report.summary = summarize(run, environment)
     (out / "plan.json").write_text(json.dumps(plan_json(report), indent=2) + "\n", encoding="utf-8")
     (out / "plan.md").write_text(plan_markdown(report), encoding="utf-8")
@@ -363,8 +375,63 @@ def plan_json(report: Report) -> dict[str, Any]:
             {"policy": v.policy, "message": v.message, "urn": v.urn, "enforcement": v.enforcement}
             for v in report.violations
         ],
+        "deployability": _deployability_json(report.deployability),
         "ok": report.ok,
     }
+
+
+def _finding_json(finding: Any) -> dict[str, str]:
+    return {
+        "check": finding.check,
+        "resource": finding.resource,
+        "message": finding.message,
+        "fix": finding.fix,
+    }
+
+
+def _deployability_json(analysis: Analysis | None) -> dict[str, Any] | None:
+    if analysis is None:
+        return None
+    return {
+        "target": analysis.target,
+        "capabilities": {
+            c.name: {"provider": c.provider, "detail": c.detail} for c in analysis.capabilities.values()
+        },
+        "prerequisites": sorted(c.name for c in analysis.prerequisites),
+        "findings": [_finding_json(f) for f in analysis.findings],
+        "waived": [{**_finding_json(f), "reason": reason} for f, reason in analysis.waived],
+    }
+
+
+def _deployability_markdown(analysis: Analysis | None) -> list[str]:
+    if analysis is None:
+        return ["## Deployability", "", "- not analysed (partial program)", ""]
+    return [
+        "## Deployability",
+        "",
+        f'Cluster target `{analysis.target}`. The analysis and its limits: docs/policy.md, "Deployability".',
+        "",
+        "### Cluster capabilities",
+        "",
+        *_lines(describe(c for c in analysis.capabilities.values() if c.provider is not None), "none"),
+        "",
+        "### Cluster prerequisites (installed before `pulumi up`, see docs/infra.md)",
+        "",
+        *_lines(describe(analysis.prerequisites), "none"),
+        "",
+        "### Findings",
+        "",
+        *_lines(
+            (f"**{f.check}** `{f.resource}`: {f.message} **Fix**: {f.fix}" for f in analysis.findings), "none"
+        ),
+        "",
+        "### Waived (known open, not failing the plan)",
+        "",
+        *_lines(
+            (f"**{f.check}** `{f.resource}`: {f.message} ({reason})" for f, reason in analysis.waived), "none"
+        ),
+        "",
+    ]
 
 
 def _lines(items: Iterable[str], empty: str) -> list[str]:
@@ -380,7 +447,8 @@ def plan_markdown(report: Report) -> str:
         f"# Plan: stack `{report.stack}` ({report.environment})",
         "",
         f"**{'PASS' if report.ok else 'FAIL'}**: {s['resources']} resources, {len(report.files)} files rendered, "
-        f"{len(report.problems)} validation problems, {len(report.violations)} policy violations.",
+        f"{len(report.problems)} validation problems, {len(report.violations)} policy violations, "
+        f"{len(report.findings)} deployability findings.",
         "",
         "## Resources by type",
         "",
@@ -418,6 +486,7 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines((str(v) for v in report.violations), "none"),
         "",
+        *_deployability_markdown(report.deployability),
     ]
     return "\n".join(parts)
 
@@ -438,6 +507,10 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  INVALID {problem}")
     for violation in report.violations:
         print(f"  POLICY  {violation}")
+    for finding in report.findings:
+        print(f"  DEPLOY  {finding}")
+    if report.deployability is not None and report.deployability.waived:
+        print(f"  ({len(report.deployability.waived)} known deployability findings waived: see plan.md)")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

@@ -166,6 +166,7 @@ def qdrant_args(
         snapshots_size=cfg.snapshotsStorage.size,
         resources=resources(cfg.resources),
         protect=config.protect,
+        pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
@@ -281,6 +282,8 @@ class DataStores:
     redis_url: pulumi.Input[str]
     egress: tuple[EgressTarget, ...]
     """Qdrant, Postgres and Redis, for the service's egress NetworkPolicy."""
+    ready: tuple[pulumi.Resource, ...] = ()
+    """What the service's workloads wait for (each component's `ready`)."""
 
     @classmethod
     def of(cls, qdrant: QdrantCluster, postgres: PostgresDatabase, redis: RedisCache) -> DataStores:
@@ -292,6 +295,7 @@ class DataStores:
             database_url=postgres.url,
             redis_url=redis.url,
             egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
+            ready=(*qdrant.ready, *postgres.ready, *redis.ready),
         )
 
 
@@ -347,6 +351,9 @@ def service_args(
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
+        backends=stores.ready,
+        pdb_enabled=cfg.pdb.enabled,
+        pdb_min_available=cfg.pdb.minAvailable,
         depends_on=ready,
     )
 
@@ -551,7 +558,8 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
                 service_account_annotations=cluster.workload_identity(
                     config.namespace, BACKUPS_NAME, "backup"
                 ),
-                ready=ready,
+                # The job reads Qdrant's API-key Secret by name and calls every node.
+                ready=(*ready, *qdrant.ready),
             ),
             opts=data_opts,
         )

@@ -18,6 +18,11 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.redis_url and not settings.qdrant_url:
+        raise SystemExit(
+            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the local-mode vector "
+            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process"
+        )
     if settings.workers > 1 and not settings.qdrant_url:
         raise SystemExit(
             "WORKERS > 1 needs a Qdrant server (QDRANT_URL): local mode at QDRANT_PATH serves one process"

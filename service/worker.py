@@ -1,34 +1,48 @@
 """`python -m service.worker`: the ingestion worker, an arq worker on the Redis queue JOBS_QUEUE_NAME.
 
 It builds the same services as the API (registry, vector store, embedder, ingest) from the same settings and
-runs up to JOBS_MAX_CONCURRENCY jobs at once; scale it apart from the API (its own Deployment). Job state is
-written to Redis (`rag:job:<id>`), where any API replica answers `GET /v1/jobs/{id}`. Needs REDIS_URL.
+runs up to JOBS_MAX_CONCURRENCY jobs at once; scale it apart from the API (its own Deployment). Jobs are rows in
+the registry database (service.app.store.jobstore); Redis only carries wake-ups. Needs REDIS_URL and a vector
+store it can share with the API (QDRANT_URL): the embedded local-mode store is locked by the API process.
+
+Riding out Redis: arq's worker stops on a Redis error, so `run` supervises it: on a disconnect it logs one
+warning, waits (doubling back-off up to 30 s) and starts a new arq worker on the same services, while a sweeper
+re-sends wake-ups for jobs the database says are due (those a Redis crash lost included).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from arq.connections import ArqRedis
 from arq.worker import Worker, func
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
 from service.app.core.logging import configure_logging
-from service.app.jobs.models import IngestPayload
-from service.app.jobs.queue import ARQ_FUNCTION, RedisJobStore, redis_settings, run_ingest
+from service.app.jobs.queue import ARQ_FUNCTION, REDIS_TIMEOUT_SECONDS, redis_settings, run_durable_job, sweep
+from service.app.store.jobstore import JobTable
 
 logger = logging.getLogger("service.worker")
 
 ServicesFactory = Callable[[Settings], Awaitable[Any]]
+MAX_BACKOFF_SECONDS = 30.0
 
 
-async def ingest_document(ctx: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """The arq job: ingest one extracted document and record the outcome; failures are recorded, not raised."""
-    record = await run_ingest(ctx["services"].ingest, ctx["job_store"], IngestPayload.model_validate(payload))
-    return {"job_id": record.job_id, "status": record.status.value}
+async def ingest_document(ctx: dict[str, Any], job_id: str | dict[str, Any]) -> str:
+    """The arq job: claim the stored job and run it; outcomes are recorded in the database, not raised."""
+    if isinstance(job_id, dict):  # a wake-up sent by an API of the previous release (payload in Redis)
+        job_id = str(job_id.get("job_id", ""))
+    return await run_durable_job(
+        ctx["services"].ingest, JobTable(ctx["services"].registry), ctx["redis"], ctx["settings"], job_id
+    )
 
 
 async def _default_services(settings: Settings) -> Any:
@@ -38,6 +52,17 @@ async def _default_services(settings: Settings) -> Any:
 
     # Same container as the API (migrates the registry, ensures the collection, loads the model).
     return await to_thread.run_sync(build_services, settings)
+
+
+def check_worker_settings(settings: Settings) -> None:
+    """The worker needs Redis, and a vector store another process can open."""
+    if not settings.redis_url:
+        raise SettingsError("the worker needs REDIS_URL (without Redis the API runs jobs in-process)")
+    if not settings.qdrant_url:
+        raise SettingsError(
+            "REDIS_URL needs QDRANT_URL: workers and the API are separate processes and the local-mode vector "
+            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process"
+        )
 
 
 def worker_settings(
@@ -50,7 +75,7 @@ def worker_settings(
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["owns_services"] = services is None
         ctx["services"] = services if services is not None else await services_factory(settings)
-        ctx["job_store"] = RedisJobStore(ctx["redis"], settings.jobs_result_ttl_seconds)
+        ctx["settings"] = settings
         logger.info("worker ready", extra={"queue": settings.jobs_queue_name})
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
@@ -59,14 +84,14 @@ def worker_settings(
             container.close()
 
     return {
-        # Failures are recorded, not raised, so arq never retries them; its tries only count runs cut short
-        # by a worker shutdown, which arq re-queues for the next worker.
+        # Outcomes are recorded in the database, never raised, so arq's own retries only cover runs cut short by
+        # a shutdown; our retries (back-off on outages) are rows put back to queued with a deferred wake-up.
         "functions": [func(ingest_document, name=ARQ_FUNCTION, max_tries=3)],
         "queue_name": settings.jobs_queue_name,
         "redis_settings": redis_settings(settings),
         "max_jobs": settings.jobs_max_concurrency,
-        "keep_result": 3600,
-        "job_timeout": 3600,
+        "keep_result": 60,
+        "job_timeout": max(60, int(settings.gc_grace_seconds)),
         # On SIGTERM stop taking jobs and let running ones finish (inside Kubernetes' 30 s grace period).
         "job_completion_wait": 25,
         "on_startup": on_startup,
@@ -79,16 +104,98 @@ def build_worker(settings: Settings, *, services: Any = None, **overrides: Any) 
     return Worker(**{**worker_settings(settings, services=services), **overrides})
 
 
+async def _sweep_forever(table: JobTable, settings: Settings, stop: asyncio.Event) -> None:
+    pool = ArqRedis.from_url(
+        settings.redis_url or "",
+        socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+        socket_timeout=REDIS_TIMEOUT_SECONDS,
+    )
+    try:
+        while not stop.is_set():
+            try:
+                await sweep(table, pool, settings)
+            except Exception as exc:  # a database outage: the next sweep retries
+                logger.warning("job sweep failed: %s", getattr(exc, "message", exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=settings.jobs_sweep_seconds)
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.aclose()
+
+
+async def _stop_worker_on(stop: asyncio.Event, current: list[Worker]) -> None:
+    await stop.wait()
+    if current and current[0].main_task is not None:
+        current[0].main_task.cancel()
+
+
+async def run(
+    settings: Settings,
+    services: Any = None,
+    *,
+    stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Serve jobs until SIGTERM/SIGINT (or ``stop`` is set), restarting the arq worker whenever Redis goes away."""
+    owns = services is None
+    services = services if services is not None else await _default_services(settings)
+    stop = stop or asyncio.Event()
+    current: list[Worker] = []
+
+    def on_signal(signum: int) -> None:
+        stop.set()
+        if current:
+            current[0].handle_sig_wait_for_completion(signum)
+
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+    stopper = asyncio.create_task(_stop_worker_on(stop, current))
+    sweeper = asyncio.create_task(_sweep_forever(JobTable(services.registry), settings, stop))
+    backoff = 1.0
+    try:
+        while not stop.is_set():
+            worker = build_worker(settings, services=services, handle_signals=False)
+            current[:] = [worker]
+            worker.main_task = asyncio.create_task(worker.main(), name="arq-worker")
+            try:
+                await worker.main_task
+            except asyncio.CancelledError:
+                if not stop.is_set():
+                    raise
+            except (RedisError, OSError) as exc:
+                logger.warning(
+                    "Redis unavailable (%s); worker reconnects in %.0f s", type(exc).__name__, backoff
+                )
+            else:
+                backoff = 1.0
+            finally:
+                current.clear()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await worker.close()
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+    finally:
+        stop.set()
+        await sweeper
+        await stopper
+        if owns:
+            services.close()
+
+
 def main() -> int:
     """Run the worker until SIGTERM/SIGINT (arq finishes or re-queues running jobs)."""
     try:
         settings = get_settings()
         configure_logging(settings)
-        worker = build_worker(settings)
+        check_worker_settings(settings)
     except (SettingsError, ValidationError) as exc:
         print(f"service.worker: error: {describe_settings_error(exc)}", file=sys.stderr)
         return 2
-    worker.run()
+    asyncio.run(run(settings))
     return 0
 
 

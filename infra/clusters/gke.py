@@ -207,7 +207,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             service_account_id=account.name,
             role="roles/iam.workloadIdentityUser",
             member=f"serviceAccount:{workload_pool}[{namespace}/{service_account}]",
-            opts=opts,
+            # The workload identity pool PROJECT.svc.id.goog exists only once a cluster enables it: IAM refuses
+            # a member in a pool that does not exist yet, and the name carries no dependency on the cluster.
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[cluster])),
         )
         return {"iam.gke.io/gcp-service-account": account.email}
 

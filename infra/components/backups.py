@@ -257,8 +257,10 @@ class QdrantBackups(pulumi.ComponentResource):
         object_labels = specs.labels(APP, base, "backup")
         match = backup_selector(base)
 
-        def child(*, protect: bool = False) -> pulumi.ResourceOptions:
-            return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=list(args.depends_on))
+        def child(
+            *, protect: bool = False, extra: tuple[pulumi.Resource, ...] = ()
+        ) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
 
         bucket: pulumi.Output[str] = pulumi.Output.from_input(args.bucket_name)
         if args.create_bucket:
@@ -268,13 +270,13 @@ class QdrantBackups(pulumi.ComponentResource):
                 else self._gcs_bucket(name, args, child)
             )
 
-        k8s.core.v1.ServiceAccount(
+        service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(base, ns, object_labels, args.service_account_annotations),
             opts=child(),
         )
         script_config = f"{base}-script"
-        k8s.core.v1.ConfigMap(
+        script = k8s.core.v1.ConfigMap(
             f"{name}-script",
             metadata=specs.metadata(script_config, ns, object_labels),
             data={SCRIPT_NAME: BACKUP_SCRIPT},
@@ -284,7 +286,8 @@ class QdrantBackups(pulumi.ComponentResource):
             f"{name}-cronjob",
             metadata=specs.metadata(base, ns, object_labels),
             spec=cronjob_spec(args, base, script_config),
-            opts=child(),
+            # Its pods mount the script ConfigMap and run as the ServiceAccount, both by name.
+            opts=child(extra=(service_account, script)),
         )
         if args.network_policy:
             k8s.networking.v1.NetworkPolicy(

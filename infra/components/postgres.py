@@ -221,6 +221,8 @@ class PostgresDatabase(pulumi.ComponentResource):
     url: pulumi.Output[str]
     """DATABASE_URL (secret)."""
     egress_target: EgressTarget
+    ready: tuple[pulumi.Resource, ...]
+    """What must exist before a client starts (the CNPG Cluster, or the instance, database and user)."""
     operator: pulumi.Resource | None
     """The operator Helm release (cloudnative mode with install_operator), for others to depend on."""
 
@@ -275,7 +277,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             opts=self._opts(args, protect=args.protect),
         )
         waits = (secret, *((operator,) if operator is not None else ()))
-        k8s.apiextensions.CustomResource(
+        cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1",
             kind="Cluster",
@@ -298,6 +300,7 @@ class PostgresDatabase(pulumi.ComponentResource):
                 spec=pod_monitor_spec(cluster_name),
                 opts=self._opts(args, extra=args.monitoring_crds),
             )
+        self.ready = (secret, cluster)
         # CloudNativePG serves the primary as the `<cluster>-rw` Service.
         host = f"{cluster_name}-rw.{ns}.svc"
         url = _secret_url(args, password, host)
@@ -342,6 +345,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             apply_immediately=False,
             opts=self._opts(args, protect=args.protect),
         )
+        self.ready = (instance,)
         url = _secret_url(args, password, instance.address)
         return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
 
@@ -373,12 +377,14 @@ class PostgresDatabase(pulumi.ComponentResource):
             opts=self._opts(args, protect=args.protect),
         )
         password = pulumi.Output.secret(args.password)
-        gcp.sql.User(
+        user = gcp.sql.User(
             f"{name}-user",
             instance=instance.name,
             name=args.username,
             password=password,
             opts=self._opts(args, extra=(database,)),
         )
+        # The URL only carries the instance's address: a client must also wait for the database and its user.
+        self.ready = (instance, database, user)
         url = _secret_url(args, password, instance.private_ip_address)
         return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))

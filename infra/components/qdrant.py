@@ -67,6 +67,8 @@ class QdrantClusterArgs:
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
     """Protect the StatefulSet and its Secret from `pulumi destroy` (prod: True)."""
+    pdb: bool = True
+    """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
     client_selectors: tuple[Mapping[str, str], ...] = ()
     """Pod label selectors (same namespace) allowed to call Qdrant (the service, the backup job)."""
@@ -250,6 +252,8 @@ class QdrantCluster(pulumi.ComponentResource):
     """HTTP URL of every node (snapshots are per node in a cluster, so backups visit each)."""
     egress_target: EgressTarget
     """What clients' NetworkPolicies must allow to reach this cluster."""
+    ready: tuple[pulumi.Resource, ...]
+    """What a client reads before it can start (the API-key Secret, the StatefulSet): clients depend on these."""
 
     def __init__(
         self, name: str, args: QdrantClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -294,13 +298,13 @@ class QdrantCluster(pulumi.ComponentResource):
             spec=client_service_spec(match),
             opts=child(),
         )
-        k8s.apps.v1.StatefulSet(
+        statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata=specs.metadata(base, ns, object_labels),
             spec=statefulset_spec(args, base, secret_name),
             opts=child(protect=args.protect, extra=(secret,)),
         )
-        if args.replicas > 1:
+        if args.pdb and args.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata=specs.metadata(base, ns, object_labels),
@@ -325,6 +329,7 @@ class QdrantCluster(pulumi.ComponentResource):
                 opts=child(extra=args.monitoring_crds),
             )
 
+        self.ready = (secret, statefulset)
         self.endpoint = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{HTTP_PORT}")
         self.api_key = api_key
         self.replication_factor = args.replication_factor

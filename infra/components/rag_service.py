@@ -126,6 +126,14 @@ class RagServiceArgs:
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources that install the monitoring.coreos.com CRDs (Monitoring.crds_ready); the ServiceMonitor waits."""
+    backends: tuple[pulumi.Resource, ...] = ()
+    """What the API and worker read at start-up (the data components' `ready`: RDS/Cloud SQL instance and user,
+    ElastiCache/Memorystore, the Qdrant StatefulSet...). The Deployments wait for them, so their rollout await
+    does not start while a managed database is still being created (15-30 minutes)."""
+    pdb_min_available: int | None = None
+    """minAvailable of the API's PodDisruptionBudget (None: maxUnavailable 1)."""
+    pdb_enabled: bool = True
+    """Create the API (and worker) PodDisruptionBudgets when more than one pod can run."""
     depends_on: tuple[pulumi.Resource, ...] = ()
     """Resources every child waits for (e.g. a Namespace created elsewhere)."""
 
@@ -174,6 +182,13 @@ def validate_args(args: RagServiceArgs) -> None:
             scaling.memory_utilization is None or 1 <= scaling.memory_utilization <= 100,
             "RagServiceArgs.autoscaling.memory_utilization must be a percentage between 1 and 100.",
         )
+    if args.pdb_min_available is not None:
+        floor = scaling.min_replicas if scaling is not None else args.replicas
+        require(
+            1 <= args.pdb_min_available < max(floor, 2),
+            f"RagServiceArgs.pdb_min_available must be at least 1 and below the smallest replica count ({floor}): "
+            "otherwise no pod may ever be evicted and node drains block.",
+        )
     args.resources.validate("RagServiceArgs.resources")
     args.worker.resources.validate("RagServiceArgs.worker.resources")
     require(args.worker.replicas >= 1, "RagServiceArgs.worker.replicas must be at least 1.")
@@ -212,6 +227,13 @@ def client_selector(name: str) -> dict[str, str]:
 def wants_pdb(replicas: int, autoscaling: Autoscaling | None) -> bool:
     """A PDB only makes sense when more than one pod can run at the same time."""
     return (autoscaling.min_replicas if autoscaling is not None else replicas) > 1
+
+
+def api_pdb_spec(match: Mapping[str, str], min_available: int | None) -> dict[str, Any]:
+    """The API's PodDisruptionBudget: `minAvailable` when configured, else at most one pod evicted at a time."""
+    if min_available is None:
+        return specs.pdb_spec(match)
+    return {"minAvailable": min_available, "selector": {"matchLabels": dict(match)}}
 
 
 def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
@@ -461,7 +483,7 @@ class RagService(pulumi.ComponentResource):
         common = specs.labels(APP, base, "service")
 
         sa_name = base
-        k8s.core.v1.ServiceAccount(
+        service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(sa_name, ns, common, args.service_account_annotations),
             opts=child(),
@@ -469,7 +491,7 @@ class RagService(pulumi.ComponentResource):
 
         data = pulumi.Output.from_input(args.qdrant_url).apply(lambda url: config_data(args, url))
         config_name = data.apply(lambda d: config_map_name(base, d))
-        k8s.core.v1.ConfigMap(
+        config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata={"name": config_name, "namespace": ns, "labels": common},
             data=data,
@@ -484,7 +506,7 @@ class RagService(pulumi.ComponentResource):
             "API_KEYS": args.api_keys,
         }
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
-        k8s.core.v1.Secret(
+        secret = k8s.core.v1.Secret(
             f"{name}-secrets",
             metadata=specs.metadata(secret_name, ns, common),
             type="Opaque",
@@ -492,6 +514,9 @@ class RagService(pulumi.ComponentResource):
             opts=child(),
         )
 
+        # The pods read the ServiceAccount, ConfigMap and Secret by name, and connect to the data stores at
+        # start-up: the Deployments (and their rollout await) wait for all of them.
+        reads = [service_account, config_map, secret, *args.backends]
         api_replicas = None if args.autoscaling is not None else args.replicas
         deployment = k8s.apps.v1.Deployment(
             f"{name}-api",
@@ -506,7 +531,7 @@ class RagService(pulumi.ComponentResource):
                 service_account=sa_name,
                 run_as_user=args.run_as_user,
             ),
-            opts=child(),
+            opts=child(reads),
         )
 
         k8s.core.v1.Service(
@@ -524,11 +549,11 @@ class RagService(pulumi.ComponentResource):
                 opts=child([deployment]),
             )
 
-        if wants_pdb(args.replicas, args.autoscaling):
+        if args.pdb_enabled and wants_pdb(args.replicas, args.autoscaling):
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata=specs.metadata(base, ns, api_labels),
-                spec=specs.pdb_spec(api_match),
+                spec=api_pdb_spec(api_match, args.pdb_min_available),
                 opts=child(),
             )
 
@@ -548,9 +573,9 @@ class RagService(pulumi.ComponentResource):
                     # Let a running ingestion job finish before the pod is killed.
                     termination_grace_seconds=120,
                 ),
-                opts=child(),
+                opts=child(reads),
             )
-            if args.worker.replicas > 1:
+            if args.pdb_enabled and args.worker.replicas > 1:
                 k8s.policy.v1.PodDisruptionBudget(
                     f"{name}-worker-pdb",
                     metadata=specs.metadata(worker_name, ns, worker_labels),

@@ -199,6 +199,8 @@ class RedisCache(pulumi.ComponentResource):
     """REDIS_URL for the service (secret)."""
     egress_target: EgressTarget
     """What the service's NetworkPolicy must allow to reach this store."""
+    ready: tuple[pulumi.Resource, ...]
+    """What must exist before a client starts (the StatefulSet and its Secret, or the managed instance)."""
 
     def __init__(self, name: str, args: RedisCacheArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(args)
@@ -211,8 +213,10 @@ class RedisCache(pulumi.ComponentResource):
             self.url, self.egress_target = self._memorystore(name, args)
         self.register_outputs({"url": self.url})
 
-    def _opts(self, args: RedisCacheArgs, *, protect: bool = False) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=list(args.depends_on))
+    def _opts(
+        self, args: RedisCacheArgs, *, protect: bool = False, extra: tuple[pulumi.Resource, ...] = ()
+    ) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
 
     def _incluster(self, name: str, args: RedisCacheArgs) -> tuple[pulumi.Output[str], EgressTarget]:
         ns = args.namespace or ""
@@ -222,7 +226,7 @@ class RedisCache(pulumi.ComponentResource):
         object_labels = specs.labels(APP, base, "cache")
         secret_name = f"{base}-password"
         password = pulumi.Output.secret(args.password)
-        k8s.core.v1.Secret(
+        secret = k8s.core.v1.Secret(
             f"{name}-password",
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
@@ -242,12 +246,14 @@ class RedisCache(pulumi.ComponentResource):
             spec={"type": "ClusterIP", "selector": dict(match), "ports": ports},
             opts=self._opts(args),
         )
-        k8s.apps.v1.StatefulSet(
+        # The pods read the password Secret by name (secretKeyRef): the StatefulSet waits for it.
+        statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata=specs.metadata(base, ns, object_labels),
             spec=statefulset_spec(args, base, secret_name),
-            opts=self._opts(args, protect=args.protect),
+            opts=self._opts(args, protect=args.protect, extra=(secret,)),
         )
+        self.ready = (secret, statefulset)
         if args.network_policy:
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-netpol",
@@ -291,6 +297,7 @@ class RedisCache(pulumi.ComponentResource):
             auto_minor_version_upgrade=True,
             opts=self._opts(args, protect=args.protect),
         )
+        self.ready = (group,)
         url = pulumi.Output.secret(
             pulumi.Output.all(token, group.primary_endpoint_address).apply(
                 lambda values: redis_url(values[0], values[1], tls=True)
@@ -314,6 +321,7 @@ class RedisCache(pulumi.ComponentResource):
             redis_configs={"maxmemory-policy": "volatile-lru"},
             opts=self._opts(args, protect=args.protect),
         )
+        self.ready = (instance,)
         url = pulumi.Output.secret(
             pulumi.Output.all(instance.auth_string, instance.host, instance.port).apply(
                 lambda values: redis_url(values[0], values[1], int(values[2] or PORT))

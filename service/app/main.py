@@ -12,6 +12,9 @@ app is ready to serve.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,9 +34,12 @@ from service.app.core.security import rate_limit
 from service.app.ingest.chunking import Chunker
 from service.app.ingest.service import IngestService
 from service.app.search.service import SearchService
+from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
 from service.app.store.vectors import QdrantVectorStore, VectorStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,10 +101,37 @@ def build_services(
         registry=registry,
         vectors=vectors,
         embedder=embedder,
-        ingest=IngestService(registry=registry, vectors=vectors, embedder=embedder, chunker=chunker),
+        ingest=IngestService(
+            registry=registry,
+            vectors=vectors,
+            embedder=embedder,
+            chunker=chunker,
+            commit_deadline_seconds=settings.gc_grace_seconds,
+        ),
         search=SearchService(registry=registry, vectors=vectors, embedder=embedder),
         closers=closers,
     )
+
+
+async def _collect_orphans_forever(services: Services) -> None:
+    """Orphan collection at start-up, then every GC_INTERVAL_SECONDS (0: start-up only); failures are logged."""
+    settings = services.settings
+    while True:
+        try:
+            await to_thread.run_sync(
+                lambda: collect_orphans(
+                    services.registry,
+                    services.vectors,
+                    grace_seconds=settings.gc_grace_seconds,
+                    max_versions=settings.gc_max_versions,
+                )
+            )
+        except Exception as exc:
+            # A backend outage: the next run retries; search ignores orphans meanwhile.
+            logger.warning("orphan collection failed: %s", getattr(exc, "message", exc))
+        if not settings.gc_interval_seconds:
+            return
+        await asyncio.sleep(settings.gc_interval_seconds)
 
 
 def create_app(
@@ -120,9 +153,18 @@ def create_app(
         app.state.services = services
         close_production = await production.attach(services)
         close_answer = await answer_service.attach(services)
+        collector = (
+            asyncio.create_task(_collect_orphans_forever(services), name="orphan-collector")
+            if settings.gc_enabled
+            else None
+        )
         try:
             yield
         finally:
+            if collector is not None:
+                collector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await collector
             await close_answer()
             await close_production()
             await to_thread.run_sync(services.close)

@@ -16,6 +16,7 @@ from service.app.core.security import ApiKeyAuthenticator
 from service.app.jobs.queue import build_job_queue
 from service.app.search.models import SearchResponse
 from service.app.store.cache import CachedSearch, RedisCache, build_cache
+from service.app.store.jobstore import JobTable
 
 
 async def attach(services: Any) -> Callable[[], Awaitable[None]]:
@@ -33,7 +34,7 @@ async def attach(services: Any) -> Callable[[], Awaitable[None]]:
             ttl_seconds=settings.cache_ttl_seconds,
             response_model=SearchResponse,
         )
-    services.jobs = await build_job_queue(settings, services.ingest)
+    services.jobs = await build_job_queue(settings, services.ingest, JobTable(services.registry))
 
     async def close() -> None:
         await services.jobs.close()

@@ -29,6 +29,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "auth_disabled": True,
         "rate_limit_enabled": False,
         "cache_enabled": False,
+        # The collector runs in the background at start-up; tests that leave garbage on purpose must not race it.
+        "gc_enabled": False,
         "log_json": False,
     }
     values.update(overrides)

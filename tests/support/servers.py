@@ -7,13 +7,15 @@ binary is an error telling how to get it, so CI can never pass without running t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -193,4 +195,150 @@ def redis_server() -> Iterator[str]:
         yield url
     finally:
         _stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+class RestartableServer:
+    """A server process that a test can kill (-9) or stop and start again on the same port and data."""
+
+    def __init__(self, command: list[str], url: str, ready, log: Path, what: str) -> None:
+        self._command = command
+        self.url = url
+        self._ready = ready
+        self._log = log
+        self._what = what
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.on_killed: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as log_file:
+            # Its own process group: a kill reaches the server behind `runuser` and all its children.
+            self.proc = subprocess.Popen(
+                self._command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_until(self._ready, self._what, self.proc, self._log)
+
+    def kill(self) -> None:
+        """SIGKILL to the server and every process it started (Postgres backends call setsid, so a process group
+        kill misses them), as a crashed pod would: no connection outlives the kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.on_killed is not None:
+            self.on_killed()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+
+@contextmanager
+def restartable_redis() -> Iterator[RestartableServer]:
+    """A redis-server without persistence (the worst case: a restart forgets everything) that can be killed."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerError("redis-server not found: `apt-get install redis-server` (make servers does)")
+    tmp = Path(tempfile.mkdtemp(prefix="rag-redis-"))
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def ready() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    server = RestartableServer([*command, "--dir", str(tmp)], url, ready, tmp / "redis.log", "redis-server")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def restartable_postgres(database: str = "rag_test") -> Iterator[RestartableServer]:
+    """A throwaway Postgres (as `postgres_server`) that a test can kill -9 and start again."""
+    import psycopg
+
+    tmp = Path(tempfile.mkdtemp(prefix="rag-pg-"))
+    data, sockets = tmp / "data", tmp / "sock"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(sockets, "postgres")
+    port = free_port()
+    subprocess.run(
+        _as_unprivileged(
+            [
+                _pg_binary("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+    def ready() -> bool:
+        try:
+            with psycopg.connect(admin, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    command = _as_unprivileged(
+        [
+            *(_pg_binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets)),
+            *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off"),
+        ]
+    )
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
+    server = RestartableServer(command, url, ready, tmp / "postgres.log", "postgres")
+
+    # The killed postmaster stays a zombie here (no init reaps it), so its lock files would look live: a new pod
+    # starts without them.
+    def forget_dead_postmaster() -> None:
+        for lock in (data / "postmaster.pid", *sockets.glob(".s.PGSQL.*")):
+            lock.unlink(missing_ok=True)
+
+    server.on_killed = forget_dead_postmaster
+    try:
+        server.start()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{database}"')
+        yield server
+    finally:
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

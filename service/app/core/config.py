@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
     chunk_overlap: int = Field(32, ge=0)
 
+    # --- orphan collector (service.app.store.gc) ------------------------------------------------------
+    gc_enabled: bool = Field(
+        True, description="collect orphan points at start-up and every GC_INTERVAL_SECONDS"
+    )
+    gc_interval_seconds: float = Field(
+        3600.0, ge=0, description="seconds between orphan-point collections (0: only at start-up)"
+    )
+    gc_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="age before an unpublished version is an orphan; writes older refuse to commit",
+    )
+    gc_max_versions: int = Field(
+        10_000, ge=1, description="document versions removed per collection run at most"
+    )
+
     # --- input limits ----------------------------------------------------------------------------------
     max_document_bytes: int = Field(10_000_000, ge=1)
 
@@ -91,6 +107,12 @@ class Settings(BaseSettings):
     jobs_queue_name: str = "rag:ingest"
     jobs_max_concurrency: int = Field(2, ge=1, le=64)
     jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
+    jobs_retry_base_seconds: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt")
+    jobs_retry_max_seconds: float = Field(300.0, gt=0, description="longest retry delay")
+    jobs_sweep_seconds: float = Field(
+        5.0, gt=0, description="how often a worker re-sends wake-ups for queued jobs Redis lost"
+    )
 
     # --- answers (POST /v1/answer): the LLM, its limits, the embedded extractive fallback ------------------
     llm_base_url: str | None = Field(

@@ -26,6 +26,14 @@ SEARCH_SECONDS = Histogram("rag_search_duration_seconds", "Vector search time (e
 CACHE_REQUESTS = Counter(
     "rag_search_cache_requests_total", "Search cache lookups, by result.", ["result"]
 )  # hit | miss | error
+INVISIBLE_HITS = Counter(
+    "rag_search_invisible_hits_total",
+    "Vector hits a search dropped because their document version is not active (in-flight writes, orphans).",
+)
+ORPHANS_REMOVED = Counter(
+    "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
+)
+ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
 JOB_QUEUE_DEPTH = Gauge("rag_job_queue_depth", "Ingestion jobs waiting to run.")
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
 FAILURES = Counter(

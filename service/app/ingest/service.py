@@ -16,7 +16,10 @@ Ingest
      It is a compare-and-set on the version read in step 1, so a concurrent writer that lost gets 409 Conflict
      and deletes its own points, and never replaces a version it did not see.
   4. Delete the document's points with ``version < v_new``. A failure here is logged and ignored: what is left
-     is invisible garbage that the next write of the document removes.
+     is invisible garbage that the next write of the document, or the orphan collector, removes.
+
+  A write that reaches step 3 more than GC_GRACE_SECONDS after it chose its version refuses to commit (503):
+  the orphan collector (service.app.store.gc) may already have removed its points as leftovers of a dead write.
 
   A Qdrant error in step 2 (or a registry error in step 3) answers 503, leaves the registry unchanged and at
   most some invisible points (removed best-effort right away, else by the next write); a retry succeeds.
@@ -54,6 +57,7 @@ from service.app.core.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from service.app.core.faults import fault_point
 from service.app.core.metrics import CHUNKS_INGESTED, DOCUMENTS_INGESTED, FAILURES
 from service.app.ingest.chunking import Chunker
 from service.app.ingest.extract import SUPPORTED_TYPES, normalize_content_type, normalize_text
@@ -120,12 +124,19 @@ class IngestService:
     """Creates, replaces, reads and deletes documents; the only writer of the registry and the vector store."""
 
     def __init__(
-        self, *, registry: DocumentRegistry, vectors: VectorStore, embedder: Embedder, chunker: Chunker
+        self,
+        *,
+        registry: DocumentRegistry,
+        vectors: VectorStore,
+        embedder: Embedder,
+        chunker: Chunker,
+        commit_deadline_seconds: float = 3600.0,
     ) -> None:
         self.registry = registry
         self.vectors = vectors
         self.embedder = embedder
         self.chunker = chunker
+        self.commit_deadline_us = int(commit_deadline_seconds * 1_000_000)
         self._locks = _KeyedLocks()
 
     def content_hash(self, text: str, metadata: dict[str, Any], content_type: str) -> str:
@@ -238,12 +249,20 @@ class IngestService:
             )
             for index, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
         ]
+        fault_point("before_upsert")
         try:
             self.vectors.upsert(points)
         except ServiceUnavailable:
             self._discard(tenant_id, document_id, version)
             raise
 
+        if time.time_ns() // 1000 - version > self.commit_deadline_us:
+            # The orphan collector may already treat this version as garbage (service.app.store.gc).
+            self._discard(tenant_id, document_id, version)
+            raise ServiceUnavailable(
+                "the write took longer than GC_GRACE_SECONDS; nothing was changed, retry"
+            )
+        fault_point("before_activate")
         try:
             self.registry.activate(
                 tenant_id,
@@ -259,6 +278,7 @@ class IngestService:
             self._discard(tenant_id, document_id, version)
             raise
 
+        fault_point("before_cleanup")
         try:
             self.vectors.delete_versions_below(tenant_id, document_id, version)
         except ServiceUnavailable:
@@ -294,6 +314,7 @@ class IngestService:
             record = await to_thread.run_sync(self.registry.delete, tenant_id, document_id)
             if record is None:
                 raise NotFound(f"document {document_id!r} not found", document_id=document_id)
+            fault_point("after_registry_delete")
             try:
                 # Up to the deleted version only: a concurrent writer's newer points are its own business.
                 await to_thread.run_sync(

@@ -1,13 +1,16 @@
-"""Async ingestion queues: in-process (asyncio, embedded defaults) or arq on Redis (REDIS_URL set).
+"""Async ingestion queues: in-process (asyncio, embedded defaults) or durable jobs woken through arq on Redis.
 
-Both share `run_ingest`, which moves a job through queued -> running -> succeeded | failed and stores the
-record after each step. With arq the record lives in Redis (`rag:job:<id>`, expiring after
-JOBS_RESULT_TTL_SECONDS) and the payload waits in the arq queue, so jobs survive an API restart and run in
-separate worker processes (`python -m service.worker`). In-process jobs live and die with the API process.
+With REDIS_URL (separate worker processes, `python -m service.worker`) the job record and its payload live in the
+registry database (service.app.store.jobstore), inserted before the API answers 202; Redis carries only a
+wake-up (the job id) for the arq workers. So a Redis crash, even without persistence, loses no acknowledged job:
+workers sweep the database every JOBS_SWEEP_SECONDS and re-send wake-ups for queued jobs that have none, and
+reclaim running jobs whose worker died (lease = GC_GRACE_SECONDS). A job that fails on a backend outage (503) is
+retried with exponential back-off up to JOBS_MAX_ATTEMPTS; invalid input fails it at once. A job interrupted by
+a worker shutdown goes back to queued. Duplicate wake-ups are harmless: a worker claims a job with a
+compare-and-set before running it.
 
-A job that fails is recorded as failed with the error message and not retried: ingestion errors (an invalid
-document, a backend outage) are reported to the client, who can resubmit; the document id makes that idempotent.
-A job interrupted by a worker shutdown goes back to queued and arq hands it to the next worker.
+In-process jobs (no Redis: the embedded single-process set-up) run on the API's event loop through `run_ingest`
+with their records in memory; they live and die with the API process.
 """
 
 from __future__ import annotations
@@ -18,18 +21,19 @@ import dataclasses
 import logging
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
+from anyio import to_thread
 from arq.connections import ArqRedis, RedisSettings
+from redis.exceptions import RedisError
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError
 from service.app.core.logging import request_id_var
 from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
+from service.app.store.jobstore import FAILED, SUCCEEDED, JobRow, JobTable
 
 logger = logging.getLogger(__name__)
 
-JOB_KEY_PREFIX = "rag:job:"
 REDIS_TIMEOUT_SECONDS = 2.0
 ARQ_FUNCTION = "ingest_document"
 
@@ -65,21 +69,6 @@ class MemoryJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         record = self._records.get(job_id)
         return None if record is None else record.model_copy()
-
-
-class RedisJobStore:
-    """Job records as JSON strings in Redis with a TTL, shared by the API and the workers."""
-
-    def __init__(self, client: aioredis.Redis, ttl_seconds: int) -> None:
-        self._client = client
-        self._ttl_seconds = ttl_seconds
-
-    async def put(self, record: JobRecord) -> None:
-        await self._client.set(JOB_KEY_PREFIX + record.job_id, record.to_storage(), ex=self._ttl_seconds)
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        raw = await self._client.get(JOB_KEY_PREFIX + job_id)
-        return None if raw is None else JobRecord.from_storage(raw)
 
 
 def _result_dict(result: Any) -> dict[str, Any]:
@@ -217,16 +206,131 @@ class InProcessJobQueue:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-class ArqJobQueue:
-    """Jobs enqueued to arq on Redis; records in Redis so any API replica can answer a status poll."""
+def job_record(row: JobRow) -> JobRecord:
+    """The API view of a stored job."""
+    return JobRecord(
+        job_id=row.job_id,
+        tenant_id=row.tenant_id,
+        document_id=row.document_id,
+        status=JobStatus(row.status),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        error=row.error,
+        result=row.result,
+    )
 
-    def __init__(self, pool: ArqRedis, settings: Settings) -> None:
+
+def retry_delay(settings: Settings, attempts: int) -> float:
+    """Exponential back-off before the next try of a job that failed on a backend outage."""
+    return float(
+        min(settings.jobs_retry_max_seconds, settings.jobs_retry_base_seconds * 2 ** max(0, attempts - 1))
+    )
+
+
+async def wake(pool: ArqRedis, settings: Settings, job_id: str, *, defer_seconds: float = 0) -> bool:
+    """Send a worker the wake-up for ``job_id``; False (logged) when Redis fails: the sweeper re-sends it."""
+    try:
+        await asyncio.wait_for(
+            pool.enqueue_job(
+                ARQ_FUNCTION,
+                job_id,
+                _queue_name=settings.jobs_queue_name,
+                _defer_by=defer_seconds or None,
+            ),
+            timeout=REDIS_TIMEOUT_SECONDS * 2,
+        )
+    except (RedisError, OSError, TimeoutError) as exc:
+        FAILURES.labels(component="jobs").inc()
+        logger.warning("job wake-up not sent (Redis: %s); a worker sweep will send it", type(exc).__name__)
+        return False
+    return True
+
+
+async def run_durable_job(
+    ingest: Ingestor, table: JobTable, pool: ArqRedis | None, settings: Settings, job_id: str
+) -> str:
+    """Claim and run one stored job; a backend outage puts it back to queued with back-off (up to
+    JOBS_MAX_ATTEMPTS tries), any other error fails it. Returns what happened (for arq's result)."""
+    row = await to_thread.run_sync(table.claim, job_id, settings.gc_grace_seconds)
+    if row is None:
+        return "not claimable"  # done, running elsewhere, not due yet, or unknown
+    payload = IngestPayload.model_validate_json(row.payload)
+    token = request_id_var.set(payload.request_id or request_id_var.get())
+    try:
+        try:
+            result = await ingest.ingest(
+                payload.tenant_id,
+                payload.document_id,
+                text=payload.text,
+                metadata=payload.metadata,
+                content_type=payload.content_type,
+            )
+        except asyncio.CancelledError:
+            # Worker shutdown: queued again at once, for the next worker.
+            await to_thread.run_sync(table.release, job_id)
+            raise
+        except Exception as exc:
+            error = (
+                f"{exc.code}: {exc.message}"
+                if isinstance(exc, RagError)
+                else "internal: ingestion failed unexpectedly"
+            )
+            retryable = isinstance(exc, RagError) and exc.status_code >= 500
+            extra = {"job_id": job_id, "tenant": payload.tenant_id, "error": error, "attempt": row.attempts}
+            if retryable and row.attempts < settings.jobs_max_attempts:
+                delay = retry_delay(settings, row.attempts)
+                await to_thread.run_sync(table.retry_later, job_id, delay, error)
+                logger.warning("ingestion job will be retried in %.0f s", delay, extra=extra)
+                if pool is not None:
+                    await wake(pool, settings, job_id, defer_seconds=delay)
+                return "retry"
+            if not isinstance(exc, RagError) or exc.status_code >= 500:
+                FAILURES.labels(component="jobs").inc()
+            logger.warning("ingestion job failed", exc_info=not isinstance(exc, RagError), extra=extra)
+            await to_thread.run_sync(lambda: table.finish(job_id, FAILED, error=error, result=None))
+            JOBS.labels(status="failed").inc()
+            return "failed"
+        await to_thread.run_sync(
+            lambda: table.finish(job_id, SUCCEEDED, error=None, result=_result_dict(result))
+        )
+        JOBS.labels(status="succeeded").inc()
+        logger.info(
+            "ingestion job succeeded",
+            extra={"job_id": job_id, "tenant": payload.tenant_id, "document_id": payload.document_id},
+        )
+        return "succeeded"
+    finally:
+        request_id_var.reset(token)
+
+
+async def sweep(table: JobTable, pool: ArqRedis, settings: Settings) -> int:
+    """Re-send wake-ups for jobs the database says should run but Redis may have lost; returns how many."""
+    stale = max(1.0, settings.jobs_sweep_seconds * 6)
+    ids = await to_thread.run_sync(lambda: table.due_for_wakeup(stale_seconds=stale))
+    sent = 0
+    for job_id in ids:
+        if not await wake(pool, settings, job_id):
+            break  # Redis is down: the rest stay due and are retried by a later sweep
+        sent += 1
+    if ids:
+        logger.info("job wake-ups re-sent", extra={"jobs": sent, "due": len(ids)})
+    await to_thread.run_sync(table.purge_finished, settings.jobs_result_ttl_seconds)
+    return sent
+
+
+class ArqJobQueue:
+    """Durable jobs: the record and payload in the registry database (inserted before the 202), a wake-up for
+    the arq workers in Redis. A Redis outage delays jobs, it never loses one: workers sweep the database for
+    queued jobs without a live wake-up (service.worker)."""
+
+    def __init__(self, pool: ArqRedis, settings: Settings, table: JobTable) -> None:
         self._pool = pool
-        self._queue_name = settings.jobs_queue_name
-        self._store = RedisJobStore(pool, settings.jobs_result_ttl_seconds)
+        self._settings = settings
+        self._table = table
 
     @classmethod
-    async def connect(cls, settings: Settings) -> ArqJobQueue:
+    async def connect(cls, settings: Settings, table: JobTable) -> ArqJobQueue:
         """A client that connects on first use: the API starts (and reports not-ready) while Redis is down."""
         assert settings.redis_url, "ArqJobQueue needs REDIS_URL"
         pool = ArqRedis.from_url(
@@ -235,30 +339,31 @@ class ArqJobQueue:
             socket_timeout=REDIS_TIMEOUT_SECONDS,
         )
         pool.default_queue_name = settings.jobs_queue_name
-        return cls(pool, settings)
+        return cls(pool, settings, table)
 
     async def submit(self, payload: IngestPayload) -> JobRecord:
-        record = JobRecord.queued(payload)
-        await self._store.put(record)
-        await self._pool.enqueue_job(
-            ARQ_FUNCTION,
-            payload.model_dump(mode="json"),
-            _job_id=payload.job_id,
-            _queue_name=self._queue_name,
+        # The row is the promise: no row (database down) -> 503, never a 202.
+        row = await to_thread.run_sync(
+            lambda: self._table.insert(
+                payload.job_id, payload.tenant_id, payload.document_id, payload.model_dump_json()
+            )
         )
-        JOB_QUEUE_DEPTH.set(await self.depth())
-        return record
+        await wake(self._pool, self._settings, payload.job_id)
+        JOB_QUEUE_DEPTH.inc()
+        return job_record(row)
 
     async def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
-        record = await self._store.get(job_id)
-        return record if record is not None and record.tenant_id == tenant_id else None
+        row = await to_thread.run_sync(self._table.get, job_id)
+        return job_record(row) if row is not None and row.tenant_id == tenant_id else None
 
     async def depth(self) -> int:
-        return int(await self._pool.zcard(self._queue_name))
+        depth = await to_thread.run_sync(self._table.queued_count)
+        JOB_QUEUE_DEPTH.set(depth)
+        return depth
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._pool.ping())
+            return bool(await asyncio.wait_for(self._pool.ping(), timeout=REDIS_TIMEOUT_SECONDS * 2))
         except Exception:
             return False
 
@@ -272,10 +377,11 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.redis_url)
 
 
-async def build_job_queue(settings: Settings, ingest: Ingestor) -> JobQueue:
-    """arq on Redis when REDIS_URL is set, else the in-process queue."""
+async def build_job_queue(settings: Settings, ingest: Ingestor, table: JobTable | None = None) -> JobQueue:
+    """Durable jobs woken through arq on Redis when REDIS_URL is set, else the in-process queue."""
     if settings.redis_url:
-        return await ArqJobQueue.connect(settings)
+        assert table is not None, "durable jobs need the registry database's job table"
+        return await ArqJobQueue.connect(settings, table)
     return InProcessJobQueue(
         ingest, max_concurrency=settings.jobs_max_concurrency, ttl_seconds=settings.jobs_result_ttl_seconds
     )

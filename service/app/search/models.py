@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -95,6 +95,7 @@ class SearchRequest(BaseModel):
     score_threshold: StrictFloat | None = Field(
         None, ge=-1.0, le=1.0, description="minimum cosine similarity"
     )
+    mode: Literal["dense"] = Field("dense", description="retrieval mode: dense (embedding similarity)")
 
     @field_validator("query")
     @classmethod

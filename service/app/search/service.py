@@ -1,9 +1,12 @@
 """Search: embed the query, ask the vector store, keep only chunks of ACTIVE document versions.
 
 The vector store may hold points that are not (or no longer) visible: a new version being written, an old one
-not yet cleaned up, leftovers of a failed write (see service.app.ingest.service). The registry decides: hits
-are over-fetched and those whose (document_id, version) is not active are dropped, with one registry query per
-page of hits. So a search never mixes old and new chunks of a document and never returns duplicates.
+not yet cleaned up, leftovers of a crashed or failed write (see service.app.ingest.service and
+service.app.store.gc). The registry decides: hits are over-fetched and those whose (document_id, version) is not
+active are dropped. All pages of one search are judged against ONE registry snapshot (`DocumentRegistry.snapshot`),
+so a write committing mid-search cannot mix versions in a response; pages grow geometrically until ``top_k``
+visible hits are found or the store is exhausted, so search is correct whatever the share of invisible points.
+A search never returns duplicates.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from anyio import to_thread
 
 from service.app.core.errors import RagError, ServiceUnavailable
-from service.app.core.metrics import FAILURES, SEARCH_SECONDS
+from service.app.core.metrics import FAILURES, INVISIBLE_HITS, SEARCH_SECONDS
 from service.app.search.models import SearchRequest, SearchResponse, SearchResult
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
@@ -23,10 +26,11 @@ from service.app.store.vectors import MetadataCondition, VectorHit, VectorStore
 
 logger = logging.getLogger(__name__)
 
-# Extra hits fetched per page to absorb invisible points (rare: writes in flight, failed clean-ups) without a
-# second round trip; when a page still falls short the next page is fetched, up to MAX_PAGES.
+# Extra hits fetched on the first page to absorb invisible points (writes in flight, leftovers the orphan collector
+# has not reached yet) without a second round trip; when a page still falls short the next, twice as large page is
+# fetched, until top_k visible hits are found or the store has no more.
 OVERFETCH_MIN = 4
-MAX_PAGES = 5
+MAX_PAGE = 2048
 
 
 class SearchService:
@@ -88,24 +92,39 @@ class SearchService:
         conditions: Sequence[MetadataCondition],
         score_threshold: float | None,
     ) -> list[VectorHit]:
-        page_size = top_k + max(OVERFETCH_MIN, top_k // 4)
+        limit = top_k + max(OVERFETCH_MIN, top_k // 4)
+        offset = 0
         kept: list[VectorHit] = []
         seen: set[tuple[str, int]] = set()
-        for page in range(MAX_PAGES):
-            hits = self.vectors.search(
-                tenant_id,
-                vector,
-                limit=page_size,
-                offset=page * page_size,
-                conditions=conditions,
-                score_threshold=score_threshold,
-            )
-            active = self.registry.active_versions(tenant_id, {hit.document_id for hit in hits})
-            for hit in hits:
-                key = (hit.document_id, hit.chunk_index)
-                if active.get(hit.document_id) == hit.version and key not in seen:
-                    seen.add(key)
-                    kept.append(hit)
-            if len(kept) >= top_k or len(hits) < page_size:
-                break
-        return kept[:top_k]
+        active: dict[str, int | None] = {}
+        with self.registry.snapshot() as snapshot:
+            while True:
+                hits = self.vectors.search(
+                    tenant_id,
+                    vector,
+                    limit=limit,
+                    offset=offset,
+                    conditions=conditions,
+                    score_threshold=score_threshold,
+                )
+                unknown = {hit.document_id for hit in hits} - active.keys()
+                if unknown:
+                    found = snapshot.active_versions(tenant_id, unknown)
+                    active.update({document_id: found.get(document_id) for document_id in unknown})
+                invisible = 0
+                for hit in hits:
+                    key = (hit.document_id, hit.chunk_index)
+                    if active.get(hit.document_id) == hit.version and key not in seen:
+                        seen.add(key)
+                        kept.append(hit)
+                    else:
+                        invisible += 1
+                if invisible:
+                    INVISIBLE_HITS.inc(invisible)
+                if len(kept) >= top_k or len(hits) < limit:
+                    return kept[:top_k]
+                # Short of top_k with more hits to come: fetch the next, larger page. Doubling keeps the number
+                # of round trips logarithmic in the number of invisible points, with no cap that could let
+                # orphans crowd out real results.
+                offset += limit
+                limit = min(limit * 2, MAX_PAGE)

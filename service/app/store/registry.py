@@ -20,7 +20,9 @@ import base64
 import binascii
 import functools
 import json
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +38,8 @@ from service.app.core.config import Settings
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
 from service.app.core.metrics import FAILURES
 from service.app.ingest.models import has_lone_surrogate
+
+logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MAX_PAGE_SIZE = 100
@@ -61,6 +65,27 @@ tenants = sa.Table(
     metadata_obj,
     sa.Column("tenant_id", sa.String(64), primary_key=True),
     sa.Column("data_version", sa.BigInteger, nullable=False),
+)
+
+jobs_table = sa.Table(
+    "jobs",
+    metadata_obj,
+    sa.Column("job_id", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.String(256), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("woken_at", sa.DateTime(timezone=True)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
+    sa.Index("ix_jobs_finished_at", "finished_at"),
 )
 
 
@@ -100,7 +125,8 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except SQLAlchemyError as exc:
             FAILURES.labels(component="registry").inc()
-            raise ServiceUnavailable(f"document registry unavailable: {type(exc).__name__}") from exc
+            logger.warning("registry call %s failed: %s", func.__name__, exc)
+            raise ServiceUnavailable("document registry unavailable; retry later") from exc
 
     return wrapper
 
@@ -187,6 +213,35 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return config
 
 
+def _active_versions(connection: Connection, tenant_id: str, document_ids: Iterable[str]) -> dict[str, int]:
+    ids = sorted(set(document_ids))
+    if not ids:
+        return {}
+    # Every search runs this: plain driver SQL costs a third of building and compiling a Core select.
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        "SELECT document_id, version FROM documents "  # noqa: S608 - only placeholders are interpolated
+        f"WHERE tenant_id = {mark} AND document_id IN ({', '.join([mark] * len(ids))})"
+    )
+    rows = connection.exec_driver_sql(sql, (tenant_id, *ids)).all()
+    return {document_id: int(version) for document_id, version in rows}
+
+
+class RegistrySnapshot:
+    """Reads against one registry snapshot (see `DocumentRegistry.snapshot`)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def active_versions(self, tenant_id: str, document_ids: Iterable[str]) -> dict[str, int]:
+        """document_id -> active version, as of the snapshot."""
+        try:
+            return _active_versions(self._connection, tenant_id, document_ids)
+        except SQLAlchemyError as exc:
+            FAILURES.labels(component="registry").inc()
+            raise ServiceUnavailable("document registry unavailable; retry later") from exc
+
+
 class DocumentRegistry:
     """SQLAlchemy-backed registry of active document versions; every call is scoped to one tenant."""
 
@@ -246,18 +301,44 @@ class DocumentRegistry:
     @_guarded
     def active_versions(self, tenant_id: str, document_ids: Iterable[str]) -> dict[str, int]:
         """document_id -> active version for those of ``document_ids`` that exist (one query)."""
-        ids = sorted(set(document_ids))
-        if not ids:
-            return {}
-        # Every search runs this: plain driver SQL costs a third of building and compiling a Core select.
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        sql = (
-            "SELECT document_id, version FROM documents "  # noqa: S608 - only placeholders are interpolated
-            f"WHERE tenant_id = {mark} AND document_id IN ({', '.join([mark] * len(ids))})"
-        )
         with self.engine.connect() as connection:
-            rows = connection.exec_driver_sql(sql, (tenant_id, *ids)).all()
-        return {document_id: int(version) for document_id, version in rows}
+            return _active_versions(connection, tenant_id, document_ids)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[RegistrySnapshot]:
+        """One consistent view of the registry for several reads (a search judging page after page of hits).
+
+        Postgres: a REPEATABLE READ transaction; SQLite (WAL): one read transaction, opened by an explicit
+        BEGIN because the driver runs each SELECT in its own. Either way no write that commits meanwhile is
+        seen, so every hit of one search is judged against the same set of active versions.
+        """
+        try:
+            with self.engine.connect() as connection:
+                if self.dialect == "postgresql":
+                    connection = connection.execution_options(isolation_level="REPEATABLE READ")
+                    connection.begin()
+                else:
+                    connection.exec_driver_sql("BEGIN")
+                try:
+                    yield RegistrySnapshot(connection)
+                finally:
+                    connection.rollback()
+        except SQLAlchemyError as exc:
+            FAILURES.labels(component="registry").inc()
+            raise ServiceUnavailable("document registry unavailable; retry later") from exc
+
+    @_guarded
+    def active_version_pairs(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """(tenant_id, document_id) -> active version for the given pairs that exist (for the orphan GC)."""
+        by_tenant: dict[str, set[str]] = {}
+        for tenant_id, document_id in pairs:
+            by_tenant.setdefault(tenant_id, set()).add(document_id)
+        found: dict[tuple[str, str], int] = {}
+        with self.engine.connect() as connection:
+            for tenant_id, ids in by_tenant.items():
+                for document_id, version in _active_versions(connection, tenant_id, ids).items():
+                    found[(tenant_id, document_id)] = version
+        return found
 
     @_guarded
     def data_version(self, tenant_id: str) -> int:

@@ -104,6 +104,16 @@ class VectorHit:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PointVersion:
+    """All points of one version of one document, as the orphan collector sees them."""
+
+    tenant_id: str
+    document_id: str
+    version: int
+    points: int
+
+
 class VectorStore(Protocol):
     """What the ingest and search services need from a vector store."""
 
@@ -132,6 +142,10 @@ class VectorStore(Protocol):
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int: ...
 
+    def versions(self) -> list[PointVersion]:
+        """Every (tenant, document, version) the store holds points of, with the point count (orphan GC)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -154,7 +168,7 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
         except Exception as exc:
             FAILURES.labels(component="vector_store").inc()
             logger.error("vector store call %s failed", func.__name__, exc_info=exc)
-            raise ServiceUnavailable(f"vector store unavailable: {type(exc).__name__}") from exc
+            raise ServiceUnavailable("vector store unavailable; retry later") from exc
 
     return wrapper
 
@@ -224,6 +238,13 @@ class LocalPointIndex:
             point_id(tenant_id, document_id, version, index) for version in chosen for index in held[version]
         ]
         return chosen, ids
+
+    def versions(self) -> list[PointVersion]:
+        return [
+            PointVersion(tenant_id, document_id, version, len(indexes))
+            for (tenant_id, document_id), held in self._documents.items()
+            for version, indexes in held.items()
+        ]
 
     def forget(self, tenant_id: str, document_id: str, versions: Iterable[int]) -> None:
         held = self._documents.get((tenant_id, document_id))
@@ -324,6 +345,30 @@ class QdrantVectorStore:
                 )
             if offset is None:
                 return index
+
+    @_guarded
+    def versions(self) -> list[PointVersion]:
+        """Every stored (tenant, document, version) with its point count: from the in-process index in local
+        mode, else by scrolling the collection's ids and three payload fields (memory: one entry per version)."""
+        if self._points is not None:
+            return self._points.versions()
+        counts: dict[tuple[str, str, int], int] = {}
+        offset: Any = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection,
+                limit=1024,
+                offset=offset,
+                with_payload=["tenant_id", "document_id", "version"],
+                with_vectors=False,
+            )
+            for record in records:
+                payload = record.payload or {}
+                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+                counts[key] = counts.get(key, 0) + 1
+            if offset is None:
+                break
+        return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
 
     def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
         # Indexes only speed filtering up (Qdrant filters unindexed fields too), so failures are logged, not raised.

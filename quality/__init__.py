@@ -1,0 +1,1 @@
+"""The retrieval-quality gate: a labelled evaluation set over Linux man pages, and the runner behind `make eval`."""

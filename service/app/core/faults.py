@@ -1,0 +1,25 @@
+"""Fault injection for the crash tests: ``RAG_FAULT_KILL_AT=<stage>`` makes the process SIGKILL itself there.
+
+The hook sits in the real write path (service.app.ingest.service) so tests/service/test_faults.py can prove that
+a ``kill -9`` at each stage of an ingest or delete leaves nothing partial or mixed visible, and nothing the orphan
+collector does not remove. It is a no-op unless the variable names the stage, and always when
+ENVIRONMENT=production.
+
+Stages: ``before_upsert`` (chunks embedded, nothing written), ``before_activate`` (points written, registry not
+switched), ``before_cleanup`` (registry switched, old version's points not deleted), ``after_registry_delete``
+(registry row deleted, points not).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+FAULT_ENV = "RAG_FAULT_KILL_AT"
+STAGES = frozenset({"before_upsert", "before_activate", "before_cleanup", "after_registry_delete"})
+
+
+def fault_point(stage: str) -> None:
+    """Die here, as by ``kill -9``, when RAG_FAULT_KILL_AT names this stage (tests only)."""
+    if os.environ.get(FAULT_ENV) == stage and os.environ.get("ENVIRONMENT") != "production":
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,90 @@
+"""Orphan collector: removes vector points that no registry row makes visible and no write can still publish.
+
+Points become orphans when a process dies between its upsert and its registry commit, between a commit and the
+clean-up of the old version, or when a clean-up fails (vector store down, disk full). Search already ignores
+them (service.app.search.service), but they cost space and search round trips, so they are collected:
+
+- a version lower than the document's active version is garbage (a writer of it can no longer win its
+  compare-and-set), exactly what a successful write would have deleted itself;
+- any other inactive version (document deleted, or never activated) is garbage once it is older than
+  GC_GRACE_SECONDS: versions are start times in microseconds (service.app.ingest.service.new_version), and a
+  write older than the grace refuses to commit, so no in-flight write can lose its points to the collector.
+
+It runs at start-up and every GC_INTERVAL_SECONDS in the API process (several replicas collecting at once is
+harmless: deletes are idempotent), removes at most GC_MAX_VERSIONS versions per run, and counts the points it
+removed in rag_orphan_points_removed_total.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from service.app.core.metrics import ORPHAN_COLLECTIONS, ORPHANS_REMOVED
+from service.app.store.registry import DocumentRegistry
+from service.app.store.vectors import PointVersion, VectorStore
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_BATCH = 500
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What one collection run saw and removed."""
+
+    versions_seen: int
+    versions_removed: int
+    points_removed: int
+
+
+def now_version() -> int:
+    """The current time on the version clock (microseconds since the epoch)."""
+    return time.time_ns() // 1000
+
+
+def is_orphan(version: PointVersion, active: int | None, *, now: int, grace_seconds: float) -> bool:
+    """Whether the points of ``version`` can be removed, given the document's active version (None: no row)."""
+    if active == version.version:
+        return False
+    if active is not None and version.version < active:
+        return True
+    return version.version < now - int(grace_seconds * 1_000_000)
+
+
+def collect_orphans(
+    registry: DocumentRegistry,
+    vectors: VectorStore,
+    *,
+    grace_seconds: float,
+    max_versions: int = 10_000,
+) -> GcReport:
+    """One bounded collection run (blocking; call it from a thread)."""
+    stored = vectors.versions()
+    now = now_version()
+    removed_versions = removed_points = 0
+    for start in range(0, len(stored), REGISTRY_BATCH):
+        batch = stored[start : start + REGISTRY_BATCH]
+        active = registry.active_version_pairs((v.tenant_id, v.document_id) for v in batch)
+        for version in batch:
+            if removed_versions >= max_versions:
+                break
+            if is_orphan(
+                version,
+                active.get((version.tenant_id, version.document_id)),
+                now=now,
+                grace_seconds=grace_seconds,
+            ):
+                vectors.delete_version(version.tenant_id, version.document_id, version.version)
+                removed_versions += 1
+                removed_points += version.points
+                ORPHANS_REMOVED.inc(version.points)
+    report = GcReport(len(stored), removed_versions, removed_points)
+    ORPHAN_COLLECTIONS.inc()
+    if removed_versions:
+        logger.info(
+            "orphan points removed",
+            extra={"versions": removed_versions, "points": removed_points, "seen": len(stored)},
+        )
+    return report

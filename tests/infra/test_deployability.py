@@ -1,0 +1,385 @@
+"""The deployability analysis (`infra.deployability`): each check fails on a deliberately broken program.
+
+Most tests build a small synthetic recorded program (a handful of `RecordedResource`s, as the recorder would
+record them) with one defect, and the same program with the defect fixed; others patch the real recorded program
+(cached per session by tests/infra/conftest.py) to reintroduce a defect. The matrix test runs the analysis on
+every stack file on every cluster target.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from infra import deployability as d
+from infra import render
+from infra.offline import RecordedResource, StackRun
+from tests.infra.conftest import run
+
+STACK = "urn:pulumi:t::rag::pulumi:pulumi:Stack::rag-t"
+
+
+def urn(type_: str, name: str) -> str:
+    return f"urn:pulumi:t::rag::{type_}::{name}"
+
+
+def res(
+    type_: str,
+    name: str,
+    inputs: dict[str, Any] | None = None,
+    *,
+    deps: tuple[RecordedResource, ...] = (),
+    parent: RecordedResource | None = None,
+    provider: RecordedResource | None = None,
+    custom: bool = True,
+) -> RecordedResource:
+    return RecordedResource(
+        type=type_,
+        name=name,
+        urn=urn(type_, name),
+        custom=custom,
+        inputs=inputs or {},
+        secret_keys=frozenset(),
+        parent=parent.urn if parent else STACK,
+        protect=False,
+        provider=provider.urn if provider else None,
+        depends_on=tuple(sorted(dep.urn for dep in deps)),
+    )
+
+
+def k8s(
+    kind: str, name: str, spec: dict | None = None, *, api: str = "core/v1", ns: str | None = "rag", **kw: Any
+):
+    metadata: dict[str, Any] = {"name": name}
+    if ns:
+        metadata["namespace"] = ns
+    inputs: dict[str, Any] = {"metadata": metadata}
+    if spec is not None:
+        inputs["spec"] = spec
+    return res(f"kubernetes:{api}:{kind}", kw.pop("logical", name), inputs, **kw)
+
+
+def program(*resources: RecordedResource, **config: Any) -> StackRun:
+    root = RecordedResource(
+        "pulumi:pulumi:Stack", "rag-t", STACK, False, {}, frozenset(), None, False, None, ()
+    )
+    return StackRun(
+        stack="t",
+        resources=[root, *resources],
+        outputs={},
+        secret_outputs=frozenset(),
+        config={f"rag:{key}": json.dumps(value) for key, value in config.items()},
+    )
+
+
+def findings(result: StackRun, check: str | None = None) -> list[d.Finding]:
+    found = d.analyse(result, waivers={}).findings
+    return [f for f in found if check is None or f.check == check]
+
+
+def release(name: str, chart: str, values: dict | None = None, **kw: Any) -> RecordedResource:
+    inputs = {"chart": chart, "name": name, "namespace": kw.pop("ns", "rag"), "values": values or {}}
+    return res("kubernetes:helm.sh/v3:Release", name, inputs, **kw)
+
+
+def deployment(name: str, pod: dict, **kw: Any) -> RecordedResource:
+    return k8s("Deployment", name, {"template": {"spec": pod}}, api="apps/v1", **kw)
+
+
+def eks_cluster(**addons: dict) -> list[RecordedResource]:
+    cluster = res(d.EKS_CLUSTER, "eks", {"name": "rag"})
+    out = [cluster]
+    for addon, values in addons.items():
+        inputs = {"addonName": addon, "configurationValues": json.dumps(values)}
+        out.append(res(d.EKS_ADDON, addon, inputs, deps=(cluster,)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- closure
+def test_closure_follows_depends_on_provider_and_the_parents_dependencies() -> None:
+    cluster = res(d.EKS_CLUSTER, "eks")
+    provider = res("pulumi:providers:kubernetes", "k8s", deps=(cluster,))
+    gate = release("crds", "kube-prometheus-stack", provider=provider)
+    component = res("rag:app:RagService", "app", custom=False, deps=(gate,))
+    child = k8s("ConfigMap", "cm", parent=component, provider=provider)
+    result = program(cluster, provider, gate, component, child)
+    graph = d.Graph(result)
+    # The child names none of these itself: the provider brings the cluster, the parent brings its depends_on.
+    assert {cluster.urn, provider.urn, gate.urn, component.urn} <= graph.closure(child.urn)
+    assert child.urn not in graph.closure(gate.urn)
+
+
+def test_the_recorder_keeps_output_reference_edges() -> None:
+    # prod's rag-secrets has no explicit depends_on on RDS: its DATABASE_URL is built from the instance's address
+    # output, and that is what the engine (and the recorder) see as a dependency.
+    result = run("prod")
+    secret = result.by_name("rag-secrets")
+    assert result.by_name("postgres-instance").urn in secret.depends_on
+    assert result.by_name("redis-replication-group").urn in d.closure(result, secret.urn)
+
+
+# --------------------------------------------------------------------------------------------- crd-order
+def test_a_custom_resource_must_wait_for_the_release_installing_its_crd() -> None:
+    stack = release("monitoring", "kube-prometheus-stack")
+    monitor = k8s("ServiceMonitor", "rag", {}, api="monitoring.coreos.com/v1")
+    broken = findings(program(stack, monitor), "crd-order")
+    assert [f.name for f in broken] == ["rag"]
+    assert "does not wait for monitoring" in broken[0].message
+    assert "depends_on=[monitoring]" in broken[0].fix
+
+    fixed = k8s("ServiceMonitor", "rag", {}, api="monitoring.coreos.com/v1", deps=(stack,))
+    assert findings(program(stack, fixed), "crd-order") == []
+
+
+def test_a_custom_resource_nothing_installs_is_a_finding() -> None:
+    no_crds = release("monitoring", "kube-prometheus-stack", {"crds": {"enabled": False}})
+    monitor = k8s("ServiceMonitor", "rag", {}, api="monitoring.coreos.com/v1", deps=(no_crds,))
+    assert [f.check for f in findings(program(no_crds, monitor))] == ["crd-order"]
+    # A CustomResourceDefinition resource provides its group.
+    crd = res(d.CRD_TYPE, "servicemonitors", {"spec": {"group": "monitoring.coreos.com"}})
+    monitor = k8s("ServiceMonitor", "rag", {}, api="monitoring.coreos.com/v1", deps=(crd,))
+    assert findings(program(crd, monitor)) == []
+
+
+def test_cert_manager_with_gateway_api_needs_the_gateway_crds_first_on_eks() -> None:
+    values = {"crds": {"enabled": True}, "config": {"enableGatewayAPI": True}}
+    cluster = eks_cluster()
+    broken = findings(program(*cluster, release("cert-manager", "cert-manager", values)), "crd-order")
+    assert [f.name for f in broken] == ["cert-manager"]
+    assert "gateway.networking.k8s.io" in broken[0].message
+
+    envoy = release("envoy-gateway", "gateway-helm", ns="envoy-gateway-system")
+    fixed = release("cert-manager", "cert-manager", values, deps=(envoy,))
+    assert findings(program(*cluster, envoy, fixed), "crd-order") == []
+
+
+def test_gke_provides_the_gateway_api_only_when_the_cluster_enables_it() -> None:
+    gateway_spec = {"gatewayClassName": "gke-l7-global-external-managed", "listeners": []}
+
+    def gke_program(cluster_inputs: dict) -> StackRun:
+        cluster = res(d.GKE_CLUSTER, "gke", cluster_inputs)
+        provider = res("pulumi:providers:kubernetes", "k8s", deps=(cluster,))
+        gw = k8s("Gateway", "gw", gateway_spec, api="gateway.networking.k8s.io/v1", provider=provider)
+        return program(cluster, provider, gw)
+
+    broken = findings(gke_program({"datapathProvider": "ADVANCED_DATAPATH"}))
+    assert sorted(f.check for f in broken) == ["class-reference", "crd-order"]
+    fixed = {"datapathProvider": "ADVANCED_DATAPATH", "gatewayApiConfig": {"channel": "CHANNEL_STANDARD"}}
+    assert findings(gke_program(fixed)) == []
+
+
+# --------------------------------------------------------------------------------------------- reads-order
+POD = {
+    "serviceAccountName": "api",
+    "containers": [
+        {
+            "name": "api",
+            "envFrom": [{"configMapRef": {"name": "cfg"}}, {"secretRef": {"name": "creds"}}],
+            "env": [{"name": "PG", "valueFrom": {"secretKeyRef": {"name": "pg-app", "key": "uri"}}}],
+        }
+    ],
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+}
+
+
+def test_a_workload_must_wait_for_everything_its_pods_read() -> None:
+    operator = release("cnpg", "cloudnative-pg")
+    objects = [
+        k8s("ServiceAccount", "api"),
+        k8s("ConfigMap", "cfg"),
+        k8s("Secret", "creds"),
+        k8s("PersistentVolumeClaim", "data", {"storageClassName": "standard"}),
+        k8s("Cluster", "pg", {}, api="postgresql.cnpg.io/v1", deps=(operator,)),  # generates Secret pg-app
+    ]
+    broken = findings(program(operator, *objects, deployment("api", POD)), "reads-order")
+    assert sorted(f.message.split(" reads ")[1].split(" (")[0] for f in broken) == [
+        "ConfigMap cfg",
+        "PersistentVolumeClaim data",
+        "Secret creds",
+        "Secret pg-app",
+        "ServiceAccount api",
+    ]
+    fixed = deployment("api", POD, deps=tuple(objects))
+    assert findings(program(operator, *objects, fixed)) == []
+
+
+def test_a_reference_nothing_declares_is_missing_unless_optional() -> None:
+    pod = {"containers": [{"name": "c", "envFrom": [{"secretRef": {"name": "nowhere"}}]}]}
+    broken = findings(program(deployment("api", pod)))
+    assert [(f.check, f.name) for f in broken] == [("missing-reference", "api")]
+    pod["containers"][0]["envFrom"][0]["secretRef"]["optional"] = True
+    assert findings(program(deployment("api", pod))) == []
+
+
+def test_a_cronjob_and_a_helm_release_are_held_to_the_same_rule() -> None:
+    script = k8s("ConfigMap", "script")
+    pod = {"containers": [{"name": "b"}], "volumes": [{"name": "s", "configMap": {"name": "script"}}]}
+    cron = k8s("CronJob", "backup", {"jobTemplate": {"spec": {"template": {"spec": pod}}}}, api="batch/v1")
+    assert [f.name for f in findings(program(script, cron))] == ["backup"]
+    admin = k8s("Secret", "grafana-admin", ns="monitoring")
+    values = {"grafana": {"admin": {"existingSecret": "grafana-admin"}}}
+    broken = release("stack", "kube-prometheus-stack", values, ns="monitoring")
+    assert [f.name for f in findings(program(admin, broken))] == ["stack"]
+    fixed = release("stack", "kube-prometheus-stack", values, ns="monitoring", deps=(admin,))
+    assert findings(program(admin, fixed)) == []
+
+
+def test_removing_a_depends_on_from_the_real_program_is_caught() -> None:
+    result = run("prod")
+    monitor = result.by_name("rag-servicemonitor")
+    stack = result.by_name("monitoring-stack")
+    assert not [f for f in findings(result) if f.name == "rag-servicemonitor"]
+    cut = dataclasses.replace(monitor, depends_on=tuple(u for u in monitor.depends_on if u != stack.urn))
+    broken = dataclasses.replace(result, resources=[cut if r is monitor else r for r in result.resources])
+    found = [f for f in findings(broken) if f.name == "rag-servicemonitor"]
+    assert [f.check for f in found] == ["crd-order"]
+
+
+# --------------------------------------------------------------------------------------------- class-reference
+def test_gateway_class_must_be_declared_and_served_on_eks() -> None:
+    cluster = eks_cluster(**{"vpc-cni": {"enableNetworkPolicy": "true"}})
+    envoy = release("envoy-gateway", "gateway-helm", ns="envoy-gateway-system")
+    gw = k8s("Gateway", "gw", {"gatewayClassName": "eg"}, api="gateway.networking.k8s.io/v1", deps=(envoy,))
+    assert [f.check for f in findings(program(*cluster, envoy, gw))] == ["class-reference"]
+
+    controller = "gateway.envoyproxy.io/gatewayclass-controller"
+    klass = k8s(
+        "GatewayClass", "eg", {"controllerName": controller}, api="gateway.networking.k8s.io/v1", ns=None
+    )
+    klass = dataclasses.replace(klass, depends_on=(envoy.urn,))
+    assert findings(program(*cluster, envoy, klass, gw)) == []
+    # The class without its controller: nothing programs the Gateway.
+    crds = release("gateway-crds", "gateway-crds-helm")
+    gw = k8s("Gateway", "gw", {"gatewayClassName": "eg"}, api="gateway.networking.k8s.io/v1", deps=(crds,))
+    klass = dataclasses.replace(klass, depends_on=(crds.urn,))
+    assert [f.check for f in findings(program(*cluster, crds, klass, gw))] == ["capability"]
+
+
+def test_storage_classes_and_issuers_must_exist() -> None:
+    cluster = eks_cluster()
+    sts_spec = {
+        "template": {"spec": {"containers": [{"name": "c"}]}},
+        "volumeClaimTemplates": [{"spec": {"storageClassName": "gp3"}}],
+    }
+    sts = k8s("StatefulSet", "db", sts_spec, api="apps/v1")
+    broken = findings(program(*cluster, sts))
+    assert [(f.check, "gp3" in f.message) for f in broken] == [("class-reference", True)]
+    gp3 = k8s("StorageClass", "gp3", {}, api="storage.k8s.io/v1", ns=None)
+    assert [f.check for f in findings(program(*cluster, gp3, sts))] == ["reads-order"]
+    sts = k8s("StatefulSet", "db", sts_spec, api="apps/v1", deps=(gp3,))
+    assert findings(program(*cluster, gp3, sts)) == []
+    # Without a class, EKS (no default StorageClass since 1.30) leaves the claim Pending.
+    sts_spec["volumeClaimTemplates"] = [{"spec": {}}]
+    assert [
+        f.check for f in findings(program(*cluster, k8s("StatefulSet", "db", sts_spec, api="apps/v1")))
+    ] == ["capability"]
+
+    manager = release("cert-manager", "cert-manager", {"crds": {"enabled": True}})
+    cert_spec = {"secretName": "tls", "issuerRef": {"name": "le", "kind": "ClusterIssuer"}}
+    cert = k8s("Certificate", "tls", cert_spec, api="cert-manager.io/v1", deps=(manager,))
+    assert [f.check for f in findings(program(manager, cert))] == ["class-reference"]
+    issuer = k8s("ClusterIssuer", "le", {}, api="cert-manager.io/v1", ns=None, deps=(manager,))
+    assert findings(program(manager, issuer, cert)) == []
+    # An existing ClusterIssuer named by config is a prerequisite, not a finding.
+    tls = {"enabled": True, "clusterIssuer": "le", "installCertManager": False, "issuer": "letsencrypt"}
+    cert = k8s("Certificate", "tls", cert_spec, api="cert-manager.io/v1")
+    assert findings(program(cert, tls=tls)) == []
+
+
+# --------------------------------------------------------------------------------------------- capability
+NETPOL = ("default-deny", {"podSelector": {}, "policyTypes": ["Ingress"]})
+
+
+def netpol() -> RecordedResource:
+    return k8s("NetworkPolicy", NETPOL[0], NETPOL[1], api="networking.k8s.io/v1")
+
+
+def test_network_policies_need_an_enforcing_dataplane() -> None:
+    off = findings(program(*eks_cluster(), netpol()))
+    assert [(f.check, f.name) for f in off] == [("capability", "eks")]
+    assert "enableNetworkPolicy" in off[0].fix
+    assert findings(program(*eks_cluster(**{"vpc-cni": {"enableNetworkPolicy": "false"}}), netpol()))
+    assert findings(program(*eks_cluster(**{"vpc-cni": {"enableNetworkPolicy": "true"}}), netpol())) == []
+
+    assert [f.name for f in findings(program(res(d.GKE_CLUSTER, "gke", {}), netpol()))] == ["gke"]
+    for enforcing in (
+        {"datapathProvider": "ADVANCED_DATAPATH"},
+        {"networkPolicy": {"enabled": True}, "addonsConfig": {"networkPolicyConfig": {"disabled": False}}},
+        {"enableAutopilot": True},
+    ):
+        assert findings(program(res(d.GKE_CLUSTER, "gke", enforcing), netpol())) == [], enforcing
+
+
+def test_an_hpa_needs_the_metrics_api() -> None:
+    hpa = k8s("HorizontalPodAutoscaler", "api", {}, api="autoscaling/v2")
+    assert [f.name for f in findings(program(*eks_cluster(), hpa))] == ["api"]
+    assert findings(program(*eks_cluster(**{"metrics-server": {}}), hpa)) == []
+    assert findings(program(*eks_cluster(), release("metrics-server", "metrics-server"), hpa)) == []
+    assert findings(program(res(d.GKE_CLUSTER, "gke", {}), hpa)) == []  # GKE runs metrics-server
+
+
+def test_control_plane_scrapes_are_off_on_managed_control_planes() -> None:
+    on = release("monitoring", "kube-prometheus-stack")
+    broken = findings(program(*eks_cluster(), on))
+    assert [f.name for f in broken] == ["monitoring"]
+    for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
+        assert f"{component}.enabled: false" in broken[0].fix
+    off = {name: {"enabled": False} for name in (*d.CONTROL_PLANE_SCRAPES, "kubeProxy")}
+    assert findings(program(*eks_cluster(), release("monitoring", "kube-prometheus-stack", off))) == []
+    # On a cluster whose control plane we run, the scrapes are the user's choice.
+    assert findings(program(on)) == []
+
+
+def test_workload_identity_bindings_wait_for_the_gke_cluster() -> None:
+    cluster = res(d.GKE_CLUSTER, "gke", {"datapathProvider": "ADVANCED_DATAPATH"})
+    member = {"member": "serviceAccount:p.svc.id.goog[rag/api]", "role": "roles/iam.workloadIdentityUser"}
+    binding = res("gcp:serviceaccount/iAMMember:IAMMember", "wi", member)
+    assert [f.name for f in findings(program(cluster, binding))] == ["wi"]
+    binding = res("gcp:serviceaccount/iAMMember:IAMMember", "wi", member, deps=(cluster,))
+    assert findings(program(cluster, binding)) == []
+
+
+# --------------------------------------------------------------------------------------------- the real stacks
+def test_every_stack_on_every_target_is_deployable(target_run: StackRun) -> None:
+    analysis = d.analyse(target_run)
+    assert analysis.findings == [], "\n".join(str(f) for f in analysis.findings)
+    if analysis.target == "existing":
+        # What an existing cluster must already run is stated, not assumed.
+        assert {c.name for c in analysis.prerequisites} >= {"api:gateway.networking.k8s.io", "network-policy"}
+
+
+def test_waivers_name_an_issue() -> None:
+    for key, reason in d.WAIVERS.items():
+        assert key[0] in {"crd-order", "reads-order", "missing-reference", "class-reference", "capability"}
+        assert "issue" in reason, key
+
+
+# --------------------------------------------------------------------------------------------- make plan
+def test_the_render_fails_on_a_finding_and_reports_resource_and_fix(tmp_path: Path) -> None:
+    result = run("prod")
+    monitor = result.by_name("qdrant-servicemonitor")
+    cut = dataclasses.replace(monitor, depends_on=(result.by_name("namespace").urn,), parent=STACK)
+    broken = dataclasses.replace(result, resources=[cut if r is monitor else r for r in result.resources])
+    report = render.render_run(broken, tmp_path, environment="prod")
+    assert not report.ok
+    assert [(f.check, f.name) for f in report.findings] == [("crd-order", "qdrant-servicemonitor")]
+    plan = (tmp_path / "plan.md").read_text()
+    assert "**FAIL**" in plan
+    assert "1 deployability findings" in plan
+    assert f"**crd-order** `{cut.urn}`" in plan
+    assert "**Fix**: add depends_on=[monitoring-stack]" in plan
+    listed = json.loads((tmp_path / "plan.json").read_text())["deployability"]
+    assert listed["target"] == "eks"
+    assert listed["findings"][0]["resource"] == cut.urn
+
+
+def test_make_plan_lists_capabilities_and_prerequisites(tmp_path: Path) -> None:
+    assert render.main(["--stack", "dev", "--out", str(tmp_path)]) == 0
+    plan = (tmp_path / "plan.md").read_text()
+    section = plan[plan.index("## Deployability") :]
+    assert "Cluster target `existing`" in section
+    assert "`gatewayclass:envoy-gateway`: prerequisite" in section
+    assert "`network-policy`: prerequisite" in section
+    assert "### Findings\n\n- none" in section
