@@ -11,13 +11,16 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
-    StrictStr,
+    ValidationError,
     field_validator,
 )
 
+from service.app.core.errors import InvalidInput
 from service.app.search.models import MAX_QUERY_CHARS, FilterValue, SearchRequest
 
 MAX_ANSWER_TOP_K = 20
+# The retrieval modes search accepts, whatever they are (validated here, so a bad mode is a 422 naming `mode`).
+SearchMode = SearchRequest.model_fields["mode"].annotation
 
 
 class AnswerRequest(BaseModel):
@@ -30,9 +33,7 @@ class AnswerRequest(BaseModel):
         5, ge=1, le=MAX_ANSWER_TOP_K, description="chunks retrieved as candidate sources (best first)"
     )
     filter: dict[str, FilterValue] | None = Field(None, description="metadata conditions, as for /v1/search")
-    mode: StrictStr | None = Field(
-        None, description="retrieval mode, passed to search when it supports one (e.g. dense, hybrid)"
-    )
+    mode: SearchMode | None = Field(None, description="retrieval mode, as for /v1/search; default: search's")
     score_threshold: StrictFloat | None = Field(
         None, ge=-1.0, le=1.0, description="minimum similarity of a source; default ANSWER_MIN_SCORE"
     )
@@ -56,13 +57,13 @@ class AnswerRequest(BaseModel):
             ),
         }
         if self.mode is not None:
-            if "mode" not in SearchRequest.model_fields:
-                from service.app.core.errors import InvalidInput
-
-                raise InvalidInput("mode: this service's search has no retrieval modes yet; omit mode")
             fields["mode"] = self.mode
-        # model_validate (not the constructor) so search's own validation names a bad filter or mode.
-        return SearchRequest.model_validate(fields)
+        try:
+            return SearchRequest.model_validate(fields)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "body"
+            raise InvalidInput(f"{where}: {error['msg']}") from None
 
 
 class Citation(BaseModel):
