@@ -14,6 +14,7 @@ feeds it from `pulumi.Config("rag")`. Secrets never pass through here as plain v
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import types
@@ -113,6 +114,8 @@ class GkeCluster:
     deletionProtection: bool
     nodePool: GkeNodePool
     storageClass: str
+    privateEndpoint: bool = True
+    masterAuthorizedNetworks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +139,8 @@ class EksCluster:
     availabilityZones: int = _f(min=2, max=6)
     nodeGroup: EksNodeGroup
     storageClass: str = ""
+    endpointPublicAccess: bool = False
+    publicAccessCidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -677,6 +682,32 @@ def _check_rules(config: StackConfig, file: str) -> None:
         group = cluster.eks.nodeGroup
         if not group.minSize <= group.desiredSize <= group.maxSize:
             fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
+        _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        if cluster.eks.endpointPublicAccess and not cluster.eks.publicAccessCidrs:
+            # EKS treats an empty list as 0.0.0.0/0: opening the endpoint must name who may reach it.
+            fail(
+                "cluster.eks.publicAccessCidrs",
+                "the public API endpoint is on (cluster.eks.endpointPublicAccess) but no CIDR is listed; "
+                "EKS would open it to 0.0.0.0/0 - list the deployers' ranges (0.0.0.0/0 only if you mean it)",
+            )
+    if cluster.provider == "gke":
+        _check_cidrs(cluster.gke.masterAuthorizedNetworks, "cluster.gke.masterAuthorizedNetworks", fail)
+        if not cluster.gke.privateEndpoint and not cluster.gke.masterAuthorizedNetworks:
+            fail(
+                "cluster.gke.masterAuthorizedNetworks",
+                "the control plane's public endpoint is on (cluster.gke.privateEndpoint false) but no "
+                "authorized network is listed - list the deployers' ranges (0.0.0.0/0 only if you mean it)",
+            )
+        if (
+            config.tls.enabled
+            and not config.gateway.ingress.enabled
+            and not config.gateway.className.startswith("gke-")
+        ):
+            fail(
+                "gateway.className",
+                f"{config.gateway.className} is not a GKE Gateway class: on gke the stack enables GKE's own "
+                "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
+            )
 
     qdrant = config.qdrant
     if qdrant.replicationFactor > qdrant.replicas:
@@ -692,6 +723,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail("service.autoscaling.minReplicas", "must not exceed service.autoscaling.maxReplicas")
         if not scaling.minReplicas <= service.replicas <= scaling.maxReplicas:
             fail("service.replicas", "must lie within service.autoscaling.minReplicas..maxReplicas")
+    pods = scaling.minReplicas if scaling.enabled else service.replicas
+    if service.pdb.enabled and pods > 1 and service.pdb.minAvailable >= pods:
+        fail(
+            "service.pdb.minAvailable",
+            f"{service.pdb.minAvailable} leaves no pod of the {pods} evictable: node drains would block for ever",
+        )
     if service.settings.chunkOverlap >= service.settings.chunkSize:
         fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
 
@@ -735,6 +772,14 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
         if service.replicas < 2 and not scaling.enabled:
             fail("service.replicas", "prod requires at least 2 service replicas or autoscaling")
+
+
+def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError:
+            fail(key, f"{cidr!r} is not an IPv4/IPv6 network in CIDR notation (host bits must be zero)")
 
 
 # --- secrets ---------------------------------------------------------------------------------------------------

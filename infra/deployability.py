@@ -846,26 +846,7 @@ CHECKS = (check_crd_order, check_references, check_class_references, check_capab
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
 #: listed in plan.md but does not fail the render. Keep this empty: an entry is a defect with an issue number.
-OPEN = "issue 8: open on main, being fixed on branch i8a"
-WAIVERS: dict[tuple[str, str], str] = {
-    ("capability", "eks"): OPEN,
-    ("capability", "gke"): OPEN,
-    ("capability", "monitoring-stack"): OPEN,
-    ("capability", "rag-hpa"): OPEN,
-    ("class-reference", "gateway-gateway"): OPEN,
-    ("crd-order", "gateway-cert-manager"): OPEN,
-    ("crd-order", "gateway-gateway"): OPEN,
-    ("crd-order", "gateway-health-check-policy"): OPEN,
-    ("crd-order", "gateway-redirect-route"): OPEN,
-    ("crd-order", "gateway-route"): OPEN,
-    ("reads-order", "qdrant-backups-cronjob"): OPEN,
-    ("reads-order", "qdrant-statefulset"): OPEN,
-    ("reads-order", "rag-api"): OPEN,
-    ("reads-order", "rag-worker"): OPEN,
-    ("reads-order", "redis-statefulset"): OPEN,
-    ("reads-order", "wi-backup-binding"): OPEN,
-    ("reads-order", "wi-service-binding"): OPEN,
-}
+WAIVERS: dict[tuple[str, str], str] = {}
 
 
 def analyse(run: StackRun, *, waivers: Mapping[tuple[str, str], str] | None = None) -> Analysis:

@@ -160,6 +160,7 @@ def qdrant_args(
         api_key=api_key,
         replicas=cfg.replicas,
         replication_factor=cfg.replicationFactor,
+        shard_number=cfg.shardNumber,
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",
         storage_size=cfg.storage.size,
         storage_class=storage_class(cfg.storage.storageClass, cluster),
@@ -207,6 +208,9 @@ def postgres_args(
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
         allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
         instance_class=cfg.managed.instanceClass,
+        # The major version only: RDS applies minor upgrades itself (auto_minor_version_upgrade), and a pinned
+        # minor would make every later `up` try to downgrade the instance back to it.
+        engine_version=cfg.version,
         allocated_storage_gb=cfg.managed.storageGb,
         max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
         multi_az=cfg.managed.multiAz,
@@ -245,6 +249,8 @@ def redis_args(
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
         allowed_cidrs=tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network),
         node_type=cfg.managed.nodeType,
+        # ElastiCache for Valkey takes major.minor (7.2, 8.0, 8.1): the same release line as the in-cluster image.
+        engine_version=".".join(cfg.version.split(".")[:2]),
         num_cache_clusters=1 + cfg.managed.replicas,
         region=cluster.region or None,
         authorized_network=network.get("network_id"),
@@ -268,6 +274,7 @@ def image_args(
             else None
         ),
         context_dir=context_dir,
+        cache_repository=registry.cache_repository,
     )
 
 
@@ -278,6 +285,7 @@ class DataStores:
     qdrant_url: pulumi.Input[str]
     qdrant_api_key: pulumi.Input[str]
     qdrant_replication_factor: int
+    qdrant_shard_number: int
     database_url: pulumi.Input[str]
     redis_url: pulumi.Input[str]
     egress: tuple[EgressTarget, ...]
@@ -292,6 +300,7 @@ class DataStores:
             qdrant_url=qdrant.endpoint,
             qdrant_api_key=qdrant.api_key,
             qdrant_replication_factor=qdrant.replication_factor,
+            qdrant_shard_number=qdrant.shard_number,
             database_url=postgres.url,
             redis_url=redis.url,
             egress=(qdrant.egress_target, postgres.egress_target, redis.egress_target),
@@ -325,6 +334,7 @@ def service_args(
         redis_url=stores.redis_url,
         api_keys=api_keys,
         qdrant_replication_factor=stores.qdrant_replication_factor,
+        qdrant_shard_number=stores.qdrant_shard_number,
         settings=settings,
         replicas=cfg.replicas,
         autoscaling=(
@@ -359,7 +369,12 @@ def service_args(
 
 
 def gateway_args(
-    config: StackConfig, *, service_name: str, service_port: int, ready: tuple[pulumi.Resource, ...] = ()
+    config: StackConfig,
+    *,
+    service_name: str,
+    service_port: int,
+    ready: tuple[pulumi.Resource, ...] = (),
+    gateway_crds: tuple[pulumi.Resource, ...] = (),
 ) -> TlsGatewayArgs:
     """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service."""
     tls = config.tls
@@ -379,6 +394,7 @@ def gateway_args(
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
+        gateway_crds=gateway_crds,
         depends_on=ready,
     )
 
@@ -541,7 +557,11 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         gateway = TlsGateway(
             "gateway",
             gateway_args(
-                config, service_name=service.service_name, service_port=service.service_port, ready=ready
+                config,
+                service_name=service.service_name,
+                service_port=service.service_port,
+                ready=ready,
+                gateway_crds=cluster.gateway_api,
             ),
             opts=in_cluster,
         )

@@ -26,6 +26,8 @@ class Registry:
     server: pulumi.Output[str]
     username: pulumi.Output[str] | None = None
     password: pulumi.Output[str] | None = None  # secret
+    # Where the BuildKit cache goes (`<cache_repository>:buildcache`, overwritten each build); None: `repository`.
+    cache_repository: pulumi.Output[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class ClusterTarget:
         default_factory=dict
     )  # vpc/subnets/security group (eks), network (gke)
     depends_on: tuple[pulumi.Resource, ...] = ()  # what must exist before workloads (node pool / node group)
+    # What provides the Gateway API on this target (its CRDs, a controller, the GatewayClass): the Gateway, its
+    # routes and cert-manager (whose Gateway API support needs the CRDs at start-up) wait for these. Empty on
+    # `existing`, where they are a prerequisite of the cluster (docs/infra.md).
+    gateway_api: tuple[pulumi.Resource, ...] = ()
     # (namespace, service account name, role) -> annotations binding that KSA to the role's cloud identity.
     workload_identity: Callable[[str, str, str], Mapping[str, pulumi.Input[str]]] | None = None
     # (role, bucket name) -> lets the role's cloud identity write backups into the bucket.

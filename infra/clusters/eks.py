@@ -28,6 +28,17 @@ NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
 )
 EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
+# VPC CNI managed add-on configuration: its network policy agent enforces NetworkPolicies (off by default on EKS,
+# so every policy the stack declares would be inert). Key and string value per the add-on's configuration schema
+# (`aws eks describe-addon-configuration --addon-name vpc-cni`) and AWS's "Restrict Pod network traffic" guide.
+VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
+# EKS ships no metrics API: the HPA needs metrics-server (kubernetes-sigs chart; app v0.8.1).
+METRICS_SERVER_CHART = ("metrics-server", "3.13.1", "https://kubernetes-sigs.github.io/metrics-server/")
+# EKS has no Gateway API implementation: Envoy Gateway (its chart installs the Gateway API CRDs it is built
+# against, v1.6.1, before its controller starts). v1.9 supports Kubernetes 1.33-1.36 (its compatibility matrix).
+ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
+ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
+ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -204,7 +215,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         vpc_config={
             "subnet_ids": [subnet.id for subnet in private_subnets + public_subnets],
             "endpoint_private_access": True,
-            "endpoint_public_access": True,
+            # Private by default (rag:cluster.eks.endpointPublicAccess); when opened, only from the listed ranges.
+            "endpoint_public_access": eks.endpointPublicAccess,
+            **({"public_access_cidrs": list(eks.publicAccessCidrs)} if eks.endpointPublicAccess else {}),
         },
         access_config={
             "authentication_mode": "API_AND_CONFIG_MAP",
@@ -223,6 +236,18 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         )
         for arn in NODE_POLICIES
     ]
+    # The VPC CNI as a managed add-on with network policy enforcement on, before any node joins: the node agent
+    # comes up with the nodes, so no pod ever runs unpoliced.
+    vpc_cni = aws.eks.Addon(
+        "vpc-cni",
+        cluster_name=cluster.name,
+        addon_name="vpc-cni",
+        configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
+        # EKS installs a self-managed aws-node at cluster creation: the add-on takes it over.
+        resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
+        opts=opts,
+    )
     group = eks.nodeGroup
     node_group = aws.eks.NodeGroup(
         "eks-nodes",
@@ -237,7 +262,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "desired_size": group.desiredSize,
         },
         update_config={"max_unavailable": 1},
-        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=node_policies)),
+        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni])),
     )
 
     issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])
@@ -273,6 +298,36 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         image_scanning_configuration={"scan_on_push": True},
         force_delete=not config.protect,
         opts=kept,
+    )
+    # The build cache is one tag rewritten by every build: it cannot live in the IMMUTABLE repository.
+    cache_repository = aws.ecr.Repository(
+        "registry-cache",
+        name=f"rag-service-{stack}-cache",
+        image_tag_mutability="MUTABLE",
+        force_delete=True,
+        opts=opts,
+    )
+    aws.ecr.LifecyclePolicy(
+        "registry-cache-lifecycle",
+        repository=cache_repository.name,
+        policy=json.dumps(
+            {
+                "rules": [
+                    {
+                        "rulePriority": 1,
+                        "description": "drop cache blobs no tag points to any more",
+                        "selection": {
+                            "tagStatus": "untagged",
+                            "countType": "sinceImagePushed",
+                            "countUnit": "days",
+                            "countNumber": 7,
+                        },
+                        "action": {"type": "expire"},
+                    }
+                ]
+            }
+        ),
+        opts=opts,
     )
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
@@ -316,6 +371,46 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[ebs_addon]),
     )
 
+    in_cluster = pulumi.ResourceOptions(provider=k8s_provider, depends_on=[node_group, vpc_cni])
+    chart, version, repo = METRICS_SERVER_CHART
+    metrics_server = k8s.helm.v3.Release(
+        "metrics-server",
+        name="metrics-server",
+        chart=chart,
+        version=version,
+        repository_opts={"repo": repo},
+        namespace="kube-system",
+        atomic=True,
+        timeout=600,
+        values={"replicas": 2, "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}},
+        opts=in_cluster,
+    )
+    chart, version, repo = ENVOY_GATEWAY_CHART
+    envoy_gateway = k8s.helm.v3.Release(
+        "envoy-gateway",
+        name="eg",
+        chart=f"{repo}/{chart}",
+        version=version,
+        namespace=ENVOY_GATEWAY_NAMESPACE,
+        create_namespace=True,
+        atomic=True,
+        timeout=600,
+        opts=in_cluster,
+    )
+    gateway_classes: list[pulumi.Resource] = []
+    if config.tls.enabled and not config.gateway.ingress.enabled:
+        # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.
+        gateway_classes.append(
+            k8s.apiextensions.CustomResource(
+                "gateway-class",
+                api_version="gateway.networking.k8s.io/v1",
+                kind="GatewayClass",
+                metadata={"name": config.gateway.className},
+                spec={"controllerName": ENVOY_GATEWAY_CONTROLLER},
+                opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
+            )
+        )
+
     roles: dict[str, aws.iam.Role] = {}
 
     def workload_identity(namespace: str, service_account: str, role: str) -> Mapping[str, pulumi.Input[str]]:
@@ -345,6 +440,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             server=repository.repository_url.apply(lambda url: url.split("/", 1)[0]),
             username=token.user_name,
             password=pulumi.Output.secret(token.password),
+            cache_repository=cache_repository.repository_url,
         ),
         storage_class=eks.storageClass,
         cloud_provider=aws_provider,
@@ -355,7 +451,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "vpc_cidr": eks.vpcCidr,
             "oidc_provider": oidc,
         },
-        depends_on=(node_group, ebs_addon, storage_class),
+        depends_on=(node_group, vpc_cni, ebs_addon, storage_class, metrics_server),
+        gateway_api=(envoy_gateway, *gateway_classes),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,
         cloud="aws",

@@ -31,6 +31,12 @@ APIS = (
 WORKLOAD_ROLES = ("backup", "service")
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
+# The control plane's private range (a /28 outside every other range of the network).
+MASTER_CIDR = "172.16.0.0/28"
+# Gateway API on GKE: the cluster's own controller and CRDs (pulumi-gcp `gateway_api_config.channel`).
+GATEWAY_API_CHANNEL = "CHANNEL_STANDARD"
+# Dataplane V2 (Cilium-based): enforces NetworkPolicies; the legacy datapath ignores them without Calico.
+DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
 
 
 def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
@@ -112,6 +118,18 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         opts=opts,
     )
 
+    # Private nodes have no external address: Cloud NAT lets them pull public images (Docker Hub, ghcr.io).
+    router = gcp.compute.Router("nat-router", network=network.id, region=gke.region, opts=opts)
+    gcp.compute.RouterNat(
+        "nat",
+        router=router.name,
+        region=gke.region,
+        nat_ip_allocate_option="AUTO_ONLY",
+        source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+        log_config={"enable": True, "filter": "ERRORS_ONLY"},
+        opts=opts,
+    )
+
     workload_pool = f"{gke.project}.svc.id.goog"
     common = {
         "location": gke.region,
@@ -122,6 +140,23 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         "ip_allocation_policy": {
             "cluster_secondary_range_name": "pods",
             "services_secondary_range_name": "services",
+        },
+        "gateway_api_config": {"channel": GATEWAY_API_CHANNEL},
+        "datapath_provider": DATAPATH_PROVIDER,
+        # Nodes never get external IPs; the endpoint is private unless rag:cluster.gke.privateEndpoint is false.
+        "private_cluster_config": {
+            "enable_private_nodes": True,
+            "enable_private_endpoint": gke.privateEndpoint,
+            "master_ipv4_cidr_block": MASTER_CIDR,
+            "master_global_access_config": {"enabled": True},
+        },
+        "master_authorized_networks_config": {
+            "cidr_blocks": [
+                {"cidr_block": cidr, "display_name": f"deployers-{index}"}
+                for index, cidr in enumerate(gke.masterAuthorizedNetworks)
+            ],
+            # Google Cloud's public ranges (other customers' VMs included) may not reach the endpoint.
+            "gcp_public_cidrs_access_enabled": False,
         },
     }
     depends: list[pulumi.Resource] = []
@@ -251,6 +286,8 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "project": gke.project,
         },
         depends_on=tuple(depends) or (cluster,),
+        # GKE installs the Gateway API CRDs and runs the controller of its gke-l7-* classes itself.
+        gateway_api=(cluster,),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,
         cloud="gcp",

@@ -116,17 +116,24 @@ def validate_args(args: TlsGatewayArgs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
-def cert_manager_values() -> dict[str, Any]:
-    """Helm values: install the CRDs with the chart (kept on uninstall) and enable Gateway API support."""
-    return {
+def cert_manager_values(gateway_api: bool = True) -> dict[str, Any]:
+    """Helm values: install the CRDs with the chart (kept on uninstall); Gateway API support only when used.
+
+    cert-manager v1.18 with `enableGatewayAPI` exits at start-up if the Gateway API CRDs are missing (the atomic
+    release would then roll back), so it is switched on only for the `gateway` entry, whose CRDs the release
+    waits for (`gateway_crds`) or which the cluster target documents as a prerequisite.
+    """
+    values: dict[str, Any] = {
         "crds": {"enabled": True, "keep": True},
-        "config": {
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    if gateway_api:
+        values["config"] = {
             "apiVersion": "controller.config.cert-manager.io/v1alpha1",
             "kind": "ControllerConfiguration",
             "enableGatewayAPI": True,
-        },
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
-    }
+        }
+    return values
 
 
 def issuer_spec(
@@ -323,7 +330,7 @@ class TlsGateway(pulumi.ComponentResource):
                 create_namespace=True,
                 atomic=True,
                 timeout=600,
-                values=cert_manager_values(),
+                values=cert_manager_values(gateway_api=args.entry == "gateway"),
                 # cert-manager only enables its Gateway API support if those CRDs exist when it starts.
                 opts=child(*args.gateway_crds),
             )
@@ -389,7 +396,8 @@ class TlsGateway(pulumi.ComponentResource):
                     spec=gke_health_check_policy_spec(
                         args.service_name, args.service_port, args.health_check_path
                     ),
-                    opts=child(),
+                    # networking.gke.io CRDs come with GKE's Gateway API support.
+                    opts=child(*args.gateway_crds),
                 )
         else:
             k8s.networking.v1.Ingress(

@@ -1,7 +1,8 @@
 """`ServiceImage` (`rag:build:ServiceImage`): the service image, built and pushed, deployed by digest.
 
 Either builds service/Dockerfile with pulumi-docker-build (context = repository root, linux/amd64, pushed to
-`repository` tagged with the git commit, registry credentials from args, registry build cache) and outputs
+`repository` tagged with the git commit, registry credentials from args, a registry build cache in
+`cache_repository`, which must take tag overwrites) and outputs
 `ref` = `<repository>@sha256:<digest>`; or, when `existing_ref` is given (promotion), builds nothing and `ref` is
 that immutable digest reference. Deploying by digest means a tag moved later can never change what runs.
 """
@@ -54,7 +55,12 @@ class ServiceImageArgs:
     platforms: tuple[str, ...] = ("linux/amd64",)
     build_args: Mapping[str, str] = field(default_factory=dict)
     registry_cache: bool = True
-    """Use `<repository>:buildcache` as a BuildKit registry cache."""
+    """Use a BuildKit registry cache (needs a `docker-container` buildx builder: the default `docker` driver
+    cannot export cache to a registry, so CI sets one up with docker/setup-buildx-action)."""
+    cache_repository: pulumi.Input[str] | None = None
+    """Repository holding the cache as `<cache_repository>:buildcache`; None uses `repository`. It is rewritten on
+    every build, so it must allow tag overwrites: an ECR repository with IMMUTABLE tags refuses the second push,
+    hence a separate MUTABLE cache repository there."""
 
 
 def validate_args(args: ServiceImageArgs) -> None:
@@ -142,13 +148,21 @@ class ServiceImage(pulumi.ComponentResource):
             ]
         cache_from = cache_to = None
         if args.registry_cache:
-            cache_ref = repository.apply(lambda repo: f"{repo}:buildcache")
+            cache_repository = pulumi.Output.from_input(args.cache_repository or args.repository)
+            cache_ref = cache_repository.apply(lambda repo: f"{repo}:buildcache")
             cache_from = [
                 docker_build.CacheFromArgs(registry=docker_build.CacheFromRegistryArgs(ref=cache_ref))
             ]
             cache_to = [
                 docker_build.CacheToArgs(
-                    registry=docker_build.CacheToRegistryArgs(ref=cache_ref, mode=docker_build.CacheMode.MAX)
+                    registry=docker_build.CacheToRegistryArgs(
+                        ref=cache_ref,
+                        mode=docker_build.CacheMode.MAX,
+                        # An OCI image manifest rather than a manifest list: ECR refuses the latter for caches
+                        # (pulumi-docker-build's CacheToRegistry docs); Artifact Registry and registry:2 take both.
+                        image_manifest=True,
+                        oci_media_types=True,
+                    )
                 )
             ]
         image = docker_build.Image(

@@ -28,6 +28,15 @@ CHART = "kube-prometheus-stack"
 REPO = "https://prometheus-community.github.io/helm-charts"
 CHART_VERSION = "78.3.0"
 ADMIN_SECRET_KEYS = ("admin-user", "admin-password")
+# kube-prometheus-stack 78.3.0 values (charts/kube-prometheus-stack/values.yaml at the chart's tag).
+CONTROL_PLANE_COMPONENTS = ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")
+CONTROL_PLANE_RULES = (
+    "etcd",
+    "kubeControllerManager",
+    "kubeSchedulerAlerting",
+    "kubeSchedulerRecording",
+    "kubeProxy",
+)
 
 # Metric names exported by the service (service/app/core/metrics.py).
 M_REQUESTS = "rag_http_requests_total"
@@ -132,6 +141,12 @@ def chart_values(args: MonitoringArgs, admin_secret: str) -> dict[str, Any]:
             },
         },
         "alertmanager": {"enabled": True},
+        # Managed control planes (EKS, GKE) expose no controller-manager, scheduler or etcd endpoints, and GKE's
+        # Dataplane V2 has no kube-proxy (kind binds them all to 127.0.0.1): these scrapes could only fail, and
+        # their `*Down` alerts fire for ever. `<component>.enabled: false` removes the ServiceMonitor and its
+        # rules (the rule templates of chart 78.3.0 are gated on it); the defaultRules switches say so too.
+        **{component: {"enabled": False} for component in CONTROL_PLANE_COMPONENTS},
+        "defaultRules": {"rules": dict.fromkeys(CONTROL_PLANE_RULES, False)},
     }
 
 

@@ -84,7 +84,7 @@ class PostgresDatabaseArgs:
     instance_class: str = "db.t4g.medium"
     allocated_storage_gb: int = 50
     max_allocated_storage_gb: int = 200
-    engine_version: str = "17.5"
+    engine_version: str = "17"
     multi_az: bool = True
     backup_retention_days: int = 7
     # --- cloudsql

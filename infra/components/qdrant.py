@@ -51,6 +51,9 @@ class QdrantClusterArgs:
     """Qdrant nodes (StatefulSet pods); production uses 3."""
     replication_factor: int = 1
     """Replication factor the service uses for new collections (QDRANT_REPLICATION_FACTOR); <= replicas."""
+    shard_number: int = 1
+    """Shards per collection the service creates (QDRANT_SHARD_NUMBER): spread over the nodes, so more shards
+    than nodes lets a later scale-out move shards instead of re-creating collections."""
     image: str = DEFAULT_IMAGE
     """Pinned image; the -unprivileged variant runs as UID 1000."""
     storage_size: str = "10Gi"
@@ -88,6 +91,7 @@ def validate_args(args: QdrantClusterArgs) -> None:
         "QdrantClusterArgs.replication_factor must be at least 1 and at most replicas "
         f"({args.replicas}): each copy of a shard lives on a different node.",
     )
+    require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
     specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
     args.resources.validate("QdrantClusterArgs.resources")
@@ -244,6 +248,8 @@ class QdrantCluster(pulumi.ComponentResource):
     api_key: pulumi.Output[str]
     """The API key (secret)."""
     replication_factor: int
+    shard_number: int
+    """Shards per collection (the service creates collections with it)."""
     service_name: str
     headless_service_name: str
     api_key_secret_name: str
@@ -272,7 +278,7 @@ class QdrantCluster(pulumi.ComponentResource):
         ) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, protect=protect, depends_on=[*args.depends_on, *extra])
 
-        k8s.core.v1.ServiceAccount(
+        service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(base, ns, object_labels),
             automount_service_account_token=False,
@@ -302,7 +308,8 @@ class QdrantCluster(pulumi.ComponentResource):
             f"{name}-statefulset",
             metadata=specs.metadata(base, ns, object_labels),
             spec=statefulset_spec(args, base, secret_name),
-            opts=child(protect=args.protect, extra=(secret,)),
+            # Its pods read the API-key Secret and run as the ServiceAccount, both by name.
+            opts=child(protect=args.protect, extra=(secret, service_account)),
         )
         if args.pdb and args.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
@@ -333,6 +340,7 @@ class QdrantCluster(pulumi.ComponentResource):
         self.endpoint = pulumi.Output.from_input(f"http://{base}.{ns}.svc:{HTTP_PORT}")
         self.api_key = api_key
         self.replication_factor = args.replication_factor
+        self.shard_number = args.shard_number
         self.service_name = base
         self.headless_service_name = headless_name(base)
         self.api_key_secret_name = secret_name
@@ -344,6 +352,7 @@ class QdrantCluster(pulumi.ComponentResource):
                 "endpoint": self.endpoint,
                 "apiKey": self.api_key,
                 "replicationFactor": self.replication_factor,
+                "shardNumber": self.shard_number,
                 "peerUrls": self.peer_urls,
             }
         )

@@ -105,6 +105,8 @@ class RagServiceArgs:
     """API_KEYS (secret): `{"key": "tenant"}` JSON or `key:tenant,...`; required in production."""
     qdrant_replication_factor: int = 1
     """QDRANT_REPLICATION_FACTOR for new collections (use QdrantCluster.replication_factor)."""
+    qdrant_shard_number: int = 1
+    """QDRANT_SHARD_NUMBER for new collections (use QdrantCluster.shard_number)."""
     settings: Mapping[str, str] = field(default_factory=dict)
     """Further non-secret environment variables (LOG_LEVEL, RATE_LIMIT_SEARCH, ...)."""
     replicas: int = 1
@@ -154,6 +156,9 @@ def validate_args(args: RagServiceArgs) -> None:
     require(
         1 <= args.qdrant_replication_factor <= 10,
         "RagServiceArgs.qdrant_replication_factor must be between 1 and 10.",
+    )
+    require(
+        1 <= args.qdrant_shard_number <= 64, "RagServiceArgs.qdrant_shard_number must be between 1 and 64."
     )
     if args.environment == "production":
         require(
@@ -212,7 +217,15 @@ def validate_args(args: RagServiceArgs) -> None:
 
 def managed_setting_names() -> tuple[str, ...]:
     """Environment variables the component sets itself in the ConfigMap."""
-    return ("ENVIRONMENT", "HOST", "PORT", "DATA_DIR", "QDRANT_URL", "QDRANT_REPLICATION_FACTOR")
+    return (
+        "ENVIRONMENT",
+        "HOST",
+        "PORT",
+        "DATA_DIR",
+        "QDRANT_URL",
+        "QDRANT_REPLICATION_FACTOR",
+        "QDRANT_SHARD_NUMBER",
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
@@ -245,6 +258,7 @@ def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
         "DATA_DIR": DATA_DIR,
         "LOG_JSON": "true",
         "QDRANT_REPLICATION_FACTOR": str(args.qdrant_replication_factor),
+        "QDRANT_SHARD_NUMBER": str(args.qdrant_shard_number),
         "JOBS_MAX_CONCURRENCY": str(args.worker.concurrency),
     }
     if qdrant_url is not None:

@@ -27,6 +27,7 @@ from service.app import production
 from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
 from service.app.api.routes import answer, documents, health, jobs, metrics, search
+from service.app.api.routes.docs import install_docs
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
@@ -175,18 +176,31 @@ def create_app(
         version="0.1.0",
         summary="Ingest documents, search them semantically.",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        # /docs is ours (install_docs below): Swagger UI from a pinned package, not FastAPI's CDN page.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
+    if docs:
+        install_docs(app, "/openapi.json")
     install_error_handlers(app)
     install_middleware(app, settings)
     # Router-level: every /v1 route authenticates (401) and then spends the key's budget (429).
     v1_errors = error_responses(401, 422, 429)
-    app.include_router(documents.router, dependencies=[Depends(rate_limit("ingest"))], responses=v1_errors)
-    app.include_router(search.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
-    app.include_router(answer.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
-    app.include_router(jobs.router, dependencies=[Depends(rate_limit("search"))], responses=v1_errors)
+    bearer = (
+        not settings.auth_disabled
+    )  # the OpenAPI document declares the Bearer scheme when keys are needed
+    routers = (
+        (documents.router, "ingest"),
+        (documents.bulk_router, "ingest"),
+        (search.router, "search"),
+        (answer.router, "search"),
+        (jobs.router, "search"),
+    )
+    for router, budget in routers:
+        app.include_router(
+            router, dependencies=[Depends(rate_limit(budget, bearer=bearer))], responses=v1_errors
+        )
     app.include_router(health.router)
     app.include_router(metrics.router)
     return app

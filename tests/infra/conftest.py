@@ -22,8 +22,10 @@ IN_CLUSTER = {"postgres": {"mode": "cloudnative"}, "redis": {"mode": "incluster"
 def target_overrides(stack: str, target: str) -> dict:
     """Config overrides that move `stack` onto cluster `target` (only what the target itself demands)."""
     overrides: dict = {"cluster": {"provider": target}}
-    if target != "gke":
-        overrides["gateway"] = {"className": "envoy-gateway"}  # GKE's managed classes exist only on GKE
+    # GKE's managed classes exist only on GKE; on GKE the stack uses GKE's own Gateway controller.
+    overrides["gateway"] = {
+        "className": "gke-l7-global-external-managed" if target == "gke" else "envoy-gateway"
+    }
     if target == "gke" and stack == "dev":
         overrides["cluster"]["gke"] = {"project": "rag-dev"}
     if target == "existing":

@@ -69,6 +69,7 @@ def stores() -> stack.DataStores:
         qdrant_url="http://qdrant:6333",
         qdrant_api_key="qk",
         qdrant_replication_factor=2,
+        qdrant_shard_number=3,
         database_url="postgresql+psycopg://rag@pg/rag",
         redis_url="redis://redis:6379/0",
         egress=(EgressTarget(name="qdrant", port=6333), EgressTarget(name="postgres", port=5432)),
@@ -123,7 +124,13 @@ def test_postgres_managed_sizes_and_network() -> None:
     assert args.availability_type == "REGIONAL"
     assert args.protect is True
     gke = stack.postgres_args(
-        config("prod", cluster={"provider": "gke", "gke": {"project": "p"}}), target("gke"), password="pw"
+        config(
+            "prod",
+            cluster={"provider": "gke", "gke": {"project": "p"}},
+            gateway={"className": "gke-l7-global-external-managed"},
+        ),
+        target("gke"),
+        password="pw",
     )
     assert (gke.mode, gke.private_network, gke.region) == (
         "cloudsql",
@@ -139,7 +146,13 @@ def test_redis_args_per_target() -> None:
     assert managed.num_cache_clusters == 1 + config("prod").redis.managed.replicas
     assert managed.allowed_cidrs == ("10.0.0.0/16",)
     memorystore = stack.redis_args(
-        config("prod", cluster={"provider": "gke", "gke": {"project": "p"}}), target("gke"), password="pw"
+        config(
+            "prod",
+            cluster={"provider": "gke", "gke": {"project": "p"}},
+            gateway={"className": "gke-l7-global-external-managed"},
+        ),
+        target("gke"),
+        password="pw",
     )
     assert memorystore.mode == "memorystore"
     assert memorystore.allowed_cidrs == ("10.100.0.0/16",)

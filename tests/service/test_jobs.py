@@ -171,7 +171,8 @@ async def test_arq_queue_and_worker_on_real_redis(redis_url: str, tmp_path: Path
         finally:
             await worker.close()
 
-        assert ingest.calls[0] == ("t1", "doc", "some text")  # the stored payload carried the extracted text
+        # The stored payload carried the extracted text (the two jobs run concurrently: either may go first).
+        assert ("t1", "doc", "some text") in ingest.calls
         done = await queue.get("t1", ok.job_id)
         assert done.status is JobStatus.succeeded
         assert done.result["status"] == "created"

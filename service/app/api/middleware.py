@@ -1,5 +1,5 @@
-"""HTTP hygiene as pure ASGI middleware: request ids, access logs, HTTP metrics, security headers, CORS,
-and a request-body size limit enforced while the body streams in.
+"""HTTP hygiene as pure ASGI middleware: request ids, access logs, HTTP metrics, security headers, rate-limit
+headers, CORS, and a request-body size limit enforced while the body streams in.
 
 Order (outermost first): RequestContext -> CORS -> BodySizeLimit -> the app. RequestContext is outermost so
 every response, including CORS preflights, 413s and unexpected 500s, carries `X-Request-ID` and the security
@@ -25,6 +25,7 @@ from service.app.core.config import Settings
 from service.app.core.errors import error_body
 from service.app.core.logging import request_id_var
 from service.app.core.metrics import REQUEST_SECONDS, REQUESTS
+from service.app.core.ratelimit import RATE_LIMIT_HEADERS
 
 logger = logging.getLogger("service.access")
 
@@ -37,11 +38,10 @@ DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: access-logged at DEBUG
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# The Swagger/ReDoc pages load their bundle from jsdelivr and bootstrap it with an inline script.
+# The Swagger UI page loads its bundle from /docs/static (no CDN) and bootstraps it with an inline script.
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
-    "worker-src 'self' blob:; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; worker-src 'self' blob:; frame-ancestors 'none'"
 )
 HSTS = "max-age=31536000; includeSubDomains"
 
@@ -121,9 +121,12 @@ class RequestContextMiddleware:
                 started = True
                 status = message["status"]
                 present = {name.lower() for name, _ in message.get("headers", [])}
+                # Set by the rate_limit dependency on every /v1 request it checked, 429s included.
+                quota = scope["state"].get("rate_limit_quota")
                 message["headers"] = [
                     *message.get("headers", []),
                     *(h for h in extra_headers if h[0] not in present),
+                    *(quota.headers() if quota is not None else ()),
                 ]
             await send(message)
 
@@ -228,7 +231,8 @@ class BodySizeLimitMiddleware:
 def install_middleware(app: FastAPI, settings: Settings) -> None:
     """Add the HTTP hygiene middleware in the documented order (last added runs outermost)."""
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_document_bytes + BODY_LIMIT_SLACK_BYTES
+        BodySizeLimitMiddleware,
+        max_bytes=max(settings.max_document_bytes, settings.bulk_max_bytes) + BODY_LIMIT_SLACK_BYTES,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -236,7 +240,7 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *RATE_LIMIT_HEADERS],
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware, settings=settings)

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
 
     # --- input limits ----------------------------------------------------------------------------------
     max_document_bytes: int = Field(10_000_000, ge=1)
+    bulk_max_documents: int = Field(100, ge=1, le=1000, description="documents per POST /v1/documents/bulk")
+    bulk_max_bytes: int = Field(10_000_000, ge=1, description="body size of POST /v1/documents/bulk")
 
     # --- auth and tenancy ------------------------------------------------------------------------------
     auth_disabled: bool = False

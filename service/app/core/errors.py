@@ -109,11 +109,15 @@ class RateLimited(RagError):
     status_code = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: int | None = None, **details: Any) -> None:
+    def __init__(
+        self, message: str, retry_after: int | None = None, *, quota: Any = None, **details: Any
+    ) -> None:
         if retry_after is not None:
             details["retry_after"] = retry_after
         super().__init__(message, **details)
         self.retry_after = retry_after
+        # The caller's ratelimit.Quota, sent as RateLimit-* headers by the middleware (not part of the body).
+        self.quota = quota
 
     def headers(self) -> dict[str, str] | None:
         return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}

@@ -6,6 +6,14 @@ default, or in Redis when REDIS_URL is set so every replica shares them. Windows
 
 If the Redis storage fails the request is let through (fail open) with a warning and
 `rag_failures_total{component="rate_limiter"}`: a broken limiter must not take the API down.
+
+Every checked request learns its `Quota` (the tightest of the budget's limits after this request), which the
+middleware sends as headers on the response, 429s included:
+
+    RateLimit-Limit / X-RateLimit-Limit          requests allowed in the window of the tightest limit
+    RateLimit-Remaining / X-RateLimit-Remaining  requests left in it after this one
+    RateLimit-Reset                              seconds until a request is freed (IETF httpapi draft: a delta)
+    X-RateLimit-Reset                            the same moment as a Unix timestamp (GitHub's convention)
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Literal
 
 from limits import RateLimitItem, parse_many
@@ -45,6 +54,39 @@ def limits_storage(settings: Settings, key_prefix: str = "rag:ratelimit") -> Sto
     return MemoryStorage()
 
 
+@dataclass(frozen=True)
+class Quota:
+    """Where the caller stands against the tightest limit of one budget, after the current request."""
+
+    limit: int
+    remaining: int
+    reset_at: float  # Unix time at which the oldest request in the window leaves it
+
+    def headers(self, now: float | None = None) -> list[tuple[bytes, bytes]]:
+        """The RateLimit-* and X-RateLimit-* response headers (raw ASGI pairs)."""
+        now = time.time() if now is None else now
+        reset_in = max(0, math.ceil(self.reset_at - now))
+        values = {
+            "ratelimit-limit": self.limit,
+            "ratelimit-remaining": self.remaining,
+            "ratelimit-reset": reset_in,
+            "x-ratelimit-limit": self.limit,
+            "x-ratelimit-remaining": self.remaining,
+            "x-ratelimit-reset": math.ceil(self.reset_at),
+        }
+        return [(name.encode(), str(value).encode()) for name, value in values.items()]
+
+
+RATE_LIMIT_HEADERS = (
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+)
+
+
 class RateLimiter:
     """Checks and consumes the caller's budget; raises `RateLimited` with a Retry-After when it is spent."""
 
@@ -61,28 +103,38 @@ class RateLimiter:
     def describe(self, budget: Budget) -> str:
         return "; ".join(str(item) for item in self._items[budget])
 
-    async def hit(self, budget: Budget, identity: str) -> None:
-        """Consume one request of `budget` for `identity` (an API key id) or raise RateLimited."""
+    def max_cost(self, budget: Budget) -> int | None:
+        """The most one request can ever spend of `budget` (the smallest limit's amount); None when off."""
+        return min(item.amount for item in self._items[budget]) if self.enabled else None
+
+    async def hit(self, budget: Budget, identity: str, cost: int = 1) -> Quota | None:
+        """Consume `cost` requests of `budget` for `identity` (an API key id) and return the caller's quota, or
+        raise RateLimited (carrying the quota). None when limits are off or the storage failed (fail open)."""
         if not self.enabled:
-            return
+            return None
+        tightest: Quota | None = None
         for item in self._items[budget]:
             try:
-                allowed = await self._strategy.hit(item, budget, identity)
-                if allowed:
-                    continue
+                allowed = await self._strategy.hit(item, budget, identity, cost=cost)
                 stats = await self._strategy.get_window_stats(item, budget, identity)
             except Exception:
                 # Any storage error (connection refused, timeout, ...) -> fail open, loudly.
                 FAILURES.labels(component="rate_limiter").inc()
                 logger.warning("rate limiter storage failed; request allowed", exc_info=True)
-                return
-            retry_after = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimited(
-                f"rate limit exceeded for {budget}: {item}; retry in {retry_after} s",
-                retry_after=retry_after,
-                limit=str(item),
-                budget=budget,
-            )
+                return None
+            quota = Quota(limit=item.amount, remaining=max(0, stats.remaining), reset_at=stats.reset_time)
+            if not allowed:
+                retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+                raise RateLimited(
+                    f"rate limit exceeded for {budget}: {item}; retry in {retry_after} s",
+                    retry_after=retry_after,
+                    limit=str(item),
+                    budget=budget,
+                    quota=quota,
+                )
+            if tightest is None or quota.remaining < tightest.remaining:
+                tightest = quota
+        return tightest
 
     async def check_storage(self) -> bool:
         """True when the counter storage answers (used by /readyz for Redis)."""

@@ -10,6 +10,8 @@ response time says nothing about which key, or how much of a key, matched.
 
 FastAPI dependencies built on it: `get_tenant` (behind `TenantDep`, 401 unless AUTH_DISABLED) and
 `rate_limit(budget)`, which main.py attaches to the /v1 routers so every route authenticates, then spends.
+`rate_limit` reads the key through FastAPI's `HTTPBearer`, which also declares the `bearer` security scheme in
+the OpenAPI document, so Swagger UI's "Authorize" button sends `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -21,16 +23,27 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.app.core.config import Settings, SettingsError
-from service.app.core.errors import Unauthorized
+from service.app.core.errors import RateLimited, Unauthorized
 from service.app.core.ratelimit import Budget
 
 logger = logging.getLogger(__name__)
 
 BEARER_CHALLENGE = 'Bearer realm="rag"'
+
+# auto_error=False: the 401s (with their RFC 6750 challenge) are ours. It declares the scheme in the OpenAPI
+# document; authenticate_request parses the same header, as it is also reached through TenantDep alone.
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="API key",
+    description="An API key from API_KEYS / API_KEYS_FILE, sent as `Authorization: Bearer <key>`.",
+    auto_error=False,
+)
 
 
 @dataclass(frozen=True)
@@ -161,12 +174,31 @@ def get_tenant(request: Request) -> str:
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def rate_limit(write_budget: Budget) -> Callable[[Request], Awaitable[None]]:
-    """A router dependency charging the caller's key: writes to `write_budget`, reads to the search budget."""
+def rate_limit(write_budget: Budget, *, bearer: bool = True) -> Callable[..., Awaitable[None]]:
+    """A router dependency charging the caller's key: writes to `write_budget`, reads to the search budget.
 
-    async def enforce(request: Request) -> None:
+    `bearer=False` (AUTH_DISABLED=true) leaves the security scheme out of the OpenAPI document: the open API
+    must not claim it needs a key.
+    """
+
+    async def spend(request: Request) -> None:
         principal = authenticate_request(request)
         budget: Budget = write_budget if request.method in WRITE_METHODS else "search"
-        await request.app.state.services.limiter.hit(budget, principal.key_id)
+        try:
+            quota = await request.app.state.services.limiter.hit(budget, principal.key_id)
+        except RateLimited as exc:
+            request.state.rate_limit_quota = exc.quota
+            raise
+        # The middleware turns it into RateLimit-* headers on whatever response follows (200, 404, 422...).
+        request.state.rate_limit_quota = quota
+
+    if not bearer:
+        return spend
+
+    async def enforce(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+    ) -> None:
+        await spend(request)
 
     return enforce

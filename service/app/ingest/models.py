@@ -31,7 +31,18 @@ MetadataValue = str | int | float | bool | list[str]
 class DocumentIn(BaseModel):
     """Body of PUT /v1/documents/{document_id}."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "text": "Employees get 25 days of paid leave a year; unused days carry over until March.",
+                    "metadata": {"team": "hr", "year": 2026, "tags": ["leave", "policy"]},
+                    "content_type": "text/plain",
+                }
+            ]
+        },
+    )
 
     text: str = Field(description="the document text (HTML is reduced to its visible text)")
     metadata: dict[str, Any] = Field(
@@ -47,6 +58,34 @@ class IngestResult(BaseModel):
     status: Literal["created", "updated", "unchanged"]
     chunks: int
     version: int
+
+
+class BulkDocument(DocumentIn):
+    """One item of POST /v1/documents/bulk: a document and its id."""
+
+    document_id: str = Field(pattern=DOCUMENT_ID_PATTERN, description="the document's id")
+
+
+class BulkItemResult(BaseModel):
+    """What happened to one item, in request order: an HTTP-like status with the result or the error."""
+
+    index: int = Field(description="position of the item in the request's `documents`")
+    document_id: str
+    status_code: int = Field(
+        description="201 created, 200 updated/unchanged, or the 4xx/5xx its PUT would get"
+    )
+    result: IngestResult | None = None
+    error: dict[str, Any] | None = Field(
+        None, description="the error body's `error` object for a failed item"
+    )
+
+
+class BulkResponse(BaseModel):
+    """Per-item outcomes of a bulk ingest; items that failed did not stop or undo the others."""
+
+    succeeded: int
+    failed: int
+    items: list[BulkItemResult]
 
 
 class DocumentOut(BaseModel):

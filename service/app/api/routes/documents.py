@@ -1,12 +1,17 @@
-"""Document routes: create/replace (JSON or file upload), read, list, delete. Logic lives in IngestService."""
+"""Document routes: create/replace (JSON, file upload, or many at once in bulk), read, list, delete.
+
+Logic lives in IngestService; the bulk route runs each item through the same path as PUT and reports each
+item's outcome with the status code its PUT would have had.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -14,7 +19,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
 from service.app.api.deps import ServicesDep, TenantDep
-from service.app.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, error_responses
+from service.app.core.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    RagError,
+    UnsupportedMediaType,
+    error_body,
+    error_responses,
+)
 from service.app.ingest.extract import (
     charset_of,
     detect_content_type,
@@ -25,6 +37,9 @@ from service.app.ingest.extract import (
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
     JSON_CONTENT_TYPES,
+    BulkDocument,
+    BulkItemResult,
+    BulkResponse,
     DocumentIn,
     DocumentList,
     DocumentOut,
@@ -35,7 +50,20 @@ from service.app.ingest.models import (
 from service.app.jobs.submit import ASYNC_RESPONSES, AsyncFlag, submit_ingest
 from service.app.store.registry import MAX_PAGE_SIZE
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
+# POST /v1/documents:bulk, a custom method (Google AIP-136 style): `/v1/documents/bulk` would shadow the document
+# whose id is "bulk" (ids may be any of [A-Za-z0-9._:-], but never contain "/" after "documents").
+bulk_router = APIRouter(prefix="/v1", tags=["documents"])
+
+DocumentIdPath = Annotated[
+    str,
+    Path(
+        description=f"the document's id, matching {DOCUMENT_ID_PATTERN}",
+        openapi_examples={"leave-policy": {"value": "leave-policy"}},
+    ),
+]
 
 # Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -44,7 +72,62 @@ MULTIPART_OVERHEAD = 64 * 1024
 _JSON_BODY = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": DocumentIn.model_json_schema()}},
+        "content": {
+            "application/json": {
+                "schema": DocumentIn.model_json_schema(),
+                "examples": {
+                    "text": {
+                        "summary": "plain text with metadata",
+                        "value": DocumentIn.model_config["json_schema_extra"]["examples"][0],  # type: ignore[index]
+                    },
+                    "html": {
+                        "summary": "HTML (stored as its visible text)",
+                        "value": {
+                            "text": "<h1>Expenses</h1><p>Submit receipts within 30 days.</p>",
+                            "metadata": {"team": "finance"},
+                            "content_type": "text/html",
+                        },
+                    },
+                },
+            }
+        },
+    }
+}
+_BULK_EXAMPLE = {
+    "documents": [
+        {
+            "document_id": "leave-policy",
+            "text": "Employees get 25 days of paid leave a year; unused days carry over until March.",
+            "metadata": {"team": "hr"},
+        },
+        {
+            "document_id": "expenses",
+            "text": "Submit receipts within 30 days through the finance portal.",
+            "metadata": {"team": "finance"},
+        },
+    ]
+}
+_BULK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["documents"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "documents": {
+                            "type": "array",
+                            "minItems": 1,
+                            "description": "at most BULK_MAX_DOCUMENTS items, BULK_MAX_BYTES in all",
+                            "items": BulkDocument.model_json_schema(),
+                        }
+                    },
+                },
+                "examples": {"two documents": {"value": _BULK_EXAMPLE}},
+            }
+        },
     }
 }
 _UPLOAD_BODY = {
@@ -133,6 +216,28 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     return limited
 
 
+async def _json_text(document: DocumentIn) -> str:
+    """The text of a JSON document (HTML reduced to its visible text); 415 for a type JSON cannot carry."""
+    if normalize_content_type(document.content_type) not in JSON_CONTENT_TYPES:
+        raise UnsupportedMediaType(
+            f"content_type {document.content_type!r} cannot be sent as JSON text; "
+            f"use one of {', '.join(JSON_CONTENT_TYPES)} or upload the file to POST /v1/documents",
+            supported=list(JSON_CONTENT_TYPES),
+        )
+    if normalize_content_type(document.content_type) == "text/html":
+        return await to_thread.run_sync(html_to_text, document.text)
+    return document.text
+
+
+async def _ingest_json_document(
+    services: Any, tenant: str, document_id: str, document: DocumentIn
+) -> IngestResult:
+    text = await _json_text(document)
+    return await services.ingest.ingest(
+        tenant, document_id, text=text, metadata=document.metadata, content_type=document.content_type
+    )
+
+
 @router.put(
     "/{document_id}",
     response_model=IngestResult,
@@ -144,7 +249,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
     openapi_extra=_JSON_BODY,
 )
 async def put_document(
-    document_id: str,
+    document_id: DocumentIdPath,
     request: Request,
     response: Response,
     services: ServicesDep,
@@ -155,16 +260,8 @@ async def put_document(
     validate_document_id(document_id)
     body = await read_limited_body(request, services.settings.max_document_bytes)
     document = parse_document(body)
-    if normalize_content_type(document.content_type) not in JSON_CONTENT_TYPES:
-        raise UnsupportedMediaType(
-            f"content_type {document.content_type!r} cannot be sent as JSON text; "
-            f"use one of {', '.join(JSON_CONTENT_TYPES)} or upload the file to POST /v1/documents",
-            supported=list(JSON_CONTENT_TYPES),
-        )
-    text = document.text
-    if normalize_content_type(document.content_type) == "text/html":
-        text = await to_thread.run_sync(html_to_text, text)
     if async_:
+        text = await _json_text(document)
         return await submit_ingest(
             services,
             tenant,
@@ -173,13 +270,7 @@ async def put_document(
             metadata=document.metadata,
             content_type=document.content_type,
         )
-    result = await services.ingest.ingest(
-        tenant,
-        document_id,
-        text=text,
-        metadata=document.metadata,
-        content_type=document.content_type,
-    )
+    result = await _ingest_json_document(services, tenant, document_id, document)
     response.status_code = status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK
     return result
 
@@ -250,6 +341,109 @@ async def upload_document(
     return result
 
 
+@bulk_router.post(
+    "/documents:bulk",
+    response_model=BulkResponse,
+    responses={
+        207: {"model": BulkResponse, "description": "some items failed; each item says why"},
+        **error_responses(413),
+    },
+    openapi_extra=_BULK_BODY,
+)
+async def bulk_ingest(
+    request: Request, response: Response, services: ServicesDep, tenant: TenantDep
+) -> BulkResponse:
+    """Create or replace many documents in one request; 200 when all succeed, else 207 with per-item errors.
+
+    The request is checked as a whole first (shape, item count, size, repeated ids: a 4xx stores nothing). Then
+    items are ingested one after another, each committed on its own: an item that fails (empty text, bad
+    metadata, a conflict, a backend outage) is reported in its `items` entry and neither stops nor undoes the
+    others, so resending only the failed ones is safe. Each item costs one request of the ingest rate limit.
+    """
+    settings = services.settings
+    body = await read_limited_body(request, settings.bulk_max_bytes)
+    documents = _bulk_documents(parse_json_field(body, "body"), settings.bulk_max_documents)
+    await _charge_items(request, services, len(documents))
+    items: list[BulkItemResult] = []
+    for index, document in enumerate(documents):
+        try:
+            result = await _ingest_json_document(services, tenant, document.document_id, document)
+        except RagError as exc:
+            items.append(_failed_item(index, document.document_id, exc))
+            continue
+        except Exception:
+            # An unexpected bug in one item must not cost the caller the items already stored.
+            logger.exception("bulk item failed unexpectedly", extra={"index": index})
+            items.append(_failed_item(index, document.document_id, RagError("internal server error")))
+            continue
+        code = status.HTTP_201_CREATED if result.status == "created" else status.HTTP_200_OK
+        items.append(
+            BulkItemResult(index=index, document_id=document.document_id, status_code=code, result=result)
+        )
+    failed = sum(1 for item in items if item.error is not None)
+    response.status_code = status.HTTP_207_MULTI_STATUS if failed else status.HTTP_200_OK
+    return BulkResponse(succeeded=len(items) - failed, failed=failed, items=items)
+
+
+def _bulk_documents(payload: Any, max_documents: int) -> list[BulkDocument]:
+    """The batch's items, checked for shape before any is ingested (a malformed request stores nothing)."""
+    if not isinstance(payload, dict) or set(payload) != {"documents"}:
+        raise InvalidInput('the body must be a JSON object {"documents": [...]} and nothing else')
+    raw_items = payload["documents"]
+    if not isinstance(raw_items, list) or not raw_items:
+        raise InvalidInput("documents must be a non-empty list")
+    if len(raw_items) > max_documents:
+        raise PayloadTooLarge(
+            f"{len(raw_items)} documents in one request; BULK_MAX_DOCUMENTS is {max_documents}",
+            limit=max_documents,
+        )
+    documents: list[BulkDocument] = []
+    errors: list[Any] = []
+    for index, raw in enumerate(raw_items):
+        try:
+            documents.append(BulkDocument.model_validate(raw))
+        except ValidationError as exc:
+            errors.extend(
+                {**error, "loc": ("body", "documents", index, *error["loc"])}
+                for error in exc.errors(include_input=False)
+            )
+    if errors:
+        raise RequestValidationError(errors)
+    seen: dict[str, int] = {}
+    for index, document in enumerate(documents):
+        if document.document_id in seen:
+            raise InvalidInput(
+                f"documents[{index}].document_id {document.document_id!r} repeats documents[{seen[document.document_id]}]"
+            )
+        seen[document.document_id] = index
+    return documents
+
+
+async def _charge_items(request: Request, services: Any, count: int) -> None:
+    """Spend the rest of the batch's cost (the router's dependency spent one request already)."""
+    limiter = services.limiter
+    largest = limiter.max_cost("ingest")
+    if largest is not None and count > largest:
+        raise InvalidInput(
+            f"{count} documents can never fit the ingest rate limit ({limiter.describe('ingest')}); "
+            f"send at most {largest} per request"
+        )
+    if count > 1:
+        principal = request.state.principal
+        quota = await limiter.hit("ingest", principal.key_id, cost=count - 1)
+        if quota is not None:
+            request.state.rate_limit_quota = quota
+
+
+def _failed_item(index: int, document_id: str, exc: RagError) -> BulkItemResult:
+    return BulkItemResult(
+        index=index,
+        document_id=document_id,
+        status_code=exc.status_code,
+        error=error_body(exc.code, exc.message, **exc.details)["error"],
+    )
+
+
 async def _extract(data: bytes, declared: str, content_type: str) -> str:
     # The detected type, with the charset parameter the part declared (text/plain; charset=latin-1), if any.
     charset = charset_of(declared)
@@ -258,7 +452,7 @@ async def _extract(data: bytes, declared: str, content_type: str) -> str:
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))
-async def get_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
+async def get_document(document_id: DocumentIdPath, services: ServicesDep, tenant: TenantDep) -> DocumentOut:
     """One document's registry entry (version, hash, metadata, chunk count)."""
     return await services.ingest.get(tenant, document_id)
 
@@ -282,7 +476,7 @@ async def list_documents(
     response_class=Response,
     responses=error_responses(404, 409, 503),
 )
-async def delete_document(document_id: str, services: ServicesDep, tenant: TenantDep) -> Response:
+async def delete_document(document_id: DocumentIdPath, services: ServicesDep, tenant: TenantDep) -> Response:
     """Delete a document and its chunks (404 when unknown)."""
     await services.ingest.delete(tenant, document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

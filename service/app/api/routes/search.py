@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
 
 from service.app.api.deps import ServicesDep, TenantDep
 from service.app.core.errors import error_responses
@@ -10,9 +12,27 @@ from service.app.search.models import SearchRequest, SearchResponse
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
+# Each example runs against a fresh service in the tests (they succeed, with or without matching documents).
+SEARCH_EXAMPLES = {
+    "simple": {"summary": "a question", "value": {"query": "how many days of paid leave do I get?"}},
+    "filtered": {
+        "summary": "top 3 chunks of HR documents from 2024 on, scoring at least 0.2",
+        "value": {
+            "query": "carry over unused leave",
+            "top_k": 3,
+            "filter": {"team": {"any": ["hr", "people"]}, "year": {"gte": 2024}},
+            "score_threshold": 0.2,
+        },
+    },
+}
+
 
 @router.post("/search", response_model=SearchResponse, responses=error_responses(413, 503))
-async def search_documents(body: SearchRequest, services: ServicesDep, tenant: TenantDep) -> Response:
+async def search_documents(
+    body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
+    services: ServicesDep,
+    tenant: TenantDep,
+) -> Response:
     """The chunks most similar to the query, best first, optionally filtered by metadata."""
     result = await services.search.search(tenant, body)
     # Already a validated SearchResponse: serialise once instead of FastAPI's dump/re-validate/dump.

@@ -1,0 +1,103 @@
+"""`python -m service.client ingest DIR`: against a real server process with a low ingest rate limit, every
+file ends up stored (text in bulk batches, PDFs uploaded), 429s are waited out for their Retry-After, and a
+file the service refuses is reported with its reason and a non-zero exit."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from service import client as ingest_client
+from tests.service.prod_support import API_KEYS, KEY_A, bearer
+from tests.service.support import make_pdf
+from tests.support.processes import api_process
+
+
+def make_folder(root: Path) -> None:
+    (root / "hr").mkdir(parents=True)
+    for i in range(7):
+        (root / "hr" / f"policy {i}.md").write_text(f"# Policy {i}\n\nRule number {i} about river fishing.\n")
+    (root / "page.html").write_text("<html><body><p>Opening hours are nine to five.</p></body></html>")
+    (root / "latin1.txt").write_bytes("Caf\xe9 menu: cr\xeapes".encode("latin-1"))
+    (root / "report.pdf").write_bytes(make_pdf(["Quarterly report: revenue grew."]))
+    (root / "empty.txt").write_text("   \n")
+    (root / "ignored.bin").write_bytes(b"\x00\x01")
+
+
+def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    make_folder(folder)
+    output = io.StringIO()
+    with api_process(
+        tmp_path,
+        api_keys=API_KEYS,
+        environment="test",
+        data_dir=str(tmp_path / "data"),
+        rate_limit_enabled="true",
+        rate_limit_ingest="4/second",
+        cache_enabled="false",
+    ) as url:
+        code = ingest_client.main(
+            ["ingest", str(folder), "--url", url, "--key", KEY_A, "--batch-size", "3"],
+            console=Console(file=output, width=200),
+        )
+        again = io.StringIO()
+        rerun = ingest_client.main(
+            ["ingest", str(folder), "--url", url, "--key", KEY_A], console=Console(file=again, width=200)
+        )
+        wrong = io.StringIO()
+        refused = ingest_client.main(
+            ["ingest", str(folder / "hr"), "--url", url, "--key", "nope"],
+            console=Console(file=wrong, width=200),
+        )
+        listed = httpx.get(f"{url}/v1/documents?limit=100", headers=bearer(KEY_A)).json()["documents"]
+        hits = httpx.post(
+            f"{url}/v1/search", json={"query": "when is it open?", "top_k": 1}, headers=bearer(KEY_A)
+        ).json()["results"]
+    text = output.getvalue()
+    assert code == 1, text  # two files were refused
+    ids = {d["document_id"] for d in listed}
+    assert ids == {f"hr:policy-{i}.md" for i in range(7)} | {"page.html", "report.pdf"}
+    assert hits[0]["document_id"] == "page.html"
+    assert "11 files: 9 created, 2 failed" in text
+    assert "failed empty.txt: 422 invalid_input: text is empty" in text
+    # Not UTF-8: uploaded so the service can say why (it does not guess charsets).
+    assert "failed latin1.txt: 422 invalid_input: the text is not valid UTF-8" in text
+    # 9 bulk items + 2 uploads against 4 per second: the client met 429s and waited them out.
+    waits = int(text.split(" rate-limit waits")[0].rsplit("; ", 1)[1])
+    assert waits >= 1, text
+    # The same folder again replaces the same ids: nothing changed, nothing embedded.
+    assert rerun == 1
+    assert "11 files: 2 failed, 9 unchanged" in again.getvalue()
+    assert refused == 1
+    assert "failed policy 0.md: 401 unauthorized: invalid API key" in wrong.getvalue()
+
+
+def test_retry_after_is_honoured_exactly() -> None:
+    """The wait is the server's Retry-After (recorded, not slept), and the request is sent again as it was."""
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        if len(seen) < 3:
+            return httpx.Response(429, headers={"Retry-After": str(len(seen) * 7)})
+        return httpx.Response(200, json={"ok": True})
+
+    slept: list[float] = []
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("http://service", "k", report, sleep=slept.append)
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    response = client.send("POST", "/v1/documents:bulk", json={"documents": [1]})
+    assert response.status_code == 200
+    assert slept == [7.0, 14.0]
+    assert report.rate_limited == 2
+    assert len(set(seen)) == 1
+
+
+def test_document_ids_follow_the_relative_path() -> None:
+    root = Path("/r")
+    assert ingest_client.document_id_for(Path("/r/hr/Leave Policy (v2).md"), root) == "hr:Leave-Policy-v2-.md"
+    assert ingest_client.document_id_for(Path("/r/a.txt"), root) == "a.txt"

@@ -1,0 +1,56 @@
+"""The service as a real process (`python -m service`) on a free loopback port, for tests that need a socket:
+a browser loading /docs, the bulk-ingest client honouring 429s, the prod-like local run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import _stop, _wait_until, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The parent's environment minus every service setting it may carry, plus `settings` (upper-cased)."""
+    from service.app.core.config import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    env.update({key.upper(): value for key, value in settings.items()})
+    env.setdefault("PYTHONPATH", str(ROOT))
+    # The offline model lives in the repo; the process runs elsewhere (its own data dir, no repo .env).
+    env.setdefault("EMBEDDING_MODEL_PATH", str(ROOT / ".models" / "all-MiniLM-L6-v2"))
+    return env
+
+
+@contextmanager
+def api_process(workdir: Path, **settings: str) -> Iterator[str]:
+    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); yield its base URL."""
+    port = free_port()
+    env = service_env(host="127.0.0.1", port=str(port), log_json="false", **settings)
+    log = Path(tempfile.mkdtemp(prefix="rag-api-")) / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait_until(ready, "the API process", proc, log)
+        yield url
+    finally:
+        _stop(proc)
