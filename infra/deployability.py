@@ -39,11 +39,13 @@ as working once that resource exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
-from infra.config import PROJECT, deep_merge
+from infra.components.specs import ComponentArgsError
+from infra.config import PROJECT, ConfigError, deep_merge
 from infra.offline import RecordedResource, StackRun
 
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
@@ -143,7 +145,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | config
+    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -842,11 +844,141 @@ def check_capabilities(run: StackRun, analysis: Analysis, graph: Graph) -> list[
     return findings
 
 
-CHECKS = (check_crd_order, check_references, check_class_references, check_capabilities)
+def _covers(match: Mapping[str, Any], path: str) -> int:
+    """How specifically an HTTPRoute match covers `path`: -1 not at all, else the matched prefix length."""
+    spec = match.get("path") or {"type": "PathPrefix", "value": "/"}
+    value = str(spec.get("value") or "/")
+    if spec.get("type") == "Exact":
+        return len(value) + 1 if value == path else -1
+    if spec.get("type") == "RegularExpression":
+        return -1
+    prefix = value.rstrip("/")
+    return len(value) if path == prefix or path.startswith(prefix + "/") or value == "/" else -1
+
+
+def _metrics_targets(run: StackRun) -> set[tuple[str, str, float, str]]:
+    """(namespace, Service, port, path) of every ServiceMonitor endpoint: what Prometheus scrapes."""
+    services = [r for r in run.resources if r.type == "kubernetes:core/v1:Service"]
+    targets: set[tuple[str, str, float, str]] = set()
+    for monitor in run.of_type("kubernetes:monitoring.coreos.com/v1:ServiceMonitor"):
+        spec = monitor.inputs.get("spec") or {}
+        wanted = _get(spec, "selector", "matchLabels") or {}
+        namespaces = _get(spec, "namespaceSelector", "matchNames") or [object_namespace(monitor)]
+        for service in services:
+            labels = _get(service.inputs, "metadata", "labels") or {}
+            if object_namespace(service) not in namespaces or any(
+                labels.get(k) != v for k, v in wanted.items()
+            ):
+                continue
+            for endpoint in spec.get("endpoints") or []:
+                for port in _get(service.inputs, "spec", "ports") or []:
+                    if endpoint.get("port") in (port.get("name"), None):
+                        path = str(endpoint.get("path") or "/metrics")
+                        targets.add(
+                            (str(object_namespace(service)), object_name(service), port.get("port"), path)
+                        )
+    return targets
+
+
+def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Metrics endpoints behind a public route, and (in prod) clusters reachable from the internet."""
+    findings: list[Finding] = []
+    targets = _metrics_targets(run)
+    for route in run.of_type("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"):
+        namespace = object_namespace(route)
+        rules = _get(route.inputs, "spec", "rules") or []
+        for target_ns, service, port, path in sorted(targets):
+            if target_ns != namespace:
+                continue
+            # The rule Gateway API picks for the path: the longest matching path wins.
+            best, best_rule = -1, None
+            for rule in rules:
+                for match in rule.get("matches") or [{}]:
+                    score = _covers(match, path)
+                    if score > best:
+                        best, best_rule = score, rule
+            if best_rule is None:
+                continue
+            redirected = any(f.get("type") == "RequestRedirect" for f in best_rule.get("filters") or [])
+            for ref in [] if redirected else best_rule.get("backendRefs") or []:
+                if ref.get("name") == service and ref.get("port") in (port, None):
+                    findings.append(
+                        Finding(
+                            "exposure",
+                            route.urn,
+                            f"HTTPRoute {object_name(route)} sends {path} to {service}:{port:g}, the port Prometheus "
+                            f"scrapes: the metrics (tenants, routes, error rates) are public through the Gateway.",
+                            f"serve {path} on a port the route does not send to, or add a rule for {path} that does "
+                            "not reach the service.",
+                        )
+                    )
+    if _get(effective_config(run), "environment") != "prod":
+        return findings
+    for cluster in run.of_type(EKS_CLUSTER):
+        vpc = cluster.inputs.get("vpcConfig") or {}
+        cidrs = vpc.get("publicAccessCidrs") or []
+        if vpc.get("endpointPublicAccess", True) is not False and (not cidrs or "0.0.0.0/0" in cidrs):
+            findings.append(
+                Finding(
+                    "exposure",
+                    cluster.urn,
+                    "the prod EKS API endpoint is public to the whole internet (no publicAccessCidrs reads as "
+                    "0.0.0.0/0).",
+                    "set vpcConfig.endpointPublicAccess false (private endpoint), or list publicAccessCidrs.",
+                )
+            )
+        public_subnets = {
+            f"{r.name}-id"
+            for r in run.of_type("aws:ec2/subnet:Subnet")
+            if r.inputs.get("mapPublicIpOnLaunch")
+        }
+        for group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
+            exposed = sorted(set(group.inputs.get("subnetIds") or []) & public_subnets)
+            if exposed:
+                findings.append(
+                    Finding(
+                        "exposure",
+                        group.urn,
+                        f"prod nodes are placed in public subnets ({', '.join(exposed)}), so they get public IPs.",
+                        "place node groups in the private subnets only.",
+                    )
+                )
+    for cluster in run.of_type(GKE_CLUSTER):
+        private = cluster.inputs.get("privateClusterConfig") or {}
+        if not _truthy(private.get("enablePrivateNodes")):
+            findings.append(
+                Finding(
+                    "exposure",
+                    cluster.urn,
+                    "prod GKE nodes have public IPs (privateClusterConfig.enablePrivateNodes is off).",
+                    "enable private nodes (with Cloud NAT for egress).",
+                )
+            )
+        networks = _get(cluster.inputs, "masterAuthorizedNetworksConfig", "cidrBlocks") or []
+        open_endpoint = not networks or any(n.get("cidrBlock") == "0.0.0.0/0" for n in networks)
+        if not _truthy(private.get("enablePrivateEndpoint")) and open_endpoint:
+            findings.append(
+                Finding(
+                    "exposure",
+                    cluster.urn,
+                    "the prod GKE control plane is reachable from the whole internet (public endpoint, no "
+                    "authorized networks).",
+                    "enable the private endpoint, or list masterAuthorizedNetworks.",
+                )
+            )
+    return findings
+
+
+CHECKS = (check_crd_order, check_references, check_class_references, check_capabilities, check_exposure)
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
 #: listed in plan.md but does not fail the render. Keep this empty: an entry is a defect with an issue number.
-WAIVERS: dict[tuple[str, str], str] = {}
+WAIVERS: dict[tuple[str, str], str] = {
+    (
+        "exposure",
+        "gateway-route",
+    ): "issue 8, class 7: /metrics is still public through the Gateway route (open)",
+}
 
 
 def analyse(run: StackRun, *, waivers: Mapping[tuple[str, str], str] | None = None) -> Analysis:
@@ -872,3 +1004,277 @@ def describe(capabilities_: Iterable[Capability]) -> list[str]:
         f"`{c.name}`: {c.detail}" + (f" ({c.provider.rsplit('::', 1)[-1]})" if c.provider else "")
         for c in sorted(capabilities_, key=lambda c: c.name)
     ]
+
+
+# ---------------------------------------------------------------------------------------------- config consumed
+#: Where each declared key is exercised: (stack, cluster target, extra config both runs get, for keys that only
+#: matter once a feature is on). The first matching prefix wins; the default is dev on its existing cluster. The
+#: places are the cheapest programs where the key applies (dev moved onto a cloud rather than staging or prod).
+MANAGED = {"postgres": {"mode": "managed"}, "redis": {"mode": "managed"}}
+#: An allowed range for the clusters' public endpoints (TEST-NET-3, RFC 5737).
+ALLOWED = ["203.0.113.0/24"]
+CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
+    (
+        "cluster.gke.masterAuthorizedNetworks",
+        "dev",
+        "gke",
+        {"cluster": {"gke": {"privateEndpoint": False, "masterAuthorizedNetworks": ALLOWED}}},
+    ),
+    (
+        "cluster.gke.privateEndpoint",
+        "dev",
+        "gke",
+        {"cluster": {"gke": {"masterAuthorizedNetworks": ALLOWED}}},
+    ),
+    (
+        "cluster.eks.publicAccessCidrs",
+        "dev",
+        "eks",
+        {"cluster": {"eks": {"endpointPublicAccess": True, "publicAccessCidrs": ALLOWED}}},
+    ),
+    ("cluster.eks.endpointPublicAccess", "dev", "eks", {"cluster": {"eks": {"publicAccessCidrs": ALLOWED}}}),
+    ("cluster.gke.", "dev", "gke", {}),
+    ("cluster.eks.", "dev", "eks", {}),
+    ("postgres.mode", "dev", "eks", {}),
+    ("redis.mode", "dev", "eks", {}),
+    ("postgres.managed.tier", "dev", "gke", MANAGED),
+    ("redis.managed.tier", "dev", "gke", MANAGED),
+    ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    ("postgres.managed.", "dev", "eks", MANAGED),
+    ("redis.managed.", "dev", "eks", MANAGED),
+    ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
+    (
+        "service.autoscaling.",
+        "dev",
+        "existing",
+        {"service": {"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 5}}},
+    ),
+    ("service.pdb.", "dev", "existing", {"service": {"replicas": 3}}),
+    ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
+    ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
+    ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
+)
+DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
+#: Declared keys known not to reach the program yet -> the issue tracking them. Meant to be empty.
+CONFIG_WAIVERS: Mapping[str, str] = {
+    "qdrant.shardNumber": "issue 8, class 5: collections are created with 1 shard (being fixed on branch i8a)",
+    "qdrant.snapshotsStorage.storageClass": (
+        "issue 8, class 6: the snapshots volume is an emptyDir, which has no storage class (open)"
+    ),
+}
+#: A valid other value for keys the generic rule (flip a bool, +1 a number, change a quantity) cannot make.
+ALTERNATIVES: Mapping[str, Any] = {
+    "environment": "staging",
+    "namespace": "rag-other",
+    "image": DIGEST,
+    "qdrantApiKey": "offline-other-qdrant-key-0123456789",
+    "serviceApiKeys": json.dumps({"offline-other-service-key-0123456789": "tenant-a"}),
+    "promotion": {"from": "staging", "digest": DIGEST, "at": "2026-11-22T08:00:00Z", "by": "ci"},
+    "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
+    "cluster.provider": "eks",
+    "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
+    "cluster.existing.context": "other-context",
+    "cluster.existing.registry": "registry.example.com/rag",
+    "cluster.existing.storageClass": "local-path",
+    "cluster.gke.project": "rag-other",
+    "cluster.gke.region": "europe-west4",
+    "cluster.gke.releaseChannel": "STABLE",
+    "cluster.gke.nodePool.machineType": "e2-standard-8",
+    "cluster.gke.storageClass": "premium-rwo",
+    "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
+    "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
+    "cluster.eks.region": "eu-central-1",
+    "cluster.eks.version": "1.34",
+    "cluster.eks.vpcCidr": "10.1.0.0/16",
+    "cluster.eks.availabilityZones": 2,
+    "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
+    "cluster.eks.storageClass": "gp3-other",
+    "qdrant.version": "v1.15.5",
+    "qdrant.replicas": 5,
+    "qdrant.storage.storageClass": "fast-qdrant",
+    "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
+    "postgres.mode": "managed",
+    "postgres.version": "16",
+    "postgres.database": "rag_other",
+    "postgres.user": "rag_other",
+    "postgres.cloudnative.storage.storageClass": "fast-postgres",
+    "postgres.managed.instanceClass": "db.r7g.large",
+    "postgres.managed.tier": "db-custom-4-15360",
+    "redis.mode": "managed",
+    "redis.version": "8.1.4",
+    "redis.incluster.storage.storageClass": "fast-redis",
+    "redis.managed.nodeType": "cache.r7g.large",
+    "redis.managed.tier": "BASIC",
+    "service.autoscaling.minReplicas": 2,
+    "service.settings.logLevel": "WARNING",
+    "service.settings.qdrantCollectionPrefix": "docs-other",
+    "service.settings.rateLimitIngest": "61/minute",
+    "service.settings.rateLimitSearch": "301/minute",
+    "service.settings.corsOrigins": ["https://app.example.com"],
+    "tls.issuer": "letsencrypt",
+    "tls.email": "other@example.com",
+    "tls.certManagerVersion": "v1.18.1",
+    "tls.clusterIssuer": "shared-issuer",
+    "gateway.hostname": "rag.other.example.com",
+    "gateway.className": "eg",
+    "gateway.ingress.className": "nginx-other",
+    "monitoring.chartVersion": "78.3.1",
+    "monitoring.retention": "14d",
+    "monitoring.storage.storageClass": "fast-monitoring",
+    "backups.schedule": "0 4 * * *",
+    "backups.bucket": "rag-other-backups",
+}
+
+
+@cache
+def _declared_config() -> dict[str, Any]:
+    import yaml
+
+    from infra.offline import PROJECT_DIR
+
+    text = (PROJECT_DIR / "Pulumi.yaml").read_text(encoding="utf-8")
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)).get("config") or {}  # noqa: S506
+
+
+def declared_keys() -> dict[str, Any]:
+    """Every declared config key as a dotted path to a leaf of its default (objects are walked), with the default."""
+    leaves: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value and prefix not in ALTERNATIVES:
+            for key, item in value.items():
+                walk(f"{prefix}.{key}", item)
+        else:
+            leaves[prefix] = value
+
+    for key, declaration in _declared_config().items():
+        walk(key, declaration.get("default") if isinstance(declaration, Mapping) else declaration)
+    return leaves
+
+
+def place_for(key: str) -> tuple[str, str, Mapping[str, Any]]:
+    """(stack, cluster target, extra config) where `key` is exercised."""
+    for prefix, stack, target, extra in CONFIG_PLACES:
+        if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+            return stack, target, extra
+    return "dev", "existing", {}
+
+
+def alternative(key: str, value: Any, index: int = 0) -> Any:
+    """Another valid value for `key` (whose current value is `value`); `index` makes quantities distinct, so that
+    several keys changed in one run can each be found in what the program declares."""
+    if key in ALTERNATIVES:
+        return ALTERNATIVES[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        # Larger numbers (sizes, seconds, percentages) get a distinct step so they can be traced together.
+        return value + 1 + (index % 7 if value >= 10 else 0)
+    if isinstance(value, float):
+        return value * 2
+    if isinstance(value, str):
+        # Small increases keep every requests <= limits and size ordering valid.
+        number, unit = value.rstrip("GiMm"), value[len(value.rstrip("GiMm")) :]
+        if number.isdigit() and unit == "Gi":
+            return f"{int(number) * 1024 + 1 + index}Mi"
+        if number.isdigit() and unit in ("Mi", "m"):
+            return f"{int(number) + 1 + index}{unit}"
+        if value.isdigit():
+            return f"{int(value) * 1000 + 1 + index}m" if key.endswith(".cpu") else str(int(value) + 1)
+    raise KeyError(f"no alternative value for {key} = {value!r}: add one to ALTERNATIVES")
+
+
+def nested(key: str, value: Any) -> dict[str, Any]:
+    """`"a.b.c", v` -> `{"a": {"b": {"c": v}}}` (a config override)."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def config_value(config: Mapping[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def fingerprint(run: StackRun) -> tuple[Any, ...]:
+    """What a run declares: every resource's URN, inputs and options, and the stack outputs."""
+    resources = sorted(
+        (r.urn, json.dumps(r.inputs, sort_keys=True, default=str), r.protect, r.provider or "", r.depends_on)
+        for r in run.resources
+    )
+    return tuple(resources), json.dumps(run.outputs, sort_keys=True, default=str)
+
+
+def _leaves(run: StackRun) -> tuple[set[str], set[float]]:
+    """Every string and every number in the run's inputs and outputs."""
+    strings: set[str] = set()
+    numbers: set[float] = set()
+    for tree in [*(r.inputs for r in run.resources), run.outputs]:
+        for _path, _key, value in _walk(tree):
+            if isinstance(value, str):
+                strings.add(value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers.add(float(value))
+    return strings, numbers
+
+
+def _present(sentinel: Any, leaves: tuple[set[str], set[float]]) -> bool:
+    strings, numbers = leaves
+    if isinstance(sentinel, int):
+        return float(sentinel) in numbers or str(sentinel) in strings
+    return sentinel in strings or (len(sentinel) >= 6 and any(sentinel in s for s in strings))
+
+
+def unconsumed_keys(
+    keys: Iterable[str],
+    base: StackRun,
+    runner: Callable[[Mapping[str, Any]], StackRun],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """The keys (all exercised at one place, `base` being its run) whose change does not change the program, each
+    with what was tried. `runner(overrides)` runs the program at that place with `overrides` over `extra`.
+
+    String values and numbers >= 10 are changed together in one run, each to a distinct value `base` does not
+    contain; a key whose new value then shows up in what the program declares is consumed. Every other key (and any such key whose value did not show
+    up as such, or if that run is refused) gets a run of its own: consumed if the fingerprint differs.
+    """
+    config = effective_config(base)
+    base_leaves = _leaves(base)
+    changes: dict[str, tuple[Any, Any]] = {}
+    for index, key in enumerate(sorted(keys)):
+        value = config_value(config, key)
+        changes[key] = (value, alternative(key, value, index))
+    traceable = {
+        key: other
+        for key, (value, other) in changes.items()
+        if (
+            isinstance(other, str) or (isinstance(other, int) and not isinstance(other, bool) and other >= 10)
+        )
+        and not _present(other, base_leaves)
+    }
+    # Two keys with the same new value could not be told apart: both get runs of their own.
+    seen = [json.dumps(other) for other in traceable.values()]
+    traced = {key: other for key, other in traceable.items() if seen.count(json.dumps(other)) == 1}
+    consumed: set[str] = set()
+    if traced:
+        overrides: dict[str, Any] = dict(extra or {})
+        for key, other in traced.items():
+            overrides = deep_merge(overrides, nested(key, other))
+        try:
+            batch = _leaves(runner(overrides))
+        except (ConfigError, ComponentArgsError):  # a combination refused as a whole: one run per key instead
+            batch = (set(), set())
+        consumed = {key for key, other in traced.items() if _present(other, batch)}
+    base_print = fingerprint(base)
+    unconsumed: dict[str, str] = {}
+    for key, (value, other) in changes.items():
+        if key in consumed:
+            continue
+        changed = runner(deep_merge(dict(extra or {}), nested(key, other)))
+        if fingerprint(changed) == base_print:
+            unconsumed[key] = f"{value!r} -> {other!r}"
+    return unconsumed

@@ -15,6 +15,7 @@ def main() -> None:
     """Run the service as configured by the environment."""
     try:
         settings = get_settings()
+        settings.load_api_keys()  # a broken API_KEYS_FILE is one line here, not a traceback from the lifespan
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None

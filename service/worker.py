@@ -8,6 +8,11 @@ store it can share with the API (QDRANT_URL): the embedded local-mode store is l
 Riding out Redis: arq's worker stops on a Redis error, so `run` supervises it: on a disconnect it logs one
 warning, waits (doubling back-off up to 30 s) and starts a new arq worker on the same services, while a sweeper
 re-sends wake-ups for jobs the database says are due (those a Redis crash lost included).
+
+Observability (service.app.jobs.health): on WORKER_METRICS_PORT the worker serves /metrics (its job counters,
+job duration, chunks, embedding time, failures, and the queue depth / oldest queued job's age from the job
+table) and /healthz, /readyz, which fail once no poll of the queue has succeeded for WORKER_STALE_SECONDS: a
+worker stuck on a dead Redis or wedged in a call is restarted rather than left looking healthy.
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ from redis.exceptions import RedisError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
 from service.app.core.logging import configure_logging
-from service.app.jobs.queue import ARQ_FUNCTION, REDIS_TIMEOUT_SECONDS, redis_settings, run_durable_job, sweep
+from service.app.jobs.health import HealthServer, WorkerHealth, health_app
+from service.app.jobs.queue import (
+    ARQ_FUNCTION,
+    REDIS_TIMEOUT_SECONDS,
+    queue_stats,
+    redis_settings,
+    run_durable_job,
+    sweep,
+)
 from service.app.store.jobstore import JobTable
 
 logger = logging.getLogger("service.worker")
@@ -99,9 +112,25 @@ def worker_settings(
     }
 
 
-def build_worker(settings: Settings, *, services: Any = None, **overrides: Any) -> Worker:
+class PollingWorker(Worker):
+    """arq's Worker, recording each successful poll of the queue for the probes and the last-poll metric."""
+
+    def __init__(self, *args: Any, health: WorkerHealth | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._health = health
+
+    async def _poll_iteration(self) -> None:
+        # arq 0.28's loop body (pinned): it raises when Redis fails, so reaching the end means the queue answered.
+        await super()._poll_iteration()
+        if self._health is not None:
+            self._health.polled()
+
+
+def build_worker(
+    settings: Settings, *, services: Any = None, health: WorkerHealth | None = None, **overrides: Any
+) -> Worker:
     """A configured arq Worker (tests pass `burst=True, handle_signals=False` and the API's services)."""
-    return Worker(**{**worker_settings(settings, services=services), **overrides})
+    return PollingWorker(**{**worker_settings(settings, services=services), **overrides}, health=health)
 
 
 async def _sweep_forever(table: JobTable, settings: Settings, stop: asyncio.Event) -> None:
@@ -135,10 +164,24 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
+    health: WorkerHealth | None = None,
 ) -> None:
     """Serve jobs until SIGTERM/SIGINT (or ``stop`` is set), restarting the arq worker whenever Redis goes away."""
+    health = health or WorkerHealth(settings.worker_stale_seconds)
+    server: HealthServer | None = None
+    if settings.worker_metrics_port:
+        # Up before the model loads: /healthz answers (within the stale limit) while the worker starts.
+        server = HealthServer(health_app(health), settings.host, settings.worker_metrics_port)
+        await server.start()
     owns = services is None
-    services = services if services is not None else await _default_services(settings)
+    try:
+        services = services if services is not None else await _default_services(settings)
+    except BaseException:
+        if server is not None:
+            await server.stop()
+        raise
+    table = JobTable(services.registry)
+    health.refresh_queue = lambda: queue_stats(table)
     stop = stop or asyncio.Event()
     current: list[Worker] = []
 
@@ -152,11 +195,11 @@ async def run(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
     stopper = asyncio.create_task(_stop_worker_on(stop, current))
-    sweeper = asyncio.create_task(_sweep_forever(JobTable(services.registry), settings, stop))
+    sweeper = asyncio.create_task(_sweep_forever(table, settings, stop))
     backoff = 1.0
     try:
         while not stop.is_set():
-            worker = build_worker(settings, services=services, handle_signals=False)
+            worker = build_worker(settings, services=services, health=health, handle_signals=False)
             current[:] = [worker]
             worker.main_task = asyncio.create_task(worker.main(), name="arq-worker")
             try:
@@ -182,6 +225,8 @@ async def run(
         stop.set()
         await sweeper
         await stopper
+        if server is not None:
+            await server.stop()
         if owns:
             services.close()
 

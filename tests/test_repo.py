@@ -56,3 +56,16 @@ def test_every_documented_setting_exists() -> None:
 def test_readme_links_point_at_files_that_exist() -> None:
     for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README):
         assert (ROOT / target).exists(), f"README links to missing {target}"
+
+
+def test_env_example_lists_exactly_the_settings_with_their_defaults() -> None:
+    text = (ROOT / ".env.example").read_text()
+    assigned = dict(re.findall(r"^# ([A-Z][A-Z0-9_]*)=(.*)$", text, re.M))
+    assert set(assigned) == {name.upper() for name in Settings.model_fields}
+    defaults = Settings(_env_file=None)
+    for name in Settings.model_fields:
+        value = assigned[name.upper()]
+        if value:
+            # Uncommenting a line unchanged must give the default it shows.
+            parsed = Settings(_env_file=None, **{name: value})
+            assert getattr(parsed, name) == getattr(defaults, name), name

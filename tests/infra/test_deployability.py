@@ -70,7 +70,7 @@ def program(*resources: RecordedResource, **config: Any) -> StackRun:
         resources=[root, *resources],
         outputs={},
         secret_outputs=frozenset(),
-        config={f"rag:{key}": json.dumps(value) for key, value in config.items()},
+        config={f"rag:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
     )
 
 
@@ -341,6 +341,76 @@ def test_workload_identity_bindings_wait_for_the_gke_cluster() -> None:
     assert findings(program(cluster, binding)) == []
 
 
+# --------------------------------------------------------------------------------------------- exposure
+def metrics_program(*rules: dict, **config: Any) -> StackRun:
+    labels = {"app": "api"}
+    service = k8s("Service", "api", {"ports": [{"name": "http", "port": 8000.0}], "selector": labels})
+    service = dataclasses.replace(
+        service, inputs={**service.inputs, "metadata": {**service.inputs["metadata"], "labels": labels}}
+    )
+    stack = release("monitoring", "kube-prometheus-stack")
+    monitor_spec = {"selector": {"matchLabels": labels}, "endpoints": [{"port": "http", "path": "/metrics"}]}
+    monitor = k8s("ServiceMonitor", "api", monitor_spec, api="monitoring.coreos.com/v1", deps=(stack,))
+    route = k8s("HTTPRoute", "public", {"rules": list(rules)}, api="gateway.networking.k8s.io/v1")
+    return program(service, stack, monitor, route, **config)
+
+
+EVERYTHING = {
+    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+    "backendRefs": [{"name": "api", "port": 8000.0}],
+}
+
+
+def test_metrics_behind_a_public_route_are_an_exposure() -> None:
+    broken = findings(metrics_program(EVERYTHING))
+    assert [(f.check, f.name) for f in broken] == [("exposure", "public")]
+    assert "/metrics" in broken[0].message
+    blocked = {
+        "matches": [{"path": {"type": "Exact", "value": "/metrics"}}],
+        "filters": [
+            {
+                "type": "RequestRedirect",
+                "requestRedirect": {
+                    "statusCode": 302,
+                    "path": {"type": "ReplaceFullPath", "replaceFullPath": "/"},
+                },
+            }
+        ],
+    }
+    assert findings(metrics_program(EVERYTHING, blocked)) == []
+    only_api = {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+        "backendRefs": [{"name": "api", "port": 8000.0}],
+    }
+    assert findings(metrics_program(only_api)) == []
+
+
+def test_prod_clusters_are_private() -> None:
+    public = res(d.EKS_CLUSTER, "eks", {"vpcConfig": {"endpointPublicAccess": True}})
+    assert [f.check for f in findings(program(public, environment="prod"))] == ["exposure"]
+    assert findings(program(public, environment="staging")) == []  # a choice outside prod
+    listed = res(
+        d.EKS_CLUSTER,
+        "eks",
+        {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]}},
+    )
+    assert findings(program(listed, environment="prod")) == []
+    subnet = res("aws:ec2/subnet:Subnet", "public-0", {"mapPublicIpOnLaunch": True})
+    nodes = res("aws:eks/nodeGroup:NodeGroup", "nodes", {"subnetIds": ["public-0-id"]})
+    private = res(d.EKS_CLUSTER, "eks", {"vpcConfig": {"endpointPublicAccess": False}})
+    assert [f.name for f in findings(program(private, subnet, nodes, environment="prod"))] == ["nodes"]
+
+    gke = res(d.GKE_CLUSTER, "gke", {"datapathProvider": "ADVANCED_DATAPATH"})
+    assert len(findings(program(gke, environment="prod"))) == 2  # public nodes, open endpoint
+    private_config = {"enablePrivateNodes": True, "enablePrivateEndpoint": True}
+    gke = res(
+        d.GKE_CLUSTER,
+        "gke",
+        {"datapathProvider": "ADVANCED_DATAPATH", "privateClusterConfig": private_config},
+    )
+    assert findings(program(gke, environment="prod")) == []
+
+
 # --------------------------------------------------------------------------------------------- the real stacks
 def test_every_stack_on_every_target_is_deployable(target_run: StackRun) -> None:
     analysis = d.analyse(target_run)
@@ -352,7 +422,15 @@ def test_every_stack_on_every_target_is_deployable(target_run: StackRun) -> None
 
 def test_waivers_name_an_issue() -> None:
     for key, reason in d.WAIVERS.items():
-        assert key[0] in {"crd-order", "reads-order", "missing-reference", "class-reference", "capability"}
+        checks = {
+            "crd-order",
+            "reads-order",
+            "missing-reference",
+            "class-reference",
+            "capability",
+            "exposure",
+        }
+        assert key[0] in checks
         assert "issue" in reason, key
 
 

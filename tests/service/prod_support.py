@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
 
-KEY_A = "key-a-0123456789abcdef"
-KEY_B = "key-b-fedcba9876543210"
+KEY_A = "key-a-0123456789abcdef0123456789abcdef"
+KEY_B = "key-b-fedcba9876543210fedcba9876543210"
 API_KEYS = f"{KEY_A}:tenant-a,{KEY_B}:tenant-b"
 
 MakeClient = Callable[..., AbstractContextManager[TestClient]]
@@ -28,6 +28,7 @@ def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "qdrant_url": None,
         "qdrant_path": tmp_path / "qdrant",
         "redis_url": None,
+        "worker_metrics_port": 0,  # a worker run in a test serves no probe port unless the test asks
         "api_keys": API_KEYS,
         "rate_limit_enabled": False,
         "log_json": True,

@@ -26,6 +26,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "qdrant_url": None,
         "qdrant_path": tmp_path / "qdrant",
         "redis_url": None,
+        "worker_metrics_port": 0,  # a worker run in a test serves no probe port unless the test asks
         "auth_disabled": True,
         "rate_limit_enabled": False,
         "cache_enabled": False,

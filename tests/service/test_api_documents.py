@@ -211,3 +211,20 @@ def test_an_upload_declaring_its_charset_is_decoded_with_it(client: TestClient) 
     assert response.status_code == 201, response.text
     hits = search(client, "creme brulee dessert", top_k=1)
     assert hits[0]["text"] == "Crème brûlée needs a blowtorch."
+
+
+def test_the_extracted_text_of_the_active_version_is_kept(client: TestClient) -> None:
+    services = services_of(client)
+    tenant = services.settings.default_tenant
+    html = "<html><body><h1>Kept</h1><p>The text <b>that was chunked</b> is kept.</p></body></html>"
+    response = client.put("/v1/documents/kept-text", json={"text": html, "content_type": "text/html"})
+    assert response.status_code == 201, response.text
+    source = services.registry.source(tenant, "kept-text")
+    assert source is not None
+    assert source.record.version == response.json()["version"]
+    assert "that was chunked" in source.text
+    assert "<b>" not in source.text
+    client.put("/v1/documents/kept-text", json={"text": "replaced text"})
+    assert services.registry.source(tenant, "kept-text").text == "replaced text"
+    assert client.delete("/v1/documents/kept-text").status_code == 204
+    assert services.registry.source(tenant, "kept-text") is None

@@ -223,9 +223,9 @@ def run_worker_burst(client: TestClient, settings: Settings) -> None:
 
 def queue_depth_metric(client: TestClient) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("rag_job_queue_depth "):
+        if line.startswith("rag_queue_depth "):
             return float(line.split()[1])
-    raise AssertionError("rag_job_queue_depth not exposed")
+    raise AssertionError("rag_queue_depth not exposed")
 
 
 def test_async_put_returns_202_and_the_job_succeeds_in_process(

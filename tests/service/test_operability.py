@@ -43,7 +43,7 @@ def test_readyz_checks_qdrant_and_the_database(make_client: MakeClient) -> None:
     with make_client() as client:
         response = client.get("/readyz")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "checks": {"qdrant": "ok", "database": "ok"}}
+        assert response.json() == {"status": "ok", "checks": {"qdrant": "ok", "database": "ok", "disk": "ok"}}
 
 
 def test_readyz_names_each_failed_check(make_client: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +62,7 @@ def test_readyz_names_each_failed_check(make_client: MakeClient, monkeypatch: py
         assert response.status_code == 503
         body = response.json()
         assert body["status"] == "unavailable"
-        assert body["checks"] == {"qdrant": "failed", "database": "failed"}
+        assert body["checks"] == {"qdrant": "failed", "database": "failed", "disk": "ok"}
         assert body["error"]["code"] == "not_ready"
         assert body["error"]["failed"] == {
             "qdrant": "qdrant: connection refused",
@@ -78,11 +78,11 @@ def test_readyz_checks_redis_when_configured(make_client: MakeClient) -> None:
     with redis_server() as private_redis, make_client(redis_url=private_redis) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"qdrant": "ok", "database": "ok", "redis": "ok"}
+        assert ready.json()["checks"] == {"qdrant": "ok", "database": "ok", "disk": "ok", "redis": "ok"}
         redis.Redis.from_url(private_redis).shutdown(nosave=True)
         down = client.get("/readyz")
         assert down.status_code == 503
-        assert down.json()["checks"] == {"qdrant": "ok", "database": "ok", "redis": "failed"}
+        assert down.json()["checks"] == {"qdrant": "ok", "database": "ok", "disk": "ok", "redis": "failed"}
         assert "redis" in down.json()["error"]["failed"]
         # Liveness is unaffected: restarting the pod would not bring Redis back.
         assert client.get("/healthz").status_code == 200
@@ -125,7 +125,7 @@ def test_metrics_expose_every_service_metric_with_route_templates(
         "rag_embedding_duration_seconds_bucket",
         "rag_search_duration_seconds_bucket",
         "rag_search_cache_requests_total",
-        "rag_job_queue_depth",
+        "rag_queue_depth",
         "rag_jobs_total",
         "rag_failures_total",
     ):

@@ -58,7 +58,7 @@ def migration_head() -> str:
 def test_migrations_create_the_schema_and_are_idempotent(registry: DocumentRegistry) -> None:
     registry.migrate()
     inspector = sa.inspect(registry.engine)
-    assert {"documents", "tenants", "alembic_version"} <= set(inspector.get_table_names())
+    assert {"documents", "document_sources", "tenants", "alembic_version"} <= set(inspector.get_table_names())
     assert {c["name"] for c in inspector.get_columns("documents")} == {
         "tenant_id", "document_id", "version", "content_hash", "metadata", "content_type",
         "chunk_count", "created_at", "updated_at",
@@ -167,4 +167,104 @@ def test_an_unreachable_database_is_service_unavailable() -> None:
     registry = DocumentRegistry("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     with pytest.raises(ServiceUnavailable, match="registry unavailable"):
         registry.get("t", "d")
+    registry.close()
+
+
+def test_the_active_version_keeps_its_source_text(registry: DocumentRegistry, tenant: str) -> None:
+    registry.activate(
+        tenant, "doc", expected_version=None, version=1, content_hash="h1", metadata={},
+        content_type="text/plain", chunk_count=1, text="first text",
+    )  # fmt: skip
+    source = registry.source(tenant, "doc")
+    assert source is not None
+    assert (source.record.version, source.text) == (1, "first text")
+    registry.activate(
+        tenant, "doc", expected_version=1, version=2, content_hash="h2", metadata={},
+        content_type="text/plain", chunk_count=1, text="second text \u00e9\u65e5",
+    )  # fmt: skip
+    source = registry.source(tenant, "doc")
+    assert source is not None
+    assert (source.record.version, source.text) == (2, "second text \u00e9\u65e5")
+    with registry.engine.connect() as connection:
+        rows = connection.execute(
+            sa.text("SELECT version FROM document_sources WHERE tenant_id = :t"), {"t": tenant}
+        ).all()
+    assert [row.version for row in rows] == [2], "a replaced version's text is dropped with it"
+    registry.delete(tenant, "doc")
+    assert registry.source(tenant, "doc") is None
+    with registry.engine.connect() as connection:
+        left = connection.execute(
+            sa.text("SELECT count(*) FROM document_sources WHERE tenant_id = :t"), {"t": tenant}
+        ).scalar()
+    assert left == 0
+
+
+def test_a_lost_compare_and_set_keeps_the_winner_text(registry: DocumentRegistry, tenant: str) -> None:
+    registry.activate(
+        tenant, "doc", expected_version=None, version=1, content_hash="h1", metadata={},
+        content_type="text/plain", chunk_count=1, text="winner",
+    )  # fmt: skip
+    with pytest.raises(Conflict):
+        registry.activate(
+            tenant, "doc", expected_version=None, version=2, content_hash="h2", metadata={},
+            content_type="text/plain", chunk_count=1, text="loser",
+        )  # fmt: skip
+    source = registry.source(tenant, "doc")
+    assert source is not None
+    assert source.text == "winner"
+
+
+def test_source_pages_cover_every_tenant_and_report_documents_without_text(
+    registry: DocumentRegistry, tenant: str
+) -> None:
+    other = f"{tenant}-b"
+    for owner, document_id in [(tenant, "a"), (tenant, "b"), (other, "a")]:
+        registry.activate(
+            owner, document_id, expected_version=None, version=1, content_hash="h", metadata={},
+            content_type="text/plain", chunk_count=1, text=f"{owner}/{document_id}",
+        )  # fmt: skip
+    write(registry, tenant, "no-text", expected=None, version=1)  # as before migration 0003: no text
+    kept: list[tuple[str, str, str]] = []
+    missing: list[tuple[str, str]] = []
+    after = None
+    while True:
+        with_text, without = registry.source_page(after, limit=2)
+        page = [(s.record.tenant_id, s.record.document_id) for s in with_text]
+        page += [(r.tenant_id, r.document_id) for r in without]
+        if not page:
+            break
+        kept += [(s.record.tenant_id, s.record.document_id, s.text) for s in with_text]
+        missing += [(r.tenant_id, r.document_id) for r in without]
+        after = max(page)
+    mine = [entry for entry in kept if entry[0] in (tenant, other)]
+    assert mine == [(tenant, "a", f"{tenant}/a"), (tenant, "b", f"{tenant}/b"), (other, "a", f"{other}/a")]
+    assert (tenant, "no-text") in missing
+    registry.ensure_source(tenant, "no-text", 1, "sent again")
+    registry.ensure_source(tenant, "no-text", 1, "not this")  # already kept: unchanged
+    registry.ensure_source(tenant, "a", 99, "stale version")  # not the active version: ignored
+    assert registry.source(tenant, "no-text").text == "sent again"
+    assert registry.source(tenant, "a").text == f"{tenant}/a"
+
+
+def test_the_document_sources_migration_keeps_existing_documents(tmp_path: pytest.TempPathFactory) -> None:
+    from alembic import command
+
+    from service.app.store.registry import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url=url), "0002_jobs")
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "INSERT INTO documents VALUES ('t', 'd', 5, 'h', '{}', 'text/plain', 1, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    engine.dispose()
+    registry = DocumentRegistry(url)
+    registry.migrate()
+    assert registry.get("t", "d").version == 5
+    assert registry.source("t", "d") is None
+    assert registry.source_page() == ([], [registry.get("t", "d")])
     registry.close()

@@ -8,12 +8,17 @@ Embedded defaults (SQLite + local-mode Qdrant under DATA_DIR, the offline ONNX m
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Production API keys: at least this many characters (e.g. `openssl rand -hex 32` gives 64).
+MIN_PRODUCTION_KEY_LENGTH = 32
 
 # Where `make model` writes the offline all-MiniLM-L6-v2 export (relative to the repo root).
 DEFAULT_MODEL_DIR = Path(".models/all-MiniLM-L6-v2")
@@ -81,6 +86,12 @@ class Settings(BaseSettings):
         10_000, ge=1, description="document versions removed per collection run at most"
     )
 
+    ready_min_free_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="/readyz fails when DATA_DIR (embedded SQLite/Qdrant) has less free space than this",
+    )
+
     # --- input limits ----------------------------------------------------------------------------------
     max_document_bytes: int = Field(10_000_000, ge=1)
     bulk_max_documents: int = Field(100, ge=1, le=1000, description="documents per POST /v1/documents/bulk")
@@ -107,6 +118,12 @@ class Settings(BaseSettings):
 
     # --- async ingestion -------------------------------------------------------------------------------
     jobs_queue_name: str = "rag:ingest"
+    worker_metrics_port: int = Field(
+        9100, ge=0, le=65535, description="worker's /metrics, /healthz, /readyz port (on HOST); 0: off"
+    )
+    worker_stale_seconds: float = Field(
+        60.0, gt=0, description="worker probes fail after this long without a successful poll of the queue"
+    )
     jobs_max_concurrency: int = Field(2, ge=1, le=64)
     jobs_result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
@@ -194,12 +211,32 @@ class Settings(BaseSettings):
             raise SettingsError("ENVIRONMENT=production needs API_KEYS or API_KEYS_FILE")
         if "*" in self.cors_origins:
             raise SettingsError("CORS_ORIGINS='*' is refused when ENVIRONMENT=production")
+        if any(origin.strip().lower() == "null" for origin in self.cors_origins):
+            # Sandboxed iframes and file:// pages all send Origin: null; allowing it allows any of them.
+            raise SettingsError("CORS_ORIGINS='null' is refused when ENVIRONMENT=production")
+        keys = self.load_api_keys()
+        if not keys:
+            raise SettingsError(
+                "ENVIRONMENT=production needs at least one key in API_KEYS or API_KEYS_FILE "
+                f"({self.api_keys_file or 'API_KEYS'} holds none)"
+            )
+        short = [key for key in keys if len(key) < MIN_PRODUCTION_KEY_LENGTH]
+        if short:
+            raise SettingsError(
+                f"API_KEYS: {len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters are refused "
+                "when ENVIRONMENT=production (generate keys with `openssl rand -hex 32`)"
+            )
         return self
 
     # --- derived values (the one place defaults that depend on other settings are resolved) -----------
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'registry.db').as_posix()}"
+
+    @property
+    def uses_data_dir(self) -> bool:
+        """Whether the registry or the vector store writes under DATA_DIR (the embedded defaults)."""
+        return self.resolved_database_url.startswith("sqlite") or not self.qdrant_url
 
     @property
     def resolved_qdrant_path(self) -> Path:
@@ -227,7 +264,10 @@ class Settings(BaseSettings):
                 content = self.api_keys_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise SettingsError(f"API_KEYS_FILE {self.api_keys_file} cannot be read: {exc}") from exc
-            keys.update(parse_api_keys(content))
+            try:
+                keys.update(parse_api_keys(content))
+            except SettingsError as exc:
+                raise SettingsError(f"API_KEYS_FILE {self.api_keys_file}: {exc}") from None
         return keys
 
 
@@ -241,9 +281,11 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             parsed = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise SettingsError(f"API_KEYS is not valid JSON: {exc.msg}") from exc
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+        ):
             raise SettingsError("API_KEYS must map string keys to string tenants")
-        return parsed
+        return _checked_tenants(parsed)
     keys: dict[str, str] = {}
     for pair in raw.replace("\n", ",").split(","):
         pair = pair.strip()
@@ -253,6 +295,18 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         if not sep or not key.strip() or not tenant.strip():
             raise SettingsError("API_KEYS entries must look like key:tenant")
         keys[key.strip()] = tenant.strip()
+    return _checked_tenants(keys)
+
+
+def _checked_tenants(keys: dict[str, str]) -> dict[str, str]:
+    # A tenant name is stored in 64-character columns and used in keys: refuse what would fail every write.
+    for key, tenant in keys.items():
+        if not key.strip():
+            raise SettingsError("API_KEYS has an empty key")
+        if not TENANT_PATTERN.fullmatch(tenant):
+            raise SettingsError(
+                f"API_KEYS: tenant {tenant[:80]!r} is not 1-64 characters of letters, digits, '_', '.' or '-'"
+            )
     return keys
 
 

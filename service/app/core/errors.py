@@ -3,6 +3,7 @@
 Hierarchy (raise these from services and adapters; routes stay thin):
 
     RagError(Exception)            500 internal         base: ``status_code``, ``code``, ``message``, ``details``
+    ├── BadRequest                 400 bad_request      the HTTP request is ambiguous (two Authorization headers)
     ├── InvalidInput               422 invalid_input    the request is well-formed HTTP but the content is unusable
     ├── NotFound                   404 not_found        unknown document (in this tenant)
     ├── PayloadTooLarge            413 payload_too_large body over MAX_DOCUMENT_BYTES
@@ -27,9 +28,10 @@ from typing import Any, ClassVar
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,13 @@ class RagError(Exception):
     def headers(self) -> dict[str, str] | None:
         """Extra response headers for this error (none by default)."""
         return None
+
+
+class BadRequest(RagError):
+    """The HTTP request itself is ambiguous or malformed (e.g. two Authorization headers)."""
+
+    status_code = 400
+    code = "bad_request"
 
 
 class InvalidInput(RagError):
@@ -146,6 +155,7 @@ class ErrorResponse(BaseModel):
 
 
 _ERROR_DESCRIPTIONS = {
+    400: "ambiguous request, e.g. more than one Authorization header",
     401: "missing or unknown API key",
     404: "unknown resource (in the caller's tenant)",
     409: "a concurrent write to the same document won; retrying is safe",
@@ -232,6 +242,15 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that went away before the answer; never sent
+
+
+async def _client_disconnect_handler(request: Request, _exc: Exception) -> Response:
+    # Not a server error: the client closed the connection mid-body (a cancelled upload, a timeout on its side).
+    logger.info("client disconnected before the request was read", extra={"path": request.url.path})
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 async def _unexpected_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal", "internal server error"), status_code=500)
@@ -242,4 +261,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RagError, _rag_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect_handler)
     app.add_exception_handler(Exception, _unexpected_error_handler)

@@ -34,8 +34,22 @@ ORPHANS_REMOVED = Counter(
     "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
 )
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
-JOB_QUEUE_DEPTH = Gauge("rag_job_queue_depth", "Ingestion jobs waiting to run.")
+# Queue gauges are set from the job table (the API at scrape time, the worker on each poll): a queue that grows
+# with no live consumer shows here even when no worker is running at all.
+JOB_QUEUE_DEPTH = Gauge("rag_queue_depth", "Ingestion jobs waiting to run (queued, retries included).")
+JOB_QUEUE_OLDEST_AGE = Gauge(
+    "rag_queue_oldest_job_age_seconds", "Age of the oldest queued ingestion job; 0 when none is queued."
+)
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
+JOB_SECONDS = Histogram(
+    "rag_job_duration_seconds",
+    "Run time of one ingestion job attempt (claim to outcome), by outcome.",
+    ["status"],  # succeeded | failed | retry
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+WORKER_LAST_POLL = Gauge(
+    "rag_worker_last_poll_timestamp_seconds", "Unix time of the worker's last successful poll of the queue."
+)
 FAILURES = Counter(
     "rag_failures_total", "Internal failures by component.", ["component"]
 )  # vector_store | registry | embedder | cache | jobs

@@ -29,7 +29,7 @@ from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.app.core.config import Settings, SettingsError
-from service.app.core.errors import RateLimited, Unauthorized
+from service.app.core.errors import BadRequest, RateLimited, Unauthorized
 from service.app.core.ratelimit import Budget
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,11 @@ def authenticate_request(request: Request) -> Principal:
         client = request.client.host if request.client else "unknown"
         principal = Principal(tenant=settings.default_tenant, key_id=f"client:{client}")
     else:
-        token = bearer_token(request.headers.get("authorization"))
+        presented = request.headers.getlist("authorization")
+        if len(presented) > 1:
+            # Proxies and frameworks disagree on which of two wins; guessing could authenticate the wrong key.
+            raise BadRequest("send exactly one Authorization header")
+        token = bearer_token(presented[0] if presented else None)
         if token is None:
             raise MissingApiKey("missing API key: send `Authorization: Bearer <key>`")
         found = services.auth.authenticate(token)

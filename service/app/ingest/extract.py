@@ -100,20 +100,22 @@ def html_to_text(html: str) -> str:
             blocks.append(line)
         current.clear()
 
-    def walk(node: Tag) -> None:
-        for child in node.children:
-            if isinstance(child, NavigableString):
-                if type(child) is NavigableString:  # skips comments, CDATA, doctype, processing instructions
-                    current.append(str(child))
-            elif isinstance(child, Tag):
-                if child.name in BLOCK_TAGS:
-                    flush()
-                    walk(child)
-                    flush()
-                else:
-                    walk(child)
-
-    walk(soup)
+    # Iterative (an explicit stack), not recursive: HTML nested thousands of levels deep must not hit Python's
+    # recursion limit (a RecursionError was a 500). A FLUSH marker ends a block after its children.
+    flush_marker = object()
+    stack: list[object] = list(reversed(list(soup.children)))
+    while stack:
+        node = stack.pop()
+        if node is flush_marker:
+            flush()
+        elif isinstance(node, NavigableString):
+            if type(node) is NavigableString:  # skips comments, CDATA, doctype, processing instructions
+                current.append(str(node))
+        elif isinstance(node, Tag):
+            if node.name in BLOCK_TAGS:
+                flush()
+                stack.append(flush_marker)
+            stack.extend(reversed(list(node.children)))
     flush()
     return "\n\n".join(blocks)
 

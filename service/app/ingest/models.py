@@ -44,9 +44,15 @@ class DocumentIn(BaseModel):
         },
     )
 
-    text: str = Field(description="the document text (HTML is reduced to its visible text)")
+    # minLength in the schema only: the service's own check answers with a clearer "text is empty".
+    text: str = Field(
+        description="the document text (HTML is reduced to its visible text)",
+        json_schema_extra={"minLength": 1},
+    )
     metadata: dict[str, Any] = Field(
-        default_factory=dict, description="flat object: string, number, boolean or list-of-string values"
+        default_factory=dict,
+        description="flat object: string, number, boolean or list-of-string values",
+        json_schema_extra={"propertyNames": {"pattern": METADATA_KEY_PATTERN}},
     )
     content_type: str = Field("text/plain", description="text/plain, text/markdown or text/html")
 

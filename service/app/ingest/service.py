@@ -192,6 +192,10 @@ class IngestService:
     ) -> IngestResult:
         current = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
         if current is not None and current.content_hash == digest:
+            # A document written before texts were kept gets its text now (a no-op when it has one).
+            await to_thread.run_sync(
+                self.registry.ensure_source, tenant_id, document_id, current.version, text
+            )
             DOCUMENTS_INGESTED.labels(status="unchanged").inc()
             return IngestResult(
                 document_id=document_id,
@@ -273,6 +277,7 @@ class IngestService:
                 metadata=metadata,
                 content_type=kind,
                 chunk_count=len(points),
+                text=text,
             )
         except (Conflict, ServiceUnavailable):
             self._discard(tenant_id, document_id, version)

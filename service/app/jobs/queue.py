@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from typing import Any, Protocol
 
 from anyio import to_thread
@@ -28,7 +29,7 @@ from redis.exceptions import RedisError
 from service.app.core.config import Settings
 from service.app.core.errors import RagError
 from service.app.core.logging import request_id_var
-from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOBS
+from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOB_QUEUE_OLDEST_AGE, JOB_SECONDS, JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
 from service.app.store.jobstore import FAILED, SUCCEEDED, JobRow, JobTable
 
@@ -94,6 +95,7 @@ async def run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) 
 
 
 async def _run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) -> JobRecord:
+    started = time.perf_counter()
     record = await store.get(payload.job_id) or JobRecord.queued(payload)
     record.status = JobStatus.running
     record.started_at = utcnow()
@@ -131,6 +133,7 @@ async def _run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload)
         record.result = _result_dict(result)
     record.finished_at = utcnow()
     JOBS.labels(status=record.status.value).inc()
+    JOB_SECONDS.labels(status=record.status.value).observe(time.perf_counter() - started)
     await store.put(record)
     logger.info(
         "ingestion job %s",
@@ -149,6 +152,8 @@ class JobQueue(Protocol):
 
     async def depth(self) -> int: ...
 
+    async def stats(self) -> tuple[int, float]: ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -162,13 +167,13 @@ class InProcessJobQueue:
         self._store = MemoryJobStore(ttl_seconds)
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting = 0
+        self._waiting: dict[str, float] = {}  # job id -> time.monotonic() at submit, for the oldest age
 
     async def submit(self, payload: IngestPayload) -> JobRecord:
         record = JobRecord.queued(payload)
         await self._store.put(record)
-        self._waiting += 1
-        JOB_QUEUE_DEPTH.set(self._waiting)
+        self._waiting[payload.job_id] = time.monotonic()
+        JOB_QUEUE_DEPTH.set(len(self._waiting))
         task = asyncio.create_task(self._run(payload), name=f"ingest-job-{payload.job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -176,8 +181,8 @@ class InProcessJobQueue:
 
     async def _run(self, payload: IngestPayload) -> None:
         async with self._semaphore:
-            self._waiting -= 1
-            JOB_QUEUE_DEPTH.set(self._waiting)
+            self._waiting.pop(payload.job_id, None)
+            JOB_QUEUE_DEPTH.set(len(self._waiting))
             await run_ingest(self._ingest, self._store, payload)
 
     async def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
@@ -185,7 +190,14 @@ class InProcessJobQueue:
         return record if record is not None and record.tenant_id == tenant_id else None
 
     async def depth(self) -> int:
-        return self._waiting
+        return len(self._waiting)
+
+    async def stats(self) -> tuple[int, float]:
+        """(jobs waiting for a slot, the oldest one's age in seconds), also set as the queue gauges."""
+        oldest = time.monotonic() - min(self._waiting.values()) if self._waiting else 0.0
+        JOB_QUEUE_DEPTH.set(len(self._waiting))
+        JOB_QUEUE_OLDEST_AGE.set(oldest)
+        return len(self._waiting), oldest
 
     async def ping(self) -> bool:
         return True
@@ -257,6 +269,7 @@ async def run_durable_job(
         return "not claimable"  # done, running elsewhere, not due yet, or unknown
     payload = IngestPayload.model_validate_json(row.payload)
     token = request_id_var.set(payload.request_id or request_id_var.get())
+    started = time.perf_counter()
     try:
         try:
             result = await ingest.ingest(
@@ -282,6 +295,7 @@ async def run_durable_job(
                 delay = retry_delay(settings, row.attempts)
                 await to_thread.run_sync(table.retry_later, job_id, delay, error)
                 logger.warning("ingestion job will be retried in %.0f s", delay, extra=extra)
+                JOB_SECONDS.labels(status="retry").observe(time.perf_counter() - started)
                 if pool is not None:
                     await wake(pool, settings, job_id, defer_seconds=delay)
                 return "retry"
@@ -290,11 +304,13 @@ async def run_durable_job(
             logger.warning("ingestion job failed", exc_info=not isinstance(exc, RagError), extra=extra)
             await to_thread.run_sync(lambda: table.finish(job_id, FAILED, error=error, result=None))
             JOBS.labels(status="failed").inc()
+            JOB_SECONDS.labels(status="failed").observe(time.perf_counter() - started)
             return "failed"
         await to_thread.run_sync(
             lambda: table.finish(job_id, SUCCEEDED, error=None, result=_result_dict(result))
         )
         JOBS.labels(status="succeeded").inc()
+        JOB_SECONDS.labels(status="succeeded").observe(time.perf_counter() - started)
         logger.info(
             "ingestion job succeeded",
             extra={"job_id": job_id, "tenant": payload.tenant_id, "document_id": payload.document_id},
@@ -302,6 +318,14 @@ async def run_durable_job(
         return "succeeded"
     finally:
         request_id_var.reset(token)
+
+
+async def queue_stats(table: JobTable) -> tuple[int, float]:
+    """Depth and oldest queued job's age from the job table, set on rag_queue_depth / ..._oldest_job_age."""
+    depth, oldest = await to_thread.run_sync(table.queue_stats)
+    JOB_QUEUE_DEPTH.set(depth)
+    JOB_QUEUE_OLDEST_AGE.set(oldest)
+    return depth, oldest
 
 
 async def sweep(table: JobTable, pool: ArqRedis, settings: Settings) -> int:
@@ -357,9 +381,12 @@ class ArqJobQueue:
         return job_record(row) if row is not None and row.tenant_id == tenant_id else None
 
     async def depth(self) -> int:
-        depth = await to_thread.run_sync(self._table.queued_count)
-        JOB_QUEUE_DEPTH.set(depth)
+        depth, _ = await self.stats()
         return depth
+
+    async def stats(self) -> tuple[int, float]:
+        """(queued jobs, oldest queued job's age in seconds), also set as the queue gauges."""
+        return await queue_stats(self._table)
 
     async def ping(self) -> bool:
         try:

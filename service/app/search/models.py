@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import (
@@ -16,7 +17,7 @@ from pydantic import (
 )
 
 from service.app.core.errors import InvalidInput
-from service.app.ingest.models import validate_metadata_key
+from service.app.ingest.models import METADATA_KEY_PATTERN, validate_metadata_key
 from service.app.store.vectors import MetadataCondition
 
 MAX_QUERY_CHARS = 8192
@@ -51,13 +52,16 @@ _FILTER_SHAPES = 'a string, number or boolean, {"any": [...]} or a range like {"
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # NaN and infinities are numbers to Python's JSON parser, but no stored value can match or order against them.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _filter_value_problem(item: Any) -> str | None:
     """What is wrong with one filter value, in words, or None when its shape is right."""
     if isinstance(item, str | bool) or _is_number(item):
         return None
+    if isinstance(item, float):
+        return "must be a finite number (not NaN or Infinity)"
     if not isinstance(item, dict):
         kind = "null" if item is None else type(item).__name__
         return f'must be {_FILTER_SHAPES}, not {kind} (several values go in {{"any": [...]}})'
@@ -91,6 +95,7 @@ class SearchRequest(BaseModel):
         None,
         description='metadata conditions, all must hold: {"lang": "en"}, {"tags": {"any": ["a", "b"]}}, '
         '{"year": {"gte": 2020}}',
+        json_schema_extra={"propertyNames": {"pattern": METADATA_KEY_PATTERN}},
     )
     score_threshold: StrictFloat | None = Field(
         None, ge=-1.0, le=1.0, description="minimum cosine similarity"

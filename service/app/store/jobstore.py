@@ -188,6 +188,19 @@ class JobTable:
         return ids
 
     @_guarded
+    def queue_stats(self) -> tuple[int, float]:
+        """(queued jobs, age in seconds of the oldest of them; 0.0 when none) in one query."""
+        with self.engine.connect() as connection:
+            count, oldest = connection.execute(
+                sa.select(sa.func.count(), sa.func.min(jobs_table.c.created_at))
+                .select_from(jobs_table)
+                .where(jobs_table.c.status == QUEUED)
+            ).one()
+        if not count or oldest is None:
+            return 0, 0.0
+        return int(count), max(0.0, (_now() - _utc(oldest)).total_seconds())
+
+    @_guarded
     def queued_count(self) -> int:
         with self.engine.connect() as connection:
             return int(

@@ -7,6 +7,10 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
 
 - ``documents(tenant_id, document_id)`` primary key, the active ``version``, ``content_hash``, ``metadata``
   (JSON), ``content_type``, ``chunk_count``, ``created_at``, ``updated_at``.
+- ``document_sources(tenant_id, document_id)`` primary key, the ``version`` it belongs to and its ``text`` (the
+  extracted plain text that was chunked): written in the same transaction that activates the version and
+  removed with the document, so the text of every active version is kept and a re-index can re-chunk and
+  re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0003 have none.
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -60,6 +64,15 @@ documents = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+document_sources = sa.Table(
+    "document_sources",
+    metadata_obj,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("document_id", sa.String(256), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
 tenants = sa.Table(
     "tenants",
     metadata_obj,
@@ -102,6 +115,14 @@ class DocumentRecord:
     chunk_count: int
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DocumentSource:
+    """An active document with the text its active version was built from."""
+
+    record: DocumentRecord
+    text: str
 
 
 @dataclass(frozen=True)
@@ -361,8 +382,12 @@ class DocumentRegistry:
         metadata: dict[str, Any],
         content_type: str,
         chunk_count: int,
+        text: str | None = None,
     ) -> DocumentRecord:
         """Make ``version`` the active one, in one transaction with the tenant's data_version bump.
+
+        ``text`` (the extracted text the version was chunked from) is kept in the same transaction, so the
+        active version's source is always there; None keeps no text (and drops that of the previous version).
 
         Compare-and-set: succeeds only if the active version is still ``expected_version`` (None: no row yet),
         otherwise raises Conflict and changes nothing.
@@ -399,6 +424,7 @@ class DocumentRegistry:
                             f"document {document_id!r} was changed by a concurrent request; retry",
                             document_id=document_id,
                         )
+                self._keep_source(connection, tenant_id, document_id, version, text)
                 self._bump(connection, tenant_id)
                 row = connection.execute(
                     sa.select(documents).where(
@@ -435,8 +461,96 @@ class DocumentRegistry:
                     f"document {document_id!r} was changed by a concurrent request; retry",
                     document_id=document_id,
                 )
+            connection.execute(
+                document_sources.delete().where(
+                    document_sources.c.tenant_id == tenant_id, document_sources.c.document_id == document_id
+                )
+            )
             self._bump(connection, tenant_id)
         return _record(row)
+
+    @_guarded
+    def source(self, tenant_id: str, document_id: str) -> DocumentSource | None:
+        """The active document and its kept text; None when there is no such document or no text was kept."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(documents, document_sources.c.text)
+                .join(
+                    document_sources,
+                    sa.and_(
+                        document_sources.c.tenant_id == documents.c.tenant_id,
+                        document_sources.c.document_id == documents.c.document_id,
+                        document_sources.c.version == documents.c.version,
+                    ),
+                )
+                .where(documents.c.tenant_id == tenant_id, documents.c.document_id == document_id)
+            ).first()
+        return None if row is None else DocumentSource(_record(row), row.text)
+
+    @_guarded
+    def source_page(
+        self, after: tuple[str, str] | None = None, limit: int = 100
+    ) -> tuple[list[DocumentSource], list[DocumentRecord]]:
+        """One page of every tenant's active documents in (tenant_id, document_id) order, after ``after``.
+
+        Returns the documents with their kept text, and those (of the same page) that have none (written
+        before texts were kept): a re-index reports these, since only their client can send the text again.
+        """
+        query = sa.select(documents, document_sources.c.text).outerjoin(
+            document_sources,
+            sa.and_(
+                document_sources.c.tenant_id == documents.c.tenant_id,
+                document_sources.c.document_id == documents.c.document_id,
+                document_sources.c.version == documents.c.version,
+            ),
+        )
+        if after is not None:
+            query = query.where(sa.tuple_(documents.c.tenant_id, documents.c.document_id) > sa.tuple_(*after))
+        query = query.order_by(documents.c.tenant_id, documents.c.document_id).limit(limit)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        kept = [DocumentSource(_record(row), row.text) for row in rows if row.text is not None]
+        missing = [_record(row) for row in rows if row.text is None]
+        return kept, missing
+
+    @_guarded
+    def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:
+        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        with self.engine.begin() as connection:
+            active = connection.execute(
+                sa.select(documents.c.version).where(
+                    documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
+                )
+            ).scalar()
+            if active != version:
+                return
+            connection.execute(
+                insert(document_sources)
+                .values(tenant_id=tenant_id, document_id=document_id, version=version, text=text)
+                .on_conflict_do_nothing(
+                    index_elements=[document_sources.c.tenant_id, document_sources.c.document_id]
+                )
+            )
+
+    def _keep_source(
+        self, connection: Connection, tenant_id: str, document_id: str, version: int, text: str | None
+    ) -> None:
+        # One row per document: the active version's text replaces the previous one in the same transaction.
+        connection.execute(
+            document_sources.delete().where(
+                document_sources.c.tenant_id == tenant_id, document_sources.c.document_id == document_id
+            )
+        )
+        if text is not None:
+            connection.execute(
+                document_sources.insert().values(
+                    tenant_id=tenant_id, document_id=document_id, version=version, text=text
+                )
+            )
 
     def _bump(self, connection: Connection, tenant_id: str) -> None:
         # One atomic upsert, so two first writes of a tenant never collide on the tenants row.

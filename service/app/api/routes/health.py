@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,17 @@ def _ping_vectors(vectors: Any) -> None:
         raise RuntimeError(f"collection {vectors.collection} does not exist")
 
 
+def _check_disk(settings: Any) -> None:
+    """Free space under DATA_DIR: a full disk fails every write while every ping still answers."""
+    stats = os.statvfs(settings.data_dir)
+    free = stats.f_bavail * stats.f_frsize
+    if free < settings.ready_min_free_bytes:
+        raise RuntimeError(
+            f"{free // (1024 * 1024)} MiB free in DATA_DIR, below READY_MIN_FREE_BYTES "
+            f"({settings.ready_min_free_bytes // (1024 * 1024)} MiB)"
+        )
+
+
 def _ping_registry(registry: Any) -> None:
     registry.ping()
 
@@ -65,11 +77,14 @@ async def _redis_check(services: Any) -> None:
 
 @router.get("/readyz", responses={503: {"description": "a backend failed; the body names each failed check"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: the vector store, the database and (when REDIS_URL is set) Redis answer; else 503."""
+    """Readiness: the vector store, the database, free space in DATA_DIR (embedded stores) and (when REDIS_URL
+    is set) Redis answer; else 503."""
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         "qdrant": lambda: run_in_threadpool(_ping_vectors, services.vectors),
         "database": lambda: run_in_threadpool(_ping_registry, services.registry),
     }
+    if services.settings.uses_data_dir:
+        checks["disk"] = lambda: run_in_threadpool(_check_disk, services.settings)
     if services.settings.redis_url:
         checks["redis"] = lambda: _redis_check(services)
     results = await asyncio.gather(*(_run_check(check) for check in checks.values()))

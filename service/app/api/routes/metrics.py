@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from service.app.api.deps import ServicesDep
-from service.app.core.metrics import CACHE_REQUESTS, FAILURES, JOB_QUEUE_DEPTH, JOBS
+from service.app.core.metrics import CACHE_REQUESTS, FAILURES, JOB_SECONDS, JOBS
 
 router = APIRouter(tags=["operations"])
 
@@ -18,6 +18,7 @@ for _result in ("hit", "miss", "error"):
     CACHE_REQUESTS.labels(result=_result)
 for _status in ("succeeded", "failed"):
     JOBS.labels(status=_status)
+    JOB_SECONDS.labels(status=_status)
 for _component in ("vector_store", "registry", "embedder", "cache", "jobs", "rate_limiter"):
     FAILURES.labels(component=_component)
 
@@ -33,10 +34,11 @@ def _registry() -> CollectorRegistry:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text format; the job queue depth is refreshed from the queue at scrape time."""
+    """Prometheus text format; queue depth and oldest queued job's age are read from the queue at scrape time,
+    so a queue nobody consumes is visible from the API even with no worker running."""
     jobs = getattr(services, "jobs", None)
     if jobs is not None:
         # An unreachable queue must not break the scrape; /readyz reports it.
         with contextlib.suppress(Exception):
-            JOB_QUEUE_DEPTH.set(await jobs.depth())
+            await jobs.stats()
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

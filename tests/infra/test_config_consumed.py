@@ -1,0 +1,81 @@
+"""Every declared config key changes what is deployed (issue 8, class 5: config that never reaches the system).
+
+Each key declared in Pulumi.yaml `config:` (objects walked down to their leaves) is exercised where it applies
+(`infra.deployability.place_for`: a stack, a cluster target, and the config that switches its feature on): the
+program is run with another valid value (`alternative`) and what it declares must change
+(`infra.deployability.unconsumed_keys`: string values are traced in one run per place, every other key gets a run of
+its own). A key the program parses and then ignores fails here, named with the value tried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from functools import cache
+from typing import Any
+
+import pytest
+
+from infra import deployability as d
+from infra.config import deep_merge
+from infra.offline import StackRun, run_stack
+from tests.infra.conftest import target_overrides
+
+KEYS = d.declared_keys()
+PLACES: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+for _key in KEYS:
+    _stack, _target, _extra = d.place_for(_key)
+    PLACES[(_stack, _target, json.dumps(_extra, sort_keys=True))].append(_key)
+
+
+@cache
+def _run(stack: str, target: str, overrides_json: str) -> StackRun:
+    return run_stack(
+        stack, config_overrides=deep_merge(target_overrides(stack, target), json.loads(overrides_json))
+    )
+
+
+def runner(stack: str, target: str) -> Any:
+    return lambda overrides: _run(stack, target, json.dumps(overrides, sort_keys=True))
+
+
+def test_every_declared_key_has_another_valid_value() -> None:
+    assert len(KEYS) > 100  # the walk reached the leaves of the grouped keys
+    for key, default in KEYS.items():
+        assert d.alternative(key, default) != default, key
+
+
+@pytest.mark.parametrize("place", sorted(PLACES), ids=lambda p: f"{p[0]}-{p[1]}-{p[2]}")
+def test_every_declared_key_changes_the_recorded_program(place: tuple[str, str, str]) -> None:
+    stack, target, extra_json = place
+    extra = json.loads(extra_json)
+    base = _run(stack, target, extra_json)
+    unconsumed = d.unconsumed_keys(PLACES[place], base, runner(stack, target), extra)
+    unconsumed = {key: tried for key, tried in unconsumed.items() if key not in d.CONFIG_WAIVERS}
+    assert unconsumed == {}, (
+        f"declared in Pulumi.yaml but changing them on {stack} ({target}, with {extra}) changes nothing the "
+        f"program declares: {unconsumed}"
+    )
+
+
+def test_config_waivers_name_declared_keys_and_an_issue() -> None:
+    for key, reason in d.CONFIG_WAIVERS.items():
+        assert key in KEYS, key
+        assert "issue" in reason, key
+
+
+def test_an_ignored_key_is_caught() -> None:
+    # A program that never reads qdrant.storage.size (a mapping bug) must fail the sweep for that key.
+    stack, target, extra = d.place_for("qdrant.storage.size")
+    extra_json = json.dumps(extra, sort_keys=True)
+    base = _run(stack, target, extra_json)
+
+    def ignoring(overrides: dict) -> StackRun:
+        overrides = json.loads(json.dumps(overrides))
+        overrides.get("qdrant", {}).get("storage", {}).pop("size", None)
+        return _run(stack, target, json.dumps(overrides, sort_keys=True))
+
+    unconsumed = d.unconsumed_keys(
+        ["qdrant.storage.size", "qdrant.storage.storageClass"], base, ignoring, extra
+    )
+    assert list(unconsumed) == ["qdrant.storage.size"]
