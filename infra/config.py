@@ -377,6 +377,67 @@ class BackupsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LlmAlerts:
+    """PrometheusRule thresholds of the LLM calls behind POST /v1/answer."""
+
+    errorRatePercent: float = _f(min=0.1, max=100)
+    latencyP95Seconds: float = _f(min=0.1, max=600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlmConfig:
+    """Answer generation: an OpenAI-compatible Chat Completions endpoint, or extractive answers when disabled."""
+
+    enabled: bool
+    baseUrl: str = _f(pattern=re.compile(r"^(https?://[^\s/]+(/\S*)?)?$"))
+    model: str
+    keyless: bool = False
+    timeoutSeconds: float = _f(min=0.1, max=600)
+    maxRetries: int = _f(min=0, max=10)
+    maxTokens: int = _f(min=1, max=32768)
+    contextTokens: int = _f(min=1024, max=2_000_000)
+    tokenBudget: str = _f(
+        pattern=re.compile(
+            r"^([0-9]+/(second|minute|hour|day|month)(;[0-9]+/(second|minute|hour|day|month))*)?$"
+        )
+    )
+    circuitFailures: int = _f(min=1, max=1000)
+    circuitResetSeconds: float = _f(min=1, max=3600)
+    minScore: float = _f(min=-1, max=1)
+    egressCidrs: tuple[str, ...] = ()
+    egressExcept: tuple[str, ...] = ()
+    alerts: LlmAlerts
+
+    def env(self) -> dict[str, str]:
+        """The service's environment variables for answers (the API key goes in the Secret, not here)."""
+        values = {"ANSWER_MIN_SCORE": str(self.minScore)}
+        if not self.enabled:
+            return values
+        values.update(
+            {
+                "LLM_BASE_URL": self.baseUrl,
+                "LLM_MODEL": self.model,
+                "LLM_TIMEOUT_SECONDS": str(self.timeoutSeconds),
+                "LLM_MAX_RETRIES": str(self.maxRetries),
+                "LLM_MAX_TOKENS": str(self.maxTokens),
+                "LLM_CONTEXT_TOKENS": str(self.contextTokens),
+                "LLM_TOKEN_BUDGET": self.tokenBudget,
+                "LLM_CIRCUIT_FAILURES": str(self.circuitFailures),
+                "LLM_CIRCUIT_RESET_SECONDS": str(self.circuitResetSeconds),
+            }
+        )
+        return values
+
+    @property
+    def port(self) -> int:
+        """The TCP port of baseUrl (explicit, else 443 for https and 80 for http)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.baseUrl)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Promotion:
     """Where the deployed image came from (written by `ragops promote`)."""
 
@@ -412,6 +473,7 @@ class StackConfig:
     gateway: GatewayConfig
     monitoring: MonitoringConfig
     backups: BackupsConfig
+    llm: LlmConfig
     promotion: Promotion | None
     ephemeral: Ephemeral | None
     promotion_raw: Mapping[str, Any] | None
@@ -753,6 +815,28 @@ def _check_rules(config: StackConfig, file: str) -> None:
             "backups need a cloud cluster (gke or eks): snapshots go to GCS/S3 via workload identity",
         )
 
+    llm = config.llm
+    _check_cidrs(llm.egressCidrs, "llm.egressCidrs", fail)
+    _check_cidrs(llm.egressExcept, "llm.egressExcept", fail)
+    if llm.enabled:
+        if not llm.baseUrl:
+            fail(
+                "llm.baseUrl",
+                "missing (the provider's OpenAI-compatible base URL is required when llm.enabled)",
+            )
+        if not llm.model:
+            fail("llm.model", "missing (the model name is required when llm.enabled)")
+        if not llm.egressCidrs:
+            fail(
+                "llm.egressCidrs", "empty: the service could not reach the provider through its NetworkPolicy"
+            )
+        if llm.maxTokens + 256 > llm.contextTokens:
+            fail("llm.maxTokens", "must leave at least 256 tokens of llm.contextTokens for the prompt")
+        if config.is_prod and llm.baseUrl.startswith("http://") and not llm.keyless:
+            fail(
+                "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
+            )
+
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")
@@ -784,7 +868,7 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 
 # --- secrets ---------------------------------------------------------------------------------------------------
 
-SECRET_KEYS = frozenset({"qdrantApiKey", "serviceApiKeys"})
+SECRET_KEYS = frozenset({"qdrantApiKey", "serviceApiKeys", "llmApiKey"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -793,6 +877,7 @@ class Secrets:
 
     qdrant_api_key: Any  # pulumi.Output[str]
     service_api_keys: Any  # pulumi.Output[str], JSON {"key": "tenant"}
+    llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
 
 
 def load_secrets() -> Secrets:
@@ -812,6 +897,10 @@ def load_secrets() -> Secrets:
     else:
         generated = random.RandomPassword("service-api-key-random", length=40, special=False).result
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
+    # The LLM key is never generated: it is the provider's. Whether one is required is a config rule (stack.py).
+    llm_key = cfg.require_secret("llmApiKey") if get_config(f"{PROJECT}:llmApiKey") else None
     return Secrets(
-        qdrant_api_key=pulumi.Output.secret(qdrant_key), service_api_keys=pulumi.Output.secret(api_keys)
+        qdrant_api_key=pulumi.Output.secret(qdrant_key),
+        service_api_keys=pulumi.Output.secret(api_keys),
+        llm_api_key=llm_key,
     )

@@ -49,6 +49,8 @@ M_QUEUE = "rag_queue_depth"
 M_JOBS = "rag_jobs_total"
 M_CHUNKS = "rag_chunks_ingested_total"
 M_FAILURES = "rag_failures_total"
+M_LLM_REQUESTS = "rag_llm_requests_total"
+M_LLM_SECONDS = "rag_llm_request_duration_seconds"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class AlertThresholds:
     p95_latency_seconds: float = 1.0
     restarts_per_30m: int = 3
     embedding_failures_per_10m: int = 5
+    llm_error_ratio: float = 0.1
+    """Share of LLM calls (POST /v1/answer) that failed over 10 minutes."""
+    llm_p95_latency_seconds: float = 30.0
+    """p95 of successful LLM calls, start to last token."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,26 @@ def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
             "warning",
             "Embedding calls are failing.",
             f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes.",
+        ),
+        rule(
+            "RagLlmErrorRate",
+            f'sum(rate({M_LLM_REQUESTS}{{{sel}, outcome="error"}}[10m]))'
+            f' / clamp_min(sum(rate({M_LLM_REQUESTS}{{{sel}, outcome=~"ok|error"}}[10m])), 1e-9)'
+            f" > {t.llm_error_ratio}",
+            "5m",
+            "critical",
+            "The LLM behind /v1/answer is failing.",
+            f"More than {t.llm_error_ratio:.0%} of LLM calls failed over 10 minutes; "
+            "rag_llm_errors_total{cause} says why (timeout, rate_limited, server_error, circuit_open...).",
+        ),
+        rule(
+            "RagLlmLatencyP95",
+            f'histogram_quantile(0.95, sum by (le) (rate({M_LLM_SECONDS}_bucket{{{sel}, outcome="ok"}}[10m])))'
+            f" > {t.llm_p95_latency_seconds}",
+            "10m",
+            "warning",
+            "The LLM behind /v1/answer is slow.",
+            f"p95 of LLM calls has been above {t.llm_p95_latency_seconds}s for 10 minutes.",
         ),
         rule(
             "QdrantDown",
