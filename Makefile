@@ -13,7 +13,7 @@ STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
 SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
-.PHONY: help install model serve worker test lint format plan bench eval constraints servers clean
+.PHONY: help install model serve serve-prod worker test lint format plan e2e bench eval constraints servers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ servers: ## Make sure the test servers exist (redis-server via apt when missing;
 serve: install model ## Run the service on embedded defaults (SQLite + local Qdrant under .data/) on $(HOST):$(PORT)
 	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
 
+serve-prod: install model servers ## Prod-like run on this machine: Postgres + Redis + API + worker as separate processes
+	$(PY) -m service.tools.serve_prod
+
 worker: install model ## Run the ingestion worker process (needs REDIS_URL)
 	$(PY) -m service.worker
 
@@ -58,6 +61,9 @@ format: install ## Apply ruff fixes and formatting
 
 plan: install ## Render, validate and policy-check a stack offline: make plan STACK=prod
 	$(PY) -m infra.render --stack $(STACK) --out out/$(STACK)
+
+e2e: install ## kind cluster + dev prerequisites, pulumi up (local backend), ingest/search via the Gateway, destroy
+	bash .ci/e2e
 
 bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant; rewrites docs/benchmarks.md
 	$(PY) bench/ingest_search.py

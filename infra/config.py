@@ -353,6 +353,34 @@ class Alerts:
 
     errorRatePercent: float = _f(min=0.1, max=100)
     latencyP95Seconds: float = _f(min=0.01, max=60)
+    queueOldestJobAgeSeconds: int = _f(min=30, max=86400)
+    certificateExpiryDays: int = _f(min=1, max=60)
+    backupMaxAgeHours: int = _f(min=1, max=720)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackAlerting:
+    """Slack receiver; the webhook URL is the secret `rag:slackWebhookUrl`."""
+
+    channel: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmailAlerting:
+    """E-mail receiver; the SMTP password is the secret `rag:smtpPassword`."""
+
+    to: str
+    sender: str
+    smarthost: str = _f(pattern=re.compile(r"^([A-Za-z0-9.-]+:[0-9]{1,5})?$"))
+    username: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alerting:
+    """Alertmanager receivers (PagerDuty is enabled by the secret `rag:pagerdutyRoutingKey` alone)."""
+
+    slack: SlackAlerting
+    email: EmailAlerting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -364,6 +392,8 @@ class MonitoringConfig:
     retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
     storage: Storage
     alerts: Alerts
+    runbookUrl: str = _f(pattern=re.compile(r"^\S+$"))
+    alerting: Alerting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -778,6 +808,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
+    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < _bytes(qdrant.storage.size):
+        fail(
+            "qdrant.snapshotsStorage.size",
+            f"{qdrant.snapshotsStorage.size} is smaller than qdrant.storage.size ({qdrant.storage.size}): a node's "
+            "snapshot (and a snapshot being restored) is about as large as its data",
+        )
+
     service = config.service
     scaling = service.autoscaling
     if scaling.enabled:
@@ -837,6 +874,21 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
             )
 
+    email = config.monitoring.alerting.email
+    if email.to:
+        if "@" not in email.to:
+            fail("monitoring.alerting.email.to", f"{email.to!r} is not an e-mail address")
+        if not email.sender or "@" not in email.sender:
+            fail(
+                "monitoring.alerting.email.sender",
+                "an e-mail sender address is required when email.to is set",
+            )
+        if not email.smarthost:
+            fail(
+                "monitoring.alerting.email.smarthost",
+                "the SMTP server (host:port) is required when email.to is set",
+            )
+
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")
@@ -858,6 +910,25 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail("service.replicas", "prod requires at least 2 service replicas or autoscaling")
 
 
+_UNITS = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def _bytes(quantity: str) -> float:
+    """A storage quantity (already matched by QUANTITY_RE) in bytes."""
+    number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS.get(unit, 1)
+
+
 def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
     for cidr in cidrs:
         try:
@@ -868,7 +939,11 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 
 # --- secrets ---------------------------------------------------------------------------------------------------
 
-SECRET_KEYS = frozenset({"qdrantApiKey", "serviceApiKeys", "llmApiKey"})
+SECRET_KEYS = frozenset(
+    {"qdrantApiKey", "serviceApiKeys", "slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "llmApiKey"}
+)
+# Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
+OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -877,6 +952,9 @@ class Secrets:
 
     qdrant_api_key: Any  # pulumi.Output[str]
     service_api_keys: Any  # pulumi.Output[str], JSON {"key": "tenant"}
+    slack_webhook_url: Any = None  # pulumi.Output[str] | None
+    pagerduty_routing_key: Any = None
+    smtp_password: Any = None
     llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
 
 
@@ -899,8 +977,15 @@ def load_secrets() -> Secrets:
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
     # The LLM key is never generated: it is the provider's. Whether one is required is a config rule (stack.py).
     llm_key = cfg.require_secret("llmApiKey") if get_config(f"{PROJECT}:llmApiKey") else None
+    optional = {
+        key: cfg.require_secret(key) if get_config(f"{PROJECT}:{key}") else None
+        for key in OPTIONAL_SECRET_KEYS
+    }
     return Secrets(
         qdrant_api_key=pulumi.Output.secret(qdrant_key),
         service_api_keys=pulumi.Output.secret(api_keys),
+        slack_webhook_url=optional["slackWebhookUrl"],
+        pagerduty_routing_key=optional["pagerdutyRoutingKey"],
+        smtp_password=optional["smtpPassword"],
         llm_api_key=llm_key,
     )

@@ -973,12 +973,7 @@ CHECKS = (check_crd_order, check_references, check_class_references, check_capab
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
 #: listed in plan.md but does not fail the render. Keep this empty: an entry is a defect with an issue number.
-WAIVERS: dict[tuple[str, str], str] = {
-    (
-        "exposure",
-        "gateway-route",
-    ): "issue 8, class 7: /metrics is still public through the Gateway route (open)",
-}
+WAIVERS: dict[tuple[str, str], str] = {}
 
 
 def analyse(run: StackRun, *, waivers: Mapping[tuple[str, str], str] | None = None) -> Analysis:

@@ -24,7 +24,7 @@ from infra.clusters import ClusterTarget
 from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
-from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs
+from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitoring, MonitoringArgs
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
@@ -124,16 +124,41 @@ def namespace_metadata(config: StackConfig) -> dict[str, Any]:
 
 
 def monitoring_args(
-    config: StackConfig, cluster: ClusterTarget, *, grafana_admin_password: pulumi.Input[str]
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    grafana_admin_password: pulumi.Input[str],
+    secrets: Secrets | None = None,
 ) -> MonitoringArgs:
-    """kube-prometheus-stack and the service's alerts (`rag:monitoring`)."""
+    """kube-prometheus-stack, the alerts of every component of the stack and their receivers (`rag:monitoring`)."""
     mon = config.monitoring
+    alerting = mon.alerting
+    backups_on = config.backups.enabled and cluster.cloud is not None
     return MonitoringArgs(
         service_namespace=config.namespace,
         grafana_admin_password=grafana_admin_password,
         chart_version=mon.chartVersion,
         service_job=SERVICE_NAME,
         qdrant_job="qdrant",
+        qdrant_replicas=config.qdrant.replicas,
+        postgres_mode=postgres_mode(config, cluster),
+        postgres_cluster="postgres",
+        postgres_instances=config.postgres.cloudnative.instances,
+        redis_mode=redis_mode(config, cluster),
+        redis_statefulset="redis",
+        backup_cronjob=BACKUPS_NAME if backups_on else None,
+        tls_enabled=config.tls.enabled,
+        runbook_url=mon.runbookUrl,
+        receivers=AlertReceivers(
+            slack_webhook_url=secrets.slack_webhook_url if secrets else None,
+            slack_channel=alerting.slack.channel,
+            pagerduty_routing_key=secrets.pagerduty_routing_key if secrets else None,
+            email_to=alerting.email.to,
+            email_from=alerting.email.sender,
+            email_smarthost=alerting.email.smarthost,
+            email_username=alerting.email.username,
+            email_password=secrets.smtp_password if secrets else None,
+        ),
         retention=mon.retention,
         storage_size=mon.storage.size,
         storage_class=storage_class(mon.storage.storageClass, cluster),
@@ -142,6 +167,9 @@ def monitoring_args(
             p95_latency_seconds=mon.alerts.latencyP95Seconds,
             llm_error_ratio=config.llm.alerts.errorRatePercent / 100,
             llm_p95_latency_seconds=config.llm.alerts.latencyP95Seconds,
+            queue_oldest_job_age_seconds=mon.alerts.queueOldestJobAgeSeconds,
+            certificate_expiry_days=mon.alerts.certificateExpiryDays,
+            backup_max_age_hours=mon.alerts.backupMaxAgeHours,
         ),
         depends_on=tuple(cluster.depends_on),
     )
@@ -167,6 +195,7 @@ def qdrant_args(
         storage_size=cfg.storage.size,
         storage_class=storage_class(cfg.storage.storageClass, cluster),
         snapshots_size=cfg.snapshotsStorage.size,
+        snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
         pdb=cfg.pdb.enabled,
@@ -441,10 +470,25 @@ def backups_args(
         create_bucket=not config.backups.bucket,
         bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
         retention_days=config.backups.retentionDays,
+        restore_scratch_size=config.qdrant.storage.size,
+        restore_scratch_storage_class=storage_class(config.qdrant.storage.storageClass, cluster),
         aws_region=cluster.region if cluster.cloud == "aws" else None,
         protect=config.protect,
         depends_on=ready,
     )
+
+
+def grafana_access(monitoring: Monitoring) -> dict[str, str]:
+    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward`."""
+    ns, svc = monitoring.namespace, monitoring.grafana_service
+    return {
+        "namespace": ns,
+        "service": svc,
+        "portForward": f"kubectl -n {ns} port-forward svc/{svc} 3000:80",
+        "url": "http://localhost:3000",
+        "user": "admin",
+        "adminSecret": monitoring.grafana_admin_secret,
+    }
 
 
 def outputs(
@@ -454,8 +498,13 @@ def outputs(
     service_url: pulumi.Input[str],
     image_ref: pulumi.Input[str],
     qdrant_endpoint: pulumi.Input[str],
+    api_keys: pulumi.Input[str] | None = None,
+    grafana: Mapping[str, str] | None = None,
+    grafana_admin_password: pulumi.Input[str] | None = None,
+    alert_receivers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The stack outputs of the contract, in export order."""
+    """The stack outputs of the contract, in export order. Credentials are secret outputs
+    (`pulumi stack output apiKeys --show-secrets`)."""
     return {
         "serviceUrl": service_url,
         "imageDigest": image_ref,
@@ -463,6 +512,13 @@ def outputs(
         "kubeconfig": cluster.kubeconfig,
         "promotion": dict(config.promotion_raw) if config.promotion_raw else None,
         "ephemeral": dict(config.ephemeral_raw) if config.ephemeral_raw else None,
+        "apiKeys": pulumi.Output.secret(api_keys) if api_keys is not None else None,
+        "tlsIssuer": config.tls.issuer if config.tls.enabled else None,
+        "grafana": dict(grafana) if grafana is not None else None,
+        "grafanaAdminPassword": (
+            pulumi.Output.secret(grafana_admin_password) if grafana_admin_password is not None else None
+        ),
+        "alertReceivers": list(alert_receivers) if config.monitoring.enabled else None,
     }
 
 
@@ -502,11 +558,15 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
 
     # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitoring: Monitoring | None = None
+    grafana_password: pulumi.Output[str] | None = None
     if config.monitoring.enabled:
-        password = random.RandomPassword("grafana-admin-password-random", length=32, special=False).result
+        grafana_password = random.RandomPassword(
+            "grafana-admin-password-random", length=32, special=False
+        ).result
         monitoring = Monitoring(
             "monitoring",
-            monitoring_args(config, cluster, grafana_admin_password=password),
+            monitoring_args(config, cluster, grafana_admin_password=grafana_password, secrets=secrets),
             opts=in_cluster,
         )
         monitoring_crds = (monitoring.crds_ready,)
@@ -619,5 +679,13 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             cluster.grant_bucket_write("backup", backups.bucket_name)
 
     return outputs(
-        config, cluster, service_url=service_url, image_ref=image.ref, qdrant_endpoint=qdrant.endpoint
+        config,
+        cluster,
+        service_url=service_url,
+        image_ref=image.ref,
+        qdrant_endpoint=qdrant.endpoint,
+        api_keys=secrets.service_api_keys,
+        grafana=grafana_access(monitoring) if monitoring is not None else None,
+        grafana_admin_password=grafana_password,
+        alert_receivers=monitoring.receivers if monitoring is not None else (),
     )

@@ -8,6 +8,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app.core.config import SettingsError, describe_settings_error, get_settings
+from service.app.core.server import GuardedHttpToolsProtocol
 from service.app.store.registry import DocumentRegistry
 
 
@@ -19,10 +20,11 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.redis_url and not settings.qdrant_url:
+    if settings.redis_url and not settings.qdrant_url and settings.internal_token is None:
         raise SystemExit(
             "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the local-mode vector "
-            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process"
+            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process, "
+            "or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
         )
     if settings.workers > 1 and not settings.qdrant_url:
         raise SystemExit(
@@ -41,6 +43,9 @@ def main() -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        limit_concurrency=settings.http_limit_concurrency,
     )
 
 

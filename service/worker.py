@@ -63,18 +63,30 @@ async def _default_services(settings: Settings) -> Any:
 
     from service.app.main import build_services
 
+    vectors = None
+    if settings.vector_store_url and not settings.qdrant_url:
+        from service.app.store.remote import RemoteVectorStore
+
+        # The API owns the embedded store; this worker writes through it (service.app.store.remote).
+        vectors = RemoteVectorStore.from_settings(settings)
     # Same container as the API (migrates the registry, ensures the collection, loads the model).
-    return await to_thread.run_sync(build_services, settings)
+    services = await to_thread.run_sync(lambda: build_services(settings, vectors=vectors))
+    if vectors is not None:
+        services.closers.append(vectors.close)
+    return services
 
 
 def check_worker_settings(settings: Settings) -> None:
     """The worker needs Redis, and a vector store another process can open."""
     if not settings.redis_url:
         raise SettingsError("the worker needs REDIS_URL (without Redis the API runs jobs in-process)")
-    if not settings.qdrant_url:
+    if settings.vector_store_url and settings.internal_token is None:
+        raise SettingsError("VECTOR_STORE_URL needs INTERNAL_TOKEN (the token the owning API expects)")
+    if not settings.qdrant_url and not settings.vector_store_url:
         raise SettingsError(
             "REDIS_URL needs QDRANT_URL: workers and the API are separate processes and the local-mode vector "
-            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process"
+            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process, "
+            "or write through the API's store with VECTOR_STORE_URL + INTERNAL_TOKEN (make serve-prod)"
         )
 
 

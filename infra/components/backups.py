@@ -45,9 +45,12 @@ set -euo pipefail
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 HDR="api-key: ${QDRANT_API_KEY}"
 
-upload() {  # stdin -> object key $1
+upload() {  # stdin -> object key $1, $2 bytes
   case "$CLOUD" in
-    aws) aws s3 cp - "s3://${BUCKET}/$1" --only-show-errors ;;
+    # A stream from stdin is cut into parts sized for 50 GB unless told its size: --expected-size lets the CLI
+    # pick parts that fit S3's 10,000-part limit for snapshots of any size (up to S3's 5 TB object limit).
+    aws) aws s3 cp - "s3://${BUCKET}/$1" --expected-size "$2" --only-show-errors ;;
+    # gcloud streams stdin with no size limit below GCS's 5 TiB per object.
     gcp) gcloud storage cp - "gs://${BUCKET}/$1" --quiet ;;
     *) echo "unknown CLOUD=$CLOUD" >&2; return 2 ;;
   esac
@@ -62,10 +65,13 @@ for peer in $QDRANT_PEERS; do
   node="${peer#*://}"; node="${node%%[.:/]*}"
   collections="$(curl -fsS --max-time 60 -H "$HDR" "${peer}/collections" | names)"
   for collection in $collections; do
-    snapshot="$(curl -fsS --max-time 3600 -X POST -H "$HDR" \
-      "${peer}/collections/${collection}/snapshots?wait=true" | names | head -n 1)"
+    created="$(curl -fsS --max-time 7200 -X POST -H "$HDR" \
+      "${peer}/collections/${collection}/snapshots?wait=true")"
+    snapshot="$(printf '%s' "$created" | names | head -n 1)"
+    size="$(printf '%s' "$created" | grep -o '"size": *[0-9]*' | grep -o '[0-9]*$' | head -n 1)"
     key="${PREFIX}/${STAMP}/${node}/${collection}/${snapshot}"
-    curl -fsS --max-time 3600 -H "$HDR" "${peer}/collections/${collection}/snapshots/${snapshot}" | upload "$key"
+    curl -fsS --max-time 18000 -H "$HDR" "${peer}/collections/${collection}/snapshots/${snapshot}" \
+      | upload "$key" "${size:?Qdrant gave no snapshot size}"
     curl -fsS --max-time 600 -X DELETE -H "$HDR" \
       "${peer}/collections/${collection}/snapshots/${snapshot}?wait=true" > /dev/null
     echo "{\"event\":\"snapshot_uploaded\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
@@ -73,6 +79,52 @@ for peer in $QDRANT_PEERS; do
   done
 done
 echo "{\"event\":\"backup_finished\",\"snapshots\":${count},\"stamp\":\"${STAMP}\"}"
+"""
+
+RESTORE_SCRIPT_NAME = "restore.sh"
+RESTORE_SCRIPT = r"""#!/bin/bash
+# Restore every node's collections from one backup run (RESTORE_STAMP, or the latest): download each snapshot to
+# the scratch volume, then upload it to the node it came from (priority=snapshot: the snapshot's data wins).
+set -euo pipefail
+: "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}" "${SCRATCH:?}"
+HDR="api-key: ${QDRANT_API_KEY}"
+
+list() {  # object keys (relative to the bucket) under $1/, or the child "directories" when $2 = dirs
+  case "$CLOUD" in
+    aws) if [ "${2:-}" = dirs ]; then aws s3 ls "s3://${BUCKET}/$1/" | awk '$1 == "PRE" {print $2}' | tr -d /
+         else aws s3 ls --recursive "s3://${BUCKET}/$1/" | awk '{print $4}'; fi ;;
+    gcp) if [ "${2:-}" = dirs ]; then gcloud storage ls "gs://${BUCKET}/$1/" | grep '/$' | awk -F/ '{print $(NF-1)}'
+         else gcloud storage ls --recursive "gs://${BUCKET}/$1/**" | sed "s#^gs://${BUCKET}/##"; fi ;;
+    *) echo "unknown CLOUD=$CLOUD" >&2; return 2 ;;
+  esac
+}
+
+download() {  # object key $1 -> file $2
+  case "$CLOUD" in
+    aws) aws s3 cp "s3://${BUCKET}/$1" "$2" --only-show-errors ;;
+    gcp) gcloud storage cp "gs://${BUCKET}/$1" "$2" --quiet ;;
+  esac
+}
+
+stamp="${RESTORE_STAMP:-$(list "$PREFIX" dirs | sort | tail -n 1)}"
+[ -n "$stamp" ] || { echo "no backup under ${PREFIX}/" >&2; exit 1; }
+count=0
+for peer in $QDRANT_PEERS; do
+  node="${peer#*://}"; node="${node%%[.:/]*}"
+  for key in $(list "${PREFIX}/${stamp}/${node}"); do
+    rest="${key#"${PREFIX}/${stamp}/${node}/"}"
+    collection="${rest%%/*}"
+    file="${SCRATCH}/${rest##*/}"
+    download "$key" "$file"
+    curl -fsS --max-time 18000 -X POST -H "$HDR" -F "snapshot=@${file}" \
+      "${peer}/collections/${collection}/snapshots/upload?priority=snapshot&wait=true" > /dev/null
+    rm -f "$file"
+    echo "{\"event\":\"snapshot_restored\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
+    count=$((count + 1))
+  done
+done
+[ "$count" -gt 0 ] || { echo "backup ${stamp} holds no snapshot of these nodes" >&2; exit 1; }
+echo "{\"event\":\"restore_finished\",\"snapshots\":${count},\"stamp\":\"${stamp}\"}"
 """
 
 
@@ -109,6 +161,10 @@ class QdrantBackupsArgs:
             cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit="512Mi"
         )
     )
+    restore_scratch_size: str = "10Gi"
+    """Scratch volume of the on-demand restore job: one downloaded snapshot at a time, as large as a node's
+    data (give it the Qdrant storage size)."""
+    restore_scratch_storage_class: str | None = None
     protect: bool = False
     network_policy: bool = True
     suspend: bool = False
@@ -150,6 +206,7 @@ def validate_args(args: QdrantBackupsArgs) -> None:
             args.bucket_location is not None,
             "QdrantBackupsArgs.bucket_location is required to create a GCS bucket.",
         )
+    specs.check_quantity(args.restore_scratch_size, "QdrantBackupsArgs.restore_scratch_size")
     if args.image is not None:
         specs.check_image(args.image, "QdrantBackupsArgs.image")
     args.resources.validate("QdrantBackupsArgs.resources")
@@ -226,6 +283,45 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
     }
 
 
+NEVER = "0 0 31 2 *"
+"""February 31st: the restore CronJob never fires; it is a template for `kubectl create job --from`."""
+
+
+def restore_cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict[str, Any]:
+    """The restore job, suspended: run it with `kubectl create job --from=cronjob/<base>-restore <name>`.
+
+    Same image, ServiceAccount, pod labels (so the same NetworkPolicies let it reach Qdrant and object storage)
+    and Qdrant key as the backup job; `RESTORE_STAMP` (empty: the latest backup) picks the run to restore. Each
+    snapshot is downloaded to a scratch ephemeral volume sized from the Qdrant storage, then uploaded to its node.
+    """
+    spec = cronjob_spec(args, base, script_config)
+    spec["schedule"] = NEVER
+    spec["suspend"] = True
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    container["name"] = "restore"
+    container["command"] = ["/bin/bash", f"/scripts/{RESTORE_SCRIPT_NAME}"]
+    container["env"] = [
+        *container["env"],
+        {"name": "SCRATCH", "value": "/scratch"},
+        {"name": "RESTORE_STAMP", "value": ""},
+    ]
+    container["volumeMounts"] = [*container["volumeMounts"], {"name": "scratch", "mountPath": "/scratch"}]
+    pod["volumes"] = [
+        *pod["volumes"],
+        {
+            "name": "scratch",
+            "ephemeral": {
+                "volumeClaimTemplate": {
+                    "metadata": {"labels": specs.labels(APP, base, "restore")},
+                    "spec": specs.pvc_spec(args.restore_scratch_size, args.restore_scratch_storage_class),
+                }
+            },
+        },
+    ]
+    return spec
+
+
 def network_policy_spec(args: QdrantBackupsArgs, match: Mapping[str, str]) -> dict[str, Any]:
     """No ingress; out to DNS, Qdrant, and HTTPS/metadata endpoints (object storage, STS, workload identity)."""
     egress = [specs.dns_egress_rule()]
@@ -279,7 +375,7 @@ class QdrantBackups(pulumi.ComponentResource):
         script = k8s.core.v1.ConfigMap(
             f"{name}-script",
             metadata=specs.metadata(script_config, ns, object_labels),
-            data={SCRIPT_NAME: BACKUP_SCRIPT},
+            data={SCRIPT_NAME: BACKUP_SCRIPT, RESTORE_SCRIPT_NAME: RESTORE_SCRIPT},
             opts=child(),
         )
         k8s.batch.v1.CronJob(
@@ -287,6 +383,12 @@ class QdrantBackups(pulumi.ComponentResource):
             metadata=specs.metadata(base, ns, object_labels),
             spec=cronjob_spec(args, base, script_config),
             # Its pods mount the script ConfigMap and run as the ServiceAccount, both by name.
+            opts=child(extra=(service_account, script)),
+        )
+        k8s.batch.v1.CronJob(
+            f"{name}-restore",
+            metadata=specs.metadata(f"{base}-restore", ns, object_labels),
+            spec=restore_cronjob_spec(args, base, script_config),
             opts=child(extra=(service_account, script)),
         )
         if args.network_policy:

@@ -226,16 +226,26 @@ def redirect_route_spec(gateway: str, hostname: str) -> dict[str, Any]:
     }
 
 
+PRIVATE_PATHS = ("/metrics",)
+"""Paths the service serves for the cluster only (Prometheus scrapes them on the pod port)."""
+
+
 def service_route_spec(gateway: str, hostname: str, service: str, port: int) -> dict[str, Any]:
-    """HTTPRoute on the HTTPS listener sending every path to the service."""
+    """HTTPRoute on the HTTPS listener: every path to the service except `PRIVATE_PATHS`.
+
+    A private path gets its own rule with no backendRefs: the longer prefix wins over `/`, and a rule with no
+    backend and no responding filter answers 404 (Gateway API HTTPRouteRule.backendRefs), so /metrics (tenants,
+    routes, error rates) never leaves the cluster through the Gateway.
+    """
     return {
         "parentRefs": [{"name": gateway, "sectionName": "https"}],
         "hostnames": [hostname],
         "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": path}} for path in PRIVATE_PATHS]},
             {
                 "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                 "backendRefs": [{"name": service, "port": port}],
-            }
+            },
         ],
     }
 

@@ -60,7 +60,12 @@ class QdrantClusterArgs:
     storage_class: str | None = None
     """StorageClass of the data PVCs; None uses the cluster default."""
     snapshots_size: str = "10Gi"
-    """Size limit of the snapshots emptyDir (snapshots are streamed to object storage by QdrantBackups)."""
+    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod).
+    A snapshot of a node, and an uploaded snapshot being restored, is about as large as the node's data, so give
+    it at least `storage_size` when backups run; an emptyDir would come out of the node's disk and get the pod
+    evicted past its limit."""
+    snapshots_storage_class: str | None = None
+    """StorageClass of the snapshot volume; None uses the cluster default."""
     resources: Resources = field(
         default_factory=lambda: Resources(
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
@@ -139,6 +144,9 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         {"name": "QDRANT__CLUSTER__P2P__PORT", "value": str(P2P_PORT)},
         {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
         {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+        # Snapshot assembly and snapshot uploads (restore) write temporary files: keep them on the snapshot
+        # volume, not on the data volume (default storage/snapshots_temp, which a full data disk cannot take).
+        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
         {
@@ -191,7 +199,15 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
                 "volumes": [
-                    {"name": "snapshots", "emptyDir": {"sizeLimit": args.snapshots_size}},
+                    {
+                        "name": "snapshots",
+                        "ephemeral": {
+                            "volumeClaimTemplate": {
+                                "metadata": {"labels": dict(match)},
+                                "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
+                            }
+                        },
+                    },
                     {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                 ],

@@ -65,6 +65,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"cluster": {"provider": "gke"}}, "gateway.className", "not a GKE Gateway class"),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
+        "prod",
+        {"qdrant": {"snapshotsStorage": {"size": "5Gi"}}},
+        "qdrant.snapshotsStorage.size",
+        "smaller than qdrant.storage.size",
+    ),
+    (
         "staging",
         {"service": {"autoscaling": {"minReplicas": 6}}},
         "service.autoscaling.minReplicas",
@@ -78,6 +84,28 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
     ("dev", {"backups": {"enabled": True}}, "backups.enabled", "backups need a cloud cluster"),
+    (
+        "staging",
+        {"monitoring": {"alerting": {"email": {"to": "oncall"}}}},
+        "monitoring.alerting.email.to",
+        "not an e-mail address",
+    ),
+    (
+        "staging",
+        {
+            "monitoring": {
+                "alerting": {"email": {"to": "oncall@example.com", "smarthost": "smtp.example.com:587"}}
+            }
+        },
+        "monitoring.alerting.email.sender",
+        "sender address is required",
+    ),
+    (
+        "staging",
+        {"monitoring": {"alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}}},
+        "monitoring.alerting.email.smarthost",
+        "SMTP server",
+    ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
     ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),

@@ -252,3 +252,29 @@ def test_pdb_settings_reach_the_disruption_budgets() -> None:
     off = run("prod", service={"pdb": {"enabled": False}}, qdrant={"pdb": {"enabled": False}})
     names = {r.name for r in off.resources}
     assert not names & {"rag-pdb", "rag-worker-pdb", "qdrant-pdb"}
+
+
+# --- operations at the declared sizes --------------------------------------------------------------------------
+
+
+def test_qdrant_snapshot_scratch_holds_a_node_and_takes_its_configured_class() -> None:
+    result = run("prod", qdrant={"snapshotsStorage": {"storageClass": "gp3-snapshots"}})
+    pod = result.by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "snapshots")
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "100Gi"  # = qdrant.storage.size in Pulumi.prod.yaml
+    assert claim["storageClassName"] == "gp3-snapshots"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["QDRANT__STORAGE__TEMP_PATH"].startswith("/qdrant/snapshots/")
+
+
+def test_the_restore_job_is_declared_with_scratch_for_a_whole_node() -> None:
+    result = run("prod")
+    restore = result.by_name("qdrant-backups-restore").inputs["spec"]
+    assert restore["suspend"] is True
+    pod = restore["jobTemplate"]["spec"]["template"]["spec"]
+    scratch = next(v for v in pod["volumes"] if v["name"] == "scratch")
+    assert scratch["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "100Gi"
+    assert waits_for(
+        result, result.by_name("qdrant-backups-restore"), result.by_name("qdrant-backups-script")
+    )

@@ -4,6 +4,7 @@ open."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from service.app.core.config import Settings
 from service.app.core.errors import RateLimited
 from service.app.core.metrics import FAILURES
-from service.app.core.ratelimit import RateLimiter
+from service.app.core.ratelimit import BACKOFF_SECONDS, RateLimiter
 from tests.service.prod_support import MakeClient, bearer
 from tests.support.servers import free_port
 
@@ -111,15 +112,35 @@ async def test_redis_limiter_counts_in_redis(redis_url: str) -> None:
 
 
 async def test_a_broken_redis_fails_open_and_is_counted() -> None:
+    now = [1000.0]
     limiter = RateLimiter(
-        Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_search="1/hour")
+        Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_search="1/hour"),
+        clock=lambda: now[0],
     )
     before = FAILURES.labels(component="rate_limiter")._value.get()
     for _ in range(3):
         await limiter.hit("search", "someone")  # no RateLimited: the request goes through
-    assert FAILURES.labels(component="rate_limiter")._value.get() == before + 3
+    # One failure, then the storage is skipped for the back-off: a dead Redis costs one timeout, not one per request.
+    assert FAILURES.labels(component="rate_limiter")._value.get() == before + 1
+    now[0] += BACKOFF_SECONDS + 1
+    await limiter.hit("search", "someone")
+    assert FAILURES.labels(component="rate_limiter")._value.get() == before + 2
     assert not await limiter.check_storage()
     await limiter.close()
+
+
+async def test_a_hung_redis_is_waited_for_once_per_back_off() -> None:
+    """A Redis that accepts connections and never answers (a hung server): requests after the first skip it."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # the kernel completes handshakes; nobody ever reads or answers
+        port = hung.getsockname()[1]
+        limiter = RateLimiter(Settings(redis_url=f"redis://127.0.0.1:{port}/0", rate_limit_search="1/hour"))
+        before = FAILURES.labels(component="rate_limiter")._value.get()
+        for _ in range(5):
+            assert await limiter.hit("search", "someone") is None
+        assert FAILURES.labels(component="rate_limiter")._value.get() == before + 1
+        await limiter.close()
 
 
 def test_memory_is_the_default_storage(make_client: MakeClient) -> None:

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     qdrant_replication_factor: int = Field(1, ge=1, le=10)
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_timeout_seconds: float = Field(10.0, gt=0)
+    internal_token: SecretStr | None = Field(
+        None,
+        description="API: serve its embedded store to workers on /internal/vectors; worker: the token to send",
+    )
+    vector_store_url: str | None = Field(
+        None,
+        description="worker: base URL of the API whose embedded store it writes through (INTERNAL_TOKEN)",
+    )
 
     # --- embedding and chunking ------------------------------------------------------------------------
     embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -69,6 +77,15 @@ class Settings(BaseSettings):
     embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
     chunk_overlap: int = Field(32, ge=0)
+
+    reindex_on_config_change: bool = Field(
+        True,
+        description="at start-up, re-index in the background when EMBEDDING_MODEL/CHUNK_SIZE/CHUNK_OVERLAP "
+        "differ from the index search serves (instead of serving an empty collection)",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="bearer key of the /v1/admin routes (re-index); unset: admin routes refuse (403)"
+    )
 
     # --- orphan collector (service.app.store.gc) ------------------------------------------------------
     gc_enabled: bool = Field(
@@ -164,6 +181,18 @@ class Settings(BaseSettings):
     )
 
     # --- HTTP hygiene ----------------------------------------------------------------------------------
+    http_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="a connection must complete its request headers within this (slowloris)"
+    )
+    http_body_idle_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest silence while a request body is being received"
+    )
+    http_keep_alive_seconds: int = Field(
+        5, ge=1, description="idle keep-alive connections are closed after this"
+    )
+    http_limit_concurrency: int | None = Field(
+        None, ge=1, description="connections + requests per process before new requests get 503 (uvicorn)"
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
 

@@ -33,7 +33,18 @@ INVISIBLE_HITS = Counter(
 ORPHANS_REMOVED = Counter(
     "rag_orphan_points_removed_total", "Invisible points removed by the orphan collector."
 )
+CONNECTIONS_CLOSED = Counter(
+    "rag_http_connections_closed_total",
+    "Connections the server closed because the client was too slow.",
+    ["reason"],
+)  # header_timeout | body_idle
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
+SHADOW_WRITE_FAILURES = Counter(
+    "rag_shadow_write_failures_total",
+    "Writes whose copy into the re-index/standby generation failed (replayed by the re-index catch-up).",
+)
+REINDEX_DOCUMENTS = Gauge("rag_reindex_documents", "Documents of the running re-index, by state.", ["state"])
+REINDEX_STATE = Gauge("rag_reindex_running", "1 while a re-index builds or switches, else 0.")
 # Queue gauges are set from the job table (the API at scrape time, the worker on each poll): a queue that grows
 # with no live consumer shows here even when no worker is running at all.
 JOB_QUEUE_DEPTH = Gauge("rag_queue_depth", "Ingestion jobs waiting to run (queued, retries included).")

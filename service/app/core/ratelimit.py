@@ -5,7 +5,8 @@ both use the `limits` syntax ("120/minute", "10/second;1000/hour"). Counters liv
 default, or in Redis when REDIS_URL is set so every replica shares them. Windows are moving windows.
 
 If the Redis storage fails the request is let through (fail open) with a warning and
-`rag_failures_total{component="rate_limiter"}`: a broken limiter must not take the API down.
+`rag_failures_total{component="rate_limiter"}`: a broken limiter must not take the API down. After a failure the
+storage is skipped for BACKOFF_SECONDS (5 s), so a hung Redis costs one timeout per back-off, not one per request.
 
 Every checked request learns its `Quota` (the tightest of the budget's limits after this request), which the
 middleware sends as headers on the response, 429s included:
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 Budget = Literal["ingest", "search"]
 REDIS_TIMEOUT_SECONDS = 1.0
+BACKOFF_SECONDS = 5.0
 
 
 def limits_storage(settings: Settings, key_prefix: str = "rag:ratelimit") -> Storage:
@@ -90,7 +93,9 @@ RATE_LIMIT_HEADERS = (
 class RateLimiter:
     """Checks and consumes the caller's budget; raises `RateLimited` with a Retry-After when it is spent."""
 
-    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+    def __init__(
+        self, settings: Settings, storage: Storage | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.enabled = settings.rate_limit_enabled
         self._items: dict[Budget, list[RateLimitItem]] = {
             "ingest": parse_many(settings.rate_limit_ingest),
@@ -99,6 +104,10 @@ class RateLimiter:
         self._storage = storage if storage is not None else limits_storage(settings)
         self.storage_kind = "memory" if isinstance(self._storage, MemoryStorage) else "redis"
         self._strategy = MovingWindowRateLimiter(self._storage)
+        self._clock = clock
+        # Like the search cache: after a storage failure, skip the storage for a while, so a hung Redis costs one
+        # timeout per BACKOFF_SECONDS instead of one per request.
+        self._bypass_until = 0.0
 
     def describe(self, budget: Budget) -> str:
         return "; ".join(str(item) for item in self._items[budget])
@@ -110,7 +119,7 @@ class RateLimiter:
     async def hit(self, budget: Budget, identity: str, cost: int = 1) -> Quota | None:
         """Consume `cost` requests of `budget` for `identity` (an API key id) and return the caller's quota, or
         raise RateLimited (carrying the quota). None when limits are off or the storage failed (fail open)."""
-        if not self.enabled:
+        if not self.enabled or self._clock() < self._bypass_until:
             return None
         tightest: Quota | None = None
         for item in self._items[budget]:
@@ -120,7 +129,12 @@ class RateLimiter:
             except Exception:
                 # Any storage error (connection refused, timeout, ...) -> fail open, loudly.
                 FAILURES.labels(component="rate_limiter").inc()
-                logger.warning("rate limiter storage failed; request allowed", exc_info=True)
+                self._bypass_until = self._clock() + BACKOFF_SECONDS
+                logger.warning(
+                    "rate limiter storage failed; requests allowed without limits for %.0f s",
+                    BACKOFF_SECONDS,
+                    exc_info=True,
+                )
                 return None
             quota = Quota(limit=item.amount, remaining=max(0, stats.remaining), reset_at=stats.reset_time)
             if not allowed:

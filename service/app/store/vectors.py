@@ -273,6 +273,42 @@ class QdrantVectorStore:
         self.upsert_batch = UPSERT_BATCH
         self._points: LocalPointIndex | None = None  # built by ensure_collection in local mode
 
+    def sibling(self, collection: str, dimension: int) -> QdrantVectorStore:
+        """A store on another collection through the same client (and, in local mode, the same lock).
+
+        Local mode allows one client per directory, so a re-index builds its new collection through this.
+        """
+        other = QdrantVectorStore(
+            self.client, collection=collection, dimension=dimension, local=self.local, settings=self._settings
+        )
+        other._lock = self._lock
+        return other
+
+    def set_alias(self, alias: str) -> None:
+        """Point ``alias`` at this collection in one atomic change (server mode; local mode has no aliases).
+
+        Qdrant applies the delete and the create of one update_collection_aliases call together, so no reader
+        of the alias ever finds it missing or on a half-built collection.
+        """
+        if self.local:
+            return
+        try:
+            existing = {a.alias_name for a in self.client.get_aliases().aliases}
+            operations: list[models.AliasOperations] = []
+            if alias in existing:  # deleting an alias that does not exist is an error on the server
+                operations.append(
+                    models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+                )
+            operations.append(
+                models.CreateAliasOperation(
+                    create_alias=models.CreateAlias(collection_name=self.collection, alias_name=alias)
+                )
+            )
+            self.client.update_collection_aliases(change_aliases_operations=operations)
+        except Exception as exc:
+            FAILURES.labels(component="vector_store").inc()
+            raise ServiceUnavailable("vector store unavailable; retry later") from exc
+
     @classmethod
     def from_settings(cls, settings: Settings, *, model_name: str, dimension: int) -> QdrantVectorStore:
         """Server client for QDRANT_URL, else local mode at resolved_qdrant_path (":memory:" kept as is)."""

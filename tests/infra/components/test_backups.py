@@ -52,6 +52,7 @@ class FakeQdrant(BaseHTTPRequestHandler):
     collections = ("documents_a", "documents_b")
     created: list[str] = []
     deleted: list[str] = []
+    uploaded: list[tuple[str, str, bytes]] = []  # (collection, query, body)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -90,7 +91,13 @@ class FakeQdrant(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if not self._authorised():
             return
-        collection = self.path.strip("/").split("/")[1]
+        path, _, query = self.path.partition("?")
+        collection = path.strip("/").split("/")[1]
+        if path.endswith("/snapshots/upload"):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.uploaded.append((collection, query, body))
+            self._json({"result": True, "status": "ok"})
+            return
         name = f"{collection}-{len(self.created)}.snapshot"
         self.created.append(name)
         self._json({"result": {"name": name, "size": 10}, "status": "ok"})
@@ -106,6 +113,7 @@ class FakeQdrant(BaseHTTPRequestHandler):
 def fake_qdrant() -> Iterator[str]:
     FakeQdrant.created = []
     FakeQdrant.deleted = []
+    FakeQdrant.uploaded = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeQdrant)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -126,6 +134,7 @@ def run_script(tmp_path: Path, peers: str, api_key: str) -> subprocess.Completed
     fake_aws = bin_dir / "aws"
     fake_aws.write_text(
         '#!/bin/bash\nset -e\n[ "$1 $2 $3" = "s3 cp -" ]\ndest="${4#s3://}"\n'
+        f'echo "$*" >> "{tmp_path}/aws.log"\n'
         f'mkdir -p "{store}/$(dirname "$dest")"\ncat > "{store}/$dest"\n',
         encoding="utf-8",
     )
@@ -159,6 +168,91 @@ def test_script_snapshots_every_collection_on_every_node(tmp_path: Path, fake_qd
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["event"] == "backup_finished"
     assert summary["snapshots"] == 4
+    # The upload is told each snapshot's size (Qdrant's answer), so streams above 50 GB fit S3's part limit.
+    calls = (tmp_path / "aws.log").read_text().splitlines()
+    assert len(calls) == 4
+    assert all(call.endswith("--expected-size 10 --only-show-errors") for call in calls)
+
+
+FAKE_AWS_READ = """#!/bin/bash
+# A stand-in `aws` reading a directory tree as the bucket: `s3 ls [--recursive] s3://b/p/`, `s3 cp s3://b/k file`.
+set -euo pipefail
+root="$FAKE_STORE"
+if [ "$1 $2" = "s3 ls" ]; then
+  if [ "$3" = "--recursive" ]; then
+    path="${4#s3://}"; prefix="${path#*/}"
+    (cd "$root/${path%%/*}" && find "${prefix%/}" -type f | sort | sed 's/^/2026-01-01 00:00:00 10 /')
+  else
+    path="${3#s3://}"; for d in "$root/${path%/}"/*/; do echo "                           PRE $(basename "$d")/"; done
+  fi
+elif [ "$1 $2" = "s3 cp" ]; then
+  cp "$root/${3#s3://}" "$4"
+else
+  exit 2
+fi
+"""
+
+
+def test_restore_script_uploads_the_latest_backup_to_the_node_it_came_from(
+    tmp_path: Path, fake_qdrant: str
+) -> None:
+    store = tmp_path / "store"
+    for stamp, text in (("20260101T030000Z", "old"), ("20260102T030000Z", "new")):
+        for collection in ("documents_a", "documents_b"):
+            snap = store / "bucket" / "qdrant" / stamp / "127" / collection / f"{collection}.snapshot"
+            snap.parent.mkdir(parents=True)
+            snap.write_text(f"{text} {collection}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aws").write_text(FAKE_AWS_READ, encoding="utf-8")
+    (bin_dir / "aws").chmod(0o755)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = tmp_path / "restore.sh"
+    script.write_text(b.RESTORE_SCRIPT, encoding="utf-8")
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FAKE_STORE": str(store),
+        "QDRANT_PEERS": fake_qdrant,
+        "QDRANT_API_KEY": API_KEY,
+        "BUCKET": "bucket",
+        "PREFIX": "qdrant",
+        "CLOUD": "aws",
+        "SCRATCH": str(scratch),
+    }
+    result = subprocess.run(
+        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    uploads = sorted(FakeQdrant.uploaded)
+    assert [(c, q) for c, q, _ in uploads] == [
+        ("documents_a", "priority=snapshot&wait=true"),
+        ("documents_b", "priority=snapshot&wait=true"),
+    ]
+    assert all(b"new " in body and b"old " not in body for _, _, body in uploads)
+    assert list(scratch.iterdir()) == []  # each snapshot is removed once uploaded
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stamp"] == "20260102T030000Z"
+
+    pinned = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "RESTORE_STAMP": "20260101T030000Z"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert pinned.returncode == 0, pinned.stderr
+    assert all(b"old " in body for _, _, body in FakeQdrant.uploaded[2:])
+
+    missing = subprocess.run(
+        ["bash", str(script)],
+        env={**env, "RESTORE_STAMP": "20250101T000000Z"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode != 0
 
 
 def test_script_fails_loudly_on_a_wrong_api_key(tmp_path: Path, fake_qdrant: str) -> None:
@@ -235,7 +329,29 @@ def test_aws_bucket_is_versioned_encrypted_private_and_protected() -> None:
     backups: b.QdrantBackups = program.result
     assert resolve(backups.bucket_name) == "rag-prod-qdrant-backups"
     assert backups.destination == "s3://rag-prod-qdrant-backups/qdrant"
-    assert validate_manifests(program) == 4
+    assert (
+        validate_manifests(program) == 5
+    )  # SA, script ConfigMap, backup and restore CronJobs, NetworkPolicy
+
+
+def test_restore_cronjob_is_a_suspended_template_with_scratch_sized_from_the_data() -> None:
+    spec = b.restore_cronjob_spec(
+        backup_args(restore_scratch_size="100Gi", restore_scratch_storage_class="gp3"), "qb", "s"
+    )
+    assert spec["suspend"] is True
+    assert spec["schedule"] == b.NEVER
+    pod = spec["jobTemplate"]["spec"]["template"]
+    # The backup job's pod labels: its NetworkPolicy and Qdrant's client rule cover the restore pods too.
+    assert (
+        pod["metadata"]["labels"]
+        == b.cronjob_spec(backup_args(), "qb", "s")["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    )
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["/bin/bash", "/scripts/restore.sh"]
+    scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "scratch")
+    claim = scratch["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "100Gi"
+    assert claim["storageClassName"] == "gp3"
 
 
 def test_gcs_bucket_and_existing_bucket() -> None:
@@ -270,7 +386,7 @@ def test_wires_to_a_qdrant_cluster() -> None:
         )
 
     program = run_components(build)
-    cron = program.one("kubernetes:batch/v1:CronJob").inputs
+    cron = program.one("kubernetes:batch/v1:CronJob", "qdrant-backup-cronjob").inputs
     env = {
         e["name"]: e for e in cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
     }

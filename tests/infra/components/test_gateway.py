@@ -83,7 +83,26 @@ def test_routes_redirect_http_and_send_https_to_the_service() -> None:
     assert redirect["rules"][0]["filters"][0]["requestRedirect"] == {"scheme": "https", "statusCode": 301}
     route = gw.service_route_spec("gw", "rag.example.com", "rag", 8000)
     assert route["parentRefs"] == [{"name": "gw", "sectionName": "https"}]
-    assert route["rules"][0]["backendRefs"] == [{"name": "rag", "port": 8000}]
+    assert route["rules"][-1]["backendRefs"] == [{"name": "rag", "port": 8000}]
+
+
+def test_the_public_route_keeps_metrics_inside_the_cluster() -> None:
+    route = gw.service_route_spec("gw", "rag.example.com", "rag", 8000)
+
+    def rule_for(path: str) -> dict:
+        # Gateway API picks the longest matching PathPrefix.
+        candidates = [
+            (len(m["path"]["value"]), rule)
+            for rule in route["rules"]
+            for m in rule["matches"]
+            if path == m["path"]["value"] or path.startswith(m["path"]["value"].rstrip("/") + "/")
+        ]
+        return max(candidates, key=lambda c: c[0])[1]
+
+    assert "backendRefs" not in rule_for("/metrics")  # no backend: the gateway answers 404
+    assert "backendRefs" not in rule_for("/metrics/extra")
+    assert rule_for("/v1/search")["backendRefs"] == [{"name": "rag", "port": 8000}]
+    assert rule_for("/metricsfoo")["backendRefs"] == [{"name": "rag", "port": 8000}]
 
 
 @pytest.mark.parametrize(

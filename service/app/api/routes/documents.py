@@ -203,7 +203,9 @@ def parse_document(body: bytes) -> DocumentIn:
         ) from exc
 
 
-def _limited_receive(receive: Receive, limit: int) -> Receive:
+def _limited_receive(receive: Receive, limit: int, document_limit: int) -> Receive:
+    """``receive`` refusing a body over ``limit`` bytes; the 413 names ``document_limit`` (MAX_DOCUMENT_BYTES),
+    the setting the client can act on, not the envelope allowance added to it."""
     seen = 0
 
     async def limited() -> Message:
@@ -212,7 +214,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _too_large(limit)
+                raise _too_large(document_limit)
         return message
 
     return limited
@@ -299,7 +301,7 @@ async def upload_document(
             "(or PUT /v1/documents/{document_id} with JSON)"
         )
     _check_content_length(request, limit + MULTIPART_OVERHEAD)
-    limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD))
+    limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD, limit))
     try:
         form = await limited.form(max_files=1, max_fields=8)
     except StarletteHTTPException as exc:

@@ -1,0 +1,91 @@
+"""Connection deadlines uvicorn lacks: a slow or idle client cannot hold a connection (and a file descriptor).
+
+uvicorn closes a keep-alive connection that stays idle after a response, but nothing bounds a client that opens a
+connection and sends its headers one byte at a time, or never finishes its body (slowloris: 900 such connections
+held 60 s, ~20,000 exhausted the process's file descriptors). `GuardedHttpToolsProtocol` adds two deadlines:
+
+- HTTP_HEADER_TIMEOUT_SECONDS: from the connection (or the end of the previous response) until the request's
+  headers are complete, however the bytes trickle in;
+- HTTP_BODY_IDLE_TIMEOUT_SECONDS: the longest silence while a request body is being received (not counted while
+  uvicorn itself has paused reading because the app has not consumed what came).
+
+A connection that misses one is closed and counted in rag_http_connections_closed_total{reason}. It subclasses
+uvicorn's httptools protocol (uvicorn is pinned; tests/service/test_slow_clients.py runs it on real sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.app.core.config import get_settings
+from service.app.core.metrics import CONNECTIONS_CLOSED
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body-idle deadlines from the settings.
+
+    A module-level class (not one built per call) so uvicorn can hand it to spawned worker processes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = get_settings()
+        self.header_timeout = settings.http_header_timeout_seconds
+        self.body_idle_timeout = settings.http_body_idle_timeout_seconds
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_body = False
+
+    def _arm(self, seconds: float, reason: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expire, reason)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, reason: str) -> None:
+        self._deadline = None
+        if reason == "body_idle" and self.flow.read_paused:
+            self._arm(self.body_idle_timeout, reason)  # the app is behind, not the client
+            return
+        if not self.transport.is_closing():
+            CONNECTIONS_CLOSED.labels(reason=reason).inc()
+            logger.info("closing a slow connection", extra={"reason": reason, "client": str(self.client)})
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.header_timeout, "header_timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_body:
+            self._arm(self.body_idle_timeout, "body_idle")
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        # Until on_message_complete the body is due (the rest of this very packet may already hold it all).
+        self._in_body = True
+        self._arm(self.body_idle_timeout, "body_idle")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            # The next request's headers get the same deadline (uvicorn's keep-alive timer stops at its first byte).
+            self._arm(self.header_timeout, "header_timeout")

@@ -1,0 +1,162 @@
+"""A vector store owned by another process: the worker writes through the API's embedded store over HTTP.
+
+Why: the embedded stores (qdrant-client local mode, qdrant-edge) open in one process only, and a prod-like run
+on one machine (`make serve-prod`) wants the API and the worker as separate processes. Instead of a second
+process opening the same files (refused, or corrupting them), the API *owns* the store and exposes it on
+`/internal/vectors/{operation}` when INTERNAL_TOKEN is set; a worker with VECTOR_STORE_URL (the API's base URL)
+and the same INTERNAL_TOKEN uses this adapter, which speaks the `VectorStore` protocol over that endpoint. The
+worker still extracts, chunks and embeds (the expensive part); only finished points cross the wire.
+
+The trade-off: every worker write is one extra local HTTP hop, and the worker cannot write while the API is
+down (its jobs fail over to retries like any backend outage: this adapter raises ServiceUnavailable). With a
+Qdrant server (QDRANT_URL) none of this is used: every process talks to the server.
+
+Wire format: JSON; dataclasses (ChunkPoint, MetadataCondition, VectorHit, PointVersion) as their fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from service.app.core.config import Settings
+from service.app.core.errors import ServiceUnavailable
+from service.app.store.vectors import ChunkPoint, MetadataCondition, PointVersion, VectorHit
+
+INTERNAL_PREFIX = "/internal/vectors"
+# Operations the endpoint runs (the whole VectorStore protocol but close).
+OPERATIONS = (
+    "ensure_collection",
+    "upsert",
+    "delete_versions_below",
+    "delete_version",
+    "delete_document",
+    "search",
+    "count",
+    "versions",
+)
+
+
+def encode_args(operation: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of `operation` as JSON-ready values."""
+    out = dict(args)
+    if operation == "upsert":
+        out["points"] = [dataclasses.asdict(point) for point in args["points"]]
+    if operation == "search":
+        out["vector"] = list(args["vector"])
+        out["conditions"] = [dataclasses.asdict(condition) for condition in args.get("conditions", ())]
+    return out
+
+
+def decode_args(operation: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of encode_args, on the owning side."""
+    out = dict(args)
+    if operation == "upsert":
+        out["points"] = [ChunkPoint(**point) for point in args["points"]]
+    if operation == "search":
+        out["conditions"] = [MetadataCondition(**condition) for condition in args.get("conditions", [])]
+    return out
+
+
+def encode_result(operation: str, result: Any) -> Any:
+    if operation in ("search", "versions"):
+        return [dataclasses.asdict(item) for item in result]
+    return result
+
+
+def decode_result(operation: str, result: Any) -> Any:
+    if operation == "search":
+        return [VectorHit(**item) for item in result]
+    if operation == "versions":
+        return [PointVersion(**item) for item in result]
+    return result
+
+
+class RemoteVectorStore:
+    """`VectorStore` over the owning API's /internal/vectors endpoint (see the module docstring)."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 60.0, transport: Any = None) -> None:
+        self.collection = "remote"
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RemoteVectorStore:
+        if not settings.vector_store_url or settings.internal_token is None:
+            raise ValueError("RemoteVectorStore needs VECTOR_STORE_URL and INTERNAL_TOKEN")
+        return cls(
+            settings.vector_store_url,
+            settings.internal_token.get_secret_value(),
+            timeout=max(60.0, settings.qdrant_timeout_seconds),
+        )
+
+    def _call(self, operation: str, **args: Any) -> Any:
+        try:
+            response = self._http.post(f"{INTERNAL_PREFIX}/{operation}", json=encode_args(operation, args))
+        except httpx.HTTPError as exc:
+            raise ServiceUnavailable(
+                f"vector store unavailable: the owning API did not answer ({exc})"
+            ) from exc
+        if response.status_code != 200:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise ServiceUnavailable(
+                f"vector store unavailable: the owning API answered {response.status_code}: {message}"
+            )
+        return decode_result(operation, response.json()["result"])
+
+    def ensure_collection(self) -> None:
+        self._call("ensure_collection")
+
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        self._call("upsert", points=list(points))
+
+    def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
+        self._call("delete_versions_below", tenant_id=tenant_id, document_id=document_id, version=version)
+
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
+        self._call("delete_version", tenant_id=tenant_id, document_id=document_id, version=version)
+
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        self._call("delete_document", tenant_id=tenant_id, document_id=document_id)
+
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        offset: int = 0,
+        conditions: Sequence[MetadataCondition] = (),
+        score_threshold: float | None = None,
+    ) -> list[VectorHit]:
+        return self._call(
+            "search",
+            tenant_id=tenant_id,
+            vector=vector,
+            limit=limit,
+            offset=offset,
+            conditions=conditions,
+            score_threshold=score_threshold,
+        )
+
+    def count(self, tenant_id: str, document_id: str | None = None) -> int:
+        return int(self._call("count", tenant_id=tenant_id, document_id=document_id))
+
+    def versions(self) -> list[PointVersion]:
+        return self._call("versions")
+
+    def ping(self) -> None:
+        self._call("count", tenant_id="-", document_id=None)
+
+    def close(self) -> None:
+        self._http.close()

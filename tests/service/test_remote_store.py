@@ -1,0 +1,73 @@
+"""RemoteVectorStore: every VectorStore operation through the API's /internal/vectors endpoint lands on the
+API's own store, round-tripping the dataclasses; a wrong token or a down API is a ServiceUnavailable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app.core.errors import ServiceUnavailable
+from service.app.main import create_app
+from service.app.store.embedder import FastEmbedEmbedder
+from service.app.store.remote import RemoteVectorStore
+from service.app.store.vectors import ChunkPoint, MetadataCondition
+from tests.service.support import make_settings
+
+TOKEN = "internal-token-for-tests"
+
+
+def point(document_id: str, version: int, index: int, vector: list[float]) -> ChunkPoint:
+    return ChunkPoint(
+        tenant_id="t",
+        document_id=document_id,
+        version=version,
+        chunk_index=index,
+        text=f"{document_id} v{version} #{index}",
+        vector=vector,
+        metadata={"lang": "en", "n": index},
+        content_hash="h",
+        model="m",
+    )
+
+
+def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    settings = make_settings(tmp_path, internal_token=TOKEN)
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        owner = client.app.state.services.vectors
+        remote = RemoteVectorStore("http://testserver", TOKEN, transport=client._transport)
+        vector = embedder.embed_query("rivers and fish")
+        remote.ensure_collection()
+        remote.upsert([point("a", 1, 0, vector), point("a", 2, 0, vector), point("a", 2, 1, vector)])
+        assert owner.count("t", "a") == remote.count("t", "a") == 3
+        hits = remote.search("t", vector, limit=5, conditions=[MetadataCondition(field="n", gte=1)])
+        assert [(h.document_id, h.version, h.chunk_index) for h in hits] == [("a", 2, 1)]
+        assert {(v.document_id, v.version, v.points) for v in remote.versions()} == {("a", 1, 1), ("a", 2, 2)}
+        remote.delete_versions_below("t", "a", 2)
+        assert remote.count("t", "a") == 2
+        remote.delete_version("t", "a", 2)
+        assert remote.count("t") == 0
+        remote.upsert([point("b", 1, 0, vector)])
+        remote.delete_document("t", "b")
+        assert owner.count("t") == 0
+        remote.close()
+
+        wrong = RemoteVectorStore("http://testserver", "nope", transport=client._transport)
+        with pytest.raises(ServiceUnavailable, match="401"):
+            wrong.count("t")
+
+
+def test_the_endpoint_is_absent_without_a_token(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    with TestClient(create_app(make_settings(tmp_path), embedder=embedder)) as client:
+        response = client.post("/internal/vectors/count", json={"tenant_id": "t"})
+        assert response.status_code == 404
+        assert "/internal" not in str(client.get("/openapi.json").json()["paths"])
+
+
+def test_an_unreachable_owner_is_a_service_unavailable() -> None:
+    from tests.support.servers import free_port
+
+    remote = RemoteVectorStore(f"http://127.0.0.1:{free_port()}", TOKEN, timeout=2)
+    with pytest.raises(ServiceUnavailable, match="did not answer"):
+        remote.upsert([])

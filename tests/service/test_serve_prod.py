@@ -1,0 +1,47 @@
+"""`make serve-prod`: Postgres, Redis, the API and the worker as separate processes, with the worker writing
+through the API's embedded vector store; exercised end to end: async ingest through the worker, then search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from service.tools.serve_prod import prod_like
+from tests.service.service_process import wait_for
+
+
+def test_prod_like_run_ingests_through_the_worker_and_searches(tmp_path: Path) -> None:
+    with prod_like(tmp_path / "run") as run:
+        h = {"Authorization": f"Bearer {run.api_key}"}
+        api = httpx.Client(base_url=run.api_url, headers=h, timeout=60)
+        assert api.get("/readyz").json()["status"] == "ok"
+        accepted = api.put(
+            "/v1/documents/glaciers?async=true",
+            json={
+                "text": "Glaciers carve U-shaped valleys as they grind downhill.",
+                "metadata": {"topic": "geo"},
+            },
+        )
+        assert accepted.status_code == 202, accepted.text
+        url = accepted.json()["status_url"]
+        job = wait_for(
+            lambda: (r := api.get(url).json())["status"] in ("succeeded", "failed") and r, "the job"
+        )
+        assert job["status"] == "succeeded", job
+        hits = api.post("/v1/search", json={"query": "how do valleys form?"}).json()["results"]
+        assert hits[0]["document_id"] == "glaciers"
+        # The worker did it (its counters, not the API's), and its probes are green.
+        worker_metrics = httpx.get(f"{run.worker_url}/metrics").text
+        assert 'rag_jobs_total{status="succeeded"} 1.0' in worker_metrics
+        assert httpx.get(f"{run.worker_url}/healthz").status_code == 200
+        # The store is lent only with the internal token.
+        denied = httpx.post(f"{run.api_url}/internal/vectors/count", json={"tenant_id": "default"})
+        assert denied.status_code == 401
+        assert (
+            httpx.post(
+                f"{run.api_url}/internal/vectors/count", json={"tenant_id": "default"}, headers=h
+            ).status_code
+            == 401
+        )
+    assert "ingestion job succeeded" in (tmp_path / "run" / "worker.log").read_text()
