@@ -45,6 +45,15 @@ from service.app.store.vectors import QdrantVectorStore, VectorStore
 logger = logging.getLogger(__name__)
 
 
+def open_vector_store(settings: Settings, *, model_name: str, dimension: int) -> VectorStore:
+    """The adapter the settings select: a Qdrant server (QDRANT_URL), else qdrant-edge or local mode in-process."""
+    if settings.embedded_vector_store == "edge":
+        from service.app.store.edge import EdgeVectorStore
+
+        return EdgeVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+    return QdrantVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+
+
 @dataclass
 class Services:
     """Everything a request may need, built once per app by the lifespan."""
@@ -89,9 +98,7 @@ def build_services(
         closers.append(registry.close)
     registry.migrate()
     if vectors is None:
-        vectors = QdrantVectorStore.from_settings(
-            settings, model_name=embedder.model_name, dimension=embedder.dimension
-        )
+        vectors = open_vector_store(settings, model_name=embedder.model_name, dimension=embedder.dimension)
         closers.append(vectors.close)
     vectors.ensure_collection()
     wanted = IndexConfig(embedder.model_name, settings.chunk_size, settings.chunk_overlap)

@@ -1,7 +1,8 @@
 """Service settings: one `Settings` class read from the environment (and `.env`), cached by `get_settings()`.
 
 Every variable is documented in the README's settings table; keep the two in step.
-Embedded defaults (SQLite + local-mode Qdrant under DATA_DIR, the offline ONNX model) need no external service.
+Embedded defaults (SQLite + the qdrant-edge vector store under DATA_DIR, the offline ONNX model) need no external
+service.
 `ENVIRONMENT=production` refuses insecure settings at start-up with an error naming the variable.
 """
 
@@ -48,7 +49,16 @@ class Settings(BaseSettings):
     )
 
     # --- vector store (Qdrant) -------------------------------------------------------------------------
-    qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: local mode at QDRANT_PATH")
+    qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: the embedded VECTOR_STORE")
+    vector_store: Literal["edge", "local"] = Field(
+        "edge",
+        description="embedded store when QDRANT_URL is unset: qdrant-edge, or qdrant-client local mode",
+    )
+    edge_path: Path | None = Field(None, description="qdrant-edge directory; default DATA_DIR/edge")
+    edge_optimize_idle_seconds: float = Field(
+        2.0, ge=0, description="build indexes once writes have paused this long"
+    )
+    edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
     qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")
@@ -270,6 +280,15 @@ class Settings(BaseSettings):
     @property
     def resolved_qdrant_path(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def resolved_edge_path(self) -> Path:
+        return self.edge_path or self.data_dir / "edge"
+
+    @property
+    def embedded_vector_store(self) -> Literal["edge", "local"] | None:
+        """Which in-process store serves, or None when a Qdrant server (QDRANT_URL) does."""
+        return None if self.qdrant_url else self.vector_store
 
     @property
     def resolved_model_path(self) -> Path | None:

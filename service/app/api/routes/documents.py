@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -66,6 +66,10 @@ DocumentIdPath = Annotated[
         openapi_examples={"leave-policy": {"value": "leave-policy"}},
     ),
 ]
+
+# Extractions (HTML parsing, PDF text) run in threads; at most this many at once per process, so a burst of large
+# uploads queues for CPU instead of multiplying peak memory (each holds its document's text and parse tree).
+EXTRACTIONS = CapacityLimiter(2)
 
 # Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -229,7 +233,7 @@ async def _json_text(document: DocumentIn) -> str:
             supported=list(JSON_CONTENT_TYPES),
         )
     if normalize_content_type(document.content_type) == "text/html":
-        return await to_thread.run_sync(html_to_text, document.text)
+        return await to_thread.run_sync(html_to_text, document.text, limiter=EXTRACTIONS)
     return document.text
 
 
@@ -452,7 +456,7 @@ async def _extract(data: bytes, declared: str, content_type: str) -> str:
     # The detected type, with the charset parameter the part declared (text/plain; charset=latin-1), if any.
     charset = charset_of(declared)
     full_type = f"{content_type}; charset={charset}" if charset else content_type
-    return await to_thread.run_sync(extract_text, data, full_type)
+    return await to_thread.run_sync(extract_text, data, full_type, limiter=EXTRACTIONS)
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))
