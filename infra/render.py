@@ -98,6 +98,8 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     deployability: Analysis | None = None
+    warnings: list[str] = field(default_factory=list)
+    """Worth a look, not a failure (e.g. alerts that reach nobody)."""
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -310,6 +312,18 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     }
 
 
+def plan_warnings(run: StackRun) -> list[str]:
+    """What deploys fine but will disappoint: monitoring whose alerts reach nobody."""
+    warnings = []
+    if run.outputs.get("alertReceivers") == []:
+        warnings.append(
+            "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "
+            "(set rag:slackWebhookUrl or rag:pagerdutyRoutingKey with --secret, or rag:monitoring.alerting.email.to; "
+            "see docs/runbooks.md)"
+        )
+    return warnings
+
+
 def render_run(run: StackRun, out: Path, *, environment: str, deployability: bool = True) -> Report:
     """Write, validate, policy-check and (unless ``deployability`` is false, for a partial program) analyse an
     already recorded run into ``out``."""
@@ -351,6 +365,7 @@ def render_run(run: StackRun, out: Path, *, environment: str, deployability: boo
             report.validated_custom[rel] = validated_by
 
     report.violations = run_policies(run.resources, environment=environment)
+    report.warnings = plan_warnings(run)
     if deployability:
         report.deployability = analyse(run)
     report.summary = summarize(run, environment)
@@ -376,6 +391,7 @@ def plan_json(report: Report) -> dict[str, Any]:
             for v in report.violations
         ],
         "deployability": _deployability_json(report.deployability),
+        "warnings": list(report.warnings),
         "ok": report.ok,
     }
 
@@ -487,6 +503,10 @@ def plan_markdown(report: Report) -> str:
         *_lines((str(v) for v in report.violations), "none"),
         "",
         *_deployability_markdown(report.deployability),
+        "## Warnings",
+        "",
+        *_lines(report.warnings, "none"),
+        "",
     ]
     return "\n".join(parts)
 
@@ -511,6 +531,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  DEPLOY  {finding}")
     if report.deployability is not None and report.deployability.waived:
         print(f"  ({len(report.deployability.waived)} known deployability findings waived: see plan.md)")
+    for warning in report.warnings:
+        print(f"  WARNING {warning}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

@@ -24,7 +24,7 @@ from infra.clusters import ClusterTarget
 from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
-from infra.components.monitoring import AlertThresholds, Monitoring, MonitoringArgs
+from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitoring, MonitoringArgs
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
@@ -37,8 +37,8 @@ from infra.components.rag_service import (
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources
+from infra.config import ConfigError, Secrets, StackConfig, stack_file
 from infra.config import Resources as ConfigResources
-from infra.config import Secrets, StackConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
@@ -124,22 +124,52 @@ def namespace_metadata(config: StackConfig) -> dict[str, Any]:
 
 
 def monitoring_args(
-    config: StackConfig, cluster: ClusterTarget, *, grafana_admin_password: pulumi.Input[str]
+    config: StackConfig,
+    cluster: ClusterTarget,
+    *,
+    grafana_admin_password: pulumi.Input[str],
+    secrets: Secrets | None = None,
 ) -> MonitoringArgs:
-    """kube-prometheus-stack and the service's alerts (`rag:monitoring`)."""
+    """kube-prometheus-stack, the alerts of every component of the stack and their receivers (`rag:monitoring`)."""
     mon = config.monitoring
+    alerting = mon.alerting
+    backups_on = config.backups.enabled and cluster.cloud is not None
     return MonitoringArgs(
         service_namespace=config.namespace,
         grafana_admin_password=grafana_admin_password,
         chart_version=mon.chartVersion,
         service_job=SERVICE_NAME,
         qdrant_job="qdrant",
+        qdrant_replicas=config.qdrant.replicas,
+        postgres_mode=postgres_mode(config, cluster),
+        postgres_cluster="postgres",
+        postgres_instances=config.postgres.cloudnative.instances,
+        redis_mode=redis_mode(config, cluster),
+        redis_statefulset="redis",
+        backup_cronjob=BACKUPS_NAME if backups_on else None,
+        tls_enabled=config.tls.enabled,
+        runbook_url=mon.runbookUrl,
+        receivers=AlertReceivers(
+            slack_webhook_url=secrets.slack_webhook_url if secrets else None,
+            slack_channel=alerting.slack.channel,
+            pagerduty_routing_key=secrets.pagerduty_routing_key if secrets else None,
+            email_to=alerting.email.to,
+            email_from=alerting.email.sender,
+            email_smarthost=alerting.email.smarthost,
+            email_username=alerting.email.username,
+            email_password=secrets.smtp_password if secrets else None,
+        ),
         retention=mon.retention,
         storage_size=mon.storage.size,
         storage_class=storage_class(mon.storage.storageClass, cluster),
         thresholds=AlertThresholds(
             error_ratio=mon.alerts.errorRatePercent / 100,
             p95_latency_seconds=mon.alerts.latencyP95Seconds,
+            llm_error_ratio=config.llm.alerts.errorRatePercent / 100,
+            llm_p95_latency_seconds=config.llm.alerts.latencyP95Seconds,
+            queue_oldest_job_age_seconds=mon.alerts.queueOldestJobAgeSeconds,
+            certificate_expiry_days=mon.alerts.certificateExpiryDays,
+            backup_max_age_hours=mon.alerts.backupMaxAgeHours,
         ),
         depends_on=tuple(cluster.depends_on),
     )
@@ -309,19 +339,34 @@ class DataStores:
         )
 
 
+def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
+    """The API's way out to the LLM provider: baseUrl's port to `llm.egressCidrs` minus `llm.egressExcept`.
+
+    A NetworkPolicy cannot name a host (FQDN policies are CNI extensions: Cilium's CiliumNetworkPolicy
+    toFQDNs, Calico Enterprise, GKE Dataplane V2's FQDNNetworkPolicy), so the portable rule is the provider's
+    port to the internet without the private ranges the cluster lives in. An in-cluster provider (vLLM,
+    Ollama) sets egressCidrs to its pod or service range and egressExcept to [].
+    """
+    llm = config.llm
+    if not llm.enabled:
+        return ()
+    return (EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept),)
+
+
 def service_args(
     config: StackConfig,
     *,
     image: pulumi.Input[str],
     stores: DataStores,
     api_keys: pulumi.Input[str],
+    llm_api_key: pulumi.Input[str] | None = None,
     service_account_annotations: Mapping[str, pulumi.Input[str]],
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     ready: tuple[pulumi.Resource, ...] = (),
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = cfg.settings.env()
+    settings = {**cfg.settings.env(), **config.llm.env()}
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
@@ -334,6 +379,7 @@ def service_args(
         database_url=stores.database_url,
         redis_url=stores.redis_url,
         api_keys=api_keys,
+        llm_api_key=llm_api_key if config.llm.enabled and not config.llm.keyless else None,
         qdrant_replication_factor=stores.qdrant_replication_factor,
         qdrant_shard_number=stores.qdrant_shard_number,
         settings=settings,
@@ -359,6 +405,7 @@ def service_args(
             gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
+            api_egress=llm_egress(config),
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
@@ -431,6 +478,19 @@ def backups_args(
     )
 
 
+def grafana_access(monitoring: Monitoring) -> dict[str, str]:
+    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward`."""
+    ns, svc = monitoring.namespace, monitoring.grafana_service
+    return {
+        "namespace": ns,
+        "service": svc,
+        "portForward": f"kubectl -n {ns} port-forward svc/{svc} 3000:80",
+        "url": "http://localhost:3000",
+        "user": "admin",
+        "adminSecret": monitoring.grafana_admin_secret,
+    }
+
+
 def outputs(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -438,8 +498,13 @@ def outputs(
     service_url: pulumi.Input[str],
     image_ref: pulumi.Input[str],
     qdrant_endpoint: pulumi.Input[str],
+    api_keys: pulumi.Input[str] | None = None,
+    grafana: Mapping[str, str] | None = None,
+    grafana_admin_password: pulumi.Input[str] | None = None,
+    alert_receivers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The stack outputs of the contract, in export order."""
+    """The stack outputs of the contract, in export order. Credentials are secret outputs
+    (`pulumi stack output apiKeys --show-secrets`)."""
     return {
         "serviceUrl": service_url,
         "imageDigest": image_ref,
@@ -447,6 +512,13 @@ def outputs(
         "kubeconfig": cluster.kubeconfig,
         "promotion": dict(config.promotion_raw) if config.promotion_raw else None,
         "ephemeral": dict(config.ephemeral_raw) if config.ephemeral_raw else None,
+        "apiKeys": pulumi.Output.secret(api_keys) if api_keys is not None else None,
+        "tlsIssuer": config.tls.issuer if config.tls.enabled else None,
+        "grafana": dict(grafana) if grafana is not None else None,
+        "grafanaAdminPassword": (
+            pulumi.Output.secret(grafana_admin_password) if grafana_admin_password is not None else None
+        ),
+        "alertReceivers": list(alert_receivers) if config.monitoring.enabled else None,
     }
 
 
@@ -456,6 +528,18 @@ def outputs(
 def _needs_private_services(mode: str, managed: str, cluster: ClusterTarget) -> list[pulumi.Resource]:
     # Cloud SQL's private IP and Memorystore's private service access need the private services peering first.
     return [cluster.network["private_services"]] if mode == managed else []
+
+
+def _llm_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | None:
+    llm = config.llm
+    if llm.enabled and not llm.keyless and secrets.llm_api_key is None:
+        raise ConfigError(
+            "rag:llmApiKey",
+            stack_file(config.stack),
+            "missing: llm.enabled needs the provider's key (pulumi config set --secret rag:llmApiKey ...), "
+            "or llm.keyless for a server without one",
+        )
+    return secrets.llm_api_key
 
 
 def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
@@ -474,11 +558,15 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
 
     # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitoring: Monitoring | None = None
+    grafana_password: pulumi.Output[str] | None = None
     if config.monitoring.enabled:
-        password = random.RandomPassword("grafana-admin-password-random", length=32, special=False).result
+        grafana_password = random.RandomPassword(
+            "grafana-admin-password-random", length=32, special=False
+        ).result
         monitoring = Monitoring(
             "monitoring",
-            monitoring_args(config, cluster, grafana_admin_password=password),
+            monitoring_args(config, cluster, grafana_admin_password=grafana_password, secrets=secrets),
             opts=in_cluster,
         )
         monitoring_crds = (monitoring.crds_ready,)
@@ -544,6 +632,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             image=image.ref,
             stores=DataStores.of(qdrant, postgres, redis),
             api_keys=secrets.service_api_keys,
+            llm_api_key=_llm_api_key(config, secrets),
             service_account_annotations=(
                 cluster.workload_identity(config.namespace, SERVICE_NAME, "service")
                 if cluster.workload_identity
@@ -590,5 +679,13 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             cluster.grant_bucket_write("backup", backups.bucket_name)
 
     return outputs(
-        config, cluster, service_url=service_url, image_ref=image.ref, qdrant_endpoint=qdrant.endpoint
+        config,
+        cluster,
+        service_url=service_url,
+        image_ref=image.ref,
+        qdrant_endpoint=qdrant.endpoint,
+        api_keys=secrets.service_api_keys,
+        grafana=grafana_access(monitoring) if monitoring is not None else None,
+        grafana_admin_password=grafana_password,
+        alert_receivers=monitoring.receivers if monitoring is not None else (),
     )

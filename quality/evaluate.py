@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
         service = None if args.url else ServiceProcess(data_dir, extra_env)
         url = args.url or service.url  # type: ignore[union-attr]
         try:
-            with httpx.Client(base_url=url, timeout=120) as client:
+            with httpx.Client(base_url=url, timeout=1800) as client:
                 started = time.perf_counter()
                 chunks = ingest(
                     client,

@@ -1,15 +1,22 @@
-"""`Monitoring` (`rag:ops:Monitoring`): kube-prometheus-stack, the service's alerts and its Grafana dashboard.
+"""`Monitoring` (`rag:ops:Monitoring`): kube-prometheus-stack, the stack's alerts, their receivers and the dashboard.
 
 Creates the monitoring Namespace, the Grafana admin Secret (password from a Pulumi secret), the
 kube-prometheus-stack Helm release (pinned; its chart installs the monitoring.coreos.com CRDs; Prometheus is
-told to pick up every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own), a `PrometheusRule`
-with the service's alerts, and a dashboard ConfigMap labelled `grafana_dashboard: "1"` that Grafana's sidecar
-loads.
+told to pick up every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own), Alertmanager routing by
+severity to the configured receivers (their credentials in a Secret mounted as files, never in the chart's values),
+a PodMonitor for cert-manager (certificate expiry), a `PrometheusRule` with the alerts of every component and a
+dashboard ConfigMap labelled `grafana_dashboard: "1"` that Grafana's sidecar loads.
+
+Why rule expressions are built here rather than shipped as a YAML file: each depends on the stack (data-store
+modes, replica counts, whether backups and TLS exist, thresholds), and the tests feed exactly what the program
+declares to promtool. Managed data stores export nothing to the cluster's Prometheus, so their alerts use the
+service's own failure counters; in-cluster ones use their exporters' series.
 
 CRD ordering: `crds_ready` is the release; everything needing those CRDs (the rule here, the ServiceMonitors of
 RagService and QdrantCluster) depends on it, so nothing is created before the CRDs exist.
 
-Alert and panel queries use the metric names of service/app/core/metrics.py.
+Alert and panel queries use the metric names of service/app/core/metrics.py and the worker's agreed series
+(`WORKER_METRICS`). `python -m infra.components.monitoring` rewrites docs/grafana/rag-service.json.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ CHART = "kube-prometheus-stack"
 REPO = "https://prometheus-community.github.io/helm-charts"
 CHART_VERSION = "78.3.0"
 ADMIN_SECRET_KEYS = ("admin-user", "admin-password")
+RELEASE_NAME = "kube-prometheus-stack"
+# The grafana subchart's fullname is `<release>-grafana`; its Service listens on port 80.
+GRAFANA_SERVICE = f"{RELEASE_NAME}-grafana"
 # kube-prometheus-stack 78.3.0 values (charts/kube-prometheus-stack/values.yaml at the chart's tag).
 CONTROL_PLANE_COMPONENTS = ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")
 CONTROL_PLANE_RULES = (
@@ -45,10 +55,17 @@ M_EMBED_SECONDS = "rag_embedding_duration_seconds"
 M_EMBED_FAILURES = "rag_embedding_failures_total"
 M_SEARCH_SECONDS = "rag_search_duration_seconds"
 M_CACHE = "rag_search_cache_requests_total"
-M_QUEUE = "rag_queue_depth"
 M_JOBS = "rag_jobs_total"
 M_CHUNKS = "rag_chunks_ingested_total"
 M_FAILURES = "rag_failures_total"
+M_LLM_REQUESTS = "rag_llm_requests_total"
+M_LLM_SECONDS = "rag_llm_request_duration_seconds"
+# Exported by the worker on its `metrics` port (agreed names; scraped by RagService's worker PodMonitor).
+M_JOB_SECONDS = "rag_job_duration_seconds"
+M_QUEUE_DEPTH = "rag_queue_depth"
+M_QUEUE_OLDEST_AGE = "rag_queue_oldest_job_age_seconds"
+M_WORKER_POLL = "rag_worker_last_poll_timestamp_seconds"
+WORKER_METRICS = frozenset({M_JOBS, M_JOB_SECONDS, M_QUEUE_DEPTH, M_QUEUE_OLDEST_AGE, M_WORKER_POLL})
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,51 @@ class AlertThresholds:
     p95_latency_seconds: float = 1.0
     restarts_per_30m: int = 3
     embedding_failures_per_10m: int = 5
+    queue_oldest_job_age_seconds: int = 900
+    """A queued job older than this means the workers do not keep up (or do not consume)."""
+    worker_poll_stale_seconds: int = 120
+    """A worker that has not polled the queue for this long is not consuming."""
+    certificate_expiry_days: int = 14
+    """cert-manager renews at 2/3 of a certificate's life; this close to expiry, renewal has failed."""
+    backup_max_age_hours: int = 26
+    """A daily backup schedule plus slack: no successful backup for this long is an incident."""
+    llm_error_ratio: float = 0.1
+    """Share of LLM calls (POST /v1/answer) that failed over 10 minutes."""
+    llm_p95_latency_seconds: float = 30.0
+    """p95 of successful LLM calls, start to last token."""
+
+
+@dataclass(frozen=True)
+class AlertReceivers:
+    """Where Alertmanager sends the alerts; every receiver is optional, secrets stay Pulumi secrets.
+
+    critical alerts go to PagerDuty (when configured) and to Slack and e-mail; warnings to Slack and e-mail.
+    """
+
+    slack_webhook_url: pulumi.Input[str] | None = None
+    """Slack incoming-webhook URL (secret); enables Slack."""
+    slack_channel: str = ""
+    """Channel override (the webhook's own channel when empty)."""
+    pagerduty_routing_key: pulumi.Input[str] | None = None
+    """PagerDuty Events API v2 routing key (secret); enables paging for critical alerts."""
+    email_to: str = ""
+    """Recipient address; enables e-mail."""
+    email_from: str = ""
+    email_smarthost: str = ""
+    """SMTP server as host:port."""
+    email_username: str = ""
+    email_password: pulumi.Input[str] | None = None
+    """SMTP password (secret)."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The configured receiver kinds, e.g. ('slack', 'pagerduty')."""
+        kinds = (
+            ("slack", self.slack_webhook_url is not None),
+            ("pagerduty", self.pagerduty_routing_key is not None),
+            ("email", bool(self.email_to)),
+        )
+        return tuple(kind for kind, on in kinds if on)
 
 
 @dataclass(frozen=True)
@@ -76,6 +138,23 @@ class MonitoringArgs:
     """Prometheus `job` of the service's ServiceMonitor (the Service name)."""
     qdrant_job: str = "qdrant"
     """Prometheus `job` of Qdrant's ServiceMonitor (its client Service name)."""
+    qdrant_replicas: int = 1
+    """Qdrant nodes that should be up."""
+    postgres_mode: str = "cloudnative"
+    """`cloudnative` (CNPG exporter series) or a managed mode (`rds`, `cloudsql`: the service's own series)."""
+    postgres_cluster: str = "postgres"
+    """Name of the CNPG Cluster (its pods are `<name>-<n>`)."""
+    postgres_instances: int = 1
+    redis_mode: str = "incluster"
+    """`incluster` (the StatefulSet's kube-state-metrics series) or managed (the service's own series)."""
+    redis_statefulset: str = "redis"
+    backup_cronjob: str | None = None
+    """Name of the Qdrant backup CronJob; None when backups are off (no backup alerts)."""
+    tls_enabled: bool = True
+    """Whether the stack has cert-manager certificates (expiry alerts, cert-manager scraping)."""
+    runbook_url: str = "docs/runbooks.md"
+    """Base of every alert's `runbook_url` annotation (`<base>#<alert in lower case>`)."""
+    receivers: AlertReceivers = field(default_factory=AlertReceivers)
     retention: str = "15d"
     storage_size: str = "20Gi"
     storage_class: str | None = None
@@ -106,12 +185,114 @@ def validate_args(args: MonitoringArgs) -> None:
         t.embedding_failures_per_10m >= 1,
         "MonitoringArgs.thresholds.embedding_failures_per_10m must be at least 1.",
     )
+    for name in ("queue_oldest_job_age_seconds", "worker_poll_stale_seconds", "certificate_expiry_days"):
+        require(getattr(t, name) >= 1, f"MonitoringArgs.thresholds.{name} must be at least 1.")
+    require(t.backup_max_age_hours >= 1, "MonitoringArgs.thresholds.backup_max_age_hours must be at least 1.")
+    require(args.qdrant_replicas >= 1, "MonitoringArgs.qdrant_replicas must be at least 1.")
+    require(args.postgres_instances >= 1, "MonitoringArgs.postgres_instances must be at least 1.")
+    require(bool(args.runbook_url), "MonitoringArgs.runbook_url must not be empty.")
+    r = args.receivers
+    if r.email_to:
+        require(
+            bool(r.email_from and r.email_smarthost),
+            "MonitoringArgs.receivers needs email_from and email_smarthost (host:port) to send e-mail.",
+        )
+        require(
+            ":" in r.email_smarthost,
+            f"MonitoringArgs.receivers.email_smarthost {r.email_smarthost!r} must be host:port.",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
-def chart_values(args: MonitoringArgs, admin_secret: str) -> dict[str, Any]:
-    """kube-prometheus-stack values: discover every monitor/rule, persistent Prometheus, sidecar dashboards."""
+RECEIVERS_SECRET_KEYS = {
+    "slack": "slack-webhook-url",
+    "pagerduty": "pagerduty-routing-key",
+    "email": "smtp-password",
+}
+
+
+def receivers_secret_name(name: str) -> str:
+    """The Secret holding the receivers' credentials, mounted into Alertmanager (alertmanagerSpec.secrets)."""
+    return f"{name}-alertmanager-receivers"
+
+
+def alertmanager_config(receivers: AlertReceivers, secret_name: str) -> dict[str, Any]:
+    """Alertmanager's routing by severity: critical -> PagerDuty + Slack + e-mail, warning -> Slack + e-mail.
+
+    Credentials are read from files of the mounted Secret (`*_file` fields), so they never appear in the chart's
+    values. With no receiver configured every alert goes to the `null` receiver: `make plan` warns about it.
+    """
+    mount = f"/etc/alertmanager/secrets/{secret_name}"
+
+    def configs(critical: bool) -> dict[str, Any]:
+        receiver: dict[str, Any] = {}
+        if receivers.slack_webhook_url is not None:
+            slack: dict[str, Any] = {
+                "api_url_file": f"{mount}/{RECEIVERS_SECRET_KEYS['slack']}",
+                "send_resolved": True,
+                "title": "[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }} ({{ .CommonLabels.namespace }})",
+                "text": "{{ range .Alerts }}{{ .Annotations.summary }}\n{{ .Annotations.description }}\n"
+                "Runbook: {{ .Annotations.runbook_url }}\n{{ end }}",
+            }
+            if receivers.slack_channel:
+                slack["channel"] = receivers.slack_channel
+            receiver["slack_configs"] = [slack]
+        if critical and receivers.pagerduty_routing_key is not None:
+            receiver["pagerduty_configs"] = [
+                {
+                    "routing_key_file": f"{mount}/{RECEIVERS_SECRET_KEYS['pagerduty']}",
+                    "send_resolved": True,
+                    "severity": "critical",
+                }
+            ]
+        if receivers.email_to:
+            email: dict[str, Any] = {
+                "to": receivers.email_to,
+                "from": receivers.email_from,
+                "smarthost": receivers.email_smarthost,
+                "send_resolved": True,
+            }
+            if receivers.email_username:
+                email["auth_username"] = receivers.email_username
+            if receivers.email_password is not None:
+                email["auth_password_file"] = f"{mount}/{RECEIVERS_SECRET_KEYS['email']}"
+            receiver["email_configs"] = [email]
+        return receiver
+
+    routes: list[dict[str, Any]] = [{"receiver": "null", "matchers": ['alertname = "Watchdog"']}]
+    named: list[dict[str, Any]] = [{"name": "null"}]
+    if receivers.names:
+        for severity in ("critical", "warning"):
+            body = configs(critical=severity == "critical")
+            if body:
+                named.append({"name": f"rag-{severity}", **body})
+                routes.append({"receiver": f"rag-{severity}", "matchers": [f'severity = "{severity}"']})
+    return {
+        "route": {
+            "receiver": "null",
+            "group_by": ["namespace", "alertname"],
+            "group_wait": "30s",
+            "group_interval": "5m",
+            "repeat_interval": "4h",
+            "routes": routes,
+        },
+        "receivers": named,
+    }
+
+
+def chart_values(
+    args: MonitoringArgs, admin_secret: str, receivers_secret: str | None = None
+) -> dict[str, Any]:
+    """kube-prometheus-stack values: discover every monitor/rule, persistent Prometheus, sidecar dashboards,
+    Alertmanager routing from the receivers (their credentials mounted from `receivers_secret`)."""
     volume_spec = specs.pvc_spec(args.storage_size, args.storage_class)
+    secret_name = receivers_secret or receivers_secret_name("monitoring")
+    alertmanager: dict[str, Any] = {
+        "enabled": True,
+        "config": alertmanager_config(args.receivers, secret_name),
+    }
+    if receivers_secret is not None:
+        alertmanager["alertmanagerSpec"] = {"secrets": [receivers_secret]}
     return {
         "crds": {"enabled": True},
         "prometheus": {
@@ -140,7 +321,7 @@ def chart_values(args: MonitoringArgs, admin_secret: str) -> dict[str, Any]:
                 }
             },
         },
-        "alertmanager": {"enabled": True},
+        "alertmanager": alertmanager,
         # Managed control planes (EKS, GKE) expose no controller-manager, scheduler or etcd endpoints, and GKE's
         # Dataplane V2 has no kube-proxy (kind binds them all to 127.0.0.1): these scrapes could only fail, and
         # their `*Down` alerts fire for ever. `<component>.enabled: false` removes the ServiceMonitor and its
@@ -150,11 +331,40 @@ def chart_values(args: MonitoringArgs, admin_secret: str) -> dict[str, Any]:
     }
 
 
-def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
-    """The service's alerting rules: 5xx ratio, p95 latency, embedding failures, Qdrant down, restarts, jobs."""
+def cert_manager_pod_monitor_spec() -> dict[str, Any]:
+    """Scrape cert-manager's controller (port `http-metrics`, 9402, in the jetstack chart) wherever it runs:
+    the certificate expiry and readiness series come from it."""
+    return {
+        "namespaceSelector": {"any": True},
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "cert-manager",
+                "app.kubernetes.io/component": "controller",
+            }
+        },
+        "podMetricsEndpoints": [{"port": "http-metrics", "interval": "60s"}],
+    }
+
+
+def _increase_from_zero(series: str, window: str) -> str:
+    """Events in `window` of a counter, also when the counter's series is born with its first event.
+
+    `increase()` needs two samples: a counter that first appears at 1 (a new pod's first failure, a label value
+    never pre-initialised) has no increase at all. The second branch catches a series that exists now with a
+    positive value but did not exist `window` ago.
+    """
+    return (
+        f"sum by (namespace) (increase({series}[{window}])) > 0"
+        f" or sum by (namespace) (({series} > 0) unless {series} offset {window}) > 0"
+    )
+
+
+def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
+    """The alerting rules, grouped: service, jobs/queue, data stores, backups, certificates."""
     ns = args.service_namespace
     job = args.service_job
     sel = f'namespace="{ns}", job="{job}"'
+    nsel = f'namespace="{ns}"'
     t = args.thresholds
 
     def rule(
@@ -165,10 +375,14 @@ def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
             "expr": expr,
             "for": for_,
             "labels": {"severity": severity, "service": job},
-            "annotations": {"summary": summary, "description": description},
+            "annotations": {
+                "summary": summary,
+                "description": description,
+                "runbook_url": f"{args.runbook_url}#{alert.lower()}",
+            },
         }
 
-    return [
+    service = [
         rule(
             "RagHighErrorRate",
             f'sum(rate({M_REQUESTS}{{{sel}, status=~"5.."}}[5m]))'
@@ -188,6 +402,34 @@ def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
             f"p95 request latency has been above {t.p95_latency_seconds}s for 10 minutes.",
         ),
         rule(
+            "RagLlmErrorRate",
+            f'sum(rate({M_LLM_REQUESTS}{{{sel}, outcome="error"}}[10m]))'
+            f' / clamp_min(sum(rate({M_LLM_REQUESTS}{{{sel}, outcome=~"ok|error"}}[10m])), 1e-9)'
+            f" > {t.llm_error_ratio}",
+            "5m",
+            "critical",
+            "The LLM behind /v1/answer is failing.",
+            f"More than {t.llm_error_ratio:.0%} of LLM calls failed over 10 minutes; "
+            "rag_llm_errors_total{cause} says why (timeout, rate_limited, server_error, circuit_open...).",
+        ),
+        rule(
+            "RagLlmLatencyP95",
+            f'histogram_quantile(0.95, sum by (le) (rate({M_LLM_SECONDS}_bucket{{{sel}, outcome="ok"}}[10m])))'
+            f" > {t.llm_p95_latency_seconds}",
+            "10m",
+            "warning",
+            "The LLM behind /v1/answer is slow.",
+            f"p95 of LLM calls has been above {t.llm_p95_latency_seconds}s for 10 minutes.",
+        ),
+        rule(
+            "RagApiDown",
+            f"sum(up{{{sel}}}) == 0 or absent(up{{{sel}}})",
+            "5m",
+            "critical",
+            "No RAG API pod is scraped as up.",
+            "Prometheus has not reached any API pod's /metrics for 5 minutes.",
+        ),
+        rule(
             "RagEmbeddingFailures",
             f"sum(increase({M_EMBED_FAILURES}{{{sel}}}[10m])) > {t.embedding_failures_per_10m}",
             "5m",
@@ -196,38 +438,197 @@ def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
             f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes.",
         ),
         rule(
-            "QdrantDown",
-            f'up{{namespace="{ns}", job="{args.qdrant_job}"}} == 0'
-            f' or absent(up{{namespace="{ns}", job="{args.qdrant_job}"}})',
-            "2m",
-            "critical",
-            "A Qdrant node is down or not scraped.",
-            "Prometheus cannot scrape a Qdrant node (or none at all) for 2 minutes.",
-        ),
-        rule(
             "RagPodRestarting",
-            f'increase(kube_pod_container_status_restarts_total{{namespace="{ns}"}}[30m])'
-            f" > {t.restarts_per_30m}",
+            f"increase(kube_pod_container_status_restarts_total{{{nsel}}}[30m]) > {t.restarts_per_30m}",
             "0m",
             "warning",
             "A pod of the RAG stack keeps restarting.",
             f"Container {{{{ $labels.pod }}}}/{{{{ $labels.container }}}} restarted more than "
             f"{t.restarts_per_30m} times in 30 minutes.",
         ),
+    ]
+    failed = f'{M_JOBS}{{{nsel}, status="failed"}}'
+    jobs = [
         rule(
-            "RagIngestionJobsFailing",
-            f'sum(increase({M_JOBS}{{namespace="{ns}", status="failed"}}[15m])) > 0',
-            "15m",
+            "RagIngestionJobFailed",
+            _increase_from_zero(failed, "15m"),
+            "0m",
             "warning",
-            "Ingestion jobs are failing.",
-            "Asynchronous ingestion jobs failed during the last 15 minutes.",
+            "An ingestion job failed.",
+            "At least one asynchronous ingestion job failed in the last 15 minutes.",
+        ),
+        rule(
+            "RagQueueNoConsumer",
+            f"max by (namespace) ({M_QUEUE_DEPTH}{{{nsel}}}) > 0"
+            f" unless on (namespace) (time() - max by (namespace) ({M_WORKER_POLL}{{{nsel}}})"
+            f" < {t.worker_poll_stale_seconds})",
+            "5m",
+            "critical",
+            "Jobs are queued and no worker is consuming them.",
+            f"The ingestion queue holds jobs and no worker has polled it for {t.worker_poll_stale_seconds}s.",
+        ),
+        rule(
+            "RagQueueOldestJobTooOld",
+            f"max by (namespace) ({M_QUEUE_OLDEST_AGE}{{{nsel}}}) > {t.queue_oldest_job_age_seconds}",
+            "5m",
+            "warning",
+            "Queued ingestion jobs wait too long.",
+            f"The oldest queued job has waited more than {t.queue_oldest_job_age_seconds}s.",
         ),
     ]
+    qsel = f'namespace="{ns}", job="{args.qdrant_job}"'
+    datastores = [
+        rule(
+            "QdrantNodeDown",
+            f"count(up{{{qsel}}} == 1) < {args.qdrant_replicas} or absent(up{{{qsel}}} == 1)",
+            "2m",
+            "critical",
+            "A Qdrant node is down or not scraped.",
+            f"Fewer than {args.qdrant_replicas} Qdrant node(s) answer Prometheus' scrapes.",
+        ),
+        rule(
+            "QdrantDegraded",
+            f"max(app_status_recovery_mode{{{qsel}}}) == 1"
+            f" or max(cluster_pending_operations_total{{{qsel}}}) > 0",
+            "15m",
+            "warning",
+            "Qdrant is in recovery mode or its consensus is stuck.",
+            "A Qdrant node started in recovery mode, or cluster operations stayed pending for 15 minutes "
+            "(collections are then not green: shards are being transferred or cannot be).",
+        ),
+    ]
+    if args.postgres_mode == "cloudnative":
+        psel = f'namespace="{ns}", pod=~"{args.postgres_cluster}-[0-9]+"'
+        recovery = f"cnpg_pg_replication_in_recovery{{{psel}}}"
+        datastores += [
+            rule(
+                "PostgresDown",
+                f"count(cnpg_collector_up{{{psel}}} == 1) < {args.postgres_instances}"
+                f" or absent(cnpg_collector_up{{{psel}}} == 1)",
+                "2m",
+                "critical",
+                "A Postgres instance is down.",
+                f"Fewer than {args.postgres_instances} CloudNativePG instance(s) report their database up.",
+            ),
+            rule(
+                "PostgresFailover",
+                f"sum(changes({recovery}[10m])) > 0"
+                f" or ((count({recovery} == 0) or vector(0)) != 1 and on () count({recovery}) > 0)",
+                "0m",
+                "warning",
+                "Postgres failed over or has no single primary.",
+                "An instance changed role in the last 10 minutes, or the cluster has no (or more than one) primary.",
+            ),
+        ]
+    datastores.append(
+        rule(
+            "PostgresUnreachableFromService",
+            _increase_from_zero(f'{M_FAILURES}{{{nsel}, component="registry"}}', "5m"),
+            "5m",
+            "critical",
+            "The service's registry (Postgres) calls are failing.",
+            "Registry calls raised for 5 minutes: Postgres is down, failing over, or unreachable.",
+        )
+    )
+    if args.redis_mode == "incluster":
+        datastores.append(
+            rule(
+                "RedisDown",
+                f'max(kube_statefulset_status_replicas_ready{{{nsel}, statefulset="{args.redis_statefulset}"}}) < 1'
+                f' or absent(kube_statefulset_status_replicas_ready{{{nsel}, statefulset="{args.redis_statefulset}"}})',
+                "2m",
+                "critical",
+                "Redis (Valkey) is down.",
+                "The Redis StatefulSet has no ready replica.",
+            )
+        )
+    datastores.append(
+        rule(
+            "RedisUnreachableFromService",
+            _increase_from_zero(f'{M_FAILURES}{{{nsel}, component=~"cache|rate_limiter|jobs"}}', "5m"),
+            "5m",
+            "critical",
+            "The service's Redis calls are failing.",
+            "Cache, rate-limit or queue calls raised for 5 minutes: Redis is down or unreachable.",
+        )
+    )
+    groups = [
+        {"name": "rag-service", "rules": service},
+        {"name": "rag-jobs", "rules": jobs},
+        {"name": "rag-datastores", "rules": datastores},
+    ]
+    if args.backup_cronjob:
+        cron = args.backup_cronjob
+        jsel = f'{nsel}, job_name=~"{cron}-[0-9]+"'
+        csel = f'{nsel}, cronjob="{cron}"'
+        max_age = t.backup_max_age_hours * 3600
+        groups.append(
+            {
+                "name": "rag-backups",
+                "rules": [
+                    rule(
+                        "QdrantBackupFailed",
+                        # The newest failed run started after the last success (or nothing ever succeeded).
+                        f"max by (namespace) (kube_job_status_start_time{{{jsel}}}"
+                        f' * on (namespace, job_name) group_left () (kube_job_failed{{{jsel}, condition="true"}} == 1))'
+                        f" > on (namespace) (max by (namespace) (kube_cronjob_status_last_successful_time{{{csel}}})"
+                        f" or on (namespace) (0 * max by (namespace) (kube_cronjob_created{{{csel}}})))",
+                        "0m",
+                        "warning",
+                        "The latest Qdrant backup run failed.",
+                        "A backup Job failed after the last successful backup.",
+                    ),
+                    rule(
+                        "QdrantBackupMissing",
+                        f"time() - max by (namespace) (kube_cronjob_status_last_successful_time{{{csel}}}) > {max_age}"
+                        f" or (time() - max by (namespace) (kube_cronjob_created{{{csel}}}) > {max_age}"
+                        f" unless on (namespace) kube_cronjob_status_last_successful_time{{{csel}}})",
+                        "0m",
+                        "critical",
+                        f"No successful Qdrant backup in {t.backup_max_age_hours} hours.",
+                        f"The backup CronJob has not completed successfully for {t.backup_max_age_hours} hours.",
+                    ),
+                ],
+            }
+        )
+    if args.tls_enabled:
+        csel = f'exported_namespace="{ns}"'
+        groups.append(
+            {
+                "name": "rag-certificates",
+                "rules": [
+                    rule(
+                        "CertificateExpiringSoon",
+                        f"min by (exported_namespace, name) (certmanager_certificate_expiration_timestamp_seconds{{{csel}}})"
+                        f" - time() < {t.certificate_expiry_days * 86400}",
+                        "1h",
+                        "warning",
+                        "A TLS certificate expires soon.",
+                        f"Certificate {{{{ $labels.name }}}} expires in less than {t.certificate_expiry_days} days: "
+                        "renewal is failing.",
+                    ),
+                    rule(
+                        "CertificateNotReady",
+                        f'max by (exported_namespace, name) (certmanager_certificate_ready_status{{{csel}, condition!="True"}}) == 1',
+                        "15m",
+                        "critical",
+                        "A TLS certificate is not ready.",
+                        "Certificate {{ $labels.name }} has not been Ready for 15 minutes.",
+                    ),
+                ],
+            }
+        )
+    return groups
+
+
+def alert_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
+    """Every alerting rule of every group."""
+    return [r for group in alert_groups(args) for r in group["rules"]]
 
 
 def prometheus_rule_spec(args: MonitoringArgs) -> dict[str, Any]:
-    """PrometheusRule spec with one group of service alerts."""
-    return {"groups": [{"name": "rag-service", "rules": alert_rules(args)}]}
+    """PrometheusRule spec with the service's alert groups."""
+    return {"groups": alert_groups(args)}
 
 
 def _panel(
@@ -239,17 +640,24 @@ def _panel(
         "title": title,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
         "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "fieldConfig": {"defaults": {"unit": unit, "noValue": "0"}, "overrides": []},
         "targets": [
-            {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend}
+            {"refId": chr(ord("A") + i), "expr": _or_zero(expr), "legendFormat": legend}
             for i, (expr, legend) in enumerate(exprs)
         ],
     }
 
 
+def _or_zero(expr: str) -> str:
+    """A healthy service without events has no series for many queries: show 0, not 'No data'."""
+    return f"({expr}) or vector(0)"
+
+
 def dashboard(args: MonitoringArgs) -> dict[str, Any]:
-    """The service's Grafana dashboard: traffic, errors, latency, embedding, search, cache, jobs, restarts."""
+    """The service's Grafana dashboard: API, embedding, search, cache, rate limits, worker/queue, data stores."""
     sel = f'namespace="$namespace", job="{args.service_job}"'
+    nsel = 'namespace="$namespace"'
+    qsel = f'namespace="$namespace", job="{args.qdrant_job}"'
     rows = [
         (
             "Requests per second by status",
@@ -289,6 +697,11 @@ def dashboard(args: MonitoringArgs) -> dict[str, Any]:
             "s",
         ),
         (
+            "Rate-limit rejections (429) per second",
+            [(f'sum(rate({M_REQUESTS}{{{sel}, status="429"}}[5m]))', "429/s")],
+            "reqps",
+        ),
+        (
             "Embedding time p95 by kind",
             [
                 (
@@ -320,36 +733,82 @@ def dashboard(args: MonitoringArgs) -> dict[str, Any]:
             "percentunit",
         ),
         (
-            "Ingestion: chunks per second and job queue depth",
+            "Worker: jobs finished per second by status",
+            [(f"sum by (status) (rate({M_JOBS}{{{nsel}}}[5m]))", "{{status}}")],
+            "ops",
+        ),
+        (
+            "Worker: job duration (p50 / p95)",
             [
-                (f'sum(rate({M_CHUNKS}{{namespace="$namespace"}}[5m]))', "chunks/s"),
-                (f'max({M_QUEUE}{{namespace="$namespace"}})', "queued jobs"),
+                (
+                    f"histogram_quantile({q}, sum by (le) (rate({M_JOB_SECONDS}_bucket{{{nsel}}}[5m])))",
+                    f"p{p}",
+                )
+                for q, p in ((0.5, 50), (0.95, 95))
+            ],
+            "s",
+        ),
+        (
+            "Queue: depth and oldest job age",
+            [
+                (f"max({M_QUEUE_DEPTH}{{{nsel}}})", "queued jobs"),
+                (f"max({M_QUEUE_OLDEST_AGE}{{{nsel}}})", "oldest job age (s)"),
             ],
             "short",
         ),
         (
-            "Jobs finished by status",
-            [(f'sum by (status) (rate({M_JOBS}{{namespace="$namespace"}}[5m]))', "{{status}}")],
-            "ops",
+            "Worker: seconds since the last queue poll",
+            [(f"time() - max({M_WORKER_POLL}{{{nsel}}})", "since last poll")],
+            "s",
+        ),
+        (
+            "Ingestion: chunks per second",
+            [(f"sum(rate({M_CHUNKS}{{{nsel}}}[5m]))", "chunks/s")],
+            "short",
         ),
         (
             "Failures by component and embedding failures",
             [
-                (f'sum by (component) (rate({M_FAILURES}{{namespace="$namespace"}}[5m]))', "{{component}}"),
-                (f'sum(rate({M_EMBED_FAILURES}{{namespace="$namespace"}}[5m]))', "embedding"),
+                (f"sum by (component) (rate({M_FAILURES}{{{nsel}}}[5m]))", "{{component}}"),
+                (f"sum(rate({M_EMBED_FAILURES}{{{nsel}}}[5m]))", "embedding"),
             ],
             "ops",
         ),
         (
-            "Qdrant nodes up",
-            [(f'sum(up{{namespace="$namespace", job="{args.qdrant_job}"}})', "up")],
+            "Qdrant: nodes up and pending cluster operations",
+            [
+                (f"sum(up{{{qsel}}})", "nodes up"),
+                (f"max(cluster_pending_operations_total{{{qsel}}})", "pending operations"),
+            ],
+            "short",
+        ),
+        (
+            "Postgres: instances up (CloudNativePG) and registry failures",
+            [
+                (f"sum(cnpg_collector_up{{{nsel}}})", "instances up"),
+                (f'sum(rate({M_FAILURES}{{{nsel}, component="registry"}}[5m]))', "registry failures/s"),
+            ],
+            "short",
+        ),
+        (
+            "Redis: ready replicas and cache/queue failures",
+            [
+                (
+                    f'sum(kube_statefulset_status_replicas_ready{{{nsel}, statefulset="{args.redis_statefulset}"}})',
+                    "ready",
+                ),
+                (
+                    f'sum(rate({M_FAILURES}{{{nsel}, component=~"cache|rate_limiter|jobs"}}[5m]))',
+                    "failures/s",
+                ),
+            ],
             "short",
         ),
         (
             "Container restarts (30m)",
             [
                 (
-                    'sum by (pod) (increase(kube_pod_container_status_restarts_total{namespace="$namespace"}[30m]))',
+                    f"sum by (pod) (increase(kube_pod_container_status_restarts_total{{{nsel}}}[30m]))",
                     "{{pod}}",
                 )
             ],
@@ -385,6 +844,20 @@ def dashboard(args: MonitoringArgs) -> dict[str, Any]:
     }
 
 
+def importable_dashboard() -> dict[str, Any]:
+    """The dashboard as a file a user imports into any Grafana (docs/grafana/rag-service.json): the same
+    builder as the ConfigMap the stack deploys, for the default namespace (`rag`, editable in the Namespace box)."""
+    board = dashboard(MonitoringArgs(service_namespace="rag", grafana_admin_password=""))
+    namespace = next(v for v in board["templating"]["list"] if v["name"] == "namespace")
+    namespace["type"] = "textbox"
+    return board
+
+
+def importable_dashboard_json() -> str:
+    """The committed file's exact text."""
+    return json.dumps(importable_dashboard(), indent=2, sort_keys=True) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------- component
 class Monitoring(pulumi.ComponentResource):
     """kube-prometheus-stack with the service's alerts and dashboard; `crds_ready` gates CRD users."""
@@ -393,6 +866,12 @@ class Monitoring(pulumi.ComponentResource):
     """The release installing the monitoring.coreos.com CRDs; pass it to others' `monitoring_crds`."""
     namespace: str
     """Namespace of Prometheus (for NetworkPolicies admitting scrapes)."""
+    grafana_service: str
+    """Grafana's Service in `namespace` (port 80), for `kubectl port-forward`."""
+    grafana_admin_secret: str
+    """The Secret holding Grafana's admin user and password."""
+    receivers: tuple[str, ...]
+    """The configured Alertmanager receiver kinds; empty means alerts reach nobody."""
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(args)
@@ -419,9 +898,31 @@ class Monitoring(pulumi.ComponentResource):
             },
             opts=child(namespace),
         )
+        receivers_secret: str | None = None
+        credentials = {
+            key: value
+            for kind, key, value in (
+                ("slack", RECEIVERS_SECRET_KEYS["slack"], args.receivers.slack_webhook_url),
+                ("pagerduty", RECEIVERS_SECRET_KEYS["pagerduty"], args.receivers.pagerduty_routing_key),
+                ("email", RECEIVERS_SECRET_KEYS["email"], args.receivers.email_password),
+            )
+            if value is not None
+        }
+        release_needs: list[pulumi.Resource] = [namespace, secret]
+        if credentials:
+            receivers_secret = receivers_secret_name(name)
+            release_needs.append(
+                k8s.core.v1.Secret(
+                    f"{name}-alertmanager-receivers",
+                    metadata=specs.metadata(receivers_secret, ns, object_labels),
+                    type="Opaque",
+                    string_data={k: pulumi.Output.secret(v) for k, v in credentials.items()},
+                    opts=child(namespace),
+                )
+            )
         release = k8s.helm.v3.Release(
             f"{name}-stack",
-            name="kube-prometheus-stack",
+            name=RELEASE_NAME,
             chart=CHART,
             version=args.chart_version,
             repository_opts={"repo": REPO},
@@ -429,8 +930,8 @@ class Monitoring(pulumi.ComponentResource):
             create_namespace=False,
             atomic=True,
             timeout=900,
-            values=chart_values(args, admin_secret),
-            opts=child(namespace, secret),
+            values=chart_values(args, admin_secret, receivers_secret),
+            opts=child(*release_needs),
         )
         prometheus_operator.monitoring_object(
             f"{name}-rules",
@@ -439,6 +940,14 @@ class Monitoring(pulumi.ComponentResource):
             spec=prometheus_rule_spec(args),
             opts=child(release),
         )
+        if args.tls_enabled:
+            prometheus_operator.monitoring_object(
+                f"{name}-cert-manager-podmonitor",
+                "PodMonitor",
+                metadata=specs.metadata(f"{name}-cert-manager", ns, object_labels),
+                spec=cert_manager_pod_monitor_spec(),
+                opts=child(release),
+            )
         k8s.core.v1.ConfigMap(
             f"{name}-dashboard",
             metadata=specs.metadata(f"{name}-rag-dashboard", ns, {**object_labels, "grafana_dashboard": "1"}),
@@ -447,4 +956,18 @@ class Monitoring(pulumi.ComponentResource):
         )
         self.crds_ready = release
         self.namespace = ns
-        self.register_outputs({"namespace": ns})
+        self.grafana_service = GRAFANA_SERVICE
+        self.grafana_admin_secret = admin_secret
+        self.receivers = args.receivers.names
+        self.register_outputs(
+            {"namespace": ns, "grafanaService": GRAFANA_SERVICE, "grafanaAdminSecret": admin_secret}
+        )
+
+
+if __name__ == "__main__":  # python -m infra.components.monitoring: rewrite the importable dashboard
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "rag-service.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(importable_dashboard_json(), encoding="utf-8")
+    print(f"wrote {target}")

@@ -11,7 +11,8 @@ Creates, all parented to the component and named `f"{name}-<role>"`:
 - the worker Deployment (`python -m service.worker`, its own replica count) when a Redis queue exists,
 - NetworkPolicies: default deny for the namespace, then gateway -> API, API/worker -> Qdrant/Postgres/Redis/DNS,
   monitoring -> /metrics,
-- optionally a ServiceMonitor, created only after the monitoring CRDs (`monitoring_crds`).
+- optionally a ServiceMonitor for the API and a PodMonitor for the worker (port `metrics`), created only after
+  the monitoring CRDs (`monitoring_crds`).
 
 The spec builders below are pure functions of the args; the component only wires them into resources.
 """
@@ -32,6 +33,7 @@ from infra.components.specs import EgressTarget, Resources, require
 
 APP = "rag"
 DATA_DIR = "/var/lib/rag"
+WORKER_METRICS_PORT = 9100  # the worker serves Prometheus metrics here, on the container port named `metrics`
 SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "API_KEYS")
 ENVIRONMENTS = ("development", "test", "staging", "production")
 
@@ -81,6 +83,8 @@ class NetworkAccess:
     """Namespace of Prometheus, allowed to scrape /metrics; None to disallow."""
     egress: tuple[EgressTarget, ...] = ()
     """Backends the API and worker may reach (use each data component's `egress_target`)."""
+    api_egress: tuple[EgressTarget, ...] = ()
+    """Further destinations of the API only (the LLM provider): the worker never calls them."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class RagServiceArgs:
     """REDIS_URL (secret); enables the Redis cache, rate-limit storage and the worker queue."""
     api_keys: pulumi.Input[str] | None = None
     """API_KEYS (secret): `{"key": "tenant"}` JSON or `key:tenant,...`; required in production."""
+    llm_api_key: pulumi.Input[str] | None = None
+    """LLM_API_KEY (secret): the LLM provider's key, for POST /v1/answer."""
     qdrant_replication_factor: int = 1
     """QDRANT_REPLICATION_FACTOR for new collections (use QdrantCluster.replication_factor)."""
     qdrant_shard_number: int = 1
@@ -319,14 +325,32 @@ def api_container(
 def worker_container(
     image: Any, resources: Resources, run_as_user: int, config_name: Any, secret_name: str
 ) -> dict[str, Any]:
-    """The worker container: same image and settings, `python -m service.worker`, liveness by process."""
+    """The worker container: same image and settings, `python -m service.worker`, its Prometheus metrics and
+    probes on the port named `metrics` (WORKER_METRICS_PORT), scraped by the worker PodMonitor."""
     return {
         "name": "worker",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "service.worker"],
+        "env": [{"name": "WORKER_METRICS_PORT", "value": str(WORKER_METRICS_PORT)}],
+        "ports": [{"name": "metrics", "containerPort": WORKER_METRICS_PORT, "protocol": "TCP"}],
+        # The worker's /healthz and /readyz fail once it has not polled the queue for WORKER_STALE_SECONDS
+        # (service/app/jobs/health.py): a worker that stopped consuming is restarted, not left 'running'.
+        # The startup probe covers loading the model before the first poll.
+        "startupProbe": specs.http_probe("/healthz", "metrics", period=5, timeout=3, failures=60),
+        "livenessProbe": specs.http_probe("/healthz", "metrics", period=15, timeout=5, failures=3),
+        "readinessProbe": specs.http_probe("/readyz", "metrics", period=10, timeout=5, failures=3),
         "envFrom": _settings_env_from(config_name, secret_name),
         **_restricted_runtime(resources, run_as_user),
+    }
+
+
+def worker_pod_monitor_spec(match: Mapping[str, str], namespace: str) -> dict[str, Any]:
+    """PodMonitor for the worker pods' `metrics` port (jobs, queue depth, oldest job age, last poll)."""
+    return {
+        "namespaceSelector": {"matchNames": [namespace]},
+        "selector": {"matchLabels": dict(match)},
+        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
     }
 
 
@@ -422,7 +446,8 @@ def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAcce
     ingress = [specs.ingress_rule([port], gateway_peers or None)]
     if network.monitoring_namespace is not None and gateway_peers:
         ingress.append(specs.ingress_rule([port], [specs.namespace_peer(network.monitoring_namespace)]))
-    return specs.network_policy_spec(match, ingress=ingress, egress=_backend_egress(network))
+    egress = [*_backend_egress(network), *(specs.egress_rule(t) for t in network.api_egress)]
+    return specs.network_policy_spec(match, ingress=ingress, egress=egress)
 
 
 ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
@@ -440,8 +465,13 @@ def acme_solver_network_policy() -> dict[str, Any]:
 
 
 def worker_network_policy(match: Mapping[str, str], network: NetworkAccess) -> dict[str, Any]:
-    """Worker pods serve nothing: no ingress at all; out to DNS and the data services."""
-    return specs.network_policy_spec(match, ingress=[], egress=_backend_egress(network))
+    """Worker pods serve only their metrics, to Prometheus; out to DNS and the data services."""
+    ingress = (
+        [specs.ingress_rule([WORKER_METRICS_PORT], [specs.namespace_peer(network.monitoring_namespace)])]
+        if network.monitoring_namespace is not None
+        else []
+    )
+    return specs.network_policy_spec(match, ingress=ingress, egress=_backend_egress(network))
 
 
 # ---------------------------------------------------------------------------------------------- component
@@ -518,6 +548,7 @@ class RagService(pulumi.ComponentResource):
             "REDIS_URL": args.redis_url,
             "QDRANT_API_KEY": args.qdrant_api_key,
             "API_KEYS": args.api_keys,
+            "LLM_API_KEY": args.llm_api_key,
         }
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
         secret = k8s.core.v1.Secret(
@@ -633,6 +664,14 @@ class RagService(pulumi.ComponentResource):
                 spec=specs.service_monitor_spec(api_match, ns, port="http"),
                 opts=child(list(args.monitoring_crds)),
             )
+            if args.worker.enabled:
+                prometheus_operator.monitoring_object(
+                    f"{name}-worker-podmonitor",
+                    "PodMonitor",
+                    metadata=specs.metadata(worker_name, ns, worker_labels),
+                    spec=worker_pod_monitor_spec(worker_match, ns),
+                    opts=child(list(args.monitoring_crds)),
+                )
 
         self.namespace = ns
         self.service_name = base

@@ -1,8 +1,12 @@
 """``ragops``: the delivery CLI (Typer + rich) over the workflow functions.
 
-Exit codes: 0 success; 1 refused or failed (a promotion refusal, drift, a failed preview or up); 2 usage (bad
-options, an invalid stack name or TTL, a promotion order that is not allowed). Long operations stream Pulumi's
-output and show a spinner naming the resource being worked on.
+Exit codes: 0 success; 1 refused or failed (a promotion refusal, drift, a failed preview, up or smoke check);
+2 usage (bad options, an invalid stack name, TTL or preview domain, a promotion order that is not allowed). Long
+operations stream Pulumi's output and show a spinner naming the resource being worked on. A failed Pulumi command
+prints one red line, the CLI's stderr (nothing else) and, for the common set-up mistakes, a one-line hint.
+
+Argument shapes: every command that acts on one stack takes `--stack/-s` (`ephemeral up/destroy` also accept
+`--name`); `promote` takes `--from/--to`; `--quiet/-q` silences Pulumi's own output.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,13 +24,16 @@ import typer
 from pulumi.automation import EngineEvent
 from pulumi.automation.errors import CommandError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
+from infra.workflows import reach
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy
+from infra.workflows.errors import describe
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
     POLICY_PACK,
@@ -53,7 +61,24 @@ console = Console(stderr=True)
 T = TypeVar("T")
 
 StackOpt = Annotated[str, typer.Option("--stack", "-s", help="Stack name (dev, staging, prod, pr-123...).")]
+EphemeralOpt = Annotated[
+    str, typer.Option("--stack", "-s", "--name", help="Ephemeral stack name, e.g. pr-123.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Do not stream Pulumi's own output.")]
+
+
+def package_version() -> str:
+    """The installed rag-platform version (ragops ships with it)."""
+    try:
+        return metadata.version("rag-platform")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ragops {package_version()}")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -62,6 +87,10 @@ def _root(
     work_dir: Annotated[
         Path, typer.Option("--work-dir", help="Project directory holding Pulumi.yaml.", file_okay=False)
     ] = REPO_ROOT,
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
 ) -> None:
     """Deliver the RAG platform with the Pulumi Automation API (any backend; no Pulumi Cloud features)."""
     if ctx.obj is None:  # tests hand in a Context with a fake Pulumi runner
@@ -101,13 +130,21 @@ def _run(action: Callable[[], T]) -> T:
     try:
         return action()
     except UsageError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
+    except reach.SmokeFailure as exc:
+        console.print(f"[red]smoke check failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
     except WorkflowError as exc:
-        console.print(f"[red]refused:[/] {exc}", highlight=False)
+        console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except CommandError as exc:
-        console.print(f"[red]pulumi failed:[/] {exc}", markup=False, highlight=False)
+        failure = describe(exc)
+        console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
+        if failure.stderr and failure.stderr != failure.headline:
+            console.print(failure.stderr, markup=False, highlight=False)
+        if failure.hint:
+            console.print(f"[yellow]hint:[/] {escape(failure.hint)}", highlight=False)
         _print_notes(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt as exc:
@@ -245,12 +282,26 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 @ephemeral_app.command("up")
 def ephemeral_up(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option("--name", help="Stack name, e.g. pr-123.")],
+    name: EphemeralOpt,
     ttl: Annotated[
         str, typer.Option("--ttl", help="Lifetime: s/m/h/d units, e.g. 24h, 1d12h (max 7d).")
     ] = "24h",
     owner: Annotated[
         str | None, typer.Option("--owner", help="Owner to record (default: the actor).")
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option(
+            "--domain",
+            envvar=ephemeral_mod.DOMAIN_ENV,
+            help="Preview DNS zone: the stack is served at https://NAME.DOMAIN (wildcard record to the gateway).",
+        ),
+    ] = None,
+    comment_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--comment-file", help="Write a Markdown PR comment with the stack's URL here.", dir_okay=False
+        ),
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -260,6 +311,9 @@ def ephemeral_up(
     def action() -> ephemeral_mod.EphemeralStack:
         ephemeral_mod.validate_name(name)
         ephemeral_mod.parse_ttl(ttl)
+        ephemeral_mod.template_config(
+            context.work_dir, name, domain=domain
+        )  # a bad domain: before any Pulumi call
         # A cancelled CI job gets SIGTERM: turn it into KeyboardInterrupt so the teardown still runs.
         # (Signal handlers can only be installed from the main thread.)
         in_main = threading.current_thread() is threading.main_thread()
@@ -267,20 +321,29 @@ def ephemeral_up(
         try:
             with _progress(f"ephemeral up {name}", quiet) as (on_output, on_event):
                 return ephemeral_mod.up(
-                    context, name, ttl, owner=owner, on_output=on_output, on_event=on_event
+                    context, name, ttl, owner=owner, domain=domain, on_output=on_output, on_event=on_event
                 )
         finally:
             if in_main:
                 signal.signal(signal.SIGTERM, previous)
 
     record = _run(action)
+    info = _run(lambda: reach.read_info(context, name))
     console.print(f"ephemeral stack {record.name} is up until {record.expires_at} (owner {record.owner})")
+    typer.echo(f"url: {info.url}")
+    if comment_file is not None:
+        comment_file.write_text(
+            f"<!-- ragops-ephemeral:{name} -->\n### Preview stack `{name}`\n\n"
+            f"- URL: {info.url}\n- image: `{info.image}`\n- expires: {record.expires_at} (owner {record.owner})\n"
+            f"- API key: `pulumi stack output apiKeys --show-secrets -s {name}`\n",
+            encoding="utf-8",
+        )
 
 
 @ephemeral_app.command("destroy")
 def ephemeral_destroy(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Stack name, e.g. pr-123.")],
+    name: EphemeralOpt,
     force: Annotated[
         bool, typer.Option("--force", help="Destroy even without a rag:ephemeral record (a killed first up).")
     ] = False,
@@ -298,28 +361,58 @@ def ephemeral_destroy(
     console.print(f"ephemeral stack {name} {'destroyed and removed' if destroyed else 'was already gone'}")
 
 
-@ephemeral_app.command("reap")
-def ephemeral_reap(
-    ctx: typer.Context,
-    now: Annotated[
-        str | None, typer.Option("--now", help="Pretend it is this RFC 3339 time (default: the clock).")
-    ] = None,
-    quiet: QuietOpt = False,
-) -> None:
-    """Destroy every expired ephemeral stack (safe to run repeatedly and concurrently)."""
-    context: Context = ctx.obj
+def _moment(now: str | None) -> datetime | None:
     try:
-        moment: datetime | None = parse_rfc3339(now) if now else None
+        return parse_rfc3339(now) if now else None
     except ValueError as exc:
         raise typer.BadParameter(
             f"--now must be an RFC 3339 time such as 2026-01-31T12:00:00Z ({exc})."
         ) from exc
 
+
+NowOpt = Annotated[
+    str | None, typer.Option("--now", help="Pretend it is this RFC 3339 time (default: the clock).")
+]
+
+
+@ephemeral_app.command("list")
+def ephemeral_list(ctx: typer.Context, now: NowOpt = None) -> None:
+    """List the ephemeral stacks with their owner and expiry."""
+    context: Context = ctx.obj
+    moment = _moment(now)
+    rows = _run(lambda: ephemeral_mod.list_stacks(context, now=moment))
+    if not rows:
+        typer.echo("no ephemeral stacks")
+    for row in rows:
+        state = {True: "EXPIRED", False: "active", None: "?"}[row.expired]
+        typer.echo(
+            f"{row.name}\t{state}\texpires {row.expires_at or '-'}\towner {row.owner or '-'}"
+            + (f"\t{row.note}" if row.note else "")
+        )
+
+
+@ephemeral_app.command("reap")
+def ephemeral_reap(
+    ctx: typer.Context,
+    now: NowOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be destroyed; change nothing.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Destroy every expired ephemeral stack (safe to run repeatedly and concurrently)."""
+    context: Context = ctx.obj
+    moment = _moment(now)
+
     def action() -> ephemeral_mod.ReapReport:
         with _progress("reap", quiet) as (on_output, on_event):
-            return ephemeral_mod.reap(context, now=moment, on_output=on_output, on_event=on_event)
+            return ephemeral_mod.reap(
+                context, now=moment, dry_run=dry_run, on_output=on_output, on_event=on_event
+            )
 
     report = _run(action)
+    for name in report.would_destroy:
+        typer.echo(f"would destroy {name} (expired)")
     for name in report.destroyed:
         typer.echo(f"destroyed {name}")
     for name in report.kept:
@@ -330,6 +423,63 @@ def ephemeral_reap(
         typer.echo(f"FAILED {name}: {reason}")
     if report.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def status(ctx: typer.Context, stack: StackOpt) -> None:
+    """URL, image digest, promotion record and the live /readyz of a deployed stack."""
+    context: Context = ctx.obj
+    info = _run(lambda: reach.read_info(context, stack))
+    typer.echo(f"stack:     {stack}")
+    typer.echo(f"url:       {info.url or '- (not deployed)'}")
+    typer.echo(f"image:     {info.image or '-'}")
+    promotion = info.promotion
+    typer.echo(
+        "promotion: "
+        + (
+            f"from {promotion.get('from')} by {promotion.get('by')} at {promotion.get('at')}"
+            if promotion
+            else "- (built from source, not promoted)"
+        )
+    )
+    if info.ephemeral:
+        typer.echo(
+            f"ephemeral: owner {info.ephemeral.get('owner')}, expires {info.ephemeral.get('expiresAt')}"
+        )
+    if info.url:
+        with reach.client_for(info) as client:
+            readiness = reach.check_ready(client)
+        note = " [self-signed certificate, not verified]" if info.unverified_https else ""
+        if not readiness.reachable:
+            note += reach.loopback_note(info.url)
+        typer.echo(f"readyz:    {readiness.describe()}{note}")
+    if info.grafana:
+        typer.echo(f"grafana:   {info.grafana.get('portForward')} -> {info.grafana.get('url')} (user admin)")
+        typer.echo(f"           password: pulumi stack output grafanaAdminPassword --show-secrets -s {stack}")
+    typer.echo(f"api keys:  pulumi stack output apiKeys --show-secrets -s {stack}")
+
+
+@app.command()
+def smoke(
+    ctx: typer.Context,
+    stack: StackOpt,
+    wait: Annotated[
+        float, typer.Option("--wait", min=0, help="Seconds to wait for /readyz (rollout, certificate).")
+    ] = 300.0,
+) -> None:
+    """After an up: /readyz through the public URL, then one ingest + search with the stack's API key."""
+    context: Context = ctx.obj
+
+    def action() -> reach.SmokeReport:
+        info = reach.read_info(context, stack)
+        if info.unverified_https:
+            console.print(f"note: {stack} uses a self-signed certificate; TLS is not verified")
+        return reach.smoke(info, wait_seconds=wait)
+
+    report = _run(action)
+    for step in report.steps:
+        typer.echo(step)
+    console.print(f"smoke check of {stack} passed ({report.url})", highlight=False)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -126,19 +127,63 @@ def _drop_secure(value: Any) -> Any:
     return value
 
 
-def _substitute(value: Any, name: str) -> Any:
+def _substitute(value: Any, values: dict[str, str]) -> Any:
     if isinstance(value, str):
-        return value.replace("{name}", name)
+        for key, replacement in values.items():
+            value = value.replace(f"{{{key}}}", replacement)
+        return value
     if isinstance(value, dict):
-        return {k: _substitute(v, name) for k, v in value.items()}
+        return {k: _substitute(v, values) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, name) for v in value]
+        return [_substitute(v, values) for v in value]
     return value
 
 
-def template_config(work_dir: Path, name: str, template: Path = TEMPLATE) -> dict[str, Any]:
-    """The config of a new ephemeral stack: the base stack file's values, secure ones dropped, then overrides."""
+DOMAIN_ENV = "RAGOPS_PREVIEW_DOMAIN"
+DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# Names that resolve to the machine itself: a reviewer's browser would reach their own laptop, not the PR stack.
+LOOPBACK_DOMAINS = ("localhost", "localtest.me", "lvh.me", "localho.st", "vcap.me")
+LOOPBACK_WILDCARD_DNS = re.compile(r"(^|\.)127(-|\.)\d+(-|\.)\d+(-|\.)\d+\.(nip\.io|sslip\.io|xip\.io)$")
+
+
+def is_loopback_name(host: str) -> bool:
+    """Whether a DNS name resolves to the local machine by convention (localhost, *.localtest.me, 127.0.0.1.nip.io)."""
+    host = host.lower().rstrip(".")
+    return any(host == d or host.endswith("." + d) for d in LOOPBACK_DOMAINS) or bool(
+        LOOPBACK_WILDCARD_DNS.search(host)
+    )
+
+
+def validate_domain(domain: str) -> str:
+    """A preview domain a reviewer can reach: a DNS name (wildcard record to the gateway), not a loopback name."""
+    cleaned = domain.strip().lower().rstrip(".")
+    if not cleaned:
+        raise UsageError(
+            f"No preview domain: pass --domain or set {DOMAIN_ENV} to a DNS zone whose wildcard record "
+            "(*.<domain>) points at the dev cluster's gateway, so reviewers can open https://pr-<n>.<domain>."
+        )
+    if not DOMAIN_RE.match(cleaned):
+        raise UsageError(f"Invalid preview domain {domain!r}: expected a DNS name like preview.example.com.")
+    if any(
+        cleaned == d or cleaned.endswith("." + d) for d in LOOPBACK_DOMAINS
+    ) or LOOPBACK_WILDCARD_DNS.search(cleaned):
+        raise UsageError(
+            f"Preview domain {domain!r} resolves to 127.0.0.1: a reviewer would reach their own machine. "
+            "Use a domain whose wildcard record points at the dev cluster's gateway."
+        )
+    return cleaned
+
+
+def template_config(
+    work_dir: Path, name: str, template: Path = TEMPLATE, *, domain: str | None = None
+) -> dict[str, Any]:
+    """The config of a new ephemeral stack: the base stack file's values, secure ones dropped, then overrides.
+
+    `{name}` becomes the stack name and `{domain}` the preview domain: the argument, else $RAGOPS_PREVIEW_DOMAIN,
+    else the template's `domain`.
+    """
     spec = yaml.safe_load(template.read_text()) or {}
+    chosen = validate_domain(domain or os.environ.get(DOMAIN_ENV) or str(spec.get("domain") or ""))
     base: dict[str, Any] = {}
     base_file = spec.get("base")
     if base_file:
@@ -146,7 +191,7 @@ def template_config(work_dir: Path, name: str, template: Path = TEMPLATE) -> dic
         if path.exists():
             base = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
     cleaned = {k: v for k, v in ((k, _drop_secure(v)) for k, v in base.items()) if v is not None}
-    return _substitute(_deep_merge(cleaned, spec.get("config") or {}), name)
+    return _substitute(_deep_merge(cleaned, spec.get("config") or {}), {"name": name, "domain": chosen})
 
 
 @dataclass(frozen=True)
@@ -168,6 +213,7 @@ def up(
     ttl: str,
     *,
     owner: str | None = None,
+    domain: str | None = None,
     template: Path = TEMPLATE,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
@@ -178,7 +224,7 @@ def up(
     record = EphemeralStack(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
     )
-    values = template_config(ctx.work_dir, name, template)
+    values = template_config(ctx.work_dir, name, template, domain=domain)
     values[EPHEMERAL_KEY] = record.record()
     ws = ctx.workspace()
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
@@ -282,11 +328,50 @@ def read_ephemeral(ws: Workspace, stack: str) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One stack as `ragops ephemeral list` shows it."""
+
+    name: str
+    owner: str | None
+    expires_at: str | None
+    expired: bool | None
+    """None when the expiry cannot be read (not an ephemeral stack, or a broken record)."""
+    note: str = ""
+
+
+def list_stacks(ctx: Context, *, now: datetime | None = None) -> list[Listed]:
+    """Every ephemeral stack of the backend with its owner and expiry (permanent stacks are left out)."""
+    moment = now or ctx.clock()
+    ws = ctx.workspace()
+    rows: list[Listed] = []
+    for summary in ws.list_stacks():
+        short = summary.name.rsplit("/", 1)[-1]
+        if short in PERMANENT_STACKS or not NAME_RE.match(short):
+            continue
+        try:
+            record = read_ephemeral(ws, summary.name)
+        except StackNotFoundError:
+            continue
+        if record is None:
+            rows.append(Listed(summary.name, None, None, None, "not ephemeral (no rag:ephemeral record)"))
+            continue
+        try:
+            expired = is_expired(record, moment)
+        except ValueError as exc:
+            rows.append(Listed(summary.name, record.get("owner"), None, None, f"unreadable expiry ({exc})"))
+            continue
+        rows.append(Listed(summary.name, record.get("owner"), record.get("expiresAt"), expired))
+    return sorted(rows, key=lambda row: row.name)
+
+
 @dataclass
 class ReapReport:
     """What one reaper run did; ``failed`` makes the command exit 1."""
 
     destroyed: list[str] = field(default_factory=list)
+    would_destroy: list[str] = field(default_factory=list)
+    """With dry_run: the expired stacks a real run would destroy."""
     kept: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # name -> reason (gone, locked, unreadable)
     failed: dict[str, str] = field(default_factory=dict)
@@ -296,10 +381,12 @@ def reap(
     ctx: Context,
     *,
     now: datetime | None = None,
+    dry_run: bool = False,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
 ) -> ReapReport:
-    """Destroy every expired ephemeral stack. Idempotent and safe to run concurrently."""
+    """Destroy every expired ephemeral stack (only list them with `dry_run`). Idempotent and safe to run
+    concurrently."""
     moment = now or ctx.clock()
     ws = ctx.workspace()
     report = ReapReport()
@@ -320,6 +407,9 @@ def reap(
                 continue
             if not expired:
                 report.kept.append(name)
+                continue
+            if dry_run:
+                report.would_destroy.append(name)
                 continue
             if teardown(ws, name, on_output=on_output, on_event=on_event):
                 report.destroyed.append(name)

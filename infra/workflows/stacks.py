@@ -28,6 +28,8 @@ from pulumi.automation import (
     Workspace,
 )
 
+from infra.workflows.errors import check_cli_version
+
 PROJECT = "rag"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY_PACK = "infra/policy"  # relative to the work dir, where every pulumi command runs
@@ -108,11 +110,21 @@ class Context:
     clock: Clock = utc_now
     actor: Callable[[], str] = current_actor
 
+    def pulumi(self) -> PulumiCommand:
+        """The Pulumi CLI, its version checked once up front (WorkflowError when it is too old)."""
+        if self.pulumi_command is None:
+            # Our own check below gives the better message; the SDK's would only demand its own minimum.
+            self.pulumi_command = PulumiCommand(skip_version_check=True)
+        problem = check_cli_version(self.pulumi_command.version)
+        if problem is not None:
+            raise WorkflowError(problem[0].upper() + problem[1:] + ".")
+        return self.pulumi_command
+
     def workspace(self) -> LocalWorkspace:
         """A LocalWorkspace over the project dir; the real CLI unless a runner was injected."""
         return LocalWorkspace(
             work_dir=str(self.work_dir),
-            pulumi_command=self.pulumi_command,
+            pulumi_command=self.pulumi(),
             env_vars=dict(self.env_vars or {}),
         )
 

@@ -24,15 +24,18 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from service.app import production
+from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
-from service.app.api.routes import documents, health, internal, jobs, metrics, search
+from service.app.api.routes import admin, answer, documents, health, internal, jobs, metrics, search
 from service.app.api.routes.docs import install_docs
 from service.app.core.config import Settings, get_settings
-from service.app.core.errors import error_responses, install_error_handlers
+from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
 from service.app.core.security import rate_limit
 from service.app.ingest.chunking import Chunker
+from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService
+from service.app.jobs.reindex import Reindexer
 from service.app.search.service import SearchService
 from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
@@ -40,6 +43,15 @@ from service.app.store.registry import DocumentRegistry
 from service.app.store.vectors import QdrantVectorStore, VectorStore
 
 logger = logging.getLogger(__name__)
+
+
+def open_vector_store(settings: Settings, *, model_name: str, dimension: int) -> VectorStore:
+    """The adapter the settings select: a Qdrant server (QDRANT_URL), else qdrant-edge or local mode in-process."""
+    if settings.embedded_vector_store == "edge":
+        from service.app.store.edge import EdgeVectorStore
+
+        return EdgeVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+    return QdrantVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
 
 
 @dataclass
@@ -59,6 +71,8 @@ class Services:
     limiter: Any = None  # RateLimiter
     cache: Any = None  # Cache | None
     jobs: Any = None  # JobQueue
+    answer: Any = None  # AnswerService, attached by service.app.answer.service.attach
+    reindexer: Any = None  # Reindexer
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -84,32 +98,109 @@ def build_services(
         closers.append(registry.close)
     registry.migrate()
     if vectors is None:
-        vectors = QdrantVectorStore.from_settings(
-            settings, model_name=embedder.model_name, dimension=embedder.dimension
-        )
+        vectors = open_vector_store(settings, model_name=embedder.model_name, dimension=embedder.dimension)
         closers.append(vectors.close)
     vectors.ensure_collection()
-    chunker = Chunker(
-        embedder.tokenizer,
-        max_tokens=embedder.max_tokens,
-        chunk_size=settings.chunk_size,
-        chunk_overlap=settings.chunk_overlap,
+    wanted = IndexConfig(embedder.model_name, settings.chunk_size, settings.chunk_overlap)
+    make_generation = _generation_factory(settings, vectors, embedder, closers)
+    pointer = registry.index_pointer()
+    if pointer is None:
+        # First start (or an upgrade from before re-indexing): the collection the settings name is the index.
+        try:
+            registry.switch_index(vectors.collection, wanted.as_dict(), expected=None)
+        except Conflict:
+            pointer = registry.index_pointer()  # another replica wrote it first
+    if pointer is None or pointer.collection == vectors.collection:
+        served = IndexConfig.from_dict(pointer.config) if pointer is not None else wanted
+        generation = make_generation(served, vectors.collection)
+    else:
+        generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
+        generation.vectors.ensure_collection()
+    standby = None
+    if pointer is not None and pointer.previous_collection and pointer.previous_config:
+        standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
+        standby.vectors.ensure_collection()
+    index = ActiveIndex(generation)
+    if standby is not None:
+        index.set(IndexState(current=generation, shadow=standby))
+    ingest = IngestService(
+        registry=registry,
+        vectors=generation.vectors,
+        embedder=generation.embedder,
+        chunker=generation.chunker,
+        commit_deadline_seconds=settings.gc_grace_seconds,
+        index=index,
     )
-    return Services(
+    reindexer = Reindexer(
+        registry=registry,
+        ingest=ingest,
+        index=index,
+        make_generation=make_generation,
+        alias=settings.qdrant_collection_prefix if settings.qdrant_url else None,
+        drain_timeout_seconds=settings.gc_grace_seconds,
+    )
+    closers.insert(0, reindexer.close)
+    services = Services(
         settings=settings,
         registry=registry,
         vectors=vectors,
         embedder=embedder,
-        ingest=IngestService(
-            registry=registry,
-            vectors=vectors,
-            embedder=embedder,
-            chunker=chunker,
-            commit_deadline_seconds=settings.gc_grace_seconds,
-        ),
-        search=SearchService(registry=registry, vectors=vectors, embedder=embedder),
+        ingest=ingest,
+        search=SearchService(registry=registry, vectors=vectors, embedder=embedder, index=index),
         closers=closers,
+        reindexer=reindexer,
     )
+    if generation.config != wanted and settings.reindex_on_config_change:
+        # A changed model or chunking: build it in the background while search serves the current index.
+        logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
+        reindexer.start(wanted)
+    return services
+
+
+def _generation_factory(
+    settings: Settings, base: VectorStore, embedder: Embedder, closers: list[Callable[[], Any]]
+) -> Callable[..., IndexGeneration]:
+    """Builds the generation of a config: its collection through the same client, its model, its chunker."""
+    embedders: dict[str, Embedder] = {embedder.model_name: embedder}
+
+    def make(config: IndexConfig, collection: str | None = None) -> IndexGeneration:
+        model = embedders.get(config.model)
+        if model is None:
+            from service.app.store.embedder import EmbeddingModelError, FastEmbedEmbedder
+
+            try:
+                model = FastEmbedEmbedder(
+                    config.model,
+                    cache_dir=settings.resolved_embedding_cache_dir,
+                    batch_size=settings.embedding_batch_size,
+                    threads=settings.embedding_threads,
+                )
+            except EmbeddingModelError as exc:
+                raise InvalidInput(
+                    f"model {config.model!r} cannot be loaded here ({exc}); the image must hold every model "
+                    "the index uses during a change (python -m service.tools.fetch_model --model ...)"
+                ) from exc
+            embedders[config.model] = model
+        if collection is None:
+            collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
+        if collection == base.collection:
+            store = base
+        elif isinstance(base, QdrantVectorStore):
+            store = base.sibling(collection, model.dimension)
+        else:
+            raise InvalidInput("re-indexing needs the Qdrant vector store")
+        try:
+            chunker = Chunker(
+                model.tokenizer,
+                max_tokens=model.max_tokens,
+                chunk_size=config.chunk_size,
+                chunk_overlap=config.chunk_overlap,
+            )
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        return IndexGeneration(config, store, model, chunker)
+
+    return make
 
 
 async def _collect_orphans_forever(services: Services) -> None:
@@ -120,7 +211,7 @@ async def _collect_orphans_forever(services: Services) -> None:
             await to_thread.run_sync(
                 lambda: collect_orphans(
                     services.registry,
-                    services.vectors,
+                    services.ingest.vectors,  # the collection search serves from now
                     grace_seconds=settings.gc_grace_seconds,
                     max_versions=settings.gc_max_versions,
                 )
@@ -151,6 +242,7 @@ def create_app(
         )
         app.state.services = services
         close_production = await production.attach(services)
+        close_answer = await answer_service.attach(services)
         collector = (
             asyncio.create_task(_collect_orphans_forever(services), name="orphan-collector")
             if settings.gc_enabled
@@ -163,6 +255,7 @@ def create_app(
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collector
+            await close_answer()
             await close_production()
             await to_thread.run_sync(services.close)
 
@@ -190,12 +283,14 @@ def create_app(
         (documents.router, "ingest"),
         (documents.bulk_router, "ingest"),
         (search.router, "search"),
+        (answer.router, "search"),
         (jobs.router, "search"),
     )
     for router, budget in routers:
         app.include_router(
             router, dependencies=[Depends(rate_limit(budget, bearer=bearer))], responses=v1_errors
         )
+    app.include_router(admin.router, responses=error_responses(401, 403))
     app.include_router(health.router)
     app.include_router(metrics.router)
     if settings.internal_token is not None:

@@ -84,6 +84,28 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
     ("dev", {"backups": {"enabled": True}}, "backups.enabled", "backups need a cloud cluster"),
+    (
+        "staging",
+        {"monitoring": {"alerting": {"email": {"to": "oncall"}}}},
+        "monitoring.alerting.email.to",
+        "not an e-mail address",
+    ),
+    (
+        "staging",
+        {
+            "monitoring": {
+                "alerting": {"email": {"to": "oncall@example.com", "smarthost": "smtp.example.com:587"}}
+            }
+        },
+        "monitoring.alerting.email.sender",
+        "sender address is required",
+    ),
+    (
+        "staging",
+        {"monitoring": {"alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}}},
+        "monitoring.alerting.email.smarthost",
+        "SMTP server",
+    ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
     ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),
@@ -94,6 +116,28 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"service": {"replicas": 1, "autoscaling": {"enabled": False}}},
         "service.replicas",
         "at least 2 service replicas",
+    ),
+    ("dev", {"llm": {"egressCidrs": ["10.0.0.1/8"]}}, "llm.egressCidrs", "not an IPv4/IPv6 network"),
+    ("dev", {"llm": {"egressExcept": ["nowhere"]}}, "llm.egressExcept", "not an IPv4/IPv6 network"),
+    ("dev", {"llm": {"enabled": True, "model": "m"}}, "llm.baseUrl", "base URL is required"),
+    ("dev", {"llm": {"enabled": True, "baseUrl": "https://x.example/v1"}}, "llm.model", "model name"),
+    (
+        "dev",
+        {"llm": {"enabled": True, "baseUrl": "https://x.example/v1", "model": "m", "egressCidrs": []}},
+        "llm.egressCidrs",
+        "could not reach the provider",
+    ),
+    (
+        "dev",
+        {"llm": {"enabled": True, "baseUrl": "https://x.example/v1", "model": "m", "maxTokens": 8000}},
+        "llm.maxTokens",
+        "at least 256 tokens",
+    ),
+    (
+        "prod",
+        {"llm": {"enabled": True, "baseUrl": "http://x.example/v1", "model": "m"}},
+        "llm.baseUrl",
+        "only over https://",
     ),
 ]
 

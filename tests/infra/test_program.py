@@ -9,6 +9,7 @@ with `UPDATE_SNAPSHOTS=1 pytest tests/infra/test_program.py -k urn` and review t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -21,7 +22,19 @@ from tests.infra.conftest import STACKS, TARGETS, run
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 STACK_TYPE = "pulumi:pulumi:Stack"
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
-OUTPUTS = {"serviceUrl", "imageDigest", "qdrantEndpoint", "kubeconfig", "promotion", "ephemeral"}
+OUTPUTS = {
+    "serviceUrl",
+    "imageDigest",
+    "qdrantEndpoint",
+    "kubeconfig",
+    "promotion",
+    "ephemeral",
+    "apiKeys",
+    "tlsIssuer",
+    "grafana",
+    "grafanaAdminPassword",
+    "alertReceivers",
+}
 # Resource types that hold data: protected in prod, never elsewhere.
 STATEFUL_TYPES = {
     "kubernetes:apps/v1:StatefulSet",
@@ -82,6 +95,29 @@ def test_outputs_follow_the_contract(target_run: StackRun) -> None:
     assert "kubeconfig" in target_run.secret_outputs
     assert outputs["promotion"] is None
     assert outputs["ephemeral"] is None
+    # The generated API key is what a user needs to call the URL: a secret output, a JSON {key: tenant}.
+    assert "apiKeys" in target_run.secret_outputs
+    assert list(json.loads(outputs["apiKeys"]).values()) == ["default"]
+    assert outputs["tlsIssuer"] in {"selfSigned", "letsencrypt-staging", "letsencrypt"}
+    if outputs["grafana"] is None:
+        assert outputs["grafanaAdminPassword"] is None
+        assert outputs["alertReceivers"] is None
+    else:
+        assert "grafanaAdminPassword" in target_run.secret_outputs
+        assert outputs["grafana"]["portForward"] == (
+            "kubectl -n monitoring port-forward svc/kube-prometheus-stack-grafana 3000:80"
+        )
+        admin = target_run.by_name("monitoring-grafana-admin").inputs["stringData"]["admin-password"]
+        assert outputs["grafanaAdminPassword"] == admin
+        assert outputs["alertReceivers"] == []
+
+
+def test_the_exported_api_key_is_the_one_the_service_runs_with() -> None:
+    result = run("dev")
+    secret = next(
+        r for r in result.resources if r.type == "kubernetes:core/v1:Secret" and "API_KEYS" in str(r.inputs)
+    )
+    assert json.loads(result.outputs["apiKeys"]) == json.loads(secret.inputs["stringData"]["API_KEYS"])
 
 
 def test_promotion_and_ephemeral_config_are_exported() -> None:

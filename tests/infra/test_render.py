@@ -595,3 +595,32 @@ def test_helm_values_are_redacted_when_secret() -> None:
     }
     secret = dataclasses.replace(release, secret_keys=frozenset({"values"}))
     assert render.helm_document(secret)["values"]["grafana"]["ingress"] == {"host": "<redacted>"}
+
+
+def test_plan_warns_when_alerts_reach_nobody(rendered: dict[str, tuple]) -> None:
+    report, out = rendered["staging"]  # monitoring on, no receiver configured
+    assert report.ok
+    assert any(w.startswith("alerts reach nobody") for w in report.warnings)
+    assert "alerts reach nobody" in (out / "plan.md").read_text()
+    assert json.loads((out / "plan.json").read_text())["warnings"] == report.warnings
+    dev_report, _ = rendered["dev"]  # no monitoring: nothing to warn about
+    assert dev_report.warnings == []
+
+
+def test_a_configured_receiver_silences_the_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--stack", "staging", "--out", str(tmp_path), "--set", "pagerdutyRoutingKey=abc123"]
+    assert render.main(args) == 0
+    assert "alerts reach nobody" not in capsys.readouterr().out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["warnings"] == []
+    assert plan["outputs"]["alertReceivers"] == ["pagerduty"]
+
+
+def test_main_prints_the_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.plan_warnings(cached_run("staging"))
+    report = render.Report(stack="staging", environment="staging", warnings=["alerts reach nobody: x"])
+    report.summary = render.summarize(cached_run("dev"), "staging")
+    render.print_report(report, tmp_path)
+    assert "  WARNING alerts reach nobody: x" in capsys.readouterr().out

@@ -279,5 +279,12 @@ def test_namespace_and_outputs_carry_the_ephemeral_and_promotion_records() -> No
         "kubeconfig",
         "promotion",
         "ephemeral",
+        "apiKeys",
+        "tlsIssuer",
+        "grafana",
+        "grafanaAdminPassword",
+        "alertReceivers",
     ]
     assert (out["ephemeral"], out["promotion"]) == (record, None)
+    assert out["tlsIssuer"] == "selfSigned"
+    assert (out["apiKeys"], out["grafana"], out["alertReceivers"]) == (None, None, None)

@@ -13,6 +13,16 @@ from tests.workflows.fake_pulumi import FakeBackend
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
+PREVIEW_DOMAIN = "preview.example.com"
+
+
+@pytest.fixture(autouse=True)
+def preview_domain(monkeypatch: pytest.MonkeyPatch) -> str:
+    """PR stacks are served under a reachable preview domain (CI sets RAGOPS_PREVIEW_DOMAIN the same way)."""
+    monkeypatch.setenv("RAGOPS_PREVIEW_DOMAIN", PREVIEW_DOMAIN)
+    return PREVIEW_DOMAIN
+
+
 @pytest.fixture
 def backend() -> FakeBackend:
     """An empty in-memory Pulumi backend."""

@@ -26,6 +26,7 @@ from semver import VersionInfo
 
 DIGEST = "registry.example.com/rag/service@sha256:" + "ab" * 32
 SECRET = "[secret]"
+API_KEY = "k" * 40  # the generated service API key a fake `up` exports (secret output apiKeys)
 
 
 def step_event(
@@ -104,6 +105,7 @@ class Script:
     up_interrupt: bool = False  # raise KeyboardInterrupt mid-up (Ctrl-C)
     up_sigterm: bool = False  # the process receives SIGTERM mid-up (a cancelled CI job)
     up_resources: int = 12
+    up_outputs: dict[str, Any] = field(default_factory=dict)  # outputs to export beyond the defaults below
     destroy_error: str | None = None
     refresh_events: list[dict[str, Any]] = field(default_factory=list)
     refresh_summary: dict[str, int] = field(default_factory=lambda: {"same": 12})
@@ -397,8 +399,11 @@ class _Handler:
             "kubeconfig": "apiVersion: v1",
             "promotion": stack.config_value("rag:promotion") if "rag:promotion" in stack.config else None,
             "ephemeral": stack.config_value("rag:ephemeral") if "rag:ephemeral" in stack.config else None,
+            "apiKeys": json.dumps({API_KEY: "default"}),
+            "tlsIssuer": "selfSigned",
+            **script.up_outputs,
         }
-        stack.secret_outputs = {"kubeconfig"}
+        stack.secret_outputs = {"kubeconfig", "apiKeys", "grafanaAdminPassword"}
         stack.history.append(_history("update", {"create": script.up_resources}))
         return "Updating (stack)\nResources:\n    + 12 created", "", 0
 

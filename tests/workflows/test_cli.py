@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from semver import VersionInfo
 from typer.testing import CliRunner
 
 from infra.workflows.cli import app
@@ -104,8 +106,8 @@ def test_ephemeral_up_destroy_cycle(ctx: Context, backend: FakeBackend) -> None:
     assert "pr-42 is up until 2026-03-02T00:00:00Z (owner octocat)" in up.output
     assert backend.stacks["pr-42"].resources == 12
 
-    first = _invoke(ctx, "ephemeral", "destroy", "pr-42", "-q")
-    again = _invoke(ctx, "ephemeral", "destroy", "pr-42", "-q")
+    first = _invoke(ctx, "ephemeral", "destroy", "-s", "pr-42", "-q")
+    again = _invoke(ctx, "ephemeral", "destroy", "-s", "pr-42", "-q")
     assert first.exit_code == 0
     assert "destroyed and removed" in first.output
     assert again.exit_code == 0
@@ -118,7 +120,7 @@ def test_ephemeral_up_destroy_cycle(ctx: Context, backend: FakeBackend) -> None:
         ["ephemeral", "up", "--name", "Bad_Name", "--ttl", "1h"],
         ["ephemeral", "up", "--name", "pr-1", "--ttl", "forever"],
         ["ephemeral", "up", "--name", "pr-1", "--ttl", "30d"],
-        ["ephemeral", "destroy", "staging"],
+        ["ephemeral", "destroy", "--stack", "staging"],
         ["ephemeral", "reap", "--now", "yesterday"],
         ["ephemeral", "up", "--ttl", "1h"],  # missing --name
         ["promote", "--from", "dev"],  # missing --to
@@ -165,10 +167,10 @@ def test_sigterm_during_ephemeral_up_still_tears_down(ctx: Context, backend: Fak
 
 def test_destroy_without_record_is_refused_then_forced(ctx: Context, backend: FakeBackend) -> None:
     backend.add_stack("pr-16")
-    refused = _invoke(ctx, "ephemeral", "destroy", "pr-16", "-q")
+    refused = _invoke(ctx, "ephemeral", "destroy", "--stack", "pr-16", "-q")
     assert refused.exit_code == 1
     assert "Pass --force" in refused.output.replace("\n", " ")
-    forced = _invoke(ctx, "ephemeral", "destroy", "--force", "pr-16", "-q")
+    forced = _invoke(ctx, "ephemeral", "destroy", "--force", "--stack", "pr-16", "-q")
     assert forced.exit_code == 0
     assert "pr-16" not in backend.stacks
 
@@ -231,3 +233,168 @@ def test_failed_up_exits_1(ctx: Context, backend: FakeBackend) -> None:
     result = _invoke(ctx, "up", "--stack", "dev", "-q")
     assert result.exit_code == 1
     assert "policy violation" in result.output
+
+
+# --- errors a user meets on the first day: one red line, the stderr alone, and the fix ---------------------------
+@pytest.mark.parametrize(
+    ("stderr", "hint"),
+    [
+        (
+            "error: PULUMI_ACCESS_TOKEN must be set for login during non-interactive CLI sessions",
+            "hint: not logged in to a backend: run `pulumi login <backend URL>`",
+        ),
+        (
+            "error: getting stack configuration: get stack secrets manager: passphrase must be set with "
+            "PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE environment variables",
+            "hint: the stack's secrets need its passphrase: set PULUMI_CONFIG_PASSPHRASE",
+        ),
+        (
+            'error: failed to load checkpoint: blob (key ".pulumi/stacks/rag/dev.json") (code=Unknown): '
+            "NoSuchBucket: The specified bucket does not exist",
+            "hint: the state backend is unreachable or missing: check PULUMI_BACKEND_URL",
+        ),
+    ],
+    ids=["not-logged-in", "no-passphrase", "no-backend"],
+)
+def test_a_pulumi_failure_prints_a_red_line_the_stderr_and_a_hint(
+    ctx: Context, backend: FakeBackend, stderr: str, hint: str
+) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").up_error = stderr
+    result = _invoke(ctx, "up", "-s", "dev", "-q")
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert out.startswith(f"pulumi failed: {' '.join(stderr.split())}")
+    assert hint in out
+    # Only the stderr: not the CommandResult dump with the exit code and every line of stdout.
+    assert "code: 255" not in out
+    assert "stdout:" not in out
+    assert "Updating (stack)" not in out
+
+
+def test_a_missing_stack_hints_at_pulumi_stack_init(ctx: Context, backend: FakeBackend) -> None:
+    result = _invoke(ctx, "up", "-s", "qa", "-q")
+    assert result.exit_code == 1
+    out = " ".join(result.output.split())
+    assert "pulumi failed: error: no stack named 'qa' found" in out
+    assert "create it with `pulumi stack init qa`" in out
+
+
+def test_an_unrecognised_failure_still_shows_its_stderr_without_a_hint(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    backend.add_stack("dev")
+    backend.script("dev").up_error = "error: something nobody has seen before\n  details line"
+    out = _invoke(ctx, "up", "-s", "dev", "-q").output
+    assert "pulumi failed: error: something nobody has seen before" in out
+    assert "details line" in out
+    assert "hint:" not in out
+
+
+def test_a_too_old_pulumi_cli_is_refused_before_any_command(backend: FakeBackend, work_dir: Path) -> None:
+    old = Context(work_dir=work_dir, pulumi_command=backend.command(VersionInfo(3, 150, 0)))
+    backend.add_stack("dev")
+    result = _invoke(old, "up", "-s", "dev")
+    assert result.exit_code == 1
+    assert "refused: The Pulumi CLI is 3.150.0, ragops needs 3.170.0 or newer" in " ".join(
+        result.output.split()
+    )
+    assert backend.calls == []
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert re.fullmatch(r"ragops \d+\.\d+\.\d+\S*\n", result.output)
+
+
+def test_every_single_stack_command_takes_the_same_stack_option() -> None:
+    for command in (
+        ["preview"],
+        ["up"],
+        ["drift"],
+        ["status"],
+        ["smoke"],
+        ["ephemeral", "up"],
+        ["ephemeral", "destroy"],
+    ):
+        help_text = runner.invoke(app, [*command, "--help"]).output
+        assert "--stack" in help_text, command
+        assert "-s " in help_text, command
+
+
+# --- ephemeral stacks: list, reap --dry-run, the URL a reviewer opens --------------------------------------------
+def _ephemeral(backend: FakeBackend, name: str, expires: str, owner: str = "octocat") -> None:
+    record = {"name": name, "owner": owner, "expiresAt": expires}
+    backend.add_stack(name, config={"rag:ephemeral": record}, outputs={"ephemeral": record})
+
+
+def test_ephemeral_list_shows_owner_expiry_and_state(ctx: Context, backend: FakeBackend) -> None:
+    _ephemeral(backend, "pr-1", "2026-03-01T11:00:00Z", "alice")
+    _ephemeral(backend, "pr-2", "2026-03-02T11:00:00Z", "bob")
+    backend.add_stack("dev")
+    backend.add_stack("handmade")
+    result = _invoke(ctx, "ephemeral", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines == [
+        "handmade\t?\texpires -\towner -\tnot ephemeral (no rag:ephemeral record)",
+        "pr-1\tEXPIRED\texpires 2026-03-01T11:00:00Z\towner alice",
+        "pr-2\tactive\texpires 2026-03-02T11:00:00Z\towner bob",
+    ]
+    assert backend.commands("destroy") == []
+
+
+def test_reap_dry_run_lists_what_it_would_destroy_and_changes_nothing(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _ephemeral(backend, "pr-1", "2026-03-01T11:00:00Z")
+    _ephemeral(backend, "pr-2", "2026-03-02T11:00:00Z")
+    result = _invoke(ctx, "ephemeral", "reap", "--dry-run", "-q")
+    assert result.exit_code == 0, result.output
+    assert "would destroy pr-1 (expired)" in result.output
+    assert "kept pr-2 (not expired)" in result.output
+    assert backend.commands("destroy") == []
+    assert set(backend.stacks) == {"pr-1", "pr-2"}
+    real = _invoke(ctx, "ephemeral", "reap", "-q")
+    assert "destroyed pr-1" in real.output
+    assert set(backend.stacks) == {"pr-2"}
+
+
+def test_ephemeral_up_prints_the_url_and_writes_the_pr_comment(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    comment = tmp_path / "ephemeral.md"
+    result = _invoke(
+        ctx, "ephemeral", "up", "--name", "pr-9", "--ttl", "2h", "--comment-file", str(comment), "-q"
+    )
+    assert result.exit_code == 0, result.output
+    assert "url: https://pr-9.rag.example.com" in result.output  # the fake backend's serviceUrl output
+    text = comment.read_text()
+    assert text.startswith("<!-- ragops-ephemeral:pr-9 -->")
+    assert "- URL: https://pr-9.rag.example.com" in text
+    assert "pulumi stack output apiKeys --show-secrets -s pr-9" in text
+    # The hostname the stack is configured with is under the preview domain, not a loopback name.
+    assert backend.stacks["pr-9"].config_value("rag:gateway")["hostname"] == "pr-9.preview.example.com"
+
+
+@pytest.mark.parametrize(
+    "domain", ["rag.localtest.me", "localhost", "127.0.0.1.nip.io", "app.127-0-0-1.sslip.io"]
+)
+def test_ephemeral_up_refuses_a_preview_domain_a_reviewer_cannot_reach(
+    ctx: Context, backend: FakeBackend, domain: str
+) -> None:
+    result = _invoke(ctx, "ephemeral", "up", "--name", "pr-9", "--domain", domain)
+    assert result.exit_code == 2
+    assert "127.0.0.1" in result.output or "Invalid preview domain" in result.output
+    assert backend.calls == []
+
+
+def test_ephemeral_up_without_a_preview_domain_says_how_to_set_one(
+    ctx: Context, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAGOPS_PREVIEW_DOMAIN")
+    result = _invoke(ctx, "ephemeral", "up", "--name", "pr-9")
+    assert result.exit_code == 2
+    assert "RAGOPS_PREVIEW_DOMAIN" in result.output
+    assert backend.calls == []

@@ -72,7 +72,7 @@ def test_template_config_merges_dev_values_drops_secrets_and_substitutes(ctx: Co
     values = ephemeral.template_config(ctx.work_dir, "pr-7")
     assert "rag:qdrantApiKey" not in values  # encrypted for the dev stack only
     assert values["rag:namespace"] == "pr-7"
-    assert values["rag:gateway"] == {"hostname": "pr-7.rag.localtest.me", "className": "envoy-gateway"}
+    assert values["rag:gateway"] == {"hostname": "pr-7.preview.example.com", "className": "envoy-gateway"}
     assert values["rag:service"]["settings"]["logLevel"] == "DEBUG"  # from dev
     assert values["rag:monitoring"] == {"enabled": False}
     assert values["rag:image"] == ""

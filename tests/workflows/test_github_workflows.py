@@ -16,7 +16,7 @@ from infra.workflows.stacks import REPO_ROOT
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
-EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml"}
+EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml", "e2e.yml"}
 
 
 def _validate(paths: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -87,16 +87,32 @@ def test_pr_runs_tests_then_preview_comment_and_ephemeral_stack() -> None:
     assert comment["if"].startswith("always()")  # a failed preview still explains itself on the PR
     assert jobs["preview"]["permissions"]["pull-requests"] == "write"
     assert jobs["ephemeral"]["needs"] == "test"
+    ephemeral = jobs["ephemeral"]
     assert 'ragops ephemeral up --name "pr-${{ github.event.pull_request.number }}" --ttl 48h' in _runs(
-        jobs["ephemeral"]
+        ephemeral
     )
+    up = next(s for s in ephemeral["steps"] if "ragops ephemeral up" in s.get("run", ""))
+    assert (
+        up["env"]["RAGOPS_PREVIEW_DOMAIN"] == "${{ vars.PREVIEW_DOMAIN }}"
+    )  # a reachable host, not localhost
+    assert "--comment-file ephemeral.md" in up["run"]
+    runs = [s.get("run", "") for s in ephemeral["steps"]]
+    smoke = next(
+        i
+        for i, r in enumerate(runs)
+        if 'ragops smoke --stack "pr-${{ github.event.pull_request.number }}"' in r
+    )
+    assert smoke > runs.index(up["run"])
+    comment = next(s for s in ephemeral["steps"] if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert comment["with"] == {"header": "ragops-ephemeral", "path": "ephemeral.md"}
+    assert ephemeral["permissions"]["pull-requests"] == "write"
 
 
 def test_pr_close_destroys_the_ephemeral_stack_in_the_same_concurrency_group() -> None:
     wf, pr = _load("pr-close.yml"), _load("pr.yml")
     assert wf["on"]["pull_request"]["types"] == ["closed"]
     assert wf["concurrency"]["group"] == pr["concurrency"]["group"]
-    assert 'ragops ephemeral destroy --force "pr-${{ github.event.pull_request.number }}"' in _runs(
+    assert 'ragops ephemeral destroy --force --stack "pr-${{ github.event.pull_request.number }}"' in _runs(
         wf["jobs"]["destroy"]
     )
 
@@ -107,7 +123,7 @@ def test_main_updates_dev_after_tests() -> None:
     deploy = wf["jobs"]["deploy-dev"]
     assert deploy["needs"] == "test"
     assert deploy["environment"] == "dev"
-    assert "ragops up --stack dev" in _runs(deploy)
+    assert _runs(deploy).strip().endswith("ragops up --stack dev\n.venv/bin/ragops smoke --stack dev")
 
 
 def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
@@ -117,8 +133,16 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     assert staging["environment"] == "staging"
     assert prod["environment"] == "prod"
     assert prod["needs"] == "staging"
-    assert "ragops promote --from dev --to staging" in _runs(staging)
-    assert "ragops promote --from staging --to prod" in _runs(prod)
+    assert (
+        _runs(staging)
+        .strip()
+        .endswith("ragops promote --from dev --to staging\n.venv/bin/ragops smoke --stack staging")
+    )
+    assert (
+        _runs(prod)
+        .strip()
+        .endswith("ragops promote --from staging --to prod\n.venv/bin/ragops smoke --stack prod")
+    )
 
 
 def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
@@ -131,8 +155,28 @@ def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
     assert "ragops ephemeral reap" in _runs(wf["jobs"]["reap"])
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(EXPECTED - {"e2e.yml"}))  # e2e uses a throw-away local backend
 def test_backend_settings_come_from_secrets(name: str) -> None:
     env = _load(name)["env"]
     assert env["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert env["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
+
+
+def test_e2e_runs_the_make_target_users_run_on_kind() -> None:
+    job = _load("e2e.yml")["jobs"]["kind"]
+    assert "make e2e" in _runs(job)
+    uses = [step.get("uses", "") for step in job["steps"]]
+    assert any(u.startswith("helm/kind-action@") for u in uses)
+    assert any(u.startswith("pulumi/actions@") for u in uses)
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert re.search(r"^e2e: .*\n\tbash \.ci/e2e$", makefile, re.M)
+    script = (REPO_ROOT / ".ci" / "e2e").read_text()
+    # A local backend, the dev stack, and a teardown that runs whatever happens.
+    for needle in (
+        'PULUMI_BACKEND_URL="file://',
+        "pulumi up --stack dev",
+        "pulumi destroy --stack dev",
+        "trap cleanup EXIT",
+    ):
+        assert needle in script, needle
+    subprocess.run(["bash", "-n", str(REPO_ROOT / ".ci" / "e2e")], check=True, timeout=30)

@@ -32,7 +32,7 @@ def test_every_promotable_key_is_declared_in_pulumi_yaml() -> None:
 
 
 def test_the_ephemeral_template_runs_in_its_own_namespace_and_exports_its_record() -> None:
-    values = ephemeral.template_config(REPO_ROOT, "pr-123")
+    values = ephemeral.template_config(REPO_ROOT, "pr-123", domain="preview.example.com")
     record = {"name": "pr-123", "owner": "octocat", "expiresAt": "2026-03-02T12:00:00Z"}
     values[ephemeral.EPHEMERAL_KEY] = record
 
@@ -44,7 +44,7 @@ def test_the_ephemeral_template_runs_in_its_own_namespace_and_exports_its_record
     assert {
         r.inputs["metadata"]["namespace"] for r in namespaced if r.type.startswith("kubernetes:apps/")
     } == {"pr-123"}
-    assert "pr-123.rag.localtest.me" in run.outputs["serviceUrl"]
+    assert run.outputs["serviceUrl"] == "https://pr-123.preview.example.com"
 
 
 def test_a_promotion_deploys_the_digest_without_building_and_exports_the_record() -> None:

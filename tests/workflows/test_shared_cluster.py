@@ -83,7 +83,7 @@ def pr_configs() -> dict[str, dict[str, Any]]:
     )
     configs = {}
     for name in PR_STACKS:
-        ephemeral.up(ctx, name, "24h")
+        ephemeral.up(ctx, name, "24h", domain="preview.example.com")
         stack = backend.stacks[name]
         configs[name] = {key: stack.config_value(key) for key in stack.config}
     return configs
@@ -119,7 +119,7 @@ def test_pr_stacks_install_nothing_cluster_wide_and_issue_from_their_own_namespa
         certificate = run.by_name("gateway-certificate").inputs["spec"]
         assert certificate["issuerRef"]["kind"] == "Issuer"
         assert certificate["issuerRef"]["name"] == issuer["metadata"]["name"]
-        assert run.outputs["serviceUrl"] == f"https://{run.stack}.rag.localtest.me"
+        assert run.outputs["serviceUrl"] == f"https://{run.stack}.preview.example.com"
 
 
 def test_a_pr_stack_may_reuse_devs_cluster_issuer_by_name(

@@ -157,6 +157,7 @@ class ErrorResponse(BaseModel):
 _ERROR_DESCRIPTIONS = {
     400: "ambiguous request, e.g. more than one Authorization header",
     401: "missing or unknown API key",
+    403: "the route is disabled or the key may not use it",
     404: "unknown resource (in the caller's tenant)",
     409: "a concurrent write to the same document won; retrying is safe",
     413: "request body over the size limit",

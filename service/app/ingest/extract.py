@@ -2,7 +2,8 @@
 
 `extract_text(data, content_type)` is pure (no I/O besides parsing) so the HTTP route and the async job worker
 share it. Markdown is kept as text: its markup is light and carries meaning (headings, lists) the embedder
-handles well. HTML loses script/style/noscript/template elements and keeps headings, paragraphs, list items
+handles well. HTML is parsed by selectolax (lexbor, C; about 8x BeautifulSoup's html.parser, docs/benchmarks.md)
+and loses script/style/noscript/template elements and keeps headings, paragraphs, list items
 and table cells as paragraphs of their own. PDF text comes from pypdf page by page. Problems are domain errors:
 an unknown type is UnsupportedMediaType (415), unreadable or empty content is InvalidInput (422).
 """
@@ -13,9 +14,9 @@ import io
 import logging
 import re
 from pathlib import PurePath
+from typing import Any
 
-from bs4 import BeautifulSoup
-from bs4.element import NavigableString, Tag
+from selectolax.lexbor import LexborHTMLParser
 
 from service.app.core.errors import InvalidInput, UnsupportedMediaType
 
@@ -42,6 +43,8 @@ BLOCK_TAGS = {
     "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "br",
 }  # fmt: skip
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_SPACES = re.compile(r"\s+")
+_FLUSH = object()
 
 
 def normalize_content_type(content_type: str | None) -> str:
@@ -87,35 +90,45 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
 
 
 def html_to_text(html: str) -> str:
-    """Visible text of an HTML document; headings and other blocks become their own paragraphs."""
-    soup = BeautifulSoup(html, "html.parser")
-    for tag in soup.find_all(DROPPED_TAGS):
-        tag.decompose()
+    """Visible text of an HTML document; headings and other blocks become their own paragraphs.
+
+    Parsed by lexbor (selectolax, C, an HTML5-conformant parser) and walked with an explicit stack, so neither
+    size nor nesting depth costs Python recursion; docs/benchmarks.md has the speed against BeautifulSoup.
+    """
+    root = LexborHTMLParser(html).root
+    if root is None:
+        return ""
     blocks: list[str] = []
     current: list[str] = []
 
     def flush() -> None:
-        line = re.sub(r"\s+", " ", "".join(current)).strip()
+        line = _SPACES.sub(" ", "".join(current)).strip()
         if line:
             blocks.append(line)
         current.clear()
 
-    # Iterative (an explicit stack), not recursive: HTML nested thousands of levels deep must not hit Python's
-    # recursion limit (a RecursionError was a 500). A FLUSH marker ends a block after its children.
-    flush_marker = object()
-    stack: list[object] = list(reversed(list(soup.children)))
+    # A FLUSH marker ends a block after its children.
+    stack: list[Any] = [root]
     while stack:
         node = stack.pop()
-        if node is flush_marker:
+        if node is _FLUSH:
             flush()
-        elif isinstance(node, NavigableString):
-            if type(node) is NavigableString:  # skips comments, CDATA, doctype, processing instructions
-                current.append(str(node))
-        elif isinstance(node, Tag):
-            if node.name in BLOCK_TAGS:
-                flush()
-                stack.append(flush_marker)
-            stack.extend(reversed(list(node.children)))
+            continue
+        tag = node.tag
+        if tag == "-text":
+            current.append(node.text_content or "")
+            continue
+        if tag.startswith("-") or tag in DROPPED_TAGS:  # comments, doctype; invisible elements
+            continue
+        if tag in BLOCK_TAGS:
+            flush()
+            stack.append(_FLUSH)
+        children = []
+        child = node.child
+        while child is not None:
+            children.append(child)
+            child = child.next
+        stack.extend(reversed(children))
     flush()
     return "\n\n".join(blocks)
 

@@ -58,9 +58,10 @@ from service.app.core.errors import (
     UnsupportedMediaType,
 )
 from service.app.core.faults import fault_point
-from service.app.core.metrics import CHUNKS_INGESTED, DOCUMENTS_INGESTED, FAILURES
+from service.app.core.metrics import CHUNKS_INGESTED, DOCUMENTS_INGESTED, FAILURES, SHADOW_WRITE_FAILURES
 from service.app.ingest.chunking import Chunker
 from service.app.ingest.extract import SUPPORTED_TYPES, normalize_content_type, normalize_text
+from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration
 from service.app.ingest.models import (
     DocumentList,
     DocumentOut,
@@ -131,13 +132,32 @@ class IngestService:
         embedder: Embedder,
         chunker: Chunker,
         commit_deadline_seconds: float = 3600.0,
+        index: ActiveIndex | None = None,
     ) -> None:
         self.registry = registry
-        self.vectors = vectors
-        self.embedder = embedder
-        self.chunker = chunker
+        # The generation writes go to; a re-index swaps it (and adds a shadow generation every write also fills).
+        self.index = index or ActiveIndex(
+            IndexGeneration(
+                IndexConfig(embedder.model_name, chunker.budget, chunker.overlap),
+                vectors,
+                embedder,
+                chunker,
+            )
+        )
         self.commit_deadline_us = int(commit_deadline_seconds * 1_000_000)
         self._locks = _KeyedLocks()
+
+    @property
+    def vectors(self) -> VectorStore:
+        return self.index.current.vectors
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.index.current.embedder
+
+    @property
+    def chunker(self) -> Chunker:
+        return self.index.current.chunker
 
     def content_hash(self, text: str, metadata: dict[str, Any], content_type: str) -> str:
         """What decides whether a write changes anything (the model and chunking included)."""
@@ -225,21 +245,66 @@ class IngestService:
         current: DocumentRecord | None,
         version: int,
     ) -> int:
-        """Chunk, embed, upsert (invisible), commit in the registry, clean up; returns the chunk count."""
-        chunks = self.chunker.split(text)
+        """Chunk, embed, upsert (invisible), commit in the registry, clean up; returns the chunk count.
+
+        With a shadow generation (a re-index building, or the previous index on standby for a rollback) the
+        active version is also written there once committed, so the two never miss a write.
+        """
+        with self.index.writing() as state:
+            count = self._publish_in(
+                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version
+            )
+            if state.shadow is not None:
+                try:
+                    self.write_version(state.shadow, tenant_id, document_id, version, text, metadata, digest)
+                except (RagError, InvalidInput) as exc:
+                    # Found and replayed by the re-index's catch-up from the kept text; never fails the write.
+                    SHADOW_WRITE_FAILURES.inc()
+                    logger.warning("shadow copy of %s/%s failed: %s", tenant_id, document_id, exc)
+        return count
+
+    def write_version(
+        self,
+        generation: IndexGeneration,
+        tenant_id: str,
+        document_id: str,
+        version: int,
+        text: str,
+        metadata: dict[str, Any],
+        digest: str,
+    ) -> int:
+        """Write one (already active) version of a document into ``generation`` and drop its older versions there."""
+        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest)
+        generation.vectors.upsert(points)
+        try:
+            generation.vectors.delete_versions_below(tenant_id, document_id, version)
+        except ServiceUnavailable:
+            logger.warning("stale chunks of %s/%s left in %s", tenant_id, document_id, generation.collection)
+        return len(points)
+
+    def _points(
+        self,
+        generation: IndexGeneration,
+        tenant_id: str,
+        document_id: str,
+        version: int,
+        text: str,
+        metadata: dict[str, Any],
+        digest: str,
+    ) -> list[ChunkPoint]:
+        chunks = generation.chunker.split(text)
         if not chunks:
             raise InvalidInput("text has no content the model can read")
         texts = [chunk.text for chunk in chunks]
         try:
-            vectors = self.embedder.embed_documents(texts)
+            vectors = generation.embedder.embed_documents(texts)
         except RagError:
             raise
         except Exception as exc:
             FAILURES.labels(component="embedder").inc()
             logger.error("embedding failed", exc_info=exc)
             raise ServiceUnavailable("embedding failed; nothing was changed, retry later") from exc
-
-        points = [
+        return [
             ChunkPoint(
                 tenant_id=tenant_id,
                 document_id=document_id,
@@ -249,20 +314,35 @@ class IngestService:
                 vector=vector,
                 metadata=metadata,
                 content_hash=digest,
-                model=self.embedder.model_name,
+                model=generation.embedder.model_name,
             )
             for index, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
         ]
+
+    def _publish_in(
+        self,
+        generation: IndexGeneration,
+        tenant_id: str,
+        document_id: str,
+        text: str,
+        metadata: dict[str, Any],
+        kind: str,
+        digest: str,
+        current: DocumentRecord | None,
+        version: int,
+    ) -> int:
+        store = generation.vectors
+        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest)
         fault_point("before_upsert")
         try:
-            self.vectors.upsert(points)
+            store.upsert(points)
         except ServiceUnavailable:
-            self._discard(tenant_id, document_id, version)
+            self._discard(store, tenant_id, document_id, version)
             raise
 
         if time.time_ns() // 1000 - version > self.commit_deadline_us:
             # The orphan collector may already treat this version as garbage (service.app.store.gc).
-            self._discard(tenant_id, document_id, version)
+            self._discard(store, tenant_id, document_id, version)
             raise ServiceUnavailable(
                 "the write took longer than GC_GRACE_SECONDS; nothing was changed, retry"
             )
@@ -280,20 +360,20 @@ class IngestService:
                 text=text,
             )
         except (Conflict, ServiceUnavailable):
-            self._discard(tenant_id, document_id, version)
+            self._discard(store, tenant_id, document_id, version)
             raise
 
         fault_point("before_cleanup")
         try:
-            self.vectors.delete_versions_below(tenant_id, document_id, version)
+            store.delete_versions_below(tenant_id, document_id, version)
         except ServiceUnavailable:
             logger.warning("stale chunks of %s/%s left behind (invisible)", tenant_id, document_id)
         return len(points)
 
-    def _discard(self, tenant_id: str, document_id: str, version: int) -> None:
+    def _discard(self, store: VectorStore, tenant_id: str, document_id: str, version: int) -> None:
         # Best effort: these points were never active; if this fails too the next write removes them.
         try:
-            self.vectors.delete_version(tenant_id, document_id, version)
+            store.delete_version(tenant_id, document_id, version)
         except ServiceUnavailable:
             logger.warning(
                 "could not discard unpublished version %s of %s/%s", version, tenant_id, document_id
@@ -320,11 +400,15 @@ class IngestService:
             if record is None:
                 raise NotFound(f"document {document_id!r} not found", document_id=document_id)
             fault_point("after_registry_delete")
-            try:
-                # Up to the deleted version only: a concurrent writer's newer points are its own business.
-                await to_thread.run_sync(
-                    self.vectors.delete_versions_below, tenant_id, document_id, record.version + 1
-                )
-            except ServiceUnavailable:
-                logger.warning("chunks of deleted %s/%s left behind (invisible)", tenant_id, document_id)
+            state = self.index.state
+            for generation in (state.current, state.shadow):
+                if generation is None:
+                    continue
+                try:
+                    # Up to the deleted version only: a concurrent writer's newer points are its own business.
+                    await to_thread.run_sync(
+                        generation.vectors.delete_versions_below, tenant_id, document_id, record.version + 1
+                    )
+                except ServiceUnavailable:
+                    logger.warning("chunks of deleted %s/%s left behind (invisible)", tenant_id, document_id)
         return to_document_out(record)

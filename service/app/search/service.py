@@ -19,6 +19,7 @@ from anyio import to_thread
 
 from service.app.core.errors import RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES, INVISIBLE_HITS, SEARCH_SECONDS
+from service.app.ingest.index import ActiveIndex
 from service.app.search.models import SearchRequest, SearchResponse, SearchResult
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
@@ -36,10 +37,26 @@ MAX_PAGE = 2048
 class SearchService:
     """Semantic search over one tenant's active documents."""
 
-    def __init__(self, *, registry: DocumentRegistry, vectors: VectorStore, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        *,
+        registry: DocumentRegistry,
+        vectors: VectorStore,
+        embedder: Embedder,
+        index: ActiveIndex | None = None,
+    ) -> None:
         self.registry = registry
-        self.vectors = vectors
-        self.embedder = embedder
+        self._fixed = (vectors, embedder)
+        # Shared with the ingest service: a re-index switches both at once.
+        self.index = index
+
+    @property
+    def vectors(self) -> VectorStore:
+        return self.index.current.vectors if self.index is not None else self._fixed[0]
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.index.current.embedder if self.index is not None else self._fixed[1]
 
     async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
         """The ``top_k`` best chunks matching the request, best first."""
@@ -71,8 +88,10 @@ class SearchService:
         conditions: Sequence[MetadataCondition],
         score_threshold: float | None,
     ) -> list[VectorHit]:
+        generation = self.index.current if self.index is not None else None
+        store, embedder = (generation.vectors, generation.embedder) if generation else self._fixed
         try:
-            vector = self.embedder.embed_query(query)
+            vector = embedder.embed_query(query)
         except RagError:
             raise
         except Exception as exc:
@@ -80,12 +99,13 @@ class SearchService:
             logger.error("query embedding failed", exc_info=exc)
             raise ServiceUnavailable("query embedding failed; retry later") from exc
         started = time.perf_counter()
-        hits = self._visible_hits(tenant_id, vector, top_k, conditions, score_threshold)
+        hits = self._visible_hits(store, tenant_id, vector, top_k, conditions, score_threshold)
         SEARCH_SECONDS.observe(time.perf_counter() - started)
         return hits
 
     def _visible_hits(
         self,
+        store: VectorStore,
         tenant_id: str,
         vector: Sequence[float],
         top_k: int,
@@ -99,7 +119,7 @@ class SearchService:
         active: dict[str, int | None] = {}
         with self.registry.snapshot() as snapshot:
             while True:
-                hits = self.vectors.search(
+                hits = store.search(
                     tenant_id,
                     vector,
                     limit=limit,

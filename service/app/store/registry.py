@@ -11,6 +11,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   extracted plain text that was chunked): written in the same transaction that activates the version and
   removed with the document, so the text of every active version is kept and a re-index can re-chunk and
   re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0003 have none.
+- ``index_pointer(name)``: the collection search serves from and its index config (model, chunking), plus
+  the previous one for a rollback; a re-index switches it in one compare-and-set update (the embedded
+  engine's equivalent of a Qdrant alias change, which server mode makes alongside).
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -73,6 +76,17 @@ document_sources = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
 )
 
+index_pointer = sa.Table(
+    "index_pointer",
+    metadata_obj,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("collection", sa.String(255), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("previous_collection", sa.String(255), nullable=True),
+    sa.Column("previous_config", sa.JSON, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 tenants = sa.Table(
     "tenants",
     metadata_obj,
@@ -123,6 +137,16 @@ class DocumentSource:
 
     record: DocumentRecord
     text: str
+
+
+@dataclass(frozen=True)
+class IndexPointer:
+    """Where search is served from, and where a rollback would go."""
+
+    collection: str
+    config: dict[str, Any]
+    previous_collection: str | None
+    previous_config: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -512,6 +536,70 @@ class DocumentRegistry:
         kept = [DocumentSource(_record(row), row.text) for row in rows if row.text is not None]
         missing = [_record(row) for row in rows if row.text is None]
         return kept, missing
+
+    @_guarded
+    def count_documents(self) -> int:
+        """Active documents of every tenant (a re-index's total)."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(sa.select(sa.func.count()).select_from(documents)).scalar() or 0)
+
+    @_guarded
+    def index_pointer(self, name: str = "default") -> IndexPointer | None:
+        """The persisted index pointer, or None before the first start-up that wrote it."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(index_pointer).where(index_pointer.c.name == name)).first()
+        if row is None:
+            return None
+        return IndexPointer(row.collection, dict(row.config), row.previous_collection, row.previous_config)
+
+    @_guarded
+    def switch_index(
+        self,
+        collection: str,
+        config: dict[str, Any],
+        *,
+        expected: str | None,
+        name: str = "default",
+        keep_previous: bool = True,
+    ) -> IndexPointer:
+        """Point search at ``collection`` if the pointer is still at ``expected`` (None: no pointer yet).
+
+        One compare-and-set statement: of two concurrent switches one gets Conflict. The collection that was
+        active becomes ``previous`` (the rollback target) unless ``keep_previous`` is False.
+        """
+        now = datetime.now(UTC)
+        try:
+            with self.engine.begin() as connection:
+                if expected is None:
+                    connection.execute(
+                        index_pointer.insert().values(
+                            name=name, collection=collection, config=config, updated_at=now
+                        )
+                    )
+                else:
+                    current = connection.execute(
+                        sa.select(index_pointer).where(index_pointer.c.name == name)
+                    ).first()
+                    result = connection.execute(
+                        index_pointer.update()
+                        .where(index_pointer.c.name == name, index_pointer.c.collection == expected)
+                        .values(
+                            collection=collection,
+                            config=config,
+                            previous_collection=expected if keep_previous else None,
+                            previous_config=(current.config if current is not None else None)
+                            if keep_previous
+                            else None,
+                            updated_at=now,
+                        )
+                    )
+                    if result.rowcount != 1:
+                        raise Conflict("the index pointer was switched by someone else; reload and retry")
+        except IntegrityError as exc:
+            raise Conflict("the index pointer was created by someone else; reload and retry") from exc
+        pointer = self.index_pointer(name)
+        assert pointer is not None
+        return pointer
 
     @_guarded
     def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:

@@ -7,6 +7,7 @@ import pulumi_kubernetes as k8s
 import pytest
 
 from infra.components import rag_service as rs
+from infra.components import specs
 from infra.components.specs import ComponentArgsError, EgressTarget, Resources
 
 from .conftest import Program, assert_all_parented, is_secret, resolve, run_components, validate_manifests
@@ -73,7 +74,6 @@ def test_api_container_probes_security_and_writable_dirs() -> None:
 def test_worker_container_runs_the_worker_module() -> None:
     container = rs.worker_container(IMAGE, Resources(), 10001, "cfg", "sec")
     assert container["command"] == ["python", "-m", "service.worker"]
-    assert "ports" not in container
 
 
 def test_deployment_spec_leaves_replicas_to_the_hpa() -> None:
@@ -152,10 +152,24 @@ def test_acme_solver_pods_stay_reachable_under_default_deny() -> None:
     assert spec["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8089}]}]
 
 
-def test_worker_network_policy_denies_all_ingress() -> None:
+def test_worker_network_policy_admits_only_prometheus_to_the_metrics_port() -> None:
     spec = rs.worker_network_policy({"app": "w"}, rs.NetworkAccess())
-    assert spec["ingress"] == []
+    assert spec["ingress"] == [
+        specs.ingress_rule([rs.WORKER_METRICS_PORT], [specs.namespace_peer("monitoring")])
+    ]
     assert "Ingress" in spec["policyTypes"]
+    closed = rs.worker_network_policy({"app": "w"}, rs.NetworkAccess(monitoring_namespace=None))
+    assert closed["ingress"] == []
+
+
+def test_worker_exposes_its_metrics_port_by_the_agreed_name() -> None:
+    container = rs.worker_container("img@sha256:" + "a" * 64, Resources(), 10001, "cfg", "sec")
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert {"name": "WORKER_METRICS_PORT", "value": "9100"} in container["env"]
+    # Probes that fail when the worker stops consuming (the worker's /healthz, /readyz on the same port).
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -206,6 +220,7 @@ def test_production_service_resources_and_names() -> None:
         "rag-api-netpol",
         "rag-worker-netpol",
         "rag-servicemonitor",
+        "rag-worker-podmonitor",
     }
     for res in program.resources:
         if res is not component:
@@ -263,6 +278,17 @@ def test_service_monitor_waits_for_monitoring_crds() -> None:
     assert monitor.type == "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
     assert program.urn_of("crds") in monitor.depends_on
     assert monitor.inputs["spec"]["endpoints"][0]["path"] == "/metrics"
+    worker = program.named("rag-worker-podmonitor")
+    assert worker.type == "kubernetes:monitoring.coreos.com/v1:PodMonitor"
+    assert program.urn_of("crds") in worker.depends_on
+    assert worker.inputs["spec"]["podMetricsEndpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    ]
+    selected = worker.inputs["spec"]["selector"]["matchLabels"]
+    pod_labels = program.named("rag-worker").inputs["spec"]["template"]["metadata"]["labels"]
+    assert selected.items() <= pod_labels.items()
+    api_labels = program.named("rag-api").inputs["spec"]["template"]["metadata"]["labels"]
+    assert not selected.items() <= api_labels.items()
 
 
 def test_dev_service_is_minimal() -> None:

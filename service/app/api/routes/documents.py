@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Annotated, Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -67,6 +67,10 @@ DocumentIdPath = Annotated[
         openapi_examples={"leave-policy": {"value": "leave-policy"}},
     ),
 ]
+
+# Extractions (HTML parsing, PDF text) run in threads; at most this many at once per process, so a burst of large
+# uploads queues for CPU instead of multiplying peak memory (each holds its document's text and parse tree).
+EXTRACTIONS = CapacityLimiter(2)
 
 # Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -204,7 +208,9 @@ def parse_document(body: bytes) -> DocumentIn:
         ) from exc
 
 
-def _limited_receive(receive: Receive, limit: int) -> Receive:
+def _limited_receive(receive: Receive, limit: int, document_limit: int) -> Receive:
+    """``receive`` refusing a body over ``limit`` bytes; the 413 names ``document_limit`` (MAX_DOCUMENT_BYTES),
+    the setting the client can act on, not the envelope allowance added to it."""
     seen = 0
 
     async def limited() -> Message:
@@ -213,7 +219,7 @@ def _limited_receive(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _too_large(limit)
+                raise _too_large(document_limit)
         return message
 
     return limited
@@ -228,7 +234,7 @@ async def _json_text(document: DocumentIn) -> str:
             supported=list(JSON_CONTENT_TYPES),
         )
     if normalize_content_type(document.content_type) == "text/html":
-        return await to_thread.run_sync(html_to_text, document.text)
+        return await to_thread.run_sync(html_to_text, document.text, limiter=EXTRACTIONS)
     return document.text
 
 
@@ -300,7 +306,7 @@ async def upload_document(
             "(or PUT /v1/documents/{document_id} with JSON)"
         )
     _check_content_length(request, limit + MULTIPART_OVERHEAD)
-    limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD))
+    limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD, limit))
     try:
         form = await limited.form(max_files=1, max_fields=8)
     except StarletteHTTPException as exc:
@@ -455,7 +461,7 @@ async def _extract(data: bytes, declared: str, content_type: str) -> str:
     # The detected type, with the charset parameter the part declared (text/plain; charset=latin-1), if any.
     charset = charset_of(declared)
     full_type = f"{content_type}; charset={charset}" if charset else content_type
-    return await to_thread.run_sync(extract_text, data, full_type)
+    return await to_thread.run_sync(extract_text, data, full_type, limiter=EXTRACTIONS)
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))

@@ -1,0 +1,107 @@
+"""What went wrong with the Pulumi CLI, for a human: its stderr alone and a one-line hint for the common causes.
+
+The Automation API's ``CommandError`` message is the whole ``CommandResult`` (exit code, every stdout line of an
+update, stderr). Operators need the stderr, and for the handful of set-up mistakes everyone makes once (not logged
+in, no backend, no passphrase, a stack that was never created, a lock left by a killed run) the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pulumi.automation.errors import CommandError
+from semver import VersionInfo
+
+#: The oldest Pulumi CLI ragops supports: the first with `config set-all --json` (pulumi/pulumi#19427, May 2025). CI
+#: installs the version pinned in .github/workflows (3.272.0).
+MIN_PULUMI_VERSION = VersionInfo(3, 170, 0)
+
+# (pattern in stderr, hint); the first match wins. Texts are the real CLI's (pkg/cmd/pulumi, pkg/secrets/passphrase).
+HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"PULUMI_ACCESS_TOKEN must be set|could not determine current cloud|not logged in", re.I),
+        "not logged in to a backend: run `pulumi login <backend URL>` (e.g. s3://bucket, gs://bucket, "
+        "file://path) or set PULUMI_BACKEND_URL",
+    ),
+    (
+        re.compile(r"passphrase must be set|PULUMI_CONFIG_PASSPHRASE", re.I),
+        "the stack's secrets need its passphrase: set PULUMI_CONFIG_PASSPHRASE or PULUMI_CONFIG_PASSPHRASE_FILE",
+    ),
+    (
+        re.compile(r"incorrect passphrase|failed to decrypt", re.I),
+        "wrong passphrase: PULUMI_CONFIG_PASSPHRASE must be the one the stack was created with",
+    ),
+    (
+        re.compile(r"no stack named '([^']+)' found", re.I),
+        "the stack does not exist in this backend: create it with `pulumi stack init {0}` "
+        "(ephemeral PR stacks: `ragops ephemeral up --name {0}`)",
+    ),
+    (
+        re.compile(
+            r"NoSuchBucket|bucket does not exist|failed to open bucket|no such host|connection refused", re.I
+        ),
+        "the state backend is unreachable or missing: check PULUMI_BACKEND_URL, that the bucket/path exists "
+        "and your cloud credentials",
+    ),
+    (
+        re.compile(r"currently locked by|Another update is currently in progress", re.I),
+        "another update holds the stack: wait for it, or run `pulumi cancel` if that run died",
+    ),
+    (
+        re.compile(r"mandatory policy violation", re.I),
+        "the policy pack refused the change: see the violations above; `make plan STACK=<stack>` reproduces "
+        "them offline",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PulumiFailure:
+    """A failed Pulumi command as the operator sees it."""
+
+    stderr: str
+    hint: str | None
+
+    @property
+    def headline(self) -> str:
+        """The first `error:` line of stderr (or its first line): what goes on the red line."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        for line in lines:
+            if line.lower().startswith("error:"):
+                return line
+        return lines[0] if lines else "the Pulumi CLI failed without saying why"
+
+
+def stderr_of(exc: CommandError) -> str:
+    """The stderr part of a CommandError (its message is the whole CommandResult)."""
+    text = str(exc)
+    marker = "\n stderr: "
+    if marker in text:
+        return text.split(marker, 1)[1].strip()
+    return text.strip()
+
+
+def hint_for(stderr: str) -> str | None:
+    """A one-line fix for a common cause, or None."""
+    for pattern, hint in HINTS:
+        match = pattern.search(stderr)
+        if match:
+            return hint.format(*match.groups())
+    return None
+
+
+def describe(exc: CommandError) -> PulumiFailure:
+    """The stderr and hint of a failed command."""
+    stderr = stderr_of(exc)
+    return PulumiFailure(stderr=stderr, hint=hint_for(stderr))
+
+
+def check_cli_version(version: VersionInfo | None) -> str | None:
+    """A sentence when the Pulumi CLI is older than ragops supports (None when fine or unknown)."""
+    if version is not None and version.compare(MIN_PULUMI_VERSION) < 0:
+        return (
+            f"the Pulumi CLI is {version}, ragops needs {MIN_PULUMI_VERSION} or newer: "
+            "upgrade it (https://www.pulumi.com/docs/install/)"
+        )
+    return None

@@ -1,0 +1,231 @@
+"""``ragops status`` and ``ragops smoke``: what a deployed stack is, and whether it answers through its public URL.
+
+Both read the stack's outputs from the backend (``pulumi stack output --json --show-secrets``): ``serviceUrl``,
+``imageDigest``, ``promotion``, ``ephemeral``, the secret ``apiKeys`` and ``tlsIssuer``. A stack whose certificate
+comes from the self-signed issuer (dev, PR stacks) cannot be verified against public CAs: its HTTPS is used without
+verification, and the output says so. Every other issuer is verified.
+
+``smoke`` is the check the workflows run after every ``up``: ``/readyz`` through the public URL (retried while the
+rollout and the certificate settle, up to ``wait`` seconds), then one document ingested with the stack's API key, a
+search that must return it, and the document deleted again, so repeated smoke runs leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from infra.workflows.ephemeral import is_loopback_name
+from infra.workflows.stacks import Context, WorkflowError, _as_object
+
+READYZ_TIMEOUT_SECONDS = 5.0
+SMOKE_QUERY = "ragops smoke check: the zebra crossing at the lighthouse"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """The outputs a user needs after ``up``."""
+
+    stack: str
+    url: str | None
+    image: str | None
+    promotion: dict[str, Any] | None
+    ephemeral: dict[str, Any] | None
+    tls_issuer: str | None
+    api_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    grafana: dict[str, Any] | None = None
+
+    @property
+    def verify_tls(self) -> bool:
+        """Whether the URL's certificate can be checked against the public CAs."""
+        return self.tls_issuer != "selfSigned"
+
+    @property
+    def unverified_https(self) -> bool:
+        """An https URL whose certificate is not verified (the self-signed issuer)."""
+        return bool(self.url and self.url.startswith("https://") and not self.verify_tls)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The live answer of ``GET {url}/readyz``: an HTTP status and the body's checks, or why there was none."""
+
+    reachable: bool
+    status_code: int | None = None
+    checks: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status_code == 200
+
+    def describe(self) -> str:
+        if not self.reachable:
+            return f"unreachable ({self.error})"
+        checks = ", ".join(f"{k} {v}" for k, v in sorted(self.checks.items()))
+        state = "ready" if self.ready else "NOT ready"
+        return f"{state} (HTTP {self.status_code}{'; ' + checks if checks else ''})"
+
+
+def read_info(ctx: Context, stack: str) -> StackInfo:
+    """The stack's outputs (StackNotFoundError when the stack does not exist)."""
+    outputs = {k: v.value for k, v in ctx.workspace().stack_outputs(stack).items()}
+    raw_keys = outputs.get("apiKeys")
+    keys: dict[str, str] = {}
+    if isinstance(raw_keys, str) and raw_keys:
+        try:
+            parsed = json.loads(raw_keys)
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            keys = {str(k): str(v) for k, v in parsed.items()}
+    grafana = outputs.get("grafana")
+    return StackInfo(
+        stack=stack,
+        url=outputs.get("serviceUrl") or None,
+        image=outputs.get("imageDigest") or None,
+        promotion=_as_object(outputs.get("promotion")),
+        ephemeral=_as_object(outputs.get("ephemeral")),
+        tls_issuer=outputs.get("tlsIssuer") or None,
+        api_keys=keys,
+        grafana=grafana if isinstance(grafana, dict) else _as_object(grafana),
+    )
+
+
+def client_for(info: StackInfo, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """An HTTP client for the stack's URL (no certificate verification for a self-signed issuer)."""
+    if not info.url:
+        raise WorkflowError(
+            f"Stack {info.stack!r} has no serviceUrl output: has it been deployed (`ragops up`)?"
+        )
+    return httpx.Client(
+        base_url=info.url.rstrip("/"),
+        verify=info.verify_tls,
+        timeout=httpx.Timeout(30.0, connect=READYZ_TIMEOUT_SECONDS),
+        transport=transport,
+    )
+
+
+def loopback_note(url: str) -> str:
+    """A note when the URL's host is a name that resolves to the local machine (reachable only there)."""
+    host = (httpx.URL(url).host or "").lower()
+    if host in ("127.0.0.1", "::1") or is_loopback_name(host):
+        return (
+            f" ({host} resolves to the machine running ragops: set rag:gateway.hostname to a DNS name that points "
+            "at the cluster's gateway)"
+        )
+    return ""
+
+
+def check_ready(client: httpx.Client) -> Readiness:
+    """One ``GET /readyz``."""
+    try:
+        response = client.get("/readyz", timeout=READYZ_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        return Readiness(reachable=False, error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+    checks: dict[str, str] = {}
+    try:
+        body = response.json()
+        if isinstance(body, dict):
+            raw = body.get("checks") or body.get("error", {}).get("details", {}).get("checks") or {}
+            if isinstance(raw, dict):
+                checks = {str(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError):
+        pass
+    return Readiness(reachable=True, status_code=response.status_code, checks=checks)
+
+
+@dataclass
+class SmokeReport:
+    """What the smoke check did, step by step."""
+
+    url: str
+    steps: list[str] = field(default_factory=list)
+
+
+class SmokeFailure(WorkflowError):
+    """The deployed stack does not serve: the message names the step and the server's answer."""
+
+
+def _expect(response: httpx.Response, codes: tuple[int, ...], step: str) -> dict[str, Any]:
+    if response.status_code not in codes:
+        raise SmokeFailure(
+            f"{step}: expected HTTP {'/'.join(map(str, codes))}, got {response.status_code}: {response.text[:300]}"
+        )
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    return body if isinstance(body, dict) else {"items": body}
+
+
+def smoke(
+    info: StackInfo,
+    *,
+    wait_seconds: float = 300.0,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> SmokeReport:
+    """/readyz (retried until `wait_seconds`), one ingest, a search that finds it, and its deletion."""
+    if not info.api_keys:
+        raise SmokeFailure(
+            f"Stack {info.stack!r} exports no apiKeys output: the smoke check needs an API key."
+        )
+    key = next(iter(info.api_keys))
+    report = SmokeReport(url=str(info.url))
+    with client_for(info, transport) as client:
+        deadline = clock() + wait_seconds
+        while True:
+            readiness = check_ready(client)
+            if readiness.ready:
+                break
+            if clock() >= deadline:
+                raise SmokeFailure(
+                    f"GET {info.url}/readyz: {readiness.describe()} after waiting {wait_seconds:.0f}s"
+                    + loopback_note(str(info.url))
+                )
+            sleep(min(5.0, max(0.0, deadline - clock())))
+        report.steps.append(f"GET /readyz: {readiness.describe()}")
+
+        auth = {"Authorization": f"Bearer {key}"}
+        document_id = f"ragops-smoke-{uuid.uuid4().hex[:12]}"
+        body = _expect(
+            client.put(
+                f"/v1/documents/{document_id}",
+                json={"text": SMOKE_QUERY, "metadata": {"source": "ragops-smoke"}},
+                headers=auth,
+            ),
+            (200, 201),
+            f"PUT /v1/documents/{document_id}",
+        )
+        report.steps.append(
+            f"PUT /v1/documents/{document_id}: {body.get('status')} ({body.get('chunks')} chunks)"
+        )
+        try:
+            found = _expect(
+                client.post(
+                    "/v1/search",
+                    json={"query": SMOKE_QUERY, "top_k": 5, "filter": {"source": "ragops-smoke"}},
+                    headers=auth,
+                ),
+                (200,),
+                "POST /v1/search",
+            )
+            hits = [r.get("document_id") for r in found.get("results", [])]
+            if document_id not in hits:
+                raise SmokeFailure(
+                    f"POST /v1/search did not return the document just ingested ({document_id}): {hits}"
+                )
+            report.steps.append(f"POST /v1/search: found {document_id} among {len(hits)} result(s)")
+        finally:
+            deleted = client.delete(f"/v1/documents/{document_id}", headers=auth)
+        _expect(deleted, (200, 204), f"DELETE /v1/documents/{document_id}")
+        report.steps.append(f"DELETE /v1/documents/{document_id}: HTTP {deleted.status_code}")
+    return report

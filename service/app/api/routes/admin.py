@@ -1,0 +1,101 @@
+"""Admin routes (cross-tenant): the blue/green re-index. Logic lives in service.app.jobs.reindex.
+
+They take the ADMIN_API_KEY as bearer token (never a tenant's key); without ADMIN_API_KEY they refuse (403),
+unless AUTH_DISABLED=true (local runs).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from service.app.api.deps import ServicesDep
+from service.app.core.errors import Forbidden, error_responses
+from service.app.core.security import InvalidApiKey, MissingApiKey, bearer_token
+from service.app.ingest.index import IndexConfig
+
+
+async def require_admin(request: Request) -> None:
+    """401 without a bearer token, 403 when no ADMIN_API_KEY is configured, 401 for a wrong key."""
+    settings = request.app.state.services.settings
+    if settings.auth_disabled:
+        return
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None:
+        raise MissingApiKey("missing admin key: send `Authorization: Bearer <ADMIN_API_KEY>`")
+    if settings.admin_api_key is None:
+        raise Forbidden("admin routes are disabled: set ADMIN_API_KEY")
+    if not hmac.compare_digest(token.encode(), settings.admin_api_key.get_secret_value().encode()):
+        raise InvalidApiKey("invalid admin key")
+
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+
+
+class ReindexRequest(BaseModel):
+    """Body of POST /v1/admin/reindex: what to change; omitted fields keep the current index's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = Field(None, min_length=1, max_length=256, description="fastembed model name")
+    chunk_size: StrictInt | None = Field(None, ge=16, le=8192, description="tokens per chunk")
+    chunk_overlap: StrictInt | None = Field(None, ge=0, le=8192, description="tokens shared by neighbours")
+    allow_missing: StrictBool = Field(
+        False, description="switch even if some documents have no kept text (they drop out of search)"
+    )
+
+
+class ReindexStatusOut(BaseModel):
+    """State and progress of the re-index, the index search serves from, and the rollback target."""
+
+    state: str
+    current: dict[str, Any]
+    standby: dict[str, Any] | None
+    target: dict[str, Any] | None
+    documents_total: int
+    documents_done: int
+    documents_replayed: int
+    documents_without_text: int
+    without_text: list[str]
+    error: str | None
+    started_at: Any
+    finished_at: Any
+
+
+@router.get("/reindex", response_model=ReindexStatusOut)
+async def reindex_status(services: ServicesDep) -> ReindexStatusOut:
+    """The re-index's state and progress."""
+    return ReindexStatusOut(**services.reindexer.status().as_dict())
+
+
+@router.post(
+    "/reindex",
+    status_code=202,
+    response_model=ReindexStatusOut,
+    responses=error_responses(401, 403, 409, 422),
+)
+async def start_reindex(body: ReindexRequest, services: ServicesDep) -> ReindexStatusOut:
+    """Build the index for a new model/chunking in the background; search switches when it is complete."""
+    current = services.reindexer.index.current.config
+    config = IndexConfig(
+        body.model or current.model,
+        body.chunk_size if body.chunk_size is not None else current.chunk_size,
+        body.chunk_overlap if body.chunk_overlap is not None else current.chunk_overlap,
+    )
+    status = await to_thread.run_sync(
+        lambda: services.reindexer.start(config, allow_missing=body.allow_missing)
+    )
+    return ReindexStatusOut(**status.as_dict())
+
+
+@router.post(
+    "/reindex/rollback", response_model=ReindexStatusOut, responses=error_responses(401, 403, 409, 422)
+)
+async def rollback_reindex(services: ServicesDep) -> ReindexStatusOut:
+    """Serve from the previous index again (it kept receiving every write)."""
+    status = await to_thread.run_sync(services.reindexer.rollback)
+    return ReindexStatusOut(**status.as_dict())

@@ -1,0 +1,407 @@
+"""Every alert the program declares, evaluated by a real rule evaluator (`promtool test rules`).
+
+The rules are not copied: each test runs the real program on a committed stack file under mocks, takes the
+`PrometheusRule` it declares, writes its groups to a rules file and hands promtool series that should and should
+not make the alert fire. staging has the in-cluster data stores (CloudNativePG, Valkey) and backups; prod the
+managed ones (RDS, ElastiCache), whose alerts rely on the service's own series. promtool ships with Debian's
+`prometheus` package (`.ci/ensure-servers` installs it); a missing promtool is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.config import ConfigError, parse_config
+from infra.offline import StackRun
+from infra.stack import SERVICE_NAME
+from tests.infra.conftest import run
+
+REPO = Path(__file__).resolve().parents[2]
+RUNBOOKS = REPO / "docs" / "runbooks.md"
+NS = "rag"  # the committed stacks' namespace
+DAY = 86400
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        raise RuntimeError("promtool not found: run `make servers` (apt-get install prometheus)")
+    return found
+
+
+def declared_groups(result: StackRun) -> list[dict[str, Any]]:
+    """The groups of the PrometheusRule the program declares."""
+    rules = [r for r in result.resources if r.type == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"]
+    assert len(rules) == 1
+    return rules[0].inputs["spec"]["groups"]
+
+
+def declared_alerts(result: StackRun) -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in declared_groups(result) for rule in group["rules"]}
+
+
+@dataclass(frozen=True)
+class Case:
+    """Input series for one alert and the label sets expected to fire at `at` (none: must not fire)."""
+
+    stack: str
+    alert: str
+    name: str
+    series: dict[str, str]
+    at: str
+    fires: list[dict[str, str]] = field(default_factory=list)
+    interval: str = "1m"
+
+
+def svc(metric: str, **labels: str) -> str:
+    body = ", ".join(f'{k}="{v}"' for k, v in {"namespace": NS, "job": SERVICE_NAME, **labels}.items())
+    return f"{metric}{{{body}}}"
+
+
+def in_ns(metric: str, **labels: str) -> str:
+    body = ", ".join(f'{k}="{v}"' for k, v in {"namespace": NS, **labels}.items())
+    return f"{metric}{{{body}}}"
+
+
+REQ = "rag_http_requests_total"
+LAT = "rag_http_request_duration_seconds_bucket"
+WHOLE = [{}]  # one alert without labels of its own (an aggregate)
+BY_NS = [{"namespace": NS}]
+
+CASES = [
+    # --- the API
+    Case("staging", "RagHighErrorRate", "half the requests fail",
+         {svc(REQ, status="500", route="/v1/search"): "0+10x20", svc(REQ, status="200", route="/v1/search"): "0+10x20"},
+         "15m", WHOLE),
+    Case("staging", "RagHighErrorRate", "no 5xx", {svc(REQ, status="200", route="/v1/search"): "0+10x20"}, "15m"),
+    Case("staging", "RagHighLatencyP95", "most requests take 0.5-2 s",
+         {svc(LAT, le="0.5"): "0+1x30", svc(LAT, le="2"): "0+10x30", svc(LAT, le="+Inf"): "0+10x30"}, "25m", WHOLE),
+    Case("staging", "RagHighLatencyP95", "every request under 0.5 s",
+         {svc(LAT, le="0.5"): "0+10x30", svc(LAT, le="2"): "0+10x30", svc(LAT, le="+Inf"): "0+10x30"}, "25m"),
+    Case("staging", "RagLlmErrorRate", "a third of the LLM calls fail",
+         {svc("rag_llm_requests_total", outcome="error"): "0+5x30", svc("rag_llm_requests_total", outcome="ok"): "0+10x30"},
+         "25m", WHOLE),
+    Case("staging", "RagLlmErrorRate", "clients cancel streams, nothing fails",
+         {svc("rag_llm_requests_total", outcome="cancelled"): "0+10x30", svc("rag_llm_requests_total", outcome="ok"): "0+10x30",
+          svc("rag_llm_requests_total", outcome="error"): "0x30"}, "25m"),
+    Case("staging", "RagLlmLatencyP95", "most LLM calls take 30-60 s",
+         {svc("rag_llm_request_duration_seconds_bucket", outcome="ok", le="30"): "0+1x40",
+          svc("rag_llm_request_duration_seconds_bucket", outcome="ok", le="60"): "0+10x40",
+          svc("rag_llm_request_duration_seconds_bucket", outcome="ok", le="+Inf"): "0+10x40"}, "35m", WHOLE),
+    Case("staging", "RagLlmLatencyP95", "slow only when failing (errors are not latency)",
+         {svc("rag_llm_request_duration_seconds_bucket", outcome="ok", le="5"): "0+10x40",
+          svc("rag_llm_request_duration_seconds_bucket", outcome="ok", le="+Inf"): "0+10x40",
+          svc("rag_llm_request_duration_seconds_bucket", outcome="error", le="+Inf"): "0+10x40"}, "35m"),
+    Case("staging", "RagApiDown", "every API target down", {svc("up", pod="rag-1"): "0x20"}, "10m", WHOLE),
+    Case("staging", "RagApiDown", "not scraped at all", {in_ns("up", job="other"): "1x20"}, "10m",
+         [{"namespace": NS, "job": SERVICE_NAME}]),
+    Case("staging", "RagApiDown", "one API target up",
+         {svc("up", pod="rag-1"): "0x20", svc("up", pod="rag-2"): "1x20"}, "10m"),
+    Case("staging", "RagEmbeddingFailures", "one failure a minute",
+         {svc("rag_embedding_failures_total"): "0+1x20"}, "15m", WHOLE),
+    Case("staging", "RagEmbeddingFailures", "no new failures", {svc("rag_embedding_failures_total"): "3x20"}, "15m"),
+    Case("staging", "RagPodRestarting", "a container restarts every minute",
+         {in_ns("kube_pod_container_status_restarts_total", pod="rag-1", container="api"): "0+1x40"}, "35m",
+         [{"namespace": NS, "pod": "rag-1", "container": "api"}]),
+    Case("staging", "RagPodRestarting", "restarted long ago",
+         {in_ns("kube_pod_container_status_restarts_total", pod="rag-1", container="api"): "5x40"}, "35m"),
+    # --- jobs and the queue
+    Case("staging", "RagIngestionJobFailed", "a counter born at its first failure (a new worker pod)",
+         {in_ns("rag_jobs_total", status="failed", pod="rag-worker-1"): "_x5 1x20"}, "8m", BY_NS),
+    Case("staging", "RagIngestionJobFailed", "a pre-initialised counter going 0 -> 1",
+         {in_ns("rag_jobs_total", status="failed", pod="rag-worker-1"): "0x5 1x20"}, "8m", BY_NS),
+    Case("staging", "RagIngestionJobFailed", "no failure",
+         {in_ns("rag_jobs_total", status="failed", pod="rag-worker-1"): "0x40",
+          in_ns("rag_jobs_total", status="succeeded", pod="rag-worker-1"): "0+5x40"}, "30m"),
+    Case("staging", "RagIngestionJobFailed", "one failure more than 15 minutes ago",
+         {in_ns("rag_jobs_total", status="failed", pod="rag-worker-1"): "_x5 1x60"}, "40m"),
+    Case("staging", "RagQueueNoConsumer", "jobs queued and no worker ever polled",
+         {in_ns("rag_queue_depth"): "3x20"}, "10m", BY_NS),
+    Case("staging", "RagQueueNoConsumer", "jobs queued and the worker stopped polling at 5m",
+         {in_ns("rag_queue_depth"): "3x30", in_ns("rag_worker_last_poll_timestamp_seconds", pod="w"): "0+60x5 300x25"},
+         "20m", BY_NS),
+    Case("staging", "RagQueueNoConsumer", "jobs queued and a worker polling",
+         {in_ns("rag_queue_depth"): "3x30", in_ns("rag_worker_last_poll_timestamp_seconds", pod="w"): "0+60x30"}, "20m"),
+    Case("staging", "RagQueueNoConsumer", "an empty queue and no worker", {in_ns("rag_queue_depth"): "0x20"}, "10m"),
+    Case("staging", "RagQueueOldestJobTooOld", "a job waiting 1000 s",
+         {in_ns("rag_queue_oldest_job_age_seconds"): "1000x20"}, "10m", BY_NS),
+    Case("staging", "RagQueueOldestJobTooOld", "jobs picked up in seconds",
+         {in_ns("rag_queue_oldest_job_age_seconds"): "10x20"}, "10m"),
+    # --- Qdrant (staging runs 3 nodes)
+    Case("staging", "QdrantNodeDown", "one of three nodes down",
+         {in_ns("up", job="qdrant", pod=f"qdrant-{i}"): v for i, v in enumerate(("1x20", "1x20", "0x20"))},
+         "10m", WHOLE),
+    Case("staging", "QdrantNodeDown", "not scraped at all", {in_ns("up", job="rag"): "1x20"}, "10m", WHOLE),
+    Case("staging", "QdrantNodeDown", "three nodes up",
+         {in_ns("up", job="qdrant", pod=f"qdrant-{i}"): "1x20" for i in range(3)}, "10m"),
+    Case("staging", "QdrantDegraded", "cluster operations stay pending",
+         {in_ns("cluster_pending_operations_total", job="qdrant", pod="qdrant-0"): "2x30"}, "20m", WHOLE),
+    Case("staging", "QdrantDegraded", "a node in recovery mode",
+         {in_ns("app_status_recovery_mode", job="qdrant", pod="qdrant-0"): "1x30"}, "20m", WHOLE),
+    Case("staging", "QdrantDegraded", "healthy",
+         {in_ns("cluster_pending_operations_total", job="qdrant", pod="qdrant-0"): "0x30",
+          in_ns("app_status_recovery_mode", job="qdrant", pod="qdrant-0"): "0x30"}, "20m"),
+    # --- Postgres: CloudNativePG in staging (2 instances), RDS in prod
+    Case("staging", "PostgresDown", "one of two instances down",
+         {in_ns("cnpg_collector_up", pod="postgres-1"): "1x20", in_ns("cnpg_collector_up", pod="postgres-2"): "0x20"},
+         "10m", WHOLE),
+    Case("staging", "PostgresDown", "both instances up",
+         {in_ns("cnpg_collector_up", pod="postgres-1"): "1x20", in_ns("cnpg_collector_up", pod="postgres-2"): "1x20"},
+         "10m"),
+    Case("staging", "PostgresFailover", "the replica was promoted",
+         {in_ns("cnpg_pg_replication_in_recovery", pod="postgres-1"): "0x5 1x20",
+          in_ns("cnpg_pg_replication_in_recovery", pod="postgres-2"): "1x5 0x20"}, "8m", WHOLE),
+    Case("staging", "PostgresFailover", "no primary",
+         {in_ns("cnpg_pg_replication_in_recovery", pod="postgres-1"): "1x20",
+          in_ns("cnpg_pg_replication_in_recovery", pod="postgres-2"): "1x20"}, "15m", WHOLE),
+    Case("staging", "PostgresFailover", "one stable primary",
+         {in_ns("cnpg_pg_replication_in_recovery", pod="postgres-1"): "0x30",
+          in_ns("cnpg_pg_replication_in_recovery", pod="postgres-2"): "1x30"}, "20m"),
+    Case("prod", "PostgresUnreachableFromService", "registry calls fail (RDS, no exporter)",
+         {svc("rag_failures_total", component="registry", pod="rag-1"): "0+1x20"}, "12m", BY_NS),
+    Case("prod", "PostgresUnreachableFromService", "registry calls succeed",
+         {svc("rag_failures_total", component="registry", pod="rag-1"): "0x20",
+          svc("rag_failures_total", component="embedder", pod="rag-1"): "0+1x20"}, "12m"),
+    # --- Redis: Valkey StatefulSet in staging, ElastiCache in prod
+    Case("staging", "RedisDown", "no ready replica",
+         {in_ns("kube_statefulset_status_replicas_ready", statefulset="redis"): "0x20"}, "10m", WHOLE),
+    Case("staging", "RedisDown", "ready",
+         {in_ns("kube_statefulset_status_replicas_ready", statefulset="redis"): "1x20"}, "10m"),
+    Case("prod", "RedisUnreachableFromService", "cache calls fail",
+         {svc("rag_failures_total", component="cache", pod="rag-1"): "0+2x20"}, "12m", BY_NS),
+    Case("prod", "RedisUnreachableFromService", "cache calls succeed",
+         {svc("rag_failures_total", component="cache", pod="rag-1"): "0x20"}, "12m"),
+    # --- backups (staging: the qdrant-backups CronJob)
+    Case("staging", "QdrantBackupFailed", "the run after the last success failed",
+         {in_ns("kube_cronjob_status_last_successful_time", cronjob="qdrant-backups"): "1000x10",
+          in_ns("kube_job_status_start_time", job_name="qdrant-backups-29000000"): "2000x10",
+          in_ns("kube_job_failed", job_name="qdrant-backups-29000000", condition="true"): "1x10"}, "5m", BY_NS),
+    Case("staging", "QdrantBackupFailed", "the first run ever failed",
+         {in_ns("kube_cronjob_created", cronjob="qdrant-backups"): "500x10",
+          in_ns("kube_job_status_start_time", job_name="qdrant-backups-29000000"): "2000x10",
+          in_ns("kube_job_failed", job_name="qdrant-backups-29000000", condition="true"): "1x10"}, "5m", BY_NS),
+    Case("staging", "QdrantBackupFailed", "a failed run kept in history, then a success",
+         {in_ns("kube_cronjob_status_last_successful_time", cronjob="qdrant-backups"): "3000x10",
+          in_ns("kube_job_status_start_time", job_name="qdrant-backups-29000000"): "2000x10",
+          in_ns("kube_job_failed", job_name="qdrant-backups-29000000", condition="true"): "1x10",
+          in_ns("kube_job_failed", job_name="qdrant-backups-29000000", condition="false"): "0x10"}, "5m"),
+    Case("staging", "QdrantBackupMissing", "last success 27 hours ago",
+         {in_ns("kube_cronjob_status_last_successful_time", cronjob="qdrant-backups"): "0x30"}, "27h", BY_NS, "1h"),
+    Case("staging", "QdrantBackupMissing", "never succeeded in 27 hours",
+         {in_ns("kube_cronjob_created", cronjob="qdrant-backups"): "0x30"}, "27h", BY_NS, "1h"),
+    Case("staging", "QdrantBackupMissing", "a success every hour",
+         {in_ns("kube_cronjob_status_last_successful_time", cronjob="qdrant-backups"): "0+3600x30",
+          in_ns("kube_cronjob_created", cronjob="qdrant-backups"): "0x30"}, "27h", interval="1h"),
+    # --- certificates (cert-manager's own namespace is `namespace`, the certificate's is `exported_namespace`)
+    Case("staging", "CertificateExpiringSoon", "expires in 10 days",
+         {f'certmanager_certificate_expiration_timestamp_seconds{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls"}}': f"{10 * DAY}x200"},
+         "2h", [{"exported_namespace": NS, "name": "rag-tls"}]),
+    Case("staging", "CertificateExpiringSoon", "expires in 60 days",
+         {f'certmanager_certificate_expiration_timestamp_seconds{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls"}}': f"{60 * DAY}x200"},
+         "2h"),
+    Case("staging", "CertificateNotReady", "not ready",
+         {f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="False"}}': "1x30",
+          f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="True"}}': "0x30"},
+         "20m", [{"exported_namespace": NS, "name": "rag-tls"}]),
+    Case("staging", "CertificateNotReady", "ready",
+         {f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="False"}}': "0x30",
+          f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="True"}}': "1x30"},
+         "20m"),
+]  # fmt: skip
+
+
+def expected_alert(rule: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
+    """What promtool must report: the series' labels plus the rule's, annotations with $labels expanded."""
+
+    def expand(text: str) -> str:
+        return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m.group(1), ""), text)
+
+    return {
+        "exp_labels": {**labels, **rule["labels"]},
+        "exp_annotations": {k: expand(v) for k, v in rule["annotations"].items()},
+    }
+
+
+def run_promtool(
+    tmp_path: Path, groups: list[dict[str, Any]], case: Case
+) -> subprocess.CompletedProcess[str]:
+    # Only the alert's own group is evaluated (at the series' interval): promtool evaluates every rule at every
+    # step, and a 27-hour backup case at 1m steps would take seconds per rule.
+    group = next(g for g in groups if any(r["alert"] == case.alert for r in g["rules"]))
+    rule = next(r for r in group["rules"] if r["alert"] == case.alert)
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False))
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": case.interval,
+        "tests": [
+            {
+                "interval": case.interval,
+                "input_series": [{"series": s, "values": v} for s, v in case.series.items()],
+                "alert_rule_test": [
+                    {
+                        "eval_time": case.at,
+                        "alertname": case.alert,
+                        "exp_alerts": [expected_alert(rule, labels) for labels in case.fires],
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    return subprocess.run(
+        [promtool(), "test", "rules", "test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.alert}: {c.name}")
+def test_alert_fires_only_on_its_series(case: Case, tmp_path: Path) -> None:
+    groups = declared_groups(run(case.stack))
+    result = run_promtool(tmp_path, groups, case)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
+    """The harness can fail: a series that fires, expected not to, is reported."""
+    case = next(c for c in CASES if c.alert == "RagIngestionJobFailed" and c.fires)
+    quiet = Case(case.stack, case.alert, "wrongly quiet", case.series, case.at)
+    result = run_promtool(tmp_path, declared_groups(run(case.stack)), quiet)
+    assert result.returncode != 0
+    assert "RagIngestionJobFailed" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_declared_rule_files(tmp_path: Path) -> None:
+    for stack in ("dev", "staging", "prod"):
+        path = tmp_path / f"{stack}.yaml"
+        path.write_text(yaml.safe_dump({"groups": declared_groups(run(stack, monitoring={"enabled": True}))}))
+        result = subprocess.run(
+            [promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False, timeout=60
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_declared_alert_has_a_firing_and_a_quiet_case() -> None:
+    for stack in ("staging", "prod"):
+        declared = set(declared_alerts(run(stack)))
+        firing = {c.alert for c in CASES if c.fires}
+        quiet = {c.alert for c in CASES if not c.fires}
+        tested = {c.alert for c in CASES if c.stack == stack}
+        assert declared - (firing & quiet) == set(), stack
+        assert tested <= declared, stack
+
+
+def test_managed_data_stores_use_the_series_that_exist_for_them() -> None:
+    prod = declared_alerts(run("prod"))  # RDS + ElastiCache: no CloudNativePG exporter, no Valkey StatefulSet
+    assert {"PostgresDown", "PostgresFailover", "RedisDown"}.isdisjoint(prod)
+    assert "cnpg_" not in str(prod)
+    assert "kube_statefulset" not in str(prod)
+    staging = declared_alerts(run("staging"))
+    assert {"PostgresDown", "PostgresFailover", "RedisDown", "PostgresUnreachableFromService"} <= set(staging)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    anchors = {
+        github_anchor(line.lstrip("#")) for line in RUNBOOKS.read_text().splitlines() if line.startswith("#")
+    }
+    for stack in ("staging", "prod"):
+        for name, rule in declared_alerts(run(stack)).items():
+            url = rule["annotations"]["runbook_url"]
+            base, _, anchor = url.partition("#")
+            assert base == "docs/runbooks.md", url
+            assert anchor == name.lower(), url
+            assert anchor in anchors, f"{name}: no section '{anchor}' in {RUNBOOKS}"
+
+
+def test_the_runbook_base_url_is_config() -> None:
+    url = "https://github.com/acme/rag/blob/main/docs/runbooks.md"
+    alerts = declared_alerts(run("staging", monitoring={"runbookUrl": url}))
+    assert alerts["RedisDown"]["annotations"]["runbook_url"] == f"{url}#redisdown"
+
+
+def test_alert_thresholds_are_config() -> None:
+    alerts = declared_alerts(
+        run(
+            "staging",
+            monitoring={
+                "alerts": {
+                    "queueOldestJobAgeSeconds": 120,
+                    "certificateExpiryDays": 5,
+                    "backupMaxAgeHours": 50,
+                }
+            },
+        )
+    )
+    assert alerts["RagQueueOldestJobTooOld"]["expr"].endswith("> 120")
+    assert f"< {5 * DAY}" in alerts["CertificateExpiringSoon"]["expr"]
+    assert f"> {50 * 3600}" in alerts["QdrantBackupMissing"]["expr"]
+
+
+def test_receiver_config_and_secrets_reach_alertmanager() -> None:
+    result = run(
+        "staging",
+        slackWebhookUrl="https://hooks.slack.example/T0/B0/secret-path",
+        pagerdutyRoutingKey="pd-key-123",
+        smtpPassword="smtp-pw-456",
+        monitoring={
+            "alerting": {
+                "slack": {"channel": "#rag-alerts"},
+                "email": {
+                    "to": "oncall@example.com",
+                    "sender": "alerts@example.com",
+                    "smarthost": "smtp.example.com:587",
+                    "username": "alerts",
+                },
+            }
+        },
+    )
+    assert result.outputs["alertReceivers"] == ["slack", "pagerduty", "email"]
+    secret = result.by_name("monitoring-alertmanager-receivers")
+    assert secret.inputs["stringData"] == {
+        "slack-webhook-url": "https://hooks.slack.example/T0/B0/secret-path",
+        "pagerduty-routing-key": "pd-key-123",
+        "smtp-password": "smtp-pw-456",
+    }
+    assert secret.secret_keys  # Pulumi secrets, never plain in state
+    values = result.by_name("monitoring-stack").inputs["values"]
+    receivers = {r["name"]: r for r in values["alertmanager"]["config"]["receivers"]}
+    assert receivers["rag-warning"]["slack_configs"][0]["channel"] == "#rag-alerts"
+    email = receivers["rag-critical"]["email_configs"][0]
+    assert (email["to"], email["from"], email["smarthost"], email["auth_username"]) == (
+        "oncall@example.com",
+        "alerts@example.com",
+        "smtp.example.com:587",
+        "alerts",
+    )
+    assert "pd-key-123" not in str(values)
+    assert "secret-path" not in str(values)
+
+
+def test_an_email_receiver_without_smarthost_is_a_config_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"rag:monitoring\.alerting\.email\.smarthost.*Pulumi\.staging\.yaml"
+    ):
+        parse_config(
+            {
+                "monitoring": {
+                    "alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}
+                }
+            },
+            "staging",
+        )

@@ -1,0 +1,206 @@
+"""Blue/green re-index to another chunk size under concurrent reads and writes: no failed search, no lost write,
+a working rollback, a pointer that survives a restart, and a config change at start-up that re-indexes.
+
+A second model cannot be downloaded here, so the new index differs by chunking (64 -> 24 tokens per chunk): a
+different collection, different chunks, the same code path as a model change (the generation carries its own
+embedder and chunker).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app.store.embedder import FastEmbedEmbedder
+from tests.service.support import make_settings, running_app, services_of
+
+TOPICS = [
+    "volcanoes erupt molten rock and ash from deep below the crust",
+    "sourdough bread rises slowly because wild yeast ferments the dough",
+    "a compiler translates source code into machine instructions",
+    "coral reefs shelter thousands of species of fish in warm shallow seas",
+    "the violin has four strings tuned in perfect fifths",
+    "glaciers carve valleys as the ice slowly flows downhill",
+]
+
+
+def text_of(index: int, revision: int) -> str:
+    topic = TOPICS[index % len(TOPICS)]
+    return f"Document {index} revision {revision}. " + " ".join([topic] * 4)
+
+
+def active_versions_held(client: TestClient, generation: object) -> tuple[set, set]:
+    """(tenant, document, active version) of the registry, and those the generation's collection holds."""
+    services = services_of(client)
+    active = set()
+    after = None
+    while True:
+        kept, missing = services.registry.source_page(after, 100)
+        assert missing == []
+        if not kept:
+            break
+        active |= {(s.record.tenant_id, s.record.document_id, s.record.version) for s in kept}
+        after = max((s.record.tenant_id, s.record.document_id) for s in kept)
+    held = {(v.tenant_id, v.document_id, v.version) for v in generation.vectors.versions()}
+    return active, held
+
+
+@pytest.fixture
+def settings_dir(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def client(settings_dir: Path, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
+    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    with running_app(settings, embedder=embedder) as client:
+        yield client
+
+
+def test_reindex_under_concurrent_reads_and_writes_then_rollback(
+    client: TestClient, settings_dir: Path, embedder: FastEmbedEmbedder
+) -> None:
+    services = services_of(client)
+    for index in range(12):
+        assert client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)}).status_code == 201
+    old = services.ingest.index.current
+    stop = threading.Event()
+    failures: list[str] = []
+    acknowledged: dict[str, int] = {}
+    states_seen: set[str] = set()
+    searches = [0]
+    switched = threading.Event()
+    after_switch = {100: 0, 200: 0}
+    enough = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            response = client.post("/v1/search", json={"query": "how do glaciers shape valleys", "top_k": 3})
+            if response.status_code != 200 or not response.json()["results"]:
+                failures.append(f"search {response.status_code}: {response.text[:200]}")
+            searches[0] += 1
+
+    def writer(offset: int) -> None:
+        revision = 0
+        while not stop.is_set():
+            revision += 1
+            document_id = f"w{offset}-{revision % 5}"
+            response = client.put(
+                f"/v1/documents/{document_id}", json={"text": text_of(offset + revision, revision)}
+            )
+            if response.status_code not in (200, 201):
+                failures.append(f"write {response.status_code}: {response.text[:200]}")
+            else:
+                acknowledged[document_id] = response.json()["version"]
+                states_seen.add(services.reindexer.status().state)
+                if switched.is_set():
+                    after_switch[offset] += 1
+                    if min(after_switch.values()) >= 2:
+                        enough.set()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    threads += [threading.Thread(target=writer, args=(offset,)) for offset in (100, 200)]
+    for thread in threads:
+        thread.start()
+    try:
+        response = client.post("/v1/admin/reindex", json={"chunk_size": 24, "chunk_overlap": 4})
+        assert response.status_code == 202, response.text
+        assert response.json()["state"] == "building"
+        assert client.post("/v1/admin/reindex", json={"chunk_size": 32}).status_code == 409
+        status = services.reindexer.wait(timeout=600)
+        assert status.state == "switched", status
+        # Keep reading and writing across the switch, until each writer has landed writes after it.
+        switched.set()
+        assert enough.wait(timeout=600), failures
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+    assert failures == []
+    assert searches[0] > 0
+    assert "building" in states_seen or "catching_up" in states_seen, "no write happened during the build"
+    new = services.ingest.index.current
+    assert new.collection != old.collection
+    assert new.config.chunk_size == 24
+    assert services.ingest.index.state.shadow is old  # standby for a rollback
+    status_body = client.get("/v1/admin/reindex").json()
+    assert status_body["current"]["collection"] == new.collection
+    assert status_body["standby"]["collection"] == old.collection
+    assert status_body["documents_done"] >= 12
+
+    # No lost write: every acknowledged version is the active one and is in BOTH collections.
+    for document_id, version in acknowledged.items():
+        assert services.registry.get("default", document_id).version >= version
+    active, held_new = active_versions_held(client, new)
+    assert active <= held_new
+    _, held_old = active_versions_held(client, old)
+    assert active <= held_old
+    # The new collection really is re-chunked: smaller chunks, so more of them per document.
+    assert new.vectors.count("default", "d0") > old.vectors.count("default", "d0")
+    assert services.registry.index_pointer().collection == new.collection
+
+    # Writes after the switch, then a rollback: the old collection has them too and serves again.
+    assert client.put("/v1/documents/after-switch", json={"text": text_of(3, 9)}).status_code == 201
+    rolled = client.post("/v1/admin/reindex/rollback")
+    assert rolled.status_code == 200, rolled.text
+    assert rolled.json()["state"] == "rolled_back"
+    assert services.ingest.index.current is old
+    assert services.registry.index_pointer().collection == old.collection
+    active, held_old = active_versions_held(client, old)
+    assert active <= held_old
+    hits = client.post("/v1/search", json={"query": "volcano eruption", "top_k": 20}).json()["results"]
+    assert {hit["document_id"] for hit in hits} & {"d0", "after-switch"}
+
+
+def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
+    settings_dir: Path, embedder: FastEmbedEmbedder
+) -> None:
+    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    with running_app(settings, embedder=embedder) as client:
+        for index in range(4):
+            client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)})
+        first = services_of(client).ingest.index.current.collection
+    # The stack changes CHUNK_SIZE: start-up keeps serving the old index and re-indexes in the background.
+    changed = make_settings(settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False)
+    with running_app(changed, embedder=embedder) as client:
+        services = services_of(client)
+        status = services.reindexer.wait(timeout=600)
+        assert status.state == "switched", status
+        second = services.ingest.index.current.collection
+        assert second != first
+        results = client.post("/v1/search", json={"query": "sourdough yeast", "top_k": 1}).json()["results"]
+        assert results[0]["document_id"] == "d1"
+    # Same settings again: the persisted pointer is served, nothing is re-indexed, the standby is restored.
+    with running_app(changed, embedder=embedder) as client:
+        services = services_of(client)
+        assert services.ingest.index.current.collection == second
+        assert services.ingest.index.state.shadow.collection == first
+        assert services.reindexer.status().state == "idle"
+
+
+def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    keyed = make_settings(
+        tmp_path,
+        auth_disabled=False,
+        api_keys={"tenant-key-0123456789abcdef": "t1"},
+        admin_api_key="admin-key-0123456789abcdef",
+    )
+    with running_app(keyed, embedder=embedder) as client:
+        assert client.get("/v1/admin/reindex").status_code == 401
+        tenant = {"Authorization": "Bearer tenant-key-0123456789abcdef"}
+        assert client.get("/v1/admin/reindex", headers=tenant).status_code == 401
+        admin = {"Authorization": "Bearer admin-key-0123456789abcdef"}
+        assert client.get("/v1/admin/reindex", headers=admin).json()["state"] == "idle"
+        bad = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": "big"})
+        assert bad.status_code == 422
+        same = client.post("/v1/admin/reindex", headers=admin, json={})
+        assert same.status_code == 422
+        assert "already built" in same.text
+        assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
+        unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
+        assert unknown.status_code == 422
