@@ -40,7 +40,7 @@ model: $(MODEL_DIR)/model.onnx ## Build the offline all-MiniLM-L6-v2 ONNX model 
 servers: ## Make sure the test servers exist (redis-server via apt when missing; Postgres 15 binaries ship on the image)
 	@bash .ci/ensure-servers
 
-serve: install model ## Run the service on embedded defaults (SQLite + local Qdrant under .data/) on $(HOST):$(PORT)
+serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on $(HOST):$(PORT)
 	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
 
 serve-prod: install model servers ## Prod-like run on this machine: Postgres + Redis + API + worker as separate processes

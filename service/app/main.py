@@ -24,8 +24,9 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from service.app import production
+from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
-from service.app.api.routes import admin, documents, health, internal, jobs, metrics, search
+from service.app.api.routes import admin, answer, documents, health, internal, jobs, metrics, search
 from service.app.api.routes.docs import install_docs
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
@@ -71,6 +72,7 @@ class Services:
     limiter: Any = None  # RateLimiter
     cache: Any = None  # Cache | None
     jobs: Any = None  # JobQueue
+    answer: Any = None  # AnswerService, attached by service.app.answer.service.attach
     reindexer: Any = None  # Reindexer
 
     def close(self) -> None:
@@ -286,6 +288,7 @@ def create_app(
         )
         app.state.services = services
         close_production = await production.attach(services)
+        close_answer = await answer_service.attach(services)
         collector = (
             asyncio.create_task(_collect_orphans_forever(services), name="orphan-collector")
             if settings.gc_enabled
@@ -298,6 +301,7 @@ def create_app(
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collector
+            await close_answer()
             await close_production()
             await to_thread.run_sync(services.close)
 
@@ -325,6 +329,7 @@ def create_app(
         (documents.router, "ingest"),
         (documents.bulk_router, "ingest"),
         (search.router, "search"),
+        (answer.router, "search"),
         (jobs.router, "search"),
     )
     for router, budget in routers:
