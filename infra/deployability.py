@@ -1028,6 +1028,8 @@ def describe(capabilities_: Iterable[Capability]) -> list[str]:
 MANAGED = {"postgres": {"mode": "managed"}, "redis": {"mode": "managed"}}
 #: An allowed range for the clusters' public endpoints (TEST-NET-3, RFC 5737).
 ALLOWED = ["203.0.113.0/24"]
+#: A provider for the LLM keys to be exercised with (llm.enabled is false by default).
+LLM_ON: Mapping[str, Any] = {"baseUrl": "https://llm.example.com/v1", "model": "offline-model"}
 CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     (
         "cluster.gke.masterAuthorizedNetworks",
@@ -1058,6 +1060,21 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
+    ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("llm.minScore", "dev", "existing", {}),
+    ("llm.enabled", "dev", "existing", {"llm": LLM_ON, "llmApiKey": "offline-llm-key-0123456789"}),
+    (
+        "llm.",
+        "dev",
+        "existing",
+        {"llm": {"enabled": True, **LLM_ON}, "llmApiKey": "offline-llm-key-0123456789"},
+    ),
+    (
+        "llmApiKey",
+        "dev",
+        "existing",
+        {"llm": {"enabled": True, **LLM_ON}, "llmApiKey": "offline-llm-key-0123456789"},
+    ),
     (
         "service.autoscaling.",
         "dev",
@@ -1147,6 +1164,12 @@ ALTERNATIVES: Mapping[str, Any] = {
     "monitoring.storage.storageClass": "fast-monitoring",
     "backups.schedule": "0 4 * * *",
     "backups.bucket": "rag-other-backups",
+    "llmApiKey": "offline-other-llm-key-0123456789",
+    "llm.baseUrl": "https://llm.other.example.com:8443/v1",
+    "llm.model": "offline-other-model",
+    "llm.tokenBudget": "100000/hour",
+    "llm.egressCidrs": ["203.0.113.0/24"],
+    "llm.egressExcept": ["10.0.0.0/16"],
 }
 
 
