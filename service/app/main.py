@@ -336,7 +336,11 @@ def create_app(
         app.include_router(
             router, dependencies=[Depends(rate_limit(budget, bearer=bearer))], responses=v1_errors
         )
-    app.include_router(admin.router, responses=error_responses(401, 403))
+    app.include_router(
+        admin.router,
+        dependencies=admin.admin_dependencies(auth_disabled=settings.auth_disabled),
+        responses=error_responses(401, 403),
+    )
     app.include_router(health.router)
     app.include_router(metrics.router)
     if settings.internal_token is not None:

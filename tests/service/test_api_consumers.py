@@ -89,7 +89,9 @@ def test_openapi_declares_the_bearer_scheme_on_every_v1_operation(make_client: M
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             declared = operation.get("security")
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/admin/"):
+                assert declared == [{"admin": []}], (method, path)
+            elif path.startswith("/v1/"):
                 assert declared == [{"bearer": []}], (method, path)
             else:
                 assert declared is None, (method, path)

@@ -131,3 +131,16 @@ def test_bulk_is_tenant_scoped(
     assert client.get("/v1/documents/shared", headers=headers_b).status_code == 404
     assert client.post(BULK, json={"documents": [doc("shared")]}).status_code == 401
     assert KEY_A not in client.post(BULK, json={"documents": [doc("x")]}, headers=bearer("nope")).text
+
+
+def test_what_the_schema_declares_invalid_refuses_the_whole_batch(
+    client: TestClient, headers_a: dict[str, str]
+) -> None:
+    """The OpenAPI schema declares `text` minLength 1 and the metadata key pattern: an item breaking either
+    is a malformed request (422, nothing stored), as a schema-driven client expects, not a 207."""
+    empty_text = {"document_id": "empty-text", "text": ""}
+    for bad in (empty_text, doc("bad-key", metadata={"": "x"})):
+        response = client.post(BULK, json={"documents": [doc("fine"), bad]}, headers=headers_a)
+        assert response.status_code == 422, response.text
+        assert "documents[1]" in response.json()["error"]["message"]
+        assert client.get("/v1/documents/fine", headers=headers_a).status_code == 404

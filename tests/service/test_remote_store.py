@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,6 +17,22 @@ from service.app.store.vectors import ChunkPoint, MetadataCondition
 from tests.service.support import make_settings
 
 TOKEN = "internal-token-for-tests"
+
+
+class ThroughTestClient(httpx.BaseTransport):
+    """The store's httpx requests, replayed through the app's TestClient. Starlette's TestClient speaks httpx2
+    when that is installed (the openai package brings it), so its own transport can't serve an httpx.Client."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._client.request(
+            request.method, str(request.url), headers=dict(request.headers), content=request.read()
+        )
+        return httpx.Response(
+            answer.status_code, headers=list(answer.headers.items()), content=answer.content
+        )
 
 
 def point(document_id: str, version: int, index: int, vector: list[float]) -> ChunkPoint:
@@ -36,7 +53,7 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
     settings = make_settings(tmp_path, internal_token=TOKEN)
     with TestClient(create_app(settings, embedder=embedder)) as client:
         owner = client.app.state.services.vectors
-        remote = RemoteVectorStore("http://testserver", TOKEN, transport=client._transport)
+        remote = RemoteVectorStore("http://testserver", TOKEN, transport=ThroughTestClient(client))
         vector = embedder.embed_query("rivers and fish")
         remote.ensure_collection()
         remote.upsert([point("a", 1, 0, vector), point("a", 2, 0, vector), point("a", 2, 1, vector)])
@@ -53,7 +70,7 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
         assert owner.count("t") == 0
         remote.close()
 
-        wrong = RemoteVectorStore("http://testserver", "nope", transport=client._transport)
+        wrong = RemoteVectorStore("http://testserver", "nope", transport=ThroughTestClient(client))
         with pytest.raises(ServiceUnavailable, match="401"):
             wrong.count("t")
 

@@ -7,10 +7,11 @@ unless AUTH_DISABLED=true (local runs).
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Annotated, Any
 
 from anyio import to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from service.app.api.deps import ServicesDep
@@ -31,6 +32,26 @@ async def require_admin(request: Request) -> None:
         raise Forbidden("admin routes are disabled: set ADMIN_API_KEY")
     if not hmac.compare_digest(token.encode(), settings.admin_api_key.get_secret_value().encode()):
         raise InvalidApiKey("invalid admin key")
+
+
+# Its own scheme (not the tenants' `bearer`): Swagger UI's "Authorize" then asks for the ADMIN_API_KEY here.
+admin_scheme = HTTPBearer(
+    scheme_name="admin",
+    bearerFormat="ADMIN_API_KEY",
+    description="The ADMIN_API_KEY (never a tenant's key), sent as `Authorization: Bearer <key>`.",
+    auto_error=False,
+)
+
+
+async def declare_admin_scheme(
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(admin_scheme)],
+) -> None:
+    """Declares the admin scheme in the OpenAPI document (require_admin does the checking)."""
+
+
+def admin_dependencies(*, auth_disabled: bool) -> list[Any]:
+    """What main includes the router with: the open API (AUTH_DISABLED) claims no scheme, like /v1."""
+    return [] if auth_disabled else [Depends(declare_admin_scheme)]
 
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])

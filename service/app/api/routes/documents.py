@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Annotated, Any
 
 from anyio import CapacityLimiter, to_thread
@@ -38,6 +39,7 @@ from service.app.ingest.extract import (
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
     JSON_CONTENT_TYPES,
+    METADATA_KEY_PATTERN,
     BulkDocument,
     BulkItemResult,
     BulkResponse,
@@ -418,6 +420,17 @@ def _bulk_documents(payload: Any, max_documents: int) -> list[BulkDocument]:
             )
     if errors:
         raise RequestValidationError(errors)
+    # What the OpenAPI schema itself declares (text minLength, metadata key pattern) refuses the request whole,
+    # like any other schema violation; the service's deeper checks (blank text, nested values...) stay per item.
+    for index, document in enumerate(documents):
+        if document.text == "":
+            raise InvalidInput(f"documents[{index}].text is empty")
+        for key in document.metadata:
+            if not re.fullmatch(METADATA_KEY_PATTERN, key):
+                raise InvalidInput(
+                    f"documents[{index}].metadata key {key!r} is not an identifier "
+                    f"(pattern {METADATA_KEY_PATTERN})"
+                )
     seen: dict[str, int] = {}
     for index, document in enumerate(documents):
         if document.document_id in seen:
