@@ -13,6 +13,8 @@ STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
 SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
 
+comma := ,
+
 .PHONY: help install model serve serve-prod worker test lint format plan e2e bench eval constraints servers clean
 
 help: ## List the targets
@@ -38,7 +40,7 @@ model: $(MODEL_DIR)/model.onnx ## Build the offline all-MiniLM-L6-v2 ONNX model 
 servers: ## Make sure the test servers exist (redis-server via apt when missing; Postgres 15 binaries ship on the image)
 	@bash .ci/ensure-servers
 
-serve: install model ## Run the service on embedded defaults (SQLite + local Qdrant under .data/) on $(HOST):$(PORT)
+serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on $(HOST):$(PORT)
 	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
 
 serve-prod: install model servers ## Prod-like run on this machine: Postgres + Redis + API + worker as separate processes
@@ -65,8 +67,10 @@ plan: install ## Render, validate and policy-check a stack offline: make plan ST
 e2e: install ## kind cluster + dev prerequisites, pulumi up (local backend), ingest/search via the Gateway, destroy
 	bash .ci/e2e
 
-bench: install model ## Ingest/search benchmark: HTTP vs raw fastembed+qdrant; rewrites docs/benchmarks.md
+bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw; `make bench SCALE=100000` adds the scale run
 	$(PY) bench/ingest_search.py
+	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
+	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)
 
 eval: install model ## Retrieval quality (hit@1/5, MRR@10, nDCG@10 per mode) on the man-page set through the HTTP API
 	$(PY) -m quality.evaluate $(EVAL_ARGS)

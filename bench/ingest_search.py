@@ -1,13 +1,13 @@
-"""Benchmark: the service over HTTP vs the raw fastembed + qdrant-client path, on the same text, in one run.
+"""Benchmark: the service over HTTP vs the raw fastembed + qdrant-edge path, on the same text, in one run.
 
     make bench                       # N=80 documents, 400 searches
     python bench/ingest_search.py --docs 200 --queries 500 --write docs/benchmarks.md
 
 Ingest: N generated documents (a few hundred words of topical prose each) are PUT one by one to a real
-`python -m service` on loopback (embedded defaults in a temp dir: SQLite + local Qdrant; auth, rate limits and
+`python -m service` on loopback (embedded defaults in a temp dir: SQLite + qdrant-edge; auth, rate limits and
 the search cache off, so the core path is measured). The raw path chunks the same documents with the same
 Chunker, embeds each document's chunks with fastembed (same model, same batch size) and upserts them with
-qdrant-client into a local collection. Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
+qdrant-edge-py into a shard of its own (the engine the service embeds). Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
 
 Search: the same queries are sent as POST /v1/search (top_k 5) and as raw query_embed + query_points with a
 tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import qdrant_edge as qe
 from fastembed import TextEmbedding
-from qdrant_client import QdrantClient, models
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -102,8 +102,9 @@ def free_port() -> int:
 class ServiceProcess:
     """`python -m service` on loopback with embedded defaults in a temp dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        extra = env
         env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -116,8 +117,9 @@ class ServiceProcess:
             "LOG_LEVEL": "WARNING",
             "EMBEDDING_MODEL_PATH": str(MODEL_DIR),
         }
-        for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH"):
+        for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH", "EDGE_PATH", "VECTOR_STORE"):
             env.pop(key, None)
+        env.update(extra or {})
         self.log_path = data_dir.parent / "service.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -159,7 +161,7 @@ def ingest_http(
 def ingest_raw(
     model: TextEmbedding,
     chunker: Chunker,
-    qdrant: QdrantClient,
+    qdrant: qe.EdgeShard,
     collection: str,
     documents: list[tuple[str, str, dict]],
     batch_size: int,
@@ -170,23 +172,23 @@ def ingest_raw(
     for document_id, text, metadata in documents:
         texts = [chunk.text for chunk in chunker.split(text)]
         vectors = list(model.passage_embed(texts, batch_size=batch_size))
-        qdrant.upsert(
-            collection,
-            points=[
-                models.PointStruct(
-                    id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}{document_id}/{i}")),
-                    vector=vector.tolist(),
-                    payload={
-                        "tenant_id": "default",
-                        "document_id": f"{prefix}{document_id}",
-                        "chunk_index": i,
-                        "text": chunk_text,
-                        "metadata": metadata,
-                    },
-                )
-                for i, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
-            ],
-            wait=True,
+        qdrant.update(
+            qe.UpdateOperation.upsert_points(
+                [
+                    qe.Point(
+                        str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}{document_id}/{i}")),
+                        {"dense": vector.tolist()},
+                        {
+                            "tenant_id": "default",
+                            "document_id": f"{prefix}{document_id}",
+                            "chunk_index": i,
+                            "text": chunk_text,
+                            "metadata": metadata,
+                        },
+                    )
+                    for i, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
+                ]
+            )
         )
         chunks += len(texts)
     return chunks, time.perf_counter() - started
@@ -241,11 +243,14 @@ def main() -> None:
             chunk_overlap=settings.chunk_overlap,
         )
         model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR), cache_dir=str(work / "fastembed"))
-        qdrant = QdrantClient(path=str(work / "raw-qdrant"))
-        collection = "raw"
-        qdrant.create_collection(
-            collection, vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
+        qdrant = qe.EdgeShard.create(
+            str(work / "raw-edge"),
+            qe.EdgeConfig(vectors={"dense": qe.EdgeVectorParams(size=384, distance=qe.Distance.Cosine)}),
         )
+        qdrant.update(
+            qe.UpdateOperation.create_field_index("tenant_id", qe.KeywordIndexParams(is_tenant=True))
+        )
+        collection = "raw"
         client = httpx.Client(base_url=service.url, timeout=120)
 
         # Warm-up both paths (model sessions, first collection writes, connection pool).
@@ -268,14 +273,18 @@ def main() -> None:
         assert http_chunks == raw_chunks, (http_chunks, raw_chunks)
         http_rate, raw_rate = http_chunks / http_seconds, raw_chunks / raw_seconds
 
-        tenant = models.Filter(
-            must=[models.FieldCondition(key="tenant_id", match=models.MatchValue(value="default"))]
-        )
+        tenant = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue("default"))])
+
+        def raw_search(vector: list[float]) -> None:
+            qdrant.query(
+                qe.QueryRequest(
+                    limit=5, query=qe.Query.Nearest(vector, using="dense"), filter=tenant, with_payload=True
+                )
+            )
+
         for query in queries[:10]:
             client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
-            qdrant.query_points(
-                collection, query=next(iter(model.query_embed(query))).tolist(), query_filter=tenant, limit=5
-            )
+            raw_search(next(iter(model.query_embed(query))).tolist())
         http_latency, raw_latency = [], []
         for index, query in enumerate(queries):
             for path in ("http", "raw") if index % 2 else ("raw", "http"):
@@ -285,9 +294,7 @@ def main() -> None:
                     http_latency.append(time.perf_counter() - started)
                 else:
                     vector = next(iter(model.query_embed(query))).tolist()
-                    qdrant.query_points(
-                        collection, query=vector, query_filter=tenant, limit=5, with_payload=True
-                    )
+                    raw_search(vector)
                     raw_latency.append(time.perf_counter() - started)
         breakdown = server_breakdown(client.get("/metrics").text)
         client.close()
@@ -308,7 +315,7 @@ def main() -> None:
     ]  # fmt: skip
     table = "\n".join(
         [
-            "| Metric | HTTP service | Raw fastembed + qdrant-client | Ratio | Target |",
+            "| Metric | HTTP service | Raw fastembed + qdrant-edge | Ratio | Target |",
             "|---|---|---|---|---|",
         ]
         + [f"| {' | '.join(row)} |" for row in rows]
@@ -345,11 +352,12 @@ RESULTS_DOC = """# Benchmarks
 `make bench` (`bench/ingest_search.py`) compares the service, called over HTTP, with the raw libraries it
 wraps, on the same documents in the same run:
 
-- **HTTP service**: `python -m service` on 127.0.0.1 with embedded defaults (SQLite registry, local-mode
-  Qdrant; auth, rate limits and the search cache off so the core path is measured). Documents are PUT one at
+- **HTTP service**: `python -m service` on 127.0.0.1 with embedded defaults (SQLite registry, qdrant-edge
+  vector store; auth, rate limits and the search cache off so the core path is measured). Documents are PUT one at
   a time; searches are `POST /v1/search`.
 - **Raw**: the same chunks (same `Chunker`, same model, same batch size) embedded with fastembed and upserted
-  with qdrant-client, document by document; searches are `query_embed` + `query_points` with a tenant filter.
+  with qdrant-edge-py into a shard of its own, document by document; searches are `query_embed` + an engine
+  query with a tenant filter.
 
 Both measurements interleave the two paths document by document and query by query (alternating which goes
 first), so load from other processes on the shared CPUs hits both alike.
@@ -370,9 +378,8 @@ search, checks hits against the registry: the ratios are the cost of those guara
   and compare-and-set commit, clean-up of older versions, HTTP) costs a few percent.
 - A search costs the service a roughly constant extra: HTTP + FastAPI + middleware (about 1-2 ms on this
   machine), one threadpool hop, and the registry visibility check (one indexed query, a fraction of a ms).
-  Local-mode Qdrant searches by scanning, so the raw search time grows with the number of points and the ratio
-  falls as the collection grows; with a Qdrant server both paths add the same network round trip, which
-  lowers it further. On this shared 2-CPU machine repeated runs varied by about ±0.2 in the search ratio
+  Both paths use the same engine (qdrant-edge), so the ratio is the service's own overhead; with a Qdrant
+  server both paths add the same network round trip, which lowers it. On this shared 2-CPU machine repeated runs varied by about ±0.2 in the search ratio
   (p50 between 1.2x and 1.45x across runs at a few hundred points, so the 1.3x target is not met reliably).
 - p99 is sensitive to the other processes on the machine; the HTTP path has more threads and processes to
   schedule (client, event loop, worker thread), so it suffers more from contention.

@@ -407,6 +407,67 @@ class BackupsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LlmAlerts:
+    """PrometheusRule thresholds of the LLM calls behind POST /v1/answer."""
+
+    errorRatePercent: float = _f(min=0.1, max=100)
+    latencyP95Seconds: float = _f(min=0.1, max=600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlmConfig:
+    """Answer generation: an OpenAI-compatible Chat Completions endpoint, or extractive answers when disabled."""
+
+    enabled: bool
+    baseUrl: str = _f(pattern=re.compile(r"^(https?://[^\s/]+(/\S*)?)?$"))
+    model: str
+    keyless: bool = False
+    timeoutSeconds: float = _f(min=0.1, max=600)
+    maxRetries: int = _f(min=0, max=10)
+    maxTokens: int = _f(min=1, max=32768)
+    contextTokens: int = _f(min=1024, max=2_000_000)
+    tokenBudget: str = _f(
+        pattern=re.compile(
+            r"^([0-9]+/(second|minute|hour|day|month)(;[0-9]+/(second|minute|hour|day|month))*)?$"
+        )
+    )
+    circuitFailures: int = _f(min=1, max=1000)
+    circuitResetSeconds: float = _f(min=1, max=3600)
+    minScore: float = _f(min=-1, max=1)
+    egressCidrs: tuple[str, ...] = ()
+    egressExcept: tuple[str, ...] = ()
+    alerts: LlmAlerts
+
+    def env(self) -> dict[str, str]:
+        """The service's environment variables for answers (the API key goes in the Secret, not here)."""
+        values = {"ANSWER_MIN_SCORE": str(self.minScore)}
+        if not self.enabled:
+            return values
+        values.update(
+            {
+                "LLM_BASE_URL": self.baseUrl,
+                "LLM_MODEL": self.model,
+                "LLM_TIMEOUT_SECONDS": str(self.timeoutSeconds),
+                "LLM_MAX_RETRIES": str(self.maxRetries),
+                "LLM_MAX_TOKENS": str(self.maxTokens),
+                "LLM_CONTEXT_TOKENS": str(self.contextTokens),
+                "LLM_TOKEN_BUDGET": self.tokenBudget,
+                "LLM_CIRCUIT_FAILURES": str(self.circuitFailures),
+                "LLM_CIRCUIT_RESET_SECONDS": str(self.circuitResetSeconds),
+            }
+        )
+        return values
+
+    @property
+    def port(self) -> int:
+        """The TCP port of baseUrl (explicit, else 443 for https and 80 for http)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.baseUrl)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Promotion:
     """Where the deployed image came from (written by `ragops promote`)."""
 
@@ -442,6 +503,7 @@ class StackConfig:
     gateway: GatewayConfig
     monitoring: MonitoringConfig
     backups: BackupsConfig
+    llm: LlmConfig
     promotion: Promotion | None
     ephemeral: Ephemeral | None
     promotion_raw: Mapping[str, Any] | None
@@ -790,6 +852,28 @@ def _check_rules(config: StackConfig, file: str) -> None:
             "backups need a cloud cluster (gke or eks): snapshots go to GCS/S3 via workload identity",
         )
 
+    llm = config.llm
+    _check_cidrs(llm.egressCidrs, "llm.egressCidrs", fail)
+    _check_cidrs(llm.egressExcept, "llm.egressExcept", fail)
+    if llm.enabled:
+        if not llm.baseUrl:
+            fail(
+                "llm.baseUrl",
+                "missing (the provider's OpenAI-compatible base URL is required when llm.enabled)",
+            )
+        if not llm.model:
+            fail("llm.model", "missing (the model name is required when llm.enabled)")
+        if not llm.egressCidrs:
+            fail(
+                "llm.egressCidrs", "empty: the service could not reach the provider through its NetworkPolicy"
+            )
+        if llm.maxTokens + 256 > llm.contextTokens:
+            fail("llm.maxTokens", "must leave at least 256 tokens of llm.contextTokens for the prompt")
+        if config.is_prod and llm.baseUrl.startswith("http://") and not llm.keyless:
+            fail(
+                "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
+            )
+
     email = config.monitoring.alerting.email
     if email.to:
         if "@" not in email.to:
@@ -856,7 +940,7 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 # --- secrets ---------------------------------------------------------------------------------------------------
 
 SECRET_KEYS = frozenset(
-    {"qdrantApiKey", "serviceApiKeys", "slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword"}
+    {"qdrantApiKey", "serviceApiKeys", "slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "llmApiKey"}
 )
 # Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
 OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
@@ -871,6 +955,7 @@ class Secrets:
     slack_webhook_url: Any = None  # pulumi.Output[str] | None
     pagerduty_routing_key: Any = None
     smtp_password: Any = None
+    llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
 
 
 def load_secrets() -> Secrets:
@@ -890,6 +975,8 @@ def load_secrets() -> Secrets:
     else:
         generated = random.RandomPassword("service-api-key-random", length=40, special=False).result
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
+    # The LLM key is never generated: it is the provider's. Whether one is required is a config rule (stack.py).
+    llm_key = cfg.require_secret("llmApiKey") if get_config(f"{PROJECT}:llmApiKey") else None
     optional = {
         key: cfg.require_secret(key) if get_config(f"{PROJECT}:{key}") else None
         for key in OPTIONAL_SECRET_KEYS
@@ -900,4 +987,5 @@ def load_secrets() -> Secrets:
         slack_webhook_url=optional["slackWebhookUrl"],
         pagerduty_routing_key=optional["pagerdutyRoutingKey"],
         smtp_password=optional["smtpPassword"],
+        llm_api_key=llm_key,
     )

@@ -37,8 +37,8 @@ from infra.components.rag_service import (
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources
+from infra.config import ConfigError, Secrets, StackConfig, stack_file
 from infra.config import Resources as ConfigResources
-from infra.config import Secrets, StackConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
@@ -165,6 +165,8 @@ def monitoring_args(
         thresholds=AlertThresholds(
             error_ratio=mon.alerts.errorRatePercent / 100,
             p95_latency_seconds=mon.alerts.latencyP95Seconds,
+            llm_error_ratio=config.llm.alerts.errorRatePercent / 100,
+            llm_p95_latency_seconds=config.llm.alerts.latencyP95Seconds,
             queue_oldest_job_age_seconds=mon.alerts.queueOldestJobAgeSeconds,
             certificate_expiry_days=mon.alerts.certificateExpiryDays,
             backup_max_age_hours=mon.alerts.backupMaxAgeHours,
@@ -337,19 +339,34 @@ class DataStores:
         )
 
 
+def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
+    """The API's way out to the LLM provider: baseUrl's port to `llm.egressCidrs` minus `llm.egressExcept`.
+
+    A NetworkPolicy cannot name a host (FQDN policies are CNI extensions: Cilium's CiliumNetworkPolicy
+    toFQDNs, Calico Enterprise, GKE Dataplane V2's FQDNNetworkPolicy), so the portable rule is the provider's
+    port to the internet without the private ranges the cluster lives in. An in-cluster provider (vLLM,
+    Ollama) sets egressCidrs to its pod or service range and egressExcept to [].
+    """
+    llm = config.llm
+    if not llm.enabled:
+        return ()
+    return (EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept),)
+
+
 def service_args(
     config: StackConfig,
     *,
     image: pulumi.Input[str],
     stores: DataStores,
     api_keys: pulumi.Input[str],
+    llm_api_key: pulumi.Input[str] | None = None,
     service_account_annotations: Mapping[str, pulumi.Input[str]],
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     ready: tuple[pulumi.Resource, ...] = (),
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = cfg.settings.env()
+    settings = {**cfg.settings.env(), **config.llm.env()}
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
@@ -362,6 +379,7 @@ def service_args(
         database_url=stores.database_url,
         redis_url=stores.redis_url,
         api_keys=api_keys,
+        llm_api_key=llm_api_key if config.llm.enabled and not config.llm.keyless else None,
         qdrant_replication_factor=stores.qdrant_replication_factor,
         qdrant_shard_number=stores.qdrant_shard_number,
         settings=settings,
@@ -387,6 +405,7 @@ def service_args(
             gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
+            api_egress=llm_egress(config),
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
@@ -511,6 +530,18 @@ def _needs_private_services(mode: str, managed: str, cluster: ClusterTarget) -> 
     return [cluster.network["private_services"]] if mode == managed else []
 
 
+def _llm_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | None:
+    llm = config.llm
+    if llm.enabled and not llm.keyless and secrets.llm_api_key is None:
+        raise ConfigError(
+            "rag:llmApiKey",
+            stack_file(config.stack),
+            "missing: llm.enabled needs the provider's key (pulumi config set --secret rag:llmApiKey ...), "
+            "or llm.keyless for a server without one",
+        )
+    return secrets.llm_api_key
+
+
 def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
     """Create every component of the stack on `cluster`; returns the stack outputs to export."""
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
@@ -601,6 +632,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             image=image.ref,
             stores=DataStores.of(qdrant, postgres, redis),
             api_keys=secrets.service_api_keys,
+            llm_api_key=_llm_api_key(config, secrets),
             service_account_annotations=(
                 cluster.workload_identity(config.namespace, SERVICE_NAME, "service")
                 if cluster.workload_identity

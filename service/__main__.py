@@ -20,16 +20,29 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.redis_url and not settings.qdrant_url and settings.internal_token is None:
+    if settings.redis_url and settings.embedded_vector_store and settings.internal_token is None:
         raise SystemExit(
-            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the local-mode vector "
-            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process, "
-            "or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
+            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
+            f"store (VECTOR_STORE={settings.vector_store}) opens in one process only; unset REDIS_URL to run jobs "
+            "in the API process, or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
         )
-    if settings.workers > 1 and not settings.qdrant_url:
+    if settings.workers > 1 and settings.embedded_vector_store:
         raise SystemExit(
-            "WORKERS > 1 needs a Qdrant server (QDRANT_URL): local mode at QDRANT_PATH serves one process"
+            "service: error: WORKERS > 1 needs a Qdrant server (QDRANT_URL): "
+            f"the embedded vector store (VECTOR_STORE={settings.vector_store}) serves one process"
         )
+    if settings.embedded_vector_store == "edge":
+        # Fail here with one line rather than with a traceback from inside the app's lifespan.
+        from service.app.store.edge import DirectoryLock, EmbeddedStoreError, refuse_legacy_store
+
+        try:
+            refuse_legacy_store(settings)
+            lock = DirectoryLock(settings.resolved_edge_path)
+            lock.acquire()
+            lock.release()
+        except EmbeddedStoreError as exc:
+            print(f"service: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     # Migrate in the parent so that several workers never race on the schema at start-up.
     registry = DocumentRegistry.from_settings(settings)
     try:

@@ -70,7 +70,9 @@ async def _default_services(settings: Settings) -> Any:
         # The API owns the embedded store; this worker writes through it (service.app.store.remote).
         vectors = RemoteVectorStore.from_settings(settings)
     # Same container as the API (migrates the registry, ensures the collection, loads the model).
-    services = await to_thread.run_sync(lambda: build_services(settings, vectors=vectors))
+    services = await to_thread.run_sync(
+        lambda: build_services(settings, vectors=vectors, start_reindex=False)
+    )
     if vectors is not None:
         services.closers.append(vectors.close)
     return services
@@ -84,9 +86,10 @@ def check_worker_settings(settings: Settings) -> None:
         raise SettingsError("VECTOR_STORE_URL needs INTERNAL_TOKEN (the token the owning API expects)")
     if not settings.qdrant_url and not settings.vector_store_url:
         raise SettingsError(
-            "REDIS_URL needs QDRANT_URL: workers and the API are separate processes and the local-mode vector "
-            "store (QDRANT_PATH) opens in one process only; unset REDIS_URL to run jobs in the API process, "
-            "or write through the API's store with VECTOR_STORE_URL + INTERNAL_TOKEN (make serve-prod)"
+            "REDIS_URL needs QDRANT_URL: workers and the API are separate processes and the embedded vector "
+            f"store (VECTOR_STORE={settings.vector_store}) opens in one process only; unset REDIS_URL to run jobs "
+            "in the API process, or write through the API's store with VECTOR_STORE_URL + INTERNAL_TOKEN "
+            "(make serve-prod)"
         )
 
 

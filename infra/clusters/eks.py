@@ -304,8 +304,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         "registry-cache",
         name=f"rag-service-{stack}-cache",
         image_tag_mutability="MUTABLE",
-        force_delete=True,
-        opts=opts,
+        force_delete=not config.protect,
+        opts=kept,  # an ECR repository, protected in prod like the image repository
     )
     aws.ecr.LifecyclePolicy(
         "registry-cache-lifecycle",

@@ -58,6 +58,8 @@ M_CACHE = "rag_search_cache_requests_total"
 M_JOBS = "rag_jobs_total"
 M_CHUNKS = "rag_chunks_ingested_total"
 M_FAILURES = "rag_failures_total"
+M_LLM_REQUESTS = "rag_llm_requests_total"
+M_LLM_SECONDS = "rag_llm_request_duration_seconds"
 # Exported by the worker on its `metrics` port (agreed names; scraped by RagService's worker PodMonitor).
 M_JOB_SECONDS = "rag_job_duration_seconds"
 M_QUEUE_DEPTH = "rag_queue_depth"
@@ -83,6 +85,10 @@ class AlertThresholds:
     """cert-manager renews at 2/3 of a certificate's life; this close to expiry, renewal has failed."""
     backup_max_age_hours: int = 26
     """A daily backup schedule plus slack: no successful backup for this long is an incident."""
+    llm_error_ratio: float = 0.1
+    """Share of LLM calls (POST /v1/answer) that failed over 10 minutes."""
+    llm_p95_latency_seconds: float = 30.0
+    """p95 of successful LLM calls, start to last token."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +400,26 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "warning",
             "The RAG API is slow.",
             f"p95 request latency has been above {t.p95_latency_seconds}s for 10 minutes.",
+        ),
+        rule(
+            "RagLlmErrorRate",
+            f'sum(rate({M_LLM_REQUESTS}{{{sel}, outcome="error"}}[10m]))'
+            f' / clamp_min(sum(rate({M_LLM_REQUESTS}{{{sel}, outcome=~"ok|error"}}[10m])), 1e-9)'
+            f" > {t.llm_error_ratio}",
+            "5m",
+            "critical",
+            "The LLM behind /v1/answer is failing.",
+            f"More than {t.llm_error_ratio:.0%} of LLM calls failed over 10 minutes; "
+            "rag_llm_errors_total{cause} says why (timeout, rate_limited, server_error, circuit_open...).",
+        ),
+        rule(
+            "RagLlmLatencyP95",
+            f'histogram_quantile(0.95, sum by (le) (rate({M_LLM_SECONDS}_bucket{{{sel}, outcome="ok"}}[10m])))'
+            f" > {t.llm_p95_latency_seconds}",
+            "10m",
+            "warning",
+            "The LLM behind /v1/answer is slow.",
+            f"p95 of LLM calls has been above {t.llm_p95_latency_seconds}s for 10 minutes.",
         ),
         rule(
             "RagApiDown",

@@ -83,6 +83,8 @@ class NetworkAccess:
     """Namespace of Prometheus, allowed to scrape /metrics; None to disallow."""
     egress: tuple[EgressTarget, ...] = ()
     """Backends the API and worker may reach (use each data component's `egress_target`)."""
+    api_egress: tuple[EgressTarget, ...] = ()
+    """Further destinations of the API only (the LLM provider): the worker never calls them."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class RagServiceArgs:
     """REDIS_URL (secret); enables the Redis cache, rate-limit storage and the worker queue."""
     api_keys: pulumi.Input[str] | None = None
     """API_KEYS (secret): `{"key": "tenant"}` JSON or `key:tenant,...`; required in production."""
+    llm_api_key: pulumi.Input[str] | None = None
+    """LLM_API_KEY (secret): the LLM provider's key, for POST /v1/answer."""
     qdrant_replication_factor: int = 1
     """QDRANT_REPLICATION_FACTOR for new collections (use QdrantCluster.replication_factor)."""
     qdrant_shard_number: int = 1
@@ -442,7 +446,8 @@ def api_network_policy(match: Mapping[str, str], port: int, network: NetworkAcce
     ingress = [specs.ingress_rule([port], gateway_peers or None)]
     if network.monitoring_namespace is not None and gateway_peers:
         ingress.append(specs.ingress_rule([port], [specs.namespace_peer(network.monitoring_namespace)]))
-    return specs.network_policy_spec(match, ingress=ingress, egress=_backend_egress(network))
+    egress = [*_backend_egress(network), *(specs.egress_rule(t) for t in network.api_egress)]
+    return specs.network_policy_spec(match, ingress=ingress, egress=egress)
 
 
 ACME_SOLVER_LABELS = {"acme.cert-manager.io/http01-solver": "true"}
@@ -543,6 +548,7 @@ class RagService(pulumi.ComponentResource):
             "REDIS_URL": args.redis_url,
             "QDRANT_API_KEY": args.qdrant_api_key,
             "API_KEYS": args.api_keys,
+            "LLM_API_KEY": args.llm_api_key,
         }
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
         secret = k8s.core.v1.Secret(

@@ -8,6 +8,7 @@ the Pulumi engine; the tests call these directly.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -306,6 +307,8 @@ class EgressTarget:
     """Namespace of the pods; None means the policy's own namespace."""
     cidrs: tuple[str, ...] = ()
     extra_ports: tuple[int, ...] = ()
+    except_cidrs: tuple[str, ...] = ()
+    """Ranges carved out of `cidrs` (each applied to the CIDRs that contain it), e.g. the cluster's own."""
 
 
 def pod_peer(pod_labels: Mapping[str, str]) -> dict[str, Any]:
@@ -331,7 +334,17 @@ def peers_for(target: EgressTarget) -> list[dict[str, Any]]:
         if target.namespace is not None:
             peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": target.namespace}}
         peers.append(peer)
-    peers.extend({"ipBlock": {"cidr": cidr}} for cidr in target.cidrs)
+    for cidr in target.cidrs:
+        block: dict[str, Any] = {"cidr": cidr}
+        network = ipaddress.ip_network(cidr)
+        carved = [
+            e
+            for e in target.except_cidrs
+            if (inner := ipaddress.ip_network(e)).version == network.version and inner.subnet_of(network)  # type: ignore[arg-type]
+        ]
+        if carved:
+            block["except"] = carved
+        peers.append({"ipBlock": block})
     return peers
 
 

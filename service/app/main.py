@@ -24,8 +24,9 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from service.app import production
+from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
-from service.app.api.routes import admin, documents, health, internal, jobs, metrics, search
+from service.app.api.routes import admin, answer, documents, health, internal, jobs, metrics, search
 from service.app.api.routes.docs import install_docs
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
@@ -39,9 +40,19 @@ from service.app.search.service import SearchService
 from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
+from service.app.store.remote import RemoteVectorStore
 from service.app.store.vectors import QdrantVectorStore, VectorStore
 
 logger = logging.getLogger(__name__)
+
+
+def open_vector_store(settings: Settings, *, model_name: str, dimension: int) -> VectorStore:
+    """The adapter the settings select: a Qdrant server (QDRANT_URL), else qdrant-edge or local mode in-process."""
+    if settings.embedded_vector_store == "edge":
+        from service.app.store.edge import EdgeVectorStore
+
+        return EdgeVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+    return QdrantVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
 
 
 @dataclass
@@ -61,6 +72,7 @@ class Services:
     limiter: Any = None  # RateLimiter
     cache: Any = None  # Cache | None
     jobs: Any = None  # JobQueue
+    answer: Any = None  # AnswerService, attached by service.app.answer.service.attach
     reindexer: Any = None  # Reindexer
 
     def close(self) -> None:
@@ -75,8 +87,13 @@ def build_services(
     embedder: Embedder | None = None,
     vectors: VectorStore | None = None,
     registry: DocumentRegistry | None = None,
+    start_reindex: bool = True,
 ) -> Services:
-    """Build (or take) the adapters, prepare the backends, and wire the domain services."""
+    """Build (or take) the adapters, prepare the backends, and wire the domain services.
+
+    ``start_reindex``: whether a config that differs from the served index starts a re-index here (the API);
+    workers pass False and follow the index pointer instead.
+    """
     closers: list[Callable[[], Any]] = []
     if embedder is None:
         from service.app.store.embedder import FastEmbedEmbedder
@@ -87,9 +104,7 @@ def build_services(
         closers.append(registry.close)
     registry.migrate()
     if vectors is None:
-        vectors = QdrantVectorStore.from_settings(
-            settings, model_name=embedder.model_name, dimension=embedder.dimension
-        )
+        vectors = open_vector_store(settings, model_name=embedder.model_name, dimension=embedder.dimension)
         closers.append(vectors.close)
     vectors.ensure_collection()
     wanted = IndexConfig(embedder.model_name, settings.chunk_size, settings.chunk_overlap)
@@ -141,11 +156,43 @@ def build_services(
         closers=closers,
         reindexer=reindexer,
     )
-    if generation.config != wanted and settings.reindex_on_config_change:
+    ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
+    if generation.config != wanted and settings.reindex_on_config_change and start_reindex:
         # A changed model or chunking: build it in the background while search serves the current index.
         logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
-        reindexer.start(wanted)
+        try:
+            reindexer.start(wanted)
+        except InvalidInput as exc:
+            # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
+            logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
     return services
+
+
+def _follow_pointer(
+    registry: DocumentRegistry,
+    index: ActiveIndex,
+    reindexer: Reindexer,
+    make_generation: Callable[..., IndexGeneration],
+) -> None:
+    """Adopt a switch another process made (its re-index or rollback): serve and write where the pointer says.
+
+    Called before each write, so a worker or another replica writes into the new collection (and keeps the
+    old one, the rollback target, as its shadow) from its first write after the switch.
+    """
+    if reindexer.running():
+        return  # this process is switching itself
+    pointer = registry.index_pointer()
+    state = index.state
+    if pointer is None or pointer.collection == state.current.collection:
+        return
+    generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
+    standby = None
+    if pointer.previous_collection == state.current.collection:
+        standby = state.current
+    elif pointer.previous_collection and pointer.previous_config:
+        standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
+    logger.info("following the index pointer to %s", pointer.collection)
+    index.set(IndexState(current=generation, shadow=standby))
 
 
 def _generation_factory(
@@ -153,6 +200,8 @@ def _generation_factory(
 ) -> Callable[..., IndexGeneration]:
     """Builds the generation of a config: its collection through the same client, its model, its chunker."""
     embedders: dict[str, Embedder] = {embedder.model_name: embedder}
+    # One store object per collection: local mode's in-process point index must see every write to it.
+    stores: dict[str, VectorStore] = {base.collection: base}
 
     def make(config: IndexConfig, collection: str | None = None) -> IndexGeneration:
         model = embedders.get(config.model)
@@ -174,12 +223,18 @@ def _generation_factory(
             embedders[config.model] = model
         if collection is None:
             collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
-        if collection == base.collection:
+        if isinstance(base, QdrantVectorStore):
+            store = stores.setdefault(collection, base.sibling(collection, model.dimension))
+        elif collection == base.collection or isinstance(base, RemoteVectorStore):
+            # A store lent by the API process (service.app.store.remote) serves the API's current collection.
             store = base
-        elif isinstance(base, QdrantVectorStore):
-            store = base.sibling(collection, model.dimension)
         else:
-            raise InvalidInput("re-indexing needs the Qdrant vector store")
+            # qdrant-edge holds one locked shard directory per store: a second collection beside it is not
+            # wired yet, and writing the new chunking into the served collection would corrupt it.
+            raise InvalidInput(
+                f"re-indexing into a new collection is not supported by the {type(base).__name__} store yet; "
+                "use VECTOR_STORE=local or a Qdrant server (QDRANT_URL)"
+            )
         try:
             chunker = Chunker(
                 model.tokenizer,
@@ -233,6 +288,7 @@ def create_app(
         )
         app.state.services = services
         close_production = await production.attach(services)
+        close_answer = await answer_service.attach(services)
         collector = (
             asyncio.create_task(_collect_orphans_forever(services), name="orphan-collector")
             if settings.gc_enabled
@@ -245,6 +301,7 @@ def create_app(
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collector
+            await close_answer()
             await close_production()
             await to_thread.run_sync(services.close)
 
@@ -272,6 +329,7 @@ def create_app(
         (documents.router, "ingest"),
         (documents.bulk_router, "ingest"),
         (search.router, "search"),
+        (answer.router, "search"),
         (jobs.router, "search"),
     )
     for router, budget in routers:

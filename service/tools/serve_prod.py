@@ -5,7 +5,7 @@ Starts, each as its own process on a free loopback port, and stops them all on C
     Postgres 15 and Redis   throwaway servers in a temporary directory (the ones the test suite starts:
                             tests/support/servers.py), holding the registry + job rows and the wake-ups
     the API                 `python -m service` with ENVIRONMENT=production, API keys, DATABASE_URL, REDIS_URL
-                            and the embedded vector store (local-mode Qdrant) in the temporary directory
+                            and the embedded vector store (qdrant-edge) in the temporary directory
     the worker              `python -m service.worker` with its own metrics/probe port
 
 The vector store: local-mode Qdrant (and qdrant-edge) open in one process only, so the API owns it and lends it

@@ -117,6 +117,28 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "service.replicas",
         "at least 2 service replicas",
     ),
+    ("dev", {"llm": {"egressCidrs": ["10.0.0.1/8"]}}, "llm.egressCidrs", "not an IPv4/IPv6 network"),
+    ("dev", {"llm": {"egressExcept": ["nowhere"]}}, "llm.egressExcept", "not an IPv4/IPv6 network"),
+    ("dev", {"llm": {"enabled": True, "model": "m"}}, "llm.baseUrl", "base URL is required"),
+    ("dev", {"llm": {"enabled": True, "baseUrl": "https://x.example/v1"}}, "llm.model", "model name"),
+    (
+        "dev",
+        {"llm": {"enabled": True, "baseUrl": "https://x.example/v1", "model": "m", "egressCidrs": []}},
+        "llm.egressCidrs",
+        "could not reach the provider",
+    ),
+    (
+        "dev",
+        {"llm": {"enabled": True, "baseUrl": "https://x.example/v1", "model": "m", "maxTokens": 8000}},
+        "llm.maxTokens",
+        "at least 256 tokens",
+    ),
+    (
+        "prod",
+        {"llm": {"enabled": True, "baseUrl": "http://x.example/v1", "model": "m"}},
+        "llm.baseUrl",
+        "only over https://",
+    ),
 ]
 
 # (overrides on dev, key, fragment): a value of the wrong shape for each kind of field.

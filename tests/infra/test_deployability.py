@@ -226,6 +226,19 @@ def test_a_cronjob_and_a_helm_release_are_held_to_the_same_rule() -> None:
     assert findings(program(admin, fixed)) == []
 
 
+def test_namespaced_objects_and_releases_wait_for_their_namespace() -> None:
+    namespace = k8s("Namespace", "rag", ns=None)
+    assert [f.name for f in findings(program(namespace, k8s("ConfigMap", "cfg")))] == ["cfg"]
+    assert findings(program(namespace, k8s("ConfigMap", "cfg", deps=(namespace,)))) == []
+    assert [f.name for f in findings(program(namespace, release("chart", "metrics-server")))] == ["chart"]
+    created = res(
+        "kubernetes:helm.sh/v3:Release",
+        "chart",
+        {"chart": "metrics-server", "namespace": "rag", "createNamespace": True},
+    )
+    assert findings(program(namespace, created)) == []
+
+
 def test_removing_a_depends_on_from_the_real_program_is_caught() -> None:
     result = run("prod")
     monitor = result.by_name("rag-servicemonitor")

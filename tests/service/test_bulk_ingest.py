@@ -117,6 +117,7 @@ def test_each_item_costs_one_ingest_request(make_client: MakeClient) -> None:
         second = client.post(BULK, json={"documents": [doc("d"), doc("e"), doc("f")]}, headers=h)
         assert second.status_code == 429
         assert int(second.headers["Retry-After"]) >= 1
+        assert second.headers["RateLimit-Remaining"] == "1"  # one request left; the batch needed three
         assert client.get("/v1/documents/d", headers=h).status_code == 404  # a refused batch stores nothing
         never = client.post(BULK, json={"documents": [doc(f"n{i}") for i in range(6)]}, headers=h)
         assert never.status_code == 422

@@ -383,3 +383,10 @@ def test_fetch_model_refuses_an_unknown_model_before_downloading(
     assert fetch_model.main(["--model", "nobody/no-such-model", "--cache-dir", str(cache)]) == 1
     assert "'nobody/no-such-model' is not a fastembed model" in capsys.readouterr().err
     assert not cache.exists()
+
+
+def test_documents_are_batched_by_token_length(embedder: FastEmbedEmbedder) -> None:
+    from service.app.store.embedder import length_order
+
+    texts = [" ".join(_long_words(60)), "one", " ".join(_long_words(5)), "two", " ".join(_long_words(20))]
+    assert length_order(embedder.tokenizer, texts) == [1, 3, 2, 4, 0]

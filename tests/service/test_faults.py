@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from service.app.core.config import Settings
+from service.app.main import open_vector_store
 from service.app.store.registry import DocumentRegistry
-from service.app.store.vectors import QdrantVectorStore
 from tests.service.service_process import service_process, wait_for
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -127,7 +127,7 @@ def audit(data_dir: Path) -> dict[str, tuple[int, int]]:
     """Registry vs store after the service stopped: every row's version complete, no other point at all."""
     settings = Settings(_env_file=None, data_dir=data_dir, environment="test")
     registry = DocumentRegistry.from_settings(settings)
-    vectors = QdrantVectorStore.from_settings(settings, model_name=MODEL, dimension=384)
+    vectors = open_vector_store(settings, model_name=MODEL, dimension=384)  # the adapter the service used
     try:
         vectors.ensure_collection()
         rows = {r.document_id: r for r in registry.list("default", limit=100).items}

@@ -53,11 +53,11 @@ def test_readyz_names_each_failed_check(make_client: MakeClient, monkeypatch: py
         def registry_down() -> None:
             raise ServiceUnavailable("document registry unavailable: connection refused")
 
-        def qdrant_down(name: str) -> bool:
+        def qdrant_down() -> None:
             raise ConnectionError("qdrant: connection refused")
 
         monkeypatch.setattr(services.registry, "ping", registry_down)
-        monkeypatch.setattr(services.vectors.client, "collection_exists", qdrant_down)
+        monkeypatch.setattr(services.vectors, "ping", qdrant_down)
         response = client.get("/readyz")
         assert response.status_code == 503
         body = response.json()

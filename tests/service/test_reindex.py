@@ -56,7 +56,9 @@ def settings_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(settings_dir: Path, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
-    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    settings = make_settings(
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+    )
     with running_app(settings, embedder=embedder) as client:
         yield client
 
@@ -160,13 +162,17 @@ def test_reindex_under_concurrent_reads_and_writes_then_rollback(
 def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
     settings_dir: Path, embedder: FastEmbedEmbedder
 ) -> None:
-    settings = make_settings(settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False)
+    settings = make_settings(
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+    )
     with running_app(settings, embedder=embedder) as client:
         for index in range(4):
             client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)})
         first = services_of(client).ingest.index.current.collection
     # The stack changes CHUNK_SIZE: start-up keeps serving the old index and re-indexes in the background.
-    changed = make_settings(settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False)
+    changed = make_settings(
+        settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False, vector_store="local"
+    )
     with running_app(changed, embedder=embedder) as client:
         services = services_of(client)
         status = services.reindexer.wait(timeout=600)
@@ -204,3 +210,64 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
+        # The default embedded store (qdrant-edge) cannot hold a second collection yet: refused, not corrupted.
+        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 24})
+        assert edge.status_code == 422
+        assert "not supported" in edge.text
+
+
+def test_another_process_adopts_the_switch_at_its_next_write(
+    client: TestClient, embedder: FastEmbedEmbedder
+) -> None:
+    import anyio
+
+    from service.app.main import build_services
+
+    services = services_of(client)
+    client.put("/v1/documents/d0", json={"text": text_of(0, 0)})
+    # A second process (a worker, another replica) sharing the registry and the store, built before the switch.
+    other = build_services(
+        services.settings,
+        embedder=embedder,
+        vectors=services.vectors,
+        registry=services.registry,
+        start_reindex=False,
+    )
+    old = other.ingest.index.current
+    assert client.post("/v1/admin/reindex", json={"chunk_size": 24, "chunk_overlap": 4}).status_code == 202
+    assert services.reindexer.wait(timeout=600).state == "switched"
+    new = services.ingest.index.current
+
+    result = anyio.run(lambda: other.ingest.ingest("default", "from-other", text=text_of(4, 1)))
+    assert other.ingest.index.current.collection == new.collection
+    assert other.ingest.index.state.shadow.collection == old.collection
+    # Counted in Qdrant itself: the two "processes" each hold their own store objects.
+    assert new.vectors.count("default", "from-other") == result.chunks
+    assert old.vectors.count("default", "from-other") > 0  # the rollback target has it too
+    hits = client.post("/v1/search", json={"query": "coral reef fish", "top_k": 5}).json()["results"]
+    assert "from-other" in {hit["document_id"] for hit in hits}
+
+
+def test_the_cli_starts_watches_and_rolls_back(
+    client: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.reindex import main
+
+    for index in range(3):
+        client.put(f"/v1/documents/d{index}", json={"text": text_of(index, 0)})
+    assert (
+        main(
+            ["--interval", "0.05", "start", "--chunk-size", "24", "--chunk-overlap", "4", "--wait"],
+            client=client,
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "switched: serving" in out
+    assert "chunk 24/4" in out
+    assert main(["start", "--chunk-size", "24", "--chunk-overlap", "4"], client=client) == 1
+    assert "already built" in capsys.readouterr().out
+    assert main(["rollback"], client=client) == 0
+    assert "rolled_back: serving" in capsys.readouterr().out
+    assert main(["status"], client=client) == 0
+    assert "chunk 64/8" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """Service settings: one `Settings` class read from the environment (and `.env`), cached by `get_settings()`.
 
 Every variable is documented in the README's settings table; keep the two in step.
-Embedded defaults (SQLite + local-mode Qdrant under DATA_DIR, the offline ONNX model) need no external service.
+Embedded defaults (SQLite + the qdrant-edge vector store under DATA_DIR, the offline ONNX model) need no external
+service.
 `ENVIRONMENT=production` refuses insecure settings at start-up with an error naming the variable.
 """
 
@@ -48,7 +49,16 @@ class Settings(BaseSettings):
     )
 
     # --- vector store (Qdrant) -------------------------------------------------------------------------
-    qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: local mode at QDRANT_PATH")
+    qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: the embedded VECTOR_STORE")
+    vector_store: Literal["edge", "local"] = Field(
+        "edge",
+        description="embedded store when QDRANT_URL is unset: qdrant-edge, or qdrant-client local mode",
+    )
+    edge_path: Path | None = Field(None, description="qdrant-edge directory; default DATA_DIR/edge")
+    edge_optimize_idle_seconds: float = Field(
+        2.0, ge=0, description="build indexes once writes have paused this long"
+    )
+    edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
     qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")
@@ -150,6 +160,36 @@ class Settings(BaseSettings):
         5.0, gt=0, description="how often a worker re-sends wake-ups for queued jobs Redis lost"
     )
 
+    # --- answers (POST /v1/answer): the LLM, its limits, the embedded extractive fallback ------------------
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible Chat Completions base URL; unset: extractive answers"
+    )
+    llm_model: str | None = Field(
+        None, description="model name sent to the provider (required with LLM_BASE_URL)"
+    )
+    llm_api_key: SecretStr | None = Field(None, description="provider API key (never logged)")
+    llm_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="connect/read/write timeout per attempt"
+    )
+    llm_max_retries: int = Field(
+        2, ge=0, le=10, description="retries on 408/409/429/5xx and connection errors"
+    )
+    llm_max_tokens: int = Field(512, ge=1, le=32768, description="completion token cap per answer")
+    llm_context_tokens: int = Field(8192, ge=1024, le=2_000_000, description="the model's context window")
+    llm_tokenizer_path: Path | None = Field(
+        None, description="tokenizer.json of the served model; default: the embedding model's tokenizer"
+    )
+    llm_token_budget: str = Field("", description="per-tenant LLM token budget in limits syntax; empty: none")
+    llm_circuit_failures: int = Field(
+        5, ge=1, le=1000, description="consecutive failures that open the breaker"
+    )
+    llm_circuit_reset_seconds: float = Field(
+        30.0, gt=0, le=3600, description="how long the breaker stays open"
+    )
+    answer_min_score: float = Field(
+        0.3, ge=-1.0, le=1.0, description="below this similarity a chunk is not context; none left: no answer"
+    )
+
     # --- HTTP hygiene ----------------------------------------------------------------------------------
     http_header_timeout_seconds: float = Field(
         10.0, gt=0, description="a connection must complete its request headers within this (slowloris)"
@@ -185,6 +225,23 @@ class Settings(BaseSettings):
     def _refuse_insecure_production(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise SettingsError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.llm_base_url and not self.llm_model:
+            raise SettingsError("LLM_MODEL is required when LLM_BASE_URL is set")
+        if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
+            raise SettingsError("LLM_BASE_URL must be an http(s):// URL")
+        if self.llm_max_tokens + 256 > self.llm_context_tokens:
+            raise SettingsError(
+                "LLM_MAX_TOKENS must leave at least 256 tokens of LLM_CONTEXT_TOKENS for the prompt"
+            )
+        if self.llm_token_budget.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(self.llm_token_budget)
+            except ValueError as exc:
+                raise SettingsError(
+                    f"LLM_TOKEN_BUDGET is not in limits syntax (e.g. 200000/hour): {exc}"
+                ) from exc
         if self.environment != "production":
             return self
         if self.auth_disabled:
@@ -223,6 +280,15 @@ class Settings(BaseSettings):
     @property
     def resolved_qdrant_path(self) -> Path:
         return self.qdrant_path or self.data_dir / "qdrant"
+
+    @property
+    def resolved_edge_path(self) -> Path:
+        return self.edge_path or self.data_dir / "edge"
+
+    @property
+    def embedded_vector_store(self) -> Literal["edge", "local"] | None:
+        """Which in-process store serves, or None when a Qdrant server (QDRANT_URL) does."""
+        return None if self.qdrant_url else self.vector_store
 
     @property
     def resolved_model_path(self) -> Path | None:

@@ -64,3 +64,48 @@ WORKER_LAST_POLL = Gauge(
 FAILURES = Counter(
     "rag_failures_total", "Internal failures by component.", ["component"]
 )  # vector_store | registry | embedder | cache | jobs
+
+# --- answers (POST /v1/answer) ------------------------------------------------------------------------------
+# LLM calls take seconds, not milliseconds: buckets up to two minutes.
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+ANSWERS = Counter(
+    "rag_answers_total", "Answers given, by generator.", ["generator"]
+)  # llm | extractive | no_context
+LLM_REQUESTS = Counter(
+    "rag_llm_requests_total", "Chat Completions calls, by outcome.", ["outcome"]
+)  # ok | error | cancelled
+LLM_ERRORS = Counter(
+    "rag_llm_errors_total", "Failed Chat Completions calls, by cause.", ["cause"]
+)  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | protocol
+LLM_SECONDS = Histogram(
+    "rag_llm_request_duration_seconds",
+    "Chat Completions call time, start to last token (retries included).",
+    ["outcome"],
+    buckets=LLM_BUCKETS,
+)
+LLM_FIRST_TOKEN_SECONDS = Histogram(
+    "rag_llm_time_to_first_token_seconds", "Time to the first streamed token.", buckets=LLM_BUCKETS
+)
+LLM_TOKENS = Counter(
+    "rag_llm_tokens_total",
+    "LLM tokens, by direction (provider-reported when it reports them).",
+    ["direction"],
+)  # input | output
+
+# Known label values start at 0, so the error-rate alert's ratio has both series before the first failure.
+for _generator in ("llm", "extractive", "no_context"):
+    ANSWERS.labels(generator=_generator)
+for _outcome in ("ok", "error", "cancelled"):
+    LLM_REQUESTS.labels(outcome=_outcome)
+for _cause in (
+    "timeout",
+    "rate_limited",
+    "server_error",
+    "connection",
+    "circuit_open",
+    "auth",
+    "bad_request",
+):
+    LLM_ERRORS.labels(cause=_cause)
+for _direction in ("input", "output"):
+    LLM_TOKENS.labels(direction=_direction)

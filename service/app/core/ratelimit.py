@@ -42,13 +42,14 @@ REDIS_TIMEOUT_SECONDS = 1.0
 BACKOFF_SECONDS = 5.0
 
 
-def _storage(settings: Settings) -> Storage:
+def limits_storage(settings: Settings, key_prefix: str = "rag:ratelimit") -> Storage:
+    """Counter storage for `limits`: Redis when REDIS_URL is set (shared by replicas), else process memory."""
     if settings.redis_url:
         # redis-py's asyncio client (already a dependency) rather than the default coredis.
         return storage_from_string(
             f"async+{settings.redis_url}",
             implementation="redispy",
-            key_prefix="rag:ratelimit",
+            key_prefix=key_prefix,
             # A dead Redis must cost a request milliseconds, not the client's default minutes.
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
             socket_timeout=REDIS_TIMEOUT_SECONDS,
@@ -100,7 +101,7 @@ class RateLimiter:
             "ingest": parse_many(settings.rate_limit_ingest),
             "search": parse_many(settings.rate_limit_search),
         }
-        self._storage = storage if storage is not None else _storage(settings)
+        self._storage = storage if storage is not None else limits_storage(settings)
         self.storage_kind = "memory" if isinstance(self._storage, MemoryStorage) else "redis"
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._clock = clock

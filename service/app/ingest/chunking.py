@@ -206,3 +206,8 @@ def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
         end -= 1
     if start < end:
         yield start, end
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of ``text``, cut where chunking cuts, whitespace trimmed, in order."""
+    return list(_sentences(text))

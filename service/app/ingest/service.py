@@ -42,7 +42,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -144,6 +144,8 @@ class IngestService:
                 chunker,
             )
         )
+        # Set by build_services: adopt an index switch made by another process before writing.
+        self.sync_index: Callable[[], None] | None = None
         self.commit_deadline_us = int(commit_deadline_seconds * 1_000_000)
         self._locks = _KeyedLocks()
 
@@ -250,6 +252,8 @@ class IngestService:
         With a shadow generation (a re-index building, or the previous index on standby for a rollback) the
         active version is also written there once committed, so the two never miss a write.
         """
+        if self.sync_index is not None:
+            self.sync_index()
         with self.index.writing() as state:
             count = self._publish_in(
                 state.current, tenant_id, document_id, text, metadata, kind, digest, current, version

@@ -28,9 +28,11 @@ Documents written before the registry kept texts (migration 0003) cannot be rebu
 they are counted as ``documents_without_text`` and listed (first 20), and the switch still happens only if
 there are none, unless ``allow_missing`` is given.
 
-Limits: the re-index runs in the process that received the request; other API replicas follow the pointer
-at their next start-up (the stack rolls them when the config changes), and their writes meanwhile are caught
-up by the passes above and the post-switch catch-up. A process restart abandons a running build (the target
+Other processes (API replicas, workers) do not see the shadow while a build runs: their writes reach the
+target through the catch-up passes. They adopt a switch at their next write (each write first compares the
+persisted pointer with the index it holds) or start-up; their searches move at that point too. A write already
+in flight at the switch in another process lands in the old collection only and is replayed by the next
+catch-up (a rollback runs one; so does the next re-index). A process restart abandons a running build (the target
 collection is kept and the next build re-uses it: upserts are idempotent).
 """
 
@@ -118,7 +120,7 @@ class Reindexer:
     def start(self, config: IndexConfig, *, allow_missing: bool = False) -> ReindexStatus:
         """Start building ``config`` in the background; Conflict while another re-index runs."""
         with self._lock:
-            if self._running():
+            if self.running():
                 raise Conflict("a re-index is already running; wait for it or check GET /v1/admin/reindex")
             if config == self.index.current.config:
                 raise InvalidInput("the index is already built with this model and chunking")
@@ -134,7 +136,7 @@ class Reindexer:
     def rollback(self) -> ReindexStatus:
         """Serve from the standby generation again (the one before the last switch)."""
         with self._lock:
-            if self._running():
+            if self.running():
                 raise Conflict("a re-index is running; roll back after it has switched or failed")
             state = self.index.state
             if state.shadow is None:
@@ -166,7 +168,8 @@ class Reindexer:
 
     # -- the job ------------------------------------------------------------------------------------------
 
-    def _running(self) -> bool:
+    def running(self) -> bool:
+        """Whether a re-index thread of this process is building or switching."""
         return self._thread is not None and self._thread.is_alive()
 
     def _set(self, status: ReindexStatus) -> None:

@@ -29,6 +29,12 @@ class EmbeddingModelError(RuntimeError):
     """The embedding model cannot be loaded; the message names the setting or command that fixes it."""
 
 
+def length_order(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """Indexes of ``texts`` sorted by token count (stable, so equal lengths keep their order)."""
+    lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(list(texts))]
+    return sorted(range(len(texts)), key=lengths.__getitem__)
+
+
 class FastEmbedEmbedder:
     """`Embedder` backed by a fastembed `TextEmbedding` (mean-pooled, L2-normalised for MiniLM)."""
 
@@ -93,12 +99,23 @@ class FastEmbedEmbedder:
         return self._tokenizer
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed passages in batches of EMBEDDING_BATCH_SIZE; one normalised vector per text, in order."""
+        """Embed passages in batches of EMBEDDING_BATCH_SIZE; one normalised vector per text, in order.
+
+        Texts are batched by token length (shortest first): a batch is padded to its longest text, so mixing a
+        20-token tail chunk with 200-token chunks would run the model on ~10x the tokens it needs.
+        """
         if not texts:
             return []
-        return self._run(
-            "document", lambda: self._model.passage_embed(list(texts), batch_size=self._batch_size)
-        )
+
+        def by_length() -> list[np.ndarray]:
+            order = length_order(self._tokenizer, texts)
+            vectors = list(self._model.passage_embed([texts[i] for i in order], batch_size=self._batch_size))
+            ordered = vectors.copy()
+            for position, index in enumerate(order):
+                ordered[index] = vectors[position]
+            return ordered
+
+        return self._run("document", by_length)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one search query through fastembed's query path (MiniLM and BGE v1.5 need no prefix)."""

@@ -23,6 +23,7 @@ from service.app.core.errors import (
     InvalidInput,
     PayloadTooLarge,
     RagError,
+    RateLimited,
     UnsupportedMediaType,
     error_body,
     error_responses,
@@ -438,7 +439,11 @@ async def _charge_items(request: Request, services: Any, count: int) -> None:
         )
     if count > 1:
         principal = request.state.principal
-        quota = await limiter.hit("ingest", principal.key_id, cost=count - 1)
+        try:
+            quota = await limiter.hit("ingest", principal.key_id, cost=count - 1)
+        except RateLimited as exc:
+            request.state.rate_limit_quota = exc.quota  # the 429's headers describe this refusal
+            raise
         if quota is not None:
             request.state.rate_limit_quota = quota
 

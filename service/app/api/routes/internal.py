@@ -42,6 +42,7 @@ async def vector_operation(operation: str, request: Request, services: ServicesD
         args = decode_args(operation, body)
     except (TypeError, KeyError) as exc:
         raise InvalidInput(f"bad arguments for {operation}: {exc}") from exc
-    method = getattr(services.vectors, operation)
+    # The collection search serves from now (a re-index may have switched it).
+    method = getattr(services.ingest.vectors, operation)
     result = await to_thread.run_sync(lambda: method(**args))
     return InternalResult(result=encode_result(operation, result))

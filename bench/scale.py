@@ -1,0 +1,476 @@
+"""Scale benchmark: HTTP search, start-up and memory at N chunks, against the raw engines on the same vectors.
+
+    make bench SCALE=100000                    # sizes 1000, 10000 and 100000
+    python bench/scale.py --sizes 1000,10000 --queries 200
+
+Corpus: the docstrings of Python's standard library (real technical prose), split with the service's own
+Chunker and embedded with the service's model (all-MiniLM-L6-v2, ONNX). At most ``--real`` chunks are embedded;
+larger sizes replicate them with Gaussian noise (sigma 0.02 per dimension, re-normalised), so neighbourhoods
+keep the shape of real text without embedding 100k chunks on 2 CPUs. Queries are other docstrings' first
+sentences, embedded with the same model. 90 % of the points belong to the searched tenant, 10 % to others, so
+every search carries a real tenant filter.
+
+Per size:
+- **edge (raw)**: qdrant-edge-py used directly: build + index time, load time and RSS of a fresh process,
+  search p50/p95/p99 with the tenant filter, recall@5 against exact search.
+- **numpy exact**: a float32 matrix product over the tenant's vectors (the ground truth).
+- **local (raw)**: qdrant-client local mode; skipped above ``--local-max`` points (1.7 s per search and 42 s to
+  load at 100k, issue 13's measurement), so the run stays bounded.
+- **HTTP service**: `python -m service` started on a store holding the same points (edge shard copied, registry
+  rows for every document), start-up time to the first healthy /healthz, RSS after the searches, and search
+  p50/p95/p99 over HTTP, interleaved query by query with the raw edge path (query embedding + engine query).
+- **Concurrency** (sizes listed in ``--concurrency-at``): searches/s over HTTP with 1, 4 and 16 client threads.
+
+Results replace the section between the scale markers in docs/benchmarks.md (``--write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import qdrant_edge as qe
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from ingest_search import ServiceProcess, percentile  # noqa: E402
+
+from service.app.core.config import Settings  # noqa: E402
+from service.app.ingest.chunking import Chunker  # noqa: E402
+from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore  # noqa: E402
+from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
+from service.app.store.registry import DocumentRegistry  # noqa: E402
+from service.app.store.vectors import ChunkPoint, collection_name  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MODEL_DIR = REPO / ".models" / "all-MiniLM-L6-v2"
+TENANT = "default"
+CHUNKS_PER_DOCUMENT = 10
+TOP_K = 5
+START = "<!-- scale:start -->"
+END = "<!-- scale:end -->"
+
+
+def stdlib_docstrings(limit: int, rng: random.Random) -> list[str]:
+    """Module, class and function docstrings of the standard library, long enough to be prose."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    texts: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        if "test" in path.parts or "site-packages" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 200:
+                    texts.append(doc)
+    rng.shuffle(texts)
+    return texts[:limit]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed(call, *args):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    result = call(*args)
+    return result, time.perf_counter() - started
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50": statistics.median(latencies) * 1000,
+        "p95": percentile(latencies, 0.95) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+    }
+
+
+LOAD_PROBE = """
+import json, sys, time, os
+started = time.perf_counter()
+kind, path, vector = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if kind == "edge":
+    import qdrant_edge as qe
+    shard = qe.EdgeShard.load(path)
+    loaded = time.perf_counter() - started
+    shard.query(qe.QueryRequest(limit=5, query=qe.Query.Nearest(vector, using="dense")))
+else:
+    from qdrant_client import QdrantClient
+    client = QdrantClient(path=path)
+    loaded = time.perf_counter() - started
+    client.query_points("raw", query=vector, limit=5)
+rss = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:")][0] / 1024
+print(json.dumps({"load": loaded, "first_query": time.perf_counter() - started, "rss": rss}))
+"""
+
+
+def probe_load(kind: str, path: Path, vector: list[float]) -> dict[str, float]:
+    """Open the store in a fresh process: load time, load + first query, RSS."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_PROBE, kind, str(path), json.dumps(vector)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def replicate(base: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if n <= len(base):
+        return base[:n].copy()
+    picks = rng.integers(0, len(base), size=n - len(base))
+    noisy = base[picks] + rng.normal(0, 0.02, size=(len(picks), base.shape[1])).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    return np.vstack([base, noisy])
+
+
+def run_size(
+    n: int,
+    base_vectors: np.ndarray,
+    base_texts: list[str],
+    query_texts: list[str],
+    query_vectors: np.ndarray,
+    embedder: FastEmbedEmbedder,
+    args: argparse.Namespace,
+    work: Path,
+    rng: np.random.Generator,
+) -> dict:
+    print(f"--- {n} points", flush=True)
+    vectors = replicate(base_vectors, n, rng)
+    tenants = np.where(rng.random(n) < 0.9, TENANT, "other")
+    name = collection_name("documents", MODEL, vectors.shape[1])
+    data_dir = work / f"data-{n}"
+    store = EdgeVectorStore(
+        data_dir / "edge" / name, collection=name, dimension=vectors.shape[1], optimize_idle_seconds=None
+    )
+    store.ensure_collection()
+    points = [
+        ChunkPoint(
+            tenant_id=str(tenants[i]),
+            document_id=f"doc-{i // CHUNKS_PER_DOCUMENT}",
+            version=1,
+            chunk_index=i % CHUNKS_PER_DOCUMENT,
+            text=base_texts[i % len(base_texts)],
+            vector=vectors[i].tolist(),
+            metadata={"source": "stdlib"},
+            content_hash="bench",
+            model=MODEL,
+        )
+        for i in range(n)
+    ]
+    _, upsert_seconds = timed(store.upsert, points)
+    _, optimize_seconds = timed(store.optimize)
+    store.close()
+
+    # Registry rows so the service's visibility check keeps the hits (a document is active in its tenants).
+    registry = DocumentRegistry(f"sqlite:///{(data_dir / 'registry.db').as_posix()}")
+    registry.migrate()
+    documents = {(p.tenant_id, p.document_id) for p in points}
+    for tenant, document in documents:
+        registry.activate(
+            tenant,
+            document,
+            expected_version=None,
+            version=1,
+            content_hash="bench",
+            metadata={"source": "stdlib"},
+            content_type="text/plain",
+            chunk_count=CHUNKS_PER_DOCUMENT,
+        )
+    registry.close()
+
+    # Raw edge works on a copy: the service owns (locks) the original while it runs.
+    raw_path = work / f"raw-edge-{n}"
+    shutil.copytree(store.path, raw_path, ignore=shutil.ignore_patterns(".lock"))
+    edge_load = probe_load("edge", raw_path, query_vectors[0].tolist())
+    shard = qe.EdgeShard.load(str(raw_path))
+    tenant_filter = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue(TENANT))])
+
+    def edge_query(vector: list[float]) -> list:
+        return shard.query(
+            qe.QueryRequest(
+                limit=TOP_K,
+                query=qe.Query.Nearest(vector, using=DENSE_VECTOR),
+                filter=tenant_filter,
+                with_payload=True,
+            )
+        )
+
+    mask = tenants == TENANT
+    tenant_rows = np.flatnonzero(mask)
+    tenant_matrix = vectors[mask]
+
+    def exact(vector: np.ndarray) -> np.ndarray:
+        scores = tenant_matrix @ vector
+        top = np.argpartition(-scores, TOP_K)[:TOP_K]
+        return tenant_rows[top[np.argsort(-scores[top])]]
+
+    from service.app.store.vectors import point_id
+
+    id_to_row = {point_id(p.tenant_id, p.document_id, 1, p.chunk_index): i for i, p in enumerate(points)}
+    queries = query_vectors[: args.queries]
+    recall_hits = 0
+    edge_lat, numpy_lat = [], []
+    for q in queries:
+        truth, seconds = timed(exact, q)
+        numpy_lat.append(seconds)
+        found, seconds = timed(edge_query, q.tolist())
+        edge_lat.append(seconds)
+        recall_hits += len({id_to_row[str(p.id)] for p in found} & set(truth.tolist()))
+    recall = recall_hits / (TOP_K * len(queries))
+
+    local = None
+    if n <= args.local_max:
+        from qdrant_client import QdrantClient, models
+
+        local_path = work / f"raw-local-{n}"
+        client = QdrantClient(path=str(local_path))
+        client.create_collection(
+            "raw", vectors_config=models.VectorParams(size=vectors.shape[1], distance=models.Distance.COSINE)
+        )
+        started = time.perf_counter()
+        for start in range(0, n, 1024):
+            client.upsert(
+                "raw",
+                points=[
+                    models.PointStruct(
+                        id=i, vector=vectors[i].tolist(), payload={"tenant_id": str(tenants[i])}
+                    )
+                    for i in range(start, min(n, start + 1024))
+                ],
+            )
+        local_upsert = time.perf_counter() - started
+        local_filter = models.Filter(
+            must=[models.FieldCondition(key="tenant_id", match=models.MatchValue(value=TENANT))]
+        )
+        local_lat = []
+        for q in queries[: args.local_queries]:
+            _, seconds = timed(
+                lambda v: client.query_points("raw", query=v, query_filter=local_filter, limit=TOP_K),
+                q.tolist(),
+            )
+            local_lat.append(seconds)
+        client.close()
+        local = {
+            "upsert": local_upsert,
+            **summary(local_lat),
+            **probe_load("local", local_path, queries[0].tolist()),
+        }
+
+    # The service on the same store: start-up to healthy, then HTTP searches interleaved with raw edge.
+    started = time.perf_counter()
+    service = ServiceProcess(data_dir, env=args.service_env)
+    startup = time.perf_counter() - started
+    http_lat, raw_lat = [], []
+    concurrency: dict[int, float] = {}
+    try:
+        client = httpx.Client(base_url=service.url, timeout=60)
+        for text in query_texts[:10]:
+            client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
+        for index, text in enumerate(query_texts[: args.queries]):
+            for path in ("http", "raw") if index % 2 else ("raw", "http"):
+                started = time.perf_counter()
+                if path == "http":
+                    response = client.post("/v1/search", json={"query": text, "top_k": TOP_K})
+                    response.raise_for_status()
+                    http_lat.append(time.perf_counter() - started)
+                else:
+                    edge_query(embedder.embed_query(text))
+                    raw_lat.append(time.perf_counter() - started)
+        hits_seen = len(response.json()["results"])
+        service_rss = rss_mb(service.proc.pid)
+        if n in args.concurrency_at:
+            for clients in (1, 4, 16):
+                concurrency[clients] = searches_per_second(
+                    service.url, query_texts, clients, args.concurrency_seconds
+                )
+        client.close()
+    finally:
+        service.stop()
+        shard.close()
+    return {
+        "n": n,
+        "upsert": upsert_seconds,
+        "optimize": optimize_seconds,
+        "edge": {**summary(edge_lat), **edge_load},
+        "numpy": summary(numpy_lat),
+        "recall": recall,
+        "local": local,
+        "http": {**summary(http_lat), "startup": startup, "rss": service_rss, "hits": hits_seen},
+        "raw": summary(raw_lat),
+        "concurrency": concurrency,
+    }
+
+
+def searches_per_second(url: str, texts: list[str], clients: int, seconds: float) -> float:
+    done = 0
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def worker(offset: int) -> None:
+        nonlocal done
+        with httpx.Client(base_url=url, timeout=60) as client:
+            i = offset
+            while time.monotonic() < deadline:
+                client.post(
+                    "/v1/search", json={"query": texts[i % len(texts)], "top_k": TOP_K}
+                ).raise_for_status()
+                i += clients
+                with lock:
+                    done += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return done / (time.monotonic() - started)
+
+
+def render(results: list[dict], setup: str) -> str:
+    def f(value: float | None, digits: int = 1) -> str:
+        return "-" if value is None else f"{value:,.{digits}f}"
+
+    rows = [
+        "| chunks | HTTP p50 / p95 / p99 (ms) | raw edge + embed p50 (ms) | HTTP / raw p50 | edge engine p50 / p99 (ms) "
+        "| numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        local = r["local"]
+        rows.append(
+            f"| {r['n']:,} | {f(r['http']['p50'])} / {f(r['http']['p95'])} / {f(r['http']['p99'])} "
+            f"| {f(r['raw']['p50'])} | {r['http']['p50'] / r['raw']['p50']:.2f}x "
+            f"| {f(r['edge']['p50'], 2)} / {f(r['edge']['p99'], 2)} | {f(r['numpy']['p50'], 2)} "
+            f"| {f(local['p50']) if local else 'skipped'} | {r['recall']:.3f} |"
+        )
+    rows += [
+        "",
+        "| chunks | service start-up to healthy (s) | service RSS (MB) | edge load / +first query (s) | edge RSS (MB) "
+        "| local load (s) | local RSS (MB) | edge upsert / index build (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        local = r["local"]
+        rows.append(
+            f"| {r['n']:,} | {r['http']['startup']:.2f} | {r['http']['rss']:.0f} "
+            f"| {r['edge']['load']:.2f} / {r['edge']['first_query']:.2f} | {r['edge']['rss']:.0f} "
+            f"| {f(local['load'], 2) if local else 'skipped'} | {f(local['rss'], 0) if local else 'skipped'} "
+            f"| {r['upsert']:.1f} / {r['optimize']:.1f} |"
+        )
+    with_concurrency = [r for r in results if r["concurrency"]]
+    if with_concurrency:
+        rows += ["", "| chunks | searches/s, 1 client | 4 clients | 16 clients |", "|---|---|---|---|"]
+        for r in with_concurrency:
+            c = r["concurrency"]
+            rows.append(f"| {r['n']:,} | {c[1]:.0f} | {c[4]:.0f} | {c[16]:.0f} |")
+    return "\n".join([START, "", setup, "", *rows, "", END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument(
+        "--real", type=int, default=2000, help="chunks embedded for real; more are replicated"
+    )
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--local-max", type=int, default=10_000)
+    parser.add_argument("--local-queries", type=int, default=50)
+    parser.add_argument("--concurrency-at", default="10000")
+    parser.add_argument("--concurrency-seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    args.concurrency_at = {int(s) for s in args.concurrency_at.split(",") if s}
+    args.service_env = {}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if not (MODEL_DIR / "model.onnx").exists():
+        raise SystemExit("run `make model` first")
+
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="rag-scale-"))
+    embedder = FastEmbedEmbedder(MODEL, model_path=MODEL_DIR, cache_dir=work / "fastembed")
+    settings = Settings(_env_file=None)
+    chunker = Chunker(
+        embedder.tokenizer,
+        max_tokens=embedder.max_tokens,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+    )
+    docs = stdlib_docstrings(args.real + args.queries + 10, rng)
+    texts: list[str] = []
+    for doc in docs[args.queries + 10 :]:
+        texts.extend(chunk.text for chunk in chunker.split(doc))
+        if len(texts) >= args.real:
+            break
+    texts = texts[: args.real]
+    query_texts = [doc.split(".")[0][:200] for doc in docs[: args.queries + 10]]
+    print(f"embedding {len(texts)} real chunks and {len(query_texts)} queries", flush=True)
+    started = time.perf_counter()
+    base = np.asarray(embedder.embed_documents(texts), dtype=np.float32)
+    embed_seconds = time.perf_counter() - started
+    query_vectors = np.asarray([embedder.embed_query(t) for t in query_texts], dtype=np.float32)
+    nprng = np.random.default_rng(args.seed)
+    # Start-up of the same service on an empty data dir: what start-up costs before any data (imports, model).
+    started = time.perf_counter()
+    empty = ServiceProcess(work / "empty", env=args.service_env)
+    empty_startup = time.perf_counter() - started
+    empty_rss = rss_mb(empty.proc.pid)
+    empty.stop()
+    results = []
+    try:
+        for n in sizes:
+            results.append(run_size(n, base, texts, query_texts, query_vectors, embedder, args, work, nprng))
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load = os.getloadavg()
+    setup = (
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
+        f"{load[0]:.1f} (the machine was shared with other jobs: compare within a row, not across runs). "
+        f"{len(texts)} real chunks of standard-library docstrings embedded in {embed_seconds:.0f} s, replicated "
+        f"with noise up to each size; {args.queries} queries (docstring first sentences), top_k {TOP_K}, tenant "
+        f"filter on 90 % of the points; local mode measured on {args.local_queries} queries, skipped above "
+        f"{args.local_max:,} points. The same service on an empty data dir started in {empty_startup:.2f} s "
+        f"with {empty_rss:.0f} MB RSS (the baseline for the start-up and RSS columns)."
+    )
+    table = render(results, setup)
+    print(table)
+    if args.write:
+        doc = args.write.read_text(encoding="utf-8")
+        if START in doc:
+            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
+        else:
+            doc = doc.rstrip() + "\n\n## Scale (`make bench SCALE=N`, bench/scale.py)\n\n" + table + "\n"
+        args.write.write_text(doc, encoding="utf-8")
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The embedded generator: answer with the retrieved sentences that best support the query, cited.
+
+No model server needed, so `make serve` answers out of the box. The retrieved chunks are cut into sentences
+(the boundaries chunking uses), each sentence is embedded with the same model as the query, and the
+``MAX_SENTENCES`` most similar ones above ``MIN_SENTENCE_SCORE`` are quoted, in source order, each followed by
+the ``[n]`` of its chunk. It quotes, it does not paraphrase: every word of the answer is in a cited source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.app.answer.prompt import Source
+from service.app.ingest.chunking import sentence_spans
+from service.app.store.protocols import Embedder
+
+MAX_SENTENCES = 3
+MAX_CANDIDATES = 200  # sentences embedded per answer (bounds the cost of many long chunks)
+MIN_SENTENCE_SCORE = 0.2
+MIN_SENTENCE_CHARS = 12
+
+
+@dataclass(frozen=True)
+class Extract:
+    answer: str
+    cited: list[int]
+
+
+def extract_answer(query: str, sources: Sequence[Source], embedder: Embedder) -> Extract:
+    """The best-supporting sentences of ``sources`` for ``query``, each cited; empty when none supports it."""
+    candidates: list[tuple[int, int, str]] = []  # (source n, position, sentence)
+    seen: set[str] = set()
+    for source in sources:
+        text = source.result.text
+        for position, (start, end) in enumerate(sentence_spans(text)):
+            sentence = " ".join(text[start:end].split())
+            # Neighbouring chunks overlap: the same sentence is quoted once, from the better-ranked source.
+            if len(sentence) < MIN_SENTENCE_CHARS or sentence.lower() in seen:
+                continue
+            seen.add(sentence.lower())
+            candidates.append((source.n, position, sentence))
+    candidates = candidates[:MAX_CANDIDATES]
+    if not candidates:
+        return Extract(answer="", cited=[])
+    query_vector = np.asarray(embedder.embed_query(query), dtype=np.float32)
+    vectors = np.asarray(embedder.embed_documents([c[2] for c in candidates]), dtype=np.float32)
+    # The embedder returns L2-normalised vectors (see store/embedder.py), so the dot product is the cosine.
+    scores = vectors @ query_vector
+    best = [i for i in np.argsort(-scores)[:MAX_SENTENCES] if scores[i] >= MIN_SENTENCE_SCORE]
+    chosen = sorted(best, key=lambda i: (candidates[i][0], candidates[i][1]))
+    answer = " ".join(f"{candidates[i][2]} [{candidates[i][0]}]" for i in chosen)
+    cited = list(dict.fromkeys(candidates[i][0] for i in chosen))
+    return Extract(answer=answer, cited=cited)

@@ -1,0 +1,250 @@
+"""AnswerService: retrieve through the search service, then answer with the LLM or extractively, cited.
+
+Retrieval goes through the same `search` object the /v1/search route uses (so tenancy, filters, the cache and
+its invalidation are the same), cut at the score threshold. Nothing above it: the service says so and no model
+is called. Otherwise the prompt gets the best sources that fit the token budget, the LLM answers (or the
+extractive generator quotes), and only markers that name a source in the prompt survive; `citations` lists the
+sources the answer cites, under the numbers it uses.
+
+Streaming (`open_stream`) does everything that can fail with an HTTP status (retrieval, the tenant's token
+budget, the breaker, connecting to the provider, its first response headers) before the first event, and then
+yields events: ``token`` (text), ``citations``, ``usage`` (last). A failure after the first token is an
+``error`` event. Abandoning the iterator (the client disconnected) closes the upstream stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import anyio
+
+from service.app.answer.budget import TokenBudget
+from service.app.answer.citations import CitationFilter, clean_citations
+from service.app.answer.extractive import extract_answer
+from service.app.answer.llm import LlmClient, LlmUnavailable, StreamState
+from service.app.answer.models import AnswerRequest, AnswerResponse, Citation, Usage
+from service.app.answer.prompt import Prompt, Source, TokenCounter, TokenizerCounter, build_prompt
+from service.app.core.config import Settings
+from service.app.core.errors import error_body
+from service.app.core.metrics import ANSWERS
+from service.app.search.models import SearchRequest, SearchResponse
+from service.app.store.protocols import Embedder
+
+logger = logging.getLogger(__name__)
+
+NO_CONTEXT_ANSWER = "I found nothing in your documents relevant enough to answer this question."
+NOT_SUPPORTED_ANSWER = "None of the retrieved passages answers this question directly."
+EXTRACTIVE_MODEL = "extractive"
+
+
+class Searcher(Protocol):
+    async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse: ...
+
+
+Event = dict[str, Any]  # {"event": name, "data": json-able}
+
+
+def _citations(sources: list[Source], cited: list[int]) -> list[Citation]:
+    by_n = {source.n: source.result for source in sources}
+    return [
+        Citation(
+            n=n,
+            document_id=by_n[n].document_id,
+            chunk_index=by_n[n].chunk_index,
+            text=by_n[n].text,
+            score=by_n[n].score,
+        )
+        for n in sorted(cited)
+    ]
+
+
+class AnswerService:
+    """Grounded answers for one app: `answer` (JSON) and `open_stream` (events)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        search: Searcher,
+        embedder: Embedder,
+        llm: LlmClient | None,
+        budget: TokenBudget,
+        counter: TokenCounter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.search = search
+        self.embedder = embedder
+        self.llm = llm
+        self.budget = budget
+        self.counter: TokenCounter = counter or (
+            TokenizerCounter.from_file(settings.llm_tokenizer_path)
+            if settings.llm_tokenizer_path is not None
+            else TokenizerCounter(embedder.tokenizer, name=embedder.model_name)
+        )
+
+    @property
+    def model(self) -> str:
+        return self.llm.model if self.llm is not None else EXTRACTIVE_MODEL
+
+    async def _prompt(self, tenant: str, request: AnswerRequest) -> Prompt:
+        found = await self.search.search(tenant, request.search_request(self.settings.answer_min_score))
+        if self.llm is None:
+            # Extractive: no context window to fit, every retrieved chunk is a candidate source.
+            sources = [Source(n=i, result=r) for i, r in enumerate(found.results, start=1)]
+            return Prompt(messages=[], sources=sources, prompt_tokens=0)
+        return build_prompt(
+            request.query,
+            found.results,
+            self.counter,
+            context_tokens=self.settings.llm_context_tokens,
+            max_tokens=self.settings.llm_max_tokens,
+        )
+
+    def _usage(
+        self, prompt: Prompt, prompt_tokens: int | None, completion: str, reported: int | None
+    ) -> Usage:
+        estimated = prompt_tokens is None or reported is None
+        p = prompt_tokens if prompt_tokens is not None else prompt.prompt_tokens
+        c = reported if reported is not None else self.counter.count(completion)
+        return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c, estimated=estimated)
+
+    async def answer(self, tenant: str, request: AnswerRequest) -> AnswerResponse:
+        """A complete answer (stream=false)."""
+        prompt = await self._prompt(tenant, request)
+        if not prompt.sources:
+            return _no_context()
+        if self.llm is None:
+            extract = await anyio.to_thread.run_sync(
+                extract_answer, request.query, prompt.sources, self.embedder
+            )
+            ANSWERS.labels(generator="extractive").inc()
+            return AnswerResponse(
+                answer=extract.answer or NOT_SUPPORTED_ANSWER,
+                citations=_citations(prompt.sources, extract.cited),
+                model=EXTRACTIVE_MODEL,
+                generator="extractive",
+                usage=Usage(),
+            )
+        await self.budget.check(tenant)
+        completion = await self.llm.complete(prompt.messages, max_tokens=self.settings.llm_max_tokens)
+        usage = self._usage(prompt, completion.prompt_tokens, completion.text, completion.completion_tokens)
+        await self.budget.charge(tenant, usage.total_tokens)
+        text, cited = clean_citations(completion.text, range(1, len(prompt.sources) + 1))
+        ANSWERS.labels(generator="llm").inc()
+        return AnswerResponse(
+            answer=text.strip(),
+            citations=_citations(prompt.sources, cited),
+            model=self.llm.model,
+            generator="llm",
+            usage=usage,
+        )
+
+    async def open_stream(self, tenant: str, request: AnswerRequest) -> AsyncIterator[Event]:
+        """Events of a streamed answer; raises (for an HTTP error status) only before the first event."""
+        if self.llm is None:
+            response = await self.answer(tenant, request)
+            return self._replay(response)
+        prompt = await self._prompt(tenant, request)
+        if not prompt.sources:
+            return self._replay(_no_context())
+        await self.budget.check(tenant)
+        state = StreamState()
+        pieces = await self.llm.open_stream(
+            prompt.messages, max_tokens=self.settings.llm_max_tokens, state=state
+        )
+        return self._stream_llm(tenant, prompt, pieces, state)
+
+    async def _replay(self, response: AnswerResponse) -> AsyncIterator[Event]:
+        if response.answer:
+            yield {"event": "token", "data": {"text": response.answer}}
+        yield from_citations(response.citations)
+        yield {"event": "usage", "data": usage_data(response)}
+
+    async def _stream_llm(
+        self, tenant: str, prompt: Prompt, pieces: AsyncIterator[str], state: StreamState
+    ) -> AsyncIterator[Event]:
+        assert self.llm is not None
+        citations = CitationFilter(range(1, len(prompt.sources) + 1))
+        finished = False
+        try:
+            try:
+                async for piece in pieces:
+                    text = citations.feed(piece)
+                    if text:
+                        yield {"event": "token", "data": {"text": text}}
+            except LlmUnavailable as exc:
+                yield {"event": "error", "data": error_body(exc.code, exc.message, **exc.details)}
+                return
+            rest = citations.finish()
+            if rest:
+                yield {"event": "token", "data": {"text": rest}}
+            finished = True
+            ANSWERS.labels(generator="llm").inc()
+            yield from_citations(_citations(prompt.sources, citations.cited))
+            completion = state.completion
+            usage = self._usage(
+                prompt, completion.prompt_tokens, completion.text, completion.completion_tokens
+            )
+            yield {
+                "event": "usage",
+                "data": {"model": self.llm.model, "generator": "llm", "usage": usage.model_dump()},
+            }
+        finally:
+            await _close(pieces)
+            completion = state.completion
+            usage = self._usage(
+                prompt, completion.prompt_tokens, completion.text, completion.completion_tokens
+            )
+            if not finished:
+                logger.info("answer stream stopped early", extra={"tokens_streamed": state.pieces})
+            # Shielded: when the client went away this runs inside a cancelled scope, and the tokens the
+            # provider already generated must still be charged.
+            with anyio.CancelScope(shield=True):
+                await self.budget.charge(tenant, usage.total_tokens)
+
+
+def _no_context() -> AnswerResponse:
+    ANSWERS.labels(generator="no_context").inc()
+    return AnswerResponse(
+        answer=NO_CONTEXT_ANSWER, citations=[], model=None, generator="no_context", usage=Usage()
+    )
+
+
+async def _close(pieces: AsyncIterator[str]) -> None:
+    aclose = getattr(pieces, "aclose", None)
+    if aclose is not None:
+        with anyio.CancelScope(shield=True):
+            await aclose()
+
+
+def from_citations(citations: list[Citation]) -> Event:
+    return {"event": "citations", "data": {"citations": [c.model_dump() for c in citations]}}
+
+
+def usage_data(response: AnswerResponse) -> dict[str, Any]:
+    return {"model": response.model, "generator": response.generator, "usage": response.usage.model_dump()}
+
+
+async def attach(services: Any) -> Any:
+    """Build `services.answer` on the (possibly cache-wrapped) `services.search`; return its async closer."""
+    settings: Settings = services.settings
+    llm = LlmClient(settings) if settings.llm_base_url else None
+    budget = TokenBudget(settings)
+
+    class _LiveSearch:
+        # Resolved per call: production.attach may wrap services.search in the cache after this is built.
+        async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
+            return await services.search.search(tenant_id, request)
+
+    services.answer = AnswerService(
+        settings=settings, search=_LiveSearch(), embedder=services.embedder, llm=llm, budget=budget
+    )
+
+    async def close() -> None:
+        if llm is not None:
+            await llm.close()
+        await budget.close()
+
+    return close

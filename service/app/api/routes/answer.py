@@ -1,0 +1,47 @@
+"""Answer route: a grounded, cited answer to a question over the caller's documents. Logic in AnswerService."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from service.app.answer.models import AnswerRequest, AnswerResponse
+from service.app.api.deps import ServicesDep, TenantDep
+from service.app.core.errors import error_responses
+
+router = APIRouter(prefix="/v1", tags=["answer"])
+
+PING_SECONDS = 15  # keeps idle proxies from cutting a stream while the model thinks
+
+_STREAM_DOC = {
+    "description": "with stream=true: Server-Sent Events `token` {text}*, `citations` {citations}, "
+    "`usage` {model, generator, usage} (last); `error` {error} if the model fails mid-answer",
+    "content": {"text/event-stream": {}},
+}
+
+
+async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for event in events:
+            yield ServerSentEvent(data=json.dumps(event["data"], ensure_ascii=False), event=event["event"])
+    finally:
+        # Client gone (sse-starlette cancels this generator): close the upstream stream now, not at GC.
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+@router.post(
+    "/answer", response_model=AnswerResponse, responses={**error_responses(413, 503), 200: _STREAM_DOC}
+)
+async def answer_question(body: AnswerRequest, services: ServicesDep, tenant: TenantDep) -> Response:
+    """Answer the question from the caller's documents, citing them as [n]; stream=true for Server-Sent Events."""
+    if body.stream:
+        events = await services.answer.open_stream(tenant, body)
+        return EventSourceResponse(_sse(events), ping=PING_SECONDS, headers={"Cache-Control": "no-store"})
+    result = await services.answer.answer(tenant, body)
+    return Response(result.model_dump_json(), media_type="application/json")

@@ -1,0 +1,518 @@
+"""The embedded vector store on qdrant-edge: Qdrant's own segments, HNSW and payload indexes, in-process.
+
+Why this and not qdrant-client's local mode (the embedded default before): local mode is exact search with
+Python-side filtering, 1.7 s per search and 42 s to start at 100k chunks; edge runs the server's Rust engine in
+the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of server mode:
+
+- One shard per collection at ``EDGE_PATH/<collection>`` (default ``DATA_DIR/edge``), the collection named as in
+  service.app.store.vectors (model and dimension in the name, so vector spaces never mix).
+- The dense vector is NAMED (``DENSE_VECTOR``), cosine distance; a sparse vector (e.g. BM25 for hybrid search)
+  can be added to an existing shard with ``UpdateOperation.create_sparse_vector`` without rebuilding it.
+- Payload indexes on ``tenant_id`` (keyword, ``is_tenant``), ``document_id`` (keyword), ``version`` (integer) and,
+  lazily, on each metadata field seen on ingest; deletes by filter use them (no scan, no in-process point index,
+  so start-up does not grow with the data: loading the shard is the whole start-up).
+- Same point ids and payload as server mode (uuid5 of tenant/document/version/chunk), so versioned writes,
+  idempotent retries and the registry-decides-visibility protocol of service.app.ingest.service are unchanged.
+- Durability: every update goes through the shard's write-ahead log before it is applied; a process killed
+  mid-write reopens with every acknowledged write (tests/service/test_edge_store.py kills one with SIGKILL).
+  The WAL is memory-mapped and not fsynced per write (like the server's default): a power loss can lose the
+  last writes, a process crash cannot.
+- Indexing: new points land in an appendable, unindexed segment; a background thread runs the shard's
+  optimizers (HNSW build, merges, vacuum of deleted points) once writes pause for ``EDGE_OPTIMIZE_IDLE_SECONDS``,
+  so a burst of ingest never waits for an index build. qdrant-edge-py 0.9.0 holds the GIL while it optimizes
+  (measured, docs/benchmarks.md), so the process answers nothing else during a build; that is why builds wait
+  for a pause in writes instead of running after every batch.
+- One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
+  an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
+
+Every backend failure is raised as ServiceUnavailable and counted in rag_failures_total{component="vector_store"}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
+import qdrant_edge as qe
+
+from service.app.core.config import Settings
+from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.metrics import FAILURES
+from service.app.store.vectors import (
+    ChunkPoint,
+    MetadataCondition,
+    PointVersion,
+    VectorHit,
+    collection_name,
+    point_id,
+)
+
+logger = logging.getLogger(__name__)
+
+DENSE_VECTOR = "dense"
+UPSERT_BATCH = 256
+SCROLL_PAGE = 4096
+LOCK_FILE = ".lock"
+
+
+class EmbeddedStoreError(RuntimeError):
+    """The embedded store cannot be opened as configured; the message is one line naming the path and the fix."""
+
+
+class StoreLocked(EmbeddedStoreError):
+    """Another process owns the embedded store."""
+
+
+def legacy_local_store(settings: Settings) -> Path | None:
+    """The local-mode Qdrant directory an earlier default left under DATA_DIR, if there is one."""
+    path = settings.resolved_qdrant_path
+    if str(path) == ":memory:":
+        return None
+    return path if (path / "meta.json").is_file() or (path / "collection").is_dir() else None
+
+
+def refuse_legacy_store(settings: Settings) -> None:
+    """Raise EmbeddedStoreError when the edge store would silently start empty next to an old local-mode store."""
+    legacy = legacy_local_store(settings)
+    if legacy is None:
+        return
+    raise EmbeddedStoreError(
+        f"{legacy} holds a local-mode Qdrant store from an earlier version, and the embedded default is now "
+        f"qdrant-edge at {settings.resolved_edge_path}: run `python -m service.tools.migrate_store` to copy it "
+        f"over, or set VECTOR_STORE=local to keep using it"
+    )
+
+
+class DirectoryLock:
+    """An exclusive, non-blocking ``flock`` on ``<directory>/.lock``; released on close or when the process dies."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f" (pid {holder})" if holder else ""
+            raise StoreLocked(
+                f"the embedded vector store at {self.path.parent} is in use by another process{who}; "
+                "run one service process per DATA_DIR (WORKERS=1), or use a Qdrant server (QDRANT_URL)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn any engine failure into ServiceUnavailable (counted and logged)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except RagError:
+            raise
+        except Exception as exc:
+            FAILURES.labels(component="vector_store").inc()
+            logger.error("vector store call %s failed", func.__name__, exc_info=exc)
+            raise ServiceUnavailable("vector store unavailable; retry later") from exc
+
+    return wrapper
+
+
+def _match(key: str, value: Any) -> qe.FieldCondition:
+    # qdrant-edge-py 0.9.0 reads a Python bool as the integer 1/0 (bool subclasses int), which then matches no
+    # boolean payload; numpy's bool_ is not an int and arrives as a boolean.
+    if isinstance(value, bool):
+        value = np.bool_(value)
+    return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+
+def _condition(condition: MetadataCondition) -> qe.FieldCondition:
+    key = f"metadata.{condition.field}"
+    if condition.any_of is not None:
+        return qe.FieldCondition(key, match=qe.MatchAny(list(condition.any_of)))
+    if condition.equals is not None:
+        value = condition.equals
+        if isinstance(value, float) and not value.is_integer():
+            return qe.FieldCondition(key, range=qe.RangeFloat(gte=value, lte=value))
+        if isinstance(value, float):
+            value = int(value)
+        return _match(key, value)
+    return qe.FieldCondition(
+        key, range=qe.RangeFloat(gt=condition.gt, gte=condition.gte, lt=condition.lt, lte=condition.lte)
+    )
+
+
+def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition) -> qe.Filter:
+    return qe.Filter(must=[_match("tenant_id", tenant_id), _match("document_id", document_id), *extra])
+
+
+def _metadata_index_schema(value: Any) -> qe.PayloadSchemaType | None:
+    if isinstance(value, bool):
+        return qe.PayloadSchemaType.Bool
+    if isinstance(value, int):
+        return qe.PayloadSchemaType.Integer
+    if isinstance(value, float):
+        return qe.PayloadSchemaType.Float
+    if isinstance(value, str | list):
+        return qe.PayloadSchemaType.Keyword
+    return None
+
+
+class _Optimizer:
+    """Runs the shard's optimizers in a daemon thread once writes have paused for ``idle_seconds``."""
+
+    def __init__(self, shard: qe.EdgeShard, *, idle_seconds: float) -> None:
+        self._shard = shard
+        self._idle = idle_seconds
+        self._changed = threading.Condition()
+        self._last_write = 0.0
+        self._pending = True  # a loaded shard may hold unindexed points from before a restart
+        self._stopping = False
+        self.runs = 0
+        self.finished = threading.Event()  # set after each pass (tests wait on it)
+        self._thread = threading.Thread(target=self._run, name="edge-optimizer", daemon=True)
+        self._thread.start()
+
+    def wrote(self) -> None:
+        with self._changed:
+            self._last_write = time.monotonic()
+            self._pending = True
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._stopping and not self._pending:
+                    self._changed.wait()
+                # Wait until no write came for idle_seconds (each write moves the deadline).
+                while not self._stopping:
+                    remaining = self._last_write + self._idle - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._changed.wait(remaining)
+                if self._stopping:
+                    return
+                self._pending = False
+            try:
+                started = time.perf_counter()
+                if self._shard.optimize():
+                    logger.info("edge store optimized in %.2f s", time.perf_counter() - started)
+            except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
+                FAILURES.labels(component="vector_store").inc()
+                logger.error("edge store optimization failed", exc_info=exc)
+            self.runs += 1
+            self.finished.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
+        self._thread.join()
+
+
+class EdgeVectorStore:
+    """VectorStore on an in-process qdrant-edge shard (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        collection: str,
+        dimension: int,
+        optimize_idle_seconds: float | None = 2.0,
+        indexing_threads: int = 0,
+    ) -> None:
+        self.path = path
+        self.collection = collection
+        self.dimension = dimension
+        self.upsert_batch = UPSERT_BATCH
+        self._optimize_idle = optimize_idle_seconds
+        self._indexing_threads = indexing_threads
+        self._indexing_threshold_kb: int | None = None  # None: the engine's default (segments over ~10 MB)
+        self._lock = DirectoryLock(path.parent)
+        self._shard: qe.EdgeShard | None = None
+        self._optimizer: _Optimizer | None = None
+        self._indexed_metadata: set[str] = set()
+        self._state = threading.Lock()  # guards open/close and the metadata-index set, never a search
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, model_name: str, dimension: int) -> EdgeVectorStore:
+        """The shard for this model at EDGE_PATH; refuses a store an earlier default left behind."""
+        refuse_legacy_store(settings)
+        name = collection_name(settings.qdrant_collection_prefix, model_name, dimension)
+        return cls(
+            settings.resolved_edge_path / name,
+            collection=name,
+            dimension=dimension,
+            optimize_idle_seconds=settings.edge_optimize_idle_seconds,
+            indexing_threads=settings.edge_indexing_threads,
+        )
+
+    @property
+    def shard(self) -> qe.EdgeShard:
+        if self._shard is None:
+            raise ServiceUnavailable("vector store is closed")
+        return self._shard
+
+    def _config(self) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors={DENSE_VECTOR: qe.EdgeVectorParams(size=self.dimension, distance=qe.Distance.Cosine)},
+            hnsw_config=qe.HnswIndexConfig(
+                m=16,
+                ef_construct=100,
+                full_scan_threshold=10_000,
+                max_indexing_threads=self._indexing_threads,
+            ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
+        )
+
+    def ensure_collection(self) -> None:
+        """Lock the directory, open (or create) the shard and its payload indexes, start the optimizer."""
+        with self._state:
+            if self._shard is not None:
+                return
+            self._lock.acquire()
+            try:
+                self._shard = self._open()
+                self._ensure_indexes()
+            except BaseException:
+                self._close_locked()
+                raise
+            if self._optimize_idle is not None:
+                self._optimizer = _Optimizer(self._shard, idle_seconds=self._optimize_idle)
+
+    def _open(self) -> qe.EdgeShard:
+        config_file = self.path / "edge_config.json"
+        if not config_file.is_file():
+            return qe.EdgeShard.create(str(self.path), self._config())
+        try:
+            stored = json.loads(config_file.read_text(encoding="utf-8"))["vectors"][DENSE_VECTOR]["size"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ServiceUnavailable(
+                f"the edge store at {self.path} has no readable {DENSE_VECTOR!r} vector"
+            ) from exc
+        if stored != self.dimension:
+            raise ServiceUnavailable(
+                f"collection {self.collection} has vectors of size {stored}, the model gives {self.dimension}"
+            )
+        return qe.EdgeShard.load(str(self.path))
+
+    def _ensure_indexes(self) -> None:
+        schema = self.shard.info().payload_schema
+        wanted: list[tuple[str, Any]] = [
+            ("tenant_id", qe.KeywordIndexParams(is_tenant=True)),
+            ("document_id", qe.PayloadSchemaType.Keyword),
+            ("version", qe.PayloadSchemaType.Integer),
+        ]
+        for key, params in wanted:
+            if key not in schema:
+                self.shard.update(qe.UpdateOperation.create_field_index(key, params))
+        self._indexed_metadata = {
+            key.removeprefix("metadata.") for key in schema if key.startswith("metadata.")
+        }
+
+    def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
+        # Indexes only speed filtering up (unindexed fields are filtered too), so failures are logged, not raised.
+        for metadata in metadata_items:
+            for key, value in metadata.items():
+                schema = _metadata_index_schema(value)
+                if key in self._indexed_metadata or schema is None:
+                    continue
+                with self._state:
+                    try:
+                        self.shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", schema))
+                    except Exception as exc:
+                        logger.warning("could not index metadata.%s: %s", key, exc)
+                    self._indexed_metadata.add(key)
+
+    @_guarded
+    def upsert(self, points: Sequence[ChunkPoint]) -> None:
+        """Write points in batches; each batch is in the WAL and visible when its call returns."""
+        if not points:
+            return
+        self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
+        shard = self.shard
+        for start in range(0, len(points), self.upsert_batch):
+            batch = points[start : start + self.upsert_batch]
+            shard.update(
+                qe.UpdateOperation.upsert_points(
+                    [
+                        qe.Point(
+                            point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
+                            {DENSE_VECTOR: list(p.vector)},
+                            p.payload(),
+                        )
+                        for p in batch
+                    ]
+                )
+            )
+        self._wrote()
+
+    @_guarded
+    def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
+        """Write (point id, vector, payload) triples as they are, e.g. copied from another store."""
+        self._index_metadata(payload.get("metadata") or {} for _, _, payload in records)
+        for start in range(0, len(records), self.upsert_batch):
+            batch = records[start : start + self.upsert_batch]
+            self.shard.update(
+                qe.UpdateOperation.upsert_points(
+                    [qe.Point(pid, {DENSE_VECTOR: list(vector)}, payload) for pid, vector, payload in batch]
+                )
+            )
+        self._wrote()
+
+    def _delete_where(self, selection: qe.Filter) -> None:
+        self.shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
+        self._wrote()
+
+    def _wrote(self) -> None:
+        if self._optimizer is not None:
+            self._optimizer.wrote()
+
+    @_guarded
+    def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
+        """Delete every point of the document whose version is lower than ``version``."""
+        self._delete_where(
+            _document_filter(
+                tenant_id, document_id, qe.FieldCondition("version", range=qe.RangeFloat(lt=version))
+            )
+        )
+
+    @_guarded
+    def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
+        """Delete the points of exactly one version of the document."""
+        self._delete_where(_document_filter(tenant_id, document_id, _match("version", version)))
+
+    @_guarded
+    def delete_document(self, tenant_id: str, document_id: str) -> None:
+        """Delete every point of the document, all versions."""
+        self._delete_where(_document_filter(tenant_id, document_id))
+
+    @_guarded
+    def search(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int,
+        offset: int = 0,
+        conditions: Sequence[MetadataCondition] = (),
+        score_threshold: float | None = None,
+    ) -> list[VectorHit]:
+        """Nearest chunks of the tenant matching every condition, best first (the engine releases the GIL)."""
+        request = qe.QueryRequest(
+            limit=limit,
+            offset=offset or None,
+            query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
+            filter=qe.Filter(must=[_match("tenant_id", tenant_id), *(_condition(c) for c in conditions)]),
+            with_payload=True,
+            score_threshold=score_threshold,
+        )
+        hits = []
+        for point in self.shard.query(request):
+            payload = point.payload or {}
+            hits.append(
+                VectorHit(
+                    document_id=payload["document_id"],
+                    version=int(payload["version"]),
+                    chunk_index=int(payload["chunk_index"]),
+                    text=payload["text"],
+                    score=float(point.score),
+                    metadata=dict(payload.get("metadata") or {}),
+                )
+            )
+        return hits
+
+    @_guarded
+    def count(self, tenant_id: str, document_id: str | None = None) -> int:
+        """Number of points of the tenant (or of one document, all versions); used by tests and checks."""
+        must = [_match("tenant_id", tenant_id)]
+        if document_id is not None:
+            must.append(_match("document_id", document_id))
+        return self.shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
+
+    @_guarded
+    def versions(self) -> list[PointVersion]:
+        """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
+        point-id order, reading three payload fields (memory: one entry per version, not per point)."""
+        counts: dict[tuple[str, str, int], int] = {}
+        offset: Any = None
+        while True:
+            records, offset = self.shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
+                )
+            )
+            for record in records:
+                payload = record.payload or {}
+                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+                counts[key] = counts.get(key, 0) + 1
+            if offset is None:
+                return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
+
+    @_guarded
+    def ping(self) -> None:
+        """Raise ServiceUnavailable unless the shard is open and answers (readiness)."""
+        self.shard.info()
+
+    @_guarded
+    def optimize(self) -> bool:
+        """Run the optimizers now (HNSW build, merges, vacuum) and wait; True when anything changed."""
+        return self.shard.optimize()
+
+    def close(self) -> None:
+        """Stop the optimizer, flush and close the shard, release the directory lock (idempotent)."""
+        with self._state:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self._optimizer is not None:
+            self._optimizer.stop()
+            self._optimizer = None
+        if self._shard is not None:
+            try:
+                self._shard.flush()
+                self._shard.close()
+            except Exception as exc:
+                logger.warning("closing the edge store failed: %s", exc)
+            self._shard = None
+        with contextlib.suppress(OSError):
+            self._lock.release()

@@ -1,0 +1,144 @@
+"""`python -m service.reindex`: start, watch and roll back a blue/green re-index of a running service.
+
+    python -m service.reindex start --url URL --chunk-size 128 --wait     # progress bar until it switches
+    python -m service.reindex start --url URL --model BAAI/bge-small-en-v1.5
+    python -m service.reindex status --url URL [--wait]
+    python -m service.reindex rollback --url URL
+
+The admin key comes from --key or ADMIN_API_KEY (not needed when the service runs with AUTH_DISABLED=true).
+Exit status: 0 when the command did what it says (with --wait: the re-index switched), 1 when the service
+refused it or the re-index failed (the reason is printed), 2 for a usage error. How the re-index works:
+service.app.jobs.reindex. Client-side tool (rich): the development install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+RUNNING = {"building", "catching_up", "switching"}
+ROUTE = "/v1/admin/reindex"
+
+
+class CommandFailed(Exception):
+    """The service refused the command or the re-index failed; the message says why."""
+
+
+def _check(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        raise CommandFailed(f"{response.status_code}: {message}")
+    return response.json()
+
+
+def watch(client: httpx.Client, console: Console, interval: float) -> dict[str, Any]:
+    """Poll the status with a progress bar until the re-index is no longer running; the last status."""
+    status = _check(client.get(ROUTE))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(status["state"], total=status["documents_total"] or None)
+        while True:
+            progress.update(
+                task,
+                description=status["state"],
+                completed=status["documents_done"],
+                total=status["documents_total"] or None,
+            )
+            if status["state"] not in RUNNING:
+                return status
+            time.sleep(interval)
+            status = _check(client.get(ROUTE))
+
+
+def summary(status: dict[str, Any]) -> str:
+    current = status.get("current") or {}
+    line = (
+        f"{status['state']}: serving {current.get('collection')} ({current.get('model')}, chunk "
+        f"{current.get('chunk_size')}/{current.get('chunk_overlap')}); documents {status['documents_done']}/"
+        f"{status['documents_total']}, replayed {status['documents_replayed']}"
+    )
+    if status.get("documents_without_text"):
+        line += f", without kept text {status['documents_without_text']} (e.g. {', '.join(status['without_text'][:3])})"
+    if status.get("error"):
+        line += f"; error: {status['error']}"
+    return line
+
+
+def run(args: argparse.Namespace, client: httpx.Client, console: Console) -> int:
+    if args.command == "start":
+        body: dict[str, Any] = {"allow_missing": args.allow_missing}
+        for key in ("model", "chunk_size", "chunk_overlap"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        status = _check(client.post(ROUTE, json=body))
+    elif args.command == "rollback":
+        status = _check(client.post(f"{ROUTE}/rollback"))
+    else:
+        status = _check(client.get(ROUTE))
+    if getattr(args, "wait", False):
+        status = watch(client, console, args.interval)
+    console.print(summary(status))
+    if status["state"] == "failed":
+        return 1
+    if getattr(args, "wait", False) and args.command == "start" and status["state"] != "switched":
+        return 1
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m service.reindex", description=__doc__.splitlines()[0])
+    root.add_argument("--url", default=os.environ.get("SERVICE_URL", "http://127.0.0.1:8000"))
+    root.add_argument(
+        "--key", default=os.environ.get("ADMIN_API_KEY"), help="admin key (default $ADMIN_API_KEY)"
+    )
+    root.add_argument("--interval", type=float, default=2.0, help="seconds between status polls with --wait")
+    commands = root.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("start", help="build the index for a new model/chunking, then switch")
+    start.add_argument("--model")
+    start.add_argument("--chunk-size", type=int)
+    start.add_argument("--chunk-overlap", type=int)
+    start.add_argument("--allow-missing", action="store_true", help="switch even if some texts are not kept")
+    start.add_argument("--wait", action="store_true", help="show progress until it switches or fails")
+    status = commands.add_parser("status", help="state and progress")
+    status.add_argument("--wait", action="store_true", help="follow a running re-index to its end")
+    commands.add_parser("rollback", help="serve from the previous index again")
+    return root
+
+
+def main(argv: list[str] | None = None, client: httpx.Client | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console(stderr=False)
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    owned = client is None
+    http = client or httpx.Client(base_url=args.url, headers=headers, timeout=60)
+    try:
+        return run(args, http, console)
+    except CommandFailed as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        return 1
+    except httpx.HTTPError as exc:
+        console.print(f"[red]error[/red]: cannot reach {args.url}: {exc}")
+        return 1
+    finally:
+        if owned:
+            http.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Copy a local-mode Qdrant store (the embedded default before qdrant-edge) into the edge store, then retire it.
+
+    python -m service.tools.migrate_store          # DATA_DIR / QDRANT_PATH / EDGE_PATH from the environment
+
+Every collection at QDRANT_PATH is copied point by point (same ids, payloads and vectors, so the registry's
+versions keep matching) into the edge shard of the same name under EDGE_PATH, indexed, and the old directory is
+renamed to ``<QDRANT_PATH>.migrated`` so the service starts on the edge store. Stop the service first: both
+stores are single-process. Re-running after an interruption is safe (upserts by id are idempotent, and the old
+directory is only renamed once every collection was copied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from service.app.core.config import Settings, SettingsError, describe_settings_error
+from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, legacy_local_store
+
+PAGE = 1024
+
+
+def migrate(settings: Settings, *, report: Callable[[str], None] = print) -> dict[str, int]:
+    """Copy every local-mode collection into the edge store; returns points copied per collection."""
+    from qdrant_client import QdrantClient, models
+
+    legacy = legacy_local_store(settings)
+    if legacy is None:
+        report(f"nothing to migrate: no local-mode store at {settings.resolved_qdrant_path}")
+        return {}
+    client = QdrantClient(path=str(legacy))
+    copied: dict[str, int] = {}
+    try:
+        for description in client.get_collections().collections:
+            name = description.name
+            vectors = client.get_collection(name).config.params.vectors
+            if not isinstance(vectors, models.VectorParams):
+                raise EmbeddedStoreError(f"collection {name} at {legacy} has no single dense vector to copy")
+            store = EdgeVectorStore(
+                settings.resolved_edge_path / name,
+                collection=name,
+                dimension=vectors.size,
+                optimize_idle_seconds=None,
+                indexing_threads=settings.edge_indexing_threads,
+            )
+            store.ensure_collection()
+            try:
+                copied[name] = _copy(client, name, store)
+                store.optimize()
+            finally:
+                store.close()
+            report(f"copied {copied[name]} points of {name} into {store.path}")
+    finally:
+        client.close()
+    retired = legacy.with_name(legacy.name + ".migrated")
+    legacy.rename(retired)
+    report(f"retired {legacy} as {retired}; delete it once the service runs on the edge store")
+    return copied
+
+
+def _copy(client: object, name: str, store: EdgeVectorStore) -> int:
+    from qdrant_client import QdrantClient
+
+    assert isinstance(client, QdrantClient)
+    total = client.count(name, exact=True).count
+    # One page holding every point: local mode sorts the collection for each scroll page, so paging is quadratic.
+    records, _ = client.scroll(name, limit=max(total, 1), with_payload=True, with_vectors=True)
+    for start in range(0, len(records), PAGE):
+        store.upsert_records(
+            [(str(r.id), list(r.vector), dict(r.payload or {})) for r in records[start : start + PAGE]]  # type: ignore[arg-type]
+        )
+    return len(records)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the migration as configured by the environment; 0 on success, 2 on a configuration error."""
+    argparse.ArgumentParser(
+        prog="python -m service.tools.migrate_store", description=__doc__.split("\n")[0]
+    ).parse_args(argv)
+    try:
+        settings = Settings()
+        migrate(settings)
+    except (SettingsError, ValidationError) as exc:
+        print(f"migrate_store: error: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except EmbeddedStoreError as exc:
+        print(f"migrate_store: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
