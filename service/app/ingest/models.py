@@ -44,15 +44,13 @@ class DocumentIn(BaseModel):
         },
     )
 
-    # minLength in the schema only: the service's own check answers with a clearer "text is empty".
-    text: str = Field(
-        description="the document text (HTML is reduced to its visible text)",
-        json_schema_extra={"minLength": 1},
-    )
+    # Not stated as minLength: the bulk endpoint answers an empty item with 207 + a per-item 422 "text is empty".
+    text: str = Field(description="the document text, not empty (HTML is reduced to its visible text)")
     metadata: dict[str, Any] = Field(
         default_factory=dict,
-        description="flat object: string, number, boolean or list-of-string values",
-        json_schema_extra={"propertyNames": {"pattern": METADATA_KEY_PATTERN}},
+        # Keys must match METADATA_KEY_PATTERN (checked by the service, a 422 naming the key); not stated as
+        # propertyNames because the bulk endpoint answers such an item with 207 + a per-item 422.
+        description=f"flat object: string, number, boolean or list-of-string values; keys match {METADATA_KEY_PATTERN}",
     )
     content_type: str = Field("text/plain", description="text/plain, text/markdown or text/html")
 
