@@ -109,8 +109,8 @@ def test_openapi_states_the_id_metadata_and_text_rules(make_client: MakeClient) 
     (param,) = [p for p in put["parameters"] if p["name"] == "document_id"]
     assert param["schema"]["pattern"] == r"^[A-Za-z0-9._:-]{1,256}$"
     body = put["requestBody"]["content"]["application/json"]["schema"]
-    assert "not empty" in body["properties"]["text"]["description"]
-    assert r"^[A-Za-z_][A-Za-z0-9_]{0,63}$" in body["properties"]["metadata"]["description"]
+    assert body["properties"]["text"]["minLength"] == 1
+    assert body["properties"]["metadata"]["propertyNames"]["pattern"] == r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
     search = schema["components"]["schemas"]["SearchRequest"]["properties"]["filter"]
     assert search["propertyNames"]["pattern"] == r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 

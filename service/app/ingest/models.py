@@ -44,13 +44,15 @@ class DocumentIn(BaseModel):
         },
     )
 
-    # Not stated as minLength: the bulk endpoint answers an empty item with 207 + a per-item 422 "text is empty".
-    text: str = Field(description="the document text, not empty (HTML is reduced to its visible text)")
+    # Declared in the schema (bulk refuses a batch breaking it whole); the PUT path answers "text is empty".
+    text: str = Field(
+        description="the document text (HTML is reduced to its visible text)",
+        json_schema_extra={"minLength": 1},
+    )
     metadata: dict[str, Any] = Field(
         default_factory=dict,
-        # Keys must match METADATA_KEY_PATTERN (checked by the service, a 422 naming the key); not stated as
-        # propertyNames because the bulk endpoint answers such an item with 207 + a per-item 422.
-        description=f"flat object: string, number, boolean or list-of-string values; keys match {METADATA_KEY_PATTERN}",
+        description="flat object: string, number, boolean or list-of-string values",
+        json_schema_extra={"propertyNames": {"pattern": METADATA_KEY_PATTERN}},
     )
     content_type: str = Field("text/plain", description="text/plain, text/markdown or text/html")
 
