@@ -173,7 +173,7 @@ def smoke(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> SmokeReport:
-    """/readyz (retried until `wait_seconds`), one ingest, a search that finds it, and its deletion."""
+    """/readyz (retried until `wait_seconds`), one ingest, a search that finds it, an answer, and its deletion."""
     if not info.api_keys:
         raise SmokeFailure(
             f"Stack {info.stack!r} exports no apiKeys output: the smoke check needs an API key."
@@ -224,6 +224,22 @@ def smoke(
                     f"POST /v1/search did not return the document just ingested ({document_id}): {hits}"
                 )
             report.steps.append(f"POST /v1/search: found {document_id} among {len(hits)} result(s)")
+            # The generation half too: the configured LLM (or the embedded extractive answerer) answers from it.
+            answered = _expect(
+                client.post(
+                    "/v1/answer",
+                    json={"query": SMOKE_QUERY, "top_k": 3, "filter": {"source": "ragops-smoke"}},
+                    headers=auth,
+                ),
+                (200,),
+                "POST /v1/answer",
+            )
+            if not str(answered.get("answer", "")).strip():
+                raise SmokeFailure(f"POST /v1/answer returned no answer: {answered}")
+            cited = [c.get("document_id") for c in answered.get("citations", [])]
+            report.steps.append(
+                f"POST /v1/answer: {answered.get('model')} answered with {len(cited)} citation(s)"
+            )
         finally:
             deleted = client.delete(f"/v1/documents/{document_id}", headers=auth)
         _expect(deleted, (200, 204), f"DELETE /v1/documents/{document_id}")

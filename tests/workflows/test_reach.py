@@ -192,6 +192,8 @@ def test_a_user_goes_from_up_to_a_first_search_on_the_deployed_url(
     assert "GET /readyz: ready" in smoke
     assert "PUT /v1/documents/ragops-smoke-" in smoke
     assert "POST /v1/search: found ragops-smoke-" in smoke
+    assert "POST /v1/answer: " in smoke
+    assert "answered with 1 citation(s)" in smoke
     assert "DELETE /v1/documents/ragops-smoke-" in smoke
     assert "smoke check of dev passed" in smoke
 
