@@ -1030,6 +1030,14 @@ MANAGED = {"postgres": {"mode": "managed"}, "redis": {"mode": "managed"}}
 ALLOWED = ["203.0.113.0/24"]
 #: A provider for the LLM keys to be exercised with (llm.enabled is false by default).
 LLM_ON: Mapping[str, Any] = {"baseUrl": "https://llm.example.com/v1", "model": "offline-model"}
+#: A Slack webhook and an e-mail receiver for the alerting keys to be exercised with (both off by default).
+SLACK = "https://hooks.slack.com/services/T0000/B0000/offline-one"
+EMAIL: Mapping[str, Any] = {
+    "to": "oncall@example.com",
+    "sender": "alerts@example.com",
+    "smarthost": "smtp.example.com:587",
+    "username": "alerts",
+}
 CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     (
         "cluster.gke.masterAuthorizedNetworks",
@@ -1082,6 +1090,34 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
         {"service": {"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 5}}},
     ),
     ("service.pdb.", "dev", "existing", {"service": {"replicas": 3}}),
+    # The backup alert exists only where backups run.
+    (
+        "monitoring.alerts.backupMaxAgeHours",
+        "dev",
+        "gke",
+        {"monitoring": {"enabled": True}, "backups": {"enabled": True}},
+    ),
+    # Receivers: each is on when its secret (or e-mail recipient) is set.
+    (
+        "monitoring.alerting.slack.",
+        "dev",
+        "existing",
+        {"monitoring": {"enabled": True}, "slackWebhookUrl": SLACK},
+    ),
+    (
+        "monitoring.alerting.email.",
+        "dev",
+        "existing",
+        {"monitoring": {"enabled": True, "alerting": {"email": EMAIL}}},
+    ),
+    (
+        "smtpPassword",
+        "dev",
+        "existing",
+        {"monitoring": {"enabled": True, "alerting": {"email": EMAIL}}, "smtpPassword": "smtp-password-one"},
+    ),
+    ("slackWebhookUrl", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("pagerdutyRoutingKey", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
@@ -1089,22 +1125,18 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
 )
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
 #: Declared keys known not to reach the program yet -> the issue tracking them. Meant to be empty.
-CONFIG_WAIVERS: Mapping[str, str] = dict.fromkeys(
-    (
-        "slackWebhookUrl",
-        "pagerdutyRoutingKey",
-        "smtpPassword",
-        "monitoring.runbookUrl",
-        "monitoring.alerting.slack.channel",
-        "monitoring.alerting.email.to",
-        "monitoring.alerting.email.sender",
-        "monitoring.alerting.email.smarthost",
-        "monitoring.alerting.email.username",
-    ),
-    "issue 8: alerting keys added after the sweep was built; not yet swept (needs ALTERNATIVES and a place)",
-)
+CONFIG_WAIVERS: Mapping[str, str] = {}
 #: A valid other value for keys the generic rule (flip a bool, +1 a number, change a quantity) cannot make.
 ALTERNATIVES: Mapping[str, Any] = {
+    "slackWebhookUrl": "https://hooks.slack.com/services/T0000/B0000/offline-two",
+    "pagerdutyRoutingKey": "0123456789abcdef0123456789abcdef",
+    "smtpPassword": "smtp-password-two",
+    "monitoring.runbookUrl": "https://github.com/example/rag/blob/main/docs/runbooks.md",
+    "monitoring.alerting.slack.channel": "#rag-alerts",
+    "monitoring.alerting.email.to": "platform@example.com",
+    "monitoring.alerting.email.sender": "rag-alerts@example.com",
+    "monitoring.alerting.email.smarthost": "smtp2.example.com:465",
+    "monitoring.alerting.email.username": "rag-alerts",
     "environment": "staging",
     "namespace": "rag-other",
     "image": DIGEST,
