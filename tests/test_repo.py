@@ -33,7 +33,9 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_make_targets_named_in_the_readme_exist() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"^([a-z][a-z0-9-]*):", makefile, re.M))
-    named = set(re.findall(r"`make ([a-z0-9-]+)", README)) | set(re.findall(r"^make ([a-z0-9-]+)", README, re.M))
+    named = set(re.findall(r"`make ([a-z0-9-]+)", README)) | set(
+        re.findall(r"^make ([a-z0-9-]+)", README, re.M)
+    )
     assert named, "README names no make target"
     assert named <= targets, f"README names missing targets: {sorted(named - targets)}"
 
