@@ -49,8 +49,7 @@ serve-prod: install model servers ## Prod-like run on this machine: Postgres + R
 worker: install model ## Run the ingestion worker process (needs REDIS_URL)
 	$(PY) -m service.worker
 
-test: install model servers ## Lint, then run the whole test suite
-	$(VENV)/bin/ruff check .
+test: install model servers lint ## Lint (the same as `make lint`), then run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff check + format check

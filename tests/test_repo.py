@@ -71,3 +71,14 @@ def test_env_example_lists_exactly_the_settings_with_their_defaults() -> None:
             # Uncommenting a line unchanged must give the default it shows.
             parsed = Settings(_env_file=None, **{name: value})
             assert getattr(parsed, name) == getattr(defaults, name), name
+
+
+def test_make_test_runs_the_same_lint_as_make_lint() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    test_rule = re.search(r"^test:([^#\n]*)", makefile, re.M)
+    lint_rule = re.search(r"^lint:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M)
+    assert test_rule, "Makefile has no test target"
+    assert lint_rule, "Makefile has no lint target"
+    assert "lint" in test_rule.group(1).split(), "make test must depend on the lint target"
+    assert "ruff format --check" in lint_rule.group(1)
+    assert "ruff check" in lint_rule.group(1)
