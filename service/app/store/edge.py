@@ -446,20 +446,7 @@ class EdgeVectorStore:
             with_payload=True,
             score_threshold=score_threshold,
         )
-        hits = []
-        for point in self.shard.query(request):
-            payload = point.payload or {}
-            hits.append(
-                VectorHit(
-                    document_id=payload["document_id"],
-                    version=int(payload["version"]),
-                    chunk_index=int(payload["chunk_index"]),
-                    text=payload["text"],
-                    score=float(point.score),
-                    metadata=dict(payload.get("metadata") or {}),
-                )
-            )
-        return hits
+        return [VectorHit.from_payload(point.payload, point.score) for point in self.shard.query(request)]
 
     @_guarded
     def count(self, tenant_id: str, document_id: str | None = None) -> int:

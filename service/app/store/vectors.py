@@ -103,6 +103,19 @@ class VectorHit:
     score: float
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any] | None, score: float) -> VectorHit:
+        """A hit from a stored point's payload (the same payload every adapter writes)."""
+        payload = payload or {}
+        return cls(
+            document_id=payload["document_id"],
+            version=int(payload["version"]),
+            chunk_index=int(payload["chunk_index"]),
+            text=payload["text"],
+            score=float(score),
+            metadata=dict(payload.get("metadata") or {}),
+        )
+
 
 @dataclass(frozen=True)
 class PointVersion:
@@ -518,20 +531,7 @@ class QdrantVectorStore:
             with_payload=True,
             score_threshold=score_threshold,
         )
-        hits = []
-        for point in response.points:
-            payload = point.payload or {}
-            hits.append(
-                VectorHit(
-                    document_id=payload["document_id"],
-                    version=int(payload["version"]),
-                    chunk_index=int(payload["chunk_index"]),
-                    text=payload["text"],
-                    score=float(point.score),
-                    metadata=dict(payload.get("metadata") or {}),
-                )
-            )
-        return hits
+        return [VectorHit.from_payload(point.payload, point.score) for point in response.points]
 
     @_guarded
     def ping(self) -> None:
