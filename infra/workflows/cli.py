@@ -25,12 +25,20 @@ from pulumi.automation import EngineEvent
 from pulumi.automation.errors import CommandError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
 from infra.workflows import reach
+from infra.workflows import reindex as reindex_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy
 from infra.workflows.errors import describe
@@ -56,6 +64,11 @@ app = typer.Typer(
 )
 ephemeral_app = typer.Typer(help="Short-lived per-PR stacks with guaranteed teardown.", no_args_is_help=True)
 app.add_typer(ephemeral_app, name="ephemeral")
+reindex_app = typer.Typer(
+    help="Blue/green re-index of a deployed service (new model or chunking) through its admin API.",
+    no_args_is_help=True,
+)
+app.add_typer(reindex_app, name="reindex")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -134,6 +147,9 @@ def _run(action: Callable[[], T]) -> T:
         raise typer.Exit(2) from exc
     except reach.SmokeFailure as exc:
         console.print(f"[red]smoke check failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    except reindex_mod.ReindexFailure as exc:
+        console.print(f"[red]re-index failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except WorkflowError as exc:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
@@ -480,6 +496,168 @@ def smoke(
     for step in report.steps:
         typer.echo(step)
     console.print(f"smoke check of {stack} passed ({report.url})", highlight=False)
+
+
+# --- reindex ---------------------------------------------------------------------------------------------------
+
+ReindexStackOpt = Annotated[
+    str | None,
+    typer.Option("--stack", "-s", help="Stack whose serviceUrl and adminApiKey outputs to use."),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="Service base URL instead of a stack (e.g. http://127.0.0.1:8000)."),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="ADMIN_API_KEY",
+        show_envvar=True,
+        help="Admin key (default: the stack's adminApiKey).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=0, help="Seconds to follow the re-index before giving up (it goes on)."),
+]
+IntervalOpt = Annotated[float, typer.Option("--interval", min=0.01, help="Seconds between status polls.")]
+
+
+def _endpoint(
+    ctx: typer.Context, stack: str | None, url: str | None, key: str | None
+) -> reindex_mod.Endpoint:
+    if (stack is None) == (url is None):
+        raise UsageError("Give exactly one of --stack (use its outputs) and --url (a service base URL).")
+    if stack is not None:
+        return reindex_mod.endpoint_for_stack(ctx.obj, stack, key)
+    return reindex_mod.Endpoint(url=str(url), key=key, label=str(url))
+
+
+def follow_with_progress(
+    client: Any, wanted: dict[str, Any], *, timeout: float, interval: float, title: str
+) -> dict[str, Any]:
+    """`reindex_mod.follow` with a progress bar of documents re-embedded."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_status(status: dict[str, Any]) -> None:
+            total = status.get("documents_total") or None
+            progress.update(
+                task,
+                description=f"{title}: {status.get('state')}",
+                completed=status.get("documents_done") or 0,
+                total=total,
+            )
+
+        return reindex_mod.follow(
+            client, wanted, on_status=on_status, timeout_seconds=timeout, interval_seconds=interval
+        )
+
+
+@reindex_app.command("start")
+def reindex_start(
+    ctx: typer.Context,
+    stack: ReindexStackOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="fastembed model (the image must hold it).")
+    ] = None,
+    chunk_size: Annotated[int | None, typer.Option("--chunk-size", min=16, help="Tokens per chunk.")] = None,
+    chunk_overlap: Annotated[
+        int | None, typer.Option("--chunk-overlap", min=0, help="Tokens shared by neighbouring chunks.")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing", help="Switch even if some documents have no kept text (they drop out)."
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Show progress until it has switched (or failed).")
+    ] = True,
+    timeout: TimeoutOpt = 3600.0,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """Build the index for a new model and/or chunking while search serves the current one, then switch."""
+    if model is None and chunk_size is None and chunk_overlap is None:
+        console.print("[red]error:[/] give at least one of --model, --chunk-size, --chunk-overlap")
+        raise typer.Exit(2)
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            status = reindex_mod.start(
+                client,
+                model=model,
+                chunk_size=chunk_size,
+                chunk_overlap=chunk_overlap,
+                allow_missing=allow_missing,
+            )
+            if not wait:
+                return status
+            wanted = reindex_mod.index_config(status.get("target")) or {}
+            return follow_with_progress(
+                client, wanted, timeout=timeout, interval=interval, title=f"re-index {endpoint.label}"
+            )
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
+
+
+@reindex_app.command("status")
+def reindex_status(
+    ctx: typer.Context,
+    stack: ReindexStackOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow a running re-index with a progress bar until it ends.")
+    ] = False,
+    timeout: TimeoutOpt = 3600.0,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """What search serves, the rollback target, and a running re-index's progress (exit 1 if it failed)."""
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            status = reindex_mod.get_status(client)
+            target = reindex_mod.index_config(status.get("target"))
+            if wait and status.get("state") in reindex_mod.RUNNING and target is not None:
+                status = follow_with_progress(
+                    client, target, timeout=timeout, interval=interval, title=f"re-index {endpoint.label}"
+                )
+            return status
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
+    if status.get("state") == "failed":
+        raise typer.Exit(1)
+
+
+@reindex_app.command("rollback")
+def reindex_rollback(
+    ctx: typer.Context, stack: ReindexStackOpt = None, url: UrlOpt = None, key: KeyOpt = None
+) -> None:
+    """Serve from the previous index again (the standby kept receiving every write)."""
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            return reindex_mod.rollback(client)
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
 
 
 def main() -> None:
