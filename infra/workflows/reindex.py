@@ -15,8 +15,9 @@ There is no separate "switch" call: a re-index switches by itself once its build
 
 Several API replicas: each keeps its own job status, so a poll through a load balancer may reach a replica that
 is not running the build. What every replica agrees on is the persisted index pointer (``serving`` in the
-status), so completion is judged from it: the re-index is done when the pointer names the wanted config, and
-failed only when a replica reports a failure while the pointer does not.
+status), so completion is judged from it: the re-index is done when the pointer names the wanted config and
+the answering replica is not still running (a replica in ``switching`` has moved the pointer but is replaying
+its last catch-up), and failed only when a replica reports a failure while the pointer does not.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 import httpx
 
 from infra.workflows.reach import StackInfo, read_info
-from infra.workflows.stacks import Context, WorkflowError
+from infra.workflows.stacks import PROJECT, Context, WorkflowError, _as_object
 
 ROUTE = "/v1/admin/reindex"
 RUNNING = frozenset({"building", "catching_up", "switching"})
@@ -38,6 +39,10 @@ INDEX_FIELDS = ("model", "chunk_size", "chunk_overlap")
 
 class ReindexFailure(WorkflowError):
     """The service refused a re-index command, or the re-index failed; the message says why."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def _check(response: httpx.Response, what: str) -> dict[str, Any]:
         404: " (this service has no re-index API: is it older than the re-index?)",
         409: " (see `ragops reindex status`)",
     }.get(response.status_code, "")
-    raise ReindexFailure(f"{what}: HTTP {response.status_code}: {message}{hint}")
+    raise ReindexFailure(f"{what}: HTTP {response.status_code}: {message}{hint}", response.status_code)
 
 
 def _call(action: Callable[[], httpx.Response], what: str, url: str) -> dict[str, Any]:
@@ -156,8 +161,8 @@ def follow(
 ) -> dict[str, Any]:
     """Poll until search serves ``wanted`` (model, chunk_size, chunk_overlap); the last status.
 
-    ReindexFailure when a replica reports the build failed while the pointer still names another config, when
-    nothing is building towards ``wanted``, or after ``timeout_seconds``.
+    ReindexFailure when a replica reports the build towards ``wanted`` failed while the pointer still names
+    another config, or after ``timeout_seconds`` (the re-index, if any, goes on in the service).
     """
     deadline = clock() + timeout_seconds
     wanted = index_config(wanted) or {}
@@ -165,16 +170,14 @@ def follow(
         status = get_status(client)
         if on_status is not None:
             on_status(status)
-        if serving_config(status) == wanted:
-            return status
         state = status.get("state")
+        # Done once the pointer names it and this replica is not still in the switch's final catch-up.
+        if serving_config(status) == wanted and state not in RUNNING:
+            return status
         if state == "failed" and index_config(status.get("target")) == wanted:
             raise ReindexFailure(f"the re-index failed: {status.get('error')}")
-        if state not in RUNNING and index_config(status.get("target")) != wanted and state != "idle":
-            raise ReindexFailure(
-                f"no re-index towards {describe_config(wanted)} is running (state {state}, target "
-                f"{describe_config(index_config(status.get('target')))})"
-            )
+        # Any other answer (idle, or an earlier re-index's end state) may come from a replica that is not the
+        # one building: poll on; the pointer or the building replica's failure decides.
         if clock() >= deadline:
             raise ReindexFailure(
                 f"the re-index did not switch to {describe_config(wanted)} within {timeout_seconds:.0f}s "
@@ -211,3 +214,99 @@ def summary(status: Mapping[str, Any]) -> str:
     if status.get("error"):
         line += f"; error: {status['error']}"
     return line
+
+
+# --- a deployment that changes the index config (ragops up / promote) -----------------------------------------
+EMBEDDING_KEY = f"{PROJECT}:embedding"
+
+
+def wanted_of(embedding: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The stack's ``embedding`` output as the service's index config (None when the stack exports none)."""
+    if not embedding or not embedding.get("model"):
+        return None
+    return {
+        "model": embedding.get("model"),
+        "chunk_size": embedding.get("chunkSize"),
+        "chunk_overlap": embedding.get("chunkOverlap"),
+    }
+
+
+def index_change(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(old, new) index config when an update changed the model or the chunking; None otherwise (also for a
+    first deployment, or a stack deployed before it exported ``embedding``: there is no index to move)."""
+    old, new = wanted_of(before), wanted_of(after)
+    if old is None or new is None or old == new:
+        return None
+    return old, new
+
+
+def check_image_keeps(stack: str, before: Mapping[str, Any] | None, image_models: Any, where: str) -> None:
+    """Refuse an update whose image cannot serve the deployed index while the re-index to the new model runs.
+
+    Until the switch, search embeds queries with the deployed index's model, and a rollback needs it after; a
+    pod whose image lacks it cannot start. ``image_models``: the models the image will hold (None: unknown).
+    """
+    old = wanted_of(before)
+    if old is None or not isinstance(image_models, list) or old["model"] in image_models:
+        return
+    raise WorkflowError(
+        f"{where}: stack {stack!r} serves an index built with {old['model']}, but the image it would run holds only "
+        f"{', '.join(image_models)}. Search needs {old['model']} until the re-index to the new model has switched "
+        f"(and for a rollback): add it to rag:embedding.extraModels and deploy (or promote) a build with both."
+    )
+
+
+def planned_image_models(
+    config: Mapping[str, Any], project_embedding: Mapping[str, Any] | None
+) -> list[str] | None:
+    """The models the stack's next ``up`` will run with, from its config (``pulumi config --json`` values) and
+    Pulumi.yaml's declared ``embedding`` default: a promoted image's recorded models, else what a build bakes."""
+
+    def raw(key: str) -> Any:
+        entry = config.get(f"{PROJECT}:{key}")
+        return None if entry is None else getattr(entry, "value", entry)
+
+    if raw("image"):
+        models = (_as_object(raw("promotion")) or {}).get("models")
+        return list(models) if isinstance(models, list) else None
+    embedding = {**(project_embedding or {}), **(_as_object(raw("embedding")) or {})}
+    if not embedding.get("model"):
+        return None
+    return [embedding["model"], *(embedding.get("extraModels") or [])]
+
+
+def converge(
+    client: httpx.Client,
+    wanted: Mapping[str, Any],
+    *,
+    on_status: Callable[[dict[str, Any]], Any] | None = None,
+    timeout_seconds: float = 3600.0,
+    interval_seconds: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """After a rollout with a new index config: follow the re-index the new pods started at start-up, or start
+    it when none runs (REINDEX_ON_CONFIG_CHANGE off, or nothing picked it up); the status once search serves it.
+    """
+    wanted = index_config(wanted) or {}
+    status = get_status(client)
+    state = status.get("state")
+    if serving_config(status) == wanted and state not in RUNNING:
+        return status
+    if state == "failed" and index_config(status.get("target")) == wanted:
+        raise ReindexFailure(f"the re-index the new pods started failed: {status.get('error')}")
+    if state not in RUNNING:
+        try:
+            start(client, **wanted)
+        except ReindexFailure as exc:
+            if exc.status_code != 409:  # 409: one is running (another poll may have raced us): follow it
+                raise
+    return follow(
+        client,
+        wanted,
+        on_status=on_status,
+        timeout_seconds=timeout_seconds,
+        interval_seconds=interval_seconds,
+        sleep=sleep,
+    )

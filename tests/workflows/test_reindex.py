@@ -9,6 +9,7 @@ collection and other chunks, the same path as a model change (the service's gene
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -47,10 +49,9 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real service with documents in it; re-indexing needs a store that holds two collections (local mode)."""
-    data = tmp_path_factory.mktemp("reindex-service")
+@contextlib.contextmanager
+def service_process(data: Path, **env_overrides: str) -> Iterator[str]:
+    """`python -m service` on a free loopback port over `data` (SQLite + local-mode Qdrant there)."""
     port = free_port()
     env = {
         **os.environ,
@@ -65,11 +66,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "RATE_LIMIT_ENABLED": "false",
         "CHUNK_SIZE": "200",
         "CHUNK_OVERLAP": "32",
+        **env_overrides,
     }
     for name in ("REDIS_URL", "DATABASE_URL", "QDRANT_URL", "AUTH_DISABLED", "EMBEDDING_MODEL"):
         env.pop(name, None)
     log = data / "service.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -88,12 +90,6 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the service did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        auth = {"Authorization": f"Bearer {KEY}"}
-        for document_id, text in DOCS.items():
-            response = httpx.put(
-                f"{url}/v1/documents/{document_id}", json={"text": text}, headers=auth, timeout=60
-            )
-            assert response.status_code == 201, response.text
         yield url
     finally:
         proc.terminate()
@@ -102,6 +98,23 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _ingest(url: str, docs: dict[str, str]) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for document_id, text in docs.items():
+        response = httpx.put(
+            f"{url}/v1/documents/{document_id}", json={"text": text}, headers=auth, timeout=60
+        )
+        assert response.status_code in (200, 201), response.text
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service with documents in it; re-indexing needs a store that holds two collections (local mode)."""
+    with service_process(tmp_path_factory.mktemp("reindex-service")) as url:
+        _ingest(url, DOCS)
+        yield url
 
 
 def _search(url: str, query: str) -> list[str]:
@@ -292,7 +305,11 @@ def test_follow_judges_completion_by_the_pointer_every_replica_shares(scripted: 
     scripted.statuses = [  # type: ignore[attr-defined]
         _status("building", OLD, NEW, done=4),
         _status("idle", OLD),
+        _status(
+            "switched", OLD, {"model": "m", "chunk_size": 300, "chunk_overlap": 0}
+        ),  # an earlier one's end
         _status("building", OLD, NEW, done=9),
+        _status("switching", NEW, NEW, done=10),  # the pointer moved; its last catch-up still runs
         _status("failed", NEW, NEW, error="conflict: the index pointer moved"),
     ]
     seen: list[str] = []
@@ -300,7 +317,7 @@ def test_follow_judges_completion_by_the_pointer_every_replica_shares(scripted: 
         last = reindex_mod.follow(
             client, NEW, on_status=lambda s: seen.append(s["state"]), sleep=lambda _s: None
         )
-    assert seen == ["building", "idle", "building", "failed"]
+    assert seen == ["building", "idle", "switched", "building", "switching", "failed"]
     assert reindex_mod.serving_config(last) == NEW
 
 
@@ -315,3 +332,122 @@ def test_follow_fails_on_a_failed_build_and_after_its_deadline(scripted: Threadi
         reindex_mod.follow(
             client, NEW, timeout_seconds=5, sleep=lambda _s: None, clock=lambda: float(next(ticks))
         )
+
+
+# --- ragops up / promote with a changed index config ---------------------------------------------------------
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+BGE = "BAAI/bge-small-en-v1.5"
+
+
+def _embedding(
+    chunk_size: int, chunk_overlap: int, model: str = MINILM, image: list[str] | None = None
+) -> dict:
+    return {
+        "model": model,
+        "chunkSize": chunk_size,
+        "chunkOverlap": chunk_overlap,
+        "imageModels": image or [model],
+    }
+
+
+def test_up_follows_the_reindex_the_new_pods_started_at_start_up(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    # The deployed pods (chunk 200/32) hold documents; the update rolls out pods with chunk 96/16, which keep
+    # serving the old index and re-index at start-up (REINDEX_ON_CONFIG_CHANGE, the default).
+    data = tmp_path / "data"
+    data.mkdir()
+    with service_process(data) as url:
+        _ingest(url, DOCS)
+    with service_process(data, CHUNK_SIZE="96", CHUNK_OVERLAP="16") as url:
+        backend.add_stack("dev", outputs={"serviceUrl": url, "embedding": _embedding(200, 32)})
+        backend.script("dev").up_outputs = {
+            "serviceUrl": url,
+            "adminApiKey": ADMIN,
+            "embedding": _embedding(96, 16),
+        }
+        result = _invoke(ctx, "up", "-s", "dev", "-q")
+        assert result.exit_code == 0, result.output
+        out = _flat(result.output)
+        assert f"dev: index config changed {MINILM} (chunk 200/32) -> {MINILM} (chunk 96/16)" in out
+        assert "chunk 96/16" in out.split("->")[-1]
+        status = httpx.get(f"{url}/v1/admin/reindex", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        assert status["serving"]["chunk_size"] == 96
+        assert _search(url, "yeast ferments the dough")[0] == "bread"
+
+
+def test_up_refuses_a_model_change_whose_image_drops_the_served_model(
+    ctx: Context, backend: FakeBackend, work_dir: Path
+) -> None:
+    (work_dir / "Pulumi.yaml").write_text(
+        "name: rag\nruntime: python\nmain: infra/\nconfig:\n  embedding:\n    default:\n"
+        f"      model: {BGE}\n      extraModels: []\n"
+    )
+    backend.add_stack(
+        "dev",
+        config={"rag:embedding": {"model": MINILM}},
+        outputs={"serviceUrl": "http://127.0.0.1:9", "embedding": _embedding(200, 32, model=BGE)},
+    )
+    result = _invoke(ctx, "up", "-s", "dev", "-q")
+    assert result.exit_code == 1
+    out = _flat(result.output)
+    assert out.startswith(
+        "refused: rag:embedding.extraModels in Pulumi.dev.yaml: stack 'dev' serves an index"
+    )
+    assert f"built with {BGE}, but the image it would run holds only {MINILM}" in out
+    assert not backend.commands("up")  # nothing was deployed
+
+    # Listing the served model keeps it in the image: the update goes ahead (and nothing changed: no re-index).
+    backend.stacks["dev"].set_config("rag:embedding", {"model": MINILM, "extraModels": [BGE]})
+    backend.script("dev").up_outputs = {"embedding": _embedding(200, 32, model=BGE)}
+    result = _invoke(ctx, "up", "-s", "dev", "-q")
+    assert result.exit_code == 0, result.output
+    assert "index config changed" not in result.output
+
+
+def test_promote_refuses_an_image_without_the_targets_model(ctx: Context, backend: FakeBackend) -> None:
+    from tests.workflows.fake_pulumi import DIGEST
+
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST, "embedding": _embedding(200, 32)})
+    backend.add_stack("staging", outputs={"embedding": _embedding(200, 32, model=BGE)})
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "-q")
+    assert result.exit_code == 1
+    out = _flat(result.output)
+    assert "Cannot promote dev -> staging" in out
+    assert f"serves an index built with {BGE}, but the image it would run holds only {MINILM}" in out
+    assert not backend.commands("up")
+    assert not [c for c in backend.commands("config") if "set-all" in c]
+
+
+def test_promote_copies_the_model_records_the_image_models_and_follows_the_reindex(
+    ctx: Context, backend: FakeBackend, service: str
+) -> None:
+    from tests.workflows.fake_pulumi import DIGEST
+
+    served = httpx.get(f"{service}/v1/admin/reindex", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    old = served["serving"]
+    backend.add_stack(
+        "dev", outputs={"imageDigest": DIGEST, "embedding": _embedding(48, 8, image=[MINILM, BGE])}
+    )
+    backend.add_stack(
+        "staging",
+        outputs={"serviceUrl": service, "embedding": _embedding(old["chunk_size"], old["chunk_overlap"])},
+    )
+    backend.script("staging").up_outputs = {
+        "serviceUrl": service,
+        "adminApiKey": ADMIN,
+        "embedding": _embedding(48, 8, image=[MINILM, BGE]),
+    }
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "-q")
+    assert result.exit_code == 0, result.output
+    out = _flat(result.output)
+    assert "staging: index config changed" in out
+    assert "switched: serving documents__" in out
+    staging = backend.stacks["staging"]
+    assert staging.config_value("rag:embedding") == {"model": MINILM, "extraModels": [BGE]}
+    assert staging.config_value("rag:promotion")["models"] == [MINILM, BGE]
+    status = httpx.get(f"{service}/v1/admin/reindex", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert (status["serving"]["chunk_size"], status["serving"]["chunk_overlap"]) == (48, 8)
+    shown = _invoke(ctx, "status", "-s", "staging")
+    assert shown.exit_code == 0, shown.output
+    assert f"index:     {MINILM} (chunk 48/8); the image holds {MINILM}, {BGE}" in shown.output
