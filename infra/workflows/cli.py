@@ -645,12 +645,23 @@ def _reindex_progress(title: str) -> Iterator[Callable[[dict[str, Any]], None]]:
 
 
 def follow_with_progress(
-    client: Any, wanted: dict[str, Any], *, timeout: float, interval: float, title: str
+    client: Any,
+    wanted: dict[str, Any],
+    *,
+    timeout: float,
+    interval: float,
+    title: str,
+    from_collection: str | None = None,
 ) -> dict[str, Any]:
     """`reindex_mod.follow` with a progress bar of documents re-embedded."""
     with _reindex_progress(title) as on_status:
         return reindex_mod.follow(
-            client, wanted, on_status=on_status, timeout_seconds=timeout, interval_seconds=interval
+            client,
+            wanted,
+            on_status=on_status,
+            timeout_seconds=timeout,
+            interval_seconds=interval,
+            from_collection=from_collection,
         )
 
 
@@ -687,6 +698,7 @@ def reindex_start(
     def action() -> dict[str, Any]:
         endpoint = _endpoint(ctx, stack, url, key)
         with endpoint.client() as client:
+            before = reindex_mod.get_status(client).get("serving") or {}
             status = reindex_mod.start(
                 client,
                 model=model,
@@ -698,7 +710,12 @@ def reindex_start(
                 return status
             wanted = reindex_mod.index_config(status.get("target")) or {}
             return follow_with_progress(
-                client, wanted, timeout=timeout, interval=interval, title=f"re-index {endpoint.label}"
+                client,
+                wanted,
+                timeout=timeout,
+                interval=interval,
+                title=f"re-index {endpoint.label}",
+                from_collection=before.get("collection"),
             )
 
     status = _run(action)

@@ -158,11 +158,14 @@ def follow(
     interval_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    from_collection: str | None = None,
 ) -> dict[str, Any]:
     """Poll until search serves ``wanted`` (model, chunk_size, chunk_overlap); the last status.
 
-    ReindexFailure when a replica reports the build towards ``wanted`` failed while the pointer still names
-    another config, or after ``timeout_seconds`` (the re-index, if any, goes on in the service).
+    ``from_collection``: the collection the pointer named when the re-index started; the pointer must have
+    left it (a re-index of the same config, e.g. to add vectors, is only done once it moved).
+    ReindexFailure when a replica reports the build towards ``wanted`` failed while the pointer does not name
+    it yet, or after ``timeout_seconds`` (the re-index, if any, goes on in the service).
     """
     deadline = clock() + timeout_seconds
     wanted = index_config(wanted) or {}
@@ -171,8 +174,10 @@ def follow(
         if on_status is not None:
             on_status(status)
         state = status.get("state")
+        serving = status.get("serving") or status.get("current") or {}
+        moved = from_collection is None or serving.get("collection") != from_collection
         # Done once the pointer names it and this replica is not still in the switch's final catch-up.
-        if serving_config(status) == wanted and state not in RUNNING:
+        if serving_config(status) == wanted and moved and state not in RUNNING:
             return status
         if state == "failed" and index_config(status.get("target")) == wanted:
             raise ReindexFailure(f"the re-index failed: {status.get('error')}")
@@ -309,4 +314,5 @@ def converge(
         timeout_seconds=timeout_seconds,
         interval_seconds=interval_seconds,
         sleep=sleep,
+        from_collection=(status.get("serving") or {}).get("collection"),
     )

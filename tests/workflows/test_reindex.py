@@ -278,14 +278,19 @@ NEW = {"model": "m", "chunk_size": 64, "chunk_overlap": 8}
 
 
 def _status(
-    state: str, serving: dict, target: dict | None = None, error: str | None = None, done: int = 0
+    state: str,
+    serving: dict,
+    target: dict | None = None,
+    error: str | None = None,
+    done: int = 0,
+    collection: str = "c",
 ) -> dict:
     return {
         "state": state,
         "current": {"collection": "c-old", **OLD},
         "standby": None,
         "target": target,
-        "serving": {"collection": "c", **serving},
+        "serving": {"collection": collection, **serving},
         "documents_total": 10,
         "documents_done": done,
         "documents_replayed": 0,
@@ -451,3 +456,24 @@ def test_promote_copies_the_model_records_the_image_models_and_follows_the_reind
     shown = _invoke(ctx, "status", "-s", "staging")
     assert shown.exit_code == 0, shown.output
     assert f"index:     {MINILM} (chunk 48/8); the image holds {MINILM}, {BGE}" in shown.output
+
+
+def test_a_reindex_of_the_same_config_is_done_only_once_the_pointer_moved(
+    scripted: ThreadingHTTPServer,
+) -> None:
+    # Rebuilding the served config (e.g. to add vectors): the pointer names it all along; only a new collection
+    # says it switched, and a failure of that build is a failure, not a success.
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("idle", NEW, collection="c1"),
+        _status("building", NEW, NEW, collection="c1"),
+        _status("failed", NEW, NEW, error="disk full", collection="c1"),
+    ]
+    with _client(scripted) as client, pytest.raises(reindex_mod.ReindexFailure, match="disk full"):
+        reindex_mod.follow(client, NEW, sleep=lambda _s: None, from_collection="c1")
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("building", NEW, NEW, collection="c1"),
+        _status("switched", NEW, NEW, collection="c2"),
+    ]
+    with _client(scripted) as client:
+        last = reindex_mod.follow(client, NEW, sleep=lambda _s: None, from_collection="c1")
+    assert last["serving"]["collection"] == "c2"

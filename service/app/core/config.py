@@ -273,6 +273,13 @@ class Settings(BaseSettings):
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters are refused "
                 "when ENVIRONMENT=production (generate keys with `openssl rand -hex 32`)"
             )
+        admin = self.admin_api_key.get_secret_value() if self.admin_api_key is not None else None
+        if admin is not None and len(admin) < MIN_PRODUCTION_KEY_LENGTH:
+            # It re-indexes every tenant's documents and rolls search back: no weaker than a tenant's key.
+            raise SettingsError(
+                f"ADMIN_API_KEY shorter than {MIN_PRODUCTION_KEY_LENGTH} characters is refused when "
+                "ENVIRONMENT=production (generate one with `openssl rand -hex 32`)"
+            )
         return self
 
     # --- derived values (the one place defaults that depend on other settings are resolved) -----------
