@@ -66,7 +66,7 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
         keyword = SparseEncoder().query("v1")
         for mode in ("sparse", "hybrid"):
             hits = remote.search("t", vector, limit=5, mode=mode, sparse=keyword, score_threshold=0.5)
-            assert [(h.document_id, h.version, h.chunk_index) for h in hits][0] == ("a", 1, 0)
+            assert (hits[0].document_id, hits[0].version, hits[0].chunk_index) == ("a", 1, 0)
             assert hits == owner.search("t", vector, limit=5, mode=mode, sparse=keyword, score_threshold=0.5)
         assert {(v.document_id, v.version, v.points) for v in remote.versions()} == {("a", 1, 1), ("a", 2, 2)}
         remote.delete_versions_below("t", "a", 2)
