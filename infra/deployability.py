@@ -39,6 +39,7 @@ as working once that resource exists.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -46,6 +47,7 @@ from typing import Any
 
 from infra.components.specs import ComponentArgsError
 from infra.config import PROJECT, ConfigError, deep_merge
+from infra.naming import stack_marks
 from infra.offline import RecordedResource, StackRun
 
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
@@ -145,7 +147,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure
+    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -989,7 +991,435 @@ def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Find
     return findings
 
 
-CHECKS = (check_crd_order, check_references, check_class_references, check_capabilities, check_exposure)
+# ---------------------------------------------------------------------------------------------- cloud-args
+@dataclass(frozen=True)
+class NameRule:
+    """What a cloud API accepts as one resource's name, and whether the name must carry the stack."""
+
+    type: str
+    path: tuple[str, ...]
+    what: str
+    pattern: str
+    low: int
+    high: int
+    scoped: str | None  # the scope wider than the stack the name is unique in (None: per stack anyway)
+    source: str
+
+
+#: Name rules, from the provider SDK docstrings in .venv (pulumi-aws 7.51.1, pulumi-gcp 10.2.0) and the cloud API
+#: references they link (EKS CreateCluster, ECR CreateRepository, RDS CreateDBInstance/CreateDBSnapshot, S3 and
+#: GCS bucket naming, IAM CreateServiceAccount, Artifact Registry, GKE).
+NAME_RULES: tuple[NameRule, ...] = (
+    NameRule(
+        EKS_CLUSTER,
+        ("name",),
+        "EKS cluster name",
+        r"[0-9A-Za-z][A-Za-z0-9_-]*",
+        1,
+        100,
+        "account and region",
+        "EKS CreateCluster name",
+    ),
+    NameRule(
+        "aws:ecr/repository:Repository",
+        ("name",),
+        "ECR repository name",
+        r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*",
+        2,
+        256,
+        "account and region",
+        "ECR CreateRepository repositoryName",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("finalSnapshotIdentifier",),
+        "RDS final snapshot identifier",
+        r"[A-Za-z](?:-?[A-Za-z0-9])*",
+        1,
+        255,
+        "account and region",
+        "pulumi-aws rds.Instance final_snapshot_identifier docstring",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("identifier",),
+        "RDS instance identifier",
+        r"[A-Za-z](?:-?[A-Za-z0-9])*",
+        1,
+        63,
+        "account and region",
+        "RDS CreateDBInstance identifier",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("username",),
+        "RDS master user name",
+        r"[A-Za-z][A-Za-z0-9_]*",
+        1,
+        16,
+        None,
+        "RDS CreateDBInstance MasterUsername",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("dbName",),
+        "RDS database name",
+        r"[A-Za-z][A-Za-z0-9_]*",
+        1,
+        63,
+        None,
+        "RDS CreateDBInstance DBName (PostgreSQL)",
+    ),
+    NameRule(
+        "aws:elasticache/replicationGroup:ReplicationGroup",
+        ("replicationGroupId",),
+        "ElastiCache replication group ID",
+        r"[a-z](?:-?[a-z0-9])*",
+        1,
+        40,
+        "account and region",
+        "ElastiCache CreateReplicationGroup ReplicationGroupId",
+    ),
+    NameRule(
+        "aws:s3/bucket:Bucket",
+        ("bucket",),
+        "S3 bucket name",
+        r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?",
+        3,
+        63,
+        "the whole of S3",
+        "S3 general purpose bucket naming rules",
+    ),
+    NameRule(
+        GKE_CLUSTER,
+        ("name",),
+        "GKE cluster name",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        40,
+        "project and location",
+        "GKE clusters.create name",
+    ),
+    NameRule(
+        "gcp:serviceaccount/account:Account",
+        ("accountId",),
+        "Google service account ID",
+        r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])",
+        6,
+        30,
+        "project",
+        "pulumi-gcp serviceaccount.Account account_id docstring",
+    ),
+    NameRule(
+        "gcp:artifactregistry/repository:Repository",
+        ("repositoryId",),
+        "Artifact Registry repository ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        63,
+        "project and location",
+        "Artifact Registry repository ID",
+    ),
+    NameRule(
+        "gcp:storage/bucket:Bucket",
+        ("name",),
+        "GCS bucket name",
+        r"[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?",
+        3,
+        63,
+        "the whole of GCS",
+        "GCS bucket naming requirements",
+    ),
+    NameRule(
+        "gcp:sql/databaseInstance:DatabaseInstance",
+        ("name",),
+        "Cloud SQL instance ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        98,
+        "project",
+        "Cloud SQL instance settings",
+    ),
+    NameRule(
+        "gcp:redis/instance:Instance",
+        ("name",),
+        "Memorystore instance ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        40,
+        "project and region",
+        "Memorystore for Redis instance ID",
+    ),
+)
+#: Memorystore for Redis versions (API enum; docs "Supported versions": 7.2, 7.0, 6.x, 5.0, 4.0, 3.2).
+MEMORYSTORE_VERSIONS = frozenset(
+    {"REDIS_3_2", "REDIS_4_0", "REDIS_5_0", "REDIS_6_X", "REDIS_7_0", "REDIS_7_2"}
+)
+MEMORYSTORE_TIERS = frozenset({"BASIC", "STANDARD_HA"})
+#: Random resources whose value is drawn once per resource lifetime (a new one after a destroy).
+RANDOM_TYPES = frozenset(
+    {
+        "random:index/randomId:RandomId",
+        "random:index/randomString:RandomString",
+        "random:index/randomPet:RandomPet",
+        "random:index/randomUuid:RandomUuid",
+    }
+)
+
+
+def _name_findings(run: StackRun) -> list[Finding]:
+    findings: list[Finding] = []
+    marks = stack_marks(run.stack)
+    seen: dict[tuple[str, str], str] = {}
+    for rule in NAME_RULES:
+        for resource in run.of_type(rule.type):
+            value = _get(resource.inputs, *rule.path)
+            if not isinstance(value, str):
+                continue  # unset: the provider picks a valid unique name (autonaming)
+            field_ = ".".join(rule.path)
+            problems = []
+            if not rule.low <= len(value) <= rule.high:
+                problems.append(f"is {len(value)} characters (allowed {rule.low}-{rule.high})")
+            if not re.fullmatch(rule.pattern, value):
+                problems.append(f"does not match {rule.pattern}")
+            if rule.type == "aws:s3/bucket:Bucket" and (
+                ".." in value
+                or value.startswith(("xn--", "sthree-"))
+                or value.endswith(("-s3alias", "--ol-s3"))
+            ):
+                problems.append("uses a prefix, suffix or '..' S3 reserves")
+            if rule.type == "gcp:storage/bucket:Bucket" and (value.startswith("goog") or "google" in value):
+                problems.append("starts with 'goog' or contains 'google', which GCS refuses")
+            if problems:
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {field_}={value!r} {' and '.join(problems)}: the API refuses it "
+                        f"({rule.source}).",
+                        f"derive it with infra.naming.cloud_name(stack, ..., limit={rule.high}), which cuts long "
+                        "stack names and adds a hash of the stack.",
+                    )
+                )
+            if rule.scoped is None:
+                continue
+            if not any(mark and mark in value for mark in marks):
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {field_}={value!r} is unique per {rule.scoped} but does not carry the stack "
+                        f"name ({run.stack!r}) or its hash: a second stack there collides with this one.",
+                        "derive it with infra.naming.cloud_name(stack, ...).",
+                    )
+                )
+            other = seen.get((rule.type, value))
+            if other is not None:
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {value!r} is also the name of {other.rsplit('::', 1)[-1]}: the second create "
+                        "fails with 'already exists'.",
+                        "give each resource its own role suffix in cloud_name(stack, <role>, ...) (names cut to a "
+                        "limit must not drop the role).",
+                    )
+                )
+            seen[(rule.type, value)] = resource.urn
+    return findings
+
+
+def _custom_tier_problem(tier: str) -> str | None:
+    """Why a Cloud SQL db-custom-<vCPUs>-<MiB> tier is not a valid machine shape, or None."""
+    match = re.fullmatch(r"db-custom-(\d+)-(\d+)", tier)
+    if match is None:
+        return None
+    cpus, memory = int(match[1]), int(match[2])
+    if cpus != 1 and (cpus % 2 or cpus > 96):
+        return f"{cpus} vCPUs (1 or an even number up to 96)"
+    if memory % 256:
+        return f"{memory} MiB (a multiple of 256 MiB)"
+    if not 0.9 * 1024 * cpus <= memory <= 6.5 * 1024 * cpus or memory < 3840:
+        return f"{memory} MiB for {cpus} vCPUs (0.9-6.5 GiB per vCPU, at least 3840 MiB)"
+    return None
+
+
+def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
+    findings: list[Finding] = []
+
+    def add(resource: RecordedResource, message: str, fix: str) -> None:
+        findings.append(Finding("cloud-args", resource.urn, message, fix))
+
+    for cluster in run.of_type(EKS_CLUSTER):
+        version = cluster.inputs.get("version")
+        if version is not None and not re.fullmatch(r"1\.\d+", str(version)):
+            add(
+                cluster,
+                f"EKS version {version!r} is not a Kubernetes minor version like '1.33'.",
+                "set rag:cluster.eks.version to MAJOR.MINOR.",
+            )
+    for instance in run.of_type("aws:rds/instance:Instance"):
+        inputs = instance.inputs
+        version = str(inputs.get("engineVersion") or "")
+        if inputs.get("engine") == "postgres" and version and not re.fullmatch(r"\d+(\.\d+)?", version):
+            add(
+                instance,
+                f"RDS PostgreSQL engineVersion {version!r} is neither a major ('17') nor a "
+                "major.minor ('17.5') version.",
+                "set rag:postgres.version to the major version.",
+            )
+        if not str(inputs.get("instanceClass") or "db.").startswith("db."):
+            add(
+                instance,
+                f"RDS instanceClass {inputs.get('instanceClass')!r} is not a db.* class.",
+                "use a DB instance class such as db.m7g.large.",
+            )
+        if inputs.get("skipFinalSnapshot") is False:
+            if not inputs.get("finalSnapshotIdentifier"):
+                add(
+                    instance,
+                    "skipFinalSnapshot is false but no finalSnapshotIdentifier is set: the destroy fails.",
+                    "set a final snapshot identifier.",
+                )
+            elif not any(
+                graph.by_urn[u].type in RANDOM_TYPES for u in graph.closure(instance.urn) if u in graph.by_urn
+            ):
+                add(
+                    instance,
+                    f"the final snapshot identifier {inputs['finalSnapshotIdentifier']!r} is fixed for "
+                    "the stack: after one destroy its snapshot exists, so the next destroy of the same stack fails "
+                    "with DBSnapshotAlreadyExists.",
+                    "append a random suffix drawn once per instance lifetime (random.RandomId).",
+                )
+        allocated, ceiling = inputs.get("allocatedStorage"), inputs.get("maxAllocatedStorage")
+        if isinstance(allocated, (int, float)) and inputs.get("storageType") == "gp3" and allocated < 20:
+            add(
+                instance,
+                f"RDS gp3 storage of {allocated:g} GB is below the 20 GB minimum.",
+                "allocate at least 20 GB.",
+            )
+        if (
+            isinstance(allocated, (int, float))
+            and isinstance(ceiling, (int, float))
+            and 0 < ceiling < allocated
+        ):
+            add(instance, "maxAllocatedStorage is below allocatedStorage.", "raise maxAllocatedStorage.")
+    for group in run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+        inputs = group.inputs
+        engine, version = inputs.get("engine") or "redis", str(inputs.get("engineVersion") or "")
+        major = re.match(r"(\d+)", version)
+        if version and (
+            (engine == "valkey" and not re.fullmatch(r"[7-9]\.\d+", version))
+            or (engine == "redis" and major and int(major[1]) >= 7 and not re.fullmatch(r"\d+\.\d+", version))
+        ):
+            add(
+                group,
+                f"ElastiCache {engine} engineVersion {version!r}: from version 7 on the API takes "
+                "MAJOR.MINOR (e.g. '8.1'), and Valkey starts at 7.2.",
+                "pass the major.minor of rag:redis.version.",
+            )
+        if inputs.get("authToken") and not inputs.get("transitEncryptionEnabled"):
+            add(
+                group,
+                "authToken is set without transitEncryptionEnabled: ElastiCache refuses it.",
+                "enable transit encryption.",
+            )
+        token = inputs.get("authToken")
+        if isinstance(token, str) and (not 16 <= len(token) <= 128 or any(c in token for c in '/"@ ')):
+            add(
+                group,
+                "the auth token is not 16-128 printable characters without '/', '\"', '@' or spaces.",
+                "generate it with random.RandomPassword(length=40, special=False).",
+            )
+        if not str(inputs.get("nodeType") or "cache.").startswith("cache."):
+            add(
+                group,
+                f"nodeType {inputs.get('nodeType')!r} is not a cache.* node type.",
+                "use a cache node type such as cache.m7g.large.",
+            )
+    for instance in run.of_type("gcp:redis/instance:Instance"):
+        inputs = instance.inputs
+        version = inputs.get("redisVersion")
+        if version is not None and version not in MEMORYSTORE_VERSIONS:
+            add(
+                instance,
+                f"Memorystore redisVersion {version!r} is not one of {sorted(MEMORYSTORE_VERSIONS)}.",
+                "use a version the API lists, e.g. REDIS_7_2.",
+            )
+        if inputs.get("tier") not in MEMORYSTORE_TIERS:
+            add(
+                instance,
+                f"Memorystore tier {inputs.get('tier')!r} is not BASIC or STANDARD_HA.",
+                "set rag:redis.managed.tier to BASIC or STANDARD_HA.",
+            )
+        size = inputs.get("memorySizeGb")
+        if isinstance(size, (int, float)) and not 1 <= size <= 300:
+            add(instance, f"Memorystore memorySizeGb {size:g} is outside 1-300.", "pick 1-300 GB.")
+    for instance in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
+        inputs = instance.inputs
+        version = str(inputs.get("databaseVersion") or "")
+        settings = inputs.get("settings") or {}
+        tier = str(settings.get("tier") or "")
+        match = re.fullmatch(r"POSTGRES_(\d+)(?:_\d+)?", version)
+        if version.startswith("POSTGRES") and match is None:
+            add(
+                instance,
+                f"Cloud SQL databaseVersion {version!r} is not POSTGRES_<major>.",
+                "set rag:postgres.version to a major version.",
+            )
+        edition = settings.get("edition") or (
+            "ENTERPRISE_PLUS" if match and int(match[1]) >= 16 else "ENTERPRISE"
+        )
+        plus_tier = tier.startswith("db-perf-optimized-")
+        if tier and (edition == "ENTERPRISE_PLUS") != plus_tier:
+            implied = "" if settings.get("edition") else f" (unset: {version} defaults to {edition})"
+            add(
+                instance,
+                f"Cloud SQL tier {tier!r} does not run on edition {edition}{implied}: the API answers "
+                f"'Invalid Tier ({tier}) for ({edition}) Edition'.",
+                "set settings.edition from the tier (ENTERPRISE for shared-core and db-custom-*, ENTERPRISE_PLUS "
+                "for db-perf-optimized-N-*).",
+            )
+        problem = _custom_tier_problem(tier)
+        if problem is not None:
+            add(
+                instance,
+                f"Cloud SQL custom tier {tier!r} asks for {problem}.",
+                "pick a shape Cloud SQL offers (rag:postgres.managed.tier).",
+            )
+    # An image build cache is one tag rewritten by every build: an IMMUTABLE ECR repository refuses the rewrite.
+    immutable = {
+        str(r.inputs.get("name")): r
+        for r in run.of_type("aws:ecr/repository:Repository")
+        if r.inputs.get("imageTagMutability") == "IMMUTABLE"
+    }
+    for image in run.of_type("docker-build:index:Image"):
+        for export in image.inputs.get("cacheTo") or []:
+            ref = str(_get(export, "registry", "ref") or "")
+            repository = ref.rsplit(":", 1)[0].split("/", 1)[-1]
+            if ref and repository in immutable:
+                add(
+                    image,
+                    f"the build cache {ref!r} is a tag rewritten by every build, in the IMMUTABLE ECR "
+                    f"repository {repository!r}: the second build's cache export fails.",
+                    "export the cache to a separate MUTABLE repository (Registry.cache_repository).",
+                )
+    return findings
+
+
+def check_cloud_args(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Cloud resource arguments the cloud API refuses: names (charset, length, per-stack, collisions), versions."""
+    return _name_findings(run) + _value_findings(run, graph)
+
+
+CHECKS = (
+    check_crd_order,
+    check_references,
+    check_class_references,
+    check_capabilities,
+    check_exposure,
+    check_cloud_args,
+)
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
 #: listed in plan.md but does not fail the render. Keep this empty: an entry is a defect with an issue number.

@@ -39,10 +39,14 @@ from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources
 from infra.config import ConfigError, Secrets, StackConfig, stack_file
 from infra.config import Resources as ConfigResources
+from infra.naming import cloud_name
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
 BACKUPS_NAME = "qdrant-backups"
+POSTGRES_NAME = "postgres"
+# RDS snapshot identifiers are at most 255 characters; the component appends "-" and 8 hex characters.
+FINAL_SNAPSHOT_PREFIX_LIMIT = 255 - 9
 SERVICE_ENVIRONMENT = {"dev": "development", "staging": "staging", "prod": "production"}
 ISSUERS = {
     "selfSigned": "selfsigned",
@@ -97,7 +101,8 @@ def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> str:
     if config.backups.bucket:
         return config.backups.bucket
     scope = cluster.network.get("project") or cluster.region
-    return f"rag-{config.stack}-qdrant-backups-{scope}"[:63].rstrip("-.")
+    # Bucket names: 3-63 lowercase letters, digits, hyphens (S3 and GCS); cut with a hash of the stack when long.
+    return cloud_name(config.stack, "qdrant-backups", scope, limit=63)
 
 
 # --- component args ----------------------------------------------------------------------------------------------
@@ -246,6 +251,9 @@ def postgres_args(
         max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
         multi_az=cfg.managed.multiAz,
         backup_retention_days=cfg.managed.backupRetentionDays,
+        final_snapshot_prefix=cloud_name(
+            config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
+        ),
         region=cluster.region or None,
         private_network=network.get("network_id"),
         tier=cfg.managed.tier,
@@ -583,7 +591,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         opts=in_cluster,
     )
     postgres = PostgresDatabase(
-        "postgres",
+        POSTGRES_NAME,
         postgres_args(
             config,
             cluster,

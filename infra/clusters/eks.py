@@ -21,6 +21,7 @@ import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.config import StackConfig
+from infra.naming import cloud_name
 
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
@@ -139,7 +140,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     """The EKS cluster target for `config` (provider `eks`)."""
     eks = config.cluster.eks
     stack = pulumi.get_stack()
-    name = f"rag-{stack}"
+    # EKS CreateCluster: 1-100 characters, [0-9A-Za-z][A-Za-z0-9_-]*; unique per account and region.
+    name = cloud_name(stack, limit=100)
     aws_provider = aws.Provider(
         "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
     )
@@ -293,7 +295,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
 
     repository = aws.ecr.Repository(
         "registry",
-        name=f"rag-service-{stack}",
+        # ECR: lowercase, single separators, at most 256 characters; unique per account and region.
+        name=cloud_name(stack, limit=200, prefix="rag-service"),
         image_tag_mutability="IMMUTABLE",
         image_scanning_configuration={"scan_on_push": True},
         force_delete=not config.protect,
@@ -302,7 +305,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     # The build cache is one tag rewritten by every build: it cannot live in the IMMUTABLE repository.
     cache_repository = aws.ecr.Repository(
         "registry-cache",
-        name=f"rag-service-{stack}-cache",
+        name=cloud_name(stack, "cache", limit=200, prefix="rag-service"),
         image_tag_mutability="MUTABLE",
         force_delete=not config.protect,
         opts=kept,  # an ECR repository, protected in prod like the image repository

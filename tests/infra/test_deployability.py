@@ -442,6 +442,7 @@ def test_waivers_name_an_issue() -> None:
             "class-reference",
             "capability",
             "exposure",
+            "cloud-args",
         }
         assert key[0] in checks
         assert "issue" in reason, key
