@@ -808,11 +808,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
-    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < _bytes(qdrant.storage.size):
+    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < 2 * _bytes(qdrant.storage.size):
         fail(
             "qdrant.snapshotsStorage.size",
-            f"{qdrant.snapshotsStorage.size} is smaller than qdrant.storage.size ({qdrant.storage.size}): a node's "
-            "snapshot (and a snapshot being restored) is about as large as its data",
+            f"{qdrant.snapshotsStorage.size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
+            "restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path on this "
+            "volume, each about as large as the node's data",
         )
 
     service = config.service

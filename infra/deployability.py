@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from infra.components.specs import ComponentArgsError
+from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJECT_BYTES, upload_memory_bytes
+from infra.components.specs import ComponentArgsError, quantity_value
 from infra.config import PROJECT, ConfigError, deep_merge
 from infra.naming import stack_marks
 from infra.offline import RecordedResource, StackRun
@@ -147,7 +148,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args
+    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -1412,6 +1413,148 @@ def check_cloud_args(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
     return _name_findings(run) + _value_findings(run, graph)
 
 
+# ---------------------------------------------------------------------------------------------- ops-sizing
+def _env(container: Mapping[str, Any]) -> dict[str, Any]:
+    return {e.get("name"): e.get("value") for e in container.get("env") or []}
+
+
+def _ephemeral_size(pod: Mapping[str, Any], volume: str) -> float | None:
+    for item in pod.get("volumes") or []:
+        if item.get("name") == volume:
+            size = _get(item, "ephemeral", "volumeClaimTemplate", "spec", "resources", "requests", "storage")
+            return quantity_value(size) if isinstance(size, str) else None
+    return None
+
+
+def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Backup and restore at the sizes the stack declares: scratch space, upload buffers, object limits, time."""
+    findings: list[Finding] = []
+    jobs = []
+    for cronjob in run.of_type("kubernetes:batch/v1:CronJob"):
+        job = _get(cronjob.inputs, "spec", "jobTemplate", "spec") or {}
+        pod = _get(job, "template", "spec") or {}
+        containers = pod.get("containers") or []
+        if containers and {"CLOUD", "BUCKET", "QDRANT_PEERS"} <= set(_env(containers[0])):
+            jobs.append((cronjob, job, pod, containers[0]))
+    if not jobs:
+        return findings
+    for qdrant in run.of_type("kubernetes:apps/v1:StatefulSet"):
+        spec = qdrant.inputs.get("spec") or {}
+        pod = _get(spec, "template", "spec") or {}
+        container = next(iter(pod.get("containers") or []), {})
+        env = _env(container)
+        if "QDRANT__STORAGE__SNAPSHOTS_PATH" not in env:
+            continue
+        claims = {
+            _get(c, "metadata", "name"): _get(c, "spec", "resources", "requests", "storage")
+            for c in spec.get("volumeClaimTemplates") or []
+        }
+        if not isinstance(claims.get("storage"), str):
+            continue
+        data = quantity_value(claims["storage"])
+        nodes = int(spec.get("replicas") or 1)
+        snapshots = _ephemeral_size(pod, "snapshots")
+        temp_on_snapshots = str(env.get("QDRANT__STORAGE__TEMP_PATH") or "").startswith(
+            str(env["QDRANT__STORAGE__SNAPSHOTS_PATH"])
+        )
+        if snapshots is None or not temp_on_snapshots or snapshots < 2 * data:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    qdrant.urn,
+                    f"a restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path "
+                    f"(QDRANT__STORAGE__TEMP_PATH), each up to the node's data ({claims['storage']}): the snapshot "
+                    f"volume ({'none' if snapshots is None else f'{snapshots / 2**30:g}Gi'}"
+                    f"{'' if temp_on_snapshots else ', and the temp path is not on it'}) cannot take it.",
+                    "keep the temp path on the snapshot volume and size it at least twice qdrant.storage.size.",
+                )
+            )
+        if data > MAX_OBJECT_BYTES:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    qdrant.urn,
+                    f"a node's data ({claims['storage']}) can exceed the 5 TiB S3/GCS object limit: one snapshot is "
+                    "one object.",
+                    "shard the collections over more nodes so each node's data stays under 5 TiB.",
+                )
+            )
+        for cronjob, job, job_pod, job_container in jobs:
+            job_env = _env(job_container)
+            restore = "SCRATCH" in job_env
+            deadline = job.get("activeDeadlineSeconds")
+            # A backup streams each node's data once; a restore downloads it to scratch and uploads it again.
+            seconds = nodes * data * (2 if restore else 1) / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            if isinstance(deadline, (int, float)) and seconds > deadline:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"moving {nodes} nodes x {claims['storage']} at "
+                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s takes {seconds / 3600:.1f} h, over "
+                        f"activeDeadlineSeconds ({deadline / 3600:g} h): the job is killed mid-way.",
+                        "raise the job's activeDeadlineSeconds with the data size.",
+                    )
+                )
+            timeout = job_env.get("TRANSFER_MAX_SECONDS")
+            one_node = data / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            if timeout is None or float(timeout) < one_node:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"one snapshot (up to {claims['storage']}) takes {one_node / 3600:.1f} h to transfer at "
+                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s; the per-transfer timeout "
+                        f"TRANSFER_MAX_SECONDS is {timeout or 'unset'}.",
+                        "size TRANSFER_MAX_SECONDS from the node's data (QdrantBackupsArgs.node_data_bytes).",
+                    )
+                )
+            if restore:
+                scratch = _ephemeral_size(job_pod, "scratch")
+                if scratch is None or scratch < data:
+                    findings.append(
+                        Finding(
+                            "ops-sizing",
+                            cronjob.urn,
+                            f"the restore downloads one snapshot (up to a node's data, {claims['storage']}) to its "
+                            "scratch volume, which is "
+                            f"{'missing' if scratch is None else f'{scratch / 2**30:g}Gi'}.",
+                            "give the restore a scratch ephemeral volume of at least qdrant.storage.size.",
+                        )
+                    )
+                continue
+            limit = _get(job_container, "resources", "limits", "memory")
+            need = upload_memory_bytes(data)
+            if job_env.get("CLOUD") == "aws" and isinstance(limit, str) and quantity_value(limit) < need:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"`aws s3 cp -` buffers 10 parts of size/10,000 in memory: streaming a {claims['storage']} "
+                        f"snapshot needs about {need / 2**20:.0f}Mi, over the {limit} limit (OOM-killed mid-upload).",
+                        "size the backup container's memory limit with infra.stack.backup_resources.",
+                    )
+                )
+    if any(_env(c).get("CLOUD") == "aws" for _, _, _, c in jobs) and run.of_type("aws:ec2/vpc:Vpc"):
+        endpoints = [
+            r
+            for r in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+            if str(r.inputs.get("serviceName", "")).endswith(".s3")
+            and r.inputs.get("vpcEndpointType", "Gateway") == "Gateway"
+        ]
+        if not endpoints:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    run.of_type("aws:ec2/vpc:Vpc")[0].urn,
+                    "backups and restores from the private subnets reach S3 through the NAT gateway, which bills "
+                    "every GB it processes (each nightly backup is the whole of Qdrant's data).",
+                    "add an S3 gateway VPC endpoint on the private route table.",
+                )
+            )
+    return findings
+
+
 CHECKS = (
     check_crd_order,
     check_references,
@@ -1419,6 +1562,7 @@ CHECKS = (
     check_capabilities,
     check_exposure,
     check_cloud_args,
+    check_ops_sizing,
 )
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is

@@ -186,6 +186,17 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     private_rt = aws.ec2.RouteTable(
         "private-rt", vpc_id=vpc.id, routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}], opts=opts
     )
+    # S3 traffic from the private subnets (backup uploads and restores, ECR image layers, which ECR serves from S3)
+    # through a free gateway endpoint instead of the NAT gateway, which bills every GB it processes.
+    aws.ec2.VpcEndpoint(
+        "s3-endpoint",
+        vpc_id=vpc.id,
+        service_name=f"com.amazonaws.{eks.region}.s3",
+        vpc_endpoint_type="Gateway",
+        route_table_ids=[private_rt.id],
+        tags={"Name": f"{name}-s3"},
+        opts=opts,
+    )
     for index, cidr in enumerate(private_cidrs):
         subnet = aws.ec2.Subnet(
             f"private-{index}",

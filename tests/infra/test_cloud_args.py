@@ -198,6 +198,8 @@ def test_cloud_sql_gets_the_edition_its_tier_runs_on() -> None:
 def test_the_longest_ephemeral_stack_name_deploys_on_both_clouds(base: str, target: str) -> None:
     stack_doc = yaml.safe_load((PROJECT_DIR / f"Pulumi.{base}.yaml").read_text(encoding="utf-8"))
     overrides = {**target_overrides(base, target), "backups": {"enabled": True}}
+    if base == "dev":  # backups need a snapshot volume twice the data (a restore unpacks next to the upload)
+        overrides["qdrant"] = {"snapshotsStorage": {"size": "20Gi"}}
     result = run_stack(LONG, stack_config=stack_doc["config"], config_overrides=overrides)
     assert cloud_findings(result) == []
     named_resources = [r for r in result.resources if r.type in {rule.type for rule in d.NAME_RULES}]

@@ -89,7 +89,7 @@ def deployment(name: str, pod: dict, **kw: Any) -> RecordedResource:
 
 
 def eks_cluster(**addons: dict) -> list[RecordedResource]:
-    cluster = res(d.EKS_CLUSTER, "eks", {"name": "rag"})
+    cluster = res(d.EKS_CLUSTER, "eks", {"name": "rag-t"})
     out = [cluster]
     for addon, values in addons.items():
         inputs = {"addonName": addon, "configurationValues": json.dumps(values)}
