@@ -903,6 +903,81 @@ def _metrics_targets(run: StackRun) -> set[tuple[str, str, float, str]]:
     return targets
 
 
+def _ingress_covers(item: Mapping[str, Any], path: str) -> tuple[int, int]:
+    """How an Ingress path matches `path` (networking.k8s.io/v1): (-1, 0) not at all, else (length, Exact?).
+
+    Prefix matches whole path elements; the longest match wins, and an Exact path beats a Prefix of equal length.
+    """
+    value = str(item.get("path") or "/")
+    kind = item.get("pathType") or "Prefix"
+    if kind == "Exact":
+        return (len(value), 1) if value == path else (-1, 0)
+    prefix = value.rstrip("/")
+    if not prefix or path == prefix or path.startswith(prefix + "/"):
+        return len(prefix), 0
+    return -1, 0
+
+
+def _ingress_exposure(run: StackRun, targets: set[tuple[str, str, float, str]]) -> list[Finding]:
+    """An Ingress path that sends a scraped metrics path to the scraped Service port."""
+    findings: list[Finding] = []
+    services = {(object_namespace(s), object_name(s)): s for s in run.of_type("kubernetes:core/v1:Service")}
+    for ingress in run.of_type("kubernetes:networking.k8s.io/v1:Ingress"):
+        namespace = object_namespace(ingress)
+        spec = ingress.inputs.get("spec") or {}
+        for target_ns, service, port, path in sorted(targets):
+            if target_ns != namespace:
+                continue
+            for rule in spec.get("rules") or [{}]:
+                best, backend = (-1, 0), spec.get("defaultBackend")
+                for item in _get(rule, "http", "paths") or []:
+                    score = _ingress_covers(item, path)
+                    if score > best:
+                        best, backend = score, item.get("backend")
+                ref = (backend or {}).get("service") or {}
+                wanted = ref.get("port") or {}
+                declared = services.get((namespace, service))
+                ports = (_get(declared.inputs, "spec", "ports") if declared else None) or []
+                names = {p.get("name") for p in ports if p.get("port") == port}
+                if ref.get("name") == service and (
+                    wanted.get("number") == port or wanted.get("name") in names
+                ):
+                    findings.append(
+                        Finding(
+                            "exposure",
+                            ingress.urn,
+                            f"Ingress {object_name(ingress)} sends {path} to {service}:{port:g}, the port "
+                            "Prometheus scrapes: the metrics are public through the Ingress.",
+                            f"add a {path} Prefix path to a backend that is not the service (e.g. a Service with "
+                            "no endpoints), or serve metrics on another port.",
+                        )
+                    )
+    return findings
+
+
+AWS_LB_TYPE = "service.beta.kubernetes.io/aws-load-balancer-type"
+AWS_LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
+ENVOY_PROXY_TYPE = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+
+
+def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+    if not run.of_type(EKS_CLUSTER):
+        return
+    proxies = {(object_namespace(p), object_name(p)): p for p in run.of_type(ENVOY_PROXY_TYPE)}
+    for gateway_class in run.of_type("kubernetes:gateway.networking.k8s.io/v1:GatewayClass"):
+        spec = gateway_class.inputs.get("spec") or {}
+        if spec.get("controllerName") != CHART_GATEWAY_CONTROLLERS["gateway-helm"]:
+            continue
+        ref = spec.get("parametersRef") or {}
+        proxy = (
+            proxies.get((ref.get("namespace"), ref.get("name"))) if ref.get("kind") == "EnvoyProxy" else None
+        )
+        path = ("spec", "provider", "kubernetes", "envoyService", "annotations")
+        annotations = (_get(proxy.inputs, *path) if proxy is not None else None) or {}
+        yield gateway_class, dict(annotations)
+
+
 def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Metrics endpoints behind a public route, and (in prod) clusters reachable from the internet."""
     findings: list[Finding] = []
@@ -935,8 +1010,27 @@ def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Find
                             "not reach the service.",
                         )
                     )
-    if _get(effective_config(run), "environment") != "prod":
+    findings.extend(_ingress_exposure(run, targets))
+    config = effective_config(run)
+    if _get(config, "environment") != "prod":
         return findings
+    private_endpoint = any(
+        (c.inputs.get("vpcConfig") or {}).get("endpointPublicAccess") is False
+        for c in run.of_type(EKS_CLUSTER)
+    )
+    if private_endpoint and _get(config, "gateway", "loadBalancer") != "public":
+        for gateway_class, service_annotations in _envoy_classes(run):
+            if service_annotations.get(AWS_LB_INTERNAL, "false") == "false":
+                findings.append(
+                    Finding(
+                        "exposure",
+                        gateway_class.urn,
+                        "the prod cluster's endpoint is private but the gateway's load balancer is internet-facing, "
+                        "and rag:gateway.loadBalancer does not ask for that (it is not 'public').",
+                        f"annotate the EnvoyProxy's envoyService with {AWS_LB_INTERNAL}: 'true', or set "
+                        "rag:gateway.loadBalancer public to open it on purpose.",
+                    )
+                )
     for cluster in run.of_type(EKS_CLUSTER):
         vpc = cluster.inputs.get("vpcConfig") or {}
         cidrs = vpc.get("publicAccessCidrs") or []
@@ -1388,6 +1482,14 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
                 f"Cloud SQL custom tier {tier!r} asks for {problem}.",
                 "pick a shape Cloud SQL offers (rag:postgres.managed.tier).",
             )
+    for gateway_class, service_annotations in _envoy_classes(run):
+        if service_annotations.get(AWS_LB_TYPE) != "nlb":
+            add(
+                gateway_class,
+                "Envoy Gateway's proxy Service gets the in-tree AWS default, a Classic Load Balancer (previous "
+                "generation, no static IPs per zone, HTTP/2 and long-lived streams handled worse).",
+                f"reference an EnvoyProxy (parametersRef) whose envoyService annotations set {AWS_LB_TYPE}: nlb.",
+            )
     # An image build cache is one tag rewritten by every build: an IMMUTABLE ECR repository refuses the rewrite.
     immutable = {
         str(r.inputs.get("name")): r
@@ -1696,6 +1798,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
     ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
+    # The load balancer is the cloud target's (EKS: the EnvoyProxy's NLB annotations).
+    ("gateway.loadBalancer", "dev", "eks", {}),
 )
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
 #: Declared keys known not to reach the program yet -> the issue tracking them. Meant to be empty.
@@ -1764,6 +1868,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "tls.clusterIssuer": "shared-issuer",
     "gateway.hostname": "rag.other.example.com",
     "gateway.className": "eg",
+    "gateway.loadBalancer": "internal",
     "gateway.ingress.className": "nginx-other",
     "monitoring.chartVersion": "78.3.1",
     "monitoring.retention": "14d",

@@ -14,13 +14,14 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import StackConfig
+from infra.config import StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
 NODE_POLICIES = (
@@ -40,6 +41,22 @@ METRICS_SERVER_CHART = ("metrics-server", "3.13.1", "https://kubernetes-sigs.git
 ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
 ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
+ENVOY_PROXY_NAME = "rag-proxy"
+# Service annotations of the in-tree AWS load balancer controller (cloud-provider-aws, run by EKS's control plane:
+# no extra install): `nlb` asks for a Network Load Balancer instead of the default Classic ELB, `internal` for one
+# with private addresses only (in the subnets tagged kubernetes.io/role/internal-elb). The AWS Load Balancer
+# Controller is not installed, so its `external`/`nlb-ip` modes and annotations are not used.
+NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
+NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
+
+
+def envoy_proxy_spec(internal: bool) -> dict[str, Any]:
+    """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
+    Service Envoy Gateway creates per Gateway gets an NLB, internal when `internal`."""
+    annotations = {NLB_TYPE_ANNOTATION: "nlb"}
+    if internal:
+        annotations[NLB_INTERNAL_ANNOTATION] = "true"
+    return {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}}
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -142,6 +159,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     stack = pulumi.get_stack()
     # EKS CreateCluster: 1-100 characters, [0-9A-Za-z][A-Za-z0-9_-]*; unique per account and region.
     name = cloud_name(stack, limit=100)
+    # The in-tree load balancer controller picks subnets carrying this tag (cloud-provider-aws findSubnets).
+    cluster_tag = f"kubernetes.io/cluster/{name}"
     aws_provider = aws.Provider(
         "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
     )
@@ -174,7 +193,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             cidr_block=cidr,
             availability_zone=zones.names[index],
             map_public_ip_on_launch=True,
-            tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1"},
+            tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(
@@ -203,7 +222,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             vpc_id=vpc.id,
             cidr_block=cidr,
             availability_zone=zones.names[index],
-            tags={"Name": f"{name}-private-{index}", "kubernetes.io/role/internal-elb": "1"},
+            tags={
+                "Name": f"{name}-private-{index}",
+                "kubernetes.io/role/internal-elb": "1",
+                cluster_tag: "shared",
+            },
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(
@@ -413,6 +436,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     )
     gateway_classes: list[pulumi.Resource] = []
     if config.tls.enabled and not config.gateway.ingress.enabled:
+        # The proxy's Service: an NLB (internal per rag:gateway.loadBalancer) rather than the in-tree default,
+        # a Classic ELB. Created before the GatewayClass that references it (Envoy Gateway's recommendation).
+        envoy_proxy = k8s.apiextensions.CustomResource(
+            "envoy-proxy",
+            api_version="gateway.envoyproxy.io/v1alpha1",
+            kind="EnvoyProxy",
+            metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
+            spec=envoy_proxy_spec(internal_load_balancer(config)),
+            opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
+        )
         # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.
         gateway_classes.append(
             k8s.apiextensions.CustomResource(
@@ -420,8 +453,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
                 api_version="gateway.networking.k8s.io/v1",
                 kind="GatewayClass",
                 metadata={"name": config.gateway.className},
-                spec={"controllerName": ENVOY_GATEWAY_CONTROLLER},
-                opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
+                spec={
+                    "controllerName": ENVOY_GATEWAY_CONTROLLER,
+                    "parametersRef": {
+                        "group": "gateway.envoyproxy.io",
+                        "kind": "EnvoyProxy",
+                        "name": ENVOY_PROXY_NAME,
+                        "namespace": ENVOY_GATEWAY_NAMESPACE,
+                    },
+                },
+                opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway, envoy_proxy]),
             )
         )
 

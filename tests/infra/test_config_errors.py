@@ -83,6 +83,14 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
+    # Private prod: `auto` makes the load balancer internal, which Let's Encrypt's HTTP-01 cannot reach.
+    ("prod", {"gateway": {"loadBalancer": "auto"}}, "gateway.loadBalancer", "HTTP-01"),
+    (
+        "staging",
+        {"gateway": {"loadBalancer": "internal"}, "tls": {"issuer": "selfSigned"}},
+        "gateway.className",
+        "external GKE Gateway class",
+    ),
     (
         "dev",
         {"backups": {"enabled": True}, "qdrant": {"snapshotsStorage": {"size": "20Gi"}}},
