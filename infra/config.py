@@ -468,6 +468,22 @@ class LlmConfig:
         return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingConfig:
+    """The embedding model: the service's EMBEDDING_MODEL and what the image the stack builds bakes in."""
+
+    model: str = _f(pattern=MODEL_RE)
+    extraModels: tuple[str, ...] = ()
+
+    @property
+    def image_models(self) -> tuple[str, ...]:
+        """Every model a build of this stack bakes into the image: `model` first."""
+        return (self.model, *self.extraModels)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Promotion:
     """Where the deployed image came from (written by `ragops promote`)."""
@@ -476,6 +492,8 @@ class Promotion:
     digest: str
     at: str
     by: str
+    models: tuple[str, ...] | None = None
+    """The embedding models the promoted image holds (None: not recorded, a promotion from before they were)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -505,6 +523,7 @@ class StackConfig:
     monitoring: MonitoringConfig
     backups: BackupsConfig
     llm: LlmConfig
+    embedding: EmbeddingConfig
     promotion: Promotion | None
     ephemeral: Ephemeral | None
     promotion_raw: Mapping[str, Any] | None
@@ -757,7 +776,12 @@ def _build_optional_record(key: str, value: Any, file: str) -> Any:
             raise ConfigError(
                 f"{name}.digest", file, "expected an immutable image ref REGISTRY/REPO@sha256:<64 hex>"
             )
-        return Promotion(**record)
+        models = value.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not models or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise ConfigError(f"{name}.models", file, "expected a non-empty list of model names")
+        return Promotion(**record, models=tuple(models) if models is not None else None)
     record = {k: value.get(k) for k in ("name", "owner", "expiresAt")}
     for sub, item in record.items():
         if not isinstance(item, str) or not item:
@@ -859,6 +883,23 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
     if service.settings.chunkOverlap >= service.settings.chunkSize:
         fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
+
+    embedding = config.embedding
+    for model in embedding.extraModels:
+        if not MODEL_RE.fullmatch(model):
+            fail(
+                "embedding.extraModels",
+                f"invalid model name {model!r} (expected ORG/NAME, a fastembed model)",
+            )
+    if len(set(embedding.image_models)) != len(embedding.image_models):
+        fail("embedding.extraModels", "lists a model twice or repeats embedding.model")
+    promoted = config.promotion.models if config.promotion is not None else None
+    if config.image and promoted is not None and embedding.model not in promoted:
+        fail(
+            "embedding.model",
+            f"{embedding.model} is not in the promoted image {config.image}, which holds {', '.join(promoted)} "
+            f"(rag:promotion.models): promote a build whose stack names this model, or set the model the image has",
+        )
 
     for key, mode in (("postgres.mode", config.postgres.mode), ("redis.mode", config.redis.mode)):
         if mode == "managed" and cluster.provider == "existing":
@@ -987,7 +1028,15 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 # --- secrets ---------------------------------------------------------------------------------------------------
 
 SECRET_KEYS = frozenset(
-    {"qdrantApiKey", "serviceApiKeys", "slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "llmApiKey"}
+    {
+        "qdrantApiKey",
+        "serviceApiKeys",
+        "adminApiKey",
+        "slackWebhookUrl",
+        "pagerdutyRoutingKey",
+        "smtpPassword",
+        "llmApiKey",
+    }
 )
 # Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
 OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
@@ -999,6 +1048,7 @@ class Secrets:
 
     qdrant_api_key: Any  # pulumi.Output[str]
     service_api_keys: Any  # pulumi.Output[str], JSON {"key": "tenant"}
+    admin_api_key: Any = None  # pulumi.Output[str]: the service's ADMIN_API_KEY (re-index routes)
     slack_webhook_url: Any = None  # pulumi.Output[str] | None
     pagerduty_routing_key: Any = None
     smtp_password: Any = None
@@ -1022,6 +1072,10 @@ def load_secrets() -> Secrets:
     else:
         generated = random.RandomPassword("service-api-key-random", length=40, special=False).result
         api_keys = generated.apply(lambda key: json.dumps({key: "default"}))
+    if get_config(f"{PROJECT}:adminApiKey"):
+        admin_key = cfg.require_secret("adminApiKey")
+    else:
+        admin_key = random.RandomPassword("admin-api-key-random", length=40, special=False).result
     # The LLM key is never generated: it is the provider's. Whether one is required is a config rule (stack.py).
     llm_key = cfg.require_secret("llmApiKey") if get_config(f"{PROJECT}:llmApiKey") else None
     optional = {
@@ -1031,6 +1085,7 @@ def load_secrets() -> Secrets:
     return Secrets(
         qdrant_api_key=pulumi.Output.secret(qdrant_key),
         service_api_keys=pulumi.Output.secret(api_keys),
+        admin_api_key=pulumi.Output.secret(admin_key),
         slack_webhook_url=optional["slackWebhookUrl"],
         pagerduty_routing_key=optional["pagerdutyRoutingKey"],
         smtp_password=optional["smtpPassword"],

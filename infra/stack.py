@@ -306,9 +306,14 @@ def redis_args(
 def image_args(
     config: StackConfig, cluster: ClusterTarget, *, git_sha: str | None, context_dir: str
 ) -> ServiceImageArgs:
-    """The service image: a promoted digest (`rag:image`) as is, or built from service/Dockerfile and pushed."""
+    """The service image: a promoted digest (`rag:image`) as is, or built from service/Dockerfile and pushed,
+    with the embedding models of `rag:embedding` baked in (EMBEDDING_MODEL is the one the service uses)."""
     registry = cluster.registry
     return ServiceImageArgs(
+        build_args={
+            "EMBEDDING_MODEL": config.embedding.model,
+            "EMBEDDING_MODELS": " ".join(config.embedding.image_models),
+        },
         existing_ref=config.image or None,
         repository=registry.repository,
         git_sha=None if config.image else git_sha,
@@ -373,13 +378,14 @@ def service_args(
     stores: DataStores,
     api_keys: pulumi.Input[str],
     llm_api_key: pulumi.Input[str] | None = None,
+    admin_api_key: pulumi.Input[str] | None = None,
     service_account_annotations: Mapping[str, pulumi.Input[str]],
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     ready: tuple[pulumi.Resource, ...] = (),
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = {**cfg.settings.env(), **config.llm.env()}
+    settings = {**cfg.settings.env(), **config.llm.env(), "EMBEDDING_MODEL": config.embedding.model}
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
@@ -393,6 +399,7 @@ def service_args(
         redis_url=stores.redis_url,
         api_keys=api_keys,
         llm_api_key=llm_api_key if config.llm.enabled and not config.llm.keyless else None,
+        admin_api_key=admin_api_key,
         qdrant_replication_factor=stores.qdrant_replication_factor,
         qdrant_shard_number=stores.qdrant_shard_number,
         settings=settings,
@@ -514,6 +521,24 @@ def grafana_access(monitoring: Monitoring) -> dict[str, str]:
     }
 
 
+def embedding_output(config: StackConfig) -> dict[str, Any]:
+    """The index config the stack deploys, and the models its image holds (`ragops up`/`promote` compare it
+    before and after an update to follow the re-index a change starts; None: a promotion that did not record
+    them)."""
+    settings = config.service.settings
+    if config.image:
+        promoted = config.promotion.models if config.promotion is not None else None
+        image_models = list(promoted) if promoted is not None else None
+    else:
+        image_models = list(config.embedding.image_models)
+    return {
+        "model": config.embedding.model,
+        "chunkSize": settings.chunkSize,
+        "chunkOverlap": settings.chunkOverlap,
+        "imageModels": image_models,
+    }
+
+
 def outputs(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -522,6 +547,7 @@ def outputs(
     image_ref: pulumi.Input[str],
     qdrant_endpoint: pulumi.Input[str],
     api_keys: pulumi.Input[str] | None = None,
+    admin_api_key: pulumi.Input[str] | None = None,
     grafana: Mapping[str, str] | None = None,
     grafana_admin_password: pulumi.Input[str] | None = None,
     alert_receivers: tuple[str, ...] = (),
@@ -536,6 +562,8 @@ def outputs(
         "promotion": dict(config.promotion_raw) if config.promotion_raw else None,
         "ephemeral": dict(config.ephemeral_raw) if config.ephemeral_raw else None,
         "apiKeys": pulumi.Output.secret(api_keys) if api_keys is not None else None,
+        "adminApiKey": pulumi.Output.secret(admin_api_key) if admin_api_key is not None else None,
+        "embedding": embedding_output(config),
         "tlsIssuer": config.tls.issuer if config.tls.enabled else None,
         "grafana": dict(grafana) if grafana is not None else None,
         "grafanaAdminPassword": (
@@ -656,6 +684,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             stores=DataStores.of(qdrant, postgres, redis),
             api_keys=secrets.service_api_keys,
             llm_api_key=_llm_api_key(config, secrets),
+            admin_api_key=secrets.admin_api_key,
             service_account_annotations=(
                 cluster.workload_identity(config.namespace, SERVICE_NAME, "service")
                 if cluster.workload_identity
@@ -708,6 +737,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         image_ref=image.ref,
         qdrant_endpoint=qdrant.endpoint,
         api_keys=secrets.service_api_keys,
+        admin_api_key=secrets.admin_api_key,
         grafana=grafana_access(monitoring) if monitoring is not None else None,
         grafana_admin_password=grafana_password,
         alert_receivers=monitoring.receivers if monitoring is not None else (),

@@ -4,7 +4,8 @@ Creates, all parented to the component and named `f"{name}-<role>"`:
 - optionally the Namespace (`create_namespace`),
 - ServiceAccount (annotations carry the workload-identity / IRSA binding),
 - ConfigMap of non-secret settings (its name carries a hash of the content, so a settings change rolls the pods)
-  and a Secret with DATABASE_URL, REDIS_URL, QDRANT_API_KEY and API_KEYS (Pulumi secrets that stay secret),
+  and a Secret with DATABASE_URL, REDIS_URL, QDRANT_API_KEY, API_KEYS and ADMIN_API_KEY (Pulumi secrets that
+  stay secret),
 - the API Deployment (startup/liveness probes on /healthz, readiness on /readyz, restricted security context,
   read-only root filesystem with emptyDirs for /tmp and DATA_DIR, zone/host topology spread), its Service,
   an autoscaling/v2 HPA and a PodDisruptionBudget when more than one replica can run,
@@ -109,6 +110,8 @@ class RagServiceArgs:
     """API_KEYS (secret): `{"key": "tenant"}` JSON or `key:tenant,...`; required in production."""
     llm_api_key: pulumi.Input[str] | None = None
     """LLM_API_KEY (secret): the LLM provider's key, for POST /v1/answer."""
+    admin_api_key: pulumi.Input[str] | None = None
+    """ADMIN_API_KEY (secret): the bearer key of the /v1/admin routes (blue/green re-index); None: they answer 403."""
     qdrant_replication_factor: int = 1
     """QDRANT_REPLICATION_FACTOR for new collections (use QdrantCluster.replication_factor)."""
     qdrant_shard_number: int = 1
@@ -549,6 +552,7 @@ class RagService(pulumi.ComponentResource):
             "QDRANT_API_KEY": args.qdrant_api_key,
             "API_KEYS": args.api_keys,
             "LLM_API_KEY": args.llm_api_key,
+            "ADMIN_API_KEY": args.admin_api_key,
         }
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
         secret = k8s.core.v1.Secret(

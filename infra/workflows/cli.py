@@ -21,16 +21,25 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from pulumi.automation import EngineEvent
+import yaml
+from pulumi.automation import EngineEvent, StackNotFoundError
 from pulumi.automation.errors import CommandError
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
 from infra.workflows import reach
+from infra.workflows import reindex as reindex_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy
 from infra.workflows.errors import describe
@@ -56,6 +65,11 @@ app = typer.Typer(
 )
 ephemeral_app = typer.Typer(help="Short-lived per-PR stacks with guaranteed teardown.", no_args_is_help=True)
 app.add_typer(ephemeral_app, name="ephemeral")
+reindex_app = typer.Typer(
+    help="Blue/green re-index of a deployed service (new model or chunking) through its admin API.",
+    no_args_is_help=True,
+)
+app.add_typer(reindex_app, name="reindex")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -135,6 +149,9 @@ def _run(action: Callable[[], T]) -> T:
     except reach.SmokeFailure as exc:
         console.print(f"[red]smoke check failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
+    except reindex_mod.ReindexFailure as exc:
+        console.print(f"[red]re-index failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
     except WorkflowError as exc:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
@@ -203,29 +220,102 @@ def preview(
     console.print(f"preview of {stack}: {pending}", highlight=False)
 
 
+ReindexTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--reindex-timeout",
+        min=0,
+        help="When the update changes the embedding model or chunking: seconds to follow the re-index.",
+    ),
+]
+
+
 @app.command()
 def up(
     ctx: typer.Context,
     stack: StackOpt,
     policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
+    reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
 ) -> None:
-    """`pulumi up` a stack with the policy pack (CI runs this on dev for every push to main)."""
+    """`pulumi up` a stack with the policy pack (CI runs this on dev for every push to main); an update that
+    changes the embedding model or chunking is followed until the service's re-index has switched."""
     context: Context = ctx.obj
 
-    def action() -> dict[str, int]:
+    def action() -> tuple[dict[str, int], dict[str, Any] | None]:
+        before = _deployed_embedding(context, stack)
+        if before is not None:
+            planned = reindex_mod.planned_image_models(
+                context.workspace().get_all_config(stack), _declared_embedding(context)
+            )
+            reindex_mod.check_image_keeps(
+                stack, before, planned, where=f"rag:embedding.extraModels in Pulumi.{stack}.yaml"
+            )
         with _progress(f"up {stack}", quiet) as (on_output, on_event):
-            return deploy(
+            changes = deploy(
                 context,
                 stack,
                 policy_pack=POLICY_PACK if policy else None,
                 on_output=on_output,
                 on_event=on_event,
             )
+        return changes, before
 
-    changes = _run(action)
+    changes, before = _run(action)
     summary = describe_counts(changes) or "no changes"
     console.print(f"up {stack}: {summary}", highlight=False)
+    _follow_index_change(context, stack, before, reindex_timeout)
+
+
+def _deployed_embedding(context: Context, stack: str) -> dict[str, Any] | None:
+    """The stack's ``embedding`` output before an update (None: not deployed yet, or from before the output)."""
+    try:
+        return reach.read_info(context, stack).embedding
+    except StackNotFoundError:
+        return None  # the update itself reports the missing stack
+
+
+def _declared_embedding(context: Context) -> dict[str, Any] | None:
+    """Pulumi.yaml's declared ``embedding`` default in the project directory (stack files override it)."""
+    path = Path(context.work_dir) / "Pulumi.yaml"
+    try:
+        project = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError:
+        return None
+    declared = (project.get("config") or {}).get("embedding")
+    default = declared.get("default") if isinstance(declared, dict) else None
+    return default if isinstance(default, dict) else None
+
+
+def _follow_index_change(context: Context, stack: str, before: dict[str, Any] | None, timeout: float) -> None:
+    """After an update: when it changed the index config, follow (or start) the re-index to its switch."""
+
+    def action() -> dict[str, Any] | None:
+        info = reach.read_info(context, stack)
+        change = reindex_mod.index_change(before, info.embedding)
+        if change is None:
+            return None
+        old, new = change
+        console.print(
+            f"{stack}: index config changed {reindex_mod.describe_config(old)} -> "
+            f"{reindex_mod.describe_config(new)}; search keeps serving the old index until the re-index switches",
+            highlight=False,
+        )
+        endpoint = reindex_mod.endpoint_of(info)
+        with endpoint.client() as client, _reindex_progress(f"re-index {stack}") as on_status:
+            return reindex_mod.converge(client, new, on_status=on_status, timeout_seconds=timeout)
+
+    try:
+        status = _run(action)
+    except typer.Exit:
+        console.print(
+            f"[yellow]hint:[/] search on {stack} still serves the previous index. Fix the cause, then "
+            f"`ragops reindex start -s {stack} --model ... --chunk-size ...`, or deploy the previous config again.",
+            highlight=False,
+        )
+        raise
+    if status is not None:
+        typer.echo(reindex_mod.summary(status))
 
 
 @app.command()
@@ -233,9 +323,11 @@ def promote(
     ctx: typer.Context,
     source: Annotated[str, typer.Option("--from", help="Source stack (dev or staging).")],
     target: Annotated[str, typer.Option("--to", help="Target stack (staging or prod).")],
+    reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
 ) -> None:
-    """Deploy the source stack's image digest (and promotable settings) to the next stack."""
+    """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
+    model or chunking is followed until the target's re-index has switched."""
     context: Context = ctx.obj
 
     def action() -> promote_mod.Promotion:
@@ -247,6 +339,7 @@ def promote(
     console.print(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )
+    _follow_index_change(context, target, done.index_before, reindex_timeout)
 
 
 @app.command()
@@ -456,6 +549,14 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
     if info.grafana:
         typer.echo(f"grafana:   {info.grafana.get('portForward')} -> {info.grafana.get('url')} (user admin)")
         typer.echo(f"           password: pulumi stack output grafanaAdminPassword --show-secrets -s {stack}")
+    if info.embedding:
+        wanted = reindex_mod.wanted_of(info.embedding)
+        models = info.embedding.get("imageModels")
+        typer.echo(
+            f"index:     {reindex_mod.describe_config(wanted)}"
+            + (f"; the image holds {', '.join(models)}" if isinstance(models, list) else "")
+            + f" (live: ragops reindex status -s {stack})"
+        )
     typer.echo(f"api keys:  pulumi stack output apiKeys --show-secrets -s {stack}")
 
 
@@ -480,6 +581,191 @@ def smoke(
     for step in report.steps:
         typer.echo(step)
     console.print(f"smoke check of {stack} passed ({report.url})", highlight=False)
+
+
+# --- reindex ---------------------------------------------------------------------------------------------------
+
+ReindexStackOpt = Annotated[
+    str | None,
+    typer.Option("--stack", "-s", help="Stack whose serviceUrl and adminApiKey outputs to use."),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="Service base URL instead of a stack (e.g. http://127.0.0.1:8000)."),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--key",
+        envvar="ADMIN_API_KEY",
+        show_envvar=True,
+        help="Admin key (default: the stack's adminApiKey).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=0, help="Seconds to follow the re-index before giving up (it goes on)."),
+]
+IntervalOpt = Annotated[float, typer.Option("--interval", min=0.01, help="Seconds between status polls.")]
+
+
+def _endpoint(
+    ctx: typer.Context, stack: str | None, url: str | None, key: str | None
+) -> reindex_mod.Endpoint:
+    if (stack is None) == (url is None):
+        raise UsageError("Give exactly one of --stack (use its outputs) and --url (a service base URL).")
+    if stack is not None:
+        return reindex_mod.endpoint_for_stack(ctx.obj, stack, key)
+    return reindex_mod.Endpoint(url=str(url), key=key, label=str(url))
+
+
+@contextmanager
+def _reindex_progress(title: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar of documents re-embedded, fed with each re-index status."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_status(status: dict[str, Any]) -> None:
+            progress.update(
+                task,
+                description=f"{title}: {status.get('state')}",
+                completed=status.get("documents_done") or 0,
+                total=status.get("documents_total") or None,
+            )
+
+        yield on_status
+
+
+def follow_with_progress(
+    client: Any,
+    wanted: dict[str, Any],
+    *,
+    timeout: float,
+    interval: float,
+    title: str,
+    from_collection: str | None = None,
+) -> dict[str, Any]:
+    """`reindex_mod.follow` with a progress bar of documents re-embedded."""
+    with _reindex_progress(title) as on_status:
+        return reindex_mod.follow(
+            client,
+            wanted,
+            on_status=on_status,
+            timeout_seconds=timeout,
+            interval_seconds=interval,
+            from_collection=from_collection,
+        )
+
+
+@reindex_app.command("start")
+def reindex_start(
+    ctx: typer.Context,
+    stack: ReindexStackOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="fastembed model (the image must hold it).")
+    ] = None,
+    chunk_size: Annotated[int | None, typer.Option("--chunk-size", min=16, help="Tokens per chunk.")] = None,
+    chunk_overlap: Annotated[
+        int | None, typer.Option("--chunk-overlap", min=0, help="Tokens shared by neighbouring chunks.")
+    ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing", help="Switch even if some documents have no kept text (they drop out)."
+        ),
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Show progress until it has switched (or failed).")
+    ] = True,
+    timeout: TimeoutOpt = 3600.0,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """Build the index for a new model and/or chunking while search serves the current one, then switch."""
+    if model is None and chunk_size is None and chunk_overlap is None:
+        console.print("[red]error:[/] give at least one of --model, --chunk-size, --chunk-overlap")
+        raise typer.Exit(2)
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            before = reindex_mod.get_status(client).get("serving") or {}
+            status = reindex_mod.start(
+                client,
+                model=model,
+                chunk_size=chunk_size,
+                chunk_overlap=chunk_overlap,
+                allow_missing=allow_missing,
+            )
+            if not wait:
+                return status
+            wanted = reindex_mod.index_config(status.get("target")) or {}
+            return follow_with_progress(
+                client,
+                wanted,
+                timeout=timeout,
+                interval=interval,
+                title=f"re-index {endpoint.label}",
+                from_collection=before.get("collection"),
+            )
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
+
+
+@reindex_app.command("status")
+def reindex_status(
+    ctx: typer.Context,
+    stack: ReindexStackOpt = None,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow a running re-index with a progress bar until it ends.")
+    ] = False,
+    timeout: TimeoutOpt = 3600.0,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """What search serves, the rollback target, and a running re-index's progress (exit 1 if it failed)."""
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            status = reindex_mod.get_status(client)
+            target = reindex_mod.index_config(status.get("target"))
+            if wait and status.get("state") in reindex_mod.RUNNING and target is not None:
+                status = follow_with_progress(
+                    client, target, timeout=timeout, interval=interval, title=f"re-index {endpoint.label}"
+                )
+            return status
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
+    if status.get("state") == "failed":
+        raise typer.Exit(1)
+
+
+@reindex_app.command("rollback")
+def reindex_rollback(
+    ctx: typer.Context, stack: ReindexStackOpt = None, url: UrlOpt = None, key: KeyOpt = None
+) -> None:
+    """Serve from the previous index again (the standby kept receiving every write)."""
+
+    def action() -> dict[str, Any]:
+        endpoint = _endpoint(ctx, stack, url, key)
+        with endpoint.client() as client:
+            return reindex_mod.rollback(client)
+
+    status = _run(action)
+    typer.echo(reindex_mod.summary(status))
 
 
 def main() -> None:

@@ -3,8 +3,13 @@
 A promotion reads the source stack's ``imageDigest`` output (the image it actually deployed), refuses unless it is
 an immutable ``...@sha256:<64 hex>`` ref and the source has no pending changes (its preview is empty, so what is
 deployed is what the code says), then on the target: sets ``rag:image`` to that digest, copies the
-``PROMOTABLE_KEYS`` (service settings that describe the build's behaviour, not the environment), records
-``rag:promotion`` = {from, digest, at, by}, all in one ``config set-all`` write, and runs ``pulumi up``.
+``PROMOTABLE_KEYS`` (service settings that describe the build's behaviour, not the environment) and
+``rag:embedding`` as the source runs it (the image holds exactly those models), records ``rag:promotion`` =
+{from, digest, at, by, models}, all in one ``config set-all`` write, and runs ``pulumi up``.
+
+A promotion that changes the target's embedding model is refused before anything is written when the image
+cannot serve the target's current index meanwhile (it lacks the model that index was built with); the CLI
+follows the re-index such a promotion starts (``infra.workflows.reindex.converge``).
 
 Only dev -> staging and staging -> prod are allowed: prod never receives a build staging has not run.
 """
@@ -19,6 +24,7 @@ from typing import Any
 
 from pulumi.automation import Workspace
 
+from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
     PROJECT,
@@ -27,6 +33,7 @@ from infra.workflows.stacks import (
     OnOutput,
     UsageError,
     WorkflowError,
+    _as_object,
     describe_counts,
     rfc3339,
     select,
@@ -64,10 +71,17 @@ class Promotion:
     at: str
     by: str
     copied: dict[str, Any]
+    models: list[str] | None = None
+    """The embedding models the promoted image holds (the source's ``embedding.imageModels`` output)."""
+    index_before: dict[str, Any] | None = None
+    """The target's ``embedding`` output before the promotion (what its index was built with)."""
 
-    def record(self) -> dict[str, str]:
+    def record(self) -> dict[str, Any]:
         """The ``rag:promotion`` config value."""
-        return {"from": self.source, "digest": self.digest, "at": self.at, "by": self.by}
+        record: dict[str, Any] = {"from": self.source, "digest": self.digest, "at": self.at, "by": self.by}
+        if self.models is not None:
+            record["models"] = list(self.models)
+        return record
 
 
 def check_order(source: str, target: str) -> None:
@@ -187,6 +201,14 @@ def promote(
         )
 
     tgt = select(ws, target)
+    source_embedding = _as_object(outputs["embedding"].value) if "embedding" in outputs else None
+    models = (source_embedding or {}).get("imageModels")
+    models = list(models) if isinstance(models, list) and models else None
+    target_outputs = tgt.outputs()
+    before = _as_object(target_outputs["embedding"].value) if "embedding" in target_outputs else None
+    reindex_mod.check_image_keeps(
+        target, before, models, where=f"Cannot promote {source} -> {target} ({digest})"
+    )
     merged, copied = merge_promotable(_service_object(ws, source), _service_object(ws, target))
     promotion = Promotion(
         source=source,
@@ -195,11 +217,19 @@ def promote(
         at=rfc3339(ctx.clock()),
         by=ctx.actor(),
         copied=copied,
+        models=models,
+        index_before=before,
     )
-    set_config_values(
-        ws,
-        target,
-        {IMAGE_KEY: digest, SERVICE_KEY: merged, PROMOTION_KEY: promotion.record()},
-    )
+    values: dict[str, Any] = {IMAGE_KEY: digest, SERVICE_KEY: merged, PROMOTION_KEY: promotion.record()}
+    if source_embedding is not None and source_embedding.get("model") and models is not None:
+        # The model the source runs, and the others its image holds (the target may need one of them while
+        # it re-indexes away from it).
+        model = source_embedding["model"]
+        values[reindex_mod.EMBEDDING_KEY] = {
+            "model": model,
+            "extraModels": [m for m in models if m != model],
+        }
+        copied[reindex_mod.EMBEDDING_KEY] = values[reindex_mod.EMBEDDING_KEY]
+    set_config_values(ws, target, values)
     tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
     return promotion

@@ -1,7 +1,8 @@
 """``ragops status`` and ``ragops smoke``: what a deployed stack is, and whether it answers through its public URL.
 
 Both read the stack's outputs from the backend (``pulumi stack output --json --show-secrets``): ``serviceUrl``,
-``imageDigest``, ``promotion``, ``ephemeral``, the secret ``apiKeys`` and ``tlsIssuer``. A stack whose certificate
+``imageDigest``, ``promotion``, ``ephemeral``, the secret ``apiKeys`` and ``tlsIssuer`` (``ragops reindex`` also
+the secret ``adminApiKey`` and ``embedding``). A stack whose certificate
 comes from the self-signed issuer (dev, PR stacks) cannot be verified against public CAs: its HTTPS is used without
 verification, and the output says so. Every other issuer is verified.
 
@@ -40,6 +41,9 @@ class StackInfo:
     tls_issuer: str | None
     api_keys: dict[str, str] = field(default_factory=dict, repr=False)
     grafana: dict[str, Any] | None = None
+    admin_key: str | None = field(default=None, repr=False)
+    embedding: dict[str, Any] | None = None
+    """The index config the stack deploys: {model, chunkSize, chunkOverlap, imageModels}."""
 
     @property
     def verify_tls(self) -> bool:
@@ -95,6 +99,8 @@ def read_info(ctx: Context, stack: str) -> StackInfo:
         tls_issuer=outputs.get("tlsIssuer") or None,
         api_keys=keys,
         grafana=grafana if isinstance(grafana, dict) else _as_object(grafana),
+        admin_key=outputs.get("adminApiKey") or None,
+        embedding=_as_object(outputs.get("embedding")),
     )
 
 

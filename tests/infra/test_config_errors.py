@@ -152,6 +152,23 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "llm.baseUrl",
         "only over https://",
     ),
+    ("dev", {"embedding": {"extraModels": ["not a model"]}}, "embedding.extraModels", "invalid model name"),
+    (
+        "staging",
+        {
+            "image": DIGEST,
+            "promotion": {
+                "from": "dev",
+                "digest": DIGEST,
+                "at": "2026-11-22T08:00:00Z",
+                "by": "ci",
+                "models": ["BAAI/bge-small-en-v1.5"],
+            },
+            "embedding": {"model": "sentence-transformers/all-MiniLM-L6-v2"},
+        },
+        "embedding.model",
+        "is not in the promoted image",
+    ),
 ]
 
 # (overrides on dev, key, fragment): a value of the wrong shape for each kind of field.
@@ -183,6 +200,25 @@ WRONG_TYPES: list[tuple[dict[str, Any], str, str]] = [
         "RFC 3339",
     ),
     ({"qdrnt": {"replicas": 3}}, "qdrnt", "unknown key"),
+    ({"embedding": {"model": "bge-small"}}, "embedding.model", "invalid value 'bge-small'"),
+    (
+        {"embedding": {"extraModels": ["BAAI/bge-small-en-v1.5"]}},
+        "embedding.extraModels",
+        "repeats embedding.model",
+    ),
+    (
+        {
+            "promotion": {
+                "from": "dev",
+                "digest": DIGEST,
+                "at": "2026-03-01T00:00:00Z",
+                "by": "ci",
+                "models": [],
+            }
+        },
+        "promotion.models",
+        "non-empty list",
+    ),
 ]
 
 

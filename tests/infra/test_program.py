@@ -30,6 +30,8 @@ OUTPUTS = {
     "promotion",
     "ephemeral",
     "apiKeys",
+    "adminApiKey",
+    "embedding",
     "tlsIssuer",
     "grafana",
     "grafanaAdminPassword",

@@ -280,11 +280,20 @@ def test_namespace_and_outputs_carry_the_ephemeral_and_promotion_records() -> No
         "promotion",
         "ephemeral",
         "apiKeys",
+        "adminApiKey",
+        "embedding",
         "tlsIssuer",
         "grafana",
         "grafanaAdminPassword",
         "alertReceivers",
     ]
     assert (out["ephemeral"], out["promotion"]) == (record, None)
+    assert out["adminApiKey"] is None
+    assert out["embedding"] == {
+        "model": "BAAI/bge-small-en-v1.5",
+        "chunkSize": 200,
+        "chunkOverlap": 32,
+        "imageModels": ["BAAI/bge-small-en-v1.5"],
+    }
     assert out["tlsIssuer"] == "selfSigned"
     assert (out["apiKeys"], out["grafana"], out["alertReceivers"]) == (None, None, None)

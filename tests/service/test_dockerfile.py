@@ -9,6 +9,7 @@ import importlib.util
 import json
 import re
 import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,3 +218,55 @@ def test_dependencies_come_from_the_pinned_requirements() -> None:
         assert sep, f"{line} is not pinned"
         key = re.sub(r"\[.*\]", "", name).lower().replace("_", "-")
         assert constraints.get(key) == version, f"{line} disagrees with constraints.txt"
+
+
+def _run_fetch_step(
+    instructions: list[Instruction], tmp_path: Path, build_args: dict[str, str], fail: str = ""
+) -> tuple[int, list[str]]:
+    """The builder's fetch RUN line, executed with /bin/sh -c as Docker runs it, against a `python` on PATH that
+    records each `-m service.tools.fetch_model` call (and fails for the model named `fail`)."""
+    step = next(
+        ins for ins in instructions if ins.keyword == "RUN" and "service.tools.fetch_model" in ins.value
+    )
+    record = tmp_path / "calls"
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *service.tools.fetch_model*) echo "$EMBEDDING_MODEL|$*" >> {record};; esac\n'
+        f'case "$*" in *"--model {fail} "*) [ -n "{fail}" ] && exit 1;; esac\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    defaults = arg_defaults([ins for ins in instructions if ins.stage == step.stage])
+    env = {
+        "PATH": f"{fake.parent}:/usr/bin:/bin",
+        **{k: v.strip('"') for k, v in defaults.items()},
+        **build_args,
+    }
+    done = subprocess.run(["/bin/sh", "-c", step.value], env=env, capture_output=True, text=True, check=False)
+    calls = record.read_text().splitlines() if record.exists() else []
+    return done.returncode, calls
+
+
+def test_the_build_fetches_every_model_the_stack_names(
+    instructions: list[Instruction], tmp_path: Path
+) -> None:
+    # Default: EMBEDDING_MODEL alone.
+    code, calls = _run_fetch_step(instructions, tmp_path / "a", {})
+    assert code == 0
+    assert calls == [
+        "BAAI/bge-small-en-v1.5|-m service.tools.fetch_model --model BAAI/bge-small-en-v1.5 --cache-dir /models"
+    ]
+    # What the stack passes (rag:embedding.model + extraModels): each is fetched into the one cache.
+    two = {"EMBEDDING_MODEL": "new/model", "EMBEDDING_MODELS": "new/model old/model"}
+    code, calls = _run_fetch_step(instructions, tmp_path / "b", two)
+    assert code == 0
+    assert [c.split("|")[0] for c in calls] == ["new/model", "old/model"]
+    assert all("--cache-dir /models" in c for c in calls)
+    # One failed fetch fails the build (no image without a model the stack names).
+    code, calls = _run_fetch_step(instructions, tmp_path / "c", two, fail="new/model")
+    assert code != 0
+    assert [c.split("|")[0] for c in calls] == ["new/model"]
+    labels = [ins.value for ins in instructions if ins.keyword == "LABEL"]
+    assert 'io.rag.embedding-models="${EMBEDDING_MODELS:-$EMBEDDING_MODEL}"' in labels

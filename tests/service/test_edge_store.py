@@ -254,3 +254,81 @@ def test_migrate_store_copies_a_local_mode_store_into_edge_and_retires_it(tmp_pa
         store.close()
     assert migrate(settings, report=lines.append) == {}
     assert lines[-1].startswith("nothing to migrate")
+
+
+def wide_points(document_id: str, count: int, dim: int) -> list[ChunkPoint]:
+    return [
+        ChunkPoint(
+            tenant_id="t",
+            document_id=document_id,
+            version=1,
+            chunk_index=i,
+            text=f"{document_id} #{i}",
+            vector=[1.0, i / count, *(((i * 7 + j * 13) % 17) / 17 for j in range(dim - 2))],
+            metadata={},
+            content_hash="h",
+            model="m",
+        )
+        for i in range(count)
+    ]
+
+
+def test_a_steady_ingest_is_indexed_chunk_by_chunk_in_bounded_segments(tmp_path: Path) -> None:
+    # qdrant-edge-py holds the GIL for a whole optimize() call, so the process answers nothing while it
+    # runs: what bounds that stall is the work one call is given. Writes never pause here (the idle trigger
+    # is an hour away), yet every chunk of points is indexed by its own pass, and no merge or vacuum builds a
+    # segment past the cap, so a store ten times larger does not make any single pass longer.
+    dim, chunk, segment = 64, 128, 256
+    store = EdgeVectorStore(
+        tmp_path / "edge" / "c",
+        collection="c",
+        dimension=dim,
+        optimize_idle_seconds=3600,
+        optimize_chunk_points=chunk,
+        segment_points=segment,
+    )
+    store.upsert_batch = 32
+    store.ensure_collection()
+    optimizer = store._optimizer
+    assert optimizer is not None
+    try:
+        assert optimizer.finished.wait(60)  # the start-up pass (nothing to do on an empty shard)
+        chunks = 6
+        for n in range(chunks):
+            optimizer.finished.clear()
+            store.upsert(wide_points(f"doc-{n}", chunk, dim))
+            assert optimizer.finished.wait(60), f"no optimisation pass after chunk {n} of a steady ingest"
+            info = store.shard.info()
+            assert info.points_count == (n + 1) * chunk
+            # This pass indexed the chunk just written: the backlog never builds up across chunks.
+            assert optimizer.largest_backlog <= chunk + store.upsert_batch
+        assert info.indexed_vectors_count >= (chunks - 1) * chunk
+        # Merges stop at the segment cap: at least chunks * chunk / segment indexed segments remain.
+        assert info.segments_count >= chunks * chunk // segment
+        hits = store.search("t", wide_points("doc-3", chunk, dim)[5].vector, limit=1)
+        assert (hits[0].document_id, hits[0].chunk_index) in {(f"doc-{n}", 5) for n in range(chunks)}
+    finally:
+        store.close()
+
+
+def test_a_store_created_with_other_optimizer_settings_takes_the_bounded_ones_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "edge" / "c"
+    old = EdgeVectorStore(
+        path, collection="c", dimension=DIM, optimize_idle_seconds=None, segment_points=10**6
+    )
+    old.ensure_collection()
+    old.close()
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=DIM,
+        optimize_idle_seconds=None,
+        optimize_chunk_points=64,
+        segment_points=256,
+    )
+    store.ensure_collection()
+    store.close()
+    import json
+
+    stored = json.loads((path / "edge_config.json").read_text())["optimizers"]
+    assert (stored["indexing_threshold"], stored["max_segment_size"]) == (1, 4)

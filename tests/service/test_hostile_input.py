@@ -41,6 +41,7 @@ def test_tenant_names_are_validated_where_keys_are_parsed() -> None:
         ({"api_keys": "k:tenant"}, "shorter than 32 characters"),
         ({"api_keys": f"{STRONG}:t", "cors_origins": "null"}, "CORS_ORIGINS='null' is refused"),
         ({"api_keys_file": "EMPTY"}, "needs at least one key"),
+        ({"api_keys": f"{STRONG}:t", "admin_api_key": "admin"}, "ADMIN_API_KEY shorter than 32 characters"),
     ],
 )
 def test_production_refuses_weak_settings(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:

@@ -117,13 +117,25 @@ def test_pr_close_destroys_the_ephemeral_stack_in_the_same_concurrency_group() -
     )
 
 
+def _assert_reindex_fits_the_job(job: dict) -> None:
+    """Following a re-index ends (with ragops' own message) well before the job's timeout would kill it."""
+    found = re.findall(r"--reindex-timeout (\d+)", _runs(job))
+    assert found, "an up/promote step without --reindex-timeout follows a re-index for the 3600 s default"
+    assert all(int(seconds) <= job["timeout-minutes"] * 60 - 900 for seconds in found)
+
+
 def test_main_updates_dev_after_tests() -> None:
     wf = _load("main.yml")
     assert wf["on"]["push"]["branches"] == ["main"]
     deploy = wf["jobs"]["deploy-dev"]
     assert deploy["needs"] == "test"
     assert deploy["environment"] == "dev"
-    assert _runs(deploy).strip().endswith("ragops up --stack dev\n.venv/bin/ragops smoke --stack dev")
+    assert (
+        _runs(deploy)
+        .strip()
+        .endswith("ragops up --stack dev --reindex-timeout 2400\n.venv/bin/ragops smoke --stack dev")
+    )
+    _assert_reindex_fits_the_job(deploy)
 
 
 def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
@@ -136,13 +148,19 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     assert (
         _runs(staging)
         .strip()
-        .endswith("ragops promote --from dev --to staging\n.venv/bin/ragops smoke --stack staging")
+        .endswith(
+            "ragops promote --from dev --to staging --reindex-timeout 2400\n.venv/bin/ragops smoke --stack staging"
+        )
     )
     assert (
         _runs(prod)
         .strip()
-        .endswith("ragops promote --from staging --to prod\n.venv/bin/ragops smoke --stack prod")
+        .endswith(
+            "ragops promote --from staging --to prod --reindex-timeout 2400\n.venv/bin/ragops smoke --stack prod"
+        )
     )
+    _assert_reindex_fits_the_job(staging)
+    _assert_reindex_fits_the_job(prod)
 
 
 def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:

@@ -75,6 +75,9 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         ["stack", "select", "--stack", "dev"],
         ["preview", "--diff", "--exec-kind", "auto.local", "--event-log", "<event-log>", "--stack", "dev"],
         ["stack", "select", "--stack", "staging"],
+        # The target's index config before (a model change must keep its index servable meanwhile).
+        ["stack", "output", "--json", "--stack", "staging"],
+        ["stack", "output", "--json", "--show-secrets", "--stack", "staging"],
         ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["config", "--show-secrets", "--json", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     edge_optimize_idle_seconds: float = Field(
         2.0, ge=0, description="build indexes once writes have paused this long"
     )
+    edge_optimize_chunk_points: int = Field(
+        4096, ge=64, description="index new points once this many were written (bounds each index build)"
+    )
+    edge_segment_points: int = Field(
+        10240, ge=64, description="largest segment a merge or vacuum may build (bounds each index build)"
+    )
     edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
@@ -225,6 +231,8 @@ class Settings(BaseSettings):
     def _refuse_insecure_production(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise SettingsError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
+        if self.edge_optimize_chunk_points > self.edge_segment_points:
+            raise SettingsError("EDGE_OPTIMIZE_CHUNK_POINTS must not exceed EDGE_SEGMENT_POINTS")
         if self.llm_base_url and not self.llm_model:
             raise SettingsError("LLM_MODEL is required when LLM_BASE_URL is set")
         if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):
@@ -264,6 +272,13 @@ class Settings(BaseSettings):
             raise SettingsError(
                 f"API_KEYS: {len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters are refused "
                 "when ENVIRONMENT=production (generate keys with `openssl rand -hex 32`)"
+            )
+        admin = self.admin_api_key.get_secret_value() if self.admin_api_key is not None else None
+        if admin is not None and len(admin) < MIN_PRODUCTION_KEY_LENGTH:
+            # It re-indexes every tenant's documents and rolls search back: no weaker than a tenant's key.
+            raise SettingsError(
+                f"ADMIN_API_KEY shorter than {MIN_PRODUCTION_KEY_LENGTH} characters is refused when "
+                "ENVIRONMENT=production (generate one with `openssl rand -hex 32`)"
             )
         return self
 

@@ -18,10 +18,13 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   The WAL is memory-mapped and not fsynced per write (like the server's default): a power loss can lose the
   last writes, a process crash cannot.
 - Indexing: new points land in an appendable, unindexed segment; a background thread runs the shard's
-  optimizers (HNSW build, merges, vacuum of deleted points) once writes pause for ``EDGE_OPTIMIZE_IDLE_SECONDS``,
-  so a burst of ingest never waits for an index build. qdrant-edge-py 0.9.0 holds the GIL while it optimizes
-  (measured, docs/benchmarks.md), so the process answers nothing else during a build; that is why builds wait
-  for a pause in writes instead of running after every batch.
+  optimizers (HNSW build, merges, vacuum of deleted points). qdrant-edge-py 0.9.0 holds the GIL for the whole
+  of ``optimize()`` (measured, docs/benchmarks.md): the process answers nothing else, event loop included,
+  until it returns, and one call builds everything pending (a 20k-point build froze the process for 14 s).
+  So the work per call is bounded instead: a pass starts as soon as ``EDGE_OPTIMIZE_CHUNK_POINTS`` points were
+  written since the last one (or once writes pause for ``EDGE_OPTIMIZE_IDLE_SECONDS``), the indexing
+  threshold is that many points, and segments are capped at ``EDGE_SEGMENT_POINTS`` so no merge or vacuum
+  rebuilds more than that. A stall lasts one bounded build, whatever the size of the store or the ingest.
 - One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
   an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
 
@@ -63,6 +66,10 @@ DENSE_VECTOR = "dense"
 UPSERT_BATCH = 256
 SCROLL_PAGE = 4096
 LOCK_FILE = ".lock"
+# Bounded optimisation (see the module docstring; chosen from bench/optimize_stall.py, docs/benchmarks.md).
+OPTIMIZE_CHUNK_POINTS = 4096
+SEGMENT_POINTS = 10240
+MERGE_SEGMENT_NUMBER = 2
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -193,24 +200,30 @@ def _metadata_index_schema(value: Any) -> qe.PayloadSchemaType | None:
 
 
 class _Optimizer:
-    """Runs the shard's optimizers in a daemon thread once writes have paused for ``idle_seconds``."""
+    """Runs the shard's optimizers in a daemon thread: after every ``chunk_points`` written points, and once
+    writes have paused for ``idle_seconds`` (whatever is left, e.g. a vacuum after deletes)."""
 
-    def __init__(self, shard: qe.EdgeShard, *, idle_seconds: float) -> None:
+    def __init__(self, shard: qe.EdgeShard, *, idle_seconds: float, chunk_points: int) -> None:
         self._shard = shard
         self._idle = idle_seconds
+        self._chunk = chunk_points
         self._changed = threading.Condition()
         self._last_write = 0.0
         self._pending = True  # a loaded shard may hold unindexed points from before a restart
+        self._written = 0  # points written since the last pass started
         self._stopping = False
+        self._running = False
         self.runs = 0
+        self.largest_backlog = 0  # most unindexed points any pass started with (what bounds a pass's work)
         self.finished = threading.Event()  # set after each pass (tests wait on it)
         self._thread = threading.Thread(target=self._run, name="edge-optimizer", daemon=True)
         self._thread.start()
 
-    def wrote(self) -> None:
+    def wrote(self, points: int = 0) -> None:
         with self._changed:
             self._last_write = time.monotonic()
             self._pending = True
+            self._written += points
             self._changed.notify()
 
     def _run(self) -> None:
@@ -218,8 +231,9 @@ class _Optimizer:
             with self._changed:
                 while not self._stopping and not self._pending:
                     self._changed.wait()
-                # Wait until no write came for idle_seconds (each write moves the deadline).
-                while not self._stopping:
+                # Wait until a chunk's worth of points was written, or no write came for idle_seconds (each
+                # write moves that deadline): a steady ingest is indexed chunk by chunk, never all at once.
+                while not self._stopping and self._written < self._chunk:
                     remaining = self._last_write + self._idle - time.monotonic()
                     if remaining <= 0:
                         break
@@ -227,15 +241,33 @@ class _Optimizer:
                 if self._stopping:
                     return
                 self._pending = False
+                self._written = 0
+                self._running = True
             try:
+                info = self._shard.info()
+                backlog = info.points_count - info.indexed_vectors_count
+                self.largest_backlog = max(self.largest_backlog, backlog)
                 started = time.perf_counter()
                 if self._shard.optimize():
-                    logger.info("edge store optimized in %.2f s", time.perf_counter() - started)
+                    logger.info(
+                        "edge store optimized in %.2f s (%d of %d points were unindexed)",
+                        time.perf_counter() - started,
+                        backlog,
+                        info.points_count,
+                    )
             except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("edge store optimization failed", exc_info=exc)
-            self.runs += 1
+            with self._changed:
+                self._running = False
+                self.runs += 1
             self.finished.set()
+
+    @property
+    def idle(self) -> bool:
+        """No pass running and none pending (every write so far has been optimized)."""
+        with self._changed:
+            return not self._pending and not self._running
 
     @property
     def alive(self) -> bool:
@@ -258,15 +290,23 @@ class EdgeVectorStore:
         collection: str,
         dimension: int,
         optimize_idle_seconds: float | None = 2.0,
+        optimize_chunk_points: int = OPTIMIZE_CHUNK_POINTS,
+        segment_points: int = SEGMENT_POINTS,
         indexing_threads: int = 0,
     ) -> None:
+        if not 0 < optimize_chunk_points <= segment_points:
+            raise ValueError("optimize_chunk_points must be between 1 and segment_points")
         self.path = path
         self.collection = collection
         self.dimension = dimension
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
+        self._optimize_chunk = optimize_chunk_points
         self._indexing_threads = indexing_threads
-        self._indexing_threshold_kb: int | None = None  # None: the engine's default (segments over ~10 MB)
+        # The engine sizes segments in KB of vector data; the service thinks in points of this dimension.
+        self._indexing_threshold_kb: int | None = max(1, optimize_chunk_points * dimension * 4 // 1024)
+        self._max_segment_kb: int | None = max(1, segment_points * dimension * 4 // 1024)
+        self._merge_segment_number: int | None = MERGE_SEGMENT_NUMBER
         self._lock = DirectoryLock(path.parent)
         self._shard: qe.EdgeShard | None = None
         self._optimizer: _Optimizer | None = None
@@ -283,6 +323,8 @@ class EdgeVectorStore:
             collection=name,
             dimension=dimension,
             optimize_idle_seconds=settings.edge_optimize_idle_seconds,
+            optimize_chunk_points=settings.edge_optimize_chunk_points,
+            segment_points=settings.edge_segment_points,
             indexing_threads=settings.edge_indexing_threads,
         )
 
@@ -294,14 +336,26 @@ class EdgeVectorStore:
 
     def _config(self) -> qe.EdgeConfig:
         return qe.EdgeConfig(
-            vectors={DENSE_VECTOR: qe.EdgeVectorParams(size=self.dimension, distance=qe.Distance.Cosine)},
+            vectors=self._dense_params(),
             hnsw_config=qe.HnswIndexConfig(
                 m=16,
                 ef_construct=100,
                 full_scan_threshold=10_000,
                 max_indexing_threads=self._indexing_threads,
             ),
-            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb),
+            optimizers=self._optimizers_config(),
+        )
+
+    def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
+        return {DENSE_VECTOR: qe.EdgeVectorParams(size=self.dimension, distance=qe.Distance.Cosine)}
+
+    def _optimizers_config(self) -> qe.EdgeOptimizersConfig:
+        # No merge can outgrow max_segment_size, and a segment is indexed once it holds a chunk: each
+        # optimize() call (which holds the GIL) rebuilds at most one bounded segment per pending plan.
+        return qe.EdgeOptimizersConfig(
+            indexing_threshold=self._indexing_threshold_kb,
+            max_segment_size=self._max_segment_kb,
+            default_segment_number=self._merge_segment_number,
         )
 
     def ensure_collection(self) -> None:
@@ -317,7 +371,9 @@ class EdgeVectorStore:
                 self._close_locked()
                 raise
             if self._optimize_idle is not None:
-                self._optimizer = _Optimizer(self._shard, idle_seconds=self._optimize_idle)
+                self._optimizer = _Optimizer(
+                    self._shard, idle_seconds=self._optimize_idle, chunk_points=self._optimize_chunk
+                )
 
     def _open(self) -> qe.EdgeShard:
         config_file = self.path / "edge_config.json"
@@ -333,7 +389,11 @@ class EdgeVectorStore:
             raise ServiceUnavailable(
                 f"collection {self.collection} has vectors of size {stored}, the model gives {self.dimension}"
             )
-        return qe.EdgeShard.load(str(self.path))
+        # Stores created with other (or the engine's default) optimizer settings take these on load.
+        # (The dense vector is restated because the binding wants one; it is checked against the stored one.)
+        return qe.EdgeShard.load(
+            str(self.path), qe.EdgeConfig(vectors=self._dense_params(), optimizers=self._optimizers_config())
+        )
 
     def _ensure_indexes(self) -> None:
         schema = self.shard.info().payload_schema
@@ -384,7 +444,7 @@ class EdgeVectorStore:
                     ]
                 )
             )
-        self._wrote()
+            self._wrote(len(batch))
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
@@ -397,15 +457,15 @@ class EdgeVectorStore:
                     [qe.Point(pid, {DENSE_VECTOR: list(vector)}, payload) for pid, vector, payload in batch]
                 )
             )
-        self._wrote()
+            self._wrote(len(batch))
 
     def _delete_where(self, selection: qe.Filter) -> None:
         self.shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
         self._wrote()
 
-    def _wrote(self) -> None:
+    def _wrote(self, points: int = 0) -> None:
         if self._optimizer is not None:
-            self._optimizer.wrote()
+            self._optimizer.wrote(points)
 
     @_guarded
     def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:

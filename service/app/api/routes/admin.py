@@ -85,12 +85,23 @@ class ReindexStatusOut(BaseModel):
     error: str | None
     started_at: Any
     finished_at: Any
+    serving: dict[str, Any] | None = Field(
+        None,
+        description="The persisted index pointer every replica follows (collection + config); `current` is "
+        "what this replica serves, which moves to the pointer at its next write or restart",
+    )
+
+
+def _serving(services: Any) -> dict[str, Any] | None:
+    pointer = services.registry.index_pointer()
+    return None if pointer is None else {"collection": pointer.collection, **pointer.config}
 
 
 @router.get("/reindex", response_model=ReindexStatusOut)
 async def reindex_status(services: ServicesDep) -> ReindexStatusOut:
-    """The re-index's state and progress."""
-    return ReindexStatusOut(**services.reindexer.status().as_dict())
+    """The re-index's state and progress (this replica's), and the index pointer all replicas follow."""
+    serving = await to_thread.run_sync(lambda: _serving(services))
+    return ReindexStatusOut(**services.reindexer.status().as_dict(), serving=serving)
 
 
 @router.post(
