@@ -2,9 +2,16 @@
 BeautifulSoup html.parser walk, on the same generated page, run side by side in this process.
 
     .venv/bin/python bench/extract_html.py [--sections 400]
+    .venv/bin/python bench/extract_html.py --budget [--reps 20]
 
 Prints MB/s, seconds and peak Python allocation (tracemalloc; lexbor's own C memory is not traced, so the RSS
 growth is printed too) for each, the speed-up, and whether both give the same text. Results: docs/benchmarks.md.
+
+``--budget`` measures what the extraction budgets (service.app.ingest.sandbox) cost and rest on: the wall time
+per document in-process against through a budgeted worker, interleaved document by document (median of
+``--reps``), and the CPU time of pathological HTML (nesting, misnested formatting, lists...) at the sizes the
+in-process threshold (EXTRACT_INLINE_MAX_BYTES) may take, which bounds what a document parsed without a
+budget can cost.
 """
 
 from __future__ import annotations
@@ -83,10 +90,75 @@ def measure(name: str, extract: Callable[[str], str], html: str) -> tuple[float,
     return elapsed, text
 
 
+PATHOLOGICAL = {
+    "nested <div>": "<div>x",
+    "nested <span>": "<span>x",
+    "misnested <b><i>": "<b><i>x</b>",
+    "<a> around <p>": "<a>x<p>",
+    "table cells": "<table><tr><td>",
+    "<li> runs": "<li>x",
+    "<p> runs": "<p>x",
+    "50 attributes": "<p " + " ".join(f"a{i}=1" for i in range(50)) + ">",
+    "plain text": "hello world ",
+}
+
+
+def budget(reps: int) -> None:
+    import asyncio
+    import statistics
+
+    from service.app.core.config import Settings
+    from service.app.ingest.sandbox import Extractor
+
+    print("worst-case CPU of HTML parsed in-process (ms of CPU, this process):")
+    sizes = (4096, 16384, 65536)
+    print(f"{'pattern':<20}" + "".join(f"{size // 1024:>8} KiB" for size in sizes))
+    for name, unit in PATHOLOGICAL.items():
+        cells = []
+        for size in sizes:
+            html = (unit * (size // len(unit) + 1))[:size]
+            started = time.process_time()
+            html_to_text(html)
+            cells.append(f"{(time.process_time() - started) * 1000:12.1f}")
+        print(f"{name:<20}" + "".join(cells))
+
+    async def compare() -> None:
+        extractor = Extractor(Settings(_env_file=None))
+        try:
+            await extractor.html(page(5) * 2)  # start the forkserver and the workers outside the measurement
+            print("\nwall time per document, median of", reps, "(interleaved):")
+            print(f"{'document':>12} {'in-process':>12} {'worker':>12} {'overhead':>10}")
+            for sections in (1, 4, 16, 64, 256):
+                html = page(sections)
+                inline: list[float] = []
+                isolated: list[float] = []
+                for _ in range(reps):
+                    started = time.perf_counter()
+                    html_to_text(html)
+                    inline.append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    await extractor._run_isolated("html", html, "text/html")
+                    isolated.append(time.perf_counter() - started)
+                a, b = statistics.median(inline), statistics.median(isolated)
+                print(
+                    f"{len(html.encode()) / 1024:>8.0f} KiB {a * 1000:>9.1f} ms {b * 1000:>9.1f} ms "
+                    f"{(b - a) * 1000:>7.1f} ms"
+                )
+        finally:
+            extractor.close()
+
+    asyncio.run(compare())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", type=int, default=400)
+    parser.add_argument("--budget", action="store_true", help="measure the extraction budgets' costs instead")
+    parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args()
+    if args.budget:
+        budget(args.reps)
+        return
     html = page(args.sections)
     print(f"page: {len(html.encode()) / 1e6:.2f} MB")
     new, new_text = measure("selectolax (service)", html_to_text, html)

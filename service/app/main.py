@@ -34,6 +34,7 @@ from service.app.core.logging import configure_logging
 from service.app.core.security import rate_limit
 from service.app.ingest.chunking import Chunker
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
+from service.app.ingest.sandbox import Extractor
 from service.app.ingest.service import IngestService
 from service.app.jobs.reindex import Reindexer
 from service.app.search.service import SearchService
@@ -74,6 +75,7 @@ class Services:
     jobs: Any = None  # JobQueue
     answer: Any = None  # AnswerService, attached by service.app.answer.service.attach
     reindexer: Any = None  # Reindexer
+    extractor: Any = None  # Extractor: text extraction within per-document budgets
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -146,6 +148,9 @@ def build_services(
         drain_timeout_seconds=settings.gc_grace_seconds,
     )
     closers.insert(0, reindexer.close)
+    # Worker processes start on the first large HTML or PDF; closing stops them (no orphans after SIGTERM).
+    extractor = Extractor(settings)
+    closers.append(extractor.close)
     services = Services(
         settings=settings,
         registry=registry,
@@ -155,6 +160,7 @@ def build_services(
         search=SearchService(registry=registry, vectors=vectors, embedder=embedder, index=index),
         closers=closers,
         reindexer=reindexer,
+        extractor=extractor,
     )
     ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
     if generation.config != wanted and settings.reindex_on_config_change and start_reindex:

@@ -21,6 +21,10 @@ TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Production API keys: at least this many characters (e.g. `openssl rand -hex 32` gives 64).
 MIN_PRODUCTION_KEY_LENGTH = 32
 
+# HTML parsed in the API process (no budget) stays below this in production: its worst case measured at 64 KiB
+# is a few hundred ms of CPU (docs/benchmarks.md), and the cost is quadratic in nesting depth beyond.
+PRODUCTION_MAX_INLINE_EXTRACT_BYTES = 65536
+
 # Where `make model` writes the offline all-MiniLM-L6-v2 export (relative to the repo root).
 DEFAULT_MODEL_DIR = Path(".models/all-MiniLM-L6-v2")
 
@@ -129,6 +133,23 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(10_000_000, ge=1)
     bulk_max_documents: int = Field(100, ge=1, le=1000, description="documents per POST /v1/documents/bulk")
     bulk_max_bytes: int = Field(10_000_000, ge=1, description="body size of POST /v1/documents/bulk")
+
+    # --- extraction budgets (service.app.ingest.sandbox; defaults measured in docs/benchmarks.md) --------
+    extract_workers: int = Field(
+        2, ge=1, le=64, description="extraction worker processes per API process: extractions at once"
+    )
+    extract_cpu_seconds: int = Field(
+        20, ge=1, le=3600, description="CPU seconds one document's text extraction may use (else 422)"
+    )
+    extract_memory_mb: int = Field(
+        512, ge=160, le=65536, description="address-space limit of an extraction worker, MB (else 422)"
+    )
+    extract_timeout_seconds: float = Field(
+        60.0, gt=0, le=7200, description="wall-clock limit of one extraction (else 503: workers overloaded)"
+    )
+    extract_inline_max_bytes: int = Field(
+        16384, ge=0, le=1_048_576, description="HTML up to this size is parsed in-process (no worker)"
+    )
 
     # --- auth and tenancy ------------------------------------------------------------------------------
     auth_disabled: bool = False
@@ -250,8 +271,19 @@ class Settings(BaseSettings):
                 raise SettingsError(
                     f"LLM_TOKEN_BUDGET is not in limits syntax (e.g. 200000/hour): {exc}"
                 ) from exc
+        if self.extract_timeout_seconds < self.extract_cpu_seconds:
+            raise SettingsError(
+                "EXTRACT_TIMEOUT_SECONDS must be at least EXTRACT_CPU_SECONDS: "
+                "wall time below the CPU budget would turn every expensive document into a 503"
+            )
         if self.environment != "production":
             return self
+        if self.extract_inline_max_bytes > PRODUCTION_MAX_INLINE_EXTRACT_BYTES:
+            raise SettingsError(
+                f"EXTRACT_INLINE_MAX_BYTES above {PRODUCTION_MAX_INLINE_EXTRACT_BYTES} is refused when "
+                "ENVIRONMENT=production: HTML parsed in-process has no time or memory budget "
+                "(nesting makes its cost quadratic in size)"
+            )
         if self.auth_disabled:
             raise SettingsError("AUTH_DISABLED=true is refused when ENVIRONMENT=production")
         if not self.api_keys and self.api_keys_file is None:

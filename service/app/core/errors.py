@@ -138,6 +138,10 @@ class ServiceUnavailable(RagError):
     status_code = 503
     code = "service_unavailable"
 
+    def headers(self) -> dict[str, str] | None:
+        retry_after = self.details.get("retry_after")
+        return None if retry_after is None else {"Retry-After": str(retry_after)}
+
 
 class ErrorDetail(BaseModel):
     """The ``error`` object: a machine-readable code, a human-readable reason, and code-specific details."""

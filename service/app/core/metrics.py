@@ -109,3 +109,8 @@ for _cause in (
     LLM_ERRORS.labels(cause=_cause)
 for _direction in ("input", "output"):
     LLM_TOKENS.labels(direction=_direction)
+EXTRACTIONS = Counter(
+    "rag_extractions_total",
+    "Text extractions by where they ran and outcome.",
+    ["where", "outcome"],
+)  # where: inline | worker; outcome: ok | invalid | extract_cpu_seconds | extract_memory_mb | unavailable | error

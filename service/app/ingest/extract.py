@@ -5,7 +5,8 @@ share it. Markdown is kept as text: its markup is light and carries meaning (hea
 handles well. HTML is parsed by selectolax (lexbor, C; about 8x BeautifulSoup's html.parser, docs/benchmarks.md)
 and loses script/style/noscript/template elements and keeps headings, paragraphs, list items
 and table cells as paragraphs of their own. PDF text comes from pypdf page by page. Problems are domain errors:
-an unknown type is UnsupportedMediaType (415), unreadable or empty content is InvalidInput (422).
+an unknown type is UnsupportedMediaType (415), unreadable or empty content is InvalidInput (422). The routes do
+not call these directly: service.app.ingest.sandbox runs them within per-document CPU and memory budgets.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
 from service.app.core.errors import InvalidInput, UnsupportedMediaType
 
@@ -45,6 +46,10 @@ BLOCK_TAGS = {
 HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
 _SPACES = re.compile(r"\s+")
 _FLUSH = object()
+
+
+class HtmlParseError(InvalidInput):
+    """lexbor gave up on the document; it only does when an allocation fails (a worker's memory budget)."""
 
 
 def normalize_content_type(content_type: str | None) -> str:
@@ -95,7 +100,10 @@ def html_to_text(html: str) -> str:
     Parsed by lexbor (selectolax, C, an HTML5-conformant parser) and walked with an explicit stack, so neither
     size nor nesting depth costs Python recursion; docs/benchmarks.md has the speed against BeautifulSoup.
     """
-    root = LexborHTMLParser(html).root
+    try:
+        root = LexborHTMLParser(html).root
+    except SelectolaxError as exc:
+        raise HtmlParseError("the HTML cannot be parsed") from exc
     if root is None:
         return ""
     blocks: list[str] = []
@@ -147,8 +155,8 @@ def pdf_to_text(data: bytes) -> str:
         if reader.is_encrypted:
             raise InvalidInput("the PDF is encrypted; upload an unencrypted copy")
         pages = [page.extract_text() or "" for page in reader.pages]
-    except InvalidInput:
-        raise
+    except (InvalidInput, MemoryError):
+        raise  # MemoryError: the worker's memory budget, reported as such by service.app.ingest.sandbox
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
         raise InvalidInput(f"the PDF cannot be read: {exc or type(exc).__name__}") from exc
     except (

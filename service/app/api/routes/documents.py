@@ -11,7 +11,6 @@ import logging
 import re
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -29,13 +28,7 @@ from service.app.core.errors import (
     error_body,
     error_responses,
 )
-from service.app.ingest.extract import (
-    charset_of,
-    detect_content_type,
-    extract_text,
-    html_to_text,
-    normalize_content_type,
-)
+from service.app.ingest.extract import charset_of, detect_content_type, normalize_content_type
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
     JSON_CONTENT_TYPES,
@@ -69,10 +62,6 @@ DocumentIdPath = Annotated[
         openapi_examples={"leave-policy": {"value": "leave-policy"}},
     ),
 ]
-
-# Extractions (HTML parsing, PDF text) run in threads; at most this many at once per process, so a burst of large
-# uploads queues for CPU instead of multiplying peak memory (each holds its document's text and parse tree).
-EXTRACTIONS = CapacityLimiter(2)
 
 # Room for the multipart envelope (boundaries, part headers, small form fields) on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -227,7 +216,7 @@ def _limited_receive(receive: Receive, limit: int, document_limit: int) -> Recei
     return limited
 
 
-async def _json_text(document: DocumentIn) -> str:
+async def _json_text(services: Any, document: DocumentIn) -> str:
     """The text of a JSON document (HTML reduced to its visible text); 415 for a type JSON cannot carry."""
     if normalize_content_type(document.content_type) not in JSON_CONTENT_TYPES:
         raise UnsupportedMediaType(
@@ -236,14 +225,15 @@ async def _json_text(document: DocumentIn) -> str:
             supported=list(JSON_CONTENT_TYPES),
         )
     if normalize_content_type(document.content_type) == "text/html":
-        return await to_thread.run_sync(html_to_text, document.text, limiter=EXTRACTIONS)
+        # Within the extraction budgets (service.app.ingest.sandbox): 422 past them, never in the event loop.
+        return await services.extractor.html(document.text)
     return document.text
 
 
 async def _ingest_json_document(
     services: Any, tenant: str, document_id: str, document: DocumentIn
 ) -> IngestResult:
-    text = await _json_text(document)
+    text = await _json_text(services, document)
     return await services.ingest.ingest(
         tenant, document_id, text=text, metadata=document.metadata, content_type=document.content_type
     )
@@ -272,7 +262,7 @@ async def put_document(
     body = await read_limited_body(request, services.settings.max_document_bytes)
     document = parse_document(body)
     if async_:
-        text = await _json_text(document)
+        text = await _json_text(services, document)
         return await submit_ingest(
             services,
             tenant,
@@ -340,7 +330,7 @@ async def upload_document(
         await form.close()
     if len(data) > limit:
         raise _too_large(limit)
-    text = await _extract(data, upload.content_type or "", content_type)
+    text = await _extract(services, data, upload.content_type or "", content_type)
     if async_:
         return await submit_ingest(
             services, tenant, document_id, text=text, metadata=metadata, content_type=content_type
@@ -470,11 +460,11 @@ def _failed_item(index: int, document_id: str, exc: RagError) -> BulkItemResult:
     )
 
 
-async def _extract(data: bytes, declared: str, content_type: str) -> str:
+async def _extract(services: Any, data: bytes, declared: str, content_type: str) -> str:
     # The detected type, with the charset parameter the part declared (text/plain; charset=latin-1), if any.
     charset = charset_of(declared)
     full_type = f"{content_type}; charset={charset}" if charset else content_type
-    return await to_thread.run_sync(extract_text, data, full_type, limiter=EXTRACTIONS)
+    return await services.extractor.document(data, full_type)
 
 
 @router.get("/{document_id}", response_model=DocumentOut, responses=error_responses(404))
