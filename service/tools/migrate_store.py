@@ -44,6 +44,8 @@ def migrate(settings: Settings, *, report: Callable[[str], None] = print) -> dic
                 collection=name,
                 dimension=vectors.size,
                 optimize_idle_seconds=None,
+                optimize_chunk_points=settings.edge_optimize_chunk_points,
+                segment_points=settings.edge_segment_points,
                 indexing_threads=settings.edge_indexing_threads,
             )
             store.ensure_collection()
@@ -70,10 +72,13 @@ def _copy(client: object, name: str, store: EdgeVectorStore) -> int:
     # The dense vector only (the unnamed one when the collection also has a sparse vector): the edge store
     # computes the BM25 vector from the payload's chunk text, as every adapter does.
     records, _ = client.scroll(name, limit=max(total, 1), with_payload=True, with_vectors=[""])
-    for start in range(0, len(records), PAGE):
-        store.upsert_records(
-            [(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in records[start : start + PAGE]]
-        )
+    # Indexed chunk by chunk as the service does: one optimize() over everything would build a single segment
+    # of the whole store, which the service's vacuum would later rebuild in one call (one long GIL stall).
+    step = min(PAGE, store.optimize_chunk_points)
+    for start in range(0, len(records), step):
+        page = records[start : start + step]
+        store.upsert_records([(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in page])
+        store.optimize()
     return len(records)
 
 
