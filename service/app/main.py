@@ -163,9 +163,16 @@ def build_services(
         extractor=extractor,
     )
     ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
-    if generation.config != wanted and settings.reindex_on_config_change and start_reindex:
-        # A changed model or chunking: build it in the background while search serves the current index.
-        logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
+    needs_sparse = not getattr(generation.vectors, "has_sparse", True)
+    if (generation.config != wanted or needs_sparse) and settings.reindex_on_config_change and start_reindex:
+        # A changed model or chunking, or a collection without the sparse vectors hybrid search needs: build
+        # it in the background while search serves the current index.
+        logger.info(
+            "index config changed (%s -> %s%s): re-indexing",
+            generation.config,
+            wanted,
+            ", adding sparse vectors" if needs_sparse else "",
+        )
         try:
             reindexer.start(wanted)
         except InvalidInput as exc:
