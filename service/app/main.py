@@ -199,11 +199,15 @@ def _follow_pointer(
     if pointer is None or pointer.collection == state.current.collection:
         return
     generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
+    # A store object new to this process learns the collection's vectors here (has_sparse): without it, this
+    # process would write dense-only points into a collection that has sparse ones, which sparse search misses.
+    generation.vectors.ensure_collection()
     standby = None
     if pointer.previous_collection == state.current.collection:
         standby = state.current
     elif pointer.previous_collection and pointer.previous_config:
         standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
+        standby.vectors.ensure_collection()
     logger.info("following the index pointer to %s", pointer.collection)
     index.set(IndexState(current=generation, shadow=standby))
 
