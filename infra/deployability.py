@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from infra.clusters.eks import ENVOY_GATEWAY_CHART, ENVOY_GATEWAY_KUBERNETES
 from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJECT_BYTES, upload_memory_bytes
 from infra.components.specs import ComponentArgsError, quantity_value
 from infra.config import PROJECT, ConfigError, deep_merge
@@ -1352,6 +1353,14 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
                 cluster,
                 f"EKS version {version!r} is not a Kubernetes minor version like '1.33'.",
                 "set rag:cluster.eks.version to MAJOR.MINOR.",
+            )
+        elif version is not None and str(version) not in ENVOY_GATEWAY_KUBERNETES:
+            add(
+                cluster,
+                f"EKS version {version!r} is not one Envoy Gateway {ENVOY_GATEWAY_CHART[1]} (the gateway the EKS "
+                f"target installs) supports: {', '.join(ENVOY_GATEWAY_KUBERNETES)}.",
+                "set rag:cluster.eks.version to a supported minor version, or move the Envoy Gateway pin in "
+                "infra/clusters/eks.py with its compatibility matrix.",
             )
     for instance in run.of_type("aws:rds/instance:Instance"):
         inputs = instance.inputs

@@ -45,8 +45,9 @@ from infra.deployability import Analysis, analyse, describe
 from infra.offline import RecordedResource, StackRun, cli_config, run_stack
 from infra.policy import Violation, run_policies
 
-#: The Kubernetes minor version manifests are validated against: the oldest version any stack targets
-#: (EKS 1.33 in Pulumi.prod.yaml), so every API used exists on every cluster.
+#: The Kubernetes minor version manifests are validated against: the oldest version a cluster target may run
+#: (Envoy Gateway v1.9, the EKS target's gateway, supports 1.33-1.36; prod declares EKS 1.35), so every API
+#: used exists on every cluster.
 KUBERNETES_VERSION = "1.33"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"

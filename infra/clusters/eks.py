@@ -39,6 +39,8 @@ METRICS_SERVER_CHART = ("metrics-server", "3.13.1", "https://kubernetes-sigs.git
 # EKS has no Gateway API implementation: Envoy Gateway (its chart installs the Gateway API CRDs it is built
 # against, v1.6.1, before its controller starts). v1.9 supports Kubernetes 1.33-1.36 (its compatibility matrix).
 ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
+#: The Kubernetes minor versions that Envoy Gateway release supports (gateway.envoyproxy.io/news/releases/matrix).
+ENVOY_GATEWAY_KUBERNETES = ("1.33", "1.34", "1.35", "1.36")
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
 ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 ENVOY_PROXY_NAME = "rag-proxy"

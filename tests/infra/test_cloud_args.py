@@ -164,6 +164,17 @@ def test_memorystore_and_elasticache_versions_are_ones_the_api_lists() -> None:
     assert "transitEncryptionEnabled" in cloud_findings(named("t", no_tls))[0].message
 
 
+def test_an_eks_version_the_installed_envoy_gateway_does_not_support_is_a_finding() -> None:
+    """EKS 1.37 would pass the version format, but Envoy Gateway v1.9 (the EKS target's gateway) lists 1.33-1.36."""
+    for version in ("1.33", "1.36"):
+        assert cloud_findings(named("t", res("aws:eks/cluster:Cluster", "eks", {"version": version}))) == []
+    for version in ("1.32", "1.37"):
+        (finding,) = cloud_findings(named("t", res("aws:eks/cluster:Cluster", "eks", {"version": version})))
+        assert "Envoy Gateway" in finding.message
+        assert version in finding.message
+        assert "rag:cluster.eks.version" in finding.fix
+
+
 def test_a_build_cache_in_an_immutable_ecr_repository_is_a_finding() -> None:
     repo = res(
         "aws:ecr/repository:Repository",

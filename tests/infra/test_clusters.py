@@ -66,7 +66,7 @@ def test_eks_network_spans_the_configured_zones() -> None:
     assert node_group["scalingConfig"] == {"minSize": 3, "maxSize": 9, "desiredSize": 3}
     assert node_group["instanceTypes"] == ["m6i.xlarge"]
     cluster = result.by_name("eks").inputs
-    assert cluster["version"] == "1.33"
+    assert cluster["version"] == "1.35"
     repo = result.by_name("registry").inputs
     assert repo["imageTagMutability"] == "IMMUTABLE"
     assert repo["forceDelete"] is False  # prod: never delete pushed images with the repository
