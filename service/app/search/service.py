@@ -163,9 +163,11 @@ class SearchService:
                         kept.append(hit)
                     else:
                         invisible += 1
-                if invisible:
+                done = len(kept) >= top_k or len(hits) < (offset + limit if fused else limit)
+                # A fused re-read sees the earlier pages' invisible hits again: count its last pass only.
+                if invisible and (done or not fused):
                     INVISIBLE_HITS.inc(invisible)
-                if len(kept) >= top_k or len(hits) < (offset + limit if fused else limit):
+                if done:
                     return kept[:top_k]
                 # Short of top_k with more hits to come: fetch the next, larger page. Doubling keeps the number
                 # of round trips logarithmic in the number of invisible points, with no cap that could let

@@ -693,7 +693,9 @@ class QdrantVectorStore:
         if sparse is None:
             raise ValueError(f"{mode} search needs the query's sparse vector")
         sparse_query = _sparse(sparse)
-        with_vectors: Any = [""] if score_threshold is not None else False
+        # Every vector of the hit (the dense one is picked out): selecting the unnamed vector by its name "" is
+        # not something every server version documents.
+        with_vectors = score_threshold is not None
 
         def fetch(depth: int) -> list[tuple[VectorHit, Sequence[float] | None]]:
             if mode == "sparse":
