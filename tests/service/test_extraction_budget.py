@@ -10,6 +10,7 @@ waits poll a state (a worker busy, a process gone) with a deadline that only bou
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -175,6 +176,41 @@ def test_an_idle_worker_killed_from_outside_does_not_break_extraction(
         # At most the first request races the broken pool (503, retryable); the rest are served.
         assert statuses[1:] == [201, 201]
         assert statuses[0] in (201, 503)
+
+
+async def _until(condition: Any) -> None:
+    """Poll a state (not a time): asyncio.wait_for around the scenario bounds a hang."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_a_cancelled_extraction_frees_its_worker() -> None:
+    """A request cancelled mid-extraction (its client went away) kills the worker parsing for it, so a dropped
+    connection does not keep burning a worker for EXTRACT_CPU_SECONDS; the pool replaces the worker."""
+
+    async def scenario() -> None:
+        settings = Settings(
+            _env_file=None, extract_workers=1, extract_cpu_seconds=600, extract_timeout_seconds=600
+        )
+        extractor = Extractor(settings)
+        try:
+            task = asyncio.create_task(extractor.html(SLOW_HTML))
+            await _until(lambda: extractor.worker_pids(busy=True))
+            (busy,) = extractor.worker_pids(busy=True)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await _until(lambda: extractor.worker_pids() and busy not in extractor.worker_pids())
+            assert (
+                await extractor.html(PAGE)
+                == "Basalt\n\nBasalt columns form when thick lava flows cool slowly."
+            )
+        finally:
+            extractor.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=120))
 
 
 def test_pdfs_are_always_extracted_in_a_worker(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

@@ -247,6 +247,12 @@ class Extractor:
             ) from exc
         except ProcessExpired as exc:
             raise self._expired(exc) from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself was cancelled (client gone): cancelling the future killed the worker
+            # The pool cancelled the task (it was stopped under it): not the caller's cancellation.
+            raise ServiceUnavailable("the extraction was cancelled by the worker pool; retry") from None
         except (BrokenProcessPool, CancelledError) as exc:
             if self._closed:
                 raise ServiceUnavailable("the service is shutting down; retry on another replica") from exc
