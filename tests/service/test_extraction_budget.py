@@ -221,6 +221,11 @@ def test_pdfs_are_always_extracted_in_a_worker(tmp_path: Path, embedder: FastEmb
         response = client.post("/v1/documents", files={"file": ("leaf.pdf", data, "application/pdf")})
         assert response.status_code == 201, response.text
         assert _extractions(client, "worker", "ok") == before + 1
+        # A worker's own 422 (not a budget) comes back with its reason.
+        bad = client.post("/v1/documents", files={"file": ("x.pdf", b"not a pdf at all", "application/pdf")})
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"]["code"] == "invalid_input"
+        assert "no %PDF- header" in bad.json()["error"]["message"]
         inline_before = _extractions(client, "inline", "ok")
         small = client.put("/v1/documents/s", json={"text": "<p>tiny</p>", "content_type": "text/html"})
         assert small.status_code == 201

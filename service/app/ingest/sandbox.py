@@ -130,7 +130,9 @@ def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: i
     except (MemoryError, extract.HtmlParseError):
         return "memory", None
     except RagError as exc:
-        return "error", (type(exc).__name__, exc.message, exc.details)
+        # The parent rebuilds the error by name; every extraction error is one of these two statuses.
+        name = "UnsupportedMediaType" if isinstance(exc, UnsupportedMediaType) else "InvalidInput"
+        return "error", (name, exc.message, exc.details)
     finally:
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
 
@@ -262,7 +264,7 @@ class Extractor:
         if status == "memory":
             raise memory_limit_error(self.memory_mb)
         name, message, details = value
-        raise _CHILD_ERRORS[name](message, **details)
+        raise _CHILD_ERRORS.get(name, InvalidInput)(message, **details)
 
     def _expired(self, exc: ProcessExpired) -> RagError:
         code = exc.exitcode
