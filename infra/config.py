@@ -349,6 +349,7 @@ class GatewayConfig:
 
     hostname: str = _f(pattern=HOSTNAME_RE)
     className: str = _f(pattern=re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))
+    loadBalancer: Literal["auto", "internal", "public"]
     ingress: IngressFallback
 
 
@@ -624,6 +625,33 @@ def _decode(key: str, text: str, decl: Mapping[str, Any], stack: str) -> Any:
         return text
 
 
+#: GKE Gateway classes whose load balancer has only an internal address.
+GKE_INTERNAL_CLASSES = frozenset(
+    {"gke-l7-rilb", "gke-l7-rilb-mc", "gke-l7-cross-regional-internal-managed-mc"}
+)
+
+
+def private_cluster_endpoint(config: StackConfig) -> bool:
+    """Whether the cloud cluster's API endpoint is private (EKS without public access, GKE private endpoint)."""
+    cluster = config.cluster
+    if cluster.provider == "eks":
+        return not cluster.eks.endpointPublicAccess
+    if cluster.provider == "gke":
+        return cluster.gke.privateEndpoint
+    return False
+
+
+def internal_load_balancer(config: StackConfig) -> bool:
+    """`rag:gateway.loadBalancer` resolved: `auto` is internal in prod when the cluster's endpoint is private.
+
+    Only the cloud targets create the load balancer (an existing cluster's Gateway implementation is its own).
+    """
+    choice = config.gateway.loadBalancer
+    if choice != "auto":
+        return choice == "internal"
+    return config.environment == "prod" and private_cluster_endpoint(config)
+
+
 def parse_config(raw: Mapping[str, Any], stack: str, *, project_file: Path = PROJECT_FILE) -> StackConfig:
     """Check `raw` (bare key -> value as set by the stack) merged over the declared defaults."""
     file = stack_file(stack)
@@ -837,11 +865,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
-    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < _bytes(qdrant.storage.size):
+    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < 2 * _bytes(qdrant.storage.size):
         fail(
             "qdrant.snapshotsStorage.size",
-            f"{qdrant.snapshotsStorage.size} is smaller than qdrant.storage.size ({qdrant.storage.size}): a node's "
-            "snapshot (and a snapshot being restored) is about as large as its data",
+            f"{qdrant.snapshotsStorage.size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
+            "restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path on this "
+            "volume, each about as large as the node's data",
         )
 
     service = config.service
@@ -897,6 +926,24 @@ def _check_rules(config: StackConfig, file: str) -> None:
     own_issuer = not tls.clusterIssuer  # an existing ClusterIssuer has its own ACME account
     if tls.enabled and own_issuer and tls.issuer != "selfSigned" and "@" not in tls.email:
         fail("tls.email", "an ACME e-mail address is required for the Let's Encrypt issuers")
+    if tls.enabled and own_issuer and tls.issuer != "selfSigned" and internal_load_balancer(config):
+        fail(
+            "gateway.loadBalancer",
+            f"{gateway.loadBalancer} makes the gateway's load balancer internal here, but tls.issuer {tls.issuer} "
+            "answers Let's Encrypt's HTTP-01 challenge through it from the internet: set gateway.loadBalancer "
+            "public, or name a tls.clusterIssuer that solves DNS-01",
+        )
+    if (
+        cluster.provider == "gke"
+        and internal_load_balancer(config)
+        and not gateway.ingress.enabled
+        and gateway.className not in GKE_INTERNAL_CLASSES
+    ):
+        fail(
+            "gateway.className",
+            f"{gateway.className} is an external GKE Gateway class but gateway.loadBalancer resolves to internal: "
+            f"use one of {', '.join(sorted(GKE_INTERNAL_CLASSES))}, or set gateway.loadBalancer public",
+        )
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",

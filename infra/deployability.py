@@ -39,13 +39,16 @@ as working once that resource exists.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from infra.components.specs import ComponentArgsError
+from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJECT_BYTES, upload_memory_bytes
+from infra.components.specs import ComponentArgsError, quantity_value
 from infra.config import PROJECT, ConfigError, deep_merge
+from infra.naming import stack_marks
 from infra.offline import RecordedResource, StackRun
 
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
@@ -145,7 +148,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure
+    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -900,6 +903,81 @@ def _metrics_targets(run: StackRun) -> set[tuple[str, str, float, str]]:
     return targets
 
 
+def _ingress_covers(item: Mapping[str, Any], path: str) -> tuple[int, int]:
+    """How an Ingress path matches `path` (networking.k8s.io/v1): (-1, 0) not at all, else (length, Exact?).
+
+    Prefix matches whole path elements; the longest match wins, and an Exact path beats a Prefix of equal length.
+    """
+    value = str(item.get("path") or "/")
+    kind = item.get("pathType") or "Prefix"
+    if kind == "Exact":
+        return (len(value), 1) if value == path else (-1, 0)
+    prefix = value.rstrip("/")
+    if not prefix or path == prefix or path.startswith(prefix + "/"):
+        return len(prefix), 0
+    return -1, 0
+
+
+def _ingress_exposure(run: StackRun, targets: set[tuple[str, str, float, str]]) -> list[Finding]:
+    """An Ingress path that sends a scraped metrics path to the scraped Service port."""
+    findings: list[Finding] = []
+    services = {(object_namespace(s), object_name(s)): s for s in run.of_type("kubernetes:core/v1:Service")}
+    for ingress in run.of_type("kubernetes:networking.k8s.io/v1:Ingress"):
+        namespace = object_namespace(ingress)
+        spec = ingress.inputs.get("spec") or {}
+        for target_ns, service, port, path in sorted(targets):
+            if target_ns != namespace:
+                continue
+            for rule in spec.get("rules") or [{}]:
+                best, backend = (-1, 0), spec.get("defaultBackend")
+                for item in _get(rule, "http", "paths") or []:
+                    score = _ingress_covers(item, path)
+                    if score > best:
+                        best, backend = score, item.get("backend")
+                ref = (backend or {}).get("service") or {}
+                wanted = ref.get("port") or {}
+                declared = services.get((namespace, service))
+                ports = (_get(declared.inputs, "spec", "ports") if declared else None) or []
+                names = {p.get("name") for p in ports if p.get("port") == port}
+                if ref.get("name") == service and (
+                    wanted.get("number") == port or wanted.get("name") in names
+                ):
+                    findings.append(
+                        Finding(
+                            "exposure",
+                            ingress.urn,
+                            f"Ingress {object_name(ingress)} sends {path} to {service}:{port:g}, the port "
+                            "Prometheus scrapes: the metrics are public through the Ingress.",
+                            f"add a {path} Prefix path to a backend that is not the service (e.g. a Service with "
+                            "no endpoints), or serve metrics on another port.",
+                        )
+                    )
+    return findings
+
+
+AWS_LB_TYPE = "service.beta.kubernetes.io/aws-load-balancer-type"
+AWS_LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
+ENVOY_PROXY_TYPE = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+
+
+def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+    if not run.of_type(EKS_CLUSTER):
+        return
+    proxies = {(object_namespace(p), object_name(p)): p for p in run.of_type(ENVOY_PROXY_TYPE)}
+    for gateway_class in run.of_type("kubernetes:gateway.networking.k8s.io/v1:GatewayClass"):
+        spec = gateway_class.inputs.get("spec") or {}
+        if spec.get("controllerName") != CHART_GATEWAY_CONTROLLERS["gateway-helm"]:
+            continue
+        ref = spec.get("parametersRef") or {}
+        proxy = (
+            proxies.get((ref.get("namespace"), ref.get("name"))) if ref.get("kind") == "EnvoyProxy" else None
+        )
+        path = ("spec", "provider", "kubernetes", "envoyService", "annotations")
+        annotations = (_get(proxy.inputs, *path) if proxy is not None else None) or {}
+        yield gateway_class, dict(annotations)
+
+
 def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Metrics endpoints behind a public route, and (in prod) clusters reachable from the internet."""
     findings: list[Finding] = []
@@ -932,8 +1010,27 @@ def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Find
                             "not reach the service.",
                         )
                     )
-    if _get(effective_config(run), "environment") != "prod":
+    findings.extend(_ingress_exposure(run, targets))
+    config = effective_config(run)
+    if _get(config, "environment") != "prod":
         return findings
+    private_endpoint = any(
+        (c.inputs.get("vpcConfig") or {}).get("endpointPublicAccess") is False
+        for c in run.of_type(EKS_CLUSTER)
+    )
+    if private_endpoint and _get(config, "gateway", "loadBalancer") != "public":
+        for gateway_class, service_annotations in _envoy_classes(run):
+            if service_annotations.get(AWS_LB_INTERNAL, "false") == "false":
+                findings.append(
+                    Finding(
+                        "exposure",
+                        gateway_class.urn,
+                        "the prod cluster's endpoint is private but the gateway's load balancer is internet-facing, "
+                        "and rag:gateway.loadBalancer does not ask for that (it is not 'public').",
+                        f"annotate the EnvoyProxy's envoyService with {AWS_LB_INTERNAL}: 'true', or set "
+                        "rag:gateway.loadBalancer public to open it on purpose.",
+                    )
+                )
     for cluster in run.of_type(EKS_CLUSTER):
         vpc = cluster.inputs.get("vpcConfig") or {}
         cidrs = vpc.get("publicAccessCidrs") or []
@@ -989,7 +1086,586 @@ def check_exposure(run: StackRun, analysis: Analysis, graph: Graph) -> list[Find
     return findings
 
 
-CHECKS = (check_crd_order, check_references, check_class_references, check_capabilities, check_exposure)
+# ---------------------------------------------------------------------------------------------- cloud-args
+@dataclass(frozen=True)
+class NameRule:
+    """What a cloud API accepts as one resource's name, and whether the name must carry the stack."""
+
+    type: str
+    path: tuple[str, ...]
+    what: str
+    pattern: str
+    low: int
+    high: int
+    scoped: str | None  # the scope wider than the stack the name is unique in (None: per stack anyway)
+    source: str
+
+
+#: Name rules, from the provider SDK docstrings in .venv (pulumi-aws 7.51.1, pulumi-gcp 10.2.0) and the cloud API
+#: references they link (EKS CreateCluster, ECR CreateRepository, RDS CreateDBInstance/CreateDBSnapshot, S3 and
+#: GCS bucket naming, IAM CreateServiceAccount, Artifact Registry, GKE).
+NAME_RULES: tuple[NameRule, ...] = (
+    NameRule(
+        EKS_CLUSTER,
+        ("name",),
+        "EKS cluster name",
+        r"[0-9A-Za-z][A-Za-z0-9_-]*",
+        1,
+        100,
+        "account and region",
+        "EKS CreateCluster name",
+    ),
+    NameRule(
+        "aws:ecr/repository:Repository",
+        ("name",),
+        "ECR repository name",
+        r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*",
+        2,
+        256,
+        "account and region",
+        "ECR CreateRepository repositoryName",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("finalSnapshotIdentifier",),
+        "RDS final snapshot identifier",
+        r"[A-Za-z](?:-?[A-Za-z0-9])*",
+        1,
+        255,
+        "account and region",
+        "pulumi-aws rds.Instance final_snapshot_identifier docstring",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("identifier",),
+        "RDS instance identifier",
+        r"[A-Za-z](?:-?[A-Za-z0-9])*",
+        1,
+        63,
+        "account and region",
+        "RDS CreateDBInstance identifier",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("username",),
+        "RDS master user name",
+        r"[A-Za-z][A-Za-z0-9_]*",
+        1,
+        16,
+        None,
+        "RDS CreateDBInstance MasterUsername",
+    ),
+    NameRule(
+        "aws:rds/instance:Instance",
+        ("dbName",),
+        "RDS database name",
+        r"[A-Za-z][A-Za-z0-9_]*",
+        1,
+        63,
+        None,
+        "RDS CreateDBInstance DBName (PostgreSQL)",
+    ),
+    NameRule(
+        "aws:elasticache/replicationGroup:ReplicationGroup",
+        ("replicationGroupId",),
+        "ElastiCache replication group ID",
+        r"[a-z](?:-?[a-z0-9])*",
+        1,
+        40,
+        "account and region",
+        "ElastiCache CreateReplicationGroup ReplicationGroupId",
+    ),
+    NameRule(
+        "aws:s3/bucket:Bucket",
+        ("bucket",),
+        "S3 bucket name",
+        r"[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?",
+        3,
+        63,
+        "the whole of S3",
+        "S3 general purpose bucket naming rules",
+    ),
+    NameRule(
+        GKE_CLUSTER,
+        ("name",),
+        "GKE cluster name",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        40,
+        "project and location",
+        "GKE clusters.create name",
+    ),
+    NameRule(
+        "gcp:serviceaccount/account:Account",
+        ("accountId",),
+        "Google service account ID",
+        r"[a-z](?:[-a-z0-9]{4,28}[a-z0-9])",
+        6,
+        30,
+        "project",
+        "pulumi-gcp serviceaccount.Account account_id docstring",
+    ),
+    NameRule(
+        "gcp:artifactregistry/repository:Repository",
+        ("repositoryId",),
+        "Artifact Registry repository ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        63,
+        "project and location",
+        "Artifact Registry repository ID",
+    ),
+    NameRule(
+        "gcp:storage/bucket:Bucket",
+        ("name",),
+        "GCS bucket name",
+        r"[a-z0-9](?:[a-z0-9_.-]*[a-z0-9])?",
+        3,
+        63,
+        "the whole of GCS",
+        "GCS bucket naming requirements",
+    ),
+    NameRule(
+        "gcp:sql/databaseInstance:DatabaseInstance",
+        ("name",),
+        "Cloud SQL instance ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        98,
+        "project",
+        "Cloud SQL instance settings",
+    ),
+    NameRule(
+        "gcp:redis/instance:Instance",
+        ("name",),
+        "Memorystore instance ID",
+        r"[a-z](?:[-a-z0-9]*[a-z0-9])?",
+        1,
+        40,
+        "project and region",
+        "Memorystore for Redis instance ID",
+    ),
+)
+#: Memorystore for Redis versions (API enum; docs "Supported versions": 7.2, 7.0, 6.x, 5.0, 4.0, 3.2).
+MEMORYSTORE_VERSIONS = frozenset(
+    {"REDIS_3_2", "REDIS_4_0", "REDIS_5_0", "REDIS_6_X", "REDIS_7_0", "REDIS_7_2"}
+)
+MEMORYSTORE_TIERS = frozenset({"BASIC", "STANDARD_HA"})
+#: Random resources whose value is drawn once per resource lifetime (a new one after a destroy).
+RANDOM_TYPES = frozenset(
+    {
+        "random:index/randomId:RandomId",
+        "random:index/randomString:RandomString",
+        "random:index/randomPet:RandomPet",
+        "random:index/randomUuid:RandomUuid",
+    }
+)
+
+
+def _name_findings(run: StackRun) -> list[Finding]:
+    findings: list[Finding] = []
+    marks = stack_marks(run.stack)
+    seen: dict[tuple[str, str], str] = {}
+    for rule in NAME_RULES:
+        for resource in run.of_type(rule.type):
+            value = _get(resource.inputs, *rule.path)
+            if not isinstance(value, str):
+                continue  # unset: the provider picks a valid unique name (autonaming)
+            field_ = ".".join(rule.path)
+            problems = []
+            if not rule.low <= len(value) <= rule.high:
+                problems.append(f"is {len(value)} characters (allowed {rule.low}-{rule.high})")
+            if not re.fullmatch(rule.pattern, value):
+                problems.append(f"does not match {rule.pattern}")
+            if rule.type == "aws:s3/bucket:Bucket" and (
+                ".." in value
+                or value.startswith(("xn--", "sthree-"))
+                or value.endswith(("-s3alias", "--ol-s3"))
+            ):
+                problems.append("uses a prefix, suffix or '..' S3 reserves")
+            if rule.type == "gcp:storage/bucket:Bucket" and (value.startswith("goog") or "google" in value):
+                problems.append("starts with 'goog' or contains 'google', which GCS refuses")
+            if problems:
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {field_}={value!r} {' and '.join(problems)}: the API refuses it "
+                        f"({rule.source}).",
+                        f"derive it with infra.naming.cloud_name(stack, ..., limit={rule.high}), which cuts long "
+                        "stack names and adds a hash of the stack.",
+                    )
+                )
+            if rule.scoped is None:
+                continue
+            if not any(mark and mark in value for mark in marks):
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {field_}={value!r} is unique per {rule.scoped} but does not carry the stack "
+                        f"name ({run.stack!r}) or its hash: a second stack there collides with this one.",
+                        "derive it with infra.naming.cloud_name(stack, ...).",
+                    )
+                )
+            other = seen.get((rule.type, value))
+            if other is not None:
+                findings.append(
+                    Finding(
+                        "cloud-args",
+                        resource.urn,
+                        f"{rule.what} {value!r} is also the name of {other.rsplit('::', 1)[-1]}: the second create "
+                        "fails with 'already exists'.",
+                        "give each resource its own role suffix in cloud_name(stack, <role>, ...) (names cut to a "
+                        "limit must not drop the role).",
+                    )
+                )
+            seen[(rule.type, value)] = resource.urn
+    return findings
+
+
+def _custom_tier_problem(tier: str) -> str | None:
+    """Why a Cloud SQL db-custom-<vCPUs>-<MiB> tier is not a valid machine shape, or None."""
+    match = re.fullmatch(r"db-custom-(\d+)-(\d+)", tier)
+    if match is None:
+        return None
+    cpus, memory = int(match[1]), int(match[2])
+    if cpus != 1 and (cpus % 2 or cpus > 96):
+        return f"{cpus} vCPUs (1 or an even number up to 96)"
+    if memory % 256:
+        return f"{memory} MiB (a multiple of 256 MiB)"
+    if not 0.9 * 1024 * cpus <= memory <= 6.5 * 1024 * cpus or memory < 3840:
+        return f"{memory} MiB for {cpus} vCPUs (0.9-6.5 GiB per vCPU, at least 3840 MiB)"
+    return None
+
+
+def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
+    findings: list[Finding] = []
+
+    def add(resource: RecordedResource, message: str, fix: str) -> None:
+        findings.append(Finding("cloud-args", resource.urn, message, fix))
+
+    for cluster in run.of_type(EKS_CLUSTER):
+        version = cluster.inputs.get("version")
+        if version is not None and not re.fullmatch(r"1\.\d+", str(version)):
+            add(
+                cluster,
+                f"EKS version {version!r} is not a Kubernetes minor version like '1.33'.",
+                "set rag:cluster.eks.version to MAJOR.MINOR.",
+            )
+    for instance in run.of_type("aws:rds/instance:Instance"):
+        inputs = instance.inputs
+        version = str(inputs.get("engineVersion") or "")
+        if inputs.get("engine") == "postgres" and version and not re.fullmatch(r"\d+(\.\d+)?", version):
+            add(
+                instance,
+                f"RDS PostgreSQL engineVersion {version!r} is neither a major ('17') nor a "
+                "major.minor ('17.5') version.",
+                "set rag:postgres.version to the major version.",
+            )
+        if not str(inputs.get("instanceClass") or "db.").startswith("db."):
+            add(
+                instance,
+                f"RDS instanceClass {inputs.get('instanceClass')!r} is not a db.* class.",
+                "use a DB instance class such as db.m7g.large.",
+            )
+        if inputs.get("skipFinalSnapshot") is False:
+            if not inputs.get("finalSnapshotIdentifier"):
+                add(
+                    instance,
+                    "skipFinalSnapshot is false but no finalSnapshotIdentifier is set: the destroy fails.",
+                    "set a final snapshot identifier.",
+                )
+            elif not any(
+                graph.by_urn[u].type in RANDOM_TYPES for u in graph.closure(instance.urn) if u in graph.by_urn
+            ):
+                add(
+                    instance,
+                    f"the final snapshot identifier {inputs['finalSnapshotIdentifier']!r} is fixed for "
+                    "the stack: after one destroy its snapshot exists, so the next destroy of the same stack fails "
+                    "with DBSnapshotAlreadyExists.",
+                    "append a random suffix drawn once per instance lifetime (random.RandomId).",
+                )
+        allocated, ceiling = inputs.get("allocatedStorage"), inputs.get("maxAllocatedStorage")
+        if isinstance(allocated, (int, float)) and inputs.get("storageType") == "gp3" and allocated < 20:
+            add(
+                instance,
+                f"RDS gp3 storage of {allocated:g} GB is below the 20 GB minimum.",
+                "allocate at least 20 GB.",
+            )
+        if (
+            isinstance(allocated, (int, float))
+            and isinstance(ceiling, (int, float))
+            and 0 < ceiling < allocated
+        ):
+            add(instance, "maxAllocatedStorage is below allocatedStorage.", "raise maxAllocatedStorage.")
+    for group in run.of_type("aws:elasticache/replicationGroup:ReplicationGroup"):
+        inputs = group.inputs
+        engine, version = inputs.get("engine") or "redis", str(inputs.get("engineVersion") or "")
+        major = re.match(r"(\d+)", version)
+        if version and (
+            (engine == "valkey" and not re.fullmatch(r"[7-9]\.\d+", version))
+            or (engine == "redis" and major and int(major[1]) >= 7 and not re.fullmatch(r"\d+\.\d+", version))
+        ):
+            add(
+                group,
+                f"ElastiCache {engine} engineVersion {version!r}: from version 7 on the API takes "
+                "MAJOR.MINOR (e.g. '8.1'), and Valkey starts at 7.2.",
+                "pass the major.minor of rag:redis.version.",
+            )
+        if inputs.get("authToken") and not inputs.get("transitEncryptionEnabled"):
+            add(
+                group,
+                "authToken is set without transitEncryptionEnabled: ElastiCache refuses it.",
+                "enable transit encryption.",
+            )
+        token = inputs.get("authToken")
+        if isinstance(token, str) and (not 16 <= len(token) <= 128 or any(c in token for c in '/"@ ')):
+            add(
+                group,
+                "the auth token is not 16-128 printable characters without '/', '\"', '@' or spaces.",
+                "generate it with random.RandomPassword(length=40, special=False).",
+            )
+        if not str(inputs.get("nodeType") or "cache.").startswith("cache."):
+            add(
+                group,
+                f"nodeType {inputs.get('nodeType')!r} is not a cache.* node type.",
+                "use a cache node type such as cache.m7g.large.",
+            )
+    for instance in run.of_type("gcp:redis/instance:Instance"):
+        inputs = instance.inputs
+        version = inputs.get("redisVersion")
+        if version is not None and version not in MEMORYSTORE_VERSIONS:
+            add(
+                instance,
+                f"Memorystore redisVersion {version!r} is not one of {sorted(MEMORYSTORE_VERSIONS)}.",
+                "use a version the API lists, e.g. REDIS_7_2.",
+            )
+        if inputs.get("tier") not in MEMORYSTORE_TIERS:
+            add(
+                instance,
+                f"Memorystore tier {inputs.get('tier')!r} is not BASIC or STANDARD_HA.",
+                "set rag:redis.managed.tier to BASIC or STANDARD_HA.",
+            )
+        size = inputs.get("memorySizeGb")
+        if isinstance(size, (int, float)) and not 1 <= size <= 300:
+            add(instance, f"Memorystore memorySizeGb {size:g} is outside 1-300.", "pick 1-300 GB.")
+    for instance in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
+        inputs = instance.inputs
+        version = str(inputs.get("databaseVersion") or "")
+        settings = inputs.get("settings") or {}
+        tier = str(settings.get("tier") or "")
+        match = re.fullmatch(r"POSTGRES_(\d+)(?:_\d+)?", version)
+        if version.startswith("POSTGRES") and match is None:
+            add(
+                instance,
+                f"Cloud SQL databaseVersion {version!r} is not POSTGRES_<major>.",
+                "set rag:postgres.version to a major version.",
+            )
+        edition = settings.get("edition") or (
+            "ENTERPRISE_PLUS" if match and int(match[1]) >= 16 else "ENTERPRISE"
+        )
+        plus_tier = tier.startswith("db-perf-optimized-")
+        if tier and (edition == "ENTERPRISE_PLUS") != plus_tier:
+            implied = "" if settings.get("edition") else f" (unset: {version} defaults to {edition})"
+            add(
+                instance,
+                f"Cloud SQL tier {tier!r} does not run on edition {edition}{implied}: the API answers "
+                f"'Invalid Tier ({tier}) for ({edition}) Edition'.",
+                "set settings.edition from the tier (ENTERPRISE for shared-core and db-custom-*, ENTERPRISE_PLUS "
+                "for db-perf-optimized-N-*).",
+            )
+        problem = _custom_tier_problem(tier)
+        if problem is not None:
+            add(
+                instance,
+                f"Cloud SQL custom tier {tier!r} asks for {problem}.",
+                "pick a shape Cloud SQL offers (rag:postgres.managed.tier).",
+            )
+    for gateway_class, service_annotations in _envoy_classes(run):
+        if service_annotations.get(AWS_LB_TYPE) != "nlb":
+            add(
+                gateway_class,
+                "Envoy Gateway's proxy Service gets the in-tree AWS default, a Classic Load Balancer (previous "
+                "generation, no static IPs per zone, HTTP/2 and long-lived streams handled worse).",
+                f"reference an EnvoyProxy (parametersRef) whose envoyService annotations set {AWS_LB_TYPE}: nlb.",
+            )
+    # An image build cache is one tag rewritten by every build: an IMMUTABLE ECR repository refuses the rewrite.
+    immutable = {
+        str(r.inputs.get("name")): r
+        for r in run.of_type("aws:ecr/repository:Repository")
+        if r.inputs.get("imageTagMutability") == "IMMUTABLE"
+    }
+    for image in run.of_type("docker-build:index:Image"):
+        for export in image.inputs.get("cacheTo") or []:
+            ref = str(_get(export, "registry", "ref") or "")
+            repository = ref.rsplit(":", 1)[0].split("/", 1)[-1]
+            if ref and repository in immutable:
+                add(
+                    image,
+                    f"the build cache {ref!r} is a tag rewritten by every build, in the IMMUTABLE ECR "
+                    f"repository {repository!r}: the second build's cache export fails.",
+                    "export the cache to a separate MUTABLE repository (Registry.cache_repository).",
+                )
+    return findings
+
+
+def check_cloud_args(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Cloud resource arguments the cloud API refuses: names (charset, length, per-stack, collisions), versions."""
+    return _name_findings(run) + _value_findings(run, graph)
+
+
+# ---------------------------------------------------------------------------------------------- ops-sizing
+def _env(container: Mapping[str, Any]) -> dict[str, Any]:
+    return {e.get("name"): e.get("value") for e in container.get("env") or []}
+
+
+def _ephemeral_size(pod: Mapping[str, Any], volume: str) -> float | None:
+    for item in pod.get("volumes") or []:
+        if item.get("name") == volume:
+            size = _get(item, "ephemeral", "volumeClaimTemplate", "spec", "resources", "requests", "storage")
+            return quantity_value(size) if isinstance(size, str) else None
+    return None
+
+
+def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Backup and restore at the sizes the stack declares: scratch space, upload buffers, object limits, time."""
+    findings: list[Finding] = []
+    jobs = []
+    for cronjob in run.of_type("kubernetes:batch/v1:CronJob"):
+        job = _get(cronjob.inputs, "spec", "jobTemplate", "spec") or {}
+        pod = _get(job, "template", "spec") or {}
+        containers = pod.get("containers") or []
+        if containers and {"CLOUD", "BUCKET", "QDRANT_PEERS"} <= set(_env(containers[0])):
+            jobs.append((cronjob, job, pod, containers[0]))
+    if not jobs:
+        return findings
+    for qdrant in run.of_type("kubernetes:apps/v1:StatefulSet"):
+        spec = qdrant.inputs.get("spec") or {}
+        pod = _get(spec, "template", "spec") or {}
+        container = next(iter(pod.get("containers") or []), {})
+        env = _env(container)
+        if "QDRANT__STORAGE__SNAPSHOTS_PATH" not in env:
+            continue
+        claims = {
+            _get(c, "metadata", "name"): _get(c, "spec", "resources", "requests", "storage")
+            for c in spec.get("volumeClaimTemplates") or []
+        }
+        if not isinstance(claims.get("storage"), str):
+            continue
+        data = quantity_value(claims["storage"])
+        nodes = int(spec.get("replicas") or 1)
+        snapshots = _ephemeral_size(pod, "snapshots")
+        temp_on_snapshots = str(env.get("QDRANT__STORAGE__TEMP_PATH") or "").startswith(
+            str(env["QDRANT__STORAGE__SNAPSHOTS_PATH"])
+        )
+        if snapshots is None or not temp_on_snapshots or snapshots < 2 * data:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    qdrant.urn,
+                    f"a restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path "
+                    f"(QDRANT__STORAGE__TEMP_PATH), each up to the node's data ({claims['storage']}): the snapshot "
+                    f"volume ({'none' if snapshots is None else f'{snapshots / 2**30:g}Gi'}"
+                    f"{'' if temp_on_snapshots else ', and the temp path is not on it'}) cannot take it.",
+                    "keep the temp path on the snapshot volume and size it at least twice qdrant.storage.size.",
+                )
+            )
+        if data > MAX_OBJECT_BYTES:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    qdrant.urn,
+                    f"a node's data ({claims['storage']}) can exceed the 5 TiB S3/GCS object limit: one snapshot is "
+                    "one object.",
+                    "shard the collections over more nodes so each node's data stays under 5 TiB.",
+                )
+            )
+        for cronjob, job, job_pod, job_container in jobs:
+            job_env = _env(job_container)
+            restore = "SCRATCH" in job_env
+            deadline = job.get("activeDeadlineSeconds")
+            # A backup streams each node's data once; a restore downloads it to scratch and uploads it again.
+            seconds = nodes * data * (2 if restore else 1) / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            if isinstance(deadline, (int, float)) and seconds > deadline:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"moving {nodes} nodes x {claims['storage']} at "
+                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s takes {seconds / 3600:.1f} h, over "
+                        f"activeDeadlineSeconds ({deadline / 3600:g} h): the job is killed mid-way.",
+                        "raise the job's activeDeadlineSeconds with the data size.",
+                    )
+                )
+            timeout = job_env.get("TRANSFER_MAX_SECONDS")
+            one_node = data / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            if timeout is None or float(timeout) < one_node:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"one snapshot (up to {claims['storage']}) takes {one_node / 3600:.1f} h to transfer at "
+                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s; the per-transfer timeout "
+                        f"TRANSFER_MAX_SECONDS is {timeout or 'unset'}.",
+                        "size TRANSFER_MAX_SECONDS from the node's data (QdrantBackupsArgs.node_data_bytes).",
+                    )
+                )
+            if restore:
+                scratch = _ephemeral_size(job_pod, "scratch")
+                if scratch is None or scratch < data:
+                    findings.append(
+                        Finding(
+                            "ops-sizing",
+                            cronjob.urn,
+                            f"the restore downloads one snapshot (up to a node's data, {claims['storage']}) to its "
+                            "scratch volume, which is "
+                            f"{'missing' if scratch is None else f'{scratch / 2**30:g}Gi'}.",
+                            "give the restore a scratch ephemeral volume of at least qdrant.storage.size.",
+                        )
+                    )
+                continue
+            limit = _get(job_container, "resources", "limits", "memory")
+            need = upload_memory_bytes(data)
+            if job_env.get("CLOUD") == "aws" and isinstance(limit, str) and quantity_value(limit) < need:
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        cronjob.urn,
+                        f"`aws s3 cp -` buffers 10 parts of size/10,000 in memory: streaming a {claims['storage']} "
+                        f"snapshot needs about {need / 2**20:.0f}Mi, over the {limit} limit (OOM-killed mid-upload).",
+                        "size the backup container's memory limit with infra.stack.backup_resources.",
+                    )
+                )
+    if any(_env(c).get("CLOUD") == "aws" for _, _, _, c in jobs) and run.of_type("aws:ec2/vpc:Vpc"):
+        endpoints = [
+            r
+            for r in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint")
+            if str(r.inputs.get("serviceName", "")).endswith(".s3")
+            and r.inputs.get("vpcEndpointType", "Gateway") == "Gateway"
+        ]
+        if not endpoints:
+            findings.append(
+                Finding(
+                    "ops-sizing",
+                    run.of_type("aws:ec2/vpc:Vpc")[0].urn,
+                    "backups and restores from the private subnets reach S3 through the NAT gateway, which bills "
+                    "every GB it processes (each nightly backup is the whole of Qdrant's data).",
+                    "add an S3 gateway VPC endpoint on the private route table.",
+                )
+            )
+    return findings
+
+
+CHECKS = (
+    check_crd_order,
+    check_references,
+    check_class_references,
+    check_capabilities,
+    check_exposure,
+    check_cloud_args,
+    check_ops_sizing,
+)
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
 #: listed in plan.md but does not fail the render. Keep this empty: an entry is a defect with an issue number.
@@ -1122,6 +1798,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
     ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
+    # The load balancer is the cloud target's (EKS: the EnvoyProxy's NLB annotations).
+    ("gateway.loadBalancer", "dev", "eks", {}),
 )
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
 #: Declared keys known not to reach the program yet -> the issue tracking them. Meant to be empty.
@@ -1193,6 +1871,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "tls.clusterIssuer": "shared-issuer",
     "gateway.hostname": "rag.other.example.com",
     "gateway.className": "eg",
+    "gateway.loadBalancer": "internal",
     "gateway.ingress.className": "nginx-other",
     "monitoring.chartVersion": "78.3.1",
     "monitoring.retention": "14d",

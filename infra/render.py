@@ -61,6 +61,7 @@ CRD_GROUPS = frozenset(
         "monitoring.coreos.com",
         "postgresql.cnpg.io",
         "networking.gke.io",  # GKE Gateway controller policies (HealthCheckPolicy, GCPBackendPolicy)
+        "gateway.envoyproxy.io",  # Envoy Gateway's EnvoyProxy (the EKS target's NLB settings)
     }
 )
 OBJECT_META_REF = (

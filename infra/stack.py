@@ -21,7 +21,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.clusters import ClusterTarget
-from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector
+from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector, upload_memory_bytes
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
 from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitoring, MonitoringArgs
@@ -36,13 +36,19 @@ from infra.components.rag_service import (
     client_selector,
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
-from infra.components.specs import EgressTarget, Resources
+from infra.components.specs import EgressTarget, Resources, quantity_value
 from infra.config import ConfigError, Secrets, StackConfig, stack_file
 from infra.config import Resources as ConfigResources
+from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
 BACKUPS_NAME = "qdrant-backups"
+POSTGRES_NAME = "postgres"
+# The bucket name's scope part (region or project ID, projects are up to 30 characters) is cut beyond this.
+SCOPE_LIMIT = 30
+# RDS snapshot identifiers are at most 255 characters; the component appends "-" and 8 hex characters.
+FINAL_SNAPSHOT_PREFIX_LIMIT = 255 - 9
 SERVICE_ENVIRONMENT = {"dev": "development", "staging": "staging", "prod": "production"}
 ISSUERS = {
     "selfSigned": "selfsigned",
@@ -97,7 +103,11 @@ def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> str:
     if config.backups.bucket:
         return config.backups.bucket
     scope = cluster.network.get("project") or cluster.region
-    return f"rag-{config.stack}-qdrant-backups-{scope}"[:63].rstrip("-.")
+    # Bucket names: 3-63 lowercase letters, digits, hyphens (S3 and GCS); cut with a hash of the stack when long.
+    scope = sanitize(scope)
+    if len(scope) > SCOPE_LIMIT:  # a long project ID: keep its start and a hash of all of it
+        scope = f"{scope[: SCOPE_LIMIT - HASH_LENGTH - 1].strip('-')}-{stack_hash(scope)}"
+    return cloud_name(config.stack, "qdrant-backups", scope, limit=63)
 
 
 # --- component args ----------------------------------------------------------------------------------------------
@@ -246,6 +256,9 @@ def postgres_args(
         max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
         multi_az=cfg.managed.multiAz,
         backup_retention_days=cfg.managed.backupRetentionDays,
+        final_snapshot_prefix=cloud_name(
+            config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
+        ),
         region=cluster.region or None,
         private_network=network.get("network_id"),
         tier=cfg.managed.tier,
@@ -454,6 +467,14 @@ def gateway_args(
     )
 
 
+def backup_resources(storage_size: str) -> Resources:
+    """The backup job's resources: the memory limit holds the S3 upload buffer of a snapshot as large as a node's
+    data (`upload_memory_bytes`), and never less than 512Mi."""
+    need = upload_memory_bytes(quantity_value(storage_size))
+    limit_mi = max(512, -(-need // 2**20))
+    return Resources(cpu_request="100m", memory_request="128Mi", cpu_limit="1", memory_limit=f"{limit_mi}Mi")
+
+
 def backups_args(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -478,6 +499,8 @@ def backups_args(
         bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
         retention_days=config.backups.retentionDays,
         restore_scratch_size=config.qdrant.storage.size,
+        resources=backup_resources(config.qdrant.storage.size),
+        node_data_bytes=quantity_value(config.qdrant.storage.size),
         restore_scratch_storage_class=storage_class(config.qdrant.storage.storageClass, cluster),
         aws_region=cluster.region if cluster.cloud == "aws" else None,
         protect=config.protect,
@@ -611,7 +634,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         opts=in_cluster,
     )
     postgres = PostgresDatabase(
-        "postgres",
+        POSTGRES_NAME,
         postgres_args(
             config,
             cluster,

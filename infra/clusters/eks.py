@@ -14,13 +14,15 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import StackConfig
+from infra.config import StackConfig, internal_load_balancer
+from infra.naming import cloud_name
 
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
@@ -39,6 +41,22 @@ METRICS_SERVER_CHART = ("metrics-server", "3.13.1", "https://kubernetes-sigs.git
 ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
 ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
+ENVOY_PROXY_NAME = "rag-proxy"
+# Service annotations of the in-tree AWS load balancer controller (cloud-provider-aws, run by EKS's control plane:
+# no extra install): `nlb` asks for a Network Load Balancer instead of the default Classic ELB, `internal` for one
+# with private addresses only (in the subnets tagged kubernetes.io/role/internal-elb). The AWS Load Balancer
+# Controller is not installed, so its `external`/`nlb-ip` modes and annotations are not used.
+NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
+NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
+
+
+def envoy_proxy_spec(internal: bool) -> dict[str, Any]:
+    """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
+    Service Envoy Gateway creates per Gateway gets an NLB, internal when `internal`."""
+    annotations = {NLB_TYPE_ANNOTATION: "nlb"}
+    if internal:
+        annotations[NLB_INTERNAL_ANNOTATION] = "true"
+    return {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}}
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -139,7 +157,10 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     """The EKS cluster target for `config` (provider `eks`)."""
     eks = config.cluster.eks
     stack = pulumi.get_stack()
-    name = f"rag-{stack}"
+    # EKS CreateCluster: 1-100 characters, [0-9A-Za-z][A-Za-z0-9_-]*; unique per account and region.
+    name = cloud_name(stack, limit=100)
+    # The in-tree load balancer controller picks subnets carrying this tag (cloud-provider-aws findSubnets).
+    cluster_tag = f"kubernetes.io/cluster/{name}"
     aws_provider = aws.Provider(
         "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
     )
@@ -172,7 +193,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             cidr_block=cidr,
             availability_zone=zones.names[index],
             map_public_ip_on_launch=True,
-            tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1"},
+            tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(
@@ -184,13 +205,28 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     private_rt = aws.ec2.RouteTable(
         "private-rt", vpc_id=vpc.id, routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}], opts=opts
     )
+    # S3 traffic from the private subnets (backup uploads and restores, ECR image layers, which ECR serves from S3)
+    # through a free gateway endpoint instead of the NAT gateway, which bills every GB it processes.
+    aws.ec2.VpcEndpoint(
+        "s3-endpoint",
+        vpc_id=vpc.id,
+        service_name=f"com.amazonaws.{eks.region}.s3",
+        vpc_endpoint_type="Gateway",
+        route_table_ids=[private_rt.id],
+        tags={"Name": f"{name}-s3"},
+        opts=opts,
+    )
     for index, cidr in enumerate(private_cidrs):
         subnet = aws.ec2.Subnet(
             f"private-{index}",
             vpc_id=vpc.id,
             cidr_block=cidr,
             availability_zone=zones.names[index],
-            tags={"Name": f"{name}-private-{index}", "kubernetes.io/role/internal-elb": "1"},
+            tags={
+                "Name": f"{name}-private-{index}",
+                "kubernetes.io/role/internal-elb": "1",
+                cluster_tag: "shared",
+            },
             opts=opts,
         )
         aws.ec2.RouteTableAssociation(
@@ -293,7 +329,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
 
     repository = aws.ecr.Repository(
         "registry",
-        name=f"rag-service-{stack}",
+        # ECR: lowercase, single separators, at most 256 characters; unique per account and region.
+        name=cloud_name(stack, limit=200, prefix="rag-service"),
         image_tag_mutability="IMMUTABLE",
         image_scanning_configuration={"scan_on_push": True},
         force_delete=not config.protect,
@@ -302,7 +339,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     # The build cache is one tag rewritten by every build: it cannot live in the IMMUTABLE repository.
     cache_repository = aws.ecr.Repository(
         "registry-cache",
-        name=f"rag-service-{stack}-cache",
+        name=cloud_name(stack, "cache", limit=200, prefix="rag-service"),
         image_tag_mutability="MUTABLE",
         force_delete=not config.protect,
         opts=kept,  # an ECR repository, protected in prod like the image repository
@@ -399,6 +436,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     )
     gateway_classes: list[pulumi.Resource] = []
     if config.tls.enabled and not config.gateway.ingress.enabled:
+        # The proxy's Service: an NLB (internal per rag:gateway.loadBalancer) rather than the in-tree default,
+        # a Classic ELB. Created before the GatewayClass that references it (Envoy Gateway's recommendation).
+        envoy_proxy = k8s.apiextensions.CustomResource(
+            "envoy-proxy",
+            api_version="gateway.envoyproxy.io/v1alpha1",
+            kind="EnvoyProxy",
+            metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
+            spec=envoy_proxy_spec(internal_load_balancer(config)),
+            opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
+        )
         # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.
         gateway_classes.append(
             k8s.apiextensions.CustomResource(
@@ -406,8 +453,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
                 api_version="gateway.networking.k8s.io/v1",
                 kind="GatewayClass",
                 metadata={"name": config.gateway.className},
-                spec={"controllerName": ENVOY_GATEWAY_CONTROLLER},
-                opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
+                spec={
+                    "controllerName": ENVOY_GATEWAY_CONTROLLER,
+                    "parametersRef": {
+                        "group": "gateway.envoyproxy.io",
+                        "kind": "EnvoyProxy",
+                        "name": ENVOY_PROXY_NAME,
+                        "namespace": ENVOY_GATEWAY_NAMESPACE,
+                    },
+                },
+                opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway, envoy_proxy]),
             )
         )
 

@@ -17,7 +17,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import StackConfig
+from infra.config import StackConfig, internal_load_balancer
+from infra.naming import cloud_name
 
 APIS = (
     "container.googleapis.com",
@@ -29,8 +30,15 @@ APIS = (
     "storage.googleapis.com",
 )
 WORKLOAD_ROLES = ("backup", "service")
+# Name limits of the Google APIs (pulumi-gcp 10.2.0 docstrings): a GKE cluster name is 1-40 characters, a service
+# account ID 6-30 (^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$), an Artifact Registry repository ID at most 63.
+CLUSTER_NAME_LIMIT = 40
+ACCOUNT_ID_LIMIT = (6, 30)
+REPOSITORY_ID_LIMIT = 63
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
+# The proxy-only subnet of the internal Gateway classes (regional Envoy-based load balancers).
+PROXY_ONLY_CIDR = "10.129.0.0/23"
 # The control plane's private range (a /28 outside every other range of the network).
 MASTER_CIDR = "172.16.0.0/28"
 # Gateway API on GKE: the cluster's own controller and CRDs (pulumi-gcp `gateway_api_config.channel`).
@@ -74,6 +82,8 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     """The GKE cluster target for `config` (provider `gke`)."""
     gke = config.cluster.gke
     stack = pulumi.get_stack()
+    cluster_name = cloud_name(stack, limit=CLUSTER_NAME_LIMIT)
+    low, high = ACCOUNT_ID_LIMIT
     protect = config.protect
     gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
     opts = pulumi.ResourceOptions(provider=gcp_provider)
@@ -100,6 +110,18 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         ],
         opts=opts,
     )
+    if internal_load_balancer(config):
+        # gke-l7-rilb (the internal Application Load Balancer) runs its Envoy proxies in a proxy-only subnet of the
+        # region; without one the Gateway never gets an address.
+        gcp.compute.Subnetwork(
+            "proxy-only-subnet",
+            network=network.id,
+            region=gke.region,
+            ip_cidr_range=PROXY_ONLY_CIDR,
+            purpose="REGIONAL_MANAGED_PROXY",
+            role="ACTIVE",
+            opts=opts,
+        )
     # Private services access: Cloud SQL and Memorystore get addresses in this range, reachable from the pods.
     private_range = gcp.compute.GlobalAddress(
         "private-services-range",
@@ -163,7 +185,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     if gke.autopilot:
         cluster = gcp.container.Cluster(
             "gke",
-            name=f"rag-{stack}",
+            name=cluster_name,
             enable_autopilot=True,
             opts=pulumi.ResourceOptions.merge(kept, after_apis),
             **common,
@@ -171,7 +193,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     else:
         cluster = gcp.container.Cluster(
             "gke",
-            name=f"rag-{stack}",
+            name=cluster_name,
             remove_default_node_pool=True,
             initial_node_count=1,
             workload_identity_config={"workload_pool": workload_pool},
@@ -180,8 +202,8 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
         node_sa = gcp.serviceaccount.Account(
             "node-sa",
-            account_id=f"rag-{stack}-nodes"[:30],
-            display_name=f"GKE nodes of rag-{stack}",
+            account_id=cloud_name(stack, "nodes", limit=high, minimum=low),
+            display_name=f"GKE nodes of {cluster_name}",
             opts=opts,
         )
         for role in (
@@ -217,7 +239,8 @@ def build_gke(config: StackConfig) -> ClusterTarget:
 
     registry = gcp.artifactregistry.Repository(
         "registry",
-        repository_id="rag",
+        # Per stack: two stacks in one project (PR stacks next to dev) must not share a repository.
+        repository_id=cloud_name(stack, limit=REPOSITORY_ID_LIMIT),
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
@@ -227,7 +250,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     identities: dict[str, gcp.serviceaccount.Account] = {
         role: gcp.serviceaccount.Account(
             f"wi-{role}",
-            account_id=f"rag-{stack}-{role}"[:30],
+            account_id=cloud_name(stack, role, limit=high, minimum=low),
             display_name=f"rag {stack} {role} workload",
             opts=opts,
         )

@@ -34,6 +34,19 @@ IMAGES = {
     "gcp": "google/cloud-sdk:520.0.0-slim",
 }
 RUN_AS_USER = 1000
+# `aws s3 cp -` (a stream of unknown length) buffers up to `max_in_memory_upload_chunks` (10, the AWS CLI default)
+# parts in memory; with --expected-size the part size is the object size / 10,000 (S3's part limit), at least
+# 8 MiB. The backup container's memory must hold them plus the CLI itself.
+S3_IN_MEMORY_PARTS = 10
+S3_MAX_PARTS = 10_000
+S3_MIN_PART = 8 * 2**20
+CLI_MEMORY = 256 * 2**20
+# The sustained rate a backup or restore is assumed to move data between a node and object storage (one stream:
+# gp3's baseline is 125 MiB/s, one S3/GCS stream ~50-100 MiB/s); the jobs' deadlines are sized from it.
+ASSUMED_TRANSFER_BYTES_PER_SECOND = 50 * 2**20
+MIN_DEADLINE_SECONDS = 6 * 3600
+# Largest object S3 (5 TiB via multipart) and GCS (5 TiB) store: one snapshot must fit in one object.
+MAX_OBJECT_BYTES = 5 * 2**40
 SCRIPT_NAME = "backup.sh"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CRON = re.compile(r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$")
@@ -41,7 +54,7 @@ _CRON = re.compile(r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$")
 BACKUP_SCRIPT = r"""#!/bin/bash
 # Snapshot every collection on every Qdrant node and stream each snapshot to object storage.
 set -euo pipefail
-: "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}"
+: "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}" "${TRANSFER_MAX_SECONDS:?}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 HDR="api-key: ${QDRANT_API_KEY}"
 
@@ -70,7 +83,7 @@ for peer in $QDRANT_PEERS; do
     snapshot="$(printf '%s' "$created" | names | head -n 1)"
     size="$(printf '%s' "$created" | grep -o '"size": *[0-9]*' | grep -o '[0-9]*$' | head -n 1)"
     key="${PREFIX}/${STAMP}/${node}/${collection}/${snapshot}"
-    curl -fsS --max-time 18000 -H "$HDR" "${peer}/collections/${collection}/snapshots/${snapshot}" \
+    curl -fsS --max-time "${TRANSFER_MAX_SECONDS}" -H "$HDR" "${peer}/collections/${collection}/snapshots/${snapshot}" \
       | upload "$key" "${size:?Qdrant gave no snapshot size}"
     curl -fsS --max-time 600 -X DELETE -H "$HDR" \
       "${peer}/collections/${collection}/snapshots/${snapshot}?wait=true" > /dev/null
@@ -87,6 +100,7 @@ RESTORE_SCRIPT = r"""#!/bin/bash
 # the scratch volume, then upload it to the node it came from (priority=snapshot: the snapshot's data wins).
 set -euo pipefail
 : "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}" "${SCRATCH:?}"
+: "${TRANSFER_MAX_SECONDS:?}"
 HDR="api-key: ${QDRANT_API_KEY}"
 
 list() {  # object keys (relative to the bucket) under $1/, or the child "directories" when $2 = dirs
@@ -116,7 +130,7 @@ for peer in $QDRANT_PEERS; do
     collection="${rest%%/*}"
     file="${SCRATCH}/${rest##*/}"
     download "$key" "$file"
-    curl -fsS --max-time 18000 -X POST -H "$HDR" -F "snapshot=@${file}" \
+    curl -fsS --max-time "${TRANSFER_MAX_SECONDS}" -X POST -H "$HDR" -F "snapshot=@${file}" \
       "${peer}/collections/${collection}/snapshots/upload?priority=snapshot&wait=true" > /dev/null
     rm -f "$file"
     echo "{\"event\":\"snapshot_restored\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
@@ -165,10 +179,24 @@ class QdrantBackupsArgs:
     """Scratch volume of the on-demand restore job: one downloaded snapshot at a time, as large as a node's
     data (give it the Qdrant storage size)."""
     restore_scratch_storage_class: str | None = None
+    node_data_bytes: float = 10 * 2**30
+    """The most one Qdrant node holds (its storage size): sizes the per-snapshot transfer timeout and, with the
+    number of nodes, the jobs' deadlines (a backup moves every node's data once, a restore twice)."""
     protect: bool = False
     network_policy: bool = True
     suspend: bool = False
     depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+def transfer_seconds(total_bytes: float, passes: int = 1) -> int:
+    """Seconds to move `total_bytes` `passes` times at ASSUMED_TRANSFER_BYTES_PER_SECOND, with 50 % headroom."""
+    return int(1.5 * passes * total_bytes / ASSUMED_TRANSFER_BYTES_PER_SECOND) + 1
+
+
+def upload_memory_bytes(snapshot_bytes: float) -> int:
+    """Memory the backup container needs to stream a snapshot of `snapshot_bytes` to S3 (see S3_IN_MEMORY_PARTS)."""
+    part = max(S3_MIN_PART, -(-int(snapshot_bytes) // S3_MAX_PARTS))
+    return S3_IN_MEMORY_PARTS * part + CLI_MEMORY
 
 
 def backup_selector(name: str) -> dict[str, str]:
@@ -234,6 +262,10 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
         {"name": "HOME", "value": "/tmp"},  # noqa: S108
         {"name": "CLOUDSDK_CONFIG", "value": "/tmp/gcloud"},  # noqa: S108
     ]
+    # One snapshot (up to a node's data) per curl transfer; a value, so the script's timeout follows the sizes.
+    env.append(
+        {"name": "TRANSFER_MAX_SECONDS", "value": str(max(18000, transfer_seconds(args.node_data_bytes)))}
+    )
     if args.aws_region is not None:
         env.append({"name": "AWS_REGION", "value": args.aws_region})
     container = {
@@ -261,7 +293,7 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
             "metadata": {"labels": specs.labels(APP, base, "backup")},
             "spec": {
                 "backoffLimit": 2,
-                "activeDeadlineSeconds": 6 * 3600,
+                "activeDeadlineSeconds": deadline_seconds(args, passes=1),
                 "ttlSecondsAfterFinished": 7 * 24 * 3600,
                 "template": {
                     "metadata": {"labels": specs.labels(APP, base, "backup")},
@@ -283,6 +315,12 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
     }
 
 
+def deadline_seconds(args: QdrantBackupsArgs, *, passes: int) -> int:
+    """activeDeadlineSeconds of a job moving every node's data `passes` times (at least MIN_DEADLINE_SECONDS)."""
+    total = args.node_data_bytes * len(args.qdrant_peer_urls)
+    return max(MIN_DEADLINE_SECONDS, transfer_seconds(total, passes))
+
+
 NEVER = "0 0 31 2 *"
 """February 31st: the restore CronJob never fires; it is a template for `kubectl create job --from`."""
 
@@ -297,6 +335,8 @@ def restore_cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str)
     spec = cronjob_spec(args, base, script_config)
     spec["schedule"] = NEVER
     spec["suspend"] = True
+    # Download to scratch, then upload to the node: every byte moves twice.
+    spec["jobTemplate"]["spec"]["activeDeadlineSeconds"] = deadline_seconds(args, passes=2)
     pod = spec["jobTemplate"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     container["name"] = "restore"

@@ -12,7 +12,8 @@ Creates:
 - entry `gateway` (default): a Gateway API `Gateway` of `gateway_class_name` with an HTTP listener (only
   redirects) and an HTTPS listener terminating TLS with `certificateRefs`, an HTTPRoute redirecting HTTP to
   HTTPS (301) and the HTTPRoute to the service; entry `ingress`: a networking.k8s.io/v1 Ingress fallback with
-  the same certificate (ACME solved through the ingress class),
+  the same certificate (ACME solved through the ingress class), `/metrics` sent to a selector-less Service
+  `<name>-closed` (no endpoints: never the service's port),
 - on GKE gateway classes, a `HealthCheckPolicy` so Google's load balancer probes /readyz rather than `/`.
 
 CRD ordering: the ClusterIssuer and Certificate depend on the cert-manager release that installs their CRDs; the
@@ -276,26 +277,53 @@ def gke_health_check_policy_spec(service: str, port: int, path: str) -> dict[str
     }
 
 
+CLOSED_PORT = 80
+"""Port of the `<name>-closed` Service the Ingress sends `PRIVATE_PATHS` to."""
+
+
+def closed_service_spec() -> dict[str, Any]:
+    """A Service with no selector and no Endpoints: what the Ingress sends private paths to.
+
+    The Ingress API has no "answer 404" rule (Gateway API's backend-less rule); a path whose backend has no
+    endpoints is the portable equivalent: ingress-nginx answers 503 and GCE's load balancer 502, and the request
+    never reaches a pod.
+    """
+    return {"type": "ClusterIP", "ports": [{"name": "closed", "port": CLOSED_PORT, "protocol": "TCP"}]}
+
+
 def ingress_spec(
-    hostname: str, tls_secret: str, service: str, port: int, class_name: str | None
+    hostname: str,
+    tls_secret: str,
+    service: str,
+    port: int,
+    class_name: str | None,
+    closed_service: str | None = None,
 ) -> dict[str, Any]:
-    """networking.k8s.io/v1 Ingress fallback with TLS from the same Certificate Secret."""
+    """networking.k8s.io/v1 Ingress fallback with TLS from the same Certificate Secret.
+
+    Every path goes to the service except `PRIVATE_PATHS`, which go to `closed_service` (no endpoints): the longest
+    matching path wins in an Ingress, so `/metrics` (and `/metrics/...`) never reaches the service's port.
+    """
+    paths: list[dict[str, Any]] = []
+    if closed_service is not None:
+        for private in PRIVATE_PATHS:
+            paths.append(
+                {
+                    "path": private,
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": closed_service, "port": {"number": CLOSED_PORT}}},
+                }
+            )
+    paths.append(
+        {
+            "path": "/",
+            "pathType": "Prefix",
+            "backend": {"service": {"name": service, "port": {"number": port}}},
+        }
+    )
     spec: dict[str, Any] = {
         "tls": [{"hosts": [hostname], "secretName": tls_secret}],
-        "rules": [
-            {
-                "host": hostname,
-                "http": {
-                    "paths": [
-                        {
-                            "path": "/",
-                            "pathType": "Prefix",
-                            "backend": {"service": {"name": service, "port": {"number": port}}},
-                        }
-                    ]
-                },
-            }
-        ],
+        "rules": [{"host": hostname, "http": {"paths": paths}}],
     }
     if class_name is not None:
         spec["ingressClassName"] = class_name
@@ -410,13 +438,24 @@ class TlsGateway(pulumi.ComponentResource):
                     opts=child(*args.gateway_crds),
                 )
         else:
+            closed = k8s.core.v1.Service(
+                f"{name}-closed",
+                metadata=specs.metadata(f"{base}-closed", ns, object_labels),
+                spec=closed_service_spec(),
+                opts=child(),
+            )
             k8s.networking.v1.Ingress(
                 f"{name}-ingress",
                 metadata=specs.metadata(base, ns, object_labels),
                 spec=ingress_spec(
-                    args.hostname, tls_secret, args.service_name, args.service_port, args.ingress_class_name
+                    args.hostname,
+                    tls_secret,
+                    args.service_name,
+                    args.service_port,
+                    args.ingress_class_name,
+                    closed_service=f"{base}-closed",
                 ),
-                opts=child(),
+                opts=child(closed),
             )
 
         self.gateway_name = gateway_name

@@ -9,7 +9,13 @@ Modes:
   pod anti-affinity, a PodDisruptionBudget (the operator creates it), and a NetworkPolicy.
 - `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
   group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
-- `cloudsql`: a GCP Cloud SQL PostgreSQL instance on a private IP, plus its database and user.
+  The final snapshot's identifier is `<final_snapshot_prefix>-<8 hex>`: the prefix carries the stack (snapshot
+  identifiers are unique per account and region, so a fixed name collides across stacks) and the random suffix is
+  drawn once per instance lifetime (a `random.RandomId`, destroyed with the stack), so a second destroy of the same
+  stack does not fail on the snapshot the first one left.
+- `cloudsql`: a GCP Cloud SQL PostgreSQL instance on a private IP, plus its database and user. The edition is
+  set from the tier: PostgreSQL 16+ instances default to ENTERPRISE_PLUS, which refuses the shared-core and
+  `db-custom-*` tiers (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition` docstring).
 
 No Bitnami charts or images anywhere (their free catalogue was withdrawn in 2025).
 All modes output `url` = `postgresql+psycopg://user:password@host:5432/db` as a Pulumi secret.
@@ -27,6 +33,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra.components import aws_network, prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
@@ -39,6 +46,17 @@ CNPG_CHART_VERSION = "0.26.1"
 DEFAULT_PG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:17.5"
 MODES = ("cloudnative", "rds", "cloudsql")
 _IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
+# RDS CreateDBInstance: MasterUsername 1-16 letters, digits or underscores, starting with a letter; DBName (PostgreSQL)
+# 1-63 letters, digits or underscores, starting with a letter. "rdsadmin" is RDS's own account.
+_RDS_USER = r"^[a-z][a-z0-9_]{0,15}$"
+_RDS_DB = r"^[a-z][a-z0-9_]{0,62}$"
+RDS_RESERVED_USERS = frozenset({"rdsadmin", "rdsrepladmin", "rds_superuser", "postgres_fdw"})
+# RDS snapshot identifiers: 1-255 letters, digits and hyphens, starting with a letter, no trailing or double hyphen.
+_SNAPSHOT_ID = r"^[A-Za-z](?:-?[A-Za-z0-9])*$"
+SNAPSHOT_SUFFIX_BYTES = 4
+# ENTERPRISE_PLUS runs only the predefined db-perf-optimized-N-* tiers; every other tier (shared-core, db-custom-*)
+# needs ENTERPRISE (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition`/`tier` docstrings).
+ENTERPRISE_PLUS_TIER_PREFIX = "db-perf-optimized-"
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,9 @@ class PostgresDatabaseArgs:
     engine_version: str = "17"
     multi_az: bool = True
     backup_retention_days: int = 7
+    final_snapshot_prefix: str = "rag-postgres-final"
+    """Start of the RDS final snapshot's identifier (give it the stack: identifiers are per account and region);
+    a random suffix drawn once per instance lifetime follows."""
     # --- cloudsql
     region: str | None = None
     private_network: pulumi.Input[str] | None = None
@@ -124,6 +145,24 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
             args.max_allocated_storage_gb >= args.allocated_storage_gb >= 20,
             "PostgresDatabaseArgs.allocated_storage_gb must be at least 20 and not above max_allocated_storage_gb.",
         )
+        require(
+            bool(re.match(_RDS_USER, args.username)) and args.username not in RDS_RESERVED_USERS,
+            f"PostgresDatabaseArgs.username {args.username!r} is not a valid RDS master user name: 1-16 letters, "
+            "digits or underscores starting with a letter, not an RDS-reserved name.",
+        )
+        require(
+            bool(re.match(_RDS_DB, args.database)),
+            f"PostgresDatabaseArgs.database {args.database!r} is not a valid RDS database name: it must start "
+            "with a letter.",
+        )
+        prefix_room = 255 - 1 - 2 * SNAPSHOT_SUFFIX_BYTES
+        require(
+            bool(re.match(_SNAPSHOT_ID, args.final_snapshot_prefix))
+            and len(args.final_snapshot_prefix) <= prefix_room,
+            f"PostgresDatabaseArgs.final_snapshot_prefix {args.final_snapshot_prefix!r} is not a valid start of an "
+            f"RDS snapshot identifier: letters, digits and single hyphens, starting with a letter, at most "
+            f"{prefix_room} characters.",
+        )
     if args.mode == "cloudsql":
         require(args.region is not None, "PostgresDatabaseArgs.region is required in cloudsql mode.")
         require(
@@ -133,6 +172,11 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
+def cloudsql_edition(tier: str) -> str:
+    """The Cloud SQL edition a tier runs on: db-perf-optimized-N-* is ENTERPRISE_PLUS, the rest ENTERPRISE."""
+    return "ENTERPRISE_PLUS" if tier.startswith(ENTERPRISE_PLUS_TIER_PREFIX) else "ENTERPRISE"
+
+
 def database_url(user: str, password: str, host: str, database: str, port: int = PORT) -> str:
     """DATABASE_URL for SQLAlchemy + psycopg 3, with user and password percent-encoded."""
     return f"postgresql+psycopg://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
@@ -318,6 +362,12 @@ class PostgresDatabase(pulumi.ComponentResource):
             opts=self._opts(args),
         )
         password = pulumi.Output.secret(args.password)
+        # Drawn once per instance lifetime: destroyed with the stack, so the next destroy names a new snapshot.
+        suffix = random.RandomId(
+            f"{name}-final-snapshot-suffix",
+            byte_length=SNAPSHOT_SUFFIX_BYTES,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         instance = aws.rds.Instance(
             f"{name}-instance",
             engine="postgres",
@@ -338,7 +388,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             backup_retention_period=args.backup_retention_days,
             deletion_protection=args.protect,
             skip_final_snapshot=False,
-            final_snapshot_identifier=f"{name}-final",
+            final_snapshot_identifier=suffix.hex.apply(lambda hex_: f"{args.final_snapshot_prefix}-{hex_}"),
             copy_tags_to_snapshot=True,
             auto_minor_version_upgrade=True,
             performance_insights_enabled=True,
@@ -357,6 +407,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             deletion_protection=args.protect,
             settings={
                 "tier": args.tier,
+                "edition": cloudsql_edition(args.tier),
                 "availability_type": args.availability_type,
                 "disk_autoresize": True,
                 "disk_type": "PD_SSD",

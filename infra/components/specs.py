@@ -49,6 +49,28 @@ def check_quantity(value: str, what: str) -> None:
     )
 
 
+_QUANTITY_UNITS = {
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
+
+
+def quantity_value(value: str) -> float:
+    """A Kubernetes quantity (500m, 10Gi, 1e3) as a number (bytes for storage and memory)."""
+    check_quantity(value, "quantity")
+    number, unit = re.fullmatch(r"([0-9.eE+-]+?)([a-zA-Z]*)", value).groups()  # type: ignore[union-attr]
+    return float(number) * _QUANTITY_UNITS.get(unit, 1)
+
+
 def check_image(value: str, what: str) -> None:
     """Images are pinned: a version tag or a digest, never `latest` and never untagged."""
     require(bool(_IMAGE.match(value)), f"{what} {value!r} is not a valid image reference.")

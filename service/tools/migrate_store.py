@@ -44,6 +44,8 @@ def migrate(settings: Settings, *, report: Callable[[str], None] = print) -> dic
                 collection=name,
                 dimension=vectors.size,
                 optimize_idle_seconds=None,
+                optimize_chunk_points=settings.edge_optimize_chunk_points,
+                segment_points=settings.edge_segment_points,
                 indexing_threads=settings.edge_indexing_threads,
             )
             store.ensure_collection()
@@ -68,10 +70,13 @@ def _copy(client: object, name: str, store: EdgeVectorStore) -> int:
     total = client.count(name, exact=True).count
     # One page holding every point: local mode sorts the collection for each scroll page, so paging is quadratic.
     records, _ = client.scroll(name, limit=max(total, 1), with_payload=True, with_vectors=True)
-    for start in range(0, len(records), PAGE):
-        store.upsert_records(
-            [(str(r.id), list(r.vector), dict(r.payload or {})) for r in records[start : start + PAGE]]  # type: ignore[arg-type]
-        )
+    # Indexed chunk by chunk as the service does: one optimize() over everything would build a single segment
+    # of the whole store, which the service's vacuum would later rebuild in one call (one long GIL stall).
+    step = min(PAGE, store.optimize_chunk_points)
+    for start in range(0, len(records), step):
+        page = records[start : start + step]
+        store.upsert_records([(str(r.id), list(r.vector), dict(r.payload or {})) for r in page])  # type: ignore[arg-type]
+        store.optimize()
     return len(records)
 
 

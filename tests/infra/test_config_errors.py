@@ -66,9 +66,9 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
         "prod",
-        {"qdrant": {"snapshotsStorage": {"size": "5Gi"}}},
+        {"qdrant": {"snapshotsStorage": {"size": "150Gi"}}},  # >= storage (100Gi), < 2x: a restore runs out
         "qdrant.snapshotsStorage.size",
-        "smaller than qdrant.storage.size",
+        "smaller than twice qdrant.storage.size",
     ),
     (
         "staging",
@@ -89,7 +89,20 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
-    ("dev", {"backups": {"enabled": True}}, "backups.enabled", "backups need a cloud cluster"),
+    # Private prod: `auto` makes the load balancer internal, which Let's Encrypt's HTTP-01 cannot reach.
+    ("prod", {"gateway": {"loadBalancer": "auto"}}, "gateway.loadBalancer", "HTTP-01"),
+    (
+        "staging",
+        {"gateway": {"loadBalancer": "internal"}, "tls": {"issuer": "selfSigned"}},
+        "gateway.className",
+        "external GKE Gateway class",
+    ),
+    (
+        "dev",
+        {"backups": {"enabled": True}, "qdrant": {"snapshotsStorage": {"size": "20Gi"}}},
+        "backups.enabled",
+        "backups need a cloud cluster",
+    ),
     (
         "staging",
         {"monitoring": {"alerting": {"email": {"to": "oncall"}}}},

@@ -262,7 +262,8 @@ def test_qdrant_snapshot_scratch_holds_a_node_and_takes_its_configured_class() -
     pod = result.by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "snapshots")
     claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
-    assert claim["resources"]["requests"]["storage"] == "100Gi"  # = qdrant.storage.size in Pulumi.prod.yaml
+    # 2 x qdrant.storage.size (100Gi) in Pulumi.prod.yaml: a restore unpacks the uploaded snapshot next to it.
+    assert claim["resources"]["requests"]["storage"] == "200Gi"
     assert claim["storageClassName"] == "gp3-snapshots"
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["QDRANT__STORAGE__TEMP_PATH"].startswith("/qdrant/snapshots/")

@@ -332,3 +332,28 @@ def test_a_store_created_with_other_optimizer_settings_takes_the_bounded_ones_on
 
     stored = json.loads((path / "edge_config.json").read_text())["optimizers"]
     assert (stored["indexing_threshold"], stored["max_segment_size"]) == (1, 4)
+
+
+def test_migrate_store_indexes_chunk_by_chunk_so_no_segment_outgrows_the_cap(tmp_path: Path) -> None:
+    # One optimize() after copying everything would index the whole store as one segment, which the service's
+    # vacuum would later rebuild in a single GIL-holding call.
+    from service.app.store.vectors import QdrantVectorStore
+    from service.tools.migrate_store import migrate
+
+    settings = make_settings(tmp_path, edge_optimize_chunk_points=64, edge_segment_points=128)
+    old = QdrantVectorStore.from_settings(
+        make_settings(tmp_path, vector_store="local"), model_name="m", dimension=DIM
+    )
+    old.ensure_collection()
+    old.upsert(points("a", 300) + points("b", 300))
+    old.close()
+    assert migrate(settings, report=lambda line: None) == {old.collection: 600}
+    store = EdgeVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    store._optimize_idle = None
+    store.ensure_collection()
+    try:
+        info = store.shard.info()
+        assert info.points_count == 600
+        assert info.segments_count >= 600 // 128
+    finally:
+        store.close()

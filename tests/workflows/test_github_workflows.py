@@ -163,6 +163,36 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     _assert_reindex_fits_the_job(prod)
 
 
+#: What a job that touches prod runs on: the labels in vars.PROD_RUNNER, else a self-hosted prod runner.
+PROD_RUNNER = 'vars.PROD_RUNNER || \'["self-hosted", "rag-prod"]\''
+
+
+def _runner_default(expression: str) -> list[str]:
+    """The labels a `fromJSON(vars.X || '<json>')` runner expression falls back to when the variable is unset."""
+    import json
+
+    match = re.search(r"\|\|\s*'(\[[^']*\])'", expression)
+    assert match, expression
+    return json.loads(match[1])
+
+
+def test_jobs_that_reach_prod_run_where_the_private_endpoint_is_reachable() -> None:
+    # GitHub-hosted runners have no fixed addresses, and prod's endpoint is private by default: every job that
+    # talks to prod's cluster runs on the configurable prod runner, self-hosted by default.
+    prod = _load("promote.yml")["jobs"]["prod"]
+    assert prod["runs-on"] == "${{ fromJSON(" + PROD_RUNNER + ") }}"
+    assert _runner_default(prod["runs-on"]) == ["self-hosted", "rag-prod"]
+    assert (
+        _load("promote.yml")["jobs"]["staging"]["runs-on"] == "ubuntu-24.04"
+    )  # staging's endpoint is public
+    drift = _load("nightly.yml")["jobs"]["drift"]
+    assert drift["runs-on"] == "${{ fromJSON(matrix.runner) }}"
+    runners = {entry["stack"]: entry["runner"] for entry in drift["strategy"]["matrix"]["include"]}
+    assert runners["prod"] == "${{ " + PROD_RUNNER + " }}"
+    assert _runner_default(runners["prod"]) == ["self-hosted", "rag-prod"]
+    assert runners["dev"] == runners["staging"] == '["ubuntu-24.04"]'
+
+
 def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
     wf = _load("nightly.yml")
     assert wf["on"]["schedule"][0]["cron"]

@@ -329,6 +329,11 @@ class EdgeVectorStore:
         )
 
     @property
+    def optimize_chunk_points(self) -> int:
+        """Points written between two optimisation passes (what bounds the work of one pass)."""
+        return self._optimize_chunk
+
+    @property
     def shard(self) -> qe.EdgeShard:
         if self._shard is None:
             raise ServiceUnavailable("vector store is closed")

@@ -146,6 +146,7 @@ def run_script(tmp_path: Path, peers: str, api_key: str) -> subprocess.Completed
         "BUCKET": "bucket",
         "PREFIX": "qdrant/prod",
         "CLOUD": "aws",
+        "TRANSFER_MAX_SECONDS": "60",  # the CronJob sets it from the node's data size
     }
     return subprocess.run(
         ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -218,6 +219,7 @@ def test_restore_script_uploads_the_latest_backup_to_the_node_it_came_from(
         "BUCKET": "bucket",
         "PREFIX": "qdrant",
         "CLOUD": "aws",
+        "TRANSFER_MAX_SECONDS": "60",  # the CronJob sets it from the node's data size
         "SCRATCH": str(scratch),
     }
     result = subprocess.run(

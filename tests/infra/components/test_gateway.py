@@ -185,7 +185,14 @@ def test_ingress_fallback_and_existing_cert_manager() -> None:
     ingress = program.one("kubernetes:networking.k8s.io/v1:Ingress").inputs
     assert ingress["spec"]["tls"] == [{"hosts": ["rag.example.com"], "secretName": "gateway-tls"}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
-    assert validate_manifests(program) == 1
+    # /metrics goes to a Service with no selector (no endpoints), never to the service's port.
+    metrics, everything = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert (metrics["path"], metrics["pathType"]) == ("/metrics", "Prefix")
+    assert metrics["backend"]["service"]["name"] == "gateway-closed"
+    assert everything["path"] == "/"
+    closed = program.one("kubernetes:core/v1:Service", "gateway-closed").inputs
+    assert "selector" not in closed["spec"]
+    assert validate_manifests(program) == 2
 
 
 def test_a_guest_stack_issues_from_a_namespaced_issuer() -> None:

@@ -163,7 +163,10 @@ def test_rds_is_encrypted_private_and_deletion_protected() -> None:
     assert inputs["publiclyAccessible"] is False
     assert inputs["deletionProtection"] is True
     assert inputs["skipFinalSnapshot"] is False
-    assert inputs["finalSnapshotIdentifier"] == "postgres-final"
+    # Stack-specific prefix + a suffix drawn once per instance lifetime (a second destroy must not collide).
+    assert inputs["finalSnapshotIdentifier"].startswith("rag-postgres-final-")
+    suffix = program.one("random:index/randomId:RandomId")
+    assert suffix.inputs["byteLength"] == 4
     assert "password" in instance.secret_paths
     assert instance.protect is True
     sg = program.one("aws:ec2/securityGroup:SecurityGroup")

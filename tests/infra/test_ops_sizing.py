@@ -1,0 +1,149 @@
+"""The `ops-sizing` deployability check: backup and restore work at the data sizes each stack declares.
+
+Each test takes the real recorded prod program on EKS (backups on) and reintroduces one defect: a snapshot volume
+that cannot take a restore, a restore scratch volume smaller than a node's data, an upload buffer the backup
+container's memory cannot hold, no S3 gateway endpoint, data a job cannot move before its deadline.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from infra import deployability as d
+from infra.components.backups import upload_memory_bytes
+from infra.offline import RecordedResource, StackRun
+from infra.stack import backup_resources
+from tests.infra.conftest import run
+
+
+def sizing(result: StackRun) -> list[d.Finding]:
+    return [f for f in d.analyse(result, waivers={}).findings if f.check == "ops-sizing"]
+
+
+def patched(result: StackRun, name: str, change: Callable[[dict[str, Any]], None]) -> StackRun:
+    resource = result.by_name(name)
+    inputs = copy.deepcopy(resource.inputs)
+    change(inputs)
+    new = dataclasses.replace(resource, inputs=inputs)
+    return dataclasses.replace(result, resources=[new if r is resource else r for r in result.resources])
+
+
+def without(result: StackRun, type_: str) -> StackRun:
+    return dataclasses.replace(result, resources=[r for r in result.resources if r.type != type_])
+
+
+def volume(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(v for v in pod["volumes"] if v["name"] == name)
+
+
+def set_ephemeral(pod: dict[str, Any], name: str, size: str) -> None:
+    claim = volume(pod, name)["ephemeral"]["volumeClaimTemplate"]["spec"]
+    claim["resources"]["requests"]["storage"] = size
+
+
+def qdrant_name(result: StackRun) -> str:
+    (statefulset,) = [
+        r
+        for r in result.of_type("kubernetes:apps/v1:StatefulSet")
+        if "QDRANT__STORAGE__SNAPSHOTS_PATH" in str(r.inputs)
+    ]
+    return statefulset.name
+
+
+def test_the_declared_stacks_back_up_and_restore_at_their_sizes() -> None:
+    for stack, target in (("prod", "eks"), ("prod", "gke"), ("staging", "gke")):
+        assert sizing(run(stack, target)) == [], (stack, target)
+
+
+def test_a_snapshot_volume_only_as_large_as_the_data_cannot_take_a_restore() -> None:
+    result = run("prod", "eks")
+    name = qdrant_name(result)
+
+    def one_x(inputs: dict[str, Any]) -> None:
+        set_ephemeral(inputs["spec"]["template"]["spec"], "snapshots", "100Gi")  # = storage, the old rule
+
+    (finding,) = sizing(patched(result, name, one_x))
+    assert finding.name == name
+    assert "twice qdrant.storage.size" in finding.fix
+
+    def temp_on_data(inputs: dict[str, Any]) -> None:
+        for item in inputs["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if item["name"] == "QDRANT__STORAGE__TEMP_PATH":
+                item["value"] = "/qdrant/storage/snapshots_temp"
+
+    (finding,) = sizing(patched(result, name, temp_on_data))
+    assert "the temp path is not on it" in finding.message
+
+
+def test_a_restore_scratch_smaller_than_a_node_is_a_finding() -> None:
+    result = run("prod", "eks")
+
+    def small(inputs: dict[str, Any]) -> None:
+        set_ephemeral(inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"], "scratch", "10Gi")
+
+    (finding,) = sizing(patched(result, "qdrant-backups-restore", small))
+    assert finding.name == "qdrant-backups-restore"
+    assert "scratch" in finding.message
+
+
+def test_the_s3_upload_buffer_must_fit_the_backup_containers_memory() -> None:
+    result = run("prod", "eks")
+    name = qdrant_name(result)
+
+    def big(inputs: dict[str, Any]) -> None:
+        for claim in inputs["spec"]["volumeClaimTemplates"]:
+            claim["spec"]["resources"]["requests"]["storage"] = "2Ti"
+        set_ephemeral(inputs["spec"]["template"]["spec"], "snapshots", "4Ti")
+
+    broken = patched(result, name, big)
+    messages = [(f.name, f.message) for f in sizing(broken)]
+    # 512Mi cannot hold 10 x 220 MB parts; 3 x 2 TiB (twice for a restore) at 50 MiB/s outlast the deadlines.
+    assert any(n == "qdrant-backups-cronjob" and "buffers 10 parts" in m for n, m in messages)
+    assert any(n == "qdrant-backups-cronjob" and "activeDeadlineSeconds" in m for n, m in messages)
+    assert any(n == "qdrant-backups-restore" and "activeDeadlineSeconds" in m for n, m in messages)
+    # The program's own sizing covers it: at 2Ti the memory limit grows past the buffer, and (below) the deadlines.
+    assert int(backup_resources("2Ti").memory_limit.removesuffix("Mi")) * 2**20 >= upload_memory_bytes(
+        2 * 2**40
+    )
+    assert backup_resources("100Gi").memory_limit == "512Mi"
+
+
+def test_the_program_sizes_deadlines_and_timeouts_from_the_declared_data() -> None:
+    result = run("prod", "eks", qdrant={"storage": {"size": "2Ti"}, "snapshotsStorage": {"size": "4Ti"}})
+    assert sizing(result) == []
+    backup = result.by_name("qdrant-backups-cronjob").inputs["spec"]["jobTemplate"]["spec"]
+    restore = result.by_name("qdrant-backups-restore").inputs["spec"]["jobTemplate"]["spec"]
+    assert backup["activeDeadlineSeconds"] > 3 * 2 * 2**40 / (50 * 2**20)  # 3 nodes x 2 TiB at 50 MiB/s
+    assert restore["activeDeadlineSeconds"] >= 2 * backup["activeDeadlineSeconds"] - 1
+    container = backup["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == backup_resources("2Ti").memory_limit
+
+
+def test_a_fixed_transfer_timeout_is_a_finding() -> None:
+    result = run("prod", "eks", qdrant={"storage": {"size": "2Ti"}, "snapshotsStorage": {"size": "4Ti"}})
+
+    def fixed(inputs: dict[str, Any]) -> None:
+        container = inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        for item in container["env"]:
+            if item["name"] == "TRANSFER_MAX_SECONDS":
+                item["value"] = "18000"  # the old fixed curl --max-time: 5 h for an 11.7 h transfer
+
+    (finding,) = sizing(patched(result, "qdrant-backups-cronjob", fixed))
+    assert "TRANSFER_MAX_SECONDS" in finding.message
+
+
+def test_backups_through_the_nat_gateway_are_a_finding() -> None:
+    result = run("prod", "eks")
+    assert result.by_name("s3-endpoint").inputs["serviceName"] == "com.amazonaws.eu-west-1.s3"
+    (finding,) = sizing(without(result, "aws:ec2/vpcEndpoint:VpcEndpoint"))
+    assert "NAT gateway" in finding.message
+
+
+def test_no_backups_no_sizing_findings() -> None:
+    result = run("prod", "eks")
+    jobs: list[RecordedResource] = result.of_type("kubernetes:batch/v1:CronJob")
+    assert sizing(without(result, "kubernetes:batch/v1:CronJob")) == []
+    assert jobs  # the prod program does run them
