@@ -118,7 +118,10 @@ def http_search(client: httpx.Client) -> Search:
         response = client.post("/v1/search", json={"query": query, "top_k": CHUNKS_PER_QUERY, "mode": mode})
         if response.status_code != 200:
             raise RuntimeError(f"search failed ({response.status_code}): {response.text[:300]}")
-        return [hit["document_id"] for hit in response.json()["results"]]
+        body = response.json()
+        if body.get("mode", "dense") != mode:  # a service that fell back to another mode would be mis-scored
+            raise RuntimeError(f"asked for mode {mode!r}, the service ran {body.get('mode')!r}")
+        return [hit["document_id"] for hit in body["results"]]
 
     return search
 
@@ -262,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--corpus", type=Path, default=DEFAULT_CORPUS, help="built by quality.corpus if absent"
     )
-    parser.add_argument("--modes", nargs="+", default=["dense"], help="search modes to evaluate")
+    parser.add_argument(
+        "--modes", nargs="+", default=["dense", "sparse", "hybrid"], help="search modes to evaluate"
+    )
     parser.add_argument("--url", help="use a running service instead of starting one (its data is kept)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the started service")
     parser.add_argument(

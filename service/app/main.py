@@ -163,9 +163,16 @@ def build_services(
         extractor=extractor,
     )
     ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
-    if generation.config != wanted and settings.reindex_on_config_change and start_reindex:
-        # A changed model or chunking: build it in the background while search serves the current index.
-        logger.info("index config changed (%s -> %s): re-indexing", generation.config, wanted)
+    needs_sparse = not getattr(generation.vectors, "has_sparse", True)
+    if (generation.config != wanted or needs_sparse) and settings.reindex_on_config_change and start_reindex:
+        # A changed model or chunking, or a collection without the sparse vectors hybrid search needs: build
+        # it in the background while search serves the current index.
+        logger.info(
+            "index config changed (%s -> %s%s): re-indexing",
+            generation.config,
+            wanted,
+            ", adding sparse vectors" if needs_sparse else "",
+        )
         try:
             reindexer.start(wanted)
         except InvalidInput as exc:
@@ -192,11 +199,15 @@ def _follow_pointer(
     if pointer is None or pointer.collection == state.current.collection:
         return
     generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
+    # A store object new to this process learns the collection's vectors here (has_sparse): without it, this
+    # process would write dense-only points into a collection that has sparse ones, which sparse search misses.
+    generation.vectors.ensure_collection()
     standby = None
     if pointer.previous_collection == state.current.collection:
         standby = state.current
     elif pointer.previous_collection and pointer.previous_config:
         standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
+        standby.vectors.ensure_collection()
     logger.info("following the index pointer to %s", pointer.collection)
     index.set(IndexState(current=generation, shadow=standby))
 

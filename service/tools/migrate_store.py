@@ -69,15 +69,24 @@ def _copy(client: object, name: str, store: EdgeVectorStore) -> int:
     assert isinstance(client, QdrantClient)
     total = client.count(name, exact=True).count
     # One page holding every point: local mode sorts the collection for each scroll page, so paging is quadratic.
-    records, _ = client.scroll(name, limit=max(total, 1), with_payload=True, with_vectors=True)
+    # The dense vector only (the unnamed one when the collection also has a sparse vector): the edge store
+    # computes the BM25 vector from the payload's chunk text, as every adapter does.
+    records, _ = client.scroll(name, limit=max(total, 1), with_payload=True, with_vectors=[""])
     # Indexed chunk by chunk as the service does: one optimize() over everything would build a single segment
     # of the whole store, which the service's vacuum would later rebuild in one call (one long GIL stall).
     step = min(PAGE, store.optimize_chunk_points)
     for start in range(0, len(records), step):
         page = records[start : start + step]
-        store.upsert_records([(str(r.id), list(r.vector), dict(r.payload or {})) for r in page])  # type: ignore[arg-type]
+        store.upsert_records([(str(r.id), _dense(r.vector), dict(r.payload or {})) for r in page])
         store.optimize()
     return len(records)
+
+
+def _dense(vector: object) -> list[float]:
+    if isinstance(vector, dict):
+        vector = vector[""]
+    assert isinstance(vector, list)
+    return [float(x) for x in vector]
 
 
 def main(argv: list[str] | None = None) -> int:

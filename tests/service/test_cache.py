@@ -216,3 +216,36 @@ def test_search_works_when_redis_was_never_there(make_client: MakeClient, header
         response = client.post("/v1/search", json=QUERY, headers=headers_a)
         assert response.status_code == 200
         assert counter(CACHE_REQUESTS, result="error") == errors + 1
+
+
+def test_a_reindex_switch_never_serves_results_cached_from_the_other_index() -> None:
+    """The data version does not move when a re-index switches collections; the served collection is in the key."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from service.app.search.models import SearchRequest, SearchResponse
+    from service.app.store.cache import CachedSearch
+
+    class Inner:
+        def __init__(self) -> None:
+            self.index = SimpleNamespace(current=SimpleNamespace(collection="docs__old"))
+            self.calls = 0
+
+        async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
+            self.calls += 1
+            return SearchResponse(
+                results=[], mode="dense" if self.index.current.collection == "docs__old" else "hybrid"
+            )
+
+    inner = Inner()
+    registry = SimpleNamespace(data_version=lambda tenant_id: 7)
+    cached = CachedSearch(
+        inner, MemoryCache(10), registry, model_name="m", ttl_seconds=60, response_model=SearchResponse
+    )
+    request = SearchRequest(query="EINVAL")
+    assert asyncio.run(cached.search("t", request)).mode == "dense"
+    assert asyncio.run(cached.search("t", request)).mode == "dense"
+    assert inner.calls == 1  # the second one was a hit
+    inner.index.current.collection = "docs__new"  # the switch
+    assert asyncio.run(cached.search("t", request)).mode == "hybrid"
+    assert inner.calls == 2

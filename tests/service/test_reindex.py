@@ -246,6 +246,9 @@ def test_another_process_adopts_the_switch_at_its_next_write(
     assert old.vectors.count("default", "from-other") > 0  # the rollback target has it too
     hits = client.post("/v1/search", json={"query": "coral reef fish", "top_k": 5}).json()["results"]
     assert "from-other" in {hit["document_id"] for hit in hits}
+    # The other process wrote both vectors into the new collection (its store there learnt it has sparse ones).
+    keyword = client.post("/v1/search", json={"query": "violin fifths", "top_k": 5, "mode": "sparse"})
+    assert "from-other" in {hit["document_id"] for hit in keyword.json()["results"]}
 
 
 def test_the_cli_starts_watches_and_rolls_back(

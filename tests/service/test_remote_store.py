@@ -13,6 +13,7 @@ from service.app.core.errors import ServiceUnavailable
 from service.app.main import create_app
 from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.remote import RemoteVectorStore
+from service.app.store.sparse import SparseEncoder
 from service.app.store.vectors import ChunkPoint, MetadataCondition
 from tests.service.support import make_settings
 
@@ -60,6 +61,13 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
         assert owner.count("t", "a") == remote.count("t", "a") == 3
         hits = remote.search("t", vector, limit=5, conditions=[MetadataCondition(field="n", gte=1)])
         assert [(h.document_id, h.version, h.chunk_index) for h in hits] == [("a", 2, 1)]
+        # The sparse vectors the worker computed travel with the points, and so do sparse and hybrid searches.
+        assert remote.has_sparse
+        keyword = SparseEncoder().query("v1")
+        for mode in ("sparse", "hybrid"):
+            hits = remote.search("t", vector, limit=5, mode=mode, sparse=keyword, score_threshold=0.5)
+            assert (hits[0].document_id, hits[0].version, hits[0].chunk_index) == ("a", 1, 0)
+            assert hits == owner.search("t", vector, limit=5, mode=mode, sparse=keyword, score_threshold=0.5)
         assert {(v.document_id, v.version, v.points) for v in remote.versions()} == {("a", 1, 1), ("a", 2, 2)}
         remote.delete_versions_below("t", "a", 2)
         assert remote.count("t", "a") == 2

@@ -60,12 +60,48 @@ def test_top_k_bounds_the_result_count(client: TestClient) -> None:
 
 
 def test_score_threshold_drops_weak_matches(client: TestClient) -> None:
-    everything = search(client, "honeybee waggle dance", top_k=100)
+    everything = search(client, "honeybee waggle dance", top_k=100, mode="dense")
     threshold = (everything[2]["score"] + everything[3]["score"]) / 2
-    strong = search(client, "honeybee waggle dance", top_k=100, score_threshold=threshold)
+    strong = search(client, "honeybee waggle dance", top_k=100, score_threshold=threshold, mode="dense")
     assert [(r["document_id"], r["chunk_index"]) for r in strong] == [
         (r["document_id"], r["chunk_index"]) for r in everything[:3]
     ]
+    # The threshold is a cosine floor in every mode: hybrid keeps exactly the chunks above it (its dense side
+    # brings them all in), sparse those of them that share a term with the query.
+    above = {(r["document_id"], r["chunk_index"]) for r in everything[:3]}
+    hybrid = search(client, "honeybee waggle dance", top_k=100, score_threshold=threshold, mode="hybrid")
+    assert {(r["document_id"], r["chunk_index"]) for r in hybrid} == above
+    sparse = search(client, "honeybee waggle dance", top_k=100, score_threshold=threshold, mode="sparse")
+    assert sparse
+    assert {(r["document_id"], r["chunk_index"]) for r in sparse} <= above
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_every_mode_answers_and_says_which_it_ran(client: TestClient, mode: str) -> None:
+    response = client.post("/v1/search", json={"query": "honeybee waggle dance", "mode": mode})
+    assert response.status_code == 200, response.text
+    assert response.json()["mode"] == mode
+    assert response.json()["results"][0]["document_id"] == "honeybees"
+    assert client.post("/v1/search", json={"query": "honeybee"}).json()["mode"] == "hybrid"
+
+
+@pytest.mark.parametrize("mode", ["bm25", "HYBRID", "", 1, None])
+def test_an_unknown_mode_is_a_422_naming_the_modes(client: TestClient, mode: object) -> None:
+    response = client.post("/v1/search", json={"query": "honeybee", "mode": mode})
+    if mode is None:  # an explicit null is the default
+        assert response.status_code == 200
+        return
+    assert response.status_code == 422, response.text
+    assert "dense" in response.text
+    assert "hybrid" in response.text
+
+
+def test_the_openapi_document_states_the_modes(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SearchRequest"]["properties"][
+        "mode"
+    ]
+    assert {"dense", "sparse", "hybrid"} <= set(json.dumps(schema).replace('"', " ").split())
+    assert "reciprocal rank fusion" in json.dumps(schema)
 
 
 def ids(results: list[dict]) -> set[str]:

@@ -74,7 +74,10 @@ def _orphans(client: TestClient, document_id: str, version: int, count: int) -> 
     )
 
 
-def test_search_finds_every_visible_chunk_however_many_orphans_outrank_them(client: TestClient) -> None:
+@pytest.mark.parametrize("mode", ["dense", "sparse", "hybrid"])
+def test_search_finds_every_visible_chunk_however_many_orphans_outrank_them(
+    client: TestClient, mode: str
+) -> None:
     text = "\n\n".join(f"Chapter {i}: salmon and trout spawn in rivers, part {i}." for i in range(4))
     assert client.put("/v1/documents/real", json={"text": text}).status_code == 201
     chunks = client.get("/v1/documents/real").json()["chunk_count"]
@@ -82,7 +85,7 @@ def test_search_finds_every_visible_chunk_however_many_orphans_outrank_them(clie
     _orphans(client, "ghost", 5, 600)  # never activated
     _orphans(client, "real", 1, 300)  # an older version of the real document
     for top_k in (1, 5, 20):
-        response = client.post("/v1/search", json={"query": TEXT, "top_k": top_k})
+        response = client.post("/v1/search", json={"query": TEXT, "top_k": top_k, "mode": mode})
         assert response.status_code == 200, response.text
         results = response.json()["results"]
         assert len(results) == min(top_k, chunks), results

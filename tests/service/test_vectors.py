@@ -248,6 +248,9 @@ def test_server_mode_creates_the_collection_with_cosine_and_payload_indexes(tmp_
     store.ensure_collection()
     created = next(kwargs for name, _, kwargs in client.calls if name == "create_collection")
     assert created["vectors_config"] == models.VectorParams(size=384, distance=models.Distance.COSINE)
+    assert created["sparse_vectors_config"] == {
+        "bm25": models.SparseVectorParams(modifier=models.Modifier.IDF)
+    }
     assert created["replication_factor"] == 2
     assert created["shard_number"] == 3
     indexes = {

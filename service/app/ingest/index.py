@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 from service.app.ingest.chunking import Chunker
 from service.app.store.protocols import Embedder
+from service.app.store.sparse import ENCODER_ID
 from service.app.store.vectors import VectorStore, collection_name
 
 
@@ -45,7 +46,10 @@ class IndexConfig:
         base = collection_name(prefix, self.model, dimension)
         if legacy:
             return base
-        digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        # The sparse encoder is part of what a collection holds: rebuilding the same model and chunking for
+        # sparse vectors (or a new encoder) gets a collection of its own, never the one being served.
+        material = {**self.as_dict(), "sparse": ENCODER_ID}
+        digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:10]
         return f"{base}__{digest}"
 
 

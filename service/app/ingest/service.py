@@ -72,6 +72,7 @@ from service.app.ingest.models import (
 )
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRecord, DocumentRegistry
+from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint, VectorStore
 
 logger = logging.getLogger(__name__)
@@ -308,6 +309,7 @@ class IngestService:
             FAILURES.labels(component="embedder").inc()
             logger.error("embedding failed", exc_info=exc)
             raise ServiceUnavailable("embedding failed; nothing was changed, retry later") from exc
+        sparse = default_encoder().documents(texts)  # BM25 for sparse and hybrid search, ~0.1 ms a chunk
         return [
             ChunkPoint(
                 tenant_id=tenant_id,
@@ -319,8 +321,11 @@ class IngestService:
                 metadata=metadata,
                 content_hash=digest,
                 model=generation.embedder.model_name,
+                sparse=sparse_vector,
             )
-            for index, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
+            for index, (chunk_text, vector, sparse_vector) in enumerate(
+                zip(texts, vectors, sparse, strict=True)
+            )
         ]
 
     def _publish_in(

@@ -24,6 +24,10 @@ How a re-index never loses a write and never fails a search
 Search results are judged against the registry in both collections (points carry the same active versions),
 so a search during the build or across the switch returns only active versions, as always.
 
+The same model and chunking can be re-indexed when the served collection has no sparse (BM25) vectors (one
+created before they existed, on a Qdrant server that cannot add a vector in place): the target gets both, and
+sparse and hybrid search work from the switch on. The service starts that re-index itself at start-up.
+
 Documents written before the registry kept texts (migration 0003) cannot be rebuilt without their client:
 they are counted as ``documents_without_text`` and listed (first 20), and the switch still happens only if
 there are none, unless ``allow_missing`` is given.
@@ -122,7 +126,8 @@ class Reindexer:
         with self._lock:
             if self.running():
                 raise Conflict("a re-index is already running; wait for it or check GET /v1/admin/reindex")
-            if config == self.index.current.config:
+            current = self.index.current
+            if config == current.config and getattr(current.vectors, "has_sparse", True):
                 raise InvalidInput("the index is already built with this model and chunking")
             generation = self.make_generation(config)  # InvalidInput for a model that cannot be loaded
             self._stop.clear()

@@ -1,5 +1,10 @@
 """Search: embed the query, ask the vector store, keep only chunks of ACTIVE document versions.
 
+Modes: ``dense`` (the embedding), ``sparse`` (BM25 vector of the query, service.app.store.sparse) or ``hybrid``
+(both, fused by the store with reciprocal rank fusion). A request without a mode gets DEFAULT_MODE, or dense
+while the served collection has no sparse vectors (one created before them, until a re-index); asking for
+sparse or hybrid then is a 409 naming the re-index.
+
 The vector store may hold points that are not (or no longer) visible: a new version being written, an old one
 not yet cleaned up, leftovers of a crashed or failed write (see service.app.ingest.service and
 service.app.store.gc). The registry decides: hits are over-fetched and those whose (document_id, version) is not
@@ -17,13 +22,14 @@ from collections.abc import Sequence
 
 from anyio import to_thread
 
-from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.errors import Conflict, RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES, INVISIBLE_HITS, SEARCH_SECONDS
 from service.app.ingest.index import ActiveIndex
-from service.app.search.models import SearchRequest, SearchResponse, SearchResult
+from service.app.search.models import DEFAULT_MODE, SearchRequest, SearchResponse, SearchResult
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
-from service.app.store.vectors import MetadataCondition, VectorHit, VectorStore
+from service.app.store.sparse import SparseVector, default_encoder
+from service.app.store.vectors import MetadataCondition, SearchMode, VectorHit, VectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +68,13 @@ class SearchService:
         """The ``top_k`` best chunks matching the request, best first."""
         conditions = request.conditions()
         # One threadpool hop for the whole blocking part: under CPU contention every hop costs scheduling time.
-        hits = await to_thread.run_sync(
+        mode, hits = await to_thread.run_sync(
             lambda: self._search_blocking(
-                tenant_id, request.query, request.top_k, conditions, request.score_threshold
+                tenant_id, request.query, request.top_k, conditions, request.score_threshold, request.mode
             )
         )
         return SearchResponse(
+            mode=mode,
             results=[
                 SearchResult(
                     document_id=hit.document_id,
@@ -77,7 +84,7 @@ class SearchService:
                     metadata=hit.metadata,
                 )
                 for hit in hits
-            ]
+            ],
         )
 
     def _search_blocking(
@@ -87,45 +94,59 @@ class SearchService:
         top_k: int,
         conditions: Sequence[MetadataCondition],
         score_threshold: float | None,
-    ) -> list[VectorHit]:
+        requested: SearchMode | None,
+    ) -> tuple[SearchMode, list[VectorHit]]:
         generation = self.index.current if self.index is not None else None
         store, embedder = (generation.vectors, generation.embedder) if generation else self._fixed
-        try:
-            vector = embedder.embed_query(query)
-        except RagError:
-            raise
-        except Exception as exc:
-            FAILURES.labels(component="embedder").inc()
-            logger.error("query embedding failed", exc_info=exc)
-            raise ServiceUnavailable("query embedding failed; retry later") from exc
+        mode = resolve_mode(store, requested)
+        vector = None
+        if mode != "sparse" or score_threshold is not None:  # sparse needs the embedding only for a threshold
+            try:
+                vector = embedder.embed_query(query)
+            except RagError:
+                raise
+            except Exception as exc:
+                FAILURES.labels(component="embedder").inc()
+                logger.error("query embedding failed", exc_info=exc)
+                raise ServiceUnavailable("query embedding failed; retry later") from exc
+        sparse = default_encoder().query(query) if mode != "dense" else None
         started = time.perf_counter()
-        hits = self._visible_hits(store, tenant_id, vector, top_k, conditions, score_threshold)
+        hits = self._visible_hits(store, tenant_id, vector, top_k, conditions, score_threshold, mode, sparse)
         SEARCH_SECONDS.observe(time.perf_counter() - started)
-        return hits
+        return mode, hits
 
     def _visible_hits(
         self,
         store: VectorStore,
         tenant_id: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         top_k: int,
         conditions: Sequence[MetadataCondition],
         score_threshold: float | None,
+        mode: SearchMode = "dense",
+        sparse: SparseVector | None = None,
     ) -> list[VectorHit]:
         limit = top_k + max(OVERFETCH_MIN, top_k // 4)
         offset = 0
         kept: list[VectorHit] = []
         seen: set[tuple[str, int]] = set()
         active: dict[str, int | None] = {}
+        # A fused ranking depends on how deep each side is read, so a deeper page could reorder what an earlier
+        # page returned: sparse and hybrid re-read the ranking from its top, deeper each round, and keep that.
+        fused = mode != "dense"
         with self.registry.snapshot() as snapshot:
             while True:
+                if fused:
+                    kept, seen = [], set()
                 hits = store.search(
                     tenant_id,
                     vector,
-                    limit=limit,
-                    offset=offset,
+                    limit=offset + limit if fused else limit,
+                    offset=0 if fused else offset,
                     conditions=conditions,
                     score_threshold=score_threshold,
+                    mode=mode,
+                    sparse=sparse,
                 )
                 unknown = {hit.document_id for hit in hits} - active.keys()
                 if unknown:
@@ -139,12 +160,28 @@ class SearchService:
                         kept.append(hit)
                     else:
                         invisible += 1
-                if invisible:
+                done = len(kept) >= top_k or len(hits) < (offset + limit if fused else limit)
+                # A fused re-read sees the earlier pages' invisible hits again: count its last pass only.
+                if invisible and (done or not fused):
                     INVISIBLE_HITS.inc(invisible)
-                if len(kept) >= top_k or len(hits) < limit:
+                if done:
                     return kept[:top_k]
                 # Short of top_k with more hits to come: fetch the next, larger page. Doubling keeps the number
                 # of round trips logarithmic in the number of invisible points, with no cap that could let
                 # orphans crowd out real results.
                 offset += limit
                 limit = min(limit * 2, MAX_PAGE)
+
+
+def resolve_mode(store: VectorStore, requested: SearchMode | None) -> SearchMode:
+    """The mode a request runs in: the one asked for, else DEFAULT_MODE, else dense without sparse vectors."""
+    has_sparse = getattr(store, "has_sparse", False)
+    if requested is None:
+        return DEFAULT_MODE if has_sparse else "dense"  # type: ignore[return-value]
+    if requested != "dense" and not has_sparse:
+        raise Conflict(
+            f"mode {requested!r} needs sparse vectors, and the served index ({store.collection}) was built "
+            "before they existed: re-index it (POST /v1/admin/reindex, or python -m service.reindex start), "
+            "meanwhile use mode 'dense'"
+        )
+    return requested

@@ -187,7 +187,12 @@ class CachedSearch:
             # Without the version there is no safe key; the search itself will report a registry outage.
             logger.warning("search cache bypassed: data version unavailable", exc_info=True)
             return await self._inner.search(tenant_id, request)
-        key = search_cache_key(tenant_id, version, self._model_name, request.model_dump(mode="json"))
+        # The served collection names the model, the chunking and the sparse encoder: a re-index switch (or its
+        # rollback) changes it, so results cached from the other index are never served after it. The data
+        # version alone does not move on a switch.
+        index = getattr(self._inner, "index", None)
+        served = index.current.collection if index is not None else self._model_name
+        key = search_cache_key(tenant_id, version, served, request.model_dump(mode="json"))
         raw = await run_in_threadpool(self._cache.get, key)
         if raw is not None:
             try:

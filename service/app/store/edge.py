@@ -6,8 +6,11 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
 
 - One shard per collection at ``EDGE_PATH/<collection>`` (default ``DATA_DIR/edge``), the collection named as in
   service.app.store.vectors (model and dimension in the name, so vector spaces never mix).
-- The dense vector is NAMED (``DENSE_VECTOR``), cosine distance; a sparse vector (e.g. BM25 for hybrid search)
-  can be added to an existing shard with ``UpdateOperation.create_sparse_vector`` without rebuilding it.
+- The dense vector is NAMED (``DENSE_VECTOR``), cosine distance; the BM25 sparse vector (``SPARSE_VECTOR``, IDF
+  modifier, computed by service.app.store.sparse exactly as for the other adapters) sits beside it, and sparse
+  and hybrid search (RRF fusion of both through prefetches) run in the engine. A shard created before sparse
+  vectors existed gets the vector at open (``UpdateOperation.create_sparse_vector``) and each point's sparse
+  vector from the chunk text its payload keeps, before the store serves (one process owns the shard).
 - Payload indexes on ``tenant_id`` (keyword, ``is_tenant``), ``document_id`` (keyword), ``version`` (integer) and,
   lazily, on each metadata field seen on ingest; deletes by filter use them (no scan, no in-process point index,
   so start-up does not grow with the data: loading the shard is the whole start-up).
@@ -51,12 +54,17 @@ import qdrant_edge as qe
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES
+from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
 from service.app.store.vectors import (
+    PREFETCH_MIN,
+    RRF_K,
     ChunkPoint,
     MetadataCondition,
     PointVersion,
+    SearchMode,
     VectorHit,
     collection_name,
+    fused_search,
     point_id,
 )
 
@@ -199,6 +207,14 @@ def _metadata_index_schema(value: Any) -> qe.PayloadSchemaType | None:
     return None
 
 
+def _sparse(vector: SparseVector) -> qe.SparseVector:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
+def _dense_of(vector: Any) -> Sequence[float] | None:
+    return vector.get(DENSE_VECTOR) if isinstance(vector, dict) else None
+
+
 class _Optimizer:
     """Runs the shard's optimizers in a daemon thread: after every ``chunk_points`` written points, and once
     writes have paused for ``idle_seconds`` (whatever is left, e.g. a vacuum after deletes)."""
@@ -312,6 +328,7 @@ class EdgeVectorStore:
         self._optimizer: _Optimizer | None = None
         self._indexed_metadata: set[str] = set()
         self._state = threading.Lock()  # guards open/close and the metadata-index set, never a search
+        self.has_sparse = False  # set when the shard is open (every shard has it then)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, model_name: str, dimension: int) -> EdgeVectorStore:
@@ -342,6 +359,7 @@ class EdgeVectorStore:
     def _config(self) -> qe.EdgeConfig:
         return qe.EdgeConfig(
             vectors=self._dense_params(),
+            sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             hnsw_config=qe.HnswIndexConfig(
                 m=16,
                 ef_construct=100,
@@ -372,6 +390,7 @@ class EdgeVectorStore:
             try:
                 self._shard = self._open()
                 self._ensure_indexes()
+                self._ensure_sparse()
             except BaseException:
                 self._close_locked()
                 raise
@@ -399,6 +418,43 @@ class EdgeVectorStore:
         return qe.EdgeShard.load(
             str(self.path), qe.EdgeConfig(vectors=self._dense_params(), optimizers=self._optimizers_config())
         )
+
+    def _ensure_sparse(self) -> None:
+        """Add the BM25 vector to a shard that predates it and fill it from every point's chunk text."""
+        config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+        if SPARSE_VECTOR not in (config.get("sparse_vectors") or {}):
+            self.shard.update(
+                qe.UpdateOperation.create_sparse_vector(SPARSE_VECTOR, modifier=qe.Modifier.Idf)
+            )
+            encoder = default_encoder()
+            offset: Any = None
+            filled = 0
+            while True:
+                records, offset = self.shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=["text"])
+                )
+                for start in range(0, len(records), self.upsert_batch):
+                    self.shard.update(
+                        qe.UpdateOperation.update_vectors(
+                            [
+                                qe.PointVectors(
+                                    record.id,
+                                    {
+                                        SPARSE_VECTOR: _sparse(
+                                            encoder.document((record.payload or {})["text"])
+                                        )
+                                    },
+                                )
+                                for record in records[start : start + self.upsert_batch]
+                            ]
+                        )
+                    )
+                filled += len(records)
+                if offset is None:
+                    break
+            self.shard.flush()
+            logger.info("added the %r sparse vector to %s (%d points)", SPARSE_VECTOR, self.path, filled)
+        self.has_sparse = True
 
     def _ensure_indexes(self) -> None:
         schema = self.shard.info().payload_schema
@@ -442,7 +498,7 @@ class EdgeVectorStore:
                     [
                         qe.Point(
                             point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
-                            {DENSE_VECTOR: list(p.vector)},
+                            {DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(p.sparse_vector())},
                             p.payload(),
                         )
                         for p in batch
@@ -453,13 +509,25 @@ class EdgeVectorStore:
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
-        """Write (point id, vector, payload) triples as they are, e.g. copied from another store."""
+        """Write (point id, dense vector, payload) triples as they are, e.g. copied from another store; the sparse
+        vector is computed from the payload's chunk text."""
         self._index_metadata(payload.get("metadata") or {} for _, _, payload in records)
+        encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
             batch = records[start : start + self.upsert_batch]
             self.shard.update(
                 qe.UpdateOperation.upsert_points(
-                    [qe.Point(pid, {DENSE_VECTOR: list(vector)}, payload) for pid, vector, payload in batch]
+                    [
+                        qe.Point(
+                            pid,
+                            {
+                                DENSE_VECTOR: list(vector),
+                                SPARSE_VECTOR: _sparse(encoder.document(payload["text"])),
+                            },
+                            payload,
+                        )
+                        for pid, vector, payload in batch
+                    ]
                 )
             )
             self._wrote(len(batch))
@@ -495,23 +563,69 @@ class EdgeVectorStore:
     def search(
         self,
         tenant_id: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         *,
         limit: int,
         offset: int = 0,
         conditions: Sequence[MetadataCondition] = (),
         score_threshold: float | None = None,
+        mode: SearchMode = "dense",
+        sparse: SparseVector | None = None,
     ) -> list[VectorHit]:
-        """Nearest chunks of the tenant matching every condition, best first (the engine releases the GIL)."""
-        request = qe.QueryRequest(
-            limit=limit,
-            offset=offset or None,
-            query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
-            filter=qe.Filter(must=[_match("tenant_id", tenant_id), *(_condition(c) for c in conditions)]),
-            with_payload=True,
-            score_threshold=score_threshold,
-        )
-        return [VectorHit.from_payload(point.payload, point.score) for point in self.shard.query(request)]
+        """Best chunks of the tenant matching every condition, by ``mode`` (see `VectorStore.search`); the
+        engine releases the GIL while it searches."""
+        selection = qe.Filter(must=[_match("tenant_id", tenant_id), *(_condition(c) for c in conditions)])
+        if mode == "dense":
+            if vector is None:
+                raise ValueError("dense search needs the query vector")
+            request = qe.QueryRequest(
+                limit=limit,
+                offset=offset or None,
+                query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
+                filter=selection,
+                with_payload=True,
+                score_threshold=score_threshold,
+            )
+            return [VectorHit.from_payload(point.payload, point.score) for point in self.shard.query(request)]
+        if sparse is None:
+            raise ValueError(f"{mode} search needs the query's sparse vector")
+        sparse_query = qe.Query.Nearest(_sparse(sparse), using=SPARSE_VECTOR)
+        with_vector: Any = [DENSE_VECTOR] if score_threshold is not None else False
+
+        def fetch(depth: int) -> list[tuple[VectorHit, Sequence[float] | None]]:
+            if mode == "sparse":
+                request = qe.QueryRequest(
+                    limit=depth,
+                    query=sparse_query,
+                    filter=selection,
+                    with_payload=True,
+                    with_vector=with_vector,
+                )
+            else:
+                assert vector is not None
+                prefetch_limit = max(depth, PREFETCH_MIN)
+                request = qe.QueryRequest(
+                    limit=depth,
+                    prefetches=[
+                        qe.Prefetch(
+                            prefetch_limit,
+                            query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
+                            filter=selection,
+                            score_threshold=score_threshold,
+                        ),
+                        qe.Prefetch(prefetch_limit, query=sparse_query, filter=selection),
+                    ],
+                    query=qe.Fusion.Rrf(k=RRF_K),
+                    filter=selection,
+                    with_payload=True,
+                    with_vector=with_vector,
+                )
+            return [
+                (VectorHit.from_payload(point.payload, point.score), _dense_of(point.vector))
+                for point in self.shard.query(request)
+            ]
+
+        return fused_search(fetch, vector=vector, limit=limit, offset=offset, score_threshold=score_threshold)
 
     @_guarded
     def count(self, tenant_id: str, document_id: str | None = None) -> int:

@@ -11,7 +11,8 @@ The trade-off: every worker write is one extra local HTTP hop, and the worker ca
 down (its jobs fail over to retries like any backend outage: this adapter raises ServiceUnavailable). With a
 Qdrant server (QDRANT_URL) none of this is used: every process talks to the server.
 
-Wire format: JSON; dataclasses (ChunkPoint, MetadataCondition, VectorHit, PointVersion) as their fields.
+Wire format: JSON; dataclasses (ChunkPoint, MetadataCondition, VectorHit, PointVersion, SparseVector) as their
+fields. The sparse vectors travel as the worker computed them, so the owning store writes what the worker meant.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import httpx
 
 from service.app.core.config import Settings
 from service.app.core.errors import ServiceUnavailable
-from service.app.store.vectors import ChunkPoint, MetadataCondition, PointVersion, VectorHit
+from service.app.store.sparse import SparseVector
+from service.app.store.vectors import ChunkPoint, MetadataCondition, PointVersion, SearchMode, VectorHit
 
 INTERNAL_PREFIX = "/internal/vectors"
 # Operations the endpoint runs (the whole VectorStore protocol but close).
@@ -46,18 +48,26 @@ def encode_args(operation: str, args: dict[str, Any]) -> dict[str, Any]:
     if operation == "upsert":
         out["points"] = [dataclasses.asdict(point) for point in args["points"]]
     if operation == "search":
-        out["vector"] = list(args["vector"])
+        out["vector"] = None if args["vector"] is None else list(args["vector"])
         out["conditions"] = [dataclasses.asdict(condition) for condition in args.get("conditions", ())]
+        out["sparse"] = None if args.get("sparse") is None else dataclasses.asdict(args["sparse"])
     return out
+
+
+def _sparse(value: Any) -> SparseVector | None:
+    return None if value is None else SparseVector.of(value["indices"], value["values"])
 
 
 def decode_args(operation: str, args: dict[str, Any]) -> dict[str, Any]:
     """The inverse of encode_args, on the owning side."""
     out = dict(args)
     if operation == "upsert":
-        out["points"] = [ChunkPoint(**point) for point in args["points"]]
+        out["points"] = [
+            ChunkPoint(**{**point, "sparse": _sparse(point.get("sparse"))}) for point in args["points"]
+        ]
     if operation == "search":
         out["conditions"] = [MetadataCondition(**condition) for condition in args.get("conditions", [])]
+        out["sparse"] = _sparse(args.get("sparse"))
     return out
 
 
@@ -80,6 +90,7 @@ class RemoteVectorStore:
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 60.0, transport: Any = None) -> None:
         self.collection = "remote"
+        self.has_sparse = False  # the owning store's, learnt by ensure_collection
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -115,7 +126,8 @@ class RemoteVectorStore:
         return decode_result(operation, response.json()["result"])
 
     def ensure_collection(self) -> None:
-        self._call("ensure_collection")
+        result = self._call("ensure_collection")
+        self.has_sparse = bool(isinstance(result, dict) and result.get("has_sparse"))
 
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         self._call("upsert", points=list(points))
@@ -132,12 +144,14 @@ class RemoteVectorStore:
     def search(
         self,
         tenant_id: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         *,
         limit: int,
         offset: int = 0,
         conditions: Sequence[MetadataCondition] = (),
         score_threshold: float | None = None,
+        mode: SearchMode = "dense",
+        sparse: SparseVector | None = None,
     ) -> list[VectorHit]:
         return self._call(
             "search",
@@ -147,6 +161,8 @@ class RemoteVectorStore:
             offset=offset,
             conditions=conditions,
             score_threshold=score_threshold,
+            mode=mode,
+            sparse=sparse,
         )
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int:

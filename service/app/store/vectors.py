@@ -6,6 +6,13 @@
   mixes vector spaces; it is created at start-up (cosine distance) together with payload indexes on ``tenant_id``
   (keyword, ``is_tenant``), ``document_id``, ``version`` and, lazily, each metadata field seen on ingest. Local
   mode ignores payload indexes (it filters by scanning), which is fine for its scale.
+- Every point carries two vectors: the dense embedding (the unnamed default vector here; ``dense`` in the
+  embedded engine) and a BM25 sparse vector ``bm25`` computed by the service (service.app.store.sparse) and
+  stored with Qdrant's IDF modifier. Search `mode` picks dense, sparse or both fused with reciprocal rank
+  fusion through the Query API (prefetch + fusion), see `fused_search`. A collection created before sparse
+  vectors existed is upgraded in place in local mode (sparse vector added, then filled from the chunk text each
+  point keeps); a server collection is not (a 1.15 server cannot add a vector to a collection): it serves
+  dense search until a re-index builds its successor with both (``has_sparse``).
 - Point ids are uuid5(tenant/document/version/chunk_index): re-running the same write is idempotent, and two
   versions of a document never overwrite each other's points. Payload: tenant_id, document_id, version,
   chunk_index, text, metadata, content_hash, model.
@@ -18,23 +25,37 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
 from qdrant_client import QdrantClient, models
 
 from service.app.core.config import Settings
-from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.errors import Conflict, RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES
+from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
 
 logger = logging.getLogger(__name__)
 
 POINT_NAMESPACE = uuid.UUID("6f1d9c1e-3b0a-5d3e-9a59-0c1f4e2b7a10")
 UPSERT_BATCH = 256
+BACKFILL_PAGE = 512
+
+SearchMode = Literal["dense", "sparse", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("dense", "sparse", "hybrid")
+# Reciprocal rank fusion: score = sum over the dense and sparse rankings of 1 / (k + rank), rank from 0. k = 2
+# is Qdrant's own default and the only one a 1.15 server takes (a parameterised k needs 1.16), so every adapter
+# uses it and fuses alike.
+RRF_K = 2
+# Candidates each side of a fusion contributes: at least this many, and at least the page asked for.
+PREFETCH_MIN = 50
+# The deepest fused ranking one search reads (sparse/hybrid with a score threshold drop hits after fusion).
+MAX_FUSED = 4096
 
 
 def model_slug(model_name: str) -> str:
@@ -65,6 +86,11 @@ class ChunkPoint:
     metadata: dict[str, Any]
     content_hash: str
     model: str
+    # BM25 vector of ``text``; None: the store computes it (service.app.store.sparse), as the service would.
+    sparse: SparseVector | None = None
+
+    def sparse_vector(self) -> SparseVector:
+        return self.sparse if self.sparse is not None else default_encoder().document(self.text)
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -127,10 +153,68 @@ class PointVersion:
     points: int
 
 
+def cosine(query: Sequence[float], stored: Sequence[float]) -> float:
+    """Cosine similarity (what ``score_threshold`` bounds in every mode)."""
+    dot = sum(a * b for a, b in zip(query, stored, strict=True))
+    norm = math.sqrt(sum(a * a for a in query)) * math.sqrt(sum(b * b for b in stored))
+    return dot / norm if norm else 0.0
+
+
+# (limit) -> the first ``limit`` hits of a sparse or fused ranking, each with its stored dense vector when a
+# score threshold needs it.
+FusedFetch = Callable[[int], list[tuple[VectorHit, Sequence[float] | None]]]
+
+
+def fused_search(
+    fetch: FusedFetch,
+    *,
+    vector: Sequence[float] | None,
+    limit: int,
+    offset: int,
+    score_threshold: float | None,
+) -> list[VectorHit]:
+    """The hits ``[offset, offset + limit)`` of a sparse or hybrid ranking, ``score_threshold`` applied.
+
+    ``score_threshold`` is a minimum cosine similarity in every mode. A fused or BM25 score is not one, so the
+    threshold is applied to each hit's stored dense vector after the engine ranked; the ranking is read from its
+    top, deeper each round, until enough hits pass or the ranking ends. Fewer than ``limit`` hits therefore means
+    there are no more, as in dense mode.
+    """
+    want = offset + limit
+    # At least PREFETCH_MIN deep (what each side of a fusion reads anyway): every page of a search up to that
+    # depth is cut from the same ranking, so paging neither skips nor repeats a hit.
+    depth = max(want, PREFETCH_MIN)
+    while True:
+        # RRF ties are common (1/2 = 1/4 + 1/4) and each engine breaks them its own way: order equal scores by
+        # document and chunk, so every adapter, and every depth, lists them alike.
+        raw = sorted(
+            fetch(depth),
+            key=lambda item: (
+                -round(item[0].score, 6),
+                item[0].document_id,
+                item[0].chunk_index,
+                item[0].version,
+            ),
+        )
+        if score_threshold is None:
+            kept = [hit for hit, _ in raw]
+        else:
+            if vector is None:
+                raise ValueError("a score threshold needs the query's dense vector")
+            kept = [
+                hit for hit, stored in raw if stored is not None and cosine(vector, stored) >= score_threshold
+            ]
+        if len(kept) >= want or len(raw) < depth or depth >= MAX_FUSED:
+            return kept[offset:want]
+        depth = min(depth * 2, MAX_FUSED)
+
+
 class VectorStore(Protocol):
     """What the ingest and search services need from a vector store."""
 
     collection: str
+    # Whether every point has its BM25 vector, so sparse and hybrid search see the whole collection.
+    has_sparse: bool
 
     def ensure_collection(self) -> None: ...
 
@@ -145,13 +229,19 @@ class VectorStore(Protocol):
     def search(
         self,
         tenant_id: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         *,
         limit: int,
         offset: int = 0,
         conditions: Sequence[MetadataCondition] = (),
         score_threshold: float | None = None,
-    ) -> list[VectorHit]: ...
+        mode: SearchMode = "dense",
+        sparse: SparseVector | None = None,
+    ) -> list[VectorHit]:
+        """Best chunks of the tenant, by ``mode``: dense (cosine to ``vector``), sparse (BM25 of ``sparse``) or
+        hybrid (both fused with RRF). ``score_threshold`` is a minimum cosine similarity in every mode (so it
+        needs ``vector``). Fewer than ``limit`` hits: there are no more."""
+        ...
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int: ...
 
@@ -285,6 +375,7 @@ class QdrantVectorStore:
         self._indexed_metadata: set[str] = set()
         self.upsert_batch = UPSERT_BATCH
         self._points: LocalPointIndex | None = None  # built by ensure_collection in local mode
+        self.has_sparse = False  # set by ensure_collection
 
     def sibling(self, collection: str, dimension: int) -> QdrantVectorStore:
         """A store on another collection through the same client (and, in local mode, the same lock).
@@ -345,7 +436,8 @@ class QdrantVectorStore:
 
     @_guarded
     def ensure_collection(self) -> None:
-        """Create the collection and its payload indexes when missing; check the dimension when present."""
+        """Create the collection (dense + BM25 sparse vector) and its payload indexes when missing; check the
+        dimension when present, and add the sparse vector to a local-mode collection that predates it."""
         if self.client.collection_exists(self.collection):
             info = self.client.get_collection(self.collection)
             vectors = info.config.params.vectors
@@ -354,16 +446,32 @@ class QdrantVectorStore:
                 raise ServiceUnavailable(
                     f"collection {self.collection} has vectors of size {size}, the model gives {self.dimension}"
                 )
+            self.has_sparse = SPARSE_VECTOR in (info.config.params.sparse_vectors or {})
         else:
             self.client.create_collection(
                 self.collection,
                 vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
+                sparse_vectors_config={
+                    SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                },
                 replication_factor=self._settings.qdrant_replication_factor,
                 shard_number=self._settings.qdrant_shard_number,
             )
+            self.has_sparse = True
         if self.local:
             self._points = self._scan_points()
+            if not self.has_sparse:
+                self._add_sparse_vector()
             return
+        if not self.has_sparse:
+            # Adding a vector to a live server collection needs Qdrant 1.18 (the stacks run 1.15), and other
+            # replicas write to it meanwhile: the blue/green re-index builds a successor with both vectors.
+            logger.warning(
+                "collection %s has no %r sparse vector: sparse and hybrid search are refused until a re-index "
+                "(POST /v1/admin/reindex) builds one that has",
+                self.collection,
+                SPARSE_VECTOR,
+            )
         self.client.create_payload_index(
             self.collection,
             "tenant_id",
@@ -375,6 +483,41 @@ class QdrantVectorStore:
         self.client.create_payload_index(
             self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
         )
+
+    def _add_sparse_vector(self) -> None:
+        """Local mode: add the BM25 vector to an old collection and fill it from each point's chunk text.
+
+        Runs at start-up, before the process serves (local mode has one process), so no write races it.
+        """
+        self.client.create_vector_name(
+            self.collection,
+            SPARSE_VECTOR,
+            models.SparseVectorNameConfig(sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF)),
+        )
+        encoder = default_encoder()
+        offset: Any = None
+        filled = 0
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=BACKFILL_PAGE, offset=offset, with_payload=["text"], with_vectors=False
+            )
+            if records:
+                self.client.update_vectors(
+                    self.collection,
+                    points=[
+                        models.PointVectors(
+                            id=record.id,
+                            vector={SPARSE_VECTOR: _sparse(encoder.document((record.payload or {})["text"]))},
+                        )
+                        for record in records
+                    ],
+                    wait=True,
+                )
+                filled += len(records)
+            if offset is None:
+                break
+        self.has_sparse = True
+        logger.info("added the %r sparse vector to %s (%d points)", SPARSE_VECTOR, self.collection, filled)
 
     def _scan_points(self) -> LocalPointIndex:
         # One page holding every point: local mode sorts the whole collection for each scroll page, so paging
@@ -449,13 +592,18 @@ class QdrantVectorStore:
                 points=[
                     models.PointStruct(
                         id=point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
-                        vector=list(p.vector),
+                        vector=self._point_vectors(p),
                         payload=p.payload(),
                     )
                     for p in batch
                 ],
                 wait=True,
             )
+
+    def _point_vectors(self, point: ChunkPoint) -> Any:
+        if not self.has_sparse:
+            return list(point.vector)
+        return {"": list(point.vector), SPARSE_VECTOR: _sparse(point.sparse_vector())}
 
     @_guarded
     def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
@@ -508,30 +656,85 @@ class QdrantVectorStore:
     def search(
         self,
         tenant_id: str,
-        vector: Sequence[float],
+        vector: Sequence[float] | None,
         *,
         limit: int,
         offset: int = 0,
         conditions: Sequence[MetadataCondition] = (),
         score_threshold: float | None = None,
+        mode: SearchMode = "dense",
+        sparse: SparseVector | None = None,
     ) -> list[VectorHit]:
-        """Nearest chunks of the tenant matching every condition, best first."""
+        """Best chunks of the tenant matching every condition, by ``mode`` (see `VectorStore.search`)."""
         query_filter = models.Filter(
             must=[
                 models.FieldCondition(key="tenant_id", match=models.MatchValue(value=tenant_id)),
                 *(_condition(c) for c in conditions),
             ]
         )
-        response = self.client.query_points(
-            self.collection,
-            query=list(vector),
-            query_filter=query_filter,
-            limit=limit,
-            offset=offset or None,
-            with_payload=True,
-            score_threshold=score_threshold,
-        )
-        return [VectorHit.from_payload(point.payload, point.score) for point in response.points]
+        if mode == "dense":
+            if vector is None:
+                raise ValueError("dense search needs the query vector")
+            response = self.client.query_points(
+                self.collection,
+                query=list(vector),
+                query_filter=query_filter,
+                limit=limit,
+                offset=offset or None,
+                with_payload=True,
+                score_threshold=score_threshold,
+            )
+            return [VectorHit.from_payload(point.payload, point.score) for point in response.points]
+        if not self.has_sparse:
+            raise Conflict(
+                f"mode {mode!r} needs sparse vectors, and collection {self.collection} was built before they "
+                "existed: re-index it (POST /v1/admin/reindex), meanwhile use mode 'dense'"
+            )
+        if sparse is None:
+            raise ValueError(f"{mode} search needs the query's sparse vector")
+        sparse_query = _sparse(sparse)
+        # Every vector of the hit (the dense one is picked out): selecting the unnamed vector by its name "" is
+        # not something every server version documents.
+        with_vectors = score_threshold is not None
+
+        def fetch(depth: int) -> list[tuple[VectorHit, Sequence[float] | None]]:
+            if mode == "sparse":
+                response = self.client.query_points(
+                    self.collection,
+                    query=sparse_query,
+                    using=SPARSE_VECTOR,
+                    query_filter=query_filter,
+                    limit=depth,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            else:
+                assert vector is not None
+                prefetch_limit = max(depth, PREFETCH_MIN)
+                response = self.client.query_points(
+                    self.collection,
+                    prefetch=[
+                        models.Prefetch(
+                            query=list(vector),
+                            filter=query_filter,
+                            limit=prefetch_limit,
+                            score_threshold=score_threshold,
+                        ),
+                        models.Prefetch(
+                            query=sparse_query, using=SPARSE_VECTOR, filter=query_filter, limit=prefetch_limit
+                        ),
+                    ],
+                    query=models.FusionQuery(fusion=models.Fusion.RRF),
+                    limit=depth,
+                    with_payload=True,
+                    with_vectors=with_vectors,
+                )
+            return [
+                (VectorHit.from_payload(point.payload, point.score), _dense_of(point.vector))
+                for point in response.points
+            ]
+
+        return fused_search(fetch, vector=vector, limit=limit, offset=offset, score_threshold=score_threshold)
 
     @_guarded
     def ping(self) -> None:
@@ -552,6 +755,17 @@ class QdrantVectorStore:
             self.client.close()
         except Exception as exc:
             logger.warning("closing the vector store failed: %s", exc)
+
+
+def _sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
+
+
+def _dense_of(vector: Any) -> Sequence[float] | None:
+    """The unnamed dense vector of a returned point (a list, or a dict keyed by vector name)."""
+    if isinstance(vector, dict):
+        return vector.get("")
+    return vector
 
 
 class _NoLock:

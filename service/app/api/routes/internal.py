@@ -43,6 +43,9 @@ async def vector_operation(operation: str, request: Request, services: ServicesD
     except (TypeError, KeyError) as exc:
         raise InvalidInput(f"bad arguments for {operation}: {exc}") from exc
     # The collection search serves from now (a re-index may have switched it).
-    method = getattr(services.ingest.vectors, operation)
+    store = services.ingest.vectors
+    method = getattr(store, operation)
     result = await to_thread.run_sync(lambda: method(**args))
+    if operation == "ensure_collection":
+        result = {"has_sparse": bool(getattr(store, "has_sparse", False))}
     return InternalResult(result=encode_result(operation, result))

@@ -24,16 +24,20 @@ SEARCH_EXAMPLES = {
             "score_threshold": 0.2,
         },
     },
+    "keyword": {
+        "summary": "an identifier, ranked by BM25 alone",
+        "value": {"query": "FALLOC_FL_COLLAPSE_RANGE", "mode": "sparse"},
+    },
 }
 
 
-@router.post("/search", response_model=SearchResponse, responses=error_responses(413, 503))
+@router.post("/search", response_model=SearchResponse, responses=error_responses(409, 413, 503))
 async def search_documents(
     body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
     services: ServicesDep,
     tenant: TenantDep,
 ) -> Response:
-    """The chunks most similar to the query, best first, optionally filtered by metadata."""
+    """The chunks best matching the query (dense, sparse or hybrid `mode`), best first, optionally filtered."""
     result = await services.search.search(tenant, body)
     # Already a validated SearchResponse: serialise once instead of FastAPI's dump/re-validate/dump.
     return Response(result.model_dump_json(), media_type="application/json")
