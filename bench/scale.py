@@ -416,6 +416,7 @@ def main() -> None:
     parser.add_argument("--concurrency-seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--cache", type=Path, help="directory keeping the corpus embeddings between runs")
     args = parser.parse_args()
     args.concurrency_at = {int(s) for s in args.concurrency_at.split(",") if s}
     args.service_env = {}
@@ -441,11 +442,19 @@ def main() -> None:
             break
     texts = texts[: args.real]
     query_texts = [doc.split(".")[0][:200] for doc in docs[: args.queries + 10]]
-    print(f"embedding {len(texts)} real chunks and {len(query_texts)} queries", flush=True)
     started = time.perf_counter()
-    base = np.asarray(embedder.embed_documents(texts), dtype=np.float32)
+    if args.cache and (args.cache / "base.npy").is_file():
+        # Same corpus and split (same --real, --queries, --seed), embedded by an earlier run.
+        base, query_vectors = np.load(args.cache / "base.npy"), np.load(args.cache / "queries.npy")
+    else:
+        print(f"embedding {len(texts)} real chunks and {len(query_texts)} queries", flush=True)
+        base = np.asarray(embedder.embed_documents(texts), dtype=np.float32)
+        query_vectors = np.asarray([embedder.embed_query(t) for t in query_texts], dtype=np.float32)
+        if args.cache:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            np.save(args.cache / "base.npy", base)
+            np.save(args.cache / "queries.npy", query_vectors)
     embed_seconds = time.perf_counter() - started
-    query_vectors = np.asarray([embedder.embed_query(t) for t in query_texts], dtype=np.float32)
     nprng = np.random.default_rng(args.seed)
     # Start-up of the same service on an empty data dir: what start-up costs before any data (imports, model).
     started = time.perf_counter()
