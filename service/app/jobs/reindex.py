@@ -303,14 +303,20 @@ class Reindexer:
     def _run(self, target: IndexGeneration, allow_missing: bool) -> None:
         heartbeat: threading.Thread | None = None
         try:
-            if not self._lease(target):
-                return  # another replica built it and switched
+            try:
+                if not self._lease(target):
+                    return  # another replica built it and switched
+            except Exception as exc:  # shutting down while waiting for another replica's lease
+                message = exc.message if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
+                self._set(replace(self._status, state="failed", error=message, finished_at=datetime.now(UTC)))
+                return
             heartbeat = threading.Thread(target=self._heartbeat, name="reindex-lease", daemon=True)
             heartbeat.start()
             self._build_and_switch(target, allow_missing)
         finally:
             if self._building:
-                self._building = False
+                with self._sync_lock:
+                    self._building = False
                 self._stop_heartbeat.set()
                 if heartbeat is not None:
                     heartbeat.join()
@@ -338,7 +344,8 @@ class Reindexer:
             if lease is not None and lease.holder == self.holder:
                 self._lease_lost.clear()
                 self._stop_heartbeat = threading.Event()
-                self._building = True
+                with self._sync_lock:  # no follow of the pointer is half-way when this thread owns the state
+                    self._building = True
                 self._set(replace(self._status, state="building", builder=self.holder, error=None))
                 logger.info("re-index lease taken by %s for %s", self.holder, target.collection)
                 return True
@@ -468,7 +475,8 @@ class Reindexer:
 
     def _switch(self, to: IndexGeneration, standby: IndexGeneration) -> None:
         """Persist the pointer (compare-and-set), move the alias, then swap the process's state."""
-        self.registry.switch_index(to.collection, to.config.as_dict(), expected=standby.collection)
-        if self.alias:
-            to.vectors.set_alias(self.alias)
-        self.index.set(IndexState(current=to, shadow=standby))
+        with self._sync_lock:  # a follow that read the pointer before this switch cannot undo it
+            self.registry.switch_index(to.collection, to.config.as_dict(), expected=standby.collection)
+            if self.alias:
+                to.vectors.set_alias(self.alias)
+            self.index.set(IndexState(current=to, shadow=standby))
