@@ -276,6 +276,11 @@ class ServiceSettings:
     chunkOverlap: int = _f(min=0, max=8191)
     embeddingBatchSize: int = _f(min=1, max=1024)
     maxDocumentBytes: int = _f(min=1, max=1_000_000_000)
+    # Extraction budgets (service/app/ingest/sandbox.py): sized with the pod's memory limit, so per stack.
+    extractWorkers: int = _f(min=1, max=64)
+    extractCpuSeconds: int = _f(min=1, max=3600)
+    extractMemoryMb: int = _f(min=160, max=65536)
+    extractTimeoutSeconds: int = _f(min=1, max=7200)
     qdrantCollectionPrefix: str = _f(pattern=re.compile(r"^[a-z0-9_-]+$"))
     cacheEnabled: bool = True
     cacheTtlSeconds: int = _f(min=1, max=86400 * 30)
@@ -883,6 +888,11 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
     if service.settings.chunkOverlap >= service.settings.chunkSize:
         fail("service.settings.chunkOverlap", "must be smaller than service.settings.chunkSize")
+    if service.settings.extractTimeoutSeconds < service.settings.extractCpuSeconds:
+        fail(
+            "service.settings.extractTimeoutSeconds",
+            "must be at least service.settings.extractCpuSeconds (the service refuses to start otherwise)",
+        )
 
     embedding = config.embedding
     for model in embedding.extraModels:

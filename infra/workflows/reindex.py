@@ -33,7 +33,7 @@ from infra.workflows.reach import StackInfo, read_info
 from infra.workflows.stacks import PROJECT, Context, WorkflowError, _as_object
 
 ROUTE = "/v1/admin/reindex"
-RUNNING = frozenset({"building", "catching_up", "switching"})
+RUNNING = frozenset({"waiting", "building", "catching_up", "switching"})  # waiting: another replica builds
 INDEX_FIELDS = ("model", "chunk_size", "chunk_overlap")
 
 

@@ -146,6 +146,8 @@ def build_services(
         make_generation=make_generation,
         alias=settings.qdrant_collection_prefix if settings.qdrant_url else None,
         drain_timeout_seconds=settings.gc_grace_seconds,
+        lease_seconds=settings.reindex_lease_seconds,
+        pointer_ttl_seconds=settings.index_pointer_ttl_seconds,
     )
     closers.insert(0, reindexer.close)
     # Worker processes start on the first large HTML or PDF; closing stops them (no orphans after SIGTERM).
@@ -162,7 +164,10 @@ def build_services(
         reindexer=reindexer,
         extractor=extractor,
     )
-    ingest.sync_index = lambda: _follow_pointer(registry, index, reindexer, make_generation)
+    # Every search and write first follows the persisted pointer and lease (cached for a short TTL), so a
+    # switch or rollback by another replica is served here without a write, and writes reach its build.
+    ingest.sync_index = reindexer.sync
+    services.search.sync_index = reindexer.sync
     needs_sparse = not getattr(generation.vectors, "has_sparse", True)
     if (generation.config != wanted or needs_sparse) and settings.reindex_on_config_change and start_reindex:
         # A changed model or chunking, or a collection without the sparse vectors hybrid search needs: build
@@ -174,42 +179,11 @@ def build_services(
             ", adding sparse vectors" if needs_sparse else "",
         )
         try:
-            reindexer.start(wanted)
+            reindexer.start(wanted, queue=True)  # one replica builds; the others wait for its lease
         except InvalidInput as exc:
             # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
             logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
     return services
-
-
-def _follow_pointer(
-    registry: DocumentRegistry,
-    index: ActiveIndex,
-    reindexer: Reindexer,
-    make_generation: Callable[..., IndexGeneration],
-) -> None:
-    """Adopt a switch another process made (its re-index or rollback): serve and write where the pointer says.
-
-    Called before each write, so a worker or another replica writes into the new collection (and keeps the
-    old one, the rollback target, as its shadow) from its first write after the switch.
-    """
-    if reindexer.running():
-        return  # this process is switching itself
-    pointer = registry.index_pointer()
-    state = index.state
-    if pointer is None or pointer.collection == state.current.collection:
-        return
-    generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
-    # A store object new to this process learns the collection's vectors here (has_sparse): without it, this
-    # process would write dense-only points into a collection that has sparse ones, which sparse search misses.
-    generation.vectors.ensure_collection()
-    standby = None
-    if pointer.previous_collection == state.current.collection:
-        standby = state.current
-    elif pointer.previous_collection and pointer.previous_config:
-        standby = make_generation(IndexConfig.from_dict(pointer.previous_config), pointer.previous_collection)
-        standby.vectors.ensure_collection()
-    logger.info("following the index pointer to %s", pointer.collection)
-    index.set(IndexState(current=generation, shadow=standby))
 
 
 def _generation_factory(

@@ -167,6 +167,19 @@ def test_service_settings_become_service_environment_variables() -> None:
     assert env["QDRANT_COLLECTION_PREFIX"] == "documents"
 
 
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_every_stack_s_service_settings_are_variables_the_service_accepts(stack: str) -> None:
+    """The ConfigMap's settings are real service settings with values its validation accepts (a name typo or an
+    out-of-range budget would otherwise surface only as a crash-looping pod)."""
+    from service.app.core.config import Settings
+
+    env = parse_config(stack_values(stack), stack).service.settings.env()
+    assert {name.lower() for name in env} <= set(Settings.model_fields)
+    settings = Settings(_env_file=None, **{name.lower(): value for name, value in env.items()})
+    assert settings.extract_memory_mb == int(env["EXTRACT_MEMORY_MB"])
+    assert settings.extract_timeout_seconds >= settings.extract_cpu_seconds
+
+
 @pytest.mark.parametrize(
     ("changes", "key", "fragment"),
     [

@@ -78,6 +78,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("staging", {"service": {"replicas": 9}}, "service.replicas", "must lie within"),
     ("dev", {"service": {"settings": {"chunkOverlap": 2000}}}, "service.settings.chunkOverlap", "smaller"),
+    (
+        "prod",
+        {"service": {"settings": {"extractCpuSeconds": 120}}},
+        "service.settings.extractTimeoutSeconds",
+        "at least service.settings.extractCpuSeconds",
+    ),
     ("staging", {"service": {"pdb": {"minAvailable": 2}}}, "service.pdb.minAvailable", "drains would block"),
     ("dev", {"postgres": {"mode": "managed"}}, "postgres.mode", "managed needs a cloud cluster"),
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),

@@ -357,3 +357,30 @@ def test_migrate_store_indexes_chunk_by_chunk_so_no_segment_outgrows_the_cap(tmp
         assert info.segments_count >= 600 // 128
     finally:
         store.close()
+
+
+def test_a_filter_on_a_number_past_int64_matches_nothing_instead_of_failing(tmp_path: Path) -> None:
+    # The engine's integer match raised on 1.27e272 (an integral float) and the API answered 503 (API fuzzer).
+    from service.app.store.vectors import MetadataCondition
+
+    store = EdgeVectorStore(
+        tmp_path / "edge" / "c", collection="c", dimension=DIM, optimize_idle_seconds=None
+    )
+    store.ensure_collection()
+    try:
+        store.upsert(points("a", 5))
+        for value in (1.2707057865512541e272, 10**30, -(10**30)):
+            hits = store.search(
+                "t", [1.0, 0.0, 0.1, 0.25], limit=5, conditions=[MetadataCondition("n", equals=value)]
+            )
+            assert hits == []
+        assert (
+            len(
+                store.search(
+                    "t", [1.0, 0.0, 0.1, 0.25], limit=5, conditions=[MetadataCondition("n", equals=3.0)]
+                )
+            )
+            == 1
+        )
+    finally:
+        store.close()

@@ -10,6 +10,7 @@ waits poll a state (a worker busy, a process gone) with a deadline that only bou
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -177,6 +178,41 @@ def test_an_idle_worker_killed_from_outside_does_not_break_extraction(
         assert statuses[0] in (201, 503)
 
 
+async def _until(condition: Any) -> None:
+    """Poll a state (not a time): asyncio.wait_for around the scenario bounds a hang."""
+    for _ in range(100_000):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+
+
+def test_a_cancelled_extraction_frees_its_worker() -> None:
+    """A request cancelled mid-extraction (its client went away) kills the worker parsing for it, so a dropped
+    connection does not keep burning a worker for EXTRACT_CPU_SECONDS; the pool replaces the worker."""
+
+    async def scenario() -> None:
+        settings = Settings(
+            _env_file=None, extract_workers=1, extract_cpu_seconds=600, extract_timeout_seconds=600
+        )
+        extractor = Extractor(settings)
+        try:
+            task = asyncio.create_task(extractor.html(SLOW_HTML))
+            await _until(lambda: extractor.worker_pids(busy=True))
+            (busy,) = extractor.worker_pids(busy=True)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await _until(lambda: extractor.worker_pids() and busy not in extractor.worker_pids())
+            assert (
+                await extractor.html(PAGE)
+                == "Basalt\n\nBasalt columns form when thick lava flows cool slowly."
+            )
+        finally:
+            extractor.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+
+
 def test_pdfs_are_always_extracted_in_a_worker(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
     """A PDF's cost is not its size (a small file can inflate a compressed stream): it never parses inline."""
     with running_app(_budget_settings(tmp_path), embedder=embedder) as client:
@@ -185,6 +221,11 @@ def test_pdfs_are_always_extracted_in_a_worker(tmp_path: Path, embedder: FastEmb
         response = client.post("/v1/documents", files={"file": ("leaf.pdf", data, "application/pdf")})
         assert response.status_code == 201, response.text
         assert _extractions(client, "worker", "ok") == before + 1
+        # A worker's own 422 (not a budget) comes back with its reason.
+        bad = client.post("/v1/documents", files={"file": ("x.pdf", b"not a pdf at all", "application/pdf")})
+        assert bad.status_code == 422, bad.text
+        assert bad.json()["error"]["code"] == "invalid_input"
+        assert "no %PDF- header" in bad.json()["error"]["message"]
         inline_before = _extractions(client, "inline", "ok")
         small = client.put("/v1/documents/s", json={"text": "<p>tiny</p>", "content_type": "text/html"})
         assert small.status_code == 201

@@ -66,10 +66,10 @@ def service_process(data: Path, **env_overrides: str) -> Iterator[str]:
         "RATE_LIMIT_ENABLED": "false",
         "CHUNK_SIZE": "200",
         "CHUNK_OVERLAP": "32",
-        **env_overrides,
     }
     for name in ("REDIS_URL", "DATABASE_URL", "QDRANT_URL", "AUTH_DISABLED", "EMBEDDING_MODEL"):
         env.pop(name, None)
+    env.update(env_overrides)  # e.g. a DATABASE_URL several replicas share
     log = data / "service.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(

@@ -103,6 +103,20 @@ class Settings(BaseSettings):
         description="at start-up, re-index in the background when EMBEDDING_MODEL/CHUNK_SIZE/CHUNK_OVERLAP "
         "differ from the index search serves (instead of serving an empty collection)",
     )
+    reindex_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="re-index lease in the registry: the building replica renews it every third of this; "
+        "when it dies, another replica takes the build over after at most this long",
+    )
+    index_pointer_ttl_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=300,
+        description="how stale a replica's view of the index pointer and re-index lease may be before a search "
+        "or write re-reads it (0: every request)",
+    )
     admin_api_key: SecretStr | None = Field(
         None, description="bearer key of the /v1/admin routes (re-index); unset: admin routes refuse (403)"
     )

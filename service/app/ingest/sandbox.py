@@ -130,7 +130,9 @@ def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: i
     except (MemoryError, extract.HtmlParseError):
         return "memory", None
     except RagError as exc:
-        return "error", (type(exc).__name__, exc.message, exc.details)
+        # The parent rebuilds the error by name; every extraction error is one of these two statuses.
+        name = "UnsupportedMediaType" if isinstance(exc, UnsupportedMediaType) else "InvalidInput"
+        return "error", (name, exc.message, exc.details)
     finally:
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
 
@@ -247,6 +249,12 @@ class Extractor:
             ) from exc
         except ProcessExpired as exc:
             raise self._expired(exc) from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the request itself was cancelled (client gone): cancelling the future killed the worker
+            # The pool cancelled the task (it was stopped under it): not the caller's cancellation.
+            raise ServiceUnavailable("the extraction was cancelled by the worker pool; retry") from None
         except (BrokenProcessPool, CancelledError) as exc:
             if self._closed:
                 raise ServiceUnavailable("the service is shutting down; retry on another replica") from exc
@@ -256,7 +264,7 @@ class Extractor:
         if status == "memory":
             raise memory_limit_error(self.memory_mb)
         name, message, details = value
-        raise _CHILD_ERRORS[name](message, **details)
+        raise _CHILD_ERRORS.get(name, InvalidInput)(message, **details)
 
     def _expired(self, exc: ProcessExpired) -> RagError:
         code = exc.exitcode

@@ -32,24 +32,41 @@ Documents written before the registry kept texts (migration 0003) cannot be rebu
 they are counted as ``documents_without_text`` and listed (first 20), and the switch still happens only if
 there are none, unless ``allow_missing`` is given.
 
-Other processes (API replicas, workers) do not see the shadow while a build runs: their writes reach the
-target through the catch-up passes. They adopt a switch at their next write (each write first compares the
-persisted pointer with the index it holds) or start-up; their searches move at that point too. A write already
-in flight at the switch in another process lands in the old collection only and is replayed by the next
-catch-up (a rollback runs one; so does the next re-index). A process restart abandons a running build (the target
-collection is kept and the next build re-uses it: upserts are idempotent).
+Several replicas (a rollout starts N pods with the new config, each wanting the same re-index)
+------------------------------------------------------------------------------------------------
+Only the holder of the registry's **re-index lease** (``index_lease``: holder id, target collection and config,
+expiry) builds. A replica takes it with one conditional statement (free, expired, or already its own) and renews
+it every third of ``REINDEX_LEASE_SECONDS`` from a heartbeat thread; losing it (a pause longer than the lease, a
+takeover) aborts the build before the switch, and the pointer's compare-and-set refuses a stale switch anyway.
+The others report ``waiting`` with the ``builder`` and poll: when the pointer reaches the target they are done
+(``switched``, by the builder), when the lease expires (the builder died: ``kill -9``, a lost node) one of them
+takes it over and builds (upserts are idempotent, so the half-built target is re-used).
+
+Every replica follows the persisted pointer and lease before each search and write (re-read at most every
+``INDEX_POINTER_TTL_SECONDS``): it serves the pointer's collection, and while another replica holds the lease it
+writes into the lease's target collection as well (its shadow), otherwise into the pointer's previous collection
+(the rollback target). So a switch or rollback made by any replica is served by all within the TTL, without a
+write. A write that committed in a replica before it saw the lease (at most one TTL after the build started)
+lands in the current collection only; the builder's catch-up passes, which compare the target with the
+registry, write it into the target. A write in flight in another replica at the very switch is replayed by the
+next catch-up (a rollback runs one; so does the next re-index). Workers follow the pointer the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from service.app.core.errors import Conflict, InvalidInput, RagError
+from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUnavailable
 from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService
@@ -61,7 +78,9 @@ CATCH_UP_PASSES = 5
 PAGE = 200
 MAX_LISTED = 20
 
-State = Literal["idle", "building", "catching_up", "switching", "switched", "failed", "rolled_back"]
+State = Literal[
+    "idle", "waiting", "building", "catching_up", "switching", "switched", "failed", "rolled_back"
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,8 @@ class ReindexStatus:
     documents_without_text: int = 0
     without_text: list[str] = field(default_factory=list)  # "tenant/document", first MAX_LISTED
     error: str | None = None
+    builder: str | None = None  # the replica holding the re-index lease (live), if any
+    replica: str = ""  # this replica's lease holder id
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -103,6 +124,9 @@ class Reindexer:
         make_generation: Callable[[IndexConfig], IndexGeneration],
         alias: str | None = None,
         drain_timeout_seconds: float = 3600.0,
+        lease_seconds: float = 30.0,
+        pointer_ttl_seconds: float = 1.0,
+        holder: str | None = None,
     ) -> None:
         self.registry = registry
         self.ingest = ingest
@@ -114,18 +138,104 @@ class Reindexer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._status = ReindexStatus()
+        self.lease_seconds = lease_seconds
+        self.pointer_ttl_seconds = pointer_ttl_seconds
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._building = False  # this process holds the lease and its thread owns the index state
+        self._lease_lost = threading.Event()
+        self._stop_heartbeat = threading.Event()
+        self._sync_lock = threading.Lock()
+        self._synced_at = float("-inf")
+        self._builder: str | None = None
 
     # -- public API ---------------------------------------------------------------------------------------
 
     def status(self) -> ReindexStatus:
+        self.sync()
         state = self.index.state
-        return replace(self._status, current=_describe(state.current) or {}, standby=_describe(state.shadow))
+        status = replace(
+            self._status,
+            current=_describe(state.current) or {},
+            standby=_describe(state.shadow),
+            builder=self.holder if self._building else self._builder,
+            replica=self.holder,
+        )
+        if not self.running() and self._builder is not None and self._builder != self.holder:
+            status = replace(status, state="building")  # another replica builds: its progress is there
+        return status
 
-    def start(self, config: IndexConfig, *, allow_missing: bool = False) -> ReindexStatus:
-        """Start building ``config`` in the background; Conflict while another re-index runs."""
+    def sync(self, *, force: bool = False) -> None:
+        """Follow the persisted pointer and lease: serve the pointer's collection, dual-write into the target
+        another replica builds (else into the rollback target). Re-read at most every ``pointer_ttl_seconds``.
+
+        A registry outage keeps the state this process has (searches go on; writes fail on the registry).
+        """
+        if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
+            return
+        with self._sync_lock:
+            if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
+                return
+            try:
+                self._sync()
+            except RagError as exc:
+                # A registry outage, or a generation this process cannot make (a model missing in this image):
+                # keep serving what it serves rather than fail the search or write that asked.
+                logger.warning("cannot follow the index pointer: %s", exc.message)
+                return
+            self._synced_at = time.monotonic()
+
+    def _sync(self) -> None:
+        pointer = self.registry.index_pointer()
+        lease = self.registry.index_lease()
+        live = lease if lease is not None and lease.live() else None
+        self._builder = live.holder if live is not None else None
+        if self._building or pointer is None:
+            return  # this process builds and switches itself
+        state = self.index.state
+        held = {g.collection: g for g in (state.current, state.shadow) if g is not None}
+
+        def generation(collection: str, config: dict[str, Any]) -> IndexGeneration:
+            found = held.get(collection)
+            if found is not None:
+                return found
+            made = self.make_generation(IndexConfig.from_dict(config), collection)
+            made.vectors.ensure_collection()
+            return made
+
+        current = generation(pointer.collection, pointer.config)
+        shadow: IndexGeneration | None = None
+        if live is not None and live.holder != self.holder and live.collection != pointer.collection:
+            try:
+                shadow = generation(live.collection, live.config)
+            except InvalidInput as exc:
+                # The builder's catch-up passes still bring this replica's writes into its target.
+                logger.warning(
+                    "cannot dual-write into the re-index target %s: %s", live.collection, exc.message
+                )
+        if shadow is None and pointer.previous_collection and pointer.previous_config:
+            shadow = generation(pointer.previous_collection, pointer.previous_config)
+        if current is state.current and shadow is state.shadow:
+            return
+        if current is not state.current:
+            logger.info("following the index pointer to %s", current.collection)
+        self.index.set(IndexState(current=current, shadow=shadow))
+
+    def start(
+        self, config: IndexConfig, *, allow_missing: bool = False, queue: bool = False
+    ) -> ReindexStatus:
+        """Start building ``config`` in the background; Conflict while another re-index runs.
+
+        ``queue``: when another replica holds the lease, wait for it (and take over if it dies) instead of
+        Conflict: what start-up does, so N pods of a rollout with the new config build it once.
+        """
         with self._lock:
             if self.running():
                 raise Conflict("a re-index is already running; wait for it or check GET /v1/admin/reindex")
+            self.sync(force=True)
+            if not queue and self._builder is not None and self._builder != self.holder:
+                raise Conflict(
+                    f"replica {self._builder} is re-indexing; wait for it or check GET /v1/admin/reindex"
+                )
             current = self.index.current
             if config == current.config and getattr(current.vectors, "has_sparse", True):
                 raise InvalidInput("the index is already built with this model and chunking")
@@ -143,6 +253,11 @@ class Reindexer:
         with self._lock:
             if self.running():
                 raise Conflict("a re-index is running; roll back after it has switched or failed")
+            self.sync(force=True)
+            if self._builder is not None and self._builder != self.holder:
+                raise Conflict(
+                    f"replica {self._builder} is re-indexing; roll back after it has switched or failed"
+                )
             state = self.index.state
             if state.shadow is None:
                 raise InvalidInput("there is no previous index to roll back to")
@@ -186,6 +301,78 @@ class Reindexer:
         REINDEX_DOCUMENTS.labels(state="without_text").set(status.documents_without_text)
 
     def _run(self, target: IndexGeneration, allow_missing: bool) -> None:
+        heartbeat: threading.Thread | None = None
+        try:
+            try:
+                if not self._lease(target):
+                    return  # another replica built it and switched
+            except Exception as exc:  # shutting down while waiting for another replica's lease
+                message = exc.message if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
+                self._set(replace(self._status, state="failed", error=message, finished_at=datetime.now(UTC)))
+                return
+            heartbeat = threading.Thread(target=self._heartbeat, name="reindex-lease", daemon=True)
+            heartbeat.start()
+            self._build_and_switch(target, allow_missing)
+        finally:
+            if self._building:
+                with self._sync_lock:
+                    self._building = False
+                self._stop_heartbeat.set()
+                if heartbeat is not None:
+                    heartbeat.join()
+                with contextlib.suppress(ServiceUnavailable):  # else it expires on its own
+                    self.registry.release_index_lease(self.holder)
+                self._synced_at = float("-inf")
+
+    def _lease(self, target: IndexGeneration) -> bool:
+        """Take the re-index lease, waiting while a live replica holds it; False when that one switched to
+        ``target`` meanwhile (nothing left to build)."""
+        config = target.config.as_dict()
+        while True:
+            try:
+                pointer = self.registry.index_pointer()
+                if pointer is not None and pointer.collection == target.collection:
+                    self.sync(force=True)
+                    self._set(replace(self._status, state="switched", finished_at=datetime.now(UTC)))
+                    return False
+                lease = self.registry.acquire_index_lease(
+                    self.holder, target.collection, config, self.lease_seconds
+                )
+            except ServiceUnavailable as exc:
+                logger.warning("re-index lease: %s", exc.message)
+                lease = None
+            if lease is not None and lease.holder == self.holder:
+                self._lease_lost.clear()
+                self._stop_heartbeat = threading.Event()
+                with self._sync_lock:  # no follow of the pointer is half-way when this thread owns the state
+                    self._building = True
+                self._set(replace(self._status, state="building", builder=self.holder, error=None))
+                logger.info("re-index lease taken by %s for %s", self.holder, target.collection)
+                return True
+            if lease is not None:
+                self._set(replace(self._status, state="waiting", builder=lease.holder))
+                self.sync(force=True)  # dual-write into the builder's target
+            if self._stop.wait(max(self.lease_seconds / 3, 0.05)):
+                raise RuntimeError("the service is shutting down")
+
+    def _heartbeat(self) -> None:
+        """Renew the lease every third of its length; a lost lease stops the build before it switches."""
+        while not self._stop_heartbeat.wait(self.lease_seconds / 3):
+            try:
+                if not self.registry.renew_index_lease(self.holder, self.lease_seconds):
+                    logger.error("re-index lease of %s was taken over; abandoning the build", self.holder)
+                    self._lease_lost.set()
+                    return
+            except ServiceUnavailable as exc:
+                logger.warning("cannot renew the re-index lease: %s", exc.message)
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("the service is shutting down")
+        if self._building and self._lease_lost.is_set():
+            raise RuntimeError("the re-index lease was lost (renewal failed for longer than the lease)")
+
+    def _build_and_switch(self, target: IndexGeneration, allow_missing: bool) -> None:
         try:
             target.vectors.ensure_collection()
             previous = self.index.state
@@ -201,6 +388,10 @@ class Reindexer:
             self._set(replace(self._status, state="catching_up"))
             replayed = self._catch_up(target)
             self._set(replace(self._status, state="switching", documents_replayed=replayed))
+            self._check()
+            if not self.registry.renew_index_lease(self.holder, self.lease_seconds):
+                self._lease_lost.set()
+                self._check()
             with self._lock:
                 self._switch(target, self.index.current)
             replayed += self._catch_up(target)
@@ -249,8 +440,7 @@ class Reindexer:
         listed: list[str] = []
         for kept, missing in self._sources():
             for source in kept:
-                if self._stop.is_set():
-                    raise RuntimeError("the service is shutting down")
+                self._check()
                 self._write(target, source)
                 done += 1
             without += len(missing)
@@ -273,6 +463,7 @@ class Reindexer:
             found = 0
             for kept, _missing in self._sources():
                 for source in kept:
+                    self._check()
                     record = source.record
                     if (record.tenant_id, record.document_id, record.version) not in held:
                         self._write(target, source)
@@ -284,7 +475,8 @@ class Reindexer:
 
     def _switch(self, to: IndexGeneration, standby: IndexGeneration) -> None:
         """Persist the pointer (compare-and-set), move the alias, then swap the process's state."""
-        self.registry.switch_index(to.collection, to.config.as_dict(), expected=standby.collection)
-        if self.alias:
-            to.vectors.set_alias(self.alias)
-        self.index.set(IndexState(current=to, shadow=standby))
+        with self._sync_lock:  # a follow that read the pointer before this switch cannot undo it
+            self.registry.switch_index(to.collection, to.config.as_dict(), expected=standby.collection)
+            if self.alias:
+                to.vectors.set_alias(self.alias)
+            self.index.set(IndexState(current=to, shadow=standby))

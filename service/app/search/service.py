@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from anyio import to_thread
 
@@ -55,6 +55,7 @@ class SearchService:
         self._fixed = (vectors, embedder)
         # Shared with the ingest service: a re-index switches both at once.
         self.index = index
+        self.sync_index: Callable[[], None] | None = None  # set by service.app.main: follow the index pointer
 
     @property
     def vectors(self) -> VectorStore:
@@ -96,6 +97,8 @@ class SearchService:
         score_threshold: float | None,
         requested: SearchMode | None,
     ) -> tuple[SearchMode, list[VectorHit]]:
+        if self.sync_index is not None:
+            self.sync_index()  # follow a switch another replica made (cached; see Reindexer.sync)
         generation = self.index.current if self.index is not None else None
         store, embedder = (generation.vectors, generation.embedder) if generation else self._fixed
         mode = resolve_mode(store, requested)

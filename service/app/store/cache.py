@@ -191,6 +191,12 @@ class CachedSearch:
         # rollback) changes it, so results cached from the other index are never served after it. The data
         # version alone does not move on a switch.
         index = getattr(self._inner, "index", None)
+        sync = getattr(self._inner, "sync_index", None)
+        if sync is not None:
+            # Follow a switch another replica made before naming the collection: a cache hit never reaches the
+            # inner search (which follows too), so without this a replica would serve the old index's cached
+            # results until the tenant's next write.
+            await run_in_threadpool(sync)
         served = index.current.collection if index is not None else self._model_name
         key = search_cache_key(tenant_id, version, served, request.model_dump(mode="json"))
         raw = await run_in_threadpool(self._cache.get, key)

@@ -181,14 +181,20 @@ def _condition(condition: MetadataCondition) -> qe.FieldCondition:
         return qe.FieldCondition(key, match=qe.MatchAny(list(condition.any_of)))
     if condition.equals is not None:
         value = condition.equals
-        if isinstance(value, float) and not value.is_integer():
-            return qe.FieldCondition(key, range=qe.RangeFloat(gte=value, lte=value))
+        # A non-integral float, or a number past int64 (the engine's integer match raises on it: a 503 found by
+        # the API fuzzer), is compared as a float range of one value.
+        if isinstance(value, int | float) and not isinstance(value, bool) and not _is_int64(value):
+            return qe.FieldCondition(key, range=qe.RangeFloat(gte=float(value), lte=float(value)))
         if isinstance(value, float):
             value = int(value)
         return _match(key, value)
     return qe.FieldCondition(
         key, range=qe.RangeFloat(gt=condition.gt, gte=condition.gte, lt=condition.lt, lte=condition.lte)
     )
+
+
+def _is_int64(value: float) -> bool:
+    return float(value).is_integer() and -(2**63) <= value < 2**63
 
 
 def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition) -> qe.Filter:

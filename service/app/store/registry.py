@@ -14,6 +14,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
 - ``index_pointer(name)``: the collection search serves from and its index config (model, chunking), plus
   the previous one for a rollback; a re-index switches it in one compare-and-set update (the embedded
   engine's equivalent of a Qdrant alias change, which server mode makes alongside).
+- ``index_lease(name)``: the replica (``holder``) building the next index and its target collection/config,
+  until ``expires_at``; taken and renewed with conditional updates, so of N replicas starting the same
+  re-index one builds, the others dual-write into its target and wait, and one takes over when it expires.
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -31,7 +34,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -85,6 +88,16 @@ index_pointer = sa.Table(
     sa.Column("previous_collection", sa.String(255), nullable=True),
     sa.Column("previous_config", sa.JSON, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+index_lease = sa.Table(
+    "index_lease",
+    metadata_obj,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("collection", sa.String(255), nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 tenants = sa.Table(
@@ -147,6 +160,24 @@ class IndexPointer:
     config: dict[str, Any]
     previous_collection: str | None
     previous_config: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class IndexLease:
+    """Which replica builds the next index (``collection`` with ``config``), held until ``expires_at``."""
+
+    holder: str
+    collection: str
+    config: dict[str, Any]
+    expires_at: datetime
+
+    def live(self, now: datetime | None = None) -> bool:
+        return _aware(self.expires_at) > (now or datetime.now(UTC))
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands DateTime(timezone=True) back naive; every value written here is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -600,6 +631,72 @@ class DocumentRegistry:
         pointer = self.index_pointer(name)
         assert pointer is not None
         return pointer
+
+    @_guarded
+    def index_lease(self, name: str = "default") -> IndexLease | None:
+        """The re-index lease row (live or expired), or None when nobody holds or held one."""
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(index_lease).where(index_lease.c.name == name)).first()
+        if row is None:
+            return None
+        return IndexLease(row.holder, row.collection, dict(row.config), _aware(row.expires_at))
+
+    @_guarded
+    def acquire_index_lease(
+        self, holder: str, collection: str, config: dict[str, Any], ttl_seconds: float, name: str = "default"
+    ) -> IndexLease:
+        """Take the lease for ``holder`` if it is free, expired or already ``holder``'s; return who holds it.
+
+        One conditional statement decides (an insert, or an update guarded by holder/expiry), so of two
+        replicas racing for it exactly one gets it; the caller compares the returned holder with its own.
+        """
+        now = datetime.now(UTC)
+        values = {
+            "holder": holder,
+            "collection": collection,
+            "config": config,
+            "expires_at": now + timedelta(seconds=ttl_seconds),
+        }
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    index_lease.update()
+                    .where(
+                        index_lease.c.name == name,
+                        sa.or_(index_lease.c.holder == holder, index_lease.c.expires_at <= now),
+                    )
+                    .values(**values)
+                )
+                exists = connection.execute(
+                    sa.select(index_lease.c.name).where(index_lease.c.name == name)
+                ).first()
+                if exists is None:
+                    connection.execute(index_lease.insert().values(name=name, **values))
+        except IntegrityError:
+            pass  # another replica inserted it first: it holds the lease
+        lease = self.index_lease(name)
+        assert lease is not None
+        return lease
+
+    @_guarded
+    def renew_index_lease(self, holder: str, ttl_seconds: float, name: str = "default") -> bool:
+        """Extend ``holder``'s lease; False when it no longer holds it (expired and taken over)."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                index_lease.update()
+                .where(index_lease.c.name == name, index_lease.c.holder == holder)
+                .values(expires_at=now + timedelta(seconds=ttl_seconds))
+            )
+        return result.rowcount == 1
+
+    @_guarded
+    def release_index_lease(self, holder: str, name: str = "default") -> None:
+        """Give the lease up (a finished or failed build); a no-op when ``holder`` no longer holds it."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                index_lease.delete().where(index_lease.c.name == name, index_lease.c.holder == holder)
+            )
 
     @_guarded
     def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:

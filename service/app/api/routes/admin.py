@@ -73,7 +73,11 @@ class ReindexRequest(BaseModel):
 class ReindexStatusOut(BaseModel):
     """State and progress of the re-index, the index search serves from, and the rollback target."""
 
-    state: str
+    state: str = Field(
+        description="idle, waiting (another replica holds the re-index lease), building, catching_up, "
+        "switching, switched, failed or rolled_back; `building` on a replica that is not the builder means "
+        "another replica builds (progress is on that replica)"
+    )
     current: dict[str, Any]
     standby: dict[str, Any] | None
     target: dict[str, Any] | None
@@ -83,12 +87,16 @@ class ReindexStatusOut(BaseModel):
     documents_without_text: int
     without_text: list[str]
     error: str | None
+    builder: str | None = Field(
+        None, description="the replica holding the re-index lease (it builds), or null when none does"
+    )
+    replica: str = Field("", description="this replica's lease holder id (host:pid:random)")
     started_at: Any
     finished_at: Any
     serving: dict[str, Any] | None = Field(
         None,
         description="The persisted index pointer every replica follows (collection + config); `current` is "
-        "what this replica serves, which moves to the pointer at its next write or restart",
+        "what this replica serves, which follows the pointer within INDEX_POINTER_TTL_SECONDS",
     )
 
 
