@@ -195,6 +195,8 @@ def _generation_factory(
     stores: dict[str, VectorStore] = {base.collection: base}
 
     def make(config: IndexConfig, collection: str | None = None) -> IndexGeneration:
+        from service.app.store.edge import EdgeVectorStore
+
         model = embedders.get(config.model)
         if model is None:
             from service.app.store.embedder import EmbeddingModelError, FastEmbedEmbedder
@@ -216,15 +218,20 @@ def _generation_factory(
             collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
         if isinstance(base, QdrantVectorStore):
             store = stores.setdefault(collection, base.sibling(collection, model.dimension))
+        elif isinstance(base, EdgeVectorStore):
+            # One shard directory per collection under EDGE_PATH, sharing the base store's lock; each is
+            # flushed and closed at shutdown.
+            store = stores.get(collection)
+            if store is None:
+                store = stores[collection] = base.sibling(collection, model.dimension)
+                closers.append(store.close)
         elif collection == base.collection or isinstance(base, RemoteVectorStore):
             # A store lent by the API process (service.app.store.remote) serves the API's current collection.
             store = base
         else:
-            # qdrant-edge holds one locked shard directory per store: a second collection beside it is not
-            # wired yet, and writing the new chunking into the served collection would corrupt it.
             raise InvalidInput(
-                f"re-indexing into a new collection is not supported by the {type(base).__name__} store yet; "
-                "use VECTOR_STORE=local or a Qdrant server (QDRANT_URL)"
+                f"re-indexing into a new collection is not supported by the {type(base).__name__} store; "
+                "use the embedded store (VECTOR_STORE=edge) or a Qdrant server (QDRANT_URL)"
             )
         try:
             chunker = Chunker(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.app.store.edge import DirectoryLock, StoreLocked
 from service.app.store.embedder import FastEmbedEmbedder
 from tests.service.support import make_settings, running_app, services_of
 
@@ -55,14 +56,21 @@ def settings_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(settings_dir: Path, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
+def store_kind() -> str:
+    """The embedded store under test; the tests that hold for both are parametrized over it."""
+    return "local"
+
+
+@pytest.fixture
+def client(settings_dir: Path, embedder: FastEmbedEmbedder, store_kind: str) -> Iterator[TestClient]:
     settings = make_settings(
-        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store=store_kind
     )
     with running_app(settings, embedder=embedder) as client:
         yield client
 
 
+@pytest.mark.parametrize("store_kind", ["local", "edge"])
 def test_reindex_under_concurrent_reads_and_writes_then_rollback(
     client: TestClient, settings_dir: Path, embedder: FastEmbedEmbedder
 ) -> None:
@@ -159,11 +167,12 @@ def test_reindex_under_concurrent_reads_and_writes_then_rollback(
     assert {hit["document_id"] for hit in hits} & {"d0", "after-switch"}
 
 
+@pytest.mark.parametrize("store_kind", ["local", "edge"])
 def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
-    settings_dir: Path, embedder: FastEmbedEmbedder
+    settings_dir: Path, embedder: FastEmbedEmbedder, store_kind: str
 ) -> None:
     settings = make_settings(
-        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="local"
+        settings_dir, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store=store_kind
     )
     with running_app(settings, embedder=embedder) as client:
         for index in range(4):
@@ -171,7 +180,7 @@ def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
         first = services_of(client).ingest.index.current.collection
     # The stack changes CHUNK_SIZE: start-up keeps serving the old index and re-indexes in the background.
     changed = make_settings(
-        settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False, vector_store="local"
+        settings_dir, chunk_size=24, chunk_overlap=4, gc_enabled=False, vector_store=store_kind
     )
     with running_app(changed, embedder=embedder) as client:
         services = services_of(client)
@@ -181,6 +190,15 @@ def test_the_pointer_survives_a_restart_and_a_config_change_reindexes(
         assert second != first
         results = client.post("/v1/search", json={"query": "sourdough yeast", "top_k": 1}).json()["results"]
         assert results[0]["document_id"] == "d1"
+        if store_kind == "edge":
+            # Two shards (served + rollback target) share one EDGE_PATH lock: another process is still refused.
+            with pytest.raises(StoreLocked):
+                DirectoryLock(services.settings.resolved_edge_path).acquire()
+    if store_kind == "edge":
+        # ... and closing both released it (the shared lock counts its holders).
+        lock = DirectoryLock(changed.resolved_edge_path)
+        lock.acquire()
+        lock.release()
     # Same settings again: the persisted pointer is served, nothing is re-indexed, the standby is restored.
     with running_app(changed, embedder=embedder) as client:
         services = services_of(client)
@@ -210,10 +228,10 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
-        # The default embedded store (qdrant-edge) cannot hold a second collection yet: refused, not corrupted.
+        # The default embedded store (qdrant-edge) builds the new collection in a second shard beside the first.
         edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 24})
-        assert edge.status_code == 422
-        assert "not supported" in edge.text
+        assert edge.status_code == 202
+        assert services_of(client).reindexer.wait(timeout=600).state == "switched"
 
 
 def test_another_process_adopts_the_switch_at_its_next_write(

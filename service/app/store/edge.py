@@ -114,8 +114,18 @@ class DirectoryLock:
     def __init__(self, directory: Path) -> None:
         self.path = directory / LOCK_FILE
         self._fd: int | None = None
+        # The shards of one EDGE_PATH (the served collection and a re-index's new one) share this lock: each
+        # open shard holds one reference, and the flock goes when the last is released.
+        self._holders = 0
+        self._count_lock = threading.Lock()
 
     def acquire(self) -> None:
+        with self._count_lock:
+            if self._fd is None:
+                self._acquire()
+            self._holders += 1
+
+    def _acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -133,10 +143,12 @@ class DirectoryLock:
         self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        with self._count_lock:
+            self._holders = max(0, self._holders - 1)
+            if self._holders == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+                self._fd = None
 
 
 def _read_pid(fd: int) -> int | None:
@@ -321,6 +333,7 @@ class EdgeVectorStore:
         self.path = path
         self.collection = collection
         self.dimension = dimension
+        self._segment_points = segment_points
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
         self._optimize_chunk = optimize_chunk_points
@@ -330,6 +343,7 @@ class EdgeVectorStore:
         self._max_segment_kb: int | None = max(1, segment_points * dimension * 4 // 1024)
         self._merge_segment_number: int | None = MERGE_SEGMENT_NUMBER
         self._lock = DirectoryLock(path.parent)
+        self._holds_lock = False
         self._shard: qe.EdgeShard | None = None
         self._optimizer: _Optimizer | None = None
         self._indexed_metadata: set[str] = set()
@@ -350,6 +364,27 @@ class EdgeVectorStore:
             segment_points=settings.edge_segment_points,
             indexing_threads=settings.edge_indexing_threads,
         )
+
+    def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
+        """The shard of another collection beside this one (same EDGE_PATH, settings and lock).
+
+        A blue/green re-index builds its new collection through this while this shard keeps serving; the
+        directory lock stays held while either is open.
+        """
+        other = EdgeVectorStore(
+            self.path.parent / collection,
+            collection=collection,
+            dimension=dimension,
+            optimize_idle_seconds=self._optimize_idle,
+            optimize_chunk_points=self._optimize_chunk,
+            segment_points=self._segment_points,
+            indexing_threads=self._indexing_threads,
+        )
+        other._lock = self._lock
+        return other
+
+    def set_alias(self, alias: str) -> None:
+        """Embedded shards have no aliases: the registry's index pointer alone names the served collection."""
 
     @property
     def optimize_chunk_points(self) -> int:
@@ -393,6 +428,7 @@ class EdgeVectorStore:
             if self._shard is not None:
                 return
             self._lock.acquire()
+            self._holds_lock = True
             try:
                 self._shard = self._open()
                 self._ensure_indexes()
@@ -686,5 +722,7 @@ class EdgeVectorStore:
             except Exception as exc:
                 logger.warning("closing the edge store failed: %s", exc)
             self._shard = None
-        with contextlib.suppress(OSError):
-            self._lock.release()
+        if self._holds_lock:  # a sibling never opened holds no reference to the shared lock
+            self._holds_lock = False
+            with contextlib.suppress(OSError):
+                self._lock.release()
