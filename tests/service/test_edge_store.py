@@ -4,14 +4,19 @@ hold on indexed (HNSW, non-appendable) segments after the optimizer ran."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
@@ -382,5 +387,191 @@ def test_a_filter_on_a_number_past_int64_matches_nothing_instead_of_failing(tmp_
             )
             == 1
         )
+    finally:
+        store.close()
+
+
+# --- consolidation: fewer segments for searches, merged in a child process (no GIL freeze in this one) ---
+
+
+def distinct_points(document_id: str, count: int, dim: int = 16) -> list[ChunkPoint]:
+    """Points whose vectors differ per document and chunk (no ties: rankings compare exactly)."""
+    rng = np.random.default_rng(zlib.crc32(document_id.encode()))
+    return [
+        ChunkPoint(
+            tenant_id="t",
+            document_id=document_id,
+            version=1,
+            chunk_index=i,
+            text=f"{document_id} #{i}",
+            vector=rng.standard_normal(dim).tolist(),
+            metadata={},
+            content_hash="h",
+            model="m",
+        )
+        for i in range(count)
+    ]
+
+
+def fragmented_store(path: Path, *, chunks: int = 5, **options: object) -> EdgeVectorStore:
+    """A store of `chunks` x 64 points indexed chunk by chunk under a 128-point cap: many small segments."""
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=16,
+        optimize_chunk_points=64,
+        segment_points=128,
+        **{"optimize_idle_seconds": None, **options},  # type: ignore[arg-type]
+    )
+    store.ensure_collection()
+    for n in range(chunks):
+        store.upsert(distinct_points(f"doc-{n}", 64))
+        if store._optimizer is None:
+            store.optimize()
+    return store
+
+
+def top_hits(store: EdgeVectorStore) -> list[tuple[str, int]]:
+    query = distinct_points("doc-3", 64)[7].vector
+    return [(h.document_id, h.chunk_index) for h in store.search("t", query, limit=10)]
+
+
+def test_consolidation_merges_segments_in_a_child_and_keeps_every_point(tmp_path: Path) -> None:
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
+    try:
+        segments, hits = store.shard.info().segments_count, top_hits(store)
+        assert segments >= 3
+        assert store.consolidation_due()
+        # The serving process never vacuums while consolidation is on (the engine's vacuum has no size cap).
+        stored = json.loads((store.path / "edge_config.json").read_text())["optimizers"]
+        assert stored["deleted_threshold"] == 1.0
+        assert store.consolidate()
+        assert store.last_consolidation is not None
+        assert store.last_consolidation["segments_before"] == segments
+        assert store.shard.info().segments_count <= 2  # one merged segment (+ the appendable one)
+        assert store.shard.info().points_count == 5 * 64
+        assert top_hits(store) == hits
+        assert not store.consolidation_due()  # nothing left to merge
+        assert not store.consolidate()
+        store.upsert(distinct_points("late", 5))  # the swapped-in shard takes writes and keeps them
+        assert store.count("t", "late") == 5
+        # Deletes past the child's vacuum share make it due again (it vacuums what this process does not).
+        store.vacuum_min_points = 10
+        for n in range(2):
+            store.delete_document("t", f"doc-{n}")
+        assert store.consolidation_due()
+        assert store.consolidate()
+        assert store.count("t") == 3 * 64 + 5
+    finally:
+        store.close()
+    assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [".lock", "c"]  # no leftovers
+    reopened = EdgeVectorStore(
+        tmp_path / "edge" / "c", collection="c", dimension=16, optimize_idle_seconds=None
+    )
+    reopened.ensure_collection()
+    try:
+        assert reopened.count("t") == 3 * 64 + 5
+    finally:
+        reopened.close()
+
+
+def test_a_write_during_consolidation_discards_the_merged_copy(tmp_path: Path) -> None:
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
+    try:
+        segments = store.shard.info().segments_count
+        build_settings = store._consolidation_optimizers
+
+        def write_meanwhile() -> dict[str, object]:  # runs after the copy was taken, before the child starts
+            store.upsert(distinct_points("meanwhile", 3))
+            return build_settings()
+
+        store._consolidation_optimizers = write_meanwhile  # type: ignore[method-assign]
+        assert not store.consolidate()
+        assert store.shard.info().segments_count >= segments  # the served shard was never replaced
+        assert store.count("t", "meanwhile") == 3
+        assert store.count("t") == 5 * 64 + 3
+    finally:
+        store.close()
+    assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [".lock", "c"]
+
+
+def test_an_interrupted_swap_is_finished_from_the_merged_copy_or_undone(tmp_path: Path) -> None:
+    # The swap moves the served shard aside (.c.replaced), then the merged copy (.c.ready) in: a crash between
+    # the two leaves no shard directory. The next open takes the merged copy when it is there (it is complete
+    # and no write followed it), else puts the served shard back; leftovers are removed either way.
+    merged = fragmented_store(tmp_path / "merged" / "c", chunks=2)
+    merged.close()
+    served = fragmented_store(tmp_path / "served" / "c", chunks=2)
+    served.upsert(distinct_points("served-only", 4))
+    served.close()
+    for leftovers, expected in (
+        ({"ready": merged, "replaced": served}, 2 * 64),
+        ({"replaced": served}, 2 * 64 + 4),
+    ):
+        edge = tmp_path / f"edge-{expected}"
+        edge.mkdir()
+        (edge / ".c.building").mkdir()  # a child's unfinished copy
+        for stage, store in leftovers.items():
+            shutil.copytree(store.path, edge / f".c.{stage}")
+        reopened = EdgeVectorStore(edge / "c", collection="c", dimension=16, optimize_idle_seconds=None)
+        reopened.ensure_collection()
+        try:
+            assert reopened.count("t") == expected
+        finally:
+            reopened.close()
+        assert sorted(p.name for p in edge.iterdir()) == [".lock", "c"]
+
+
+def test_the_background_optimizer_consolidates_once_writes_pause_while_searches_go_on(tmp_path: Path) -> None:
+    store = fragmented_store(
+        tmp_path / "edge" / "c", chunks=4, optimize_idle_seconds=0.05, consolidate_idle_seconds=0.3
+    )
+    optimizer = store._optimizer
+    assert optimizer is not None
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    searched = 0
+
+    def searcher() -> None:  # a checker: every search during passes, the child and the swap answers in full
+        nonlocal searched
+        while not stop.is_set():
+            try:
+                assert len(store.search("t", distinct_points("doc-1", 64)[0].vector, limit=10)) == 10
+                searched += 1
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+                return
+
+    thread = threading.Thread(target=searcher)
+    thread.start()
+    try:
+        for _ in range(50):  # each attempt runs once writes paused; the first may only see passes pending
+            assert optimizer.consolidated.wait(120)
+            optimizer.consolidated.clear()
+            if store.last_consolidation is not None:
+                break
+        assert store.last_consolidation is not None
+        assert store.shard.info().segments_count <= 2
+    finally:
+        stop.set()
+        thread.join()
+        store.close()
+    assert not failures, failures[0]
+    assert searched > 0
+
+
+def test_settings_refuse_a_live_segment_cap_above_the_consolidation_cap(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match="EDGE_SEGMENT_POINTS must not exceed EDGE_CONSOLIDATE_SEGMENT_POINTS"
+    ):
+        make_settings(tmp_path, edge_segment_points=20000, edge_consolidate_segment_points=10000)
+    settings = make_settings(tmp_path, edge_consolidate_idle_seconds=0)
+    store = EdgeVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    store.ensure_collection()
+    try:
+        assert store._optimizer is not None
+        assert store._optimizer._consolidate is None  # 0: never consolidate, and this process vacuums again
+        stored = json.loads((store.path / "edge_config.json").read_text())["optimizers"]
+        assert stored["deleted_threshold"] != 1.0
     finally:
         store.close()

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         10240, ge=64, description="largest segment a merge or vacuum may build (bounds each index build)"
     )
     edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
+    edge_consolidate_idle_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="merge small segments in a child process once writes have paused this long; 0: never",
+    )
+    edge_consolidate_segment_points: int = Field(
+        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
+    )
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
     qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")
@@ -268,6 +276,8 @@ class Settings(BaseSettings):
             raise SettingsError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.edge_optimize_chunk_points > self.edge_segment_points:
             raise SettingsError("EDGE_OPTIMIZE_CHUNK_POINTS must not exceed EDGE_SEGMENT_POINTS")
+        if self.edge_segment_points > self.edge_consolidate_segment_points:
+            raise SettingsError("EDGE_SEGMENT_POINTS must not exceed EDGE_CONSOLIDATE_SEGMENT_POINTS")
         if self.llm_base_url and not self.llm_model:
             raise SettingsError("LLM_MODEL is required when LLM_BASE_URL is set")
         if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):

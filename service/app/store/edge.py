@@ -28,6 +28,17 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   written since the last one (or once writes pause for ``EDGE_OPTIMIZE_IDLE_SECONDS``), the indexing
   threshold is that many points, and segments are capped at ``EDGE_SEGMENT_POINTS`` so no merge or vacuum
   rebuilds more than that. A stall lasts one bounded build, whatever the size of the store or the ingest.
+- Consolidation: a search costs about one HNSW search per segment, so the small segments bounded optimisation
+  leaves behind (13 at 100k chunks) make searches several times dearer than a few large ones (measured,
+  docs/benchmarks.md). Once writes have paused for ``EDGE_CONSOLIDATE_IDLE_SECONDS``, the optimizer thread
+  copies the shard (sparse files kept sparse), merges the copy in a niced child process (its own GIL: this
+  process keeps answering) into segments of up to ``EDGE_CONSOLIDATE_SEGMENT_POINTS``, and swaps it in: close
+  the served shard, rename the merged copy into its place, load it. Every call into the shard shares a gate the
+  swap takes alone, so the only pause is that close + load (about a shard load); a write that arrives at any
+  point before the swap discards the merged copy (it would be missing that write), and the next pause retries.
+  A crash mid-swap is finished or undone at the next open (``_recover_swap``). The engine's vacuum has no size
+  cap, so with consolidation on the serving process never vacuums: the child does (segments with more than 20 %
+  deleted points), and deletes past that share make a consolidation due.
 - One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
   an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
 
@@ -37,14 +48,20 @@ Every backend failure is raised as ServiceUnavailable and counted in rag_failure
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
+import itertools
 import json
 import logging
+import math
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -78,6 +95,13 @@ LOCK_FILE = ".lock"
 OPTIMIZE_CHUNK_POINTS = 4096
 SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
+# Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
+# with more than the engine's default share of deleted points (which the serving process no longer does).
+CONSOLIDATE_SEGMENT_POINTS = 30720
+CONSOLIDATE_DELETED_SHARE = 0.2
+CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
+# A vacuum threshold no segment can pass (the engine vacuums above deleted/total > threshold, at most 1.0).
+NEVER_VACUUM = 1.0
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -233,23 +257,77 @@ def _dense_of(vector: Any) -> Sequence[float] | None:
     return vector.get(DENSE_VECTOR) if isinstance(vector, dict) else None
 
 
+class _Gate:
+    """Shared by every call into the shard, taken alone by the consolidation's swap (close the shard, move the
+    merged copy in, load it): no call ever sees the shard closed, and none waits longer than the swap."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True  # new shared holders wait from here on, so the swap cannot starve
+            while self._shared:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class _Optimizer:
     """Runs the shard's optimizers in a daemon thread: after every ``chunk_points`` written points, and once
-    writes have paused for ``idle_seconds`` (whatever is left, e.g. a vacuum after deletes)."""
+    writes have paused for ``idle_seconds`` (whatever is left, e.g. a vacuum after deletes); then, once writes
+    have paused for ``consolidate_idle`` seconds, one consolidation (``consolidate``)."""
 
-    def __init__(self, shard: qe.EdgeShard, *, idle_seconds: float, chunk_points: int) -> None:
-        self._shard = shard
+    def __init__(
+        self,
+        run_pass: Callable[[], None],
+        *,
+        idle_seconds: float,
+        chunk_points: int,
+        consolidate: Callable[[Callable[[], bool]], object] | None = None,
+        consolidate_idle: float = 0.0,
+    ) -> None:
+        self._run_pass = run_pass
         self._idle = idle_seconds
         self._chunk = chunk_points
+        self._consolidate = consolidate
+        self._consolidate_idle = consolidate_idle
         self._changed = threading.Condition()
-        self._last_write = 0.0
+        self._last_write = 0.0  # the start-up pass runs at once
+        self._started = time.monotonic()  # a consolidation waits for a pause after start-up too
         self._pending = True  # a loaded shard may hold unindexed points from before a restart
+        self._consolidation_wanted = True  # and may have been left with many small segments
         self._written = 0  # points written since the last pass started
         self._stopping = False
         self._running = False
         self.runs = 0
+        self.consolidations = 0  # consolidation attempts (whether or not they found anything to merge)
         self.largest_backlog = 0  # most unindexed points any pass started with (what bounds a pass's work)
         self.finished = threading.Event()  # set after each pass (tests wait on it)
+        self.consolidated = threading.Event()  # set after each consolidation attempt (tests wait on it)
         self._thread = threading.Thread(target=self._run, name="edge-optimizer", daemon=True)
         self._thread.start()
 
@@ -257,45 +335,63 @@ class _Optimizer:
         with self._changed:
             self._last_write = time.monotonic()
             self._pending = True
+            self._consolidation_wanted = True
             self._written += points
             self._changed.notify()
 
+    def _stopped(self) -> bool:
+        with self._changed:
+            return self._stopping
+
+    def _wait_for_work(self) -> str | None:
+        """Block until a pass or a consolidation is due: "pass", "consolidate", or None when stopping."""
+        with self._changed:
+            while not self._stopping and not self._pending:
+                if self._consolidate is None or not self._consolidation_wanted:
+                    self._changed.wait()
+                    continue
+                quiet_since = max(self._last_write, self._started)
+                remaining = quiet_since + self._consolidate_idle - time.monotonic()
+                if remaining <= 0:
+                    self._consolidation_wanted = False
+                    self._running = True
+                    return "consolidate"
+                self._changed.wait(remaining)
+            # Wait until a chunk's worth of points was written, or no write came for idle_seconds (each
+            # write moves that deadline): a steady ingest is indexed chunk by chunk, never all at once.
+            while not self._stopping and self._written < self._chunk:
+                remaining = self._last_write + self._idle - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            if self._stopping:
+                return None
+            self._pending = False
+            self._written = 0
+            self._running = True
+            return "pass"
+
     def _run(self) -> None:
         while True:
-            with self._changed:
-                while not self._stopping and not self._pending:
-                    self._changed.wait()
-                # Wait until a chunk's worth of points was written, or no write came for idle_seconds (each
-                # write moves that deadline): a steady ingest is indexed chunk by chunk, never all at once.
-                while not self._stopping and self._written < self._chunk:
-                    remaining = self._last_write + self._idle - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._changed.wait(remaining)
-                if self._stopping:
-                    return
-                self._pending = False
-                self._written = 0
-                self._running = True
+            work = self._wait_for_work()
+            if work is None:
+                return
             try:
-                info = self._shard.info()
-                backlog = info.points_count - info.indexed_vectors_count
-                self.largest_backlog = max(self.largest_backlog, backlog)
-                started = time.perf_counter()
-                if self._shard.optimize():
-                    logger.info(
-                        "edge store optimized in %.2f s (%d of %d points were unindexed)",
-                        time.perf_counter() - started,
-                        backlog,
-                        info.points_count,
-                    )
+                if work == "pass":
+                    self._run_pass()
+                else:
+                    assert self._consolidate is not None
+                    self._consolidate(self._stopped)
             except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
                 FAILURES.labels(component="vector_store").inc()
-                logger.error("edge store optimization failed", exc_info=exc)
+                logger.error("edge store %s failed", "optimization" if work == "pass" else work, exc_info=exc)
             with self._changed:
                 self._running = False
-                self.runs += 1
-            self.finished.set()
+                if work == "pass":
+                    self.runs += 1
+                else:
+                    self.consolidations += 1
+            (self.finished if work == "pass" else self.consolidated).set()
 
     @property
     def idle(self) -> bool:
@@ -314,6 +410,61 @@ class _Optimizer:
         self._thread.join()
 
 
+def _copy_sparse(src: str, dst: str) -> None:
+    """Copy a file keeping its holes: the engine's files are mostly preallocated, sparse space (a 100k-chunk
+    shard is 1.2 GB apparent, 0.3 GB on disk), and a plain copy would write every zero."""
+    with open(src, "rb") as source, open(dst, "wb") as target:
+        size = os.fstat(source.fileno()).st_size
+        offset = 0
+        try:
+            while offset < size:
+                try:
+                    offset = os.lseek(source.fileno(), offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:  # ENXIO: only a hole is left; anything else: no SEEK_DATA
+                        raise
+                    break
+                end = os.lseek(source.fileno(), offset, os.SEEK_HOLE)
+                source.seek(offset)
+                target.seek(offset)
+                while offset < end:
+                    chunk = source.read(min(end - offset, 1 << 20))
+                    if not chunk:
+                        break
+                    target.write(chunk)
+                    offset += len(chunk)
+        except (AttributeError, OSError):  # no SEEK_DATA on this platform or filesystem: copy every byte
+            source.seek(0)
+            target.seek(0)
+            shutil.copyfileobj(source, target, 1 << 20)
+        target.truncate(size)
+    shutil.copystat(src, dst)
+
+
+# The consolidation child: opens the copy with the consolidation's optimizer settings, merges, flushes, and
+# prints what it did. It dies with the thread that started it (PR_SET_PDEATHSIG), never outliving the store.
+CONSOLIDATE_CHILD = """
+import ctypes, json, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+os.nice(10)
+import qdrant_edge as qe
+path, name, size, optimizers = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+shard = qe.EdgeShard.load(path, qe.EdgeConfig(
+    vectors={name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
+    optimizers=qe.EdgeOptimizersConfig(**optimizers),
+))
+before = shard.info().segments_count
+changed = shard.optimize()
+shard.flush()
+after = shard.info().segments_count
+shard.close()
+print(json.dumps({"changed": changed, "segments_before": before, "segments_after": after}), flush=True)
+"""
+
+
 class EdgeVectorStore:
     """VectorStore on an in-process qdrant-edge shard (see the module docstring)."""
 
@@ -327,9 +478,13 @@ class EdgeVectorStore:
         optimize_chunk_points: int = OPTIMIZE_CHUNK_POINTS,
         segment_points: int = SEGMENT_POINTS,
         indexing_threads: int = 0,
+        consolidate_idle_seconds: float | None = None,
+        consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
+        if segment_points > consolidate_segment_points:
+            raise ValueError("segment_points must not exceed consolidate_segment_points")
         self.path = path
         self.collection = collection
         self.dimension = dimension
@@ -342,6 +497,16 @@ class EdgeVectorStore:
         self._indexing_threshold_kb: int | None = max(1, optimize_chunk_points * dimension * 4 // 1024)
         self._max_segment_kb: int | None = max(1, segment_points * dimension * 4 // 1024)
         self._merge_segment_number: int | None = MERGE_SEGMENT_NUMBER
+        # 0 or None: no consolidation, and the serving process vacuums (segments stay within the cap then).
+        self._consolidate_idle = consolidate_idle_seconds or None
+        self._consolidate_points = consolidate_segment_points
+        self._gate = _Gate()
+        self._writes = itertools.count(1)  # advanced by every call that may change the shard's files
+        self._write_seq = 0
+        self._deleted_points = 0  # points deleted since the last consolidation (what it would vacuum)
+        self.vacuum_min_points = CONSOLIDATE_VACUUM_MIN_POINTS
+        self._settled_segments: int | None = None  # segments the last consolidation left (or could not merge)
+        self.last_consolidation: dict[str, Any] | None = None
         self._lock = DirectoryLock(path.parent)
         self._holds_lock = False
         self._shard: qe.EdgeShard | None = None
@@ -363,6 +528,8 @@ class EdgeVectorStore:
             optimize_chunk_points=settings.edge_optimize_chunk_points,
             segment_points=settings.edge_segment_points,
             indexing_threads=settings.edge_indexing_threads,
+            consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
+            consolidate_segment_points=settings.edge_consolidate_segment_points,
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -379,6 +546,8 @@ class EdgeVectorStore:
             optimize_chunk_points=self._optimize_chunk,
             segment_points=self._segment_points,
             indexing_threads=self._indexing_threads,
+            consolidate_idle_seconds=self._consolidate_idle,
+            consolidate_segment_points=self._consolidate_points,
         )
         other._lock = self._lock
         return other
@@ -415,12 +584,24 @@ class EdgeVectorStore:
 
     def _optimizers_config(self) -> qe.EdgeOptimizersConfig:
         # No merge can outgrow max_segment_size, and a segment is indexed once it holds a chunk: each
-        # optimize() call (which holds the GIL) rebuilds at most one bounded segment per pending plan.
+        # optimize() call (which holds the GIL) rebuilds at most one bounded segment per pending plan. The
+        # vacuum has no size cap in the engine, so with consolidation on (segments past the cap exist) it runs
+        # only in the consolidation's child.
         return qe.EdgeOptimizersConfig(
             indexing_threshold=self._indexing_threshold_kb,
             max_segment_size=self._max_segment_kb,
             default_segment_number=self._merge_segment_number,
+            deleted_threshold=NEVER_VACUUM if self._consolidate_idle else None,
         )
+
+    def _consolidation_optimizers(self) -> dict[str, Any]:
+        return {
+            "indexing_threshold": self._indexing_threshold_kb,
+            "max_segment_size": max(1, self._consolidate_points * self.dimension * 4 // 1024),
+            "default_segment_number": 1,
+            "deleted_threshold": CONSOLIDATE_DELETED_SHARE,
+            "vacuum_min_vector_number": self.vacuum_min_points,
+        }
 
     def ensure_collection(self) -> None:
         """Lock the directory, open (or create) the shard and its payload indexes, start the optimizer."""
@@ -438,10 +619,185 @@ class EdgeVectorStore:
                 raise
             if self._optimize_idle is not None:
                 self._optimizer = _Optimizer(
-                    self._shard, idle_seconds=self._optimize_idle, chunk_points=self._optimize_chunk
+                    self._optimize_pass,
+                    idle_seconds=self._optimize_idle,
+                    chunk_points=self._optimize_chunk,
+                    consolidate=self._consolidate_when_idle if self._consolidate_idle else None,
+                    consolidate_idle=self._consolidate_idle or 0.0,
                 )
 
+    def _optimize_pass(self) -> None:
+        """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
+        with self._engine() as shard:
+            info = shard.info()
+            backlog = info.points_count - info.indexed_vectors_count
+            assert self._optimizer is not None
+            self._optimizer.largest_backlog = max(self._optimizer.largest_backlog, backlog)
+            started = time.perf_counter()
+            if shard.optimize():
+                logger.info(
+                    "edge store optimized in %.2f s (%d of %d points were unindexed)",
+                    time.perf_counter() - started,
+                    backlog,
+                    info.points_count,
+                )
+
+    @contextlib.contextmanager
+    def _engine(self, *, writes: bool = False) -> Iterator[qe.EdgeShard]:
+        """The open shard, held against a consolidation swap for the duration; ``writes`` when the call may
+        change the shard's files (a consolidation that copied the shard before it is then discarded)."""
+        with self._gate.shared():
+            if writes:
+                self._write_seq = next(self._writes)
+            yield self.shard
+
+    # ------------------------------------------------------------------------------------- consolidation
+    def _swap_paths(self) -> tuple[Path, Path, Path]:
+        """(building, ready, replaced): the consolidation's copy while the child merges it, once it is complete,
+        and the served shard once moved aside; hidden siblings of the shard in EDGE_PATH (one filesystem, so
+        each move is an atomic rename)."""
+        return tuple(
+            self.path.parent / f".{self.path.name}.{stage}" for stage in ("building", "ready", "replaced")
+        )  # type: ignore[return-value]
+
+    def _recover_swap(self) -> None:
+        """Finish or undo a swap a crash interrupted, then drop the consolidation's leftovers.
+
+        The served shard is only ever moved aside once ``ready`` holds a complete merge taken when no write
+        could follow it, so a missing shard directory is replaced by ``ready`` if it exists, else restored from
+        ``replaced``."""
+        building, ready, replaced = self._swap_paths()
+        if not self.path.exists():
+            for candidate in (ready, replaced):
+                if candidate.is_dir():
+                    logger.warning(
+                        "edge store %s: finishing an interrupted consolidation from %s", self.path, candidate
+                    )
+                    candidate.rename(self.path)
+                    break
+        for leftover in (building, ready, replaced):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def consolidation_due(self) -> bool:
+        """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
+        any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), or more points deleted since
+        than the share the child vacuums at."""
+        with self._engine() as shard:
+            info = shard.info()
+        settled = self._settled_segments
+        if (
+            settled is None
+        ):  # not consolidated yet in this process: one segment per cap (+ the appendable one)
+            settled = math.ceil(info.points_count / self._consolidate_points) + 1
+        deleted = self._deleted_points >= self.vacuum_min_points and self._deleted_points > (
+            CONSOLIDATE_DELETED_SHARE * (info.points_count + self._deleted_points)
+        )
+        return info.segments_count > settled or deleted
+
+    @_guarded
+    def consolidate(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
+        """Merge the shard's segments (up to EDGE_CONSOLIDATE_SEGMENT_POINTS each) in a child process and swap
+        the result in; True when it did. See the module docstring for why and what it guarantees.
+
+        Discarded (False) when a write reaches the shard meanwhile, when ``cancelled()`` turns true, or when
+        there is nothing to merge. The served shard is never touched until the swap, which holds every other
+        call to the store off for as long as closing the old shard and loading the merged one takes."""
+        if not self.consolidation_due():
+            return False
+        building, ready, replaced = self._swap_paths()
+        for leftover in (building, ready, replaced):
+            shutil.rmtree(leftover, ignore_errors=True)
+        started = time.perf_counter()
+        # A copy consistent with the WAL: taken after a flush, with no write in flight (they share the gate);
+        # any write from here on changes _write_seq and the merged copy is thrown away.
+        with self._engine() as shard:
+            shard.flush()  # the bulk of it, without holding searches off
+        with self._gate.exclusive():
+            self.shard.flush()
+            seq = self._write_seq
+        try:
+            shutil.copytree(self.path, building, copy_function=_copy_sparse)
+            child = subprocess.Popen(  # noqa: S603 (our own interpreter and script)
+                [
+                    sys.executable,
+                    "-c",
+                    CONSOLIDATE_CHILD,
+                    str(building),
+                    DENSE_VECTOR,
+                    str(self.dimension),
+                    json.dumps(self._consolidation_optimizers()),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                while True:
+                    try:
+                        out, err = child.communicate(timeout=0.2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        if cancelled() or self._write_seq != seq:
+                            logger.info("edge store %s: consolidation discarded (a write came)", self.path)
+                            return False
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            if child.returncode != 0:
+                raise RuntimeError(f"consolidation child exited {child.returncode}: {err.strip()[-2000:]}")
+            result = json.loads(out.strip().splitlines()[-1])
+            if not result["changed"]:  # the merge planner found nothing within the cap: keep what is served
+                self._settled_segments = result["segments_before"]
+                self._deleted_points = 0
+                return False
+            building.rename(ready)
+            with self._gate.exclusive():
+                if self._write_seq != seq or cancelled():
+                    return False
+                swap_started = time.perf_counter()
+                self._swap_in(ready, replaced)
+                result["swap_seconds"] = time.perf_counter() - swap_started
+            self._deleted_points = 0
+            self._settled_segments = result["segments_after"]
+        finally:
+            for leftover in (building, ready, replaced):
+                shutil.rmtree(leftover, ignore_errors=True)
+        result["seconds"] = time.perf_counter() - started
+        self.last_consolidation = result
+        logger.info(
+            "edge store %s consolidated from %d to %d segments in %.1f s (swap %.2f s)",
+            self.path,
+            result["segments_before"],
+            result["segments_after"],
+            result["seconds"],
+            result["swap_seconds"],
+        )
+        return True
+
+    def _swap_in(self, ready: Path, replaced: Path) -> None:
+        """Close the served shard and open the merged one in its place (under the exclusive gate)."""
+        shard = self.shard
+        shard.close()
+        self._shard = None
+        self.path.rename(replaced)
+        try:
+            ready.rename(self.path)
+            self._shard = self._load()
+        except BaseException:
+            # The merged copy did not open: put the served shard back as it was.
+            if self.path.exists():
+                shutil.rmtree(self.path, ignore_errors=True)
+            replaced.rename(self.path)
+            self._shard = self._load()
+            raise
+
+    def _consolidate_when_idle(self, cancelled: Callable[[], bool]) -> None:
+        self.consolidate(cancelled)
+
     def _open(self) -> qe.EdgeShard:
+        self._recover_swap()
         config_file = self.path / "edge_config.json"
         if not config_file.is_file():
             return qe.EdgeShard.create(str(self.path), self._config())
@@ -455,6 +811,9 @@ class EdgeVectorStore:
             raise ServiceUnavailable(
                 f"collection {self.collection} has vectors of size {stored}, the model gives {self.dimension}"
             )
+        return self._load()
+
+    def _load(self) -> qe.EdgeShard:
         # Stores created with other (or the engine's default) optimizer settings take these on load.
         # (The dense vector is restated because the binding wants one; it is checked against the stored one.)
         return qe.EdgeShard.load(
@@ -519,9 +878,9 @@ class EdgeVectorStore:
                 schema = _metadata_index_schema(value)
                 if key in self._indexed_metadata or schema is None:
                     continue
-                with self._state:
+                with self._state, self._engine(writes=True) as shard:
                     try:
-                        self.shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", schema))
+                        shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", schema))
                     except Exception as exc:
                         logger.warning("could not index metadata.%s: %s", key, exc)
                     self._indexed_metadata.add(key)
@@ -532,21 +891,20 @@ class EdgeVectorStore:
         if not points:
             return
         self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
-        shard = self.shard
         for start in range(0, len(points), self.upsert_batch):
             batch = points[start : start + self.upsert_batch]
-            shard.update(
-                qe.UpdateOperation.upsert_points(
-                    [
-                        qe.Point(
-                            point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
-                            {DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(p.sparse_vector())},
-                            p.payload(),
-                        )
-                        for p in batch
-                    ]
-                )
+            operation = qe.UpdateOperation.upsert_points(
+                [
+                    qe.Point(
+                        point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
+                        {DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(p.sparse_vector())},
+                        p.payload(),
+                    )
+                    for p in batch
+                ]
             )
+            with self._engine(writes=True) as shard:
+                shard.update(operation)
             self._wrote(len(batch))
 
     @_guarded
@@ -557,25 +915,28 @@ class EdgeVectorStore:
         encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
             batch = records[start : start + self.upsert_batch]
-            self.shard.update(
-                qe.UpdateOperation.upsert_points(
-                    [
-                        qe.Point(
-                            pid,
-                            {
-                                DENSE_VECTOR: list(vector),
-                                SPARSE_VECTOR: _sparse(encoder.document(payload["text"])),
-                            },
-                            payload,
-                        )
-                        for pid, vector, payload in batch
-                    ]
-                )
+            operation = qe.UpdateOperation.upsert_points(
+                [
+                    qe.Point(
+                        pid,
+                        {
+                            DENSE_VECTOR: list(vector),
+                            SPARSE_VECTOR: _sparse(encoder.document(payload["text"])),
+                        },
+                        payload,
+                    )
+                    for pid, vector, payload in batch
+                ]
             )
+            with self._engine(writes=True) as shard:
+                shard.update(operation)
             self._wrote(len(batch))
 
     def _delete_where(self, selection: qe.Filter) -> None:
-        self.shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
+        with self._engine(writes=True) as shard:
+            before = shard.info().points_count
+            shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
+            self._deleted_points += before - shard.info().points_count
         self._wrote()
 
     def _wrote(self, points: int = 0) -> None:
@@ -628,7 +989,9 @@ class EdgeVectorStore:
                 with_payload=True,
                 score_threshold=score_threshold,
             )
-            return [VectorHit.from_payload(point.payload, point.score) for point in self.shard.query(request)]
+            with self._engine() as shard:
+                found = shard.query(request)
+            return [VectorHit.from_payload(point.payload, point.score) for point in found]
         if sparse is None:
             raise ValueError(f"{mode} search needs the query's sparse vector")
         sparse_query = qe.Query.Nearest(_sparse(sparse), using=SPARSE_VECTOR)
@@ -662,9 +1025,11 @@ class EdgeVectorStore:
                     with_payload=True,
                     with_vector=with_vector,
                 )
+            with self._engine() as shard:
+                found = shard.query(request)
             return [
                 (VectorHit.from_payload(point.payload, point.score), _dense_of(point.vector))
-                for point in self.shard.query(request)
+                for point in found
             ]
 
         return fused_search(fetch, vector=vector, limit=limit, offset=offset, score_threshold=score_threshold)
@@ -675,7 +1040,8 @@ class EdgeVectorStore:
         must = [_match("tenant_id", tenant_id)]
         if document_id is not None:
             must.append(_match("document_id", document_id))
-        return self.shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
+        with self._engine() as shard:
+            return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
     @_guarded
     def versions(self) -> list[PointVersion]:
@@ -684,11 +1050,12 @@ class EdgeVectorStore:
         counts: dict[tuple[str, str, int], int] = {}
         offset: Any = None
         while True:
-            records, offset = self.shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
+            with self._engine() as shard:
+                records, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
+                    )
                 )
-            )
             for record in records:
                 payload = record.payload or {}
                 key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
@@ -699,12 +1066,14 @@ class EdgeVectorStore:
     @_guarded
     def ping(self) -> None:
         """Raise ServiceUnavailable unless the shard is open and answers (readiness)."""
-        self.shard.info()
+        with self._engine() as shard:
+            shard.info()
 
     @_guarded
     def optimize(self) -> bool:
-        """Run the optimizers now (HNSW build, merges, vacuum) and wait; True when anything changed."""
-        return self.shard.optimize()
+        """Run the optimizers now (HNSW build, merges) and wait; True when anything changed."""
+        with self._engine(writes=True) as shard:
+            return shard.optimize()
 
     def close(self) -> None:
         """Stop the optimizer, flush and close the shard, release the directory lock (idempotent)."""
