@@ -1,15 +1,17 @@
-"""`python -m service`: migrate the registry once, then serve the app with uvicorn on HOST:PORT (WORKERS processes)."""
+"""`python -m service`: migrate the registry once, then serve the app with uvicorn on HOST:PORT (WORKERS processes).
+
+With one worker (the embedded set-up) the embedding model starts loading in a thread as soon as the settings are
+read, before the web stack and the app are imported: ONNX Runtime builds its session without holding the GIL,
+so the model load overlaps the imports, the migration and the store's opening (docs/benchmarks.md, start-up).
+"""
 
 from __future__ import annotations
 
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.app.core.config import SettingsError, describe_settings_error, get_settings
-from service.app.core.server import GuardedHttpToolsProtocol
-from service.app.store.registry import DocumentRegistry
 
 
 def main() -> None:
@@ -43,15 +45,37 @@ def main() -> None:
         except EmbeddedStoreError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+    model = None
+    if settings.workers == 1:
+        from service.app.core.background import start_in_thread
+        from service.app.store.embedder import FastEmbedEmbedder
+
+        model = start_in_thread(lambda: FastEmbedEmbedder.from_settings(settings), name="model-load")
+    import uvicorn
+
+    from service.app.core.server import GuardedHttpToolsProtocol
+    from service.app.store.registry import DocumentRegistry
+
     # Migrate in the parent so that several workers never race on the schema at start-up.
     registry = DocumentRegistry.from_settings(settings)
     try:
         registry.migrate()
     finally:
         registry.close()
+    if model is not None:
+        from service.app.main import create_app
+
+        app: object = create_app(settings, embedder=model)  # the lifespan waits for the model
+        # create_app already routed uvicorn's loggers through the service's handler (JSON lines); uvicorn's
+        # own dictConfig would put its plain handlers back.
+        log_config: object = None
+    else:
+        app = "service.app.main:create_app"  # each worker process builds its own app (and model)
+        log_config = uvicorn.config.LOGGING_CONFIG
     uvicorn.run(
-        "service.app.main:create_app",
-        factory=True,
+        app,  # type: ignore[arg-type]
+        factory=model is None,
+        log_config=log_config,  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
