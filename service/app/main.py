@@ -17,7 +17,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -109,14 +109,23 @@ def build_services(
     """
     closers: list[Callable[[], Any]] = []
     if embedder is None:
+        import fastembed  # noqa: F401 - imported here: the thread only builds the session (service/__main__.py)
+
         from service.app.store.embedder import FastEmbedEmbedder
 
         # The model loads while the registry migrates (ONNX Runtime builds its session without the GIL).
         embedder = start_in_thread(lambda: FastEmbedEmbedder.from_settings(settings), name="model-load")
-    if registry is None:
-        registry = DocumentRegistry.from_settings(settings)
-        closers.append(registry.close)
-    registry.migrate()
+    try:
+        if registry is None:
+            registry = DocumentRegistry.from_settings(settings)
+            closers.append(registry.close)
+        registry.migrate()
+    except BaseException:
+        if isinstance(embedder, Future):
+            # A session build in native code must finish before the interpreter exits on this failure, or the
+            # exit aborts the process (SIGABRT) instead of reporting the failure.
+            wait([embedder])
+        raise
     if isinstance(embedder, Future):
         embedder = embedder.result()  # the store's collection name needs the model's name and dimension
     if vectors is None:
