@@ -40,6 +40,7 @@ from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, 
 from service.app.ingest.sandbox import Extractor
 from service.app.ingest.service import IngestService
 from service.app.jobs.reindex import Reindexer
+from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
 from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
@@ -182,7 +183,15 @@ def build_services(
         vectors=vectors,
         embedder=embedder,
         ingest=ingest,
-        search=SearchService(registry=registry, vectors=vectors, embedder=embedder, index=index),
+        search=SearchService(
+            registry=registry,
+            vectors=vectors,
+            embedder=embedder,
+            index=index,
+            query_cache=QueryVectorCache(settings.query_embedding_cache_size)
+            if settings.query_embedding_cache_size
+            else None,
+        ),
         closers=closers,
         reindexer=reindexer,
         extractor=extractor,
