@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_search import ServiceProcess, percentile  # noqa: E402
+from startup import measure_startup, phases  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -301,6 +302,11 @@ def run_size(
             **probe_load("local", local_path, queries[0].tolist()),
         }
 
+    # Start-up on this store (spawn to /readyz 200, then the first search) and its steps one by one.
+    boot = {
+        **measure_startup(REPO, data_dir, extra_env=args.service_env),
+        "phases": phases(REPO, data_dir, extra_env=args.service_env),
+    }
     # The service on the same store: start-up to healthy, then HTTP searches interleaved with raw edge.
     started = time.perf_counter()
     service = ServiceProcess(data_dir, env=args.service_env)
@@ -351,6 +357,7 @@ def run_size(
         "local": local,
         "http": {"startup": startup, "rss": service_rss, "hits": hits_seen, "cold": cold, "warm": warm},
         "concurrency": sweep,
+        "boot": boot,
     }
 
 
@@ -470,7 +477,7 @@ def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds:
     }
 
 
-def render(results: list[dict], setup: str) -> str:
+def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> str:
     def f(value: float | None, digits: int = 1) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -536,6 +543,26 @@ def render(results: list[dict], setup: str) -> str:
             f"| {f(local['load'], 2) if local else 'skipped'} | {f(local['rss'], 0) if local else 'skipped'} "
             f"| {r['upsert']:.1f} / {r['optimize']:.1f} | {r['longest_pass']:.1f} / {r['segments']} |"
         )
+    boots = ([("empty", empty_boot)] if empty_boot else []) + [(f"{r['n']:,}", r["boot"]) for r in results]
+    rows += [
+        "",
+        "| chunks | start-up to /readyz 200 (s) | first search (ms) | imports (s) | model load (s) "
+        "| registry migrate (s) | store open (s) | wiring + first query (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, boot in boots:
+        steps = boot["phases"]
+        imports = sum(v for k, v in steps.items() if k.startswith("imports"))
+        rows.append(
+            f"| {label} | {boot['ready']:.2f} | {boot['first_search'] * 1000:.0f} | {imports:.2f} "
+            f"| {steps['model load']:.2f} | {steps['registry migrate']:.2f} | {steps['store open']:.2f} "
+            f"| {steps['wiring'] + steps['first query']:.2f} |"
+        )
+    rows.append("")
+    rows.append(
+        "Start-up steps timed one after the other in a fresh process (bench/startup.py); the service overlaps "
+        "the model load with the imports and the migration, so the steps add up to more than the start-up."
+    )
     with_concurrency = [r for r in results if r["concurrency"]]
     if with_concurrency:
         rows += [
@@ -617,6 +644,7 @@ def main() -> None:
             np.save(args.cache / "base.npy", base)
             np.save(args.cache / "queries.npy", query_vectors)
     embed_seconds = time.perf_counter() - started
+    load_before = os.getloadavg()[0]
     nprng = np.random.default_rng(args.seed)
     # Start-up of the same service on an empty data dir: what start-up costs before any data (imports, model).
     started = time.perf_counter()
@@ -624,6 +652,9 @@ def main() -> None:
     empty_startup = time.perf_counter() - started
     empty_rss = rss_mb(empty.proc.pid)
     empty.stop()
+    empty_dir = work / "empty-boot" / "data"
+    empty_boot = {**measure_startup(REPO, empty_dir, extra_env=args.service_env)}
+    empty_boot["phases"] = phases(REPO, work / "empty-phases" / "data", extra_env=args.service_env)
     results = []
     try:
         for n in sizes:
@@ -635,14 +666,14 @@ def main() -> None:
     setup = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} (the machine was shared with other jobs: compare within a row, not across runs). "
+        f"{load_before:.1f} before and {load[0]:.1f} after (the machine was shared with other jobs: compare within a row, not across runs). "
         f"{len(texts)} real chunks of standard-library docstrings embedded in {embed_seconds:.0f} s, replicated "
         f"with noise up to each size; {args.queries} queries (docstring first sentences), top_k {TOP_K}, tenant "
         f"filter on 90 % of the points; local mode measured on {args.local_queries} queries, skipped above "
         f"{args.local_max:,} points. The same service on an empty data dir started in {empty_startup:.2f} s "
         f"with {empty_rss:.0f} MB RSS (the baseline for the start-up and RSS columns)."
     )
-    table = render(results, setup)
+    table = render(results, setup, empty_boot)
     print(table)
     if args.write:
         doc = args.write.read_text(encoding="utf-8")
