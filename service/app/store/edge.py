@@ -483,7 +483,7 @@ class EdgeVectorStore:
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
-        if segment_points > consolidate_segment_points:
+        if consolidate_idle_seconds and segment_points > consolidate_segment_points:
             raise ValueError("segment_points must not exceed consolidate_segment_points")
         self.path = path
         self.collection = collection
