@@ -1,4 +1,5 @@
-"""The tree walk `html_to_text` used before its block segmentation moved into lexbor, kept as the oracle.
+"""The tree walk `html_to_text` used before its block segmentation moved into lexbor, kept as the oracle, and
+the benchmark page.
 
 It visits every node in Python (an explicit stack: a block element flushes the text gathered so far when it
 starts and when it ends), which is what made it slow and what makes it obviously right: the service's
@@ -56,3 +57,17 @@ def walk_html_to_text(html: str) -> str:
         stack.extend(reversed(children))
     flush()
     return "\n\n".join(blocks)
+
+
+def benchmark_page(sections: int) -> str:
+    """The page bench/extract_html.py measures: per section a heading, 20 paragraphs with inline markup, a list
+    and a table (about 2.3 KB a section), and a style and a script in the head."""
+    para = (
+        "<p>Basalt columns form when <b>thick</b> lava flows cool slowly and <a href='#'>contract</a>.</p>\n"
+    )
+    body = "".join(
+        f"<section><h2>Section {i}</h2>{para * 20}<ul>{'<li>item &amp; more</li>' * 10}</ul>"
+        "<table><tr><td>cell</td><td>cell</td></tr></table></section>"
+        for i in range(sections)
+    )
+    return f"<html><head><style>p{{}}</style><script>var x=1;</script></head><body>{body}</body></html>"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app.ingest.extract import BLOCK_TAGS, DROPPED_TAGS, html_to_text
-from tests.service.html_reference import walk_html_to_text
+from tests.service.html_reference import benchmark_page, walk_html_to_text
 
 # The HTML the service's own tests ingest (test_extract, test_api_documents, test_hostile_input, test_client,
 # test_extraction_budget) and the benchmark's page: chunk boundaries come from exactly this block structure.
@@ -32,19 +32,6 @@ PROJECT_PAGES = [
     f"<script>{'var x = 1;' * 2000}</script>",
     "<p>tiny</p>",
 ]
-
-
-def benchmark_page(sections: int) -> str:
-    """The page bench/extract_html.py measures (headings, paragraphs with inline markup, lists, tables)."""
-    para = (
-        "<p>Basalt columns form when <b>thick</b> lava flows cool slowly and <a href='#'>contract</a>.</p>\n"
-    )
-    body = "".join(
-        f"<section><h2>Section {i}</h2>{para * 20}<ul>{'<li>item &amp; more</li>' * 10}</ul>"
-        "<table><tr><td>cell</td><td>cell</td></tr></table></section>"
-        for i in range(sections)
-    )
-    return f"<html><head><style>p{{}}</style><script>var x=1;</script></head><body>{body}</body></html>"
 
 
 @pytest.mark.parametrize("html", [*PROJECT_PAGES, benchmark_page(30)])

@@ -100,9 +100,9 @@ def html_to_text(html: str) -> str:
     Parsed by lexbor (selectolax, C, an HTML5-conformant parser), and the segmentation stays in C too: invisible
     elements are detached, a marker character (one the text does not contain) is inserted as a text node before
     and after each block element, and one ``text()`` call concatenates the text nodes, which the markers then
-    split into blocks. Python touches each block element twice, not each node (text, inline element) once: on
-    a benchmark page that is 4-5x faster than walking the tree (docs/benchmarks.md), with the same text. No
-    step recurses in Python or in C (lexbor walks trees iteratively), so nesting depth is no RecursionError.
+    split into blocks. Python touches each block element twice, not each node (text, inline element) once:
+    faster than walking the tree, with the same text (docs/benchmarks.md, tests/service/test_html_equivalence.py).
+    No step recurses in Python or in C (lexbor walks trees iteratively), so nesting depth is no RecursionError.
     """
     # Elements are found by tag name (lexbor collects them in C), not by a CSS selector list: selectolax's CSS
     # match callback turns a MemoryError into a SystemError, and a worker must recognise its memory budget.
