@@ -6,9 +6,8 @@ the path is the one a user takes: `ragops up`, then `ragops status`, then `ragop
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 from infra.workflows.cli import app
 from infra.workflows.stacks import Context
 from tests.support.processes import api_process
-from tests.support.servers import free_port
+from tests.support.servers import free_port, json_server
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
 
 runner = CliRunner()
@@ -29,36 +28,22 @@ def _invoke(ctx: Context, *args: str):
     return runner.invoke(app, list(args), obj=ctx)
 
 
-class _Readyz(BaseHTTPRequestHandler):
-    status = 200
+@pytest.fixture
+def readyz_server() -> Iterator[ThreadingHTTPServer]:
+    """A real HTTP server on a loopback port whose /readyz answers `server.readyz_status`."""
 
-    def do_GET(self) -> None:
-        ok = self.server.readyz_status == 200  # type: ignore[attr-defined]
+    def answer(path: str) -> tuple[int, dict]:
+        status = server.readyz_status  # type: ignore[attr-defined]
+        ok = status == 200
         body = {
             "status": "ok" if ok else "unavailable",
             "checks": {"qdrant": "ok", "redis": "ok" if ok else "failed"},
         }
-        data = json.dumps(body).encode()
-        self.send_response(self.server.readyz_status if self.path == "/readyz" else 404)  # type: ignore[attr-defined]
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return (status if path == "/readyz" else 404), body
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def readyz_server() -> Iterator[ThreadingHTTPServer]:
-    """A real HTTP server on a loopback port whose /readyz answers `server.readyz_status`."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
-    server.readyz_status = 200  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with json_server(answer) as server:
+        server.readyz_status = 200  # type: ignore[attr-defined]
+        yield server
 
 
 def _url(server: ThreadingHTTPServer) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,7 +23,7 @@ from infra.workflows import reindex as reindex_mod
 from infra.workflows.cli import app
 from infra.workflows.stacks import Context
 from tests.support.processes import api_process
-from tests.support.servers import free_port
+from tests.support.servers import free_port, json_server
 from tests.workflows.fake_pulumi import FakeBackend
 
 runner = CliRunner()
@@ -213,29 +212,16 @@ def test_the_admin_key_comes_from_the_environment(ctx: Context, service: str, mo
 
 
 # --- following a re-index across replicas: a scripted admin API on a real loopback server --------------------
-class _Scripted(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        statuses = self.server.statuses  # type: ignore[attr-defined]
-        body = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def scripted() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """A loopback admin API answering each GET with the next of `server.statuses` (the last one repeats)."""
+
+    def answer(path: str) -> tuple[int, dict]:
+        statuses = server.statuses  # type: ignore[attr-defined]
+        return 200, (statuses.pop(0) if len(statuses) > 1 else statuses[0])
+
+    with json_server(answer) as server:
+        yield server
 
 
 OLD = {"model": "m", "chunk_size": 200, "chunk_overlap": 32}
