@@ -9,8 +9,8 @@ the search cache off, so the core path is measured). The raw path chunks the sam
 Chunker, embeds each document's chunks with fastembed (same model, same batch size) and upserts them with
 qdrant-edge-py into a shard of its own (the engine the service embeds). Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
 
-Search: the same queries are sent as POST /v1/search (top_k 5) and as raw query_embed + query_points with a
-tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
+Search: the same queries, all different, are sent as POST /v1/search (top_k 5, mode dense) and as raw
+query_embed + a dense engine query with a tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
 two paths document by document and query by query (alternating which goes first), so background load on
 shared cores hits both alike.
 """
@@ -18,6 +18,7 @@ shared cores hits both alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -81,11 +82,16 @@ def make_document(rng: random.Random, index: int) -> tuple[str, str, dict]:
 
 
 def make_queries(rng: random.Random, count: int) -> list[str]:
-    queries = []
-    for _ in range(count):
+    """``count`` DIFFERENT queries: the service keeps the vectors of recent query texts
+    (QUERY_EMBEDDING_CACHE_SIZE), so a repeated text would skip the model there and not on the raw path."""
+    queries: dict[str, None] = {}
+    while len(queries) < count:
         words = TOPICS[rng.choice(sorted(TOPICS))].split()
-        queries.append(f"how does {rng.choice(words)} relate to {rng.choice(words)}")
-    return queries
+        query = f"how does {rng.choice(words)} relate to {rng.choice(words)}"
+        if query in queries:
+            query = f"{query} in case {len(queries)}"
+        queries[query] = None
+    return list(queries)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,11 +105,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServiceProcess:
-    """`python -m service` on loopback with embedded defaults in a temp dir."""
+def listening_pids(port: int) -> set[int]:
+    """Processes holding a TCP socket that listens on ``port`` (Linux: /proc/net/tcp{,6} inodes -> fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    owners = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        owners.add(int(fd_dir.parent.name))
+    return owners
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+
+class ServiceProcess:
+    """`python -m service` on loopback with embedded defaults in a temp dir.
+
+    It counts as started only when ITS child answers: the port must be free before the start, the child must be
+    alive, and the socket answering /healthz must be the child's (a stale server on the port once answered for
+    a child that had died, and a whole benchmark measured the wrong process). Anything else is a SystemExit
+    naming what answered.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        port: int | None = None,
+        command: list[str] | None = None,
+        timeout: float = 120,
+    ) -> None:
+        self.port = port or free_port()
         extra = env
         env = {
             **os.environ,
@@ -120,27 +160,58 @@ class ServiceProcess:
         for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "QDRANT_PATH", "EDGE_PATH", "VECTOR_STORE"):
             env.pop(key, None)
         env.update(extra or {})
-        self.log_path = data_dir.parent / "service.log"
+        self.url = f"http://127.0.0.1:{self.port}"
+        holders = listening_pids(self.port)
+        if holders:
+            raise SystemExit(
+                f"port {self.port} is already taken by pid(s) {sorted(holders)}: stop that server first"
+            )
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir.parent / f"service-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+            command or [sys.executable, "-m", "service"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
+        try:
+            self._wait_until_ours(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_ours(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"service exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+                raise SystemExit(
+                    f"service exited ({self.proc.returncode}): {self.log_path.read_text(errors='replace')[-2000:]}"
+                )
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
+                healthy = httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
+                healthy = False
+            if healthy:
+                holders = listening_pids(self.port)
+                if self.proc.poll() is None and self.proc.pid in holders:
+                    return
+                raise SystemExit(
+                    f"{self.url} answers, but not from the benchmark's service (pid {self.proc.pid}, "
+                    f"{'alive' if self.proc.poll() is None else 'exited'}): the port is held by {sorted(holders)}"
+                )
             time.sleep(0.2)
-        raise SystemExit("service did not start")
+        raise SystemExit(f"service did not start within {timeout:.0f} s (log: {self.log_path})")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
 
 
@@ -282,7 +353,8 @@ def main() -> None:
                 )
             )
 
-        for query in queries[:10]:
+        for index in range(10):  # warm-up texts of their own: every measured query is new to both paths
+            query = f"warm-up question {index}"
             client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
             raw_search(next(iter(model.query_embed(query))).tolist())
         http_latency, raw_latency = [], []
@@ -290,7 +362,10 @@ def main() -> None:
             for path in ("http", "raw") if index % 2 else ("raw", "http"):
                 started = time.perf_counter()
                 if path == "http":
-                    client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
+                    # mode dense: the raw path is a dense engine query, so both sides do the same work.
+                    client.post(
+                        "/v1/search", json={"query": query, "top_k": 5, "mode": "dense"}
+                    ).raise_for_status()
                     http_latency.append(time.perf_counter() - started)
                 else:
                     vector = next(iter(model.query_embed(query))).tolist()
@@ -324,7 +399,8 @@ def main() -> None:
         f"{args.docs} documents, {raw_chunks} chunks per ingest run (CHUNK_SIZE={settings.chunk_size}, "
         f"CHUNK_OVERLAP={settings.chunk_overlap}), {args.queries} searches (top_k 5) over ~{points} points per "
         f"store; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+        f"{platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (other jobs on the machine count: read the ratios)."
     )
     http_mean = statistics.mean(http_latency) * 1000
     raw_mean = statistics.mean(raw_latency) * 1000
@@ -341,10 +417,26 @@ def main() -> None:
     print(table)
     print(breakdown_text)
     if args.write:
-        args.write.write_text(
-            RESULTS_DOC.format(setup=setup, table=table, breakdown=breakdown_text), encoding="utf-8"
-        )
+        write_results(args.write, setup, table, breakdown_text)
         print(f"wrote {args.write}")
+
+
+START = "<!-- ingest_search:start -->"
+END = "<!-- ingest_search:end -->"
+
+
+def write_results(path: Path, setup: str, table: str, breakdown: str) -> None:
+    """Replace this benchmark's section of ``path`` (between its markers), keeping every other section."""
+    section = "\n".join([START, "", setup, "", table, "", breakdown, "", END])
+    if not path.exists():
+        path.write_text(RESULTS_DOC.format(results=section), encoding="utf-8")
+        return
+    doc = path.read_text(encoding="utf-8")
+    if START in doc and END in doc:
+        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END) :]
+    else:
+        doc = doc.rstrip() + "\n\n## Latest results (`make bench`)\n\n" + section + "\n"
+    path.write_text(doc, encoding="utf-8")
 
 
 RESULTS_DOC = """# Benchmarks
@@ -366,11 +458,7 @@ search, checks hits against the registry: the ratios are the cost of those guara
 
 ## Latest results
 
-{setup}
-
-{table}
-
-{breakdown}
+{results}
 
 ## Reading the numbers
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, wait
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI
@@ -28,6 +30,7 @@ from service.app.answer import service as answer_service
 from service.app.api.middleware import install_middleware
 from service.app.api.routes import admin, answer, documents, health, internal, jobs, metrics, search
 from service.app.api.routes.docs import install_docs
+from service.app.core.background import start_in_thread
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
@@ -37,12 +40,16 @@ from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, 
 from service.app.ingest.sandbox import Extractor
 from service.app.ingest.service import IngestService
 from service.app.jobs.reindex import Reindexer
+from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
 from service.app.store.gc import collect_orphans
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
 from service.app.store.remote import RemoteVectorStore
-from service.app.store.vectors import QdrantVectorStore, VectorStore
+from service.app.store.vectors import VectorStore
+
+if TYPE_CHECKING:
+    from service.app.store.qdrant import QdrantVectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,9 @@ def open_vector_store(settings: Settings, *, model_name: str, dimension: int) ->
         from service.app.store.edge import EdgeVectorStore
 
         return EdgeVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+    # qdrant-client is imported only here, when a server URL or local mode is configured (~2.5 s of imports).
+    from service.app.store.qdrant import QdrantVectorStore
+
     return QdrantVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
 
 
@@ -86,25 +96,39 @@ class Services:
 def build_services(
     settings: Settings,
     *,
-    embedder: Embedder | None = None,
+    embedder: Embedder | Future[Embedder] | None = None,
     vectors: VectorStore | None = None,
     registry: DocumentRegistry | None = None,
     start_reindex: bool = True,
 ) -> Services:
     """Build (or take) the adapters, prepare the backends, and wire the domain services.
 
+    ``embedder`` may be a model still loading (`python -m service` starts it before importing the app); a
+    failed load raises here, as an inline one would.
     ``start_reindex``: whether a config that differs from the served index starts a re-index here (the API);
     workers pass False and follow the index pointer instead.
     """
     closers: list[Callable[[], Any]] = []
     if embedder is None:
+        import fastembed  # noqa: F401 - imported here: the thread only builds the session (service/__main__.py)
+
         from service.app.store.embedder import FastEmbedEmbedder
 
-        embedder = FastEmbedEmbedder.from_settings(settings)
-    if registry is None:
-        registry = DocumentRegistry.from_settings(settings)
-        closers.append(registry.close)
-    registry.migrate()
+        # The model loads while the registry migrates (ONNX Runtime builds its session without the GIL).
+        embedder = start_in_thread(lambda: FastEmbedEmbedder.from_settings(settings), name="model-load")
+    try:
+        if registry is None:
+            registry = DocumentRegistry.from_settings(settings)
+            closers.append(registry.close)
+        registry.migrate()
+    except BaseException:
+        if isinstance(embedder, Future):
+            # A session build in native code must finish before the interpreter exits on this failure, or the
+            # exit aborts the process (SIGABRT) instead of reporting the failure.
+            wait([embedder])
+        raise
+    if isinstance(embedder, Future):
+        embedder = embedder.result()  # the store's collection name needs the model's name and dimension
     if vectors is None:
         vectors = open_vector_store(settings, model_name=embedder.model_name, dimension=embedder.dimension)
         closers.append(vectors.close)
@@ -159,7 +183,15 @@ def build_services(
         vectors=vectors,
         embedder=embedder,
         ingest=ingest,
-        search=SearchService(registry=registry, vectors=vectors, embedder=embedder, index=index),
+        search=SearchService(
+            registry=registry,
+            vectors=vectors,
+            embedder=embedder,
+            index=index,
+            query_cache=QueryVectorCache(settings.query_embedding_cache_size)
+            if settings.query_embedding_cache_size
+            else None,
+        ),
         closers=closers,
         reindexer=reindexer,
         extractor=extractor,
@@ -216,7 +248,7 @@ def _generation_factory(
             embedders[config.model] = model
         if collection is None:
             collection = config.collection(settings.qdrant_collection_prefix, model.dimension)
-        if isinstance(base, QdrantVectorStore):
+        if _is_qdrant_client_store(base):
             store = stores.setdefault(collection, base.sibling(collection, model.dimension))
         elif isinstance(base, EdgeVectorStore):
             # One shard directory per collection under EDGE_PATH, sharing the base store's lock; each is
@@ -247,6 +279,13 @@ def _generation_factory(
     return make
 
 
+def _is_qdrant_client_store(store: VectorStore) -> TypeGuard[QdrantVectorStore]:
+    """Whether ``store`` is the qdrant-client adapter, without importing qdrant-client to find out (a process
+    that never imported the adapter's module holds none of its stores)."""
+    module = sys.modules.get("service.app.store.qdrant")
+    return module is not None and isinstance(store, module.QdrantVectorStore)
+
+
 async def _collect_orphans_forever(services: Services) -> None:
     """Orphan collection at start-up, then every GC_INTERVAL_SECONDS (0: start-up only); failures are logged."""
     settings = services.settings
@@ -271,7 +310,7 @@ async def _collect_orphans_forever(services: Services) -> None:
 def create_app(
     settings: Settings | None = None,
     *,
-    embedder: Embedder | None = None,
+    embedder: Embedder | Future[Embedder] | None = None,
     vectors: VectorStore | None = None,
     registry: DocumentRegistry | None = None,
 ) -> FastAPI:

@@ -223,7 +223,8 @@ def test_writes_start_the_background_optimizer_and_close_stops_it(tmp_path: Path
 
 
 def test_migrate_store_copies_a_local_mode_store_into_edge_and_retires_it(tmp_path: Path) -> None:
-    from service.app.store.vectors import QdrantVectorStore, point_id
+    from service.app.store.qdrant import QdrantVectorStore
+    from service.app.store.vectors import point_id
     from service.tools.migrate_store import migrate
 
     settings = make_settings(tmp_path)
@@ -337,7 +338,7 @@ def test_a_store_created_with_other_optimizer_settings_takes_the_bounded_ones_on
 def test_migrate_store_indexes_chunk_by_chunk_so_no_segment_outgrows_the_cap(tmp_path: Path) -> None:
     # One optimize() after copying everything would index the whole store as one segment, which the service's
     # vacuum would later rebuild in a single GIL-holding call.
-    from service.app.store.vectors import QdrantVectorStore
+    from service.app.store.qdrant import QdrantVectorStore
     from service.tools.migrate_store import migrate
 
     settings = make_settings(tmp_path, edge_optimize_chunk_points=64, edge_segment_points=128)

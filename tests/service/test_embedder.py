@@ -390,3 +390,43 @@ def test_documents_are_batched_by_token_length(embedder: FastEmbedEmbedder) -> N
 
     texts = [" ".join(_long_words(60)), "one", " ".join(_long_words(5)), "two", " ".join(_long_words(20))]
     assert length_order(embedder.tokenizer, texts) == [1, 3, 2, 4, 0]
+
+
+def test_session_runs_without_intra_op_spinning_and_honours_the_thread_setting(
+    model_dir: Path, embedder: FastEmbedEmbedder, tmp_path: Path
+) -> None:
+    # Spinning intra-op threads burn a core after every query embedding (docs/benchmarks.md): the service's
+    # session must have it off, whatever EMBEDDING_THREADS says.
+    assert embedder.session_options == {
+        "intra_op_num_threads": "0",  # ONNX Runtime's default: one per core
+        "inter_op_num_threads": "1",
+        "allow_spinning": "0",
+    }
+    one_thread = FastEmbedEmbedder.from_settings(
+        Settings(embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_threads=1)
+    )
+    assert one_thread.session_options["intra_op_num_threads"] == "1"
+    assert one_thread.session_options["allow_spinning"] == "0"
+
+
+def test_own_session_gives_exactly_fastembeds_vectors(model_dir: Path, embedder: FastEmbedEmbedder) -> None:
+    # The session is built by the adapter, not by fastembed: same graph, same optimisations, same numbers.
+    from fastembed import TextEmbedding
+
+    reference = TextEmbedding(MODEL, specific_model_path=str(model_dir))
+    texts = ["a short query", " ".join(_long_words(120))]
+
+    assert embedder.embed_query(texts[0]) == next(iter(reference.query_embed(texts[0]))).tolist()
+    assert embedder.embed_documents(texts) == [v.tolist() for v in reference.passage_embed(texts)]
+
+
+def test_an_unreadable_graph_is_a_clear_model_error(model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "model"
+    broken.mkdir()
+    for name in model_dir.iterdir():
+        if name.is_file():
+            (broken / name.name).write_bytes(name.read_bytes())
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+
+    with pytest.raises(EmbeddingModelError, match="cannot be loaded"):
+        FastEmbedEmbedder(MODEL, model_path=broken, cache_dir=tmp_path / "cache")

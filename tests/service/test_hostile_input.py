@@ -17,7 +17,8 @@ from qdrant_client import QdrantClient
 
 from service.app.core.config import Settings, SettingsError, parse_api_keys
 from service.app.store.embedder import FastEmbedEmbedder
-from service.app.store.vectors import QdrantVectorStore, collection_name
+from service.app.store.qdrant import QdrantVectorStore
+from service.app.store.vectors import collection_name
 from tests.service.prod_support import KEY_A, MakeClient, bearer
 from tests.service.support import make_settings, running_app
 

@@ -17,11 +17,11 @@ from service.app.core.errors import Conflict
 from service.app.main import open_vector_store
 from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore
 from service.app.store.embedder import FastEmbedEmbedder
+from service.app.store.qdrant import QdrantVectorStore
 from service.app.store.sparse import SPARSE_VECTOR, SparseEncoder, default_encoder, identifier_terms
 from service.app.store.vectors import (
     ChunkPoint,
     MetadataCondition,
-    QdrantVectorStore,
     VectorStore,
     collection_name,
     cosine,

@@ -12,7 +12,8 @@ import pytest
 
 from service.app.core.config import Settings
 from service.app.core.errors import ServiceUnavailable
-from service.app.store.vectors import ChunkPoint, QdrantVectorStore
+from service.app.store.qdrant import QdrantVectorStore
+from service.app.store.vectors import ChunkPoint
 from tests.service.support import FailingClient
 
 DIMENSION = 4

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
-from service.app.store.registry import DocumentRegistry, alembic_config, decode_cursor, encode_cursor
+from service.app.store.registry import (
+    SCHEMA_HEAD,
+    DocumentRegistry,
+    alembic_config,
+    decode_cursor,
+    encode_cursor,
+)
 from tests.service.support import create_database
 
 
@@ -69,6 +78,29 @@ def test_migrations_create_the_schema_and_are_idempotent(registry: DocumentRegis
             connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             == migration_head()
         )
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    # migrate() leaves Alembic out when the database records SCHEMA_HEAD: a migration shipped without updating it
+    # would never be applied to an existing database.
+    assert migration_head() == SCHEMA_HEAD
+
+
+def test_a_database_at_head_is_checked_without_loading_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    first = DocumentRegistry(url)
+    assert first.schema_revision() is None
+    first.migrate()
+    first.close()
+    # A fresh process, as at every start-up: migrate() on a database at head must not import Alembic.
+    probe = (
+        "import sys; from service.app.store.registry import DocumentRegistry; r = DocumentRegistry(sys.argv[1]); "
+        "r.migrate(); print(r.schema_revision(), 'alembic' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, url], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [SCHEMA_HEAD, "False"]
 
 
 def test_activate_creates_then_replaces_with_compare_and_set(registry: DocumentRegistry, tenant: str) -> None:

@@ -14,11 +14,11 @@ from qdrant_client import QdrantClient, models
 from service.app.core.errors import ServiceUnavailable
 from service.app.main import open_vector_store
 from service.app.store.edge import EdgeVectorStore
+from service.app.store.qdrant import QdrantVectorStore
 from service.app.store.registry import normalize_database_url
 from service.app.store.vectors import (
     ChunkPoint,
     MetadataCondition,
-    QdrantVectorStore,
     VectorStore,
     collection_name,
     model_slug,

@@ -17,8 +17,9 @@ from qdrant_client import QdrantClient
 
 from service.app.ingest.service import IngestService, new_version
 from service.app.store.embedder import FastEmbedEmbedder
+from service.app.store.qdrant import QdrantVectorStore
 from service.app.store.registry import DocumentRegistry
-from service.app.store.vectors import ChunkPoint, QdrantVectorStore, collection_name
+from service.app.store.vectors import ChunkPoint, collection_name
 from tests.service.support import (
     FailingClient,
     FlakyRegistry,

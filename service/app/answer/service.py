@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from service.app.answer.budget import TokenBudget
 from service.app.answer.citations import CitationFilter, clean_citations
 from service.app.answer.extractive import extract_answer
-from service.app.answer.llm import LlmClient, LlmUnavailable, StreamState
 from service.app.answer.models import AnswerRequest, AnswerResponse, Citation, Usage
 from service.app.answer.prompt import Prompt, Source, TokenCounter, TokenizerCounter, build_prompt
 from service.app.core.config import Settings
@@ -31,6 +30,10 @@ from service.app.core.errors import error_body
 from service.app.core.metrics import ANSWERS
 from service.app.search.models import SearchRequest, SearchResponse
 from service.app.store.protocols import Embedder
+
+if TYPE_CHECKING:
+    # openai (about 1 s to import) is loaded only when an LLM is configured (`attach`).
+    from service.app.answer.llm import LlmClient, StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +152,8 @@ class AnswerService:
         prompt = await self._prompt(tenant, request)
         if not prompt.sources:
             return self._replay(_no_context())
+        from service.app.answer.llm import StreamState  # loaded with the client (attach)
+
         await self.budget.check(tenant)
         state = StreamState()
         pieces = await self.llm.open_stream(
@@ -165,6 +170,8 @@ class AnswerService:
     async def _stream_llm(
         self, tenant: str, prompt: Prompt, pieces: AsyncIterator[str], state: StreamState
     ) -> AsyncIterator[Event]:
+        from service.app.answer.llm import LlmUnavailable
+
         assert self.llm is not None
         citations = CitationFilter(range(1, len(prompt.sources) + 1))
         finished = False
@@ -230,7 +237,11 @@ def usage_data(response: AnswerResponse) -> dict[str, Any]:
 async def attach(services: Any) -> Any:
     """Build `services.answer` on the (possibly cache-wrapped) `services.search`; return its async closer."""
     settings: Settings = services.settings
-    llm = LlmClient(settings) if settings.llm_base_url else None
+    llm = None
+    if settings.llm_base_url:
+        from service.app.answer.llm import LlmClient
+
+        llm = LlmClient(settings)
     budget = TokenBudget(settings)
 
     class _LiveSearch:

@@ -26,6 +26,14 @@ SEARCH_SECONDS = Histogram("rag_search_duration_seconds", "Vector search time (e
 CACHE_REQUESTS = Counter(
     "rag_search_cache_requests_total", "Search cache lookups, by result.", ["result"]
 )  # hit | miss | error
+QUERY_VECTOR_CACHE = Counter(
+    "rag_query_vector_cache_requests_total",
+    "Query-vector cache lookups (QUERY_EMBEDDING_CACHE_SIZE), by vector kind and result.",
+    ["kind", "result"],
+)  # kind: dense | sparse; result: hit | miss
+for _kind in ("dense", "sparse"):
+    for _result in ("hit", "miss"):
+        QUERY_VECTOR_CACHE.labels(kind=_kind, result=_result)
 INVISIBLE_HITS = Counter(
     "rag_search_invisible_hits_total",
     "Vector hits a search dropped because their document version is not active (in-flight writes, orphans).",

@@ -38,15 +38,18 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, TimeoutError
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio import CapacityLimiter, to_thread
-from pebble import ProcessExpired, ProcessPool
 
 from service.app.core.config import Settings
 from service.app.core.errors import InvalidInput, RagError, ServiceUnavailable, UnsupportedMediaType
 from service.app.core.metrics import EXTRACTIONS
 from service.app.ingest import extract
+
+if TYPE_CHECKING:
+    # pebble is imported with the first pool (the first document that needs a worker), not at start-up.
+    from pebble import ProcessExpired, ProcessPool
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +166,8 @@ class Extractor:
 
     def pool(self) -> ProcessPool:
         """The worker pool, started on first use and replaced when pebble gave up on it (all workers lost)."""
+        from pebble import ProcessPool
+
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable("the service is shutting down; retry on another replica")
@@ -233,6 +238,8 @@ class Extractor:
                 return await self._schedule(kind, payload, content_type)
 
     async def _schedule(self, kind: str, payload: Any, content_type: str) -> str:
+        from pebble import ProcessExpired
+
         future = self.pool().schedule(
             _extract_in_child,
             args=(kind, payload, content_type, self.cpu_seconds),

@@ -20,11 +20,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio import to_thread
-from arq.connections import ArqRedis, RedisSettings
-from redis.exceptions import RedisError
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError
@@ -32,6 +30,10 @@ from service.app.core.logging import request_id_var
 from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOB_QUEUE_OLDEST_AGE, JOB_SECONDS, JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
 from service.app.store.jobstore import FAILED, SUCCEEDED, JobRow, JobTable
+
+if TYPE_CHECKING:
+    # arq and redis (about 0.6 s to import) are loaded only with REDIS_URL (`ArqJobQueue`, the worker).
+    from arq.connections import ArqRedis, RedisSettings
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +244,8 @@ def retry_delay(settings: Settings, attempts: int) -> float:
 
 async def wake(pool: ArqRedis, settings: Settings, job_id: str, *, defer_seconds: float = 0) -> bool:
     """Send a worker the wake-up for ``job_id``; False (logged) when Redis fails: the sweeper re-sends it."""
+    from redis.exceptions import RedisError
+
     try:
         await asyncio.wait_for(
             pool.enqueue_job(
@@ -356,6 +360,8 @@ class ArqJobQueue:
     @classmethod
     async def connect(cls, settings: Settings, table: JobTable) -> ArqJobQueue:
         """A client that connects on first use: the API starts (and reports not-ready) while Redis is down."""
+        from arq.connections import ArqRedis
+
         assert settings.redis_url, "ArqJobQueue needs REDIS_URL"
         pool = ArqRedis.from_url(
             settings.redis_url,
@@ -400,6 +406,8 @@ class ArqJobQueue:
 
 def redis_settings(settings: Settings) -> RedisSettings:
     """arq connection settings from REDIS_URL (short retries: readiness, not patience, reports an outage)."""
+    from arq.connections import RedisSettings
+
     assert settings.redis_url
     return RedisSettings.from_dsn(settings.redis_url)
 

@@ -26,6 +26,7 @@ from service.app.core.errors import Conflict, RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES, INVISIBLE_HITS, SEARCH_SECONDS
 from service.app.ingest.index import ActiveIndex
 from service.app.search.models import DEFAULT_MODE, SearchRequest, SearchResponse, SearchResult
+from service.app.search.query_cache import QueryVectorCache
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
 from service.app.store.sparse import SparseVector, default_encoder
@@ -50,8 +51,11 @@ class SearchService:
         vectors: VectorStore,
         embedder: Embedder,
         index: ActiveIndex | None = None,
+        query_cache: QueryVectorCache | None = None,
     ) -> None:
         self.registry = registry
+        # Vectors of recent query texts, per model (QUERY_EMBEDDING_CACHE_SIZE; None: every search embeds).
+        self.query_cache = query_cache
         self._fixed = (vectors, embedder)
         # Shared with the ingest service: a re-index switches both at once.
         self.index = index
@@ -105,14 +109,19 @@ class SearchService:
         vector = None
         if mode != "sparse" or score_threshold is not None:  # sparse needs the embedding only for a threshold
             try:
-                vector = embedder.embed_query(query)
+                cache = self.query_cache
+                vector = cache.dense(embedder, query) if cache is not None else embedder.embed_query(query)
             except RagError:
                 raise
             except Exception as exc:
                 FAILURES.labels(component="embedder").inc()
                 logger.error("query embedding failed", exc_info=exc)
                 raise ServiceUnavailable("query embedding failed; retry later") from exc
-        sparse = default_encoder().query(query) if mode != "dense" else None
+        sparse = None
+        if mode != "dense":
+            encoder = default_encoder()
+            cache = self.query_cache
+            sparse = cache.sparse(encoder, query) if cache is not None else encoder.query(query)
         started = time.perf_counter()
         hits = self._visible_hits(store, tenant_id, vector, top_k, conditions, score_threshold, mode, sparse)
         SEARCH_SECONDS.observe(time.perf_counter() - started)

@@ -21,7 +21,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import redis
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -92,6 +91,9 @@ class RedisCache:
         backoff_seconds: float = 5.0,
         clock: Any = time.monotonic,
     ) -> None:
+        import redis  # only with REDIS_URL: a process on the in-memory cache never loads the client
+
+        self._errors = redis.RedisError
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
         )
@@ -119,7 +121,7 @@ class RedisCache:
             return None
         try:
             value = self._client.get(key)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             CACHE_REQUESTS.labels(result="error").inc()
             self._failed("get", exc)
             return None
@@ -131,13 +133,13 @@ class RedisCache:
             return
         try:
             self._client.set(key, value, ex=ttl_seconds)
-        except redis.RedisError as exc:
+        except self._errors as exc:
             self._failed("set", exc)
 
     def ping(self) -> bool:
         try:
             return bool(self._client.ping())
-        except redis.RedisError:
+        except self._errors:
             return False
 
     def close(self) -> None:

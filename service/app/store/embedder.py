@@ -5,11 +5,21 @@ Two ways to get the model, chosen by settings:
 - otherwise fastembed's own resolution of EMBEDDING_MODEL in EMBEDDING_CACHE_DIR, which production images fill at
   build time with `python -m service.tools.fetch_model` so nothing is downloaded at run time.
 
-Embedding is CPU-bound and synchronous: async callers run it in a threadpool.
+Embedding is CPU-bound and synchronous: async callers run it in a threadpool. ONNX Runtime's ``run`` releases the
+GIL, so searches embed their queries in parallel.
+
+The ONNX session is built here rather than by fastembed, for one option fastembed does not expose: intra-op
+thread SPINNING is off. By default ONNX Runtime's intra-op threads busy-wait after each parallel section, and
+after every ``run``, for the next work item; on a query path that is most of the CPU a search costs (measured
+on 2 cores: 22-25 ms of process CPU per query embedding with spinning, 12-13 ms without, at the same
+latency; docs/benchmarks.md). That burnt CPU is taken from the concurrent searches, the event loop and the
+other processes on the host, which is why throughput stayed flat from 1 to 16 clients. ``inter_op`` threads
+are 1: the graph runs sequentially (ONNX Runtime's default execution mode), so an inter-op pool only idles.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,17 +64,20 @@ class FastEmbedEmbedder:
                 f"EMBEDDING_MODEL_PATH {model_path} has no model.onnx; run `make model` to build it"
             )
         try:
+            # lazy_load: fastembed resolves the model files and the tokenizer; the session is ours (see above).
             self._model: TextEmbedding = TextEmbedding(
                 model_name,
                 cache_dir=str(cache_dir) if cache_dir is not None else None,
                 threads=threads,
                 specific_model_path=str(model_path) if model_path is not None else None,
+                lazy_load=True,
             )
         except ValueError as exc:  # fastembed's error for an unsupported model or one missing from the cache
             hint = "" if model_path is not None else "; fetch it with `python -m service.tools.fetch_model`"
             raise EmbeddingModelError(
                 f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}{hint}"
             ) from exc
+        self._load_session(threads)
         self.model_name = model_name
         self.dimension = int(self._model.embedding_size)
         self._batch_size = batch_size
@@ -81,6 +94,43 @@ class FastEmbedEmbedder:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
+
+    def _load_session(self, threads: int | None) -> None:
+        """The ONNX session fastembed would build (CPU, every graph optimisation), without intra-op spinning."""
+        import onnxruntime as ort
+        from fastembed.common.onnx_external_data import link_external_data
+
+        inner = self._model.model
+        description = inner.model_description
+        model_dir = Path(inner._model_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = model_dir / description.model_file
+        # As fastembed does: models with external data files load through links next to the graph; in a
+        # read-only directory ONNX Runtime reads the files where they are.
+        with contextlib.suppress(OSError):
+            path = link_external_data(model_dir, description.model_file, description.additional_files or [])
+        try:
+            inner.model = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
+        inner._ensure_tokenizer()
+
+    @property
+    def session_options(self) -> dict[str, str]:
+        """The ONNX Runtime settings the session runs with (for tests and operators)."""
+        options = self._model.model.model.get_session_options()
+        return {
+            "intra_op_num_threads": str(options.intra_op_num_threads),
+            "inter_op_num_threads": str(options.inter_op_num_threads),
+            "allow_spinning": options.get_session_config_entry("session.intra_op.allow_spinning"),
+        }
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FastEmbedEmbedder:

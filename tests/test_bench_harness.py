@@ -1,0 +1,142 @@
+"""The benchmark harness measures the service it started: bench/ingest_search.py's ServiceProcess refuses a port
+another process answers on (a stale server once answered for a dead child and a whole run measured it)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest_search import ServiceProcess, free_port, listening_pids  # noqa: E402
+
+
+def http_server(directory: Path, port: int) -> list[str]:
+    """A stand-in server whose /healthz answers 200 (a file of that name in the served directory)."""
+    (directory / "healthz").write_text("ok")
+    return [
+        sys.executable,
+        "-m",
+        "http.server",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        str(directory),
+    ]
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the stand-in server died"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.fixture
+def stale_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """A server left on a port by someone else."""
+    port = free_port()
+    served = tmp_path / "stale"
+    served.mkdir()
+    proc = subprocess.Popen(http_server(served, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/healthz", proc)
+        yield port, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_listening_pids_names_the_process_that_listens(stale_server: tuple[int, subprocess.Popen]) -> None:
+    port, proc = stale_server
+    assert listening_pids(port) == {proc.pid}
+    assert listening_pids(free_port()) == set()
+
+
+def test_a_port_already_answering_is_refused_before_anything_starts(
+    tmp_path: Path, stale_server: tuple[int, subprocess.Popen]
+) -> None:
+    port, proc = stale_server
+    with pytest.raises(SystemExit, match=rf"port {port} is already taken by pid\(s\) \[{proc.pid}\]"):
+        ServiceProcess(tmp_path / "data", port=port, command=[sys.executable, "-c", "pass"])
+
+
+def test_an_answer_from_another_process_is_not_taken_for_the_child(
+    tmp_path: Path, stale_server: tuple[int, subprocess.Popen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stale server takes the port after the pre-start check (the race a free-port probe cannot close); the
+    # child never listens. The harness must say so instead of measuring the stale server.
+    port, proc = stale_server
+    import ingest_search
+
+    real = ingest_search.listening_pids
+    calls: list[int] = []
+
+    def free_at_first_look(p: int) -> set[int]:
+        calls.append(p)
+        return set() if len(calls) == 1 else real(p)
+
+    monkeypatch.setattr(ingest_search, "listening_pids", free_at_first_look)
+    child = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with pytest.raises(SystemExit, match=rf"answers, but not from the benchmark's service .*\[{proc.pid}\]"):
+        ServiceProcess(tmp_path / "data", port=port, command=child, timeout=30)
+
+
+def test_a_child_that_dies_is_reported_with_its_log(tmp_path: Path) -> None:
+    child = [sys.executable, "-c", "import sys; print('cannot bind'); sys.exit(3)"]
+    with pytest.raises(SystemExit, match="service exited \\(3\\): cannot bind"):
+        ServiceProcess(tmp_path / "data", command=child, timeout=30)
+
+
+def test_its_own_child_answering_is_accepted_and_stopped(tmp_path: Path) -> None:
+    port = free_port()
+    served = tmp_path / "own"
+    served.mkdir()
+    service = ServiceProcess(tmp_path / "data", port=port, command=http_server(served, port), timeout=30)
+    try:
+        assert listening_pids(port) == {service.proc.pid}
+        assert httpx.get(f"{service.url}/healthz").status_code == 200
+    finally:
+        service.stop()
+    assert service.proc.poll() is not None
+
+
+def test_results_replace_only_their_own_section(tmp_path: Path) -> None:
+    # `make bench` once rewrote the whole docs/benchmarks.md, deleting every other benchmark's section.
+    from ingest_search import END, START, write_results
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nintro\n\n{START}\nold numbers\n{END}\n\n## Scale\n\nkept section\n")
+    write_results(doc, "setup", "| table |", "breakdown")
+    text = doc.read_text()
+    assert "old numbers" not in text
+    assert "| table |" in text
+    assert text.startswith("# Benchmarks\n\nintro\n\n")
+    assert text.endswith("## Scale\n\nkept section\n")
+
+    fresh = tmp_path / "new.md"
+    write_results(fresh, "setup", "| table |", "breakdown")
+    assert START in fresh.read_text()
+    assert "| table |" in fresh.read_text()
+
+
+def test_the_real_results_file_has_the_markers() -> None:
+    from ingest_search import END, START
+
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    assert text.count(START) == 1
+    assert text.count(END) == 1
+    assert text.index(START) < text.index(END)
