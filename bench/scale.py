@@ -176,8 +176,14 @@ def run_size(
     tenants = np.where(rng.random(n) < 0.9, TENANT, "other")
     name = collection_name("documents", MODEL, vectors.shape[1])
     data_dir = work / f"data-{n}"
+    defaults = Settings(_env_file=None)
     store = EdgeVectorStore(
-        data_dir / "edge" / name, collection=name, dimension=vectors.shape[1], optimize_idle_seconds=None
+        data_dir / "edge" / name,
+        collection=name,
+        dimension=vectors.shape[1],
+        optimize_idle_seconds=None,
+        consolidate_idle_seconds=defaults.edge_consolidate_idle_seconds,
+        consolidate_segment_points=defaults.edge_consolidate_segment_points,
     )
     store.ensure_collection()
     points = [
@@ -204,7 +210,12 @@ def run_size(
         _, seconds = timed(store.optimize)
         optimize_seconds += seconds
         longest_pass = max(longest_pass, seconds)
+    segments_built = store.shard.info().segments_count
+    # Then the consolidation the service runs once writes pause (EDGE_CONSOLIDATE_IDLE_SECONDS), so the service
+    # below starts on the layout it would settle on (and does not consolidate in the middle of the measurements).
+    consolidated, consolidate_seconds = timed(store.consolidate)
     segments = store.shard.info().segments_count
+    modes = engine_modes(store, query_texts[: args.queries], query_vectors[: args.queries])
     store.close()
 
     # Registry rows so the service's visibility check keeps the hits (a document is active in its tenants).
@@ -351,6 +362,9 @@ def run_size(
         "optimize": optimize_seconds,
         "longest_pass": longest_pass,
         "segments": segments,
+        "segments_built": segments_built,
+        "consolidate": consolidate_seconds if consolidated else None,
+        "modes": modes,
         "edge": {**summary(edge_lat), **edge_load},
         "numpy": summary(numpy_lat),
         "recall": recall,
@@ -447,6 +461,24 @@ def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.N
     return out
 
 
+def engine_modes(
+    store: EdgeVectorStore, texts: list[str], vectors: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """The adapter's own search (what the service calls, payloads included) per mode: p50/p99 ms."""
+    from service.app.store.sparse import default_encoder
+
+    encoder = default_encoder()
+    sparse = [encoder.query(text) for text in texts]
+    latencies: dict[str, list[float]] = {"dense": [], "sparse": [], "hybrid": []}
+    for i, vector in enumerate(vectors):
+        for mode, seconds in latencies.items():
+            _, took = timed(
+                lambda: store.search(TENANT, vector.tolist(), limit=TOP_K, mode=mode, sparse=sparse[i])  # noqa: B023
+            )
+            seconds.append(took)
+    return {mode: summary(values) for mode, values in latencies.items()}
+
+
 def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
     latencies: list[float] = []
     lock = threading.Lock()
@@ -520,14 +552,21 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
             )
     rows += [
         "",
-        "| chunks | edge engine p50 / p99 (ms) | numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact |",
-        "|---|---|---|---|---|",
+        "| chunks | edge engine p50 / p99 (ms) | numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact "
+        "| adapter dense / sparse / hybrid p50 (ms) | segments built / after consolidation (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         local = r["local"]
+        modes = r["modes"]
+        merged = (
+            f"{r['segments']} ({r['consolidate']:.0f} s)" if r["consolidate"] is not None else "not needed"
+        )
         rows.append(
             f"| {r['n']:,} | {f(r['edge']['p50'], 2)} / {f(r['edge']['p99'], 2)} | {f(r['numpy']['p50'], 2)} "
-            f"| {f(local['p50']) if local else 'skipped'} | {r['recall']:.3f} |"
+            f"| {f(local['p50']) if local else 'skipped'} | {r['recall']:.3f} "
+            f"| {f(modes['dense']['p50'], 2)} / {f(modes['sparse']['p50'], 2)} / {f(modes['hybrid']['p50'], 2)} "
+            f"| {r['segments_built']} / {merged} |"
         )
     rows += [
         "",
@@ -635,6 +674,9 @@ def main() -> None:
     if args.cache and (args.cache / "base.npy").is_file():
         # Same corpus and split (same --real, --queries, --seed), embedded by an earlier run.
         base, query_vectors = np.load(args.cache / "base.npy"), np.load(args.cache / "queries.npy")
+        if len(query_vectors) != len(query_texts):  # a cache from a run with another --queries (or version)
+            query_vectors = np.asarray([embedder.embed_query(t) for t in query_texts], dtype=np.float32)
+            np.save(args.cache / "queries.npy", query_vectors)
     else:
         print(f"embedding {len(texts)} real chunks and {len(query_texts)} queries", flush=True)
         base = np.asarray(embedder.embed_documents(texts), dtype=np.float32)
