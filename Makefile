@@ -66,9 +66,10 @@ plan: install ## Render, validate and policy-check a stack offline: make plan ST
 e2e: install ## kind cluster + dev prerequisites, pulumi up (local backend), ingest/search via the Gateway, destroy
 	bash .ci/e2e
 
-bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw; `make bench SCALE=100000` adds the scale run
+bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw, HTML extraction; `make bench SCALE=100000` adds the scale run
 	$(PY) bench/ingest_search.py
 	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
+	$(PY) bench/extract_html.py --write docs/benchmarks.md
 	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)
 
 eval: install model ## Retrieval quality (hit@1/5, MRR@10, nDCG@10 per mode) on the man-page set through the HTTP API

@@ -17,9 +17,16 @@ Per size:
 - **local (raw)**: qdrant-client local mode; skipped above ``--local-max`` points (1.7 s per search and 42 s to
   load at 100k, issue 13's measurement), so the run stays bounded.
 - **HTTP service**: `python -m service` started on a store holding the same points (edge shard copied, registry
-  rows for every document), start-up time to the first healthy /healthz, RSS after the searches, and search
-  p50/p95/p99 over HTTP, interleaved query by query with the raw edge path (query embedding + engine query).
-- **Concurrency** (sizes listed in ``--concurrency-at``): searches/s over HTTP with 1, 4 and 16 client threads.
+  rows for every document; the search RESULT cache off, so every request searches), start-up time to the first
+  healthy /healthz, RSS after the searches, and search p50/p95/p99 over HTTP interleaved query by query with the
+  raw edge path, twice: **distinct** texts (each new to the service, so its query-vector cache misses and the
+  model runs; raw = query embedding + engine query) and **repeated** (the same texts again, vectors cached in the
+  service; raw = the engine query alone). For both, from the service's own /metrics histograms and /proc: the
+  mean time per search spent embedding, in the engine + registry check and in the whole request, and the
+  server's CPU per search (all threads).
+- **Throughput** (sizes listed in ``--concurrency-at``): searches/s, p50 and server CPU per search with 1, 4
+  and 16 client threads, for distinct texts (each request a new text) and repeated ones (50 cached texts);
+  ``--threads-sweep 1,2,default`` restarts the service with each EMBEDDING_THREADS value and measures each.
 
 Results replace the section between the scale markers in docs/benchmarks.md (``--write``).
 """
@@ -32,6 +39,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -303,33 +311,40 @@ def run_size(
     started = time.perf_counter()
     service = ServiceProcess(data_dir, env=args.service_env)
     startup = time.perf_counter() - started
-    http_lat, raw_lat = [], []
-    concurrency: dict[int, float] = {}
+    sweep: dict[str, dict] = {}
     try:
-        client = httpx.Client(base_url=service.url, timeout=60)
-        for text in query_texts[:10]:
-            client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
-        for index, text in enumerate(query_texts[: args.queries]):
-            for path in ("http", "raw") if index % 2 else ("raw", "http"):
-                started = time.perf_counter()
-                if path == "http":
-                    response = client.post("/v1/search", json={"query": text, "top_k": TOP_K})
-                    response.raise_for_status()
-                    http_lat.append(time.perf_counter() - started)
-                else:
-                    edge_query(embedder.embed_query(text))
-                    raw_lat.append(time.perf_counter() - started)
-        hits_seen = len(response.json()["results"])
+        texts = query_texts[: args.queries]
+        vectors_by_text = dict(zip(query_texts, (v.tolist() for v in query_vectors), strict=True))
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            warm_up(client)
+            # Distinct texts, each new to the service: its query-vector cache misses, as the raw path embeds.
+            cold = interleaved(client, service, texts, lambda text: edge_query(embedder.embed_query(text)))
+            # The same texts again: the service has their vectors cached; the raw side skips embedding too.
+            warm = interleaved(client, service, texts, lambda text: edge_query(vectors_by_text[text]))
+            hits_seen = len(
+                client.post("/v1/search", json={"query": texts[0], "top_k": TOP_K}).json()["results"]
+            )
         service_rss = rss_mb(service.proc.pid)
-        if n in args.concurrency_at:
-            for clients in (1, 4, 16):
-                concurrency[clients] = searches_per_second(
-                    service.url, query_texts, clients, args.concurrency_seconds
-                )
-        client.close()
+        if n in args.concurrency_at and not args.threads_sweep:
+            sweep["service default"] = throughput(service, query_texts, args)
     finally:
         service.stop()
-        shard.close()
+    if n in args.concurrency_at:
+        for threads in args.threads_sweep:
+            env = (
+                {**args.service_env, "EMBEDDING_THREADS": threads}
+                if threads != "default"
+                else args.service_env
+            )
+            label = f"EMBEDDING_THREADS={threads}" if threads != "default" else "EMBEDDING_THREADS unset"
+            swept = ServiceProcess(data_dir, env=env)
+            try:
+                with httpx.Client(base_url=swept.url, timeout=60) as client:
+                    warm_up(client)
+                sweep[label] = throughput(swept, query_texts, args)
+            finally:
+                swept.stop()
+    shard.close()
     return {
         "n": n,
         "upsert": upsert_seconds,
@@ -340,51 +355,178 @@ def run_size(
         "numpy": summary(numpy_lat),
         "recall": recall,
         "local": local,
-        "http": {**summary(http_lat), "startup": startup, "rss": service_rss, "hits": hits_seen},
-        "raw": summary(raw_lat),
-        "concurrency": concurrency,
+        "http": {"startup": startup, "rss": service_rss, "hits": hits_seen, "cold": cold, "warm": warm},
+        "concurrency": sweep,
         "boot": boot,
     }
 
 
-def searches_per_second(url: str, texts: list[str], clients: int, seconds: float) -> float:
-    done = 0
+def warm_up(client: httpx.Client) -> None:
+    """Model session, engine and connection warm, with texts no measurement uses."""
+    for index in range(10):
+        client.post(
+            "/v1/search", json={"query": f"warm-up question {index}", "top_k": TOP_K}
+        ).raise_for_status()
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (all its threads: event loop, workers, ONNX and engine pools)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def histogram_totals(metrics: str, name: str, labels: str = "") -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram series in the text exposition."""
+    totals = {"sum": 0.0, "count": 0.0}
+    for suffix in totals:
+        pattern = rf"^{name}_{suffix}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$"
+        for match in re.finditer(pattern, metrics, re.MULTILINE):
+            if all(part in (match.group(1) or "") for part in labels.split(",") if part):
+                totals[suffix] += float(match.group(2))
+    return totals["sum"], totals["count"]
+
+
+SERVER_PARTS = {
+    "embedding": ("rag_embedding_duration_seconds", 'kind="query"'),
+    "engine + registry": ("rag_search_duration_seconds", ""),
+    "request": ("rag_http_request_duration_seconds", 'route="/v1/search"'),
+}
+
+
+def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str], raw) -> dict:  # type: ignore[no-untyped-def]
+    """HTTP searches interleaved query by query with ``raw(text)`` (alternating which goes first); latency
+    percentiles of both, and from the service's own /metrics and /proc: the mean server-side time per search
+    spent embedding, in the engine + registry check, and in the whole request, and its CPU per search."""
+    before = client.get("/metrics").text
+    cpu_before = server_cpu_seconds(service.proc.pid)
+    http_lat, raw_lat = [], []
+    for index, text in enumerate(texts):
+        for path in ("http", "raw") if index % 2 else ("raw", "http"):
+            started = time.perf_counter()
+            if path == "http":
+                # mode dense: the raw path is a dense engine query, so both sides do the same work.
+                client.post(
+                    "/v1/search", json={"query": text, "top_k": TOP_K, "mode": "dense"}
+                ).raise_for_status()
+                http_lat.append(time.perf_counter() - started)
+            else:
+                raw(text)
+                raw_lat.append(time.perf_counter() - started)
+    cpu = server_cpu_seconds(service.proc.pid) - cpu_before
+    after = client.get("/metrics").text
+    server = {}
+    for part, (name, labels) in SERVER_PARTS.items():
+        total_after, _ = histogram_totals(after, name, labels)
+        total_before, _ = histogram_totals(before, name, labels)
+        server[part] = (total_after - total_before) / len(texts) * 1000  # per search, misses and hits alike
+    server["cpu"] = cpu / len(texts) * 1000
+    return {"http": summary(http_lat), "raw": summary(raw_lat), "server": server}
+
+
+def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.Namespace) -> dict:
+    """Searches/s and p50 at 1, 4 and 16 clients, for distinct texts (every query new: the model runs) and for
+    repeated texts (a set of 50 whose vectors the service has cached), plus the server's CPU per search."""
+    repeated = query_texts[:50]
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        for text in repeated:
+            client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
+    serial = iter(range(10**9))
+    lock = threading.Lock()
+
+    def distinct(i: int) -> str:
+        with lock:
+            number = next(serial)
+        return f"{query_texts[i % len(query_texts)]} (variant {number})"
+
+    out: dict[str, dict[int, dict[str, float]]] = {"distinct": {}, "repeated": {}}
+    for clients in (1, 4, 16):
+        out["distinct"][clients] = searches_per_second(service, distinct, clients, args.concurrency_seconds)
+        out["repeated"][clients] = searches_per_second(
+            service, lambda i: repeated[i % len(repeated)], clients, args.concurrency_seconds
+        )
+    return out
+
+
+def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def worker(offset: int) -> None:
-        nonlocal done
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=service.url, timeout=60) as client:
             i = offset
-            while time.monotonic() < deadline:
-                client.post(
-                    "/v1/search", json={"query": texts[i % len(texts)], "top_k": TOP_K}
-                ).raise_for_status()
-                i += clients
+            while True:  # at least one search per client, however loaded the machine
+                started = time.perf_counter()
+                client.post("/v1/search", json={"query": text_of(i), "top_k": TOP_K}).raise_for_status()
                 with lock:
-                    done += 1
+                    latencies.append(time.perf_counter() - started)
+                i += clients
+                if time.monotonic() >= deadline:
+                    break
 
+    cpu_before = server_cpu_seconds(service.proc.pid)
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
-    return done / (time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    cpu = server_cpu_seconds(service.proc.pid) - cpu_before
+    return {
+        "rate": len(latencies) / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "cpu": cpu / len(latencies) * 1000,
+    }
 
 
 def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> str:
     def f(value: float | None, digits: int = 1) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
+    def pct(s: dict) -> str:
+        return f"{f(s['p50'])} / {f(s['p95'])} / {f(s['p99'])}"
+
     rows = [
-        "| chunks | HTTP p50 / p95 / p99 (ms) | raw edge + embed p50 (ms) | HTTP / raw p50 | edge engine p50 / p99 (ms) "
-        "| numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact |",
-        "|---|---|---|---|---|---|---|---|",
+        "Search over HTTP against the raw path, interleaved query by query, `mode: dense` on both sides (the "
+        "raw path is a dense engine query with the tenant filter). **Distinct**: every query text new to the "
+        "service (its query-vector cache misses; raw = embed + engine query). **Repeated**: the same texts "
+        "again (vectors cached in the service; raw = engine query with the stored vector).",
+        "",
+        "| chunks | distinct: HTTP p50 / p95 / p99 (ms) | raw p50 | HTTP / raw | repeated: HTTP p50 / p95 / p99 (ms) "
+        "| raw p50 | HTTP / raw |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cold, warm = r["http"]["cold"], r["http"]["warm"]
+        rows.append(
+            f"| {r['n']:,} | {pct(cold['http'])} | {f(cold['raw']['p50'])} "
+            f"| {cold['http']['p50'] / cold['raw']['p50']:.2f}x | {pct(warm['http'])} | {f(warm['raw']['p50'], 2)} "
+            f"| {warm['http']['p50'] / warm['raw']['p50']:.2f}x |"
+        )
+    rows += [
+        "",
+        "Inside the service, per search (means from its /metrics histograms over the same runs; server CPU from "
+        "/proc, all threads: event loop, workers, ONNX Runtime and engine pools):",
+        "",
+        "| chunks | queries | query embedding (ms) | engine + registry (ms) | rest of the request: HTTP, "
+        "routing, threadpool (ms) | whole request in the server (ms) | server CPU per search (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for kind in ("cold", "warm"):
+            sv = r["http"][kind]["server"]
+            rest = sv["request"] - sv["embedding"] - sv["engine + registry"]
+            rows.append(
+                f"| {r['n']:,} | {'distinct' if kind == 'cold' else 'repeated'} | {f(sv['embedding'], 2)} "
+                f"| {f(sv['engine + registry'], 2)} | {f(rest, 2)} | {f(sv['request'], 2)} | {f(sv['cpu'], 1)} |"
+            )
+    rows += [
+        "",
+        "| chunks | edge engine p50 / p99 (ms) | numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact |",
+        "|---|---|---|---|---|",
     ]
     for r in results:
         local = r["local"]
         rows.append(
-            f"| {r['n']:,} | {f(r['http']['p50'])} / {f(r['http']['p95'])} / {f(r['http']['p99'])} "
-            f"| {f(r['raw']['p50'])} | {r['http']['p50'] / r['raw']['p50']:.2f}x "
-            f"| {f(r['edge']['p50'], 2)} / {f(r['edge']['p99'], 2)} | {f(r['numpy']['p50'], 2)} "
+            f"| {r['n']:,} | {f(r['edge']['p50'], 2)} / {f(r['edge']['p99'], 2)} | {f(r['numpy']['p50'], 2)} "
             f"| {f(local['p50']) if local else 'skipped'} | {r['recall']:.3f} |"
         )
     rows += [
@@ -423,10 +565,22 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
     )
     with_concurrency = [r for r in results if r["concurrency"]]
     if with_concurrency:
-        rows += ["", "| chunks | searches/s, 1 client | 4 clients | 16 clients |", "|---|---|---|---|"]
+        rows += [
+            "",
+            "Throughput over HTTP in the default mode (hybrid: dense + BM25, fused), client threads in this "
+            "process on the same CPUs: searches/s, with p50 (ms) and the server's CPU per search (ms) in brackets.",
+            "",
+            "| chunks | service | queries | 1 client | 4 clients | 16 clients |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in with_concurrency:
-            c = r["concurrency"]
-            rows.append(f"| {r['n']:,} | {c[1]:.0f} | {c[4]:.0f} | {c[16]:.0f} |")
+            for label, kinds in r["concurrency"].items():
+                for kind, by_clients in kinds.items():
+                    cells = " | ".join(
+                        f"{c['rate']:.0f} ({c['p50']:.1f} ms, {c['cpu']:.1f} ms CPU)"
+                        for c in by_clients.values()
+                    )
+                    rows.append(f"| {r['n']:,} | {label} | {kind} | {cells} |")
     return "\n".join([START, "", setup, "", *rows, "", END])
 
 
@@ -441,12 +595,20 @@ def main() -> None:
     parser.add_argument("--local-queries", type=int, default=50)
     parser.add_argument("--concurrency-at", default="10000")
     parser.add_argument("--concurrency-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--threads-sweep",
+        default="",
+        help="EMBEDDING_THREADS values to measure throughput with at --concurrency-at, e.g. 1,2,default "
+        "(a service start per value); empty: the service's default only",
+    )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--cache", type=Path, help="directory keeping the corpus embeddings between runs")
     args = parser.parse_args()
     args.concurrency_at = {int(s) for s in args.concurrency_at.split(",") if s}
-    args.service_env = {}
+    args.threads_sweep = [t for t in args.threads_sweep.split(",") if t]
+    # The result cache would answer repeated requests without searching: measure the search path itself.
+    args.service_env = {"CACHE_ENABLED": "false"}
     sizes = [int(s) for s in args.sizes.split(",")]
     if not (MODEL_DIR / "model.onnx").exists():
         raise SystemExit("run `make model` first")
@@ -482,6 +644,7 @@ def main() -> None:
             np.save(args.cache / "base.npy", base)
             np.save(args.cache / "queries.npy", query_vectors)
     embed_seconds = time.perf_counter() - started
+    load_before = os.getloadavg()[0]
     nprng = np.random.default_rng(args.seed)
     # Start-up of the same service on an empty data dir: what start-up costs before any data (imports, model).
     started = time.perf_counter()
@@ -503,7 +666,7 @@ def main() -> None:
     setup = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
-        f"{load[0]:.1f} (the machine was shared with other jobs: compare within a row, not across runs). "
+        f"{load_before:.1f} before and {load[0]:.1f} after (the machine was shared with other jobs: compare within a row, not across runs). "
         f"{len(texts)} real chunks of standard-library docstrings embedded in {embed_seconds:.0f} s, replicated "
         f"with noise up to each size; {args.queries} queries (docstring first sentences), top_k {TOP_K}, tenant "
         f"filter on 90 % of the points; local mode measured on {args.local_queries} queries, skipped above "

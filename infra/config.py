@@ -410,6 +410,7 @@ class BackupsConfig:
     schedule: str = _f(pattern=CRON_RE)
     bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
+    transferMiBps: int = _f(min=1, max=10000)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -39,6 +39,7 @@ as working once that resource exists.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing
+    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -1549,6 +1550,9 @@ def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
             jobs.append((cronjob, job, pod, containers[0]))
     if not jobs:
         return findings
+    # The rate the stack declares it moves data at (rag:backups.transferMiBps): the jobs must be sized for it.
+    declared = (effective_config(run).get("backups") or {}).get("transferMiBps")
+    rate = float(declared) * 2**20 if declared else ASSUMED_TRANSFER_BYTES_PER_SECOND
     for qdrant in run.of_type("kubernetes:apps/v1:StatefulSet"):
         spec = qdrant.inputs.get("spec") or {}
         pod = _get(spec, "template", "spec") or {}
@@ -1595,27 +1599,27 @@ def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
             restore = "SCRATCH" in job_env
             deadline = job.get("activeDeadlineSeconds")
             # A backup streams each node's data once; a restore downloads it to scratch and uploads it again.
-            seconds = nodes * data * (2 if restore else 1) / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            seconds = nodes * data * (2 if restore else 1) / rate
             if isinstance(deadline, (int, float)) and seconds > deadline:
                 findings.append(
                     Finding(
                         "ops-sizing",
                         cronjob.urn,
                         f"moving {nodes} nodes x {claims['storage']} at "
-                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s takes {seconds / 3600:.1f} h, over "
+                        f"{rate / 2**20:g} MiB/s (backups.transferMiBps) takes {seconds / 3600:.1f} h, over "
                         f"activeDeadlineSeconds ({deadline / 3600:g} h): the job is killed mid-way.",
                         "raise the job's activeDeadlineSeconds with the data size.",
                     )
                 )
             timeout = job_env.get("TRANSFER_MAX_SECONDS")
-            one_node = data / ASSUMED_TRANSFER_BYTES_PER_SECOND
+            one_node = data / rate
             if timeout is None or float(timeout) < one_node:
                 findings.append(
                     Finding(
                         "ops-sizing",
                         cronjob.urn,
                         f"one snapshot (up to {claims['storage']}) takes {one_node / 3600:.1f} h to transfer at "
-                        f"{ASSUMED_TRANSFER_BYTES_PER_SECOND / 2**20:g} MiB/s; the per-transfer timeout "
+                        f"{rate / 2**20:g} MiB/s (backups.transferMiBps); the per-transfer timeout "
                         f"TRANSFER_MAX_SECONDS is {timeout or 'unset'}.",
                         "size TRANSFER_MAX_SECONDS from the node's data (QdrantBackupsArgs.node_data_bytes).",
                     )
@@ -1666,6 +1670,80 @@ def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
     return findings
 
 
+# ---------------------------------------------------------------------------------------------- pod-memory
+SERVICE_ROLES = frozenset({"api", "worker"})
+
+
+def _container_env(
+    container: Mapping[str, Any], namespace: str | None, declared: Mapping[Any, Any]
+) -> dict[str, str]:
+    """The settings a container starts with: its envFrom ConfigMaps (in order), then its literal env values."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        name = _get(source, "configMapRef", "name")
+        config_map = declared.get(("ConfigMap", namespace, name)) if name else None
+        if config_map is not None:
+            prefix = str(source.get("prefix") or "")
+            env.update({prefix + str(k): str(v) for k, v in (config_map.inputs.get("data") or {}).items()})
+    env.update({str(e["name"]): str(e["value"]) for e in container.get("env") or [] if "value" in e})
+    return env
+
+
+def models_held(config: Mapping[str, Any]) -> int:
+    """Embedding models one service process may hold at once: the image's models, at most two (the served one,
+    plus the shadow while a model change re-indexes, or the standby kept for rollback after the switch)."""
+    embedding = config.get("embedding") or {}
+    models = {embedding.get("model"), *(embedding.get("extraModels") or [])}
+    if config.get("image"):
+        models |= set((config.get("promotion") or {}).get("models") or [])
+    return min(2, len({m for m in models if m}))
+
+
+def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Each service pod's memory limit holds what runs in it (`infra.components.rag_service.pod_memory_parts`):
+    the service process with its model(s), the embedded store without QDRANT_URL, and in the API the extraction
+    forkserver plus EXTRACT_WORKERS workers at their address-space limit. Past the limit the kernel's OOM killer
+    ends a process of the pod: an extraction (503) or the API itself (every request in flight)."""
+    from infra.components.rag_service import APP, pod_memory_parts
+
+    findings: list[Finding] = []
+    declared = _declared_objects(run)
+    models = models_held(effective_config(run))
+    for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
+        template = _get(deployment.inputs, "spec", "template") or {}
+        labels = _get(template, "metadata", "labels") or {}
+        role = labels.get("app.kubernetes.io/component")
+        if labels.get("app.kubernetes.io/name") != APP or role not in SERVICE_ROLES:
+            continue
+        for container in _get(template, "spec", "containers") or []:
+            limit = _get(container, "resources", "limits", "memory")
+            if not isinstance(limit, str):
+                continue  # the container-resources policy refuses a container without a memory limit
+            env = _container_env(container, object_namespace(deployment), declared)
+            parts = pod_memory_parts(role, env, models)
+            need = sum(mib for _, mib in parts)
+            have = quantity_value(limit) / 2**20
+            if have < need:
+                counted = "; ".join(f"{label} {mib:.0f}" for label, mib in parts)
+                settings = (
+                    "lower service.settings.extractWorkers or extractMemoryMb, or raise "
+                    if role == "api"
+                    else "raise "
+                )
+                findings.append(
+                    Finding(
+                        "pod-memory",
+                        deployment.urn,
+                        f"the {role} container's memory limit {limit} ({have:.0f} MiB) cannot hold what runs in "
+                        f"it, {need:.0f} MiB ({counted}; MiB): the kernel OOM-kills a process of the pod at the "
+                        "limit, an extraction (503) or the service process with every request in flight.",
+                        f"{settings}service.{'resources' if role == 'api' else 'worker.resources'}.limits.memory "
+                        f'to at least {math.ceil(need / 64) * 64}Mi (docs/infra.md, "Pod memory").',
+                    )
+                )
+    return findings
+
+
 CHECKS = (
     check_crd_order,
     check_references,
@@ -1674,6 +1752,7 @@ CHECKS = (
     check_exposure,
     check_cloud_args,
     check_ops_sizing,
+    check_pod_memory,
 )
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is
@@ -1815,6 +1894,9 @@ DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
 CONFIG_WAIVERS: Mapping[str, str] = {}
 #: A valid other value for keys the generic rule (flip a bool, +1 a number, change a quantity) cannot make.
 ALTERNATIVES: Mapping[str, Any] = {
+    # At the places' small data sizes the deadlines sit at their floors (6 h, 5 h per transfer); 1 MiB/s is slow
+    # enough that the restore's two passes over 10Gi outlast the floor, so the declared rate shows in its deadline.
+    "backups.transferMiBps": 1,
     "slackWebhookUrl": "https://hooks.slack.com/services/T0000/B0000/offline-two",
     "pagerdutyRoutingKey": "0123456789abcdef0123456789abcdef",
     "smtpPassword": "smtp-password-two",

@@ -220,6 +220,10 @@ def strict_schema(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {k: strict_schema(v) if k not in ("enum", "default", "required") else v for k, v in node.items()}
+    if isinstance(node.get("properties"), dict):
+        # Property names are not keywords: a field called `default` or `required` (HealthCheckPolicy's
+        # spec.default) is a schema like any other.
+        out["properties"] = {name: strict_schema(sub) for name, sub in node["properties"].items()}
     if isinstance(out.get("pattern"), str) and "(?i)" in out["pattern"][1:]:
         # RE2 (Go) accepts a flag group after "^"; Python only at the very start.
         out["pattern"] = "(?i)" + out["pattern"].replace("(?i)", "")

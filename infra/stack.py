@@ -501,6 +501,7 @@ def backups_args(
         restore_scratch_size=config.qdrant.storage.size,
         resources=backup_resources(config.qdrant.storage.size),
         node_data_bytes=quantity_value(config.qdrant.storage.size),
+        transfer_bytes_per_second=config.backups.transferMiBps * 2**20,
         restore_scratch_storage_class=storage_class(config.qdrant.storage.storageClass, cluster),
         aws_region=cluster.region if cluster.cloud == "aws" else None,
         protect=config.protect,

@@ -41,8 +41,8 @@ S3_IN_MEMORY_PARTS = 10
 S3_MAX_PARTS = 10_000
 S3_MIN_PART = 8 * 2**20
 CLI_MEMORY = 256 * 2**20
-# The sustained rate a backup or restore is assumed to move data between a node and object storage (one stream:
-# gp3's baseline is 125 MiB/s, one S3/GCS stream ~50-100 MiB/s); the jobs' deadlines are sized from it.
+# The default sustained rate a backup or restore moves data between a node and object storage
+# (`rag:backups.transferMiBps`, docs/infra.md "Backup and restore time"); the jobs' deadlines are sized from it.
 ASSUMED_TRANSFER_BYTES_PER_SECOND = 50 * 2**20
 MIN_DEADLINE_SECONDS = 6 * 3600
 # Largest object S3 (5 TiB via multipart) and GCS (5 TiB) store: one snapshot must fit in one object.
@@ -182,15 +182,19 @@ class QdrantBackupsArgs:
     node_data_bytes: float = 10 * 2**30
     """The most one Qdrant node holds (its storage size): sizes the per-snapshot transfer timeout and, with the
     number of nodes, the jobs' deadlines (a backup moves every node's data once, a restore twice)."""
+    transfer_bytes_per_second: float = ASSUMED_TRANSFER_BYTES_PER_SECOND
+    """The sustained rate the deadlines and the transfer timeout assume (`rag:backups.transferMiBps`)."""
     protect: bool = False
     network_policy: bool = True
     suspend: bool = False
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
-def transfer_seconds(total_bytes: float, passes: int = 1) -> int:
-    """Seconds to move `total_bytes` `passes` times at ASSUMED_TRANSFER_BYTES_PER_SECOND, with 50 % headroom."""
-    return int(1.5 * passes * total_bytes / ASSUMED_TRANSFER_BYTES_PER_SECOND) + 1
+def transfer_seconds(
+    total_bytes: float, passes: int = 1, rate: float = ASSUMED_TRANSFER_BYTES_PER_SECOND
+) -> int:
+    """Seconds to move `total_bytes` `passes` times at `rate` bytes per second, with 50 % headroom."""
+    return int(1.5 * passes * total_bytes / rate) + 1
 
 
 def upload_memory_bytes(snapshot_bytes: float) -> int:
@@ -264,7 +268,12 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
     ]
     # One snapshot (up to a node's data) per curl transfer; a value, so the script's timeout follows the sizes.
     env.append(
-        {"name": "TRANSFER_MAX_SECONDS", "value": str(max(18000, transfer_seconds(args.node_data_bytes)))}
+        {
+            "name": "TRANSFER_MAX_SECONDS",
+            "value": str(
+                max(18000, transfer_seconds(args.node_data_bytes, rate=args.transfer_bytes_per_second))
+            ),
+        }
     )
     if args.aws_region is not None:
         env.append({"name": "AWS_REGION", "value": args.aws_region})
@@ -318,7 +327,7 @@ def cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str) -> dict
 def deadline_seconds(args: QdrantBackupsArgs, *, passes: int) -> int:
     """activeDeadlineSeconds of a job moving every node's data `passes` times (at least MIN_DEADLINE_SECONDS)."""
     total = args.node_data_bytes * len(args.qdrant_peer_urls)
-    return max(MIN_DEADLINE_SECONDS, transfer_seconds(total, passes))
+    return max(MIN_DEADLINE_SECONDS, transfer_seconds(total, passes, args.transfer_bytes_per_second))
 
 
 NEVER = "0 0 31 2 *"

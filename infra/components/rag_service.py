@@ -35,6 +35,28 @@ from infra.components.specs import EgressTarget, Resources, require
 APP = "rag"
 DATA_DIR = "/var/lib/rag"
 WORKER_METRICS_PORT = 9100  # the worker serves Prometheus metrics here, on the container port named `metrics`
+
+# What a service pod's memory limit must hold (`pod_memory_parts`, checked by `make plan`'s `pod-memory`; the
+# figures and how they were measured: docs/infra.md, "Pod memory"). MiB.
+#: One service process (API or worker) with its embedding model loaded, peak while embedding ingest batches and
+#: answering searches, the vector store a server (QDRANT_URL): measured with all-MiniLM-L6-v2 (22.7 M parameters),
+#: plus the larger weights of the stacks' default BAAI/bge-small-en-v1.5 (33.4 M parameters: +41 MiB of fp32).
+SERVICE_PROCESS_MIB = 800
+#: A second embedding model the process holds while a model change re-indexes (the shadow generation) or after the
+#: switch (the standby kept for rollback): its fp32 weights (bge-small-en-v1.5, 127 MiB) and its own ONNX Runtime
+#: arena, which grows like the first model's while both embed (the re-index and live writes): ~430 MiB measured.
+EXTRA_MODEL_MIB = 560
+#: The embedded vector store (no QDRANT_URL): qdrant-edge at 100k chunks (731 MB service RSS against 334 MB empty,
+#: docs/benchmarks.md); more data needs more.
+EMBEDDED_STORE_MIB = 400
+#: The multiprocessing forkserver the extraction workers fork from (the parsers preloaded), charged once to the pod.
+FORKSERVER_MIB = 60
+#: The service's own defaults when the settings do not name them (service/app/core/config.py).
+SERVICE_DEFAULTS = {"WORKERS": 1, "EXTRACT_WORKERS": 2, "EXTRACT_MEMORY_MB": 512}
+#: Headroom over the counted parts: kernel memory charged to the pod's cgroup (page tables, socket buffers),
+#: allocator fragmentation, request bodies in flight (MAX_DOCUMENT_BYTES each). The larger of the two.
+HEADROOM_FRACTION = 0.10
+HEADROOM_MIN_MIB = 128
 SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "API_KEYS")
 ENVIRONMENTS = ("development", "test", "staging", "production")
 
@@ -123,7 +145,7 @@ class RagServiceArgs:
     autoscaling: Autoscaling | None = None
     resources: Resources = field(
         default_factory=lambda: Resources(
-            cpu_request="250m", memory_request="512Mi", cpu_limit="2", memory_limit="1Gi"
+            cpu_request="250m", memory_request="1Gi", cpu_limit="2", memory_limit="2304Mi"
         )
     )
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -235,6 +257,46 @@ def managed_setting_names() -> tuple[str, ...]:
         "QDRANT_REPLICATION_FACTOR",
         "QDRANT_SHARD_NUMBER",
     )
+
+
+def pod_memory_parts(role: str, env: Mapping[str, str], models: int = 1) -> list[tuple[str, float]]:
+    """What the memory limit of one service pod must hold, in MiB, part by part (headroom last).
+
+    `role` is `api` or `worker`; `env` the pod's settings (ConfigMap and env); `models` the embedding models a
+    process may hold at once (2 while the image bakes more than one: current plus shadow or standby).
+
+    An extraction worker is counted at its whole EXTRACT_MEMORY_MB: that is its RLIMIT_AS, a cap on its address
+    space, and every page it has resident is mapped, so its resident set (what the cgroup charges) stays below it.
+    The true peak is lower (a worker's address space also holds the interpreter and libraries it shares with the
+    forkserver, charged once), which only adds to the headroom. Only the API extracts: the worker ingests jobs
+    that carry already-extracted text, and its Extractor pool starts on the first extraction, which never comes.
+    """
+    processes = int(env.get("WORKERS", SERVICE_DEFAULTS["WORKERS"]))
+    parts: list[tuple[str, float]] = [
+        (f"{processes} service process(es) with the embedding model", processes * SERVICE_PROCESS_MIB)
+    ]
+    if models > 1:
+        parts.append(
+            (f"{models - 1} more embedding model(s) per process", processes * (models - 1) * EXTRA_MODEL_MIB)
+        )
+    if not env.get("QDRANT_URL"):
+        parts.append(("the embedded vector store (100k chunks)", processes * EMBEDDED_STORE_MIB))
+    if role == "api":
+        workers = int(env.get("EXTRACT_WORKERS", SERVICE_DEFAULTS["EXTRACT_WORKERS"]))
+        memory = int(env.get("EXTRACT_MEMORY_MB", SERVICE_DEFAULTS["EXTRACT_MEMORY_MB"]))
+        parts.append(("the extraction forkserver", processes * FORKSERVER_MIB))
+        # EXTRACT_MEMORY_MB is in MB of 2**20 bytes (sandbox.py: memory_mb * 1024 * 1024).
+        parts.append(
+            (f"EXTRACT_WORKERS x EXTRACT_MEMORY_MB ({workers} x {memory})", processes * workers * memory)
+        )
+    counted = sum(mib for _, mib in parts)
+    parts.append(("headroom", max(HEADROOM_MIN_MIB, HEADROOM_FRACTION * counted)))
+    return parts
+
+
+def pod_memory_mib(role: str, env: Mapping[str, str], models: int = 1) -> float:
+    """The smallest memory limit (MiB) one service pod needs: `pod_memory_parts` summed."""
+    return sum(mib for _, mib in pod_memory_parts(role, env, models))
 
 
 # ---------------------------------------------------------------------------------------------- pure specs

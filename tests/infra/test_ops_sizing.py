@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -147,3 +148,25 @@ def test_no_backups_no_sizing_findings() -> None:
     jobs: list[RecordedResource] = result.of_type("kubernetes:batch/v1:CronJob")
     assert sizing(without(result, "kubernetes:batch/v1:CronJob")) == []
     assert jobs  # the prod program does run them
+
+
+def with_declared_rate(result: StackRun, mib_per_second: int) -> StackRun:
+    """The same rendered jobs under a stack that declares another transfer rate (what the check reads)."""
+    backups = json.loads(result.config.get("rag:backups") or "{}")
+    config = {**result.config, "rag:backups": json.dumps({**backups, "transferMiBps": mib_per_second})}
+    return dataclasses.replace(result, config=config)
+
+
+def test_the_transfer_rate_is_a_declared_stack_setting_the_jobs_are_sized_for() -> None:
+    base = run("prod", "eks")
+    # Jobs sized at the default 50 MiB/s cannot move prod's 3 x 100Gi within their deadlines at 5 MiB/s.
+    slow = sizing(with_declared_rate(base, 5))
+    assert {f.name for f in slow} == {"qdrant-backups-cronjob", "qdrant-backups-restore"}
+    assert all("5 MiB/s (backups.transferMiBps)" in f.message for f in slow)
+    # Declaring the slower rate makes the program size longer deadlines and timeouts: the check passes.
+    declared = run("prod", "eks", backups={"transferMiBps": 5})
+    assert sizing(declared) == []
+    backup = base.by_name("qdrant-backups-cronjob").inputs["spec"]["jobTemplate"]["spec"]
+    slower = declared.by_name("qdrant-backups-cronjob").inputs["spec"]["jobTemplate"]["spec"]
+    assert slower["activeDeadlineSeconds"] > backup["activeDeadlineSeconds"]
+    assert slower["activeDeadlineSeconds"] >= 1.5 * 3 * 100 * 2**30 / (5 * 2**20)

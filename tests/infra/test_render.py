@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from infra import render
+from infra.clusters.eks import ENVOY_GATEWAY_CHART, envoy_proxy_spec
 from infra.offline import RecordedResource, StackRun
 from infra.policy import run_policies
 from tests.infra.conftest import run as cached_run
@@ -97,6 +98,8 @@ def test_every_cluster_target_validates_and_passes_policies(target_run: StackRun
     assert report.problems == []
     assert report.violations == []
     assert report.validated_builtin > 0
+    # Every custom resource the program renders is validated against a vendored schema of the pinned CRD.
+    assert [n for n in report.not_validated if n.startswith("k8s/")] == []
 
 
 def test_prod_protects_its_state(runs: dict[str, StackRun], rendered: dict[str, tuple]) -> None:
@@ -447,8 +450,68 @@ CUSTOM_OBJECTS = {
     },
 }
 
+CUSTOM_OBJECTS.update(
+    {
+        "EnvoyProxy": {
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+            "kind": "EnvoyProxy",
+            "metadata": {"name": "rag-proxy", "namespace": "envoy-gateway-system"},
+            "spec": envoy_proxy_spec(internal=True),
+        },
+        "GatewayClass": {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "eg"},
+            "spec": {
+                "controllerName": "gateway.envoyproxy.io/gatewayclass-controller",
+                "parametersRef": {
+                    "group": "gateway.envoyproxy.io",
+                    "kind": "EnvoyProxy",
+                    "name": "rag-proxy",
+                    "namespace": "envoy-gateway-system",
+                },
+            },
+        },
+        "Cluster": {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster",
+            "metadata": {"name": "postgres", "namespace": "rag"},
+            "spec": {
+                "instances": 2,
+                "imageName": "ghcr.io/cloudnative-pg/postgresql:17.5",
+                "storage": {"size": "10Gi"},
+                "bootstrap": {"initdb": {"database": "rag", "owner": "rag"}},
+                "affinity": {"enablePodAntiAffinity": True, "topologyKey": "kubernetes.io/hostname"},
+            },
+        },
+        "HealthCheckPolicy": {
+            "apiVersion": "networking.gke.io/v1",
+            "kind": "HealthCheckPolicy",
+            "metadata": {"name": "rag", "namespace": "rag"},
+            "spec": {
+                "default": {
+                    "config": {"type": "HTTP", "httpHealthCheck": {"requestPath": "/readyz", "port": 8000}}
+                },
+                "targetRef": {"group": "", "kind": "Service", "name": "rag"},
+            },
+        },
+    }
+)
+
 #: One typo'd field per kind, at a nested path, and the error it must produce.
 TYPOS = {
+    "EnvoyProxy": (
+        ("spec", "provider", "kubernetes", "envoyService"),
+        "anotations",
+        "spec.provider.kubernetes.envoyService",
+    ),
+    "GatewayClass": (("spec", "parametersRef"), "namespce", "spec.parametersRef"),
+    "Cluster": (("spec", "storage"), "sise", "spec.storage"),
+    "HealthCheckPolicy": (
+        ("spec", "default", "config", "httpHealthCheck"),
+        "path",
+        "spec.default.config.httpHealthCheck",
+    ),
     "ServiceMonitor": (("spec", "endpoints", 0), "intervall", "spec.endpoints.0"),
     "PodMonitor": (("spec", "podMetricsEndpoints", 0), "targetPorts", "spec.podMetricsEndpoints.0"),
     "PrometheusRule": (("spec", "groups", 0, "rules", 0), "severity", "spec.groups.0.rules.0"),
@@ -478,12 +541,47 @@ def test_vendored_schemas_name_their_source_and_compile(path: Path) -> None:
     assert strict["properties"]["spec"]["additionalProperties"] is False
 
 
+def _declared_default(key: str) -> dict:
+    declared = yaml.safe_load((Path(__file__).resolve().parents[2] / "Pulumi.yaml").read_text())["config"]
+    return declared[key]["default"]
+
+
+def test_vendored_schemas_are_those_of_the_pinned_versions() -> None:
+    """A schema from another release than the one the stack installs would pass fields the cluster refuses (or
+    refuse fields it takes): each vendored file names the version the program pins, and comes from that tag."""
+    from infra.components.postgres import CNPG_CHART_VERSION
+
+    versions = {
+        path.relative_to(render.SCHEMA_DIR).as_posix(): yaml.safe_load(path.read_text())
+        for path in SCHEMA_FILES
+    }
+    cert_manager = _declared_default("tls")["certManagerVersion"]
+    chart = _declared_default("monitoring")["chartVersion"]
+    envoy_gateway = ENVOY_GATEWAY_CHART[1]
+    expected = {
+        "cert-manager.io/": f"cert-manager {cert_manager}",
+        "monitoring.coreos.com/": f"(kube-prometheus-stack {chart})",
+        "gateway.envoyproxy.io/": f"Envoy Gateway {envoy_gateway}",
+        # The Gateway API bundle Envoy Gateway's chart installs on EKS (charts/gateway-helm/charts/crds at its tag);
+        # the standard channel, the subset GKE's managed CRDs and any conformant implementation serve.
+        "gateway.networking.k8s.io/": "Gateway API v1.6.1, standard channel",
+        "postgresql.cnpg.io/": f"(cloudnative-pg chart {CNPG_CHART_VERSION})",
+        "networking.gke.io/": "gke-gateway-api",
+    }
+    for name, doc in versions.items():
+        (want,) = [v for prefix, v in expected.items() if name.startswith(prefix)]
+        assert want in doc["version"], (name, doc["version"])
+        assert "main" not in doc["source"].split("/blob/")[1].split("/")[0]  # a commit, not a branch
+        assert "partial" not in doc["version"]
+
+
 @pytest.mark.parametrize("kind", sorted(CUSTOM_OBJECTS))
 def test_custom_resources_validate_strictly(kind: str) -> None:
     good = copy.deepcopy(CUSTOM_OBJECTS[kind])
     validated_by, errors = render.validate_manifest(good)
     assert errors == []
-    assert validated_by.startswith(f"{good['apiVersion'].rsplit('/', 1)[0]}/{kind.lower()}_v1.yaml (")
+    group, version = good["apiVersion"].rsplit("/", 1)
+    assert validated_by.startswith(f"{group}/{kind.lower()}_{version}.yaml (")
 
     path, field, where = TYPOS[kind]
     bad = copy.deepcopy(good)

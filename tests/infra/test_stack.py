@@ -81,9 +81,9 @@ def test_resources_and_storage_class_fall_back_to_the_cluster() -> None:
     res = stack.resources(cfg.service.resources)
     assert (res.cpu_request, res.memory_request, res.cpu_limit, res.memory_limit) == (
         "100m",
-        "384Mi",
+        "512Mi",
         "500m",
-        "768Mi",
+        "1536Mi",
     )
     assert stack.storage_class("fast", target()) == "fast"
     assert stack.storage_class("", target(storage_class="gp3")) == "gp3"

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from service.app.core.config import Settings
-from service.app.ingest.sandbox import Extractor
+from service.app.ingest.sandbox import ExtractionLimitExceeded, Extractor
 from service.app.store.embedder import FastEmbedEmbedder
 from tests.service.service_process import REPO_ROOT, service_process, wait_for
 from tests.service.support import make_pdf, make_settings, running_app, services_of
@@ -211,6 +211,27 @@ def test_a_cancelled_extraction_frees_its_worker() -> None:
             extractor.close()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+
+
+def test_running_out_of_memory_while_extracting_is_the_422_and_the_next_document_is_served() -> None:
+    """Half a million paragraphs parse in ~200 MB and extraction adds more (marker nodes, text): across these
+    budgets the allocation fails in the parse, in finding the block elements or in marking them. Each is the
+    memory 422, never a 503 or a crash blamed on the document, and the replaced worker serves the next page."""
+
+    async def scenario() -> None:
+        for memory_mb in (200, 225, 250):
+            extractor = Extractor(Settings(_env_file=None, extract_workers=1, extract_memory_mb=memory_mb))
+            try:
+                with pytest.raises(ExtractionLimitExceeded) as refused:
+                    await extractor.html(HUGE_TREE_HTML)
+                assert refused.value.details["limit"] == "EXTRACT_MEMORY_MB", memory_mb
+                assert await extractor.html(PAGE) == (
+                    "Basalt\n\nBasalt columns form when thick lava flows cool slowly."
+                ), memory_mb
+            finally:
+                extractor.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=300))
 
 
 def test_pdfs_are_always_extracted_in_a_worker(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

@@ -1,5 +1,6 @@
 """The service as a real process (`python -m service`) on a free loopback port, for tests that need a socket:
-a browser loading /docs, the bulk-ingest client honouring 429s, the prod-like local run."""
+a browser loading /docs, the bulk-ingest client honouring 429s, the prod-like local run, and the delivery
+CLI (`ragops reindex`, `ragops smoke`) against a deployed URL."""
 
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ def service_env(**settings: str) -> dict[str, str]:
 
 
 @contextmanager
-def api_process(workdir: Path, **settings: str) -> Iterator[str]:
-    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); yield its base URL."""
+def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> Iterator[str]:
+    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); yield its base URL
+    once ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process)."""
     port = free_port()
     env = service_env(host="127.0.0.1", port=str(port), log_json="false", **settings)
     log = Path(tempfile.mkdtemp(prefix="rag-api-")) / "api.log"
@@ -45,7 +47,7 @@ def api_process(workdir: Path, **settings: str) -> Iterator[str]:
 
     def ready() -> bool:
         try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            return httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -1,6 +1,7 @@
 """Throwaway Postgres and Redis servers for integration tests.
 
 Each server lives in a temporary directory on a free loopback port and is stopped when the context exits.
+`json_server` is a scripted HTTP server (a thread) for clients under test that only need JSON answers.
 When DATABASE_URL / REDIS_URL are set the tests use those servers instead. Nothing here skips: a missing
 binary is an error telling how to get it, so CI can never pass without running the integration tests.
 """
@@ -8,16 +9,20 @@ binary is an error telling how to get it, so CI can never pass without running t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 READY_TIMEOUT_SECONDS = 60.0
@@ -31,6 +36,34 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class _JsonHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status, body = self.server.answer(self.path)  # type: ignore[attr-defined]
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def json_server(answer: Callable[[str], tuple[int, Any]]) -> Iterator[ThreadingHTTPServer]:
+    """A real HTTP server on a free loopback port whose GETs answer ``answer(path)``: (status, JSON body)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _JsonHandler)
+    server.answer = answer  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _pg_binary(name: str) -> str:

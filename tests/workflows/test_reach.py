@@ -6,13 +6,8 @@ the path is the one a user takes: `ragops up`, then `ragops status`, then `ragop
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -20,49 +15,35 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.workflows.cli import app
-from infra.workflows.stacks import REPO_ROOT, Context
-from tests.support.servers import free_port
+from infra.workflows.stacks import Context
+from tests.support.processes import api_process
+from tests.support.servers import free_port, json_server
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
 
 runner = CliRunner()
 KEY = "smoke-test-key-0123456789abcdef"
-READY_TIMEOUT_SECONDS = 120.0
 
 
 def _invoke(ctx: Context, *args: str):
     return runner.invoke(app, list(args), obj=ctx)
 
 
-class _Readyz(BaseHTTPRequestHandler):
-    status = 200
+@pytest.fixture
+def readyz_server() -> Iterator[ThreadingHTTPServer]:
+    """A real HTTP server on a loopback port whose /readyz answers `server.readyz_status`."""
 
-    def do_GET(self) -> None:
-        ok = self.server.readyz_status == 200  # type: ignore[attr-defined]
+    def answer(path: str) -> tuple[int, dict]:
+        status = server.readyz_status  # type: ignore[attr-defined]
+        ok = status == 200
         body = {
             "status": "ok" if ok else "unavailable",
             "checks": {"qdrant": "ok", "redis": "ok" if ok else "failed"},
         }
-        data = json.dumps(body).encode()
-        self.send_response(self.server.readyz_status if self.path == "/readyz" else 404)  # type: ignore[attr-defined]
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        return (status if path == "/readyz" else 404), body
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def readyz_server() -> Iterator[ThreadingHTTPServer]:
-    """A real HTTP server on a loopback port whose /readyz answers `server.readyz_status`."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
-    server.readyz_status = 200  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with json_server(answer) as server:
+        server.readyz_status = 200  # type: ignore[attr-defined]
+        yield server
 
 
 def _url(server: ThreadingHTTPServer) -> str:
@@ -127,47 +108,16 @@ def test_status_of_a_missing_stack_hints_at_stack_init(ctx: Context, backend: Fa
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real service (`python -m service`) on a free loopback port, API keys on, embedded stores."""
     data = tmp_path_factory.mktemp("service-data")
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATA_DIR": str(data),
-        "API_KEYS": json.dumps({KEY: "default"}),
-        "ENVIRONMENT": "development",
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_ENABLED": "false",
-    }
-    for name in ("REDIS_URL", "DATABASE_URL", "QDRANT_URL", "AUTH_DISABLED"):
-        env.pop(name, None)
-    log = data / "service.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Readiness polling, not a timing assertion: the deadline only bounds a server that never comes up.
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with api_process(
+        data,
+        ready_path="/readyz",
+        data_dir=str(data),
+        api_keys=json.dumps({KEY: "default"}),
+        environment="development",
+        log_level="WARNING",
+        rate_limit_enabled="false",
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_user_goes_from_up_to_a_first_search_on_the_deployed_url(

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -26,14 +21,14 @@ from typer.testing import CliRunner
 
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.cli import app
-from infra.workflows.stacks import REPO_ROOT, Context
-from tests.support.servers import free_port
+from infra.workflows.stacks import Context
+from tests.support.processes import api_process
+from tests.support.servers import free_port, json_server
 from tests.workflows.fake_pulumi import FakeBackend
 
 runner = CliRunner()
 KEY = "tenant-key-0123456789abcdef0123"
 ADMIN = "admin-key-0123456789abcdef0123456"
-READY_TIMEOUT_SECONDS = 120.0
 DOCS = {
     "volcano": "Volcanoes erupt molten rock and ash from deep below the crust of the planet. " * 6,
     "bread": "Sourdough bread rises slowly because wild yeast ferments the dough overnight. " * 6,
@@ -50,54 +45,23 @@ def _flat(text: str) -> str:
 
 
 @contextlib.contextmanager
-def service_process(data: Path, **env_overrides: str) -> Iterator[str]:
-    """`python -m service` on a free loopback port over `data` (SQLite + local-mode Qdrant there)."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "DATA_DIR": str(data),
-        "VECTOR_STORE": "local",
-        "API_KEYS": json.dumps({KEY: "default"}),
-        "ADMIN_API_KEY": ADMIN,
-        "ENVIRONMENT": "development",
-        "LOG_LEVEL": "WARNING",
-        "RATE_LIMIT_ENABLED": "false",
-        "CHUNK_SIZE": "200",
-        "CHUNK_OVERLAP": "32",
+def service_process(data: Path, **overrides: str) -> Iterator[str]:
+    """`python -m service` on a free loopback port over `data` (SQLite + local-mode Qdrant there), API keys and
+    an admin key on, 200-token chunks; ``overrides`` are settings (e.g. a DATABASE_URL several replicas share)."""
+    settings = {
+        "data_dir": str(data),
+        "vector_store": "local",
+        "api_keys": json.dumps({KEY: "default"}),
+        "admin_api_key": ADMIN,
+        "environment": "development",
+        "log_level": "WARNING",
+        "rate_limit_enabled": "false",
+        "chunk_size": "200",
+        "chunk_overlap": "32",
     }
-    for name in ("REDIS_URL", "DATABASE_URL", "QDRANT_URL", "AUTH_DISABLED", "EMBEDDING_MODEL"):
-        env.pop(name, None)
-    env.update(env_overrides)  # e.g. a DATABASE_URL several replicas share
-    log = data / "service.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # Readiness polling, not a timing assertion: the deadline only bounds a server that never comes up.
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    settings.update({name.lower(): value for name, value in overrides.items()})
+    with api_process(data, ready_path="/readyz", **settings) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _ingest(url: str, docs: dict[str, str]) -> None:
@@ -248,29 +212,16 @@ def test_the_admin_key_comes_from_the_environment(ctx: Context, service: str, mo
 
 
 # --- following a re-index across replicas: a scripted admin API on a real loopback server --------------------
-class _Scripted(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        statuses = self.server.statuses  # type: ignore[attr-defined]
-        body = statuses.pop(0) if len(statuses) > 1 else statuses[0]
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def scripted() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    """A loopback admin API answering each GET with the next of `server.statuses` (the last one repeats)."""
+
+    def answer(path: str) -> tuple[int, dict]:
+        statuses = server.statuses  # type: ignore[attr-defined]
+        return 200, (statuses.pop(0) if len(statuses) > 1 else statuses[0])
+
+    with json_server(answer) as server:
+        yield server
 
 
 OLD = {"model": "m", "chunk_size": 200, "chunk_overlap": 32}

@@ -2,7 +2,7 @@
 
 `extract_text(data, content_type)` is pure (no I/O besides parsing) so the HTTP route and the async job worker
 share it. Markdown is kept as text: its markup is light and carries meaning (headings, lists) the embedder
-handles well. HTML is parsed by selectolax (lexbor, C; about 8x BeautifulSoup's html.parser, docs/benchmarks.md)
+handles well. HTML is parsed and segmented by selectolax (lexbor, C; docs/benchmarks.md has its speed)
 and loses script/style/noscript/template elements and keeps headings, paragraphs, list items
 and table cells as paragraphs of their own. PDF text comes from pypdf page by page. Problems are domain errors:
 an unknown type is UnsupportedMediaType (415), unreadable or empty content is InvalidInput (422). The routes do
@@ -12,10 +12,11 @@ not call these directly: service.app.ingest.sandbox runs them within per-documen
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import re
+import sys
 from pathlib import PurePath
-from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
@@ -43,9 +44,8 @@ BLOCK_TAGS = {
     "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main",
     "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "br",
 }  # fmt: skip
-HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
-_SPACES = re.compile(r"\s+")
-_FLUSH = object()
+_BLOCK_TAG_ORDER = sorted(BLOCK_TAGS)  # a fixed order: set iteration order varies with hash seeds
+_MARK = "\ue000"  # the first private-use character: the block marker, unless the document's text holds it
 
 
 class HtmlParseError(InvalidInput):
@@ -97,48 +97,47 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
 def html_to_text(html: str) -> str:
     """Visible text of an HTML document; headings and other blocks become their own paragraphs.
 
-    Parsed by lexbor (selectolax, C, an HTML5-conformant parser) and walked with an explicit stack, so neither
-    size nor nesting depth costs Python recursion; docs/benchmarks.md has the speed against BeautifulSoup.
+    Parsed by lexbor (selectolax, C, an HTML5-conformant parser), and the segmentation stays in C too: invisible
+    elements are detached, a marker character (one the text does not contain) is inserted as a text node before
+    and after each block element, and one ``text()`` call concatenates the text nodes, which the markers then
+    split into blocks. Python touches each block element twice, not each node (text, inline element) once:
+    faster than walking the tree, with the same text (docs/benchmarks.md, tests/service/test_html_equivalence.py).
+    No step recurses in Python or in C (lexbor walks trees iteratively), so nesting depth is no RecursionError.
     """
+    # Elements are found by tag name (lexbor collects them in C), not by a CSS selector list: selectolax's CSS
+    # match callback turns a MemoryError into a SystemError, and a worker must recognise its memory budget.
     try:
-        root = LexborHTMLParser(html).root
-    except SelectolaxError as exc:
+        tree = LexborHTMLParser(html)
+        root = tree.root
+        if root is None:
+            return ""
+        for tag in DROPPED_TAGS:
+            for node in tree.tags(tag):
+                # Detached, not destroyed: one inside another is detached from an already detached tree.
+                node.decompose(recursive=False)
+        mark = _unused_character(root.text())
+        for tag in _BLOCK_TAG_ORDER:
+            for node in tree.tags(tag):
+                node.insert_before(mark)
+                node.insert_after(mark)
+        text = root.text()
+    except SelectolaxError as exc:  # an allocation failed (a worker's memory budget)
         raise HtmlParseError("the HTML cannot be parsed") from exc
-    if root is None:
-        return ""
-    blocks: list[str] = []
-    current: list[str] = []
+    # Whitespace runs within a block collapse to one space (str.split and the old regex \s agree on what
+    # whitespace is); blocks that hold no text vanish.
+    return "\n\n".join(filter(None, (" ".join(block.split()) for block in text.split(mark))))
 
-    def flush() -> None:
-        line = _SPACES.sub(" ", "".join(current)).strip()
-        if line:
-            blocks.append(line)
-        current.clear()
 
-    # A FLUSH marker ends a block after its children.
-    stack: list[Any] = [root]
-    while stack:
-        node = stack.pop()
-        if node is _FLUSH:
-            flush()
-            continue
-        tag = node.tag
-        if tag == "-text":
-            current.append(node.text_content or "")
-            continue
-        if tag.startswith("-") or tag in DROPPED_TAGS:  # comments, doctype; invisible elements
-            continue
-        if tag in BLOCK_TAGS:
-            flush()
-            stack.append(_FLUSH)
-        children = []
-        child = node.child
-        while child is not None:
-            children.append(child)
-            child = child.next
-        stack.extend(reversed(children))
-    flush()
-    return "\n\n".join(blocks)
+def _unused_character(text: str) -> str:
+    """A non-whitespace character absent from ``text``: the first private-use one, unless the text has it."""
+    if _MARK not in text:
+        return _MARK
+    used = set(text)  # icon fonts put private-use characters in text; one pass, never a scan per candidate
+    for code in itertools.chain(range(ord(_MARK) + 1, sys.maxunicode + 1), range(0x21, 0xD800)):
+        character = chr(code)
+        if character not in used and not character.isspace():
+            return character
+    raise InvalidInput("the HTML's text uses every Unicode character; it cannot be split into paragraphs")
 
 
 def pdf_to_text(data: bytes) -> str:

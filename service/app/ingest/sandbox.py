@@ -8,7 +8,8 @@ kills a worker on a per-task wall timeout or cancellation and replaces a worker 
 from the multiprocessing forkserver with the extraction code preloaded and limited by the kernel:
 
 - RLIMIT_AS = EXTRACT_MEMORY_MB: an allocation past it fails inside the child (MemoryError, or lexbor's
-  "Can't parse HTML") and the request gets a 422 naming EXTRACT_MEMORY_MB;
+  "Can't parse HTML"), the child exits with EXIT_OVER_MEMORY (and is replaced) and the request gets a 422
+  naming EXTRACT_MEMORY_MB;
 - RLIMIT_CPU, soft limit moved to (CPU used so far + EXTRACT_CPU_SECONDS) before each document: the kernel sends
   SIGXCPU, whose default action ends the child even inside C code; the 422 names EXTRACT_CPU_SECONDS;
 - EXTRACT_TIMEOUT_SECONDS of wall time (the pool kills the child): a child that got too little CPU in that time
@@ -32,6 +33,7 @@ import ctypes
 import logging
 import math
 import multiprocessing
+import os
 import resource
 import signal
 import threading
@@ -59,6 +61,9 @@ WORKER_MAX_TASKS = 100
 # Crash signals that come from the document's parse, not from outside the worker.
 _CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
 _PR_SET_PDEATHSIG = 1
+# The exit status of a worker whose document went over EXTRACT_MEMORY_MB (see _extract_in_child); outside
+# Python's own 1 and 2 and the shell's 126 and above.
+EXIT_OVER_MEMORY = 97
 # The errors a child may report; anything else it raises is a bug (500 in the parent, logged).
 _CHILD_ERRORS: dict[str, type[RagError]] = {
     "InvalidInput": InvalidInput,
@@ -120,7 +125,8 @@ def _init_worker(memory_bytes: int) -> None:
 
 
 def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: int) -> tuple[str, Any]:
-    """One document in a worker: ("ok", text), ("memory", None), or ("error", (class name, message, details))."""
+    """One document in a worker: ("ok", text) or ("error", (class name, message, details)); over the memory
+    budget the worker exits with EXIT_OVER_MEMORY."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = math.ceil(usage.ru_utime + usage.ru_stime)
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -130,8 +136,15 @@ def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: i
         if kind == "html":
             return "ok", extract.html_to_text(payload)
         return "ok", extract.extract_text(payload, content_type)
-    except (MemoryError, extract.HtmlParseError):
-        return "memory", None
+    # Over its memory budget the worker reports by exiting, and is replaced. Not by replying: with the failed
+    # document still filling the address space, the reply (even the tuple of classes an `except (A, B)` builds)
+    # raised MemoryError of its own, which killed the worker inside pebble (a 503, not the 422); and a process
+    # in which an allocation failed inside lexbor is not trusted with another document (measured: its next
+    # parse crashed with SIGSEGV now and then, a 422 for an innocent document). os._exit allocates nothing.
+    except MemoryError:
+        os._exit(EXIT_OVER_MEMORY)
+    except extract.HtmlParseError:
+        os._exit(EXIT_OVER_MEMORY)
     except RagError as exc:
         # The parent rebuilds the error by name; every extraction error is one of these two statuses.
         name = "UnsupportedMediaType" if isinstance(exc, UnsupportedMediaType) else "InvalidInput"
@@ -268,8 +281,6 @@ class Extractor:
             raise ServiceUnavailable("the extraction workers failed; retry") from exc
         if status == "ok":
             return str(value)
-        if status == "memory":
-            raise memory_limit_error(self.memory_mb)
         name, message, details = value
         raise _CHILD_ERRORS.get(name, InvalidInput)(message, **details)
 
@@ -277,6 +288,8 @@ class Extractor:
         code = exc.exitcode
         if code == -signal.SIGXCPU:
             return cpu_limit_error(self.cpu_seconds)
+        if code == EXIT_OVER_MEMORY:
+            return memory_limit_error(self.memory_mb)
         if code is not None and -code in _CRASH_SIGNALS:
             return InvalidInput(
                 f"the document crashed the text extractor (signal {signal.Signals(-code).name}); "

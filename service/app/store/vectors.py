@@ -39,6 +39,8 @@ RRF_K = 2
 PREFETCH_MIN = 50
 # The deepest fused ranking one search reads (sparse/hybrid with a score threshold drop hits after fusion).
 MAX_FUSED = 4096
+# Hits read past the page of a fused search without a threshold, to tell a tie at the cut (see fused_search).
+FUSED_MARGIN = 4
 
 
 def model_slug(model_name: str) -> str:
@@ -164,22 +166,22 @@ def fused_search(
     there are no more, as in dense mode.
     """
     want = offset + limit
-    # At least PREFETCH_MIN deep (what each side of a fusion reads anyway): every page of a search up to that
-    # depth is cut from the same ranking, so paging neither skips nor repeats a hit.
-    depth = max(want, PREFETCH_MIN)
+    # Each side of a fusion reads at least PREFETCH_MIN candidates, so every page of a search up to that depth is
+    # cut from the same ranking and paging neither skips nor repeats a hit. Without a threshold a short page
+    # need not READ that deep: the first read is the page plus a margin (each hit read is a payload converted,
+    # most of the engine's time for a fused query), deepened to PREFETCH_MIN only when a tie crosses the cut.
+    depth = min(want + FUSED_MARGIN, PREFETCH_MIN) if score_threshold is None else max(want, PREFETCH_MIN)
+    depth = max(depth, want)
     while True:
         # RRF ties are common (1/2 = 1/4 + 1/4) and each engine breaks them its own way: order equal scores by
         # document and chunk, so every adapter, and every depth, lists them alike.
-        raw = sorted(
-            fetch(depth),
-            key=lambda item: (
-                -round(item[0].score, 6),
-                item[0].document_id,
-                item[0].chunk_index,
-                item[0].version,
-            ),
-        )
+        raw = sorted(fetch(depth), key=_fused_order)
         if score_threshold is None:
+            if len(raw) == depth and depth < PREFETCH_MIN and not _cut_is_clear(raw, want):
+                # The engine returned the top ``depth`` by score, so it holds every hit scoring above the last one
+                # read; an equal score at the cut may belong to a hit it left out that sorts first.
+                depth = PREFETCH_MIN
+                continue
             kept = [hit for hit, _ in raw]
         else:
             if vector is None:
@@ -190,6 +192,18 @@ def fused_search(
         if len(kept) >= want or len(raw) < depth or depth >= MAX_FUSED:
             return kept[offset:want]
         depth = min(depth * 2, MAX_FUSED)
+
+
+def _fused_order(item: tuple[VectorHit, Sequence[float] | None]) -> tuple[float, str, int, int]:
+    hit = item[0]
+    return (-round(hit.score, 6), hit.document_id, hit.chunk_index, hit.version)
+
+
+def _cut_is_clear(ranked: list[tuple[VectorHit, Sequence[float] | None]], want: int) -> bool:
+    """Whether the first ``want`` of a score-ordered read outscore its last hit (so no unread hit can tie in)."""
+    if len(ranked) <= want:
+        return True
+    return round(ranked[want - 1][0].score, 6) > round(ranked[-1][0].score, 6)
 
 
 class VectorStore(Protocol):

@@ -1,0 +1,73 @@
+"""The tree walk `html_to_text` used before its block segmentation moved into lexbor, kept as the oracle, and
+the benchmark page.
+
+It visits every node in Python (an explicit stack: a block element flushes the text gathered so far when it
+starts and when it ends), which is what made it slow and what makes it obviously right: the service's
+extraction must give exactly its text on every page (tests/service/test_html_equivalence.py), and
+bench/extract_html.py runs it side by side with the service's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from selectolax.lexbor import LexborHTMLParser
+
+from service.app.ingest.extract import BLOCK_TAGS, DROPPED_TAGS
+
+_SPACES = re.compile(r"\s+")
+_FLUSH = object()
+
+
+def walk_html_to_text(html: str) -> str:
+    """Visible text of an HTML document, blocks as paragraphs, by walking lexbor's tree node by node."""
+    root = LexborHTMLParser(html).root
+    if root is None:
+        return ""
+    blocks: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        line = _SPACES.sub(" ", "".join(current)).strip()
+        if line:
+            blocks.append(line)
+        current.clear()
+
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if node is _FLUSH:
+            flush()
+            continue
+        tag = node.tag
+        if tag == "-text":
+            current.append(node.text_content or "")
+            continue
+        if tag.startswith("-") or tag in DROPPED_TAGS:  # comments, doctype; invisible elements
+            continue
+        if tag in BLOCK_TAGS:
+            flush()
+            stack.append(_FLUSH)
+        children = []
+        child = node.child
+        while child is not None:
+            children.append(child)
+            child = child.next
+        stack.extend(reversed(children))
+    flush()
+    return "\n\n".join(blocks)
+
+
+def benchmark_page(sections: int) -> str:
+    """The page bench/extract_html.py measures: per section a heading, 20 paragraphs with inline markup, a list
+    and a table (about 2.3 KB a section), and a style and a script in the head."""
+    para = (
+        "<p>Basalt columns form when <b>thick</b> lava flows cool slowly and <a href='#'>contract</a>.</p>\n"
+    )
+    body = "".join(
+        f"<section><h2>Section {i}</h2>{para * 20}<ul>{'<li>item &amp; more</li>' * 10}</ul>"
+        "<table><tr><td>cell</td><td>cell</td></tr></table></section>"
+        for i in range(sections)
+    )
+    return f"<html><head><style>p{{}}</style><script>var x=1;</script></head><body>{body}</body></html>"
