@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
+from tests.service.support import confined_to
 
 KEY_A = "key-a-0123456789abcdef0123456789abcdef"
 KEY_B = "key-b-fedcba9876543210fedcba9876543210"
@@ -22,13 +23,7 @@ MakeClient = Callable[..., AbstractContextManager[TestClient]]
 def production_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings confined to tmp_path with auth on (two tenants), no rate limits, in-process cache and jobs."""
     values: dict[str, Any] = {
-        "environment": "test",
-        "data_dir": tmp_path,
-        "database_url": f"sqlite:///{(tmp_path / 'registry.db').as_posix()}",
-        "qdrant_url": None,
-        "qdrant_path": tmp_path / "qdrant",
-        "redis_url": None,
-        "worker_metrics_port": 0,  # a worker run in a test serves no probe port unless the test asks
+        **confined_to(tmp_path),
         "api_keys": API_KEYS,
         "rate_limit_enabled": False,
         "log_json": True,

@@ -17,9 +17,9 @@ from service.app.main import Services, create_app
 from service.app.store.registry import DocumentRegistry
 
 
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings that only use tmp_path: SQLite + local Qdrant there, no auth, limits or cache in the way."""
-    values: dict[str, Any] = {
+def confined_to(tmp_path: Path) -> dict[str, Any]:
+    """The settings that keep a service inside tmp_path: SQLite + local Qdrant there, no Redis, no probe port."""
+    return {
         "environment": "test",
         "data_dir": tmp_path,
         "database_url": f"sqlite:///{(tmp_path / 'registry.db').as_posix()}",
@@ -27,6 +27,13 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "qdrant_path": tmp_path / "qdrant",
         "redis_url": None,
         "worker_metrics_port": 0,  # a worker run in a test serves no probe port unless the test asks
+    }
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings that only use tmp_path: SQLite + local Qdrant there, no auth, limits or cache in the way."""
+    values: dict[str, Any] = {
+        **confined_to(tmp_path),
         "auth_disabled": True,
         "rate_limit_enabled": False,
         "cache_enabled": False,

@@ -385,3 +385,26 @@ def test_a_filter_on_a_number_past_int64_matches_nothing_instead_of_failing(tmp_
         )
     finally:
         store.close()
+
+
+def test_the_search_pool_has_one_thread_per_cpu_on_new_and_existing_shards(tmp_path: Path) -> None:
+    # The engine's own default was 8 threads on 2 CPUs, contending with the query embedding for the cores.
+    import json
+
+    import qdrant_edge as qe
+
+    cpus = len(os.sched_getaffinity(0))
+    path = tmp_path / "edge" / "c"
+    store = EdgeVectorStore(path, collection="c", dimension=DIM, optimize_idle_seconds=None)
+    store.ensure_collection()
+    store.close()
+    assert json.loads((path / "edge_config.json").read_text())["max_search_threads"] == cpus
+
+    # A shard another setting (or the engine's default) created takes it on load.
+    other = tmp_path / "edge" / "d"
+    dense = {"dense": qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)}
+    qe.EdgeShard.create(str(other), qe.EdgeConfig(vectors=dense, max_search_threads=cpus + 5)).close()
+    store = EdgeVectorStore(other, collection="d", dimension=DIM, optimize_idle_seconds=None)
+    store.ensure_collection()
+    store.close()
+    assert json.loads((other / "edge_config.json").read_text())["max_search_threads"] == cpus

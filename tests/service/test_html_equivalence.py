@@ -5,13 +5,15 @@ nested deeper than Python could recurse; the private-use marker it splits on nev
 
 from __future__ import annotations
 
+import itertools
 import string
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.app.ingest.extract import BLOCK_TAGS, DROPPED_TAGS, html_to_text
+from service.app.core.errors import InvalidInput
+from service.app.ingest.extract import BLOCK_TAGS, DROPPED_TAGS, _unused_character, html_to_text
 from tests.service.html_reference import benchmark_page, walk_html_to_text
 
 # The HTML the service's own tests ingest (test_extract, test_api_documents, test_hostile_input, test_client,
@@ -97,7 +99,7 @@ MARKUP = st.recursive(
 )
 
 
-@settings(max_examples=200, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(MARKUP, max_size=6).map("".join))
 def test_generated_markup_gives_the_tree_walks_text(html: str) -> None:
     assert html_to_text(html) == walk_html_to_text(html)
@@ -125,3 +127,14 @@ def test_invisible_elements_nested_in_each_other_are_dropped_whole(dropped: str)
     assert text.startswith("a\n\n")
     assert text.endswith("\n\nb")
     assert "\ue000" not in text
+
+
+def test_the_marker_is_a_character_the_text_does_not_use() -> None:
+    assert _unused_character("plain") == "\ue000"
+    assert _unused_character("icons \ue000\ue001 here") == "\ue002"
+    assert _unused_character("".join(map(chr, range(0xE000, 0xF900)))) == "\U000f0000"
+    every = "".join(
+        map(chr, itertools.chain(range(0xE000, 0xF900), range(0xF0000, 0xFFFFE), range(0x100000, 0x10FFFE)))
+    )
+    with pytest.raises(InvalidInput, match="every private-use character"):
+        _unused_character(every)

@@ -108,76 +108,83 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _postgres_cluster(tmp: Path) -> tuple[Path, Path]:
+    """initdb a fresh cluster in ``tmp`` (handed to the postgres user when run as root: initdb refuses root);
+    returns its data and socket directories."""
+    data, sockets = tmp / "data", tmp / "sock"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(sockets, "postgres")
+    initdb = [
+        _pg_binary("initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    ]
+    try:
+        subprocess.run(_as_unprivileged(initdb), check=True, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        raise ServerError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
+    return data, sockets
+
+
+def _postgres_admin(port: int) -> tuple[str, Callable[[], bool]]:
+    """The admin connection string of the server on ``port`` and a check that it accepts connections."""
+    import psycopg
+
+    admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
+
+    def ready() -> bool:
+        try:
+            with psycopg.connect(admin, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    return admin, ready
+
+
 @contextmanager
 def postgres_server(database: str = "rag_test") -> Iterator[str]:
     """Start a throwaway Postgres and yield a SQLAlchemy URL (`postgresql+psycopg://...`) to a fresh database."""
     import psycopg
 
     tmp = Path(tempfile.mkdtemp(prefix="rag-pg-"))
-    data, sockets, log = tmp / "data", tmp / "sock", tmp / "postgres.log"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres")
-        shutil.chown(sockets, "postgres")
+    log = tmp / "postgres.log"
     port = free_port()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        subprocess.run(
-            _as_unprivileged(
-                [
-                    _pg_binary("initdb"),
-                    "-D",
-                    str(data),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        data, sockets = _postgres_cluster(tmp)
         with log.open("wb") as log_file:
             proc = subprocess.Popen(
                 _as_unprivileged(
                     [
-                        _pg_binary("postgres"),
-                        "-D",
-                        str(data),
-                        "-p",
-                        str(port),
-                        "-k",
-                        str(sockets),
-                        "-c",
-                        "listen_addresses=127.0.0.1",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "synchronous_commit=off",
-                        "-c",
-                        "full_page_writes=off",
+                        *(_pg_binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets)),
+                        *(
+                            "-c",
+                            "listen_addresses=127.0.0.1",
+                            "-c",
+                            "fsync=off",
+                            "-c",
+                            "synchronous_commit=off",
+                        ),
+                        *("-c", "full_page_writes=off"),
                     ]
                 ),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-
-        def ready() -> bool:
-            try:
-                with psycopg.connect(admin, connect_timeout=2):
-                    return True
-            except psycopg.OperationalError:
-                return False
-
+        admin, ready = _postgres_admin(port)
         _wait_until(ready, "postgres", proc, log)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/{database}"
-    except subprocess.CalledProcessError as exc:
-        raise ServerError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
     finally:
         if proc is not None:
             _stop(proc)
@@ -319,37 +326,13 @@ def restartable_postgres(database: str = "rag_test") -> Iterator[RestartableServ
     import psycopg
 
     tmp = Path(tempfile.mkdtemp(prefix="rag-pg-"))
-    data, sockets = tmp / "data", tmp / "sock"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres")
-        shutil.chown(sockets, "postgres")
+    try:
+        data, sockets = _postgres_cluster(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     port = free_port()
-    subprocess.run(
-        _as_unprivileged(
-            [
-                _pg_binary("initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    admin = f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-
-    def ready() -> bool:
-        try:
-            with psycopg.connect(admin, connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
-            return False
+    admin, ready = _postgres_admin(port)
 
     command = _as_unprivileged(
         [

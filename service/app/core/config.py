@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     embedding_batch_size: int = Field(32, ge=1, le=1024)
     embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
     query_embedding_cache_size: int = Field(
-        4096, ge=0, description="query texts whose vectors are kept per process (~1.7 KB each); 0: off"
+        4096, ge=0, description="query texts whose vectors are kept per process (~2 KB each); 0: off"
     )
     chunk_size: int = Field(200, ge=16, le=8192, description="tokens per chunk (capped at the model max)")
     chunk_overlap: int = Field(32, ge=0)

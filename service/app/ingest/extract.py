@@ -15,7 +15,6 @@ import io
 import itertools
 import logging
 import re
-import sys
 from pathlib import PurePath
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
@@ -45,6 +44,11 @@ BLOCK_TAGS = {
     "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "br",
 }  # fmt: skip
 _BLOCK_TAG_ORDER = sorted(BLOCK_TAGS)  # a fixed order: set iteration order varies with hash seeds
+_PRIVATE_USE = (
+    range(0xE000, 0xF900),
+    range(0xF0000, 0xFFFFE),
+    range(0x100000, 0x10FFFE),
+)  # 137,468 characters
 _MARK = "\ue000"  # the first private-use character: the block marker, unless the document's text holds it
 
 
@@ -129,15 +133,14 @@ def html_to_text(html: str) -> str:
 
 
 def _unused_character(text: str) -> str:
-    """A non-whitespace character absent from ``text``: the first private-use one, unless the text has it."""
+    """A private-use character (never whitespace) absent from ``text``: the first one, unless the text has it."""
     if _MARK not in text:
         return _MARK
     used = set(text)  # icon fonts put private-use characters in text; one pass, never a scan per candidate
-    for code in itertools.chain(range(ord(_MARK) + 1, sys.maxunicode + 1), range(0x21, 0xD800)):
-        character = chr(code)
-        if character not in used and not character.isspace():
-            return character
-    raise InvalidInput("the HTML's text uses every Unicode character; it cannot be split into paragraphs")
+    for code in itertools.chain(*_PRIVATE_USE):
+        if chr(code) not in used:
+            return chr(code)
+    raise InvalidInput("the HTML's text uses every private-use character; it cannot be split into paragraphs")
 
 
 def pdf_to_text(data: bytes) -> str:

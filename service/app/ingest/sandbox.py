@@ -138,9 +138,10 @@ def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: i
         return "ok", extract.extract_text(payload, content_type)
     # Over its memory budget the worker reports by exiting, and is replaced. Not by replying: with the failed
     # document still filling the address space, the reply (even the tuple of classes an `except (A, B)` builds)
-    # raised MemoryError of its own, which killed the worker inside pebble (a 503, not the 422); and a process
-    # in which an allocation failed inside lexbor is not trusted with another document (measured: its next
-    # parse crashed with SIGSEGV now and then, a 422 for an innocent document). os._exit allocates nothing.
+    # can raise MemoryError of its own, which killed the worker inside pebble (a 503, not the 422); and a process
+    # in which an allocation failed inside lexbor is not trusted with another document (measured with a
+    # CSS-selector variant of html_to_text: the next parse in that worker crashed with SIGSEGV now and then,
+    # a 422 blaming an innocent document). os._exit allocates nothing.
     except MemoryError:
         os._exit(EXIT_OVER_MEMORY)
     except extract.HtmlParseError:

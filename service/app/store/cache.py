@@ -183,12 +183,33 @@ class CachedSearch:
         return getattr(self._inner, name)
 
     async def search(self, tenant_id: str, request: BaseModel) -> Any:
+        # One threadpool hop for the whole lookup (each hop costs event-loop work and a thread hand-off, and
+        # under CPU contention a scheduling wait): data version, index pointer, cache read.
+        found = await run_in_threadpool(self._lookup, tenant_id, request)
+        if found is None:
+            return await self._inner.search(tenant_id, request)
+        key, raw = found
+        if raw is not None:
+            try:
+                return self._response_model.model_validate_json(raw)
+            except ValueError:
+                logger.warning("search cache entry unreadable; recomputing", extra={"key": key})
+        response = await self._inner.search(tenant_id, request)
+        value = response.model_dump_json().encode()
+        if isinstance(self._cache, MemoryCache):
+            self._cache.set(key, value, self._ttl_seconds)  # a dict write under a lock: no I/O to offload
+        else:
+            await run_in_threadpool(self._cache.set, key, value, self._ttl_seconds)
+        return response
+
+    def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None] | None:
+        """(key, cached value or None); None when there is no safe key (the data version is unavailable)."""
         try:
-            version = await run_in_threadpool(self._registry.data_version, tenant_id)
+            version = self._registry.data_version(tenant_id)
         except Exception:
             # Without the version there is no safe key; the search itself will report a registry outage.
             logger.warning("search cache bypassed: data version unavailable", exc_info=True)
-            return await self._inner.search(tenant_id, request)
+            return None
         # The served collection names the model, the chunking and the sparse encoder: a re-index switch (or its
         # rollback) changes it, so results cached from the other index are never served after it. The data
         # version alone does not move on a switch.
@@ -198,15 +219,7 @@ class CachedSearch:
             # Follow a switch another replica made before naming the collection: a cache hit never reaches the
             # inner search (which follows too), so without this a replica would serve the old index's cached
             # results until the tenant's next write.
-            await run_in_threadpool(sync)
+            sync()
         served = index.current.collection if index is not None else self._model_name
         key = search_cache_key(tenant_id, version, served, request.model_dump(mode="json"))
-        raw = await run_in_threadpool(self._cache.get, key)
-        if raw is not None:
-            try:
-                return self._response_model.model_validate_json(raw)
-            except ValueError:
-                logger.warning("search cache entry unreadable; recomputing", extra={"key": key})
-        response = await self._inner.search(tenant_id, request)
-        await run_in_threadpool(self._cache.set, key, response.model_dump_json().encode(), self._ttl_seconds)
-        return response
+        return key, self._cache.get(key)
