@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         description="merge small segments in a child process once writes have paused this long; 0: never",
     )
     edge_consolidate_segment_points: int = Field(
-        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
+        20480, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     embedding_cache_dir: Path | None = Field(
         None, description="fastembed cache dir; default DATA_DIR/fastembed"
     )
-    embedding_batch_size: int = Field(32, ge=1, le=1024)
+    embedding_batch_size: int = Field(4, ge=1, le=1024)
     embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
     query_embedding_cache_size: int = Field(
         4096, ge=0, description="query texts whose vectors are kept per process (~2 KB each); 0: off"

@@ -97,7 +97,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 30720
+CONSOLIDATE_SEGMENT_POINTS = 20480
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # A vacuum threshold no segment can pass (the engine vacuums above deleted/total > threshold, at most 1.0).
