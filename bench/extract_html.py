@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from bs4 import BeautifulSoup  # noqa: E402
 from bs4.element import NavigableString, Tag  # noqa: E402
+from sections import replace_section  # noqa: E402
 
 from service.app.ingest.extract import BLOCK_TAGS, DROPPED_TAGS, html_to_text  # noqa: E402
 from tests.service.html_reference import benchmark_page, walk_html_to_text  # noqa: E402
@@ -295,11 +296,7 @@ def main() -> None:
     table = report(args.sections, args.reps, args.bs4_reps, args.worker_reps, args.memory_sections)
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START not in doc:
-            raise SystemExit(f"{args.write} has no {START} ... {END} markers")
-        doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(args.write, table, START, END)
 
 
 if __name__ == "__main__":

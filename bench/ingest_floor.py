@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from scale import stdlib_docstrings  # noqa: E402
+from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -152,14 +153,9 @@ def main() -> None:
     table = "\n".join([START, "", setup, "", *rows, "", END])
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        else:
-            doc = (
-                doc.rstrip() + "\n\n## Embedding vs the ONNX floor (bench/ingest_floor.py)\n\n" + table + "\n"
-            )
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(
+            args.write, table, START, END, heading="## Embedding vs the ONNX floor (bench/ingest_floor.py)"
+        )
 
 
 def _embed(config: object, texts: list[str]) -> None:

@@ -41,6 +41,8 @@ from fastembed import TextEmbedding
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sections import replace_section  # noqa: E402
+
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
@@ -431,12 +433,7 @@ def write_results(path: Path, setup: str, table: str, breakdown: str) -> None:
     if not path.exists():
         path.write_text(RESULTS_DOC.format(results=section), encoding="utf-8")
         return
-    doc = path.read_text(encoding="utf-8")
-    if START in doc and END in doc:
-        doc = doc[: doc.index(START)] + section + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n## Latest results (`make bench`)\n\n" + section + "\n"
-    path.write_text(doc, encoding="utf-8")
+    replace_section(path, section, START, END, heading="## Latest results (`make bench`)")
 
 
 RESULTS_DOC = """# Benchmarks

@@ -43,6 +43,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from sections import replace_section  # noqa: E402
+
 from service.app.store.edge import EdgeVectorStore  # noqa: E402
 from service.app.store.vectors import ChunkPoint  # noqa: E402
 
@@ -202,12 +204,7 @@ def main() -> None:
     table = render(rows, setup)
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        else:
-            doc = doc.rstrip() + "\n\n" + table + "\n"
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(args.write, table, START, END, heading="")
 
 
 if __name__ == "__main__":

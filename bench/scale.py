@@ -61,6 +61,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_search import ServiceProcess, percentile  # noqa: E402
+from sections import replace_section  # noqa: E402
 from startup import measure_startup, phases  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
@@ -718,12 +719,9 @@ def main() -> None:
     table = render(results, setup, empty_boot)
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        else:
-            doc = doc.rstrip() + "\n\n## Scale (`make bench SCALE=N`, bench/scale.py)\n\n" + table + "\n"
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(
+            args.write, table, START, END, heading="## Scale (`make bench SCALE=N`, bench/scale.py)"
+        )
         print(f"wrote {args.write}")
 
 

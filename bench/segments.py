@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import scale  # noqa: E402
+from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -269,12 +270,7 @@ def main() -> None:
     table = render(rows, measured, setup)
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        else:
-            doc = doc.rstrip() + "\n\n" + table + "\n"
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(args.write, table, START, END, heading="")
 
 
 if __name__ == "__main__":

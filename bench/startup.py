@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from sections import replace_section
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / ".models" / "all-MiniLM-L6-v2"
@@ -223,12 +224,7 @@ def main() -> None:
     table = render(runs, breakdown, args, load_before[0], load_after[0])
     print(table)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START in doc:
-            doc = doc[: doc.index(START)] + table + doc[doc.index(END) + len(END) :]
-        else:
-            doc = doc.rstrip() + "\n\n" + table + "\n"
-        args.write.write_text(doc, encoding="utf-8")
+        replace_section(args.write, table, START, END, heading="")
         print(f"wrote {args.write}")
 
 
