@@ -347,6 +347,16 @@ class _SqliteSnapshot(RegistrySnapshot):
             raise ServiceUnavailable("document registry unavailable; retry later") from exc
         return {document_id: int(version) for document_id, version in rows}
 
+    def data_version(self, tenant_id: str) -> int:
+        try:
+            row = self._raw.execute(
+                "SELECT data_version FROM tenants WHERE tenant_id = ?", (tenant_id,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            FAILURES.labels(component="registry").inc()
+            raise ServiceUnavailable("document registry unavailable; retry later") from exc
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
 
 class _SqliteReaders:
     """Plain sqlite3 connections kept for search snapshots of a file database (one per concurrent search).
@@ -557,6 +567,9 @@ class DocumentRegistry:
     @_guarded
     def data_version(self, tenant_id: str) -> int:
         """A counter that changes with every write or delete in the tenant (0 before the first)."""
+        if self._readers is not None:  # read by every search with the result cache on: the kept connections
+            with self._sqlite_snapshot(self._readers) as snapshot:
+                return snapshot.data_version(tenant_id)
         with self.engine.connect() as connection:
             value = connection.execute(
                 sa.select(tenants.c.data_version).where(tenants.c.tenant_id == tenant_id)
