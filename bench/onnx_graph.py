@@ -55,6 +55,13 @@ HEADING = "## The exported MiniLM graph: standard ONNX operators vs ONNX Runtime
 GRAPHS = ("standard", "fused")
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def load_average() -> str:
     return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -288,7 +295,7 @@ def agreement_rows(dirs: dict[str, Path], corpora: dict[str, tuple[list[str], li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", type=Path, help="replace the onnx-graph section of this markdown file")
-    parser.add_argument("--queries", type=int, default=160, help="labelled queries timed (default 160)")
+    parser.add_argument("--queries", type=int, default=96, help="labelled queries timed (default 96)")
     parser.add_argument("--chunks", type=int, default=64, help="document chunks timed (default 64)")
     parser.add_argument("--quick", action="store_true", help="one round per workload (a smoke run)")
     args = parser.parse_args()
@@ -334,7 +341,7 @@ def main() -> int:
         [
             START,
             f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {os.cpu_count()} CPUs "
-            f"({platform.processor() or 'cpu'}), onnxruntime {ort.__version__}, {elapsed:.0f} s; "
+            f"({cpu_name()}), onnxruntime {ort.__version__}, {elapsed:.0f} s; "
             f"load average before {load_before}, after {load_after} (other work on the machine inflates absolute "
             "times alike for both graphs; the ratios are the result). `python bench/onnx_graph.py --write "
             "docs/benchmarks.md`.",
