@@ -319,6 +319,10 @@ def run_size(
         **measure_startup(REPO, data_dir, extra_env=args.service_env),
         "phases": phases(REPO, data_dir, extra_env=args.service_env),
     }
+    baseline_dir = work / f"baseline-{n}" / "data"
+    if args.compare_with and n in args.concurrency_at and not args.threads_sweep:
+        # The other checkout's service gets its own copy of the store (one process owns a store).
+        shutil.copytree(data_dir, baseline_dir, ignore=shutil.ignore_patterns(".lock"))
     # The service on the same store: start-up to healthy, then HTTP searches interleaved with raw edge.
     started = time.perf_counter()
     service = ServiceProcess(data_dir, env=args.service_env)
@@ -338,7 +342,17 @@ def run_size(
             )
         service_rss = rss_mb(service.proc.pid)
         if n in args.concurrency_at and not args.threads_sweep:
-            sweep["service default"] = throughput(service, query_texts, args)
+            services = {"service default": service}
+            if args.compare_with:
+                services[f"baseline: {args.compare_with}"] = baseline_service(
+                    args.compare_with, baseline_dir, args
+                )
+            try:
+                sweep.update(throughput(services, query_texts, args))
+            finally:
+                for other in services.values():
+                    if other is not service:
+                        other.stop()
     finally:
         service.stop()
     if n in args.concurrency_at:
@@ -351,9 +365,7 @@ def run_size(
             label = f"EMBEDDING_THREADS={threads}" if threads != "default" else "EMBEDDING_THREADS unset"
             swept = ServiceProcess(data_dir, env=env)
             try:
-                with httpx.Client(base_url=swept.url, timeout=60) as client:
-                    warm_up(client)
-                sweep[label] = throughput(swept, query_texts, args)
+                sweep[label] = throughput({label: swept}, query_texts, args)[label]
             finally:
                 swept.stop()
     shard.close()
@@ -438,13 +450,25 @@ def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str],
     return {"http": summary(http_lat), "raw": summary(raw_lat), "server": server}
 
 
-def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.Namespace) -> dict:
+def baseline_service(checkout: Path, data_dir: Path, args: argparse.Namespace) -> ServiceProcess:
+    """`python -m service` of another checkout (e.g. main, for a before/after), on its own copy of the store.
+
+    ``-P`` keeps the current directory (this checkout) off sys.path, so PYTHONPATH's checkout is imported."""
+    env = {**args.service_env, "PYTHONPATH": str(checkout)}
+    return ServiceProcess(data_dir, env=env, command=[sys.executable, "-P", "-m", "service"])
+
+
+def throughput(services: dict[str, ServiceProcess], query_texts: list[str], args: argparse.Namespace) -> dict:
     """Searches/s and p50 at 1, 4 and 16 clients, for distinct texts (every query new: the model runs) and for
-    repeated texts (a set of 50 whose vectors the service has cached), plus the server's CPU per search."""
+    repeated texts (a set of 50 whose vectors the service has cached), plus the server's CPU per search and the
+    mean query-embedding batch. Several services (this checkout and a baseline) are measured cell by cell,
+    alternating which goes first, so the load of a shared machine hits them alike."""
     repeated = query_texts[:50]
-    with httpx.Client(base_url=service.url, timeout=60) as client:
-        for text in repeated:
-            client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
+    for service in services.values():
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            warm_up(client)
+            for text in repeated:
+                client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
     serial = iter(range(10**9))
     lock = threading.Lock()
 
@@ -453,12 +477,21 @@ def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.N
             number = next(serial)
         return f"{query_texts[i % len(query_texts)]} (variant {number})"
 
-    out: dict[str, dict[int, dict[str, float]]] = {"distinct": {}, "repeated": {}}
+    def again(i: int) -> str:
+        return repeated[i % len(repeated)]
+
+    out: dict[str, dict[str, dict[int, dict[str, float]]]] = {
+        label: {"distinct": {}, "repeated": {}} for label in services
+    }
+    cell = 0
     for clients in (1, 4, 16):
-        out["distinct"][clients] = searches_per_second(service, distinct, clients, args.concurrency_seconds)
-        out["repeated"][clients] = searches_per_second(
-            service, lambda i: repeated[i % len(repeated)], clients, args.concurrency_seconds
-        )
+        for kind, text_of in (("distinct", distinct), ("repeated", again)):
+            order = list(services.items())
+            for label, service in order if cell % 2 == 0 else order[::-1]:
+                out[label][kind][clients] = searches_per_second(
+                    service, text_of, clients, args.concurrency_seconds
+                )
+            cell += 1
     return out
 
 
@@ -497,16 +530,21 @@ def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds:
                 if time.monotonic() >= deadline:
                     break
 
+    batch = "rag_query_embedding_batch_size"  # absent from a baseline without query coalescing
+    batch_before = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
     cpu_before = server_cpu_seconds(service.proc.pid)
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
     elapsed = time.monotonic() - started
     cpu = server_cpu_seconds(service.proc.pid) - cpu_before
+    batch_after = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
+    runs = batch_after[1] - batch_before[1]
     return {
         "rate": len(latencies) / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "cpu": cpu / len(latencies) * 1000,
+        "batch": (batch_after[0] - batch_before[0]) / runs if runs else None,
     }
 
 
@@ -608,7 +646,10 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         rows += [
             "",
             "Throughput over HTTP in the default mode (hybrid: dense + BM25, fused), client threads in this "
-            "process on the same CPUs: searches/s, with p50 (ms) and the server's CPU per search (ms) in brackets.",
+            "process on the same CPUs: searches/s, with p50 (ms), the server's CPU per search (ms) and the mean "
+            "query-embedding batch (queries per ONNX run, where the service coalesces) in brackets. A baseline "
+            "row (`--compare-with`) is another checkout's service on a copy of the store, measured cell by cell "
+            "alternately with this one.",
             "",
             "| chunks | service | queries | 1 client | 4 clients | 16 clients |",
             "|---|---|---|---|---|---|",
@@ -617,7 +658,8 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
             for label, kinds in r["concurrency"].items():
                 for kind, by_clients in kinds.items():
                     cells = " | ".join(
-                        f"{c['rate']:.0f} ({c['p50']:.1f} ms, {c['cpu']:.1f} ms CPU)"
+                        f"{c['rate']:.0f} ({c['p50']:.1f} ms, {c['cpu']:.1f} ms CPU"
+                        + (f", batch {c['batch']:.1f})" if c.get("batch") is not None else ")")
                         for c in by_clients.values()
                     )
                     rows.append(f"| {r['n']:,} | {label} | {kind} | {cells} |")
@@ -640,6 +682,12 @@ def main() -> None:
         default="",
         help="EMBEDDING_THREADS values to measure throughput with at --concurrency-at, e.g. 1,2,default "
         "(a service start per value); empty: the service's default only",
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        help="another checkout of this repo (e.g. main in a temporary worktree) whose service is measured in the "
+        "throughput part side by side with this one, on a copy of the same store",
     )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md")
