@@ -237,6 +237,29 @@ def test_two_coalescers_never_mix_their_batches() -> None:
     assert [len(batch) for batch in two_recorder.batches] == [1, 3]
 
 
+def test_many_threads_each_get_their_own_result() -> None:
+    # Free-running (no holds): whatever batches form, every caller gets the result for its own item.
+    seen_batches: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen_batches.append(len(items))
+        return [item * 2 for item in items]
+
+    coalescer: BatchCoalescer[int, int] = BatchCoalescer(run, max_batch=5)
+
+    def caller(offset: int) -> list[tuple[int, int]]:
+        return [(item, coalescer.submit(item)) for item in range(offset, offset + 300)]
+
+    with ThreadPoolExecutor(16) as pool:
+        pairs = [pair for chunk in pool.map(caller, range(0, 16 * 300, 300)) for pair in chunk]
+
+    assert all(result == item * 2 for item, result in pairs)
+    assert len(pairs) == 16 * 300
+    assert sum(seen_batches) == 16 * 300
+    assert max(seen_batches) <= 5
+    assert (coalescer.queued, coalescer._running) == (0, 0)
+
+
 def test_a_batch_function_returning_the_wrong_count_fails_the_batch() -> None:
     coalescer: BatchCoalescer[str, str] = BatchCoalescer(lambda items: [])
 

@@ -21,7 +21,12 @@ run as one ONNX batch, padded to its longest text with the attention mask, so un
 model's large fixed cost per run is shared (docs/benchmarks.md, "Query coalescing"); a lone caller runs at
 once in its own thread, as before. Each embedder owns its coalescer, so one batch never mixes two models (a
 re-index builds a new embedder). Texts of very different lengths are split into runs of similar length
-(``padded_groups``), so one long query never makes a batch of short ones pay its length.
+(``padded_groups``), so one long query never makes a batch of short ones pay its length. Thread settings for this
+design (measured, docs/benchmarks.md "Query coalescing"): one run at a time on ONNX Runtime's default intra-op
+threads (one per core) gave the lowest latency for a lone query and, in the service at 4 clients, the same CPU per
+search as one intra-op thread with one or two runs at a time (all within the run-to-run noise of a loaded
+machine); EMBEDDING_THREADS=N runs CPUs // N batches at once (``query_runs``). Spinning stays off: it cost more
+CPU per query at every batch size measured.
 """
 
 from __future__ import annotations
