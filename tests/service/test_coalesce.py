@@ -361,6 +361,25 @@ def test_a_failed_query_batch_fails_each_caller_counts_each_failure_and_the_next
     assert len(embedder.embed_query("after the failure")) == 384
 
 
+def test_a_text_asked_twice_in_one_batch_is_embedded_once(
+    monkeypatch: pytest.MonkeyPatch, embedder: FastEmbedEmbedder
+) -> None:
+    real_query_embed = embedder._model.query_embed
+    seen: list[list[str]] = []
+
+    def recording(texts: list[str], **kwargs: object) -> object:
+        seen.append(list(texts))
+        return real_query_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "query_embed", recording)
+
+    vectors = embedder._embed_query_batch(["popular question", "other question", "popular question"])
+
+    assert sorted(text for run in seen for text in run) == ["other question", "popular question"]
+    assert vectors[0] is vectors[2]
+    assert np.allclose(vectors[0], embedder.embed_query("popular question"), rtol=0, atol=1e-6)
+
+
 def test_two_embedders_coalesce_separately(
     monkeypatch: pytest.MonkeyPatch, embedder: FastEmbedEmbedder, model_dir: Path, tmp_path: Path
 ) -> None:
