@@ -90,8 +90,9 @@ logger = logging.getLogger(__name__)
 DENSE_VECTOR = "dense"
 UPSERT_BATCH = 256
 SCROLL_PAGE = 4096
-# Points per scroll call of the orphan collector's scan (a call holds the GIL: this bounds how long; bench/gc_startup.py)
-VERSIONS_PAGE = 512
+# Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
+# (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
+VERSIONS_PAGE = 128
 LOCK_FILE = ".lock"
 # Bounded optimisation (see the module docstring; chosen from bench/optimize_stall.py, docs/benchmarks.md).
 OPTIMIZE_CHUNK_POINTS = 4096
