@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from httpclient import KeepAliveClient  # noqa: E402
 from ingest_search import ServiceProcess, percentile  # noqa: E402
 from sections import replace_section  # noqa: E402
 from startup import measure_startup, phases  # noqa: E402
@@ -319,6 +320,10 @@ def run_size(
         **measure_startup(REPO, data_dir, extra_env=args.service_env),
         "phases": phases(REPO, data_dir, extra_env=args.service_env),
     }
+    baseline_dir = work / f"baseline-{n}" / "data"
+    if args.compare_with and n in args.concurrency_at and not args.threads_sweep:
+        # The other checkout's service gets its own copy of the store (one process owns a store).
+        shutil.copytree(data_dir, baseline_dir, ignore=shutil.ignore_patterns(".lock"))
     # The service on the same store: start-up to healthy, then HTTP searches interleaved with raw edge.
     started = time.perf_counter()
     service = ServiceProcess(data_dir, env=args.service_env)
@@ -338,7 +343,17 @@ def run_size(
             )
         service_rss = rss_mb(service.proc.pid)
         if n in args.concurrency_at and not args.threads_sweep:
-            sweep["service default"] = throughput(service, query_texts, args)
+            services = {"service default": service}
+            if args.compare_with:
+                services[f"baseline: {args.compare_with}"] = baseline_service(
+                    args.compare_with, baseline_dir, args
+                )
+            try:
+                sweep.update(throughput(services, query_texts, args))
+            finally:
+                for other in services.values():
+                    if other is not service:
+                        other.stop()
     finally:
         service.stop()
     if n in args.concurrency_at:
@@ -351,9 +366,7 @@ def run_size(
             label = f"EMBEDDING_THREADS={threads}" if threads != "default" else "EMBEDDING_THREADS unset"
             swept = ServiceProcess(data_dir, env=env)
             try:
-                with httpx.Client(base_url=swept.url, timeout=60) as client:
-                    warm_up(client)
-                sweep[label] = throughput(swept, query_texts, args)
+                sweep[label] = throughput({label: swept}, query_texts, args)[label]
             finally:
                 swept.stop()
     shard.close()
@@ -401,6 +414,9 @@ def histogram_totals(metrics: str, name: str, labels: str = "") -> tuple[float, 
     return totals["sum"], totals["count"]
 
 
+# Idle time before each timed search of the interleaved runs (see interleaved()).
+GAP_SECONDS = 0.005
+
 SERVER_PARTS = {
     "embedding": ("rag_embedding_duration_seconds", 'kind="query"'),
     "engine + registry": ("rag_search_duration_seconds", ""),
@@ -411,22 +427,35 @@ SERVER_PARTS = {
 def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str], raw) -> dict:  # type: ignore[no-untyped-def]
     """HTTP searches interleaved query by query with ``raw(text)`` (alternating which goes first); latency
     percentiles of both, and from the service's own /metrics and /proc: the mean server-side time per search
-    spent embedding, in the engine + registry check, and in the whole request, and its CPU per search."""
+    spent embedding, in the engine + registry check, and in the whole request, and its CPU per search.
+
+    Each text goes over HTTP through ONE of two clients, alternately: a minimal keep-alive http.client
+    connection (``http``, bench/httpclient.py) and httpx (``httpx``), so the client's own cost per request is
+    measured side by side (a text sent twice would hit the service's query-vector cache the second time). Before
+    each timed call the process idles for GAP_SECONDS, so work one path leaves running after it returns (the
+    server's post-response bookkeeping) does not land in the other path's timing.
+    """
     before = client.get("/metrics").text
     cpu_before = server_cpu_seconds(service.proc.pid)
-    http_lat, raw_lat = [], []
-    for index, text in enumerate(texts):
-        for path in ("http", "raw") if index % 2 else ("raw", "http"):
-            started = time.perf_counter()
-            if path == "http":
-                # mode dense: the raw path is a dense engine query, so both sides do the same work.
-                client.post(
-                    "/v1/search", json={"query": text, "top_k": TOP_K, "mode": "dense"}
-                ).raise_for_status()
-                http_lat.append(time.perf_counter() - started)
-            else:
-                raw(text)
-                raw_lat.append(time.perf_counter() - started)
+    latencies: dict[str, list[float]] = {"http": [], "httpx": []}
+    raw_lat = []
+    with KeepAliveClient(service.url) as fast:
+        for index, text in enumerate(texts):
+            via = "http" if (index // 2) % 2 == 0 else "httpx"
+            for path in ("http", "raw") if index % 2 else ("raw", "http"):
+                time.sleep(GAP_SECONDS)
+                started = time.perf_counter()
+                if path == "http":
+                    # mode dense: the raw path is a dense engine query, so both sides do the same work.
+                    body = {"query": text, "top_k": TOP_K, "mode": "dense"}
+                    if via == "httpx":
+                        client.post("/v1/search", json=body).raise_for_status()
+                    else:
+                        fast.post_json("/v1/search", body)
+                    latencies[via].append(time.perf_counter() - started)
+                else:
+                    raw(text)
+                    raw_lat.append(time.perf_counter() - started)
     cpu = server_cpu_seconds(service.proc.pid) - cpu_before
     after = client.get("/metrics").text
     server = {}
@@ -435,16 +464,33 @@ def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str],
         total_before, _ = histogram_totals(before, name, labels)
         server[part] = (total_after - total_before) / len(texts) * 1000  # per search, misses and hits alike
     server["cpu"] = cpu / len(texts) * 1000
-    return {"http": summary(http_lat), "raw": summary(raw_lat), "server": server}
+    return {
+        "http": summary(latencies["http"]),
+        "httpx": summary(latencies["httpx"]),
+        "raw": summary(raw_lat),
+        "server": server,
+    }
 
 
-def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.Namespace) -> dict:
+def baseline_service(checkout: Path, data_dir: Path, args: argparse.Namespace) -> ServiceProcess:
+    """`python -m service` of another checkout (e.g. main, for a before/after), on its own copy of the store.
+
+    ``-P`` keeps the current directory (this checkout) off sys.path, so PYTHONPATH's checkout is imported."""
+    env = {**args.service_env, "PYTHONPATH": str(checkout)}
+    return ServiceProcess(data_dir, env=env, command=[sys.executable, "-P", "-m", "service"])
+
+
+def throughput(services: dict[str, ServiceProcess], query_texts: list[str], args: argparse.Namespace) -> dict:
     """Searches/s and p50 at 1, 4 and 16 clients, for distinct texts (every query new: the model runs) and for
-    repeated texts (a set of 50 whose vectors the service has cached), plus the server's CPU per search."""
+    repeated texts (a set of 50 whose vectors the service has cached), plus the server's CPU per search and the
+    mean query-embedding batch. Several services (this checkout and a baseline) are measured cell by cell,
+    alternating which goes first, so the load of a shared machine hits them alike."""
     repeated = query_texts[:50]
-    with httpx.Client(base_url=service.url, timeout=60) as client:
-        for text in repeated:
-            client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
+    for service in services.values():
+        with httpx.Client(base_url=service.url, timeout=60) as client:
+            warm_up(client)
+            for text in repeated:
+                client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
     serial = iter(range(10**9))
     lock = threading.Lock()
 
@@ -453,12 +499,21 @@ def throughput(service: ServiceProcess, query_texts: list[str], args: argparse.N
             number = next(serial)
         return f"{query_texts[i % len(query_texts)]} (variant {number})"
 
-    out: dict[str, dict[int, dict[str, float]]] = {"distinct": {}, "repeated": {}}
+    def again(i: int) -> str:
+        return repeated[i % len(repeated)]
+
+    out: dict[str, dict[str, dict[int, dict[str, float]]]] = {
+        label: {"distinct": {}, "repeated": {}} for label in services
+    }
+    cell = 0
     for clients in (1, 4, 16):
-        out["distinct"][clients] = searches_per_second(service, distinct, clients, args.concurrency_seconds)
-        out["repeated"][clients] = searches_per_second(
-            service, lambda i: repeated[i % len(repeated)], clients, args.concurrency_seconds
-        )
+        for kind, text_of in (("distinct", distinct), ("repeated", again)):
+            order = list(services.items())
+            for label, service in order if cell % 2 == 0 else order[::-1]:
+                out[label][kind][clients] = searches_per_second(
+                    service, text_of, clients, args.concurrency_seconds
+                )
+            cell += 1
     return out
 
 
@@ -497,16 +552,21 @@ def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds:
                 if time.monotonic() >= deadline:
                     break
 
+    batch = "rag_query_embedding_batch_size"  # absent from a baseline without query coalescing
+    batch_before = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
     cpu_before = server_cpu_seconds(service.proc.pid)
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
     elapsed = time.monotonic() - started
     cpu = server_cpu_seconds(service.proc.pid) - cpu_before
+    batch_after = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
+    runs = batch_after[1] - batch_before[1]
     return {
         "rate": len(latencies) / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "cpu": cpu / len(latencies) * 1000,
+        "batch": (batch_after[0] - batch_before[0]) / runs if runs else None,
     }
 
 
@@ -521,18 +581,24 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         "Search over HTTP against the raw path, interleaved query by query, `mode: dense` on both sides (the "
         "raw path is a dense engine query with the tenant filter). **Distinct**: every query text new to the "
         "service (its query-vector cache misses; raw = embed + engine query). **Repeated**: the same texts "
-        "again (vectors cached in the service; raw = engine query with the stored vector).",
+        "again (vectors cached in the service; raw = engine query with the stored vector). HTTP is timed with two "
+        "clients, each sending every other text: a minimal keep-alive `http.client` connection (the p50 / p95 / "
+        "p99 and ratio columns) and httpx (its p50 and ratio in the `httpx` columns); the difference is the "
+        "client's own cost per request, not the service's (bench/httpclient.py). 5 ms idle before each timed call.",
         "",
-        "| chunks | distinct: HTTP p50 / p95 / p99 (ms) | raw p50 | HTTP / raw | repeated: HTTP p50 / p95 / p99 (ms) "
-        "| raw p50 | HTTP / raw |",
-        "|---|---|---|---|---|---|---|",
+        "| chunks | distinct: HTTP p50 / p95 / p99 (ms) | raw p50 | HTTP / raw | httpx p50 / ratio "
+        "| repeated: HTTP p50 / p95 / p99 (ms) | raw p50 | HTTP / raw | httpx p50 / ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         cold, warm = r["http"]["cold"], r["http"]["warm"]
         rows.append(
             f"| {r['n']:,} | {pct(cold['http'])} | {f(cold['raw']['p50'])} "
-            f"| {cold['http']['p50'] / cold['raw']['p50']:.2f}x | {pct(warm['http'])} | {f(warm['raw']['p50'], 2)} "
-            f"| {warm['http']['p50'] / warm['raw']['p50']:.2f}x |"
+            f"| {cold['http']['p50'] / cold['raw']['p50']:.2f}x "
+            f"| {f(cold['httpx']['p50'])} / {cold['httpx']['p50'] / cold['raw']['p50']:.2f}x "
+            f"| {pct(warm['http'])} | {f(warm['raw']['p50'], 2)} "
+            f"| {warm['http']['p50'] / warm['raw']['p50']:.2f}x "
+            f"| {f(warm['httpx']['p50'])} / {warm['httpx']['p50'] / warm['raw']['p50']:.2f}x |"
         )
     rows += [
         "",
@@ -608,7 +674,10 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         rows += [
             "",
             "Throughput over HTTP in the default mode (hybrid: dense + BM25, fused), client threads in this "
-            "process on the same CPUs: searches/s, with p50 (ms) and the server's CPU per search (ms) in brackets.",
+            "process on the same CPUs: searches/s, with p50 (ms), the server's CPU per search (ms) and the mean "
+            "query-embedding batch (queries per ONNX run, where the service coalesces) in brackets. A baseline "
+            "row (`--compare-with`) is another checkout's service on a copy of the store, measured cell by cell "
+            "alternately with this one.",
             "",
             "| chunks | service | queries | 1 client | 4 clients | 16 clients |",
             "|---|---|---|---|---|---|",
@@ -617,7 +686,8 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
             for label, kinds in r["concurrency"].items():
                 for kind, by_clients in kinds.items():
                     cells = " | ".join(
-                        f"{c['rate']:.0f} ({c['p50']:.1f} ms, {c['cpu']:.1f} ms CPU)"
+                        f"{c['rate']:.0f} ({c['p50']:.1f} ms, {c['cpu']:.1f} ms CPU"
+                        + (f", batch {c['batch']:.1f})" if c.get("batch") is not None else ")")
                         for c in by_clients.values()
                     )
                     rows.append(f"| {r['n']:,} | {label} | {kind} | {cells} |")
@@ -640,6 +710,12 @@ def main() -> None:
         default="",
         help="EMBEDDING_THREADS values to measure throughput with at --concurrency-at, e.g. 1,2,default "
         "(a service start per value); empty: the service's default only",
+    )
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        help="another checkout of this repo (e.g. main in a temporary worktree) whose service is measured in the "
+        "throughput part side by side with this one, on a copy of the same store",
     )
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md")

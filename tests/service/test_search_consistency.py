@@ -3,12 +3,16 @@ points; the orphan collector removes exactly what no registry row can make visib
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from service.app.core.errors import ServiceUnavailable
 from service.app.core.metrics import ORPHANS_REMOVED
 from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.gc import collect_orphans, now_version
@@ -122,3 +126,75 @@ def test_a_write_older_than_the_grace_refuses_to_commit(tmp_path: Path, embedder
         assert "GC_GRACE_SECONDS" in response.json()["error"]["message"]
         assert client.get("/v1/documents/slow").status_code == 404
         assert services_of(client).vectors.count("default", "slow") == 0
+
+
+def test_a_kept_sqlite_snapshot_connection_sees_what_another_process_committed(tmp_path: Path) -> None:
+    """Search snapshots of a SQLite file reuse plain sqlite3 connections: a reused one must start a fresh
+    snapshot each time, so a write by another process (a CLI, a second server on the same file) is seen by the
+    very next search, and one still inside a transaction is never kept."""
+    path = tmp_path / "registry.db"
+    registry = DocumentRegistry(f"sqlite:///{path}")
+    registry.migrate()
+    try:
+        _activate(registry, "a", 1, None)
+        with registry.snapshot() as snapshot:
+            assert snapshot.active_versions("t", ["a"]) == {"a": 1}
+        readers = registry._readers
+        assert readers is not None
+        assert readers.idle == 1  # kept for the next search
+        data_version = registry.data_version(
+            "t"
+        )  # the search cache's key: read through a kept connection too
+        assert data_version > 0
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                "c.execute(\"UPDATE documents SET version = 2 WHERE tenant_id = 't' AND document_id = 'a'\"); "
+                "c.execute(\"UPDATE tenants SET data_version = data_version + 1 WHERE tenant_id = 't'\"); "
+                "c.commit()",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        assert other.returncode == 0
+        with registry.snapshot() as snapshot:
+            assert readers.idle == 0  # the kept connection serves this snapshot
+            assert snapshot.active_versions("t", ["a"]) == {"a": 2}
+        assert readers.idle == 1
+        assert registry.data_version("t") == data_version + 1
+        assert registry.data_version("nobody") == 0
+
+        # A connection returned while still inside a transaction would freeze its snapshot: it is closed instead.
+        stuck = readers.acquire()
+        stuck.execute("BEGIN")
+        stuck.execute("SELECT 1 FROM documents").fetchall()
+        readers.release(stuck)
+        assert readers.idle == 0
+        with pytest.raises(sqlite3.ProgrammingError):
+            stuck.execute("SELECT 1")
+    finally:
+        registry.close()
+    assert readers.idle == 0  # closed with the registry
+
+
+def test_a_broken_sqlite_registry_fails_the_snapshot_as_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    registry = DocumentRegistry(f"sqlite:///{path}")
+    registry.migrate()
+    try:
+        _activate(registry, "a", 1, None)
+        with registry.snapshot() as snapshot:
+            assert snapshot.active_versions("t", ["a"]) == {"a": 1}
+        with registry.engine.begin() as connection:  # a registry without its table: an operator's mistake
+            connection.exec_driver_sql("ALTER TABLE documents RENAME TO documents_moved")
+        with pytest.raises(ServiceUnavailable), registry.snapshot() as snapshot:
+            snapshot.active_versions("t", ["a"])
+        with registry.engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE documents_moved RENAME TO documents")
+        with registry.snapshot() as snapshot:  # and the next search reads it again
+            assert snapshot.active_versions("t", ["a"]) == {"a": 1}
+    finally:
+        registry.close()

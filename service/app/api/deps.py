@@ -35,3 +35,14 @@ async def get_tenant(request: Request) -> str:
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+def services_of(request: Request) -> Services:
+    """What `ServicesDep` gives, as a plain call: for the hot route (POST /v1/search), where each FastAPI
+    dependency costs ~40 Python calls of resolution per request (a fifth of the framework's work on a search)."""
+    return request.app.state.services
+
+
+def tenant_of(request: Request) -> str:
+    """What `TenantDep` gives, as a plain call (see `services_of`); 401 unless authenticated or AUTH_DISABLED."""
+    return authenticate_request(request).tenant

@@ -19,9 +19,17 @@ REQUEST_SECONDS = Histogram(
 CHUNKS_INGESTED = Counter("rag_chunks_ingested_total", "Chunks embedded and written to the vector store.")
 DOCUMENTS_INGESTED = Counter("rag_documents_ingested_total", "Documents ingested, by outcome.", ["status"])
 EMBEDDING_SECONDS = Histogram(
-    "rag_embedding_duration_seconds", "Time spent embedding one batch of texts.", ["kind"]
+    "rag_embedding_duration_seconds",
+    "Time spent embedding: one batch of passages (kind=document), or one search query as its search waited for"
+    " it, a coalesced batch included (kind=query).",
+    ["kind"],
 )  # kind: document | query
 EMBEDDING_FAILURES = Counter("rag_embedding_failures_total", "Embedding calls that raised.")
+QUERY_EMBEDDING_BATCH = Histogram(
+    "rag_query_embedding_batch_size",
+    "Queries per coalesced query-embedding batch (one observation per batch; 1: no concurrent query).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+)
 SEARCH_SECONDS = Histogram("rag_search_duration_seconds", "Vector search time (embedding excluded).")
 CACHE_REQUESTS = Counter(
     "rag_search_cache_requests_total", "Search cache lookups, by result.", ["result"]

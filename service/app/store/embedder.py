@@ -15,24 +15,41 @@ on 2 cores: 22-25 ms of process CPU per query embedding with spinning, 12-13 ms 
 latency; docs/benchmarks.md). That burnt CPU is taken from the concurrent searches, the event loop and the
 other processes on the host, which is why throughput stayed flat from 1 to 16 clients. ``inter_op`` threads
 are 1: the graph runs sequentially (ONNX Runtime's default execution mode), so an inter-op pool only idles.
+
+Query embeddings are COALESCED (service.app.store.coalesce): concurrent ``embed_query`` calls on one embedder
+run as one ONNX batch, padded to its longest text with the attention mask, so under concurrent searches the
+model's large fixed cost per run is shared (docs/benchmarks.md, "Query coalescing"); a lone caller runs at
+once in its own thread, as before. Each embedder owns its coalescer, so one batch never mixes two models (a
+re-index builds a new embedder). Texts of very different lengths are split into runs of similar length
+(``padded_groups``), so one long query never makes a batch of short ones pay its length.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer
 
-from service.app.core.metrics import EMBEDDING_FAILURES, EMBEDDING_SECONDS
+from service.app.core.metrics import EMBEDDING_FAILURES, EMBEDDING_SECONDS, QUERY_EMBEDDING_BATCH
+from service.app.store.coalesce import BatchCoalescer
 
 if TYPE_CHECKING:
     import numpy as np
     from fastembed import TextEmbedding
 
     from service.app.core.config import Settings
+
+
+# Most concurrent queries one ONNX run takes (past 8 the CPU per query barely falls: docs/benchmarks.md).
+QUERY_BATCH_MAX = 16
+# What one ONNX run costs beyond its tokens, in token slots (one text x one token position): measured on MiniLM,
+# 1 intra-op thread, 17-token queries, a run cost ~6.7 ms + ~0.39 ms per token slot, i.e. ~17 slots.
+RUN_OVERHEAD_TOKENS = 16
 
 
 class EmbeddingModelError(RuntimeError):
@@ -43,6 +60,42 @@ def length_order(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
     """Indexes of ``texts`` sorted by token count (stable, so equal lengths keep their order)."""
     lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(list(texts))]
     return sorted(range(len(texts)), key=lengths.__getitem__)
+
+
+def padded_groups(lengths: Sequence[int], run_overhead: int = RUN_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split texts (by token count) into runs so the padded token slots plus a fixed cost per run are least.
+
+    A run pads every text to its longest, so one 250-token query in a batch of fifteen 15-token ones would cost
+    16 x 250 slots; run alone it costs ``run_overhead`` + 250 and the short ones 15 x 15 (+ overhead). The
+    optimal split of texts sorted by length into contiguous runs is a small dynamic programme (n <= 16).
+    Returns the groups as lists of indexes into ``lengths``, shortest texts first.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in order]
+    best = [0] + [0] * len(order)  # best[j]: least cost of the first j texts
+    cut = [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        best[end], cut[end] = min(
+            (best[start] + run_overhead + (end - start) * ordered[end - 1], start) for start in range(end)
+        )
+    groups: list[list[int]] = []
+    end = len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def query_runs(threads: int | None) -> int:
+    """Query batches run at once: as many as the CPUs this process may use hold sessions of ``threads`` each.
+
+    ONNX Runtime's default (``threads`` None) is one intra-op thread per core, so one run at a time already
+    uses every core; with EMBEDDING_THREADS=1 on 2 CPUs two batches run side by side. More would only
+    oversubscribe the cores: the queries wait for the next run instead, in a larger (cheaper) batch.
+    """
+    if threads is None:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // threads)
 
 
 class FastEmbedEmbedder:
@@ -94,6 +147,9 @@ class FastEmbedEmbedder:
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tokenizer = tokenizer
+        self._queries: BatchCoalescer[str, np.ndarray] = BatchCoalescer(
+            self._embed_query_batch, max_batch=QUERY_BATCH_MAX, max_runs=query_runs(threads)
+        )
 
     def _load_session(self, threads: int | None) -> None:
         """The ONNX session fastembed would build (CPU, every graph optimisation), without intra-op spinning."""
@@ -168,8 +224,37 @@ class FastEmbedEmbedder:
         return self._run("document", by_length)
 
     def embed_query(self, text: str) -> list[float]:
-        """Embed one search query through fastembed's query path (MiniLM and BGE v1.5 need no prefix)."""
-        return self._run("query", lambda: self._model.query_embed(text))[0]
+        """Embed one search query through fastembed's query path (MiniLM and BGE v1.5 need no prefix).
+
+        Concurrent calls are coalesced into one ONNX run (module docstring). ``rag_embedding_duration_seconds
+        {kind="query"}`` is this call's time, waiting for a batch included: the embedding time a search saw.
+        """
+        started = time.perf_counter()
+        try:
+            return self._queries.submit(text).tolist()
+        except Exception:
+            EMBEDDING_FAILURES.inc()
+            raise
+        finally:
+            EMBEDDING_SECONDS.labels(kind="query").observe(time.perf_counter() - started)
+
+    @property
+    def query_coalescer(self) -> BatchCoalescer[str, np.ndarray]:
+        """The coalescer of this embedder's query runs (its counters: ``runs``, ``calls``, ``waits``)."""
+        return self._queries
+
+    def _embed_query_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """One coalesced batch: one ONNX run per group of similar lengths (one run for a single text)."""
+        QUERY_EMBEDDING_BATCH.observe(len(texts))
+        if len(texts) == 1:
+            return list(self._model.query_embed(texts, batch_size=1))
+        lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(texts)]
+        vectors: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        for group in padded_groups(lengths):
+            embedded = self._model.query_embed([texts[i] for i in group], batch_size=len(group))
+            for index, vector in zip(group, embedded, strict=True):
+                vectors[index] = vector
+        return vectors
 
     def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
         try:

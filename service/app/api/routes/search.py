@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
-from service.app.api.deps import ServicesDep, TenantDep
+from service.app.api.deps import services_of, tenant_of
 from service.app.core.errors import error_responses
 from service.app.search.models import SearchRequest, SearchResponse
 
@@ -34,10 +34,11 @@ SEARCH_EXAMPLES = {
 @router.post("/search", response_model=SearchResponse, responses=error_responses(409, 413, 503))
 async def search_documents(
     body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
-    services: ServicesDep,
-    tenant: TenantDep,
+    request: Request,
 ) -> Response:
     """The chunks best matching the query (dense, sparse or hybrid `mode`), best first, optionally filtered."""
-    result = await services.search.search(tenant, body)
+    # The router's rate_limit dependency has authenticated the caller (401s happen there, before the body is
+    # read); services and tenant are plain calls here, not two more dependencies to resolve per search.
+    result = await services_of(request).search.search(tenant_of(request), body)
     # Already a validated SearchResponse: serialise once instead of FastAPI's dump/re-validate/dump.
     return Response(result.model_dump_json(), media_type="application/json")
