@@ -12,8 +12,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
+
 from service.app.store.edge import VERSIONS_PAGE, EdgeVectorStore
-from service.app.store.gc import GcReport, Pacer, collect_orphans, now_version
+from service.app.store.gc import CollectionStopped, GcReport, Pacer, collect_orphans, now_version
 from service.app.store.registry import DocumentRegistry
 from service.app.store.vectors import ChunkPoint
 
@@ -99,6 +101,26 @@ def test_a_paced_pass_lets_searches_and_writes_through_between_slices_and_remove
         assert store.count("t", "dead") == 0
         assert store.count("t", "late") == 50
         assert {(v.document_id, v.version) for v in store.versions()} == {("live", live), ("late", late)}
+    finally:
+        registry.close()
+        store.close()
+
+
+def test_a_stopped_pass_ends_at_its_next_slice_without_removing_anything_more(tmp_path: Path) -> None:
+    # Shutdown sets the stop event: the paced pass (tens of seconds at 100k) must end at once, not run on.
+    store = EdgeVectorStore(
+        tmp_path / "edge" / "c", collection="c", dimension=DIM, optimize_idle_seconds=None
+    )
+    store.ensure_collection()
+    registry = DocumentRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.migrate()
+    try:
+        store.upsert(points("dead", now_version() - 7_200_000_000, 2 * VERSIONS_PAGE))
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(CollectionStopped):
+            collect_orphans(registry, store, grace_seconds=3600, pause=Pacer(stop=stop))
+        assert store.count("t", "dead") == 2 * VERSIONS_PAGE  # stopped during the scan: nothing judged yet
     finally:
         registry.close()
         store.close()

@@ -1089,31 +1089,37 @@ class EdgeVectorStore:
         with self._engine() as shard:
             return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
-    @_guarded
     def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
         point-id order, reading three payload fields (memory: one entry per version, not per point).
 
         The binding holds the GIL for a whole ``scroll`` call, so with ``pause`` (the collector's) the pass reads
-        ``VERSIONS_PAGE`` points per call and calls ``pause`` between calls, outside the gate."""
+        ``VERSIONS_PAGE`` points per call and calls ``pause`` between calls, outside the gate (an exception it
+        raises, e.g. the collector being stopped, ends the pass as it is)."""
         counts: dict[tuple[str, str, int], int] = {}
         offset: Any = None
         page = VERSIONS_PAGE if pause is not None else SCROLL_PAGE
         while True:
-            with self._engine() as shard:
-                records, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset, limit=page, with_payload=["tenant_id", "document_id", "version"]
-                    )
-                )
-            for record in records:
-                payload = record.payload or {}
-                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
-                counts[key] = counts.get(key, 0) + 1
+            offset = self._count_versions(counts, offset, page)
             if offset is None:
                 return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
             if pause is not None:
                 pause()
+
+    @_guarded
+    def _count_versions(self, counts: dict[tuple[str, str, int], int], offset: Any, page: int) -> Any:
+        """Add one page of points to ``counts``; the next page's offset, None after the last."""
+        with self._engine() as shard:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=page, with_payload=["tenant_id", "document_id", "version"]
+                )
+            )
+        for record in records:
+            payload = record.payload or {}
+            key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+            counts[key] = counts.get(key, 0) + 1
+        return offset
 
     @_guarded
     def ping(self) -> None:

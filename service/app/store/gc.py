@@ -26,6 +26,7 @@ and the collector takes at most 1/(1 + PAUSE_RATIO) of the process while it runs
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,20 +42,33 @@ PAUSE_RATIO = 9.0  # idle time per unit of work between two slices of a pass: th
 MIN_PAUSE_SECONDS = 0.001
 
 
+class CollectionStopped(Exception):
+    """The pass was stopped between two slices (the service is shutting down); what it removed stays removed."""
+
+
 class Pacer:
     """Called between two slices of a pass: sleeps ``ratio`` times the time since the last call (at least
-    ``minimum``), which releases the GIL to the searches and the event loop."""
+    ``minimum``), which releases the GIL to the searches and the event loop. Once ``stop`` is set it raises
+    CollectionStopped instead (at once, also mid-sleep): a paced pass is long, and shutdown must not wait for it.
+    """
 
-    def __init__(self, ratio: float = PAUSE_RATIO, minimum: float = MIN_PAUSE_SECONDS) -> None:
+    def __init__(
+        self,
+        ratio: float = PAUSE_RATIO,
+        minimum: float = MIN_PAUSE_SECONDS,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.ratio = ratio
         self.minimum = minimum
+        self.stop = stop or threading.Event()
         self.slices = 0
         self._mark = time.perf_counter()
 
     def __call__(self) -> None:
         worked = time.perf_counter() - self._mark
         self.slices += 1
-        time.sleep(max(self.minimum, worked * self.ratio))
+        if self.stop.wait(max(self.minimum, worked * self.ratio)):
+            raise CollectionStopped
         self._mark = time.perf_counter()
 
 
