@@ -237,6 +237,29 @@ def test_two_coalescers_never_mix_their_batches() -> None:
     assert [len(batch) for batch in two_recorder.batches] == [1, 3]
 
 
+def test_many_threads_each_get_their_own_result() -> None:
+    # Free-running (no holds): whatever batches form, every caller gets the result for its own item.
+    seen_batches: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen_batches.append(len(items))
+        return [item * 2 for item in items]
+
+    coalescer: BatchCoalescer[int, int] = BatchCoalescer(run, max_batch=5)
+
+    def caller(offset: int) -> list[tuple[int, int]]:
+        return [(item, coalescer.submit(item)) for item in range(offset, offset + 300)]
+
+    with ThreadPoolExecutor(16) as pool:
+        pairs = [pair for chunk in pool.map(caller, range(0, 16 * 300, 300)) for pair in chunk]
+
+    assert all(result == item * 2 for item, result in pairs)
+    assert len(pairs) == 16 * 300
+    assert sum(seen_batches) == 16 * 300
+    assert max(seen_batches) <= 5
+    assert (coalescer.queued, coalescer._running) == (0, 0)
+
+
 def test_a_batch_function_returning_the_wrong_count_fails_the_batch() -> None:
     coalescer: BatchCoalescer[str, str] = BatchCoalescer(lambda items: [])
 
@@ -336,6 +359,25 @@ def test_a_failed_query_batch_fails_each_caller_counts_each_failure_and_the_next
     assert all("out of memory" in str(error) for error in errors)
     assert REGISTRY.get_sample_value("rag_embedding_failures_total") == failures_before + 3
     assert len(embedder.embed_query("after the failure")) == 384
+
+
+def test_a_text_asked_twice_in_one_batch_is_embedded_once(
+    monkeypatch: pytest.MonkeyPatch, embedder: FastEmbedEmbedder
+) -> None:
+    real_query_embed = embedder._model.query_embed
+    seen: list[list[str]] = []
+
+    def recording(texts: list[str], **kwargs: object) -> object:
+        seen.append(list(texts))
+        return real_query_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "query_embed", recording)
+
+    vectors = embedder._embed_query_batch(["popular question", "other question", "popular question"])
+
+    assert sorted(text for run in seen for text in run) == ["other question", "popular question"]
+    assert vectors[0] is vectors[2]
+    assert np.allclose(vectors[0], embedder.embed_query("popular question"), rtol=0, atol=1e-6)
 
 
 def test_two_embedders_coalesce_separately(

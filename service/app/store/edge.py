@@ -94,6 +94,10 @@ SCROLL_PAGE = 4096
 # (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
 VERSIONS_PAGE = 128
 LOCK_FILE = ".lock"
+# The payload fields a hit is built from (VectorHit.from_payload): a search reads only these. The engine stores
+# each point's payload compressed and decompresses it per hit read (about a tenth of a hybrid query's CPU at
+# 100k chunks, py-spy, docs/benchmarks.md), so the tenant, content hash and model are left out.
+HIT_PAYLOAD = ["document_id", "version", "chunk_index", "text", "metadata"]
 # Bounded optimisation (see the module docstring; chosen from bench/optimize_stall.py, docs/benchmarks.md).
 OPTIMIZE_CHUNK_POINTS = 4096
 SEGMENT_POINTS = 10240
@@ -103,6 +107,15 @@ MERGE_SEGMENT_NUMBER = 2
 CONSOLIDATE_SEGMENT_POINTS = 20480
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
+# Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
+# scores candidates on the quantized copy (a quarter of the bytes, kept in RAM), then rescores the best
+# ``QUANTIZATION_OVERSAMPLING`` x limit with the original float vectors, so every returned score is the exact
+# cosine (what thresholds and fusion see). Measured at 100k chunks: docs/benchmarks.md.
+# Quantized candidates are a little less precise, and the graph is built on them: a quantized shard is searched
+# with a wider beam (hnsw_ef) than the engine's default (ef_construct, 100), which buys the recall back.
+QUANTIZATION_QUANTILE = 0.99
+QUANTIZATION_OVERSAMPLING = 2.0
+QUANTIZED_HNSW_EF = 160
 # A vacuum threshold no segment can pass (the engine vacuums above deleted/total > threshold, at most 1.0).
 NEVER_VACUUM = 1.0
 
@@ -505,6 +518,7 @@ class EdgeVectorStore:
         indexing_threads: int = 0,
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
+        quantization: bool = False,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -525,6 +539,10 @@ class EdgeVectorStore:
         # 0 or None: no consolidation, and the serving process vacuums (segments stay within the cap then).
         self._consolidate_idle = consolidate_idle_seconds or None
         self._consolidate_points = consolidate_segment_points
+        # New shards are created with it; a shard keeps what it was created with (changing it would rebuild
+        # every segment in this process, holding the GIL), and is searched as it is stored (_read_search_params).
+        self.quantization = quantization
+        self._search_params: qe.SearchParams | None = None
         self._gate = _Gate()
         self._writes = itertools.count(1)  # advanced by every call that may change the shard's files
         self._write_seq = 0
@@ -555,6 +573,7 @@ class EdgeVectorStore:
             indexing_threads=settings.edge_indexing_threads,
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
+            quantization=settings.edge_quantization == "int8",
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -573,6 +592,7 @@ class EdgeVectorStore:
             indexing_threads=self._indexing_threads,
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
+            quantization=self.quantization,
         )
         other._lock = self._lock
         return other
@@ -600,6 +620,13 @@ class EdgeVectorStore:
                 ef_construct=100,
                 full_scan_threshold=10_000,
                 max_indexing_threads=self._indexing_threads,
+            ),
+            quantization_config=(
+                qe.ScalarQuantizationConfig(
+                    qe.ScalarType.Int8, quantile=QUANTIZATION_QUANTILE, always_ram=True
+                )
+                if self.quantization
+                else None
             ),
             optimizers=self._optimizers_config(),
             max_search_threads=search_threads(),
@@ -638,6 +665,7 @@ class EdgeVectorStore:
             self._holds_lock = True
             try:
                 self._shard = self._open()
+                self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
             except BaseException:
@@ -812,6 +840,7 @@ class EdgeVectorStore:
         try:
             ready.rename(self.path)
             self._shard = self._load()
+            self._search_params = self._read_search_params()
         except BaseException:
             # The merged copy did not open: put the served shard back as it was.
             if self.path.exists():
@@ -865,6 +894,23 @@ class EdgeVectorStore:
                 max_search_threads=search_threads(),
             ),
         )
+
+    def _read_search_params(self) -> qe.SearchParams | None:
+        """Search settings for the shard as stored: a quantized one is searched on its int8 vectors with a wider
+        beam and the best candidates rescored with the original vectors (so every score is the exact cosine);
+        an unquantized one with the engine's defaults."""
+        config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+        if not config.get("quantization_config"):
+            return None
+        return qe.SearchParams(
+            hnsw_ef=QUANTIZED_HNSW_EF,
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING),
+        )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the open shard stores int8-quantized dense vectors (searched, then rescored exactly)."""
+        return self._search_params is not None
 
     def _ensure_sparse(self) -> None:
         """Add the BM25 vector to a shard that predates it and fill it from every point's chunk text."""
@@ -1032,8 +1078,9 @@ class EdgeVectorStore:
                 offset=offset or None,
                 query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
                 filter=selection,
-                with_payload=True,
+                with_payload=HIT_PAYLOAD,
                 score_threshold=score_threshold,
+                params=self._search_params,
             )
             with self._engine() as shard:
                 found = shard.query(request)
@@ -1049,7 +1096,7 @@ class EdgeVectorStore:
                     limit=depth,
                     query=sparse_query,
                     filter=selection,
-                    with_payload=True,
+                    with_payload=HIT_PAYLOAD,
                     with_vector=with_vector,
                 )
             else:
@@ -1063,12 +1110,13 @@ class EdgeVectorStore:
                             query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
                             filter=selection,
                             score_threshold=score_threshold,
+                            params=self._search_params,
                         ),
                         qe.Prefetch(prefetch_limit, query=sparse_query, filter=selection),
                     ],
                     query=qe.Fusion.Rrf(k=RRF_K),
                     filter=selection,
-                    with_payload=True,
+                    with_payload=HIT_PAYLOAD,
                     with_vector=with_vector,
                 )
             with self._engine() as shard:
