@@ -68,6 +68,7 @@ e2e: install ## kind cluster + dev prerequisites, pulumi up (local backend), ing
 
 bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw, HTML extraction; `make bench SCALE=100000` adds the scale run
 	$(PY) bench/ingest_search.py
+	$(PY) bench/request_path.py
 	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
 	$(PY) bench/extract_html.py --write docs/benchmarks.md
 	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)

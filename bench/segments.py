@@ -9,9 +9,16 @@ by query over every layout, it measures:
 
 - **CPU ms per query** (``time.process_time()`` around the engine call: all of the engine's threads), which a
   loaded machine barely moves, and the wall p50/p99 (which it does);
-- dense top-5 with the tenant filter (and with ``hnsw_ef`` 64), and the service's hybrid request (dense + BM25
-  prefetches, RRF);
+- dense top-5 with the tenant filter (and with ``hnsw_ef`` 64), the sparse (BM25) top-10, and the service's hybrid
+  request (dense + BM25 prefetches, RRF), with the payload fields the service reads and, for hybrid, without any
+  payload (what reading payloads costs);
 - recall@5 of the dense search against exact search (numpy).
+
+``--quantized`` adds the same ingest into a store created with int8 scalar quantization (``EDGE_QUANTIZATION``),
+consolidated at the default cap, searched as the adapter searches a quantized shard (wider ``hnsw_ef``, the best
+candidates rescored with the float vectors). The order of the query kinds rotates from query to query: the
+first engine call for a new query vector pays the cache misses of its graph walk, so a fixed order would bias
+whichever kind ran first.
 
 Corpus: bench/scale.py's (real chunks of standard-library docstrings embedded with the service's model,
 replicated with noise; ``--cache`` reuses its embeddings). Results replace the section between the segments
@@ -44,13 +51,24 @@ from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
-from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore, _copy_sparse  # noqa: E402
+from service.app.store.edge import (  # noqa: E402
+    CONSOLIDATE_SEGMENT_POINTS,
+    DENSE_VECTOR,
+    HIT_PAYLOAD,
+    QUANTIZATION_OVERSAMPLING,
+    QUANTIZED_HNSW_EF,
+    EdgeVectorStore,
+    _copy_sparse,
+)
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
 from service.app.store.vectors import ChunkPoint, point_id  # noqa: E402
 
 START = "<!-- segments:start -->"
 END = "<!-- segments:end -->"
+# ``--noise`` other than bench/scale.py's writes a second, separately marked table (the corpus-shape check).
+NOISE_START = "<!-- segments-noise:start -->"
+NOISE_END = "<!-- segments-noise:end -->"
 TOP_K = 5
 
 
@@ -85,8 +103,16 @@ def corpus(args: argparse.Namespace, work: Path) -> tuple[np.ndarray, list[str],
     return base, texts, queries[: args.queries], query_texts[: args.queries]
 
 
-def build(path: Path, vectors: np.ndarray, tenants: np.ndarray, texts: list[str]) -> dict:
-    store = EdgeVectorStore(path, collection="c", dimension=vectors.shape[1], optimize_idle_seconds=None)
+def build(
+    path: Path, vectors: np.ndarray, tenants: np.ndarray, texts: list[str], *, quantization: bool = False
+) -> dict:
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=vectors.shape[1],
+        optimize_idle_seconds=None,
+        quantization=quantization,
+    )
     store.ensure_collection()
     points = [
         ChunkPoint(
@@ -110,10 +136,11 @@ def build(path: Path, vectors: np.ndarray, tenants: np.ndarray, texts: list[str]
         longest = max(longest, time.perf_counter() - started)
     segments = store.shard.info().segments_count
     store.close()
-    return {"cap": "service (no consolidation)", "segments": segments, "longest_pass": longest}
+    name = "service (no consolidation)" + (", int8" if quantization else "")
+    return {"cap": name, "segments": segments, "longest_pass": longest}
 
 
-def consolidate(source: Path, path: Path, cap: int, dimension: int) -> dict:
+def consolidate(source: Path, path: Path, cap: int, dimension: int, *, label: str = "") -> dict:
     shutil.copytree(source, path, copy_function=_copy_sparse)
     store = EdgeVectorStore(
         path,
@@ -129,18 +156,26 @@ def consolidate(source: Path, path: Path, cap: int, dimension: int) -> dict:
     seconds = time.perf_counter() - started
     result = store.last_consolidation or {}
     segments = store.shard.info().segments_count
+    params = store._search_params  # what the adapter searches this shard with (None: the engine's defaults)
     store.close()
-    return {"cap": f"{cap:,}", "segments": segments, "seconds": seconds, "swap": result.get("swap_seconds")}
+    return {
+        "cap": f"{cap:,}{label}",
+        "segments": segments,
+        "seconds": seconds,
+        "swap": result.get("swap_seconds"),
+        "params": params,
+    }
 
 
 def measure(
-    layouts: dict[str, Path],
+    layouts: dict[str, tuple[Path, qe.SearchParams | None]],
     vectors: np.ndarray,
     tenants: np.ndarray,
     queries: np.ndarray,
     query_texts: list[str],
 ) -> dict:
-    shards = {name: qe.EdgeShard.load(str(path)) for name, path in layouts.items()}
+    shards = {name: qe.EdgeShard.load(str(path)) for name, (path, _) in layouts.items()}
+    params = {name: layout_params for name, (_, layout_params) in layouts.items()}
     tenant_filter = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue(scale.TENANT))])
     encoder = default_encoder()
     sparse = [encoder.query(t) for t in query_texts]
@@ -148,49 +183,74 @@ def measure(
     rows, matrix = np.flatnonzero(mask), vectors[mask]
     ids = {point_id(str(tenants[i]), f"doc-{i // 10}", 1, i % 10): i for i in range(len(vectors))}
 
-    def dense(i: int, ef: int | None) -> qe.QueryRequest:
+    def search_params(layout: str, ef: int | None) -> qe.SearchParams | None:
+        base = params[layout]
+        if ef is None:
+            return base
+        return qe.SearchParams(hnsw_ef=ef, quantization=base.quantization if base else None)
+
+    def dense(layout: str, i: int, ef: int | None) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=TOP_K,
             query=qe.Query.Nearest(queries[i].tolist(), using=DENSE_VECTOR),
             filter=tenant_filter,
-            with_payload=True,
-            params=qe.SearchParams(hnsw_ef=ef) if ef else None,
+            with_payload=HIT_PAYLOAD,
+            params=search_params(layout, ef),
         )
 
-    def hybrid(i: int, limit: int) -> qe.QueryRequest:
-        bm25 = qe.SparseVector(list(sparse[i].indices), list(sparse[i].values))
+    def bm25(i: int) -> qe.SparseVector:
+        return qe.SparseVector(list(sparse[i].indices), list(sparse[i].values))
+
+    def sparse_only(layout: str, i: int) -> qe.QueryRequest:
+        return qe.QueryRequest(
+            limit=10,
+            query=qe.Query.Nearest(bm25(i), using=SPARSE_VECTOR),
+            filter=tenant_filter,
+            with_payload=HIT_PAYLOAD,
+        )
+
+    def hybrid(layout: str, i: int, limit: int, payload: bool = True) -> qe.QueryRequest:
         return qe.QueryRequest(
             limit=limit,
             prefetches=[
                 qe.Prefetch(
-                    50, query=qe.Query.Nearest(queries[i].tolist(), using=DENSE_VECTOR), filter=tenant_filter
+                    50,
+                    query=qe.Query.Nearest(queries[i].tolist(), using=DENSE_VECTOR),
+                    filter=tenant_filter,
+                    params=search_params(layout, None),
                 ),
-                qe.Prefetch(50, query=qe.Query.Nearest(bm25, using=SPARSE_VECTOR), filter=tenant_filter),
+                qe.Prefetch(50, query=qe.Query.Nearest(bm25(i), using=SPARSE_VECTOR), filter=tenant_filter),
             ],
             query=qe.Fusion.Rrf(k=2),
             filter=tenant_filter,
-            with_payload=True,
+            with_payload=HIT_PAYLOAD if payload else False,
         )
 
     kinds = {
-        "dense": lambda i: dense(i, None),
-        "dense_ef64": lambda i: dense(i, 64),
-        "hybrid50": lambda i: hybrid(i, 50),
-        "hybrid10": lambda i: hybrid(i, 10),
+        "dense": lambda layout, i: dense(layout, i, None),
+        "dense_ef64": lambda layout, i: dense(layout, i, 64),
+        "sparse": sparse_only,
+        "hybrid50": lambda layout, i: hybrid(layout, i, 50),
+        "hybrid10": lambda layout, i: hybrid(layout, i, 10),
+        "hybrid10_bare": lambda layout, i: hybrid(layout, i, 10, payload=False),
     }
     cpu: dict[tuple[str, str], list[float]] = {(n, k): [] for n in shards for k in kinds}
     wall: dict[tuple[str, str], list[float]] = {(n, k): [] for n in shards for k in kinds}
     hits: dict[tuple[str, str], int] = {(n, k): 0 for n in shards for k in kinds}
-    for shard in shards.values():
-        shard.query(dense(0, None))
+    for name, shard in shards.items():
+        shard.query(dense(name, 0, None))
+    order = list(kinds)
     for i in range(len(queries)):
         scores = matrix @ queries[i]
         top = np.argpartition(-scores, TOP_K)[:TOP_K]
         truth = set(rows[top].tolist())
-        for kind, request in kinds.items():
+        for kind in order[i % len(order) :] + order[: i % len(order)]:
             for name, shard in shards.items():
+                request = kinds[kind](name, i)
                 c0, w0 = time.process_time(), time.perf_counter()
-                found = shard.query(request(i))
+                found = shard.query(request)
+                for point in found:
+                    point.payload  # noqa: B018 (the conversion to Python is part of the cost)
                 wall[(name, kind)].append(time.perf_counter() - w0)
                 cpu[(name, kind)].append(time.process_time() - c0)
                 if kind.startswith("dense"):
@@ -208,25 +268,27 @@ def measure(
     return out
 
 
-def render(rows: list[dict], measured: dict, setup: str) -> str:
+def render(rows: list[dict], measured: dict, setup: str, start: str = START, end: str = END) -> str:
     lines = [
-        START,
+        start,
         "",
         setup,
         "",
-        "| segment cap | segments | dense CPU ms (wall p50 / p99) | dense, hnsw_ef 64 | hybrid, 50 hits | hybrid, 10 hits "
-        "| recall@5 dense (ef 64) | merged in (s) / swap (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| segment cap | segments | dense CPU ms (wall p50 / p99) | dense, hnsw_ef 64 | sparse, 10 hits "
+        "| hybrid, 50 hits | hybrid, 10 hits | hybrid, 10 hits, no payload | recall@5 dense (ef 64) "
+        "| merged in (s) / swap (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         m = measured[row["cap"]]
         merged = f"{row['seconds']:.0f} / {row['swap']:.2f}" if "seconds" in row and row["swap"] else "-"
         lines.append(
             f"| {row['cap']} | {row['segments']} | {m['dense']['cpu']:.2f} ({m['dense']['wall_p50']:.2f} / "
-            f"{m['dense']['wall_p99']:.2f}) | {m['dense_ef64']['cpu']:.2f} | {m['hybrid50']['cpu']:.2f} "
-            f"| {m['hybrid10']['cpu']:.2f} | {m['dense']['recall']:.3f} ({m['dense_ef64']['recall']:.3f}) | {merged} |"
+            f"{m['dense']['wall_p99']:.2f}) | {m['dense_ef64']['cpu']:.2f} | {m['sparse']['cpu']:.2f} "
+            f"| {m['hybrid50']['cpu']:.2f} | {m['hybrid10']['cpu']:.2f} | {m['hybrid10_bare']['cpu']:.2f} "
+            f"| {m['dense']['recall']:.3f} ({m['dense_ef64']['recall']:.3f}) | {merged} |"
         )
-    return "\n".join([*lines, "", END])
+    return "\n".join([*lines, "", end])
 
 
 def main() -> None:
@@ -238,21 +300,44 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--cache", type=Path, help="bench/scale.py's embedding cache directory")
     parser.add_argument("--write", type=Path)
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=scale.NOISE,
+        help="per-dimension noise of the replicas; a value other than bench/scale.py's writes a separate table",
+    )
+    parser.add_argument(
+        "--quantized",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also build an int8-quantized store and consolidate it at the default cap",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rag-segments-"))
+    int8_build: dict | None = None
     try:
         base, texts, queries, query_texts = corpus(args, work)
         nprng = np.random.default_rng(args.seed)
-        vectors = scale.replicate(base, args.points, nprng)
+        vectors = scale.replicate(base, args.points, nprng, args.noise)
         tenants = np.where(nprng.random(args.points) < 0.9, scale.TENANT, "other")
         load_before = os.getloadavg()[0]
-        layouts = {"service (no consolidation)": work / "edge" / "base"}
-        rows = [build(layouts["service (no consolidation)"], vectors, tenants, texts)]
+        base_path = work / "edge" / "base"
+        rows = [build(base_path, vectors, tenants, texts)]
+        layouts: dict[str, tuple[Path, qe.SearchParams | None]] = {rows[0]["cap"]: (base_path, None)}
         print(rows[-1], flush=True)
         for cap in (int(c) for c in args.caps.split(",") if c):
             path = work / f"edge-{cap}" / "c"
-            rows.append(consolidate(layouts["service (no consolidation)"], path, cap, vectors.shape[1]))
-            layouts[rows[-1]["cap"]] = path
+            rows.append(consolidate(base_path, path, cap, vectors.shape[1]))
+            layouts[rows[-1]["cap"]] = (path, rows[-1]["params"])
+            print(rows[-1], flush=True)
+        if args.quantized:
+            quantized = work / "edge-int8" / "base"
+            int8_build = build(quantized, vectors, tenants, texts, quantization=True)
+            print(int8_build, flush=True)
+            path = work / "edge-int8-merged" / "c"
+            cap = CONSOLIDATE_SEGMENT_POINTS
+            rows.append(consolidate(quantized, path, cap, vectors.shape[1], label=", int8"))
+            layouts[rows[-1]["cap"]] = (path, rows[-1]["params"])
             print(rows[-1], flush=True)
         measured = measure(layouts, vectors, tenants, queries, query_texts)
         print(json.dumps(measured), flush=True)
@@ -265,12 +350,28 @@ def main() -> None:
         f"chunks replicated with noise), {args.queries} queries, top_k {TOP_K}, tenant filter on 90 %; the "
         f"service's layout (longest indexing pass {rows[0]['longest_pass']:.1f} s) and copies of it consolidated "
         "by `EdgeVectorStore.consolidate()` at each cap. CPU ms per query: p50 of `time.process_time()` around "
-        "the engine call (all its threads), layouts interleaved query by query."
+        "the engine call (all its threads), layouts interleaved query by query, the order of the query kinds "
+        "rotating from query to query. Payloads: the fields the service reads."
     )
-    table = render(rows, measured, setup)
+    if int8_build is not None:
+        setup += (
+            f" The int8 row: the same ingest into a store created with `EDGE_QUANTIZATION=int8` ({int8_build['segments']} "
+            f"segments, longest indexing pass {int8_build['longest_pass']:.1f} s), consolidated at the default cap and "
+            f"searched as the adapter searches a quantized shard (hnsw_ef {QUANTIZED_HNSW_EF}, the best "
+            f"{QUANTIZATION_OVERSAMPLING:g} x limit rescored with the float vectors; its ef 64 column keeps the rescoring)."
+        )
+    start, end = (START, END) if args.noise == scale.NOISE else (NOISE_START, NOISE_END)
+    if args.noise != scale.NOISE:
+        sibling = 1 / (1 + base.shape[1] * args.noise**2)
+        setup += (
+            f" **Second corpus, not the benchmark's**: replicas with noise {args.noise:g} per dimension instead of "
+            f"{scale.NOISE:g}, so copies of one chunk have cosine ~{sibling:.2f} to each other (the benchmark's: "
+            f"~{1 / (1 + base.shape[1] * scale.NOISE**2):.2f})."
+        )
+    table = render(rows, measured, setup, start, end)
     print(table)
     if args.write:
-        replace_section(args.write, table, START, END, heading="")
+        replace_section(args.write, table, start, end, heading="")
 
 
 if __name__ == "__main__":

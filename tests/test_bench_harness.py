@@ -140,3 +140,50 @@ def test_the_real_results_file_has_the_markers() -> None:
     assert text.count(START) == 1
     assert text.count(END) == 1
     assert text.index(START) < text.index(END)
+
+
+def test_the_keep_alive_client_reconnects_once_after_the_server_dropped_an_idle_connection() -> None:
+    """bench/httpclient.py: the service closes idle keep-alive connections (HTTP_KEEP_ALIVE_SECONDS) without
+    warning the client; the next search must go out on a new connection, and a non-2xx must never be timed."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from httpclient import HTTPStatusError, KeepAliveClient
+
+    connections: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive unless told otherwise
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(id(self.connection))
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            status = 200 if self.path == "/v1/search" else 404
+            payload = json.dumps({"echo": json.loads(body)}).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            self.close_connection = True  # dropped after the answer, as an idle timeout would: no warning
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with KeepAliveClient(f"http://127.0.0.1:{server.server_address[1]}") as client:
+            assert json.loads(client.post_json("/v1/search", {"query": "a"})) == {"echo": {"query": "a"}}
+            assert json.loads(client.post_json("/v1/search", {"query": "b"})) == {"echo": {"query": "b"}}
+            assert len(connections) == 2  # the second request went out on a fresh connection
+            with pytest.raises(HTTPStatusError, match="404"):
+                client.post_json("/v1/nowhere", {"query": "c"})
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -249,3 +249,34 @@ def test_a_reindex_switch_never_serves_results_cached_from_the_other_index() -> 
     inner.index.current.collection = "docs__new"  # the switch
     assert asyncio.run(cached.search("t", request)).mode == "hybrid"
     assert inner.calls == 2
+
+
+def test_a_search_with_the_cache_on_takes_one_threadpool_hop_hit_or_miss(
+    make_client: MakeClient, headers_a: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookup, search and the write of its result run in one worker-thread call: every hop costs event-loop
+    work and a thread hand-off (a scheduling wait under CPU contention). Still served right: a write is seen."""
+    import anyio.to_thread
+
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    with make_client() as client:
+        client.put("/v1/documents/ice", json={"text": GLACIER}, headers=headers_a)
+        monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        hits, misses = hits_and_misses()
+        first = client.post("/v1/search", json=QUERY, headers=headers_a)
+        assert first.status_code == 200, first.text
+        assert len(hops) == 1, hops
+        second = client.post("/v1/search", json=QUERY, headers=headers_a)
+        assert len(hops) == 2, hops
+        assert second.json() == first.json()
+        assert hits_and_misses() == (hits + 1, misses + 1)
+        monkeypatch.undo()
+        client.put("/v1/documents/ice-2", json={"text": GLACIER_2}, headers=headers_a)
+        third = client.post("/v1/search", json=QUERY, headers=headers_a).json()
+        assert {r["document_id"] for r in third["results"]} == {"ice", "ice-2"}

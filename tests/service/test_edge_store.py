@@ -22,6 +22,7 @@ from qdrant_client import QdrantClient, models
 
 from service.app.core.errors import ServiceUnavailable
 from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked
+from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint
 from tests.service.support import make_settings
 
@@ -599,3 +600,112 @@ def test_the_search_pool_has_one_thread_per_cpu_on_new_and_existing_shards(tmp_p
     store.ensure_collection()
     store.close()
     assert json.loads((other / "edge_config.json").read_text())["max_search_threads"] == cpus
+
+
+def unit_points(rng: np.random.Generator, document_id: str, count: int, dim: int, tenant: str = "t") -> list:
+    vectors = rng.normal(size=(count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [
+        ChunkPoint(
+            tenant_id=tenant,
+            document_id=document_id,
+            version=1,
+            chunk_index=i,
+            text=f"{document_id} #{i}",
+            vector=vectors[i].tolist(),
+            metadata={"n": i},
+            content_hash="h",
+            model="m",
+        )
+        for i in range(count)
+    ]
+
+
+def test_an_int8_store_searches_quantized_segments_with_exact_scores_filters_and_deletes(
+    tmp_path: Path,
+) -> None:
+    # EDGE_QUANTIZATION=int8: the HNSW walk scores int8 copies, and the hits are rescored with the float vectors,
+    # so scores stay exact cosines (thresholds, fusion and the API see no quantization error).
+    dim, rng = 64, np.random.default_rng(7)
+    settings = make_settings(tmp_path, edge_quantization="int8")
+    store = EdgeVectorStore.from_settings(settings, model_name="m", dimension=dim)
+    store._indexing_threshold_kb = (
+        1  # index any segment: the quantized HNSW path runs on a few hundred points
+    )
+    store._optimize_idle = None
+    store.ensure_collection()
+    try:
+        assert store.quantized
+        config = json.loads((store.path / "edge_config.json").read_text())
+        assert config["quantization_config"]["scalar"]["type"] == "int8"
+        a, b = unit_points(rng, "a", 300, dim), unit_points(rng, "b", 300, dim)
+        other = unit_points(rng, "x", 100, dim, tenant="other")
+        store.upsert(a + b + other)
+        assert store.optimize()
+        assert store.shard.info().indexed_vectors_count > 0
+        assert list(store.path.glob("segments/*/vector_storage-dense/quantized.data"))
+        stored = {(p.document_id, p.chunk_index): np.asarray(p.vector) for p in a + b}
+        query = rng.normal(size=dim)
+        query /= np.linalg.norm(query)
+        exact = sorted(((float(v @ query), key) for key, v in stored.items()), reverse=True)
+        hits = store.search("t", query.tolist(), limit=5)
+        assert [(h.document_id, h.chunk_index) for h in hits] == [key for _, key in exact[:5]]
+        for hit, (score, _) in zip(hits, exact, strict=False):
+            assert abs(hit.score - score) < 1e-5  # int8 scores are off by ~1e-3: these were rescored
+        # The threshold bounds the exact cosine: halfway between the 3rd and 4th best keeps exactly three.
+        threshold = (exact[2][0] + exact[3][0]) / 2
+        assert len(store.search("t", query.tolist(), limit=5, score_threshold=threshold)) == 3
+        hybrid = store.search(
+            "t", query.tolist(), limit=5, mode="hybrid", sparse=default_encoder().query("a #1")
+        )
+        assert hybrid
+        assert {h.document_id for h in hybrid} <= {"a", "b"}  # the tenant filter holds on both sides
+        store.delete_document("t", "a")
+        assert (store.count("t", "a"), store.count("t", "b"), store.count("other")) == (0, 300, 100)
+        assert {h.document_id for h in store.search("t", query.tolist(), limit=20)} == {"b"}
+    finally:
+        store.close()
+
+
+def test_a_shard_keeps_the_quantization_it_was_created_with(tmp_path: Path) -> None:
+    # Changing it would rebuild every segment inside the serving process (holding the GIL): an existing store is
+    # searched as it is stored, whatever EDGE_QUANTIZATION says now, and a new one takes the setting.
+    path = tmp_path / "edge" / "c"
+    plain = EdgeVectorStore(path, collection="c", dimension=DIM, optimize_idle_seconds=None)
+    plain.ensure_collection()
+    plain.upsert(points("a", 20))
+    plain.close()
+    reopened = EdgeVectorStore(
+        path, collection="c", dimension=DIM, optimize_idle_seconds=None, quantization=True
+    )
+    reopened.ensure_collection()
+    try:
+        assert not reopened.quantized
+        assert not json.loads((path / "edge_config.json").read_text()).get("quantization_config")
+        assert len(reopened.search("t", [1.0, 0.2, 0.1, 0.25], limit=5)) == 5
+        new = reopened.sibling("d", DIM)  # a re-index's new collection is created with the setting
+        new.ensure_collection()
+        try:
+            assert new.quantized
+        finally:
+            new.close()
+    finally:
+        reopened.close()
+    assert make_settings(tmp_path).edge_quantization == "none"  # the default stays float (docs/benchmarks.md)
+
+
+def test_consolidation_keeps_an_int8_store_quantized(tmp_path: Path) -> None:
+    # The child merges with the shard's stored settings: the merged segments are quantized too, and the swapped-in
+    # shard is searched as a quantized one (wider beam, rescored).
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600, quantization=True)
+    try:
+        assert store.quantized
+        hits = top_hits(store)
+        assert store.consolidate()
+        assert store.shard.info().segments_count <= 2
+        assert store.quantized
+        assert list(store.path.glob("segments/*/vector_storage-dense/quantized.data"))
+        assert store.shard.info().points_count == 5 * 64
+        assert top_hits(store) == hits
+    finally:
+        store.close()

@@ -142,12 +142,17 @@ def test_a_kept_sqlite_snapshot_connection_sees_what_another_process_committed(t
         readers = registry._readers
         assert readers is not None
         assert readers.idle == 1  # kept for the next search
+        data_version = registry.data_version(
+            "t"
+        )  # the search cache's key: read through a kept connection too
+        assert data_version > 0
         other = subprocess.run(
             [
                 sys.executable,
                 "-c",
                 "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
                 "c.execute(\"UPDATE documents SET version = 2 WHERE tenant_id = 't' AND document_id = 'a'\"); "
+                "c.execute(\"UPDATE tenants SET data_version = data_version + 1 WHERE tenant_id = 't'\"); "
                 "c.commit()",
                 str(path),
             ],
@@ -159,6 +164,8 @@ def test_a_kept_sqlite_snapshot_connection_sees_what_another_process_committed(t
             assert readers.idle == 0  # the kept connection serves this snapshot
             assert snapshot.active_versions("t", ["a"]) == {"a": 2}
         assert readers.idle == 1
+        assert registry.data_version("t") == data_version + 1
+        assert registry.data_version("nobody") == 0
 
         # A connection returned while still inside a transaction would freeze its snapshot: it is closed instead.
         stuck = readers.acquire()

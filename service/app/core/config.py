@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     edge_consolidate_segment_points: int = Field(
         20480, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
+    edge_quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="scalar quantization of the dense vectors of NEW edge shards (searched, then rescored exactly)",
+    )
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
     qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")

@@ -71,12 +71,18 @@ class SearchService:
 
     async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
         """The ``top_k`` best chunks matching the request, best first."""
-        conditions = request.conditions()
         # One threadpool hop for the whole blocking part: under CPU contention every hop costs scheduling time.
-        mode, hits = await to_thread.run_sync(
-            lambda: self._search_blocking(
-                tenant_id, request.query, request.top_k, conditions, request.score_threshold, request.mode
-            )
+        return await to_thread.run_sync(self.search_sync, tenant_id, request)
+
+    def search_sync(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
+        """`search` for a caller already off the event loop (blocking: embedding, engine, registry)."""
+        mode, hits = self._search_blocking(
+            tenant_id,
+            request.query,
+            request.top_k,
+            request.conditions(),
+            request.score_threshold,
+            request.mode,
         )
         return SearchResponse(
             mode=mode,

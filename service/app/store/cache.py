@@ -183,24 +183,46 @@ class CachedSearch:
         return getattr(self._inner, name)
 
     async def search(self, tenant_id: str, request: BaseModel) -> Any:
-        # One threadpool hop for the whole lookup (each hop costs event-loop work and a thread hand-off, and
-        # under CPU contention a scheduling wait): data version, index pointer, cache read.
+        search_sync = getattr(self._inner, "search_sync", None)
+        if search_sync is not None:
+            # ONE threadpool hop for the lookup, the search on a miss and the write of its result: each hop costs
+            # event-loop work and a thread hand-off, and under CPU contention a scheduling wait.
+            return await run_in_threadpool(self._search_in_thread, tenant_id, request, search_sync)
+        # A wrapped service without a blocking entry point: lookup, search and write as separate steps.
         found = await run_in_threadpool(self._lookup, tenant_id, request)
         if found is None:
             return await self._inner.search(tenant_id, request)
         key, raw = found
-        if raw is not None:
-            try:
-                return self._response_model.model_validate_json(raw)
-            except ValueError:
-                logger.warning("search cache entry unreadable; recomputing", extra={"key": key})
+        cached = self._decode(key, raw)
+        if cached is not None:
+            return cached
         response = await self._inner.search(tenant_id, request)
-        value = response.model_dump_json().encode()
-        if isinstance(self._cache, MemoryCache):
-            self._cache.set(key, value, self._ttl_seconds)  # a dict write under a lock: no I/O to offload
-        else:
-            await run_in_threadpool(self._cache.set, key, value, self._ttl_seconds)
+        await run_in_threadpool(self._store, key, response)
         return response
+
+    def _search_in_thread(self, tenant_id: str, request: BaseModel, search_sync: Any) -> Any:
+        found = self._lookup(tenant_id, request)
+        if found is None:
+            return search_sync(tenant_id, request)
+        key, raw = found
+        cached = self._decode(key, raw)
+        if cached is not None:
+            return cached
+        response = search_sync(tenant_id, request)
+        self._store(key, response)
+        return response
+
+    def _decode(self, key: str, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return self._response_model.model_validate_json(raw)
+        except ValueError:
+            logger.warning("search cache entry unreadable; recomputing", extra={"key": key})
+            return None
+
+    def _store(self, key: str, response: BaseModel) -> None:
+        self._cache.set(key, response.model_dump_json().encode(), self._ttl_seconds)
 
     def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None] | None:
         """(key, cached value or None); None when there is no safe key (the data version is unavailable)."""

@@ -106,7 +106,8 @@ class BatchCoalescer(Generic[T, R]):
         """
         call: _Call[T, R] = _Call(item)
         with self._lock:
-            if self._running < self.max_runs:
+            queued = self._running >= self.max_runs
+            if not queued:
                 # Invariant: calls queue only while every slot is busy, so nothing is waiting here.
                 self._running += 1
                 call.batch = [call]
@@ -116,7 +117,8 @@ class BatchCoalescer(Generic[T, R]):
                 self._queue.append(call)
                 self.waits += 1
                 self._queued_changed.notify_all()
-        if call.state == _QUEUED:
+        # Decided under the lock: once released, a finishing run may already have taken (or promoted) this call.
+        if queued:
             self._follow(call, timeout)
         if call.state == _LEAD:
             self._lead(call.batch)

@@ -90,7 +90,14 @@ logger = logging.getLogger(__name__)
 DENSE_VECTOR = "dense"
 UPSERT_BATCH = 256
 SCROLL_PAGE = 4096
+# Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
+# (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
+VERSIONS_PAGE = 128
 LOCK_FILE = ".lock"
+# The payload fields a hit is built from (VectorHit.from_payload): a search reads only these. The engine stores
+# each point's payload compressed and decompresses it per hit read (about a tenth of a hybrid query's CPU at
+# 100k chunks, py-spy, docs/benchmarks.md), so the tenant, content hash and model are left out.
+HIT_PAYLOAD = ["document_id", "version", "chunk_index", "text", "metadata"]
 # Bounded optimisation (see the module docstring; chosen from bench/optimize_stall.py, docs/benchmarks.md).
 OPTIMIZE_CHUNK_POINTS = 4096
 SEGMENT_POINTS = 10240
@@ -100,6 +107,15 @@ MERGE_SEGMENT_NUMBER = 2
 CONSOLIDATE_SEGMENT_POINTS = 20480
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
+# Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
+# scores candidates on the quantized copy (a quarter of the bytes, kept in RAM), then rescores the best
+# ``QUANTIZATION_OVERSAMPLING`` x limit with the original float vectors, so every returned score is the exact
+# cosine (what thresholds and fusion see). Measured at 100k chunks: docs/benchmarks.md.
+# Quantized candidates are a little less precise, and the graph is built on them: a quantized shard is searched
+# with a wider beam (hnsw_ef) than the engine's default (ef_construct, 100), which buys the recall back.
+QUANTIZATION_QUANTILE = 0.99
+QUANTIZATION_OVERSAMPLING = 2.0
+QUANTIZED_HNSW_EF = 160
 # A vacuum threshold no segment can pass (the engine vacuums above deleted/total > threshold, at most 1.0).
 NEVER_VACUUM = 1.0
 
@@ -150,8 +166,15 @@ class DirectoryLock:
             self._holders += 1
 
     def _acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # EDGE_PATH is a file, or this user may not write it
+            raise EmbeddedStoreError(
+                f"the embedded vector store directory {self.path.parent} cannot be used "
+                f"({exc.strerror or exc}): EDGE_PATH (default DATA_DIR/edge) must be a directory this user "
+                f"(uid {os.getuid()}) can read and write; fix its permissions or point EDGE_PATH elsewhere"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -340,6 +363,10 @@ class _Optimizer:
         self.finished = threading.Event()  # set after each pass (tests wait on it)
         self.consolidated = threading.Event()  # set after each consolidation attempt (tests wait on it)
         self._thread = threading.Thread(target=self._run, name="edge-optimizer", daemon=True)
+
+    def start(self) -> None:
+        # Not in __init__: the start-up pass runs at once, and the store's pass reads ``store._optimizer``,
+        # which is only set once the constructor has returned (started there, the pass could run first).
         self._thread.start()
 
     def wrote(self, points: int = 0) -> None:
@@ -491,6 +518,7 @@ class EdgeVectorStore:
         indexing_threads: int = 0,
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
+        quantization: bool = False,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -511,6 +539,10 @@ class EdgeVectorStore:
         # 0 or None: no consolidation, and the serving process vacuums (segments stay within the cap then).
         self._consolidate_idle = consolidate_idle_seconds or None
         self._consolidate_points = consolidate_segment_points
+        # New shards are created with it; a shard keeps what it was created with (changing it would rebuild
+        # every segment in this process, holding the GIL), and is searched as it is stored (_read_search_params).
+        self.quantization = quantization
+        self._search_params: qe.SearchParams | None = None
         self._gate = _Gate()
         self._writes = itertools.count(1)  # advanced by every call that may change the shard's files
         self._write_seq = 0
@@ -541,6 +573,7 @@ class EdgeVectorStore:
             indexing_threads=settings.edge_indexing_threads,
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
+            quantization=settings.edge_quantization == "int8",
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -559,6 +592,7 @@ class EdgeVectorStore:
             indexing_threads=self._indexing_threads,
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
+            quantization=self.quantization,
         )
         other._lock = self._lock
         return other
@@ -586,6 +620,13 @@ class EdgeVectorStore:
                 ef_construct=100,
                 full_scan_threshold=10_000,
                 max_indexing_threads=self._indexing_threads,
+            ),
+            quantization_config=(
+                qe.ScalarQuantizationConfig(
+                    qe.ScalarType.Int8, quantile=QUANTIZATION_QUANTILE, always_ram=True
+                )
+                if self.quantization
+                else None
             ),
             optimizers=self._optimizers_config(),
             max_search_threads=search_threads(),
@@ -624,6 +665,7 @@ class EdgeVectorStore:
             self._holds_lock = True
             try:
                 self._shard = self._open()
+                self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
             except BaseException:
@@ -637,6 +679,7 @@ class EdgeVectorStore:
                     consolidate=self._consolidate_when_idle if self._consolidate_idle else None,
                     consolidate_idle=self._consolidate_idle or 0.0,
                 )
+                self._optimizer.start()
 
     def _optimize_pass(self) -> None:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
@@ -797,6 +840,7 @@ class EdgeVectorStore:
         try:
             ready.rename(self.path)
             self._shard = self._load()
+            self._search_params = self._read_search_params()
         except BaseException:
             # The merged copy did not open: put the served shard back as it was.
             if self.path.exists():
@@ -816,14 +860,28 @@ class EdgeVectorStore:
         try:
             stored = json.loads(config_file.read_text(encoding="utf-8"))["vectors"][DENSE_VECTOR]["size"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ServiceUnavailable(
-                f"the edge store at {self.path} has no readable {DENSE_VECTOR!r} vector"
-            ) from exc
+            raise EmbeddedStoreError(
+                f"the edge shard at {self.path} has no readable {DENSE_VECTOR!r} vector in edge_config.json "
+                f"({exc}); {self._recovery_hint()}"
+            ) from None
         if stored != self.dimension:
             raise ServiceUnavailable(
                 f"collection {self.collection} has vectors of size {stored}, the model gives {self.dimension}"
             )
-        return self._load()
+        try:
+            return self._load()
+        except Exception as exc:  # the binding raises a bare Exception with the engine's message
+            reason = " ".join(str(exc).split())
+            raise EmbeddedStoreError(
+                f"the edge shard at {self.path} cannot be loaded ({reason}); {self._recovery_hint()}"
+            ) from None
+
+    def _recovery_hint(self) -> str:
+        return (
+            "the service changed nothing in it: check the directory's permissions and free disk space, then "
+            f"restore {self.path} from a backup (or move it aside to start with an empty store, and ingest the "
+            "documents again)"
+        )
 
     def _load(self) -> qe.EdgeShard:
         # Stores created with other (or the engine's default) optimizer settings take these on load.
@@ -836,6 +894,23 @@ class EdgeVectorStore:
                 max_search_threads=search_threads(),
             ),
         )
+
+    def _read_search_params(self) -> qe.SearchParams | None:
+        """Search settings for the shard as stored: a quantized one is searched on its int8 vectors with a wider
+        beam and the best candidates rescored with the original vectors (so every score is the exact cosine);
+        an unquantized one with the engine's defaults."""
+        config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+        if not config.get("quantization_config"):
+            return None
+        return qe.SearchParams(
+            hnsw_ef=QUANTIZED_HNSW_EF,
+            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING),
+        )
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the open shard stores int8-quantized dense vectors (searched, then rescored exactly)."""
+        return self._search_params is not None
 
     def _ensure_sparse(self) -> None:
         """Add the BM25 vector to a shard that predates it and fill it from every point's chunk text."""
@@ -1003,8 +1078,9 @@ class EdgeVectorStore:
                 offset=offset or None,
                 query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
                 filter=selection,
-                with_payload=True,
+                with_payload=HIT_PAYLOAD,
                 score_threshold=score_threshold,
+                params=self._search_params,
             )
             with self._engine() as shard:
                 found = shard.query(request)
@@ -1020,7 +1096,7 @@ class EdgeVectorStore:
                     limit=depth,
                     query=sparse_query,
                     filter=selection,
-                    with_payload=True,
+                    with_payload=HIT_PAYLOAD,
                     with_vector=with_vector,
                 )
             else:
@@ -1034,12 +1110,13 @@ class EdgeVectorStore:
                             query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
                             filter=selection,
                             score_threshold=score_threshold,
+                            params=self._search_params,
                         ),
                         qe.Prefetch(prefetch_limit, query=sparse_query, filter=selection),
                     ],
                     query=qe.Fusion.Rrf(k=RRF_K),
                     filter=selection,
-                    with_payload=True,
+                    with_payload=HIT_PAYLOAD,
                     with_vector=with_vector,
                 )
             with self._engine() as shard:
@@ -1060,25 +1137,37 @@ class EdgeVectorStore:
         with self._engine() as shard:
             return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
-    @_guarded
-    def versions(self) -> list[PointVersion]:
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
-        point-id order, reading three payload fields (memory: one entry per version, not per point)."""
+        point-id order, reading three payload fields (memory: one entry per version, not per point).
+
+        The binding holds the GIL for a whole ``scroll`` call, so with ``pause`` (the collector's) the pass reads
+        ``VERSIONS_PAGE`` points per call and calls ``pause`` between calls, outside the gate (an exception it
+        raises, e.g. the collector being stopped, ends the pass as it is)."""
         counts: dict[tuple[str, str, int], int] = {}
         offset: Any = None
+        page = VERSIONS_PAGE if pause is not None else SCROLL_PAGE
         while True:
-            with self._engine() as shard:
-                records, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
-                    )
-                )
-            for record in records:
-                payload = record.payload or {}
-                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
-                counts[key] = counts.get(key, 0) + 1
+            offset = self._count_versions(counts, offset, page)
             if offset is None:
                 return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
+            if pause is not None:
+                pause()
+
+    @_guarded
+    def _count_versions(self, counts: dict[tuple[str, str, int], int], offset: Any, page: int) -> Any:
+        """Add one page of points to ``counts``; the next page's offset, None after the last."""
+        with self._engine() as shard:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=page, with_payload=["tenant_id", "document_id", "version"]
+                )
+            )
+        for record in records:
+            payload = record.payload or {}
+            key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+            counts[key] = counts.get(key, 0) + 1
+        return offset
 
     @_guarded
     def ping(self) -> None:

@@ -21,7 +21,12 @@ run as one ONNX batch, padded to its longest text with the attention mask, so un
 model's large fixed cost per run is shared (docs/benchmarks.md, "Query coalescing"); a lone caller runs at
 once in its own thread, as before. Each embedder owns its coalescer, so one batch never mixes two models (a
 re-index builds a new embedder). Texts of very different lengths are split into runs of similar length
-(``padded_groups``), so one long query never makes a batch of short ones pay its length.
+(``padded_groups``), so one long query never makes a batch of short ones pay its length. Thread settings for this
+design (measured, docs/benchmarks.md "Query coalescing"): one run at a time on ONNX Runtime's default intra-op
+threads (one per core) gave the lowest latency for a lone query and, in the service at 4 clients, the same CPU per
+search as one intra-op thread with one or two runs at a time (all within the run-to-run noise of a loaded
+machine); EMBEDDING_THREADS=N runs CPUs // N batches at once (``query_runs``). Spinning stays off: it cost more
+CPU per query at every batch size measured.
 """
 
 from __future__ import annotations
@@ -244,17 +249,22 @@ class FastEmbedEmbedder:
         return self._queries
 
     def _embed_query_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """One coalesced batch: one ONNX run per group of similar lengths (one run for a single text)."""
+        """One coalesced batch: one ONNX run per group of similar lengths (one run for a single text).
+
+        The same text asked by several searches at once (a popular question before the query-vector cache has
+        it) is embedded once: every caller gets that vector.
+        """
         QUERY_EMBEDDING_BATCH.observe(len(texts))
         if len(texts) == 1:
             return list(self._model.query_embed(texts, batch_size=1))
-        lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(texts)]
-        vectors: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        unique = list(dict.fromkeys(texts))
+        lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(unique)]
+        by_text: dict[str, np.ndarray] = {}
         for group in padded_groups(lengths):
-            embedded = self._model.query_embed([texts[i] for i in group], batch_size=len(group))
-            for index, vector in zip(group, embedded, strict=True):
-                vectors[index] = vector
-        return vectors
+            group_texts = [unique[i] for i in group]
+            embedded = self._model.query_embed(group_texts, batch_size=len(group))
+            by_text.update(zip(group_texts, embedded, strict=True))
+        return [by_text[text] for text in texts]
 
     def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
         try:
