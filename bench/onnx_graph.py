@@ -8,7 +8,8 @@ service's ONNX session without intra-op spinning), side by side in this one proc
 
 - **where the time goes**: ONNX Runtime's profiler (``SessionOptions.enable_profiling``), kernel time per
   operator type at 17 tokens batch 1 and at 200 tokens batch 4, and the time of a run outside any kernel
-  (the executor's per-node overhead);
+  (the executor's per-node overhead); and the residual LayerNorm kernels in isolation (why the exporter writes
+  Sum + LayerNormalization rather than SkipLayerNormalization);
 - **query latency**: `embed_query` (batch 1) with 1 and 2 intra-op threads, and queries embedded 4 at a time,
   wall and process CPU per query, over the labelled man-page queries (quality/queries.json);
 - **document throughput**: chunks/s of `embed_documents` at `EMBEDDING_BATCH_SIZE` 4 on the CI man-page corpus
@@ -171,6 +172,87 @@ def profile_table(models: dict[str, Path], tmp: Path, quick: bool) -> list[str]:
     return lines
 
 
+def residual_norm_kernels(quick: bool) -> list[str]:
+    """The residual LayerNorm three ways, in isolation: ONNX Runtime's SkipLayerNormalization kernel (what its
+    optimizer fuses Add + Add + LayerNormalization into when it can prove the shapes), Add + Add +
+    LayerNormalization with that fusion off, and Sum + LayerNormalization (what the exporter writes)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, chain = 384, 12
+    rng = np.random.default_rng(0)
+    constants = [
+        numpy_helper.from_array(rng.random(hidden).astype(np.float32), name)
+        for name in ("gamma", "beta", "bias")
+    ]
+
+    def session(kind: str) -> ort.InferenceSession:
+        nodes, x, residual = [], "x", "r"
+        for i in range(chain):
+            out = "y" if i == chain - 1 else f"y{i}"
+            if kind == "SkipLayerNormalization":
+                nodes.append(
+                    helper.make_node(
+                        kind,
+                        [x, residual, "gamma", "beta", "bias"],
+                        [out],
+                        domain="com.microsoft",
+                        epsilon=1e-12,
+                    )
+                )
+            else:
+                if kind == "Sum + LayerNormalization":
+                    nodes.append(helper.make_node("Sum", [x, "bias", residual], [f"s{i}"]))
+                else:
+                    nodes.append(helper.make_node("Add", [x, "bias"], [f"a{i}"]))
+                    nodes.append(helper.make_node("Add", [f"a{i}", residual], [f"s{i}"]))
+                nodes.append(
+                    helper.make_node(
+                        "LayerNormalization", [f"s{i}", "gamma", "beta"], [out], axis=-1, epsilon=1e-12
+                    )
+                )
+            x, residual = out, x
+        io = [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["b", "s", hidden]) for n in ("x", "r", "y")
+        ]
+        graph = helper.make_graph(nodes, "residual", io[:2], io[2:], initializer=constants)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        )
+        model.ir_version = 8
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )  # run exactly these nodes
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    kinds = ("SkipLayerNormalization", "Add + Add + LayerNormalization", "Sum + LayerNormalization")
+    sessions = {kind: session(kind) for kind in kinds}
+    lines = [
+        "Residual LayerNorm kernels in isolation (a chain of 12, 1 thread, fastest of "
+        f"{10 if quick else 30} interleaved repeats, process CPU per node):",
+        "",
+        "| shape | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for batch, seq, reps in ((1, 17, 20), (4, 200, 3)):
+        feed = {n: rng.random((batch, seq, hidden)).astype(np.float32) for n in ("x", "r")}
+        outputs = {kind: s.run(None, feed)[0] for kind, s in sessions.items()}
+        for kind in kinds:
+            assert np.abs(outputs[kind] - outputs[kinds[1]]).max() < 1e-4, kind  # the same math
+        best = dict.fromkeys(kinds, float("inf"))
+        for _ in range(10 if quick else 30):
+            for kind, s in sessions.items():
+                cpu = time.process_time()
+                for _ in range(reps):
+                    s.run(None, feed)
+                best[kind] = min(best[kind], (time.process_time() - cpu) / reps / chain)
+        lines.append(
+            f"| [{batch}, {seq}, {hidden}] | " + " | ".join(f"{best[k] * 1000:.3f} ms" for k in kinds) + " |"
+        )
+    return [*lines, ""]
+
+
 # --- timings through the service's embedder -----------------------------------------------------------------
 
 
@@ -309,6 +391,7 @@ def main() -> int:
         print("exported", {name: f"{size / 1e6:.1f} MB" for name, size in sizes.items()}, flush=True)
 
         lines = profile_table({name: path / "model.onnx" for name, path in dirs.items()}, tmp, args.quick)
+        lines += residual_norm_kernels(args.quick)
         print("\n".join(lines), flush=True)
 
         probe = FastEmbedEmbedder(MODEL, model_path=dirs["standard"], threads=1)

@@ -117,7 +117,7 @@ def measure(config: Config, callers: int, seconds: float, serial: list[int]) -> 
     }
 
 
-def padding_check(embedder: FastEmbedEmbedder) -> tuple[float, int, int]:
+def padding_check(embedder: FastEmbedEmbedder) -> tuple[float, int, int, int, int]:
     """Largest |batched - single| over a batch of varied queries, and top-5 rankings changed / compared."""
     texts = [f"how do I configure the {topic} setting?" for topic in TOPICS]
     texts += [
@@ -133,20 +133,23 @@ def padding_check(embedder: FastEmbedEmbedder) -> tuple[float, int, int]:
         list(np.argsort(-(passages @ b))[:5]) != list(np.argsort(-(passages @ s))[:5])
         for b, s in zip(batched, single, strict=True)
     )
-    return float(np.abs(batched - single).max()), changed, len(texts)
+    lengths = [len(e.ids) for e in embedder.tokenizer.encode_batch(texts)]
+    return float(np.abs(batched - single).max()), changed, len(texts), min(lengths), max(lengths)
 
 
-def render(results: dict[str, dict[int, list[dict[str, float]]]], check: tuple[float, int, int], args) -> str:  # type: ignore[no-untyped-def]
+def render(
+    results: dict[str, dict[int, list[dict[str, float]]]], check: tuple[float, int, int, int, int], args
+) -> str:  # type: ignore[no-untyped-def]
     load = os.getloadavg()[0]
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({platform.machine()}), Python "
         f"{platform.python_version()}, load average {args.load_before:.1f} before / {load:.1f} after (shared "
-        f"machine: compare rows, not absolute values). {args.seconds:g} s per cell, {args.rounds} rounds "
+        f"machine: compare rows, not absolute values). {args.seconds:g} s per cell, {args.rounds} round(s) "
         "interleaved cell by cell; medians over the rounds. Distinct ~17-token query texts; "
         "cells: queries/s (CPU ms per query, p50 ms, mean batch).",
         "",
-        "| configuration | 1 caller | 4 callers | 16 callers |",
-        "|---|---|---|---|",
+        "| configuration | " + " | ".join(f"{c} caller{'s' if c > 1 else ''}" for c in args.callers) + " |",
+        "|---" * (len(args.callers) + 1) + "|",
     ]
     for label, cells in results.items():
         row = [label]
@@ -159,10 +162,10 @@ def render(results: dict[str, dict[int, list[dict[str, float]]]], check: tuple[f
                 f"batch {statistics.median(r['batch'] for r in runs):.1f})"
             )
         lines.append("| " + " | ".join(row) + " |")
-    diff, changed, compared = check
+    diff, changed, compared, shortest, longest = check
     lines += [
         "",
-        f"Batched against single vectors ({compared} queries of 3-25 tokens in one batch, padded with the attention "
+        f"Batched against single vectors ({compared} queries of {shortest}-{longest} tokens in one batch, padded with the attention "
         f"mask): largest difference {diff:.1e}; top-5 rankings changed: {changed} of {compared}.",
     ]
     return "\n".join(lines)

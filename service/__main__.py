@@ -8,8 +8,11 @@ so the model load overlaps the imports and the migration (docs/benchmarks.md, st
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import sys
 from concurrent.futures import wait
+from typing import Any
 
 
 def main() -> None:
@@ -39,6 +42,11 @@ def main() -> None:
             "service: error: WORKERS > 1 needs a Qdrant server (QDRANT_URL): "
             f"the embedded vector store (VECTOR_STORE={settings.vector_store}) serves one process"
         )
+    taken = port_in_use(settings.host, settings.port)
+    if taken:
+        # Before anything is loaded or opened: uvicorn would only find out after the whole start-up.
+        print(f"service: error: {taken}", file=sys.stderr)
+        raise SystemExit(2)
     if settings.embedded_vector_store == "edge":
         # Fail here with one line rather than with a traceback from inside the app's lifespan.
         from service.app.store.edge import DirectoryLock, EmbeddedStoreError, refuse_legacy_store
@@ -51,6 +59,13 @@ def main() -> None:
         except EmbeddedStoreError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+        except OSError as exc:  # DATA_DIR (or a directory above it) that this user may not enter
+            print(
+                f"service: error: {exc.filename or settings.data_dir} cannot be accessed ({exc.strerror}): "
+                f"DATA_DIR and EDGE_PATH must be directories this user (uid {os.getuid()}) can read and write",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
     model = None
     if settings.workers == 1:
         # fastembed is imported here, not in the thread: only the session build runs beside the main thread's
@@ -60,23 +75,24 @@ def main() -> None:
         from service.app.core.background import start_in_thread
         from service.app.store.embedder import FastEmbedEmbedder
 
-        model = start_in_thread(lambda: FastEmbedEmbedder.from_settings(settings), name="model-load")
+        model = start_in_thread(lambda: load_model(settings, FastEmbedEmbedder), name="model-load")
     try:
         import uvicorn
 
         from service.app.core.server import GuardedHttpToolsProtocol
-        from service.app.store.registry import DocumentRegistry
+        from service.app.store.registry import RegistryOpenError, open_registry
 
         # Migrate in the parent so that several workers never race on the schema at start-up.
-        registry = DocumentRegistry.from_settings(settings)
         try:
-            registry.migrate()
-        finally:
-            registry.close()
+            open_registry(settings.resolved_database_url).close()
+        except RegistryOpenError as exc:
+            print(f"service: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         if model is not None:
             from service.app.main import create_app
 
-            app: object = create_app(settings, embedder=model)  # the lifespan waits for the model
+            # The lifespan waits for the model and opens the store: a failure there is one line too.
+            app: object = StartupGuard(create_app(settings, embedder=model))
             # create_app already routed uvicorn's loggers through the service's handler (JSON lines); uvicorn's
             # own dictConfig would put its plain handlers back.
             log_config: object = None
@@ -103,6 +119,96 @@ def main() -> None:
             # (SIGABRT), replacing this failure's exit status.
             wait([model])
         raise
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why HOST:PORT cannot be bound (one line), or None. A bind probe, as uvicorn binds (SO_REUSEADDR)."""
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return (
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process is using the port, "
+                "or HOST is not an address of this machine; set PORT (or HOST) to another value, or stop the "
+                "other process"
+            )
+    return None
+
+
+def load_model(settings: Any, loader: Any) -> Any:
+    """The embedder the settings describe; any failure is an EmbeddingModelError naming the setting."""
+    from service.app.store.embedder import EmbeddingModelError
+
+    try:
+        return loader.from_settings(settings)
+    except EmbeddingModelError:
+        raise
+    except Exception as exc:  # fastembed and ONNX Runtime raise plain ValueError/RuntimeError
+        path = settings.resolved_model_path
+        where = (
+            f"EMBEDDING_MODEL_PATH {path}"
+            if path is not None
+            else f"EMBEDDING_MODEL {settings.embedding_model!r} (in {settings.resolved_embedding_cache_dir})"
+        )
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise EmbeddingModelError(
+            f"{where} cannot be loaded ({reason}); rebuild it with `make model`, or fetch it with "
+            "`python -m service.tools.fetch_model`"
+        ) from exc
+
+
+class StartupGuard:
+    """The app, with its lifespan's known start-up failures reported as one line on stderr.
+
+    Starlette hands uvicorn a failing lifespan's formatted traceback, which uvicorn logs. For the failures that
+    are the operator's to fix (a model that cannot be loaded, a store that cannot be opened: their messages
+    name the setting or path and the fix) this prints ``service: error: <message>`` instead and reports the
+    start-up as failed without the traceback, so uvicorn exits non-zero. Anything else (a bug) keeps its
+    traceback.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Any] = []
+
+        async def hold_failure(message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent below, once the exception says whether it is a known one
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except Exception as exc:
+            if held and is_operator_error(exc):
+                print(f"service: error: {exc}", file=sys.stderr, flush=True)
+                await send({"type": "lifespan.startup.failed", "message": ""})
+                return
+            if held:
+                await send(held[0])
+            raise
+
+
+def is_operator_error(exc: BaseException) -> bool:
+    """Whether a start-up failure is bad configuration or data the message explains (not a bug)."""
+    from service.app.core.errors import RagError
+    from service.app.store.embedder import EmbeddingModelError
+    from service.app.store.registry import RegistryOpenError
+
+    known: tuple[type[BaseException], ...] = (EmbeddingModelError, RegistryOpenError, RagError)
+    edge = sys.modules.get("service.app.store.edge")
+    if edge is not None:
+        known += (edge.EmbeddedStoreError,)
+    return isinstance(exc, known)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, wait
 from contextlib import asynccontextmanager
@@ -42,7 +43,7 @@ from service.app.ingest.service import IngestService
 from service.app.jobs.reindex import Reindexer
 from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
-from service.app.store.gc import collect_orphans
+from service.app.store.gc import CollectionStopped, Pacer, collect_orphans
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
 from service.app.store.remote import RemoteVectorStore
@@ -286,8 +287,9 @@ def _is_qdrant_client_store(store: VectorStore) -> TypeGuard[QdrantVectorStore]:
     return module is not None and isinstance(store, module.QdrantVectorStore)
 
 
-async def _collect_orphans_forever(services: Services) -> None:
-    """Orphan collection at start-up, then every GC_INTERVAL_SECONDS (0: start-up only); failures are logged."""
+async def _collect_orphans_forever(services: Services, stop: threading.Event) -> None:
+    """Orphan collection at start-up, then every GC_INTERVAL_SECONDS (0: start-up only); failures are logged.
+    Setting ``stop`` ends a running pass at its next slice (a paced pass runs for tens of seconds at 100k)."""
     settings = services.settings
     while True:
         try:
@@ -297,8 +299,11 @@ async def _collect_orphans_forever(services: Services) -> None:
                     services.ingest.vectors,  # the collection search serves from now
                     grace_seconds=settings.gc_grace_seconds,
                     max_versions=settings.gc_max_versions,
+                    pause=Pacer(stop=stop),
                 )
             )
+        except CollectionStopped:
+            return
         except Exception as exc:
             # A backend outage: the next run retries; search ignores orphans meanwhile.
             logger.warning("orphan collection failed: %s", getattr(exc, "message", exc))
@@ -326,8 +331,9 @@ def create_app(
         app.state.services = services
         close_production = await production.attach(services)
         close_answer = await answer_service.attach(services)
+        stop_collector = threading.Event()
         collector = (
-            asyncio.create_task(_collect_orphans_forever(services), name="orphan-collector")
+            asyncio.create_task(_collect_orphans_forever(services, stop_collector), name="orphan-collector")
             if settings.gc_enabled
             else None
         )
@@ -335,6 +341,7 @@ def create_app(
             yield
         finally:
             if collector is not None:
+                stop_collector.set()  # the worker thread's pass stops at its next slice; cancel the waits
                 collector.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await collector

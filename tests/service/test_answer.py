@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app.answer.citations import CitationFilter, clean_citations
-from tests.service.support import make_settings, running_app
+from tests.service.support import CountingEmbedder, make_settings, running_app
 
 VACATION = (
     "Employees get 25 days of paid vacation per year. Unused vacation days expire at the end of March. "
@@ -108,3 +108,45 @@ def test_citation_filter_does_not_hold_plain_brackets() -> None:
     citations = CitationFilter(range(1, 2))
     assert citations.feed("an array [a, b] and [") == "an array [a, b] and"
     assert citations.feed("x]") == " [x]"
+
+
+class QueryCountingEmbedder(CountingEmbedder):
+    """Also records every query it embeds and every batch of passages."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.queries: list[str] = []
+        self.batches: list[list[str]] = []
+
+    def embed_documents(self, texts: Any) -> list[list[float]]:
+        self.batches.append(list(texts))
+        return super().embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        self.queries.append(text)
+        return super().embed_query(text)
+
+
+def test_an_extractive_answer_embeds_its_query_once_and_a_repeated_question_not_at_all(
+    tmp_path: Path, embedder: Any
+) -> None:
+    counting = QueryCountingEmbedder(embedder)
+    # The search result cache on, as deployed: the answer's search then goes through its wrapper.
+    with running_app(make_settings(tmp_path, cache_enabled=True), embedder=counting) as client:
+        body = {"text": VACATION, "metadata": {"team": "hr"}, "content_type": "text/plain"}
+        assert client.put("/v1/documents/handbook:vacation", json=body).status_code == 201
+        counting.queries.clear()
+        counting.batches.clear()
+        question = "How many days of paid vacation do employees get?"
+
+        first = client.post("/v1/answer", json={"query": question})
+        assert first.status_code == 200, first.text
+        assert first.json()["generator"] == "extractive"
+        assert "25 days" in first.json()["answer"]
+        # The search embedded the query; the sentence scoring took that vector from the query-vector cache.
+        assert counting.queries == [question]
+        assert len(counting.batches) == 1  # the candidate sentences, in one call
+
+        again = client.post("/v1/answer", json={"query": question})
+        assert again.json() == first.json()
+        assert counting.queries == [question]  # the search result and the query vector were both cached

@@ -19,6 +19,7 @@ from service.app.store import coalesce
 from service.app.store import embedder as embedder_module
 from service.app.store.coalesce import BatchCoalescer, BatchRunError
 from service.app.store.embedder import FastEmbedEmbedder, padded_groups
+from tests.service.support import make_settings, running_app
 from tests.service.test_embedder import WORDS
 
 WAIT = 30.0  # generous bound for a helper thread to reach the queue; never reached when things work
@@ -359,6 +360,54 @@ def test_a_failed_query_batch_fails_each_caller_counts_each_failure_and_the_next
     assert all("out of memory" in str(error) for error in errors)
     assert REGISTRY.get_sample_value("rag_embedding_failures_total") == failures_before + 3
     assert len(embedder.embed_query("after the failure")) == 384
+
+
+def test_a_text_asked_twice_in_one_batch_is_embedded_once(
+    monkeypatch: pytest.MonkeyPatch, embedder: FastEmbedEmbedder
+) -> None:
+    real_query_embed = embedder._model.query_embed
+    seen: list[list[str]] = []
+
+    def recording(texts: list[str], **kwargs: object) -> object:
+        seen.append(list(texts))
+        return real_query_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "query_embed", recording)
+
+    vectors = embedder._embed_query_batch(["popular question", "other question", "popular question"])
+
+    assert sorted(text for run in seen for text in run) == ["other question", "popular question"]
+    assert vectors[0] is vectors[2]
+    assert np.allclose(vectors[0], embedder.embed_query("popular question"), rtol=0, atol=1e-6)
+
+
+def test_over_http_every_search_of_a_failed_batch_is_a_503_with_the_reason_and_the_next_search_works(
+    monkeypatch: pytest.MonkeyPatch, embedder: FastEmbedEmbedder, tmp_path: Path
+) -> None:
+    batches = held_embedder_queries(monkeypatch, embedder, 2)
+    real_query_embed = embedder._model.query_embed
+
+    def failing_for_batches(texts: list[str], **kwargs: object) -> object:
+        if len(texts) > 1:
+            raise RuntimeError("onnxruntime: out of memory")
+        return real_query_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "query_embed", failing_for_batches)
+    settings = make_settings(tmp_path, cache_enabled=False)
+    queries = ["lead search text", "second search text", "third search text"]
+
+    with running_app(settings, embedder=embedder) as client, ThreadPoolExecutor(3) as pool:
+        responses = list(
+            pool.map(lambda query: client.post("/v1/search", json={"query": query, "mode": "dense"}), queries)
+        )
+        after = client.post("/v1/search", json={"query": "after the failed batch", "mode": "dense"})
+
+    assert [len(batch) for batch in batches] == [1, 2, 1]  # lead, the failed batch, the search after
+    assert sorted(response.status_code for response in responses) == [200, 503, 503]
+    for response in responses:
+        if response.status_code == 503:
+            assert response.json()["error"]["message"] == "query embedding failed; retry later"
+    assert after.status_code == 200
 
 
 def test_two_embedders_coalesce_separately(

@@ -692,3 +692,20 @@ def test_a_shard_keeps_the_quantization_it_was_created_with(tmp_path: Path) -> N
     finally:
         reopened.close()
     assert make_settings(tmp_path).edge_quantization == "none"  # the default stays float (docs/benchmarks.md)
+
+
+def test_consolidation_keeps_an_int8_store_quantized(tmp_path: Path) -> None:
+    # The child merges with the shard's stored settings: the merged segments are quantized too, and the swapped-in
+    # shard is searched as a quantized one (wider beam, rescored).
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600, quantization=True)
+    try:
+        assert store.quantized
+        hits = top_hits(store)
+        assert store.consolidate()
+        assert store.shard.info().segments_count <= 2
+        assert store.quantized
+        assert list(store.path.glob("segments/*/vector_storage-dense/quantized.data"))
+        assert store.shard.info().points_count == 5 * 64
+        assert top_hits(store) == hits
+    finally:
+        store.close()

@@ -147,14 +147,17 @@ def test_a_registry_failure_while_the_model_loads_exits_with_its_error(
     tmp_path: Path, model_dir: Path
 ) -> None:
     # The migration fails while the model may still be loading in its thread: the process reports the database
-    # error and exits 1, as before the overlap. (An interpreter exit during the native session build aborts the
+    # error in one line and exits 2, as for any other start-up refusal. (An interpreter exit during the native
+    # session build aborts the
     # process, SIGABRT: seen when the store-lock refusal ran after the thread had started. The timing is not
     # forced here, so this checks the outcome, not that window.)
     broken = tmp_path / "registry.db"
     broken.write_bytes(b"not a database, " * 512)
     result = start_and_fail(tmp_path, model_dir, {"DATABASE_URL": f"sqlite:///{broken}"})
-    assert result.returncode == 1, result.stderr[-2000:]
-    assert "registry call migrate failed: (sqlite3.DatabaseError) file is not a database" in result.stderr
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"service: error: the registry {broken} is not a readable SQLite database" in result.stderr
+    assert "file is not a database" in result.stderr
 
 
 def test_a_model_that_cannot_load_fails_start_up_with_its_message(tmp_path: Path, model_dir: Path) -> None:

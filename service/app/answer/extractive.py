@@ -8,7 +8,7 @@ the ``[n]`` of its chunk. It quotes, it does not paraphrase: every word of the a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +29,14 @@ class Extract:
     cited: list[int]
 
 
-def extract_answer(query: str, sources: Sequence[Source], embedder: Embedder) -> Extract:
-    """The best-supporting sentences of ``sources`` for ``query``, each cited; empty when none supports it."""
+def extract_answer(
+    query_vector: Callable[[], Sequence[float]], sources: Sequence[Source], embedder: Embedder
+) -> Extract:
+    """The best-supporting sentences of ``sources`` for the query, each cited; empty when none supports it.
+
+    ``query_vector`` gives the query's embedding by ``embedder`` (called only when there is a sentence to score):
+    the caller takes it from the query-vector cache the search just filled, so the query is not embedded twice.
+    """
     candidates: list[tuple[int, int, str]] = []  # (source n, position, sentence)
     seen: set[str] = set()
     for source in sources:
@@ -45,10 +51,10 @@ def extract_answer(query: str, sources: Sequence[Source], embedder: Embedder) ->
     candidates = candidates[:MAX_CANDIDATES]
     if not candidates:
         return Extract(answer="", cited=[])
-    query_vector = np.asarray(embedder.embed_query(query), dtype=np.float32)
+    query = np.asarray(query_vector(), dtype=np.float32)
     vectors = np.asarray(embedder.embed_documents([c[2] for c in candidates]), dtype=np.float32)
     # The embedder returns L2-normalised vectors (see store/embedder.py), so the dot product is the cosine.
-    scores = vectors @ query_vector
+    scores = vectors @ query
     best = [i for i in np.argsort(-scores)[:MAX_SENTENCES] if scores[i] >= MIN_SENTENCE_SCORE]
     chosen = sorted(best, key=lambda i: (candidates[i][0], candidates[i][1]))
     answer = " ".join(f"{candidates[i][2]} [{candidates[i][0]}]" for i in chosen)

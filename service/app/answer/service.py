@@ -22,13 +22,14 @@ import anyio
 
 from service.app.answer.budget import TokenBudget
 from service.app.answer.citations import CitationFilter, clean_citations
-from service.app.answer.extractive import extract_answer
+from service.app.answer.extractive import Extract, extract_answer
 from service.app.answer.models import AnswerRequest, AnswerResponse, Citation, Usage
 from service.app.answer.prompt import Prompt, Source, TokenCounter, TokenizerCounter, build_prompt
 from service.app.core.config import Settings
-from service.app.core.errors import error_body
-from service.app.core.metrics import ANSWERS
+from service.app.core.errors import RagError, ServiceUnavailable, error_body
+from service.app.core.metrics import ANSWERS, FAILURES
 from service.app.search.models import SearchRequest, SearchResponse
+from service.app.search.query_cache import QueryVectorCache
 from service.app.store.protocols import Embedder
 
 if TYPE_CHECKING:
@@ -44,6 +45,18 @@ EXTRACTIVE_MODEL = "extractive"
 
 class Searcher(Protocol):
     async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse: ...
+
+
+class QuerySide(Protocol):
+    """What the search embeds queries with right now: the served index's model and the query-vector cache
+    (None when QUERY_EMBEDDING_CACHE_SIZE=0). The extractive answer scores with the same model, and reads the
+    query's vector from the cache the search has just filled instead of embedding the query again."""
+
+    @property
+    def embedder(self) -> Embedder: ...
+
+    @property
+    def query_cache(self) -> QueryVectorCache | None: ...
 
 
 Event = dict[str, Any]  # {"event": name, "data": json-able}
@@ -75,10 +88,12 @@ class AnswerService:
         llm: LlmClient | None,
         budget: TokenBudget,
         counter: TokenCounter | None = None,
+        query_side: QuerySide | None = None,
     ) -> None:
         self.settings = settings
         self.search = search
         self.embedder = embedder
+        self.query_side = query_side
         self.llm = llm
         self.budget = budget
         self.counter: TokenCounter = counter or (
@@ -113,15 +128,31 @@ class AnswerService:
         c = reported if reported is not None else self.counter.count(completion)
         return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c, estimated=estimated)
 
+    def _extract(self, query: str, sources: list[Source]) -> Extract:
+        """The extractive answer, scored with the search's current model (blocking: run it in a thread)."""
+        side = self.query_side
+        embedder = side.embedder if side is not None else self.embedder
+        cache = side.query_cache if side is not None else None
+
+        def query_vector() -> list[float]:
+            return cache.dense(embedder, query) if cache is not None else embedder.embed_query(query)
+
+        try:
+            return extract_answer(query_vector, sources, embedder)
+        except RagError:
+            raise
+        except Exception as exc:  # the model failing is an outage (503), as it is for search
+            FAILURES.labels(component="embedder").inc()
+            logger.error("answer embedding failed", exc_info=exc)
+            raise ServiceUnavailable("answer embedding failed; retry later") from exc
+
     async def answer(self, tenant: str, request: AnswerRequest) -> AnswerResponse:
         """A complete answer (stream=false)."""
         prompt = await self._prompt(tenant, request)
         if not prompt.sources:
             return _no_context()
         if self.llm is None:
-            extract = await anyio.to_thread.run_sync(
-                extract_answer, request.query, prompt.sources, self.embedder
-            )
+            extract = await anyio.to_thread.run_sync(self._extract, request.query, prompt.sources)
             ANSWERS.labels(generator="extractive").inc()
             return AnswerResponse(
                 answer=extract.answer or NOT_SUPPORTED_ANSWER,
@@ -245,12 +276,22 @@ async def attach(services: Any) -> Any:
     budget = TokenBudget(settings)
 
     class _LiveSearch:
-        # Resolved per call: production.attach may wrap services.search in the cache after this is built.
+        # Resolved per call: production.attach may wrap services.search in the cache after this is built (the
+        # wrapper forwards the attributes below), and a re-index switch changes the served model.
         async def search(self, tenant_id: str, request: SearchRequest) -> SearchResponse:
             return await services.search.search(tenant_id, request)
 
+        @property
+        def embedder(self) -> Embedder:
+            return services.search.embedder  # type: ignore[no-any-return]
+
+        @property
+        def query_cache(self) -> QueryVectorCache | None:
+            return getattr(services.search, "query_cache", None)
+
+    live = _LiveSearch()
     services.answer = AnswerService(
-        settings=settings, search=_LiveSearch(), embedder=services.embedder, llm=llm, budget=budget
+        settings=settings, search=live, embedder=services.embedder, llm=llm, budget=budget, query_side=live
     )
 
     async def close() -> None:

@@ -90,6 +90,9 @@ logger = logging.getLogger(__name__)
 DENSE_VECTOR = "dense"
 UPSERT_BATCH = 256
 SCROLL_PAGE = 4096
+# Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
+# (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
+VERSIONS_PAGE = 128
 LOCK_FILE = ".lock"
 # The payload fields a hit is built from (VectorHit.from_payload): a search reads only these. The engine stores
 # each point's payload compressed and decompresses it per hit read (about a tenth of a hybrid query's CPU at
@@ -163,8 +166,15 @@ class DirectoryLock:
             self._holders += 1
 
     def _acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # EDGE_PATH is a file, or this user may not write it
+            raise EmbeddedStoreError(
+                f"the embedded vector store directory {self.path.parent} cannot be used "
+                f"({exc.strerror or exc}): EDGE_PATH (default DATA_DIR/edge) must be a directory this user "
+                f"(uid {os.getuid()}) can read and write; fix its permissions or point EDGE_PATH elsewhere"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -353,6 +363,10 @@ class _Optimizer:
         self.finished = threading.Event()  # set after each pass (tests wait on it)
         self.consolidated = threading.Event()  # set after each consolidation attempt (tests wait on it)
         self._thread = threading.Thread(target=self._run, name="edge-optimizer", daemon=True)
+
+    def start(self) -> None:
+        # Not in __init__: the start-up pass runs at once, and the store's pass reads ``store._optimizer``,
+        # which is only set once the constructor has returned (started there, the pass could run first).
         self._thread.start()
 
     def wrote(self, points: int = 0) -> None:
@@ -665,6 +679,7 @@ class EdgeVectorStore:
                     consolidate=self._consolidate_when_idle if self._consolidate_idle else None,
                     consolidate_idle=self._consolidate_idle or 0.0,
                 )
+                self._optimizer.start()
 
     def _optimize_pass(self) -> None:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
@@ -845,14 +860,28 @@ class EdgeVectorStore:
         try:
             stored = json.loads(config_file.read_text(encoding="utf-8"))["vectors"][DENSE_VECTOR]["size"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ServiceUnavailable(
-                f"the edge store at {self.path} has no readable {DENSE_VECTOR!r} vector"
-            ) from exc
+            raise EmbeddedStoreError(
+                f"the edge shard at {self.path} has no readable {DENSE_VECTOR!r} vector in edge_config.json "
+                f"({exc}); {self._recovery_hint()}"
+            ) from None
         if stored != self.dimension:
             raise ServiceUnavailable(
                 f"collection {self.collection} has vectors of size {stored}, the model gives {self.dimension}"
             )
-        return self._load()
+        try:
+            return self._load()
+        except Exception as exc:  # the binding raises a bare Exception with the engine's message
+            reason = " ".join(str(exc).split())
+            raise EmbeddedStoreError(
+                f"the edge shard at {self.path} cannot be loaded ({reason}); {self._recovery_hint()}"
+            ) from None
+
+    def _recovery_hint(self) -> str:
+        return (
+            "the service changed nothing in it: check the directory's permissions and free disk space, then "
+            f"restore {self.path} from a backup (or move it aside to start with an empty store, and ingest the "
+            "documents again)"
+        )
 
     def _load(self) -> qe.EdgeShard:
         # Stores created with other (or the engine's default) optimizer settings take these on load.
@@ -1108,25 +1137,37 @@ class EdgeVectorStore:
         with self._engine() as shard:
             return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
-    @_guarded
-    def versions(self) -> list[PointVersion]:
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
-        point-id order, reading three payload fields (memory: one entry per version, not per point)."""
+        point-id order, reading three payload fields (memory: one entry per version, not per point).
+
+        The binding holds the GIL for a whole ``scroll`` call, so with ``pause`` (the collector's) the pass reads
+        ``VERSIONS_PAGE`` points per call and calls ``pause`` between calls, outside the gate (an exception it
+        raises, e.g. the collector being stopped, ends the pass as it is)."""
         counts: dict[tuple[str, str, int], int] = {}
         offset: Any = None
+        page = VERSIONS_PAGE if pause is not None else SCROLL_PAGE
         while True:
-            with self._engine() as shard:
-                records, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset, limit=SCROLL_PAGE, with_payload=["tenant_id", "document_id", "version"]
-                    )
-                )
-            for record in records:
-                payload = record.payload or {}
-                key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
-                counts[key] = counts.get(key, 0) + 1
+            offset = self._count_versions(counts, offset, page)
             if offset is None:
                 return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
+            if pause is not None:
+                pause()
+
+    @_guarded
+    def _count_versions(self, counts: dict[tuple[str, str, int], int], offset: Any, page: int) -> Any:
+        """Add one page of points to ``counts``; the next page's offset, None after the last."""
+        with self._engine() as shard:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=page, with_payload=["tenant_id", "document_id", "version"]
+                )
+            )
+        for record in records:
+            payload = record.payload or {}
+            key = (payload["tenant_id"], payload["document_id"], int(payload["version"]))
+            counts[key] = counts.get(key, 0) + 1
+        return offset
 
     @_guarded
     def ping(self) -> None:

@@ -249,17 +249,22 @@ class FastEmbedEmbedder:
         return self._queries
 
     def _embed_query_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """One coalesced batch: one ONNX run per group of similar lengths (one run for a single text)."""
+        """One coalesced batch: one ONNX run per group of similar lengths (one run for a single text).
+
+        The same text asked by several searches at once (a popular question before the query-vector cache has
+        it) is embedded once: every caller gets that vector.
+        """
         QUERY_EMBEDDING_BATCH.observe(len(texts))
         if len(texts) == 1:
             return list(self._model.query_embed(texts, batch_size=1))
-        lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(texts)]
-        vectors: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
+        unique = list(dict.fromkeys(texts))
+        lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(unique)]
+        by_text: dict[str, np.ndarray] = {}
         for group in padded_groups(lengths):
-            embedded = self._model.query_embed([texts[i] for i in group], batch_size=len(group))
-            for index, vector in zip(group, embedded, strict=True):
-                vectors[index] = vector
-        return vectors
+            group_texts = [unique[i] for i in group]
+            embedded = self._model.query_embed(group_texts, batch_size=len(group))
+            by_text.update(zip(group_texts, embedded, strict=True))
+        return [by_text[text] for text in texts]
 
     def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
         try:

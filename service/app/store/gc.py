@@ -13,12 +13,22 @@ them (service.app.search.service), but they cost space and search round trips, s
 It runs at start-up and every GC_INTERVAL_SECONDS in the API process (several replicas collecting at once is
 harmless: deletes are idempotent), removes at most GC_MAX_VERSIONS versions per run, and counts the points it
 removed in rag_orphan_points_removed_total.
+
+It runs beside the searches it must not slow down: in the embedded store a scan of every point runs in native
+code that holds the GIL (at 100k points the unsliced start-up pass held every other thread, the event loop
+included, for most of a second; docs/benchmarks.md, "Orphan collector at start-up"). So a pass works in slices
+(store pages of VERSIONS_PAGE points, registry batches of REGISTRY_BATCH versions) and, between two slices, a
+``Pacer`` sleeps PAUSE_RATIO times as long as the slice took: no slice holds the GIL longer than one page,
+and the collector takes at most 1/(1 + PAUSE_RATIO) of the process while it runs. The price is wall time
+(a pass at 100k takes a few seconds instead of one), which nothing waits for.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.app.core.metrics import ORPHAN_COLLECTIONS, ORPHANS_REMOVED
@@ -28,6 +38,38 @@ from service.app.store.vectors import PointVersion, VectorStore
 logger = logging.getLogger(__name__)
 
 REGISTRY_BATCH = 500
+PAUSE_RATIO = 9.0  # idle time per unit of work between two slices of a pass: the collector takes <= 10 %
+MIN_PAUSE_SECONDS = 0.001
+
+
+class CollectionStopped(Exception):
+    """The pass was stopped between two slices (the service is shutting down); what it removed stays removed."""
+
+
+class Pacer:
+    """Called between two slices of a pass: sleeps ``ratio`` times the time since the last call (at least
+    ``minimum``), which releases the GIL to the searches and the event loop. Once ``stop`` is set it raises
+    CollectionStopped instead (at once, also mid-sleep): a paced pass is long, and shutdown must not wait for it.
+    """
+
+    def __init__(
+        self,
+        ratio: float = PAUSE_RATIO,
+        minimum: float = MIN_PAUSE_SECONDS,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.ratio = ratio
+        self.minimum = minimum
+        self.stop = stop or threading.Event()
+        self.slices = 0
+        self._mark = time.perf_counter()
+
+    def __call__(self) -> None:
+        worked = time.perf_counter() - self._mark
+        self.slices += 1
+        if self.stop.wait(max(self.minimum, worked * self.ratio)):
+            raise CollectionStopped
+        self._mark = time.perf_counter()
 
 
 @dataclass(frozen=True)
@@ -59,12 +101,19 @@ def collect_orphans(
     *,
     grace_seconds: float,
     max_versions: int = 10_000,
+    pause: Callable[[], None] | None = None,
 ) -> GcReport:
-    """One bounded collection run (blocking; call it from a thread)."""
-    stored = vectors.versions()
+    """One bounded collection run (blocking; call it from a thread), paced by ``pause`` between its slices
+    (default: a new ``Pacer``)."""
+    pause = pause if pause is not None else Pacer()
+    # The clock is read before the scan: a version first seen late in a long, paced pass is judged against the
+    # start, which only makes the grace longer (a live write's points are never at risk).
     now = now_version()
+    stored = vectors.versions(pause=pause)
     removed_versions = removed_points = 0
     for start in range(0, len(stored), REGISTRY_BATCH):
+        if start:
+            pause()
         batch = stored[start : start + REGISTRY_BATCH]
         active = registry.active_version_pairs((v.tenant_id, v.document_id) for v in batch)
         for version in batch:

@@ -140,7 +140,7 @@ class LocalPointIndex:
         ]
         return chosen, ids
 
-    def versions(self) -> list[PointVersion]:
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         return [
             PointVersion(tenant_id, document_id, version, len(indexes))
             for (tenant_id, document_id), held in self._documents.items()
@@ -336,9 +336,10 @@ class QdrantVectorStore:
         return index
 
     @_guarded
-    def versions(self) -> list[PointVersion]:
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every stored (tenant, document, version) with its point count: from the in-process index in local
-        mode, else by scrolling the collection's ids and three payload fields (memory: one entry per version)."""
+        mode, else by scrolling the collection's ids and three payload fields (memory: one entry per version).
+        A server's scroll is network I/O (the GIL is free meanwhile): ``pause`` is not needed and not called."""
         if self._points is not None:
             return self._points.versions()
         counts: dict[tuple[str, str, int], int] = {}

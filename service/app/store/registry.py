@@ -31,6 +31,7 @@ import binascii
 import functools
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -283,6 +284,77 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+class RegistryOpenError(RuntimeError):
+    """The registry database cannot be opened or migrated at start-up; the message is one line naming the
+    database (the file, or DATABASE_URL without its password) and what to do."""
+
+
+def open_registry(url: str) -> DocumentRegistry:
+    """The registry at ``url``, migrated; RegistryOpenError (one line, nothing changed) when that fails.
+
+    SQLite's own errors do not say which file, nor whether it is missing, unreadable, a directory or damaged,
+    and the generic 503 reason ("retry later") is wrong advice at start-up: retrying a damaged file fails again.
+    """
+    registry: DocumentRegistry | None = None
+    try:
+        registry = DocumentRegistry(url)
+        registry._migrate()  # unguarded: the error is described here, not logged as a 503's cause
+    except Exception as exc:
+        if registry is not None:
+            registry.close()
+        raise RegistryOpenError(describe_open_failure(url, exc)) from exc
+    return registry
+
+
+def describe_open_failure(url: str, exc: BaseException) -> str:
+    """One line: which registry database failed to open, why, and what to do (see ``open_registry``)."""
+    cause: BaseException = exc.__cause__ if isinstance(exc, ServiceUnavailable) and exc.__cause__ else exc
+    detail = getattr(cause, "orig", None) or cause  # the DB-API error under SQLAlchemy's wrapper
+    reason = " ".join(str(detail).split()) or type(detail).__name__
+    if type(cause).__name__ == "CommandError":  # Alembic: a revision this version does not ship
+        return (
+            f"the registry database ({_display(url)}) has a schema this version does not know ({reason}): it was "
+            "written by a newer version; run that version, or restore a backup taken before the upgrade"
+        )
+    parsed = sa.make_url(normalize_database_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return (
+            f"the registry database {_display(url)} (DATABASE_URL) cannot be opened: {reason}; check the URL, "
+            "the credentials and that the database server is up"
+        )
+    path = Path(parsed.database or "")
+    unchanged = "the service changed nothing"
+    if path.is_dir():
+        return (
+            f"the registry {path} is a directory, not a SQLite database file: move it away (or set DATA_DIR or "
+            f"DATABASE_URL to another place); {unchanged}"
+        )
+    if isinstance(cause, OSError) or not path.parent.is_dir():
+        return f"the registry {path} cannot be created ({reason}): DATA_DIR must be a writable directory"
+    needed = [p for p in (path, path.parent) if p.exists() and not os.access(p, os.R_OK | os.W_OK)]
+    if needed or "readonly" in reason or "unable to open" in reason:
+        return (
+            f"the registry {path} cannot be opened for reading and writing by this user (uid {os.getuid()}): "
+            f"{reason}; SQLite needs to read and write the file and to create {path.name}-wal and "
+            f"{path.name}-shm beside it in {path.parent}: fix the permissions; {unchanged}"
+        )
+    if "not a database" in reason or "malformed" in reason or "corrupt" in reason:
+        return (
+            f"the registry {path} is not a readable SQLite database (damaged or truncated: {reason}); {unchanged}. "
+            f"Restore it from a backup, or recover what is readable with `sqlite3 {path} .recover | sqlite3 "
+            f"{path}.recovered` and put that in its place. Do not delete it: it records which stored chunks "
+            "are live, and an empty registry makes them orphans"
+        )
+    return f"the registry {path} cannot be opened: {reason}; {unchanged}"
+
+
+def _display(url: str) -> str:
+    try:
+        return sa.make_url(normalize_database_url(url)).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable DATABASE_URL)"
+
+
 def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
     """An Alembic Config built in code (no alembic.ini): the shipped scripts, bound to a connection or URL."""
     from alembic.config import Config
@@ -441,6 +513,9 @@ class DocumentRegistry:
         A database already at `SCHEMA_HEAD` (every start-up but the first after an upgrade) is checked with one
         query and Alembic is not loaded; any other revision, unknown ones included, goes through Alembic.
         """
+        self._migrate()
+
+    def _migrate(self) -> None:
         if self.schema_revision() == SCHEMA_HEAD:
             return
         from alembic import command

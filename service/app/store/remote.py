@@ -18,7 +18,7 @@ fields. The sparse vectors travel as the worker computed them, so the owning sto
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -168,8 +168,8 @@ class RemoteVectorStore:
     def count(self, tenant_id: str, document_id: str | None = None) -> int:
         return int(self._call("count", tenant_id=tenant_id, document_id=document_id))
 
-    def versions(self) -> list[PointVersion]:
-        return self._call("versions")
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
+        return self._call("versions")  # the lending process scans its own store
 
     def ping(self) -> None:
         self._call("count", tenant_id="-", document_id=None)

@@ -242,8 +242,11 @@ class VectorStore(Protocol):
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int: ...
 
-    def versions(self) -> list[PointVersion]:
-        """Every (tenant, document, version) the store holds points of, with the point count (orphan GC)."""
+    def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
+        """Every (tenant, document, version) the store holds points of, with the point count (orphan GC).
+
+        An in-process store that scans its points in pages calls ``pause`` between two pages, holding nothing
+        (no lock, no gate, not the GIL if ``pause`` sleeps), so the collector can let searches run."""
         ...
 
     def close(self) -> None: ...

@@ -1,0 +1,259 @@
+"""`python -m service` on broken data or settings: one line on stderr naming the file and the fix, a non-zero exit,
+no traceback, and every file the user stored left byte for byte as it was.
+
+Each case breaks a copy of one populated DATA_DIR (a migrated SQLite registry with an active document, an edge
+shard holding its points) the way disks, operators and crashes do, and runs the real entry point on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from service.app.core.config import Settings
+from service.app.store.edge import EdgeVectorStore
+from service.app.store.registry import DocumentRegistry, RegistryOpenError, open_registry
+from service.app.store.vectors import ChunkPoint
+from tests.support.servers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+DIM = 384
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DATA_DIR as `make serve` leaves it: one active document in the registry, its chunks in the shard."""
+    data = tmp_path_factory.mktemp("populated")
+    settings = Settings(_env_file=None, data_dir=data)
+    registry = DocumentRegistry.from_settings(settings)
+    registry.migrate()
+    registry.activate(
+        "default",
+        "handbook",
+        expected_version=None,
+        version=1,
+        content_hash="h",
+        metadata={},
+        content_type="text/plain",
+        chunk_count=2,
+    )
+    registry.close()
+    store = EdgeVectorStore.from_settings(settings, model_name=settings.embedding_model, dimension=DIM)
+    store.ensure_collection()
+    store.upsert(
+        [
+            ChunkPoint(
+                tenant_id="default",
+                document_id="handbook",
+                version=1,
+                chunk_index=i,
+                text=f"chunk {i} of the handbook",
+                vector=[float(i + 1)] + [0.5] * (DIM - 1),
+                metadata={},
+                content_hash="h",
+                model=settings.embedding_model,
+            )
+            for i in range(2)
+        ]
+    )
+    store.close()
+    return data
+
+
+def shard_dir(data: Path) -> Path:
+    (shard,) = [p for p in (data / "edge").iterdir() if p.is_dir()]
+    return shard
+
+
+def snapshot(data: Path) -> dict[str, str]:
+    """Every regular file under ``data`` (as root reads it) with its SHA-256; directories by name."""
+    files: dict[str, str] = {}
+    for path in sorted(data.rglob("*")):
+        relative = str(path.relative_to(data))
+        if path.name in (".lock", "registry.db-shm") or relative.startswith("fastembed"):
+            continue  # the lock holds the owner's pid by design; fastembed/ is the model cache, not user data
+        if path.name == "registry.db-wal" and not path.stat().st_size:
+            continue  # SQLite's empty write-ahead log of a registry that was opened and not changed
+        if path.is_dir():
+            files[relative] = "dir"
+        elif path.is_file():
+            files[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def corrupt_registry(data: Path) -> str:
+    registry = data / "registry.db"
+    registry.write_bytes(os.urandom(registry.stat().st_size))
+    return str(registry)
+
+
+def registry_is_a_directory(data: Path) -> str:
+    registry = data / "registry.db"
+    for path in data.glob("registry.db*"):
+        path.unlink()
+    registry.mkdir()
+    return str(registry)
+
+
+def registry_unreadable(data: Path) -> str:
+    registry = data / "registry.db"
+    registry.chmod(0)
+    return str(registry)
+
+
+def registry_from_a_newer_version(data: Path) -> str:
+    connection = sqlite3.connect(data / "registry.db")
+    with connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    connection.close()  # the last connection checkpoints the WAL into the file
+    return "9999_from_the_future"
+
+
+def segment_corrupted(data: Path) -> str:
+    for state in (shard_dir(data) / "segments").glob("*/segment.json"):
+        state.write_text("{garbage")
+    return str(shard_dir(data))
+
+
+def segments_unreadable(data: Path) -> str:
+    (shard_dir(data) / "segments").chmod(0)
+    return str(shard_dir(data))
+
+
+CASES: dict[str, tuple[Callable[[Path], str], str]] = {
+    # case: (break the copy -> text the error must name, words the error must say)
+    "registry corrupted": (corrupt_registry, "not a readable SQLite database"),
+    "registry is a directory": (registry_is_a_directory, "is a directory"),
+    "registry unreadable": (registry_unreadable, "cannot be opened for reading and writing"),
+    "registry from a newer version": (registry_from_a_newer_version, "newer version"),
+    "shard segment corrupted": (segment_corrupted, "cannot be loaded"),
+    "shard unreadable": (segments_unreadable, "Permission denied"),
+}
+UNPRIVILEGED = {"registry unreadable", "shard unreadable"}  # root reads anything: run these as nobody
+
+
+def run_service(data: Path, *, as_nobody: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "DATA_DIR": str(data),
+        "AUTH_DISABLED": "true",
+        "ENVIRONMENT": "test",
+        "PORT": str(free_port()),
+        "HOME": str(data.parent),  # the unprivileged cases cannot write root's
+        **env,
+    }
+    for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "EDGE_PATH", "VECTOR_STORE"):
+        full_env.pop(key, None)
+
+    def drop_privileges() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=drop_privileges if as_nobody else None,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Traceback" not in output, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("service: error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_broken_data_is_one_line_naming_it_and_nothing_is_changed(
+    case: str, populated: Path, request: pytest.FixtureRequest
+) -> None:
+    # Not under tmp_path: pytest's base directory is root's alone (0700), which the unprivileged cases
+    # could not even enter.
+    data = Path(tempfile.mkdtemp(prefix="startup-errors-")) / "data"
+    request.addfinalizer(lambda: shutil.rmtree(data.parent, ignore_errors=True))
+    data.parent.chmod(0o755)
+    shutil.copytree(populated, data)
+    breaks, says = CASES[case]
+    names = breaks(data)
+    as_nobody = case in UNPRIVILEGED and os.geteuid() == 0
+    if as_nobody:
+        # The service's user owns DATA_DIR; only the broken part stays root's, unreadable to it.
+        broken = Path(names) if case == "registry unreadable" else shard_dir(data) / "segments"
+        for path in [data.parent, data, *data.rglob("*")]:
+            if path != broken:
+                os.chown(path, NOBODY, NOBODY)
+    before = snapshot(data)
+    modes_before = {p: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if "fastembed" not in p.parts}
+
+    result = run_service(data, as_nobody=as_nobody)
+
+    assert_one_line_error(result, names, says)
+    assert snapshot(data) == before  # nothing stored was removed, rewritten or added
+    assert {
+        p: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if "fastembed" not in p.parts
+    } == modes_before
+
+
+def test_a_model_directory_without_its_tokenizer_is_one_line_naming_the_setting(
+    populated: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(REPO / ".models" / "all-MiniLM-L6-v2", model)
+    (model / "tokenizer.json").unlink()
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    before = snapshot(data)
+
+    result = run_service(data, EMBEDDING_MODEL_PATH=str(model))
+
+    assert_one_line_error(result, f"EMBEDDING_MODEL_PATH {model}", "tokenizer.json", "make model")
+    assert snapshot(data) == before
+
+
+def test_a_port_in_use_is_one_line_before_anything_is_opened(populated: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    before = snapshot(data)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_service(data, PORT=str(port))
+
+    assert_one_line_error(result, f"127.0.0.1:{port}", "PORT")
+    assert snapshot(data) == before
+    assert "Application startup" not in result.stdout  # refused before the app, model and store
+
+
+def test_an_unreachable_database_url_is_one_line_without_its_password() -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(RegistryOpenError) as refused:
+        open_registry(f"postgresql://rag:s3cret-pw@127.0.0.1:{port}/rag")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"127.0.0.1:{port}/rag" in message
+    assert "DATABASE_URL" in message
+    assert "s3cret-pw" not in message
