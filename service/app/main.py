@@ -45,7 +45,7 @@ from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
 from service.app.store.gc import CollectionStopped, Pacer, collect_orphans
 from service.app.store.protocols import Embedder
-from service.app.store.registry import DocumentRegistry
+from service.app.store.registry import DocumentRegistry, RegistryOpenError
 from service.app.store.remote import RemoteVectorStore
 from service.app.store.vectors import VectorStore
 
@@ -138,6 +138,7 @@ def build_services(
     make_generation = _generation_factory(settings, vectors, embedder, closers)
     pointer = registry.index_pointer()
     if pointer is None:
+        refuse_unregistered_store(registry, vectors)
         # First start (or an upgrade from before re-indexing): the collection the settings name is the index.
         try:
             registry.switch_index(vectors.collection, wanted.as_dict(), expected=None)
@@ -285,6 +286,31 @@ def _is_qdrant_client_store(store: VectorStore) -> TypeGuard[QdrantVectorStore]:
     that never imported the adapter's module holds none of its stores)."""
     module = sys.modules.get("service.app.store.qdrant")
     return module is not None and isinstance(store, module.QdrantVectorStore)
+
+
+def refuse_unregistered_store(registry: DocumentRegistry, vectors: VectorStore) -> None:
+    """Refuse to start on an empty registry (no index pointer, no document) beside a store that holds chunks.
+
+    That pair is a registry lost or replaced (registry.db deleted or truncated to zero bytes, a restore that
+    missed it, DATABASE_URL pointing at a new or wrong database), not a first start: every stored chunk would be
+    an orphan to the registry, and the orphan collector would delete all of them once GC_GRACE_SECONDS passed.
+    Only this first-start path pays the scan, and on a real first start the store is empty.
+    """
+    if registry.count_documents():
+        return  # an upgrade from before the index pointer existed: the registry knows the documents
+    stored = vectors.versions()
+    if not stored:
+        return
+    points = sum(version.points for version in stored)
+    documents = len({(version.tenant_id, version.document_id) for version in stored})
+    raise RegistryOpenError(
+        f"the registry ({registry.describe()}) records no documents, but the vector store's collection "
+        f"{vectors.collection!r} holds {points} chunks of {documents} documents: the registry was lost or "
+        "replaced (or DATABASE_URL names the wrong database). Starting would make every stored chunk an orphan "
+        "that the orphan collector deletes after GC_GRACE_SECONDS, so the service stops before touching them. "
+        "Restore the registry from a backup, or point DATABASE_URL at the right database; to start over empty, "
+        "delete the collection (the embedded store: the EDGE_PATH directory) yourself"
+    )
 
 
 async def _collect_orphans_forever(services: Services, stop: threading.Event) -> None:

@@ -257,3 +257,73 @@ def test_an_unreachable_database_url_is_one_line_without_its_password() -> None:
     assert f"127.0.0.1:{port}/rag" in message
     assert "DATABASE_URL" in message
     assert "s3cret-pw" not in message
+
+
+def delete_registry(data: Path) -> None:
+    for path in data.glob("registry.db*"):
+        path.unlink()
+
+
+def truncate_registry(data: Path) -> None:
+    delete_registry(data)
+    (data / "registry.db").write_bytes(b"")
+
+
+def stored_chunks(data: Path) -> list[tuple[str, str, int, int, str]]:
+    """Every chunk the embedded store holds (its own maintenance may rewrite files: the chunks must stay)."""
+    settings = Settings(_env_file=None, data_dir=data)
+    store = EdgeVectorStore.from_settings(settings, model_name=settings.embedding_model, dimension=DIM)
+    store.ensure_collection()
+    try:
+        return sorted(
+            (v.tenant_id, v.document_id, v.version, v.points, hit.text)
+            for v in store.versions()
+            for hit in store.search(v.tenant_id, [1.0] + [0.5] * (DIM - 1), limit=10)
+        )
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("lose", [delete_registry, truncate_registry], ids=["deleted", "zero bytes"])
+def test_a_lost_registry_beside_a_filled_store_refuses_to_start_and_keeps_every_chunk(
+    lose: Callable[[Path], None], populated: Path, tmp_path: Path
+) -> None:
+    # With an empty registry every stored chunk is an orphan: starting would let the collector delete them all
+    # (at once here: no grace).
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    lose(data)
+    before = stored_chunks(data)
+    assert len(before) == 2
+
+    for _attempt in range(2):  # the registry the refused start created must not make the next start succeed
+        result = run_service(data, GC_GRACE_SECONDS="0")
+        line = assert_one_line_error(result, str(data / "registry.db"), "2 chunks of 1 documents", "backup")
+        assert "GC_GRACE_SECONDS" in line
+        assert stored_chunks(data) == before
+
+
+def test_a_registry_with_documents_but_no_index_pointer_is_an_upgrade_not_a_lost_registry(
+    populated: Path, tmp_path: Path
+) -> None:
+    # Registries from before the index pointer know their documents: those start as before.
+    from service.app.main import refuse_unregistered_store
+
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    settings = Settings(_env_file=None, data_dir=data)
+    registry = open_registry(settings.resolved_database_url)
+    store = EdgeVectorStore.from_settings(settings, model_name=settings.embedding_model, dimension=DIM)
+    store.ensure_collection()
+    try:
+        assert registry.index_pointer() is None
+        refuse_unregistered_store(registry, store)  # documents known: no refusal
+        with registry.engine.begin() as connection:
+            connection.exec_driver_sql("DELETE FROM documents")
+        with pytest.raises(RegistryOpenError, match="holds 2 chunks of 1 documents"):
+            refuse_unregistered_store(registry, store)
+        store.delete_version("default", "handbook", 1)
+        refuse_unregistered_store(registry, store)  # a real first start: empty registry, empty store
+    finally:
+        store.close()
+        registry.close()

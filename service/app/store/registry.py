@@ -506,6 +506,13 @@ class DocumentRegistry:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
+    def describe(self) -> str:
+        """Where the registry lives, for messages: the SQLite file, or DATABASE_URL without its password."""
+        database = self.engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            return str(Path(database))
+        return f"DATABASE_URL {_display(self.url)}"
+
     @_guarded
     def migrate(self) -> None:
         """Apply the shipped Alembic migrations up to head (idempotent; serialised on Postgres).
