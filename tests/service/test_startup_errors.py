@@ -7,6 +7,7 @@ shard holding its points) the way disks, operators and crashes do, and runs the 
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -15,7 +16,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +29,12 @@ from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 384
-NOBODY = 65534
+# Root reads anything through CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH. The unreadable cases drop both from the
+# child's capability bounding set (prctl PR_CAPBSET_DROP), so the kernel checks the file modes as for any owner.
+# Not a switch to another user: the interpreter itself may live where only root can reach it (a venv on
+# /root/.pyenv, as on the CI machines), which an unprivileged uid could not even execute.
+PR_CAPBSET_DROP = 24
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 
 
 @pytest.fixture(scope="module")
@@ -141,26 +146,30 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "shard segment corrupted": (segment_corrupted, "cannot be loaded"),
     "shard unreadable": (segments_unreadable, "Permission denied"),
 }
-UNPRIVILEGED = {"registry unreadable", "shard unreadable"}  # root reads anything: run these as nobody
+UNPRIVILEGED = {
+    "registry unreadable",
+    "shard unreadable",
+}  # root reads anything: run these without the DAC caps
 
 
-def run_service(data: Path, *, as_nobody: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+def run_service(data: Path, *, unprivileged: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
     full_env = {
         **os.environ,
         "DATA_DIR": str(data),
         "AUTH_DISABLED": "true",
         "ENVIRONMENT": "test",
         "PORT": str(free_port()),
-        "HOME": str(data.parent),  # the unprivileged cases cannot write root's
+        "HOME": str(data.parent),  # nothing of the developer's home leaks in
         **env,
     }
     for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "EDGE_PATH", "VECTOR_STORE"):
         full_env.pop(key, None)
 
-    def drop_privileges() -> None:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+    def drop_dac_capabilities() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+            if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
 
     return subprocess.run(
         [sys.executable, "-m", "service"],
@@ -169,7 +178,7 @@ def run_service(data: Path, *, as_nobody: bool = False, **env: str) -> subproces
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=drop_privileges if as_nobody else None,
+        preexec_fn=drop_dac_capabilities if unprivileged else None,
     )
 
 
@@ -187,27 +196,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_broken_data_is_one_line_naming_it_and_nothing_is_changed(
-    case: str, populated: Path, request: pytest.FixtureRequest
+    case: str, populated: Path, tmp_path: Path
 ) -> None:
-    # Not under tmp_path: pytest's base directory is root's alone (0700), which the unprivileged cases
-    # could not even enter.
-    data = Path(tempfile.mkdtemp(prefix="startup-errors-")) / "data"
-    request.addfinalizer(lambda: shutil.rmtree(data.parent, ignore_errors=True))
-    data.parent.chmod(0o755)
+    data = tmp_path / "data"
     shutil.copytree(populated, data)
     breaks, says = CASES[case]
     names = breaks(data)
-    as_nobody = case in UNPRIVILEGED and os.geteuid() == 0
-    if as_nobody:
-        # The service's user owns DATA_DIR; only the broken part stays root's, unreadable to it.
-        broken = Path(names) if case == "registry unreadable" else shard_dir(data) / "segments"
-        for path in [data.parent, data, *data.rglob("*")]:
-            if path != broken:
-                os.chown(path, NOBODY, NOBODY)
     before = snapshot(data)
     modes_before = {p: stat.S_IMODE(p.stat().st_mode) for p in data.rglob("*") if "fastembed" not in p.parts}
 
-    result = run_service(data, as_nobody=as_nobody)
+    result = run_service(data, unprivileged=case in UNPRIVILEGED and os.geteuid() == 0)
 
     assert_one_line_error(result, names, says)
     assert snapshot(data) == before  # nothing stored was removed, rewritten or added
