@@ -35,7 +35,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_search import ServiceProcess, percentile  # noqa: E402
-from scale import CHUNKS_PER_DOCUMENT, MODEL, MODEL_DIR, TENANT, replicate, stdlib_docstrings  # noqa: E402
+from scale import (  # noqa: E402
+    CHUNKS_PER_DOCUMENT,
+    MODEL,
+    MODEL_DIR,
+    TENANT,
+    register_documents,
+    replicate,
+    stdlib_docstrings,
+)
 from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
@@ -113,21 +121,7 @@ def build(data_dir: Path, n: int, base: np.ndarray, texts: list[str], seed: int)
         print(f"  {min(n, start + chunk)} points", flush=True)
     store.consolidate()
     store.close()
-    registry = DocumentRegistry(f"sqlite:///{(data_dir / 'registry.db').as_posix()}")
-    registry.migrate()
-    documents = {(str(tenants[i]), f"doc-{i // CHUNKS_PER_DOCUMENT}") for i in range(n)}
-    for tenant, document in sorted(documents):
-        registry.activate(
-            tenant,
-            document,
-            expected_version=None,
-            version=1,
-            content_hash="bench",
-            metadata={"source": "stdlib"},
-            content_type="text/plain",
-            chunk_count=CHUNKS_PER_DOCUMENT,
-        )
-    registry.close()
+    register_documents(data_dir, {(str(tenants[i]), f"doc-{i // CHUNKS_PER_DOCUMENT}") for i in range(n)})
     (data_dir / BUILT).write_text(f"{n}\n")
     print(f"built {n} points in {time.perf_counter() - started:.0f} s", flush=True)
 

@@ -165,6 +165,24 @@ def replicate(base: np.ndarray, n: int, rng: np.random.Generator, noise: float =
     return np.vstack([base, noisy])
 
 
+def register_documents(data_dir: Path, documents: set[tuple[str, str]]) -> None:
+    """Version 1 of each (tenant, document) active in DATA_DIR's SQLite registry, as the bench stores hold them."""
+    registry = DocumentRegistry(f"sqlite:///{(data_dir / 'registry.db').as_posix()}")
+    registry.migrate()
+    for tenant, document in sorted(documents):
+        registry.activate(
+            tenant,
+            document,
+            expected_version=None,
+            version=1,
+            content_hash="bench",
+            metadata={"source": "stdlib"},
+            content_type="text/plain",
+            chunk_count=CHUNKS_PER_DOCUMENT,
+        )
+    registry.close()
+
+
 def run_size(
     n: int,
     base_vectors: np.ndarray,
@@ -224,21 +242,7 @@ def run_size(
     store.close()
 
     # Registry rows so the service's visibility check keeps the hits (a document is active in its tenants).
-    registry = DocumentRegistry(f"sqlite:///{(data_dir / 'registry.db').as_posix()}")
-    registry.migrate()
-    documents = {(p.tenant_id, p.document_id) for p in points}
-    for tenant, document in documents:
-        registry.activate(
-            tenant,
-            document,
-            expected_version=None,
-            version=1,
-            content_hash="bench",
-            metadata={"source": "stdlib"},
-            content_type="text/plain",
-            chunk_count=CHUNKS_PER_DOCUMENT,
-        )
-    registry.close()
+    register_documents(data_dir, {(p.tenant_id, p.document_id) for p in points})
 
     # Raw edge works on a copy: the service owns (locks) the original while it runs.
     raw_path = work / f"raw-edge-{n}"
