@@ -31,17 +31,10 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.redis_url and settings.embedded_vector_store and settings.internal_token is None:
-        raise SystemExit(
-            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
-            f"store (VECTOR_STORE={settings.vector_store}) opens in one process only; unset REDIS_URL to run jobs "
-            "in the API process, or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
-        )
-    if settings.workers > 1 and settings.embedded_vector_store:
-        raise SystemExit(
-            "service: error: WORKERS > 1 needs a Qdrant server (QDRANT_URL): "
-            f"the embedded vector store (VECTOR_STORE={settings.vector_store}) serves one process"
-        )
+    refusal = embedded_store_refusal(settings)
+    if refusal:
+        print(f"service: error: {refusal}", file=sys.stderr)
+        raise SystemExit(2)
     taken = port_in_use(settings.host, settings.port)
     if taken:
         # Before anything is loaded or opened: uvicorn would only find out after the whole start-up.
@@ -119,6 +112,32 @@ def main() -> None:
             # (SIGABRT), replacing this failure's exit status.
             wait([model])
         raise
+
+
+def embedded_store_refusal(settings: Any) -> str | None:
+    """Why these settings would open the embedded store in more than one process (one line), or None.
+
+    The embedded store (qdrant-edge, or qdrant-client local mode) is owned by one process: its directory lock
+    refuses a second one. uvicorn workers are separate processes that would each open it, and all but the
+    first would fail their start-up with a traceback each; this names the setting before anything starts.
+    """
+    store = settings.embedded_vector_store
+    if store is None:
+        return None
+    if settings.redis_url and settings.internal_token is None:
+        return (
+            "REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
+            f"store (VECTOR_STORE={store}) opens in one process only; unset REDIS_URL to run jobs "
+            "in the API process, or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
+        )
+    if settings.workers > 1:
+        path = settings.resolved_edge_path if store == "edge" else settings.resolved_qdrant_path
+        return (
+            f"WORKERS={settings.workers} needs a Qdrant server (QDRANT_URL): the embedded vector store "
+            f"(VECTOR_STORE={store}, {path}) is owned by one process; set WORKERS=1 and scale with replicas "
+            "over a Qdrant server, or set QDRANT_URL"
+        )
+    return None
 
 
 def port_in_use(host: str, port: int) -> str | None:

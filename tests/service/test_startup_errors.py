@@ -246,6 +246,23 @@ def test_a_port_in_use_is_one_line_before_anything_is_opened(populated: Path, tm
     assert "Application startup" not in result.stdout  # refused before the app, model and store
 
 
+def test_more_than_one_worker_on_the_embedded_store_is_one_line_before_anything_starts(
+    populated: Path, tmp_path: Path
+) -> None:
+    # uvicorn's workers are processes that would each open the store: all but one would die in their lifespan
+    # with a traceback (the directory lock), and the parent would stop. Refused before any of that.
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    before = snapshot(data)
+
+    result = run_service(data, WORKERS="2")
+
+    assert result.returncode == 2
+    assert_one_line_error(result, "WORKERS=2", "QDRANT_URL", str(data / "edge"), "WORKERS=1")
+    assert "Application startup" not in result.stdout + result.stderr  # no worker was started
+    assert snapshot(data) == before
+
+
 def test_an_unreachable_database_url_is_one_line_without_its_password() -> None:
     port = free_port()  # nothing listens there
     with pytest.raises(RegistryOpenError) as refused:
