@@ -31,17 +31,10 @@ def main() -> None:
     except (SettingsError, ValidationError) as exc:
         print(f"service: error: {describe_settings_error(exc)}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.redis_url and settings.embedded_vector_store and settings.internal_token is None:
-        raise SystemExit(
-            "service: error: REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
-            f"store (VECTOR_STORE={settings.vector_store}) opens in one process only; unset REDIS_URL to run jobs "
-            "in the API process, or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
-        )
-    if settings.workers > 1 and settings.embedded_vector_store:
-        raise SystemExit(
-            "service: error: WORKERS > 1 needs a Qdrant server (QDRANT_URL): "
-            f"the embedded vector store (VECTOR_STORE={settings.vector_store}) serves one process"
-        )
+    refusal = embedded_store_refusal(settings)
+    if refusal:
+        print(f"service: error: {refusal}", file=sys.stderr)
+        raise SystemExit(2)
     taken = port_in_use(settings.host, settings.port)
     if taken:
         # Before anything is loaded or opened: uvicorn would only find out after the whole start-up.
@@ -97,28 +90,89 @@ def main() -> None:
             # own dictConfig would put its plain handlers back.
             log_config: object = None
         else:
-            app = "service.app.main:create_app"  # each worker process builds its own app (and model)
-            log_config = uvicorn.config.LOGGING_CONFIG
+            from service.app.core.logging import configure_logging
+
+            # Each worker process builds its own app (and model) with guarded_app; the parent's own lines
+            # (workers started and stopped) go through the service's handler as the workers' do.
+            configure_logging(settings)
+            app = "service.__main__:guarded_app"
+            log_config = None
         gc.freeze()
         gc.enable()
-        uvicorn.run(
-            app,  # type: ignore[arg-type]
-            factory=model is None,
-            log_config=log_config,  # type: ignore[arg-type]
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            http=GuardedHttpToolsProtocol,
-            timeout_keep_alive=settings.http_keep_alive_seconds,
-            limit_concurrency=settings.http_limit_concurrency,
-        )
+        options: dict[str, Any] = {
+            "log_config": log_config,
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level.lower(),
+            "http": GuardedHttpToolsProtocol,
+            "timeout_keep_alive": settings.http_keep_alive_seconds,
+            "limit_concurrency": settings.http_limit_concurrency,
+        }
+        if model is not None:
+            uvicorn.run(app, **options)  # type: ignore[arg-type]
+        else:
+            serve_workers(str(app), settings.workers, options)
     except BaseException:
         if model is not None:
             # Let a session build in native code finish: interpreter exit under it aborts the process
             # (SIGABRT), replacing this failure's exit status.
             wait([model])
         raise
+
+
+def guarded_app() -> Any:
+    """One uvicorn worker's app (WORKERS > 1), built as the one-process path builds it: the model loads beside
+    the app's imports and a failure to load it names the setting; known start-up failures are one line."""
+    from service.app.core.background import start_in_thread
+    from service.app.core.config import get_settings
+    from service.app.main import create_app
+    from service.app.store.embedder import FastEmbedEmbedder
+
+    settings = get_settings()
+    model = start_in_thread(lambda: load_model(settings, FastEmbedEmbedder), name="model-load")
+    return StartupGuard(create_app(settings, embedder=model))
+
+
+def serve_workers(app: str, workers: int, options: dict[str, Any]) -> None:
+    """``uvicorn.run(app, factory=True, workers=N)``, with the exit status uvicorn drops: when a worker fails its
+    start-up, uvicorn's supervisor stops the others and returns as after a clean shutdown (exit 0, so a process
+    manager would not see the failure). Here that is exit 3, uvicorn's own status for a failed start-up of one
+    process."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(worker.process.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def embedded_store_refusal(settings: Any) -> str | None:
+    """Why these settings would open the embedded store in more than one process (one line), or None.
+
+    The embedded store (qdrant-edge, or qdrant-client local mode) is owned by one process: its directory lock
+    refuses a second one. uvicorn workers are separate processes that would each open it, and all but the
+    first would fail their start-up with a traceback each; this names the setting before anything starts.
+    """
+    store = settings.embedded_vector_store
+    if store is None:
+        return None
+    if settings.redis_url and settings.internal_token is None:
+        return (
+            "REDIS_URL needs QDRANT_URL: jobs run in worker processes and the embedded vector "
+            f"store (VECTOR_STORE={store}) opens in one process only; unset REDIS_URL to run jobs "
+            "in the API process, or set INTERNAL_TOKEN to lend this process's store to workers (make serve-prod)"
+        )
+    if settings.workers > 1:
+        path = settings.resolved_edge_path if store == "edge" else settings.resolved_qdrant_path
+        return (
+            f"WORKERS={settings.workers} needs a Qdrant server (QDRANT_URL): the embedded vector store "
+            f"(VECTOR_STORE={store}, {path}) is owned by one process; set WORKERS=1 and scale with replicas "
+            "over a Qdrant server, or set QDRANT_URL"
+        )
+    return None
 
 
 def port_in_use(host: str, port: int) -> str | None:

@@ -3,8 +3,11 @@
 Text files (.txt, .md, .markdown, .html, .htm) go in `POST /v1/documents:bulk` batches (--batch-size documents,
 at most --max-batch-bytes of JSON each); PDFs, files that are not UTF-8 and files too large for a batch are
 uploaded one by one (`POST /v1/documents`, where the service extracts the text). The document id is the path
-relative to DIR with "/" replaced by ":" and other characters outside [A-Za-z0-9._:-] by "-", so re-running the
-command replaces the same documents (unchanged ones cost no embedding).
+relative to DIR with "/" replaced by ":"; a path with other characters outside [A-Za-z0-9._:-] has them replaced
+by "-" and 8 hex digits of its SHA-256 added before the extension (the service's rule for uploads,
+`derive_document_id`), so two files never share an id and re-running the command replaces the same documents
+(unchanged ones cost no embedding). Files whose ids still coincide (`a:b.txt` beside `a/b.txt`) are reported
+and skipped before anything is sent, never sent in one batch the service would refuse whole.
 
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
 a few times with a growing pause. Every file's outcome is counted; failed files are listed with the service's
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -30,6 +32,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from service.app.core.ids import derive_document_id
 
 TEXT_TYPES = {
     ".txt": "text/plain",
@@ -44,9 +48,8 @@ MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration
 
 
 def document_id_for(path: Path, root: Path) -> str:
-    """The id of a file: its path under `root`, "/" -> ":", other disallowed characters -> "-"."""
-    relative = path.relative_to(root).as_posix().replace("/", ":")
-    return re.sub(r"[^A-Za-z0-9._:-]+", "-", relative).strip("-.")[:256] or "document"
+    """The id of a file: its path under `root` with "/" -> ":", made a valid id by ``derive_document_id``."""
+    return derive_document_id(path.relative_to(root).as_posix().replace("/", ":"))
 
 
 @dataclass
@@ -183,6 +186,29 @@ def batches(items: list[Pending], batch_size: int, max_batch_bytes: int) -> Iter
         yield batch
 
 
+def without_shared_ids(pending: list[Pending], root: Path, report: Report) -> list[Pending]:
+    """`pending` minus the files whose document ids coincide, each of those reported as failed with the other.
+
+    The service refuses a bulk request with a repeated id whole, so one such pair would fail every file of its
+    batch under an unrelated message; and sent apart, the second file would silently replace the first.
+    """
+    owners: dict[str, list[str]] = {}
+    for item in pending:
+        owners.setdefault(document_id_for(root / item.name, root), []).append(item.name)
+    clashes = {document_id: names for document_id, names in owners.items() if len(names) > 1}
+    kept = []
+    for item in pending:
+        document_id = document_id_for(root / item.name, root)
+        if document_id in clashes:
+            others = ", ".join(name for name in clashes[document_id] if name != item.name)
+            report.fail(
+                item.name, f"skipped: its document id {document_id!r} is also the id of {others}; rename one"
+            )
+        else:
+            kept.append(item)
+    return kept
+
+
 def ingest_folder(
     client: IngestClient,
     root: Path,
@@ -193,7 +219,9 @@ def ingest_folder(
     advance: Callable[[int], None],
 ) -> None:
     """Send every file under `root`; outcomes go to `report`, progress to `advance(files_done)`."""
-    pending = [prepare(path, root, max_batch_bytes) for path in collect(root)]
+    prepared = [prepare(path, root, max_batch_bytes) for path in collect(root)]
+    pending = without_shared_ids(prepared, root, report)
+    advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
         path = root / item.name
         with path.open("rb") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -144,16 +145,51 @@ def test_upload_extracts_each_supported_type(
 
 
 def test_upload_without_id_derives_it_from_the_file_name(client: TestClient) -> None:
+    plain = client.post("/v1/documents", files={"file": ("notes_2024.txt", b"Plain name.", "text/plain")})
+    assert plain.json()["document_id"] == "notes_2024.txt"  # a valid id stays as it is
     response = client.post(
         "/v1/documents", files={"file": ("My Trip (2024).txt", b"We hiked the Alps.", "text/plain")}
     )
     assert response.status_code == 201
-    assert response.json()["document_id"] == "My-Trip-2024-.txt"
+    derived = response.json()["document_id"]
+    assert re.fullmatch(r"My-Trip-2024-[0-9a-f]{8}\.txt", derived), derived
     again = client.post(
         "/v1/documents", files={"file": ("My Trip (2024).txt", b"We hiked the Alps.", "text/plain")}
     )
     assert again.status_code == 200
-    assert again.json()["status"] == "unchanged"
+    assert (again.json()["document_id"], again.json()["status"]) == (derived, "unchanged")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("日本.md", "中国.md"), ("a b.md", "a?b.md"), ("a b.md", "a-b.md"), ("Отчёт.pdf.md", "Отчет.pdf.md")],
+)
+def test_upload_names_that_differ_never_share_a_derived_id(
+    client: TestClient, first: str, second: str
+) -> None:
+    """Replacing disallowed characters alone mapped both names to one id (`md`, `a-b.md`): the second upload
+    answered 200 "updated" and the first document was gone."""
+    ids = []
+    for name in (first, second):
+        response = client.post(
+            "/v1/documents", files={"file": (name, f"Text of {name}".encode(), "text/markdown")}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "created"
+        ids.append(response.json()["document_id"])
+    assert ids[0] != ids[1]
+    for document_id in ids:
+        assert document_id.endswith(".md")
+        assert client.get(f"/v1/documents/{document_id}").status_code == 200
+        assert client.delete(f"/v1/documents/{document_id}").status_code in (200, 204)
+
+
+@pytest.mark.parametrize("name", [".", "..", " ", "dir/.."])
+def test_upload_without_id_or_usable_file_name_is_refused(client: TestClient, name: str) -> None:
+    response = client.post("/v1/documents", files={"file": (name, b"Some text.", "text/plain")})
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert message == "no document_id given and none can be derived from the file name"
 
 
 def test_list_pages_through_documents_with_a_cursor(client: TestClient) -> None:

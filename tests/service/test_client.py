@@ -5,6 +5,7 @@ file the service refuses is reported with its reason and a non-zero exit."""
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import httpx
@@ -60,7 +61,12 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
     text = output.getvalue()
     assert code == 1, text  # two files were refused
     ids = {d["document_id"] for d in listed}
-    assert ids == {f"hr:policy-{i}.md" for i in range(7)} | {"page.html", "report.pdf"}
+    assert ids == {
+        ingest_client.document_id_for(folder / "hr" / f"policy {i}.md", folder) for i in range(7)
+    } | {
+        "page.html",
+        "report.pdf",
+    }
     assert hits[0]["document_id"] == "page.html"
     assert "11 files: 9 created, 2 failed" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
@@ -99,5 +105,43 @@ def test_retry_after_is_honoured_exactly() -> None:
 
 def test_document_ids_follow_the_relative_path() -> None:
     root = Path("/r")
-    assert ingest_client.document_id_for(Path("/r/hr/Leave Policy (v2).md"), root) == "hr:Leave-Policy-v2-.md"
+    derived = ingest_client.document_id_for(Path("/r/hr/Leave Policy (v2).md"), root)
+    assert re.fullmatch(r"hr:Leave-Policy-v2-[0-9a-f]{8}\.md", derived), derived
+    assert ingest_client.document_id_for(Path("/r/hr/Leave Policy (v2).md"), root) == derived  # stable
     assert ingest_client.document_id_for(Path("/r/a.txt"), root) == "a.txt"
+    assert ingest_client.document_id_for(Path("/r/hr/a.txt"), root) == "hr:a.txt"
+    # Names the old rule folded into one id ("md", "a-b.txt") stay apart.
+    assert ingest_client.document_id_for(Path("/r/日本.md"), root) != ingest_client.document_id_for(
+        Path("/r/中国.md"), root
+    )
+    assert ingest_client.document_id_for(Path("/r/a b.txt"), root) != ingest_client.document_id_for(
+        Path("/r/a?b.txt"), root
+    )
+
+
+def test_files_sharing_an_id_are_reported_and_the_rest_stored(tmp_path: Path) -> None:
+    """`a:b.txt` and `a/b.txt` are both the id `a:b.txt`: both are skipped with a reason naming the other, and
+    the other files of what would have been their batch (refused whole by the service) are stored."""
+    folder = tmp_path / "docs"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "b.txt").write_text("Nested file about tides.\n")
+    (folder / "a:b.txt").write_text("Flat file about tides.\n")
+    for name in ("日本.md", "中国.md", "a b.txt", "a?b.txt", "ok.txt"):
+        (folder / name).write_text(f"The text of {name}.\n")
+    output = io.StringIO()
+    with api_process(tmp_path, api_keys=API_KEYS, environment="test", data_dir=str(tmp_path / "data")) as url:
+        code = ingest_client.main(
+            ["ingest", str(folder), "--url", url, "--key", KEY_A], console=Console(file=output, width=300)
+        )
+        listed = httpx.get(f"{url}/v1/documents?limit=100", headers=bearer(KEY_A)).json()["documents"]
+    text = output.getvalue()
+    assert code == 1, text
+    assert "7 files: 5 created, 2 failed" in text
+    assert "failed a/b.txt: skipped: its document id 'a:b.txt' is also the id of a:b.txt; rename one" in text
+    assert "failed a:b.txt: skipped: its document id 'a:b.txt' is also the id of a/b.txt; rename one" in text
+    stored = {d["document_id"] for d in listed}
+    expected = {
+        ingest_client.document_id_for(folder / n, folder)
+        for n in ("日本.md", "中国.md", "a b.txt", "a?b.txt")
+    }
+    assert stored == expected | {"ok.txt"}

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.app.core.errors import InvalidInput
+from service.app.core.ids import DOCUMENT_ID_PATTERN, derive_document_id
 
-DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,256}$"
 METADATA_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 MAX_METADATA_KEYS = 64
 MAX_METADATA_STRING = 1024
@@ -124,12 +124,11 @@ def validate_document_id(document_id: str) -> str:
 
 
 def document_id_from_filename(filename: str | None) -> str:
-    """A document id derived from an upload's file name: base name, disallowed characters replaced by '-'."""
+    """The document id of an upload sent without one: ``derive_document_id`` of the file's base name."""
     name = PurePath((filename or "").replace("\\", "/")).name
-    candidate = re.sub(r"[^A-Za-z0-9._:-]+", "-", name).strip("-.")[:256]
-    if not candidate:
+    if not name.strip(". "):
         raise InvalidInput("no document_id given and none can be derived from the file name")
-    return candidate
+    return derive_document_id(name)
 
 
 def has_lone_surrogate(value: str) -> bool:

@@ -14,7 +14,13 @@ How a re-index never loses a write and never fails a search
    (``document_sources``) and written with its active version. Search keeps reading the current collection.
 3. **Catch-up**: the target's stored (document, version) pairs are compared with the registry's active
    versions; any that differ (a shadow copy that failed, a write that raced the build's read) are written again
-   from the kept text, until a pass finds nothing (at most CATCH_UP_PASSES).
+   from the kept text, until a pass finds nothing (at most CATCH_UP_PASSES). A pass reads every point of the
+   target: in the embedded store each scan page runs in native code holding the GIL, so an unpaced pass held
+   every other thread (searches, the event loop) for one 4096-point page at a time (docs/benchmarks.md,
+   "Re-index scans"). The store scan is paced exactly as the orphan collector's (service.app.store.gc.Pacer,
+   PAUSE_RATIO): small pages, and a pause of PAUSE_RATIO times the work between two. Registry pages (I/O and
+   bytecode, which hand the GIL over every switch interval) and writes (embedding runs outside the GIL) are not
+   paced: a re-index must finish.
 4. **Switch**: one compare-and-set of the registry's index pointer (and, in server mode, one atomic Qdrant alias
    change ``{QDRANT_COLLECTION_PREFIX}`` -> new collection), then the process swaps its `IndexState` in one
    assignment. Searches already running finish on the old collection; new ones use the new one. The old
@@ -70,6 +76,7 @@ from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUna
 from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService
+from service.app.store.gc import CollectionStopped, Pacer
 from service.app.store.registry import DocumentRegistry, DocumentSource
 
 logger = logging.getLogger(__name__)
@@ -410,6 +417,10 @@ class Reindexer:
             logger.error("re-index to %s failed: %s", target.collection, message)
             self._set(replace(self._status, state="failed", error=message, finished_at=datetime.now(UTC)))
 
+    def _pacer(self) -> Pacer | None:
+        """Paces a catch-up pass's scans (the orphan collector's pacer; stopped at once by shutdown)."""
+        return Pacer(stop=self._stop)
+
     def _sources(self) -> Any:
         after: tuple[str, str] | None = None
         while True:
@@ -456,21 +467,28 @@ class Reindexer:
             )
 
     def _catch_up(self, target: IndexGeneration) -> int:
-        """Write every active version the target lacks, pass after pass until one finds nothing."""
+        """Write every active version the target lacks, pass after pass until one finds nothing.
+
+        The store scan is paced (an embedded store calls the pacer between its pages). The registry pages are
+        not: reading them is I/O or Python bytecode, which hands the GIL over every switch interval."""
         replayed = 0
-        for _ in range(CATCH_UP_PASSES):
-            held = {(v.tenant_id, v.document_id, v.version) for v in target.vectors.versions()}
-            found = 0
-            for kept, _missing in self._sources():
-                for source in kept:
-                    self._check()
-                    record = source.record
-                    if (record.tenant_id, record.document_id, record.version) not in held:
-                        self._write(target, source)
-                        found += 1
-            replayed += found
-            if not found:
-                return replayed
+        try:
+            for _ in range(CATCH_UP_PASSES):
+                pacer = self._pacer()
+                held = {(v.tenant_id, v.document_id, v.version) for v in target.vectors.versions(pause=pacer)}
+                found = 0
+                for kept, _missing in self._sources():
+                    for source in kept:
+                        self._check()
+                        record = source.record
+                        if (record.tenant_id, record.document_id, record.version) not in held:
+                            self._write(target, source)
+                            found += 1
+                replayed += found
+                if not found:
+                    return replayed
+        except CollectionStopped:
+            raise RuntimeError("the service is shutting down") from None
         return replayed
 
     def _switch(self, to: IndexGeneration, standby: IndexGeneration) -> None:
