@@ -90,28 +90,63 @@ def main() -> None:
             # own dictConfig would put its plain handlers back.
             log_config: object = None
         else:
-            app = "service.app.main:create_app"  # each worker process builds its own app (and model)
-            log_config = uvicorn.config.LOGGING_CONFIG
+            from service.app.core.logging import configure_logging
+
+            # Each worker process builds its own app (and model) with guarded_app; the parent's own lines
+            # (workers started and stopped) go through the service's handler as the workers' do.
+            configure_logging(settings)
+            app = "service.__main__:guarded_app"
+            log_config = None
         gc.freeze()
         gc.enable()
-        uvicorn.run(
-            app,  # type: ignore[arg-type]
-            factory=model is None,
-            log_config=log_config,  # type: ignore[arg-type]
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            http=GuardedHttpToolsProtocol,
-            timeout_keep_alive=settings.http_keep_alive_seconds,
-            limit_concurrency=settings.http_limit_concurrency,
-        )
+        options: dict[str, Any] = {
+            "log_config": log_config,
+            "host": settings.host,
+            "port": settings.port,
+            "log_level": settings.log_level.lower(),
+            "http": GuardedHttpToolsProtocol,
+            "timeout_keep_alive": settings.http_keep_alive_seconds,
+            "limit_concurrency": settings.http_limit_concurrency,
+        }
+        if model is not None:
+            uvicorn.run(app, **options)  # type: ignore[arg-type]
+        else:
+            serve_workers(str(app), settings.workers, options)
     except BaseException:
         if model is not None:
             # Let a session build in native code finish: interpreter exit under it aborts the process
             # (SIGABRT), replacing this failure's exit status.
             wait([model])
         raise
+
+
+def guarded_app() -> Any:
+    """One uvicorn worker's app (WORKERS > 1), built as the one-process path builds it: the model loads beside
+    the app's imports and a failure to load it names the setting; known start-up failures are one line."""
+    from service.app.core.background import start_in_thread
+    from service.app.core.config import get_settings
+    from service.app.main import create_app
+    from service.app.store.embedder import FastEmbedEmbedder
+
+    settings = get_settings()
+    model = start_in_thread(lambda: load_model(settings, FastEmbedEmbedder), name="model-load")
+    return StartupGuard(create_app(settings, embedder=model))
+
+
+def serve_workers(app: str, workers: int, options: dict[str, Any]) -> None:
+    """``uvicorn.run(app, factory=True, workers=N)``, with the exit status uvicorn drops: when a worker fails its
+    start-up, uvicorn's supervisor stops the others and returns as after a clean shutdown (exit 0, so a process
+    manager would not see the failure). Here that is exit 3, uvicorn's own status for a failed start-up of one
+    process."""
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, factory=True, workers=workers, **options)
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    if any(worker.process.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def embedded_store_refusal(settings: Any) -> str | None:

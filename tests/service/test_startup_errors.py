@@ -163,7 +163,8 @@ def run_service(data: Path, *, unprivileged: bool = False, **env: str) -> subpro
         **env,
     }
     for key in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL", "EDGE_PATH", "VECTOR_STORE"):
-        full_env.pop(key, None)
+        if key not in env:  # the developer's own, not the case's
+            full_env.pop(key, None)
 
     def drop_dac_capabilities() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -261,6 +262,35 @@ def test_more_than_one_worker_on_the_embedded_store_is_one_line_before_anything_
     assert_one_line_error(result, "WORKERS=2", "QDRANT_URL", str(data / "edge"), "WORKERS=1")
     assert "Application startup" not in result.stdout + result.stderr  # no worker was started
     assert snapshot(data) == before
+
+
+def test_a_failed_start_up_of_several_workers_is_one_line_each_and_a_failed_exit(tmp_path: Path) -> None:
+    # WORKERS > 1 (with a Qdrant server): each uvicorn worker builds its own app. A start-up failure there was a
+    # traceback per worker, and uvicorn's supervisor then exited 0 as after a clean shutdown.
+    model = tmp_path / "model"
+    shutil.copytree(REPO / ".models" / "all-MiniLM-L6-v2", model)
+    (model / "tokenizer.json").unlink()
+    data = tmp_path / "data"
+    data.mkdir()
+
+    result = run_service(
+        data,
+        WORKERS="2",
+        QDRANT_URL=f"http://127.0.0.1:{free_port()}",  # never reached: the model fails first
+        EMBEDDING_MODEL_PATH=str(model),
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output  # uvicorn's status for a failed start-up, as with one worker
+    assert "Traceback" not in output, output
+    lines = result.stderr.strip().splitlines()
+    # The same line from each worker that got as far as its model (uvicorn may also have replaced a worker that
+    # was slow to answer its health check on a loaded machine, and the new one fails the same way).
+    assert len(set(lines)) == 1, result.stderr
+    assert lines[0].startswith("service: error: "), result.stderr
+    for needle in (f"EMBEDDING_MODEL_PATH {model}", "tokenizer.json", "make model"):
+        assert needle in lines[0], lines[0]
+    assert "failed to start" in result.stdout  # the supervisor's own line, as JSON on stdout
 
 
 def test_an_unreachable_database_url_is_one_line_without_its_password() -> None:
