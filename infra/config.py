@@ -33,6 +33,10 @@ PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 CRON_RE = re.compile(r"^(\S+\s+){4}\S+$")
+# The service's RATE_LIMIT_* syntax (the `limits` library's): one or more "N/unit", "N/M units" or "N per unit"
+# joined by ";" "," or "|" (docs/operations.md: "10/second;1000/hour"); amounts of at least 1.
+_RATE_ITEM = r"\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*"
+RATE_LIMIT_RE = re.compile(rf"^{_RATE_ITEM}([,;|]{_RATE_ITEM})*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
@@ -285,8 +289,8 @@ class ServiceSettings:
     cacheEnabled: bool = True
     cacheTtlSeconds: int = _f(min=1, max=86400 * 30)
     rateLimitEnabled: bool = True
-    rateLimitIngest: str = _f(pattern=re.compile(r"^[0-9]+/(second|minute|hour|day)$"))
-    rateLimitSearch: str = _f(pattern=re.compile(r"^[0-9]+/(second|minute|hour|day)$"))
+    rateLimitIngest: str = _f(pattern=RATE_LIMIT_RE)
+    rateLimitSearch: str = _f(pattern=RATE_LIMIT_RE)
     jobsMaxConcurrency: int = _f(min=1, max=64)
     docsEnabled: bool = False
     corsOrigins: tuple[str, ...] = ()

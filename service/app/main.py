@@ -133,6 +133,9 @@ def build_services(
     if vectors is None:
         vectors = open_vector_store(settings, model_name=embedder.model_name, dimension=embedder.dimension)
         closers.append(vectors.close)
+    check_server = getattr(vectors, "check_server", None)
+    if check_server is not None:
+        check_server()  # a server that cannot be reached is one line naming QDRANT_URL, not a traceback
     vectors.ensure_collection()
     wanted = IndexConfig(embedder.model_name, settings.chunk_size, settings.chunk_overlap)
     make_generation = _generation_factory(settings, vectors, embedder, closers)

@@ -395,3 +395,40 @@ def test_api_admits_the_gateway_of_the_configured_class() -> None:
     in_cluster = str(run("prod").by_name("rag-api-netpol").inputs["spec"]["ingress"])
     assert "envoy-gateway-system" in in_cluster
     assert "35.191.0.0/16" not in in_cluster
+
+
+def test_multi_limit_rate_settings_reach_the_service_as_written() -> None:
+    """docs/operations.md advertises "10/second;1000/hour"; the stack config pattern refused it (N/unit only)."""
+    result = run("staging", service={"settings": {"rateLimitSearch": "10/second;1000/hour"}})
+    assert result.by_name("rag-config").inputs["data"]["RATE_LIMIT_SEARCH"] == "10/second;1000/hour"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "120/minute",
+        "10/second;1000/hour",
+        "5 per 2 minutes",
+        "1/day,2/hour",
+        "0/minute",
+        "10/fortnight",
+        "garbage",
+        "-1/minute",
+        "10/",
+        "/minute",
+        "10/second;",
+        "3/2hours",
+    ],
+)
+def test_the_stack_rate_limit_pattern_accepts_what_the_service_accepts(value: str) -> None:
+    """The service checks RATE_LIMIT_* with the `limits` library at start-up (amounts of at least 1): the stack
+    config must refuse at `pulumi preview` exactly what would stop every pod, and accept everything else."""
+    from limits import parse_many
+
+    from infra.config import RATE_LIMIT_RE
+
+    try:
+        service_accepts = all(item.amount >= 1 for item in parse_many(value))
+    except ValueError:
+        service_accepts = False
+    assert bool(RATE_LIMIT_RE.match(value)) == service_accepts

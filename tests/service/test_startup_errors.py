@@ -264,6 +264,51 @@ def test_more_than_one_worker_on_the_embedded_store_is_one_line_before_anything_
     assert snapshot(data) == before
 
 
+@pytest.mark.parametrize(
+    ("env", "needles"),
+    [
+        ({"RATE_LIMIT_INGEST": "garbage"}, ["RATE_LIMIT_INGEST is not in limits syntax", "120/minute"]),
+        ({"RATE_LIMIT_SEARCH": "10/fortnight"}, ["RATE_LIMIT_SEARCH is not in limits syntax"]),
+        (
+            {"RATE_LIMIT_SEARCH": "0/minute", "RATE_LIMIT_ENABLED": "false"},
+            ["RATE_LIMIT_SEARCH must allow at least 1"],
+        ),
+        ({"LLM_TOKEN_BUDGET": "lots"}, ["LLM_TOKEN_BUDGET is not in limits syntax"]),
+        ({"DATABASE_URL": "mysql://u:p@db/rag"}, ["DATABASE_URL must be a PostgreSQL", "'mysql'"]),
+        ({"QDRANT_URL": "qdrant:6333"}, ["QDRANT_URL must be an http(s):// URL"]),
+    ],
+    ids=["ingest-garbage", "search-unit", "zero", "llm-budget", "mysql", "qdrant-scheme"],
+)
+def test_a_malformed_setting_is_one_line_naming_it(
+    tmp_path: Path, env: dict[str, str], needles: list[str]
+) -> None:
+    """Were: a traceback from the rate limiter inside the app's start-up (exit 3), `No module named 'MySQLdb'`."""
+    result = run_service(tmp_path / "data", **env)
+    assert_one_line_error(result, *needles)
+    assert "p@db" not in result.stderr
+    assert "Application startup" not in result.stdout + result.stderr
+
+
+def test_multi_limit_rate_settings_are_accepted() -> None:
+    settings = Settings(
+        _env_file=None, rate_limit_search="10/second;1000/hour", rate_limit_ingest="5 per 2 minutes"
+    )
+    assert settings.rate_limit_search == "10/second;1000/hour"
+
+
+def test_an_unreachable_qdrant_server_is_one_line_naming_qdrant_url(tmp_path: Path) -> None:
+    """Was: an ERROR log line carrying a traceback, then `service: error: vector store unavailable; retry later`."""
+    port = free_port()  # nothing listens there
+    result = run_service(
+        tmp_path / "data", QDRANT_URL=f"http://admin:s3cret@127.0.0.1:{port}", QDRANT_TIMEOUT_SECONDS="2"
+    )
+    line = assert_one_line_error(
+        result, f"http://admin:***@127.0.0.1:{port}", "(QDRANT_URL) cannot be reached"
+    )
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "retry later" not in line
+
+
 def test_a_failed_start_up_of_several_workers_is_one_line_each_and_a_failed_exit(tmp_path: Path) -> None:
     # WORKERS > 1 (with a Qdrant server): each uvicorn worker builds its own app. A start-up failure there was a
     # traceback per worker, and uvicorn's supervisor then exited 0 as after a clean shutdown.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,7 +76,9 @@ def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str)
     once ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process)."""
     port = free_port()
     env = service_env(host="127.0.0.1", port=str(port), log_json="false", **settings)
-    log = Path(tempfile.mkdtemp(prefix="rag-api-")) / "api.log"
+    # Beside the test's own files (a pytest tmp_path, cleaned with them), not a directory of /tmp of its own
+    # that nothing removed: 215 of those piled up on one machine.
+    log = Path(workdir) / f"api-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT

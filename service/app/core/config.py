@@ -298,15 +298,20 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "LLM_MAX_TOKENS must leave at least 256 tokens of LLM_CONTEXT_TOKENS for the prompt"
             )
+        if self.database_url and not self.database_url.lower().startswith(DATABASE_URL_SCHEMES):
+            scheme = (
+                self.database_url.split("://", 1)[0] if "://" in self.database_url else self.database_url[:20]
+            )
+            raise SettingsError(
+                f"DATABASE_URL must be a PostgreSQL (postgresql://, postgresql+psycopg://) or SQLite (sqlite:///) "
+                f"URL, not {scheme!r}: the registry runs on those two databases only"
+            )
+        if self.qdrant_url and not self.qdrant_url.startswith(("http://", "https://")):
+            raise SettingsError("QDRANT_URL must be an http(s):// URL (e.g. http://qdrant:6333)")
+        _check_limits("RATE_LIMIT_INGEST", self.rate_limit_ingest, "120/minute")
+        _check_limits("RATE_LIMIT_SEARCH", self.rate_limit_search, "600/minute;20/second")
         if self.llm_token_budget.strip():
-            from limits import parse_many
-
-            try:
-                parse_many(self.llm_token_budget)
-            except ValueError as exc:
-                raise SettingsError(
-                    f"LLM_TOKEN_BUDGET is not in limits syntax (e.g. 200000/hour): {exc}"
-                ) from exc
+            _check_limits("LLM_TOKEN_BUDGET", self.llm_token_budget, "200000/hour")
         if self.extract_timeout_seconds < self.extract_cpu_seconds:
             raise SettingsError(
                 "EXTRACT_TIMEOUT_SECONDS must be at least EXTRACT_CPU_SECONDS: "
@@ -457,3 +462,26 @@ def describe_settings_error(exc: ValidationError | SettingsError) -> str:
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
     return Settings()
+
+
+DATABASE_URL_SCHEMES = ("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite://")
+
+
+def _check_limits(name: str, value: str, example: str) -> None:
+    """SettingsError naming ``name`` unless ``value`` is in the `limits` syntax with every amount at least 1.
+
+    Checked at start-up, whether or not the limits are on: a typo would otherwise surface as a traceback in the
+    middle of the application's start-up, or only on the day someone turns the limits on.
+    """
+    from limits import parse_many
+
+    try:
+        items = parse_many(value)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{name} is not in limits syntax (e.g. {example}; several limits joined by ';'): {exc}"
+        ) from exc
+    if not items or any(item.amount < 1 for item in items):
+        raise SettingsError(
+            f"{name} must allow at least 1 request per window (e.g. {example}), not {value!r}"
+        )

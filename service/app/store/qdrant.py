@@ -25,6 +25,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from qdrant_client import QdrantClient, models
 
@@ -52,6 +53,19 @@ BACKFILL_PAGE = 512
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class VectorStoreOpenError(ServiceUnavailable):
+    """The configured Qdrant server cannot be used at start-up (the message names QDRANT_URL and what to check)."""
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password in it masked."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -231,6 +245,28 @@ class QdrantVectorStore:
             path.mkdir(parents=True, exist_ok=True)
             client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
         return cls(client, collection=name, dimension=dimension, local=True, settings=settings)
+
+    def check_server(self) -> None:
+        """At start-up, with a server: one request, and a server that cannot be reached or refuses the key is a
+        ``VectorStoreOpenError`` naming QDRANT_URL (one line, no traceback) instead of a logged traceback and the
+        runtime 503's "retry later", which is no advice for a start-up. Local mode: nothing to check."""
+        if self.local:
+            return
+        url = self._settings.qdrant_url or ""
+        try:
+            self.client.get_collections()
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status in (401, 403):
+                raise VectorStoreOpenError(
+                    f"the Qdrant server at {display_url(url)} (QDRANT_URL) refused the request (HTTP {status}): "
+                    "check QDRANT_API_KEY"
+                ) from exc
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise VectorStoreOpenError(
+                f"the Qdrant server at {display_url(url)} (QDRANT_URL) cannot be reached: {reason}; check the URL, "
+                "that the server is up and reachable from here, and QDRANT_API_KEY"
+            ) from exc
 
     @_guarded
     def ensure_collection(self) -> None:
