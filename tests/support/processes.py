@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,44 @@ def service_env(**settings: str) -> dict[str, str]:
     # The offline model lives in the repo; the process runs elsewhere (its own data dir, no repo .env).
     env.setdefault("EMBEDDING_MODEL_PATH", str(ROOT / ".models" / "all-MiniLM-L6-v2"))
     return env
+
+
+@dataclass
+class ApiProcess:
+    """A started `python -m service`: its process (to signal it), base URL and combined output log."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+
+def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> ApiProcess:
+    """Start `python -m service` like `api_process`, returning once ready; the caller stops (or kills) it.
+    Its settings may override ``log_json`` (false by default: readable in a failure message)."""
+    port = free_port()
+    env = service_env(**{"log_json": "false", **settings, "host": "127.0.0.1", "port": str(port)})
+    log = Path(tempfile.mkdtemp(prefix="rag-api-")) / "api.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        _wait_until(ready, "the API process", proc, log)
+    except BaseException:
+        _stop(proc)
+        raise
+    return ApiProcess(proc, url, log)
 
 
 @contextmanager
