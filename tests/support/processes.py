@@ -49,7 +49,7 @@ def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -
     Its settings may override ``log_json`` (false by default: readable in a failure message)."""
     port = free_port()
     env = service_env(**{"log_json": "false", **settings, "host": "127.0.0.1", "port": str(port)})
-    log = Path(tempfile.mkdtemp(prefix="rag-api-")) / "api.log"
+    log = Path(workdir) / f"api-{port}.log"  # beside the test's files, like api_process's
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
