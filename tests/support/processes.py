@@ -45,11 +45,15 @@ class ApiProcess:
 
 
 def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> ApiProcess:
-    """Start `python -m service` like `api_process`, returning once ready; the caller stops (or kills) it.
-    Its settings may override ``log_json`` (false by default: readable in a failure message)."""
+    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); return once
+    ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process). The
+    caller stops it (or kills it: `_stop` after a signal is harmless). ``log_json`` may be overridden (false by
+    default: readable in a failure message)."""
     port = free_port()
     env = service_env(**{"log_json": "false", **settings, "host": "127.0.0.1", "port": str(port)})
-    log = Path(workdir) / f"api-{port}.log"  # beside the test's files, like api_process's
+    # Beside the test's own files (a pytest tmp_path, cleaned with them), not a directory of /tmp of its own
+    # that nothing removed: 215 of those piled up on one machine.
+    log = Path(workdir) / f"api-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -72,27 +76,9 @@ def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -
 
 @contextmanager
 def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> Iterator[str]:
-    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); yield its base URL
-    once ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process)."""
-    port = free_port()
-    env = service_env(host="127.0.0.1", port=str(port), log_json="false", **settings)
-    # Beside the test's own files (a pytest tmp_path, cleaned with them), not a directory of /tmp of its own
-    # that nothing removed: 215 of those piled up on one machine.
-    log = Path(workdir) / f"api-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    """`start_api` as a context manager: yields the base URL, stops the process on exit."""
+    started = start_api(workdir, ready_path=ready_path, **settings)
     try:
-        _wait_until(ready, "the API process", proc, log)
-        yield url
+        yield started.url
     finally:
-        _stop(proc)
+        _stop(started.proc)
