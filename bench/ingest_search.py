@@ -6,19 +6,30 @@
 Ingest: N generated documents (a few hundred words of topical prose each) are PUT one by one to a real
 `python -m service` on loopback (embedded defaults in a temp dir: SQLite + qdrant-edge; auth, rate limits and
 the search cache off, so the core path is measured). The raw path chunks the same documents with the same
-Chunker, embeds each document's chunks with fastembed (same model, same batch size) and upserts them with
-qdrant-edge-py into a shard of its own (the engine the service embeds). Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
+Chunker, embeds each document's chunks with fastembed (same model, same batch size, fastembed's own session
+and batching) and upserts them with qdrant-edge-py into a shard of its own (the engine the service embeds)
+holding what the service's shard holds: the dense vector AND the chunk's BM25 sparse vector (the service
+computes one per chunk for keyword and hybrid search; a raw path without it would skip work a user of those
+modes needs), the same payload fields and the same payload indexes. What the raw path still does not do is the
+service's own bookkeeping: the content hash and registry read, the registry's compare-and-set commit, the
+clean-up of older versions and HTTP. Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
 
 Search: the same queries, all different, are sent as POST /v1/search (top_k 5, mode dense) and as raw
 query_embed + a dense engine query with a tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
 two paths document by document and query by query (alternating which goes first), so background load on
 shared cores hits both alike.
+
+Before each timed search the benchmark waits until neither side has work left running (`Quiescence`): the
+raw side's fastembed session keeps an ONNX Runtime worker thread spinning for ~50 ms of CPU after every query
+(measured per thread from /proc), which on 2 cores overlapped the service's next request whatever the order,
+and kept the raw side's own next run hot. `--settle-max-ms 0` restores the fixed `--gap-ms` pause alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import platform
 import random
@@ -29,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -47,6 +59,7 @@ from sections import replace_section  # noqa: E402
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
+from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_DIR = REPO / ".models" / "all-MiniLM-L6-v2"
@@ -232,6 +245,25 @@ def ingest_http(
     return chunks, time.perf_counter() - started
 
 
+def raw_shard(path: Path) -> qe.EdgeShard:
+    """The raw path's shard: the vectors and payload indexes the service's shard has (service.app.store.edge)."""
+    shard = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors={"dense": qe.EdgeVectorParams(size=384, distance=qe.Distance.Cosine)},
+            sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        ),
+    )
+    for key, params in (
+        ("tenant_id", qe.KeywordIndexParams(is_tenant=True)),
+        ("document_id", qe.PayloadSchemaType.Keyword),
+        ("version", qe.PayloadSchemaType.Integer),
+        ("metadata.topic", qe.PayloadSchemaType.Keyword),  # the service indexes the metadata keys it sees
+    ):
+        shard.update(qe.UpdateOperation.create_field_index(key, params))
+    return shard
+
+
 def ingest_raw(
     model: TextEmbedding,
     chunker: Chunker,
@@ -241,31 +273,122 @@ def ingest_raw(
     batch_size: int,
     prefix: str,
 ) -> tuple[int, float]:
+    """Chunk, embed (dense with fastembed, BM25 with the service's encoder) and upsert, document by document."""
+    encoder = default_encoder()
     chunks = 0
     started = time.perf_counter()
     for document_id, text, metadata in documents:
         texts = [chunk.text for chunk in chunker.split(text)]
         vectors = list(model.passage_embed(texts, batch_size=batch_size))
+        sparse = encoder.documents(texts)
+        digest = hashlib.sha256(text.encode()).hexdigest()
         qdrant.update(
             qe.UpdateOperation.upsert_points(
                 [
                     qe.Point(
                         str(uuid.uuid5(uuid.NAMESPACE_URL, f"{prefix}{document_id}/{i}")),
-                        {"dense": vector.tolist()},
+                        {
+                            "dense": vector.tolist(),
+                            SPARSE_VECTOR: qe.SparseVector(list(bm25.indices), list(bm25.values)),
+                        },
                         {
                             "tenant_id": "default",
                             "document_id": f"{prefix}{document_id}",
+                            "version": 1,
                             "chunk_index": i,
                             "text": chunk_text,
                             "metadata": metadata,
+                            "content_hash": digest,
+                            "model": MODEL,
                         },
                     )
-                    for i, (chunk_text, vector) in enumerate(zip(texts, vectors, strict=True))
+                    for i, (chunk_text, vector, bm25) in enumerate(zip(texts, vectors, sparse, strict=True))
                 ]
             )
         )
         chunks += len(texts)
     return chunks, time.perf_counter() - started
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of the threads of ``pid`` (exact, /proc/PID/task/*/schedstat), summed into "main" (the main
+    thread: the service's event loop), "engine pool" (qdrant-edge names its search threads edge-search-N) and
+    "other" (Python's worker threads and ONNX Runtime's carry the process name, so they cannot be told apart)."""
+    found: dict[str, float] = {}
+    for task in os.scandir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"{task.path}/schedstat", "rb") as stat:
+                seconds = int(stat.read().split()[0]) / 1e9
+            with open(f"{task.path}/comm", encoding="utf-8", errors="replace") as comm:
+                name = "main" if task.name == str(pid) else comm.read().strip()
+            key = "engine pool" if name.startswith("edge-search") else name if name == "main" else "other"
+            found[key] = found.get(key, 0.0) + seconds
+    return found
+
+
+def running_threads(pid: int, exclude: int | None = None) -> int:
+    """How many threads of ``pid`` are running or waiting for a CPU (state R in /proc/PID/task/*/stat), ``exclude``
+    (a thread id) aside. A thread that busy-waits is R even while the scheduler has it off the CPU, so this sees
+    a spinning thread on a loaded machine, where CPU time over a short window would not."""
+    running = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        if exclude is not None and task.name == str(exclude):
+            continue
+        with contextlib.suppress(OSError), open(f"{task.path}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state follows the last ')' (comm may contain anything).
+            running += stat.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    return running
+
+
+class Quiescence:
+    """Waits until neither side of the comparison has work left running, before a timed call.
+
+    Work a path leaves behind after it returns runs on the same 2 cores as the other path's next call: fastembed's
+    default ONNX session (the raw side) keeps an intra-op worker spinning for ~50 ms of CPU after each query, and
+    the service may finish bookkeeping after its response. A fixed pause does not cover that (5 ms did not; how
+    long a spin lasts in wall time depends on the machine's load), so this polls: it returns once ``polls``
+    consecutive looks, ``interval`` apart, found no thread running or runnable in the benchmark process (the
+    calling thread aside) nor in the service, or after ``max_wait``. Each wait is recorded per path, with how
+    many hit ``max_wait``.
+    """
+
+    def __init__(self, service_pid: int, *, max_wait: float, interval: float = 0.001, polls: int = 3) -> None:
+        self.service_pid = service_pid
+        self.max_wait = max_wait
+        self.interval = interval
+        self.polls = polls
+        self.waits: dict[str, list[float]] = {}
+        self.capped: dict[str, int] = {}
+
+    def busy(self) -> bool:
+        """Whether any thread of either process (the caller aside) is running or waiting for a CPU now."""
+        own = running_threads(os.getpid(), exclude=threading.get_native_id())
+        return own > 0 or running_threads(self.service_pid) > 0
+
+    def wait(self, path: str, minimum: float) -> None:
+        """Sleep ``minimum``, then until both processes are idle (at most ``max_wait`` in all); recorded under
+        ``path`` (the path about to be timed)."""
+        started = time.perf_counter()
+        time.sleep(minimum)
+        capped = False
+        if self.max_wait > 0:
+            quiet = 0
+            while quiet < self.polls:
+                quiet = 0 if self.busy() else quiet + 1
+                if quiet < self.polls:
+                    if time.perf_counter() - started >= self.max_wait:
+                        capped = True
+                        break
+                    time.sleep(self.interval)
+        self.waits.setdefault(path, []).append(time.perf_counter() - started)
+        self.capped[path] = self.capped.get(path, 0) + capped
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"before {path}: mean {statistics.mean(waits) * 1000:.1f} ms, p99 {percentile(waits, 0.99) * 1000:.1f} "
+            f"ms, {self.capped.get(path, 0)} of {len(waits)} at the {self.max_wait * 1000:.0f} ms cap"
+            for path, waits in sorted(self.waits.items())
+        )
 
 
 def histogram_mean_ms(metrics: str, name: str, labels: str = "") -> float | None:
@@ -300,6 +423,12 @@ def main() -> None:
     parser.add_argument(
         "--gap-ms", type=float, default=5, help="idle pause before each timed search (0: back to back)"
     )
+    parser.add_argument(
+        "--settle-max-ms",
+        type=float,
+        default=400,
+        help="after the pause, wait until neither process has work left running, at most this long (0: off)",
+    )
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md", help="results file")
     args = parser.parse_args()
     if not (MODEL_DIR / "model.onnx").exists():
@@ -321,13 +450,7 @@ def main() -> None:
             chunk_overlap=settings.chunk_overlap,
         )
         model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR), cache_dir=str(work / "fastembed"))
-        qdrant = qe.EdgeShard.create(
-            str(work / "raw-edge"),
-            qe.EdgeConfig(vectors={"dense": qe.EdgeVectorParams(size=384, distance=qe.Distance.Cosine)}),
-        )
-        qdrant.update(
-            qe.UpdateOperation.create_field_index("tenant_id", qe.KeywordIndexParams(is_tenant=True))
-        )
+        qdrant = raw_shard(work / "raw-edge")
         collection = "raw"
         client = httpx.Client(base_url=service.url, timeout=120)
 
@@ -373,15 +496,17 @@ def main() -> None:
         # service has embedded once would hit its query-vector cache the second time). The order (raw first or
         # HTTP first) alternates too, so each client sees both orders equally often.
         gap = args.gap_ms / 1000
+        quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
         http_latency: dict[str, list[float]] = {"http.client": [], "httpx": []}
+        server_cpu_before = thread_cpu_seconds(service.proc.pid)
         raw_latency, raw_embed = [], []
         for index, query in enumerate(queries):
             via = "http.client" if (index // 2) % 2 == 0 else "httpx"
             for path in ("http", "raw") if index % 2 else ("raw", "http"):
-                # A pause before each timed call: on 2 shared cores, work one path leaves running after it
-                # returns (the raw ONNX session's spinning threads, the server's post-response bookkeeping) would
-                # otherwise land inside the other path's timing. --gap-ms 0 measures back to back.
-                time.sleep(gap)
+                # A pause before each timed call, then until both processes are idle: on 2 shared cores, work one
+                # path leaves running after it returns (the raw ONNX session's spinning thread, the server's
+                # post-response bookkeeping) would otherwise land inside the other path's timing (Quiescence).
+                quiet.wait(path, gap)
                 started = time.perf_counter()
                 if path == "http":
                     # mode dense: the raw path is a dense engine query, so both sides do the same work.
@@ -397,6 +522,7 @@ def main() -> None:
                     raw_search(vector)
                     raw_latency.append(time.perf_counter() - started)
         fast.close()
+        server_cpu_after = thread_cpu_seconds(service.proc.pid)
         breakdown = server_breakdown(client.get("/metrics").text)
         client.close()
         qdrant.close()
@@ -429,10 +555,17 @@ def main() -> None:
         ]
         + [f"| {' | '.join(row)} |" for row in rows]
     )
+    settle = (
+        f"until neither process had work running, at most {args.settle_max_ms:g} ms: {quiet.summary()}"
+        if args.settle_max_ms > 0
+        else "no wait for idle processes"
+    )
     setup = (
         f"{args.docs} documents, {raw_chunks} chunks per ingest run (CHUNK_SIZE={settings.chunk_size}, "
-        f"CHUNK_OVERLAP={settings.chunk_overlap}), {args.queries} searches (top_k 5, every text new to the "
-        f"service, half of them sent with each HTTP client, {args.gap_ms:g} ms idle before each timed call) over "
+        f"CHUNK_OVERLAP={settings.chunk_overlap}, EMBEDDING_BATCH_SIZE={settings.embedding_batch_size}), "
+        f"{args.queries} searches (top_k 5, every text new to the "
+        f"service, half of them sent with each HTTP client, {args.gap_ms:g} ms idle before each timed call, then "
+        f"{settle}) over "
         f"~{points} points per store; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"Python {platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average "
         f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine count: "
@@ -443,6 +576,17 @@ def main() -> None:
     client_means = ", ".join(
         f"{via} {statistics.mean(lat) * 1000:.1f} ms" for via, lat in http_latency.items()
     )
+    per_search = {
+        key: (server_cpu_after.get(key, 0.0) - server_cpu_before.get(key, 0.0)) / len(queries) * 1000
+        for key in ("main", "other", "engine pool")
+    }
+    server_cpu = (
+        f"Service CPU per search (every thread of the process over the measured searches, /proc/PID/task): "
+        f"{sum(per_search.values()):.2f} ms, of which the event loop {per_search['main']:.2f} ms, the engine's "
+        f"search pool {per_search['engine pool']:.2f} ms and the other threads (threadpool worker: the query "
+        f"embedding's calling thread, the registry and the engine call; ONNX Runtime's intra-op worker) "
+        f"{per_search['other']:.2f} ms."
+    )
     breakdown_text = "\n".join(
         [
             f"Mean search latency: HTTP (client side) {client_means}; raw {statistics.mean(raw_latency) * 1000:.1f} "
@@ -450,6 +594,8 @@ def main() -> None:
             "/metrics):",
             "",
             *lines,
+            "",
+            server_cpu,
         ]
     )
     print(setup)
@@ -482,8 +628,8 @@ wraps, on the same documents in the same run:
   vector store; auth, rate limits and the search cache off so the core path is measured). Documents are PUT one at
   a time; searches are `POST /v1/search`.
 - **Raw**: the same chunks (same `Chunker`, same model, same batch size) embedded with fastembed and upserted
-  with qdrant-edge-py into a shard of its own, document by document; searches are `query_embed` + an engine
-  query with a tenant filter.
+  with qdrant-edge-py into a shard of its own, document by document, with the BM25 sparse vectors, payload and
+  payload indexes the service's shard has; searches are `query_embed` + an engine query with a tenant filter.
 
 Both measurements interleave the two paths document by document and query by query (alternating which goes
 first), so load from other processes on the shared CPUs hits both alike.

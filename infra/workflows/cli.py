@@ -568,7 +568,7 @@ def smoke(
         float, typer.Option("--wait", min=0, help="Seconds to wait for /readyz (rollout, certificate).")
     ] = 300.0,
 ) -> None:
-    """After an up: /readyz through the public URL, then one ingest + search with the stack's API key."""
+    """After an up: /readyz through the public URL, then one ingest, a search, an answer and the deletion."""
     context: Context = ctx.obj
 
     def action() -> reach.SmokeReport:

@@ -7,6 +7,7 @@ Reference vectors in tests/fixtures/minilm_reference.json were computed once wit
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.app.core.config import Settings
-from service.app.store.embedder import EmbeddingModelError, FastEmbedEmbedder
+from service.app.store.embedder import EmbeddingModelError, FastEmbedEmbedder, padded_groups
 from service.app.store.protocols import Embedder
 from service.tools import export_minilm, fetch_model
 
@@ -385,11 +386,46 @@ def test_fetch_model_refuses_an_unknown_model_before_downloading(
     assert not cache.exists()
 
 
-def test_documents_are_batched_by_token_length(embedder: FastEmbedEmbedder) -> None:
-    from service.app.store.embedder import length_order
+def test_documents_run_in_groups_of_similar_length(
+    model_dir: Path, embedder: FastEmbedEmbedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A document's short tail chunk must not be padded to its full chunks' length (one run of its own), runs
+    # never exceed EMBEDDING_BATCH_SIZE, and the vectors come back in the caller's order.
+    runs: list[list[str]] = []
+    passage_embed = embedder._model.passage_embed
 
-    texts = [" ".join(_long_words(60)), "one", " ".join(_long_words(5)), "two", " ".join(_long_words(20))]
-    assert length_order(embedder.tokenizer, texts) == [1, 3, 2, 4, 0]
+    def recording(texts: list[str], **kwargs: object) -> object:
+        runs.append(list(texts))
+        return passage_embed(texts, **kwargs)
+
+    monkeypatch.setattr(embedder._model, "passage_embed", recording)
+    full = [" ".join(_long_words(150)), " ".join(_long_words(149)), " ".join(_long_words(150))]
+    tail = "a short tail"
+    texts = [full[0], full[1], tail, full[2]]
+
+    vectors = embedder.embed_documents(texts)
+
+    assert sorted(map(sorted, runs)) == sorted([[tail], sorted(full)])
+    single = [passage_embed([text]) for text in texts]
+    assert np.abs(np.subtract(vectors, [next(iter(v)) for v in single])).max() < 1e-5
+
+    runs.clear()
+    capped = FastEmbedEmbedder(MODEL, model_path=model_dir, cache_dir=tmp_path, batch_size=2)
+    monkeypatch.setattr(capped._model, "passage_embed", recording)
+    capped.embed_documents([*full, tail])
+    assert max(map(len, runs)) == 2
+    assert sorted(text for run in runs for text in run) == sorted([*full, tail])
+
+
+def test_padded_groups_caps_the_run_size_and_covers_every_text() -> None:
+    assert padded_groups([200, 200, 60]) == [[2], [0, 1]]  # the tail runs alone: 16 + 60 < 140 padded slots
+    groups = padded_groups([100] * 10, max_batch=4)
+    assert [len(group) for group in groups] in ([2, 4, 4], [4, 2, 4], [4, 4, 2])
+    lengths = [(i * 37) % 250 + 3 for i in range(5000)]  # a document of thousands of chunks
+    groups = padded_groups(lengths, max_batch=8)
+    assert sorted(i for group in groups for i in group) == list(range(5000))
+    assert max(map(len, groups)) <= 8
+    assert all(lengths[a] <= lengths[b] for group in groups for a, b in itertools.pairwise(group))
 
 
 def test_session_runs_without_intra_op_spinning_and_honours_the_thread_setting(
@@ -417,7 +453,12 @@ def test_own_session_gives_exactly_fastembeds_vectors(model_dir: Path, embedder:
     texts = ["a short query", " ".join(_long_words(120))]
 
     assert embedder.embed_query(texts[0]) == next(iter(reference.query_embed(texts[0]))).tolist()
-    assert embedder.embed_documents(texts) == [v.tolist() for v in reference.passage_embed(texts)]
+    # one run per text here (padded_groups: the lengths differ too much to share one)
+    assert embedder.embed_documents(texts) == [
+        next(iter(reference.passage_embed([t]))).tolist() for t in texts
+    ]
+    similar = [" ".join(_long_words(100)), " ".join(_long_words(101))]  # one padded run, as fastembed's
+    assert embedder.embed_documents(similar) == [v.tolist() for v in reference.passage_embed(similar)]
 
 
 def test_an_unreadable_graph_is_a_clear_model_error(model_dir: Path, tmp_path: Path) -> None:

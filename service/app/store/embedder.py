@@ -27,6 +27,14 @@ threads (one per core) gave the lowest latency for a lone query and, in the serv
 search as one intra-op thread with one or two runs at a time (all within the run-to-run noise of a loaded
 machine); EMBEDDING_THREADS=N runs CPUs // N batches at once (``query_runs``). Spinning stays off: it cost more
 CPU per query at every batch size measured.
+
+Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
+EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
+fixed batch of 4 the tail is padded to the full chunks' length, run alone it costs its own tokens plus the fixed
+cost of a run (measured with ONNX Runtime's default threads on 2 cores, docs/benchmarks.md "Document runs": ~0.54
+ms per token slot at 50-200 tokens and a few ms per run, i.e. 7-16 slots, the ``RUN_OVERHEAD_TOKENS`` the queries
+use). On make bench's documents that is 10 % fewer token slots than fixed batches of 4 in document order (what
+fastembed does for the raw path) or sorted by length (what this adapter did before).
 """
 
 from __future__ import annotations
@@ -61,27 +69,27 @@ class EmbeddingModelError(RuntimeError):
     """The embedding model cannot be loaded; the message names the setting or command that fixes it."""
 
 
-def length_order(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
-    """Indexes of ``texts`` sorted by token count (stable, so equal lengths keep their order)."""
-    lengths = [len(encoding.ids) for encoding in tokenizer.encode_batch(list(texts))]
-    return sorted(range(len(texts)), key=lengths.__getitem__)
-
-
-def padded_groups(lengths: Sequence[int], run_overhead: int = RUN_OVERHEAD_TOKENS) -> list[list[int]]:
+def padded_groups(
+    lengths: Sequence[int], run_overhead: int = RUN_OVERHEAD_TOKENS, max_batch: int | None = None
+) -> list[list[int]]:
     """Split texts (by token count) into runs so the padded token slots plus a fixed cost per run are least.
 
     A run pads every text to its longest, so one 250-token query in a batch of fifteen 15-token ones would cost
     16 x 250 slots; run alone it costs ``run_overhead`` + 250 and the short ones 15 x 15 (+ overhead). The
-    optimal split of texts sorted by length into contiguous runs is a small dynamic programme (n <= 16).
+    optimal split of texts sorted by length into contiguous runs is a small dynamic programme; ``max_batch``
+    caps a run's size (EMBEDDING_BATCH_SIZE for documents), which also bounds the programme to
+    O(len(lengths) x max_batch) for a document of thousands of chunks.
     Returns the groups as lists of indexes into ``lengths``, shortest texts first.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     ordered = [lengths[i] for i in order]
+    widest = max_batch or len(order)
     best = [0] + [0] * len(order)  # best[j]: least cost of the first j texts
     cut = [0] * (len(order) + 1)
     for end in range(1, len(order) + 1):
         best[end], cut[end] = min(
-            (best[start] + run_overhead + (end - start) * ordered[end - 1], start) for start in range(end)
+            (best[start] + run_overhead + (end - start) * ordered[end - 1], start)
+            for start in range(max(0, end - widest), end)
         )
     groups: list[list[int]] = []
     end = len(order)
@@ -210,23 +218,29 @@ class FastEmbedEmbedder:
         return self._tokenizer
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed passages in batches of EMBEDDING_BATCH_SIZE; one normalised vector per text, in order.
+        """Embed passages; one normalised vector per text, in order.
 
-        Texts are batched by token length (shortest first): a batch is padded to its longest text, so mixing a
-        20-token tail chunk with 200-token chunks would run the model on ~10x the tokens it needs.
+        A run pads every text to the longest in it, so texts are grouped by token count into runs of at most
+        EMBEDDING_BATCH_SIZE with ``padded_groups`` (the same cost model as coalesced queries): a document's
+        short tail chunk runs on its own instead of being padded to the length of its full chunks (module
+        docstring, "Document runs").
         """
         if not texts:
             return []
 
-        def by_length() -> list[np.ndarray]:
-            order = length_order(self._tokenizer, texts)
-            vectors = list(self._model.passage_embed([texts[i] for i in order], batch_size=self._batch_size))
-            ordered = vectors.copy()
-            for position, index in enumerate(order):
-                ordered[index] = vectors[position]
-            return ordered
+        def grouped() -> list[np.ndarray]:
+            lengths = [
+                min(len(encoding.ids), self.max_tokens)
+                for encoding in self._tokenizer.encode_batch(list(texts))
+            ]
+            vectors: list[np.ndarray | None] = [None] * len(texts)
+            for group in padded_groups(lengths, max_batch=self._batch_size):
+                embedded = self._model.passage_embed([texts[i] for i in group], batch_size=len(group))
+                for index, vector in zip(group, embedded, strict=True):
+                    vectors[index] = vector
+            return vectors  # type: ignore[return-value]  # every index is in exactly one group
 
-        return self._run("document", by_length)
+        return self._run("document", grouped)
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one search query through fastembed's query path (MiniLM and BGE v1.5 need no prefix).
