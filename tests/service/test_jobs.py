@@ -173,7 +173,8 @@ async def test_shutdown_leaves_unfinished_jobs_queued_logs_each_and_the_next_sta
         record = await queue.get("t", job.job_id)
         assert record.status is JobStatus.queued
         assert record.started_at is None
-    left = [r for r in caplog.records if r.getMessage() == "ingestion job left queued for the next start"]
+    left = [r for r in caplog.records if r.getMessage().endswith("left queued for the next start")]
+    assert f"ingestion job {slow.job_id} (tenant t, document slow) left" in caplog.text
     assert sorted((r.job_id, r.tenant, r.document_id) for r in left) == sorted(
         [(slow.job_id, "t", "slow"), (waiting.job_id, "t", "later")]
     )

@@ -251,8 +251,12 @@ class InProcessJobQueue:
 
     @staticmethod
     def _log_left(row: JobRow) -> None:
+        # The ids in the message too: the plain-text log format prints no extras.
         logger.warning(
-            "ingestion job left queued for the next start",
+            "ingestion job %s (tenant %s, document %s) left queued for the next start",
+            row.job_id,
+            row.tenant_id,
+            row.document_id,
             extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
         )
 
