@@ -18,6 +18,11 @@ Search: the same queries, all different, are sent as POST /v1/search (top_k 5, m
 query_embed + a dense engine query with a tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
 two paths document by document and query by query (alternating which goes first), so background load on
 shared cores hits both alike.
+
+Before each timed search the benchmark waits until neither side has work left running (`Quiescence`): the
+raw side's fastembed session keeps an ONNX Runtime worker thread spinning for ~50 ms of CPU after every query
+(measured per thread from /proc), which on 2 cores overlapped the service's next request whatever the order,
+and kept the raw side's own next run hot. `--settle-max-ms 0` restores the fixed `--gap-ms` pause alone.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -304,6 +310,71 @@ def ingest_raw(
     return chunks, time.perf_counter() - started
 
 
+def running_threads(pid: int, exclude: int | None = None) -> int:
+    """How many threads of ``pid`` are running or waiting for a CPU (state R in /proc/PID/task/*/stat), ``exclude``
+    (a thread id) aside. A thread that busy-waits is R even while the scheduler has it off the CPU, so this sees
+    a spinning thread on a loaded machine, where CPU time over a short window would not."""
+    running = 0
+    for task in os.scandir(f"/proc/{pid}/task"):
+        if exclude is not None and task.name == str(exclude):
+            continue
+        with contextlib.suppress(OSError), open(f"{task.path}/stat", "rb") as stat:
+            # "pid (comm) S ...": the state follows the last ')' (comm may contain anything).
+            running += stat.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    return running
+
+
+class Quiescence:
+    """Waits until neither side of the comparison has work left running, before a timed call.
+
+    Work a path leaves behind after it returns runs on the same 2 cores as the other path's next call: fastembed's
+    default ONNX session (the raw side) keeps an intra-op worker spinning for ~50 ms of CPU after each query, and
+    the service may finish bookkeeping after its response. A fixed pause does not cover that (5 ms did not; how
+    long a spin lasts in wall time depends on the machine's load), so this polls: it returns once ``polls``
+    consecutive looks, ``interval`` apart, found no thread running or runnable in the benchmark process (the
+    calling thread aside) nor in the service, or after ``max_wait``. Each wait is recorded per path, with how
+    many hit ``max_wait``.
+    """
+
+    def __init__(self, service_pid: int, *, max_wait: float, interval: float = 0.001, polls: int = 3) -> None:
+        self.service_pid = service_pid
+        self.max_wait = max_wait
+        self.interval = interval
+        self.polls = polls
+        self.waits: dict[str, list[float]] = {}
+        self.capped: dict[str, int] = {}
+
+    def busy(self) -> bool:
+        """Whether any thread of either process (the caller aside) is running or waiting for a CPU now."""
+        own = running_threads(os.getpid(), exclude=threading.get_native_id())
+        return own > 0 or running_threads(self.service_pid) > 0
+
+    def wait(self, path: str, minimum: float) -> None:
+        """Sleep ``minimum``, then until both processes are idle (at most ``max_wait`` in all); recorded under
+        ``path`` (the path about to be timed)."""
+        started = time.perf_counter()
+        time.sleep(minimum)
+        capped = False
+        if self.max_wait > 0:
+            quiet = 0
+            while quiet < self.polls:
+                quiet = 0 if self.busy() else quiet + 1
+                if quiet < self.polls:
+                    if time.perf_counter() - started >= self.max_wait:
+                        capped = True
+                        break
+                    time.sleep(self.interval)
+        self.waits.setdefault(path, []).append(time.perf_counter() - started)
+        self.capped[path] = self.capped.get(path, 0) + capped
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"before {path}: mean {statistics.mean(waits) * 1000:.1f} ms, p99 {percentile(waits, 0.99) * 1000:.1f} "
+            f"ms, {self.capped.get(path, 0)} of {len(waits)} at the {self.max_wait * 1000:.0f} ms cap"
+            for path, waits in sorted(self.waits.items())
+        )
+
+
 def histogram_mean_ms(metrics: str, name: str, labels: str = "") -> float | None:
     """Mean of a Prometheus histogram in the text exposition, in milliseconds."""
     values = {}
@@ -335,6 +406,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--gap-ms", type=float, default=5, help="idle pause before each timed search (0: back to back)"
+    )
+    parser.add_argument(
+        "--settle-max-ms",
+        type=float,
+        default=400,
+        help="after the pause, wait until neither process has work left running, at most this long (0: off)",
     )
     parser.add_argument("--write", type=Path, default=REPO / "docs" / "benchmarks.md", help="results file")
     args = parser.parse_args()
@@ -403,15 +480,16 @@ def main() -> None:
         # service has embedded once would hit its query-vector cache the second time). The order (raw first or
         # HTTP first) alternates too, so each client sees both orders equally often.
         gap = args.gap_ms / 1000
+        quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
         http_latency: dict[str, list[float]] = {"http.client": [], "httpx": []}
         raw_latency, raw_embed = [], []
         for index, query in enumerate(queries):
             via = "http.client" if (index // 2) % 2 == 0 else "httpx"
             for path in ("http", "raw") if index % 2 else ("raw", "http"):
-                # A pause before each timed call: on 2 shared cores, work one path leaves running after it
-                # returns (the raw ONNX session's spinning threads, the server's post-response bookkeeping) would
-                # otherwise land inside the other path's timing. --gap-ms 0 measures back to back.
-                time.sleep(gap)
+                # A pause before each timed call, then until both processes are idle: on 2 shared cores, work one
+                # path leaves running after it returns (the raw ONNX session's spinning thread, the server's
+                # post-response bookkeeping) would otherwise land inside the other path's timing (Quiescence).
+                quiet.wait(path, gap)
                 started = time.perf_counter()
                 if path == "http":
                     # mode dense: the raw path is a dense engine query, so both sides do the same work.
@@ -459,11 +537,17 @@ def main() -> None:
         ]
         + [f"| {' | '.join(row)} |" for row in rows]
     )
+    settle = (
+        f"until neither process had work running, at most {args.settle_max_ms:g} ms: {quiet.summary()}"
+        if args.settle_max_ms > 0
+        else "no wait for idle processes"
+    )
     setup = (
         f"{args.docs} documents, {raw_chunks} chunks per ingest run (CHUNK_SIZE={settings.chunk_size}, "
         f"CHUNK_OVERLAP={settings.chunk_overlap}, EMBEDDING_BATCH_SIZE={settings.embedding_batch_size}), "
         f"{args.queries} searches (top_k 5, every text new to the "
-        f"service, half of them sent with each HTTP client, {args.gap_ms:g} ms idle before each timed call) over "
+        f"service, half of them sent with each HTTP client, {args.gap_ms:g} ms idle before each timed call, then "
+        f"{settle}) over "
         f"~{points} points per store; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"Python {platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average "
         f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine count: "

@@ -190,6 +190,54 @@ def test_the_keep_alive_client_reconnects_once_after_the_server_dropped_an_idle_
         server.server_close()
 
 
+def test_a_timed_call_waits_while_the_other_side_still_has_a_thread_spinning() -> None:
+    """bench/ingest_search.py's Quiescence: fastembed's default ONNX session (the raw side) keeps a worker thread
+    spinning after each query, and the service may still be busy after its response; a timed call must not start
+    while either runs. A spinning thread in this process, or a busy service process, keeps the wait going to its
+    cap; once both are idle the wait ends before the cap. (Behaviour, not timing: only whether the cap was hit.)"""
+    import threading
+
+    from ingest_search import Quiescence
+
+    idle_service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    busy_service = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    try:
+        quiet = Quiescence(idle_service.pid, max_wait=5)
+        quiet.wait("raw", 0)  # nothing runs: ends at the first idle window, far below 5 s
+        assert quiet.capped["raw"] == 0
+
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+        try:
+            spinning = Quiescence(idle_service.pid, max_wait=0.05)
+            spinning.wait("http", 0)
+            assert spinning.capped["http"] == 1
+        finally:
+            stop.set()
+            spinner.join()
+
+        busy = Quiescence(busy_service.pid, max_wait=0.05)
+        busy.wait("raw", 0)
+        busy.wait("raw", 0)
+        assert busy.capped["raw"] == 2
+        assert len(busy.waits["raw"]) == 2
+        assert "2 of 2 at the 50 ms cap" in busy.summary()
+
+        off = Quiescence(busy_service.pid, max_wait=0)  # --settle-max-ms 0: the fixed pause alone
+        off.wait("raw", 0)
+        assert off.capped["raw"] == 0
+    finally:
+        for proc in (idle_service, busy_service):
+            proc.kill()
+            proc.wait()
+
+
 def test_the_raw_ingest_path_stores_what_the_service_stores(tmp_path: Path) -> None:
     # make bench's ingest ratio compares like with like only if the raw shard holds what the service's shard
     # holds: the dense AND the BM25 sparse vector, the same payload fields and the same payload indexes.
