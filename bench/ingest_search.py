@@ -313,13 +313,25 @@ def ingest_raw(
     return chunks, time.perf_counter() - started
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of the threads of ``pid`` (exact, /proc/PID/task/*/schedstat), summed into "main" (the main
+    thread: the service's event loop), "engine pool" (qdrant-edge names its search threads edge-search-N) and
+    "other" (Python's worker threads and ONNX Runtime's carry the process name, so they cannot be told apart)."""
+    found: dict[str, float] = {}
+    for task in os.scandir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            with open(f"{task.path}/schedstat", "rb") as stat:
+                seconds = int(stat.read().split()[0]) / 1e9
+            with open(f"{task.path}/comm", encoding="utf-8", errors="replace") as comm:
+                name = "main" if task.name == str(pid) else comm.read().strip()
+            key = "engine pool" if name.startswith("edge-search") else name if name == "main" else "other"
+            found[key] = found.get(key, 0.0) + seconds
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of this process and of ``pid`` so far, every thread, in seconds (schedstat: nanoseconds)."""
-    total = time.process_time()
-    for task in os.scandir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"{task.path}/schedstat", "rb") as stat:  # a thread may end
-            total += int(stat.read().split()[0]) / 1e9
-    return total
+    return time.process_time() + sum(thread_cpu_seconds(pid).values())
 
 
 def running_threads(pid: int, exclude: int | None = None) -> int:
@@ -508,6 +520,7 @@ def main() -> None:
         gap = args.gap_ms / 1000
         quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
         http_latency: dict[str, list[float]] = {"http.client": [], "httpx": []}
+        server_cpu_before = thread_cpu_seconds(service.proc.pid)
         raw_latency, raw_embed = [], []
         for index, query in enumerate(queries):
             via = "http.client" if (index // 2) % 2 == 0 else "httpx"
@@ -531,6 +544,7 @@ def main() -> None:
                     raw_search(vector)
                     raw_latency.append(time.perf_counter() - started)
         fast.close()
+        server_cpu_after = thread_cpu_seconds(service.proc.pid)
         breakdown = server_breakdown(client.get("/metrics").text)
         client.close()
         qdrant.close()
@@ -592,6 +606,17 @@ def main() -> None:
     client_means = ", ".join(
         f"{via} {statistics.mean(lat) * 1000:.1f} ms" for via, lat in http_latency.items()
     )
+    per_search = {
+        key: (server_cpu_after.get(key, 0.0) - server_cpu_before.get(key, 0.0)) / len(queries) * 1000
+        for key in ("main", "other", "engine pool")
+    }
+    server_cpu = (
+        f"Service CPU per search (every thread of the process over the measured searches, /proc/PID/task): "
+        f"{sum(per_search.values()):.2f} ms, of which the event loop {per_search['main']:.2f} ms, the engine's "
+        f"search pool {per_search['engine pool']:.2f} ms and the other threads (threadpool worker: the query "
+        f"embedding's calling thread, the registry and the engine call; ONNX Runtime's intra-op worker) "
+        f"{per_search['other']:.2f} ms."
+    )
     breakdown_text = "\n".join(
         [
             f"Mean search latency: HTTP (client side) {client_means}; raw {statistics.mean(raw_latency) * 1000:.1f} "
@@ -599,6 +624,8 @@ def main() -> None:
             "/metrics):",
             "",
             *lines,
+            "",
+            server_cpu,
         ]
     )
     print(setup)

@@ -34,7 +34,13 @@ async def attach(services: Any) -> Callable[[], Awaitable[None]]:
             ttl_seconds=settings.cache_ttl_seconds,
             response_model=SearchResponse,
         )
-    services.jobs = await build_job_queue(settings, services.ingest, JobTable(services.registry))
+    # The embedded store is open, so this process holds its exclusive lock: no other process runs these jobs.
+    services.jobs = await build_job_queue(
+        settings,
+        services.ingest,
+        JobTable(services.registry),
+        exclusive=settings.embedded_vector_store is not None,
+    )
 
     async def close() -> None:
         await services.jobs.close()

@@ -4,26 +4,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from anyio import to_thread
 from fastapi.testclient import TestClient
 
 from service.app.core.config import Settings
-from service.app.core.errors import InvalidInput
+from service.app.core.errors import InvalidInput, ServiceUnavailable
 from service.app.core.metrics import JOBS
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, new_job_id
 from service.app.jobs.queue import ArqJobQueue, InProcessJobQueue
 from service.app.main import create_app
 from service.app.store.jobstore import JobTable
-from service.app.store.registry import DocumentRegistry
+from service.app.store.registry import DocumentRegistry, jobs_table
 from service.worker import build_worker
 from tests.service.prod_support import MakeClient, fresh_database, production_settings
 from tests.service.support import FAILING_MARKER, FailingEmbedder
@@ -69,9 +72,37 @@ def payload(tenant: str, document_id: str, text: str = "hello") -> IngestPayload
     return IngestPayload(job_id=new_job_id(), tenant_id=tenant, document_id=document_id, text=text)
 
 
-async def test_in_process_jobs_run_and_report_results() -> None:
+@pytest.fixture
+def job_table(tmp_path: Path) -> Iterator[JobTable]:
+    """The registry's real job table on SQLite (what the embedded set-up uses)."""
+    registry = DocumentRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.migrate()
+    try:
+        yield JobTable(registry)
+    finally:
+        registry.close()
+
+
+def in_process(ingest: Any, table: JobTable, *, concurrency: int = 2, **settings: Any) -> InProcessJobQueue:
+    return InProcessJobQueue(
+        ingest,
+        table,
+        Settings(_env_file=None, jobs_max_concurrency=concurrency, **settings),
+        exclusive=True,
+    )
+
+
+async def turns(n: int = 50) -> None:
+    """Event-loop turns, plus the worker-thread hops of the table calls: enough for every allowed task to start."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+        await to_thread.run_sync(lambda: None)
+
+
+async def test_in_process_jobs_run_and_report_results(job_table: JobTable) -> None:
     ingest = FakeIngest()
-    queue = InProcessJobQueue(ingest, max_concurrency=2, ttl_seconds=3600)
+    queue = in_process(ingest, job_table)
+    await queue.start()
     ok, bad, boom = payload("t1", "doc"), payload("t1", "bad"), payload("t1", "boom")
     for job in (ok, bad, boom):
         assert (await queue.submit(job)).status is JobStatus.queued
@@ -90,28 +121,30 @@ async def test_in_process_jobs_run_and_report_results() -> None:
     assert unexpected.status is JobStatus.failed
     assert "secret" not in unexpected.error
     assert await queue.depth() == 0
+    # Finished rows keep their result for the TTL but not the document's text.
+    assert job_table.get(ok.job_id).payload == ""
     await queue.close()
 
 
-async def test_in_process_jobs_are_tenant_scoped() -> None:
-    queue = InProcessJobQueue(FakeIngest(), max_concurrency=1, ttl_seconds=3600)
+async def test_in_process_jobs_are_tenant_scoped(job_table: JobTable) -> None:
+    queue = in_process(FakeIngest(), job_table, concurrency=1)
     job = payload("tenant-a", "doc")
     await queue.submit(job)
     await queue.wait_idle()
     assert await queue.get("tenant-b", job.job_id) is None
     assert await queue.get("tenant-a", job.job_id) is not None
     assert await queue.get("tenant-a", "no-such-job") is None
+    await queue.close()
 
 
-async def test_in_process_concurrency_is_bounded() -> None:
+async def test_in_process_concurrency_is_bounded(job_table: JobTable) -> None:
     gate = asyncio.Event()
     ingest = FakeIngest(gate=gate)
-    queue = InProcessJobQueue(ingest, max_concurrency=2, ttl_seconds=3600)
+    queue = in_process(ingest, job_table)
     jobs = [payload("t", f"d{i}") for i in range(5)]
     for job in jobs:
         await queue.submit(job)
-    for _ in range(50):  # event-loop turns: plenty for every task to start that is allowed to
-        await asyncio.sleep(0)
+    await turns()
     assert ingest.running == 2
     assert await queue.depth() == 3
     statuses = [(await queue.get("t", job.job_id)).status for job in jobs]
@@ -121,20 +154,105 @@ async def test_in_process_concurrency_is_bounded() -> None:
     await queue.wait_idle()
     assert ingest.max_running == 2
     assert len(ingest.calls) == 5
+    await queue.close()
 
 
-async def test_a_job_cut_short_by_shutdown_goes_back_to_queued() -> None:
+async def test_shutdown_leaves_unfinished_jobs_queued_logs_each_and_the_next_start_runs_them(
+    job_table: JobTable, caplog: pytest.LogCaptureFixture
+) -> None:
     ingest = FakeIngest(gate=asyncio.Event())  # never released: the job is mid-ingest at shutdown
-    queue = InProcessJobQueue(ingest, max_concurrency=1, ttl_seconds=3600)
-    job = payload("t", "slow")
+    queue = in_process(ingest, job_table, concurrency=1)
+    slow, waiting = payload("t", "slow"), payload("t", "later")
+    await queue.submit(slow)
+    await queue.submit(waiting)
+    await turns()
+    assert (await queue.get("t", slow.job_id)).status is JobStatus.running
+    with caplog.at_level(logging.WARNING, logger="service.app.jobs.queue"):
+        await queue.close(grace_seconds=0)
+    for job in (slow, waiting):
+        record = await queue.get("t", job.job_id)
+        assert record.status is JobStatus.queued
+        assert record.started_at is None
+    left = [r for r in caplog.records if r.getMessage() == "ingestion job left queued for the next start"]
+    assert sorted((r.job_id, r.tenant, r.document_id) for r in left) == sorted(
+        [(slow.job_id, "t", "slow"), (waiting.job_id, "t", "later")]
+    )
+    assert job_table.get(slow.job_id).attempts == 0  # a shutdown is not the job's fault
+
+    # The next process (same table) resumes both and they succeed.
+    again = FakeIngest()
+    resumed = in_process(again, job_table)
+    assert await resumed.start() == 2
+    await resumed.wait_idle()
+    assert sorted(call[1] for call in again.calls) == ["later", "slow"]
+    for job in (slow, waiting):
+        assert (await resumed.get("t", job.job_id)).status is JobStatus.succeeded
+    await resumed.close()
+
+
+async def test_a_job_running_when_the_process_died_resumes_at_once_and_a_crash_loop_ends_failed(
+    job_table: JobTable,
+) -> None:
+    # What kill -9 leaves: rows claimed (running, a lease of an hour) by a process that is gone.
+    died = payload("t", "died")
+    crashes = payload("t", "crashes")
+    for job in (died, crashes):
+        job_table.insert(job.job_id, job.tenant_id, job.document_id, job.model_dump_json())
+        assert job_table.claim(job.job_id, lease_seconds=3600) is not None
+    with job_table.engine.begin() as connection:  # its third claim: it died running this one 3 times
+        connection.execute(
+            jobs_table.update().where(jobs_table.c.job_id == crashes.job_id).values(attempts=3)
+        )
+    ingest = FakeIngest()
+    queue = in_process(ingest, job_table, jobs_max_attempts=3)
+    # Exclusive (the store lock is ours): no waiting for the lease to expire.
+    assert await queue.start() == 1
+    await queue.wait_idle()
+    assert ingest.calls == [("t", "died", "hello")]
+    assert (await queue.get("t", died.job_id)).status is JobStatus.succeeded
+    failed = await queue.get("t", crashes.job_id)
+    assert failed.status is JobStatus.failed
+    assert (
+        failed.error
+        == "internal: the service stopped 3 times while running this job; it is not resumed again"
+    )
+    await queue.close()
+
+
+async def test_a_stored_job_that_cannot_be_read_fails_with_its_reason_and_is_not_retried(
+    job_table: JobTable,
+) -> None:
+    job_table.insert("f" * 32, "t", "doc", '{"job_id": "not a payload"}')
+    ingest = FakeIngest()
+    queue = in_process(ingest, job_table)
+    await queue.start()
+    await queue.wait_idle()
+    row = job_table.get("f" * 32)
+    assert row.status == "failed"
+    assert row.error == "invalid_input: the stored job cannot be read (ValidationError)"
+    assert row.attempts == 1
+    assert ingest.calls == []
+    await queue.close()
+
+
+async def test_a_job_failing_on_an_outage_is_retried_in_process_then_fails_with_the_reason(
+    job_table: JobTable,
+) -> None:
+    class Outage(FakeIngest):
+        async def ingest(self, tenant_id: str, document_id: str, **kwargs: Any) -> dict[str, Any]:
+            self.calls.append((tenant_id, document_id, kwargs["text"]))
+            raise ServiceUnavailable("embedding failed; nothing was changed, retry later")
+
+    ingest = Outage()
+    queue = in_process(ingest, job_table, jobs_max_attempts=3, jobs_retry_base_seconds=0.001)
+    job = payload("t", "doc")
     await queue.submit(job)
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert (await queue.get("t", job.job_id)).status is JobStatus.running
-    await queue.close(grace_seconds=0)
+    await queue.wait_idle()
+    assert len(ingest.calls) == 3
     record = await queue.get("t", job.job_id)
-    assert record.status is JobStatus.queued
-    assert record.started_at is None
+    assert record.status is JobStatus.failed
+    assert record.error == "service_unavailable: embedding failed; nothing was changed, retry later"
+    await queue.close()
 
 
 def test_job_record_round_trips_with_its_tenant_but_hides_it_from_the_api() -> None:
@@ -270,7 +388,8 @@ def test_async_upload_returns_202(make_client: MakeClient, headers_a: dict[str, 
 def test_a_failing_job_reports_failed_with_the_error(
     make_client: MakeClient, headers_a: dict[str, str]
 ) -> None:
-    with make_client() as client:
+    # One try: an outage is retried with back-off first (test_a_job_failing_on_an_outage_is_retried_in_process...).
+    with make_client(jobs_max_attempts=1) as client:
         accepted = client.put(
             "/v1/documents/outage?async=true", json={"text": f"notes {FAILING_MARKER}"}, headers=headers_a
         )

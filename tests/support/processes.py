@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,12 +32,25 @@ def service_env(**settings: str) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> Iterator[str]:
-    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); yield its base URL
-    once ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process)."""
+@dataclass
+class ApiProcess:
+    """A started `python -m service`: its process (to signal it), base URL and combined output log."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines()
+
+
+def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> ApiProcess:
+    """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); return once
+    ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process). The
+    caller stops it (or kills it: `_stop` after a signal is harmless). ``log_json`` may be overridden (false by
+    default: readable in a failure message)."""
     port = free_port()
-    env = service_env(host="127.0.0.1", port=str(port), log_json="false", **settings)
+    env = service_env(**{"log_json": "false", **settings, "host": "127.0.0.1", "port": str(port)})
     # Beside the test's own files (a pytest tmp_path, cleaned with them), not a directory of /tmp of its own
     # that nothing removed: 215 of those piled up on one machine.
     log = Path(workdir) / f"api-{port}.log"
@@ -54,6 +68,17 @@ def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str)
 
     try:
         _wait_until(ready, "the API process", proc, log)
-        yield url
-    finally:
+    except BaseException:
         _stop(proc)
+        raise
+    return ApiProcess(proc, url, log)
+
+
+@contextmanager
+def api_process(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -> Iterator[str]:
+    """`start_api` as a context manager: yields the base URL, stops the process on exit."""
+    started = start_api(workdir, ready_path=ready_path, **settings)
+    try:
+        yield started.url
+    finally:
+        _stop(started.proc)

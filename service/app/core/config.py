@@ -212,6 +212,11 @@ class Settings(BaseSettings):
     jobs_max_attempts: int = Field(6, ge=1, le=100, description="tries of a job failing on a backend outage")
     jobs_retry_base_seconds: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt")
     jobs_retry_max_seconds: float = Field(300.0, gt=0, description="longest retry delay")
+    jobs_shutdown_grace_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="in-process jobs: how long a shutdown waits for running jobs (the rest resume at next start)",
+    )
     jobs_sweep_seconds: float = Field(
         5.0, gt=0, description="how often a worker re-sends wake-ups for queued jobs Redis lost"
     )

@@ -9,26 +9,34 @@ retried with exponential back-off up to JOBS_MAX_ATTEMPTS; invalid input fails i
 a worker shutdown goes back to queued. Duplicate wake-ups are harmless: a worker claims a job with a
 compare-and-set before running it.
 
-In-process jobs (no Redis: the embedded single-process set-up) run on the API's event loop through `run_ingest`
-with their records in memory; they live and die with the API process.
+In-process jobs (no Redis: the embedded single-process set-up) are the same rows in the same table (SQLite by
+default), inserted before the 202 and claimed with the same compare-and-set; they run on the API's event loop,
+at most JOBS_MAX_CONCURRENCY at once. So a 202 means what it means with workers: at start-up the API resumes
+every job that was queued or running when the previous process stopped (SIGTERM, kill -9, a crash); the store's
+exclusive lock proves that process is gone, so its running jobs are taken back at once rather than after their
+lease. On shutdown running jobs get JOBS_SHUTDOWN_GRACE_SECONDS to finish, no new one starts, and each job left
+for the next start is logged (one WARNING line with job_id, tenant and document_id). Re-running a job the
+previous process was part-way through is safe: ingestion writes invisible points under a new version and commits
+with a compare-and-set, so a half-done run leaves only orphans (collected) and a finished one makes the re-run
+``unchanged``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from anyio import to_thread
 
 from service.app.core.config import Settings
-from service.app.core.errors import RagError
+from service.app.core.errors import RagError, ServiceUnavailable
 from service.app.core.logging import request_id_var
 from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOB_QUEUE_OLDEST_AGE, JOB_SECONDS, JOBS
-from service.app.jobs.models import IngestPayload, JobRecord, JobStatus, utcnow
+from service.app.jobs.models import IngestPayload, JobRecord, JobStatus
 from service.app.store.jobstore import FAILED, SUCCEEDED, JobRow, JobTable
 
 if TYPE_CHECKING:
@@ -49,31 +57,6 @@ class Ingestor(Protocol):
     ) -> Any: ...
 
 
-class JobStore(Protocol):
-    async def put(self, record: JobRecord) -> None: ...
-
-    async def get(self, job_id: str) -> JobRecord | None: ...
-
-
-class MemoryJobStore:
-    """Job records in a dict; finished ones are dropped once older than the TTL."""
-
-    def __init__(self, ttl_seconds: int) -> None:
-        self._ttl_seconds = ttl_seconds
-        self._records: dict[str, JobRecord] = {}
-
-    async def put(self, record: JobRecord) -> None:
-        self._records[record.job_id] = record.model_copy()
-        now = utcnow()
-        for job_id, old in list(self._records.items()):
-            if old.finished_at is not None and (now - old.finished_at).total_seconds() > self._ttl_seconds:
-                del self._records[job_id]
-
-    async def get(self, job_id: str) -> JobRecord | None:
-        record = self._records.get(job_id)
-        return None if record is None else record.model_copy()
-
-
 def _result_dict(result: Any) -> dict[str, Any]:
     if isinstance(result, dict):
         return dict(result)
@@ -82,67 +65,6 @@ def _result_dict(result: Any) -> dict[str, Any]:
     if hasattr(result, "model_dump"):
         return result.model_dump(mode="json")
     return {"value": result}
-
-
-async def run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) -> JobRecord:
-    """Run one ingestion job, recording running and then succeeded (with the result) or failed (with the error).
-
-    Log lines written meanwhile carry the id of the request that submitted the job, in a worker process too.
-    """
-    token = request_id_var.set(payload.request_id or request_id_var.get())
-    try:
-        return await _run_ingest(ingest, store, payload)
-    finally:
-        request_id_var.reset(token)
-
-
-async def _run_ingest(ingest: Ingestor, store: JobStore, payload: IngestPayload) -> JobRecord:
-    started = time.perf_counter()
-    record = await store.get(payload.job_id) or JobRecord.queued(payload)
-    record.status = JobStatus.running
-    record.started_at = utcnow()
-    await store.put(record)
-    try:
-        result = await ingest.ingest(
-            payload.tenant_id,
-            payload.document_id,
-            text=payload.text,
-            metadata=payload.metadata,
-            content_type=payload.content_type,
-        )
-    except asyncio.CancelledError:
-        # Worker shutdown: back to queued; arq re-queues a cancelled job for the next worker (max_tries).
-        record.status = JobStatus.queued
-        record.started_at = None
-        await store.put(record)
-        raise
-    except Exception as exc:
-        record.status = JobStatus.failed
-        if isinstance(exc, RagError):
-            record.error = f"{exc.code}: {exc.message}"
-        else:
-            # Unexpected: keep internals out of the API response, the log has the traceback.
-            record.error = "internal: ingestion failed unexpectedly"
-        if not isinstance(exc, RagError) or exc.status_code >= 500:
-            FAILURES.labels(component="jobs").inc()
-        logger.warning(
-            "ingestion job failed",
-            exc_info=not isinstance(exc, RagError),
-            extra={"job_id": payload.job_id, "tenant": payload.tenant_id, "error": record.error},
-        )
-    else:
-        record.status = JobStatus.succeeded
-        record.result = _result_dict(result)
-    record.finished_at = utcnow()
-    JOBS.labels(status=record.status.value).inc()
-    JOB_SECONDS.labels(status=record.status.value).observe(time.perf_counter() - started)
-    await store.put(record)
-    logger.info(
-        "ingestion job %s",
-        record.status.value,
-        extra={"job_id": payload.job_id, "tenant": payload.tenant_id, "document_id": payload.document_id},
-    )
-    return record
 
 
 class JobQueue(Protocol):
@@ -162,62 +84,171 @@ class JobQueue(Protocol):
 
 
 class InProcessJobQueue:
-    """asyncio tasks on the API's event loop, at most JOBS_MAX_CONCURRENCY ingesting at once."""
+    """Durable jobs (rows in the registry database) run as asyncio tasks on the API's event loop, at most
+    JOBS_MAX_CONCURRENCY at once; see the module docstring for restarts and shutdown.
 
-    def __init__(self, ingest: Ingestor, *, max_concurrency: int, ttl_seconds: int) -> None:
+    ``exclusive``: this process holds the embedded store's lock, so no other process runs jobs of this table and
+    running rows found at start-up belong to a process that is gone. Without it (a Qdrant server, no Redis,
+    possibly several API replicas on one database) such rows are reclaimed when their lease expires.
+    """
+
+    def __init__(self, ingest: Ingestor, table: JobTable, settings: Settings, *, exclusive: bool) -> None:
         self._ingest = ingest
-        self._store = MemoryJobStore(ttl_seconds)
-        self._semaphore = asyncio.Semaphore(max_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: dict[str, float] = {}  # job id -> time.monotonic() at submit, for the oldest age
+        self._table = table
+        self._settings = settings
+        self._exclusive = exclusive
+        self._semaphore = asyncio.Semaphore(settings.jobs_max_concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # job id -> its task (waiting, or running)
+        self._running: set[str] = set()
+        self._retries: dict[str, float] = {}  # job id -> back-off before its next try (a backend outage)
+        self._closing = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Resume the jobs the previous process left (queued, or running when it stopped) and start the sweeper
+        (retries that came due, leases that expired, finished jobs past their TTL); returns how many resumed."""
+        if self._exclusive:
+            ids, failed = await to_thread.run_sync(
+                self._table.resume_after_restart, self._settings.jobs_max_attempts
+            )
+            for row in failed:
+                JOBS.labels(status="failed").inc()
+                logger.error(
+                    "ingestion job failed: %s",
+                    row.error,
+                    extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
+                )
+        else:
+            ids = await to_thread.run_sync(lambda: self._table.due_for_wakeup(stale_seconds=0))
+        for job_id in ids:
+            self._schedule(job_id)
+        if ids:
+            logger.info("resuming %d ingestion jobs left by the previous process", len(ids))
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="job-sweeper")
+        return len(ids)
 
     async def submit(self, payload: IngestPayload) -> JobRecord:
-        record = JobRecord.queued(payload)
-        await self._store.put(record)
-        self._waiting[payload.job_id] = time.monotonic()
-        JOB_QUEUE_DEPTH.set(len(self._waiting))
-        task = asyncio.create_task(self._run(payload), name=f"ingest-job-{payload.job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return record
+        # The row is the promise: no row (database down) -> 503, never a 202.
+        row = await to_thread.run_sync(
+            lambda: self._table.insert(
+                payload.job_id, payload.tenant_id, payload.document_id, payload.model_dump_json()
+            )
+        )
+        self._schedule(payload.job_id)
+        JOB_QUEUE_DEPTH.inc()
+        return job_record(row)
 
-    async def _run(self, payload: IngestPayload) -> None:
+    def _schedule(self, job_id: str, delay_seconds: float = 0.0) -> None:
+        """Run ``job_id`` here (after ``delay_seconds``) unless it already has a task; a duplicate is harmless
+        anyway (the claim is a compare-and-set), this only avoids the extra query."""
+        if self._closing or job_id in self._tasks:
+            return
+        task = asyncio.create_task(self._run(job_id, delay_seconds), name=f"ingest-job-{job_id}")
+        self._tasks[job_id] = task
+        task.add_done_callback(lambda _: self._done(job_id))
+
+    def _done(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        delay = self._retries.pop(job_id, None)
+        if delay is not None:
+            self._schedule(job_id, delay)
+
+    async def _run(self, job_id: str, delay_seconds: float) -> None:
+        if delay_seconds > 0:
+            await asyncio.sleep(delay_seconds)
         async with self._semaphore:
-            self._waiting.pop(payload.job_id, None)
-            JOB_QUEUE_DEPTH.set(len(self._waiting))
-            await run_ingest(self._ingest, self._store, payload)
+            if self._closing:
+                return  # left queued for the next start
+            self._running.add(job_id)
+            try:
+                await run_durable_job(
+                    self._ingest,
+                    self._table,
+                    None,
+                    self._settings,
+                    job_id,
+                    retry_later=self._retry_later,
+                )
+            except ServiceUnavailable as exc:
+                # The database is down (claim or finish failed): the row says queued or running; the sweeper
+                # (running: when its lease expires) or the next start picks it up.
+                logger.warning("ingestion job not run: %s", exc.message, extra={"job_id": job_id})
+            finally:
+                self._running.discard(job_id)
+
+    def _retry_later(self, job_id: str, delay_seconds: float) -> None:
+        # Called from the job's own task, which is about to end: its done callback schedules the retry.
+        self._retries[job_id] = delay_seconds
+
+    async def _sweep_forever(self) -> None:
+        settings = self._settings
+        stale = max(1.0, settings.jobs_sweep_seconds * 6)
+        while True:
+            await asyncio.sleep(settings.jobs_sweep_seconds)
+            try:
+                # Jobs due without a task here: retries of a previous process, and (not exclusive) jobs
+                # whose worker died and whose lease expired.
+                ids = await to_thread.run_sync(lambda: self._table.due_for_wakeup(stale_seconds=stale))
+                for job_id in ids:
+                    self._schedule(job_id)
+                await to_thread.run_sync(self._table.purge_finished, settings.jobs_result_ttl_seconds)
+            except ServiceUnavailable as exc:
+                logger.warning("job sweep failed: %s", exc.message)
 
     async def get(self, tenant_id: str, job_id: str) -> JobRecord | None:
-        record = await self._store.get(job_id)
-        return record if record is not None and record.tenant_id == tenant_id else None
+        row = await to_thread.run_sync(self._table.get, job_id)
+        return job_record(row) if row is not None and row.tenant_id == tenant_id else None
 
     async def depth(self) -> int:
-        return len(self._waiting)
+        depth, _ = await self.stats()
+        return depth
 
     async def stats(self) -> tuple[int, float]:
-        """(jobs waiting for a slot, the oldest one's age in seconds), also set as the queue gauges."""
-        oldest = time.monotonic() - min(self._waiting.values()) if self._waiting else 0.0
-        JOB_QUEUE_DEPTH.set(len(self._waiting))
-        JOB_QUEUE_OLDEST_AGE.set(oldest)
-        return len(self._waiting), oldest
+        """(queued jobs, oldest queued job's age in seconds), also set as the queue gauges."""
+        return await queue_stats(self._table)
 
     async def ping(self) -> bool:
         return True
 
     async def wait_idle(self) -> None:
-        """Wait until every submitted job has finished (graceful shutdown, tests)."""
+        """Wait until every job scheduled here has finished (tests)."""
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
-    async def close(self, grace_seconds: float = 30.0) -> None:
-        """Let running jobs finish for up to `grace_seconds`, then cancel the rest (they are lost with the
-        process; the registry's compare-and-set keeps a half-done ingestion invisible)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace_seconds)
-        for task in list(self._tasks):
+    async def close(self, grace_seconds: float | None = None) -> None:
+        """Start no new job; give running ones up to ``grace_seconds`` (JOBS_SHUTDOWN_GRACE_SECONDS) to finish,
+        then cancel them (back to queued). Every job left is durable and resumed at the next start; each is
+        logged here as a WARNING."""
+        if grace_seconds is None:
+            grace_seconds = self._settings.jobs_shutdown_grace_seconds
+        self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        waiting = {job_id: task for job_id, task in self._tasks.items() if job_id not in self._running}
+        for task in waiting.values():
             task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        running = {job_id: task for job_id, task in self._tasks.items() if job_id in self._running}
+        if running:
+            logger.info(
+                "shutdown: waiting up to %.0f s for %d running ingestion jobs", grace_seconds, len(running)
+            )
+            await asyncio.wait(list(running.values()), timeout=grace_seconds)
+        for task in running.values():
+            # A cancelled job goes back to queued once the step it is in returns (an ingestion's embed and
+            # write run in a worker thread, which a cancellation cannot interrupt).
+            task.cancel()
+        tasks = [*waiting.values(), *running.values()]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        left = [*running, *waiting]
+        rows = await to_thread.run_sync(lambda: [self._table.get(job_id) for job_id in left]) if left else []
+        for row in rows:
+            if row is not None and row.status not in (SUCCEEDED, FAILED):
+                logger.warning(
+                    "ingestion job left queued for the next start",
+                    extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
+                )
 
 
 def job_record(row: JobRow) -> JobRecord:
@@ -264,14 +295,31 @@ async def wake(pool: ArqRedis, settings: Settings, job_id: str, *, defer_seconds
 
 
 async def run_durable_job(
-    ingest: Ingestor, table: JobTable, pool: ArqRedis | None, settings: Settings, job_id: str
+    ingest: Ingestor,
+    table: JobTable,
+    pool: ArqRedis | None,
+    settings: Settings,
+    job_id: str,
+    *,
+    retry_later: Callable[[str, float], None] | None = None,
 ) -> str:
     """Claim and run one stored job; a backend outage puts it back to queued with back-off (up to
-    JOBS_MAX_ATTEMPTS tries), any other error fails it. Returns what happened (for arq's result)."""
+    JOBS_MAX_ATTEMPTS tries; the retry is woken through ``pool``, or ``retry_later(job_id, delay)`` in-process),
+    any other error fails it. Returns what happened (for arq's result)."""
     row = await to_thread.run_sync(table.claim, job_id, settings.gc_grace_seconds)
     if row is None:
         return "not claimable"  # done, running elsewhere, not due yet, or unknown
-    payload = IngestPayload.model_validate_json(row.payload)
+    try:
+        payload = IngestPayload.model_validate_json(row.payload)
+    except ValueError as exc:
+        # Not retryable: a row no release of this service wrote (or a damaged one) would only fail again.
+        error = f"invalid_input: the stored job cannot be read ({type(exc).__name__})"
+        logger.warning(
+            "ingestion job failed", extra={"job_id": job_id, "tenant": row.tenant_id, "error": error}
+        )
+        await to_thread.run_sync(lambda: table.finish(job_id, FAILED, error=error, result=None))
+        JOBS.labels(status="failed").inc()
+        return "failed"
     token = request_id_var.set(payload.request_id or request_id_var.get())
     started = time.perf_counter()
     try:
@@ -302,6 +350,8 @@ async def run_durable_job(
                 JOB_SECONDS.labels(status="retry").observe(time.perf_counter() - started)
                 if pool is not None:
                     await wake(pool, settings, job_id, defer_seconds=delay)
+                elif retry_later is not None:
+                    retry_later(job_id, delay)
                 return "retry"
             if not isinstance(exc, RagError) or exc.status_code >= 500:
                 FAILURES.labels(component="jobs").inc()
@@ -412,11 +462,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.redis_url)
 
 
-async def build_job_queue(settings: Settings, ingest: Ingestor, table: JobTable | None = None) -> JobQueue:
-    """Durable jobs woken through arq on Redis when REDIS_URL is set, else the in-process queue."""
+async def build_job_queue(
+    settings: Settings, ingest: Ingestor, table: JobTable | None = None, *, exclusive: bool = False
+) -> JobQueue:
+    """Durable jobs woken through arq on Redis when REDIS_URL is set, else run in this process (resuming the
+    jobs the previous process left; ``exclusive``: this process holds the embedded store's lock)."""
     if settings.redis_url:
         assert table is not None, "durable jobs need the registry database's job table"
         return await ArqJobQueue.connect(settings, table)
-    return InProcessJobQueue(
-        ingest, max_concurrency=settings.jobs_max_concurrency, ttl_seconds=settings.jobs_result_ttl_seconds
-    )
+    assert table is not None, "jobs need the registry database's job table"
+    queue = InProcessJobQueue(ingest, table, settings, exclusive=exclusive)
+    await queue.start()
+    return queue

@@ -73,6 +73,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUnavailable
+from service.app.core.faults import fault_point
 from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService
@@ -472,6 +473,7 @@ class Reindexer:
         The store scan is paced (an embedded store calls the pacer between its pages). The registry pages are
         not: reading them is I/O or Python bytecode, which hands the GIL over every switch interval."""
         replayed = 0
+        fault_point("reindex_catch_up")
         try:
             for _ in range(CATCH_UP_PASSES):
                 pacer = self._pacer()

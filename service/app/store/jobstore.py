@@ -5,10 +5,16 @@ so an acknowledged job survives any Redis or process crash. Workers *claim* a jo
 (queued -> running, with a lease), so a job delivered twice (a sweeper re-enqueue, a Redis replay) runs once at a
 time; a job whose worker died is reclaimed when its lease expires. Retries are rows put back to ``queued`` with
 a later ``next_attempt_at``. Backend failures surface as ServiceUnavailable, like the registry's.
+
+The embedded set-up (no Redis) keeps its jobs in this same table (SQLite by default) and runs them in the API
+process (service.app.jobs.queue.InProcessJobQueue); at start-up, holding the embedded store's exclusive lock,
+it knows that no other process can be running a job, so ``resume_after_restart`` puts every running row back
+to queued at once instead of waiting for its lease to expire.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -119,7 +125,16 @@ class JobTable:
             connection.execute(
                 jobs_table.update()
                 .where(jobs_table.c.job_id == job_id)
-                .values(status=status, error=error, result=result, finished_at=_now(), lease_until=None)
+                # The payload (the document's whole text) is not needed once the job is done; the row stays
+                # for the result TTL, which would otherwise keep every document's text twice that long.
+                .values(
+                    status=status,
+                    error=error,
+                    result=result,
+                    finished_at=_now(),
+                    lease_until=None,
+                    payload="",
+                )
             )
 
     @_guarded
@@ -155,6 +170,45 @@ class JobTable:
                     next_attempt_at=_now(),
                 )
             )
+
+    @_guarded
+    def resume_after_restart(self, max_attempts: int) -> tuple[list[str], list[JobRow]]:
+        """Only for a process that holds the store exclusively (its lock proves the previous process is gone):
+        every ``running`` row is a job the dead process was running, so it goes back to queued now rather
+        than when its lease expires. A job that was running when the process died ``max_attempts`` times (a
+        document that crashes the process, say by exhausting its memory) is failed instead of resumed forever.
+        Returns (the queued job ids, oldest first; the rows failed here)."""
+        now = _now()
+        error = f"internal: the service stopped {max_attempts} times while running this job; it is not resumed again"
+        with self.engine.begin() as connection:
+            exhausted = [
+                _row(row)
+                for row in connection.execute(
+                    sa.select(jobs_table).where(
+                        jobs_table.c.status == RUNNING, jobs_table.c.attempts >= max_attempts
+                    )
+                )
+            ]
+            if exhausted:
+                connection.execute(
+                    jobs_table.update()
+                    .where(jobs_table.c.job_id.in_([row.job_id for row in exhausted]))
+                    .values(status=FAILED, error=error, finished_at=now, lease_until=None)
+                )
+            connection.execute(
+                jobs_table.update()
+                .where(jobs_table.c.status == RUNNING)
+                .values(status=QUEUED, started_at=None, lease_until=None, next_attempt_at=now, woken_at=now)
+            )
+            ids = list(
+                connection.execute(
+                    sa.select(jobs_table.c.job_id)
+                    .where(jobs_table.c.status == QUEUED)
+                    .order_by(jobs_table.c.created_at)
+                ).scalars()
+            )
+        failed = [dataclasses.replace(row, status=FAILED, error=error, finished_at=now) for row in exhausted]
+        return ids, failed
 
     @_guarded
     def due_for_wakeup(self, *, stale_seconds: float, limit: int = 500) -> list[str]:
