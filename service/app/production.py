@@ -34,12 +34,15 @@ async def attach(services: Any) -> Callable[[], Awaitable[None]]:
             ttl_seconds=settings.cache_ttl_seconds,
             response_model=SearchResponse,
         )
-    # The embedded store is open, so this process holds its exclusive lock: no other process runs these jobs.
+    # The embedded store is open, so this process holds its exclusive lock, and the registry beside it is a
+    # SQLite file: no other process runs these jobs. (An embedded store with a Postgres registry may share that
+    # database with other processes: their running jobs are reclaimed by lease, as with workers.)
     services.jobs = await build_job_queue(
         settings,
         services.ingest,
         JobTable(services.registry),
-        exclusive=settings.embedded_vector_store is not None,
+        exclusive=settings.embedded_vector_store is not None
+        and settings.resolved_database_url.startswith("sqlite"),
     )
 
     async def close() -> None:
