@@ -11,7 +11,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
-SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
+# Keys given on the command line, in the environment or in .env (which the service reads) turn authentication on.
+SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE)$(shell grep -sE '^[[:space:]]*(export[[:space:]]+)?API_KEYS(_FILE)?[[:space:]]*=[[:space:]]*[^[:space:]#]' .env),false,true)
 
 comma := ,
 
