@@ -12,7 +12,10 @@ holding what the service's shard holds: the dense vector AND the chunk's BM25 sp
 computes one per chunk for keyword and hybrid search; a raw path without it would skip work a user of those
 modes needs), the same payload fields and the same payload indexes. What the raw path still does not do is the
 service's own bookkeeping: the content hash and registry read, the registry's compare-and-set commit, the
-clean-up of older versions and HTTP. Both report chunks/s; the ratio is HTTP / raw (target >= 0.9).
+clean-up of older versions and HTTP. Both report chunks/s; the ratio is HTTP / raw (target >= 0.9). Before
+each timed ingest call both processes must be idle (the same `Quiescence` as the searches below: a document run
+leaves fastembed's ONNX threads spinning too), and the CPU both processes spend from a call's start until they
+are idle again is reported per chunk for each path.
 
 Search: the same queries, all different, are sent as POST /v1/search (top_k 5, mode dense) and as raw
 query_embed + a dense engine query with a tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
@@ -326,6 +329,11 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of this process and of ``pid`` so far, every thread, in seconds (schedstat: nanoseconds)."""
+    return time.process_time() + sum(thread_cpu_seconds(pid).values())
+
+
 def running_threads(pid: int, exclude: int | None = None) -> int:
     """How many threads of ``pid`` are running or waiting for a CPU (state R in /proc/PID/task/*/stat), ``exclude``
     (a thread id) aside. A thread that busy-waits is R even while the scheduler has it off the CPU, so this sees
@@ -458,20 +466,34 @@ def main() -> None:
         ingest_http(client, documents[:3], "warm-")
         ingest_raw(model, chunker, qdrant, collection, documents[:3], settings.embedding_batch_size, "warm-")
 
-        # Document by document, alternating which path goes first, so both see the same background load.
+        # Document by document, alternating which path goes first, so both see the same background load. Before
+        # each timed call, as before each search, both processes must be idle (Quiescence, no fixed pause): the
+        # raw side's spinning ONNX threads would otherwise run into the service's next request, and the service's
+        # never into the raw side's (its session does not spin). The CPU both processes spend from a call's start
+        # until they are idle again is that call's CPU (the raw side's spinning after a run included).
+        ingest_quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
         http_chunks = raw_chunks = 0
-        http_seconds = raw_seconds = 0.0
-        for index, document in enumerate(documents):
-            for path in ("http", "raw") if index % 2 else ("raw", "http"):
-                if path == "http":
-                    chunks, seconds = ingest_http(client, [document], "")
-                    http_chunks, http_seconds = http_chunks + chunks, http_seconds + seconds
-                else:
-                    chunks, seconds = ingest_raw(
-                        model, chunker, qdrant, collection, [document], settings.embedding_batch_size, ""
-                    )
-                    raw_chunks, raw_seconds = raw_chunks + chunks, raw_seconds + seconds
+        seconds_of = {"http": 0.0, "raw": 0.0}
+        cpu_of = {"http": 0.0, "raw": 0.0}
+        timed = [(path, document) for index, document in enumerate(documents)
+                 for path in (("http", "raw") if index % 2 else ("raw", "http"))]  # fmt: skip
+        ingest_quiet.wait(timed[0][0], 0)
+        for position, (path, document) in enumerate(timed):
+            cpu_before = cpu_seconds(service.proc.pid)
+            if path == "http":
+                chunks, seconds = ingest_http(client, [document], "")
+                http_chunks += chunks
+            else:
+                chunks, seconds = ingest_raw(
+                    model, chunker, qdrant, collection, [document], settings.embedding_batch_size, ""
+                )
+                raw_chunks += chunks
+            seconds_of[path] += seconds
+            # The next call's wait for idle processes, which also closes this call's CPU.
+            ingest_quiet.wait(timed[position + 1][0] if position + 1 < len(timed) else "the end", 0)
+            cpu_of[path] += cpu_seconds(service.proc.pid) - cpu_before
         assert http_chunks == raw_chunks, (http_chunks, raw_chunks)
+        http_seconds, raw_seconds = seconds_of["http"], seconds_of["raw"]
         http_rate, raw_rate = http_chunks / http_seconds, raw_chunks / raw_seconds
 
         tenant = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue("default"))])
@@ -545,6 +567,8 @@ def main() -> None:
 
     rows = [
         ("Ingest throughput (chunks/s)", f"{http_rate:.1f}", f"{raw_rate:.1f}", f"{http_rate / raw_rate:.2f}x", ">= 0.90x"),
+        ("Ingest CPU per chunk (ms, both processes)", f"{cpu_of['http'] / http_chunks * 1000:.1f}",
+         f"{cpu_of['raw'] / raw_chunks * 1000:.1f}", f"{cpu_of['http'] / cpu_of['raw']:.2f}x", "-"),
         *search_rows("http.client"),
         *search_rows("httpx"),
     ]  # fmt: skip
@@ -560,9 +584,15 @@ def main() -> None:
         if args.settle_max_ms > 0
         else "no wait for idle processes"
     )
+    ingest_settle = (
+        f"until neither process had work running, at most {args.settle_max_ms:g} ms: {ingest_quiet.summary()}"
+        if args.settle_max_ms > 0
+        else "no wait"
+    )
     setup = (
         f"{args.docs} documents, {raw_chunks} chunks per ingest run (CHUNK_SIZE={settings.chunk_size}, "
-        f"CHUNK_OVERLAP={settings.chunk_overlap}, EMBEDDING_BATCH_SIZE={settings.embedding_batch_size}), "
+        f"CHUNK_OVERLAP={settings.chunk_overlap}, EMBEDDING_BATCH_SIZE={settings.embedding_batch_size}; before "
+        f"each timed ingest call {ingest_settle}), "
         f"{args.queries} searches (top_k 5, every text new to the "
         f"service, half of them sent with each HTTP client, {args.gap_ms:g} ms idle before each timed call, then "
         f"{settle}) over "

@@ -10,12 +10,18 @@ parent/protect/provider/dependencies - what a real engine would record), not in 
 plausible outputs for every resource type the program uses (cluster endpoints and CA data, registry URLs, RDS /
 ElastiCache / Cloud SQL / Memorystore endpoints, a `sha256:` digest for the image build), all derived from the
 resource's name so two runs of the same stack give the same result.
+
+The one input the program reads from outside its config, the commit the image is built from (`git rev-parse
+HEAD`, the tag and revision label of the build), is read once per process here: a test session compares runs made
+minutes apart (tests/infra/test_config_consumed.py compares a cached base run with later runs), and a commit or
+merge in the checkout meanwhile would otherwise change every build's tag, so any two runs would differ.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import runpy
@@ -391,6 +397,14 @@ def _plain(value: Any) -> Any:
 # --- running -------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def session_commit() -> str:
+    """The checked-out commit, read at the first offline run of this process and kept for every later one."""
+    from infra.components.image import current_git_sha
+
+    return current_git_sha()
+
+
 def run_stack(
     stack: str,
     *,
@@ -431,9 +445,14 @@ def run_stack(
             output = pulumi.Output.from_input(value)
             resolved[name] = (await output.future(), await output.is_secret())
 
+    import infra.stack
+
+    read_commit = infra.stack.current_git_sha
+    infra.stack.current_git_sha = session_commit
     try:
         _sync_await(run_pulumi_func(program))
     finally:
+        infra.stack.current_git_sha = read_commit
         settings.ROOT.set(None)
         set_all_config({}, [])
         loop.close()

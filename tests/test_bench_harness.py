@@ -280,3 +280,23 @@ def test_the_raw_ingest_path_stores_what_the_service_stores(tmp_path: Path) -> N
     finally:
         service.close()
         raw.close()
+
+
+def test_cpu_seconds_counts_every_thread_of_the_other_process() -> None:
+    # make bench's ingest CPU per chunk adds the service's threads (an ONNX Runtime pool, the threadpool) to its own.
+    from ingest_search import cpu_seconds
+
+    burner = (
+        "import threading\ndef spin():\n    while True: pass\nthreading.Thread(target=spin).start()\nspin()\n"
+    )
+    busy = subprocess.Popen([sys.executable, "-c", burner])
+    try:
+        started, own = cpu_seconds(busy.pid), time.process_time()
+        deadline = time.monotonic() + 60
+        # the child's CPU shows up, beyond this process's own
+        while (cpu_seconds(busy.pid) - started) - (time.process_time() - own) < 0.2:
+            assert time.monotonic() < deadline, "the busy child's CPU never showed up"
+            time.sleep(0.01)
+    finally:
+        busy.kill()
+        busy.wait()

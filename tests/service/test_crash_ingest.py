@@ -10,6 +10,10 @@ segments every 64 points), as an OOM kill or a lost node does. After the restart
 - search shows, per document, exactly the active version's chunks: all of them, none of another version,
   no duplicate (nothing half-written is visible, with or without the orphan collector);
 - once the collector has run, the store holds exactly the registry's versions (test_faults.audit).
+
+And a re-index killed after building its target (RAG_FAULT_KILL_AT=reindex_catch_up, a real SIGKILL of the real
+process, the target shard left open and unswitched): the restart serves the old index, takes the dead builder's
+lease once it expires, builds into the half-finished target again and switches, with every document searchable.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.service.service_process import service_process, wait_for
+from tests.service.service_process import ServiceProcess, service_process, wait_for
 from tests.service.test_faults import audit, body, env_for
 
 WRITERS = 3
@@ -135,3 +139,39 @@ def _markers(text: str) -> set[str]:
         for word in text.replace(".", " ").split()
         if len(word) == 5 and word[0] == "m" and word[1:].isdigit()
     }
+
+
+def test_kill_9_mid_reindex_then_restart_switches_with_every_document(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    documents = {f"d{i}": f"m{i:04d}" for i in range(6)}
+    with service_process(env_for(tmp_path, GC_ENABLED="false"), log) as service, service.client() as http:
+        for document_id, marker in documents.items():
+            assert http.put(f"/v1/documents/{document_id}", json=body(marker)).status_code == 201
+        old = http.get("/v1/admin/reindex").json()["current"]
+        assert service.stop() in (0, -15)
+
+    # A changed chunking re-indexes at start-up; this process dies once its target is built.
+    changed = {"CHUNK_SIZE": "24", "REINDEX_LEASE_SECONDS": "2", "GC_ENABLED": "false"}
+    doomed = ServiceProcess(env_for(tmp_path, **changed, RAG_FAULT_KILL_AT="reindex_catch_up"), log)
+    try:
+        assert doomed.wait_exit() == -9, doomed.tail()
+    finally:
+        doomed.kill()
+
+    with service_process(env_for(tmp_path, **changed), log) as service, service.client() as http:
+        status = wait_for(
+            lambda: (s := http.get("/v1/admin/reindex").json())["state"] == "switched" and s,
+            "the re-index to switch after the restart",
+        )
+        assert status["current"]["chunk_size"] == 24
+        assert status["current"]["collection"] != old["collection"]
+        assert status["standby"]["collection"] == old["collection"]
+        assert status["documents_done"] == len(documents)
+        results = http.post("/v1/search", json={"query": "salmon trout river", "top_k": 100}).json()[
+            "results"
+        ]
+        seen: dict[str, set[str]] = {}
+        for hit in results:
+            seen.setdefault(hit["document_id"], set()).update(_markers(hit["text"]))
+        assert seen == {document_id: {marker} for document_id, marker in documents.items()}
+        assert service.stop() in (0, -15)

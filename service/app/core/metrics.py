@@ -92,7 +92,8 @@ LLM_REQUESTS = Counter(
 )  # ok | error | cancelled
 LLM_ERRORS = Counter(
     "rag_llm_errors_total", "Failed Chat Completions calls, by cause.", ["cause"]
-)  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | protocol
+)  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | bad_response
+# | empty_response | protocol
 LLM_SECONDS = Histogram(
     "rag_llm_request_duration_seconds",
     "Chat Completions call time, start to last token (retries included).",
@@ -121,6 +122,8 @@ for _cause in (
     "circuit_open",
     "auth",
     "bad_request",
+    "bad_response",
+    "empty_response",
 ):
     LLM_ERRORS.labels(cause=_cause)
 for _direction in ("input", "output"):
