@@ -263,3 +263,15 @@ def test_malformed_replies_open_the_circuit(tmp_path: Path, embedder: Any, serve
     assert refused.status_code == 503
     assert refused.json()["error"]["cause"] == "circuit_open"
     assert len(server.requests()) == 2  # the open circuit never reached the provider
+
+
+def test_a_stream_that_stalls_mid_answer_ends_with_a_timeout_error_event(
+    tmp_path: Path, embedder: Any, server: ScriptedServer
+) -> None:
+    server.script({"events": [FIRST], "stall": 30})
+    with running_app(settings(tmp_path, server, llm_timeout_seconds=0.5), embedder=embedder) as app:
+        response = seeded(app).post("/v1/answer", json=STREAM)
+    assert response.status_code == 200
+    events = sse_events(response.text)
+    assert [name for name, _ in events] == ["token", "error"]
+    assert events[-1][1]["error"]["cause"] == "timeout"

@@ -17,8 +17,9 @@ cancellation), ``usage`` (false: report no usage).
 
 Malformed replies, for the failure tests: ``raw`` ``{"status", "content_type", "body"}`` answers exactly that
 body (invalid JSON, an HTML page, ``choices: []``...), streamed or not; ``events`` (a list of ``data:`` payloads
-sent verbatim as a stream, e.g. a valid chunk then ``{broken``) with ``cut`` (true: drop the connection after
-them, without ending the chunked body or sending ``[DONE]``).
+sent verbatim as a stream, e.g. a valid chunk then ``{broken``) with ``stall`` (seconds of silence after them:
+for a read timeout mid-stream) and ``cut`` (true: then drop the connection, without ending the chunked body or
+sending ``[DONE]``).
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ class Cut(Exception):
     """Raised inside a streaming body: uvicorn drops the connection mid-body (no final chunk)."""
 
 
-async def _verbatim(payloads: list[str], *, cut: bool):
+async def _verbatim(payloads: list[str], *, cut: bool, stall: float):
     for payload in payloads:
         yield f"data: {payload}\n\n"
+    if stall:
+        await asyncio.sleep(stall)
     if cut:
         raise Cut("scripted connection cut")
     yield "data: [DONE]\n\n"
@@ -130,7 +133,10 @@ async def chat_completions(request: Request) -> Response:
         )
     if "events" in behaviour:
         return StreamingResponse(
-            _verbatim(behaviour["events"], cut=bool(behaviour.get("cut"))), media_type="text/event-stream"
+            _verbatim(
+                behaviour["events"], cut=bool(behaviour.get("cut")), stall=float(behaviour.get("stall", 0))
+            ),
+            media_type="text/event-stream",
         )
     reply = str(behaviour.get("reply", DEFAULT_REPLY))
     usage = _usage(body, reply) if behaviour.get("usage", True) else None

@@ -292,7 +292,10 @@ class LlmClient:
         else:
             message = f"the language model call failed: {cause}"
         # The exception type and status only: provider messages may echo request headers.
-        logger.warning("LLM call failed", extra={"cause": cause, "error_type": type(exc).__name__})
+        extra = {"cause": cause, "error_type": type(exc).__name__, "llm_endpoint": self.endpoint}
+        if isinstance(exc, BadResponse):
+            extra["detail"] = exc.detail  # built from the reply's structure only
+        logger.warning("LLM call failed", extra=extra)
         return LlmUnavailable(message, cause=cause, retry_after=retry_after)
 
     def _request(self, messages: Sequence[dict[str, str]], max_tokens: int) -> dict[str, Any]:
