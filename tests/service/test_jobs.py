@@ -122,7 +122,7 @@ async def test_in_process_jobs_run_and_report_results(job_table: JobTable) -> No
     assert "secret" not in unexpected.error
     assert await queue.depth() == 0
     # Finished rows keep their result for the TTL but not the document's text.
-    assert job_table.get(ok.job_id).payload == ""
+    assert job_table.payload_size(ok.job_id) == 0
     await queue.close()
 
 
@@ -173,7 +173,8 @@ async def test_shutdown_leaves_unfinished_jobs_queued_logs_each_and_the_next_sta
         record = await queue.get("t", job.job_id)
         assert record.status is JobStatus.queued
         assert record.started_at is None
-    left = [r for r in caplog.records if r.getMessage() == "ingestion job left queued for the next start"]
+    left = [r for r in caplog.records if r.getMessage().endswith("left queued for the next start")]
+    assert f"ingestion job {slow.job_id} (tenant t, document slow) left" in caplog.text
     assert sorted((r.job_id, r.tenant, r.document_id) for r in left) == sorted(
         [(slow.job_id, "t", "slow"), (waiting.job_id, "t", "later")]
     )
@@ -188,6 +189,19 @@ async def test_shutdown_leaves_unfinished_jobs_queued_logs_each_and_the_next_sta
     for job in (slow, waiting):
         assert (await resumed.get("t", job.job_id)).status is JobStatus.succeeded
     await resumed.close()
+
+
+def test_a_job_payload_of_max_document_bytes_round_trips_through_sqlite(job_table: JobTable) -> None:
+    """The payload is the whole text: MAX_DOCUMENT_BYTES of it, in the characters JSON escapes most (6 bytes
+    each), is one row of six times that size, far below SQLite's 1 GB value limit; polls do not read it."""
+    limit = Settings(_env_file=None).max_document_bytes
+    text = "\x01" * limit + "é"
+    job = IngestPayload(job_id=new_job_id(), tenant_id="t", document_id="huge", text=text)
+    job_table.insert(job.job_id, "t", "huge", job.model_dump_json())
+    assert job_table.payload_size(job.job_id) > 6 * limit
+    assert job_table.get(job.job_id).payload == ""
+    claimed = job_table.claim(job.job_id, lease_seconds=60)
+    assert IngestPayload.model_validate_json(claimed.payload).text == text
 
 
 async def test_a_job_running_when_the_process_died_resumes_at_once_and_a_crash_loop_ends_failed(

@@ -134,6 +134,8 @@ class InProcessJobQueue:
                 payload.job_id, payload.tenant_id, payload.document_id, payload.model_dump_json()
             )
         )
+        if self._closing:  # acknowledged during the shutdown: durable, run by the next start
+            self._log_left(row)
         self._schedule(payload.job_id)
         JOB_QUEUE_DEPTH.inc()
         return job_record(row)
@@ -245,10 +247,18 @@ class InProcessJobQueue:
         rows = await to_thread.run_sync(lambda: [self._table.get(job_id) for job_id in left]) if left else []
         for row in rows:
             if row is not None and row.status not in (SUCCEEDED, FAILED):
-                logger.warning(
-                    "ingestion job left queued for the next start",
-                    extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
-                )
+                self._log_left(row)
+
+    @staticmethod
+    def _log_left(row: JobRow) -> None:
+        # The ids in the message too: the plain-text log format prints no extras.
+        logger.warning(
+            "ingestion job %s (tenant %s, document %s) left queued for the next start",
+            row.job_id,
+            row.tenant_id,
+            row.document_id,
+            extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
+        )
 
 
 def job_record(row: JobRow) -> JobRecord:

@@ -91,9 +91,23 @@ class JobTable:
 
     @_guarded
     def get(self, job_id: str) -> JobRow | None:
+        """The job's state for a poller, without its payload (``payload`` is ""): the payload is the document's
+        whole text (up to MAX_DOCUMENT_BYTES), which a client polling every second would otherwise read each
+        time."""
+        columns = [column for column in jobs_table.c if column.name != "payload"]
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(jobs_table).where(jobs_table.c.job_id == job_id)).first()
+            row = connection.execute(
+                sa.select(*columns, sa.literal("").label("payload")).where(jobs_table.c.job_id == job_id)
+            ).first()
         return None if row is None else _row(row)
+
+    @_guarded
+    def payload_size(self, job_id: str) -> int | None:
+        """Bytes of the stored payload (None: no such job); "" once the job finished."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(sa.func.length(jobs_table.c.payload)).where(jobs_table.c.job_id == job_id)
+            ).scalar()
 
     @_guarded
     def claim(self, job_id: str, lease_seconds: float) -> JobRow | None:
