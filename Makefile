@@ -11,11 +11,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
-SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE),false,true)
+# Keys given on the command line, in the environment or in .env (which the service reads) turn authentication on.
+SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE)$(shell grep -sE '^[[:space:]]*(export[[:space:]]+)?API_KEYS(_FILE)?[[:space:]]*=[[:space:]]*[^[:space:]#]' .env),false,true)
 
 comma := ,
 
-.PHONY: help install model serve serve-prod worker test lint format plan e2e bench eval constraints servers clean
+.PHONY: help install model serve serve-prod data-servers worker test lint format plan e2e bench eval constraints servers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -43,7 +44,10 @@ servers: ## Make sure the test servers exist (redis-server via apt when missing;
 serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on $(HOST):$(PORT)
 	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
 
-serve-prod: install model servers ## Prod-like run on this machine: Postgres + Redis + API + worker as separate processes
+data-servers: ## Make sure the Postgres and Redis server binaries exist (what `make serve-prod` runs)
+	@bash .ci/ensure-servers data
+
+serve-prod: install model data-servers ## Prod-like run on this machine: Postgres + Redis + API + worker as separate processes
 	$(PY) -m service.tools.serve_prod
 
 worker: install model ## Run the ingestion worker process (needs REDIS_URL)

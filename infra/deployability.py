@@ -444,8 +444,13 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
             )
         if existing.get("storageClass"):
             prerequisites[f"storageclass:{existing['storageClass']}"] = "the cluster's StorageClass"
+        # Listed only when something in this stack uses it: dev, without an HPA, needs no metrics-server.
+        unused = {
+            "metrics-api": not run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"),
+            "network-policy": not run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"),
+        }
         for name, detail in prerequisites.items():
-            if name not in caps:
+            if name not in caps and not unused.get(name, False):
                 capability = Capability(name, None, f"prerequisite: {detail}")
                 caps[name] = capability
                 analysis.prerequisites.append(capability)

@@ -10,7 +10,8 @@ by "-" and 8 hex digits of its SHA-256 added before the extension (the service's
 and skipped before anything is sent, never sent in one batch the service would refuse whole.
 
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
-a few times with a growing pause. Every file's outcome is counted; failed files are listed with the service's
+a few times with a growing pause; a 401 or 403 (the key, not the file) stops the run at once with exit 2.
+Every file's outcome is counted; failed files are listed with the service's
 reason at the end and the exit status is 1 when any failed (0 when all were stored).
 
 This is a client-side tool: it needs the development install (`make install`, for rich), not the service image.
@@ -76,6 +77,10 @@ class Report:
         self.failures.append((name, reason))
 
 
+class KeyRefused(Exception):
+    """The service refused the API key (401/403): nothing more is sent."""
+
+
 class IngestClient:
     """Sends requests to the service, waiting out 429s (Retry-After) and retrying transient failures."""
 
@@ -120,6 +125,9 @@ class IngestClient:
                 self._on_wait(f"rate limited; waiting {delay:g} s")
                 self._sleep(delay)
                 continue
+            if response.status_code in (401, 403):
+                # The key, not the file: every other file would be refused the same way.
+                raise KeyRefused(error_reason(response))
             if response.status_code == 503 and transient < TRANSIENT_RETRIES:
                 transient += 1
                 self._report.retried += 1
@@ -305,6 +313,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             )
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")
+            return 2
+        except KeyRefused as exc:
+            console.print(
+                f"[red]error:[/red] {args.url} refused the API key ({exc}); nothing more was sent: "
+                "check --key or RAG_API_KEY"
+            )
             return 2
         finally:
             client.close()

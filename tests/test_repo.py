@@ -3,8 +3,13 @@ settings table that lists every variable the service reads."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from service.app.core.config import Settings
 
@@ -82,3 +87,41 @@ def test_make_test_runs_the_same_lint_as_make_lint() -> None:
     assert "lint" in test_rule.group(1).split(), "make test must depend on the lint target"
     assert "ruff format --check" in lint_rule.group(1)
     assert "ruff check" in lint_rule.group(1)
+
+
+@pytest.mark.parametrize(
+    ("env_file", "command_line", "auth_disabled"),
+    [
+        (None, [], "true"),  # the local single-user run
+        (
+            "API_KEYS=0123456789abcdef0123456789abcdef:team\n",
+            [],
+            "false",
+        ),  # keys in .env, which the service reads
+        ("export API_KEYS_FILE=/run/keys\n", [], "false"),
+        ("# API_KEYS=commented-out:team\nAPI_KEYS=\n", [], "true"),
+        (None, ["API_KEYS=0123456789abcdef0123456789abcdef:team"], "false"),
+    ],
+)
+def test_make_serve_turns_auth_off_only_without_keys(
+    tmp_path: Path, env_file: str | None, command_line: list[str], auth_disabled: str
+) -> None:
+    """`make serve` passed AUTH_DISABLED=true as a real environment variable whenever API_KEYS was not on the
+    command line, which overrode keys kept in .env: the service then accepted every request unauthenticated."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    serve = re.search(r"^serve:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M)
+    assert serve
+    assert "AUTH_DISABLED=$(SERVE_AUTH_DISABLED) " in serve.group(1)
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    if env_file is not None:
+        (tmp_path / ".env").write_text(env_file)
+    env = {key: value for key, value in os.environ.items() if key not in ("API_KEYS", "API_KEYS_FILE")}
+    printed = subprocess.run(
+        ["make", "-s", "--eval", "print-auth: ; @echo $(SERVE_AUTH_DISABLED)", "print-auth", *command_line],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout.strip() == auth_disabled

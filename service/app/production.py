@@ -6,6 +6,7 @@ that releases what it opened (Redis connections, running in-process jobs), which
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,11 +19,24 @@ from service.app.search.models import SearchResponse
 from service.app.store.cache import CachedSearch, RedisCache, build_cache
 from service.app.store.jobstore import JobTable
 
+logger = logging.getLogger(__name__)
+
 
 async def attach(services: Any) -> Callable[[], Awaitable[None]]:
     """Add auth, limiter, cache (wrapping `services.search`) and jobs to `services`; return their closer."""
     settings = services.settings
     services.auth = ApiKeyAuthenticator(settings)
+    if settings.auth_disabled:
+        configured = [
+            name
+            for name, value in (("API_KEYS", settings.api_keys), ("API_KEYS_FILE", settings.api_keys_file))
+            if value
+        ]
+        logger.warning(
+            "authentication is OFF (AUTH_DISABLED=true): every request acts as tenant %r%s",
+            settings.default_tenant,
+            f"; {' and '.join(configured)} set but ignored" if configured else "",
+        )
     services.limiter = RateLimiter(settings)
     services.cache = build_cache(settings)
     if services.cache is not None:

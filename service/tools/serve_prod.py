@@ -13,13 +13,17 @@ to the worker over `/internal/vectors`, authenticated by a generated INTERNAL_TO
 chunks and embeds, then writes the points through the API (service.app.store.remote; docs/operations.md). A
 deployed stack uses a Qdrant server instead, which every process opens directly.
 
-Everything is thrown away on exit. The API key is printed (or pass API_KEYS=key:tenant in the environment).
+Everything is thrown away on exit (the temporary directory with the store and the logs too, unless a directory
+was passed in). The API key is printed (or pass API_KEYS=key:tenant in the environment). When the API or the
+worker exits on its own (a crash, an OOM kill), everything is stopped with one line naming it, its exit status
+and its log, and the exit status is 1: an API answering 202s that no worker will ever run is not left behind.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +31,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -46,6 +50,7 @@ class ProdLike:
     database_url: str
     redis_url: str
     workdir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -104,10 +109,21 @@ def _process(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> Itera
 @contextmanager
 def prod_like(workdir: Path | None = None, *, api_keys: str | None = None) -> Iterator[ProdLike]:
     """Start Postgres, Redis, the API and the worker; yield where they are; stop everything on exit."""
-    from tests.support.servers import postgres_server, redis_server
-
+    temporary = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="rag-prod-like-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _started(workdir, api_keys) as run:
+            yield run
+    finally:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)  # after every process stopped: the store, the logs
+
+
+@contextmanager
+def _started(workdir: Path, api_keys: str | None) -> Iterator[ProdLike]:
+    from tests.support.servers import postgres_server, redis_server
+
     api_key = secrets.token_urlsafe(24)
     keys = api_keys or f"{api_key}:default"
     with ExitStack() as stack:
@@ -153,7 +169,35 @@ def prod_like(workdir: Path | None = None, *, api_keys: str | None = None) -> It
             database_url=database_url,
             redis_url=redis_url,
             workdir=workdir,
+            processes={"API": api, "worker": worker},
         )
+
+
+def supervise(run: ProdLike, stop: threading.Event) -> int:
+    """Wait for ``stop`` or for a process of ``run`` to exit on its own: 0 for the first, else 1 after one line on
+    stderr naming the process, its exit status and its log."""
+    exited: list[str] = []
+
+    def watch(name: str, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        exited.append(name)
+        stop.set()
+
+    for name, proc in run.processes.items():
+        threading.Thread(target=watch, args=(name, proc), daemon=True, name=f"watch-{name}").start()
+    stop.wait()
+    if not exited:
+        return 0
+    name = exited[0]
+    log = run.workdir / ("api.log" if name == "API" else "worker.log")
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    print(
+        f"serve-prod: error: the {name} exited on its own with status {run.processes[name].returncode}; "
+        f"stopping everything (last log line: {tail[0][:300] if tail else 'none'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
 
 
 def main() -> int:
@@ -177,8 +221,7 @@ try:
        -H 'Content-Type: application/json' -d '{{"query": "hello"}}'""",
             flush=True,
         )
-        stop.wait()
-    return 0
+        return supervise(run, stop)
 
 
 if __name__ == "__main__":

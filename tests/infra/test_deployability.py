@@ -534,3 +534,19 @@ def test_make_plan_lists_capabilities_and_prerequisites(tmp_path: Path) -> None:
     assert "`gatewayclass:envoy-gateway`: prerequisite" in section
     assert "`network-policy`: prerequisite" in section
     assert "### Findings\n\n- none" in section
+    # dev runs no HorizontalPodAutoscaler: metrics-server is not asked for (it was, for every existing cluster).
+    assert "metrics-api" not in section
+
+
+def test_an_existing_cluster_with_autoscaling_needs_metrics_server() -> None:
+    from infra.offline import run_stack
+
+    run = run_stack(
+        "dev",
+        config_overrides={
+            "rag:service": {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}}
+        },
+    )
+    analysis = d.analyse(run)
+    assert run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert "metrics-api" in {c.name for c in analysis.prerequisites}

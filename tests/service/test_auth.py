@@ -198,3 +198,19 @@ def test_auth_disabled_uses_the_default_tenant(make_client) -> None:
         assert created.status_code in (200, 201), created.text
         listed = open_client.get("/v1/documents").json()
         assert [d["document_id"] for d in listed["documents"]] == ["d1"]
+
+
+def test_auth_disabled_beside_configured_keys_is_logged_at_start_up(make_client, caplog) -> None:
+    """Keys in .env with AUTH_DISABLED=true from the environment (as `make serve` set it) served everyone
+    unauthenticated, and nothing said so."""
+    with (
+        caplog.at_level("WARNING", logger="service.app.production"),
+        make_client(auth_disabled=True, default_tenant="open") as open_client,
+    ):
+        assert open_client.get("/v1/documents").status_code == 200  # no key needed: auth is off
+    warnings = [r.getMessage() for r in caplog.records if r.name == "service.app.production"]
+    assert any(
+        "authentication is OFF (AUTH_DISABLED=true): every request acts as tenant 'open'" in m
+        and "API_KEYS set but ignored" in m
+        for m in warnings
+    ), warnings

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from rich.console import Console
 
 from service import client as ingest_client
@@ -78,8 +79,11 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
     # The same folder again replaces the same ids: nothing changed, nothing embedded.
     assert rerun == 1
     assert "11 files: 2 failed, 9 unchanged" in again.getvalue()
-    assert refused == 1
-    assert "failed policy 0.md: 401 unauthorized: invalid API key" in wrong.getvalue()
+    # A refused key stops the run at the first answer (it was sent again for every batch and upload).
+    assert refused == 2
+    assert (
+        "refused the API key (401 unauthorized: invalid API key); nothing more was sent" in wrong.getvalue()
+    )
 
 
 def test_retry_after_is_honoured_exactly() -> None:
@@ -145,3 +149,25 @@ def test_files_sharing_an_id_are_reported_and_the_rest_stored(tmp_path: Path) ->
         for n in ("日本.md", "中国.md", "a b.txt", "a?b.txt")
     }
     assert stored == expected | {"ok.txt"}
+
+
+def test_a_refused_key_stops_the_run_at_the_first_answer(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"note{i}.txt").write_text(f"Note {i}.\n")
+    (folder / "scan.pdf").write_bytes(make_pdf(["A scanned page."]))
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "invalid API key"}})
+
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("http://service", "wrong", report, sleep=lambda _s: None)
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    with pytest.raises(ingest_client.KeyRefused, match="401 unauthorized: invalid API key"):
+        ingest_client.ingest_folder(
+            client, folder, report, batch_size=5, max_batch_bytes=1_000_000, advance=lambda _n: None
+        )
+    assert len(seen) == 1  # was: one request per upload and per batch, each refused the same way

@@ -3,16 +3,17 @@ through the API's embedded vector store; exercised end to end: async ingest thro
 
 from __future__ import annotations
 
-from pathlib import Path
+import threading
 
 import httpx
+import pytest
 
-from service.tools.serve_prod import prod_like
+from service.tools.serve_prod import prod_like, supervise
 from tests.service.service_process import wait_for
 
 
-def test_prod_like_run_ingests_through_the_worker_and_searches(tmp_path: Path) -> None:
-    with prod_like(tmp_path / "run") as run:
+def test_prod_like_run_ingests_through_the_worker_and_searches(capsys: pytest.CaptureFixture[str]) -> None:
+    with prod_like() as run:
         h = {"Authorization": f"Bearer {run.api_key}"}
         api = httpx.Client(base_url=run.api_url, headers=h, timeout=60)
         assert api.get("/readyz").json()["status"] == "ok"
@@ -44,4 +45,14 @@ def test_prod_like_run_ingests_through_the_worker_and_searches(tmp_path: Path) -
             ).status_code
             == 401
         )
-    assert "ingestion job succeeded" in (tmp_path / "run" / "worker.log").read_text()
+        # A worker that dies (an OOM kill) stops the run with one line naming it, instead of leaving an API that
+        # acknowledges jobs nothing will run.
+        run.processes["worker"].kill()
+        assert supervise(run, threading.Event()) == 1
+        assert "ingestion job succeeded" in (run.workdir / "worker.log").read_text()
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        "serve-prod: error: the worker exited on its own with status -9; stopping everything"
+    )
+    # Ctrl-C "stops and removes everything": the temporary directory with the store and the logs too.
+    assert not run.workdir.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -307,6 +308,28 @@ def test_an_unreachable_qdrant_server_is_one_line_naming_qdrant_url(tmp_path: Pa
     )
     assert "s3cret" not in result.stdout + result.stderr
     assert "retry later" not in line
+
+
+def test_a_library_warning_from_a_thread_is_a_log_line_not_text_on_stderr() -> None:
+    # qdrant-client checks the server's version from a thread of its own and warns when it cannot: with an
+    # unreachable QDRANT_URL that raw warning raced the one-line error onto stderr (the test above flaked).
+    script = (
+        "import threading, warnings\n"
+        "from service.app.core.config import Settings\n"
+        "from service.app.core.logging import configure_logging\n"
+        "configure_logging(Settings(_env_file=None))\n"
+        "thread = threading.Thread(target=lambda: warnings.warn('Failed to obtain server version', UserWarning))\n"
+        "thread.start()\n"
+        "thread.join()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stderr == ""
+    (line,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert line["logger"] == "py.warnings"
+    assert line["level"] == "WARNING"
+    assert "Failed to obtain server version" in line["message"]
 
 
 def test_a_failed_start_up_of_several_workers_is_one_line_each_and_a_failed_exit(tmp_path: Path) -> None:

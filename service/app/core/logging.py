@@ -79,3 +79,6 @@ def configure_logging(settings: Settings) -> None:
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").handlers.clear()
     logging.getLogger("uvicorn.access").propagate = False
+    # Libraries' warnings.warn (e.g. qdrant-client's version check, from a thread of its own) become log lines
+    # in the same format ("py.warnings"), not raw text on stderr, where `python -m service` keeps its one line.
+    logging.captureWarnings(True)

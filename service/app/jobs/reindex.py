@@ -20,7 +20,7 @@ How a re-index never loses a write and never fails a search
    "Re-index scans"). The store scan is paced exactly as the orphan collector's (service.app.store.gc.Pacer,
    PAUSE_RATIO): small pages, and a pause of PAUSE_RATIO times the work between two. Registry pages (I/O and
    bytecode, which hand the GIL over every switch interval) and writes (embedding runs outside the GIL) are not
-   paced: a re-index must finish.
+   paced: a re-index must finish. Nor is a rollback's catch-up, which the admin's request waits for.
 4. **Switch**: one compare-and-set of the registry's index pointer (and, in server mode, one atomic Qdrant alias
    change ``{QDRANT_COLLECTION_PREFIX}`` -> new collection), then the process swaps its `IndexState` in one
    assignment. Searches already running finish on the old collection; new ones use the new one. The old
@@ -270,7 +270,9 @@ class Reindexer:
             if state.shadow is None:
                 raise InvalidInput("there is no previous index to roll back to")
             self._switch(state.shadow, state.current)
-            replayed = self._catch_up(state.shadow)
+            # Unpaced: the admin's request waits for this pass, and a paced one at 100k points on a loaded
+            # machine (~70 s measured) would outlast the CLI's 60 s timeout; a rollback is rare and short.
+            replayed = self._catch_up(state.shadow, paced=False)
             self._set(
                 replace(
                     self._status,
@@ -467,16 +469,17 @@ class Reindexer:
                 )
             )
 
-    def _catch_up(self, target: IndexGeneration) -> int:
+    def _catch_up(self, target: IndexGeneration, *, paced: bool = True) -> int:
         """Write every active version the target lacks, pass after pass until one finds nothing.
 
-        The store scan is paced (an embedded store calls the pacer between its pages). The registry pages are
-        not: reading them is I/O or Python bytecode, which hands the GIL over every switch interval."""
+        The store scan is paced (an embedded store calls the pacer between its pages) unless ``paced`` is False.
+        The registry pages are not: reading them is I/O or bytecode, which hands the GIL over every switch
+        interval."""
         replayed = 0
         fault_point("reindex_catch_up")
         try:
             for _ in range(CATCH_UP_PASSES):
-                pacer = self._pacer()
+                pacer = self._pacer() if paced else None
                 held = {(v.tenant_id, v.document_id, v.version) for v in target.vectors.versions(pause=pacer)}
                 found = 0
                 for kept, _missing in self._sources():
