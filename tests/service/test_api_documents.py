@@ -249,6 +249,47 @@ def test_an_upload_declaring_its_charset_is_decoded_with_it(client: TestClient) 
     assert hits[0]["text"] == "Crème brûlée needs a blowtorch."
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-be", "utf-32"])
+def test_an_upload_in_utf16_or_utf32_with_a_bom_is_decoded(client: TestClient, codec: str) -> None:
+    """Windows editors save "Unicode" text as UTF-16 with a BOM: it was refused as a binary file (NUL bytes)."""
+    text = f"Sourdough starter ({codec}) needs daily feeding, 東京."
+    content = ("\ufeff" + text).encode(codec) if codec.endswith("be") else text.encode(codec)
+    assert content[:2] in (b"\xff\xfe", b"\xfe\xff")
+    document_id = f"starter-{codec}"
+    response = client.post(
+        "/v1/documents",
+        data={"document_id": document_id},
+        files={"file": ("starter.txt", content, "text/plain")},
+    )
+    assert response.status_code == 201, response.text
+    services = services_of(client)
+    source = services.registry.source(services.settings.default_tenant, document_id)
+    assert source is not None
+    assert source.text == text
+    html = client.post(
+        "/v1/documents",
+        data={"document_id": f"{document_id}-html"},
+        files={"file": ("starter.html", f"<p>{text}</p>".encode("utf-16"), "text/html")},
+    )
+    assert html.status_code == 201, html.text
+
+
+def test_utf16_without_bom_or_charset_is_refused_saying_what_to_declare(client: TestClient) -> None:
+    response = client.post(
+        "/v1/documents",
+        data={"document_id": "starter-nobom"},
+        files={"file": ("starter.txt", "no mark".encode("utf-16-le"), "text/plain")},
+    )
+    assert response.status_code == 422, response.text
+    assert "charset=utf-16le" in response.json()["error"]["message"]
+    declared = client.post(
+        "/v1/documents",
+        data={"document_id": "starter-nobom"},
+        files={"file": ("starter.txt", "no mark".encode("utf-16-le"), "text/plain; charset=utf-16le")},
+    )
+    assert declared.status_code == 201, declared.text
+
+
 def test_the_extracted_text_of_the_active_version_is_kept(client: TestClient) -> None:
     services = services_of(client)
     tenant = services.settings.default_tenant

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+
 import pytest
 
 from service.app.core.errors import InvalidInput, UnsupportedMediaType
@@ -20,9 +22,37 @@ def test_declared_charset_and_utf8_bom_are_honoured() -> None:
     assert extract_text("\ufeffhello".encode(), "text/plain") == "hello"
 
 
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_are_read_by_their_bom_or_declared_charset(codec: str) -> None:
+    text = "Crème brûlée, 東京 and 😀.\nSecond line."
+    bom = {"le": codecs.BOM_UTF16_LE, "be": codecs.BOM_UTF16_BE}
+    if codec.startswith("utf-32"):
+        bom = {"le": codecs.BOM_UTF32_LE, "be": codecs.BOM_UTF32_BE}
+    data = text.encode(codec)  # "utf-16"/"utf-32" write a BOM; the -le/-be codecs do not
+    if codec.endswith(("le", "be")):
+        assert extract_text(data, f"text/plain; charset={codec}") == text
+        data = bom[codec[-2:]] + data
+    assert extract_text(data, "text/plain") == text
+    assert extract_text(data, "text/markdown; charset=utf-8") == text  # the BOM wins, as in WHATWG sniffing
+    html = f"<p>{text}</p>".encode(codec)
+    assert "Crème brûlée" in extract_text(
+        html if codec in ("utf-16", "utf-32") else bom[codec[-2:]] + html, "text/html"
+    )
+
+
+def test_utf16_without_bom_or_charset_and_nul_characters_are_refused_with_a_reason() -> None:
+    with pytest.raises(InvalidInput, match="needs a byte order mark or a declared charset"):
+        extract_text("hello".encode("utf-16-le"), "text/plain")
+    with pytest.raises(InvalidInput, match="NUL characters once decoded as UTF-16"):
+        extract_text(codecs.BOM_UTF16_LE + "a\x00b".encode("utf-16-le"), "text/plain")
+    with pytest.raises(InvalidInput, match="not valid UTF-16"):
+        extract_text(codecs.BOM_UTF16_LE + b"abc", "text/plain")  # odd length
+
+
 def test_invalid_utf8_and_binary_are_rejected_with_a_reason() -> None:
     with pytest.raises(InvalidInput, match="not valid UTF-8"):
-        extract_text(b"\xff\xfe\xfa broken", "text/plain")
+        # (not at the start: FF FE there is the UTF-16 byte order mark)
+        extract_text(b"ok \xff\xfe\xfa broken", "text/plain")
     with pytest.raises(InvalidInput, match="NUL"):
         extract_text(b"PK\x03\x04\x00\x00binary", "text/plain")
 

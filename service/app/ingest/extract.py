@@ -11,6 +11,7 @@ not call these directly: service.app.ingest.sandbox runs them within per-documen
 
 from __future__ import annotations
 
+import codecs
 import io
 import itertools
 import logging
@@ -83,19 +84,42 @@ def detect_content_type(content_type: str | None, filename: str | None) -> str:
     )
 
 
+# Byte order marks, longest first (the UTF-32 LE mark starts with the UTF-16 LE one). A BOM decides the
+# encoding over a declared charset, as in the WHATWG encoding standard's BOM sniffing.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"),
+)
+
+
 def decode_text(data: bytes, charset: str | None = None) -> str:
-    """Bytes of a text document as str: the declared charset, else UTF-8 (BOM tolerated)."""
-    if b"\x00" in data:
-        raise InvalidInput("the text contains NUL bytes; is it a binary file?")
-    encoding = charset or "utf-8-sig"
+    """Bytes of a text document as str: by its BOM (UTF-8, UTF-16 or UTF-32), else the declared charset, else
+    UTF-8."""
+    marked = next(((bom, encoding, name) for bom, encoding, name in _BOMS if data.startswith(bom)), None)
+    if marked:
+        bom, encoding, name = marked
+        data, skipped, label = data[len(bom) :], len(bom), f"{name} (by its byte order mark)"
+    else:
+        if charset is None and b"\x00" in data:
+            raise InvalidInput(
+                "the text contains NUL bytes; is it a binary file? (UTF-16 or UTF-32 text needs a byte order "
+                "mark or a declared charset, e.g. charset=utf-16le)"
+            )
+        encoding, skipped, label = charset or "utf-8", 0, charset or "UTF-8"
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except LookupError as exc:
         raise InvalidInput(f"unknown charset {charset!r}") from exc
     except UnicodeDecodeError as exc:
         raise InvalidInput(
-            f"the text is not valid {charset or 'UTF-8'} (byte {exc.start}); send UTF-8 or declare the charset"
+            f"the text is not valid {label} (byte {exc.start + skipped}); send UTF-8 or declare the charset"
         ) from exc
+    if "\x00" in text:
+        raise InvalidInput(f"the text contains NUL characters once decoded as {label}; is it a binary file?")
+    return text
 
 
 def html_to_text(html: str) -> str:
