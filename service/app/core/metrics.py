@@ -80,6 +80,14 @@ WORKER_LAST_POLL = Gauge(
 FAILURES = Counter(
     "rag_failures_total", "Internal failures by component.", ["component"]
 )  # vector_store | registry | embedder | cache | jobs
+METADATA_KEYS_UNINDEXED = Counter(
+    "rag_metadata_keys_unindexed_total",
+    "Distinct metadata keys refused a payload index (past METADATA_INDEX_MAX_KEYS; filtered unindexed).",
+    ["store"],
+)  # edge | qdrant
+METADATA_INDEX_BACKLOG = Gauge(
+    "rag_metadata_index_backlog", "Metadata payload indexes admitted and not built yet (embedded store)."
+)
 
 # --- answers (POST /v1/answer) ------------------------------------------------------------------------------
 # LLM calls take seconds, not milliseconds: buckets up to two minutes.
