@@ -1939,6 +1939,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
     "cluster.eks.storageClass": "gp3-other",
+    "cluster.eks.natGateways": "single",
     "qdrant.version": "v1.15.5",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
