@@ -61,6 +61,7 @@ from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
+from service.app.store.edge import HIT_PAYLOAD  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
 
@@ -501,7 +502,11 @@ def main() -> None:
         def raw_search(vector: list[float]) -> None:
             qdrant.query(
                 qe.QueryRequest(
-                    limit=5, query=qe.Query.Nearest(vector, using="dense"), filter=tenant, with_payload=True
+                    limit=5,
+                    query=qe.Query.Nearest(vector, using="dense"),
+                    filter=tenant,
+                    # the fields the service reads for a hit: the raw payload now also holds version, hash, model
+                    with_payload=HIT_PAYLOAD,
                 )
             )
 

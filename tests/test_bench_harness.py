@@ -272,6 +272,9 @@ def test_the_raw_ingest_path_stores_what_the_service_stores(tmp_path: Path) -> N
             (point,), _ = shard.scroll(qe.ScrollRequest(limit=1))
             return shard.retrieve([point.id], with_payload=True, with_vector=True)[0]
 
+        # The service builds metadata indexes in the background: compare once they are built.
+        assert service.indexer is not None
+        assert service.indexer.wait_idle(60)
         raw_point, service_point = first_point(raw), first_point(service.shard)
         assert set(raw.info().payload_schema) == set(service.shard.info().payload_schema)
         assert set(raw_point.payload) == set(service_point.payload)

@@ -264,3 +264,33 @@ def test_the_extracted_text_of_the_active_version_is_kept(client: TestClient) ->
     assert services.registry.source(tenant, "kept-text").text == "replaced text"
     assert client.delete("/v1/documents/kept-text").status_code == 204
     assert services.registry.source(tenant, "kept-text") is None
+
+
+@pytest.mark.parametrize(
+    ("document_id", "text", "query"),
+    [
+        ("blob-letters", "x" * 100_000, "x"),
+        ("blob-emoji", "😀" * 9_000, "😀"),
+        ("blob-mixed", "".join(f"{'ab' * 80}{i:06d}" for i in range(600)), "ab"),
+    ],
+)
+def test_text_without_whitespace_is_cut_into_chunks_of_bounded_length(
+    client: TestClient, counting: CountingEmbedder, document_id: str, text: str, query: str
+) -> None:
+    """WordPiece reads a run of more than 100 letters as one [UNK] token: the token budget alone kept such a blob
+    as one chunk of any length, returned whole by every search that matched it."""
+    services = services_of(client)
+    max_chars = services.ingest.chunker.max_chars
+    body = {"text": text, "metadata": {"blob": document_id}}
+    created = client.put(f"/v1/documents/{document_id}", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["chunks"] >= len(text) // max_chars
+    results = search(client, query, mode="dense", top_k=100, filter={"blob": document_id})
+    assert results
+    assert all(0 < len(r["text"]) <= max_chars and r["text"] in text for r in results)
+    # The cap is derived from the chunk size, not a new parameter: the same text is still "unchanged".
+    embedded_before = len(counting.embedded)
+    again = client.put(f"/v1/documents/{document_id}", json=body)
+    assert again.status_code == 200
+    assert again.json()["status"] == "unchanged"
+    assert len(counting.embedded) == embedded_before

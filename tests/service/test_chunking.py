@@ -5,11 +5,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 
 from service.app.ingest.chunking import Chunk, Chunker
 from service.app.store.embedder import FastEmbedEmbedder
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 WORDS = [
     "the",
@@ -74,6 +77,7 @@ def assert_valid_chunks(chunker: Chunker, text: str, chunks: list[Chunk]) -> Non
         assert chunk.text
         assert chunker.count_tokens(chunk.text) <= chunker.max_tokens
         assert chunk.tokens + chunker.special_tokens == chunker.count_tokens(chunk.text)
+        assert len(chunk.text) <= chunker.max_chars
     starts = [c.start for c in chunks]
     ends = [c.end for c in chunks]
     assert starts == sorted(set(starts)), "chunks must start strictly in order"
@@ -81,7 +85,16 @@ def assert_valid_chunks(chunker: Chunker, text: str, chunks: list[Chunk]) -> Non
     # Coverage: every token of the whole text lies inside some chunk.
     encoding = chunker.tokenizer.encode(text, add_special_tokens=False)
     for token_start, token_end in encoding.offsets:
-        if token_end > token_start:
+        if token_end - token_start > chunker.max_chars:
+            # A token longer than a chunk may hold ([UNK] for a long run of letters): cut by characters, every
+            # character of it in some chunk.
+            covered = set()
+            for chunk in chunks:
+                covered.update(range(max(chunk.start, token_start), min(chunk.end, token_end)))
+            assert covered == set(range(token_start, token_end)), (
+                f"token at {token_start}:{token_end} not covered"
+            )
+        elif token_end > token_start:
             # Ends are sorted, so the last chunk starting at or before the token is the one to contain it.
             index = bisect.bisect_right(starts, token_start) - 1
             where = f"token at {token_start}:{token_end} ({text[token_start:token_end]!r})"
@@ -160,3 +173,41 @@ def test_text_without_tokens_gives_no_chunks(embedder: FastEmbedEmbedder) -> Non
     chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
     assert chunker.split("") == []
     assert chunker.split(" \n\n\t ") == []
+
+
+def test_text_the_tokenizer_cannot_split_is_cut_by_characters_at_class_changes(
+    embedder: FastEmbedEmbedder,
+) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
+    assert chunker.max_chars == 200 * 16
+    # One [UNK] token for WordPiece (a "word" of more than 100 characters): the token budget alone never cut it.
+    for text in ["x" * 100_000, "😀" * 9_000]:
+        chunks = chunker.split(text)
+        assert len(chunks) == -(-len(text) // chunker.max_chars)
+        assert_valid_chunks(chunker, text, chunks)
+    # Runs of letters and digits: every cut falls where the character class changes.
+    text = "".join(("q" * 700 if i % 2 else "7" * 700) for i in range(40))
+    chunks = chunker.split(text)
+    assert_valid_chunks(chunker, text, chunks)
+    for chunk in chunks[:-1]:
+        assert text[chunk.end - 1].isalpha() != text[chunk.end].isalpha()
+    # A skin-tone modifier or a zero-width joiner sequence is never cut apart.
+    family = "👨\u200d👩\u200d👧"
+    text = ("👍🏽" + family) * 3000
+    for chunk in chunker.split(text):
+        assert not chunk.text.startswith(("🏽", "\u200d"))
+        assert not chunk.text.endswith("\u200d")
+
+
+def test_real_text_is_never_cut_by_the_character_cap(embedder: FastEmbedEmbedder) -> None:
+    """The cap is far above what real prose and code give: the chunks are exactly those of the token budget."""
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
+    uncapped = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
+    uncapped.max_chars = 10**9
+    for path in [
+        REPO_ROOT / "README.md",
+        REPO_ROOT / "docs" / "service.md",
+        REPO_ROOT / "service" / "app" / "main.py",
+    ]:
+        text = path.read_text(encoding="utf-8")
+        assert chunker.split(text) == uncapped.split(text)

@@ -14,6 +14,12 @@ Behaviours: ``status`` (an error answer), ``delay`` (seconds before answering: f
 ``reply`` + ``piece_chars`` (the answer, streamed in pieces of that many characters), ``hang`` (stream the
 reply, then keep the stream open sending nothing but empty pieces until the client disconnects: for
 cancellation), ``usage`` (false: report no usage).
+
+Malformed replies, for the failure tests: ``raw`` ``{"status", "content_type", "body"}`` answers exactly that
+body (invalid JSON, an HTML page, ``choices: []``...), streamed or not; ``events`` (a list of ``data:`` payloads
+sent verbatim as a stream, e.g. a valid chunk then ``{broken``) with ``stall`` (seconds of silence after them:
+for a read timeout mid-stream) and ``cut`` (true: then drop the connection, without ending the chunked body or
+sending ``[DONE]``).
 """
 
 from __future__ import annotations
@@ -85,6 +91,25 @@ def _chunk(model: str, *, content: str | None = None, finish: str | None = None,
     return f"data: {chunk.model_dump_json()}\n\n"
 
 
+class Cut(Exception):
+    """Raised inside a streaming body: uvicorn drops the connection mid-body (no final chunk)."""
+
+
+async def _verbatim(payloads: list[str], *, cut: bool, stall: float):
+    for payload in payloads:
+        yield f"data: {payload}\n\n"
+    if stall:
+        await asyncio.sleep(stall)
+    if cut:
+        raise Cut("scripted connection cut")
+    yield "data: [DONE]\n\n"
+
+
+def chunk_json(content: str, model: str = "test-model") -> str:
+    """One valid stream chunk's JSON, for scripting ``events``."""
+    return _chunk(model, content=content).removeprefix("data: ").strip()
+
+
 async def chat_completions(request: Request) -> Response:
     body = await request.json()
     STATE.requests.append({"path": request.url.path, "headers": dict(request.headers), "body": body})
@@ -99,6 +124,20 @@ async def chat_completions(request: Request) -> Response:
         }
         return JSONResponse({"error": error}, status_code=status, headers=behaviour.get("headers"))
     model = body.get("model", "test-model")
+    if "raw" in behaviour:
+        raw = behaviour["raw"]
+        return Response(
+            str(raw.get("body", "")).encode(),
+            status_code=int(raw.get("status", 200)),
+            headers={"content-type": str(raw.get("content_type", "application/json"))},
+        )
+    if "events" in behaviour:
+        return StreamingResponse(
+            _verbatim(
+                behaviour["events"], cut=bool(behaviour.get("cut")), stall=float(behaviour.get("stall", 0))
+            ),
+            media_type="text/event-stream",
+        )
     reply = str(behaviour.get("reply", DEFAULT_REPLY))
     usage = _usage(body, reply) if behaviour.get("usage", True) else None
     if not body.get("stream"):

@@ -12,7 +12,14 @@ Failure handling, outermost first:
   because it already retries exactly the retryable cases (connection errors, 408, 409, 429, 5xx), honours the
   provider's ``Retry-After``/``retry-after-ms`` and ``x-should-retry`` headers, and retries a stream only before
   its first byte; wrapping it in tenacity would duplicate that and multiply the attempts;
-- timeouts: LLM_TIMEOUT_SECONDS for connect, each read (so a stream that stalls for that long is cut) and write.
+- timeouts: LLM_TIMEOUT_SECONDS for connect, each read (so a stream that stalls for that long is cut) and write;
+- malformed replies: a 2xx whose body is not a chat completion (invalid JSON, an HTML login page from a proxy, a
+  stream of broken events, JSON without ``choices``) is ``bad_response``, a well-formed completion with no text
+  (``choices: []``, ``content: null``, only whitespace) is ``empty_response``; both are failures like a 5xx
+  (503, counted by the breaker and the error metrics), never an empty answer presented as grounded. The body is
+  checked here, not by the package's lenient model construction (which yields a ``str`` for an HTML page, and
+  raw ``JSONDecodeError``/``AttributeError`` for the rest), and only structure is checked, so providers that
+  omit optional fields (``created``, ``usage``, ``finish_reason``) still work.
 
 Metrics: latency (`rag_llm_request_duration_seconds`, time to first token), calls by outcome, errors by cause,
 tokens in/out. The API key is only ever handed to the client object; it is never logged or put in an error.
@@ -20,11 +27,15 @@ tokens in/out. The API key is only ever handed to the client object; it is never
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx2
@@ -63,6 +74,123 @@ class LlmUnavailable(ServiceUnavailable):
         return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
+class BadResponse(Exception):
+    """The provider answered 2xx with something that is not a (non-empty) chat completion.
+
+    ``cause`` is ``bad_response`` or ``empty_response``; ``detail`` is built from the reply's structure only
+    (content type, size, the JSON parser's position, field types), never from its text, which may echo our
+    request headers and so the API key.
+    """
+
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+
+
+MAX_BODY_BYTES = 1 << 20  # read of a non-event-stream reply to a stream request, for the error message only
+_TOKEN = re.compile(r"[\w.:/-]{1,64}")
+
+
+def _token(value: Any) -> str:
+    """A provider-supplied label (finish_reason, error type) only when it looks like one; else its type."""
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return value
+    return type(value).__name__
+
+
+def endpoint(url: str) -> str:
+    """The base URL as it may appear in an error: no user:password, query (Azure's api-key) or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _describe(content_type: str, size: int) -> str:
+    kind = content_type.split(";")[0].strip().lower() or "no content type"
+    what = f"{kind}, {size} bytes"
+    if kind == "text/html":
+        what += " (an HTML page: a proxy, login or error page?)"
+    elif kind == "text/event-stream":
+        what += " (an event stream, though none was asked for)"
+    return what
+
+
+def parse_completion(content_type: str, body: bytes) -> Completion:
+    """A chat completion body, checked for structure; BadResponse (bad/empty) when it is not one."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        where = f" ({exc.msg} at char {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise BadResponse("bad_response", f"{_describe(content_type, len(body))}, not JSON{where}") from None
+    if not isinstance(data, dict):
+        raise BadResponse("bad_response", f"JSON {type(data).__name__}, not an object")
+    if "choices" not in data and data.get("error"):
+        error = data["error"]
+        label = _token(error.get("type") or error.get("code")) if isinstance(error, dict) else "error"
+        raise BadResponse("bad_response", f"an error object ({label}) instead of choices")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise BadResponse("bad_response", f"`choices` is {type(choices).__name__}, not a list")
+    completion = Completion()
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        completion.prompt_tokens = _count(usage.get("prompt_tokens"))
+        completion.completion_tokens = _count(usage.get("completion_tokens"))
+    if not choices:
+        raise BadResponse("empty_response", "an empty completion: `choices` is []")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise BadResponse("bad_response", "`choices[0].message` is not an object")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise BadResponse("bad_response", f"`choices[0].message.content` is {type(content).__name__}")
+    finish = choice.get("finish_reason")
+    completion.finish_reason = _token(finish) if finish is not None else None
+    completion.text = content or ""
+    if not completion.text.strip():
+        raise BadResponse("empty_response", _empty(completion, refusal=bool(message.get("refusal"))))
+    return completion
+
+
+def _empty(completion: Completion, *, refusal: bool = False) -> str:
+    what = "an empty completion: no text"
+    if refusal:
+        what += ", a refusal"
+    return f"{what} (finish_reason {completion.finish_reason or 'none'})"
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _chunk_pieces(chunk: Any, completion: Completion) -> list[str]:
+    """The text pieces of one stream chunk (usage and finish_reason recorded); BadResponse on a wrong shape."""
+    usage = getattr(chunk, "usage", None)
+    if usage is not None:
+        completion.prompt_tokens = _count(getattr(usage, "prompt_tokens", None))
+        completion.completion_tokens = _count(getattr(usage, "completion_tokens", None))
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        raise BadResponse("bad_response", f"a stream event whose `choices` is {type(choices).__name__}")
+    pieces = []
+    for choice in choices:
+        finish = getattr(choice, "finish_reason", None)
+        if finish:
+            completion.finish_reason = _token(finish)
+        delta = getattr(choice, "delta", None)
+        piece = getattr(delta, "content", None) if delta is not None else None
+        if piece is not None and not isinstance(piece, str):
+            raise BadResponse("bad_response", f"a stream event whose delta content is {type(piece).__name__}")
+        if piece:
+            pieces.append(piece)
+    return pieces
+
+
 @dataclass
 class Completion:
     """What one call produced: text and the provider's token counts (None when it reported none)."""
@@ -88,6 +216,8 @@ def _is_client_error(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> str:
     """The `cause` label of a failed call."""
+    if isinstance(exc, BadResponse):
+        return exc.cause
     if isinstance(exc, OpenedState):
         return "circuit_open"
     if isinstance(exc, openai.APITimeoutError):
@@ -100,6 +230,10 @@ def classify(exc: BaseException) -> str:
         return "auth"
     if isinstance(exc, openai.APIStatusError):
         return "server_error" if exc.status_code >= 500 else "bad_request"
+    if isinstance(exc, openai.APIResponseValidationError):
+        return "bad_response"
+    if isinstance(exc, openai.APIError):
+        return "server_error"  # an error event inside a 200 stream: the provider failed mid-answer
     return "protocol"
 
 
@@ -112,6 +246,7 @@ class LlmClient:
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""
         self.model = settings.llm_model
         self.base_url = settings.llm_base_url
+        self.endpoint = endpoint(settings.llm_base_url)
         self._client = openai.AsyncOpenAI(
             base_url=settings.llm_base_url,
             api_key=key or NO_KEY,
@@ -147,10 +282,20 @@ class LlmClient:
             message = "the language model is failing; calls are paused (circuit breaker open)"
         elif isinstance(exc, openai.APIStatusError):
             message = f"the language model answered HTTP {exc.status_code}"
+        elif isinstance(exc, BadResponse) and cause == "empty_response":
+            message = f"the LLM at {self.endpoint} answered with {exc.detail}"
+        elif isinstance(exc, BadResponse):
+            message = f"the LLM at {self.endpoint} answered 200 with a body that is not a chat completion: "
+            message += exc.detail
+        elif isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
+            message = f"the LLM at {self.endpoint} reported an error in its reply ({cause})"
         else:
             message = f"the language model call failed: {cause}"
         # The exception type and status only: provider messages may echo request headers.
-        logger.warning("LLM call failed", extra={"cause": cause, "error_type": type(exc).__name__})
+        extra = {"cause": cause, "error_type": type(exc).__name__, "llm_endpoint": self.endpoint}
+        if isinstance(exc, BadResponse):
+            extra["detail"] = exc.detail  # built from the reply's structure only
+        logger.warning("LLM call failed", extra=extra)
         return LlmUnavailable(message, cause=cause, retry_after=retry_after)
 
     def _request(self, messages: Sequence[dict[str, str]], max_tokens: int) -> dict[str, Any]:
@@ -161,31 +306,30 @@ class LlmClient:
         started = time.perf_counter()
         try:
             async with await self._breakers.get_breaker(CIRCUIT):
-                response = await self._client.chat.completions.create(**self._request(messages, max_tokens))
-        except (openai.OpenAIError, OpenedState) as exc:
+                raw = await self._client.chat.completions.with_raw_response.create(
+                    **self._request(messages, max_tokens)
+                )
+                # Checked inside the breaker: a provider that keeps answering garbage is failing.
+                http = raw.http_response
+                completion = parse_completion(http.headers.get("content-type", ""), http.content)
+        except (openai.OpenAIError, OpenedState, BadResponse) as exc:
             LLM_SECONDS.labels(outcome="error").observe(time.perf_counter() - started)
             raise self._failure(exc) from None
         LLM_SECONDS.labels(outcome="ok").observe(time.perf_counter() - started)
         LLM_REQUESTS.labels(outcome="ok").inc()
-        choice = response.choices[0] if response.choices else None
-        completion = Completion(
-            text=(choice.message.content or "") if choice else "",
-            finish_reason=choice.finish_reason if choice else None,
-        )
-        if response.usage is not None:
-            completion.prompt_tokens = response.usage.prompt_tokens
-            completion.completion_tokens = response.usage.completion_tokens
         self._count_tokens(completion)
         return completion
 
     async def open_stream(
         self, messages: Sequence[dict[str, str]], *, max_tokens: int, state: StreamState
     ) -> AsyncIterator[str]:
-        """Start a streamed answer and return its text pieces.
+        """Start a streamed answer and return its text pieces, the first one already received.
 
-        The request is sent (and retried, and refused by an open breaker) here, before the first piece, so the
-        caller can still answer with an HTTP error status. Closing the returned iterator early (the client went
-        away) closes the upstream response, which the provider sees as a disconnect and stops generating.
+        The request is sent (and retried, and refused by an open breaker) and its first piece of text awaited
+        here, so everything that fails before the first token (connecting, the status, a reply that is not an
+        event stream, a broken or empty stream) raises LlmUnavailable while the caller can still answer with an
+        HTTP error status. Failures after it are raised by the returned iterator. Closing it early (the client
+        went away) closes the upstream response, which the provider sees as a disconnect and stops generating.
         """
         started = time.perf_counter()
         breaker = await self._breakers.get_breaker(CIRCUIT)
@@ -205,7 +349,12 @@ class LlmClient:
                 LLM_SECONDS.labels(outcome="error").observe(time.perf_counter() - started)
                 raise self._failure(exc) from None
             raise
-        return self._pieces(stream, breaker, state, started)
+        pieces = self._pieces(stream, breaker, state, started)
+        try:
+            first = await pieces.__anext__()
+        except StopAsyncIteration:  # pragma: no cover - _pieces raises BadResponse before ending empty
+            raise self._failure(BadResponse("empty_response", _empty(state.completion))) from None
+        return _Prefetched(first, pieces)
 
     async def _pieces(
         self, stream: Any, breaker: Any, state: StreamState, started: float
@@ -214,24 +363,34 @@ class LlmClient:
         completion = state.completion
         try:
             async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        completion.prompt_tokens = chunk.usage.prompt_tokens
-                        completion.completion_tokens = chunk.usage.completion_tokens
-                    for choice in chunk.choices:
-                        if choice.finish_reason:
-                            completion.finish_reason = choice.finish_reason
-                        piece = choice.delta.content if choice.delta else None
-                        if piece:
-                            if state.pieces == 0:
-                                LLM_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
-                            state.pieces += 1
-                            completion.text += piece
+                response = stream.response
+                content_type = response.headers.get("content-type", "")
+                if not content_type.lower().startswith("text/event-stream"):
+                    # Not an event stream (a proxy's HTML page, an error, a whole completion as JSON): read
+                    # (bounded) and judged as a non-streamed reply would be, with the same diagnosis.
+                    body = b""
+                    async for part in response.aiter_bytes():
+                        body += part
+                        if len(body) > MAX_BODY_BYTES:
+                            break
+                    whole = parse_completion(content_type, body)
+                    # A valid whole completion (a provider or proxy that ignores `stream`): one piece.
+                    completion.text, completion.finish_reason = whole.text, whole.finish_reason
+                    completion.prompt_tokens = whole.prompt_tokens
+                    completion.completion_tokens = whole.completion_tokens
+                    LLM_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
+                    state.pieces += 1
+                    yield whole.text
+                else:
+                    async with aclosing(self._stream_pieces(stream, state, started)) as pieces:
+                        async for piece in pieces:
                             yield piece
+                if state.pieces == 0:
+                    raise BadResponse("empty_response", _empty(completion))
             outcome = "ok"
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, BadResponse) as exc:
             outcome = "error"
-            await breaker.__aexit__(type(exc), exc, exc.__traceback__)
+            await _shielded(breaker.__aexit__(type(exc), exc, exc.__traceback__))
             raise self._failure(exc) from None
         except BaseException as exc:
             # The caller stopped reading (client disconnected: GeneratorExit or cancellation): not a failure.
@@ -247,11 +406,53 @@ class LlmClient:
                 LLM_REQUESTS.labels(outcome="cancelled").inc()
 
     @staticmethod
+    async def _stream_pieces(stream: Any, state: StreamState, started: float) -> AsyncIterator[str]:
+        completion = state.completion
+        try:
+            async for chunk in stream:
+                for piece in _chunk_pieces(chunk, completion):
+                    completion.text += piece
+                    if state.pieces == 0:
+                        if not completion.text.strip():
+                            continue  # leading whitespace waits: an all-blank answer is empty
+                        piece = completion.text
+                        LLM_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - started)
+                    state.pieces += 1
+                    yield piece
+        except (ValueError, TypeError, AttributeError) as exc:
+            # openai's SSE decoding: JSONDecodeError for a `data:` line that is not JSON, and loose model
+            # construction errors for JSON of the wrong shape. The type and the position only.
+            where = f" ({exc.msg} at char {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+            detail = f"a stream event that is not a chat completion chunk: {type(exc).__name__}{where}"
+            raise BadResponse("bad_response", detail) from None
+
+    @staticmethod
     def _count_tokens(completion: Completion) -> None:
         if completion.prompt_tokens is not None:
             LLM_TOKENS.labels(direction="input").inc(completion.prompt_tokens)
         if completion.completion_tokens is not None:
             LLM_TOKENS.labels(direction="output").inc(completion.completion_tokens)
+
+
+class _Prefetched:
+    """The pieces of a stream whose first piece was already received; `aclose` closes the upstream stream."""
+
+    def __init__(self, first: str, rest: Any) -> None:
+        self._first: str | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Prefetched:
+        return self
+
+    async def __anext__(self) -> str:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._rest.__anext__()  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        self._first = None
+        await self._rest.aclose()
 
 
 async def _shielded(awaitable: Any) -> None:

@@ -8,8 +8,10 @@ sources the answer cites, under the numbers it uses.
 
 Streaming (`open_stream`) does everything that can fail with an HTTP status (retrieval, the tenant's token
 budget, the breaker, connecting to the provider, its first response headers) before the first event, and then
-yields events: ``token`` (text), ``citations``, ``usage`` (last). A failure after the first token is an
-``error`` event. Abandoning the iterator (the client disconnected) closes the upstream stream.
+yields events: ``token`` (text), ``citations``, ``usage`` (last). The provider's first token is awaited before
+the first event, so a reply that is broken or empty from the start is a 503 like a non-streamed one. A failure
+after the first token is an ``error`` event that ends the stream (no ``citations``, no ``usage``). Abandoning
+the iterator (the client disconnected) closes the upstream stream.
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ class AnswerService:
         text, cited = clean_citations(completion.text, range(1, len(prompt.sources) + 1))
         ANSWERS.labels(generator="llm").inc()
         return AnswerResponse(
-            answer=text.strip(),
+            # An empty completion is a 503 (LlmClient); this is text made only of markers naming no source.
+            answer=text.strip() or NOT_SUPPORTED_ANSWER,
             citations=_citations(prompt.sources, cited),
             model=self.llm.model,
             generator="llm",
@@ -206,16 +209,28 @@ class AnswerService:
         assert self.llm is not None
         citations = CitationFilter(range(1, len(prompt.sources) + 1))
         finished = False
+        said = ""
         try:
             try:
                 async for piece in pieces:
                     text = citations.feed(piece)
                     if text:
+                        said += text
                         yield {"event": "token", "data": {"text": text}}
             except LlmUnavailable as exc:
+                # After the 200 and the first tokens: the documented `error` event ends the stream, and no
+                # `citations` event claims an answer that was not produced.
                 yield {"event": "error", "data": error_body(exc.code, exc.message, **exc.details)}
                 return
+            except Exception as exc:  # a defect here must still end the stream visibly, without a traceback
+                logger.error("answer stream failed", exc_info=exc)
+                yield {"event": "error", "data": error_body("internal", "internal server error")}
+                return
             rest = citations.finish()
+            said += rest
+            if not said.strip():
+                # The model's whole text was markers naming no source: nothing grounded was said.
+                rest = NOT_SUPPORTED_ANSWER
             if rest:
                 yield {"event": "token", "data": {"text": rest}}
             finished = True

@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         "none",
         description="scalar quantization of the dense vectors of NEW edge shards (searched, then rescored exactly)",
     )
+    metadata_index_max_keys: int = Field(
+        32,
+        ge=0,
+        le=1024,
+        description="metadata keys per collection that get a payload index (first come; the rest are filtered "
+        "unindexed); docs/benchmarks.md",
+    )
     qdrant_api_key: SecretStr | None = None
     qdrant_prefer_grpc: bool = False
     qdrant_path: Path | None = Field(None, description="local-mode directory; default DATA_DIR/qdrant")

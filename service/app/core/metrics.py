@@ -80,6 +80,14 @@ WORKER_LAST_POLL = Gauge(
 FAILURES = Counter(
     "rag_failures_total", "Internal failures by component.", ["component"]
 )  # vector_store | registry | embedder | cache | jobs
+METADATA_KEYS_UNINDEXED = Counter(
+    "rag_metadata_keys_unindexed_total",
+    "Distinct metadata keys refused a payload index (past METADATA_INDEX_MAX_KEYS; filtered unindexed).",
+    ["store"],
+)  # edge | qdrant
+METADATA_INDEX_BACKLOG = Gauge(
+    "rag_metadata_index_backlog", "Metadata payload indexes admitted and not built yet (embedded store)."
+)
 
 # --- answers (POST /v1/answer) ------------------------------------------------------------------------------
 # LLM calls take seconds, not milliseconds: buckets up to two minutes.
@@ -92,7 +100,8 @@ LLM_REQUESTS = Counter(
 )  # ok | error | cancelled
 LLM_ERRORS = Counter(
     "rag_llm_errors_total", "Failed Chat Completions calls, by cause.", ["cause"]
-)  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | protocol
+)  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | bad_response
+# | empty_response | protocol
 LLM_SECONDS = Histogram(
     "rag_llm_request_duration_seconds",
     "Chat Completions call time, start to last token (retries included).",
@@ -121,6 +130,8 @@ for _cause in (
     "circuit_open",
     "auth",
     "bad_request",
+    "bad_response",
+    "empty_response",
 ):
     LLM_ERRORS.labels(cause=_cause)
 for _direction in ("input", "output"):

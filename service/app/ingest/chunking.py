@@ -10,6 +10,14 @@ How text is cut, in order of preference:
 2. otherwise at a sentence end (``.``, ``!``, ``?`` followed by whitespace, or a line break);
 3. only a single sentence longer than the budget is split inside, at token offsets (preferring word starts).
 
+A chunk also holds at most ``max_chars = budget * MAX_CHARS_PER_TOKEN`` characters. Real text never reaches
+that cap (the project's docs, sources and fixtures average 3.4 characters a token, their densest chunk 6.6 at the
+default size); it exists for text the tokenizer cannot see into: WordPiece turns a "word" of more than 100
+characters (a run of letters, digits or emoji without punctuation or space) into one ``[UNK]`` token, so a
+blob without spaces would otherwise be one chunk however long. An over-long sentence is then split at token
+offsets within the cap too, and a single token longer than the cap is cut by characters, preferably where the
+character class changes (letter, digit, other).
+
 Every chunk is a span of the original text (``text[start:end]``), spans are in order and together cover every
 token of the text. The text is tokenized once per paragraph; each chunk is re-tokenized at the end to prove the
 limit, and split further in the (tokenizer-dependent) case where re-tokenizing a span costs more tokens.
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +37,9 @@ PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
 # A sentence ends after terminal punctuation (plus closing quotes/brackets) before whitespace, or at a line break.
 SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
 ENCODE_BATCH = 256
+# Characters per token a chunk may average at most (see the module docstring): about 5x the densest chunk of
+# real text measured (docs/service.md "Chunking"), so only text the tokenizer cannot split is ever cut by it.
+MAX_CHARS_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class Chunker:
             raise ValueError(f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens})")
         # The overlap must leave room for new text in every chunk.
         self.overlap = max(0, min(chunk_overlap, self.budget // 2))
+        # Derived from the budget only, so it is not a separate chunking parameter (nor part of the content hash).
+        self.max_chars = self.budget * MAX_CHARS_PER_TOKEN
 
     def params(self) -> dict[str, int]:
         """What, besides the text, determines the chunks (part of a document's content hash)."""
@@ -111,21 +125,34 @@ class Chunker:
             count = i1 - i0
             if count == 0:
                 continue
-            if count <= self.budget:
+            if count <= self.budget and e - s <= self.max_chars:
                 yield _Unit(offset + s, offset + e, count, first)
                 first = False
                 continue
-            for j0, j1 in self._hard_split(i0, i1, word_ids):
-                yield _Unit(offset + starts[j0], offset + ends[j1 - 1], j1 - j0, first)
-                first = False
+            for j0, j1 in self._hard_split(i0, i1, word_ids, starts, ends):
+                a, b = starts[j0], ends[j1 - 1]
+                if b - a <= self.max_chars:
+                    yield _Unit(offset + a, offset + b, j1 - j0, first)
+                    first = False
+                    continue
+                # One token longer than the cap (e.g. WordPiece's [UNK] for a 100 kB run of letters).
+                for unit in self._char_split(paragraph, a, b):
+                    yield _Unit(offset + unit.start, offset + unit.end, unit.tokens, first)
+                    first = False
 
-    def _hard_split(self, i0: int, i1: int, word_ids: list[int | None]) -> Iterator[tuple[int, int]]:
-        """Token ranges of at most ``budget`` tokens covering [i0, i1), cut at word starts when possible."""
+    def _hard_split(
+        self, i0: int, i1: int, word_ids: list[int | None], starts: list[int], ends: list[int]
+    ) -> Iterator[tuple[int, int]]:
+        """Token ranges of at most ``budget`` tokens and ``max_chars`` characters covering [i0, i1), cut at
+        word starts when possible; a single token longer than ``max_chars`` is a range of its own."""
         i = i0
         while i < i1:
             j = min(i + self.budget, i1)
+            if ends[j - 1] - starts[i] > self.max_chars:
+                # Token ends are in order: the furthest end within the cap, at least one token.
+                j = max(i + 1, bisect.bisect_right(ends, starts[i] + self.max_chars, i, j))
             if j < i1:
-                floor = i + self.budget // 2
+                floor = i + (j - i) // 2
                 k = j
                 while k > floor and word_ids[k] is not None and word_ids[k] == word_ids[k - 1]:
                     k -= 1
@@ -133,6 +160,30 @@ class Chunker:
                     j = k
             yield i, j
             i = j
+
+    def _char_split(self, text: str, start: int, end: int) -> Iterator[_Unit]:
+        """Units covering ``text[start:end]`` (one over-long token), each within both caps."""
+        spans: list[tuple[int, int]] = []
+        position = start
+        while position < end:
+            cut = _char_cut(text, position, end, self.max_chars)
+            spans.extend(_trimmed(text, position, cut))
+            position = cut
+        encodings = self.tokenizer.encode_batch([text[a:b] for a, b in spans], add_special_tokens=False)
+        for (a, b), encoding in zip(spans, encodings, strict=True):
+            count = len(encoding.ids)
+            if count == 0:
+                continue
+            if count <= self.budget:
+                yield _Unit(a, b, count, False)
+                continue
+            # The piece re-tokenizes into more than a chunk's tokens (a piece of <= 100 characters is no longer
+            # one [UNK]): split it by its own tokens, all within the character cap already.
+            offsets = encoding.offsets
+            piece_starts = [a + s for s, _ in offsets]
+            piece_ends = [a + e for _, e in offsets]
+            for j0, j1 in self._hard_split(0, count, encoding.word_ids, piece_starts, piece_ends):
+                yield _Unit(piece_starts[j0], piece_ends[j1 - 1], j1 - j0, False)
 
     # --- packing -----------------------------------------------------------------------------------------
     def _pack(self, units: list[_Unit]) -> Iterator[tuple[int, int]]:
@@ -144,7 +195,11 @@ class Chunker:
         start = 0
         while start < n:
             end = start
-            while end < n and prefix[end + 1] - prefix[start] <= self.budget:
+            while (
+                end < n
+                and prefix[end + 1] - prefix[start] <= self.budget
+                and units[end].end - units[start].start <= self.max_chars
+            ):
                 end += 1
             if end < n:
                 for k in range(end - 1, start, -1):
@@ -158,7 +213,10 @@ class Chunker:
             while new_start - 1 > start and prefix[end] - prefix[new_start - 1] <= self.overlap:
                 new_start -= 1
             # The next chunk must fit the overlap plus the first new unit.
-            while new_start < end and prefix[end + 1] - prefix[new_start] > self.budget:
+            while new_start < end and (
+                prefix[end + 1] - prefix[new_start] > self.budget
+                or units[end].end - units[new_start].start > self.max_chars
+            ):
                 new_start += 1
             start = new_start
 
@@ -188,6 +246,40 @@ class Chunker:
             sub = self.tokenizer.encode(piece.text, add_special_tokens=False)
             pieces.extend(self._fit(text, piece, sub))
         return pieces
+
+
+def _char_class(char: str) -> int:
+    if char.isspace():
+        return 0
+    if char.isalpha():
+        return 1
+    if char.isdigit():
+        return 2
+    return 3
+
+
+def _joins(text: str, index: int) -> bool:
+    """Whether a cut before ``text[index]`` would split a grapheme (a combining mark, a variation selector or a
+    zero-width joiner sequence)."""
+    if unicodedata.category(text[index]) in ("Mn", "Me", "Mc", "Cf", "Sk"):
+        return True
+    return text[index - 1] == "\u200d"
+
+
+def _char_cut(text: str, start: int, end: int, max_chars: int) -> int:
+    """Where the piece starting at ``start`` ends: ``end`` if it fits in ``max_chars``, else the last change of
+    character class in the second half of the window, else the last position that splits no grapheme."""
+    limit = start + max_chars
+    if end <= limit:
+        return end
+    floor = start + max_chars // 2
+    for index in range(limit, floor, -1):
+        if _char_class(text[index - 1]) != _char_class(text[index]) and not _joins(text, index):
+            return index
+    for index in range(limit, floor, -1):
+        if not _joins(text, index):
+            return index
+    return limit
 
 
 def _sentences(paragraph: str) -> Iterator[tuple[int, int]]:

@@ -11,9 +11,14 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   and hybrid search (RRF fusion of both through prefetches) run in the engine. A shard created before sparse
   vectors existed gets the vector at open (``UpdateOperation.create_sparse_vector``) and each point's sparse
   vector from the chunk text its payload keeps, before the store serves (one process owns the shard).
-- Payload indexes on ``tenant_id`` (keyword, ``is_tenant``), ``document_id`` (keyword), ``version`` (integer) and,
-  lazily, on each metadata field seen on ingest; deletes by filter use them (no scan, no in-process point index,
-  so start-up does not grow with the data: loading the shard is the whole start-up).
+- Payload indexes on ``tenant_id`` (keyword, ``is_tenant``), ``document_id`` (keyword), ``version`` (integer);
+  deletes by filter use them (no scan, no in-process point index, so start-up does not grow with the data:
+  loading the shard is the whole start-up). And on the first ``METADATA_INDEX_MAX_KEYS`` metadata keys seen on
+  ingest (service.app.store.metadata_index): one ``create_field_index`` holds the GIL for 0.3-0.8 s, so a write
+  only admits a new key (persisted in ``metadata_indexes.json`` beside the shard's files before it is
+  acknowledged) and the ``edge-metadata-index`` thread builds the indexes one at a time, pausing
+  ``METADATA_INDEX_PAUSE_RATIO`` times as long as each build took: searches and writes run between two builds,
+  and documents are stored, searchable and filterable (unindexed) before their keys' indexes exist.
 - Same point ids and payload as server mode (uuid5 of tenant/document/version/chunk), so versioned writes,
   idempotent retries and the registry-decides-visibility protocol of service.app.ingest.service are unchanged.
 - Durability: every update goes through the shard's write-ahead log before it is applied; a process killed
@@ -70,7 +75,13 @@ import qdrant_edge as qe
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
-from service.app.core.metrics import FAILURES
+from service.app.core.metrics import FAILURES, METADATA_INDEX_BACKLOG
+from service.app.store.metadata_index import (
+    IndexKind,
+    MetadataKeyBudget,
+    read_admitted,
+    write_admitted,
+)
 from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
 from service.app.store.vectors import (
     PREFETCH_MIN,
@@ -116,6 +127,20 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 QUANTIZATION_QUANTILE = 0.99
 QUANTIZATION_OVERSAMPLING = 2.0
 QUANTIZED_HNSW_EF = 160
+# Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
+# files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
+# idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
+# orphan collector's Pacer (service.app.store.gc). A build is 0.3-0.8 s (docs/benchmarks.md).
+METADATA_INDEX_FILE = "metadata_indexes.json"
+METADATA_INDEX_PAUSE_RATIO = 9.0
+METADATA_INDEX_MAX_KEYS = 32
+_EDGE_KINDS: dict[IndexKind, qe.PayloadSchemaType] = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+}
+_KIND_OF_EDGE = {str(schema): kind for kind, schema in _EDGE_KINDS.items()}
 # A vacuum threshold no segment can pass (the engine vacuums above deleted/total > threshold, at most 1.0).
 NEVER_VACUUM = 1.0
 
@@ -271,18 +296,6 @@ def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition
     return qe.Filter(must=[_match("tenant_id", tenant_id), _match("document_id", document_id), *extra])
 
 
-def _metadata_index_schema(value: Any) -> qe.PayloadSchemaType | None:
-    if isinstance(value, bool):
-        return qe.PayloadSchemaType.Bool
-    if isinstance(value, int):
-        return qe.PayloadSchemaType.Integer
-    if isinstance(value, float):
-        return qe.PayloadSchemaType.Float
-    if isinstance(value, str | list):
-        return qe.PayloadSchemaType.Keyword
-    return None
-
-
 def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
 
@@ -328,6 +341,91 @@ class _Gate:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
+
+
+class _IndexBuilder:
+    """Builds the admitted metadata payload indexes in a daemon thread, one at a time, oldest first, pausing
+    ``pause_ratio`` times as long as each build took before the next (a build holds the GIL throughout).
+
+    ``built`` is set after each build (tests wait on it); ``before_build`` is called just before each one."""
+
+    def __init__(self, build: Callable[[str, IndexKind], None], *, pause_ratio: float) -> None:
+        self._build = build
+        self._ratio = pause_ratio
+        self._queue: list[tuple[str, IndexKind]] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._building = False
+        self.builds = 0
+        self.built = threading.Event()
+        self.before_build: Callable[[str], None] | None = None
+        self._thread = threading.Thread(target=self._run, name="edge-metadata-index", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, keys: Iterable[tuple[str, IndexKind]]) -> None:
+        keys = list(keys)
+        with self._changed:
+            self._queue.extend(keys)
+            METADATA_INDEX_BACKLOG.inc(len(keys))  # inc/dec: a re-index's second store shares the gauge
+            self._changed.notify()
+
+    @property
+    def pending(self) -> list[str]:
+        """Keys queued or being built."""
+        with self._changed:
+            return [key for key, _ in self._queue]
+
+    @property
+    def idle(self) -> bool:
+        with self._changed:
+            return not self._queue
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every queued index was built (or tried); False when ``timeout`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._queue or self._stop.is_set(), timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._stop.is_set():
+                    self._changed.wait()  # woken by add (and by stop)
+                if self._stop.is_set():
+                    return
+                key, kind = self._queue[0]
+            if self.before_build is not None:
+                self.before_build(key)
+                if self._stop.is_set():
+                    return
+            started = time.perf_counter()
+            try:
+                self._build(key, kind)
+            except Exception as exc:  # an index only speeds filters up; retried at the next start-up
+                FAILURES.labels(component="vector_store").inc()
+                logger.warning("could not build the payload index on metadata.%s: %s", key, exc)
+            took = time.perf_counter() - started
+            with self._changed:
+                self._queue.pop(0)
+                METADATA_INDEX_BACKLOG.dec()
+                self.builds += 1
+                self._changed.notify_all()
+            self.built.set()
+            if self._stop.wait(max(0.001, took * self._ratio)):
+                return
+
+    def stop(self) -> None:
+        """Stop after the build in progress, if any (never in the middle of one: the engine call cannot be
+        interrupted; what is still queued is built after the next start-up)."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._changed:
+            METADATA_INDEX_BACKLOG.dec(len(self._queue))
+            self._queue.clear()
 
 
 class _Optimizer:
@@ -519,6 +617,7 @@ class EdgeVectorStore:
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
         quantization: bool = False,
+        metadata_index_max_keys: int = METADATA_INDEX_MAX_KEYS,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -554,8 +653,11 @@ class EdgeVectorStore:
         self._holds_lock = False
         self._shard: qe.EdgeShard | None = None
         self._optimizer: _Optimizer | None = None
-        self._indexed_metadata: set[str] = set()
-        self._state = threading.Lock()  # guards open/close and the metadata-index set, never a search
+        self.metadata_index_max_keys = metadata_index_max_keys
+        self.metadata_index_pause_ratio = METADATA_INDEX_PAUSE_RATIO
+        self.metadata_budget: MetadataKeyBudget | None = None  # set when the shard is open
+        self.indexer: _IndexBuilder | None = None
+        self._state = threading.Lock()  # guards open/close, never a search
         self.has_sparse = False  # set when the shard is open (every shard has it then)
 
     @classmethod
@@ -574,6 +676,7 @@ class EdgeVectorStore:
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
             quantization=settings.edge_quantization == "int8",
+            metadata_index_max_keys=settings.metadata_index_max_keys,
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -593,6 +696,7 @@ class EdgeVectorStore:
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
             quantization=self.quantization,
+            metadata_index_max_keys=self.metadata_index_max_keys,
         )
         other._lock = self._lock
         return other
@@ -671,6 +775,8 @@ class EdgeVectorStore:
             except BaseException:
                 self._close_locked()
                 raise
+            assert self.indexer is not None
+            self.indexer.start()
             if self._optimize_idle is not None:
                 self._optimizer = _Optimizer(
                     self._optimize_pass,
@@ -959,23 +1065,53 @@ class EdgeVectorStore:
         for key, params in wanted:
             if key not in schema:
                 self.shard.update(qe.UpdateOperation.create_field_index(key, params))
-        self._indexed_metadata = {
-            key.removeprefix("metadata.") for key in schema if key.startswith("metadata.")
+        self._open_metadata_budget(schema)
+
+    def _open_metadata_budget(self, schema: dict[str, Any]) -> None:
+        """The admitted metadata keys: every one the shard has an index on (kept, whatever the limit: indexes are
+        never dropped here), then those persisted and not built yet (a process stopped before it built them),
+        while the limit lasts; these are queued to build."""
+        built: dict[str, IndexKind] = {
+            key.removeprefix("metadata."): _KIND_OF_EDGE.get(str(info.data_type), "keyword")
+            for key, info in schema.items()
+            if key.startswith("metadata.")
         }
+        admitted = dict(built)
+        for key, kind in read_admitted(self.path / METADATA_INDEX_FILE).items():
+            if key not in admitted and len(admitted) < self.metadata_index_max_keys:
+                admitted[key] = kind
+        self.metadata_budget = MetadataKeyBudget(
+            self.metadata_index_max_keys,
+            store="edge",
+            collection=self.collection,
+            existing=admitted,
+            persist=functools.partial(write_admitted, self.path / METADATA_INDEX_FILE),
+        )
+        self.indexer = _IndexBuilder(self._build_metadata_index, pause_ratio=self.metadata_index_pause_ratio)
+        self.indexer.add((key, kind) for key, kind in admitted.items() if key not in built)
+
+    def _build_metadata_index(self, key: str, kind: IndexKind) -> None:
+        """One index build (the builder thread's): holds the GIL for its duration, a search's gate share only."""
+        with self._engine(writes=True) as shard:
+            if f"metadata.{key}" in shard.info().payload_schema:
+                return
+            started = time.perf_counter()
+            shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", _EDGE_KINDS[kind]))
+            logger.info(
+                "built the payload index on metadata.%s (%s) in %.2f s",
+                key,
+                kind,
+                time.perf_counter() - started,
+            )
 
     def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
-        # Indexes only speed filtering up (unindexed fields are filtered too), so failures are logged, not raised.
-        for metadata in metadata_items:
-            for key, value in metadata.items():
-                schema = _metadata_index_schema(value)
-                if key in self._indexed_metadata or schema is None:
-                    continue
-                with self._state, self._engine(writes=True) as shard:
-                    try:
-                        shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", schema))
-                    except Exception as exc:
-                        logger.warning("could not index metadata.%s: %s", key, exc)
-                    self._indexed_metadata.add(key)
+        """Admit the new metadata keys (a dict lookup per key, plus one small fsynced file write when one is new)
+        and queue their index builds: never an index build in the request."""
+        if self.metadata_budget is None or self.indexer is None:
+            raise ServiceUnavailable("vector store is closed")
+        new = self.metadata_budget.admit(metadata_items)
+        if new:
+            self.indexer.add(new)
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
@@ -1187,6 +1323,9 @@ class EdgeVectorStore:
             self._close_locked()
 
     def _close_locked(self) -> None:
+        if self.indexer is not None:
+            self.indexer.stop()
+            self.indexer = None
         if self._optimizer is not None:
             self._optimizer.stop()
             self._optimizer = None

@@ -31,7 +31,7 @@ CPU per query at every batch size measured.
 Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
 EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
 fixed batch of 4 the tail is padded to the full chunks' length, run alone it costs its own tokens plus the fixed
-cost of a run (measured with ONNX Runtime's default threads on 2 cores, docs/benchmarks.md "Document runs": ~0.54
+cost of a run (measured with ONNX Runtime's default threads on 2 cores, docs/benchmarks.md "Document runs grouped by length": ~0.54
 ms per token slot at 50-200 tokens and a few ms per run, i.e. 7-16 slots, the ``RUN_OVERHEAD_TOKENS`` the queries
 use). On make bench's documents that is 10 % fewer token slots than fixed batches of 4 in document order (what
 fastembed does for the raw path) or sorted by length (what this adapter did before).

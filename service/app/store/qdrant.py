@@ -3,8 +3,12 @@
 - Server mode when QDRANT_URL is set (API key, optional gRPC); otherwise Qdrant's local mode persisted at
   QDRANT_PATH (default DATA_DIR/qdrant) or ``:memory:``. Local mode serves one process: run WORKERS=1 with it.
 - The collection (`collection_name`) is created at start-up (cosine distance) together with payload indexes on
-  ``tenant_id`` (keyword, ``is_tenant``), ``document_id``, ``version`` and, lazily, each metadata field seen on
-  ingest. Local mode ignores payload indexes (it filters by scanning), which is fine for its scale.
+  ``tenant_id`` (keyword, ``is_tenant``), ``document_id``, ``version`` and on the first
+  ``METADATA_INDEX_MAX_KEYS`` metadata keys seen on ingest (service.app.store.metadata_index; the budget starts
+  from the server's payload schema and is re-read before a new key is admitted, so replicas share it). A
+  metadata index is requested with ``wait=False``: the server acknowledges it once queued and builds it over
+  the collection's points in its own update worker, not in the write that brought the key. Local mode ignores
+  payload indexes (it filters by scanning), which is fine for its scale.
 - Every point carries two vectors: the dense embedding (the unnamed default vector here; ``dense`` in the
   embedded engine) and a BM25 sparse vector ``bm25`` computed by the service (service.app.store.sparse) and
   stored with Qdrant's IDF modifier. Search `mode` picks dense, sparse or both fused with reciprocal rank
@@ -32,6 +36,7 @@ from qdrant_client import QdrantClient, models
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES
+from service.app.store.metadata_index import IndexKind, MetadataKeyBudget
 from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
 from service.app.store.vectors import (
     PREFETCH_MIN,
@@ -115,16 +120,23 @@ def _condition(condition: MetadataCondition) -> models.Condition:
     )
 
 
-def _metadata_index_schema(value: Any) -> models.PayloadSchemaType | None:
-    if isinstance(value, bool):
-        return models.PayloadSchemaType.BOOL
-    if isinstance(value, int):
-        return models.PayloadSchemaType.INTEGER
-    if isinstance(value, float):
-        return models.PayloadSchemaType.FLOAT
-    if isinstance(value, str | list):
-        return models.PayloadSchemaType.KEYWORD
-    return None
+_SERVER_KINDS: dict[IndexKind, models.PayloadSchemaType] = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
+
+
+def _metadata_kinds(payload_schema: dict[str, Any] | None) -> dict[str, IndexKind]:
+    """The metadata keys a server collection's payload schema (as the server reports it) has an index on."""
+    kinds: dict[str, IndexKind] = {}
+    for key, info in (payload_schema or {}).items():
+        if key.startswith("metadata."):
+            data_type = getattr(info, "data_type", None)
+            value = getattr(data_type, "value", data_type)
+            kinds[key.removeprefix("metadata.")] = value if value in _SERVER_KINDS else "keyword"
+    return kinds
 
 
 class LocalPointIndex:
@@ -184,7 +196,7 @@ class QdrantVectorStore:
         self._settings = settings
         # Local mode is an in-process store without its own locking; the server needs none from us.
         self._lock: threading.Lock | _NoLock = threading.Lock() if local else _NoLock()
-        self._indexed_metadata: set[str] = set()
+        self.metadata_budget: MetadataKeyBudget | None = None  # server mode, set by ensure_collection
         self.upsert_batch = UPSERT_BATCH
         self._points: LocalPointIndex | None = None  # built by ensure_collection in local mode
         self.has_sparse = False  # set by ensure_collection
@@ -281,7 +293,9 @@ class QdrantVectorStore:
                     f"collection {self.collection} has vectors of size {size}, the model gives {self.dimension}"
                 )
             self.has_sparse = SPARSE_VECTOR in (info.config.params.sparse_vectors or {})
+            indexed = _metadata_kinds(info.payload_schema)
         else:
+            indexed = {}
             self.client.create_collection(
                 self.collection,
                 vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
@@ -317,6 +331,16 @@ class QdrantVectorStore:
         self.client.create_payload_index(
             self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
         )
+        self.metadata_budget = MetadataKeyBudget(
+            self._settings.metadata_index_max_keys,
+            store="qdrant",
+            collection=self.collection,
+            existing=indexed,
+            refresh=self._indexed_metadata_keys,
+        )
+
+    def _indexed_metadata_keys(self) -> dict[str, IndexKind]:
+        return _metadata_kinds(self.client.get_collection(self.collection).payload_schema)
 
     def _add_sparse_vector(self) -> None:
         """Local mode: add the BM25 vector to an old collection and fill it from each point's chunk text.
@@ -397,19 +421,20 @@ class QdrantVectorStore:
         return [PointVersion(t, d, v, n) for (t, d, v), n in counts.items()]
 
     def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
-        # Indexes only speed filtering up (Qdrant filters unindexed fields too), so failures are logged, not raised.
-        if self.local:
+        """Request an index on each newly admitted metadata key, without waiting for the server to build it
+        (``wait=False``: acknowledged once queued, built by the server's update worker). Indexes only speed
+        filtering up (Qdrant filters unindexed fields too), so a failure is logged and the key's place given
+        back (the next write using it asks again), never raised."""
+        if self.local or self.metadata_budget is None:
             return
-        for metadata in metadata_items:
-            for key, value in metadata.items():
-                schema = _metadata_index_schema(value)
-                if key in self._indexed_metadata or schema is None:
-                    continue
-                try:
-                    self.client.create_payload_index(self.collection, f"metadata.{key}", field_schema=schema)
-                except Exception as exc:
-                    logger.warning("could not index metadata.%s: %s", key, exc)
-                self._indexed_metadata.add(key)
+        for key, kind in self.metadata_budget.admit(metadata_items):
+            try:
+                self.client.create_payload_index(
+                    self.collection, f"metadata.{key}", field_schema=_SERVER_KINDS[kind], wait=False
+                )
+            except Exception as exc:
+                logger.warning("could not request the payload index on metadata.%s: %s", key, exc)
+                self.metadata_budget.forget(key)
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
