@@ -87,9 +87,10 @@ def nat_alias_suffixes(mode: NatGateways, zone: int) -> list[str]:
     return [""] if mode == "perZone" else ["-0"]
 
 
-def _zone_opts(
+def zone_opts(
     opts: pulumi.ResourceOptions, role: str, mode: NatGateways, zone: int, depends_on: list[pulumi.Resource]
 ) -> pulumi.ResourceOptions:
+    """Options of a zone's egress resource `role`: the other layout's zone-0 name as an alias, and what it waits for."""
     aliases = [pulumi.Alias(name=f"{role}{suffix}") for suffix in nat_alias_suffixes(mode, zone)]
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases, depends_on=depends_on))
 
@@ -253,14 +254,14 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             f"nat-ip{suffix}",
             domain="vpc",
             tags={"Name": f"{name}-nat-{zone}"},
-            opts=_zone_opts(opts, "nat-ip", eks.natGateways, zone, [gateway]),
+            opts=zone_opts(opts, "nat-ip", eks.natGateways, zone, [gateway]),
         )
         nat = aws.ec2.NatGateway(
             f"nat{suffix}",
             subnet_id=public_subnets[zone].id,
             allocation_id=nat_ip.id,
             tags={"Name": f"{name}-nat-{zone}"},
-            opts=_zone_opts(opts, "nat", eks.natGateways, zone, [gateway, public_associations[zone]]),
+            opts=zone_opts(opts, "nat", eks.natGateways, zone, [gateway, public_associations[zone]]),
         )
         private_tables.append(
             aws.ec2.RouteTable(
@@ -268,7 +269,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
                 vpc_id=vpc.id,
                 routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}],
                 tags={"Name": f"{name}-private{suffix}"},
-                opts=_zone_opts(opts, "private-rt", eks.natGateways, zone, []),
+                opts=zone_opts(opts, "private-rt", eks.natGateways, zone, []),
             )
         )
     # S3 traffic from the private subnets (backup uploads and restores, ECR image layers, which ECR serves from S3)

@@ -13,7 +13,7 @@ from collections import Counter
 import pulumi
 import pytest
 
-from infra.clusters.eks import _zone_opts, nat_alias_suffixes, nat_suffix
+from infra.clusters.eks import nat_alias_suffixes, nat_suffix, zone_opts
 from infra.offline import RecordedResource, StackRun
 from tests.infra.conftest import run
 
@@ -135,5 +135,5 @@ def test_switching_layouts_adopts_zone_zero_instead_of_replacing_it(role: str) -
     assert [role + s for s in nat_alias_suffixes("perZone", 0)] == [single_name]
     assert [role + s for s in nat_alias_suffixes("single", 0)] == [per_zone_name]
     assert nat_alias_suffixes("perZone", 1) == []
-    opts = _zone_opts(pulumi.ResourceOptions(), role, "perZone", 0, [])
+    opts = zone_opts(pulumi.ResourceOptions(), role, "perZone", 0, [])
     assert [alias.name for alias in opts.aliases or []] == [single_name]
