@@ -33,9 +33,9 @@ QUESTION = {"query": "How many days of paid vacation do employees get?", "score_
 STREAM = {**QUESTION, "stream": True}
 
 
-def raw(body: Any, content_type: str = "application/json") -> dict[str, Any]:
+def raw(body: Any, content_type: str = "application/json", status: int = 200) -> dict[str, Any]:
     text = body if isinstance(body, str) else json.dumps(body)
-    return {"raw": {"status": 200, "content_type": content_type, "body": text}}
+    return {"raw": {"status": status, "content_type": content_type, "body": text}}
 
 
 def completion(content: Any, finish_reason: str | None = "stop") -> dict[str, Any]:
@@ -55,6 +55,8 @@ NON_STREAMED = {
     "an event stream": (raw("data: {broken\n\n", "text/event-stream"), "bad_response", ["text/event-stream"]),
     "JSON without choices": (raw({"object": "list", "data": []}), "bad_response", ["`choices` is NoneType"]),
     "a JSON array": (raw([1, 2]), "bad_response", ["JSON list"]),
+    "JSON nested too deep": (raw("[" * 100_000 + "]" * 100_000), "bad_response", ["not JSON"]),
+    "a 202 with no body": (raw("", "text/plain", status=202), "bad_response", ["text/plain, 0 bytes"]),
     # The provider's message echoes our Authorization header: it must not reach the client or the logs.
     "an error object": (
         raw({"error": {"message": f"denied for Bearer {API_KEY}", "type": "overloaded_error"}}),
@@ -178,7 +180,12 @@ def test_a_malformed_reply_is_a_503_naming_the_provider_problem(
     error = response.json()["error"]
     assert error["code"] == "service_unavailable"
     assert error["cause"] == cause
-    verb = "answered 200 with a body that is not a chat completion" if cause == "bad_response" else "answered"
+    status = behaviour["raw"]["status"]
+    verb = (
+        f"answered {status} with a body that is not a chat completion"
+        if cause == "bad_response"
+        else "answered"
+    )
     assert error["message"].startswith(f"the LLM at {server.base_url} {verb}")
     for word in words:
         assert word in error["message"]

@@ -245,6 +245,37 @@ def test_bad_search_requests_are_422(client: TestClient, body: dict) -> None:
     assert_error(client.post("/v1/search", json=body), 422, "invalid_input")
 
 
+@pytest.mark.parametrize(
+    ("condition", "reason"),
+    [
+        (99999999999999999999999, "filter.year is out of the 64-bit integer range"),
+        (2**63, "filter.year is out of the 64-bit integer range"),
+        (-(2**63) - 1, "filter.year is out of the 64-bit integer range"),
+        ({"any": [2020, 2**64]}, "filter.year.any has a value out of the 64-bit integer range"),
+        ({"gte": 2020, "lt": 10**30}, "filter.year.lt is out of the 64-bit integer range"),
+    ],
+)
+def test_a_filter_integer_outside_int64_is_422_like_in_metadata(
+    client: TestClient, condition: object, reason: str
+) -> None:
+    """The same value is refused in metadata; in a filter it matched nothing (200 []), silently."""
+    for route in ("/v1/search", "/v1/answer"):
+        response = client.post(route, json={"query": "ok", "filter": {"year": condition}})
+        assert_error(response, 422, "invalid_input", reason)
+    stored = client.put("/v1/documents/int64", json={"text": "a", "metadata": {"year": 2**63}})
+    assert_error(stored, 422, "invalid_input", "metadata.year is out of the 64-bit integer range")
+
+
+@pytest.mark.parametrize(
+    "value", [2**63 - 1, -(2**63), {"any": [2**63 - 1]}, {"gte": -(2**63)}, {"lt": 1e30}]
+)
+def test_a_filter_at_the_int64_limits_or_a_large_float_is_accepted(client: TestClient, value: object) -> None:
+    # /v1/answer passes its parsed filter on to search: an "any" or a range was refused there as "not AnyOf".
+    for route in ("/v1/search", "/v1/answer"):
+        response = client.post(route, json={"query": "ok", "filter": {"year": value}})
+        assert response.status_code == 200, response.text
+
+
 def test_unknown_routes_and_methods_are_json_errors(client: TestClient) -> None:
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.patch(f"/v1/documents/{KEEP}", json={}), 405, "method_not_allowed")

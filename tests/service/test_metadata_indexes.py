@@ -20,10 +20,11 @@ from qdrant_client import models
 
 from service.app.store import metadata_index
 from service.app.store.edge import METADATA_INDEX_FILE, EdgeVectorStore
+from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.metadata_index import MetadataKeyBudget
 from service.app.store.qdrant import QdrantVectorStore
 from service.app.store.vectors import ChunkPoint, MetadataCondition
-from tests.service.support import make_settings
+from tests.service.support import make_settings, running_app
 
 DIM = 4
 TENANT = "t1"
@@ -321,3 +322,84 @@ def test_the_server_path_shares_the_cap_with_other_replicas_and_never_waits_for_
     # 4 (year and tags refused); the server refused flaky's index, which gave its place back, to score.
     assert set(store.metadata_budget.admitted) == {"old", "other_replica", "lang", "score"}
     assert unindexed("qdrant") - before == 3  # year, tags, more
+
+
+def test_on_a_large_shard_the_consolidation_child_builds_the_index_not_the_serving_process(
+    tmp_path: Path,
+) -> None:
+    # A build scans every point (seconds at 100k, holding the GIL): past metadata_index_inline_points it is left
+    # to the consolidation's child process, and the key is filtered unindexed until the swap brings the index.
+    edge = EdgeVectorStore(
+        tmp_path / "c",
+        collection="c",
+        dimension=DIM,
+        optimize_idle_seconds=None,
+        consolidate_idle_seconds=3600.0,  # consolidation on, run by hand here
+        metadata_index_max_keys=4,
+    )
+    edge.metadata_index_inline_points = 1  # two points make this shard "large"
+    edge.metadata_index_pause_ratio = 0.0
+    edge.ensure_collection()
+    try:
+        assert edge.indexer is not None
+        edge.upsert([doc("a", {}), doc("bb", {})])  # the points exist before the keys' builds are considered
+        edge.upsert([doc("a", {"team": "x"}), doc("bb", {"team": "y", "year": 2024})])
+        assert edge.indexer.wait_idle(60)
+        assert metadata_schema(edge) == set()  # nothing built in the serving process
+        assert found(edge, MetadataCondition("team", equals="x")) == {"a"}
+        assert edge.consolidation_due()
+        assert edge.consolidate()
+        assert metadata_schema(edge) == {"team", "year"}
+        assert edge.last_consolidation is not None
+        assert edge.last_consolidation["metadata_indexes"] == ["team", "year"]
+        assert found(edge, MetadataCondition("team", equals="x")) == {"a"}
+        assert found(edge, MetadataCondition("year", gte=2000)) == {"bb"}
+        assert not edge.consolidation_due()
+    finally:
+        edge.close()
+
+
+def test_a_key_whose_admission_cannot_be_persisted_is_not_admitted() -> None:
+    failing = True
+
+    def persist(admitted: dict[str, Any]) -> None:
+        if failing:
+            raise OSError(28, "No space left on device")
+
+    budget = MetadataKeyBudget(2, store="edge", collection="c", persist=persist)
+    with pytest.raises(OSError, match="No space"):
+        budget.admit([{"a": 1}])
+    assert budget.admitted == {}
+    failing = False
+    assert budget.admit([{"a": 1}]) == [("a", "integer")]
+
+
+def test_through_the_api_keys_past_the_cap_are_filtered_exactly_and_counted(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    settings = make_settings(tmp_path, metadata_index_max_keys=2)
+    with running_app(settings, embedder=embedder) as client:
+        many = {f"key{i}": f"value{i}" for i in range(64)}
+        documents = {
+            "first": {"text": "Leave policy for the support team.", "metadata": {"team": "hr", "year": 2024}},
+            "second": {"text": "Expense policy for travel.", "metadata": many},  # 64: the most allowed
+            "third": {
+                "text": "Holiday calendar.",
+                "metadata": {"year": 2023, "key7": "value7", "key63": "x"},
+            },
+        }
+        for document_id, body in documents.items():
+            assert client.put(f"/v1/documents/{document_id}", json=body).status_code == 201
+        for filter_, expected in [
+            ({"team": "hr"}, {"first"}),  # indexed (team and year took the two places)
+            ({"key0": "value0"}, {"second"}),  # unindexed
+            ({"year": {"gte": 2024}}, {"first"}),
+            ({"key7": "value7"}, {"second", "third"}),  # unindexed
+            ({"key63": "value63"}, {"second"}),
+            ({"key63": "x", "year": 2023}, {"third"}),
+        ]:
+            response = client.post("/v1/search", json={"query": "policy", "top_k": 10, "filter": filter_})
+            assert response.status_code == 200, response.text
+            assert {hit["document_id"] for hit in response.json()["results"]} == expected, filter_
+        metrics = client.get("/metrics").text
+        assert 'rag_metadata_keys_unindexed_total{store="edge"}' in metrics

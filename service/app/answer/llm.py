@@ -86,9 +86,10 @@ class BadResponse(Exception):
         super().__init__(detail)
         self.cause = cause
         self.detail = detail
+        self.status = 200  # the reply's 2xx status, set by the caller that has the response
 
 
-MAX_BODY_BYTES = 1 << 20  # read of a non-event-stream reply to a stream request, for the error message only
+MAX_BODY_BYTES = 1 << 20  # read of a reply to a stream request that is not an event stream (then not JSON)
 _TOKEN = re.compile(r"[\w.:/-]{1,64}")
 
 
@@ -123,7 +124,7 @@ def parse_completion(content_type: str, body: bytes) -> Completion:
     """A chat completion body, checked for structure; BadResponse (bad/empty) when it is not one."""
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested deeper than the parser goes
         where = f" ({exc.msg} at char {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
         raise BadResponse("bad_response", f"{_describe(content_type, len(body))}, not JSON{where}") from None
     if not isinstance(data, dict):
@@ -285,7 +286,7 @@ class LlmClient:
         elif isinstance(exc, BadResponse) and cause == "empty_response":
             message = f"the LLM at {self.endpoint} answered with {exc.detail}"
         elif isinstance(exc, BadResponse):
-            message = f"the LLM at {self.endpoint} answered 200 with a body that is not a chat completion: "
+            message = f"the LLM at {self.endpoint} answered {exc.status} with a body that is not a chat completion: "
             message += exc.detail
         elif isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
             message = f"the LLM at {self.endpoint} reported an error in its reply ({cause})"
@@ -311,7 +312,11 @@ class LlmClient:
                 )
                 # Checked inside the breaker: a provider that keeps answering garbage is failing.
                 http = raw.http_response
-                completion = parse_completion(http.headers.get("content-type", ""), http.content)
+                try:
+                    completion = parse_completion(http.headers.get("content-type", ""), http.content)
+                except BadResponse as exc:
+                    exc.status = http.status_code
+                    raise
         except (openai.OpenAIError, OpenedState, BadResponse) as exc:
             LLM_SECONDS.labels(outcome="error").observe(time.perf_counter() - started)
             raise self._failure(exc) from None
@@ -389,6 +394,8 @@ class LlmClient:
                     raise BadResponse("empty_response", _empty(completion))
             outcome = "ok"
         except (openai.OpenAIError, BadResponse) as exc:
+            if isinstance(exc, BadResponse):
+                exc.status = stream.response.status_code
             outcome = "error"
             await _shielded(breaker.__aexit__(type(exc), exc, exc.__traceback__))
             raise self._failure(exc) from None

@@ -57,6 +57,10 @@ class NumericRange(BaseModel):
 
 
 _RANGE_KEYS = {"gt", "gte", "lt", "lte"}
+# Stored integers are 64-bit (metadata refuses others, ingest/models.py); a filter integer outside that range
+# matched nothing (an equality), or failed in the engine as a store outage (an "any" list).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_OUT_OF_INT64 = "out of the 64-bit integer range"
 _FILTER_SHAPES = 'a string, number or boolean, {"any": [...]} or a range like {"gte": 1, "lt": 5}'
 
 
@@ -65,28 +69,39 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _out_of_int64(value: Any) -> bool:
+    return type(value) is int and not _INT64_MIN <= value <= _INT64_MAX
+
+
 def _filter_value_problem(item: Any) -> str | None:
-    """What is wrong with one filter value, in words, or None when its shape is right."""
+    """What is wrong with one filter value, in words (following ``filter.<key>``), or None when it is right."""
+    if _out_of_int64(item):
+        return f" is {_OUT_OF_INT64}"
     if isinstance(item, str | bool) or _is_number(item):
         return None
     if isinstance(item, float):
-        return "must be a finite number (not NaN or Infinity)"
+        return " must be a finite number (not NaN or Infinity)"
     if not isinstance(item, dict):
         kind = "null" if item is None else type(item).__name__
-        return f'must be {_FILTER_SHAPES}, not {kind} (several values go in {{"any": [...]}})'
+        return f' must be {_FILTER_SHAPES}, not {kind} (several values go in {{"any": [...]}})'
     keys = set(item)
     if keys == {"any"}:
         values = item["any"]
         if not isinstance(values, list) or not values or len(values) > MAX_ANY_VALUES:
-            return f'needs "any": a list of 1 to {MAX_ANY_VALUES} values'
+            return f' needs "any": a list of 1 to {MAX_ANY_VALUES} values'
         if not (all(isinstance(v, str) for v in values) or all(type(v) is int for v in values)):
-            return '"any" must list only strings or only integers'
+            return ' "any" must list only strings or only integers'
+        if any(_out_of_int64(v) for v in values):
+            return f".any has a value {_OUT_OF_INT64}"
         return None
     if keys and keys <= _RANGE_KEYS:
         if not all(_is_number(v) for v in item.values()):
-            return "range bounds must be numbers"
+            return " range bounds must be numbers"
+        for bound in sorted(keys):
+            if _out_of_int64(item[bound]):
+                return f".{bound} is {_OUT_OF_INT64} (a float like 1e30 is a valid bound)"
         return None
-    return f"must be {_FILTER_SHAPES}; got an object with keys {sorted(keys)}"
+    return f" must be {_FILTER_SHAPES}; got an object with keys {sorted(keys)}"
 
 
 FilterValue = StrictStr | StrictBool | StrictInt | StrictFloat | AnyOf | NumericRange
@@ -131,10 +146,16 @@ class SearchRequest(BaseModel):
         # Without this, a bad value fails every member of the FilterValue union and the first of those errors
         # ("filter.k.str: Input should be a valid string") was the message, whatever the client meant.
         if isinstance(value, dict):
+            # A filter already parsed by another request model (POST /v1/answer builds its search from its own
+            # parsed filter) holds AnyOf/NumericRange objects: check them as the JSON they came from.
+            value = {
+                key: item.model_dump(exclude_none=True) if isinstance(item, AnyOf | NumericRange) else item
+                for key, item in value.items()
+            }
             for key, item in value.items():
                 problem = _filter_value_problem(item)
                 if problem:
-                    raise ValueError(f"filter.{key} {problem}")
+                    raise ValueError(f"filter.{key}{problem}")
         return value
 
     def conditions(self) -> list[MetadataCondition]:

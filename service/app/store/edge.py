@@ -18,7 +18,9 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   only admits a new key (persisted in ``metadata_indexes.json`` beside the shard's files before it is
   acknowledged) and the ``edge-metadata-index`` thread builds the indexes one at a time, pausing
   ``METADATA_INDEX_PAUSE_RATIO`` times as long as each build took: searches and writes run between two builds,
-  and documents are stored, searchable and filterable (unindexed) before their keys' indexes exist.
+  and documents are stored, searchable and filterable (unindexed) before their keys' indexes exist. A build
+  scans every point, so past one segment's worth of points (``EDGE_SEGMENT_POINTS``) it is left to the next
+  consolidation's child process instead (see Consolidation).
 - Same point ids and payload as server mode (uuid5 of tenant/document/version/chunk), so versioned writes,
   idempotent retries and the registry-decides-visibility protocol of service.app.ingest.service are unchanged.
 - Durability: every update goes through the shard's write-ahead log before it is applied; a process killed
@@ -592,8 +594,15 @@ shard = qe.EdgeShard.load(path, qe.EdgeConfig(
     vectors={name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
     optimizers=qe.EdgeOptimizersConfig(**optimizers),
 ))
+indexes = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
+         "float": qe.PayloadSchemaType.Float, "bool": qe.PayloadSchemaType.Bool}
 before = shard.info().segments_count
 changed = shard.optimize()
+for key, kind in indexes.items():  # metadata indexes deferred here from the serving process (its own GIL)
+    if "metadata." + key not in shard.info().payload_schema:
+        shard.update(qe.UpdateOperation.create_field_index("metadata." + key, kinds[kind]))
+        changed = True
 shard.flush()
 after = shard.info().segments_count
 shard.close()
@@ -655,6 +664,12 @@ class EdgeVectorStore:
         self._optimizer: _Optimizer | None = None
         self.metadata_index_max_keys = metadata_index_max_keys
         self.metadata_index_pause_ratio = METADATA_INDEX_PAUSE_RATIO
+        # Larger shards get their metadata indexes from the consolidation's child (see _build_metadata_index):
+        # up to one segment's worth of points, a build stalls the process no longer than an optimizer pass may.
+        self.metadata_index_inline_points = segment_points
+        self._deferred_indexes: dict[str, IndexKind] = {}
+        self._unqueued: list[tuple[str, IndexKind]] = []  # admitted by a write still writing
+        self._unqueued_lock = threading.Lock()
         self.metadata_budget: MetadataKeyBudget | None = None  # set when the shard is open
         self.indexer: _IndexBuilder | None = None
         self._state = threading.Lock()  # guards open/close, never a search
@@ -854,7 +869,7 @@ class EdgeVectorStore:
         deleted = self._deleted_points >= self.vacuum_min_points and self._deleted_points > (
             CONSOLIDATE_DELETED_SHARE * (info.points_count + self._deleted_points)
         )
-        return info.segments_count > settled or deleted
+        return info.segments_count > settled or deleted or bool(self._deferred_indexes)
 
     @_guarded
     def consolidate(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
@@ -870,6 +885,7 @@ class EdgeVectorStore:
         for leftover in (building, ready, replaced):
             shutil.rmtree(leftover, ignore_errors=True)
         started = time.perf_counter()
+        deferred = dict(self._deferred_indexes)  # built in the child's copy (its own GIL), swapped in with it
         # A copy consistent with the WAL: taken after a flush, with no write in flight (they share the gate);
         # any write from here on changes _write_seq and the merged copy is thrown away.
         with self._engine() as shard:
@@ -888,6 +904,7 @@ class EdgeVectorStore:
                     DENSE_VECTOR,
                     str(self.dimension),
                     json.dumps(self._consolidation_optimizers()),
+                    json.dumps(deferred),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -922,6 +939,9 @@ class EdgeVectorStore:
                 result["swap_seconds"] = time.perf_counter() - swap_started
             self._deleted_points = 0
             self._settled_segments = result["segments_after"]
+            for key in deferred:
+                self._deferred_indexes.pop(key, None)
+            result["metadata_indexes"] = sorted(deferred)
         finally:
             for leftover in (building, ready, replaced):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -1091,10 +1111,27 @@ class EdgeVectorStore:
         self.indexer.add((key, kind) for key, kind in admitted.items() if key not in built)
 
     def _build_metadata_index(self, key: str, kind: IndexKind) -> None:
-        """One index build (the builder thread's): holds the GIL for its duration, a search's gate share only."""
+        """One index build (the builder thread's): holds the GIL for its duration, a search's gate share only.
+
+        A build scans every point's payload (2-4 s at 100k points even for a key no point has yet, measured), so
+        on a shard of more than ``metadata_index_inline_points`` points, with consolidation on, the key is
+        deferred to the next consolidation instead: its child builds the index in its copy (its own GIL) and the
+        swap brings it in. Until then the key is filtered unindexed (exactly, more slowly)."""
+        with self._engine() as shard:
+            info = shard.info()
+        if f"metadata.{key}" in info.payload_schema:
+            return
+        if self._consolidate_idle and info.points_count > self.metadata_index_inline_points:
+            self._deferred_indexes[key] = kind
+            logger.info(
+                "payload index on metadata.%s deferred to the next consolidation (%d points)",
+                key,
+                info.points_count,
+            )
+            if self._optimizer is not None:
+                self._optimizer.wrote()  # a consolidation is due once writes pause
+            return
         with self._engine(writes=True) as shard:
-            if f"metadata.{key}" in shard.info().payload_schema:
-                return
             started = time.perf_counter()
             shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", _EDGE_KINDS[kind]))
             logger.info(
@@ -1104,21 +1141,30 @@ class EdgeVectorStore:
                 time.perf_counter() - started,
             )
 
-    def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
-        """Admit the new metadata keys (a dict lookup per key, plus one small fsynced file write when one is new)
-        and queue their index builds: never an index build in the request."""
-        if self.metadata_budget is None or self.indexer is None:
+    def _admit_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
+        """Admit the new metadata keys before the points that carry them are written (a dict lookup per key, plus
+        one small fsynced file write when one is new); never an index build in the request."""
+        if self.metadata_budget is None:
             raise ServiceUnavailable("vector store is closed")
         new = self.metadata_budget.admit(metadata_items)
-        if new:
-            self.indexer.add(new)
+        with self._unqueued_lock:
+            self._unqueued.extend(new)
+
+    def _queue_indexes(self) -> None:
+        """Hand the admitted keys to the builder once a write is done: the write does not wait for the GIL behind
+        a build it caused, and the build is decided on a point count that includes it. (Keys of a write that
+        failed wait for the next write that succeeds.)"""
+        with self._unqueued_lock:
+            keys, self._unqueued = self._unqueued, []
+        if keys and self.indexer is not None:
+            self.indexer.add(keys)
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         """Write points in batches; each batch is in the WAL and visible when its call returns."""
         if not points:
             return
-        self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
+        self._admit_metadata({id(p.metadata): p.metadata for p in points}.values())
         for start in range(0, len(points), self.upsert_batch):
             batch = points[start : start + self.upsert_batch]
             operation = qe.UpdateOperation.upsert_points(
@@ -1134,12 +1180,13 @@ class EdgeVectorStore:
             with self._engine(writes=True) as shard:
                 shard.update(operation)
             self._wrote(len(batch))
+        self._queue_indexes()
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
         """Write (point id, dense vector, payload) triples as they are, e.g. copied from another store; the sparse
         vector is computed from the payload's chunk text."""
-        self._index_metadata(payload.get("metadata") or {} for _, _, payload in records)
+        self._admit_metadata(payload.get("metadata") or {} for _, _, payload in records)
         encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
             batch = records[start : start + self.upsert_batch]
@@ -1159,6 +1206,7 @@ class EdgeVectorStore:
             with self._engine(writes=True) as shard:
                 shard.update(operation)
             self._wrote(len(batch))
+        self._queue_indexes()
 
     def _delete_where(self, selection: qe.Filter) -> None:
         with self._engine(writes=True) as shard:

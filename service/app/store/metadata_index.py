@@ -119,7 +119,12 @@ class MetadataKeyBudget:
                     self._admitted[key] = kind
                     new.append((key, kind))
             if new and self._persist is not None:
-                self._persist(dict(self._admitted))
+                try:
+                    self._persist(dict(self._admitted))
+                except BaseException:  # the write fails with it; its keys are not admitted either
+                    for key, _ in new:
+                        del self._admitted[key]
+                    raise
         return new
 
     def _merge_refreshed(self) -> None:
