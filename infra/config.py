@@ -133,6 +133,10 @@ class EksNodeGroup:
     diskSizeGb: int = _f(min=10, max=16384)
 
 
+#: `rag:cluster.eks.natGateways`: a NAT gateway (and private route table) in each zone, or one shared by all.
+NatGateways = Literal["single", "perZone"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class EksCluster:
     """An EKS cluster with its VPC, ECR repository and IRSA."""
@@ -145,6 +149,7 @@ class EksCluster:
     storageClass: str = ""
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
+    natGateways: NatGateways = "perZone"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1011,6 +1016,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
         if service.replicas < 2 and not scaling.enabled:
             fail("service.replicas", "prod requires at least 2 service replicas or autoscaling")
+        if cluster.provider == "eks" and cluster.eks.natGateways != "perZone":
+            fail(
+                "cluster.eks.natGateways",
+                f"prod requires perZone, got {cluster.eks.natGateways}: with one NAT gateway, losing its zone "
+                "cuts the internet egress (ECR pulls, the LLM provider, AWS APIs) of every zone",
+            )
 
 
 _UNITS = {

@@ -1669,9 +1669,24 @@ def check_ops_sizing(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
                     run.of_type("aws:ec2/vpc:Vpc")[0].urn,
                     "backups and restores from the private subnets reach S3 through the NAT gateway, which bills "
                     "every GB it processes (each nightly backup is the whole of Qdrant's data).",
-                    "add an S3 gateway VPC endpoint on the private route table.",
+                    "add an S3 gateway VPC endpoint on the private route tables.",
                 )
             )
+        # A gateway endpoint is a route in the tables it is attached to: a private table (one routing to a NAT
+        # gateway, e.g. one per zone) without it sends its zone's backups through the NAT.
+        attached = {str(table) for r in endpoints for table in r.inputs.get("routeTableIds") or []}
+        for table in run.of_type("aws:ec2/routeTable:RouteTable"):
+            to_nat = any(route.get("natGatewayId") for route in table.inputs.get("routes") or [])
+            if endpoints and to_nat and f"{table.name}-id" not in attached:  # the offline ids
+                findings.append(
+                    Finding(
+                        "ops-sizing",
+                        table.urn,
+                        "this private route table has no S3 gateway endpoint: backups and restores from its "
+                        "subnets reach S3 through the NAT gateway, which bills every GB it processes.",
+                        "attach the S3 gateway VPC endpoint to every private route table (route_table_ids).",
+                    )
+                )
     return findings
 
 
@@ -1939,6 +1954,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
     "cluster.eks.storageClass": "gp3-other",
+    "cluster.eks.natGateways": "single",
     "qdrant.version": "v1.15.5",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",

@@ -2,8 +2,11 @@
 
 Built from `aws.*` resources (not the pulumi-eks multi-language component) so every resource is visible to the
 offline tests and policies, with an explicit `aws.Provider` for `rag:cluster.eks.region`. The VPC has one public
-and one private subnet per zone and a single NAT gateway; nodes, RDS and ElastiCache (created by the postgres and
-redis components from `network`) live in the private subnets.
+and one private subnet per zone; nodes, RDS and ElastiCache (created by the postgres and redis components from
+`network`) live in the private subnets. Their egress leaves by a NAT gateway in each zone, each zone's private
+subnet routed to its own (`rag:cluster.eks.natGateways: perZone`), or by one shared NAT gateway (`single`), whose
+zone's outage cuts every zone's egress: cheaper, for stacks that can wait out a zone (docs/infra.md, "NAT
+gateways"). Zonal NATs rather than a regional NAT gateway: every address and route stays declared and checked.
 IRSA: the cluster's OIDC issuer is registered as an IAM identity provider; `workload_identity(ns, ksa, role)`
 creates a role only that Kubernetes service account can assume and returns its `eks.amazonaws.com/role-arn`
 annotation. In prod the cluster, node group and ECR repository are protected.
@@ -21,7 +24,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import StackConfig, internal_load_balancer
+from infra.config import NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
 NODE_POLICIES = (
@@ -59,6 +62,37 @@ def envoy_proxy_spec(internal: bool) -> dict[str, Any]:
     if internal:
         annotations[NLB_INTERNAL_ANNOTATION] = "true"
     return {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}}
+
+
+def egress_zones(mode: NatGateways, zones: int) -> list[int]:
+    """The zones (indexes) that get a NAT gateway and a private route table: each zone, or zone 0 alone."""
+    return list(range(zones)) if mode == "perZone" else [0]
+
+
+def private_route_zone(mode: NatGateways, zone: int) -> int:
+    """The zone whose NAT gateway (and route table) a private subnet in `zone` sends internet traffic to."""
+    return zone if mode == "perZone" else 0
+
+
+def nat_suffix(mode: NatGateways, zone: int) -> str:
+    """Name suffix of a zone's EIP, NAT gateway and private route table: none for the single NAT (the names it
+    shipped with: `nat`, `nat-ip`, `private-rt`), `-<zone>` per zone."""
+    return f"-{zone}" if mode == "perZone" else ""
+
+
+def nat_alias_suffixes(mode: NatGateways, zone: int) -> list[str]:
+    """The other layout's suffix for the same zone-0 resources, so that switching `natGateways` adopts them."""
+    if zone != 0:
+        return []
+    return [""] if mode == "perZone" else ["-0"]
+
+
+def zone_opts(
+    opts: pulumi.ResourceOptions, role: str, mode: NatGateways, zone: int, depends_on: list[pulumi.Resource]
+) -> pulumi.ResourceOptions:
+    """Options of a zone's egress resource `role`: the other layout's zone-0 name as an alias, and what it waits for."""
+    aliases = [pulumi.Alias(name=f"{role}{suffix}") for suffix in nat_alias_suffixes(mode, zone)]
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases, depends_on=depends_on))
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -188,6 +222,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     )
     public_subnets: list[aws.ec2.Subnet] = []
     private_subnets: list[aws.ec2.Subnet] = []
+    public_associations: list[aws.ec2.RouteTableAssociation] = []
     for index, cidr in enumerate(public_cidrs):
         subnet = aws.ec2.Subnet(
             f"public-{index}",
@@ -198,26 +233,59 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
             opts=opts,
         )
-        aws.ec2.RouteTableAssociation(
-            f"public-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=opts
+        public_associations.append(
+            aws.ec2.RouteTableAssociation(
+                f"public-{index}", subnet_id=subnet.id, route_table_id=public_rt.id, opts=opts
+            )
         )
         public_subnets.append(subnet)
-    nat_ip = aws.ec2.Eip("nat-ip", domain="vpc", opts=opts)
-    nat = aws.ec2.NatGateway("nat", subnet_id=public_subnets[0].id, allocation_id=nat_ip.id, opts=opts)
-    private_rt = aws.ec2.RouteTable(
-        "private-rt", vpc_id=vpc.id, routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}], opts=opts
-    )
+    # Egress of the private subnets: per zone (rag:cluster.eks.natGateways perZone) one EIP + NAT gateway in that
+    # zone's public subnet and one route table sending 0.0.0.0/0 to it, so losing a zone loses only its own
+    # egress; `single` shares zone 0's NAT (and its fate) between all zones. Names stay those shipped with the
+    # single NAT, and the two layouts alias each other's zone-0 names, so switching keeps zone 0's NAT and its
+    # public address (allow-listed by peers) instead of replacing them.
+    nat_zones = egress_zones(eks.natGateways, eks.availabilityZones)
+    private_tables: list[aws.ec2.RouteTable] = []
+    for zone in nat_zones:
+        suffix = nat_suffix(eks.natGateways, zone)
+        # Terraform/pulumi-aws: an EIP and a NAT gateway need the VPC's internet gateway attached (on destroy,
+        # the gateway cannot detach while an address is still mapped); the NAT's subnet must route to it too.
+        nat_ip = aws.ec2.Eip(
+            f"nat-ip{suffix}",
+            domain="vpc",
+            tags={"Name": f"{name}-nat-{zone}"},
+            opts=zone_opts(opts, "nat-ip", eks.natGateways, zone, [gateway]),
+        )
+        nat = aws.ec2.NatGateway(
+            f"nat{suffix}",
+            subnet_id=public_subnets[zone].id,
+            allocation_id=nat_ip.id,
+            tags={"Name": f"{name}-nat-{zone}"},
+            opts=zone_opts(opts, "nat", eks.natGateways, zone, [gateway, public_associations[zone]]),
+        )
+        private_tables.append(
+            aws.ec2.RouteTable(
+                f"private-rt{suffix}",
+                vpc_id=vpc.id,
+                routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat.id}],
+                tags={"Name": f"{name}-private{suffix}"},
+                opts=zone_opts(opts, "private-rt", eks.natGateways, zone, []),
+            )
+        )
     # S3 traffic from the private subnets (backup uploads and restores, ECR image layers, which ECR serves from S3)
-    # through a free gateway endpoint instead of the NAT gateway, which bills every GB it processes.
+    # through a free gateway endpoint instead of the NAT gateways, which bill every GB they process. A gateway
+    # endpoint is a route in each table it is attached to: every private table, or a zone's S3 traffic goes
+    # through its NAT.
     aws.ec2.VpcEndpoint(
         "s3-endpoint",
         vpc_id=vpc.id,
         service_name=f"com.amazonaws.{eks.region}.s3",
         vpc_endpoint_type="Gateway",
-        route_table_ids=[private_rt.id],
+        route_table_ids=[table.id for table in private_tables],
         tags={"Name": f"{name}-s3"},
         opts=opts,
     )
+    private_associations: list[aws.ec2.RouteTableAssociation] = []
     for index, cidr in enumerate(private_cidrs):
         subnet = aws.ec2.Subnet(
             f"private-{index}",
@@ -231,8 +299,13 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             },
             opts=opts,
         )
-        aws.ec2.RouteTableAssociation(
-            f"private-{index}", subnet_id=subnet.id, route_table_id=private_rt.id, opts=opts
+        private_associations.append(
+            aws.ec2.RouteTableAssociation(
+                f"private-{index}",
+                subnet_id=subnet.id,
+                route_table_id=private_tables[nat_zones.index(private_route_zone(eks.natGateways, index))].id,
+                opts=opts,
+            )
         )
         private_subnets.append(subnet)
 
@@ -300,7 +373,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "desired_size": group.desiredSize,
         },
         update_config={"max_unavailable": 1},
-        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni])),
+        # Nodes boot pulling the VPC CNI and kube-proxy images from ECR through their zone's NAT: the route to
+        # it must exist first (no output links the node group to the route tables).
+        opts=pulumi.ResourceOptions.merge(
+            kept, pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni, *private_associations])
+        ),
     )
 
     issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])

@@ -143,6 +143,18 @@ def test_backups_through_the_nat_gateway_are_a_finding() -> None:
     assert "NAT gateway" in finding.message
 
 
+def test_a_zone_whose_route_table_lacks_the_s3_endpoint_is_a_finding() -> None:
+    result = run("prod", "eks")  # a NAT gateway and private route table per zone
+
+    def two_zones(inputs: dict[str, Any]) -> None:
+        inputs["routeTableIds"] = [t for t in inputs["routeTableIds"] if t != "private-rt-2-id"]
+
+    (finding,) = sizing(patched(result, "s3-endpoint", two_zones))
+    assert finding.resource.endswith("::private-rt-2")
+    assert "NAT gateway" in finding.message
+    assert sizing(result) == []
+
+
 def test_no_backups_no_sizing_findings() -> None:
     result = run("prod", "eks")
     jobs: list[RecordedResource] = result.of_type("kubernetes:batch/v1:CronJob")

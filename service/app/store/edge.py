@@ -668,6 +668,8 @@ class EdgeVectorStore:
         # up to one segment's worth of points, a build stalls the process no longer than an optimizer pass may.
         self.metadata_index_inline_points = segment_points
         self._deferred_indexes: dict[str, IndexKind] = {}
+        self._unqueued: list[tuple[str, IndexKind]] = []  # admitted by a write still writing
+        self._unqueued_lock = threading.Lock()
         self.metadata_budget: MetadataKeyBudget | None = None  # set when the shard is open
         self.indexer: _IndexBuilder | None = None
         self._state = threading.Lock()  # guards open/close, never a search
@@ -1139,21 +1141,30 @@ class EdgeVectorStore:
                 time.perf_counter() - started,
             )
 
-    def _index_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
-        """Admit the new metadata keys (a dict lookup per key, plus one small fsynced file write when one is new)
-        and queue their index builds: never an index build in the request."""
-        if self.metadata_budget is None or self.indexer is None:
+    def _admit_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
+        """Admit the new metadata keys before the points that carry them are written (a dict lookup per key, plus
+        one small fsynced file write when one is new); never an index build in the request."""
+        if self.metadata_budget is None:
             raise ServiceUnavailable("vector store is closed")
         new = self.metadata_budget.admit(metadata_items)
-        if new:
-            self.indexer.add(new)
+        with self._unqueued_lock:
+            self._unqueued.extend(new)
+
+    def _queue_indexes(self) -> None:
+        """Hand the admitted keys to the builder once a write is done: the write does not wait for the GIL behind
+        a build it caused, and the build is decided on a point count that includes it. (Keys of a write that
+        failed wait for the next write that succeeds.)"""
+        with self._unqueued_lock:
+            keys, self._unqueued = self._unqueued, []
+        if keys and self.indexer is not None:
+            self.indexer.add(keys)
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         """Write points in batches; each batch is in the WAL and visible when its call returns."""
         if not points:
             return
-        self._index_metadata({id(p.metadata): p.metadata for p in points}.values())
+        self._admit_metadata({id(p.metadata): p.metadata for p in points}.values())
         for start in range(0, len(points), self.upsert_batch):
             batch = points[start : start + self.upsert_batch]
             operation = qe.UpdateOperation.upsert_points(
@@ -1169,12 +1180,13 @@ class EdgeVectorStore:
             with self._engine(writes=True) as shard:
                 shard.update(operation)
             self._wrote(len(batch))
+        self._queue_indexes()
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
         """Write (point id, dense vector, payload) triples as they are, e.g. copied from another store; the sparse
         vector is computed from the payload's chunk text."""
-        self._index_metadata(payload.get("metadata") or {} for _, _, payload in records)
+        self._admit_metadata(payload.get("metadata") or {} for _, _, payload in records)
         encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
             batch = records[start : start + self.upsert_batch]
@@ -1194,6 +1206,7 @@ class EdgeVectorStore:
             with self._engine(writes=True) as shard:
                 shard.update(operation)
             self._wrote(len(batch))
+        self._queue_indexes()
 
     def _delete_where(self, selection: qe.Filter) -> None:
         with self._engine(writes=True) as shard:
