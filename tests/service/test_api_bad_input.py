@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app.store.embedder import FastEmbedEmbedder
-from tests.service.support import encrypt_pdf, make_pdf, make_settings, running_app
+from tests.service.support import encrypt_pdf, make_pdf, make_settings, running_app, services_of
 
 LIMIT = 4096
 KEEP = "keep-me"
@@ -274,6 +274,51 @@ def test_a_filter_at_the_int64_limits_or_a_large_float_is_accepted(client: TestC
     for route in ("/v1/search", "/v1/answer"):
         response = client.post(route, json={"query": "ok", "filter": {"year": value}})
         assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("route", [f"/v1/documents/{KEEP}", "/v1/documents:bulk"])
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", json.dumps({"text": "curl -d without a header"})),  # curl -d
+        ("text/plain", json.dumps({"text": "JSON declared as text"})),
+        ("text/plain", "Just the document's text, not JSON."),
+        ("multipart/form-data; boundary=x", "--x--"),
+        ("", json.dumps({"text": "an empty Content-Type header"})),
+    ],
+)
+def test_a_put_body_not_declared_as_json_is_415(
+    client: TestClient, route: str, content_type: str, body: str
+) -> None:
+    """The body was parsed as JSON whatever it was declared as: curl -d's form encoding was accepted, a text
+    body got "body is not valid JSON" (422) instead of the documented 415."""
+    method = client.put if route.startswith("/v1/documents/") else client.post
+    response = method(route, content=body.encode(), headers={"content-type": content_type})
+    assert_error(response, 415, "unsupported_media_type", "Content-Type: application/json")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "codec"),
+    [
+        (None, "utf-8"),  # no header: taken as JSON, as FastAPI does for the other JSON routes
+        ("application/json", "utf-8"),
+        ("Application/JSON; charset=utf-8", "utf-8"),
+        ("application/vnd.api+json", "utf-8"),
+        ("application/json", "utf-16"),  # JSON text in UTF-16/32 (RFC 8259 section 8.1 allowed it before)
+        ("application/json", "utf-32-be"),
+    ],
+)
+def test_a_put_body_declared_as_json_or_undeclared_is_accepted(
+    client: TestClient, content_type: str | None, codec: str
+) -> None:
+    text = f"Declared {content_type} in {codec}: tea needs 80 degrees, 東京."
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = json.dumps({"text": text}, ensure_ascii=False).encode(codec)
+    response = client.put("/v1/documents/declared-json", content=body, headers=headers)
+    assert response.status_code in (200, 201), response.text
+    assert response.json()["status"] in ("created", "updated")
+    services = services_of(client)
+    assert services.registry.source(services.settings.default_tenant, "declared-json").text == text
 
 
 def test_unknown_routes_and_methods_are_json_errors(client: TestClient) -> None:

@@ -188,6 +188,28 @@ def parse_json_field(raw: str | bytes, what: str) -> Any:
         raise InvalidInput(f"{what} is not valid JSON: {reason}") from exc
 
 
+def require_json_body(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``) or not declared.
+
+    Checked before the body is read. curl's ``-d`` sends ``application/x-www-form-urlencoded`` and a body sent
+    as ``text/plain`` may be a document's text itself: taking either as JSON hid the client's mistake (a
+    non-JSON text got "body is not valid JSON" instead of being pointed at the upload route).
+    """
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media_type = declared.split(";", 1)[0].strip().lower()
+    if media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON with Content-Type: application/json, not {media_type or declared!r} "
+        "(curl: add -H 'Content-Type: application/json'); upload a file with POST /v1/documents "
+        "(multipart/form-data)"
+    )
+
+
 def parse_document(body: bytes) -> DocumentIn:
     """The PUT body as a DocumentIn; 422 for anything that is not a JSON object of the right shape."""
     payload = parse_json_field(body, "body")
@@ -259,6 +281,7 @@ async def put_document(
 ) -> IngestResult:
     """Create or replace a document from JSON ``{text, metadata, content_type}``."""
     validate_document_id(document_id)
+    require_json_body(request)
     body = await read_limited_body(request, services.settings.max_document_bytes)
     document = parse_document(body)
     if async_:
@@ -347,7 +370,7 @@ async def upload_document(
     response_model=BulkResponse,
     responses={
         207: {"model": BulkResponse, "description": "some items failed; each item says why"},
-        **error_responses(413),
+        **error_responses(413, 415),
     },
     openapi_extra=_BULK_BODY,
 )
@@ -362,6 +385,7 @@ async def bulk_ingest(
     others, so resending only the failed ones is safe. Each item costs one request of the ingest rate limit.
     """
     settings = services.settings
+    require_json_body(request)
     body = await read_limited_body(request, settings.bulk_max_bytes)
     documents = _bulk_documents(parse_json_field(body, "body"), settings.bulk_max_documents)
     await _charge_items(request, services, len(documents))
