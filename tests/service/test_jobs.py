@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,10 +93,20 @@ def in_process(ingest: Any, table: JobTable, *, concurrency: int = 2, **settings
 
 
 async def turns(n: int = 50) -> None:
-    """Event-loop turns, plus the worker-thread hops of the table calls: enough for every allowed task to start."""
+    """Event-loop turns, plus the worker-thread hops of the table calls (a chance for more tasks to start)."""
     for _ in range(n):
         await asyncio.sleep(0)
         await to_thread.run_sync(lambda: None)
+
+
+async def until(condition: Callable[[], bool], what: str, limit: int = 20_000) -> None:
+    """Turn the loop (and the table's thread hops) until ``condition`` holds. A fixed number of turns was not
+    enough on a loaded machine: the job's claim is a thread hop that may not have run yet."""
+    for _ in range(limit):
+        if condition():
+            return
+        await turns(1)
+    raise AssertionError(f"{what}: not after {limit} loop turns")
 
 
 async def test_in_process_jobs_run_and_report_results(job_table: JobTable) -> None:
@@ -144,7 +154,8 @@ async def test_in_process_concurrency_is_bounded(job_table: JobTable) -> None:
     jobs = [payload("t", f"d{i}") for i in range(5)]
     for job in jobs:
         await queue.submit(job)
-    await turns()
+    await until(lambda: ingest.running == 2, "two jobs running")
+    await turns()  # and no third one starts
     assert ingest.running == 2
     assert await queue.depth() == 3
     statuses = [(await queue.get("t", job.job_id)).status for job in jobs]
@@ -165,7 +176,7 @@ async def test_shutdown_leaves_unfinished_jobs_queued_logs_each_and_the_next_sta
     slow, waiting = payload("t", "slow"), payload("t", "later")
     await queue.submit(slow)
     await queue.submit(waiting)
-    await turns()
+    await until(lambda: ingest.running == 1, "the slow job mid-ingest")
     assert (await queue.get("t", slow.job_id)).status is JobStatus.running
     with caplog.at_level(logging.WARNING, logger="service.app.jobs.queue"):
         await queue.close(grace_seconds=0)
