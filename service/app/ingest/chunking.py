@@ -16,7 +16,7 @@ default size); it exists for text the tokenizer cannot see into: WordPiece turns
 characters (a run of letters, digits or emoji without punctuation or space) into one ``[UNK]`` token, so a
 blob without spaces would otherwise be one chunk however long. An over-long sentence is then split at token
 offsets within the cap too, and a single token longer than the cap is cut by characters, preferably where the
-character class changes (letter, digit, other).
+character class changes (space, letter, digit, underscore, other).
 
 Every chunk is a span of the original text (``text[start:end]``), spans are in order and together cover every
 token of the text. The text is tokenized once per paragraph; each chunk is re-tokenized at the end to prove the
@@ -40,6 +40,9 @@ ENCODE_BATCH = 256
 # Characters per token a chunk may average at most (see the module docstring): about 5x the densest chunk of
 # real text measured (docs/service.md "Chunking"), so only text the tokenizer cannot split is ever cut by it.
 MAX_CHARS_PER_TOKEN = 16
+# Runs of one character class (space, letters, digits, underscores, anything else): where an over-long token is
+# preferably cut by characters.
+CHARACTER_RUNS = re.compile(r"\s+|[^\W\d_]+|\d+|_+|[^\w\s]+")
 
 
 @dataclass(frozen=True)
@@ -248,16 +251,6 @@ class Chunker:
         return pieces
 
 
-def _char_class(char: str) -> int:
-    if char.isspace():
-        return 0
-    if char.isalpha():
-        return 1
-    if char.isdigit():
-        return 2
-    return 3
-
-
 def _joins(text: str, index: int) -> bool:
     """Whether a cut before ``text[index]`` would split a grapheme (a combining mark, a variation selector or a
     zero-width joiner sequence)."""
@@ -273,8 +266,10 @@ def _char_cut(text: str, start: int, end: int, max_chars: int) -> int:
     if end <= limit:
         return end
     floor = start + max_chars // 2
-    for index in range(limit, floor, -1):
-        if _char_class(text[index - 1]) != _char_class(text[index]) and not _joins(text, index):
+    # Runs of one class in the second half of the window; each run's start (but the first's) is a class change.
+    changes = [match.start() for match in CHARACTER_RUNS.finditer(text, floor, limit + 1)][1:]
+    for index in reversed(changes):
+        if not _joins(text, index):
             return index
     for index in range(limit, floor, -1):
         if not _joins(text, index):
