@@ -205,3 +205,17 @@ def long_text(marker: str, paragraphs: int) -> str:
         " ".join(f"{marker} paragraph {p} sentence {s} about river ecology and fish." for s in range(12))
         for p in range(paragraphs)
     )
+
+
+def llm_settings(tmp_path: Path, base_url: str, api_key: str, **overrides: Any) -> Settings:
+    """make_settings for an app answering with the OpenAI-compatible test provider at ``base_url``: no retries,
+    a 10 s timeout (``overrides`` win)."""
+    values: dict[str, Any] = {
+        "llm_base_url": base_url,
+        "llm_model": "test-model",
+        "llm_api_key": api_key,
+        "llm_max_retries": 0,
+        "llm_timeout_seconds": 10.0,
+    }
+    values.update(overrides)
+    return make_settings(tmp_path, **values)

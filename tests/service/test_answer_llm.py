@@ -24,7 +24,8 @@ from service.app.answer.prompt import TokenizerCounter, build_prompt
 from service.app.core.metrics import LLM_ERRORS, LLM_REQUESTS
 from service.app.main import create_app
 from service.app.search.models import SearchResult
-from tests.service.support import make_settings, running_app
+from tests.service.support import llm_settings as provider_settings
+from tests.service.support import running_app
 from tests.support.llm_servers import ScriptedServer, openai_test_server
 from tests.support.servers import free_port
 
@@ -48,15 +49,7 @@ def server(llm: ScriptedServer) -> ScriptedServer:
 
 
 def llm_settings(tmp_path: Path, server: ScriptedServer, **overrides: Any) -> Any:
-    values: dict[str, Any] = {
-        "llm_base_url": server.base_url,
-        "llm_model": "test-model",
-        "llm_api_key": API_KEY,
-        "llm_max_retries": 0,
-        "llm_timeout_seconds": 10.0,
-    }
-    values.update(overrides)
-    return make_settings(tmp_path, **values)
+    return provider_settings(tmp_path, server.base_url, API_KEY, **overrides)
 
 
 def seed(client: TestClient) -> None:

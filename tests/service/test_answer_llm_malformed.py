@@ -23,7 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app.answer.service import NOT_SUPPORTED_ANSWER
-from tests.service.support import make_settings, running_app
+from tests.service.support import llm_settings, running_app
 from tests.support.llm_servers import ScriptedServer, openai_test_server
 from tests.support.openai_server import chunk_json
 
@@ -97,17 +97,8 @@ def llm() -> Iterator[ScriptedServer]:
 
 
 def settings(tmp_path: Path, server: ScriptedServer, **overrides: Any) -> Any:
-    values: dict[str, Any] = {
-        "llm_base_url": server.base_url,
-        "llm_model": "test-model",
-        "llm_api_key": API_KEY,
-        "llm_max_retries": 0,
-        "llm_timeout_seconds": 10.0,
-        # Many failures in a row on purpose: the breaker has its own test below.
-        "llm_circuit_failures": 1000,
-    }
-    values.update(overrides)
-    return make_settings(tmp_path, **values)
+    # Many failures in a row on purpose: the breaker has its own test below.
+    return llm_settings(tmp_path, server.base_url, API_KEY, **{"llm_circuit_failures": 1000, **overrides})
 
 
 def seeded(client: TestClient) -> TestClient:
