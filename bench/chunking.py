@@ -120,14 +120,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="65536,1048576", help="text sizes in bytes, comma-separated")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
-        "--old-max-quadratic", type=int, default=16384, help="largest quadratic input timed with the old scanner"
+        "--old-max-quadratic",
+        type=int,
+        default=16384,
+        help="largest quadratic input timed with the old scanner",
     )
     parser.add_argument("--write", type=Path, help="put the table into this Markdown file (chunking markers)")
     args = parser.parse_args()
     table = report([int(s) for s in args.sizes.split(",")], args.reps, args.old_max_quadratic)
     print(table)
     if args.write:
-        replace_section(args.write, table, START, END, heading="## Chunking hostile text (`bench/chunking.py`)")
+        replace_section(
+            args.write, table, START, END, heading="## Chunking hostile text (`bench/chunking.py`)"
+        )
 
 
 if __name__ == "__main__":
