@@ -78,6 +78,10 @@ def measure(chunker: chunking.Chunker, text: str, reps: int, pattern: re.Pattern
         chunking.SENTENCE_END = saved
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def report(sizes: list[int], reps: int, old_max: int) -> str:
     tokenizer = Tokenizer.from_file(str(REPO / DEFAULT_MODEL_DIR / "tokenizer.json"))
     chunker = chunking.Chunker(tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=40)
@@ -96,7 +100,9 @@ def report(sizes: list[int], reps: int, old_max: int) -> str:
                 probe = texts(old_max)[kind]
                 probe_seconds = measure(chunker, probe, 1, OLD_SENTENCE_END)
                 old = probe_seconds * (len(text) / len(probe)) ** 2
-            old_cell = f"{megabytes / old:.3f}" + (" (extrapolated, quadratic)" if quadratic else "")
+            old_cell = f"{megabytes / old:.3g}" + (
+                f" ({_duration(old)} for this text, extrapolated: quadratic)" if quadratic else ""
+            )
             rows.append(
                 f"| {kind} | {megabytes:.2f} | {len(chunker.split(text))} | {megabytes / new:.2f} | "
                 f"{old_cell} | {old / new:.1f}x |"
