@@ -143,7 +143,7 @@ def main() -> int:
             f"| round {i + 1}: SIGKILL -> other worker claims the job / job succeeded | {c:.1f} s / {f:.1f} s |"
             for i, (c, f) in enumerate(rounds)
         ),
-        f"| expected kill -> claim | {lease * 2 / 3:.0f}-{lease + sweep:.0f} s (2/3 to 1 lease, plus at most one sweep) |",
+        f"| expected kill -> claim | {lease * 2 / 3:.0f}-{lease + sweep:.0f} s (2/3 to 1 lease after the kill, plus at most one sweep, plus the wake-up's delivery and the claim) |",
         f"| before this change (lease = GC_GRACE_SECONDS) | up to {defaults.gc_grace_seconds:.0f} s + one sweep |",
         f"| one renewal (single-row UPDATE, Postgres, from this process) | p50 {p50:.2f} ms, p95 {p95:.2f} ms |",
         f"| heartbeat writes per running job | {per_job:.2f}/s (one every {lease / 3:g} s); "
