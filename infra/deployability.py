@@ -31,6 +31,8 @@ Schema validation and the policy pack look at one object at a time. This module 
 * **traffic**: the NetworkPolicies let every connection the stack needs through (:mod:`infra.traffic`): clients to
   the services their URLs name (and DNS), the Gateway's data plane to its backends and to the ACME solver,
   Prometheus to every monitor's targets; and every monitor selects something.
+* **alert-targets**: every ``job=`` an alert rule selects is produced by a declared monitor, every workload it
+  names is declared.
 * GKE with private nodes: a chart's admission webhook on a port other than 443/10250 needs a firewall rule from the
   control plane's range; a regional Gateway class needs the region's proxy-only subnet.
 
@@ -161,7 +163,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # chart-values | traffic | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
+    check: str  # chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -1978,6 +1980,75 @@ def check_traffic(run: StackRun, analysis: Analysis, graph: Graph) -> list[Findi
     return findings
 
 
+#: Jobs the kube-prometheus-stack chart scrapes itself (its own ServiceMonitors), which rules may name.
+CHART_JOBS = frozenset(
+    {
+        "kubelet",
+        "apiserver",
+        "kube-state-metrics",
+        "node-exporter",
+        "coredns",
+        "kube-dns",
+        "prometheus-operator",
+    }
+)
+_RULE_MATCHER = re.compile(r'\b(job|statefulset|cronjob|deployment)="([^"]+)"')
+
+
+def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every `job="X"` an alert rule selects is the job of a ServiceMonitor/PodMonitor the stack declares (the
+    selected Service's name, or `<namespace>/<PodMonitor>`, or the value of its `jobLabel`), and every
+    `statefulset`/`cronjob`/`deployment` it names is declared: an alert on a series that never exists never fires."""
+    jobs: set[str] = set(CHART_JOBS)
+    services = [r for r in run.resources if r.type == "kubernetes:core/v1:Service"]
+    for monitor in run.resources:
+        if not monitor.type.startswith("kubernetes:monitoring.coreos.com/"):
+            continue
+        _, kind = kind_of(monitor)
+        spec = monitor.inputs.get("spec") or {}
+        job_label = spec.get("jobLabel")
+        if kind == "PodMonitor":
+            jobs.add(f"{object_namespace(monitor)}/{object_name(monitor)}")
+        elif kind == "ServiceMonitor":
+            names = set(
+                (spec.get("namespaceSelector") or {}).get("matchNames") or [object_namespace(monitor)]
+            )
+            for service in services:
+                labels = _get(service.inputs, "metadata", "labels") or {}
+                if object_namespace(service) in names and traffic._selects(spec.get("selector"), labels):
+                    jobs.add(
+                        str(labels.get(job_label))
+                        if job_label and job_label in labels
+                        else object_name(service)
+                    )
+    declared = {(kind_of(r)[1].lower(), object_name(r)) for r in run.resources if is_kubernetes_object(r)}
+    findings: list[Finding] = []
+    for rule in run.resources:
+        if not rule.type.endswith(":PrometheusRule"):
+            continue
+        for group in _get(rule.inputs, "spec", "groups") or []:
+            for item in group.get("rules") or []:
+                for label, value in _RULE_MATCHER.findall(str(item.get("expr") or "")):
+                    if label == "job":
+                        missing = value not in jobs
+                        what = f'job="{value}", which no ServiceMonitor or PodMonitor of the stack produces'
+                    else:
+                        missing = (label, value) not in declared
+                        what = f'{label}="{value}", which the stack does not declare'
+                    if missing:
+                        name = item.get("alert") or item.get("record")
+                        findings.append(
+                            Finding(
+                                "alert-targets",
+                                rule.urn,
+                                f"rule {name} selects {what}: its series never exist and the alert never fires.",
+                                "name the job/object the stack declares (a ServiceMonitor's job is its Service's "
+                                "name; a PodMonitor's is <namespace>/<name>).",
+                            )
+                        )
+    return findings
+
+
 CHECKS = (
     check_chart_values,
     check_crd_order,
@@ -1989,6 +2060,7 @@ CHECKS = (
     check_ops_sizing,
     check_pod_memory,
     check_traffic,
+    check_alert_targets,
 )
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is

@@ -510,6 +510,8 @@ def test_waivers_name_an_issue() -> None:
     for key, reason in d.WAIVERS.items():
         checks = {
             "chart-values",
+            "traffic",
+            "alert-targets",
             "crd-order",
             "reads-order",
             "missing-reference",

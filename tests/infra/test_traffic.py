@@ -151,3 +151,30 @@ def test_the_policy_semantics() -> None:
     assert traffic._port_matches([{"port": 9000.0, "endPort": 9999}], 9443, None, "TCP")
     assert not traffic._port_matches([{"port": 53, "protocol": "UDP"}], 53, None, "TCP")
     assert traffic._port_matches([{"port": "metrics"}], 9187, "metrics", "TCP")
+
+
+def alert_findings(result) -> list[d.Finding]:
+    return [f for f in d.analyse(result, waivers={}).findings if f.check == "alert-targets"]
+
+
+def test_alerts_select_jobs_and_objects_the_stack_declares() -> None:
+    result = run("staging", "gke")
+    assert alert_findings(result) == []
+    # Without Qdrant's ServiceMonitor nothing produces job="qdrant": its alerts could never fire.
+    monitor = result.by_name("qdrant-servicemonitor")
+    unmonitored = dataclasses.replace(result, resources=[r for r in result.resources if r is not monitor])
+    found = alert_findings(unmonitored)
+    assert found
+    assert all('job="qdrant"' in f.message for f in found)
+    # A rule naming a StatefulSet the stack does not declare.
+    rules = result.by_name("monitoring-rules")
+    inputs = copy.deepcopy(rules.inputs)
+    for group in inputs["spec"]["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = rule["expr"].replace('statefulset="redis"', 'statefulset="valkey"')
+    renamed = dataclasses.replace(rules, inputs=inputs)
+    found = alert_findings(
+        dataclasses.replace(result, resources=[renamed if r is rules else r for r in result.resources])
+    )
+    assert found
+    assert all('statefulset="valkey"' in f.message for f in found)
