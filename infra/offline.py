@@ -60,7 +60,9 @@ class RecordedResource:
     protect: bool
     provider: str | None  # provider URN, or None for the default provider
     depends_on: tuple[str, ...]  # URNs (explicit depends_on and input dependencies, as the engine sees them)
-    aliases: tuple[str, ...] = ()  # URNs this resource also answers to in existing state (`aliases=`), resolved
+    aliases: tuple[
+        str, ...
+    ] = ()  # URNs this resource also answers to in existing state (`aliases=`), resolved
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,13 @@ class PlatformMocks(pulumi_mocks.Mocks):
         """Answer the data-source invokes."""
         tok = args.token
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": ["eu-west-1a", "eu-west-1b", "eu-west-1c"], "zoneIds": ["z1", "z2", "z3"]}, []
+            names, ids = ["eu-west-1a", "eu-west-1b", "eu-west-1c"], ["z1", "z2", "z3"]
+            # As the API answers an account with a Local Zone opted in: listed unless the opt-in-status filter
+            # keeps only the region's own zones, and sorted first (its name extends the region's).
+            only_azs = {"name": "opt-in-status", "values": ["opt-in-not-required"]}
+            if only_azs not in (args.args.get("filters") or []):
+                names, ids = ["eu-west-1-lcl-1a", *names], ["lcl1", *ids]
+            return {"names": names, "zoneIds": ids}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,

@@ -13,8 +13,9 @@ from collections import Counter
 import pulumi
 import pytest
 
-from infra.clusters.eks import nat_alias_suffixes, nat_suffix, zone_opts
+from infra.clusters.eks import nat_alias_suffixes, nat_suffix, require_zones, zone_opts
 from infra.offline import RecordedResource, StackRun
+from infra.render import quota_usage, summarize
 from tests.infra.conftest import run
 
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -218,3 +219,33 @@ def test_switching_layouts_on_a_deployed_stack_replaces_and_deletes_nothing_it_k
         assert (kind, keys) in [(ASSOCIATION, {"routeTableId"}), (ENDPOINT, {"routeTableIds"})]
     moved = {urn.rsplit("::", 1)[1] for urn, keys in changed.items() if by_urn[urn].type == ASSOCIATION}
     assert moved == {"private-1", "private-2"}  # zone 0's subnet stays on its (kept) table
+
+
+@pytest.mark.parametrize(("stack", "target", "eips"), [("prod", None, 3), ("staging", "eks", 1)])
+def test_the_plan_states_the_elastic_ips_the_stack_takes(stack: str, target: str | None, eips: int) -> None:
+    """perZone takes an EIP per zone from the Region's quota (5 by default): `make plan` states the count, so a
+    deployer can check it against what the account already holds before `pulumi up` hits AddressLimitExceeded."""
+    result = run(stack, target)
+    assert len(result.of_type(EIP)) == eips
+    (line,) = [q for q in quota_usage(result) if q.startswith("Elastic IP addresses per Region")]
+    assert f"in eu-west-1: this stack takes {eips} (default quota 5" in line
+    assert "aws ec2 describe-addresses --region eu-west-1" in line
+    assert line in summarize(result, stack)["quotas"]
+
+
+def test_a_cluster_without_cloud_network_states_no_quota() -> None:
+    assert quota_usage(run("dev")) == []
+
+
+@pytest.mark.parametrize(("stack", "target"), [("prod", None), ("staging", "eks")])
+def test_subnets_are_only_in_the_regions_availability_zones(stack: str, target: str | None) -> None:
+    """A Local Zone the account opted into is listed by the zones data source unless filtered out (the offline
+    mock answers so), and EKS cannot place its control plane or managed nodes there."""
+    zones = {s.inputs["availabilityZone"] for s in run(stack, target).of_type(SUBNET)}
+    assert zones == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
+
+
+def test_a_region_with_fewer_zones_than_asked_is_refused_naming_the_key() -> None:
+    assert require_zones(["eu-west-1a", "eu-west-1b"], 2, "eu-west-1") == ["eu-west-1a", "eu-west-1b"]
+    with pytest.raises(ValueError, match=r"rag:cluster\.eks\.availabilityZones is 4, but eu-west-1 offers 3"):
+        require_zones(["eu-west-1a", "eu-west-1b", "eu-west-1c"], 4, "eu-west-1")
