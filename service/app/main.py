@@ -220,6 +220,11 @@ def build_services(
         except InvalidInput as exc:
             # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
             logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
+    if start_reindex:
+        # A build that died before it switched (kill -9, OOM, a lost node) is resumed by the next API process
+        # that sees its lease expire (this one, at once if the build was its own predecessor's on this host).
+        reindexer.resume_interrupted = True
+        reindexer.sync(force=True)
     return services
 
 

@@ -7,7 +7,8 @@ ENVIRONMENT=production.
 
 Stages: ``before_upsert`` (chunks embedded, nothing written), ``before_activate`` (points written, registry not
 switched), ``before_cleanup`` (registry switched, old version's points not deleted), ``after_registry_delete``
-(registry row deleted, points not); ``reindex_catch_up`` (a re-index has built its target and starts comparing it
+(registry row deleted, points not); ``reindex_build`` (a re-index has written two documents into its target
+and goes on building); ``reindex_catch_up`` (a re-index has built its target and starts comparing it
 with the registry; nothing switched yet).
 """
 
@@ -18,7 +19,14 @@ import signal
 
 FAULT_ENV = "RAG_FAULT_KILL_AT"
 STAGES = frozenset(
-    {"before_upsert", "before_activate", "before_cleanup", "after_registry_delete", "reindex_catch_up"}
+    {
+        "before_upsert",
+        "before_activate",
+        "before_cleanup",
+        "after_registry_delete",
+        "reindex_build",
+        "reindex_catch_up",
+    }
 )
 
 

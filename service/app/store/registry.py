@@ -876,14 +876,25 @@ class DocumentRegistry:
 
     @_guarded
     def acquire_index_lease(
-        self, holder: str, collection: str, config: dict[str, Any], ttl_seconds: float, name: str = "default"
+        self,
+        holder: str,
+        collection: str,
+        config: dict[str, Any],
+        ttl_seconds: float,
+        name: str = "default",
+        *,
+        take_from: str | None = None,
     ) -> IndexLease:
-        """Take the lease for ``holder`` if it is free, expired or already ``holder``'s; return who holds it.
+        """Take the lease for ``holder`` if it is free, expired or already ``holder``'s (or ``take_from``'s, a
+        holder known to be dead); return who holds it.
 
         One conditional statement decides (an insert, or an update guarded by holder/expiry), so of two
         replicas racing for it exactly one gets it; the caller compares the returned holder with its own.
         """
         now = datetime.now(UTC)
+        takeable = [index_lease.c.holder == holder, index_lease.c.expires_at <= now]
+        if take_from is not None:
+            takeable.append(index_lease.c.holder == take_from)
         values = {
             "holder": holder,
             "collection": collection,
@@ -896,7 +907,7 @@ class DocumentRegistry:
                     index_lease.update()
                     .where(
                         index_lease.c.name == name,
-                        sa.or_(index_lease.c.holder == holder, index_lease.c.expires_at <= now),
+                        sa.or_(*takeable),
                     )
                     .values(**values)
                 )
