@@ -381,6 +381,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         cluster_name=cluster.name,
         node_role_arn=node_role.arn,
         subnet_ids=[subnet.id for subnet in private_subnets],
+        # The nodes follow the control plane: without it the node group's version is only computed at creation,
+        # so raising rag:cluster.eks.version upgraded the control plane and left every node on the old minor
+        # (terraform-provider-aws aws_eks_node_group `version`: Optional+Computed; a change is an in-place
+        # UpdateNodegroupVersion, a rolling replacement of the nodes within update_config.max_unavailable).
+        version=cluster.version,
         instance_types=[group.instanceType],
         disk_size=group.diskSizeGb,
         scaling_config={

@@ -99,3 +99,18 @@ def test_the_ebs_csi_add_on_waits_for_its_permissions(stack: str, target: str | 
     assert policy.inputs["policyArn"].endswith("/AmazonEBSCSIDriverPolicy")
     assert policy.urn in addon.depends_on
     assert result.by_name("eks-nodes").urn in addon.depends_on
+
+
+@pytest.mark.parametrize(("stack", "target"), EKS_RUNS)
+def test_the_nodes_follow_the_control_plane_version(stack: str, target: str | None) -> None:
+    """`rag:cluster.eks.version` upgrades the nodes too: the node group's version is the cluster's output (an
+    in-place UpdateNodegroupVersion after the cluster's own update), not left to what it was created with."""
+    result = run(stack, target)
+    cluster, nodes = result.by_name("eks"), result.by_name("eks-nodes")
+    assert nodes.inputs["version"] == cluster.inputs["version"]
+    assert cluster.urn in nodes.depends_on
+
+
+def test_a_version_change_reaches_the_node_group() -> None:
+    result = run("dev", "eks", cluster={"provider": "eks", "eks": {"version": "1.34"}})
+    assert result.by_name("eks-nodes").inputs["version"] == "1.34"
