@@ -5,8 +5,8 @@ write (``documents.chunk_count``) describes the old collection. GET /v1/document
 collection search serves: this table's row for that collection and the active version, else (rows written
 before this table, or in the collection that was current at the write) ``documents.chunk_count``.
 
-Revision ID: 0006_chunk_counts
-Revises: 0005_index_lease
+Revision ID: 0007_chunk_counts
+Revises: 0006_job_lease
 Create Date: 2026-11-26
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_chunk_counts"
-down_revision = "0005_index_lease"
+revision = "0007_chunk_counts"
+down_revision = "0006_job_lease"
 branch_labels = None
 depends_on = None
 
