@@ -1022,6 +1022,30 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"prod requires perZone, got {cluster.eks.natGateways}: with one NAT gateway, losing its zone "
                 "cuts the internet egress (ECR pulls, the LLM provider, AWS APIs) of every zone",
             )
+        # The managed stores must survive a zone like the rest of prod (docs/infra.md, stack matrix): a single-AZ
+        # RDS instance or Cloud SQL ZONAL instance, a one-node ElastiCache group or a BASIC Memorystore instance
+        # is down (and its data at risk) for as long as its zone is.
+        if config.postgres.mode == "managed" and not config.postgres.managed.multiAz:
+            fail(
+                "postgres.managed.multiAz",
+                "prod requires true: a managed database in one zone (RDS single-AZ, Cloud SQL ZONAL) is down "
+                "with its zone, and with it every write",
+            )
+        if config.redis.mode == "managed" and cluster.provider == "eks" and config.redis.managed.replicas < 1:
+            fail(
+                "redis.managed.replicas",
+                "prod requires at least 1 ElastiCache replica (with it the group fails over to another zone; "
+                f"got {config.redis.managed.replicas})",
+            )
+        if (
+            config.redis.mode == "managed"
+            and cluster.provider == "gke"
+            and config.redis.managed.tier != "STANDARD_HA"
+        ):
+            fail(
+                "redis.managed.tier",
+                f"prod requires STANDARD_HA (a replica in another zone with failover), got {config.redis.managed.tier}",
+            )
 
 
 _UNITS = {

@@ -690,10 +690,11 @@ def reindex_start(
     timeout: TimeoutOpt = 3600.0,
     interval: IntervalOpt = 2.0,
 ) -> None:
-    """Build the index for a new model and/or chunking while search serves the current one, then switch."""
-    if model is None and chunk_size is None and chunk_overlap is None:
-        console.print("[red]error:[/] give at least one of --model, --chunk-size, --chunk-overlap")
-        raise typer.Exit(2)
+    """Build the index for a new model and/or chunking while search serves the current one, then switch.
+
+    Without --model/--chunk-size/--chunk-overlap it rebuilds the current settings: after an upgrade whose
+    chunker changed (the service refuses when nothing would change), or to resume an interrupted build.
+    """
 
     def action() -> dict[str, Any]:
         endpoint = _endpoint(ctx, stack, url, key)
@@ -749,7 +750,7 @@ def reindex_status(
 
     status = _run(action)
     typer.echo(reindex_mod.summary(status))
-    if status.get("state") == "failed":
+    if status.get("state") in ("failed", "interrupted"):
         raise typer.Exit(1)
 
 

@@ -181,6 +181,12 @@ def follow(
             return status
         if state == "failed" and index_config(status.get("target")) == wanted:
             raise ReindexFailure(f"the re-index failed: {status.get('error')}")
+        if state == "interrupted" and index_config(status.get("target")) == wanted:
+            # Its builder died and no replica resumes it (they do, up to a limit): an admin decides.
+            raise ReindexFailure(
+                f"the re-index was interrupted: {status.get('error')} "
+                "(`ragops reindex start` with the same settings resumes it)"
+            )
         # Any other answer (idle, or an earlier re-index's end state) may come from a replica that is not the
         # one building: poll on; the pointer or the building replica's failure decides.
         if clock() >= deadline:
@@ -216,6 +222,8 @@ def summary(status: Mapping[str, Any]) -> str:
     if status.get("documents_without_text"):
         listed = ", ".join(status.get("without_text") or [])
         line += f"; {status['documents_without_text']} without kept text (e.g. {listed})"
+    if status.get("resumed_from") and status.get("state") != "interrupted":
+        line += f"; resumes the build {status['resumed_from']} left when it died (attempt {status.get('attempt')})"
     if status.get("error"):
         line += f"; error: {status['error']}"
     return line
@@ -301,7 +309,7 @@ def converge(
         return status
     if state == "failed" and index_config(status.get("target")) == wanted:
         raise ReindexFailure(f"the re-index the new pods started failed: {status.get('error')}")
-    if state not in RUNNING:
+    if state not in RUNNING:  # interrupted too: starting it again resumes the dead build's collection
         try:
             start(client, **wanted)
         except ReindexFailure as exc:

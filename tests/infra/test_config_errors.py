@@ -142,6 +142,23 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.natGateways",
         "prod requires perZone, got single",
     ),
+    ("prod", {"postgres": {"managed": {"multiAz": False}}}, "postgres.managed.multiAz", "prod requires true"),
+    (
+        "prod",
+        {"redis": {"managed": {"replicas": 0}}},
+        "redis.managed.replicas",
+        "at least 1 ElastiCache replica",
+    ),
+    (
+        "prod",
+        {
+            "cluster": {"provider": "gke"},
+            "gateway": {"className": "gke-l7-global-external-managed"},
+            "redis": {"managed": {"tier": "BASIC"}},
+        },
+        "redis.managed.tier",
+        "got BASIC",
+    ),
     ("dev", {"llm": {"egressCidrs": ["10.0.0.1/8"]}}, "llm.egressCidrs", "not an IPv4/IPv6 network"),
     ("dev", {"llm": {"egressExcept": ["nowhere"]}}, "llm.egressExcept", "not an IPv4/IPv6 network"),
     ("dev", {"llm": {"enabled": True, "model": "m"}}, "llm.baseUrl", "base URL is required"),

@@ -186,8 +186,10 @@ def test_refusals_are_one_line_and_exit_1(ctx: Context, backend: FakeBackend, se
     assert "HTTP 422" in unknown.output
     assert "no/such-model" in unknown.output
 
+    # Without settings it rebuilds the current ones, which the service refuses when nothing would change.
     nothing = _invoke(ctx, "reindex", "start", "--url", service, "--key", ADMIN)
-    assert nothing.exit_code == 2
+    assert nothing.exit_code == 1
+    assert "HTTP 422: the index is already built with this model and chunking" in _flat(nothing.output)
     both = _invoke(ctx, "reindex", "status", "-s", "dev", "--url", service)
     assert both.exit_code == 2
     assert "exactly one of --stack" in _flat(both.output)
@@ -428,3 +430,25 @@ def test_a_reindex_of_the_same_config_is_done_only_once_the_pointer_moved(
     with _client(scripted) as client:
         last = reindex_mod.follow(client, NEW, sleep=lambda _s: None, from_collection="c1")
     assert last["serving"]["collection"] == "c2"
+
+
+def test_follow_reports_a_resumed_build_and_fails_on_an_interrupted_one(
+    scripted: ThreadingHTTPServer,
+) -> None:
+    resumed = {**_status("building", OLD, NEW, done=3), "attempt": 2, "resumed_from": "pod-a:1:abc"}
+    interrupted = _status(
+        "interrupted", OLD, NEW, error="the re-index to c-new by pod-a:1:abc stopped before it switched"
+    )
+    scripted.statuses = [resumed, _status("waiting", OLD, NEW), interrupted]  # type: ignore[attr-defined]
+    lines: list[str] = []
+    with (
+        _client(scripted) as client,
+        pytest.raises(
+            reindex_mod.ReindexFailure, match="interrupted: the re-index to c-new by pod-a"
+        ) as failure,
+    ):
+        reindex_mod.follow(
+            client, NEW, on_status=lambda s: lines.append(reindex_mod.summary(s)), sleep=lambda _s: None
+        )
+    assert "`ragops reindex start` with the same settings resumes it" in str(failure.value)
+    assert "resumes the build pod-a:1:abc left when it died (attempt 2)" in lines[0]

@@ -6,8 +6,11 @@ The registry row ``(tenant_id, document_id) -> version`` is the source of truth 
 search returns a chunk only if its ``(document_id, version)`` is active (service.app.search.service). So:
 
 Ingest
-  1. Hash the content: text + canonical metadata + content type + model + chunking parameters. Equal to the
-     active row's hash -> ``unchanged``; nothing is embedded or written.
+  1. Hash the content: text + canonical metadata + content type. Equal to the active row's hash ->
+     ``unchanged``; nothing is embedded or written. The model and chunking are not part of it: they are the
+     index's (every document of a collection is built with its config, and a re-index rebuilds them all), so an
+     unchanged re-send after a re-index is still a no-op. Rows written by a release that hashed them in
+     (``legacy_content_hash``) are recognised under the served or standby config and re-hashed once.
   2. Chunk and embed (in a threadpool), then upsert the points tagged with a NEW version ``v_new`` (point ids
      are uuid5 of tenant/document/version/chunk, so a retry rewrites the same points). They are invisible:
      the registry still points at the old version (or at nothing).
@@ -44,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anyio import to_thread
@@ -71,11 +74,37 @@ from service.app.ingest.models import (
     validate_metadata,
 )
 from service.app.store.protocols import Embedder
-from service.app.store.registry import DocumentRecord, DocumentRegistry
+from service.app.store.registry import CommitFence, DocumentRecord, DocumentRegistry
 from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint, VectorStore
 
 logger = logging.getLogger(__name__)
+
+# Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
+FENCE_CHECK_CHUNKS = 128
+
+
+def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
+    """The hash of a document's content (its normalized text, canonical metadata and content type)."""
+    material = canonical_json({"text": text, "metadata": metadata, "content_type": content_type})
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def legacy_content_hash(
+    text: str, metadata: dict[str, Any], content_type: str, model: str, chunking: dict[str, int]
+) -> str:
+    """The hash releases before 2026-11-26 stored: the content plus the model and chunking of the writing index
+    (which made every unchanged re-send after a re-index re-embed once)."""
+    material = canonical_json(
+        {
+            "text": text,
+            "metadata": metadata,
+            "content_type": content_type,
+            "model": model,
+            "chunking": chunking,
+        }
+    )
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
@@ -163,17 +192,17 @@ class IngestService:
         return self.index.current.chunker
 
     def content_hash(self, text: str, metadata: dict[str, Any], content_type: str) -> str:
-        """What decides whether a write changes anything (the model and chunking included)."""
-        material = canonical_json(
-            {
-                "text": text,
-                "metadata": metadata,
-                "content_type": content_type,
-                "model": self.embedder.model_name,
-                "chunking": self.chunker.params(),
-            }
+        """What decides whether a write changes anything: the document, not the index it is built into."""
+        return content_hash(text, metadata, content_type)
+
+    def _legacy_match(
+        self, stored: str, text: str, metadata: dict[str, Any], kind: str, generations: list[IndexGeneration]
+    ) -> bool:
+        """Whether ``stored`` is an earlier release's hash of this content under one of ``generations``."""
+        return any(
+            stored == legacy_content_hash(text, metadata, kind, g.embedder.model_name, g.chunker.params())
+            for g in generations
         )
-        return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
     async def ingest(
         self,
@@ -183,11 +212,14 @@ class IngestService:
         text: str,
         metadata: dict[str, Any] | None = None,
         content_type: str = "text/plain",
+        fence: CommitFence | None = None,
     ) -> IngestResult:
         """Create or replace a document from its extracted text; ``unchanged`` (no embedding) when nothing changed.
 
         ``text`` is plain text: callers extract it first (`extract_text` for files, `html_to_text` for HTML
-        sent as JSON); ``content_type`` records what the source was.
+        sent as JSON); ``content_type`` records what the source was. ``fence`` (an ingestion job's lease) is
+        checked between embedding batches and held by the commit: a job whose lease was taken over stops, and
+        never commits over the worker that took it (its points are discarded).
         """
         validate_document_id(document_id)
         clean_metadata = validate_metadata(metadata)
@@ -208,12 +240,31 @@ class IngestService:
             raise InvalidInput("text is empty")
         digest = self.content_hash(text, clean_metadata, kind)
         async with self._locks.hold((tenant_id, document_id)):
-            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest)
+            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest, fence)
 
     async def _write(
-        self, tenant_id: str, document_id: str, text: str, metadata: dict[str, Any], kind: str, digest: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        text: str,
+        metadata: dict[str, Any],
+        kind: str,
+        digest: str,
+        fence: CommitFence | None = None,
     ) -> IngestResult:
-        current = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        current = await to_thread.run_sync(
+            lambda: self.registry.get(tenant_id, document_id, served=self._served())
+        )
+        if current is not None and current.content_hash != digest:
+            state = self.index.state
+            generations = [g for g in (state.current, state.shadow) if g is not None]
+            if self._legacy_match(current.content_hash, text, metadata, kind, generations):
+                # Unchanged, hashed by an earlier release: store this release's hash, so no later re-index
+                # (whose config the old hash named) makes the next re-send re-embed it.
+                await to_thread.run_sync(
+                    self.registry.rehash, tenant_id, document_id, current.version, digest
+                )
+                current = replace(current, content_hash=digest)
         if current is not None and current.content_hash == digest:
             # A document written before texts were kept gets its text now (a no-op when it has one).
             await to_thread.run_sync(
@@ -230,7 +281,9 @@ class IngestService:
         version = new_version(current.version if current else None)
         # Steps 2-4 in one threadpool hop: under CPU contention every hop costs scheduling latency.
         count = await to_thread.run_sync(
-            lambda: self._publish(tenant_id, document_id, text, metadata, kind, digest, current, version)
+            lambda: self._publish(
+                tenant_id, document_id, text, metadata, kind, digest, current, version, fence
+            )
         )
         status = "created" if current is None else "updated"
         DOCUMENTS_INGESTED.labels(status=status).inc()
@@ -247,6 +300,7 @@ class IngestService:
         digest: str,
         current: DocumentRecord | None,
         version: int,
+        fence: CommitFence | None = None,
     ) -> int:
         """Chunk, embed, upsert (invisible), commit in the registry, clean up; returns the chunk count.
 
@@ -257,7 +311,7 @@ class IngestService:
             self.sync_index()
         with self.index.writing() as state:
             count = self._publish_in(
-                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version
+                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version, fence
             )
             if state.shadow is not None:
                 try:
@@ -285,6 +339,8 @@ class IngestService:
             generation.vectors.delete_versions_below(tenant_id, document_id, version)
         except ServiceUnavailable:
             logger.warning("stale chunks of %s/%s left in %s", tenant_id, document_id, generation.collection)
+        # Its chunk count there (other chunking, other count): what GET reports once search serves it.
+        self.registry.record_chunk_count(generation.collection, tenant_id, document_id, version, len(points))
         return len(points)
 
     def _points(
@@ -296,13 +352,23 @@ class IngestService:
         text: str,
         metadata: dict[str, Any],
         digest: str,
+        fence: CommitFence | None = None,
     ) -> list[ChunkPoint]:
         chunks = generation.chunker.split(text)
         if not chunks:
             raise InvalidInput("text has no content the model can read")
         texts = [chunk.text for chunk in chunks]
         try:
-            vectors = generation.embedder.embed_documents(texts)
+            if fence is None:
+                vectors = generation.embedder.embed_documents(texts)
+            else:
+                # A job that lost its lease (taken over, or cancelled by a shutdown) stops within one slice
+                # instead of embedding a whole large document nobody will commit.
+                vectors = []
+                for start in range(0, len(texts), FENCE_CHECK_CHUNKS):
+                    fence.check()
+                    vectors += generation.embedder.embed_documents(texts[start : start + FENCE_CHECK_CHUNKS])
+                fence.check()
         except RagError:
             raise
         except Exception as exc:
@@ -339,9 +405,10 @@ class IngestService:
         digest: str,
         current: DocumentRecord | None,
         version: int,
+        fence: CommitFence | None = None,
     ) -> int:
         store = generation.vectors
-        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest)
+        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest, fence)
         fault_point("before_upsert")
         try:
             store.upsert(points)
@@ -367,6 +434,7 @@ class IngestService:
                 content_type=kind,
                 chunk_count=len(points),
                 text=text,
+                fence=fence,
             )
         except (Conflict, ServiceUnavailable):
             self._discard(store, tenant_id, document_id, version)
@@ -388,17 +456,27 @@ class IngestService:
                 "could not discard unpublished version %s of %s/%s", version, tenant_id, document_id
             )
 
+    def _served(self) -> str:
+        """The collection search serves (after following the pointer): whose chunk counts documents report."""
+        if self.sync_index is not None:
+            self.sync_index()
+        return self.index.current.collection
+
     async def get(self, tenant_id: str, document_id: str) -> DocumentOut:
-        """The active document, or NotFound."""
+        """The active document (its chunk count in the collection search serves), or NotFound."""
         validate_document_id(document_id)
-        record = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        record = await to_thread.run_sync(
+            lambda: self.registry.get(tenant_id, document_id, served=self._served())
+        )
         if record is None:
             raise NotFound(f"document {document_id!r} not found", document_id=document_id)
         return to_document_out(record)
 
     async def list(self, tenant_id: str, *, cursor: str | None, limit: int) -> DocumentList:
         """A page of the tenant's documents ordered by id."""
-        page = await to_thread.run_sync(lambda: self.registry.list(tenant_id, cursor=cursor, limit=limit))
+        page = await to_thread.run_sync(
+            lambda: self.registry.list(tenant_id, cursor=cursor, limit=limit, served=self._served())
+        )
         return DocumentList(documents=[to_document_out(r) for r in page.items], next_cursor=page.next_cursor)
 
     async def delete(self, tenant_id: str, document_id: str) -> DocumentOut:

@@ -76,19 +76,66 @@ from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUna
 from service.app.core.faults import fault_point
 from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
-from service.app.ingest.service import IngestService
+from service.app.ingest.service import IngestService, content_hash
 from service.app.store.gc import CollectionStopped, Pacer
-from service.app.store.registry import DocumentRegistry, DocumentSource
+from service.app.store.registry import DocumentRegistry, DocumentSource, IndexLease, IndexPointer
 
 logger = logging.getLogger(__name__)
 
 CATCH_UP_PASSES = 5
 PAGE = 200
 MAX_LISTED = 20
+# Builds of one target that died (kill -9, OOM, a lost node) and were resumed automatically; after this many
+# the build is reported ``interrupted`` and waits for an admin: a build that kills its process every time (a
+# document that runs it out of memory) must not take every replica down in turn.
+MAX_ATTEMPTS = 3
 
 State = Literal[
-    "idle", "waiting", "building", "catching_up", "switching", "switched", "failed", "rolled_back"
+    "idle",
+    "waiting",
+    "building",
+    "catching_up",
+    "switching",
+    "switched",
+    "failed",
+    "rolled_back",
+    "interrupted",
 ]
+RUNNING_STATES = frozenset({"waiting", "building", "catching_up", "switching"})
+# Lease holders of this process's live Reindexers (tests run several "replicas" in one process).
+_LIVE_HOLDERS: set[str] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether the lease ``holder`` (``host:pid:random``) provably died: it ran on this host and its process is
+    gone, or it claims this very process but is none of its Reindexers (a restarted container, where the new
+    process often gets the old one's pid). A holder on another host is only dead once its lease expires."""
+    host, _, rest = holder.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return holder not in _LIVE_HOLDERS
+    return not _pid_alive(pid)
+
+
+def lease_attempt(lease: IndexLease) -> int:
+    """Which attempt at its target the lease's build is (1 unless it resumed an interrupted one)."""
+    try:
+        return max(1, int(lease.config.get("attempt", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 @dataclass(frozen=True)
@@ -106,6 +153,8 @@ class ReindexStatus:
     without_text: list[str] = field(default_factory=list)  # "tenant/document", first MAX_LISTED
     error: str | None = None
     builder: str | None = None  # the replica holding the re-index lease (live), if any
+    attempt: int = 0  # 1 for a fresh build, n when it resumes an interrupted one for the (n-1)th time
+    resumed_from: str | None = None  # the holder whose interrupted build this one continues
     replica: str = ""  # this replica's lease holder id
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -155,6 +204,14 @@ class Reindexer:
         self._sync_lock = threading.Lock()
         self._synced_at = float("-inf")
         self._builder: str | None = None
+        # An expired (or provably dead) lease whose target never became the pointer: a build that died.
+        self._abandoned: IndexLease | None = None
+        self._serving: str | None = None  # the pointer's collection at the last follow
+        # Set by build_services in the API process: resume such a build (one attempt per lease per process).
+        self.resume_interrupted = False
+        self._resume_tried: set[tuple[str, str, int]] = set()
+        self._queued = False  # the running start was automatic (start-up, a resume): it may give up
+        _LIVE_HOLDERS.add(self.holder)
 
     # -- public API ---------------------------------------------------------------------------------------
 
@@ -170,7 +227,48 @@ class Reindexer:
         )
         if not self.running() and self._builder is not None and self._builder != self.holder:
             status = replace(status, state="building")  # another replica builds: its progress is there
+        abandoned = self._abandoned
+        if (
+            abandoned is not None
+            and not self.running()
+            and self._builder is None
+            and status.state not in ("failed", *RUNNING_STATES)
+        ):
+            if self.resume_interrupted and lease_attempt(abandoned) < MAX_ATTEMPTS:
+                # This replica is about to take the dead builder's lease: report the wait, not a halt.
+                return replace(status, state="waiting", resumed_from=abandoned.holder)
+            status = replace(
+                status,
+                state="interrupted",
+                target={
+                    "collection": abandoned.collection,
+                    **IndexConfig.from_dict(abandoned.config).as_dict(),
+                },
+                error=self._interruption(abandoned),
+                attempt=lease_attempt(abandoned),
+                finished_at=abandoned.expires_at,
+            )
         return status
+
+    def _interruption(self, lease: IndexLease) -> str:
+        """What an interrupted build's status says: who died, what is served, what an admin can do."""
+        attempt = lease_attempt(lease)
+        text = (
+            f"the re-index to {lease.collection} by {lease.holder} stopped before it switched (attempt {attempt}: "
+            f"the process died or lost the registry; its lease expired at {lease.expires_at.isoformat()}); "
+            f"search still serves {self._serving or self.index.current.collection}. "
+        )
+        if self.resume_interrupted and attempt < MAX_ATTEMPTS:
+            return text + "It resumes here into the same collection."
+        if attempt >= MAX_ATTEMPTS:
+            text += (
+                f"It is not resumed automatically after {attempt} interrupted attempts (does the build run the "
+                "process out of memory?). "
+            )
+        return text + (
+            "POST /v1/admin/reindex with the same settings (`ragops reindex start`) resumes it into the same "
+            "collection; a re-index to other settings replaces it and drops its collection."
+        )
 
     def sync(self, *, force: bool = False) -> None:
         """Follow the persisted pointer and lease: serve the pointer's collection, dual-write into the target
@@ -191,11 +289,19 @@ class Reindexer:
                 logger.warning("cannot follow the index pointer: %s", exc.message)
                 return
             self._synced_at = time.monotonic()
+        self._maybe_resume()
 
     def _sync(self) -> None:
         pointer = self.registry.index_pointer()
         lease = self.registry.index_lease()
-        live = lease if lease is not None and lease.live() else None
+        self._observe(pointer, lease)
+        live = (
+            lease
+            if lease is not None
+            and lease.live()
+            and (lease.holder == self.holder or not holder_is_dead(lease.holder))
+            else None
+        )
         self._builder = live.holder if live is not None else None
         if self._building or pointer is None:
             return  # this process builds and switches itself
@@ -228,13 +334,76 @@ class Reindexer:
             logger.info("following the index pointer to %s", current.collection)
         self.index.set(IndexState(current=current, shadow=shadow))
 
+    def _observe(self, pointer: IndexPointer | None, lease: IndexLease | None) -> None:
+        """Note a build that died: a lease left behind (expired, or its holder provably dead) whose target the
+        pointer never reached. A finished or failed build releases its lease, so only a dead one leaves it."""
+        self._serving = pointer.collection if pointer is not None else None
+        abandoned = None
+        if (
+            lease is not None
+            and lease.holder != self.holder
+            and pointer is not None
+            and lease.collection != pointer.collection
+            and (not lease.live() or holder_is_dead(lease.holder))
+        ):
+            abandoned = lease
+        if abandoned is not None and (self._abandoned is None or self._abandoned.holder != abandoned.holder):
+            logger.warning(
+                "the re-index to %s by %s was interrupted before it switched (attempt %d)",
+                abandoned.collection,
+                abandoned.holder,
+                lease_attempt(abandoned),
+            )
+        self._abandoned = abandoned
+
+    def _maybe_resume(self) -> None:
+        """In the API process: resume an interrupted build (in a thread: a follow runs under searches)."""
+        abandoned = self._abandoned
+        if abandoned is None or not self.resume_interrupted or self.running():
+            return
+        key = (abandoned.holder, abandoned.collection, lease_attempt(abandoned))
+        if key in self._resume_tried or lease_attempt(abandoned) >= MAX_ATTEMPTS:
+            return
+        self._resume_tried.add(key)
+        threading.Thread(target=self._resume, args=(abandoned,), name="reindex-resume", daemon=True).start()
+
+    def _resume(self, lease: IndexLease) -> None:
+        try:
+            self.start(
+                IndexConfig.from_dict(lease.config),
+                allow_missing=bool(lease.config.get("allow_missing", False)),
+                queue=True,
+                collection=lease.collection,
+            )
+        except RagError as exc:
+            logger.error("cannot resume the interrupted re-index to %s: %s", lease.collection, exc.message)
+            self._set(
+                ReindexStatus(
+                    state="failed",
+                    target={"collection": lease.collection, **IndexConfig.from_dict(lease.config).as_dict()},
+                    error=f"the interrupted re-index to {lease.collection} cannot be resumed here: {exc.message}",
+                    resumed_from=lease.holder,
+                    finished_at=datetime.now(UTC),
+                )
+            )
+        except Exception:
+            logger.exception("cannot resume the interrupted re-index to %s", lease.collection)
+
     def start(
-        self, config: IndexConfig, *, allow_missing: bool = False, queue: bool = False
+        self,
+        config: IndexConfig,
+        *,
+        allow_missing: bool = False,
+        queue: bool = False,
+        collection: str | None = None,
     ) -> ReindexStatus:
         """Start building ``config`` in the background; Conflict while another re-index runs.
 
         ``queue``: when another replica holds the lease, wait for it (and take over if it dies) instead of
-        Conflict: what start-up does, so N pods of a rollout with the new config build it once.
+        Conflict: what start-up does, so N pods of a rollout with the new config build it once. Such an
+        automatic start gives up on a target whose build died MAX_ATTEMPTS times (``interrupted``).
+        ``collection``: build into this collection (an interrupted build's) instead of the config's own.
+        A target an interrupted build left half-built is built on (upserts are idempotent), as its next attempt.
         """
         with self._lock:
             if self.running():
@@ -246,12 +415,46 @@ class Reindexer:
                 )
             current = self.index.current
             if config == current.config and getattr(current.vectors, "has_sparse", True):
-                raise InvalidInput("the index is already built with this model and chunking")
-            generation = self.make_generation(config)  # InvalidInput for a model that cannot be loaded
+                raise InvalidInput(
+                    "the index is already built with this model and chunking (and this release's chunker)"
+                )
+            # InvalidInput for a model that cannot be loaded
+            generation = (
+                self.make_generation(config, collection) if collection else self.make_generation(config)
+            )
+            abandoned = self._abandoned
+            attempt, resumed_from = 1, None
+            if abandoned is not None and abandoned.collection == generation.collection:
+                attempt, resumed_from = lease_attempt(abandoned) + 1, abandoned.holder
+                if queue and attempt > MAX_ATTEMPTS:
+                    logger.error("%s", self._interruption(abandoned))
+                    return self.status()
+                logger.warning(
+                    "resuming the interrupted re-index to %s (attempt %d, after %s)",
+                    generation.collection,
+                    attempt,
+                    abandoned.holder,
+                )
+            elif abandoned is not None:
+                logger.warning(
+                    "the interrupted re-index to %s is replaced by one to %s",
+                    abandoned.collection,
+                    generation.collection,
+                )
             self._stop.clear()
-            self._set(ReindexStatus(state="building", target=config.as_dict(), started_at=datetime.now(UTC)))
+            self._queued = queue
+            self._set(
+                ReindexStatus(
+                    state="building",
+                    target=config.as_dict(),
+                    attempt=attempt,
+                    resumed_from=resumed_from,
+                    started_at=datetime.now(UTC),
+                )
+            )
+            extra = {"attempt": attempt, "allow_missing": allow_missing}
             self._thread = threading.Thread(
-                target=self._run, args=(generation, allow_missing), name="reindex", daemon=True
+                target=self._run, args=(generation, allow_missing, extra), name="reindex", daemon=True
             )
             self._thread.start()
         return self.status()
@@ -291,6 +494,7 @@ class Reindexer:
         return self.status()
 
     def close(self) -> None:
+        _LIVE_HOLDERS.discard(self.holder)
         self._stop.set()
         thread = self._thread
         if thread is not None:
@@ -310,11 +514,11 @@ class Reindexer:
         REINDEX_DOCUMENTS.labels(state="replayed").set(status.documents_replayed)
         REINDEX_DOCUMENTS.labels(state="without_text").set(status.documents_without_text)
 
-    def _run(self, target: IndexGeneration, allow_missing: bool) -> None:
+    def _run(self, target: IndexGeneration, allow_missing: bool, extra: dict[str, Any]) -> None:
         heartbeat: threading.Thread | None = None
         try:
             try:
-                if not self._lease(target):
+                if not self._lease(target, extra):
                     return  # another replica built it and switched
             except Exception as exc:  # shutting down while waiting for another replica's lease
                 message = exc.message if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
@@ -334,10 +538,14 @@ class Reindexer:
                     self.registry.release_index_lease(self.holder)
                 self._synced_at = float("-inf")
 
-    def _lease(self, target: IndexGeneration) -> bool:
+    def _lease(self, target: IndexGeneration, extra: dict[str, Any]) -> bool:
         """Take the re-index lease, waiting while a live replica holds it; False when that one switched to
-        ``target`` meanwhile (nothing left to build)."""
-        config = target.config.as_dict()
+        ``target`` meanwhile (nothing left to build), or when its build died too often (``interrupted``).
+
+        The lease carries the attempt (taking over a dead builder's lease of the same target is the next
+        attempt) and ``allow_missing``, so whoever resumes the build knows both.
+        """
+        attempt = int(extra.get("attempt", 1))
         while True:
             try:
                 pointer = self.registry.index_pointer()
@@ -345,19 +553,48 @@ class Reindexer:
                     self.sync(force=True)
                     self._set(replace(self._status, state="switched", finished_at=datetime.now(UTC)))
                     return False
+                held = self.registry.index_lease()
+                dead = None
+                if held is not None and held.holder != self.holder and holder_is_dead(held.holder):
+                    dead = held.holder  # a predecessor on this host: no need to wait out its lease
+                if (
+                    held is not None
+                    and held.holder != self.holder
+                    and held.collection == target.collection
+                    and (dead is not None or not held.live())
+                ):
+                    attempt = max(attempt, lease_attempt(held) + 1)
+                    self._set(replace(self._status, resumed_from=held.holder))
+                    if self._queued and attempt > MAX_ATTEMPTS:
+                        self._abandoned = held
+                        self._set(replace(self._status, state="idle"))  # status() says interrupted
+                        logger.error("%s", self._interruption(held))
+                        return False
+                config = {**target.config.as_dict(), **extra, "attempt": attempt}
                 lease = self.registry.acquire_index_lease(
-                    self.holder, target.collection, config, self.lease_seconds
+                    self.holder, target.collection, config, self.lease_seconds, take_from=dead
                 )
             except ServiceUnavailable as exc:
                 logger.warning("re-index lease: %s", exc.message)
                 lease = None
             if lease is not None and lease.holder == self.holder:
+                if (
+                    held is not None
+                    and held.holder != self.holder
+                    and held.collection != target.collection
+                    and (dead is not None or not held.live())
+                ):
+                    self._reclaim(held.collection, f"the target of {held.holder}'s interrupted re-index")
                 self._lease_lost.clear()
                 self._stop_heartbeat = threading.Event()
                 with self._sync_lock:  # no follow of the pointer is half-way when this thread owns the state
                     self._building = True
-                self._set(replace(self._status, state="building", builder=self.holder, error=None))
-                logger.info("re-index lease taken by %s for %s", self.holder, target.collection)
+                self._set(
+                    replace(self._status, state="building", builder=self.holder, error=None, attempt=attempt)
+                )
+                logger.info(
+                    "re-index lease taken by %s for %s (attempt %d)", self.holder, target.collection, attempt
+                )
                 return True
             if lease is not None:
                 self._set(replace(self._status, state="waiting", builder=lease.holder))
@@ -402,9 +639,12 @@ class Reindexer:
             if not self.registry.renew_index_lease(self.holder, self.lease_seconds):
                 self._lease_lost.set()
                 self._check()
+            before = self.registry.index_pointer()
             with self._lock:
                 self._switch(target, self.index.current)
             replayed += self._catch_up(target)
+            if before is not None and before.previous_collection:
+                self._reclaim(before.previous_collection, "the standby this switch replaced")
             self._set(
                 replace(
                     self._status, state="switched", documents_replayed=replayed, finished_at=datetime.now(UTC)
@@ -419,6 +659,25 @@ class Reindexer:
             message = exc.message if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
             logger.error("re-index to %s failed: %s", target.collection, message)
             self._set(replace(self._status, state="failed", error=message, finished_at=datetime.now(UTC)))
+
+    def _reclaim(self, collection: str, why: str) -> None:
+        """Delete a collection nothing names any more (not the pointer's two, not a live lease's target), so
+        neither a replaced standby nor an abandoned build's target keeps its disk space forever."""
+        drop = getattr(self.make_generation, "drop", None)
+        if drop is None:
+            return
+        try:
+            pointer = self.registry.index_pointer()
+            named = {pointer.collection, pointer.previous_collection} if pointer is not None else set()
+            lease = self.registry.index_lease()
+            if lease is not None and lease.holder != self.holder and lease.live():
+                named.add(lease.collection)
+            if collection in named or collection in (self.index.current.collection, None):
+                return
+            if drop(collection):
+                logger.info("dropped collection %s (%s)", collection, why)
+        except Exception as exc:  # a store or registry outage: the collection stays, nothing else changes
+            logger.warning("cannot drop collection %s (%s): %s", collection, why, exc)
 
     def _pacer(self) -> Pacer | None:
         """Paces a catch-up pass's scans (the orphan collector's pacer; stopped at once by shutdown)."""
@@ -437,6 +696,11 @@ class Reindexer:
 
     def _write(self, target: IndexGeneration, source: DocumentSource) -> None:
         record = source.record
+        digest = content_hash(source.text, record.metadata, record.content_type)
+        if record.content_hash != digest:
+            # Hashed by an earlier release with the old index's config: after the switch an unchanged re-send
+            # would not match it (and re-embed). The content is the registry's own, so the new hash is exact.
+            self.registry.rehash(record.tenant_id, record.document_id, record.version, digest)
         self.ingest.write_version(
             target,
             record.tenant_id,
@@ -444,7 +708,7 @@ class Reindexer:
             record.version,
             source.text,
             record.metadata,
-            record.content_hash,
+            digest,
         )
 
     def _build(self, target: IndexGeneration) -> None:
@@ -457,6 +721,8 @@ class Reindexer:
                 self._check()
                 self._write(target, source)
                 done += 1
+                if done == 2:
+                    fault_point("reindex_build")
             without += len(missing)
             listed += [f"{r.tenant_id}/{r.document_id}" for r in missing][: MAX_LISTED - len(listed)]
             self._set(
@@ -503,3 +769,9 @@ class Reindexer:
             if self.alias:
                 to.vectors.set_alias(self.alias)
             self.index.set(IndexState(current=to, shadow=standby))
+        try:
+            # Counts of collections no replica serves or rolls back to any more (an earlier standby, a target
+            # that was replaced); the two named keep theirs.
+            self.registry.forget_chunk_counts({to.collection, standby.collection})
+        except ServiceUnavailable as exc:
+            logger.warning("old chunk counts are left for the next switch: %s", exc.message)

@@ -75,8 +75,9 @@ class ReindexStatusOut(BaseModel):
 
     state: str = Field(
         description="idle, waiting (another replica holds the re-index lease), building, catching_up, "
-        "switching, switched, failed or rolled_back; `building` on a replica that is not the builder means "
-        "another replica builds (progress is on that replica)"
+        "switching, switched, failed, rolled_back or interrupted (a build whose builder died before it "
+        "switched and that is not being resumed: `error` says why and what to do); `building` on a replica "
+        "that is not the builder means another replica builds (progress is on that replica)"
     )
     current: dict[str, Any]
     standby: dict[str, Any] | None
@@ -91,6 +92,14 @@ class ReindexStatusOut(BaseModel):
         None, description="the replica holding the re-index lease (it builds), or null when none does"
     )
     replica: str = Field("", description="this replica's lease holder id (host:pid:random)")
+    attempt: int = Field(
+        0,
+        description="1 for a fresh build; n when it continues a build that was interrupted n-1 times (its "
+        "builder died: kill -9, out of memory, a lost node); 0 before any build",
+    )
+    resumed_from: str | None = Field(
+        None, description="the replica whose interrupted build this one continues (into the same collection)"
+    )
     started_at: Any
     finished_at: Any
     serving: dict[str, Any] | None = Field(
