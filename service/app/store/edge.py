@@ -1370,6 +1370,13 @@ class EdgeVectorStore:
         with self._state:
             self._close_locked()
 
+    def drop(self) -> None:
+        """Close the shard and delete its directory: a collection no replica serves, rolls back to or builds
+        any more (a re-index's replaced standby or abandoned target). Its space is reclaimed at once."""
+        with self._state:
+            self._close_locked()
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def _close_locked(self) -> None:
         if self.indexer is not None:
             self.indexer.stop()
