@@ -228,8 +228,15 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
+        # The start-up rule CHUNK_OVERLAP < CHUNK_SIZE holds here too, against the serving config for a field left
+        # out (it was accepted, and the live index switched to chunks that never advance).
+        for config in ({"chunk_size": 100, "chunk_overlap": 100}, {"chunk_size": 16, "chunk_overlap": 8192}):
+            overlapping = client.post("/v1/admin/reindex", headers=admin, json=config)
+            assert overlapping.status_code == 422, overlapping.text
+            assert "chunk_overlap" in overlapping.json()["error"]["message"]
+        assert client.get("/v1/admin/reindex", headers=admin).json()["state"] == "idle"
         # The default embedded store (qdrant-edge) builds the new collection in a second shard beside the first.
-        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 24})
+        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 48})
         assert edge.status_code == 202
         assert services_of(client).reindexer.wait(timeout=600).state == "switched"
 
