@@ -299,3 +299,17 @@ def test_the_cli_starts_watches_and_rolls_back(
     assert "rolled_back: serving" in capsys.readouterr().out
     assert main(["status"], client=client) == 0
     assert "chunk 64/8" in capsys.readouterr().out
+
+
+def test_the_cli_takes_url_and_key_before_or_after_the_sub_command() -> None:
+    """docs/quality.md writes `python -m service.reindex start --url URL ...`; it exited 2 ("unrecognized
+    arguments") because --url/--key were the top-level parser's alone."""
+    from service.reindex import parser
+
+    after = parser().parse_args(["start", "--url", "http://svc:8000", "--key", "k", "--chunk-size", "128"])
+    before = parser().parse_args(["--url", "http://svc:8000", "--key", "k", "start", "--chunk-size", "128"])
+    for args in (after, before):
+        assert (args.url, args.key, args.chunk_size, args.command) == ("http://svc:8000", "k", 128, "start")
+    # Not repeating them after the sub-command keeps what came before (or the defaults).
+    assert parser().parse_args(["--url", "http://a:1", "status"]).url == "http://a:1"
+    assert parser().parse_args(["rollback"]).interval == 2.0
