@@ -3,10 +3,11 @@
     python bench/search_ab.py --baseline /tmp/main-checkout            # 80 documents, 200 distinct queries
     chrt -f 10 python bench/search_ab.py --baseline /tmp/main-checkout  # on a shared machine: see below
 
-`make bench`'s documents are PUT once into a service on loopback (embedded defaults in a temp dir: SQLite +
-qdrant-edge; auth, rate limits and the search cache off, as in bench/ingest_search.py); the data directory is then
-copied to two services, this checkout's and ``--baseline``'s (``git archive`` of another commit, or a worktree:
-its ``service`` package is imported first), so both search the same store. Each distinct query text goes to
+Two services on loopback, this checkout's and ``--baseline``'s (``git archive`` of another commit, or a worktree:
+its ``service`` package is imported first), each with embedded defaults in a temp dir (SQLite + qdrant-edge;
+auth, rate limits and the search cache off, as in bench/ingest_search.py), are given `make bench`'s documents
+(PUT one by one), so both search the same chunks. (Each ingests for itself rather than sharing a copied data
+directory: the two versions' registry schemas may differ.) Each distinct query text goes to
 both services (``mode: dense``, top_k 5, a keep-alive ``http.client`` connection each) and to fastembed's
 ``query_embed`` in this process (the raw side's embedding, no engine query), the order rotating query by query;
 before each timed call the benchmark's quiescence wait (bench/ingest_search.py ``Quiescence``: no thread of
@@ -78,10 +79,6 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     services: dict[str, ServiceProcess] = {}
     try:
-        seed = ServiceProcess(work / "seed" / "data")
-        with httpx.Client(base_url=seed.url, timeout=120) as client:
-            ingest_http(client, documents, "")
-        seed.stop()
         baseline_command = [
             sys.executable,
             "-c",
@@ -89,8 +86,11 @@ def main() -> None:
             "runpy.run_module('service', run_name='__main__', alter_sys=True)",
         ]
         for name, command in (("baseline", baseline_command), ("this checkout", None)):
-            shutil.copytree(work / "seed" / "data", work / name / "data")
+            # Each service ingests the documents itself (same text, same model: the same store): a copied data
+            # directory would carry one version's registry schema to the other.
             services[name] = ServiceProcess(work / name / "data", command=command)
+            with httpx.Client(base_url=services[name].url, timeout=120) as client:
+                ingest_http(client, documents, "")
         model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR))
         clients = {name: KeepAliveClient(service.url) for name, service in services.items()}
         for text in queries[:20]:  # warm-up texts of their own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 
 import pytest
@@ -128,3 +129,21 @@ def test_backlogged_calls_do_not_lose_threads() -> None:
 def test_max_threads_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ThreadHop(0)
+
+
+def test_a_forked_child_starts_its_own_threads() -> None:
+    # The parent's threads do not exist in a child: a child that inherited the idle count would queue its job
+    # for a thread that is not there and wait forever.
+    hop = ThreadHop(2)
+    assert asyncio.run(hop.run(lambda: "parent")) == "parent"
+    assert hop.threads == 1
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if its call completes
+        try:
+            result = asyncio.run(asyncio.wait_for(hop.run(lambda: "child"), timeout=30))
+            os._exit(0 if result == "child" and hop.threads == 1 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert asyncio.run(hop.run(lambda: "parent again")) == "parent again"

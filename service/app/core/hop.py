@@ -11,7 +11,8 @@ with one client all of it is on the request's critical path. ``asyncio``'s ``run
 How: callers put ``(loop, future, context, fn, args)`` on a ``queue.SimpleQueue`` (C); worker threads block on it
 and hand the result back with ``loop.call_soon_threadsafe``. A thread is started only when no started thread is
 idle, up to ``max_threads`` (40, anyio's default limit; the query coalescer needs concurrent callers in threads
-to form its batches); started threads stay (blocked on the queue, they cost no CPU). The caller's contextvars
+to form its batches); started threads stay (blocked on the queue, they cost no CPU). A forked child starts
+its own threads (the pool's state is reset after a fork). The caller's contextvars
 (the request id in the logs) are copied into the call, as anyio does.
 
 Cancellation: a blocking call cannot be interrupted. A cancelled caller stops waiting at once; the thread
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -42,6 +44,11 @@ class ThreadHop:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
         self._name = name
+        self._reset()
+        # A forked child has none of the parent's threads: it starts its own (a copied count would wait forever).
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = 0
@@ -74,7 +81,7 @@ class ThreadHop:
         return await future
 
     def _work(self) -> None:
-        jobs = self._jobs
+        jobs, lock = self._jobs, self._lock
         while True:
             loop, future, context, fn, args = jobs.get()
             try:
@@ -86,7 +93,7 @@ class ThreadHop:
             del fn, args, context
             # Free again BEFORE the result is handed over: the caller's next search must find this thread idle
             # rather than start another one.
-            with self._lock:
+            with lock:
                 if self._backlog:
                     self._backlog -= 1
                 else:
