@@ -125,7 +125,7 @@ async def reindex_status(services: ServicesDep) -> ReindexStatusOut:
     "/reindex",
     status_code=202,
     response_model=ReindexStatusOut,
-    responses=error_responses(401, 403, 409, 422),
+    responses=error_responses(401, 403, 409, 415, 422),
 )
 async def start_reindex(body: ReindexRequest, services: ServicesDep) -> ReindexStatusOut:
     """Build the index for a new model/chunking in the background; search switches when it is complete."""

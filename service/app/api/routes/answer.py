@@ -60,7 +60,7 @@ class _AnswerEvents(EventSourceResponse):
 
 
 @router.post(
-    "/answer", response_model=AnswerResponse, responses={**error_responses(413, 503), 200: _STREAM_DOC}
+    "/answer", response_model=AnswerResponse, responses={**error_responses(413, 415, 503), 200: _STREAM_DOC}
 )
 async def answer_question(body: AnswerRequest, services: ServicesDep, tenant: TenantDep) -> Response:
     """Answer the question from the caller's documents, citing them as [n]; stream=true for Server-Sent Events."""

@@ -31,7 +31,7 @@ SEARCH_EXAMPLES = {
 }
 
 
-@router.post("/search", response_model=SearchResponse, responses=error_responses(409, 413, 503))
+@router.post("/search", response_model=SearchResponse, responses=error_responses(409, 413, 415, 503))
 async def search_documents(
     body: Annotated[SearchRequest, Body(openapi_examples=SEARCH_EXAMPLES)],
     request: Request,
