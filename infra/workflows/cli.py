@@ -199,7 +199,9 @@ def preview(
 
     def action() -> Any:
         ws = context.workspace()
-        keep_promoted(ws, stack)  # preview what `ragops up` would deploy: a staging/prod checkout names no image
+        keep_promoted(
+            ws, stack
+        )  # preview what `ragops up` would deploy: a staging/prod checkout names no image
         with _progress(f"preview {stack}", quiet) as (on_output, on_event):
             return run_preview(
                 ws,
