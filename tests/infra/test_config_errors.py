@@ -25,6 +25,25 @@ DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
 RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"image": "rag-service:1.0"}, "image", "immutable digest"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    (
+        "prod",
+        {"cluster": {"eks": {"adminPrincipals": ["platform-oncall"]}}},
+        "cluster.eks.adminPrincipals",
+        "not an IAM role or user ARN",
+    ),
+    (
+        "prod",
+        {
+            "cluster": {
+                "eks": {
+                    "adminPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                    "readerPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                }
+            }
+        },
+        "cluster.eks.readerPrincipals",
+        "listed twice",
+    ),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
     (
         "staging",
