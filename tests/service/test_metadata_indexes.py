@@ -475,8 +475,9 @@ def _check_mixed(edge: EdgeVectorStore, reference: EdgeVectorStore) -> None:
 def test_integer_and_float_values_of_one_key_select_the_same_documents_indexed_and_unindexed(
     tmp_path: Path,
 ) -> None:
-    indexed = _mixed_store(tmp_path / "indexed", 3)
-    reference = _mixed_store(tmp_path / "plain", 0)
+    # One store per directory: the store's lock covers its parent.
+    indexed = _mixed_store(tmp_path / "indexed" / "c", 3)
+    reference = _mixed_store(tmp_path / "plain" / "c", 0)
     try:
         _write_mixed(indexed)
         _write_mixed(reference)
@@ -492,16 +493,16 @@ def test_integer_and_float_values_of_one_key_select_the_same_documents_indexed_a
 
 def test_an_integer_index_of_an_earlier_release_is_rebuilt_as_float(tmp_path: Path) -> None:
     # What an earlier release left: an ``integer`` index on ``n`` (its first value was an int), then floats.
-    old = _mixed_store(tmp_path / "c", 0)
+    old = _mixed_store(tmp_path / "old" / "c", 0)
     old.shard.update(qe.UpdateOperation.create_field_index("metadata.n", qe.PayloadSchemaType.Integer))
     _write_mixed(old)
-    (tmp_path / "c" / METADATA_INDEX_FILE).write_text('{"keys": {"n": "integer"}}', encoding="utf-8")
+    (tmp_path / "old" / "c" / METADATA_INDEX_FILE).write_text('{"keys": {"n": "integer"}}', encoding="utf-8")
     assert _index_kinds(old) == {"n": "integer"}
     assert found(old, MetadataCondition("n", lt=11)) == {"neg"}  # the defect: 10.5 invisible to the index
     old.close()
 
-    reference = _mixed_store(tmp_path / "plain", 0)
-    reopened = _mixed_store(tmp_path / "c", 3)
+    reference = _mixed_store(tmp_path / "plain" / "c", 0)
+    reopened = _mixed_store(tmp_path / "old" / "c", 3)
     try:
         _write_mixed(reference)
         assert reopened.indexer is not None
