@@ -133,6 +133,9 @@ class EksNodeGroup:
     diskSizeGb: int = _f(min=10, max=16384)
 
 
+#: An IAM role or user ARN (roles may carry a path: EKS access entries accept it, unlike aws-auth).
+IAM_PRINCIPAL_RE = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}")
+
 #: `rag:cluster.eks.natGateways`: a NAT gateway (and private route table) in each zone, or one shared by all.
 NatGateways = Literal["single", "perZone"]
 
@@ -150,6 +153,8 @@ class EksCluster:
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
     natGateways: NatGateways = "perZone"
+    adminPrincipals: tuple[str, ...] = ()
+    readerPrincipals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -820,6 +825,18 @@ def _is_rfc3339_utc(text: str) -> bool:
 
 # --- environment rules -----------------------------------------------------------------------------------------
 
+#: Environments that never build: they run the image a promotion recorded in `rag:image`.
+PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+
+
+def _is_local_registry(registry: str) -> bool:
+    """Whether a registry host (``host[:port]``) names the pushing machine itself (kind's ``localhost:5001``)."""
+    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](:\d+)?|(?P<host>[^:]+)(:\d+)?", registry)
+    host = ((match.group("v6") or match.group("host")) if match else registry).lower()
+    if host == "localhost" or host.endswith(".localhost") or host in ("::1", "0.0.0.0"):  # noqa: S104
+        return True
+    return re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
+
 
 def _check_rules(config: StackConfig, file: str) -> None:
     def fail(key: str, problem: str) -> typing.NoReturn:
@@ -827,6 +844,25 @@ def _check_rules(config: StackConfig, file: str) -> None:
 
     if config.image and not IMAGE_DIGEST_RE.fullmatch(config.image):
         fail("image", f"{config.image!r} is not an immutable digest ref REGISTRY/REPO@sha256:<64 hex>")
+    if not config.image and config.environment in PROMOTED_ENVIRONMENTS and config.ephemeral is None:
+        # An empty rag:image builds from the working tree of whoever runs `pulumi up`: straight into staging or
+        # prod, past the dev -> staging -> prod chain (and a CI checkout's committed file never has the key).
+        fail(
+            "image",
+            f"missing: {config.environment} deploys only a promoted image (`ragops promote --to {config.stack}`), "
+            "never a build of this checkout; to change only this stack's settings, first restore the config it "
+            f"was deployed with: `pulumi config refresh --force -s {config.stack}` (or `ragops up -s "
+            f"{config.stack}`, which keeps the deployed image)",
+        )
+    if config.image and config.cluster.provider in ("gke", "eks"):
+        registry = config.image.split("/", 1)[0]
+        if _is_local_registry(registry):
+            fail(
+                "image",
+                f"{config.image!r} is in the registry {registry!r}, which is local to the machine that pushed it: "
+                f"the {config.cluster.provider} nodes pull from their own loopback and fail (ErrImagePull); "
+                "promote from a stack whose registry these nodes can pull (docs/delivery.md, 'Registries')",
+            )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
 
@@ -842,6 +878,15 @@ def _check_rules(config: StackConfig, file: str) -> None:
         if not group.minSize <= group.desiredSize <= group.maxSize:
             fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        seen: set[str] = set()
+        for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):
+            for arn in getattr(cluster.eks, key.rsplit(".", 1)[1]):
+                if not IAM_PRINCIPAL_RE.fullmatch(arn):
+                    fail(key, f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
+                if arn in seen:
+                    # EKS: "An IAM principal can't be included in more than one access entry."
+                    fail(key, f"{arn} is listed twice (an IAM principal can have only one access entry)")
+                seen.add(arn)
         if cluster.eks.endpointPublicAccess and not cluster.eks.publicAccessCidrs:
             # EKS treats an empty list as 0.0.0.0/0: opening the endpoint must name who may reach it.
             fail(

@@ -110,16 +110,24 @@ def parser() -> argparse.ArgumentParser:
         "--key", default=os.environ.get("ADMIN_API_KEY"), help="admin key (default $ADMIN_API_KEY)"
     )
     root.add_argument("--interval", type=float, default=2.0, help="seconds between status polls with --wait")
+    # The same options after the sub-command (`start --url URL`, as `ragops reindex` takes them): SUPPRESS keeps a
+    # sub-command that does not repeat them from overwriting the values given (or defaulted) before it.
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", default=argparse.SUPPRESS, help="the service's URL ($SERVICE_URL)")
+    connection.add_argument("--key", default=argparse.SUPPRESS, help="admin key (default $ADMIN_API_KEY)")
+    connection.add_argument("--interval", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = root.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("start", help="build the index for a new model/chunking, then switch")
+    start = commands.add_parser(
+        "start", parents=[connection], help="build the index for a new model/chunking, then switch"
+    )
     start.add_argument("--model")
     start.add_argument("--chunk-size", type=int)
     start.add_argument("--chunk-overlap", type=int)
     start.add_argument("--allow-missing", action="store_true", help="switch even if some texts are not kept")
     start.add_argument("--wait", action="store_true", help="show progress until it switches or fails")
-    status = commands.add_parser("status", help="state and progress")
+    status = commands.add_parser("status", parents=[connection], help="state and progress")
     status.add_argument("--wait", action="store_true", help="follow a running re-index to its end")
-    commands.add_parser("rollback", help="serve from the previous index again")
+    commands.add_parser("rollback", parents=[connection], help="serve from the previous index again")
     return root
 
 

@@ -24,7 +24,32 @@ DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
 # (stack, overrides, key, fragment of the problem): one case per environment rule.
 RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"image": "rag-service:1.0"}, "image", "immutable digest"),
+    # Staging/prod never build the checkout (an explicit empty value; an absent key gets the offline placeholder).
+    ("prod", {"image": ""}, "image", "deploys only a promoted image"),
+    ("staging", {"image": ""}, "image", "pulumi config refresh --force -s staging"),
+    # kind's local registry (dev's default) is the node's own loopback on a cloud cluster.
+    ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
+    ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "ErrImagePull"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    (
+        "prod",
+        {"cluster": {"eks": {"adminPrincipals": ["platform-oncall"]}}},
+        "cluster.eks.adminPrincipals",
+        "not an IAM role or user ARN",
+    ),
+    (
+        "prod",
+        {
+            "cluster": {
+                "eks": {
+                    "adminPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                    "readerPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                }
+            }
+        },
+        "cluster.eks.readerPrincipals",
+        "listed twice",
+    ),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
     (
         "staging",

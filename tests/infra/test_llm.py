@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.components.monitoring import AlertThresholds, MonitoringArgs, alert_rules
 from infra.config import ConfigError
 from infra.offline import run_stack
 from tests.infra.conftest import run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PROVIDER = {"enabled": True, "baseUrl": "https://api.openai.com/v1", "model": "gpt-4o-mini"}
 KEY = "sk-offline-llm-key-0123456789"
@@ -101,3 +105,23 @@ def test_llm_alert_thresholds_come_from_the_stack() -> None:
     (rule,) = list(result.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule"))
     exprs = {r["alert"]: r["expr"] for r in rule.inputs["spec"]["groups"][0]["rules"]}
     assert exprs["RagLlmErrorRate"].endswith("> 0.2")
+
+
+def test_the_llm_error_alert_and_its_runbook_name_every_cause_the_service_counts() -> None:
+    """The on-call reads the description and the runbook to act on rag_llm_errors_total{cause}: a cause added
+    to the service (bad_response, empty_response, protocol were missing) must be explained in both."""
+    from service.app.answer.llm import classify
+    from service.app.core.metrics import LLM_ERRORS
+
+    causes = {sample.labels["cause"] for metric in LLM_ERRORS.collect() for sample in metric.samples}
+    assert classify(RuntimeError("anything else")) in causes  # the fallback is pre-registered too
+    assert {"timeout", "bad_response", "empty_response", "protocol"} <= causes
+    args = MonitoringArgs(service_namespace="rag", grafana_admin_password="x", service_job="rag")
+    rules = {r["alert"]: r for r in alert_rules(args)}
+    description = rules["RagLlmErrorRate"]["annotations"]["description"]
+    runbook = (REPO_ROOT / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    section = runbook[runbook.index("## ragllmerrorrate") :]
+    section = section[: section.index("\n## ", 1)]
+    for cause in causes:
+        assert cause in description, cause
+        assert f"`{cause}`" in section, cause

@@ -3,6 +3,7 @@ contract (401 + WWW-Authenticate, every /v1 route protected) and production refu
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -82,6 +83,23 @@ def test_a_broken_key_file_keeps_the_last_good_keys(tmp_path: Path) -> None:
     auth = ApiKeyAuthenticator(Settings(api_keys_file=key_file))
     write_keys(key_file, "this is not a key list", 1_000_000_002_000_000_000)
     assert auth.authenticate("good-key").tenant == "tenant-a"
+
+
+def test_an_emptied_key_file_keeps_the_last_good_keys(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`: > keys` or a Secret caught mid-write parses as "no keys": that must not turn every tenant away."""
+    key_file = tmp_path / "api-keys"
+    write_keys(key_file, "good-key:tenant-a", 1_000_000_000_000_000_000)
+    auth = ApiKeyAuthenticator(Settings(api_keys_file=key_file))
+    write_keys(key_file, "", 1_000_000_003_000_000_000)
+    with caplog.at_level(logging.ERROR):
+        assert auth.authenticate("good-key").tenant == "tenant-a"
+    assert "holds no keys" in caplog.text
+    # The next real rotation is taken as usual.
+    write_keys(key_file, "next-key:tenant-a", 1_000_000_004_000_000_000)
+    assert auth.authenticate("good-key") is None
+    assert auth.authenticate("next-key").tenant == "tenant-a"
 
 
 @pytest.mark.parametrize(

@@ -228,8 +228,15 @@ def test_admin_routes_need_the_admin_key(tmp_path: Path, embedder: FastEmbedEmbe
         assert client.post("/v1/admin/reindex/rollback", headers=admin).status_code == 422
         unknown = client.post("/v1/admin/reindex", headers=admin, json={"model": "no/such-model"})
         assert unknown.status_code == 422
+        # The start-up rule CHUNK_OVERLAP < CHUNK_SIZE holds here too, against the serving config for a field left
+        # out (it was accepted, and the live index switched to chunks that never advance).
+        for config in ({"chunk_size": 100, "chunk_overlap": 100}, {"chunk_size": 16, "chunk_overlap": 8192}):
+            overlapping = client.post("/v1/admin/reindex", headers=admin, json=config)
+            assert overlapping.status_code == 422, overlapping.text
+            assert "chunk_overlap" in overlapping.json()["error"]["message"]
+        assert client.get("/v1/admin/reindex", headers=admin).json()["state"] == "idle"
         # The default embedded store (qdrant-edge) builds the new collection in a second shard beside the first.
-        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 24})
+        edge = client.post("/v1/admin/reindex", headers=admin, json={"chunk_size": 48})
         assert edge.status_code == 202
         assert services_of(client).reindexer.wait(timeout=600).state == "switched"
 
@@ -292,3 +299,17 @@ def test_the_cli_starts_watches_and_rolls_back(
     assert "rolled_back: serving" in capsys.readouterr().out
     assert main(["status"], client=client) == 0
     assert "chunk 64/8" in capsys.readouterr().out
+
+
+def test_the_cli_takes_url_and_key_before_or_after_the_sub_command() -> None:
+    """docs/quality.md writes `python -m service.reindex start --url URL ...`; it exited 2 ("unrecognized
+    arguments") because --url/--key were the top-level parser's alone."""
+    from service.reindex import parser
+
+    after = parser().parse_args(["start", "--url", "http://svc:8000", "--key", "k", "--chunk-size", "128"])
+    before = parser().parse_args(["--url", "http://svc:8000", "--key", "k", "start", "--chunk-size", "128"])
+    for args in (after, before):
+        assert (args.url, args.key, args.chunk_size, args.command) == ("http://svc:8000", "k", 128, "start")
+    # Not repeating them after the sub-command keeps what came before (or the defaults).
+    assert parser().parse_args(["--url", "http://a:1", "status"]).url == "http://a:1"
+    assert parser().parse_args(["rollback"]).interval == 2.0

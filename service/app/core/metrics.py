@@ -146,6 +146,7 @@ for _cause in (
     "bad_request",
     "bad_response",
     "empty_response",
+    "protocol",
 ):
     LLM_ERRORS.labels(cause=_cause)
 for _direction in ("input", "output"):

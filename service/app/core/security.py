@@ -79,13 +79,19 @@ class ApiKeyAuthenticator:
             return (-1, -1, -1)
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _load(self) -> None:
+    def _load(self, *, keep_if_empty: bool = False) -> None:
+        stamp = self._stamp()
         keys = self._settings.load_api_keys()
+        if keep_if_empty and not keys and self._digests:
+            # An empty file is what a half-written Secret or a truncating write (`> file`) looks like mid-way: it
+            # parses, as "no keys", and would turn every tenant away. Keep the last good keys, loudly.
+            self._file_stamp = stamp
+            raise SettingsError("API_KEYS_FILE now holds no keys")
         self._digests = [
             (hashlib.sha256(key.encode("utf-8")).digest(), tenant, key_id(key))
             for key, tenant in keys.items()
         ]
-        self._file_stamp = self._stamp()
+        self._file_stamp = stamp
 
     def _refresh(self) -> None:
         if self._settings.api_keys_file is None or self._stamp() == self._file_stamp:
@@ -94,7 +100,7 @@ class ApiKeyAuthenticator:
             if self._stamp() == self._file_stamp:
                 return
             try:
-                self._load()
+                self._load(keep_if_empty=True)
                 logger.info("API keys reloaded", extra={"keys": len(self._digests)})
             except SettingsError:
                 # A half-written or broken Secret must not lock everyone out: keep the last good keys.

@@ -11,20 +11,38 @@ held 60 s, ~20,000 exhausted the process's file descriptors). `GuardedHttpToolsP
 
 A connection that misses one is closed and counted in rag_http_connections_closed_total{reason}. It subclasses
 uvicorn's httptools protocol (uvicorn is pinned; tests/service/test_slow_clients.py runs it on real sockets).
+
+It also answers what the parser refuses with the service's JSON error body instead of uvicorn's plain-text
+"Invalid HTTP request received." (which reaches no exception handler: the app never sees the request), and
+bounds what uvicorn and llhttp leave unbounded: a URL over MAX_URL_BYTES is a 414 (httptools' URL parser fails
+at 64 KiB with that plain 400), and request headers over MAX_HEADER_BYTES in total or MAX_HEADERS in number a
+431 (nothing bounded them: a client could stream headers into memory until HTTP_HEADER_TIMEOUT_SECONDS). The
+limits are Envoy's defaults (60 KiB of headers, 100 headers), so the Gateway in front of production refuses
+the same requests first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.app.core.config import get_settings
 from service.app.core.metrics import CONNECTIONS_CLOSED
 
 logger = logging.getLogger(__name__)
+
+MAX_URL_BYTES = 16384  # uvicorn's h11 protocol refuses a request line longer than this too
+MAX_HEADER_BYTES = 61440
+MAX_HEADERS = 100
+
+
+class _Refused(httptools.HttpParserError):
+    """Raised from a parser callback: uvicorn then answers the 4xx (send_400_response) and closes."""
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -40,6 +58,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_idle_timeout = settings.http_body_idle_timeout_seconds
         self._deadline: asyncio.TimerHandle | None = None
         self._in_body = False
+        self._url_bytes = 0
+        self._header_bytes = 0
+        self._refusal: tuple[int, str, str] | None = None
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -72,6 +93,50 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_body:
             self._arm(self.body_idle_timeout, "body_idle")
         super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        self._url_bytes = self._header_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > MAX_URL_BYTES:
+            self._refuse(414, "uri_too_long", f"the request URL is longer than {MAX_URL_BYTES} bytes")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES or len(self.headers) >= MAX_HEADERS:
+            self._refuse(
+                431,
+                "request_header_fields_too_large",
+                f"request headers are limited to {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes",
+            )
+        super().on_header(name, value)
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._refusal = (status, code, message)
+        raise _Refused(message)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request its parser refused, as the JSON error body every other error has."""
+        status, code, message = self._refusal or (400, "bad_request", f"malformed HTTP request: {msg}")
+        self._refusal = None
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         # Until on_message_complete the body is due (the rest of this very packet may already hold it all).

@@ -80,6 +80,7 @@ class Ingestor(Protocol):
         metadata: dict[str, Any],
         content_type: str,
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> Any: ...
 
 
@@ -266,8 +267,8 @@ class InProcessJobQueue:
             )
             await asyncio.wait(list(running.values()), timeout=grace_seconds)
         for task in running.values():
-            # A cancelled job goes back to queued once the step it is in returns (an ingestion's embed and
-            # write run in a worker thread, which a cancellation cannot interrupt).
+            # A cancelled job goes back to queued at once; its ingestion thread, which a cancellation cannot
+            # interrupt, stops at its next check of the (now lost) lease: after the embedding batch it is in.
             task.cancel()
         tasks = [*waiting.values(), *running.values()]
         if self._sweeper is not None:
@@ -431,6 +432,7 @@ async def _run_claimed(
                 metadata=payload.metadata,
                 content_type=payload.content_type,
                 fence=lease,
+                ticket=payload.write_ticket,
             )
         except asyncio.CancelledError:
             # Worker shutdown (or arq's job timeout): the ingest thread, which a cancellation cannot interrupt,

@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from service.app.api.deps import ServicesDep
-from service.app.core.errors import Forbidden, error_responses
+from service.app.core.errors import Forbidden, InvalidInput, error_responses
 from service.app.core.security import InvalidApiKey, MissingApiKey, bearer_token
 from service.app.ingest.index import IndexConfig
 
@@ -135,6 +135,13 @@ async def start_reindex(body: ReindexRequest, services: ServicesDep) -> ReindexS
         body.chunk_size if body.chunk_size is not None else current.chunk_size,
         body.chunk_overlap if body.chunk_overlap is not None else current.chunk_overlap,
     )
+    if config.chunk_overlap >= config.chunk_size:
+        # The same rule as CHUNK_OVERLAP/CHUNK_SIZE at start-up: an overlap as large as the chunk never advances.
+        raise InvalidInput(
+            f"chunk_overlap ({config.chunk_overlap}) must be below chunk_size ({config.chunk_size})",
+            chunk_size=config.chunk_size,
+            chunk_overlap=config.chunk_overlap,
+        )
     status = await to_thread.run_sync(
         lambda: services.reindexer.start(config, allow_missing=body.allow_missing)
     )
