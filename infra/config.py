@@ -133,6 +133,9 @@ class EksNodeGroup:
     diskSizeGb: int = _f(min=10, max=16384)
 
 
+#: An IAM role or user ARN (roles may carry a path: EKS access entries accept it, unlike aws-auth).
+IAM_PRINCIPAL_RE = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}")
+
 #: `rag:cluster.eks.natGateways`: a NAT gateway (and private route table) in each zone, or one shared by all.
 NatGateways = Literal["single", "perZone"]
 
@@ -150,6 +153,8 @@ class EksCluster:
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
     natGateways: NatGateways = "perZone"
+    adminPrincipals: tuple[str, ...] = ()
+    readerPrincipals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -873,6 +878,15 @@ def _check_rules(config: StackConfig, file: str) -> None:
         if not group.minSize <= group.desiredSize <= group.maxSize:
             fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        seen: set[str] = set()
+        for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):
+            for arn in getattr(cluster.eks, key.rsplit(".", 1)[1]):
+                if not IAM_PRINCIPAL_RE.fullmatch(arn):
+                    fail(key, f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
+                if arn in seen:
+                    # EKS: "An IAM principal can't be included in more than one access entry."
+                    fail(key, f"{arn} is listed twice (an IAM principal can have only one access entry)")
+                seen.add(arn)
         if cluster.eks.endpointPublicAccess and not cluster.eks.publicAccessCidrs:
             # EKS treats an empty list as 0.0.0.0/0: opening the endpoint must name who may reach it.
             fail(

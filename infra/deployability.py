@@ -2236,6 +2236,8 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.gke.storageClass": "premium-rwo",
     "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
     "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
+    "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
+    "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
     "cluster.eks.version": "1.34",
     "cluster.eks.vpcCidr": "10.1.0.0/16",

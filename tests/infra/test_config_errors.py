@@ -31,6 +31,25 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
     ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "ErrImagePull"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    (
+        "prod",
+        {"cluster": {"eks": {"adminPrincipals": ["platform-oncall"]}}},
+        "cluster.eks.adminPrincipals",
+        "not an IAM role or user ARN",
+    ),
+    (
+        "prod",
+        {
+            "cluster": {
+                "eks": {
+                    "adminPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                    "readerPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                }
+            }
+        },
+        "cluster.eks.readerPrincipals",
+        "listed twice",
+    ),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
     (
         "staging",
