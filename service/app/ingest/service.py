@@ -82,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 # Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
 FENCE_CHECK_CHUNKS = 128
+# How often a job's write is tried when another process's commit wins the version compare-and-set.
+JOB_CONFLICT_ATTEMPTS = 3
 
 
 def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
@@ -246,9 +248,21 @@ class IngestService:
             raise InvalidInput("text is empty")
         digest = self.content_hash(text, clean_metadata, kind)
         async with self._locks.hold((tenant_id, document_id)):
-            return await self._write(
-                tenant_id, document_id, text, clean_metadata, kind, digest, fence, ticket
-            )
+            for attempt in range(1, JOB_CONFLICT_ATTEMPTS + 1):
+                try:
+                    return await self._write(
+                        tenant_id, document_id, text, clean_metadata, kind, digest, fence, ticket
+                    )
+                except Superseded:
+                    raise
+                except Conflict:
+                    # A job (it has a ticket) that lost the version compare-and-set to another process's commit
+                    # (an older queued job run by another worker) tries again: its ticket decides the order,
+                    # not which commit came first. A synchronous writer gets the 409 (its client retries).
+                    if ticket is None or attempt == JOB_CONFLICT_ATTEMPTS:
+                        raise
+                    logger.info("write of %s/%s lost a race; writing again", tenant_id, document_id)
+            raise AssertionError("unreachable")
 
     async def accept(self, tenant_id: str, document_id: str) -> int:
         """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
