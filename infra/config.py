@@ -599,6 +599,7 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
     import pulumi
 
     stack = pulumi.get_stack()
+    check_config_keys(stack)
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {}
     for key, decl in declared_config(project_file).items():
@@ -609,6 +610,43 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
             continue
         raw[key] = _decode(key, text, decl, stack)
     return parse_config(raw, stack, project_file=project_file)
+
+
+# Config namespaces the program or its providers read. Any other namespace is a typo (`rga:qdrant`): the CLI passes
+# it through untouched and the block it meant to set silently keeps its defaults.
+KNOWN_NAMESPACES = frozenset(
+    {PROJECT, "pulumi", "aws", "gcp", "kubernetes", "eks", "random", "tls", "docker-build"}
+)
+
+
+def check_config_keys(stack: str) -> None:
+    """Refuse a key in an unknown namespace and a secret key stored in plain text (ConfigError naming both).
+
+    Runs inside the program, on what the CLI handed it (`PULUMI_CONFIG` / `PULUMI_CONFIG_SECRET_KEYS`, which the
+    Python language host loads with `set_all_config`), so it holds for `pulumi up` as much as for `make plan`.
+    """
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
+
+    file = stack_file(stack)
+    for key in sorted({*CONFIG.get(), *get_config_env()}):
+        namespace, _, bare = key.partition(":")
+        if namespace not in KNOWN_NAMESPACES:
+            hint = f" (did you mean {PROJECT}:{bare}?)" if bare else ""
+            raise ConfigError(
+                key,
+                file,
+                f"unknown namespace {namespace!r}: the program reads {PROJECT}:* and its providers' "
+                f"{', '.join(sorted(KNOWN_NAMESPACES - {PROJECT}))} keys{hint}",
+            )
+    for bare in sorted(SECRET_KEYS):
+        key = f"{PROJECT}:{bare}"
+        if get_config(key) and not is_config_secret(key):
+            raise ConfigError(
+                key,
+                file,
+                f"stored in plain text (it would sit in the stack file and git history); set it with "
+                f"`pulumi config set --secret {key} ...`",
+            )
 
 
 def _decode(key: str, text: str, decl: Mapping[str, Any], stack: str) -> Any:
