@@ -339,7 +339,11 @@ def _staging_with(extra: dict[str, Any]) -> dict[str, Any]:
         # No namespace: the CLI cannot even load the file (config.ParseKey).
         ({"qdrant": {"replicas": 3}}, "qdrant", "keys are <namespace>:<name>"),
         # A secret key in plain YAML would sit in git; the CLI only encrypts what `config set --secret` wrote.
-        ({"rag:serviceApiKeys": '{"k": "t"}'}, "rag:serviceApiKeys", "config set --secret rag:serviceApiKeys"),
+        (
+            {"rag:serviceApiKeys": '{"k": "t"}'},
+            "rag:serviceApiKeys",
+            "config set --secret rag:serviceApiKeys",
+        ),
         ({"rag:slackWebhookUrl": "https://hooks.slack.example/x"}, "rag:slackWebhookUrl", "plain text"),
     ],
     ids=["namespace-typo", "no-namespace", "plain-api-keys", "plain-webhook"],
