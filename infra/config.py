@@ -359,6 +359,7 @@ class GatewayConfig:
     hostname: str = _f(pattern=HOSTNAME_RE)
     className: str = _f(pattern=re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))
     loadBalancer: Literal["auto", "internal", "public"]
+    proxyNamespaces: tuple[str, ...]
     ingress: IngressFallback
 
 
@@ -867,6 +868,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
         fail("image", f"{config.image!r} is not an immutable digest ref REGISTRY/REPO@sha256:<64 hex>")
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
+    for proxy_namespace in config.gateway.proxyNamespaces:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", proxy_namespace):
+            fail("gateway.proxyNamespaces", f"{proxy_namespace!r} is not a valid Kubernetes namespace name")
 
     cluster = config.cluster
     if cluster.provider == "gke" and not cluster.gke.project:

@@ -437,8 +437,17 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
     if target == "existing":
         existing = _get(config, "cluster", "existing") or {}
         class_name = _get(config, "gateway", "className")
+        ingress = _get(config, "gateway", "ingress") or {}
         prerequisites = dict(EXISTING_PREREQUISITES)
-        if class_name:
+        if ingress.get("enabled"):
+            # Ingress mode renders no Gateway: the Gateway API and a GatewayClass are not needed, an
+            # IngressClass (docs/infra.md, cluster prerequisites) is.
+            del prerequisites["api:gateway.networking.k8s.io"]
+            if ingress.get("className"):
+                prerequisites[f"ingressclass:{ingress['className']}"] = (
+                    f"an Ingress controller serving IngressClass {ingress['className']}"
+                )
+        elif class_name:
             prerequisites[f"gatewayclass:{class_name}"] = (
                 f"a Gateway controller serving GatewayClass {class_name}"
             )
@@ -1984,6 +1993,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "gateway.hostname": "rag.other.example.com",
     "gateway.className": "eg",
     "gateway.loadBalancer": "internal",
+    "gateway.proxyNamespaces": ["ingress-nginx"],
     "gateway.ingress.className": "nginx-other",
     "monitoring.chartVersion": "78.3.1",
     "monitoring.retention": "14d",

@@ -55,10 +55,20 @@ ISSUERS = {
     "letsencrypt-staging": "letsencrypt-staging",
     "letsencrypt": "letsencrypt-prod",
 }
-# Who reaches the API pods through the gateway: a cloud-managed Gateway class sends traffic from its load
-# balancer ranges straight to the pods (`lb_source_cidrs`); in-cluster implementations proxy from these namespaces.
-PROXY_NAMESPACES = ("envoy-gateway-system",)
 CLIENTS = (client_selector(SERVICE_NAME),)
+#: Where the eks target installs Envoy Gateway (infra/clusters/eks.py ENVOY_GATEWAY_NAMESPACE, not imported here so
+#: the program does not load pulumi_aws on other targets; test_stack checks the two agree).
+EKS_PROXY_NAMESPACE = "envoy-gateway-system"
+
+
+def proxy_namespaces(config: StackConfig) -> tuple[str, ...]:
+    """Who reaches the API pods through the gateway when it runs in the cluster: `rag:gateway.proxyNamespaces`
+    (the Gateway or Ingress controller's proxies); on eks the stack's own Envoy Gateway is always among them.
+    A cloud-managed Gateway class sends traffic from its load balancer's ranges instead (`lb_source_cidrs`)."""
+    namespaces = tuple(config.gateway.proxyNamespaces)
+    if config.cluster.provider == "eks" and EKS_PROXY_NAMESPACE not in namespaces:
+        namespaces = (EKS_PROXY_NAMESPACE, *namespaces)
+    return namespaces
 
 
 # --- small mappings ----------------------------------------------------------------------------------------------
@@ -422,7 +432,7 @@ def service_args(
         ),
         service_account_annotations=service_account_annotations,
         network=NetworkAccess(
-            gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
+            gateway_namespaces=() if lb_cidrs else proxy_namespaces(config),
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
             api_egress=llm_egress(config),

@@ -17,7 +17,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import StackConfig, internal_load_balancer
+from infra.components.gateway import PROXY_ONLY_CIDR, needs_proxy_only_subnet
+from infra.config import StackConfig
 from infra.naming import cloud_name
 
 APIS = (
@@ -38,7 +39,6 @@ REPOSITORY_ID_LIMIT = 63
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
 # The proxy-only subnet of the internal Gateway classes (regional Envoy-based load balancers).
-PROXY_ONLY_CIDR = "10.129.0.0/23"
 # The control plane's private range (a /28 outside every other range of the network).
 MASTER_CIDR = "172.16.0.0/28"
 # Gateway API on GKE: the cluster's own controller and CRDs (pulumi-gcp `gateway_api_config.channel`).
@@ -110,9 +110,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         ],
         opts=opts,
     )
-    if internal_load_balancer(config):
-        # gke-l7-rilb (the internal Application Load Balancer) runs its Envoy proxies in a proxy-only subnet of the
-        # region; without one the Gateway never gets an address.
+    if needs_proxy_only_subnet(config.gateway.className):
+        # The regional Envoy-based classes (gke-l7-rilb, gke-l7-regional-external-managed) run their proxies in a
+        # proxy-only subnet of the region; without one the Gateway never gets an address.
         gcp.compute.Subnetwork(
             "proxy-only-subnet",
             network=network.id,

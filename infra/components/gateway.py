@@ -256,11 +256,40 @@ def is_gke_class(class_name: str) -> bool:
     return class_name.startswith("gke-")
 
 
+#: The region's proxy-only subnet (purpose REGIONAL_MANAGED_PROXY) of the GKE network: Envoy-based regional load
+#: balancers run their proxies there and connect to the backends from its addresses.
+PROXY_ONLY_CIDR = "10.129.0.0/23"
+
+#: GKE classes implemented by regional Envoy-based load balancers (internal and regional external Application
+#: Load Balancers). Google Cloud, "Proxy-only subnets for Envoy-based load balancers": packets from a proxy to a
+#: backend have a source address in the proxy-only subnet, and the LB needs that subnet to get an address at all;
+#: "Firewall rules": such LBs need the proxy-only subnet admitted besides the health-check ranges. The global
+#: external classes (Google Front Ends) proxy from the health-check ranges themselves.
+GKE_REGIONAL_PROXY_CLASSES = frozenset(
+    {
+        "gke-l7-rilb",
+        "gke-l7-regional-external-managed",
+        "gke-l7-rilb-mc",
+        "gke-l7-regional-external-managed-mc",
+    }
+)
+
+
+def needs_proxy_only_subnet(class_name: str) -> bool:
+    """Whether the GKE Gateway class's load balancer needs the region's proxy-only subnet."""
+    return class_name in GKE_REGIONAL_PROXY_CLASSES
+
+
 def lb_source_cidrs(class_name: str) -> tuple[str, ...]:
     """Source ranges a Gateway class's load balancer reaches pods from (for RagService's NetworkPolicy:
-    `NetworkAccess.gateway_cidrs`). GKE's managed classes proxy from Google's front-end ranges; in-cluster
-    implementations come from their own pods (use `gateway_namespaces`) and need none."""
-    return GKE_HEALTH_CHECK_CIDRS if is_gke_class(class_name) else ()
+    `NetworkAccess.gateway_cidrs`). GKE's global classes proxy from Google's front-end ranges (the health-check
+    ranges); the regional Envoy-based ones from the proxy-only subnet, with health checks from the same front-end
+    ranges; in-cluster implementations come from their own pods (use `gateway_namespaces`) and need none."""
+    if not is_gke_class(class_name):
+        return ()
+    if needs_proxy_only_subnet(class_name):
+        return (*GKE_HEALTH_CHECK_CIDRS, PROXY_ONLY_CIDR)
+    return GKE_HEALTH_CHECK_CIDRS
 
 
 def gke_health_check_policy_spec(service: str, port: int, path: str) -> dict[str, Any]:

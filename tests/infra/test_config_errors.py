@@ -25,6 +25,7 @@ DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
 RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"image": "rag-service:1.0"}, "image", "immutable digest"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    ("dev", {"gateway": {"proxyNamespaces": ["Ingress_Nginx"]}}, "gateway.proxyNamespaces", "not a valid"),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
     (
         "staging",
