@@ -866,6 +866,21 @@ def check_capabilities(run: StackRun, analysis: Analysis, graph: Graph) -> list[
                 )
             )
     gke = run.of_type(GKE_CLUSTER)
+    for release in run.resources:
+        if gke and release.type in HELM_TYPES and _release_chart(release) == "kube-prometheus-stack":
+            values = release.inputs.get("values") or {}
+            # The chart's default coreDns scrape (k8s-app=kube-dns:9153) finds GKE's kube-dns, which serves no
+            # metrics there: the targets are down and TargetDown fires for the cluster's whole life.
+            if _get(values, "coreDns", "enabled") is not False:
+                findings.append(
+                    Finding(
+                        "capability",
+                        release.urn,
+                        "kube-prometheus-stack scrapes CoreDNS (port 9153) on GKE, which runs kube-dns: the "
+                        "coredns targets are down and TargetDown fires for ever.",
+                        "set coreDns.enabled: false and kubeDns.enabled: true on gke.",
+                    )
+                )
     for resource in run.resources:
         if not resource.custom or not gke:
             continue

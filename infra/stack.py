@@ -168,6 +168,7 @@ def monitoring_args(
         redis_statefulset="redis",
         backup_cronjob=BACKUPS_NAME if backups_on else None,
         tls_enabled=config.tls.enabled,
+        cluster_dns="kube-dns" if config.cluster.provider == "gke" else "coredns",
         runbook_url=mon.runbookUrl,
         receivers=AlertReceivers(
             slack_webhook_url=secrets.slack_webhook_url if secrets else None,
