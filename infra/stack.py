@@ -28,6 +28,7 @@ from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitor
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
+    READINESS_PATH,
     Autoscaling,
     NetworkAccess,
     RagService,
@@ -463,6 +464,7 @@ def gateway_args(
         hostname=gateway.hostname,
         service_name=service_name,
         service_port=service_port,
+        health_check_path=READINESS_PATH,
         issuer=ISSUERS[tls.issuer],
         acme_email=tls.email or None,
         entry="ingress" if gateway.ingress.enabled else "gateway",

@@ -190,7 +190,7 @@ def test_service_deployment_runs_the_deployed_image_with_probes(target_run: Stac
     container = pod["containers"][0]
     assert container["image"] == target_run.outputs["imageDigest"]
     assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", container["image"])
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/serving"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["limits"]["memory"]
