@@ -60,6 +60,9 @@ class RecordedResource:
     protect: bool
     provider: str | None  # provider URN, or None for the default provider
     depends_on: tuple[str, ...]  # URNs (explicit depends_on and input dependencies, as the engine sees them)
+    aliases: tuple[
+        str, ...
+    ] = ()  # URNs this resource also answers to in existing state (`aliases=`), resolved
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,13 @@ class PlatformMocks(pulumi_mocks.Mocks):
         """Answer the data-source invokes."""
         tok = args.token
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": ["eu-west-1a", "eu-west-1b", "eu-west-1c"], "zoneIds": ["z1", "z2", "z3"]}, []
+            names, ids = ["eu-west-1a", "eu-west-1b", "eu-west-1c"], ["z1", "z2", "z3"]
+            # As the API answers an account with a Local Zone opted in: listed unless the opt-in-status filter
+            # keeps only the region's own zones, and sorted first (its name extends the region's).
+            only_azs = {"name": "opt-in-status", "values": ["opt-in-not-required"]}
+            if only_azs not in (args.args.get("filters") or []):
+                names, ids = ["eu-west-1-lcl-1a", *names], ["lcl1", *ids]
+            return {"names": names, "zoneIds": ids}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -383,9 +392,27 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 protect=bool(request.protect),
                 provider=provider,
                 depends_on=tuple(sorted(set(request.dependencies))),
+                aliases=tuple(self._alias_urns(request)),
             )
         )
         return response
+
+    def _alias_urns(self, request: Any) -> list[str]:
+        """The URNs of the request's aliases, resolved as the engine does: an unset part of a spec is the
+        resource's own (name, type, parent; this stack and project). The SDK sends `noParent: false` for a spec
+        without a parent (pulumi 3.272 `create_alias_spec`), which the engine reads as the resource's parent."""
+        urns = list(request.aliasURNs)
+        for alias in request.aliases:
+            if alias.WhichOneof("alias") == "urn":
+                urns.append(alias.urn)
+                continue
+            spec = alias.spec
+            # As the engine reads it: noParent only when true, parentUrn only when set, else the own parent.
+            parent = "" if spec.noParent else spec.parentUrn or request.parent
+            if spec.stack or spec.project:
+                raise NotImplementedError("aliases into another stack or project are not recorded offline")
+            urns.append(self.make_urn(parent, spec.type or request.type, spec.name or request.name))
+        return urns
 
 
 def _plain(value: Any) -> Any:

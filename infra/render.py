@@ -300,6 +300,38 @@ def _masked_outputs(run: StackRun) -> dict[str, Any]:
     return {k: ("[secret]" if k in run.secret_outputs else v) for k, v in sorted(run.outputs.items())}
 
 
+#: Per-account, per-Region AWS quotas the program draws on, with their defaults (Amazon VPC User Guide, "Amazon VPC
+#: quotas": Elastic IP addresses per Region 5, VPCs per Region 5, internet gateways per Region 5; all adjustable).
+#: Nothing offline can see what else the account already holds in the Region, so the plan states the stack's own
+#: count and how to check the rest; `pulumi up` otherwise stops at the first allocation over the quota
+#: (AddressLimitExceeded) after creating what came before it.
+AWS_QUOTAS = {
+    "aws:ec2/eip:Eip": ("Elastic IP addresses per Region", 5, "aws ec2 describe-addresses --region {region}"),
+    "aws:ec2/vpc:Vpc": ("VPCs per Region", 5, "aws ec2 describe-vpcs --region {region}"),
+    "aws:ec2/internetGateway:InternetGateway": (
+        "Internet gateways per Region",
+        5,
+        "aws ec2 describe-internet-gateways --region {region}",
+    ),
+}
+
+
+def quota_usage(run: StackRun) -> list[str]:
+    """One line per AWS quota the stack draws on: how many it takes, the default quota, how to count the rest."""
+    providers = [r for r in run.of_type("pulumi:providers:aws") if r.inputs.get("region")]
+    region = str(providers[0].inputs["region"]) if providers else "<region>"
+    lines = []
+    for type_, (quota, default, command) in AWS_QUOTAS.items():
+        count = len(run.of_type(type_))
+        if count:
+            lines.append(
+                f"{quota} in {region}: this stack takes {count} (default quota {default}, shared with everything else "
+                f"the account holds there: count them with `{command.format(region=region)}`, "
+                "raise it in Service Quotas before `pulumi up` if they do not fit)"
+            )
+    return lines
+
+
 def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     """Resource counts by type, protected resources, secrets and masked outputs."""
     resources = [r for r in run.resources if r.type != "pulumi:pulumi:Stack"]
@@ -309,6 +341,7 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
         "resources": len(resources),
         "byType": dict(sorted(Counter(r.type for r in resources).items())),
         "protected": sorted(f"{r.type}::{r.name}" for r in resources if r.protect),
+        "quotas": quota_usage(run),
         "secrets": {
             "resourcesWithSecretInputs": sum(1 for r in resources if r.secret_keys),
             "kubernetesSecrets": sum(1 for r in resources if r.type == "kubernetes:core/v1:Secret"),
@@ -482,6 +515,10 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines((f"`{p}`" for p in s["protected"]), "none"),
         "",
+        "## Cloud quotas",
+        "",
+        *_lines(s.get("quotas", []), "none"),
+        "",
         "## Secrets",
         "",
         f"- resources with secret inputs: {secrets['resourcesWithSecretInputs']}",
@@ -539,6 +576,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  ({len(report.deployability.waived)} known deployability findings waived: see plan.md)")
     for warning in report.warnings:
         print(f"  WARNING {warning}")
+    for quota in report.summary.get("quotas", []):
+        print(f"  QUOTA   {quota}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

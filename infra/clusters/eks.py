@@ -95,6 +95,16 @@ def zone_opts(
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases, depends_on=depends_on))
 
 
+def require_zones(names: list[str], zones: int, region: str) -> list[str]:
+    """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for."""
+    if len(names) < zones:
+        raise ValueError(
+            f"rag:cluster.eks.availabilityZones is {zones}, but {region} offers {len(names)} Availability Zones "
+            f"to this account ({', '.join(names)}): lower it"
+        )
+    return list(names)
+
+
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
     """(public, private) subnet CIDRs: /20s carved from the VPC range, publics first."""
     subnets = [str(net) for net in ipaddress.ip_network(vpc_cidr).subnets(new_prefix=20)]
@@ -203,9 +213,15 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     opts = pulumi.ResourceOptions(provider=aws_provider)
     kept = pulumi.ResourceOptions(provider=aws_provider, protect=config.protect)
 
+    # Availability Zones only: with a Local Zone opted in, the API lists it too (pulumi-aws `get_availability_zones`
+    # docstring), and it sorts before the region's lettered zones ("eu-west-1-...-1a" < "eu-west-1a"), so
+    # subnet 0 (the nodes, NAT 0, the EKS control plane's interfaces) would land where EKS cannot run.
     zones = aws.get_availability_zones_output(
-        state="available", opts=pulumi.InvokeOutputOptions(provider=aws_provider)
+        state="available",
+        filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+        opts=pulumi.InvokeOutputOptions(provider=aws_provider),
     )
+    zone_names = zones.names.apply(lambda names: require_zones(names, eks.availabilityZones, eks.region))
     public_cidrs, private_cidrs = subnet_cidrs(eks.vpcCidr, eks.availabilityZones)
 
     vpc = aws.ec2.Vpc(
@@ -228,7 +244,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             f"public-{index}",
             vpc_id=vpc.id,
             cidr_block=cidr,
-            availability_zone=zones.names[index],
+            availability_zone=zone_names[index],
             map_public_ip_on_launch=True,
             tags={"Name": f"{name}-public-{index}", "kubernetes.io/role/elb": "1", cluster_tag: "shared"},
             opts=opts,
@@ -291,7 +307,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             f"private-{index}",
             vpc_id=vpc.id,
             cidr_block=cidr,
-            availability_zone=zones.names[index],
+            availability_zone=zone_names[index],
             tags={
                 "Name": f"{name}-private-{index}",
                 "kubernetes.io/role/internal-elb": "1",
@@ -365,6 +381,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         cluster_name=cluster.name,
         node_role_arn=node_role.arn,
         subnet_ids=[subnet.id for subnet in private_subnets],
+        # The nodes follow the control plane: without it the node group's version is only computed at creation,
+        # so raising rag:cluster.eks.version upgraded the control plane and left every node on the old minor
+        # (terraform-provider-aws aws_eks_node_group `version`: Optional+Computed; a change is an in-place
+        # UpdateNodegroupVersion, a rolling replacement of the nodes within update_config.max_unavailable).
+        version=cluster.version,
         instance_types=[group.instanceType],
         disk_size=group.diskSizeGb,
         scaling_config={
@@ -396,14 +417,18 @@ def build_eks(config: StackConfig) -> ClusterTarget:
 
     # PersistentVolumes on EKS need the EBS CSI driver (an add-on with its own IRSA role) and a gp3 class.
     ebs_role = irsa_role("ebs-csi-role", "kube-system", "ebs-csi-controller-sa")
-    aws.iam.RolePolicyAttachment("ebs-csi-policy", role=ebs_role.name, policy_arn=EBS_CSI_POLICY, opts=opts)
+    ebs_policy = aws.iam.RolePolicyAttachment(
+        "ebs-csi-policy", role=ebs_role.name, policy_arn=EBS_CSI_POLICY, opts=opts
+    )
     ebs_addon = aws.eks.Addon(
         "ebs-csi",
         cluster_name=cluster.name,
         addon_name="aws-ebs-csi-driver",
         service_account_role_arn=ebs_role.arn,
         resolve_conflicts_on_create="OVERWRITE",
-        opts=pulumi.ResourceOptions(provider=aws_provider, depends_on=[node_group]),
+        # The controller needs its permissions before the first volume is asked of it (the role's ARN alone does
+        # not make the add-on wait for the policy attachment).
+        opts=pulumi.ResourceOptions(provider=aws_provider, depends_on=[node_group, ebs_policy]),
     )
 
     repository = aws.ecr.Repository(
@@ -501,14 +526,28 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         values={"replicas": 2, "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}},
         opts=in_cluster,
     )
+    # Envoy Gateway creates each Gateway's proxy Service (type LoadBalancer, hence an NLB that EKS's cloud
+    # controller creates in the public subnets) in its own namespace, outside the program. A Pulumi Namespace
+    # rather than Helm's `create_namespace`, because its deletion is what `pulumi destroy` waits on: the engine
+    # deletes it before the node group, subnets and VPC it depends on, and the Kubernetes provider waits until
+    # the namespace is gone (GET 404), which is only once the proxy Service's load-balancer-cleanup finalizer has
+    # been removed, i.e. once the NLB is deleted. Without it, the NLB outlives the cluster: its network
+    # interfaces and public addresses keep the subnets and the internet gateway from being deleted.
+    # It also waits for every public subnet's route to the internet gateway: the cloud controller places an
+    # internet-facing load balancer only in subnets whose route table routes to an igw- (isSubnetPublic), so a
+    # proxy Service created before a zone's public association would get an NLB without that zone.
+    envoy_namespace = k8s.core.v1.Namespace(
+        "envoy-gateway-namespace",
+        metadata={"name": ENVOY_GATEWAY_NAMESPACE},
+        opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=public_associations)),
+    )
     chart, version, repo = ENVOY_GATEWAY_CHART
     envoy_gateway = k8s.helm.v3.Release(
         "envoy-gateway",
         name="eg",
         chart=f"{repo}/{chart}",
         version=version,
-        namespace=ENVOY_GATEWAY_NAMESPACE,
-        create_namespace=True,
+        namespace=envoy_namespace.metadata["name"],
         atomic=True,
         timeout=600,
         opts=in_cluster,

@@ -65,7 +65,19 @@ M_JOB_SECONDS = "rag_job_duration_seconds"
 M_QUEUE_DEPTH = "rag_queue_depth"
 M_QUEUE_OLDEST_AGE = "rag_queue_oldest_job_age_seconds"
 M_WORKER_POLL = "rag_worker_last_poll_timestamp_seconds"
-WORKER_METRICS = frozenset({M_JOBS, M_JOB_SECONDS, M_QUEUE_DEPTH, M_QUEUE_OLDEST_AGE, M_WORKER_POLL})
+M_JOBS_RUNNING_OLDEST_AGE = "rag_jobs_running_oldest_age_seconds"
+M_JOBS_RECLAIMED = "rag_jobs_reclaimed_total"
+WORKER_METRICS = frozenset(
+    {
+        M_JOBS,
+        M_JOB_SECONDS,
+        M_QUEUE_DEPTH,
+        M_QUEUE_OLDEST_AGE,
+        M_WORKER_POLL,
+        M_JOBS_RUNNING_OLDEST_AGE,
+        M_JOBS_RECLAIMED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,12 @@ class AlertThresholds:
     """A queued job older than this means the workers do not keep up (or do not consume)."""
     worker_poll_stale_seconds: int = 120
     """A worker that has not polled the queue for this long is not consuming."""
+    job_running_age_seconds: int = 1800
+    """A job attempt running this long is stuck (a 10 MB document embeds in minutes), and half-way to the
+    service's GC_GRACE_SECONDS (3600), after which its write can no longer commit."""
+    jobs_reclaimed_per_30m: int = 3
+    """Jobs taken over from dead or stalled workers (lease expired) in 30 minutes; one OOM-killed worker
+    accounts for up to its JOBS_MAX_CONCURRENCY (2)."""
     certificate_expiry_days: int = 14
     """cert-manager renews at 2/3 of a certificate's life; this close to expiry, renewal has failed."""
     backup_max_age_hours: int = 26
@@ -188,7 +206,13 @@ def validate_args(args: MonitoringArgs) -> None:
         t.embedding_failures_per_10m >= 1,
         "MonitoringArgs.thresholds.embedding_failures_per_10m must be at least 1.",
     )
-    for name in ("queue_oldest_job_age_seconds", "worker_poll_stale_seconds", "certificate_expiry_days"):
+    for name in (
+        "queue_oldest_job_age_seconds",
+        "worker_poll_stale_seconds",
+        "job_running_age_seconds",
+        "jobs_reclaimed_per_30m",
+        "certificate_expiry_days",
+    ):
         require(getattr(t, name) >= 1, f"MonitoringArgs.thresholds.{name} must be at least 1.")
     require(t.backup_max_age_hours >= 1, "MonitoringArgs.thresholds.backup_max_age_hours must be at least 1.")
     require(args.qdrant_replicas >= 1, "MonitoringArgs.qdrant_replicas must be at least 1.")
@@ -481,6 +505,25 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "warning",
             "Queued ingestion jobs wait too long.",
             f"The oldest queued job has waited more than {t.queue_oldest_job_age_seconds}s.",
+        ),
+        rule(
+            "RagJobRunningTooLong",
+            f"max by (namespace) ({M_JOBS_RUNNING_OLDEST_AGE}{{{nsel}}}) > {t.job_running_age_seconds}",
+            "5m",
+            "warning",
+            "An ingestion job has been running too long.",
+            f"A running ingestion job was claimed more than {t.job_running_age_seconds}s ago and its worker "
+            "still renews its lease: the worker is stuck in a call, or the document is huge. A write older "
+            "than GC_GRACE_SECONDS cannot commit.",
+        ),
+        rule(
+            "RagJobsReclaimed",
+            f"sum by (namespace) (increase({M_JOBS_RECLAIMED}{{{nsel}}}[30m])) > {t.jobs_reclaimed_per_30m}",
+            "0m",
+            "warning",
+            "Ingestion jobs keep being taken over from dead or stalled workers.",
+            f"More than {t.jobs_reclaimed_per_30m} jobs were reclaimed in 30 minutes after their worker's lease "
+            "expired: workers are being killed (OOM, eviction) or stall longer than JOB_LEASE_SECONDS.",
         ),
     ]
     qsel = f'namespace="{ns}", job="{args.qdrant_job}"'

@@ -12,6 +12,12 @@ cannot serve the target's current index meanwhile (it lacks the model that index
 follows the re-index such a promotion starts (``infra.workflows.reindex.converge``).
 
 Only dev -> staging and staging -> prod are allowed: prod never receives a build staging has not run.
+
+Every fact about the source comes from the backend, never from the runner's checkout: its outputs (digest,
+embedding, the models its image holds) and the config its latest update ran with (``stacks.deployed_config``:
+what the pending-changes preview runs with, and where the promotable settings are read). A promotion's own writes
+land in the target's stack file in this checkout only, which a CI runner throws away; the target's ``up`` records
+them in the backend with the update, which is where the next promotion (another job, another checkout) reads them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi.automation import Workspace
+from pulumi.automation import ConfigMap, Workspace
 
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
@@ -34,6 +40,7 @@ from infra.workflows.stacks import (
     UsageError,
     WorkflowError,
     _as_object,
+    deployed_config,
     describe_counts,
     rfc3339,
     select,
@@ -134,8 +141,8 @@ def _del_path(obj: dict[str, Any], path: list[str]) -> None:
         node.pop(path[-1], None)
 
 
-def _service_object(ws: Workspace, stack: str) -> dict[str, Any]:
-    value = ws.get_all_config(stack).get(SERVICE_KEY)
+def _service_object(ws: Workspace, stack: str, config: ConfigMap | None = None) -> dict[str, Any]:
+    value = (ws.get_all_config(stack) if config is None else config).get(SERVICE_KEY)
     if value is None or value.value in ("", None):
         return {}
     if value.secret:
@@ -188,17 +195,20 @@ def promote(
     outputs = src.outputs()
     digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
 
-    report = run_preview(ws, source, policy_pack=None, on_output=on_output, on_event=on_event)
-    if not report.ok:
-        raise WorkflowError(
-            f"Could not check {source!r} for pending changes; its preview failed:\n{report.error}"
-        )
-    if report.pending:
-        changes = describe_counts(report.pending)
-        raise WorkflowError(
-            f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
-            f"Run `pulumi up -s {source}` (or merge to main) and promote again."
-        )
+    # The source as deployed (its last update's config), against the code checked out here.
+    with deployed_config(ws, source) as source_config:
+        report = run_preview(ws, source, policy_pack=None, on_output=on_output, on_event=on_event)
+        if not report.ok:
+            raise WorkflowError(
+                f"Could not check {source!r} for pending changes; its preview failed:\n{report.error}"
+            )
+        if report.pending:
+            changes = describe_counts(report.pending)
+            raise WorkflowError(
+                f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
+                f"Run `pulumi up -s {source}` (or merge to main) and promote again."
+            )
+        source_service = _service_object(ws, source, source_config)
 
     tgt = select(ws, target)
     source_embedding = _as_object(outputs["embedding"].value) if "embedding" in outputs else None
@@ -209,7 +219,7 @@ def promote(
     reindex_mod.check_image_keeps(
         target, before, models, where=f"Cannot promote {source} -> {target} ({digest})"
     )
-    merged, copied = merge_promotable(_service_object(ws, source), _service_object(ws, target))
+    merged, copied = merge_promotable(source_service, _service_object(ws, target))
     promotion = Promotion(
         source=source,
         target=target,

@@ -5,6 +5,10 @@ Everything goes through a ``LocalWorkspace`` over the repo root (the Pulumi proj
 every argv. Nothing here needs Pulumi Cloud: stack metadata lives in the contract's config keys
 (``rag:promotion``, ``rag:ephemeral``), which the program also exports as outputs so any machine can read them
 back from the backend's state.
+
+With a self-managed backend, config is a file in the checkout (``Pulumi.<stack>.yaml``): what one CI job writes
+there, the next job's fresh checkout does not have. What the backend keeps is the config every update ran with
+(each history entry carries it); :func:`deployed_config` brings that back for as long as a workflow needs it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import getpass
 import json
 import os
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pulumi.automation import (
+    CommandError,
+    ConfigMap,
     ConfigValue,
     EngineEvent,
     LocalWorkspace,
@@ -28,7 +35,7 @@ from pulumi.automation import (
     Workspace,
 )
 
-from infra.workflows.errors import check_cli_version
+from infra.workflows.errors import check_cli_version, stderr_of
 
 PROJECT = "rag"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -132,6 +139,39 @@ class Context:
 def select(ws: Workspace, name: str) -> Stack:
     """Select an existing stack (``pulumi stack select``); raises StackNotFoundError when it is absent."""
     return Stack.select(name, ws)
+
+
+def stack_file(ws: Workspace, stack: str) -> Path:
+    """The stack's config file in the workspace's checkout (where `pulumi config` reads and writes it)."""
+    return Path(ws.work_dir) / f"Pulumi.{stack}.yaml"
+
+
+@contextmanager
+def deployed_config(ws: Workspace, stack: str) -> Iterator[ConfigMap]:
+    """The config the stack's latest update ran with, in this checkout's stack file while the block runs.
+
+    ``pulumi config refresh --force`` writes it from the backend (pulumi/pulumi: ``GetLatestConfiguration`` = the
+    config of the latest history entry, which the self-managed backend records for every update; the secrets
+    provider state comes back with it), so a preview or a config read in the block sees the stack as deployed,
+    not the committed file a fresh CI checkout has. The checkout's file is put back afterwards, byte for byte
+    (or removed when there was none): an operator's local edits survive a promotion run from their laptop.
+    """
+    path = stack_file(ws, stack)
+    saved = path.read_bytes() if path.is_file() else None
+    try:
+        try:
+            ws.refresh_config(stack)
+        except CommandError as exc:
+            raise WorkflowError(
+                f"Could not read the config stack {stack!r} was last deployed with (`pulumi config refresh "
+                f"--force -s {stack}`): {stderr_of(exc).strip() or exc}"
+            ) from exc
+        yield ws.get_all_config(stack)
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
 
 
 def config_object(ws: Workspace, stack: str, key: str) -> dict[str, Any] | None:

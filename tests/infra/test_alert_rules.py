@@ -135,6 +135,19 @@ CASES = [
          {in_ns("rag_queue_oldest_job_age_seconds"): "1000x20"}, "10m", BY_NS),
     Case("staging", "RagQueueOldestJobTooOld", "jobs picked up in seconds",
          {in_ns("rag_queue_oldest_job_age_seconds"): "10x20"}, "10m"),
+    Case("staging", "RagJobRunningTooLong", "one pod sees a job running for 2000 s, another none",
+         {in_ns("rag_jobs_running_oldest_age_seconds", pod="rag-worker-1"): "2000+60x20",
+          in_ns("rag_jobs_running_oldest_age_seconds", pod="rag-1"): "0x20"}, "10m", BY_NS),
+    Case("staging", "RagJobRunningTooLong", "jobs finish within minutes",
+         {in_ns("rag_jobs_running_oldest_age_seconds", pod="rag-worker-1"): "0+30x4 0+30x4 0+30x4 0+30x4"},
+         "15m"),
+    Case("staging", "RagJobsReclaimed", "a worker dies every few minutes",
+         {in_ns("rag_jobs_reclaimed_total", pod="rag-worker-1"): "0+1x40"}, "35m", BY_NS),
+    Case("staging", "RagJobsReclaimed", "two pods each took over two jobs",
+         {in_ns("rag_jobs_reclaimed_total", pod="rag-worker-1"): "0x5 2x20",
+          in_ns("rag_jobs_reclaimed_total", pod="rag-worker-2"): "0x5 2x20"}, "10m", BY_NS),
+    Case("staging", "RagJobsReclaimed", "one OOM kill: its two jobs taken over once",
+         {in_ns("rag_jobs_reclaimed_total", pod="rag-worker-1"): "0x5 2x40"}, "35m"),
     # --- Qdrant (staging runs 3 nodes)
     Case("staging", "QdrantNodeDown", "one of three nodes down",
          {in_ns("up", job="qdrant", pod=f"qdrant-{i}"): v for i, v in enumerate(("1x20", "1x20", "0x20"))},
@@ -271,6 +284,32 @@ def test_alert_fires_only_on_its_series(case: Case, tmp_path: Path) -> None:
     groups = declared_groups(run(case.stack))
     result = run_promtool(tmp_path, groups, case)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_job_lease_alerts_fire_on_the_series_the_service_exports(tmp_path: Path) -> None:
+    """The names and labels of the series are read from the service's own exposition (what /metrics of the API
+    and of every worker serves), not retyped: the scrape adds namespace and pod, and the alerts must fire."""
+    from prometheus_client import REGISTRY, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import service.app.core.metrics  # noqa: F401 - registers the service's metrics
+
+    exported = {
+        sample.name: sample.labels
+        for family in text_string_to_metric_families(generate_latest(REGISTRY).decode())
+        for sample in family.samples
+    }
+    groups = declared_groups(run("staging"))
+    for alert, name, values, at in (
+        ("RagJobRunningTooLong", "rag_jobs_running_oldest_age_seconds", "1900+60x20", "10m"),
+        ("RagJobsReclaimed", "rag_jobs_reclaimed_total", "0+1x40", "35m"),
+    ):
+        assert name in exported, f"the service does not export {name}"
+        series = in_ns(name, pod="rag-worker-1", **exported[name])
+        result = run_promtool(
+            tmp_path, groups, Case("staging", alert, "exported", {series: values}, at, BY_NS)
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from collections import Counter
 import pulumi
 import pytest
 
-from infra.clusters.eks import nat_alias_suffixes, nat_suffix, zone_opts
+from infra.clusters.eks import nat_alias_suffixes, nat_suffix, require_zones, zone_opts
 from infra.offline import RecordedResource, StackRun
+from infra.render import quota_usage, summarize
 from tests.infra.conftest import run
 
 SUBNET = "aws:ec2/subnet:Subnet"
@@ -22,6 +23,7 @@ ROUTE_TABLE = "aws:ec2/routeTable:RouteTable"
 ASSOCIATION = "aws:ec2/routeTableAssociation:RouteTableAssociation"
 NAT = "aws:ec2/natGateway:NatGateway"
 EIP = "aws:ec2/eip:Eip"
+ENDPOINT = "aws:ec2/vpcEndpoint:VpcEndpoint"
 
 
 def _by_id(result: StackRun, type_: str) -> dict[str, RecordedResource]:
@@ -137,3 +139,113 @@ def test_switching_layouts_adopts_zone_zero_instead_of_replacing_it(role: str) -
     assert nat_alias_suffixes("perZone", 1) == []
     opts = zone_opts(pulumi.ResourceOptions(), role, "perZone", 0, [])
     assert [alias.name for alias in opts.aliases or []] == [single_name]
+
+
+# Inputs whose change makes the provider replace the resource (terraform-provider-aws, the upstream of pulumi-aws
+# 7.x: `ForceNew` in internal/service/ec2/vpc_eip.go, vpc_nat_gateway.go, vpc_route_table.go,
+# vpc_route_table_association.go and vpc_endpoint.go). A RouteTableAssociation's `route_table_id` is not among
+# them: its Update calls EC2 ReplaceRouteTableAssociation, which moves the subnet to the new table in one call,
+# so the subnet is never without a route table.
+FORCE_NEW = {
+    EIP: {"address", "customerOwnedIpv4Pool", "domain", "ipamPoolId", "networkBorderGroup", "publicIpv4Pool"},
+    NAT: {"allocationId", "availabilityMode", "connectivityType", "privateIp", "subnetId", "vpcId"},
+    ROUTE_TABLE: {"vpcId"},
+    ASSOCIATION: {"subnetId", "gatewayId"},
+    ENDPOINT: {"serviceName", "vpcId", "vpcEndpointType", "serviceRegion"},
+}
+
+
+def _network(result: StackRun) -> dict[str, RecordedResource]:
+    """The VPC's resources (everything of the aws:ec2 module) by URN."""
+    return {r.urn: r for r in result.resources if r.type.startswith("aws:ec2/")}
+
+
+def plan_switch(before: StackRun, after: StackRun) -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """What `pulumi up` does to the VPC when a stack deployed as `before` is run as `after`, the way the engine
+    matches them: a resource of `after` takes over the state of its own URN or of one of its aliases. Returns
+    (URNs created, URNs deleted, changed input keys per kept URN). The mocks' ids are `<name>-id`, so ids are
+    mapped back to the state's names before inputs are compared (an aliased resource keeps its cloud id)."""
+    old, new = _network(before), _network(after)
+    state_urn = {urn: next((a for a in r.aliases if a in old), urn) for urn, r in new.items()}
+    renamed = {new[urn].name: old[s].name for urn, s in state_urn.items() if s in old}
+
+    def canonical(value: object) -> object:
+        if isinstance(value, str) and value.endswith("-id") and value[:-3] in renamed:
+            return f"{renamed[value[:-3]]}-id"
+        if isinstance(value, list):
+            return sorted((canonical(v) for v in value), key=repr)
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items() if k != "tags"}
+        return value
+
+    created = {urn for urn, s in state_urn.items() if s not in old}
+    deleted = set(old) - set(state_urn.values())
+    changed = {
+        state_urn[urn]: {
+            key
+            for key in set(r.inputs) | set(old[state_urn[urn]].inputs)
+            if key != "tags"
+            and canonical(r.inputs.get(key)) != canonical(old[state_urn[urn]].inputs.get(key))
+        }
+        for urn, r in new.items()
+        if urn not in created
+    }
+    return created, deleted, {urn: keys for urn, keys in changed.items() if keys}
+
+
+SINGLE = {"cluster": {"provider": "eks", "eks": {"natGateways": "single"}}}
+PER_ZONE = {"cluster": {"provider": "eks", "eks": {"natGateways": "perZone"}}}
+
+
+@pytest.mark.parametrize(("before", "after"), [(SINGLE, PER_ZONE), (PER_ZONE, SINGLE)])
+def test_switching_layouts_on_a_deployed_stack_replaces_and_deletes_nothing_it_keeps(
+    before: dict[str, object], after: dict[str, object]
+) -> None:
+    """`natGateways` single <-> perZone, as the engine would apply it to the deployed VPC: zone 0's EIP, NAT
+    gateway and route table are kept (their aliases match), no kept resource changes an input that forces a
+    replacement, the private subnets' associations are updated in place, and only the other zones' egress is
+    created (single -> perZone) or deleted (perZone -> single)."""
+    old, new = run("dev", "eks", **before), run("dev", "eks", **after)
+    created, deleted, changed = plan_switch(old, new)
+    to_single = after is SINGLE
+    extra = {f"{role}-{zone}" for role in ("nat-ip", "nat", "private-rt") for zone in (1, 2)}
+    assert {urn.rsplit("::", 1)[1] for urn in (deleted if to_single else created)} == extra
+    assert not (created if to_single else deleted)
+    by_urn = {**_network(old), **_network(new)}
+    for urn, keys in changed.items():
+        kind = by_urn[urn].type
+        assert not keys & FORCE_NEW.get(kind, set()), (urn, keys)
+        # Only routing changes: the subnets' tables and the endpoint's list of them.
+        assert (kind, keys) in [(ASSOCIATION, {"routeTableId"}), (ENDPOINT, {"routeTableIds"})]
+    moved = {urn.rsplit("::", 1)[1] for urn, keys in changed.items() if by_urn[urn].type == ASSOCIATION}
+    assert moved == {"private-1", "private-2"}  # zone 0's subnet stays on its (kept) table
+
+
+@pytest.mark.parametrize(("stack", "target", "eips"), [("prod", None, 3), ("staging", "eks", 1)])
+def test_the_plan_states_the_elastic_ips_the_stack_takes(stack: str, target: str | None, eips: int) -> None:
+    """perZone takes an EIP per zone from the Region's quota (5 by default): `make plan` states the count, so a
+    deployer can check it against what the account already holds before `pulumi up` hits AddressLimitExceeded."""
+    result = run(stack, target)
+    assert len(result.of_type(EIP)) == eips
+    (line,) = [q for q in quota_usage(result) if q.startswith("Elastic IP addresses per Region")]
+    assert f"in eu-west-1: this stack takes {eips} (default quota 5" in line
+    assert "aws ec2 describe-addresses --region eu-west-1" in line
+    assert line in summarize(result, stack)["quotas"]
+
+
+def test_a_cluster_without_cloud_network_states_no_quota() -> None:
+    assert quota_usage(run("dev")) == []
+
+
+@pytest.mark.parametrize(("stack", "target"), [("prod", None), ("staging", "eks")])
+def test_subnets_are_only_in_the_regions_availability_zones(stack: str, target: str | None) -> None:
+    """A Local Zone the account opted into is listed by the zones data source unless filtered out (the offline
+    mock answers so), and EKS cannot place its control plane or managed nodes there."""
+    zones = {s.inputs["availabilityZone"] for s in run(stack, target).of_type(SUBNET)}
+    assert zones == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
+
+
+def test_a_region_with_fewer_zones_than_asked_is_refused_naming_the_key() -> None:
+    assert require_zones(["eu-west-1a", "eu-west-1b"], 2, "eu-west-1") == ["eu-west-1a", "eu-west-1b"]
+    with pytest.raises(ValueError, match=r"rag:cluster\.eks\.availabilityZones is 4, but eu-west-1 offers 3"):
+        require_zones(["eu-west-1a", "eu-west-1b", "eu-west-1c"], 4, "eu-west-1")

@@ -46,7 +46,14 @@ class FakeIngest:
     max_running: int = 0
 
     async def ingest(
-        self, tenant_id: str, document_id: str, *, text: str, metadata: Any, content_type: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        *,
+        text: str,
+        metadata: Any,
+        content_type: str,
+        fence: Any = None,
     ) -> dict[str, Any]:
         self.running += 1
         self.max_running = max(self.max_running, self.running)

@@ -24,9 +24,9 @@ def preview_domain(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def backend() -> FakeBackend:
-    """An empty in-memory Pulumi backend."""
-    return FakeBackend()
+def backend(work_dir: Path) -> FakeBackend:
+    """An empty in-memory Pulumi backend; `work_dir` is the checkout its stacks were deployed from."""
+    return FakeBackend(work_dir)
 
 
 @pytest.fixture

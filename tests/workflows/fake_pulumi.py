@@ -1,24 +1,35 @@
 """A fake Pulumi CLI for the workflow tests: an in-memory backend behind a ``PulumiCommand`` subclass.
 
 The Automation API builds the exact argv it would hand the real ``pulumi`` binary and calls
-``PulumiCommand.run``; this fake records that argv, plays the backend's part (stacks, config, outputs, history,
-locks) and streams engine events to the ``--event-log`` endpoint exactly like the CLI does: over gRPC for a
+``PulumiCommand.run``; this fake records that argv, plays the backend's part (stacks, outputs, history, locks)
+and streams engine events to the ``--event-log`` endpoint exactly like the CLI does: over gRPC for a
 CLI newer than 3.205 (the version we report), else as JSON lines into the file. Failures come back as non-zero
 results turned into the SDK's own typed errors (``create_command_error``), so the code under test sees what it
 would see from the real CLI.
+
+Config lives where a self-managed (file/S3/GCS) backend keeps it: in ``Pulumi.<stack>.yaml`` in the *working
+directory* of the command (``config set-all`` writes it, ``config --json`` reads it, ``stack rm`` deletes it),
+not in the backend. Two CI jobs are two checkouts: what one job writes there, the other never sees. What the
+backend does keep is the config each ``up``/``destroy`` ran with, in its history (pulumi/pulumi
+``pkg/backend/diy/backend.go`` ``apply``: ``UpdateInfo.Config``), and ``config refresh --force`` writes the
+latest of those back into the working directory's stack file (``GetLatestConfiguration``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 from pulumi.automation import CommandResult, PulumiCommand
 from pulumi.automation.errors import create_command_error
 from pulumi.runtime.proto import events_pb2, events_pb2_grpc
@@ -66,29 +77,88 @@ def policy_event(
     }
 
 
+def stack_file(work_dir: Path, stack: str) -> Path:
+    """The stack's config file in a working directory (a checkout)."""
+    return Path(work_dir) / f"Pulumi.{stack}.yaml"
+
+
+def read_config(work_dir: Path, stack: str) -> dict[str, dict[str, Any]]:
+    """The stack file's config as ``pulumi config --show-secrets --json`` prints it ({} without a file)."""
+    path = stack_file(work_dir, stack)
+    if not path.is_file():
+        return {}
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries: dict[str, dict[str, Any]] = {}
+    for key, raw in (doc.get("config") or {}).items():
+        if isinstance(raw, dict) and set(raw) == {"secure"}:
+            cipher = str(raw["secure"])
+            # Only our own "fake:" ciphertext decrypts; a real one (a committed stack file) stays opaque.
+            plain = (
+                base64.b64decode(cipher.removeprefix("fake:")).decode()
+                if cipher.startswith("fake:")
+                else cipher
+            )
+            entries[key] = {"value": plain, "secret": True}
+        elif isinstance(raw, str):
+            entries[key] = {"value": raw, "secret": False}
+        else:
+            entries[key] = {"value": json.dumps(raw), "objectValue": raw, "secret": False}
+    return entries
+
+
+def write_config(work_dir: Path, stack: str, entries: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write config entries (the ``--json`` shape) into the stack file, keeping its other top-level keys."""
+    path = stack_file(work_dir, stack)
+    doc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    config: dict[str, Any] = {}
+    for key, entry in entries.items():
+        if entry.get("secret"):
+            config[key] = {"secure": "fake:" + base64.b64encode(str(entry["value"]).encode()).decode()}
+        elif "objectValue" in entry:
+            config[key] = entry["objectValue"]
+        else:
+            config[key] = entry["value"]
+    doc["config"] = config
+    path.write_text(yaml.safe_dump(doc, sort_keys=True), encoding="utf-8")
+
+
+def _entry(value: Any, secret: bool = False) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {"value": value, "secret": secret}
+    return {"value": json.dumps(value), "objectValue": value, "secret": secret}
+
+
 @dataclass
 class FakeStack:
-    """One stack in the fake backend."""
+    """One stack in the fake backend. ``config`` is its stack file in the backend's default checkout."""
 
     name: str
-    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    work_dir: Path
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
     resources: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def set_config(self, key: str, value: Any, secret: bool = False) -> None:
-        """Store a value the way the CLI reports it (objects carry objectValue)."""
-        if isinstance(value, str):
-            self.config[key] = {"value": value, "secret": secret}
-        else:
-            self.config[key] = {"value": json.dumps(value), "objectValue": value, "secret": secret}
+    @property
+    def config(self) -> dict[str, dict[str, Any]]:
+        """The stack file's config in the default checkout (a copy: write through ``set_config``)."""
+        return read_config(self.work_dir, self.name)
 
-    def config_value(self, key: str) -> Any:
-        """The natural value of a config key."""
-        entry = self.config[key]
+    def set_config(self, key: str, value: Any, secret: bool = False) -> None:
+        """Store a value in the default checkout's stack file the way ``config set`` does."""
+        entries = read_config(self.work_dir, self.name)
+        entries[key] = _entry(value, secret)
+        write_config(self.work_dir, self.name, entries)
+
+    def config_value(self, key: str, work_dir: Path | None = None) -> Any:
+        """The natural value of a config key in a checkout's stack file (the default checkout unless given)."""
+        entry = read_config(work_dir or self.work_dir, self.name)[key]
         return entry["objectValue"] if "objectValue" in entry else entry["value"]
+
+    def deployed_config(self) -> dict[str, dict[str, Any]]:
+        """The config the latest update ran with (what ``config refresh`` restores); {} when never deployed."""
+        return dict(self.history[-1]["config"]) if self.history else {}
 
 
 @dataclass
@@ -115,7 +185,11 @@ class Script:
 class FakeBackend:
     """State shared by every FakePulumi that talks to it (like one file/S3 backend shared by machines)."""
 
-    def __init__(self) -> None:
+    def __init__(self, work_dir: Path | None = None) -> None:
+        # The default checkout: where `add_stack` writes a stack's file and `FakeStack.config` reads it.
+        self.work_dir = (
+            Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="fake-pulumi-"))
+        )
         self.stacks: dict[str, FakeStack] = {}
         self.scripts: dict[str, Script] = {}
         self.calls: list[list[str]] = []
@@ -131,12 +205,13 @@ class FakeBackend:
         outputs: Mapping[str, Any] | None = None,
         resources: int = 12,
     ) -> FakeStack:
-        """Create a stack as if it had been deployed before."""
-        stack = FakeStack(name=name, outputs=dict(outputs or {}), resources=resources)
-        for key, value in (config or {}).items():
-            stack.set_config(key, value)
+        """Create a stack as if it had been deployed before from the default checkout, with `config` in its file."""
+        stack = FakeStack(name=name, work_dir=self.work_dir, outputs=dict(outputs or {}), resources=resources)
+        if config is not None:
+            write_config(self.work_dir, name, {key: _entry(value) for key, value in config.items()})
+        entries = read_config(self.work_dir, name)
         if resources:
-            stack.history.append(_history("update", {"create": resources}))
+            stack.history.append(_history("update", {"create": resources}, config=entries))
         self.stacks[name] = stack
         return stack
 
@@ -183,7 +258,8 @@ class FakePulumi(PulumiCommand):
             args.insert(0, "--non-interactive")  # what the real PulumiCommand.run does
         with self.backend.mutex:
             self.backend.calls.append(list(args))
-        stdout, stderr, code = _Handler(self.backend, [a for a in args if a != "--non-interactive"]).handle()
+        handler = _Handler(self.backend, [a for a in args if a != "--non-interactive"], Path(cwd))
+        stdout, stderr, code = handler.handle()
         for line in stdout.splitlines():
             if on_output:
                 on_output(line)
@@ -193,7 +269,12 @@ class FakePulumi(PulumiCommand):
         return result
 
 
-def _history(kind: str, changes: Mapping[str, int], result: str = "succeeded") -> dict[str, Any]:
+def _history(
+    kind: str,
+    changes: Mapping[str, int],
+    result: str = "succeeded",
+    config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
         "kind": kind,
@@ -201,11 +282,35 @@ def _history(kind: str, changes: Mapping[str, int], result: str = "succeeded") -
         "endTime": stamp,
         "message": "",
         "environment": {},
-        "config": {},
+        "config": {key: dict(entry) for key, entry in (config or {}).items()},
         "result": result,
         "resourceChanges": dict(changes),
         "version": 1,
     }
+
+
+def _embedding_output(config: Mapping[str, Any], natural: Callable[[str], Any]) -> dict[str, Any]:
+    """The program's `embedding` output (infra/stack.py `embedding_output`) for a stack that sets rag:embedding."""
+    embedding = natural("rag:embedding")
+    if config.get("rag:image", {}).get("value"):
+        promotion = natural("rag:promotion") if "rag:promotion" in config else {}
+        image_models = promotion.get("models")
+    else:
+        image_models = [embedding["model"], *embedding.get("extraModels", [])]
+    return {"model": embedding["model"], "imageModels": image_models}
+
+
+def _config_diff(
+    local: Mapping[str, Mapping[str, Any]], deployed: Mapping[str, Mapping[str, Any]]
+) -> set[str]:
+    """Keys whose value differs between a checkout's stack file and the deployed config (absent = empty)."""
+
+    def natural(entries: Mapping[str, Mapping[str, Any]], key: str) -> Any:
+        entry = entries.get(key) or {}
+        value = entry.get("objectValue", entry.get("value", ""))
+        return "" if value is None else value
+
+    return {key for key in set(local) | set(deployed) if natural(local, key) != natural(deployed, key)}
 
 
 def _not_found(name: str) -> tuple[str, str, int]:
@@ -223,9 +328,10 @@ def _locked(name: str) -> tuple[str, str, int]:
 
 
 class _Handler:
-    def __init__(self, backend: FakeBackend, args: list[str]) -> None:
+    def __init__(self, backend: FakeBackend, args: list[str], cwd: Path) -> None:
         self.b = backend
         self.args = args
+        self.cwd = cwd
         self.stack_name = self._opt("--stack")
 
     def _opt(self, flag: str) -> str | None:
@@ -257,6 +363,8 @@ class _Handler:
             return self._history
         if a[:2] == ["config", "set-all"]:
             return lambda stack: self._set_all(stack, json.loads(str(self._opt("--json"))))
+        if a[:2] == ["config", "refresh"]:
+            return self._refresh_config
         if a[0] == "config" and "--json" in a:
             return self._config
         if a[0] == "preview":
@@ -275,7 +383,7 @@ class _Handler:
         with self.b.mutex:
             if name in self.b.stacks:
                 return "", f"error: stack '{name}' already exists", 255
-            self.b.stacks[name] = FakeStack(name=name)
+            self.b.stacks[name] = FakeStack(name=name, work_dir=self.b.work_dir)
         return f"Created stack '{name}'", "", 0
 
     def _rm(self, name: str, force: bool) -> tuple[str, str, int]:
@@ -288,6 +396,8 @@ class _Handler:
             if stack.lock.locked():
                 return _locked(name)
             del self.b.stacks[name]
+        # `pulumi stack rm` also deletes the stack's config file in the working directory.
+        stack_file(self.cwd, name).unlink(missing_ok=True)
         return f"Stack '{name}' has been removed!", "", 0
 
     def _ls(self) -> tuple[str, str, int]:
@@ -314,12 +424,22 @@ class _Handler:
         return json.dumps(list(reversed(stack.history))[:1]), "", 0
 
     def _config(self, stack: FakeStack) -> tuple[str, str, int]:
-        return json.dumps(stack.config), "", 0
+        return json.dumps(read_config(self.cwd, stack.name)), "", 0
 
     def _set_all(self, stack: FakeStack, entries: Mapping[str, Mapping[str, Any]]) -> tuple[str, str, int]:
         with self.b.mutex:
+            config = read_config(self.cwd, stack.name)
             for key, entry in entries.items():
-                stack.config[key] = dict(entry)
+                config[key] = {k: v for k, v in entry.items() if k in ("value", "objectValue", "secret")}
+            write_config(self.cwd, stack.name, config)
+        return "", "", 0
+
+    def _refresh_config(self, stack: FakeStack) -> tuple[str, str, int]:
+        if "--force" not in self.args and stack_file(self.cwd, stack.name).is_file():
+            return "", "error: config file already exists; use --force to overwrite", 255
+        if not stack.history:
+            return "", "error: no previous deployment", 255
+        write_config(self.cwd, stack.name, stack.deployed_config())
         return "", "", 0
 
     def _emit(self, events: list[dict[str, Any]]) -> None:
@@ -339,17 +459,24 @@ class _Handler:
 
     def _preview(self, stack: FakeStack) -> tuple[str, str, int]:
         script = self.b.script(stack.name)
+        events, changes = script.preview_events, script.preview_summary
+        drifted = _config_diff(read_config(self.cwd, stack.name), stack.deployed_config())
+        if stack.history and drifted and not events:
+            # The program runs with this checkout's stack file: config that differs from what the last update
+            # ran with changes what is declared (an empty rag:image even builds), so the preview is not empty.
+            events = [step_event("update", "rag", diffs=sorted(drifted))]
+            changes = {"update": 1, "same": max(changes.get("same", 1) - 1, 0)}
         summary = {
             "summaryEvent": {
                 "maybeCorrupt": False,
                 "durationSeconds": 1,
-                "resourceChanges": script.preview_summary,
+                "resourceChanges": changes,
             }
         }
         if script.preview_error is not None:
-            self._emit(script.preview_events)
+            self._emit(events)
             return script.preview_stdout, script.preview_error, 255
-        self._emit([*script.preview_events, summary])
+        self._emit([*events, summary])
         return script.preview_stdout, "", 0
 
     def _refresh(self, stack: FakeStack) -> tuple[str, str, int]:
@@ -388,30 +515,39 @@ class _Handler:
                 "no SIGTERM handler installed"
             )
             signal.raise_signal(signal.SIGTERM)
+        config = read_config(self.cwd, stack.name)  # what this checkout's stack file says
         if script.up_error is not None:
-            stack.history.append(_history("update", {"create": 3}, "failed"))
+            stack.history.append(_history("update", {"create": 3}, "failed", config))
             return "Updating (stack)", script.up_error, 255
         stack.resources = script.up_resources
-        image = stack.config.get("rag:image", {}).get("value") or DIGEST
+        image = config.get("rag:image", {}).get("value") or DIGEST
+
+        def natural(key: str) -> Any:
+            entry = config[key]
+            return entry["objectValue"] if "objectValue" in entry else entry["value"]
+
         stack.outputs = {
             "serviceUrl": f"https://{stack.name}.rag.example.com",
             "imageDigest": image,
             "kubeconfig": "apiVersion: v1",
-            "promotion": stack.config_value("rag:promotion") if "rag:promotion" in stack.config else None,
-            "ephemeral": stack.config_value("rag:ephemeral") if "rag:ephemeral" in stack.config else None,
+            "promotion": natural("rag:promotion") if "rag:promotion" in config else None,
+            "ephemeral": natural("rag:ephemeral") if "rag:ephemeral" in config else None,
             "apiKeys": json.dumps({API_KEY: "default"}),
             "tlsIssuer": "selfSigned",
+            **({"embedding": _embedding_output(config, natural)} if "rag:embedding" in config else {}),
             **script.up_outputs,
         }
         stack.secret_outputs = {"kubeconfig", "apiKeys", "grafanaAdminPassword"}
-        stack.history.append(_history("update", {"create": script.up_resources}))
+        stack.history.append(_history("update", {"create": script.up_resources}, config=config))
         return "Updating (stack)\nResources:\n    + 12 created", "", 0
 
     def _destroy(self, stack: FakeStack, script: Script) -> tuple[str, str, int]:
         self._emit([step_event("delete", "ns", "kubernetes:core/v1:Namespace")])
         if script.destroy_error is not None:
             return "Destroying (stack)", script.destroy_error, 255
-        stack.history.append(_history("destroy", {"delete": stack.resources}))
+        stack.history.append(
+            _history("destroy", {"delete": stack.resources}, config=read_config(self.cwd, stack.name))
+        )
         stack.resources = 0
         stack.outputs = {}
         return "Destroying (stack)\nResources:\n    - deleted", "", 0

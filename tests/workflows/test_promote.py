@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -72,13 +74,16 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         ["stack", "select", "--stack", "dev"],
         ["stack", "output", "--json", "--stack", "dev"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
+        # dev's config as its last update ran with it, in this checkout's Pulumi.dev.yaml for the preview.
+        ["config", "refresh", "--force", "--stack", "dev"],
+        ["config", "--show-secrets", "--json", "--stack", "dev"],
+        ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["stack", "select", "--stack", "dev"],
         ["preview", "--diff", "--exec-kind", "auto.local", "--event-log", "<event-log>", "--stack", "dev"],
         ["stack", "select", "--stack", "staging"],
         # The target's index config before (a model change must keep its index servable meanwhile).
         ["stack", "output", "--json", "--stack", "staging"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "staging"],
-        ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["config", "--show-secrets", "--json", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
         [
@@ -185,7 +190,7 @@ def test_refuses_when_source_has_pending_changes(ctx: Context, backend: FakeBack
     with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)"):
         promote(ctx, "dev", "staging")
     assert backend.commands("up") == []
-    assert backend.commands("config") == []
+    assert [c for c in backend.commands("config") if c[1] == "set-all"] == []  # nothing written
     assert "rag:promotion" not in backend.stacks["staging"].config
 
 
@@ -221,3 +226,91 @@ def test_merge_promotable_copies_only_the_declared_paths() -> None:
 
 def test_check_digest_accepts_a_canonical_digest_ref() -> None:
     assert check_digest(DIGEST, "dev") == DIGEST
+
+
+def _checkout(root: Path, name: str, files: dict[str, str]) -> Path:
+    """A fresh clone of the repo as a CI job gets it: only the committed files."""
+    checkout = root / name
+    checkout.mkdir()
+    for file, text in files.items():
+        (checkout / file).write_text(text)
+    return checkout
+
+
+COMMITTED = {
+    "Pulumi.yaml": "name: rag\nruntime: python\nmain: infra/\n",
+    "Pulumi.dev.yaml": "config:\n  rag:environment: dev\n  rag:service:\n    settings:\n      chunkSize: 300\n",
+    # The committed staging/prod files never carry what promotions set (rag:image, rag:promotion, ...).
+    "Pulumi.staging.yaml": "config:\n  rag:environment: staging\n  rag:service:\n    replicas: 3\n",
+    "Pulumi.prod.yaml": "config:\n  rag:environment: prod\n  rag:service:\n    replicas: 5\n",
+}
+
+
+def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None:
+    # One backend (the S3/GCS bucket) shared by three machines: the main.yml job that deployed dev and the
+    # promote workflow's two jobs, each with a fresh checkout and nothing else in common.
+    main_job = _checkout(tmp_path, "main-job", COMMITTED)
+    backend = FakeBackend(main_job)
+    embedding = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "imageModels": ["sentence-transformers/all-MiniLM-L6-v2"],
+    }
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST, "embedding": embedding})
+    backend.add_stack("staging", outputs={"imageDigest": "old@sha256:" + "0" * 64})
+    backend.add_stack("prod", outputs={"imageDigest": "old@sha256:" + "0" * 64})
+
+    def job(name: str) -> Context:
+        return Context(
+            work_dir=_checkout(tmp_path, name, COMMITTED),
+            pulumi_command=backend.command(),
+            clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+            actor=lambda: "octocat",
+        )
+
+    staging_job, prod_job = job("staging-job"), job("prod-job")
+    promote(staging_job, "dev", "staging")
+    done = promote(prod_job, "staging", "prod")
+
+    prod = backend.stacks["prod"]
+    assert prod.outputs["imageDigest"] == DIGEST
+    deployed = prod.deployed_config()  # what prod's update ran with, as the backend keeps it
+    assert deployed["rag:image"]["value"] == DIGEST
+    assert deployed["rag:promotion"]["objectValue"]["from"] == "staging"
+    assert deployed["rag:promotion"]["objectValue"]["models"] == embedding["imageModels"]
+    # dev's promotable setting travelled through staging's deployed config, prod's sizing stayed its own.
+    assert deployed["rag:service"]["objectValue"] == {"replicas": 5, "settings": {"chunkSize": 300}}
+    assert deployed["rag:embedding"]["objectValue"] == {"model": embedding["model"], "extraModels": []}
+    assert done.copied["service.settings.chunkSize"] == 300
+    # The prod job previewed staging as deployed: its checkout's Pulumi.staging.yaml was restored afterwards.
+    assert (prod_job.work_dir / "Pulumi.staging.yaml").read_text() == COMMITTED["Pulumi.staging.yaml"]
+    assert ["config", "refresh", "--force", "--stack", "staging"] in backend.commands("config")
+
+
+def test_a_source_whose_deployed_config_differs_from_the_code_is_refused_from_a_fresh_checkout(
+    tmp_path: Path,
+) -> None:
+    main_job = _checkout(tmp_path, "main-job", COMMITTED)
+    backend = FakeBackend(main_job)
+    backend.add_stack("staging", outputs={"imageDigest": DIGEST})
+    backend.add_stack("prod")
+    # Somebody deployed staging by hand with an edited stack file: the committed one no longer describes it,
+    # and a preview with the deployed config still shows the difference against this checkout's code.
+    backend.script("staging").preview_events = [step_event("update", "rag-service", diffs=["spec"])]
+    backend.script("staging").preview_summary = {"update": 1, "same": 11}
+    ctx = Context(work_dir=_checkout(tmp_path, "prod-job", COMMITTED), pulumi_command=backend.command())
+    with pytest.raises(WorkflowError, match="pending changes"):
+        promote(ctx, "staging", "prod")
+    assert backend.commands("up") == []
+    assert (ctx.work_dir / "Pulumi.staging.yaml").read_text() == COMMITTED["Pulumi.staging.yaml"]
+
+
+def test_a_source_never_deployed_from_anywhere_is_refused_with_the_reason(tmp_path: Path) -> None:
+    backend = FakeBackend(_checkout(tmp_path, "main-job", COMMITTED))
+    backend.add_stack(
+        "staging", outputs={"imageDigest": DIGEST}, resources=0
+    )  # imported state, no update yet
+    backend.add_stack("prod")
+    ctx = Context(work_dir=_checkout(tmp_path, "prod-job", COMMITTED), pulumi_command=backend.command())
+    with pytest.raises(WorkflowError, match=r"last deployed with .*no previous deployment"):
+        promote(ctx, "staging", "prod")
+    assert backend.commands("up") == []

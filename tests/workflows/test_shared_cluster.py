@@ -8,6 +8,7 @@ cluster (the second `pulumi up` fails, or worse, adopts and later deletes the fi
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,11 +73,15 @@ def collisions(*runs: StackRun) -> set[tuple[Any, ...]]:
 
 
 @pytest.fixture(scope="module")
-def pr_configs() -> dict[str, dict[str, Any]]:
+def pr_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     """The config `ragops ephemeral up` writes for pr-1 and pr-2 (template over the real Pulumi.dev.yaml)."""
-    backend = FakeBackend()
+    # A checkout of its own: `config set-all` writes Pulumi.pr-<n>.yaml into the working directory.
+    checkout = tmp_path_factory.mktemp("checkout")
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml"):
+        shutil.copy(REPO_ROOT / name, checkout / name)
+    backend = FakeBackend(checkout)
     ctx = Context(
-        work_dir=REPO_ROOT,
+        work_dir=checkout,
         pulumi_command=backend.command(),
         clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
         actor=lambda: "octocat",

@@ -225,7 +225,16 @@ class Settings(BaseSettings):
         description="in-process jobs: how long a shutdown waits for running jobs (the rest resume at next start)",
     )
     jobs_sweep_seconds: float = Field(
-        5.0, gt=0, description="how often a worker re-sends wake-ups for queued jobs Redis lost"
+        5.0,
+        gt=0,
+        description="how often workers re-send wake-ups Redis lost and for jobs whose lease expired",
+    )
+    job_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="lease of a running job, renewed every third of this by its worker; a job whose worker "
+        "died is taken over this long (plus one JOBS_SWEEP_SECONDS) after its last renewal",
     )
 
     # --- answers (POST /v1/answer): the LLM, its limits, the embedded extractive fallback ------------------

@@ -1,4 +1,6 @@
-"""Fault injection for the crash tests: ``RAG_FAULT_KILL_AT=<stage>`` makes the process SIGKILL itself there.
+"""Fault injection for the crash tests: ``RAG_FAULT_KILL_AT=<stage>`` makes the process SIGKILL itself there;
+``RAG_FAULT_STOP_AT=<stage>`` makes it SIGSTOP itself there, once (a stalled process: a long GC or CPU-throttling
+pause, a frozen VM), until the test sends SIGCONT.
 
 The hook sits in the real write path (service.app.ingest.service) so tests/service/test_faults.py can prove that
 a ``kill -9`` at each stage of an ingest or delete leaves nothing partial or mixed visible, and nothing the orphan
@@ -9,7 +11,8 @@ Stages: ``before_upsert`` (chunks embedded, nothing written), ``before_activate`
 switched), ``before_cleanup`` (registry switched, old version's points not deleted), ``after_registry_delete``
 (registry row deleted, points not); ``reindex_build`` (a re-index has written two documents into its target
 and goes on building); ``reindex_catch_up`` (a re-index has built its target and starts comparing it
-with the registry; nothing switched yet).
+with the registry; nothing switched yet); ``job_claimed`` (a worker claimed an ingestion job, before it reads
+anything for it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 
 FAULT_ENV = "RAG_FAULT_KILL_AT"
+STOP_ENV = "RAG_FAULT_STOP_AT"
 STAGES = frozenset(
     {
         "before_upsert",
@@ -26,11 +30,19 @@ STAGES = frozenset(
         "after_registry_delete",
         "reindex_build",
         "reindex_catch_up",
+        "job_claimed",
     }
 )
+_stopped: set[str] = set()
 
 
 def fault_point(stage: str) -> None:
-    """Die here, as by ``kill -9``, when RAG_FAULT_KILL_AT names this stage (tests only)."""
-    if os.environ.get(FAULT_ENV) == stage and os.environ.get("ENVIRONMENT") != "production":
+    """Die here, as by ``kill -9``, when RAG_FAULT_KILL_AT names this stage; stop here (the first time), as by
+    ``kill -STOP``, when RAG_FAULT_STOP_AT does (tests only)."""
+    if os.environ.get("ENVIRONMENT") == "production":
+        return
+    if os.environ.get(FAULT_ENV) == stage:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STOP_ENV) == stage and stage not in _stopped:
+        _stopped.add(stage)
+        os.kill(os.getpid(), signal.SIGSTOP)

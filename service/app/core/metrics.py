@@ -67,6 +67,20 @@ JOB_QUEUE_DEPTH = Gauge("rag_queue_depth", "Ingestion jobs waiting to run (queue
 JOB_QUEUE_OLDEST_AGE = Gauge(
     "rag_queue_oldest_job_age_seconds", "Age of the oldest queued ingestion job; 0 when none is queued."
 )
+JOBS_RUNNING = Gauge("rag_jobs_running", "Ingestion jobs running (claimed, lease live or not yet reclaimed).")
+JOBS_RUNNING_OLDEST_AGE = Gauge(
+    "rag_jobs_running_oldest_age_seconds",
+    "Time since the oldest running ingestion job's attempt was claimed; 0 when none is running.",
+)
+JOBS_RECLAIMED = Counter(
+    "rag_jobs_reclaimed_total",
+    "Ingestion jobs taken over from a worker whose lease expired (it died or stalled), or resumed at start-up "
+    "from an embedded process that died.",
+)
+JOBS_LEASE_LOST = Counter(
+    "rag_jobs_lease_lost_total",
+    "Job attempts this process stopped because their lease was taken over (it stalled past JOB_LEASE_SECONDS).",
+)
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
 JOB_SECONDS = Histogram(
     "rag_job_duration_seconds",

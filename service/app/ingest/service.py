@@ -71,11 +71,14 @@ from service.app.ingest.models import (
     validate_metadata,
 )
 from service.app.store.protocols import Embedder
-from service.app.store.registry import DocumentRecord, DocumentRegistry
+from service.app.store.registry import CommitFence, DocumentRecord, DocumentRegistry
 from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint, VectorStore
 
 logger = logging.getLogger(__name__)
+
+# Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
+FENCE_CHECK_CHUNKS = 128
 
 
 def canonical_json(value: Any) -> str:
@@ -183,11 +186,14 @@ class IngestService:
         text: str,
         metadata: dict[str, Any] | None = None,
         content_type: str = "text/plain",
+        fence: CommitFence | None = None,
     ) -> IngestResult:
         """Create or replace a document from its extracted text; ``unchanged`` (no embedding) when nothing changed.
 
         ``text`` is plain text: callers extract it first (`extract_text` for files, `html_to_text` for HTML
-        sent as JSON); ``content_type`` records what the source was.
+        sent as JSON); ``content_type`` records what the source was. ``fence`` (an ingestion job's lease) is
+        checked between embedding batches and held by the commit: a job whose lease was taken over stops, and
+        never commits over the worker that took it (its points are discarded).
         """
         validate_document_id(document_id)
         clean_metadata = validate_metadata(metadata)
@@ -208,10 +214,17 @@ class IngestService:
             raise InvalidInput("text is empty")
         digest = self.content_hash(text, clean_metadata, kind)
         async with self._locks.hold((tenant_id, document_id)):
-            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest)
+            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest, fence)
 
     async def _write(
-        self, tenant_id: str, document_id: str, text: str, metadata: dict[str, Any], kind: str, digest: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        text: str,
+        metadata: dict[str, Any],
+        kind: str,
+        digest: str,
+        fence: CommitFence | None = None,
     ) -> IngestResult:
         current = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
         if current is not None and current.content_hash == digest:
@@ -230,7 +243,9 @@ class IngestService:
         version = new_version(current.version if current else None)
         # Steps 2-4 in one threadpool hop: under CPU contention every hop costs scheduling latency.
         count = await to_thread.run_sync(
-            lambda: self._publish(tenant_id, document_id, text, metadata, kind, digest, current, version)
+            lambda: self._publish(
+                tenant_id, document_id, text, metadata, kind, digest, current, version, fence
+            )
         )
         status = "created" if current is None else "updated"
         DOCUMENTS_INGESTED.labels(status=status).inc()
@@ -247,6 +262,7 @@ class IngestService:
         digest: str,
         current: DocumentRecord | None,
         version: int,
+        fence: CommitFence | None = None,
     ) -> int:
         """Chunk, embed, upsert (invisible), commit in the registry, clean up; returns the chunk count.
 
@@ -257,7 +273,7 @@ class IngestService:
             self.sync_index()
         with self.index.writing() as state:
             count = self._publish_in(
-                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version
+                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version, fence
             )
             if state.shadow is not None:
                 try:
@@ -296,13 +312,23 @@ class IngestService:
         text: str,
         metadata: dict[str, Any],
         digest: str,
+        fence: CommitFence | None = None,
     ) -> list[ChunkPoint]:
         chunks = generation.chunker.split(text)
         if not chunks:
             raise InvalidInput("text has no content the model can read")
         texts = [chunk.text for chunk in chunks]
         try:
-            vectors = generation.embedder.embed_documents(texts)
+            if fence is None:
+                vectors = generation.embedder.embed_documents(texts)
+            else:
+                # A job that lost its lease (taken over, or cancelled by a shutdown) stops within one slice
+                # instead of embedding a whole large document nobody will commit.
+                vectors = []
+                for start in range(0, len(texts), FENCE_CHECK_CHUNKS):
+                    fence.check()
+                    vectors += generation.embedder.embed_documents(texts[start : start + FENCE_CHECK_CHUNKS])
+                fence.check()
         except RagError:
             raise
         except Exception as exc:
@@ -339,9 +365,10 @@ class IngestService:
         digest: str,
         current: DocumentRecord | None,
         version: int,
+        fence: CommitFence | None = None,
     ) -> int:
         store = generation.vectors
-        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest)
+        points = self._points(generation, tenant_id, document_id, version, text, metadata, digest, fence)
         fault_point("before_upsert")
         try:
             store.upsert(points)
@@ -367,6 +394,7 @@ class IngestService:
                 content_type=kind,
                 chunk_count=len(points),
                 text=text,
+                fence=fence,
             )
         except (Conflict, ServiceUnavailable):
             self._discard(store, tenant_id, document_id, version)

@@ -4,10 +4,17 @@ With REDIS_URL (separate worker processes, `python -m service.worker`) the job r
 registry database (service.app.store.jobstore), inserted before the API answers 202; Redis carries only a
 wake-up (the job id) for the arq workers. So a Redis crash, even without persistence, loses no acknowledged job:
 workers sweep the database every JOBS_SWEEP_SECONDS and re-send wake-ups for queued jobs that have none, and
-reclaim running jobs whose worker died (lease = GC_GRACE_SECONDS). A job that fails on a backend outage (503) is
-retried with exponential back-off up to JOBS_MAX_ATTEMPTS; invalid input fails it at once. A job interrupted by
-a worker shutdown goes back to queued. Duplicate wake-ups are harmless: a worker claims a job with a
-compare-and-set before running it.
+for running jobs whose lease expired. A job that fails on a backend outage (503) is retried with exponential
+back-off up to JOBS_MAX_ATTEMPTS; invalid input fails it at once. A job interrupted by a worker shutdown goes back
+to queued. Duplicate wake-ups are harmless: a worker claims a job with a compare-and-set before running it.
+
+Leases: a claim holds the job for JOB_LEASE_SECONDS (30), and a heartbeat task (``keep_lease``) renews it every
+third of that while the job runs, so a job of any length stays with its worker while a worker killed mid-job
+(SIGKILL, OOM, a lost node) loses it within one lease: the next sweep wakes a worker that reclaims it. A worker
+that stalled past its lease (a pause, a partition) and comes back finds its lease taken over at its next
+renewal or at its commit, which holds the lease in the same transaction (fencing token), and writes nothing
+more: see service.app.store.jobstore. Each claim counts as an attempt, so a job whose worker dies every time
+fails after JOBS_MAX_ATTEMPTS claims.
 
 In-process jobs (no Redis: the embedded single-process set-up) are the same rows in the same table (SQLite by
 default), inserted before the 202 and claimed with the same compare-and-set; they run on the API's event loop,
@@ -34,10 +41,22 @@ from anyio import to_thread
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.faults import fault_point
 from service.app.core.logging import request_id_var
-from service.app.core.metrics import FAILURES, JOB_QUEUE_DEPTH, JOB_QUEUE_OLDEST_AGE, JOB_SECONDS, JOBS
+from service.app.core.metrics import (
+    FAILURES,
+    JOB_QUEUE_DEPTH,
+    JOB_QUEUE_OLDEST_AGE,
+    JOB_SECONDS,
+    JOBS,
+    JOBS_LEASE_LOST,
+    JOBS_RECLAIMED,
+    JOBS_RUNNING,
+    JOBS_RUNNING_OLDEST_AGE,
+)
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus
-from service.app.store.jobstore import FAILED, SUCCEEDED, JobRow, JobTable
+from service.app.store.jobstore import FAILED, SUCCEEDED, JobLease, JobRow, JobTable, LeaseLost
+from service.app.store.registry import CommitFence
 
 if TYPE_CHECKING:
     # arq and redis (about 0.6 s to import) are loaded only with REDIS_URL (`ArqJobQueue`, the worker).
@@ -50,10 +69,17 @@ ARQ_FUNCTION = "ingest_document"
 
 
 class Ingestor(Protocol):
-    """The part of H2's IngestService a job needs."""
+    """The part of H2's IngestService a job needs (``fence``: the job's lease, checked and held by the commit)."""
 
     async def ingest(
-        self, tenant_id: str, document_id: str, *, text: str, metadata: dict[str, Any], content_type: str
+        self,
+        tenant_id: str,
+        document_id: str,
+        *,
+        text: str,
+        metadata: dict[str, Any],
+        content_type: str,
+        fence: CommitFence | None = None,
     ) -> Any: ...
 
 
@@ -108,18 +134,17 @@ class InProcessJobQueue:
         """Resume the jobs the previous process left (queued, or running when it stopped) and start the sweeper
         (retries that came due, leases that expired, finished jobs past their TTL); returns how many resumed."""
         if self._exclusive:
-            ids, failed = await to_thread.run_sync(
+            ids, failed, taken = await to_thread.run_sync(
                 self._table.resume_after_restart, self._settings.jobs_max_attempts
             )
-            for row in failed:
-                JOBS.labels(status="failed").inc()
-                logger.error(
-                    "ingestion job failed: %s",
-                    row.error,
-                    extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
-                )
+            JOBS_RECLAIMED.inc(taken)
         else:
-            ids = await to_thread.run_sync(lambda: self._table.due_for_wakeup(stale_seconds=0))
+            ids, failed = await to_thread.run_sync(
+                lambda: self._table.due_for_wakeup(
+                    stale_seconds=0, max_attempts=self._settings.jobs_max_attempts
+                )
+            )
+        log_exhausted(failed)
         for job_id in ids:
             self._schedule(job_id)
         if ids:
@@ -190,7 +215,12 @@ class InProcessJobQueue:
             try:
                 # Jobs due without a task here: retries of a previous process, and (not exclusive) jobs
                 # whose worker died and whose lease expired.
-                ids = await to_thread.run_sync(lambda: self._table.due_for_wakeup(stale_seconds=stale))
+                ids, failed = await to_thread.run_sync(
+                    lambda: self._table.due_for_wakeup(
+                        stale_seconds=stale, max_attempts=settings.jobs_max_attempts
+                    )
+                )
+                log_exhausted(failed)
                 for job_id in ids:
                     self._schedule(job_id)
                 await to_thread.run_sync(self._table.purge_finished, settings.jobs_result_ttl_seconds)
@@ -304,6 +334,29 @@ async def wake(pool: ArqRedis, settings: Settings, job_id: str, *, defer_seconds
     return True
 
 
+async def keep_lease(lease: JobLease) -> None:
+    """The heartbeat of a running job: renew its lease every third of JOB_LEASE_SECONDS until cancelled.
+
+    Renewal finding the lease taken over (this process stalled past it: a pause, a partition from the
+    database) marks it lost, and the job stops at its next check; so does a lease that could not be renewed
+    (database unreachable) before it expired, since another worker may take it over from then on. A brief
+    outage costs nothing: two renewals may fail before the lease is at risk."""
+    period = lease.lease_seconds / 3
+    valid_until = time.monotonic() + lease.lease_seconds
+    while not lease.lost:
+        await asyncio.sleep(period)
+        attempted = time.monotonic()
+        try:
+            if not await to_thread.run_sync(lease.renew):
+                return
+            valid_until = attempted + lease.lease_seconds
+        except ServiceUnavailable as exc:
+            if time.monotonic() >= valid_until:
+                lease.lose("its lease expired while the database was unreachable")
+                return
+            logger.warning("job lease not renewed: %s", exc.message, extra={"job_id": lease.job_id})
+
+
 async def run_durable_job(
     ingest: Ingestor,
     table: JobTable,
@@ -313,12 +366,49 @@ async def run_durable_job(
     *,
     retry_later: Callable[[str, float], None] | None = None,
 ) -> str:
-    """Claim and run one stored job; a backend outage puts it back to queued with back-off (up to
-    JOBS_MAX_ATTEMPTS tries; the retry is woken through ``pool``, or ``retry_later(job_id, delay)`` in-process),
-    any other error fails it. Returns what happened (for arq's result)."""
-    row = await to_thread.run_sync(table.claim, job_id, settings.gc_grace_seconds)
+    """Claim and run one stored job under a lease (JOB_LEASE_SECONDS, renewed by a heartbeat while it runs);
+    a backend outage puts it back to queued with back-off (up to JOBS_MAX_ATTEMPTS tries; the retry is woken
+    through ``pool``, or ``retry_later(job_id, delay)`` in-process), any other error fails it. A run whose lease
+    was taken over writes nothing more (service.app.store.jobstore). Returns what happened (for arq's result)."""
+    row = await to_thread.run_sync(
+        lambda: table.claim(job_id, settings.job_lease_seconds, max_attempts=settings.jobs_max_attempts)
+    )
     if row is None:
         return "not claimable"  # done, running elsewhere, not due yet, or unknown
+    extra = {
+        "job_id": job_id,
+        "tenant": row.tenant_id,
+        "document_id": row.document_id,
+        "attempt": row.attempts,
+    }
+    if row.reclaimed:
+        JOBS_RECLAIMED.inc()
+        logger.warning("ingestion job taken over: the lease of the worker running it expired", extra=extra)
+    lease = table.lease(row, settings.job_lease_seconds)
+    fault_point("job_claimed")
+    heartbeat = asyncio.create_task(keep_lease(lease), name=f"job-lease-{job_id}")
+    try:
+        return await _run_claimed(ingest, lease, row, pool, settings, retry_later)
+    except LeaseLost:
+        JOBS_LEASE_LOST.inc()
+        logger.warning(
+            "ingestion job %s stopped, nothing more written for it: %s", job_id, lease.reason, extra=extra
+        )
+        return "lease lost"
+    finally:
+        heartbeat.cancel()
+        await asyncio.gather(heartbeat, return_exceptions=True)
+
+
+async def _run_claimed(
+    ingest: Ingestor,
+    lease: JobLease,
+    row: JobRow,
+    pool: ArqRedis | None,
+    settings: Settings,
+    retry_later: Callable[[str, float], None] | None,
+) -> str:
+    job_id = row.job_id
     try:
         payload = IngestPayload.model_validate_json(row.payload)
     except ValueError as exc:
@@ -327,7 +417,7 @@ async def run_durable_job(
         logger.warning(
             "ingestion job failed", extra={"job_id": job_id, "tenant": row.tenant_id, "error": error}
         )
-        await to_thread.run_sync(lambda: table.finish(job_id, FAILED, error=error, result=None))
+        await to_thread.run_sync(lambda: lease.finish(FAILED, error=error, result=None))
         JOBS.labels(status="failed").inc()
         return "failed"
     token = request_id_var.set(payload.request_id or request_id_var.get())
@@ -340,10 +430,16 @@ async def run_durable_job(
                 text=payload.text,
                 metadata=payload.metadata,
                 content_type=payload.content_type,
+                fence=lease,
             )
         except asyncio.CancelledError:
-            # Worker shutdown: queued again at once, for the next worker.
-            await to_thread.run_sync(table.release, job_id)
+            # Worker shutdown (or arq's job timeout): the ingest thread, which a cancellation cannot interrupt,
+            # stops at its next check of the lease; the job is queued again at once, for the next worker, and
+            # the void token keeps the abandoned thread from committing if it gets that far.
+            lease.lose("the worker is shutting down")
+            await to_thread.run_sync(lease.release)
+            raise
+        except LeaseLost:
             raise
         except Exception as exc:
             error = (
@@ -355,7 +451,7 @@ async def run_durable_job(
             extra = {"job_id": job_id, "tenant": payload.tenant_id, "error": error, "attempt": row.attempts}
             if retryable and row.attempts < settings.jobs_max_attempts:
                 delay = retry_delay(settings, row.attempts)
-                await to_thread.run_sync(table.retry_later, job_id, delay, error)
+                await to_thread.run_sync(lease.retry_later, delay, error)
                 logger.warning("ingestion job will be retried in %.0f s", delay, extra=extra)
                 JOB_SECONDS.labels(status="retry").observe(time.perf_counter() - started)
                 if pool is not None:
@@ -366,13 +462,11 @@ async def run_durable_job(
             if not isinstance(exc, RagError) or exc.status_code >= 500:
                 FAILURES.labels(component="jobs").inc()
             logger.warning("ingestion job failed", exc_info=not isinstance(exc, RagError), extra=extra)
-            await to_thread.run_sync(lambda: table.finish(job_id, FAILED, error=error, result=None))
+            await to_thread.run_sync(lambda: lease.finish(FAILED, error=error, result=None))
             JOBS.labels(status="failed").inc()
             JOB_SECONDS.labels(status="failed").observe(time.perf_counter() - started)
             return "failed"
-        await to_thread.run_sync(
-            lambda: table.finish(job_id, SUCCEEDED, error=None, result=_result_dict(result))
-        )
+        await to_thread.run_sync(lambda: lease.finish(SUCCEEDED, error=None, result=_result_dict(result)))
         JOBS.labels(status="succeeded").inc()
         JOB_SECONDS.labels(status="succeeded").observe(time.perf_counter() - started)
         logger.info(
@@ -385,17 +479,35 @@ async def run_durable_job(
 
 
 async def queue_stats(table: JobTable) -> tuple[int, float]:
-    """Depth and oldest queued job's age from the job table, set on rag_queue_depth / ..._oldest_job_age."""
-    depth, oldest = await to_thread.run_sync(table.queue_stats)
-    JOB_QUEUE_DEPTH.set(depth)
-    JOB_QUEUE_OLDEST_AGE.set(oldest)
-    return depth, oldest
+    """Queued and running jobs from the job table, set on rag_queue_depth / rag_queue_oldest_job_age_seconds
+    and rag_jobs_running / rag_jobs_running_oldest_age_seconds; returns (queued, oldest queued job's age)."""
+    stats = await to_thread.run_sync(table.stats)
+    JOB_QUEUE_DEPTH.set(stats.queued)
+    JOB_QUEUE_OLDEST_AGE.set(stats.oldest_queued_seconds)
+    JOBS_RUNNING.set(stats.running)
+    JOBS_RUNNING_OLDEST_AGE.set(stats.oldest_running_seconds)
+    return stats.queued, stats.oldest_queued_seconds
+
+
+def log_exhausted(rows: list[JobRow]) -> None:
+    """Jobs failed because their worker died (lease expired, or the embedded process stopped) too many times."""
+    for row in rows:
+        JOBS.labels(status="failed").inc()
+        logger.error(
+            "ingestion job failed: %s",
+            row.error,
+            extra={"job_id": row.job_id, "tenant": row.tenant_id, "document_id": row.document_id},
+        )
 
 
 async def sweep(table: JobTable, pool: ArqRedis, settings: Settings) -> int:
-    """Re-send wake-ups for jobs the database says should run but Redis may have lost; returns how many."""
+    """Re-send wake-ups for jobs the database says should run but Redis may have lost, and for jobs whose lease
+    expired (a woken worker reclaims them); returns how many were sent."""
     stale = max(1.0, settings.jobs_sweep_seconds * 6)
-    ids = await to_thread.run_sync(lambda: table.due_for_wakeup(stale_seconds=stale))
+    ids, exhausted = await to_thread.run_sync(
+        lambda: table.due_for_wakeup(stale_seconds=stale, max_attempts=settings.jobs_max_attempts)
+    )
+    log_exhausted(exhausted)
     sent = 0
     for job_id in ids:
         if not await wake(pool, settings, job_id):

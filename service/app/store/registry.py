@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0005_index_lease"
+SCHEMA_HEAD = "0006_job_lease"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -127,6 +127,8 @@ jobs_table = sa.Table(
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("woken_at", sa.DateTime(timezone=True)),
     sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("lease_token", sa.String(32)),  # new at each claim: the fencing token (0006_job_lease)
+    sa.Column("lease_holder", sa.String(255)),  # host:pid of the worker holding the lease
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("error", sa.Text),
@@ -134,6 +136,18 @@ jobs_table = sa.Table(
     sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )
+
+
+class CommitFence(Protocol):
+    """What a write must still own when it commits: a job's lease (service.app.store.jobstore.JobLease)."""
+
+    def check(self) -> None:
+        """Raise (a Conflict) when the writer is known to have lost what it owns: cheap, no I/O; called
+        between steps of a long write so a writer that lost its job stops early."""
+
+    def hold(self, connection: Connection) -> None:
+        """Inside the commit's transaction: raise (a Conflict) unless the writer still owns it, else lock it
+        until the commit."""
 
 
 @dataclass(frozen=True)
@@ -671,8 +685,13 @@ class DocumentRegistry:
         content_type: str,
         chunk_count: int,
         text: str | None = None,
+        fence: CommitFence | None = None,
     ) -> DocumentRecord:
         """Make ``version`` the active one, in one transaction with the tenant's data_version bump.
+
+        ``fence`` (a job's lease) is held first in the same transaction: when the writer no longer owns its job
+        the fence raises and nothing changes; when it does, no other worker can take the job over until this
+        commit is done.
 
         ``text`` (the extracted text the version was chunked from) is kept in the same transaction, so the
         active version's source is always there; None keeps no text (and drops that of the previous version).
@@ -691,6 +710,8 @@ class DocumentRegistry:
         }
         try:
             with self.engine.begin() as connection:
+                if fence is not None:
+                    fence.hold(connection)
                 if expected_version is None:
                     connection.execute(
                         documents.insert().values(
