@@ -76,6 +76,7 @@ bench: install model ## Benchmarks into docs/benchmarks.md: HTTP vs raw, HTML ex
 	$(PY) bench/ingest_floor.py --write docs/benchmarks.md
 	$(PY) bench/extract_html.py --write docs/benchmarks.md
 	$(PY) bench/metadata_index.py --write docs/benchmarks.md
+	$(PY) bench/job_lease.py --write docs/benchmarks.md
 	$(if $(SCALE),$(PY) bench/scale.py --sizes $(subst $(eval) ,$(comma),$(sort 1000 10000 $(SCALE))) --write docs/benchmarks.md)
 
 eval: install model ## Retrieval quality (hit@1/5, MRR@10, nDCG@10 per mode) on the man-page set through the HTTP API

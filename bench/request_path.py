@@ -12,9 +12,10 @@ one query text is searched over and over, so the query-vector cache answers and 
 - **framework only**: the same, with the search service replaced by one returning a fixed 5-hit response
   (no threadpool hop): FastAPI + our middleware; also counted in Python function calls per request
   (`sys.setprofile`), a figure that does not move with the machine's load;
-- **SearchService.search**: the threadpool hop plus the blocking part;
+- **SearchService.search**: the hop (service.app.core.hop's search pool) plus the blocking part;
 - **blocking part**: the registry snapshot, the engine query and the visibility check, in the caller's thread;
-- **engine query** and **registry snapshot + visibility query** alone; **threadpool hop** with a no-op.
+- **engine query** and **registry snapshot + visibility query** alone; the **search pool's hop** with a no-op, and anyio's
+  ``to_thread.run_sync`` hop (what the search used before 2026-11-26 10:30) with a no-op, for comparison.
 
 Each stage runs in interleaved rounds (stage A, B, C..., then again), and the table reports the median over
 rounds of each round's mean wall time and of its CPU time on the calling thread (the engine's pool threads
@@ -122,6 +123,7 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, tuple[float, floa
     from anyio import to_thread
 
     from service.app.core.config import get_settings
+    from service.app.core.hop import SEARCH_THREADS
     from service.app.main import create_app
     from service.app.search.models import SearchRequest, SearchResponse, SearchResult
 
@@ -202,7 +204,8 @@ async def measure(args: argparse.Namespace) -> tuple[dict[str, tuple[float, floa
             "ASGI app, whole request": call_app,
             "framework only (search stubbed)": framework,
             "SearchService.search (hop + blocking part)": lambda: search.search("default", request),
-            "threadpool hop (no-op)": lambda: to_thread.run_sync(lambda: None),
+            "search pool hop (no-op)": lambda: SEARCH_THREADS.run(lambda: None),
+            "anyio to_thread hop (no-op)": lambda: to_thread.run_sync(lambda: None),
         }
         sync_stages = {
             "blocking part (snapshot, engine, visibility)": lambda: search.search_sync("default", request),

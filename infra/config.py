@@ -859,6 +859,18 @@ def _is_rfc3339_utc(text: str) -> bool:
 
 # --- environment rules -----------------------------------------------------------------------------------------
 
+#: Environments that never build: they run the image a promotion recorded in `rag:image`.
+PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+
+
+def _is_local_registry(registry: str) -> bool:
+    """Whether a registry host (``host[:port]``) names the pushing machine itself (kind's ``localhost:5001``)."""
+    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](:\d+)?|(?P<host>[^:]+)(:\d+)?", registry)
+    host = ((match.group("v6") or match.group("host")) if match else registry).lower()
+    if host == "localhost" or host.endswith(".localhost") or host in ("::1", "0.0.0.0"):  # noqa: S104
+        return True
+    return re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
+
 
 def _check_rules(config: StackConfig, file: str) -> None:
     def fail(key: str, problem: str) -> typing.NoReturn:
@@ -866,6 +878,25 @@ def _check_rules(config: StackConfig, file: str) -> None:
 
     if config.image and not IMAGE_DIGEST_RE.fullmatch(config.image):
         fail("image", f"{config.image!r} is not an immutable digest ref REGISTRY/REPO@sha256:<64 hex>")
+    if not config.image and config.environment in PROMOTED_ENVIRONMENTS and config.ephemeral is None:
+        # An empty rag:image builds from the working tree of whoever runs `pulumi up`: straight into staging or
+        # prod, past the dev -> staging -> prod chain (and a CI checkout's committed file never has the key).
+        fail(
+            "image",
+            f"missing: {config.environment} deploys only a promoted image (`ragops promote --to {config.stack}`), "
+            "never a build of this checkout; to change only this stack's settings, first restore the config it "
+            f"was deployed with: `pulumi config refresh --force -s {config.stack}` (or `ragops up -s "
+            f"{config.stack}`, which keeps the deployed image)",
+        )
+    if config.image and config.cluster.provider in ("gke", "eks"):
+        registry = config.image.split("/", 1)[0]
+        if _is_local_registry(registry):
+            fail(
+                "image",
+                f"{config.image!r} is in the registry {registry!r}, which is local to the machine that pushed it: "
+                f"the {config.cluster.provider} nodes pull from their own loopback and fail (ErrImagePull); "
+                "promote from a stack whose registry these nodes can pull (docs/delivery.md, 'Registries')",
+            )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
     for proxy_namespace in config.gateway.proxyNamespaces:

@@ -26,13 +26,24 @@ Schema validation and the policy pack look at one object at a time. This module 
   a class needs a default StorageClass, kube-prometheus-stack must not scrape a managed control plane, and a
   workload-identity binding (``PROJECT.svc.id.goog[ns/ksa]``) waits for the GKE cluster that creates the pool.
 
+* **chart-values**: every values key a Helm release sets exists in that chart version's values.yaml
+  (:mod:`infra.chart_values`, records in ``infra/charts/``): Helm silently ignores any other key.
+* **traffic**: the NetworkPolicies let every connection the stack needs through (:mod:`infra.traffic`): clients to
+  the services their URLs name (and DNS), the Gateway's data plane to its backends and to the ACME solver,
+  Prometheus to every monitor's targets; and every monitor selects something.
+* **alert-targets**: every ``job=`` an alert rule selects is produced by a declared monitor, every workload it
+  names is declared.
+* GKE with private nodes: a chart's admission webhook on a port other than 443/10250 needs a firewall rule from the
+  control plane's range; a regional Gateway class needs the region's proxy-only subnet.
+
 The cluster capabilities come from the recorded program itself (the EKS cluster and its add-ons, the GKE
 cluster's datapath, network-policy and Gateway API settings, Helm releases of controllers) plus, for an
 existing cluster, the prerequisites docs/infra.md asks the user to install (:data:`EXISTING_PREREQUISITES`).
 
 Limits: it knows the charts and operators this project uses (:data:`CHART_CRDS`, :data:`GENERATED_SECRETS`), not
-every chart's templates; it checks that an object exists and is waited for, not that its keys are the ones read;
-Helm chart internals (the chart's own pods) are trusted to the chart; a capability proven by a resource is taken
+every chart's templates; it checks that an object exists and is waited for, not that its keys are the ones read
+(except Helm values keys, against the recorded chart keys); Helm chart internals (the chart's own pods, their
+NetworkPolicies and what the templates do with a value) are trusted to the chart; a capability proven by a resource is taken
 as working once that resource exists.
 """
 
@@ -46,8 +57,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from infra import chart_values, traffic
 from infra.clusters.eks import ENVOY_GATEWAY_CHART, ENVOY_GATEWAY_KUBERNETES
 from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJECT_BYTES, upload_memory_bytes
+from infra.components.gateway import uses_proxy_only_subnet
 from infra.components.specs import ComponentArgsError, quantity_value
 from infra.config import PROJECT, ConfigError, deep_merge
 from infra.naming import stack_marks
@@ -150,7 +163,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
+    check: str  # chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -895,6 +908,147 @@ def check_capabilities(run: StackRun, analysis: Analysis, graph: Graph) -> list[
                     f"add depends_on=[{gke[0].name}].",
                 )
             )
+    findings.extend(_control_plane_webhooks(run, graph))
+    findings.extend(_gke_proxy_only_subnets(run, graph))
+    return findings
+
+
+GKE_SUBNETWORK = "gcp:compute/subnetwork:Subnetwork"
+
+
+def _gke_proxy_only_subnets(run: StackRun, graph: Graph) -> list[Finding]:
+    """A Gateway of a regional GKE class needs a proxy-only subnet in the cluster's region and network, and waits
+    for it (so a destroy removes the Gateway's load balancer before the subnet its proxies use)."""
+    findings: list[Finding] = []
+    clusters = run.of_type(GKE_CLUSTER)
+    if not clusters:
+        return findings
+    cluster = clusters[0]
+    subnets = [
+        s
+        for s in run.of_type(GKE_SUBNETWORK)
+        if s.inputs.get("purpose") == "REGIONAL_MANAGED_PROXY"
+        and s.inputs.get("role", "ACTIVE") == "ACTIVE"
+        and s.inputs.get("network") == cluster.inputs.get("network")
+        and s.inputs.get("region") == cluster.inputs.get("location")
+    ]
+    for gateway in run.resources:
+        if not (
+            is_kubernetes_object(gateway) and kind_of(gateway) == ("gateway.networking.k8s.io", "Gateway")
+        ):
+            continue
+        class_name = str(_get(gateway.inputs, "spec", "gatewayClassName") or "")
+        if not uses_proxy_only_subnet(class_name):
+            continue
+        if not subnets:
+            findings.append(
+                Finding(
+                    "capability",
+                    gateway.urn,
+                    f"GatewayClass {class_name} is a regional, Envoy-based load balancer, which needs a proxy-only "
+                    f"subnet (purpose REGIONAL_MANAGED_PROXY, role ACTIVE) in {cluster.inputs.get('location')}: "
+                    "without one the Gateway never gets an address.",
+                    "create the proxy-only subnet in the cluster's network and region (infra/clusters/gke.py).",
+                )
+            )
+        elif not any(subnet.urn in graph.closure(gateway.urn) for subnet in subnets):
+            findings.append(
+                Finding(
+                    "reads-order",
+                    gateway.urn,
+                    f"GatewayClass {class_name} uses the proxy-only subnet {subnets[0].name}, which the Gateway "
+                    "does not wait for: a destroy may delete the subnet while GKE's load balancer still uses it.",
+                    "pass the subnet in the cluster target's gateway_api.",
+                )
+            )
+    return findings
+
+
+GKE_FIREWALL = "gcp:compute/firewall:Firewall"
+#: Charts serving admission webhooks, by the values path of the port their pods listen on and its default at the
+#: pinned version (cloudnative-pg 0.26.1 `webhook.port`, cert-manager v1.18.2 `webhook.securePort`,
+#: kube-prometheus-stack 78.3.0 `prometheusOperator.tls.internalPort`).
+CHART_WEBHOOK_PORTS: Mapping[str, tuple[tuple[str, ...], int]] = {
+    "cloudnative-pg": (("webhook", "port"), 9443),
+    "cert-manager": (("webhook", "securePort"), 10250),
+    "kube-prometheus-stack": (("prometheusOperator", "tls", "internalPort"), 10250),
+}
+#: What GKE's own firewall rule lets the control plane reach on nodes and pods of a cluster with private nodes.
+GKE_CONTROL_PLANE_PORTS = frozenset({443, 10250})
+
+
+def _firewall_allows(firewall: RecordedResource, source: str, port: int) -> bool:
+    """Whether an INGRESS firewall rule admits TCP `port` from the range `source`."""
+    import ipaddress
+
+    inputs = firewall.inputs
+    if str(inputs.get("direction") or "INGRESS") != "INGRESS" or _truthy(inputs.get("disabled")):
+        return False
+    inner = ipaddress.ip_network(source)
+    if not any(
+        inner.subnet_of(ipaddress.ip_network(str(cidr)))  # type: ignore[arg-type]
+        for cidr in inputs.get("sourceRanges") or ()
+    ):
+        return False
+    for allow in inputs.get("allows") or ():
+        if str(allow.get("protocol")) not in ("tcp", "all"):
+            continue
+        ports = allow.get("ports") or []
+        if not ports:
+            return True
+        for spec in ports:
+            low, _, high = str(spec).partition("-")
+            if int(low) <= port <= int(high or low):
+                return True
+    return False
+
+
+def _control_plane_webhooks(run: StackRun, graph: Graph) -> list[Finding]:
+    """On GKE with private nodes, the control plane reaches pods on 443 and 10250 only: a webhook on another port
+    needs a firewall rule from the control plane's range, or the objects it admits can never be created."""
+    findings: list[Finding] = []
+    for cluster in run.of_type(GKE_CLUSTER):
+        private = _get(cluster.inputs, "privateClusterConfig") or {}
+        master = private.get("masterIpv4CidrBlock")
+        if not (_truthy(private.get("enablePrivateNodes")) and master):
+            continue
+        firewalls = run.of_type(GKE_FIREWALL)
+        for release in run.resources:
+            chart = _release_chart(release)
+            if release.type not in HELM_TYPES or chart not in CHART_WEBHOOK_PORTS:
+                continue
+            path, default = CHART_WEBHOOK_PORTS[chart]
+            port = int(_get(release.inputs.get("values") or {}, *path) or default)
+            if port in GKE_CONTROL_PLANE_PORTS:
+                continue
+            allowing = [
+                f
+                for f in firewalls
+                if f.inputs.get("network") == cluster.inputs.get("network")
+                and _firewall_allows(f, str(master), port)
+            ]
+            if not allowing:
+                findings.append(
+                    Finding(
+                        "capability",
+                        release.urn,
+                        f"{chart} serves its admission webhooks on port {port}, but GKE lets the control plane "
+                        f"({master}) reach private nodes' pods on 443 and 10250 only: every call times out and "
+                        "the objects the webhook admits are never created.",
+                        f"add a gcp.compute.Firewall admitting tcp:{port} from {master} to the cluster's network "
+                        "(infra/clusters/gke.py CONTROL_PLANE_WEBHOOK_PORTS), or serve the webhook on 10250.",
+                    )
+                )
+            elif not any(f.urn in graph.closure(release.urn) for f in allowing):
+                findings.append(
+                    Finding(
+                        "reads-order",
+                        release.urn,
+                        f"{chart}'s webhook port {port} is opened to the GKE control plane by "
+                        f"{allowing[0].name}, which the release does not wait for.",
+                        "put the firewall rule in the cluster target's depends_on.",
+                    )
+                )
     return findings
 
 
@@ -1788,7 +1942,139 @@ def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
     return findings
 
 
+def check_chart_values(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every values key a Helm release sets is a key of that chart version's values.yaml (`infra.chart_values`):
+    Helm keeps an unknown key and renders nothing from it, so a misspelt or removed one never applies."""
+    findings: list[Finding] = []
+    for resource in run.resources:
+        if resource.type not in HELM_TYPES:
+            continue
+        values = resource.inputs.get("values") or {}
+        if not values:
+            continue
+        chart, version = _release_chart(resource), str(resource.inputs.get("version") or "")
+        record = chart_values.load(chart, version)
+        if record is None:
+            findings.append(
+                Finding(
+                    "chart-values",
+                    resource.urn,
+                    f"sets values of chart {chart} {version or '(no version)'}, whose keys are not recorded, so no "
+                    "check can tell a misspelt or removed key (which Helm silently ignores) from a real one.",
+                    f"pin the version and record its keys: python -m infra.chart_values {chart} {version or '<version>'} "
+                    "<values.yaml at the tag>=<its URL> (infra/chart_values.py).",
+                )
+            )
+            continue
+        for dotted, why in chart_values.unknown_keys(record.tree, values):
+            findings.append(
+                Finding(
+                    "chart-values",
+                    resource.urn,
+                    f"values key {dotted} of chart {chart} {version} {why}: Helm ignores it, so the setting never "
+                    f"applies (keys recorded from {record.sources[0]}).",
+                    "use the key the chart's values.yaml has at this version, or drop it.",
+                )
+            )
+    return findings
+
+
+def check_traffic(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """The NetworkPolicies let through every connection the stack needs (`infra.traffic`), and every
+    ServiceMonitor/PodMonitor selects something."""
+    if not run.of_type(traffic.NETWORK_POLICY) and not any(
+        r.type.endswith((":ServiceMonitor", ":PodMonitor")) for r in run.resources
+    ):
+        return []
+    findings: list[Finding] = []
+    seen: set[tuple[str, str]] = set()
+    for flow, where in traffic.blocked(run):
+        if where == "nothing is selected":
+            message, fix = (
+                f"{flow.why}.",
+                "match the monitor's selector, namespace and port to what it scrapes.",
+            )
+        else:
+            source = flow.source.what or flow.source.namespace or flow.source.cidr
+            message = f"{flow.why}, but {where} drops it: {source} -> {flow.target.what} port {flow.port}/{flow.protocol}."
+            fix = "admit that source on that port in the policy (or allow that egress)."
+        if (flow.resource, message) not in seen:
+            seen.add((flow.resource, message))
+            findings.append(Finding("traffic", flow.resource, message, fix))
+    return findings
+
+
+#: Jobs the kube-prometheus-stack chart scrapes itself (its own ServiceMonitors), which rules may name.
+CHART_JOBS = frozenset(
+    {
+        "kubelet",
+        "apiserver",
+        "kube-state-metrics",
+        "node-exporter",
+        "coredns",
+        "kube-dns",
+        "prometheus-operator",
+    }
+)
+_RULE_MATCHER = re.compile(r'\b(job|statefulset|cronjob|deployment)="([^"]+)"')
+
+
+def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every `job="X"` an alert rule selects is the job of a ServiceMonitor/PodMonitor the stack declares (the
+    selected Service's name, or `<namespace>/<PodMonitor>`, or the value of its `jobLabel`), and every
+    `statefulset`/`cronjob`/`deployment` it names is declared: an alert on a series that never exists never fires."""
+    jobs: set[str] = set(CHART_JOBS)
+    services = [r for r in run.resources if r.type == "kubernetes:core/v1:Service"]
+    for monitor in run.resources:
+        if not monitor.type.startswith("kubernetes:monitoring.coreos.com/"):
+            continue
+        _, kind = kind_of(monitor)
+        spec = monitor.inputs.get("spec") or {}
+        job_label = spec.get("jobLabel")
+        if kind == "PodMonitor":
+            jobs.add(f"{object_namespace(monitor)}/{object_name(monitor)}")
+        elif kind == "ServiceMonitor":
+            names = set(
+                (spec.get("namespaceSelector") or {}).get("matchNames") or [object_namespace(monitor)]
+            )
+            for service in services:
+                labels = _get(service.inputs, "metadata", "labels") or {}
+                if object_namespace(service) in names and traffic._selects(spec.get("selector"), labels):
+                    jobs.add(
+                        str(labels.get(job_label))
+                        if job_label and job_label in labels
+                        else object_name(service)
+                    )
+    declared = {(kind_of(r)[1].lower(), object_name(r)) for r in run.resources if is_kubernetes_object(r)}
+    findings: list[Finding] = []
+    for rule in run.resources:
+        if not rule.type.endswith(":PrometheusRule"):
+            continue
+        for group in _get(rule.inputs, "spec", "groups") or []:
+            for item in group.get("rules") or []:
+                for label, value in _RULE_MATCHER.findall(str(item.get("expr") or "")):
+                    if label == "job":
+                        missing = value not in jobs
+                        what = f'job="{value}", which no ServiceMonitor or PodMonitor of the stack produces'
+                    else:
+                        missing = (label, value) not in declared
+                        what = f'{label}="{value}", which the stack does not declare'
+                    if missing:
+                        name = item.get("alert") or item.get("record")
+                        findings.append(
+                            Finding(
+                                "alert-targets",
+                                rule.urn,
+                                f"rule {name} selects {what}: its series never exist and the alert never fires.",
+                                "name the job/object the stack declares (a ServiceMonitor's job is its Service's "
+                                "name; a PodMonitor's is <namespace>/<name>).",
+                            )
+                        )
+    return findings
+
+
 CHECKS = (
+    check_chart_values,
     check_crd_order,
     check_references,
     check_class_references,
@@ -1797,6 +2083,8 @@ CHECKS = (
     check_cloud_args,
     check_ops_sizing,
     check_pod_memory,
+    check_traffic,
+    check_alert_targets,
 )
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is

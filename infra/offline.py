@@ -39,7 +39,14 @@ from pulumi.runtime.config import set_all_config
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.config import PROJECT, SECRET_KEYS, ConfigError, deep_merge, stack_file
+from infra.config import (
+    PROJECT,
+    PROMOTED_ENVIRONMENTS,
+    SECRET_KEYS,
+    ConfigError,
+    deep_merge,
+    stack_file,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
@@ -94,6 +101,10 @@ class StackRun:
 
 
 # --- config, as the CLI passes it ----------------------------------------------------------------------------
+
+#: The `rag:image` an offline run of a staging/prod stack file deploys (`.invalid` never resolves): what a promotion
+#: would have set. See `cli_config`.
+PROMOTED_PLACEHOLDER = "promoted.invalid/rag/service@sha256:" + "0" * 64
 
 
 def cli_config(
@@ -157,6 +168,16 @@ def cli_config(
         elif not isinstance(declaration, Mapping):
             values[f"{PROJECT}:{bare}"] = declaration
     values.update(stack_values)
+    image_key = f"{PROJECT}:image"
+    if (
+        image_key not in stack_values
+        and values.get(f"{PROJECT}:environment") in PROMOTED_ENVIRONMENTS
+        and f"{PROJECT}:ephemeral" not in stack_values
+    ):
+        # A committed staging/prod file never names the image: `ragops promote` sets it on the runner, and the
+        # backend keeps it (docs/delivery.md). Offline there is no backend, so the plan shows the stack running a
+        # promoted image under a placeholder ref (an explicit `--set image=""` still gets the program's refusal).
+        values[image_key] = PROMOTED_PLACEHOLDER
     return {key: _cli_string(value) for key, value in values.items()}, sorted(secret_keys)
 
 

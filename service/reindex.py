@@ -75,6 +75,8 @@ def summary(status: dict[str, Any]) -> str:
     )
     if status.get("documents_without_text"):
         line += f", without kept text {status['documents_without_text']} (e.g. {', '.join(status['without_text'][:3])})"
+    if status.get("resumed_from") and status["state"] != "interrupted":
+        line += f"; resumes the build {status['resumed_from']} left when it died (attempt {status.get('attempt')})"
     if status.get("error"):
         line += f"; error: {status['error']}"
     return line
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace, client: httpx.Client, console: Console) -> int
     if getattr(args, "wait", False):
         status = watch(client, console, args.interval)
     console.print(summary(status))
-    if status["state"] == "failed":
+    if status["state"] in ("failed", "interrupted"):
         return 1
     if getattr(args, "wait", False) and args.command == "start" and status["state"] != "switched":
         return 1

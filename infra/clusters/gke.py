@@ -17,8 +17,8 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.components.gateway import PROXY_ONLY_CIDR, needs_proxy_only_subnet
-from infra.config import StackConfig
+from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
+from infra.config import StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
 APIS = (
@@ -38,13 +38,21 @@ ACCOUNT_ID_LIMIT = (6, 30)
 REPOSITORY_ID_LIMIT = 63
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
-# The proxy-only subnet of the internal Gateway classes (regional Envoy-based load balancers).
+# The proxy-only subnet of the regional Gateway classes (Envoy-based load balancers, internal or external).
+PROXY_ONLY_CIDR = GKE_PROXY_ONLY_CIDR
 # The control plane's private range (a /28 outside every other range of the network).
 MASTER_CIDR = "172.16.0.0/28"
 # Gateway API on GKE: the cluster's own controller and CRDs (pulumi-gcp `gateway_api_config.channel`).
 GATEWAY_API_CHANNEL = "CHANNEL_STANDARD"
 # Dataplane V2 (Cilium-based): enforces NetworkPolicies; the legacy datapath ignores them without Calico.
 DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
+# The firewall rule GKE creates for a cluster with private nodes (`gke-<cluster>-<hash>-master`) lets the control plane
+# reach nodes and pods on TCP 443 and 10250 only ("Adding firewall rules for specific use cases" in GKE's private
+# cluster docs). An admission webhook served on another port times out, and every object it validates cannot be
+# created: CloudNativePG's operator serves its webhooks on 9443 (cloudnative-pg chart 0.26.1 values.yaml
+# `webhook.port: 9443`), so the `Cluster` would never be admitted. cert-manager (`webhook.securePort: 10250`) and
+# kube-prometheus-stack's operator (`prometheusOperator.tls.internalPort: 10250`) chose 10250 for this reason.
+CONTROL_PLANE_WEBHOOK_PORTS = (9443,)
 
 
 def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
@@ -110,10 +118,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         ],
         opts=opts,
     )
-    if needs_proxy_only_subnet(config.gateway.className):
-        # The regional Envoy-based classes (gke-l7-rilb, gke-l7-regional-external-managed) run their proxies in a
-        # proxy-only subnet of the region; without one the Gateway never gets an address.
-        gcp.compute.Subnetwork(
+    gateway_entry = config.tls.enabled and not config.gateway.ingress.enabled
+    proxy_only: gcp.compute.Subnetwork | None = None
+    if internal_load_balancer(config) or (gateway_entry and uses_proxy_only_subnet(config.gateway.className)):
+        # The regional classes (gke-l7-rilb, gke-l7-regional-external-managed) and internal Ingress run their Envoy
+        # proxies in a proxy-only subnet of the region; without one the Gateway never gets an address.
+        proxy_only = gcp.compute.Subnetwork(
             "proxy-only-subnet",
             network=network.id,
             region=gke.region,
@@ -149,6 +159,18 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         nat_ip_allocate_option="AUTO_ONLY",
         source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
         log_config={"enable": True, "filter": "ERRORS_ONLY"},
+        opts=opts,
+    )
+
+    # The control plane (MASTER_CIDR) calls admission webhooks on the pods' own ports (see CONTROL_PLANE_WEBHOOK_PORTS).
+    # No target: every instance of this network, which holds only this cluster's nodes (pod IPs are their aliases).
+    webhooks = gcp.compute.Firewall(
+        "control-plane-webhooks",
+        network=network.id,
+        direction="INGRESS",
+        source_ranges=[MASTER_CIDR],
+        allows=[{"protocol": "tcp", "ports": [str(port) for port in CONTROL_PLANE_WEBHOOK_PORTS]}],
+        description="GKE control plane to admission webhooks on ports other than 443/10250 (CloudNativePG)",
         opts=opts,
     )
 
@@ -308,9 +330,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "private_services_cidr": PRIVATE_SERVICES_CIDR,
             "project": gke.project,
         },
-        depends_on=tuple(depends) or (cluster,),
-        # GKE installs the Gateway API CRDs and runs the controller of its gke-l7-* classes itself.
-        gateway_api=(cluster,),
+        # Workloads wait for the nodes (the cluster itself on Autopilot) and for the webhooks' firewall rule.
+        depends_on=(*(depends or [cluster]), webhooks),
+        # GKE installs the Gateway API CRDs and runs the controller of its gke-l7-* classes itself. A regional class's
+        # Gateway also waits for the proxy-only subnet, so a destroy deletes the Gateway (and the load balancer GKE
+        # made for it) before the subnet, which cannot be deleted while a load balancer's proxies use it.
+        gateway_api=(cluster,) if proxy_only is None else (cluster, proxy_only),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,
         cloud="gcp",

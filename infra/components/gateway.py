@@ -43,7 +43,14 @@ ACME_SERVERS = {
 }
 ISSUERS = ("selfsigned", *ACME_SERVERS)
 GKE_HEALTH_CHECK_CIDRS = ("35.191.0.0/16", "130.211.0.0/22")
-"""Source ranges of Google Cloud load balancers and health checks (for the service's NetworkPolicy on GKE)."""
+"""Source ranges of Google Cloud health checks, and of the global external Application Load Balancer's Google Front
+Ends (for the service's NetworkPolicy on GKE)."""
+GKE_PROXY_ONLY_CIDR = "10.129.0.0/23"
+"""The proxy-only subnet the GKE target creates for the regional Gateway classes."""
+GKE_PROXY_ONLY_CLASSES = frozenset({"gke-l7-regional-external-managed", "gke-l7-rilb"})
+"""GKE Gateway classes whose load balancer is Envoy-based and regional: they need a proxy-only subnet in the region
+(GKE "Deploying Gateways", requirements) and their proxies reach the pods from its addresses, not from Google's
+front-end ranges (Cloud Load Balancing "Firewall rules": Envoy-based load balancers send from the proxy-only subnet)."""
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -256,39 +263,20 @@ def is_gke_class(class_name: str) -> bool:
     return class_name.startswith("gke-")
 
 
-#: The region's proxy-only subnet (purpose REGIONAL_MANAGED_PROXY) of the GKE network: Envoy-based regional load
-#: balancers run their proxies there and connect to the backends from its addresses.
-PROXY_ONLY_CIDR = "10.129.0.0/23"
-
-#: GKE classes implemented by regional Envoy-based load balancers (internal and regional external Application
-#: Load Balancers). Google Cloud, "Proxy-only subnets for Envoy-based load balancers": packets from a proxy to a
-#: backend have a source address in the proxy-only subnet, and the LB needs that subnet to get an address at all;
-#: "Firewall rules": such LBs need the proxy-only subnet admitted besides the health-check ranges. The global
-#: external classes (Google Front Ends) proxy from the health-check ranges themselves.
-GKE_REGIONAL_PROXY_CLASSES = frozenset(
-    {
-        "gke-l7-rilb",
-        "gke-l7-regional-external-managed",
-        "gke-l7-rilb-mc",
-        "gke-l7-regional-external-managed-mc",
-    }
-)
-
-
-def needs_proxy_only_subnet(class_name: str) -> bool:
-    """Whether the GKE Gateway class's load balancer needs the region's proxy-only subnet."""
-    return class_name in GKE_REGIONAL_PROXY_CLASSES
+def uses_proxy_only_subnet(class_name: str) -> bool:
+    """Whether a Gateway class's proxies run in the region's proxy-only subnet (GKE's regional classes)."""
+    return class_name in GKE_PROXY_ONLY_CLASSES
 
 
 def lb_source_cidrs(class_name: str) -> tuple[str, ...]:
     """Source ranges a Gateway class's load balancer reaches pods from (for RagService's NetworkPolicy:
-    `NetworkAccess.gateway_cidrs`). GKE's global classes proxy from Google's front-end ranges (the health-check
-    ranges); the regional Envoy-based ones from the proxy-only subnet, with health checks from the same front-end
+    `NetworkAccess.gateway_cidrs`). GKE's global classes proxy from Google's front-end ranges, which are also those
+    of the health checks; its regional classes proxy from the proxy-only subnet and are health-checked from those
     ranges; in-cluster implementations come from their own pods (use `gateway_namespaces`) and need none."""
     if not is_gke_class(class_name):
         return ()
-    if needs_proxy_only_subnet(class_name):
-        return (*GKE_HEALTH_CHECK_CIDRS, PROXY_ONLY_CIDR)
+    if uses_proxy_only_subnet(class_name):
+        return (*GKE_HEALTH_CHECK_CIDRS, GKE_PROXY_ONLY_CIDR)
     return GKE_HEALTH_CHECK_CIDRS
 
 

@@ -41,7 +41,7 @@ from infra.workflows import promote as promote_mod
 from infra.workflows import reach
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.comment import render_comment
-from infra.workflows.deploy import deploy
+from infra.workflows.deploy import deploy, keep_promoted
 from infra.workflows.errors import describe
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
@@ -243,6 +243,8 @@ def up(
     context: Context = ctx.obj
 
     def action() -> tuple[dict[str, int], dict[str, Any] | None]:
+        # First, so the image check below sees the promoted image a staging/prod checkout does not name.
+        keep_promoted(context.workspace(), stack)
         before = _deployed_embedding(context, stack)
         if before is not None:
             planned = reindex_mod.planned_image_models(

@@ -1,8 +1,72 @@
-"""``ragops up --stack S``: a plain ``pulumi up`` with the policy pack (what a merge to main runs on dev)."""
+"""``ragops up --stack S``: a plain ``pulumi up`` with the policy pack (what a merge to main runs on dev).
+
+Staging and prod run only promoted images, and what a promotion set (``rag:image``, ``rag:promotion``,
+``rag:embedding`` and the promotable ``rag:service`` settings) lives in the backend, not in the committed stack
+file (docs/delivery.md, "Where a promotion's facts live"). So before updating a staging/prod stack whose checkout
+names no image, ``deploy`` carries those keys over from the config the stack's last update ran with: an emergency
+settings change from a fresh checkout redeploys the promoted build with the new settings, instead of the program
+refusing (``rag:image ... missing``) or, worse, the settings reverting to what the committed file says.
+"""
 
 from __future__ import annotations
 
-from infra.workflows.stacks import POLICY_PACK, Context, OnEvent, OnOutput, change_counts, select
+from typing import Any
+
+from pulumi.automation import Workspace
+
+from infra.workflows.promote import (
+    IMAGE_KEY,
+    PROMOTION_KEY,
+    SERVICE_KEY,
+    _service_object,
+    merge_promotable,
+)
+from infra.workflows.reindex import EMBEDDING_KEY
+from infra.workflows.stacks import (
+    POLICY_PACK,
+    PROJECT,
+    Context,
+    OnEvent,
+    OnOutput,
+    WorkflowError,
+    _as_object,
+    change_counts,
+    deployed_config,
+    select,
+    set_config_values,
+    string_config,
+)
+
+PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+
+
+def keep_promoted(ws: Workspace, stack: str) -> dict[str, Any] | None:
+    """Carry the deployed promotion into this checkout's stack file; the values written (None: nothing to do).
+
+    Only for a staging/prod stack file without ``rag:image`` (a checkout that names an image is taken as is), and
+    only when the last update ran a promoted image; a stack never deployed is left to the program's own refusal.
+    """
+    local = ws.get_all_config(stack)
+    if string_config(local.get(f"{PROJECT}:environment")) not in PROMOTED_ENVIRONMENTS:
+        return None
+    if string_config(local.get(IMAGE_KEY)):
+        return None
+    try:
+        with deployed_config(ws, stack) as deployed:
+            image = string_config(deployed.get(IMAGE_KEY))
+            if not image:
+                return None
+            values: dict[str, Any] = {IMAGE_KEY: image}
+            for key in (PROMOTION_KEY, EMBEDDING_KEY):
+                record = _as_object(deployed[key].value) if key in deployed else None
+                if record is not None:
+                    values[key] = record
+            deployed_service = _service_object(ws, stack, deployed)
+    except WorkflowError:
+        return None  # never deployed: `pulumi up` fails with the program's ConfigError naming rag:image
+    values[SERVICE_KEY], _ = merge_promotable(deployed_service, _service_object(ws, stack, local))
+    set_config_values(ws, stack, values)
+    return values
 
 
 def deploy(
@@ -14,7 +78,9 @@ def deploy(
     on_event: OnEvent | None = None,
 ) -> dict[str, int]:
     """Update the stack and return the change counts of the update."""
-    st = select(ctx.workspace(), stack)
+    ws = ctx.workspace()
+    st = select(ws, stack)
+    keep_promoted(ws, stack)
     result = st.up(
         policy_packs=[policy_pack] if policy_pack else None,
         on_output=on_output,

@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, wait
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from anyio import to_thread
@@ -36,8 +36,14 @@ from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
 from service.app.core.security import rate_limit
-from service.app.ingest.chunking import Chunker
-from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
+from service.app.ingest.chunking import CHUNKER_VERSION, Chunker
+from service.app.ingest.index import (
+    UNVERSIONED_CHUNKER,
+    ActiveIndex,
+    IndexConfig,
+    IndexGeneration,
+    IndexState,
+)
 from service.app.ingest.sandbox import Extractor
 from service.app.ingest.service import IngestService
 from service.app.jobs.reindex import Reindexer
@@ -140,15 +146,19 @@ def build_services(
     wanted = IndexConfig(embedder.model_name, settings.chunk_size, settings.chunk_overlap)
     make_generation = _generation_factory(settings, vectors, embedder, closers)
     pointer = registry.index_pointer()
+    first = wanted
     if pointer is None:
         refuse_unregistered_store(registry, vectors)
         # First start (or an upgrade from before re-indexing): the collection the settings name is the index.
+        # Documents in it were written by a release before the chunker was versioned.
+        if registry.count_documents():
+            first = replace(wanted, chunker=UNVERSIONED_CHUNKER)
         try:
-            registry.switch_index(vectors.collection, wanted.as_dict(), expected=None)
+            registry.switch_index(vectors.collection, first.as_dict(), expected=None)
         except Conflict:
             pointer = registry.index_pointer()  # another replica wrote it first
     if pointer is None or pointer.collection == vectors.collection:
-        served = IndexConfig.from_dict(pointer.config) if pointer is not None else wanted
+        served = IndexConfig.from_dict(pointer.config) if pointer is not None else first
         generation = make_generation(served, vectors.collection)
     else:
         generation = make_generation(IndexConfig.from_dict(pointer.config), pointer.collection)
@@ -206,7 +216,18 @@ def build_services(
     ingest.sync_index = reindexer.sync
     services.search.sync_index = reindexer.sync
     needs_sparse = not getattr(generation.vectors, "has_sparse", True)
-    if (generation.config != wanted or needs_sparse) and settings.reindex_on_config_change and start_reindex:
+    changed = not generation.config.same_settings(wanted)  # a newer chunker alone is the admin's call
+    if start_reindex and not changed and generation.config.chunker < CHUNKER_VERSION:
+        logger.warning(
+            "the served index %s was built by chunker version %d (this release's is %d): documents written "
+            "before may be chunked differently from new ones (before version 2, a text without spaces could be "
+            "one chunk far over the character cap). Search works as it is; to rebuild them with the current "
+            "rules, re-index with the same settings: POST /v1/admin/reindex {} or `ragops reindex start`",
+            generation.collection,
+            generation.config.chunker,
+            CHUNKER_VERSION,
+        )
+    if (changed or needs_sparse) and settings.reindex_on_config_change and start_reindex:
         # A changed model or chunking, or a collection without the sparse vectors hybrid search needs: build
         # it in the background while search serves the current index.
         logger.info(
@@ -235,6 +256,24 @@ def _generation_factory(
     embedders: dict[str, Embedder] = {embedder.model_name: embedder}
     # One store object per collection: local mode's in-process point index must see every write to it.
     stores: dict[str, VectorStore] = {base.collection: base}
+
+    def drop(collection: str) -> bool:
+        """Delete ``collection`` (one the pointer and the lease no longer name); False when this store cannot.
+
+        Never the collection the settings named at start-up: the process's base store (the orphan collector's
+        and the workers' handle) stays open for its lifetime."""
+        from service.app.store.edge import EdgeVectorStore
+
+        if collection == base.collection:
+            return False
+        store = stores.pop(collection, None)
+        if store is None and (_is_qdrant_client_store(base) or isinstance(base, EdgeVectorStore)):
+            store = base.sibling(collection, base.dimension)
+        dropper = getattr(store, "drop", None)
+        if dropper is None:
+            return False
+        dropper()
+        return True
 
     def make(config: IndexConfig, collection: str | None = None) -> IndexGeneration:
         from service.app.store.edge import EdgeVectorStore
@@ -286,6 +325,7 @@ def _generation_factory(
             raise InvalidInput(str(exc)) from exc
         return IndexGeneration(config, store, model, chunker)
 
+    make.drop = drop  # type: ignore[attr-defined]
     return make
 
 

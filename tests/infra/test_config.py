@@ -11,6 +11,7 @@ import yaml
 
 from infra.config import (
     PROJECT_FILE,
+    PROMOTED_ENVIRONMENTS,
     ConfigError,
     StackConfig,
     declared_config,
@@ -18,7 +19,7 @@ from infra.config import (
     deep_merge,
     parse_config,
 )
-from infra.offline import cli_config, run_stack
+from infra.offline import PROMOTED_PLACEHOLDER, cli_config, run_stack
 
 ROOT = PROJECT_FILE.parent
 DIGEST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service@sha256:" + "a" * 64
@@ -27,7 +28,11 @@ DIGEST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service@sha256:" + "a
 def stack_values(stack: str) -> dict[str, Any]:
     """The bare-keyed values a stack file sets."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    return {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    if values.get("environment") in PROMOTED_ENVIRONMENTS:
+        # What a promotion sets and the committed file never holds (as the offline runner does).
+        values.setdefault("image", PROMOTED_PLACEHOLDER)
+    return values
 
 
 def prod(**changes: Any) -> StackConfig:
@@ -268,7 +273,9 @@ def test_cli_config_is_what_the_cli_passes() -> None:
     assert set(values) == {f"rag:{key}" for key in declared_config()}
     assert all(isinstance(value, str) for value in values.values())
     assert values["rag:environment"] == "prod"
-    assert values["rag:image"] == ""
+    # A committed prod file names no image (promotions set it; the backend keeps it): offline, a placeholder.
+    assert values["rag:image"] == PROMOTED_PLACEHOLDER
+    assert cli_config("dev")[0]["rag:image"] == ""  # dev builds
     assert yaml.safe_load(values["rag:qdrant"]) == stack_values("prod")["qdrant"]
     assert values["rag:promotion"] == "{}"
     assert secret_keys == []

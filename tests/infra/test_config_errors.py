@@ -24,6 +24,12 @@ DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
 # (stack, overrides, key, fragment of the problem): one case per environment rule.
 RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"image": "rag-service:1.0"}, "image", "immutable digest"),
+    # Staging/prod never build the checkout (an explicit empty value; an absent key gets the offline placeholder).
+    ("prod", {"image": ""}, "image", "deploys only a promoted image"),
+    ("staging", {"image": ""}, "image", "pulumi config refresh --force -s staging"),
+    # kind's local registry (dev's default) is the node's own loopback on a cloud cluster.
+    ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
+    ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "ErrImagePull"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
     ("dev", {"gateway": {"proxyNamespaces": ["Ingress_Nginx"]}}, "gateway.proxyNamespaces", "not a valid"),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),

@@ -212,7 +212,7 @@ def test_opening_an_endpoint_takes_the_ranges_it_opens_to() -> None:
 
 
 def test_the_build_cache_goes_to_a_repository_that_takes_overwrites() -> None:
-    result = run("prod")
+    result = run("dev", "eks")  # a building stack (staging/prod deploy promoted digests)
     image = result.by_name("service-image-image").inputs
     cache = result.by_name("registry-cache").inputs
     assert cache["imageTagMutability"] == "MUTABLE"

@@ -280,14 +280,15 @@ def test_image_digest_from_config_is_deployed_as_is() -> None:
 
 
 def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_registry() -> None:
-    result = run("prod")
+    # dev builds (staging and prod only deploy promoted digests: infra/config.py refuses them an empty rag:image).
+    result = run("dev", "eks")
     (image,) = result.of_type("docker-build:index:Image")
     assert image.inputs["push"] is True
     assert image.inputs["context"]["location"] == "."
     assert image.inputs["dockerfile"]["location"] == "service/Dockerfile"
     assert "registries" in image.secret_keys
     assert result.outputs["imageDigest"].startswith(
-        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service-prod@"
+        "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service-dev@"
     )
 
 

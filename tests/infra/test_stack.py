@@ -17,7 +17,8 @@ from infra.clusters import ClusterTarget, Registry
 from infra.components.backups import backup_selector
 from infra.components.gateway import GKE_HEALTH_CHECK_CIDRS
 from infra.components.specs import EgressTarget
-from infra.config import PROJECT_FILE, StackConfig, deep_merge, parse_config
+from infra.config import PROJECT_FILE, PROMOTED_ENVIRONMENTS, StackConfig, deep_merge, parse_config
+from infra.offline import PROMOTED_PLACEHOLDER
 from tests.infra.conftest import target_overrides
 
 ROOT = PROJECT_FILE.parent
@@ -38,6 +39,8 @@ def config(stack_name: str, **changes: Any) -> StackConfig:
     """A committed stack file's config, with `changes` merged into its top-level objects."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack_name}.yaml").read_text())
     values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    if values.get("environment") in PROMOTED_ENVIRONMENTS:
+        values.setdefault("image", PROMOTED_PLACEHOLDER)  # what a promotion sets (as the offline runner does)
     for key, change in changes.items():
         values[key] = deep_merge(values.get(key), change) if isinstance(change, dict) else change
     return parse_config(values, stack_name)

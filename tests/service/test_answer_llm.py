@@ -7,6 +7,7 @@ the server saw (how many calls arrived, whether a stream was cut), never how lon
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import threading
@@ -15,12 +16,15 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from service.app.answer.models import AnswerRequest
 from service.app.answer.prompt import TokenizerCounter, build_prompt
+from service.app.api.routes.answer import answer_question
 from service.app.core.metrics import LLM_ERRORS, LLM_REQUESTS
 from service.app.main import create_app
 from service.app.search.models import SearchResult
@@ -296,3 +300,44 @@ def test_the_prompt_keeps_the_best_sources_that_fit(embedder: Any) -> None:
     assert counted <= prompt.prompt_tokens <= 1024 - 512
     roomy = build_prompt("How much vacation?", [long, short], counter, context_tokens=4096, max_tokens=512)
     assert [s.result.document_id for s in roomy.sources] == ["long", "short"]
+
+
+def test_a_client_gone_before_the_first_event_closes_the_upstream_stream(
+    tmp_path: Path, embedder: Any, server: ScriptedServer
+) -> None:
+    """The SSE response's iteration never starts when sending its start fails (ASGI servers raise OSError on a
+    send to a closed connection) or its task group is cancelled first: the answer's events were a generator
+    never started, whose finally never ran, so the upstream response stayed open until garbage collection.
+    Collection is off here and every object is kept alive: only an explicit close can end the upstream."""
+    server.default(reply="Employees get 25 days [1].", piece_chars=3, hang=True)
+    cancelled = LLM_REQUESTS.labels(outcome="cancelled")._value.get()
+    kept: list[Any] = []
+
+    async def client_already_gone(client: TestClient) -> None:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        events = await services.answer.open_stream("default", AnswerRequest(**QUESTION, stream=True))
+        response = await answer_question(AnswerRequest(**QUESTION, stream=True), services, "default")
+        kept.extend([events, response])
+        scope = {"type": "http", "method": "POST", "path": "/v1/answer", "headers": []}
+
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            raise OSError("the client closed the connection")
+
+        with pytest.raises(OSError, match="closed the connection"):
+            await response(scope, receive, send)
+        # The first stream (never given to a response) is closed explicitly, as the route's response does.
+        await events.aclose()
+
+    gc.disable()
+    try:
+        with llm_app(tmp_path, embedder, server) as client:
+            client.portal.call(client_already_gone, client)  # type: ignore[union-attr]
+            disconnected = server.wait_events("disconnected", count=2)
+    finally:
+        gc.enable()
+    assert len(disconnected) == 2
+    assert LLM_REQUESTS.labels(outcome="cancelled")._value.get() == cancelled + 2

@@ -324,3 +324,40 @@ def test_a_put_body_declared_as_json_or_undeclared_is_accepted(
 def test_unknown_routes_and_methods_are_json_errors(client: TestClient) -> None:
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.patch(f"/v1/documents/{KEEP}", json={}), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("route", ["/v1/search", "/v1/answer"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
+def test_a_json_post_body_not_declared_as_json_is_415(
+    client: TestClient, route: str, content_type: str | None
+) -> None:
+    """Search and answer said 422 "Input should be a valid dictionary" (FastAPI does not read a body declared
+    as anything else, or not at all, as JSON); PUT and documents:bulk said 415 naming the header to send."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post(route, content=json.dumps({"query": "Saturn rings"}).encode(), headers=headers)
+    assert_error(response, 415, "unsupported_media_type", "Content-Type: application/json")
+
+
+@pytest.mark.parametrize("route", ["/v1/search", "/v1/answer"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/Problem+JSON"]
+)
+def test_a_json_post_body_declared_as_json_is_accepted(
+    client: TestClient, route: str, content_type: str
+) -> None:
+    response = client.post(
+        route,
+        content=json.dumps({"query": "Saturn rings ice"}).encode(),
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 200, response.text
+    assert KEEP in response.text
+
+
+def test_a_json_post_without_a_body_or_with_bad_json_stays_422(client: TestClient) -> None:
+    assert_error(client.post("/v1/search"), 422, "invalid_input", "body")
+    response = client.post("/v1/search", content=b"{", headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_input")

@@ -258,16 +258,25 @@ def test_a_search_with_the_cache_on_takes_one_threadpool_hop_hit_or_miss(
     work and a thread hand-off (a scheduling wait under CPU contention). Still served right: a write is seen."""
     import anyio.to_thread
 
+    from service.app.core.hop import SEARCH_THREADS
+
     hops: list[str] = []
     run_sync = anyio.to_thread.run_sync
+    run_search = SEARCH_THREADS.run
 
     async def counted(func, *args, **kwargs):  # type: ignore[no-untyped-def]
         hops.append(getattr(func, "__name__", repr(func)))
         return await run_sync(func, *args, **kwargs)
 
+    async def counted_search(func, *args):  # type: ignore[no-untyped-def]
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await run_search(func, *args)
+
     with make_client() as client:
         client.put("/v1/documents/ice", json={"text": GLACIER}, headers=headers_a)
+        # Every hop counts, anyio's (FastAPI's, the other routes') and the search pool's.
         monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+        monkeypatch.setattr(SEARCH_THREADS, "run", counted_search)
         hits, misses = hits_and_misses()
         first = client.post("/v1/search", json=QUERY, headers=headers_a)
         assert first.status_code == 200, first.text

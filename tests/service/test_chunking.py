@@ -5,11 +5,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from service.app.ingest.chunking import Chunk, Chunker
+from service.app.ingest.chunking import SENTENCE_END, Chunk, Chunker
 from service.app.store.embedder import FastEmbedEmbedder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -211,3 +214,43 @@ def test_real_text_is_never_cut_by_the_character_cap(embedder: FastEmbedEmbedder
     ]:
         text = path.read_text(encoding="utf-8")
         assert chunker.split(text) == uncapped.split(text)
+
+
+# The sentence scanner before 2026-11-26 (quadratic on a run of marks without whitespace after it).
+BACKTRACKING_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+
+
+def test_the_sentence_scanner_finds_the_same_ends_as_the_backtracking_one() -> None:
+    """The linear pattern is a drop-in: on strings of marks, closers, whitespace and letters (every shape that
+    decides a sentence end) it matches exactly where the previous pattern did."""
+    rng = random.Random(2611)
+    alphabet = ".!?\u2026\"'\u201d\u2019)] \n\tab"
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24)))
+        expected = [m.span() for m in BACKTRACKING_SENTENCE_END.finditer(text)]
+        assert [m.span() for m in SENTENCE_END.finditer(text)] == expected, repr(text)
+
+
+def test_a_megabyte_run_of_sentence_marks_is_scanned_in_linear_time() -> None:
+    """One PUT of "....." (no whitespace) must not pin a core: the backtracking pattern rescanned the run from
+    every position (16 kB took 4.5 s, 2 MB would take hours). The child is bounded only so that a regression
+    fails instead of hanging the suite; the linear scan takes a fraction of a second."""
+    probe = (
+        "from service.app.ingest.chunking import sentence_spans\n"
+        "for mark in '.!?\\u2026':\n"
+        "    text = 'Start. ' + mark * 2_000_000 + 'x' + \"'\" * 1_000_000 + ' end.'\n"
+        "    spans = sentence_spans(text)\n"
+        "    assert spans == [(0, 6), (7, len(text))], spans[:3]\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_runs_of_sentence_marks_are_chunked_within_the_limits(embedder: FastEmbedEmbedder) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=200, chunk_overlap=32)
+    for text in ["." * 20_000, "Why?!" + "?!" * 8_000 + " Then... " + "\u2026" * 5_000 + "'" * 3_000]:
+        assert_valid_chunks(chunker, text, chunker.split(text))

@@ -21,7 +21,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from service.app.core.errors import ServiceUnavailable
-from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked
+from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked, unindexed_points
 from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint
 from tests.service.support import make_settings
@@ -707,5 +707,41 @@ def test_consolidation_keeps_an_int8_store_quantized(tmp_path: Path) -> None:
         assert list(store.path.glob("segments/*/vector_storage-dense/quantized.data"))
         assert store.shard.info().points_count == 5 * 64
         assert top_hits(store) == hits
+    finally:
+        store.close()
+
+
+def test_the_optimizer_backlog_counts_dense_vectors_and_is_never_negative(tmp_path: Path) -> None:
+    """indexed_vectors_count also counts every BM25 vector (indexed as soon as written) and deleted points until
+    a vacuum: ``points - indexed`` was logged as a negative backlog, or 0 while a whole chunk waited."""
+    # Numbers read from a shard: 150 points, all in HNSW, all with BM25 terms: 300 indexed vectors; with only
+    # 100 having terms, 250, and the 50 without count as waiting (an upper bound).
+    assert unindexed_points(150, 300, has_sparse=True) == 0
+    assert unindexed_points(150, 250, has_sparse=True) == 50
+    assert unindexed_points(256, 256, has_sparse=True) == 256  # one chunk written, only its BM25 vectors
+    assert unindexed_points(0, 556, has_sparse=True) == 0  # all deleted, not vacuumed yet
+    assert unindexed_points(10, 4, has_sparse=False) == 6
+    dim, chunk = 64, 64
+    store = EdgeVectorStore(
+        tmp_path / "edge" / "c",
+        collection="c",
+        dimension=dim,
+        optimize_idle_seconds=3600,
+        optimize_chunk_points=chunk,
+        segment_points=256,
+    )
+    store.upsert_batch = chunk
+    store.ensure_collection()
+    optimizer = store._optimizer
+    assert optimizer is not None
+    try:
+        assert optimizer.finished.wait(60)  # the start-up pass on the empty shard
+        optimizer.finished.clear()
+        store.upsert(wide_points("doc", chunk, dim))
+        assert optimizer.finished.wait(60), "no optimisation pass after a chunk of points"
+        # Every point of the chunk was waiting for its dense index (the old arithmetic said 0: its 64 BM25
+        # vectors counted as indexed).
+        assert optimizer.largest_backlog == chunk
+        assert store.shard.info().indexed_vectors_count == 2 * chunk
     finally:
         store.close()

@@ -471,3 +471,40 @@ def test_an_unreadable_graph_is_a_clear_model_error(model_dir: Path, tmp_path: P
 
     with pytest.raises(EmbeddingModelError, match="cannot be loaded"):
         FastEmbedEmbedder(MODEL, model_path=broken, cache_dir=tmp_path / "cache")
+
+
+def test_lone_query_path_gives_exactly_fastembeds_vectors(
+    model_dir: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A lone query runs the model's steps directly (module docstring); the numbers must be fastembed's, bit for bit,
+    # on short, long (truncated at the model's limit), empty, non-ASCII and punctuation-only texts.
+    from fastembed import TextEmbedding
+
+    reference = TextEmbedding(MODEL, specific_model_path=str(model_dir))
+    texts = [
+        "a short query",
+        "how do I rotate an API key?",
+        " ".join(_long_words(400)),
+        "",
+        "Ünïcödé 日本語のテキスト — ça marche?",
+        "?!... ---",
+        "FALLOC_FL_COLLAPSE_RANGE",
+    ]
+    expected = [next(iter(reference.query_embed(text))).tolist() for text in texts]
+    assert embedder._direct_query
+    # Prove the direct path is what answers: fastembed's batch path is not called for a lone query.
+    monkeypatch.setattr(
+        embedder._model, "query_embed", lambda *a, **k: pytest.fail("fastembed's batch path was used")
+    )
+    assert [embedder._embed_query_batch([text])[0].tolist() for text in texts] == expected
+    assert embedder.embed_query(texts[0]) == expected[0]
+
+
+def test_lone_query_falls_back_to_fastembed_when_the_direct_path_does_not_apply(
+    embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "carry over unused leave"
+    direct = embedder._embed_query_batch([text])[0].tolist()
+    monkeypatch.setattr(embedder, "_direct_query", False)  # e.g. a CLS-pooled model (BGE)
+    monkeypatch.setattr(embedder, "_embed_one", lambda text: pytest.fail("direct path used"))
+    assert embedder._embed_query_batch([text])[0].tolist() == direct

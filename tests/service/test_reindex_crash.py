@@ -137,3 +137,49 @@ def test_a_build_that_died_max_attempts_times_waits_for_an_admin(
         assert done["attempt"] == MAX_ATTEMPTS + 1
         assert client.get("/v1/admin/reindex").json()["error"] is None
         assert _search_complete(client) == {d: {m} for d, m in DOCUMENTS.items()}
+
+
+def test_an_abandoned_target_and_a_replaced_standby_are_dropped(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    settings = make_settings(tmp_path, chunk_size=64, chunk_overlap=8, gc_enabled=False, vector_store="edge")
+    edge = settings.resolved_edge_path
+
+    def on_disk() -> set[str]:
+        return {p.name for p in edge.iterdir() if p.is_dir()}
+
+    with running_app(settings, embedder=embedder) as client:
+        for document_id, marker in DOCUMENTS.items():
+            assert client.put(f"/v1/documents/{document_id}", json=body(marker)).status_code == 201
+        services = services_of(client)
+        base = services.ingest.index.current.collection
+        # A build of 24-token chunks that died half-way, one document in its target.
+        abandoned = services.reindexer.make_generation(IndexConfig(embedder.model_name, 24, 4))
+        abandoned.vectors.ensure_collection()
+        source = services.registry.source("default", "d0")
+        record = source.record
+        services.ingest.write_version(
+            abandoned, "default", "d0", record.version, source.text, record.metadata, record.content_hash
+        )
+        services.registry.acquire_index_lease(
+            _dead_holder(), abandoned.collection, {**abandoned.config.as_dict(), "attempt": MAX_ATTEMPTS}, 600
+        )
+        assert abandoned.collection in on_disk()
+
+        def reindex(chunk_size: int) -> str:
+            started = client.post("/v1/admin/reindex", json={"chunk_size": chunk_size})
+            assert started.status_code == 202, started.text
+            done = services.reindexer.wait(120).as_dict()
+            assert done["state"] == "switched", done
+            assert _search_complete(client) == {d: {m} for d, m in DOCUMENTS.items()}
+            return done["current"]["collection"]
+
+        first = reindex(32)  # replaces the interrupted build: its target goes
+        assert on_disk() == {base, first}
+        second = reindex(40)  # the standby it replaces is the settings' own collection: kept
+        assert on_disk() == {base, first, second}
+        third = reindex(48)  # the standby it replaces (32) goes; 40 stays the rollback target
+        assert on_disk() == {base, second, third}
+        assert client.post("/v1/admin/reindex/rollback").status_code == 200
+        assert services.ingest.index.current.collection == second
+        assert _search_complete(client) == {d: {m} for d, m in DOCUMENTS.items()}

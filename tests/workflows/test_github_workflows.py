@@ -228,3 +228,34 @@ def test_e2e_runs_the_make_target_users_run_on_kind() -> None:
     ):
         assert needle in script, needle
     subprocess.run(["bash", "-n", str(REPO_ROOT / ".ci" / "e2e")], check=True, timeout=30)
+
+
+def test_every_job_with_gcp_credentials_installs_the_gke_auth_plugin_the_kubeconfig_executes() -> None:
+    """The GKE kubeconfig the stack builds runs `gke-gcloud-auth-plugin` (infra/clusters/gke.py): a job that talks
+    to a GKE stack without it fails at the first Kubernetes object ("executable ... not found")."""
+    from infra.clusters import gke
+
+    plugin = "gke-gcloud-auth-plugin"
+    assert f'"command": "{plugin}"' in Path(gke.__file__).read_text()
+    jobs_with_gcp = 0
+    for path in FILES:
+        for name, job in (_load(path.name).get("jobs") or {}).items():
+            steps = job.get("steps") or []
+            auth = [
+                i
+                for i, s in enumerate(steps)
+                if str(s.get("uses", "")).startswith("google-github-actions/auth@")
+            ]
+            if not auth:
+                continue
+            jobs_with_gcp += 1
+            installs = [
+                i
+                for i, s in enumerate(steps)
+                if str(s.get("uses", "")).startswith("google-github-actions/setup-gcloud@")
+                and plugin in str((s.get("with") or {}).get("install_components", "")).split(",")
+            ]
+            assert installs, f"{path.name} job {name}: GCP credentials but no {plugin}"
+            assert installs[0] > auth[0], f"{path.name} job {name}: install {plugin} after authenticating"
+            assert steps[installs[0]].get("if") == steps[auth[0]].get("if")
+    assert jobs_with_gcp >= 6

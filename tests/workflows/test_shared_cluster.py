@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra import render
 from infra.offline import StackRun, run_stack
@@ -172,3 +173,58 @@ def test_pr_stacks_render_validate_and_pass_the_policies(shared_runs: list[Stack
         assert "postgresql.cnpg.io/cluster_v1.yaml" in " ".join(report.validated_custom.values())
         # The namespaced Issuer is checked against its vendored CRD schema like every other custom kind.
         assert "cert-manager.io/issuer_v1.yaml" in " ".join(report.validated_custom.values())
+
+
+GATEWAY_TYPE = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+
+
+def _merged_gateways_prerequisite() -> list[dict[str, Any]]:
+    """The EnvoyProxy + GatewayClass docs/delivery.md tells operators to create (the block after its marker)."""
+    text = (REPO_ROOT / "docs" / "delivery.md").read_text(encoding="utf-8")
+    block = (
+        text.split("<!-- merged-gateways-prerequisite -->", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    )
+    return [doc for doc in yaml.safe_load_all(block) if doc]
+
+
+def test_dev_and_pr_gateways_merge_onto_one_envoy_fleet(shared_runs: list[StackRun]) -> None:
+    """PR stacks are reached through dev's address only if Envoy Gateway merges their Gateways with dev's: one
+    class, and (port, protocol, hostname) unique across every listener of every Gateway (Envoy Gateway docs,
+    Deployment Mode, "Merged Gateways onto a single EnvoyProxy fleet")."""
+    gateways = [r.inputs for run in shared_runs for r in run.of_type(GATEWAY_TYPE)]
+    assert len(gateways) == len(shared_runs)  # one per stack, each in its own namespace
+    classes = {g["spec"]["gatewayClassName"] for g in gateways}
+    assert len(classes) == 1
+    listeners = [
+        (listener["port"], listener["protocol"], listener.get("hostname"))
+        for g in gateways
+        for listener in g["spec"]["listeners"]
+    ]
+    assert all(
+        hostname for _port, _protocol, hostname in listeners
+    )  # a catch-all listener would shadow the rest
+    assert len(set(listeners)) == len(listeners), Counter(listeners).most_common(3)
+    hostnames = {hostname for _port, _protocol, hostname in listeners}
+    assert {f"{name}.preview.example.com" for name in PR_STACKS} <= hostnames
+
+    # The class all of them name is the one the documented prerequisite puts in merged mode ...
+    envoy_proxy, gateway_class = _merged_gateways_prerequisite()
+    assert gateway_class["metadata"]["name"] in classes
+    assert envoy_proxy["spec"]["mergeGateways"] is True
+    ref = gateway_class["spec"]["parametersRef"]
+    assert (ref["kind"], ref["name"], ref["namespace"]) == (
+        envoy_proxy["kind"],
+        envoy_proxy["metadata"]["name"],
+        envoy_proxy["metadata"]["namespace"],
+    )
+    # ... valid against the pinned CRD schemas, and exactly what .ci/e2e applies on its kind cluster.
+    for manifest in (envoy_proxy, gateway_class):
+        source, errors = render.validate_manifest(manifest)
+        assert source, manifest["kind"]
+        assert errors == [], (manifest["kind"], errors)
+    e2e = (REPO_ROOT / ".ci" / "e2e").read_text(encoding="utf-8")
+    applied = [
+        doc for part in e2e.split("<< EOF\n")[1:] for doc in yaml.safe_load_all(part.split("\nEOF", 1)[0])
+    ]
+    assert envoy_proxy in applied
+    assert gateway_class in applied

@@ -193,7 +193,13 @@ class AnswerService:
         pieces = await self.llm.open_stream(
             prompt.messages, max_tokens=self.settings.llm_max_tokens, state=state
         )
-        return self._stream_llm(tenant, prompt, pieces, state)
+        events = self._stream_llm(tenant, prompt, pieces, state)
+        # Run it to its first statement inside its try/finally: closing a generator that never started runs
+        # no finally, so a client gone before the first SSE iteration left the upstream response open (and its
+        # tokens uncharged) until garbage collection. Primed, its aclose() closes the upstream and charges.
+        primed = await events.__anext__()
+        assert primed is _PRIMED
+        return events
 
     async def _replay(self, response: AnswerResponse) -> AsyncIterator[Event]:
         if response.answer:
@@ -211,6 +217,7 @@ class AnswerService:
         finished = False
         said = ""
         try:
+            yield _PRIMED  # taken by open_stream, never sent
             try:
                 async for piece in pieces:
                     text = citations.feed(piece)
@@ -256,6 +263,9 @@ class AnswerService:
             # provider already generated must still be charged.
             with anyio.CancelScope(shield=True):
                 await self.budget.charge(tenant, usage.total_tokens)
+
+
+_PRIMED: Event = {"event": "primed", "data": {}}
 
 
 def _no_context() -> AnswerResponse:

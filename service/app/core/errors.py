@@ -17,7 +17,8 @@ Hierarchy (raise these from services and adapters; routes stay thin):
 
 Every error response has the body ``{"error": {"code": ..., "message": ..., **details}}`` where ``message`` is a
 human-readable reason. Request validation errors (bad JSON, wrong types) map to 422 ``invalid_input`` with the
-offending fields listed; anything unexpected is logged with its traceback and answered with a bare 500.
+offending fields listed, except a body that is not declared as JSON on a JSON route: 415
+``unsupported_media_type`` naming the Content-Type to send; anything unexpected is logged with its traceback and answered with a bare 500.
 """
 
 from __future__ import annotations
@@ -202,8 +203,25 @@ def _describe_validation_error(error: dict[str, Any]) -> dict[str, Any]:
     return {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")}
 
 
-async def _validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+def not_json(declared: str | None) -> UnsupportedMediaType:
+    """The 415 for a JSON route whose body is declared as something else (``declared``) or not declared."""
+    media_type = (declared or "").split(";", 1)[0].strip().lower()
+    what = f"not {media_type or declared!r}" if declared else "declared with no Content-Type"
+    return UnsupportedMediaType(
+        f"the body must be JSON with Content-Type: application/json, {what} "
+        "(curl: add -H 'Content-Type: application/json'); upload a file with POST /v1/documents "
+        "(multipart/form-data)"
+    )
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if isinstance(exc.body, bytes) and exc.body:
+        # FastAPI hands a JSON route its body as raw bytes only when the Content-Type is not JSON (or missing:
+        # strict_content_type, which keeps a cross-site form or beacon from posting JSON without a CORS
+        # preflight). The validation error would say "Input should be a valid dictionary"; the client's mistake
+        # is the header, as PUT and documents:bulk report it (no cost on requests that validate).
+        return await _rag_error_handler(request, not_json(request.headers.get("content-type")))
     errors = [_describe_validation_error(e) for e in exc.errors()]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"

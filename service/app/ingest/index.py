@@ -16,26 +16,50 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from service.app.ingest.chunking import Chunker
+from service.app.ingest.chunking import CHUNKER_VERSION, Chunker
 from service.app.store.protocols import Embedder
 from service.app.store.sparse import ENCODER_ID
 from service.app.store.vectors import VectorStore, collection_name
 
+# The chunker version of a config persisted before the version was recorded (the index pointer and lease rows
+# of a store built by an earlier release).
+UNVERSIONED_CHUNKER = 1
+
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """What decides the vectors of a document: the model and the chunking."""
+    """What decides the vectors of a document: the model, the chunking settings and the chunker's rules.
+
+    ``chunker`` is the version of the chunking code a collection was built with (CHUNKER_VERSION when it was
+    built here). It is not a setting: a start-up whose settings match the served index does not re-index
+    because the chunker is newer (an upgrade must not rebuild every store on its first start), but a re-index
+    with the same settings is allowed then, and rebuilds every document with the current rules.
+    """
 
     model: str
     chunk_size: int
     chunk_overlap: int
+    chunker: int = CHUNKER_VERSION
 
     def as_dict(self) -> dict[str, str | int]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, value: dict) -> IndexConfig:
-        return cls(str(value["model"]), int(value["chunk_size"]), int(value["chunk_overlap"]))
+        return cls(
+            str(value["model"]),
+            int(value["chunk_size"]),
+            int(value["chunk_overlap"]),
+            int(value.get("chunker", UNVERSIONED_CHUNKER)),
+        )
+
+    def same_settings(self, other: IndexConfig) -> bool:
+        """Whether the operator's settings (model and chunking) are the same, whatever the chunker versions."""
+        return (self.model, self.chunk_size, self.chunk_overlap) == (
+            other.model,
+            other.chunk_size,
+            other.chunk_overlap,
+        )
 
     def collection(self, prefix: str, dimension: int, *, legacy: bool = False) -> str:
         """The collection of this config: the historical name for the first one, else with a config hash.
@@ -49,6 +73,8 @@ class IndexConfig:
         # The sparse encoder is part of what a collection holds: rebuilding the same model and chunking for
         # sparse vectors (or a new encoder) gets a collection of its own, never the one being served.
         material = {**self.as_dict(), "sparse": ENCODER_ID}
+        if self.chunker == UNVERSIONED_CHUNKER:
+            del material["chunker"]  # the name an earlier release gave this config's collection
         digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:10]
         return f"{base}__{digest}"
 

@@ -6,8 +6,11 @@ The registry row ``(tenant_id, document_id) -> version`` is the source of truth 
 search returns a chunk only if its ``(document_id, version)`` is active (service.app.search.service). So:
 
 Ingest
-  1. Hash the content: text + canonical metadata + content type + model + chunking parameters. Equal to the
-     active row's hash -> ``unchanged``; nothing is embedded or written.
+  1. Hash the content: text + canonical metadata + content type. Equal to the active row's hash ->
+     ``unchanged``; nothing is embedded or written. The model and chunking are not part of it: they are the
+     index's (every document of a collection is built with its config, and a re-index rebuilds them all), so an
+     unchanged re-send after a re-index is still a no-op. Rows written by a release that hashed them in
+     (``legacy_content_hash``) are recognised under the served or standby config and re-hashed once.
   2. Chunk and embed (in a threadpool), then upsert the points tagged with a NEW version ``v_new`` (point ids
      are uuid5 of tenant/document/version/chunk, so a retry rewrites the same points). They are invisible:
      the registry still points at the old version (or at nothing).
@@ -44,7 +47,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anyio import to_thread
@@ -79,6 +82,29 @@ logger = logging.getLogger(__name__)
 
 # Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
 FENCE_CHECK_CHUNKS = 128
+
+
+def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
+    """The hash of a document's content (its normalized text, canonical metadata and content type)."""
+    material = canonical_json({"text": text, "metadata": metadata, "content_type": content_type})
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def legacy_content_hash(
+    text: str, metadata: dict[str, Any], content_type: str, model: str, chunking: dict[str, int]
+) -> str:
+    """The hash releases before 2026-11-26 stored: the content plus the model and chunking of the writing index
+    (which made every unchanged re-send after a re-index re-embed once)."""
+    material = canonical_json(
+        {
+            "text": text,
+            "metadata": metadata,
+            "content_type": content_type,
+            "model": model,
+            "chunking": chunking,
+        }
+    )
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
 
 def canonical_json(value: Any) -> str:
@@ -166,17 +192,17 @@ class IngestService:
         return self.index.current.chunker
 
     def content_hash(self, text: str, metadata: dict[str, Any], content_type: str) -> str:
-        """What decides whether a write changes anything (the model and chunking included)."""
-        material = canonical_json(
-            {
-                "text": text,
-                "metadata": metadata,
-                "content_type": content_type,
-                "model": self.embedder.model_name,
-                "chunking": self.chunker.params(),
-            }
+        """What decides whether a write changes anything: the document, not the index it is built into."""
+        return content_hash(text, metadata, content_type)
+
+    def _legacy_match(
+        self, stored: str, text: str, metadata: dict[str, Any], kind: str, generations: list[IndexGeneration]
+    ) -> bool:
+        """Whether ``stored`` is an earlier release's hash of this content under one of ``generations``."""
+        return any(
+            stored == legacy_content_hash(text, metadata, kind, g.embedder.model_name, g.chunker.params())
+            for g in generations
         )
-        return hashlib.sha256(material.encode("utf-8")).hexdigest()
 
     async def ingest(
         self,
@@ -226,7 +252,19 @@ class IngestService:
         digest: str,
         fence: CommitFence | None = None,
     ) -> IngestResult:
-        current = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        current = await to_thread.run_sync(
+            lambda: self.registry.get(tenant_id, document_id, served=self._served())
+        )
+        if current is not None and current.content_hash != digest:
+            state = self.index.state
+            generations = [g for g in (state.current, state.shadow) if g is not None]
+            if self._legacy_match(current.content_hash, text, metadata, kind, generations):
+                # Unchanged, hashed by an earlier release: store this release's hash, so no later re-index
+                # (whose config the old hash named) makes the next re-send re-embed it.
+                await to_thread.run_sync(
+                    self.registry.rehash, tenant_id, document_id, current.version, digest
+                )
+                current = replace(current, content_hash=digest)
         if current is not None and current.content_hash == digest:
             # A document written before texts were kept gets its text now (a no-op when it has one).
             await to_thread.run_sync(
@@ -301,6 +339,8 @@ class IngestService:
             generation.vectors.delete_versions_below(tenant_id, document_id, version)
         except ServiceUnavailable:
             logger.warning("stale chunks of %s/%s left in %s", tenant_id, document_id, generation.collection)
+        # Its chunk count there (other chunking, other count): what GET reports once search serves it.
+        self.registry.record_chunk_count(generation.collection, tenant_id, document_id, version, len(points))
         return len(points)
 
     def _points(
@@ -416,17 +456,27 @@ class IngestService:
                 "could not discard unpublished version %s of %s/%s", version, tenant_id, document_id
             )
 
+    def _served(self) -> str:
+        """The collection search serves (after following the pointer): whose chunk counts documents report."""
+        if self.sync_index is not None:
+            self.sync_index()
+        return self.index.current.collection
+
     async def get(self, tenant_id: str, document_id: str) -> DocumentOut:
-        """The active document, or NotFound."""
+        """The active document (its chunk count in the collection search serves), or NotFound."""
         validate_document_id(document_id)
-        record = await to_thread.run_sync(self.registry.get, tenant_id, document_id)
+        record = await to_thread.run_sync(
+            lambda: self.registry.get(tenant_id, document_id, served=self._served())
+        )
         if record is None:
             raise NotFound(f"document {document_id!r} not found", document_id=document_id)
         return to_document_out(record)
 
     async def list(self, tenant_id: str, *, cursor: str | None, limit: int) -> DocumentList:
         """A page of the tenant's documents ordered by id."""
-        page = await to_thread.run_sync(lambda: self.registry.list(tenant_id, cursor=cursor, limit=limit))
+        page = await to_thread.run_sync(
+            lambda: self.registry.list(tenant_id, cursor=cursor, limit=limit, served=self._served())
+        )
         return DocumentList(documents=[to_document_out(r) for r in page.items], next_cursor=page.next_cursor)
 
     async def delete(self, tenant_id: str, document_id: str) -> DocumentOut:

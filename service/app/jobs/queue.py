@@ -266,8 +266,8 @@ class InProcessJobQueue:
             )
             await asyncio.wait(list(running.values()), timeout=grace_seconds)
         for task in running.values():
-            # A cancelled job goes back to queued once the step it is in returns (an ingestion's embed and
-            # write run in a worker thread, which a cancellation cannot interrupt).
+            # A cancelled job goes back to queued at once; its ingestion thread, which a cancellation cannot
+            # interrupt, stops at its next check of the (now lost) lease: after the embedding batch it is in.
             task.cancel()
         tasks = [*waiting.values(), *running.values()]
         if self._sweeper is not None:

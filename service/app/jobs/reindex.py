@@ -76,7 +76,7 @@ from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUna
 from service.app.core.faults import fault_point
 from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
-from service.app.ingest.service import IngestService
+from service.app.ingest.service import IngestService, content_hash
 from service.app.store.gc import CollectionStopped, Pacer
 from service.app.store.registry import DocumentRegistry, DocumentSource, IndexLease, IndexPointer
 
@@ -415,7 +415,9 @@ class Reindexer:
                 )
             current = self.index.current
             if config == current.config and getattr(current.vectors, "has_sparse", True):
-                raise InvalidInput("the index is already built with this model and chunking")
+                raise InvalidInput(
+                    "the index is already built with this model and chunking (and this release's chunker)"
+                )
             # InvalidInput for a model that cannot be loaded
             generation = (
                 self.make_generation(config, collection) if collection else self.make_generation(config)
@@ -576,6 +578,13 @@ class Reindexer:
                 logger.warning("re-index lease: %s", exc.message)
                 lease = None
             if lease is not None and lease.holder == self.holder:
+                if (
+                    held is not None
+                    and held.holder != self.holder
+                    and held.collection != target.collection
+                    and (dead is not None or not held.live())
+                ):
+                    self._reclaim(held.collection, f"the target of {held.holder}'s interrupted re-index")
                 self._lease_lost.clear()
                 self._stop_heartbeat = threading.Event()
                 with self._sync_lock:  # no follow of the pointer is half-way when this thread owns the state
@@ -630,9 +639,12 @@ class Reindexer:
             if not self.registry.renew_index_lease(self.holder, self.lease_seconds):
                 self._lease_lost.set()
                 self._check()
+            before = self.registry.index_pointer()
             with self._lock:
                 self._switch(target, self.index.current)
             replayed += self._catch_up(target)
+            if before is not None and before.previous_collection:
+                self._reclaim(before.previous_collection, "the standby this switch replaced")
             self._set(
                 replace(
                     self._status, state="switched", documents_replayed=replayed, finished_at=datetime.now(UTC)
@@ -647,6 +659,25 @@ class Reindexer:
             message = exc.message if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
             logger.error("re-index to %s failed: %s", target.collection, message)
             self._set(replace(self._status, state="failed", error=message, finished_at=datetime.now(UTC)))
+
+    def _reclaim(self, collection: str, why: str) -> None:
+        """Delete a collection nothing names any more (not the pointer's two, not a live lease's target), so
+        neither a replaced standby nor an abandoned build's target keeps its disk space forever."""
+        drop = getattr(self.make_generation, "drop", None)
+        if drop is None:
+            return
+        try:
+            pointer = self.registry.index_pointer()
+            named = {pointer.collection, pointer.previous_collection} if pointer is not None else set()
+            lease = self.registry.index_lease()
+            if lease is not None and lease.holder != self.holder and lease.live():
+                named.add(lease.collection)
+            if collection in named or collection in (self.index.current.collection, None):
+                return
+            if drop(collection):
+                logger.info("dropped collection %s (%s)", collection, why)
+        except Exception as exc:  # a store or registry outage: the collection stays, nothing else changes
+            logger.warning("cannot drop collection %s (%s): %s", collection, why, exc)
 
     def _pacer(self) -> Pacer | None:
         """Paces a catch-up pass's scans (the orphan collector's pacer; stopped at once by shutdown)."""
@@ -665,6 +696,11 @@ class Reindexer:
 
     def _write(self, target: IndexGeneration, source: DocumentSource) -> None:
         record = source.record
+        digest = content_hash(source.text, record.metadata, record.content_type)
+        if record.content_hash != digest:
+            # Hashed by an earlier release with the old index's config: after the switch an unchanged re-send
+            # would not match it (and re-embed). The content is the registry's own, so the new hash is exact.
+            self.registry.rehash(record.tenant_id, record.document_id, record.version, digest)
         self.ingest.write_version(
             target,
             record.tenant_id,
@@ -672,7 +708,7 @@ class Reindexer:
             record.version,
             source.text,
             record.metadata,
-            record.content_hash,
+            digest,
         )
 
     def _build(self, target: IndexGeneration) -> None:
@@ -733,3 +769,9 @@ class Reindexer:
             if self.alias:
                 to.vectors.set_alias(self.alias)
             self.index.set(IndexState(current=to, shadow=standby))
+        try:
+            # Counts of collections no replica serves or rolls back to any more (an earlier standby, a target
+            # that was replaced); the two named keep theirs.
+            self.registry.forget_chunk_counts({to.collection, standby.collection})
+        except ServiceUnavailable as exc:
+            logger.warning("old chunk counts are left for the next switch: %s", exc.message)

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.app.core.config import Settings
+from service.app.core.hop import SEARCH_THREADS
 from service.app.core.metrics import CACHE_REQUESTS, FAILURES
 from service.app.store.protocols import Cache
 
@@ -187,7 +188,7 @@ class CachedSearch:
         if search_sync is not None:
             # ONE threadpool hop for the lookup, the search on a miss and the write of its result: each hop costs
             # event-loop work and a thread hand-off, and under CPU contention a scheduling wait.
-            return await run_in_threadpool(self._search_in_thread, tenant_id, request, search_sync)
+            return await SEARCH_THREADS.run(self._search_in_thread, tenant_id, request, search_sync)
         # A wrapped service without a blocking entry point: lookup, search and write as separate steps.
         found = await run_in_threadpool(self._lookup, tenant_id, request)
         if found is None:

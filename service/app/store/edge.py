@@ -298,6 +298,18 @@ def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition
     return qe.Filter(must=[_match("tenant_id", tenant_id), _match("document_id", document_id), *extra])
 
 
+def unindexed_points(points: int, indexed_vectors: int, *, has_sparse: bool) -> int:
+    """Dense vectors not yet in an HNSW segment, from the shard's info (an upper bound, never negative).
+
+    ``indexed_vectors_count`` counts every vector name: each non-empty BM25 vector counts as indexed as soon as
+    it is written, and vectors of deleted points count until a vacuum drops them. ``points - indexed`` was then
+    negative (logged as a negative backlog) or hid the dense backlog. Counting every point's sparse vector as
+    indexed gives the dense backlog exactly when every chunk has BM25 terms, a little more when some have none.
+    """
+    dense_indexed = indexed_vectors - points if has_sparse else indexed_vectors
+    return min(points, max(0, points - dense_indexed))
+
+
 def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
 
@@ -806,7 +818,9 @@ class EdgeVectorStore:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
         with self._engine() as shard:
             info = shard.info()
-            backlog = info.points_count - info.indexed_vectors_count
+            backlog = unindexed_points(
+                info.points_count, info.indexed_vectors_count, has_sparse=self.has_sparse
+            )
             assert self._optimizer is not None
             self._optimizer.largest_backlog = max(self._optimizer.largest_backlog, backlog)
             started = time.perf_counter()
@@ -1369,6 +1383,13 @@ class EdgeVectorStore:
         """Stop the optimizer, flush and close the shard, release the directory lock (idempotent)."""
         with self._state:
             self._close_locked()
+
+    def drop(self) -> None:
+        """Close the shard and delete its directory: a collection no replica serves, rolls back to or builds
+        any more (a re-index's replaced standby or abandoned target). Its space is reclaimed at once."""
+        with self._state:
+            self._close_locked()
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def _close_locked(self) -> None:
         if self.indexer is not None:

@@ -28,6 +28,13 @@ search as one intra-op thread with one or two runs at a time (all within the run
 machine); EMBEDDING_THREADS=N runs CPUs // N batches at once (``query_runs``). Spinning stays off: it cost more
 CPU per query at every batch size measured.
 
+A lone query (a batch of one, what every search without a concurrent one runs) skips fastembed's generic batch
+path for the model's own steps done directly: the tokenizer fastembed configured, one ``run`` and, for a
+mean-pooled L2-normalised model (MiniLM; ``PooledNormalizedEmbedding``), the mean over the tokens and the norm in
+float64, as fastembed computes them. Same numbers, bit for bit (tested against fastembed on every text of the
+tests), ~0.2 ms less Python and numpy per query (docs/benchmarks.md, "Small-collection overhead, attempt
+2026-11-26"). Other model classes (CLS pooling, a query prefix) and batches keep fastembed's path.
+
 Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
 EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
 fixed batch of 4 the tail is padded to the full chunks' length, run alone it costs its own tokens plus the fixed
@@ -144,6 +151,7 @@ class FastEmbedEmbedder:
                 f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}{hint}"
             ) from exc
         self._load_session(threads)
+        self._direct_query = self._direct_query_path()
         self.model_name = model_name
         self.dimension = int(self._model.embedding_size)
         self._batch_size = batch_size
@@ -190,6 +198,23 @@ class FastEmbedEmbedder:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
         inner._ensure_tokenizer()
+        self._input_names = {node.name for node in inner.model.get_inputs()}
+
+    def _direct_query_path(self) -> bool:
+        """Whether a lone query may run the model's steps directly (``_embed_one``): only for fastembed's
+        mean-pooled, normalised model class with its query path and input hook unchanged, the ones whose steps
+        ``_embed_one`` repeats."""
+        from fastembed.text.onnx_embedding import OnnxTextEmbedding
+        from fastembed.text.pooled_normalized_embedding import PooledNormalizedEmbedding
+        from fastembed.text.text_embedding_base import TextEmbeddingBase
+
+        inner = self._model.model
+        cls = type(inner)
+        return (
+            cls is PooledNormalizedEmbedding
+            and cls.query_embed is TextEmbeddingBase.query_embed
+            and cls._preprocess_onnx_input is OnnxTextEmbedding._preprocess_onnx_input
+        )
 
     @property
     def session_options(self) -> dict[str, str]:
@@ -270,7 +295,8 @@ class FastEmbedEmbedder:
         """
         QUERY_EMBEDDING_BATCH.observe(len(texts))
         if len(texts) == 1:
-            return list(self._model.query_embed(texts, batch_size=1))
+            one = self._embed_one(texts[0]) if self._direct_query else None
+            return [one] if one is not None else list(self._model.query_embed(texts, batch_size=1))
         unique = list(dict.fromkeys(texts))
         lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(unique)]
         by_text: dict[str, np.ndarray] = {}
@@ -279,6 +305,28 @@ class FastEmbedEmbedder:
             embedded = self._model.query_embed(group_texts, batch_size=len(group))
             by_text.update(zip(group_texts, embedded, strict=True))
         return [by_text[text] for text in texts]
+
+    def _embed_one(self, text: str) -> np.ndarray | None:
+        """One text through the model's steps as fastembed runs them for a mean-pooled, normalised model, without
+        its batch machinery; None (use fastembed's path) if the tokenizer padded or masked anything."""
+        import numpy as np
+
+        inner = self._model.model
+        encoding = inner.tokenizer.encode(text)
+        if 0 in encoding.attention_mask:
+            return None
+        ids = np.array([encoding.ids], dtype=np.int64)
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self._input_names:
+            feeds["attention_mask"] = np.ones_like(ids)
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        tokens = inner.model.run(inner.ONNX_OUTPUT_NAMES, feeds)[0][0]
+        # fastembed's mean_pooling and normalize, for one text with every token real: float64 sum / count, the L2
+        # norm (at least 1e-12), then the model's dtype.
+        pooled = tokens.sum(axis=0, dtype=np.float64) / tokens.shape[0]
+        norm = max(float(np.sqrt(np.add.reduce(pooled * pooled))), 1e-12)
+        return (pooled / norm).astype(tokens.dtype, copy=False)
 
     def _run(self, kind: str, call: Callable[[], Iterable[np.ndarray]]) -> list[list[float]]:
         try:

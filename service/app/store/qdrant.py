@@ -610,6 +610,13 @@ class QdrantVectorStore:
             must.append(models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)))
         return self.client.count(self.collection, count_filter=models.Filter(must=must), exact=True).count
 
+    @_guarded
+    def drop(self) -> None:
+        """Delete this collection and its points (one no replica serves, rolls back to or builds any more); the
+        client, shared with the sibling collections, stays open."""
+        if self.client.collection_exists(self.collection):
+            self.client.delete_collection(self.collection)
+
     def close(self) -> None:
         try:
             self.client.close()

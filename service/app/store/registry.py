@@ -17,6 +17,11 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
 - ``index_lease(name)``: the replica (``holder``) building the next index and its target collection/config,
   until ``expires_at``; taken and renewed with conditional updates, so of N replicas starting the same
   re-index one builds, the others dual-write into its target and wait, and one takes over when it expires.
+- ``chunk_counts(tenant_id, document_id, collection)``: the ``version`` and ``chunk_count`` a write into another
+  collection than the writer's current one made (a re-index's build and catch-up, every shadow write); what a
+  document reports is its count in the collection search serves (``documents.chunk_count`` counts the one
+  current at its write), so it stays right across a switch and a rollback. Rows of collections the pointer
+  no longer names are removed after each switch.
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -58,7 +63,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0006_job_lease"
+SCHEMA_HEAD = "0007_chunk_counts"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -105,6 +110,17 @@ index_lease = sa.Table(
     sa.Column("collection", sa.String(255), nullable=False),
     sa.Column("config", sa.JSON, nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+chunk_counts = sa.Table(
+    "chunk_counts",
+    metadata_obj,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("document_id", sa.String(256), primary_key=True),
+    sa.Column("collection", sa.String(255), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Index("ix_chunk_counts_collection", "collection"),
 )
 
 tenants = sa.Table(
@@ -252,8 +268,25 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+def _with_counts(query: sa.Select[Any], served: str | None) -> sa.Select[Any]:
+    """``query`` on documents, its ``chunk_count`` taken from ``served``'s row of chunk_counts for the active
+    version when there is one (None: the count recorded at the write)."""
+    if served is None:
+        return query
+    return query.add_columns(chunk_counts.c.chunk_count.label("served_chunk_count")).outerjoin(
+        chunk_counts,
+        sa.and_(
+            chunk_counts.c.tenant_id == documents.c.tenant_id,
+            chunk_counts.c.document_id == documents.c.document_id,
+            chunk_counts.c.collection == served,
+            chunk_counts.c.version == documents.c.version,
+        ),
+    )
+
+
 def _record(row: sa.Row[Any]) -> DocumentRecord:
     m = row._mapping
+    served = m.get("served_chunk_count")
     return DocumentRecord(
         tenant_id=m["tenant_id"],
         document_id=m["document_id"],
@@ -261,7 +294,7 @@ def _record(row: sa.Row[Any]) -> DocumentRecord:
         content_hash=m["content_hash"],
         metadata=dict(m["metadata"] or {}),
         content_type=m["content_type"],
-        chunk_count=int(m["chunk_count"]),
+        chunk_count=int(served if served is not None else m["chunk_count"]),
         created_at=_utc(m["created_at"]),
         updated_at=_utc(m["updated_at"]),
     )
@@ -564,21 +597,25 @@ class DocumentRegistry:
             connection.execute(sa.text("SELECT 1"))
 
     @_guarded
-    def get(self, tenant_id: str, document_id: str) -> DocumentRecord | None:
+    def get(self, tenant_id: str, document_id: str, *, served: str | None = None) -> DocumentRecord | None:
+        """The active document; with ``served`` (the collection search serves) its chunk count there."""
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(documents).where(
+                _with_counts(sa.select(documents), served).where(
                     documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
                 )
             ).first()
         return None if row is None else _record(row)
 
     @_guarded
-    def list(self, tenant_id: str, *, cursor: str | None = None, limit: int = 20) -> DocumentPage:
-        """Documents of a tenant ordered by id, ``limit`` (1..100) per page, resuming after ``cursor``."""
+    def list(
+        self, tenant_id: str, *, cursor: str | None = None, limit: int = 20, served: str | None = None
+    ) -> DocumentPage:
+        """Documents of a tenant ordered by id, ``limit`` (1..100) per page, resuming after ``cursor``; chunk
+        counts as in ``get``."""
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}")
-        query = sa.select(documents).where(documents.c.tenant_id == tenant_id)
+        query = _with_counts(sa.select(documents), served).where(documents.c.tenant_id == tenant_id)
         if cursor:
             query = query.where(documents.c.document_id > decode_cursor(cursor))
         query = query.order_by(documents.c.document_id).limit(limit + 1)
@@ -775,6 +812,11 @@ class DocumentRegistry:
                     document_sources.c.tenant_id == tenant_id, document_sources.c.document_id == document_id
                 )
             )
+            connection.execute(
+                chunk_counts.delete().where(
+                    chunk_counts.c.tenant_id == tenant_id, chunk_counts.c.document_id == document_id
+                )
+            )
             self._bump(connection, tenant_id)
         return _record(row)
 
@@ -962,6 +1004,55 @@ class DocumentRegistry:
             connection.execute(
                 index_lease.delete().where(index_lease.c.name == name, index_lease.c.holder == holder)
             )
+
+    @_guarded
+    def record_chunk_count(
+        self, collection: str, tenant_id: str, document_id: str, version: int, chunk_count: int
+    ) -> None:
+        """Remember ``document_id``'s chunk count in ``collection`` for ``version`` (an older one's row is
+        replaced; a newer one's is kept: writes of two versions may land in either order)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(chunk_counts).values(
+            tenant_id=tenant_id,
+            document_id=document_id,
+            collection=collection,
+            version=version,
+            chunk_count=chunk_count,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[chunk_counts.c.tenant_id, chunk_counts.c.document_id, chunk_counts.c.collection],
+            set_={"version": statement.excluded.version, "chunk_count": statement.excluded.chunk_count},
+            where=chunk_counts.c.version <= statement.excluded.version,
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement)
+
+    @_guarded
+    def forget_chunk_counts(self, keep: Iterable[str]) -> int:
+        """Drop the chunk counts of every collection but ``keep`` (those the pointer names after a switch)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                chunk_counts.delete().where(chunk_counts.c.collection.not_in(list(keep)))
+            )
+        return result.rowcount
+
+    @_guarded
+    def rehash(self, tenant_id: str, document_id: str, version: int, content_hash: str) -> bool:
+        """Store another hash of the same content for ``version`` (a no-op when it is no longer active)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                documents.update()
+                .where(
+                    documents.c.tenant_id == tenant_id,
+                    documents.c.document_id == document_id,
+                    documents.c.version == version,
+                )
+                .values(content_hash=content_hash)
+            )
+        return result.rowcount == 1
 
     @_guarded
     def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:

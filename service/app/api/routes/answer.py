@@ -6,8 +6,10 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from service.app.answer.models import AnswerRequest, AnswerResponse
 from service.app.api.deps import ServicesDep, TenantDep
@@ -35,6 +37,28 @@ async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSen
             await aclose()
 
 
+class _AnswerEvents(EventSourceResponse):
+    """The SSE response that closes the answer's events when it ends, however it ends.
+
+    ``_sse`` closes them when its iteration stops, but it never starts when sending the response start fails
+    or the task group is cancelled first (the client left before the first SSE iteration): the upstream LLM
+    response then stayed open until garbage collection.
+    """
+
+    def __init__(self, events: AsyncIterator[dict[str, Any]]) -> None:
+        super().__init__(_sse(events), ping=PING_SECONDS, headers={"Cache-Control": "no-store"})
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()  # a no-op when _sse closed them already
+
+
 @router.post(
     "/answer", response_model=AnswerResponse, responses={**error_responses(413, 503), 200: _STREAM_DOC}
 )
@@ -42,6 +66,6 @@ async def answer_question(body: AnswerRequest, services: ServicesDep, tenant: Te
     """Answer the question from the caller's documents, citing them as [n]; stream=true for Server-Sent Events."""
     if body.stream:
         events = await services.answer.open_stream(tenant, body)
-        return EventSourceResponse(_sse(events), ping=PING_SECONDS, headers={"Cache-Control": "no-store"})
+        return _AnswerEvents(events)
     result = await services.answer.answer(tenant, body)
     return Response(result.model_dump_json(), media_type="application/json")

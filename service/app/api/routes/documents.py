@@ -27,6 +27,7 @@ from service.app.core.errors import (
     UnsupportedMediaType,
     error_body,
     error_responses,
+    not_json,
 )
 from service.app.ingest.extract import charset_of, detect_content_type, normalize_content_type
 from service.app.ingest.models import (
@@ -203,11 +204,7 @@ def require_json_body(request: Request) -> None:
         media_type.startswith("application/") and media_type.endswith("+json")
     ):
         return
-    raise UnsupportedMediaType(
-        f"the body must be JSON with Content-Type: application/json, not {media_type or declared!r} "
-        "(curl: add -H 'Content-Type: application/json'); upload a file with POST /v1/documents "
-        "(multipart/form-data)"
-    )
+    raise not_json(declared)
 
 
 def parse_document(body: bytes) -> DocumentIn:

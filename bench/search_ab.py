@@ -1,0 +1,170 @@
+"""A/B of the small-collection search path: this checkout's service against another checkout's, query by query.
+
+    python bench/search_ab.py --baseline /tmp/main-checkout            # 80 documents, 200 distinct queries
+    chrt -f 10 python bench/search_ab.py --baseline /tmp/main-checkout  # on a shared machine: see below
+
+Two services on loopback, this checkout's and ``--baseline``'s (``git archive`` of another commit, or a worktree:
+its ``service`` package is imported first), each with embedded defaults in a temp dir (SQLite + qdrant-edge;
+auth, rate limits and the search cache off, as in bench/ingest_search.py), are given `make bench`'s documents
+(PUT one by one), so both search the same chunks. (Each ingests for itself rather than sharing a copied data
+directory: the two versions' registry schemas may differ.) Each distinct query text goes to
+both services (``mode: dense``, top_k 5, a keep-alive ``http.client`` connection each) and to fastembed's
+``query_embed`` in this process (the raw side's embedding, no engine query), the order rotating query by query;
+before each timed call the benchmark's quiescence wait (bench/ingest_search.py ``Quiescence``: no thread of
+any of the processes running or runnable). Reported per service: p50 / mean / p90 of the client's wall time,
+the ratio to the baseline, the process's CPU per search (utime + stime from /proc/PID/stat, exited threads
+included) split by thread, and the service's own /metrics means (query embedding, engine + registry, whole
+request).
+
+On a machine shared with other jobs, wall times say little; running the whole script in ``SCHED_FIFO``
+(``chrt -f 10``: it mostly sleeps, so it costs the other jobs little) keeps them from preempting the measured
+processes, the closest such a machine comes to a quiet one. CPU per search is the steadier figure either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import httpx  # noqa: E402
+from fastembed import TextEmbedding  # noqa: E402
+from httpclient import KeepAliveClient  # noqa: E402
+from ingest_search import (  # noqa: E402
+    MODEL,
+    MODEL_DIR,
+    ServiceProcess,
+    ingest_http,
+    make_document,
+    make_queries,
+    running_threads,
+    server_breakdown,
+    thread_cpu_seconds,
+)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (threads that exited included), in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, required=True, help="another checkout of this repo")
+    parser.add_argument("--docs", type=int, default=80)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--gap-ms", type=float, default=5, help="idle pause before each timed call")
+    args = parser.parse_args()
+    if not (args.baseline / "service" / "__main__.py").is_file():
+        raise SystemExit(
+            f"--baseline {args.baseline} is not a checkout of this repo (no service/__main__.py)"
+        )
+    rng = random.Random(7)
+    documents = [make_document(rng, i) for i in range(args.docs)]
+    queries = make_queries(rng, args.queries + 20)
+    work = Path(tempfile.mkdtemp(prefix="rag-search-ab-"))
+    load_before = os.getloadavg()[0]
+    services: dict[str, ServiceProcess] = {}
+    try:
+        baseline_command = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(args.baseline)!r}); import runpy; "
+            "runpy.run_module('service', run_name='__main__', alter_sys=True)",
+        ]
+        for name, command in (("baseline", baseline_command), ("this checkout", None)):
+            # Each service ingests the documents itself (same text, same model: the same store): a copied data
+            # directory would carry one version's registry schema to the other.
+            services[name] = ServiceProcess(work / name / "data", command=command)
+            with httpx.Client(base_url=services[name].url, timeout=120) as client:
+                ingest_http(client, documents, "")
+        model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR))
+        clients = {name: KeepAliveClient(service.url) for name, service in services.items()}
+        for text in queries[:20]:  # warm-up texts of their own
+            for client in clients.values():
+                client.post_json("/v1/search", {"query": text, "top_k": 5, "mode": "dense"})
+            next(iter(model.query_embed(text)))
+        pids = [service.proc.pid for service in services.values()]
+
+        def busy() -> bool:
+            own = running_threads(os.getpid(), exclude=threading.get_native_id())
+            return own > 0 or any(running_threads(pid) > 0 for pid in pids)
+
+        def settle() -> None:
+            time.sleep(args.gap_ms / 1000)
+            started, quiet = time.perf_counter(), 0
+            while quiet < 3 and time.perf_counter() - started < 0.4:
+                quiet = 0 if busy() else quiet + 1
+                if quiet < 3:
+                    time.sleep(0.001)
+
+        paths = [*services, "raw query_embed"]
+        latency: dict[str, list[float]] = {path: [] for path in paths}
+        cpu_before = {name: process_cpu_seconds(s.proc.pid) for name, s in services.items()}
+        threads_before = {name: thread_cpu_seconds(s.proc.pid) for name, s in services.items()}
+        measured = queries[20:]
+        for index, text in enumerate(measured):
+            for path in paths[index % len(paths) :] + paths[: index % len(paths)]:
+                settle()
+                started = time.perf_counter()
+                if path in clients:
+                    clients[path].post_json("/v1/search", {"query": text, "top_k": 5, "mode": "dense"})
+                else:
+                    next(iter(model.query_embed(text))).tolist()
+                latency[path].append(time.perf_counter() - started)
+        cpu = {name: process_cpu_seconds(s.proc.pid) - cpu_before[name] for name, s in services.items()}
+        threads = {
+            name: {
+                key: seconds - threads_before[name].get(key, 0.0)
+                for key, seconds in thread_cpu_seconds(s.proc.pid).items()
+            }
+            for name, s in services.items()
+        }
+        inside = {name: server_breakdown(httpx.get(f"{s.url}/metrics").text) for name, s in services.items()}
+        for client in clients.values():
+            client.close()
+    finally:
+        for service in services.values():
+            service.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    count = len(measured)
+    print(
+        f"{args.docs} documents, {count} distinct queries per path, interleaved; load average {load_before:.1f} "
+        f"before, {os.getloadavg()[0]:.1f} after; baseline: {args.baseline}"
+    )
+    base = statistics.median(latency["baseline"])
+    for path in paths:
+        values = sorted(latency[path])
+        p50 = statistics.median(values)
+        line = (
+            f"{path:16s} p50 {p50 * 1e3:6.2f} ms, mean {statistics.mean(values) * 1e3:6.2f}, "
+            f"p90 {values[int(0.9 * len(values))] * 1e3:6.2f}, {p50 / base:.3f}x the baseline"
+        )
+        if path in services:
+            split = ", ".join(
+                f"{key} {seconds / count * 1e3:.2f}" for key, seconds in sorted(threads[path].items())
+            )
+            means = ", ".join(
+                f"{key} {value:.2f}" for key, value in inside[path].items() if value is not None
+            )
+            line += (
+                f"; CPU per search {cpu[path] / count * 1e3:.2f} ms ({split}); /metrics means (ms): {means}"
+            )
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`ragops up` on staging/prod from a fresh checkout: the deployed promotion is kept, the committed settings apply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.workflows.deploy import deploy, keep_promoted
+from infra.workflows.stacks import REPO_ROOT, Context
+from tests.workflows.fake_pulumi import DIGEST, FakeBackend
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PROMOTION = {
+    "from": "staging",
+    "digest": DIGEST,
+    "at": "2026-03-01T12:00:00Z",
+    "by": "octocat",
+    "models": [MODEL],
+}
+COMMITTED_PROD = "config:\n  rag:environment: prod\n  rag:service:\n    replicas: 5\n"
+
+
+def _prod_promoted_elsewhere(tmp_path: Path) -> tuple[FakeBackend, Path]:
+    """prod as the promote job left it (its checkout is gone), and a fresh checkout of the committed files."""
+    promote_job = tmp_path / "promote-job"
+    promote_job.mkdir()
+    backend = FakeBackend(promote_job)
+    backend.add_stack(
+        "prod",
+        config={
+            "rag:environment": "prod",
+            "rag:image": DIGEST,
+            "rag:promotion": PROMOTION,
+            "rag:embedding": {"model": MODEL, "extraModels": []},
+            "rag:service": {"replicas": 5, "settings": {"chunkSize": 300}},
+        },
+        outputs={"imageDigest": DIGEST},
+    )
+    checkout = tmp_path / "laptop"
+    checkout.mkdir()
+    (checkout / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
+    # An emergency settings change, committed: more replicas.
+    (checkout / "Pulumi.prod.yaml").write_text(COMMITTED_PROD.replace("replicas: 5", "replicas: 7"))
+    return backend, checkout
+
+
+def test_up_of_prod_from_a_fresh_checkout_keeps_the_promoted_image_and_settings(tmp_path: Path) -> None:
+    backend, checkout = _prod_promoted_elsewhere(tmp_path)
+    ctx = Context(work_dir=checkout, pulumi_command=backend.command())
+
+    deploy(ctx, "prod", policy_pack=None)
+
+    ran = backend.stacks["prod"].deployed_config()
+    assert ran["rag:image"]["value"] == DIGEST  # not a build of the laptop's tree
+    assert ran["rag:promotion"]["objectValue"] == PROMOTION
+    assert ran["rag:embedding"]["objectValue"] == {"model": MODEL, "extraModels": []}
+    # The committed change applies; the promoted setting is not reverted to the default (no re-index).
+    assert ran["rag:service"]["objectValue"] == {"replicas": 7, "settings": {"chunkSize": 300}}
+
+
+def test_a_checkout_that_names_an_image_or_a_building_stack_is_left_alone(tmp_path: Path) -> None:
+    backend, checkout = _prod_promoted_elsewhere(tmp_path)
+    ws = Context(work_dir=checkout, pulumi_command=backend.command()).workspace()
+    other = "registry.example.com/rag/service@sha256:" + "cd" * 32
+    (checkout / "Pulumi.prod.yaml").write_text(COMMITTED_PROD + f"  rag:image: {other}\n")
+    assert keep_promoted(ws, "prod") is None
+    (checkout / "Pulumi.dev.yaml").write_text("config:\n  rag:environment: dev\n")
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    assert keep_promoted(ws, "dev") is None
+    assert [c for c in backend.commands("config") if c[1] in ("refresh", "set-all")] == []
+
+
+def test_ragops_up_of_prod_checks_the_promoted_image_not_a_build_of_the_checkout(tmp_path: Path) -> None:
+    """The image-keeps-the-index check runs after the promotion is carried over: without it, the committed file
+    (no rag:image, the default model) would look like a build that lacks the deployed index's model."""
+    from typer.testing import CliRunner
+
+    from infra.workflows.cli import app
+
+    backend, checkout = _prod_promoted_elsewhere(tmp_path)
+    backend.stacks["prod"].outputs["embedding"] = {"model": MODEL, "imageModels": [MODEL]}
+    # The real project file: its declared rag:embedding default is what a build of this checkout would bake in.
+    (checkout / "Pulumi.yaml").write_text((REPO_ROOT / "Pulumi.yaml").read_text())
+    ctx = Context(work_dir=checkout, pulumi_command=backend.command())
+    result = CliRunner().invoke(app, ["up", "--stack", "prod", "--no-policy", "-q"], obj=ctx)
+    assert result.exit_code == 0, result.output
+    assert backend.stacks["prod"].deployed_config()["rag:image"]["value"] == DIGEST
