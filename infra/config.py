@@ -133,6 +133,9 @@ class EksNodeGroup:
     diskSizeGb: int = _f(min=10, max=16384)
 
 
+#: An IAM role or user ARN (roles may carry a path: EKS access entries accept it, unlike aws-auth).
+IAM_PRINCIPAL_RE = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}")
+
 #: `rag:cluster.eks.natGateways`: a NAT gateway (and private route table) in each zone, or one shared by all.
 NatGateways = Literal["single", "perZone"]
 
@@ -150,6 +153,8 @@ class EksCluster:
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
     natGateways: NatGateways = "perZone"
+    adminPrincipals: tuple[str, ...] = ()
+    readerPrincipals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,6 +364,7 @@ class GatewayConfig:
     hostname: str = _f(pattern=HOSTNAME_RE)
     className: str = _f(pattern=re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"))
     loadBalancer: Literal["auto", "internal", "public"]
+    proxyNamespaces: tuple[str, ...]
     ingress: IngressFallback
 
 
@@ -599,6 +605,7 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
     import pulumi
 
     stack = pulumi.get_stack()
+    check_config_keys(stack)
     cfg = pulumi.Config(PROJECT)
     raw: dict[str, Any] = {}
     for key, decl in declared_config(project_file).items():
@@ -609,6 +616,43 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
             continue
         raw[key] = _decode(key, text, decl, stack)
     return parse_config(raw, stack, project_file=project_file)
+
+
+# Config namespaces the program or its providers read. Any other namespace is a typo (`rga:qdrant`): the CLI passes
+# it through untouched and the block it meant to set silently keeps its defaults.
+KNOWN_NAMESPACES = frozenset(
+    {PROJECT, "pulumi", "aws", "gcp", "kubernetes", "eks", "random", "tls", "docker-build"}
+)
+
+
+def check_config_keys(stack: str) -> None:
+    """Refuse a key in an unknown namespace and a secret key stored in plain text (ConfigError naming both).
+
+    Runs inside the program, on what the CLI handed it (`PULUMI_CONFIG` / `PULUMI_CONFIG_SECRET_KEYS`, which the
+    Python language host loads with `set_all_config`), so it holds for `pulumi up` as much as for `make plan`.
+    """
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env, is_config_secret
+
+    file = stack_file(stack)
+    for key in sorted({*CONFIG.get(), *get_config_env()}):
+        namespace, _, bare = key.partition(":")
+        if namespace not in KNOWN_NAMESPACES:
+            hint = f" (did you mean {PROJECT}:{bare}?)" if bare else ""
+            raise ConfigError(
+                key,
+                file,
+                f"unknown namespace {namespace!r}: the program reads {PROJECT}:* and its providers' "
+                f"{', '.join(sorted(KNOWN_NAMESPACES - {PROJECT}))} keys{hint}",
+            )
+    for bare in sorted(SECRET_KEYS):
+        key = f"{PROJECT}:{bare}"
+        if get_config(key) and not is_config_secret(key):
+            raise ConfigError(
+                key,
+                file,
+                f"stored in plain text (it would sit in the stack file and git history); set it with "
+                f"`pulumi config set --secret {key} ...`",
+            )
 
 
 def _decode(key: str, text: str, decl: Mapping[str, Any], stack: str) -> Any:
@@ -860,6 +904,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
+    for proxy_namespace in config.gateway.proxyNamespaces:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", proxy_namespace):
+            fail("gateway.proxyNamespaces", f"{proxy_namespace!r} is not a valid Kubernetes namespace name")
 
     cluster = config.cluster
     if cluster.provider == "gke" and not cluster.gke.project:
@@ -873,6 +920,15 @@ def _check_rules(config: StackConfig, file: str) -> None:
         if not group.minSize <= group.desiredSize <= group.maxSize:
             fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        seen: set[str] = set()
+        for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):
+            for arn in getattr(cluster.eks, key.rsplit(".", 1)[1]):
+                if not IAM_PRINCIPAL_RE.fullmatch(arn):
+                    fail(key, f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
+                if arn in seen:
+                    # EKS: "An IAM principal can't be included in more than one access entry."
+                    fail(key, f"{arn} is listed twice (an IAM principal can have only one access entry)")
+                seen.add(arn)
         if cluster.eks.endpointPublicAccess and not cluster.eks.publicAccessCidrs:
             # EKS treats an empty list as 0.0.0.0/0: opening the endpoint must name who may reach it.
             fail(

@@ -450,8 +450,17 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
     if target == "existing":
         existing = _get(config, "cluster", "existing") or {}
         class_name = _get(config, "gateway", "className")
+        ingress = _get(config, "gateway", "ingress") or {}
         prerequisites = dict(EXISTING_PREREQUISITES)
-        if class_name:
+        if ingress.get("enabled"):
+            # Ingress mode renders no Gateway: the Gateway API and a GatewayClass are not needed, an
+            # IngressClass (docs/infra.md, cluster prerequisites) is.
+            del prerequisites["api:gateway.networking.k8s.io"]
+            if ingress.get("className"):
+                prerequisites[f"ingressclass:{ingress['className']}"] = (
+                    f"an Ingress controller serving IngressClass {ingress['className']}"
+                )
+        elif class_name:
             prerequisites[f"gatewayclass:{class_name}"] = (
                 f"a Gateway controller serving GatewayClass {class_name}"
             )
@@ -870,6 +879,21 @@ def check_capabilities(run: StackRun, analysis: Analysis, graph: Graph) -> list[
                 )
             )
     gke = run.of_type(GKE_CLUSTER)
+    for release in run.resources:
+        if gke and release.type in HELM_TYPES and _release_chart(release) == "kube-prometheus-stack":
+            values = release.inputs.get("values") or {}
+            # The chart's default coreDns scrape (k8s-app=kube-dns:9153) finds GKE's kube-dns, which serves no
+            # metrics there: the targets are down and TargetDown fires for the cluster's whole life.
+            if _get(values, "coreDns", "enabled") is not False:
+                findings.append(
+                    Finding(
+                        "capability",
+                        release.urn,
+                        "kube-prometheus-stack scrapes CoreDNS (port 9153) on GKE, which runs kube-dns: the "
+                        "coredns targets are down and TargetDown fires for ever.",
+                        "set coreDns.enabled: false and kubeDns.enabled: true on gke.",
+                    )
+                )
     for resource in run.resources:
         if not resource.custom or not gke:
             continue
@@ -2236,6 +2260,8 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.gke.storageClass": "premium-rwo",
     "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
     "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
+    "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
+    "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
     "cluster.eks.version": "1.34",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
@@ -2272,6 +2298,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "gateway.hostname": "rag.other.example.com",
     "gateway.className": "eg",
     "gateway.loadBalancer": "internal",
+    "gateway.proxyNamespaces": ["ingress-nginx"],
     "gateway.ingress.className": "nginx-other",
     "monitoring.chartVersion": "78.3.1",
     "monitoring.retention": "14d",

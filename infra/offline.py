@@ -149,6 +149,13 @@ def cli_config(
 
     for key in stack_values:
         namespace, _, bare = key.partition(":")
+        if not bare:
+            # The CLI cannot load such a file (config.ParseKey: "could not parse X as a configuration key").
+            raise ConfigError(
+                key,
+                stack_file(stack),
+                f"not a configuration key: keys are <namespace>:<name>, e.g. {PROJECT}:{key}",
+            )
         # The CLI refuses a project key the project does not declare ("not defined by the project
         # configuration"); without this check a typo'd key would be silently ignored offline.
         if namespace == PROJECT and bare not in declared:

@@ -28,6 +28,7 @@ from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitor
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
+    READINESS_PATH,
     Autoscaling,
     NetworkAccess,
     RagService,
@@ -55,10 +56,20 @@ ISSUERS = {
     "letsencrypt-staging": "letsencrypt-staging",
     "letsencrypt": "letsencrypt-prod",
 }
-# Who reaches the API pods through the gateway: a cloud-managed Gateway class sends traffic from its load
-# balancer ranges straight to the pods (`lb_source_cidrs`); in-cluster implementations proxy from these namespaces.
-PROXY_NAMESPACES = ("envoy-gateway-system",)
 CLIENTS = (client_selector(SERVICE_NAME),)
+#: Where the eks target installs Envoy Gateway (infra/clusters/eks.py ENVOY_GATEWAY_NAMESPACE, not imported here so
+#: the program does not load pulumi_aws on other targets; test_stack checks the two agree).
+EKS_PROXY_NAMESPACE = "envoy-gateway-system"
+
+
+def proxy_namespaces(config: StackConfig) -> tuple[str, ...]:
+    """Who reaches the API pods through the gateway when it runs in the cluster: `rag:gateway.proxyNamespaces`
+    (the Gateway or Ingress controller's proxies); on eks the stack's own Envoy Gateway is always among them.
+    A cloud-managed Gateway class sends traffic from its load balancer's ranges instead (`lb_source_cidrs`)."""
+    namespaces = tuple(config.gateway.proxyNamespaces)
+    if config.cluster.provider == "eks" and EKS_PROXY_NAMESPACE not in namespaces:
+        namespaces = (EKS_PROXY_NAMESPACE, *namespaces)
+    return namespaces
 
 
 # --- small mappings ----------------------------------------------------------------------------------------------
@@ -158,6 +169,7 @@ def monitoring_args(
         redis_statefulset="redis",
         backup_cronjob=BACKUPS_NAME if backups_on else None,
         tls_enabled=config.tls.enabled,
+        cluster_dns="kube-dns" if config.cluster.provider == "gke" else "coredns",
         runbook_url=mon.runbookUrl,
         receivers=AlertReceivers(
             slack_webhook_url=secrets.slack_webhook_url if secrets else None,
@@ -422,7 +434,7 @@ def service_args(
         ),
         service_account_annotations=service_account_annotations,
         network=NetworkAccess(
-            gateway_namespaces=() if lb_cidrs else PROXY_NAMESPACES,
+            gateway_namespaces=() if lb_cidrs else proxy_namespaces(config),
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
             api_egress=llm_egress(config),
@@ -452,6 +464,7 @@ def gateway_args(
         hostname=gateway.hostname,
         service_name=service_name,
         service_port=service_port,
+        health_check_path=READINESS_PATH,
         issuer=ISSUERS[tls.issuer],
         acme_email=tls.email or None,
         entry="ingress" if gateway.ingress.enabled else "gateway",

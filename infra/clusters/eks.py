@@ -14,6 +14,7 @@ annotation. In prod the cluster, node group and ECR repository are protected.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
@@ -199,6 +200,44 @@ def bucket_policy(bucket: str) -> str:
     )
 
 
+#: EKS access policies (arn:aws:eks::aws:cluster-access-policy/...). AdminView, unlike View, reads Secrets, which a
+#: `pulumi refresh` of the stack's Secrets and Helm releases needs.
+ADMIN_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+READER_ACCESS_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSAdminViewPolicy"
+
+
+def cluster_access(
+    cluster: aws.eks.Cluster,
+    admins: tuple[str, ...],
+    readers: tuple[str, ...],
+    opts: pulumi.ResourceOptions,
+) -> list[aws.eks.AccessPolicyAssociation]:
+    """An access entry and a cluster-wide access policy per principal of `rag:cluster.eks.adminPrincipals` /
+    `readerPrincipals`. Without them only the identity that created the cluster can use its Kubernetes API: the
+    on-call engineer's role gets Unauthorized, and so does a drift job running as another role. Named by a hash
+    of the ARN, so removing one principal does not touch the others' entries."""
+    granted = []
+    for arn, policy in [
+        *((a, ADMIN_ACCESS_POLICY) for a in admins),
+        *((r, READER_ACCESS_POLICY) for r in readers),
+    ]:
+        suffix = hashlib.sha256(arn.encode()).hexdigest()[:10]
+        entry = aws.eks.AccessEntry(
+            f"eks-access-{suffix}", cluster_name=cluster.name, principal_arn=arn, type="STANDARD", opts=opts
+        )
+        granted.append(
+            aws.eks.AccessPolicyAssociation(
+                f"eks-access-policy-{suffix}",
+                cluster_name=cluster.name,
+                principal_arn=entry.principal_arn,
+                policy_arn=policy,
+                access_scope={"type": "cluster"},
+                opts=opts,
+            )
+        )
+    return granted
+
+
 def build_eks(config: StackConfig) -> ClusterTarget:
     """The EKS cluster target for `config` (provider `eks`)."""
     eks = config.cluster.eks
@@ -353,6 +392,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         enabled_cluster_log_types=["api", "audit", "authenticator"],
         opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[cluster_policy])),
     )
+
+    cluster_access(cluster, eks.adminPrincipals, eks.readerPrincipals, opts)
 
     node_role = aws.iam.Role(
         "eks-node-role", assume_role_policy=assume_role_policy("ec2.amazonaws.com"), opts=opts

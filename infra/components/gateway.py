@@ -14,7 +14,7 @@ Creates:
   HTTPS (301) and the HTTPRoute to the service; entry `ingress`: a networking.k8s.io/v1 Ingress fallback with
   the same certificate (ACME solved through the ingress class), `/metrics` sent to a selector-less Service
   `<name>-closed` (no endpoints: never the service's port),
-- on GKE gateway classes, a `HealthCheckPolicy` so Google's load balancer probes /readyz rather than `/`.
+- on GKE gateway classes, a `HealthCheckPolicy` so Google's load balancer probes the readiness path rather than `/`.
 
 CRD ordering: the ClusterIssuer and Certificate depend on the cert-manager release that installs their CRDs; the
 Gateway and HTTPRoutes depend on `gateway_crds` (whatever installs the Gateway API CRDs: GKE has them built in).
@@ -73,7 +73,7 @@ class TlsGatewayArgs:
     ingress_class_name: str | None = None
     """IngressClass for the `ingress` fallback (None uses the cluster default)."""
     gateway_annotations: Mapping[str, str] = field(default_factory=dict)
-    health_check_path: str = "/readyz"
+    health_check_path: str = "/readyz/serving"
     """Path cloud load balancers probe on the service (GKE: a HealthCheckPolicy; "/" would 404)."""
     install_cert_manager: bool = True
     cert_manager_version: str = CERT_MANAGER_VERSION

@@ -169,6 +169,9 @@ class MonitoringArgs:
     backup_cronjob: str | None = None
     """Name of the Qdrant backup CronJob; None when backups are off (no backup alerts)."""
     tls_enabled: bool = True
+    cluster_dns: str = "coredns"
+    """The cluster's DNS: `coredns` (EKS, kind, most clusters: metrics on 9153) or `kube-dns` (GKE Standard's
+    default add-on: metrics on the sidecar's 10054 and kubedns' 10055). The chart scrapes the one named here."""
     """Whether the stack has cert-manager certificates (expiry alerts, cert-manager scraping)."""
     runbook_url: str = "docs/runbooks.md"
     """Base of every alert's `runbook_url` annotation (`<base>#<alert in lower case>`)."""
@@ -351,6 +354,10 @@ def chart_values(
         # their `*Down` alerts fire for ever. `<component>.enabled: false` removes the ServiceMonitor and its
         # rules (the rule templates of chart 78.3.0 are gated on it); the defaultRules switches say so too.
         **{component: {"enabled": False} for component in CONTROL_PLANE_COMPONENTS},
+        # The chart scrapes CoreDNS (k8s-app=kube-dns, port 9153) by default; GKE runs kube-dns under the same
+        # label with nothing on 9153, so every coredns target would be down and TargetDown fire for ever.
+        "coreDns": {"enabled": args.cluster_dns == "coredns"},
+        "kubeDns": {"enabled": args.cluster_dns == "kube-dns"},
         "defaultRules": {"rules": dict.fromkeys(CONTROL_PLANE_RULES, False)},
     }
 

@@ -35,6 +35,11 @@ from infra.components.specs import EgressTarget, Resources, require
 APP = "rag"
 DATA_DIR = "/var/lib/rag"
 WORKER_METRICS_PORT = 9100  # the worker serves Prometheus metrics here, on the container port named `metrics`
+READINESS_PATH = "/readyz/serving"  # the API's readiness probe and GKE's load-balancer health check
+PRE_STOP_SECONDS = 10  # EndpointSlice -> kube-proxy / Envoy / cloud LB propagation, a few seconds in practice
+API_TERMINATION_GRACE_SECONDS = (
+    PRE_STOP_SECONDS + 35
+)  # then uvicorn's drain of in-flight requests (answers stream)
 
 # What a service pod's memory limit must hold (`pod_memory_parts`, checked by `make plan`'s `pod-memory`; the
 # figures and how they were measured: docs/infra.md, "Pod memory"). MiB.
@@ -382,7 +387,12 @@ def api_container(
         # Loading the embedding model can take a while: the startup probe holds off liveness until /healthz answers.
         "startupProbe": specs.http_probe("/healthz", "http", period=5, timeout=3, failures=60),
         "livenessProbe": specs.http_probe("/healthz", "http", period=10, timeout=3, failures=3),
-        "readinessProbe": specs.http_probe("/readyz", "http", period=5, timeout=5, failures=3),
+        # Only what this pod cannot serve without (service/app/api/routes/health.py SERVING_CHECKS): a probe that
+        # failed on the shared database or Redis would take every replica out of the load balancer at once.
+        "readinessProbe": specs.http_probe(READINESS_PATH, "http", period=5, timeout=5, failures=3),
+        # Endpoint removal and SIGTERM happen at the same time: keep serving while the gateway's proxies and the
+        # cloud load balancer stop sending (EndpointSlice propagation), then uvicorn drains in-flight requests.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRE_STOP_SECONDS)]}}},
         **_restricted_runtime(resources, run_as_user),
     }
 
@@ -641,6 +651,7 @@ class RagService(pulumi.ComponentResource):
                 replicas=api_replicas,
                 service_account=sa_name,
                 run_as_user=args.run_as_user,
+                termination_grace_seconds=API_TERMINATION_GRACE_SECONDS,
             ),
             opts=child(reads),
         )

@@ -198,9 +198,13 @@ def preview(
     context: Context = ctx.obj
 
     def action() -> Any:
+        ws = context.workspace()
+        keep_promoted(
+            ws, stack
+        )  # preview what `ragops up` would deploy: a staging/prod checkout names no image
         with _progress(f"preview {stack}", quiet) as (on_output, on_event):
             return run_preview(
-                context.workspace(),
+                ws,
                 stack,
                 policy_pack=POLICY_PACK if policy else None,
                 on_output=on_output,

@@ -162,3 +162,33 @@ def test_service_account_is_bound_to_a_cloud_identity_on_clouds_only() -> None:
     assert "system:serviceaccount:rag:rag" in eks.by_name("irsa-service").inputs["assumeRolePolicy"]
     existing = run("dev").by_name("rag-sa").inputs["metadata"]
     assert not existing.get("annotations")
+
+
+def test_eks_grants_the_listed_principals_cluster_access() -> None:
+    """Only the cluster's creator can use its API unless the stack adds access entries: the on-call role gets an
+    admin entry, the drift role a reader entry whose policy can read Secrets (refresh reads them)."""
+    from infra.clusters.eks import ADMIN_ACCESS_POLICY, READER_ACCESS_POLICY
+
+    oncall = "arn:aws:iam::111122223333:role/platform/oncall"
+    drift = "arn:aws:iam::111122223333:role/rag-prod-drift"
+    result = run("prod", "eks", cluster={"eks": {"adminPrincipals": [oncall], "readerPrincipals": [drift]}})
+    entries = {r.inputs["principalArn"]: r for r in result.of_type("aws:eks/accessEntry:AccessEntry")}
+    assert set(entries) == {oncall, drift}
+    assert {entry.inputs["type"] for entry in entries.values()} == {"STANDARD"}
+    cluster = result.of_type("aws:eks/cluster:Cluster")[0]
+    policies = {
+        r.inputs["principalArn"]: r
+        for r in result.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    }
+    assert policies[oncall].inputs["policyArn"] == ADMIN_ACCESS_POLICY
+    assert policies[drift].inputs["policyArn"] == READER_ACCESS_POLICY
+    assert READER_ACCESS_POLICY.endswith(
+        "AmazonEKSAdminViewPolicy"
+    )  # AmazonEKSViewPolicy cannot read Secrets
+    for principal, association in policies.items():
+        assert association.inputs["accessScope"] == {"type": "cluster"}
+        # Each association waits for its own entry (through principal_arn) and both for the cluster.
+        assert entries[principal].urn in association.depends_on
+        assert cluster.urn in entries[principal].depends_on
+    # Without principals nothing is added (the creator's bootstrap entry is EKS's own).
+    assert not run("prod", "eks").of_type("aws:eks/accessEntry:AccessEntry")

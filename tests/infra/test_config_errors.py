@@ -31,6 +31,26 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
     ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "ErrImagePull"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    (
+        "prod",
+        {"cluster": {"eks": {"adminPrincipals": ["platform-oncall"]}}},
+        "cluster.eks.adminPrincipals",
+        "not an IAM role or user ARN",
+    ),
+    (
+        "prod",
+        {
+            "cluster": {
+                "eks": {
+                    "adminPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                    "readerPrincipals": ["arn:aws:iam::111122223333:role/ops"],
+                }
+            }
+        },
+        "cluster.eks.readerPrincipals",
+        "listed twice",
+    ),
+    ("dev", {"gateway": {"proxyNamespaces": ["Ingress_Nginx"]}}, "gateway.proxyNamespaces", "not a valid"),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
     (
         "staging",
@@ -326,3 +346,52 @@ def test_the_committed_stacks_and_a_correct_override_still_pass() -> None:
         .outputs["serviceUrl"]
         .startswith("https://")
     )
+
+
+def _staging_with(extra: dict[str, Any]) -> dict[str, Any]:
+    import yaml
+
+    from infra.offline import PROJECT_DIR
+
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.staging.yaml").read_text(encoding="utf-8"))
+    return {**doc["config"], **extra}
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        # A typo'd namespace: the CLI passes it through, so the block would silently keep its defaults.
+        ({"rga:qdrant": {"replicas": 3}}, "rga:qdrant", "did you mean rag:qdrant?"),
+        # No namespace: the CLI cannot even load the file (config.ParseKey).
+        ({"qdrant": {"replicas": 3}}, "qdrant", "keys are <namespace>:<name>"),
+        # A secret key in plain YAML would sit in git; the CLI only encrypts what `config set --secret` wrote.
+        (
+            {"rag:serviceApiKeys": '{"k": "t"}'},
+            "rag:serviceApiKeys",
+            "config set --secret rag:serviceApiKeys",
+        ),
+        ({"rag:slackWebhookUrl": "https://hooks.slack.example/x"}, "rag:slackWebhookUrl", "plain text"),
+    ],
+    ids=["namespace-typo", "no-namespace", "plain-api-keys", "plain-webhook"],
+)
+def test_a_stack_file_key_the_program_would_silently_misread_is_refused(
+    extra: dict[str, Any], key: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        run_stack("staging", stack_config=_staging_with(extra))
+    assert caught.value.key == key
+    assert caught.value.stack_file == "Pulumi.staging.yaml"
+    assert fragment in str(caught.value), str(caught.value)
+
+
+def test_encrypted_secrets_and_provider_namespaces_pass() -> None:
+    """The refusals above are about the key, not the feature: the encrypted form and provider keys are fine."""
+    stack_config = _staging_with(
+        {
+            "rag:slackWebhookUrl": {"secure": "v1:AAAA"},
+            "gcp:region": "europe-west1",
+            "pulumi:disable-default-providers": ["kubernetes"],
+        }
+    )
+    result = run_stack("staging", stack_config=stack_config)
+    assert result.outputs["serviceUrl"].startswith("https://")

@@ -361,6 +361,29 @@ def test_control_plane_scrapes_are_off_on_managed_control_planes() -> None:
     assert findings(program(on)) == []
 
 
+def test_the_coredns_scrape_is_off_on_gke_which_runs_kube_dns() -> None:
+    off = {name: {"enabled": False} for name in (*d.CONTROL_PLANE_SCRAPES, "kubeProxy")}
+    gke = res(d.GKE_CLUSTER, "gke", {"datapathProvider": "ADVANCED_DATAPATH"})
+    broken = findings(program(gke, release("monitoring", "kube-prometheus-stack", off)))
+    assert [f.name for f in broken] == ["monitoring"]
+    assert "coreDns.enabled: false" in broken[0].fix
+    fixed = {**off, "coreDns": {"enabled": False}, "kubeDns": {"enabled": True}}
+    assert findings(program(gke, release("monitoring", "kube-prometheus-stack", fixed))) == []
+    # EKS and kind run CoreDNS: the chart's default scrape is right there.
+    assert findings(program(*eks_cluster(), release("monitoring", "kube-prometheus-stack", off))) == []
+
+
+def test_the_stacks_scrape_the_dns_their_cluster_runs() -> None:
+    from tests.infra.conftest import run
+
+    def dns_scrapes(stack: str, target: str) -> tuple[bool, bool]:
+        values = run(stack, target).by_name("monitoring-stack").inputs["values"]
+        return values["coreDns"]["enabled"], values["kubeDns"]["enabled"]
+
+    assert dns_scrapes("staging", "gke") == (False, True)
+    assert dns_scrapes("prod", "eks") == (True, False)
+
+
 def test_workload_identity_bindings_wait_for_the_gke_cluster() -> None:
     cluster = res(d.GKE_CLUSTER, "gke", {"datapathProvider": "ADVANCED_DATAPATH"})
     member = {"member": "serviceAccount:p.svc.id.goog[rag/api]", "role": "roles/iam.workloadIdentityUser"}

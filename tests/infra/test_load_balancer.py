@@ -131,3 +131,46 @@ def test_a_public_gateway_in_a_private_prod_is_an_exposure_unless_config_opens_i
     opened = eks_program(envoy_proxy(NLB), environment="prod", gateway={"loadBalancer": "public"})
     assert findings(opened) == []
     assert findings(eks_program(envoy_proxy(NLB), environment="staging")) == []
+
+
+def _api_sources(result: StackRun) -> list[str]:
+    """The ipBlock CIDRs the API's NetworkPolicy admits."""
+    return [
+        peer["ipBlock"]["cidr"]
+        for rule in result.by_name("rag-api-netpol").inputs["spec"]["ingress"]
+        for peer in rule.get("from", [])
+        if "ipBlock" in peer
+    ]
+
+
+@pytest.mark.parametrize(
+    ("class_name", "load_balancer", "regional"),
+    [
+        ("gke-l7-global-external-managed", "public", False),
+        ("gke-l7-regional-external-managed", "public", True),
+        ("gke-l7-rilb", "internal", True),
+    ],
+)
+def test_each_gke_class_reaches_the_pods_from_where_its_proxies_are(
+    class_name: str, load_balancer: str, regional: bool
+) -> None:
+    """A request travels LB proxy -> pod: the proxies of the regional Envoy-based classes sit in the region's
+    proxy-only subnet (Google Cloud, "Proxy-only subnets for Envoy-based load balancers"), so that subnet must
+    exist (or the Gateway never gets an address) and the API's NetworkPolicy must admit it (or every proxied
+    request is dropped while the health checks, from 35.191.0.0/16 and 130.211.0.0/22, still pass)."""
+    result = run(
+        "staging",
+        "gke",
+        gateway={"loadBalancer": load_balancer, "className": class_name},
+        tls={"issuer": "selfSigned"},
+    )
+    subnets = [r for r in result.resources if r.name == "proxy-only-subnet"]
+    sources = _api_sources(result)
+    assert {"35.191.0.0/16", "130.211.0.0/22"} <= set(sources)  # health checks (and the GFE proxies)
+    if regional:
+        (subnet,) = subnets
+        assert (subnet.inputs["purpose"], subnet.inputs["role"]) == ("REGIONAL_MANAGED_PROXY", "ACTIVE")
+        assert subnet.inputs["ipCidrRange"] in sources
+    else:
+        assert not subnets
+        assert len(sources) == 2

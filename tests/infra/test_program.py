@@ -190,7 +190,7 @@ def test_service_deployment_runs_the_deployed_image_with_probes(target_run: Stac
     container = pod["containers"][0]
     assert container["image"] == target_run.outputs["imageDigest"]
     assert re.fullmatch(r"[^@\s]+@sha256:[0-9a-f]{64}", container["image"])
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/serving"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["limits"]["memory"]
@@ -433,3 +433,24 @@ def test_the_stack_rate_limit_pattern_accepts_what_the_service_accepts(value: st
     except ValueError:
         service_accepts = False
     assert bool(RATE_LIMIT_RE.match(value)) == service_accepts
+
+
+def test_ingress_mode_admits_the_ingress_controller_and_its_plan_passes() -> None:
+    """`gateway.ingress.enabled` on an existing cluster: the API's NetworkPolicy admits the controller's namespace
+    (`gateway.proxyNamespaces`; it used to admit only envoy-gateway-system, so every request through
+    ingress-nginx was dropped), the IngressClass is a listed prerequisite instead of a failure, and no
+    GatewayClass or Gateway API is asked for since no Gateway is rendered."""
+    from infra import deployability as d
+
+    result = run(
+        "dev",
+        gateway={"ingress": {"enabled": True, "className": "nginx"}, "proxyNamespaces": ["ingress-nginx"]},
+    )
+    sources = str(result.by_name("rag-api-netpol").inputs["spec"]["ingress"])
+    assert "'kubernetes.io/metadata.name': 'ingress-nginx'" in sources
+    assert "envoy-gateway-system" not in sources
+    analysis = d.analyse(result)
+    assert not analysis.findings, analysis.findings
+    prerequisites = {capability.name for capability in analysis.prerequisites}
+    assert "ingressclass:nginx" in prerequisites
+    assert not {name for name in prerequisites if name.startswith("gatewayclass:")}

@@ -201,7 +201,7 @@ def test_service_args_map_settings_scaling_and_network() -> None:
     )
     assert dev.environment == "development"
     assert dev.autoscaling is None
-    assert dev.network.gateway_namespaces == stack.PROXY_NAMESPACES
+    assert dev.network.gateway_namespaces == ("envoy-gateway-system",)  # rag:gateway.proxyNamespaces' default
     assert dev.settings["LOG_LEVEL"] == "DEBUG"
 
 

@@ -54,6 +54,7 @@ class FakeIngest:
         metadata: Any,
         content_type: str,
         fence: Any = None,
+        ticket: int | None = None,
     ) -> dict[str, Any]:
         self.running += 1
         self.max_running = max(self.max_running, self.running)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as qe
 from prometheus_client import REGISTRY
 from qdrant_client import models
 
@@ -294,6 +295,10 @@ class FakeServer:
             field_schema.value if isinstance(field_schema, models.PayloadSchemaType) else "keyword"
         )
 
+    def delete_payload_index(self, collection: str, field: str) -> None:
+        self.requests.append((field, "deleted", True))
+        del self.schema[field]
+
     def upsert(self, *args: Any, **kwargs: Any) -> None:
         pass
 
@@ -306,7 +311,12 @@ def test_the_server_path_shares_the_cap_with_other_replicas_and_never_waits_for_
     store = QdrantVectorStore(server, collection="c", dimension=DIM, local=False, settings=settings)  # type: ignore[arg-type]
     store.ensure_collection()
     assert store.metadata_budget is not None
-    assert store.metadata_budget.admitted == {"old": "integer"}  # read from the server, not re-requested
+    # Read from the server; its ``integer`` index (an earlier release's, blind to float values) is replaced.
+    assert store.metadata_budget.admitted == {"old": "float"}
+    assert [r for r in server.requests if r[0].startswith("metadata.")] == [
+        ("metadata.old", "deleted", True),
+        ("metadata.old", models.PayloadSchemaType.FLOAT, False),
+    ]
     server.requests.clear()
     server.schema["metadata.other_replica"] = "keyword"  # another replica spent one place meanwhile
     server.refuse.add("metadata.flaky")
@@ -371,7 +381,7 @@ def test_a_key_whose_admission_cannot_be_persisted_is_not_admitted() -> None:
         budget.admit([{"a": 1}])
     assert budget.admitted == {}
     failing = False
-    assert budget.admit([{"a": 1}]) == [("a", "integer")]
+    assert budget.admit([{"a": 1}]) == [("a", "float")]
 
 
 def test_through_the_api_keys_past_the_cap_are_filtered_exactly_and_counted(
@@ -403,3 +413,104 @@ def test_through_the_api_keys_past_the_cap_are_filtered_exactly_and_counted(
             assert {hit["document_id"] for hit in response.json()["results"]} == expected, filter_
         metrics = client.get("/metrics").text
         assert 'rag_metadata_keys_unindexed_total{store="edge"}' in metrics
+
+
+# Integers and floats in one key (either written first), ints past 2**53, negatives: (condition, expected).
+MIXED_DOCS = {
+    "i12": {"n": 12, "m": 12},
+    "f105": {"n": 10.5, "m": 10.5},
+    "big": {"n": 2**60 + 1, "m": 2**60 + 1},
+    "neg": {"n": -3, "m": -3},
+}
+MIXED_FILTERS = [
+    (MetadataCondition("{key}", gte=10), {"i12", "f105", "big"}),
+    (MetadataCondition("{key}", lt=11), {"f105", "neg"}),
+    (MetadataCondition("{key}", equals=10.5), {"f105"}),
+    (MetadataCondition("{key}", equals=12), {"i12"}),
+    (MetadataCondition("{key}", equals=2**60 + 1), {"big"}),
+    (MetadataCondition("{key}", lt=0), {"neg"}),
+]
+
+
+def _mixed_store(path: Path, max_keys: int) -> EdgeVectorStore:
+    edge = EdgeVectorStore(
+        path, collection="c", dimension=DIM, optimize_idle_seconds=None, metadata_index_max_keys=max_keys
+    )
+    edge.metadata_index_pause_ratio = 0.0
+    edge.ensure_collection()
+    return edge
+
+
+def _write_mixed(edge: EdgeVectorStore) -> None:
+    # ``n``: an integer first (it used to get an ``integer`` index); ``m``: a float first.
+    for name in ("i12", "f105", "big", "neg"):
+        edge.upsert([doc(name, {"n": MIXED_DOCS[name]["n"]})])
+    for name in ("f105", "i12", "big", "neg"):
+        edge.upsert([doc(f"{name}", {"n": MIXED_DOCS[name]["n"], "m": MIXED_DOCS[name]["m"]})])
+
+
+def _index_kinds(edge: EdgeVectorStore) -> dict[str, str]:
+    from service.app.store.edge import _KIND_OF_EDGE
+
+    return {
+        k.removeprefix("metadata."): _KIND_OF_EDGE[str(v.data_type)]
+        for k, v in edge.shard.info().payload_schema.items()
+        if k.startswith("metadata.")
+    }
+
+
+def _check_mixed(edge: EdgeVectorStore, reference: EdgeVectorStore) -> None:
+    for key in ("n", "m"):
+        for template, expected in MIXED_FILTERS:
+            condition = MetadataCondition(
+                key,
+                equals=template.equals,
+                gte=template.gte,
+                lt=template.lt,
+            )
+            assert found(reference, condition) == expected, ("unindexed", condition)
+            assert found(edge, condition) == expected, ("indexed", condition)
+
+
+def test_integer_and_float_values_of_one_key_select_the_same_documents_indexed_and_unindexed(
+    tmp_path: Path,
+) -> None:
+    # One store per directory: the store's lock covers its parent.
+    indexed = _mixed_store(tmp_path / "indexed" / "c", 3)
+    reference = _mixed_store(tmp_path / "plain" / "c", 0)
+    try:
+        _write_mixed(indexed)
+        _write_mixed(reference)
+        assert indexed.indexer is not None
+        assert indexed.indexer.wait_idle(60)
+        assert _index_kinds(indexed) == {"n": "float", "m": "float"}
+        assert _index_kinds(reference) == {}
+        _check_mixed(indexed, reference)
+    finally:
+        indexed.close()
+        reference.close()
+
+
+def test_an_integer_index_of_an_earlier_release_is_rebuilt_as_float(tmp_path: Path) -> None:
+    # What an earlier release left: an ``integer`` index on ``n`` (its first value was an int), then floats.
+    old = _mixed_store(tmp_path / "old" / "c", 0)
+    old.shard.update(qe.UpdateOperation.create_field_index("metadata.n", qe.PayloadSchemaType.Integer))
+    _write_mixed(old)
+    (tmp_path / "old" / "c" / METADATA_INDEX_FILE).write_text('{"keys": {"n": "integer"}}', encoding="utf-8")
+    assert _index_kinds(old) == {"n": "integer"}
+    assert found(old, MetadataCondition("n", lt=11)) == {"neg"}  # the defect: 10.5 invisible to the index
+    old.close()
+
+    reference = _mixed_store(tmp_path / "plain" / "c", 0)
+    reopened = _mixed_store(tmp_path / "old" / "c", 3)
+    try:
+        _write_mixed(reference)
+        assert reopened.indexer is not None
+        assert reopened.indexer.wait_idle(60)
+        assert _index_kinds(reopened)["n"] == "float"
+        assert reopened.metadata_budget is not None
+        assert reopened.metadata_budget.admitted["n"] == "float"
+        _check_mixed(reopened, reference)
+    finally:
+        reopened.close()
+        reference.close()

@@ -88,6 +88,49 @@ def test_readyz_checks_redis_when_configured(make_client: MakeClient) -> None:
         assert client.get("/healthz").status_code == 200
 
 
+def test_the_readiness_probe_the_deployment_uses_survives_shared_backend_outages(
+    make_client: MakeClient, headers_a: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path the API Deployment's readinessProbe and GKE's health check use fails only when this pod cannot
+    serve (the vector store): Redis or the database down is `degraded` with 200, or every replica would leave the
+    load balancer at once while searches still work. /readyz keeps reporting the whole picture with 503."""
+    from infra.components.rag_service import READINESS_PATH, api_container
+    from infra.components.specs import Resources
+
+    probe = api_container("img", 8000, Resources(), 1000, "cfg", "sec")["readinessProbe"]
+    assert probe["httpGet"]["path"] == READINESS_PATH
+    with redis_server() as private_redis, make_client(redis_url=private_redis) as client:
+        client.put("/v1/documents/probe-doc", json={"text": "Probes gate traffic."}, headers=headers_a)
+        assert client.get(READINESS_PATH).json() == {
+            "status": "ok",
+            "checks": {"qdrant": "ok", "database": "ok", "disk": "ok", "redis": "ok"},
+        }
+        redis.Redis.from_url(private_redis).shutdown(nosave=True)
+        degraded = client.get(READINESS_PATH)
+        assert degraded.status_code == 200
+        assert degraded.json()["status"] == "degraded"
+        assert degraded.json()["checks"]["redis"] == "failed"
+        assert client.get("/readyz").status_code == 503
+        # ... and the pod does serve: a search answers without Redis.
+        found = client.post("/v1/search", json={"query": "what gates traffic"}, headers=headers_a)
+        assert found.status_code == 200
+        assert [hit["document_id"] for hit in found.json()["results"]][:1] == ["probe-doc"]
+
+        def registry_down() -> None:
+            raise ServiceUnavailable("document registry unavailable: connection refused")
+
+        monkeypatch.setattr(client.app.state.services.registry, "ping", registry_down)
+        assert client.get(READINESS_PATH).status_code == 200
+
+        def qdrant_down() -> None:
+            raise ConnectionError("qdrant: connection refused")
+
+        monkeypatch.setattr(client.app.state.services.vectors, "ping", qdrant_down)
+        down = client.get(READINESS_PATH)
+        assert down.status_code == 503
+        assert down.json()["error"]["failed"]["qdrant"] == "qdrant: connection refused"
+
+
 def test_the_api_starts_while_redis_is_down(make_client: MakeClient) -> None:
     with make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0") as client:
         assert client.get("/healthz").status_code == 200

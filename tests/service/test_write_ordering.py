@@ -285,3 +285,36 @@ def test_search_pages_past_many_invisible_points_to_fill_top_k(env: Env, embedde
     assert results[0]["document_id"] == "paged"
     assert results[0]["text"] == "Lighthouses guide ships along rocky coasts at night."
     assert all("GHOST" not in r["text"] for r in results)
+
+
+def test_a_newer_job_that_loses_the_commit_race_to_an_older_one_writes_again_and_wins(
+    env: Env, embedder: FastEmbedEmbedder
+) -> None:
+    """Two workers: the job accepted first commits while the newer one is between its read and its commit. The
+    newer job's version compare-and-set fails; it must not end failed (its 202 promised the write): it writes
+    again and, holding the newer ticket, stays."""
+    put(env, "jobs-race", long_text("ALPHA", 1))
+    services = services_of(env.http)
+    ingest = services.ingest
+    older_ticket = env.registry.accept_write(env.tenant, "jobs-race")
+    newer_ticket = env.registry.accept_write(env.tenant, "jobs-race")
+    other_registry = DocumentRegistry(services.settings.resolved_database_url)
+    other = IngestService(
+        registry=other_registry, vectors=env.vectors, embedder=embedder, chunker=ingest.chunker
+    )
+
+    def older_job_commits_first() -> None:
+        asyncio.run(other.ingest(env.tenant, "jobs-race", text=long_text("GAMMA", 2), ticket=older_ticket))
+
+    env.registry.before_activate = older_job_commits_first
+    result = asyncio.run(
+        ingest.ingest(env.tenant, "jobs-race", text=long_text("BRAVO", 1), ticket=newer_ticket)
+    )
+    other_registry.close()
+    assert result.status == "updated"
+    winner = env.http.get("/v1/documents/jobs-race").json()
+    assert winner["version"] == result.version
+    hits = env.doc_hits("jobs-race", "BRAVO river ecology paragraph")
+    assert hits
+    assert all("BRAVO" in h["text"] for h in hits)
+    assert env.points("jobs-race") == winner["chunk_count"]

@@ -84,3 +84,23 @@ def test_ragops_up_of_prod_checks_the_promoted_image_not_a_build_of_the_checkout
     result = CliRunner().invoke(app, ["up", "--stack", "prod", "--no-policy", "-q"], obj=ctx)
     assert result.exit_code == 0, result.output
     assert backend.stacks["prod"].deployed_config()["rag:image"]["value"] == DIGEST
+
+
+def test_ragops_preview_of_prod_shows_only_the_committed_change(tmp_path: Path) -> None:
+    """From a fresh checkout the preview is of what `ragops up` would deploy: the committed replicas change on the
+    promoted build, not a build of the checkout (which the program would refuse) and not reverted settings."""
+    from typer.testing import CliRunner
+
+    from infra.workflows.cli import app
+
+    backend, checkout = _prod_promoted_elsewhere(tmp_path)
+    ctx = Context(work_dir=checkout, pulumi_command=backend.command())
+    comment = tmp_path / "preview.md"
+    args = ["preview", "--stack", "prod", "--no-policy", "-q", "--comment-file", str(comment)]
+    result = CliRunner().invoke(app, args, obj=ctx)
+    assert result.exit_code == 0, result.output
+    assert "1 update" in result.output
+    # The fake's preview diffs the checkout's file against the deployed config: only rag:service differs.
+    text = comment.read_text()
+    assert "rag:service" in text
+    assert "rag:image" not in text

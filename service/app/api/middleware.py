@@ -35,7 +35,12 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # so those answer first with their precise message; this one guards every other route before any code runs.
 BODY_LIMIT_SLACK_BYTES = 128 * 1024
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
-QUIET_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scrapes: access-logged at DEBUG
+QUIET_PATHS = (
+    "/healthz",
+    "/readyz",
+    "/readyz/serving",
+    "/metrics",
+)  # probes and scrapes: access-logged at DEBUG
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 # The Swagger UI page loads its bundle from /docs/static (no CDN) and bootstraps it with an inline script.

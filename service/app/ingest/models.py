@@ -61,9 +61,12 @@ class IngestResult(BaseModel):
     """Outcome of one ingest: whether anything changed, and how many chunks the active version has."""
 
     document_id: str
-    status: Literal["created", "updated", "unchanged"]
+    status: Literal["created", "updated", "unchanged", "superseded"] = Field(
+        description="superseded (async jobs only): a write or delete of the document acknowledged after this "
+        "write was accepted took effect first; this one changed nothing"
+    )
     chunks: int
-    version: int
+    version: int | None = Field(description="the version written; null when superseded")
 
 
 class BulkDocument(DocumentIn):

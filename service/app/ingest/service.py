@@ -74,7 +74,7 @@ from service.app.ingest.models import (
     validate_metadata,
 )
 from service.app.store.protocols import Embedder
-from service.app.store.registry import CommitFence, DocumentRecord, DocumentRegistry
+from service.app.store.registry import CommitFence, DocumentRecord, DocumentRegistry, Superseded
 from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint, VectorStore
 
@@ -82,6 +82,8 @@ logger = logging.getLogger(__name__)
 
 # Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
 FENCE_CHECK_CHUNKS = 128
+# How often a job's write is tried when another process's commit wins the version compare-and-set.
+JOB_CONFLICT_ATTEMPTS = 3
 
 
 def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
@@ -213,8 +215,14 @@ class IngestService:
         metadata: dict[str, Any] | None = None,
         content_type: str = "text/plain",
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> IngestResult:
         """Create or replace a document from its extracted text; ``unchanged`` (no embedding) when nothing changed.
+
+        ``ticket`` (an async write's place in the write order, from `accept` at its 202): the commit is refused
+        when a write or delete of the document was acknowledged after that acceptance, and the result is
+        ``superseded`` (nothing visible changed; its points are discarded). None: a synchronous write, ordered at
+        its commit.
 
         ``text`` is plain text: callers extract it first (`extract_text` for files, `html_to_text` for HTML
         sent as JSON); ``content_type`` records what the source was. ``fence`` (an ingestion job's lease) is
@@ -240,7 +248,26 @@ class IngestService:
             raise InvalidInput("text is empty")
         digest = self.content_hash(text, clean_metadata, kind)
         async with self._locks.hold((tenant_id, document_id)):
-            return await self._write(tenant_id, document_id, text, clean_metadata, kind, digest, fence)
+            for attempt in range(1, JOB_CONFLICT_ATTEMPTS + 1):
+                try:
+                    return await self._write(
+                        tenant_id, document_id, text, clean_metadata, kind, digest, fence, ticket
+                    )
+                except Superseded:
+                    raise
+                except Conflict:
+                    # A job (it has a ticket) that lost the version compare-and-set to another process's commit
+                    # (an older queued job run by another worker) tries again: its ticket decides the order,
+                    # not which commit came first. A synchronous writer gets the 409 (its client retries).
+                    if ticket is None or attempt == JOB_CONFLICT_ATTEMPTS:
+                        raise
+                    logger.info("write of %s/%s lost a race; writing again", tenant_id, document_id)
+            raise AssertionError("unreachable")
+
+    async def accept(self, tenant_id: str, document_id: str) -> int:
+        """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
+        validate_document_id(document_id)
+        return await to_thread.run_sync(self.registry.accept_write, tenant_id, document_id)
 
     async def _write(
         self,
@@ -251,6 +278,7 @@ class IngestService:
         kind: str,
         digest: str,
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> IngestResult:
         current = await to_thread.run_sync(
             lambda: self.registry.get(tenant_id, document_id, served=self._served())
@@ -270,6 +298,10 @@ class IngestService:
             await to_thread.run_sync(
                 self.registry.ensure_source, tenant_id, document_id, current.version, text
             )
+            # Acknowledged: an older queued write of the document must not replace it later.
+            await to_thread.run_sync(
+                self.registry.confirm_unchanged, tenant_id, document_id, current.version, ticket
+            )
             DOCUMENTS_INGESTED.labels(status="unchanged").inc()
             return IngestResult(
                 document_id=document_id,
@@ -280,11 +312,17 @@ class IngestService:
 
         version = new_version(current.version if current else None)
         # Steps 2-4 in one threadpool hop: under CPU contention every hop costs scheduling latency.
-        count = await to_thread.run_sync(
-            lambda: self._publish(
-                tenant_id, document_id, text, metadata, kind, digest, current, version, fence
+        try:
+            count = await to_thread.run_sync(
+                lambda: self._publish(
+                    tenant_id, document_id, text, metadata, kind, digest, current, version, fence, ticket
+                )
             )
-        )
+        except Superseded:
+            # A newer write or delete was acknowledged after this one was accepted: it stays (ordered by acceptance).
+            DOCUMENTS_INGESTED.labels(status="superseded").inc()
+            logger.info("write of %s/%s superseded by a newer one", tenant_id, document_id)
+            return IngestResult(document_id=document_id, status="superseded", chunks=0, version=None)
         status = "created" if current is None else "updated"
         DOCUMENTS_INGESTED.labels(status=status).inc()
         CHUNKS_INGESTED.inc(count)
@@ -301,6 +339,7 @@ class IngestService:
         current: DocumentRecord | None,
         version: int,
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> int:
         """Chunk, embed, upsert (invisible), commit in the registry, clean up; returns the chunk count.
 
@@ -311,7 +350,17 @@ class IngestService:
             self.sync_index()
         with self.index.writing() as state:
             count = self._publish_in(
-                state.current, tenant_id, document_id, text, metadata, kind, digest, current, version, fence
+                state.current,
+                tenant_id,
+                document_id,
+                text,
+                metadata,
+                kind,
+                digest,
+                current,
+                version,
+                fence,
+                ticket,
             )
             if state.shadow is not None:
                 try:
@@ -406,6 +455,7 @@ class IngestService:
         current: DocumentRecord | None,
         version: int,
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> int:
         store = generation.vectors
         points = self._points(generation, tenant_id, document_id, version, text, metadata, digest, fence)
@@ -435,8 +485,9 @@ class IngestService:
                 chunk_count=len(points),
                 text=text,
                 fence=fence,
+                ticket=ticket,
             )
-        except (Conflict, ServiceUnavailable):
+        except (Conflict, ServiceUnavailable):  # Superseded is a Conflict
             self._discard(store, tenant_id, document_id, version)
             raise
 

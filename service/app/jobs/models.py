@@ -43,6 +43,9 @@ class IngestPayload(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     content_type: str = "text/plain"
     request_id: str | None = None  # of the submitting request, so worker logs can be correlated with it
+    # The write ticket taken at the 202 (the document's write order): a write or delete acknowledged after it
+    # wins, and the job ends succeeded with result status "superseded". None: a job queued by an older release.
+    write_ticket: int | None = None
 
 
 class JobRecord(BaseModel):

@@ -80,6 +80,7 @@ class Ingestor(Protocol):
         metadata: dict[str, Any],
         content_type: str,
         fence: CommitFence | None = None,
+        ticket: int | None = None,
     ) -> Any: ...
 
 
@@ -431,6 +432,7 @@ async def _run_claimed(
                 metadata=payload.metadata,
                 content_type=payload.content_type,
                 fence=lease,
+                ticket=payload.write_ticket,
             )
         except asyncio.CancelledError:
             # Worker shutdown (or arq's job timeout): the ingest thread, which a cancellation cannot interrupt,

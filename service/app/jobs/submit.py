@@ -44,6 +44,9 @@ async def submit_ingest(
     if not normalize_text(text):
         # The synchronous path answers 422 for this; a queued job must not turn bad input into a failed job.
         raise InvalidInput("text is empty")
+    # Its place in the document's write order: taken now, so a write or delete acknowledged after this 202 wins
+    # over the job however long it waits in the queue (service.app.store.registry, write_order).
+    ticket = await services.ingest.accept(tenant_id, document_id)
     payload = IngestPayload(
         job_id=new_job_id(),
         tenant_id=tenant_id,
@@ -52,6 +55,7 @@ async def submit_ingest(
         metadata=clean_metadata,
         content_type=content_type,
         request_id=request_id_var.get(),
+        write_ticket=ticket,
     )
     record = await services.jobs.submit(payload)
     status_url = f"/v1/jobs/{record.job_id}"

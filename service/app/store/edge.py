@@ -82,6 +82,7 @@ from service.app.store.metadata_index import (
     IndexKind,
     MetadataKeyBudget,
     read_admitted,
+    rebuilt_kind,
     write_admitted,
 )
 from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
@@ -1110,7 +1111,8 @@ class EdgeVectorStore:
             for key, info in schema.items()
             if key.startswith("metadata.")
         }
-        admitted = dict(built)
+        # An index of a kind no longer wanted (``integer``, from an earlier release) is rebuilt by the builder.
+        admitted = {key: rebuilt_kind(kind) for key, kind in built.items()}
         for key, kind in read_admitted(self.path / METADATA_INDEX_FILE).items():
             if key not in admitted and len(admitted) < self.metadata_index_max_keys:
                 admitted[key] = kind
@@ -1122,7 +1124,7 @@ class EdgeVectorStore:
             persist=functools.partial(write_admitted, self.path / METADATA_INDEX_FILE),
         )
         self.indexer = _IndexBuilder(self._build_metadata_index, pause_ratio=self.metadata_index_pause_ratio)
-        self.indexer.add((key, kind) for key, kind in admitted.items() if key not in built)
+        self.indexer.add((key, kind) for key, kind in admitted.items() if built.get(key) != kind)
 
     def _build_metadata_index(self, key: str, kind: IndexKind) -> None:
         """One index build (the builder thread's): holds the GIL for its duration, a search's gate share only.
@@ -1133,8 +1135,17 @@ class EdgeVectorStore:
         swap brings it in. Until then the key is filtered unindexed (exactly, more slowly)."""
         with self._engine() as shard:
             info = shard.info()
-        if f"metadata.{key}" in info.payload_schema:
-            return
+        current = info.payload_schema.get(f"metadata.{key}")
+        if current is not None:
+            if _KIND_OF_EDGE.get(str(current.data_type)) == kind:
+                return
+            # An index of another kind (an ``integer`` one from an earlier release, which misses every float
+            # value): dropped, so the key is filtered unindexed (exactly) until the new one is built.
+            with self._engine(writes=True) as shard:
+                shard.update(qe.UpdateOperation.delete_field_index(f"metadata.{key}"))
+            logger.info("dropped the payload index on metadata.%s to rebuild it as %s", key, kind)
+            with self._engine() as shard:
+                info = shard.info()
         if self._consolidate_idle and info.points_count > self.metadata_index_inline_points:
             self._deferred_indexes[key] = kind
             logger.info(

@@ -42,16 +42,29 @@ REMEMBERED_REFUSALS = 10_000
 
 
 def index_kind(value: Any) -> IndexKind | None:
-    """The payload-index type a metadata value asks for (None: the value type gets no index)."""
+    """The payload-index type a metadata value asks for (None: the value type gets no index).
+
+    Integers and floats both get a ``float`` index: one key often holds both (``{"price": 12}``, then
+    ``{"price": 9.99}``), and an ``integer`` index (what an integer first seen used to get) has no entry for a
+    float, so the engine answered range and equality conditions on the key from it and silently dropped every
+    float-valued document. A ``float`` index holds integers too (as f64) and answers range conditions only;
+    equality on an integer is answered from the payload (exact past 2**53), as on an unindexed key. Checked on
+    qdrant-edge: indexed and unindexed keys select the same documents for mixed values
+    (tests/service/test_metadata_indexes.py). ``integer`` indexes built by earlier releases are rebuilt as
+    ``float`` when the store opens (`rebuilt_kind`).
+    """
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
+    if isinstance(value, int | float):
         return "float"
     if isinstance(value, str | list):
         return "keyword"
     return None
+
+
+def rebuilt_kind(kind: IndexKind) -> IndexKind:
+    """The kind an existing index of ``kind`` must have now: ``integer`` ones (earlier releases) become ``float``."""
+    return "float" if kind == "integer" else kind
 
 
 class MetadataKeyBudget:
@@ -178,7 +191,7 @@ def read_admitted(path: Path) -> dict[str, IndexKind]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         keys = data["keys"]
-        return {str(k): v for k, v in keys.items() if v in KINDS}
+        return {str(k): rebuilt_kind(v) for k, v in keys.items() if v in KINDS}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -36,7 +36,7 @@ from qdrant_client import QdrantClient, models
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, RagError, ServiceUnavailable
 from service.app.core.metrics import FAILURES
-from service.app.store.metadata_index import IndexKind, MetadataKeyBudget
+from service.app.store.metadata_index import IndexKind, MetadataKeyBudget, rebuilt_kind
 from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
 from service.app.store.vectors import (
     PREFETCH_MIN,
@@ -331,6 +331,19 @@ class QdrantVectorStore:
         self.client.create_payload_index(
             self.collection, "version", field_schema=models.PayloadSchemaType.INTEGER
         )
+        for key, kind in list(indexed.items()):
+            if rebuilt_kind(kind) != kind:
+                # An ``integer`` index from an earlier release misses every float value of the key: replaced by
+                # a ``float`` one (the key is filtered unindexed, exactly, until the server has built it).
+                self.client.delete_payload_index(self.collection, f"metadata.{key}")
+                self.client.create_payload_index(
+                    self.collection,
+                    f"metadata.{key}",
+                    field_schema=_SERVER_KINDS[rebuilt_kind(kind)],
+                    wait=False,
+                )
+                logger.info("rebuilding the payload index on metadata.%s as %s", key, rebuilt_kind(kind))
+                indexed[key] = rebuilt_kind(kind)
         self.metadata_budget = MetadataKeyBudget(
             self._settings.metadata_index_max_keys,
             store="qdrant",

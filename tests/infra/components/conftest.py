@@ -7,6 +7,7 @@ registered resource (type, name, parent URN, protect flag, dependencies, inputs,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,15 @@ class RecordingMonitor(MockMonitor):
 def run_components(build: Callable[[], Any], *, stack: str = "dev") -> Program:
     """Run `build()` as a Pulumi program under mocks; return the recorded registrations and its result."""
     monitor = RecordingMonitor()
+    # The SDK schedules on the thread's current event loop; `infra.offline.run_stack` closes and unsets its own
+    # after each run, so a component test that runs after a stack test needs a loop of its own (and one that
+    # already has a loop keeps it: Outputs it made before this call live on it).
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if loop.is_closed():
+            raise RuntimeError("closed")
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(_Mocks(), project="rag", stack=stack, preview=False, monitor=monitor)
     program = Program()
 

@@ -59,7 +59,8 @@ def run_service(args: rs.RagServiceArgs, opts: pulumi.ResourceOptions | None = N
 def test_api_container_probes_security_and_writable_dirs() -> None:
     container = rs.api_container(IMAGE, 8000, Resources(), 10001, "cfg", "sec")
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz/serving", "port": "http"}
+    assert container["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", "10"]}}}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True

@@ -75,10 +75,32 @@ async def _redis_check(services: Any) -> None:
         raise RuntimeError("rate-limit Redis does not answer")
 
 
+#: What a pod cannot serve any request without. The database and Redis are shared by every replica and the
+#: service degrades without them (searches keep working, the cache is bypassed, jobs wait): failing the
+#: Kubernetes readiness probe on them would take EVERY pod out of the load balancer at the same moment, so a Redis
+#: restart or a managed-database failover would turn into "no healthy upstream" for all traffic.
+SERVING_CHECKS = frozenset({"qdrant", "disk"})
+
+
 @router.get("/readyz", responses={503: {"description": "a backend failed; the body names each failed check"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Readiness: the vector store, the database, free space in DATA_DIR (embedded stores) and (when REDIS_URL
-    is set) Redis answer; else 503."""
+    """Readiness of the whole service: the vector store, the database, free space in DATA_DIR (embedded stores)
+    and (when REDIS_URL is set) Redis answer; else 503. For people, smoke checks and `make serve`."""
+    return await _readiness(services, gating=None)
+
+
+@router.get(
+    "/readyz/serving",
+    responses={503: {"description": "the vector store or the disk failed; the body names each failed check"}},
+)
+async def readyz_serving(services: ServicesDep) -> JSONResponse:
+    """The Kubernetes readiness probe (and GKE's load-balancer health check): 503 only when this pod cannot serve
+    at all (the vector store, free space in DATA_DIR); a failed database or Redis is reported as `degraded`
+    with 200, since every replica shares them and the service degrades rather than stops without them."""
+    return await _readiness(services, gating=SERVING_CHECKS)
+
+
+async def _readiness(services: Any, *, gating: frozenset[str] | None) -> JSONResponse:
     checks: dict[str, Callable[[], Awaitable[None]]] = {
         "qdrant": lambda: run_in_threadpool(_ping_vectors, services.vectors),
         "database": lambda: run_in_threadpool(_ping_registry, services.registry),
@@ -92,6 +114,20 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         name: ("ok" if error is None else "failed") for name, error in zip(checks, results, strict=True)
     }
     failed = {name: error for name, error in zip(checks, results, strict=True) if error is not None}
+    blocking = failed if gating is None else {name: error for name, error in failed.items() if name in gating}
+    if failed and not blocking:
+        logger.warning("degraded", extra={"failed_checks": failed})
+        return JSONResponse(
+            {
+                "status": "degraded",
+                "checks": report,
+                "error": {
+                    "code": "degraded",
+                    "message": "serving without: " + ", ".join(sorted(failed)),
+                    "failed": failed,
+                },
+            }
+        )
     if failed:
         logger.warning("not ready", extra={"failed_checks": failed})
         return JSONResponse(
