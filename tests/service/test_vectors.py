@@ -284,7 +284,9 @@ def test_server_mode_creates_the_collection_with_cosine_and_payload_indexes(tmp_
     }
     assert metadata_indexes == {
         "metadata.lang": models.PayloadSchemaType.KEYWORD,
-        "metadata.year": models.PayloadSchemaType.INTEGER,
+        # Numbers get a float index whatever their first value: an integer index hid later float values from
+        # every filter on the key (service/app/store/metadata_index.py index_kind).
+        "metadata.year": models.PayloadSchemaType.FLOAT,
         "metadata.score": models.PayloadSchemaType.FLOAT,
         "metadata.ok": models.PayloadSchemaType.BOOL,
         "metadata.tags": models.PayloadSchemaType.KEYWORD,
