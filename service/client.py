@@ -48,6 +48,12 @@ TRANSIENT_RETRIES = 4
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
 
 
+def upload_type(path: Path) -> str:
+    """The part type a file is uploaded with (`POST /v1/documents`): its type by extension, text/plain for none."""
+    suffix = path.suffix.lower()
+    return UPLOAD_TYPES.get(suffix) or TEXT_TYPES.get(suffix, "text/plain")
+
+
 def document_id_for(path: Path, root: Path) -> str:
     """The id of a file: its path under `root` with "/" -> ":", made a valid id by ``derive_document_id``."""
     return derive_document_id(path.relative_to(root).as_posix().replace("/", ":"))
@@ -236,7 +242,9 @@ def ingest_folder(
             response = client.send(
                 "POST",
                 "/v1/documents",
-                files={"file": (path.name, handle, UPLOAD_TYPES.get(path.suffix.lower(), "text/plain"))},
+                # A text file too big for a batch keeps its own type: sent as text/plain, an .html page was stored
+                # as markup, <script> bodies and all.
+                files={"file": (path.name, handle, upload_type(path))},
                 data={"document_id": document_id_for(path, root)},
             )
         if response.status_code in (200, 201):

@@ -171,3 +171,30 @@ def test_a_refused_key_stops_the_run_at_the_first_answer(tmp_path: Path) -> None
             client, folder, report, batch_size=5, max_batch_bytes=1_000_000, advance=lambda _n: None
         )
     assert len(seen) == 1  # was: one request per upload and per batch, each refused the same way
+
+
+def test_a_text_file_too_big_for_a_batch_is_uploaded_with_its_own_type(tmp_path: Path) -> None:
+    """Files over --max-batch-bytes go through POST /v1/documents one by one; an .html one was sent as text/plain,
+    so the service stored its markup (and script bodies) instead of extracting the text."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "page.html").write_text(
+        "<html><script>var x = 1;</script><p>" + "Body text. " * 200 + "</p></html>"
+    )
+    (folder / "notes.md").write_text("# Notes\n\n" + "Line of notes. " * 200)
+    parts: dict[str, str] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/documents"
+        body = request.read().decode("utf-8", "replace")
+        name = re.search(r'filename="([^"]+)"', body).group(1)  # type: ignore[union-attr]
+        parts[name] = re.search(r"Content-Type: ([^\r\n]+)", body.split("filename=", 1)[1]).group(1)  # type: ignore[union-attr]
+        return httpx.Response(201, json={"status": "created"})
+
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("http://service", "key", report, sleep=lambda _s: None)
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    ingest_client.ingest_folder(
+        client, folder, report, batch_size=5, max_batch_bytes=100, advance=lambda _n: None
+    )
+    assert parts == {"page.html": "text/html", "notes.md": "text/markdown"}
