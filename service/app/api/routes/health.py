@@ -115,31 +115,20 @@ async def _readiness(services: Any, *, gating: frozenset[str] | None) -> JSONRes
     }
     failed = {name: error for name, error in zip(checks, results, strict=True) if error is not None}
     blocking = failed if gating is None else {name: error for name, error in failed.items() if name in gating}
-    if failed and not blocking:
-        logger.warning("degraded", extra={"failed_checks": failed})
-        return JSONResponse(
-            {
-                "status": "degraded",
-                "checks": report,
-                "error": {
-                    "code": "degraded",
-                    "message": "serving without: " + ", ".join(sorted(failed)),
-                    "failed": failed,
-                },
-            }
-        )
     if failed:
-        logger.warning("not ready", extra={"failed_checks": failed})
+        # Something failed: 503 when it gates this probe, else 200 with the service degraded.
+        status, code, prefix, http_status = (
+            ("unavailable", "not_ready", "failed checks: ", 503)
+            if blocking
+            else ("degraded", "degraded", "serving without: ", 200)
+        )
+        logger.warning("not ready" if blocking else "degraded", extra={"failed_checks": failed})
         return JSONResponse(
             {
-                "status": "unavailable",
+                "status": status,
                 "checks": report,
-                "error": {
-                    "code": "not_ready",
-                    "message": "failed checks: " + ", ".join(sorted(failed)),
-                    "failed": failed,
-                },
+                "error": {"code": code, "message": prefix + ", ".join(sorted(failed)), "failed": failed},
             },
-            status_code=503,
+            status_code=http_status,
         )
     return JSONResponse({"status": "ok", "checks": report})
