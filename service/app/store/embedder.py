@@ -192,7 +192,7 @@ class FastEmbedEmbedder:
         # Work-sharing only: each parallel loop is handed out in shrinking blocks instead of one equal share per
         # thread, so a thread the OS delays holds up less of a run. Same arithmetic per element, same vectors
         # (tested); a lone query 0.92-0.97x the wall and CPU, a run of 4 chunks 0.96-0.97x the wall at equal
-        # CPU (docs/benchmarks.md, "The search path at 100k, profiled (2026-11-26 13:20)").
+        # CPU (docs/benchmarks.md, "The search path at 100k, profiled").
         options.add_session_config_entry("session.dynamic_block_base", DYNAMIC_BLOCK_BASE)
         path = model_dir / description.model_file
         # As fastembed does: models with external data files load through links next to the graph; in a
