@@ -245,6 +245,28 @@ def test_bad_search_requests_are_422(client: TestClient, body: dict) -> None:
     assert_error(client.post("/v1/search", json=body), 422, "invalid_input")
 
 
+@pytest.mark.parametrize("route", ["/v1/search", "/v1/answer"])
+@pytest.mark.parametrize(
+    ("field", "raw", "reason"),
+    [
+        ("score_threshold", "NaN", "score_threshold: Input should be a finite number"),
+        ("score_threshold", "Infinity", "score_threshold: Input should be a finite number"),
+        ("score_threshold", "-Infinity", "score_threshold: Input should be a finite number"),
+        ("filter", '{"n": NaN}', "filter.n must be a finite number"),
+        ("filter", '{"n": {"gte": NaN}}', "filter.n range bounds must be finite numbers"),
+        ("filter", '{"n": {"lt": 1, "gt": -Infinity}}', "filter.n range bounds must be finite numbers"),
+    ],
+)
+def test_a_non_finite_float_is_422_naming_the_field_and_saying_finite(
+    client: TestClient, route: str, field: str, raw: str, reason: str
+) -> None:
+    """JSON parsers here accept NaN/Infinity; ``{"score_threshold": NaN}`` got "Input should be less than or equal
+    to 1", true of NaN but no help: the client's mistake is a non-number."""
+    body = f'{{"query": "ok", "{field}": {raw}}}'
+    response = client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_input", reason)
+
+
 @pytest.mark.parametrize(
     ("condition", "reason"),
     [
