@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -319,10 +320,31 @@ def test_a_put_body_not_declared_as_json_is_415(
     assert_error(response, 415, "unsupported_media_type", "Content-Type: application/json")
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8"])
+def test_a_bulk_body_without_a_json_content_type_is_415_and_stores_nothing(
+    client: TestClient, content_type: str | None
+) -> None:
+    """A POST without a Content-Type (or text/plain) is a CORS "simple" request: a web page can send one cross-site
+    with no preflight (``fetch(url, {method: "POST", body: new Blob([json])})``). documents:bulk read it as JSON,
+    so with authentication off any page a user opened could write documents."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    planted = f"csrf-{uuid.uuid4().hex}"
+    body = json.dumps({"documents": [{"document_id": planted, "text": "planted by a web page"}]})
+    response = client.post("/v1/documents:bulk", content=body.encode(), headers=headers)
+    assert_error(response, 415, "unsupported_media_type", "curl: add -H 'Content-Type: application/json'")
+    if content_type is None:
+        assert "declared with no Content-Type" in response.json()["error"]["message"]
+    assert client.get(f"/v1/documents/{planted}").status_code == 404
+    accepted = client.post(
+        "/v1/documents:bulk", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert accepted.status_code == 200, accepted.text
+
+
 @pytest.mark.parametrize(
     ("content_type", "codec"),
     [
-        (None, "utf-8"),  # no header: taken as JSON, as FastAPI does for the other JSON routes
+        (None, "utf-8"),  # no header: a PUT is never a CORS simple request (a browser preflights it)
         ("application/json", "utf-8"),
         ("Application/JSON; charset=utf-8", "utf-8"),
         ("application/vnd.api+json", "utf-8"),
