@@ -8,14 +8,14 @@ maximum), else `desiredSize`: a managed node group scales by nothing else, whate
 
 The pods counted are the ones the program declares, at their peak: each Deployment at its HPA's `maxReplicas` (at
 `replicas` without one), each StatefulSet at `replicas`, each CloudNativePG Cluster at `instances`, one pod of each
-CronJob (a backup may run at the peak), a pod's request being the larger of its init containers' and the sum of its
+CronJob (a backup may run at the peak), each Gateway's Envoy proxies (its EnvoyProxy's `envoyDeployment`), a pod's request being the larger of its init containers' and the sum of its
 containers'. They are packed first-fit-decreasing onto the nodes' allocatable (the pods of a required pod
 anti-affinity on the hostname first, each on a node of its own), a heuristic: a finding means no easy placement. On top of them:
 
 - per node, `NODE_DAEMONS`: the DaemonSets every EKS node of this target runs (aws-node, kube-proxy, the EBS CSI
   node plugin, and node-exporter when monitoring is on) - an estimate from their usual requests;
 - once, `CLUSTER_ADDONS`: the add-on controllers the target installs (CoreDNS x2, metrics-server x2, the Cluster
-  Autoscaler, Envoy Gateway and its proxy, cert-manager, the CloudNativePG operator, kube-prometheus-stack's
+  Autoscaler, Envoy Gateway's controller, cert-manager, the CloudNativePG operator, kube-prometheus-stack's
   operator, Prometheus and Alertmanager) - an estimate of their requests, counted as `ADDON_PODS` equal pods.
 
 Allocatable per node follows the EKS-optimized AMI's kubelet settings (awslabs/amazon-eks-ami): kube-reserved CPU
@@ -40,6 +40,9 @@ HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 HOST_KEY = "kubernetes.io/hostname"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+GATEWAY_CLASS = "kubernetes:gateway.networking.k8s.io/v1:GatewayClass"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 
 #: vCPUs per size; nominal GiB per vCPU of each family; max pods per size (ENIs x (IPv4 addresses per ENI - 1) + 2,
 #: the VPC CNI's default without prefix delegation; amazon-eks-ami's eni-max-pods list). t3: medium to 2xlarge.
@@ -136,8 +139,42 @@ def _hpa_max(run: StackRun) -> dict[tuple[str, str], int]:
     return bounds
 
 
+#: Envoy Gateway's requests for a proxy container whose EnvoyProxy sets none (v1.9.0 api/v1alpha1/shared_types.go
+#: DefaultDeploymentCPUResourceRequests / DefaultDeploymentMemoryResourceRequests).
+ENVOY_PROXY_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
+
+
+def _gateway_proxies(run: StackRun) -> Iterator[Pod]:
+    """The proxy pods Envoy Gateway runs for each Gateway of a class whose parametersRef is an EnvoyProxy of the
+    run: `envoyDeployment.replicas` (default 1) pods per Gateway (each Gateway gets its own proxy Deployment)."""
+    proxies = {}
+    for proxy in run.of_type(ENVOY_PROXY):
+        metadata = proxy.inputs.get("metadata") or {}
+        proxies[(metadata.get("namespace"), metadata.get("name"))] = proxy
+    classes = {}
+    for gateway_class in run.of_type(GATEWAY_CLASS):
+        ref = (gateway_class.inputs.get("spec") or {}).get("parametersRef") or {}
+        if ref.get("kind") == "EnvoyProxy" and (ref.get("namespace"), ref.get("name")) in proxies:
+            classes[(gateway_class.inputs.get("metadata") or {}).get("name")] = proxies[
+                (ref["namespace"], ref["name"])
+            ]
+    for gateway in run.of_type(GATEWAY):
+        proxy = classes.get((gateway.inputs.get("spec") or {}).get("gatewayClassName"))
+        if proxy is None:
+            continue
+        kubernetes = ((proxy.inputs.get("spec") or {}).get("provider") or {}).get("kubernetes") or {}
+        deployment = kubernetes.get("envoyDeployment") or {}
+        resources = (deployment.get("container") or {}).get("resources") or {
+            "requests": ENVOY_PROXY_DEFAULT_REQUESTS
+        }
+        cpu, memory = _pod_requests({"containers": [{"resources": resources}]})
+        for _ in range(int(deployment.get("replicas") or 1)):
+            yield Pod(f"{gateway.name} proxy", cpu, memory, one_per_node=False)
+
+
 def peak_pods(run: StackRun) -> Iterator[Pod]:
     """Every pod the program's workloads may run at once, at their peak replica counts."""
+    yield from _gateway_proxies(run)
     hpa = _hpa_max(run)
     for resource in run.resources:
         kind = resource.type.rsplit(":", 1)[-1]

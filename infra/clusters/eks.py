@@ -31,6 +31,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
+from infra.components.specs import topology_spread
 from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
@@ -71,13 +72,47 @@ NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
 NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
 
 
-def envoy_proxy_spec(internal: bool) -> dict[str, Any]:
+#: Labels Envoy Gateway puts on every proxy pod it creates (v1.9.0 internal/infrastructure/kubernetes/proxy
+#: `EnvoyAppLabel`), to spread them.
+ENVOY_PROXY_LABELS = {
+    "app.kubernetes.io/name": "envoy",
+    "app.kubernetes.io/component": "proxy",
+    "app.kubernetes.io/managed-by": "envoy-gateway",
+}
+
+
+def envoy_proxy_replicas(config: StackConfig) -> int:
+    """Proxy pods per Gateway: one per zone in prod (at least 2), 2 elsewhere. Envoy Gateway's default is one pod,
+    and every request of the stack passes through it: a node drain (each `eks.version` upgrade replaces every node),
+    a node failure or an OOM would take the whole stack offline until a new proxy is scheduled, configured and its
+    node passes the NLB's health check."""
+    if config.environment == "prod":
+        return max(2, config.cluster.eks.availabilityZones)
+    return 2
+
+
+def envoy_proxy_spec(internal: bool, replicas: int = 2) -> dict[str, Any]:
     """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
-    Service Envoy Gateway creates per Gateway gets an NLB, internal when `internal`."""
+    Service Envoy Gateway creates per Gateway gets an NLB, internal when `internal`; its Deployment runs `replicas`
+    pods spread over zones and nodes, and a PodDisruptionBudget lets a drain (or the Cluster Autoscaler) take one of
+    them at a time. With the Service's default `externalTrafficPolicy: Local`, the NLB sends traffic only to nodes
+    running a proxy pod, so more pods are also more healthy targets."""
     annotations = {NLB_TYPE_ANNOTATION: "nlb"}
     if internal:
         annotations[NLB_INTERNAL_ANNOTATION] = "true"
-    return {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}}
+    return {
+        "provider": {
+            "type": "Kubernetes",
+            "kubernetes": {
+                "envoyService": {"annotations": annotations},
+                "envoyDeployment": {
+                    "replicas": replicas,
+                    "pod": {"topologySpreadConstraints": topology_spread(ENVOY_PROXY_LABELS)},
+                },
+                "envoyPDB": {"maxUnavailable": 1},
+            },
+        }
+    }
 
 
 def egress_zones(mode: NatGateways, zones: int) -> list[int]:
@@ -772,7 +807,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             api_version="gateway.envoyproxy.io/v1alpha1",
             kind="EnvoyProxy",
             metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
-            spec=envoy_proxy_spec(internal_load_balancer(config)),
+            spec=envoy_proxy_spec(internal_load_balancer(config), envoy_proxy_replicas(config)),
             opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
         )
         # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.

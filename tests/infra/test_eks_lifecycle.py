@@ -155,3 +155,43 @@ def test_kube_proxy_is_taken_over_before_the_nodes_and_coredns_after(stack: str,
     assert result.by_name("kube-proxy").urn in nodes.depends_on
     assert result.by_name("vpc-cni").urn in nodes.depends_on
     assert nodes.urn in result.by_name("coredns").depends_on
+
+
+@pytest.mark.parametrize(
+    ("stack", "target", "replicas"), [("prod", None, 3), ("staging", "eks", 2), ("dev", "eks", 2)]
+)
+def test_the_gateway_proxy_survives_a_node_drain(stack: str, target: str | None, replicas: int) -> None:
+    """Every request passes through the Envoy proxy: one pod (Envoy Gateway's default) made each node drain of an
+    upgrade, and any node failure, a full outage. prod runs one per zone, the others two, spread over zones and
+    nodes, with a PodDisruptionBudget; the object is valid against Envoy Gateway v1.9.0's CRD schema."""
+    from infra.clusters.eks import ENVOY_PROXY_LABELS
+    from infra.render import manifest_of, validate_manifest
+
+    result = run(stack, target)
+    (proxy,) = result.of_type("kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy")
+    kubernetes = proxy.inputs["spec"]["provider"]["kubernetes"]
+    deployment = kubernetes["envoyDeployment"]
+    assert deployment["replicas"] == replicas
+    spread = {c["topologyKey"]: c for c in deployment["pod"]["topologySpreadConstraints"]}
+    assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    assert all(c["labelSelector"]["matchLabels"] == ENVOY_PROXY_LABELS for c in spread.values())
+    assert kubernetes["envoyPDB"] == {"maxUnavailable": 1}
+    assert (
+        kubernetes["envoyService"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"]
+        == "nlb"
+    )
+    _, errors = validate_manifest(manifest_of(proxy))
+    assert errors == []
+
+
+def test_a_misspelt_proxy_field_is_refused_by_the_schema() -> None:
+    """The schema check above can fail: the CRD's schema is strict about the fields it reads."""
+    from infra.render import manifest_of, validate_manifest
+
+    (proxy,) = run("prod").of_type("kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy")
+    manifest = manifest_of(proxy)
+    manifest["spec"]["provider"]["kubernetes"]["envoyPdb"] = manifest["spec"]["provider"]["kubernetes"].pop(
+        "envoyPDB"
+    )
+    _, errors = validate_manifest(manifest)
+    assert errors
