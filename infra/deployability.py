@@ -626,6 +626,20 @@ def check_crd_order(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fin
                     _crd_fix(group, analysis.target),
                 )
             )
+        elif capability.provider is None and analysis.target != "existing":
+            # A prerequisite is something installed before `pulumi up`; on a cluster this same update creates,
+            # nobody can (an ephemeral stack built from a GKE/EKS dev stack with dev's switches off, EYES_OPS2 O1).
+            findings.append(
+                Finding(
+                    "crd-order",
+                    resource.urn,
+                    f"{why} uses API group {group}, declared a cluster prerequisite ({capability.detail}), but "
+                    f"the {analysis.target} cluster target creates the cluster in this same update: nothing can "
+                    "install it there first.",
+                    f"install {group} in this stack (tls.installCertManager / "
+                    "postgres.cloudnative.installOperator true), or target an existing cluster that runs it.",
+                )
+            )
         elif capability.provider is not None and capability.provider not in graph.closure(resource.urn):
             findings.append(
                 Finding(

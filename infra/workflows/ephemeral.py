@@ -194,6 +194,37 @@ def template_config(
     return _substitute(_deep_merge(cleaned, spec.get("config") or {}), {"name": name, "domain": chosen})
 
 
+def base_stack_name(template: Path = TEMPLATE) -> str | None:
+    """The stack whose file the template starts from (``Pulumi.dev.yaml`` -> ``dev``), or None without a base."""
+    base_file = (yaml.safe_load(template.read_text()) or {}).get("base")
+    if not base_file:
+        return None
+    return Path(str(base_file)).name.removeprefix("Pulumi.").removesuffix(".yaml")
+
+
+def require_shared_cluster(values: dict[str, Any], base: str) -> dict[str, Any]:
+    """Refuse a PR stack config whose cluster target is not ``existing`` (UsageError naming what to set).
+
+    Only the ``existing`` target shares a cluster: on ``gke``/``eks`` the program CREATES one (network, NAT,
+    node pools), where the template's "dev already installed cert-manager and CloudNativePG" is false and
+    `up` fails after building a whole cluster. A cloud dev stack's PR stacks must therefore name dev's cluster
+    in the template. Its gateway class must be one whose Gateways share dev's address: GKE-managed classes give
+    every Gateway its own load balancer (and the config refuses them on an ``existing`` target).
+    """
+    provider = (values.get("rag:cluster") or {}).get("provider", "existing")
+    if provider == "existing":
+        return values
+    raise UsageError(
+        f"Pulumi.{base}.yaml targets provider {provider!r}: a PR stack built from it would create a cluster of "
+        f"its own instead of sharing {base}'s, without the cluster-wide pieces {base} installs. Name {base}'s "
+        f"cluster in {TEMPLATE.name}'s config: `rag:cluster: {{provider: existing, existing: {{kubeconfig, "
+        f"context, registry, storageClass}}}}` (the kubeconfig: `pulumi stack output kubeconfig --show-secrets "
+        f"-s {base}` or a path the runner has; a registry the nodes pull from and the runner can push to) and "
+        '`rag:gateway.className` served there with merged Gateways (docs/delivery.md, "PR stacks on a cloud '
+        'dev cluster").'
+    )
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -225,8 +256,11 @@ def up(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
     )
     values = template_config(ctx.work_dir, name, template, domain=domain)
-    values[EPHEMERAL_KEY] = record.record()
     ws = ctx.workspace()
+    base = base_stack_name(template)
+    if base is not None:
+        values = require_shared_cluster(values, base)
+    values[EPHEMERAL_KEY] = record.record()
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
     try:
         try:
