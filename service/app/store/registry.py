@@ -13,7 +13,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0003 have none.
 - ``index_pointer(name)``: the collection search serves from and its index config (model, chunking), plus
   the previous one for a rollback; a re-index switches it in one compare-and-set update (the embedded
-  engine's equivalent of a Qdrant alias change, which server mode makes alongside).
+  engine's equivalent of a Qdrant alias change, which server mode makes alongside). ``chosen_by`` says who
+  chose the served index: ``config`` (the deployed settings) or an operator (``rollback``, ``manual``), with
+  the deployed settings at that moment in ``pinned_settings``; start-up honours the choice until they change.
 - ``index_lease(name)``: the replica (``holder``) building the next index and its target collection/config,
   until ``expires_at``; taken and renewed with conditional updates, so of N replicas starting the same
   re-index one builds, the others dual-write into its target and wait, and one takes over when it expires.
@@ -69,7 +71,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0008_write_order"
+SCHEMA_HEAD = "0009_index_pointer_choice"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -106,6 +108,10 @@ index_pointer = sa.Table(
     sa.Column("previous_collection", sa.String(255), nullable=True),
     sa.Column("previous_config", sa.JSON, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Who chose this index (0009): ``config`` (the deployed settings) or an operator (``rollback``, ``manual``),
+    # and then the deployed settings the operator's choice holds against.
+    sa.Column("chosen_by", sa.String(16), nullable=False, server_default="config"),
+    sa.Column("pinned_settings", sa.JSON, nullable=True),
 )
 
 index_lease = sa.Table(
@@ -210,12 +216,21 @@ class DocumentSource:
 
 @dataclass(frozen=True)
 class IndexPointer:
-    """Where search is served from, and where a rollback would go."""
+    """Where search is served from, where a rollback would go, and who chose it.
+
+    ``chosen_by``: ``config`` when the served index follows the deployed settings (a start-up re-index, a first
+    start, a re-index or rollback to the deployed settings), ``rollback`` / ``manual`` when an operator chose
+    one that differs from them; ``pinned_settings`` is then the deployed settings (model, chunk_size,
+    chunk_overlap) at that moment: the operator's choice holds until the deployed settings differ from them.
+    """
 
     collection: str
     config: dict[str, Any]
     previous_collection: str | None
     previous_config: dict[str, Any] | None
+    chosen_by: str = "config"
+    pinned_settings: dict[str, Any] | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -1011,7 +1026,15 @@ class DocumentRegistry:
             row = connection.execute(sa.select(index_pointer).where(index_pointer.c.name == name)).first()
         if row is None:
             return None
-        return IndexPointer(row.collection, dict(row.config), row.previous_collection, row.previous_config)
+        return IndexPointer(
+            row.collection,
+            dict(row.config),
+            row.previous_collection,
+            row.previous_config,
+            chosen_by=row.chosen_by or "config",
+            pinned_settings=dict(row.pinned_settings) if row.pinned_settings else None,
+            updated_at=_aware(row.updated_at),
+        )
 
     @_guarded
     def switch_index(
@@ -1022,19 +1045,30 @@ class DocumentRegistry:
         expected: str | None,
         name: str = "default",
         keep_previous: bool = True,
+        chosen_by: str = "config",
+        pinned_settings: dict[str, Any] | None = None,
     ) -> IndexPointer:
         """Point search at ``collection`` if the pointer is still at ``expected`` (None: no pointer yet).
 
         One compare-and-set statement: of two concurrent switches one gets Conflict. The collection that was
-        active becomes ``previous`` (the rollback target) unless ``keep_previous`` is False.
+        active becomes ``previous`` (the rollback target) unless ``keep_previous`` is False. ``chosen_by`` and
+        ``pinned_settings`` record who chose it (see IndexPointer); ``config`` clears an operator's pin.
         """
+        if chosen_by not in ("config", "rollback", "manual"):
+            raise ValueError(f"unknown index pointer chooser {chosen_by!r}")
+        pinned = pinned_settings if chosen_by != "config" else None
         now = datetime.now(UTC)
         try:
             with self.engine.begin() as connection:
                 if expected is None:
                     connection.execute(
                         index_pointer.insert().values(
-                            name=name, collection=collection, config=config, updated_at=now
+                            name=name,
+                            collection=collection,
+                            config=config,
+                            updated_at=now,
+                            chosen_by=chosen_by,
+                            pinned_settings=pinned,
                         )
                     )
                 else:
@@ -1052,6 +1086,8 @@ class DocumentRegistry:
                             if keep_previous
                             else None,
                             updated_at=now,
+                            chosen_by=chosen_by,
+                            pinned_settings=pinned,
                         )
                     )
                     if result.rowcount != 1:
@@ -1061,6 +1097,23 @@ class DocumentRegistry:
         pointer = self.index_pointer(name)
         assert pointer is not None
         return pointer
+
+    @_guarded
+    def follow_settings(self, collection: str, name: str = "default") -> bool:
+        """Record that the deployed settings now name the served index ``collection``: an operator's choice
+        becomes the configuration's (``chosen_by`` ``config``, no pin). Compare-and-set on the collection, so a
+        switch made meanwhile is never relabelled; False when the pointer moved or was no operator's choice."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                index_pointer.update()
+                .where(
+                    index_pointer.c.name == name,
+                    index_pointer.c.collection == collection,
+                    index_pointer.c.chosen_by != "config",
+                )
+                .values(chosen_by="config", pinned_settings=None, updated_at=datetime.now(UTC))
+            )
+            return result.rowcount == 1
 
     @_guarded
     def index_lease(self, name: str = "default") -> IndexLease | None:
