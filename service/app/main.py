@@ -405,6 +405,16 @@ async def _collect_orphans_forever(services: Services, stop: threading.Event) ->
         except Exception as exc:
             # A backend outage: the next run retries; search ignores orphans meanwhile.
             logger.warning("orphan collection failed: %s", getattr(exc, "message", exc))
+        try:
+            # Write-order rows nothing can consult any more: marked on one pass, deleted on a later one at
+            # least GC_GRACE_SECONDS after (DocumentRegistry.prune_write_order).
+            pruned = await to_thread.run_sync(
+                lambda: services.registry.prune_write_order(settings.gc_grace_seconds)
+            )
+            if pruned:
+                logger.info("pruned %d write-order rows", pruned)
+        except Exception as exc:
+            logger.warning("write-order pruning failed: %s", getattr(exc, "message", exc))
         if not settings.gc_interval_seconds:
             return
         await asyncio.sleep(settings.gc_interval_seconds)

@@ -30,6 +30,8 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   ``issued + 1`` and commits it in the same transaction (it is accepted when it is acknowledged); a job commits
   only while ``committed <= its ticket``, else it is `Superseded` (a newer write or delete was acknowledged after
   its 202) and changes nothing. A deleted document keeps its row: the tombstone an older queued job loses to.
+  Rows nothing can consult any more (no ticket outstanding, no queued or running job of the document) are
+  removed by ``prune_write_order`` in two passes at least a grace period apart (see there).
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -71,7 +73,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0009_index_pointer_choice"
+SCHEMA_HEAD = "0010_write_order_prune"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -142,6 +144,9 @@ write_order = sa.Table(
     sa.Column("document_id", sa.String(256), primary_key=True),
     sa.Column("issued", sa.BigInteger, nullable=False),
     sa.Column("committed", sa.BigInteger, nullable=False),
+    # The pruner's mark (0010): the ``issued`` it saw with nothing outstanding, and when (prune_write_order).
+    sa.Column("prune_mark", sa.BigInteger, nullable=True),
+    sa.Column("marked_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 tenants = sa.Table(
@@ -917,6 +922,72 @@ class DocumentRegistry:
             f"document {document_id!r} was written or deleted again after this write was accepted",
             document_id=document_id,
         )
+
+    @_guarded
+    def prune_write_order(self, grace_seconds: float, *, batch: int = 1000) -> int:
+        """Delete the write-order rows that can no longer matter; how many were deleted.
+
+        A row is consulted only by a job of its document (its commit, or `Superseded`) and by the next write,
+        which recreates it. Deleting one while a job of the document may still commit would let that job
+        commit over a newer acknowledged write (a job finding no row commits: "nothing newer is known"). A job
+        takes its ticket (``issued + 1``) with the 202 and is inserted into ``jobs`` just after, in another
+        transaction; a synchronous write in between makes ``issued == committed`` while the job row is not
+        there yet. So pruning takes two passes:
+
+        1. mark: rows with nothing outstanding (``issued <= committed``) and no queued or running job of the
+           document get ``prune_mark = issued`` and ``marked_at = now``;
+        2. delete, on a later pass at least ``grace_seconds`` after the mark: rows still at their mark (no
+           ticket, write or delete since: each increments ``issued``, whichever release makes it), still with
+           nothing outstanding and no live job. A job inserted after the mark has run by then, or is live.
+
+        Each statement is one conditional UPDATE or DELETE (Postgres re-checks the condition on a row another
+        transaction changed meanwhile; SQLite runs one writer at a time), in batches of ``batch`` rows.
+        """
+        from service.app.store.jobstore import QUEUED, RUNNING  # the jobs table lives in this database
+
+        live_job = sa.exists().where(
+            jobs_table.c.status.in_((QUEUED, RUNNING)),
+            jobs_table.c.tenant_id == write_order.c.tenant_id,
+            jobs_table.c.document_id == write_order.c.document_id,
+        )
+        key = sa.tuple_(write_order.c.tenant_id, write_order.c.document_id)
+        settled = sa.and_(write_order.c.issued <= write_order.c.committed, ~live_job)
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+        ripe = sa.and_(
+            settled, write_order.c.prune_mark == write_order.c.issued, write_order.c.marked_at < cutoff
+        )
+        deleted = 0
+        while True:
+            with self.engine.begin() as connection:
+                picked = (
+                    sa.select(write_order.c.tenant_id, write_order.c.document_id).where(ripe).limit(batch)
+                )
+                count = int(
+                    connection.execute(write_order.delete().where(key.in_(picked), ripe)).rowcount or 0
+                )
+            deleted += count
+            if count < batch:
+                break
+        unmarked = sa.and_(
+            settled,
+            sa.or_(write_order.c.prune_mark.is_(None), write_order.c.prune_mark != write_order.c.issued),
+        )
+        while True:
+            with self.engine.begin() as connection:
+                picked = (
+                    sa.select(write_order.c.tenant_id, write_order.c.document_id).where(unmarked).limit(batch)
+                )
+                count = int(
+                    connection.execute(
+                        write_order.update()
+                        .where(key.in_(picked), unmarked)
+                        .values(prune_mark=write_order.c.issued, marked_at=datetime.now(UTC))
+                    ).rowcount
+                    or 0
+                )
+            if count < batch:
+                break
+        return deleted
 
     def _upsert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
