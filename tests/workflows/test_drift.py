@@ -78,3 +78,78 @@ def test_a_refresh_that_fails_without_drift_is_an_error(ctx: Context, backend: F
     backend.script("dev").refresh_error = "error: could not reach the cluster"
     with pytest.raises(CommandError, match="could not reach the cluster"):
         check_drift(ctx, "dev")
+
+
+IMAGE_URN = "urn:pulumi:dev::rag::rag:build:ServiceImage$docker-build:index:Image::service-image-image"
+# pulumi-docker-build 0.0.22 `Image.Read` (provider/internal/image.go): any registry error but "not found" keeps
+# the state and warns with this text (the registry here: kind's localhost:5001, unreachable from a CI runner).
+UNVERIFIED = (
+    'unable to verify image tags, leaving state unchanged: fetching "localhost:5001/rag/rag-service@sha256:ab": '
+    "dial tcp 127.0.0.1:5001: connect: connection refused"
+)
+
+
+def _diagnostic(urn: str, message: str, severity: str = "warning") -> dict:
+    return {
+        "diagnosticEvent": {
+            "urn": urn,
+            "message": message + "\n",
+            "color": "never",
+            "severity": severity,
+        }
+    }
+
+
+def test_an_image_the_runner_cannot_inspect_is_not_verified_rather_than_drifted(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    backend.add_stack("dev")
+    script = backend.script("dev")
+    script.refresh_events = [
+        step_event("refresh", "service-image-image", "docker-build:index:Image"),
+        _diagnostic(IMAGE_URN, UNVERIFIED),
+        _diagnostic(IMAGE_URN, UNVERIFIED),  # the engine may repeat a diagnostic: listed once
+        _diagnostic("urn:pulumi:dev::rag::pulumi:pulumi:Stack::rag-dev", "some stack-level note", "info"),
+        outputs_event("same", "service-image-image", "docker-build:index:Image"),
+    ]
+    script.refresh_summary = {"same": 45}
+
+    report = check_drift(ctx, "dev")
+
+    # The image stays in the refresh: no --target/--exclude, so a registry that says "gone" is reported.
+    assert backend.commands()[1] == [
+        "refresh",
+        "--preview-only",
+        "--expect-no-changes",
+        "--exec-kind",
+        "auto.local",
+        "--event-log",
+        "<event-log>",
+        "--stack",
+        "dev",
+    ]
+    assert not report.has_drift
+    assert [(u.type, u.name) for u in report.unverified] == [
+        ("docker-build:index:Image", "service-image-image")
+    ]
+    lines = report.render().splitlines()
+    assert lines[0] == "No drift: stack 'dev' matches its state."
+    assert lines[1].startswith("Warnings from the refresh")
+    assert lines[2] == f"  docker-build:index:Image service-image-image: {UNVERIFIED}"
+    assert len(lines) == 3
+
+
+def test_an_image_the_registry_no_longer_has_is_drift(ctx: Context, backend: FakeBackend) -> None:
+    # Read returned an empty ID (the registry answered "not found" for every pushed tag): the engine plans a delete.
+    backend.add_stack("dev")
+    script = backend.script("dev")
+    script.refresh_events = [step_event("delete", "service-image-image", "docker-build:index:Image")]
+    script.refresh_summary = {"delete": 1, "same": 44}
+
+    report = check_drift(ctx, "dev")
+
+    assert report.has_drift
+    assert [(s.op, s.type, s.name) for s in report.drifted] == [
+        ("delete", "docker-build:index:Image", "service-image-image")
+    ]
+    assert "pulumi up -s dev" in report.render()
