@@ -521,6 +521,8 @@ def backups_args(
         restore_scratch_storage_class=storage_class(config.qdrant.storage.storageClass, cluster),
         aws_region=cluster.region if cluster.cloud == "aws" else None,
         protect=config.protect,
+        # Outside prod a destroy must not stop at a bucket the backups filled (BucketNotEmpty).
+        force_destroy=not config.protect,
         depends_on=ready,
     )
 

@@ -1,4 +1,5 @@
-"""EKS target: VPC, cluster, managed node group, EBS CSI driver, gp3 StorageClass, ECR and IRSA.
+"""EKS target: VPC, cluster, managed node group, managed add-ons (VPC CNI, kube-proxy, CoreDNS, EBS CSI driver) at
+the versions EKS pairs with the cluster's Kubernetes version, gp3 StorageClass, ECR and IRSA.
 
 Built from `aws.*` resources (not the pulumi-eks multi-language component) so every resource is visible to the
 offline tests and policies, with an explicit `aws.Provider` for `rag:cluster.eks.region`. The VPC has one public
@@ -238,6 +239,22 @@ def cluster_access(
     return granted
 
 
+def addon_version(addon: str, cluster: aws.eks.Cluster, provider: aws.Provider) -> pulumi.Output[str]:
+    """The version of EKS managed add-on `addon` for the cluster's Kubernetes version: the one EKS itself installs
+    on a new cluster of that version (DescribeAddonVersions' default, `most_recent` false; the most recent build
+    is not always the one AWS has validated as default). Read from the cluster's `version` output, so raising
+    `rag:cluster.eks.version` raises every add-on, after the control plane's own update. Without an
+    `addon_version`, the add-on keeps the version it was created with whatever the cluster runs (EKS does not
+    upgrade add-ons with the cluster), and a minor or two later the CNI or kube-proxy is outside the versions
+    EKS supports for the control plane."""
+    return aws.eks.get_addon_version_output(
+        addon_name=addon,
+        kubernetes_version=cluster.version,
+        most_recent=False,
+        opts=pulumi.InvokeOutputOptions(provider=provider),
+    ).version
+
+
 def build_eks(config: StackConfig) -> ClusterTarget:
     """The EKS cluster target for `config` (provider `eks`)."""
     eks = config.cluster.eks
@@ -410,8 +427,22 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         "vpc-cni",
         cluster_name=cluster.name,
         addon_name="vpc-cni",
+        addon_version=addon_version("vpc-cni", cluster, aws_provider),
         configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
         # EKS installs a self-managed aws-node at cluster creation: the add-on takes it over.
+        resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
+        opts=opts,
+    )
+    # kube-proxy (a DaemonSet, like the CNI: it can be taken over before any node exists) and CoreDNS (a
+    # Deployment: it turns ACTIVE only once nodes run it, so after the node group) as managed add-ons too. EKS
+    # installs both self-managed at creation and never upgrades them: without these, raising the cluster's
+    # version left the cluster's DNS and service proxy on the minor it was created with.
+    kube_proxy = aws.eks.Addon(
+        "kube-proxy",
+        cluster_name=cluster.name,
+        addon_name="kube-proxy",
+        addon_version=addon_version("kube-proxy", cluster, aws_provider),
         resolve_conflicts_on_create="OVERWRITE",
         resolve_conflicts_on_update="OVERWRITE",
         opts=opts,
@@ -438,8 +469,18 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         # Nodes boot pulling the VPC CNI and kube-proxy images from ECR through their zone's NAT: the route to
         # it must exist first (no output links the node group to the route tables).
         opts=pulumi.ResourceOptions.merge(
-            kept, pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni, *private_associations])
+            kept,
+            pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni, kube_proxy, *private_associations]),
         ),
+    )
+    coredns = aws.eks.Addon(
+        "coredns",
+        cluster_name=cluster.name,
+        addon_name="coredns",
+        addon_version=addon_version("coredns", cluster, aws_provider),
+        resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
+        opts=pulumi.ResourceOptions(provider=aws_provider, depends_on=[node_group]),
     )
 
     issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"])
@@ -465,8 +506,10 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         "ebs-csi",
         cluster_name=cluster.name,
         addon_name="aws-ebs-csi-driver",
+        addon_version=addon_version("aws-ebs-csi-driver", cluster, aws_provider),
         service_account_role_arn=ebs_role.arn,
         resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
         # The controller needs its permissions before the first volume is asked of it (the role's ARN alone does
         # not make the add-on wait for the policy attachment).
         opts=pulumi.ResourceOptions(provider=aws_provider, depends_on=[node_group, ebs_policy]),
@@ -665,7 +708,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "vpc_cidr": eks.vpcCidr,
             "oidc_provider": oidc,
         },
-        depends_on=(node_group, vpc_cni, ebs_addon, storage_class, metrics_server),
+        depends_on=(node_group, vpc_cni, kube_proxy, coredns, ebs_addon, storage_class, metrics_server),
         gateway_api=(envoy_gateway, *gateway_classes),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,

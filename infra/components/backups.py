@@ -10,7 +10,10 @@ The Qdrant API key is read from the QdrantCluster's own Secret.
 
 With `create_bucket`, the bucket is created too: S3 with versioning, default encryption, a public access block
 and expiry of old backups (pulumi-aws 7's `s3.Bucket` family; the `*V2` names are deprecated there); or GCS with uniform access, public access prevention, versioning and the same
-expiry. Protected from deletion when `protect` is set (prod).
+expiry. Protected from deletion when `protect` is set (prod). Elsewhere the bucket is created with `force_destroy`, so
+`pulumi destroy` empties it (every object version and delete marker on S3, every generation on GCS: the providers'
+delete lists versions) before deleting it, instead of failing with BucketNotEmpty after the first backup. A
+protected bucket never gets `force_destroy`: a destroy of prod must stop at the bucket, not empty it.
 """
 
 from __future__ import annotations
@@ -185,6 +188,10 @@ class QdrantBackupsArgs:
     transfer_bytes_per_second: float = ASSUMED_TRANSFER_BYTES_PER_SECOND
     """The sustained rate the deadlines and the transfer timeout assume (`rag:backups.transferMiBps`)."""
     protect: bool = False
+    force_destroy: bool = False
+    """Let `pulumi destroy` delete a created bucket with everything in it (all versions). Non-prod only: it
+    cannot be combined with `protect`. The providers read it from the state at delete time, so it takes effect
+    after a `pulumi up` has recorded it."""
     network_policy: bool = True
     suspend: bool = False
     depends_on: tuple[pulumi.Resource, ...] = ()
@@ -233,6 +240,10 @@ def validate_args(args: QdrantBackupsArgs) -> None:
         f"QdrantBackupsArgs.prefix {args.prefix!r} must be a relative object path without spaces.",
     )
     require(args.retention_days >= 0, "QdrantBackupsArgs.retention_days must not be negative.")
+    require(
+        not (args.protect and args.force_destroy),
+        "QdrantBackupsArgs.force_destroy cannot be combined with protect: a protected bucket keeps its backups.",
+    )
     if args.create_bucket and args.cloud == "gcp":
         require(
             args.bucket_location is not None,
@@ -456,7 +467,10 @@ class QdrantBackups(pulumi.ComponentResource):
 
     def _aws_bucket(self, name: str, args: QdrantBackupsArgs, child: Any) -> pulumi.Output[str]:
         bucket = aws.s3.Bucket(
-            f"{name}-bucket", bucket=args.bucket_name, force_destroy=False, opts=child(protect=args.protect)
+            f"{name}-bucket",
+            bucket=args.bucket_name,
+            force_destroy=args.force_destroy,
+            opts=child(protect=args.protect),
         )
         aws.s3.BucketVersioning(
             f"{name}-bucket-versioning",
@@ -516,7 +530,7 @@ class QdrantBackups(pulumi.ComponentResource):
             public_access_prevention="enforced",
             versioning={"enabled": True},
             lifecycle_rules=rules,
-            force_destroy=False,
+            force_destroy=args.force_destroy,
             opts=child(protect=args.protect),
         )
         return bucket.name

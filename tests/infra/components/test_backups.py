@@ -18,6 +18,7 @@ import pytest
 from infra.components import backups as b
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.specs import ComponentArgsError
+from tests.infra.conftest import STACKS, run
 
 from .conftest import Program, assert_all_parented, resolve, run_components, validate_manifests
 
@@ -400,3 +401,35 @@ def test_wires_to_a_qdrant_cluster() -> None:
     policy = program.named("qdrant-backup-netpol").inputs["spec"]
     assert policy["ingress"] == []
     assert any(rule.get("to") for rule in policy["egress"])
+
+
+# ---------------------------------------------------------------------------------------------- destroyability
+def test_force_destroy_reaches_both_clouds_buckets_and_never_a_protected_one() -> None:
+    aws_bucket = run_backups(backup_args(protect=False, force_destroy=True)).one("aws:s3/bucket:Bucket")
+    assert (aws_bucket.inputs["forceDestroy"], aws_bucket.protect) == (True, False)
+    gcs = run_backups(backup_args(cloud="gcp", bucket_location="EU", protect=False, force_destroy=True))
+    gcs_bucket = gcs.one("gcp:storage/bucket:Bucket")
+    assert (gcs_bucket.inputs["forceDestroy"], gcs_bucket.protect) == (True, False)
+    kept = run_backups(backup_args()).one("aws:s3/bucket:Bucket")
+    assert (kept.inputs["forceDestroy"], kept.protect) == (False, True)
+    with pytest.raises(ComponentArgsError, match="force_destroy cannot be combined with protect"):
+        b.validate_args(backup_args(protect=True, force_destroy=True))
+
+
+@pytest.mark.parametrize("target", ["gke", "eks"])
+def test_real_stacks_buckets_are_destroyable_outside_prod_and_kept_in_prod(target: str) -> None:
+    """Every committed stack file that creates a backup bucket: outside prod `pulumi destroy` empties and deletes
+    it (no BucketNotEmpty after the first backup); prod's is protected and never emptied by a destroy."""
+    bucket_type = {"gke": "gcp:storage/bucket:Bucket", "eks": "aws:s3/bucket:Bucket"}[target]
+    seen: set[str] = set()
+    # The same cached runs as tests/infra/test_program.py's: no extra program run in the full suite.
+    for stack in STACKS:
+        buckets = [r for r in run(stack, target).resources if r.type == bucket_type]
+        for bucket in buckets:
+            seen.add(stack)
+            if stack == "prod":
+                assert (bucket.inputs["forceDestroy"], bucket.protect) == (False, True), bucket.urn
+            else:
+                assert (bucket.inputs["forceDestroy"], bucket.protect) == (True, False), bucket.urn
+    # The stacks that run backups (staging and prod) really were checked.
+    assert {"staging", "prod"} <= seen
