@@ -97,17 +97,18 @@ def registry(tmp: Path, *, auth: bool) -> Iterator[Registry]:
 
 
 def isolated_home(tmp: Path, *registries: Registry) -> dict[str, str]:
-    """Environment for skopeo: its own HOME and XDG_RUNTIME_DIR, the registries allowed over plain HTTP."""
+    """Environment for skopeo: its own HOME, XDG_RUNTIME_DIR and TMPDIR, the registries allowed over plain HTTP."""
     home = tmp / "home"
     (home / ".config" / "containers").mkdir(parents=True, exist_ok=True)
     (home / ".config" / "containers" / "registries.conf").write_text(
         "".join(f'[[registry]]\nlocation = "{r.host}"\ninsecure = true\n' for r in registries),
         encoding="utf-8",
     )
-    runtime = tmp / "run"
+    runtime, scratch = tmp / "run", tmp / "scratch"
     runtime.mkdir(exist_ok=True)
+    scratch.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG")}
-    return {**env, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
+    return {**env, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime), "TMPDIR": str(scratch)}
 
 
 def docker_login(env: dict[str, str], host: str, username: str = USERNAME, password: str = PASSWORD) -> None:
