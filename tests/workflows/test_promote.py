@@ -11,7 +11,7 @@ import pytest
 from infra.workflows.promote import PROMOTABLE_KEYS, check_digest, merge_promotable, promote
 from infra.workflows.stacks import Context, UsageError, WorkflowError
 from tests.workflows.conftest import ImageSourceChecks
-from tests.workflows.fake_pulumi import DIGEST, FakeBackend, step_event
+from tests.workflows.fake_pulumi import DIGEST, FakeBackend, registry_ref, step_event
 
 DEV_SERVICE = {"replicas": 1, "settings": {"logLevel": "DEBUG", "chunkSize": 300, "chunkOverlap": 40}}
 STAGING_SERVICE = {
@@ -115,7 +115,8 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
     ]
     staging = backend.stacks["staging"]
     assert staging.config_value("rag:image") == DIGEST
-    assert staging.outputs["imageDigest"] == DIGEST  # the up deployed the promoted digest
+    # The up deployed the promoted digest, copied into staging's own registry.
+    assert staging.outputs["imageDigest"] == registry_ref("staging", DIGEST)
     assert staging.config_value("rag:promotion") == done.record()
     assert done.record() == {"from": "dev", "digest": DIGEST, "at": "2026-03-01T12:00:00Z", "by": "octocat"}
     # Environment sizing stays; promotable settings follow dev; a key dev leaves at its default is unset.
@@ -303,9 +304,11 @@ def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None
     done = promote(prod_job, "staging", "prod")
 
     prod = backend.stacks["prod"]
-    assert prod.outputs["imageDigest"] == DIGEST
+    assert prod.outputs["imageDigest"] == registry_ref("prod", DIGEST)
     deployed = prod.deployed_config()  # what prod's update ran with, as the backend keeps it
-    assert deployed["rag:image"]["value"] == DIGEST
+    # Prod copied the build from staging's registry (what staging runs), under dev's digest.
+    assert deployed["rag:image"]["value"] == registry_ref("staging", DIGEST)
+    assert checked == [DIGEST, registry_ref("staging", DIGEST)]
     assert deployed["rag:promotion"]["objectValue"]["from"] == "staging"
     assert deployed["rag:promotion"]["objectValue"]["models"] == embedding["imageModels"]
     # dev's promotable setting travelled through staging's deployed config, prod's sizing stayed its own.
