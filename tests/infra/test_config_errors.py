@@ -64,6 +64,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.nodeGroup.desiredSize",
         "within minSize..maxSize",
     ),
+    # The Cluster Autoscaler's image is the cluster's minor: a minor without a pinned release is refused.
+    (
+        "prod",
+        {"cluster": {"eks": {"version": "1.32"}}},
+        "cluster.eks.version",
+        "no Cluster Autoscaler release",
+    ),
     (
         "prod",
         {"cluster": {"eks": {"publicAccessCidrs": ["10.0.0.1/8"]}}},
