@@ -442,7 +442,13 @@ class _Handler:
         return json.dumps(out), "", 0
 
     def _history(self, stack: FakeStack) -> tuple[str, str, int]:
-        return json.dumps(list(reversed(stack.history))[:1]), "", 0
+        # Newest first, numbered from 1 (the oldest), a page at a time like `pulumi stack history --json`.
+        entries = [{**entry, "version": i} for i, entry in enumerate(stack.history, start=1)][::-1]
+        size = self._opt("--page-size")
+        if size is not None:
+            page = int(self._opt("--page") or 1)
+            entries = entries[(page - 1) * int(size) : page * int(size)]
+        return json.dumps(entries), "", 0
 
     def _config(self, stack: FakeStack) -> tuple[str, str, int]:
         return json.dumps(read_config(self.cwd, stack.name)), "", 0
@@ -590,6 +596,7 @@ class _Handler:
         }
         stack.secret_outputs = {"kubeconfig", "apiKeys", "grafanaAdminPassword"}
         stack.history.append(_history("update", {"create": script.up_resources}, config=config))
+        stack.history[-1]["message"] = self._opt("--message") or ""
         return "Updating (stack)\nResources:\n    + 12 created", "", 0
 
     def _destroy(self, stack: FakeStack, script: Script) -> tuple[str, str, int]:
