@@ -1145,8 +1145,9 @@ AWS_LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
 ENVOY_PROXY_TYPE = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
 
 
-def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
-    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+def _envoy_class_proxies(run: StackRun) -> Iterator[tuple[RecordedResource, Mapping[str, Any]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the spec of the EnvoyProxy each references ({} when
+    none, or one the stack does not declare)."""
     if not run.of_type(EKS_CLUSTER):
         return
     proxies = {(object_namespace(p), object_name(p)): p for p in run.of_type(ENVOY_PROXY_TYPE)}
@@ -1158,8 +1159,13 @@ def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, 
         proxy = (
             proxies.get((ref.get("namespace"), ref.get("name"))) if ref.get("kind") == "EnvoyProxy" else None
         )
-        path = ("spec", "provider", "kubernetes", "envoyService", "annotations")
-        annotations = (_get(proxy.inputs, *path) if proxy is not None else None) or {}
+        yield gateway_class, (proxy.inputs.get("spec") or {}) if proxy is not None else {}
+
+
+def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+    for gateway_class, proxy in _envoy_class_proxies(run):
+        annotations = _get(proxy, "provider", "kubernetes", "envoyService", "annotations") or {}
         yield gateway_class, dict(annotations)
 
 
@@ -1682,6 +1688,18 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
                 "Envoy Gateway's proxy Service gets the in-tree AWS default, a Classic Load Balancer (previous "
                 "generation, no static IPs per zone, HTTP/2 and long-lived streams handled worse).",
                 f"reference an EnvoyProxy (parametersRef) whose envoyService annotations set {AWS_LB_TYPE}: nlb.",
+            )
+    # dev's cluster is shared by the PR stacks, each with a Gateway of the class in its own namespace: they are
+    # reached at dev's address only if Envoy Gateway merges them onto dev's proxy (docs/delivery.md).
+    unmerged = [c for c, proxy in _envoy_class_proxies(run) if proxy.get("mergeGateways") is not True]
+    if unmerged and _get(effective_config(run), "environment") == "dev":
+        for gateway_class in unmerged:
+            add(
+                gateway_class,
+                f"GatewayClass {object_name(gateway_class)} on dev's cluster does not merge Gateways: each PR "
+                "stack's Gateway gets its own Envoy proxy and load balancer, and pr-<n>.<domain> (pointed at dev's "
+                "address) reaches none of them.",
+                "set mergeGateways: true in the EnvoyProxy the GatewayClass references (parametersRef).",
             )
     # An image build cache is one tag rewritten by every build: an IMMUTABLE ECR repository refuses the rewrite.
     immutable = {
