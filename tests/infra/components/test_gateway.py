@@ -317,3 +317,42 @@ def test_staging_and_prod_on_eks_keep_one_proxy_per_gateway(stack: str) -> None:
     assert "mergeGateways" not in proxy.inputs["spec"]
     assert eks.envoy_proxy_spec(False) == eks.envoy_proxy_spec(False, merge_gateways=False)
     assert eks.envoy_proxy_spec(True, merge_gateways=True)["mergeGateways"] is True
+
+
+# ---------------------------------------------------------------------------------------------- TLS bootstrap
+@pytest.mark.parametrize(
+    ("overrides", "temporary"),
+    [
+        ({"issuer": "letsencrypt-staging"}, True),
+        ({"issuer": "letsencrypt-prod"}, True),
+        ({"install_cert_manager": False, "existing_cluster_issuer": "shared", "acme_email": None}, True),
+        ({"issuer": "selfsigned"}, False),
+        ({"issuer": "letsencrypt-prod", "entry": "ingress", "ingress_class_name": "gce"}, True),
+    ],
+)
+def test_the_listener_secret_exists_before_issuance_and_the_entry_waits_for_it(
+    overrides: dict[str, object], temporary: bool
+) -> None:
+    """An ACME Certificate gets cert-manager's temporary certificate, so the Secret the HTTPS listener (or the
+    Ingress) names exists from the start: GKE does not program a Gateway whose listener Secret is missing, and then
+    the HTTP-01 challenge through that Gateway could never be answered. The Secret itself is never declared (it is
+    cert-manager's to write), and the entry is created after the Certificate."""
+    program = run_gateway(gateway_args(**overrides))
+    certificate = program.named("gateway-certificate")
+    annotations = certificate.inputs["metadata"].get("annotations", {})
+    if temporary:
+        assert annotations == {gw.TEMPORARY_CERTIFICATE_ANNOTATION: "true"}
+    else:
+        assert gw.TEMPORARY_CERTIFICATE_ANNOTATION not in annotations
+    assert gw.TEMPORARY_CERTIFICATE_ANNOTATION == "cert-manager.io/issue-temporary-certificate"
+    assert program.by_type("kubernetes:core/v1:Secret") == []
+    entry = (
+        program.one("kubernetes:networking.k8s.io/v1:Ingress")
+        if overrides.get("entry") == "ingress"
+        else program.named("gateway-gateway")
+    )
+    assert certificate.urn in entry.depends_on
+    document = {k: certificate.inputs[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    source, errors = render.validate_manifest(document)
+    assert source.startswith("cert-manager.io/")
+    assert errors == []
