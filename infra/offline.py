@@ -24,6 +24,7 @@ import base64
 import functools
 import hashlib
 import json
+import re
 import runpy
 import sys
 from collections.abc import Mapping
@@ -50,6 +51,8 @@ from infra.config import (
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "123456789012"
+#: EKS add-ons (`aws eks describe-addon-versions`; a few of them) the getAddonVersion mock answers for.
+EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "aws-ebs-csi-driver", "eks-pod-identity-agent")
 STACK_TYPE = "pulumi:pulumi:Stack"
 
 
@@ -70,6 +73,9 @@ class RecordedResource:
     aliases: tuple[
         str, ...
     ] = ()  # URNs this resource also answers to in existing state (`aliases=`), resolved
+    ignore_changes: tuple[
+        str, ...
+    ] = ()  # input property paths the engine leaves alone on update (`ignore_changes=`)
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,15 @@ class PlatformMocks(pulumi_mocks.Mocks):
             if only_azs not in (args.args.get("filters") or []):
                 names, ids = ["eu-west-1-lcl-1a", *names], ["lcl1", *ids]
             return {"names": names, "zoneIds": ids}, []
+        if tok == "aws:eks/getAddonVersion:getAddonVersion":
+            # As DescribeAddonVersions answers: a version per (add-on, Kubernetes version), the default build or the
+            # most recent one; an add-on EKS does not offer is an error.
+            addon, kubernetes = args.args.get("addonName"), str(args.args.get("kubernetesVersion") or "")
+            if addon not in EKS_ADDONS or not re.fullmatch(r"1\.\d+", kubernetes):
+                raise ValueError(f"no EKS add-on {addon!r} for Kubernetes {kubernetes!r}")
+            build = 3 if args.args.get("mostRecent") else 1
+            version = f"v{kubernetes}.{EKS_ADDONS.index(addon)}-eksbuild.{build}"
+            return {"addonName": addon, "kubernetesVersion": kubernetes, "version": version, "id": addon}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -414,6 +429,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 provider=provider,
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
+                ignore_changes=tuple(request.ignoreChanges),
             )
         )
         return response

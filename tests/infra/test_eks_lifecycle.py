@@ -114,3 +114,44 @@ def test_the_nodes_follow_the_control_plane_version(stack: str, target: str | No
 def test_a_version_change_reaches_the_node_group() -> None:
     result = run("dev", "eks", cluster={"provider": "eks", "eks": {"version": "1.34"}})
     assert result.by_name("eks-nodes").inputs["version"] == "1.34"
+
+
+ADDONS = ("vpc-cni", "kube-proxy", "coredns", "ebs-csi")
+
+
+@pytest.mark.parametrize(("stack", "target"), EKS_RUNS)
+def test_every_add_on_runs_the_version_eks_pairs_with_the_cluster(stack: str, target: str | None) -> None:
+    """Each managed add-on names its version, EKS's default for the cluster's Kubernetes version (the mock answers
+    getAddonVersion per add-on and version, as DescribeAddonVersions does), and waits for the control plane."""
+    result = run(stack, target)
+    cluster = result.by_name("eks")
+    (minor,) = {cluster.inputs["version"]}
+    names = {r.name for r in result.of_type("aws:eks/addon:Addon")}
+    assert names == set(ADDONS)
+    for name in ADDONS:
+        addon = result.by_name(name)
+        assert addon.inputs["addonVersion"].startswith(f"v{minor}."), addon.inputs
+        assert addon.inputs["addonVersion"].endswith("-eksbuild.1"), "the default build, not the newest"
+        assert addon.inputs["resolveConflictsOnUpdate"] == "OVERWRITE", name
+
+
+def test_raising_the_cluster_version_raises_every_add_on() -> None:
+    """The defect: add-ons kept the version they were created with, and CoreDNS and kube-proxy were EKS's
+    self-managed copies, which no `pulumi up` ever touched."""
+    before = run("dev", "eks", cluster={"provider": "eks", "eks": {"version": "1.34"}})
+    after = run("dev", "eks", cluster={"provider": "eks", "eks": {"version": "1.35"}})
+    for name in ADDONS:
+        old, new = before.by_name(name).inputs["addonVersion"], after.by_name(name).inputs["addonVersion"]
+        assert old.startswith("v1.34."), (name, old)
+        assert new.startswith("v1.35."), (name, new)
+
+
+@pytest.mark.parametrize(("stack", "target"), EKS_RUNS)
+def test_kube_proxy_is_taken_over_before_the_nodes_and_coredns_after(stack: str, target: str | None) -> None:
+    """A DaemonSet add-on is ACTIVE with no node; CoreDNS's Deployment only once nodes run it (created before the
+    node group, its create would wait out its timeout)."""
+    result = run(stack, target)
+    nodes = result.by_name("eks-nodes")
+    assert result.by_name("kube-proxy").urn in nodes.depends_on
+    assert result.by_name("vpc-cni").urn in nodes.depends_on
+    assert nodes.urn in result.by_name("coredns").depends_on
