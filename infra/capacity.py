@@ -146,7 +146,8 @@ ENVOY_PROXY_DEFAULT_REQUESTS = {"cpu": "100m", "memory": "512Mi"}
 
 def _gateway_proxies(run: StackRun) -> Iterator[Pod]:
     """The proxy pods Envoy Gateway runs for each Gateway of a class whose parametersRef is an EnvoyProxy of the
-    run: `envoyDeployment.replicas` (default 1) pods per Gateway (each Gateway gets its own proxy Deployment)."""
+    run: `envoyDeployment.replicas` (default 1) pods per Gateway (each gets its own proxy Deployment), or per class
+    when the EnvoyProxy sets `mergeGateways`."""
     proxies = {}
     for proxy in run.of_type(ENVOY_PROXY):
         metadata = proxy.inputs.get("metadata") or {}
@@ -158,10 +159,17 @@ def _gateway_proxies(run: StackRun) -> Iterator[Pod]:
             classes[(gateway_class.inputs.get("metadata") or {}).get("name")] = proxies[
                 (ref["namespace"], ref["name"])
             ]
+    merged: set[str] = set()
     for gateway in run.of_type(GATEWAY):
-        proxy = classes.get((gateway.inputs.get("spec") or {}).get("gatewayClassName"))
+        class_name = (gateway.inputs.get("spec") or {}).get("gatewayClassName")
+        proxy = classes.get(class_name)
         if proxy is None:
             continue
+        if (proxy.inputs.get("spec") or {}).get("mergeGateways"):
+            # One fleet serves every Gateway of the class.
+            if class_name in merged:
+                continue
+            merged.add(class_name)
         kubernetes = ((proxy.inputs.get("spec") or {}).get("provider") or {}).get("kubernetes") or {}
         deployment = kubernetes.get("envoyDeployment") or {}
         resources = (deployment.get("container") or {}).get("resources") or {

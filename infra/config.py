@@ -909,8 +909,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "image",
                 f"{config.image!r} is in the registry {registry!r}, which is local to the machine that pushed it: "
-                f"the {config.cluster.provider} nodes pull from their own loopback and fail (ErrImagePull); "
-                "promote from a stack whose registry these nodes can pull (docs/delivery.md, 'Registries')",
+                f"the copy into the {config.cluster.provider} stack's registry reads it from whichever machine runs "
+                "`pulumi up`, and a CI runner's loopback has no such registry; give the source stack a registry "
+                "CI can read (docs/delivery.md, 'Registries')",
             )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
