@@ -74,12 +74,18 @@ def point(name: str, metadata: dict[str, Any]) -> ChunkPoint:
     )
 
 
+KEYS = ("n", "m", "s", "b")
+
+
 def write(store: VectorStore) -> None:
-    # ``n`` is first written as an int, ``m`` as a float (the index kind once came from the first value).
+    # The index kind comes from a key's first value: ``n`` is first an int, ``m`` a float (both get a float
+    # index), ``s`` a string (keyword index) and ``b`` a boolean (bool index); then every key holds every value.
+    store.upsert([point("str12", {"s": "12"})])
+    store.upsert([point("true", {"b": True})])
     for name, value in VALUES.items():
         store.upsert([point(name, {"n": value})])
     for name, value in reversed(VALUES.items()):
-        store.upsert([point(name, {"n": value, "m": value})])
+        store.upsert([point(name, dict.fromkeys(KEYS, value))])
 
 
 def selected(store: VectorStore, key: str, case: dict[str, Any]) -> set[str]:
@@ -89,7 +95,7 @@ def selected(store: VectorStore, key: str, case: dict[str, Any]) -> set[str]:
 
 
 def check(store: VectorStore) -> None:
-    for key in ("n", "m"):
+    for key in KEYS:
         for case, expected in CASES:
             assert selected(store, key, case) == expected, (key, case)
 
@@ -103,7 +109,7 @@ def edge_store(path: Path, max_keys: int) -> EdgeVectorStore:
     return edge
 
 
-@pytest.mark.parametrize("max_keys", [0, 4], ids=["unindexed", "float-indexed"])
+@pytest.mark.parametrize("max_keys", [0, 4], ids=["unindexed", "indexed"])
 def test_edge_numeric_equality_matches_ints_and_floats_and_never_booleans(
     tmp_path: Path, max_keys: int
 ) -> None:
@@ -113,9 +119,16 @@ def test_edge_numeric_equality_matches_ints_and_floats_and_never_booleans(
         if max_keys:
             assert store.indexer is not None
             assert store.indexer.wait_idle(60)
-            assert {k for k in store.shard.info().payload_schema if k.startswith("metadata.")} == {
-                "metadata.n",
-                "metadata.m",
+            kinds = {
+                k.removeprefix("metadata."): str(v.data_type)
+                for k, v in store.shard.info().payload_schema.items()
+                if k.startswith("metadata.")
+            }
+            assert kinds == {
+                "n": "PayloadSchemaType.Float",
+                "m": "PayloadSchemaType.Float",
+                "s": "PayloadSchemaType.Keyword",
+                "b": "PayloadSchemaType.Bool",
             }
         check(store)
     finally:

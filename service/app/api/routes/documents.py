@@ -528,3 +528,11 @@ async def delete_document(document_id: DocumentIdPath, services: ServicesDep, te
     """Delete a document and its chunks (404 when unknown)."""
     await services.ingest.delete(tenant, document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.api_route("/{head}/{tail:path}", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
+async def document_id_with_a_slash(head: str, tail: str) -> None:
+    """A document path holding a "/" (``a%2Fb`` arrives decoded as ``a/b``): 422 naming the id pattern, as for
+    any other invalid id, not a 404 the client cannot tell from an unknown document. Registered last, so it
+    only takes paths no route above matched (``/v1/documents/`` still redirects to the list)."""
+    validate_document_id(f"{head}/{tail}")
