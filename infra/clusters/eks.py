@@ -31,7 +31,6 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.components.specs import topology_spread
 from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
@@ -72,31 +71,25 @@ NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
 NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
 
 
-#: Labels Envoy Gateway puts on every proxy pod it creates (v1.9.0 internal/infrastructure/kubernetes/proxy
-#: `EnvoyAppLabel`), to spread them.
-ENVOY_PROXY_LABELS = {
+#: Labels Envoy Gateway puts on every proxy pod it creates, whatever the Gateway (internal/infrastructure/
+#: kubernetes/proxy: app.kubernetes.io/{name: envoy, component: proxy, managed-by: envoy-gateway}).
+ENVOY_PROXY_POD_LABELS = {
     "app.kubernetes.io/name": "envoy",
     "app.kubernetes.io/component": "proxy",
     "app.kubernetes.io/managed-by": "envoy-gateway",
 }
 
 
-def envoy_proxy_replicas(config: StackConfig) -> int:
-    """Proxy pods per Gateway (per class when merged): one per zone in prod (at least 2), 2 elsewhere. Envoy
-    Gateway's default is one pod, and every request of the stack passes through it: a node drain (each
-    `eks.version` upgrade replaces every node), a node failure or an OOM would take the whole stack offline until a
-    new proxy is scheduled, configured and its node passes the NLB's health check."""
-    if config.environment == "prod":
-        return max(2, config.cluster.eks.availabilityZones)
-    return 2
+def envoy_proxy_replicas(environment: str) -> int:
+    """Proxy pods per Gateway (per merged fleet on dev): one per zone in prod, two elsewhere. Envoy Gateway's
+    default is one (KubernetesDeploymentSpec.replicas), and every request of the stack goes through it: a node
+    drain (each EKS version upgrade replaces every node), an eviction or an OOM was a full outage."""
+    return 3 if environment == "prod" else 2
 
 
-def envoy_proxy_spec(internal: bool, replicas: int = 2, *, merge_gateways: bool = False) -> dict[str, Any]:
+def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False, replicas: int = 2) -> dict[str, Any]:
     """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
-    Service Envoy Gateway creates gets an NLB, internal when `internal`; its Deployment runs `replicas` pods spread
-    over zones and nodes, and a PodDisruptionBudget lets a drain (or the Cluster Autoscaler) take one of them at a
-    time. With the Service's default `externalTrafficPolicy: Local`, the NLB sends traffic only to nodes running a
-    proxy pod, so more pods are also more healthy targets.
+    Service Envoy Gateway creates gets an NLB, internal when `internal`.
 
     With `merge_gateways`, every Gateway of the class (dev's and each PR stack's, in their own namespaces) is merged
     onto one Envoy fleet behind one Service, hence one NLB: the address `*.<preview domain>` points at. Without it
@@ -107,19 +100,24 @@ def envoy_proxy_spec(internal: bool, replicas: int = 2, *, merge_gateways: bool 
     annotations = {NLB_TYPE_ANNOTATION: "nlb"}
     if internal:
         annotations[NLB_INTERNAL_ANNOTATION] = "true"
-    spec: dict[str, Any] = {
-        "provider": {
-            "type": "Kubernetes",
-            "kubernetes": {
-                "envoyService": {"annotations": annotations},
-                "envoyDeployment": {
-                    "replicas": replicas,
-                    "pod": {"topologySpreadConstraints": topology_spread(ENVOY_PROXY_LABELS)},
-                },
-                "envoyPDB": {"maxUnavailable": 1},
-            },
+    # `replicas` proxy pods spread over zones and nodes (preferred, so a zone short of room still gets its pod),
+    # and a PodDisruptionBudget so a drain takes them one at a time: the NLB's targets are the nodes that run a
+    # proxy pod (externalTrafficPolicy Local, the default), so at least one stays serving.
+    spread = [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(ENVOY_PROXY_POD_LABELS)},
         }
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+    kubernetes: dict[str, Any] = {
+        "envoyService": {"annotations": annotations},
+        "envoyDeployment": {"replicas": replicas, "pod": {"topologySpreadConstraints": spread}},
+        "envoyPDB": {"maxUnavailable": 1},
     }
+    spec: dict[str, Any] = {"provider": {"type": "Kubernetes", "kubernetes": kubernetes}}
     if merge_gateways:
         spec["mergeGateways"] = True
     return spec
@@ -826,8 +824,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
             spec=envoy_proxy_spec(
                 internal_load_balancer(config),
-                envoy_proxy_replicas(config),
                 merge_gateways=merges_gateways(config),
+                replicas=envoy_proxy_replicas(config.environment),
             ),
             opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
         )

@@ -164,7 +164,7 @@ def test_the_gateway_proxy_survives_a_node_drain(stack: str, target: str | None,
     """Every request passes through the Envoy proxy: one pod (Envoy Gateway's default) made each node drain of an
     upgrade, and any node failure, a full outage. prod runs one per zone, the others two, spread over zones and
     nodes, with a PodDisruptionBudget; the object is valid against Envoy Gateway v1.9.0's CRD schema."""
-    from infra.clusters.eks import ENVOY_PROXY_LABELS
+    from infra.clusters.eks import ENVOY_PROXY_POD_LABELS as ENVOY_PROXY_LABELS
     from infra.render import manifest_of, validate_manifest
 
     result = run(stack, target)
