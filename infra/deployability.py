@@ -33,6 +33,8 @@ Schema validation and the policy pack look at one object at a time. This module 
   Prometheus to every monitor's targets; and every monitor selects something.
 * **alert-targets**: every ``job=`` an alert rule selects is produced by a declared monitor, every workload it
   names is declared.
+* **gcp-apis**: every Google resource waits for the ``projects.Service`` that enables each API it calls
+  (:data:`GCP_RESOURCE_APIS`); an unmapped resource type is itself a finding.
 * GKE with private nodes: a chart's admission webhook on a port other than 443/10250 needs a firewall rule from the
   control plane's range; a regional Gateway class needs the region's proxy-only subnet.
 
@@ -163,7 +165,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
+    check: str  # gcp-apis | chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -1703,6 +1705,70 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
     return findings
 
 
+GCP_SERVICE = "gcp:projects/service:Service"
+#: The Google APIs each pulumi-gcp module's resources call when they are created (the module is the type token's
+#: `gcp:<module>/...` part). A project IAM member reads and writes the project's IAM policy through Cloud Resource
+#: Manager (terraform-provider-google resourcemanager/iam_project.go); a GKE cluster, the private services
+#: connection and Cloud SQL / Memorystore on private IPs also work on the VPC (Compute Engine).
+GCP_RESOURCE_APIS: dict[str, tuple[str, ...]] = {
+    "compute": ("compute.googleapis.com",),
+    "container": ("container.googleapis.com", "compute.googleapis.com"),
+    "artifactregistry": ("artifactregistry.googleapis.com",),
+    "serviceaccount": ("iam.googleapis.com",),
+    "projects": ("cloudresourcemanager.googleapis.com",),
+    "servicenetworking": ("servicenetworking.googleapis.com", "compute.googleapis.com"),
+    "sql": ("sqladmin.googleapis.com", "compute.googleapis.com"),
+    "redis": ("redis.googleapis.com", "compute.googleapis.com"),
+    "storage": ("storage.googleapis.com",),
+}
+
+
+def gcp_apis_needed(resource: RecordedResource) -> tuple[str, ...] | None:
+    """The APIs a Google resource needs enabled before it is created (None: a module nobody mapped yet)."""
+    module = resource.type.split(":", 2)[1].split("/", 1)[0]
+    return GCP_RESOURCE_APIS.get(module)
+
+
+def check_gcp_apis(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every Google resource waits for the `projects.Service` of each API it calls.
+
+    On a fresh project the engine otherwise creates it in parallel with the API's enablement, and the first
+    `pulumi up` fails half way with `403 ... API has not been used in project ... or it is disabled`.
+    """
+    enabled = {resource.urn: resource.inputs.get("service") for resource in run.of_type(GCP_SERVICE)}
+    findings: list[Finding] = []
+    for resource in run.resources:
+        if not resource.custom or not resource.type.startswith("gcp:") or resource.type == GCP_SERVICE:
+            continue
+        needed = gcp_apis_needed(resource)
+        if needed is None:
+            findings.append(
+                Finding(
+                    "gcp-apis",
+                    resource.urn,
+                    f"no Google API is known for {resource.type}, so nothing shows it waits for its API.",
+                    "add its module to infra/deployability.py GCP_RESOURCE_APIS (and the API to "
+                    "infra/clusters/gke.py APIS).",
+                )
+            )
+            continue
+        waits_for = {enabled[urn] for urn in graph.closure(resource.urn) if urn in enabled}
+        missing = [api for api in needed if api not in waits_for]
+        if missing:
+            findings.append(
+                Finding(
+                    "gcp-apis",
+                    resource.urn,
+                    f"does not wait for the enablement of {', '.join(missing)}: on a project where it is off, "
+                    "the first `pulumi up` creates it while the API is being enabled and fails (403 "
+                    "SERVICE_DISABLED).",
+                    f"enable {', '.join(missing)} with a gcp.projects.Service (infra/clusters/gke.py APIS) and "
+                    "depend on it (depends_on).",
+                )
+            )
+    return findings
+
+
 def check_cloud_args(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Cloud resource arguments the cloud API refuses: names (charset, length, per-stack, collisions), versions."""
     return _name_findings(run) + _value_findings(run, graph)
@@ -2081,6 +2147,7 @@ CHECKS = (
     check_capabilities,
     check_exposure,
     check_cloud_args,
+    check_gcp_apis,
     check_ops_sizing,
     check_pod_memory,
     check_traffic,

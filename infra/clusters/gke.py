@@ -21,7 +21,15 @@ from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.config import StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
+# Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
+# needs which; `make plan` fails when a resource does not wait for its API). Service Usage's "Services enabled by
+# default" list (cloud.google.com/service-usage/docs/enabled-service) has neither Compute Engine, IAM nor Cloud
+# Resource Manager, which project IAM members go through (terraform-provider-google resourcemanager/iam_project.go:
+# cloudresourcemanager v1 getIamPolicy/setIamPolicy). The provider's Service resource waits until the API is listed
+# as enabled (serviceusage waitForServiceUsageEnabledServices), so a dependency on it is enough.
 APIS = (
+    "compute.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "container.googleapis.com",
     "artifactregistry.googleapis.com",
     "iam.googleapis.com",
@@ -101,11 +109,14 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         gcp.projects.Service(f"api-{api.split('.')[0]}", service=api, disable_on_destroy=False, opts=opts)
         for api in APIS
     ]
+    # Every Google resource below waits for the APIs: on a fresh project the service accounts, the project IAM
+    # members and the network would otherwise be created while their APIs are still being enabled (403
+    # SERVICE_DISABLED, a half-done first `up`).
     after_apis = pulumi.ResourceOptions(depends_on=services)
+    opts = pulumi.ResourceOptions.merge(opts, after_apis)
+    kept = pulumi.ResourceOptions.merge(kept, after_apis)
 
-    network = gcp.compute.Network(
-        "network", auto_create_subnetworks=False, opts=pulumi.ResourceOptions.merge(opts, after_apis)
-    )
+    network = gcp.compute.Network("network", auto_create_subnetworks=False, opts=opts)
     subnet = gcp.compute.Subnetwork(
         "subnet",
         network=network.id,
@@ -209,7 +220,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "gke",
             name=cluster_name,
             enable_autopilot=True,
-            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            opts=kept,
             **common,
         )
     else:
@@ -219,7 +230,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             remove_default_node_pool=True,
             initial_node_count=1,
             workload_identity_config={"workload_pool": workload_pool},
-            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            opts=kept,
             **common,
         )
         node_sa = gcp.serviceaccount.Account(
@@ -266,7 +277,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
-        opts=pulumi.ResourceOptions.merge(kept, after_apis),
+        opts=kept,
     )
 
     identities: dict[str, gcp.serviceaccount.Account] = {
