@@ -39,6 +39,11 @@ APIS = (
     "storage.googleapis.com",
 )
 WORKLOAD_ROLES = ("backup", "service")
+# What a node service account needs on the project: GKE's minimum for node system tasks (logging, monitoring, the
+# HPA's metrics), "Kubernetes Engine Default Node Service Account" (GKE "Configure node service accounts"), and
+# reading the stack's images from Artifact Registry, which that role does not cover.
+NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
+NODE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Name limits of the Google APIs (pulumi-gcp 10.2.0 docstrings): a GKE cluster name is 1-40 characters, a service
 # account ID 6-30 (^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$), an Artifact Registry repository ID at most 63.
 CLUSTER_NAME_LIMIT = 40
@@ -214,13 +219,41 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "gcp_public_cidrs_access_enabled": False,
         },
     }
+    # The nodes' own identity (Standard pool and Autopilot alike): without one, GKE runs them as the Compute Engine
+    # default service account, which organisations created after 2024-05-03 no longer grant anything
+    # (iam.automaticIamGrantsForDefaultServiceAccounts): no system logs/metrics, and no pulls from the stack's
+    # Artifact Registry repository (ImagePullBackOff).
+    node_sa = gcp.serviceaccount.Account(
+        "node-sa",
+        account_id=cloud_name(stack, "nodes", limit=high, minimum=low),
+        display_name=f"GKE nodes of {cluster_name}",
+        opts=opts,
+    )
+    node_member = node_sa.email.apply(lambda email: f"serviceAccount:{email}")
+    node_roles = [
+        gcp.projects.IAMMember(
+            f"node-sa-{role.split('/')[1]}",
+            project=gke.project,
+            role=role,
+            member=node_member,
+            opts=opts,
+        )
+        for role in NODE_ROLES
+    ]
+    # Nodes boot with their roles in place (a node without them starts without logging and cannot pull yet).
+    after_node_roles = pulumi.ResourceOptions(depends_on=node_roles)
     depends: list[pulumi.Resource] = []
     if gke.autopilot:
         cluster = gcp.container.Cluster(
             "gke",
             name=cluster_name,
             enable_autopilot=True,
-            opts=kept,
+            # Autopilot's nodes take their identity from the auto-provisioning defaults (pulumi-gcp: "the
+            # Google Cloud Platform Service Account to be used by the node VMs created by GKE Autopilot or NAP").
+            cluster_autoscaling={
+                "auto_provisioning_defaults": {"service_account": node_sa.email, "oauth_scopes": NODE_SCOPES}
+            },
+            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
             **common,
         )
     else:
@@ -233,24 +266,6 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             opts=kept,
             **common,
         )
-        node_sa = gcp.serviceaccount.Account(
-            "node-sa",
-            account_id=cloud_name(stack, "nodes", limit=high, minimum=low),
-            display_name=f"GKE nodes of {cluster_name}",
-            opts=opts,
-        )
-        for role in (
-            "roles/logging.logWriter",
-            "roles/monitoring.metricWriter",
-            "roles/artifactregistry.reader",
-        ):
-            gcp.projects.IAMMember(
-                f"node-sa-{role.split('/')[1]}",
-                project=gke.project,
-                role=role,
-                member=node_sa.email.apply(lambda email: f"serviceAccount:{email}"),
-                opts=opts,
-            )
         pool = gke.nodePool
         node_pool = gcp.container.NodePool(
             "gke-nodes",
@@ -263,10 +278,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
                 "disk_size_gb": pool.diskSizeGb,
                 "spot": pool.spot,
                 "service_account": node_sa.email,
-                "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+                "oauth_scopes": NODE_SCOPES,
                 "workload_metadata_config": {"mode": "GKE_METADATA"},
             },
-            opts=kept,
+            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
         )
         depends.append(node_pool)
 

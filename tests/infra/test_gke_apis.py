@@ -67,7 +67,7 @@ def _cut(result, name: str):
     [
         ("node-sa", "iam.googleapis.com"),
         ("wi-backup", "iam.googleapis.com"),
-        ("node-sa-logging.logWriter", "cloudresourcemanager.googleapis.com"),
+        ("node-sa-container.defaultNodeServiceAccount", "cloudresourcemanager.googleapis.com"),
         ("network", "compute.googleapis.com"),
     ],
 )
