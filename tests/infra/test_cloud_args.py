@@ -120,7 +120,9 @@ def test_bucket_names_follow_s3_and_gcs_rules() -> None:
     assert "'google'" in gcs_finding.message
     own = res("aws:s3/bucket:Bucket", "b", {"bucket": f"rag-pr-7-backups-{ACCOUNT_ID}"})
     assert cloud_findings(named("pr-7", own)) == []
-    (shared,) = cloud_findings(named("pr-7", res("aws:s3/bucket:Bucket", "b", {"bucket": "rag-pr-7-backups"})))
+    (shared,) = cloud_findings(
+        named("pr-7", res("aws:s3/bucket:Bucket", "b", {"bucket": "rag-pr-7-backups"}))
+    )
     assert "does not carry the account ID" in shared.message
 
 
