@@ -38,7 +38,7 @@ $(MODEL_DIR)/model.onnx: $(STAMPS)/venv service/tools/export_minilm.py
 
 model: $(MODEL_DIR)/model.onnx ## Build the offline all-MiniLM-L6-v2 ONNX model (no torch, no network)
 
-servers: ## Make sure the test servers exist (redis-server via apt when missing; Postgres 15 binaries ship on the image)
+servers: ## Make sure the test servers exist (redis-server, promtool, chromium, skopeo + docker-registry via apt when missing; Postgres 15 binaries ship on the image)
 	@bash .ci/ensure-servers
 
 serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on $(HOST):$(PORT)

@@ -19,11 +19,14 @@ Per size:
 - **HTTP service**: `python -m service` started on a store holding the same points (edge shard copied, registry
   rows for every document; the search RESULT cache off, so every request searches), start-up time to the first
   healthy /healthz, RSS after the searches, and search p50/p95/p99 over HTTP interleaved query by query with the
-  raw edge path, twice: **distinct** texts (each new to the service, so its query-vector cache misses and the
-  model runs; raw = query embedding + engine query) and **repeated** (the same texts again, vectors cached in the
-  service; raw = the engine query alone). For both, from the service's own /metrics histograms and /proc: the
-  mean time per search spent embedding, in the engine + registry check and in the whole request, and the
-  server's CPU per search (all threads).
+  raw edge path, three times: **distinct** texts (each new to the service, so its query-vector cache misses and
+  the model runs; raw = query embedding + dense engine query) and **repeated** (the same texts again, vectors
+  cached in the service; raw = the dense engine query alone), both in ``mode: dense``, then the repeated texts in
+  the default mode, **hybrid** (raw = the same fused dense + BM25 engine query the adapter sends). For each, from
+  the service's own /metrics histograms and /proc: the mean time per search spent embedding, in the engine +
+  registry check and in the whole request, and the server's CPU per search (all threads). Every HTTP
+  measurement starts once the service's start-up orphan-collection pass has ended (``wait_for_startup_collection``):
+  at 100k chunks that pass runs for tens of seconds after start-up and slowed the searches measured during it.
 - **Throughput** (sizes listed in ``--concurrency-at``): searches/s, p50 and server CPU per search with 1, 4
   and 16 client threads, for distinct texts (each request a new text) and repeated ones (50 cached texts);
   ``--threads-sweep 1,2,default`` restarts the service with each EMBEDDING_THREADS value and measures each.
@@ -70,7 +73,8 @@ from service.app.ingest.chunking import Chunker  # noqa: E402
 from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.registry import DocumentRegistry  # noqa: E402
-from service.app.store.vectors import ChunkPoint, collection_name  # noqa: E402
+from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
+from service.app.store.vectors import PREFETCH_MIN, RRF_K, ChunkPoint, collection_name  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_DIR = REPO / ".models" / "all-MiniLM-L6-v2"
@@ -261,6 +265,28 @@ def run_size(
             )
         )
 
+    def edge_hybrid(vector: list[float], sparse: qe.SparseVector) -> list:
+        """The default mode's engine work, as the adapter asks it: dense and BM25 candidates (PREFETCH_MIN each,
+        tenant filter), fused by reciprocal rank, the top_k with their payloads."""
+        return shard.query(
+            qe.QueryRequest(
+                limit=TOP_K,
+                prefetches=[
+                    qe.Prefetch(
+                        PREFETCH_MIN, query=qe.Query.Nearest(vector, using=DENSE_VECTOR), filter=tenant_filter
+                    ),
+                    qe.Prefetch(
+                        PREFETCH_MIN,
+                        query=qe.Query.Nearest(sparse, using=SPARSE_VECTOR),
+                        filter=tenant_filter,
+                    ),
+                ],
+                query=qe.Fusion.Rrf(k=RRF_K),
+                filter=tenant_filter,
+                with_payload=True,
+            )
+        )
+
     mask = tenants == TENANT
     tenant_rows = np.flatnonzero(mask)
     tenant_matrix = vectors[mask]
@@ -339,12 +365,28 @@ def run_size(
     try:
         texts = query_texts[: args.queries]
         vectors_by_text = dict(zip(query_texts, (v.tolist() for v in query_vectors), strict=True))
+        encoder = default_encoder()
+        sparse_by_text = {
+            text: qe.SparseVector(list(vec.indices), list(vec.values))
+            for text, vec in ((text, encoder.query(text)) for text in texts)
+        }
         with httpx.Client(base_url=service.url, timeout=60) as client:
             warm_up(client)
+            # The start-up orphan pass scans every point in paced slices that hold the GIL (tens of seconds at
+            # 100k): measure the steady state after it, as a service serves for the rest of the hour.
+            gc_wait = wait_for_startup_collection(client)
             # Distinct texts, each new to the service: its query-vector cache misses, as the raw path embeds.
             cold = interleaved(client, service, texts, lambda text: edge_query(embedder.embed_query(text)))
             # The same texts again: the service has their vectors cached; the raw side skips embedding too.
             warm = interleaved(client, service, texts, lambda text: edge_query(vectors_by_text[text]))
+            # And in the default mode (hybrid), against the same fused engine query.
+            warm_hybrid = interleaved(
+                client,
+                service,
+                texts,
+                lambda text: edge_hybrid(vectors_by_text[text], sparse_by_text[text]),
+                mode="hybrid",
+            )
             hits_seen = len(
                 client.post("/v1/search", json={"query": texts[0], "top_k": TOP_K}).json()["results"]
             )
@@ -390,7 +432,15 @@ def run_size(
         "numpy": summary(numpy_lat),
         "recall": recall,
         "local": local,
-        "http": {"startup": startup, "rss": service_rss, "hits": hits_seen, "cold": cold, "warm": warm},
+        "http": {
+            "startup": startup,
+            "rss": service_rss,
+            "hits": hits_seen,
+            "gc_wait": gc_wait,
+            "cold": cold,
+            "warm": warm,
+            "warm_hybrid": warm_hybrid,
+        },
         "concurrency": sweep,
         "boot": boot,
     }
@@ -421,6 +471,33 @@ def histogram_totals(metrics: str, name: str, labels: str = "") -> tuple[float, 
     return totals["sum"], totals["count"]
 
 
+COLLECTIONS = re.compile(r"^rag_orphan_collections_total ([0-9.eE+-]+)$", re.MULTILINE)
+
+
+def wait_for_startup_collection(
+    client: httpx.Client, timeout: float = 900.0, poll: float = 0.5
+) -> float | None:
+    """Wait until the service's start-up orphan-collection pass has ended (``rag_orphan_collections_total`` >= 1):
+    seconds waited, or None if this service never reports one (a checkout without the counter, GC_ENABLED=false).
+
+    The pass reads every point in slices that each hold the GIL, paced to at most a tenth of the process: at 100k
+    chunks it runs for tens of seconds after start-up (docs/benchmarks.md, "Orphan collector at start-up"), and
+    searches measured during it pay for its slices (2026-11-26 13:40: dense p50 6.4-6.7 ms during the pass
+    against 5.9 ms after it, CPU per search 9.4 against 7.8 ms). After it the collector sleeps for
+    GC_INTERVAL_SECONDS (an hour by default): the state a service is in ~97 % of the time."""
+    if os.environ.get("GC_ENABLED", "true").strip().lower() in ("false", "0", "no", "off"):
+        return None  # the services inherit this environment: no pass will run
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        found = COLLECTIONS.search(client.get("/metrics").text)
+        if found is None:
+            return None
+        if float(found.group(1)) >= 1:
+            return time.monotonic() - started
+        time.sleep(poll)
+    raise SystemExit(f"the service's start-up orphan collection did not end within {timeout:.0f} s")
+
+
 # Idle time before each timed search of the interleaved runs (see interleaved()).
 GAP_SECONDS = 0.005
 
@@ -431,7 +508,9 @@ SERVER_PARTS = {
 }
 
 
-def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str], raw) -> dict:  # type: ignore[no-untyped-def]
+def interleaved(  # type: ignore[no-untyped-def]
+    client: httpx.Client, service: ServiceProcess, texts: list[str], raw, mode: str = "dense"
+) -> dict:
     """HTTP searches interleaved query by query with ``raw(text)`` (alternating which goes first); latency
     percentiles of both, and from the service's own /metrics and /proc: the mean server-side time per search
     spent embedding, in the engine + registry check, and in the whole request, and its CPU per search.
@@ -453,8 +532,8 @@ def interleaved(client: httpx.Client, service: ServiceProcess, texts: list[str],
                 time.sleep(GAP_SECONDS)
                 started = time.perf_counter()
                 if path == "http":
-                    # mode dense: the raw path is a dense engine query, so both sides do the same work.
-                    body = {"query": text, "top_k": TOP_K, "mode": "dense"}
+                    # The mode the raw path's engine query runs, so both sides do the same work.
+                    body = {"query": text, "top_k": TOP_K, "mode": mode}
                     if via == "httpx":
                         client.post("/v1/search", json=body).raise_for_status()
                     else:
@@ -496,6 +575,7 @@ def throughput(services: dict[str, ServiceProcess], query_texts: list[str], args
     for service in services.values():
         with httpx.Client(base_url=service.url, timeout=60) as client:
             warm_up(client)
+            wait_for_startup_collection(client)  # a baseline or sweep service just started: steady state only
             for text in repeated:
                 client.post("/v1/search", json={"query": text, "top_k": TOP_K}).raise_for_status()
     serial = iter(range(10**9))
@@ -609,6 +689,34 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         )
     rows += [
         "",
+        "Repeated texts in the default mode (`hybrid`: dense + BM25, fused), interleaved query by query with the "
+        "same fused engine query in process (dense and BM25 candidates, PREFETCH_MIN each, tenant filter, "
+        "reciprocal rank fusion, top_k with payload):",
+        "",
+        "| chunks | hybrid repeated: HTTP p50 / p95 / p99 (ms) | raw fused query p50 | HTTP / raw "
+        "| httpx p50 / ratio | dense repeated HTTP p50, for comparison |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        hybrid, warm = r["http"]["warm_hybrid"], r["http"]["warm"]
+        rows.append(
+            f"| {r['n']:,} | {pct(hybrid['http'])} | {f(hybrid['raw']['p50'], 2)} "
+            f"| {hybrid['http']['p50'] / hybrid['raw']['p50']:.2f}x "
+            f"| {f(hybrid['httpx']['p50'])} / {hybrid['httpx']['p50'] / hybrid['raw']['p50']:.2f}x "
+            f"| {f(warm['http']['p50'])} |"
+        )
+    waits = ", ".join(
+        f"{r['n']:,}: {r['http']['gc_wait']:.1f} s" if r["http"]["gc_wait"] is not None else f"{r['n']:,}: -"
+        for r in results
+    )
+    rows += [
+        "",
+        "Every HTTP measurement starts after the service's start-up orphan-collection pass has ended (it reads "
+        "every point in GIL-holding slices; searches during it are slower, see wait_for_startup_collection). "
+        f"Waited after the warm-up: {waits}.",
+    ]
+    rows += [
+        "",
         "Inside the service, per search (means from its /metrics histograms over the same runs; server CPU from "
         "/proc, all threads: event loop, workers, ONNX Runtime and engine pools):",
         "",
@@ -616,12 +724,13 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         "routing, threadpool (ms) | whole request in the server (ms) | server CPU per search (ms) |",
         "|---|---|---|---|---|---|---|",
     ]
+    labels = {"cold": "distinct", "warm": "repeated", "warm_hybrid": "repeated, hybrid"}
     for r in results:
-        for kind in ("cold", "warm"):
+        for kind, label in labels.items():
             sv = r["http"][kind]["server"]
             rest = sv["request"] - sv["embedding"] - sv["engine + registry"]
             rows.append(
-                f"| {r['n']:,} | {'distinct' if kind == 'cold' else 'repeated'} | {f(sv['embedding'], 2)} "
+                f"| {r['n']:,} | {label} | {f(sv['embedding'], 2)} "
                 f"| {f(sv['engine + registry'], 2)} | {f(rest, 2)} | {f(sv['request'], 2)} | {f(sv['cpu'], 1)} |"
             )
     rows += [

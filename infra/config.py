@@ -133,6 +133,15 @@ class EksNodeGroup:
     diskSizeGb: int = _f(min=10, max=16384)
 
 
+#: Cluster Autoscaler image per EKS Kubernetes minor: the latest CA release of the same minor, as its README's
+#: "Releases" section asks ("use the latest Cluster Autoscaler release that corresponds to the minor version of
+#: Kubernetes that their cluster is running"; kubernetes/autoscaler tags cluster-autoscaler-1.3x.y, 2026-07-22).
+#: One chart (9.59.0) runs them all: its ClusterRole is a superset of the 1.36 branch's and its default flags are
+#: klog's. A minor missing here is refused for `rag:cluster.eks.version` while the autoscaler is on.
+EKS_CLUSTER_AUTOSCALER_IMAGES: Mapping[str, str] = types.MappingProxyType(
+    {"1.33": "v1.33.6", "1.34": "v1.34.5", "1.35": "v1.35.2", "1.36": "v1.36.1"}
+)
+
 #: An IAM role or user ARN (roles may carry a path: EKS access entries accept it, unlike aws-auth).
 IAM_PRINCIPAL_RE = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[A-Za-z0-9+=,.@_/-]{1,512}")
 
@@ -149,6 +158,7 @@ class EksCluster:
     vpcCidr: str = _f(pattern=re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/(1[6-9]|2[0-4])$"))
     availabilityZones: int = _f(min=2, max=6)
     nodeGroup: EksNodeGroup
+    clusterAutoscaler: Toggle
     storageClass: str = ""
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
@@ -899,8 +909,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "image",
                 f"{config.image!r} is in the registry {registry!r}, which is local to the machine that pushed it: "
-                f"the {config.cluster.provider} nodes pull from their own loopback and fail (ErrImagePull); "
-                "promote from a stack whose registry these nodes can pull (docs/delivery.md, 'Registries')",
+                f"the copy into the {config.cluster.provider} stack's registry reads it from whichever machine runs "
+                "`pulumi up`, and a CI runner's loopback has no such registry; give the source stack a registry "
+                "CI can read (docs/delivery.md, 'Registries')",
             )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
@@ -919,6 +930,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
         group = cluster.eks.nodeGroup
         if not group.minSize <= group.desiredSize <= group.maxSize:
             fail("cluster.eks.nodeGroup.desiredSize", "must lie within minSize..maxSize")
+        if cluster.eks.clusterAutoscaler.enabled and cluster.eks.version not in EKS_CLUSTER_AUTOSCALER_IMAGES:
+            fail(
+                "cluster.eks.version",
+                f"{cluster.eks.version} has no Cluster Autoscaler release pinned (its image must be the cluster's "
+                f"minor; pinned: {', '.join(EKS_CLUSTER_AUTOSCALER_IMAGES)}); use one of them, or add the latest "
+                "cluster-autoscaler-<minor>.<patch> tag to EKS_CLUSTER_AUTOSCALER_IMAGES in infra/config.py",
+            )
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
         seen: set[str] = set()
         for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):

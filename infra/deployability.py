@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from infra import chart_values, traffic
+from infra import capacity, chart_values, traffic
 from infra.clusters.eks import ENVOY_GATEWAY_CHART, ENVOY_GATEWAY_KUBERNETES
 from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJECT_BYTES, upload_memory_bytes
 from infra.components.gateway import uses_proxy_only_subnet
@@ -168,7 +168,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # gcp-apis | gke-node-identity | chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | pod-memory
+    check: str  # gcp-apis | gke-node-identity | chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -2121,6 +2121,15 @@ def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
     return findings
 
 
+def check_node_capacity(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """The stack's pods at their peak replicas fit the EKS node group: `maxSize` nodes when the Cluster Autoscaler
+    runs, `desiredSize` otherwise (`infra.capacity`)."""
+    return [
+        Finding("node-capacity", problem.node_group.urn, problem.message, problem.fix)
+        for problem in capacity.node_capacity_problems(run)
+    ]
+
+
 def check_chart_values(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Every values key a Helm release sets is a key of that chart version's values.yaml (`infra.chart_values`):
     Helm keeps an unknown key and renders nothing from it, so a misspelt or removed one never applies."""
@@ -2263,6 +2272,7 @@ CHECKS = (
     check_gcp_apis,
     check_gke_node_identity,
     check_ops_sizing,
+    check_node_capacity,
     check_pod_memory,
     check_traffic,
     check_alert_targets,

@@ -73,6 +73,9 @@ class RecordedResource:
     aliases: tuple[
         str, ...
     ] = ()  # URNs this resource also answers to in existing state (`aliases=`), resolved
+    ignore_changes: tuple[
+        str, ...
+    ] = ()  # input property paths the engine leaves alone on update (`ignore_changes=`)
 
 
 @dataclass(frozen=True)
@@ -426,6 +429,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 provider=provider,
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
+                ignore_changes=tuple(request.ignoreChanges),
             )
         )
         return response

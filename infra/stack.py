@@ -359,8 +359,10 @@ def redis_args(
 def image_args(
     config: StackConfig, cluster: ClusterTarget, *, git_sha: str | None, context_dir: str
 ) -> ServiceImageArgs:
-    """The service image: a promoted digest (`rag:image`) as is, or built from service/Dockerfile and pushed,
-    with the embedding models of `rag:embedding` baked in (EMBEDDING_MODEL is the one the service uses)."""
+    """The service image: a promoted digest (`rag:image`) copied by digest into this stack's own registry and
+    deployed from there (its nodes can pull it; the source's registry need not be reachable from them), or built
+    from service/Dockerfile and pushed, with the embedding models of `rag:embedding` baked in (EMBEDDING_MODEL is
+    the one the service uses)."""
     registry = cluster.registry
     return ServiceImageArgs(
         build_args={
@@ -368,6 +370,7 @@ def image_args(
             "EMBEDDING_MODELS": " ".join(config.embedding.image_models),
         },
         existing_ref=config.image or None,
+        copy_to=registry.repository if config.image else None,
         repository=registry.repository,
         git_sha=None if config.image else git_sha,
         registry=(

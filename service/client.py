@@ -2,7 +2,12 @@
 
 Text files (.txt, .md, .markdown, .html, .htm) go in `POST /v1/documents:bulk` batches (--batch-size documents,
 at most --max-batch-bytes of JSON each); PDFs, files that are not UTF-8 and files too large for a batch are
-uploaded one by one (`POST /v1/documents`, where the service extracts the text). The document id is the path
+uploaded one by one (`POST /v1/documents`, where the service extracts the text). A text file that is not UTF-8
+(and has no byte order mark) is uploaded with its charset declared (`text/plain; charset=cp1252`): --encoding if
+given, else an HTML file's own `<meta charset>`, else charset-normalizer's guess (ties go to windows-1252, what
+browsers assume for undeclared Western text). When the service's limits are below the client's (a 413 naming
+BULK_MAX_DOCUMENTS or BULK_MAX_BYTES, with the limit), the batches shrink to them and the refused batch is sent
+again; a file alone over BULK_MAX_BYTES is uploaded instead. The document id is the path
 relative to DIR with "/" replaced by ":"; a path with other characters outside [A-Za-z0-9._:-] has them replaced
 by "-" and 8 hex digits of its SHA-256 added before the extension (the service's rule for uploads,
 `derive_document_id`), so two files never share an id and re-running the command replaces the same documents
@@ -20,8 +25,10 @@ This is a client-side tool: it needs the development install (`make install`, fo
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import charset_normalizer
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -46,12 +54,63 @@ TEXT_TYPES = {
 UPLOAD_TYPES = {".pdf": "application/pdf"}
 TRANSIENT_RETRIES = 4
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
+# The bytes of a bulk body around its items: {"documents":[ ... ]}, items joined by ",".
+BULK_ENVELOPE = len(b'{"documents":[]}')
+# Byte order marks the service decodes by themselves (service/app/ingest/extract.py decode_text).
+BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # the UTF-32 marks start with these
+# An HTML page's own declaration, looked for in its first 1024 bytes as the HTML standard's prescan does.
+META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
+PREFERRED_LEGACY = "cp1252"
 
 
 def upload_type(path: Path) -> str:
     """The part type a file is uploaded with (`POST /v1/documents`): its type by extension, text/plain for none."""
     suffix = path.suffix.lower()
     return UPLOAD_TYPES.get(suffix) or TEXT_TYPES.get(suffix, "text/plain")
+
+
+def known_codec(name: str) -> str | None:
+    """Python's name for the charset ``name``, or None when Python has no such codec."""
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return None
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    try:
+        data.decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return False
+    return True
+
+
+def text_charset(data: bytes, suffix: str, encoding: str | None = None) -> str | None:
+    """The charset to declare when uploading a text file, or None when the service reads it as it is (UTF-8, or
+    a byte order mark, which the service honours first) or no charset decodes it (the service then says why).
+
+    ``encoding`` (--encoding) is the user's word for every file that is not UTF-8. Otherwise an HTML file's
+    ``<meta charset>`` (if it decodes the bytes), else charset-normalizer's best guess. On short Western text
+    charset-normalizer ranks windows-1250 and windows-1252 equal and picks 1250 ("crêpes" came back "crępes"),
+    so a tie with windows-1252 goes to it, the default browsers use for undeclared legacy text.
+    """
+    if data.startswith(BOMS) or _decodes(data, "utf-8"):
+        return None
+    if encoding:
+        return encoding
+    if suffix in (".html", ".htm"):
+        declared = META_CHARSET.search(data[:1024])
+        codec = known_codec(declared.group(1).decode("ascii")) if declared else None
+        if codec and codec != "utf-8" and _decodes(data, codec):
+            return codec
+    matches = charset_normalizer.from_bytes(data)
+    best = matches.best()
+    if best is None:
+        return None
+    tied = [m for m in matches if (m.chaos, m.coherence) == (best.chaos, best.coherence)]
+    if any(PREFERRED_LEGACY in m.could_be_from_charset for m in tied) and _decodes(data, PREFERRED_LEGACY):
+        return PREFERRED_LEGACY
+    return best.encoding
 
 
 def document_id_for(path: Path, root: Path) -> str:
@@ -163,7 +222,8 @@ class Pending:
 
     name: str
     document: dict[str, Any] | None  # a bulk item, or None for a one-by-one upload
-    size: int
+    size: int  # the bytes it adds to a bulk body (its JSON as httpx sends it, and a comma)
+    charset: str | None = None  # declared on its upload part, for a text file that is not UTF-8
 
 
 def collect(root: Path) -> list[Path]:
@@ -172,32 +232,56 @@ def collect(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in kinds)
 
 
-def prepare(path: Path, root: Path, max_batch_bytes: int) -> Pending:
+def json_body(value: Any) -> bytes:
+    """``value`` as JSON bytes, exactly as httpx's ``json=`` encodes it (so sizes are the sent sizes)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def prepare(path: Path, root: Path, max_batch_bytes: int, encoding: str | None = None) -> Pending:
     document_id = document_id_for(path, root)
     name = path.relative_to(root).as_posix()
-    content_type = TEXT_TYPES.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    content_type = TEXT_TYPES.get(suffix)
     size = path.stat().st_size
-    if content_type is None or size > max_batch_bytes:
+    if content_type is None:
         return Pending(name=name, document=None, size=size)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return Pending(name=name, document=None, size=size)  # the upload route detects the charset
-    document = {"document_id": document_id, "text": text, "content_type": content_type}
-    return Pending(name=name, document=document, size=len(json.dumps(document).encode()))
+    data = path.read_bytes()
+    charset = text_charset(data, suffix, encoding)
+    if charset is not None or data.startswith(BOMS) or size > max_batch_bytes:
+        return Pending(name=name, document=None, size=size, charset=charset)
+    document = {"document_id": document_id, "text": data.decode("utf-8"), "content_type": content_type}
+    return Pending(name=name, document=document, size=len(json_body(document)) + 1)
 
 
 def batches(items: list[Pending], batch_size: int, max_batch_bytes: int) -> Iterator[list[Pending]]:
+    """``items`` in order, in batches of at most ``batch_size`` items and ``max_batch_bytes`` of body."""
     batch: list[Pending] = []
-    size = 0
+    size = BULK_ENVELOPE
     for item in items:
         if batch and (len(batch) >= batch_size or size + item.size > max_batch_bytes):
             yield batch
-            batch, size = [], 0
+            batch, size = [], BULK_ENVELOPE
         batch.append(item)
         size += item.size
     if batch:
         yield batch
+
+
+def refused_limit(response: httpx.Response) -> tuple[str, int] | None:
+    """(setting, limit) of a 413 the service gave for a bulk limit: BULK_MAX_DOCUMENTS or BULK_MAX_BYTES."""
+    if response.status_code != 413:
+        return None
+    try:
+        error = response.json()["error"]
+        setting, limit = error.get("setting"), error.get("limit")
+        if setting is None:  # a release before the setting was named: "...; BULK_MAX_DOCUMENTS is 3"
+            match = re.search(r"BULK_MAX_DOCUMENTS is (\d+)", error.get("message", ""))
+            setting, limit = ("BULK_MAX_DOCUMENTS", int(match.group(1))) if match else (None, None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if setting in ("BULK_MAX_DOCUMENTS", "BULK_MAX_BYTES") and isinstance(limit, int) and limit > 0:
+        return setting, limit
+    return None
 
 
 def without_shared_ids(pending: list[Pending], root: Path, report: Report) -> list[Pending]:
@@ -223,6 +307,27 @@ def without_shared_ids(pending: list[Pending], root: Path, report: Report) -> li
     return kept
 
 
+def upload(client: IngestClient, root: Path, item: Pending, report: Report) -> None:
+    """Send one file to ``POST /v1/documents``; its outcome goes to ``report``."""
+    path = root / item.name
+    # A text file too big for a batch keeps its own type: sent as text/plain, an .html page was stored as
+    # markup, <script> bodies and all. A text file that is not UTF-8 declares its charset.
+    part_type = upload_type(path)
+    if item.charset:
+        part_type = f"{part_type}; charset={item.charset}"
+    with path.open("rb") as handle:
+        response = client.send(
+            "POST",
+            "/v1/documents",
+            files={"file": (path.name, handle, part_type)},
+            data={"document_id": document_id_for(path, root)},
+        )
+    if response.status_code in (200, 201):
+        report.outcomes[response.json()["status"]] += 1
+    else:
+        report.fail(item.name, error_reason(response))
+
+
 def ingest_folder(
     client: IngestClient,
     root: Path,
@@ -231,37 +336,48 @@ def ingest_folder(
     batch_size: int,
     max_batch_bytes: int,
     advance: Callable[[int], None],
+    encoding: str | None = None,
 ) -> None:
     """Send every file under `root`; outcomes go to `report`, progress to `advance(files_done)`."""
-    prepared = [prepare(path, root, max_batch_bytes) for path in collect(root)]
+    prepared = [prepare(path, root, max_batch_bytes, encoding) for path in collect(root)]
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
-        path = root / item.name
-        with path.open("rb") as handle:
-            response = client.send(
-                "POST",
-                "/v1/documents",
-                # A text file too big for a batch keeps its own type: sent as text/plain, an .html page was stored
-                # as markup, <script> bodies and all.
-                files={"file": (path.name, handle, upload_type(path))},
-                data={"document_id": document_id_for(path, root)},
-            )
-        if response.status_code in (200, 201):
-            report.outcomes[response.json()["status"]] += 1
-        else:
-            report.fail(item.name, error_reason(response))
+        upload(client, root, item, report)
         advance(1)
     queue = [p for p in pending if p.document is not None]
     while queue:
         batch = next(batches(queue, batch_size, max_batch_bytes))
-        response = client.send("POST", "/v1/documents:bulk", json={"documents": [p.document for p in batch]})
+        if len(batch) == 1 and BULK_ENVELOPE + batch[0].size > max_batch_bytes:
+            # Alone over the service's BULK_MAX_BYTES (learnt from a 413): the upload route takes up to
+            # MAX_DOCUMENT_BYTES.
+            del queue[:1]
+            upload(client, root, batch[0], report)
+            advance(1)
+            continue
+        response = client.send(
+            "POST",
+            "/v1/documents:bulk",
+            content=json_body({"documents": [p.document for p in batch]}),
+            headers={"Content-Type": "application/json"},
+        )
         # Each item costs one ingest request: a batch must fit the key's limit, which every answer states.
         limit = response.headers.get("RateLimit-Limit", "")
         if limit.isdigit() and 0 < int(limit) < batch_size:
             batch_size = int(limit)
             if response.status_code == 422 and len(batch) > batch_size:
                 continue  # refused whole as too large for the limit: send it again in smaller batches
+        refused = refused_limit(response)
+        if refused is not None:
+            # The service takes less per request than this client sends (a stack's bulkMaxDocuments, say):
+            # nothing was stored, so the same files go again in batches within its limit. Each limit only shrinks.
+            setting, service_limit = refused
+            if setting == "BULK_MAX_DOCUMENTS" and len(batch) > service_limit:
+                batch_size = service_limit
+                continue
+            if setting == "BULK_MAX_BYTES" and service_limit < max_batch_bytes:
+                max_batch_bytes = service_limit
+                continue
         del queue[: len(batch)]
         if response.status_code in (200, 207):
             for item in response.json()["items"]:
@@ -285,6 +401,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     ingest.add_argument(
         "--max-batch-bytes", type=int, default=5_000_000, help="JSON bytes per bulk request (default 5 MB)"
     )
+    ingest.add_argument(
+        "--encoding",
+        default=None,
+        help="charset of the text files that are not UTF-8, e.g. cp1252 or latin-1 (default: an HTML file's "
+        "<meta charset>, else detected per file)",
+    )
     args = parser.parse_args(argv)
     console = console or Console(stderr=True)
     root: Path = args.directory
@@ -294,6 +416,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     if args.batch_size < 1:
         console.print("[red]error:[/red] --batch-size must be at least 1")
         return 2
+    encoding = None
+    if args.encoding is not None:
+        encoding = known_codec(args.encoding)
+        if encoding is None:
+            console.print(f"[red]error:[/red] --encoding {args.encoding!r} is not a charset Python knows")
+            return 2
     key = args.key or os.environ.get("RAG_API_KEY")
     files = collect(root)
     report = Report()
@@ -318,6 +446,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 batch_size=args.batch_size,
                 max_batch_bytes=args.max_batch_bytes,
                 advance=lambda n: progress.update(task, advance=n, note=""),
+                encoding=encoding,
             )
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")

@@ -79,6 +79,14 @@ def summary(status: dict[str, Any]) -> str:
         line += f"; resumes the build {status['resumed_from']} left when it died (attempt {status.get('attempt')})"
     if status.get("error"):
         line += f"; error: {status['error']}"
+    if status.get("chosen_by") and status["chosen_by"] != "config":
+        pinned = status.get("pinned_settings") or {}
+        line += (
+            f"; chosen by an operator ({status['chosen_by']}) against the deployed chunk "
+            f"{pinned.get('chunk_size')}/{pinned.get('chunk_overlap')}: kept until the settings change"
+        )
+    if status.get("startup"):
+        line += f"; at start-up: {status['startup']}"
     return line
 
 

@@ -303,3 +303,46 @@ def test_cpu_seconds_counts_every_thread_of_the_other_process() -> None:
     finally:
         busy.kill()
         busy.wait()
+
+
+def metrics_client(bodies: list[str]) -> tuple[httpx.Client, list[str]]:
+    """A client whose GET /metrics answers the given exposition texts in turn (the last one from then on)."""
+    served: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/metrics"
+        body = bodies[min(len(served), len(bodies) - 1)]
+        served.append(body)
+        return httpx.Response(200, text=body)
+
+    return httpx.Client(base_url="http://service", transport=httpx.MockTransport(answer)), served
+
+
+def test_scale_measures_after_the_start_up_orphan_pass_has_ended() -> None:
+    from scale import wait_for_startup_collection
+
+    running = "# TYPE rag_orphan_collections_total counter\nrag_orphan_collections_total 0.0\n"
+    ended = running.replace("total 0.0", "total 1.0")
+    client, served = metrics_client([running, running, running, ended])
+    assert wait_for_startup_collection(client, poll=0) is not None
+    assert len(served) == 4  # it kept asking while the pass ran, and stopped once it had ended
+
+    # A service that reports no collector (GC off, an older checkout as the baseline) is not waited for.
+    client, served = metrics_client(["rag_http_requests_total 3.0\n"])
+    assert wait_for_startup_collection(client, poll=0) is None
+    assert len(served) == 1
+
+    client, _ = metrics_client([running])
+    with pytest.raises(SystemExit, match="did not end"):
+        wait_for_startup_collection(client, timeout=0.05, poll=0.01)
+
+
+def test_scale_does_not_wait_for_a_collector_the_environment_turned_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scale import wait_for_startup_collection
+
+    monkeypatch.setenv("GC_ENABLED", "false")  # the services inherit it: their counter would stay at 0
+    client, served = metrics_client(["rag_orphan_collections_total 0.0\n"])
+    assert wait_for_startup_collection(client, poll=0) is None
+    assert served == []

@@ -11,6 +11,11 @@ gateways"). Zonal NATs rather than a regional NAT gateway: every address and rou
 IRSA: the cluster's OIDC issuer is registered as an IAM identity provider; `workload_identity(ns, ksa, role)`
 creates a role only that Kubernetes service account can assume and returns its `eks.amazonaws.com/role-arn`
 annotation. In prod the cluster, node group and ECR repository are protected.
+Nodes: the managed node group scales between `nodeGroup.minSize` and `maxSize` by the Kubernetes Cluster Autoscaler
+(`rag:cluster.eks.clusterAutoscaler`, a Helm release with its own IRSA role), which finds the group by the tags EKS
+puts on its Auto Scaling group; the group's `desiredSize` is then the creation count only (ignoreChanges). Karpenter
+would also pick instance types and zones per pod, at the cost of its own CRDs, an SQS interruption queue and
+EventBridge rules, and node lifecycles outside the managed node group; one instance type in one group needs none of it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
-from infra.config import NatGateways, StackConfig, internal_load_balancer
+from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
 NODE_POLICIES = (
@@ -41,6 +46,15 @@ EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 VPC_CNI_CONFIGURATION = {"enableNetworkPolicy": "true"}
 # EKS ships no metrics API: the HPA needs metrics-server (kubernetes-sigs chart; app v0.8.1).
 METRICS_SERVER_CHART = ("metrics-server", "3.13.1", "https://kubernetes-sigs.github.io/metrics-server/")
+# EKS scales no node group by itself: the Kubernetes Cluster Autoscaler (kubernetes/autoscaler chart; its image is
+# the cluster's minor, EKS_CLUSTER_AUTOSCALER_IMAGES in infra/config.py).
+CLUSTER_AUTOSCALER_CHART = ("cluster-autoscaler", "9.59.0", "https://kubernetes.github.io/autoscaler")
+CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+#: The ASG tags EKS puts on a managed node group's Auto Scaling group ("Nodes launched as part of a managed node
+#: group are automatically tagged for auto-discovery by the Kubernetes Cluster Autoscaler", EKS user guide, managed
+#: node groups): `k8s.io/cluster-autoscaler/enabled = true` and `k8s.io/cluster-autoscaler/<cluster> = owned`. The
+#: chart's default `autoDiscovery.tags` are these two keys, and the IAM policy scales only groups carrying both.
+AUTOSCALER_ENABLED_TAG = "k8s.io/cluster-autoscaler/enabled"
 # EKS has no Gateway API implementation: Envoy Gateway (its chart installs the Gateway API CRDs it is built
 # against, v1.6.1, before its controller starts). v1.9 supports Kubernetes 1.33-1.36 (its compatibility matrix).
 ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
@@ -199,6 +213,81 @@ def bucket_policy(bucket: str) -> str:
             ],
         }
     )
+
+
+def autoscaler_owner_tag(cluster_name: str) -> str:
+    """The ASG tag naming the cluster whose autoscaler may scale that group."""
+    return f"k8s.io/cluster-autoscaler/{cluster_name}"
+
+
+def cluster_autoscaler_policy(cluster_name: str) -> str:
+    """IAM policy of the Cluster Autoscaler with ASG auto-discovery (cluster-autoscaler/cloudprovider/aws/README.md,
+    "Full Cluster Autoscaler Features Policy"), its scaling actions limited to the Auto Scaling groups EKS tags as
+    this cluster's node groups (the README's advice: restrict them by tag), so it cannot resize another cluster's."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "autoscaling:DescribeAutoScalingGroups",
+                        "autoscaling:DescribeAutoScalingInstances",
+                        "autoscaling:DescribeLaunchConfigurations",
+                        "autoscaling:DescribeScalingActivities",
+                        "ec2:DescribeImages",
+                        "ec2:DescribeInstanceTypes",
+                        "ec2:DescribeLaunchTemplateVersions",
+                        "ec2:GetInstanceTypesFromInstanceRequirements",
+                        "eks:DescribeNodegroup",
+                    ],
+                    "Resource": "*",
+                },
+                {
+                    "Effect": "Allow",
+                    "Action": [
+                        "autoscaling:SetDesiredCapacity",
+                        "autoscaling:TerminateInstanceInAutoScalingGroup",
+                    ],
+                    "Resource": "*",
+                    "Condition": {
+                        "StringEquals": {
+                            f"aws:ResourceTag/{AUTOSCALER_ENABLED_TAG}": "true",
+                            f"aws:ResourceTag/{autoscaler_owner_tag(cluster_name)}": "owned",
+                        }
+                    },
+                },
+            ],
+        }
+    )
+
+
+def cluster_autoscaler_values(
+    cluster_name: pulumi.Input[str], region: str, image_tag: str, role_arn: pulumi.Input[str]
+) -> dict[str, Any]:
+    """Helm values (chart cluster-autoscaler 9.59.0) for the AWS provider with ASG auto-discovery of this cluster's
+    node groups (`--node-group-auto-discovery=asg:tag=<the chart's two default tag keys>`), IRSA credentials, and
+    the image of the cluster's minor."""
+    return {
+        "cloudProvider": "aws",
+        "awsRegion": region,
+        "autoDiscovery": {"clusterName": cluster_name},
+        "fullnameOverride": "cluster-autoscaler",
+        "image": {"tag": image_tag},
+        "rbac": {
+            "serviceAccount": {
+                "name": CLUSTER_AUTOSCALER_SERVICE_ACCOUNT,
+                "annotations": {"eks.amazonaws.com/role-arn": role_arn},
+            }
+        },
+        # Rendered as `--skip-nodes-with-local-storage=false`. Its default (true) never removes a node running a pod
+        # with an emptyDir, and every API and worker pod has two (/tmp and DATA_DIR, scratch that any rollout
+        # discards), so after a peak the nodes holding them would never be scaled down. PodDisruptionBudgets still
+        # hold evictions to one pod at a time.
+        "extraArgs": {"skip-nodes-with-local-storage": False},
+        # Requests for a cluster of tens of nodes; a limit on memory only (throttled CPU would only slow its loop).
+        "resources": {"requests": {"cpu": "100m", "memory": "600Mi"}, "limits": {"memory": "600Mi"}},
+    }
 
 
 #: EKS access policies (arn:aws:eks::aws:cluster-access-policy/...). AdminView, unlike View, reads Secrets, which a
@@ -468,9 +557,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         update_config={"max_unavailable": 1},
         # Nodes boot pulling the VPC CNI and kube-proxy images from ECR through their zone's NAT: the route to
         # it must exist first (no output links the node group to the route tables).
+        # With the Cluster Autoscaler on, desiredSize is the count at creation only: the autoscaler sets the
+        # group's desired capacity from then on, and a `pulumi up` sending the stack's desiredSize again would
+        # undo its scale-up (pulumi-aws NodeGroup docs, "Ignoring Changes to Desired Size"). ignoreChanges keeps
+        # the value for the create and leaves it out of every later diff.
         opts=pulumi.ResourceOptions.merge(
             kept,
-            pulumi.ResourceOptions(depends_on=[*node_policies, vpc_cni, kube_proxy, *private_associations]),
+            pulumi.ResourceOptions(
+                depends_on=[*node_policies, vpc_cni, kube_proxy, *private_associations],
+                ignore_changes=["scalingConfig.desiredSize"] if eks.clusterAutoscaler.enabled else None,
+            ),
         ),
     )
     coredns = aws.eks.Addon(
@@ -610,6 +706,37 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         values={"replicas": 2, "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}},
         opts=in_cluster,
     )
+    autoscaler: list[pulumi.Resource] = []
+    if eks.clusterAutoscaler.enabled:
+        autoscaler_role = irsa_role(
+            "cluster-autoscaler-role", "kube-system", CLUSTER_AUTOSCALER_SERVICE_ACCOUNT
+        )
+        autoscaler_policy = aws.iam.RolePolicy(
+            "cluster-autoscaler-policy",
+            role=autoscaler_role.id,
+            policy=cluster.name.apply(cluster_autoscaler_policy),
+            opts=opts,
+        )
+        chart, version, repo = CLUSTER_AUTOSCALER_CHART
+        autoscaler.append(
+            k8s.helm.v3.Release(
+                "cluster-autoscaler",
+                name="cluster-autoscaler",
+                chart=chart,
+                version=version,
+                repository_opts={"repo": repo},
+                namespace="kube-system",
+                atomic=True,
+                timeout=600,
+                values=cluster_autoscaler_values(
+                    cluster.name, eks.region, EKS_CLUSTER_AUTOSCALER_IMAGES[eks.version], autoscaler_role.arn
+                ),
+                # Its first loop lists the groups and may scale them: the role's permissions must be in place.
+                opts=pulumi.ResourceOptions.merge(
+                    in_cluster, pulumi.ResourceOptions(depends_on=[autoscaler_policy])
+                ),
+            )
+        )
     # Envoy Gateway creates each Gateway's proxy Service (type LoadBalancer, hence an NLB that EKS's cloud
     # controller creates in the public subnets) in its own namespace, outside the program. A Pulumi Namespace
     # rather than Helm's `create_namespace`, because its deletion is what `pulumi destroy` waits on: the engine
@@ -708,7 +835,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "vpc_cidr": eks.vpcCidr,
             "oidc_provider": oidc,
         },
-        depends_on=(node_group, vpc_cni, kube_proxy, coredns, ebs_addon, storage_class, metrics_server),
+        depends_on=(
+            node_group,
+            vpc_cni,
+            kube_proxy,
+            coredns,
+            ebs_addon,
+            storage_class,
+            metrics_server,
+            *autoscaler,
+        ),
         gateway_api=(envoy_gateway, *gateway_classes),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,

@@ -3,19 +3,37 @@
 Either builds service/Dockerfile with pulumi-docker-build (context = repository root, linux/amd64, pushed to
 `repository` tagged with the git commit, registry credentials from args, a registry build cache in
 `cache_repository`, which must take tag overwrites) and outputs
-`ref` = `<repository>@sha256:<digest>`; or, when `existing_ref` is given (promotion), builds nothing and `ref` is
-that immutable digest reference. Deploying by digest means a tag moved later can never change what runs.
+`ref` = `<repository>@sha256:<digest>`; or, when `existing_ref` is given (promotion), builds nothing: with
+`copy_to` the image is copied by digest into that repository (the target stack's own registry) and `ref` is
+`<copy_to>@<the same digest>`, else `ref` is `existing_ref` as is. Deploying by digest means a tag moved later can
+never change what runs.
+
+The copy (`copy_script`) is a `command:local:Command` running skopeo on the machine that runs `pulumi up`:
+`skopeo copy --all --preserve-digests` copies the whole index (platform images and attestations) and fails rather
+than write anything under another digest; the script then reads the manifest back from the target by digest and
+checks its sha256, so what the Deployments reference is proven to be there, byte for byte. Credentials are fetched
+when the copy runs, never stored in state (a stored token would differ on every run, a perpetual diff that would
+also make every promotion from that stack refuse on "pending changes"): Artifact Registry hosts log in with
+`gcloud auth print-access-token`, ECR hosts with `aws ecr get-login-password`, any other registry with what the
+runner is logged in to (`docker login` / `skopeo login`, `~/.docker/config.json` credential helpers), which is
+also how the source is read when its host is neither. Runner prerequisites: skopeo (>= 1.6, for
+`--preserve-digests`), and gcloud / the AWS CLI for those hosts (GitHub's ubuntu-24.04 image has all three);
+`ragops promote` checks them first (`check_copy_source`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shlex
+import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
+import pulumi_command as command
 import pulumi_docker_build as docker_build
 
 from infra.components.specs import DIGEST_REF, require
@@ -43,7 +61,12 @@ class ServiceImageArgs:
     """Arguments of `ServiceImage`: `existing_ref`, or `repository` + `git_sha` to build."""
 
     existing_ref: str | None = None
-    """An immutable `REGISTRY/REPO@sha256:<64 hex>` to deploy as is (nothing is built)."""
+    """An immutable `REGISTRY/REPO@sha256:<64 hex>` to deploy (nothing is built): as is, or copied into `copy_to`."""
+    copy_to: pulumi.Input[str] | None = None
+    """With `existing_ref`: the repository (without tag, e.g. the stack's Artifact Registry / ECR repository) the
+    image is copied into by digest and deployed from."""
+    copy_after: Sequence[pulumi.Resource] = ()
+    """What the copy waits for besides `copy_to` (e.g. IAM that lets the runner push)."""
     repository: pulumi.Input[str] | None = None
     """Registry repository to push to, without tag (e.g. the ECR / Artifact Registry repository URL)."""
     git_sha: str | None = None
@@ -71,7 +94,15 @@ def validate_args(args: ServiceImageArgs) -> None:
             f"ServiceImageArgs.existing_ref {args.existing_ref!r} must be an immutable reference "
             "REGISTRY/REPO@sha256:<64 hex digits>.",
         )
+        if isinstance(args.copy_to, str):
+            require(
+                bool(_REPOSITORY.match(args.copy_to)),
+                f"ServiceImageArgs.copy_to {args.copy_to!r} must be a registry repository without tag or digest.",
+            )
         return
+    require(
+        args.copy_to is None, "ServiceImageArgs.copy_to needs existing_ref (a build pushes to repository)."
+    )
     require(
         args.repository is not None, "ServiceImageArgs.repository is required when no existing_ref is given."
     )
@@ -126,13 +157,36 @@ class ServiceImage(pulumi.ComponentResource):
     def __init__(self, name: str, args: ServiceImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(args)
         super().__init__("rag:build:ServiceImage", name, None, opts)
-        if args.existing_ref is not None:
+        self.copy: command.local.Command | None = None
+        if args.existing_ref is not None and args.copy_to is not None:
+            self.built = False
+            self.ref = self._copy(name, args.existing_ref, args.copy_to, args.copy_after)
+        elif args.existing_ref is not None:
             self.built = False
             self.ref = pulumi.Output.from_input(args.existing_ref)
         else:
             self.built = True
             self.ref = self._build(name, args)
         self.register_outputs({"ref": self.ref})
+
+    def _copy(
+        self,
+        name: str,
+        source_ref: str,
+        repository: pulumi.Input[str],
+        after: Sequence[pulumi.Resource],
+    ) -> pulumi.Output[str]:
+        digest = source_ref.rsplit("@", 1)[1]
+        target = pulumi.Output.from_input(repository)
+        self.copy = command.local.Command(
+            f"{name}-copy",
+            # Built from the repository Output: the copy waits for the repository to exist.
+            create=target.apply(lambda repo: copy_script(source_ref, repo)),
+            # Nothing on delete: an image a rollback may need stays until the registry's lifecycle rules drop it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(after)),
+        )
+        # The reference carries the copy as a dependency: whatever deploys it waits until the digest is there.
+        return pulumi.Output.all(target, self.copy.id).apply(lambda v: f"{v[0]}@{digest}")
 
     def _build(self, name: str, args: ServiceImageArgs) -> pulumi.Output[str]:
         repository = pulumi.Output.from_input(args.repository)
@@ -183,3 +237,139 @@ class ServiceImage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         return pulumi.Output.all(repository, image.digest).apply(lambda v: digest_ref(v[0], v[1]))
+
+
+# --- copying a promoted image into the target's registry ------------------------------------------------------
+
+#: A registry login fetched when the copy runs: (username, argv printing a short-lived password).
+Login = tuple[str, tuple[str, ...]]
+
+_ARTIFACT_REGISTRY = re.compile(r"^[a-z0-9-]+-docker\.pkg\.dev$")
+_ECR = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
+
+# A private auth file for the logins this script makes; skopeo still falls back to the runner's
+# ~/.docker/config.json (its auths and credHelpers) for any other registry.
+_AUTH_FILE = (
+    "set -eu",
+    "umask 077",
+    'auth="$(mktemp)"',
+    "trap 'rm -f \"$auth\"' EXIT",
+    'printf \'{"auths":{}}\' > "$auth"',
+)
+
+
+def registry_login(host: str) -> Login | None:
+    """How to log in to a registry host at copy time, or None for the runner's own docker/skopeo logins.
+
+    Artifact Registry takes an OAuth access token as the password of `oauth2accesstoken`; ECR's
+    `get-login-password` is the password of `AWS` for the region in the host name (both valid for hours at most).
+    """
+    if _ARTIFACT_REGISTRY.fullmatch(host):
+        return "oauth2accesstoken", ("gcloud", "auth", "print-access-token")
+    match = _ECR.fullmatch(host)
+    if match:
+        return "AWS", ("aws", "ecr", "get-login-password", "--region", match.group("region"))
+    return None
+
+
+def _host(ref: str) -> str:
+    return ref.split("/", 1)[0]
+
+
+def _login_lines(hosts: Sequence[str], login: Callable[[str], Login | None]) -> list[str]:
+    """Shell lines logging in to each host that has a known login (the password never reaches an argv)."""
+    lines: list[str] = []
+    for host in dict.fromkeys(hosts):
+        found = login(host)
+        if found is None:
+            continue
+        username, argv = found
+        lines += [
+            f'password="$({shlex.join(argv)})"',
+            f'printf \'%s\' "$password" | skopeo login --authfile "$auth" --username {shlex.quote(username)} '
+            f"--password-stdin {shlex.quote(host)} >/dev/null",
+            "password=",
+        ]
+    return lines
+
+
+def copy_script(
+    source_ref: str, repository: str, *, login: Callable[[str], Login | None] = registry_login
+) -> str:
+    """The `/bin/sh -c` script that copies `source_ref` into `repository` under the same digest and proves it.
+
+    It prints `<repository>@<digest>` last. Idempotent: a digest already in the target is not copied again (ECR's
+    IMMUTABLE tags refuse a second push of a tag). The target gets the tag `sha256-<hex>` (one per digest, so
+    never moved), which keeps the image tagged in the registry's console and listings.
+    """
+    digest = source_ref.rsplit("@", 1)[1]
+    target = f"docker://{repository}@{digest}"
+    tag = f"docker://{repository}:{digest.replace(':', '-')}"
+    q = shlex.quote
+    lines = [
+        *_AUTH_FILE,
+        *_login_lines((_host(source_ref), _host(repository)), login),
+        f'if skopeo inspect --raw --authfile "$auth" {q(target)} >/dev/null 2>&1; then',
+        f"  echo {q(f'{repository}@{digest} is already in the target registry')} >&2",
+        "else",
+        '  skopeo copy --all --preserve-digests --retry-times 3 --authfile "$auth" '
+        f"{q('docker://' + source_ref)} {q(tag)} >&2",
+        "fi",
+        f'got="sha256:$(skopeo inspect --raw --authfile "$auth" {q(target)} | sha256sum | cut -d " " -f 1)"',
+        f'if [ "$got" != {q(digest)} ]; then',
+        f'  echo {q(f"{repository}@{digest}: the target registry serves a manifest whose digest is ")}"$got" >&2',
+        "  exit 1",
+        "fi",
+        f"echo {q(f'{repository}@{digest}')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class CopyPrerequisiteError(Exception):
+    """This machine cannot copy the image: a tool is missing, or the source cannot be read (the message says)."""
+
+
+def check_copy_source(
+    source_ref: str,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    login: Callable[[str], Login | None] = registry_login,
+) -> None:
+    """What `ragops promote` checks before it writes anything: skopeo is here and reads the source digest.
+
+    Reads the source manifest the way the copy will (same login, same auth fallbacks) and checks its sha256
+    against the digest. Raises CopyPrerequisiteError naming what is missing and how to fix it.
+    """
+    if which("skopeo") is None:
+        raise CopyPrerequisiteError(
+            "skopeo is not on PATH: the promotion copies the image into the target's registry with it "
+            "(Debian/Ubuntu: `apt-get install skopeo`; GitHub's ubuntu-24.04 runners have it)."
+        )
+    host = _host(source_ref)
+    found = login(host)
+    if found is not None and which(found[1][0]) is None:
+        raise CopyPrerequisiteError(
+            f"{found[1][0]} is not on PATH: it logs in to {host}, the registry the promoted image is read from."
+        )
+    script = [
+        *_AUTH_FILE,
+        *_login_lines((host,), login),
+        f'skopeo inspect --raw --authfile "$auth" {shlex.quote("docker://" + source_ref)}',
+    ]
+    result = subprocess.run(  # noqa: S603 - a fixed interpreter; every value in the script is quoted
+        ["/bin/sh", "-c", "\n".join(script)], capture_output=True, check=False, timeout=120
+    )
+    if result.returncode != 0:
+        how = (
+            f"`{shlex.join(found[1])}` logs in to {host}"
+            if found is not None
+            else f"log in to {host} with `skopeo login {host}` or `docker login {host}`"
+        )
+        error = result.stderr.decode(errors="replace").strip() or "no error output"
+        raise CopyPrerequisiteError(
+            f"Cannot read {source_ref} from this machine; the digest must be in that registry and this machine "
+            f"allowed to read it ({how}): {error}"
+        )
+    got = "sha256:" + hashlib.sha256(result.stdout).hexdigest()
+    if got != source_ref.rsplit("@", 1)[1]:
+        raise CopyPrerequisiteError(f"{source_ref}: the registry serves a manifest whose digest is {got}.")

@@ -67,6 +67,7 @@ M_QUEUE_OLDEST_AGE = "rag_queue_oldest_job_age_seconds"
 M_WORKER_POLL = "rag_worker_last_poll_timestamp_seconds"
 M_JOBS_RUNNING_OLDEST_AGE = "rag_jobs_running_oldest_age_seconds"
 M_JOBS_RECLAIMED = "rag_jobs_reclaimed_total"
+M_REINDEX_INTERRUPTED = "rag_reindex_interrupted"
 WORKER_METRICS = frozenset(
     {
         M_JOBS,
@@ -527,6 +528,18 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "Ingestion jobs keep being taken over from dead or stalled workers.",
             f"More than {t.jobs_reclaimed_per_30m} jobs were reclaimed in 30 minutes after their worker's lease "
             "expired: workers are being killed (OOM, eviction) or stall longer than JOB_LEASE_SECONDS.",
+        ),
+        rule(
+            "RagReindexInterrupted",
+            # Any pod (API or worker) that follows the pointer sees it; a resumed build clears it within one
+            # follow, so only a build nobody takes over (3 dead attempts, or no API replica left) lasts 15m.
+            f"max by (namespace) ({M_REINDEX_INTERRUPTED}{{{nsel}}}) > 0",
+            "15m",
+            "warning",
+            "A re-index stopped before it switched and nobody resumes it.",
+            "The builder of a re-index died (OOM kill, kill -9, a lost node) and no API replica has taken its "
+            "build over for 15 minutes: after 3 interrupted attempts it is not resumed automatically. Search "
+            "still serves the previous index; `ragops reindex status` names the target and the error.",
         ),
     ]
     qsel = f'namespace="{ns}", job="{args.qdrant_job}"'

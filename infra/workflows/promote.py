@@ -1,8 +1,9 @@
 """``ragops promote --from dev --to staging``: ship exactly the build the source stack runs, nothing else.
 
 A promotion reads the source stack's ``imageDigest`` output (the image it actually deployed), refuses unless it is
-an immutable ``...@sha256:<64 hex>`` ref and the source has no pending changes (its preview is empty, so what is
-deployed is what the code says), then on the target: sets ``rag:image`` to that digest, copies the
+an immutable ``...@sha256:<64 hex>`` ref this machine can read (the target's ``up`` copies it into the target's own
+registry with skopeo, digest preserved: ``check_copy_prerequisites``) and the source has no pending changes (its
+preview is empty, so what is deployed is what the code says), then on the target: sets ``rag:image`` to that digest, copies the
 ``PROMOTABLE_KEYS`` (service settings that describe the build's behaviour, not the environment) and
 ``rag:embedding`` as the source runs it (the image holds exactly those models), records ``rag:promotion`` =
 {from, digest, at, by, models}, all in one ``config set-all`` write, and runs ``pulumi up``.
@@ -112,6 +113,23 @@ def check_digest(ref: Any, source: str) -> str:
     return ref
 
 
+def check_copy_prerequisites(ctx: Context, source: str, target: str, digest: str) -> None:
+    """Refuse before anything is written when this machine cannot copy the digest into the target's registry.
+
+    The target's ``up`` copies the image with skopeo on this machine (``ServiceImage``'s copy): a missing skopeo,
+    a source registry this machine cannot read, or a digest no longer in it would otherwise fail that ``up``
+    after it started changing the target.
+    """
+    # Imported here: the component module loads the Pulumi provider SDKs, which only a promotion needs.
+    from infra.components.image import CopyPrerequisiteError, check_copy_source
+
+    check = check_copy_source if ctx.check_image_source is None else ctx.check_image_source
+    try:
+        check(digest)
+    except CopyPrerequisiteError as exc:
+        raise WorkflowError(f"Cannot promote {source} -> {target}: {exc}") from exc
+
+
 def _get_path(obj: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
     node: Any = obj
     for part in path:
@@ -194,6 +212,7 @@ def promote(
     src = select(ws, source)
     outputs = src.outputs()
     digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
+    check_copy_prerequisites(ctx, source, target, digest)
 
     # The source as deployed (its last update's config), against the code checked out here.
     with deployed_config(ws, source) as source_config:

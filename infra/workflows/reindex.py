@@ -226,7 +226,27 @@ def summary(status: Mapping[str, Any]) -> str:
         line += f"; resumes the build {status['resumed_from']} left when it died (attempt {status.get('attempt')})"
     if status.get("error"):
         line += f"; error: {status['error']}"
-    return line
+    return line + choice(status)
+
+
+def choice(status: Mapping[str, Any]) -> str:
+    """Who chose the served index, and whether start-ups keep it (empty for a service that does not say)."""
+    chosen_by = status.get("chosen_by")
+    if not chosen_by:
+        return ""
+    if chosen_by == "config":
+        text = "; chosen by the deployed settings"
+    else:
+        text = (
+            f"; chosen by an operator ({chosen_by}) against the deployed settings "
+            f"{describe_config(status.get('pinned_settings'))}: pod starts keep it until the stack's settings change"
+        )
+    settings = status.get("settings")
+    if settings and index_config(settings) != index_config(status.get("serving") or status.get("current")):
+        text += f"; this replica's settings: {describe_config(settings)}"
+    if status.get("startup"):
+        text += f"; at start-up: {status['startup']}"
+    return text
 
 
 # --- a deployment that changes the index config (ragops up / promote) -----------------------------------------

@@ -116,6 +116,9 @@ class Context:
     env_vars: Mapping[str, str] | None = None
     clock: Clock = utc_now
     actor: Callable[[], str] = current_actor
+    #: Checks that this machine can copy a promoted image (`ref`) into the target's registry; raises with the
+    #: reason. None: `infra.components.image.check_copy_source` (skopeo on PATH, the source digest readable).
+    check_image_source: Callable[[str], None] | None = None
 
     def pulumi(self) -> PulumiCommand:
         """The Pulumi CLI, its version checked once up front (WorkflowError when it is too old)."""

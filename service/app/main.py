@@ -46,7 +46,7 @@ from service.app.ingest.index import (
 )
 from service.app.ingest.sandbox import Extractor
 from service.app.ingest.service import IngestService
-from service.app.jobs.reindex import Reindexer
+from service.app.jobs.reindex import Reindexer, startup_decision
 from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
 from service.app.store.gc import CollectionStopped, Pacer, collect_orphans
@@ -187,6 +187,7 @@ def build_services(
         drain_timeout_seconds=settings.gc_grace_seconds,
         lease_seconds=settings.reindex_lease_seconds,
         pointer_ttl_seconds=settings.index_pointer_ttl_seconds,
+        settings_config=wanted,
     )
     closers.insert(0, reindexer.close)
     # Worker processes start on the first large HTML or PDF; closing stops them (no orphans after SIGTERM).
@@ -227,26 +228,49 @@ def build_services(
             generation.config.chunker,
             CHUNKER_VERSION,
         )
-    if (changed or needs_sparse) and settings.reindex_on_config_change and start_reindex:
-        # A changed model or chunking, or a collection without the sparse vectors hybrid search needs: build
-        # it in the background while search serves the current index.
-        logger.info(
-            "index config changed (%s -> %s%s): re-indexing",
-            generation.config,
-            wanted,
-            ", adding sparse vectors" if needs_sparse else "",
-        )
-        try:
-            reindexer.start(wanted, queue=True)  # one replica builds; the others wait for its lease
-        except InvalidInput as exc:
-            # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
-            logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
     if start_reindex:
+        _startup_reindex(settings, registry, reindexer, generation, wanted, needs_sparse=needs_sparse)
         # A build that died before it switched (kill -9, OOM, a lost node) is resumed by the next API process
         # that sees its lease expire (this one, at once if the build was its own predecessor's on this host).
         reindexer.resume_interrupted = True
         reindexer.sync(force=True)
     return services
+
+
+def _startup_reindex(
+    settings: Settings,
+    registry: DocumentRegistry,
+    reindexer: Reindexer,
+    generation: IndexGeneration,
+    wanted: IndexConfig,
+    *,
+    needs_sparse: bool,
+) -> None:
+    """Re-index towards the deployed settings when they changed since the served index was chosen (a changed
+    model or chunking, or a collection without the sparse vectors hybrid search needs), in the background while
+    search serves the current one; never over an operator's rollback or manual choice made against these very
+    settings (service.app.jobs.reindex.startup_decision). One line at INFO or WARNING says why, either way."""
+    pointer = registry.index_pointer()
+    decision = startup_decision(pointer, generation.config, wanted, needs_sparse=needs_sparse)
+    reason = decision.reason
+    if decision.follow_settings and pointer is not None and registry.follow_settings(pointer.collection):
+        logger.info("index pointer: %s", reason)
+    if decision.reindex and not settings.reindex_on_config_change:
+        reason = f"{reason.removesuffix(': re-indexing')}; not re-indexing: REINDEX_ON_CONFIG_CHANGE is off"
+        decision = replace(decision, reindex=False)
+    reindexer.startup = reason
+    if not decision.reindex:
+        # A served index that differs from the settings is worth a warning; one that has them is not news.
+        level = logging.INFO if generation.config.same_settings(wanted) else logging.WARNING
+        logger.log(level, "start-up re-index decision: %s", reason)
+        return
+    logger.info("start-up re-index decision: %s", reason)
+    try:
+        reindexer.start(wanted, queue=True)  # one replica builds; the others wait for its lease
+    except InvalidInput as exc:
+        # Keep serving the index that exists (with its own model and chunking) rather than an empty one.
+        logger.error("cannot re-index to the configured model/chunking: %s", exc.message)
+        reindexer.startup = f"{reason}; cannot re-index: {exc.message}"
 
 
 def _generation_factory(
@@ -381,6 +405,16 @@ async def _collect_orphans_forever(services: Services, stop: threading.Event) ->
         except Exception as exc:
             # A backend outage: the next run retries; search ignores orphans meanwhile.
             logger.warning("orphan collection failed: %s", getattr(exc, "message", exc))
+        try:
+            # Write-order rows nothing can consult any more: marked on one pass, deleted on a later one at
+            # least GC_GRACE_SECONDS after (DocumentRegistry.prune_write_order).
+            pruned = await to_thread.run_sync(
+                lambda: services.registry.prune_write_order(settings.gc_grace_seconds)
+            )
+            if pruned:
+                logger.info("pruned %d write-order rows", pruned)
+        except Exception as exc:
+            logger.warning("write-order pruning failed: %s", getattr(exc, "message", exc))
         if not settings.gc_interval_seconds:
             return
         await asyncio.sleep(settings.gc_interval_seconds)

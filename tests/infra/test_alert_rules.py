@@ -148,6 +148,16 @@ CASES = [
           in_ns("rag_jobs_reclaimed_total", pod="rag-worker-2"): "0x5 2x20"}, "10m", BY_NS),
     Case("staging", "RagJobsReclaimed", "one OOM kill: its two jobs taken over once",
          {in_ns("rag_jobs_reclaimed_total", pod="rag-worker-1"): "0x5 2x40"}, "35m"),
+    Case("staging", "RagReindexInterrupted", "one API pod has seen the dead build for 20 minutes, another not",
+         {svc("rag_reindex_interrupted", pod="rag-1"): "0x5 1x30", svc("rag_reindex_interrupted", pod="rag-2"): "0x35"},
+         "30m", BY_NS),
+    Case("staging", "RagReindexInterrupted", "a worker pod sees it too (API pods gone)",
+         {in_ns("rag_reindex_interrupted", pod="rag-worker-1"): "1x30"}, "25m", BY_NS),
+    Case("staging", "RagReindexInterrupted", "a dead build resumed within minutes",
+         {svc("rag_reindex_interrupted", pod="rag-1"): "0x5 1x5 0x30"}, "30m"),
+    Case("prod", "RagReindexInterrupted", "interrupted for an hour", {svc("rag_reindex_interrupted", pod="rag-1"): "1x70"},
+         "60m", BY_NS),
+    Case("prod", "RagReindexInterrupted", "no re-index", {svc("rag_reindex_interrupted", pod="rag-1"): "0x70"}, "60m"),
     # --- Qdrant (staging runs 3 nodes)
     Case("staging", "QdrantNodeDown", "one of three nodes down",
          {in_ns("up", job="qdrant", pod=f"qdrant-{i}"): v for i, v in enumerate(("1x20", "1x20", "0x20"))},
@@ -303,6 +313,7 @@ def test_the_job_lease_alerts_fire_on_the_series_the_service_exports(tmp_path: P
     for alert, name, values, at in (
         ("RagJobRunningTooLong", "rag_jobs_running_oldest_age_seconds", "1900+60x20", "10m"),
         ("RagJobsReclaimed", "rag_jobs_reclaimed_total", "0+1x40", "35m"),
+        ("RagReindexInterrupted", "rag_reindex_interrupted", "1x30", "25m"),
     ):
         assert name in exported, f"the service does not export {name}"
         series = in_ns(name, pod="rag-worker-1", **exported[name])

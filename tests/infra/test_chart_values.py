@@ -60,7 +60,7 @@ def test_the_real_program_sets_only_keys_its_charts_have() -> None:
     # release that set no values (nothing checked) cannot pass unnoticed.
     expected = {
         ("staging", "gke"): {"cert-manager", "cloudnative-pg", "kube-prometheus-stack"},
-        ("prod", "eks"): {"cert-manager", "kube-prometheus-stack", "metrics-server"},
+        ("prod", "eks"): {"cert-manager", "cluster-autoscaler", "kube-prometheus-stack", "metrics-server"},
     }
     for (stack, target), charts in expected.items():
         result = run(stack, target)

@@ -27,9 +27,9 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     # Staging/prod never build the checkout (an explicit empty value; an absent key gets the offline placeholder).
     ("prod", {"image": ""}, "image", "deploys only a promoted image"),
     ("staging", {"image": ""}, "image", "pulumi config refresh --force -s staging"),
-    # kind's local registry (dev's default) is the node's own loopback on a cloud cluster.
+    # kind's local registry (dev's default) exists only on the machine that runs it: a CI runner cannot copy from it.
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
-    ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "ErrImagePull"),
+    ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "a CI runner's loopback"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
     (
         "prod",
@@ -63,6 +63,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"cluster": {"eks": {"nodeGroup": {"minSize": 2, "desiredSize": 1}}}},
         "cluster.eks.nodeGroup.desiredSize",
         "within minSize..maxSize",
+    ),
+    # The Cluster Autoscaler's image is the cluster's minor: a minor without a pinned release is refused.
+    (
+        "prod",
+        {"cluster": {"eks": {"version": "1.32"}}},
+        "cluster.eks.version",
+        "no Cluster Autoscaler release",
     ),
     (
         "prod",

@@ -182,3 +182,108 @@ def test_the_transfer_rate_is_a_declared_stack_setting_the_jobs_are_sized_for() 
     slower = declared.by_name("qdrant-backups-cronjob").inputs["spec"]["jobTemplate"]["spec"]
     assert slower["activeDeadlineSeconds"] > backup["activeDeadlineSeconds"]
     assert slower["activeDeadlineSeconds"] >= 1.5 * 3 * 100 * 2**30 / (5 * 2**20)
+
+
+# ------------------------------------------------------------------------------------------- node-capacity
+def capacity_findings(result: StackRun) -> list[d.Finding]:
+    return [f for f in d.analyse(result, waivers={}).findings if f.check == "node-capacity"]
+
+
+def with_hpa_max(result: StackRun, replicas: int) -> StackRun:
+    (hpa,) = result.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+
+    def raise_max(inputs: dict[str, Any]) -> None:
+        inputs["spec"]["maxReplicas"] = replicas
+
+    return patched(result, hpa.name, raise_max)
+
+
+AUTOSCALER_OFF = {"provider": "eks", "eks": {"clusterAutoscaler": {"enabled": False}}}
+
+
+def test_the_declared_eks_stacks_fit_their_node_groups_at_peak() -> None:
+    for stack, target in (("prod", None), ("staging", "eks"), ("dev", "eks")):
+        assert capacity_findings(run(stack, target)) == [], stack
+        # Without the autoscaler their peak still fits desiredSize (3 nodes each): the declared sizes are honest.
+        assert capacity_findings(run(stack, target, cluster=AUTOSCALER_OFF)) == [], stack
+
+
+def test_an_hpa_past_what_desired_size_holds_needs_the_autoscaler() -> None:
+    """The defect: prod's HPA may ask for more API pods than 3 x m6i.xlarge hold, and nothing added nodes."""
+    off = with_hpa_max(run("prod", None, cluster=AUTOSCALER_OFF), 20)
+    (finding,) = capacity_findings(off)
+    assert finding.name == "eks-nodes"
+    assert "desiredSize (no autoscaler)" in finding.message
+    assert "rag-api" in finding.message
+    assert "clusterAutoscaler.enabled" in finding.fix
+    # The same peak with the Cluster Autoscaler: it may grow the group to maxSize 9, which holds it.
+    assert capacity_findings(with_hpa_max(run("prod"), 20)) == []
+
+
+def test_a_peak_past_max_size_is_a_finding_even_with_the_autoscaler() -> None:
+    (finding,) = capacity_findings(with_hpa_max(run("prod"), 80))
+    assert "maxSize (the Cluster Autoscaler's ceiling)" in finding.message
+    assert "9 x m6i.xlarge" in finding.message
+    assert "nodeGroup.maxSize" in finding.fix
+
+
+def test_an_autoscaler_that_discovers_another_cluster_scales_nothing() -> None:
+    """Auto-discovery matches the ASG tag k8s.io/cluster-autoscaler/<clusterName>: a wrong name finds no group,
+    so only desiredSize nodes count."""
+    result = with_hpa_max(run("prod"), 20)
+
+    def elsewhere(inputs: dict[str, Any]) -> None:
+        inputs["values"]["autoDiscovery"]["clusterName"] = "rag-other"
+
+    (finding,) = capacity_findings(patched(result, "cluster-autoscaler", elsewhere))
+    assert "desiredSize (no autoscaler)" in finding.message
+
+
+def test_a_pod_larger_than_any_node_is_a_finding() -> None:
+    result = run("prod")
+    name = qdrant_name(result)
+
+    def huge(inputs: dict[str, Any]) -> None:
+        inputs["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "15Gi"
+
+    (finding,) = capacity_findings(patched(result, name, huge))
+    assert name in finding.message
+
+
+def test_one_pod_per_node_workloads_need_as_many_nodes() -> None:
+    """Qdrant's required anti-affinity: 3 replicas cannot share 2 nodes, whatever room is left on them."""
+    result = run("prod", None, cluster=AUTOSCALER_OFF)
+
+    def two_nodes(inputs: dict[str, Any]) -> None:
+        inputs["scalingConfig"] = {"minSize": 2, "maxSize": 2, "desiredSize": 2}
+
+    (finding,) = capacity_findings(patched(result, "eks-nodes", two_nodes))
+    assert qdrant_name(result) in finding.message
+
+
+def test_an_instance_type_of_unknown_shape_is_a_finding() -> None:
+    def graviton(inputs: dict[str, Any]) -> None:
+        inputs["instanceTypes"] = ["m7g.xlarge"]
+
+    (finding,) = capacity_findings(patched(run("prod"), "eks-nodes", graviton))
+    assert "m7g.xlarge" in finding.message
+
+
+def test_allocatable_follows_the_eks_ami_reservations() -> None:
+    from infra.capacity import allocatable, instance_shape
+
+    shape = instance_shape("m6i.xlarge")
+    assert shape == instance_shape("m5.xlarge")
+    assert shape is not None
+    cpu, memory = allocatable(shape)
+    assert cpu == 3920  # 4000m - (60 + 10 + 5 + 5)m
+    assert round(memory) == round(16 * 1024 * 0.95 - (255 + 11 * 58) - 100)
+    large = instance_shape("m6i.large")
+    assert large is not None
+    assert allocatable(large)[0] == 1930
+    assert instance_shape("r6i.2xlarge") is not None
+    assert instance_shape("t3.large") is not None
+    assert instance_shape("m3.large") is None
+    assert instance_shape("t5.large") is None
+    assert instance_shape("t3.4xlarge") is None  # no such size
+    assert instance_shape("t3.medium") == instance_shape("t3a.medium")

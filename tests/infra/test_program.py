@@ -85,9 +85,10 @@ def test_providers_are_created_at_the_top_level_only(target_run: StackRun) -> No
     names = {p.urn for p in providers}
     # Every cloud or Kubernetes resource goes through an explicit provider, never the ambient default one.
     for resource in target_run.resources:
-        # random and docker-build need no configuration: their default providers are fine.
+        # random, docker-build and command (the promotion's local copy) need no configuration: their default
+        # providers are fine.
         if resource.custom and not resource.type.startswith(
-            ("pulumi:providers:", "random:", "docker-build:")
+            ("pulumi:providers:", "random:", "docker-build:", "command:")
         ):
             assert resource.provider in names, resource.urn
 
@@ -272,11 +273,20 @@ def test_same_stack_twice_gives_the_same_resources() -> None:
     assert first.outputs == second.outputs
 
 
-def test_image_digest_from_config_is_deployed_as_is() -> None:
-    result = run("staging", image=DIGEST)
-    assert result.outputs["imageDigest"] == DIGEST
+@pytest.mark.parametrize("target", TARGETS)
+def test_image_digest_from_config_is_copied_into_the_stack_registry_and_deployed_by_the_same_digest(
+    target: str,
+) -> None:
+    result = run("staging", target, image=DIGEST)
+    (copy,) = result.of_type("command:local:Command")
+    copied = copy.inputs["create"].strip().splitlines()[-1].removeprefix("echo ")
+    repository, digest = copied.split("@")
+    assert digest == DIGEST.rsplit("@", 1)[1]
+    assert not repository.startswith("ghcr.io/")  # the stack's own registry, not the source's
+    assert f"docker://{DIGEST}" in copy.inputs["create"]  # copied from the promoted ref
+    assert result.outputs["imageDigest"] == copied
     assert result.of_type("docker-build:index:Image") == []
-    assert result.by_name("rag-api").inputs["spec"]["template"]["spec"]["containers"][0]["image"] == DIGEST
+    assert result.by_name("rag-api").inputs["spec"]["template"]["spec"]["containers"][0]["image"] == copied
 
 
 def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_registry() -> None:

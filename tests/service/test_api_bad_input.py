@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -245,6 +246,28 @@ def test_bad_search_requests_are_422(client: TestClient, body: dict) -> None:
     assert_error(client.post("/v1/search", json=body), 422, "invalid_input")
 
 
+@pytest.mark.parametrize("route", ["/v1/search", "/v1/answer"])
+@pytest.mark.parametrize(
+    ("field", "raw", "reason"),
+    [
+        ("score_threshold", "NaN", "score_threshold: Input should be a finite number"),
+        ("score_threshold", "Infinity", "score_threshold: Input should be a finite number"),
+        ("score_threshold", "-Infinity", "score_threshold: Input should be a finite number"),
+        ("filter", '{"n": NaN}', "filter.n must be a finite number"),
+        ("filter", '{"n": {"gte": NaN}}', "filter.n range bounds must be finite numbers"),
+        ("filter", '{"n": {"lt": 1, "gt": -Infinity}}', "filter.n range bounds must be finite numbers"),
+    ],
+)
+def test_a_non_finite_float_is_422_naming_the_field_and_saying_finite(
+    client: TestClient, route: str, field: str, raw: str, reason: str
+) -> None:
+    """JSON parsers here accept NaN/Infinity; ``{"score_threshold": NaN}`` got "Input should be less than or equal
+    to 1", true of NaN but no help: the client's mistake is a non-number."""
+    body = f'{{"query": "ok", "{field}": {raw}}}'
+    response = client.post(route, content=body.encode(), headers={"content-type": "application/json"})
+    assert_error(response, 422, "invalid_input", reason)
+
+
 @pytest.mark.parametrize(
     ("condition", "reason"),
     [
@@ -297,10 +320,31 @@ def test_a_put_body_not_declared_as_json_is_415(
     assert_error(response, 415, "unsupported_media_type", "Content-Type: application/json")
 
 
+@pytest.mark.parametrize("content_type", [None, "text/plain", "text/plain;charset=UTF-8"])
+def test_a_bulk_body_without_a_json_content_type_is_415_and_stores_nothing(
+    client: TestClient, content_type: str | None
+) -> None:
+    """A POST without a Content-Type (or text/plain) is a CORS "simple" request: a web page can send one cross-site
+    with no preflight (``fetch(url, {method: "POST", body: new Blob([json])})``). documents:bulk read it as JSON,
+    so with authentication off any page a user opened could write documents."""
+    headers = {} if content_type is None else {"content-type": content_type}
+    planted = f"csrf-{uuid.uuid4().hex}"
+    body = json.dumps({"documents": [{"document_id": planted, "text": "planted by a web page"}]})
+    response = client.post("/v1/documents:bulk", content=body.encode(), headers=headers)
+    assert_error(response, 415, "unsupported_media_type", "curl: add -H 'Content-Type: application/json'")
+    if content_type is None:
+        assert "declared with no Content-Type" in response.json()["error"]["message"]
+    assert client.get(f"/v1/documents/{planted}").status_code == 404
+    accepted = client.post(
+        "/v1/documents:bulk", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert accepted.status_code == 200, accepted.text
+
+
 @pytest.mark.parametrize(
     ("content_type", "codec"),
     [
-        (None, "utf-8"),  # no header: taken as JSON, as FastAPI does for the other JSON routes
+        (None, "utf-8"),  # no header: a PUT is never a CORS simple request (a browser preflights it)
         ("application/json", "utf-8"),
         ("Application/JSON; charset=utf-8", "utf-8"),
         ("application/vnd.api+json", "utf-8"),

@@ -95,7 +95,14 @@ def test_malformed_requests_are_refused_whole_and_store_nothing(
             ({"documents": [doc("x"), doc("bad/id")]}, 422, "documents.1.document_id"),
             ({"documents": [doc("x"), doc("y"), doc("x")]}, 422, "repeats documents[0]"),
             ({"documents": [doc(f"d{i}") for i in range(4)]}, 413, "BULK_MAX_DOCUMENTS is 3"),
-            ({"documents": [doc("big", "word " * 500)]}, 413, "larger than"),
+            (
+                {"documents": [doc(f"d{i}") for i in range(4)]},
+                413,
+                '"limit": 3, "setting": "BULK_MAX_DOCUMENTS"',
+            ),
+            # It named MAX_DOCUMENT_BYTES with BULK_MAX_BYTES's number.
+            ({"documents": [doc("big", "word " * 500)]}, 413, "larger than BULK_MAX_BYTES (2000 bytes)"),
+            ({"documents": [doc("big", "word " * 500)]}, 413, '"limit": 2000, "setting": "BULK_MAX_BYTES"'),
         ]
         for payload, status, reason in cases:
             response = client.post(BULK, json=payload, headers=headers_a)

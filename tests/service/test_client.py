@@ -4,6 +4,7 @@ file the service refuses is reported with its reason and a non-zero exit."""
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 from pathlib import Path
@@ -60,25 +61,24 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
             f"{url}/v1/search", json={"query": "when is it open?", "top_k": 1}, headers=bearer(KEY_A)
         ).json()["results"]
     text = output.getvalue()
-    assert code == 1, text  # two files were refused
+    assert code == 1, text  # one file was refused
     ids = {d["document_id"] for d in listed}
     assert ids == {
         ingest_client.document_id_for(folder / "hr" / f"policy {i}.md", folder) for i in range(7)
     } | {
         "page.html",
         "report.pdf",
-    }
+        "latin1.txt",  # not UTF-8: uploaded with its charset declared (it failed as "not valid UTF-8")
+    }, text
     assert hits[0]["document_id"] == "page.html"
-    assert "11 files: 9 created, 2 failed" in text
+    assert "11 files: 10 created, 1 failed" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
-    # Not UTF-8: uploaded so the service can say why (it does not guess charsets).
-    assert "failed latin1.txt: 422 invalid_input: the text is not valid UTF-8" in text
     # 9 bulk items + 2 uploads against 4 per second: the client met 429s and waited them out.
     waits = int(text.split(" rate-limit waits")[0].rsplit("; ", 1)[1])
     assert waits >= 1, text
     # The same folder again replaces the same ids: nothing changed, nothing embedded.
     assert rerun == 1
-    assert "11 files: 2 failed, 9 unchanged" in again.getvalue()
+    assert "11 files: 1 failed, 10 unchanged" in again.getvalue()
     # A refused key stops the run at the first answer (it was sent again for every batch and upload).
     assert refused == 2
     assert (
@@ -198,3 +198,98 @@ def test_a_text_file_too_big_for_a_batch_is_uploaded_with_its_own_type(tmp_path:
         client, folder, report, batch_size=5, max_batch_bytes=100, advance=lambda _n: None
     )
     assert parts == {"page.html": "text/html", "notes.md": "text/markdown"}
+
+
+# Text in legacy charsets, as editors on Windows and old exports write it (the client failed every one of them:
+# "422 the text is not valid UTF-8", with no way to declare the charset).
+LATIN1_TEXT = (
+    "Le caf\xe9 de la gare ouvre \xe0 huit heures. Cr\xeapes, g\xe2teaux et th\xe9 glac\xe9 en \xe9t\xe9."
+)
+CP1252_TEXT = "\u201cSmart quotes\u201d cost 5 \u20ac \u2014 na\xefve caf\xe9 \u2026 d\xe9j\xe0 vu, cr\xe8me br\xfbl\xe9e."
+CP1252_HTML = (
+    "<html><head><meta http-equiv='Content-Type' content='text/html; charset=windows-1252'></head>"
+    "<body><p>Prix du menu: 7 \u20ac \u2013 cr\xe8me br\xfbl\xe9e \u201cmaison\u201d.</p></body></html>"
+)
+CP1251_TEXT = "\u041f\u0440\u0438\u0432\u0435\u0442, \u044d\u0442\u043e \u0442\u0435\u0441\u0442\u043e\u0432\u044b\u0439 \u0434\u043e\u043a\u0443\u043c\u0435\u043d\u0442 \u043e \u043f\u043e\u0433\u043e\u0434\u0435 \u0432 \u041c\u043e\u0441\u043a\u0432\u0435."
+
+
+@pytest.mark.parametrize(
+    ("data", "suffix", "encoding", "expected"),
+    [
+        (b"plain ascii", ".txt", None, None),
+        ("d\xe9j\xe0 UTF-8".encode(), ".txt", None, None),
+        (
+            codecs.BOM_UTF16_LE + "BOM text".encode("utf-16-le"),
+            ".txt",
+            None,
+            None,
+        ),  # the service reads the BOM
+        (
+            LATIN1_TEXT.encode("latin-1"),
+            ".txt",
+            None,
+            "cp1252",
+        ),  # it tied with cp1250 and lost ("cr\u0119pes")
+        (CP1252_TEXT.encode("cp1252"), ".md", None, "cp1252"),
+        (CP1251_TEXT.encode("cp1251"), ".txt", None, "cp1251"),
+        (CP1252_HTML.encode("cp1252"), ".html", None, "cp1252"),  # its <meta> declaration
+        (LATIN1_TEXT.encode("latin-1"), ".txt", "iso8859-15", "iso8859-15"),  # --encoding wins
+    ],
+)
+def test_the_charset_declared_for_a_text_file(
+    data: bytes, suffix: str, encoding: str | None, expected: str | None
+) -> None:
+    assert ingest_client.text_charset(data, suffix, encoding) == expected
+
+
+def _chunk_texts(url: str, query: str) -> dict[str, str]:
+    response = httpx.post(
+        f"{url}/v1/search", json={"query": query, "top_k": 20, "mode": "sparse"}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    return {hit["document_id"]: hit["text"] for hit in response.json()["results"]}
+
+
+def test_non_utf8_files_and_a_service_with_lower_bulk_limits(tmp_path: Path) -> None:
+    """Against a real service whose BULK_MAX_DOCUMENTS (3) is below the client's batch size (20) and whose
+    BULK_MAX_BYTES (3000) is below one file: every file is stored (it failed every file with "413 ... 6 documents
+    in one request; BULK_MAX_DOCUMENTS is 3"), and legacy-charset files are stored with their real characters."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"note{i}.txt").write_text(f"Note {i} about glacier walking.\n")
+    (folder / "big.md").write_text("# Big\n\n" + "Glacier walking needs crampons. " * 120)  # ~3.8 KB
+    (folder / "latin1.txt").write_bytes(LATIN1_TEXT.encode("latin-1"))
+    (folder / "prices.md").write_bytes(CP1252_TEXT.encode("cp1252"))
+    (folder / "menu.html").write_bytes(CP1252_HTML.encode("cp1252"))
+    (folder / "meteo.txt").write_bytes(CP1251_TEXT.encode("cp1251"))
+    output = io.StringIO()
+    with api_process(
+        tmp_path,
+        environment="test",
+        auth_disabled="true",
+        data_dir=str(tmp_path / "data"),
+        bulk_max_documents="3",
+        bulk_max_bytes="3000",
+        cache_enabled="false",
+    ) as url:
+        code = ingest_client.main(
+            ["ingest", str(folder), "--url", url], console=Console(file=output, width=200)
+        )
+        listed = httpx.get(f"{url}/v1/documents?limit=100").json()["documents"]
+        french = _chunk_texts(url, "caf\xe9 cr\xeapes cr\xe8me br\xfbl\xe9e")
+        russian = _chunk_texts(url, "\u041f\u0440\u0438\u0432\u0435\u0442")
+    text = output.getvalue()
+    assert code == 0, text
+    assert "12 files: 12 created" in text
+    assert {d["document_id"] for d in listed} == {f"note{i}.txt" for i in range(7)} | {
+        "big.md",
+        "latin1.txt",
+        "prices.md",
+        "menu.html",
+        "meteo.txt",
+    }
+    assert french["latin1.txt"] == LATIN1_TEXT
+    assert french["prices.md"] == CP1252_TEXT
+    assert french["menu.html"] == "Prix du menu: 7 \u20ac \u2013 cr\xe8me br\xfbl\xe9e \u201cmaison\u201d."
+    assert russian["meteo.txt"] == CP1251_TEXT

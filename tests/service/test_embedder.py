@@ -437,6 +437,9 @@ def test_session_runs_without_intra_op_spinning_and_honours_the_thread_setting(
         "intra_op_num_threads": "0",  # ONNX Runtime's default: one per core
         "inter_op_num_threads": "1",
         "allow_spinning": "0",
+        # Shrinking work blocks across the intra-op threads (work-sharing only; the vectors are checked bit for
+        # bit against fastembed's own session below).
+        "dynamic_block_base": "3",
     }
     one_thread = FastEmbedEmbedder.from_settings(
         Settings(embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_threads=1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from qdrant_client import QdrantClient
 
 from service.app.core.config import Settings, SettingsError, parse_api_keys
@@ -150,13 +151,20 @@ def test_a_client_disconnecting_mid_upload_is_not_a_server_error(
             "server": ("testserver", 80),
         }
         caplog.clear()
+        # The counters are process-wide: compare before and after (another test's deliberate 500 on GET
+        # /v1/documents, run earlier in the same process, failed this one).
+        before = {status: upload_requests(status) for status in ("499", "500")}
         client.portal.call(app, scope, receive, send)
-        metrics = client.get("/metrics").text
     starts = [m for m in sent if m["type"] == "http.response.start"]
     assert [m["status"] for m in starts] == [499]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
-    assert 'route="/v1/documents",status="500"' not in metrics
-    assert 'route="/v1/documents",status="499"' in metrics
+    assert upload_requests("500") == before["500"]
+    assert upload_requests("499") == before["499"] + 1
+
+
+def upload_requests(status: str) -> float:
+    labels = {"method": "POST", "route": "/v1/documents", "status": status}
+    return REGISTRY.get_sample_value("rag_http_requests_total", labels) or 0.0
 
 
 def test_disk_full_fails_readiness_and_writes_answer_503(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

@@ -1,15 +1,18 @@
 """HTTP hygiene: security headers, CORS allow-list, OpenAPI UI off in production, and the request-body limit
 enforced while the body streams in (413 as soon as it is crossed, without reading the rest, with or without
-Content-Length)."""
+Content-Length, naming the settings it comes from); probes answer HEAD; an id with an encoded slash is a 422."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from service.app.api.middleware import BODY_LIMIT_SLACK_BYTES, BodySizeLimitMiddleware
 from tests.service.prod_support import KEY_A, MakeClient
+from tests.support.processes import api_process
 
 pytest_plugins = ["tests.service.prod_fixtures"]
 
@@ -106,8 +109,33 @@ def test_declared_oversize_body_is_refused_before_reading(make_client: MakeClien
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
         assert response.json()["error"]["limit"] == limit
+        # It named a bare number (MAX_DOCUMENT_BYTES + 128 KiB) that no setting holds.
+        assert "the larger of MAX_DOCUMENT_BYTES (1000) and BULK_MAX_BYTES (1000)" in response.text
         assert response.headers["X-Request-ID"]
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_probes_answer_head_and_an_id_with_an_encoded_slash_is_a_422(tmp_path: Path) -> None:
+    """Through a real server (uvicorn decodes ``%2F`` in the path, answers HEAD without a body): HEAD /healthz was
+    a 405 (load balancers and uptime checkers probe with HEAD), and ``PUT /v1/documents/a%2Fb`` a 404 "Not Found"
+    a client could not tell from an unknown document, while ``a%20b`` got the 422 naming the id pattern."""
+    with api_process(
+        tmp_path, ready_path="/readyz", data_dir=str(tmp_path / "data"), auth_disabled="true"
+    ) as url:
+        for path in ("/healthz", "/readyz", "/readyz/serving"):
+            head = httpx.head(f"{url}{path}")
+            assert head.status_code == httpx.get(f"{url}{path}").status_code == 200, (path, head.text)
+            assert head.content == b""
+        for method in ("PUT", "GET", "DELETE"):
+            response = httpx.request(method, f"{url}/v1/documents/a%2Fb", json={"text": "slash"})
+            assert response.status_code == 422, (method, response.text)
+            assert "document_id must match" in response.json()["error"]["message"]
+        assert httpx.put(f"{url}/v1/documents/ab", json={"text": "no slash"}).status_code == 201
+        assert (
+            httpx.get(f"{url}/v1/documents/", follow_redirects=True).json()["documents"][0]["document_id"]
+            == "ab"
+        )
+        assert httpx.get(f"{url}/v1/documents/unknown").status_code == 404
 
 
 class StreamingBody:

@@ -59,6 +59,27 @@ def test_search_budget_is_per_key_and_separate_from_ingest(make_client: MakeClie
         assert_rate_limited(client.delete("/v1/documents/d0", headers=a), "ingest")
 
 
+def test_answers_spend_the_search_budget(make_client: MakeClient) -> None:
+    """POST /v1/answer is a read charged to RATE_LIMIT_SEARCH, shared with searches (docs/service.md, operations.md),
+    not to the ingest budget its POST method would otherwise suggest."""
+    key_a, _key_b, keys = fresh_keys()
+    with make_client(
+        api_keys=keys, rate_limit_enabled=True, rate_limit_search="3/minute", rate_limit_ingest="5/minute"
+    ) as client:
+        a = bearer(key_a)
+        answered = client.post("/v1/answer", json=SEARCH, headers=a)
+        assert answered.status_code == 200, answered.text
+        assert answered.headers["RateLimit-Remaining"] == "2"
+        assert client.post("/v1/search", json=SEARCH, headers=a).status_code == 200
+        assert client.post("/v1/answer", json=SEARCH, headers=a).status_code == 200
+        assert_rate_limited(client.post("/v1/answer", json=SEARCH, headers=a), "search")
+        assert_rate_limited(client.post("/v1/search", json=SEARCH, headers=a), "search")
+        # The ingest budget is untouched by the answers.
+        stored = client.put("/v1/documents/d0", json={"text": "doc"}, headers=a)
+        assert stored.status_code == 201
+        assert stored.headers["RateLimit-Remaining"] == "4"
+
+
 def test_unauthenticated_requests_get_401_and_spend_nothing(make_client: MakeClient) -> None:
     key_a, _, keys = fresh_keys()
     with make_client(api_keys=keys, rate_limit_enabled=True, rate_limit_search="1/minute") as client:

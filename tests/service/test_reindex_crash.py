@@ -127,6 +127,7 @@ def test_a_build_that_died_max_attempts_times_waits_for_an_admin(
         assert not services.reindexer.running()
         assert status["current"]["collection"] == old
         assert _search_complete(client) == {d: {m} for d, m in DOCUMENTS.items()}
+        assert _interrupted_gauge(client) == 1.0  # what RagReindexInterrupted fires on
 
         # The admin resumes it: into the same collection, as the next attempt.
         started = client.post("/v1/admin/reindex", json={"chunk_size": 24, "chunk_overlap": 4})
@@ -137,6 +138,15 @@ def test_a_build_that_died_max_attempts_times_waits_for_an_admin(
         assert done["attempt"] == MAX_ATTEMPTS + 1
         assert client.get("/v1/admin/reindex").json()["error"] is None
         assert _search_complete(client) == {d: {m} for d, m in DOCUMENTS.items()}
+        assert _interrupted_gauge(client) == 0.0
+
+
+def _interrupted_gauge(client: httpx.Client) -> float:
+    """rag_reindex_interrupted as /metrics exposes it (the scrape follows the pointer and lease first)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("rag_reindex_interrupted "):
+            return float(line.split()[1])
+    raise AssertionError("/metrics has no rag_reindex_interrupted")
 
 
 def test_an_abandoned_target_and_a_replaced_standby_are_dropped(

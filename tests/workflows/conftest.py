@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.components.image import CopyPrerequisiteError
 from infra.workflows.stacks import Context
 from tests.workflows.fake_pulumi import FakeBackend
 
@@ -49,9 +50,31 @@ def work_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+class ImageSourceChecks(list):
+    """Records the refs a promotion checked before copying (`Context.check_image_source`); `refuse` makes the
+    next check fail the way `check_copy_source` does (tests/workflows/test_image_copy.py runs the real one)."""
+
+    refuse: str | None = None
+
+    def __call__(self, ref: str) -> None:
+        self.append(ref)
+        if self.refuse is not None:
+            raise CopyPrerequisiteError(self.refuse)
+
+
 @pytest.fixture
-def ctx(backend: FakeBackend, work_dir: Path) -> Context:
+def image_checks() -> ImageSourceChecks:
+    """The promotion's copy pre-check, recorded instead of run against a registry."""
+    return ImageSourceChecks()
+
+
+@pytest.fixture
+def ctx(backend: FakeBackend, work_dir: Path, image_checks: ImageSourceChecks) -> Context:
     """A workflow Context whose Pulumi CLI is the fake backend, at a fixed time, acted by `octocat`."""
     return Context(
-        work_dir=work_dir, pulumi_command=backend.command(), clock=lambda: NOW, actor=lambda: "octocat"
+        work_dir=work_dir,
+        pulumi_command=backend.command(),
+        clock=lambda: NOW,
+        actor=lambda: "octocat",
+        check_image_source=image_checks,
     )

@@ -40,6 +40,11 @@ SECRET = "[secret]"
 API_KEY = "k" * 40  # the generated service API key a fake `up` exports (secret output apiKeys)
 
 
+def registry_ref(stack: str, ref: str) -> str:
+    """Where a stack deploys a promoted ``ref`` from: its own registry (``registry.example.com/<stack>``), same digest."""
+    return f"registry.example.com/{stack}/rag-service@{ref.rsplit('@', 1)[1]}"
+
+
 def step_event(
     op: str, urn_name: str, type_: str = "kubernetes:apps/v1:Deployment", diffs: list[str] | None = None
 ):
@@ -520,7 +525,10 @@ class _Handler:
             stack.history.append(_history("update", {"create": 3}, "failed", config))
             return "Updating (stack)", script.up_error, 255
         stack.resources = script.up_resources
-        image = config.get("rag:image", {}).get("value") or DIGEST
+        promoted = config.get("rag:image", {}).get("value")
+        # As the program does: a build's ref (in this stack's registry), or the promoted digest copied into this
+        # stack's own registry (ServiceImage's copy): same digest, the target's repository.
+        image = registry_ref(stack.name, promoted) if promoted else DIGEST
 
         def natural(key: str) -> Any:
             entry = config[key]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import yaml
 
+from infra.components.image import copy_script
 from infra.offline import run_stack
 from infra.workflows import ephemeral, promote
 from infra.workflows.stacks import REPO_ROOT
@@ -53,14 +54,42 @@ def test_a_promotion_deploys_the_digest_without_building_and_exports_the_record(
 
     run = run_stack("staging", config_overrides={"image": DIGEST, "promotion": record, "service": merged})
 
-    assert run.outputs["imageDigest"] == DIGEST
+    # Deployed from staging's own Artifact Registry repository, under the digest dev built.
+    repository = run.of_type("gcp:artifactregistry/repository:Repository")[0]
+    gke = yaml.safe_load((REPO_ROOT / "Pulumi.staging.yaml").read_text())["config"]["rag:cluster"]["gke"]
+    target_repo = f"{gke['region']}-docker.pkg.dev/{gke['project']}/{repository.inputs['repositoryId']}"
+    target = f"{target_repo}/rag-service@{DIGEST.rsplit('@', 1)[1]}"
+    assert run.outputs["imageDigest"] == target
     assert run.outputs["promotion"] == record
     assert not [r for r in run.resources if r.type.startswith("docker-build:")]  # nothing is built
+    deployments = run.of_type("kubernetes:apps/v1:Deployment")
     images = {
         c["image"]
-        for r in run.resources
-        if r.type == "kubernetes:apps/v1:Deployment"
+        for r in deployments
         for c in r.inputs["spec"]["template"]["spec"]["containers"]
         if "rag" in c["image"] or "service" in c["image"]
     }
-    assert images == {DIGEST}
+    assert images == {target}
+    # The copy is the script the registry test runs, it waits for the repository, and the workloads wait for it.
+    (copy,) = run.of_type("command:local:Command")
+    assert copy.inputs["create"] == copy_script(DIGEST, f"{target_repo}/rag-service")
+    assert repository.urn in copy.depends_on
+    for deployment in deployments:
+        assert copy.urn in deployment.depends_on, deployment.name
+
+
+def test_a_promotion_to_eks_copies_into_the_stacks_ecr_repository_with_an_ecr_login() -> None:
+    record = {"from": "staging", "digest": DIGEST, "at": "2026-03-01T12:00:00Z", "by": "octocat"}
+
+    run = run_stack("prod", config_overrides={"image": DIGEST, "promotion": record})
+
+    (ecr,) = [r for r in run.of_type("aws:ecr/repository:Repository") if r.name == "registry"]
+    (copy,) = run.of_type("command:local:Command")
+    url = copy.inputs["create"].strip().splitlines()[-1].removeprefix("echo ")
+    repository, digest = url.split("@")
+    assert digest == DIGEST.rsplit("@", 1)[1]
+    assert repository.split("/", 1)[1] == ecr.inputs["name"]
+    assert copy.inputs["create"] == copy_script(DIGEST, repository)
+    assert "aws ecr get-login-password --region eu-west-1" in copy.inputs["create"]
+    assert ecr.urn in copy.depends_on
+    assert run.outputs["imageDigest"] == url

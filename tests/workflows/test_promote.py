@@ -10,7 +10,8 @@ import pytest
 
 from infra.workflows.promote import PROMOTABLE_KEYS, check_digest, merge_promotable, promote
 from infra.workflows.stacks import Context, UsageError, WorkflowError
-from tests.workflows.fake_pulumi import DIGEST, FakeBackend, step_event
+from tests.workflows.conftest import ImageSourceChecks
+from tests.workflows.fake_pulumi import DIGEST, FakeBackend, registry_ref, step_event
 
 DEV_SERVICE = {"replicas": 1, "settings": {"logLevel": "DEBUG", "chunkSize": 300, "chunkOverlap": 40}}
 STAGING_SERVICE = {
@@ -114,7 +115,8 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
     ]
     staging = backend.stacks["staging"]
     assert staging.config_value("rag:image") == DIGEST
-    assert staging.outputs["imageDigest"] == DIGEST  # the up deployed the promoted digest
+    # The up deployed the promoted digest, copied into staging's own registry.
+    assert staging.outputs["imageDigest"] == registry_ref("staging", DIGEST)
     assert staging.config_value("rag:promotion") == done.record()
     assert done.record() == {"from": "dev", "digest": DIGEST, "at": "2026-03-01T12:00:00Z", "by": "octocat"}
     # Environment sizing stays; promotable settings follow dev; a key dev leaves at its default is unset.
@@ -125,6 +127,33 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
     # The source was only read.
     assert backend.commands("up") == [c for c in backend.commands("up") if c[-1] == "staging"]
     assert backend.stacks["dev"].config_value("rag:service") == DEV_SERVICE
+
+
+def test_the_source_digest_is_checked_readable_before_anything_is_written(
+    ctx: Context, backend: FakeBackend, image_checks: ImageSourceChecks
+) -> None:
+    _stacks(backend)
+
+    promote(ctx, "dev", "staging")
+
+    assert image_checks == [
+        DIGEST
+    ]  # the source's imageDigest, which the target's up copies into its registry
+
+
+def test_a_machine_that_cannot_copy_the_image_is_refused_before_anything_is_written(
+    ctx: Context, backend: FakeBackend, image_checks: ImageSourceChecks
+) -> None:
+    _stacks(backend)
+    image_checks.refuse = "skopeo is not on PATH: the promotion copies the image into the target's registry"
+
+    with pytest.raises(WorkflowError, match=r"^Cannot promote dev -> staging: skopeo is not on PATH"):
+        promote(ctx, "dev", "staging")
+
+    assert backend.commands("up") == []
+    assert backend.commands("preview") == []  # refused first: the source's preview is not even started
+    assert not [c for c in backend.commands("config") if c[:2] == ["config", "set-all"]]
+    assert "rag:image" not in backend.stacks["staging"].config
 
 
 def test_staging_to_prod_is_allowed(ctx: Context, backend: FakeBackend) -> None:
@@ -259,12 +288,15 @@ def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None
     backend.add_stack("staging", outputs={"imageDigest": "old@sha256:" + "0" * 64})
     backend.add_stack("prod", outputs={"imageDigest": "old@sha256:" + "0" * 64})
 
+    checked: list[str] = []
+
     def job(name: str) -> Context:
         return Context(
             work_dir=_checkout(tmp_path, name, COMMITTED),
             pulumi_command=backend.command(),
             clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
             actor=lambda: "octocat",
+            check_image_source=checked.append,
         )
 
     staging_job, prod_job = job("staging-job"), job("prod-job")
@@ -272,9 +304,11 @@ def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None
     done = promote(prod_job, "staging", "prod")
 
     prod = backend.stacks["prod"]
-    assert prod.outputs["imageDigest"] == DIGEST
+    assert prod.outputs["imageDigest"] == registry_ref("prod", DIGEST)
     deployed = prod.deployed_config()  # what prod's update ran with, as the backend keeps it
-    assert deployed["rag:image"]["value"] == DIGEST
+    # Prod copied the build from staging's registry (what staging runs), under dev's digest.
+    assert deployed["rag:image"]["value"] == registry_ref("staging", DIGEST)
+    assert checked == [DIGEST, registry_ref("staging", DIGEST)]
     assert deployed["rag:promotion"]["objectValue"]["from"] == "staging"
     assert deployed["rag:promotion"]["objectValue"]["models"] == embedding["imageModels"]
     # dev's promotable setting travelled through staging's deployed config, prod's sizing stayed its own.
@@ -297,7 +331,11 @@ def test_a_source_whose_deployed_config_differs_from_the_code_is_refused_from_a_
     # and a preview with the deployed config still shows the difference against this checkout's code.
     backend.script("staging").preview_events = [step_event("update", "rag-service", diffs=["spec"])]
     backend.script("staging").preview_summary = {"update": 1, "same": 11}
-    ctx = Context(work_dir=_checkout(tmp_path, "prod-job", COMMITTED), pulumi_command=backend.command())
+    ctx = Context(
+        work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
+        pulumi_command=backend.command(),
+        check_image_source=lambda ref: None,
+    )
     with pytest.raises(WorkflowError, match="pending changes"):
         promote(ctx, "staging", "prod")
     assert backend.commands("up") == []
@@ -310,7 +348,11 @@ def test_a_source_never_deployed_from_anywhere_is_refused_with_the_reason(tmp_pa
         "staging", outputs={"imageDigest": DIGEST}, resources=0
     )  # imported state, no update yet
     backend.add_stack("prod")
-    ctx = Context(work_dir=_checkout(tmp_path, "prod-job", COMMITTED), pulumi_command=backend.command())
+    ctx = Context(
+        work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
+        pulumi_command=backend.command(),
+        check_image_source=lambda ref: None,
+    )
     with pytest.raises(WorkflowError, match=r"last deployed with .*no previous deployment"):
         promote(ctx, "staging", "prod")
     assert backend.commands("up") == []

@@ -35,7 +35,11 @@ class AnswerRequest(BaseModel):
     filter: dict[str, FilterValue] | None = Field(None, description="metadata conditions, as for /v1/search")
     mode: SearchMode | None = Field(None, description="retrieval mode, as for /v1/search; default: search's")
     score_threshold: StrictFloat | None = Field(
-        None, ge=-1.0, le=1.0, description="minimum similarity of a source; default ANSWER_MIN_SCORE"
+        None,
+        ge=-1.0,
+        le=1.0,
+        allow_inf_nan=False,  # NaN got "less than or equal to 1": true, but not the client's mistake
+        description="minimum similarity of a source; default ANSWER_MIN_SCORE",
     )
     stream: StrictBool = Field(False, description="answer as Server-Sent Events: token*, citations, usage")
 

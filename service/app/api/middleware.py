@@ -172,8 +172,8 @@ class RequestContextMiddleware:
 class BodyTooLarge(HTTPException):
     """Raised from `receive` once the body crosses the limit; an HTTPException so FastAPI re-raises it as is."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, message: str) -> None:
+        super().__init__(413, message)
         self.limit = limit
 
 
@@ -181,9 +181,11 @@ class BodySizeLimitMiddleware:
     """Rejects bodies over `max_bytes` with 413: at once from Content-Length, else as soon as the streamed
     (e.g. chunked) body crosses the limit, without reading the rest."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, derived_from: str = "") -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # The limit is derived from settings; a bare number (10131072) named nothing the client could look up.
+        self.message = f"request body exceeds the limit of {max_bytes} bytes{derived_from}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,7 +204,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    raise BodyTooLarge(self.max_bytes, self.message)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -226,7 +228,7 @@ class BodySizeLimitMiddleware:
             413,
             error_body(
                 "payload_too_large",
-                f"request body exceeds the limit of {self.max_bytes} bytes",
+                self.message,
                 limit=self.max_bytes,
             ),
             [(b"connection", b"close")],
@@ -238,6 +240,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=max(settings.max_document_bytes, settings.bulk_max_bytes) + BODY_LIMIT_SLACK_BYTES,
+        derived_from=f" (the larger of MAX_DOCUMENT_BYTES ({settings.max_document_bytes}) and BULK_MAX_BYTES "
+        f"({settings.bulk_max_bytes}), plus {BODY_LIMIT_SLACK_BYTES} bytes for the request's envelope)",
     )
     if settings.cors_origins:
         app.add_middleware(

@@ -61,6 +61,14 @@ SHADOW_WRITE_FAILURES = Counter(
 )
 REINDEX_DOCUMENTS = Gauge("rag_reindex_documents", "Documents of the running re-index, by state.", ["state"])
 REINDEX_STATE = Gauge("rag_reindex_running", "1 while a re-index builds or switches, else 0.")
+# Set at every follow of the pointer (searches, writes, each /metrics scrape): an alert needs no admin to ask.
+REINDEX_INTERRUPTED = Gauge(
+    "rag_reindex_interrupted",
+    "1 while the re-index lease names a build whose builder died before it switched (lease expired or the "
+    "process gone) and no replica has taken it over; stays 1 after MAX_ATTEMPTS interrupted attempts, which are "
+    "not resumed automatically. 0 otherwise.",
+    multiprocess_mode="livemax",
+)
 # Queue gauges are set from the job table (the API at scrape time, the worker on each poll): a queue that grows
 # with no live consumer shows here even when no worker is running at all.
 JOB_QUEUE_DEPTH = Gauge("rag_queue_depth", "Ingestion jobs waiting to run (queued, retries included).")

@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 from service.app.core.errors import Conflict, InvalidInput, RagError, ServiceUnavailable
 from service.app.core.faults import fault_point
-from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_STATE
+from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_INTERRUPTED, REINDEX_STATE
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService, content_hash
 from service.app.store.gc import CollectionStopped, Pacer
@@ -102,6 +102,9 @@ State = Literal[
     "interrupted",
 ]
 RUNNING_STATES = frozenset({"waiting", "building", "catching_up", "switching"})
+# Who chose the served index (the pointer's ``chosen_by``): the deployed settings, or an operator through the
+# admin API (a rollback, a re-index to other settings than the deployed ones).
+Chooser = Literal["config", "rollback", "manual"]
 # Lease holders of this process's live Reindexers (tests run several "replicas" in one process).
 _LIVE_HOLDERS: set[str] = set()
 
@@ -158,6 +161,10 @@ class ReindexStatus:
     replica: str = ""  # this replica's lease holder id
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    chosen_by: str | None = None  # who chose the served index: config, rollback or manual (the pointer's)
+    pinned_settings: dict[str, Any] | None = None  # the deployed settings an operator's choice holds against
+    settings: dict[str, Any] | None = None  # this replica's deployed settings (model, chunking)
+    startup: str | None = None  # why this replica's start-up did or did not re-index
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +174,115 @@ def _describe(generation: IndexGeneration | None) -> dict[str, Any] | None:
     if generation is None:
         return None
     return {"collection": generation.collection, **generation.config.as_dict()}
+
+
+def settings_of(config: IndexConfig | dict[str, Any] | None) -> dict[str, Any] | None:
+    """The operator's settings of an index config (model and chunking, not the chunker's version)."""
+    if config is None:
+        return None
+    if isinstance(config, dict):
+        config = IndexConfig.from_dict(config)
+    return {"model": config.model, "chunk_size": config.chunk_size, "chunk_overlap": config.chunk_overlap}
+
+
+def _text(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "-"
+    return f"{settings['model']} chunk {settings['chunk_size']}/{settings['chunk_overlap']}"
+
+
+def operator_pin(pointer: IndexPointer | None) -> dict[str, Any] | None:
+    """The deployed settings an operator's choice of the served index holds against (None: the configuration
+    chose it, or the pointer predates migration 0009)."""
+    if pointer is None or pointer.chosen_by == "config" or not pointer.pinned_settings:
+        return None
+    try:
+        return settings_of(pointer.pinned_settings)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class StartupDecision:
+    """Whether a start-up re-indexes towards its settings, and the log line that says why."""
+
+    reindex: bool
+    reason: str
+    follow_settings: bool = False  # the settings now name the operator's choice: it becomes the config's
+
+
+def startup_decision(
+    pointer: IndexPointer | None, served: IndexConfig, wanted: IndexConfig, *, needs_sparse: bool = False
+) -> StartupDecision:
+    """Re-index at start-up only when the DEPLOYED settings changed since the served index was chosen.
+
+    - The served index has the settings: nothing to do (a served index without sparse vectors is rebuilt with
+      the same settings). If an operator had chosen it, the settings now agree: the pin is dropped, so a later
+      change of the settings to what was rolled back from re-indexes again.
+    - An operator chose the served index (``ragops reindex rollback``, a ``reindex start`` to other settings)
+      while the deployed settings were ``pinned_settings``: as long as they still are, every start-up (a
+      restart, an HPA scale-out, a node drain) keeps serving the operator's choice instead of undoing it.
+    - The configuration chose the served index, replacing one with these very settings (the pointer's
+      ``previous``): this is a pod of the release a rollout is replacing (a scale-out or a restart mid-rollout)
+      or the stack's settings were reverted, which a pod cannot tell apart. Not re-indexing back keeps a
+      rollout's old pods from moving every replica to the old settings; a revert is applied by ``ragops up``
+      (it converges the index after the rollout) or ``ragops reindex rollback`` (the standby has them).
+    - Otherwise (the configuration chose the served index, or the settings changed since the operator's pin):
+      re-index towards the settings.
+    """
+    pin = operator_pin(pointer)
+    served_text = _text(settings_of(served))
+    wanted_text = _text(settings_of(wanted))
+    if served.same_settings(wanted):
+        if needs_sparse:
+            return StartupDecision(
+                True, f"the served index ({served_text}) has no sparse vectors: re-indexing"
+            )
+        if pin is not None:
+            assert pointer is not None
+            return StartupDecision(
+                False,
+                f"the deployed settings ({wanted_text}) now match the index an operator chose "
+                f"({pointer.chosen_by}); it follows the settings from now on",
+                follow_settings=True,
+            )
+        return StartupDecision(False, f"the served index has the deployed settings ({wanted_text})")
+    if pin is not None and pin == settings_of(wanted):
+        assert pointer is not None
+        when = pointer.updated_at.isoformat() if pointer.updated_at else "earlier"
+        return StartupDecision(
+            False,
+            f"not re-indexing: an operator chose the served index ({served_text}, {pointer.chosen_by} at {when}) "
+            f"while the deployed settings were {wanted_text}, and they have not changed since; it is served "
+            "until the stack's settings change (to follow the settings now: `ragops reindex start` with them, "
+            "or `ragops reindex rollback` if they are the standby's)",
+        )
+    if (
+        pin is None
+        and pointer is not None
+        and pointer.previous_config
+        and settings_of(pointer.previous_config) == settings_of(wanted)
+    ):
+        return StartupDecision(
+            False,
+            f"not re-indexing: the deployed settings ({wanted_text}) are those the served index ({served_text}) "
+            "replaced: a pod of the release a rollout is replacing, or a revert of the stack's settings. A revert "
+            "is applied by `ragops up` (it converges the index) or `ragops reindex rollback` (the standby has "
+            "these settings), not by each pod start",
+        )
+    if pin is not None:
+        return StartupDecision(
+            True,
+            f"the deployed settings changed ({_text(pin)} when an operator chose the served index by "
+            f"{pointer.chosen_by if pointer else '?'}, now {wanted_text}): re-indexing from {served_text}"
+            + (", adding sparse vectors" if needs_sparse else ""),
+        )
+    return StartupDecision(
+        True,
+        f"index config changed ({served_text} -> {wanted_text}"
+        + (", adding sparse vectors" if needs_sparse else "")
+        + "): re-indexing",
+    )
 
 
 class Reindexer:
@@ -184,6 +300,7 @@ class Reindexer:
         lease_seconds: float = 30.0,
         pointer_ttl_seconds: float = 1.0,
         holder: str | None = None,
+        settings_config: IndexConfig | None = None,
     ) -> None:
         self.registry = registry
         self.ingest = ingest
@@ -211,6 +328,11 @@ class Reindexer:
         self.resume_interrupted = False
         self._resume_tried: set[tuple[str, str, int]] = set()
         self._queued = False  # the running start was automatic (start-up, a resume): it may give up
+        # The deployed settings of this process (None: unknown, every choice counts as the configuration's).
+        self.settings_config = settings_config
+        self._pointer: IndexPointer | None = None  # the pointer at the last follow
+        self._origin: tuple[Chooser, dict[str, Any] | None] = ("config", None)  # the running build's chooser
+        self.startup: str | None = None  # why this replica's start-up did or did not re-index
         _LIVE_HOLDERS.add(self.holder)
 
     # -- public API ---------------------------------------------------------------------------------------
@@ -224,6 +346,10 @@ class Reindexer:
             standby=_describe(state.shadow),
             builder=self.holder if self._building else self._builder,
             replica=self.holder,
+            chosen_by=self._pointer.chosen_by if self._pointer is not None else None,
+            pinned_settings=operator_pin(self._pointer),
+            settings=settings_of(self.settings_config),
+            startup=self.startup,
         )
         if not self.running() and self._builder is not None and self._builder != self.holder:
             status = replace(status, state="building")  # another replica builds: its progress is there
@@ -338,6 +464,7 @@ class Reindexer:
         """Note a build that died: a lease left behind (expired, or its holder provably dead) whose target the
         pointer never reached. A finished or failed build releases its lease, so only a dead one leaves it."""
         self._serving = pointer.collection if pointer is not None else None
+        self._pointer = pointer
         abandoned = None
         if (
             lease is not None
@@ -355,6 +482,7 @@ class Reindexer:
                 lease_attempt(abandoned),
             )
         self._abandoned = abandoned
+        REINDEX_INTERRUPTED.set(1 if abandoned is not None else 0)
 
     def _maybe_resume(self) -> None:
         """In the API process: resume an interrupted build (in a thread: a follow runs under searches)."""
@@ -369,11 +497,15 @@ class Reindexer:
 
     def _resume(self, lease: IndexLease) -> None:
         try:
+            chosen_by = lease.config.get("chosen_by")
             self.start(
                 IndexConfig.from_dict(lease.config),
                 allow_missing=bool(lease.config.get("allow_missing", False)),
                 queue=True,
                 collection=lease.collection,
+                origin=(chosen_by, lease.config.get("pinned_settings"))
+                if chosen_by in ("config", "manual", "rollback")
+                else None,
             )
         except RagError as exc:
             logger.error("cannot resume the interrupted re-index to %s: %s", lease.collection, exc.message)
@@ -389,6 +521,13 @@ class Reindexer:
         except Exception:
             logger.exception("cannot resume the interrupted re-index to %s", lease.collection)
 
+    def chooser(self, config: IndexConfig, operator: Chooser) -> tuple[Chooser, dict[str, Any] | None]:
+        """Who chooses an index of ``config``: the configuration when it has this replica's deployed settings
+        (or they are unknown), else ``operator``, pinned to the deployed settings."""
+        if self.settings_config is None or config.same_settings(self.settings_config):
+            return "config", None
+        return operator, settings_of(self.settings_config)
+
     def start(
         self,
         config: IndexConfig,
@@ -396,6 +535,7 @@ class Reindexer:
         allow_missing: bool = False,
         queue: bool = False,
         collection: str | None = None,
+        origin: tuple[Chooser, dict[str, Any] | None] | None = None,
     ) -> ReindexStatus:
         """Start building ``config`` in the background; Conflict while another re-index runs.
 
@@ -404,6 +544,9 @@ class Reindexer:
         automatic start gives up on a target whose build died MAX_ATTEMPTS times (``interrupted``).
         ``collection``: build into this collection (an interrupted build's) instead of the config's own.
         A target an interrupted build left half-built is built on (upserts are idempotent), as its next attempt.
+        ``origin``: who chooses the index the build switches to (the pointer's ``chosen_by`` and
+        ``pinned_settings``); by default the configuration when ``config`` has the deployed settings, else
+        ``manual`` (an operator's choice, which start-ups honour until the deployed settings change).
         """
         with self._lock:
             if self.running():
@@ -443,6 +586,7 @@ class Reindexer:
                 )
             self._stop.clear()
             self._queued = queue
+            self._origin = origin if origin is not None else self.chooser(config, "manual")
             self._set(
                 ReindexStatus(
                     state="building",
@@ -452,7 +596,13 @@ class Reindexer:
                     started_at=datetime.now(UTC),
                 )
             )
-            extra = {"attempt": attempt, "allow_missing": allow_missing}
+            # The chooser travels with the lease: whoever resumes a dead build switches with the same one.
+            extra = {
+                "attempt": attempt,
+                "allow_missing": allow_missing,
+                "chosen_by": self._origin[0],
+                "pinned_settings": self._origin[1],
+            }
             self._thread = threading.Thread(
                 target=self._run, args=(generation, allow_missing, extra), name="reindex", daemon=True
             )
@@ -472,7 +622,16 @@ class Reindexer:
             state = self.index.state
             if state.shadow is None:
                 raise InvalidInput("there is no previous index to roll back to")
-            self._switch(state.shadow, state.current)
+            chosen_by, pinned = self.chooser(state.shadow.config, "rollback")
+            self._switch(state.shadow, state.current, chosen_by=chosen_by, pinned=pinned)
+            if chosen_by != "config":
+                logger.warning(
+                    "rolled back to %s (%s) while the deployed settings are %s: every start-up keeps serving it "
+                    "until the stack's settings change",
+                    state.shadow.collection,
+                    _text(settings_of(state.shadow.config)),
+                    _text(pinned),
+                )
             # Unpaced: the admin's request waits for this pass, and a paced one at 100k points on a loaded
             # machine (~70 s measured) would outlast the CLI's 60 s timeout; a rollback is rare and short.
             replayed = self._catch_up(state.shadow, paced=False)
@@ -546,12 +705,20 @@ class Reindexer:
         attempt) and ``allow_missing``, so whoever resumes the build knows both.
         """
         attempt = int(extra.get("attempt", 1))
+        start_pointer = self._pointer
         while True:
             try:
                 pointer = self.registry.index_pointer()
                 if pointer is not None and pointer.collection == target.collection:
                     self.sync(force=True)
                     self._set(replace(self._status, state="switched", finished_at=datetime.now(UTC)))
+                    return False
+                given_up = self._superseded(pointer, target, start_pointer)
+                if given_up is not None:
+                    logger.warning("%s", given_up)
+                    self.startup = given_up
+                    self.sync(force=True)
+                    self._set(replace(self._status, state="idle", finished_at=datetime.now(UTC)))
                     return False
                 held = self.registry.index_lease()
                 dead = None
@@ -602,6 +769,27 @@ class Reindexer:
             if self._stop.wait(max(self.lease_seconds / 3, 0.05)):
                 raise RuntimeError("the service is shutting down")
 
+    def _superseded(
+        self, pointer: IndexPointer | None, target: IndexGeneration, at_start: IndexPointer | None
+    ) -> str | None:
+        """Why an automatic start-up re-index gives up before it takes the lease (None: it goes on).
+
+        The start-up decision is taken again whenever the pointer moved while this replica waited for another
+        one's build: an operator's rollback meanwhile holds as it would at start-up, and a newer index that
+        replaced this target's settings is not built back.
+        """
+        if not self._queued or self._origin[0] != "config" or pointer is None:
+            return None
+        if at_start is not None and (at_start.collection, at_start.chosen_by) == (
+            pointer.collection,
+            pointer.chosen_by,
+        ):
+            return None
+        decision = startup_decision(pointer, IndexConfig.from_dict(pointer.config), target.config)
+        if decision.reindex:
+            return None
+        return f"while this replica waited to re-index to {target.collection}, the pointer moved: {decision.reason}"
+
     def _heartbeat(self) -> None:
         """Renew the lease every third of its length; a lost lease stops the build before it switches."""
         while not self._stop_heartbeat.wait(self.lease_seconds / 3):
@@ -641,7 +829,8 @@ class Reindexer:
                 self._check()
             before = self.registry.index_pointer()
             with self._lock:
-                self._switch(target, self.index.current)
+                chosen_by, pinned = self._origin
+                self._switch(target, self.index.current, chosen_by=chosen_by, pinned=pinned)
             replayed += self._catch_up(target)
             if before is not None and before.previous_collection:
                 self._reclaim(before.previous_collection, "the standby this switch replaced")
@@ -762,10 +951,24 @@ class Reindexer:
             raise RuntimeError("the service is shutting down") from None
         return replayed
 
-    def _switch(self, to: IndexGeneration, standby: IndexGeneration) -> None:
-        """Persist the pointer (compare-and-set), move the alias, then swap the process's state."""
+    def _switch(
+        self,
+        to: IndexGeneration,
+        standby: IndexGeneration,
+        *,
+        chosen_by: Chooser = "config",
+        pinned: dict[str, Any] | None = None,
+    ) -> None:
+        """Persist the pointer (compare-and-set, with who chose it), move the alias, then swap the process's
+        state."""
         with self._sync_lock:  # a follow that read the pointer before this switch cannot undo it
-            self.registry.switch_index(to.collection, to.config.as_dict(), expected=standby.collection)
+            self._pointer = self.registry.switch_index(
+                to.collection,
+                to.config.as_dict(),
+                expected=standby.collection,
+                chosen_by=chosen_by,
+                pinned_settings=pinned,
+            )
             if self.alias:
                 to.vectors.set_alias(self.alias)
             self.index.set(IndexState(current=to, shadow=standby))

@@ -96,6 +96,8 @@ def _filter_value_problem(item: Any) -> str | None:
         return None
     if keys and keys <= _RANGE_KEYS:
         if not all(_is_number(v) for v in item.values()):
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in item.values()):
+                return " range bounds must be finite numbers (not NaN or Infinity)"
             return " range bounds must be numbers"
         for bound in sorted(keys):
             if _out_of_int64(item[bound]):
@@ -125,6 +127,8 @@ class SearchRequest(BaseModel):
         None,
         ge=-1.0,
         le=1.0,
+        # Checked before the bounds: NaN failed "less than or equal to 1", true but no help to the client.
+        allow_inf_nan=False,
         description="minimum cosine similarity of a chunk to the query, in every mode (hits below it are dropped "
         "after ranking)",
     )

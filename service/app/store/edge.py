@@ -96,6 +96,7 @@ from service.app.store.vectors import (
     VectorHit,
     collection_name,
     fused_search,
+    numeric_equality,
     point_id,
 )
 
@@ -273,26 +274,38 @@ def _match(key: str, value: Any) -> qe.FieldCondition:
     return qe.FieldCondition(key, match=qe.MatchValue(value))
 
 
-def _condition(condition: MetadataCondition) -> qe.FieldCondition:
+def _condition(condition: MetadataCondition) -> qe.FieldCondition | qe.Filter:
     key = f"metadata.{condition.field}"
     if condition.any_of is not None:
-        return qe.FieldCondition(key, match=qe.MatchAny(list(condition.any_of)))
+        return _any_of(key, condition.any_of)
     if condition.equals is not None:
-        value = condition.equals
-        # A non-integral float, or a number past int64 (the engine's integer match raises on it: a 503 found by
-        # the API fuzzer), is compared as a float range of one value.
-        if isinstance(value, int | float) and not isinstance(value, bool) and not _is_int64(value):
-            return qe.FieldCondition(key, range=qe.RangeFloat(gte=float(value), lte=float(value)))
-        if isinstance(value, float):
-            value = int(value)
-        return _match(key, value)
+        return _equals(key, condition.equals)
     return qe.FieldCondition(
         key, range=qe.RangeFloat(gt=condition.gt, gte=condition.gte, lt=condition.lt, lte=condition.lte)
     )
 
 
-def _is_int64(value: float) -> bool:
-    return float(value).is_integer() and -(2**63) <= value < 2**63
+def _equals(key: str, value: str | int | float | bool) -> qe.FieldCondition:
+    number = numeric_equality(value)
+    if isinstance(number, float):
+        # Numeric equality: a float range of one value reads int and float payloads (and a float index).
+        return qe.FieldCondition(key, range=qe.RangeFloat(gte=number, lte=number))
+    return _match(key, value if number is None else number)
+
+
+def _any_of(key: str, values: Sequence[str | int]) -> qe.FieldCondition | qe.Filter:
+    numbers = [numeric_equality(value) for value in values]
+    if all(number is None for number in numbers):
+        return qe.FieldCondition(key, match=qe.MatchAny(list(values)))
+    ranges: list[qe.FieldCondition | qe.Filter] = [
+        qe.FieldCondition(key, range=qe.RangeFloat(gte=number, lte=number))
+        for number in numbers
+        if isinstance(number, float)
+    ]
+    exact = [number for number in numbers if isinstance(number, int)]
+    if exact:
+        ranges.append(qe.FieldCondition(key, match=qe.MatchAny(exact)))
+    return ranges[0] if len(ranges) == 1 else qe.Filter(should=ranges)
 
 
 def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition) -> qe.Filter:

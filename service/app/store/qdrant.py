@@ -47,6 +47,7 @@ from service.app.store.vectors import (
     VectorHit,
     collection_name,
     fused_search,
+    numeric_equality,
     point_id,
 )
 
@@ -106,18 +107,32 @@ def _document_filter(tenant_id: str, document_id: str, *extra: models.Condition)
 def _condition(condition: MetadataCondition) -> models.Condition:
     key = f"metadata.{condition.field}"
     if condition.any_of is not None:
-        return models.FieldCondition(key=key, match=models.MatchAny(any=list(condition.any_of)))
+        return _any_of(key, condition.any_of)
     if condition.equals is not None:
-        value = condition.equals
-        if isinstance(value, float) and not value.is_integer():
-            # MatchValue takes str/int/bool; a float equality is the degenerate range.
-            return models.FieldCondition(key=key, range=models.Range(gte=value, lte=value))
-        if isinstance(value, float):
-            value = int(value)
+        number = numeric_equality(condition.equals)
+        if isinstance(number, float):
+            # Numeric equality: a float range of one value reads int and float payloads (and a float index).
+            return models.FieldCondition(key=key, range=models.Range(gte=number, lte=number))
+        value = condition.equals if number is None else number
         return models.FieldCondition(key=key, match=models.MatchValue(value=value))
     return models.FieldCondition(
         key=key, range=models.Range(gt=condition.gt, gte=condition.gte, lt=condition.lt, lte=condition.lte)
     )
+
+
+def _any_of(key: str, values: Sequence[str | int]) -> models.Condition:
+    numbers = [numeric_equality(value) for value in values]
+    if all(number is None for number in numbers):
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+    conditions: list[models.Condition] = [
+        models.FieldCondition(key=key, range=models.Range(gte=number, lte=number))
+        for number in numbers
+        if isinstance(number, float)
+    ]
+    exact = [number for number in numbers if isinstance(number, int)]
+    if exact:
+        conditions.append(models.FieldCondition(key=key, match=models.MatchAny(any=exact)))
+    return conditions[0] if len(conditions) == 1 else models.Filter(should=conditions)
 
 
 _SERVER_KINDS: dict[IndexKind, models.PayloadSchemaType] = {

@@ -13,7 +13,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   re-embed it without the client (service.app.jobs.reindex). Documents written before migration 0003 have none.
 - ``index_pointer(name)``: the collection search serves from and its index config (model, chunking), plus
   the previous one for a rollback; a re-index switches it in one compare-and-set update (the embedded
-  engine's equivalent of a Qdrant alias change, which server mode makes alongside).
+  engine's equivalent of a Qdrant alias change, which server mode makes alongside). ``chosen_by`` says who
+  chose the served index: ``config`` (the deployed settings) or an operator (``rollback``, ``manual``), with
+  the deployed settings at that moment in ``pinned_settings``; start-up honours the choice until they change.
 - ``index_lease(name)``: the replica (``holder``) building the next index and its target collection/config,
   until ``expires_at``; taken and renewed with conditional updates, so of N replicas starting the same
   re-index one builds, the others dual-write into its target and wait, and one takes over when it expires.
@@ -28,6 +30,8 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   ``issued + 1`` and commits it in the same transaction (it is accepted when it is acknowledged); a job commits
   only while ``committed <= its ticket``, else it is `Superseded` (a newer write or delete was acknowledged after
   its 202) and changes nothing. A deleted document keeps its row: the tombstone an older queued job loses to.
+  Rows nothing can consult any more (no ticket outstanding, no queued or running job of the document) are
+  removed by ``prune_write_order`` in two passes at least a grace period apart (see there).
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
 
@@ -69,7 +73,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0008_write_order"
+SCHEMA_HEAD = "0010_write_order_prune"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -106,6 +110,10 @@ index_pointer = sa.Table(
     sa.Column("previous_collection", sa.String(255), nullable=True),
     sa.Column("previous_config", sa.JSON, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Who chose this index (0009): ``config`` (the deployed settings) or an operator (``rollback``, ``manual``),
+    # and then the deployed settings the operator's choice holds against.
+    sa.Column("chosen_by", sa.String(16), nullable=False, server_default="config"),
+    sa.Column("pinned_settings", sa.JSON, nullable=True),
 )
 
 index_lease = sa.Table(
@@ -136,6 +144,9 @@ write_order = sa.Table(
     sa.Column("document_id", sa.String(256), primary_key=True),
     sa.Column("issued", sa.BigInteger, nullable=False),
     sa.Column("committed", sa.BigInteger, nullable=False),
+    # The pruner's mark (0010): the ``issued`` it saw with nothing outstanding, and when (prune_write_order).
+    sa.Column("prune_mark", sa.BigInteger, nullable=True),
+    sa.Column("marked_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 tenants = sa.Table(
@@ -210,12 +221,21 @@ class DocumentSource:
 
 @dataclass(frozen=True)
 class IndexPointer:
-    """Where search is served from, and where a rollback would go."""
+    """Where search is served from, where a rollback would go, and who chose it.
+
+    ``chosen_by``: ``config`` when the served index follows the deployed settings (a start-up re-index, a first
+    start, a re-index or rollback to the deployed settings), ``rollback`` / ``manual`` when an operator chose
+    one that differs from them; ``pinned_settings`` is then the deployed settings (model, chunk_size,
+    chunk_overlap) at that moment: the operator's choice holds until the deployed settings differ from them.
+    """
 
     collection: str
     config: dict[str, Any]
     previous_collection: str | None
     previous_config: dict[str, Any] | None
+    chosen_by: str = "config"
+    pinned_settings: dict[str, Any] | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -903,6 +923,72 @@ class DocumentRegistry:
             document_id=document_id,
         )
 
+    @_guarded
+    def prune_write_order(self, grace_seconds: float, *, batch: int = 1000) -> int:
+        """Delete the write-order rows that can no longer matter; how many were deleted.
+
+        A row is consulted only by a job of its document (its commit, or `Superseded`) and by the next write,
+        which recreates it. Deleting one while a job of the document may still commit would let that job
+        commit over a newer acknowledged write (a job finding no row commits: "nothing newer is known"). A job
+        takes its ticket (``issued + 1``) with the 202 and is inserted into ``jobs`` just after, in another
+        transaction; a synchronous write in between makes ``issued == committed`` while the job row is not
+        there yet. So pruning takes two passes:
+
+        1. mark: rows with nothing outstanding (``issued <= committed``) and no queued or running job of the
+           document get ``prune_mark = issued`` and ``marked_at = now``;
+        2. delete, on a later pass at least ``grace_seconds`` after the mark: rows still at their mark (no
+           ticket, write or delete since: each increments ``issued``, whichever release makes it), still with
+           nothing outstanding and no live job. A job inserted after the mark has run by then, or is live.
+
+        Each statement is one conditional UPDATE or DELETE (Postgres re-checks the condition on a row another
+        transaction changed meanwhile; SQLite runs one writer at a time), in batches of ``batch`` rows.
+        """
+        from service.app.store.jobstore import QUEUED, RUNNING  # the jobs table lives in this database
+
+        live_job = sa.exists().where(
+            jobs_table.c.status.in_((QUEUED, RUNNING)),
+            jobs_table.c.tenant_id == write_order.c.tenant_id,
+            jobs_table.c.document_id == write_order.c.document_id,
+        )
+        key = sa.tuple_(write_order.c.tenant_id, write_order.c.document_id)
+        settled = sa.and_(write_order.c.issued <= write_order.c.committed, ~live_job)
+        cutoff = datetime.now(UTC) - timedelta(seconds=grace_seconds)
+        ripe = sa.and_(
+            settled, write_order.c.prune_mark == write_order.c.issued, write_order.c.marked_at < cutoff
+        )
+        deleted = 0
+        while True:
+            with self.engine.begin() as connection:
+                picked = (
+                    sa.select(write_order.c.tenant_id, write_order.c.document_id).where(ripe).limit(batch)
+                )
+                count = int(
+                    connection.execute(write_order.delete().where(key.in_(picked), ripe)).rowcount or 0
+                )
+            deleted += count
+            if count < batch:
+                break
+        unmarked = sa.and_(
+            settled,
+            sa.or_(write_order.c.prune_mark.is_(None), write_order.c.prune_mark != write_order.c.issued),
+        )
+        while True:
+            with self.engine.begin() as connection:
+                picked = (
+                    sa.select(write_order.c.tenant_id, write_order.c.document_id).where(unmarked).limit(batch)
+                )
+                count = int(
+                    connection.execute(
+                        write_order.update()
+                        .where(key.in_(picked), unmarked)
+                        .values(prune_mark=write_order.c.issued, marked_at=datetime.now(UTC))
+                    ).rowcount
+                    or 0
+                )
+            if count < batch:
+                break
+        return deleted
+
     def _upsert(self, table: sa.Table) -> Any:
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -1011,7 +1097,15 @@ class DocumentRegistry:
             row = connection.execute(sa.select(index_pointer).where(index_pointer.c.name == name)).first()
         if row is None:
             return None
-        return IndexPointer(row.collection, dict(row.config), row.previous_collection, row.previous_config)
+        return IndexPointer(
+            row.collection,
+            dict(row.config),
+            row.previous_collection,
+            row.previous_config,
+            chosen_by=row.chosen_by or "config",
+            pinned_settings=dict(row.pinned_settings) if row.pinned_settings else None,
+            updated_at=_aware(row.updated_at),
+        )
 
     @_guarded
     def switch_index(
@@ -1022,19 +1116,30 @@ class DocumentRegistry:
         expected: str | None,
         name: str = "default",
         keep_previous: bool = True,
+        chosen_by: str = "config",
+        pinned_settings: dict[str, Any] | None = None,
     ) -> IndexPointer:
         """Point search at ``collection`` if the pointer is still at ``expected`` (None: no pointer yet).
 
         One compare-and-set statement: of two concurrent switches one gets Conflict. The collection that was
-        active becomes ``previous`` (the rollback target) unless ``keep_previous`` is False.
+        active becomes ``previous`` (the rollback target) unless ``keep_previous`` is False. ``chosen_by`` and
+        ``pinned_settings`` record who chose it (see IndexPointer); ``config`` clears an operator's pin.
         """
+        if chosen_by not in ("config", "rollback", "manual"):
+            raise ValueError(f"unknown index pointer chooser {chosen_by!r}")
+        pinned = pinned_settings if chosen_by != "config" else None
         now = datetime.now(UTC)
         try:
             with self.engine.begin() as connection:
                 if expected is None:
                     connection.execute(
                         index_pointer.insert().values(
-                            name=name, collection=collection, config=config, updated_at=now
+                            name=name,
+                            collection=collection,
+                            config=config,
+                            updated_at=now,
+                            chosen_by=chosen_by,
+                            pinned_settings=pinned,
                         )
                     )
                 else:
@@ -1052,6 +1157,8 @@ class DocumentRegistry:
                             if keep_previous
                             else None,
                             updated_at=now,
+                            chosen_by=chosen_by,
+                            pinned_settings=pinned,
                         )
                     )
                     if result.rowcount != 1:
@@ -1061,6 +1168,23 @@ class DocumentRegistry:
         pointer = self.index_pointer(name)
         assert pointer is not None
         return pointer
+
+    @_guarded
+    def follow_settings(self, collection: str, name: str = "default") -> bool:
+        """Record that the deployed settings now name the served index ``collection``: an operator's choice
+        becomes the configuration's (``chosen_by`` ``config``, no pin). Compare-and-set on the collection, so a
+        switch made meanwhile is never relabelled; False when the pointer moved or was no operator's choice."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                index_pointer.update()
+                .where(
+                    index_pointer.c.name == name,
+                    index_pointer.c.collection == collection,
+                    index_pointer.c.chosen_by != "config",
+                )
+                .values(chosen_by="config", pinned_settings=None, updated_at=datetime.now(UTC))
+            )
+            return result.rowcount == 1
 
     @_guarded
     def index_lease(self, name: str = "default") -> IndexLease | None:

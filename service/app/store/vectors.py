@@ -103,6 +103,30 @@ class MetadataCondition:
     lte: float | None = None
 
 
+# Every integer below this magnitude is exactly an f64, so the one-value range [v, v] selects exactly the stored
+# numbers equal to v, integers and floats alike; past it the range would also take neighbouring integers.
+EXACT_FLOAT_INTEGERS = 2**53
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def numeric_equality(value: object) -> float | int | None:
+    """How an equality condition on ``value`` is compared by every adapter, so ``{"n": 12}`` selects a stored
+    ``12`` and a stored ``12.0`` alike (the engines' integer match reads only integer payloads):
+
+    - a float: the one-value range ``[value, value]`` (a float range reads integer and float payloads);
+    - an int: an exact integer match, only for integers of 2**53 or more in magnitude within int64 (ids past
+      f64's precision must not match their neighbours; a float stored there is not found by them);
+    - None: not a number. Booleans are never numbers here: ``True`` must not select a stored ``1`` (Python's
+      bool is an int), nor ``1`` a stored ``true``; strings match exactly.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    exact = isinstance(value, int) or value.is_integer()
+    if exact and abs(value) >= EXACT_FLOAT_INTEGERS and _INT64_MIN <= value <= _INT64_MAX:
+        return int(value)
+    return float(value)
+
+
 @dataclass(frozen=True)
 class VectorHit:
     """One scored chunk as stored."""

@@ -107,18 +107,39 @@ class ReindexStatusOut(BaseModel):
         description="The persisted index pointer every replica follows (collection + config); `current` is "
         "what this replica serves, which follows the pointer within INDEX_POINTER_TTL_SECONDS",
     )
+    chosen_by: str | None = Field(
+        None,
+        description="who chose the served index: `config` (it follows the deployed settings), `rollback` or "
+        "`manual` (an operator, through this API, chose one that differs from the deployed settings)",
+    )
+    pinned_settings: dict[str, Any] | None = Field(
+        None,
+        description="for an operator's choice: the deployed settings (model, chunk_size, chunk_overlap) it was "
+        "made against. Start-ups keep serving it (no re-index towards the settings) until the stack's settings "
+        "differ from these",
+    )
+    settings: dict[str, Any] | None = Field(
+        None, description="this replica's deployed settings (EMBEDDING_MODEL, CHUNK_SIZE, CHUNK_OVERLAP)"
+    )
+    startup: str | None = Field(
+        None, description="why this replica's start-up did or did not re-index towards its settings"
+    )
 
 
-def _serving(services: Any) -> dict[str, Any] | None:
+def _status(services: Any) -> dict[str, Any]:
+    """This replica's status and the persisted pointer: both read the registry (the status follows the pointer
+    first), so this runs in a worker thread, never on the event loop."""
+    status = services.reindexer.status().as_dict()
     pointer = services.registry.index_pointer()
-    return None if pointer is None else {"collection": pointer.collection, **pointer.config}
+    serving = None if pointer is None else {"collection": pointer.collection, **pointer.config}
+    return {**status, "serving": serving}
 
 
 @router.get("/reindex", response_model=ReindexStatusOut)
 async def reindex_status(services: ServicesDep) -> ReindexStatusOut:
-    """The re-index's state and progress (this replica's), and the index pointer all replicas follow."""
-    serving = await to_thread.run_sync(lambda: _serving(services))
-    return ReindexStatusOut(**services.reindexer.status().as_dict(), serving=serving)
+    """The re-index's state and progress (this replica's), the index pointer all replicas follow, and who
+    chose the served index."""
+    return ReindexStatusOut(**await to_thread.run_sync(lambda: _status(services)))
 
 
 @router.post(

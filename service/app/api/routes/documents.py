@@ -149,11 +149,15 @@ _UPLOAD_BODY = {
 }
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is larger than MAX_DOCUMENT_BYTES ({limit} bytes)", limit=limit)
+def _too_large(limit: int, setting: str = "MAX_DOCUMENT_BYTES") -> PayloadTooLarge:
+    # ``setting`` names the limit for a client to adapt to (the folder client reads it); a bulk body over
+    # BULK_MAX_BYTES was reported as over MAX_DOCUMENT_BYTES, with BULK_MAX_BYTES's number.
+    return PayloadTooLarge(
+        f"request body is larger than {setting} ({limit} bytes)", limit=limit, setting=setting
+    )
 
 
-def _check_content_length(request: Request, limit: int) -> None:
+def _check_content_length(request: Request, limit: int, setting: str) -> None:
     declared = request.headers.get("content-length")
     if declared is None:
         return
@@ -162,18 +166,18 @@ def _check_content_length(request: Request, limit: int) -> None:
     except ValueError as exc:
         raise InvalidInput("Content-Length is not a number") from exc
     if length > limit:
-        raise _too_large(limit)
+        raise _too_large(limit, setting)
 
 
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) by Content-Length first and again while reading."""
-    _check_content_length(request, limit)
+async def read_limited_body(request: Request, limit: int, setting: str) -> bytes:
+    """The whole body, refusing (413, naming ``setting``) by Content-Length first and again while reading."""
+    _check_content_length(request, limit, setting)
     parts: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise _too_large(limit, setting)
         parts.append(chunk)
     return b"".join(parts)
 
@@ -189,16 +193,22 @@ def parse_json_field(raw: str | bytes, what: str) -> Any:
         raise InvalidInput(f"{what} is not valid JSON: {reason}") from exc
 
 
-def require_json_body(request: Request) -> None:
-    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``) or not declared.
+def require_json_body(request: Request, *, allow_undeclared: bool) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``), or not declared
+    and ``allow_undeclared``.
 
     Checked before the body is read. curl's ``-d`` sends ``application/x-www-form-urlencoded`` and a body sent
     as ``text/plain`` may be a document's text itself: taking either as JSON hid the client's mistake (a
-    non-JSON text got "body is not valid JSON" instead of being pointed at the upload route).
+    non-JSON text got "body is not valid JSON" instead of being pointed at the upload route). An undeclared
+    body is allowed only where a browser cannot send one cross-site without a CORS preflight: a PUT is never a
+    "simple" request, a POST without a Content-Type is (``fetch(url, {method: "POST", body: blob})``), so with
+    authentication off a web page could write documents through ``documents:bulk``.
     """
     declared = request.headers.get("content-type")
     if declared is None:
-        return
+        if allow_undeclared:
+            return
+        raise not_json(None)
     media_type = declared.split(";", 1)[0].strip().lower()
     if media_type == "application/json" or (
         media_type.startswith("application/") and media_type.endswith("+json")
@@ -278,8 +288,8 @@ async def put_document(
 ) -> IngestResult:
     """Create or replace a document from JSON ``{text, metadata, content_type}``."""
     validate_document_id(document_id)
-    require_json_body(request)
-    body = await read_limited_body(request, services.settings.max_document_bytes)
+    require_json_body(request, allow_undeclared=True)
+    body = await read_limited_body(request, services.settings.max_document_bytes, "MAX_DOCUMENT_BYTES")
     document = parse_document(body)
     if async_:
         text = await _json_text(services, document)
@@ -317,7 +327,7 @@ async def upload_document(
             "upload with Content-Type multipart/form-data and a `file` field "
             "(or PUT /v1/documents/{document_id} with JSON)"
         )
-    _check_content_length(request, limit + MULTIPART_OVERHEAD)
+    _check_content_length(request, limit + MULTIPART_OVERHEAD, "MAX_DOCUMENT_BYTES")
     limited = Request(request.scope, _limited_receive(request.receive, limit + MULTIPART_OVERHEAD, limit))
     try:
         form = await limited.form(max_files=1, max_fields=8)
@@ -382,8 +392,8 @@ async def bulk_ingest(
     others, so resending only the failed ones is safe. Each item costs one request of the ingest rate limit.
     """
     settings = services.settings
-    require_json_body(request)
-    body = await read_limited_body(request, settings.bulk_max_bytes)
+    require_json_body(request, allow_undeclared=False)
+    body = await read_limited_body(request, settings.bulk_max_bytes, "BULK_MAX_BYTES")
     documents = _bulk_documents(parse_json_field(body, "body"), settings.bulk_max_documents)
     await _charge_items(request, services, len(documents))
     items: list[BulkItemResult] = []
@@ -418,6 +428,7 @@ def _bulk_documents(payload: Any, max_documents: int) -> list[BulkDocument]:
         raise PayloadTooLarge(
             f"{len(raw_items)} documents in one request; BULK_MAX_DOCUMENTS is {max_documents}",
             limit=max_documents,
+            setting="BULK_MAX_DOCUMENTS",
         )
     documents: list[BulkDocument] = []
     errors: list[Any] = []
@@ -517,3 +528,11 @@ async def delete_document(document_id: DocumentIdPath, services: ServicesDep, te
     """Delete a document and its chunks (404 when unknown)."""
     await services.ingest.delete(tenant, document_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.api_route("/{head}/{tail:path}", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
+async def document_id_with_a_slash(head: str, tail: str) -> None:
+    """A document path holding a "/" (``a%2Fb`` arrives decoded as ``a/b``): 422 naming the id pattern, as for
+    any other invalid id, not a 404 the client cannot tell from an unknown document. Registered last, so it
+    only takes paths no route above matched (``/v1/documents/`` still redirects to the list)."""
+    validate_document_id(f"{head}/{tail}")

@@ -21,6 +21,9 @@ router = APIRouter(tags=["operations"])
 READY_CHECK_TIMEOUT_SECONDS = 5.0
 
 
+# HEAD as well as GET: some load balancers and uptime checkers probe with HEAD (it was a 405). Left out of the
+# OpenAPI document: the same operation, without a body.
+@router.head("/healthz", include_in_schema=False)
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     """Liveness: the process is up and its event loop answers; no backend is consulted."""
@@ -82,6 +85,7 @@ async def _redis_check(services: Any) -> None:
 SERVING_CHECKS = frozenset({"qdrant", "disk"})
 
 
+@router.head("/readyz", include_in_schema=False)
 @router.get("/readyz", responses={503: {"description": "a backend failed; the body names each failed check"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Readiness of the whole service: the vector store, the database, free space in DATA_DIR (embedded stores)
@@ -89,6 +93,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return await _readiness(services, gating=None)
 
 
+@router.head("/readyz/serving", include_in_schema=False)
 @router.get(
     "/readyz/serving",
     responses={503: {"description": "the vector store or the disk failed; the body names each failed check"}},

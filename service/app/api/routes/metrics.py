@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from anyio import to_thread
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
@@ -41,4 +42,10 @@ async def metrics(services: ServicesDep) -> Response:
         # An unreachable queue must not break the scrape; /readyz reports it.
         with contextlib.suppress(Exception):
             await jobs.stats()
+    reindexer = getattr(services, "reindexer", None)
+    if reindexer is not None:
+        # Follows the pointer and lease (a registry read, off the event loop; within INDEX_POINTER_TTL_SECONDS
+        # of the last follow it reads nothing), so rag_reindex_interrupted is current without any traffic.
+        with contextlib.suppress(Exception):
+            await to_thread.run_sync(reindexer.sync)
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
