@@ -52,6 +52,8 @@ GCP_DEPLOY_ROLES: dict[str, tuple[str, ...]] = {
     # Creates the repository and pushes the built image (admin includes writer).
     "gcp:artifactregistry/repository:Repository": ("roles/artifactregistry.admin",),
     "docker-build:index:Image": ("roles/artifactregistry.writer",),
+    # The promotion copy (infra/components/image.py, skopeo on the runner) pushes into the stack's repository.
+    "command:local:Command": ("roles/artifactregistry.writer",),
     "gcp:sql/databaseInstance:DatabaseInstance": ("roles/cloudsql.admin",),
     "gcp:sql/database:Database": ("roles/cloudsql.admin",),
     "gcp:sql/user:User": ("roles/cloudsql.admin",),
@@ -64,6 +66,8 @@ GCP_DEPLOY_EXTRA: dict[str, str] = {
     "roles/iam.serviceAccountUser": "iam.serviceAccounts.actAs on the node service account: GKE refuses a node pool "
     "(or Autopilot defaults) running as an account the caller cannot act as",
     "roles/storage.objectAdmin": "on the state bucket only (PULUMI_BACKEND_URL gs://...): state and its lock files",
+    "roles/artifactregistry.reader": "on the promotion source's repository (dev's project), which the promotion "
+    "copy reads",
 }
 #: The nightly drift identity: `pulumi refresh` reads every resource, their IAM policies, and the stack's
 #: Kubernetes Secrets (GKE has no read-only role that includes Secrets: container.viewer omits them).
@@ -161,6 +165,18 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
         "ecr:CompleteLayerUpload",
         "ecr:PutImage",
         "ecr:DescribeImages",
+    ),
+    # The promotion copy pushes the promoted image into the stack's repository (reading the source the same way
+    # when it is an ECR repository of this account; another account's needs a repository policy there).
+    "command:local:Command": (
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:InitiateLayerUpload",
+        "ecr:UploadLayerPart",
+        "ecr:CompleteLayerUpload",
+        "ecr:PutImage",
     ),
     "aws:eks/cluster:Cluster": (
         "eks:CreateCluster",
