@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pulumi
@@ -442,6 +442,8 @@ class QdrantBackups(pulumi.ComponentResource):
                 else self._gcs_bucket(name, args, child)
             )
 
+        # The jobs write to the bucket as it is (its name from the state, see _aws_bucket), and wait for it.
+        jobs_args = replace(args, bucket_name=bucket) if args.create_bucket else args
         service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(base, ns, object_labels, args.service_account_annotations),
@@ -457,14 +459,14 @@ class QdrantBackups(pulumi.ComponentResource):
         k8s.batch.v1.CronJob(
             f"{name}-cronjob",
             metadata=specs.metadata(base, ns, object_labels),
-            spec=cronjob_spec(args, base, script_config),
+            spec=cronjob_spec(jobs_args, base, script_config),
             # Its pods mount the script ConfigMap and run as the ServiceAccount, both by name.
             opts=child(extra=(service_account, script)),
         )
         k8s.batch.v1.CronJob(
             f"{name}-restore",
             metadata=specs.metadata(f"{base}-restore", ns, object_labels),
-            spec=restore_cronjob_spec(args, base, script_config),
+            spec=restore_cronjob_spec(jobs_args, base, script_config),
             opts=child(extra=(service_account, script)),
         )
         if args.network_policy:
@@ -493,7 +495,13 @@ class QdrantBackups(pulumi.ComponentResource):
             bucket=args.bucket_name,
             bucket_namespace=args.bucket_namespace,
             force_destroy=args.force_destroy,
-            opts=child(protect=args.protect),
+            # A bucket created under an earlier default name (the stack and region only) is kept, never replaced:
+            # a replacement would delete it with its backups outside prod (force_destroy) and stop prod's `up`.
+            # New stacks get the name the stack derives; every consumer reads the name from the bucket.
+            opts=pulumi.ResourceOptions.merge(
+                child(protect=args.protect),
+                pulumi.ResourceOptions(ignore_changes=["bucket", "bucket_namespace"]),
+            ),
         )
         aws.s3.BucketVersioning(
             f"{name}-bucket-versioning",

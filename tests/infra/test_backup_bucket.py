@@ -72,6 +72,12 @@ def test_the_eks_stacks_create_the_bucket_in_the_account_regional_namespace() ->
         assert cronjob_bucket(result) == expected
         policy = result.by_name("irsa-backup-bucket").inputs["policy"]
         assert f"arn:aws:s3:::{expected}" in policy
+        # They read it from the bucket (its name in the state), so they wait for it.
+        graph = d.Graph(result)
+        for consumer in ("qdrant-backups-cronjob", "qdrant-backups-restore", "irsa-backup-bucket"):
+            assert created.urn in graph.closure(result.by_name(consumer).urn), consumer
+        # A bucket made under the earlier default name is kept, not replaced (and emptied) by the new default.
+        assert {"bucket", "bucketNamespace"} <= set(created.ignore_changes)
         assert [f for f in d.analyse(result, waivers={}).findings if f.check == "cloud-args"] == []
 
 
