@@ -631,6 +631,20 @@ def check_crd_order(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fin
                     _crd_fix(group, analysis.target),
                 )
             )
+        elif capability.provider is None and analysis.target != "existing":
+            # A prerequisite is something installed before `pulumi up`; on a cluster this same update creates,
+            # nobody can (an ephemeral stack built from a GKE/EKS dev stack with dev's switches off, EYES_OPS2 O1).
+            findings.append(
+                Finding(
+                    "crd-order",
+                    resource.urn,
+                    f"{why} uses API group {group}, declared a cluster prerequisite ({capability.detail}), but "
+                    f"the {analysis.target} cluster target creates the cluster in this same update: nothing can "
+                    "install it there first.",
+                    f"install {group} in this stack (tls.installCertManager / "
+                    "postgres.cloudnative.installOperator true), or target an existing cluster that runs it.",
+                )
+            )
         elif capability.provider is not None and capability.provider not in graph.closure(resource.urn):
             findings.append(
                 Finding(
@@ -915,6 +929,75 @@ def check_capabilities(run: StackRun, analysis: Analysis, graph: Graph) -> list[
             )
     findings.extend(_control_plane_webhooks(run, graph))
     findings.extend(_gke_proxy_only_subnets(run, graph))
+    findings.extend(_gke_listener_certificates(run, graph))
+    return findings
+
+
+TEMPORARY_CERTIFICATE = "cert-manager.io/issue-temporary-certificate"
+
+
+def _gke_listener_certificates(run: StackRun, graph: Graph) -> list[Finding]:
+    """GKE's Gateway controller translates a Gateway only when every listener is valid: an HTTPS listener whose
+    Secret does not exist fails the whole Gateway ("failed to translate Gateway ... Listener is invalid", GWCER105),
+    so nothing is programmed, not even port 80. When a cert-manager Certificate writes that Secret, it must write a
+    temporary certificate first (its `issue-temporary-certificate` annotation), or an HTTP-01 challenge answered
+    through this Gateway can never be served; and the Gateway must wait for that Certificate."""
+    findings: list[Finding] = []
+    certificates = {
+        (object_namespace(c), str(_get(c.inputs, "spec", "secretName"))): c
+        for c in run.of_type("kubernetes:cert-manager.io/v1:Certificate")
+    }
+    issuers = {
+        (kind, object_namespace(i) if kind == "Issuer" else None, object_name(i)): i
+        for kind in ("Issuer", "ClusterIssuer")
+        for i in run.of_type(f"kubernetes:cert-manager.io/v1:{kind}")
+    }
+
+    def signs_in_cluster(certificate: RecordedResource) -> bool:
+        """The Certificate's issuer is one the stack declares and it needs no ACME challenge (self-signed, CA):
+        the Secret appears without the Gateway's help."""
+        ref = _get(certificate.inputs, "spec", "issuerRef") or {}
+        kind = ref.get("kind", "Issuer")
+        issuer = issuers.get(
+            (kind, object_namespace(certificate) if kind == "Issuer" else None, ref.get("name"))
+        )
+        return issuer is not None and "acme" not in (issuer.inputs.get("spec") or {})
+
+    for gateway in run.of_type("kubernetes:gateway.networking.k8s.io/v1:Gateway"):
+        spec = gateway.inputs.get("spec") or {}
+        if not str(spec.get("gatewayClassName", "")).startswith("gke-"):
+            continue
+        namespace = object_namespace(gateway)
+        for listener in spec.get("listeners") or []:
+            for ref in _get(listener, "tls", "certificateRefs") or []:
+                if ref.get("kind", "Secret") != "Secret" or ref.get("group", "") != "":
+                    continue
+                certificate = certificates.get((ref.get("namespace", namespace), str(ref.get("name"))))
+                if certificate is None or signs_in_cluster(certificate):
+                    continue
+                annotations = _get(certificate.inputs, "metadata", "annotations") or {}
+                if annotations.get(TEMPORARY_CERTIFICATE) != "true":
+                    findings.append(
+                        Finding(
+                            "capability",
+                            certificate.urn,
+                            f"Gateway {object_name(gateway)} (GKE class) is never programmed while Secret "
+                            f"{ref.get('name')} does not exist, and Certificate {object_name(certificate)} writes it "
+                            "only once issued: an HTTP-01 challenge through that Gateway can never be answered.",
+                            f"annotate the Certificate {TEMPORARY_CERTIFICATE}: 'true' (cert-manager stores a "
+                            "temporary certificate in the Secret until the real one is issued).",
+                        )
+                    )
+                if certificate.urn not in graph.closure(gateway.urn):
+                    findings.append(
+                        Finding(
+                            "reads-order",
+                            gateway.urn,
+                            f"Gateway {object_name(gateway)} needs Secret {ref.get('name')} from Certificate "
+                            f"{object_name(certificate)} but does not wait for it.",
+                            f"add depends_on=[{certificate.name}].",
+                        )
+                    )
     return findings
 
 
@@ -1150,8 +1233,9 @@ AWS_LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
 ENVOY_PROXY_TYPE = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
 
 
-def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
-    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+def _envoy_class_proxies(run: StackRun) -> Iterator[tuple[RecordedResource, Mapping[str, Any]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the spec of the EnvoyProxy each references ({} when
+    none, or one the stack does not declare)."""
     if not run.of_type(EKS_CLUSTER):
         return
     proxies = {(object_namespace(p), object_name(p)): p for p in run.of_type(ENVOY_PROXY_TYPE)}
@@ -1163,8 +1247,13 @@ def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, 
         proxy = (
             proxies.get((ref.get("namespace"), ref.get("name"))) if ref.get("kind") == "EnvoyProxy" else None
         )
-        path = ("spec", "provider", "kubernetes", "envoyService", "annotations")
-        annotations = (_get(proxy.inputs, *path) if proxy is not None else None) or {}
+        yield gateway_class, (proxy.inputs.get("spec") or {}) if proxy is not None else {}
+
+
+def _envoy_classes(run: StackRun) -> Iterator[tuple[RecordedResource, dict[str, str]]]:
+    """Envoy Gateway GatewayClasses of an EKS program, with the proxy Service annotations their EnvoyProxy sets."""
+    for gateway_class, proxy in _envoy_class_proxies(run):
+        annotations = _get(proxy, "provider", "kubernetes", "envoyService", "annotations") or {}
         yield gateway_class, dict(annotations)
 
 
@@ -1736,6 +1825,18 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
                 "Envoy Gateway's proxy Service gets the in-tree AWS default, a Classic Load Balancer (previous "
                 "generation, no static IPs per zone, HTTP/2 and long-lived streams handled worse).",
                 f"reference an EnvoyProxy (parametersRef) whose envoyService annotations set {AWS_LB_TYPE}: nlb.",
+            )
+    # dev's cluster is shared by the PR stacks, each with a Gateway of the class in its own namespace: they are
+    # reached at dev's address only if Envoy Gateway merges them onto dev's proxy (docs/delivery.md).
+    unmerged = [c for c, proxy in _envoy_class_proxies(run) if proxy.get("mergeGateways") is not True]
+    if unmerged and _get(effective_config(run), "environment") == "dev":
+        for gateway_class in unmerged:
+            add(
+                gateway_class,
+                f"GatewayClass {object_name(gateway_class)} on dev's cluster does not merge Gateways: each PR "
+                "stack's Gateway gets its own Envoy proxy and load balancer, and pr-<n>.<domain> (pointed at dev's "
+                "address) reaches none of them.",
+                "set mergeGateways: true in the EnvoyProxy the GatewayClass references (parametersRef).",
             )
     # An image build cache is one tag rewritten by every build: an IMMUTABLE ECR repository refuses the rewrite.
     immutable = {

@@ -71,13 +71,32 @@ NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
 NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
 
 
-def envoy_proxy_spec(internal: bool) -> dict[str, Any]:
+def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False) -> dict[str, Any]:
     """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
-    Service Envoy Gateway creates per Gateway gets an NLB, internal when `internal`."""
+    Service Envoy Gateway creates gets an NLB, internal when `internal`.
+
+    With `merge_gateways`, every Gateway of the class (dev's and each PR stack's, in their own namespaces) is merged
+    onto one Envoy fleet behind one Service, hence one NLB: the address `*.<preview domain>` points at. Without it
+    Envoy Gateway gives each Gateway its own proxy and load balancer ("By default, each Gateway has its own
+    dedicated set of Envoy Proxy", Deployment Mode docs), and a PR's hostname reaches nothing at dev's address.
+    Merging needs (port, protocol, hostname) unique across all those listeners; a duplicate is rejected
+    (`Accepted=False`), the older listener keeps serving (the EnvoyProxySpec.mergeGateways API docs)."""
     annotations = {NLB_TYPE_ANNOTATION: "nlb"}
     if internal:
         annotations[NLB_INTERNAL_ANNOTATION] = "true"
-    return {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}}
+    spec: dict[str, Any] = {
+        "provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}
+    }
+    if merge_gateways:
+        spec["mergeGateways"] = True
+    return spec
+
+
+def merges_gateways(config: StackConfig) -> bool:
+    """Whether the stack's EnvoyProxy merges the class's Gateways: on dev, the cluster PR stacks share
+    (docs/delivery.md). Not on staging or prod: each has its cluster to itself, and switching a deployed class to
+    merged mode replaces its proxy Service, so its load balancer address would change once for nothing."""
+    return config.environment == "dev"
 
 
 def egress_zones(mode: NatGateways, zones: int) -> list[int]:
@@ -772,7 +791,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             api_version="gateway.envoyproxy.io/v1alpha1",
             kind="EnvoyProxy",
             metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
-            spec=envoy_proxy_spec(internal_load_balancer(config)),
+            spec=envoy_proxy_spec(internal_load_balancer(config), merge_gateways=merges_gateways(config)),
             opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
         )
         # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.

@@ -8,7 +8,16 @@ Creates:
   `ClusterIssuer` by default, or a namespaced `Issuer` (`issuer_kind="Issuer"`) so several stacks can share one
   cluster without fighting over one cluster-wide name; with `existing_cluster_issuer` none is created and the
   Certificate uses that ClusterIssuer,
-- a Certificate for the hostname, stored in the Secret the listener uses,
+- a Certificate for the hostname, stored in the Secret the listener uses. With an ACME (or an existing) issuer it
+  carries cert-manager's `issue-temporary-certificate` annotation: cert-manager writes a temporary certificate for
+  the hostname (signed by a throw-away CA) into that Secret at once, and replaces it when the real one is issued.
+  GKE's Gateway controller translates a Gateway only when every listener is valid, and an HTTPS listener whose
+  Secret does not exist is not ("failed to translate Gateway ... Listener "https" is invalid"): without the
+  temporary certificate the load balancer is never programmed, so Let's Encrypt's HTTP-01 request on port 80
+  never reaches the solver, so the Secret is never written. The Secret stays cert-manager's alone (the program
+  declares no Secret, so nothing fights over its data), and the Gateway (or Ingress) is created after the
+  Certificate. Until issuance HTTPS answers with the temporary certificate (untrusted) instead of failing the
+  handshake; on Envoy Gateway, which only marks such a listener invalid, that is the one difference,
 - entry `gateway` (default): a Gateway API `Gateway` of `gateway_class_name` with an HTTP listener (only
   redirects) and an HTTPS listener terminating TLS with `certificateRefs`, an HTTPRoute redirecting HTTP to
   HTTPS (301) and the HTTPRoute to the service; entry `ingress`: a networking.k8s.io/v1 Ingress fallback with
@@ -42,6 +51,9 @@ ACME_SERVERS = {
     "letsencrypt-prod": "https://acme-v02.api.letsencrypt.org/directory",
 }
 ISSUERS = ("selfsigned", *ACME_SERVERS)
+TEMPORARY_CERTIFICATE_ANNOTATION = "cert-manager.io/issue-temporary-certificate"
+"""cert-manager's Certificate annotation (cmapi.IssueTemporaryCertificateAnnotation): while the issuer works, store
+a temporary certificate in the target Secret when that Secret is missing or holds no valid pair."""
 GKE_HEALTH_CHECK_CIDRS = ("35.191.0.0/16", "130.211.0.0/22")
 """Source ranges of Google Cloud health checks, and of the global external Application Load Balancer's Google Front
 Ends (for the service's NetworkPolicy on GKE)."""
@@ -198,6 +210,15 @@ def certificate_spec(
         "duration": "2160h",
         "renewBefore": "720h",
     }
+
+
+def certificate_annotations(issuer: str, existing_cluster_issuer: str | None = None) -> dict[str, str]:
+    """Annotations of the Certificate: the temporary certificate whenever issuance waits on something outside the
+    cluster (an ACME challenge answered through the entry itself, or an issuer the stack does not know). A
+    self-signed issuer signs at once: nothing to bridge."""
+    if existing_cluster_issuer is None and issuer == "selfsigned":
+        return {}
+    return {TEMPORARY_CERTIFICATE_ANNOTATION: "true"}
 
 
 def gateway_spec(class_name: str, hostname: str, tls_secret: str) -> dict[str, Any]:
@@ -408,11 +429,16 @@ class TlsGateway(pulumi.ComponentResource):
                 ),
                 opts=child(*crds),
             )
-        k8s.apiextensions.CustomResource(
+        certificate = k8s.apiextensions.CustomResource(
             f"{name}-certificate",
             api_version="cert-manager.io/v1",
             kind="Certificate",
-            metadata=specs.metadata(tls_secret, ns, object_labels),
+            metadata=specs.metadata(
+                tls_secret,
+                ns,
+                object_labels,
+                certificate_annotations(args.issuer, args.existing_cluster_issuer),
+            ),
             spec=certificate_spec(args.hostname, tls_secret, issuer_name, issuer_kind),
             opts=child(*crds),
         )
@@ -424,7 +450,8 @@ class TlsGateway(pulumi.ComponentResource):
                 kind="Gateway",
                 metadata=specs.metadata(gateway_name, ns, object_labels, args.gateway_annotations),
                 spec=gateway_spec(args.gateway_class_name, args.hostname, tls_secret),
-                opts=child(*args.gateway_crds),
+                # After the Certificate, whose (temporary) Secret its HTTPS listener needs to be programmed.
+                opts=child(certificate, *args.gateway_crds),
             )
             k8s.apiextensions.CustomResource(
                 f"{name}-redirect-route",
@@ -472,7 +499,7 @@ class TlsGateway(pulumi.ComponentResource):
                     args.ingress_class_name,
                     closed_service=f"{base}-closed",
                 ),
-                opts=child(closed),
+                opts=child(closed, certificate),
             )
 
         self.gateway_name = gateway_name

@@ -349,6 +349,46 @@ def promote(
 
 
 @app.command()
+def rollback(
+    ctx: typer.Context,
+    stack: StackOpt,
+    to_update: Annotated[
+        int | None,
+        typer.Option(
+            "--to-update",
+            min=1,
+            help="The update (`pulumi stack history` version) whose release to run again.",
+        ),
+    ] = None,
+    digest: Annotated[
+        str | None,
+        typer.Option(
+            "--digest", help="The image digest to run again (sha256:... or REGISTRY/REPO@sha256:...)."
+        ),
+    ] = None,
+    reindex_timeout: ReindexTimeoutOpt = 3600.0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run an earlier release of the stack again (default: the one before the current image) through `up` with
+    the policy pack: API and worker together, recorded in the stack's promotion record."""
+    context: Context = ctx.obj
+
+    def action() -> promote_mod.Rollback:
+        with _progress(f"rollback {stack}", quiet) as (on_output, on_event):
+            return promote_mod.rollback(
+                context, stack, to_update=to_update, digest=digest, on_output=on_output, on_event=on_event
+            )
+
+    done = _run(action)
+    console.print(
+        f"rolled {done.stack} back to update {done.to_update}: {done.digest} (was {done.replaced}; "
+        f"by {done.by} at {done.at})",
+        highlight=False,
+    )
+    _follow_index_change(context, stack, done.index_before, reindex_timeout)
+
+
+@app.command()
 def drift(
     ctx: typer.Context,
     stack: StackOpt,

@@ -5,9 +5,11 @@
   (KeyboardInterrupt included) the stack is destroyed and removed before the error propagates.
 - ``destroy`` runs ``pulumi destroy`` then ``pulumi stack rm``; a stack that is already gone is success.
   The stack is only removed once its resources are gone, so a failed destroy never orphans cloud resources.
-- ``reap`` lists the stacks, reads each ephemeral stack's expiry (the exported ``ephemeral`` output, which lives
-  in the backend's state, or the local stack config) and destroys the expired ones. Several reapers may run at
-  once: a stack another reaper removed or holds locked is skipped, not an error.
+- ``reap`` lists the stacks, reads each ephemeral stack's expiry (the local stack config, the exported
+  ``ephemeral`` output in the backend's state, or the config of its latest update in the backend's history) and
+  destroys the expired ones. Several reapers may run at once: a stack another reaper removed or holds locked is
+  skipped, not an error. A stale lock (a killed job's: see :func:`stale_lock_reason`) is cancelled first, by the
+  reaper and by ``destroy --force``.
 
 Expiry lives in the stack itself (config + output), never in Pulumi Cloud TTL features, so any backend works.
 """
@@ -18,6 +20,8 @@ import contextlib
 import copy
 import os
 import re
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -194,6 +198,37 @@ def template_config(
     return _substitute(_deep_merge(cleaned, spec.get("config") or {}), {"name": name, "domain": chosen})
 
 
+def base_stack_name(template: Path = TEMPLATE) -> str | None:
+    """The stack whose file the template starts from (``Pulumi.dev.yaml`` -> ``dev``), or None without a base."""
+    base_file = (yaml.safe_load(template.read_text()) or {}).get("base")
+    if not base_file:
+        return None
+    return Path(str(base_file)).name.removeprefix("Pulumi.").removesuffix(".yaml")
+
+
+def require_shared_cluster(values: dict[str, Any], base: str) -> dict[str, Any]:
+    """Refuse a PR stack config whose cluster target is not ``existing`` (UsageError naming what to set).
+
+    Only the ``existing`` target shares a cluster: on ``gke``/``eks`` the program CREATES one (network, NAT,
+    node pools), where the template's "dev already installed cert-manager and CloudNativePG" is false and
+    `up` fails after building a whole cluster. A cloud dev stack's PR stacks must therefore name dev's cluster
+    in the template. Its gateway class must be one whose Gateways share dev's address: GKE-managed classes give
+    every Gateway its own load balancer (and the config refuses them on an ``existing`` target).
+    """
+    provider = (values.get("rag:cluster") or {}).get("provider", "existing")
+    if provider == "existing":
+        return values
+    raise UsageError(
+        f"Pulumi.{base}.yaml targets provider {provider!r}: a PR stack built from it would create a cluster of "
+        f"its own instead of sharing {base}'s, without the cluster-wide pieces {base} installs. Name {base}'s "
+        f"cluster in {TEMPLATE.name}'s config: `rag:cluster: {{provider: existing, existing: {{kubeconfig, "
+        f"context, registry, storageClass}}}}` (the kubeconfig: `pulumi stack output kubeconfig --show-secrets "
+        f"-s {base}` or a path the runner has; a registry the nodes pull from and the runner can push to) and "
+        '`rag:gateway.className` served there with merged Gateways (docs/delivery.md, "PR stacks on a cloud '
+        'dev cluster").'
+    )
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -225,8 +260,11 @@ def up(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
     )
     values = template_config(ctx.work_dir, name, template, domain=domain)
-    values[EPHEMERAL_KEY] = record.record()
     ws = ctx.workspace()
+    base = base_stack_name(template)
+    if base is not None:
+        values = require_shared_cluster(values, base)
+    values[EPHEMERAL_KEY] = record.record()
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
     try:
         try:
@@ -262,19 +300,147 @@ def up(
     return record
 
 
+#: A backend lock older than this was left by a process that cannot still be running: twice the longest job
+#: that holds one (the PR job's and the deploy jobs' `timeout-minutes: 60`).
+STALE_LOCK_AFTER = timedelta(hours=2)
+# One line per lock file in a self-managed backend's "currently locked" error (pulumi/pulumi
+# pkg/backend/diy/lock.go checkForLock: "\n  <url>: created by <user>@<host> (pid <pid>) at <RFC 3339>").
+LOCK_LINE_RE = re.compile(
+    r"created by (?P<user>[^@\s]*)@(?P<host>\S+) \(pid (?P<pid>-?\d+)\) at (?P<at>\S+?)\s*$", re.MULTILINE
+)
+
+
+@dataclass(frozen=True)
+class BackendLock:
+    """One lock file of a self-managed (file/S3/GCS) backend, as its "currently locked" error describes it."""
+
+    user: str
+    host: str
+    pid: int
+    created: datetime
+
+
+def parse_locks(error_text: str) -> list[BackendLock]:
+    """The lock files named in a ConcurrentUpdateError (none for Pulumi Cloud's 409, which names no lock)."""
+    locks = []
+    for match in LOCK_LINE_RE.finditer(error_text):
+        try:
+            created = parse_rfc3339(match["at"])
+        except ValueError:
+            continue
+        locks.append(BackendLock(match["user"], match["host"], int(match["pid"]), created))
+    return locks
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknowable: never call such a lock dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_lock_reason(
+    locks: list[BackendLock],
+    now: datetime,
+    *,
+    stale_after: timedelta = STALE_LOCK_AFTER,
+    hostname: str | None = None,
+    alive: Callable[[int], bool] = _pid_alive,
+) -> str | None:
+    """Why every lock is stale (its process is gone), or None when any may belong to a running operation.
+
+    A lock taken on this machine is stale exactly when its process no longer exists (a CI step killed by a cancel
+    or timeout: the next step of the job runs on the same runner); one taken elsewhere, when it is older than
+    `stale_after`.
+    No lock named (Pulumi Cloud, an unreadable error) is never stale: that backend ends its own leases.
+    """
+    if not locks:
+        return None
+    here = hostname if hostname is not None else socket.gethostname()
+    reasons = []
+    for lock in locks:
+        who = f"{lock.user}@{lock.host} (pid {lock.pid}) at {rfc3339(lock.created)}"
+        if lock.host == here:
+            if alive(lock.pid):
+                return None
+            reasons.append(f"{who}: that process on this machine is gone")
+        elif now - lock.created >= stale_after:
+            reasons.append(f"{who}: older than {stale_after}")
+        else:
+            return None
+    return "; ".join(reasons)
+
+
+def describe_locks(error: BaseException) -> str:
+    """The lock holders an error names, for messages ("" when it names none)."""
+    locks = parse_locks(str(error))
+    return "; ".join(
+        f"{lock.user}@{lock.host} (pid {lock.pid}) since {rfc3339(lock.created)}" for lock in locks
+    )
+
+
+def _cancelling_stale_lock(
+    ws: Workspace,
+    name: str,
+    operation: Callable[[], Any],
+    *,
+    now: datetime | None,
+    stale_after: timedelta,
+    on_output: OnOutput | None,
+) -> Any:
+    """Run `operation`; if a stale lock stops it, `pulumi cancel` (delete the lock files) and run it once more.
+
+    `pulumi cancel` on a self-managed backend deletes every lock file of the stack (pulumi/pulumi
+    pkg/backend/diy/backend.go CancelCurrentUpdate), so it is only run when each lock the error names is stale.
+    """
+    try:
+        return operation()
+    except ConcurrentUpdateError as exc:
+        if now is None:
+            raise
+        reason = stale_lock_reason(parse_locks(str(exc)), now, stale_after=stale_after)
+        if reason is None:
+            raise
+        if on_output is not None:
+            on_output(f"ragops: stack {name} has a stale lock ({reason}); running `pulumi cancel`")
+        Stack.select(name, ws).cancel()
+    return operation()
+
+
 def teardown(
-    ws: Workspace, name: str, *, on_output: OnOutput | None = None, on_event: OnEvent | None = None
+    ws: Workspace,
+    name: str,
+    *,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+    now: datetime | None = None,
+    stale_after: timedelta = STALE_LOCK_AFTER,
 ) -> bool:
     """Destroy the stack's resources, then remove the stack. False when it did not exist.
 
-    Raises ConcurrentUpdateError when another operation holds the stack, CommandError when destroy fails (the
-    stack is then kept, so its resources stay tracked and a later destroy can finish the job).
+    With `now`, a stale backend lock (see :func:`stale_lock_reason`) is cancelled first. Raises
+    ConcurrentUpdateError when another operation holds the stack, CommandError when destroy fails (the stack is
+    then kept, so its resources stay tracked and a later destroy can finish the job).
     """
     try:
         stack = Stack.select(name, ws)
     except StackNotFoundError:
         return False
-    stack.destroy(on_output=on_output, on_event=on_event, message=f"teardown of ephemeral {name}")
+    _cancelling_stale_lock(
+        ws,
+        name,
+        lambda: stack.destroy(
+            on_output=on_output, on_event=on_event, message=f"teardown of ephemeral {name}"
+        ),
+        now=now,
+        stale_after=stale_after,
+        on_output=on_output,
+    )
     # A concurrent teardown may remove it between our destroy and rm: the goal is reached either way.
     with contextlib.suppress(StackNotFoundError):
         ws.remove_stack(name)
@@ -286,6 +452,7 @@ def destroy(
     name: str,
     *,
     force: bool = False,
+    stale_after: timedelta = STALE_LOCK_AFTER,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
 ) -> bool:
@@ -293,7 +460,8 @@ def destroy(
 
     Refuses a stack without a ``rag:ephemeral`` record unless ``force``: a by-hand stack that happens to have a
     valid name is not ours to destroy. (CI passes ``--force`` for ``pr-<number>``, a name only ephemeral stacks
-    use, so a stack whose first update was killed before recording anything is still cleaned up.)
+    use, so a stack whose first update was killed before recording anything is still cleaned up.) With
+    ``force`` a stale backend lock (a killed job's, see :func:`stale_lock_reason`) is cancelled first.
     """
     validate_name(name)
     ws = ctx.workspace()
@@ -308,15 +476,33 @@ def destroy(
                     f"Stack {name!r} has no {EPHEMERAL_KEY} record, so it is not a (finished) ephemeral stack; "
                     "refusing to destroy it. Pass --force if you are sure it is a leftover."
                 )
-        return teardown(ws, name, on_output=on_output, on_event=on_event)
+        return teardown(
+            ws,
+            name,
+            on_output=on_output,
+            on_event=on_event,
+            now=ctx.clock() if force else None,
+            stale_after=stale_after,
+        )
     except ConcurrentUpdateError as exc:
+        holders = describe_locks(exc)
         raise WorkflowError(
-            f"Stack {name!r} is locked by another operation; retry when it finishes (the reaper will, too)."
+            f"Stack {name!r} is locked by another operation"
+            + (f" ({holders})" if holders else "")
+            + f"; retry when it finishes. A lock whose process is gone is cancelled by `destroy --force` run on "
+            f"the same machine, or once older than {stale_after} (the reaper does, too)."
         ) from exc
 
 
 def read_ephemeral(ws: Workspace, stack: str) -> dict[str, Any] | None:
-    """The stack's ``rag:ephemeral`` record: the local config if present, else the exported output (state)."""
+    """The stack's ``rag:ephemeral`` record: the local config if present, else the exported output (state), else
+    the config the latest update ran with (the backend's history).
+
+    A fresh CI checkout has no ``Pulumi.<stack>.yaml`` (a self-managed backend keeps config in the working
+    directory), and the outputs exist only once an update completed; a stack whose first ``up`` failed still has
+    the config it ran with in its update history (pulumi/pulumi pkg/backend/diy/backend.go ``apply`` records
+    ``UpdateInfo.Config`` for failed updates too).
+    """
     config = ws.get_all_config(stack)
     if EPHEMERAL_KEY in config:
         record = _as_object(config[EPHEMERAL_KEY].value)
@@ -324,8 +510,19 @@ def read_ephemeral(ws: Workspace, stack: str) -> dict[str, Any] | None:
             return record
     outputs = ws.stack_outputs(stack)
     if "ephemeral" in outputs:
-        return _as_object(outputs["ephemeral"].value)
-    return None
+        record = _as_object(outputs["ephemeral"].value)
+        if record:
+            return record
+    return _history_record(ws, stack)
+
+
+def _history_record(ws: Workspace, stack: str) -> dict[str, Any] | None:
+    history = Stack.select(stack, ws).history(page_size=1, show_secrets=False)
+    if not history:
+        return None
+    # UpdateSummary.config: ConfigValue per key, an object's value as its JSON text.
+    entry = (history[0].config or {}).get(EPHEMERAL_KEY)
+    return _as_object(entry.value) if entry is not None else None
 
 
 @dataclass(frozen=True)
@@ -382,6 +579,7 @@ def reap(
     *,
     now: datetime | None = None,
     dry_run: bool = False,
+    stale_after: timedelta = STALE_LOCK_AFTER,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
 ) -> ReapReport:
@@ -398,7 +596,9 @@ def reap(
         try:
             record = read_ephemeral(ws, name)
             if record is None:
-                report.skipped[name] = "not an ephemeral stack (no rag:ephemeral record)"
+                report.skipped[name] = (
+                    "not an ephemeral stack (no rag:ephemeral record in config, outputs or history)"
+                )
                 continue
             try:
                 expired = is_expired(record, moment)
@@ -411,7 +611,9 @@ def reap(
             if dry_run:
                 report.would_destroy.append(name)
                 continue
-            if teardown(ws, name, on_output=on_output, on_event=on_event):
+            if teardown(
+                ws, name, on_output=on_output, on_event=on_event, now=moment, stale_after=stale_after
+            ):
                 report.destroyed.append(name)
             else:
                 report.skipped[name] = "already removed"

@@ -29,11 +29,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pulumi.automation import ConfigMap, Workspace
+from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
+    POLICY_PACK,
     PROJECT,
     Context,
     OnEvent,
@@ -262,3 +263,153 @@ def promote(
     set_config_values(ws, target, values)
     tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
     return promotion
+
+
+# ------------------------------------------------------------------------------------------------------ rollback
+
+SHA256_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What ``ragops rollback`` did: the stack now runs the image (and settings) of an earlier update."""
+
+    stack: str
+    digest: str
+    replaced: str | None
+    """The image the stack ran before (its ``imageDigest`` output)."""
+    to_update: int
+    at: str
+    by: str
+    index_before: dict[str, Any] | None = None
+
+
+def _sha(ref: str | None) -> str | None:
+    """The ``sha256:...`` part of an image ref: the same image under any registry it was copied to."""
+    match = SHA256_RE.search(ref or "")
+    return match.group(0) if match else None
+
+
+def _image_of(update: UpdateSummary) -> str:
+    value = (update.config or {}).get(IMAGE_KEY)
+    return value.value if value is not None and isinstance(value.value, str) and not value.secret else ""
+
+
+def _pick_update(
+    stack: str, history: list[UpdateSummary], current: str | None, to_update: int | None, digest: str | None
+) -> UpdateSummary:
+    """The update to go back to: version `to_update`, the latest good one that ran `digest`, else the latest good
+    one that ran another image than the current one (the previous release)."""
+    good = [h for h in history if h.kind == "update" and h.result == "succeeded" and _image_of(h)]
+    if to_update is not None:
+        entry = next((h for h in history if h.version == to_update), None)
+        versions = ", ".join(str(h.version) for h in good[:10]) or "none"
+        if entry is None:
+            raise UsageError(
+                f"Stack {stack!r} has no update {to_update} (`pulumi stack history -s {stack}`); updates that ran "
+                f"a promoted image, newest first: {versions}."
+            )
+        if entry not in good:
+            why = (
+                f"it was a {entry.kind} that {entry.result}"
+                if (entry.kind, entry.result) != ("update", "succeeded")
+                else "it ran a build of its checkout, not a promoted image (no rag:image)"
+            )
+            raise WorkflowError(
+                f"Cannot roll {stack!r} back to update {to_update}: {why}. Updates that ran a promoted image, "
+                f"newest first: {versions}."
+            )
+        return entry
+    if digest is not None:
+        wanted = _sha(digest)
+        entry = next((h for h in good if _sha(_image_of(h)) == wanted), None)
+        if entry is None:
+            raise WorkflowError(
+                f"Stack {stack!r} never ran {digest} successfully (its update history has no such rag:image): "
+                "roll back only to a release the stack has run, or promote that build through the stacks before."
+            )
+        return entry
+    entry = next((h for h in good if _sha(_image_of(h)) != _sha(current)), None)
+    if entry is None:
+        raise WorkflowError(
+            f"Stack {stack!r} has no earlier successful update with another image than the one it runs "
+            f"({current}): nothing to roll back to."
+        )
+    return entry
+
+
+def rollback(
+    ctx: Context,
+    stack: str,
+    *,
+    to_update: int | None = None,
+    digest: str | None = None,
+    policy_pack: str | None = POLICY_PACK,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+) -> Rollback:
+    """``ragops rollback --stack S [--to-update N | --digest D]``: run an earlier release again, through ``up``.
+
+    From the backend's update history (``pulumi stack history``: each update's config) it takes the chosen update's
+    ``rag:image``, ``rag:embedding``, promotable ``rag:service`` settings and promotion record, adds
+    ``rollback`` = {toUpdate, replaced, at, by} to that record, writes them like a promotion does and runs
+    ``pulumi up`` with the policy pack. API and worker move together (both run ``rag:image``), and state, the
+    ``imageDigest``/``promotion`` outputs (``ragops status``) and the nightly drift check stay true; the next
+    ``ragops up`` keeps the rolled-back release (``deploy.keep_promoted``). Refused before anything is written when
+    the image cannot serve the stack's current index (its models, as recorded when it was promoted).
+    """
+    if to_update is not None and digest is not None:
+        raise UsageError("--to-update and --digest name the release two ways: pass one of them.")
+    if digest is not None and _sha(digest) is None:
+        raise UsageError(
+            f"--digest {digest!r} is not an image digest (sha256:<64 hex>, or REGISTRY/REPO@sha256:...)."
+        )
+    ws = ctx.workspace()
+    st = select(ws, stack)
+    outputs = st.outputs()
+    current = outputs["imageDigest"].value if "imageDigest" in outputs else None
+    entry = _pick_update(stack, st.history(show_secrets=False), current, to_update, digest)
+    image = _image_of(entry)
+    if _sha(image) == _sha(current):
+        raise WorkflowError(
+            f"Stack {stack!r} already runs {image} (update {entry.version}): nothing to roll back."
+        )
+
+    recorded = entry.config or {}
+    promotion = _as_object(recorded[PROMOTION_KEY].value) if PROMOTION_KEY in recorded else None
+    models = (promotion or {}).get("models")
+    models = list(models) if isinstance(models, list) and models else None
+    before = _as_object(outputs["embedding"].value) if "embedding" in outputs else None
+    reindex_mod.check_image_keeps(
+        stack, before, models, where=f"Cannot roll {stack} back to update {entry.version} ({image})"
+    )
+    done = Rollback(
+        stack=stack,
+        digest=image,
+        replaced=current,
+        to_update=entry.version or 0,
+        at=rfc3339(ctx.clock()),
+        by=ctx.actor(),
+        index_before=before,
+    )
+    record = dict(promotion) if promotion else {"from": stack, "digest": image, "at": done.at, "by": done.by}
+    record["rollback"] = {"toUpdate": done.to_update, "replaced": current, "at": done.at, "by": done.by}
+    values: dict[str, Any] = {IMAGE_KEY: image, PROMOTION_KEY: record}
+    embedding = (
+        _as_object(recorded[reindex_mod.EMBEDDING_KEY].value)
+        if reindex_mod.EMBEDDING_KEY in recorded
+        else None
+    )
+    if embedding is not None:
+        values[reindex_mod.EMBEDDING_KEY] = embedding
+    values[SERVICE_KEY], _ = merge_promotable(
+        _service_object(ws, stack, recorded), _service_object(ws, stack)
+    )
+    set_config_values(ws, stack, values)
+    st.up(
+        policy_packs=[policy_pack] if policy_pack else None,
+        on_output=on_output,
+        on_event=on_event,
+        message=f"ragops rollback {stack} to update {done.to_update}: {image} (was {current}) by {done.by}",
+    )
+    return done

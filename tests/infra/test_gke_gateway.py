@@ -73,7 +73,67 @@ def test_a_regional_gateway_without_the_subnet_or_not_waiting_for_it_is_a_findin
     assert ("capability", "gateway-gateway") in found
 
     gateway = result.by_name("gateway-gateway")
-    cut = dataclasses.replace(gateway, depends_on=tuple(u for u in gateway.depends_on if u != subnet.urn))
+    # The Gateway also waits for the subnet through its Certificate (-> cert-manager -> the cluster's Gateway API
+    # resources): cut both paths.
+    certificate = result.by_name("gateway-certificate").urn
+    cut = dataclasses.replace(
+        gateway, depends_on=tuple(u for u in gateway.depends_on if u not in (subnet.urn, certificate))
+    )
     loose = dataclasses.replace(result, resources=[cut if r is gateway else r for r in result.resources])
-    found = [(f.check, f.name) for f in d.analyse(loose, waivers={}).findings]
-    assert found == [("reads-order", "gateway-gateway")]
+    found = [(f.check, f.name, "subnet" in f.message) for f in d.analyse(loose, waivers={}).findings]
+    assert sorted(found) == [
+        ("reads-order", "gateway-gateway", False),
+        ("reads-order", "gateway-gateway", True),
+    ]
+
+
+def test_staging_on_gke_bootstraps_its_listener_secret_and_the_check_catches_a_regression() -> None:
+    """Staging on GKE issues from Let's Encrypt through its own Gateway (HTTP-01). GKE fails the whole Gateway while
+    the HTTPS listener's Secret is missing, so the Certificate must have cert-manager write a temporary one first
+    (cert-manager/google-cas-issuer#262: the Gateway only came up once the Secret existed)."""
+    result = run("staging", "gke")
+    certificate = result.by_name("gateway-certificate")
+    gateway = result.by_name("gateway-gateway")
+    assert gateway.inputs["spec"]["gatewayClassName"] == "gke-l7-global-external-managed"
+    secret = gateway.inputs["spec"]["listeners"][1]["tls"]["certificateRefs"][0]["name"]
+    assert certificate.inputs["spec"]["secretName"] == secret
+    assert certificate.inputs["metadata"]["annotations"] == {
+        "cert-manager.io/issue-temporary-certificate": "true"
+    }
+    assert certificate.urn in gateway.depends_on
+    # The program never declares that Secret: cert-manager owns its data, so `pulumi up` cannot overwrite it.
+    assert not [
+        r for r in result.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == secret
+    ]
+    assert not [
+        f
+        for f in d.check_capabilities(result, d.Analysis(target="gke"), d.Graph(result))
+        if f.name
+        in (
+            certificate.name,
+            gateway.name,
+        )
+    ]
+
+    bare = dataclasses.replace(
+        certificate,
+        inputs={**certificate.inputs, "metadata": {**certificate.inputs["metadata"], "annotations": {}}},
+    )
+    loose_gateway = dataclasses.replace(
+        gateway, depends_on=tuple(u for u in gateway.depends_on if u != certificate.urn)
+    )
+    broken = dataclasses.replace(
+        result,
+        resources=[
+            bare if r is certificate else loose_gateway if r is gateway else r for r in result.resources
+        ],
+    )
+    found = sorted(
+        (f.check, f.name)
+        for f in d.check_capabilities(broken, d.Analysis(target="gke"), d.Graph(broken))
+        if f.name in (certificate.name, gateway.name)
+    )
+    assert found == [("capability", certificate.name), ("reads-order", gateway.name)]
+    # dev's self-signed issuer signs at once: no temporary certificate.
+    dev = run("dev").by_name("gateway-certificate")
+    assert "cert-manager.io/issue-temporary-certificate" not in dev.inputs["metadata"].get("annotations", {})

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -144,6 +146,9 @@ class FakeStack:
     resources: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The lock files of a self-managed backend: (user, host, pid, RFC 3339 time). The running operation's is added
+    # while it holds `lock`; a killed one's stays behind until `pulumi cancel` deletes every file.
+    lock_files: list[tuple[str, str, int, str]] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, dict[str, Any]]:
@@ -182,6 +187,9 @@ class Script:
     up_resources: int = 12
     up_outputs: dict[str, Any] = field(default_factory=dict)  # outputs to export beyond the defaults below
     destroy_error: str | None = None
+    # The CLI is killed mid-destroy (a cancelled/timed-out CI step: SIGKILL of the process tree): its lock file
+    # stays behind with this (host, pid), the resources stay, and the caller sees the process die.
+    destroy_killed: tuple[str, int] | None = None
     refresh_events: list[dict[str, Any]] = field(default_factory=list)
     refresh_summary: dict[str, int] = field(default_factory=lambda: {"same": 12})
     refresh_error: str | None = None  # a refresh that fails for reasons other than drift
@@ -199,6 +207,8 @@ class FakeBackend:
         self.scripts: dict[str, Script] = {}
         self.calls: list[list[str]] = []
         self.mutex = threading.RLock()
+        # What the backend stamps on a new lock file (a test pins it next to its Context clock).
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
         # Called with (operation, stack) while an operation holds the stack's lock: lets tests interleave
         # concurrent reapers deterministically.
         self.during: Callable[[str, str], None] | None = None
@@ -322,12 +332,16 @@ def _not_found(name: str) -> tuple[str, str, int]:
     return "", f"error: no stack named '{name}' found", 255
 
 
-def _locked(name: str) -> tuple[str, str, int]:
+def _locked(stack: FakeStack) -> tuple[str, str, int]:
+    """pulumi/pulumi pkg/backend/diy/lock.go checkForLock's error, one line per lock file."""
+    lines = "".join(
+        f"\n  file:///state/.pulumi/locks/rag/{stack.name}/{i}.json: created by {user}@{host} (pid {pid}) at {at}"
+        for i, (user, host, pid, at) in enumerate(stack.lock_files)
+    )
     return (
         "",
-        f"error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end or "
-        f"delete the lock file with `pulumi cancel`.\n  file:///state/.pulumi/locks/rag/{name}/x.json: "
-        "created by reaper@ci (pid 4242) at 2026-01-01T00:00:00Z",
+        f"error: the stack is currently locked by {len(stack.lock_files)} lock(s). Either wait for the other "
+        f"process(es) to end or delete the lock file with `pulumi cancel`.{lines}",
         255,
     )
 
@@ -378,6 +392,8 @@ class _Handler:
             return lambda stack: self._engine_op(stack, a[0])
         if a[0] == "refresh":
             return self._refresh
+        if a[0] == "cancel":
+            return self._cancel
         raise AssertionError(f"the fake pulumi does not know {a}")
 
     def _stack(self) -> FakeStack | None:
@@ -398,8 +414,8 @@ class _Handler:
                 return _not_found(name)
             if stack.resources and not force:
                 return "", f"error: '{name}' still has resources; removal rejected", 255
-            if stack.lock.locked():
-                return _locked(name)
+            if stack.lock_files:
+                return _locked(stack)
             del self.b.stacks[name]
         # `pulumi stack rm` also deletes the stack's config file in the working directory.
         stack_file(self.cwd, name).unlink(missing_ok=True)
@@ -426,7 +442,13 @@ class _Handler:
         return json.dumps(out), "", 0
 
     def _history(self, stack: FakeStack) -> tuple[str, str, int]:
-        return json.dumps(list(reversed(stack.history))[:1]), "", 0
+        # Newest first, numbered from 1 (the oldest), a page at a time like `pulumi stack history --json`.
+        entries = [{**entry, "version": i} for i, entry in enumerate(stack.history, start=1)][::-1]
+        size = self._opt("--page-size")
+        if size is not None:
+            page = int(self._opt("--page") or 1)
+            entries = entries[(page - 1) * int(size) : page * int(size)]
+        return json.dumps(entries), "", 0
 
     def _config(self, stack: FakeStack) -> tuple[str, str, int]:
         return json.dumps(read_config(self.cwd, stack.name)), "", 0
@@ -495,18 +517,45 @@ class _Handler:
             return "Refreshing (stack)", "error: no changes were expected but changes were proposed", 255
         return "Refreshing (stack)", "", 0
 
+    def _cancel(self, stack: FakeStack) -> tuple[str, str, int]:
+        # pkg/backend/diy/backend.go CancelCurrentUpdate: delete every lock file of the stack (a live operation's
+        # too: it would then finish without its lock, which is why ragops cancels only stale ones).
+        assert "--yes" in self.args, "pulumi cancel asks for confirmation without --yes"
+        with self.b.mutex:
+            stack.lock_files = []
+        return "The currently running update for 'stack' has been canceled!", "", 0
+
     def _engine_op(self, stack: FakeStack, op: str) -> tuple[str, str, int]:
-        if not stack.lock.acquire(blocking=False):
-            return _locked(stack.name)
+        with self.b.mutex:
+            if stack.lock_files or not stack.lock.acquire(blocking=False):
+                return _locked(stack)
+            mine = (
+                "runner",
+                socket.gethostname(),
+                os.getpid(),
+                self.b.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            stack.lock_files.append(mine)
+        killed = False
         try:
             if self.b.during is not None:
                 self.b.during(op, stack.name)
             script = self.b.script(stack.name)
             if op == "up":
                 return self._up(stack, script)
+            if script.destroy_killed is not None:
+                killed = True
+                host, pid = script.destroy_killed
+                self._emit([step_event("delete", "ns", "kubernetes:core/v1:Namespace")])
+                with self.b.mutex:
+                    stack.lock_files[stack.lock_files.index(mine)] = ("runner", host, pid, mine[3])
+                return "Destroying (stack)", "", -9
             return self._destroy(stack, script)
         finally:
-            stack.lock.release()
+            with self.b.mutex:
+                if not killed and mine in stack.lock_files:
+                    stack.lock_files.remove(mine)
+                stack.lock.release()
 
     def _up(self, stack: FakeStack, script: Script) -> tuple[str, str, int]:
         # Resources appear before the failure/interrupt: a half-done update leaves something to tear down.
@@ -547,6 +596,7 @@ class _Handler:
         }
         stack.secret_outputs = {"kubeconfig", "apiKeys", "grafanaAdminPassword"}
         stack.history.append(_history("update", {"create": script.up_resources}, config=config))
+        stack.history[-1]["message"] = self._opt("--message") or ""
         return "Updating (stack)\nResources:\n    + 12 created", "", 0
 
     def _destroy(self, stack: FakeStack, script: Script) -> tuple[str, str, int]:

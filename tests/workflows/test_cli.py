@@ -312,6 +312,7 @@ def test_every_single_stack_command_takes_the_same_stack_option() -> None:
     for command in (
         ["preview"],
         ["up"],
+        ["rollback"],
         ["drift"],
         ["status"],
         ["smoke"],

@@ -312,7 +312,9 @@ def test_reap_destroys_expired_stacks_only(ctx: Context, backend: FakeBackend) -
 
     assert sorted(report.destroyed) == ["pr-1", "pr-2", "pr-4"]
     assert report.kept == ["pr-3"]
-    assert report.skipped == {"scratch": "not an ephemeral stack (no rag:ephemeral record)"}
+    assert report.skipped == {
+        "scratch": "not an ephemeral stack (no rag:ephemeral record in config, outputs or history)"
+    }
     assert report.failed == {}
     assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]
     # Permanent stacks are not even read.

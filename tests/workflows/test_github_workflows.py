@@ -103,6 +103,15 @@ def test_pr_runs_tests_then_preview_comment_and_ephemeral_stack() -> None:
         if 'ragops smoke --stack "pr-${{ github.event.pull_request.number }}"' in r
     )
     assert smoke > runs.index(up["run"])
+    # A cancelled/timed-out update is killed within 10 s, mid-teardown: a separate step, run after a cancel too,
+    # tears the stack down (cancelling the killed process's stale lock) before the smoke check would run.
+    teardown = next(
+        i for i, s in enumerate(ephemeral["steps"]) if "ragops ephemeral destroy --force" in s.get("run", "")
+    )
+    step = ephemeral["steps"][teardown]
+    assert runs.index(up["run"]) < teardown < smoke
+    assert step["run"].endswith('--stack "pr-${{ github.event.pull_request.number }}"')
+    assert step["if"] == f"cancelled() || (failure() && steps.{up['id']}.outcome == 'failure')"
     comment = next(s for s in ephemeral["steps"] if "sticky-pull-request-comment" in s.get("uses", ""))
     assert comment["with"] == {"header": "ragops-ephemeral", "path": "ephemeral.md"}
     assert ephemeral["permissions"]["pull-requests"] == "write"

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pulumi_kubernetes as k8s
 import pytest
 
+from infra import deployability, render
+from infra.clusters import eks
+from infra.clusters.eks import NLB_TYPE_ANNOTATION
 from infra.components import gateway as gw
 from infra.components.specs import ComponentArgsError
+from infra.offline import StackRun
+from tests.infra.conftest import run
 
 from .conftest import Program, assert_all_parented, resolve, run_components, validate_manifests
 
@@ -234,3 +241,118 @@ def test_an_existing_cluster_issuer_is_used_and_none_is_created() -> None:
 def test_invalid_issuer_choice_fails_with_a_sentence(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ComponentArgsError, match=message):
         gw.validate_args(gateway_args(**overrides))
+
+
+# ---------------------------------------------------------------------------------------------- PR stacks on EKS dev
+GATEWAY_CLASS = "kubernetes:gateway.networking.k8s.io/v1:GatewayClass"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+
+
+def _listeners(run_: StackRun) -> list[tuple[object, ...]]:
+    return [
+        (listener["port"], listener["protocol"], listener.get("hostname"))
+        for g in run_.of_type(GATEWAY)
+        for listener in g.inputs["spec"]["listeners"]
+    ]
+
+
+def test_an_eks_dev_merges_the_pr_stacks_gateways_onto_its_own_proxy() -> None:
+    """dev on EKS declares the GatewayClass PR stacks name; only a merged EnvoyProxy puts their Gateways behind dev's
+    NLB, the address *.<preview domain> points at (Envoy Gateway v1.9 EnvoyProxySpec.mergeGateways)."""
+    dev = run("dev", "eks")
+    (klass,) = dev.of_type(GATEWAY_CLASS)
+    ref = klass.inputs["spec"]["parametersRef"]
+    proxy = dev.by_name("envoy-proxy")
+    assert (ref["kind"], ref["name"], ref["namespace"]) == (
+        "EnvoyProxy",
+        proxy.inputs["metadata"]["name"],
+        proxy.inputs["metadata"]["namespace"],
+    )
+    assert proxy.inputs["spec"]["mergeGateways"] is True
+    # The NLB settings stay: the merged fleet's one Service is that NLB.
+    assert (
+        proxy.inputs["spec"]["provider"]["kubernetes"]["envoyService"]["annotations"][NLB_TYPE_ANNOTATION]
+        == "nlb"
+    )
+    source, errors = render.validate_manifest(render.manifest_of(proxy))
+    assert source
+    assert errors == []
+
+    # A PR stack on dev's cluster (the template's overrides, reaching it as an existing cluster): it names dev's
+    # class, and its listeners do not collide with dev's, so Envoy Gateway accepts both onto one fleet.
+    pr = run(
+        "dev",
+        "existing",
+        namespace="pr-7",
+        gateway={"className": klass.inputs["metadata"]["name"], "hostname": "pr-7.preview.example.com"},
+        tls={"installCertManager": False},
+    )
+    assert {g.inputs["spec"]["gatewayClassName"] for g in pr.of_type(GATEWAY)} == {
+        klass.inputs["metadata"]["name"]
+    }
+    both = _listeners(dev) + _listeners(pr)
+    assert all(hostname for *_, hostname in both)
+    assert len(set(both)) == len(both)
+
+    # The deployability check (make plan) catches a dev class that does not merge; test_deployability.py's matrix
+    # already runs the whole analysis on dev as it is.
+    def merge_findings(run_: StackRun) -> list[tuple[str, str]]:
+        found = deployability.check_cloud_args(
+            run_, deployability.Analysis(target="eks"), deployability.Graph(run_)
+        )
+        return [(f.check, f.name) for f in found if "merge" in f.message]
+
+    assert merge_findings(dev) == []
+    unmerged_spec = {k: v for k, v in proxy.inputs["spec"].items() if k != "mergeGateways"}
+    cut = dataclasses.replace(proxy, inputs={**proxy.inputs, "spec": unmerged_spec})
+    broken = dataclasses.replace(dev, resources=[cut if r is proxy else r for r in dev.resources])
+    assert merge_findings(broken) == [("cloud-args", klass.name)]
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_staging_and_prod_on_eks_keep_one_proxy_per_gateway(stack: str) -> None:
+    """Their clusters hold one Gateway each: merging buys nothing, and switching a deployed class to merged mode
+    replaces its proxy Service, so the load balancer's address would change once."""
+    proxy = run(stack, "eks").by_name("envoy-proxy")
+    assert "mergeGateways" not in proxy.inputs["spec"]
+    assert eks.envoy_proxy_spec(False) == eks.envoy_proxy_spec(False, merge_gateways=False)
+    assert eks.envoy_proxy_spec(True, merge_gateways=True)["mergeGateways"] is True
+
+
+# ---------------------------------------------------------------------------------------------- TLS bootstrap
+@pytest.mark.parametrize(
+    ("overrides", "temporary"),
+    [
+        ({"issuer": "letsencrypt-staging"}, True),
+        ({"issuer": "letsencrypt-prod"}, True),
+        ({"install_cert_manager": False, "existing_cluster_issuer": "shared", "acme_email": None}, True),
+        ({"issuer": "selfsigned"}, False),
+        ({"issuer": "letsencrypt-prod", "entry": "ingress", "ingress_class_name": "gce"}, True),
+    ],
+)
+def test_the_listener_secret_exists_before_issuance_and_the_entry_waits_for_it(
+    overrides: dict[str, object], temporary: bool
+) -> None:
+    """An ACME Certificate gets cert-manager's temporary certificate, so the Secret the HTTPS listener (or the
+    Ingress) names exists from the start: GKE does not program a Gateway whose listener Secret is missing, and then
+    the HTTP-01 challenge through that Gateway could never be answered. The Secret itself is never declared (it is
+    cert-manager's to write), and the entry is created after the Certificate."""
+    program = run_gateway(gateway_args(**overrides))
+    certificate = program.named("gateway-certificate")
+    annotations = certificate.inputs["metadata"].get("annotations", {})
+    if temporary:
+        assert annotations == {gw.TEMPORARY_CERTIFICATE_ANNOTATION: "true"}
+    else:
+        assert gw.TEMPORARY_CERTIFICATE_ANNOTATION not in annotations
+    assert gw.TEMPORARY_CERTIFICATE_ANNOTATION == "cert-manager.io/issue-temporary-certificate"
+    assert program.by_type("kubernetes:core/v1:Secret") == []
+    entry = (
+        program.one("kubernetes:networking.k8s.io/v1:Ingress")
+        if overrides.get("entry") == "ingress"
+        else program.named("gateway-gateway")
+    )
+    assert certificate.urn in entry.depends_on
+    document = {k: certificate.inputs[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    source, errors = render.validate_manifest(document)
+    assert source.startswith("cert-manager.io/")
+    assert errors == []
