@@ -71,7 +71,23 @@ NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
 NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
 
 
-def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False) -> dict[str, Any]:
+#: Labels Envoy Gateway puts on every proxy pod it creates, whatever the Gateway (internal/infrastructure/
+#: kubernetes/proxy: app.kubernetes.io/{name: envoy, component: proxy, managed-by: envoy-gateway}).
+ENVOY_PROXY_POD_LABELS = {
+    "app.kubernetes.io/name": "envoy",
+    "app.kubernetes.io/component": "proxy",
+    "app.kubernetes.io/managed-by": "envoy-gateway",
+}
+
+
+def envoy_proxy_replicas(environment: str) -> int:
+    """Proxy pods per Gateway (per merged fleet on dev): one per zone in prod, two elsewhere. Envoy Gateway's
+    default is one (KubernetesDeploymentSpec.replicas), and every request of the stack goes through it: a node
+    drain (each EKS version upgrade replaces every node), an eviction or an OOM was a full outage."""
+    return 3 if environment == "prod" else 2
+
+
+def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False, replicas: int = 2) -> dict[str, Any]:
     """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
     Service Envoy Gateway creates gets an NLB, internal when `internal`.
 
@@ -84,9 +100,24 @@ def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False) -> dict[st
     annotations = {NLB_TYPE_ANNOTATION: "nlb"}
     if internal:
         annotations[NLB_INTERNAL_ANNOTATION] = "true"
-    spec: dict[str, Any] = {
-        "provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"annotations": annotations}}}
+    # `replicas` proxy pods spread over zones and nodes (preferred, so a zone short of room still gets its pod),
+    # and a PodDisruptionBudget so a drain takes them one at a time: the NLB's targets are the nodes that run a
+    # proxy pod (externalTrafficPolicy Local, the default), so at least one stays serving.
+    spread = [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": dict(ENVOY_PROXY_POD_LABELS)},
+        }
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+    kubernetes: dict[str, Any] = {
+        "envoyService": {"annotations": annotations},
+        "envoyDeployment": {"replicas": replicas, "pod": {"topologySpreadConstraints": spread}},
+        "envoyPDB": {"maxUnavailable": 1},
     }
+    spec: dict[str, Any] = {"provider": {"type": "Kubernetes", "kubernetes": kubernetes}}
     if merge_gateways:
         spec["mergeGateways"] = True
     return spec
@@ -791,7 +822,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             api_version="gateway.envoyproxy.io/v1alpha1",
             kind="EnvoyProxy",
             metadata={"name": ENVOY_PROXY_NAME, "namespace": ENVOY_GATEWAY_NAMESPACE},
-            spec=envoy_proxy_spec(internal_load_balancer(config), merge_gateways=merges_gateways(config)),
+            spec=envoy_proxy_spec(
+                internal_load_balancer(config),
+                merge_gateways=merges_gateways(config),
+                replicas=envoy_proxy_replicas(config.environment),
+            ),
             opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[envoy_gateway]),
         )
         # The GatewayClass the stack's Gateway names, handed to Envoy Gateway's controller.

@@ -581,6 +581,12 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
             else "- (built from source, not promoted)"
         )
     )
+    rolled = (promotion or {}).get("rollback")
+    if isinstance(rolled, dict):
+        typer.echo(
+            f"rollback:  to update {rolled.get('toUpdate')} by {rolled.get('by')} at {rolled.get('at')} "
+            f"(replaced {rolled.get('replaced')})"
+        )
     if info.ephemeral:
         typer.echo(
             f"ephemeral: owner {info.ephemeral.get('owner')}, expires {info.ephemeral.get('expiresAt')}"

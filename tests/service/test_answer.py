@@ -84,6 +84,7 @@ def test_extractive_stream_sends_tokens_then_citations_then_usage(client: TestCl
     ("body", "reason"),
     [
         ({"query": " "}, "blank"),
+        ({"query": "\u202e\u200b\u200d"}, "no content the model can read"),
         ({"query": "x", "top_k": 0}, "top_k"),
         ({"query": "x", "stream": "yes"}, "stream"),
         ({"query": "x", "filter": {"team": [1, 2]}}, "filter.team"),

@@ -152,6 +152,47 @@ def test_bad_document_ids_are_422(client: TestClient, document_id: str) -> None:
     assert_error(response, 422, "invalid_input", "document_id")
 
 
+@pytest.mark.parametrize("document_id", [".", ".."])
+def test_dot_segment_ids_are_refused_on_every_write_route(client: TestClient, document_id: str) -> None:
+    """``.`` and ``..`` match the id pattern, but every client and proxy resolves them away in a URL: stored, the
+    document could never be read or deleted again. PUT (sent without normalising), bulk, upload and the async
+    PUT all refuse them, and nothing is stored under them."""
+    reason = "dot segment"
+    raw = client.put(f"/v1/documents/{document_id}", json={"text": "Valid text."})
+    # httpx resolves the dot segment itself (the request goes to /v1/ or /v1/documents/), which is the point.
+    assert raw.status_code in (404, 405, 422), raw.text
+    bulk = client.post(
+        "/v1/documents:bulk", json={"documents": [{"document_id": document_id, "text": "Valid text."}]}
+    )
+    assert bulk.status_code in (200, 207, 422), bulk.text
+    if bulk.status_code == 422:
+        assert reason in bulk.text
+    else:
+        (item,) = bulk.json()["items"]
+        assert item["status_code"] == 422, item
+        assert reason in item["error"]["message"]
+    upload = client.post(
+        "/v1/documents",
+        files={"file": ("a.txt", b"Valid text.", "text/plain")},
+        data={"document_id": document_id},
+    )
+    assert_error(upload, 422, "invalid_input", reason)
+    listed = client.get("/v1/documents", params={"limit": 100}).json()
+    assert document_id not in [d["document_id"] for d in listed["documents"]]
+
+
+def test_the_dot_segment_rule_is_in_the_write_path_itself() -> None:
+    """A raw client (``curl --path-as-is``) reaches the PUT route with the id intact: the route refuses it."""
+    from service.app.core.errors import InvalidInput
+    from service.app.ingest.models import validate_document_id, validate_new_document_id
+
+    for document_id in (".", ".."):
+        with pytest.raises(InvalidInput, match="dot segment"):
+            validate_new_document_id(document_id)
+        assert validate_document_id(document_id) == document_id  # reads and deletes still reach old ones
+    assert validate_new_document_id("...") == "..."  # not a dot segment
+
+
 # --- uploads -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("filename", "content", "reason"),
@@ -240,6 +281,8 @@ def test_bad_list_parameters_are_422(client: TestClient, params: dict) -> None:
         {"query": "ok", "filter": {"n": None}},
         {"query": "ok", "filter": {"n": {"gte": "high"}}},
         {"query": "ok", "extra": True},
+        {"query": "\u202e\u200b\u200d"},
+        {"query": " \u0301\u0308 "},
     ],
 )
 def test_bad_search_requests_are_422(client: TestClient, body: dict) -> None:

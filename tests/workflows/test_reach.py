@@ -75,6 +75,7 @@ def test_status_prints_url_image_promotion_and_live_readyz(
     assert f"url:       {_url(readyz_server)}" in out
     assert f"image:     {DIGEST}" in out
     assert "promotion: from dev by octocat at 2026-03-01T12:00:00Z" in out
+    assert "rollback:" not in out
     assert "readyz:    ready (HTTP 200; qdrant ok, redis ok)" in out
     assert "kubectl -n monitoring port-forward svc/g 3000:80" in out
     assert "pulumi stack output apiKeys --show-secrets -s staging" in out
@@ -210,3 +211,28 @@ def test_smoke_without_an_api_key_output_refuses(ctx: Context, backend: FakeBack
     result = _invoke(ctx, "smoke", "-s", "dev")
     assert result.exit_code == 1
     assert "exports no apiKeys output" in result.output
+
+
+def test_status_says_when_the_stack_runs_a_rolled_back_release(
+    ctx: Context, backend: FakeBackend, readyz_server: ThreadingHTTPServer
+) -> None:
+    rollback = {
+        "toUpdate": 7,
+        "replaced": "r/x@sha256:" + "e" * 64,
+        "at": "2026-03-02T09:00:00Z",
+        "by": "oncall",
+    }
+    backend.add_stack(
+        "prod",
+        outputs={
+            "serviceUrl": _url(readyz_server),
+            "imageDigest": DIGEST,
+            "promotion": {**PROMOTION, "rollback": rollback},
+        },
+    )
+    result = _invoke(ctx, "status", "-s", "prod")
+    assert result.exit_code == 0, result.output
+    assert (
+        f"rollback:  to update 7 by oncall at 2026-03-02T09:00:00Z (replaced {rollback['replaced']})"
+        in result.output
+    )

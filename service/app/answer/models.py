@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from service.app.core.errors import InvalidInput
-from service.app.search.models import MAX_QUERY_CHARS, FilterValue, SearchRequest
+from service.app.search.models import MAX_QUERY_CHARS, FilterValue, SearchRequest, check_query_text
 
 MAX_ANSWER_TOP_K = 20
 # The retrieval modes search accepts, whatever they are (validated here, so a bad mode is a 422 naming `mode`).
@@ -46,9 +46,7 @@ class AnswerRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must not be blank")
-        return value
+        return check_query_text(value)
 
     def search_request(self, default_threshold: float) -> SearchRequest:
         """The retrieval this answer needs: same query, filter and mode, cut at the score threshold."""

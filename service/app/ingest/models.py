@@ -126,6 +126,26 @@ def validate_document_id(document_id: str) -> str:
     return document_id
 
 
+#: Ids a URL cannot carry: every HTTP client, browser and proxy (the Gateway's Envoy included) resolves ``.`` and
+#: ``..`` as dot segments (RFC 3986 5.2.4), so ``/v1/documents/..`` reaches ``/v1/`` and the document could never
+#: be read or deleted again.
+DOT_SEGMENT_IDS = frozenset({".", ".."})
+
+
+def validate_new_document_id(document_id: str) -> str:
+    """``validate_document_id`` for an id about to be written: also refuses ``.`` and ``..``.
+
+    Reads and deletes take them still, so a document stored under one before the rule stays reachable with a
+    client that keeps dot segments (``curl --path-as-is``) and can be deleted."""
+    validate_document_id(document_id)
+    if document_id in DOT_SEGMENT_IDS:
+        raise InvalidInput(
+            f"document_id {document_id!r} is a URL dot segment: clients and proxies resolve it away, so the "
+            "document could not be read or deleted; use another id"
+        )
+    return document_id
+
+
 def document_id_from_filename(filename: str | None) -> str:
     """The document id of an upload sent without one: ``derive_document_id`` of the file's base name."""
     name = PurePath((filename or "").replace("\\", "/")).name

@@ -72,6 +72,7 @@ from service.app.ingest.models import (
     has_lone_surrogate,
     validate_document_id,
     validate_metadata,
+    validate_new_document_id,
 )
 from service.app.store.protocols import Embedder
 from service.app.store.registry import CommitFence, DocumentRecord, DocumentRegistry, Superseded
@@ -229,7 +230,7 @@ class IngestService:
         checked between embedding batches and held by the commit: a job whose lease was taken over stops, and
         never commits over the worker that took it (its points are discarded).
         """
-        validate_document_id(document_id)
+        validate_new_document_id(document_id)
         clean_metadata = validate_metadata(metadata)
         kind = normalize_content_type(content_type)
         if kind not in SUPPORTED_TYPES:
@@ -266,7 +267,7 @@ class IngestService:
 
     async def accept(self, tenant_id: str, document_id: str) -> int:
         """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
-        validate_document_id(document_id)
+        validate_new_document_id(document_id)
         return await to_thread.run_sync(self.registry.accept_write, tenant_id, document_id)
 
     async def _write(

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from service.app.core.errors import InvalidInput
 from service.app.core.logging import request_id_var
 from service.app.ingest.extract import normalize_text
-from service.app.ingest.models import has_lone_surrogate, validate_document_id, validate_metadata
+from service.app.ingest.models import has_lone_surrogate, validate_metadata, validate_new_document_id
 from service.app.jobs.models import IngestPayload, JobStatus, new_job_id
 
 
@@ -34,7 +34,7 @@ async def submit_ingest(
     content_type: str,
 ) -> JSONResponse:
     """Queue the ingestion of already-extracted text; 422s for a bad id or metadata come before the 202."""
-    validate_document_id(document_id)
+    validate_new_document_id(document_id)
     clean_metadata = validate_metadata(metadata)
     if has_lone_surrogate(text):
         # Refused now, not as a failed job: the payload could not even be serialised for the queue.

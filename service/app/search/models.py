@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any, Literal
 
 from pydantic import (
@@ -31,6 +32,21 @@ MODE_DESCRIPTION = (
     "sparse vectors yet (an index built before them, until it is re-indexed); asking for `sparse` or `hybrid` "
     "then is refused with 409."
 )
+
+
+def check_query_text(value: str) -> str:
+    """``value`` unless it is blank or has nothing a model can read.
+
+    ``str.strip`` keeps format characters (zero-width spaces and joiners, direction marks) and lone combining
+    marks: a query made only of those embedded as noise and returned arbitrary chunks, while the same text as a
+    document is refused. A query needs a letter, digit, punctuation mark or symbol."""
+    if not value.strip():
+        raise ValueError("query must not be blank")
+    if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
+        raise ValueError(
+            "query has no content the model can read (only spaces, format characters or combining marks)"
+        )
+    return value
 
 
 class AnyOf(BaseModel):
@@ -140,9 +156,7 @@ class SearchRequest(BaseModel):
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must not be blank")
-        return value
+        return check_query_text(value)
 
     @field_validator("filter", mode="before")
     @classmethod

@@ -319,6 +319,28 @@ def test_staging_and_prod_on_eks_keep_one_proxy_per_gateway(stack: str) -> None:
     assert eks.envoy_proxy_spec(True, merge_gateways=True)["mergeGateways"] is True
 
 
+@pytest.mark.parametrize(("stack", "replicas"), [("dev", 2), ("staging", 2), ("prod", 3)])
+def test_the_eks_proxy_runs_several_pods_spread_and_drained_one_at_a_time(stack: str, replicas: int) -> None:
+    """Every request of the stack goes through Envoy: Envoy Gateway's default of one proxy pod, no budget, made
+    each node drain (every EKS version upgrade replaces every node) a full outage. Pods follow the labels Envoy
+    Gateway gives its proxies, so the spread counts them and nothing else."""
+    spec = run(stack, "eks").by_name("envoy-proxy").inputs["spec"]["provider"]["kubernetes"]
+    deployment = spec["envoyDeployment"]
+    assert deployment["replicas"] == replicas >= 2
+    assert spec["envoyPDB"] == {"maxUnavailable": 1}
+    spread = deployment["pod"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+    for constraint in spread:
+        assert constraint["labelSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": "envoy",
+            "app.kubernetes.io/component": "proxy",
+            "app.kubernetes.io/managed-by": "envoy-gateway",
+        }
+        # Preferred, not required: a zone short of room must still get a proxy pod rather than none.
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert spec["envoyService"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+
+
 # ---------------------------------------------------------------------------------------------- TLS bootstrap
 @pytest.mark.parametrize(
     ("overrides", "temporary"),

@@ -43,6 +43,7 @@ from service.app.ingest.models import (
     IngestResult,
     document_id_from_filename,
     validate_document_id,
+    validate_new_document_id,
 )
 from service.app.jobs.submit import ASYNC_RESPONSES, AsyncFlag, submit_ingest
 from service.app.store.registry import MAX_PAGE_SIZE
@@ -287,7 +288,7 @@ async def put_document(
     async_: AsyncFlag = False,
 ) -> IngestResult:
     """Create or replace a document from JSON ``{text, metadata, content_type}``."""
-    validate_document_id(document_id)
+    validate_new_document_id(document_id)
     require_json_body(request, allow_undeclared=True)
     body = await read_limited_body(request, services.settings.max_document_bytes, "MAX_DOCUMENT_BYTES")
     document = parse_document(body)
@@ -346,7 +347,7 @@ async def upload_document(
         if given_id is not None and not isinstance(given_id, str):
             raise InvalidInput("document_id must be a text field")
         document_id = (
-            validate_document_id(given_id) if given_id else document_id_from_filename(upload.filename)
+            validate_new_document_id(given_id) if given_id else document_id_from_filename(upload.filename)
         )
         metadata_field = form.get("metadata")
         metadata = None
