@@ -33,6 +33,10 @@ Schema validation and the policy pack look at one object at a time. This module 
   Prometheus to every monitor's targets; and every monitor selects something.
 * **alert-targets**: every ``job=`` an alert rule selects is produced by a declared monitor, every workload it
   names is declared.
+* **gcp-apis**: every Google resource waits for the ``projects.Service`` that enables each API it calls
+  (:data:`GCP_RESOURCE_APIS`); an unmapped resource type is itself a finding.
+* **gke-node-identity**: GKE nodes (each node pool, an Autopilot cluster's auto-provisioning defaults) run as a
+  service account the stack grants ``roles/container.defaultNodeServiceAccount`` before they are created.
 * GKE with private nodes: a chart's admission webhook on a port other than 443/10250 needs a firewall rule from the
   control plane's range; a regional Gateway class needs the region's proxy-only subnet.
 
@@ -63,7 +67,8 @@ from infra.components.backups import ASSUMED_TRANSFER_BYTES_PER_SECOND, MAX_OBJE
 from infra.components.gateway import uses_proxy_only_subnet
 from infra.components.specs import ComponentArgsError, quantity_value
 from infra.config import PROJECT, ConfigError, deep_merge
-from infra.naming import stack_marks
+from infra.naming import sanitize, stack_hash, stack_marks
+from infra.offline import ACCOUNT_ID as OFFLINE_ACCOUNT_ID
 from infra.offline import RecordedResource, StackRun
 
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})
@@ -163,7 +168,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
+    check: str  # gcp-apis | gke-node-identity | chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -1536,6 +1541,52 @@ RANDOM_TYPES = frozenset(
 )
 
 
+def _provider_input(run: StackRun, resource: RecordedResource, key: str) -> str | None:
+    provider = (
+        next((r for r in run.resources if r.urn == resource.provider), None) if resource.provider else None
+    )
+    value = provider.inputs.get(key) if provider is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _bucket_owner_problem(
+    run: StackRun, rule: NameRule, resource: RecordedResource, value: str
+) -> tuple[str, str] | None:
+    """(message, fix) when a bucket name unique in the whole of S3/GCS does not carry its account or project.
+
+    The stack name alone is the same for everyone who deploys the example stacks: the second organisation's
+    CreateBucket fails with BucketAlreadyExists (S3) or 409 (GCS), and anyone may claim the name first.
+    """
+    if rule.type == "aws:s3/bucket:Bucket":
+        # Offline runs answer GetCallerIdentity with infra.offline.ACCOUNT_ID.
+        region = _provider_input(run, resource, "region") or ""
+        if resource.inputs.get("bucketNamespace") == "account-regional":
+            suffix = f"-{OFFLINE_ACCOUNT_ID}-{region}-an"
+            if not value.endswith(suffix):
+                return (
+                    f"S3 bucket {value!r} is in the account regional namespace but does not end in {suffix!r}: "
+                    "CreateBucket refuses it (S3 user guide, account regional namespace naming rules).",
+                    "name it <prefix>-<account ID>-<region>-an (infra.stack.s3_bucket_name).",
+                )
+            return None
+        if OFFLINE_ACCOUNT_ID not in value:
+            return (
+                f"S3 bucket {value!r} is unique across every AWS account but does not carry the account ID: "
+                "the same name for every adopter of this stack, so all but the first fail with "
+                "BucketAlreadyExists.",
+                "derive it from the account ID (infra.stack.s3_bucket_name), or set rag:backups.bucket.",
+            )
+    if rule.type == "gcp:storage/bucket:Bucket":
+        project = _provider_input(run, resource, "project")
+        if project and sanitize(project) not in value and stack_hash(sanitize(project)) not in value:
+            return (
+                f"GCS bucket {value!r} is unique across every project but does not carry the project "
+                f"{project!r}: the same name for every adopter of this stack.",
+                "derive it from the project ID (infra.stack.gcs_bucket_name), or set rag:backups.bucket.",
+            )
+    return None
+
+
 def _name_findings(run: StackRun) -> list[Finding]:
     findings: list[Finding] = []
     marks = stack_marks(run.stack)
@@ -1572,6 +1623,9 @@ def _name_findings(run: StackRun) -> list[Finding]:
                 )
             if rule.scoped is None:
                 continue
+            owner = _bucket_owner_problem(run, rule, resource, value)
+            if owner is not None:
+                findings.append(Finding("cloud-args", resource.urn, owner[0], owner[1]))
             if not any(mark and mark in value for mark in marks):
                 findings.append(
                     Finding(
@@ -1801,6 +1855,131 @@ def _value_findings(run: StackRun, graph: Graph) -> list[Finding]:
                     f"repository {repository!r}: the second build's cache export fails.",
                     "export the cache to a separate MUTABLE repository (Registry.cache_repository).",
                 )
+    return findings
+
+
+GCP_SERVICE = "gcp:projects/service:Service"
+#: The Google APIs each pulumi-gcp module's resources call when they are created (the module is the type token's
+#: `gcp:<module>/...` part). A project IAM member reads and writes the project's IAM policy through Cloud Resource
+#: Manager (terraform-provider-google resourcemanager/iam_project.go); a GKE cluster, the private services
+#: connection and Cloud SQL / Memorystore on private IPs also work on the VPC (Compute Engine).
+GCP_RESOURCE_APIS: dict[str, tuple[str, ...]] = {
+    "compute": ("compute.googleapis.com",),
+    "container": ("container.googleapis.com", "compute.googleapis.com"),
+    "artifactregistry": ("artifactregistry.googleapis.com",),
+    "serviceaccount": ("iam.googleapis.com",),
+    "projects": ("cloudresourcemanager.googleapis.com",),
+    "servicenetworking": ("servicenetworking.googleapis.com", "compute.googleapis.com"),
+    "sql": ("sqladmin.googleapis.com", "compute.googleapis.com"),
+    "redis": ("redis.googleapis.com", "compute.googleapis.com"),
+    "storage": ("storage.googleapis.com",),
+}
+
+
+def gcp_apis_needed(resource: RecordedResource) -> tuple[str, ...] | None:
+    """The APIs a Google resource needs enabled before it is created (None: a module nobody mapped yet)."""
+    module = resource.type.split(":", 2)[1].split("/", 1)[0]
+    return GCP_RESOURCE_APIS.get(module)
+
+
+def check_gcp_apis(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every Google resource waits for the `projects.Service` of each API it calls.
+
+    On a fresh project the engine otherwise creates it in parallel with the API's enablement, and the first
+    `pulumi up` fails half way with `403 ... API has not been used in project ... or it is disabled`.
+    """
+    enabled = {resource.urn: resource.inputs.get("service") for resource in run.of_type(GCP_SERVICE)}
+    if not enabled:
+        # A program that enables no API leaves them to whoever set the project up (tests/infra/test_gke_apis.py
+        # holds the GKE target to enabling every API of infra/clusters/gke.py APIS).
+        return []
+    findings: list[Finding] = []
+    for resource in run.resources:
+        if not resource.custom or not resource.type.startswith("gcp:") or resource.type == GCP_SERVICE:
+            continue
+        needed = gcp_apis_needed(resource)
+        if needed is None:
+            findings.append(
+                Finding(
+                    "gcp-apis",
+                    resource.urn,
+                    f"no Google API is known for {resource.type}, so nothing shows it waits for its API.",
+                    "add its module to infra/deployability.py GCP_RESOURCE_APIS (and the API to "
+                    "infra/clusters/gke.py APIS).",
+                )
+            )
+            continue
+        waits_for = {enabled[urn] for urn in graph.closure(resource.urn) if urn in enabled}
+        missing = [api for api in needed if api not in waits_for]
+        if missing:
+            findings.append(
+                Finding(
+                    "gcp-apis",
+                    resource.urn,
+                    f"does not wait for the enablement of {', '.join(missing)}: on a project where it is off, "
+                    "the first `pulumi up` creates it while the API is being enabled and fails (403 "
+                    "SERVICE_DISABLED).",
+                    f"enable {', '.join(missing)} with a gcp.projects.Service (infra/clusters/gke.py APIS) and "
+                    "depend on it (depends_on).",
+                )
+            )
+    return findings
+
+
+GKE_NODE_POOL = "gcp:container/nodePool:NodePool"
+GCP_PROJECT_MEMBER = "gcp:projects/iAMMember:IAMMember"
+#: The project role every GKE node service account needs at least (GKE "Configure node service accounts").
+GKE_NODE_ROLE = "roles/container.defaultNodeServiceAccount"
+
+
+def check_gke_node_identity(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """GKE nodes run as a service account of the stack that holds GKE's minimum node role, and boot after it.
+
+    Unset, GKE uses the Compute Engine default service account, which organisations created after 2024-05-03
+    grant nothing (iam.automaticIamGrantsForDefaultServiceAccounts): Autopilot pods cannot pull from Artifact
+    Registry, and nodes cannot write system logs and metrics.
+    """
+    if not run.of_type("pulumi:providers:gcp"):
+        return []  # a recorded fragment, not a program that creates Google resources
+    granted: dict[str, list[RecordedResource]] = {}
+    for member in run.of_type(GCP_PROJECT_MEMBER):
+        if member.inputs.get("role") == GKE_NODE_ROLE:
+            granted.setdefault(
+                str(member.inputs.get("member", "")).removeprefix("serviceAccount:"), []
+            ).append(member)
+    nodes: list[tuple[RecordedResource, Any]] = []
+    for cluster in run.of_type(GKE_CLUSTER):
+        if _truthy(cluster.inputs.get("enableAutopilot")):
+            path = ("clusterAutoscaling", "autoProvisioningDefaults", "serviceAccount")
+            nodes.append((cluster, _get(cluster.inputs, *path)))
+    for pool in run.of_type(GKE_NODE_POOL):
+        nodes.append((pool, _get(pool.inputs, "nodeConfig", "serviceAccount")))
+    findings: list[Finding] = []
+    for resource, email in nodes:
+        if not email:
+            findings.append(
+                Finding(
+                    "gke-node-identity",
+                    resource.urn,
+                    "its nodes run as the Compute Engine default service account, which organisations created "
+                    "after May 2024 grant nothing: no system logs/metrics, no image pulls from Artifact Registry.",
+                    "set the node service account (nodeConfig.serviceAccount; Autopilot: clusterAutoscaling."
+                    "autoProvisioningDefaults.serviceAccount) to one the stack grants "
+                    f"{GKE_NODE_ROLE} (infra/clusters/gke.py NODE_ROLES).",
+                )
+            )
+            continue
+        members = granted.get(str(email), [])
+        closure = graph.closure(resource.urn)
+        if not any(member.urn in closure for member in members):
+            findings.append(
+                Finding(
+                    "gke-node-identity",
+                    resource.urn,
+                    f"its node service account {email} is not granted {GKE_NODE_ROLE} before the nodes are created.",
+                    f"grant it with gcp.projects.IAMMember(role={GKE_NODE_ROLE!r}) and depend on that member.",
+                )
+            )
     return findings
 
 
@@ -2191,6 +2370,8 @@ CHECKS = (
     check_capabilities,
     check_exposure,
     check_cloud_args,
+    check_gcp_apis,
+    check_gke_node_identity,
     check_ops_sizing,
     check_node_capacity,
     check_pod_memory,

@@ -109,16 +109,57 @@ def redis_mode(config: StackConfig, cluster: ClusterTarget) -> str:
     return "incluster" if config.redis.mode == "incluster" else managed_mode("redis", cluster)
 
 
-def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> str:
-    """The configured bucket, or a name derived from the stack and project/region (buckets are global)."""
-    if config.backups.bucket:
-        return config.backups.bucket
-    scope = cluster.network.get("project") or cluster.region
-    # Bucket names: 3-63 lowercase letters, digits, hyphens (S3 and GCS); cut with a hash of the stack when long.
-    scope = sanitize(scope)
+#: Regions where S3 has no account regional namespace (S3 user guide, "Namespaces for general purpose buckets"),
+#: and partitions it is not documented for: there the bucket goes to the global namespace, still named per account.
+S3_GLOBAL_ONLY_REGIONS = frozenset({"me-south-1", "me-central-1"})
+S3_ACCOUNT_ID_LENGTH = 12
+BUCKET_NAME_LIMIT = 63
+
+
+def s3_account_regional(region: str) -> bool:
+    """Whether a bucket of `region` is created in the account's regional namespace (only that account may create
+    a name ending in `-<account>-<region>-an`; nobody can squat on it)."""
+    return region not in S3_GLOBAL_ONLY_REGIONS and not region.startswith(("cn-", "us-gov-", "eusc-"))
+
+
+def s3_bucket_name(stack: str, account_id: str, region: str) -> str:
+    """`rag-<stack>-qdrant-backups-<account>-<region>[-an]`: S3 bucket names are unique across every AWS account
+    of the partition, so the default name carries the account ID (a name without it is the same for every
+    adopter of the example stacks, and the second one's CreateBucket fails with BucketAlreadyExists)."""
+    suffix = f"-{account_id}-{region}" + ("-an" if s3_account_regional(region) else "")
+    return cloud_name(stack, BACKUPS_NAME, limit=BUCKET_NAME_LIMIT - len(suffix)) + suffix
+
+
+def gcs_bucket_name(stack: str, project: str) -> str:
+    """`rag-<stack>-qdrant-backups-<project>`: GCS bucket names are global, project IDs are too."""
+    scope = sanitize(project)
     if len(scope) > SCOPE_LIMIT:  # a long project ID: keep its start and a hash of all of it
         scope = f"{scope[: SCOPE_LIMIT - HASH_LENGTH - 1].strip('-')}-{stack_hash(scope)}"
-    return cloud_name(config.stack, "qdrant-backups", scope, limit=63)
+    return cloud_name(stack, BACKUPS_NAME, scope, limit=BUCKET_NAME_LIMIT)
+
+
+def aws_account_id(cluster: ClusterTarget) -> pulumi.Output[str]:
+    """The AWS account the target's provider deploys into (STS GetCallerIdentity)."""
+    import pulumi_aws as aws  # only on the aws target: the other targets never load the AWS SDK
+
+    return aws.get_caller_identity_output(
+        opts=pulumi.InvokeOutputOptions(provider=cluster.cloud_provider)
+    ).account_id
+
+
+def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> pulumi.Input[str]:
+    """The configured bucket, or a name unique to the account (AWS, an Output of the caller's account ID) or the
+    project (GCP) and the stack."""
+    if config.backups.bucket:
+        return config.backups.bucket
+    if cluster.cloud == "aws":
+        # Checked here with a placeholder of the account ID's fixed length, so a name the API refuses fails at
+        # preview time with the stack's name, not deep in the update.
+        s3_bucket_name(config.stack, "0" * S3_ACCOUNT_ID_LENGTH, cluster.region)
+        return aws_account_id(cluster).apply(
+            lambda account: s3_bucket_name(config.stack, account, cluster.region)
+        )
+    return gcs_bucket_name(config.stack, cluster.network.get("project") or cluster.region)
 
 
 # --- component args ----------------------------------------------------------------------------------------------
@@ -512,6 +553,11 @@ def backups_args(
         schedule=config.backups.schedule,
         service_account_annotations=service_account_annotations,
         create_bucket=not config.backups.bucket,
+        bucket_namespace=(
+            "account-regional"
+            if cluster.cloud == "aws" and not config.backups.bucket and s3_account_regional(cluster.region)
+            else None
+        ),
         bucket_location=cluster.region.upper() if cluster.cloud == "gcp" else None,
         retention_days=config.backups.retentionDays,
         restore_scratch_size=config.qdrant.storage.size,

@@ -21,7 +21,15 @@ from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.config import StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
+# Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
+# needs which; `make plan` fails when a resource does not wait for its API). Service Usage's "Services enabled by
+# default" list (cloud.google.com/service-usage/docs/enabled-service) has neither Compute Engine, IAM nor Cloud
+# Resource Manager, which project IAM members go through (terraform-provider-google resourcemanager/iam_project.go:
+# cloudresourcemanager v1 getIamPolicy/setIamPolicy). The provider's Service resource waits until the API is listed
+# as enabled (serviceusage waitForServiceUsageEnabledServices), so a dependency on it is enough.
 APIS = (
+    "compute.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "container.googleapis.com",
     "artifactregistry.googleapis.com",
     "iam.googleapis.com",
@@ -31,6 +39,11 @@ APIS = (
     "storage.googleapis.com",
 )
 WORKLOAD_ROLES = ("backup", "service")
+# What a node service account needs on the project: GKE's minimum for node system tasks (logging, monitoring, the
+# HPA's metrics), "Kubernetes Engine Default Node Service Account" (GKE "Configure node service accounts"), and
+# reading the stack's images from Artifact Registry, which that role does not cover.
+NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
+NODE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Name limits of the Google APIs (pulumi-gcp 10.2.0 docstrings): a GKE cluster name is 1-40 characters, a service
 # account ID 6-30 (^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$), an Artifact Registry repository ID at most 63.
 CLUSTER_NAME_LIMIT = 40
@@ -101,11 +114,14 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         gcp.projects.Service(f"api-{api.split('.')[0]}", service=api, disable_on_destroy=False, opts=opts)
         for api in APIS
     ]
+    # Every Google resource below waits for the APIs: on a fresh project the service accounts, the project IAM
+    # members and the network would otherwise be created while their APIs are still being enabled (403
+    # SERVICE_DISABLED, a half-done first `up`).
     after_apis = pulumi.ResourceOptions(depends_on=services)
+    opts = pulumi.ResourceOptions.merge(opts, after_apis)
+    kept = pulumi.ResourceOptions.merge(kept, after_apis)
 
-    network = gcp.compute.Network(
-        "network", auto_create_subnetworks=False, opts=pulumi.ResourceOptions.merge(opts, after_apis)
-    )
+    network = gcp.compute.Network("network", auto_create_subnetworks=False, opts=opts)
     subnet = gcp.compute.Subnetwork(
         "subnet",
         network=network.id,
@@ -203,13 +219,41 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "gcp_public_cidrs_access_enabled": False,
         },
     }
+    # The nodes' own identity (Standard pool and Autopilot alike): without one, GKE runs them as the Compute Engine
+    # default service account, which organisations created after 2024-05-03 no longer grant anything
+    # (iam.automaticIamGrantsForDefaultServiceAccounts): no system logs/metrics, and no pulls from the stack's
+    # Artifact Registry repository (ImagePullBackOff).
+    node_sa = gcp.serviceaccount.Account(
+        "node-sa",
+        account_id=cloud_name(stack, "nodes", limit=high, minimum=low),
+        display_name=f"GKE nodes of {cluster_name}",
+        opts=opts,
+    )
+    node_member = node_sa.email.apply(lambda email: f"serviceAccount:{email}")
+    node_roles = [
+        gcp.projects.IAMMember(
+            f"node-sa-{role.split('/')[1]}",
+            project=gke.project,
+            role=role,
+            member=node_member,
+            opts=opts,
+        )
+        for role in NODE_ROLES
+    ]
+    # Nodes boot with their roles in place (a node without them starts without logging and cannot pull yet).
+    after_node_roles = pulumi.ResourceOptions(depends_on=node_roles)
     depends: list[pulumi.Resource] = []
     if gke.autopilot:
         cluster = gcp.container.Cluster(
             "gke",
             name=cluster_name,
             enable_autopilot=True,
-            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            # Autopilot's nodes take their identity from the auto-provisioning defaults (pulumi-gcp: "the
+            # Google Cloud Platform Service Account to be used by the node VMs created by GKE Autopilot or NAP").
+            cluster_autoscaling={
+                "auto_provisioning_defaults": {"service_account": node_sa.email, "oauth_scopes": NODE_SCOPES}
+            },
+            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
             **common,
         )
     else:
@@ -219,27 +263,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             remove_default_node_pool=True,
             initial_node_count=1,
             workload_identity_config={"workload_pool": workload_pool},
-            opts=pulumi.ResourceOptions.merge(kept, after_apis),
+            opts=kept,
             **common,
         )
-        node_sa = gcp.serviceaccount.Account(
-            "node-sa",
-            account_id=cloud_name(stack, "nodes", limit=high, minimum=low),
-            display_name=f"GKE nodes of {cluster_name}",
-            opts=opts,
-        )
-        for role in (
-            "roles/logging.logWriter",
-            "roles/monitoring.metricWriter",
-            "roles/artifactregistry.reader",
-        ):
-            gcp.projects.IAMMember(
-                f"node-sa-{role.split('/')[1]}",
-                project=gke.project,
-                role=role,
-                member=node_sa.email.apply(lambda email: f"serviceAccount:{email}"),
-                opts=opts,
-            )
         pool = gke.nodePool
         node_pool = gcp.container.NodePool(
             "gke-nodes",
@@ -252,10 +278,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
                 "disk_size_gb": pool.diskSizeGb,
                 "spot": pool.spot,
                 "service_account": node_sa.email,
-                "oauth_scopes": ["https://www.googleapis.com/auth/cloud-platform"],
+                "oauth_scopes": NODE_SCOPES,
                 "workload_metadata_config": {"mode": "GKE_METADATA"},
             },
-            opts=kept,
+            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
         )
         depends.append(node_pool)
 
@@ -266,7 +292,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
-        opts=pulumi.ResourceOptions.merge(kept, after_apis),
+        opts=kept,
     )
 
     identities: dict[str, gcp.serviceaccount.Account] = {

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import pulumi
@@ -151,8 +151,9 @@ class QdrantBackupsArgs:
 
     namespace: str
     cloud: Literal["aws", "gcp"]
-    bucket_name: str
-    """Bucket receiving the snapshots (created here when `create_bucket`)."""
+    bucket_name: pulumi.Input[str]
+    """Bucket receiving the snapshots (created here when `create_bucket`). An Output when it is derived from
+    something only the cloud knows (the AWS account ID); a plain name is checked against the naming rules here."""
     qdrant_peer_urls: tuple[str, ...]
     """HTTP URL of every Qdrant node (QdrantCluster.peer_urls)."""
     qdrant_api_key_secret: str
@@ -165,6 +166,9 @@ class QdrantBackupsArgs:
     service_account_annotations: Mapping[str, str] = field(default_factory=dict)
     """IRSA role or GKE service account granting write access to the bucket."""
     create_bucket: bool = False
+    bucket_namespace: Literal["account-regional"] | None = None
+    """S3 only: create the bucket in the account's regional namespace (pulumi-aws `bucket_namespace`; the name
+    must end in `-<account>-<region>-an`, and no other account can ever create it). None: the global namespace."""
     bucket_location: str | None = None
     """GCS location (required to create a GCS bucket)."""
     retention_days: int = 30
@@ -219,10 +223,22 @@ def validate_args(args: QdrantBackupsArgs) -> None:
     """Raise ComponentArgsError with a full sentence when the args cannot produce working backups."""
     specs.check_dns_label(args.namespace, "QdrantBackupsArgs.namespace")
     require(args.cloud in IMAGES, "QdrantBackupsArgs.cloud must be 'aws' or 'gcp'.")
-    require(
-        bool(_BUCKET.match(args.bucket_name)),
-        f"QdrantBackupsArgs.bucket_name {args.bucket_name!r} is not a valid bucket name.",
-    )
+    if isinstance(args.bucket_name, str):
+        require(
+            bool(_BUCKET.match(args.bucket_name)),
+            f"QdrantBackupsArgs.bucket_name {args.bucket_name!r} is not a valid bucket name.",
+        )
+    if args.bucket_namespace is not None:
+        require(
+            args.cloud == "aws" and args.create_bucket,
+            "QdrantBackupsArgs.bucket_namespace applies to an S3 bucket this component creates.",
+        )
+        if isinstance(args.bucket_name, str):
+            require(
+                args.bucket_name.endswith("-an"),
+                f"QdrantBackupsArgs.bucket_name {args.bucket_name!r} must end in -<account>-<region>-an in the "
+                "account regional namespace.",
+            )
     require(
         len(args.qdrant_peer_urls) >= 1, "QdrantBackupsArgs.qdrant_peer_urls must list at least one node."
     )
@@ -397,8 +413,8 @@ class QdrantBackups(pulumi.ComponentResource):
     """A CronJob snapshotting every Qdrant collection to S3/GCS, and optionally the bucket."""
 
     bucket_name: pulumi.Output[str]
-    destination: str
-    """s3://<bucket>/<prefix> or gs://<bucket>/<prefix>."""
+    destination: pulumi.Input[str]
+    """s3://<bucket>/<prefix> or gs://<bucket>/<prefix> (an Output when the bucket name is one)."""
     cronjob_name: str
     selector_labels: dict[str, str]
 
@@ -426,6 +442,8 @@ class QdrantBackups(pulumi.ComponentResource):
                 else self._gcs_bucket(name, args, child)
             )
 
+        # The jobs write to the bucket as it is (its name from the state, see _aws_bucket), and wait for it.
+        jobs_args = replace(args, bucket_name=bucket) if args.create_bucket else args
         service_account = k8s.core.v1.ServiceAccount(
             f"{name}-sa",
             metadata=specs.metadata(base, ns, object_labels, args.service_account_annotations),
@@ -441,14 +459,14 @@ class QdrantBackups(pulumi.ComponentResource):
         k8s.batch.v1.CronJob(
             f"{name}-cronjob",
             metadata=specs.metadata(base, ns, object_labels),
-            spec=cronjob_spec(args, base, script_config),
+            spec=cronjob_spec(jobs_args, base, script_config),
             # Its pods mount the script ConfigMap and run as the ServiceAccount, both by name.
             opts=child(extra=(service_account, script)),
         )
         k8s.batch.v1.CronJob(
             f"{name}-restore",
             metadata=specs.metadata(f"{base}-restore", ns, object_labels),
-            spec=restore_cronjob_spec(args, base, script_config),
+            spec=restore_cronjob_spec(jobs_args, base, script_config),
             opts=child(extra=(service_account, script)),
         )
         if args.network_policy:
@@ -460,7 +478,13 @@ class QdrantBackups(pulumi.ComponentResource):
             )
 
         self.bucket_name = bucket
-        self.destination = destination(args.cloud, args.bucket_name, args.prefix)
+        self.destination = (
+            destination(args.cloud, args.bucket_name, args.prefix)
+            if isinstance(args.bucket_name, str)
+            else pulumi.Output.from_input(args.bucket_name).apply(
+                lambda bucket_name: destination(args.cloud, bucket_name, args.prefix)
+            )
+        )
         self.cronjob_name = base
         self.selector_labels = match
         self.register_outputs({"bucketName": bucket, "destination": self.destination})
@@ -469,8 +493,15 @@ class QdrantBackups(pulumi.ComponentResource):
         bucket = aws.s3.Bucket(
             f"{name}-bucket",
             bucket=args.bucket_name,
+            bucket_namespace=args.bucket_namespace,
             force_destroy=args.force_destroy,
-            opts=child(protect=args.protect),
+            # A bucket created under an earlier default name (the stack and region only) is kept, never replaced:
+            # a replacement would delete it with its backups outside prod (force_destroy) and stop prod's `up`.
+            # New stacks get the name the stack derives; every consumer reads the name from the bucket.
+            opts=pulumi.ResourceOptions.merge(
+                child(protect=args.protect),
+                pulumi.ResourceOptions(ignore_changes=["bucket", "bucket_namespace"]),
+            ),
         )
         aws.s3.BucketVersioning(
             f"{name}-bucket-versioning",

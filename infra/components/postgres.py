@@ -421,19 +421,24 @@ class PostgresDatabase(pulumi.ComponentResource):
             },
             opts=self._opts(args, protect=args.protect),
         )
-        database = gcp.sql.Database(
-            f"{name}-database",
-            instance=instance.name,
-            name=args.database,
-            opts=self._opts(args, protect=args.protect),
-        )
         password = pulumi.Output.secret(args.password)
         user = gcp.sql.User(
             f"{name}-user",
             instance=instance.name,
             name=args.username,
             password=password,
-            opts=self._opts(args, extra=(database,)),
+            opts=self._opts(args),
+        )
+        # The database waits for the user, so a destroy deletes the database first: the service's migrations make
+        # the user own every table in it, and Cloud SQL's DeleteUser runs DROP ROLE, which PostgreSQL refuses
+        # while the role owns objects (pulumi-gcp sql.User `deletion_policy` docstring: Postgres users "cannot be
+        # deleted from the API if they have been granted SQL roles"). Users are real deletes, never ABANDON: an
+        # abandoned role would keep a working password on the instance.
+        database = gcp.sql.Database(
+            f"{name}-database",
+            instance=instance.name,
+            name=args.database,
+            opts=self._opts(args, protect=args.protect, extra=(user,)),
         )
         # The URL only carries the instance's address: a client must also wait for the database and its user.
         self.ready = (instance, database, user)

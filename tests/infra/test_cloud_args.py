@@ -16,7 +16,7 @@ import yaml
 
 from infra import deployability as d
 from infra import naming
-from infra.offline import PROJECT_DIR, RecordedResource, StackRun, run_stack
+from infra.offline import ACCOUNT_ID, PROJECT_DIR, RecordedResource, StackRun, run_stack
 from infra.workflows.ephemeral import MAX_NAME_LENGTH
 from tests.infra.conftest import run, target_overrides
 from tests.infra.test_deployability import findings, program, res
@@ -111,15 +111,19 @@ def test_a_project_wide_name_must_carry_the_stack() -> None:
 
 
 def test_bucket_names_follow_s3_and_gcs_rules() -> None:
-    s3 = res("aws:s3/bucket:Bucket", "b", {"bucket": "Rag-pr-7-backups-s3alias"})
+    # S3 names carry the account ID (tests/infra/test_backup_bucket.py): here the offline one.
+    s3 = res("aws:s3/bucket:Bucket", "b", {"bucket": f"Rag-pr-7-backups-{ACCOUNT_ID}-s3alias"})
     gcs = res("gcp:storage/bucket:Bucket", "g", {"name": "rag-pr-7-google-backups"})
     s3_finding, gcs_finding = cloud_findings(named("pr-7", s3, gcs))
     assert "does not match" in s3_finding.message
     assert "S3 reserves" in s3_finding.message
     assert "'google'" in gcs_finding.message
-    assert (
-        cloud_findings(named("pr-7", res("aws:s3/bucket:Bucket", "b", {"bucket": "rag-pr-7-backups"}))) == []
+    own = res("aws:s3/bucket:Bucket", "b", {"bucket": f"rag-pr-7-backups-{ACCOUNT_ID}"})
+    assert cloud_findings(named("pr-7", own)) == []
+    (shared,) = cloud_findings(
+        named("pr-7", res("aws:s3/bucket:Bucket", "b", {"bucket": "rag-pr-7-backups"}))
     )
+    assert "does not carry the account ID" in shared.message
 
 
 # --------------------------------------------------------------------------------------------- values

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.offline import StackRun, run_stack
+from infra.offline import ACCOUNT_ID, StackRun, run_stack
 from tests.infra.conftest import STACKS, TARGETS, run
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -368,7 +368,7 @@ def test_backups_run_on_schedule_with_workload_identity_and_bucket_access() -> N
     trust = prod.by_name("irsa-backup").inputs["assumeRolePolicy"]
     assert "system:serviceaccount:rag:qdrant-backups" in trust
     policy = prod.by_name("irsa-backup-bucket").inputs["policy"]
-    assert "arn:aws:s3:::rag-prod-qdrant-backups-eu-west-1/*" in policy
+    assert f"arn:aws:s3:::rag-prod-qdrant-backups-{ACCOUNT_ID}-eu-west-1-an/*" in policy
     assert prod.by_name("qdrant-backups-bucket").protect is True
     staging = run("staging")
     account = staging.by_name("qdrant-backups-sa").inputs["metadata"]

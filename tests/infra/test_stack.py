@@ -221,12 +221,31 @@ def test_gateway_args_choose_the_issuer(tls: dict, kind: str, name: str | None) 
     assert (prod.issuer, prod.acme_email) == ("letsencrypt-prod", config("prod").tls.email)
 
 
-def test_backup_bucket_name_is_derived_and_bounded() -> None:
+class _Known:
+    """Stands in for the account ID Output (no engine here): apply runs at once."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def apply(self, func: Any) -> Any:
+        return func(self.value)
+
+
+def test_backup_bucket_name_is_derived_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     staging = config("staging")
     assert stack.backup_bucket(staging, target("gke")) == "rag-staging-qdrant-backups-rag-staging"
-    assert stack.backup_bucket(config("prod"), target("eks")) == "rag-prod-qdrant-backups-eu-west-1"
-    long = target("eks", region="x" * 80)
-    assert len(stack.backup_bucket(config("prod"), long)) <= 63
+    # On AWS the name carries the account ID, known only to the provider: an Output (tests/infra/
+    # test_backup_bucket.py checks the resolved names); its form is s3_bucket_name's.
+    monkeypatch.setattr(stack, "aws_account_id", lambda cluster: _Known("123456789012"))
+    assert (
+        stack.backup_bucket(config("prod"), target("eks"))
+        == "rag-prod-qdrant-backups-123456789012-eu-west-1-an"
+    )
+    assert stack.s3_bucket_name("prod", "123456789012", "eu-west-1") == (
+        "rag-prod-qdrant-backups-123456789012-eu-west-1-an"
+    )
+    long = target("gke", network={"project": "p" * 30 + "-x" * 20})
+    assert len(stack.backup_bucket(config("staging"), long)) <= 63
     named = config("prod", backups={"bucket": "my-bucket"})
     assert stack.backup_bucket(named, target("eks")) == "my-bucket"
 

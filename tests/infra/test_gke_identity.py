@@ -1,0 +1,117 @@
+"""GKE node identities and the Cloud SQL destroy order, checked on the rendered program (each stack on GKE).
+
+Node identity: GKE's nodes need `roles/container.defaultNodeServiceAccount` on the project (GKE "Configure node
+service accounts") and, to pull the stack's images, Artifact Registry read. Unset, a node runs as the Compute
+Engine default service account, which organisations created after May 2024 grant nothing.
+
+Destroy order: the service's migrations make the Cloud SQL user own every table of the database, and Cloud SQL's
+DeleteUser (DROP ROLE) fails while it owns objects; the database must be deleted first, i.e. wait for the user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from infra import deployability as d
+from infra.clusters.gke import NODE_ROLES
+from tests.infra.conftest import run
+
+
+def autopilot(stack: str = "staging"):
+    return run(stack, "gke", cluster={"gke": {"autopilot": True}})
+
+
+def node_roles(result, email: str) -> dict[str, d.RecordedResource]:
+    return {
+        m.inputs["role"]: m
+        for m in result.of_type(d.GCP_PROJECT_MEMBER)
+        if m.inputs["member"] == f"serviceAccount:{email}"
+    }
+
+
+def identity_findings(result) -> list[d.Finding]:
+    return d.check_gke_node_identity(result, d.capabilities(result), d.Graph(result))
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_standard_node_pools_run_as_the_stack_node_account_with_gkes_minimum_role(stack: str) -> None:
+    result = run(stack, "gke")
+    graph = d.Graph(result)
+    account = result.by_name("node-sa")
+    (pool,) = result.of_type(d.GKE_NODE_POOL)
+    email = pool.inputs["nodeConfig"]["serviceAccount"]
+    assert email == result.by_name("node-sa").inputs.get("email", email)
+    assert account.urn in graph.closure(pool.urn)
+    roles = node_roles(result, email)
+    assert (
+        set(roles)
+        == set(NODE_ROLES)
+        == {
+            "roles/container.defaultNodeServiceAccount",
+            "roles/artifactregistry.reader",
+        }
+    )
+    # The nodes boot with their roles in place.
+    assert all(member.urn in graph.closure(pool.urn) for member in roles.values())
+    assert identity_findings(result) == []
+
+
+def test_autopilot_nodes_run_as_the_stack_node_account() -> None:
+    result = autopilot()
+    graph = d.Graph(result)
+    (cluster,) = result.of_type(d.GKE_CLUSTER)
+    assert result.of_type(d.GKE_NODE_POOL) == []
+    defaults = cluster.inputs["clusterAutoscaling"]["autoProvisioningDefaults"]
+    email = defaults["serviceAccount"]
+    assert email
+    assert defaults["oauthScopes"] == ["https://www.googleapis.com/auth/cloud-platform"]
+    roles = node_roles(result, email)
+    assert set(roles) == set(NODE_ROLES)
+    assert all(member.urn in graph.closure(cluster.urn) for member in roles.values())
+    assert identity_findings(result) == []
+
+
+def replace(result, resource, **inputs):
+    changed = dataclasses.replace(resource, inputs={**resource.inputs, **inputs})
+    return dataclasses.replace(result, resources=[changed if r is resource else r for r in result.resources])
+
+
+def test_a_node_pool_on_the_default_compute_account_is_a_finding() -> None:
+    result = run("staging", "gke")
+    (pool,) = result.of_type(d.GKE_NODE_POOL)
+    config = {k: v for k, v in pool.inputs["nodeConfig"].items() if k != "serviceAccount"}
+    (found,) = identity_findings(replace(result, pool, nodeConfig=config))
+    assert "Compute Engine default service account" in found.message
+    cluster = autopilot().of_type(d.GKE_CLUSTER)[0]
+    (found,) = identity_findings(replace(autopilot(), cluster, clusterAutoscaling={}))
+    assert found.name == "gke"
+
+
+def test_an_account_without_the_node_role_or_granted_too_late_is_a_finding() -> None:
+    result = run("staging", "gke")
+    member = result.by_name("node-sa-container.defaultNodeServiceAccount")
+    (found,) = identity_findings(replace(result, member, role="roles/logging.logWriter"))
+    assert "roles/container.defaultNodeServiceAccount" in found.message
+    (pool,) = result.of_type(d.GKE_NODE_POOL)
+    unordered = dataclasses.replace(pool, depends_on=tuple(u for u in pool.depends_on if u != member.urn))
+    result = dataclasses.replace(result, resources=[unordered if r is pool else r for r in result.resources])
+    assert [f.name for f in identity_findings(result)] == ["gke-nodes"]
+
+
+def test_cloud_sql_database_is_destroyed_before_its_user() -> None:
+    # prod on GKE runs managed Postgres (Cloud SQL).
+    result = run("prod", "gke")
+    graph = d.Graph(result)
+    database, user = result.by_name("postgres-database"), result.by_name("postgres-user")
+    instance = result.by_name("postgres-instance")
+    # The engine deletes dependents first: the database waits for the user, so it goes first on destroy.
+    assert user.urn in graph.closure(database.urn)
+    assert database.urn not in graph.closure(user.urn)
+    assert instance.urn in graph.closure(user.urn)
+    # Still a real delete (an abandoned role would keep a working password on the instance).
+    assert user.inputs.get("deletionPolicy") in (None, "DELETE")
+    # The service (API and worker) waits for both, so it is gone before either is deleted.
+    for name in ("rag-api", "rag-worker"):
+        assert {database.urn, user.urn} <= graph.closure(result.by_name(name).urn)
