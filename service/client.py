@@ -53,6 +53,11 @@ TEXT_TYPES = {
 }
 UPLOAD_TYPES = {".pdf": "application/pdf"}
 TRANSIENT_RETRIES = 4
+# A bulk request is embedded while the client waits: ~1 kB of text is a chunk, and a core embeds 10-25 chunks/s
+# (docs/service.md), so 256 kB is ~10-25 s on a quiet core and stays far under DEFAULT_TIMEOUT on a busy one.
+# 5 MB (the earlier default) was 4-10 minutes of embedding on a quiet core: every such batch outlasted the timeout.
+DEFAULT_MAX_BATCH_BYTES = 256_000
+DEFAULT_TIMEOUT = 300.0
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
 # The bytes of a bulk body around its items: {"documents":[ ... ]}, items joined by ",".
 BULK_ENVELOPE = len(b'{"documents":[]}')
@@ -146,6 +151,21 @@ class KeyRefused(Exception):
     """The service refused the API key (401/403): nothing more is sent."""
 
 
+class NoAnswer(Exception):
+    """The request reached the service but no answer came within the client's timeout.
+
+    Not retried: the service keeps working on a request whose client left, so sending the batch again ran it
+    once more beside the first (five copies of one batch were seen); the files are reported instead, and the
+    run goes on with the next batch."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"no answer within {timeout:g} s: the service may still be storing it; run the same command again "
+            "later (files already stored are skipped as unchanged), or send smaller batches (--max-batch-bytes) "
+            "or wait longer (--timeout)"
+        )
+
+
 class IngestClient:
     """Sends requests to the service, waiting out 429s (Retry-After) and retrying transient failures."""
 
@@ -156,11 +176,12 @@ class IngestClient:
         report: Report,
         *,
         sleep: Callable[[float], None] = time.sleep,
-        timeout: float = 300.0,
+        timeout: float = DEFAULT_TIMEOUT,
         on_wait: Callable[[str], None] | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self._timeout = timeout
         self._report = report
         self._sleep = sleep
         self._on_wait = on_wait or (lambda _message: None)
@@ -175,6 +196,8 @@ class IngestClient:
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.ReadTimeout as exc:
+                raise NoAnswer(self._timeout) from exc
             except httpx.TransportError as exc:
                 if transient >= TRANSIENT_RETRIES:
                     raise
@@ -316,12 +339,16 @@ def upload(client: IngestClient, root: Path, item: Pending, report: Report) -> N
     if item.charset:
         part_type = f"{part_type}; charset={item.charset}"
     with path.open("rb") as handle:
-        response = client.send(
-            "POST",
-            "/v1/documents",
-            files={"file": (path.name, handle, part_type)},
-            data={"document_id": document_id_for(path, root)},
-        )
+        try:
+            response = client.send(
+                "POST",
+                "/v1/documents",
+                files={"file": (path.name, handle, part_type)},
+                data={"document_id": document_id_for(path, root)},
+            )
+        except NoAnswer as exc:
+            report.fail(item.name, str(exc))
+            return
     if response.status_code in (200, 201):
         report.outcomes[response.json()["status"]] += 1
     else:
@@ -355,12 +382,19 @@ def ingest_folder(
             upload(client, root, batch[0], report)
             advance(1)
             continue
-        response = client.send(
-            "POST",
-            "/v1/documents:bulk",
-            content=json_body({"documents": [p.document for p in batch]}),
-            headers={"Content-Type": "application/json"},
-        )
+        try:
+            response = client.send(
+                "POST",
+                "/v1/documents:bulk",
+                content=json_body({"documents": [p.document for p in batch]}),
+                headers={"Content-Type": "application/json"},
+            )
+        except NoAnswer as exc:
+            del queue[: len(batch)]
+            for item in batch:
+                report.fail(item.name, str(exc))
+            advance(len(batch))
+            continue
         # Each item costs one ingest request: a batch must fit the key's limit, which every answer states.
         limit = response.headers.get("RateLimit-Limit", "")
         if limit.isdigit() and 0 < int(limit) < batch_size:
@@ -399,7 +433,17 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     )
     ingest.add_argument("--batch-size", type=int, default=20, help="documents per bulk request (default 20)")
     ingest.add_argument(
-        "--max-batch-bytes", type=int, default=5_000_000, help="JSON bytes per bulk request (default 5 MB)"
+        "--max-batch-bytes",
+        type=int,
+        default=DEFAULT_MAX_BATCH_BYTES,
+        help=f"JSON bytes per bulk request (default {DEFAULT_MAX_BATCH_BYTES // 1000} kB: a batch is embedded "
+        "within one request, at 10-25 chunks/s per core)",
+    )
+    ingest.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds to wait for each answer (default {DEFAULT_TIMEOUT:g})",
     )
     ingest.add_argument(
         "--encoding",
@@ -415,6 +459,9 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         return 2
     if args.batch_size < 1:
         console.print("[red]error:[/red] --batch-size must be at least 1")
+        return 2
+    if not args.timeout > 0:
+        console.print("[red]error:[/red] --timeout must be a positive number of seconds")
         return 2
     encoding = None
     if args.encoding is not None:
@@ -436,7 +483,11 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     with progress:
         task = progress.add_task("ingest", total=len(files), note="")
         client = IngestClient(
-            args.url, key, report, on_wait=lambda message: progress.update(task, note=message)
+            args.url,
+            key,
+            report,
+            timeout=args.timeout,
+            on_wait=lambda message: progress.update(task, note=message),
         )
         try:
             ingest_folder(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import re
 from pathlib import Path
 
@@ -105,6 +106,69 @@ def test_retry_after_is_honoured_exactly() -> None:
     assert slept == [7.0, 14.0]
     assert report.rate_limited == 2
     assert len(set(seen)) == 1
+
+
+def test_a_batch_without_an_answer_in_time_is_not_sent_again_and_the_run_goes_on(tmp_path: Path) -> None:
+    """A ReadTimeout means the service has the request and keeps working on it: sending the batch again ran it
+    once more beside the first. The batch's files are reported (with what to do), the next batch and the
+    upload still go, and the exit is 1 with the reason, not "cannot reach"."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"note {i}.md").write_text(f"Note {i} about the harbour.")
+    (folder / "report.pdf").write_bytes(make_pdf(["Quarterly report."]))
+    bulks: list[list[str]] = []
+    uploads: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/documents:bulk":
+            ids = [d["document_id"] for d in json.loads(request.content)["documents"]]
+            bulks.append(ids)
+            if len(bulks) == 1:
+                raise httpx.ReadTimeout("timed out", request=request)
+            items = [
+                {"index": i, "document_id": d, "status_code": 201, "result": {"status": "created"}}
+                for i, d in enumerate(ids)
+            ]
+            return httpx.Response(200, json={"succeeded": len(ids), "failed": 0, "items": items})
+        uploads.append(request.url.path)
+        return httpx.Response(201, json={"status": "created"})
+
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("http://service", None, report, sleep=lambda _s: None, timeout=7)
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    done: list[int] = []
+    ingest_client.ingest_folder(
+        client, folder, report, batch_size=2, max_batch_bytes=100_000, advance=done.append
+    )
+    assert len(bulks) == 2, bulks  # the first batch went once, then the second; nothing was sent again
+    assert uploads == ["/v1/documents"]
+    assert sum(done) == 5
+    assert report.retried == 0
+    assert report.outcomes == {"failed": 2, "created": 3}
+    failed = {name for name, _ in report.failures}
+    assert failed == {"note 0.md", "note 1.md"}
+    assert all(
+        "no answer within 7 s" in reason and "run the same command again" in reason
+        for _, reason in report.failures
+    )
+
+
+def test_the_default_batch_fits_the_timeout_at_the_documented_rate() -> None:
+    """At the slowest documented rate (10 chunks/s on a core, ~1 kB of text a chunk), a full default batch is
+    embedded well within the default timeout (5 MB was ~500 s)."""
+    seconds_at_slowest = ingest_client.DEFAULT_MAX_BATCH_BYTES / 1000 / 10
+    assert seconds_at_slowest * 4 < ingest_client.DEFAULT_TIMEOUT  # room for a machine 4x as busy
+
+
+def test_a_bad_timeout_is_a_usage_error(tmp_path: Path) -> None:
+    output = io.StringIO()
+    code = ingest_client.main(
+        ["ingest", str(tmp_path), "--url", "http://127.0.0.1:9", "--timeout", "0"],
+        console=Console(file=output, width=200),
+    )
+    assert code == 2
+    assert "--timeout must be a positive number of seconds" in output.getvalue()
 
 
 def test_document_ids_follow_the_relative_path() -> None:
