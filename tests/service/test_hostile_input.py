@@ -202,3 +202,37 @@ def test_disk_full_fails_readiness_and_writes_answer_503(tmp_path: Path, embedde
         assert write.json()["error"]["message"] == "vector store unavailable; retry later"  # no class names
         assert client.get("/v1/documents/d").status_code == 404
     vectors.close()
+
+
+def test_a_nearly_full_disk_refuses_edge_writes_with_a_503_before_the_engine_can_fault(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    """The embedded engine writes through memory maps: on a really full filesystem the next write is a SIGBUS
+    that kills the process without a log line (a full tmpfs, EYES_SVC2 S2). So the store reads the real free
+    space before each write and refuses below READY_MIN_FREE_BYTES: a 503 naming it, nothing stored, what was
+    stored still served, and writes work again once there is room (no injected error: statvfs of tmp_path)."""
+    from service.app.store.edge import EdgeVectorStore
+
+    settings = make_settings(tmp_path, vector_store="edge")
+    store = EdgeVectorStore.from_settings(
+        settings, model_name=embedder.model_name, dimension=embedder.dimension
+    )
+    assert store.min_free_bytes == settings.ready_min_free_bytes > 0
+    with running_app(settings, embedder=embedder, vectors=store) as client:
+        text = "The lighthouse keeper logs the tides."
+        assert client.put("/v1/documents/kept", json={"text": text}).status_code == 201
+        kept = client.get("/v1/documents/kept").json()
+        store.min_free_bytes = 2**62  # more than any disk has: "nearly full" by the same statvfs reading
+        refused = client.put("/v1/documents/new", json={"text": "no room for this"})
+        assert refused.status_code == 503, refused.text
+        message = refused.json()["error"]["message"]
+        assert "READY_MIN_FREE_BYTES" in message
+        assert "searches still work" in message
+        assert client.put("/v1/documents/kept", json={"text": "A replacement."}).status_code == 503
+        assert client.get("/v1/documents/new").status_code == 404
+        assert client.get("/v1/documents/kept").json() == kept
+        hits = client.post("/v1/search", json={"query": "lighthouse tides", "top_k": 1}).json()["results"]
+        assert hits[0]["document_id"] == "kept"
+        assert hits[0]["text"] == text
+        store.min_free_bytes = settings.ready_min_free_bytes
+        assert client.put("/v1/documents/new", json={"text": "room again"}).status_code == 201

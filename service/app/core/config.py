@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     ready_min_free_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="/readyz fails when DATA_DIR (embedded SQLite/Qdrant) has less free space than this",
+        description="/readyz fails, and the embedded store refuses writes (503), when DATA_DIR has less free space than this",
     )
 
     # --- input limits ----------------------------------------------------------------------------------

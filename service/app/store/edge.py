@@ -653,6 +653,7 @@ class EdgeVectorStore:
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
         quantization: bool = False,
         metadata_index_max_keys: int = METADATA_INDEX_MAX_KEYS,
+        min_free_bytes: int = 0,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -661,6 +662,10 @@ class EdgeVectorStore:
         self.path = path
         self.collection = collection
         self.dimension = dimension
+        # Writes are refused (503) while the volume has less free space than this (READY_MIN_FREE_BYTES): the
+        # engine writes its segments through memory maps, and a page it cannot back on a full filesystem is a
+        # SIGBUS that kills the process with no log line (seen on a full tmpfs), not an ENOSPC it could answer.
+        self.min_free_bytes = min_free_bytes
         self._segment_points = segment_points
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
@@ -718,6 +723,7 @@ class EdgeVectorStore:
             consolidate_segment_points=settings.edge_consolidate_segment_points,
             quantization=settings.edge_quantization == "int8",
             metadata_index_max_keys=settings.metadata_index_max_keys,
+            min_free_bytes=settings.ready_min_free_bytes,
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -738,6 +744,7 @@ class EdgeVectorStore:
             consolidate_segment_points=self._consolidate_points,
             quantization=self.quantization,
             metadata_index_max_keys=self.metadata_index_max_keys,
+            min_free_bytes=self.min_free_bytes,
         )
         other._lock = self._lock
         return other
@@ -1197,11 +1204,27 @@ class EdgeVectorStore:
         if keys and self.indexer is not None:
             self.indexer.add(keys)
 
+    def _check_room(self) -> None:
+        """ServiceUnavailable when the store's volume has less free space than ``min_free_bytes``."""
+        if not self.min_free_bytes:
+            return
+        stats = os.statvfs(self.path if self.path.exists() else self.path.parent)
+        free = stats.f_bavail * stats.f_frsize
+        if free < self.min_free_bytes:
+            FAILURES.labels(component="vector_store").inc()
+            logger.error("write refused: %d bytes free under %s, below READY_MIN_FREE_BYTES", free, self.path)
+            raise ServiceUnavailable(
+                f"the embedded store's disk is nearly full ({free // (1024 * 1024)} MiB free, below "
+                f"READY_MIN_FREE_BYTES {self.min_free_bytes // (1024 * 1024)} MiB): writes are refused until "
+                "space is freed; searches still work"
+            )
+
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
         """Write points in batches; each batch is in the WAL and visible when its call returns."""
         if not points:
             return
+        self._check_room()
         self._admit_metadata({id(p.metadata): p.metadata for p in points}.values())
         for start in range(0, len(points), self.upsert_batch):
             batch = points[start : start + self.upsert_batch]
@@ -1224,6 +1247,7 @@ class EdgeVectorStore:
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
         """Write (point id, dense vector, payload) triples as they are, e.g. copied from another store; the sparse
         vector is computed from the payload's chunk text."""
+        self._check_room()
         self._admit_metadata(payload.get("metadata") or {} for _, _, payload in records)
         encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
