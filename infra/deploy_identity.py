@@ -81,6 +81,18 @@ GCP_DRIFT_ROLES: dict[str, str] = {
 
 # --------------------------------------------------------------------------------------------------------- AWS
 #: IAM actions per resource type of the EKS target (create, read, update, delete, tags).
+#: What pushing an image into an ECR repository takes (the build's push and the promotion copy's).
+ECR_PUSH = (
+    "ecr:GetAuthorizationToken",
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:BatchGetImage",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:InitiateLayerUpload",
+    "ecr:UploadLayerPart",
+    "ecr:CompleteLayerUpload",
+    "ecr:PutImage",
+)
+
 AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
     "aws:ec2/vpc:Vpc": (
         "ec2:CreateVpc",
@@ -155,29 +167,10 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
         "ecr:DeleteLifecyclePolicy",
     ),
     # The build pushes the image and its cache (and reads the registry on refresh).
-    "docker-build:index:Image": (
-        "ecr:GetAuthorizationToken",
-        "ecr:BatchCheckLayerAvailability",
-        "ecr:BatchGetImage",
-        "ecr:GetDownloadUrlForLayer",
-        "ecr:InitiateLayerUpload",
-        "ecr:UploadLayerPart",
-        "ecr:CompleteLayerUpload",
-        "ecr:PutImage",
-        "ecr:DescribeImages",
-    ),
+    "docker-build:index:Image": (*ECR_PUSH, "ecr:DescribeImages"),
     # The promotion copy pushes the promoted image into the stack's repository (reading the source the same way
     # when it is an ECR repository of this account; another account's needs a repository policy there).
-    "command:local:Command": (
-        "ecr:GetAuthorizationToken",
-        "ecr:BatchCheckLayerAvailability",
-        "ecr:BatchGetImage",
-        "ecr:GetDownloadUrlForLayer",
-        "ecr:InitiateLayerUpload",
-        "ecr:UploadLayerPart",
-        "ecr:CompleteLayerUpload",
-        "ecr:PutImage",
-    ),
+    "command:local:Command": ECR_PUSH,
     "aws:eks/cluster:Cluster": (
         "eks:CreateCluster",
         "eks:DeleteCluster",

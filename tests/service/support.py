@@ -110,6 +110,22 @@ def create_database(server_url: str, name: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+@contextmanager
+def migrated_registry(request: Any, tmp_path_factory: Any, name: str) -> Iterator[DocumentRegistry]:
+    """A migrated registry on a fresh database of the backend ``request.param`` (``sqlite`` or ``postgres``,
+    the latter named ``name`` on the test server), closed afterwards."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp(name) / 'registry.db'}"
+    else:
+        url = create_database(request.getfixturevalue("postgres_url"), name)
+    registry = DocumentRegistry(url)
+    registry.migrate()
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
 def make_pdf(pages: list[str]) -> bytes:
     """A minimal valid PDF with one line of Helvetica text per page (built by hand, offsets computed)."""
     objects: list[bytes] = []

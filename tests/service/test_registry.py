@@ -20,7 +20,7 @@ from service.app.store.registry import (
     decode_cursor,
     encode_cursor,
 )
-from tests.service.support import create_database
+from tests.service.support import migrated_registry
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -28,14 +28,8 @@ def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DocumentRegistry]:
     """A migrated registry on a fresh database of each backend."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('registry') / 'registry.db'}"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "h2_test_registry")
-    registry = DocumentRegistry(url)
-    registry.migrate()
-    yield registry
-    registry.close()
+    with migrated_registry(request, tmp_path_factory, "h2_test_registry") as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from service.app.core.errors import Conflict
 from service.app.store.jobstore import JobTable
 from service.app.store.registry import DocumentRegistry, Superseded, write_order
-from tests.service.support import create_database
+from tests.service.support import migrated_registry
 
 HOUR = 3600.0
 
@@ -25,14 +25,8 @@ HOUR = 3600.0
 def registry(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DocumentRegistry]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('prune') / 'registry.db'}"
-    else:
-        url = create_database(request.getfixturevalue("postgres_url"), "h2_test_write_order_prune")
-    registry = DocumentRegistry(url)
-    registry.migrate()
-    yield registry
-    registry.close()
+    with migrated_registry(request, tmp_path_factory, "h2_test_write_order_prune") as registry:
+        yield registry
 
 
 @pytest.fixture
