@@ -106,6 +106,18 @@ def test_pinned_cert_manager_is_supported_on_the_envoy_gateway_range() -> None:
     assert chart_values.load("cert-manager", gateway.CERT_MANAGER_VERSION) is not None
 
 
+def test_the_envoy_gateway_range_agrees_with_the_eks_targets_list() -> None:
+    """infra/clusters/eks.py keeps its own list of Envoy Gateway's minors (the cloud-args check on the cluster):
+    both say the same thing, so raising the pin means updating one range, not two that drift."""
+    chart, version, _ = eks.ENVOY_GATEWAY_CHART
+    supported = chart_values.supported_kubernetes(chart, version)
+    assert supported is not None
+    assert (supported.minimum, supported.maximum) == (
+        eks.ENVOY_GATEWAY_KUBERNETES[0],
+        eks.ENVOY_GATEWAY_KUBERNETES[-1],
+    )
+
+
 # ---------------------------------------------------------------------------------------------- crd-upgrade
 def test_envoy_gateway_crds_come_from_its_crd_chart_before_the_controller() -> None:
     """On EKS the Gateway API and Envoy Gateway CRDs are a helm.v4.Chart of gateway-crds-helm at the controller's
