@@ -29,7 +29,10 @@ Per size:
   at 100k chunks that pass runs for tens of seconds after start-up and slowed the searches measured during it.
 - **Throughput** (sizes listed in ``--concurrency-at``): searches/s, p50 and server CPU per search with 1, 4
   and 16 client threads, for distinct texts (each request a new text) and repeated ones (50 cached texts);
-  ``--threads-sweep 1,2,default`` restarts the service with each EMBEDDING_THREADS value and measures each.
+  ``--threads-sweep`` (default ``default,1``) restarts the service with each EMBEDDING_THREADS value and measures
+  each. At 4 clients the server's CPU per search is split by thread (event loop, search workers, ONNX Runtime's and
+  the tokenizer's native pools, the engine's search pool; Python threads named with ``py-spy dump`` when it is
+  installed) next to the benchmark client's own CPU per search, since both share the machine's CPUs.
 
 Results replace the section between the scale markers in docs/benchmarks.md (``--write``).
 """
@@ -907,9 +910,11 @@ def main() -> None:
     parser.add_argument("--concurrency-seconds", type=float, default=10.0)
     parser.add_argument(
         "--threads-sweep",
-        default="",
+        default=None,
         help="EMBEDDING_THREADS values to measure throughput with at --concurrency-at, e.g. 1,2,default "
-        "(a service start per value); empty: the service's default only",
+        "(a service start per value; default: 'default,1', the service's default and one intra-op thread, whose "
+        "CPU per query is ~0.7x at ~1.2x the lone query's embedding time, docs/benchmarks.md; with --compare-with "
+        "the default is none); empty: the service's default only",
     )
     parser.add_argument(
         "--compare-with",
@@ -922,6 +927,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="directory keeping the corpus embeddings between runs")
     args = parser.parse_args()
     args.concurrency_at = {int(s) for s in args.concurrency_at.split(",") if s}
+    if (
+        args.threads_sweep is None
+    ):  # a --compare-with run measures this checkout's default against the baseline
+        args.threads_sweep = "" if args.compare_with else "default,1"
     args.threads_sweep = [t for t in args.threads_sweep.split(",") if t]
     # The result cache would answer repeated requests without searching: measure the search path itself.
     args.service_env = {"CACHE_ENABLED": "false"}
