@@ -877,7 +877,8 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
             "named by `py-spy dump` after the cell: native pools = threads without Python frames, i.e. ONNX Runtime's "
             "intra-op thread and the tokenizer's; search workers = the query embedding's calling thread, the engine "
             "call and the registry), and the benchmark's own client threads (process CPU of this script, on the "
-            "same 2 CPUs):",
+            "same 2 CPUs, including the creation of its httpx clients, a fixed cost per cell that only shows "
+            "per search when a loaded machine gets few searches through):",
             "",
             "| chunks | service | queries | searches/s | server total | event loop | search workers | native pools "
             "| engine pool | other | client process | server + client |",
