@@ -17,7 +17,10 @@ Modes:
   This uses the operator's in-tree `barmanObjectStore` (CloudNativePG 1.27.1, chart 0.26.1): deprecated since
   1.26 in favour of the Barman Cloud plugin, supported up to 1.31 and removed in 1.32. The plugin needs a second
   operator (plugin-barman-cloud) and cert-manager on every target; moving to it is a step of the operator
-  upgrade past 1.31 (docs/runbooks.md "Registry backups (CloudNativePG)").
+  upgrade past 1.31. The instances run barman-cloud from their own image: the
+  `ghcr.io/cloudnative-pg/postgresql:<major>` tags the stack uses are the `system` images, which carry it
+  (cloudnative-pg/postgres-containers README, "Deprecated Rolling Tags"); the `minimal`/`standard` images do not,
+  so moving to them goes with the move to the plugin.
 - `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
   group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
   The final snapshot's identifier is `<final_snapshot_prefix>-<8 hex>`: the prefix carries the stack (snapshot
