@@ -447,7 +447,12 @@ class Reindexer:
         """
         if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
             return
-        with self._sync_lock:
+        # While another thread re-reads the pointer, a search or write goes on with what this process serves
+        # (it would have, a moment earlier) instead of queueing behind that read: a registry host that stopped
+        # answering holds it up to DATABASE_TCP_TIMEOUT_SECONDS. A forced sync waits for it.
+        if not self._sync_lock.acquire(blocking=force):
+            return
+        try:
             if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
                 return
             try:
@@ -458,6 +463,8 @@ class Reindexer:
                 logger.warning("cannot follow the index pointer: %s", exc.message)
                 return
             self._synced_at = time.monotonic()
+        finally:
+            self._sync_lock.release()
         self._maybe_resume()
 
     def _sync(self) -> None:
