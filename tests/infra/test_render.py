@@ -249,18 +249,18 @@ def test_custom_kind_without_schema_is_listed_not_validated(
         "nightly",
         {
             "apiVersion": "postgresql.cnpg.io/v1",
-            "kind": "ScheduledBackup",
+            "kind": "Pooler",
             "metadata": {"name": "nightly", "namespace": "rag"},
-            "spec": {"schedule": "0 0 0 * * *", "cluster": {"name": "pg"}},
+            "spec": {"cluster": {"name": "pg"}, "pgbouncer": {"poolMode": "session"}},
         },
     )
     # A partial program: the deployability analysis (what installs the CRD) is not the point here.
     report = render.render_run(only(run, scheduled), tmp_path, environment="dev", deployability=False)
     assert report.ok
     assert report.not_validated == [
-        "k8s/rag/scheduledbackup--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 ScheduledBackup)"
+        "k8s/rag/pooler--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 Pooler)"
     ]
-    assert "scheduledbackup--nightly" in (tmp_path / "plan.md").read_text()
+    assert "pooler--nightly" in (tmp_path / "plan.md").read_text()
 
 
 def test_parse_overrides_nests_dotted_keys() -> None:
@@ -484,6 +484,16 @@ CUSTOM_OBJECTS.update(
                 "affinity": {"enablePodAntiAffinity": True, "topologyKey": "kubernetes.io/hostname"},
             },
         },
+        "ScheduledBackup": {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "ScheduledBackup",
+            "metadata": {"name": "postgres", "namespace": "rag"},
+            "spec": {
+                "schedule": "0 0 3 * * *",
+                "cluster": {"name": "postgres"},
+                "method": "barmanObjectStore",
+            },
+        },
         "HealthCheckPolicy": {
             "apiVersion": "networking.gke.io/v1",
             "kind": "HealthCheckPolicy",
@@ -507,6 +517,7 @@ TYPOS = {
     ),
     "GatewayClass": (("spec", "parametersRef"), "namespce", "spec.parametersRef"),
     "Cluster": (("spec", "storage"), "sise", "spec.storage"),
+    "ScheduledBackup": (("spec", "cluster"), "nam", "spec.cluster"),
     "HealthCheckPolicy": (
         ("spec", "default", "config", "httpHealthCheck"),
         "path",
