@@ -40,6 +40,7 @@ from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
 from infra.workflows import reach
 from infra.workflows import reindex as reindex_mod
+from infra.workflows import restore as restore_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy, keep_promoted
 from infra.workflows.errors import describe
@@ -366,17 +367,32 @@ def rollback(
             "--digest", help="The image digest to run again (sha256:... or REGISTRY/REPO@sha256:...)."
         ),
     ] = None,
+    database_schema: Annotated[
+        str | None,
+        typer.Option(
+            "--database-schema",
+            help="The registry database's schema revision when it is not what the stack's releases left (after "
+            "restoring a backup): the release must be able to run on it.",
+        ),
+    ] = None,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Run an earlier release of the stack again (default: the one before the current image) through `up` with
-    the policy pack: API and worker together, recorded in the stack's promotion record."""
+    the policy pack: API and worker together, recorded in the stack's promotion record. Refused before anything
+    changes when that release cannot run on the stack's registry schema (docs/runbooks.md)."""
     context: Context = ctx.obj
 
     def action() -> promote_mod.Rollback:
         with _progress(f"rollback {stack}", quiet) as (on_output, on_event):
             return promote_mod.rollback(
-                context, stack, to_update=to_update, digest=digest, on_output=on_output, on_event=on_event
+                context,
+                stack,
+                to_update=to_update,
+                digest=digest,
+                database_schema=database_schema,
+                on_output=on_output,
+                on_event=on_event,
             )
 
     done = _run(action)
@@ -819,6 +835,39 @@ def reindex_rollback(
 
     status = _run(action)
     typer.echo(reindex_mod.summary(status))
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    stack: StackOpt,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would change; change nothing.")
+    ] = False,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="One tenant only (default: every tenant).")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Default: the namespace of the stack's qdrantEndpoint.")
+    ] = None,
+    deployment: Annotated[
+        str, typer.Option("--deployment", help="Whose pod runs it (rag for a stack without workers).")
+    ] = restore_mod.DEFAULT_DEPLOYMENT,
+) -> None:
+    """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
+    context: Context = ctx.obj
+    code = _run(
+        lambda: restore_mod.reconcile(
+            context,
+            stack,
+            dry_run=dry_run,
+            tenant=tenant,
+            namespace=namespace,
+            deployment=deployment,
+            on_output=lambda line: typer.echo(line),
+        )
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:
