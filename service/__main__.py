@@ -105,6 +105,9 @@ def main() -> None:
             "port": settings.port,
             "log_level": settings.log_level.lower(),
             "http": GuardedHttpToolsProtocol,
+            # Its lines are dropped anyway (service.app.core.logging: the request middleware logs each request
+            # with its id and route); off, uvicorn does not build them on every response either.
+            "access_log": False,
             "timeout_keep_alive": settings.http_keep_alive_seconds,
             "limit_concurrency": settings.http_limit_concurrency,
         }
