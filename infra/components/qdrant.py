@@ -18,6 +18,7 @@ DNS + peers out) and optionally a ServiceMonitor.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +30,8 @@ from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 APP = "qdrant"
-DEFAULT_IMAGE = "qdrant/qdrant:v1.15.4-unprivileged"
+DEFAULT_IMAGE = "qdrant/qdrant:v1.19.0-unprivileged"
+"""Within qdrant-client 1.20's window (server minor within one of the client's; the service pins the client)."""
 HTTP_PORT = 6333
 GRPC_PORT = 6334
 P2P_PORT = 6335
@@ -173,6 +175,17 @@ has_state() {{
 }}
 case "$INDEX" in ''|*[!0-9]*) echo "HOSTNAME $HOSTNAME does not end in a pod ordinal" >&2; exit 1 ;; esac
 if has_state; then
+  # Qdrant keeps storage compatible across ONE minor version: a node must not start more than one minor ahead
+  # of any peer version its Raft state records (peer_metadata_by_id: {{"<id>": {{"version": "1.15.4"}}}}).
+  if [ -n "${{QDRANT_IMAGE_VERSION:-}}" ] && [ -e "$STORAGE/raft_state.json" ]; then
+    target="$(printf '%s' "$QDRANT_IMAGE_VERSION" | cut -d. -f1,2)"
+    for seen in $(grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' "$STORAGE/raft_state.json" | cut -d'"' -f4 | sort -u); do
+      if [ "${{seen%%.*}}" = "${{target%%.*}}" ] && [ $(( ${{target#*.}} - $(printf '%s' "$seen" | cut -d. -f2) )) -gt 1 ]; then
+        log refuse "image $QDRANT_IMAGE_VERSION is more than one minor ahead of Qdrant $seen in this cluster; upgrade one minor at a time (docs/infra.md#upgrading-qdrant)"
+        exit 1
+      fi
+    done
+  fi
   log restart "local Raft state found"
   if [ "$INDEX" = "0" ]; then exec ./entrypoint.sh --uri "$(p2p 0)"; fi
   exec ./entrypoint.sh --bootstrap "$(p2p 0)" --uri "$(p2p "$INDEX")"
@@ -210,6 +223,18 @@ done
 """
 
 
+def image_version(image: str) -> str | None:
+    """The Qdrant version of an image tagged like Qdrant's releases (`qdrant/qdrant:v1.19.0-unprivileged`)."""
+    match = re.search(r":v?([0-9]+\.[0-9]+\.[0-9]+)(-unprivileged)?$", image)
+    return match.group(1) if match else None
+
+
+def image_version_env(image: str) -> list[dict[str, str]]:
+    """QDRANT_IMAGE_VERSION for `bootstrap_script`'s one-minor-at-a-time check; none for an image of another tag."""
+    version = image_version(image)
+    return [] if version is None else [{"name": "QDRANT_IMAGE_VERSION", "value": version}]
+
+
 def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
     """The Qdrant container: cluster mode env, API key from the Secret, probes, restricted security."""
     env = [
@@ -222,6 +247,7 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
+        *image_version_env(args.image),
         {
             "name": "QDRANT__SERVICE__API_KEY",
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEY_KEY}},

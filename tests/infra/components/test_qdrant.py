@@ -14,6 +14,7 @@ from typing import Any
 
 import pulumi
 import pytest
+import yaml
 
 from infra.components import qdrant as q
 from infra.components.rag_service import client_selector
@@ -271,6 +272,7 @@ def start_node(
     state: str | None = None,
     founded: bool = True,
     override: bool = False,
+    image_version: str | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[str] | None]:
     """Run the real bootstrap script as pod `index`; returns the run and the entrypoint's arguments (None: not run)."""
     node = tmp_path / f"node{index}"
@@ -299,6 +301,7 @@ def start_node(
             "QDRANT_BOOTSTRAP_PROBE_PORT": str(peers.port),
             "QDRANT_BOOTSTRAP_WAIT_SECONDS": "0",
             "QDRANT_BOOTSTRAP_MAX_ROUNDS": "2",
+            **({"QDRANT_IMAGE_VERSION": image_version} if image_version else {}),
         },
         capture_output=True,
         text=True,
@@ -444,3 +447,60 @@ def test_bootstrap_script_uses_the_headless_names_by_default(tmp_path: Path) -> 
         "--uri",
         "http://qdrant-2.qdrant-headless.rag.svc:6335",
     ]
+
+
+def test_bootstrap_refuses_an_image_more_than_one_minor_ahead_of_the_cluster(
+    tmp_path: Path, peers: Peers
+) -> None:
+    # Mid-upgrade from 1.15: one peer already runs 1.16.3. Qdrant keeps storage compatible for one minor only.
+    state = JOINED.replace(
+        ',"this_peer_id"',
+        ',"peer_metadata_by_id":{"1":{"version":"1.15.4"},"3":{"version":"1.16.3"}},"this_peer_id"',
+    )
+    result, args = start_node(tmp_path / "ok", peers, 1, state=state, image_version="1.16.3")
+    assert result.returncode == 0, result.stderr
+    assert args == ["--bootstrap", p2p(0), "--uri", p2p(1)]
+    jump, args = start_node(tmp_path / "jump", peers, 1, state=state, image_version="1.17.1")
+    assert (jump.returncode, args) == (1, None)
+    assert events(jump) == ["refuse"]
+    assert "more than one minor ahead of Qdrant 1.15.4" in jump.stdout
+    # Without version records (or an image of another tag: no QDRANT_IMAGE_VERSION) nothing is refused.
+    result, args = start_node(tmp_path / "plain", peers, 1, state=JOINED, image_version="1.19.0")
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_image_version_reaches_the_bootstrap_check() -> None:
+    env = {e["name"]: e.get("value") for e in q.container_spec(cluster_args(), "qdrant", "k")["env"]}
+    assert env["QDRANT_IMAGE_VERSION"] == q.image_version(q.DEFAULT_IMAGE)
+    custom = q.container_spec(cluster_args(image="registry.local/qdrant:patched"), "qdrant", "k")
+    assert "QDRANT_IMAGE_VERSION" not in {e["name"] for e in custom["env"]}
+    assert q.image_version("qdrant/qdrant:v1.16.3-unprivileged") == "1.16.3"
+
+
+def test_the_default_qdrant_is_within_the_service_clients_window_and_the_deployed_stacks_keep_theirs() -> (
+    None
+):
+    """qdrant-client warns at start when the server's minor is more than one away from its own
+    (qdrant_client/common/version_check.py `is_compatible`); the stacks deployed on 1.15 keep it pinned, since
+    Qdrant moves one minor at a time (the bootstrap script refuses a jump)."""
+    repo = Path(__file__).resolve().parents[3]
+    (client,) = [
+        line.split("==")[1]
+        for line in (repo / "service" / "requirements.txt").read_text().splitlines()
+        if line.startswith("qdrant-client==")
+    ]
+    project = yaml.safe_load((repo / "Pulumi.yaml").read_text())
+    default = project["config"]["qdrant"]["default"]["version"]
+    assert q.image_version(q.DEFAULT_IMAGE) == default.lstrip("v")
+
+    def minor(version: str) -> tuple[int, int]:
+        major, minor_, _ = version.lstrip("v").split(".")
+        return int(major), int(minor_)
+
+    assert minor(default)[0] == minor(client)[0]
+    assert abs(minor(default)[1] - minor(client)[1]) <= 1
+    for stack in ("dev", "staging", "prod"):
+        pinned = yaml.safe_load((repo / f"Pulumi.{stack}.yaml").read_text())["config"]["rag:qdrant"][
+            "version"
+        ]
+        assert pinned == "v1.15.4", stack
