@@ -2598,6 +2598,23 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("cluster.gke.", "dev", "gke", {}),
     ("cluster.eks.", "dev", "eks", {}),
     ("postgres.mode", "dev", "eks", {}),
+    # The registry's archive and recovery exist where it is backed up (cloudnative on a cloud, backups on).
+    (
+        "postgres.cloudnative.recovery.targetTime",
+        "dev",
+        "gke",
+        {
+            "backups": {"enabled": True},
+            "postgres": {"cloudnative": {"archiveName": "postgres-r1", "recovery": {"source": "postgres"}}},
+        },
+    ),
+    (
+        "postgres.cloudnative.recovery.source",
+        "dev",
+        "gke",
+        {"backups": {"enabled": True}, "postgres": {"cloudnative": {"archiveName": "postgres-r1"}}},
+    ),
+    ("postgres.cloudnative.archiveName", "dev", "eks", {"backups": {"enabled": True}}),
     ("redis.mode", "dev", "eks", {}),
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
@@ -2719,6 +2736,9 @@ ALTERNATIVES: Mapping[str, Any] = {
     "postgres.database": "rag_other",
     "postgres.user": "rag_other",
     "postgres.cloudnative.storage.storageClass": "fast-postgres",
+    "postgres.cloudnative.archiveName": "postgres-r2",
+    "postgres.cloudnative.recovery.source": "postgres",
+    "postgres.cloudnative.recovery.targetTime": "2026-11-26T03:00:00Z",
     "postgres.managed.instanceClass": "db.r7g.large",
     "postgres.managed.tier": "db-custom-4-15360",
     "redis.mode": "managed",

@@ -77,7 +77,11 @@ def main() -> None:
 
         # Migrate in the parent so that several workers never race on the schema at start-up.
         try:
-            open_registry(settings.resolved_database_url).close()
+            open_registry(
+                settings.resolved_database_url,
+                connect_timeout=settings.database_connect_timeout_seconds,
+                tcp_timeout=settings.database_tcp_timeout_seconds,
+            ).close()
         except RegistryOpenError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -876,9 +876,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             roles[role] = irsa_role(f"irsa-{role}", namespace, service_account)
         return {"eks.amazonaws.com/role-arn": roles[role].arn}
 
-    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> None:
+    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> pulumi.Resource:
         """Let the `role` IRSA role list the bucket and write/read/delete its objects."""
-        aws.iam.RolePolicy(
+        return aws.iam.RolePolicy(
             f"irsa-{role}-bucket",
             role=roles[role].id,
             policy=pulumi.Output.from_input(bucket).apply(bucket_policy),

@@ -49,7 +49,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,7 +73,11 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0010_write_order_prune"
+SCHEMA_HEAD = "0011_schema_compat"
+# The oldest release schema head that may run on the schema this release migrates to: the head migration's
+# ``compatible_from`` (the image's io.rag.schema-compatible-from label; tests check they agree). See
+# migrations/versions/0011_schema_compat.py for the contract.
+SCHEMA_COMPATIBLE_FROM = "0011_schema_compat"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -178,6 +182,51 @@ jobs_table = sa.Table(
     sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )
+
+
+schema_compat = sa.Table(
+    "schema_compat",
+    metadata_obj,
+    sa.Column("revision", sa.String(64), primary_key=True),
+    sa.Column("compatible_from", sa.String(64), nullable=False),  # the oldest schema head that may run on it
+    sa.Column("applied_at", sa.DateTime(timezone=True)),  # None: applied before 0011 recorded it
+)
+
+
+def schema_sequence(revision: str | None) -> int | None:
+    """A revision's place in the (linear) migration chain: its leading number (``0010_write_order_prune`` -> 10).
+
+    Every shipped revision id starts with its sequence number (tests/service/test_schema_compat.py checks it), so a
+    release can order a revision it does not ship against its own head.
+    """
+    number = (revision or "").split("_", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
+def can_run_on(head: str, compatible_from: str | None) -> bool:
+    """Whether a release whose schema head is ``head`` may run on a schema whose oldest compatible head is
+    ``compatible_from`` (False when either is unknown)."""
+    own, oldest = schema_sequence(head), schema_sequence(compatible_from)
+    return own is not None and oldest is not None and own >= oldest
+
+
+class SchemaAheadError(RuntimeError):
+    """The database's schema is ahead of this release's and not declared compatible with it (nothing changed)."""
+
+    def __init__(self, where: str, revision: str, compatible_from: str | None) -> None:
+        self.revision = revision
+        self.compatible_from = compatible_from
+        needs = (
+            f"it may only be run by releases at schema {compatible_from} or newer"
+            if compatible_from
+            else "it records no compatibility (schema_compat has no row for it), so no older release may run on it"
+        )
+        super().__init__(
+            f"the registry database ({where}) is at schema {revision}, written by a newer version (this release's "
+            f"schema is {SCHEMA_HEAD}), and {needs}: this release refuses to start and changed nothing. Run a "
+            f"release at schema {compatible_from or revision} or newer (fix forward), or restore the registry from a backup taken before that migration "
+            "(docs/runbooks.md, 'Rolling back a release')"
+        )
 
 
 class Superseded(Conflict):
@@ -366,8 +415,45 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout."""
+#: Defaults of DATABASE_CONNECT_TIMEOUT_SECONDS and DATABASE_TCP_TIMEOUT_SECONDS (service.app.core.config).
+CONNECT_TIMEOUT_SECONDS = 5.0
+TCP_TIMEOUT_SECONDS = 15.0
+
+
+def postgres_connect_args(
+    query: Mapping[str, Any], *, connect_timeout: float, tcp_timeout: float
+) -> dict[str, Any]:
+    """libpq keywords that bound how long a call can wait on a Postgres host that stopped answering.
+
+    Without them libpq waits for ever on a connect (``connect_timeout`` unset: "wait indefinitely") and an
+    established connection whose peer vanished (a node or zone lost, a Multi-AZ failover after an AZ loss: no
+    RST, packets just dropped) is given up only by the kernel's retransmission limit, ~15 minutes on Linux
+    (tcp_retries2=15). Every search reads the registry, so each such call parked a thread for that long and the
+    service stopped answering long before the database came back. ``tcp_user_timeout`` drops a connection whose
+    sent data stays unacknowledged that long; keepalives do the same for one waiting idle (pooled, or waiting
+    for an answer) whose peer is gone. Keywords already in DATABASE_URL's query string win.
+    """
+    tcp = max(1, round(tcp_timeout))
+    wanted = {
+        # libpq takes whole seconds and treats less than 2 as 2.
+        "connect_timeout": max(2, round(connect_timeout)),
+        "tcp_user_timeout": tcp * 1000,
+        "keepalives": 1,
+        "keepalives_idle": max(1, tcp // 3),
+        "keepalives_interval": max(1, tcp // 6),
+        "keepalives_count": 3,
+    }
+    return {key: value for key, value in wanted.items() if key not in query}
+
+
+def make_engine(
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+) -> Engine:
+    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout;
+    Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)."""
     url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -377,7 +463,10 @@ def make_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args = postgres_connect_args(
+        parsed.query, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
+    )
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class RegistryOpenError(RuntimeError):
@@ -385,7 +474,12 @@ class RegistryOpenError(RuntimeError):
     database (the file, or DATABASE_URL without its password) and what to do."""
 
 
-def open_registry(url: str) -> DocumentRegistry:
+def open_registry(
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+) -> DocumentRegistry:
     """The registry at ``url``, migrated; RegistryOpenError (one line, nothing changed) when that fails.
 
     SQLite's own errors do not say which file, nor whether it is missing, unreadable, a directory or damaged,
@@ -393,7 +487,7 @@ def open_registry(url: str) -> DocumentRegistry:
     """
     registry: DocumentRegistry | None = None
     try:
-        registry = DocumentRegistry(url)
+        registry = DocumentRegistry(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
         registry._migrate()  # unguarded: the error is described here, not logged as a 503's cause
     except Exception as exc:
         if registry is not None:
@@ -405,6 +499,8 @@ def open_registry(url: str) -> DocumentRegistry:
 def describe_open_failure(url: str, exc: BaseException) -> str:
     """One line: which registry database failed to open, why, and what to do (see ``open_registry``)."""
     cause: BaseException = exc.__cause__ if isinstance(exc, ServiceUnavailable) and exc.__cause__ else exc
+    if isinstance(cause, SchemaAheadError):
+        return str(cause)
     detail = getattr(cause, "orig", None) or cause  # the DB-API error under SQLAlchemy's wrapper
     reason = " ".join(str(detail).split()) or type(detail).__name__
     if type(cause).__name__ == "CommandError":  # Alembic: a revision this version does not ship
@@ -578,9 +674,18 @@ class _SqliteReaders:
 class DocumentRegistry:
     """SQLAlchemy-backed registry of active document versions; every call is scoped to one tenant."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        #: (the database's revision, its compatible_from) when it is ahead of this release's schema and declared
+        #: compatible with it (a rollback: `_run_ahead`); None when it is at this release's head.
+        self.schema_ahead: tuple[str, str | None] | None = None
+        self.engine = make_engine(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
         database = self.engine.url.database
@@ -596,7 +701,11 @@ class DocumentRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> DocumentRegistry:
         """SQLite under DATA_DIR by default, DATABASE_URL (e.g. postgresql+psycopg://) when set."""
-        return cls(settings.resolved_database_url)
+        return cls(
+            settings.resolved_database_url,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            tcp_timeout=settings.database_tcp_timeout_seconds,
+        )
 
     @property
     def dialect(self) -> str:
@@ -619,12 +728,42 @@ class DocumentRegistry:
         self._migrate()
 
     def _migrate(self) -> None:
-        if self.schema_revision() == SCHEMA_HEAD:
+        revision = self.schema_revision()
+        if revision == SCHEMA_HEAD:
+            return
+        if (schema_sequence(revision) or 0) > (schema_sequence(SCHEMA_HEAD) or 0):
+            self._run_ahead(revision)  # type: ignore[arg-type]  # a sequence implies a revision
             return
         from alembic import command
 
         with self.engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
+
+    def _run_ahead(self, revision: str) -> None:
+        """The database is at a revision newer than this release's (a rollback): start when that revision
+        declares this release's head compatible (schema_compat), else SchemaAheadError. Nothing is written."""
+        compatible_from = self.schema_compatible_from(revision)
+        if not can_run_on(SCHEMA_HEAD, compatible_from):
+            raise SchemaAheadError(self.describe(), revision, compatible_from)
+        self.schema_ahead = (revision, compatible_from)
+        logger.warning(
+            "the registry database (%s) is at schema %s, ahead of this release's %s; it is declared compatible "
+            "with releases from %s on, so this release runs on it without migrating (a rollback)",
+            self.describe(),
+            revision,
+            SCHEMA_HEAD,
+            compatible_from,
+        )
+
+    def schema_compatible_from(self, revision: str) -> str | None:
+        """The oldest schema head ``revision`` declared compatible (schema_compat); None when it records none."""
+        with self.engine.connect() as connection:
+            if not sa.inspect(connection).has_table(schema_compat.name):
+                return None
+            value = connection.execute(
+                sa.select(schema_compat.c.compatible_from).where(schema_compat.c.revision == revision)
+            ).scalar()
+        return str(value) if value is not None else None
 
     def schema_revision(self) -> str | None:
         """The revision the database's ``alembic_version`` table records; None when it has none (or several)."""
