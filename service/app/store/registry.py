@@ -34,6 +34,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   removed by ``prune_write_order`` in two passes at least a grace period apart (see there).
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
+- ``schema_compat(revision)``: per applied migration, ``compatible_from``, the oldest release schema head that may
+  run on it (written by migrations/env.py). A release meeting a database ahead of `SCHEMA_HEAD` starts when the
+  database's revision names a ``compatible_from`` at or before its head, else refuses (`SchemaAheadError`).
 
 Writes are compare-and-set on the version the writer started from: a concurrent writer that lost gets `Conflict`
 instead of silently replacing a version it never saw. Backend failures surface as `ServiceUnavailable`.
