@@ -27,6 +27,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
         "DATA_DIR": str(tmp),
         "HTTP_HEADER_TIMEOUT_SECONDS": "1",
         "HTTP_BODY_IDLE_TIMEOUT_SECONDS": "1",
+        "HTTP_BODY_MIN_RATE_BYTES": "100",
         "GC_ENABLED": "false",
     }
     with service_process(env, tmp / "service.log") as process:
@@ -76,6 +77,18 @@ def test_a_stalled_body_is_closed(service: ServiceProcess) -> None:
             b"Content-Length: 1000\r\n\r\n" + b'{"text": "only the start'
         )
         assert closed_by_server(sock)
+
+
+def test_a_body_trickled_below_the_minimum_rate_is_closed(service: ServiceProcess) -> None:
+    """A byte every ~0.2 s never leaves the body silent for HTTP_BODY_IDLE_TIMEOUT_SECONDS (1 s here), so only
+    the minimum rate (100 bytes/s here) can end it: it held its connection for ever (EYES_SVC3 S4)."""
+    with connect(service) as sock:
+        sock.sendall(
+            b"PUT /v1/documents/trickle HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
+        assert closed_by_server(sock, trickle=b'{"text": "' + b"a" * 99_980 + b'"}')
+    assert service.metric('rag_http_connections_closed_total{reason="body_slow"}') >= 1
 
 
 def test_the_server_keeps_serving_and_counts_what_it_closed(service: ServiceProcess) -> None:

@@ -291,6 +291,12 @@ class Settings(BaseSettings):
     http_body_idle_timeout_seconds: float = Field(
         30.0, gt=0, description="longest silence while a request body is being received"
     )
+    http_body_min_rate_bytes: int = Field(
+        500,
+        ge=0,
+        description="past its first HTTP_BODY_IDLE_TIMEOUT_SECONDS a request body must arrive at this many bytes "
+        "per second on average, else the connection is closed (0: no minimum)",
+    )
     http_keep_alive_seconds: int = Field(
         5, ge=1, description="idle keep-alive connections are closed after this"
     )

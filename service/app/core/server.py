@@ -7,7 +7,11 @@ held 60 s, ~20,000 exhausted the process's file descriptors). `GuardedHttpToolsP
 - HTTP_HEADER_TIMEOUT_SECONDS: from the connection (or the end of the previous response) until the request's
   headers are complete, however the bytes trickle in;
 - HTTP_BODY_IDLE_TIMEOUT_SECONDS: the longest silence while a request body is being received (not counted while
-  uvicorn itself has paused reading because the app has not consumed what came).
+  uvicorn itself has paused reading because the app has not consumed what came);
+- HTTP_BODY_MIN_RATE_BYTES: past its first HTTP_BODY_IDLE_TIMEOUT_SECONDS, a body must keep arriving at this many
+  bytes per second on average (Apache mod_reqtimeout's MinRate; paused reading not counted). Without it a client
+  sending one byte every few seconds never went silent for long enough and held its connection for ever (3,000
+  such connections without a key stayed open).
 
 A connection that misses one is closed and counted in rag_http_connections_closed_total{reason}. It subclasses
 uvicorn's httptools protocol (uvicorn is pinned; tests/service/test_slow_clients.py runs it on real sockets).
@@ -106,6 +110,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.header_timeout = settings.http_header_timeout_seconds
         self.body_idle_timeout = settings.http_body_idle_timeout_seconds
+        self.body_min_rate = settings.http_body_min_rate_bytes
+        self._body_started = 0.0
+        self._body_bytes = 0
+        self._paused_total = (
+            0.0  # seconds of this body during which uvicorn paused reading (the app was behind)
+        )
+        self._paused_since: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._in_body = False
         self._url_bytes = 0
@@ -134,6 +145,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm(self.header_timeout, "header_timeout")
+        # Time uvicorn keeps reading paused (its app has not consumed the body yet) is the server's, not the
+        # client's: the minimum body rate does not count it.
+        flow, pause, resume = self.flow, self.flow.pause_reading, self.flow.resume_reading
+
+        def pause_reading() -> None:
+            if not flow.read_paused:
+                self._paused_since = self.loop.time()
+            pause()
+
+        def resume_reading() -> None:
+            if flow.read_paused and self._paused_since is not None:
+                self._paused_total += self.loop.time() - self._paused_since
+                self._paused_since = None
+            resume()
+
+        flow.pause_reading = pause_reading  # type: ignore[method-assign]
+        flow.resume_reading = resume_reading  # type: ignore[method-assign]
+
+    def _too_slow(self, received: int) -> bool:
+        """Whether the body, ``received`` more bytes now, arrives below HTTP_BODY_MIN_RATE_BYTES on average
+        past its first HTTP_BODY_IDLE_TIMEOUT_SECONDS."""
+        self._body_bytes += received
+        if not self.body_min_rate:
+            return False
+        now = self.loop.time()
+        paused = self._paused_total + (now - self._paused_since if self._paused_since is not None else 0.0)
+        late = now - self._body_started - paused - self.body_idle_timeout
+        return late > 0 and self._body_bytes < late * self.body_min_rate
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -141,6 +180,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
+            if self._too_slow(len(data)):
+                self._disarm()
+                self._expire("body_slow")
+                return
             self._arm(self.body_idle_timeout, "body_idle")
         super().data_received(data)
 
@@ -191,6 +234,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # Until on_message_complete the body is due (the rest of this very packet may already hold it all).
         self._in_body = True
+        self._body_started, self._body_bytes, self._paused_total = self.loop.time(), 0, 0.0
+        self._paused_since = self._body_started if self.flow.read_paused else None
         self._arm(self.body_idle_timeout, "body_idle")
         super().on_headers_complete()
         cycle = self.cycle
