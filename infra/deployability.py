@@ -2558,6 +2558,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.version": "1.34",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
+    "cluster.eks.controlPlaneLogs.retentionDays": 90,
     "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
     "cluster.eks.storageClass": "gp3-other",
     "cluster.eks.natGateways": "single",
