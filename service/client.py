@@ -247,6 +247,7 @@ class Pending:
     document: dict[str, Any] | None  # a bulk item, or None for a one-by-one upload
     size: int  # the bytes it adds to a bulk body (its JSON as httpx sends it, and a comma)
     charset: str | None = None  # declared on its upload part, for a text file that is not UTF-8
+    error: str | None = None  # why it could not be read: reported as its failure, nothing sent
 
 
 def collect(root: Path) -> list[Path]:
@@ -265,12 +266,17 @@ def prepare(path: Path, root: Path, max_batch_bytes: int, encoding: str | None =
     name = path.relative_to(root).as_posix()
     suffix = path.suffix.lower()
     content_type = TEXT_TYPES.get(suffix)
-    size = path.stat().st_size
-    if content_type is None:
-        return Pending(name=name, document=None, size=size)
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if content_type is None:
+            return Pending(name=name, document=None, size=size)
+        data = path.read_bytes()
+    except OSError as exc:  # unreadable, or gone since the folder was listed: this file fails, not the run
+        return Pending(name=name, document=None, size=0, error=f"could not read it: {exc.strerror or exc}")
     charset = text_charset(data, suffix, encoding)
-    if charset is not None or data.startswith(BOMS) or size > max_batch_bytes:
+    if charset is not None or data.startswith(BOMS) or size > max_batch_bytes or not _decodes(data, "utf-8"):
+        # Uploaded on its own, as its bytes: with no charset that decodes it (a binary file under a text
+        # name), the service refuses it with its reason, which the report lists.
         return Pending(name=name, document=None, size=size, charset=charset)
     document = {"document_id": document_id, "text": data.decode("utf-8"), "content_type": content_type}
     return Pending(name=name, document=document, size=len(json_body(document)) + 1)
@@ -338,7 +344,12 @@ def upload(client: IngestClient, root: Path, item: Pending, report: Report) -> N
     part_type = upload_type(path)
     if item.charset:
         part_type = f"{part_type}; charset={item.charset}"
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:  # gone or unreadable since it was listed
+        report.fail(item.name, f"could not read it: {exc.strerror or exc}")
+        return
+    with handle:
         try:
             response = client.send(
                 "POST",
@@ -370,7 +381,10 @@ def ingest_folder(
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
-        upload(client, root, item, report)
+        if item.error is not None:
+            report.fail(item.name, item.error)
+        else:
+            upload(client, root, item, report)
         advance(1)
     queue = [p for p in pending if p.document is not None]
     while queue:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import random
 import re
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def make_folder(root: Path) -> None:
     (root / "report.pdf").write_bytes(make_pdf(["Quarterly report: revenue grew."]))
     (root / "empty.txt").write_text("   \n")
     (root / "ignored.bin").write_bytes(b"\x00\x01")
+    # A binary file under a text name (an export in a shared drive): no charset decodes it.
+    (root / "misnamed.txt").write_bytes(random.Random(7).randbytes(20_000))
 
 
 def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> None:
@@ -62,7 +65,7 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
             f"{url}/v1/search", json={"query": "when is it open?", "top_k": 1}, headers=bearer(KEY_A)
         ).json()["results"]
     text = output.getvalue()
-    assert code == 1, text  # one file was refused
+    assert code == 1, text  # two files were refused
     ids = {d["document_id"] for d in listed}
     assert ids == {
         ingest_client.document_id_for(folder / "hr" / f"policy {i}.md", folder) for i in range(7)
@@ -72,19 +75,35 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
         "latin1.txt",  # not UTF-8: uploaded with its charset declared (it failed as "not valid UTF-8")
     }, text
     assert hits[0]["document_id"] == "page.html"
-    assert "11 files: 10 created, 1 failed" in text
+    assert "12 files: 10 created, 2 failed" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
+    # The binary file did not stop the run (it was a UnicodeDecodeError traceback before anything was sent):
+    # it went up on its own and the service's reason is listed.
+    assert "failed misnamed.txt: 422 invalid_input: the text contains NUL bytes; is it a binary file?" in text
     # 9 bulk items + 2 uploads against 4 per second: the client met 429s and waited them out.
     waits = int(text.split(" rate-limit waits")[0].rsplit("; ", 1)[1])
     assert waits >= 1, text
     # The same folder again replaces the same ids: nothing changed, nothing embedded.
     assert rerun == 1
-    assert "11 files: 1 failed, 10 unchanged" in again.getvalue()
+    assert "12 files: 2 failed, 10 unchanged" in again.getvalue()
     # A refused key stops the run at the first answer (it was sent again for every batch and upload).
     assert refused == 2
     assert (
         "refused the API key (401 unauthorized: invalid API key); nothing more was sent" in wrong.getvalue()
     )
+
+
+def test_a_file_that_cannot_be_read_fails_alone(tmp_path: Path) -> None:
+    """A file gone (or unreadable) between the listing and the read is that file's failure, not a traceback."""
+    (tmp_path / "gone.txt").write_text("here a moment ago")
+    (tmp_path / "gone.txt").unlink()
+    item = ingest_client.prepare(tmp_path / "gone.txt", tmp_path, 256_000)
+    assert item.document is None
+    assert item.error is not None
+    assert item.error.startswith("could not read it: No such file")
+    report = ingest_client.Report()
+    ingest_client.upload(None, tmp_path, item, report)  # type: ignore[arg-type]  # fails before any request
+    assert report.failures == [("gone.txt", "could not read it: No such file or directory")]
 
 
 def test_retry_after_is_honoured_exactly() -> None:

@@ -39,7 +39,8 @@ class AnswerRequest(BaseModel):
         ge=-1.0,
         le=1.0,
         allow_inf_nan=False,  # NaN got "less than or equal to 1": true, but not the client's mistake
-        description="minimum similarity of a source; default ANSWER_MIN_SCORE",
+        description="minimum cosine similarity of a source (default ANSWER_MIN_SCORE); in sparse and hybrid mode "
+        "a chunk that matches the question's keywords is a source too (docs/answers.md)",
     )
     stream: StrictBool = Field(False, description="answer as Server-Sent Events: token*, citations, usage")
 
@@ -48,18 +49,21 @@ class AnswerRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         return check_query_text(value)
 
-    def search_request(self, default_threshold: float) -> SearchRequest:
-        """The retrieval this answer needs: same query, filter and mode, cut at the score threshold."""
+    def min_score(self, default: float) -> float:
+        """The cosine threshold of this answer's sources: the request's, else ``default`` (ANSWER_MIN_SCORE)."""
+        return float(self.score_threshold if self.score_threshold is not None else default)
+
+    def search_request(self, threshold: float | None, mode: str | None = None) -> SearchRequest:
+        """A retrieval this answer needs: same query, filter and mode (or ``mode``), cut at a cosine
+        ``threshold`` (None: the ranking as it is; service.app.answer.relevance judges it)."""
         fields: dict[str, Any] = {
             "query": self.query,
             "top_k": self.top_k,
             "filter": self.filter,
-            "score_threshold": float(
-                self.score_threshold if self.score_threshold is not None else default_threshold
-            ),
+            "score_threshold": threshold,
         }
-        if self.mode is not None:
-            fields["mode"] = self.mode
+        if (mode or self.mode) is not None:
+            fields["mode"] = mode or self.mode
         try:
             return SearchRequest.model_validate(fields)
         except ValidationError as exc:

@@ -27,10 +27,11 @@ from service.app.answer.citations import CitationFilter, clean_citations
 from service.app.answer.extractive import Extract, extract_answer
 from service.app.answer.models import AnswerRequest, AnswerResponse, Citation, Usage
 from service.app.answer.prompt import Prompt, Source, TokenCounter, TokenizerCounter, build_prompt
+from service.app.answer.relevance import KeywordEvidence
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable, error_body
 from service.app.core.metrics import ANSWERS, FAILURES
-from service.app.search.models import SearchRequest, SearchResponse
+from service.app.search.models import SearchRequest, SearchResponse, SearchResult
 from service.app.search.query_cache import QueryVectorCache
 from service.app.store.protocols import Embedder
 
@@ -108,19 +109,45 @@ class AnswerService:
     def model(self) -> str:
         return self.llm.model if self.llm is not None else EXTRACTIVE_MODEL
 
-    async def _prompt(self, tenant: str, request: AnswerRequest) -> Prompt:
-        found = await self.search.search(tenant, request.search_request(self.settings.answer_min_score))
+    async def _relevant(
+        self, tenant: str, request: AnswerRequest, evidence: KeywordEvidence
+    ) -> list[SearchResult]:
+        """The retrieved chunks relevant enough to be sources, best first, by the cut of the mode the search ran
+        in (service.app.answer.relevance): dense, cosine >= the threshold; sparse and hybrid, that OR keyword
+        evidence, in the mode's own ranking order."""
+        threshold = request.min_score(self.settings.answer_min_score)
+        close = await self.search.search(tenant, request.search_request(threshold))
+        results = close.results
+        if close.mode != "dense":
+            # The same ranking without the cosine cut: its keyword-matched chunks are sources too. Pinned to the
+            # mode the first search ran in (a switch in between must not mix two rankings' scores).
+            ranked = await self.search.search(tenant, request.search_request(None, close.mode))
+            known = {(r.document_id, r.chunk_index) for r in results}
+            extra = [
+                r
+                for r in ranked.results
+                if (r.document_id, r.chunk_index) not in known and evidence.supports(r.text)
+            ]
+            # Both lists are cut from one ranking, so their scores order them together (stable: ties keep the
+            # cosine-passing hit first).
+            results = sorted([*results, *extra], key=lambda r: -r.score)[: request.top_k]
+        return [r for r in results if evidence.names_a_code(r.text)]
+
+    async def _prompt(self, tenant: str, request: AnswerRequest) -> tuple[Prompt, KeywordEvidence]:
+        evidence = await anyio.to_thread.run_sync(KeywordEvidence, request.query)
+        results = await self._relevant(tenant, request, evidence)
         if self.llm is None:
             # Extractive: no context window to fit, every retrieved chunk is a candidate source.
-            sources = [Source(n=i, result=r) for i, r in enumerate(found.results, start=1)]
-            return Prompt(messages=[], sources=sources, prompt_tokens=0)
-        return build_prompt(
+            sources = [Source(n=i, result=r) for i, r in enumerate(results, start=1)]
+            return Prompt(messages=[], sources=sources, prompt_tokens=0), evidence
+        prompt = build_prompt(
             request.query,
-            found.results,
+            results,
             self.counter,
             context_tokens=self.settings.llm_context_tokens,
             max_tokens=self.settings.llm_max_tokens,
         )
+        return prompt, evidence
 
     def _usage(
         self, prompt: Prompt, prompt_tokens: int | None, completion: str, reported: int | None
@@ -130,7 +157,7 @@ class AnswerService:
         c = reported if reported is not None else self.counter.count(completion)
         return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c, estimated=estimated)
 
-    def _extract(self, query: str, sources: list[Source]) -> Extract:
+    def _extract(self, query: str, sources: list[Source], evidence: KeywordEvidence) -> Extract:
         """The extractive answer, scored with the search's current model (blocking: run it in a thread)."""
         side = self.query_side
         embedder = side.embedder if side is not None else self.embedder
@@ -140,7 +167,7 @@ class AnswerService:
             return cache.dense(embedder, query) if cache is not None else embedder.embed_query(query)
 
         try:
-            return extract_answer(query_vector, sources, embedder)
+            return extract_answer(query_vector, sources, embedder, evidence)
         except RagError:
             raise
         except Exception as exc:  # the model failing is an outage (503), as it is for search
@@ -150,11 +177,11 @@ class AnswerService:
 
     async def answer(self, tenant: str, request: AnswerRequest) -> AnswerResponse:
         """A complete answer (stream=false)."""
-        prompt = await self._prompt(tenant, request)
+        prompt, evidence = await self._prompt(tenant, request)
         if not prompt.sources:
             return _no_context()
         if self.llm is None:
-            extract = await anyio.to_thread.run_sync(self._extract, request.query, prompt.sources)
+            extract = await anyio.to_thread.run_sync(self._extract, request.query, prompt.sources, evidence)
             ANSWERS.labels(generator="extractive").inc()
             return AnswerResponse(
                 answer=extract.answer or NOT_SUPPORTED_ANSWER,
@@ -183,7 +210,7 @@ class AnswerService:
         if self.llm is None:
             response = await self.answer(tenant, request)
             return self._replay(response)
-        prompt = await self._prompt(tenant, request)
+        prompt, _evidence = await self._prompt(tenant, request)
         if not prompt.sources:
             return self._replay(_no_context())
         from service.app.answer.llm import StreamState  # loaded with the client (attach)
