@@ -782,7 +782,8 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
                 else {}
             ),
             monitoring_crds=monitoring_crds,
-            ready=ready,
+            # The first pull of the image needs the nodes' read grant on the stack's registry (gke/eks).
+            ready=(*ready, *cluster.image_pull),
         ),
         opts=in_cluster,
     )

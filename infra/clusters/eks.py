@@ -34,10 +34,11 @@ from infra.clusters import ClusterTarget, Registry
 from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
+ECR_READ_POLICY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    ECR_READ_POLICY,
 )
 EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 # VPC CNI managed add-on configuration: its network policy agent enforces NetworkPolicies (off by default on EKS,
@@ -937,6 +938,10 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             *autoscaler,
         ),
         gateway_api=(envoy_gateway, *gateway_classes),
+        # The service's pods pull from the stack's ECR repository with the node role.
+        image_pull=tuple(
+            p for p, arn in zip(node_policies, NODE_POLICIES, strict=True) if arn == ECR_READ_POLICY
+        ),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,
         cloud="aws",

@@ -105,6 +105,51 @@ def keep_promoted(ws: Workspace, stack: str) -> dict[str, Any] | None:
     return values
 
 
+#: The cluster targets whose stacks copy a promoted image into a registry of their own (`ServiceImage`'s copy).
+COPYING_PROVIDERS = frozenset({"gke", "eks"})
+CLUSTER_KEY = f"{PROJECT}:cluster"
+
+
+def image_to_copy(ws: Workspace, stack: str) -> str | None:
+    """The promoted image this update copies into the stack's own registry with skopeo, on this machine (None: no
+    copy runs). The copy is a `command:local:Command` whose script names the image: it runs on the stack's first
+    update with that image, not on an update that keeps the image the last one deployed."""
+    local = ws.get_all_config(stack)
+    image = string_config(local.get(IMAGE_KEY))
+    if not image:
+        return None
+    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
+    if (cluster or {}).get("provider", "existing") not in COPYING_PROVIDERS:
+        return None
+    try:
+        with deployed_config(ws, stack) as deployed:
+            if string_config(deployed.get(IMAGE_KEY)) == image:
+                return None
+    except WorkflowError:
+        pass  # never deployed: the first update copies
+    return image
+
+
+def check_image_copy(ctx: Context, stack: str, ws: Workspace) -> None:
+    """Refuse before the update changes anything when it would copy a promoted image this machine cannot copy
+    (skopeo missing, or the source digest unreadable from here): `up` would otherwise fail at the copy, after it had
+    started changing the stack. The same check `ragops promote` makes (`check_copy_source`)."""
+    image = image_to_copy(ws, stack)
+    if image is None:
+        return
+    # Imported here: the component module loads the Pulumi provider SDKs, which only a copy needs.
+    from infra.components.image import CopyPrerequisiteError, check_copy_source
+
+    check = check_copy_source if ctx.check_image_source is None else ctx.check_image_source
+    try:
+        check(image)
+    except CopyPrerequisiteError as exc:
+        raise WorkflowError(
+            f"Cannot update {stack}: the update copies {image} into the stack's own registry on this machine, "
+            f"and {str(exc)[0].lower()}{str(exc)[1:]}"
+        ) from exc
+
+
 def deploy(
     ctx: Context,
     stack: str,
@@ -117,6 +162,7 @@ def deploy(
     ws = ctx.workspace()
     st = select(ws, stack)
     keep_promoted(ws, stack)
+    check_image_copy(ctx, stack, ws)
     try:
         result = st.up(
             policy_packs=[policy_pack] if policy_pack else None,
