@@ -29,7 +29,10 @@ Per size:
   at 100k chunks that pass runs for tens of seconds after start-up and slowed the searches measured during it.
 - **Throughput** (sizes listed in ``--concurrency-at``): searches/s, p50 and server CPU per search with 1, 4
   and 16 client threads, for distinct texts (each request a new text) and repeated ones (50 cached texts);
-  ``--threads-sweep 1,2,default`` restarts the service with each EMBEDDING_THREADS value and measures each.
+  ``--threads-sweep`` (default ``default,1``) restarts the service with each EMBEDDING_THREADS value and measures
+  each. At 4 clients the server's CPU per search is split by thread (event loop, search workers, ONNX Runtime's and
+  the tokenizer's native pools, the engine's search pool; Python threads named with ``py-spy dump`` when it is
+  installed) next to the benchmark client's own CPU per search, since both share the machine's CPUs.
 
 Results replace the section between the scale markers in docs/benchmarks.md (``--write``).
 """
@@ -622,6 +625,56 @@ def engine_modes(
     return {mode: summary(values) for mode, values in latencies.items()}
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of each thread of a process so far, with its kernel name (comm)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (comm, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+PY_THREAD = re.compile(r'^Thread (?:0x[0-9A-Fa-f]+ )?\(?(\d+)\)? \((?:[^)]*)\): "([^"]*)"', re.MULTILINE)
+
+
+def python_thread_names(pid: int) -> dict[int, str]:
+    """Native thread id -> Python thread name, from ``py-spy dump`` (empty when py-spy is not installed): Python
+    threads all carry the interpreter's kernel name, so only this tells the event loop from a search worker."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {}
+    try:
+        dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {int(tid): name for tid, name in PY_THREAD.findall(dump.stdout)}
+
+
+THREAD_GROUPS = ("event loop", "search workers", "native pools", "engine pool", "other")
+
+
+def thread_group(tid: int, comm: str, pid: int, names: dict[int, str]) -> str:
+    """Which part of the service a thread is: the event loop (MainThread), the search path's workers (the query
+    embedding's calling thread, engine call, registry), the native pools with no Python frames (ONNX Runtime's
+    intra-op thread, the tokenizer's), the engine's search pool (``edge-search-N``), or anything else (the
+    optimizer, collector, uvloop's resolver)."""
+    name = names.get(tid)
+    if tid == pid or name == "MainThread":
+        return "event loop"
+    if comm.startswith("edge-search"):
+        return "engine pool"
+    if name is not None:
+        return "search workers" if name.startswith(("search-worker", "AnyIO worker")) else "other"
+    if comm.startswith("libuv"):
+        return "other"
+    return "native pools" if names else "other"
+
+
 def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
     latencies: list[float] = []
     lock = threading.Lock()
@@ -642,11 +695,20 @@ def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds:
     batch = "rag_query_embedding_batch_size"  # absent from a baseline without query coalescing
     batch_before = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
     cpu_before = server_cpu_seconds(service.proc.pid)
+    threads_before = thread_cpu(service.proc.pid)
+    client_before = time.process_time()
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(worker, range(clients)))
     elapsed = time.monotonic() - started
+    client_cpu = time.process_time() - client_before
     cpu = server_cpu_seconds(service.proc.pid) - cpu_before
+    threads_after = thread_cpu(service.proc.pid)
+    names = python_thread_names(service.proc.pid)  # after: search workers start on demand
+    by_group = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for tid, (comm, total) in threads_after.items():
+        spent = total - threads_before.get(tid, (comm, 0.0))[1]
+        by_group[thread_group(tid, comm, service.proc.pid, names)] += spent / len(latencies) * 1000
     batch_after = histogram_totals(httpx.get(f"{service.url}/metrics", timeout=60).text, batch)
     runs = batch_after[1] - batch_before[1]
     return {
@@ -654,6 +716,8 @@ def searches_per_second(service: ServiceProcess, text_of, clients: int, seconds:
         "p50": statistics.median(latencies) * 1000,
         "cpu": cpu / len(latencies) * 1000,
         "batch": (batch_after[0] - batch_before[0]) / runs if runs else None,
+        "threads": by_group,
+        "client_cpu": client_cpu / len(latencies) * 1000,
     }
 
 
@@ -807,6 +871,30 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
                         for c in by_clients.values()
                     )
                     rows.append(f"| {r['n']:,} | {label} | {kind} | {cells} |")
+        rows += [
+            "",
+            "CPU per search by thread at 4 clients (ms; the service's threads from /proc/PID/task, Python ones "
+            "named by `py-spy dump` after the cell: native pools = threads without Python frames, i.e. ONNX Runtime's "
+            "intra-op thread and the tokenizer's; search workers = the query embedding's calling thread, the engine "
+            "call and the registry), and the benchmark's own client threads (process CPU of this script, on the "
+            "same 2 CPUs, including the creation of its httpx clients, a fixed cost per cell that only shows "
+            "per search when a loaded machine gets few searches through):",
+            "",
+            "| chunks | service | queries | searches/s | server total | event loop | search workers | native pools "
+            "| engine pool | other | client process | server + client |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in with_concurrency:
+            for label, kinds in r["concurrency"].items():
+                for kind, by_clients in kinds.items():
+                    c = by_clients.get(4)
+                    if not c or "threads" not in c:
+                        continue
+                    parts = " | ".join(f"{c['threads'][group]:.1f}" for group in THREAD_GROUPS)
+                    rows.append(
+                        f"| {r['n']:,} | {label} | {kind} | {c['rate']:.0f} | {c['cpu']:.1f} | {parts} "
+                        f"| {c['client_cpu']:.1f} | {c['cpu'] + c['client_cpu']:.1f} |"
+                    )
     return "\n".join([START, "", setup, "", *rows, "", END])
 
 
@@ -823,9 +911,11 @@ def main() -> None:
     parser.add_argument("--concurrency-seconds", type=float, default=10.0)
     parser.add_argument(
         "--threads-sweep",
-        default="",
+        default=None,
         help="EMBEDDING_THREADS values to measure throughput with at --concurrency-at, e.g. 1,2,default "
-        "(a service start per value); empty: the service's default only",
+        "(a service start per value; default: 'default,1', the service's default and one intra-op thread, whose "
+        "CPU per query is ~0.7x at ~1.2x the lone query's embedding time, docs/benchmarks.md; with --compare-with "
+        "the default is none); empty: the service's default only",
     )
     parser.add_argument(
         "--compare-with",
@@ -838,6 +928,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="directory keeping the corpus embeddings between runs")
     args = parser.parse_args()
     args.concurrency_at = {int(s) for s in args.concurrency_at.split(",") if s}
+    if (
+        args.threads_sweep is None
+    ):  # a --compare-with run measures this checkout's default against the baseline
+        args.threads_sweep = "" if args.compare_with else "default,1"
     args.threads_sweep = [t for t in args.threads_sweep.split(",") if t]
     # The result cache would answer repeated requests without searching: measure the search path itself.
     args.service_env = {"CACHE_ENABLED": "false"}

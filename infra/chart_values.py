@@ -45,6 +45,107 @@ class ChartKeys:
     tree: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class KubernetesRange:
+    """The Kubernetes minor versions a chart version supports, and where that is written."""
+
+    minimum: str
+    maximum: str | None  # None: no upper bound published (the chart's `kubeVersion` is open-ended)
+    source: str
+
+    def covers(self, minor: str) -> bool:
+        """Whether Kubernetes `minor` ("1.35") is in the range."""
+        low = _minor_key(self.minimum) <= _minor_key(minor)
+        return low and (self.maximum is None or _minor_key(minor) <= _minor_key(self.maximum))
+
+    def __str__(self) -> str:
+        return f"{self.minimum}-{self.maximum}" if self.maximum else f"{self.minimum} and later"
+
+
+_CERT_MANAGER_MATRIX = (
+    "cert-manager's supported releases (github.com/cert-manager/website content/docs/releases/README.md at "
+    "776e5db, 'Supported Kubernetes / OpenShift Versions'; 1.18 and 1.19 from that file's history)"
+)
+#: Each pinned chart's supported Kubernetes minors, by version prefix (the first prefix a version starts with
+#: wins). A chart version matching no prefix is a `make plan` finding (`kube-version`): a bump must record the
+#: new version's range here, from the chart's `kubeVersion` or the project's own support matrix, cited.
+KUBERNETES_SUPPORT: Mapping[str, tuple[tuple[str, KubernetesRange], ...]] = {
+    "cert-manager": (
+        ("v1.18.", KubernetesRange("1.29", "1.33", _CERT_MANAGER_MATRIX)),
+        ("v1.19.", KubernetesRange("1.31", "1.35", _CERT_MANAGER_MATRIX)),
+        ("v1.20.", KubernetesRange("1.32", "1.35", _CERT_MANAGER_MATRIX)),
+        ("v1.21.", KubernetesRange("1.33", "1.36", _CERT_MANAGER_MATRIX)),
+    ),
+    "kube-prometheus-stack": (
+        (
+            "78.3.",
+            KubernetesRange(
+                "1.25",
+                None,
+                "charts/kube-prometheus-stack/Chart.yaml kubeVersion '>=1.25.0-0' at tag kube-prometheus-stack-78.3.0 "
+                "(prometheus-community/helm-charts); Helm refuses to install it on an older cluster",
+            ),
+        ),
+    ),
+    "cloudnative-pg": (
+        (
+            "0.26.",
+            KubernetesRange(
+                "1.31",
+                "1.33",
+                "chart 0.26.1 runs operator 1.27.1; cloudnative-pg/cloudnative-pg docs/src/supported_releases.md, "
+                "1.27.x 'Supported Kubernetes versions: 1.31, 1.32, 1.33' (the chart sets no kubeVersion)",
+            ),
+        ),
+    ),
+    "gateway-helm": (
+        (
+            "v1.9.",
+            KubernetesRange(
+                "1.33",
+                "1.36",
+                "Envoy Gateway's compatibility matrix, gateway.envoyproxy.io/news/releases/matrix",
+            ),
+        ),
+    ),
+    "metrics-server": (
+        (
+            "3.13.",
+            KubernetesRange(
+                "1.31",
+                None,
+                "chart 3.13.1 runs metrics-server 0.8.1; kubernetes-sigs/metrics-server README.md compatibility "
+                "matrix, 0.8.x 'Supported Kubernetes version 1.31+'",
+            ),
+        ),
+    ),
+    "cluster-autoscaler": (
+        (
+            "9.59.",
+            KubernetesRange(
+                "1.33",
+                "1.36",
+                "the chart sets no kubeVersion; its image must be the cluster's minor, and infra/config.py "
+                "EKS_CLUSTER_AUTOSCALER_IMAGES pins one for 1.33-1.36",
+            ),
+        ),
+    ),
+}
+
+
+def _minor_key(minor: str) -> tuple[int, int]:
+    major, _, rest = minor.partition(".")
+    return int(major), int(rest.split(".", 1)[0])
+
+
+def supported_kubernetes(chart: str, version: str) -> KubernetesRange | None:
+    """The recorded Kubernetes range of `chart` at `version`, or None when none is recorded."""
+    for prefix, supported in KUBERNETES_SUPPORT.get(chart, ()):
+        if version.startswith(prefix):
+            return supported
+    return None
+
+
 def record_file(chart: str, version: str) -> Path:
     return CHARTS_DIR / f"{chart}-{version}.json"
 

@@ -218,6 +218,16 @@ class QdrantConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CnpgRecovery:
+    """Bootstrap the CloudNativePG Cluster from an archive in the backup bucket instead of an empty database."""
+
+    source: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
+    targetTime: str = _f(
+        pattern=re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))?$")
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class CloudNativePg:
     """CloudNativePG Cluster settings (mode cloudnative)."""
 
@@ -225,6 +235,8 @@ class CloudNativePg:
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
+    archiveName: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
+    recovery: CnpgRecovery
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1074,6 +1086,22 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{gateway.className} is an external GKE Gateway class but gateway.loadBalancer resolves to internal: "
             f"use one of {', '.join(sorted(GKE_INTERNAL_CLASSES))}, or set gateway.loadBalancer public",
         )
+    cnpg = config.postgres.cloudnative
+    if cnpg.recovery.source or cnpg.recovery.targetTime:
+        if config.postgres.mode != "cloudnative" or not config.backups.enabled:
+            fail(
+                "postgres.cloudnative.recovery.source",
+                "a recovery reads the CloudNativePG archive in the stack's backup bucket: it needs postgres.mode "
+                "cloudnative and backups.enabled",
+            )
+        if not cnpg.recovery.source:
+            fail("postgres.cloudnative.recovery.targetTime", "needs postgres.cloudnative.recovery.source")
+        if not cnpg.archiveName or cnpg.archiveName == cnpg.recovery.source:
+            fail(
+                "postgres.cloudnative.archiveName",
+                f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
+                "archive into a non-empty location, and the source must stay intact to restore from again",
+            )
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",

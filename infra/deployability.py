@@ -168,7 +168,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # gcp-apis | gke-node-identity | chart-values | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
+    check: str  # gcp-apis | gke-node-identity | chart-values | kube-version | crd-upgrade | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -369,7 +369,8 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
             crds = CHART_CRDS.get(chart)
             if crds is not None:
                 groups, switch = crds
-                if switch is None or _get(values, *switch) is not False:
+                skipped = chart in CRDS_DIR_CHARTS and _truthy(resource.inputs.get("skipCrds"))
+                if not skipped and (switch is None or _get(values, *switch) is not False):
                     for group in groups:
                         add(f"api:{group}", resource.urn, f"Helm chart {chart}")
             if chart in CHART_GATEWAY_CONTROLLERS:
@@ -1054,7 +1055,7 @@ def _gke_proxy_only_subnets(run: StackRun, graph: Graph) -> list[Finding]:
 
 GKE_FIREWALL = "gcp:compute/firewall:Firewall"
 #: Charts serving admission webhooks, by the values path of the port their pods listen on and its default at the
-#: pinned version (cloudnative-pg 0.26.1 `webhook.port`, cert-manager v1.18.2 `webhook.securePort`,
+#: pinned version (cloudnative-pg 0.26.1 `webhook.port`, cert-manager v1.21.1 `webhook.securePort`,
 #: kube-prometheus-stack 78.3.0 `prometheusOperator.tls.internalPort`).
 CHART_WEBHOOK_PORTS: Mapping[str, tuple[tuple[str, ...], int]] = {
     "cloudnative-pg": (("webhook", "port"), 9443),
@@ -2268,6 +2269,150 @@ def check_chart_values(run: StackRun, analysis: Analysis, graph: Graph) -> list[
     return findings
 
 
+#: The config key holding each configurable chart pin (others are pinned in code: the module named).
+CHART_VERSION_KEYS: Mapping[str, str] = {
+    "cert-manager": "rag:tls.certManagerVersion",
+    "kube-prometheus-stack": "rag:monitoring.chartVersion",
+    "cloudnative-pg": "CNPG_CHART_VERSION in infra/components/postgres.py",
+    "gateway-helm": "ENVOY_GATEWAY_CHART in infra/clusters/eks.py",
+    "metrics-server": "METRICS_SERVER_CHART in infra/clusters/eks.py",
+    "cluster-autoscaler": "CLUSTER_AUTOSCALER_CHART in infra/clusters/eks.py",
+}
+
+
+def cluster_kubernetes_version(run: StackRun) -> tuple[str, str] | None:
+    """(Kubernetes minor, the config key that sets it) of the cluster the stack creates, when its config fixes it.
+
+    EKS: `rag:cluster.eks.version`. GKE: the cluster's `minMasterVersion` when one is set; otherwise its release
+    channel moves the version (auto-upgrades) and nothing offline knows it. An existing cluster's version is not
+    in the config either; `kubectl version` tells it, and docs/operations.md lists the ranges to compare."""
+    for cluster in run.of_type(EKS_CLUSTER):
+        version = cluster.inputs.get("version")
+        if version is not None and re.fullmatch(r"1\.\d+", str(version)):
+            return str(version), "rag:cluster.eks.version"
+    for cluster in run.of_type(GKE_CLUSTER):
+        match = re.match(r"(1\.\d+)", str(cluster.inputs.get("minMasterVersion") or ""))
+        if match:
+            return match[1], "minMasterVersion of the GKE cluster"
+    return None
+
+
+def check_kube_version(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """Every pinned chart supports the cluster's Kubernetes version (`infra.chart_values.KUBERNETES_SUPPORT`, each
+    range cited from the chart's kubeVersion or its project's support matrix), and every pin has a recorded range:
+    an operator outside its range may install and then fail at run time (an API it needs removed, one it does not
+    know served), and Helm only refuses a chart whose Chart.yaml says so."""
+    findings: list[Finding] = []
+    cluster = cluster_kubernetes_version(run)
+    stack_file = f"Pulumi.{run.stack}.yaml"
+    for resource in run.resources:
+        if resource.type not in HELM_TYPES:
+            continue
+        chart, version = _release_chart(resource), str(resource.inputs.get("version") or "")
+        if chart not in CHART_VERSION_KEYS:
+            continue
+        key = CHART_VERSION_KEYS[chart]
+        supported = chart_values.supported_kubernetes(chart, version)
+        if supported is None:
+            findings.append(
+                Finding(
+                    "kube-version",
+                    resource.urn,
+                    f"chart {chart} {version or '(no version)'} ({key}) has no recorded supported Kubernetes range, "
+                    "so no check can tell whether the cluster runs a version it supports.",
+                    "record the version's range in infra/chart_values.py KUBERNETES_SUPPORT from the chart's "
+                    "kubeVersion or its support matrix (cite it), or pin a version that has one.",
+                )
+            )
+            continue
+        if cluster is None:
+            continue
+        minor, cluster_key = cluster
+        if chart == "gateway-helm" and cluster_key == "rag:cluster.eks.version":
+            continue  # the cloud-args check reports it on the EKS cluster itself
+        if not supported.covers(minor):
+            findings.append(
+                Finding(
+                    "kube-version",
+                    resource.urn,
+                    f"chart {chart} {version} supports Kubernetes {supported}, but {stack_file} runs {minor} "
+                    f"({cluster_key}); source: {supported.source}.",
+                    f"pin a {chart} version that supports {minor} ({key}), or set {cluster_key} in {stack_file} to "
+                    f"a version in {supported}.",
+                )
+            )
+    return findings
+
+
+#: Charts whose CRDs sit in a `crds/` directory (their own or a subchart's): Helm installs those when missing and
+#: never upgrades them, and `skip_crds` leaves them out (gateway-helm v1.9.0 charts/crds/crds,
+#: kube-prometheus-stack 78.3.0 charts/crds/crds). cert-manager (`crds.enabled`) and cloudnative-pg
+#: (`crds.create`) template theirs, so `helm upgrade` upgrades them, and both annotate them
+#: `helm.sh/resource-policy: keep` (cert-manager through `crds.keep`), so no uninstall deletes them.
+CRDS_DIR_CHARTS = frozenset({"gateway-helm", "kube-prometheus-stack"})
+#: The CRD-only chart that carries each such chart's CRDs at the same version (Envoy Gateway's gateway-crds-helm).
+CRD_CHARTS: Mapping[str, str] = {"gateway-helm": "gateway-crds-helm"}
+
+
+def check_crd_upgrade(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """A raised chart pin upgrades the chart's CRDs too, before the operator: a chart whose CRDs are in `crds/`
+    either runs its own upgrade hook (kube-prometheus-stack's `crds.upgradeJob`) or skips them (`skip_crds`) and
+    waits for its CRD chart at the same version (gateway-helm after gateway-crds-helm); otherwise the new operator
+    runs against the CRDs of the first install."""
+    findings: list[Finding] = []
+    releases = [r for r in run.resources if r.type in HELM_TYPES]
+    for resource in releases:
+        chart, version = _release_chart(resource), str(resource.inputs.get("version") or "")
+        values = resource.inputs.get("values") or {}
+        if chart not in CRDS_DIR_CHARTS:
+            continue
+        if chart == "kube-prometheus-stack":
+            if _get(values, "crds", "enabled") is False:
+                continue  # the CRDs come from elsewhere; crd-order checks their users wait for them
+            if _get(values, "crds", "upgradeJob", "enabled") is not True:
+                findings.append(
+                    Finding(
+                        "crd-upgrade",
+                        resource.urn,
+                        f"kube-prometheus-stack {version} installs its CRDs from the crds subchart's crds/ directory, "
+                        "which Helm never upgrades: after a chart bump the new operator runs against the old "
+                        "monitoring.coreos.com CRDs.",
+                        "set crds.upgradeJob.enabled (the chart's pre-upgrade hook applies the bundled CRDs "
+                        "server-side before the operator; infra/components/monitoring.py CRD_UPGRADE_JOB).",
+                    )
+                )
+            continue
+        crd_chart = CRD_CHARTS[chart]
+        sources = [
+            r for r in releases if _release_chart(r) == crd_chart and r.urn in graph.closure(resource.urn)
+        ]
+        if not _truthy(resource.inputs.get("skipCrds")) or not sources:
+            findings.append(
+                Finding(
+                    "crd-upgrade",
+                    resource.urn,
+                    f"{chart} {version} installs its CRDs from crds/, which Helm never upgrades: after a version "
+                    "bump the new controller runs against the old CRDs.",
+                    f"set skip_crds and make the release depend on a {crd_chart} chart (helm.v4.Chart, applied "
+                    f"server-side) at version {version}.",
+                )
+            )
+            continue
+        for source in sources:
+            crd_version = str(source.inputs.get("version") or "")
+            if crd_version != version:
+                findings.append(
+                    Finding(
+                        "crd-upgrade",
+                        resource.urn,
+                        f"{chart} is pinned at {version} but its CRDs come from {crd_chart} {crd_version or '(none)'}: "
+                        "the pin was raised without its CRD source, so the controller and its CRDs disagree.",
+                        f"move {crd_chart} to {version} with {chart} (one constant pins both).",
+                    )
+                )
+    return findings
+
+
 def check_traffic(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """The NetworkPolicies let through every connection the stack needs (`infra.traffic`), and every
     ServiceMonitor/PodMonitor selects something."""
@@ -2364,6 +2509,8 @@ def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list
 
 CHECKS = (
     check_chart_values,
+    check_kube_version,
+    check_crd_upgrade,
     check_crd_order,
     check_references,
     check_class_references,
@@ -2449,6 +2596,23 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("cluster.gke.", "dev", "gke", {}),
     ("cluster.eks.", "dev", "eks", {}),
     ("postgres.mode", "dev", "eks", {}),
+    # The registry's archive and recovery exist where it is backed up (cloudnative on a cloud, backups on).
+    (
+        "postgres.cloudnative.recovery.targetTime",
+        "dev",
+        "gke",
+        {
+            "backups": {"enabled": True},
+            "postgres": {"cloudnative": {"archiveName": "postgres-r1", "recovery": {"source": "postgres"}}},
+        },
+    ),
+    (
+        "postgres.cloudnative.recovery.source",
+        "dev",
+        "gke",
+        {"backups": {"enabled": True}, "postgres": {"cloudnative": {"archiveName": "postgres-r1"}}},
+    ),
+    ("postgres.cloudnative.archiveName", "dev", "eks", {"backups": {"enabled": True}}),
     ("redis.mode", "dev", "eks", {}),
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
@@ -2571,6 +2735,9 @@ ALTERNATIVES: Mapping[str, Any] = {
     "postgres.database": "rag_other",
     "postgres.user": "rag_other",
     "postgres.cloudnative.storage.storageClass": "fast-postgres",
+    "postgres.cloudnative.archiveName": "postgres-r2",
+    "postgres.cloudnative.recovery.source": "postgres",
+    "postgres.cloudnative.recovery.targetTime": "2026-11-26T03:00:00Z",
     "postgres.managed.instanceClass": "db.r7g.large",
     "postgres.managed.tier": "db-custom-4-15360",
     "redis.mode": "managed",

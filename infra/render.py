@@ -354,13 +354,31 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
 
 
 def plan_warnings(run: StackRun) -> list[str]:
-    """What deploys fine but will disappoint: monitoring whose alerts reach nobody."""
+    """What deploys fine but will disappoint: monitoring whose alerts reach nobody, or whose runbook links are
+    relative paths (the default) that no pager can open."""
     warnings = []
     if run.outputs.get("alertReceivers") == []:
         warnings.append(
             "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "
             "(set rag:slackWebhookUrl or rag:pagerdutyRoutingKey with --secret, or rag:monitoring.alerting.email.to; "
             "see docs/runbooks.md)"
+        )
+    relative = sorted(
+        {
+            rule["annotations"]["runbook_url"].split("#", 1)[0]
+            for resource in run.resources
+            if resource.type == "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+            for group in resource.inputs.get("spec", {}).get("groups", [])
+            for rule in group.get("rules", [])
+            if "runbook_url" in rule.get("annotations", {})
+            and not rule["annotations"]["runbook_url"].startswith(("https://", "http://"))
+        }
+    )
+    if relative:
+        warnings.append(
+            f"alert runbook links are not URLs: every alert's runbook_url starts with {relative[0]!r}, which "
+            "nobody paged can open from Slack, PagerDuty or e-mail (set rag:monitoring.runbookUrl to where "
+            "docs/runbooks.md is published, e.g. https://github.com/<org>/<repo>/blob/main/docs/runbooks.md)"
         )
     return warnings
 

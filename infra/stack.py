@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
 BACKUPS_NAME = "qdrant-backups"
 POSTGRES_NAME = "postgres"
+#: Where the CloudNativePG archives live in the backup bucket (Qdrant snapshots are under `qdrant/`).
+REGISTRY_BACKUP_PREFIX = "postgres"
 # The bucket name's scope part (region or project ID, projects are up to 30 characters) is cut beyond this.
 SCOPE_LIMIT = 30
 # RDS snapshot identifiers are at most 255 characters; the component appends "-" and 8 hex characters.
@@ -169,6 +171,20 @@ def backup_bucket(config: StackConfig, cluster: ClusterTarget) -> pulumi.Input[s
 
 
 # --- component args ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistryBackup:
+    """Where the in-cluster registry archives: the stack's backup bucket, as the `registry` workload identity."""
+
+    bucket: pulumi.Input[str]
+    annotations: Mapping[str, pulumi.Input[str]]
+    waits: tuple[pulumi.Resource, ...] = ()
+
+
+def with_seconds(schedule: str) -> str:
+    """A five-field cron schedule (`rag:backups.schedule`) as the six fields, seconds first, CloudNativePG reads."""
+    return f"0 {schedule.strip()}"
 
 
 def namespace_metadata(config: StackConfig) -> dict[str, Any]:
@@ -302,12 +318,27 @@ def postgres_args(
     password: pulumi.Input[str],
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     ready: tuple[pulumi.Resource, ...] = (),
+    backup: RegistryBackup | None = None,
 ) -> PostgresDatabaseArgs:
-    """Postgres (`rag:postgres`): CloudNativePG in the namespace, or RDS/Cloud SQL in the target's network."""
+    """Postgres (`rag:postgres`): CloudNativePG in the namespace, or RDS/Cloud SQL in the target's network.
+
+    With `backup` (the stack's backup bucket, cloudnative mode), the Cluster archives to it on `rag:backups`'
+    schedule and retention, and `postgres.cloudnative.recovery` bootstraps it from an archive there."""
     cfg = config.postgres
     mode = postgres_mode(config, cluster)
     network = cluster.network
+    cnpg = cfg.cloudnative
     return PostgresDatabaseArgs(
+        backup_bucket=backup.bucket if backup is not None else None,
+        backup_cloud=cluster.cloud if backup is not None else None,
+        backup_prefix=REGISTRY_BACKUP_PREFIX,
+        backup_schedule=with_seconds(config.backups.schedule),
+        archive_retention_days=config.backups.retentionDays,
+        backup_service_account_annotations=backup.annotations if backup is not None else {},
+        backup_waits=backup.waits if backup is not None else (),
+        archive_name=cnpg.archiveName or None,
+        recovery_source=cnpg.recovery.source or None,
+        recovery_target_time=cnpg.recovery.targetTime or None,
         mode=mode,
         password=password,
         database=cfg.database,
@@ -724,6 +755,40 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         ),
         opts=in_cluster,
     )
+    # Backups run on cloud targets only (the config validator refuses them elsewhere). Created before the
+    # registry, which archives into the same bucket.
+    registry_backup: RegistryBackup | None = None
+    if config.backups.enabled and cluster.cloud is not None and cluster.workload_identity is not None:
+        backups = QdrantBackups(
+            BACKUPS_NAME,
+            backups_args(
+                config,
+                cluster,
+                qdrant=qdrant,
+                service_account_annotations=cluster.workload_identity(
+                    config.namespace, BACKUPS_NAME, "backup"
+                ),
+                # The job reads Qdrant's API-key Secret by name and calls every node.
+                ready=(*ready, *qdrant.ready),
+            ),
+            opts=data_opts,
+        )
+        if cluster.grant_bucket_write is not None:
+            cluster.grant_bucket_write("backup", backups.bucket_name)
+        if postgres_mode(config, cluster) == "cloudnative":
+            # The operator names the instances' ServiceAccount after the Cluster.
+            annotations = cluster.workload_identity(config.namespace, POSTGRES_NAME, "registry")
+            grant = (
+                cluster.grant_bucket_write("registry", backups.bucket_name)
+                if cluster.grant_bucket_write is not None
+                else None
+            )
+            registry_backup = RegistryBackup(
+                bucket=backups.bucket_name,
+                annotations=annotations,
+                waits=(grant,) if isinstance(grant, pulumi.Resource) else (),
+            )
+
     postgres = PostgresDatabase(
         POSTGRES_NAME,
         postgres_args(
@@ -732,6 +797,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             password=random.RandomPassword("postgres-password-random", length=32, special=False).result,
             monitoring_crds=monitoring_crds,
             ready=ready,
+            backup=registry_backup,
         ),
         opts=pulumi.ResourceOptions.merge(
             data_opts,
@@ -802,25 +868,6 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             opts=in_cluster,
         )
         service_url = gateway.url
-
-    # Backups run on cloud targets only (the config validator refuses them elsewhere).
-    if config.backups.enabled and cluster.cloud is not None and cluster.workload_identity is not None:
-        backups = QdrantBackups(
-            BACKUPS_NAME,
-            backups_args(
-                config,
-                cluster,
-                qdrant=qdrant,
-                service_account_annotations=cluster.workload_identity(
-                    config.namespace, BACKUPS_NAME, "backup"
-                ),
-                # The job reads Qdrant's API-key Secret by name and calls every node.
-                ready=(*ready, *qdrant.ready),
-            ),
-            opts=data_opts,
-        )
-        if cluster.grant_bucket_write is not None:
-            cluster.grant_bucket_write("backup", backups.bucket_name)
 
     return outputs(
         config,

@@ -77,7 +77,11 @@ def main() -> None:
 
         # Migrate in the parent so that several workers never race on the schema at start-up.
         try:
-            open_registry(settings.resolved_database_url).close()
+            open_registry(
+                settings.resolved_database_url,
+                connect_timeout=settings.database_connect_timeout_seconds,
+                tcp_timeout=settings.database_tcp_timeout_seconds,
+            ).close()
         except RegistryOpenError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -105,6 +109,9 @@ def main() -> None:
             "port": settings.port,
             "log_level": settings.log_level.lower(),
             "http": GuardedHttpToolsProtocol,
+            # Its lines are dropped anyway (service.app.core.logging: the request middleware logs each request
+            # with its id and route); off, uvicorn does not build them on every response either.
+            "access_log": False,
             "timeout_keep_alive": settings.http_keep_alive_seconds,
             "limit_concurrency": settings.http_limit_concurrency,
         }

@@ -274,7 +274,13 @@ def prepare(path: Path, root: Path, max_batch_bytes: int, encoding: str | None =
     except OSError as exc:  # unreadable, or gone since the folder was listed: this file fails, not the run
         return Pending(name=name, document=None, size=0, error=f"could not read it: {exc.strerror or exc}")
     charset = text_charset(data, suffix, encoding)
-    if charset is not None or data.startswith(BOMS) or size > max_batch_bytes or not _decodes(data, "utf-8"):
+    if (
+        not data  # the bulk schema refuses an empty text, and with it the whole batch: alone, it fails alone
+        or charset is not None
+        or data.startswith(BOMS)
+        or size > max_batch_bytes
+        or not _decodes(data, "utf-8")
+    ):
         # Uploaded on its own, as its bytes: with no charset that decodes it (a binary file under a text
         # name), the service refuses it with its reason, which the report lists.
         return Pending(name=name, document=None, size=size, charset=charset)
@@ -294,6 +300,20 @@ def batches(items: list[Pending], batch_size: int, max_batch_bytes: int) -> Iter
         size += item.size
     if batch:
         yield batch
+
+
+def refused_item(response: httpx.Response, size: int) -> int | None:
+    """The index of the one item a whole-batch 422 blames ("documents[3].text is empty"), else None."""
+    if response.status_code != 422:
+        return None
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    match = re.match(r"documents\[(\d+)\]", message) if isinstance(message, str) else None
+    if match is None or int(match.group(1)) >= size:
+        return None
+    return int(match.group(1))
 
 
 def refused_limit(response: httpx.Response) -> tuple[str, int] | None:
@@ -426,6 +446,14 @@ def ingest_folder(
             if setting == "BULK_MAX_BYTES" and service_limit < max_batch_bytes:
                 max_batch_bytes = service_limit
                 continue
+        culprit = refused_item(response, len(batch))
+        if culprit is not None:
+            # The service refused the batch whole for one item's shape (nothing was stored): that file fails
+            # with the reason, the others go again without it.
+            report.fail(batch[culprit].name, error_reason(response))
+            del queue[culprit]
+            advance(1)
+            continue
         del queue[: len(batch)]
         if response.status_code in (200, 207):
             for item in response.json()["items"]:

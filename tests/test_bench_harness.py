@@ -346,3 +346,49 @@ def test_scale_does_not_wait_for_a_collector_the_environment_turned_off(
     client, served = metrics_client(["rag_orphan_collections_total 0.0\n"])
     assert wait_for_startup_collection(client, poll=0) is None
     assert served == []
+
+
+def test_scale_splits_a_live_process_cpu_by_thread() -> None:
+    # A real process with a named Python thread and a busy worker: thread_cpu reads every thread of it, and the
+    # classification puts the main thread on the event loop, a search worker by its Python name, the engine's
+    # pool by its kernel name, and an unnamed native thread in the native pools only when Python names are known.
+    from scale import thread_cpu, thread_group
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import threading, sys\n"
+            "def spin():\n    while True: sum(range(1000))\n"
+            "threading.Thread(target=spin, name='search-worker-1', daemon=True).start()\n"
+            "print('up', flush=True); sys.stdin.readline()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "up"
+        first = thread_cpu(child.pid)
+        assert child.pid in first
+        assert len(first) >= 2
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the spinning thread has been charged some CPU
+            later = thread_cpu(child.pid)
+            if any(later[t][1] > first.get(t, ("", 0.0))[1] for t in later if t != child.pid):
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the worker thread was never charged CPU")
+    finally:
+        child.kill()
+        child.wait()
+    names = {101: "MainThread", 102: "search-worker-3", 103: "edge-optimizer"}
+    assert thread_group(100, "python", 100, {}) == "event loop"
+    assert thread_group(102, "python", 100, names) == "search workers"
+    assert thread_group(103, "python", 100, names) == "other"
+    assert thread_group(104, "edge-search-1", 100, names) == "engine pool"
+    assert thread_group(105, "python", 100, names) == "native pools"  # no Python frames: ONNX Runtime's
+    assert thread_group(105, "python", 100, {}) == "other"  # without py-spy nothing tells them apart
+    assert thread_group(106, "libuv-worker", 100, names) == "other"

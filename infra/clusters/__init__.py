@@ -54,8 +54,8 @@ class ClusterTarget:
     gateway_api: tuple[pulumi.Resource, ...] = ()
     # (namespace, service account name, role) -> annotations binding that KSA to the role's cloud identity.
     workload_identity: Callable[[str, str, str], Mapping[str, pulumi.Input[str]]] | None = None
-    # (role, bucket name) -> lets the role's cloud identity write backups into the bucket.
-    grant_bucket_write: Callable[[str, pulumi.Input[str]], None] | None = None
+    # (role, bucket name) -> lets the role's cloud identity write backups into the bucket; returns the grant.
+    grant_bucket_write: Callable[[str, pulumi.Input[str]], pulumi.Resource | None] | None = None
     cloud: Literal["aws", "gcp"] | None = None
 
     def cloud_opts(self, *, protect: bool = False, **extra: Any) -> pulumi.ResourceOptions:

@@ -31,6 +31,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
+from infra.components.gateway import envoy_gateway_crds
 from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
@@ -841,6 +842,23 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=public_associations)),
     )
     chart, version, repo = ENVOY_GATEWAY_CHART
+    # The Gateway API and Envoy Gateway CRDs at the chart's version, applied by Pulumi before the controller and
+    # upgraded with every bump (gateway-helm's own come from crds/, which Helm never upgrades: skip_crds). Their
+    # provider adopts the CRDs an earlier gateway-helm install created and takes over their fields; only the
+    # CRDs use it (infra/components/gateway.py envoy_gateway_crds).
+    crd_provider = k8s.Provider(
+        "k8s-crds",
+        kubeconfig=kubeconfig,
+        enable_server_side_apply=True,
+        upsert_existing_objects=True,
+        enable_patch_force=True,
+    )
+    envoy_crds = envoy_gateway_crds(
+        "envoy-gateway-crds",
+        repo,
+        version,
+        pulumi.ResourceOptions(provider=crd_provider, depends_on=[node_group, vpc_cni]),
+    )
     envoy_gateway = k8s.helm.v3.Release(
         "envoy-gateway",
         name="eg",
@@ -849,7 +867,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         namespace=envoy_namespace.metadata["name"],
         atomic=True,
         timeout=600,
-        opts=in_cluster,
+        skip_crds=True,
+        opts=pulumi.ResourceOptions.merge(in_cluster, pulumi.ResourceOptions(depends_on=[envoy_crds])),
     )
     gateway_classes: list[pulumi.Resource] = []
     if config.tls.enabled and not config.gateway.ingress.enabled:
@@ -895,9 +914,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             roles[role] = irsa_role(f"irsa-{role}", namespace, service_account)
         return {"eks.amazonaws.com/role-arn": roles[role].arn}
 
-    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> None:
+    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> pulumi.Resource:
         """Let the `role` IRSA role list the bucket and write/read/delete its objects."""
-        aws.iam.RolePolicy(
+        return aws.iam.RolePolicy(
             f"irsa-{role}-bucket",
             role=roles[role].id,
             policy=pulumi.Output.from_input(bucket).apply(bucket_policy),

@@ -3,8 +3,8 @@
 Created at the top level of the stack with an explicit `gcp.Provider` (project and region from `rag:cluster.gke`),
 so nothing depends on ambient `gcp:*` config. The VPC is VPC-native with a private-services range so Cloud SQL and
 Memorystore (managed modes) get private IPs on it. Workload identity: one Google service account per workload role
-(`backup`, `service`), bound to its Kubernetes service account with `roles/iam.workloadIdentityUser`; the component
-that creates the KSA puts the returned annotation on it. In prod the cluster, node pool and registry are protected.
+(`backup`, `service`, `registry`: the CloudNativePG instances), bound to its Kubernetes service account with
+`roles/iam.workloadIdentityUser`; the component that creates the KSA puts the returned annotation on it. In prod the cluster, node pool and registry are protected.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ APIS = (
     "servicenetworking.googleapis.com",
     "storage.googleapis.com",
 )
-WORKLOAD_ROLES = ("backup", "service")
+WORKLOAD_ROLES = ("backup", "service", "registry")
 # What a node service account needs on the project: GKE's minimum for node system tasks (logging, monitoring, the
 # HPA's metrics), "Kubernetes Engine Default Node Service Account" (GKE "Configure node service accounts"), and
 # reading the stack's images from Artifact Registry, which that role does not cover.
@@ -320,9 +320,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
         return {"iam.gke.io/gcp-service-account": account.email}
 
-    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> None:
+    def grant_bucket_write(role: str, bucket: pulumi.Input[str]) -> pulumi.Resource:
         """Let the `role` Google service account manage the bucket's objects."""
-        gcp.storage.BucketIAMMember(
+        return gcp.storage.BucketIAMMember(
             f"wi-{role}-bucket",
             bucket=bucket,
             role="roles/storage.objectAdmin",

@@ -9,7 +9,8 @@ then deletes the snapshot from the node. Credentials come from the pod's Service
 The Qdrant API key is read from the QdrantCluster's own Secret.
 
 With `create_bucket`, the bucket is created too: S3 with versioning, default encryption, a public access block
-and expiry of old backups (pulumi-aws 7's `s3.Bucket` family; the `*V2` names are deprecated there); or GCS with uniform access, public access prevention, versioning and the same
+and expiry of old backups under the snapshot prefix only (the CloudNativePG archive shares the bucket and expires by
+its own retention policy) (pulumi-aws 7's `s3.Bucket` family; the `*V2` names are deprecated there); or GCS with uniform access, public access prevention, versioning and the same
 expiry. Protected from deletion when `protect` is set (prod). Elsewhere the bucket is created with `force_destroy`, so
 `pulumi destroy` empties it (every object version and delete marker on S3, every generation on GCS: the providers'
 delete lists versions) before deleting it, instead of failing with BucketNotEmpty after the first backup. A
@@ -357,6 +358,52 @@ def deadline_seconds(args: QdrantBackupsArgs, *, passes: int) -> int:
     return max(MIN_DEADLINE_SECONDS, transfer_seconds(total, passes, args.transfer_bytes_per_second))
 
 
+NONCURRENT_DAYS = 7
+"""Days an overwritten or deleted object version is kept (the buckets are versioned) before it is removed."""
+
+
+def s3_lifecycle_rules(args: QdrantBackupsArgs) -> list[dict[str, Any]]:
+    """Expire snapshots under `prefix/` after the retention, and every noncurrent version bucket-wide.
+
+    Only the snapshot prefix expires by age: the bucket also holds the CloudNativePG archive (`postgres/`), whose
+    base backups and WAL barman-cloud deletes itself by its retention policy; an age rule there would delete the
+    oldest base backup the recovery window still needs. Its deletes leave noncurrent versions, hence rule two.
+    """
+    rules: list[dict[str, Any]] = []
+    if args.retention_days > 0:
+        rules.append(
+            {
+                "id": "expire-old-backups",
+                "status": "Enabled",
+                "filter": {"prefix": f"{args.prefix}/"},
+                "expiration": {"days": args.retention_days},
+            }
+        )
+    rules.append(
+        {
+            "id": "expire-noncurrent-versions",
+            "status": "Enabled",
+            "filter": {"prefix": ""},
+            "noncurrent_version_expiration": {"noncurrent_days": NONCURRENT_DAYS},
+        }
+    )
+    return rules
+
+
+def gcs_lifecycle_rules(args: QdrantBackupsArgs) -> list[dict[str, Any]]:
+    """The GCS form of `s3_lifecycle_rules`: age expiry limited to `prefix/` (`matches_prefixes`)."""
+    rules: list[dict[str, Any]] = []
+    if args.retention_days > 0:
+        rules.append(
+            {
+                "action": {"type": "Delete"},
+                "condition": {"age": args.retention_days, "matches_prefixes": [f"{args.prefix}/"]},
+            }
+        )
+    rules.append({"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": NONCURRENT_DAYS}})
+    return rules
+
+
 NEVER = "0 0 31 2 *"
 """February 31st: the restore CronJob never fires; it is a template for `kubectl create job --from`."""
 
@@ -529,30 +576,15 @@ class QdrantBackups(pulumi.ComponentResource):
             restrict_public_buckets=True,
             opts=child(),
         )
-        if args.retention_days > 0:
-            aws.s3.BucketLifecycleConfiguration(
-                f"{name}-bucket-lifecycle",
-                bucket=bucket.id,
-                rules=[
-                    {
-                        "id": "expire-old-backups",
-                        "status": "Enabled",
-                        "filter": {"prefix": f"{args.prefix}/"},
-                        "expiration": {"days": args.retention_days},
-                        "noncurrent_version_expiration": {"noncurrent_days": 7},
-                    }
-                ],
-                opts=child(),
-            )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-bucket-lifecycle",
+            bucket=bucket.id,
+            rules=s3_lifecycle_rules(args),
+            opts=child(),
+        )
         return bucket.bucket
 
     def _gcs_bucket(self, name: str, args: QdrantBackupsArgs, child: Any) -> pulumi.Output[str]:
-        rules = []
-        if args.retention_days > 0:
-            rules = [
-                {"action": {"type": "Delete"}, "condition": {"age": args.retention_days}},
-                {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": 7}},
-            ]
         bucket = gcp.storage.Bucket(
             f"{name}-bucket",
             name=args.bucket_name,
@@ -560,7 +592,7 @@ class QdrantBackups(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             versioning={"enabled": True},
-            lifecycle_rules=rules,
+            lifecycle_rules=gcs_lifecycle_rules(args),
             force_destroy=args.force_destroy,
             opts=child(protect=args.protect),
         )

@@ -45,7 +45,7 @@ from infra.components.specs import require
 
 CERT_MANAGER_CHART = "cert-manager"
 CERT_MANAGER_REPO = "https://charts.jetstack.io"
-CERT_MANAGER_VERSION = "v1.18.2"
+CERT_MANAGER_VERSION = "v1.21.1"
 ACME_SERVERS = {
     "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
     "letsencrypt-prod": "https://acme-v02.api.letsencrypt.org/directory",
@@ -54,6 +54,9 @@ ISSUERS = ("selfsigned", *ACME_SERVERS)
 TEMPORARY_CERTIFICATE_ANNOTATION = "cert-manager.io/issue-temporary-certificate"
 """cert-manager's Certificate annotation (cmapi.IssueTemporaryCertificateAnnotation): while the issuer works, store
 a temporary certificate in the target Secret when that Secret is missing or holds no valid pair."""
+ENVOY_GATEWAY_CRDS_CHART = "gateway-crds-helm"
+"""Envoy Gateway's CRD-only chart, released with the same version as gateway-helm (charts/gateway-crds-helm)."""
+CRD_TYPE = "kubernetes:apiextensions.k8s.io/v1:CustomResourceDefinition"
 GKE_HEALTH_CHECK_CIDRS = ("35.191.0.0/16", "130.211.0.0/22")
 """Source ranges of Google Cloud health checks, and of the global external Application Load Balancer's Google Front
 Ends (for the service's NetworkPolicy on GKE)."""
@@ -139,9 +142,15 @@ def validate_args(args: TlsGatewayArgs) -> None:
 def cert_manager_values(gateway_api: bool = True) -> dict[str, Any]:
     """Helm values: install the CRDs with the chart (kept on uninstall); Gateway API support only when used.
 
-    cert-manager v1.18 with `enableGatewayAPI` exits at start-up if the Gateway API CRDs are missing (the atomic
-    release would then roll back), so it is switched on only for the `gateway` entry, whose CRDs the release
-    waits for (`gateway_crds`) or which the cluster target documents as a prerequisite.
+    cert-manager with Gateway API support on exits at start-up if the Gateway API CRDs are missing (v1.21.1
+    pkg/controller/context.go; the atomic release would then roll back), so it is switched on only for the
+    `gateway` entry, whose CRDs the release waits for (`gateway_crds`) or which the cluster target documents as a
+    prerequisite. `enableGatewayAPI` is deprecated in v1.21 for `gatewayAPI.enabled` but still read (its defaults
+    copy it over when `gatewayAPI.enabled` is unset: internal/apis/config/controller/v1alpha1/defaults.go), and
+    unlike the new key it is also understood by the older versions `rag:tls.certManagerVersion` may pin.
+    The CRDs are chart templates (`crds.enabled`), so `helm upgrade` upgrades them with a version bump, and
+    `crds.keep` annotates them `helm.sh/resource-policy: keep`: uninstalling the release (or switching
+    `installCertManager` off) never deletes them and every Certificate and Issuer in them.
     """
     values: dict[str, Any] = {
         "crds": {"enabled": True, "keep": True},
@@ -154,6 +163,61 @@ def cert_manager_values(gateway_api: bool = True) -> dict[str, Any]:
             "enableGatewayAPI": True,
         }
     return values
+
+
+def envoy_gateway_crd_values() -> dict[str, Any]:
+    """gateway-crds-helm values: the Gateway API CRDs and Envoy Gateway's own, on the experimental channel.
+
+    Experimental because gateway-helm v1.9.0 installs that channel from its crds/ (charts/crds/crds/
+    gatewayapi-crds.yaml, "Gateway API Experimental channel install"): the CRDs of a cluster first deployed with it
+    stay on their channel, and the Gateway API safe-upgrade ValidatingAdmissionPolicy that gateway-helm renders
+    refuses experimental CRDs over standard ones, not the reverse (charts/crds/templates/
+    gatewayapi-safe-upgrade-policy.yaml at v1.9.0).
+    """
+    return {
+        "crds": {
+            "gatewayAPI": {"enabled": True, "channel": "experimental"},
+            "envoyGateway": {"enabled": True},
+        }
+    }
+
+
+def retain_crds(args: pulumi.ResourceTransformArgs) -> pulumi.ResourceTransformResult | None:
+    """Keep every CustomResourceDefinition in the cluster when Pulumi deletes it (`retain_on_delete`).
+
+    Deleting a CRD deletes every object of its kind (each Gateway, HTTPRoute, EnvoyProxy of every stack on the
+    cluster), so neither removing the chart from the program, nor replacing it, nor a chart switch may do it.
+    A transform on the chart applies to the children the provider creates for it."""
+    if args.type_ != CRD_TYPE:
+        return None
+    return pulumi.ResourceTransformResult(
+        props=args.props,
+        opts=pulumi.ResourceOptions.merge(args.opts, pulumi.ResourceOptions(retain_on_delete=True)),
+    )
+
+
+def envoy_gateway_crds(
+    name: str, repository: str, version: str, opts: pulumi.ResourceOptions
+) -> k8s.helm.v4.Chart:
+    """Envoy Gateway's CRDs (Gateway API + gateway.envoyproxy.io) applied server-side by Pulumi, at `version`.
+
+    Why not gateway-helm's own: they sit in its crds/ directory, which Helm installs once and never upgrades
+    (pulumi-kubernetes Release `skip_crds`: "CRDs are installed if not already present"), so a raised pin would run
+    the new controller against the first install's CRDs. Why not a Helm release of gateway-crds-helm: its rendered
+    CRDs, stored in the release Secret, exceed Kubernetes' 1 MiB Secret limit (measured at v1.9.0: 1.19 MB gzipped
+    before Helm's base64; Envoy Gateway's README for the chart says to `helm template | kubectl apply
+    --server-side` for that reason). A `helm.v4.Chart` renders the chart client-side and applies each object as a
+    Pulumi resource: upgraded in place on a version bump, ordered before the gateway-helm release that waits for
+    it, never deleted (`retain_crds`). `opts` must carry a provider that adopts the CRDs an earlier gateway-helm
+    install created (`upsert_existing_objects`) and takes over their fields (`enable_patch_force`).
+    """
+    return k8s.helm.v4.Chart(
+        name,
+        chart=f"{repository}/{ENVOY_GATEWAY_CRDS_CHART}",
+        version=version,
+        values=envoy_gateway_crd_values(),
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(transforms=[retain_crds])),
+    )
 
 
 def issuer_spec(

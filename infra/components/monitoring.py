@@ -1,7 +1,8 @@
 """`Monitoring` (`rag:ops:Monitoring`): kube-prometheus-stack, the stack's alerts, their receivers and the dashboard.
 
 Creates the monitoring Namespace, the Grafana admin Secret (password from a Pulumi secret), the
-kube-prometheus-stack Helm release (pinned; its chart installs the monitoring.coreos.com CRDs; Prometheus is
+kube-prometheus-stack Helm release (pinned; its chart installs the monitoring.coreos.com CRDs, and upgrades them
+with a version bump through its CRD upgrade hook, `CRD_UPGRADE_JOB`; Prometheus is
 told to pick up every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own), Alertmanager routing by
 severity to the configured receivers (their credentials in a Secret mounted as files, never in the chart's values),
 a PodMonitor for cert-manager (certificate expiry), a `PrometheusRule` with the alerts of every component and a
@@ -35,6 +36,21 @@ from infra.components.specs import Resources, require
 CHART = "kube-prometheus-stack"
 REPO = "https://prometheus-community.github.io/helm-charts"
 CHART_VERSION = "78.3.0"
+#: The chart's CRDs sit in its `crds` subchart's `crds/` directory (charts/kube-prometheus-stack/charts/crds at tag
+#: kube-prometheus-stack-78.3.0): Helm installs that directory when a CRD is missing and never upgrades it, so a
+#: raised `rag:monitoring.chartVersion` would run the new operator against the old CRDs (new fields pruned, or
+#: refused). The chart's own remedy is `crds.upgradeJob` (templates/upgrade/*.yaml in that subchart): a
+#: pre-install/pre-upgrade/pre-rollback hook Job that runs `kubectl apply --server-side` on the CRDs bundled with
+#: the chart version being installed, before Helm touches the operator, and deletes nothing. `forceConflicts`
+#: because the CRDs were first created by Helm's `crds/` install under another field manager, whose fields a
+#: server-side apply otherwise refuses to change. The busybox image (it unpacks the bundle) is pinned, not the
+#: chart's `latest`; the kubectl image defaults to the cluster's own version (registry.k8s.io/kubectl).
+CRD_UPGRADE_JOB: dict[str, Any] = {
+    "enabled": True,
+    "forceConflicts": True,
+    "image": {"busybox": {"tag": "1.37.0"}},
+    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+}
 ADMIN_SECRET_KEYS = ("admin-user", "admin-password")
 RELEASE_NAME = "kube-prometheus-stack"
 # The grafana subchart's fullname is `<release>-grafana`; its Service listens on port 80.
@@ -342,7 +358,7 @@ def chart_values(
     if receivers_secret is not None:
         alertmanager["alertmanagerSpec"] = {"secrets": [receivers_secret]}
     return {
-        "crds": {"enabled": True},
+        "crds": {"enabled": True, "upgradeJob": CRD_UPGRADE_JOB},
         "prometheus": {
             "prometheusSpec": {
                 "retention": args.retention,

@@ -7,6 +7,20 @@ Modes:
   N instances with streaming replication and automated failover, PVC storage, initdb bootstrap of the database
   owned by the app user whose password comes from a Pulumi secret (a `kubernetes.io/basic-auth` Secret),
   pod anti-affinity, a PodDisruptionBudget (the operator creates it), and a NetworkPolicy.
+  With `backup_bucket`, continuous backups to object storage: WAL archiving and base backups with
+  barman-cloud into `s3://` / `gs://<bucket>/<backup_prefix>/<archive_name>/`, a retention policy, and a
+  `ScheduledBackup`; credentials come from workload identity (IRSA / GKE Workload Identity annotations on the
+  ServiceAccount the operator creates for the instances, `serviceAccountTemplate`), never keys. With
+  `recovery_source`, the Cluster is bootstrapped by `recovery` from another archive in that bucket (optionally to
+  a point in time) instead of `initdb`; it then archives under a new `archive_name` (barman-cloud refuses to
+  archive into a non-empty location, and the old archive must stay intact to restore from again).
+  This uses the operator's in-tree `barmanObjectStore` (CloudNativePG 1.27.1, chart 0.26.1): deprecated since
+  1.26 in favour of the Barman Cloud plugin, supported up to 1.31 and removed in 1.32. The plugin needs a second
+  operator (plugin-barman-cloud) and cert-manager on every target; moving to it is a step of the operator
+  upgrade past 1.31. The instances run barman-cloud from their own image: the
+  `ghcr.io/cloudnative-pg/postgresql:<major>` tags the stack uses are the `system` images, which carry it
+  (cloudnative-pg/postgres-containers README, "Deprecated Rolling Tags"); the `minimal`/`standard` images do not,
+  so moving to them goes with the move to the plugin.
 - `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
   group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
   The final snapshot's identifier is `<final_snapshot_prefix>-<8 hex>`: the prefix carries the stack (snapshot
@@ -45,6 +59,15 @@ CNPG_REPO = "https://cloudnative-pg.github.io/charts"
 CNPG_CHART_VERSION = "0.26.1"
 DEFAULT_PG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:17.5"
 MODES = ("cloudnative", "rds", "cloudsql")
+BACKUP_CLOUDS = ("aws", "gcp")
+RECOVERY_SOURCE = "origin"
+"""Name of the externalClusters entry a recovery bootstraps from."""
+# barman-cloud server names and CNPG cluster names: DNS labels.
+_ARCHIVE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# CloudNativePG's recoveryTarget.targetTime: RFC 3339 with an explicit offset.
+_TARGET_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\d{2})?)$"
+# robfig/cron, which the operator's ScheduledBackup uses: six fields (seconds first) or a descriptor.
+_SCHEDULE6 = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){5}\S+)$"
 _IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
 # RDS CreateDBInstance: MasterUsername 1-16 letters, digits or underscores, starting with a letter; DBName (PostgreSQL)
 # 1-63 letters, digits or underscores, starting with a letter. "rdsadmin" is RDS's own account.
@@ -95,6 +118,25 @@ class PostgresDatabaseArgs:
     """Namespace of Prometheus, admitted on 9187 by the NetworkPolicy; None to disallow."""
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources installing the monitoring.coreos.com CRDs (Monitoring.crds_ready); the PodMonitor waits."""
+    backup_bucket: pulumi.Input[str] | None = None
+    """Bucket receiving WAL and base backups (cloudnative); None: no backups."""
+    backup_cloud: Literal["aws", "gcp"] | None = None
+    """Whose object storage `backup_bucket` is: S3 (IRSA credentials) or GCS (GKE Workload Identity)."""
+    backup_prefix: str = "postgres"
+    backup_schedule: str = "0 0 3 * * *"
+    """ScheduledBackup schedule: six cron fields, seconds first (robfig/cron), in UTC."""
+    archive_retention_days: int = 14
+    """Recovery window kept in the archive (`retentionPolicy`): barman-cloud deletes older base backups and WAL."""
+    backup_service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    """Workload identity annotations of the instances' ServiceAccount (the role may write to the bucket)."""
+    backup_waits: tuple[pulumi.Resource, ...] = ()
+    """What must exist before the instances archive (the bucket, its write grant)."""
+    archive_name: str | None = None
+    """barman-cloud server name the cluster archives under; None: the cluster name."""
+    recovery_source: str | None = None
+    """Archive (server name) in the bucket to bootstrap from by `recovery`; None: `initdb`, a new database."""
+    recovery_target_time: str | None = None
+    """Point-in-time target of the recovery (RFC 3339); None: replay the whole archive."""
     # --- rds
     vpc_id: pulumi.Input[str] | None = None
     subnet_ids: tuple[pulumi.Input[str], ...] = ()
@@ -131,6 +173,7 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
     if args.mode == "cloudnative":
         specs.check_in_cluster_store("PostgresDatabaseArgs", args)
         require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
+        _validate_backups(args)
     if args.mode == "rds":
         require(args.vpc_id is not None, "PostgresDatabaseArgs.vpc_id is required in rds mode.")
         require(
@@ -171,6 +214,52 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
         )
 
 
+def _validate_backups(args: PostgresDatabaseArgs) -> None:
+    if args.backup_bucket is None:
+        require(
+            args.recovery_source is None,
+            "PostgresDatabaseArgs.recovery_source needs backup_bucket: a recovery reads the archive from it.",
+        )
+        return
+    require(
+        args.backup_cloud in BACKUP_CLOUDS,
+        "PostgresDatabaseArgs.backup_cloud must be 'aws' or 'gcp' when backup_bucket is set.",
+    )
+    require(
+        bool(re.match(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$", args.backup_prefix)),
+        f"PostgresDatabaseArgs.backup_prefix {args.backup_prefix!r} must be a relative object path without spaces.",
+    )
+    require(
+        bool(re.match(_SCHEDULE6, args.backup_schedule.strip())),
+        f"PostgresDatabaseArgs.backup_schedule {args.backup_schedule!r} is not a six-field cron schedule "
+        "(seconds first, as the operator's ScheduledBackup reads it).",
+    )
+    require(
+        args.archive_retention_days >= 1, "PostgresDatabaseArgs.archive_retention_days must be at least 1."
+    )
+    for label, value in (("archive_name", args.archive_name), ("recovery_source", args.recovery_source)):
+        require(
+            value is None or bool(re.match(_ARCHIVE, value)),
+            f"PostgresDatabaseArgs.{label} {value!r} must be a DNS label (lower-case letters, digits, hyphens).",
+        )
+    if args.recovery_source is not None:
+        require(
+            args.archive_name is not None and args.archive_name != args.recovery_source,
+            f"PostgresDatabaseArgs.archive_name must name a new archive when recovering from "
+            f"{args.recovery_source!r}: barman-cloud refuses to archive into a non-empty location, and the "
+            "source must stay intact.",
+        )
+    require(
+        args.recovery_target_time is None or args.recovery_source is not None,
+        "PostgresDatabaseArgs.recovery_target_time needs recovery_source.",
+    )
+    require(
+        args.recovery_target_time is None or bool(re.match(_TARGET_TIME, args.recovery_target_time)),
+        f"PostgresDatabaseArgs.recovery_target_time {args.recovery_target_time!r} must be an RFC 3339 time with "
+        "an offset, e.g. 2026-11-26T03:00:00Z.",
+    )
+
+
 # ---------------------------------------------------------------------------------------------- pure specs
 def cloudsql_edition(tier: str) -> str:
     """The Cloud SQL edition a tier runs on: db-perf-optimized-N-* is ENTERPRISE_PLUS, the rest ENTERPRISE."""
@@ -191,20 +280,93 @@ def operator_values() -> dict[str, Any]:
     }
 
 
-def cluster_spec(args: PostgresDatabaseArgs, app_secret: str) -> dict[str, Any]:
-    """The CNPG `Cluster` spec: instances, storage, initdb bootstrap with the app owner, anti-affinity."""
+def backup_destination(cloud: str, bucket: str, prefix: str) -> str:
+    """barman-cloud's destinationPath: s3://bucket/prefix or gs://bucket/prefix."""
+    return f"{'s3' if cloud == 'aws' else 'gs'}://{bucket}/{prefix}"
+
+
+def object_store_spec(cloud: str, destination: pulumi.Input[str], server_name: str) -> dict[str, Any]:
+    """A `barmanObjectStore` with workload-identity credentials: the pod's IRSA role (boto3 reads the web
+    identity token the EKS webhook projects) or its GKE Workload Identity (the metadata server)."""
+    store: dict[str, Any] = {"destinationPath": destination, "serverName": server_name}
+    if cloud == "aws":
+        store["s3Credentials"] = {"inheritFromIAMRole": True}
+    else:
+        store["googleCredentials"] = {"gkeEnvironment": True}
+    return store
+
+
+def archive_name(args: PostgresDatabaseArgs, cluster_name: str) -> str:
+    """The server name this cluster archives under."""
+    return args.archive_name or cluster_name
+
+
+def backup_spec(
+    args: PostgresDatabaseArgs, destination: pulumi.Input[str], cluster_name: str
+) -> dict[str, Any]:
+    """`spec.backup`: continuous WAL archiving and base backups, compressed, kept for the retention window."""
+    assert args.backup_cloud is not None
+    store = object_store_spec(args.backup_cloud, destination, archive_name(args, cluster_name))
+    # gzip: in both the WAL and the data compression enums, and in every barman-cloud image.
+    store["wal"] = {"compression": "gzip", "maxParallel": 2}
+    store["data"] = {"compression": "gzip", "jobs": 2}
+    return {"retentionPolicy": f"{args.archive_retention_days}d", "barmanObjectStore": store}
+
+
+def scheduled_backup_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[str, Any]:
+    """A base backup on the schedule (WAL is archived continuously), the first one right after creation, taken
+    from a standby when there is one; each Backup object is owned by the ScheduledBackup."""
+    return {
+        "schedule": args.backup_schedule,
+        "cluster": {"name": cluster_name},
+        "method": "barmanObjectStore",
+        "immediate": True,
+        "backupOwnerReference": "self",
+        "target": "prefer-standby",
+    }
+
+
+def cluster_spec(
+    args: PostgresDatabaseArgs,
+    app_secret: str,
+    destination: pulumi.Input[str] | None = None,
+    cluster_name: str = "",
+) -> dict[str, Any]:
+    """The CNPG `Cluster` spec: instances, storage, initdb (or recovery) bootstrap with the app owner,
+    anti-affinity, and backups to `destination` when the args have a backup bucket."""
     storage: dict[str, Any] = {"size": args.storage_size}
     if args.storage_class is not None:
         storage["storageClass"] = args.storage_class
+    owner = {"database": args.database, "owner": args.username, "secret": {"name": app_secret}}
+    bootstrap: dict[str, Any] = {"initdb": owner}
+    spec: dict[str, Any] = {}
+    if destination is not None and args.backup_bucket is not None:
+        assert args.backup_cloud is not None
+        spec["backup"] = backup_spec(args, destination, cluster_name)
+        if args.backup_service_account_annotations:
+            spec["serviceAccountTemplate"] = {
+                "metadata": {"annotations": dict(args.backup_service_account_annotations)}
+            }
+        if args.recovery_source is not None:
+            recovery: dict[str, Any] = {"source": RECOVERY_SOURCE, **owner}
+            if args.recovery_target_time is not None:
+                recovery["recoveryTarget"] = {"targetTime": args.recovery_target_time}
+            bootstrap = {"recovery": recovery}
+            spec["externalClusters"] = [
+                {
+                    "name": RECOVERY_SOURCE,
+                    "barmanObjectStore": object_store_spec(
+                        args.backup_cloud, destination, args.recovery_source
+                    ),
+                }
+            ]
     return {
         "instances": args.instances,
         "imageName": args.image,
         "primaryUpdateStrategy": "unsupervised",
         "enableSuperuserAccess": False,
         "storage": storage,
-        "bootstrap": {
-            "initdb": {"database": args.database, "owner": args.username, "secret": {"name": app_secret}}
-        },
+        "bootstrap": bootstrap,
         "postgresql": {"parameters": {"max_connections": "200", "shared_buffers": "128MB"}},
         "resources": specs.resources_spec(args.resources),
         "affinity": {
@@ -213,6 +375,7 @@ def cluster_spec(args: PostgresDatabaseArgs, app_secret: str) -> dict[str, Any]:
             "podAntiAffinityType": "required" if args.instances > 1 else "preferred",
         },
         "enablePDB": True,
+        **spec,
     }
 
 
@@ -269,6 +432,10 @@ class PostgresDatabase(pulumi.ComponentResource):
     """What must exist before a client starts (the CNPG Cluster, or the instance, database and user)."""
     operator: pulumi.Resource | None
     """The operator Helm release (cloudnative mode with install_operator), for others to depend on."""
+    backup_destination: pulumi.Output[str] | None
+    """Where the CloudNativePG archive lives (s3://... / gs://...); None without backups."""
+    archive_name: str | None
+    """The server name the cluster archives under, the `recovery_source` of a later restore."""
 
     def __init__(
         self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -276,6 +443,8 @@ class PostgresDatabase(pulumi.ComponentResource):
         validate_args(args)
         super().__init__("rag:data:PostgresDatabase", name, None, opts)
         self.operator = None
+        self.backup_destination = None
+        self.archive_name = None
         if args.mode == "cloudnative":
             self.url, self.egress_target = self._cloudnative(name, args)
         elif args.mode == "rds":
@@ -321,14 +490,33 @@ class PostgresDatabase(pulumi.ComponentResource):
             opts=self._opts(args, protect=args.protect),
         )
         waits = (secret, *((operator,) if operator is not None else ()))
+        destination: pulumi.Output[str] | None = None
+        if args.backup_bucket is not None:
+            cloud, prefix = args.backup_cloud or "", args.backup_prefix
+            destination = pulumi.Output.from_input(args.backup_bucket).apply(
+                lambda bucket: backup_destination(cloud, bucket, prefix)
+            )
+            # The instances archive WAL from their first start: the bucket and the write grant come first.
+            waits = (*waits, *args.backup_waits)
         cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1",
             kind="Cluster",
             metadata=specs.metadata(cluster_name, ns, object_labels),
-            spec=cluster_spec(args, app_secret),
+            spec=cluster_spec(args, app_secret, destination, cluster_name),
             opts=self._opts(args, protect=args.protect, extra=waits),
         )
+        self.backup_destination = destination
+        self.archive_name = archive_name(args, cluster_name) if destination is not None else None
+        if destination is not None:
+            k8s.apiextensions.CustomResource(
+                f"{name}-scheduled-backup",
+                api_version="postgresql.cnpg.io/v1",
+                kind="ScheduledBackup",
+                metadata=specs.metadata(cluster_name, ns, object_labels),
+                spec=scheduled_backup_spec(args, cluster_name),
+                opts=self._opts(args, protect=args.protect, extra=(cluster,)),
+            )
         if args.network_policy:
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-netpol",

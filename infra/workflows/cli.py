@@ -40,6 +40,7 @@ from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
 from infra.workflows import reach
 from infra.workflows import reindex as reindex_mod
+from infra.workflows import restore as restore_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy, keep_promoted
 from infra.workflows.errors import describe
@@ -819,6 +820,39 @@ def reindex_rollback(
 
     status = _run(action)
     typer.echo(reindex_mod.summary(status))
+
+
+@app.command()
+def reconcile(
+    ctx: typer.Context,
+    stack: StackOpt,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would change; change nothing.")
+    ] = False,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="One tenant only (default: every tenant).")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Default: the namespace of the stack's qdrantEndpoint.")
+    ] = None,
+    deployment: Annotated[
+        str, typer.Option("--deployment", help="Whose pod runs it (rag for a stack without workers).")
+    ] = restore_mod.DEFAULT_DEPLOYMENT,
+) -> None:
+    """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
+    context: Context = ctx.obj
+    code = _run(
+        lambda: restore_mod.reconcile(
+            context,
+            stack,
+            dry_run=dry_run,
+            tenant=tenant,
+            namespace=namespace,
+            deployment=deployment,
+            on_output=lambda line: typer.echo(line),
+        )
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:

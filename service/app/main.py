@@ -35,7 +35,7 @@ from service.app.core.background import start_in_thread
 from service.app.core.config import Settings, get_settings
 from service.app.core.errors import Conflict, InvalidInput, error_responses, install_error_handlers
 from service.app.core.logging import configure_logging
-from service.app.core.security import rate_limit
+from service.app.core.security import declare_bearer_scheme
 from service.app.ingest.chunking import CHUNKER_VERSION, Chunker
 from service.app.ingest.index import (
     UNVERSIONED_CHUNKER,
@@ -472,24 +472,15 @@ def create_app(
         install_docs(app, "/openapi.json")
     install_error_handlers(app)
     install_middleware(app, settings)
-    # Router-level: every /v1 route authenticates (401) and then spends the key's budget (429).
+    # Every /v1 router declares its rate_limit dependency itself (authentication, then the key's budget, before
+    # the body is read: service.app.api.routing); the OpenAPI document declares the Bearer scheme when keys are
+    # needed.
     v1_errors = error_responses(401, 422, 429)
-    bearer = (
-        not settings.auth_disabled
-    )  # the OpenAPI document declares the Bearer scheme when keys are needed
+    v1_security = [] if settings.auth_disabled else [Depends(declare_bearer_scheme)]
     # Search first: routes are matched in order, and search is the hot path (each router ahead of it cost its
-    # routes' matching on every search).
-    routers = (
-        (search.router, "search"),
-        (documents.router, "ingest"),
-        (documents.bulk_router, "ingest"),
-        (answer.router, "search"),
-        (jobs.router, "search"),
-    )
-    for router, budget in routers:
-        app.include_router(
-            router, dependencies=[Depends(rate_limit(budget, bearer=bearer))], responses=v1_errors
-        )
+    # routes' matching on every search; POST /v1/search itself is answered by service.app.api.fast_search).
+    for router in (search.router, documents.router, documents.bulk_router, answer.router, jobs.router):
+        app.include_router(router, dependencies=v1_security, responses=v1_errors)
     app.include_router(
         admin.router,
         dependencies=admin.admin_dependencies(auth_disabled=settings.auth_disabled),

@@ -16,8 +16,8 @@ import yaml
 
 from infra import chart_values as cv
 from infra import deployability as d
-from infra.clusters.eks import METRICS_SERVER_CHART
-from infra.components.gateway import CERT_MANAGER_VERSION
+from infra.clusters.eks import ENVOY_GATEWAY_CHART, METRICS_SERVER_CHART
+from infra.components.gateway import CERT_MANAGER_VERSION, ENVOY_GATEWAY_CRDS_CHART
 from infra.components.monitoring import CHART_VERSION as KUBE_PROMETHEUS_STACK_VERSION
 from infra.components.postgres import CNPG_CHART_VERSION
 from infra.offline import PROJECT_DIR
@@ -43,6 +43,7 @@ def test_every_pinned_chart_version_has_a_record_from_its_tag() -> None:
         ("kube-prometheus-stack", KUBE_PROMETHEUS_STACK_VERSION),
         ("kube-prometheus-stack", declared["monitoring"]["default"]["chartVersion"]),
         (METRICS_SERVER_CHART[0], METRICS_SERVER_CHART[1]),
+        (ENVOY_GATEWAY_CRDS_CHART, ENVOY_GATEWAY_CHART[1]),
     }
     for chart, version in pinned:
         record = cv.load(chart, version)
@@ -60,7 +61,13 @@ def test_the_real_program_sets_only_keys_its_charts_have() -> None:
     # release that set no values (nothing checked) cannot pass unnoticed.
     expected = {
         ("staging", "gke"): {"cert-manager", "cloudnative-pg", "kube-prometheus-stack"},
-        ("prod", "eks"): {"cert-manager", "cluster-autoscaler", "kube-prometheus-stack", "metrics-server"},
+        ("prod", "eks"): {
+            "cert-manager",
+            "cluster-autoscaler",
+            "gateway-crds-helm",
+            "kube-prometheus-stack",
+            "metrics-server",
+        },
     }
     for (stack, target), charts in expected.items():
         result = run(stack, target)

@@ -31,6 +31,25 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
     ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "a CI runner's loopback"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    # A CloudNativePG recovery reads the archive in the backup bucket and archives under a new name.
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"recovery": {"source": "postgres"}}}},
+        "postgres.cloudnative.archiveName",
+        "must name a new archive",
+    ),
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"recovery": {"targetTime": "2026-11-26T03:00:00Z"}}}},
+        "postgres.cloudnative.recovery.targetTime",
+        "needs postgres.cloudnative.recovery.source",
+    ),
+    (
+        "dev",
+        {"postgres": {"cloudnative": {"archiveName": "r1", "recovery": {"source": "postgres"}}}},
+        "postgres.cloudnative.recovery.source",
+        "backups.enabled",
+    ),
     (
         "prod",
         {"cluster": {"eks": {"adminPrincipals": ["platform-oncall"]}}},

@@ -41,6 +41,7 @@ OUTPUTS = {
 STATEFUL_TYPES = {
     "kubernetes:apps/v1:StatefulSet",
     "kubernetes:postgresql.cnpg.io/v1:Cluster",
+    "kubernetes:postgresql.cnpg.io/v1:ScheduledBackup",
     "aws:eks/cluster:Cluster",
     "aws:eks/nodeGroup:NodeGroup",
     "aws:ecr/repository:Repository",

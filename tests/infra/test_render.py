@@ -249,18 +249,18 @@ def test_custom_kind_without_schema_is_listed_not_validated(
         "nightly",
         {
             "apiVersion": "postgresql.cnpg.io/v1",
-            "kind": "ScheduledBackup",
+            "kind": "Pooler",
             "metadata": {"name": "nightly", "namespace": "rag"},
-            "spec": {"schedule": "0 0 0 * * *", "cluster": {"name": "pg"}},
+            "spec": {"cluster": {"name": "pg"}, "pgbouncer": {"poolMode": "session"}},
         },
     )
     # A partial program: the deployability analysis (what installs the CRD) is not the point here.
     report = render.render_run(only(run, scheduled), tmp_path, environment="dev", deployability=False)
     assert report.ok
     assert report.not_validated == [
-        "k8s/rag/scheduledbackup--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 ScheduledBackup)"
+        "k8s/rag/pooler--nightly.yaml (no vendored schema for postgresql.cnpg.io/v1 Pooler)"
     ]
-    assert "scheduledbackup--nightly" in (tmp_path / "plan.md").read_text()
+    assert "pooler--nightly" in (tmp_path / "plan.md").read_text()
 
 
 def test_parse_overrides_nests_dotted_keys() -> None:
@@ -484,6 +484,16 @@ CUSTOM_OBJECTS.update(
                 "affinity": {"enablePodAntiAffinity": True, "topologyKey": "kubernetes.io/hostname"},
             },
         },
+        "ScheduledBackup": {
+            "apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "ScheduledBackup",
+            "metadata": {"name": "postgres", "namespace": "rag"},
+            "spec": {
+                "schedule": "0 0 3 * * *",
+                "cluster": {"name": "postgres"},
+                "method": "barmanObjectStore",
+            },
+        },
         "HealthCheckPolicy": {
             "apiVersion": "networking.gke.io/v1",
             "kind": "HealthCheckPolicy",
@@ -507,6 +517,7 @@ TYPOS = {
     ),
     "GatewayClass": (("spec", "parametersRef"), "namespce", "spec.parametersRef"),
     "Cluster": (("spec", "storage"), "sise", "spec.storage"),
+    "ScheduledBackup": (("spec", "cluster"), "nam", "spec.cluster"),
     "HealthCheckPolicy": (
         ("spec", "default", "config", "httpHealthCheck"),
         "path",
@@ -712,7 +723,7 @@ def test_a_configured_receiver_silences_the_warning(
     assert render.main(args) == 0
     assert "alerts reach nobody" not in capsys.readouterr().out
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["warnings"] == []
+    assert not [w for w in plan["warnings"] if w.startswith("alerts reach nobody")]
     assert plan["outputs"]["alertReceivers"] == ["pagerduty"]
 
 
@@ -722,3 +733,19 @@ def test_main_prints_the_warning(tmp_path: Path, capsys: pytest.CaptureFixture[s
     report.summary = render.summarize(cached_run("dev"), "staging")
     render.print_report(report, tmp_path)
     assert "  WARNING alerts reach nobody: x" in capsys.readouterr().out
+
+
+def test_plan_warns_when_alert_runbook_links_are_not_urls(tmp_path: Path) -> None:
+    """The default rag:monitoring.runbookUrl is the relative path docs/runbooks.md: every alert's runbook_url in
+    Slack, PagerDuty or e-mail is then a link nobody paged can open. A published URL silences the warning."""
+    warnings = render.plan_warnings(cached_run("staging"))
+    assert any(
+        w.startswith(
+            "alert runbook links are not URLs: every alert's runbook_url starts with 'docs/runbooks.md'"
+        )
+        for w in warnings
+    ), warnings
+    args = ["--stack", "staging", "--out", str(tmp_path), "--set", "pagerdutyRoutingKey=abc123"]
+    url = "https://github.com/acme/rag/blob/main/docs/runbooks.md"
+    assert render.main([*args, "--set", f"monitoring.runbookUrl={url}"]) == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["warnings"] == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from quality.answers import ANSWERS, Question, below_floors, evaluate, http_answer, ingest, judge, load
 from service.app.answer.relevance import KeywordEvidence, code_words
+from service.app.ingest.chunking import sentence_spans
 from tests.service.support import make_settings, running_app
 
 # The trial's runbook (EYES_SVC2 S4), as the answer set holds it.
@@ -113,6 +115,37 @@ def test_a_request_threshold_still_cuts_the_cosine_side(s4_client: TestClient) -
         "/v1/answer", json={"query": "When is a disk quota exceeded?", "mode": "dense"}
     ).json()
     assert [c["document_id"] for c in body["citations"]] == ["node:os.md"], body
+
+
+EXPENSES = (
+    "Expense policy\n\n"
+    "Employees who travel for work may claim a daily meal allowance of 45 euros\n"
+    "for every full day away from home, and 20 euros for a partial day of more\n"
+    "than eight hours. Receipts are not required for the meal allowance.\n\n"
+    "Hotel costs are reimbursed up to 150 euros per night in Germany and up to\n"
+    "200 euros per night abroad, only against an itemised invoice."
+)
+
+
+def test_extractive_answers_quote_whole_sentences_of_hard_wrapped_text(tmp_path: Path, embedder: Any) -> None:
+    """EYES_SVC2 S1: "... and 20 euros for a partial day of more [1]" stated a different rule than the document."""
+    whole = {" ".join(EXPENSES[a:b].split()) for a, b in sentence_spans(EXPENSES)}
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        body = {"text": EXPENSES, "metadata": {"team": "finance"}, "content_type": "text/plain"}
+        assert client.put("/v1/documents/policy:expenses", json=body).status_code == 201
+        expected = {
+            "what is the hotel limit abroad?": "Hotel costs are reimbursed up to 150 euros per night in Germany and "
+            "up to 200 euros per night abroad, only against an itemised invoice. [1]",
+            "how much is the daily meal allowance?": "Employees who travel for work may claim a daily meal allowance "
+            "of 45 euros for every full day away from home, and 20 euros for a partial day of more than eight "
+            "hours. [1]",
+        }
+        for query, sentence in expected.items():
+            answer = client.post("/v1/answer", json={"query": query, "filter": {"team": "finance"}}).json()
+            assert sentence in answer["answer"], answer
+            quoted = [piece.strip() for piece in answer["answer"].split("[1]") if piece.strip()]
+            assert quoted, answer
+            assert set(quoted) <= whole, answer  # every quote is a whole sentence of the source
 
 
 def test_code_words_and_keyword_evidence() -> None:

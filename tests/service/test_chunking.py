@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.app.ingest.chunking import SENTENCE_END, Chunk, Chunker
+from service.app.ingest.chunking import SENTENCE_END, Chunk, Chunker, sentence_spans
 from service.app.store.embedder import FastEmbedEmbedder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -161,6 +161,142 @@ def test_consecutive_chunks_overlap_by_whole_sentences_within_the_budget(embedde
         assert shared.endswith(".")
 
 
+EXPENSES = (
+    "Expense policy\n\n"
+    "Employees who travel for work may claim a daily meal allowance of 45 euros\n"
+    "for every full day away from home, and 20 euros for a partial day of more\n"
+    "than eight hours. Receipts are not required for the meal allowance.\n\n"
+    "Hotel costs are reimbursed up to 150 euros per night in Germany and up to\n"
+    "200 euros per night abroad, only against an itemised invoice.\n"
+)
+MARKDOWN = (
+    "# On-call policy\n"
+    "The on-call engineer carries the pager for one week, from Monday 10:00 to the\n"
+    "following Monday. Handover happens at the stand-up, where the outgoing engineer\n"
+    "walks the incoming one through the open incidents\n"
+    "- Page the secondary when the primary has not acknowledged an alert within\n"
+    "  15 minutes\n"
+    "1. Page the manager for every incident that affects payments and the ledger\n"
+    "> A quoted remark that is long enough to look like running text, wrapped\n"
+    "| code | meaning of the code in the table row, long enough to be wrapped |\n"
+    "| BILL-4031 | the provider rejected the idempotency key of the request |\n"
+    "```\n"
+    "kubectl rollout status deployment/billing --namespace payments --timeout 5m\n"
+    "kubectl rollout undo deployment/billing --namespace payments --to-revision 7\n"
+    "```\n"
+    "Name: billing\n"
+    "Owner: payments team\n"
+)
+
+
+def _sentences_of(text: str) -> list[str]:
+    return [" ".join(text[a:b].split()) for a, b in sentence_spans(text)]
+
+
+def test_a_line_break_inside_running_text_is_not_a_sentence_end() -> None:
+    """Hard-wrapped text (EYES_SVC2 S1): a line break ended a sentence, so "... a partial day of more" was one."""
+    assert _sentences_of(EXPENSES) == [
+        "Expense policy",
+        "Employees who travel for work may claim a daily meal allowance of 45 euros for every full day away from "
+        "home, and 20 euros for a partial day of more than eight hours.",
+        "Receipts are not required for the meal allowance.",
+        "Hotel costs are reimbursed up to 150 euros per night in Germany and up to 200 euros per night abroad, "
+        "only against an itemised invoice.",
+    ]
+    # CRLF line ends and indented continuation lines (a man page's hanging indent) wrap the same way.
+    assert _sentences_of(EXPENSES.replace("\n", "\r\n")) == _sentences_of(EXPENSES)
+    man = (
+        "       EPERM  The calling thread has  insufficient  privilege  to  call  iopl();  the  CAP_SYS_RAWIO\n"
+        "              capability is required to raise the I/O privilege level above its current value.\n"
+    )
+    assert len(_sentences_of(man)) == 1
+    # A man page's error list: the code, then its meaning under a hanging indent, is one sentence.
+    errors = (
+        "       ENOTCONN\n"
+        "              The specified socket is not connected.\n\n"
+        "       EINVAL An invalid value was specified in how.\n"
+    )
+    assert _sentences_of(errors) == [
+        "ENOTCONN The specified socket is not connected.",
+        "EINVAL An invalid value was specified in how.",
+    ]
+
+
+def test_list_items_headings_quotes_tables_code_and_short_lines_keep_their_line_breaks() -> None:
+    assert _sentences_of(MARKDOWN) == [
+        "# On-call policy",
+        "The on-call engineer carries the pager for one week, from Monday 10:00 to the following Monday.",
+        "Handover happens at the stand-up, where the outgoing engineer walks the incoming one through the open "
+        "incidents",
+        "- Page the secondary when the primary has not acknowledged an alert within 15 minutes",
+        "1. Page the manager for every incident that affects payments and the ledger",
+        "> A quoted remark that is long enough to look like running text, wrapped",
+        "| code | meaning of the code in the table row, long enough to be wrapped |",
+        "| BILL-4031 | the provider rejected the idempotency key of the request |",
+        "```",
+        "kubectl rollout status deployment/billing --namespace payments --timeout 5m",
+        "kubectl rollout undo deployment/billing --namespace payments --to-revision 7",
+        "```",
+        "Name: billing",
+        "Owner: payments team",
+    ]
+
+
+def test_a_code_block_with_blank_lines_keeps_its_lines_in_chunks(embedder: FastEmbedEmbedder) -> None:
+    """The fence is tracked over the whole text, not per paragraph: a blank line inside a fence does not turn
+    the code after it into running text."""
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=24, chunk_overlap=0)
+    code = "\n".join(
+        f"result_{i} = compute_the_value_of(argument_{i}, another_argument_{i})" for i in range(6)
+    )
+    text = f"Intro.\n\n```\n{code}\n\n{code}\n```\n"
+    for chunk in chunker.split(text):
+        lines = chunk.text.split("\n")
+        assert all(line.startswith(("result_", "```", "Intro")) for line in lines if line), chunk.text
+        assert not chunk.text.startswith("argument"), chunk.text
+
+
+def test_the_overlap_of_hard_wrapped_text_starts_at_a_sentence_start(embedder: FastEmbedEmbedder) -> None:
+    """The overlap repeated the previous chunk's last lines, so a chunk began mid-sentence ("listener array for
+    the specified ..."). Every chunk now starts where a sentence starts."""
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=60, chunk_overlap=24)
+    prose = " ".join(
+        f"Claim {i} says that the allowance for trip number {i} is paid out within {i + 3} working days of the"
+        f" request." + (" Receipts are kept for audits." if i % 3 == 0 else "")
+        for i in range(40)
+    )
+    # Wrap at 76 columns, as an editor does.
+    lines, line = [], ""
+    for word in prose.split():
+        if line and len(line) + 1 + len(word) > 76:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    text = "\n".join([*lines, line])
+    starts = {a for a, _ in sentence_spans(text)}
+    chunks = chunker.split(text)
+    assert len(chunks) > 5
+    for previous, following in itertools.pairwise(chunks):
+        assert following.start in starts, repr(following.text[:60])
+        assert following.start < previous.end, "chunks should share an overlap"
+    assert_valid_chunks(chunker, text, chunks)
+
+
+def test_an_overlap_never_starts_inside_a_sentence_split_at_token_offsets(
+    embedder: FastEmbedEmbedder,
+) -> None:
+    chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=30, chunk_overlap=12)
+    long_sentence = " ".join(["unbelievably"] * 60) + "."
+    text = f"A short opening sentence. {long_sentence} A short closing sentence."
+    chunks = chunker.split(text)
+    starts = {a for a, _ in sentence_spans(text)}
+    for previous, following in itertools.pairwise(chunks):
+        # Either a sentence start (with its overlap) or the next piece of the long sentence, with no overlap.
+        assert following.start in starts or following.start >= previous.end, (previous, following)
+    assert_valid_chunks(chunker, text, chunks)
+
+
 def test_an_over_long_sentence_is_split_at_word_starts(embedder: FastEmbedEmbedder) -> None:
     chunker = Chunker(embedder.tokenizer, max_tokens=256, chunk_size=50, chunk_overlap=0)
     text = " ".join(["unbelievably"] * 300)  # several word pieces per word, no sentence end
@@ -216,8 +352,9 @@ def test_real_text_is_never_cut_by_the_character_cap(embedder: FastEmbedEmbedder
         assert chunker.split(text) == uncapped.split(text)
 
 
-# The sentence scanner before 2026-11-26 (quadratic on a run of marks without whitespace after it).
-BACKTRACKING_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)|\n")
+# The sentence scanner before 2026-11-26 (quadratic on a run of marks without whitespace after it), without its
+# "or a line break" branch: since CHUNKER_VERSION 3 `_line_ends` decides which line breaks end a sentence.
+BACKTRACKING_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
 
 
 def test_the_sentence_scanner_finds_the_same_ends_as_the_backtracking_one() -> None:

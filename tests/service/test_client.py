@@ -29,6 +29,7 @@ def make_folder(root: Path) -> None:
     (root / "latin1.txt").write_bytes("Caf\xe9 menu: cr\xeapes".encode("latin-1"))
     (root / "report.pdf").write_bytes(make_pdf(["Quarterly report: revenue grew."]))
     (root / "empty.txt").write_text("   \n")
+    (root / "hr" / "zero.md").write_bytes(b"")  # in a batch with good files: it failed the whole batch
     (root / "ignored.bin").write_bytes(b"\x00\x01")
     # A binary file under a text name (an export in a shared drive): no charset decodes it.
     (root / "misnamed.txt").write_bytes(random.Random(7).randbytes(20_000))
@@ -65,7 +66,7 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
             f"{url}/v1/search", json={"query": "when is it open?", "top_k": 1}, headers=bearer(KEY_A)
         ).json()["results"]
     text = output.getvalue()
-    assert code == 1, text  # two files were refused
+    assert code == 1, text  # three files were refused
     ids = {d["document_id"] for d in listed}
     assert ids == {
         ingest_client.document_id_for(folder / "hr" / f"policy {i}.md", folder) for i in range(7)
@@ -75,7 +76,8 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
         "latin1.txt",  # not UTF-8: uploaded with its charset declared (it failed as "not valid UTF-8")
     }, text
     assert hits[0]["document_id"] == "page.html"
-    assert "12 files: 10 created, 2 failed" in text
+    assert "13 files: 10 created, 3 failed" in text
+    assert "failed hr/zero.md: 422 invalid_input: the document contains no text" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
     # The binary file did not stop the run (it was a UnicodeDecodeError traceback before anything was sent):
     # it went up on its own and the service's reason is listed.
@@ -85,7 +87,7 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
     assert waits >= 1, text
     # The same folder again replaces the same ids: nothing changed, nothing embedded.
     assert rerun == 1
-    assert "12 files: 2 failed, 10 unchanged" in again.getvalue()
+    assert "13 files: 3 failed, 10 unchanged" in again.getvalue()
     # A refused key stops the run at the first answer (it was sent again for every batch and upload).
     assert refused == 2
     assert (
@@ -104,6 +106,41 @@ def test_a_file_that_cannot_be_read_fails_alone(tmp_path: Path) -> None:
     report = ingest_client.Report()
     ingest_client.upload(None, tmp_path, item, report)  # type: ignore[arg-type]  # fails before any request
     assert report.failures == [("gone.txt", "could not read it: No such file or directory")]
+
+
+def test_a_batch_refused_for_one_item_stores_the_others(tmp_path: Path) -> None:
+    """A bulk refused whole for one item's shape ("documents[1]...": nothing stored) fails that file with the
+    reason and sends the rest again; it failed every file of the batch under that one file's reason."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"note{i}.md").write_text(f"Note {i} about the harbour.")
+    bulks: list[list[str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        ids = [d["document_id"] for d in json.loads(request.content)["documents"]]
+        bulks.append(ids)
+        if "note1.md" in ids:
+            index = ids.index("note1.md")
+            error = {"code": "invalid_input", "message": f"documents[{index}].metadata is not an object"}
+            return httpx.Response(422, json={"error": error})
+        items = [
+            {"index": i, "document_id": d, "status_code": 201, "result": {"status": "created"}}
+            for i, d in enumerate(ids)
+        ]
+        return httpx.Response(200, json={"succeeded": len(ids), "failed": 0, "items": items})
+
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("http://service", None, report, sleep=lambda _s: None, timeout=7)
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    done: list[int] = []
+    ingest_client.ingest_folder(
+        client, folder, report, batch_size=3, max_batch_bytes=100_000, advance=done.append
+    )
+    assert bulks == [["note0.md", "note1.md", "note2.md"], ["note0.md", "note2.md", "note3.md"]]
+    assert report.outcomes == {"created": 3, "failed": 1}
+    assert report.failures == [("note1.md", "422 invalid_input: documents[1].metadata is not an object")]
+    assert sum(done) == 4
 
 
 def test_retry_after_is_honoured_exactly() -> None:

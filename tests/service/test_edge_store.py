@@ -21,6 +21,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from service.app.core.errors import ServiceUnavailable
+from service.app.store import edge as edge_module
 from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked, unindexed_points
 from service.app.store.sparse import default_encoder
 from service.app.store.vectors import ChunkPoint
@@ -475,6 +476,85 @@ def test_consolidation_merges_segments_in_a_child_and_keeps_every_point(tmp_path
         assert reopened.count("t") == 3 * 64 + 5
     finally:
         reopened.close()
+
+
+def test_a_restart_does_not_copy_a_shard_the_cap_cannot_merge_any_further(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 10 segments of 64 points under a 160-point cap pair up into 5 (+ the appendable one): one more than the
+    # estimate of one segment per cap (+1), as 13 segments of ~7.7k points pair up into 7 under the default
+    # 20,480 at 100k chunks. Without a record of that, every start-up copied the whole shard into a child that
+    # then found nothing to merge.
+    path = tmp_path / "edge" / "c"
+    store = fragmented_store(path, chunks=10, consolidate_idle_seconds=3600, consolidate_segment_points=160)
+    try:
+        assert store.consolidate()
+        settled = store.shard.info().segments_count
+        assert settled > -(-10 * 64 // 160) + 1
+        assert not store.consolidation_due()
+    finally:
+        store.close()
+    children: list[object] = []
+    popen = subprocess.Popen
+
+    def counted(*args: object, **kwargs: object) -> object:
+        children.append(args)
+        return popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(edge_module.subprocess, "Popen", counted)
+
+    def reopen(cap: int = 160) -> EdgeVectorStore:
+        again = EdgeVectorStore(
+            path,
+            collection="c",
+            dimension=16,
+            optimize_chunk_points=64,
+            segment_points=128,
+            optimize_idle_seconds=None,
+            consolidate_idle_seconds=3600,
+            consolidate_segment_points=cap,
+        )
+        again.ensure_collection()
+        return again
+
+    again = reopen()
+    try:
+        assert again.shard.info().segments_count == settled
+        assert not again.consolidation_due()
+        assert not again.consolidate()
+        assert children == []  # nothing copied, no child started
+        again.upsert(distinct_points("late", 64))
+        again.optimize()  # a new indexed segment: the layout changed, so a consolidation is due again
+        assert again.consolidation_due()
+        again.consolidate()  # (whether this segment fits under the cap beside another is the planner's call)
+        assert len(children) == 1
+        assert again.count("t") == 11 * 64
+    finally:
+        again.close()
+    # Without the record (a shard consolidated by an earlier release), the estimate calls it due: the child runs
+    # once, finds nothing, and that is recorded, so the next start-up does not repeat it.
+    (path / "consolidation.json").unlink()
+    again = reopen()
+    try:
+        assert again.consolidation_due()
+        assert not again.consolidate()
+        assert len(children) == 2
+    finally:
+        again.close()
+    again = reopen()
+    try:
+        assert not again.consolidation_due()
+    finally:
+        again.close()
+    # A record made at another cap says nothing about this one: a larger cap may merge further.
+    again = reopen(cap=400)
+    try:
+        assert again.consolidation_due()
+        assert again.consolidate()
+        assert again.shard.info().segments_count < settled
+        assert again.count("t") == 11 * 64
+    finally:
+        again.close()
 
 
 def test_a_write_during_consolidation_discards_the_merged_copy(tmp_path: Path) -> None:

@@ -316,6 +316,7 @@ def test_every_single_stack_command_takes_the_same_stack_option() -> None:
         ["drift"],
         ["status"],
         ["smoke"],
+        ["reconcile"],
         ["ephemeral", "up"],
         ["ephemeral", "destroy"],
     ):

@@ -1,7 +1,8 @@
 """HTTP hygiene as pure ASGI middleware: request ids, access logs, HTTP metrics, security headers, rate-limit
 headers, CORS, and a request-body size limit enforced while the body streams in.
 
-Order (outermost first): RequestContext -> CORS -> BodySizeLimit -> the app. RequestContext is outermost so
+Order (outermost first): RequestContext -> CORS -> BodySizeLimit -> FastSearch -> the app. FastSearch
+(service.app.api.fast_search) answers POST /v1/search itself, inside every other layer. RequestContext is outermost so
 every response, including CORS preflights, 413s and unexpected 500s, carries `X-Request-ID` and the security
 headers, and is counted in `rag_http_requests_total` under its route *template* (`/v1/documents/{document_id}`),
 never the raw path, which would explode label cardinality.
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.app.api.fast_search import FastSearch
 from service.app.core.config import Settings
 from service.app.core.errors import error_body
 from service.app.core.logging import request_id_var
@@ -103,18 +105,28 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
+        # The security headers depend only on the settings and whether the path is a docs page: built once.
+        self._api_headers = security_headers(settings, "/")
+        self._docs_headers = security_headers(settings, DOCS_PATHS[0])
+        # Metric children per label set: `labels()` costs a lock and a dict build on every request.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = dict(scope["headers"]).get(b"x-request-id")
+        raw = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                raw = value  # the last one, as dict(headers) had it
         request_id = valid_request_id(raw.decode("latin-1") if raw is not None else None)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+        path = scope["path"]
         extra_headers = [
             (b"x-request-id", request_id.encode()),
-            *security_headers(self.settings, scope["path"]),
+            *(self._docs_headers if path.startswith(DOCS_PATHS) else self._api_headers),
         ]
         status = 500
         started = False
@@ -139,7 +151,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_wrapper)
         except Exception:
             # Starlette's ServerErrorMiddleware sits outside us and would answer without our headers.
-            logger.exception("unhandled error", extra={"path": scope["path"]})
+            logger.exception("unhandled error", extra={"path": path})
             if started:
                 raise
             status = 500
@@ -148,24 +160,33 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - start
             route = _route_template(scope)
             method = scope["method"]
-            REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-            REQUEST_SECONDS.labels(route=route, method=method).observe(elapsed)
-            state = scope.get("state", {})
-            logger.log(
-                logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO,
-                "%s %s %s",
-                method,
-                scope["path"],
-                status,
-                extra={
-                    "method": method,
-                    "path": scope["path"],
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "tenant": state.get("tenant"),
-                },
-            )
+            counter = self._counters.get((route, method, status))
+            if counter is None:
+                counter = self._counters[(route, method, status)] = REQUESTS.labels(
+                    route=route, method=method, status=str(status)
+                )
+            counter.inc()
+            timer = self._timers.get((route, method))
+            if timer is None:
+                timer = self._timers[(route, method)] = REQUEST_SECONDS.labels(route=route, method=method)
+            timer.observe(elapsed)
+            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+            if logger.isEnabledFor(level):
+                logger.log(
+                    level,
+                    "%s %s %s",
+                    method,
+                    path,
+                    status,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "tenant": scope.get("state", {}).get("tenant"),
+                    },
+                )
             request_id_var.reset(token)
 
 
@@ -236,7 +257,9 @@ class BodySizeLimitMiddleware:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """Add the HTTP hygiene middleware in the documented order (last added runs outermost)."""
+    """Add the HTTP hygiene middleware in the documented order (last added runs outermost), and FastSearch
+    innermost."""
+    app.add_middleware(FastSearch)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=max(settings.max_document_bytes, settings.bulk_max_bytes) + BODY_LIMIT_SLACK_BYTES,

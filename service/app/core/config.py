@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="postgresql+psycopg://... ; default: SQLite in DATA_DIR"
     )
+    database_connect_timeout_seconds: float = Field(
+        5.0,
+        ge=2,
+        le=300,
+        description="Postgres: give up a connection attempt after this long (libpq connect_timeout)",
+    )
+    database_tcp_timeout_seconds: float = Field(
+        15.0,
+        ge=1,
+        le=3600,
+        description="Postgres: drop a connection whose host stopped answering after this long (tcp_user_timeout, "
+        "keepalives); without it a lost host parked each call for the kernel's ~15 minutes",
+    )
 
     # --- vector store (Qdrant) -------------------------------------------------------------------------
     qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: the embedded VECTOR_STORE")

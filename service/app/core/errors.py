@@ -222,10 +222,19 @@ async def _validation_error_handler(request: Request, exc: Exception) -> JSONRes
         # preflight). The validation error would say "Input should be a valid dictionary"; the client's mistake
         # is the header, as PUT and documents:bulk report it (no cost on requests that validate).
         return await _rag_error_handler(request, not_json(request.headers.get("content-type")))
-    errors = [_describe_validation_error(e) for e in exc.errors()]
+    raw = exc.errors()
+    errors = [_describe_validation_error(e) for e in raw]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-    message = f"{where}: {first['msg']}"
+    if raw and raw[0].get("type") == "json_invalid":
+        # FastAPI's entry for a body json.loads refused: loc ("body", character offset), msg "JSON decode
+        # error", the parser's reason in ctx. "0: JSON decode error" named neither the problem nor the place.
+        reason = (raw[0].get("ctx") or {}).get("error") or first["msg"]
+        position = first["loc"][-1] if len(first["loc"]) > 1 else None
+        at = f" (at character {position})" if isinstance(position, int) else ""
+        message = f"body is not valid JSON: {reason}{at}"
+    else:
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        message = f"{where}: {first['msg']}"
     return JSONResponse(error_body("invalid_input", message, errors=errors), status_code=422)
 
 

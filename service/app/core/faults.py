@@ -11,7 +11,8 @@ Stages: ``before_upsert`` (chunks embedded, nothing written), ``before_activate`
 switched), ``before_cleanup`` (registry switched, old version's points not deleted), ``after_registry_delete``
 (registry row deleted, points not); ``reindex_build`` (a re-index has written two documents into its target
 and goes on building); ``reindex_catch_up`` (a re-index has built its target and starts comparing it
-with the registry; nothing switched yet); ``job_claimed`` (a worker claimed an ingestion job, before it reads
+with the registry; nothing switched yet); ``reconcile_write`` (the restore reconciliation has removed the
+orphans and rewritten one missing document); ``job_claimed`` (a worker claimed an ingestion job, before it reads
 anything for it).
 """
 
@@ -30,6 +31,7 @@ STAGES = frozenset(
         "after_registry_delete",
         "reindex_build",
         "reindex_catch_up",
+        "reconcile_write",
         "job_claimed",
     }
 )

@@ -9,9 +9,10 @@ Comparison is constant-time: the presented key is checked against every configur
 response time says nothing about which key, or how much of a key, matched.
 
 FastAPI dependencies built on it: `get_tenant` (behind `TenantDep`, 401 unless AUTH_DISABLED) and
-`rate_limit(budget)`, which main.py attaches to the /v1 routers so every route authenticates, then spends.
-`rate_limit` reads the key through FastAPI's `HTTPBearer`, which also declares the `bearer` security scheme in
-the OpenAPI document, so Swagger UI's "Authorize" button sends `Authorization: Bearer <key>`.
+`rate_limit(budget)`, which every /v1 router declares so every route authenticates, then spends (before its
+body is read: service.app.api.routing). `declare_bearer_scheme`, which main.py adds to the /v1 routers unless
+AUTH_DISABLED, declares the `bearer` security scheme in the OpenAPI document through FastAPI's `HTTPBearer`,
+so Swagger UI's "Authorize" button sends `Authorization: Bearer <key>`.
 """
 
 from __future__ import annotations
@@ -182,33 +183,47 @@ def get_tenant(request: Request) -> str:
 
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_CHARGED = "rate_limit_charged"  # request.state key: this request's budget is spent (once per request)
 
 
-def rate_limit(write_budget: Budget, *, bearer: bool = True) -> Callable[..., Awaitable[None]]:
-    """A router dependency charging the caller's key: writes to `write_budget`, reads to the search budget.
+async def charge(request: Request, write_budget: Budget) -> Principal:
+    """Authenticate the caller (401) and spend one request of its budget (429): writes to `write_budget`, reads
+    to the search budget. Once per request, however often it is called (a route that authenticates before it
+    reads its body also runs its router's dependency afterwards: the second call spends nothing)."""
+    principal = authenticate_request(request)
+    state = request.scope.setdefault("state", {})
+    if state.get(_CHARGED):
+        return principal
+    state[_CHARGED] = True
+    budget: Budget = write_budget if request.method in WRITE_METHODS else "search"
+    try:
+        quota = await request.app.state.services.limiter.hit(budget, principal.key_id)
+    except RateLimited as exc:
+        state["rate_limit_quota"] = exc.quota
+        raise
+    # The middleware turns it into RateLimit-* headers on whatever response follows (200, 404, 422...).
+    state["rate_limit_quota"] = quota
+    return principal
 
-    `bearer=False` (AUTH_DISABLED=true) leaves the security scheme out of the OpenAPI document: the open API
-    must not claim it needs a key.
+
+def rate_limit(write_budget: Budget) -> Callable[[Request], Awaitable[None]]:
+    """A router dependency charging the caller's key (`charge`): writes to `write_budget`, reads to the search
+    budget. The /v1 routers declare it themselves, so each of their routes lists it among its own dependencies.
+
+    It carries ``before_body``: the check `service.app.api.routing.AuthenticatedRoute` runs before the request
+    body is read or parsed (FastAPI parses a JSON body before it resolves any dependency: malformed JSON from a
+    caller without a key was a 422, not a 401, and spent no budget).
     """
 
     async def spend(request: Request) -> None:
-        principal = authenticate_request(request)
-        budget: Budget = write_budget if request.method in WRITE_METHODS else "search"
-        try:
-            quota = await request.app.state.services.limiter.hit(budget, principal.key_id)
-        except RateLimited as exc:
-            request.state.rate_limit_quota = exc.quota
-            raise
-        # The middleware turns it into RateLimit-* headers on whatever response follows (200, 404, 422...).
-        request.state.rate_limit_quota = quota
+        await charge(request, write_budget)
 
-    if not bearer:
-        return spend
+    spend.before_body = spend  # type: ignore[attr-defined]
+    return spend
 
-    async def enforce(
-        request: Request,
-        _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-    ) -> None:
-        await spend(request)
 
-    return enforce
+async def declare_bearer_scheme(
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
+) -> None:
+    """Declares the `bearer` scheme on the /v1 operations in the OpenAPI document (`charge` does the checking);
+    main includes the /v1 routers with it unless AUTH_DISABLED=true: the open API must not claim it needs a key."""

@@ -19,6 +19,10 @@ at 64 KiB with that plain 400), and request headers over MAX_HEADER_BYTES in tot
 431 (nothing bounded them: a client could stream headers into memory until HTTP_HEADER_TIMEOUT_SECONDS). The
 limits are Envoy's defaults (60 KiB of headers, 100 headers), so the Gateway in front of production refuses
 the same requests first.
+
+And it sends a response's status line and headers in the same write as the start of its body
+(`HeadWithBody`): uvicorn writes them separately, so a small response was two TCP segments, and a client
+waiting for it was woken twice (docs/benchmarks.md, "The search route without the framework").
 """
 
 from __future__ import annotations
@@ -39,6 +43,52 @@ logger = logging.getLogger(__name__)
 MAX_URL_BYTES = 16384  # uvicorn's h11 protocol refuses a request line longer than this too
 MAX_HEADER_BYTES = 61440
 MAX_HEADERS = 100
+
+
+class HeadWithBody:
+    """A request cycle's view of the transport: the response's status line and headers are held until the
+    first body write and go out with it, in one write.
+
+    Only a response head (a status line other than 1xx, ending in the blank line) is held, and never past the
+    end of the current event-loop iteration (a response whose body comes later, e.g. a stream, gets its head
+    then); any other write, and ``close``, sends what is held first, so the order of bytes never changes.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+            return
+        if data.startswith(b"HTTP/1.") and data[9:10] != b"1" and data.endswith(b"\r\n\r\n"):
+            self._held = data
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _Refused(httptools.HttpParserError):
@@ -143,6 +193,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_body = True
         self._arm(self.body_idle_timeout, "body_idle")
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle (not an upgrade)
+            cycle.transport = HeadWithBody(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._in_body = False

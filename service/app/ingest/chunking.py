@@ -7,8 +7,21 @@ embedding time. Consecutive chunks share up to CHUNK_OVERLAP tokens of whole sen
 How text is cut, in order of preference:
 1. paragraphs (blank-line separated) are the natural unit; a chunk ends at a paragraph break when that still
    leaves it at least half full;
-2. otherwise at a sentence end (``.``, ``!``, ``?`` followed by whitespace, or a line break);
+2. otherwise at a sentence end: ``.``, ``!``, ``?`` followed by whitespace, or a line break that ends a line of
+   its own (`_line_ends`);
 3. only a single sentence longer than the budget is split inside, at token offsets (preferring word starts).
+
+Hard-wrapped text (plain-text notes, READMEs, man pages, e-mail, PDF lines) breaks its lines inside sentences,
+so a line break inside a paragraph is whitespace, not a sentence end, unless the lines are not running text: a
+line break ends a sentence before a list item, heading, code fence, table row or quote, after a heading or table
+row, around and inside fenced code, and after a line shorter than ``MIN_WRAPPED_LINE`` characters (a title, an
+address line, a SYNOPSIS line, a "key: value" line: wrapped prose fills its lines) unless the next line is
+indented deeper (a term and its definition under a hanging indent, as man pages list error codes). Blank lines
+are paragraph breaks as before. Until CHUNKER_VERSION 3 every line break ended a sentence, so chunks and the extractive
+answer's quotes were made of half-lines (EYES_SVC2 S1).
+
+Consecutive chunks overlap by whole sentences: the overlap starts where a sentence starts, never inside one (a
+sentence too long for a chunk, split at token offsets, is not repeated by the overlap).
 
 A chunk also holds at most ``max_chars = budget * MAX_CHARS_PER_TOKEN`` characters. Real text never reaches
 that cap (the project's docs, sources and fixtures average 3.4 characters a token, their densest chunk 6.6 at the
@@ -26,6 +39,7 @@ limit, and split further in the (tokenizer-dependent) case where re-tokenizing a
 from __future__ import annotations
 
 import bisect
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -34,11 +48,22 @@ from dataclasses import dataclass
 from tokenizers import Encoding, Tokenizer
 
 PARAGRAPH_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
-# A sentence ends after terminal punctuation (plus closing quotes/brackets) before whitespace, or at a line break.
-# Linear on any input: a match may start only at the first mark of a run and its quantifiers are possessive, so a
-# long run of marks not followed by whitespace ("....", 1 MB of it) is scanned once, not once per position (the
-# backtracking form was quadratic: 16 kB of dots took 4.5 s). Only the whole run can end a sentence either way.
-SENTENCE_END = re.compile(r"(?<![.!?\u2026])[.!?\u2026]++[\"'\u201d\u2019)\]]*+(?=\s)|\n")
+# A sentence ends after terminal punctuation (plus closing quotes/brackets) before whitespace, or at a line break
+# that `_line_ends` keeps. Linear on any input: a match may start only at the first mark of a run and its
+# quantifiers are possessive, so a long run of marks not followed by whitespace ("....", 1 MB of it) is scanned
+# once, not once per position (the backtracking form was quadratic: 16 kB of dots took 4.5 s). Only the whole run
+# can end a sentence either way.
+SENTENCE_END = re.compile(r"(?<![.!?\u2026])[.!?\u2026]++[\"'\u201d\u2019)\]]*+(?=\s)")
+# A line that starts a block of its own: a list item (-, *, +, •, "1." or "1)"), a heading, a code fence, a table
+# row or a quote.
+BLOCK_START = re.compile(r"[ \t]*(?:[-*+\u2022][ \t]|\d{1,3}[.)][ \t]|#{1,6}[ \t]|```|~~~|\||>)")
+# A line that is a block of its own whatever follows: a heading or a table row.
+BLOCK_LINE = re.compile(r"[ \t]*(?:#{1,6}[ \t]|\|)")
+FENCE = re.compile(r"[ \t]*(?:```|~~~)")
+ORDERED_ITEM = re.compile(r"[ \t]*\d{1,3}\.")
+# Wrapped prose fills its lines (70-100 characters in the project's fixtures, man pages and e-mail); a line with
+# fewer characters than this (spaces around it not counted) ends where its author ended it.
+MIN_WRAPPED_LINE = 40
 ENCODE_BATCH = 256
 # Characters per token a chunk may average at most (see the module docstring): about 5x the densest chunk of
 # real text measured (docs/service.md "Chunking"), so only text the tokenizer cannot split is ever cut by it.
@@ -47,8 +72,9 @@ MAX_CHARS_PER_TOKEN = 16
 # differently. It is part of an index's config (service.app.ingest.index.IndexConfig), so a re-index with the
 # same model and chunking is allowed after such a change and rebuilds every document with the new rules.
 # 1: before versioning (stores built before 2026-11-26; some documents may hold one chunk far over the
-# character cap, written before the cap existed). 2: the character cap above.
-CHUNKER_VERSION = 2
+# character cap, written before the cap existed). 2: the character cap above. 3: a line break inside running text
+# is not a sentence end (hard-wrapped text), and the overlap starts at a sentence start.
+CHUNKER_VERSION = 3
 # Runs of one character class (space, letters, digits, underscores, anything else): where an over-long token is
 # preferably cut by characters.
 CHARACTER_RUNS = re.compile(r"\s+|[^\W\d_]+|\d+|_+|[^\w\s]+")
@@ -72,6 +98,8 @@ class _Unit:
     end: int
     tokens: int
     paragraph_start: bool
+    # False for the second and later pieces of a sentence split inside: an overlap never starts there.
+    sentence_start: bool = True
 
 
 class Chunker:
@@ -120,18 +148,25 @@ class Chunker:
 
     def _units(self, text: str) -> Iterator[_Unit]:
         paragraphs = list(self._paragraphs(text))
+        # Computed over the whole text: a fenced code block may hold blank lines (paragraph breaks).
+        line_ends = _line_ends(text)
         for batch_start in range(0, len(paragraphs), ENCODE_BATCH):
             batch = paragraphs[batch_start : batch_start + ENCODE_BATCH]
             encodings = self.tokenizer.encode_batch([text[a:b] for a, b in batch], add_special_tokens=False)
             for (offset, end), encoding in zip(batch, encodings, strict=True):
-                yield from self._paragraph_units(text[offset:end], offset, encoding)
+                inside = line_ends[bisect.bisect_left(line_ends, offset) : bisect.bisect_left(line_ends, end)]
+                yield from self._paragraph_units(
+                    text[offset:end], offset, encoding, [position - offset for position in inside]
+                )
 
-    def _paragraph_units(self, paragraph: str, offset: int, encoding: Encoding) -> Iterator[_Unit]:
+    def _paragraph_units(
+        self, paragraph: str, offset: int, encoding: Encoding, line_ends: list[int]
+    ) -> Iterator[_Unit]:
         starts = [s for s, _ in encoding.offsets]
         ends = [e for _, e in encoding.offsets]
         word_ids = encoding.word_ids
         first = True
-        for s, e in _sentences(paragraph):
+        for s, e in _sentences(paragraph, line_ends):
             i0 = bisect.bisect_left(starts, s)
             i1 = bisect.bisect_left(starts, e)
             count = i1 - i0
@@ -141,16 +176,17 @@ class Chunker:
                 yield _Unit(offset + s, offset + e, count, first)
                 first = False
                 continue
+            whole = True  # the first piece starts the sentence
             for j0, j1 in self._hard_split(i0, i1, word_ids, starts, ends):
                 a, b = starts[j0], ends[j1 - 1]
                 if b - a <= self.max_chars:
-                    yield _Unit(offset + a, offset + b, j1 - j0, first)
-                    first = False
+                    yield _Unit(offset + a, offset + b, j1 - j0, first, whole)
+                    first = whole = False
                     continue
                 # One token longer than the cap (e.g. WordPiece's [UNK] for a 100 kB run of letters).
                 for unit in self._char_split(paragraph, a, b):
-                    yield _Unit(offset + unit.start, offset + unit.end, unit.tokens, first)
-                    first = False
+                    yield _Unit(offset + unit.start, offset + unit.end, unit.tokens, first, whole)
+                    first = whole = False
 
     def _hard_split(
         self, i0: int, i1: int, word_ids: list[int | None], starts: list[int], ends: list[int]
@@ -224,9 +260,10 @@ class Chunker:
             new_start = end
             while new_start - 1 > start and prefix[end] - prefix[new_start - 1] <= self.overlap:
                 new_start -= 1
-            # The next chunk must fit the overlap plus the first new unit.
+            # The next chunk must fit the overlap plus the first new unit, and its overlap starts a sentence.
             while new_start < end and (
-                prefix[end + 1] - prefix[new_start] > self.budget
+                not units[new_start].sentence_start
+                or prefix[end + 1] - prefix[new_start] > self.budget
                 or units[end].end - units[new_start].start > self.max_chars
             ):
                 new_start += 1
@@ -286,12 +323,59 @@ def _char_cut(text: str, start: int, end: int, max_chars: int) -> int:
     return limit
 
 
-def _sentences(paragraph: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of each sentence of a paragraph, whitespace trimmed, in order."""
+def _line_ends(text: str) -> list[int]:
+    """Positions of the line breaks (``\\n``) of ``text`` that end a sentence, in order (see the module docstring:
+    a break inside running text is whitespace)."""
+    ends: list[int] = []
+    lines = text.split("\n")
     position = 0
-    for match in SENTENCE_END.finditer(paragraph):
-        yield from _trimmed(paragraph, position, match.end())
-        position = match.end()
+    fenced = False
+    for line, following in itertools.pairwise(lines):  # the last line has no break after it
+        position += len(line)
+        fence = FENCE.match(line) is not None
+        if fence:
+            fenced = not fenced
+        if (
+            fence
+            or fenced
+            or not following.strip()
+            or BLOCK_START.match(following)
+            or BLOCK_LINE.match(line)
+            or (len(line.strip()) < MIN_WRAPPED_LINE and not _hangs(line, following))
+        ):
+            ends.append(position)
+        position += 1
+    return ends
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _hangs(line: str, following: str) -> bool:
+    """Whether ``following`` continues ``line`` under a hanging indent (a term and its definition, as a man page
+    lists "ENOTCONN" and, indented below it, "The specified socket is not connected.")."""
+    return bool(line.strip()) and _indent(following) > _indent(line)
+
+
+def _is_list_number(text: str, match: re.Match[str]) -> bool:
+    """Whether a sentence-end match is the number of an ordered list item ("1. Freeze: ..."), not an end."""
+    line_start = text.rfind("\n", 0, match.start()) + 1
+    return ORDERED_ITEM.fullmatch(text, line_start, match.end()) is not None
+
+
+def _sentences(paragraph: str, line_ends: list[int]) -> Iterator[tuple[int, int]]:
+    """(start, end) of each sentence of a paragraph, whitespace trimmed, in order; ``line_ends`` are the
+    positions of the paragraph's line breaks that end a sentence (`_line_ends`)."""
+    cuts = sorted(
+        {
+            match.end() for match in SENTENCE_END.finditer(paragraph) if not _is_list_number(paragraph, match)
+        }.union(line_ends)
+    )
+    position = 0
+    for cut in cuts:
+        yield from _trimmed(paragraph, position, cut)
+        position = cut
     yield from _trimmed(paragraph, position, len(paragraph))
 
 
@@ -306,4 +390,4 @@ def _trimmed(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) of each sentence of ``text``, cut where chunking cuts, whitespace trimmed, in order."""
-    return list(_sentences(text))
+    return list(_sentences(text, _line_ends(text)))

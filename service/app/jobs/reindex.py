@@ -67,7 +67,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -78,7 +78,13 @@ from service.app.core.metrics import REINDEX_DOCUMENTS, REINDEX_INTERRUPTED, REI
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration, IndexState
 from service.app.ingest.service import IngestService, content_hash
 from service.app.store.gc import CollectionStopped, Pacer
-from service.app.store.registry import DocumentRegistry, DocumentSource, IndexLease, IndexPointer
+from service.app.store.registry import (
+    DocumentRecord,
+    DocumentRegistry,
+    DocumentSource,
+    IndexLease,
+    IndexPointer,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +145,43 @@ def lease_attempt(lease: IndexLease) -> int:
         return max(1, int(lease.config.get("attempt", 1)))
     except (TypeError, ValueError):
         return 1
+
+
+def write_from_source(
+    registry: DocumentRegistry, ingest: IngestService, target: IndexGeneration, source: DocumentSource
+) -> int:
+    """Write a document's active version into ``target`` from the text the registry keeps (a re-index's build
+    and catch-up, the restore reconciliation); the number of points written."""
+    record = source.record
+    digest = content_hash(source.text, record.metadata, record.content_type)
+    if record.content_hash != digest:
+        # Hashed by an earlier release with the old index's config: after the switch an unchanged re-send
+        # would not match it (and re-embed). The content is the registry's own, so the new hash is exact.
+        registry.rehash(record.tenant_id, record.document_id, record.version, digest)
+    return ingest.write_version(
+        target,
+        record.tenant_id,
+        record.document_id,
+        record.version,
+        source.text,
+        record.metadata,
+        digest,
+    )
+
+
+def source_pages(
+    registry: DocumentRegistry, page: int = PAGE
+) -> Iterator[tuple[list[DocumentSource], list[DocumentRecord]]]:
+    """Every tenant's active documents, a page at a time: (with kept text, without)."""
+    after: tuple[str, str] | None = None
+    while True:
+        kept, missing = registry.source_page(after, page)
+        if not kept and not missing:
+            return
+        yield kept, missing
+        keys = [(s.record.tenant_id, s.record.document_id) for s in kept]
+        keys += [(r.tenant_id, r.document_id) for r in missing]
+        after = max(keys)
 
 
 @dataclass(frozen=True)
@@ -404,7 +447,12 @@ class Reindexer:
         """
         if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
             return
-        with self._sync_lock:
+        # While another thread re-reads the pointer, a search or write goes on with what this process serves
+        # (it would have, a moment earlier) instead of queueing behind that read: a registry host that stopped
+        # answering holds it up to DATABASE_TCP_TIMEOUT_SECONDS. A forced sync waits for it.
+        if not self._sync_lock.acquire(blocking=force):
+            return
+        try:
             if not force and time.monotonic() - self._synced_at < self.pointer_ttl_seconds:
                 return
             try:
@@ -415,6 +463,8 @@ class Reindexer:
                 logger.warning("cannot follow the index pointer: %s", exc.message)
                 return
             self._synced_at = time.monotonic()
+        finally:
+            self._sync_lock.release()
         self._maybe_resume()
 
     def _sync(self) -> None:
@@ -873,32 +923,10 @@ class Reindexer:
         return Pacer(stop=self._stop)
 
     def _sources(self) -> Any:
-        after: tuple[str, str] | None = None
-        while True:
-            kept, missing = self.registry.source_page(after, PAGE)
-            if not kept and not missing:
-                return
-            yield kept, missing
-            keys = [(s.record.tenant_id, s.record.document_id) for s in kept]
-            keys += [(r.tenant_id, r.document_id) for r in missing]
-            after = max(keys)
+        return source_pages(self.registry)
 
     def _write(self, target: IndexGeneration, source: DocumentSource) -> None:
-        record = source.record
-        digest = content_hash(source.text, record.metadata, record.content_type)
-        if record.content_hash != digest:
-            # Hashed by an earlier release with the old index's config: after the switch an unchanged re-send
-            # would not match it (and re-embed). The content is the registry's own, so the new hash is exact.
-            self.registry.rehash(record.tenant_id, record.document_id, record.version, digest)
-        self.ingest.write_version(
-            target,
-            record.tenant_id,
-            record.document_id,
-            record.version,
-            source.text,
-            record.metadata,
-            digest,
-        )
+        write_from_source(self.registry, self.ingest, target, source)
 
     def _build(self, target: IndexGeneration) -> None:
         total = self.registry.count_documents()

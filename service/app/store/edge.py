@@ -45,7 +45,9 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   point before the swap discards the merged copy (it would be missing that write), and the next pause retries.
   A crash mid-swap is finished or undone at the next open (``_recover_swap``). The engine's vacuum has no size
   cap, so with consolidation on the serving process never vacuums: the child does (segments with more than 20 %
-  deleted points), and deletes past that share make a consolidation due.
+  deleted points), and deletes past that share make a consolidation due. What a consolidation left (its segment
+  count, at which cap) is kept beside the shard (``consolidation.json``), so a restart does not copy a shard that
+  is already as merged as the cap allows into a child only to find nothing to merge.
 - One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
   an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
 
@@ -136,6 +138,11 @@ QUANTIZED_HNSW_EF = 160
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
 # orphan collector's Pacer (service.app.store.gc). A build is 0.3-0.8 s (docs/benchmarks.md).
 METADATA_INDEX_FILE = "metadata_indexes.json"
+# What the last consolidation left (segments, at which cap), beside the shard's own files: a restart would otherwise
+# estimate the settled layout as one segment per cap (+1) and, on a shard the merge planner cannot pack that tightly
+# (13 segments of ~7.7k points pair up into 7 under a 20,480 cap at 100k chunks), copy the whole shard into a child
+# after every start-up only to find nothing to merge (docs/benchmarks.md, "Segments after a restart").
+CONSOLIDATION_FILE = "consolidation.json"
 METADATA_INDEX_PAUSE_RATIO = 9.0
 METADATA_INDEX_MAX_KEYS = 32
 _EDGE_KINDS: dict[IndexKind, qe.PayloadSchemaType] = {
@@ -817,6 +824,7 @@ class EdgeVectorStore:
             self._holds_lock = True
             try:
                 self._shard = self._open()
+                self._settled_segments = self._read_settled()
                 self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
@@ -890,6 +898,30 @@ class EdgeVectorStore:
             if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
 
+    def _read_settled(self) -> int | None:
+        """Segments the last consolidation of this shard left, when it ran at the current cap (else None)."""
+        try:
+            record = json.loads((self.path / CONSOLIDATION_FILE).read_text(encoding="utf-8"))
+            if int(record["segment_points"]) == self._consolidate_points:
+                return int(record["segments"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet, or unreadable: estimate as for a shard never consolidated
+        return None
+
+    def _write_settled(self, segments: int) -> None:
+        """Remember what a consolidation left (atomically, beside the shard's files) for the next start-up."""
+        self._settled_segments = segments
+        target = self.path / CONSOLIDATION_FILE
+        temporary = target.with_suffix(".tmp")
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump({"segments": segments, "segment_points": self._consolidate_points}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(target)
+        except OSError as exc:  # only costs a futile consolidation attempt after the next start-up
+            logger.warning("could not record the consolidated layout in %s: %s", target, exc)
+
     def consolidation_due(self) -> bool:
         """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
         any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), or more points deleted since
@@ -962,7 +994,7 @@ class EdgeVectorStore:
                 raise RuntimeError(f"consolidation child exited {child.returncode}: {err.strip()[-2000:]}")
             result = json.loads(out.strip().splitlines()[-1])
             if not result["changed"]:  # the merge planner found nothing within the cap: keep what is served
-                self._settled_segments = result["segments_before"]
+                self._write_settled(result["segments_before"])
                 self._deleted_points = 0
                 return False
             building.rename(ready)
@@ -973,7 +1005,7 @@ class EdgeVectorStore:
                 self._swap_in(ready, replaced)
                 result["swap_seconds"] = time.perf_counter() - swap_started
             self._deleted_points = 0
-            self._settled_segments = result["segments_after"]
+            self._write_settled(result["segments_after"])
             for key in deferred:
                 self._deferred_indexes.pop(key, None)
             result["metadata_indexes"] = sorted(deferred)

@@ -102,9 +102,16 @@ def collect_orphans(
     grace_seconds: float,
     max_versions: int = 10_000,
     pause: Callable[[], None] | None = None,
+    dry_run: bool = False,
+    tenant_id: str | None = None,
+    on_orphan: Callable[[PointVersion], None] | None = None,
 ) -> GcReport:
     """One bounded collection run (blocking; call it from a thread), paced by ``pause`` between its slices
-    (default: a new ``Pacer``)."""
+    (default: a new ``Pacer``).
+
+    ``dry_run`` finds the orphans without deleting them (the counts are what a real run would remove);
+    ``tenant_id`` limits the run to one tenant; ``on_orphan`` sees every orphan version found (the restore
+    reconciliation reports them per tenant, service.app.jobs.reconcile)."""
     pause = pause if pause is not None else Pacer()
     # The clock is read before the scan: a version first seen late in a long, paced pass is judged against the
     # start, which only makes the grace longer (a live write's points are never at risk).
@@ -119,17 +126,24 @@ def collect_orphans(
         for version in batch:
             if removed_versions >= max_versions:
                 break
+            if tenant_id is not None and version.tenant_id != tenant_id:
+                continue
             if is_orphan(
                 version,
                 active.get((version.tenant_id, version.document_id)),
                 now=now,
                 grace_seconds=grace_seconds,
             ):
-                vectors.delete_version(version.tenant_id, version.document_id, version.version)
+                if not dry_run:
+                    vectors.delete_version(version.tenant_id, version.document_id, version.version)
+                    ORPHANS_REMOVED.inc(version.points)
                 removed_versions += 1
                 removed_points += version.points
-                ORPHANS_REMOVED.inc(version.points)
+                if on_orphan is not None:
+                    on_orphan(version)
     report = GcReport(len(stored), removed_versions, removed_points)
+    if dry_run:
+        return report
     ORPHAN_COLLECTIONS.inc()
     if removed_versions:
         logger.info(

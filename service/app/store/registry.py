@@ -49,7 +49,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -366,8 +366,45 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout."""
+#: Defaults of DATABASE_CONNECT_TIMEOUT_SECONDS and DATABASE_TCP_TIMEOUT_SECONDS (service.app.core.config).
+CONNECT_TIMEOUT_SECONDS = 5.0
+TCP_TIMEOUT_SECONDS = 15.0
+
+
+def postgres_connect_args(
+    query: Mapping[str, Any], *, connect_timeout: float, tcp_timeout: float
+) -> dict[str, Any]:
+    """libpq keywords that bound how long a call can wait on a Postgres host that stopped answering.
+
+    Without them libpq waits for ever on a connect (``connect_timeout`` unset: "wait indefinitely") and an
+    established connection whose peer vanished (a node or zone lost, a Multi-AZ failover after an AZ loss: no
+    RST, packets just dropped) is given up only by the kernel's retransmission limit, ~15 minutes on Linux
+    (tcp_retries2=15). Every search reads the registry, so each such call parked a thread for that long and the
+    service stopped answering long before the database came back. ``tcp_user_timeout`` drops a connection whose
+    sent data stays unacknowledged that long; keepalives do the same for one waiting idle (pooled, or waiting
+    for an answer) whose peer is gone. Keywords already in DATABASE_URL's query string win.
+    """
+    tcp = max(1, round(tcp_timeout))
+    wanted = {
+        # libpq takes whole seconds and treats less than 2 as 2.
+        "connect_timeout": max(2, round(connect_timeout)),
+        "tcp_user_timeout": tcp * 1000,
+        "keepalives": 1,
+        "keepalives_idle": max(1, tcp // 3),
+        "keepalives_interval": max(1, tcp // 6),
+        "keepalives_count": 3,
+    }
+    return {key: value for key, value in wanted.items() if key not in query}
+
+
+def make_engine(
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+) -> Engine:
+    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout;
+    Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)."""
     url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -377,7 +414,10 @@ def make_engine(url: str) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    connect_args = postgres_connect_args(
+        parsed.query, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
+    )
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class RegistryOpenError(RuntimeError):
@@ -385,7 +425,12 @@ class RegistryOpenError(RuntimeError):
     database (the file, or DATABASE_URL without its password) and what to do."""
 
 
-def open_registry(url: str) -> DocumentRegistry:
+def open_registry(
+    url: str,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+) -> DocumentRegistry:
     """The registry at ``url``, migrated; RegistryOpenError (one line, nothing changed) when that fails.
 
     SQLite's own errors do not say which file, nor whether it is missing, unreadable, a directory or damaged,
@@ -393,7 +438,7 @@ def open_registry(url: str) -> DocumentRegistry:
     """
     registry: DocumentRegistry | None = None
     try:
-        registry = DocumentRegistry(url)
+        registry = DocumentRegistry(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
         registry._migrate()  # unguarded: the error is described here, not logged as a 503's cause
     except Exception as exc:
         if registry is not None:
@@ -578,9 +623,15 @@ class _SqliteReaders:
 class DocumentRegistry:
     """SQLAlchemy-backed registry of active document versions; every call is scoped to one tenant."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
         database = self.engine.url.database
@@ -596,7 +647,11 @@ class DocumentRegistry:
     @classmethod
     def from_settings(cls, settings: Settings) -> DocumentRegistry:
         """SQLite under DATA_DIR by default, DATABASE_URL (e.g. postgresql+psycopg://) when set."""
-        return cls(settings.resolved_database_url)
+        return cls(
+            settings.resolved_database_url,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            tcp_timeout=settings.database_tcp_timeout_seconds,
+        )
 
     @property
     def dialect(self) -> str:

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from service.app.api.deps import ServicesDep
+from service.app.api.routing import AuthenticatedRoute
 from service.app.core.errors import Forbidden, InvalidInput, error_responses
 from service.app.core.security import InvalidApiKey, MissingApiKey, bearer_token
 from service.app.ingest.index import IndexConfig
@@ -54,7 +55,12 @@ def admin_dependencies(*, auth_disabled: bool) -> list[Any]:
     return [] if auth_disabled else [Depends(declare_admin_scheme)]
 
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+# require_admin also runs before a route reads its body (service.app.api.routing): a ReindexRequest that is not
+# JSON from a caller without the admin key is a 401, not a 422.
+require_admin.before_body = require_admin  # type: ignore[attr-defined]
+router = APIRouter(
+    prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)], route_class=AuthenticatedRoute
+)
 
 
 class ReindexRequest(BaseModel):

@@ -7,15 +7,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
 from service.app.answer.models import AnswerRequest, AnswerResponse
 from service.app.api.deps import ServicesDep, TenantDep
+from service.app.api.routing import AuthenticatedRoute
 from service.app.core.errors import error_responses
+from service.app.core.security import rate_limit
 
-router = APIRouter(prefix="/v1", tags=["answer"])
+router = APIRouter(
+    prefix="/v1",
+    tags=["answer"],
+    dependencies=[Depends(rate_limit("search"))],
+    route_class=AuthenticatedRoute,
+)
 
 PING_SECONDS = 15  # keeps idle proxies from cutting a stream while the model thinks
 

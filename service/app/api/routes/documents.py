@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
 
 from service.app.api.deps import ServicesDep, TenantDep
+from service.app.api.routing import AuthenticatedRoute
 from service.app.core.errors import (
     InvalidInput,
     PayloadTooLarge,
@@ -29,6 +30,7 @@ from service.app.core.errors import (
     error_responses,
     not_json,
 )
+from service.app.core.security import rate_limit
 from service.app.ingest.extract import charset_of, detect_content_type, normalize_content_type
 from service.app.ingest.models import (
     DOCUMENT_ID_PATTERN,
@@ -50,10 +52,21 @@ from service.app.store.registry import MAX_PAGE_SIZE
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/documents", tags=["documents"])
+# Writes spend the ingest budget, reads the search budget (service.app.core.security.charge).
+router = APIRouter(
+    prefix="/v1/documents",
+    tags=["documents"],
+    dependencies=[Depends(rate_limit("ingest"))],
+    route_class=AuthenticatedRoute,
+)
 # POST /v1/documents:bulk, a custom method (Google AIP-136 style): `/v1/documents/bulk` would shadow the document
 # whose id is "bulk" (ids may be any of [A-Za-z0-9._:-], but never contain "/" after "documents").
-bulk_router = APIRouter(prefix="/v1", tags=["documents"])
+bulk_router = APIRouter(
+    prefix="/v1",
+    tags=["documents"],
+    dependencies=[Depends(rate_limit("ingest"))],
+    route_class=AuthenticatedRoute,
+)
 
 # The pattern is in the OpenAPI schema so clients and fuzzers know it; the 422 names the field and the pattern.
 DocumentIdPath = Annotated[

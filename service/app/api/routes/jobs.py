@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 
 from service.app.api.deps import ServicesDep, TenantDep
+from service.app.api.routing import AuthenticatedRoute
 from service.app.core.errors import NotFound, error_responses
+from service.app.core.security import rate_limit
 from service.app.jobs.models import JobRecord
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(
+    prefix="/v1/jobs",
+    tags=["jobs"],
+    dependencies=[Depends(rate_limit("search"))],
+    route_class=AuthenticatedRoute,
+)
 
 
 @router.get("/{job_id}", response_model=JobRecord, responses=error_responses(404))

@@ -1,0 +1,124 @@
+"""``ragops reconcile``: after a restore, make a deployed stack's vector store agree with its registry again.
+
+The service does the work (``python -m service.reconcile``, service.app.jobs.reconcile: orphan points removed,
+documents whose points are missing re-indexed from the registry's kept text, the rest reported by id), inside
+the stack's own pods, which hold its settings and reach its Qdrant and database. This module runs it there:
+
+* the cluster: the stack's ``kubeconfig`` output (written to a private temporary file for the one call), or
+  kubectl's own configuration when the stack has none (an existing cluster reached by context);
+* the namespace: ``--namespace``, else the one in the stack's ``qdrantEndpoint`` output
+  (``http://qdrant.<namespace>.svc:6333``; an ephemeral stack's namespace is its name);
+* the pod: ``kubectl exec deploy/rag-worker`` (``--deployment rag`` for the API pod of a stack without workers).
+
+The command's report (JSON) and exit status pass through: 0 consistent, 1 documents left that only their clients
+can restore (or, with ``--dry-run``, work to do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
+
+from infra.workflows.stacks import Context, UsageError, WorkflowError
+
+DEFAULT_DEPLOYMENT = "rag-worker"
+
+
+def namespace_of(qdrant_endpoint: object) -> str:
+    """The namespace in a ``qdrantEndpoint`` output (``http://qdrant.<ns>.svc:6333``)."""
+    host = urlparse(str(qdrant_endpoint or "")).hostname or ""
+    parts = host.split(".")
+    if len(parts) < 3 or parts[2] != "svc" or not parts[1]:
+        raise WorkflowError(
+            f"cannot tell the stack's namespace from its qdrantEndpoint output {qdrant_endpoint!r}: pass --namespace"
+        )
+    return parts[1]
+
+
+def reconcile_argv(
+    namespace: str,
+    *,
+    kubeconfig: str | None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    dry_run: bool = False,
+    tenant: str | None = None,
+    kubectl: str = "kubectl",
+) -> list[str]:
+    """The kubectl call running ``python -m service.reconcile`` in one pod of ``deployment``."""
+    argv = [kubectl]
+    if kubeconfig is not None:
+        argv += ["--kubeconfig", kubeconfig]
+    argv += [
+        "--namespace",
+        namespace,
+        "exec",
+        f"deploy/{deployment}",
+        "--",
+        "python",
+        "-m",
+        "service.reconcile",
+    ]
+    if dry_run:
+        argv.append("--dry-run")
+    if tenant is not None:
+        argv += ["--tenant", tenant]
+    return argv
+
+
+@contextlib.contextmanager
+def _kubeconfig_file(content: str) -> Iterator[str]:
+    """The kubeconfig in a file only this user can read, removed afterwards (it holds cluster credentials)."""
+    handle, path = tempfile.mkstemp(prefix="ragops-kubeconfig-", suffix=".yaml")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(content)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def reconcile(
+    ctx: Context,
+    stack: str,
+    *,
+    dry_run: bool = False,
+    tenant: str | None = None,
+    namespace: str | None = None,
+    deployment: str = DEFAULT_DEPLOYMENT,
+    kubectl: str = "kubectl",
+    on_output: Callable[[str], None] = print,
+) -> int:
+    """Run the reconciliation in the stack's pod; its exit status (0 consistent, 1 not)."""
+    if tenant is not None and not tenant.strip():
+        raise UsageError("--tenant must not be empty")
+    outputs = {k: v.value for k, v in ctx.workspace().stack_outputs(stack).items()}
+    ns = namespace or namespace_of(outputs.get("qdrantEndpoint"))
+    kubeconfig = outputs.get("kubeconfig") or None
+    with contextlib.ExitStack() as stack_files:
+        path = stack_files.enter_context(_kubeconfig_file(str(kubeconfig))) if kubeconfig else None
+        argv = reconcile_argv(
+            ns, kubeconfig=path, deployment=deployment, dry_run=dry_run, tenant=tenant, kubectl=kubectl
+        )
+        try:
+            process = subprocess.Popen(  # noqa: S603 - a fixed argv, no shell
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        except FileNotFoundError:
+            raise WorkflowError(
+                f"{kubectl} is not on PATH (https://kubernetes.io/docs/tasks/tools/)"
+            ) from None
+        assert process.stdout is not None
+        for line in process.stdout:
+            on_output(line.rstrip("\n"))
+        code = process.wait()
+    if code not in (0, 1):
+        raise WorkflowError(
+            f"the reconciliation did not run (kubectl exited {code}): is deploy/{deployment} running in "
+            f"namespace {ns}? (--deployment rag for the API pods of a stack without workers)"
+        )
+    return code
