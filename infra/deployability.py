@@ -2471,6 +2471,13 @@ def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list
             names = set(
                 (spec.get("namespaceSelector") or {}).get("matchNames") or [object_namespace(monitor)]
             )
+            # A Service a chart renders (not declared here): with a `jobLabel` its selector pins to a value, every
+            # Service it selects has that value, which prometheus-operator makes the job.
+            pinned = (
+                ((spec.get("selector") or {}).get("matchLabels") or {}).get(job_label) if job_label else None
+            )
+            if pinned:
+                jobs.add(str(pinned))
             for service in services:
                 labels = _get(service.inputs, "metadata", "labels") or {}
                 if object_namespace(service) in names and traffic._selects(spec.get("selector"), labels):

@@ -213,16 +213,12 @@ def cluster_autoscaler_target(config: StackConfig) -> ClusterAutoscalerTarget | 
     if config.cluster.provider != "eks" or not config.cluster.eks.clusterAutoscaler.enabled:
         return None
     # Imported here: loading the eks target pulls in pulumi_aws, which a dev run never needs.
-    from infra.clusters.eks import (
-        CLUSTER_AUTOSCALER_NAME,
-        CLUSTER_AUTOSCALER_NAMESPACE,
-        CLUSTER_AUTOSCALER_SERVICE_LABELS,
-    )
+    from infra.clusters.eks import CLUSTER_AUTOSCALER_NAMESPACE, CLUSTER_AUTOSCALER_SERVICE_LABELS
 
     return ClusterAutoscalerTarget(
         namespace=CLUSTER_AUTOSCALER_NAMESPACE,
         service_labels=CLUSTER_AUTOSCALER_SERVICE_LABELS,
-        job=CLUSTER_AUTOSCALER_NAME,
+        job_label="app.kubernetes.io/instance",  # the release's name: job="cluster-autoscaler"
     )
 
 

@@ -137,10 +137,15 @@ class ClusterAutoscalerTarget:
     namespace: str
     service_labels: Mapping[str, str]
     """Labels of its metrics Service (the chart's `cluster-autoscaler.instance-name`)."""
-    job: str
-    """Prometheus `job` of the scrape: the Service's name."""
+    job_label: str
+    """The Service label whose value is the scrape's `job` (its value in `service_labels`)."""
     port: str = "http"
     """The Service's metrics port name (chart value `service.portName`, default `http`, port 8085)."""
+
+    @property
+    def job(self) -> str:
+        """Prometheus `job` of the scrape."""
+        return str(self.service_labels[self.job_label])
 
 
 @dataclass(frozen=True)
@@ -421,6 +426,9 @@ def cluster_autoscaler_service_monitor_spec(target: ClusterAutoscalerTarget) -> 
     return {
         "namespaceSelector": {"matchNames": [target.namespace]},
         "selector": {"matchLabels": dict(target.service_labels)},
+        # The job is the value of this Service label (prometheus-operator `jobLabel`): the alerts' `job` does not
+        # depend on the Service name the chart picks.
+        "jobLabel": target.job_label,
         "endpoints": [{"port": target.port, "path": "/metrics", "interval": "30s"}],
     }
 

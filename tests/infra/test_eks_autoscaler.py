@@ -172,8 +172,9 @@ def test_prometheus_scrapes_the_autoscaler_its_alerts_read(stack: str, target: s
         "app.kubernetes.io/name": f"{chart.inputs['values']['cloudProvider']}-{CLUSTER_AUTOSCALER_CHART[0]}",
     }
     assert spec["endpoints"][0]["port"] == "http"
-    # prometheus-operator's `job` is the Service's name: the chart's fullname, set by fullnameOverride.
-    job = chart.inputs["values"]["fullnameOverride"]
+    # prometheus-operator's `job` is the value of the Service's `jobLabel` label: the release's name.
+    assert spec["jobLabel"] == "app.kubernetes.io/instance"
+    job = chart.inputs["name"]
     alerts = _alerts(result)
     assert set(alerts) >= AUTOSCALER_ALERTS
     for name in AUTOSCALER_ALERTS:
