@@ -256,6 +256,19 @@ def collect(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in kinds)
 
 
+def skipped(root: Path) -> list[Path]:
+    """The files under `root` the client does not send (a type the service does not ingest), hidden files and
+    folders (.git, .DS_Store) aside: the summary names them, so a run does not look like the whole folder."""
+    kinds = TEXT_TYPES | UPLOAD_TYPES
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() not in kinds
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+
+
 def json_body(value: Any) -> bytes:
     """``value`` as JSON bytes, exactly as httpx's ``json=`` encodes it (so sizes are the sent sizes)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -557,6 +570,13 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         f"{len(files)} files: {summary or 'nothing to do'}; "
         f"{report.rate_limited} rate-limit waits, {report.retried} retries"
     )
+    left_out = skipped(root)
+    if left_out:
+        names = [p.relative_to(root).as_posix() for p in left_out]
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        kinds = "/".join(sorted(TEXT_TYPES | UPLOAD_TYPES))
+        plural = "s" if len(names) != 1 else ""
+        console.print(f"{len(names)} file{plural} skipped (not {kinds}): {shown}")
     for name, reason in report.failures:
         console.print(f"[red]failed[/red] {name}: {reason}")
     return 1 if report.failures else 0

@@ -45,6 +45,7 @@ import pulumi_command as command
 import pulumi_docker_build as docker_build
 
 from infra.components.specs import DIGEST_REF, require
+from infra.schema import schema_labels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = "service/Dockerfile"
@@ -250,6 +251,9 @@ class ServiceImage(pulumi.ComponentResource):
             labels={
                 "org.opencontainers.image.revision": sha,
                 "org.opencontainers.image.source": "rag-platform",
+                # The registry schema the build migrates to, and the oldest release that may run on it: what
+                # `ragops rollback` checks before it moves a stack to another release (infra/schema.py).
+                **schema_labels(args.context_dir),
             },
             opts=pulumi.ResourceOptions(parent=self),
         )

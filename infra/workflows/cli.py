@@ -367,17 +367,32 @@ def rollback(
             "--digest", help="The image digest to run again (sha256:... or REGISTRY/REPO@sha256:...)."
         ),
     ] = None,
+    database_schema: Annotated[
+        str | None,
+        typer.Option(
+            "--database-schema",
+            help="The registry database's schema revision when it is not what the stack's releases left (after "
+            "restoring a backup): the release must be able to run on it.",
+        ),
+    ] = None,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Run an earlier release of the stack again (default: the one before the current image) through `up` with
-    the policy pack: API and worker together, recorded in the stack's promotion record."""
+    the policy pack: API and worker together, recorded in the stack's promotion record. Refused before anything
+    changes when that release cannot run on the stack's registry schema (docs/runbooks.md)."""
     context: Context = ctx.obj
 
     def action() -> promote_mod.Rollback:
         with _progress(f"rollback {stack}", quiet) as (on_output, on_event):
             return promote_mod.rollback(
-                context, stack, to_update=to_update, digest=digest, on_output=on_output, on_event=on_event
+                context,
+                stack,
+                to_update=to_update,
+                digest=digest,
+                database_schema=database_schema,
+                on_output=on_output,
+                on_event=on_event,
             )
 
     done = _run(action)

@@ -26,11 +26,13 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 
+from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
 from infra.workflows.stacks import (
@@ -338,12 +340,102 @@ def _pick_update(
     return entry
 
 
+@dataclass(frozen=True)
+class _Schema:
+    ref: str
+    head: str
+    compatible_from: str
+
+
+def _schema_of(ref: str, labels: Mapping[str, str]) -> _Schema | None:
+    head, oldest = labels.get(schema_mod.LABEL_HEAD), labels.get(schema_mod.LABEL_COMPATIBLE_FROM)
+    if schema_mod.sequence(head) is None or schema_mod.sequence(oldest) is None:
+        return None  # built before the schema contract (0011_schema_compat)
+    return _Schema(ref, str(head), str(oldest))
+
+
+def check_schema(
+    ctx: Context,
+    stack: str,
+    image: str,
+    deployed: list[str],
+    where: str,
+    database_schema: str | None = None,
+) -> None:
+    """Refuse a rollback whose release cannot start on the stack's registry database (EYES_OPS3 O5).
+
+    The database is at least at the newest schema head of the images the stack has run (``deployed``: the
+    current image first, then every image of its successful updates: each migrated it at start-up), unless the
+    operator names its revision (``database_schema``, e.g. after restoring a backup). The target starts when its
+    schema head is at or after that revision, or at or after the revision's ``compatible_from``; both come from
+    the images' labels (infra/schema.py). Images the registry no longer serves are skipped (older releases);
+    the current one and the target must be readable.
+    """
+    read = ctx.image_labels or schema_mod.read_image_labels
+
+    def labels(ref: str) -> Mapping[str, str]:
+        try:
+            return read(ref)
+        except schema_mod.ImageLabelError as exc:
+            raise WorkflowError(
+                f"{where}: cannot check that the release can run on the stack's registry schema: {exc}"
+            ) from exc
+
+    target = _schema_of(image, labels(image))
+    seen = {_sha(image)}
+    known: list[_Schema] = []
+    for position, ref in enumerate(deployed):
+        if _sha(ref) in seen or not ref:
+            continue
+        seen.add(_sha(ref))
+        if position == 0:
+            found = _schema_of(ref, labels(ref))
+        else:
+            try:
+                found = _schema_of(ref, read(ref))
+            except schema_mod.ImageLabelError:
+                continue  # no longer in its registry: an old release, and the current one bounds the schema
+        if found is not None:
+            known.append(found)
+    if database_schema is not None:
+        oldest = next((k.compatible_from for k in known if k.head == database_schema), None)
+        newest = _Schema(f"--database-schema {database_schema}", database_schema, oldest or database_schema)
+    elif known:
+        newest = max(
+            known, key=lambda k: (schema_mod.sequence(k.head), schema_mod.sequence(k.compatible_from))
+        )
+    else:
+        return  # nothing the stack ran carries the labels: the database predates the contract
+    how = (
+        "Nothing was changed. Fix forward instead (a release with the fix, promoted dev -> staging -> prod), or "
+        "restore the registry from a backup taken before that migration and roll back again with "
+        "--database-schema <the restored revision> (docs/runbooks.md, 'Rolling back a release')."
+    )
+    if target is None:
+        raise WorkflowError(
+            f"{where}: that image was built before the registry schema contract (it has no "
+            f"{schema_mod.LABEL_HEAD} label), so it refuses to start on any registry database at "
+            f"0011_schema_compat or newer, and the stack's database is at {newest.head} ({newest.ref}). {how}"
+        )
+    head, floor = schema_mod.sequence(target.head), schema_mod.sequence(newest.compatible_from)
+    if head is None or floor is None:
+        return
+    if head >= (schema_mod.sequence(newest.head) or 0) or head >= floor:
+        return
+    raise WorkflowError(
+        f"{where}: its registry schema is {target.head}, but the stack's database is at {newest.head} "
+        f"({newest.ref}), which only releases at schema {newest.compatible_from} or newer may run on: every pod "
+        f"of that release would refuse to start. {how}"
+    )
+
+
 def rollback(
     ctx: Context,
     stack: str,
     *,
     to_update: int | None = None,
     digest: str | None = None,
+    database_schema: str | None = None,
     policy_pack: str | None = POLICY_PACK,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
@@ -356,7 +448,9 @@ def rollback(
     ``pulumi up`` with the policy pack. API and worker move together (both run ``rag:image``), and state, the
     ``imageDigest``/``promotion`` outputs (``ragops status``) and the nightly drift check stay true; the next
     ``ragops up`` keeps the rolled-back release (``deploy.keep_promoted``). Refused before anything is written when
-    the image cannot serve the stack's current index (its models, as recorded when it was promoted).
+    the image cannot serve the stack's current index (its models, as recorded when it was promoted), or cannot
+    start on the stack's registry database (`check_schema`: its schema labels against those of the images the
+    stack has run, or ``database_schema``, the revision an operator read from a restored database).
     """
     if to_update is not None and digest is not None:
         raise UsageError("--to-update and --digest name the release two ways: pass one of them.")
@@ -368,21 +462,28 @@ def rollback(
     st = select(ws, stack)
     outputs = st.outputs()
     current = outputs["imageDigest"].value if "imageDigest" in outputs else None
-    entry = _pick_update(stack, st.history(show_secrets=False), current, to_update, digest)
+    if database_schema is not None and schema_mod.sequence(database_schema) is None:
+        raise UsageError(
+            f"--database-schema {database_schema!r} is not a registry schema revision (e.g. 0011_schema_compat: "
+            "the revision in the registry database's alembic_version table)."
+        )
+    history = st.history(show_secrets=False)
+    entry = _pick_update(stack, history, current, to_update, digest)
     image = _image_of(entry)
     if _sha(image) == _sha(current):
         raise WorkflowError(
             f"Stack {stack!r} already runs {image} (update {entry.version}): nothing to roll back."
         )
+    where = f"Cannot roll {stack} back to update {entry.version} ({image})"
+    ran = [_image_of(h) for h in history if h.kind == "update" and h.result == "succeeded" and _image_of(h)]
+    check_schema(ctx, stack, image, [current or "", *ran], where, database_schema)
 
     recorded = entry.config or {}
     promotion = _as_object(recorded[PROMOTION_KEY].value) if PROMOTION_KEY in recorded else None
     models = (promotion or {}).get("models")
     models = list(models) if isinstance(models, list) and models else None
     before = _as_object(outputs["embedding"].value) if "embedding" in outputs else None
-    reindex_mod.check_image_keeps(
-        stack, before, models, where=f"Cannot roll {stack} back to update {entry.version} ({image})"
-    )
+    reindex_mod.check_image_keeps(stack, before, models, where=where)
     done = Rollback(
         stack=stack,
         digest=image,

@@ -119,6 +119,9 @@ class Context:
     #: Checks that this machine can copy a promoted image (`ref`) into the target's registry; raises with the
     #: reason. None: `infra.components.image.check_copy_source` (skopeo on PATH, the source digest readable).
     check_image_source: Callable[[str], None] | None = None
+    #: Reads an image's labels (`ref` -> {label: value}) from its registry; raises `infra.schema.ImageLabelError`
+    #: when it cannot. None: `infra.schema.read_image_labels` (skopeo, the promotion copy's logins).
+    image_labels: Callable[[str], Mapping[str, str]] | None = None
 
     def pulumi(self) -> PulumiCommand:
         """The Pulumi CLI, its version checked once up front (WorkflowError when it is too old)."""

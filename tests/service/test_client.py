@@ -77,6 +77,8 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
     }, text
     assert hits[0]["document_id"] == "page.html"
     assert "13 files: 10 created, 3 failed" in text
+    # The file of a type it does not send is named, not silently left out (a run looked like the whole folder).
+    assert re.search(r"^1 file skipped \(not \.htm/\.html/.*\): ignored\.bin$", text, re.M), text
     assert "failed hr/zero.md: 422 invalid_input: the document contains no text" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
     # The binary file did not stop the run (it was a UnicodeDecodeError traceback before anything was sent):

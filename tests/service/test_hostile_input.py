@@ -211,7 +211,7 @@ def test_a_nearly_full_disk_refuses_edge_writes_with_a_503_before_the_engine_can
     that kills the process without a log line (a full tmpfs, EYES_SVC2 S2). So the store reads the real free
     space before each write and refuses below READY_MIN_FREE_BYTES: a 503 naming it, nothing stored, what was
     stored still served, and writes work again once there is room (no injected error: statvfs of tmp_path)."""
-    from service.app.store.edge import EdgeVectorStore
+    from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError
 
     settings = make_settings(tmp_path, vector_store="edge")
     store = EdgeVectorStore.from_settings(
@@ -234,5 +234,36 @@ def test_a_nearly_full_disk_refuses_edge_writes_with_a_503_before_the_engine_can
         hits = client.post("/v1/search", json={"query": "lighthouse tides", "top_k": 1}).json()["results"]
         assert hits[0]["document_id"] == "kept"
         assert hits[0]["text"] == text
+        # A DELETE on the full volume: the registry forgets the document (204, invisible at once) and the
+        # engine's point delete, a write through the same memory maps (it was the SIGBUS after ~20 deletes,
+        # EYES_SVC3 S3), is refused: its points stay for the orphan collector once there is room.
+        stored = {v.document_id for v in store.versions()}
+        assert client.delete("/v1/documents/kept").status_code == 204
+        assert client.get("/v1/documents/kept").status_code == 404
+        assert (
+            client.post("/v1/search", json={"query": "lighthouse tides", "top_k": 1}).json()["results"] == []
+        )
+        assert {v.document_id for v in store.versions()} == stored == {"kept"}
         store.min_free_bytes = settings.ready_min_free_bytes
         assert client.put("/v1/documents/new", json={"text": "room again"}).status_code == 201
+    store.close()
+    # Opening the store on a full volume maps and preallocates its files: it died of SIGBUS at start-up with no
+    # line; it is now refused with one naming the setting, and nothing in the store changes.
+    full = make_settings(tmp_path, vector_store="edge", ready_min_free_bytes=2**62)
+    reopened = EdgeVectorStore.from_settings(
+        full, model_name=embedder.model_name, dimension=embedder.dimension
+    )
+    with pytest.raises(EmbeddedStoreError, match=r"below READY_MIN_FREE_BYTES .* free space on the volume"):
+        reopened.ensure_collection()
+    reopened.close()
+    store = EdgeVectorStore.from_settings(
+        settings, model_name=embedder.model_name, dimension=embedder.dimension
+    )
+    store.ensure_collection()
+    try:
+        assert {v.document_id for v in store.versions()} == {
+            "kept",
+            "new",
+        }  # kept's points await the collector
+    finally:
+        store.close()

@@ -119,8 +119,9 @@ def docker_login(env: dict[str, str], host: str, username: str = USERNAME, passw
     config.write_text(json.dumps({"auths": {host: {"auth": token}}}), encoding="utf-8")
 
 
-def _oci_layout(root: Path) -> str:
-    """A tiny OCI layout tagged `v1`: an index of an amd64 image and an attestation manifest. Returns its digest."""
+def _oci_layout(root: Path, labels: dict[str, str] | None = None) -> str:
+    """A tiny OCI layout tagged `v1`: an index of an amd64 image (with `labels` in its config, when given) and an
+    attestation manifest. Returns its digest."""
     blobs = root / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -139,8 +140,15 @@ def _oci_layout(root: Path) -> str:
         packed = gzip.compress(raw.getvalue(), mtime=0)
         return blob(packed, "application/vnd.oci.image.layer.v1.tar+gzip"), diff_id
 
-    def manifest(layer_desc: dict, diff_id: str, platform: dict, annotations: dict | None = None) -> dict:
-        config = {**platform, "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "config": {}}
+    def manifest(
+        layer_desc: dict,
+        diff_id: str,
+        platform: dict,
+        annotations: dict | None = None,
+        image_labels: dict | None = None,
+    ) -> dict:
+        image_config = {"Labels": image_labels} if image_labels else {}
+        config = {**platform, "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "config": image_config}
         body = {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -153,7 +161,11 @@ def _oci_layout(root: Path) -> str:
             desc["annotations"] = annotations
         return desc
 
-    image = manifest(*layer("app/hello.txt", b"rag service\n"), {"architecture": "amd64", "os": "linux"})
+    image = manifest(
+        *layer("app/hello.txt", b"rag service\n"),
+        {"architecture": "amd64", "os": "linux"},
+        image_labels=labels,
+    )
     attestation = manifest(
         *layer("provenance.json", b'{"predicateType": "https://slsa.dev/provenance/v0.2"}'),
         {"architecture": "unknown", "os": "unknown"},
@@ -177,10 +189,14 @@ def _oci_layout(root: Path) -> str:
     return index["digest"]
 
 
-def push_test_image(tmp: Path, env: dict[str, str], repository: str) -> str:
+def push_test_image(
+    tmp: Path, env: dict[str, str], repository: str, labels: dict[str, str] | None = None
+) -> str:
     """Build the OCI layout and push it (digest preserved) to `repository:build`; returns `repository@digest`."""
-    layout = tmp / "layout"
-    digest = _oci_layout(layout)
+    layout = tmp / (
+        "layout" if labels is None else f"layout-{hashlib.sha256(repr(labels).encode()).hexdigest()[:8]}"
+    )
+    digest = _oci_layout(layout, labels)
     subprocess.run(
         ["skopeo", "copy", "--all", "--preserve-digests", f"oci:{layout}:v1", f"docker://{repository}:build"],
         env=env,

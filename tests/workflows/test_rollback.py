@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from infra.schema import ImageLabelError
 from infra.workflows import cli
 from infra.workflows.deploy import deploy
 from infra.workflows.promote import promote, rollback
@@ -34,6 +35,8 @@ class Fleet:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.jobs = 0
+        #: image sha -> its labels (or the error reading them raises); unlisted: no labels (built before 0011).
+        self.labels: dict[str, dict[str, str] | Exception] = {}
         self.backend = FakeBackend(self.checkout())
         embedding = {"model": MODEL, "imageModels": [MODEL]}
         self.backend.add_stack("dev", outputs={"imageDigest": RELEASE_A, "embedding": embedding})
@@ -55,7 +58,15 @@ class Fleet:
             clock=lambda: datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
             actor=lambda: "oncall",
             check_image_source=lambda ref: None,
+            image_labels=self.labels_of,
         )
+
+    def labels_of(self, ref: str) -> dict[str, str]:
+        """What the registry serves as the image's labels (by digest: the same image in every registry)."""
+        found = self.labels.get(sha(ref))
+        if isinstance(found, Exception):
+            raise found
+        return dict(found or {})
 
     def release(self, digest: str, chunk_size: int, models: list[str] | None = None) -> None:
         """dev built `digest` (with `chunk_size`), then it went to staging and prod."""
@@ -171,4 +182,104 @@ def test_the_cli_command(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "rolled prod back to update" in result.output
+    assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+
+
+# --- the registry schema (EYES_OPS3 O5) -------------------------------------------------------------------------
+RELEASE_C = "registry.example.com/dev/rag-service@sha256:" + "c3" * 32
+
+
+def schema(head: str, compatible_from: str) -> dict[str, str]:
+    return {"io.rag.schema-head": head, "io.rag.schema-compatible-from": compatible_from}
+
+
+def refuses_writing_nothing(fleet: Fleet, match: str, **kwargs: object) -> str:
+    prod = fleet.backend.stacks["prod"]
+    before = (len(prod.history), len(fleet.backend.commands("config")), prod.deployed_config())
+    with pytest.raises(WorkflowError, match=match) as refused:
+        rollback(fleet.job(), "prod", **kwargs)  # type: ignore[arg-type]
+    assert (len(prod.history), len(fleet.backend.commands("config")), prod.deployed_config()) == before
+    return str(refused.value)
+
+
+def test_rollback_runs_a_release_the_newer_schema_is_declared_compatible_with(fleet: Fleet) -> None:
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_expand", "0011_schema_compat")  # B's migration is expand-only
+    rollback(fleet.job(), "prod")
+    assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+
+
+def test_rollback_refuses_a_release_that_cannot_run_on_the_migrated_schema(fleet: Fleet) -> None:
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_contract", "0012_contract")  # B dropped what A needs
+    message = refuses_writing_nothing(fleet, "Cannot roll prod back to update")
+    assert "its registry schema is 0011_schema_compat" in message
+    assert f"the stack's database is at 0012_contract ({registry_ref('prod', RELEASE_B)})" in message
+    assert "only releases at schema 0012_contract or newer" in message
+    assert "Fix forward" in message
+    assert "restore the registry from a backup" in message
+    assert "docs/runbooks.md" in message
+
+    # After the registry was restored to A's schema (the runbook), the operator names the restored revision.
+    rollback(fleet.job(), "prod", database_schema="0011_schema_compat")
+    assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+
+
+def test_rollback_refuses_a_release_from_before_the_schema_contract(fleet: Fleet) -> None:
+    # Release A was built before 0011: it refuses any revision it does not ship, whatever 0011 records.
+    fleet.labels[sha(RELEASE_B)] = schema("0011_schema_compat", "0011_schema_compat")
+    message = refuses_writing_nothing(fleet, "built before the registry schema contract")
+    assert "the stack's database is at 0011_schema_compat" in message
+
+
+def test_rollback_between_releases_from_before_the_contract_is_not_checked(fleet: Fleet) -> None:
+    # Neither image carries the labels: nothing is known (the pre-0011 behaviour; the service still refuses).
+    rollback(fleet.job(), "prod")
+    assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+
+
+def test_the_database_is_as_new_as_any_release_the_stack_ran(tmp_path: Path) -> None:
+    # A (11), B (12, A may run on it), C (13, only B and newer). C -> B is fine; from B, A must still be refused:
+    # C migrated the database to 13 although B, the current image, only knows 12.
+    fleet = Fleet(tmp_path)
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_expand", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_C)] = schema("0013_contract", "0012_expand")
+    for release in (RELEASE_A, RELEASE_B, RELEASE_C):
+        fleet.release(release, 300)
+    rollback(fleet.job(), "prod")
+    assert sha(fleet.backend.stacks["prod"].outputs["imageDigest"]) == sha(RELEASE_B)
+    message = refuses_writing_nothing(fleet, "Cannot roll prod back", digest=sha(RELEASE_A))
+    assert "the stack's database is at 0013_contract" in message
+    assert "only releases at schema 0012_expand or newer" in message
+
+
+def test_rollback_needs_the_labels_of_the_target_and_the_current_image(fleet: Fleet) -> None:
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = ImageLabelError("cannot read it from this machine: unauthorized")
+    message = refuses_writing_nothing(
+        fleet, "cannot check that the release can run on the stack's registry schema"
+    )
+    assert "unauthorized" in message
+    fleet.labels[sha(RELEASE_B)] = schema("0012_expand", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_A)] = ImageLabelError("manifest unknown")
+    refuses_writing_nothing(fleet, "manifest unknown")
+
+
+def test_rollback_refuses_a_database_schema_that_is_no_revision(fleet: Fleet) -> None:
+    with pytest.raises(UsageError, match="is not a registry schema revision"):
+        rollback(fleet.job(), "prod", database_schema="latest")
+
+
+def test_the_cli_passes_the_database_schema(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_contract", "0012_contract")
+    monkeypatch.setattr(cli, "_follow_index_change", lambda *args: None)
+    job = fleet.job()
+    args = ["--work-dir", str(job.work_dir), "rollback", "--stack", "prod", "--quiet"]
+    refused = CliRunner().invoke(cli.app, args, obj=job)
+    assert refused.exit_code != 0
+    assert "0012_contract" in refused.output
+    done = CliRunner().invoke(cli.app, [*args, "--database-schema", "0011_schema_compat"], obj=fleet.job())
+    assert done.exit_code == 0, done.output
     assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)

@@ -845,6 +845,9 @@ class EdgeVectorStore:
 
     def _optimize_pass(self) -> None:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
+        # An index build writes new segment files through memory maps: on a full volume, a SIGBUS. Refused like
+        # a write (the optimizer logs it and tries again after the next write, which needs room too).
+        self._check_room()
         with self._engine() as shard:
             info = shard.info()
             backlog = unindexed_points(
@@ -1046,6 +1049,16 @@ class EdgeVectorStore:
         self.consolidate(cancelled)
 
     def _open(self) -> qe.EdgeShard:
+        free = self._free_bytes()
+        if self.min_free_bytes and free < self.min_free_bytes:
+            # Loading (or creating) a shard maps and preallocates its files (32 MiB steps): on a full volume
+            # the process died of SIGBUS at start-up without a line.
+            raise EmbeddedStoreError(
+                f"the embedded store's volume at {self.path} has {free // (1024 * 1024)} MiB free, below "
+                f"READY_MIN_FREE_BYTES ({self.min_free_bytes // (1024 * 1024)} MiB): opening the store writes "
+                "through memory maps and would crash the process; free space on the volume (or grow it), then "
+                "start again. Nothing in the store was changed"
+            )
         self._recover_swap()
         config_file = self.path / "edge_config.json"
         if not config_file.is_file():
@@ -1236,12 +1249,19 @@ class EdgeVectorStore:
         if keys and self.indexer is not None:
             self.indexer.add(keys)
 
+    def _free_bytes(self) -> int:
+        """Free space (for this user) on the store's volume: of the shard directory, or the nearest parent."""
+        where = self.path
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        stats = os.statvfs(where)
+        return stats.f_bavail * stats.f_frsize
+
     def _check_room(self) -> None:
         """ServiceUnavailable when the store's volume has less free space than ``min_free_bytes``."""
         if not self.min_free_bytes:
             return
-        stats = os.statvfs(self.path if self.path.exists() else self.path.parent)
-        free = stats.f_bavail * stats.f_frsize
+        free = self._free_bytes()
         if free < self.min_free_bytes:
             FAILURES.labels(component="vector_store").inc()
             logger.error("write refused: %d bytes free under %s, below READY_MIN_FREE_BYTES", free, self.path)
@@ -1303,6 +1323,10 @@ class EdgeVectorStore:
         self._queue_indexes()
 
     def _delete_where(self, selection: qe.Filter) -> None:
+        # A delete is a write through the same memory maps: on a full volume it was the SIGBUS the upserts are
+        # guarded against (EYES_SVC3 S3). Refused, its points stay, invisible (the registry decides), for the
+        # orphan collector once there is room.
+        self._check_room()
         with self._engine(writes=True) as shard:
             before = shard.info().points_count
             shard.update(qe.UpdateOperation.delete_points_by_filter(selection))

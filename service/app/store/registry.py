@@ -34,6 +34,9 @@ Tables (created by the Alembic migrations shipped in ``migrations/``, applied by
   removed by ``prune_write_order`` in two passes at least a grace period apart (see there).
 - ``tenants(tenant_id)`` with ``data_version``, bumped in the same transaction as every document write or delete
   of that tenant, so a cache keyed on it is invalidated by any change.
+- ``schema_compat(revision)``: per applied migration, ``compatible_from``, the oldest release schema head that may
+  run on it (written by migrations/env.py). A release meeting a database ahead of `SCHEMA_HEAD` starts when the
+  database's revision names a ``compatible_from`` at or before its head, else refuses (`SchemaAheadError`).
 
 Writes are compare-and-set on the version the writer started from: a concurrent writer that lost gets `Conflict`
 instead of silently replacing a version it never saw. Backend failures surface as `ServiceUnavailable`.
@@ -73,7 +76,11 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest shipped migration: `migrate` leaves Alembic unloaded (about 0.5 s of every start-up) when the database
 # already records it. A new migration must update it (tests/service/test_registry.py checks it is Alembic's head).
-SCHEMA_HEAD = "0010_write_order_prune"
+SCHEMA_HEAD = "0011_schema_compat"
+# The oldest release schema head that may run on the schema this release migrates to: the head migration's
+# ``compatible_from`` (the image's io.rag.schema-compatible-from label; tests check they agree). See
+# migrations/versions/0011_schema_compat.py for the contract.
+SCHEMA_COMPATIBLE_FROM = "0011_schema_compat"
 MAX_PAGE_SIZE = 100
 
 metadata_obj = sa.MetaData()
@@ -178,6 +185,51 @@ jobs_table = sa.Table(
     sa.Index("ix_jobs_status_next_attempt", "status", "next_attempt_at"),
     sa.Index("ix_jobs_finished_at", "finished_at"),
 )
+
+
+schema_compat = sa.Table(
+    "schema_compat",
+    metadata_obj,
+    sa.Column("revision", sa.String(64), primary_key=True),
+    sa.Column("compatible_from", sa.String(64), nullable=False),  # the oldest schema head that may run on it
+    sa.Column("applied_at", sa.DateTime(timezone=True)),  # None: applied before 0011 recorded it
+)
+
+
+def schema_sequence(revision: str | None) -> int | None:
+    """A revision's place in the (linear) migration chain: its leading number (``0010_write_order_prune`` -> 10).
+
+    Every shipped revision id starts with its sequence number (tests/service/test_schema_compat.py checks it), so a
+    release can order a revision it does not ship against its own head.
+    """
+    number = (revision or "").split("_", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
+def can_run_on(head: str, compatible_from: str | None) -> bool:
+    """Whether a release whose schema head is ``head`` may run on a schema whose oldest compatible head is
+    ``compatible_from`` (False when either is unknown)."""
+    own, oldest = schema_sequence(head), schema_sequence(compatible_from)
+    return own is not None and oldest is not None and own >= oldest
+
+
+class SchemaAheadError(RuntimeError):
+    """The database's schema is ahead of this release's and not declared compatible with it (nothing changed)."""
+
+    def __init__(self, where: str, revision: str, compatible_from: str | None) -> None:
+        self.revision = revision
+        self.compatible_from = compatible_from
+        needs = (
+            f"it may only be run by releases at schema {compatible_from} or newer"
+            if compatible_from
+            else "it records no compatibility (schema_compat has no row for it), so no older release may run on it"
+        )
+        super().__init__(
+            f"the registry database ({where}) is at schema {revision}, written by a newer version (this release's "
+            f"schema is {SCHEMA_HEAD}), and {needs}: this release refuses to start and changed nothing. Run a "
+            f"release at schema {compatible_from or revision} or newer (fix forward), or restore the registry from a backup taken before that migration "
+            "(docs/runbooks.md, 'Rolling back a release')"
+        )
 
 
 class Superseded(Conflict):
@@ -450,6 +502,8 @@ def open_registry(
 def describe_open_failure(url: str, exc: BaseException) -> str:
     """One line: which registry database failed to open, why, and what to do (see ``open_registry``)."""
     cause: BaseException = exc.__cause__ if isinstance(exc, ServiceUnavailable) and exc.__cause__ else exc
+    if isinstance(cause, SchemaAheadError):
+        return str(cause)
     detail = getattr(cause, "orig", None) or cause  # the DB-API error under SQLAlchemy's wrapper
     reason = " ".join(str(detail).split()) or type(detail).__name__
     if type(cause).__name__ == "CommandError":  # Alembic: a revision this version does not ship
@@ -631,6 +685,9 @@ class DocumentRegistry:
         tcp_timeout: float = TCP_TIMEOUT_SECONDS,
     ) -> None:
         self.url = url
+        #: (the database's revision, its compatible_from) when it is ahead of this release's schema and declared
+        #: compatible with it (a rollback: `_run_ahead`); None when it is at this release's head.
+        self.schema_ahead: tuple[str, str | None] | None = None
         self.engine = make_engine(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
@@ -674,12 +731,42 @@ class DocumentRegistry:
         self._migrate()
 
     def _migrate(self) -> None:
-        if self.schema_revision() == SCHEMA_HEAD:
+        revision = self.schema_revision()
+        if revision == SCHEMA_HEAD:
+            return
+        if (schema_sequence(revision) or 0) > (schema_sequence(SCHEMA_HEAD) or 0):
+            self._run_ahead(revision)  # type: ignore[arg-type]  # a sequence implies a revision
             return
         from alembic import command
 
         with self.engine.begin() as connection:
             command.upgrade(alembic_config(connection), "head")
+
+    def _run_ahead(self, revision: str) -> None:
+        """The database is at a revision newer than this release's (a rollback): start when that revision
+        declares this release's head compatible (schema_compat), else SchemaAheadError. Nothing is written."""
+        compatible_from = self.schema_compatible_from(revision)
+        if not can_run_on(SCHEMA_HEAD, compatible_from):
+            raise SchemaAheadError(self.describe(), revision, compatible_from)
+        self.schema_ahead = (revision, compatible_from)
+        logger.warning(
+            "the registry database (%s) is at schema %s, ahead of this release's %s; it is declared compatible "
+            "with releases from %s on, so this release runs on it without migrating (a rollback)",
+            self.describe(),
+            revision,
+            SCHEMA_HEAD,
+            compatible_from,
+        )
+
+    def schema_compatible_from(self, revision: str) -> str | None:
+        """The oldest schema head ``revision`` declared compatible (schema_compat); None when it records none."""
+        with self.engine.connect() as connection:
+            if not sa.inspect(connection).has_table(schema_compat.name):
+                return None
+            value = connection.execute(
+                sa.select(schema_compat.c.compatible_from).where(schema_compat.c.revision == revision)
+            ).scalar()
+        return str(value) if value is not None else None
 
     def schema_revision(self) -> str | None:
         """The revision the database's ``alembic_version`` table records; None when it has none (or several)."""

@@ -114,3 +114,14 @@ def test_existing_digest_builds_nothing() -> None:
     image: im.ServiceImage = program.result
     assert image.built is False
     assert resolve(image.ref) == DIGEST_REF
+
+
+def test_the_build_labels_the_image_with_its_registry_schema() -> None:
+    # `ragops rollback` reads these back from the registry: the schema head the build's migrations end at, and
+    # the oldest release schema that may run on it (service/app/store/migrations/versions/0011_schema_compat.py).
+    from service.app.store.registry import SCHEMA_COMPATIBLE_FROM, SCHEMA_HEAD
+
+    labels = run_image(build_args()).one("docker-build:index:Image").inputs["labels"]
+    assert labels["io.rag.schema-head"] == SCHEMA_HEAD
+    assert labels["io.rag.schema-compatible-from"] == SCHEMA_COMPATIBLE_FROM
+    assert labels["org.opencontainers.image.revision"] == SHA

@@ -14,6 +14,9 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# the first schema: nothing older exists.
+compatible_from = "0001"
 
 
 def upgrade() -> None:

@@ -14,6 +14,10 @@ revision = "0002_jobs"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before has no job worker, so writes a newer release acknowledged
+# with 202 (queued jobs) would not run while it serves.
+compatible_from = "0002_jobs"
 
 
 def upgrade() -> None:

@@ -14,6 +14,10 @@ revision = "0003_document_sources"
 down_revision = "0002_jobs"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before writes and deletes documents without their kept
+# text, so a later re-index would find text of replaced versions, or none.
+compatible_from = "0003_document_sources"
 
 
 def upgrade() -> None:

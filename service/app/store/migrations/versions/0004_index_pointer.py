@@ -14,6 +14,10 @@ revision = "0004_index_pointer"
 down_revision = "0003_document_sources"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before ignores the pointer and writes to and serves from its
+# configured collection while the pointer may name another one.
+compatible_from = "0004_index_pointer"
 
 
 def upgrade() -> None:

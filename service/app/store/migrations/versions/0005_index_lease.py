@@ -14,6 +14,10 @@ revision = "0005_index_lease"
 down_revision = "0004_index_pointer"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before builds a re-index without the lease, so two replicas
+# of a mixed fleet (a rolling update) can build at once.
+compatible_from = "0005_index_lease"
 
 
 def upgrade() -> None:

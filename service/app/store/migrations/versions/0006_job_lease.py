@@ -15,6 +15,10 @@ revision = "0006_job_lease"
 down_revision = "0005_index_lease"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before claims jobs without a new fencing token, so a worker
+# whose lease it took over can still commit (the race this migration closed) in a mixed fleet.
+compatible_from = "0006_job_lease"
 
 
 def upgrade() -> None:

@@ -19,6 +19,10 @@ revision = "0007_chunk_counts"
 down_revision = "0006_job_lease"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# expand-only: the release before never reads the table; a document it rewrites has no row for the
+# new version, and reads fall back to documents.chunk_count for it (the rule the table was introduced with).
+compatible_from = "0006_job_lease"
 
 
 def upgrade() -> None:

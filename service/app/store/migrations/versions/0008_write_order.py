@@ -19,6 +19,10 @@ revision = "0008_write_order"
 down_revision = "0007_chunk_counts"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# not backward compatible: the release before takes no tickets, so a job queued before the rollback
+# could later commit over a newer synchronous write made by it (the ordering this migration introduced).
+compatible_from = "0008_write_order"
 
 
 def upgrade() -> None:

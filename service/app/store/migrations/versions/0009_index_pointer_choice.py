@@ -21,6 +21,10 @@ revision = "0009_index_pointer_choice"
 down_revision = "0008_write_order"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# expand-only: the new columns have server defaults; the release before re-indexes towards its
+# settings at start-up as it always did (it does not honour an operator's choice, which is its own behaviour).
+compatible_from = "0008_write_order"
 
 
 def upgrade() -> None:

@@ -20,6 +20,10 @@ revision = "0010_write_order_prune"
 down_revision = "0009_index_pointer_choice"
 branch_labels = None
 depends_on = None
+# The oldest release schema head that may run on this schema (0011_schema_compat):
+# expand-only: the release before never prunes, and increments ``issued`` on every ticket, write and
+# delete, which is what the pruner checks before it deletes a marked row.
+compatible_from = "0008_write_order"
 
 
 def upgrade() -> None:
