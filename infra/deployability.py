@@ -677,11 +677,13 @@ def check_references(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
     generated = _generated_objects(run)
 
     def check(resource: RecordedResource, ref: Reference, what: str) -> None:
+        if ref.optional:
+            # Pods start without an optional Secret/ConfigMap (e.g. Qdrant's `founded` marker, created on purpose
+            # after the StatefulSet is ready): neither its absence nor the order matters.
+            return
         key = (ref.kind, ref.namespace, ref.name)
         target = declared.get(key) or generated.get(key)
         if target is None:
-            if ref.optional:
-                return
             findings.append(
                 Finding(
                     "missing-reference",

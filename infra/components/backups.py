@@ -55,8 +55,16 @@ SCRIPT_NAME = "backup.sh"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CRON = re.compile(r"^(@(hourly|daily|weekly|monthly)|(\S+\s+){4}\S+)$")
 
+MANIFEST_NAME = "_COMPLETE"
+"""The object a backup run writes LAST under `<prefix>/<stamp>/`: a run without it failed half-way or is running.
+
+Lines of text (the backup images have no jq): `format 1`, `stamp <stamp>`, then one line per node
+`node <node> <qdrant version> <collection>...` (the collections the node held, each with one snapshot object under
+`<stamp>/<node>/<collection>/`). The restore checks every line against the objects and the running nodes."""
+
 BACKUP_SCRIPT = r"""#!/bin/bash
-# Snapshot every collection on every Qdrant node and stream each snapshot to object storage.
+# Snapshot every collection on every Qdrant node and stream each snapshot to object storage; then write the run's
+# manifest (_COMPLETE: nodes, their Qdrant version and collections), last, so only a finished run has one.
 set -euo pipefail
 : "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}" "${TRANSFER_MAX_SECONDS:?}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -78,9 +86,15 @@ names() {  # the "name" values of a Qdrant JSON answer
 }
 
 count=0
+manifest="format 1
+stamp ${STAMP}"
 for peer in $QDRANT_PEERS; do
   node="${peer#*://}"; node="${node%%[.:/]*}"
+  # GET / answers {"title": ..., "version": "1.15.4", ...}: snapshots restore only into the same minor version.
+  version="$(curl -fsS --max-time 60 -H "$HDR" "${peer}/" | grep -o '"version": *"[^"]*"' | grep -o '[0-9][^"]*')"
+  [ -n "$version" ] || { echo "node ${node} did not say its Qdrant version" >&2; exit 1; }
   collections="$(curl -fsS --max-time 60 -H "$HDR" "${peer}/collections" | names)"
+  line="node ${node} ${version}"
   for collection in $collections; do
     created="$(curl -fsS --max-time 7200 -X POST -H "$HDR" \
       "${peer}/collections/${collection}/snapshots?wait=true")"
@@ -92,29 +106,51 @@ for peer in $QDRANT_PEERS; do
     curl -fsS --max-time 600 -X DELETE -H "$HDR" \
       "${peer}/collections/${collection}/snapshots/${snapshot}?wait=true" > /dev/null
     echo "{\"event\":\"snapshot_uploaded\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
+    line="${line} ${collection}"
     count=$((count + 1))
   done
+  manifest="${manifest}
+${line}"
 done
+printf '%s\n' "$manifest" | upload "${PREFIX}/${STAMP}/_COMPLETE" "$(( ${#manifest} + 1 ))"
 echo "{\"event\":\"backup_finished\",\"snapshots\":${count},\"stamp\":\"${STAMP}\"}"
 """
 
 RESTORE_SCRIPT_NAME = "restore.sh"
 RESTORE_SCRIPT = r"""#!/bin/bash
-# Restore every node's collections from one backup run (RESTORE_STAMP, or the latest): download each snapshot to
-# the scratch volume, then upload it to the node it came from (priority=snapshot: the snapshot's data wins).
+# Restore Qdrant nodes from one COMPLETE backup run: the newest with a _COMPLETE manifest, or RESTORE_STAMP.
+# RESTORE_NODES (e.g. "qdrant-1") restores only those nodes; RESTORE_ALLOW_PARTIAL=1 accepts a run without a
+# manifest (each chosen node then needs snapshots in it). Everything is checked before the first upload: every
+# chosen node is in the run, holds a snapshot of each collection the manifest lists, and runs the same Qdrant
+# minor version the snapshots were taken with. Then each snapshot is downloaded to the scratch volume and
+# uploaded to the node it came from (priority=snapshot: the snapshot's data wins; writes since the run are lost).
 set -euo pipefail
 : "${QDRANT_PEERS:?}" "${QDRANT_API_KEY:?}" "${BUCKET:?}" "${PREFIX:?}" "${CLOUD:?}" "${SCRATCH:?}"
 : "${TRANSFER_MAX_SECONDS:?}"
 HDR="api-key: ${QDRANT_API_KEY}"
+MANIFEST=_COMPLETE
+
+fail() { echo "{\"event\":\"restore_refused\",\"reason\":\"$*\"}"; echo "restore refused: $*" >&2; exit 1; }
 
 list() {  # object keys (relative to the bucket) under $1/, or the child "directories" when $2 = dirs
+  local out rc=0 err="${SCRATCH}/.list-errors"
   case "$CLOUD" in
-    aws) if [ "${2:-}" = dirs ]; then aws s3 ls "s3://${BUCKET}/$1/" | awk '$1 == "PRE" {print $2}' | tr -d /
-         else aws s3 ls --recursive "s3://${BUCKET}/$1/" | awk '{print $4}'; fi ;;
-    gcp) if [ "${2:-}" = dirs ]; then gcloud storage ls "gs://${BUCKET}/$1/" | grep '/$' | awk -F/ '{print $(NF-1)}'
-         else gcloud storage ls --recursive "gs://${BUCKET}/$1/**" | sed "s#^gs://${BUCKET}/##"; fi ;;
+    aws) if [ "${2:-}" = dirs ]; then out="$(aws s3 ls "s3://${BUCKET}/$1/" 2>"$err")" || rc=$?
+         else out="$(aws s3 ls --recursive "s3://${BUCKET}/$1/" 2>"$err")" || rc=$?; fi
+         # `aws s3 ls` exits 1, silently, when nothing is under the prefix: that is an empty answer.
+         if [ "$rc" = 1 ] && [ -z "$out" ] && [ ! -s "$err" ]; then rc=0; fi
+         if [ "${2:-}" = dirs ]; then out="$(printf '%s\n' "$out" | awk '$1 == "PRE" {print $2}' | tr -d /)"
+         else out="$(printf '%s\n' "$out" | awk 'NF >= 4 {print $4}')"; fi ;;
+    gcp) if [ "${2:-}" = dirs ]; then out="$(gcloud storage ls "gs://${BUCKET}/$1/" 2>"$err")" || rc=$?
+         else out="$(gcloud storage ls --recursive "gs://${BUCKET}/$1/**" 2>"$err")" || rc=$?; fi
+         if [ "$rc" != 0 ] && grep -q "matched no objects" "$err"; then rc=0; out=""; fi
+         if [ "${2:-}" = dirs ]; then out="$(printf '%s\n' "$out" | grep '/$' | awk -F/ '{print $(NF-1)}')"
+         else out="$(printf '%s\n' "$out" | sed "s#^gs://${BUCKET}/##")"; fi ;;
     *) echo "unknown CLOUD=$CLOUD" >&2; return 2 ;;
   esac
+  if [ "$rc" != 0 ]; then cat "$err" >&2; rm -f "$err"; return "$rc"; fi
+  rm -f "$err"
+  printf '%s\n' "$out" | sed '/^$/d'
 }
 
 download() {  # object key $1 -> file $2
@@ -124,25 +160,87 @@ download() {  # object key $1 -> file $2
   esac
 }
 
-stamp="${RESTORE_STAMP:-$(list "$PREFIX" dirs | sort | tail -n 1)}"
-[ -n "$stamp" ] || { echo "no backup under ${PREFIX}/" >&2; exit 1; }
-count=0
-for peer in $QDRANT_PEERS; do
-  node="${peer#*://}"; node="${node%%[.:/]*}"
-  for key in $(list "${PREFIX}/${stamp}/${node}"); do
-    rest="${key#"${PREFIX}/${stamp}/${node}/"}"
-    collection="${rest%%/*}"
-    file="${SCRATCH}/${rest##*/}"
-    download "$key" "$file"
-    curl -fsS --max-time "${TRANSFER_MAX_SECONDS}" -X POST -H "$HDR" -F "snapshot=@${file}" \
-      "${peer}/collections/${collection}/snapshots/upload?priority=snapshot&wait=true" > /dev/null
-    rm -f "$file"
-    echo "{\"event\":\"snapshot_restored\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
-    count=$((count + 1))
-  done
+node_of() { local n="${1#*://}"; printf '%s' "${n%%[.:/]*}"; }
+minor() { printf '%s' "$1" | cut -d. -f1,2; }
+
+# 1. The run: the newest one with a manifest (newer ones without are partial or still running: skipped, said so).
+stamps="$(list "$PREFIX" dirs | sort -r)"
+[ -n "$stamps" ] || fail "no backup under ${PREFIX}/"
+stamp="" keys=""
+for candidate in ${RESTORE_STAMP:-$stamps}; do
+  run_keys="$(list "${PREFIX}/${candidate}")"
+  if printf '%s\n' "$run_keys" | grep -qx "${PREFIX}/${candidate}/${MANIFEST}"; then
+    stamp="$candidate" keys="$run_keys"; break
+  fi
+  if [ -n "${RESTORE_STAMP:-}" ]; then
+    [ -n "$run_keys" ] || fail "backup ${candidate} does not exist under ${PREFIX}/"
+    [ "${RESTORE_ALLOW_PARTIAL:-0}" = 1 ] \
+      || fail "backup ${candidate} has no ${MANIFEST} manifest: it failed half-way or is still running (RESTORE_ALLOW_PARTIAL=1 restores it anyway)"
+    stamp="$candidate" keys="$run_keys"; break
+  fi
+  echo "{\"event\":\"backup_skipped\",\"stamp\":\"${candidate}\",\"reason\":\"no ${MANIFEST}: partial or running\"}"
 done
-[ "$count" -gt 0 ] || { echo "backup ${stamp} holds no snapshot of these nodes" >&2; exit 1; }
-echo "{\"event\":\"restore_finished\",\"snapshots\":${count},\"stamp\":\"${stamp}\"}"
+[ -n "$stamp" ] || fail "no complete backup run (with ${MANIFEST}) under ${PREFIX}/"
+manifest=""
+if printf '%s\n' "$keys" | grep -qx "${PREFIX}/${stamp}/${MANIFEST}"; then
+  download "${PREFIX}/${stamp}/${MANIFEST}" "${SCRATCH}/${MANIFEST}"
+  manifest="$(cat "${SCRATCH}/${MANIFEST}")"; rm -f "${SCRATCH}/${MANIFEST}"
+  printf '%s\n' "$manifest" | grep -qx 'format 1' || fail "backup ${stamp}: unknown manifest format"
+fi
+
+# 2. The nodes: all peers, or RESTORE_NODES (each must be a peer).
+all_nodes=""
+for peer in $QDRANT_PEERS; do all_nodes="${all_nodes} $(node_of "$peer")"; done
+chosen="${RESTORE_NODES:-$all_nodes}"
+for node in $chosen; do
+  case " ${all_nodes} " in *" ${node} "*) ;; *) fail "RESTORE_NODES names ${node}, not a node of this cluster (${all_nodes# })" ;; esac
+done
+
+# 3. The plan, checked whole before anything is uploaded: "peer collection key" lines.
+plan=""
+for peer in $QDRANT_PEERS; do
+  node="$(node_of "$peer")"
+  case " ${chosen} " in *" ${node} "*) ;; *) continue ;; esac
+  node_keys="$(printf '%s\n' "$keys" | grep "^${PREFIX}/${stamp}/${node}/" || true)"
+  if [ -n "$manifest" ]; then
+    entry="$(printf '%s\n' "$manifest" | awk -v n="$node" '$1 == "node" && $2 == n' | head -n 1)"
+    [ -n "$entry" ] || fail "backup ${stamp} has no entry for node ${node} (taken with other nodes)"
+    version="$(printf '%s' "$entry" | awk '{print $3}')"
+    collections="$(printf '%s' "$entry" | cut -d' ' -f4-)"
+    [ "$(printf '%s' "$entry" | wc -w)" -gt 3 ] || collections=""
+  else
+    version=""
+    collections="$(printf '%s\n' "$node_keys" | sed "s#^${PREFIX}/${stamp}/${node}/##" | cut -d/ -f1 | sort -u)"
+    [ -n "$collections" ] || fail "partial backup ${stamp} holds no snapshot of node ${node}"
+  fi
+  running="$(curl -fsS --max-time 60 -H "$HDR" "${peer}/" | grep -o '"version": *"[^"]*"' | grep -o '[0-9][^"]*')" \
+    || fail "node ${node} does not answer"
+  if [ -n "$version" ] && [ "$(minor "$version")" != "$(minor "$running")" ]; then
+    fail "backup ${stamp} of node ${node} was taken with Qdrant ${version}; the node runs ${running}: snapshots restore only into the same minor version"
+  fi
+  for collection in $collections; do
+    key="$(printf '%s\n' "$node_keys" | grep "^${PREFIX}/${stamp}/${node}/${collection}/" | head -n 1 || true)"
+    [ -n "$key" ] || fail "backup ${stamp} lists collection ${collection} on node ${node} but holds no snapshot of it"
+    plan="${plan}${peer} ${collection} ${key}
+"
+  done
+  echo "{\"event\":\"node_checked\",\"node\":\"${node}\",\"stamp\":\"${stamp}\",\"collections\":$(printf '%s\n' $collections | grep -c . || true)}"
+done
+
+# 4. Restore.
+count=0
+while read -r peer collection key; do
+  [ -n "$peer" ] || continue
+  node="$(node_of "$peer")"
+  file="${SCRATCH}/${key##*/}"
+  download "$key" "$file"
+  curl -fsS --max-time "${TRANSFER_MAX_SECONDS}" -X POST -H "$HDR" -F "snapshot=@${file}" \
+    "${peer}/collections/${collection}/snapshots/upload?priority=snapshot&wait=true" > /dev/null
+  rm -f "$file"
+  echo "{\"event\":\"snapshot_restored\",\"node\":\"${node}\",\"collection\":\"${collection}\",\"key\":\"${key}\"}"
+  count=$((count + 1))
+done <<< "$plan"
+echo "{\"event\":\"restore_finished\",\"snapshots\":${count},\"stamp\":\"${stamp}\",\"nodes\":\"${chosen# }\",\"complete_run\":$([ -n "$manifest" ] && echo true || echo false)}"
 """
 
 
@@ -412,7 +510,8 @@ def restore_cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str)
     """The restore job, suspended: run it with `kubectl create job --from=cronjob/<base>-restore <name>`.
 
     Same image, ServiceAccount, pod labels (so the same NetworkPolicies let it reach Qdrant and object storage)
-    and Qdrant key as the backup job; `RESTORE_STAMP` (empty: the latest backup) picks the run to restore. Each
+    and Qdrant key as the backup job; `RESTORE_STAMP` (empty: the newest COMPLETE run) picks the run to restore,
+    `RESTORE_NODES` (empty: all) the nodes, `RESTORE_ALLOW_PARTIAL=1` accepts a run without a manifest. Each
     snapshot is downloaded to a scratch ephemeral volume sized from the Qdrant storage, then uploaded to its node.
     """
     spec = cronjob_spec(args, base, script_config)
@@ -428,6 +527,8 @@ def restore_cronjob_spec(args: QdrantBackupsArgs, base: str, script_config: str)
         *container["env"],
         {"name": "SCRATCH", "value": "/scratch"},
         {"name": "RESTORE_STAMP", "value": ""},
+        {"name": "RESTORE_NODES", "value": ""},
+        {"name": "RESTORE_ALLOW_PARTIAL", "value": "0"},
     ]
     container["volumeMounts"] = [*container["volumeMounts"], {"name": "scratch", "mountPath": "/scratch"}]
     pod["volumes"] = [

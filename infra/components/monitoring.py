@@ -684,6 +684,29 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "A Qdrant node started in recovery mode, or cluster operations stayed pending for 15 minutes "
             "(collections are then not green: shards are being transferred or cannot be).",
         ),
+        # `cluster_peers_total`: the peers in the consensus as each node sees it (a gauge Qdrant's /metrics has
+        # exported since before v1.15). Nodes of one cluster agree; a node that founded a cluster of its own
+        # (empty volume) reports 1 while the others report all of them.
+        rule(
+            "QdrantClusterSplit",
+            f"max(cluster_peers_total{{{qsel}}}) != min(cluster_peers_total{{{qsel}}})"
+            f" or min(cluster_peers_total{{{qsel}}}) < count(cluster_peers_total{{{qsel}}})",
+            "10m",
+            "critical",
+            "Qdrant nodes disagree on the cluster's members.",
+            "Qdrant nodes report different peer counts, or a node knows fewer peers than there are nodes: a node "
+            "is outside the cluster (e.g. founded its own after losing its volume) and clients behind the Service "
+            "see different data.",
+        ),
+        rule(
+            "QdrantDeadPeer",
+            f"max(cluster_peers_total{{{qsel}}}) > {args.qdrant_replicas}",
+            "30m",
+            "warning",
+            "A Qdrant peer that no longer exists is still a cluster member.",
+            f"Qdrant's consensus lists more peers than the {args.qdrant_replicas} node(s) configured: a replaced "
+            "or removed node was never removed from the cluster; its shard replicas count as dead.",
+        ),
     ]
     if args.postgres_mode == "cloudnative":
         psel = f'namespace="{ns}", pod=~"{args.postgres_cluster}-[0-9]+"'

@@ -9,13 +9,16 @@ The trade-off: upgrades of the chart's defaults (new config keys, probe changes,
 free; we follow Qdrant's release notes ourselves and pin the image version here.
 
 Creates: ServiceAccount (no token), the API-key Secret, a headless Service (peer DNS, p2p port 6335, publishes
-not-ready pods so peers can bootstrap) and a client Service (6333 HTTP, 6334 gRPC), the StatefulSet (cluster mode:
-pod 0 starts the consensus, others bootstrap from it via the headless DNS name; a PVC per pod), a PDB when
-replicas > 1, a NetworkPolicy (clients + peers + Prometheus in, DNS + peers out) and optionally a ServiceMonitor.
+not-ready pods so peers can bootstrap) and a client Service (6333 HTTP, 6334 gRPC), the StatefulSet (cluster mode,
+a PVC per pod; see `bootstrap_script` for how a node starts: only the first creation founds the consensus, a node
+without state joins any live peer), two ConfigMaps the bootstrap reads (node count; a `founded` marker created once
+the StatefulSet first became ready), a PDB when replicas > 1, a NetworkPolicy (clients + peers + Prometheus in,
+DNS + peers out) and optionally a ServiceMonitor.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +30,8 @@ from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
 APP = "qdrant"
-DEFAULT_IMAGE = "qdrant/qdrant:v1.15.4-unprivileged"
+DEFAULT_IMAGE = "qdrant/qdrant:v1.19.0-unprivileged"
+"""Within qdrant-client 1.20's window (server minor within one of the client's; the service pins the client)."""
 HTTP_PORT = 6333
 GRPC_PORT = 6334
 P2P_PORT = 6335
@@ -122,19 +126,113 @@ def peer_host(base: str, namespace: str, index: int | str) -> str:
     return f"{base}-{index}.{headless_name(base)}.{namespace}.svc"
 
 
+BOOTSTRAP_DIR = "/qdrant/bootstrap"
+"""Where each pod sees the bootstrap ConfigMap (`peers`) and, once the cluster has formed, the `founded` marker."""
+FOUND_OVERRIDE = ".found-new-cluster"
+"""A file an operator creates in pod 0's storage volume to found a NEW, empty cluster on purpose (every volume
+lost, restore from backup next): the only way to found one once the cluster has formed."""
+
+
 def bootstrap_script(base: str, namespace: str) -> str:
-    """Pod 0 starts the Raft consensus; every other pod bootstraps from pod 0 over the p2p port."""
-    first = f"http://{peer_host(base, namespace, 0)}:{P2P_PORT}"
-    own = f"http://{peer_host(base, namespace, '${INDEX}')}:{P2P_PORT}"
-    return (
-        "set -e\n"
-        'INDEX="${HOSTNAME##*-}"\n'
-        'if [ "$INDEX" = "0" ]; then\n'
-        f'  exec ./entrypoint.sh --uri "{first}"\n'
-        "else\n"
-        f'  exec ./entrypoint.sh --bootstrap "{first}" --uri "{own}"\n'
-        "fi\n"
-    )
+    """How a node starts, so that only the first creation of the cluster founds a Raft consensus.
+
+    A node with Raft state (`raft_state.json` past term 0 in its storage) starts at once: Qdrant recovers the consensus from
+    it and ignores `--bootstrap`/`--uri`, so a whole-cluster restart never waits on peers. A node without state
+    (first creation, or a new/lost volume) joins the cluster through ANY peer whose `/readyz` answers 200 (Qdrant
+    accepts a bootstrap through any live member: qdrant/qdrant#4899). Only when no peer answers may pod 0 found a
+    new consensus, and only if the cluster has never formed: the `founded` marker (a ConfigMap the program
+    creates after the StatefulSet first became ready) is absent, the cluster has one node, or an operator asked
+    for it (`.found-new-cluster` in pod 0's storage). Otherwise the node waits, saying why, until a peer answers:
+    without this, pod 0 on an empty volume founded a second, empty cluster behind the same Service.
+
+    The QDRANT_BOOTSTRAP_* variables only exist for tests (stand-in peers on loopback addresses, a bounded wait).
+    """
+    host = peer_host(base, namespace, "%s")
+    return f"""set -eu
+INDEX="${{HOSTNAME##*-}}"
+STORAGE="${{QDRANT__STORAGE__STORAGE_PATH:-/qdrant/storage}}"
+DIR="${{QDRANT_BOOTSTRAP_DIR:-{BOOTSTRAP_DIR}}}"
+HOST_PATTERN="${{QDRANT_BOOTSTRAP_PEER_HOST:-{host}}}"
+PROBE_PORT="${{QDRANT_BOOTSTRAP_PROBE_PORT:-{HTTP_PORT}}}"
+WAIT_SECONDS="${{QDRANT_BOOTSTRAP_WAIT_SECONDS:-5}}"
+MAX_ROUNDS="${{QDRANT_BOOTSTRAP_MAX_ROUNDS:-0}}"
+# shellcheck disable=SC2059 # the pattern is the format: one %s for the ordinal
+host() {{ printf "$HOST_PATTERN" "$1"; }}
+p2p() {{ printf 'http://%s:{P2P_PORT}' "$(host "$1")"; }}
+log() {{ printf '{{"event":"qdrant_bootstrap","node":%s,"action":"%s","detail":"%s"}}\\n' "$INDEX" "$1" "$2"; }}
+# A peer counts when its /readyz says 200: it is a member of a formed cluster that has caught up.
+ready() {{
+  timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" && printf "GET /readyz HTTP/1.0\\r\\n\\r\\n" >&3 &&
+    IFS= read -r status <&3 && case "$status" in "HTTP/1."?" 200"*) exit 0 ;; esac; exit 1' \\
+    "$(host "$1")" "$PROBE_PORT" 2>/dev/null
+}}
+# Raft state that counts: a legacy CBOR `raft_state`, or a JSON one past term 0. Qdrant writes the file BEFORE it
+# bootstraps, so a node whose join failed (e.g. its URI still registered to a dead peer) has a term-0 file and
+# would, started without --bootstrap, found a cluster of its own (Consensus::new: is_new_deployment = term 0).
+has_state() {{
+  [ -e "$STORAGE/raft_state" ] && return 0
+  [ -e "$STORAGE/raft_state.json" ] && ! grep -q '"hard_state":{{"term":0,' "$STORAGE/raft_state.json"
+}}
+case "$INDEX" in ''|*[!0-9]*) echo "HOSTNAME $HOSTNAME does not end in a pod ordinal" >&2; exit 1 ;; esac
+if has_state; then
+  # Qdrant keeps storage compatible across ONE minor version: a node must not start more than one minor ahead
+  # of any peer version its Raft state records (peer_metadata_by_id: {{"<id>": {{"version": "1.15.4"}}}}).
+  if [ -n "${{QDRANT_IMAGE_VERSION:-}}" ] && [ -e "$STORAGE/raft_state.json" ]; then
+    target="$(printf '%s' "$QDRANT_IMAGE_VERSION" | cut -d. -f1,2)"
+    for seen in $(grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' "$STORAGE/raft_state.json" | cut -d'"' -f4 | sort -u); do
+      if [ "${{seen%%.*}}" = "${{target%%.*}}" ] && [ $(( ${{target#*.}} - $(printf '%s' "$seen" | cut -d. -f2) )) -gt 1 ]; then
+        log refuse "image $QDRANT_IMAGE_VERSION is more than one minor ahead of Qdrant $seen in this cluster; upgrade one minor at a time (docs/infra.md#upgrading-qdrant)"
+        exit 1
+      fi
+    done
+  fi
+  log restart "local Raft state found"
+  if [ "$INDEX" = "0" ]; then exec ./entrypoint.sh --uri "$(p2p 0)"; fi
+  exec ./entrypoint.sh --bootstrap "$(p2p 0)" --uri "$(p2p "$INDEX")"
+fi
+PEERS="$(cat "$DIR/peers" 2>/dev/null || echo 32)"
+case "$PEERS" in ''|*[!0-9]*) PEERS=32 ;; esac
+round=0
+while :; do
+  i=0
+  while [ "$i" -lt "$PEERS" ]; do
+    if [ "$i" != "$INDEX" ] && ready "$i"; then
+      log join "no local Raft state: joining the cluster through node $i"
+      exec ./entrypoint.sh --bootstrap "$(p2p "$i")" --uri "$(p2p "$INDEX")"
+    fi
+    i=$((i + 1))
+  done
+  if [ "$INDEX" = "0" ]; then
+    if [ -e "$STORAGE/{FOUND_OVERRIDE}" ]; then
+      rm -f "$STORAGE/{FOUND_OVERRIDE}"
+      log found "an operator asked for a new, empty cluster ({FOUND_OVERRIDE})"
+      exec ./entrypoint.sh --uri "$(p2p 0)"
+    elif [ ! -e "$DIR/founded" ]; then
+      log found "first creation: no peer answers and the cluster has never formed"
+      exec ./entrypoint.sh --uri "$(p2p 0)"
+    elif [ "$PEERS" = "1" ]; then
+      log found "single-node cluster with an empty volume: its data is gone, starting empty"
+      exec ./entrypoint.sh --uri "$(p2p 0)"
+    fi
+  fi
+  round=$((round + 1))
+  log wait "no local Raft state and no peer of $PEERS answers /readyz; never founding a second cluster (docs/runbooks.md#replace-a-qdrant-node)"
+  if [ "$MAX_ROUNDS" != "0" ] && [ "$round" -ge "$MAX_ROUNDS" ]; then exit 1; fi
+  sleep "$WAIT_SECONDS"
+done
+"""
+
+
+def image_version(image: str) -> str | None:
+    """The Qdrant version of an image tagged like Qdrant's releases (`qdrant/qdrant:v1.19.0-unprivileged`)."""
+    match = re.search(r":v?([0-9]+\.[0-9]+\.[0-9]+)(-unprivileged)?$", image)
+    return match.group(1) if match else None
+
+
+def image_version_env(image: str) -> list[dict[str, str]]:
+    """QDRANT_IMAGE_VERSION for `bootstrap_script`'s one-minor-at-a-time check; none for an image of another tag."""
+    version = image_version(image)
+    return [] if version is None else [{"name": "QDRANT_IMAGE_VERSION", "value": version}]
 
 
 def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
@@ -149,6 +247,7 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
+        *image_version_env(args.image),
         {
             "name": "QDRANT__SERVICE__API_KEY",
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEY_KEY}},
@@ -173,7 +272,34 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
             {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
             {"name": "init", "mountPath": "/qdrant/init"},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+            {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
         ],
+    }
+
+
+def bootstrap_config_name(base: str) -> str:
+    """ConfigMap with the cluster's node count (`peers`), read by `bootstrap_script` at each start."""
+    return f"{base}-bootstrap"
+
+
+def founded_config_name(base: str) -> str:
+    """ConfigMap whose existence says the cluster has formed; created after the StatefulSet first became ready."""
+    return f"{base}-founded"
+
+
+def bootstrap_volume(base: str) -> dict[str, Any]:
+    """Both bootstrap ConfigMaps in one directory; `founded` is optional (absent until the cluster first formed).
+
+    A ConfigMap volume follows later changes of its ConfigMaps without restarting the pod, so a new node count or
+    the marker's creation reaches running pods (the script reads them when the container starts)."""
+    return {
+        "name": "bootstrap",
+        "projected": {
+            "sources": [
+                {"configMap": {"name": bootstrap_config_name(base)}},
+                {"configMap": {"name": founded_config_name(base), "optional": True}},
+            ]
+        },
     }
 
 
@@ -210,6 +336,7 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                     },
                     {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    bootstrap_volume(base),
                 ],
             },
         },
@@ -320,12 +447,31 @@ class QdrantCluster(pulumi.ComponentResource):
             spec=client_service_spec(match),
             opts=child(),
         )
+        bootstrap_config = k8s.core.v1.ConfigMap(
+            f"{name}-bootstrap",
+            metadata=specs.metadata(bootstrap_config_name(base), ns, object_labels),
+            data={"peers": str(args.replicas)},
+            opts=child(),
+        )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata=specs.metadata(base, ns, object_labels),
             spec=statefulset_spec(args, base, secret_name),
-            # Its pods read the API-key Secret and run as the ServiceAccount, both by name.
-            opts=child(protect=args.protect, extra=(secret, service_account)),
+            # Its pods read the API-key Secret, the bootstrap ConfigMap and run as the ServiceAccount, by name.
+            opts=child(protect=args.protect, extra=(secret, service_account, bootstrap_config)),
+        )
+        # Created only once the StatefulSet is ready (Pulumi awaits readyReplicas == replicas on create), i.e.
+        # once pod 0 founded the cluster and every node joined it. From then on no node founds a new cluster
+        # on its own (bootstrap_script). Deleting it would let pod 0 on an empty volume found one: protected in
+        # prod like the data.
+        k8s.core.v1.ConfigMap(
+            f"{name}-founded",
+            metadata=specs.metadata(founded_config_name(base), ns, object_labels),
+            data={
+                "founded": "The Qdrant cluster has formed: a node without Raft state joins a running peer and never "
+                "founds a new cluster (docs/runbooks.md#replace-a-qdrant-node)."
+            },
+            opts=child(protect=args.protect, extra=(statefulset,)),
         )
         if args.pdb and args.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(

@@ -180,6 +180,21 @@ CASES = [
     Case("staging", "QdrantDegraded", "healthy",
          {in_ns("cluster_pending_operations_total", job="qdrant", pod="qdrant-0"): "0x30",
           in_ns("app_status_recovery_mode", job="qdrant", pod="qdrant-0"): "0x30"}, "20m"),
+    # cluster_peers_total as each node sees it: qdrant-0 restarted on an empty volume and founded its own cluster.
+    Case("staging", "QdrantClusterSplit", "pod 0 founded a one-node cluster",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): v
+          for i, v in enumerate(("3x5 1x25", "3x30", "3x30"))}, "20m", WHOLE),
+    Case("staging", "QdrantClusterSplit", "two nodes see two peers, all agree on nothing else",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): "2x30" for i in range(3)}, "20m", WHOLE),
+    Case("staging", "QdrantClusterSplit", "a node joins: counts differ for a minute",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): v
+          for i, v in enumerate(("3x30", "3x30", "1 3x29"))}, "20m"),
+    Case("staging", "QdrantClusterSplit", "healthy",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): "3x30" for i in range(3)}, "20m"),
+    Case("staging", "QdrantDeadPeer", "a replaced node still registered",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): "4x60" for i in range(3)}, "50m", WHOLE),
+    Case("staging", "QdrantDeadPeer", "three of three",
+         {in_ns("cluster_peers_total", job="qdrant", pod=f"qdrant-{i}"): "3x60" for i in range(3)}, "50m"),
     # --- Postgres: CloudNativePG in staging (2 instances), RDS in prod
     Case("staging", "PostgresDown", "one of two instances down",
          {in_ns("cnpg_collector_up", pod="postgres-1"): "1x20", in_ns("cnpg_collector_up", pod="postgres-2"): "0x20"},

@@ -399,3 +399,32 @@ def test_search_errors_are_mapped_and_unexpected_ones_are_a_logged_500(
         assert "a bug" not in response.text
         assert search_count(client, 500) == before + 1
         assert any(record.getMessage() == "unhandled error" and record.exc_info for record in caplog.records)
+
+
+def test_fastapi_telemetry_names_the_search_span_as_for_the_route(
+    tmp_path_factory: pytest.TempPathFactory, embedder: Any
+) -> None:
+    """With a tracer provider configured, FastAPI's native telemetry names the server span after the route; the
+    search answered outside FastAPI's routing must keep that (and the framework path gives the reference)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    names = {}
+    for name in ("fast", "framework"):
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        app = create_app(
+            production_settings(tmp_path_factory.mktemp(f"otel-{name}")), embedder=FailingEmbedder(embedder)
+        )
+        if name == "framework":
+            without_fast_search(app)
+        app._telemetry["tracer_provider"] = provider  # this app only: the global provider stays unset
+        with started(app) as client:
+            assert has_fast_search(app) is (name == "fast")
+            assert send(client, KEY_A, b'{"query": "rings"}', JSON).status_code == 200
+            assert send(client, KEY_A, b'{"query": ', JSON).status_code == 422
+        servers = [span for span in exporter.get_finished_spans() if span.kind.name == "SERVER"]
+        names[name] = [(span.name, span.attributes.get("http.route")) for span in servers[-2:]]
+    assert names["fast"] == names["framework"] == [("POST /v1/search", "/v1/search")] * 2

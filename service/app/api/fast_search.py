@@ -16,7 +16,10 @@ with the functions the route uses:
 - errors: the app's own exception handlers (`service.app.core.errors`), looked up as Starlette's exception
   middleware looks them up; anything unexpected propagates to RequestContextMiddleware's logged 500, as from
   any route;
-- the response: the search's JSON bytes, serialised once, with the headers Starlette's `Response` sends.
+- the response: the search's JSON bytes, serialised once, with the headers Starlette's `Response` sends;
+- FastAPI's native OpenTelemetry (on when an operator configures a provider): the span gets the route
+  (``http.route``, its name) and a validation failure its event, through the same FastAPI functions its
+  routing calls (FastAPI is pinned; tests/service/test_fast_search.py checks the span).
 
 It sits innermost in the middleware stack, so the request id, security headers, access log, HTTP metrics (under
 the route's template: ``scope["route"]`` is the real route), CORS and the body-size limit wrap it as they wrap
@@ -38,6 +41,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.app.api.deps import services_of, tenant_of
+from service.app.api.otel import route_selected, validation_failed
 from service.app.api.routes import search
 from service.app.api.routing import before_body_checks
 from service.app.core.errors import not_json
@@ -124,6 +128,7 @@ class FastSearch:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
+        route_selected(scope=scope, path=SEARCH_PATH)
         request = Request(scope, receive)
         try:
             for check in self.checks:
@@ -132,6 +137,8 @@ class FastSearch:
             result = await services_of(request).search.search(tenant_of(request), query)
             payload = _RESPONSE.dump_json(result)
         except Exception as exc:
+            if isinstance(exc, RequestValidationError):
+                validation_failed(exc)
             handler = exception_handler(scope["app"], exc)
             if handler is None:
                 raise

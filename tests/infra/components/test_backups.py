@@ -51,6 +51,7 @@ class FakeQdrant(BaseHTTPRequestHandler):
     """Just enough of Qdrant's REST API: list collections, create/download/delete snapshots, API key checked."""
 
     collections = ("documents_a", "documents_b")
+    version = "1.15.4"
     created: list[str] = []
     deleted: list[str] = []
     uploaded: list[tuple[str, str, bytes]] = []  # (collection, query, body)
@@ -77,7 +78,9 @@ class FakeQdrant(BaseHTTPRequestHandler):
         if not self._authorised():
             return
         parts = self.path.split("?")[0].strip("/").split("/")
-        if parts == ["collections"]:
+        if parts == [""]:
+            self._json({"title": "qdrant - vector search engine", "version": self.version})
+        elif parts == ["collections"]:
             self._json({"result": {"collections": [{"name": c} for c in self.collections]}, "status": "ok"})
         elif len(parts) == 4 and parts[2] == "snapshots":
             data = f"SNAPSHOT {parts[1]} {parts[3]}".encode()
@@ -112,6 +115,7 @@ class FakeQdrant(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_qdrant() -> Iterator[str]:
+    FakeQdrant.version = "1.15.4"
     FakeQdrant.created = []
     FakeQdrant.deleted = []
     FakeQdrant.uploaded = []
@@ -158,7 +162,8 @@ def test_script_snapshots_every_collection_on_every_node(tmp_path: Path, fake_qd
     peers = f"{fake_qdrant} {fake_qdrant.replace('127.0.0.1', 'localhost')}"
     result = run_script(tmp_path, peers, API_KEY)
     assert result.returncode == 0, result.stderr
-    stored = sorted(p.relative_to(tmp_path / "store") for p in (tmp_path / "store").rglob("*") if p.is_file())
+    files = sorted(p.relative_to(tmp_path / "store") for p in (tmp_path / "store").rglob("*") if p.is_file())
+    stored = [p for p in files if p.name != b.MANIFEST_NAME]
     assert len(stored) == 4  # 2 nodes x 2 collections
     assert len({p.parts[3] for p in stored}) == 1  # one UTC stamp per run
     assert {p.parts[4] for p in stored} == {"127", "localhost"}
@@ -172,90 +177,223 @@ def test_script_snapshots_every_collection_on_every_node(tmp_path: Path, fake_qd
     assert summary["snapshots"] == 4
     # The upload is told each snapshot's size (Qdrant's answer), so streams above 50 GB fit S3's part limit.
     calls = (tmp_path / "aws.log").read_text().splitlines()
-    assert len(calls) == 4
-    assert all(call.endswith("--expected-size 10 --only-show-errors") for call in calls)
+    assert len(calls) == 5
+    assert all(call.endswith("--expected-size 10 --only-show-errors") for call in calls[:4])
+    # The run's manifest comes last, so a run that died on the way has none: nodes, versions, collections.
+    stamp = stored[0].parts[3]
+    manifest_key = f"qdrant/prod/{stamp}/{b.MANIFEST_NAME}"
+    assert f"s3://bucket/{manifest_key} " in calls[-1]
+    manifest = (tmp_path / "store" / "bucket" / manifest_key).read_text()
+    assert manifest == (
+        f"format 1\nstamp {stamp}\n"
+        "node 127 1.15.4 documents_a documents_b\nnode localhost 1.15.4 documents_a documents_b\n"
+    )
+    assert calls[-1].endswith(f"--expected-size {len(manifest)} --only-show-errors")
 
 
 FAKE_AWS_READ = """#!/bin/bash
 # A stand-in `aws` reading a directory tree as the bucket: `s3 ls [--recursive] s3://b/p/`, `s3 cp s3://b/k file`.
-set -euo pipefail
+# Like the real CLI, `s3 ls` of a prefix with nothing under it prints nothing and exits 1.
+set -uo pipefail
 root="$FAKE_STORE"
 if [ "$1 $2" = "s3 ls" ]; then
   if [ "$3" = "--recursive" ]; then
     path="${4#s3://}"; prefix="${path#*/}"
+    [ -d "$root/${path%/}" ] || exit 1
     (cd "$root/${path%%/*}" && find "${prefix%/}" -type f | sort | sed 's/^/2026-01-01 00:00:00 10 /')
   else
-    path="${3#s3://}"; for d in "$root/${path%/}"/*/; do echo "                           PRE $(basename "$d")/"; done
+    path="${3#s3://}"
+    [ -d "$root/${path%/}" ] || exit 1
+    for d in "$root/${path%/}"/*/; do echo "                           PRE $(basename "$d")/"; done
   fi
 elif [ "$1 $2" = "s3 cp" ]; then
-  cp "$root/${3#s3://}" "$4"
+  cp "$root/${3#s3://}" "$4" || { echo "fatal error: An error occurred (404) when calling the HeadObject operation" >&2; exit 1; }
 else
   exit 2
 fi
 """
 
+OLD, NEW = "20260101T030000Z", "20260102T030000Z"
+NODES = ("127", "localhost")  # the node names of the two peer URLs below (one stand-in server)
 
-def test_restore_script_uploads_the_latest_backup_to_the_node_it_came_from(
-    tmp_path: Path, fake_qdrant: str
+
+def backup_run(
+    store: Path,
+    stamp: str,
+    nodes: tuple[str, ...] = NODES,
+    *,
+    complete: bool = True,
+    version: str = "1.15.4",
+    collections: tuple[str, ...] = ("documents_a", "documents_b"),
 ) -> None:
-    store = tmp_path / "store"
-    for stamp, text in (("20260101T030000Z", "old"), ("20260102T030000Z", "new")):
-        for collection in ("documents_a", "documents_b"):
-            snap = store / "bucket" / "qdrant" / stamp / "127" / collection / f"{collection}.snapshot"
-            snap.parent.mkdir(parents=True)
-            snap.write_text(f"{text} {collection}")
+    """A run as BACKUP_SCRIPT leaves it (its manifest format is asserted above): a snapshot per node and
+    collection, holding "<stamp> <node> <collection>", then the manifest when the run completed."""
+    run_dir = store / "bucket" / "qdrant" / stamp
+    for node in nodes:
+        for collection in collections:
+            snap = run_dir / node / collection / f"{collection}-0.snapshot"
+            snap.parent.mkdir(parents=True, exist_ok=True)
+            snap.write_text(f"{stamp} {node} {collection}")
+    if complete:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"node {node} {version} {' '.join(collections)}" for node in nodes]
+        (run_dir / b.MANIFEST_NAME).write_text("\n".join(["format 1", f"stamp {stamp}", *lines, ""]))
+
+
+def run_restore(tmp_path: Path, peers: str, **env: str) -> subprocess.CompletedProcess[str]:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "aws").write_text(FAKE_AWS_READ, encoding="utf-8")
-    (bin_dir / "aws").chmod(0o755)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        (bin_dir / "aws").write_text(FAKE_AWS_READ, encoding="utf-8")
+        (bin_dir / "aws").chmod(0o755)
+        (tmp_path / "scratch").mkdir()
     script = tmp_path / "restore.sh"
     script.write_text(b.RESTORE_SCRIPT, encoding="utf-8")
-    env = {
+    base = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "FAKE_STORE": str(store),
-        "QDRANT_PEERS": fake_qdrant,
+        "FAKE_STORE": str(tmp_path / "store"),
+        "QDRANT_PEERS": peers,
         "QDRANT_API_KEY": API_KEY,
         "BUCKET": "bucket",
         "PREFIX": "qdrant",
         "CLOUD": "aws",
         "TRANSFER_MAX_SECONDS": "60",  # the CronJob sets it from the node's data size
-        "SCRATCH": str(scratch),
+        "SCRATCH": str(tmp_path / "scratch"),
     }
-    result = subprocess.run(
-        ["bash", str(script)], env=env, capture_output=True, text=True, timeout=60, check=False
+    return subprocess.run(
+        ["bash", str(script)], env={**base, **env}, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def restored() -> list[str]:
+    """What the stand-in received: the snapshots' contents ("<stamp> <node> <collection>"), sorted."""
+    assert all(query == "priority=snapshot&wait=true" for _, query, _ in FakeQdrant.uploaded)
+    return sorted(
+        body.decode().split("\r\n\r\n", 1)[-1].split("\r\n", 1)[0] for _, _, body in FakeQdrant.uploaded
+    )
+
+
+def two_peers(url: str) -> str:
+    return f"{url} {url.replace('127.0.0.1', 'localhost')}"
+
+
+def summary(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_restore_uploads_the_newest_complete_run_to_the_nodes_it_came_from(
+    tmp_path: Path, fake_qdrant: str
+) -> None:
+    backup_run(tmp_path / "store", OLD)
+    backup_run(tmp_path / "store", NEW)
+    result = run_restore(tmp_path, two_peers(fake_qdrant))
     assert result.returncode == 0, result.stderr
-    uploads = sorted(FakeQdrant.uploaded)
-    assert [(c, q) for c, q, _ in uploads] == [
-        ("documents_a", "priority=snapshot&wait=true"),
-        ("documents_b", "priority=snapshot&wait=true"),
-    ]
-    assert all(b"new " in body and b"old " not in body for _, _, body in uploads)
-    assert list(scratch.iterdir()) == []  # each snapshot is removed once uploaded
-    assert json.loads(result.stdout.strip().splitlines()[-1])["stamp"] == "20260102T030000Z"
-
-    pinned = subprocess.run(
-        ["bash", str(script)],
-        env={**env, "RESTORE_STAMP": "20260101T030000Z"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    assert restored() == sorted(f"{NEW} {n} {c}" for n in NODES for c in ("documents_a", "documents_b"))
+    assert list((tmp_path / "scratch").iterdir()) == []  # each snapshot is removed once uploaded
+    assert summary(result) == {
+        "event": "restore_finished",
+        "snapshots": 4,
+        "stamp": NEW,
+        "nodes": "127 localhost",
+        "complete_run": True,
+    }
+    FakeQdrant.uploaded = []
+    pinned = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_STAMP=OLD)
     assert pinned.returncode == 0, pinned.stderr
-    assert all(b"old " in body for _, _, body in FakeQdrant.uploaded[2:])
+    assert restored() == sorted(f"{OLD} {n} {c}" for n in NODES for c in ("documents_a", "documents_b"))
+    missing = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_STAMP="20250101T000000Z")
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr
 
-    missing = subprocess.run(
-        ["bash", str(script)],
-        env={**env, "RESTORE_STAMP": "20250101T000000Z"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+
+def test_restore_skips_a_newer_partial_run_and_restores_the_last_complete_one(
+    tmp_path: Path, fake_qdrant: str
+) -> None:
+    # The O3 drill: the newest run died after node 127 (no manifest; the second node's upload never happened).
+    backup_run(tmp_path / "store", OLD)
+    backup_run(tmp_path / "store", NEW, ("127",), complete=False)
+    result = run_restore(tmp_path, two_peers(fake_qdrant))
+    assert result.returncode == 0, result.stderr
+    assert restored() == sorted(f"{OLD} {n} {c}" for n in NODES for c in ("documents_a", "documents_b"))
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {"event": "backup_skipped", "stamp": NEW, "reason": "no _COMPLETE: partial or running"} in events
+    assert summary(result)["stamp"] == OLD
+
+
+def test_restore_refuses_a_partial_run_unless_allowed_and_then_only_for_nodes_it_holds(
+    tmp_path: Path, fake_qdrant: str
+) -> None:
+    backup_run(tmp_path / "store", NEW, ("127",), complete=False)
+    refused = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_STAMP=NEW)
+    assert refused.returncode == 1
+    assert "has no _COMPLETE manifest" in refused.stderr
+    nothing = run_restore(tmp_path, two_peers(fake_qdrant))  # no complete run at all
+    assert nothing.returncode == 1
+    assert "no complete backup run" in nothing.stderr
+    short = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_STAMP=NEW, RESTORE_ALLOW_PARTIAL="1")
+    assert short.returncode == 1
+    assert "holds no snapshot of node localhost" in short.stderr
+    assert FakeQdrant.uploaded == []  # checked before the first upload: nothing half-restored
+    chosen = run_restore(
+        tmp_path, two_peers(fake_qdrant), RESTORE_STAMP=NEW, RESTORE_ALLOW_PARTIAL="1", RESTORE_NODES="127"
     )
-    assert missing.returncode != 0
+    assert chosen.returncode == 0, chosen.stderr
+    assert restored() == [f"{NEW} 127 documents_a", f"{NEW} 127 documents_b"]
+    assert summary(chosen)["complete_run"] is False
+
+
+def test_restore_fails_before_any_upload_when_a_listed_snapshot_is_missing(
+    tmp_path: Path, fake_qdrant: str
+) -> None:
+    backup_run(tmp_path / "store", NEW)
+    (
+        tmp_path
+        / "store"
+        / "bucket"
+        / "qdrant"
+        / NEW
+        / "localhost"
+        / "documents_b"
+        / "documents_b-0.snapshot"
+    ).unlink()
+    result = run_restore(tmp_path, two_peers(fake_qdrant))
+    assert result.returncode == 1
+    assert "lists collection documents_b on node localhost but holds no snapshot of it" in result.stderr
+    assert FakeQdrant.uploaded == []
+    assert json.loads(result.stdout.strip().splitlines()[-1])["event"] == "restore_refused"
+
+
+def test_restore_only_the_chosen_nodes(tmp_path: Path, fake_qdrant: str) -> None:
+    backup_run(tmp_path / "store", NEW)
+    result = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_NODES="localhost")
+    assert result.returncode == 0, result.stderr
+    assert restored() == [f"{NEW} localhost documents_a", f"{NEW} localhost documents_b"]
+    wrong = run_restore(tmp_path, two_peers(fake_qdrant), RESTORE_NODES="qdrant-9")
+    assert wrong.returncode == 1
+    assert "RESTORE_NODES names qdrant-9, not a node of this cluster (127 localhost)" in wrong.stderr
+    # A node the run does not know (the cluster grew since): refused, not skipped.
+    backup_run(tmp_path / "store", "20260103T030000Z", ("127",))
+    grown = run_restore(tmp_path, two_peers(fake_qdrant))
+    assert grown.returncode == 1
+    assert "has no entry for node localhost" in grown.stderr
+
+
+def test_restore_refuses_snapshots_of_another_qdrant_minor(tmp_path: Path, fake_qdrant: str) -> None:
+    backup_run(tmp_path / "store", OLD, version="1.14.1")
+    result = run_restore(tmp_path, two_peers(fake_qdrant))
+    assert result.returncode == 1
+    assert "taken with Qdrant 1.14.1; the node runs 1.15.4" in result.stderr
+    assert FakeQdrant.uploaded == []
+    backup_run(tmp_path / "store", NEW, version="1.15.0")  # another patch of the same minor restores
+    assert run_restore(tmp_path, two_peers(fake_qdrant)).returncode == 0
+
+
+def test_restore_of_a_node_without_collections_is_complete(tmp_path: Path, fake_qdrant: str) -> None:
+    backup_run(tmp_path / "store", NEW, collections=())
+    result = run_restore(tmp_path, two_peers(fake_qdrant))
+    assert result.returncode == 0, result.stderr
+    assert summary(result)["snapshots"] == 0
+    assert FakeQdrant.uploaded == []
 
 
 def test_script_fails_loudly_on_a_wrong_api_key(tmp_path: Path, fake_qdrant: str) -> None:
@@ -351,6 +489,14 @@ def test_restore_cronjob_is_a_suspended_template_with_scratch_sized_from_the_dat
     )
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["/bin/bash", "/scripts/restore.sh"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # What the restore script reads; empty/0 = the newest complete run, every node, no partial run.
+    assert {k: env[k] for k in ("SCRATCH", "RESTORE_STAMP", "RESTORE_NODES", "RESTORE_ALLOW_PARTIAL")} == {
+        "SCRATCH": "/scratch",
+        "RESTORE_STAMP": "",
+        "RESTORE_NODES": "",
+        "RESTORE_ALLOW_PARTIAL": "0",
+    }
     scratch = next(v for v in pod["spec"]["volumes"] if v["name"] == "scratch")
     claim = scratch["ephemeral"]["volumeClaimTemplate"]["spec"]
     assert claim["resources"]["requests"]["storage"] == "100Gi"
