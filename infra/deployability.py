@@ -168,7 +168,7 @@ CLUSTER_SCOPED_KINDS = frozenset(
 class Finding:
     """One thing that would stop a first `pulumi up`, or leave what it deploys not working."""
 
-    check: str  # gcp-apis | gke-node-identity | chart-values | kube-version | crd-upgrade | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
+    check: str  # drain-blocking | gcp-apis | gke-node-identity | chart-values | kube-version | crd-upgrade | traffic | alert-targets | crd-order | reads-order | missing-reference | class-reference | capability | exposure | cloud-args | ops-sizing | node-capacity | pod-memory
     resource: str  # URN of the resource the finding is about
     message: str
     fix: str
@@ -2516,6 +2516,85 @@ def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list
     return findings
 
 
+def _pod_count(run: StackRun, namespace: str, selector: Mapping[str, str]) -> int | None:
+    """How many pods the workloads a PDB selects keep at least (an HPA's minReplicas, else replicas), or None
+    when no rendered workload matches (the operator's, a chart's)."""
+    minimum = {
+        (
+            h.inputs.get("metadata", {}).get("namespace"),
+            h.inputs.get("spec", {}).get("scaleTargetRef", {}).get("name"),
+        ): h.inputs.get("spec", {}).get("minReplicas", 1)
+        for h in run.resources
+        if h.type.endswith(":HorizontalPodAutoscaler")
+    }
+    total: int | None = None
+    for resource in run.resources:
+        if resource.type not in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet"):
+            continue
+        metadata, spec = resource.inputs.get("metadata", {}), resource.inputs.get("spec", {})
+        labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+        if (
+            metadata.get("namespace") != namespace
+            or not selector
+            or any(labels.get(k) != v for k, v in selector.items())
+        ):
+            continue
+        count = minimum.get((namespace, metadata.get("name")), spec.get("replicas", 1))
+        total = (total or 0) + count
+    return total
+
+
+def check_drain_blocking(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """No disruption budget that allows zero evictions: `kubectl drain`, a node-pool upgrade (EKS fails it with
+    PodEvictionFailure after 15 minutes per node) and the cluster autoscaler's scale-down all stop at such a pod.
+
+    A CloudNativePG Cluster with one instance and `enablePDB` (the operator's default) gets a `minAvailable: 1`
+    budget over its only pod (CNPG "Kubernetes upgrade and maintenance": single-instance clusters should set
+    `enablePDB: false`); a PodDisruptionBudget with `maxUnavailable: 0`, or a `minAvailable` at or above the pods
+    its workloads keep, is the same.
+    """
+    findings: list[Finding] = []
+    for resource in run.resources:
+        if not is_kubernetes_object(resource):
+            continue
+        group, kind = kind_of(resource)
+        spec = resource.inputs.get("spec", {})
+        if group == "postgresql.cnpg.io" and kind == "Cluster":
+            if spec.get("instances", 1) <= 1 and spec.get("enablePDB", True):
+                findings.append(
+                    Finding(
+                        "drain-blocking",
+                        resource.urn,
+                        "a single-instance CloudNativePG cluster with enablePDB gets a PodDisruptionBudget that "
+                        "allows no eviction of its only pod: the node it runs on cannot be drained, upgraded or "
+                        "scaled down.",
+                        "set spec.enablePDB to false when instances is 1 (infra/components/postgres.py).",
+                    )
+                )
+            continue
+        if group != "policy" or kind != "PodDisruptionBudget":
+            continue
+        namespace = resource.inputs.get("metadata", {}).get("namespace")
+        selector = spec.get("selector", {}).get("matchLabels", {})
+        pods = _pod_count(run, namespace, selector)
+        max_unavailable, min_available = spec.get("maxUnavailable"), spec.get("minAvailable")
+        zero = max_unavailable in (0, "0", "0%") or min_available == "100%"
+        if isinstance(min_available, int) and pods is not None and min_available >= pods:
+            zero = True
+        if zero:
+            findings.append(
+                Finding(
+                    "drain-blocking",
+                    resource.urn,
+                    f"allows no eviction (maxUnavailable {max_unavailable!r}, minAvailable {min_available!r}, "
+                    f"{pods if pods is not None else 'unknown'} pod(s) kept by its workloads): drains, node "
+                    "upgrades and scale-down stop at these pods.",
+                    "keep minAvailable below the workloads' minimum replicas (or maxUnavailable >= 1).",
+                )
+            )
+    return findings
+
+
 CHECKS = (
     check_chart_values,
     check_kube_version,
@@ -2533,6 +2612,7 @@ CHECKS = (
     check_pod_memory,
     check_traffic,
     check_alert_targets,
+    check_drain_blocking,
 )
 
 #: Findings known open on main, by (check, resource name) -> why they are tolerated for now. A waived finding is

@@ -374,7 +374,10 @@ def cluster_spec(
             "topologyKey": specs.HOST_KEY,
             "podAntiAffinityType": "required" if args.instances > 1 else "preferred",
         },
-        "enablePDB": True,
+        # The operator's budget over the primary is minAvailable 1: with one instance it allows no eviction, so
+        # the node under dev's (or a PR stack's) database could not be drained, upgraded or scaled down (CNPG
+        # "Kubernetes upgrade and maintenance"). One instance is down during a drain either way.
+        "enablePDB": args.instances > 1,
         **spec,
     }
 

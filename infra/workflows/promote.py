@@ -8,7 +8,8 @@ preview is empty, so what is deployed is what the code says), then on the target
 ``rag:embedding`` as the source runs it (the image holds exactly those models), records ``rag:promotion`` =
 {from, digest, at, by, models}, all in one ``config set-all`` write, and runs ``pulumi up``.
 
-A promotion that changes the target's embedding model is refused before anything is written when the image
+A promotion is refused before anything is written when the image cannot start on the target's registry schema
+(``check_schema``, as for a rollback), and one that changes the target's embedding model when the image
 cannot serve the target's current index meanwhile (it lacks the model that index was built with); the CLI
 follows the re-index such a promotion starts (``infra.workflows.reindex.converge``).
 
@@ -238,9 +239,17 @@ def promote(
     models = list(models) if isinstance(models, list) and models else None
     target_outputs = tgt.outputs()
     before = _as_object(target_outputs["embedding"].value) if "embedding" in target_outputs else None
-    reindex_mod.check_image_keeps(
-        target, before, models, where=f"Cannot promote {source} -> {target} ({digest})"
-    )
+    where = f"Cannot promote {source} -> {target} ({digest})"
+    reindex_mod.check_image_keeps(target, before, models, where=where)
+    # The target may have run a newer release than the one promoted (a rollback there, a fix-forward elsewhere):
+    # the same registry-schema check as a rollback's.
+    target_current = target_outputs["imageDigest"].value if "imageDigest" in target_outputs else None
+    ran = [
+        _image_of(h)
+        for h in tgt.history(show_secrets=False)
+        if h.kind == "update" and h.result == "succeeded"
+    ]
+    check_schema(ctx, target, digest, [target_current or "", *(r for r in ran if r)], where)
     merged, copied = merge_promotable(source_service, _service_object(ws, target))
     promotion = Promotion(
         source=source,

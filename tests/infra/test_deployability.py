@@ -212,7 +212,7 @@ def test_a_workload_must_wait_for_everything_its_pods_read() -> None:
         k8s("ConfigMap", "cfg"),
         k8s("Secret", "creds"),
         k8s("PersistentVolumeClaim", "data", {"storageClassName": "standard"}),
-        k8s("Cluster", "pg", {}, api="postgresql.cnpg.io/v1", deps=(operator,)),  # generates Secret pg-app
+        k8s("Cluster", "pg", {"enablePDB": False}, api="postgresql.cnpg.io/v1", deps=(operator,)),  # generates Secret pg-app
     ]
     broken = findings(program(operator, *objects, deployment("api", POD)), "reads-order")
     assert sorted(f.message.split(" reads ")[1].split(" (")[0] for f in broken) == [
@@ -597,3 +597,38 @@ def test_an_existing_cluster_with_autoscaling_needs_metrics_server() -> None:
     analysis = d.analyse(run)
     assert run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert "metrics-api" in {c.name for c in analysis.prerequisites}
+
+
+def test_no_disruption_budget_blocks_a_node_drain() -> None:
+    """dev's single-instance CloudNativePG cluster carried the operator's minAvailable-1 budget over its only pod
+    (enablePDB): the node under it (dev's, and every PR stack's) could not be drained, upgraded or scaled down."""
+    dev = run("dev")
+    cluster = next(r for r in dev.resources if r.type == "kubernetes:postgresql.cnpg.io/v1:Cluster")
+    assert cluster.inputs["spec"]["instances"] == 1
+    assert cluster.inputs["spec"]["enablePDB"] is False
+    assert not d.check_drain_blocking(dev, d.Analysis(target="existing"), d.Graph(dev))
+    prod_like = run("staging")
+    assert not d.check_drain_blocking(prod_like, d.Analysis(target="existing"), d.Graph(prod_like))
+
+    blocked = dataclasses.replace(
+        cluster, inputs={**cluster.inputs, "spec": {**cluster.inputs["spec"], "enablePDB": True}}
+    )
+    pdb = next(r for r in prod_like.resources if r.type == "kubernetes:policy/v1:PodDisruptionBudget")
+    spec = {k: v for k, v in pdb.inputs["spec"].items() if k not in ("maxUnavailable", "minAvailable")}
+    zero = dataclasses.replace(pdb, inputs={**pdb.inputs, "spec": {**spec, "maxUnavailable": 0}})
+    everything = dataclasses.replace(pdb, inputs={**pdb.inputs, "spec": {**spec, "minAvailable": 50}})
+    broken = dataclasses.replace(
+        prod_like,
+        resources=[
+            *prod_like.resources,
+            blocked,
+            dataclasses.replace(zero, urn=zero.urn + "-zero"),
+            dataclasses.replace(everything, urn=everything.urn + "-all"),
+        ],
+    )
+    found = d.check_drain_blocking(broken, d.Analysis(target="existing"), d.Graph(broken))
+    assert {f.check for f in found} == {"drain-blocking"}
+    assert sorted(f.resource for f in found) == sorted(
+        [blocked.urn, zero.urn + "-zero", everything.urn + "-all"]
+    )
+    assert "enablePDB" in next(f for f in found if f.resource == blocked.urn).fix

@@ -77,4 +77,5 @@ def ctx(backend: FakeBackend, work_dir: Path, image_checks: ImageSourceChecks) -
         clock=lambda: NOW,
         actor=lambda: "octocat",
         check_image_source=image_checks,
+        image_labels=lambda ref: {},  # images built before the schema labels: nothing to compare
     )

@@ -85,6 +85,9 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         # The target's index config before (a model change must keep its index servable meanwhile).
         ["stack", "output", "--json", "--stack", "staging"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "staging"],
+        # The images the target ran: its registry schema is as new as the newest (a release older than that
+        # must be able to run on it).
+        ["stack", "history", "--json", "--stack", "staging"],
         ["config", "--show-secrets", "--json", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
         [
@@ -297,6 +300,7 @@ def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None
             clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
             actor=lambda: "octocat",
             check_image_source=checked.append,
+            image_labels=lambda ref: {},
         )
 
     staging_job, prod_job = job("staging-job"), job("prod-job")
@@ -335,6 +339,7 @@ def test_a_source_whose_deployed_config_differs_from_the_code_is_refused_from_a_
         work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
         pulumi_command=backend.command(),
         check_image_source=lambda ref: None,
+        image_labels=lambda ref: {},
     )
     with pytest.raises(WorkflowError, match="pending changes"):
         promote(ctx, "staging", "prod")
@@ -352,6 +357,7 @@ def test_a_source_never_deployed_from_anywhere_is_refused_with_the_reason(tmp_pa
         work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
         pulumi_command=backend.command(),
         check_image_source=lambda ref: None,
+        image_labels=lambda ref: {},
     )
     with pytest.raises(WorkflowError, match=r"last deployed with .*no previous deployment"):
         promote(ctx, "staging", "prod")

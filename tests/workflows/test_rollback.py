@@ -283,3 +283,17 @@ def test_the_cli_passes_the_database_schema(fleet: Fleet, monkeypatch: pytest.Mo
     done = CliRunner().invoke(cli.app, [*args, "--database-schema", "0011_schema_compat"], obj=fleet.job())
     assert done.exit_code == 0, done.output
     assert fleet.backend.stacks["prod"].outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+
+
+def test_a_promotion_is_checked_against_the_targets_schema_too(fleet: Fleet) -> None:
+    # Staging was restored to before B's migration and rolled back to A; promoting that to prod, whose database
+    # B migrated past what A can run on, is refused before prod is touched.
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_contract", "0012_contract")
+    rollback(fleet.job(), "staging", database_schema="0011_schema_compat")
+    prod = fleet.backend.stacks["prod"]
+    before = (len(prod.history), prod.deployed_config())
+    with pytest.raises(WorkflowError, match="Cannot promote staging -> prod") as refused:
+        promote(fleet.job(), "staging", "prod")
+    assert "the stack's database is at 0012_contract" in str(refused.value)
+    assert (len(prod.history), prod.deployed_config()) == before

@@ -726,7 +726,9 @@ class DocumentRegistry:
         """Apply the shipped Alembic migrations up to head (idempotent; serialised on Postgres).
 
         A database already at `SCHEMA_HEAD` (every start-up but the first after an upgrade) is checked with one
-        query and Alembic is not loaded; any other revision, unknown ones included, goes through Alembic.
+        query and Alembic is not loaded; one AHEAD of it (a rollback) is run on when its revision declares this
+        release compatible and refused otherwise (`_run_ahead`), without Alembic; any other revision goes through
+        Alembic.
         """
         self._migrate()
 
