@@ -212,7 +212,9 @@ def test_a_workload_must_wait_for_everything_its_pods_read() -> None:
         k8s("ConfigMap", "cfg"),
         k8s("Secret", "creds"),
         k8s("PersistentVolumeClaim", "data", {"storageClassName": "standard"}),
-        k8s("Cluster", "pg", {"enablePDB": False}, api="postgresql.cnpg.io/v1", deps=(operator,)),  # generates Secret pg-app
+        k8s(
+            "Cluster", "pg", {"enablePDB": False}, api="postgresql.cnpg.io/v1", deps=(operator,)
+        ),  # generates Secret pg-app
     ]
     broken = findings(program(operator, *objects, deployment("api", POD)), "reads-order")
     assert sorted(f.message.split(" reads ")[1].split(" (")[0] for f in broken) == [
