@@ -222,7 +222,8 @@ def build_services(
         logger.warning(
             "the served index %s was built by chunker version %d (this release's is %d): documents written "
             "before may be chunked differently from new ones (before version 2, a text without spaces could be "
-            "one chunk far over the character cap). Search works as it is; to rebuild them with the current "
+            "one chunk far over the character cap; before version 3, every line break of hard-wrapped text ended "
+            "a sentence, so answers quoted half-lines). Search works as it is; to rebuild them with the current "
             "rules, re-index with the same settings: POST /v1/admin/reindex {} or `ragops reindex start`",
             generation.collection,
             generation.config.chunker,

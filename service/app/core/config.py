@@ -277,7 +277,11 @@ class Settings(BaseSettings):
         30.0, gt=0, le=3600, description="how long the breaker stays open"
     )
     answer_min_score: float = Field(
-        0.3, ge=-1.0, le=1.0, description="below this similarity a chunk is not context; none left: no answer"
+        0.3,
+        ge=-1.0,
+        le=1.0,
+        description="below this similarity a chunk is not an answer's source (in sparse and hybrid mode a chunk "
+        "holding the question's codes or most of its keywords counts too); none left: no answer",
     )
 
     # --- HTTP hygiene ----------------------------------------------------------------------------------
