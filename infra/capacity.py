@@ -325,3 +325,163 @@ def node_capacity_problems(run: StackRun) -> list[CapacityProblem]:
             )
         )
     return problems
+
+
+# ---------------------------------------------------------------------------------------------- GKE quotas
+#: Compute Engine's regional quota metrics a GKE stack draws on (`gcloud compute regions describe <region>` lists
+#: each as `metric`, `limit`, `usage`). Persistent disks: pd-balanced and pd-ssd count against SSD_TOTAL_GB
+#: ("Persistent Disk SSD (GB)": a regional cluster's default node pool of pd-balanced boot disks is the classic
+#: `Insufficient regional quota to satisfy request: resource "SSD_TOTAL_GB"`), pd-standard against DISKS_TOTAL_GB.
+GCE_DISK_QUOTA = {"pd-balanced": "SSD_TOTAL_GB", "pd-ssd": "SSD_TOTAL_GB", "pd-standard": "DISKS_TOTAL_GB"}
+#: The disk type of GKE's own storage classes (the PD CSI driver's `type` parameter).
+GKE_STORAGE_CLASS_DISK = {"standard-rwo": "pd-balanced", "premium-rwo": "pd-ssd", "standard": "pd-standard"}
+#: A GKE node's boot disk when the pool names no `diskType` (pulumi-gcp NodeConfig `disk_type`: pd-balanced unless
+#: the machine type only takes hyperdisk-balanced, which the machine types this stack validates do not).
+GKE_BOOT_DISK = "pd-balanced"
+#: Zones a regional cluster's node pool spans when it names no `nodeLocations` (GKE: three zones of the region);
+#: `maxNodeCount` / `minNodeCount` are per zone.
+GKE_DEFAULT_ZONES = 3
+#: The default node pool GKE creates with the cluster before the program removes it (`remove_default_node_pool`,
+#: `initial_node_count` per zone): e2-medium nodes with 100 GB pd-balanced boot disks.
+GKE_DEFAULT_POOL = ("e2-medium", 100)
+#: The regional vCPU quota of a machine family (Compute Engine: E2 and N1 count against CPUS, the newer families
+#: against their own metric); CPUS_ALL_REGIONS (project-wide) counts them all.
+_CPU_QUOTA = {"e2": "CPUS", "n1": "CPUS", "n2": "N2_CPUS", "n2d": "N2D_CPUS", "c2": "C2_CPUS", "c2d": "C2D_CPUS",
+              "c3": "C3_CPUS", "c3d": "C3D_CPUS", "t2d": "T2D_CPUS", "n4": "N4_CPUS", "c4": "C4_CPUS"}  # fmt: skip
+_SHARED_CORE = {"e2-micro": 2, "e2-small": 2, "e2-medium": 2, "f1-micro": 1, "g1-small": 1}
+
+
+def gce_vcpus(machine_type: str) -> int | None:
+    """vCPUs of a Compute Engine machine type (`<family>-<kind>-<vCPUs>`; E2 shared-core types count 2)."""
+    if machine_type in _SHARED_CORE:
+        return _SHARED_CORE[machine_type]
+    match = re.fullmatch(r"[a-z0-9]+-[a-z]+-(?P<cpus>[0-9]+)", machine_type)
+    return int(match.group("cpus")) if match else None
+
+
+def _gib(size: Any) -> int:
+    """A Kubernetes storage quantity as whole GB of a persistent disk (GiB: the PD CSI driver rounds up)."""
+    return -(-int(quantity_value(str(size))) // 2**30)
+
+
+def _claims(run: StackRun, default_class: str) -> Iterator[tuple[str, str, int]]:
+    """(owner, storage class, GiB) of every PersistentVolumeClaim the stack's workloads will make, at their count."""
+
+    def claim(spec: Mapping[str, Any]) -> tuple[str, int]:
+        return spec.get("storageClassName") or default_class, _gib(spec["resources"]["requests"]["storage"])
+
+    for sts in run.of_type("kubernetes:apps/v1:StatefulSet"):
+        spec = sts.inputs.get("spec") or {}
+        replicas = int(spec.get("replicas", 1))
+        templates = [t["spec"] for t in spec.get("volumeClaimTemplates", [])]
+        templates += [
+            v["ephemeral"]["volumeClaimTemplate"]["spec"]
+            for v in spec.get("template", {}).get("spec", {}).get("volumes", [])
+            if "ephemeral" in v
+        ]
+        for template in templates:
+            cls, size = claim(template)
+            yield sts.name, cls, size * replicas
+    for pg in run.of_type(CNPG_CLUSTER):
+        spec = pg.inputs.get("spec") or {}
+        for key in ("storage", "walStorage"):
+            if spec.get(key):
+                yield (
+                    pg.name,
+                    spec[key].get("storageClass") or default_class,
+                    _gib(spec[key]["size"]) * int(spec.get("instances", 1)),
+                )
+    for release in run.of_type(HELM_RELEASE):
+        prometheus = ((release.inputs.get("values") or {}).get("prometheus") or {}).get(
+            "prometheusSpec"
+        ) or {}
+        template = (prometheus.get("storageSpec") or {}).get("volumeClaimTemplate")
+        if template:
+            cls, size = claim(template["spec"])
+            yield f"{release.name} (Prometheus)", cls, size * int(prometheus.get("replicas", 1))
+    for pvc in run.of_type("kubernetes:core/v1:PersistentVolumeClaim"):
+        cls, size = claim(pvc.inputs["spec"])
+        yield pvc.name, cls, size
+
+
+def gke_quota_usage(run: StackRun, default_class: str = "standard-rwo") -> list[str]:
+    """What a GKE stack takes of Compute Engine's regional quotas, at its node pool's minimum and maximum: vCPUs,
+    SSD / standard persistent disk GB (node boot disks and the workloads' volumes), and the external addresses of its
+    Cloud NAT. Nothing offline sees the project's other usage: each line says how to read the quota and its usage."""
+    (cluster,) = run.of_type("gcp:container/cluster:Cluster") or [None]
+    if cluster is None:
+        return []
+    region = str(cluster.inputs.get("location", "<region>"))
+    check = (
+        f"`gcloud compute regions describe {region} --flatten=quotas "
+        "--format='table(quotas.metric,quotas.limit,quotas.usage)'`"
+    )
+    disks: dict[str, list[int]] = {}  # quota metric -> [at the minimum, at the maximum]
+    cpus: dict[str, list[int]] = {}
+    notes: list[str] = []
+    for _owner, cls, size in _claims(run, default_class):
+        disk = GKE_STORAGE_CLASS_DISK.get(cls)
+        if disk is None:
+            notes.append(
+                f"storage class {cls!r} is not one of GKE's ({', '.join(GKE_STORAGE_CLASS_DISK)}): not counted"
+            )
+            continue
+        totals = disks.setdefault(GCE_DISK_QUOTA[disk], [0, 0])
+        totals[0] += size
+        totals[1] += size
+    pools = run.of_type("gcp:container/nodePool:NodePool")
+    for pool in pools:
+        config = pool.inputs.get("nodeConfig") or {}
+        zones = len(pool.inputs.get("nodeLocations") or []) or GKE_DEFAULT_ZONES
+        scaling = pool.inputs.get("autoscaling") or {}
+        low = int(scaling.get("minNodeCount", pool.inputs.get("nodeCount", 1))) * zones
+        high = int(scaling.get("maxNodeCount", pool.inputs.get("nodeCount", 1))) * zones
+        machine = str(config.get("machineType", "e2-medium"))
+        per_node = gce_vcpus(machine)
+        if per_node is None:
+            notes.append(f"machine type {machine!r}: vCPUs unknown, not counted")
+        else:
+            metric = _CPU_QUOTA.get(machine.split("-", 1)[0], f"{machine.split('-', 1)[0].upper()}_CPUS")
+            if config.get("spot") or config.get("preemptible"):
+                metric = "PREEMPTIBLE_CPUS (when the project has that quota; else " + metric + ")"
+            totals = cpus.setdefault(metric, [0, 0])
+            totals[0] += per_node * low
+            totals[1] += per_node * high
+        boot = disks.setdefault(
+            GCE_DISK_QUOTA.get(str(config.get("diskType", GKE_BOOT_DISK)), "SSD_TOTAL_GB"), [0, 0]
+        )
+        boot[0] += int(config.get("diskSizeGb", 100)) * low
+        boot[1] += int(config.get("diskSizeGb", 100)) * high
+    lines = []
+    for metric, (low, high) in sorted(cpus.items()):
+        lines.append(
+            f"{metric} in {region}: this stack takes {low} vCPUs at the node pool's minimum, {high} at its maximum "
+            f"(also CPUS_ALL_REGIONS, project-wide); check {check} and raise it (IAM & Admin > Quotas) before "
+            "`pulumi up` or the autoscaler's scale-up fails"
+        )
+    for metric, (low, high) in sorted(disks.items()):
+        span = (
+            f"{low} GB" if low == high else f"{low} GB at the node pool's minimum, {high} GB at its maximum"
+        )
+        lines.append(
+            f"{metric} in {region}: this stack takes {span} (node boot disks and the workloads' volumes); check "
+            f"{check}: a volume over the quota stays Pending (ProvisioningFailed, QUOTA_EXCEEDED)"
+        )
+    if not pools and cluster.inputs.get("enableAutopilot"):
+        lines.append(
+            f"CPUS in {region}: Autopilot's nodes follow the pods' requests (and their boot disks count against "
+            f"SSD_TOTAL_GB): check {check}"
+        )
+    elif pools and cluster.inputs.get("removeDefaultNodePool"):
+        machine, disk = GKE_DEFAULT_POOL
+        count = int(cluster.inputs.get("initialNodeCount", 1)) * GKE_DEFAULT_ZONES
+        lines.append(
+            f"while the cluster is created, GKE's default node pool (removed before the stack's own) briefly takes "
+            f"{count * (gce_vcpus(machine) or 2)} CPUS and {count * disk} GB of SSD_TOTAL_GB in {region}"
+        )
+    if run.of_type("gcp:compute/routerNat:RouterNat"):
+        lines.append(
+            f"STATIC_ADDRESSES and IN_USE_ADDRESSES in {region}: Cloud NAT (automatic allocation) reserves 1 regional "
+            "external address (more only past ~1000 nodes at 64 ports each); the nodes have none"
+        )
+    return lines + notes

@@ -148,6 +148,19 @@ IAM_PRINCIPAL_RE = re.compile(r"arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[A-
 #: `rag:cluster.eks.natGateways`: a NAT gateway (and private route table) in each zone, or one shared by all.
 NatGateways = Literal["single", "perZone"]
 
+#: The retention periods CloudWatch Logs accepts (PutRetentionPolicy `retentionInDays`; pulumi-aws LogGroup
+#: `retention_in_days`), without 0 ("never expire": what EKS leaves on a log group it creates itself).
+LogRetentionDays = Literal[
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EksControlPlaneLogs:
+    """The CloudWatch log group the EKS control plane writes its api, audit and authenticator logs to."""
+
+    retentionDays: LogRetentionDays
+
 
 @dataclass(frozen=True, kw_only=True)
 class EksCluster:
@@ -159,6 +172,7 @@ class EksCluster:
     availabilityZones: int = _f(min=2, max=6)
     nodeGroup: EksNodeGroup
     clusterAutoscaler: Toggle
+    controlPlaneLogs: EksControlPlaneLogs
     storageClass: str = ""
     endpointPublicAccess: bool = False
     publicAccessCidrs: tuple[str, ...] = ()
@@ -796,7 +810,8 @@ def _coerce(hint: Any, value: Any, key: str, file: str, checks: Mapping[str, Any
         return hint(**_build_fields(hint, value, f"{key}.", file))
     if origin is Literal:
         allowed = get_args(hint)
-        if value not in allowed:
+        # `True in (1, 3)` holds in Python: a boolean is only one of the values where the choices are booleans.
+        if value not in allowed or isinstance(value, bool) is not isinstance(allowed[0], bool):
             raise ConfigError(
                 key, file, f"unknown value {value!r} (expected one of {', '.join(map(str, allowed))})"
             )

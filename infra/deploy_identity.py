@@ -171,6 +171,17 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
     # The promotion copy pushes the promoted image into the stack's repository (reading the source the same way
     # when it is an ECR repository of this account; another account's needs a repository policy there).
     "command:local:Command": ECR_PUSH,
+    # The EKS control-plane log group (/aws/eks/<cluster>/cluster) and its retention.
+    "aws:cloudwatch/logGroup:LogGroup": (
+        "logs:CreateLogGroup",
+        "logs:DeleteLogGroup",
+        "logs:DescribeLogGroups",
+        "logs:PutRetentionPolicy",
+        "logs:DeleteRetentionPolicy",
+        "logs:ListTagsForResource",
+        "logs:TagResource",
+        "logs:UntagResource",
+    ),
     "aws:eks/cluster:Cluster": (
         "eks:CreateCluster",
         "eks:DeleteCluster",

@@ -2473,6 +2473,13 @@ def check_alert_targets(run: StackRun, analysis: Analysis, graph: Graph) -> list
             names = set(
                 (spec.get("namespaceSelector") or {}).get("matchNames") or [object_namespace(monitor)]
             )
+            # A Service a chart renders (not declared here): with a `jobLabel` its selector pins to a value, every
+            # Service it selects has that value, which prometheus-operator makes the job.
+            pinned = (
+                ((spec.get("selector") or {}).get("matchLabels") or {}).get(job_label) if job_label else None
+            )
+            if pinned:
+                jobs.add(str(pinned))
             for service in services:
                 labels = _get(service.inputs, "metadata", "labels") or {}
                 if object_namespace(service) in names and traffic._selects(spec.get("selector"), labels):
@@ -2804,6 +2811,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.version": "1.34",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
+    "cluster.eks.controlPlaneLogs.retentionDays": 90,
     "cluster.eks.nodeGroup.instanceType": "m6i.2xlarge",
     "cluster.eks.storageClass": "gp3-other",
     "cluster.eks.natGateways": "single",

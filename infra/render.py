@@ -40,6 +40,7 @@ import kubernetes_validate.utils
 import yaml
 from referencing import Registry, Resource
 
+from infra.capacity import gke_quota_usage
 from infra.config import ConfigError
 from infra.deployability import Analysis, analyse, describe
 from infra.offline import RecordedResource, StackRun, cli_config, run_stack
@@ -317,7 +318,8 @@ AWS_QUOTAS = {
 
 
 def quota_usage(run: StackRun) -> list[str]:
-    """One line per AWS quota the stack draws on: how many it takes, the default quota, how to count the rest."""
+    """One line per cloud quota the stack draws on: how many it takes, the default quota, how to count the rest
+    (AWS: `AWS_QUOTAS`; GKE: Compute Engine's regional quotas, `infra.capacity.gke_quota_usage`)."""
     providers = [r for r in run.of_type("pulumi:providers:aws") if r.inputs.get("region")]
     region = str(providers[0].inputs["region"]) if providers else "<region>"
     lines = []
@@ -329,7 +331,7 @@ def quota_usage(run: StackRun) -> list[str]:
                 f"the account holds there: count them with `{command.format(region=region)}`, "
                 "raise it in Service Quotas before `pulumi up` if they do not fit)"
             )
-    return lines
+    return lines + gke_quota_usage(run)
 
 
 def summarize(run: StackRun, environment: str) -> dict[str, Any]:

@@ -24,7 +24,13 @@ from infra.clusters import ClusterTarget
 from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_selector, upload_memory_bytes
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
-from infra.components.monitoring import AlertReceivers, AlertThresholds, Monitoring, MonitoringArgs
+from infra.components.monitoring import (
+    AlertReceivers,
+    AlertThresholds,
+    ClusterAutoscalerTarget,
+    Monitoring,
+    MonitoringArgs,
+)
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
@@ -201,6 +207,21 @@ def namespace_metadata(config: StackConfig) -> dict[str, Any]:
     }
 
 
+def cluster_autoscaler_target(config: StackConfig) -> ClusterAutoscalerTarget | None:
+    """The Cluster Autoscaler the eks target installs (rag:cluster.eks.clusterAutoscaler), for its scrape and alerts;
+    None on the other targets (GKE's autoscaler is Google's, with no metrics endpoint in the cluster)."""
+    if config.cluster.provider != "eks" or not config.cluster.eks.clusterAutoscaler.enabled:
+        return None
+    # Imported here: loading the eks target pulls in pulumi_aws, which a dev run never needs.
+    from infra.clusters.eks import CLUSTER_AUTOSCALER_NAMESPACE, CLUSTER_AUTOSCALER_SERVICE_LABELS
+
+    return ClusterAutoscalerTarget(
+        namespace=CLUSTER_AUTOSCALER_NAMESPACE,
+        service_labels=CLUSTER_AUTOSCALER_SERVICE_LABELS,
+        job_label="app.kubernetes.io/instance",  # the release's name: job="cluster-autoscaler"
+    )
+
+
 def monitoring_args(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -250,6 +271,7 @@ def monitoring_args(
             certificate_expiry_days=mon.alerts.certificateExpiryDays,
             backup_max_age_hours=mon.alerts.backupMaxAgeHours,
         ),
+        cluster_autoscaler=cluster_autoscaler_target(config),
         depends_on=tuple(cluster.depends_on),
     )
 
@@ -822,7 +844,8 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
                 else {}
             ),
             monitoring_crds=monitoring_crds,
-            ready=ready,
+            # The first pull of the image needs the nodes' read grant on the stack's registry (gke/eks).
+            ready=(*ready, *cluster.image_pull),
         ),
         opts=in_cluster,
     )

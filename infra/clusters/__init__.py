@@ -45,6 +45,9 @@ class ClusterTarget:
         default_factory=dict
     )  # vpc/subnets/security group (eks), network (gke)
     depends_on: tuple[pulumi.Resource, ...] = ()  # what must exist before workloads (node pool / node group)
+    # What lets the nodes pull the stack's own image (the node identity's registry read grant): the service's pods
+    # wait for it explicitly, not only through the node pool, so no first pull is refused and backed off.
+    image_pull: tuple[pulumi.Resource, ...] = ()
     # What provides the Gateway API on this target (its CRDs, a controller, the GatewayClass): the Gateway, its
     # routes and cert-manager (whose Gateway API support needs the CRDs at start-up) wait for these. Empty on
     # `existing`, where they are a prerequisite of the cluster (docs/infra.md).

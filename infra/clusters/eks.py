@@ -35,10 +35,11 @@ from infra.components.gateway import envoy_gateway_crds
 from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
+ECR_READ_POLICY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    ECR_READ_POLICY,
 )
 EBS_CSI_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"
 # VPC CNI managed add-on configuration: its network policy agent enforces NetworkPolicies (off by default on EKS,
@@ -56,6 +57,14 @@ CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
 #: node groups): `k8s.io/cluster-autoscaler/enabled = true` and `k8s.io/cluster-autoscaler/<cluster> = owned`. The
 #: chart's default `autoDiscovery.tags` are these two keys, and the IAM policy scales only groups carrying both.
 AUTOSCALER_ENABLED_TAG = "k8s.io/cluster-autoscaler/enabled"
+#: The labels of the autoscaler's metrics Service (chart 9.59.0 `cluster-autoscaler.instance-name`: the release's
+#: name, and `<cloudProvider>-<chart name>` as app name), its name (`fullnameOverride`) and namespace.
+CLUSTER_AUTOSCALER_SERVICE_LABELS = {
+    "app.kubernetes.io/instance": "cluster-autoscaler",
+    "app.kubernetes.io/name": "aws-cluster-autoscaler",
+}
+CLUSTER_AUTOSCALER_NAME = "cluster-autoscaler"
+CLUSTER_AUTOSCALER_NAMESPACE = "kube-system"
 # EKS has no Gateway API implementation: Envoy Gateway (its chart installs the Gateway API CRDs it is built
 # against, v1.6.1, before its controller starts). v1.9 supports Kubernetes 1.33-1.36 (its compatibility matrix).
 ENVOY_GATEWAY_CHART = ("gateway-helm", "v1.9.0", "oci://docker.io/envoyproxy")
@@ -323,7 +332,7 @@ def cluster_autoscaler_values(
         "cloudProvider": "aws",
         "awsRegion": region,
         "autoDiscovery": {"clusterName": cluster_name},
-        "fullnameOverride": "cluster-autoscaler",
+        "fullnameOverride": CLUSTER_AUTOSCALER_NAME,
         "image": {"tag": image_tag},
         "rbac": {
             "serviceAccount": {
@@ -335,7 +344,9 @@ def cluster_autoscaler_values(
         # with an emptyDir, and every API and worker pod has two (/tmp and DATA_DIR, scratch that any rollout
         # discards), so after a peak the nodes holding them would never be scaled down. PodDisruptionBudgets still
         # hold evictions to one pod at a time.
-        "extraArgs": {"skip-nodes-with-local-storage": False},
+        # `--emit-per-nodegroup-metrics`: the per-group target and max counts the "at maxSize" alert compares
+        # (registered only with this flag; cluster-autoscaler/metrics/metrics.go RegisterAll).
+        "extraArgs": {"skip-nodes-with-local-storage": False, "emit-per-nodegroup-metrics": True},
         # Requests for a cluster of tens of nodes; a limit on memory only (throttled CPU would only slow its loop).
         "resources": {"requests": {"cpu": "100m", "memory": "600Mi"}, "limits": {"memory": "600Mi"}},
     }
@@ -393,6 +404,18 @@ def addon_version(addon: str, cluster: aws.eks.Cluster, provider: aws.Provider) 
         most_recent=False,
         opts=pulumi.InvokeOutputOptions(provider=provider),
     ).version
+
+
+#: The control-plane log types the cluster sends to CloudWatch Logs.
+CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator")
+#: Logical name of the stack's control-plane log group (`ragops up` names it in its adoption instructions).
+CONTROL_PLANE_LOG_GROUP = "eks-control-plane-logs"
+
+
+def control_plane_log_group(cluster_name: str) -> str:
+    """The CloudWatch log group EKS writes a cluster's control-plane logs to: `/aws/eks/<cluster>/cluster` (EKS
+    user guide, "Send control plane logs to CloudWatch Logs"), a name EKS does not let one choose."""
+    return f"/aws/eks/{cluster_name}/cluster"
 
 
 def build_eks(config: StackConfig) -> ClusterTarget:
@@ -530,6 +553,19 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
         opts=opts,
     )
+    # The control-plane log group, declared by the stack: when logging is on and the group is missing, EKS creates
+    # it itself with no retention (kept forever, billed forever) and deleting the cluster leaves it behind, so the
+    # next stack of the same name failed creating it. Created first (the cluster waits for it: terraform-provider-aws
+    # eks_cluster docs, "Enabling Control Plane Logging", depends_on for exactly this race), so EKS finds it and
+    # never creates its own; deleted by destroy after the cluster. Protected in prod like the cluster: it holds the
+    # audit trail. A stack whose cluster was created before this group was declared has EKS's group already:
+    # `ragops up` then stops with the `pulumi import` that adopts it (docs/operations.md).
+    log_group = aws.cloudwatch.LogGroup(
+        CONTROL_PLANE_LOG_GROUP,
+        name=control_plane_log_group(name),
+        retention_in_days=eks.controlPlaneLogs.retentionDays,
+        opts=kept,
+    )
     cluster = aws.eks.Cluster(
         "eks",
         name=name,
@@ -546,8 +582,10 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "authentication_mode": "API_AND_CONFIG_MAP",
             "bootstrap_cluster_creator_admin_permissions": True,
         },
-        enabled_cluster_log_types=["api", "audit", "authenticator"],
-        opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[cluster_policy])),
+        enabled_cluster_log_types=list(CONTROL_PLANE_LOG_TYPES),
+        opts=pulumi.ResourceOptions.merge(
+            kept, pulumi.ResourceOptions(depends_on=[cluster_policy, log_group])
+        ),
     )
 
     cluster_access(cluster, eks.adminPrincipals, eks.readerPrincipals, opts)
@@ -772,11 +810,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         autoscaler.append(
             k8s.helm.v3.Release(
                 "cluster-autoscaler",
-                name="cluster-autoscaler",
+                name=CLUSTER_AUTOSCALER_NAME,
                 chart=chart,
                 version=version,
                 repository_opts={"repo": repo},
-                namespace="kube-system",
+                namespace=CLUSTER_AUTOSCALER_NAMESPACE,
                 atomic=True,
                 timeout=600,
                 values=cluster_autoscaler_values(
@@ -919,6 +957,10 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             *autoscaler,
         ),
         gateway_api=(envoy_gateway, *gateway_classes),
+        # The service's pods pull from the stack's ECR repository with the node role.
+        image_pull=tuple(
+            p for p, arn in zip(node_policies, NODE_POLICIES, strict=True) if arn == ECR_READ_POLICY
+        ),
         workload_identity=workload_identity,
         grant_bucket_write=grant_bucket_write,
         cloud="aws",

@@ -42,7 +42,8 @@ WORKLOAD_ROLES = ("backup", "service", "registry")
 # What a node service account needs on the project: GKE's minimum for node system tasks (logging, monitoring, the
 # HPA's metrics), "Kubernetes Engine Default Node Service Account" (GKE "Configure node service accounts"), and
 # reading the stack's images from Artifact Registry, which that role does not cover.
-NODE_ROLES = ("roles/container.defaultNodeServiceAccount", "roles/artifactregistry.reader")
+ARTIFACT_REGISTRY_READER = "roles/artifactregistry.reader"
+NODE_ROLES = ("roles/container.defaultNodeServiceAccount", ARTIFACT_REGISTRY_READER)
 NODE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Name limits of the Google APIs (pulumi-gcp 10.2.0 docstrings): a GKE cluster name is 1-40 characters, a service
 # account ID 6-30 (^[a-z](?:[-a-z0-9]{4,28}[a-z0-9])$), an Artifact Registry repository ID at most 63.
@@ -358,6 +359,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         },
         # Workloads wait for the nodes (the cluster itself on Autopilot) and for the webhooks' firewall rule.
         depends_on=(*(depends or [cluster]), webhooks),
+        # The service's pods pull from the stack's Artifact Registry repository as the node account.
+        image_pull=tuple(
+            grant
+            for grant, role in zip(node_roles, NODE_ROLES, strict=True)
+            if role == ARTIFACT_REGISTRY_READER
+        ),
         # GKE installs the Gateway API CRDs and runs the controller of its gke-l7-* classes itself. A regional class's
         # Gateway also waits for the proxy-only subnet, so a destroy deletes the Gateway (and the load balancer GKE
         # made for it) before the subnet, which cannot be deleted while a load balancer's proxies use it.

@@ -1,12 +1,20 @@
 """`ServiceImage` (`rag:build:ServiceImage`): the service image, built and pushed, deployed by digest.
 
 Either builds service/Dockerfile with pulumi-docker-build (context = repository root, linux/amd64, pushed to
-`repository` tagged with the git commit, registry credentials from args, a registry build cache in
-`cache_repository`, which must take tag overwrites) and outputs
-`ref` = `<repository>@sha256:<digest>`; or, when `existing_ref` is given (promotion), builds nothing: with
+`repository` by digest, registry credentials from args, a registry build cache in `cache_repository`, which must
+take tag overwrites) and outputs `ref` = `<repository>@sha256:<digest>`; or, when `existing_ref` is given (promotion), builds nothing: with
 `copy_to` the image is copied by digest into that repository (the target stack's own registry) and `ref` is
 `<copy_to>@<the same digest>`, else `ref` is `existing_ref` as is. Deploying by digest means a tag moved later can
 never change what runs.
+
+A build is pushed by digest only (BuildKit's `push-by-digest`), with no tag: the commit it was built from is its
+`org.opencontainers.image.revision` label. A tag would be the commit id, and ECR's IMMUTABLE repositories refuse a
+second push of an existing tag even when the digest is the same (ImageTagAlreadyExistsException; aws/containers-
+roadmap#2179), while a rebuild of one commit is routine: a retried `up` after one killed between the push and the
+state write, a build argument or an uncommitted change, a `--replace`. BuildKit images are not reproducible by
+default, so such a rebuild has a new digest under the old tag. By digest nothing is ever overwritten, immutability
+stays on for the repository (promotion copies tag by digest, `sha256-<hex>`), and pulumi-docker-build's refresh still
+checks the image by digest (its Read inspects `<name>@<digest>`; a 404 drops it from state).
 
 The copy (`copy_script`) is a `command:local:Command` running skopeo on the machine that runs `pulumi up`:
 `skopeo copy --all --preserve-digests` copies the whole index (platform images and attestations) and fails rather
@@ -136,9 +144,17 @@ def current_git_sha(repo_root: Path = REPO_ROOT) -> str:
     return result.stdout.strip()
 
 
-def image_tags(repository: str, git_sha: str) -> list[str]:
-    """Tags pushed for a build: the full commit id (unique, never reused)."""
-    return [f"{repository}:{git_sha}"]
+def image_names(repository: str) -> list[str]:
+    """The names a build is exported under: the repository alone. BuildKit refuses to push a tagged name by digest
+    ("can't push tagged ref ... by digest", util/push/push.go), and pulumi-docker-build gives an export the
+    image's `tags` as its names (ExportWithNames: "overridden if tags are already specified")."""
+    return [repository]
+
+
+def push_by_digest_export() -> docker_build.ExportArgs:
+    """The registry export of a build: pushed under its digest only, never under a tag (see the module docstring).
+    With `push` left off on the Image: `push: true` would add a second registry export pushing `<name>:latest`."""
+    return docker_build.ExportArgs(registry=docker_build.ExportRegistryArgs(push=True, push_by_digest=True))
 
 
 def digest_ref(repository: str, digest: str) -> str:
@@ -225,8 +241,9 @@ class ServiceImage(pulumi.ComponentResource):
             context=docker_build.BuildContextArgs(location=args.context_dir),
             dockerfile=docker_build.DockerfileArgs(location=str(Path(args.context_dir) / args.dockerfile)),
             platforms=[docker_build.Platform(p) for p in args.platforms],
-            push=True,
-            tags=repository.apply(lambda repo: image_tags(repo, sha)),
+            push=False,
+            exports=[push_by_digest_export()],
+            tags=repository.apply(image_names),
             registries=registries,
             cache_from=cache_from,
             cache_to=cache_to,

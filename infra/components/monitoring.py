@@ -23,6 +23,7 @@ Alert and panel queries use the metric names of service/app/core/metrics.py and 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +125,27 @@ class AlertThresholds:
     """Share of LLM calls (POST /v1/answer) that failed over 10 minutes."""
     llm_p95_latency_seconds: float = 30.0
     """p95 of successful LLM calls, start to last token."""
+    unschedulable_pod_minutes: int = 10
+    """A pod of the stack Pending as unschedulable this long: no node fits it, and (on EKS) the Cluster Autoscaler
+    did not add one within the minutes a node takes to join."""
+
+
+@dataclass(frozen=True)
+class ClusterAutoscalerTarget:
+    """Where the Kubernetes Cluster Autoscaler runs, for its ServiceMonitor and alerts (EKS; None elsewhere)."""
+
+    namespace: str
+    service_labels: Mapping[str, str]
+    """Labels of its metrics Service (the chart's `cluster-autoscaler.instance-name`)."""
+    job_label: str
+    """The Service label whose value is the scrape's `job` (its value in `service_labels`)."""
+    port: str = "http"
+    """The Service's metrics port name (chart value `service.portName`, default `http`, port 8085)."""
+
+    @property
+    def job(self) -> str:
+        """Prometheus `job` of the scrape."""
+        return str(self.service_labels[self.job_label])
 
 
 @dataclass(frozen=True)
@@ -202,6 +224,8 @@ class MonitoringArgs:
         )
     )
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
+    cluster_autoscaler: ClusterAutoscalerTarget | None = None
+    """The cluster's Cluster Autoscaler: scraped, and alerted on when it cannot add nodes (None: not running)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -229,6 +253,7 @@ def validate_args(args: MonitoringArgs) -> None:
         "job_running_age_seconds",
         "jobs_reclaimed_per_30m",
         "certificate_expiry_days",
+        "unschedulable_pod_minutes",
     ):
         require(getattr(t, name) >= 1, f"MonitoringArgs.thresholds.{name} must be at least 1.")
     require(t.backup_max_age_hours >= 1, "MonitoringArgs.thresholds.backup_max_age_hours must be at least 1.")
@@ -392,6 +417,87 @@ def cert_manager_pod_monitor_spec() -> dict[str, Any]:
         },
         "podMetricsEndpoints": [{"port": "http-metrics", "interval": "60s"}],
     }
+
+
+def cluster_autoscaler_service_monitor_spec(target: ClusterAutoscalerTarget) -> dict[str, Any]:
+    """Scrape the Cluster Autoscaler's metrics Service (chart cluster-autoscaler 9.59.0: port `http` -> 8085,
+    `/metrics`). Declared here, not with the chart's own `serviceMonitor.enabled`: that template is not gated on the
+    ServiceMonitor CRD, which kube-prometheus-stack installs only after the cluster (and its autoscaler) exist."""
+    return {
+        "namespaceSelector": {"matchNames": [target.namespace]},
+        "selector": {"matchLabels": dict(target.service_labels)},
+        # The job is the value of this Service label (prometheus-operator `jobLabel`): the alerts' `job` does not
+        # depend on the Service name the chart picks.
+        "jobLabel": target.job_label,
+        "endpoints": [{"port": target.port, "path": "/metrics", "interval": "30s"}],
+    }
+
+
+def cluster_autoscaling_rules(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Pods no node can take, and a Cluster Autoscaler that cannot add nodes for them.
+
+    `kube_pod_status_unschedulable` and `kube_pod_status_phase` are kube-state-metrics' (the scheduler's
+    PodScheduled=False/Unschedulable condition, and the phase). The autoscaler's series are its own
+    (cluster-autoscaler/metrics/metrics.go, the same names in the 1.33-1.36 images chart 9.59.0 runs):
+    `node_group_target_count` / `node_group_max_count` per node group (registered with
+    `--emit-per-nodegroup-metrics`, which the stack sets), `unschedulable_pods_count{type="unschedulable"}`,
+    `failed_scale_ups_total{reason}` (pre-set to 0 for each reason at start, so `increase` sees the first failure)
+    and `node_group_backoff_status{node_group, reason}` (1 while a group is backed off after failed scale-ups).
+    """
+    t = args.thresholds
+    pods = f'namespace=~"{args.service_namespace}|{args.namespace}"'
+    rules = [
+        rule(
+            "RagPodsUnschedulable",
+            f"max by (namespace, pod) (kube_pod_status_unschedulable{{{pods}}}) == 1"
+            f' and on (namespace, pod) max by (namespace, pod) (kube_pod_status_phase{{{pods}, phase="Pending"}}) == 1',
+            f"{t.unschedulable_pod_minutes}m",
+            "warning",
+            "A pod of the stack cannot be scheduled.",
+            f"{{{{ $labels.namespace }}}}/{{{{ $labels.pod }}}} has been Pending and unschedulable for "
+            f"{t.unschedulable_pod_minutes} minutes: no node has room for its requests, or its volume's zone or "
+            "its affinity rules out every node with room.",
+        )
+    ]
+    ca = args.cluster_autoscaler
+    if ca is None:
+        return rules
+    sel = f'namespace="{ca.namespace}", job="{ca.job}"'
+    rules += [
+        rule(
+            "ClusterAutoscalerMaxSizeReached",
+            f"max by (node_group) (cluster_autoscaler_node_group_target_count{{{sel}}})"
+            f" >= max by (node_group) (cluster_autoscaler_node_group_max_count{{{sel}}})"
+            f' and on () sum(cluster_autoscaler_unschedulable_pods_count{{{sel}, type="unschedulable"}}) > 0',
+            "10m",
+            "warning",
+            "The node group is at its maximum size and pods are waiting for room.",
+            "Node group {{ $labels.node_group }} has reached its maxSize while pods are unschedulable: the "
+            "Cluster Autoscaler cannot add a node for them.",
+        ),
+        rule(
+            "ClusterAutoscalerScaleUpFailing",
+            f"sum by (reason) (increase(cluster_autoscaler_failed_scale_ups_total{{{sel}}}[15m])) > 0"
+            f" or max by (node_group, reason) (cluster_autoscaler_node_group_backoff_status{{{sel}}}) == 1",
+            "5m",
+            "warning",
+            "The Cluster Autoscaler's scale-ups are failing.",
+            "Adding nodes failed or the node group is backed off ({{ $labels.reason }}): the cloud refused or "
+            "timed out the new instances (capacity, quota, launch errors).",
+        ),
+        rule(
+            "ClusterAutoscalerDown",
+            f"absent(up{{{sel}}} == 1)",
+            "10m",
+            "warning",
+            "The Cluster Autoscaler is not running or not scraped.",
+            "No scrape of the Cluster Autoscaler has succeeded for 10 minutes: nodes are neither added for Pending "
+            "pods nor removed, and its other alerts cannot fire.",
+        ),
+    ]
+    return rules
 
 
 def _increase_from_zero(series: str, window: str) -> str:
@@ -661,6 +767,7 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         {"name": "rag-service", "rules": service},
         {"name": "rag-jobs", "rules": jobs},
         {"name": "rag-datastores", "rules": datastores},
+        {"name": "rag-cluster-autoscaling", "rules": cluster_autoscaling_rules(args, rule)},
     ]
     if args.backup_cronjob:
         cron = args.backup_cronjob
@@ -1045,6 +1152,14 @@ class Monitoring(pulumi.ComponentResource):
             spec=prometheus_rule_spec(args),
             opts=child(release),
         )
+        if args.cluster_autoscaler is not None:
+            prometheus_operator.monitoring_object(
+                f"{name}-cluster-autoscaler-servicemonitor",
+                "ServiceMonitor",
+                metadata=specs.metadata(f"{name}-cluster-autoscaler", ns, object_labels),
+                spec=cluster_autoscaler_service_monitor_spec(args.cluster_autoscaler),
+                opts=child(release),
+            )
         if args.tls_enabled:
             prometheus_operator.monitoring_object(
                 f"{name}-cert-manager-podmonitor",

@@ -10,10 +10,13 @@ refusing (``rag:image ... missing``) or, worse, the settings reverting to what t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pulumi.automation import Workspace
+from pulumi.automation.errors import CommandError
 
+from infra.workflows.errors import stderr_of
 from infra.workflows.promote import (
     IMAGE_KEY,
     PROMOTION_KEY,
@@ -38,6 +41,39 @@ from infra.workflows.stacks import (
 )
 
 PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+#: infra.clusters.eks.CONTROL_PLANE_LOG_GROUP (not imported: pulumi_aws would add seconds to every ragops start).
+CONTROL_PLANE_LOG_GROUP = "eks-control-plane-logs"
+
+#: CloudWatch Logs' CreateLogGroup refusal for the EKS control-plane log group (terraform-provider-aws: "creating
+#: CloudWatch Logs Log Group (<name>): ... ResourceAlreadyExistsException: The specified log group already exists").
+_LOG_GROUP_EXISTS = re.compile(
+    r"Log Group \((/aws/eks/[^/)\s]+/cluster)\).*ResourceAlreadyExistsException", re.IGNORECASE | re.DOTALL
+)
+
+
+def adopt_log_group_instructions(stack: str, stderr: str) -> str | None:
+    """What to run when `up` failed because EKS's own control-plane log group is in the way (None: another failure).
+
+    The stack declares `/aws/eks/<cluster>/cluster` (infra/clusters/eks.py). A cluster created before that, by an
+    earlier version of this program, has the group EKS created itself; a stack of the same name destroyed by that
+    version left it behind. CreateLogGroup then fails, and only an import makes the group the stack's (deleting it
+    would lose the audit logs). `pulumi import` needs the stack's explicit AWS provider (`aws`), which the failed
+    update has recorded; the next `up` then sets the declared retention, tags and protection.
+    """
+    match = _LOG_GROUP_EXISTS.search(stderr)
+    if match is None:
+        return None
+    group = match.group(1)
+    short = stack.rsplit("/", 1)[-1]
+    provider = f"urn:pulumi:{short}::{PROJECT}::pulumi:providers:aws::aws"
+    return (
+        f"the EKS control-plane log group {group} already exists outside the stack (EKS created it for a cluster "
+        "made before the stack declared it, or a destroy by an older version left it behind). Nothing of the "
+        "update that needs it was applied. Adopt it, keeping its logs, then run `ragops up` again: "
+        f"pulumi import 'aws:cloudwatch/logGroup:LogGroup' {CONTROL_PLANE_LOG_GROUP} '{group}' "
+        f"--provider 'aws={provider}' --stack {stack} --generate-code=false --protect=false --yes "
+        '(docs/operations.md, "EKS control-plane logs")'
+    )
 
 
 def keep_promoted(ws: Workspace, stack: str) -> dict[str, Any] | None:
@@ -69,6 +105,51 @@ def keep_promoted(ws: Workspace, stack: str) -> dict[str, Any] | None:
     return values
 
 
+#: The cluster targets whose stacks copy a promoted image into a registry of their own (`ServiceImage`'s copy).
+COPYING_PROVIDERS = frozenset({"gke", "eks"})
+CLUSTER_KEY = f"{PROJECT}:cluster"
+
+
+def image_to_copy(ws: Workspace, stack: str) -> str | None:
+    """The promoted image this update copies into the stack's own registry with skopeo, on this machine (None: no
+    copy runs). The copy is a `command:local:Command` whose script names the image: it runs on the stack's first
+    update with that image, not on an update that keeps the image the last one deployed."""
+    local = ws.get_all_config(stack)
+    image = string_config(local.get(IMAGE_KEY))
+    if not image:
+        return None
+    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
+    if (cluster or {}).get("provider", "existing") not in COPYING_PROVIDERS:
+        return None
+    try:
+        with deployed_config(ws, stack) as deployed:
+            if string_config(deployed.get(IMAGE_KEY)) == image:
+                return None
+    except WorkflowError:
+        pass  # never deployed: the first update copies
+    return image
+
+
+def check_image_copy(ctx: Context, stack: str, ws: Workspace) -> None:
+    """Refuse before the update changes anything when it would copy a promoted image this machine cannot copy
+    (skopeo missing, or the source digest unreadable from here): `up` would otherwise fail at the copy, after it had
+    started changing the stack. The same check `ragops promote` makes (`check_copy_source`)."""
+    image = image_to_copy(ws, stack)
+    if image is None:
+        return
+    # Imported here: the component module loads the Pulumi provider SDKs, which only a copy needs.
+    from infra.components.image import CopyPrerequisiteError, check_copy_source
+
+    check = check_copy_source if ctx.check_image_source is None else ctx.check_image_source
+    try:
+        check(image)
+    except CopyPrerequisiteError as exc:
+        raise WorkflowError(
+            f"Cannot update {stack}: the update copies {image} into the stack's own registry on this machine, "
+            f"and {str(exc)[0].lower()}{str(exc)[1:]}"
+        ) from exc
+
+
 def deploy(
     ctx: Context,
     stack: str,
@@ -81,10 +162,17 @@ def deploy(
     ws = ctx.workspace()
     st = select(ws, stack)
     keep_promoted(ws, stack)
-    result = st.up(
-        policy_packs=[policy_pack] if policy_pack else None,
-        on_output=on_output,
-        on_event=on_event,
-        message=f"ragops up {stack}",
-    )
+    check_image_copy(ctx, stack, ws)
+    try:
+        result = st.up(
+            policy_packs=[policy_pack] if policy_pack else None,
+            on_output=on_output,
+            on_event=on_event,
+            message=f"ragops up {stack}",
+        )
+    except CommandError as exc:
+        instructions = adopt_log_group_instructions(stack, stderr_of(exc))
+        if instructions is not None:
+            raise WorkflowError(instructions) from exc
+        raise
     return change_counts(result.summary.resource_changes)

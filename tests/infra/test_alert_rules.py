@@ -71,6 +71,14 @@ def in_ns(metric: str, **labels: str) -> str:
     return f"{metric}{{{body}}}"
 
 
+def ca(metric: str, **labels: str) -> str:
+    """A series of the Cluster Autoscaler's scrape (its ServiceMonitor: Service `cluster-autoscaler` in kube-system)."""
+    body = ", ".join(
+        f'{k}="{v}"' for k, v in {"namespace": "kube-system", "job": "cluster-autoscaler", **labels}.items()
+    )
+    return f"{metric}{{{body}}}"
+
+
 REQ = "rag_http_requests_total"
 LAT = "rag_http_request_duration_seconds_bucket"
 WHOLE = [{}]  # one alert without labels of its own (an aggregate)
@@ -253,6 +261,51 @@ CASES = [
          {f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="False"}}': "0x30",
           f'certmanager_certificate_ready_status{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls", condition="True"}}': "1x30"},
          "20m"),
+    # --- pods no node takes, and the Cluster Autoscaler (prod runs on EKS with it; its series carry the scrape's
+    # namespace and job, kube-state-metrics' the pod's namespace)
+    Case("staging", "RagPodsUnschedulable", "unschedulable for 12 minutes",
+         {in_ns("kube_pod_status_unschedulable", pod="rag-api-1", uid="u1"): "1x20",
+          in_ns("kube_pod_status_phase", pod="rag-api-1", uid="u1", phase="Pending"): "1x20",
+          in_ns("kube_pod_status_phase", pod="rag-api-1", uid="u1", phase="Running"): "0x20"},
+         "12m", [{"namespace": NS, "pod": "rag-api-1"}]),
+    Case("staging", "RagPodsUnschedulable", "scheduled after 5 minutes (a node joined)",
+         {in_ns("kube_pod_status_unschedulable", pod="rag-api-1", uid="u1"): "1x5 _x15",
+          in_ns("kube_pod_status_phase", pod="rag-api-1", uid="u1", phase="Pending"): "1x7 0x13"},
+         "12m"),
+    Case("staging", "RagPodsUnschedulable", "another stack's namespace",
+         {'kube_pod_status_unschedulable{namespace="pr-7", pod="rag-api-1", uid="u2"}': "1x20",
+          'kube_pod_status_phase{namespace="pr-7", pod="rag-api-1", uid="u2", phase="Pending"}': "1x20"},
+         "12m"),
+    Case("prod", "ClusterAutoscalerMaxSizeReached", "at maxSize with pods waiting",
+         {ca("cluster_autoscaler_node_group_target_count", node_group="eks-nodes-1"): "9x20",
+          ca("cluster_autoscaler_node_group_max_count", node_group="eks-nodes-1"): "9x20",
+          ca("cluster_autoscaler_unschedulable_pods_count", type="unschedulable"): "2x20",
+          ca("cluster_autoscaler_unschedulable_pods_count", type="scheduler_unprocessed"): "0x20"},
+         "12m", [{"node_group": "eks-nodes-1"}]),
+    Case("prod", "ClusterAutoscalerMaxSizeReached", "at maxSize, nothing waiting",
+         {ca("cluster_autoscaler_node_group_target_count", node_group="eks-nodes-1"): "9x20",
+          ca("cluster_autoscaler_node_group_max_count", node_group="eks-nodes-1"): "9x20",
+          ca("cluster_autoscaler_unschedulable_pods_count", type="unschedulable"): "0x20"},
+         "12m"),
+    Case("prod", "ClusterAutoscalerMaxSizeReached", "pods waiting, room to grow",
+         {ca("cluster_autoscaler_node_group_target_count", node_group="eks-nodes-1"): "5x20",
+          ca("cluster_autoscaler_node_group_max_count", node_group="eks-nodes-1"): "9x20",
+          ca("cluster_autoscaler_unschedulable_pods_count", type="unschedulable"): "2x20"},
+         "12m"),
+    Case("prod", "ClusterAutoscalerScaleUpFailing", "a scale-up failed (cloud provider error)",
+         {ca("cluster_autoscaler_failed_scale_ups_total", reason="cloudProviderError"): "0x5 1x15",
+          ca("cluster_autoscaler_failed_scale_ups_total", reason="timeout"): "0x20"},
+         "12m", [{"reason": "cloudProviderError"}]),
+    Case("prod", "ClusterAutoscalerScaleUpFailing", "the node group is backed off",
+         {ca("cluster_autoscaler_node_group_backoff_status", node_group="eks-nodes-1", reason="cloudProviderError"): "0x3 1x17"},
+         "12m", [{"node_group": "eks-nodes-1", "reason": "cloudProviderError"}]),
+    Case("prod", "ClusterAutoscalerScaleUpFailing", "no failure, not backed off",
+         {ca("cluster_autoscaler_failed_scale_ups_total", reason="cloudProviderError"): "0x20",
+          ca("cluster_autoscaler_node_group_backoff_status", node_group="eks-nodes-1", reason="cloudProviderError"): "0x20"},
+         "12m"),
+    Case("prod", "ClusterAutoscalerDown", "never scraped", {}, "12m", WHOLE),
+    Case("prod", "ClusterAutoscalerDown", "its target is down", {ca("up"): "0x20"}, "12m", WHOLE),
+    Case("prod", "ClusterAutoscalerDown", "scraped", {ca("up"): "1x20"}, "12m"),
 ]  # fmt: skip
 
 

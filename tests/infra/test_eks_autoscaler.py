@@ -55,7 +55,8 @@ def test_the_autoscaler_discovers_this_clusters_node_group_with_its_own_role(
     assert sub == f"system:serviceaccount:{chart.inputs['namespace']}:{account['name']}"
     # Scale-down may move the API's and worker's pods, whose emptyDirs are scratch (the default keeps any node
     # running one, i.e. almost every node, forever); the chart renders each extraArgs entry as --key=value.
-    assert values["extraArgs"] == {"skip-nodes-with-local-storage": False}
+    # `--emit-per-nodegroup-metrics` registers the per-group target and max counts the maxSize alert compares.
+    assert values["extraArgs"] == {"skip-nodes-with-local-storage": False, "emit-per-nodegroup-metrics": True}
     # Every values key is one the chart has (Helm would ignore a misspelt one).
     record = chart_values.load(*CLUSTER_AUTOSCALER_CHART[:2])
     assert record is not None
@@ -138,3 +139,52 @@ def test_the_pinned_images_are_one_per_supported_minor() -> None:
     assert set(ENVOY_GATEWAY_KUBERNETES) <= set(EKS_CLUSTER_AUTOSCALER_IMAGES)
     for minor, tag in EKS_CLUSTER_AUTOSCALER_IMAGES.items():
         assert tag.startswith(f"v{minor}.")
+
+
+SERVICE_MONITOR = "kubernetes:monitoring.coreos.com/v1:ServiceMonitor"
+AUTOSCALER_ALERTS = {
+    "ClusterAutoscalerMaxSizeReached",
+    "ClusterAutoscalerScaleUpFailing",
+    "ClusterAutoscalerDown",
+}
+
+
+def _alerts(result: StackRun) -> dict[str, dict]:
+    (rules,) = result.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")
+    return {r["alert"]: r for g in rules.inputs["spec"]["groups"] for r in g["rules"]}
+
+
+@pytest.mark.parametrize(("stack", "target"), EKS_RUNS)
+def test_prometheus_scrapes_the_autoscaler_its_alerts_read(stack: str, target: str | None) -> None:
+    """The chart's Service (templates/service.yaml at chart 9.59.0: labels `cluster-autoscaler.instance-name`, port
+    `service.portName` = http -> 8085) is what the ServiceMonitor selects, and the alerts read the scrape's job."""
+    result = run(stack, target)
+    chart = release(result)
+    if not effective_config(result)["monitoring"]["enabled"]:
+        assert not result.of_type(SERVICE_MONITOR)  # dev: no Prometheus to scrape it
+        return
+    (monitor,) = [r for r in result.of_type(SERVICE_MONITOR) if "cluster-autoscaler" in r.name]
+    spec = monitor.inputs["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": [chart.inputs["namespace"]]}
+    # instance: the release's name; name: `<cloudProvider>-<chart name>` (no nameOverride set).
+    assert spec["selector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": chart.inputs["name"],
+        "app.kubernetes.io/name": f"{chart.inputs['values']['cloudProvider']}-{CLUSTER_AUTOSCALER_CHART[0]}",
+    }
+    assert spec["endpoints"][0]["port"] == "http"
+    # prometheus-operator's `job` is the value of the Service's `jobLabel` label: the release's name.
+    assert spec["jobLabel"] == "app.kubernetes.io/instance"
+    job = chart.inputs["name"]
+    alerts = _alerts(result)
+    assert set(alerts) >= AUTOSCALER_ALERTS
+    for name in AUTOSCALER_ALERTS:
+        assert f'job="{job}"' in alerts[name]["expr"]
+        assert f'namespace="{chart.inputs["namespace"]}"' in alerts[name]["expr"]
+
+
+def test_without_the_autoscaler_only_the_pending_pod_alert_remains() -> None:
+    result = run("prod", None, cluster=OFF)
+    assert not [r for r in result.of_type(SERVICE_MONITOR) if "cluster-autoscaler" in r.name]
+    alerts = set(_alerts(result))
+    assert AUTOSCALER_ALERTS.isdisjoint(alerts)
+    assert "RagPodsUnschedulable" in alerts

@@ -115,3 +115,31 @@ def test_cloud_sql_database_is_destroyed_before_its_user() -> None:
     # The service (API and worker) waits for both, so it is gone before either is deleted.
     for name in ("rag-api", "rag-worker"):
         assert {database.urn, user.urn} <= graph.closure(result.by_name(name).urn)
+
+
+@pytest.mark.parametrize(
+    ("stack", "target", "overrides", "grant"),
+    [
+        ("staging", "gke", {}, "node-sa-artifactregistry.reader"),
+        (
+            "staging",
+            "gke",
+            {"cluster": {"provider": "gke", "gke": {"autopilot": True}}},
+            "node-sa-artifactregistry.reader",
+        ),
+        ("prod", None, {}, "eks-node-AmazonEC2ContainerRegistryReadOnly"),
+    ],
+)
+def test_the_service_pods_wait_for_the_nodes_registry_read_grant_explicitly(
+    stack: str, target: str | None, overrides: dict, grant: str
+) -> None:
+    """The API and worker pull the stack's own image as the node identity: their Deployments name the read grant
+    among their own dependencies (not only through the node pool, which Autopilot does not have), so no first pull
+    is refused and backed off (ImagePullBackOff waits up to 5 minutes between attempts)."""
+    result = run(stack, target, **overrides)
+    (read,) = [r for r in result.resources if r.name == grant]
+    deployments = result.of_type("kubernetes:apps/v1:Deployment")
+    assert {d.name for d in deployments} >= {"rag-api", "rag-worker"}
+    for deployment in deployments:
+        if deployment.name.startswith("rag-"):
+            assert read.urn in deployment.depends_on, deployment.name

@@ -294,7 +294,10 @@ def test_without_an_image_digest_the_service_is_built_and_pushed_to_the_stack_re
     # dev builds (staging and prod only deploy promoted digests: infra/config.py refuses them an empty rag:image).
     result = run("dev", "eks")
     (image,) = result.of_type("docker-build:index:Image")
-    assert image.inputs["push"] is True
+    # Pushed by digest only (its registry export), under no tag the immutable ECR repository could refuse again.
+    assert image.inputs["push"] is False
+    assert [e["registry"]["pushByDigest"] for e in image.inputs["exports"]] == [True]
+    assert image.inputs["tags"] == ["123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service-dev"]
     assert image.inputs["context"]["location"] == "."
     assert image.inputs["dockerfile"]["location"] == "service/Dockerfile"
     assert "registries" in image.secret_keys

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from infra.components.image import CopyPrerequisiteError, check_copy_source
 from infra.workflows.deploy import deploy, keep_promoted
-from infra.workflows.stacks import REPO_ROOT, Context
+from infra.workflows.stacks import REPO_ROOT, Context, WorkflowError
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -104,3 +107,70 @@ def test_ragops_preview_of_prod_shows_only_the_committed_change(tmp_path: Path) 
     text = comment.read_text()
     assert "rag:service" in text
     assert "rag:image" not in text
+
+
+# --- the promotion copy's prerequisites, checked before `up` changes anything -----------------------------------
+
+OTHER = "registry.example.com/rag/service@sha256:" + "cd" * 32
+
+
+def _eks_prod(
+    tmp_path: Path, image: str, deployed: str | None = DIGEST
+) -> tuple[FakeBackend, Context, list[str]]:
+    """prod on EKS: deployed with `deployed` (None: never deployed), its checkout now naming `image`."""
+    backend = FakeBackend(tmp_path)
+    (tmp_path / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
+    config = {"rag:environment": "prod", "rag:cluster": {"provider": "eks"}}
+    if deployed is None:
+        backend.add_stack("prod", config={**config, "rag:image": image}, resources=0)
+    else:
+        backend.add_stack("prod", config={**config, "rag:image": deployed})
+        backend.stacks["prod"].set_config("rag:image", image)
+    checked: list[str] = []
+    ctx = Context(work_dir=tmp_path, pulumi_command=backend.command(), check_image_source=checked.append)
+    return backend, ctx, checked
+
+
+def test_an_update_that_copies_a_new_image_checks_this_machine_first(tmp_path: Path) -> None:
+    backend, ctx, checked = _eks_prod(tmp_path, OTHER)
+
+    def refuse(ref: str) -> None:
+        checked.append(ref)
+        raise CopyPrerequisiteError("skopeo is not on PATH: the promotion copies the image with it.")
+
+    ctx.check_image_source = refuse
+    with pytest.raises(
+        WorkflowError, match=r"Cannot update prod: the update copies .* skopeo is not on PATH"
+    ):
+        deploy(ctx, "prod", policy_pack=None)
+    assert checked == [OTHER]
+    assert backend.commands("up") == []  # refused before any change
+
+
+def test_the_real_check_names_skopeo(tmp_path: Path) -> None:
+    _, ctx, _ = _eks_prod(tmp_path, OTHER)
+    ctx.check_image_source = lambda ref: check_copy_source(ref, which=lambda _name: None)
+    with pytest.raises(WorkflowError, match=r"skopeo is not on PATH.*apt-get install skopeo"):
+        deploy(ctx, "prod", policy_pack=None)
+
+
+def test_a_first_update_with_a_promoted_image_checks_too(tmp_path: Path) -> None:
+    backend, ctx, checked = _eks_prod(tmp_path, OTHER, deployed=None)
+    deploy(ctx, "prod", policy_pack=None)
+    assert checked == [OTHER]
+    assert len(backend.commands("up")) == 1
+
+
+def test_an_update_that_keeps_the_deployed_image_copies_nothing_and_checks_nothing(tmp_path: Path) -> None:
+    """An emergency settings change on a runner without skopeo: the copy's script is unchanged, so it does not run."""
+    backend, ctx, checked = _eks_prod(tmp_path, DIGEST)
+    deploy(ctx, "prod", policy_pack=None)
+    assert checked == []
+    assert len(backend.commands("up")) == 1
+
+
+def test_an_existing_cluster_deploys_the_promoted_ref_as_is(tmp_path: Path) -> None:
+    backend, ctx, checked = _eks_prod(tmp_path, OTHER)
+    backend.stacks["prod"].set_config("rag:cluster", {"provider": "existing"})
+    deploy(ctx, "prod", policy_pack=None)
+    assert checked == []
