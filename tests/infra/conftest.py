@@ -6,12 +6,25 @@ second, so every test reads the same recorded resources instead of re-running th
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import cache
 
 import pytest
 
 from infra.offline import StackRun, run_stack
+
+
+@pytest.fixture(autouse=True)
+def _current_event_loop() -> None:
+    """Component tests build pulumi Outputs, which need a current event loop; `run_stack` closes its own loop and
+    leaves none set, so a component test run after a stack test failed with "There is no current event loop"
+    (test order alone decided it)."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
 
 STACKS = ("dev", "staging", "prod")
 TARGETS = ("existing", "gke", "eks")
