@@ -261,7 +261,7 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": snapshots},
         # Snapshot assembly and snapshot uploads (restore) write temporary files: keep them on the snapshot
         # volume, not on the data volume (default storage/snapshots_temp, which a full data disk cannot take).
-        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": f"{snapshots}/tmp"},
+        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": f"{snapshots}/tmp"},  # noqa: S108
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
         *image_version_env(args.image),

@@ -86,13 +86,15 @@ def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data
         return [v["name"] for v in pod["volumes"]], env, list(mounts)
 
     volumes, env, mounts = parts(cluster_args())  # no size: backups off
-    assert "snapshots" not in volumes and "snapshots" not in mounts
+    assert "snapshots" not in volumes
+    assert "snapshots" not in mounts
     # Never the read-only root filesystem: a manual snapshot lands on the data volume.
     assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/storage/snapshots"
     assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/storage/snapshots/tmp"
 
     volumes, env, mounts = parts(cluster_args(snapshots_size="100Gi", snapshots_storage_class="gp3"))
-    assert "snapshots" in volumes and "snapshots" in mounts
+    assert "snapshots" in volumes
+    assert "snapshots" in mounts
     assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/snapshots"
     assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/snapshots/tmp"
     pod = q.statefulset_spec(cluster_args(snapshots_size="100Gi"), "qdrant", "k")["template"]["spec"]
