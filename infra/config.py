@@ -250,6 +250,14 @@ class Toggle:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SnapshotStorage:
+    """The per-node snapshot scratch volume (created only when backups run); empty size: twice the data volume."""
+
+    size: str = _f(pattern=re.compile(rf"^({QUANTITY_RE.pattern[1:-1]})?$"))
+    storageClass: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class QdrantConfig:
     """Qdrant in cluster mode."""
 
@@ -260,7 +268,17 @@ class QdrantConfig:
     storage: Storage
     resources: Resources
     pdb: Toggle
-    snapshotsStorage: Storage
+    snapshotsStorage: SnapshotStorage
+
+    @property
+    def snapshots_size(self) -> str:
+        """The snapshot volume's size: `snapshotsStorage.size`, or twice `storage.size` when it is empty.
+
+        A backup writes one collection snapshot of a node at a time, at most as large as the node's data volume
+        (segments, WAL and indexes are archived as they are). A restore needs twice that: Qdrant receives the
+        upload into its temp path and unpacks it there before moving it into the storage. So 2 x the data
+        volume, which bounds the node's data, is the smallest size that never runs out."""
+        return self.snapshotsStorage.size or twice(self.storage.size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1060,10 +1078,10 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
-    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < 2 * _bytes(qdrant.storage.size):
+    if config.backups.enabled and _bytes(qdrant.snapshots_size) < 2 * _bytes(qdrant.storage.size):
         fail(
             "qdrant.snapshotsStorage.size",
-            f"{qdrant.snapshotsStorage.size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
+            f"{qdrant.snapshots_size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
             "restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path on this "
             "volume, each about as large as the node's data",
         )
@@ -1375,6 +1393,15 @@ def _check_gke_maintenance(gke: GkeCluster, fail: Any) -> None:
                     f"a NO_UPGRADES exclusion lasts at most {GKE_NO_UPGRADES_MAX_DAYS} days; this one lasts "
                     f"{length.days} (a longer freeze: NO_MINOR_UPGRADES, which still lets security patches in)",
                 )
+
+
+def twice(quantity: str) -> str:
+    """A storage quantity doubled, in its own unit (`100Gi` -> `200Gi`, `1.5Ti` -> `3Ti`)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(.*)", quantity)
+    if match is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    doubled = float(match.group(1)) * 2
+    return f"{int(doubled) if doubled.is_integer() else doubled}{match.group(2)}"
 
 
 def _bytes(quantity: str) -> float:

@@ -2708,6 +2708,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
+    # The snapshot volume exists only where backups run (cloud targets).
+    ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
@@ -2826,6 +2828,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
+    "qdrant.snapshotsStorage.size": "50Gi",
     "postgres.mode": "managed",
     "postgres.version": "16",
     "postgres.database": "rag_other",
