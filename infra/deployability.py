@@ -2708,6 +2708,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
+    ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
     # The snapshot volume exists only where backups run (cloud targets).
     ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
