@@ -2807,6 +2807,13 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.gke.nodePool.machineType": "e2-standard-8",
     "cluster.gke.storageClass": "premium-rwo",
     "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
+    "cluster.gke.maintenance.window.start": "2026-01-04T07:00:00Z",
+    "cluster.gke.maintenance.window.end": "2026-01-04T15:00:00Z",
+    "cluster.gke.maintenance.window.recurrence": "FREQ=DAILY",
+    "cluster.gke.maintenance.exclusions": [
+        {"name": "year-end", "start": "2026-12-20T00:00:00Z", "end": "2027-01-05T00:00:00Z"}
+    ],
+    "cluster.gke.minMasterVersion": "1.34",
     "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
