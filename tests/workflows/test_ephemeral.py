@@ -273,7 +273,7 @@ def test_the_cap_comes_from_the_environment_or_the_template_and_is_checked(
     template.write_text("maxStacks: 2\n")
     assert ephemeral.max_stacks(template) == 2
     template.write_text("maxStacks: true\n")
-    with pytest.raises(UsageError, match="maxStacks in template.yaml must be a whole number"):
+    with pytest.raises(UsageError, match=r"maxStacks in template\.yaml must be a whole number"):
         ephemeral.max_stacks(template)
 
 
