@@ -35,7 +35,16 @@ def _surge(spec: dict[str, Any], replicas: int) -> int:
 def peak(run: StackRun) -> dict[str, float]:
     """Requests, limits, PVC storage and pods of everything the stack runs in its namespace, at a rollout's peak."""
     total = dict.fromkeys(
-        ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "requests.storage", "pods", "pvcs"), 0.0
+        (
+            "requests.cpu",
+            "requests.memory",
+            "limits.cpu",
+            "limits.memory",
+            "requests.storage",
+            "pods",
+            "pvcs",
+        ),
+        0.0,
     )
 
     def add(containers: list[dict[str, Any]], count: int) -> None:
@@ -55,11 +64,15 @@ def peak(run: StackRun) -> dict[str, float]:
             replicas = int(spec.get("replicas") or 1)
             add(spec["template"]["spec"]["containers"], replicas)
             for claim in spec.get("volumeClaimTemplates") or []:
-                total["requests.storage"] += replicas * quantity_value(claim["spec"]["resources"]["requests"]["storage"])
+                total["requests.storage"] += replicas * quantity_value(
+                    claim["spec"]["resources"]["requests"]["storage"]
+                )
                 total["pvcs"] += replicas
             for volume in spec["template"]["spec"].get("volumes") or []:
                 if "ephemeral" in volume:
-                    size = volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"]
+                    size = volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"][
+                        "storage"
+                    ]
                     total["requests.storage"] += replicas * quantity_value(size)
                     total["pvcs"] += replicas
         elif resource.type == "kubernetes:postgresql.cnpg.io/v1:Cluster":
