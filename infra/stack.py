@@ -31,7 +31,7 @@ from infra.components.monitoring import (
     Monitoring,
     MonitoringArgs,
 )
-from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
+from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs, pg_image
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
     READINESS_PATH,
@@ -347,7 +347,7 @@ def postgres_args(
         instances=cfg.cloudnative.instances,
         storage_size=cfg.cloudnative.storage.size,
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
-        image=f"ghcr.io/cloudnative-pg/postgresql:{cfg.version}",
+        image=pg_image(cfg.version),
         resources=resources(cfg.cloudnative.resources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
