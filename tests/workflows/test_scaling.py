@@ -17,7 +17,9 @@ from tests.workflows.fake_pulumi import FakeBackend, _entry, _history, read_conf
 
 def _deployed(backend: FakeBackend, replicas: int, **qdrant: Any) -> None:
     """staging, last deployed with `replicas` Qdrant nodes (its update history records that config)."""
-    backend.add_stack("staging", config={"rag:qdrant": {"replicas": replicas, "replicationFactor": 2, **qdrant}})
+    backend.add_stack(
+        "staging", config={"rag:qdrant": {"replicas": replicas, "replicationFactor": 2, **qdrant}}
+    )
 
 
 def _configure(backend: FakeBackend, **qdrant: Any) -> None:
@@ -42,7 +44,9 @@ def test_a_replica_decrease_is_refused_before_pulumi_runs_naming_the_pods_and_th
     assert backend.commands("up") == []
 
 
-def test_the_acknowledged_scale_down_an_increase_and_a_new_stack_go_ahead(ctx: Context, backend: FakeBackend) -> None:
+def test_the_acknowledged_scale_down_an_increase_and_a_new_stack_go_ahead(
+    ctx: Context, backend: FakeBackend
+) -> None:
     _deployed(backend, 3)
     _configure(backend, replicas=2, scaleDownTo=2)
     deploy(ctx, "staging")
