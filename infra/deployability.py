@@ -2715,6 +2715,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
+    # The snapshot volume exists only where backups run (cloud targets).
+    ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
@@ -2811,6 +2813,13 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.gke.nodePool.machineType": "e2-standard-8",
     "cluster.gke.storageClass": "premium-rwo",
     "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
+    "cluster.gke.maintenance.window.start": "2026-01-04T07:00:00Z",
+    "cluster.gke.maintenance.window.end": "2026-01-04T15:00:00Z",
+    "cluster.gke.maintenance.window.recurrence": "FREQ=DAILY",
+    "cluster.gke.maintenance.exclusions": [
+        {"name": "year-end", "start": "2026-12-20T00:00:00Z", "end": "2027-01-05T00:00:00Z"}
+    ],
+    "cluster.gke.minMasterVersion": "1.34",
     "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
@@ -2826,6 +2835,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
+    "qdrant.snapshotsStorage.size": "50Gi",
     "postgres.mode": "managed",
     "postgres.version": "16",
     "postgres.database": "rag_other",

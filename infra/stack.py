@@ -295,7 +295,8 @@ def qdrant_args(
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",
         storage_size=cfg.storage.size,
         storage_class=storage_class(cfg.storage.storageClass, cluster),
-        snapshots_size=cfg.snapshotsStorage.size,
+        # Only the backup and restore jobs take snapshots: without backups no scratch volume (O12).
+        snapshots_size=cfg.snapshots_size if config.backups.enabled else None,
         snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
