@@ -250,6 +250,18 @@ class Toggle:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NamespaceQuota:
+    """A ResourceQuota and a LimitRange on the stack's namespace (PR stacks on a shared cluster)."""
+
+    enabled: bool
+    requests: Quantities
+    limits: Quantities
+    storage: str = _f(pattern=QUANTITY_RE)
+    persistentVolumeClaims: int = _f(min=1, max=100)
+    pods: int = _f(min=1, max=500)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SnapshotStorage:
     """The per-node snapshot scratch volume (created only when backups run); empty size: twice the data volume."""
 
@@ -670,6 +682,7 @@ class StackConfig:
     namespace: str
     image: str
     cluster: ClusterConfig
+    namespaceQuota: NamespaceQuota
     qdrant: QdrantConfig
     postgres: PostgresConfig
     redis: RedisConfig
@@ -1106,6 +1119,18 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
             )
 
+    quota = config.namespaceQuota
+    for key, requested, limited in (
+        ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
+        ("namespaceQuota.requests.memory", quota.requests.memory, quota.limits.memory),
+    ):
+        if _quantity(requested) > _quantity(limited):
+            fail(
+                key,
+                f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): every pod's requests are "
+                "at most its limits, so the requests quota could never be used",
+            )
+
     qdrant = config.qdrant
     if qdrant.replicationFactor > qdrant.replicas:
         fail(
@@ -1502,6 +1527,13 @@ def twice(quantity: str) -> str:
         raise ValueError(f"not a quantity: {quantity!r}")
     doubled = float(match.group(1)) * 2
     return f"{int(doubled) if doubled.is_integer() else doubled}{match.group(2)}"
+
+
+def _quantity(quantity: str) -> float:
+    """A CPU or memory quantity (already matched by QUANTITY_RE) as a number (cores, bytes)."""
+    if quantity.endswith("m"):
+        return float(quantity[:-1]) / 1000
+    return _bytes(quantity)
 
 
 def _bytes(quantity: str) -> float:

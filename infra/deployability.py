@@ -108,6 +108,7 @@ CHART_CRDS: Mapping[str, tuple[frozenset[str], tuple[str, ...] | None]] = {
     "kube-prometheus-stack": (frozenset({"monitoring.coreos.com"}), ("crds", "enabled")),
     "prometheus-operator-crds": (frozenset({"monitoring.coreos.com"}), None),
     "cloudnative-pg": (frozenset({"postgresql.cnpg.io"}), ("crds", "create")),
+    "plugin-barman-cloud": (frozenset({"barmancloud.cnpg.io"}), ("crds", "create")),
     # Envoy Gateway's chart ships the Gateway API CRDs and its own; gateway-crds-helm is its CRD-only chart.
     "gateway-helm": (frozenset({"gateway.networking.k8s.io", "gateway.envoyproxy.io"}), None),
     "gateway-crds-helm": (frozenset({"gateway.networking.k8s.io", "gateway.envoyproxy.io"}), None),
@@ -1057,7 +1058,7 @@ def _gke_proxy_only_subnets(run: StackRun, graph: Graph) -> list[Finding]:
 
 GKE_FIREWALL = "gcp:compute/firewall:Firewall"
 #: Charts serving admission webhooks, by the values path of the port their pods listen on and its default at the
-#: pinned version (cloudnative-pg 0.26.1 `webhook.port`, cert-manager v1.21.1 `webhook.securePort`,
+#: pinned version (cloudnative-pg 0.29.0 `webhook.port`, cert-manager v1.21.1 `webhook.securePort`,
 #: kube-prometheus-stack 78.3.0 `prometheusOperator.tls.internalPort`).
 CHART_WEBHOOK_PORTS: Mapping[str, tuple[tuple[str, ...], int]] = {
     "cloudnative-pg": (("webhook", "port"), 9443),
@@ -2276,6 +2277,7 @@ CHART_VERSION_KEYS: Mapping[str, str] = {
     "cert-manager": "rag:tls.certManagerVersion",
     "kube-prometheus-stack": "rag:monitoring.chartVersion",
     "cloudnative-pg": "CNPG_CHART_VERSION in infra/components/postgres.py",
+    "plugin-barman-cloud": "BARMAN_CLOUD_CHART_VERSION in infra/components/postgres.py",
     "gateway-helm": "ENVOY_GATEWAY_CHART in infra/clusters/eks.py",
     "metrics-server": "METRICS_SERVER_CHART in infra/clusters/eks.py",
     "cluster-autoscaler": "CLUSTER_AUTOSCALER_CHART in infra/clusters/eks.py",
@@ -2715,6 +2717,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
+    ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
     # The snapshot volume exists only where backups run (cloud targets).
     ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),

@@ -64,7 +64,7 @@ DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
 # The firewall rule GKE creates for a cluster with private nodes (`gke-<cluster>-<hash>-master`) lets the control plane
 # reach nodes and pods on TCP 443 and 10250 only ("Adding firewall rules for specific use cases" in GKE's private
 # cluster docs). An admission webhook served on another port times out, and every object it validates cannot be
-# created: CloudNativePG's operator serves its webhooks on 9443 (cloudnative-pg chart 0.26.1 values.yaml
+# created: CloudNativePG's operator serves its webhooks on 9443 (cloudnative-pg chart 0.29.0 values.yaml
 # `webhook.port: 9443`), so the `Cluster` would never be admitted. cert-manager (`webhook.securePort: 10250`) and
 # kube-prometheus-stack's operator (`prometheusOperator.tls.internalPort: 10250`) chose 10250 for this reason.
 CONTROL_PLANE_WEBHOOK_PORTS = (9443,)
