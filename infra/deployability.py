@@ -108,6 +108,7 @@ CHART_CRDS: Mapping[str, tuple[frozenset[str], tuple[str, ...] | None]] = {
     "kube-prometheus-stack": (frozenset({"monitoring.coreos.com"}), ("crds", "enabled")),
     "prometheus-operator-crds": (frozenset({"monitoring.coreos.com"}), None),
     "cloudnative-pg": (frozenset({"postgresql.cnpg.io"}), ("crds", "create")),
+    "plugin-barman-cloud": (frozenset({"barmancloud.cnpg.io"}), ("crds", "create")),
     # Envoy Gateway's chart ships the Gateway API CRDs and its own; gateway-crds-helm is its CRD-only chart.
     "gateway-helm": (frozenset({"gateway.networking.k8s.io", "gateway.envoyproxy.io"}), None),
     "gateway-crds-helm": (frozenset({"gateway.networking.k8s.io", "gateway.envoyproxy.io"}), None),
@@ -1067,7 +1068,7 @@ def _gke_proxy_only_subnets(run: StackRun, graph: Graph) -> list[Finding]:
 
 GKE_FIREWALL = "gcp:compute/firewall:Firewall"
 #: Charts serving admission webhooks, by the values path of the port their pods listen on and its default at the
-#: pinned version (cloudnative-pg 0.26.1 `webhook.port`, cert-manager v1.21.1 `webhook.securePort`,
+#: pinned version (cloudnative-pg 0.29.0 `webhook.port`, cert-manager v1.21.1 `webhook.securePort`,
 #: kube-prometheus-stack 78.3.0 `prometheusOperator.tls.internalPort`).
 CHART_WEBHOOK_PORTS: Mapping[str, tuple[tuple[str, ...], int]] = {
     "cloudnative-pg": (("webhook", "port"), 9443),
@@ -2286,6 +2287,7 @@ CHART_VERSION_KEYS: Mapping[str, str] = {
     "cert-manager": "rag:tls.certManagerVersion",
     "kube-prometheus-stack": "rag:monitoring.chartVersion",
     "cloudnative-pg": "CNPG_CHART_VERSION in infra/components/postgres.py",
+    "plugin-barman-cloud": "BARMAN_CLOUD_CHART_VERSION in infra/components/postgres.py",
     "gateway-helm": "ENVOY_GATEWAY_CHART in infra/clusters/eks.py",
     "metrics-server": "METRICS_SERVER_CHART in infra/clusters/eks.py",
     "cluster-autoscaler": "CLUSTER_AUTOSCALER_CHART in infra/clusters/eks.py",
@@ -2718,6 +2720,9 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
+    ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
+    # The snapshot volume exists only where backups run (cloud targets).
+    ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
@@ -2820,6 +2825,13 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.gke.nodePool.machineType": "e2-standard-8",
     "cluster.gke.storageClass": "premium-rwo",
     "cluster.gke.masterAuthorizedNetworks": ["198.51.100.0/24"],
+    "cluster.gke.maintenance.window.start": "2026-01-04T07:00:00Z",
+    "cluster.gke.maintenance.window.end": "2026-01-04T15:00:00Z",
+    "cluster.gke.maintenance.window.recurrence": "FREQ=DAILY",
+    "cluster.gke.maintenance.exclusions": [
+        {"name": "year-end", "start": "2026-12-20T00:00:00Z", "end": "2027-01-05T00:00:00Z"}
+    ],
+    "cluster.gke.minMasterVersion": "1.34",
     "cluster.eks.publicAccessCidrs": ["198.51.100.0/24"],
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
@@ -2835,6 +2847,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
+    "qdrant.snapshotsStorage.size": "50Gi",
     "postgres.mode": "managed",
     "postgres.version": "16",
     "postgres.database": "rag_other",

@@ -211,9 +211,12 @@ def _fake_cert(name: str) -> str:
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: Mapping[str, Any] | None = None) -> None:
         # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
         self._providers: dict[str, dict[str, Any]] = {}
+        # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
+        # "version", "nodeGroups": {name: version}}}. Empty: a fresh account, no cluster yet.
+        self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         """Echo the inputs, plus the outputs a real provider would compute for this type."""
@@ -249,6 +252,23 @@ class PlatformMocks(pulumi_mocks.Mocks):
             build = 3 if args.args.get("mostRecent") else 1
             version = f"v{kubernetes}.{EKS_ADDONS.index(addon)}-eksbuild.{build}"
             return {"addonName": addon, "kubernetesVersion": kubernetes, "version": version, "id": addon}, []
+        eks = self._live.get("eks")
+        if tok == "aws:eks/getClusters:getClusters":
+            return {"id": "eu-west-1", "names": [eks["name"]] if eks else []}, []
+        if tok in ("aws:eks/getCluster:getCluster", "aws:eks/getNodeGroups:getNodeGroups"):
+            name = args.args.get("name") or args.args.get("clusterName")
+            if not eks or name != eks["name"]:
+                # As EKS answers for a cluster that does not exist (ResourceNotFoundException).
+                raise ValueError(f"no EKS cluster {name!r}")
+            if tok.endswith("getCluster"):
+                return {"name": name, "version": eks["version"], "id": name}, []
+            return {"clusterName": name, "names": sorted(eks.get("nodeGroups") or {}), "id": name}, []
+        if tok == "aws:eks/getNodeGroup:getNodeGroup":
+            group = args.args.get("nodeGroupName")
+            groups = (eks or {}).get("nodeGroups") or {}
+            if group not in groups:
+                raise ValueError(f"no EKS node group {group!r}")
+            return {"nodeGroupName": group, "version": groups[group], "id": group}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -505,9 +525,11 @@ def run_stack(
     config_overrides: Mapping[str, Any] | None = None,
     project_dir: Path = PROJECT_DIR,
     stack_config: Mapping[str, Any] | None = None,
+    live: Mapping[str, Any] | None = None,
 ) -> StackRun:
     """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values
-    (or `stack_config`, see `cli_config`).
+    (or `stack_config`, see `cli_config`). `live` is what the cloud already runs, as the program's read-only
+    invokes find it (see `PlatformMocks`); by default nothing (a first `up`).
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
@@ -526,7 +548,7 @@ def run_stack(
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
     set_all_config(values, secret_keys)
-    mocks = PlatformMocks()
+    mocks = PlatformMocks(live)
     monitor = _RecordingMonitor(mocks)
     pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     root = settings.get_root_resource()

@@ -62,6 +62,7 @@ CRD_GROUPS = frozenset(
         "acme.cert-manager.io",
         "monitoring.coreos.com",
         "postgresql.cnpg.io",
+        "barmancloud.cnpg.io",  # the Barman Cloud plugin's ObjectStore
         "networking.gke.io",  # GKE Gateway controller policies (HealthCheckPolicy, GCPBackendPolicy)
         "gateway.envoyproxy.io",  # Envoy Gateway's EnvoyProxy (the EKS target's NLB settings)
     }

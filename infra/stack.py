@@ -33,7 +33,7 @@ from infra.components.monitoring import (
     Monitoring,
     MonitoringArgs,
 )
-from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
+from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs, pg_image
 from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
     READINESS_PATH,
@@ -339,7 +339,8 @@ def qdrant_args(
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",
         storage_size=cfg.storage.size,
         storage_class=storage_class(cfg.storage.storageClass, cluster),
-        snapshots_size=cfg.snapshotsStorage.size,
+        # Only the backup and restore jobs take snapshots: without backups no scratch volume (O12).
+        snapshots_size=cfg.snapshots_size if config.backups.enabled else None,
         snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
@@ -392,7 +393,7 @@ def postgres_args(
         instances=cfg.cloudnative.instances,
         storage_size=cfg.cloudnative.storage.size,
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
-        image=f"ghcr.io/cloudnative-pg/postgresql:{cfg.version}",
+        image=pg_image(cfg.version),
         resources=resources(cfg.cloudnative.resources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
@@ -767,6 +768,59 @@ def _llm_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | N
     return secrets.llm_api_key
 
 
+#: What a container that names no resources gets in a quota'd namespace (a ResourceQuota on requests and limits
+#: refuses such a pod otherwise). The platform's own containers all name theirs; this covers what others start there
+#: (an operator's helper pod, a `kubectl run` while debugging).
+CONTAINER_DEFAULTS = {
+    "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+    "default": {"cpu": "250m", "memory": "256Mi"},
+}
+
+
+def namespace_quota_spec(config: StackConfig) -> dict[str, Any]:
+    """The ResourceQuota (`rag:namespaceQuota`): the sums of requests and limits, PVC storage and count, pods.
+
+    Kubernetes refuses a pod (or a PVC) that would take the namespace past it: a Deployment's rollout then waits
+    (`exceeded quota` in its ReplicaSet's events), so the sizes leave room for one surge pod per Deployment."""
+    quota = config.namespaceQuota
+    return {
+        "hard": {
+            "requests.cpu": quota.requests.cpu,
+            "requests.memory": quota.requests.memory,
+            "limits.cpu": quota.limits.cpu,
+            "limits.memory": quota.limits.memory,
+            "requests.storage": quota.storage,
+            "persistentvolumeclaims": str(quota.persistentVolumeClaims),
+            "pods": str(quota.pods),
+        }
+    }
+
+
+def limit_range_spec() -> dict[str, Any]:
+    """Container defaults for a quota'd namespace (see CONTAINER_DEFAULTS)."""
+    return {"limits": [{"type": "Container", **CONTAINER_DEFAULTS}]}
+
+
+def namespace_quota(
+    config: StackConfig, cluster: ClusterTarget, namespace: k8s.core.v1.Namespace
+) -> tuple[pulumi.Resource, ...]:
+    """The namespace's ResourceQuota and LimitRange when `rag:namespaceQuota.enabled` (PR stacks), else none.
+
+    Every workload waits for both: a pod admitted before the LimitRange exists would get no defaults."""
+    if not config.namespaceQuota.enabled:
+        return ()
+    opts = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=[namespace])
+    labels = {"app.kubernetes.io/part-of": "rag"}
+    metadata = {"name": "rag-quota", "namespace": config.namespace, "labels": labels}
+    quota = k8s.core.v1.ResourceQuota(
+        "namespace-quota", metadata=metadata, spec=namespace_quota_spec(config), opts=opts
+    )
+    limits = k8s.core.v1.LimitRange(
+        "namespace-limits", metadata={**metadata, "name": "rag-defaults"}, spec=limit_range_spec(), opts=opts
+    )
+    return (quota, limits)
+
+
 def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
     """Create every component of the stack on `cluster`; returns the stack outputs to export."""
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
@@ -779,7 +833,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         metadata=namespace_metadata(config),
         opts=pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on)),
     )
-    ready = (namespace,)
+    ready = (namespace, *namespace_quota(config, cluster, namespace))
 
     # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
     monitoring_crds: tuple[pulumi.Resource, ...] = ()

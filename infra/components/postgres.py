@@ -14,13 +14,16 @@ Modes:
   `recovery_source`, the Cluster is bootstrapped by `recovery` from another archive in that bucket (optionally to
   a point in time) instead of `initdb`; it then archives under a new `archive_name` (barman-cloud refuses to
   archive into a non-empty location, and the old archive must stay intact to restore from again).
-  This uses the operator's in-tree `barmanObjectStore` (CloudNativePG 1.27.1, chart 0.26.1): deprecated since
-  1.26 in favour of the Barman Cloud plugin, supported up to 1.31 and removed in 1.32. The plugin needs a second
-  operator (plugin-barman-cloud) and cert-manager on every target; moving to it is a step of the operator
-  upgrade past 1.31. The instances run barman-cloud from their own image: the
-  `ghcr.io/cloudnative-pg/postgresql:<major>` tags the stack uses are the `system` images, which carry it
-  (cloudnative-pg/postgres-containers README, "Deprecated Rolling Tags"); the `minimal`/`standard` images do not,
-  so moving to them goes with the move to the plugin.
+  This uses the operator's in-tree `barmanObjectStore`: deprecated since 1.26 in favour of the Barman Cloud
+  plugin, still served by the pinned 1.30.0 and removed after 1.31. The instances run barman-cloud from their own
+  image: the pinned `system` images carry it (cloudnative-pg/postgres-containers README); the
+  `minimal`/`standard` images do not, so moving to them goes with the move to the plugin.
+
+The operator is chart 0.29.0 = CloudNativePG 1.30.0 (released 2026-06-29, end of life ~December 2026), the newest
+release in the stored sources (cloudnative-pg/cloudnative-pg tags up to v1.30.0 at a95a534, 2026-08-21;
+cloudnative-pg/charts tags up to cloudnative-pg-v0.29.0 at b21ad2d, 2026-07-20). It supports Kubernetes 1.34, 1.35
+and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not supported"); 1.29.x ended on
+2026-09-29 and 1.27.x (the previous pin) on 2026-03-09.
 - `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
   group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
   The final snapshot's identifier is `<final_snapshot_prefix>-<8 hex>`: the prefix carries the stack (snapshot
@@ -56,8 +59,37 @@ PORT = 5432
 METRICS_PORT = 9187
 CNPG_CHART = "cloudnative-pg"
 CNPG_REPO = "https://cloudnative-pg.github.io/charts"
-CNPG_CHART_VERSION = "0.26.1"
-DEFAULT_PG_IMAGE = "ghcr.io/cloudnative-pg/postgresql:17.5"
+CNPG_CHART_VERSION = "0.29.0"
+CNPG_OPERATOR_VERSION = "1.30.0"
+"""The operator the chart runs (its appVersion): supported on Kubernetes 1.34-1.36 (infra/chart_values.py)."""
+BARMAN_CLOUD_CHART = "plugin-barman-cloud"
+BARMAN_CLOUD_CHART_VERSION = "0.7.0"
+"""The Barman Cloud plugin chart (cloudnative-pg/charts, plugin v0.13.0), from the operator's chart repository."""
+PG_CATALOG = (
+    "https://github.com/cloudnative-pg/artifacts/blob/ce5057c5f37ca1727ebb4f18681094d10124d59b/image-catalogs"
+)
+#: The operand image of each PostgreSQL major, by exact minor, build and digest, from CloudNativePG's image
+#: catalogs of 2026-08-17 (`PG_CATALOG`/catalog-system-trixie.yaml). A floating `postgresql:<major>` tag (the
+#: deprecated `system` images on bullseye) changes under a running cluster at its next pod restart and was
+#: frozen with bullseye's end of support; a new minor is a deliberate change here. The move from bullseye to trixie
+#: is safe for the registry's indexes: CloudNativePG's initdb defaults LC_COLLATE and LC_CTYPE to `C`
+#: (docs/src/bootstrap.md at v1.30.0), which no glibc update re-orders.
+PG_IMAGES: Mapping[str, str] = {
+    "14": "ghcr.io/cloudnative-pg/postgresql:14.24-202608170814-system-trixie"
+    "@sha256:ba21bac878449f7bf1cc620f8a030953be94aff464ca5ba013de1ebca47479dd",
+    "15": "ghcr.io/cloudnative-pg/postgresql:15.19-202608170814-system-trixie"
+    "@sha256:fa32b6605eee928ffcd5a8895bfdf657d08552c682acbba5af1f732a706015c3",
+    "16": "ghcr.io/cloudnative-pg/postgresql:16.15-202608170814-system-trixie"
+    "@sha256:9715665844fb088ba6e17181cfc2e2505b3a711e7a293ac721490175f9515233",
+    "17": "ghcr.io/cloudnative-pg/postgresql:17.11-202608170816-system-trixie"
+    "@sha256:ecaa395084a5f8831fd2655dbffc98b554473526265f53113ec969de6fc15848",
+    "18": "ghcr.io/cloudnative-pg/postgresql:18.6-202608170814-system-trixie"
+    "@sha256:14cfefd0db8bbc617a4882c74a2811af361fc8d0fc1733062c982c6e746a3875",
+}
+DEFAULT_PG_IMAGE = PG_IMAGES["17"]
+# The operator reads the major from the tag's leading number (cloudnative-pg/machinery reference.New strips the
+# digest first); a pinned image also names its minor.
+_PINNED_PG_IMAGE = re.compile(r"^[^@]+:(?P<major>\d+)\.\d+[^/@:]*(@sha256:[0-9a-f]{64})?$")
 MODES = ("cloudnative", "rds", "cloudsql")
 BACKUP_CLOUDS = ("aws", "gcp")
 RECOVERY_SOURCE = "origin"
@@ -174,6 +206,12 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
     )
     if args.mode == "cloudnative":
         specs.check_in_cluster_store("PostgresDatabaseArgs", args)
+        require(
+            pg_image_major(args.image) is not None,
+            f"PostgresDatabaseArgs.image {args.image!r} must name an exact PostgreSQL minor (a tag such as "
+            "17.11-202608170816-standard-trixie, optionally with a digest): a floating major tag changes the "
+            "server under a running cluster.",
+        )
         require(1 <= args.instances <= 9, "PostgresDatabaseArgs.instances must be between 1 and 9.")
         _validate_backups(args)
     if args.mode == "rds":
@@ -266,6 +304,21 @@ def _validate_backups(args: PostgresDatabaseArgs) -> None:
 def cloudsql_edition(tier: str) -> str:
     """The Cloud SQL edition a tier runs on: db-perf-optimized-N-* is ENTERPRISE_PLUS, the rest ENTERPRISE."""
     return "ENTERPRISE_PLUS" if tier.startswith(ENTERPRISE_PLUS_TIER_PREFIX) else "ENTERPRISE"
+
+
+def pg_image_major(image: str) -> int | None:
+    """The PostgreSQL major of a pinned operand image, or None when the tag does not name an exact minor."""
+    match = _PINNED_PG_IMAGE.match(image)
+    return int(match["major"]) if match else None
+
+
+def pg_image(major: str) -> str:
+    """The pinned operand image of PostgreSQL `major` (a key of PG_IMAGES)."""
+    if major not in PG_IMAGES:
+        raise ValueError(
+            f"No pinned CloudNativePG image for PostgreSQL {major}; known: {', '.join(PG_IMAGES)}."
+        )
+    return PG_IMAGES[major]
 
 
 def database_url(user: str, password: str, host: str, database: str, port: int = PORT) -> str:

@@ -115,6 +115,18 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "no authorized network is listed",
     ),
     ("prod", {"cluster": {"provider": "gke"}}, "gateway.className", "not a GKE Gateway class"),
+    (
+        "dev",
+        {"namespaceQuota": {"enabled": True, "requests": {"memory": "11Gi"}}},
+        "namespaceQuota.requests.memory",
+        "exceeds namespaceQuota.limits.memory (10Gi)",
+    ),
+    (
+        "dev",
+        {"namespaceQuota": {"requests": {"cpu": "6500m"}}},
+        "namespaceQuota.requests.cpu",
+        "exceeds namespaceQuota.limits.cpu (6)",
+    ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     (
         "prod",
