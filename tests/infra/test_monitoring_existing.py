@@ -87,7 +87,8 @@ def test_selector_and_dashboard_labels_are_config() -> None:
         assert {"prometheus": "platform", "team.example.com/owner": "sre"}.items() <= labels(resource).items()
         assert "release" not in labels(resource)  # a list replaces the default: no stale selector label
     dashboard = labels(result.by_name("monitoring-dashboard"))
-    assert dashboard["dash"] == "rag" and "grafana_dashboard" not in dashboard
+    assert dashboard["dash"] == "rag"
+    assert "grafana_dashboard" not in dashboard
     # No dashboard labels: no ConfigMap (a cluster without Grafana's sidecar).
     bare = existing(dashboardLabels=[])
     assert not [r for r in bare.resources if r.name == "monitoring-dashboard"]
@@ -119,10 +120,12 @@ def test_network_policies_admit_the_existing_prometheus_namespace() -> None:
                 )
                 if name:
                     peers.add(name)
-    assert "observability" in peers and "monitoring" not in peers
+    assert "observability" in peers
+    assert "monitoring" not in peers
     # The traffic analysis sees the scrapes from there and finds them allowed.
     scrapes = [f for f in traffic.flows(result) if f.why.startswith("Prometheus scrapes")]
-    assert scrapes and {f.source.namespace for f in scrapes} == {"observability"}
+    assert scrapes
+    assert {f.source.namespace for f in scrapes} == {"observability"}
     assert traffic.blocked(result) == []
     assert deployability.analyse(result).findings == []
 
