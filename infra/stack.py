@@ -482,6 +482,7 @@ def image_args(
         ),
         context_dir=context_dir,
         cache_repository=registry.cache_repository,
+        protect_build=registry.expires_untagged and not config.image,
     )
 
 
