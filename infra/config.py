@@ -551,11 +551,37 @@ class Alerting:
     email: EmailAlerting
 
 
+#: A Kubernetes label as `key=value` (an optional DNS-subdomain prefix and a name of up to 63 characters; a value
+#: of up to 63, possibly empty): the form of `monitoring.existing.selectorLabels` / `dashboardLabels`.
+LABEL_PAIR_RE = re.compile(
+    r"^(?:(?=[a-z0-9.-]{1,253}/)[a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?"
+    r"(?=[A-Za-z0-9._-]{1,63}=)[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"=(?=[A-Za-z0-9._-]{0,63}$)([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$"
+)
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def label_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`("release=kube-prometheus-stack",)` -> `{"release": "kube-prometheus-stack"}`."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExistingPrometheus:
+    """The cluster's own Prometheus Operator stack (`monitoring.mode: existing`)."""
+
+    namespace: str = _f(pattern=DNS_LABEL_RE)
+    selectorLabels: tuple[str, ...] = ()
+    dashboardLabels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class MonitoringConfig:
-    """kube-prometheus-stack and the service's alerts and dashboard."""
+    """kube-prometheus-stack (or the cluster's own Prometheus Operator) and the service's alerts and dashboard."""
 
     enabled: bool
+    mode: Literal["install", "existing"] = "install"
+    existing: ExistingPrometheus
     chartVersion: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
     retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
     storage: Storage
@@ -1261,6 +1287,35 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
             )
+
+    monitoring = config.monitoring
+    if monitoring.enabled and monitoring.mode == "existing":
+        if config.cluster.provider != "existing":
+            # A cluster this stack creates has no Prometheus Operator before the update that creates it.
+            fail(
+                "monitoring.mode",
+                f"existing needs a cluster the stack does not create (cluster.provider existing), not "
+                f"{config.cluster.provider}: use mode install there",
+            )
+        for key, pairs in (
+            ("monitoring.existing.selectorLabels", monitoring.existing.selectorLabels),
+            ("monitoring.existing.dashboardLabels", monitoring.existing.dashboardLabels),
+        ):
+            for pair in pairs:
+                if not LABEL_PAIR_RE.fullmatch(pair):
+                    fail(key, f"{pair!r} is not a Kubernetes label as key=value")
+        # Routing belongs to the cluster's Alertmanager: the stack creates no Alertmanager config there.
+        alerting = monitoring.alerting
+        for key, value in (
+            ("monitoring.alerting.slack.channel", alerting.slack.channel),
+            ("monitoring.alerting.email.to", alerting.email.to),
+        ):
+            if value:
+                fail(
+                    key,
+                    "receivers are not configured by the stack with monitoring.mode existing: route the alerts "
+                    "(labels severity and service) in the cluster's own Alertmanager",
+                )
 
     email = config.monitoring.alerting.email
     if email.to:

@@ -283,7 +283,8 @@ class Graph:
     """The run's wait-for edges: depends_on (explicit + output references), provider, parent."""
 
     def __init__(self, run: StackRun) -> None:
-        self.by_urn: dict[str, RecordedResource] = {r.urn: r for r in run.resources}
+        # Reads (`Resource.get`) are waited for like created resources: their dependencies are theirs.
+        self.by_urn: dict[str, RecordedResource] = {r.urn: r for r in [*run.resources, *run.reads]}
         # The provider field is the provider's URN; its inputs' dependencies are its own depends_on.
         self._closure: dict[str, frozenset[str]] = {}
 
@@ -363,6 +364,15 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
     def add(name: str, provider: str | None, detail: str) -> None:
         caps.setdefault(name, Capability(name, provider, detail))
 
+    for read in run.reads:
+        # An existing CRD the program reads first (Monitoring with mode existing): the preview fails without it,
+        # so whatever waits for the read may use its API.
+        if read.type == CRD_TYPE and "." in str(read.inputs.get("id") or ""):
+            group = str(read.inputs["id"]).split(".", 1)[1]
+            name = f"api:{group}"
+            if name not in caps:
+                add(name, read.urn, f"the cluster's CustomResourceDefinition {read.inputs['id']} (read)")
+                analysis.prerequisites.append(caps[name])
     for resource in run.resources:
         if resource.type in HELM_TYPES:
             chart = _release_chart(resource)
@@ -2771,6 +2781,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ),
     ("slackWebhookUrl", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("pagerdutyRoutingKey", "dev", "existing", {"monitoring": {"enabled": True}}),
+    # The cluster's own Prometheus Operator: its namespace and selectors.
+    ("monitoring.existing.", "dev", "existing", {"monitoring": {"enabled": True, "mode": "existing"}}),
     ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
@@ -2790,6 +2802,10 @@ ALTERNATIVES: Mapping[str, Any] = {
     "pagerdutyRoutingKey": "0123456789abcdef0123456789abcdef",
     "smtpPassword": "smtp-password-two",
     "monitoring.runbookUrl": "https://github.com/example/rag/blob/main/docs/runbooks.md",
+    "monitoring.mode": "existing",
+    "monitoring.existing.namespace": "observability",
+    "monitoring.existing.selectorLabels": ["prometheus=platform"],
+    "monitoring.existing.dashboardLabels": ["grafana.example.com/dashboard=rag"],
     "monitoring.alerting.slack.channel": "#rag-alerts",
     "monitoring.alerting.email.to": "platform@example.com",
     "monitoring.alerting.email.sender": "rag-alerts@example.com",

@@ -88,6 +88,9 @@ class StackRun:
     secret_outputs: frozenset[str]
     #: The `{"rag:key": "value"}` config the program ran with (Pulumi.yaml defaults, stack values, overrides).
     config: Mapping[str, str] = field(default_factory=dict)
+    #: Existing objects the program reads (`Resource.get`): the engine reads them in the preview too, and one that
+    #: does not exist fails it. `id` is in `inputs["id"]`; nothing is created for them.
+    reads: list[RecordedResource] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
         """The resources of one type token."""
@@ -423,6 +426,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
         super().__init__(mocks)
         self.records: list[RecordedResource] = []
+        self.reads: list[RecordedResource] = []
 
     def make_urn(self, parent: str, type_: str, name: str) -> str:
         """URNs as the engine makes them: children of the root stack carry no `pulumi:pulumi:Stack$` prefix."""
@@ -455,6 +459,25 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
                 ignore_changes=tuple(request.ignoreChanges),
+            )
+        )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        self.reads.append(
+            RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=self.make_urn(request.parent, request.type, request.name),
+                custom=True,
+                inputs={"id": request.id},
+                secret_keys=frozenset(),
+                parent=request.parent or None,
+                protect=False,
+                provider=provider,
+                depends_on=tuple(sorted(set(request.dependencies))),
             )
         )
         return response
@@ -564,4 +587,5 @@ def run_stack(
         outputs=outputs,
         secret_outputs=secret_outputs,
         config=dict(values),
+        reads=list(monitor.reads),
     )

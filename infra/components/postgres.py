@@ -153,6 +153,8 @@ class PostgresDatabaseArgs:
     """Namespace of Prometheus, admitted on 9187 by the NetworkPolicy; None to disallow."""
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources installing the monitoring.coreos.com CRDs (Monitoring.crds_ready); the PodMonitor waits."""
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     backup_bucket: pulumi.Input[str] | None = None
     """Bucket receiving WAL and base backups (cloudnative); None: no backups."""
     backup_cloud: Literal["aws", "gcp"] | None = None
@@ -695,7 +697,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-podmonitor",
                 "PodMonitor",
-                metadata=specs.metadata(cluster_name, ns, object_labels),
+                metadata=specs.metadata(cluster_name, ns, {**object_labels, **args.monitor_labels}),
                 spec=pod_monitor_spec(cluster_name),
                 opts=self._opts(args, extra=args.monitoring_crds),
             )

@@ -253,6 +253,48 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "monitoring.alerting.email.smarthost",
         "SMTP server",
     ),
+    (
+        "staging",
+        {"monitoring": {"mode": "existing"}},
+        "monitoring.mode",
+        "needs a cluster the stack does not create",
+    ),
+    (
+        "dev",
+        {"monitoring": {"enabled": True, "mode": "existing", "existing": {"selectorLabels": ["release"]}}},
+        "monitoring.existing.selectorLabels",
+        "'release' is not a Kubernetes label as key=value",
+    ),
+    (
+        "dev",
+        {
+            "monitoring": {
+                "enabled": True,
+                "mode": "existing",
+                "existing": {"dashboardLabels": ["grafana_dashboard=has space"]},
+            }
+        },
+        "monitoring.existing.dashboardLabels",
+        "not a Kubernetes label",
+    ),
+    (
+        "dev",
+        {"monitoring": {"enabled": True, "mode": "existing", "alerting": {"slack": {"channel": "#rag"}}}},
+        "monitoring.alerting.slack.channel",
+        "route the alerts (labels severity and service) in the cluster's own Alertmanager",
+    ),
+    (
+        "dev",
+        {
+            "monitoring": {
+                "enabled": True,
+                "mode": "existing",
+                "alerting": {"email": {"to": "oncall@example.com"}},
+            }
+        },
+        "monitoring.alerting.email.to",
+        "cluster's own Alertmanager",
+    ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
     ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),
