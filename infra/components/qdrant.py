@@ -92,6 +92,8 @@ class QdrantClusterArgs:
     monitoring_namespace: str | None = "monitoring"
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -542,7 +544,7 @@ class QdrantCluster(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, object_labels),
+                metadata=specs.metadata(base, ns, {**object_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(
                     {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
                 ),
