@@ -32,6 +32,7 @@ import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import envoy_gateway_crds
+from infra.components.image import ecr_lifecycle_policy
 from infra.config import (
     EKS_CLUSTER_AUTOSCALER_IMAGES,
     ConfigError,
@@ -823,25 +824,12 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         ),
         opts=opts,
     )
+    # Retention that never takes a deployed image: only untagged ones expire; every image a stack deploys carries
+    # its protected tag (infra/components/image.py ecr_lifecycle_policy, copy_script).
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
-        policy=json.dumps(
-            {
-                "rules": [
-                    {
-                        "rulePriority": 1,
-                        "description": "keep the last 50 images",
-                        "selection": {
-                            "tagStatus": "any",
-                            "countType": "imageCountMoreThan",
-                            "countNumber": 50,
-                        },
-                        "action": {"type": "expire"},
-                    }
-                ]
-            }
-        ),
+        policy=json.dumps(ecr_lifecycle_policy()),
         opts=opts,
     )
 
@@ -1020,6 +1008,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             username=token.user_name,
             password=pulumi.Output.secret(token.password),
             cache_repository=cache_repository.repository_url,
+            expires_untagged=True,
         ),
         storage_class=eks.storageClass,
         cloud_provider=aws_provider,

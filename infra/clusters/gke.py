@@ -19,6 +19,7 @@ import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
+from infra.components.image import artifact_registry_cleanup_policies
 from infra.config import GkeCluster, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
@@ -324,6 +325,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
+        # Untagged versions go after 14 days; every image a stack deploys carries its protected tag and stays
+        # (infra/components/image.py artifact_registry_cleanup_policies, copy_script). Not a dry run: the policies act.
+        cleanup_policies=artifact_registry_cleanup_policies(),
+        cleanup_policy_dry_run=False,
         opts=kept,
     )
 
@@ -378,6 +383,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             server=pulumi.Output.from_input(host),
             username=pulumi.Output.from_input("oauth2accesstoken"),
             password=pulumi.Output.secret(token.access_token),
+            expires_untagged=True,
         ),
         storage_class=gke.storageClass,
         cloud_provider=gcp_provider,
