@@ -63,11 +63,13 @@ class QdrantClusterArgs:
     storage_size: str = "10Gi"
     storage_class: str | None = None
     """StorageClass of the data PVCs; None uses the cluster default."""
-    snapshots_size: str = "10Gi"
-    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod).
-    A snapshot of a node, and an uploaded snapshot being restored, is about as large as the node's data, so give
-    it at least `storage_size` when backups run; an emptyDir would come out of the node's disk and get the pod
-    evicted past its limit."""
+    snapshots_size: str | None = None
+    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod),
+    or None for no such volume: snapshots and Qdrant's temp files then go to a directory of the data volume.
+    Only the backup and restore jobs take snapshots, so only a stack with backups needs the volume (the program
+    passes None otherwise). A snapshot of a node is about as large as the node's data, and a restore keeps the
+    uploaded snapshot and its unpacked copy side by side, so give it twice `storage_size` when backups run; an
+    emptyDir would come out of the node's disk and get the pod evicted past its limit."""
     snapshots_storage_class: str | None = None
     """StorageClass of the snapshot volume; None uses the cluster default."""
     resources: Resources = field(
@@ -87,6 +89,8 @@ class QdrantClusterArgs:
     monitoring_namespace: str | None = "monitoring"
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -102,7 +106,8 @@ def validate_args(args: QdrantClusterArgs) -> None:
     )
     require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
-    specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
+    if args.snapshots_size is not None:
+        specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
     args.resources.validate("QdrantClusterArgs.resources")
     require(
         args.anti_affinity in ("required", "preferred"),
@@ -235,16 +240,30 @@ def image_version_env(image: str) -> list[dict[str, str]]:
     return [] if version is None else [{"name": "QDRANT_IMAGE_VERSION", "value": version}]
 
 
+STORAGE_PATH = "/qdrant/storage"
+SNAPSHOTS_VOLUME_PATH = "/qdrant/snapshots"
+"""Where the snapshot scratch volume is mounted (QdrantClusterArgs.snapshots_size set)."""
+SNAPSHOTS_ON_DATA_PATH = f"{STORAGE_PATH}/snapshots"
+"""Snapshots without a scratch volume: a directory of the data volume (Qdrant reads only `collections/`,
+`aliases/` and its Raft files there), never the read-only root filesystem."""
+
+
+def snapshots_path(args: QdrantClusterArgs) -> str:
+    """Qdrant's snapshots path: the scratch volume when there is one, else a directory of the data volume."""
+    return SNAPSHOTS_VOLUME_PATH if args.snapshots_size is not None else SNAPSHOTS_ON_DATA_PATH
+
+
 def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
     """The Qdrant container: cluster mode env, API key from the Secret, probes, restricted security."""
+    snapshots = snapshots_path(args)
     env = [
         {"name": "QDRANT__CLUSTER__ENABLED", "value": "true"},
         {"name": "QDRANT__CLUSTER__P2P__PORT", "value": str(P2P_PORT)},
-        {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
-        {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+        {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": STORAGE_PATH},
+        {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": snapshots},
         # Snapshot assembly and snapshot uploads (restore) write temporary files: keep them on the snapshot
         # volume, not on the data volume (default storage/snapshots_temp, which a full data disk cannot take).
-        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
+        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": f"{snapshots}/tmp"},  # noqa: S108
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
         *image_version_env(args.image),
@@ -268,8 +287,12 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         "resources": specs.resources_spec(args.resources),
         "securityContext": specs.container_security_context(RUN_AS_USER, FS_GROUP),
         "volumeMounts": [
-            {"name": "storage", "mountPath": "/qdrant/storage"},
-            {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
+            {"name": "storage", "mountPath": STORAGE_PATH},
+            *(
+                [{"name": "snapshots", "mountPath": SNAPSHOTS_VOLUME_PATH}]
+                if args.snapshots_size is not None
+                else []
+            ),
             {"name": "init", "mountPath": "/qdrant/init"},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
@@ -303,6 +326,23 @@ def bootstrap_volume(base: str) -> dict[str, Any]:
     }
 
 
+def snapshots_volume(args: QdrantClusterArgs, match: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The snapshot scratch volume (a PVC that lives and dies with the pod), when the stack takes snapshots."""
+    if args.snapshots_size is None:
+        return []
+    return [
+        {
+            "name": "snapshots",
+            "ephemeral": {
+                "volumeClaimTemplate": {
+                    "metadata": {"labels": dict(match)},
+                    "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
+                }
+            },
+        }
+    ]
+
+
 def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
     """StatefulSet spec: parallel start (peers wait for pod 0 themselves), a PVC template, spread and anti-affinity."""
     match = specs.selector_labels(APP, base, "vector-store")
@@ -325,15 +365,7 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
                 "volumes": [
-                    {
-                        "name": "snapshots",
-                        "ephemeral": {
-                            "volumeClaimTemplate": {
-                                "metadata": {"labels": dict(match)},
-                                "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
-                            }
-                        },
-                    },
+                    *snapshots_volume(args, match),
                     {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     bootstrap_volume(base),
@@ -491,7 +523,7 @@ class QdrantCluster(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, object_labels),
+                metadata=specs.metadata(base, ns, {**object_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(
                     {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
                 ),

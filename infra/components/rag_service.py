@@ -164,6 +164,8 @@ class RagServiceArgs:
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources that install the monitoring.coreos.com CRDs (Monitoring.crds_ready); the ServiceMonitor waits."""
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     backends: tuple[pulumi.Resource, ...] = ()
     """What the API and worker read at start-up (the data components' `ready`: RDS/Cloud SQL instance and user,
     ElastiCache/Memorystore, the Qdrant StatefulSet...). The Deployments wait for them, so their rollout await
@@ -737,7 +739,7 @@ class RagService(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, api_labels),
+                metadata=specs.metadata(base, ns, {**api_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(api_match, ns, port="http"),
                 opts=child(list(args.monitoring_crds)),
             )
@@ -745,7 +747,7 @@ class RagService(pulumi.ComponentResource):
                 prometheus_operator.monitoring_object(
                     f"{name}-worker-podmonitor",
                     "PodMonitor",
-                    metadata=specs.metadata(worker_name, ns, worker_labels),
+                    metadata=specs.metadata(worker_name, ns, {**worker_labels, **args.monitor_labels}),
                     spec=worker_pod_monitor_spec(worker_match, ns),
                     opts=child(list(args.monitoring_crds)),
                 )

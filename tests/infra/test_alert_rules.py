@@ -523,3 +523,49 @@ def test_an_email_receiver_without_smarthost_is_a_config_error() -> None:
             },
             "staging",
         )
+
+
+def test_the_alerts_for_an_existing_prometheus_fire_on_their_series(tmp_path: Path) -> None:
+    """`monitoring.mode: existing` (dev on an existing cluster): the PrometheusRule the cluster's Prometheus loads
+    evaluates as the stack's own; pods of the cluster's monitoring namespace are not the stack's to alert on."""
+    groups = declared_groups(run("dev", monitoring={"enabled": True, "mode": "existing"}))
+    unschedulable = {
+        'kube_pod_status_unschedulable{namespace="monitoring", pod="prometheus-0", uid="u3"}': "1x20",
+        'kube_pod_status_phase{namespace="monitoring", pod="prometheus-0", uid="u3", phase="Pending"}': "1x20",
+    }
+    for case in (
+        Case("dev", "RagApiDown", "every API target down", {svc("up", pod="rag-1"): "0x20"}, "10m", WHOLE),
+        Case("dev", "RagApiDown", "one API target up", {svc("up", pod="rag-1"): "1x20"}, "10m"),
+        Case(
+            "dev",
+            "RagPodsUnschedulable",
+            "the cluster's Prometheus pod, not the stack's",
+            unschedulable,
+            "12m",
+        ),
+        Case(
+            "dev",
+            "RagPodsUnschedulable",
+            "a pod of the stack",
+            {
+                in_ns("kube_pod_status_unschedulable", pod="qdrant-0", uid="u1"): "1x20",
+                in_ns("kube_pod_status_phase", pod="qdrant-0", uid="u1", phase="Pending"): "1x20",
+            },
+            "12m",
+            [{"namespace": NS, "pod": "qdrant-0"}],
+        ),
+    ):
+        result = run_promtool(tmp_path, groups, case)
+        assert result.returncode == 0, f"{case.alert}: {case.name}\n{result.stdout}{result.stderr}"
+    # With the stack's own kube-prometheus-stack, its monitoring namespace's pods are the stack's.
+    own = declared_groups(run("dev", monitoring={"enabled": True}))
+    fires = Case(
+        "dev",
+        "RagPodsUnschedulable",
+        "own Prometheus",
+        unschedulable,
+        "12m",
+        [{"namespace": "monitoring", "pod": "prometheus-0"}],
+    )
+    result = run_promtool(tmp_path, own, fires)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -77,6 +77,31 @@ def test_statefulset_spec_persistence_and_placement() -> None:
     assert "storageClassName" not in no_class["volumeClaimTemplates"][0]["spec"]
 
 
+def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data_volume() -> None:
+    def parts(args: q.QdrantClusterArgs) -> tuple[list[str], dict[str, str], list[str]]:
+        pod = q.statefulset_spec(args, "qdrant", "k")["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        return [v["name"] for v in pod["volumes"]], env, list(mounts)
+
+    volumes, env, mounts = parts(cluster_args())  # no size: backups off
+    assert "snapshots" not in volumes
+    assert "snapshots" not in mounts
+    # Never the read-only root filesystem: a manual snapshot lands on the data volume.
+    assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/storage/snapshots"
+    assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/storage/snapshots/tmp"
+
+    volumes, env, mounts = parts(cluster_args(snapshots_size="100Gi", snapshots_storage_class="gp3"))
+    assert "snapshots" in volumes
+    assert "snapshots" in mounts
+    assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/snapshots"
+    assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/snapshots/tmp"
+    pod = q.statefulset_spec(cluster_args(snapshots_size="100Gi"), "qdrant", "k")["template"]["spec"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "snapshots")["ephemeral"]["volumeClaimTemplate"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+
+
 def test_headless_service_publishes_not_ready_peers() -> None:
     spec = q.headless_service_spec({"a": "b"})
     assert spec["clusterIP"] == "None"
