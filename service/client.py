@@ -435,9 +435,7 @@ def ingest_folder(
     include_hidden: bool = False,
 ) -> None:
     """Send every file under `root`; outcomes go to `report`, progress to `advance(files_done)`."""
-    prepared = [
-        prepare(path, root, max_batch_bytes, encoding) for path in collect(root, include_hidden)
-    ]
+    prepared = [prepare(path, root, max_batch_bytes, encoding) for path in collect(root, include_hidden)]
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
