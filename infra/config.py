@@ -315,6 +315,36 @@ class CloudNativePg:
     recovery: CnpgRecovery
 
 
+MAJOR_RE = re.compile(r"^(1[4-8])?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceWindow:
+    """The managed registry's weekly maintenance hour, UTC (RDS `maintenance_window`, Cloud SQL `maintenance_window`)."""
+
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    hour: int = _f(min=0, max=23)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MajorUpgrade:
+    """A declared major-version upgrade of the RDS / Cloud SQL instance (docs/runbooks.md)."""
+
+    fromVersion: str = _f(pattern=MAJOR_RE)
+    """The major the instance runs now, while postgres.version names the target; empty: no upgrade declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManagedRestore:
+    """A registry instance created from a snapshot or a point in time (RDS / Cloud SQL), adopted by the stack."""
+
+    name: str = _f(pattern=re.compile(r"^([a-z]([a-z0-9-]{0,14}[a-z0-9])?)?$"))
+    snapshot: str = _f(pattern=re.compile(r"^([A-Za-z0-9][A-Za-z0-9:/_.-]{0,254})?$"))
+    sourceInstance: str = _f(pattern=re.compile(r"^([a-z][a-z0-9-]{0,62})?$"))
+    time: str = _f(pattern=re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z)?$"))
+    keepOriginal: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class ManagedPostgres:
     """RDS (eks) / Cloud SQL (gke) settings (mode managed)."""
@@ -324,6 +354,11 @@ class ManagedPostgres:
     storageGb: int = _f(min=20, max=65536)
     multiAz: bool = True
     backupRetentionDays: int = _f(min=0, max=35)
+    maintenanceWindow: MaintenanceWindow
+    applyImmediately: bool = False
+    autoMinorVersionUpgrade: bool = True
+    majorUpgrade: MajorUpgrade
+    restore: ManagedRestore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1224,6 +1259,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
             )
+    _check_managed_postgres(config, fail)
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",
@@ -1345,6 +1381,70 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "redis.managed.tier",
                 f"prod requires STANDARD_HA (a replica in another zone with failover), got {config.redis.managed.tier}",
             )
+
+
+def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
+    """A declared major upgrade and a restore of the RDS / Cloud SQL registry (docs/runbooks.md)."""
+    postgres = config.postgres
+    managed = postgres.managed
+    upgrade, restore = managed.majorUpgrade.fromVersion, managed.restore
+    provider = config.cluster.provider
+    target = postgres.version.split(".")[0]
+    if upgrade:
+        if postgres.mode != "managed":
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"declares an upgrade of the RDS / Cloud SQL instance, but postgres.mode is {postgres.mode}",
+            )
+        if int(upgrade) >= int(target):
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"{upgrade} is not below postgres.version ({postgres.version}): a major upgrade goes to a newer "
+                "major (managed PostgreSQL cannot be downgraded in place; restore a snapshot of the old major "
+                "instead), and once the instance runs postgres.version this key is cleared",
+            )
+        if provider == "gke" and not managed.applyImmediately:
+            fail(
+                "postgres.managed.applyImmediately",
+                f"must be true for the declared upgrade from {upgrade}: Cloud SQL runs a major upgrade (pg_upgrade, "
+                "the instance down for its duration) as soon as `pulumi up` changes databaseVersion, with no "
+                "maintenance-window option; setting this acknowledges the downtime",
+            )
+        if restore.name:
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"is set together with postgres.managed.restore.name ({restore.name}): restore first, upgrade in a "
+                "later `up` (one change of the registry at a time)",
+            )
+    sources = [key for key in ("snapshot", "sourceInstance", "time") if getattr(restore, key)]
+    if sources and not restore.name:
+        fail(
+            "postgres.managed.restore.name",
+            f"missing while postgres.managed.restore.{sources[0]} is set: a restore creates a new instance, "
+            "named by it, next to the current one",
+        )
+    if not restore.keepOriginal and not restore.name:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
+        )
+    if restore.name and postgres.mode != "managed":
+        fail(
+            "postgres.managed.restore.name",
+            f"restores an RDS / Cloud SQL instance, but postgres.mode is {postgres.mode} (a CloudNativePG "
+            "registry restores with postgres.cloudnative.recovery)",
+        )
+    if restore.snapshot and (restore.sourceInstance or restore.time):
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is set together with a point in time (restore.sourceInstance / restore.time): choose one source",
+        )
+    if restore.snapshot and provider == "gke":
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
+            "(restore.time, restore.sourceInstance)",
+        )
 
 
 _UNITS = {

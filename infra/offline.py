@@ -344,6 +344,9 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     if typ == "aws:rds/instance:Instance":
         host = f"{inputs.get('identifier') or name}.c{_digest('rds', name)[:10]}.{region}.rds.amazonaws.com"
         return {"address": host, "endpoint": f"{host}:5432", "port": 5432, "arn": f"arn:aws:rds:::db:{name}"}
+    if typ == "aws:rds/parameterGroup:ParameterGroup":
+        group = inputs.get("name") or f"{name}-{_digest('params', name)[:7]}"
+        return {"name": group, "id": group, "arn": f"arn:aws:rds:{region}:{ACCOUNT_ID}:pg:{group}"}
     if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
         host = f"master.{name}.{_digest('cache', name)[:6]}.euw1.cache.amazonaws.com"
         return {
@@ -376,11 +379,13 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "member": f"serviceAccount:{email}",
         }
     if typ == "gcp:sql/databaseInstance:DatabaseInstance":
+        # A named instance (a restored one) gets an address of its own, so a client's URL shows which it reaches.
+        ip = f"10.20.{int(_digest('sql', inputs['name'])[:2], 16)}.3" if inputs.get("name") else "10.20.0.3"
         return {
-            "privateIpAddress": "10.20.0.3",
+            "privateIpAddress": ip,
             "publicIpAddress": None,
             "connectionName": f"p:europe-west1:{name}",
-            "ipAddresses": [{"ipAddress": "10.20.0.3", "type": "PRIVATE"}],
+            "ipAddresses": [{"ipAddress": ip, "type": "PRIVATE"}],
             "name": inputs.get("name") or name,
         }
     if typ == "gcp:redis/instance:Instance":

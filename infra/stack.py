@@ -371,6 +371,7 @@ def postgres_args(
     mode = postgres_mode(config, cluster)
     network = cluster.network
     cnpg = cfg.cloudnative
+    managed, restore = cfg.managed, cfg.managed.restore
     return PostgresDatabaseArgs(
         backup_bucket=backup.bucket if backup is not None else None,
         backup_cloud=cluster.cloud if backup is not None else None,
@@ -414,6 +415,20 @@ def postgres_args(
         final_snapshot_prefix=cloud_name(
             config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
         ),
+        maintenance_day=managed.maintenanceWindow.day,
+        maintenance_hour=managed.maintenanceWindow.hour,
+        apply_immediately=managed.applyImmediately,
+        auto_minor_version_upgrade=managed.autoMinorVersionUpgrade,
+        upgrade_from=managed.majorUpgrade.fromVersion or None,
+        restore_name=restore.name or None,
+        # RDS identifiers are 1-63 characters; Cloud SQL instance names 1-98 (and unusable for a week once deleted).
+        restore_identifier=cloud_name(config.stack, POSTGRES_NAME, restore.name, limit=63)
+        if restore.name
+        else None,
+        restore_snapshot=restore.snapshot or None,
+        restore_source_instance=restore.sourceInstance or None,
+        restore_time=restore.time or None,
+        keep_original=restore.keepOriginal,
         region=cluster.region or None,
         private_network=network.get("network_id"),
         tier=cfg.managed.tier,
