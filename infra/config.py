@@ -280,6 +280,7 @@ class QdrantConfig:
     storage: Storage
     resources: Resources
     pdb: Toggle
+    scaleDownTo: int = _f(min=0, max=15)
     snapshotsStorage: SnapshotStorage
 
     @property
@@ -1144,6 +1145,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"{config.gateway.className} is not a GKE Gateway class: on gke the stack enables GKE's own "
                 "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
             )
+
+    if config.qdrant.scaleDownTo not in (0, config.qdrant.replicas):
+        fail(
+            "qdrant.scaleDownTo",
+            f"{config.qdrant.scaleDownTo} is neither 0 nor qdrant.replicas ({config.qdrant.replicas}): it acknowledges "
+            "a scale-down TO the configured count, done by the runbook (docs/runbooks.md#scale-qdrant-down)",
+        )
 
     quota = config.namespaceQuota
     for key, requested, limited in (

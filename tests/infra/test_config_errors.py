@@ -202,6 +202,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "exceeds namespaceQuota.limits.cpu (6)",
     ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
+    ("staging", {"qdrant": {"scaleDownTo": 2}}, "qdrant.scaleDownTo", "neither 0 nor qdrant.replicas (3)"),
     (
         "prod",
         {"qdrant": {"snapshotsStorage": {"size": "150Gi"}}},  # >= storage (100Gi), < 2x: a restore runs out
