@@ -282,6 +282,7 @@ class QdrantConfig:
     storage: Storage
     resources: Resources
     pdb: Toggle
+    scaleDownTo: int = _f(min=0, max=15)
     snapshotsStorage: SnapshotStorage
 
     @property
@@ -1147,6 +1148,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
             )
 
+    if config.qdrant.scaleDownTo not in (0, config.qdrant.replicas):
+        fail(
+            "qdrant.scaleDownTo",
+            f"{config.qdrant.scaleDownTo} is neither 0 nor qdrant.replicas ({config.qdrant.replicas}): it acknowledges "
+            "a scale-down TO the configured count, done by the runbook (docs/runbooks.md#scale-qdrant-down)",
+        )
+
     quota = config.namespaceQuota
     for key, requested, limited in (
         ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
@@ -1440,6 +1448,12 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
         fail(
             "postgres.managed.restore.keepOriginal",
             "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
+        )
+    if not restore.keepOriginal and restore.time and not restore.sourceInstance:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false while restore.time reads a point in time of the original instance: restore first, drop the "
+            "original in a later `up` (and clear restore.time, which the restored instance no longer reads)",
         )
     if restore.name and postgres.mode != "managed":
         fail(

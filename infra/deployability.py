@@ -2856,6 +2856,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
+    "qdrant.scaleDownTo": 3,  # the place's qdrant.replicas: it acknowledges a scale-down TO the configured count
     "postgres.mode": "managed",
     "postgres.version": "16",
     "postgres.database": "rag_other",

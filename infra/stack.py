@@ -334,6 +334,7 @@ def qdrant_args(
         namespace=config.namespace,
         api_key=api_key,
         replicas=cfg.replicas,
+        scale_down_acknowledged=cfg.scaleDownTo or None,
         replication_factor=cfg.replicationFactor,
         shard_number=cfg.shardNumber,
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",

@@ -77,6 +77,9 @@ class QdrantClusterArgs:
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
         )
     )
+    scale_down_acknowledged: int | None = None
+    """The replica count an operator scaled down to by the runbook (shards moved off the removed nodes, their peers
+    removed), recorded on the StatefulSet as `rag.platform/scale-down-acknowledged`; None when there was none."""
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
@@ -105,6 +108,11 @@ def validate_args(args: QdrantClusterArgs) -> None:
         f"({args.replicas}): each copy of a shard lives on a different node.",
     )
     require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
+    require(
+        args.scale_down_acknowledged in (None, args.replicas),
+        "QdrantClusterArgs.scale_down_acknowledged must be None or equal to replicas: it records a scale-down to "
+        "the current count.",
+    )
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
     if args.snapshots_size is not None:
         specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
@@ -378,6 +386,19 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
     }
 
 
+SCALE_DOWN_ANNOTATION = "rag.platform/scale-down-acknowledged"
+
+
+def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The StatefulSet's metadata; it records an acknowledged scale-down (who reads the object sees it was planned)."""
+    annotations = (
+        {SCALE_DOWN_ANNOTATION: f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"}
+        if args.scale_down_acknowledged is not None
+        else None
+    )
+    return specs.metadata(base, args.namespace, labels, annotations)
+
+
 def headless_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
     """Headless Service: per-pod DNS for p2p; not-ready pods are published so peers can bootstrap."""
     return {
@@ -487,7 +508,7 @@ class QdrantCluster(pulumi.ComponentResource):
         )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=specs.metadata(base, ns, object_labels),
+            metadata=statefulset_metadata(args, base, object_labels),
             spec=statefulset_spec(args, base, secret_name),
             # Its pods read the API-key Secret, the bootstrap ConfigMap and run as the ServiceAccount, by name.
             opts=child(protect=args.protect, extra=(secret, service_account, bootstrap_config)),

@@ -91,6 +91,16 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "prod",
         {
             "postgres": {
+                "managed": {"restore": {"name": "r1", "keepOriginal": False, "time": "2026-11-26T03:00:00Z"}}
+            }
+        },
+        "postgres.managed.restore.keepOriginal",
+        "drop the original in a later `up`",
+    ),
+    (
+        "prod",
+        {
+            "postgres": {
                 "managed": {"restore": {"name": "r1", "snapshot": "s1", "time": "2026-11-26T03:00:00Z"}}
             }
         },
@@ -192,6 +202,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "exceeds namespaceQuota.limits.cpu (6)",
     ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
+    ("staging", {"qdrant": {"scaleDownTo": 2}}, "qdrant.scaleDownTo", "neither 0 nor qdrant.replicas (3)"),
     (
         "prod",
         {"qdrant": {"snapshotsStorage": {"size": "150Gi"}}},  # >= storage (100Gi), < 2x: a restore runs out
