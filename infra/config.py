@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from infra import embedding_models
+
 PROJECT = "rag"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
@@ -1208,6 +1210,17 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "embedding.extraModels",
                 f"invalid model name {model!r} (expected ORG/NAME, a fastembed model)",
             )
+    for key, model in (
+        ("embedding.model", embedding.model),
+        *(("embedding.extraModels", m) for m in embedding.extraModels),
+    ):
+        if MODEL_RE.fullmatch(model) and embedding_models.find(model) is None:
+            fail(
+                key,
+                f"{model!r} is not a model the service can load (fastembed {embedding_models.FASTEMBED_VERSION}'s "
+                f"ONNX text models, infra/embedding_models.py): one of "
+                f"{', '.join(m.name for m in embedding_models.MODELS)}",
+            )
     if len(set(embedding.image_models)) != len(embedding.image_models):
         fail("embedding.extraModels", "lists a model twice or repeats embedding.model")
     promoted = config.promotion.models if config.promotion is not None else None
@@ -1435,6 +1448,12 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
         fail(
             "postgres.managed.restore.keepOriginal",
             "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
+        )
+    if not restore.keepOriginal and restore.time and not restore.sourceInstance:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false while restore.time reads a point in time of the original instance: restore first, drop the "
+            "original in a later `up` (and clear restore.time, which the restored instance no longer reads)",
         )
     if restore.name and postgres.mode != "managed":
         fail(
