@@ -1436,6 +1436,12 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
             "postgres.managed.restore.keepOriginal",
             "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
         )
+    if not restore.keepOriginal and restore.time and not restore.sourceInstance:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false while restore.time reads a point in time of the original instance: restore first, drop the "
+            "original in a later `up` (and clear restore.time, which the restored instance no longer reads)",
+        )
     if restore.name and postgres.mode != "managed":
         fail(
             "postgres.managed.restore.name",

@@ -91,6 +91,16 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "prod",
         {
             "postgres": {
+                "managed": {"restore": {"name": "r1", "keepOriginal": False, "time": "2026-11-26T03:00:00Z"}}
+            }
+        },
+        "postgres.managed.restore.keepOriginal",
+        "drop the original in a later `up`",
+    ),
+    (
+        "prod",
+        {
+            "postgres": {
                 "managed": {"restore": {"name": "r1", "snapshot": "s1", "time": "2026-11-26T03:00:00Z"}}
             }
         },
