@@ -7,6 +7,8 @@ every node before, during (nodes restarted one at a time, old and new side by si
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from infra.components import qdrant as q
@@ -58,7 +60,7 @@ def test_the_three_step_rotation_never_leaves_a_client_key_a_node_refuses() -> N
     swap = step(qdrantApiKey=NEW, qdrantApiKeyNext=OLD)
     done = step(qdrantApiKey=NEW)
     runs = [start, add, swap, done]
-    for before, after in zip(runs, runs[1:], strict=False):
+    for before, after in itertools.pairwise(runs):
         # While the nodes restart one at a time, some run `before`'s keys and some `after`'s; the service pods
         # roll after the StatefulSet (they wait for it), so clients send `before`'s keys, then `after`'s.
         nodes = accepted(before) & accepted(after)
