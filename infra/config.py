@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from infra import embedding_models
+
 PROJECT = "rag"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
@@ -1207,6 +1209,17 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "embedding.extraModels",
                 f"invalid model name {model!r} (expected ORG/NAME, a fastembed model)",
+            )
+    for key, model in (
+        ("embedding.model", embedding.model),
+        *(("embedding.extraModels", m) for m in embedding.extraModels),
+    ):
+        if MODEL_RE.fullmatch(model) and embedding_models.find(model) is None:
+            fail(
+                key,
+                f"{model!r} is not a model the service can load (fastembed {embedding_models.FASTEMBED_VERSION}'s "
+                f"ONNX text models, infra/embedding_models.py): one of "
+                f"{', '.join(m.name for m in embedding_models.MODELS)}",
             )
     if len(set(embedding.image_models)) != len(embedding.image_models):
         fail("embedding.extraModels", "lists a model twice or repeats embedding.model")

@@ -2181,14 +2181,15 @@ def _container_env(
     return env
 
 
-def models_held(config: Mapping[str, Any]) -> int:
-    """Embedding models one service process may hold at once: the image's models, at most two (the served one,
-    plus the shadow while a model change re-indexes, or the standby kept for rollback after the switch)."""
+def image_models(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The embedding models the deployed image holds: the stack's (`embedding.model` and `extraModels`), and for a
+    promoted image the models its promotion recorded. `pod_memory_parts` counts the largest one besides the served
+    one: a process holds the shadow while a model change re-indexes, or the standby kept for rollback."""
     embedding = config.get("embedding") or {}
-    models = {embedding.get("model"), *(embedding.get("extraModels") or [])}
+    models = [embedding.get("model"), *(embedding.get("extraModels") or [])]
     if config.get("image"):
-        models |= set((config.get("promotion") or {}).get("models") or [])
-    return min(2, len({m for m in models if m}))
+        models += list((config.get("promotion") or {}).get("models") or [])
+    return tuple(dict.fromkeys(m for m in models if m))
 
 
 def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
@@ -2200,7 +2201,7 @@ def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
 
     findings: list[Finding] = []
     declared = _declared_objects(run)
-    models = models_held(effective_config(run))
+    models = image_models(effective_config(run))
     for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
         template = _get(deployment.inputs, "spec", "template") or {}
         labels = _get(template, "metadata", "labels") or {}
