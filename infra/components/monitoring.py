@@ -547,6 +547,45 @@ def cluster_autoscaling_rules(
     return rules
 
 
+def node_rules(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A pod of the stack on a node that is NotReady, and a pod whose deletion never completes.
+
+    kube-state-metrics' series: `kube_pod_info{node}` (where each pod is scheduled), `kube_node_status_condition
+    {condition="Ready", status="true"}` (1 while the node is Ready) and `kube_pod_deletion_timestamp` (the pod's
+    `metadata.deletionTimestamp`: when the deletion was asked for plus the pod's grace period, i.e. the moment
+    the kubelet must have stopped it). A node that stops reporting is NotReady (Unknown) within the node monitor's
+    grace period; 5 minutes later the taint manager deletes its pods, and a pod on a node that cannot confirm the
+    deletion stays Terminating for ever: a StatefulSet (Qdrant, Valkey) will not start that replica elsewhere while
+    it exists, and its ReadWriteOnce volume stays attached to the lost node (docs/runbooks.md,
+    "A node NotReady but not gone").
+    """
+    ns = args.service_namespace
+    return [
+        rule(
+            "RagPodOnNotReadyNode",
+            f'max by (namespace, pod, node) (kube_pod_info{{namespace="{ns}", node!=""}})'
+            ' and on (node) (max by (node) (kube_node_status_condition{condition="Ready", status="true"}) == 0)',
+            "5m",
+            "warning",
+            "A pod of the stack runs on a node that is not Ready.",
+            "{{ $labels.namespace }}/{{ $labels.pod }} is on node {{ $labels.node }}, which has not been Ready for "
+            "5 minutes: its containers are unreachable, and a StatefulSet's pod is not replaced until the node "
+            "is back or fenced.",
+        ),
+        rule(
+            "RagPodStuckTerminating",
+            f'time() - max by (namespace, pod) (kube_pod_deletion_timestamp{{namespace="{ns}"}}) > 600',
+            "0m",
+            "warning",
+            "A pod of the stack has been terminating for longer than its grace period.",
+            "{{ $labels.namespace }}/{{ $labels.pod }} is still there 10 minutes after its grace period ended: "
+            "its node does not confirm the deletion (NotReady, kubelet down) or a finalizer holds it.",
+        ),
+    ]
+
+
 def _increase_from_zero(series: str, window: str) -> str:
     """Events in `window` of a counter, also when the counter's series is born with its first event.
 
@@ -815,6 +854,7 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         {"name": "rag-jobs", "rules": jobs},
         {"name": "rag-datastores", "rules": datastores},
         {"name": "rag-cluster-autoscaling", "rules": cluster_autoscaling_rules(args, rule)},
+        {"name": "rag-nodes", "rules": node_rules(args, rule)},
     ]
     if args.backup_cronjob:
         cron = args.backup_cronjob
