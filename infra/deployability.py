@@ -2834,7 +2834,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",
