@@ -2181,14 +2181,15 @@ def _container_env(
     return env
 
 
-def models_held(config: Mapping[str, Any]) -> int:
-    """Embedding models one service process may hold at once: the image's models, at most two (the served one,
-    plus the shadow while a model change re-indexes, or the standby kept for rollback after the switch)."""
+def image_models(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The embedding models the deployed image holds: the stack's (`embedding.model` and `extraModels`), and for a
+    promoted image the models its promotion recorded. `pod_memory_parts` counts the largest one besides the served
+    one: a process holds the shadow while a model change re-indexes, or the standby kept for rollback."""
     embedding = config.get("embedding") or {}
-    models = {embedding.get("model"), *(embedding.get("extraModels") or [])}
+    models = [embedding.get("model"), *(embedding.get("extraModels") or [])]
     if config.get("image"):
-        models |= set((config.get("promotion") or {}).get("models") or [])
-    return min(2, len({m for m in models if m}))
+        models += list((config.get("promotion") or {}).get("models") or [])
+    return tuple(dict.fromkeys(m for m in models if m))
 
 
 def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
@@ -2200,7 +2201,7 @@ def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
 
     findings: list[Finding] = []
     declared = _declared_objects(run)
-    models = models_held(effective_config(run))
+    models = image_models(effective_config(run))
     for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
         template = _get(deployment.inputs, "spec", "template") or {}
         labels = _get(template, "metadata", "labels") or {}
@@ -2718,6 +2719,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A declared major upgrade runs at `pulumi up` (applyImmediately).
+    (
+        "postgres.managed.majorUpgrade.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"applyImmediately": True}}},
+    ),
     # A restore's sources and its original matter once a restore is named.
     (
         "postgres.managed.restore.",
@@ -2728,6 +2736,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
     ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
+    # Qdrant's alt_api_key exists from 1.17 (dev is deployed on 1.15).
+    ("qdrantApiKeyNext", "dev", "existing", {"qdrant": {"version": "v1.19.0"}}),
     # The snapshot volume exists only where backups run (cloud targets).
     ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
@@ -2815,6 +2825,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "namespace": "rag-other",
     "image": DIGEST,
     "qdrantApiKey": "offline-other-qdrant-key-0123456789",
+    "qdrantApiKeyNext": "offline-next-qdrant-key-0123456789",
     "serviceApiKeys": json.dumps({"offline-other-service-key-0123456789": "tenant-a"}),
     "adminApiKey": "offline-other-admin-key-0123456789",
     "embedding.model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -2823,7 +2834,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",
@@ -2843,7 +2854,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
-    "cluster.eks.version": "1.34",
+    "cluster.eks.version": "1.35",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.controlPlaneLogs.retentionDays": 90,
