@@ -89,12 +89,24 @@ KUBERNETES_SUPPORT: Mapping[str, tuple[tuple[str, KubernetesRange], ...]] = {
     ),
     "cloudnative-pg": (
         (
-            "0.26.",
+            "0.29.",
             KubernetesRange(
-                "1.31",
-                "1.33",
-                "chart 0.26.1 runs operator 1.27.1; cloudnative-pg/cloudnative-pg docs/src/supported_releases.md, "
-                "1.27.x 'Supported Kubernetes versions: 1.31, 1.32, 1.33' (the chart sets no kubeVersion)",
+                "1.34",
+                "1.36",
+                "chart 0.29.0 runs operator 1.30.0 (its kubeVersion '>=1.29.0-0' is looser); "
+                "cloudnative-pg/cloudnative-pg docs/src/supported_releases.md at v1.30.0, 1.30.x 'Supported "
+                "Kubernetes versions: 1.34, 1.35, 1.36' (1.30-1.33 'tested, but not supported')",
+            ),
+        ),
+    ),
+    "plugin-barman-cloud": (
+        (
+            "0.7.",
+            KubernetesRange(
+                "1.29",
+                None,
+                "chart 0.7.0 runs plugin v0.13.0; charts/plugin-barman-cloud/Chart.yaml kubeVersion '>=1.29.0-0' at "
+                "tag plugin-barman-cloud-v0.7.0 (cloudnative-pg/charts); the operator's narrower range binds first",
             ),
         ),
     ),

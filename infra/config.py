@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from infra import embedding_models
+
 PROJECT = "rag"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
@@ -107,6 +109,50 @@ class GkeNodePool:
     spot: bool = False
 
 
+#: An RFC 3339 UTC ("Zulu") time, as GKE's maintenance policy takes and returns them: any other offset is stored
+#: in UTC and shows as a permanent diff (pulumi-gcp 10.2.0 ClusterMaintenancePolicyRecurringWindowArgs docstring).
+RFC3339_UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+#: The recurrences `rag:cluster.gke.maintenance.window.recurrence` takes: the RFC 5545 RRULEs of GKE's own examples
+#: (every day, or some weekdays), the ones whose availability the validator can count without an RRULE library.
+GKE_RECURRENCE_RE = re.compile(
+    r"^FREQ=DAILY$|^FREQ=WEEKLY;BYDAY=(MO|TU|WE|TH|FR|SA|SU)(,(MO|TU|WE|TH|FR|SA|SU))*$"
+)
+#: `rag:cluster.gke.minMasterVersion`: a minor (GKE picks that minor's newest patch in the channel) or a full version.
+GKE_VERSION_RE = re.compile(r"^$|^1\.[0-9]{2}(\.[0-9]+(-gke\.[0-9]+)?)?$")
+GkeExclusionScope = Literal["NO_UPGRADES", "NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GkeMaintenanceWindow:
+    """The recurring window GKE may run automatic upgrades in (`maintenance_policy.recurring_window`).
+
+    `start`'s date is when the first window opens and its time of day when each opens; `end - start` is how long
+    each stays open; `recurrence` (RFC 5545 RRULE, UTC days) says on which days."""
+
+    start: str = _f(pattern=RFC3339_UTC_RE)
+    end: str = _f(pattern=RFC3339_UTC_RE)
+    recurrence: str = _f(pattern=GKE_RECURRENCE_RE)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GkeMaintenanceExclusion:
+    """A one-off span in which GKE runs no automatic upgrades of `scope` (`maintenance_policy.maintenance_exclusions`)."""
+
+    name: str = _f(pattern=re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$"))
+    start: str = _f(pattern=RFC3339_UTC_RE)
+    end: str = _f("", pattern=re.compile(r"^$|" + RFC3339_UTC_RE.pattern))
+    untilEndOfSupport: bool = False
+    scope: GkeExclusionScope = "NO_UPGRADES"
+
+
+@dataclass(frozen=True, kw_only=True)
+class GkeMaintenance:
+    """When GKE may upgrade the cluster on its own: one recurring window, and exclusions from it."""
+
+    window: GkeMaintenanceWindow
+    exclusions: tuple[GkeMaintenanceExclusion, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class GkeCluster:
     """A GKE cluster with its Artifact Registry repository and workload identity."""
@@ -118,6 +164,8 @@ class GkeCluster:
     deletionProtection: bool
     nodePool: GkeNodePool
     storageClass: str
+    maintenance: GkeMaintenance
+    minMasterVersion: str = _f("", pattern=GKE_VERSION_RE)
     privateEndpoint: bool = True
     masterAuthorizedNetworks: tuple[str, ...] = ()
 
@@ -204,6 +252,26 @@ class Toggle:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NamespaceQuota:
+    """A ResourceQuota and a LimitRange on the stack's namespace (PR stacks on a shared cluster)."""
+
+    enabled: bool
+    requests: Quantities
+    limits: Quantities
+    storage: str = _f(pattern=QUANTITY_RE)
+    persistentVolumeClaims: int = _f(min=1, max=100)
+    pods: int = _f(min=1, max=500)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotStorage:
+    """The per-node snapshot scratch volume (created only when backups run); empty size: twice the data volume."""
+
+    size: str = _f(pattern=re.compile(rf"^({QUANTITY_RE.pattern[1:-1]})?$"))
+    storageClass: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class QdrantConfig:
     """Qdrant in cluster mode."""
 
@@ -214,7 +282,18 @@ class QdrantConfig:
     storage: Storage
     resources: Resources
     pdb: Toggle
-    snapshotsStorage: Storage
+    scaleDownTo: int = _f(min=0, max=15)
+    snapshotsStorage: SnapshotStorage
+
+    @property
+    def snapshots_size(self) -> str:
+        """The snapshot volume's size: `snapshotsStorage.size`, or twice `storage.size` when it is empty.
+
+        A backup writes one collection snapshot of a node at a time, at most as large as the node's data volume
+        (segments, WAL and indexes are archived as they are). A restore needs twice that: Qdrant receives the
+        upload into its temp path and unpacks it there before moving it into the storage. So 2 x the data
+        volume, which bounds the node's data, is the smallest size that never runs out."""
+        return self.snapshotsStorage.size or twice(self.storage.size)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,6 +318,36 @@ class CloudNativePg:
     recovery: CnpgRecovery
 
 
+MAJOR_RE = re.compile(r"^(1[4-8])?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceWindow:
+    """The managed registry's weekly maintenance hour, UTC (RDS `maintenance_window`, Cloud SQL `maintenance_window`)."""
+
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    hour: int = _f(min=0, max=23)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MajorUpgrade:
+    """A declared major-version upgrade of the RDS / Cloud SQL instance (docs/runbooks.md)."""
+
+    fromVersion: str = _f(pattern=MAJOR_RE)
+    """The major the instance runs now, while postgres.version names the target; empty: no upgrade declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManagedRestore:
+    """A registry instance created from a snapshot or a point in time (RDS / Cloud SQL), adopted by the stack."""
+
+    name: str = _f(pattern=re.compile(r"^([a-z]([a-z0-9-]{0,14}[a-z0-9])?)?$"))
+    snapshot: str = _f(pattern=re.compile(r"^([A-Za-z0-9][A-Za-z0-9:/_.-]{0,254})?$"))
+    sourceInstance: str = _f(pattern=re.compile(r"^([a-z][a-z0-9-]{0,62})?$"))
+    time: str = _f(pattern=re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z)?$"))
+    keepOriginal: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class ManagedPostgres:
     """RDS (eks) / Cloud SQL (gke) settings (mode managed)."""
@@ -248,6 +357,11 @@ class ManagedPostgres:
     storageGb: int = _f(min=20, max=65536)
     multiAz: bool = True
     backupRetentionDays: int = _f(min=0, max=35)
+    maintenanceWindow: MaintenanceWindow
+    applyImmediately: bool = False
+    autoMinorVersionUpgrade: bool = True
+    majorUpgrade: MajorUpgrade
+    restore: ManagedRestore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -440,11 +554,37 @@ class Alerting:
     email: EmailAlerting
 
 
+#: A Kubernetes label as `key=value` (an optional DNS-subdomain prefix and a name of up to 63 characters; a value
+#: of up to 63, possibly empty): the form of `monitoring.existing.selectorLabels` / `dashboardLabels`.
+LABEL_PAIR_RE = re.compile(
+    r"^(?:(?=[a-z0-9.-]{1,253}/)[a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?"
+    r"(?=[A-Za-z0-9._-]{1,63}=)[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"=(?=[A-Za-z0-9._-]{0,63}$)([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$"
+)
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def label_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`("release=kube-prometheus-stack",)` -> `{"release": "kube-prometheus-stack"}`."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExistingPrometheus:
+    """The cluster's own Prometheus Operator stack (`monitoring.mode: existing`)."""
+
+    namespace: str = _f(pattern=DNS_LABEL_RE)
+    selectorLabels: tuple[str, ...] = ()
+    dashboardLabels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class MonitoringConfig:
-    """kube-prometheus-stack and the service's alerts and dashboard."""
+    """kube-prometheus-stack (or the cluster's own Prometheus Operator) and the service's alerts and dashboard."""
 
     enabled: bool
+    mode: Literal["install", "existing"] = "install"
+    existing: ExistingPrometheus
     chartVersion: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
     retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
     storage: Storage
@@ -571,6 +711,7 @@ class StackConfig:
     namespace: str
     image: str
     cluster: ClusterConfig
+    namespaceQuota: NamespaceQuota
     qdrant: QdrantConfig
     postgres: PostgresConfig
     redis: RedisConfig
@@ -818,6 +959,12 @@ def _coerce(hint: Any, value: Any, key: str, file: str, checks: Mapping[str, Any
         return value
     if origin in (types.UnionType, typing.Union):
         return _coerce(next(arg for arg in get_args(hint) if arg is not type(None)), value, key, file, checks)
+    if origin is tuple and is_dataclass(get_args(hint)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(key, file, f"expected a list of objects, got {_kind(value)}")
+        return tuple(
+            _coerce(get_args(hint)[0], item, f"{key}[{i}]", file, {}) for i, item in enumerate(value)
+        )
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise ConfigError(key, file, f"expected a list of strings, got {_kind(value)}")
@@ -989,6 +1136,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "the control plane's public endpoint is on (cluster.gke.privateEndpoint false) but no "
                 "authorized network is listed - list the deployers' ranges (0.0.0.0/0 only if you mean it)",
             )
+        _check_gke_maintenance(cluster.gke, fail)
         if (
             config.tls.enabled
             and not config.gateway.ingress.enabled
@@ -1000,6 +1148,25 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
             )
 
+    if config.qdrant.scaleDownTo not in (0, config.qdrant.replicas):
+        fail(
+            "qdrant.scaleDownTo",
+            f"{config.qdrant.scaleDownTo} is neither 0 nor qdrant.replicas ({config.qdrant.replicas}): it acknowledges "
+            "a scale-down TO the configured count, done by the runbook (docs/runbooks.md#scale-qdrant-down)",
+        )
+
+    quota = config.namespaceQuota
+    for key, requested, limited in (
+        ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
+        ("namespaceQuota.requests.memory", quota.requests.memory, quota.limits.memory),
+    ):
+        if _quantity(requested) > _quantity(limited):
+            fail(
+                key,
+                f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): every pod's requests are "
+                "at most its limits, so the requests quota could never be used",
+            )
+
     qdrant = config.qdrant
     if qdrant.replicationFactor > qdrant.replicas:
         fail(
@@ -1007,10 +1174,10 @@ def _check_rules(config: StackConfig, file: str) -> None:
             f"{qdrant.replicationFactor} exceeds qdrant.replicas ({qdrant.replicas})",
         )
 
-    if config.backups.enabled and _bytes(qdrant.snapshotsStorage.size) < 2 * _bytes(qdrant.storage.size):
+    if config.backups.enabled and _bytes(qdrant.snapshots_size) < 2 * _bytes(qdrant.storage.size):
         fail(
             "qdrant.snapshotsStorage.size",
-            f"{qdrant.snapshotsStorage.size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
+            f"{qdrant.snapshots_size} is smaller than twice qdrant.storage.size ({qdrant.storage.size}): a "
             "restore holds the uploaded snapshot and its unpacked copy side by side in Qdrant's temp path on this "
             "volume, each about as large as the node's data",
         )
@@ -1042,6 +1209,17 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "embedding.extraModels",
                 f"invalid model name {model!r} (expected ORG/NAME, a fastembed model)",
+            )
+    for key, model in (
+        ("embedding.model", embedding.model),
+        *(("embedding.extraModels", m) for m in embedding.extraModels),
+    ):
+        if MODEL_RE.fullmatch(model) and embedding_models.find(model) is None:
+            fail(
+                key,
+                f"{model!r} is not a model the service can load (fastembed {embedding_models.FASTEMBED_VERSION}'s "
+                f"ONNX text models, infra/embedding_models.py): one of "
+                f"{', '.join(m.name for m in embedding_models.MODELS)}",
             )
     if len(set(embedding.image_models)) != len(embedding.image_models):
         fail("embedding.extraModels", "lists a model twice or repeats embedding.model")
@@ -1102,6 +1280,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
             )
+    _check_managed_postgres(config, fail)
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",
@@ -1129,6 +1308,35 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
             )
+
+    monitoring = config.monitoring
+    if monitoring.enabled and monitoring.mode == "existing":
+        if config.cluster.provider != "existing":
+            # A cluster this stack creates has no Prometheus Operator before the update that creates it.
+            fail(
+                "monitoring.mode",
+                f"existing needs a cluster the stack does not create (cluster.provider existing), not "
+                f"{config.cluster.provider}: use mode install there",
+            )
+        for key, pairs in (
+            ("monitoring.existing.selectorLabels", monitoring.existing.selectorLabels),
+            ("monitoring.existing.dashboardLabels", monitoring.existing.dashboardLabels),
+        ):
+            for pair in pairs:
+                if not LABEL_PAIR_RE.fullmatch(pair):
+                    fail(key, f"{pair!r} is not a Kubernetes label as key=value")
+        # Routing belongs to the cluster's Alertmanager: the stack creates no Alertmanager config there.
+        alerting = monitoring.alerting
+        for key, value in (
+            ("monitoring.alerting.slack.channel", alerting.slack.channel),
+            ("monitoring.alerting.email.to", alerting.email.to),
+        ):
+            if value:
+                fail(
+                    key,
+                    "receivers are not configured by the stack with monitoring.mode existing: route the alerts "
+                    "(labels severity and service) in the cluster's own Alertmanager",
+                )
 
     email = config.monitoring.alerting.email
     if email.to:
@@ -1196,6 +1404,76 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
 
 
+def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
+    """A declared major upgrade and a restore of the RDS / Cloud SQL registry (docs/runbooks.md)."""
+    postgres = config.postgres
+    managed = postgres.managed
+    upgrade, restore = managed.majorUpgrade.fromVersion, managed.restore
+    provider = config.cluster.provider
+    target = postgres.version.split(".")[0]
+    if upgrade:
+        if postgres.mode != "managed":
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"declares an upgrade of the RDS / Cloud SQL instance, but postgres.mode is {postgres.mode}",
+            )
+        if int(upgrade) >= int(target):
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"{upgrade} is not below postgres.version ({postgres.version}): a major upgrade goes to a newer "
+                "major (managed PostgreSQL cannot be downgraded in place; restore a snapshot of the old major "
+                "instead), and once the instance runs postgres.version this key is cleared",
+            )
+        if provider == "gke" and not managed.applyImmediately:
+            fail(
+                "postgres.managed.applyImmediately",
+                f"must be true for the declared upgrade from {upgrade}: Cloud SQL runs a major upgrade (pg_upgrade, "
+                "the instance down for its duration) as soon as `pulumi up` changes databaseVersion, with no "
+                "maintenance-window option; setting this acknowledges the downtime",
+            )
+        if restore.name:
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"is set together with postgres.managed.restore.name ({restore.name}): restore first, upgrade in a "
+                "later `up` (one change of the registry at a time)",
+            )
+    sources = [key for key in ("snapshot", "sourceInstance", "time") if getattr(restore, key)]
+    if sources and not restore.name:
+        fail(
+            "postgres.managed.restore.name",
+            f"missing while postgres.managed.restore.{sources[0]} is set: a restore creates a new instance, "
+            "named by it, next to the current one",
+        )
+    if not restore.keepOriginal and not restore.name:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
+        )
+    if not restore.keepOriginal and restore.time and not restore.sourceInstance:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false while restore.time reads a point in time of the original instance: restore first, drop the "
+            "original in a later `up` (and clear restore.time, which the restored instance no longer reads)",
+        )
+    if restore.name and postgres.mode != "managed":
+        fail(
+            "postgres.managed.restore.name",
+            f"restores an RDS / Cloud SQL instance, but postgres.mode is {postgres.mode} (a CloudNativePG "
+            "registry restores with postgres.cloudnative.recovery)",
+        )
+    if restore.snapshot and (restore.sourceInstance or restore.time):
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is set together with a point in time (restore.sourceInstance / restore.time): choose one source",
+        )
+    if restore.snapshot and provider == "gke":
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
+            "(restore.time, restore.sourceInstance)",
+        )
+
+
 _UNITS = {
     "": 1,
     "k": 10**3,
@@ -1207,6 +1485,137 @@ _UNITS = {
     "Gi": 2**30,
     "Ti": 2**40,
 }
+
+
+#: GKE's floor for a maintenance window ("Configure maintenance windows and exclusions", considerations): at least
+#: 48 hours of availability in any 32-day rolling window, in windows of at least 4 contiguous hours.
+GKE_WINDOW_MIN_HOURS = 4
+GKE_WINDOW_HOURS_PER_32_DAYS = 48
+#: The longest a NO_UPGRADES exclusion may last (GKE "Maintenance windows and exclusions", scope of upgrades); the
+#: NO_MINOR_* scopes may run to the end of the minor's support (`untilEndOfSupport`), on a release channel only.
+GKE_NO_UPGRADES_MAX_DAYS = 30
+#: At most this many exclusions on a cluster (pulumi-gcp 10.2.0 ClusterMaintenancePolicyArgs.maintenance_exclusions).
+GKE_MAX_EXCLUSIONS = 20
+_WEEKDAYS = ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+
+
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def gke_window_hours(window: GkeMaintenanceWindow) -> float:
+    """The fewest hours the window is open in any 32-day span (GKE asks for >= 48): the windows of ten weeks from
+    `start`, merged where they overlap, measured against every 32-day span starting within a week (the pattern
+    repeats weekly). The minimum of that measure is reached where a span's start meets a window's end or its end
+    meets a window's start, so those positions are the ones tried."""
+    from datetime import timedelta
+
+    begin, duration = _utc(window.start), _utc(window.end) - _utc(window.start)
+    days = set(range(7))
+    if window.recurrence.startswith("FREQ=WEEKLY"):
+        days = {_WEEKDAYS.index(day) for day in window.recurrence.split("BYDAY=", 1)[1].split(",")}
+    opened = [begin + timedelta(days=n) for n in range(70) if (begin + timedelta(days=n)).weekday() in days]
+    merged: list[list[datetime]] = []
+    for start in opened:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], start + duration)
+        else:
+            merged.append([start, start + duration])
+    span, first, last = timedelta(days=32), begin + timedelta(days=7), begin + timedelta(days=14)
+    candidates = {first, *(end for _, end in merged), *(start - span for start, _ in merged)}
+
+    def open_hours(at: datetime) -> float:
+        seconds = sum(
+            max(0.0, (min(end, at + span) - max(start, at)).total_seconds()) for start, end in merged
+        )
+        return seconds / 3600
+
+    return min(open_hours(at) for at in candidates if first <= at < last)
+
+
+def _check_gke_maintenance(gke: GkeCluster, fail: Any) -> None:
+    """GKE's own limits on a maintenance policy, so a plan refuses what the Container API would refuse mid-`up`."""
+    from datetime import timedelta
+
+    def when(text: str, at: str) -> datetime:
+        try:
+            return _utc(text)
+        except ValueError:
+            fail(at, f"{text!r} is not a time (RFC 3339 UTC, e.g. 2026-01-06T08:00:00Z)")
+
+    window, key = gke.maintenance.window, "cluster.gke.maintenance.window"
+    duration = when(window.end, f"{key}.end") - when(window.start, f"{key}.start")
+    if duration < timedelta(hours=GKE_WINDOW_MIN_HOURS):
+        fail(
+            f"{key}.end",
+            f"the window is open {duration} from {window.start} to {window.end}; GKE needs windows of at least "
+            f"{GKE_WINDOW_MIN_HOURS} contiguous hours",
+        )
+    longest = timedelta(days=1 if window.recurrence == "FREQ=DAILY" else 7)
+    if duration > longest:
+        fail(f"{key}.end", f"the window is open {duration}, longer than its recurrence ({window.recurrence})")
+    hours = gke_window_hours(window)
+    if hours < GKE_WINDOW_HOURS_PER_32_DAYS:
+        fail(
+            f"{key}.recurrence",
+            f"{window.recurrence} with {duration} windows leaves {hours:g} hours of maintenance in some 32 days; "
+            f"GKE needs at least {GKE_WINDOW_HOURS_PER_32_DAYS} (open the window longer or on more days)",
+        )
+    exclusions = gke.maintenance.exclusions
+    if len(exclusions) > GKE_MAX_EXCLUSIONS:
+        fail(
+            "cluster.gke.maintenance.exclusions",
+            f"{len(exclusions)} exclusions; GKE takes {GKE_MAX_EXCLUSIONS}",
+        )
+    names: set[str] = set()
+    for index, exclusion in enumerate(exclusions):
+        at = f"cluster.gke.maintenance.exclusions[{index}]"
+        if exclusion.name in names:
+            fail(f"{at}.name", f"{exclusion.name!r} is listed twice (GKE keys exclusions by name)")
+        names.add(exclusion.name)
+        if bool(exclusion.end) == exclusion.untilEndOfSupport:
+            fail(
+                f"{at}.end",
+                "set exactly one of end (an RFC 3339 UTC time) and untilEndOfSupport (NO_MINOR_* scopes only)",
+            )
+        if exclusion.scope == "NO_UPGRADES" and exclusion.untilEndOfSupport:
+            fail(
+                f"{at}.untilEndOfSupport",
+                f"a NO_UPGRADES exclusion ends at a time at most {GKE_NO_UPGRADES_MAX_DAYS} days after its start; "
+                "only NO_MINOR_UPGRADES and NO_MINOR_OR_NODE_UPGRADES may run to the end of support",
+            )
+        if exclusion.scope == "NO_MINOR_OR_NODE_UPGRADES" and gke.autopilot:
+            fail(
+                f"{at}.scope",
+                "NO_MINOR_OR_NODE_UPGRADES is for Standard clusters: Autopilot manages its nodes",
+            )
+        start = when(exclusion.start, f"{at}.start")
+        if exclusion.end:
+            length = when(exclusion.end, f"{at}.end") - start
+            if length <= timedelta(0):
+                fail(f"{at}.end", f"{exclusion.end} is not after start {exclusion.start}")
+            if exclusion.scope == "NO_UPGRADES" and length > timedelta(days=GKE_NO_UPGRADES_MAX_DAYS):
+                fail(
+                    f"{at}.end",
+                    f"a NO_UPGRADES exclusion lasts at most {GKE_NO_UPGRADES_MAX_DAYS} days; this one lasts "
+                    f"{length.days} (a longer freeze: NO_MINOR_UPGRADES, which still lets security patches in)",
+                )
+
+
+def twice(quantity: str) -> str:
+    """A storage quantity doubled, in its own unit (`100Gi` -> `200Gi`, `1.5Ti` -> `3Ti`)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(.*)", quantity)
+    if match is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    doubled = float(match.group(1)) * 2
+    return f"{int(doubled) if doubled.is_integer() else doubled}{match.group(2)}"
+
+
+def _quantity(quantity: str) -> float:
+    """A CPU or memory quantity (already matched by QUANTITY_RE) as a number (cores, bytes)."""
+    if quantity.endswith("m"):
+        return float(quantity[:-1]) / 1000
+    return _bytes(quantity)
 
 
 def _bytes(quantity: str) -> float:
@@ -1228,6 +1637,7 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 SECRET_KEYS = frozenset(
     {
         "qdrantApiKey",
+        "qdrantApiKeyNext",
         "serviceApiKeys",
         "adminApiKey",
         "slackWebhookUrl",
@@ -1237,7 +1647,7 @@ SECRET_KEYS = frozenset(
     }
 )
 # Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
-OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
+OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "qdrantApiKeyNext")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1251,6 +1661,7 @@ class Secrets:
     pagerduty_routing_key: Any = None
     smtp_password: Any = None
     llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
+    qdrant_api_key_next: Any = None  # pulumi.Output[str] | None: rag:qdrantApiKeyNext (Qdrant's alt_api_key)
 
 
 def load_secrets() -> Secrets:
@@ -1288,4 +1699,5 @@ def load_secrets() -> Secrets:
         pagerduty_routing_key=optional["pagerdutyRoutingKey"],
         smtp_password=optional["smtpPassword"],
         llm_api_key=llm_key,
+        qdrant_api_key_next=optional["qdrantApiKeyNext"],
     )

@@ -305,6 +305,9 @@ AWS_DEPLOY_EXTRA: dict[str, tuple[str, ...]] = {
     "service-linked roles created on first use": ("iam:CreateServiceLinkedRole",),
     # Availability zones, the account ID (STS needs no permission) and describe calls the provider makes.
     "reads the provider makes": ("ec2:DescribeAvailabilityZones", "ec2:DescribeAccountAttributes"),
+    # The version the cluster and its node groups run, read before every preview and update so a version EKS
+    # would refuse fails there (infra/clusters/eks.py running_version; Describe* are on the resources above).
+    "the running EKS version": ("eks:ListClusters", "eks:ListNodegroups"),
     "the state bucket (PULUMI_BACKEND_URL s3://...)": ("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
 }
 #: AWS service principals whose service-linked roles the stack's resources create on first use.

@@ -88,6 +88,9 @@ class StackRun:
     secret_outputs: frozenset[str]
     #: The `{"rag:key": "value"}` config the program ran with (Pulumi.yaml defaults, stack values, overrides).
     config: Mapping[str, str] = field(default_factory=dict)
+    #: Existing objects the program reads (`Resource.get`): the engine reads them in the preview too, and one that
+    #: does not exist fails it. `id` is in `inputs["id"]`; nothing is created for them.
+    reads: list[RecordedResource] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
         """The resources of one type token."""
@@ -208,9 +211,12 @@ def _fake_cert(name: str) -> str:
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: Mapping[str, Any] | None = None) -> None:
         # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
         self._providers: dict[str, dict[str, Any]] = {}
+        # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
+        # "version", "nodeGroups": {name: version}}}. Empty: a fresh account, no cluster yet.
+        self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         """Echo the inputs, plus the outputs a real provider would compute for this type."""
@@ -246,6 +252,23 @@ class PlatformMocks(pulumi_mocks.Mocks):
             build = 3 if args.args.get("mostRecent") else 1
             version = f"v{kubernetes}.{EKS_ADDONS.index(addon)}-eksbuild.{build}"
             return {"addonName": addon, "kubernetesVersion": kubernetes, "version": version, "id": addon}, []
+        eks = self._live.get("eks")
+        if tok == "aws:eks/getClusters:getClusters":
+            return {"id": "eu-west-1", "names": [eks["name"]] if eks else []}, []
+        if tok in ("aws:eks/getCluster:getCluster", "aws:eks/getNodeGroups:getNodeGroups"):
+            name = args.args.get("name") or args.args.get("clusterName")
+            if not eks or name != eks["name"]:
+                # As EKS answers for a cluster that does not exist (ResourceNotFoundException).
+                raise ValueError(f"no EKS cluster {name!r}")
+            if tok.endswith("getCluster"):
+                return {"name": name, "version": eks["version"], "id": name}, []
+            return {"clusterName": name, "names": sorted(eks.get("nodeGroups") or {}), "id": name}, []
+        if tok == "aws:eks/getNodeGroup:getNodeGroup":
+            group = args.args.get("nodeGroupName")
+            groups = (eks or {}).get("nodeGroups") or {}
+            if group not in groups:
+                raise ValueError(f"no EKS node group {group!r}")
+            return {"nodeGroupName": group, "version": groups[group], "id": group}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -321,6 +344,9 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     if typ == "aws:rds/instance:Instance":
         host = f"{inputs.get('identifier') or name}.c{_digest('rds', name)[:10]}.{region}.rds.amazonaws.com"
         return {"address": host, "endpoint": f"{host}:5432", "port": 5432, "arn": f"arn:aws:rds:::db:{name}"}
+    if typ == "aws:rds/parameterGroup:ParameterGroup":
+        group = inputs.get("name") or f"{name}-{_digest('params', name)[:7]}"
+        return {"name": group, "id": group, "arn": f"arn:aws:rds:{region}:{ACCOUNT_ID}:pg:{group}"}
     if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
         host = f"master.{name}.{_digest('cache', name)[:6]}.euw1.cache.amazonaws.com"
         return {
@@ -353,11 +379,13 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "member": f"serviceAccount:{email}",
         }
     if typ == "gcp:sql/databaseInstance:DatabaseInstance":
+        # A named instance (a restored one) gets an address of its own, so a client's URL shows which it reaches.
+        ip = f"10.20.{int(_digest('sql', inputs['name'])[:2], 16)}.3" if inputs.get("name") else "10.20.0.3"
         return {
-            "privateIpAddress": "10.20.0.3",
+            "privateIpAddress": ip,
             "publicIpAddress": None,
             "connectionName": f"p:europe-west1:{name}",
-            "ipAddresses": [{"ipAddress": "10.20.0.3", "type": "PRIVATE"}],
+            "ipAddresses": [{"ipAddress": ip, "type": "PRIVATE"}],
             "name": inputs.get("name") or name,
         }
     if typ == "gcp:redis/instance:Instance":
@@ -398,6 +426,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
         super().__init__(mocks)
         self.records: list[RecordedResource] = []
+        self.reads: list[RecordedResource] = []
 
     def make_urn(self, parent: str, type_: str, name: str) -> str:
         """URNs as the engine makes them: children of the root stack carry no `pulumi:pulumi:Stack$` prefix."""
@@ -430,6 +459,25 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
                 ignore_changes=tuple(request.ignoreChanges),
+            )
+        )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        self.reads.append(
+            RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=self.make_urn(request.parent, request.type, request.name),
+                custom=True,
+                inputs={"id": request.id},
+                secret_keys=frozenset(),
+                parent=request.parent or None,
+                protect=False,
+                provider=provider,
+                depends_on=tuple(sorted(set(request.dependencies))),
             )
         )
         return response
@@ -482,9 +530,11 @@ def run_stack(
     config_overrides: Mapping[str, Any] | None = None,
     project_dir: Path = PROJECT_DIR,
     stack_config: Mapping[str, Any] | None = None,
+    live: Mapping[str, Any] | None = None,
 ) -> StackRun:
     """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values
-    (or `stack_config`, see `cli_config`).
+    (or `stack_config`, see `cli_config`). `live` is what the cloud already runs, as the program's read-only
+    invokes find it (see `PlatformMocks`); by default nothing (a first `up`).
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
@@ -503,7 +553,7 @@ def run_stack(
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
     set_all_config(values, secret_keys)
-    mocks = PlatformMocks()
+    mocks = PlatformMocks(live)
     monitor = _RecordingMonitor(mocks)
     pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     root = settings.get_root_resource()
@@ -537,4 +587,5 @@ def run_stack(
         outputs=outputs,
         secret_outputs=secret_outputs,
         config=dict(values),
+        reads=list(monitor.reads),
     )

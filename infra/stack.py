@@ -25,14 +25,16 @@ from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_se
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
 from infra.components.monitoring import (
+    DASHBOARD_LABELS,
+    MONITORING_NAMESPACE,
     AlertReceivers,
     AlertThresholds,
     ClusterAutoscalerTarget,
     Monitoring,
     MonitoringArgs,
 )
-from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs
-from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
+from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs, pg_image
+from infra.components.qdrant import ALT_API_KEY_SINCE, QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
     READINESS_PATH,
     Autoscaling,
@@ -44,7 +46,7 @@ from infra.components.rag_service import (
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources, quantity_value
-from infra.config import ConfigError, Secrets, StackConfig, stack_file
+from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
@@ -222,20 +224,62 @@ def cluster_autoscaler_target(config: StackConfig) -> ClusterAutoscalerTarget | 
     )
 
 
+def existing_prometheus(config: StackConfig) -> bool:
+    """Whether the stack's monitors and rules go to the cluster's own Prometheus Operator (`monitoring.mode`)."""
+    return config.monitoring.enabled and config.monitoring.mode == "existing"
+
+
+def prometheus_namespace(config: StackConfig) -> str:
+    """Where Prometheus scrapes from: the stack's kube-prometheus-stack, or the cluster's own Prometheus."""
+    return config.monitoring.existing.namespace if existing_prometheus(config) else MONITORING_NAMESPACE
+
+
+def monitor_labels(config: StackConfig) -> dict[str, str]:
+    """The labels every ServiceMonitor/PodMonitor/PrometheusRule carries so the cluster's Prometheus selects it
+    (none when the stack installs Prometheus: it selects every object)."""
+    return label_pairs(config.monitoring.existing.selectorLabels) if existing_prometheus(config) else {}
+
+
+def _refuse_receiver_secrets(config: StackConfig, secrets: Secrets | None) -> None:
+    """The receivers' secrets configure the stack's own Alertmanager; with mode existing none is installed."""
+    if secrets is None or not existing_prometheus(config):
+        return
+    for key, value in (
+        ("slackWebhookUrl", secrets.slack_webhook_url),
+        ("pagerdutyRoutingKey", secrets.pagerduty_routing_key),
+        ("smtpPassword", secrets.smtp_password),
+    ):
+        if value is not None:
+            raise ConfigError(
+                f"rag:{key}",
+                stack_file(config.stack),
+                "set, but monitoring.mode existing installs no Alertmanager: route the alerts (labels severity "
+                "and service) in the cluster's own Alertmanager, and remove the key (pulumi config rm)",
+            )
+
+
 def monitoring_args(
     config: StackConfig,
     cluster: ClusterTarget,
     *,
-    grafana_admin_password: pulumi.Input[str],
+    grafana_admin_password: pulumi.Input[str] | None,
     secrets: Secrets | None = None,
+    depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> MonitoringArgs:
-    """kube-prometheus-stack, the alerts of every component of the stack and their receivers (`rag:monitoring`)."""
+    """kube-prometheus-stack (or the cluster's own Prometheus Operator), the alerts of every component of the stack
+    and their receivers (`rag:monitoring`)."""
     mon = config.monitoring
     alerting = mon.alerting
     backups_on = config.backups.enabled and cluster.cloud is not None
+    _refuse_receiver_secrets(config, secrets)
+    existing = existing_prometheus(config)
     return MonitoringArgs(
         service_namespace=config.namespace,
         grafana_admin_password=grafana_admin_password,
+        namespace=prometheus_namespace(config),
+        mode="existing" if existing else "install",
+        selector_labels=monitor_labels(config),
+        dashboard_labels=(label_pairs(mon.existing.dashboardLabels) if existing else dict(DASHBOARD_LABELS)),
         chart_version=mon.chartVersion,
         service_job=SERVICE_NAME,
         qdrant_job="qdrant",
@@ -272,8 +316,24 @@ def monitoring_args(
             backup_max_age_hours=mon.alerts.backupMaxAgeHours,
         ),
         cluster_autoscaler=cluster_autoscaler_target(config),
-        depends_on=tuple(cluster.depends_on),
+        depends_on=(*cluster.depends_on, *depends_on),
     )
+
+
+def qdrant_alt_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | None:
+    """`rag:qdrantApiKeyNext`, refused (naming the key and stack file) on a Qdrant without `alt_api_key`."""
+    if secrets.qdrant_api_key_next is None:
+        return None
+    version = tuple(int(v) for v in config.qdrant.version.lstrip("v").split(".")[:2])
+    if version < ALT_API_KEY_SINCE:
+        raise ConfigError(
+            "rag:qdrantApiKeyNext",
+            stack_file(config.stack),
+            f"Qdrant {config.qdrant.version} (qdrant.version) accepts one key only; a second one (alt_api_key) "
+            "needs Qdrant >= v1.17.0: upgrade first (docs/infra.md#upgrading-qdrant), or rotate with a short "
+            "outage (docs/runbooks.md#rotate-the-qdrant-api-key)",
+        )
+    return secrets.qdrant_api_key_next
 
 
 def qdrant_args(
@@ -281,6 +341,7 @@ def qdrant_args(
     cluster: ClusterTarget,
     *,
     api_key: pulumi.Input[str],
+    alt_api_key: pulumi.Input[str] | None = None,
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> QdrantClusterArgs:
@@ -289,20 +350,25 @@ def qdrant_args(
     return QdrantClusterArgs(
         namespace=config.namespace,
         api_key=api_key,
+        alt_api_key=alt_api_key,
         replicas=cfg.replicas,
+        scale_down_acknowledged=cfg.scaleDownTo or None,
         replication_factor=cfg.replicationFactor,
         shard_number=cfg.shardNumber,
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",
         storage_size=cfg.storage.size,
         storage_class=storage_class(cfg.storage.storageClass, cluster),
-        snapshots_size=cfg.snapshotsStorage.size,
+        # Only the backup and restore jobs take snapshots: without backups no scratch volume (O12).
+        snapshots_size=cfg.snapshots_size if config.backups.enabled else None,
         snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
         pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
+        monitoring_namespace=prometheus_namespace(config),
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         depends_on=depends_on,
     )
 
@@ -324,6 +390,7 @@ def postgres_args(
     mode = postgres_mode(config, cluster)
     network = cluster.network
     cnpg = cfg.cloudnative
+    managed, restore = cfg.managed, cfg.managed.restore
     return PostgresDatabaseArgs(
         backup_bucket=backup.bucket if backup is not None else None,
         backup_cloud=cluster.cloud if backup is not None else None,
@@ -346,11 +413,13 @@ def postgres_args(
         instances=cfg.cloudnative.instances,
         storage_size=cfg.cloudnative.storage.size,
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
-        image=f"ghcr.io/cloudnative-pg/postgresql:{cfg.version}",
+        image=pg_image(cfg.version),
         resources=resources(cfg.cloudnative.resources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
+        monitoring_namespace=prometheus_namespace(config),
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
         allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
@@ -365,6 +434,20 @@ def postgres_args(
         final_snapshot_prefix=cloud_name(
             config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
         ),
+        maintenance_day=managed.maintenanceWindow.day,
+        maintenance_hour=managed.maintenanceWindow.hour,
+        apply_immediately=managed.applyImmediately,
+        auto_minor_version_upgrade=managed.autoMinorVersionUpgrade,
+        upgrade_from=managed.majorUpgrade.fromVersion or None,
+        restore_name=restore.name or None,
+        # RDS identifiers are 1-63 characters; Cloud SQL instance names 1-98 (and unusable for a week once deleted).
+        restore_identifier=cloud_name(config.stack, POSTGRES_NAME, restore.name, limit=63)
+        if restore.name
+        else None,
+        restore_snapshot=restore.snapshot or None,
+        restore_source_instance=restore.sourceInstance or None,
+        restore_time=restore.time or None,
+        keep_original=restore.keepOriginal,
         region=cluster.region or None,
         private_network=network.get("network_id"),
         tier=cfg.managed.tier,
@@ -433,6 +516,7 @@ def image_args(
         ),
         context_dir=context_dir,
         cache_repository=registry.cache_repository,
+        protect_build=registry.expires_untagged and not config.image,
     )
 
 
@@ -535,9 +619,11 @@ def service_args(
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
             api_egress=llm_egress(config),
+            monitoring_namespace=prometheus_namespace(config),
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         backends=stores.ready,
         pdb_enabled=cfg.pdb.enabled,
         pdb_min_available=cfg.pdb.minAvailable,
@@ -626,9 +712,12 @@ def backups_args(
     )
 
 
-def grafana_access(monitoring: Monitoring) -> dict[str, str]:
-    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward`."""
+def grafana_access(monitoring: Monitoring) -> dict[str, str] | None:
+    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward` (None: the Grafana
+    is the cluster's own, not the stack's)."""
     ns, svc = monitoring.namespace, monitoring.grafana_service
+    if svc is None or monitoring.grafana_admin_secret is None:
+        return None
     return {
         "namespace": ns,
         "service": svc,
@@ -687,7 +776,10 @@ def outputs(
         "grafanaAdminPassword": (
             pulumi.Output.secret(grafana_admin_password) if grafana_admin_password is not None else None
         ),
-        "alertReceivers": list(alert_receivers) if config.monitoring.enabled else None,
+        # None also with the cluster's own Prometheus: its Alertmanager routes the alerts, not the stack.
+        "alertReceivers": list(alert_receivers)
+        if config.monitoring.enabled and not existing_prometheus(config)
+        else None,
     }
 
 
@@ -711,6 +803,59 @@ def _llm_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | N
     return secrets.llm_api_key
 
 
+#: What a container that names no resources gets in a quota'd namespace (a ResourceQuota on requests and limits
+#: refuses such a pod otherwise). The platform's own containers all name theirs; this covers what others start there
+#: (an operator's helper pod, a `kubectl run` while debugging).
+CONTAINER_DEFAULTS = {
+    "defaultRequest": {"cpu": "50m", "memory": "64Mi"},
+    "default": {"cpu": "250m", "memory": "256Mi"},
+}
+
+
+def namespace_quota_spec(config: StackConfig) -> dict[str, Any]:
+    """The ResourceQuota (`rag:namespaceQuota`): the sums of requests and limits, PVC storage and count, pods.
+
+    Kubernetes refuses a pod (or a PVC) that would take the namespace past it: a Deployment's rollout then waits
+    (`exceeded quota` in its ReplicaSet's events), so the sizes leave room for one surge pod per Deployment."""
+    quota = config.namespaceQuota
+    return {
+        "hard": {
+            "requests.cpu": quota.requests.cpu,
+            "requests.memory": quota.requests.memory,
+            "limits.cpu": quota.limits.cpu,
+            "limits.memory": quota.limits.memory,
+            "requests.storage": quota.storage,
+            "persistentvolumeclaims": str(quota.persistentVolumeClaims),
+            "pods": str(quota.pods),
+        }
+    }
+
+
+def limit_range_spec() -> dict[str, Any]:
+    """Container defaults for a quota'd namespace (see CONTAINER_DEFAULTS)."""
+    return {"limits": [{"type": "Container", **CONTAINER_DEFAULTS}]}
+
+
+def namespace_quota(
+    config: StackConfig, cluster: ClusterTarget, namespace: k8s.core.v1.Namespace
+) -> tuple[pulumi.Resource, ...]:
+    """The namespace's ResourceQuota and LimitRange when `rag:namespaceQuota.enabled` (PR stacks), else none.
+
+    Every workload waits for both: a pod admitted before the LimitRange exists would get no defaults."""
+    if not config.namespaceQuota.enabled:
+        return ()
+    opts = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=[namespace])
+    labels = {"app.kubernetes.io/part-of": "rag"}
+    metadata = {"name": "rag-quota", "namespace": config.namespace, "labels": labels}
+    quota = k8s.core.v1.ResourceQuota(
+        "namespace-quota", metadata=metadata, spec=namespace_quota_spec(config), opts=opts
+    )
+    limits = k8s.core.v1.LimitRange(
+        "namespace-limits", metadata={**metadata, "name": "rag-defaults"}, spec=limit_range_spec(), opts=opts
+    )
+    return (quota, limits)
+
+
 def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
     """Create every component of the stack on `cluster`; returns the stack outputs to export."""
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
@@ -723,19 +868,27 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         metadata=namespace_metadata(config),
         opts=pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on)),
     )
-    ready = (namespace,)
+    ready = (namespace, *namespace_quota(config, cluster, namespace))
 
     # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     monitoring: Monitoring | None = None
     grafana_password: pulumi.Output[str] | None = None
     if config.monitoring.enabled:
-        grafana_password = random.RandomPassword(
-            "grafana-admin-password-random", length=32, special=False
-        ).result
+        if not existing_prometheus(config):
+            grafana_password = random.RandomPassword(
+                "grafana-admin-password-random", length=32, special=False
+            ).result
         monitoring = Monitoring(
             "monitoring",
-            monitoring_args(config, cluster, grafana_admin_password=grafana_password, secrets=secrets),
+            monitoring_args(
+                config,
+                cluster,
+                grafana_admin_password=grafana_password,
+                secrets=secrets,
+                # With the cluster's own Prometheus, the rule and dashboard live in the service's namespace.
+                depends_on=ready if existing_prometheus(config) else (),
+            ),
             opts=in_cluster,
         )
         monitoring_crds = (monitoring.crds_ready,)
@@ -746,6 +899,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             config,
             cluster,
             api_key=secrets.qdrant_api_key,
+            alt_api_key=qdrant_alt_api_key(config, secrets),
             monitoring_crds=monitoring_crds,
             depends_on=ready,
         ),

@@ -28,6 +28,9 @@ class Registry:
     password: pulumi.Output[str] | None = None  # secret
     # Where the BuildKit cache goes (`<cache_repository>:buildcache`, overwritten each build); None: `repository`.
     cache_repository: pulumi.Output[str] | None = None
+    # The registry expires untagged images (ECR lifecycle policy, Artifact Registry cleanup policies): a build must get
+    # its protected tag before it is deployed (ServiceImageArgs.protect_build).
+    expires_untagged: bool = False
 
 
 @dataclass(frozen=True)

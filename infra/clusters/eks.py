@@ -32,7 +32,15 @@ import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import envoy_gateway_crds
-from infra.config import EKS_CLUSTER_AUTOSCALER_IMAGES, NatGateways, StackConfig, internal_load_balancer
+from infra.components.image import ecr_lifecycle_policy
+from infra.config import (
+    EKS_CLUSTER_AUTOSCALER_IMAGES,
+    ConfigError,
+    NatGateways,
+    StackConfig,
+    internal_load_balancer,
+    stack_file,
+)
 from infra.naming import cloud_name
 
 ECR_READ_POLICY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
@@ -406,6 +414,75 @@ def addon_version(addon: str, cluster: aws.eks.Cluster, provider: aws.Provider) 
     ).version
 
 
+def _minor(version: str) -> int:
+    return int(version.split(".")[1])
+
+
+def check_version_step(wanted: str, running: str | None, node_groups: Mapping[str, str], file: str) -> str:
+    """`wanted` (rag:cluster.eks.version) when EKS can move the running cluster to it in one update, else a
+    ConfigError naming the key and the stack file. EKS's UpdateClusterVersion goes one minor up at a time ("The only
+    values allowed ... are the current version of the cluster or one version higher", eksctl's cluster-upgrade
+    docs), never down, and only when every managed node group already runs the cluster's version ("all of your node
+    groups' Kubernetes versions must match the cluster's Kubernetes version in order to update the cluster",
+    UpdateClusterVersion API reference). `running` None: no such cluster yet (a new stack takes any version)."""
+    if running is None:
+        return wanted
+    key = "rag:cluster.eks.version"
+    step = _minor(wanted) - _minor(running)
+    if step < 0:
+        raise ConfigError(
+            key,
+            file,
+            f"{wanted} is older than the {running} the cluster runs: EKS cannot downgrade a control plane "
+            "(a new cluster would be the only way, and it would replace every workload)",
+        )
+    if step > 1:
+        raise ConfigError(
+            key,
+            file,
+            f"the cluster runs {running}, and EKS upgrades one minor at a time (UpdateClusterVersion refuses "
+            f"{wanted}): set 1.{_minor(running) + 1}, `ragops up`, and raise it again after that update "
+            "(docs/infra.md, cluster.eks.version)",
+        )
+    lagging = {name: version for name, version in sorted(node_groups.items()) if version != running}
+    if step == 1 and lagging:
+        names = ", ".join(f"{name} at {version}" for name, version in lagging.items())
+        raise ConfigError(
+            key,
+            file,
+            f"the cluster runs {running} but its node groups do not ({names}): EKS updates a control plane only "
+            f"when every managed node group runs its version. Run `ragops up` with {running} first (it updates the "
+            f"node groups to the cluster's version), then raise it to {wanted}",
+        )
+    return wanted
+
+
+def running_version(name: str, provider: aws.Provider) -> pulumi.Output[tuple[str | None, dict[str, str]]]:
+    """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS at preview and
+    update (ListClusters, DescribeCluster, ListNodegroups, DescribeNodegroup); (None, {}) when no cluster of that
+    name exists. Read from the cloud rather than from the stack's state: it is what UpdateClusterVersion will
+    compare against, even after an update made outside the stack or one that failed half way."""
+    invoke = pulumi.InvokeOutputOptions(provider=provider)
+
+    def describe(names: list[str]) -> Any:
+        if name not in (names or []):
+            return (None, {})
+        cluster = aws.eks.get_cluster_output(name=name, opts=invoke)
+
+        def groups(group_names: list[str]) -> Any:
+            ordered = sorted(group_names or [])
+            versions = [
+                aws.eks.get_node_group_output(cluster_name=name, node_group_name=group, opts=invoke).version
+                for group in ordered
+            ]
+            return pulumi.Output.all(*versions).apply(lambda found: dict(zip(ordered, found, strict=True)))
+
+        listed = aws.eks.get_node_groups_output(cluster_name=name, opts=invoke).names
+        return pulumi.Output.all(cluster.version, listed.apply(groups)).apply(lambda v: (v[0], v[1]))
+
+    return aws.eks.get_clusters_output(opts=invoke).names.apply(describe)
+
+
 #: The control-plane log types the cluster sends to CloudWatch Logs.
 CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator")
 #: Logical name of the stack's control-plane log group (`ragops up` names it in its adoption instructions).
@@ -566,10 +643,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         retention_in_days=eks.controlPlaneLogs.retentionDays,
         opts=kept,
     )
+    # The version EKS can reach from what runs: the cluster waits for the check, so a preview (a PR's `ragops
+    # preview`) fails with the reason instead of an `up` failing at UpdateClusterVersion.
+    file = stack_file(stack)
+    version = running_version(name, aws_provider).apply(
+        lambda found: check_version_step(eks.version, found[0], found[1], file)
+    )
     cluster = aws.eks.Cluster(
         "eks",
         name=name,
-        version=eks.version,
+        version=version,
         role_arn=cluster_role.arn,
         vpc_config={
             "subnet_ids": [subnet.id for subnet in private_subnets + public_subnets],
@@ -653,7 +736,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         opts=pulumi.ResourceOptions.merge(
             kept,
             pulumi.ResourceOptions(
-                depends_on=[*node_policies, vpc_cni, kube_proxy, *private_associations],
+                # The control plane first, the nodes after it (also implied by version=cluster.version; explicit
+                # so no refactor of the inputs can reorder an upgrade: nodes newer than the API server are refused).
+                depends_on=[cluster, *node_policies, vpc_cni, kube_proxy, *private_associations],
                 ignore_changes=["scalingConfig.desiredSize"] if eks.clusterAutoscaler.enabled else None,
             ),
         ),
@@ -739,25 +824,12 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         ),
         opts=opts,
     )
+    # Retention that never takes a deployed image: only untagged ones expire; every image a stack deploys carries
+    # its protected tag (infra/components/image.py ecr_lifecycle_policy, copy_script).
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
-        policy=json.dumps(
-            {
-                "rules": [
-                    {
-                        "rulePriority": 1,
-                        "description": "keep the last 50 images",
-                        "selection": {
-                            "tagStatus": "any",
-                            "countType": "imageCountMoreThan",
-                            "countNumber": 50,
-                        },
-                        "action": {"type": "expire"},
-                    }
-                ]
-            }
-        ),
+        policy=json.dumps(ecr_lifecycle_policy()),
         opts=opts,
     )
 
@@ -936,6 +1008,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             username=token.user_name,
             password=pulumi.Output.secret(token.password),
             cache_repository=cache_repository.repository_url,
+            expires_untagged=True,
         ),
         storage_class=eks.storageClass,
         cloud_provider=aws_provider,

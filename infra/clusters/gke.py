@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import pulumi
 import pulumi_gcp as gcp
@@ -18,7 +19,8 @@ import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
-from infra.config import StackConfig, internal_load_balancer
+from infra.components.image import artifact_registry_cleanup_policies
+from infra.config import GkeCluster, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
 # Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
@@ -63,7 +65,7 @@ DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
 # The firewall rule GKE creates for a cluster with private nodes (`gke-<cluster>-<hash>-master`) lets the control plane
 # reach nodes and pods on TCP 443 and 10250 only ("Adding firewall rules for specific use cases" in GKE's private
 # cluster docs). An admission webhook served on another port times out, and every object it validates cannot be
-# created: CloudNativePG's operator serves its webhooks on 9443 (cloudnative-pg chart 0.26.1 values.yaml
+# created: CloudNativePG's operator serves its webhooks on 9443 (cloudnative-pg chart 0.29.0 values.yaml
 # `webhook.port: 9443`), so the `Cluster` would never be admitted. cert-manager (`webhook.securePort: 10250`) and
 # kube-prometheus-stack's operator (`prometheusOperator.tls.internalPort: 10250`) chose 10250 for this reason.
 CONTROL_PLANE_WEBHOOK_PORTS = (9443,)
@@ -98,6 +100,32 @@ def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
             ],
         }
     )
+
+
+def maintenance_policy(gke: GkeCluster) -> dict[str, Any]:
+    """`maintenance_policy` of the cluster (pulumi-gcp 10.2.0 ClusterMaintenancePolicyArgs): the recurring window
+    (`recurring_window`: RFC 3339 "Zulu" start/end, RFC 5545 recurrence; GKE returns other forms in UTC, a
+    permanent diff otherwise) and the exclusions, each with `end_time` or `exclusion_options.end_time_behavior`
+    UNTIL_END_OF_SUPPORT (exactly one of the two). Without a policy GKE upgrades whenever its rollout reaches the
+    cluster, prod's business hours included."""
+    window = gke.maintenance.window
+    exclusions = []
+    for exclusion in gke.maintenance.exclusions:
+        options: dict[str, str] = {"scope": exclusion.scope}
+        item: dict[str, Any] = {"exclusion_name": exclusion.name, "start_time": exclusion.start}
+        if exclusion.untilEndOfSupport:
+            options["end_time_behavior"] = "UNTIL_END_OF_SUPPORT"
+        else:
+            item["end_time"] = exclusion.end
+        exclusions.append({**item, "exclusion_options": options})
+    return {
+        "recurring_window": {
+            "start_time": window.start,
+            "end_time": window.end,
+            "recurrence": window.recurrence,
+        },
+        "maintenance_exclusions": exclusions,
+    }
 
 
 def build_gke(config: StackConfig) -> ClusterTarget:
@@ -197,6 +225,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         "network": network.id,
         "subnetwork": subnet.id,
         "release_channel": {"channel": gke.releaseChannel},
+        # Upgrades come inside the window and outside the exclusions; the minimum version is a floor the channel
+        # upgrades past (GKE keeps only versions of the channel: one it does not offer is refused at create).
+        "maintenance_policy": maintenance_policy(gke),
+        **({"min_master_version": gke.minMasterVersion} if gke.minMasterVersion else {}),
         "deletion_protection": gke.deletionProtection,
         "ip_allocation_policy": {
             "cluster_secondary_range_name": "pods",
@@ -293,6 +325,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
+        # Untagged versions go after 14 days; every image a stack deploys carries its protected tag and stays
+        # (infra/components/image.py artifact_registry_cleanup_policies, copy_script). Not a dry run: the policies act.
+        cleanup_policies=artifact_registry_cleanup_policies(),
+        cleanup_policy_dry_run=False,
         opts=kept,
     )
 
@@ -347,6 +383,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             server=pulumi.Output.from_input(host),
             username=pulumi.Output.from_input("oauth2accesstoken"),
             password=pulumi.Output.secret(token.access_token),
+            expires_untagged=True,
         ),
         storage_class=gke.storageClass,
         cloud_provider=gcp_provider,

@@ -39,6 +39,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -89,6 +90,10 @@ class ServiceImageArgs:
     registry_cache: bool = True
     """Use a BuildKit registry cache (needs a `docker-container` buildx builder: the default `docker` driver
     cannot export cache to a registry, so CI sets one up with docker/setup-buildx-action)."""
+    protect_build: bool = False
+    """Give the pushed build its protected tag (`copy_script` on its own repository) before anything deploys it: for
+    registries whose retention rules expire untagged images (ECR, Artifact Registry), where a build pushed by
+    digest alone would expire while it runs."""
     cache_repository: pulumi.Input[str] | None = None
     """Repository holding the cache as `<cache_repository>:buildcache`; None uses `repository`. It is rewritten on
     every build, so it must allow tag overwrites: an ECR repository with IMMUTABLE tags refuses the second push,
@@ -175,6 +180,7 @@ class ServiceImage(pulumi.ComponentResource):
         validate_args(args)
         super().__init__("rag:build:ServiceImage", name, None, opts)
         self.copy: command.local.Command | None = None
+        self.protect: command.local.Command | None = None
         if args.existing_ref is not None and args.copy_to is not None:
             self.built = False
             self.ref = self._copy(name, args.existing_ref, args.copy_to, args.copy_after)
@@ -257,7 +263,20 @@ class ServiceImage(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
-        return pulumi.Output.all(repository, image.digest).apply(lambda v: digest_ref(v[0], v[1]))
+        if not args.protect_build:
+            return pulumi.Output.all(repository, image.digest).apply(lambda v: digest_ref(v[0], v[1]))
+        # The deploying code path protects what it deploys: the build gets its `sha256-<hex>` tag before the
+        # reference reaches a Deployment (the reference carries the step as a dependency). Nothing on delete.
+        self.protect = command.local.Command(
+            f"{name}-protect",
+            create=pulumi.Output.all(repository, image.digest).apply(
+                lambda v: copy_script(digest_ref(v[0], v[1]), v[0])
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return pulumi.Output.all(repository, image.digest, self.protect.id).apply(
+            lambda v: digest_ref(v[0], v[1])
+        )
 
 
 # --- copying a promoted image into the target's registry ------------------------------------------------------
@@ -314,36 +333,114 @@ def _login_lines(hosts: Sequence[str], login: Callable[[str], Login | None]) -> 
     return lines
 
 
+#: The tag prefix that protects an image from the registries' retention rules: `sha256-<hex>`, one tag per digest
+#: (never moved, so ECR's IMMUTABLE tags take it), put on every image a stack deploys by the code path that deploys
+#: it (`copy_script`: a promotion's or rollback's copy, and a build's protection step). The retention rules
+#: (`ecr_lifecycle_policy`, `artifact_registry_cleanup_policies`) expire only what carries no such tag.
+PROTECTED_TAG_PREFIX = "sha256-"
+#: How long an unprotected image stays: a build pushed by an `up` that failed before it deployed it, the manifests
+#: of an index that was never deployed, a tag someone pushed by hand.
+UNPROTECTED_EXPIRY_DAYS = 14
+_CHILD_DIGEST = (
+    r"""grep -oE '"digest"[[:space:]]*:[[:space:]]*"sha256:[0-9a-f]{64}"' | grep -oE 'sha256:[0-9a-f]{64}'"""
+)
+
+
+def protected_tag(digest: str) -> str:
+    """The protecting tag of a digest: `sha256:<hex>` -> `sha256-<hex>`."""
+    require(digest.startswith("sha256:"), f"Image digest {digest!r} is not a sha256 digest.")
+    return digest.replace(":", "-", 1)
+
+
 def copy_script(
     source_ref: str, repository: str, *, login: Callable[[str], Login | None] = registry_login
 ) -> str:
-    """The `/bin/sh -c` script that copies `source_ref` into `repository` under the same digest and proves it.
+    """The `/bin/sh -c` script that puts `source_ref`'s digest into `repository` under its protected tag, and proves it.
 
-    It prints `<repository>@<digest>` last. Idempotent: a digest already in the target is not copied again (ECR's
-    IMMUTABLE tags refuse a second push of a tag). The target gets the tag `sha256-<hex>` (one per digest, so
-    never moved), which keeps the image tagged in the registry's console and listings.
+    It prints `<repository>@<digest>` last. Idempotent: an image whose protected tag is already there is not copied
+    again (ECR's IMMUTABLE tags refuse a second push of a tag); one already in the repository by digest only (a
+    build, pushed untagged) is tagged where it is, so `source_ref` may name the repository itself. The tag is
+    `sha256-<hex>` (`protected_tag`), which the retention rules never expire; an index's manifests (the platform
+    image, BuildKit's attestation) each get theirs too, so no rule can take a manifest from under a protected index
+    whatever the registry makes of untagged children.
     """
     digest = source_ref.rsplit("@", 1)[1]
     target = f"docker://{repository}@{digest}"
-    tag = f"docker://{repository}:{digest.replace(':', '-')}"
+    tag = f"docker://{repository}:{protected_tag(digest)}"
     q = shlex.quote
+    copy = 'skopeo copy --all --preserve-digests --retry-times 3 --authfile "$auth"'
     lines = [
         *_AUTH_FILE,
         *_login_lines((_host(source_ref), _host(repository)), login),
-        f'if skopeo inspect --raw --authfile "$auth" {q(target)} >/dev/null 2>&1; then',
-        f"  echo {q(f'{repository}@{digest} is already in the target registry')} >&2",
+        f'if skopeo inspect --raw --authfile "$auth" {q(tag)} >/dev/null 2>&1; then',
+        f"  echo {q(f'{repository}:{protected_tag(digest)} is already in the target registry')} >&2",
+        f'elif skopeo inspect --raw --authfile "$auth" {q(target)} >/dev/null 2>&1; then',
+        f"  {copy} {q(target)} {q(tag)} >&2",
         "else",
-        '  skopeo copy --all --preserve-digests --retry-times 3 --authfile "$auth" '
-        f"{q('docker://' + source_ref)} {q(tag)} >&2",
+        f"  {copy} {q('docker://' + source_ref)} {q(tag)} >&2",
         "fi",
         f'got="sha256:$(skopeo inspect --raw --authfile "$auth" {q(target)} | sha256sum | cut -d " " -f 1)"',
         f'if [ "$got" != {q(digest)} ]; then',
         f'  echo {q(f"{repository}@{digest}: the target registry serves a manifest whose digest is ")}"$got" >&2',
         "  exit 1",
         "fi",
+        f'raw="$(skopeo inspect --raw --authfile "$auth" {q(target)})"',
+        """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
+        f"""  for child in $(printf '%s' "$raw" | {_CHILD_DIGEST}); do""",
+        f'    child_tag={q(f"docker://{repository}:")}"sha256-${{child#sha256:}}"',
+        '    if ! skopeo inspect --raw --authfile "$auth" "$child_tag" >/dev/null 2>&1; then',
+        f'      skopeo copy --preserve-digests --retry-times 3 --authfile "$auth" {q(f"docker://{repository}@")}"$child" "$child_tag" >&2',
+        "    fi",
+        "  done",
+        "fi",
         f"echo {q(f'{repository}@{digest}')}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ecr_lifecycle_policy(days: int = UNPROTECTED_EXPIRY_DAYS) -> dict[str, Any]:
+    """The image repository's ECR lifecycle policy: expire untagged images pushed more than `days` ago, nothing else.
+
+    ECR's rules (Lifecycle policy properties): `tagStatus: untagged` selects images without any tag, and a rule
+    can only expire what it selects, so every image with a tag (the protected `sha256-<hex>` of each deployed image
+    and of each manifest its index lists) stays whatever its age or count. The former "keep the last 50 images"
+    (`tagStatus: any`, `imageCountMoreThan`) counted every build and every index's manifests, and expired the
+    running release and every rollback target once 50 newer ones were pushed. A rule protecting tagged images by
+    priority is not used: ECR has no "keep" action, only rules that expire beyond a count or an age."""
+    return {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": f"expire images with no tag (never deployed: no {PROTECTED_TAG_PREFIX}* tag) after {days} days",
+                "selection": {
+                    "tagStatus": "untagged",
+                    "countType": "sinceImagePushed",
+                    "countUnit": "days",
+                    "countNumber": days,
+                },
+                "action": {"type": "expire"},
+            }
+        ]
+    }
+
+
+def artifact_registry_cleanup_policies(days: int = UNPROTECTED_EXPIRY_DAYS) -> list[dict[str, Any]]:
+    """The image repository's Artifact Registry cleanup policies (pulumi-gcp 10.2.0 RepositoryCleanupPolicyArgs):
+    delete untagged versions older than `days`, and keep every version tagged `sha256-*`. A version matching both a
+    delete and a keep policy is kept (Artifact Registry "Cleanup policy overview"), so the keep policy still holds
+    if a broader delete policy is ever added. Durations are seconds, as the API returns them."""
+    return [
+        {
+            "id": "keep-deployed",
+            "action": "KEEP",
+            "condition": {"tag_state": "TAGGED", "tag_prefixes": [PROTECTED_TAG_PREFIX]},
+        },
+        {
+            "id": "delete-undeployed",
+            "action": "DELETE",
+            "condition": {"tag_state": "UNTAGGED", "older_than": f"{days * 86400}s"},
+        },
+    ]
 
 
 class CopyPrerequisiteError(Exception):

@@ -18,6 +18,7 @@ DNS + peers out) and optionally a ServiceMonitor.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ PORTS = {"http": HTTP_PORT, "grpc": GRPC_PORT, "p2p": P2P_PORT}
 RUN_AS_USER = 1000
 FS_GROUP = 3000
 API_KEY_KEY = "api-key"
+ALT_API_KEY_KEY = "alt-api-key"
+ALT_API_KEY_SINCE = (1, 17)
+"""The first Qdrant minor with `service.alt_api_key` (qdrant/qdrant#7835, in v1.17.0)."""
+KEYS_ANNOTATION = "rag.platform/api-keys-sha256"
+"""On the pod template: a digest of the keys, so a key change restarts the nodes (one at a time). Qdrant reads its
+keys from the environment at start, and a Secret change alone restarts nothing: without it a rotated key reached
+only the clients, which the unrestarted nodes then refused."""
 SCRAPE_LABEL = {"rag.platform/scrape": "true"}
 """Only on the client Service, so the ServiceMonitor does not scrape every node twice (headless + client)."""
 
@@ -51,6 +59,9 @@ class QdrantClusterArgs:
     namespace: str
     api_key: pulumi.Input[str]
     """API key required on every request (a Pulumi secret)."""
+    alt_api_key: pulumi.Input[str] | None = None
+    """A second key every node accepts as well (Qdrant's `alt_api_key`, Qdrant >= 1.17): a rotation adds the new key
+    here first, so no client is refused while the nodes restart one at a time (docs/runbooks.md)."""
     replicas: int = 1
     """Qdrant nodes (StatefulSet pods); production uses 3."""
     replication_factor: int = 1
@@ -63,11 +74,13 @@ class QdrantClusterArgs:
     storage_size: str = "10Gi"
     storage_class: str | None = None
     """StorageClass of the data PVCs; None uses the cluster default."""
-    snapshots_size: str = "10Gi"
-    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod).
-    A snapshot of a node, and an uploaded snapshot being restored, is about as large as the node's data, so give
-    it at least `storage_size` when backups run; an emptyDir would come out of the node's disk and get the pod
-    evicted past its limit."""
+    snapshots_size: str | None = None
+    """Size of each node's snapshot scratch volume (a generic ephemeral volume: a PVC living as long as the pod),
+    or None for no such volume: snapshots and Qdrant's temp files then go to a directory of the data volume.
+    Only the backup and restore jobs take snapshots, so only a stack with backups needs the volume (the program
+    passes None otherwise). A snapshot of a node is about as large as the node's data, and a restore keeps the
+    uploaded snapshot and its unpacked copy side by side, so give it twice `storage_size` when backups run; an
+    emptyDir would come out of the node's disk and get the pod evicted past its limit."""
     snapshots_storage_class: str | None = None
     """StorageClass of the snapshot volume; None uses the cluster default."""
     resources: Resources = field(
@@ -75,6 +88,9 @@ class QdrantClusterArgs:
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
         )
     )
+    scale_down_acknowledged: int | None = None
+    """The replica count an operator scaled down to by the runbook (shards moved off the removed nodes, their peers
+    removed), recorded on the StatefulSet as `rag.platform/scale-down-acknowledged`; None when there was none."""
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
@@ -87,6 +103,8 @@ class QdrantClusterArgs:
     monitoring_namespace: str | None = "monitoring"
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -101,9 +119,22 @@ def validate_args(args: QdrantClusterArgs) -> None:
         f"({args.replicas}): each copy of a shard lives on a different node.",
     )
     require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
+    require(
+        args.scale_down_acknowledged in (None, args.replicas),
+        "QdrantClusterArgs.scale_down_acknowledged must be None or equal to replicas: it records a scale-down to "
+        "the current count.",
+    )
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
-    specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
+    if args.snapshots_size is not None:
+        specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
     args.resources.validate("QdrantClusterArgs.resources")
+    version = image_version(args.image)
+    require(
+        args.alt_api_key is None
+        or (version is not None and tuple(int(v) for v in version.split(".")[:2]) >= ALT_API_KEY_SINCE),
+        f"QdrantClusterArgs.alt_api_key needs Qdrant >= 1.17 (service.alt_api_key); {args.image} has none: upgrade "
+        "Qdrant first (docs/infra.md#upgrading-qdrant).",
+    )
     require(
         args.anti_affinity in ("required", "preferred"),
         "QdrantClusterArgs.anti_affinity must be 'required' or 'preferred'.",
@@ -235,16 +266,30 @@ def image_version_env(image: str) -> list[dict[str, str]]:
     return [] if version is None else [{"name": "QDRANT_IMAGE_VERSION", "value": version}]
 
 
+STORAGE_PATH = "/qdrant/storage"
+SNAPSHOTS_VOLUME_PATH = "/qdrant/snapshots"
+"""Where the snapshot scratch volume is mounted (QdrantClusterArgs.snapshots_size set)."""
+SNAPSHOTS_ON_DATA_PATH = f"{STORAGE_PATH}/snapshots"
+"""Snapshots without a scratch volume: a directory of the data volume (Qdrant reads only `collections/`,
+`aliases/` and its Raft files there), never the read-only root filesystem."""
+
+
+def snapshots_path(args: QdrantClusterArgs) -> str:
+    """Qdrant's snapshots path: the scratch volume when there is one, else a directory of the data volume."""
+    return SNAPSHOTS_VOLUME_PATH if args.snapshots_size is not None else SNAPSHOTS_ON_DATA_PATH
+
+
 def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
     """The Qdrant container: cluster mode env, API key from the Secret, probes, restricted security."""
+    snapshots = snapshots_path(args)
     env = [
         {"name": "QDRANT__CLUSTER__ENABLED", "value": "true"},
         {"name": "QDRANT__CLUSTER__P2P__PORT", "value": str(P2P_PORT)},
-        {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": "/qdrant/storage"},
-        {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": "/qdrant/snapshots"},
+        {"name": "QDRANT__STORAGE__STORAGE_PATH", "value": STORAGE_PATH},
+        {"name": "QDRANT__STORAGE__SNAPSHOTS_PATH", "value": snapshots},
         # Snapshot assembly and snapshot uploads (restore) write temporary files: keep them on the snapshot
         # volume, not on the data volume (default storage/snapshots_temp, which a full data disk cannot take).
-        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": "/qdrant/snapshots/tmp"},
+        {"name": "QDRANT__STORAGE__TEMP_PATH", "value": f"{snapshots}/tmp"},  # noqa: S108
         {"name": "QDRANT__TELEMETRY_DISABLED", "value": "true"},
         {"name": "QDRANT_INIT_FILE_PATH", "value": "/qdrant/init/.qdrant-initialized"},
         *image_version_env(args.image),
@@ -253,6 +298,13 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEY_KEY}},
         },
     ]
+    if args.alt_api_key is not None:
+        env.append(
+            {
+                "name": "QDRANT__SERVICE__ALT_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": ALT_API_KEY_KEY}},
+            }
+        )
     return {
         "name": "qdrant",
         "image": args.image,
@@ -268,8 +320,12 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
         "resources": specs.resources_spec(args.resources),
         "securityContext": specs.container_security_context(RUN_AS_USER, FS_GROUP),
         "volumeMounts": [
-            {"name": "storage", "mountPath": "/qdrant/storage"},
-            {"name": "snapshots", "mountPath": "/qdrant/snapshots"},
+            {"name": "storage", "mountPath": STORAGE_PATH},
+            *(
+                [{"name": "snapshots", "mountPath": SNAPSHOTS_VOLUME_PATH}]
+                if args.snapshots_size is not None
+                else []
+            ),
             {"name": "init", "mountPath": "/qdrant/init"},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": True},
@@ -303,7 +359,32 @@ def bootstrap_volume(base: str) -> dict[str, Any]:
     }
 
 
-def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
+def snapshots_volume(args: QdrantClusterArgs, match: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The snapshot scratch volume (a PVC that lives and dies with the pod), when the stack takes snapshots."""
+    if args.snapshots_size is None:
+        return []
+    return [
+        {
+            "name": "snapshots",
+            "ephemeral": {
+                "volumeClaimTemplate": {
+                    "metadata": {"labels": dict(match)},
+                    "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
+                }
+            },
+        }
+    ]
+
+
+def keys_digest(api_key: str, alt_api_key: str | None) -> str:
+    """The pod template's KEYS_ANNOTATION: SHA-256 over both keys (a 40-character random key is not recoverable
+    from it, so it is not a secret)."""
+    return hashlib.sha256(f"{api_key}\0{alt_api_key or ''}".encode()).hexdigest()
+
+
+def statefulset_spec(
+    args: QdrantClusterArgs, base: str, secret_name: str, keys_sha256: pulumi.Input[str] | None = None
+) -> dict[str, Any]:
     """StatefulSet spec: parallel start (peers wait for pod 0 themselves), a PVC template, spread and anti-affinity."""
     match = specs.selector_labels(APP, base, "vector-store")
     pod_labels = specs.labels(APP, base, "vector-store")
@@ -315,7 +396,10 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
         "selector": {"matchLabels": dict(match)},
         "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
         "template": {
-            "metadata": {"labels": pod_labels},
+            "metadata": {
+                "labels": pod_labels,
+                **({"annotations": {KEYS_ANNOTATION: keys_sha256}} if keys_sha256 is not None else {}),
+            },
             "spec": {
                 "serviceAccountName": base,
                 "automountServiceAccountToken": False,
@@ -325,15 +409,7 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
                 "volumes": [
-                    {
-                        "name": "snapshots",
-                        "ephemeral": {
-                            "volumeClaimTemplate": {
-                                "metadata": {"labels": dict(match)},
-                                "spec": specs.pvc_spec(args.snapshots_size, args.snapshots_storage_class),
-                            }
-                        },
-                    },
+                    *snapshots_volume(args, match),
                     {"name": "init", "emptyDir": {"sizeLimit": "1Mi"}},
                     {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     bootstrap_volume(base),
@@ -344,6 +420,19 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
             specs.volume_claim_template("storage", match, args.storage_size, args.storage_class)
         ],
     }
+
+
+SCALE_DOWN_ANNOTATION = "rag.platform/scale-down-acknowledged"
+
+
+def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The StatefulSet's metadata; it records an acknowledged scale-down (who reads the object sees it was planned)."""
+    annotations = (
+        {SCALE_DOWN_ANNOTATION: f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"}
+        if args.scale_down_acknowledged is not None
+        else None
+    )
+    return specs.metadata(base, args.namespace, labels, annotations)
 
 
 def headless_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
@@ -428,11 +517,17 @@ class QdrantCluster(pulumi.ComponentResource):
             opts=child(),
         )
         api_key = pulumi.Output.secret(args.api_key)
+        keys = {API_KEY_KEY: api_key}
+        if args.alt_api_key is not None:
+            keys[ALT_API_KEY_KEY] = pulumi.Output.secret(args.alt_api_key)
+        keys_sha256 = pulumi.Output.unsecret(
+            pulumi.Output.all(args.api_key, args.alt_api_key).apply(lambda k: keys_digest(k[0], k[1]))
+        )
         secret = k8s.core.v1.Secret(
             f"{name}-api-key",
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
-            string_data={API_KEY_KEY: api_key},
+            string_data=keys,
             opts=child(protect=args.protect),
         )
         k8s.core.v1.Service(
@@ -455,8 +550,8 @@ class QdrantCluster(pulumi.ComponentResource):
         )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=specs.metadata(base, ns, object_labels),
-            spec=statefulset_spec(args, base, secret_name),
+            metadata=statefulset_metadata(args, base, object_labels),
+            spec=statefulset_spec(args, base, secret_name, keys_sha256),
             # Its pods read the API-key Secret, the bootstrap ConfigMap and run as the ServiceAccount, by name.
             opts=child(protect=args.protect, extra=(secret, service_account, bootstrap_config)),
         )
@@ -491,7 +586,7 @@ class QdrantCluster(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, object_labels),
+                metadata=specs.metadata(base, ns, {**object_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(
                     {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
                 ),

@@ -1,7 +1,9 @@
 """``ragops ephemeral up|destroy|reap``: short-lived per-PR stacks with guaranteed teardown.
 
 - ``up`` creates (or updates) a stack from ``ephemeral.template.yaml`` (the dev stack file + overrides), records
-  ``rag:ephemeral`` = {name, owner, expiresAt} and runs ``pulumi up``. If anything fails or is interrupted
+  ``rag:ephemeral`` = {name, owner, expiresAt} and runs ``pulumi up``. A NEW stack is refused (TooManyStacksError,
+  naming the live ones) when the backend already holds ``maxStacks`` ephemeral stacks (the template's, or
+  $RAGOPS_EPHEMERAL_MAX_STACKS); each is bounded by its namespace's ResourceQuota (``rag:namespaceQuota``). If anything fails or is interrupted
   (KeyboardInterrupt included) the stack is destroyed and removed before the error propagates.
 - ``destroy`` runs ``pulumi destroy`` then ``pulumi stack rm``; a stack that is already gone is success.
   The stack is only removed once its resources are gone, so a failed destroy never orphans cloud resources.
@@ -229,6 +231,90 @@ def require_shared_cluster(values: dict[str, Any], base: str) -> dict[str, Any]:
     )
 
 
+MAX_STACKS_ENV = "RAGOPS_EPHEMERAL_MAX_STACKS"
+DEFAULT_MAX_STACKS = 5
+
+
+class TooManyStacksError(WorkflowError):
+    """A new ephemeral stack would take the backend past its cap of live ephemeral stacks."""
+
+
+def max_stacks(template: Path = TEMPLATE) -> int:
+    """The cap on live ephemeral stacks: $RAGOPS_EPHEMERAL_MAX_STACKS, else the template's `maxStacks` (else 5).
+
+    Each PR stack is bounded by its namespace's quota (rag:namespaceQuota); this bounds how many there are, so the
+    shared cluster holds N x quota at most."""
+    raw = os.environ.get(MAX_STACKS_ENV)
+    where = f"${MAX_STACKS_ENV}"
+    if raw is None:
+        raw = (yaml.safe_load(template.read_text()) or {}).get("maxStacks", DEFAULT_MAX_STACKS)
+        where = f"maxStacks in {template.name}"
+    try:
+        cap = int(raw)
+    except (TypeError, ValueError):
+        cap = 0
+    if isinstance(raw, bool) or cap < 1:
+        raise UsageError(f"{where} must be a whole number of stacks, at least 1; got {raw!r}.")
+    return cap
+
+
+def live_stacks(ws: Workspace, names: list[str], *, exclude: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ephemeral stacks (a `rag:ephemeral` record) among the backend's stack `names`, expired or not, except
+    `exclude`. An expired stack the reaper has not destroyed yet still holds its namespace's resources: it counts."""
+    found = []
+    for full in names:
+        short = full.rsplit("/", 1)[-1]
+        if short == exclude or short in PERMANENT_STACKS or not NAME_RE.match(short):
+            continue
+        try:
+            record = read_ephemeral(ws, full)
+        except StackNotFoundError:
+            continue
+        if record is not None:
+            found.append((short, record))
+    return sorted(found)
+
+
+def refuse_past_cap(ws: Workspace, name: str, cap: int, now: datetime) -> None:
+    """TooManyStacksError when stack `name` does not exist yet and `cap` other ephemeral stacks are live, naming
+    them and what frees a slot. An existing stack (a new push to a live PR) is never refused.
+
+    Two first `up`s started at the same moment on different runners can both pass (the count is a read, not a
+    lease): the cap can be exceeded by the runners racing, never more."""
+    names = [summary.name for summary in ws.list_stacks()]
+    if any(full.rsplit("/", 1)[-1] == name for full in names):
+        return
+    others = live_stacks(ws, names, exclude=name)
+    if len(others) < cap:
+        return
+    expired = []
+    rows = []
+    for other, record in others:
+        try:
+            gone = is_expired(record, now)
+        except ValueError:
+            gone = False
+        if gone:
+            expired.append(other)
+        rows.append(
+            f"{other} (owner {record.get('owner', '?')}, expires {record.get('expiresAt', '?')}"
+            + (", EXPIRED" if gone else "")
+            + ")"
+        )
+    hint = (
+        f"`ragops ephemeral reap` destroys the {len(expired)} expired one(s) ({', '.join(expired)}); "
+        if expired
+        else ""
+    )
+    raise TooManyStacksError(
+        f"Refusing to create ephemeral stack {name!r}: {len(others)} ephemeral stacks are live and the cap is "
+        f"{cap} (maxStacks in {TEMPLATE.name}, or ${MAX_STACKS_ENV}); each takes up to its namespace quota "
+        f"(rag:namespaceQuota) of the shared cluster. Live: {'; '.join(rows)}. {hint}"
+        "`ragops ephemeral destroy NAME` frees a slot; a new push to an existing PR updates its stack and is "
+        "never refused."
+    )
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -265,11 +351,12 @@ def up(
     if base is not None:
         values = require_shared_cluster(values, base)
     values[EPHEMERAL_KEY] = record.record()
+    cap = max_stacks(template)
+    refuse_past_cap(ws, name, cap, ctx.clock())
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
     try:
         try:
             stack = Stack.create(name, ws)
-            owned = True
         except StackAlreadyExistsError:
             # A new push to the same PR updates the stack and extends its expiry -- but never adopt a stack
             # somebody made by hand: tearing that down on a failure would destroy what is not ours.
@@ -280,6 +367,8 @@ def up(
                 ) from None
             owned = True
             stack = Stack.select(name, ws)
+        else:
+            owned = True
         set_config_values(ws, name, values)
         stack.up(
             on_output=on_output, on_event=on_event, message=f"ephemeral {name} until {record.expires_at}"

@@ -269,6 +269,21 @@ def test_qdrant_snapshot_scratch_holds_a_node_and_takes_its_configured_class() -
     assert env["QDRANT__STORAGE__TEMP_PATH"].startswith("/qdrant/snapshots/")
 
 
+def test_no_snapshot_scratch_volume_without_backups_and_twice_the_data_by_default_with_them() -> None:
+    # O12: PR stacks and dev (backups off) got a 20Gi volume per pod, prod a 200Gi one per node whatever backups did.
+    for stack, target in (("dev", "existing"), ("prod", "existing")):
+        pod = run(stack, target).by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
+        assert "snapshots" not in [v["name"] for v in pod["volumes"]], stack
+    staging = run("staging", "eks").by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
+    volume = next(v for v in staging["volumes"] if v["name"] == "snapshots")
+    # Pulumi.staging.yaml no longer names a size: 2 x its qdrant.storage.size (20Gi).
+    assert volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "40Gi"
+    grown = run("staging", "eks", qdrant={"storage": {"size": "35Gi"}})
+    pod = grown.by_name("qdrant-statefulset").inputs["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "snapshots")
+    assert volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "70Gi"
+
+
 def test_the_restore_job_is_declared_with_scratch_for_a_whole_node() -> None:
     result = run("prod")
     restore = result.by_name("qdrant-backups-restore").inputs["spec"]

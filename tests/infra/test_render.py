@@ -560,7 +560,7 @@ def _declared_default(key: str) -> dict:
 def test_vendored_schemas_are_those_of_the_pinned_versions() -> None:
     """A schema from another release than the one the stack installs would pass fields the cluster refuses (or
     refuse fields it takes): each vendored file names the version the program pins, and comes from that tag."""
-    from infra.components.postgres import CNPG_CHART_VERSION
+    from infra.components.postgres import BARMAN_CLOUD_CHART_VERSION, CNPG_CHART_VERSION
 
     versions = {
         path.relative_to(render.SCHEMA_DIR).as_posix(): yaml.safe_load(path.read_text())
@@ -577,6 +577,7 @@ def test_vendored_schemas_are_those_of_the_pinned_versions() -> None:
         # the standard channel, the subset GKE's managed CRDs and any conformant implementation serve.
         "gateway.networking.k8s.io/": "Gateway API v1.6.1, standard channel",
         "postgresql.cnpg.io/": f"(cloudnative-pg chart {CNPG_CHART_VERSION})",
+        "barmancloud.cnpg.io/": f"(plugin-barman-cloud chart {BARMAN_CLOUD_CHART_VERSION})",
         "networking.gke.io/": "gke-gateway-api",
     }
     for name, doc in versions.items():

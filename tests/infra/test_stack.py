@@ -14,6 +14,7 @@ import yaml
 
 from infra import stack
 from infra.clusters import ClusterTarget, Registry
+from infra.components import postgres as pg
 from infra.components.backups import backup_selector
 from infra.components.gateway import GKE_HEALTH_CHECK_CIDRS
 from infra.components.specs import EgressTarget
@@ -319,3 +320,13 @@ def test_namespace_and_outputs_carry_the_ephemeral_and_promotion_records() -> No
     }
     assert out["tlsIssuer"] == "selfSigned"
     assert (out["apiKeys"], out["grafana"], out["alertReceivers"]) == (None, None, None)
+
+
+@pytest.mark.parametrize("version", ["16", "17", "18"])
+def test_postgres_version_picks_the_pinned_cloudnative_image_of_that_major(version: str) -> None:
+    """`postgres.version` chooses the operand image: pinned by minor and digest, never the floating major tag."""
+    cfg = config("dev", postgres={"version": version})
+    image = stack.postgres_args(cfg, target(), password="pw").image
+    assert image == pg.PG_IMAGES[version]
+    assert pg.pg_image_major(image) == int(version)
+    assert "@sha256:" in image

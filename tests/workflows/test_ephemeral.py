@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pulumi.automation.errors import CommandError
@@ -86,6 +87,7 @@ def test_up_creates_configures_and_updates_the_stack(ctx: Context, backend: Fake
 
     assert record.record() == {"name": "pr-123", "owner": "alice", "expiresAt": "2026-03-02T12:00:00Z"}
     cmds = backend.commands()
+    assert cmds.pop(0) == ["stack", "ls", "--json"]  # the cap on live ephemeral stacks, counted first
     assert cmds[0] == ["stack", "init", "pr-123"]
     assert cmds[1][:5] == ["config", "set-all", "--stack", "pr-123", "--json"]
     written = json.loads(cmds[1][5])
@@ -202,6 +204,77 @@ def test_up_validates_before_touching_pulumi(ctx: Context, backend: FakeBackend)
     with pytest.raises(UsageError):
         ephemeral.up(ctx, "pr-1", "30d")
     assert backend.calls == []
+
+
+# ---------------------------------------------------------------- the cap on live stacks
+
+
+def _live(backend: FakeBackend, count: int, *, expires: str = "2026-03-02T00:00:00Z") -> None:
+    for index in range(count):
+        _ephemeral_stack(backend, f"pr-{100 + index}", expires)
+
+
+def test_a_new_stack_past_the_cap_is_refused_naming_the_live_ones_before_anything_is_created(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _live(backend, 4)
+    _ephemeral_stack(backend, "pr-99", "2026-03-01T11:00:00Z")  # expired an hour ago, not reaped yet: counts
+    backend.add_stack("scratch", config={}, outputs={})  # not ephemeral: does not count
+    backend.add_stack("staging")
+
+    with pytest.raises(ephemeral.TooManyStacksError) as caught:
+        ephemeral.up(ctx, "pr-7", "24h")
+
+    message = str(caught.value)
+    assert "5 ephemeral stacks are live and the cap is 5" in message
+    assert "pr-100 (owner alice, expires 2026-03-02T00:00:00Z)" in message
+    assert "pr-99 (owner alice, expires 2026-03-01T11:00:00Z, EXPIRED)" in message
+    assert "`ragops ephemeral reap` destroys the 1 expired one(s) (pr-99)" in message
+    assert "scratch" not in message
+    assert "pr-7" not in backend.stacks
+    # Nothing created, configured or deployed.
+    assert [c for c in backend.commands("stack") if c[1] in ("init", "rm")] == []
+    assert [c for c in backend.commands("config") if c[1] in ("set", "set-all")] == []
+    assert backend.commands("up") == []
+    assert backend.commands("destroy") == []
+
+
+def test_below_the_cap_a_new_stack_is_created_and_a_live_one_is_always_updated(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _live(backend, 4)
+    ephemeral.up(ctx, "pr-7", "24h")  # the fifth
+    assert "pr-7" in backend.stacks
+    # A new push to a PR whose stack is live updates it, at the cap or not.
+    ephemeral.up(ctx, "pr-7", "2h")
+    assert backend.stacks["pr-7"].config_value("rag:ephemeral")["expiresAt"] == "2026-03-01T14:00:00Z"
+    with pytest.raises(ephemeral.TooManyStacksError):
+        ephemeral.up(ctx, "pr-8", "24h")
+    # Freeing a slot lets the next one in.
+    ephemeral.destroy(ctx, "pr-100")
+    ephemeral.up(ctx, "pr-8", "24h")
+    assert "pr-8" in backend.stacks
+
+
+def test_the_cap_comes_from_the_environment_or_the_template_and_is_checked(
+    ctx: Context, backend: FakeBackend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert ephemeral.max_stacks() == 5  # the committed template
+    monkeypatch.setenv(ephemeral.MAX_STACKS_ENV, "1")
+    _live(backend, 1)
+    with pytest.raises(ephemeral.TooManyStacksError, match="cap is 1"):
+        ephemeral.up(ctx, "pr-7", "24h")
+    for bad in ("0", "many", "-2"):
+        monkeypatch.setenv(ephemeral.MAX_STACKS_ENV, bad)
+        with pytest.raises(UsageError, match=r"\$RAGOPS_EPHEMERAL_MAX_STACKS must be a whole number"):
+            ephemeral.max_stacks()
+    monkeypatch.delenv(ephemeral.MAX_STACKS_ENV)
+    template = tmp_path / "template.yaml"
+    template.write_text("maxStacks: 2\n")
+    assert ephemeral.max_stacks(template) == 2
+    template.write_text("maxStacks: true\n")
+    with pytest.raises(UsageError, match=r"maxStacks in template\.yaml must be a whole number"):
+        ephemeral.max_stacks(template)
 
 
 # ---------------------------------------------------------------- destroy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
@@ -68,6 +70,19 @@ def test_cluster_spec_bootstraps_the_app_owner() -> None:
     assert pg.cluster_spec(cloudnative(instances=1), "s")["affinity"]["podAntiAffinityType"] == "preferred"
 
 
+def test_every_pinned_operand_image_names_its_major_minor_and_digest() -> None:
+    """Each PostgreSQL major the config accepts (14-18) has an image pinned by minor and digest, whose tag the
+    operator reads as that major (it strips the digest, then takes the tag's leading number)."""
+    assert set(pg.PG_IMAGES) == {"14", "15", "16", "17", "18"}
+    for major, image in pg.PG_IMAGES.items():
+        assert pg.pg_image_major(image) == int(major), image
+        assert re.search(r":\d+\.\d+-\d{12}-[a-z]+-trixie@sha256:[0-9a-f]{64}$", image), image
+    assert pg.pg_image_major("ghcr.io/cloudnative-pg/postgresql:17.11-standard-trixie") == 17
+    assert pg.pg_image_major("ghcr.io/cloudnative-pg/postgresql:17@sha256:" + "0" * 64) is None
+    with pytest.raises(ValueError, match="No pinned CloudNativePG image for PostgreSQL 13"):
+        pg.pg_image("13")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -75,6 +90,11 @@ def test_cluster_spec_bootstraps_the_app_owner() -> None:
         (lambda: cloudnative(database="Rag-DB"), "SQL identifier"),
         (lambda: cloudnative(instances=0), "instances"),
         (lambda: cloudnative(image="postgres:latest"), "latest"),
+        (lambda: cloudnative(image="ghcr.io/cloudnative-pg/postgresql:17"), "exact PostgreSQL minor"),
+        (
+            lambda: cloudnative(image="ghcr.io/cloudnative-pg/postgresql:17-standard-trixie"),
+            "exact PostgreSQL minor",
+        ),
         (lambda: rds(subnet_ids=("subnet-a",)), "two subnets"),
         (lambda: rds(allocated_storage_gb=10), "allocated_storage_gb"),
         (lambda: pg.PostgresDatabaseArgs(mode="cloudsql", password="x"), "region"),

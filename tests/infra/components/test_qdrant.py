@@ -77,6 +77,40 @@ def test_statefulset_spec_persistence_and_placement() -> None:
     assert "storageClassName" not in no_class["volumeClaimTemplates"][0]["spec"]
 
 
+def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data_volume() -> None:
+    def parts(args: q.QdrantClusterArgs) -> tuple[list[str], dict[str, str], list[str]]:
+        pod = q.statefulset_spec(args, "qdrant", "k")["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        return [v["name"] for v in pod["volumes"]], env, list(mounts)
+
+    volumes, env, mounts = parts(cluster_args())  # no size: backups off
+    assert "snapshots" not in volumes
+    assert "snapshots" not in mounts
+    # Never the read-only root filesystem: a manual snapshot lands on the data volume.
+    assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/storage/snapshots"
+    assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/storage/snapshots/tmp"
+
+    volumes, env, mounts = parts(cluster_args(snapshots_size="100Gi", snapshots_storage_class="gp3"))
+    assert "snapshots" in volumes
+    assert "snapshots" in mounts
+    assert env["QDRANT__STORAGE__SNAPSHOTS_PATH"] == "/qdrant/snapshots"
+    assert env["QDRANT__STORAGE__TEMP_PATH"] == "/qdrant/snapshots/tmp"
+    pod = q.statefulset_spec(cluster_args(snapshots_size="100Gi"), "qdrant", "k")["template"]["spec"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "snapshots")["ephemeral"]["volumeClaimTemplate"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
+
+
+def test_an_acknowledged_scale_down_is_recorded_on_the_statefulset() -> None:
+    labels = {"app": "qdrant"}
+    assert "annotations" not in q.statefulset_metadata(cluster_args(), "qdrant", labels)
+    meta = q.statefulset_metadata(cluster_args(scale_down_acknowledged=3), "qdrant", labels)
+    assert meta["annotations"][q.SCALE_DOWN_ANNOTATION].startswith("3 ")
+    with pytest.raises(ComponentArgsError, match="scale_down_acknowledged must be None or equal to replicas"):
+        q.validate_args(cluster_args(scale_down_acknowledged=2))
+
+
 def test_headless_service_publishes_not_ready_peers() -> None:
     spec = q.headless_service_spec({"a": "b"})
     assert spec["clusterIP"] == "None"
@@ -179,6 +213,44 @@ def test_api_key_stays_secret() -> None:
     cluster: q.QdrantCluster = program.result
     assert is_secret(cluster.api_key)
     assert resolve(cluster.api_key) == "s3cr3t-key"
+
+
+def test_a_second_key_reaches_every_node_from_the_secret_and_any_key_change_restarts_the_nodes() -> None:
+    new = cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged")
+    one = run_cluster(new)
+    two = run_cluster(
+        cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged", alt_api_key=pulumi.Output.secret("n3xt-key"))
+    )
+    assert two.named("qdrant-api-key").inputs["stringData"] == {
+        "api-key": "s3cr3t-key",
+        "alt-api-key": "n3xt-key",
+    }
+    assert "stringData" in two.named("qdrant-api-key").secret_paths
+    env = {
+        e["name"]: e
+        for e in two.named("qdrant-statefulset").inputs["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["QDRANT__SERVICE__ALT_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "qdrant-api-key", "key": "alt-api-key"}
+    }
+    assert "QDRANT__SERVICE__ALT_API_KEY" not in repr(one.named("qdrant-statefulset").inputs)
+
+    def digest(program: Program) -> str:
+        statefulset = program.named("qdrant-statefulset")
+        assert not statefulset.secret_paths  # a digest, not a key: the StatefulSet's diff stays readable
+        return statefulset.inputs["spec"]["template"]["metadata"]["annotations"][q.KEYS_ANNOTATION]
+
+    rotated = run_cluster(cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged", api_key="other-key"))
+    # Adding the second key, and changing the first, each change the pod template: the nodes restart one by one.
+    assert len({digest(one), digest(two), digest(rotated)}) == 3
+    assert digest(one) == q.keys_digest("s3cr3t-key", None)
+    assert "n3xt-key" not in repr(two.named("qdrant-statefulset").inputs)
+
+
+def test_a_second_key_on_a_qdrant_without_alt_api_key_is_refused() -> None:
+    with pytest.raises(ComponentArgsError, match=r"alt_api_key needs Qdrant >= 1\.17"):
+        q.validate_args(cluster_args(image="qdrant/qdrant:v1.16.3-unprivileged", alt_api_key="n3xt-key"))
+    q.validate_args(cluster_args(image="qdrant/qdrant:v1.17.1-unprivileged", alt_api_key="n3xt-key"))
 
 
 def test_outputs() -> None:

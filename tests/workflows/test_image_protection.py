@@ -1,0 +1,84 @@
+"""The tag that protects a deployed image from the registries' retention rules, put on by the code path that deploys
+it (O19), across a real registry boundary: distribution registries on loopback and the exact `copy_script` run by
+`/bin/sh -c`. An index and every manifest it lists end up under their `sha256-<hex>` tags; an image already in the
+repository by digest (a build, pushed untagged) is tagged where it is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra.components.image import copy_script, protected_tag
+from tests.workflows.registries import (
+    PASSWORD,
+    USERNAME,
+    isolated_home,
+    push_test_image,
+    raw_manifest,
+    registry,
+)
+
+
+def _sh(script: str, env: dict[str, str]):
+    import subprocess
+
+    return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+
+
+def _children(env: dict[str, str], ref: str, creds: str | None = None) -> list[str]:
+    index = json.loads(raw_manifest(env, ref, creds=creds).stdout)
+    return [entry["digest"] for entry in index["manifests"]]
+
+
+@pytest.fixture
+def two_registries(tmp_path: Path):
+    with registry(tmp_path, auth=False) as source, registry(tmp_path, auth=True) as target:
+        env = isolated_home(tmp_path, source, target)
+        ref = push_test_image(tmp_path, env, f"{source.host}/dev/rag-service")
+        yield env, ref, target.host
+
+
+def test_a_copied_index_and_each_of_its_manifests_carry_their_protected_tags(
+    two_registries, tmp_path: Path
+) -> None:
+    env, source_ref, target_host = two_registries
+    repository = f"{target_host}/prod/rag-service"
+    password = tmp_path / "password"
+    password.write_text(PASSWORD, encoding="utf-8")
+    login = {target_host: (USERNAME, ("cat", str(password)))}.get
+    creds = f"{USERNAME}:{PASSWORD}"
+
+    done = _sh(copy_script(source_ref, repository, login=login), env)
+
+    assert done.returncode == 0, done.stderr
+    assert "Copying" in done.stderr  # skopeo's progress: the re-run below must show none
+    digest = source_ref.rsplit("@", 1)[1]
+    children = _children(env, f"{repository}@{digest}", creds)
+    assert len(children) == 2  # the platform image and the attestation manifest
+    for manifest in (digest, *children):
+        by_tag = raw_manifest(env, f"{repository}:{protected_tag(manifest)}", creds=creds)
+        assert by_tag.returncode == 0, by_tag.stderr
+        assert by_tag.stdout == raw_manifest(env, f"{repository}@{manifest}", creds=creds).stdout
+
+    again = _sh(copy_script(source_ref, repository, login=login), env)  # a rollback to it, a retried `up`
+    assert again.returncode == 0, again.stderr
+    assert "is already in the target registry" in again.stderr
+    assert "Copying" not in again.stderr
+
+
+def test_a_build_pushed_by_digest_is_tagged_where_it_is(tmp_path: Path) -> None:
+    with registry(tmp_path, auth=False) as own:
+        env = isolated_home(tmp_path, own)
+        repository = f"{own.host}/dev/rag-service"
+        built = push_test_image(tmp_path, env, repository)  # tagged `build` only: no protected tag yet
+        digest = built.rsplit("@", 1)[1]
+        assert raw_manifest(env, f"{repository}:{protected_tag(digest)}").returncode != 0
+
+        done = _sh(copy_script(built, repository, login=lambda host: None), env)
+
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1] == built
+        for manifest in (digest, *_children(env, built)):
+            assert raw_manifest(env, f"{repository}:{protected_tag(manifest)}").returncode == 0
