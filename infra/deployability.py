@@ -2719,6 +2719,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A declared major upgrade runs at `pulumi up` (applyImmediately).
+    (
+        "postgres.managed.majorUpgrade.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"applyImmediately": True}}},
+    ),
     # A restore's sources and its original matter once a restore is named.
     (
         "postgres.managed.restore.",
@@ -2827,7 +2834,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",
@@ -2847,7 +2854,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
-    "cluster.eks.version": "1.34",
+    "cluster.eks.version": "1.35",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.controlPlaneLogs.retentionDays": 90,
