@@ -1448,7 +1448,6 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
     postgres = config.postgres
     managed = postgres.managed
     upgrade, restore = managed.majorUpgrade.fromVersion, managed.restore
-    provider = config.cluster.provider
     target = postgres.version.split(".")[0]
     if upgrade:
         if postgres.mode != "managed":
@@ -1463,12 +1462,13 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
                 "major (managed PostgreSQL cannot be downgraded in place; restore a snapshot of the old major "
                 "instead), and once the instance runs postgres.version this key is cleared",
             )
-        if provider == "gke" and not managed.applyImmediately:
+        if not managed.applyImmediately:
             fail(
                 "postgres.managed.applyImmediately",
-                f"must be true for the declared upgrade from {upgrade}: Cloud SQL runs a major upgrade (pg_upgrade, "
-                "the instance down for its duration) as soon as `pulumi up` changes databaseVersion, with no "
-                "maintenance-window option; setting this acknowledges the downtime",
+                f"must be true for the declared upgrade from {upgrade}: the instance is down for the upgrade "
+                "(pg_upgrade), so it runs while `pulumi up` is watched. Cloud SQL runs it at once anyway; RDS would "
+                "leave the engine and parameter-group change pending and run it unattended in the maintenance "
+                "window",
             )
         if restore.name:
             fail(
@@ -1505,7 +1505,7 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
             "postgres.managed.restore.snapshot",
             "is set together with a point in time (restore.sourceInstance / restore.time): choose one source",
         )
-    if restore.snapshot and provider == "gke":
+    if restore.snapshot and config.cluster.provider == "gke":
         fail(
             "postgres.managed.restore.snapshot",
             "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
@@ -1676,6 +1676,7 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 SECRET_KEYS = frozenset(
     {
         "qdrantApiKey",
+        "qdrantApiKeyNext",
         "serviceApiKeys",
         "adminApiKey",
         "slackWebhookUrl",
@@ -1685,7 +1686,7 @@ SECRET_KEYS = frozenset(
     }
 )
 # Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
-OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
+OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "qdrantApiKeyNext")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1699,6 +1700,7 @@ class Secrets:
     pagerduty_routing_key: Any = None
     smtp_password: Any = None
     llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
+    qdrant_api_key_next: Any = None  # pulumi.Output[str] | None: rag:qdrantApiKeyNext (Qdrant's alt_api_key)
 
 
 def load_secrets() -> Secrets:
@@ -1736,4 +1738,5 @@ def load_secrets() -> Secrets:
         pagerduty_routing_key=optional["pagerdutyRoutingKey"],
         smtp_password=optional["smtpPassword"],
         llm_api_key=llm_key,
+        qdrant_api_key_next=optional["qdrantApiKeyNext"],
     )

@@ -2719,6 +2719,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A declared major upgrade runs at `pulumi up` (applyImmediately).
+    (
+        "postgres.managed.majorUpgrade.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"applyImmediately": True}}},
+    ),
     # A restore's sources and its original matter once a restore is named.
     (
         "postgres.managed.restore.",
@@ -2729,6 +2736,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
     ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
+    # Qdrant's alt_api_key exists from 1.17 (dev is deployed on 1.15).
+    ("qdrantApiKeyNext", "dev", "existing", {"qdrant": {"version": "v1.19.0"}}),
     # The snapshot volume exists only where backups run (cloud targets).
     ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
@@ -2816,6 +2825,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "namespace": "rag-other",
     "image": DIGEST,
     "qdrantApiKey": "offline-other-qdrant-key-0123456789",
+    "qdrantApiKeyNext": "offline-next-qdrant-key-0123456789",
     "serviceApiKeys": json.dumps({"offline-other-service-key-0123456789": "tenant-a"}),
     "adminApiKey": "offline-other-admin-key-0123456789",
     "embedding.model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -2824,7 +2834,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",
@@ -2844,7 +2854,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
-    "cluster.eks.version": "1.34",
+    "cluster.eks.version": "1.35",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.controlPlaneLogs.retentionDays": 90,
