@@ -28,6 +28,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from infra import embedding_models
+
 PROJECT = "rag"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
@@ -280,6 +282,7 @@ class QdrantConfig:
     storage: Storage
     resources: Resources
     pdb: Toggle
+    scaleDownTo: int = _f(min=0, max=15)
     snapshotsStorage: SnapshotStorage
 
     @property
@@ -315,6 +318,36 @@ class CloudNativePg:
     recovery: CnpgRecovery
 
 
+MAJOR_RE = re.compile(r"^(1[4-8])?$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceWindow:
+    """The managed registry's weekly maintenance hour, UTC (RDS `maintenance_window`, Cloud SQL `maintenance_window`)."""
+
+    day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    hour: int = _f(min=0, max=23)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MajorUpgrade:
+    """A declared major-version upgrade of the RDS / Cloud SQL instance (docs/runbooks.md)."""
+
+    fromVersion: str = _f(pattern=MAJOR_RE)
+    """The major the instance runs now, while postgres.version names the target; empty: no upgrade declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ManagedRestore:
+    """A registry instance created from a snapshot or a point in time (RDS / Cloud SQL), adopted by the stack."""
+
+    name: str = _f(pattern=re.compile(r"^([a-z]([a-z0-9-]{0,14}[a-z0-9])?)?$"))
+    snapshot: str = _f(pattern=re.compile(r"^([A-Za-z0-9][A-Za-z0-9:/_.-]{0,254})?$"))
+    sourceInstance: str = _f(pattern=re.compile(r"^([a-z][a-z0-9-]{0,62})?$"))
+    time: str = _f(pattern=re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z)?$"))
+    keepOriginal: bool = True
+
+
 @dataclass(frozen=True, kw_only=True)
 class ManagedPostgres:
     """RDS (eks) / Cloud SQL (gke) settings (mode managed)."""
@@ -324,6 +357,11 @@ class ManagedPostgres:
     storageGb: int = _f(min=20, max=65536)
     multiAz: bool = True
     backupRetentionDays: int = _f(min=0, max=35)
+    maintenanceWindow: MaintenanceWindow
+    applyImmediately: bool = False
+    autoMinorVersionUpgrade: bool = True
+    majorUpgrade: MajorUpgrade
+    restore: ManagedRestore
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -516,11 +554,37 @@ class Alerting:
     email: EmailAlerting
 
 
+#: A Kubernetes label as `key=value` (an optional DNS-subdomain prefix and a name of up to 63 characters; a value
+#: of up to 63, possibly empty): the form of `monitoring.existing.selectorLabels` / `dashboardLabels`.
+LABEL_PAIR_RE = re.compile(
+    r"^(?:(?=[a-z0-9.-]{1,253}/)[a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?"
+    r"(?=[A-Za-z0-9._-]{1,63}=)[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"=(?=[A-Za-z0-9._-]{0,63}$)([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?)?$"
+)
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def label_pairs(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`("release=kube-prometheus-stack",)` -> `{"release": "kube-prometheus-stack"}`."""
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExistingPrometheus:
+    """The cluster's own Prometheus Operator stack (`monitoring.mode: existing`)."""
+
+    namespace: str = _f(pattern=DNS_LABEL_RE)
+    selectorLabels: tuple[str, ...] = ()
+    dashboardLabels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class MonitoringConfig:
-    """kube-prometheus-stack and the service's alerts and dashboard."""
+    """kube-prometheus-stack (or the cluster's own Prometheus Operator) and the service's alerts and dashboard."""
 
     enabled: bool
+    mode: Literal["install", "existing"] = "install"
+    existing: ExistingPrometheus
     chartVersion: str = _f(pattern=re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$"))
     retention: str = _f(pattern=re.compile(r"^[0-9]+[hdwy]$"))
     storage: Storage
@@ -1084,6 +1148,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "Gateway API controller (use gke-l7-global-external-managed, gke-l7-regional-external-managed, ...)",
             )
 
+    if config.qdrant.scaleDownTo not in (0, config.qdrant.replicas):
+        fail(
+            "qdrant.scaleDownTo",
+            f"{config.qdrant.scaleDownTo} is neither 0 nor qdrant.replicas ({config.qdrant.replicas}): it acknowledges "
+            "a scale-down TO the configured count, done by the runbook (docs/runbooks.md#scale-qdrant-down)",
+        )
+
     quota = config.namespaceQuota
     for key, requested, limited in (
         ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
@@ -1138,6 +1209,17 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "embedding.extraModels",
                 f"invalid model name {model!r} (expected ORG/NAME, a fastembed model)",
+            )
+    for key, model in (
+        ("embedding.model", embedding.model),
+        *(("embedding.extraModels", m) for m in embedding.extraModels),
+    ):
+        if MODEL_RE.fullmatch(model) and embedding_models.find(model) is None:
+            fail(
+                key,
+                f"{model!r} is not a model the service can load (fastembed {embedding_models.FASTEMBED_VERSION}'s "
+                f"ONNX text models, infra/embedding_models.py): one of "
+                f"{', '.join(m.name for m in embedding_models.MODELS)}",
             )
     if len(set(embedding.image_models)) != len(embedding.image_models):
         fail("embedding.extraModels", "lists a model twice or repeats embedding.model")
@@ -1198,6 +1280,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
             )
+    _check_managed_postgres(config, fail)
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",
@@ -1225,6 +1308,35 @@ def _check_rules(config: StackConfig, file: str) -> None:
             fail(
                 "llm.baseUrl", "prod sends the API key only over https:// (or set llm.keyless for in-cluster)"
             )
+
+    monitoring = config.monitoring
+    if monitoring.enabled and monitoring.mode == "existing":
+        if config.cluster.provider != "existing":
+            # A cluster this stack creates has no Prometheus Operator before the update that creates it.
+            fail(
+                "monitoring.mode",
+                f"existing needs a cluster the stack does not create (cluster.provider existing), not "
+                f"{config.cluster.provider}: use mode install there",
+            )
+        for key, pairs in (
+            ("monitoring.existing.selectorLabels", monitoring.existing.selectorLabels),
+            ("monitoring.existing.dashboardLabels", monitoring.existing.dashboardLabels),
+        ):
+            for pair in pairs:
+                if not LABEL_PAIR_RE.fullmatch(pair):
+                    fail(key, f"{pair!r} is not a Kubernetes label as key=value")
+        # Routing belongs to the cluster's Alertmanager: the stack creates no Alertmanager config there.
+        alerting = monitoring.alerting
+        for key, value in (
+            ("monitoring.alerting.slack.channel", alerting.slack.channel),
+            ("monitoring.alerting.email.to", alerting.email.to),
+        ):
+            if value:
+                fail(
+                    key,
+                    "receivers are not configured by the stack with monitoring.mode existing: route the alerts "
+                    "(labels severity and service) in the cluster's own Alertmanager",
+                )
 
     email = config.monitoring.alerting.email
     if email.to:
@@ -1290,6 +1402,76 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "redis.managed.tier",
                 f"prod requires STANDARD_HA (a replica in another zone with failover), got {config.redis.managed.tier}",
             )
+
+
+def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
+    """A declared major upgrade and a restore of the RDS / Cloud SQL registry (docs/runbooks.md)."""
+    postgres = config.postgres
+    managed = postgres.managed
+    upgrade, restore = managed.majorUpgrade.fromVersion, managed.restore
+    provider = config.cluster.provider
+    target = postgres.version.split(".")[0]
+    if upgrade:
+        if postgres.mode != "managed":
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"declares an upgrade of the RDS / Cloud SQL instance, but postgres.mode is {postgres.mode}",
+            )
+        if int(upgrade) >= int(target):
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"{upgrade} is not below postgres.version ({postgres.version}): a major upgrade goes to a newer "
+                "major (managed PostgreSQL cannot be downgraded in place; restore a snapshot of the old major "
+                "instead), and once the instance runs postgres.version this key is cleared",
+            )
+        if provider == "gke" and not managed.applyImmediately:
+            fail(
+                "postgres.managed.applyImmediately",
+                f"must be true for the declared upgrade from {upgrade}: Cloud SQL runs a major upgrade (pg_upgrade, "
+                "the instance down for its duration) as soon as `pulumi up` changes databaseVersion, with no "
+                "maintenance-window option; setting this acknowledges the downtime",
+            )
+        if restore.name:
+            fail(
+                "postgres.managed.majorUpgrade.fromVersion",
+                f"is set together with postgres.managed.restore.name ({restore.name}): restore first, upgrade in a "
+                "later `up` (one change of the registry at a time)",
+            )
+    sources = [key for key in ("snapshot", "sourceInstance", "time") if getattr(restore, key)]
+    if sources and not restore.name:
+        fail(
+            "postgres.managed.restore.name",
+            f"missing while postgres.managed.restore.{sources[0]} is set: a restore creates a new instance, "
+            "named by it, next to the current one",
+        )
+    if not restore.keepOriginal and not restore.name:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false only applies after a restore (postgres.managed.restore.name): it drops the original instance",
+        )
+    if not restore.keepOriginal and restore.time and not restore.sourceInstance:
+        fail(
+            "postgres.managed.restore.keepOriginal",
+            "false while restore.time reads a point in time of the original instance: restore first, drop the "
+            "original in a later `up` (and clear restore.time, which the restored instance no longer reads)",
+        )
+    if restore.name and postgres.mode != "managed":
+        fail(
+            "postgres.managed.restore.name",
+            f"restores an RDS / Cloud SQL instance, but postgres.mode is {postgres.mode} (a CloudNativePG "
+            "registry restores with postgres.cloudnative.recovery)",
+        )
+    if restore.snapshot and (restore.sourceInstance or restore.time):
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is set together with a point in time (restore.sourceInstance / restore.time): choose one source",
+        )
+    if restore.snapshot and provider == "gke":
+        fail(
+            "postgres.managed.restore.snapshot",
+            "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
+            "(restore.time, restore.sourceInstance)",
+        )
 
 
 _UNITS = {

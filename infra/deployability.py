@@ -283,7 +283,8 @@ class Graph:
     """The run's wait-for edges: depends_on (explicit + output references), provider, parent."""
 
     def __init__(self, run: StackRun) -> None:
-        self.by_urn: dict[str, RecordedResource] = {r.urn: r for r in run.resources}
+        # Reads (`Resource.get`) are waited for like created resources: their dependencies are theirs.
+        self.by_urn: dict[str, RecordedResource] = {r.urn: r for r in [*run.resources, *run.reads]}
         # The provider field is the provider's URN; its inputs' dependencies are its own depends_on.
         self._closure: dict[str, frozenset[str]] = {}
 
@@ -363,6 +364,15 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
     def add(name: str, provider: str | None, detail: str) -> None:
         caps.setdefault(name, Capability(name, provider, detail))
 
+    for read in run.reads:
+        # An existing CRD the program reads first (Monitoring with mode existing): the preview fails without it,
+        # so whatever waits for the read may use its API.
+        if read.type == CRD_TYPE and "." in str(read.inputs.get("id") or ""):
+            group = str(read.inputs["id"]).split(".", 1)[1]
+            name = f"api:{group}"
+            if name not in caps:
+                add(name, read.urn, f"the cluster's CustomResourceDefinition {read.inputs['id']} (read)")
+                analysis.prerequisites.append(caps[name])
     for resource in run.resources:
         if resource.type in HELM_TYPES:
             chart = _release_chart(resource)
@@ -2171,14 +2181,15 @@ def _container_env(
     return env
 
 
-def models_held(config: Mapping[str, Any]) -> int:
-    """Embedding models one service process may hold at once: the image's models, at most two (the served one,
-    plus the shadow while a model change re-indexes, or the standby kept for rollback after the switch)."""
+def image_models(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The embedding models the deployed image holds: the stack's (`embedding.model` and `extraModels`), and for a
+    promoted image the models its promotion recorded. `pod_memory_parts` counts the largest one besides the served
+    one: a process holds the shadow while a model change re-indexes, or the standby kept for rollback."""
     embedding = config.get("embedding") or {}
-    models = {embedding.get("model"), *(embedding.get("extraModels") or [])}
+    models = [embedding.get("model"), *(embedding.get("extraModels") or [])]
     if config.get("image"):
-        models |= set((config.get("promotion") or {}).get("models") or [])
-    return min(2, len({m for m in models if m}))
+        models += list((config.get("promotion") or {}).get("models") or [])
+    return tuple(dict.fromkeys(m for m in models if m))
 
 
 def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
@@ -2190,7 +2201,7 @@ def check_pod_memory(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
 
     findings: list[Finding] = []
     declared = _declared_objects(run)
-    models = models_held(effective_config(run))
+    models = image_models(effective_config(run))
     for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
         template = _get(deployment.inputs, "spec", "template") or {}
         labels = _get(template, "metadata", "labels") or {}
@@ -2708,6 +2719,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A restore's sources and its original matter once a restore is named.
+    (
+        "postgres.managed.restore.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"restore": {"name": "r1"}}}},
+    ),
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
     ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
@@ -2764,6 +2782,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ),
     ("slackWebhookUrl", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("pagerdutyRoutingKey", "dev", "existing", {"monitoring": {"enabled": True}}),
+    # The cluster's own Prometheus Operator: its namespace and selectors.
+    ("monitoring.existing.", "dev", "existing", {"monitoring": {"enabled": True, "mode": "existing"}}),
     ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
@@ -2783,6 +2803,10 @@ ALTERNATIVES: Mapping[str, Any] = {
     "pagerdutyRoutingKey": "0123456789abcdef0123456789abcdef",
     "smtpPassword": "smtp-password-two",
     "monitoring.runbookUrl": "https://github.com/example/rag/blob/main/docs/runbooks.md",
+    "monitoring.mode": "existing",
+    "monitoring.existing.namespace": "observability",
+    "monitoring.existing.selectorLabels": ["prometheus=platform"],
+    "monitoring.existing.dashboardLabels": ["grafana.example.com/dashboard=rag"],
     "monitoring.alerting.slack.channel": "#rag-alerts",
     "monitoring.alerting.email.to": "platform@example.com",
     "monitoring.alerting.email.sender": "rag-alerts@example.com",
@@ -2832,6 +2856,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
+    "qdrant.scaleDownTo": 3,  # the place's qdrant.replicas: it acknowledges a scale-down TO the configured count
     "postgres.mode": "managed",
     "postgres.version": "16",
     "postgres.database": "rag_other",
@@ -2842,6 +2867,12 @@ ALTERNATIVES: Mapping[str, Any] = {
     "postgres.cloudnative.recovery.targetTime": "2026-11-26T03:00:00Z",
     "postgres.managed.instanceClass": "db.r7g.large",
     "postgres.managed.tier": "db-custom-4-15360",
+    "postgres.managed.maintenanceWindow.day": "wed",
+    "postgres.managed.majorUpgrade.fromVersion": "16",
+    "postgres.managed.restore.name": "r2",
+    "postgres.managed.restore.snapshot": "rds:rag-dev-2026-11-26-03-00",
+    "postgres.managed.restore.sourceInstance": "rag-other-postgres",
+    "postgres.managed.restore.time": "2026-11-26T03:00:00Z",
     "redis.mode": "managed",
     "redis.version": "8.1.4",
     "redis.incluster.storage.storageClass": "fast-redis",

@@ -88,6 +88,9 @@ class StackRun:
     secret_outputs: frozenset[str]
     #: The `{"rag:key": "value"}` config the program ran with (Pulumi.yaml defaults, stack values, overrides).
     config: Mapping[str, str] = field(default_factory=dict)
+    #: Existing objects the program reads (`Resource.get`): the engine reads them in the preview too, and one that
+    #: does not exist fails it. `id` is in `inputs["id"]`; nothing is created for them.
+    reads: list[RecordedResource] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
         """The resources of one type token."""
@@ -341,6 +344,9 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     if typ == "aws:rds/instance:Instance":
         host = f"{inputs.get('identifier') or name}.c{_digest('rds', name)[:10]}.{region}.rds.amazonaws.com"
         return {"address": host, "endpoint": f"{host}:5432", "port": 5432, "arn": f"arn:aws:rds:::db:{name}"}
+    if typ == "aws:rds/parameterGroup:ParameterGroup":
+        group = inputs.get("name") or f"{name}-{_digest('params', name)[:7]}"
+        return {"name": group, "id": group, "arn": f"arn:aws:rds:{region}:{ACCOUNT_ID}:pg:{group}"}
     if typ == "aws:elasticache/replicationGroup:ReplicationGroup":
         host = f"master.{name}.{_digest('cache', name)[:6]}.euw1.cache.amazonaws.com"
         return {
@@ -373,11 +379,13 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "member": f"serviceAccount:{email}",
         }
     if typ == "gcp:sql/databaseInstance:DatabaseInstance":
+        # A named instance (a restored one) gets an address of its own, so a client's URL shows which it reaches.
+        ip = f"10.20.{int(_digest('sql', inputs['name'])[:2], 16)}.3" if inputs.get("name") else "10.20.0.3"
         return {
-            "privateIpAddress": "10.20.0.3",
+            "privateIpAddress": ip,
             "publicIpAddress": None,
             "connectionName": f"p:europe-west1:{name}",
-            "ipAddresses": [{"ipAddress": "10.20.0.3", "type": "PRIVATE"}],
+            "ipAddresses": [{"ipAddress": ip, "type": "PRIVATE"}],
             "name": inputs.get("name") or name,
         }
     if typ == "gcp:redis/instance:Instance":
@@ -418,6 +426,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
         super().__init__(mocks)
         self.records: list[RecordedResource] = []
+        self.reads: list[RecordedResource] = []
 
     def make_urn(self, parent: str, type_: str, name: str) -> str:
         """URNs as the engine makes them: children of the root stack carry no `pulumi:pulumi:Stack$` prefix."""
@@ -450,6 +459,25 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
                 ignore_changes=tuple(request.ignoreChanges),
+            )
+        )
+        return response
+
+    def ReadResource(self, request: Any) -> Any:
+        response = super().ReadResource(request)
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        self.reads.append(
+            RecordedResource(
+                type=request.type,
+                name=request.name,
+                urn=self.make_urn(request.parent, request.type, request.name),
+                custom=True,
+                inputs={"id": request.id},
+                secret_keys=frozenset(),
+                parent=request.parent or None,
+                protect=False,
+                provider=provider,
+                depends_on=tuple(sorted(set(request.dependencies))),
             )
         )
         return response
@@ -559,4 +587,5 @@ def run_stack(
         outputs=outputs,
         secret_outputs=secret_outputs,
         config=dict(values),
+        reads=list(monitor.reads),
     )

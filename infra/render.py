@@ -335,6 +335,50 @@ def quota_usage(run: StackRun) -> list[str]:
     return lines + gke_quota_usage(run)
 
 
+def managed_databases(run: StackRun) -> list[str]:
+    """How each RDS / Cloud SQL instance takes a change: at `pulumi up` or in its maintenance window, and whether
+    a major upgrade is declared (infra/components/postgres.py; docs/runbooks.md)."""
+    lines = []
+    for db in run.of_type("aws:rds/instance:Instance"):
+        i = db.inputs
+        when = (
+            "changes apply at `pulumi up` (applyImmediately)"
+            if i.get("applyImmediately")
+            else f"changes wait for the maintenance window {i.get('maintenanceWindow')} UTC (applyImmediately false)"
+        )
+        major = (
+            f"major upgrade to {i.get('engineVersion')} declared"
+            if i.get("allowMajorVersionUpgrade")
+            else "a major change is refused"
+        )
+        minor = "minor versions automatic" if i.get("autoMinorVersionUpgrade") else "minor versions manual"
+        source = ""
+        if i.get("snapshotIdentifier"):
+            source = f"; created from snapshot {i['snapshotIdentifier']}"
+        elif i.get("restoreToPointInTime"):
+            point = i["restoreToPointInTime"]
+            source = f"; created from a point in time ({point.get('restoreTime') or 'the latest restorable'})"
+        lines.append(f"{db.name}: RDS PostgreSQL {i.get('engineVersion')}, {when}; {major}; {minor}{source}")
+    for db in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
+        i = db.inputs
+        window = i.get("settings", {}).get("maintenanceWindow") or {}
+        version = i.get("databaseVersion")
+        major = (
+            "a changed databaseVersion is ignored (no major upgrade declared)"
+            if "databaseVersion" in db.ignore_changes
+            else f"major upgrade to {version} runs at `pulumi up` (in place, the instance down during pg_upgrade)"
+        )
+        day = ["", "mon", "tue", "wed", "thu", "fri", "sat", "sun"][int(window.get("day", 0) or 0)]
+        source = ""
+        if i.get("clone"):
+            source = f"; cloned from {i['clone'].get('sourceInstanceName')} at {i['clone'].get('pointInTime') or 'its creation'}"
+        lines.append(
+            f"{db.name}: Cloud SQL {version}, settings changes apply at `pulumi up`, maintenance {day} "
+            f"{int(window.get('hour', 0) or 0):02d}:00 UTC; {major}{source}"
+        )
+    return lines
+
+
 def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     """Resource counts by type, protected resources, secrets and masked outputs."""
     resources = [r for r in run.resources if r.type != "pulumi:pulumi:Stack"]
@@ -345,6 +389,7 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
         "byType": dict(sorted(Counter(r.type for r in resources).items())),
         "protected": sorted(f"{r.type}::{r.name}" for r in resources if r.protect),
         "quotas": quota_usage(run),
+        "managedDatabases": managed_databases(run),
         "secrets": {
             "resourcesWithSecretInputs": sum(1 for r in resources if r.secret_keys),
             "kubernetesSecrets": sum(1 for r in resources if r.type == "kubernetes:core/v1:Secret"),
@@ -540,6 +585,10 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines(s.get("quotas", []), "none"),
         "",
+        "## Managed databases",
+        "",
+        *_lines(s.get("managedDatabases", []), "none"),
+        "",
         "## Secrets",
         "",
         f"- resources with secret inputs: {secrets['resourcesWithSecretInputs']}",
@@ -599,6 +648,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  WARNING {warning}")
     for quota in report.summary.get("quotas", []):
         print(f"  QUOTA   {quota}")
+    for database in report.summary.get("managedDatabases", []):
+        print(f"  DATABASE {database}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

@@ -25,6 +25,8 @@ from infra.components.backups import QdrantBackups, QdrantBackupsArgs, backup_se
 from infra.components.gateway import TlsGateway, TlsGatewayArgs, lb_source_cidrs
 from infra.components.image import RegistryAuth, ServiceImage, ServiceImageArgs, current_git_sha
 from infra.components.monitoring import (
+    DASHBOARD_LABELS,
+    MONITORING_NAMESPACE,
     AlertReceivers,
     AlertThresholds,
     ClusterAutoscalerTarget,
@@ -44,7 +46,7 @@ from infra.components.rag_service import (
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources, quantity_value
-from infra.config import ConfigError, Secrets, StackConfig, stack_file
+from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
@@ -222,20 +224,62 @@ def cluster_autoscaler_target(config: StackConfig) -> ClusterAutoscalerTarget | 
     )
 
 
+def existing_prometheus(config: StackConfig) -> bool:
+    """Whether the stack's monitors and rules go to the cluster's own Prometheus Operator (`monitoring.mode`)."""
+    return config.monitoring.enabled and config.monitoring.mode == "existing"
+
+
+def prometheus_namespace(config: StackConfig) -> str:
+    """Where Prometheus scrapes from: the stack's kube-prometheus-stack, or the cluster's own Prometheus."""
+    return config.monitoring.existing.namespace if existing_prometheus(config) else MONITORING_NAMESPACE
+
+
+def monitor_labels(config: StackConfig) -> dict[str, str]:
+    """The labels every ServiceMonitor/PodMonitor/PrometheusRule carries so the cluster's Prometheus selects it
+    (none when the stack installs Prometheus: it selects every object)."""
+    return label_pairs(config.monitoring.existing.selectorLabels) if existing_prometheus(config) else {}
+
+
+def _refuse_receiver_secrets(config: StackConfig, secrets: Secrets | None) -> None:
+    """The receivers' secrets configure the stack's own Alertmanager; with mode existing none is installed."""
+    if secrets is None or not existing_prometheus(config):
+        return
+    for key, value in (
+        ("slackWebhookUrl", secrets.slack_webhook_url),
+        ("pagerdutyRoutingKey", secrets.pagerduty_routing_key),
+        ("smtpPassword", secrets.smtp_password),
+    ):
+        if value is not None:
+            raise ConfigError(
+                f"rag:{key}",
+                stack_file(config.stack),
+                "set, but monitoring.mode existing installs no Alertmanager: route the alerts (labels severity "
+                "and service) in the cluster's own Alertmanager, and remove the key (pulumi config rm)",
+            )
+
+
 def monitoring_args(
     config: StackConfig,
     cluster: ClusterTarget,
     *,
-    grafana_admin_password: pulumi.Input[str],
+    grafana_admin_password: pulumi.Input[str] | None,
     secrets: Secrets | None = None,
+    depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> MonitoringArgs:
-    """kube-prometheus-stack, the alerts of every component of the stack and their receivers (`rag:monitoring`)."""
+    """kube-prometheus-stack (or the cluster's own Prometheus Operator), the alerts of every component of the stack
+    and their receivers (`rag:monitoring`)."""
     mon = config.monitoring
     alerting = mon.alerting
     backups_on = config.backups.enabled and cluster.cloud is not None
+    _refuse_receiver_secrets(config, secrets)
+    existing = existing_prometheus(config)
     return MonitoringArgs(
         service_namespace=config.namespace,
         grafana_admin_password=grafana_admin_password,
+        namespace=prometheus_namespace(config),
+        mode="existing" if existing else "install",
+        selector_labels=monitor_labels(config),
+        dashboard_labels=(label_pairs(mon.existing.dashboardLabels) if existing else dict(DASHBOARD_LABELS)),
         chart_version=mon.chartVersion,
         service_job=SERVICE_NAME,
         qdrant_job="qdrant",
@@ -272,7 +316,7 @@ def monitoring_args(
             backup_max_age_hours=mon.alerts.backupMaxAgeHours,
         ),
         cluster_autoscaler=cluster_autoscaler_target(config),
-        depends_on=tuple(cluster.depends_on),
+        depends_on=(*cluster.depends_on, *depends_on),
     )
 
 
@@ -290,6 +334,7 @@ def qdrant_args(
         namespace=config.namespace,
         api_key=api_key,
         replicas=cfg.replicas,
+        scale_down_acknowledged=cfg.scaleDownTo or None,
         replication_factor=cfg.replicationFactor,
         shard_number=cfg.shardNumber,
         image=f"qdrant/qdrant:{cfg.version}-unprivileged",
@@ -303,7 +348,9 @@ def qdrant_args(
         pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
+        monitoring_namespace=prometheus_namespace(config),
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         depends_on=depends_on,
     )
 
@@ -325,6 +372,7 @@ def postgres_args(
     mode = postgres_mode(config, cluster)
     network = cluster.network
     cnpg = cfg.cloudnative
+    managed, restore = cfg.managed, cfg.managed.restore
     return PostgresDatabaseArgs(
         backup_bucket=backup.bucket if backup is not None else None,
         backup_cloud=cluster.cloud if backup is not None else None,
@@ -351,7 +399,9 @@ def postgres_args(
         resources=resources(cfg.cloudnative.resources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
+        monitoring_namespace=prometheus_namespace(config),
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
         allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
@@ -366,6 +416,20 @@ def postgres_args(
         final_snapshot_prefix=cloud_name(
             config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
         ),
+        maintenance_day=managed.maintenanceWindow.day,
+        maintenance_hour=managed.maintenanceWindow.hour,
+        apply_immediately=managed.applyImmediately,
+        auto_minor_version_upgrade=managed.autoMinorVersionUpgrade,
+        upgrade_from=managed.majorUpgrade.fromVersion or None,
+        restore_name=restore.name or None,
+        # RDS identifiers are 1-63 characters; Cloud SQL instance names 1-98 (and unusable for a week once deleted).
+        restore_identifier=cloud_name(config.stack, POSTGRES_NAME, restore.name, limit=63)
+        if restore.name
+        else None,
+        restore_snapshot=restore.snapshot or None,
+        restore_source_instance=restore.sourceInstance or None,
+        restore_time=restore.time or None,
+        keep_original=restore.keepOriginal,
         region=cluster.region or None,
         private_network=network.get("network_id"),
         tier=cfg.managed.tier,
@@ -537,9 +601,11 @@ def service_args(
             gateway_cidrs=lb_cidrs,
             egress=stores.egress,
             api_egress=llm_egress(config),
+            monitoring_namespace=prometheus_namespace(config),
         ),
         service_monitor=config.monitoring.enabled,
         monitoring_crds=monitoring_crds,
+        monitor_labels=monitor_labels(config),
         backends=stores.ready,
         pdb_enabled=cfg.pdb.enabled,
         pdb_min_available=cfg.pdb.minAvailable,
@@ -628,9 +694,12 @@ def backups_args(
     )
 
 
-def grafana_access(monitoring: Monitoring) -> dict[str, str]:
-    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward`."""
+def grafana_access(monitoring: Monitoring) -> dict[str, str] | None:
+    """How a user reaches Grafana: it has no public route, so through `kubectl port-forward` (None: the Grafana
+    is the cluster's own, not the stack's)."""
     ns, svc = monitoring.namespace, monitoring.grafana_service
+    if svc is None or monitoring.grafana_admin_secret is None:
+        return None
     return {
         "namespace": ns,
         "service": svc,
@@ -689,7 +758,10 @@ def outputs(
         "grafanaAdminPassword": (
             pulumi.Output.secret(grafana_admin_password) if grafana_admin_password is not None else None
         ),
-        "alertReceivers": list(alert_receivers) if config.monitoring.enabled else None,
+        # None also with the cluster's own Prometheus: its Alertmanager routes the alerts, not the stack.
+        "alertReceivers": list(alert_receivers)
+        if config.monitoring.enabled and not existing_prometheus(config)
+        else None,
     }
 
 
@@ -785,12 +857,20 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
     monitoring: Monitoring | None = None
     grafana_password: pulumi.Output[str] | None = None
     if config.monitoring.enabled:
-        grafana_password = random.RandomPassword(
-            "grafana-admin-password-random", length=32, special=False
-        ).result
+        if not existing_prometheus(config):
+            grafana_password = random.RandomPassword(
+                "grafana-admin-password-random", length=32, special=False
+            ).result
         monitoring = Monitoring(
             "monitoring",
-            monitoring_args(config, cluster, grafana_admin_password=grafana_password, secrets=secrets),
+            monitoring_args(
+                config,
+                cluster,
+                grafana_admin_password=grafana_password,
+                secrets=secrets,
+                # With the cluster's own Prometheus, the rule and dashboard live in the service's namespace.
+                depends_on=ready if existing_prometheus(config) else (),
+            ),
             opts=in_cluster,
         )
         monitoring_crds = (monitoring.crds_ready,)

@@ -30,6 +30,7 @@ Probes from the kubelet are not evaluated (node-local traffic is allowed by the 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -490,6 +491,12 @@ def _prometheus(run: StackRun) -> Pods | None:
         chart = str(release.inputs.get("chart") or "").rsplit("/", 1)[-1]
         if release.type.startswith("kubernetes:helm.sh/") and chart == "kube-prometheus-stack":
             return Pods(str(release.inputs.get("namespace") or "default"), None, what="Prometheus")
+    # The cluster's own Prometheus (`rag:monitoring.mode` existing) scrapes from the namespace the config names.
+    monitoring = json.loads(run.config.get("rag:monitoring") or "{}")
+    if monitoring.get("enabled") and monitoring.get("mode") == "existing":
+        return Pods(
+            str((monitoring.get("existing") or {}).get("namespace") or "monitoring"), None, what="Prometheus"
+        )
     return None
 
 

@@ -59,6 +59,14 @@ def main() -> None:
                 file=sys.stderr,
             )
             raise SystemExit(2) from None
+    if settings.embedded_vector_store == "local":
+        from service.app.store.edge import EmbeddedStoreError, refuse_local_beside_edge
+
+        try:
+            refuse_local_beside_edge(settings)
+        except EmbeddedStoreError as exc:
+            print(f"service: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
     model = None
     if settings.workers == 1:
         # fastembed is imported here, not in the thread: only the session build runs beside the main thread's

@@ -250,23 +250,47 @@ class Pending:
     error: str | None = None  # why it could not be read: reported as its failure, nothing sent
 
 
-def collect(root: Path) -> list[Path]:
-    """The files under `root` the service can ingest, in a stable order."""
-    kinds = TEXT_TYPES | UPLOAD_TYPES
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in kinds)
+def is_hidden(path: Path, root: Path) -> bool:
+    """Whether `path` is, or lies under, a hidden file or folder below `root` (a name starting with '.')."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def skipped(root: Path) -> list[Path]:
-    """The files under `root` the client does not send (a type the service does not ingest), hidden files and
-    folders (.git, .DS_Store) aside: the summary names them, so a run does not look like the whole folder."""
+def walk(root: Path, include_hidden: bool = False) -> tuple[list[Path], list[Path]]:
+    """Every file under `root` in a stable order, and the hidden files and folders left out (not descended into).
+
+    Hidden entries (.git, .venv, .env, .ssh, an editor's swap files) are not documents: sending them put a
+    `.hidden/secret.md` into search (EYES4 E5), and walking `.venv` or `.git` costs more than the folder itself.
+    """
+    files: list[Path] = []
+    hidden: list[Path] = []
+    for directory, dirs, names in os.walk(root):
+        here = Path(directory)
+        if not include_hidden:
+            hidden.extend(here / d for d in dirs if d.startswith("."))
+            hidden.extend(here / n for n in names if n.startswith("."))
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            names = [n for n in names if not n.startswith(".")]
+        dirs.sort()
+        files.extend(p for p in (here / n for n in names) if p.is_file())
+    return sorted(files), sorted(hidden)
+
+
+def collect(root: Path, include_hidden: bool = False) -> list[Path]:
+    """The files under `root` the service can ingest, in a stable order (hidden ones only when asked)."""
     kinds = TEXT_TYPES | UPLOAD_TYPES
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() not in kinds
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    return [p for p in walk(root, include_hidden)[0] if p.suffix.lower() in kinds]
+
+
+def skipped(root: Path, include_hidden: bool = False) -> list[Path]:
+    """The files under `root` the client does not send for their type (a type the service does not ingest): the
+    summary names them, so a run does not look like the whole folder. Hidden ones are listed apart (`walk`)."""
+    kinds = TEXT_TYPES | UPLOAD_TYPES
+    return [p for p in walk(root, include_hidden)[0] if p.suffix.lower() not in kinds]
+
+
+def shown_names(names: list[str], limit: int = 10) -> str:
+    """The first `limit` names, and how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def json_body(value: Any) -> bytes:
@@ -408,9 +432,10 @@ def ingest_folder(
     max_batch_bytes: int,
     advance: Callable[[int], None],
     encoding: str | None = None,
+    include_hidden: bool = False,
 ) -> None:
     """Send every file under `root`; outcomes go to `report`, progress to `advance(files_done)`."""
-    prepared = [prepare(path, root, max_batch_bytes, encoding) for path in collect(root)]
+    prepared = [prepare(path, root, max_batch_bytes, encoding) for path in collect(root, include_hidden)]
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
@@ -506,6 +531,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         help="charset of the text files that are not UTF-8, e.g. cp1252 or latin-1 (default: an HTML file's "
         "<meta charset>, else detected per file)",
     )
+    ingest.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="also send files in hidden folders and hidden files (names starting with '.', e.g. .github/); "
+        "left out by default: they hold repositories' and tools' files, and secrets",
+    )
     args = parser.parse_args(argv)
     console = console or Console(stderr=True)
     root: Path = args.directory
@@ -525,7 +556,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             console.print(f"[red]error:[/red] --encoding {args.encoding!r} is not a charset Python knows")
             return 2
     key = args.key or os.environ.get("RAG_API_KEY")
-    files = collect(root)
+    files = collect(root, args.include_hidden)
     report = Report()
     progress = Progress(
         TextColumn("[bold]ingest"),
@@ -553,6 +584,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 max_batch_bytes=args.max_batch_bytes,
                 advance=lambda n: progress.update(task, advance=n, note=""),
                 encoding=encoding,
+                include_hidden=args.include_hidden,
             )
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")
@@ -570,13 +602,19 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         f"{len(files)} files: {summary or 'nothing to do'}; "
         f"{report.rate_limited} rate-limit waits, {report.retried} retries"
     )
-    left_out = skipped(root)
+    left_out = skipped(root, args.include_hidden)
     if left_out:
         names = [p.relative_to(root).as_posix() for p in left_out]
-        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         kinds = "/".join(sorted(TEXT_TYPES | UPLOAD_TYPES))
         plural = "s" if len(names) != 1 else ""
-        console.print(f"{len(names)} file{plural} skipped (not {kinds}): {shown}")
+        console.print(f"{len(names)} file{plural} skipped (not {kinds}): {shown_names(names)}")
+    hidden = [] if args.include_hidden else walk(root)[1]
+    if hidden:
+        names = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in hidden]
+        console.print(
+            f"{len(names)} hidden file{'s' if len(names) != 1 else ''} and folders left out "
+            f"(--include-hidden sends them): {shown_names(names)}"
+        )
     for name, reason in report.failures:
         console.print(f"[red]failed[/red] {name}: {reason}")
     return 1 if report.failures else 0

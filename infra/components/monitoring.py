@@ -16,6 +16,13 @@ service's own failure counters; in-cluster ones use their exporters' series.
 CRD ordering: `crds_ready` is the release; everything needing those CRDs (the rule here, the ServiceMonitors of
 RagService and QdrantCluster) depends on it, so nothing is created before the CRDs exist.
 
+Mode `existing` (a cluster that already runs Prometheus Operator) installs none of the above: a second operator
+would reconcile the first one's objects and a second node exporter cannot bind the nodes' port. It creates only
+the rule, the cert-manager/autoscaler monitors and the dashboard ConfigMap in the service's namespace, labelled
+for the existing Prometheus's selectors (`selector_labels`; the stack's other components take the same labels
+from `monitor_labels`) and Grafana's sidecar (`dashboard_labels`), after reading the existing CRDs (`Monitoring`
+says why a read). Routing stays with the cluster's Alertmanager.
+
 Alert and panel queries use the metric names of service/app/core/metrics.py and the worker's agreed series
 (`WORKER_METRICS`). `python -m infra.components.monitoring` rewrites docs/grafana/rag-service.json.
 """
@@ -25,7 +32,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -52,6 +59,16 @@ CRD_UPGRADE_JOB: dict[str, Any] = {
     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
 }
 ADMIN_SECRET_KEYS = ("admin-user", "admin-password")
+#: Where the stack installs kube-prometheus-stack (mode `install`).
+MONITORING_NAMESPACE = "monitoring"
+#: kube-prometheus-stack 78.3.0's Grafana sidecar (values.yaml `grafana.sidecar.dashboards`: label
+#: `grafana_dashboard`, labelValue "1", searchNamespace ALL).
+DASHBOARD_LABELS = {"grafana_dashboard": "1"}
+#: The CustomResourceDefinitions of the objects this stack creates for Prometheus Operator (mode `existing` reads
+#: them first: see `Monitoring`).
+MONITORING_CRDS = tuple(
+    f"{plural}.monitoring.coreos.com" for plural in ("servicemonitors", "podmonitors", "prometheusrules")
+)
 RELEASE_NAME = "kube-prometheus-stack"
 # The grafana subchart's fullname is `<release>-grafana`; its Service listens on port 80.
 GRAFANA_SERVICE = f"{RELEASE_NAME}-grafana"
@@ -187,9 +204,20 @@ class MonitoringArgs:
 
     service_namespace: str
     """Namespace of the RAG service and Qdrant (alerts and the dashboard are scoped to it)."""
-    grafana_admin_password: pulumi.Input[str]
-    """Grafana admin password (a Pulumi secret)."""
-    namespace: str = "monitoring"
+    grafana_admin_password: pulumi.Input[str] | None
+    """Grafana admin password (a Pulumi secret); None with mode `existing` (no Grafana of ours)."""
+    namespace: str = MONITORING_NAMESPACE
+    """Namespace of Prometheus: the one this component installs (`install`), or the cluster's own (`existing`)."""
+    mode: Literal["install", "existing"] = "install"
+    """`install`: kube-prometheus-stack in `namespace`. `existing`: the cluster already runs Prometheus Operator; no
+    operator, Prometheus, Alertmanager or Grafana is installed, and the rule, monitors and dashboard are created in
+    `service_namespace`, labelled with `selector_labels` / `dashboard_labels` so the existing ones pick them up."""
+    selector_labels: Mapping[str, str] = field(default_factory=dict)
+    """`existing`: the labels the cluster's Prometheus selects ServiceMonitors, PodMonitors and PrometheusRules by
+    (kube-prometheus-stack's default selectors: `release: <its release name>`). Every component's monitors carry
+    them (`monitor_labels`)."""
+    dashboard_labels: Mapping[str, str] = field(default_factory=lambda: dict(DASHBOARD_LABELS))
+    """The labels Grafana's dashboard sidecar loads ConfigMaps by; empty: no dashboard ConfigMap (`existing`)."""
     chart_version: str = CHART_VERSION
     service_job: str = "rag"
     """Prometheus `job` of the service's ServiceMonitor (the Service name)."""
@@ -260,6 +288,21 @@ def validate_args(args: MonitoringArgs) -> None:
     require(args.qdrant_replicas >= 1, "MonitoringArgs.qdrant_replicas must be at least 1.")
     require(args.postgres_instances >= 1, "MonitoringArgs.postgres_instances must be at least 1.")
     require(bool(args.runbook_url), "MonitoringArgs.runbook_url must not be empty.")
+    require(
+        args.mode in ("install", "existing"),
+        f"MonitoringArgs.mode {args.mode!r} must be install or existing.",
+    )
+    if args.mode == "install":
+        require(
+            args.grafana_admin_password is not None,
+            "MonitoringArgs.grafana_admin_password is required when the component installs Grafana.",
+        )
+    else:
+        require(
+            not args.receivers.names,
+            "MonitoringArgs.receivers must be empty with mode existing: the cluster's own Alertmanager routes "
+            "the alerts (the stack does not configure it).",
+        )
     r = args.receivers
     if r.email_to:
         require(
@@ -447,7 +490,11 @@ def cluster_autoscaling_rules(
     and `node_group_backoff_status{node_group, reason}` (1 while a group is backed off after failed scale-ups).
     """
     t = args.thresholds
-    pods = f'namespace=~"{args.service_namespace}|{args.namespace}"'
+    # The stack's pods: the service's namespace, and the monitoring stack's when the stack installs it.
+    watched = (
+        (args.service_namespace, args.namespace) if args.mode == "install" else (args.service_namespace,)
+    )
+    pods = f'namespace=~"{"|".join(watched)}"'
     rules = [
         rule(
             "RagPodsUnschedulable",
@@ -498,6 +545,45 @@ def cluster_autoscaling_rules(
         ),
     ]
     return rules
+
+
+def node_rules(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """A pod of the stack on a node that is NotReady, and a pod whose deletion never completes.
+
+    kube-state-metrics' series: `kube_pod_info{node}` (where each pod is scheduled), `kube_node_status_condition
+    {condition="Ready", status="true"}` (1 while the node is Ready) and `kube_pod_deletion_timestamp` (the pod's
+    `metadata.deletionTimestamp`: when the deletion was asked for plus the pod's grace period, i.e. the moment
+    the kubelet must have stopped it). A node that stops reporting is NotReady (Unknown) within the node monitor's
+    grace period; 5 minutes later the taint manager deletes its pods, and a pod on a node that cannot confirm the
+    deletion stays Terminating for ever: a StatefulSet (Qdrant, Valkey) will not start that replica elsewhere while
+    it exists, and its ReadWriteOnce volume stays attached to the lost node (docs/runbooks.md,
+    "A node NotReady but not gone").
+    """
+    ns = args.service_namespace
+    return [
+        rule(
+            "RagPodOnNotReadyNode",
+            f'max by (namespace, pod, node) (kube_pod_info{{namespace="{ns}", node!=""}})'
+            ' and on (node) (max by (node) (kube_node_status_condition{condition="Ready", status="true"}) == 0)',
+            "5m",
+            "warning",
+            "A pod of the stack runs on a node that is not Ready.",
+            "{{ $labels.namespace }}/{{ $labels.pod }} is on node {{ $labels.node }}, which has not been Ready for "
+            "5 minutes: its containers are unreachable, and a StatefulSet's pod is not replaced until the node "
+            "is back or fenced.",
+        ),
+        rule(
+            "RagPodStuckTerminating",
+            f'time() - max by (namespace, pod) (kube_pod_deletion_timestamp{{namespace="{ns}"}}) > 600',
+            "0m",
+            "warning",
+            "A pod of the stack has been terminating for longer than its grace period.",
+            "{{ $labels.namespace }}/{{ $labels.pod }} is still there 10 minutes after its grace period ended: "
+            "its node does not confirm the deletion (NotReady, kubelet down) or a finalizer holds it.",
+        ),
+    ]
 
 
 def _increase_from_zero(series: str, window: str) -> str:
@@ -768,6 +854,7 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         {"name": "rag-jobs", "rules": jobs},
         {"name": "rag-datastores", "rules": datastores},
         {"name": "rag-cluster-autoscaling", "rules": cluster_autoscaling_rules(args, rule)},
+        {"name": "rag-nodes", "rules": node_rules(args, rule)},
     ]
     if args.backup_cronjob:
         cron = args.backup_cronjob
@@ -1072,28 +1159,129 @@ def importable_dashboard_json() -> str:
 
 # ---------------------------------------------------------------------------------------------- component
 class Monitoring(pulumi.ComponentResource):
-    """kube-prometheus-stack with the service's alerts and dashboard; `crds_ready` gates CRD users."""
+    """kube-prometheus-stack with the service's alerts and dashboard, or (mode `existing`) only the alerts, monitors
+    and dashboard for the cluster's own Prometheus Operator; `crds_ready` gates CRD users.
+
+    Mode `existing` installs nothing cluster-wide: the CRDs, the operator, Prometheus, Alertmanager and Grafana are
+    the cluster's. Its first step reads the three CustomResourceDefinitions (`MONITORING_CRDS`). pulumi-kubernetes
+    (provider.go, v4) skips the server-side dry run of a custom resource whose kind the API server does not know
+    (`gvkExists`: it may be the CRD of a resource created in the same update), so a missing CRD would pass the
+    preview and fail the update at the first ServiceMonitor, after the namespace and data stores are already
+    created. A read of a missing object fails in the preview itself ("resource '...' does not exist"), before
+    anything is created, naming the CRD, and every monitor and rule waits for the reads.
+    """
 
     crds_ready: pulumi.Resource
-    """The release installing the monitoring.coreos.com CRDs; pass it to others' `monitoring_crds`."""
+    """The release installing the monitoring.coreos.com CRDs, or the last read of the existing CRDs; pass it to
+    others' `monitoring_crds`."""
     namespace: str
     """Namespace of Prometheus (for NetworkPolicies admitting scrapes)."""
-    grafana_service: str
-    """Grafana's Service in `namespace` (port 80), for `kubectl port-forward`."""
-    grafana_admin_secret: str
-    """The Secret holding Grafana's admin user and password."""
+    monitor_labels: dict[str, str]
+    """Labels every ServiceMonitor/PodMonitor/PrometheusRule of the stack carries so Prometheus selects it (empty
+    when the stack installs Prometheus, which selects all)."""
+    grafana_service: str | None
+    """Grafana's Service in `namespace` (port 80), for `kubectl port-forward`; None: not the stack's Grafana."""
+    grafana_admin_secret: str | None
+    """The Secret holding Grafana's admin user and password; None: not the stack's Grafana."""
     receivers: tuple[str, ...]
     """The configured Alertmanager receiver kinds; empty means alerts reach nobody."""
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(args)
         super().__init__("rag:ops:Monitoring", name, None, opts)
-        ns = args.namespace
         object_labels = specs.labels("monitoring", name, "observability")
 
         def child(*extra: pulumi.Resource) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *extra])
 
+        self.namespace = args.namespace
+        self.receivers = args.receivers.names
+        if args.mode == "existing":
+            self._existing(name, args, object_labels, child)
+        else:
+            self._install(name, args, object_labels, child)
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "grafanaService": self.grafana_service,
+                "grafanaAdminSecret": self.grafana_admin_secret,
+            }
+        )
+
+    def _existing(
+        self,
+        name: str,
+        args: MonitoringArgs,
+        object_labels: dict[str, str],
+        child: Callable[..., pulumi.ResourceOptions],
+    ) -> None:
+        """The rule, monitors and dashboard in the service's namespace, for the cluster's Prometheus and Grafana."""
+        ns = args.service_namespace
+        gate: pulumi.Resource | None = None
+        for crd in MONITORING_CRDS:
+            # Chained: the last read exists only once every CRD was found.
+            gate = k8s.apiextensions.v1.CustomResourceDefinition.get(
+                f"{name}-crd-{crd.split('.', 1)[0]}", crd, opts=child(*([gate] if gate else []))
+            )
+        assert gate is not None
+        monitor_labels = {**object_labels, **args.selector_labels}
+        self._objects(name, args, ns, monitor_labels, child(gate), child())
+        self.crds_ready = gate
+        self.monitor_labels = dict(args.selector_labels)
+        self.grafana_service = None
+        self.grafana_admin_secret = None
+
+    def _objects(
+        self,
+        name: str,
+        args: MonitoringArgs,
+        ns: str,
+        labels: dict[str, str],
+        after_crds: pulumi.ResourceOptions,
+        after_namespace: pulumi.ResourceOptions,
+    ) -> None:
+        """The PrometheusRule, the monitors of what runs outside the stack's components, and the dashboard."""
+        prometheus_operator.monitoring_object(
+            f"{name}-rules",
+            "PrometheusRule",
+            metadata=specs.metadata(f"{name}-rag-alerts", ns, labels),
+            spec=prometheus_rule_spec(args),
+            opts=after_crds,
+        )
+        if args.cluster_autoscaler is not None:
+            prometheus_operator.monitoring_object(
+                f"{name}-cluster-autoscaler-servicemonitor",
+                "ServiceMonitor",
+                metadata=specs.metadata(f"{name}-cluster-autoscaler", ns, labels),
+                spec=cluster_autoscaler_service_monitor_spec(args.cluster_autoscaler),
+                opts=after_crds,
+            )
+        if args.tls_enabled:
+            prometheus_operator.monitoring_object(
+                f"{name}-cert-manager-podmonitor",
+                "PodMonitor",
+                metadata=specs.metadata(f"{name}-cert-manager", ns, labels),
+                spec=cert_manager_pod_monitor_spec(),
+                opts=after_crds,
+            )
+        if args.dashboard_labels:
+            base = specs.labels("monitoring", name, "observability")
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard",
+                metadata=specs.metadata(f"{name}-rag-dashboard", ns, {**base, **args.dashboard_labels}),
+                data={"rag-service.json": json.dumps(dashboard(args), indent=2, sort_keys=True)},
+                opts=after_namespace,
+            )
+
+    def _install(
+        self,
+        name: str,
+        args: MonitoringArgs,
+        object_labels: dict[str, str],
+        child: Callable[..., pulumi.ResourceOptions],
+    ) -> None:
+        """kube-prometheus-stack in its namespace, with the admin and receivers Secrets, then the objects."""
+        ns = args.namespace
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata={"name": ns, "labels": {"app.kubernetes.io/part-of": specs.PART_OF}},
@@ -1145,43 +1333,11 @@ class Monitoring(pulumi.ComponentResource):
             values=chart_values(args, admin_secret, receivers_secret),
             opts=child(*release_needs),
         )
-        prometheus_operator.monitoring_object(
-            f"{name}-rules",
-            "PrometheusRule",
-            metadata=specs.metadata(f"{name}-rag-alerts", ns, object_labels),
-            spec=prometheus_rule_spec(args),
-            opts=child(release),
-        )
-        if args.cluster_autoscaler is not None:
-            prometheus_operator.monitoring_object(
-                f"{name}-cluster-autoscaler-servicemonitor",
-                "ServiceMonitor",
-                metadata=specs.metadata(f"{name}-cluster-autoscaler", ns, object_labels),
-                spec=cluster_autoscaler_service_monitor_spec(args.cluster_autoscaler),
-                opts=child(release),
-            )
-        if args.tls_enabled:
-            prometheus_operator.monitoring_object(
-                f"{name}-cert-manager-podmonitor",
-                "PodMonitor",
-                metadata=specs.metadata(f"{name}-cert-manager", ns, object_labels),
-                spec=cert_manager_pod_monitor_spec(),
-                opts=child(release),
-            )
-        k8s.core.v1.ConfigMap(
-            f"{name}-dashboard",
-            metadata=specs.metadata(f"{name}-rag-dashboard", ns, {**object_labels, "grafana_dashboard": "1"}),
-            data={"rag-service.json": json.dumps(dashboard(args), indent=2, sort_keys=True)},
-            opts=child(namespace),
-        )
+        self._objects(name, args, ns, object_labels, child(release), child(namespace))
         self.crds_ready = release
-        self.namespace = ns
+        self.monitor_labels = {}
         self.grafana_service = GRAFANA_SERVICE
         self.grafana_admin_secret = admin_secret
-        self.receivers = args.receivers.names
-        self.register_outputs(
-            {"namespace": ns, "grafanaService": GRAFANA_SERVICE, "grafanaAdminSecret": admin_secret}
-        )
 
 
 if __name__ == "__main__":  # python -m infra.components.monitoring: rewrite the importable dashboard

@@ -101,6 +101,9 @@ _TARGET_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}(:?\
 # robfig/cron, which the operator's ScheduledBackup uses: six fields (seconds first) or a descriptor.
 _SCHEDULE6 = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){5}\S+)$"
 _IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
+# RDS restore_time and the Cloud SQL clone's point_in_time: RFC 3339 in UTC ("Zulu").
+_UTC_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$"
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # RDS CreateDBInstance: MasterUsername 1-16 letters, digits or underscores, starting with a letter; DBName (PostgreSQL)
 # 1-63 letters, digits or underscores, starting with a letter. "rdsadmin" is RDS's own account.
 _RDS_USER = r"^[a-z][a-z0-9_]{0,15}$"
@@ -150,6 +153,8 @@ class PostgresDatabaseArgs:
     """Namespace of Prometheus, admitted on 9187 by the NetworkPolicy; None to disallow."""
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources installing the monitoring.coreos.com CRDs (Monitoring.crds_ready); the PodMonitor waits."""
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     backup_bucket: pulumi.Input[str] | None = None
     """Bucket receiving WAL and base backups (cloudnative); None: no backups."""
     backup_cloud: Literal["aws", "gcp"] | None = None
@@ -182,6 +187,29 @@ class PostgresDatabaseArgs:
     final_snapshot_prefix: str = "rag-postgres-final"
     """Start of the RDS final snapshot's identifier (give it the stack: identifiers are per account and region);
     a random suffix drawn once per instance lifetime follows."""
+    maintenance_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
+    """Day of the weekly maintenance window (rds, cloudsql), UTC."""
+    maintenance_hour: int = 3
+    """Hour (UTC) the one-hour maintenance window starts; RDS backups run in the hour before it."""
+    apply_immediately: bool = False
+    """RDS: apply a modification at `pulumi up` (True) or in the next maintenance window (False)."""
+    auto_minor_version_upgrade: bool = True
+    """RDS: take new minor versions in the maintenance window."""
+    upgrade_from: str | None = None
+    """The major the RDS / Cloud SQL instance runs while `engine_version` / `database_version` names a newer one:
+    a declared major upgrade. None: no upgrade, and a changed version does not touch a Cloud SQL instance."""
+    restore_name: str | None = None
+    """A restore (rds, cloudsql): a new instance `<name>-<restore_name>` becomes the registry."""
+    restore_identifier: str | None = None
+    """The restored instance's cloud name (RDS identifier, Cloud SQL instance name): unique per account/project."""
+    restore_snapshot: str | None = None
+    """RDS: the DB snapshot (identifier or ARN) the restored instance is created from."""
+    restore_source_instance: str | None = None
+    """The instance a point-in-time restore reads (RDS identifier, Cloud SQL name); None: this stack's original."""
+    restore_time: str | None = None
+    """The point in time (RFC 3339, UTC); None: RDS's latest restorable time, or a Cloud SQL clone of now."""
+    keep_original: bool = True
+    """Keep declaring the instance the stack had before the restore (protected in prod) until this is False."""
     # --- cloudsql
     region: str | None = None
     private_network: pulumi.Input[str] | None = None
@@ -244,12 +272,60 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
             f"RDS snapshot identifier: letters, digits and single hyphens, starting with a letter, at most "
             f"{prefix_room} characters.",
         )
+    if args.mode in ("rds", "cloudsql"):
+        _validate_managed(args)
     if args.mode == "cloudsql":
         require(args.region is not None, "PostgresDatabaseArgs.region is required in cloudsql mode.")
         require(
             args.private_network is not None,
             "PostgresDatabaseArgs.private_network is required in cloudsql mode.",
         )
+
+
+def _validate_managed(args: PostgresDatabaseArgs) -> None:
+    require(
+        args.maintenance_day in DAYS and 0 <= args.maintenance_hour <= 23,
+        "PostgresDatabaseArgs.maintenance_day must be mon..sun and maintenance_hour 0-23.",
+    )
+    major = engine_major(args)
+    if args.upgrade_from is not None:
+        require(
+            args.upgrade_from.isdigit() and int(args.upgrade_from) < int(major),
+            f"PostgresDatabaseArgs.upgrade_from {args.upgrade_from!r} must be a major below the target {major}.",
+        )
+        require(
+            args.mode == "rds" or args.apply_immediately,
+            "PostgresDatabaseArgs.apply_immediately must be True for a Cloud SQL major upgrade: it runs at once.",
+        )
+        require(
+            args.restore_name is None,
+            "PostgresDatabaseArgs.upgrade_from and restore_name exclude each other.",
+        )
+    if args.restore_name is None:
+        require(
+            args.restore_snapshot is None
+            and args.restore_source_instance is None
+            and args.restore_time is None,
+            "PostgresDatabaseArgs.restore_snapshot/restore_source_instance/restore_time need restore_name.",
+        )
+        require(args.keep_original, "PostgresDatabaseArgs.keep_original=False needs restore_name.")
+        return
+    require(
+        bool(re.match(_ARCHIVE, args.restore_name)) and args.restore_identifier is not None,
+        f"PostgresDatabaseArgs.restore_name {args.restore_name!r} must be a DNS label, with restore_identifier.",
+    )
+    require(
+        args.restore_snapshot is None or (args.restore_source_instance is None and args.restore_time is None),
+        "PostgresDatabaseArgs.restore_snapshot excludes a point in time (restore_source_instance, restore_time).",
+    )
+    require(
+        args.restore_snapshot is None or args.mode == "rds",
+        "PostgresDatabaseArgs.restore_snapshot is an RDS snapshot: Cloud SQL restores by a clone at a point in time.",
+    )
+    require(
+        args.restore_time is None or bool(re.match(_UTC_TIME, args.restore_time)),
+        f"PostgresDatabaseArgs.restore_time {args.restore_time!r} must be an RFC 3339 UTC time (…Z).",
+    )
 
 
 def _validate_backups(args: PostgresDatabaseArgs) -> None:
@@ -299,6 +375,40 @@ def _validate_backups(args: PostgresDatabaseArgs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
+def engine_major(args: PostgresDatabaseArgs) -> str:
+    """The PostgreSQL major the managed instance runs (or is upgraded to): `17` of `17`, `17.5` or `POSTGRES_17`."""
+    version = args.engine_version if args.mode == "rds" else args.database_version.removeprefix("POSTGRES_")
+    return version.split(".")[0].split("_")[0]
+
+
+def rds_maintenance_window(day: str, hour: int) -> str:
+    """RDS `maintenance_window` (ddd:hh24:mi-ddd:hh24:mi, UTC): one hour from `hour` on `day`."""
+    end_day = DAYS[(DAYS.index(day) + 1) % 7] if hour == 23 else day
+    return f"{day}:{hour:02d}:00-{end_day}:{(hour + 1) % 24:02d}:00"
+
+
+def rds_backup_window(hour: int) -> str:
+    """RDS `backup_window` (daily, UTC): the half hour starting an hour before the maintenance window, which
+    RDS requires not to overlap it (its default is a random half hour of the region's block, which may)."""
+    start = (hour - 1) % 24
+    return f"{start:02d}:00-{start:02d}:30"
+
+
+def cloudsql_maintenance_window(day: str, hour: int) -> dict[str, Any]:
+    """Cloud SQL `settings.maintenance_window`: day 1 (Monday) to 7 (Sunday), hour 0-23 UTC, stable track."""
+    return {"day": DAYS.index(day) + 1, "hour": hour, "update_track": "stable"}
+
+
+def rds_parameters() -> list[dict[str, str]]:
+    """The registry's DB parameter group settings (dynamic parameters: applied without a reboot)."""
+    return [
+        # TLS for every client, whatever the major's default (RDS turned it on by default only from 15).
+        {"name": "rds.force_ssl", "value": "1", "apply_method": "immediate"},
+        # Slow statements (over one second) into the PostgreSQL log, for the registry's latency alerts.
+        {"name": "log_min_duration_statement", "value": "1000", "apply_method": "immediate"},
+    ]
+
+
 def cloudsql_edition(tier: str) -> str:
     """The Cloud SQL edition a tier runs on: db-perf-optimized-N-* is ENTERPRISE_PLUS, the rest ENTERPRISE."""
     return "ENTERPRISE_PLUS" if tier.startswith(ENTERPRISE_PLUS_TIER_PREFIX) else "ENTERPRISE"
@@ -492,6 +602,8 @@ class PostgresDatabase(pulumi.ComponentResource):
     """Where the CloudNativePG archive lives (s3://... / gs://...); None without backups."""
     archive_name: str | None
     """The server name the cluster archives under, the `recovery_source` of a later restore."""
+    instance: pulumi.CustomResource | None
+    """The RDS / Cloud SQL instance DATABASE_URL points at (the restored one after a restore); None in cloudnative."""
 
     def __init__(
         self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -501,6 +613,7 @@ class PostgresDatabase(pulumi.ComponentResource):
         self.operator = None
         self.backup_destination = None
         self.archive_name = None
+        self.instance = None
         if args.mode == "cloudnative":
             self.url, self.egress_target = self._cloudnative(name, args)
         elif args.mode == "rds":
@@ -584,7 +697,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-podmonitor",
                 "PodMonitor",
-                metadata=specs.metadata(cluster_name, ns, object_labels),
+                metadata=specs.metadata(cluster_name, ns, {**object_labels, **args.monitor_labels}),
                 spec=pod_monitor_spec(cluster_name),
                 opts=self._opts(args, extra=args.monitoring_crds),
             )
@@ -606,16 +719,87 @@ class PostgresDatabase(pulumi.ComponentResource):
             opts=self._opts(args),
         )
         password = pulumi.Output.secret(args.password)
+        major = engine_major(args)
+        # One parameter group per major, named by it: a major upgrade declares the target's group next to the
+        # running one, and the old group is deleted only when `upgrade_from` is cleared (after the instance moved).
+        # Replacing a single group instead would delete the old one at the end of the same `up`, while an
+        # upgrade left for the maintenance window still holds it (DeleteDBParameterGroup refuses: the group is in
+        # use), and a family change is a replacement (the family is create-only).
+        groups = {
+            version: aws.rds.ParameterGroup(
+                f"{name}-params-{version}",
+                family=f"postgres{version}",
+                description=f"RAG registry, PostgreSQL {version}",
+                parameters=rds_parameters(),
+                opts=self._opts(args),
+            )
+            for version in dict.fromkeys([*([args.upgrade_from] if args.upgrade_from else []), major])
+        }
+        original: aws.rds.Instance | None = None
+        if args.restore_name is None or args.keep_original:
+            original = self._rds_instance(name, args, network, password, groups[major])
+        instance = original
+        if args.restore_name is not None:
+            source: pulumi.Input[str] | None = args.restore_source_instance or (
+                original.identifier if original is not None else None
+            )
+            instance = self._rds_instance(
+                f"{name}-{args.restore_name}",
+                args,
+                network,
+                password,
+                groups[major],
+                restored=True,
+                restore_source=source,
+            )
+        assert instance is not None
+        self.instance = instance
+        self.ready = (instance,)
+        url = _secret_url(args, password, instance.address)
+        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
+
+    def _rds_instance(
+        self,
+        name: str,
+        args: PostgresDatabaseArgs,
+        network: aws_network.PrivateAccess,
+        password: pulumi.Output[str],
+        group: aws.rds.ParameterGroup,
+        *,
+        restored: bool = False,
+        restore_source: pulumi.Input[str] | None = None,
+    ) -> aws.rds.Instance:
+        """`<name>-instance`: the original instance, or (`restore_source` or a snapshot) a restored one."""
         # Drawn once per instance lifetime: destroyed with the stack, so the next destroy names a new snapshot.
         suffix = random.RandomId(
             f"{name}-final-snapshot-suffix",
             byte_length=SNAPSHOT_SUFFIX_BYTES,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        instance = aws.rds.Instance(
+        restore: dict[str, Any] = {}
+        ignore: list[str] = []
+        if restored:
+            # Create-only inputs (a change forces a new instance): ignored once it exists, so keeping, changing
+            # or clearing the restore keys later never replaces the registry.
+            ignore = ["snapshotIdentifier", "restoreToPointInTime"]
+            restore["identifier"] = args.restore_identifier
+            if args.restore_snapshot is not None:
+                restore["snapshot_identifier"] = args.restore_snapshot
+            elif restore_source is not None:
+                point: dict[str, Any] = {"source_db_instance_identifier": restore_source}
+                if args.restore_time is not None:
+                    point["restore_time"] = args.restore_time
+                else:
+                    point["use_latest_restorable_time"] = True
+                restore["restore_to_point_in_time"] = point
+        return aws.rds.Instance(
             f"{name}-instance",
             engine="postgres",
-            engine_version=args.engine_version,
+            engine_version=engine_major(args),
+            # AWS refuses a change of major without it; it is set only while an upgrade is declared, so a
+            # version changed by mistake fails (and its parameter group of the other family cannot attach).
+            allow_major_version_upgrade=args.upgrade_from is not None,
+            parameter_group_name=group.name,
             instance_class=args.instance_class,
             allocated_storage=args.allocated_storage_gb,
             max_allocated_storage=args.max_allocated_storage_gb,
@@ -630,24 +814,89 @@ class PostgresDatabase(pulumi.ComponentResource):
             publicly_accessible=False,
             multi_az=args.multi_az,
             backup_retention_period=args.backup_retention_days,
+            backup_window=rds_backup_window(args.maintenance_hour),
+            maintenance_window=rds_maintenance_window(args.maintenance_day, args.maintenance_hour),
             deletion_protection=args.protect,
             skip_final_snapshot=False,
             final_snapshot_identifier=suffix.hex.apply(lambda hex_: f"{args.final_snapshot_prefix}-{hex_}"),
             copy_tags_to_snapshot=True,
-            auto_minor_version_upgrade=True,
+            auto_minor_version_upgrade=args.auto_minor_version_upgrade,
             performance_insights_enabled=True,
-            apply_immediately=False,
-            opts=self._opts(args, protect=args.protect),
+            apply_immediately=args.apply_immediately,
+            **restore,
+            opts=pulumi.ResourceOptions.merge(
+                self._opts(args, protect=args.protect), pulumi.ResourceOptions(ignore_changes=ignore)
+            ),
         )
-        self.ready = (instance,)
-        url = _secret_url(args, password, instance.address)
-        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
 
     def _cloudsql(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
-        instance = gcp.sql.DatabaseInstance(
+        password = pulumi.Output.secret(args.password)
+        original: gcp.sql.DatabaseInstance | None = None
+        ready: tuple[pulumi.Resource, ...] = ()
+        if args.restore_name is None or args.keep_original:
+            original = self._cloudsql_instance(name, args)
+            user = gcp.sql.User(
+                f"{name}-user",
+                instance=original.name,
+                name=args.username,
+                password=password,
+                opts=self._opts(args),
+            )
+            # The database waits for the user, so a destroy deletes the database first: the service's migrations
+            # make the user own every table in it, and Cloud SQL's DeleteUser runs DROP ROLE, which PostgreSQL
+            # refuses while the role owns objects (pulumi-gcp sql.User `deletion_policy` docstring: Postgres users
+            # "cannot be deleted from the API if they have been granted SQL roles"). Users are real deletes, never
+            # ABANDON: an abandoned role would keep a working password on the instance.
+            database = gcp.sql.Database(
+                f"{name}-database",
+                instance=original.name,
+                name=args.database,
+                opts=self._opts(args, protect=args.protect, extra=(user,)),
+            )
+            ready = (original, database, user)
+        instance = original
+        if args.restore_name is not None:
+            source = args.restore_source_instance or (original.name if original is not None else None)
+            instance = self._cloudsql_instance(
+                f"{name}-{args.restore_name}", args, restored=True, clone_source=source
+            )
+            # A clone carries the source's databases and roles, the app user with its password included: the
+            # stack declares neither on it (creating them again would fail on the existing names).
+            ready = (instance,)
+        assert instance is not None
+        self.instance = instance
+        # The URL only carries the instance's address: a client must also wait for the database and its user.
+        self.ready = ready
+        url = _secret_url(args, password, instance.private_ip_address)
+        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))
+
+    def _cloudsql_instance(
+        self,
+        name: str,
+        args: PostgresDatabaseArgs,
+        *,
+        restored: bool = False,
+        clone_source: pulumi.Input[str] | None = None,
+    ) -> gcp.sql.DatabaseInstance:
+        """`<name>-instance`: the original instance, or (`clone_source`) a clone of an instance at a point in time."""
+        extra: dict[str, Any] = {}
+        # Without a declared upgrade a changed version is ignored: Cloud SQL would run it at once as an in-place
+        # major upgrade (pg_upgrade, the instance down), unannounced.
+        ignore = [] if args.upgrade_from is not None else ["databaseVersion"]
+        if restored:
+            extra["name"] = args.restore_identifier
+            # Create-only (the provider clones only when it creates the instance): ignored afterwards, so keeping,
+            # changing or clearing the restore keys never touches the registry.
+            ignore.append("clone")
+            if clone_source is not None:
+                clone: dict[str, Any] = {"source_instance_name": clone_source}
+                if args.restore_time is not None:
+                    clone["point_in_time"] = args.restore_time
+                extra["clone"] = clone
+        return gcp.sql.DatabaseInstance(
             f"{name}-instance",
             region=args.region,
-            database_version=args.database_version,
+            database_version=f"POSTGRES_{engine_major(args)}",
             deletion_protection=args.protect,
             settings={
                 "tier": args.tier,
@@ -661,30 +910,13 @@ class PostgresDatabase(pulumi.ComponentResource):
                     "ssl_mode": "ENCRYPTED_ONLY",
                 },
                 "backup_configuration": {"enabled": True, "point_in_time_recovery_enabled": True},
+                "maintenance_window": cloudsql_maintenance_window(
+                    args.maintenance_day, args.maintenance_hour
+                ),
                 "deletion_protection_enabled": args.protect,
             },
-            opts=self._opts(args, protect=args.protect),
+            **extra,
+            opts=pulumi.ResourceOptions.merge(
+                self._opts(args, protect=args.protect), pulumi.ResourceOptions(ignore_changes=ignore)
+            ),
         )
-        password = pulumi.Output.secret(args.password)
-        user = gcp.sql.User(
-            f"{name}-user",
-            instance=instance.name,
-            name=args.username,
-            password=password,
-            opts=self._opts(args),
-        )
-        # The database waits for the user, so a destroy deletes the database first: the service's migrations make
-        # the user own every table in it, and Cloud SQL's DeleteUser runs DROP ROLE, which PostgreSQL refuses
-        # while the role owns objects (pulumi-gcp sql.User `deletion_policy` docstring: Postgres users "cannot be
-        # deleted from the API if they have been granted SQL roles"). Users are real deletes, never ABANDON: an
-        # abandoned role would keep a working password on the instance.
-        database = gcp.sql.Database(
-            f"{name}-database",
-            instance=instance.name,
-            name=args.database,
-            opts=self._opts(args, protect=args.protect, extra=(user,)),
-        )
-        # The URL only carries the instance's address: a client must also wait for the database and its user.
-        self.ready = (instance, database, user)
-        url = _secret_url(args, password, instance.private_ip_address)
-        return url, EgressTarget("postgres", PORT, cidrs=tuple(args.allowed_cidrs))

@@ -77,6 +77,9 @@ class QdrantClusterArgs:
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
         )
     )
+    scale_down_acknowledged: int | None = None
+    """The replica count an operator scaled down to by the runbook (shards moved off the removed nodes, their peers
+    removed), recorded on the StatefulSet as `rag.platform/scale-down-acknowledged`; None when there was none."""
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
@@ -89,6 +92,8 @@ class QdrantClusterArgs:
     monitoring_namespace: str | None = "monitoring"
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -103,6 +108,11 @@ def validate_args(args: QdrantClusterArgs) -> None:
         f"({args.replicas}): each copy of a shard lives on a different node.",
     )
     require(1 <= args.shard_number <= 64, "QdrantClusterArgs.shard_number must be between 1 and 64.")
+    require(
+        args.scale_down_acknowledged in (None, args.replicas),
+        "QdrantClusterArgs.scale_down_acknowledged must be None or equal to replicas: it records a scale-down to "
+        "the current count.",
+    )
     specs.check_quantity(args.storage_size, "QdrantClusterArgs.storage_size")
     if args.snapshots_size is not None:
         specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
@@ -376,6 +386,19 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
     }
 
 
+SCALE_DOWN_ANNOTATION = "rag.platform/scale-down-acknowledged"
+
+
+def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    """The StatefulSet's metadata; it records an acknowledged scale-down (who reads the object sees it was planned)."""
+    annotations = (
+        {SCALE_DOWN_ANNOTATION: f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"}
+        if args.scale_down_acknowledged is not None
+        else None
+    )
+    return specs.metadata(base, args.namespace, labels, annotations)
+
+
 def headless_service_spec(match: Mapping[str, str]) -> dict[str, Any]:
     """Headless Service: per-pod DNS for p2p; not-ready pods are published so peers can bootstrap."""
     return {
@@ -485,7 +508,7 @@ class QdrantCluster(pulumi.ComponentResource):
         )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=specs.metadata(base, ns, object_labels),
+            metadata=statefulset_metadata(args, base, object_labels),
             spec=statefulset_spec(args, base, secret_name),
             # Its pods read the API-key Secret, the bootstrap ConfigMap and run as the ServiceAccount, by name.
             opts=child(protect=args.protect, extra=(secret, service_account, bootstrap_config)),
@@ -521,7 +544,7 @@ class QdrantCluster(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, object_labels),
+                metadata=specs.metadata(base, ns, {**object_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(
                     {**match, **SCRAPE_LABEL}, ns, port="http", bearer_secret=(secret_name, API_KEY_KEY)
                 ),

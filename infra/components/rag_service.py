@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra import embedding_models
 from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
 
@@ -42,22 +43,21 @@ API_TERMINATION_GRACE_SECONDS = (
 )  # then uvicorn's drain of in-flight requests (answers stream)
 
 # What a service pod's memory limit must hold (`pod_memory_parts`, checked by `make plan`'s `pod-memory`; the
-# figures and how they were measured: docs/infra.md, "Pod memory"). MiB.
-#: One service process (API or worker) with its embedding model loaded, peak while embedding ingest batches and
-#: answering searches, the vector store a server (QDRANT_URL): measured with all-MiniLM-L6-v2 (22.7 M parameters),
-#: plus the larger weights of the stacks' default BAAI/bge-small-en-v1.5 (33.4 M parameters: +41 MiB of fp32).
-SERVICE_PROCESS_MIB = 800
-#: A second embedding model the process holds while a model change re-indexes (the shadow generation) or after the
-#: switch (the standby kept for rollback): its fp32 weights (bge-small-en-v1.5, 127 MiB) and its own ONNX Runtime
-#: arena, which grows like the first model's while both embed (the re-index and live writes): ~430 MiB measured.
-EXTRA_MODEL_MIB = 560
+# figures and how they were measured: docs/infra.md, "Pod memory"). MiB. A service process with its embedding
+# model, and a second model it may hold, follow the model (`infra.embedding_models`: 800 and 560 MiB for the
+# stacks' default BAAI/bge-small-en-v1.5).
 #: The embedded vector store (no QDRANT_URL): qdrant-edge at 100k chunks (731 MB service RSS against 334 MB empty,
 #: docs/benchmarks.md); more data needs more.
 EMBEDDED_STORE_MIB = 400
 #: The multiprocessing forkserver the extraction workers fork from (the parsers preloaded), charged once to the pod.
 FORKSERVER_MIB = 60
 #: The service's own defaults when the settings do not name them (service/app/core/config.py).
-SERVICE_DEFAULTS = {"WORKERS": 1, "EXTRACT_WORKERS": 2, "EXTRACT_MEMORY_MB": 512}
+SERVICE_DEFAULTS = {
+    "WORKERS": 1,
+    "EXTRACT_WORKERS": 2,
+    "EXTRACT_MEMORY_MB": 512,
+    "EMBEDDING_MODEL": "sentence-transformers/all-MiniLM-L6-v2",
+}
 #: Headroom over the counted parts: kernel memory charged to the pod's cgroup (page tables, socket buffers),
 #: allocator fragmentation, request bodies in flight (MAX_DOCUMENT_BYTES each). The larger of the two.
 HEADROOM_FRACTION = 0.10
@@ -164,6 +164,8 @@ class RagServiceArgs:
     service_monitor: bool = False
     monitoring_crds: tuple[pulumi.Resource, ...] = ()
     """Resources that install the monitoring.coreos.com CRDs (Monitoring.crds_ready); the ServiceMonitor waits."""
+    monitor_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels the cluster's Prometheus selects monitors by (`Monitoring.monitor_labels`; mode `existing`)."""
     backends: tuple[pulumi.Resource, ...] = ()
     """What the API and worker read at start-up (the data components' `ready`: RDS/Cloud SQL instance and user,
     ElastiCache/Memorystore, the Qdrant StatefulSet...). The Deployments wait for them, so their rollout await
@@ -264,11 +266,15 @@ def managed_setting_names() -> tuple[str, ...]:
     )
 
 
-def pod_memory_parts(role: str, env: Mapping[str, str], models: int = 1) -> list[tuple[str, float]]:
+def pod_memory_parts(
+    role: str, env: Mapping[str, str], image_models: Sequence[str] = ()
+) -> list[tuple[str, float]]:
     """What the memory limit of one service pod must hold, in MiB, part by part (headroom last).
 
-    `role` is `api` or `worker`; `env` the pod's settings (ConfigMap and env); `models` the embedding models a
-    process may hold at once (2 while the image bakes more than one: current plus shadow or standby).
+    `role` is `api` or `worker`; `env` the pod's settings (ConfigMap and env; EMBEDDING_MODEL is the model each
+    process serves); `image_models` the embedding models the image holds. A process holds at most one more than
+    the one it serves (the shadow while a model change re-indexes, or the standby kept for rollback after the
+    switch): the largest of the others is counted.
 
     An extraction worker is counted at its whole EXTRACT_MEMORY_MB: that is its RLIMIT_AS, a cap on its address
     space, and every page it has resident is mapped, so its resident set (what the cgroup charges) stays below it.
@@ -277,12 +283,18 @@ def pod_memory_parts(role: str, env: Mapping[str, str], models: int = 1) -> list
     that carry already-extracted text, and its Extractor pool starts on the first extraction, which never comes.
     """
     processes = int(env.get("WORKERS", SERVICE_DEFAULTS["WORKERS"]))
+    served = str(env.get("EMBEDDING_MODEL") or SERVICE_DEFAULTS["EMBEDDING_MODEL"])
     parts: list[tuple[str, float]] = [
-        (f"{processes} service process(es) with the embedding model", processes * SERVICE_PROCESS_MIB)
+        (f"{processes} service process(es) with {served}", processes * embedding_models.process_mib(served))
     ]
-    if models > 1:
+    others = {m for m in image_models if m and m.lower() != served.lower()}
+    if others:
+        second = max(sorted(others), key=embedding_models.extra_model_mib)
         parts.append(
-            (f"{models - 1} more embedding model(s) per process", processes * (models - 1) * EXTRA_MODEL_MIB)
+            (
+                f"a second embedding model per process ({second})",
+                processes * embedding_models.extra_model_mib(second),
+            )
         )
     if not env.get("QDRANT_URL"):
         parts.append(("the embedded vector store (100k chunks)", processes * EMBEDDED_STORE_MIB))
@@ -299,9 +311,9 @@ def pod_memory_parts(role: str, env: Mapping[str, str], models: int = 1) -> list
     return parts
 
 
-def pod_memory_mib(role: str, env: Mapping[str, str], models: int = 1) -> float:
+def pod_memory_mib(role: str, env: Mapping[str, str], image_models: Sequence[str] = ()) -> float:
     """The smallest memory limit (MiB) one service pod needs: `pod_memory_parts` summed."""
-    return sum(mib for _, mib in pod_memory_parts(role, env, models))
+    return sum(mib for _, mib in pod_memory_parts(role, env, image_models))
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
@@ -737,7 +749,7 @@ class RagService(pulumi.ComponentResource):
             prometheus_operator.monitoring_object(
                 f"{name}-servicemonitor",
                 "ServiceMonitor",
-                metadata=specs.metadata(base, ns, api_labels),
+                metadata=specs.metadata(base, ns, {**api_labels, **args.monitor_labels}),
                 spec=specs.service_monitor_spec(api_match, ns, port="http"),
                 opts=child(list(args.monitoring_crds)),
             )
@@ -745,7 +757,7 @@ class RagService(pulumi.ComponentResource):
                 prometheus_operator.monitoring_object(
                     f"{name}-worker-podmonitor",
                     "PodMonitor",
-                    metadata=specs.metadata(worker_name, ns, worker_labels),
+                    metadata=specs.metadata(worker_name, ns, {**worker_labels, **args.monitor_labels}),
                     spec=worker_pod_monitor_spec(worker_match, ns),
                     opts=child(list(args.monitoring_crds)),
                 )

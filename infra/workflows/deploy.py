@@ -25,6 +25,7 @@ from infra.workflows.promote import (
     merge_promotable,
 )
 from infra.workflows.reindex import EMBEDDING_KEY
+from infra.workflows.scaling import check_scale_down
 from infra.workflows.stacks import (
     POLICY_PACK,
     PROJECT,
@@ -163,6 +164,7 @@ def deploy(
     st = select(ws, stack)
     keep_promoted(ws, stack)
     check_image_copy(ctx, stack, ws)
+    check_scale_down(ws, stack)
     try:
         result = st.up(
             policy_packs=[policy_pack] if policy_pack else None,

@@ -14,6 +14,7 @@ from typing import Any
 from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
+from infra.workflows.scaling import ScaleDownRefused, check_scale_down
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
 
 # Steps that change nothing; everything else counts as a pending change.
@@ -126,6 +127,10 @@ def run_preview(
 ) -> PreviewReport:
     """Run ``pulumi preview --diff [--policy-pack infra/policy]`` on a stack and report the planned changes."""
     st = select(ws, stack)
+    try:
+        check_scale_down(ws, stack)
+    except ScaleDownRefused as exc:
+        return PreviewReport(stack=stack, changes={}, steps=[], violations=[], error=str(exc))
     collector = EventCollector(forward=on_event)
     try:
         result = st.preview(

@@ -67,6 +67,10 @@ def open_vector_store(settings: Settings, *, model_name: str, dimension: int) ->
         from service.app.store.edge import EdgeVectorStore
 
         return EdgeVectorStore.from_settings(settings, model_name=model_name, dimension=dimension)
+    if settings.embedded_vector_store == "local":
+        from service.app.store.edge import refuse_local_beside_edge
+
+        refuse_local_beside_edge(settings)
     # qdrant-client is imported only here, when a server URL or local mode is configured (~2.5 s of imports).
     from service.app.store.qdrant import QdrantVectorStore
 

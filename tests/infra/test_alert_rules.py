@@ -276,6 +276,29 @@ CASES = [
          {'kube_pod_status_unschedulable{namespace="pr-7", pod="rag-api-1", uid="u2"}': "1x20",
           'kube_pod_status_phase{namespace="pr-7", pod="rag-api-1", uid="u2", phase="Pending"}': "1x20"},
          "12m"),
+    # --- nodes: kube-state-metrics' pod placement, node Ready condition and pod deletion timestamp
+    Case("staging", "RagPodOnNotReadyNode", "node-b stops reporting at 2m",
+         {'kube_node_status_condition{node="node-b", condition="Ready", status="true"}': "1x2 0x20",
+          'kube_node_status_condition{node="node-b", condition="Ready", status="unknown"}': "0x2 1x20",
+          'kube_node_status_condition{node="node-a", condition="Ready", status="true"}': "1x22",
+          in_ns("kube_pod_info", pod="qdrant-1", uid="u1", node="node-b"): "1x22",
+          in_ns("kube_pod_info", pod="qdrant-0", uid="u0", node="node-a"): "1x22"},
+         "10m", [{"namespace": NS, "pod": "qdrant-1", "node": "node-b"}]),
+    Case("staging", "RagPodOnNotReadyNode", "NotReady for 3 minutes (a kubelet restart)",
+         {'kube_node_status_condition{node="node-b", condition="Ready", status="true"}': "1x2 0x3 1x15",
+          in_ns("kube_pod_info", pod="qdrant-1", uid="u1", node="node-b"): "1x20"},
+         "10m"),
+    Case("staging", "RagPodOnNotReadyNode", "another namespace's pod on the NotReady node",
+         {'kube_node_status_condition{node="node-b", condition="Ready", status="true"}': "0x20",
+          'kube_pod_info{namespace="pr-7", pod="qdrant-1", uid="u2", node="node-b"}': "1x20"},
+         "10m"),
+    Case("staging", "RagPodStuckTerminating", "grace period over 20 minutes ago",
+         {in_ns("kube_pod_deletion_timestamp", pod="qdrant-1", uid="u1"): "60x30"}, "21m",
+         [{"namespace": NS, "pod": "qdrant-1"}]),
+    Case("staging", "RagPodStuckTerminating", "still inside its grace period (deleted at 10m, grace 30m)",
+         {in_ns("kube_pod_deletion_timestamp", pod="rag-worker-1", uid="u1"): "_x10 2400x20"}, "25m"),
+    Case("staging", "RagPodStuckTerminating", "gone 2 minutes after its grace period",
+         {in_ns("kube_pod_deletion_timestamp", pod="qdrant-1", uid="u1"): "60x3 _x27"}, "21m"),
     Case("prod", "ClusterAutoscalerMaxSizeReached", "at maxSize with pods waiting",
          {ca("cluster_autoscaler_node_group_target_count", node_group="eks-nodes-1"): "9x20",
           ca("cluster_autoscaler_node_group_max_count", node_group="eks-nodes-1"): "9x20",
@@ -523,3 +546,49 @@ def test_an_email_receiver_without_smarthost_is_a_config_error() -> None:
             },
             "staging",
         )
+
+
+def test_the_alerts_for_an_existing_prometheus_fire_on_their_series(tmp_path: Path) -> None:
+    """`monitoring.mode: existing` (dev on an existing cluster): the PrometheusRule the cluster's Prometheus loads
+    evaluates as the stack's own; pods of the cluster's monitoring namespace are not the stack's to alert on."""
+    groups = declared_groups(run("dev", monitoring={"enabled": True, "mode": "existing"}))
+    unschedulable = {
+        'kube_pod_status_unschedulable{namespace="monitoring", pod="prometheus-0", uid="u3"}': "1x20",
+        'kube_pod_status_phase{namespace="monitoring", pod="prometheus-0", uid="u3", phase="Pending"}': "1x20",
+    }
+    for case in (
+        Case("dev", "RagApiDown", "every API target down", {svc("up", pod="rag-1"): "0x20"}, "10m", WHOLE),
+        Case("dev", "RagApiDown", "one API target up", {svc("up", pod="rag-1"): "1x20"}, "10m"),
+        Case(
+            "dev",
+            "RagPodsUnschedulable",
+            "the cluster's Prometheus pod, not the stack's",
+            unschedulable,
+            "12m",
+        ),
+        Case(
+            "dev",
+            "RagPodsUnschedulable",
+            "a pod of the stack",
+            {
+                in_ns("kube_pod_status_unschedulable", pod="qdrant-0", uid="u1"): "1x20",
+                in_ns("kube_pod_status_phase", pod="qdrant-0", uid="u1", phase="Pending"): "1x20",
+            },
+            "12m",
+            [{"namespace": NS, "pod": "qdrant-0"}],
+        ),
+    ):
+        result = run_promtool(tmp_path, groups, case)
+        assert result.returncode == 0, f"{case.alert}: {case.name}\n{result.stdout}{result.stderr}"
+    # With the stack's own kube-prometheus-stack, its monitoring namespace's pods are the stack's.
+    own = declared_groups(run("dev", monitoring={"enabled": True}))
+    fires = Case(
+        "dev",
+        "RagPodsUnschedulable",
+        "own Prometheus",
+        unschedulable,
+        "12m",
+        [{"namespace": "monitoring", "pod": "prometheus-0"}],
+    )
+    result = run_promtool(tmp_path, own, fires)
+    assert result.returncode == 0, result.stdout + result.stderr

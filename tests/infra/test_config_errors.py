@@ -20,6 +20,12 @@ from infra.config import ConfigError, declared_defaults
 from infra.offline import run_stack
 
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "d" * 64
+#: prod moved onto GKE (with the Gateway class and Memorystore tier GKE's prod needs).
+GKE_PROD: dict[str, Any] = {
+    "cluster": {"provider": "gke"},
+    "gateway": {"className": "gke-l7-global-external-managed"},
+    "redis": {"managed": {"tier": "STANDARD_HA"}},
+}
 
 # (stack, overrides, key, fragment of the problem): one case per environment rule.
 RULES: list[tuple[str, dict[str, Any], str, str]] = [
@@ -49,6 +55,74 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"postgres": {"cloudnative": {"archiveName": "r1", "recovery": {"source": "postgres"}}}},
         "postgres.cloudnative.recovery.source",
         "backups.enabled",
+    ),
+    # The managed registry: a major upgrade is declared and goes forward; a restore is named and has one source.
+    (
+        "prod",
+        {"postgres": {"managed": {"majorUpgrade": {"fromVersion": "17"}}}},
+        "postgres.managed.majorUpgrade.fromVersion",
+        "is not below postgres.version (17)",
+    ),
+    (
+        "prod",
+        {**GKE_PROD, "postgres": {"version": "18", "managed": {"majorUpgrade": {"fromVersion": "17"}}}},
+        "postgres.managed.applyImmediately",
+        "Cloud SQL runs a major upgrade",
+    ),
+    (
+        "prod",
+        {"postgres": {"managed": {"restore": {"time": "2026-11-26T03:00:00Z"}}}},
+        "postgres.managed.restore.name",
+        "missing while postgres.managed.restore.time is set",
+    ),
+    (
+        "staging",
+        {"postgres": {"managed": {"restore": {"name": "r1"}}}},
+        "postgres.managed.restore.name",
+        "but postgres.mode is cloudnative",
+    ),
+    (
+        "prod",
+        {"postgres": {"managed": {"restore": {"keepOriginal": False}}}},
+        "postgres.managed.restore.keepOriginal",
+        "only applies after a restore",
+    ),
+    (
+        "prod",
+        {
+            "postgres": {
+                "managed": {"restore": {"name": "r1", "keepOriginal": False, "time": "2026-11-26T03:00:00Z"}}
+            }
+        },
+        "postgres.managed.restore.keepOriginal",
+        "drop the original in a later `up`",
+    ),
+    (
+        "prod",
+        {
+            "postgres": {
+                "managed": {"restore": {"name": "r1", "snapshot": "s1", "time": "2026-11-26T03:00:00Z"}}
+            }
+        },
+        "postgres.managed.restore.snapshot",
+        "choose one source",
+    ),
+    (
+        "prod",
+        {**GKE_PROD, "postgres": {"managed": {"restore": {"name": "r1", "snapshot": "s1"}}}},
+        "postgres.managed.restore.snapshot",
+        "Cloud SQL restores the registry by cloning",
+    ),
+    (
+        "prod",
+        {
+            "postgres": {
+                "version": "18",
+                "managed": {"majorUpgrade": {"fromVersion": "17"}, "restore": {"name": "r1"}},
+            }
+        },
+        "postgres.managed.majorUpgrade.fromVersion",
+        "restore first, upgrade in a later `up`",
     ),
     (
         "prod",
@@ -128,6 +202,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "exceeds namespaceQuota.limits.cpu (6)",
     ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
+    ("staging", {"qdrant": {"scaleDownTo": 2}}, "qdrant.scaleDownTo", "neither 0 nor qdrant.replicas (3)"),
     (
         "prod",
         {"qdrant": {"snapshotsStorage": {"size": "150Gi"}}},  # >= storage (100Gi), < 2x: a restore runs out
@@ -188,6 +263,48 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"monitoring": {"alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}}},
         "monitoring.alerting.email.smarthost",
         "SMTP server",
+    ),
+    (
+        "staging",
+        {"monitoring": {"mode": "existing"}},
+        "monitoring.mode",
+        "needs a cluster the stack does not create",
+    ),
+    (
+        "dev",
+        {"monitoring": {"enabled": True, "mode": "existing", "existing": {"selectorLabels": ["release"]}}},
+        "monitoring.existing.selectorLabels",
+        "'release' is not a Kubernetes label as key=value",
+    ),
+    (
+        "dev",
+        {
+            "monitoring": {
+                "enabled": True,
+                "mode": "existing",
+                "existing": {"dashboardLabels": ["grafana_dashboard=has space"]},
+            }
+        },
+        "monitoring.existing.dashboardLabels",
+        "not a Kubernetes label",
+    ),
+    (
+        "dev",
+        {"monitoring": {"enabled": True, "mode": "existing", "alerting": {"slack": {"channel": "#rag"}}}},
+        "monitoring.alerting.slack.channel",
+        "route the alerts (labels severity and service) in the cluster's own Alertmanager",
+    ),
+    (
+        "dev",
+        {
+            "monitoring": {
+                "enabled": True,
+                "mode": "existing",
+                "alerting": {"email": {"to": "oncall@example.com"}},
+            }
+        },
+        "monitoring.alerting.email.to",
+        "cluster's own Alertmanager",
     ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
@@ -366,7 +483,11 @@ def _config_paths() -> set[str]:
 
 def test_every_rule_has_an_error_case() -> None:
     """Each config path the rules mention (as a string literal) is the key of at least one RULES case."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(config_module._check_rules)))
+    source = "\n".join(
+        textwrap.dedent(inspect.getsource(rules))
+        for rules in (config_module._check_rules, config_module._check_managed_postgres)
+    )
+    tree = ast.parse(source)
     literals = {
         node.value
         for node in ast.walk(tree)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from infra import deployability as d
+from infra import embedding_models as em
 from infra.components import rag_service as rs
 from infra.offline import StackRun
 from tests.infra.conftest import STACKS, TARGETS, run
@@ -72,13 +73,26 @@ def test_the_worker_pod_holds_its_model_but_runs_no_extraction() -> None:
 
 
 def test_a_second_embedding_model_is_counted_while_the_image_holds_two() -> None:
-    one = rs.pod_memory_mib("worker", {"QDRANT_URL": "http://q:6333"}, models=1)
-    two = rs.pod_memory_mib("worker", {"QDRANT_URL": "http://q:6333"}, models=2)
-    assert two - one >= rs.EXTRA_MODEL_MIB
-    assert d.models_held({"embedding": {"model": "a", "extraModels": []}}) == 1
-    assert d.models_held({"embedding": {"model": "a", "extraModels": ["b", "c"]}}) == 2
-    assert (
-        d.models_held({"image": "x", "promotion": {"models": ["a", "b"]}, "embedding": {"model": "a"}}) == 2
+    server = {"QDRANT_URL": "http://q:6333", "EMBEDDING_MODEL": "BAAI/bge-small-en-v1.5"}
+    one = rs.pod_memory_mib("worker", server, ["BAAI/bge-small-en-v1.5"])
+    two = rs.pod_memory_mib(
+        "worker", server, ["BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2"]
+    )
+    assert two - one >= em.extra_model_mib("sentence-transformers/all-MiniLM-L6-v2")
+    # One more model at most: the largest of the others (shadow or standby), not every model the image holds.
+    three = rs.pod_memory_mib(
+        "worker",
+        server,
+        ["BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2", "BAAI/bge-large-en-v1.5"],
+    )
+    assert three == rs.pod_memory_mib("worker", server, ["BAAI/bge-small-en-v1.5", "BAAI/bge-large-en-v1.5"])
+    assert d.image_models({"embedding": {"model": "a", "extraModels": []}}) == ("a",)
+    assert d.image_models({"embedding": {"model": "a", "extraModels": ["b", "c"]}}) == ("a", "b", "c")
+    assert d.image_models(
+        {"image": "x", "promotion": {"models": ["a", "b"]}, "embedding": {"model": "a"}}
+    ) == (
+        "a",
+        "b",
     )
     # A worker limit that holds one model but not two fails once a model change bakes the old model in too.
     limit = f"{int(one) + 1}Mi"
@@ -92,7 +106,34 @@ def test_a_second_embedding_model_is_counted_while_the_image_holds_two() -> None
         embedding={"extraModels": ["sentence-transformers/all-MiniLM-L6-v2"]},
     )
     (finding,) = [f for f in pod_memory(changing) if f.name == "rag-worker"]
-    assert "1 more embedding model(s)" in finding.message
+    assert "a second embedding model per process (sentence-transformers/all-MiniLM-L6-v2)" in finding.message
+
+
+def test_the_model_the_stack_serves_sizes_the_process() -> None:
+    # The stacks' default keeps its measured 800 MiB; a 2.24 GB multilingual-e5-large does not fit dev's pods.
+    assert em.process_mib("BAAI/bge-small-en-v1.5") == pytest.approx(em.REFERENCE_PROCESS_MIB)
+    assert em.extra_model_mib("BAAI/bge-small-en-v1.5") == pytest.approx(560, abs=1)
+    # The measured model (757 MiB at its ingest peak) is covered by what is counted for it.
+    assert em.process_mib("sentence-transformers/all-MiniLM-L6-v2") >= 757
+    # Twice the weights while a session loads: a 2.24 GB model needs more than 2 x 2136 MiB.
+    assert em.process_mib("intfloat/multilingual-e5-large") > 2 * 2.24e9 / 2**20
+    assert pod_memory(run("dev")) == []
+    large = pod_memory(run("dev", embedding={"model": "intfloat/multilingual-e5-large"}))
+    assert {f.name for f in large} == {"rag-api", "rag-worker"}
+    for finding in large:
+        assert "service process(es) with intfloat/multilingual-e5-large" in finding.message
+    # A large extra model held beside the served one (the standby after a switch) counts too.
+    standby = pod_memory(run("dev", embedding={"extraModels": ["intfloat/multilingual-e5-large"]}))
+    assert {f.name for f in standby} == {"rag-api", "rag-worker"}
+    assert all(
+        "a second embedding model per process (intfloat/multilingual-e5-large)" in f.message for f in standby
+    )
+    # The memory follows the served model from the rendered settings, case as fastembed matches it.
+    env = {"QDRANT_URL": "x", "EMBEDDING_MODEL": "intfloat/Multilingual-E5-Large"}
+    assert (
+        rs.pod_memory_mib("worker", env)
+        > rs.pod_memory_mib("worker", {**env, "EMBEDDING_MODEL": "BAAI/bge-small-en-v1.5"}) + 3000
+    )
 
 
 def test_what_the_api_process_holds_follows_its_settings() -> None:
@@ -117,6 +158,7 @@ def test_the_service_defaults_the_rule_assumes_are_the_services() -> None:
     assert fields["extract_workers"].default == rs.SERVICE_DEFAULTS["EXTRACT_WORKERS"]
     assert fields["extract_memory_mb"].default == rs.SERVICE_DEFAULTS["EXTRACT_MEMORY_MB"]
     assert fields["workers"].default == rs.SERVICE_DEFAULTS["WORKERS"]
+    assert fields["embedding_model"].default == rs.SERVICE_DEFAULTS["EMBEDDING_MODEL"]
 
 
 def test_make_plan_reports_the_finding_with_the_fix(tmp_path: Path) -> None:
@@ -140,7 +182,8 @@ def with_api_limit(result: StackRun, limit: str) -> StackRun:
 
 def test_a_limit_in_other_units_is_read_as_bytes() -> None:
     result = run("prod", "eks")
-    need = rs.pod_memory_mib("api", {"QDRANT_URL": "x", "EXTRACT_WORKERS": "2", "EXTRACT_MEMORY_MB": "512"})
+    env = {"QDRANT_URL": "x", "EXTRACT_WORKERS": "2", "EXTRACT_MEMORY_MB": "512"}
+    need = rs.pod_memory_mib("api", {**env, "EMBEDDING_MODEL": "BAAI/bge-small-en-v1.5"})
     short = with_api_limit(result, str(int(need * 2**20) - 2**20))  # plain bytes, 1 MiB short
     assert [f.name for f in pod_memory(short)] == ["rag-api"]
     assert pod_memory(with_api_limit(result, f"{(need + 1) / 1024:.3f}Gi")) == []

@@ -33,6 +33,10 @@ def make_folder(root: Path) -> None:
     (root / "ignored.bin").write_bytes(b"\x00\x01")
     # A binary file under a text name (an export in a shared drive): no charset decodes it.
     (root / "misnamed.txt").write_bytes(random.Random(7).randbytes(20_000))
+    # Hidden files and folders are not documents (EYES4 E5: `.hidden/secret.md` became searchable).
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "secret.md").write_text("the root password is hunter2")
+    (root / "hr" / ".notes.txt").write_text("draft: do not publish")
 
 
 def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> None:
@@ -62,6 +66,9 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
             console=Console(file=wrong, width=200),
         )
         listed = httpx.get(f"{url}/v1/documents?limit=100", headers=bearer(KEY_A)).json()["documents"]
+        secret = httpx.post(
+            f"{url}/v1/search", json={"query": "root password", "top_k": 20}, headers=bearer(KEY_A)
+        ).json()["results"]
         hits = httpx.post(
             f"{url}/v1/search", json={"query": "when is it open?", "top_k": 1}, headers=bearer(KEY_A)
         ).json()["results"]
@@ -76,9 +83,13 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
         "latin1.txt",  # not UTF-8: uploaded with its charset declared (it failed as "not valid UTF-8")
     }, text
     assert hits[0]["document_id"] == "page.html"
+    assert not [h for h in secret if "hunter2" in h["text"]]
     assert "13 files: 10 created, 3 failed" in text
     # The file of a type it does not send is named, not silently left out (a run looked like the whole folder).
     assert re.search(r"^1 file skipped \(not \.htm/\.html/.*\): ignored\.bin$", text, re.M), text
+    assert (
+        "2 hidden files and folders left out (--include-hidden sends them): .hidden/, hr/.notes.txt" in text
+    ), text
     assert "failed hr/zero.md: 422 invalid_input: the document contains no text" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
     # The binary file did not stop the run (it was a UnicodeDecodeError traceback before anything was sent):
@@ -415,3 +426,19 @@ def test_non_utf8_files_and_a_service_with_lower_bulk_limits(tmp_path: Path) -> 
     assert french["prices.md"] == CP1252_TEXT
     assert french["menu.html"] == "Prix du menu: 7 \u20ac \u2013 cr\xe8me br\xfbl\xe9e \u201cmaison\u201d."
     assert russian["meteo.txt"] == CP1251_TEXT
+
+
+def test_hidden_files_are_sent_only_when_asked(tmp_path: Path) -> None:
+    root = tmp_path / "docs"
+    (root / ".github" / "workflows").mkdir(parents=True)
+    (root / ".github" / "README.md").write_text("ci notes")
+    (root / "a.md").write_text("a")
+    (root / ".env.txt").write_text("KEY=1")
+    assert ingest_client.collect(root) == [root / "a.md"]
+    files, hidden = ingest_client.walk(root)
+    assert (files, hidden) == ([root / "a.md"], [root / ".env.txt", root / ".github"])
+    assert ingest_client.collect(root, include_hidden=True) == [
+        root / ".env.txt",
+        root / ".github" / "README.md",
+        root / "a.md",
+    ]

@@ -178,6 +178,16 @@ def test_the_model_is_configurable_at_build_time(instructions: list[Instruction]
     assert env_of_last_stage(instructions)["EMBEDDING_MODEL"] == "${EMBEDDING_MODEL}"
 
 
+def test_the_image_runs_its_models_float32_queries(instructions: list[Instruction]) -> None:
+    # The int8 query graph is written by `make model` for the offline MiniLM export only; fetch_model's hub models
+    # have none (and BGE's CLS pooling is not what the int8 path repeats), so with the settings' int8 default the
+    # image would refuse to start (tests/service/test_embedder.py: a hub model under int8 names this setting).
+    from service.app.core.config import Settings
+
+    assert Settings.model_fields["embedding_query_precision"].default == "int8"
+    assert env_of_last_stage(instructions)["EMBEDDING_QUERY_PRECISION"] == "fp32"
+
+
 def test_healthcheck_probes_healthz_with_python(instructions: list[Instruction]) -> None:
     checks = [ins for ins in instructions if ins.keyword == "HEALTHCHECK"]
     assert len(checks) == 1

@@ -193,6 +193,42 @@ def test_an_old_local_mode_store_is_refused_in_one_line(tmp_path: Path) -> None:
     assert result.stderr == f"service: error: {message}\n"
 
 
+def test_local_mode_beside_an_edge_store_is_refused_in_one_line(tmp_path: Path) -> None:
+    # EYES4 E1: a `VECTOR_STORE=local make serve` on a DATA_DIR whose documents live in the edge store started,
+    # answered every search with nothing, and each document it wrote vanished from the edge service's searches.
+    from service.app.main import open_vector_store
+
+    edge = EdgeVectorStore.from_settings(make_settings(tmp_path), model_name="m", dimension=DIM)
+    edge.ensure_collection()
+    edge.upsert(points("a", 3))
+    edge.close()
+
+    local = make_settings(tmp_path, vector_store="local")
+    with pytest.raises(EmbeddedStoreError) as refused:
+        open_vector_store(local, model_name="m", dimension=DIM)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert str(local.resolved_edge_path) in message
+    assert "unset VECTOR_STORE" in message
+    assert not local.resolved_qdrant_path.exists()  # no second store was created
+
+    env = {
+        **os.environ,
+        "DATA_DIR": str(tmp_path),
+        "VECTOR_STORE": "local",
+        "AUTH_DISABLED": "true",
+        "ENVIRONMENT": "test",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr == f"service: error: {message}\n"
+    # A DATA_DIR of its own (or an in-memory local store) is still a local-mode service's choice.
+    own = make_settings(tmp_path / "own", vector_store="local")
+    open_vector_store(own, model_name="m", dimension=DIM).close()
+
+
 def test_semantics_hold_on_indexed_segments_after_optimization(tmp_path: Path) -> None:
     store = EdgeVectorStore(
         tmp_path / "edge" / "c", collection="c", dimension=DIM, optimize_idle_seconds=None

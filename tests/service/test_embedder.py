@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -235,7 +236,10 @@ def test_without_a_local_path_the_model_comes_from_the_cache_dir(
     snapshot = _fake_hub_cache(tmp_path / "cache", model_dir)
     monkeypatch.chdir(tmp_path)  # away from the repo's .models, the default EMBEDDING_MODEL_PATH
     monkeypatch.delenv("EMBEDDING_MODEL_PATH", raising=False)
-    settings = Settings(embedding_model=MODEL, embedding_cache_dir=tmp_path / "cache")
+    # the image's EMBEDDING_QUERY_PRECISION (service/Dockerfile): hub models have no int8 query graph
+    settings = Settings(
+        embedding_model=MODEL, embedding_cache_dir=tmp_path / "cache", embedding_query_precision="fp32"
+    )
     assert settings.resolved_model_path is None
 
     hub = FastEmbedEmbedder.from_settings(settings)
@@ -244,6 +248,21 @@ def test_without_a_local_path_the_model_comes_from_the_cache_dir(
     assert hub.max_tokens == 256
     assert len(hub.tokenizer.encode(" ".join(_long_words(300))).ids) == 302
     assert np.allclose(hub.embed_query("cached"), embedder.embed_query("cached"), atol=1e-6)
+
+
+def test_a_hub_model_under_the_int8_default_names_the_setting(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _fake_hub_cache(tmp_path / "cache", model_dir)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EMBEDDING_MODEL_PATH", raising=False)
+    monkeypatch.delenv("EMBEDDING_QUERY_PRECISION", raising=False)
+    settings = Settings(embedding_model=MODEL, embedding_cache_dir=tmp_path / "cache")
+    assert settings.embedding_query_precision == "int8"
+
+    with pytest.raises(EmbeddingModelError, match=r"model_query_int8\.onnx.*EMBEDDING_QUERY_PRECISION=fp32"):
+        FastEmbedEmbedder.from_settings(settings)
 
 
 def test_a_hub_model_missing_from_the_cache_names_the_fix(
@@ -511,3 +530,122 @@ def test_lone_query_falls_back_to_fastembed_when_the_direct_path_does_not_apply(
     monkeypatch.setattr(embedder, "_direct_query", False)  # e.g. a CLS-pooled model (BGE)
     monkeypatch.setattr(embedder, "_embed_one", lambda text: pytest.fail("direct path used"))
     assert embedder._embed_query_batch([text])[0].tolist() == direct
+
+
+# --- EMBEDDING_QUERY_PRECISION: the int8 query graph --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_embedder(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> FastEmbedEmbedder:
+    return FastEmbedEmbedder.from_settings(
+        Settings(
+            embedding_model_path=model_dir,
+            embedding_cache_dir=tmp_path_factory.mktemp("int8-cache"),
+            embedding_query_precision="int8",
+        )
+    )
+
+
+class _Refused:
+    """Stands in for an ONNX session that must not run."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def run(self, *args: object, **kwargs: object) -> None:
+        pytest.fail(f"the {self.what} session ran")
+
+
+def test_query_precision_setting_chooses_the_graph_queries_run(
+    model_dir: Path, embedder: FastEmbedEmbedder, int8_embedder: FastEmbedEmbedder, tmp_path: Path
+) -> None:
+    fp32 = FastEmbedEmbedder.from_settings(
+        Settings(
+            embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_query_precision="fp32"
+        )
+    )
+    assert fp32.query_graph == str(model_dir / "model.onnx")
+    assert int8_embedder.query_graph == str(model_dir / "model_query_int8.onnx")
+    assert int8_embedder.query_precision == "int8"
+    # int8 queries: one intra-op thread each and as many runs at once as CPUs (EMBEDDING_THREADS unset); the
+    # float32 session keeps ONNX Runtime's default and one run at a time
+    assert int8_embedder.session_options["intra_op_num_threads"] == "1"
+    assert int8_embedder.query_coalescer.max_runs == len(os.sched_getaffinity(0))
+    assert fp32.session_options["intra_op_num_threads"] == "0"
+    assert fp32.query_coalescer.max_runs == 1
+
+    text = "how do I change the owner of a file"
+    # Different arithmetic (int8 products, activations quantized per run): close to, but not, the float32 vector.
+    reference = np.array(fp32.embed_query(text))
+    quantized = np.array(int8_embedder.embed_query(text))
+    assert fp32.embed_query(text) == embedder.embed_query(text)
+    assert not np.array_equal(quantized, reference)
+    assert float(quantized @ reference) > 0.98
+    assert abs(float(np.linalg.norm(quantized)) - 1.0) < 1e-5
+
+
+def test_int8_queries_never_run_the_float32_session_and_documents_never_run_int8(
+    int8_embedder: FastEmbedEmbedder, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Documents: the stored vectors stay float32, bit for bit what the fp32 embedder writes.
+    texts = ["a document about file ownership", " ".join(_long_words(120))]
+    assert int8_embedder.embed_documents(texts) == embedder.embed_documents(texts)
+
+    lone = int8_embedder.embed_query("change a file's owner")
+    monkeypatch.setattr(int8_embedder._model.model, "model", _Refused("float32"))
+    # the lone-query path and the coalesced-batch path both answer from the int8 session alone, and a query's
+    # vector does not depend on its batch-mates (one run per text: a run quantizes its activations together)
+    assert int8_embedder.embed_query("change a file's owner") == lone
+    batch = int8_embedder._embed_query_batch(
+        ["set the file mode bits", "change a file's owner", " ".join(_long_words(40))]
+    )
+    assert batch[1].tolist() == lone
+    assert batch[0].tolist() == int8_embedder.embed_query("set the file mode bits")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(int8_embedder, "_query_session", _Refused("int8"))
+    assert int8_embedder.embed_documents(texts[:1]) == embedder.embed_documents(texts[:1])
+
+
+def test_int8_queries_find_the_fixture_corpus_answers_float32_finds(
+    int8_embedder: FastEmbedEmbedder, embedder: FastEmbedEmbedder
+) -> None:
+    corpus = json.loads((Path(__file__).parent / "fixtures" / "corpus.json").read_text(encoding="utf-8"))
+    ids = list(corpus["documents"])
+    stored = np.array(embedder.embed_documents([corpus["documents"][i]["text"] for i in ids]))
+    for query, expected in corpus["queries"].items():
+        fp32 = ids[int(np.argmax(stored @ np.array(embedder.embed_query(query))))]
+        int8 = ids[int(np.argmax(stored @ np.array(int8_embedder.embed_query(query))))]
+        assert int8 == fp32 == expected, query
+
+
+def test_int8_without_its_graph_names_the_fix(model_dir: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "model"
+    partial.mkdir()
+    for name in model_dir.iterdir():
+        if name.is_file() and name.name != "model_query_int8.onnx":
+            (partial / name.name).symlink_to(name)
+
+    with pytest.raises(
+        EmbeddingModelError, match=r"model_query_int8\.onnx.*make model.*EMBEDDING_QUERY_PRECISION=fp32"
+    ):
+        FastEmbedEmbedder(MODEL, model_path=partial, cache_dir=tmp_path / "cache", query_precision="int8")
+    # fp32 needs only model.onnx
+    assert FastEmbedEmbedder(MODEL, model_path=partial, cache_dir=tmp_path / "cache").query_graph.endswith(
+        "model.onnx"
+    )
+
+
+def test_int8_refuses_a_model_whose_pooling_it_does_not_repeat(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FastEmbedEmbedder, "_direct_query_path", lambda self: False)  # e.g. CLS pooling (BGE)
+    with pytest.raises(EmbeddingModelError, match="EMBEDDING_QUERY_PRECISION=fp32"):
+        FastEmbedEmbedder(MODEL, model_path=model_dir, cache_dir=tmp_path, query_precision="int8")
+
+
+def test_query_precision_is_validated_by_settings(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="embedding_query_precision"):
+        Settings(embedding_query_precision="int4")

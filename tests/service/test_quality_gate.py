@@ -35,9 +35,18 @@ from service.app.store.embedder import FastEmbedEmbedder
 from tests.service.support import make_settings
 
 
-@pytest.fixture(scope="module")
-def ci_client(tmp_path_factory: pytest.TempPathFactory, embedder: FastEmbedEmbedder) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def ci_client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, embedder: FastEmbedEmbedder
+) -> Iterator[TestClient]:
+    """The service on the CI subset, its queries embedded by each EMBEDDING_QUERY_PRECISION (int8 is the
+    default; documents are float32 either way)."""
     settings = make_settings(tmp_path_factory.mktemp("quality"))
+    if request.param == "int8":
+        embedder = FastEmbedEmbedder(
+            embedder.model_name, model_path=embedder.model_dir, query_precision="int8"
+        )
+        assert embedder.query_graph.endswith("model_query_int8.onnx")
     with TestClient(create_app(settings, embedder=embedder)) as client:
         yield client
 

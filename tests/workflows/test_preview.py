@@ -27,8 +27,14 @@ def test_preview_runs_diff_with_the_policy_pack_and_collects_steps(
 
     report = run_preview(ctx.workspace(), "dev")
 
+    guard = [  # the Qdrant scale-down guard: the config to apply and the replicas of the latest updates
+        ["config", "--show-secrets", "--json", "--stack", "dev"],
+        ["stack", "select", "--stack", "dev"],
+        ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "dev"],
+    ]
     assert backend.commands() == [
         ["stack", "select", "--stack", "dev"],
+        *guard,
         [
             "preview",
             "--diff",

@@ -31,6 +31,15 @@ def _stacks(backend: FakeBackend, digest: str = DIGEST) -> None:
     backend.add_stack("prod", config={}, outputs={})
 
 
+def scale_guard(stack: str) -> list[list[str]]:
+    """The Qdrant scale-down guard's reads: the config to apply, the replicas of the stack's latest updates."""
+    return [
+        ["config", "--show-secrets", "--json", "--stack", stack],
+        ["stack", "select", "--stack", stack],
+        ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", stack],
+    ]
+
+
 def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: FakeBackend) -> None:
     _stacks(backend)
 
@@ -80,6 +89,7 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["stack", "select", "--stack", "dev"],
+        *scale_guard("dev"),
         ["preview", "--diff", "--exec-kind", "auto.local", "--event-log", "<event-log>", "--stack", "dev"],
         ["stack", "select", "--stack", "staging"],
         # The target's index config before (a model change must keep its index servable meanwhile).
@@ -90,6 +100,7 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         ["stack", "history", "--json", "--stack", "staging"],
         ["config", "--show-secrets", "--json", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
+        *scale_guard("staging"),
         [
             "up",
             "--yes",

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(4, ge=1, le=1024)
     embedding_threads: int | None = Field(None, ge=1, description="ONNX Runtime intra-op threads")
+    embedding_query_precision: Literal["int8", "fp32"] = Field(
+        "int8",
+        description="graph search queries run: int8 (model_query_int8.onnx from `make model`) or fp32 (model.onnx); "
+        "documents are always fp32 (docs/model.md)",
+    )
     query_embedding_cache_size: int = Field(
         4096, ge=0, description="query texts whose vectors are kept per process (~2 KB each); 0: off"
     )

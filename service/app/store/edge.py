@@ -178,9 +178,42 @@ def refuse_legacy_store(settings: Settings) -> None:
     if legacy is None:
         return
     raise EmbeddedStoreError(
-        f"{legacy} holds a local-mode Qdrant store from an earlier version, and the embedded default is now "
+        f"{legacy} holds a local-mode Qdrant store (an earlier version's default, or a run with "
+        f"VECTOR_STORE=local), and the embedded default is now "
         f"qdrant-edge at {settings.resolved_edge_path}: run `python -m service.tools.migrate_store` to copy it "
         f"over, or set VECTOR_STORE=local to keep using it"
+    )
+
+
+def edge_store_present(settings: Settings) -> Path | None:
+    """EDGE_PATH when it holds a qdrant-edge shard (a collection directory), else None."""
+    path = settings.resolved_edge_path
+    try:
+        shards = [entry for entry in path.iterdir() if entry.is_dir() and not entry.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return path if shards else None
+
+
+def refuse_local_beside_edge(settings: Settings) -> None:
+    """Raise EmbeddedStoreError when VECTOR_STORE=local would open a second store beside the edge store.
+
+    The registry (DATA_DIR/registry.db by default) records which document versions are stored, not which store
+    holds their points: a local-mode process on the same DATA_DIR finds none of the edge store's points (its
+    searches come back empty), and each document it writes moves out of the edge store, so the edge service
+    stops finding it. One store per registry; this names the way out (EYES4 E1).
+    """
+    if settings.embedded_vector_store != "local" or str(settings.resolved_qdrant_path) == ":memory:":
+        return
+    edge = edge_store_present(settings)
+    if edge is None:
+        return
+    raise EmbeddedStoreError(
+        f"{edge} holds the qdrant-edge store that this DATA_DIR's documents are indexed in, and VECTOR_STORE=local "
+        f"would serve another store ({settings.resolved_qdrant_path}) with the same registry: its searches would "
+        "miss every document in the edge store, and documents it writes would disappear from the edge store's "
+        "searches; unset VECTOR_STORE (the edge store is the default), or give the local-mode service a DATA_DIR "
+        "of its own"
     )
 
 

@@ -35,6 +35,17 @@ float64, as fastembed computes them. Same numbers, bit for bit (tested against f
 tests), ~0.2 ms less Python and numpy per query (docs/benchmarks.md, "Small-collection overhead, attempt
 2026-11-26"). Other model classes (CLS pooling, a query prefix) and batches keep fastembed's path.
 
+Int8 queries (EMBEDDING_QUERY_PRECISION=int8, the default): search queries run ``model_query_int8.onnx`` from the
+model directory (`make model` writes it: ONNX Runtime's dynamic quantization of the same graph, int8 weights per
+output channel, activations quantized per run), documents always run ``model.onnx``, so the stored vectors are
+float32 and switching the setting needs no re-index. On CPUs with int8 dot-product instructions (AVX-512 VNNI,
+AMX) MLAS runs it at ~0.26x the float32 graph's CPU per query; a query vector is within cosine ~0.98-1.0 of the
+float32 one and the labelled retrieval metrics stay within noise (docs/benchmarks.md, "Int8 query embedding on
+VNNI/AMX"). Each text runs alone (a run quantizes its activations with one scale over the batch, so batch-mates
+would move a query's vector) on one intra-op thread (a ~1.3 ms run gains nothing from a second one), and
+concurrent queries take a core each (``query_runs``). fp32 runs queries through ``model.onnx`` as before; hub
+models (production images, fetch_model) have no int8 graph and need fp32, which the image sets.
+
 Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
 EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
 fixed batch of 4 the tail is padded to the full chunks' length, run alone it costs its own tokens plus the fixed
@@ -51,15 +62,20 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from tokenizers import Tokenizer
 
 from service.app.core.metrics import EMBEDDING_FAILURES, EMBEDDING_SECONDS, QUERY_EMBEDDING_BATCH
 from service.app.store.coalesce import BatchCoalescer
 
+# The query graph EMBEDDING_QUERY_PRECISION=int8 runs, beside model.onnx (service.tools.export_minilm writes it).
+QUERY_INT8_FILE = "model_query_int8.onnx"
+QueryPrecision = Literal["int8", "fp32"]
+
 if TYPE_CHECKING:
     import numpy as np
+    import onnxruntime as ort
     from fastembed import TextEmbedding
 
     from service.app.core.config import Settings
@@ -132,6 +148,7 @@ class FastEmbedEmbedder:
         cache_dir: Path | None = None,
         batch_size: int = 32,
         threads: int | None = None,
+        query_precision: QueryPrecision = "fp32",
     ) -> None:
         from fastembed import TextEmbedding
 
@@ -159,6 +176,11 @@ class FastEmbedEmbedder:
         self.dimension = int(self._model.embedding_size)
         self._batch_size = batch_size
         self.model_dir = Path(self._model.model._model_dir)  # the local path, or fastembed's cached snapshot
+        self.query_precision: QueryPrecision = query_precision
+        # int8 queries run on one intra-op thread unless EMBEDDING_THREADS says otherwise: a ~1.3 ms run is too
+        # small to split (2 threads: 1.2x the wall and 1.5x the CPU of 1), so concurrent queries take a core each.
+        query_threads = 1 if threads is None and query_precision == "int8" else threads
+        self._query_session = self._load_query_session(query_precision, query_threads)
         # The limit fastembed truncates at (tokenizer_config's model_max_length), so chunks never exceed it.
         truncation = self._model.model.tokenizer.truncation or {}
         if not truncation.get("max_length"):
@@ -172,17 +194,14 @@ class FastEmbedEmbedder:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         self._queries: BatchCoalescer[str, np.ndarray] = BatchCoalescer(
-            self._embed_query_batch, max_batch=QUERY_BATCH_MAX, max_runs=query_runs(threads)
+            self._embed_query_batch, max_batch=QUERY_BATCH_MAX, max_runs=query_runs(query_threads)
         )
 
-    def _load_session(self, threads: int | None) -> None:
-        """The ONNX session fastembed would build (CPU, every graph optimisation), without intra-op spinning."""
+    @staticmethod
+    def _session_options(threads: int | None) -> ort.SessionOptions:
+        """What fastembed would set (CPU, every graph optimisation), without intra-op spinning."""
         import onnxruntime as ort
-        from fastembed.common.onnx_external_data import link_external_data
 
-        inner = self._model.model
-        description = inner.model_description
-        model_dir = Path(inner._model_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
@@ -194,6 +213,17 @@ class FastEmbedEmbedder:
         # (tested); a lone query 0.92-0.97x the wall and CPU, a run of 4 chunks 0.96-0.97x the wall at equal
         # CPU (docs/benchmarks.md, "The search path at 100k, profiled").
         options.add_session_config_entry("session.dynamic_block_base", DYNAMIC_BLOCK_BASE)
+        return options
+
+    def _load_session(self, threads: int | None) -> None:
+        """The ONNX session fastembed would build, with ``_session_options``."""
+        import onnxruntime as ort
+        from fastembed.common.onnx_external_data import link_external_data
+
+        inner = self._model.model
+        description = inner.model_description
+        model_dir = Path(inner._model_dir)
+        options = self._session_options(threads)
         path = model_dir / description.model_file
         # As fastembed does: models with external data files load through links next to the graph; in a
         # read-only directory ONNX Runtime reads the files where they are.
@@ -207,6 +237,43 @@ class FastEmbedEmbedder:
             raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
         inner._ensure_tokenizer()
         self._input_names = {node.name for node in inner.model.get_inputs()}
+
+    def _load_query_session(self, precision: QueryPrecision, threads: int | None) -> ort.InferenceSession:
+        """The session search queries run: the document session (fp32), or the model directory's dynamic int8
+        graph (``model_query_int8.onnx``, written by `make model`; module docstring, "Int8 queries")."""
+        import onnxruntime as ort
+
+        if precision == "fp32":
+            return self._model.model.model
+        if precision != "int8":
+            raise EmbeddingModelError(f"EMBEDDING_QUERY_PRECISION must be int8 or fp32, not {precision!r}")
+        path = self.model_dir / QUERY_INT8_FILE
+        if not self._direct_query:
+            raise EmbeddingModelError(
+                f"EMBEDDING_QUERY_PRECISION=int8 needs a mean-pooled, normalised model; {self.model_name!r} is "
+                "not one: set EMBEDDING_QUERY_PRECISION=fp32"
+            )
+        if not path.is_file():
+            raise EmbeddingModelError(
+                f"EMBEDDING_QUERY_PRECISION=int8 needs {path}, which `make model` (service.tools.export_minilm) "
+                "writes beside model.onnx; rebuild the model directory, or set EMBEDDING_QUERY_PRECISION=fp32"
+            )
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=self._session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
+        if {node.name for node in session.get_inputs()} != self._input_names:
+            raise EmbeddingModelError(f"{path} does not take the inputs of {self.model_dir / 'model.onnx'}")
+        return session
+
+    @property
+    def query_graph(self) -> str:
+        """The file the query session runs (for tests and operators)."""
+        if self._query_session is self._model.model.model:
+            return str(self.model_dir / self._model.model.model_description.model_file)
+        return str(self.model_dir / QUERY_INT8_FILE)
 
     def _direct_query_path(self) -> bool:
         """Whether a lone query may run the model's steps directly (``_embed_one``): only for fastembed's
@@ -227,7 +294,7 @@ class FastEmbedEmbedder:
     @property
     def session_options(self) -> dict[str, str]:
         """The ONNX Runtime settings the session runs with (for tests and operators)."""
-        options = self._model.model.model.get_session_options()
+        options = self._query_session.get_session_options()
         return {
             "intra_op_num_threads": str(options.intra_op_num_threads),
             "inter_op_num_threads": str(options.inter_op_num_threads),
@@ -244,6 +311,7 @@ class FastEmbedEmbedder:
             cache_dir=settings.resolved_embedding_cache_dir,
             batch_size=settings.embedding_batch_size,
             threads=settings.embedding_threads,
+            query_precision=settings.embedding_query_precision,
         )
 
     @property
@@ -303,17 +371,43 @@ class FastEmbedEmbedder:
         it) is embedded once: every caller gets that vector.
         """
         QUERY_EMBEDDING_BATCH.observe(len(texts))
-        if len(texts) == 1:
-            one = self._embed_one(texts[0]) if self._direct_query else None
-            return [one] if one is not None else list(self._model.query_embed(texts, batch_size=1))
+        if len(texts) == 1 or self.query_precision == "int8":
+            # int8: one run per text, so a query's vector never depends on its batch-mates (a run quantizes its
+            # activations with one scale over the whole batch: cosine 0.993 between a query embedded alone and
+            # beside another), at ~1.3x the CPU per query of a run of 4 (module docstring, "Int8 queries").
+            by_one: dict[str, np.ndarray] = {}
+            for text in dict.fromkeys(texts):
+                one = self._embed_one(text) if self._direct_query else None
+                by_one[text] = one if one is not None else self._embed_group([text])[0]
+            return [by_one[text] for text in texts]
         unique = list(dict.fromkeys(texts))
         lengths = [min(len(e.ids), self.max_tokens) for e in self._tokenizer.encode_batch(unique)]
         by_text: dict[str, np.ndarray] = {}
         for group in padded_groups(lengths):
             group_texts = [unique[i] for i in group]
-            embedded = self._model.query_embed(group_texts, batch_size=len(group))
-            by_text.update(zip(group_texts, embedded, strict=True))
+            by_text.update(zip(group_texts, self._embed_group(group_texts), strict=True))
         return [by_text[text] for text in texts]
+
+    def _embed_group(self, texts: list[str]) -> list[np.ndarray]:
+        """One ONNX run of several queries: fastembed's query path, on the query session when it is not the
+        document one (int8: fastembed's own tokenising, input and pooling steps around our session's run)."""
+        if self._query_session is self._model.model.model:
+            return list(self._model.query_embed(texts, batch_size=len(texts)))
+        import numpy as np
+        from fastembed.common.onnx_model import OnnxOutputContext
+
+        inner = self._model.model
+        encoded = inner.tokenize(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self._input_names:
+            feeds["attention_mask"] = mask
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        tokens = self._query_session.run(inner.ONNX_OUTPUT_NAMES, feeds)[0]
+        output = OnnxOutputContext(model_output=tokens, attention_mask=mask, input_ids=ids)
+        return list(inner._post_process_onnx_output(output))
 
     def _embed_one(self, text: str) -> np.ndarray | None:
         """One text through the model's steps as fastembed runs them for a mean-pooled, normalised model, without
@@ -330,7 +424,7 @@ class FastEmbedEmbedder:
             feeds["attention_mask"] = np.ones_like(ids)
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        tokens = inner.model.run(inner.ONNX_OUTPUT_NAMES, feeds)[0][0]
+        tokens = self._query_session.run(inner.ONNX_OUTPUT_NAMES, feeds)[0][0]
         # fastembed's mean_pooling and normalize, for one text with every token real: float64 sum / count, the L2
         # norm (at least 1e-12), then the model's dtype.
         pooled = tokens.sum(axis=0, dtype=np.float64) / tokens.shape[0]

@@ -102,6 +102,15 @@ def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data
     assert claim["spec"]["resources"]["requests"]["storage"] == "100Gi"
 
 
+def test_an_acknowledged_scale_down_is_recorded_on_the_statefulset() -> None:
+    labels = {"app": "qdrant"}
+    assert "annotations" not in q.statefulset_metadata(cluster_args(), "qdrant", labels)
+    meta = q.statefulset_metadata(cluster_args(scale_down_acknowledged=3), "qdrant", labels)
+    assert meta["annotations"][q.SCALE_DOWN_ANNOTATION].startswith("3 ")
+    with pytest.raises(ComponentArgsError, match="scale_down_acknowledged must be None or equal to replicas"):
+        q.validate_args(cluster_args(scale_down_acknowledged=2))
+
+
 def test_headless_service_publishes_not_ready_peers() -> None:
     spec = q.headless_service_spec({"a": "b"})
     assert spec["clusterIP"] == "None"
