@@ -1637,6 +1637,7 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
 SECRET_KEYS = frozenset(
     {
         "qdrantApiKey",
+        "qdrantApiKeyNext",
         "serviceApiKeys",
         "adminApiKey",
         "slackWebhookUrl",
@@ -1646,7 +1647,7 @@ SECRET_KEYS = frozenset(
     }
 )
 # Optional secrets: None when unset (their feature is then off), a secret Output otherwise.
-OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword")
+OPTIONAL_SECRET_KEYS = ("slackWebhookUrl", "pagerdutyRoutingKey", "smtpPassword", "qdrantApiKeyNext")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1660,6 +1661,7 @@ class Secrets:
     pagerduty_routing_key: Any = None
     smtp_password: Any = None
     llm_api_key: Any = None  # pulumi.Output[str] | None: rag:llmApiKey, when set
+    qdrant_api_key_next: Any = None  # pulumi.Output[str] | None: rag:qdrantApiKeyNext (Qdrant's alt_api_key)
 
 
 def load_secrets() -> Secrets:
@@ -1697,4 +1699,5 @@ def load_secrets() -> Secrets:
         pagerduty_routing_key=optional["pagerdutyRoutingKey"],
         smtp_password=optional["smtpPassword"],
         llm_api_key=llm_key,
+        qdrant_api_key_next=optional["qdrantApiKeyNext"],
     )

@@ -2729,6 +2729,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.", "dev", "eks", MANAGED),
     ("redis.managed.", "dev", "eks", MANAGED),
     ("namespaceQuota.", "dev", "existing", {"namespaceQuota": {"enabled": True}}),
+    # Qdrant's alt_api_key exists from 1.17 (dev is deployed on 1.15).
+    ("qdrantApiKeyNext", "dev", "existing", {"qdrant": {"version": "v1.19.0"}}),
     # The snapshot volume exists only where backups run (cloud targets).
     ("qdrant.snapshotsStorage.", "dev", "eks", {"backups": {"enabled": True}}),
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
@@ -2816,6 +2818,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "namespace": "rag-other",
     "image": DIGEST,
     "qdrantApiKey": "offline-other-qdrant-key-0123456789",
+    "qdrantApiKeyNext": "offline-next-qdrant-key-0123456789",
     "serviceApiKeys": json.dumps({"offline-other-service-key-0123456789": "tenant-a"}),
     "adminApiKey": "offline-other-admin-key-0123456789",
     "embedding.model": "sentence-transformers/all-MiniLM-L6-v2",
@@ -2824,7 +2827,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",

@@ -34,7 +34,7 @@ from infra.components.monitoring import (
     MonitoringArgs,
 )
 from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs, pg_image
-from infra.components.qdrant import QdrantCluster, QdrantClusterArgs
+from infra.components.qdrant import ALT_API_KEY_SINCE, QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
     READINESS_PATH,
     Autoscaling,
@@ -320,11 +320,28 @@ def monitoring_args(
     )
 
 
+def qdrant_alt_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[str] | None:
+    """`rag:qdrantApiKeyNext`, refused (naming the key and stack file) on a Qdrant without `alt_api_key`."""
+    if secrets.qdrant_api_key_next is None:
+        return None
+    version = tuple(int(v) for v in config.qdrant.version.lstrip("v").split(".")[:2])
+    if version < ALT_API_KEY_SINCE:
+        raise ConfigError(
+            "rag:qdrantApiKeyNext",
+            stack_file(config.stack),
+            f"Qdrant {config.qdrant.version} (qdrant.version) accepts one key only; a second one (alt_api_key) "
+            "needs Qdrant >= v1.17.0: upgrade first (docs/infra.md#upgrading-qdrant), or rotate with a short "
+            "outage (docs/runbooks.md#rotate-the-qdrant-api-key)",
+        )
+    return secrets.qdrant_api_key_next
+
+
 def qdrant_args(
     config: StackConfig,
     cluster: ClusterTarget,
     *,
     api_key: pulumi.Input[str],
+    alt_api_key: pulumi.Input[str] | None = None,
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     depends_on: tuple[pulumi.Resource, ...] = (),
 ) -> QdrantClusterArgs:
@@ -333,6 +350,7 @@ def qdrant_args(
     return QdrantClusterArgs(
         namespace=config.namespace,
         api_key=api_key,
+        alt_api_key=alt_api_key,
         replicas=cfg.replicas,
         scale_down_acknowledged=cfg.scaleDownTo or None,
         replication_factor=cfg.replicationFactor,
@@ -881,6 +899,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             config,
             cluster,
             api_key=secrets.qdrant_api_key,
+            alt_api_key=qdrant_alt_api_key(config, secrets),
             monitoring_crds=monitoring_crds,
             depends_on=ready,
         ),

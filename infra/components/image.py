@@ -248,6 +248,11 @@ class ServiceImage(pulumi.ComponentResource):
             dockerfile=docker_build.DockerfileArgs(location=str(Path(args.context_dir) / args.dockerfile)),
             platforms=[docker_build.Platform(p) for p in args.platforms],
             push=False,
+            # A preview builds nothing: a build in a preview still exports its registry cache, so `ragops preview`
+            # would need write access to the stack's registry (a PR's preview runs where dev's registry may be a
+            # laptop's localhost:5001), and the full build (model included) for every preview. The Dockerfile is
+            # still parsed; `ragops ephemeral up` and `make e2e` build for real.
+            build_on_preview=False,
             exports=[push_by_digest_export()],
             tags=repository.apply(image_names),
             registries=registries,

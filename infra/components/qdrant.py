@@ -18,6 +18,7 @@ DNS + peers out) and optionally a ServiceMonitor.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,13 @@ PORTS = {"http": HTTP_PORT, "grpc": GRPC_PORT, "p2p": P2P_PORT}
 RUN_AS_USER = 1000
 FS_GROUP = 3000
 API_KEY_KEY = "api-key"
+ALT_API_KEY_KEY = "alt-api-key"
+ALT_API_KEY_SINCE = (1, 17)
+"""The first Qdrant minor with `service.alt_api_key` (qdrant/qdrant#7835, in v1.17.0)."""
+KEYS_ANNOTATION = "rag.platform/api-keys-sha256"
+"""On the pod template: a digest of the keys, so a key change restarts the nodes (one at a time). Qdrant reads its
+keys from the environment at start, and a Secret change alone restarts nothing: without it a rotated key reached
+only the clients, which the unrestarted nodes then refused."""
 SCRAPE_LABEL = {"rag.platform/scrape": "true"}
 """Only on the client Service, so the ServiceMonitor does not scrape every node twice (headless + client)."""
 
@@ -51,6 +59,9 @@ class QdrantClusterArgs:
     namespace: str
     api_key: pulumi.Input[str]
     """API key required on every request (a Pulumi secret)."""
+    alt_api_key: pulumi.Input[str] | None = None
+    """A second key every node accepts as well (Qdrant's `alt_api_key`, Qdrant >= 1.17): a rotation adds the new key
+    here first, so no client is refused while the nodes restart one at a time (docs/runbooks.md)."""
     replicas: int = 1
     """Qdrant nodes (StatefulSet pods); production uses 3."""
     replication_factor: int = 1
@@ -117,6 +128,13 @@ def validate_args(args: QdrantClusterArgs) -> None:
     if args.snapshots_size is not None:
         specs.check_quantity(args.snapshots_size, "QdrantClusterArgs.snapshots_size")
     args.resources.validate("QdrantClusterArgs.resources")
+    version = image_version(args.image)
+    require(
+        args.alt_api_key is None
+        or (version is not None and tuple(int(v) for v in version.split(".")[:2]) >= ALT_API_KEY_SINCE),
+        f"QdrantClusterArgs.alt_api_key needs Qdrant >= 1.17 (service.alt_api_key); {args.image} has none: upgrade "
+        "Qdrant first (docs/infra.md#upgrading-qdrant).",
+    )
     require(
         args.anti_affinity in ("required", "preferred"),
         "QdrantClusterArgs.anti_affinity must be 'required' or 'preferred'.",
@@ -280,6 +298,13 @@ def container_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict
             "valueFrom": {"secretKeyRef": {"name": secret_name, "key": API_KEY_KEY}},
         },
     ]
+    if args.alt_api_key is not None:
+        env.append(
+            {
+                "name": "QDRANT__SERVICE__ALT_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": secret_name, "key": ALT_API_KEY_KEY}},
+            }
+        )
     return {
         "name": "qdrant",
         "image": args.image,
@@ -351,7 +376,15 @@ def snapshots_volume(args: QdrantClusterArgs, match: Mapping[str, str]) -> list[
     ]
 
 
-def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> dict[str, Any]:
+def keys_digest(api_key: str, alt_api_key: str | None) -> str:
+    """The pod template's KEYS_ANNOTATION: SHA-256 over both keys (a 40-character random key is not recoverable
+    from it, so it is not a secret)."""
+    return hashlib.sha256(f"{api_key}\0{alt_api_key or ''}".encode()).hexdigest()
+
+
+def statefulset_spec(
+    args: QdrantClusterArgs, base: str, secret_name: str, keys_sha256: pulumi.Input[str] | None = None
+) -> dict[str, Any]:
     """StatefulSet spec: parallel start (peers wait for pod 0 themselves), a PVC template, spread and anti-affinity."""
     match = specs.selector_labels(APP, base, "vector-store")
     pod_labels = specs.labels(APP, base, "vector-store")
@@ -363,7 +396,10 @@ def statefulset_spec(args: QdrantClusterArgs, base: str, secret_name: str) -> di
         "selector": {"matchLabels": dict(match)},
         "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
         "template": {
-            "metadata": {"labels": pod_labels},
+            "metadata": {
+                "labels": pod_labels,
+                **({"annotations": {KEYS_ANNOTATION: keys_sha256}} if keys_sha256 is not None else {}),
+            },
             "spec": {
                 "serviceAccountName": base,
                 "automountServiceAccountToken": False,
@@ -481,11 +517,17 @@ class QdrantCluster(pulumi.ComponentResource):
             opts=child(),
         )
         api_key = pulumi.Output.secret(args.api_key)
+        keys = {API_KEY_KEY: api_key}
+        if args.alt_api_key is not None:
+            keys[ALT_API_KEY_KEY] = pulumi.Output.secret(args.alt_api_key)
+        keys_sha256 = pulumi.Output.unsecret(
+            pulumi.Output.all(args.api_key, args.alt_api_key).apply(lambda k: keys_digest(k[0], k[1]))
+        )
         secret = k8s.core.v1.Secret(
             f"{name}-api-key",
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
-            string_data={API_KEY_KEY: api_key},
+            string_data=keys,
             opts=child(protect=args.protect),
         )
         k8s.core.v1.Service(
@@ -509,7 +551,7 @@ class QdrantCluster(pulumi.ComponentResource):
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
             metadata=statefulset_metadata(args, base, object_labels),
-            spec=statefulset_spec(args, base, secret_name),
+            spec=statefulset_spec(args, base, secret_name, keys_sha256),
             # Its pods read the API-key Secret, the bootstrap ConfigMap and run as the ServiceAccount, by name.
             opts=child(protect=args.protect, extra=(secret, service_account, bootstrap_config)),
         )

@@ -355,6 +355,15 @@ def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
     return data
 
 
+SECRETS_ANNOTATION = "rag.platform/secrets-sha256"
+
+
+def secrets_digest(values: Mapping[str, str]) -> str:
+    """SHA-256 over the Secret's values (the pod template's SECRETS_ANNOTATION). The values are random keys and
+    connection strings holding them: a digest of them reveals nothing an attacker could use."""
+    return hashlib.sha256(json.dumps(dict(values), sort_keys=True).encode()).hexdigest()
+
+
 def config_map_name(base: str, data: Mapping[str, str]) -> str:
     """`<base>-config-<hash>`: a content change renames the ConfigMap, which rolls the Deployments."""
     digest = hashlib.sha256(json.dumps(dict(data), sort_keys=True).encode()).hexdigest()[:10]
@@ -450,6 +459,7 @@ def deployment_spec(
     service_account: str,
     run_as_user: int,
     termination_grace_seconds: int = 30,
+    pod_annotations: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Deployment spec; `replicas=None` leaves the count to the HPA (so `pulumi up` never fights it)."""
     volumes, _ = pod_volumes()
@@ -458,7 +468,10 @@ def deployment_spec(
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
         "revisionHistoryLimit": 5,
         "template": {
-            "metadata": {"labels": dict(pod_labels)},
+            "metadata": {
+                "labels": dict(pod_labels),
+                **({"annotations": dict(pod_annotations)} if pod_annotations else {}),
+            },
             "spec": {
                 "serviceAccountName": service_account,
                 # The service never calls the Kubernetes API; IRSA/Workload Identity do not need this token.
@@ -639,6 +652,11 @@ class RagService(pulumi.ComponentResource):
             "ADMIN_API_KEY": args.admin_api_key,
         }
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
+        # The pods read the Secret into their environment at start only: a changed value (a rotated Qdrant or
+        # database key) must restart them, or they keep the old one until something else does.
+        secrets_annotation = {
+            SECRETS_ANNOTATION: pulumi.Output.unsecret(pulumi.Output.all(**string_data).apply(secrets_digest))
+        }
         secret = k8s.core.v1.Secret(
             f"{name}-secrets",
             metadata=specs.metadata(secret_name, ns, common),
@@ -664,6 +682,7 @@ class RagService(pulumi.ComponentResource):
                 service_account=sa_name,
                 run_as_user=args.run_as_user,
                 termination_grace_seconds=API_TERMINATION_GRACE_SECONDS,
+                pod_annotations=secrets_annotation,
             ),
             opts=child(reads),
         )
@@ -706,6 +725,7 @@ class RagService(pulumi.ComponentResource):
                     run_as_user=args.run_as_user,
                     # Let a running ingestion job finish before the pod is killed.
                     termination_grace_seconds=120,
+                    pod_annotations=secrets_annotation,
                 ),
                 opts=child(reads),
             )

@@ -215,6 +215,44 @@ def test_api_key_stays_secret() -> None:
     assert resolve(cluster.api_key) == "s3cr3t-key"
 
 
+def test_a_second_key_reaches_every_node_from_the_secret_and_any_key_change_restarts_the_nodes() -> None:
+    new = cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged")
+    one = run_cluster(new)
+    two = run_cluster(
+        cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged", alt_api_key=pulumi.Output.secret("n3xt-key"))
+    )
+    assert two.named("qdrant-api-key").inputs["stringData"] == {
+        "api-key": "s3cr3t-key",
+        "alt-api-key": "n3xt-key",
+    }
+    assert "stringData" in two.named("qdrant-api-key").secret_paths
+    env = {
+        e["name"]: e
+        for e in two.named("qdrant-statefulset").inputs["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["QDRANT__SERVICE__ALT_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "qdrant-api-key", "key": "alt-api-key"}
+    }
+    assert "QDRANT__SERVICE__ALT_API_KEY" not in repr(one.named("qdrant-statefulset").inputs)
+
+    def digest(program: Program) -> str:
+        statefulset = program.named("qdrant-statefulset")
+        assert not statefulset.secret_paths  # a digest, not a key: the StatefulSet's diff stays readable
+        return statefulset.inputs["spec"]["template"]["metadata"]["annotations"][q.KEYS_ANNOTATION]
+
+    rotated = run_cluster(cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged", api_key="other-key"))
+    # Adding the second key, and changing the first, each change the pod template: the nodes restart one by one.
+    assert len({digest(one), digest(two), digest(rotated)}) == 3
+    assert digest(one) == q.keys_digest("s3cr3t-key", None)
+    assert "n3xt-key" not in repr(two.named("qdrant-statefulset").inputs)
+
+
+def test_a_second_key_on_a_qdrant_without_alt_api_key_is_refused() -> None:
+    with pytest.raises(ComponentArgsError, match=r"alt_api_key needs Qdrant >= 1\.17"):
+        q.validate_args(cluster_args(image="qdrant/qdrant:v1.16.3-unprivileged", alt_api_key="n3xt-key"))
+    q.validate_args(cluster_args(image="qdrant/qdrant:v1.17.1-unprivileged", alt_api_key="n3xt-key"))
+
+
 def test_outputs() -> None:
     program = run_cluster(cluster_args())
     cluster: q.QdrantCluster = program.result

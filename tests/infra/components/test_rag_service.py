@@ -261,6 +261,28 @@ def test_secrets_stay_secret_and_config_is_plain() -> None:
     assert env_from[1]["secretRef"]["name"] == secret.inputs["metadata"]["name"]
 
 
+def test_a_changed_secret_value_restarts_the_api_and_the_worker() -> None:
+    # The pods read the Secret into their environment at start: a rotated Qdrant key must restart them, or they
+    # keep using the old one (which a later step of the rotation removes from Qdrant).
+    def digests(program: Program) -> set[str]:
+        found = set()
+        for name in ("rag-api", "rag-worker"):
+            deployment = program.named(name)
+            assert not deployment.secret_paths
+            found.add(deployment.inputs["spec"]["template"]["metadata"]["annotations"][rs.SECRETS_ANNOTATION])
+        return found
+
+    before = digests(run_service(prod_args()))
+    assert len(before) == 1  # the same Secret for both
+    assert digests(run_service(prod_args())) == before  # stable: no restart without a change
+    after = digests(run_service(prod_args(qdrant_api_key=pulumi.Output.secret("rotated-key"))))
+    assert len(after) == 1
+    assert after != before
+    assert "rotated-key" not in repr(
+        run_service(prod_args(qdrant_api_key="rotated-key")).named("rag-api").inputs
+    )
+
+
 def test_service_account_carries_identity_annotations() -> None:
     program = run_service(prod_args())
     sa = program.named("rag-sa").inputs
