@@ -1409,7 +1409,6 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
     postgres = config.postgres
     managed = postgres.managed
     upgrade, restore = managed.majorUpgrade.fromVersion, managed.restore
-    provider = config.cluster.provider
     target = postgres.version.split(".")[0]
     if upgrade:
         if postgres.mode != "managed":
@@ -1424,12 +1423,13 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
                 "major (managed PostgreSQL cannot be downgraded in place; restore a snapshot of the old major "
                 "instead), and once the instance runs postgres.version this key is cleared",
             )
-        if provider == "gke" and not managed.applyImmediately:
+        if not managed.applyImmediately:
             fail(
                 "postgres.managed.applyImmediately",
-                f"must be true for the declared upgrade from {upgrade}: Cloud SQL runs a major upgrade (pg_upgrade, "
-                "the instance down for its duration) as soon as `pulumi up` changes databaseVersion, with no "
-                "maintenance-window option; setting this acknowledges the downtime",
+                f"must be true for the declared upgrade from {upgrade}: the instance is down for the upgrade "
+                "(pg_upgrade), so it runs while `pulumi up` is watched. Cloud SQL runs it at once anyway; RDS would "
+                "leave the engine and parameter-group change pending and run it unattended in the maintenance "
+                "window",
             )
         if restore.name:
             fail(
@@ -1466,7 +1466,7 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
             "postgres.managed.restore.snapshot",
             "is set together with a point in time (restore.sourceInstance / restore.time): choose one source",
         )
-    if restore.snapshot and provider == "gke":
+    if restore.snapshot and config.cluster.provider == "gke":
         fail(
             "postgres.managed.restore.snapshot",
             "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "

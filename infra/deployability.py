@@ -2719,6 +2719,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A declared major upgrade runs at `pulumi up` (applyImmediately).
+    (
+        "postgres.managed.majorUpgrade.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"applyImmediately": True}}},
+    ),
     # A restore's sources and its original matter once a restore is named.
     (
         "postgres.managed.restore.",

@@ -294,8 +294,8 @@ def _validate_managed(args: PostgresDatabaseArgs) -> None:
             f"PostgresDatabaseArgs.upgrade_from {args.upgrade_from!r} must be a major below the target {major}.",
         )
         require(
-            args.mode == "rds" or args.apply_immediately,
-            "PostgresDatabaseArgs.apply_immediately must be True for a Cloud SQL major upgrade: it runs at once.",
+            args.apply_immediately,
+            "PostgresDatabaseArgs.apply_immediately must be True for a major upgrade: it runs while `up` is watched.",
         )
         require(
             args.restore_name is None,
@@ -721,10 +721,9 @@ class PostgresDatabase(pulumi.ComponentResource):
         password = pulumi.Output.secret(args.password)
         major = engine_major(args)
         # One parameter group per major, named by it: a major upgrade declares the target's group next to the
-        # running one, and the old group is deleted only when `upgrade_from` is cleared (after the instance moved).
-        # Replacing a single group instead would delete the old one at the end of the same `up`, while an
-        # upgrade left for the maintenance window still holds it (DeleteDBParameterGroup refuses: the group is in
-        # use), and a family change is a replacement (the family is create-only).
+        # running one (a group's family is create-only), and the old group is deleted only when `upgrade_from` is
+        # cleared. It is what the pre-upgrade snapshot needs if the upgrade must be undone by a restore, and it is
+        # never deleted while the instance could still hold it (DeleteDBParameterGroup refuses a group in use).
         groups = {
             version: aws.rds.ParameterGroup(
                 f"{name}-params-{version}",
