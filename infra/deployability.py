@@ -2738,6 +2738,13 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.memorySizeGb", "dev", "gke", MANAGED),
+    # A declared major upgrade runs at `pulumi up` (applyImmediately).
+    (
+        "postgres.managed.majorUpgrade.",
+        "dev",
+        "eks",
+        {**MANAGED, "postgres": {"mode": "managed", "managed": {"applyImmediately": True}}},
+    ),
     # A restore's sources and its original matter once a restore is named.
     (
         "postgres.managed.restore.",
@@ -2846,7 +2853,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "ephemeral": {"name": "pr-7", "owner": "alice", "expiresAt": "2026-11-23T08:00:00Z"},
     "cluster.provider": "eks",
     "cluster.existing.kubeconfig": "/etc/rag/kubeconfig",
-    "cluster.existing.context": "other-context",
+    "cluster.existing.context": "kind-other",
     "cluster.existing.registry": "registry.example.com/rag",
     "cluster.existing.storageClass": "local-path",
     "cluster.gke.project": "rag-other",
@@ -2874,6 +2881,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.storageClass": "gp3-other",
     "cluster.eks.natGateways": "single",
     "qdrant.version": "v1.15.5",
+    "qdrant.collection.quantization": "int8",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",

@@ -151,6 +151,10 @@ class KeyRefused(Exception):
     """The service refused the API key (401/403): nothing more is sent."""
 
 
+class NotTheService(Exception):
+    """The URL answered 404/405 on the service's own routes: --url is not the service's base URL."""
+
+
 class NoAnswer(Exception):
     """The request reached the service but no answer came within the client's timeout.
 
@@ -216,6 +220,10 @@ class IngestClient:
             if response.status_code in (401, 403):
                 # The key, not the file: every other file would be refused the same way.
                 raise KeyRefused(error_reason(response))
+            if response.status_code in (404, 405):
+                # Both routes the client calls create documents: a 404 or 405 is the URL, not the file (a
+                # --url ending in /v1 printed one "404 not_found" per file).
+                raise NotTheService(f"{method} {response.request.url} answered {error_reason(response)}")
             if response.status_code == 503 and transient < TRANSIENT_RETRIES:
                 transient += 1
                 self._report.retried += 1
@@ -588,6 +596,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             )
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")
+            return 2
+        except NotTheService as exc:
+            console.print(
+                f"[red]error:[/red] {exc}; nothing more was sent: --url must be the service's base URL "
+                "(e.g. https://rag.example.com, without /v1)"
+            )
             return 2
         except KeyRefused as exc:
             console.print(

@@ -16,6 +16,14 @@ from infra.offline import StackRun, run_stack
 
 
 @pytest.fixture(autouse=True)
+def _no_existing_cluster_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs read the committed files only: a developer's (or CI job's) $RAGOPS_KUBE_CONTEXT / $RAGOPS_REGISTRY
+    would change what the existing target declares (infra/clusters/existing.py)."""
+    monkeypatch.delenv("RAGOPS_KUBE_CONTEXT", raising=False)
+    monkeypatch.delenv("RAGOPS_REGISTRY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _current_event_loop() -> None:
     """Component tests build pulumi Outputs, which need a current event loop; `run_stack` closes its own loop and
     leaves none set, so a component test run after a stack test failed with "There is no current event loop"

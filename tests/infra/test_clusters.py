@@ -10,6 +10,8 @@ import pytest
 from infra.clusters.eks import irsa_trust_policy, subnet_cidrs
 from infra.clusters.eks import kubeconfig_for as eks_kubeconfig
 from infra.clusters.gke import kubeconfig_for as gke_kubeconfig
+from infra.config import ConfigError
+from infra.offline import run_stack
 from tests.infra.conftest import run
 
 
@@ -192,3 +194,71 @@ def test_eks_grants_the_listed_principals_cluster_access() -> None:
         assert cluster.urn in entries[principal].depends_on
     # Without principals nothing is added (the creator's bootstrap entry is EKS's own).
     assert not run("prod", "eks").of_type("aws:eks/accessEntry:AccessEntry")
+
+
+# --- one committed dev stack for a laptop (kind) and CI (infra/clusters/existing.py) -------------------------------
+
+
+def _dev_with_env(monkeypatch: pytest.MonkeyPatch, **environ: str) -> object:
+    """The dev stack file through the program with these environment variables (not cached: the env is input)."""
+    for name in ("CI", "RAGOPS_KUBE_CONTEXT", "RAGOPS_REGISTRY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    return run_stack("dev")
+
+
+def test_ci_points_the_committed_dev_stack_at_its_cluster_and_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = _dev_with_env(
+        monkeypatch, CI="true", RAGOPS_KUBE_CONTEXT="", RAGOPS_REGISTRY="ghcr.io/acme/rag-dev"
+    )
+    assert "context" not in result.by_name("k8s").inputs  # the CI kubeconfig's current context
+    image = result.by_name("service-image-image").inputs
+    assert image["tags"] == ["ghcr.io/acme/rag-dev/rag-service"]
+    assert image["cacheTo"][0]["registry"]["ref"] == "ghcr.io/acme/rag-dev/rag-service:buildcache"
+    named = _dev_with_env(
+        monkeypatch, RAGOPS_KUBE_CONTEXT="dev-cluster", RAGOPS_REGISTRY="registry.example.com/rag"
+    )
+    assert named.by_name("k8s").inputs["context"] == "dev-cluster"
+    # An empty registry variable (a repository variable that is not set) leaves the stack file's value.
+    laptop = _dev_with_env(monkeypatch, RAGOPS_REGISTRY="")
+    assert laptop.by_name("k8s").inputs["context"] == "kind-rag"
+    assert laptop.by_name("service-image-image").inputs["tags"] == ["localhost:5001/rag/rag-service"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        # CI with the kubeconfig's current context and the committed localhost:5001: the runner's own loopback.
+        ({"CI": "true", "RAGOPS_KUBE_CONTEXT": ""}, "rag:cluster.existing.registry"),
+        # A remote cluster named on a laptop, with the kind registry.
+        ({"RAGOPS_KUBE_CONTEXT": "gke_acme_europe-west1_dev"}, "rag:cluster.existing.registry"),
+        ({"RAGOPS_KUBE_CONTEXT": "dev", "RAGOPS_REGISTRY": "127.0.0.1:5000/rag"}, "$RAGOPS_REGISTRY"),
+        ({"RAGOPS_REGISTRY": "Not A Registry"}, "$RAGOPS_REGISTRY"),
+    ],
+)
+def test_a_registry_the_nodes_cannot_reach_is_refused(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _dev_with_env(monkeypatch, **environ)
+    assert raised.value.key == key
+    assert raised.value.stack_file == "Pulumi.dev.yaml"
+
+
+def test_a_local_cluster_keeps_its_loopback_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # make e2e in CI: kind's context, kind's registry (the nodes' containerd mirrors localhost:5001).
+    assert _dev_with_env(monkeypatch, CI="true").by_name("k8s").inputs["context"] == "kind-rag"
+    for context in ("minikube", "k3d-rag", "docker-desktop"):
+        result = _dev_with_env(monkeypatch, RAGOPS_KUBE_CONTEXT=context)
+        assert result.by_name("k8s").inputs["context"] == context
+    # A laptop's current context (not CI) is trusted to be its local cluster.
+    assert "context" not in _dev_with_env(monkeypatch, RAGOPS_KUBE_CONTEXT="").by_name("k8s").inputs
+
+
+def test_a_preview_builds_no_image_and_touches_no_registry() -> None:
+    """pulumi-docker-build builds on preview by default and exports the registry cache even then; a PR's
+    `ragops preview` must not need dev's registry (or a full build)."""
+    assert run("dev").by_name("service-image-image").inputs["buildOnPreview"] is False

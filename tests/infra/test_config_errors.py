@@ -67,7 +67,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "prod",
         {**GKE_PROD, "postgres": {"version": "18", "managed": {"majorUpgrade": {"fromVersion": "17"}}}},
         "postgres.managed.applyImmediately",
-        "Cloud SQL runs a major upgrade",
+        "must be true for the declared upgrade from 17",
+    ),
+    (
+        "prod",
+        {"postgres": {"version": "18", "managed": {"majorUpgrade": {"fromVersion": "17"}}}},
+        "postgres.managed.applyImmediately",
+        "RDS would leave the engine and parameter-group change pending",
     ),
     (
         "prod",
@@ -118,7 +124,11 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {
             "postgres": {
                 "version": "18",
-                "managed": {"majorUpgrade": {"fromVersion": "17"}, "restore": {"name": "r1"}},
+                "managed": {
+                    "applyImmediately": True,
+                    "majorUpgrade": {"fromVersion": "17"},
+                    "restore": {"name": "r1"},
+                },
             }
         },
         "postgres.managed.majorUpgrade.fromVersion",

@@ -25,6 +25,10 @@ GKE: dict[str, Any] = deep_merge(
 )
 
 
+#: A declared upgrade from 17 (postgres.version 18), applied at `pulumi up`.
+UPGRADE: dict[str, Any] = {"applyImmediately": True, "majorUpgrade": {"fromVersion": "17"}}
+
+
 def managed(**keys: Any) -> dict[str, Any]:
     """Overrides of `rag:postgres.managed`."""
     return {"postgres": {"managed": keys}}
@@ -62,7 +66,7 @@ def test_rds_runs_its_own_parameter_group_of_the_major_and_refuses_a_major_chang
 
 
 def test_a_declared_rds_major_upgrade_keeps_the_running_group_until_the_declaration_is_cleared() -> None:
-    upgrading = run("prod", postgres={"version": "18", "managed": {"majorUpgrade": {"fromVersion": "17"}}})
+    upgrading = run("prod", postgres={"version": "18", "managed": UPGRADE})
     instance = upgrading.by_name("postgres-instance")
     assert instance.inputs["engineVersion"] == "18"
     assert instance.inputs["allowMajorVersionUpgrade"] is True
@@ -72,13 +76,14 @@ def test_a_declared_rds_major_upgrade_keeps_the_running_group_until_the_declarat
     before = run("prod").by_name("postgres-params-17")
     assert upgrading.by_name("postgres-params-17").inputs == before.inputs
     assert upgrading.by_name("postgres-params-18").inputs["family"] == "postgres18"
-    # Cleared after the upgrade: the old group goes, nothing else about the instance changes but the flag.
+    # Cleared after the upgrade: the old group goes, nothing else about the instance changes but the flags.
     done = run("prod", postgres={"version": "18"})
     assert sorted(g.name for g in done.of_type(GROUP)) == ["postgres-params-18"]
     after = done.by_name("postgres-instance")
     assert after.inputs["allowMajorVersionUpgrade"] is False
-    assert {k: v for k, v in after.inputs.items() if k != "allowMajorVersionUpgrade"} == {
-        k: v for k, v in instance.inputs.items() if k != "allowMajorVersionUpgrade"
+    flags = {"allowMajorVersionUpgrade", "applyImmediately"}
+    assert {k: v for k, v in after.inputs.items() if k not in flags} == {
+        k: v for k, v in instance.inputs.items() if k not in flags
     }
 
 

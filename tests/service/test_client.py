@@ -442,3 +442,49 @@ def test_hidden_files_are_sent_only_when_asked(tmp_path: Path) -> None:
         root / ".github" / "README.md",
         root / "a.md",
     ]
+
+
+def test_a_url_that_is_not_the_service_stops_at_the_first_answer(tmp_path: Path) -> None:
+    # EYES4 E13: `--url http://host/v1` printed one "404 not_found" per file and went on sending.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests: list[str] = []
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            requests.append(self.path)
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"error": {"code": "not_found", "message": "Not Found"}}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(5):
+        (root / f"{i}.md").write_text(f"note {i}")
+    (root / "big.pdf").write_bytes(make_pdf(["a pdf"]))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    output = io.StringIO()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        code = ingest_client.main(
+            ["ingest", str(root), "--url", url, "--batch-size", "2"], console=Console(file=output, width=300)
+        )
+    finally:
+        server.shutdown()
+    text = output.getvalue()
+    assert code == 2, text
+    assert len(requests) == 1, requests
+    assert (
+        "answered 404 not_found: Not Found; nothing more was sent: --url must be the service's base URL"
+        in text
+    )
+    assert "failed" not in text

@@ -593,24 +593,344 @@ def test_a_restart_does_not_copy_a_shard_the_cap_cannot_merge_any_further(
         again.close()
 
 
-def test_a_write_during_consolidation_discards_the_merged_copy(tmp_path: Path) -> None:
+def shard_state(shard: object) -> list[tuple[str, dict[str, object]]]:
+    """Every point of a shard (id, payload), in id order."""
+    import qdrant_edge as qe
+
+    state: list[tuple[str, dict[str, object]]] = []
+    offset = None
+    while True:
+        records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=1000, with_payload=True))  # type: ignore[attr-defined]
+        state.extend((str(r.id), r.payload) for r in records)
+        if offset is None:
+            return sorted(state)
+
+
+def versioned(document_id: str, version: int, count: int, text: str) -> list[ChunkPoint]:
+    return [
+        ChunkPoint(
+            tenant_id="t",
+            document_id=document_id,
+            version=version,
+            chunk_index=p.chunk_index,
+            text=f"{text} #{p.chunk_index}",
+            vector=p.vector,
+            metadata={},
+            content_hash="h",
+            model="m",
+        )
+        for p in distinct_points(document_id, count)
+    ]
+
+
+def test_writes_during_the_merge_are_replayed_onto_the_merged_copy_in_order(tmp_path: Path) -> None:
+    # Writes acknowledged while the child merges used to discard the merged copy (a trickle of writes kept a large
+    # shard from ever consolidating). Now they are replayed onto it, in order, before it is renamed in: upserts,
+    # deletes by filter of the same ids, re-upserts, a metadata index; the swapped-in shard equals the served one.
     store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
     try:
         segments = store.shard.info().segments_count
-        build_settings = store._consolidation_optimizers
+        served: list[tuple[str, dict[str, object]]] = []
 
-        def write_meanwhile() -> dict[str, object]:  # runs after the copy was taken, before the child starts
-            store.upsert(distinct_points("meanwhile", 3))
-            return build_settings()
+        def meanwhile(point: str) -> None:
+            if point == "merging":  # the copy is taken and the child is merging it
+                store.upsert(versioned("doc-0", 1, 64, "rewritten"))  # same ids as the copy's doc-0
+                store.upsert(versioned("x", 1, 8, "first"))
+                store.delete_document("t", "x")  # by filter: the ids just written
+                store.upsert(versioned("x", 1, 4, "second"))  # the same ids again, after the delete
+                store.upsert(versioned("x", 2, 6, "third"))
+                store.delete_versions_below("t", "x", 2)
+                store.upsert(versioned("y", 1, 5, "y"))
+                store.delete_version("t", "y", 1)
+                store.delete_document("t", "doc-4")
+                store.upsert(versioned("doc-4", 3, 2, "back"))
+                store._build_metadata_index("v", "integer")  # a small shard builds it inline: replayed too
+            if point == "replayed":  # under the exclusive gate: nothing can change the served shard now
+                served.extend(shard_state(store.shard))
 
-        store._consolidation_optimizers = write_meanwhile  # type: ignore[method-assign]
-        assert not store.consolidate()
-        assert store.shard.info().segments_count >= segments  # the served shard was never replaced
-        assert store.count("t", "meanwhile") == 3
-        assert store.count("t") == 5 * 64 + 3
+        store.consolidation_hook = meanwhile
+        store.metadata_index_inline_points = 10**6  # build it in this process (as on a small shard)
+        assert store.consolidate()
+        assert store.last_consolidation is not None
+        assert store.last_consolidation["replayed"] == 11
+        assert store.shard.info().segments_count < segments
+        assert shard_state(store.shard) == served
+        assert store.count("t", "x") == 6
+        assert store.count("t", "y") == 0
+        assert store.count("t", "doc-4") == 2
+        hit = store.search("t", versioned("doc-0", 1, 64, "")[5].vector, limit=1)[0]
+        assert (hit.document_id, hit.text) == ("doc-0", "rewritten #5")
+        assert "metadata.v" in store.shard.info().payload_schema
+        # The points deleted during the merge were not vacuumed by it: they still count towards the next one.
+        assert store._deleted_points == 8 + 4 + 5 + 64
+        assert not store.consolidation_due()  # the record counts the merged copy's segments after the replay
     finally:
         store.close()
     assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [".lock", "c"]
+    reopened = EdgeVectorStore(
+        tmp_path / "edge" / "c", collection="c", dimension=16, optimize_idle_seconds=None
+    )
+    reopened.ensure_collection()
+    try:
+        assert shard_state(reopened.shard) == served
+        assert reopened._deleted_points == 8 + 4 + 5 + 64
+    finally:
+        reopened.close()
+
+
+def test_past_the_replay_limit_the_merged_copy_is_discarded_and_counted(tmp_path: Path) -> None:
+    from service.app.core.metrics import EDGE_CONSOLIDATIONS
+
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
+    try:
+        segments = store.shard.info().segments_count
+        store.replay_max_points = 5
+        abandoned = EDGE_CONSOLIDATIONS.labels(outcome="replay_limit")._value.get()
+
+        def meanwhile(point: str) -> None:
+            if point == "merging":
+                store.upsert(distinct_points("meanwhile", 3))
+                store.upsert(distinct_points("more", 3))  # 6 points: past the limit
+
+        store.consolidation_hook = meanwhile
+        assert not store.consolidate()
+        assert EDGE_CONSOLIDATIONS.labels(outcome="replay_limit")._value.get() == abandoned + 1
+        assert store.shard.info().segments_count >= segments  # the served shard was never replaced
+        assert store.count("t", "meanwhile") == 3
+        assert store.count("t") == 5 * 64 + 6
+        assert store._replay is None  # the log is gone with the merge
+        store.consolidation_hook = None
+        assert store.consolidate()  # the next pause merges (nothing written meanwhile)
+        assert store.count("t") == 5 * 64 + 6
+    finally:
+        store.close()
+    assert sorted(p.name for p in (tmp_path / "edge").iterdir()) == [".lock", "c"]
+
+
+def test_a_concurrent_writer_during_a_real_consolidation_keeps_every_acknowledged_write(
+    tmp_path: Path,
+) -> None:
+    # A writer thread writes batch after batch (and deletes every third document again) while the child merges,
+    # the replay runs and the swap happens; a searcher runs throughout. After the swap, and after a reopen, every
+    # acknowledged write is there: each acknowledged upsert's points, none of an acknowledged delete's.
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
+    store.replay_max_points = 10**7  # the writer is not paced: the log's bound is not what this tests
+    acked: list[tuple[str, int]] = []  # (document, points it must hold), in acknowledgement order
+    failures: list[BaseException] = []
+    stop = threading.Event()
+    progress = threading.Condition()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                doc = f"w-{n}"
+                store.upsert(distinct_points(doc, 3))
+                expected = 3
+                if n % 3 == 0:
+                    store.delete_document("t", doc)
+                    expected = 0
+                with progress:
+                    acked.append((doc, expected))
+                    progress.notify_all()
+                n += 1
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+                return
+
+    def searcher() -> None:
+        while not stop.is_set():
+            try:
+                assert len(store.search("t", distinct_points("doc-1", 64)[0].vector, limit=10)) == 10
+            except BaseException as exc:
+                failures.append(exc)
+                return
+
+    def merging(point: str) -> None:
+        if point == "merging":  # let the writer acknowledge a few writes during the merge, for certain
+            with progress:
+                seen = len(acked)
+                assert progress.wait_for(lambda: len(acked) >= seen + 3 or bool(failures), 120)
+
+    store.consolidation_hook = merging
+    threads = [threading.Thread(target=writer), threading.Thread(target=searcher)]
+    try:
+        segments = store.shard.info().segments_count
+        for thread in threads:
+            thread.start()
+        assert store.consolidate()
+        with progress:  # and a few after the swap, onto the merged shard
+            seen = len(acked)
+            assert progress.wait_for(lambda: len(acked) >= seen + 2 or bool(failures), 120)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert not failures, failures[0]
+        assert store.last_consolidation is not None
+        assert store.last_consolidation["replayed"] >= 3
+        assert store.shard.info().segments_count < segments
+        for doc, expected in acked:
+            assert store.count("t", doc) == expected, doc
+    finally:
+        stop.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join()
+        store.close()
+    reopened = EdgeVectorStore(
+        tmp_path / "edge" / "c", collection="c", dimension=16, optimize_idle_seconds=None
+    )
+    reopened.ensure_collection()
+    try:
+        for doc, expected in acked:
+            assert reopened.count("t", doc) == expected, doc
+        assert reopened.count("t") == 5 * 64 + sum(expected for _, expected in acked)
+    finally:
+        reopened.close()
+
+
+# The service process for the kill -9 tests: owns a copy of a fragmented store, writes batch after batch in a
+# thread (printing each batch once acknowledged) and consolidates; EDGE_TEST_BLOCK_CONSOLIDATION_AT makes the
+# consolidation block at the named point, where the test kills it.
+CONSOLIDATING_WRITER = textwrap.dedent(
+    """
+    import sys, threading
+    from pathlib import Path
+    from service.app.store.edge import EdgeVectorStore
+    from tests.service.test_edge_store import distinct_points
+
+    store = EdgeVectorStore(Path(sys.argv[1]), collection="c", dimension=16, optimize_chunk_points=64,
+                            segment_points=128, optimize_idle_seconds=None, consolidate_idle_seconds=3600)
+    store.ensure_collection()
+    progress = threading.Condition()
+    acked = allowed = 0
+
+    def writer():  # one batch after another while allowed: a bounded log, whatever the machine's speed
+        global acked
+        n = 0
+        while True:
+            with progress:
+                progress.wait_for(lambda: allowed > n)
+            store.upsert(distinct_points(f"w-{n}", 3))
+            if n % 2:
+                store.delete_document("t", f"w-{n - 1}")
+            print(f"ack {n}", flush=True)
+            with progress:
+                acked += 1
+                progress.notify_all()
+            n += 1
+
+    def merging(point):
+        global allowed
+        with progress:
+            allowed += 4  # a few more writes at each point (under the gate, the next one waits in flight)
+            progress.notify_all()
+            if point == "merging":  # acknowledged during the merge, for certain
+                progress.wait_for(lambda: acked >= allowed)
+
+    store.consolidation_hook = merging
+    threading.Thread(target=writer, daemon=True).start()
+    print("consolidated", store.consolidate(), flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+@pytest.mark.parametrize("point", ["merged", "replaying", "replayed", "ready", "replaced", "swapped"])
+def test_kill_9_at_any_point_of_the_replay_and_swap_keeps_every_acknowledged_write(
+    tmp_path: Path, point: str, child_cleanup: list[subprocess.Popen[str]]
+) -> None:
+    template = fragmented_store(tmp_path / "template" / "c", chunks=4)
+    segments = template.shard.info().segments_count
+    template.close()
+    path = tmp_path / "edge" / "c"
+    shutil.copytree(template.path, path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CONSOLIDATING_WRITER, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "EDGE_TEST_BLOCK_CONSOLIDATION_AT": point},
+    )
+    child_cleanup.append(child)
+    assert child.stdout is not None
+    lines: list[str] = []
+    for line in child.stdout:
+        lines.append(line.strip())
+        if line.startswith("edge consolidation blocked at"):
+            break
+    assert lines[-1] == f"edge consolidation blocked at {point}", lines[-20:]
+    child.kill()
+    child.wait()
+    lines.extend(line.strip() for line in child.stdout)  # every acknowledgement printed before it died
+    acked = [int(line.split()[1]) for line in lines if line.startswith("ack ")]
+    assert len(acked) >= 3
+    reopened = EdgeVectorStore(path, collection="c", dimension=16, optimize_idle_seconds=None)
+    reopened.ensure_collection()
+    try:
+        for n in acked:
+            # An odd batch deletes the even one before it: acknowledged, it is gone; in flight, it may or may not be.
+            found = reopened.count("t", f"w-{n}")
+            if n % 2 or n + 1 not in acked:
+                assert found == 3 or (n % 2 == 0 and found == 0), (n, found)
+            else:
+                assert found == 0, n
+        merged = reopened.shard.info().segments_count < segments
+        assert merged == (point in ("replaced", "swapped"))  # the merged copy is served once it was moved in
+    finally:
+        reopened.close()
+    assert sorted(p.name for p in path.parent.iterdir()) == [".lock", "c"]
+
+
+def test_deleted_points_waiting_for_a_vacuum_are_remembered_across_a_restart(tmp_path: Path) -> None:
+    # The child vacuums once more than 20 % of the points were deleted since the last consolidation; that count was
+    # in memory only, so after a restart a shard needed another 20 % deleted before a consolidation vacuumed.
+    path = tmp_path / "edge" / "c"
+    store = fragmented_store(path, consolidate_idle_seconds=3600)
+    try:
+        assert store.consolidate()
+        assert not store.consolidation_due()
+        store.vacuum_min_points = 10
+        store.delete_document("t", "doc-0")
+        store.delete_document("t", "nothing-here")  # deletes nothing: counts nothing
+        store.delete_document("t", "doc-1")
+        assert store._deleted_points == 128
+        assert store.consolidation_due()
+    finally:
+        store.close()
+    record = json.loads((path / "consolidation.json").read_text())
+    assert record["deleted_points"] == 128
+
+    def reopen() -> EdgeVectorStore:
+        again = EdgeVectorStore(
+            path,
+            collection="c",
+            dimension=16,
+            optimize_chunk_points=64,
+            segment_points=128,
+            optimize_idle_seconds=None,
+            consolidate_idle_seconds=3600,
+        )
+        again.ensure_collection()
+        again.vacuum_min_points = 10
+        return again
+
+    again = reopen()
+    try:
+        assert again._deleted_points == 128
+        assert again.consolidation_due()  # by the deletes alone: the layout is as merged as it gets
+        assert again.consolidate()
+        assert again._deleted_points == 0
+        assert again.count("t") == 3 * 64
+    finally:
+        again.close()
+    again = reopen()
+    try:
+        assert again._deleted_points == 0
+        assert not again.consolidation_due()
+    finally:
+        again.close()
 
 
 def test_an_interrupted_swap_is_finished_from_the_merged_copy_or_undone(tmp_path: Path) -> None:

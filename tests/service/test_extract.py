@@ -63,6 +63,7 @@ def test_html_drops_scripts_styles_and_keeps_headings_as_paragraphs() -> None:
     <script>alert("no")</script><noscript>enable js</noscript><template><p>hidden</p></template>
     <!-- a comment --><h2>Types</h2><ul><li>Shield</li><li>Stratovolcano</li></ul>tail text</body></html>"""
     assert html_to_text(html).split("\n\n") == [
+        "Ignored",  # the page's <title> (kept since EYES4 E2: it was dropped with the head)
         "Volcanoes",
         "Magma rises through the crust.",
         "Types",
@@ -128,3 +129,56 @@ def test_upload_type_comes_from_the_declared_type_or_the_extension(
 def test_unknown_upload_types_are_415(declared: str | None, filename: str | None) -> None:
     with pytest.raises(UnsupportedMediaType):
         detect_content_type(declared, filename)
+
+
+# EYES4 E2: the navigation, the cookie banner and the footer of a web page were stored as content (an answer
+# about single sign-on quoted "Accept all cookies."), the <title> was dropped, and a table's cells became
+# paragraphs of their own ("Team", "50 users"), so the row's fact was split across blocks.
+WEB_PAGE = """<!doctype html><html><head><title>Team plan - Example Corp</title></head><body>
+<header><a href="/">Home</a> <nav><ul><li><a>Pricing</a></li><li><a>Careers</a></li></ul></nav>
+<a href="/login">Log in</a></header>
+<div id="cookie-consent" class="banner">We use cookies to improve the site. <button>Accept all cookies.</button></div>
+<div role="navigation"><a>Docs</a></div>
+<dialog><p>Subscribe to our newsletter</p></dialog><div hidden>Loading...</div>
+<main>
+  <article><header><h1>Plans</h1><p>Updated 2026-01-01</p></header>
+  <p>Single sign-on supports SAML 2.0.</p>
+  <table><caption>Limits</caption><tr><th>Plan</th><th>Users</th></tr>
+  <tr><td>Free</td><td>3 users</td></tr><tr><td> Team </td><td></td><td>50 <b>users</b></td></tr></table>
+  <footer>Written by the sales team.</footer></article>
+</main>
+<aside><p>Related: enterprise plans.</p></aside>
+<footer><p>&copy; 2026 Example Corp.</p><p>Privacy policy.</p></footer>
+</body></html>"""
+
+
+def test_a_web_page_keeps_its_title_and_content_and_drops_its_furniture() -> None:
+    assert html_to_text(WEB_PAGE).split("\n\n") == [
+        "Team plan - Example Corp",
+        "Plans",
+        "Updated 2026-01-01",  # an article's own header is its heading, not the page's banner
+        "Single sign-on supports SAML 2.0.",
+        "Limits",
+        "Plan | Users",
+        "Free | 3 users",
+        "Team | 50 users",  # one row, one paragraph; the empty cell leaves no "| |"
+        "Written by the sales team.",
+    ]
+
+
+def test_without_main_the_body_is_kept_less_its_furniture() -> None:
+    page = WEB_PAGE.replace("<main>", "").replace("</main>", "")
+    blocks = html_to_text(page).split("\n\n")
+    assert blocks[0] == "Team plan - Example Corp"
+    assert "Related: enterprise plans." in blocks  # the aside is content when no <main> says otherwise
+    for furniture in ("Home", "Pricing", "Log in", "Accept all cookies.", "Docs", "Privacy policy."):
+        assert not any(furniture in block for block in blocks), furniture
+    assert "Subscribe to our newsletter" not in blocks
+    assert "Loading..." not in blocks
+
+
+def test_an_empty_main_falls_back_to_the_body_and_a_repeated_title_is_said_once() -> None:
+    # A page whose <main> is filled by script: its text is the rest of the body, not nothing.
+    page = "<title>Otters</title><main></main><h1>Otters</h1><p>Otters hold hands.</p>"
+    assert html_to_text(page) == "Otters\n\nOtters hold hands."
+    assert html_to_text("<title> </title><p>x</p>") == "x"

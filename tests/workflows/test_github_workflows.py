@@ -268,3 +268,80 @@ def test_every_job_with_gcp_credentials_installs_the_gke_auth_plugin_the_kubecon
             assert installs[0] > auth[0], f"{path.name} job {name}: install {plugin} after authenticating"
             assert steps[installs[0]].get("if") == steps[auth[0]].get("if")
     assert jobs_with_gcp >= 6
+
+
+def _cluster_steps() -> list[tuple[str, str, dict[str, Any], list[dict[str, Any]]]]:
+    """(workflow, job, the step writing $KUBECONFIG, the job's steps) for every job that reaches an existing
+    cluster."""
+    found = []
+    for path in FILES:
+        for name, job in _load(path.name)["jobs"].items():
+            for step in job.get("steps", []):
+                if "KUBECONFIG_DATA" in str(step.get("env", {})):
+                    found.append((path.name, name, step, job["steps"]))
+    return found
+
+
+def test_every_job_reaching_an_existing_cluster_sets_its_context_and_registry_first() -> None:
+    """The committed dev stack names a laptop's kind context and localhost registry: every CI job that runs ragops
+    against an existing cluster exports RAGOPS_KUBE_CONTEXT / RAGOPS_REGISTRY from the environment's variables
+    before its first ragops step (infra/clusters/existing.py)."""
+    steps = _cluster_steps()
+    assert {(wf, job) for wf, job, _, _ in steps} >= {
+        ("pr.yml", "preview"),
+        ("pr.yml", "ephemeral"),
+        ("main.yml", "deploy-dev"),
+        ("pr-close.yml", "destroy"),
+    }
+    for wf, job, step, all_steps in steps:
+        assert step["env"]["KUBE_CONTEXT"] == "${{ vars.KUBE_CONTEXT }}", (wf, job)
+        assert step["env"]["REGISTRY"] == "${{ vars.REGISTRY }}", (wf, job)
+        assert step["env"]["REGISTRY_PASSWORD"] == "${{ secrets.REGISTRY_PASSWORD }}", (wf, job)
+        first_ragops = next(i for i, s in enumerate(all_steps) if "ragops " in s.get("run", ""))
+        assert all_steps.index(step) < first_ragops, (wf, job)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        # A one-context kubeconfig and a registry: the kubeconfig's current context, that registry.
+        (
+            {"KUBECONFIG_DATA": "apiVersion: v1", "KUBE_CONTEXT": "", "REGISTRY": "ghcr.io/acme/rag"},
+            {"RAGOPS_KUBE_CONTEXT": "", "RAGOPS_REGISTRY": "ghcr.io/acme/rag"},
+        ),
+        (
+            {"KUBECONFIG_DATA": "apiVersion: v1", "KUBE_CONTEXT": "dev", "REGISTRY": ""},
+            {"RAGOPS_KUBE_CONTEXT": "dev"},
+        ),
+        # No cluster configured (a GKE/EKS environment): nothing is overridden.
+        ({"KUBECONFIG_DATA": "", "KUBE_CONTEXT": "", "REGISTRY": ""}, {}),
+    ],
+)
+def test_the_cluster_step_exports_what_its_variables_say(
+    variables: dict[str, str], expected: dict[str, str], tmp_path: Path
+) -> None:
+    step = next(s for wf, job, s, _ in _cluster_steps() if (wf, job) == ("main.yml", "deploy-dev"))
+    env_file = tmp_path / "github_env"
+    env_file.write_text("")
+    result = subprocess.run(
+        ["bash", "-e", "-c", step["run"]],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "GITHUB_ENV": str(env_file),
+            "RUNNER_TEMP": str(tmp_path),
+            "REGISTRY_USERNAME": "",  # no login: the test runs no docker
+            "REGISTRY_PASSWORD": "",
+            **variables,
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    exported = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    kubeconfig = exported.pop("KUBECONFIG", None)
+    assert exported == expected
+    if variables["KUBECONFIG_DATA"]:
+        assert kubeconfig == str(tmp_path / "kubeconfig")
+        assert (tmp_path / "kubeconfig").read_text() == variables["KUBECONFIG_DATA"]

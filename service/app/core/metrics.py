@@ -110,6 +110,12 @@ METADATA_KEYS_UNINDEXED = Counter(
 METADATA_INDEX_BACKLOG = Gauge(
     "rag_metadata_index_backlog", "Metadata payload indexes admitted and not built yet (embedded store)."
 )
+EDGE_CONSOLIDATIONS = Counter(
+    "rag_edge_consolidations_total",
+    "Consolidation attempts of the embedded store that got as far as a merge, by outcome.",
+    ["outcome"],
+)  # swapped | unchanged | replay_limit (too many writes during the merge) | discarded (cancelled, or a write
+# that cannot be replayed)
 
 # --- answers (POST /v1/answer) ------------------------------------------------------------------------------
 # LLM calls take seconds, not milliseconds: buckets up to two minutes.

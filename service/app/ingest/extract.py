@@ -17,6 +17,7 @@ import itertools
 import logging
 import re
 from pathlib import PurePath
+from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser, SelectolaxError
 
@@ -42,8 +43,24 @@ DROPPED_TAGS = ("script", "style", "noscript", "template", "head", "svg", "ifram
 BLOCK_TAGS = {
     "address", "article", "aside", "blockquote", "caption", "dd", "details", "div", "dl", "dt", "fieldset",
     "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main",
-    "nav", "ol", "p", "pre", "section", "summary", "table", "td", "th", "tr", "ul", "br",
+    "nav", "ol", "p", "pre", "section", "summary", "table", "tr", "ul", "br",
 }  # fmt: skip
+# Table cells are not blocks: a row is one paragraph, its cells joined by CELL_SEPARATOR ("Team | 50 users"),
+# so a row's facts stay together in one chunk (they were paragraphs of their own: "Team", "50 users").
+CELL_TAGS = ("td", "th")
+CELL_SEPARATOR = " | "
+# Page furniture, not content (EYES4 E2: answers quoted "Accept all cookies." and the footer). `nav` always; a
+# `header`/`footer` only at page level: the ARIA banner/contentinfo rule (not inside article, aside, main, nav
+# or section, where it is the heading or byline of that part); elements whose role says the same; cookie and
+# consent banners by their id or class; and what is not rendered at all (`hidden`, a closed `dialog`).
+FURNITURE_TAGS = ("nav",)
+PAGE_LEVEL_TAGS = ("header", "footer")
+SECTIONING_TAGS = frozenset({"article", "aside", "main", "nav", "section"})
+FURNITURE_ROLES = frozenset({"navigation", "banner", "contentinfo", "search"})
+# The elements whose attributes are read (a Python call each): the containers pages put banners, landmarks and
+# hidden parts on. Reading every element's would cost ~1.5x the whole extraction on a text-heavy page.
+LANDMARK_TAGS = ("div", "section", "aside", "form", "ul", "ol", "span", "table")
+_BANNER_NAMES = re.compile(r"cookie|consent|gdpr", re.IGNORECASE)
 _BLOCK_TAG_ORDER = sorted(BLOCK_TAGS)  # a fixed order: set iteration order varies with hash seeds
 _PRIVATE_USE = (
     range(0xE000, 0xF900),
@@ -51,6 +68,7 @@ _PRIVATE_USE = (
     range(0x100000, 0x10FFFE),
 )  # 137,468 characters
 _MARK = "\ue000"  # the first private-use character: the block marker, unless the document's text holds it
+_CELL_MARK = "\ue001"  # the second: the table-cell marker, likewise
 
 
 class HtmlParseError(InvalidInput):
@@ -125,42 +143,112 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
 def html_to_text(html: str) -> str:
     """Visible text of an HTML document; headings and other blocks become their own paragraphs.
 
+    The page's `<title>` comes first (unless its first block already says it), page furniture is left out
+    (`prune_page`), and when the page marks its dominant content with one `<main>`, the text is that element's.
     Parsed by lexbor (selectolax, C, an HTML5-conformant parser), and the segmentation stays in C too: invisible
     elements are detached, a marker character (one the text does not contain) is inserted as a text node before
-    and after each block element, and one ``text()`` call concatenates the text nodes, which the markers then
-    split into blocks. Python touches each block element twice, not each node (text, inline element) once:
-    faster than walking the tree, with the same text (docs/benchmarks.md, tests/service/test_html_equivalence.py).
-    No step recurses in Python or in C (lexbor walks trees iteratively), so nesting depth is no RecursionError.
+    and after each block element (and another before each table cell), and one ``text()`` call concatenates the
+    text nodes, which the markers then split into blocks (and cells). Python touches each block element twice,
+    not each node (text, inline element) once: faster than walking the tree, with the same text
+    (docs/benchmarks.md, tests/service/test_html_equivalence.py). No step recurses in Python or in C (lexbor
+    walks trees iteratively), so nesting depth is no RecursionError.
     """
     # Elements are found by tag name (lexbor collects them in C), not by a CSS selector list: selectolax's CSS
     # match callback turns a MemoryError into a SystemError, and a worker must recognise its memory budget.
     try:
         tree = LexborHTMLParser(html)
-        root = tree.root
-        if root is None:
+        if tree.root is None:
             return ""
+        title = page_title(tree)
+        root = prune_page(tree)
         for tag in DROPPED_TAGS:
             for node in tree.tags(tag):
                 # Detached, not destroyed: one inside another is detached from an already detached tree.
                 node.decompose(recursive=False)
-        mark = _unused_character(root.text())
+        visible = root.text()
+        mark = _unused_character(visible)
+        cell = _unused_character(visible, _CELL_MARK, taken=mark)
         for tag in _BLOCK_TAG_ORDER:
             for node in tree.tags(tag):
                 node.insert_before(mark)
                 node.insert_after(mark)
+        for tag in CELL_TAGS:
+            for node in tree.tags(tag):
+                node.insert_before(cell)
         text = root.text()
     except SelectolaxError as exc:  # an allocation failed (a worker's memory budget)
         raise HtmlParseError("the HTML cannot be parsed") from exc
     # Whitespace runs within a block collapse to one space (str.split and the old regex \s agree on what
-    # whitespace is); blocks that hold no text vanish.
-    return "\n\n".join(filter(None, (" ".join(block.split()) for block in text.split(mark))))
+    # whitespace is); blocks that hold no text vanish; a row's cells are joined by CELL_SEPARATOR.
+    blocks = [
+        join_cells(block.split(cell)) if cell in block else " ".join(block.split())
+        for block in text.split(mark)
+    ]
+    return "\n\n".join(with_title(title, list(filter(None, blocks))))
 
 
-def _unused_character(text: str) -> str:
-    """A private-use character (never whitespace) absent from ``text``: the first one, unless the text has it."""
-    if _MARK not in text:
-        return _MARK
-    used = set(text)  # icon fonts put private-use characters in text; one pass, never a scan per candidate
+def join_cells(cells: list[str]) -> str:
+    """The text of a block whose table cells were split apart: each cell's whitespace collapsed, empty cells
+    dropped, the rest joined by CELL_SEPARATOR (a block without cells is one part)."""
+    return CELL_SEPARATOR.join(filter(None, (" ".join(part.split()) for part in cells)))
+
+
+def page_title(tree: LexborHTMLParser) -> str:
+    """The document's `<title>` (the first one, as browsers show), whitespace collapsed; '' when it has none."""
+    titles = tree.tags("title")
+    return " ".join((titles[0].text() or "").split()) if titles else ""
+
+
+def with_title(title: str, blocks: list[str]) -> list[str]:
+    """The blocks with the title first, unless the first block already is it (a page whose h1 repeats it)."""
+    if not title or (blocks and blocks[0].casefold() == title.casefold()):
+        return blocks
+    return [title, *blocks]
+
+
+def prune_page(tree: LexborHTMLParser) -> Any:
+    """Detach the page furniture (FURNITURE_TAGS, page-level PAGE_LEVEL_TAGS, FURNITURE_ROLES, cookie and
+    consent banners, what is not rendered) and return the node whose text is the document: its one `<main>` when
+    it has exactly one that holds text after the pruning, else the root."""
+    doomed: list[Any] = []
+    for tag in FURNITURE_TAGS:
+        doomed.extend(tree.tags(tag))
+    for tag in PAGE_LEVEL_TAGS:
+        doomed.extend(node for node in tree.tags(tag) if not _inside_sectioning(node))
+    doomed.extend(node for node in tree.tags("dialog") if "open" not in node.attributes)
+    for node in itertools.chain.from_iterable(tree.tags(tag) for tag in LANDMARK_TAGS):
+        attributes = node.attributes
+        if not attributes:
+            continue
+        role = (attributes.get("role") or "").strip().lower()
+        names = f"{attributes.get('id') or ''} {attributes.get('class') or ''}"
+        if role in FURNITURE_ROLES or "hidden" in attributes or _BANNER_NAMES.search(names):
+            doomed.append(node)
+    for node in doomed:
+        node.decompose(recursive=False)  # one inside another: detached from an already detached tree
+    mains = tree.tags("main")
+    if len(mains) == 1 and mains[0].text().strip():
+        return mains[0]
+    return tree.root
+
+
+def _inside_sectioning(node: Any) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.tag in SECTIONING_TAGS:
+            return True
+        parent = parent.parent
+    return False
+
+
+def _unused_character(text: str, preferred: str = _MARK, taken: str = "") -> str:
+    """A private-use character (never whitespace) absent from ``text`` and ``taken``: ``preferred``, unless the
+    text has it."""
+    if preferred not in text and preferred not in taken:
+        return preferred
+    used = set(text) | set(
+        taken
+    )  # icon fonts put private-use characters in text; one pass, never a scan each
     for code in itertools.chain(*_PRIVATE_USE):
         if chr(code) not in used:
             return chr(code)

@@ -41,13 +41,20 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   copies the shard (sparse files kept sparse), merges the copy in a niced child process (its own GIL: this
   process keeps answering) into segments of up to ``EDGE_CONSOLIDATE_SEGMENT_POINTS``, and swaps it in: close
   the served shard, rename the merged copy into its place, load it. Every call into the shard shares a gate the
-  swap takes alone, so the only pause is that close + load (about a shard load); a write that arrives at any
-  point before the swap discards the merged copy (it would be missing that write), and the next pause retries.
-  A crash mid-swap is finished or undone at the next open (``_recover_swap``). The engine's vacuum has no size
+  swap takes alone, so the only pause is that close + load (about a shard load). Writes go on meanwhile: each
+  one acknowledged after the copy was taken is logged (service.app.store.edge_ops entries, in the order they
+  reached the shard) and sent to the child once it has merged, which applies it to the merged copy; the last of
+  them under the exclusive gate, before the copy is renamed in, so the copy holds every acknowledged write when
+  it is swapped in (a trickle of writes no longer keeps a large shard from ever consolidating). Past
+  ``REPLAY_MAX_POINTS`` logged points the merge is given up (``rag_edge_consolidations_total{outcome=
+  "replay_limit"}``) and the next pause retries. A crash at any point leaves the served shard in place, or a
+  merged copy with every acknowledged write replayed (renamed to ``ready`` only then): the next open finishes
+  or undoes the swap (``_recover_swap``). The engine's vacuum has no size
   cap, so with consolidation on the serving process never vacuums: the child does (segments with more than 20 %
   deleted points), and deletes past that share make a consolidation due. What a consolidation left (its segment
-  count, at which cap) is kept beside the shard (``consolidation.json``), so a restart does not copy a shard that
-  is already as merged as the cap allows into a child only to find nothing to merge.
+  count, at which cap, and the points deleted since, which the next one would vacuum) is kept beside the shard
+  (``consolidation.json``, replaced atomically), so a restart does not copy a shard that is already as merged as
+  the cap allows into a child only to find nothing to merge, nor forget the deletes that make a vacuum due.
 - One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
   an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
 
@@ -65,9 +72,11 @@ import json
 import logging
 import math
 import os
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -79,7 +88,8 @@ import qdrant_edge as qe
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
-from service.app.core.metrics import FAILURES, METADATA_INDEX_BACKLOG
+from service.app.core.metrics import EDGE_CONSOLIDATIONS, FAILURES, METADATA_INDEX_BACKLOG
+from service.app.store import edge_ops
 from service.app.store.metadata_index import (
     IndexKind,
     MetadataKeyBudget,
@@ -104,7 +114,7 @@ from service.app.store.vectors import (
 
 logger = logging.getLogger(__name__)
 
-DENSE_VECTOR = "dense"
+DENSE_VECTOR = edge_ops.DENSE_VECTOR
 UPSERT_BATCH = 256
 SCROLL_PAGE = 4096
 # Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
@@ -143,6 +153,14 @@ METADATA_INDEX_FILE = "metadata_indexes.json"
 # (13 segments of ~7.7k points pair up into 7 under a 20,480 cap at 100k chunks), copy the whole shard into a child
 # after every start-up only to find nothing to merge (docs/benchmarks.md, "Segments after a restart").
 CONSOLIDATION_FILE = "consolidation.json"
+# Writes acknowledged while a consolidation's child merges are logged and replayed onto the merged copy before it
+# is swapped in; past this many points (an upsert's points, one per other write) the merge is abandoned instead
+# and retried at the next pause. The log holds each point's vectors and payload (~12 KB at 384 dimensions).
+REPLAY_MAX_POINTS = 4096
+# Test hook (never set in service): the consolidation blocks for ever at the named point, after saying so on
+# stderr, so a test can kill -9 the process there (points: merging, merged, replaying, replayed, ready, replaced,
+# swapped; see EdgeVectorStore.consolidate).
+BLOCK_AT_ENV = "EDGE_TEST_BLOCK_CONSOLIDATION_AT"
 METADATA_INDEX_PAUSE_RATIO = 9.0
 METADATA_INDEX_MAX_KEYS = 32
 _EDGE_KINDS: dict[IndexKind, qe.PayloadSchemaType] = {
@@ -348,10 +366,6 @@ def _any_of(key: str, values: Sequence[str | int]) -> qe.FieldCondition | qe.Fil
     return ranges[0] if len(ranges) == 1 else qe.Filter(should=ranges)
 
 
-def _document_filter(tenant_id: str, document_id: str, *extra: qe.FieldCondition) -> qe.Filter:
-    return qe.Filter(must=[_match("tenant_id", tenant_id), _match("document_id", document_id), *extra])
-
-
 def unindexed_points(points: int, indexed_vectors: int, *, has_sparse: bool) -> int:
     """Dense vectors not yet in an HNSW segment, from the shard's info (an upper bound, never negative).
 
@@ -366,6 +380,10 @@ def unindexed_points(points: int, indexed_vectors: int, *, has_sparse: bool) -> 
 
 def _sparse(vector: SparseVector) -> qe.SparseVector:
     return qe.SparseVector(list(vector.indices), list(vector.values))
+
+
+def _sparse_lists(vector: SparseVector) -> tuple[list[int], list[float]]:
+    return list(vector.indices), list(vector.values)
 
 
 def _dense_of(vector: Any) -> Sequence[float] | None:
@@ -516,7 +534,9 @@ class _Optimizer:
         self._consolidate = consolidate
         self._consolidate_idle = consolidate_idle
         self._changed = threading.Condition()
-        self._last_write = 0.0  # the start-up pass runs at once
+        # The start-up pass runs at once (not 0.0: the monotonic clock is the uptime, so on a host up for less
+        # than idle_seconds the start-up pass waited for it).
+        self._last_write = -math.inf
         self._started = time.monotonic()  # a consolidation waits for a pause after start-up too
         self._pending = True  # a loaded shard may hold unindexed points from before a restart
         self._consolidation_wanted = True  # and may have been left with many small segments
@@ -645,8 +665,11 @@ def _copy_sparse(src: str, dst: str) -> None:
     shutil.copystat(src, dst)
 
 
-# The consolidation child: opens the copy with the consolidation's optimizer settings, merges, flushes, and
-# prints what it did. It dies with the thread that started it (PR_SET_PDEATHSIG), never outliving the store.
+# The consolidation child: opens the copy with the consolidation's optimizer settings, merges, and prints what it
+# did; then applies the writes the serving process sends it (JSON lines of service.app.store.edge_ops entries, the
+# writes acknowledged during the merge) until "finish", when it flushes, closes the copy and says how many it
+# applied. End of input without "finish": the copy is given up. It dies with the thread that started it
+# (PR_SET_PDEATHSIG), never outliving the store.
 CONSOLIDATE_CHILD = """
 import ctypes, json, os, signal, sys
 try:
@@ -671,9 +694,36 @@ for key, kind in indexes.items():  # metadata indexes deferred here from the ser
         changed = True
 shard.flush()
 after = shard.info().segments_count
-shard.close()
 print(json.dumps({"changed": changed, "segments_before": before, "segments_after": after}), flush=True)
+sys.path.insert(0, sys.argv[6])
+from service.app.store.edge_ops import operation
+replayed = 0
+for line in sys.stdin:
+    entry = json.loads(line)
+    if entry["op"] == "finish":
+        shard.flush()
+        segments = shard.info().segments_count
+        shard.close()
+        print(json.dumps({"replayed": replayed, "segments": segments}), flush=True)
+        sys.exit(0)
+    shard.update(operation(entry))
+    replayed += 1
+shard.close()
 """
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars (a vector given as an array) as the Python number they hold."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _block_at(point: str) -> None:
+    """The test hook of ``BLOCK_AT_ENV``: block this thread for ever at ``point`` (a test kills the process)."""
+    if os.environ.get(BLOCK_AT_ENV) == point:
+        print(f"edge consolidation blocked at {point}", file=sys.stderr, flush=True)
+        threading.Event().wait()
 
 
 class EdgeVectorStore:
@@ -723,9 +773,18 @@ class EdgeVectorStore:
         self.quantization = quantization
         self._search_params: qe.SearchParams | None = None
         self._gate = _Gate()
-        self._writes = itertools.count(1)  # advanced by every call that may change the shard's files
-        self._write_seq = 0
-        self._deleted_points = 0  # points deleted since the last consolidation (what it would vacuum)
+        # While a consolidation's child merges its copy: every write acknowledged since the copy, in the order it
+        # reached the shard (appended under _replay_lock), for the copy before it is swapped in; and why the copy
+        # must be given up instead, if it must (a write that cannot be replayed, or too many).
+        self._replay: list[edge_ops.Entry] | None = None
+        self._replay_points = 0
+        self._replay_broken: str | None = None
+        self._replay_lock = threading.Lock()
+        self.replay_max_points = REPLAY_MAX_POINTS
+        self.consolidation_hook: Callable[[str], None] | None = None  # tests: called at each named point
+        # Points deleted since the last consolidation (what it would vacuum), kept in the consolidation record.
+        self._deleted_points = 0
+        self._record_lock = threading.Lock()
         self.vacuum_min_points = CONSOLIDATE_VACUUM_MIN_POINTS
         self._settled_segments: int | None = None  # segments the last consolidation left (or could not merge)
         self.last_consolidation: dict[str, Any] | None = None
@@ -857,7 +916,7 @@ class EdgeVectorStore:
             self._holds_lock = True
             try:
                 self._shard = self._open()
-                self._settled_segments = self._read_settled()
+                self._read_record()
                 self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
@@ -900,11 +959,38 @@ class EdgeVectorStore:
     @contextlib.contextmanager
     def _engine(self, *, writes: bool = False) -> Iterator[qe.EdgeShard]:
         """The open shard, held against a consolidation swap for the duration; ``writes`` when the call may
-        change the shard's files (a consolidation that copied the shard before it is then discarded)."""
+        change the shard's points and is not a logged write (`_writing`): a consolidation merging a copy taken
+        before it is then given up."""
         with self._gate.shared():
-            if writes:
-                self._write_seq = next(self._writes)
+            if writes and self._replay is not None:
+                self._replay_broken = self._replay_broken or "a write that is not replayed"
             yield self.shard
+
+    @contextlib.contextmanager
+    def _writing(self, entry: edge_ops.Entry) -> Iterator[qe.EdgeShard]:
+        """The open shard for one write, ``entry`` (the caller applies its operation): while a consolidation
+        merges, the entry is logged once the write is applied, in the order writes reach the shard (they take
+        turns then), to be replayed onto the merged copy. The log starts and is taken under the exclusive gate,
+        so no write is ever half in it."""
+        with self._gate.shared():
+            log = self._replay
+            if log is None:
+                yield self.shard
+                return
+            with self._replay_lock:
+                try:
+                    yield self.shard
+                except BaseException:
+                    # The served shard may hold part of it: the copy cannot be made equal by replaying.
+                    self._replay_broken = self._replay_broken or "a write failed"
+                    raise
+                self._replay_points += edge_ops.points_of(entry)
+                if self._replay_points > self.replay_max_points:
+                    if self._replay_broken is None:
+                        self._replay_broken = "replay_limit"
+                    log.clear()  # the merge is given up: free the log now
+                elif self._replay_broken is None:
+                    log.append(entry)
 
     # ------------------------------------------------------------------------------------- consolidation
     def _swap_paths(self) -> tuple[Path, Path, Path]:
@@ -918,8 +1004,8 @@ class EdgeVectorStore:
     def _recover_swap(self) -> None:
         """Finish or undo a swap a crash interrupted, then drop the consolidation's leftovers.
 
-        The served shard is only ever moved aside once ``ready`` holds a complete merge taken when no write
-        could follow it, so a missing shard directory is replaced by ``ready`` if it exists, else restored from
+        The served shard is only ever moved aside once ``ready`` holds a complete merge with every write
+        acknowledged since its copy replayed onto it (under the exclusive gate: no write can follow), so a missing shard directory is replaced by ``ready`` if it exists, else restored from
         ``replaced``."""
         building, ready, replaced = self._swap_paths()
         if not self.path.exists():
@@ -934,29 +1020,51 @@ class EdgeVectorStore:
             if leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
 
-    def _read_settled(self) -> int | None:
-        """Segments the last consolidation of this shard left, when it ran at the current cap (else None)."""
+    def _read_record(self) -> None:
+        """What the consolidation record beside the shard says: the segments the last consolidation left, when it
+        ran at the current cap (else unknown), and the points deleted since (what the next one would vacuum)."""
+        self._settled_segments = None
+        self._deleted_points = 0
         try:
             record = json.loads((self.path / CONSOLIDATION_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # none yet, or unreadable: estimate as for a shard never consolidated
+        if not isinstance(record, dict):
+            return
+        with contextlib.suppress(ValueError, KeyError, TypeError):
             if int(record["segment_points"]) == self._consolidate_points:
-                return int(record["segments"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # none yet, or unreadable: estimate as for a shard never consolidated
-        return None
+                self._settled_segments = int(record["segments"])
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            self._deleted_points = max(0, int(record["deleted_points"]))
+
+    def _write_record(
+        self, directory: Path | None = None, *, segments: int | None = None, deleted: int | None = None
+    ) -> None:
+        """Write the consolidation record (atomically: a new file renamed over the old one) into ``directory``
+        (the shard's by default): ``segments`` and ``deleted`` default to what this store holds now. Losing it
+        costs only a futile consolidation attempt, or a vacuum delayed, after the next start-up."""
+        directory = directory or self.path
+        record: dict[str, int] = {"segment_points": self._consolidate_points}
+        settled = self._settled_segments if segments is None else segments
+        if settled is not None:
+            record["segments"] = settled
+        record["deleted_points"] = self._deleted_points if deleted is None else deleted
+        target = directory / CONSOLIDATION_FILE
+        temporary = target.with_suffix(".tmp")
+        with self._record_lock:
+            try:
+                with open(temporary, "w", encoding="utf-8") as handle:
+                    json.dump(record, handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                temporary.replace(target)
+            except OSError as exc:
+                logger.warning("could not write the consolidation record %s: %s", target, exc)
 
     def _write_settled(self, segments: int) -> None:
-        """Remember what a consolidation left (atomically, beside the shard's files) for the next start-up."""
+        """Remember what a consolidation left, for the next start-up."""
         self._settled_segments = segments
-        target = self.path / CONSOLIDATION_FILE
-        temporary = target.with_suffix(".tmp")
-        try:
-            with open(temporary, "w", encoding="utf-8") as handle:
-                json.dump({"segments": segments, "segment_points": self._consolidate_points}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            temporary.replace(target)
-        except OSError as exc:  # only costs a futile consolidation attempt after the next start-up
-            logger.warning("could not record the consolidated layout in %s: %s", target, exc)
+        self._write_record()
 
     def consolidation_due(self) -> bool:
         """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
@@ -979,9 +1087,13 @@ class EdgeVectorStore:
         """Merge the shard's segments (up to EDGE_CONSOLIDATE_SEGMENT_POINTS each) in a child process and swap
         the result in; True when it did. See the module docstring for why and what it guarantees.
 
-        Discarded (False) when a write reaches the shard meanwhile, when ``cancelled()`` turns true, or when
-        there is nothing to merge. The served shard is never touched until the swap, which holds every other
-        call to the store off for as long as closing the old shard and loading the merged one takes."""
+        Writes go on meanwhile: each one acknowledged after the copy was taken is logged and replayed onto the
+        merged copy, the last of them under the exclusive gate, before the copy is renamed in, so the swap
+        happens with every acknowledged write present in the copy. Discarded (False) when more than
+        ``replay_max_points`` were written meanwhile, when a write that cannot be replayed came, when
+        ``cancelled()`` turns true, or when there is nothing to merge. The served shard is never touched until
+        the swap, which holds every other call to the store off for as long as the last replayed writes, closing
+        the old shard and loading the merged one take."""
         if not self.consolidation_due():
             return False
         building, ready, replaced = self._swap_paths()
@@ -990,12 +1102,15 @@ class EdgeVectorStore:
         started = time.perf_counter()
         deferred = dict(self._deferred_indexes)  # built in the child's copy (its own GIL), swapped in with it
         # A copy consistent with the WAL: taken after a flush, with no write in flight (they share the gate);
-        # any write from here on changes _write_seq and the merged copy is thrown away.
+        # every write from here on is logged for the copy.
         with self._engine() as shard:
             shard.flush()  # the bulk of it, without holding searches off
         with self._gate.exclusive():
             self.shard.flush()
-            seq = self._write_seq
+            self._replay, self._replay_points, self._replay_broken = [], 0, None
+            deleted_at_copy = self._deleted_points
+        child: subprocess.Popen[str] | None = None
+        errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
         try:
             shutil.copytree(self.path, building, copy_function=_copy_sparse)
             child = subprocess.Popen(  # noqa: S603 (our own interpreter and script)
@@ -1008,57 +1123,163 @@ class EdgeVectorStore:
                     str(self.dimension),
                     json.dumps(self._consolidation_optimizers()),
                     json.dumps(deferred),
+                    str(Path(edge_ops.__file__).resolve().parents[3]),  # where the service package is
                 ],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=errors,
                 text=True,
             )
-            try:
-                while True:
-                    try:
-                        out, err = child.communicate(timeout=0.2)
-                        break
-                    except subprocess.TimeoutExpired:
-                        if cancelled() or self._write_seq != seq:
-                            logger.info("edge store %s: consolidation discarded (a write came)", self.path)
-                            return False
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-            if child.returncode != 0:
-                raise RuntimeError(f"consolidation child exited {child.returncode}: {err.strip()[-2000:]}")
-            result = json.loads(out.strip().splitlines()[-1])
-            if not result["changed"]:  # the merge planner found nothing within the cap: keep what is served
-                self._write_settled(result["segments_before"])
-                self._deleted_points = 0
+            self._checkpoint("merging")
+            result = self._merged(child, errors, cancelled)
+            if result is None:
                 return False
-            building.rename(ready)
+            if not result["changed"]:  # the merge planner found nothing within the cap: keep what is served
+                EDGE_CONSOLIDATIONS.labels(outcome="unchanged").inc()
+                self._deleted_points = max(0, self._deleted_points - deleted_at_copy)
+                self._write_settled(result["segments_before"])
+                return False
+            self._checkpoint("merged")
+            # Most of the log, while searches and writes go on (a few rounds: a busy writer is not chased); then
+            # the rest with every call held off.
+            sent = self._send_replay(child, 0, cancelled, rounds=3)
+            if sent is None:
+                return False
             with self._gate.exclusive():
-                if self._write_seq != seq or cancelled():
+                sent = self._send_replay(child, sent, cancelled)
+                if sent is None:
                     return False
+                self._checkpoint("replaying")
+                result["replayed"], result["segments_after"] = self._finish_child(child, errors)
+                self._checkpoint("replayed")
+                deleted_since = max(0, self._deleted_points - deleted_at_copy)
+                # The record goes in with the copy: a crash after the rename leaves it with the shard it describes.
+                self._write_record(building, segments=result["segments_after"], deleted=deleted_since)
+                self._replay = None
+                building.rename(ready)
+                self._checkpoint("ready")
                 swap_started = time.perf_counter()
                 self._swap_in(ready, replaced)
                 result["swap_seconds"] = time.perf_counter() - swap_started
-            self._deleted_points = 0
-            self._write_settled(result["segments_after"])
+                self._deleted_points = deleted_since
+                self._settled_segments = result["segments_after"]
+            EDGE_CONSOLIDATIONS.labels(outcome="swapped").inc()
             for key in deferred:
                 self._deferred_indexes.pop(key, None)
             result["metadata_indexes"] = sorted(deferred)
         finally:
+            self._replay = None
+            if child is not None:
+                if child.poll() is None:
+                    child.kill()
+                child.wait()
+                for stream in (child.stdin, child.stdout):
+                    if stream is not None:
+                        with contextlib.suppress(OSError):
+                            stream.close()
+            errors.close()
             for leftover in (building, ready, replaced):
                 shutil.rmtree(leftover, ignore_errors=True)
         result["seconds"] = time.perf_counter() - started
         self.last_consolidation = result
         logger.info(
-            "edge store %s consolidated from %d to %d segments in %.1f s (swap %.2f s)",
+            "edge store %s consolidated from %d to %d segments in %.1f s (%d writes replayed, swap %.2f s)",
             self.path,
             result["segments_before"],
             result["segments_after"],
             result["seconds"],
+            result["replayed"],
             result["swap_seconds"],
         )
         return True
+
+    def _checkpoint(self, point: str) -> None:
+        """A named point of the consolidation, for tests: ``consolidation_hook`` and ``BLOCK_AT_ENV``."""
+        if self.consolidation_hook is not None:
+            self.consolidation_hook(point)
+        _block_at(point)
+
+    def _given_up(self, cancelled: Callable[[], bool]) -> bool:
+        """Whether the merge must be given up now (logged and counted once, when it is)."""
+        broken = self._replay_broken
+        if broken is None and not cancelled():
+            return False
+        if broken == "replay_limit":
+            EDGE_CONSOLIDATIONS.labels(outcome="replay_limit").inc()
+            logger.warning(
+                "edge store %s: consolidation abandoned: more than %d points were written during the merge "
+                "(the replay log's limit); it is retried once writes pause",
+                self.path,
+                self.replay_max_points,
+            )
+        else:
+            EDGE_CONSOLIDATIONS.labels(outcome="discarded").inc()
+            logger.info("edge store %s: consolidation discarded (%s)", self.path, broken or "cancelled")
+        return True
+
+    def _merged(
+        self, child: subprocess.Popen[str], errors: Any, cancelled: Callable[[], bool]
+    ) -> dict[str, Any] | None:
+        """Wait for the child's merge: what it did, or None when the merge was given up meanwhile."""
+        assert child.stdout is not None
+        while True:
+            readable, _, _ = select.select([child.stdout], [], [], 0.2)
+            if readable:
+                line = child.stdout.readline()
+                if not line:
+                    raise self._child_failed(child, errors)
+                return json.loads(line)
+            if self._given_up(cancelled):
+                return None
+
+    def _send_replay(
+        self, child: subprocess.Popen[str], sent: int, cancelled: Callable[[], bool], *, rounds: int = 0
+    ) -> int | None:
+        """Send the child the logged writes from ``sent`` on; then those that came meanwhile, ``rounds`` times
+        at most (0: until none is left, for under the exclusive gate, where none can come). How many it was sent,
+        or None when the merge was given up."""
+        assert child.stdin is not None
+        for _ in itertools.count() if not rounds else range(rounds):
+            if self._given_up(cancelled):
+                return None
+            with self._replay_lock:
+                log = self._replay or []
+                entries = log[sent:]
+            if not entries:
+                return sent
+            try:
+                child.stdin.write("".join(json.dumps(e, default=_json_default) + "\n" for e in entries))
+                child.stdin.flush()
+            except BrokenPipeError:
+                raise self._child_failed(child, errors=None) from None
+            sent += len(entries)
+        return sent
+
+    def _finish_child(self, child: subprocess.Popen[str], errors: Any) -> tuple[int, int]:
+        """Have the child apply what it was sent, flush and close the copy: the writes it replayed, and the
+        copy's segments after them."""
+        assert child.stdin is not None
+        assert child.stdout is not None
+        try:
+            child.stdin.write(json.dumps({"op": "finish"}) + "\n")
+            child.stdin.close()
+        except BrokenPipeError:
+            raise self._child_failed(child, errors) from None
+        line = child.stdout.readline()
+        if child.wait() != 0 or not line:
+            raise self._child_failed(child, errors)
+        finished = json.loads(line)
+        return int(finished["replayed"]), int(finished["segments"])
+
+    @staticmethod
+    def _child_failed(child: subprocess.Popen[str], errors: Any) -> RuntimeError:
+        child.kill()
+        code = child.wait()
+        message = ""
+        if errors is not None:
+            errors.seek(0)
+            message = errors.read().strip()[-2000:]
+        return RuntimeError(f"consolidation child exited {code}: {message}")
 
     def _swap_in(self, ready: Path, replaced: Path) -> None:
         """Close the served shard and open the merged one in its place (under the exclusive gate)."""
@@ -1066,8 +1287,10 @@ class EdgeVectorStore:
         shard.close()
         self._shard = None
         self.path.rename(replaced)
+        self._checkpoint("replaced")
         try:
             ready.rename(self.path)
+            self._checkpoint("swapped")
             self._shard = self._load()
             self._search_params = self._read_search_params()
         except BaseException:
@@ -1239,8 +1462,7 @@ class EdgeVectorStore:
                 return
             # An index of another kind (an ``integer`` one from an earlier release, which misses every float
             # value): dropped, so the key is filtered unindexed (exactly) until the new one is built.
-            with self._engine(writes=True) as shard:
-                shard.update(qe.UpdateOperation.delete_field_index(f"metadata.{key}"))
+            self._apply(edge_ops.index_entry(key, None))
             logger.info("dropped the payload index on metadata.%s to rebuild it as %s", key, kind)
             with self._engine() as shard:
                 info = shard.info()
@@ -1254,15 +1476,11 @@ class EdgeVectorStore:
             if self._optimizer is not None:
                 self._optimizer.wrote()  # a consolidation is due once writes pause
             return
-        with self._engine(writes=True) as shard:
-            started = time.perf_counter()
-            shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", _EDGE_KINDS[kind]))
-            logger.info(
-                "built the payload index on metadata.%s (%s) in %.2f s",
-                key,
-                kind,
-                time.perf_counter() - started,
-            )
+        started = time.perf_counter()
+        self._apply(edge_ops.index_entry(key, kind))
+        logger.info(
+            "built the payload index on metadata.%s (%s) in %.2f s", key, kind, time.perf_counter() - started
+        )
 
     def _admit_metadata(self, metadata_items: Iterable[dict[str, Any]]) -> None:
         """Admit the new metadata keys before the points that carry them are written (a dict lookup per key, plus
@@ -1313,18 +1531,18 @@ class EdgeVectorStore:
         self._admit_metadata({id(p.metadata): p.metadata for p in points}.values())
         for start in range(0, len(points), self.upsert_batch):
             batch = points[start : start + self.upsert_batch]
-            operation = qe.UpdateOperation.upsert_points(
+            entry = edge_ops.upsert_entry(
                 [
-                    qe.Point(
+                    (
                         point_id(p.tenant_id, p.document_id, p.version, p.chunk_index),
-                        {DENSE_VECTOR: list(p.vector), SPARSE_VECTOR: _sparse(p.sparse_vector())},
+                        list(p.vector),
+                        _sparse_lists(p.sparse_vector()),
                         p.payload(),
                     )
                     for p in batch
                 ]
             )
-            with self._engine(writes=True) as shard:
-                shard.update(operation)
+            self._apply(entry)
             self._wrote(len(batch))
         self._queue_indexes()
 
@@ -1337,33 +1555,35 @@ class EdgeVectorStore:
         encoder = default_encoder()
         for start in range(0, len(records), self.upsert_batch):
             batch = records[start : start + self.upsert_batch]
-            operation = qe.UpdateOperation.upsert_points(
+            entry = edge_ops.upsert_entry(
                 [
-                    qe.Point(
-                        pid,
-                        {
-                            DENSE_VECTOR: list(vector),
-                            SPARSE_VECTOR: _sparse(encoder.document(payload["text"])),
-                        },
-                        payload,
-                    )
+                    (pid, list(vector), _sparse_lists(encoder.document(payload["text"])), payload)
                     for pid, vector, payload in batch
                 ]
             )
-            with self._engine(writes=True) as shard:
-                shard.update(operation)
+            self._apply(entry)
             self._wrote(len(batch))
         self._queue_indexes()
 
-    def _delete_where(self, selection: qe.Filter) -> None:
+    def _apply(self, entry: edge_ops.Entry) -> None:
+        """Apply one write (logged for a consolidation's copy while one merges)."""
+        operation = edge_ops.operation(entry)
+        with self._writing(entry) as shard:
+            shard.update(operation)
+
+    def _delete_where(self, entry: edge_ops.Entry) -> None:
         # A delete is a write through the same memory maps: on a full volume it was the SIGBUS the upserts are
         # guarded against (EYES_SVC3 S3). Refused, its points stay, invisible (the registry decides), for the
         # orphan collector once there is room.
         self._check_room()
-        with self._engine(writes=True) as shard:
+        operation = edge_ops.operation(entry)
+        with self._writing(entry) as shard:
             before = shard.info().points_count
-            shard.update(qe.UpdateOperation.delete_points_by_filter(selection))
-            self._deleted_points += before - shard.info().points_count
+            shard.update(operation)
+            deleted = before - shard.info().points_count
+            self._deleted_points += deleted
+        if deleted > 0:  # kept across a restart, for the vacuum (atomically, beside the shard)
+            self._write_record()
         self._wrote()
 
     def _wrote(self, points: int = 0) -> None:
@@ -1373,21 +1593,17 @@ class EdgeVectorStore:
     @_guarded
     def delete_versions_below(self, tenant_id: str, document_id: str, version: int) -> None:
         """Delete every point of the document whose version is lower than ``version``."""
-        self._delete_where(
-            _document_filter(
-                tenant_id, document_id, qe.FieldCondition("version", range=qe.RangeFloat(lt=version))
-            )
-        )
+        self._delete_where(edge_ops.delete_entry(tenant_id, document_id, below=version))
 
     @_guarded
     def delete_version(self, tenant_id: str, document_id: str, version: int) -> None:
         """Delete the points of exactly one version of the document."""
-        self._delete_where(_document_filter(tenant_id, document_id, _match("version", version)))
+        self._delete_where(edge_ops.delete_entry(tenant_id, document_id, version=version))
 
     @_guarded
     def delete_document(self, tenant_id: str, document_id: str) -> None:
         """Delete every point of the document, all versions."""
-        self._delete_where(_document_filter(tenant_id, document_id))
+        self._delete_where(edge_ops.delete_entry(tenant_id, document_id))
 
     @_guarded
     def search(
