@@ -272,6 +272,14 @@ class SnapshotStorage:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QdrantCollection:
+    """How the service creates its collections in this Qdrant (QDRANT_VECTORS_ON_DISK, QDRANT_QUANTIZATION)."""
+
+    vectorsOnDisk: bool
+    quantization: Literal["none", "int8"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class QdrantConfig:
     """Qdrant in cluster mode."""
 
@@ -283,6 +291,7 @@ class QdrantConfig:
     resources: Resources
     pdb: Toggle
     scaleDownTo: int = _f(min=0, max=15)
+    collection: QdrantCollection
     snapshotsStorage: SnapshotStorage
 
     @property
@@ -655,6 +664,23 @@ class LlmConfig:
             }
         )
         return values
+
+    def in_cluster_namespace(self, own_namespace: str) -> str | None:
+        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster.
+
+        In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
+        `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
+        search path, but cannot be told from an external two-label name, so it is not taken for one.
+        """
+        from urllib.parse import urlsplit
+
+        host = (urlsplit(self.baseUrl).hostname or "").lower().rstrip(".")
+        labels = host.split(".")
+        if len(labels) >= 3 and labels[2] == "svc":
+            return labels[1]
+        if len(labels) == 1 and host and not host.isdigit():
+            return own_namespace
+        return None
 
     @property
     def port(self) -> int:
@@ -1061,6 +1087,26 @@ def _is_local_registry(registry: str) -> bool:
     return re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
 
 
+def _check_llm_address(llm: LlmConfig, fail: typing.Callable[[str, str], typing.NoReturn]) -> None:
+    """An IP-literal baseUrl must lie inside the egress ranges: a NetworkPolicy is the only way out of the pod."""
+    from urllib.parse import urlsplit
+
+    try:
+        address = ipaddress.ip_address(urlsplit(llm.baseUrl).hostname or "")
+    except ValueError:
+        return  # a name: an in-cluster Service gets its own rule, an external name resolves outside the ranges
+    for cidr in llm.egressExcept:
+        if address in ipaddress.ip_network(cidr, strict=False):
+            fail(
+                "llm.egressExcept",
+                f"{cidr} excludes {address}, llm.baseUrl's host: the API's NetworkPolicy would drop every call "
+                "(name an in-cluster server by its Service, http://<service>.<namespace>.svc:<port>, or carve "
+                f"the range out of egressExcept)",
+            )
+    if not any(address in ipaddress.ip_network(cidr, strict=False) for cidr in llm.egressCidrs):
+        fail("llm.egressCidrs", f"no range holds {address}, llm.baseUrl's host: the API could not reach it")
+
+
 def _check_rules(config: StackConfig, file: str) -> None:
     def fail(key: str, problem: str) -> typing.NoReturn:
         raise ConfigError(f"{PROJECT}:{key}", file, problem)
@@ -1298,10 +1344,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
         if not llm.model:
             fail("llm.model", "missing (the model name is required when llm.enabled)")
-        if not llm.egressCidrs:
+        in_cluster = llm.in_cluster_namespace(config.namespace)
+        if not llm.egressCidrs and in_cluster is None:
             fail(
                 "llm.egressCidrs", "empty: the service could not reach the provider through its NetworkPolicy"
             )
+        _check_llm_address(llm, fail)
         if llm.maxTokens + 256 > llm.contextTokens:
             fail("llm.maxTokens", "must leave at least 256 tokens of llm.contextTokens for the prompt")
         if config.is_prod and llm.baseUrl.startswith("http://") and not llm.keyless:

@@ -551,17 +551,29 @@ class DataStores:
 
 
 def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
-    """The API's way out to the LLM provider: baseUrl's port to `llm.egressCidrs` minus `llm.egressExcept`.
+    """The API's way out to the LLM provider: baseUrl's port to `llm.egressCidrs` minus `llm.egressExcept`, and
+    for an in-cluster server (baseUrl `http://<service>.<namespace>.svc[.cluster.local]:<port>`) the pods of its
+    namespace.
 
     A NetworkPolicy cannot name a host (FQDN policies are CNI extensions: Cilium's CiliumNetworkPolicy
     toFQDNs, Calico Enterprise, GKE Dataplane V2's FQDNNetworkPolicy), so the portable rule is the provider's
-    port to the internet without the private ranges the cluster lives in. An in-cluster provider (vLLM,
-    Ollama) sets egressCidrs to its pod or service range and egressExcept to [].
+    port to the internet without the private ranges the cluster lives in. That rule never admits an in-cluster
+    server: the Service's ClusterIP is rewritten (DNAT, by kube-proxy or the CNI's own load balancer) to a backend
+    pod's IP and its targetPort before the policy is evaluated, and both lie in the excluded private ranges. So an
+    in-cluster server gets a rule of its own, to every pod of its namespace on any port: the Service's selector
+    and targetPort live in the cluster, not in this stack, and the server's namespace keeps its own ingress
+    policies.
     """
     llm = config.llm
     if not llm.enabled:
         return ()
-    return (EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept),)
+    targets = []
+    if llm.egressCidrs:
+        targets.append(EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept))
+    namespace = llm.in_cluster_namespace(config.namespace)
+    if namespace is not None:
+        targets.append(EgressTarget("llm-in-cluster", None, namespace=namespace))
+    return tuple(targets)
 
 
 def service_args(
@@ -578,7 +590,14 @@ def service_args(
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = {**cfg.settings.env(), **config.llm.env(), "EMBEDDING_MODEL": config.embedding.model}
+    settings = {
+        **cfg.settings.env(),
+        **config.llm.env(),
+        "EMBEDDING_MODEL": config.embedding.model,
+        # How the service creates its collections in the Qdrant server (and updates an existing one to it).
+        "QDRANT_VECTORS_ON_DISK": str(config.qdrant.collection.vectorsOnDisk).lower(),
+        "QDRANT_QUANTIZATION": config.qdrant.collection.quantization,
+    }
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()

@@ -8,7 +8,8 @@ and evaluates the policies on each, as the Kubernetes NetworkPolicy API defines 
 * **clients -> services**: every ``scheme://[user@]<host>.<namespace>.svc[.cluster.local]:<port>`` in a pod's
   environment (literal env values and the ConfigMaps and Secrets it reads with ``envFrom`` / ``valueFrom``) is a
   connection from that pod to the Service's pods on the Service port's ``targetPort``; the pod then also needs DNS
-  (UDP 53 to kube-dns in kube-system);
+  (UDP 53 to kube-dns in kube-system). A Service the stack does not declare (an in-cluster LLM server) is a
+  connection to pods of unknown labels in its namespace on the Service's port;
 * **gateway -> backends**: each HTTPRoute backend of a Gateway, from the Gateway's data plane: GKE's global classes
   from Google's front-end and health-check ranges, its regional classes from the proxy-only subnet the program
   declares (and the health-check ranges), an in-cluster implementation from its namespace
@@ -363,6 +364,9 @@ def flows(run: StackRun) -> list[Flow]:
     services = _services(run)
 
     # clients -> services (and DNS)
+    from infra.components.rag_service import API_ONLY_SETTINGS as api_only
+
+    component = "app.kubernetes.io/component"
     for workload in declared:
         needs_dns = False
         for variable, value in _env_values(run, workload):
@@ -373,6 +377,17 @@ def flows(run: StackRun) -> list[Flow]:
                 service_name, namespace = parts[-3], parts[-2]
                 service = services.get((namespace, service_name))
                 if service is None:
+                    if variable in api_only and (workload.pods.labels or {}).get(component) == "worker":
+                        continue  # the worker reads the shared settings but never calls the LLM
+                    # A Service the stack does not declare (an in-cluster LLM server): its pods' labels and
+                    # targetPort are not known, so only a rule admitting its whole namespace on that port (or
+                    # on any port) is credited.
+                    needs_dns = True
+                    outside = Pods(
+                        namespace, None, what=f"Service {service_name}.{namespace} (not in the stack)"
+                    )
+                    why = f"{variable} connects to {service_name}.{namespace}:{port}"
+                    found.append(Flow(workload.pods, outside, int(port), "TCP", why, workload.resource.urn))
                     continue
                 needs_dns = True
                 for target, target_port in _backends(service, namespace, pods, int(port)):

@@ -62,6 +62,9 @@ SERVICE_DEFAULTS = {
 #: allocator fragmentation, request bodies in flight (MAX_DOCUMENT_BYTES each). The larger of the two.
 HEADROOM_FRACTION = 0.10
 HEADROOM_MIN_MIB = 128
+#: Settings the worker receives with the shared ConfigMap but never uses: it never calls the LLM (only the API's
+#: NetworkPolicy lets it out to the provider).
+API_ONLY_SETTINGS = frozenset({"LLM_BASE_URL"})
 SECRET_KEYS = ("DATABASE_URL", "REDIS_URL", "QDRANT_API_KEY", "API_KEYS")
 ENVIRONMENTS = ("development", "test", "staging", "production")
 

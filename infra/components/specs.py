@@ -323,10 +323,11 @@ class EgressTarget:
     """Somewhere a workload may connect to: pods by labels (in-cluster) and/or CIDRs (managed services)."""
 
     name: str
-    port: int
+    port: int | None
+    """The TCP port; None: any port (a Service outside the stack, whose targetPort is not known)."""
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     namespace: str | None = None
-    """Namespace of the pods; None means the policy's own namespace."""
+    """Namespace of the pods; None means the policy's own namespace. With no `pod_labels`: all its pods."""
     cidrs: tuple[str, ...] = ()
     extra_ports: tuple[int, ...] = ()
     except_cidrs: tuple[str, ...] = ()
@@ -351,7 +352,7 @@ def tcp_ports(ports: Sequence[int]) -> list[dict[str, Any]]:
 def peers_for(target: EgressTarget) -> list[dict[str, Any]]:
     """NetworkPolicyPeer list for an egress target."""
     peers: list[dict[str, Any]] = []
-    if target.pod_labels:
+    if target.pod_labels or target.namespace is not None:
         peer = pod_peer(target.pod_labels)
         if target.namespace is not None:
             peer["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": target.namespace}}
@@ -372,7 +373,9 @@ def peers_for(target: EgressTarget) -> list[dict[str, Any]]:
 
 def egress_rule(target: EgressTarget) -> dict[str, Any]:
     """One egress rule: the target's peers on its TCP port(s)."""
-    rule: dict[str, Any] = {"ports": tcp_ports((target.port, *target.extra_ports))}
+    rule: dict[str, Any] = (
+        {"ports": tcp_ports((target.port, *target.extra_ports))} if target.port is not None else {}
+    )
     peers = peers_for(target)
     if peers:
         rule["to"] = peers

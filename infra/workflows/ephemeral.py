@@ -95,8 +95,21 @@ def parse_ttl(text: str) -> timedelta:
     for amount, unit in TTL_RE.findall(cleaned):
         ttl += timedelta(**{TTL_UNITS[unit]: int(amount)})
     if ttl < MIN_TTL or ttl > MAX_TTL:
-        raise UsageError(f"TTL {text!r} is out of range: it must be between {MIN_TTL} and {MAX_TTL}.")
+        raise UsageError(
+            f"TTL {text!r} is out of range: it must be between {ttl_text(MIN_TTL)} and {ttl_text(MAX_TTL)}."
+        )
     return ttl
+
+
+def ttl_text(ttl: timedelta) -> str:
+    """A TTL as ``parse_ttl`` reads it (``5m``, ``7d``, ``1d12h``), not Python's ``7 days, 0:00:00``."""
+    seconds = int(ttl.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
 
 
 def expires_at(now: datetime, ttl: timedelta) -> str:

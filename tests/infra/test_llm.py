@@ -59,9 +59,94 @@ def test_an_in_cluster_provider_gets_its_own_port_and_range() -> None:
     }
     result = run("dev", llm=llm)
     egress = result.by_name("rag-api-netpol").inputs["spec"]["egress"]
-    (rule,) = [r for r in egress if {"protocol": "TCP", "port": 8000} in r["ports"]]
+    (rule,) = [r for r in egress if {"protocol": "TCP", "port": 8000} in r.get("ports", [])]
     assert rule["to"] == [{"ipBlock": {"cidr": "10.96.0.0/12"}}]
     assert "LLM_API_KEY" not in result.by_name("rag-secrets").inputs["stringData"]
+
+
+IN_CLUSTER = {**PROVIDER, "baseUrl": "http://vllm.models.svc.cluster.local:8000/v1", "keyless": True}
+
+
+def _namespace_rules(egress: list[dict]) -> list[dict]:
+    return [r for r in egress if any("namespaceSelector" in peer for peer in r.get("to", []))]
+
+
+def test_an_in_cluster_provider_named_by_its_service_is_admitted_by_namespace() -> None:
+    # The default ranges exclude the private ones, and a ClusterIP is rewritten to a backend pod's IP and
+    # targetPort (DNAT) before a CNI evaluates the policy: only a rule naming the server's pods lets it through.
+    result = run("prod", llm=IN_CLUSTER)
+    (rule,) = _namespace_rules(result.by_name("rag-api-netpol").inputs["spec"]["egress"])
+    assert rule == {
+        "to": [
+            {
+                "podSelector": {"matchLabels": {}},
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
+            }
+        ]
+    }  # any port: the Service's targetPort is not in the stack
+    assert _namespace_rules(result.by_name("rag-worker-netpol").inputs["spec"]["egress"]) == []
+    # A bare service name resolves in the stack's own namespace; an external host gets no such rule.
+    bare = run("dev", llm={**IN_CLUSTER, "baseUrl": "http://ollama:11434/v1"})
+    (rule,) = _namespace_rules(bare.by_name("rag-api-netpol").inputs["spec"]["egress"])
+    assert rule["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "rag"
+    external = run("dev", llm=PROVIDER, llmApiKey=KEY)
+    assert _namespace_rules(external.by_name("rag-api-netpol").inputs["spec"]["egress"]) == []
+    # No internet range is needed for an in-cluster server.
+    narrow = run("prod", llm={**IN_CLUSTER, "egressCidrs": []})
+    egress = narrow.by_name("rag-api-netpol").inputs["spec"]["egress"]
+    assert "0.0.0.0/0" not in str(egress)
+    assert len(_namespace_rules(egress)) == 1
+
+
+def test_the_traffic_check_requires_the_in_cluster_provider_to_be_reachable() -> None:
+    import dataclasses
+
+    from infra import traffic
+
+    result = run("prod", llm=IN_CLUSTER)
+    assert traffic.blocked(result) == []
+    # Without the namespace rule (what main rendered), make plan's traffic check now fails on the API only.
+    policy = result.by_name("rag-api-netpol")
+    spec = dict(policy.inputs["spec"])
+    spec["egress"] = [r for r in spec["egress"] if r not in _namespace_rules(spec["egress"])]
+    stripped = dataclasses.replace(policy, inputs={**policy.inputs, "spec": spec})
+    old = dataclasses.replace(result, resources=[stripped if r is policy else r for r in result.resources])
+    ((flow, where),) = traffic.blocked(old)
+    assert flow.why == "LLM_BASE_URL connects to vllm.models:8000"
+    assert flow.source.labels["app.kubernetes.io/component"] == "api"
+    assert where.startswith("the egress of Deployment rag ")
+
+
+@pytest.mark.parametrize(
+    ("llm", "key"),
+    [
+        ({**IN_CLUSTER, "baseUrl": "http://10.4.0.7:8000/v1"}, "rag:llm.egressExcept"),
+        ({**IN_CLUSTER, "baseUrl": "http://192.168.1.20:11434/v1"}, "rag:llm.egressExcept"),
+        (
+            {
+                **IN_CLUSTER,
+                "baseUrl": "http://10.4.0.7:8000/v1",
+                "egressCidrs": ["172.16.0.0/12"],
+                "egressExcept": [],
+            },
+            "rag:llm.egressCidrs",
+        ),
+        ({**PROVIDER, "egressCidrs": [], "keyless": True}, "rag:llm.egressCidrs"),
+    ],
+)
+def test_an_llm_address_the_policy_would_drop_is_refused(llm: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        run_stack("prod", config_overrides={"llm": llm})
+    assert raised.value.key == key
+    assert raised.value.stack_file == "Pulumi.prod.yaml"
+    # Carved out of the exceptions, the same address is accepted.
+    if key == "rag:llm.egressExcept":
+        run_stack(
+            "prod",
+            config_overrides={
+                "llm": {**llm, "egressCidrs": ["10.4.0.0/16", "192.168.1.0/24"], "egressExcept": []}
+            },
+        )
 
 
 @pytest.mark.parametrize(

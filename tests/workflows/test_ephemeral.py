@@ -58,6 +58,16 @@ def test_bad_or_out_of_range_ttl_is_a_usage_error(text: str) -> None:
         ephemeral.parse_ttl(text)
 
 
+def test_an_out_of_range_ttl_names_the_range_as_ttls_are_written() -> None:
+    # EYES4 E13: the range read "between 0:05:00 and 7 days, 0:00:00" (Python's timedelta).
+    with pytest.raises(UsageError, match=r"must be between 5m and 7d\.$"):
+        ephemeral.parse_ttl("0h")
+    assert ephemeral.ttl_text(timedelta(hours=36, seconds=5)) == "1d12h5s"
+    assert ephemeral.parse_ttl(ephemeral.ttl_text(timedelta(days=6, minutes=7))) == timedelta(
+        days=6, minutes=7
+    )
+
+
 def test_expiry_arithmetic_is_utc_rfc3339() -> None:
     assert ephemeral.expires_at(NOW, timedelta(hours=24)) == "2026-03-02T12:00:00Z"
     assert ephemeral.expires_at(NOW, ephemeral.parse_ttl("1d12h")) == "2026-03-03T00:00:00Z"
