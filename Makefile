@@ -16,7 +16,7 @@ SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE)$(shell grep -sE '^[[:spa
 
 comma := ,
 
-.PHONY: help install model serve serve-prod data-servers worker test lint format plan e2e bench eval constraints servers clean
+.PHONY: help install model serve serve-prod data-servers worker test lint format plan rbac e2e bench eval constraints servers clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ format: install ## Apply ruff fixes and formatting
 
 plan: install ## Render, validate and policy-check a stack offline: make plan STACK=prod
 	$(PY) -m infra.render --stack $(STACK) --out out/$(STACK)
+
+rbac: install ## Kubernetes ClusterRole/Roles a deploy of a stack needs: make rbac STACK=dev [SUBJECT=User:alice]
+	$(PY) -m infra.rbac --stack $(STACK) $(if $(SUBJECT),--subject $(SUBJECT))
 
 e2e: install ## kind cluster + dev prerequisites, pulumi up (local backend), ingest/search via the Gateway, destroy
 	bash .ci/e2e

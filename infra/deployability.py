@@ -2862,6 +2862,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.storageClass": "gp3-other",
     "cluster.eks.natGateways": "single",
     "qdrant.version": "v1.15.5",
+    "qdrant.collection.quantization": "int8",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",

@@ -590,7 +590,14 @@ def service_args(
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = {**cfg.settings.env(), **config.llm.env(), "EMBEDDING_MODEL": config.embedding.model}
+    settings = {
+        **cfg.settings.env(),
+        **config.llm.env(),
+        "EMBEDDING_MODEL": config.embedding.model,
+        # How the service creates its collections in the Qdrant server (and updates an existing one to it).
+        "QDRANT_VECTORS_ON_DISK": str(config.qdrant.collection.vectorsOnDisk).lower(),
+        "QDRANT_QUANTIZATION": config.qdrant.collection.quantization,
+    }
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()

@@ -390,6 +390,17 @@ def copy_script(
         "  exit 1",
         "fi",
         f'raw="$(skopeo inspect --raw --authfile "$auth" {q(target)})"',
+        *_child_tag_lines(repository),
+        f"echo {q(f'{repository}@{digest}')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _child_tag_lines(repository: str, indent: str = "") -> list[str]:
+    """Shell lines giving each manifest the index in `$raw` lists its protected tag (nothing for an image manifest:
+    only an index has `manifests`)."""
+    q = shlex.quote
+    lines = [
         """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
         f"""  for child in $(printf '%s' "$raw" | {_CHILD_DIGEST}); do""",
         f'    child_tag={q(f"docker://{repository}:")}"sha256-${{child#sha256:}}"',
@@ -398,7 +409,29 @@ def copy_script(
         "    fi",
         "  done",
         "fi",
-        f"echo {q(f'{repository}@{digest}')}",
+    ]
+    return [indent + line for line in lines]
+
+
+def protect_existing_script(repository: str, *, login: Callable[[str], Login | None] = registry_login) -> str:
+    """The `/bin/sh -c` script that tags the manifests of every index already protected in `repository`.
+
+    Images deployed before each index's manifests got their own tags carry `sha256-<hex>` on the index only; the
+    retention rules expire untagged images, which those manifests are. Run once per repository, before its
+    retention rule is set (the ECR lifecycle policy waits for it). A repository with no images yet (an Artifact
+    Registry package is created by its first push, and listing it is a 404) has nothing to do."""
+    q = shlex.quote
+    lines = [
+        *_AUTH_FILE,
+        *_login_lines((_host(repository),), login),
+        f'if ! listed="$(skopeo list-tags --authfile "$auth" {q("docker://" + repository)} 2>&1)"; then',
+        f"  echo {q(f'{repository}: no images to protect yet: ')}" + '"$listed" >&2',
+        "  exit 0",
+        "fi",
+        f"""for tag in $(printf '%s' "$listed" | grep -oE '"{PROTECTED_TAG_PREFIX}[0-9a-f]{{64}}"' | tr -d '"'); do""",
+        f'  raw="$(skopeo inspect --raw --authfile "$auth" {q(f"docker://{repository}:")}"$tag")"',
+        *_child_tag_lines(repository, indent="  "),
+        "done",
     ]
     return "\n".join(lines) + "\n"
 

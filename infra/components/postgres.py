@@ -34,6 +34,24 @@ and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not 
   set from the tier: PostgreSQL 16+ instances default to ENTERPRISE_PLUS, which refuses the shared-core and
   `db-custom-*` tiers (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition` docstring).
 
+Managed majors and maintenance (rds, cloudsql). The instance runs the major only (minors come in the weekly
+maintenance window); `apply_immediately` says whether RDS applies a change at `pulumi up` or in that window. A
+major upgrade is declared (`upgrade_from`) rather than implied by a new version: RDS gets
+`allow_major_version_upgrade` only then, and its parameter group is one per major (`<name>-params-<major>`, family
+`postgres<major>`, create-only): the target's group is declared next to the running one, which stays until the
+declaration is cleared, so no `up` deletes a group an instance still holds. Cloud SQL runs a changed
+`database_version` at once as an in-place upgrade, so without a declaration the version is in `ignore_changes`.
+RDS Blue/Green (`blue_green_update`) is not used: for PostgreSQL it needs logical replication (a static parameter,
+a reboot), and the provider switches over and deletes the old instance without a final snapshot by itself.
+
+Managed restores (rds, cloudsql). `restore_name` declares a second instance, `<name>-<restore_name>-instance`
+with a fixed cloud name (`restore_identifier`), created from an RDS snapshot or point in time, or as a Cloud SQL
+clone at a point in time, of the original by default; the URL follows it and the original stays declared (and
+protected) until `keep_original` is False. The restore inputs are create-only (a change would replace the
+instance), so they are in `ignore_changes`. A clone carries the database and the app user: neither is declared on
+it. The alternative, restoring into the original's logical resource, would be a replacement: the old instance
+deleted in the same `up` (refused in prod, lost in staging).
+
 No Bitnami charts or images anywhere (their free catalogue was withdrawn in 2025).
 All modes output `url` = `postgresql+psycopg://user:password@host:5432/db` as a Pulumi secret.
 """
