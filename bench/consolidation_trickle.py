@@ -33,6 +33,10 @@ HERE = Path(__file__).resolve()
 
 
 def caps(points: int) -> dict[str, int]:
+    if (
+        os.environ.get("TRICKLE_CAPS") == "service"
+    ):  # the service's own caps (segments past the full-scan size)
+        return {"segment_points": 10240, "optimize_chunk_points": 4096, "consolidate_segment_points": 20480}
     return {
         "segment_points": max(64, points // 10),
         "optimize_chunk_points": max(32, points // 20),
@@ -125,9 +129,12 @@ def trickle(path: Path, points: int, every: float, attempts: int) -> None:
     present = store.count("trickle")  # type: ignore[attr-defined]
     after = store.shard.info().segments_count  # type: ignore[attr-defined]
     store.close()  # type: ignore[attr-defined]
+    import service
+
     print(
         json.dumps(
             {
+                "code": str(Path(service.__file__).parent),
                 "segments_before": before,
                 "segments_after": after,
                 "attempts": results,
@@ -202,12 +209,21 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=1.0, help="seconds between two trickled upserts")
     parser.add_argument("--attempts", type=int, default=3, help="consolidations tried per checkout")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--service-caps",
+        action="store_true",
+        help="the service's caps (10,240 / 4,096 / 20,480) instead of ones scaled to --points: below ~6,700 "
+        "points (10 MB of 384-d vectors, the HNSW full-scan threshold) a segment is scanned exactly, so the "
+        "segment count barely moves the CPU per search",
+    )
     parser.add_argument("--baseline", type=Path, help="the other checkout (its .venv and code)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/consolidation-trickle"))
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=["build", "trickle", "measure"], help=argparse.SUPPRESS)
     parser.add_argument("--path", type=Path, nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.service_caps:
+        os.environ["TRICKLE_CAPS"] = "service"  # inherited by the phases' processes
     if args.phase:
         sys.path.insert(0, str(args.repo))
         if args.phase == "build":
@@ -230,7 +246,8 @@ def main() -> None:
         target = args.work / name / "c"
         shutil.rmtree(target.parent, ignore_errors=True)
         shutil.copytree(base, target)
-        python = str(repo / ".venv" / "bin" / "python")
+        venv = repo / ".venv" / "bin" / "python"
+        python = str(venv) if venv.exists() else sys.executable  # its code comes first on sys.path either way
         results[name] = run(
             python,
             repo,

@@ -485,3 +485,42 @@ def gke_quota_usage(run: StackRun, default_class: str = "standard-rwo") -> list[
             "external address (more only past ~1000 nodes at 64 ports each); the nodes have none"
         )
     return lines + notes
+
+
+# --- Qdrant memory -----------------------------------------------------------------------------------------------
+
+#: Qdrant's sizing rule for the RAM a vector takes (qdrant.tech "Capacity planning": vectors x dimension x 4 bytes
+#: x 1.5, the 1.5 covering the HNSW graph, ids and the optimizer's temporary segments).
+QDRANT_OVERHEAD = 1.5
+
+
+def qdrant_bytes_per_point(dimension: int, *, vectors_on_disk: bool, quantization: str) -> float:
+    """RAM one point's dense vector takes on a node, by `rag:qdrant.collection` (an estimate, Qdrant's rule).
+
+    - float32 in RAM (the default): 4 bytes per dimension;
+    - `quantization: int8`: a 1-byte-per-dimension copy kept in RAM (`always_ram`), searched first. With the float
+      vectors still in RAM it ADDS to them; only with `vectorsOnDisk` does it replace them;
+    - `vectorsOnDisk`: the float vectors are memory-mapped: the kernel keeps what fits in the page cache, so they
+      take no RAM the pod must hold (searches are slower without quantization: every distance reads them).
+    """
+    in_ram = 0 if vectors_on_disk else 4 * dimension
+    if quantization == "int8":
+        in_ram += dimension
+    return max(in_ram, 0) * QDRANT_OVERHEAD
+
+
+def qdrant_points_in_memory(
+    memory_bytes: float,
+    dimension: int,
+    *,
+    nodes: int,
+    replication_factor: int,
+    vectors_on_disk: bool,
+    quantization: str,
+) -> float:
+    """How many points (chunks) a cluster of `nodes` with `memory_bytes` each holds in RAM: every node holds
+    `replication_factor / nodes` of the points. Infinite when no vector stays in RAM (on disk, unquantized)."""
+    per_point = qdrant_bytes_per_point(dimension, vectors_on_disk=vectors_on_disk, quantization=quantization)
+    if per_point == 0:
+        return float("inf")
+    return memory_bytes / per_point * nodes / replication_factor

@@ -272,6 +272,14 @@ class SnapshotStorage:
 
 
 @dataclass(frozen=True, kw_only=True)
+class QdrantCollection:
+    """How the service creates its collections in this Qdrant (QDRANT_VECTORS_ON_DISK, QDRANT_QUANTIZATION)."""
+
+    vectorsOnDisk: bool
+    quantization: Literal["none", "int8"]
+
+
+@dataclass(frozen=True, kw_only=True)
 class QdrantConfig:
     """Qdrant in cluster mode."""
 
@@ -283,6 +291,7 @@ class QdrantConfig:
     resources: Resources
     pdb: Toggle
     scaleDownTo: int = _f(min=0, max=15)
+    collection: QdrantCollection
     snapshotsStorage: SnapshotStorage
 
     @property

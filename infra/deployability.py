@@ -517,6 +517,25 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
         )
         if caps.setdefault(capability.name, capability) is capability:
             analysis.prerequisites.append(capability)
+    # The registry's backups run through the Barman Cloud plugin: installed with the operator (or with the one the
+    # cluster already runs), and its chart issues its mTLS certificates with cert-manager.
+    if run.of_type("kubernetes:barmancloud.cnpg.io/v1:ObjectStore"):
+        needs = []
+        if cloudnative.get("installOperator") is False:
+            needs.append(
+                (
+                    "api:barmancloud.cnpg.io",
+                    "the Barman Cloud plugin next to the operator (installOperator false)",
+                )
+            )
+        if not (tls.get("enabled") and tls.get("installCertManager", True)):
+            needs.append(
+                ("api:cert-manager.io", "cert-manager, which issues the Barman Cloud plugin's certificates")
+            )
+        for name, detail in needs:
+            capability = Capability(name, None, f"prerequisite: {detail}")
+            if caps.setdefault(capability.name, capability) is capability:
+                analysis.prerequisites.append(capability)
     return analysis
 
 
@@ -2862,6 +2881,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.storageClass": "gp3-other",
     "cluster.eks.natGateways": "single",
     "qdrant.version": "v1.15.5",
+    "qdrant.collection.quantization": "int8",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",

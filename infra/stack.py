@@ -290,6 +290,7 @@ def monitoring_args(
         redis_mode=redis_mode(config, cluster),
         redis_statefulset="redis",
         backup_cronjob=BACKUPS_NAME if backups_on else None,
+        postgres_backups=backups_on and postgres_mode(config, cluster) == "cloudnative",
         tls_enabled=config.tls.enabled,
         cluster_dns="kube-dns" if config.cluster.provider == "gke" else "coredns",
         runbook_url=mon.runbookUrl,
@@ -381,6 +382,7 @@ def postgres_args(
     monitoring_crds: tuple[pulumi.Resource, ...] = (),
     ready: tuple[pulumi.Resource, ...] = (),
     backup: RegistryBackup | None = None,
+    cert_manager: tuple[pulumi.Resource, ...] = (),
 ) -> PostgresDatabaseArgs:
     """Postgres (`rag:postgres`): CloudNativePG in the namespace, or RDS/Cloud SQL in the target's network.
 
@@ -399,6 +401,7 @@ def postgres_args(
         archive_retention_days=config.backups.retentionDays,
         backup_service_account_annotations=backup.annotations if backup is not None else {},
         backup_waits=backup.waits if backup is not None else (),
+        cert_manager=cert_manager,
         archive_name=cnpg.archiveName or None,
         recovery_source=cnpg.recovery.source or None,
         recovery_target_time=cnpg.recovery.targetTime or None,
@@ -590,7 +593,14 @@ def service_args(
 ) -> RagServiceArgs:
     """The API and its worker (`rag:service`), reached through the gateway (`rag:gateway`)."""
     cfg = config.service
-    settings = {**cfg.settings.env(), **config.llm.env(), "EMBEDDING_MODEL": config.embedding.model}
+    settings = {
+        **cfg.settings.env(),
+        **config.llm.env(),
+        "EMBEDDING_MODEL": config.embedding.model,
+        # How the service creates its collections in the Qdrant server (and updates an existing one to it).
+        "QDRANT_VECTORS_ON_DISK": str(config.qdrant.collection.vectorsOnDisk).lower(),
+        "QDRANT_QUANTIZATION": config.qdrant.collection.quantization,
+    }
     settings.pop("JOBS_MAX_CONCURRENCY")  # the component sets it from the worker's concurrency
     scaling = cfg.autoscaling
     lb_cidrs = lb_source_cidrs(config.gateway.className) if config.tls.enabled else ()
@@ -951,6 +961,22 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
                 waits=(grant,) if isinstance(grant, pulumi.Resource) else (),
             )
 
+    # The TLS entry before the registry: its cert-manager also serves the Barman Cloud plugin's certificates, which
+    # the registry's backups need. It routes to the service by name and port (checked once the service exists).
+    gateway: TlsGateway | None = None
+    if config.tls.enabled:
+        gateway = TlsGateway(
+            "gateway",
+            gateway_args(
+                config,
+                service_name=SERVICE_NAME,
+                service_port=RagServiceArgs.port,
+                ready=ready,
+                gateway_crds=cluster.gateway_api,
+            ),
+            opts=in_cluster,
+        )
+
     postgres = PostgresDatabase(
         POSTGRES_NAME,
         postgres_args(
@@ -960,6 +986,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
             monitoring_crds=monitoring_crds,
             ready=ready,
             backup=registry_backup,
+            cert_manager=(gateway.cert_manager,) if gateway is not None and gateway.cert_manager else (),
         ),
         opts=pulumi.ResourceOptions.merge(
             data_opts,
@@ -1017,18 +1044,9 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
     )
 
     service_url: pulumi.Input[str] = service.url
-    if config.tls.enabled:
-        gateway = TlsGateway(
-            "gateway",
-            gateway_args(
-                config,
-                service_name=service.service_name,
-                service_port=service.service_port,
-                ready=ready,
-                gateway_crds=cluster.gateway_api,
-            ),
-            opts=in_cluster,
-        )
+    if gateway is not None:
+        if (service.service_name, service.service_port) != (SERVICE_NAME, RagServiceArgs.port):
+            raise ValueError("The gateway was built for another Service name or port than the service has.")
         service_url = gateway.url
 
     return outputs(

@@ -28,11 +28,12 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import envoy_gateway_crds
-from infra.components.image import ecr_lifecycle_policy
+from infra.components.image import ecr_lifecycle_policy, protect_existing_script
 from infra.config import (
     EKS_CLUSTER_AUTOSCALER_IMAGES,
     ConfigError,
@@ -826,11 +827,16 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     )
     # Retention that never takes a deployed image: only untagged ones expire; every image a stack deploys carries
     # its protected tag (infra/components/image.py ecr_lifecycle_policy, copy_script).
+    # Images deployed before each index's manifests got their own protected tags: tag them once, before the rule
+    # that expires untagged images is set.
+    protect_existing = command.local.Command(
+        "registry-protect-existing", create=repository.repository_url.apply(protect_existing_script)
+    )
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
         policy=json.dumps(ecr_lifecycle_policy()),
-        opts=opts,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[protect_existing])),
     )
 
     kubeconfig = pulumi.Output.secret(

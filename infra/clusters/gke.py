@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pulumi
+import pulumi_command as command
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
-from infra.components.image import artifact_registry_cleanup_policies
+from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
 from infra.config import GkeCluster, StackConfig, internal_load_balancer
 from infra.naming import cloud_name
 
@@ -332,6 +333,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         opts=kept,
     )
 
+    # Images deployed before each index's manifests got their own protected tags: tag them once (the cleanup
+    # policies act about a day after they are set, long after this runs).
+    host = f"{gke.region}-docker.pkg.dev"
+    image_repository = registry.repository_id.apply(lambda repo: f"{host}/{gke.project}/{repo}/rag-service")
+    command.local.Command("registry-protect-existing", create=image_repository.apply(protect_existing_script))
+
     identities: dict[str, gcp.serviceaccount.Account] = {
         role: gcp.serviceaccount.Account(
             f"wi-{role}",
@@ -372,14 +379,13 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
     )
     k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
-    host = f"{gke.region}-docker.pkg.dev"
     token = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=gcp_provider))
     return ClusterTarget(
         provider_name="gke",
         k8s_provider=k8s_provider,
         kubeconfig=kubeconfig,
         registry=Registry(
-            repository=registry.repository_id.apply(lambda repo: f"{host}/{gke.project}/{repo}/rag-service"),
+            repository=image_repository,
             server=pulumi.Output.from_input(host),
             username=pulumi.Output.from_input("oauth2accesstoken"),
             password=pulumi.Output.secret(token.access_token),

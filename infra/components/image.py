@@ -137,16 +137,44 @@ def validate_args(args: ServiceImageArgs) -> None:
     require(dockerfile.is_file(), f"ServiceImageArgs.dockerfile {dockerfile} does not exist.")
 
 
-def current_git_sha(repo_root: Path = REPO_ROOT) -> str:
-    """The commit checked out in `repo_root` (what a build from this tree should be tagged with)."""
-    result = subprocess.run(
-        ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, like any developer machine or CI runner
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        check=True,
+#: Names the commit a build is tagged with when the tree is not a git checkout (a source tarball, a CI artifact).
+GIT_SHA_ENV = "RAG_GIT_SHA"
+
+
+class GitCommitError(ValueError):
+    """The commit a build must be labelled with cannot be found (one line for `make plan` and `pulumi up`)."""
+
+
+def current_git_sha(repo_root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None) -> str:
+    """The commit checked out in `repo_root` (what a build from this tree should be tagged with), or, outside a
+    git checkout, the commit named by RAG_GIT_SHA."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, like any developer machine or CI runner
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:  # no git on PATH
+        result = subprocess.CompletedProcess([], 127, "", str(exc))
+    sha = result.stdout.strip()
+    if result.returncode == 0 and _SHA.match(sha):
+        return sha
+    named = environ.get(GIT_SHA_ENV, "").strip().lower()
+    if named:
+        if not _SHA.match(named):
+            raise GitCommitError(f"{GIT_SHA_ENV}={named!r} is not a commit id (7-40 hex digits)")
+        return named
+    reason = (result.stderr.strip().splitlines() or ["git rev-parse HEAD failed"])[-1]
+    raise GitCommitError(
+        f"a build of this stack is labelled with the git commit, but {repo_root} is not a git checkout ({reason}): "
+        f"run from a checkout, set {GIT_SHA_ENV} to the commit the tree comes from, or deploy a built image "
+        "with rag:image"
     )
-    return result.stdout.strip()
 
 
 def image_names(repository: str) -> list[str]:
@@ -390,6 +418,17 @@ def copy_script(
         "  exit 1",
         "fi",
         f'raw="$(skopeo inspect --raw --authfile "$auth" {q(target)})"',
+        *_child_tag_lines(repository),
+        f"echo {q(f'{repository}@{digest}')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _child_tag_lines(repository: str, indent: str = "") -> list[str]:
+    """Shell lines giving each manifest the index in `$raw` lists its protected tag (nothing for an image manifest:
+    only an index has `manifests`)."""
+    q = shlex.quote
+    lines = [
         """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
         f"""  for child in $(printf '%s' "$raw" | {_CHILD_DIGEST}); do""",
         f'    child_tag={q(f"docker://{repository}:")}"sha256-${{child#sha256:}}"',
@@ -398,7 +437,29 @@ def copy_script(
         "    fi",
         "  done",
         "fi",
-        f"echo {q(f'{repository}@{digest}')}",
+    ]
+    return [indent + line for line in lines]
+
+
+def protect_existing_script(repository: str, *, login: Callable[[str], Login | None] = registry_login) -> str:
+    """The `/bin/sh -c` script that tags the manifests of every index already protected in `repository`.
+
+    Images deployed before each index's manifests got their own tags carry `sha256-<hex>` on the index only; the
+    retention rules expire untagged images, which those manifests are. Run once per repository, before its
+    retention rule is set (the ECR lifecycle policy waits for it). A repository with no images yet (an Artifact
+    Registry package is created by its first push, and listing it is a 404) has nothing to do."""
+    q = shlex.quote
+    lines = [
+        *_AUTH_FILE,
+        *_login_lines((_host(repository),), login),
+        f'if ! listed="$(skopeo list-tags --authfile "$auth" {q("docker://" + repository)} 2>&1)"; then',
+        f"  echo {q(f'{repository}: no images to protect yet: ')}" + '"$listed" >&2',
+        "  exit 0",
+        "fi",
+        f"""for tag in $(printf '%s' "$listed" | grep -oE '"{PROTECTED_TAG_PREFIX}[0-9a-f]{{64}}"' | tr -d '"'); do""",
+        f'  raw="$(skopeo inspect --raw --authfile "$auth" {q(f"docker://{repository}:")}"$tag")"',
+        *_child_tag_lines(repository, indent="  "),
+        "done",
     ]
     return "\n".join(lines) + "\n"
 

@@ -231,6 +231,9 @@ class MonitoringArgs:
     postgres_cluster: str = "postgres"
     """Name of the CNPG Cluster (its pods are `<name>-<n>`)."""
     postgres_instances: int = 1
+    postgres_backups: bool = False
+    """The CNPG registry archives with the Barman Cloud plugin: alerts on failed or stopped base backups and WAL
+    archiving (`RegistryBackupFailed`, `RegistryBackupMissing`, `RegistryWalArchivingFailing`)."""
     redis_mode: str = "incluster"
     """`incluster` (the StatefulSet's kube-state-metrics series) or managed (the service's own series)."""
     redis_statefulset: str = "redis"
@@ -475,6 +478,54 @@ def cluster_autoscaler_service_monitor_spec(target: ClusterAutoscalerTarget) -> 
         "jobLabel": target.job_label,
         "endpoints": [{"port": target.port, "path": "/metrics", "interval": "30s"}],
     }
+
+
+#: The Barman Cloud plugin's series, exported by every instance's exporter (port 9187) without a prefix of the
+#: operator's: plugin-barman-cloud internal/cnpgi/instance/metrics.go at v0.13.0 (`barman-cloud.cloudnative-pg.io`
+#: with `.` and `-` as `_`, web/docs/observability.md). Both are 0 until the first backup of that kind.
+REGISTRY_LAST_BACKUP = "barman_cloud_cloudnative_pg_io_last_available_backup_timestamp"
+REGISTRY_LAST_FAILED_BACKUP = "barman_cloud_cloudnative_pg_io_last_failed_backup_timestamp"
+
+
+def registry_backup_rules(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Alerts on the registry's archive: the newest base backup failed, no base backup for the backup age
+    threshold (stopped: the schedule, the plugin or its series gone), and WAL archiving failing on the primary
+    (CloudNativePG's pg_stat_archiver query, whose times are -1 before the first attempt; standbys do not report)."""
+    ns, t = args.service_namespace, args.thresholds
+    psel = f'namespace="{ns}", pod=~"{args.postgres_cluster}-[0-9]+"'
+    max_age = t.backup_max_age_hours * 3600
+    ok, failed = f"{REGISTRY_LAST_BACKUP}{{{psel}}}", f"{REGISTRY_LAST_FAILED_BACKUP}{{{psel}}}"
+    return [
+        rule(
+            "RegistryBackupFailed",
+            f"max by (namespace) ({failed}) > on (namespace) max by (namespace) ({ok})",
+            "0m",
+            "warning",
+            "The latest registry (Postgres) base backup failed.",
+            "The Barman Cloud plugin's last failed base backup is newer than its last successful one.",
+        ),
+        rule(
+            "RegistryBackupMissing",
+            f"time() - max by (namespace) ({ok}) > {max_age} or absent({ok})",
+            "1h",
+            "critical",
+            f"No registry (Postgres) base backup in {t.backup_max_age_hours} hours.",
+            f"The Barman Cloud plugin reports no successful base backup in the last {t.backup_max_age_hours} hours "
+            "(or no instance exports its series): the schedule, the plugin or the bucket grant stopped working.",
+        ),
+        rule(
+            "RegistryWalArchivingFailing",
+            f"max by (namespace, pod) (cnpg_pg_stat_archiver_last_failed_time{{{psel}}})"
+            f" > on (namespace, pod) max by (namespace, pod) (cnpg_pg_stat_archiver_last_archived_time{{{psel}}})",
+            "10m",
+            "critical",
+            "The registry's WAL archiving is failing.",
+            "Postgres' last WAL archive attempt failed after its last success for 10 minutes: point-in-time "
+            "recovery stops at the last archived segment, and pg_wal grows on the primary until archiving resumes.",
+        ),
+    ]
 
 
 def cluster_autoscaling_rules(
@@ -891,6 +942,8 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
                 ],
             }
         )
+    if args.postgres_backups and args.postgres_mode == "cloudnative":
+        groups.append({"name": "rag-registry-backups", "rules": registry_backup_rules(args, rule)})
     if args.tls_enabled:
         csel = f'exported_namespace="{ns}"'
         groups.append(

@@ -7,17 +7,29 @@ Modes:
   N instances with streaming replication and automated failover, PVC storage, initdb bootstrap of the database
   owned by the app user whose password comes from a Pulumi secret (a `kubernetes.io/basic-auth` Secret),
   pod anti-affinity, a PodDisruptionBudget (the operator creates it), and a NetworkPolicy.
-  With `backup_bucket`, continuous backups to object storage: WAL archiving and base backups with
-  barman-cloud into `s3://` / `gs://<bucket>/<backup_prefix>/<archive_name>/`, a retention policy, and a
-  `ScheduledBackup`; credentials come from workload identity (IRSA / GKE Workload Identity annotations on the
-  ServiceAccount the operator creates for the instances, `serviceAccountTemplate`), never keys. With
-  `recovery_source`, the Cluster is bootstrapped by `recovery` from another archive in that bucket (optionally to
-  a point in time) instead of `initdb`; it then archives under a new `archive_name` (barman-cloud refuses to
-  archive into a non-empty location, and the old archive must stay intact to restore from again).
-  This uses the operator's in-tree `barmanObjectStore`: deprecated since 1.26 in favour of the Barman Cloud
-  plugin, still served by the pinned 1.30.0 and removed after 1.31. The instances run barman-cloud from their own
-  image: the pinned `system` images carry it (cloudnative-pg/postgres-containers README); the
-  `minimal`/`standard` images do not, so moving to them goes with the move to the plugin.
+  With `backup_bucket`, continuous backups to object storage through the Barman Cloud plugin (CNPG-I): the
+  plugin's chart (plugin-barman-cloud 0.7.0 = plugin v0.13.0, from the operator's chart repository, in the
+  operator's namespace, after the operator and after cert-manager, which issues the plugin's mTLS certificates;
+  its chart templates the `objectstores.barmancloud.cnpg.io` CRD), a `barmancloud.cnpg.io/v1` `ObjectStore`
+  `<cluster>-archive` with the destination `s3://` / `gs://<bucket>/<backup_prefix>`, gzip WAL and data, workload
+  identity credentials (IRSA / GKE Workload Identity annotations on the ServiceAccount the operator creates for the
+  instances, `serviceAccountTemplate`; the plugin's sidecar runs in the instance pod with it) and the retention
+  policy; the Cluster's `spec.plugins` entry `barman-cloud.cloudnative-pg.io` (`isWALArchiver`, parameters
+  `barmanObjectName` and `serverName` = `archive_name`), waiting for the plugin and the ObjectStore; and a
+  `ScheduledBackup` with `method: plugin`. With `recovery_source`, the Cluster is bootstrapped by `recovery` from
+  an `externalClusters` entry whose `plugin` reads the same ObjectStore under the source's server name (optionally
+  to a point in time) instead of `initdb`; it then archives under a new `archive_name` (barman-cloud refuses to
+  archive into a non-empty location, and the old archive must stay intact to restore from again). Shapes verified
+  in plugin-barman-cloud web/docs/{usage,migration,parameters}.md and internal/cnpgi/ at v0.13.0, and in the
+  Cluster/ScheduledBackup CRDs of chart 0.29.0 (infra/schemas/). The ObjectStore leaves `serverName` empty (the
+  plugin docs: kept "solely for API compatibility ... must always be left empty").
+
+  Upgrading a stack deployed with the in-tree `barmanObjectStore` (chart 0.26.1): one `up` upgrades the operator
+  (which still serves in-tree archiving at 1.30), installs the plugin, creates the ObjectStore and then applies the
+  Cluster with `spec.backup` removed and `spec.plugins` added in one server-side apply (the operator's webhook
+  refuses both together: "Cannot enable a WAL archiver plugin when barmanObjectStore is configured"). The server
+  name stays the archive's, so WAL and base backups continue in the same place; PostgreSQL retries any segment
+  the restart leaves unarchived, so the archive gets no hole (docs/infra.md, "CloudNativePG 1.27.1 to 1.30.0").
 
 The operator is chart 0.29.0 = CloudNativePG 1.30.0 (released 2026-06-29, end of life ~December 2026), the newest
 release in the stored sources (cloudnative-pg/cloudnative-pg tags up to v1.30.0 at a95a534, 2026-08-21;
@@ -33,6 +45,24 @@ and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not 
 - `cloudsql`: a GCP Cloud SQL PostgreSQL instance on a private IP, plus its database and user. The edition is
   set from the tier: PostgreSQL 16+ instances default to ENTERPRISE_PLUS, which refuses the shared-core and
   `db-custom-*` tiers (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition` docstring).
+
+Managed majors and maintenance (rds, cloudsql). The instance runs the major only (minors come in the weekly
+maintenance window); `apply_immediately` says whether RDS applies a change at `pulumi up` or in that window. A
+major upgrade is declared (`upgrade_from`) rather than implied by a new version: RDS gets
+`allow_major_version_upgrade` only then, and its parameter group is one per major (`<name>-params-<major>`, family
+`postgres<major>`, create-only): the target's group is declared next to the running one, which stays until the
+declaration is cleared, so no `up` deletes a group an instance still holds. Cloud SQL runs a changed
+`database_version` at once as an in-place upgrade, so without a declaration the version is in `ignore_changes`.
+RDS Blue/Green (`blue_green_update`) is not used: for PostgreSQL it needs logical replication (a static parameter,
+a reboot), and the provider switches over and deletes the old instance without a final snapshot by itself.
+
+Managed restores (rds, cloudsql). `restore_name` declares a second instance, `<name>-<restore_name>-instance`
+with a fixed cloud name (`restore_identifier`), created from an RDS snapshot or point in time, or as a Cloud SQL
+clone at a point in time, of the original by default; the URL follows it and the original stays declared (and
+protected) until `keep_original` is False. The restore inputs are create-only (a change would replace the
+instance), so they are in `ignore_changes`. A clone carries the database and the app user: neither is declared on
+it. The alternative, restoring into the original's logical resource, would be a replacement: the old instance
+deleted in the same `up` (refused in prod, lost in staging).
 
 No Bitnami charts or images anywhere (their free catalogue was withdrawn in 2025).
 All modes output `url` = `postgresql+psycopg://user:password@host:5432/db` as a Pulumi secret.
@@ -65,26 +95,30 @@ CNPG_OPERATOR_VERSION = "1.30.0"
 BARMAN_CLOUD_CHART = "plugin-barman-cloud"
 BARMAN_CLOUD_CHART_VERSION = "0.7.0"
 """The Barman Cloud plugin chart (cloudnative-pg/charts, plugin v0.13.0), from the operator's chart repository."""
+BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
+"""The plugin's name in `Cluster.spec.plugins`, `externalClusters[].plugin` and `ScheduledBackup.pluginConfiguration`
+(plugin-barman-cloud internal/cnpgi/metadata/constants.go `PluginName` at v0.13.0)."""
 PG_CATALOG = (
     "https://github.com/cloudnative-pg/artifacts/blob/ce5057c5f37ca1727ebb4f18681094d10124d59b/image-catalogs"
 )
 #: The operand image of each PostgreSQL major, by exact minor, build and digest, from CloudNativePG's image
-#: catalogs of 2026-08-17 (`PG_CATALOG`/catalog-system-trixie.yaml). A floating `postgresql:<major>` tag (the
+#: catalogs of 2026-08-17 (`PG_CATALOG`/catalog-standard-trixie.yaml): the `standard` images, without barman-cloud
+#: (the plugin's sidecar carries it; the `system` images that have it are deprecated with the in-tree support). A floating `postgresql:<major>` tag (the
 #: deprecated `system` images on bullseye) changes under a running cluster at its next pod restart and was
 #: frozen with bullseye's end of support; a new minor is a deliberate change here. The move from bullseye to trixie
 #: is safe for the registry's indexes: CloudNativePG's initdb defaults LC_COLLATE and LC_CTYPE to `C`
 #: (docs/src/bootstrap.md at v1.30.0), which no glibc update re-orders.
 PG_IMAGES: Mapping[str, str] = {
-    "14": "ghcr.io/cloudnative-pg/postgresql:14.24-202608170814-system-trixie"
-    "@sha256:ba21bac878449f7bf1cc620f8a030953be94aff464ca5ba013de1ebca47479dd",
-    "15": "ghcr.io/cloudnative-pg/postgresql:15.19-202608170814-system-trixie"
-    "@sha256:fa32b6605eee928ffcd5a8895bfdf657d08552c682acbba5af1f732a706015c3",
-    "16": "ghcr.io/cloudnative-pg/postgresql:16.15-202608170814-system-trixie"
-    "@sha256:9715665844fb088ba6e17181cfc2e2505b3a711e7a293ac721490175f9515233",
-    "17": "ghcr.io/cloudnative-pg/postgresql:17.11-202608170816-system-trixie"
-    "@sha256:ecaa395084a5f8831fd2655dbffc98b554473526265f53113ec969de6fc15848",
-    "18": "ghcr.io/cloudnative-pg/postgresql:18.6-202608170814-system-trixie"
-    "@sha256:14cfefd0db8bbc617a4882c74a2811af361fc8d0fc1733062c982c6e746a3875",
+    "14": "ghcr.io/cloudnative-pg/postgresql:14.24-202608170814-standard-trixie"
+    "@sha256:2251ca32ca24152bad5d9ddbc9ac4e95e98d6cff4002e98a5484e542ce2cae36",
+    "15": "ghcr.io/cloudnative-pg/postgresql:15.19-202608170814-standard-trixie"
+    "@sha256:613c7a0417887cd2626a2bfb31fa4e1d86c3088e575fd66bc227007dc69a5487",
+    "16": "ghcr.io/cloudnative-pg/postgresql:16.15-202608170814-standard-trixie"
+    "@sha256:3df9103d7f89c8abc2870463d4d446944c81b5f1f4b707c590895dc003ecbb65",
+    "17": "ghcr.io/cloudnative-pg/postgresql:17.11-202608170816-standard-trixie"
+    "@sha256:91e0de662d53895a45f1396f4ee1a75daeb0c26fc87853afc9c8f43e01fdaa21",
+    "18": "ghcr.io/cloudnative-pg/postgresql:18.6-202608170814-standard-trixie"
+    "@sha256:771f9eab5225587af259d84680cc69a5b6e374ac32bb24effafde1f3368a1241",
 }
 DEFAULT_PG_IMAGE = PG_IMAGES["17"]
 # The operator reads the major from the tag's leading number (cloudnative-pg/machinery reference.New strips the
@@ -168,6 +202,10 @@ class PostgresDatabaseArgs:
     """Workload identity annotations of the instances' ServiceAccount (the role may write to the bucket)."""
     backup_waits: tuple[pulumi.Resource, ...] = ()
     """What must exist before the instances archive (the bucket, its write grant)."""
+    cert_manager: tuple[pulumi.Resource, ...] = ()
+    """What installs cert-manager (its release): the Barman Cloud plugin's chart creates an Issuer and the
+    Certificates of the plugin's mTLS with the operator, so the plugin release waits for it."""
+    barman_cloud_chart_version: str = BARMAN_CLOUD_CHART_VERSION
     archive_name: str | None = None
     """barman-cloud server name the cluster archives under; None: the cluster name."""
     recovery_source: str | None = None
@@ -443,20 +481,49 @@ def operator_values() -> dict[str, Any]:
     }
 
 
+def barman_cloud_values() -> dict[str, Any]:
+    """Helm values of the plugin-barman-cloud chart (its CRD and its cert-manager Issuer and Certificates are part
+    of the chart)."""
+    return {
+        "crds": {"create": True},
+        "replicaCount": 1,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    }
+
+
 def backup_destination(cloud: str, bucket: str, prefix: str) -> str:
     """barman-cloud's destinationPath: s3://bucket/prefix or gs://bucket/prefix."""
     return f"{'s3' if cloud == 'aws' else 'gs'}://{bucket}/{prefix}"
 
 
-def object_store_spec(cloud: str, destination: pulumi.Input[str], server_name: str) -> dict[str, Any]:
-    """A `barmanObjectStore` with workload-identity credentials: the pod's IRSA role (boto3 reads the web
-    identity token the EKS webhook projects) or its GKE Workload Identity (the metadata server)."""
-    store: dict[str, Any] = {"destinationPath": destination, "serverName": server_name}
+def object_store_configuration(cloud: str, destination: pulumi.Input[str]) -> dict[str, Any]:
+    """The plugin's `ObjectStore.spec.configuration` (the in-tree `barmanObjectStore` shape, without `serverName`,
+    which the plugin takes as a Cluster parameter) with workload-identity credentials: the pod's IRSA role (boto3
+    reads the web identity token the EKS webhook projects) or its GKE Workload Identity (the metadata server).
+    gzip: in both the WAL and the data compression enums."""
+    store: dict[str, Any] = {"destinationPath": destination}
     if cloud == "aws":
         store["s3Credentials"] = {"inheritFromIAMRole": True}
     else:
         store["googleCredentials"] = {"gkeEnvironment": True}
+    store["wal"] = {"compression": "gzip", "maxParallel": 2}
+    store["data"] = {"compression": "gzip", "jobs": 2}
     return store
+
+
+def object_store_spec(args: PostgresDatabaseArgs, destination: pulumi.Input[str]) -> dict[str, Any]:
+    """`barmancloud.cnpg.io/v1` `ObjectStore`: where the archive is and how long it is kept (the plugin's sidecar
+    applies `retentionPolicy` to every server name under `destinationPath` that it archives)."""
+    assert args.backup_cloud is not None
+    return {
+        "configuration": object_store_configuration(args.backup_cloud, destination),
+        "retentionPolicy": f"{args.archive_retention_days}d",
+    }
+
+
+def object_store_name(cluster_name: str) -> str:
+    """Name of the cluster's ObjectStore (the `barmanObjectName` its plugin entries carry)."""
+    return f"{cluster_name}-archive"
 
 
 def archive_name(args: PostgresDatabaseArgs, cluster_name: str) -> str:
@@ -464,25 +531,29 @@ def archive_name(args: PostgresDatabaseArgs, cluster_name: str) -> str:
     return args.archive_name or cluster_name
 
 
-def backup_spec(
-    args: PostgresDatabaseArgs, destination: pulumi.Input[str], cluster_name: str
-) -> dict[str, Any]:
-    """`spec.backup`: continuous WAL archiving and base backups, compressed, kept for the retention window."""
-    assert args.backup_cloud is not None
-    store = object_store_spec(args.backup_cloud, destination, archive_name(args, cluster_name))
-    # gzip: in both the WAL and the data compression enums, and in every barman-cloud image.
-    store["wal"] = {"compression": "gzip", "maxParallel": 2}
-    store["data"] = {"compression": "gzip", "jobs": 2}
-    return {"retentionPolicy": f"{args.archive_retention_days}d", "barmanObjectStore": store}
+def plugins_spec(args: PostgresDatabaseArgs, cluster_name: str) -> list[dict[str, Any]]:
+    """`spec.plugins`: the Barman Cloud plugin as the WAL archiver (and base backups), into the ObjectStore under the
+    server name `archive_name`, set explicitly so the archive a stack started in-tree continues in place."""
+    return [
+        {
+            "name": BARMAN_CLOUD_PLUGIN,
+            "isWALArchiver": True,
+            "parameters": {
+                "barmanObjectName": object_store_name(cluster_name),
+                "serverName": archive_name(args, cluster_name),
+            },
+        }
+    ]
 
 
 def scheduled_backup_spec(args: PostgresDatabaseArgs, cluster_name: str) -> dict[str, Any]:
-    """A base backup on the schedule (WAL is archived continuously), the first one right after creation, taken
-    from a standby when there is one; each Backup object is owned by the ScheduledBackup."""
+    """A base backup by the plugin on the schedule (WAL is archived continuously), the first one right after
+    creation, taken from a standby when there is one; each Backup object is owned by the ScheduledBackup."""
     return {
         "schedule": args.backup_schedule,
         "cluster": {"name": cluster_name},
-        "method": "barmanObjectStore",
+        "method": "plugin",
+        "pluginConfiguration": {"name": BARMAN_CLOUD_PLUGIN},
         "immediate": True,
         "backupOwnerReference": "self",
         "target": "prefer-standby",
@@ -496,7 +567,8 @@ def cluster_spec(
     cluster_name: str = "",
 ) -> dict[str, Any]:
     """The CNPG `Cluster` spec: instances, storage, initdb (or recovery) bootstrap with the app owner,
-    anti-affinity, and backups to `destination` when the args have a backup bucket."""
+    anti-affinity, and the Barman Cloud plugin archiving to the cluster's ObjectStore when the args have a backup
+    bucket."""
     storage: dict[str, Any] = {"size": args.storage_size}
     if args.storage_class is not None:
         storage["storageClass"] = args.storage_class
@@ -504,8 +576,7 @@ def cluster_spec(
     bootstrap: dict[str, Any] = {"initdb": owner}
     spec: dict[str, Any] = {}
     if destination is not None and args.backup_bucket is not None:
-        assert args.backup_cloud is not None
-        spec["backup"] = backup_spec(args, destination, cluster_name)
+        spec["plugins"] = plugins_spec(args, cluster_name)
         if args.backup_service_account_annotations:
             spec["serviceAccountTemplate"] = {
                 "metadata": {"annotations": dict(args.backup_service_account_annotations)}
@@ -515,12 +586,17 @@ def cluster_spec(
             if args.recovery_target_time is not None:
                 recovery["recoveryTarget"] = {"targetTime": args.recovery_target_time}
             bootstrap = {"recovery": recovery}
+            # The same ObjectStore (bucket and prefix) holds the source archive under another server name.
             spec["externalClusters"] = [
                 {
                     "name": RECOVERY_SOURCE,
-                    "barmanObjectStore": object_store_spec(
-                        args.backup_cloud, destination, args.recovery_source
-                    ),
+                    "plugin": {
+                        "name": BARMAN_CLOUD_PLUGIN,
+                        "parameters": {
+                            "barmanObjectName": object_store_name(cluster_name),
+                            "serverName": args.recovery_source,
+                        },
+                    },
                 }
             ]
     return {
@@ -604,6 +680,10 @@ class PostgresDatabase(pulumi.ComponentResource):
     """The server name the cluster archives under, the `recovery_source` of a later restore."""
     instance: pulumi.CustomResource | None
     """The RDS / Cloud SQL instance DATABASE_URL points at (the restored one after a restore); None in cloudnative."""
+    barman_cloud: pulumi.Resource | None
+    """The Barman Cloud plugin release (cloudnative mode with backups and install_operator)."""
+    object_store: pulumi.Resource | None
+    """The cluster's `ObjectStore` (cloudnative mode with backups)."""
 
     def __init__(
         self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None
@@ -614,6 +694,8 @@ class PostgresDatabase(pulumi.ComponentResource):
         self.backup_destination = None
         self.archive_name = None
         self.instance = None
+        self.barman_cloud = None
+        self.object_store = None
         if args.mode == "cloudnative":
             self.url, self.egress_target = self._cloudnative(name, args)
         elif args.mode == "rds":
@@ -665,8 +747,10 @@ class PostgresDatabase(pulumi.ComponentResource):
             destination = pulumi.Output.from_input(args.backup_bucket).apply(
                 lambda bucket: backup_destination(cloud, bucket, prefix)
             )
-            # The instances archive WAL from their first start: the bucket and the write grant come first.
-            waits = (*waits, *args.backup_waits)
+            # The instances archive WAL from their first start: the bucket and the write grant come first, and the
+            # Cluster names the plugin and its ObjectStore: the operator rejects (or fails to reconcile) a plugin it
+            # cannot reach, and the sidecar reads the ObjectStore when the pod starts.
+            waits = (*waits, *args.backup_waits, *self._barman_cloud(name, args, operator, destination, ns))
         cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1",
@@ -706,6 +790,52 @@ class PostgresDatabase(pulumi.ComponentResource):
         host = f"{cluster_name}-rw.{ns}.svc"
         url = _secret_url(args, password, host)
         return url, EgressTarget("postgres", PORT, cluster_pod_labels(cluster_name))
+
+    def _barman_cloud(
+        self,
+        name: str,
+        args: PostgresDatabaseArgs,
+        operator: pulumi.Resource | None,
+        destination: pulumi.Output[str],
+        ns: str,
+    ) -> tuple[pulumi.Resource, ...]:
+        """The Barman Cloud plugin (with the operator it serves, after cert-manager) and the cluster's ObjectStore;
+        returns what the Cluster waits for."""
+        plugin: pulumi.Resource | None = None
+        if args.install_operator:
+            # In the operator's namespace (the plugin docs: "must be installed in the same namespace as the
+            # CloudNativePG operator"), whose chart repository ships it; its CRD is templated (crds.create).
+            plugin = k8s.helm.v3.Release(
+                f"{name}-barman-cloud",
+                name="barman-cloud",
+                chart=BARMAN_CLOUD_CHART,
+                version=args.barman_cloud_chart_version,
+                repository_opts={"repo": CNPG_REPO},
+                namespace=args.operator_namespace,
+                create_namespace=True,
+                atomic=True,
+                timeout=600,
+                values=barman_cloud_values(),
+                opts=self._opts(
+                    args, extra=(*((operator,) if operator is not None else ()), *args.cert_manager)
+                ),
+            )
+            self.barman_cloud = plugin
+        store = k8s.apiextensions.CustomResource(
+            f"{name}-object-store",
+            api_version="barmancloud.cnpg.io/v1",
+            kind="ObjectStore",
+            metadata=specs.metadata(object_store_name(name), ns, specs.labels("postgres", name, "database")),
+            spec=object_store_spec(args, destination),
+            # The CRD comes with the plugin's chart (or with the plugin installed elsewhere: args.operator).
+            opts=self._opts(
+                args,
+                protect=args.protect,
+                extra=(plugin,) if plugin is not None else ((args.operator,) if args.operator else ()),
+            ),
+        )
+        self.object_store = store
+        return (store, *((plugin,) if plugin is not None else ()))
 
     def _rds(self, name: str, args: PostgresDatabaseArgs) -> tuple[pulumi.Output[str], EgressTarget]:
         network = aws_network.private_access(
@@ -778,8 +908,9 @@ class PostgresDatabase(pulumi.ComponentResource):
         restore: dict[str, Any] = {}
         ignore: list[str] = []
         if restored:
-            # Create-only inputs (a change forces a new instance): ignored once it exists, so keeping, changing
-            # or clearing the restore keys later never replaces the registry.
+            # Create-only inputs (a change forces a new instance; clearing `restore_to_point_in_time` too:
+            # hashicorp/terraform-provider-aws#34522): ignored once it exists, so keeping, changing or clearing the
+            # restore keys later never replaces the registry.
             ignore = ["snapshotIdentifier", "restoreToPointInTime"]
             restore["identifier"] = args.restore_identifier
             if args.restore_snapshot is not None:

@@ -11,6 +11,7 @@ Argument shapes: every command that acts on one stack takes `--stack/-s` (`ephem
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +39,7 @@ from rich.progress import (
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
 from infra.workflows import promote as promote_mod
+from infra.workflows import qdrant_drain as qdrant_drain_mod
 from infra.workflows import reach
 from infra.workflows import reindex as reindex_mod
 from infra.workflows import restore as restore_mod
@@ -868,6 +870,41 @@ def reconcile(
         )
     )
     raise typer.Exit(code)
+
+
+@app.command("qdrant-drain")
+def qdrant_drain(
+    url: Annotated[
+        str,
+        typer.Option(
+            "--url",
+            help="One Qdrant node's HTTP API, e.g. after `kubectl port-forward pod/qdrant-0 16330:6333`.",
+        ),
+    ],
+    keep: Annotated[
+        int, typer.Option("--keep", help="The node count you scale down to: ordinals >= KEEP leave.")
+    ],
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", help="Environment variable holding the Qdrant API key.")
+    ] = "QDRANT_API_KEY",
+) -> None:
+    """Before lowering rag:qdrant.replicas: move every shard off the leaving nodes and remove their peers."""
+    key = os.environ.get(api_key_env, "")
+
+    def action() -> qdrant_drain_mod.DrainReport:
+        if not key:
+            raise UsageError(
+                f"${api_key_env} is empty: export the Qdrant API key (docs/runbooks.md#scale-qdrant-down)."
+            )
+        return qdrant_drain_mod.drain(url, key, keep)
+
+    report = _run(action)
+    for collection, shard, source, target in report.moved:
+        typer.echo(f"moved {collection} shard {shard}: peer {source} -> {target}")
+    for collection, shard, peer in report.dropped:
+        typer.echo(f"dropped {collection} shard {shard} replica on peer {peer}")
+    typer.echo(f"removed peers: {', '.join(map(str, report.removed_peers)) or 'none'}")
+    typer.echo(f"next: set rag:qdrant.replicas and rag:qdrant.scaleDownTo to {keep}, then `ragops up`")
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from infra.workflows.promote import (
     _service_object,
     merge_promotable,
 )
+from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.reindex import EMBEDDING_KEY
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.stacks import (
@@ -165,6 +166,7 @@ def deploy(
     keep_promoted(ws, stack)
     check_image_copy(ctx, stack, ws)
     check_scale_down(ws, stack)
+    check_major_upgrade(ws, stack)
     try:
         result = st.up(
             policy_packs=[policy_pack] if policy_pack else None,

@@ -14,6 +14,7 @@ from typing import Any
 from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
+from infra.workflows.registry_upgrade import MajorUpgradeRefused, check_major_upgrade
 from infra.workflows.scaling import ScaleDownRefused, check_scale_down
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
 
@@ -129,7 +130,8 @@ def run_preview(
     st = select(ws, stack)
     try:
         check_scale_down(ws, stack)
-    except ScaleDownRefused as exc:
+        check_major_upgrade(ws, stack)
+    except (ScaleDownRefused, MajorUpgradeRefused) as exc:
         return PreviewReport(stack=stack, changes={}, steps=[], violations=[], error=str(exc))
     collector = EventCollector(forward=on_event)
     try:

@@ -36,6 +36,7 @@ from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
+from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.stacks import (
     POLICY_PACK,
@@ -274,6 +275,7 @@ def promote(
         copied[reindex_mod.EMBEDDING_KEY] = values[reindex_mod.EMBEDDING_KEY]
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
+    check_major_upgrade(ws, target)
     tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
     return promotion
 
@@ -519,6 +521,7 @@ def rollback(
     )
     set_config_values(ws, stack, values)
     check_scale_down(ws, stack)
+    check_major_upgrade(ws, stack)
     st.up(
         policy_packs=[policy_pack] if policy_pack else None,
         on_output=on_output,

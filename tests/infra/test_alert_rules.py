@@ -83,6 +83,8 @@ REQ = "rag_http_requests_total"
 LAT = "rag_http_request_duration_seconds_bucket"
 WHOLE = [{}]  # one alert without labels of its own (an aggregate)
 BY_NS = [{"namespace": NS}]
+RB_OK = "barman_cloud_cloudnative_pg_io_last_available_backup_timestamp"
+RB_FAILED = "barman_cloud_cloudnative_pg_io_last_failed_backup_timestamp"
 
 CASES = [
     # --- the API
@@ -246,6 +248,27 @@ CASES = [
     Case("staging", "QdrantBackupMissing", "a success every hour",
          {in_ns("kube_cronjob_status_last_successful_time", cronjob="qdrant-backups"): "0+3600x30",
           in_ns("kube_cronjob_created", cronjob="qdrant-backups"): "0x30"}, "27h", interval="1h"),
+    # --- registry backups (staging: CloudNativePG with the Barman Cloud plugin; its series are 0 before any backup)
+    Case("staging", "RegistryBackupFailed", "the newest base backup failed",
+         {in_ns(RB_OK, pod="postgres-1"): "1000x10", in_ns(RB_FAILED, pod="postgres-1"): "2000x10",
+          in_ns(RB_OK, pod="postgres-2"): "1000x10", in_ns(RB_FAILED, pod="postgres-2"): "2000x10"}, "5m", BY_NS),
+    Case("staging", "RegistryBackupFailed", "a failure, then a success",
+         {in_ns(RB_OK, pod="postgres-1"): "3000x10", in_ns(RB_FAILED, pod="postgres-1"): "2000x10"}, "5m"),
+    Case("staging", "RegistryBackupFailed", "no backup yet",
+         {in_ns(RB_OK, pod="postgres-1"): "0x10", in_ns(RB_FAILED, pod="postgres-1"): "0x10"}, "5m"),
+    Case("staging", "RegistryBackupMissing", "no successful backup for 28 hours",
+         {in_ns(RB_OK, pod="postgres-1"): "0x200"}, "28h", BY_NS, "10m"),
+    Case("staging", "RegistryBackupMissing", "the plugin's series are gone",
+         {in_ns("cnpg_collector_up", pod="postgres-1"): "1x200"}, "2h", BY_NS, "10m"),
+    Case("staging", "RegistryBackupMissing", "a backup every 10 minutes",
+         {in_ns(RB_OK, pod="postgres-1"): "0+600x200"}, "28h", interval="10m"),
+    Case("staging", "RegistryWalArchivingFailing", "the primary's archive command fails",
+         {in_ns("cnpg_pg_stat_archiver_last_failed_time", pod="postgres-1"): "2000x30",
+          in_ns("cnpg_pg_stat_archiver_last_archived_time", pod="postgres-1"): "1000x30"}, "15m",
+         [{"namespace": NS, "pod": "postgres-1"}]),
+    Case("staging", "RegistryWalArchivingFailing", "archiving works, never failed (-1)",
+         {in_ns("cnpg_pg_stat_archiver_last_failed_time", pod="postgres-1"): "-1x30",
+          in_ns("cnpg_pg_stat_archiver_last_archived_time", pod="postgres-1"): "1000+60x30"}, "15m"),
     # --- certificates (cert-manager's own namespace is `namespace`, the certificate's is `exported_namespace`)
     Case("staging", "CertificateExpiringSoon", "expires in 10 days",
          {f'certmanager_certificate_expiration_timestamp_seconds{{namespace="cert-manager", exported_namespace="{NS}", name="rag-tls"}}': f"{10 * DAY}x200"},

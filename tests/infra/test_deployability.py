@@ -601,6 +601,24 @@ def test_an_existing_cluster_with_autoscaling_needs_metrics_server() -> None:
     assert "metrics-api" in {c.name for c in analysis.prerequisites}
 
 
+def test_registry_backups_on_a_shared_operator_or_without_cert_manager_list_the_plugins_prerequisites() -> (
+    None
+):
+    """The Barman Cloud plugin comes with the operator the stack installs, and needs cert-manager: with the operator
+    installed elsewhere, or cert-manager not installed by the stack, `make plan` lists what the cluster must run."""
+    staging = d.analyse(run("staging"))
+    assert {"api:barmancloud.cnpg.io", "api:cert-manager.io"}.isdisjoint(
+        c.name for c in staging.prerequisites
+    )
+    shared = run(
+        "staging", postgres={"cloudnative": {"installOperator": False}}, tls={"installCertManager": False}
+    )
+    names = {c.name: c.detail for c in d.analyse(shared).prerequisites}
+    assert "Barman Cloud plugin" in names["api:barmancloud.cnpg.io"]
+    assert "api:cert-manager.io" in names
+    assert not [r for r in shared.resources if r.name == "postgres-barman-cloud"]
+
+
 def test_no_disruption_budget_blocks_a_node_drain() -> None:
     """dev's single-instance CloudNativePG cluster carried the operator's minAvailable-1 budget over its only pod
     (enablePDB): the node under it (dev's, and every PR stack's) could not be drained, upgraded or scaled down."""

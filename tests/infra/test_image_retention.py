@@ -30,6 +30,7 @@ from infra.components.image import (
     PROTECTED_TAG_PREFIX,
     UNPROTECTED_EXPIRY_DAYS,
     copy_script,
+    protect_existing_script,
     protected_tag,
 )
 from tests.infra.conftest import run
@@ -217,3 +218,17 @@ def test_a_promoted_image_is_protected_by_its_copy_and_nothing_else_runs() -> No
 def test_an_existing_cluster_registry_has_no_retention_and_no_protection_step() -> None:
     result = run("dev")
     assert not [r for r in result.resources if r.name == "service-image-protect"]
+
+
+def test_older_releases_are_tagged_before_the_untagged_rule_is_set() -> None:
+    eks = run("prod", "eks")
+    step = eks.by_name("registry-protect-existing")
+    repository = eks.by_name("registry")
+    assert step.urn in eks.by_name("registry-lifecycle").depends_on
+    assert step.inputs["create"] == protect_existing_script(
+        f"123456789012.dkr.ecr.eu-west-1.amazonaws.com/{repository.inputs['name']}"
+    )
+    gke = run("staging", "gke")
+    assert gke.by_name("registry-protect-existing").inputs["create"] == protect_existing_script(
+        gke.outputs["imageDigest"].rsplit("@", 1)[0]
+    )

@@ -279,7 +279,7 @@ def test_image_digest_from_config_is_copied_into_the_stack_registry_and_deployed
     target: str,
 ) -> None:
     result = run("staging", target, image=DIGEST)
-    (copy,) = result.of_type("command:local:Command")
+    copy = result.by_name("service-image-copy")
     copied = copy.inputs["create"].strip().splitlines()[-1].removeprefix("echo ")
     repository, digest = copied.split("@")
     assert digest == DIGEST.rsplit("@", 1)[1]

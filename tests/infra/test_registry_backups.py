@@ -20,6 +20,7 @@ from tests.infra.conftest import run
 
 CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 SCHEDULED = "kubernetes:postgresql.cnpg.io/v1:ScheduledBackup"
+OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
 
 
 def spec_of(result: StackRun) -> dict[str, Any]:
@@ -27,14 +28,31 @@ def spec_of(result: StackRun) -> dict[str, Any]:
     return cluster.inputs["spec"]
 
 
+def store_of(result: StackRun) -> dict[str, Any]:
+    """The ObjectStore's spec, after checking the Cluster's plugin entry names it."""
+    (store,) = result.of_type(OBJECT_STORE)
+    (plugin,) = spec_of(result)["plugins"]
+    assert plugin["name"] == "barman-cloud.cloudnative-pg.io"
+    assert plugin["parameters"]["barmanObjectName"] == store.inputs["metadata"]["name"]
+    return store.inputs["spec"]
+
+
 def test_staging_archives_the_registry_to_its_backup_bucket_as_its_own_identity() -> None:
     result = run("staging")  # GKE, cloudnative, backups on: as committed
     spec = spec_of(result)
-    store = spec["backup"]["barmanObjectStore"]
+    store = store_of(result)["configuration"]
     bucket = result.by_name("qdrant-backups-bucket")
     assert store["destinationPath"] == f"gs://{bucket.inputs['name']}/postgres"
     assert store["googleCredentials"] == {"gkeEnvironment": True}
-    assert spec["backup"]["retentionPolicy"] == "7d"  # Pulumi.staging.yaml backups.retentionDays
+    assert store_of(result)["retentionPolicy"] == "7d"  # Pulumi.staging.yaml backups.retentionDays
+    assert spec["plugins"][0]["parameters"]["serverName"] == "postgres"  # the archive the in-tree setup wrote
+    # The plugin's chart issues its certificates with the stack's cert-manager: it waits for that release, and the
+    # Cluster for the plugin and the ObjectStore.
+    plugin = result.by_name("postgres-barman-cloud")
+    assert result.by_name("gateway-cert-manager").urn in plugin.depends_on
+    assert result.by_name("postgres-operator").urn in plugin.depends_on
+    cluster = result.by_name("postgres-cluster")
+    assert {plugin.urn, result.by_name("postgres-object-store").urn} <= set(cluster.depends_on)
     (scheduled,) = result.of_type(SCHEDULED)
     assert (
         scheduled.inputs["spec"]["schedule"] == "0 0 3 * * *"
@@ -54,10 +72,12 @@ def test_staging_archives_the_registry_to_its_backup_bucket_as_its_own_identity(
 def test_eks_archives_with_irsa_and_prod_protects_the_schedule() -> None:
     result = run("prod", "eks", postgres={"mode": "cloudnative"})
     spec = spec_of(result)
-    assert spec["backup"]["barmanObjectStore"]["s3Credentials"] == {"inheritFromIAMRole": True}
-    assert spec["backup"]["barmanObjectStore"]["destinationPath"].startswith("s3://")
-    assert spec["backup"]["barmanObjectStore"]["destinationPath"].endswith("/postgres")
-    assert spec["backup"]["retentionPolicy"] == "30d"  # Pulumi.prod.yaml backups.retentionDays
+    store = store_of(result)
+    assert store["configuration"]["s3Credentials"] == {"inheritFromIAMRole": True}
+    assert store["configuration"]["destinationPath"].startswith("s3://")
+    assert store["configuration"]["destinationPath"].endswith("/postgres")
+    assert store["retentionPolicy"] == "30d"  # Pulumi.prod.yaml backups.retentionDays
+    assert result.by_name("postgres-object-store").protect is True
     assert "eks.amazonaws.com/role-arn" in spec["serviceAccountTemplate"]["metadata"]["annotations"]
     role = result.by_name("irsa-registry")
     assert "system:serviceaccount:rag:postgres" in role.inputs["assumeRolePolicy"]
@@ -84,6 +104,8 @@ def test_no_archive_where_the_registry_is_not_in_cluster_or_nothing_is_backed_up
     assert not result.of_type(SCHEDULED)
     for cluster in result.of_type(CLUSTER):
         assert "backup" not in cluster.inputs["spec"]
+        assert "plugins" not in cluster.inputs["spec"]
+    assert not result.of_type(OBJECT_STORE)
     assert not [r for r in result.resources if r.name.startswith(("irsa-registry", "wi-registry-b"))]
 
 
@@ -100,12 +122,14 @@ def test_recovery_bootstraps_a_new_cluster_from_the_archive() -> None:
     spec = spec_of(result)
     assert spec["bootstrap"]["recovery"]["recoveryTarget"] == {"targetTime": "2026-11-26T03:00:00Z"}
     (origin,) = spec["externalClusters"]
-    assert origin["barmanObjectStore"]["serverName"] == "postgres"
-    assert (
-        origin["barmanObjectStore"]["destinationPath"]
-        == spec["backup"]["barmanObjectStore"]["destinationPath"]
-    )
-    assert spec["backup"]["barmanObjectStore"]["serverName"] == "postgres-r1"
+    (plugin,) = spec["plugins"]
+    # The old archive is read from the same ObjectStore (bucket and prefix) under its own server name.
+    assert origin["plugin"]["name"] == plugin["name"]
+    assert origin["plugin"]["parameters"] == {
+        "barmanObjectName": plugin["parameters"]["barmanObjectName"],
+        "serverName": "postgres",
+    }
+    assert plugin["parameters"]["serverName"] == "postgres-r1"
 
 
 def _error(stack: str, overrides: dict) -> ConfigError:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -983,10 +984,13 @@ def test_the_background_optimizer_consolidates_once_writes_pause_while_searches_
     thread = threading.Thread(target=searcher)
     thread.start()
     try:
-        for _ in range(50):  # each attempt runs once writes paused; the first may only see passes pending
+        # Each attempt runs once writes paused; the first may only see passes pending, and one that started
+        # between two chunks replays the later chunks onto its copy (unindexed): the passes and the next
+        # consolidation take those in.
+        for _ in range(50):
             assert optimizer.consolidated.wait(120)
             optimizer.consolidated.clear()
-            if store.last_consolidation is not None:
+            if store.last_consolidation is not None and store.shard.info().segments_count <= 2:
                 break
         assert store.last_consolidation is not None
         assert store.shard.info().segments_count <= 2
@@ -996,6 +1000,45 @@ def test_the_background_optimizer_consolidates_once_writes_pause_while_searches_
         store.close()
     assert not failures, failures[0]
     assert searched > 0
+
+
+def test_a_trickle_of_writes_that_never_pauses_still_starts_a_consolidation() -> None:
+    # A consolidation started only once writes paused for EDGE_CONSOLIDATE_IDLE_SECONDS: a write every few seconds
+    # kept a shard from ever consolidating. Now that writes made during one are replayed, a trickle starts one once
+    # it has been wanted for long enough; a heavier stream (more than the replay log would take) still waits.
+    started = threading.Event()
+    optimizer = edge_module._Optimizer(
+        lambda: None,
+        idle_seconds=0.01,
+        chunk_points=10**6,
+        consolidate=lambda cancelled: started.set(),
+        consolidate_idle=3600,  # no pause is ever long enough
+        consolidate_wait=0.5,
+        trickle_points=10**6,
+    )
+    stop = threading.Event()
+
+    def writer() -> None:
+        while not stop.wait(0.02):
+            optimizer.wrote(1)
+
+    thread = threading.Thread(target=writer)
+    optimizer.start()
+    thread.start()
+    try:
+        assert started.wait(60), "a trickle of writes never let a consolidation start"
+    finally:
+        stop.set()
+        thread.join()
+        optimizer.stop()
+    heavy = edge_module._Optimizer(
+        lambda: None, idle_seconds=0.01, chunk_points=10, consolidate_idle=3600, trickle_points=100
+    )
+    for _ in range(100):
+        heavy.wrote(1)
+    assert heavy._trickling(time.monotonic())
+    heavy.wrote(256)  # an ingest's batch: more than the replay log should take
+    assert not heavy._trickling(time.monotonic())
 
 
 def test_settings_refuse_a_live_segment_cap_above_the_consolidation_cap(tmp_path: Path) -> None:

@@ -571,6 +571,8 @@ def test_query_precision_setting_chooses_the_graph_queries_run(
     # float32 session keeps ONNX Runtime's default and one run at a time
     assert int8_embedder.session_options["intra_op_num_threads"] == "1"
     assert int8_embedder.query_coalescer.max_runs == len(os.sched_getaffinity(0))
+    assert int8_embedder.query_coalescer.max_batch == 1  # each queued query takes the next free slot alone
+    assert fp32.query_coalescer.max_batch == 16
     assert fp32.session_options["intra_op_num_threads"] == "0"
     assert fp32.query_coalescer.max_runs == 1
 
@@ -649,3 +651,16 @@ def test_query_precision_is_validated_by_settings(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="embedding_query_precision"):
         Settings(embedding_query_precision="int4")
+
+
+def test_concurrent_int8_queries_each_run_alone_and_match_their_lone_vectors(
+    int8_embedder: FastEmbedEmbedder,
+) -> None:
+    texts = [f"how do I {verb} a file" for verb in ("open", "close", "rename", "truncate", "lock", "map")]
+    alone = [int8_embedder.embed_query(text) for text in texts]
+    coalescer = int8_embedder.query_coalescer
+    runs, calls = coalescer.runs, coalescer.calls
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(int8_embedder.embed_query, texts * 3))
+    assert together == alone * 3  # bit for bit: no batch-mate moves a vector
+    assert coalescer.calls - calls == coalescer.runs - runs == 18  # one text per run, however many wait

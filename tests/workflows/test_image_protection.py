@@ -6,11 +6,12 @@ repository by digest (a build, pushed untagged) is tagged where it is."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from infra.components.image import copy_script, protected_tag
+from infra.components.image import copy_script, protect_existing_script, protected_tag
 from tests.workflows.registries import (
     PASSWORD,
     USERNAME,
@@ -21,9 +22,7 @@ from tests.workflows.registries import (
 )
 
 
-def _sh(script: str, env: dict[str, str]):
-    import subprocess
-
+def _sh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, check=False)
 
 
@@ -82,3 +81,44 @@ def test_a_build_pushed_by_digest_is_tagged_where_it_is(tmp_path: Path) -> None:
         assert done.stdout.splitlines()[-1] == built
         for manifest in (digest, *_children(env, built)):
             assert raw_manifest(env, f"{repository}:{protected_tag(manifest)}").returncode == 0
+
+
+def test_releases_deployed_before_get_their_manifests_tagged_once(tmp_path: Path) -> None:
+    """A release copied before the manifests got tags of their own carries `sha256-<hex>` on its index only; the
+    one-time step tags its manifests before the untagged-image rule is set. An empty repository is nothing to do."""
+    with registry(tmp_path, auth=False) as own:
+        env = isolated_home(tmp_path, own)
+        repository = f"{own.host}/prod/rag-service"
+        empty = _sh(protect_existing_script(repository, login=lambda host: None), env)
+        assert empty.returncode == 0, empty.stderr
+        assert "no images to protect yet" in empty.stderr
+
+        built = push_test_image(tmp_path, env, repository)
+        digest = built.rsplit("@", 1)[1]
+        old_copy = subprocess.run(  # what the copy did before: the index tagged, its manifests not
+            [
+                "skopeo",
+                "copy",
+                "--all",
+                "--preserve-digests",
+                f"docker://{built}",
+                f"docker://{repository}:{protected_tag(digest)}",
+            ],
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert old_copy.returncode == 0, old_copy.stderr
+        children = _children(env, built)
+        assert all(raw_manifest(env, f"{repository}:{protected_tag(c)}").returncode != 0 for c in children)
+
+        done = _sh(protect_existing_script(repository, login=lambda host: None), env)
+
+        assert done.returncode == 0, done.stderr
+        for child in children:
+            by_tag = raw_manifest(env, f"{repository}:{protected_tag(child)}")
+            assert by_tag.returncode == 0, by_tag.stderr
+            assert by_tag.stdout == raw_manifest(env, f"{repository}@{child}").stdout
+        again = _sh(protect_existing_script(repository, login=lambda host: None), env)
+        assert again.returncode == 0, again.stderr
+        assert "Copying" not in again.stderr

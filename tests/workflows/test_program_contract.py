@@ -71,7 +71,7 @@ def test_a_promotion_deploys_the_digest_without_building_and_exports_the_record(
     }
     assert images == {target}
     # The copy is the script the registry test runs, it waits for the repository, and the workloads wait for it.
-    (copy,) = run.of_type("command:local:Command")
+    copy = run.by_name("service-image-copy")
     assert copy.inputs["create"] == copy_script(DIGEST, f"{target_repo}/rag-service")
     assert repository.urn in copy.depends_on
     for deployment in deployments:
@@ -84,7 +84,7 @@ def test_a_promotion_to_eks_copies_into_the_stacks_ecr_repository_with_an_ecr_lo
     run = run_stack("prod", config_overrides={"image": DIGEST, "promotion": record})
 
     (ecr,) = [r for r in run.of_type("aws:ecr/repository:Repository") if r.name == "registry"]
-    (copy,) = run.of_type("command:local:Command")
+    copy = run.by_name("service-image-copy")
     url = copy.inputs["create"].strip().splitlines()[-1].removeprefix("echo ")
     repository, digest = url.split("@")
     assert digest == DIGEST.rsplit("@", 1)[1]

@@ -32,11 +32,13 @@ def _stacks(backend: FakeBackend, digest: str = DIGEST) -> None:
 
 
 def scale_guard(stack: str) -> list[list[str]]:
-    """The Qdrant scale-down guard's reads: the config to apply, the replicas of the stack's latest updates."""
+    """The guards' reads: the Qdrant scale-down guard's (the config to apply, the replicas of the stack's latest
+    updates), then the managed registry's major-version guard's (the config: an in-cluster registry needs no more)."""
     return [
         ["config", "--show-secrets", "--json", "--stack", stack],
         ["stack", "select", "--stack", stack],
         ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", stack],
+        ["config", "--show-secrets", "--json", "--stack", stack],
     ]
 
 

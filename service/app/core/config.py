@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     qdrant_replication_factor: int = Field(1, ge=1, le=10)
     qdrant_shard_number: int = Field(1, ge=1, le=64)
     qdrant_timeout_seconds: float = Field(10.0, gt=0)
+    qdrant_vectors_on_disk: bool = Field(
+        False,
+        description="server mode: the collection's dense vectors are memory-mapped from disk instead of held in RAM",
+    )
+    qdrant_quantization: Literal["none", "int8"] = Field(
+        "none",
+        description="server mode: int8 scalar-quantized copies of the dense vectors in RAM, searched and rescored",
+    )
     internal_token: SecretStr | None = Field(
         None,
         description="API: serve its embedded store to workers on /internal/vectors; worker: the token to send",

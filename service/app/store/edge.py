@@ -47,7 +47,8 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   them under the exclusive gate, before the copy is renamed in, so the copy holds every acknowledged write when
   it is swapped in (a trickle of writes no longer keeps a large shard from ever consolidating). Past
   ``REPLAY_MAX_POINTS`` logged points the merge is given up (``rag_edge_consolidations_total{outcome=
-  "replay_limit"}``) and the next pause retries. A crash at any point leaves the served shard in place, or a
+  "replay_limit"}``) and the next pause retries. Writes that never pause that long but only trickle start a due
+  consolidation anyway after ``CONSOLIDATE_TRICKLE_WAIT`` times the pause. A crash at any point leaves the served shard in place, or a
   merged copy with every acknowledged write replayed (renamed to ``ready`` only then): the next open finishes
   or undoes the swap (``_recover_swap``). The engine's vacuum has no size
   cap, so with consolidation on the serving process never vacuums: the child does (segments with more than 20 %
@@ -63,6 +64,7 @@ Every backend failure is raised as ServiceUnavailable and counted in rag_failure
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -157,6 +159,9 @@ CONSOLIDATION_FILE = "consolidation.json"
 # is swapped in; past this many points (an upsert's points, one per other write) the merge is abandoned instead
 # and retried at the next pause. The log holds each point's vectors and payload (~12 KB at 384 dimensions).
 REPLAY_MAX_POINTS = 4096
+# Writes that never pause for EDGE_CONSOLIDATE_IDLE_SECONDS but only trickle (at most REPLAY_MAX_POINTS / 8 points
+# in the last EDGE_CONSOLIDATE_IDLE_SECONDS) start a due consolidation anyway after this many times that wait.
+CONSOLIDATE_TRICKLE_WAIT = 10
 # Test hook (never set in service): the consolidation blocks for ever at the named point, after saying so on
 # stderr, so a test can kill -9 the process there (points: merging, merged, replaying, replayed, ready, replaced,
 # swapped; see EdgeVectorStore.consolidate).
@@ -517,7 +522,10 @@ class _IndexBuilder:
 class _Optimizer:
     """Runs the shard's optimizers in a daemon thread: after every ``chunk_points`` written points, and once
     writes have paused for ``idle_seconds`` (whatever is left, e.g. a vacuum after deletes); then, once writes
-    have paused for ``consolidate_idle`` seconds, one consolidation (``consolidate``)."""
+    have paused for ``consolidate_idle`` seconds, one consolidation (``consolidate``). Writes that never pause
+    that long but only trickle (at most ``trickle_points`` in the last ``consolidate_idle`` seconds) start one
+    anyway once it has been wanted for ``consolidate_wait`` seconds: the writes made during it are replayed
+    onto the merged copy, so a trickle no longer keeps a shard from consolidating."""
 
     def __init__(
         self,
@@ -527,12 +535,17 @@ class _Optimizer:
         chunk_points: int,
         consolidate: Callable[[Callable[[], bool]], object] | None = None,
         consolidate_idle: float = 0.0,
+        consolidate_wait: float | None = None,
+        trickle_points: int = 0,
     ) -> None:
         self._run_pass = run_pass
         self._idle = idle_seconds
         self._chunk = chunk_points
         self._consolidate = consolidate
         self._consolidate_idle = consolidate_idle
+        self._consolidate_wait = math.inf if consolidate_wait is None else consolidate_wait
+        self._trickle_points = trickle_points
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (when, points) written
         self._changed = threading.Condition()
         # The start-up pass runs at once (not 0.0: the monotonic clock is the uptime, so on a host up for less
         # than idle_seconds the start-up pass waited for it).
@@ -540,6 +553,7 @@ class _Optimizer:
         self._started = time.monotonic()  # a consolidation waits for a pause after start-up too
         self._pending = True  # a loaded shard may hold unindexed points from before a restart
         self._consolidation_wanted = True  # and may have been left with many small segments
+        self._wanted_since = self._started
         self._written = 0  # points written since the last pass started
         self._stopping = False
         self._running = False
@@ -557,11 +571,25 @@ class _Optimizer:
 
     def wrote(self, points: int = 0) -> None:
         with self._changed:
-            self._last_write = time.monotonic()
+            self._last_write = now = time.monotonic()
             self._pending = True
+            if not self._consolidation_wanted:
+                self._wanted_since = now
             self._consolidation_wanted = True
+            if self._trickle_points:
+                self._recent.append((now, max(1, points)))
+                self._forget_before(now - self._consolidate_idle)
             self._written += points
             self._changed.notify()
+
+    def _forget_before(self, moment: float) -> None:
+        while self._recent and self._recent[0][0] < moment:
+            self._recent.popleft()
+
+    def _trickling(self, now: float) -> bool:
+        """Whether the writes of the last ``consolidate_idle`` seconds are few enough to replay."""
+        self._forget_before(now - self._consolidate_idle)
+        return sum(points for _, points in self._recent) <= self._trickle_points
 
     def _stopped(self) -> bool:
         with self._changed:
@@ -574,13 +602,15 @@ class _Optimizer:
                 if self._consolidate is None or not self._consolidation_wanted:
                     self._changed.wait()
                     continue
+                now = time.monotonic()
                 quiet_since = max(self._last_write, self._started)
-                remaining = quiet_since + self._consolidate_idle - time.monotonic()
-                if remaining <= 0:
+                remaining = quiet_since + self._consolidate_idle - now
+                overdue = max(self._wanted_since, self._started) + self._consolidate_wait
+                if remaining <= 0 or (now >= overdue and self._trickling(now)):
                     self._consolidation_wanted = False
                     self._running = True
                     return "consolidate"
-                self._changed.wait(remaining)
+                self._changed.wait(remaining if now >= overdue else min(remaining, overdue - now))
             # Wait until a chunk's worth of points was written, or no write came for idle_seconds (each
             # write moves that deadline): a steady ingest is indexed chunk by chunk, never all at once.
             while not self._stopping and self._written < self._chunk:
@@ -932,6 +962,8 @@ class EdgeVectorStore:
                     chunk_points=self._optimize_chunk,
                     consolidate=self._consolidate_when_idle if self._consolidate_idle else None,
                     consolidate_idle=self._consolidate_idle or 0.0,
+                    consolidate_wait=(self._consolidate_idle or 0.0) * CONSOLIDATE_TRICKLE_WAIT,
+                    trickle_points=self.replay_max_points // 8,
                 )
                 self._optimizer.start()
 

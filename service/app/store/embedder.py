@@ -194,7 +194,12 @@ class FastEmbedEmbedder:
         tokenizer.no_padding()
         self._tokenizer = tokenizer
         self._queries: BatchCoalescer[str, np.ndarray] = BatchCoalescer(
-            self._embed_query_batch, max_batch=QUERY_BATCH_MAX, max_runs=query_runs(query_threads)
+            self._embed_query_batch,
+            # int8 runs one text per run (see _embed_query_batch): a queued query takes the next free run slot on
+            # its own, rather than waiting in a batch another thread works through one text after another while
+            # a core idles.
+            max_batch=QUERY_BATCH_MAX if query_precision == "fp32" else 1,
+            max_runs=query_runs(query_threads),
         )
 
     @staticmethod

@@ -309,16 +309,23 @@ class QdrantVectorStore:
                 )
             self.has_sparse = SPARSE_VECTOR in (info.config.params.sparse_vectors or {})
             indexed = _metadata_kinds(info.payload_schema)
+            if not self.local:
+                self._apply_memory_layout(info)
         else:
             indexed = {}
             self.client.create_collection(
                 self.collection,
-                vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
+                vectors_config=models.VectorParams(
+                    size=self.dimension,
+                    distance=models.Distance.COSINE,
+                    on_disk=self._settings.qdrant_vectors_on_disk or None,
+                ),
                 sparse_vectors_config={
                     SPARSE_VECTOR: models.SparseVectorParams(modifier=models.Modifier.IDF)
                 },
                 replication_factor=self._settings.qdrant_replication_factor,
                 shard_number=self._settings.qdrant_shard_number,
+                quantization_config=_quantization(self._settings.qdrant_quantization),
             )
             self.has_sparse = True
         if self.local:
@@ -365,6 +372,43 @@ class QdrantVectorStore:
             collection=self.collection,
             existing=indexed,
             refresh=self._indexed_metadata_keys,
+        )
+
+    def _apply_memory_layout(self, info: models.CollectionInfo) -> None:
+        """Bring an existing server collection to QDRANT_VECTORS_ON_DISK / QDRANT_QUANTIZATION.
+
+        Both are collection parameters Qdrant updates in place (PATCH /collections/{name}: `vectors` {"": {on_disk}}
+        and `quantization_config`, openapi `UpdateCollection`): the update returns at once, every search keeps
+        working, and Qdrant's optimizer rewrites each segment to the new layout in the background (CPU and disk
+        I/O on every node for a while; RAM falls as segments are rewritten). A collection created before the
+        settings existed (float vectors in RAM, no quantization) is updated at the first start with them on;
+        every replica of the service sends the same idempotent update."""
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, models.VectorParams):
+            return
+        want_on_disk = self._settings.qdrant_vectors_on_disk
+        has_on_disk = bool(vectors.on_disk)
+        current = info.config.quantization_config or vectors.quantization_config
+        has_int8 = (
+            isinstance(current, models.ScalarQuantization) and current.scalar.type == models.ScalarType.INT8
+        )
+        want_int8 = self._settings.qdrant_quantization == "int8"
+        changes: dict[str, Any] = {}
+        if want_on_disk != has_on_disk:
+            changes["vectors_config"] = {"": models.VectorParamsDiff(on_disk=want_on_disk)}
+        if want_int8 != has_int8:
+            changes["quantization_config"] = _quantization("int8") if want_int8 else models.Disabled.DISABLED
+        if not changes:
+            return
+        self.client.update_collection(self.collection, **changes)
+        logger.info(
+            "updated collection %s to vectors_on_disk=%s quantization=%s (was %s, %s); Qdrant rewrites its "
+            "segments in the background",
+            self.collection,
+            want_on_disk,
+            self._settings.qdrant_quantization,
+            has_on_disk,
+            "int8" if has_int8 else "none",
         )
 
     def _indexed_metadata_keys(self) -> dict[str, IndexKind]:
@@ -650,6 +694,20 @@ class QdrantVectorStore:
             self.client.close()
         except Exception as exc:
             logger.warning("closing the vector store failed: %s", exc)
+
+
+def _quantization(kind: str) -> models.ScalarQuantization | None:
+    """QDRANT_QUANTIZATION as Qdrant's collection quantization config (None: none).
+
+    int8 keeps a quantized copy of each dense vector in RAM (`always_ram`, also when the float vectors are on disk),
+    a quarter of the float32 size; the 0.99 quantile clips outliers, Qdrant's documented default for scalar
+    quantization. Searches use the quantized copies and rescore the best hits with the float vectors (Qdrant's
+    default `rescore`), so scores stay exact."""
+    if kind != "int8":
+        return None
+    return models.ScalarQuantization(
+        scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+    )
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:

@@ -254,12 +254,16 @@ def _cnpg_objects(program: Program) -> dict[str, dict]:
     from .conftest import manifest
 
     found = {}
-    for kind in ("Cluster", "ScheduledBackup"):
-        doc = manifest(program.one(f"kubernetes:postgresql.cnpg.io/v1:{kind}"))
+    for api, kind in (
+        ("postgresql.cnpg.io/v1", "Cluster"),
+        ("postgresql.cnpg.io/v1", "ScheduledBackup"),
+        ("barmancloud.cnpg.io/v1", "ObjectStore"),
+    ):
+        doc = manifest(program.one(f"kubernetes:{api}:{kind}"))
         validated_by, errors = render.validate_manifest(doc)
-        # Strictly, against the CRD schema of the pinned operator (infra/schemas/postgresql.cnpg.io).
+        # Strictly, against the CRD schema of the pinned operator and plugin (infra/schemas/).
         assert errors == [], (kind, errors)
-        assert validated_by.startswith(f"postgresql.cnpg.io/{kind.lower()}_v1.yaml ("), validated_by
+        assert validated_by.startswith(f"{api.split('/')[0]}/{kind.lower()}_v1.yaml ("), validated_by
         found[kind] = doc
     return found
 
@@ -277,33 +281,92 @@ def test_backups_archive_to_the_bucket_with_workload_identity(
     program = run_db(backed_up(cloud))
     objects = _cnpg_objects(program)
     spec = objects["Cluster"]["spec"]
-    store = spec["backup"]["barmanObjectStore"]
-    assert store["destinationPath"] == f"{scheme}://{BUCKET}/postgres"
-    assert store["serverName"] == "postgres"
-    assert {k: v for k, v in store.items() if k.endswith("Credentials")} == credentials
-    assert spec["backup"]["retentionPolicy"] == "21d"
-    # The operator creates the instances' ServiceAccount from this template: the workload identity binds to it.
+    # The in-tree barmanObjectStore is gone: the operator's webhook refuses it next to a WAL archiver plugin.
+    assert "backup" not in spec
+    (plugin,) = spec["plugins"]
+    assert plugin == {
+        "name": "barman-cloud.cloudnative-pg.io",
+        "isWALArchiver": True,
+        "parameters": {"barmanObjectName": "postgres-archive", "serverName": "postgres"},
+    }
+    # The plugin entry names the ObjectStore the component creates, in the Cluster's namespace.
+    store = objects["ObjectStore"]
+    assert store["metadata"]["name"] == plugin["parameters"]["barmanObjectName"]
+    assert store["metadata"]["namespace"] == objects["Cluster"]["metadata"]["namespace"]
+    configuration = store["spec"]["configuration"]
+    assert configuration["destinationPath"] == f"{scheme}://{BUCKET}/postgres"
+    assert "serverName" not in configuration  # the plugin docs: "must always be left empty"
+    assert {k: v for k, v in configuration.items() if k.endswith("Credentials")} == credentials
+    assert store["spec"]["retentionPolicy"] == "21d"
+    # The operator creates the instances' ServiceAccount from this template: the workload identity binds to it
+    # (the plugin's sidecar runs in the instance pod, with its ServiceAccount).
     annotations = spec["serviceAccountTemplate"]["metadata"]["annotations"]
     assert annotations == backed_up(cloud).backup_service_account_annotations
     assert "initdb" in spec["bootstrap"]
     assert "externalClusters" not in spec
+    assert spec["imageName"] == pg.DEFAULT_PG_IMAGE
+    assert "-standard-" in spec["imageName"]
     scheduled = objects["ScheduledBackup"]["spec"]
     assert scheduled["schedule"] == "0 30 2 * * *"
     assert scheduled["cluster"] == {"name": "postgres"}
-    assert scheduled["method"] == "barmanObjectStore"
+    assert scheduled["method"] == "plugin"
+    assert scheduled["pluginConfiguration"] == {"name": plugin["name"]}
     # Stateful: protected with the Cluster (prod), and created after it.
     backup = program.named("postgres-scheduled-backup")
     assert backup.protect is True
     assert program.named("postgres-cluster").urn in backup.depends_on
+    assert program.named("postgres-object-store").protect is True
     db: pg.PostgresDatabase = program.result
     assert resolve(db.backup_destination) == f"{scheme}://{BUCKET}/postgres"
     assert db.archive_name == "postgres"
+
+
+def test_the_plugin_installs_after_cert_manager_and_the_operator_and_the_cluster_waits_for_it() -> None:
+    """Order on a real `up`: cert-manager (the plugin chart's Issuer and Certificates), the operator, the plugin
+    (whose chart installs the ObjectStore CRD), the ObjectStore, then the Cluster that names both."""
+
+    def build() -> pg.PostgresDatabase:
+        cert_manager = k8s.core.v1.ConfigMap("cert-manager")  # stands in for the cert-manager release
+        return pg.PostgresDatabase("postgres", backed_up(cert_manager=(cert_manager,)))
+
+    program = run_components(build)
+    operator = program.named("postgres-operator")
+    plugin = program.named("postgres-barman-cloud")
+    store = program.named("postgres-object-store")
+    cluster = program.named("postgres-cluster")
+    assert plugin.type == "kubernetes:helm.sh/v3:Release"
+    assert plugin.inputs["chart"] == "plugin-barman-cloud"
+    assert plugin.inputs["version"] == pg.BARMAN_CLOUD_CHART_VERSION
+    assert plugin.inputs["repositoryOpts"]["repo"] == pg.CNPG_REPO
+    # "must be installed in the same namespace as the CloudNativePG operator"
+    assert plugin.inputs["namespace"] == operator.inputs["namespace"] == "cnpg-system"
+    assert plugin.inputs["values"]["crds"] == {"create": True}
+    assert {program.urn_of("cert-manager"), operator.urn} <= set(plugin.depends_on)
+    assert plugin.urn in store.depends_on
+    assert {store.urn, plugin.urn} <= set(cluster.depends_on)
+    assert program.result.barman_cloud is not None
+    # Without backups there is neither a plugin nor an ObjectStore.
+    plain = run_db(cloudnative())
+    assert "postgres-barman-cloud" not in {r.name for r in plain.resources}
+    assert not plain.by_type("kubernetes:barmancloud.cnpg.io/v1:ObjectStore")
+
+
+def test_an_operator_installed_elsewhere_brings_the_plugin_and_the_object_store_waits_for_it() -> None:
+    def build() -> pg.PostgresDatabase:
+        operator = k8s.core.v1.ConfigMap("shared-operator")
+        return pg.PostgresDatabase("postgres", backed_up(install_operator=False, operator=operator))
+
+    program = run_components(build)
+    assert "postgres-barman-cloud" not in {r.name for r in program.resources}
+    assert program.urn_of("shared-operator") in program.named("postgres-object-store").depends_on
+    assert program.named("postgres-object-store").urn in program.named("postgres-cluster").depends_on
 
 
 def test_no_bucket_no_backups() -> None:
     program = run_db(cloudnative())
     spec = program.named("postgres-cluster").inputs["spec"]
     assert "backup" not in spec
+    assert "plugins" not in spec
     assert "serviceAccountTemplate" not in spec
     assert not program.by_type("kubernetes:postgresql.cnpg.io/v1:ScheduledBackup")
     assert program.result.backup_destination is None
@@ -325,7 +388,8 @@ def test_recovery_bootstraps_from_the_old_archive_and_archives_under_a_new_name(
         recovery_source="postgres",
         recovery_target_time="2026-11-26T03:00:00Z",
     )
-    spec = _cnpg_objects(run_db(args))["Cluster"]["spec"]
+    objects = _cnpg_objects(run_db(args))
+    spec = objects["Cluster"]["spec"]
     recovery = spec["bootstrap"]["recovery"]
     assert "initdb" not in spec["bootstrap"]
     assert recovery["source"] == pg.RECOVERY_SOURCE
@@ -337,13 +401,20 @@ def test_recovery_bootstraps_from_the_old_archive_and_archives_under_a_new_name(
     )
     assert recovery["recoveryTarget"] == {"targetTime": "2026-11-26T03:00:00Z"}
     (origin,) = spec["externalClusters"]
-    assert origin["name"] == pg.RECOVERY_SOURCE
-    assert origin["barmanObjectStore"] == {
-        "destinationPath": f"s3://{BUCKET}/postgres",
-        "serverName": "postgres",
-        "s3Credentials": {"inheritFromIAMRole": True},
+    assert origin == {
+        "name": pg.RECOVERY_SOURCE,
+        "plugin": {
+            "name": "barman-cloud.cloudnative-pg.io",
+            "parameters": {
+                "barmanObjectName": objects["ObjectStore"]["metadata"]["name"],
+                "serverName": "postgres",
+            },
+        },
     }
-    assert spec["backup"]["barmanObjectStore"]["serverName"] == "postgres-r1"
+    # Reads the old archive from the same bucket and prefix; archives under the new name.
+    assert objects["ObjectStore"]["spec"]["configuration"]["destinationPath"] == f"s3://{BUCKET}/postgres"
+    (plugin,) = spec["plugins"]
+    assert plugin["parameters"]["serverName"] == "postgres-r1"
     # Without a target time the whole archive is replayed.
     spec = pg.cluster_spec(
         backed_up(archive_name="postgres-r1", recovery_source="postgres"),
