@@ -314,25 +314,36 @@ def ingest_raw(
     return chunks, time.perf_counter() - started
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the whole process ``pid`` so far (utime + stime of /proc/PID/stat, clock ticks): unlike a
+    sum over /proc/PID/task, it keeps the CPU of threads that have exited (idle worker threads end after a while;
+    summing the live threads once gave a negative CPU per search)."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
-    """CPU seconds of the threads of ``pid`` (exact, /proc/PID/task/*/schedstat), summed into "main" (the main
-    thread: the service's event loop), "engine pool" (qdrant-edge names its search threads edge-search-N) and
-    "other" (Python's worker threads and ONNX Runtime's carry the process name, so they cannot be told apart)."""
-    found: dict[str, float] = {}
+    """CPU seconds of ``pid`` split into "main" (the main thread: the service's event loop; exact,
+    /proc/PID/task/*/schedstat), "engine pool" (qdrant-edge names its search threads edge-search-N) and "other":
+    the rest of the process (``process_cpu_seconds``, exited threads included) (Python's worker threads and ONNX
+    Runtime's carry the process name, so they cannot be told apart)."""
+    found: dict[str, float] = {"main": 0.0, "engine pool": 0.0}
     for task in os.scandir(f"/proc/{pid}/task"):
         with contextlib.suppress(OSError):
-            with open(f"{task.path}/schedstat", "rb") as stat:
-                seconds = int(stat.read().split()[0]) / 1e9
             with open(f"{task.path}/comm", encoding="utf-8", errors="replace") as comm:
                 name = "main" if task.name == str(pid) else comm.read().strip()
-            key = "engine pool" if name.startswith("edge-search") else name if name == "main" else "other"
-            found[key] = found.get(key, 0.0) + seconds
+            key = "engine pool" if name.startswith("edge-search") else name if name == "main" else None
+            if key is not None:
+                with open(f"{task.path}/schedstat", "rb") as stat:
+                    found[key] += int(stat.read().split()[0]) / 1e9
+    found["other"] = max(0.0, process_cpu_seconds(pid) - found["main"] - found["engine pool"])
     return found
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time of this process and of ``pid`` so far, every thread, in seconds (schedstat: nanoseconds)."""
-    return time.process_time() + sum(thread_cpu_seconds(pid).values())
+    """CPU time of this process and of ``pid`` so far, every thread (exited ones included), in seconds."""
+    return time.process_time() + process_cpu_seconds(pid)
 
 
 def running_threads(pid: int, exclude: int | None = None) -> int:
@@ -645,7 +656,7 @@ def main() -> None:
         for key in ("main", "other", "engine pool")
     }
     server_cpu = (
-        f"Service CPU per search (every thread of the process over the measured searches, /proc/PID/task): "
+        f"Service CPU per search (the whole process over the measured searches, exited threads included: /proc/PID/stat; the event loop and the engine pool from /proc/PID/task): "
         f"{sum(per_search.values()):.2f} ms, of which the event loop {per_search['main']:.2f} ms, the engine's "
         f"search pool {per_search['engine pool']:.2f} ms and the other threads (threadpool worker: the query "
         f"embedding's calling thread, the registry and the engine call; ONNX Runtime's intra-op worker) "

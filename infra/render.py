@@ -104,6 +104,8 @@ class Report:
     deployability: Analysis | None = None
     warnings: list[str] = field(default_factory=list)
     """Worth a look, not a failure (e.g. alerts that reach nobody)."""
+    ignored: list[str] = field(default_factory=list)
+    """Config the stack sets that does nothing for its target (`infra.inert`), not a failure."""
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -399,6 +401,24 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     }
 
 
+def ignored_config(run: StackRun) -> list[str]:
+    """The keys the run's stack file (or --set) sets that do nothing for its cluster target (`infra.inert`)."""
+    from infra import inert
+    from infra.config import stack_file
+    from infra.deployability import _declared_config, effective_config
+    from infra.offline import PROJECT_DIR
+
+    path = PROJECT_DIR / stack_file(run.stack)
+    stack_values = (
+        (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("config") or {} if path.is_file() else {}
+    )
+    defaults = {
+        key: declaration.get("default") if isinstance(declaration, Mapping) else declaration
+        for key, declaration in _declared_config().items()
+    }
+    return inert.ignored(effective_config(run), defaults, stack_values, stack_file(run.stack))
+
+
 def plan_warnings(run: StackRun) -> list[str]:
     """What deploys fine but will disappoint: monitoring whose alerts reach nobody, or whose runbook links are
     relative paths (the default) that no pager can open."""
@@ -471,6 +491,7 @@ def render_run(run: StackRun, out: Path, *, environment: str, deployability: boo
 
     report.violations = run_policies(run.resources, environment=environment)
     report.warnings = plan_warnings(run)
+    report.ignored = ignored_config(run)
     if deployability:
         report.deployability = analyse(run)
     report.summary = summarize(run, environment)
@@ -497,6 +518,7 @@ def plan_json(report: Report) -> dict[str, Any]:
         ],
         "deployability": _deployability_json(report.deployability),
         "warnings": list(report.warnings),
+        "ignoredConfig": list(report.ignored),
         "ok": report.ok,
     }
 
@@ -620,6 +642,12 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines(report.warnings, "none"),
         "",
+        "## Ignored config",
+        "",
+        "Keys the stack sets that do nothing for its target (kept for a switch of cluster.provider or a mode):",
+        "",
+        *_lines(report.ignored, "none"),
+        "",
     ]
     return "\n".join(parts)
 
@@ -646,6 +674,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  ({len(report.deployability.waived)} known deployability findings waived: see plan.md)")
     for warning in report.warnings:
         print(f"  WARNING {warning}")
+    for key in report.ignored:
+        print(f"  IGNORED {key}")
     for quota in report.summary.get("quotas", []):
         print(f"  QUOTA   {quota}")
     for database in report.summary.get("managedDatabases", []):

@@ -929,8 +929,9 @@ class PostgresDatabase(pulumi.ComponentResource):
         restore: dict[str, Any] = {}
         ignore: list[str] = []
         if restored:
-            # Create-only inputs (a change forces a new instance): ignored once it exists, so keeping, changing
-            # or clearing the restore keys later never replaces the registry.
+            # Create-only inputs (a change forces a new instance; clearing `restore_to_point_in_time` too:
+            # hashicorp/terraform-provider-aws#34522): ignored once it exists, so keeping, changing or clearing the
+            # restore keys later never replaces the registry.
             ignore = ["snapshotIdentifier", "restoreToPointInTime"]
             restore["identifier"] = args.restore_identifier
             if args.restore_snapshot is not None:

@@ -1,0 +1,127 @@
+"""Config a stack sets that does nothing for the target it selects (`make plan`'s "Ignored config" section).
+
+The stack files keep the settings of the targets they can switch to (prod declares its GKE cluster next to its EKS
+one, and its in-cluster Postgres next to RDS): switching `cluster.provider` or a `mode` then deploys a reviewed
+configuration, so these keys are not refused. But a reader of `redis.managed.memorySizeGb: 5` in an EKS stack would
+think ElastiCache has 5 GB (it is sized by `nodeType`), so the plan names every such key, its stack file and what
+it would apply to: every such key the stack file names, and any other (from `--set`) that differs from its default.
+
+The rules mirror `infra/stack.py`'s `*_args` builders (which provider block, which mode's settings, and which
+managed-service keys each cloud's resource reads); `tests/infra/test_inert.py` checks each reported key by
+changing it and finding the program unchanged, and its counterpart on the other target changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+#: Managed-service keys only one cloud's resource reads: (key, provider that reads it, what it is, what the other
+#: provider uses instead).
+PROVIDER_ONLY = (
+    (
+        "postgres.managed.instanceClass",
+        "eks",
+        "RDS's instance class",
+        "Cloud SQL is sized by postgres.managed.tier",
+    ),
+    (
+        "postgres.managed.tier",
+        "gke",
+        "Cloud SQL's machine tier",
+        "RDS is sized by postgres.managed.instanceClass",
+    ),
+    (
+        "redis.managed.nodeType",
+        "eks",
+        "ElastiCache's node type",
+        "Memorystore is sized by redis.managed.memorySizeGb",
+    ),
+    (
+        "redis.managed.replicas",
+        "eks",
+        "ElastiCache's replicas",
+        "Memorystore's replica is redis.managed.tier",
+    ),
+    ("redis.managed.tier", "gke", "Memorystore's tier", "ElastiCache's replicas are redis.managed.replicas"),
+    (
+        "redis.managed.memorySizeGb",
+        "gke",
+        "Memorystore's size",
+        "ElastiCache is sized by redis.managed.nodeType",
+    ),
+)
+
+
+def rules(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key or `prefix.`, why it does nothing) for the effective config's selections."""
+    provider = config["cluster"]["provider"]
+    found = [
+        (f"cluster.{other}.", f"cluster.provider is {provider}")
+        for other in ("existing", "gke", "eks")
+        if other != provider
+    ]
+    for store, mode, own, other in (
+        ("postgres", config["postgres"]["mode"], "managed", "cloudnative"),
+        ("redis", config["redis"]["mode"], "managed", "incluster"),
+    ):
+        unused = other if mode == own else own
+        found.append((f"{store}.{unused}.", f"{store}.mode is {mode}"))
+        if mode == "managed":
+            found.extend(
+                (key, f"{what} (cluster.provider {reader}); on {provider}, {instead}")
+                for key, reader, what, instead in PROVIDER_ONLY
+                if key.startswith(f"{store}.") and reader != provider
+            )
+    return found
+
+
+def _leaves(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_leaves(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
+def _in(values: Mapping[str, Any], key: str) -> bool:
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def ignored(
+    config: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    stack_values: Mapping[str, Any],
+    stack_file: str,
+) -> list[str]:
+    """One line per key (a provider block: per block) the stack file names, or that differs from its default,
+    and that does nothing here.
+
+    `config` is the effective `rag:` config (objects merged over their defaults, bare keys), `defaults` the
+    declared defaults (bare keys), `stack_values` the stack file's `config:` (keys `rag:`-prefixed): a key found
+    there is attributed to `stack_file`, any other to the command line (`--set`)."""
+    stack = {key.removeprefix("rag:"): value for key, value in stack_values.items()}
+    lines = []
+    for rule, why in rules(config):
+        top = rule.split(".", 1)[0]
+        set_keys = sorted(
+            key
+            for key, value in _leaves(config.get(top), top).items()
+            if (key == rule or (rule.endswith(".") and key.startswith(rule)))
+            and (_in(stack, key) or _leaves(defaults.get(top), top).get(key, object()) != value)
+        )
+        if not set_keys:
+            continue
+        groups = [rule.rstrip(".")] if rule.startswith("cluster.") else set_keys
+        for group in groups:
+            members = [k for k in set_keys if k == group or k.startswith(f"{group}.")]
+            where = stack_file if any(_in(stack, k) for k in members) else "--set"
+            what = f"rag:{group}" + (f" ({len(members)} keys)" if len(members) > 1 else "")
+            lines.append(f"{what} in {where} has no effect: {why}")
+    return lines
