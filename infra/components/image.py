@@ -137,16 +137,44 @@ def validate_args(args: ServiceImageArgs) -> None:
     require(dockerfile.is_file(), f"ServiceImageArgs.dockerfile {dockerfile} does not exist.")
 
 
-def current_git_sha(repo_root: Path = REPO_ROOT) -> str:
-    """The commit checked out in `repo_root` (what a build from this tree should be tagged with)."""
-    result = subprocess.run(
-        ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, like any developer machine or CI runner
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        check=True,
+#: Names the commit a build is tagged with when the tree is not a git checkout (a source tarball, a CI artifact).
+GIT_SHA_ENV = "RAG_GIT_SHA"
+
+
+class GitCommitError(ValueError):
+    """The commit a build must be labelled with cannot be found (one line for `make plan` and `pulumi up`)."""
+
+
+def current_git_sha(repo_root: Path = REPO_ROOT, environ: Mapping[str, str] | None = None) -> str:
+    """The commit checked out in `repo_root` (what a build from this tree should be tagged with), or, outside a
+    git checkout, the commit named by RAG_GIT_SHA."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],  # noqa: S607 - git from PATH, like any developer machine or CI runner
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:  # no git on PATH
+        result = subprocess.CompletedProcess([], 127, "", str(exc))
+    sha = result.stdout.strip()
+    if result.returncode == 0 and _SHA.match(sha):
+        return sha
+    named = environ.get(GIT_SHA_ENV, "").strip().lower()
+    if named:
+        if not _SHA.match(named):
+            raise GitCommitError(f"{GIT_SHA_ENV}={named!r} is not a commit id (7-40 hex digits)")
+        return named
+    reason = (result.stderr.strip().splitlines() or ["git rev-parse HEAD failed"])[-1]
+    raise GitCommitError(
+        f"a build of this stack is labelled with the git commit, but {repo_root} is not a git checkout ({reason}): "
+        f"run from a checkout, set {GIT_SHA_ENV} to the commit the tree comes from, or deploy a built image "
+        "with rag:image"
     )
-    return result.stdout.strip()
 
 
 def image_names(repository: str) -> list[str]:
