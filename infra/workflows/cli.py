@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from importlib import metadata
@@ -142,8 +142,9 @@ def _progress(title: str, quiet: bool) -> Iterator[tuple[OnOutput, OnEvent]]:
         yield on_output, on_event
 
 
-def _run(action: Callable[[], T]) -> T:
-    """Map workflow errors to exit codes with a readable message."""
+def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
+    """Map workflow errors to exit codes with a readable message (`roles`: what each stack of the command is,
+    for the hint when one is missing)."""
     try:
         return action()
     except UsageError as exc:
@@ -159,7 +160,7 @@ def _run(action: Callable[[], T]) -> T:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except CommandError as exc:
-        failure = describe(exc)
+        failure = describe(exc, roles)
         console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
         if failure.stderr and failure.stderr != failure.headline:
             console.print(failure.stderr, markup=False, highlight=False)
@@ -344,7 +345,7 @@ def promote(
         with _progress(f"promote {source} -> {target}", quiet) as (on_output, on_event):
             return promote_mod.promote(context, source, target, on_output=on_output, on_event=on_event)
 
-    done = _run(action)
+    done = _run(action, roles={source: "the source of the promotion", target: "the target of the promotion"})
     console.print(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )

@@ -8,6 +8,7 @@ in, no backend, no passphrase, a stack that was never created, a lock left by a 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pulumi.automation.errors import CommandError
@@ -16,6 +17,8 @@ from semver import VersionInfo
 #: The oldest Pulumi CLI ragops supports: the first with `config set-all --json` (pulumi/pulumi#19427, May 2025). CI
 #: installs the version pinned in .github/workflows (3.272.0).
 MIN_PULUMI_VERSION = VersionInfo(3, 170, 0)
+
+MISSING_STACK = re.compile(r"no stack named '([^']+)' found", re.I)
 
 # (pattern in stderr, hint); the first match wins. Texts are the real CLI's (pkg/cmd/pulumi, pkg/secrets/passphrase).
 HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -32,11 +35,7 @@ HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"incorrect passphrase|failed to decrypt", re.I),
         "wrong passphrase: PULUMI_CONFIG_PASSPHRASE must be the one the stack was created with",
     ),
-    (
-        re.compile(r"no stack named '([^']+)' found", re.I),
-        "the stack does not exist in this backend: create it with `pulumi stack init {0}` "
-        "(ephemeral PR stacks: `ragops ephemeral up --name {0}`)",
-    ),
+    (MISSING_STACK, "{missing}"),
     (
         re.compile(
             r"NoSuchBucket|bucket does not exist|failed to open bucket|no such host|connection refused", re.I
@@ -82,19 +81,36 @@ def stderr_of(exc: CommandError) -> str:
     return text.strip()
 
 
-def hint_for(stderr: str) -> str | None:
-    """A one-line fix for a common cause, or None."""
+def missing_stack_hint(name: str, roles: Mapping[str, str] | None = None) -> str:
+    """How to create stack `name`: a permanent stack (dev, staging, prod) with `pulumi stack init` only, since
+    `ragops ephemeral` refuses those names; any other name may also be an ephemeral PR stack. `roles` says what
+    each stack of the command is (promote: the source and the target)."""
+    from infra.workflows.stacks import PERMANENT_STACKS
+
+    short = name.rsplit("/", 1)[-1]
+    role = (roles or {}).get(short)
+    which = f"{short} ({role})" if role else "the stack"
+    hint = f"{which} does not exist in this backend: create it with `pulumi stack init {name}`"
+    if short not in PERMANENT_STACKS:
+        hint += f" (ephemeral PR stacks: `ragops ephemeral up --name {short}`)"
+    return hint
+
+
+def hint_for(stderr: str, roles: Mapping[str, str] | None = None) -> str | None:
+    """A one-line fix for a common cause, or None. `roles` names what each stack of the command is."""
     for pattern, hint in HINTS:
         match = pattern.search(stderr)
         if match:
+            if pattern is MISSING_STACK:
+                return missing_stack_hint(match.group(1), roles)
             return hint.format(*match.groups())
     return None
 
 
-def describe(exc: CommandError) -> PulumiFailure:
+def describe(exc: CommandError, roles: Mapping[str, str] | None = None) -> PulumiFailure:
     """The stderr and hint of a failed command."""
     stderr = stderr_of(exc)
-    return PulumiFailure(stderr=stderr, hint=hint_for(stderr))
+    return PulumiFailure(stderr=stderr, hint=hint_for(stderr, roles))
 
 
 def check_cli_version(version: VersionInfo | None) -> str | None:
