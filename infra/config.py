@@ -317,6 +317,14 @@ class CnpgRecovery:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CnpgMajorUpgrade:
+    """A declared major-version upgrade of the CloudNativePG Cluster (an offline in-place pg_upgrade)."""
+
+    fromVersion: str = _f(pattern=re.compile(r"^(1[4-8])?$"))
+    """The major the Cluster runs now, while postgres.version names the target; empty: no upgrade declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class CloudNativePg:
     """CloudNativePG Cluster settings (mode cloudnative)."""
 
@@ -326,6 +334,7 @@ class CloudNativePg:
     resources: Resources
     archiveName: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
     recovery: CnpgRecovery
+    majorUpgrade: CnpgMajorUpgrade
 
 
 MAJOR_RE = re.compile(r"^(1[4-8])?$")
@@ -1327,6 +1336,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
             )
+    _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)
     if config.backups.enabled and cluster.provider == "existing":
         fail(
@@ -1451,6 +1461,49 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "redis.managed.tier",
                 f"prod requires STANDARD_HA (a replica in another zone with failover), got {config.redis.managed.tier}",
             )
+
+
+def _check_cnpg_major_upgrade(config: StackConfig, fail: Any) -> None:
+    """A declared major upgrade of the CloudNativePG registry: what the operator accepts, and a new archive.
+
+    CloudNativePG 1.30 upgrades in place, offline, when `imageName` names a higher major (pg_upgrade --link in a
+    Job; every instance is down meanwhile, replicas are re-cloned after; docs/src/postgres_upgrades.md at v1.30.0).
+    Its webhook refuses a lower major ("can't downgrade from major") and an upgrade to 14 or 15 ("major upgrades
+    are only supported to version 16 or higher"; internal/webhook/v1/cluster_webhook.go validateImageChange).
+    """
+    postgres, cnpg = config.postgres, config.postgres.cloudnative
+    upgrade = cnpg.majorUpgrade.fromVersion
+    if not upgrade:
+        return
+    key = "postgres.cloudnative.majorUpgrade.fromVersion"
+    target = int(postgres.version.split(".")[0])
+    if postgres.mode != "cloudnative":
+        fail(key, f"declares an upgrade of the CloudNativePG Cluster, but postgres.mode is {postgres.mode}")
+    if int(upgrade) >= target:
+        fail(
+            key,
+            f"{upgrade} is not below postgres.version ({postgres.version}): CloudNativePG upgrades a major in place "
+            "and refuses a downgrade (restore from a backup of the old major instead); once the Cluster runs "
+            "postgres.version this key is cleared",
+        )
+    if target < 16:
+        fail(
+            "postgres.version",
+            f"{postgres.version} with {key} {upgrade}: CloudNativePG upgrades in place only to PostgreSQL 16 or later",
+        )
+    if cnpg.recovery.source:
+        fail(
+            key,
+            "is set together with postgres.cloudnative.recovery.source: restore first, upgrade in a later `up`",
+        )
+    if config.backups.enabled and not cnpg.archiveName.endswith(f"-pg{target}"):
+        fail(
+            "postgres.cloudnative.archiveName",
+            f"must name a new archive for PostgreSQL {target} (ending in -pg{target}, e.g. postgres-pg{target}) with "
+            f"{key} {upgrade}: pg_upgrade makes a new system with its timeline back at 1, whose WAL and backups "
+            "would mix with, and overwrite timeline-1 files of, the old major's archive (CloudNativePG "
+            "postgres_upgrades.md, 'Backup and WAL Archive Considerations'); the old archive stays for restores",
+        )
 
 
 def _check_managed_postgres(config: StackConfig, fail: Any) -> None:

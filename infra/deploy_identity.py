@@ -242,6 +242,21 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
         "rds:CreateDBSnapshot",
         "rds:AddTagsToResource",
         "rds:ListTagsForResource",
+        # rag:postgres.managed.restore: the instance is created from a snapshot or a point in time.
+        "rds:RestoreDBInstanceFromDBSnapshot",
+        "rds:RestoreDBInstanceToPointInTime",
+        "rds:DescribeDBSnapshots",
+    ),
+    # One parameter group per Postgres major (a declared major upgrade moves the instance to the next one).
+    "aws:rds/parameterGroup:ParameterGroup": (
+        "rds:CreateDBParameterGroup",
+        "rds:DeleteDBParameterGroup",
+        "rds:ModifyDBParameterGroup",
+        "rds:ResetDBParameterGroup",
+        "rds:DescribeDBParameterGroups",
+        "rds:DescribeDBParameters",
+        "rds:AddTagsToResource",
+        "rds:ListTagsForResource",
     ),
     "aws:rds/subnetGroup:SubnetGroup": (
         "rds:CreateDBSubnetGroup",

@@ -2895,6 +2895,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "postgres.cloudnative.archiveName": "postgres-r2",
     "postgres.cloudnative.recovery.source": "postgres",
     "postgres.cloudnative.recovery.targetTime": "2026-11-26T03:00:00Z",
+    "postgres.cloudnative.majorUpgrade.fromVersion": "16",  # from 16 to the default 17
     "postgres.managed.instanceClass": "db.r7g.large",
     "postgres.managed.tier": "db-custom-4-15360",
     "postgres.managed.maintenanceWindow.day": "wed",

@@ -405,6 +405,7 @@ def postgres_args(
         archive_name=cnpg.archiveName or None,
         recovery_source=cnpg.recovery.source or None,
         recovery_target_time=cnpg.recovery.targetTime or None,
+        major_upgrade_from=int(cnpg.majorUpgrade.fromVersion) if cnpg.majorUpgrade.fromVersion else None,
         mode=mode,
         password=password,
         database=cfg.database,

@@ -513,6 +513,42 @@ class CopyPrerequisiteError(Exception):
     """This machine cannot copy the image: a tool is missing, or the source cannot be read (the message says)."""
 
 
+#: The CLI that logs in to each cluster target's own registry (`registry_login`): what it is, and how to install it.
+REGISTRY_CLIS: Mapping[str, tuple[str, str, str]] = {
+    "gke": (
+        "gcloud",
+        "Artifact Registry",
+        "install the Google Cloud CLI, https://cloud.google.com/sdk/docs/install",
+    ),
+    "eks": (
+        "aws",
+        "ECR",
+        "install the AWS CLI v2, https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html",
+    ),
+}
+
+
+def check_registry_tools(provider: str, *, which: Callable[[str], str | None] = shutil.which) -> None:
+    """What a gke/eks `up` that tags images in the stack's own registry on this machine needs (a build's protection
+    step, `registry-protect-existing`, a promotion's copy): skopeo, and the registry's CLI for its login.
+
+    Raises CopyPrerequisiteError naming the first tool missing and how to install it; other providers need none.
+    """
+    if provider not in REGISTRY_CLIS:
+        return
+    cli, registry, install = REGISTRY_CLIS[provider]
+    if which("skopeo") is None:
+        raise CopyPrerequisiteError(
+            f"skopeo is not on PATH: it tags the stack's images in {registry} "
+            "(Debian/Ubuntu: `apt-get install skopeo`; GitHub's ubuntu-24.04 runners have it)."
+        )
+    if which(cli) is None:
+        raise CopyPrerequisiteError(
+            f"{cli} is not on PATH: it logs in to {registry} for skopeo ({install}; GitHub's ubuntu-24.04 runners "
+            "have it)."
+        )
+
+
 def check_copy_source(
     source_ref: str,
     *,

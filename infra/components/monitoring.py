@@ -17,11 +17,12 @@ CRD ordering: `crds_ready` is the release; everything needing those CRDs (the ru
 RagService and QdrantCluster) depends on it, so nothing is created before the CRDs exist.
 
 Mode `existing` (a cluster that already runs Prometheus Operator) installs none of the above: a second operator
-would reconcile the first one's objects and a second node exporter cannot bind the nodes' port. It creates only
-the rule, the cert-manager/autoscaler monitors and the dashboard ConfigMap in the service's namespace, labelled
-for the existing Prometheus's selectors (`selector_labels`; the stack's other components take the same labels
-from `monitor_labels`) and Grafana's sidecar (`dashboard_labels`), after reading the existing CRDs (`Monitoring`
-says why a read). Routing stays with the cluster's Alertmanager.
+would reconcile the first one's objects, the CRD upgrade job would re-apply the CRDs at this chart's version, and a
+second node exporter cannot bind the nodes' port 9100. It creates only the rule, the cert-manager/autoscaler
+monitors and the dashboard ConfigMap in the service's namespace, labelled for the existing Prometheus's selectors
+(`selector_labels`; the stack's other components take the same labels from `monitor_labels`) and Grafana's sidecar
+(`dashboard_labels`), after reading the existing CRDs (`Monitoring` says why a read). Routing stays with the
+cluster's Alertmanager.
 
 Alert and panel queries use the metric names of service/app/core/metrics.py and the worker's agreed series
 (`WORKER_METRICS`). `python -m infra.components.monitoring` rewrites docs/grafana/rag-service.json.

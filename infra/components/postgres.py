@@ -126,6 +126,8 @@ DEFAULT_PG_IMAGE = PG_IMAGES["17"]
 _PINNED_PG_IMAGE = re.compile(r"^[^@]+:(?P<major>\d+)\.\d+[^/@:]*(@sha256:[0-9a-f]{64})?$")
 MODES = ("cloudnative", "rds", "cloudsql")
 BACKUP_CLOUDS = ("aws", "gcp")
+MAJOR_UPGRADE_ANNOTATION = "rag.dev/postgres-major-upgrade"
+"""On the Cluster during a declared major upgrade: `<from>-><to>` (kubectl shows why every instance is down)."""
 RECOVERY_SOURCE = "origin"
 """Name of the externalClusters entry a recovery bootstraps from."""
 # barman-cloud server names and CNPG cluster names: DNS labels.
@@ -212,6 +214,9 @@ class PostgresDatabaseArgs:
     """Archive (server name) in the bucket to bootstrap from by `recovery`; None: `initdb`, a new database."""
     recovery_target_time: str | None = None
     """Point-in-time target of the recovery (RFC 3339); None: replay the whole archive."""
+    major_upgrade_from: int | None = None
+    """The major the Cluster runs when `image` names a higher one: a declared in-place major upgrade, recorded on
+    the Cluster (`MAJOR_UPGRADE_ANNOTATION`); None: `image` must be the major the Cluster runs."""
     # --- rds
     vpc_id: pulumi.Input[str] | None = None
     subnet_ids: tuple[pulumi.Input[str], ...] = ()
@@ -270,6 +275,12 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
     )
     if args.mode == "cloudnative":
         specs.check_in_cluster_store("PostgresDatabaseArgs", args)
+        target = pg_image_major(args.image) or 0
+        require(
+            args.major_upgrade_from is None or (target >= 16 and args.major_upgrade_from < target),
+            f"PostgresDatabaseArgs.major_upgrade_from {args.major_upgrade_from} must be below the image's major, "
+            "which must be 16 or later (CloudNativePG refuses a downgrade and upgrades only to 16+).",
+        )
         require(
             pg_image_major(args.image) is not None,
             f"PostgresDatabaseArgs.image {args.image!r} must name an exact PostgreSQL minor (a tag such as "
@@ -621,6 +632,16 @@ def cluster_spec(
     }
 
 
+def cluster_metadata(
+    args: PostgresDatabaseArgs, cluster_name: str, ns: str, labels: Mapping[str, str]
+) -> dict[str, Any]:
+    """The Cluster's metadata: a declared major upgrade is annotated `<from>-><to>`."""
+    annotations = None
+    if args.major_upgrade_from is not None:
+        annotations = {MAJOR_UPGRADE_ANNOTATION: f"{args.major_upgrade_from}->{pg_image_major(args.image)}"}
+    return specs.metadata(cluster_name, ns, labels, annotations)
+
+
 def pod_monitor_spec(cluster_name: str) -> dict[str, Any]:
     """PodMonitor for the instances' exporter (the operator names the container port `metrics`)."""
     return {
@@ -755,7 +776,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1",
             kind="Cluster",
-            metadata=specs.metadata(cluster_name, ns, object_labels),
+            metadata=cluster_metadata(args, cluster_name, ns, object_labels),
             spec=cluster_spec(args, app_secret, destination, cluster_name),
             opts=self._opts(args, protect=args.protect, extra=waits),
         )

@@ -152,6 +152,33 @@ def check_image_copy(ctx: Context, stack: str, ws: Workspace) -> None:
         ) from exc
 
 
+def check_registry_tools_here(ctx: Context, stack: str, ws: Workspace) -> None:
+    """Refuse before the update changes anything when it would tag images in a gke/eks stack's own registry on this
+    machine without the tools for it: a build's protection step (`service-image-protect`, every build), and a
+    promotion's copy, log in with gcloud/aws and tag with skopeo (`registry-protect-existing` too, once). `up` would
+    otherwise fail at that `command:local:Command`, after it had started changing the stack."""
+    local = ws.get_all_config(stack)
+    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
+    provider = (cluster or {}).get("provider", "existing")
+    if provider not in COPYING_PROVIDERS:
+        return
+    image = image_to_copy(ws, stack)
+    building = not string_config(local.get(IMAGE_KEY))
+    if not building and image is None:
+        return  # keeps the deployed image: no copy, no protection step
+    from infra.components.image import CopyPrerequisiteError, check_registry_tools
+
+    check = check_registry_tools if ctx.check_registry_tools is None else ctx.check_registry_tools
+    try:
+        check(provider)
+    except CopyPrerequisiteError as exc:
+        what = "tags the image it builds" if building else f"copies {image}"
+        raise WorkflowError(
+            f"Cannot update {stack}: the update {what} in the stack's own registry on this machine, "
+            f"and {str(exc)[0].lower()}{str(exc)[1:]}"
+        ) from exc
+
+
 def deploy(
     ctx: Context,
     stack: str,
@@ -165,6 +192,7 @@ def deploy(
     st = select(ws, stack)
     keep_promoted(ws, stack)
     check_image_copy(ctx, stack, ws)
+    check_registry_tools_here(ctx, stack, ws)
     check_scale_down(ws, stack)
     check_major_upgrade(ws, stack)
     try:

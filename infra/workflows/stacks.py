@@ -119,6 +119,9 @@ class Context:
     #: Checks that this machine can copy a promoted image (`ref`) into the target's registry; raises with the
     #: reason. None: `infra.components.image.check_copy_source` (skopeo on PATH, the source digest readable).
     check_image_source: Callable[[str], None] | None = None
+    #: Checks that this machine has the tools a gke/eks `up` runs to tag images in the stack's own registry (`provider`
+    #: -> raises with the reason). None: `infra.components.image.check_registry_tools` (skopeo and gcloud/aws on PATH).
+    check_registry_tools: Callable[[str], None] | None = None
     #: Reads an image's labels (`ref` -> {label: value}) from its registry; raises `infra.schema.ImageLabelError`
     #: when it cannot. None: `infra.schema.read_image_labels` (skopeo, the promotion copy's logins).
     image_labels: Callable[[str], Mapping[str, str]] | None = None

@@ -56,6 +56,40 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "postgres.cloudnative.recovery.source",
         "backups.enabled",
     ),
+    # The CloudNativePG registry: a declared major upgrade goes forward, to 16+, alone, into a new archive.
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"majorUpgrade": {"fromVersion": "18"}}}},
+        "postgres.cloudnative.majorUpgrade.fromVersion",
+        "is not below postgres.version (17)",
+    ),
+    (
+        "staging",
+        {"postgres": {"version": "18", "cloudnative": {"majorUpgrade": {"fromVersion": "17"}}}},
+        "postgres.cloudnative.archiveName",
+        "ending in -pg18",
+    ),
+    (
+        "dev",
+        {"postgres": {"version": "15", "cloudnative": {"majorUpgrade": {"fromVersion": "14"}}}},
+        "postgres.version",
+        "only to PostgreSQL 16 or later",
+    ),
+    (
+        "staging",
+        {
+            "postgres": {
+                "version": "18",
+                "cloudnative": {
+                    "archiveName": "postgres-pg18",
+                    "majorUpgrade": {"fromVersion": "17"},
+                    "recovery": {"source": "postgres"},
+                },
+            }
+        },
+        "postgres.cloudnative.majorUpgrade.fromVersion",
+        "restore first",
+    ),
     # The managed registry: a major upgrade is declared and goes forward; a restore is named and has one source.
     (
         "prod",
@@ -495,7 +529,11 @@ def test_every_rule_has_an_error_case() -> None:
     """Each config path the rules mention (as a string literal) is the key of at least one RULES case."""
     source = "\n".join(
         textwrap.dedent(inspect.getsource(rules))
-        for rules in (config_module._check_rules, config_module._check_managed_postgres)
+        for rules in (
+            config_module._check_rules,
+            config_module._check_cnpg_major_upgrade,
+            config_module._check_managed_postgres,
+        )
     )
     tree = ast.parse(source)
     literals = {

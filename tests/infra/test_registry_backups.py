@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from infra.components import postgres as pg
 from infra.config import ConfigError
 from infra.offline import StackRun, run_stack
 from tests.infra.conftest import run
@@ -162,3 +163,23 @@ def test_bucket_lifecycle_expires_only_the_snapshot_prefix_by_age() -> None:
     assert [rule["filter"] for rule in expiring] == [{"prefix": "qdrant/"}]
     (noncurrent,) = [rule for rule in s3 if "noncurrentVersionExpiration" in rule]
     assert noncurrent["filter"] == {"prefix": ""}  # barman-cloud's deletes under postgres/ leave versions too
+
+
+def test_a_declared_major_upgrade_moves_the_image_annotates_the_cluster_and_archives_anew() -> None:
+    """staging 17 -> 18: the pinned 18 image (CloudNativePG then runs pg_upgrade in place), the Cluster annotated
+    with the declared step, and archiving under the new major's archive name; the old archive is left intact."""
+    result = run(
+        "staging",
+        postgres={
+            "version": "18",
+            "cloudnative": {"archiveName": "postgres-pg18", "majorUpgrade": {"fromVersion": "17"}},
+        },
+    )
+    (cluster,) = result.of_type(CLUSTER)
+    assert cluster.inputs["spec"]["imageName"] == pg.PG_IMAGES["18"]
+    assert cluster.inputs["metadata"]["annotations"] == {pg.MAJOR_UPGRADE_ANNOTATION: "17->18"}
+    assert spec_of(result)["plugins"][0]["parameters"]["serverName"] == "postgres-pg18"
+    # Without the declaration the Cluster carries no annotation (and 17 stays the image).
+    (plain,) = run("staging").of_type(CLUSTER)
+    assert "annotations" not in plain.inputs["metadata"]
+    assert plain.inputs["spec"]["imageName"] == pg.PG_IMAGES["17"]

@@ -77,5 +77,6 @@ def ctx(backend: FakeBackend, work_dir: Path, image_checks: ImageSourceChecks) -
         clock=lambda: NOW,
         actor=lambda: "octocat",
         check_image_source=image_checks,
+        check_registry_tools=lambda provider: None,  # skopeo/gcloud/aws: tests/workflows/test_deploy.py
         image_labels=lambda ref: {},  # images built before the schema labels: nothing to compare
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.image import CopyPrerequisiteError, check_copy_source
+from infra.components.image import CopyPrerequisiteError, check_copy_source, check_registry_tools
 from infra.workflows.deploy import deploy, keep_promoted
 from infra.workflows.stacks import REPO_ROOT, Context, WorkflowError
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
@@ -127,7 +127,12 @@ def _eks_prod(
         backend.add_stack("prod", config={**config, "rag:image": deployed})
         backend.stacks["prod"].set_config("rag:image", image)
     checked: list[str] = []
-    ctx = Context(work_dir=tmp_path, pulumi_command=backend.command(), check_image_source=checked.append)
+    ctx = Context(
+        work_dir=tmp_path,
+        pulumi_command=backend.command(),
+        check_image_source=checked.append,
+        check_registry_tools=lambda provider: None,
+    )
     return backend, ctx, checked
 
 
@@ -174,3 +179,89 @@ def test_an_existing_cluster_deploys_the_promoted_ref_as_is(tmp_path: Path) -> N
     backend.stacks["prod"].set_config("rag:cluster", {"provider": "existing"})
     deploy(ctx, "prod", policy_pack=None)
     assert checked == []
+
+
+# --- the tools a gke/eks `up` runs to tag images in its own registry, checked before it changes anything ------------
+
+
+def _building(tmp_path: Path, provider: str, missing: set[str]) -> tuple[FakeBackend, Context, list[str]]:
+    """dev on `provider`, deployed before and building again (no rag:image); `missing` are not on this PATH."""
+    backend = FakeBackend(tmp_path)
+    (tmp_path / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
+    backend.add_stack("dev", config={"rag:environment": "dev", "rag:cluster": {"provider": provider}})
+    looked_up: list[str] = []
+
+    def which(name: str) -> str | None:
+        looked_up.append(name)
+        return None if name in missing else f"/usr/bin/{name}"
+
+    ctx = Context(
+        work_dir=tmp_path,
+        pulumi_command=backend.command(),
+        check_registry_tools=lambda p: check_registry_tools(p, which=which),
+    )
+    return backend, ctx, looked_up
+
+
+@pytest.mark.parametrize(
+    ("provider", "tool", "install"),
+    [
+        ("gke", "gcloud", "https://cloud.google.com/sdk/docs/install"),
+        ("eks", "aws", "https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"),
+    ],
+)
+def test_a_gke_or_eks_build_without_the_registry_cli_is_refused_before_up(
+    tmp_path: Path, provider: str, tool: str, install: str
+) -> None:
+    backend, ctx, _ = _building(tmp_path, provider, {tool})
+    with pytest.raises(WorkflowError) as caught:
+        deploy(ctx, "dev", policy_pack=None)
+    message = str(caught.value)
+    assert message.startswith(
+        "Cannot update dev: the update tags the image it builds in the stack's own registry"
+    )
+    assert f"{tool} is not on PATH" in message
+    assert install in message
+    assert "\n" not in message  # one line
+    assert backend.commands("up") == []  # refused before any change
+
+
+def test_a_gke_or_eks_build_without_skopeo_is_refused_before_up(tmp_path: Path) -> None:
+    backend, ctx, _ = _building(tmp_path, "eks", {"skopeo"})
+    with pytest.raises(WorkflowError, match=r"skopeo is not on PATH.*apt-get install skopeo"):
+        deploy(ctx, "dev", policy_pack=None)
+    assert backend.commands("up") == []
+
+
+@pytest.mark.parametrize("provider", ["gke", "eks"])
+def test_a_gke_or_eks_build_with_the_tools_goes_ahead(tmp_path: Path, provider: str) -> None:
+    backend, ctx, looked_up = _building(tmp_path, provider, set())
+    deploy(ctx, "dev", policy_pack=None)
+    assert looked_up == ["skopeo", {"gke": "gcloud", "eks": "aws"}[provider]]
+    assert len(backend.commands("up")) == 1
+
+
+def test_an_existing_cluster_build_needs_no_registry_tools(tmp_path: Path) -> None:
+    backend, ctx, looked_up = _building(tmp_path, "existing", {"skopeo", "gcloud", "aws"})
+    deploy(ctx, "dev", policy_pack=None)
+    assert looked_up == []
+    assert len(backend.commands("up")) == 1
+
+
+def test_a_promoted_copy_needs_the_targets_registry_cli_too(tmp_path: Path) -> None:
+    """The copy logs in to the target (ECR here) as well as the source: `check_copy_source` checks only the source."""
+    backend, ctx, checked = _eks_prod(tmp_path, OTHER)
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: None if n == "aws" else n)
+    with pytest.raises(
+        WorkflowError, match=rf"Cannot update prod: the update copies {OTHER} .* aws is not on PATH"
+    ):
+        deploy(ctx, "prod", policy_pack=None)
+    assert checked == [OTHER]
+    assert backend.commands("up") == []
+
+
+def test_an_update_keeping_the_promoted_image_needs_no_registry_tools(tmp_path: Path) -> None:
+    backend, ctx, _ = _eks_prod(tmp_path, DIGEST)
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: None)
+    deploy(ctx, "prod", policy_pack=None)
+    assert len(backend.commands("up")) == 1

@@ -106,3 +106,31 @@ def test_an_unset_key_is_the_declared_default() -> None:
     registry = registry_upgrade.registry_of(None)
     assert (registry.managed, registry.major, registry.upgrade_from) == (False, "17", "")
     assert registry_upgrade.registry_of('{"mode": "managed", "version": "16"}').major == "16"
+
+
+def test_an_undeclared_cloudnative_major_change_is_refused_and_a_declared_one_goes_ahead(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """CloudNativePG upgrades in place as soon as the image's major changes: `ragops` refuses an undeclared change
+    of an in-cluster registry too, naming its own key, and lets the declared one through."""
+    _deployed(backend, "17", mode="cloudnative")
+    write_config(backend.work_dir, "prod", {"rag:postgres": _entry({"mode": "cloudnative", "version": "18"})})
+    with pytest.raises(registry_upgrade.MajorUpgradeRefused) as caught:
+        deploy(ctx, "prod")
+    message = str(caught.value)
+    assert "goes from 17 to 18, a major upgrade of the CloudNativePG registry" in message
+    assert "pulumi config set --path rag:postgres.cloudnative.majorUpgrade.fromVersion 17 -s prod" in message
+    assert registry_upgrade.CNPG_RUNBOOK in message
+    assert backend.commands("up") == []
+    declared = {
+        "mode": "cloudnative",
+        "version": "18",
+        "cloudnative": {"majorUpgrade": {"fromVersion": "17"}},
+    }
+    write_config(backend.work_dir, "prod", {"rag:postgres": _entry(declared)})
+    registry_upgrade.check_major_upgrade(ctx.workspace(), "prod")
+    # A managed declaration does not cover the in-cluster registry.
+    wrong = {"mode": "cloudnative", "version": "18", "managed": {"majorUpgrade": {"fromVersion": "17"}}}
+    write_config(backend.work_dir, "prod", {"rag:postgres": _entry(wrong)})
+    with pytest.raises(registry_upgrade.MajorUpgradeRefused, match="CloudNativePG registry"):
+        registry_upgrade.check_major_upgrade(ctx.workspace(), "prod")
