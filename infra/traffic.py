@@ -260,7 +260,7 @@ def generated_pods(run: StackRun) -> list[Pods]:
     for resource in run.resources:
         kind = _kind(resource)
         if resource.type == "kubernetes:postgresql.cnpg.io/v1:Cluster":
-            # CloudNativePG 1.27 instance pods: labels and container ports of pkg/specs (docs: "Monitoring": port
+            # CloudNativePG 1.30 instance pods: labels and container ports of pkg/specs/pods.go at v1.30.0 (port
             # 9187 named `metrics`; the instance manager's status port 8000).
             name = str(resource.inputs["metadata"]["name"])
             labels = {
