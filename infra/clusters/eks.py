@@ -183,9 +183,14 @@ def zone_opts(
 def require_zones(names: list[str], zones: int, region: str) -> list[str]:
     """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for."""
     if len(names) < zones:
-        raise ValueError(
-            f"rag:cluster.eks.availabilityZones is {zones}, but {region} offers {len(names)} Availability Zones "
-            f"to this account ({', '.join(names)}): lower it"
+        from infra.config import ConfigError, stack_file
+
+        raise ConfigError(
+            "rag:cluster.eks.availabilityZones",
+            stack_file(pulumi.get_stack()),
+            f"{zones} zones asked, but {region} offers {len(names)} Availability Zones to this account "
+            f"({', '.join(names)}): "
+            "lower it",
         )
     return list(names)
 
