@@ -51,6 +51,7 @@ class ConfigError(ValueError):
     def __init__(self, key: str, stack_file: str, problem: str) -> None:
         self.key = key
         self.stack_file = stack_file
+        self.problem = problem
         super().__init__(f"{key} in {stack_file}: {problem}")
 
 

@@ -169,8 +169,10 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
     # The build pushes the image and its cache (and reads the registry on refresh).
     "docker-build:index:Image": (*ECR_PUSH, "ecr:DescribeImages"),
     # The promotion copy pushes the promoted image into the stack's repository (reading the source the same way
-    # when it is an ECR repository of this account; another account's needs a repository policy there).
-    "command:local:Command": ECR_PUSH,
+    # when it is an ECR repository of this account; another account's needs a repository policy there), and the
+    # one-time registry-protect-existing step lists the repository's tags (the registry API's tags/list is
+    # ecr:ListImages: without it skopeo gets 403; containers/skopeo#738).
+    "command:local:Command": (*ECR_PUSH, "ecr:ListImages"),
     # The EKS control-plane log group (/aws/eks/<cluster>/cluster) and its retention.
     "aws:cloudwatch/logGroup:LogGroup": (
         "logs:CreateLogGroup",

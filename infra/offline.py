@@ -135,7 +135,16 @@ def cli_config(
     project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text(encoding="utf-8"))
     declared: dict[str, Any] = project.get("config") or {}
     if stack_config is None:
-        stack_doc = yaml.safe_load((project_dir / stack_file(stack)).read_text(encoding="utf-8")) or {}
+        path = project_dir / stack_file(stack)
+        try:
+            stack_doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{stack_file(stack)} is not valid YAML: {problem}{where}") from exc
+        if not isinstance(stack_doc, Mapping):
+            raise ValueError(f"{stack_file(stack)} must be a mapping with a config: key")
         stack_config = stack_doc.get("config") or {}
     stack_values: dict[str, Any] = dict(stack_config)
 
@@ -524,6 +533,14 @@ def session_commit() -> str:
     return current_git_sha()
 
 
+def _quiet_abandoned_tasks(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A failed program leaves the SDK's pending RPC tasks behind; asyncio would print each when it is collected
+    ("Task was destroyed but it is pending!") above the one line that says what failed. Anything else is reported."""
+    if str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
+        return
+    loop.default_exception_handler(context)
+
+
 def run_stack(
     stack: str,
     *,
@@ -538,6 +555,62 @@ def run_stack(
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
+    try:
+        return _run_stack(
+            stack,
+            config_overrides=config_overrides,
+            project_dir=project_dir,
+            stack_config=stack_config,
+            live=live,
+        )
+    except Exception as exc:
+        cause = _root_cause(exc)
+        if cause is exc:
+            raise
+        raise cause from exc
+
+
+def overridden(key: str, overrides: Mapping[str, Any] | None) -> bool:
+    """Whether `key` (`rag:a.b.c`) or an object above it was given with `--set` (`config_overrides`)."""
+    if not overrides:
+        return False
+    namespace, _, bare = key.partition(":")
+    parts = bare.split(".")
+    node: Any = {k if ":" in k else f"{PROJECT}:{k}": v for k, v in overrides.items()}
+    for index, part in enumerate([f"{namespace}:{parts[0]}", *parts[1:]]):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, Mapping) and index < len(parts) - 1:
+            return True  # a scalar set above the key (rare): the value came from the command line
+    return True
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """What to report for a failed run: a ConfigError anywhere in the chain (the SDK wraps an error raised inside
+    an Output in one "While processing input ... has risen" ValueError per dependent input); else the innermost
+    error of such a wrapping; else `exc`."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for error in chain:
+        if isinstance(error, ConfigError):
+            return error
+    if str(exc).startswith("While processing") and len(chain) > 1:
+        return chain[-1]
+    return exc
+
+
+def _run_stack(
+    stack: str,
+    *,
+    config_overrides: Mapping[str, Any] | None,
+    project_dir: Path,
+    stack_config: Mapping[str, Any] | None,
+    live: Mapping[str, Any] | None,
+) -> StackRun:
     values, secret_keys = cli_config(
         stack, config_overrides=config_overrides, project_dir=project_dir, stack_config=stack_config
     )
@@ -549,6 +622,7 @@ def run_stack(
     # The SDK schedules on the thread's current event loop; a previous async test may have closed or unset
     # it, so each run gets a loop of its own.
     loop = asyncio.new_event_loop()
+    loop.set_exception_handler(_quiet_abandoned_tasks)
     asyncio.set_event_loop(loop)
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()

@@ -43,7 +43,7 @@ from referencing import Registry, Resource
 from infra.capacity import gke_quota_usage
 from infra.config import ConfigError
 from infra.deployability import Analysis, analyse, describe
-from infra.offline import RecordedResource, StackRun, cli_config, run_stack
+from infra.offline import RecordedResource, StackRun, cli_config, overridden, run_stack
 from infra.policy import Violation, run_policies
 
 #: The Kubernetes minor version manifests are validated against: the oldest version a cluster target may run
@@ -717,11 +717,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=JSON", help="override a config key"
     )
     args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
     try:
         overrides = parse_overrides(args.set)
         run = run_stack(args.stack, config_overrides=overrides)
         environment = environment_for(args.stack, overrides)
     except ConfigError as error:
+        if overridden(error.key, overrides):  # the value came from the command line, not the stack file
+            error = ConfigError(error.key, "--set", error.problem)
         print(f"config error: {error}", file=sys.stderr)
         return 2
     except (ValueError, FileNotFoundError) as error:

@@ -183,9 +183,14 @@ def zone_opts(
 def require_zones(names: list[str], zones: int, region: str) -> list[str]:
     """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for."""
     if len(names) < zones:
-        raise ValueError(
-            f"rag:cluster.eks.availabilityZones is {zones}, but {region} offers {len(names)} Availability Zones "
-            f"to this account ({', '.join(names)}): lower it"
+        from infra.config import ConfigError, stack_file
+
+        raise ConfigError(
+            "rag:cluster.eks.availabilityZones",
+            stack_file(pulumi.get_stack()),
+            f"{zones} zones asked, but {region} offers {len(names)} Availability Zones to this account "
+            f"({', '.join(names)}): "
+            "lower it",
         )
     return list(names)
 
@@ -683,32 +688,6 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         )
         for arn in NODE_POLICIES
     ]
-    # The VPC CNI as a managed add-on with network policy enforcement on, before any node joins: the node agent
-    # comes up with the nodes, so no pod ever runs unpoliced.
-    vpc_cni = aws.eks.Addon(
-        "vpc-cni",
-        cluster_name=cluster.name,
-        addon_name="vpc-cni",
-        addon_version=addon_version("vpc-cni", cluster, aws_provider),
-        configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
-        # EKS installs a self-managed aws-node at cluster creation: the add-on takes it over.
-        resolve_conflicts_on_create="OVERWRITE",
-        resolve_conflicts_on_update="OVERWRITE",
-        opts=opts,
-    )
-    # kube-proxy (a DaemonSet, like the CNI: it can be taken over before any node exists) and CoreDNS (a
-    # Deployment: it turns ACTIVE only once nodes run it, so after the node group) as managed add-ons too. EKS
-    # installs both self-managed at creation and never upgrades them: without these, raising the cluster's
-    # version left the cluster's DNS and service proxy on the minor it was created with.
-    kube_proxy = aws.eks.Addon(
-        "kube-proxy",
-        cluster_name=cluster.name,
-        addon_name="kube-proxy",
-        addon_version=addon_version("kube-proxy", cluster, aws_provider),
-        resolve_conflicts_on_create="OVERWRITE",
-        resolve_conflicts_on_update="OVERWRITE",
-        opts=opts,
-    )
     group = eks.nodeGroup
     node_group = aws.eks.NodeGroup(
         "eks-nodes",
@@ -728,8 +707,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             "desired_size": group.desiredSize,
         },
         update_config={"max_unavailable": 1},
-        # Nodes boot pulling the VPC CNI and kube-proxy images from ECR through their zone's NAT: the route to
-        # it must exist first (no output links the node group to the route tables).
+        # Nodes boot pulling the self-managed VPC CNI and kube-proxy images from ECR through their zone's NAT: the
+        # route to it must exist first (no output links the node group to the route tables).
         # With the Cluster Autoscaler on, desiredSize is the count at creation only: the autoscaler sets the
         # group's desired capacity from then on, and a `pulumi up` sending the stack's desiredSize again would
         # undo its scale-up (pulumi-aws NodeGroup docs, "Ignoring Changes to Desired Size"). ignoreChanges keeps
@@ -739,10 +718,40 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             pulumi.ResourceOptions(
                 # The control plane first, the nodes after it (also implied by version=cluster.version; explicit
                 # so no refactor of the inputs can reorder an upgrade: nodes newer than the API server are refused).
-                depends_on=[cluster, *node_policies, vpc_cni, kube_proxy, *private_associations],
+                depends_on=[cluster, *node_policies, *private_associations],
                 ignore_changes=["scalingConfig.desiredSize"] if eks.clusterAutoscaler.enabled else None,
             ),
         ),
+    )
+    # The VPC CNI (with network policy enforcement on) and kube-proxy as managed add-ons, after the node group: on a
+    # version upgrade AWS's order is control plane, then nodes, then the add-ons (EKS user guide, "Update existing
+    # cluster to new Kubernetes version", step 4). On a new cluster the nodes join with the self-managed aws-node
+    # and kube-proxy EKS installs at creation (bootstrap_self_managed_addons defaults to true), which these add-ons
+    # then take over; the stack's in-cluster resources wait for the VPC CNI add-on (and the ClusterTarget for
+    # both), so no pod of the service ever runs unpoliced.
+    after_nodes = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[node_group]))
+    vpc_cni = aws.eks.Addon(
+        "vpc-cni",
+        cluster_name=cluster.name,
+        addon_name="vpc-cni",
+        addon_version=addon_version("vpc-cni", cluster, aws_provider),
+        configuration_values=json.dumps(VPC_CNI_CONFIGURATION),
+        # EKS installs a self-managed aws-node at cluster creation: the add-on takes it over.
+        resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
+        opts=after_nodes,
+    )
+    # kube-proxy and CoreDNS as managed add-ons too. EKS installs both self-managed at creation and never upgrades
+    # them: without these, raising the cluster's version left the cluster's DNS and service proxy on the minor it
+    # was created with.
+    kube_proxy = aws.eks.Addon(
+        "kube-proxy",
+        cluster_name=cluster.name,
+        addon_name="kube-proxy",
+        addon_version=addon_version("kube-proxy", cluster, aws_provider),
+        resolve_conflicts_on_create="OVERWRITE",
+        resolve_conflicts_on_update="OVERWRITE",
+        opts=after_nodes,
     )
     coredns = aws.eks.Addon(
         "coredns",

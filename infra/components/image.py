@@ -447,14 +447,21 @@ def protect_existing_script(repository: str, *, login: Callable[[str], Login | N
     Images deployed before each index's manifests got their own tags carry `sha256-<hex>` on the index only; the
     retention rules expire untagged images, which those manifests are. Run once per repository, before its
     retention rule is set (the ECR lifecycle policy waits for it). A repository with no images yet (an Artifact
-    Registry package is created by its first push, and listing it is a 404) has nothing to do."""
+    Registry package is created by its first push, and listing it is a 404) has nothing to do. Any other failure to
+    list (403: an ECR identity without `ecr:ListImages`, 401, the network) fails the step: it runs once, and a
+    retention rule set after a silent skip would expire the manifests of the releases deployed before."""
     q = shlex.quote
     lines = [
         *_AUTH_FILE,
         *_login_lines((_host(repository),), login),
         f'if ! listed="$(skopeo list-tags --authfile "$auth" {q("docker://" + repository)} 2>&1)"; then',
-        f"  echo {q(f'{repository}: no images to protect yet: ')}" + '"$listed" >&2',
-        "  exit 0",
+        """  case "$listed" in""",
+        f"    *'404 (Not Found)'*|*NAME_UNKNOWN*) echo {q(f'{repository}: no images to protect yet: ')}"
+        + '"$listed" >&2; exit 0 ;;',
+        "  esac",
+        f"  echo {q(f'{repository}: cannot list its tags, so the images deployed before cannot be protected: ')}"
+        + '"$listed" >&2',
+        "  exit 1",
         "fi",
         f"""for tag in $(printf '%s' "$listed" | grep -oE '"{PROTECTED_TAG_PREFIX}[0-9a-f]{{64}}"' | tr -d '"'); do""",
         f'  raw="$(skopeo inspect --raw --authfile "$auth" {q(f"docker://{repository}:")}"$tag")"',

@@ -157,8 +157,10 @@ def test_eks_enforces_network_policies_and_serves_the_metrics_api() -> None:
     addon = result.by_name("vpc-cni")
     assert addon.inputs["addonName"] == "vpc-cni"
     assert json.loads(addon.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
-    # Nodes join with the policy agent already configured.
-    assert waits_for(result, result.by_name("eks-nodes"), addon)
+    # The add-on takes over after the nodes (AWS's upgrade order), and nothing of the service runs before it.
+    assert waits_for(result, addon, result.by_name("eks-nodes"))
+    for workload in ("rag-api", "rag-worker", "qdrant-statefulset", "metrics-server"):
+        assert waits_for(result, result.by_name(workload), addon), workload
     assert result.by_name("metrics-server").inputs["chart"] == "metrics-server"
     assert waits_for(result, result.by_name("rag-hpa"), result.by_name("metrics-server"))
 

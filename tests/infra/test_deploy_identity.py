@@ -87,3 +87,11 @@ def test_the_aws_policy_is_a_valid_document_with_every_action(capsys: pytest.Cap
 
 def _list(value):
     return value if isinstance(value, list) else [value]
+
+
+def test_the_aws_deploy_role_may_list_the_image_repository_the_protection_step_reads() -> None:
+    """registry-protect-existing runs `skopeo list-tags` with the deploy role: ECR serves the registry API's tags/list
+    only with ecr:ListImages (403 otherwise, containers/skopeo#738)."""
+    (statement, _) = ident.aws_deploy_policy()["Statement"]
+    assert "ecr:ListImages" in ident.AWS_DEPLOY_ACTIONS["command:local:Command"]
+    assert "ecr:ListImages" in statement["Action"]

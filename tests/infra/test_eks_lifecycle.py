@@ -147,14 +147,16 @@ def test_raising_the_cluster_version_raises_every_add_on() -> None:
 
 
 @pytest.mark.parametrize(("stack", "target"), EKS_RUNS)
-def test_kube_proxy_is_taken_over_before_the_nodes_and_coredns_after(stack: str, target: str | None) -> None:
-    """A DaemonSet add-on is ACTIVE with no node; CoreDNS's Deployment only once nodes run it (created before the
-    node group, its create would wait out its timeout)."""
+def test_every_add_on_is_updated_after_the_nodes(stack: str, target: str | None) -> None:
+    """AWS's upgrade order is control plane, nodes, add-ons (EKS user guide, "Update existing cluster to new
+    Kubernetes version", step 4); CoreDNS's Deployment is ACTIVE only once nodes run it anyway. The nodes join a
+    new cluster with the self-managed aws-node and kube-proxy EKS installs at creation."""
     result = run(stack, target)
     nodes = result.by_name("eks-nodes")
-    assert result.by_name("kube-proxy").urn in nodes.depends_on
-    assert result.by_name("vpc-cni").urn in nodes.depends_on
-    assert nodes.urn in result.by_name("coredns").depends_on
+    for name in ("vpc-cni", "kube-proxy", "coredns"):
+        addon = result.by_name(name)
+        assert nodes.urn in addon.depends_on, name
+        assert addon.urn not in nodes.depends_on, name
 
 
 @pytest.mark.parametrize(

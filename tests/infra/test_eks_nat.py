@@ -247,5 +247,8 @@ def test_subnets_are_only_in_the_regions_availability_zones(stack: str, target: 
 
 def test_a_region_with_fewer_zones_than_asked_is_refused_naming_the_key() -> None:
     assert require_zones(["eu-west-1a", "eu-west-1b"], 2, "eu-west-1") == ["eu-west-1a", "eu-west-1b"]
-    with pytest.raises(ValueError, match=r"rag:cluster\.eks\.availabilityZones is 4, but eu-west-1 offers 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"rag:cluster\.eks\.availabilityZones in Pulumi\.\w+\.yaml: 4 zones asked, but eu-west-1 offers 3",
+    ):
         require_zones(["eu-west-1a", "eu-west-1b", "eu-west-1c"], 4, "eu-west-1")

@@ -97,3 +97,13 @@ def test_the_step_rule(wanted: str, running: str | None, groups: dict[str, str],
             check_version_step(wanted, running, groups, "Pulumi.prod.yaml")
         assert caught.value.key == "rag:cluster.eks.version"
         assert caught.value.stack_file == "Pulumi.prod.yaml"
+
+
+@pytest.mark.parametrize("addon", ["vpc-cni", "kube-proxy", "coredns"])
+def test_the_addons_are_updated_after_the_nodes(addon: str) -> None:
+    """AWS's upgrade order is control plane, nodes, add-ons (EKS user guide, "Update existing cluster to new
+    Kubernetes version", step 4): every add-on waits for the node group, and the node group for none of them."""
+    result = _prod(_live("1.34"))
+    nodes, found = result.by_name("eks-nodes"), result.by_name(addon)
+    assert nodes.urn in found.depends_on
+    assert found.urn not in nodes.depends_on

@@ -122,3 +122,18 @@ def test_releases_deployed_before_get_their_manifests_tagged_once(tmp_path: Path
         again = _sh(protect_existing_script(repository, login=lambda host: None), env)
         assert again.returncode == 0, again.stderr
         assert "Copying" not in again.stderr
+
+
+def test_the_one_time_step_fails_when_it_cannot_list_the_repository(tmp_path: Path) -> None:
+    """Only a repository that does not exist yet (404) is nothing to do. A refused listing (here 401: no login; on
+    ECR a 403 for a role without ecr:ListImages) fails the step: it runs once, and the untagged-image rule set after
+    a silent skip would expire the manifests of every release deployed before."""
+    with registry(tmp_path, auth=True) as locked:
+        env = isolated_home(tmp_path, locked)
+        repository = f"{locked.host}/prod/rag-service"
+
+        refused = _sh(protect_existing_script(repository, login=lambda host: None), env)
+
+        assert refused.returncode == 1, refused.stderr
+        assert "cannot list its tags" in refused.stderr
+        assert "no images to protect yet" not in refused.stderr
