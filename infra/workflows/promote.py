@@ -136,6 +136,29 @@ def check_copy_prerequisites(ctx: Context, source: str, target: str, digest: str
         raise WorkflowError(f"Cannot promote {source} -> {target}: {exc}") from exc
 
 
+def check_target_registry_tools(ctx: Context, ws: Workspace, source: str, target: str) -> None:
+    """Refuse before anything is written when the target is on gke/eks and this machine lacks its registry's CLI:
+    the copy also logs in to the target's own registry (gcloud for Artifact Registry, aws for ECR) and tags the
+    image there with skopeo, so the source's tool alone is not enough (`deploy.check_registry_tools_here` is the
+    same check for `ragops up`)."""
+    from infra.components.image import CopyPrerequisiteError, check_registry_tools
+    from infra.workflows.deploy import CLUSTER_KEY, COPYING_PROVIDERS
+
+    local = ws.get_all_config(target)
+    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
+    provider = (cluster or {}).get("provider", "existing")
+    if provider not in COPYING_PROVIDERS:
+        return
+    tools = check_registry_tools if ctx.check_registry_tools is None else ctx.check_registry_tools
+    try:
+        tools(provider)
+    except CopyPrerequisiteError as exc:
+        raise WorkflowError(
+            f"Cannot promote {source} -> {target}: the copy logs in to {target}'s own registry on this machine, "
+            f"and {str(exc)[0].lower()}{str(exc)[1:]}"
+        ) from exc
+
+
 def _get_path(obj: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
     node: Any = obj
     for part in path:
@@ -219,6 +242,7 @@ def promote(
     outputs = src.outputs()
     digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
     check_copy_prerequisites(ctx, source, target, digest)
+    check_target_registry_tools(ctx, ws, source, target)
 
     # The source as deployed (its last update's config), against the code checked out here.
     with deployed_config(ws, source) as source_config:

@@ -31,8 +31,11 @@ def test_preview_runs_diff_with_the_policy_pack_and_collects_steps(
         ["config", "--show-secrets", "--json", "--stack", "dev"],
         ["stack", "select", "--stack", "dev"],
         ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "dev"],
-        # the managed registry's major-version guard: the config to apply (dev's registry is in-cluster: no more)
+        # the registry's major-version guard: the config to apply and the major the latest updates ran (the
+        # in-cluster registry is guarded too since b960e7b)
         ["config", "--show-secrets", "--json", "--stack", "dev"],
+        ["stack", "select", "--stack", "dev"],
+        ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "dev"],
     ]
     assert backend.commands() == [
         ["stack", "select", "--stack", "dev"],

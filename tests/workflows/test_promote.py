@@ -33,12 +33,15 @@ def _stacks(backend: FakeBackend, digest: str = DIGEST) -> None:
 
 def scale_guard(stack: str) -> list[list[str]]:
     """The guards' reads: the Qdrant scale-down guard's (the config to apply, the replicas of the stack's latest
-    updates), then the managed registry's major-version guard's (the config: an in-cluster registry needs no more)."""
+    updates), then the registry's major-version guard's (the config, and the major the stack's latest updates
+    ran: the in-cluster registry is guarded too since b960e7b)."""
     return [
         ["config", "--show-secrets", "--json", "--stack", stack],
         ["stack", "select", "--stack", stack],
         ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", stack],
         ["config", "--show-secrets", "--json", "--stack", stack],
+        ["stack", "select", "--stack", stack],
+        ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", stack],
     ]
 
 
@@ -86,6 +89,8 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         ["stack", "select", "--stack", "dev"],
         ["stack", "output", "--json", "--stack", "dev"],
         ["stack", "output", "--json", "--show-secrets", "--stack", "dev"],
+        # staging's cluster target: a gke/eks target's registry CLI must be on this machine for the copy.
+        ["config", "--show-secrets", "--json", "--stack", "staging"],
         # dev's config as its last update ran with it, in this checkout's Pulumi.dev.yaml for the preview.
         ["config", "refresh", "--force", "--stack", "dev"],
         ["config", "--show-secrets", "--json", "--stack", "dev"],
@@ -170,6 +175,34 @@ def test_a_machine_that_cannot_copy_the_image_is_refused_before_anything_is_writ
     assert backend.commands("preview") == []  # refused first: the source's preview is not even started
     assert not [c for c in backend.commands("config") if c[:2] == ["config", "set-all"]]
     assert "rag:image" not in backend.stacks["staging"].config
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "tool"), [("dev", "staging", "gcloud"), ("staging", "prod", "aws")]
+)
+def test_a_promotion_needs_the_target_registrys_cli_before_anything_is_written(
+    ctx: Context, backend: FakeBackend, source: str, target: str, tool: str
+) -> None:
+    # The copy logs in to the target's own registry (staging: Artifact Registry, prod: ECR) on this machine; only
+    # the source's tool was checked, so a machine without the target's failed in the middle of the target's `up`.
+    from infra.components.image import check_registry_tools
+
+    _stacks(backend)
+    backend.add_stack(
+        "staging",
+        config={"rag:service": STAGING_SERVICE, "rag:cluster": {"provider": "gke"}},
+        outputs={"imageDigest": DIGEST},
+    )
+    backend.add_stack("prod", config={"rag:cluster": {"provider": "eks"}}, outputs={})
+    ctx.check_registry_tools = lambda provider: check_registry_tools(
+        provider, which=lambda name: None if name == tool else f"/usr/bin/{name}"
+    )
+    with pytest.raises(
+        WorkflowError, match=rf"^Cannot promote {source} -> {target}: .*{tool} is not on PATH"
+    ):
+        promote(ctx, source, target)
+    assert backend.commands("up") == []
+    assert not [c for c in backend.commands("config") if c[:2] == ["config", "set-all"]]
 
 
 def test_staging_to_prod_is_allowed(ctx: Context, backend: FakeBackend) -> None:
@@ -313,6 +346,7 @@ def test_dev_to_staging_to_prod_from_two_fresh_checkouts(tmp_path: Path) -> None
             clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
             actor=lambda: "octocat",
             check_image_source=checked.append,
+            check_registry_tools=lambda provider: None,
             image_labels=lambda ref: {},
         )
 
@@ -352,6 +386,7 @@ def test_a_source_whose_deployed_config_differs_from_the_code_is_refused_from_a_
         work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
         pulumi_command=backend.command(),
         check_image_source=lambda ref: None,
+        check_registry_tools=lambda provider: None,
         image_labels=lambda ref: {},
     )
     with pytest.raises(WorkflowError, match="pending changes"):
@@ -370,6 +405,7 @@ def test_a_source_never_deployed_from_anywhere_is_refused_with_the_reason(tmp_pa
         work_dir=_checkout(tmp_path, "prod-job", COMMITTED),
         pulumi_command=backend.command(),
         check_image_source=lambda ref: None,
+        check_registry_tools=lambda provider: None,
         image_labels=lambda ref: {},
     )
     with pytest.raises(WorkflowError, match=r"last deployed with .*no previous deployment"):

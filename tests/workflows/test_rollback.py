@@ -58,6 +58,7 @@ class Fleet:
             clock=lambda: datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
             actor=lambda: "oncall",
             check_image_source=lambda ref: None,
+            check_registry_tools=lambda provider: None,
             image_labels=self.labels_of,
         )
 
