@@ -58,6 +58,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -2322,8 +2323,9 @@ CHART_VERSION_KEYS: Mapping[str, str] = {
 def cluster_kubernetes_version(run: StackRun) -> tuple[str, str] | None:
     """(Kubernetes minor, the config key that sets it) of the cluster the stack creates, when its config fixes it.
 
-    EKS: `rag:cluster.eks.version`. GKE: the cluster's `minMasterVersion` when one is set; otherwise its release
-    channel moves the version (auto-upgrades) and nothing offline knows it. An existing cluster's version is not
+    EKS: `rag:cluster.eks.version`. GKE: the cluster's `minMasterVersion` when one is set, a floor: without an
+    exclusion holding minors (`gke_minor_held`) the release channel may run a newer one (`check_kube_version` lists
+    that as a prerequisite to check); with no `minMasterVersion` nothing offline knows the version. An existing cluster's version is not
     in the config either; `kubectl version` tells it, and docs/operations.md lists the ranges to compare."""
     for cluster in run.of_type(EKS_CLUSTER):
         version = cluster.inputs.get("version")
@@ -2336,6 +2338,36 @@ def cluster_kubernetes_version(run: StackRun) -> tuple[str, str] | None:
     return None
 
 
+#: GKE maintenance exclusion scopes that stop minor upgrades while they are in force.
+MINOR_HOLDING_SCOPES = frozenset({"NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES", "NO_UPGRADES"})
+
+
+def gke_minor_held(cluster: RecordedResource, now: datetime | None = None) -> bool:
+    """Whether one of the GKE cluster's maintenance exclusions stops its release channel moving it to a newer minor
+    now: a minor-upgrade scope, started, and either until the end of support or not yet ended. Without one, the
+    channel auto-upgrades past `minMasterVersion` (a floor, not a pin) whenever its rollout reaches the cluster."""
+    now = now or datetime.now(UTC)
+    policy = cluster.inputs.get("maintenancePolicy") or {}
+    for exclusion in policy.get("maintenanceExclusions") or []:
+        options = exclusion.get("exclusionOptions") or {}
+        if options.get("scope") not in MINOR_HOLDING_SCOPES:
+            continue
+        start = _rfc3339(exclusion.get("startTime"))
+        if start is None or start > now:
+            continue
+        end = _rfc3339(exclusion.get("endTime"))
+        if options.get("endTimeBehavior") == "UNTIL_END_OF_SUPPORT" or (end is not None and end > now):
+            return True
+    return False
+
+
+def _rfc3339(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def check_kube_version(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Every pinned chart supports the cluster's Kubernetes version (`infra.chart_values.KUBERNETES_SUPPORT`, each
     range cited from the chart's kubeVersion or its project's support matrix), and every pin has a recorded range:
@@ -2344,6 +2376,8 @@ def check_kube_version(run: StackRun, analysis: Analysis, graph: Graph) -> list[
     findings: list[Finding] = []
     cluster = cluster_kubernetes_version(run)
     stack_file = f"Pulumi.{run.stack}.yaml"
+    floating_gke = cluster is not None and any(not gke_minor_held(c) for c in run.of_type(GKE_CLUSTER))
+    bounded: list[str] = []
     for resource in run.resources:
         if resource.type not in HELM_TYPES:
             continue
@@ -2380,6 +2414,21 @@ def check_kube_version(run: StackRun, analysis: Analysis, graph: Graph) -> list[
                     f"a version in {supported}.",
                 )
             )
+        elif supported.maximum is not None and floating_gke:
+            # minMasterVersion is a floor: the channel may already run a newer minor than the one checked above.
+            bounded.append(f"{chart} {version} ({supported})")
+    if bounded and cluster is not None:
+        analysis.prerequisites.append(
+            Capability(
+                f"kube-version:gke-minor-may-be-newer-than-{cluster[0]}",
+                None,
+                f"no NO_MINOR_UPGRADES exclusion holds the GKE cluster's minor, so its release channel may run a "
+                f"newer one than minMasterVersion {cluster[0]}; check the running minor "
+                "(`gcloud container clusters describe ... --format='value(currentMasterVersion)'`) against "
+                f"{', '.join(bounded)}, or hold it with an exclusion (rag:cluster.gke.maintenance.exclusions in "
+                f"{stack_file})",
+            )
+        )
     return findings
 
 

@@ -31,6 +31,16 @@ PROVIDER_ONLY = (
         "Cloud SQL's machine tier",
         "RDS is sized by postgres.managed.instanceClass",
     ),
+    # Cloud SQL's instance sets none of these: it starts at its default disk and grows it (disk_autoresize), keeps
+    # its default 7 automated backups, and has no minor-upgrade switch (infra/components/postgres.py).
+    ("postgres.managed.storageGb", "eks", "RDS's allocated storage", "Cloud SQL grows its disk itself"),
+    (
+        "postgres.managed.backupRetentionDays",
+        "eks",
+        "RDS's backup retention",
+        "Cloud SQL keeps its default 7 automated backups",
+    ),
+    ("postgres.managed.autoMinorVersionUpgrade", "eks", "an RDS setting", "Cloud SQL has no such switch"),
     (
         "redis.managed.nodeType",
         "eks",

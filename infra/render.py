@@ -47,9 +47,9 @@ from infra.offline import RecordedResource, StackRun, cli_config, overridden, ru
 from infra.policy import Violation, run_policies
 
 #: The Kubernetes minor version manifests are validated against: the oldest version a cluster target may run
-#: (Envoy Gateway v1.9, the EKS target's gateway, supports 1.33-1.36; prod declares EKS 1.35), so every API
-#: used exists on every cluster.
-KUBERNETES_VERSION = "1.33"
+#: (CloudNativePG 1.30, the in-cluster registry's operator, supports 1.34-1.36; Envoy Gateway v1.9, the EKS
+#: target's gateway, 1.33-1.36; prod declares EKS 1.35), so every API used exists on every cluster.
+KUBERNETES_VERSION = "1.34"
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 HELM_TYPES = frozenset({"kubernetes:helm.sh/v3:Release", "kubernetes:helm.sh/v4:Chart"})

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from infra.config import ConfigError, GkeMaintenanceWindow, gke_window_hours
-from infra.deployability import cluster_kubernetes_version
+from infra.deployability import analyse, cluster_kubernetes_version, gke_minor_held
 from infra.offline import run_stack
 from tests.infra.conftest import run, target_overrides
 
@@ -187,4 +187,80 @@ def test_the_boundaries_gke_allows_pass() -> None:
     assert cluster.inputs["minMasterVersion"] == "1.34.1-gke.1829001"
     assert (
         cluster.inputs["maintenancePolicy"]["maintenanceExclusions"][0]["endTime"] == "2026-12-31T00:00:00Z"
+    )
+
+
+# --- minMasterVersion is a floor: without an exclusion holding minors the channel may run a newer one ------------
+
+MINOR_HOLD = {
+    "name": "hold",
+    "start": "2026-01-01T00:00:00Z",
+    "untilEndOfSupport": True,
+    "scope": "NO_MINOR_UPGRADES",
+}
+
+
+def _floor_warnings(exclusions: list[dict[str, Any]]) -> list[str]:
+    gke = {"minMasterVersion": "1.35", "maintenance": {"exclusions": exclusions}}
+    analysis = analyse(run("staging", "gke", cluster={"provider": "gke", "gke": gke}))
+    assert [f for f in analysis.findings if f.check == "kube-version"] == []
+    return [c.detail for c in analysis.prerequisites if c.name.startswith("kube-version:")]
+
+
+def test_a_floor_the_channel_may_pass_is_a_prerequisite_to_check_not_a_pass() -> None:
+    """The defect: `make plan` took minMasterVersion for the running minor, so a chart with an upper bound passed
+    for a cluster its channel had already moved past that bound."""
+    (warning,) = _floor_warnings([])
+    assert "no NO_MINOR_UPGRADES exclusion holds the GKE cluster's minor" in warning
+    assert "newer one than minMasterVersion 1.35" in warning
+    assert "cert-manager v1.21.1 (1.33-1.36)" in warning  # a chart with an upper bound
+    assert "Pulumi.staging.yaml" in warning
+
+
+def test_an_exclusion_holding_the_minor_makes_the_floor_the_running_minor() -> None:
+    assert _floor_warnings([MINOR_HOLD]) == []
+    assert _floor_warnings([{**MINOR_HOLD, "scope": "NO_MINOR_OR_NODE_UPGRADES"}]) == []
+
+
+def test_an_ended_exclusion_holds_nothing() -> None:
+    ended = {
+        "name": "old",
+        "start": "2020-01-01T00:00:00Z",
+        "end": "2020-01-20T00:00:00Z",
+        "scope": "NO_MINOR_UPGRADES",
+    }
+    assert len(_floor_warnings([ended])) == 1
+
+
+def test_which_exclusions_hold_the_minor_and_when() -> None:
+    from datetime import UTC, datetime
+
+    from infra.offline import RecordedResource
+
+    def cluster(**options: Any) -> RecordedResource:
+        exclusion = {"startTime": "2026-03-01T00:00:00Z", "exclusionOptions": {"scope": "NO_MINOR_UPGRADES"}}
+        exclusion["exclusionOptions"].update(options.pop("opts", {}))
+        exclusion.update(options)
+        return RecordedResource(
+            type="gcp:container/cluster:Cluster",
+            name="gke",
+            urn="urn:pulumi:s::rag::gcp:container/cluster:Cluster::gke",
+            custom=True,
+            inputs={"maintenancePolicy": {"maintenanceExclusions": [exclusion]}},
+            secret_keys=frozenset(),
+            parent=None,
+            protect=False,
+            provider=None,
+            depends_on=(),
+        )
+
+    march, may = datetime(2026, 3, 15, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC)
+    until_end = cluster(opts={"endTimeBehavior": "UNTIL_END_OF_SUPPORT"})
+    assert gke_minor_held(until_end, march)
+    assert not gke_minor_held(until_end, datetime(2026, 2, 1, tzinfo=UTC))  # not started yet
+    dated = cluster(endTime="2026-04-01T00:00:00Z")
+    assert gke_minor_held(dated, march)
+    assert not gke_minor_held(dated, may)
+    assert not gke_minor_held(
+        cluster(opts={"scope": "NO_NODE_UPGRADES"}, endTime="2027-01-01T00:00:00Z"), march
     )

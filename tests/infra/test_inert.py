@@ -82,3 +82,18 @@ def test_a_key_from_the_command_line_is_attributed_to_it(
         "rag:redis.managed.nodeType in --set has no effect: redis.mode is incluster" in plan["ignoredConfig"]
     )
     assert "## Ignored config" in (tmp_path / "plan.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"storageGb": 150}, {"backupRetentionDays": 21}, {"autoMinorVersionUpgrade": False}],
+    ids=lambda value: json.dumps(value, sort_keys=True),
+)
+def test_rds_only_keys_are_reported_on_gke_and_change_nothing_there(overrides: dict) -> None:
+    (key,) = overrides
+    gke = {"cluster": {"provider": "gke"}}
+    changed = {"postgres": {"mode": "managed", "managed": overrides}}
+    assert recorded(run("prod", "gke", **gke, **changed)) == recorded(run("prod", "gke", **gke))
+    assert recorded(run("prod", **changed)) != recorded(run("prod"))
+    lines = render.ignored_config(run("prod", "gke", **gke, **changed))
+    assert any(line.startswith(f"rag:postgres.managed.{key} in ") and "RDS" in line for line in lines), lines
