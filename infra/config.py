@@ -688,7 +688,9 @@ class LlmConfig:
         labels = host.split(".")
         if len(labels) >= 3 and labels[2] == "svc":
             return labels[1]
-        if len(labels) == 1 and host and not host.isdigit():
+        if (
+            len(labels) == 1 and host and not host.isdigit() and host != "localhost"
+        ):  # localhost: the pod itself
             return own_namespace
         return None
 

@@ -699,6 +699,11 @@ def check_crd_order(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fin
             if _truthy(_get(values, "config", "enableGatewayAPI")):
                 # cert-manager >= 1.15 exits at start-up when Gateway API support is on and the CRDs are missing.
                 need(resource, "gateway.networking.k8s.io", "cert-manager with config.enableGatewayAPI")
+        elif resource.type in HELM_TYPES and _release_chart(resource) == "plugin-barman-cloud":
+            # The chart renders a cert-manager Issuer and the plugin's two Certificates whatever its values
+            # (cloudnative-pg/charts plugin-barman-cloud-v0.7.0 templates/certificate-issuer.yaml,
+            # client-certificate.yaml, server-certificate.yaml): Helm fails the release without cert-manager.
+            need(resource, "cert-manager.io", "plugin-barman-cloud (its Issuer and Certificates)")
     return findings
 
 

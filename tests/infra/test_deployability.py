@@ -619,6 +619,25 @@ def test_registry_backups_on_a_shared_operator_or_without_cert_manager_list_the_
     assert not [r for r in shared.resources if r.name == "postgres-barman-cloud"]
 
 
+def test_the_barman_cloud_plugins_chart_needs_cert_manager_on_a_cluster_the_stack_creates() -> None:
+    """The plugin's chart always renders a cert-manager Issuer and two Certificates: on a GKE/EKS cluster this update
+    creates, a stack that installs no cert-manager (tls off) would fail at the plugin's release in a real `up` while
+    the offline plan listed cert-manager as a mere prerequisite. With the stack's cert-manager, the release waits."""
+
+    def plugin_findings(stack: Any) -> list[d.Finding]:
+        analysis = d.analyse(stack)
+        return [
+            f
+            for f in d.check_crd_order(stack, analysis, d.Graph(stack))
+            if f.resource.endswith("::postgres-barman-cloud")
+        ]
+
+    assert plugin_findings(run("staging")) == []
+    (finding,) = plugin_findings(run("staging", tls={"enabled": False}))
+    assert "cert-manager.io" in finding.message
+    assert "creates the cluster in this same update" in finding.message
+
+
 def test_no_disruption_budget_blocks_a_node_drain() -> None:
     """dev's single-instance CloudNativePG cluster carried the operator's minAvailable-1 budget over its only pod
     (enablePDB): the node under it (dev's, and every PR stack's) could not be drained, upgraded or scaled down."""

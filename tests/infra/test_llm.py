@@ -89,6 +89,8 @@ def test_an_in_cluster_provider_named_by_its_service_is_admitted_by_namespace() 
     bare = run("dev", llm={**IN_CLUSTER, "baseUrl": "http://ollama:11434/v1"})
     (rule,) = _namespace_rules(bare.by_name("rag-api-netpol").inputs["spec"]["egress"])
     assert rule["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "rag"
+    sidecar = run("dev", llm={**IN_CLUSTER, "baseUrl": "http://localhost:8080/v1"})
+    assert _namespace_rules(sidecar.by_name("rag-api-netpol").inputs["spec"]["egress"]) == []
     external = run("dev", llm=PROVIDER, llmApiKey=KEY)
     assert _namespace_rules(external.by_name("rag-api-netpol").inputs["spec"]["egress"]) == []
     # No internet range is needed for an in-cluster server.

@@ -309,7 +309,7 @@ def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "rag:qdrant.replicas in Pulumi.prod.yaml" in proc.stderr
+    assert "rag:qdrant.replicas in --set" in proc.stderr  # a --set value is blamed on --set (cae243f)
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "plan.json").exists()
 
