@@ -16,6 +16,7 @@ import io
 import itertools
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import PurePath
 from typing import Any
 
@@ -50,17 +51,28 @@ BLOCK_TAGS = {
 CELL_TAGS = ("td", "th")
 CELL_SEPARATOR = " | "
 # Page furniture, not content (EYES4 E2: answers quoted "Accept all cookies." and the footer). `nav` always; a
-# `header`/`footer` only at page level: the ARIA banner/contentinfo rule (not inside article, aside, main, nav
-# or section, where it is the heading or byline of that part); elements whose role says the same; cookie and
-# consent banners by their id or class; and what is not rendered at all (`hidden`, a closed `dialog`).
+# page-level `footer` (the ARIA contentinfo rule: not inside article, aside, main, nav or section, where it is
+# that part's byline); a page-level `header` that holds navigation or no heading (one holding the article's h1,
+# byline and date is content: EYES5 F3); elements whose role says navigation/banner/contentinfo/search; cookie
+# and consent banners by an id or class token that names one (`cookie-banner`, `onetrust-consent-sdk`, not
+# `cookie-recipe` or a WordPress `tag-gdpr`: EYES5 F1); and a closed `dialog`. Content the page merely hides
+# (`hidden`: the other tabs of tabbed docs, EYES5 F2) and asides beside `<main>` (EYES5 F6) are kept.
 FURNITURE_TAGS = ("nav",)
-PAGE_LEVEL_TAGS = ("header", "footer")
 SECTIONING_TAGS = frozenset({"article", "aside", "main", "nav", "section"})
+HEADING_TAGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 FURNITURE_ROLES = frozenset({"navigation", "banner", "contentinfo", "search"})
-# The elements whose attributes are read (a Python call each): the containers pages put banners, landmarks and
-# hidden parts on. Reading every element's would cost ~1.5x the whole extraction on a text-heavy page.
+# The elements whose attributes are read (a Python call each): the containers pages put banners and landmarks
+# on. Reading every element's would cost ~1.5x the whole extraction on a text-heavy page.
 LANDMARK_TAGS = ("div", "section", "aside", "form", "ul", "ol", "span", "table")
-_BANNER_NAMES = re.compile(r"cookie|consent|gdpr", re.IGNORECASE)
+_BANNER_WORDS = (
+    "banner|notice|bar|popup|pop-up|modal|dialog|overlay|wall|box|law|message|alert|sdk|prompt|manager"
+)
+_BANNER_NAME = re.compile(
+    rf"(?:^|[-_])(?:cookies?|consent|gdpr)[-_]?(?:{_BANNER_WORDS})(?:$|[-_])"
+    rf"|(?:^|[-_])(?:{_BANNER_WORDS})[-_]?(?:cookies?|consent|gdpr)(?:$|[-_])"
+    r"|(?:^|[-_])cookies?[-_]?consent|^cybotcookiebot|^cc-(?:banner|window)$",
+    re.IGNORECASE,
+)
 _BLOCK_TAG_ORDER = sorted(BLOCK_TAGS)  # a fixed order: set iteration order varies with hash seeds
 _PRIVATE_USE = (
     range(0xE000, 0xF900),
@@ -143,8 +155,8 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
 def html_to_text(html: str) -> str:
     """Visible text of an HTML document; headings and other blocks become their own paragraphs.
 
-    The page's `<title>` comes first (unless its first block already says it), page furniture is left out
-    (`prune_page`), and when the page marks its dominant content with one `<main>`, the text is that element's.
+    The page's `<title>` comes first (unless its first block already says it), and page furniture is left out
+    (`prune_page`).
     Parsed by lexbor (selectolax, C, an HTML5-conformant parser), and the segmentation stays in C too: invisible
     elements are detached, a marker character (one the text does not contain) is inserted as a text node before
     and after each block element (and another before each table cell), and one ``text()`` call concatenates the
@@ -194,9 +206,12 @@ def join_cells(cells: list[str]) -> str:
 
 
 def page_title(tree: LexborHTMLParser) -> str:
-    """The document's `<title>` (the first one, as browsers show), whitespace collapsed; '' when it has none."""
-    titles = tree.tags("title")
-    return " ".join((titles[0].text() or "").split()) if titles else ""
+    """The document's `<title>` (the first one outside inline SVG and MathML, whose `<title>` elements are an
+    icon's tooltip: EYES5 F11), whitespace collapsed; '' when it has none."""
+    for node in tree.tags("title"):
+        if not _inside(node, ("svg", "math")):
+            return " ".join((node.text() or "").split())
+    return ""
 
 
 def with_title(title: str, blocks: list[str]) -> list[str]:
@@ -207,38 +222,47 @@ def with_title(title: str, blocks: list[str]) -> list[str]:
 
 
 def prune_page(tree: LexborHTMLParser) -> Any:
-    """Detach the page furniture (FURNITURE_TAGS, page-level PAGE_LEVEL_TAGS, FURNITURE_ROLES, cookie and
-    consent banners, what is not rendered) and return the node whose text is the document: its one `<main>` when
-    it has exactly one that holds text after the pruning, else the root."""
+    """Detach the page furniture (see FURNITURE_TAGS and the rules above it) and return the root."""
     doomed: list[Any] = []
     for tag in FURNITURE_TAGS:
         doomed.extend(tree.tags(tag))
-    for tag in PAGE_LEVEL_TAGS:
-        doomed.extend(node for node in tree.tags(tag) if not _inside_sectioning(node))
+    doomed.extend(node for node in tree.tags("footer") if not _inside(node, SECTIONING_TAGS))
+    doomed.extend(
+        node
+        for node in tree.tags("header")
+        if not _inside(node, SECTIONING_TAGS) and (_holds(node, ("nav",)) or not _holds(node, HEADING_TAGS))
+    )
     doomed.extend(node for node in tree.tags("dialog") if "open" not in node.attributes)
     for node in itertools.chain.from_iterable(tree.tags(tag) for tag in LANDMARK_TAGS):
         attributes = node.attributes
         if not attributes:
             continue
         role = (attributes.get("role") or "").strip().lower()
-        names = f"{attributes.get('id') or ''} {attributes.get('class') or ''}"
-        if role in FURNITURE_ROLES or "hidden" in attributes or _BANNER_NAMES.search(names):
+        names = f"{attributes.get('id') or ''} {attributes.get('class') or ''}".split()
+        if role in FURNITURE_ROLES or any(_BANNER_NAME.search(name) for name in names):
             doomed.append(node)
     for node in doomed:
         node.decompose(recursive=False)  # one inside another: detached from an already detached tree
-    mains = tree.tags("main")
-    if len(mains) == 1 and mains[0].text().strip():
-        return mains[0]
     return tree.root
 
 
-def _inside_sectioning(node: Any) -> bool:
+def _inside(node: Any, tags: Iterable[str]) -> bool:
+    """Whether an ancestor of `node` is one of `tags`."""
+    wanted = frozenset(tags)
     parent = node.parent
     while parent is not None:
-        if parent.tag in SECTIONING_TAGS:
+        if parent.tag in wanted:
             return True
         parent = parent.parent
     return False
+
+
+def _holds(node: Any, tags: Iterable[str]) -> bool:
+    """Whether `node` has a descendant that is one of `tags` (or a navigation role)."""
+    return any(
+        child.tag in tags or (child.attributes or {}).get("role") == "navigation"
+        for child in node.traverse(include_text=False)
+    )
 
 
 def _unused_character(text: str, preferred: str = _MARK, taken: str = "") -> str:
