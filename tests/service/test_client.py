@@ -488,3 +488,17 @@ def test_a_url_that_is_not_the_service_stops_at_the_first_answer(tmp_path: Path)
         in text
     )
     assert "failed" not in text
+
+
+def test_a_url_that_can_never_work_is_not_retried() -> None:
+    # EYES5 F10: a URL without http:// was retried for 30 s as if the service were down.
+    output = io.StringIO()
+    slept: list[float] = []
+    report = ingest_client.Report()
+    client = ingest_client.IngestClient("127.0.0.1:9", None, report, sleep=slept.append)
+    with pytest.raises(httpx.UnsupportedProtocol):
+        client.send("POST", "/v1/documents:bulk", json={"documents": []})
+    client.close()
+    assert slept == []
+    assert report.retried == 0
+    assert output.getvalue() == ""

@@ -230,6 +230,22 @@ def test_local_mode_beside_an_edge_store_is_refused_in_one_line(tmp_path: Path) 
     open_vector_store(own, model_name="m", dimension=DIM).close()
 
 
+def test_a_second_local_mode_store_on_the_same_directory_is_refused_in_one_line(tmp_path: Path) -> None:
+    # EYES5 F9: a second VECTOR_STORE=local process died with a 100-line portalocker traceback.
+    from service.app.store.edge import StoreLocked
+    from service.app.store.qdrant import QdrantVectorStore
+
+    settings = make_settings(tmp_path, vector_store="local")
+    first = QdrantVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    try:
+        with pytest.raises(StoreLocked) as refused:
+            QdrantVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    finally:
+        first.close()
+    assert "\n" not in str(refused.value)
+    assert f"{settings.resolved_qdrant_path} is in use by another process" in str(refused.value)
+
+
 def test_semantics_hold_on_indexed_segments_after_optimization(tmp_path: Path) -> None:
     store = EdgeVectorStore(
         tmp_path / "edge" / "c", collection="c", dimension=DIM, optimize_idle_seconds=None

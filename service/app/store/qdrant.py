@@ -270,7 +270,19 @@ class QdrantVectorStore:
             client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
         else:
             path.mkdir(parents=True, exist_ok=True)
-            client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+            try:
+                client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
+            except RuntimeError as exc:
+                if "already accessed" not in str(exc):
+                    raise
+                from service.app.store.edge import StoreLocked
+
+                # One line, as for the edge store (EYES5 F9: a 100-line portalocker traceback).
+                raise StoreLocked(
+                    f"the local-mode vector store at {path} is in use by another process: an embedded store is "
+                    "owned by one process; stop the other service, or give this one a DATA_DIR (or QDRANT_PATH) "
+                    "of its own"
+                ) from None
         return cls(client, collection=name, dimension=dimension, local=True, settings=settings)
 
     def check_server(self) -> None:
