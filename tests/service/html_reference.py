@@ -27,6 +27,8 @@ from service.app.ingest.extract import (
 _SPACES = re.compile(r"\s+")
 _FLUSH = object()
 _CELL = object()
+_SPACE = object()
+_LEAVE_CELL = object()
 
 
 def walk_html_to_text(html: str) -> str:
@@ -56,10 +58,17 @@ def walk_html_to_text(html: str) -> str:
         current.clear()
 
     stack: list[Any] = [root]
+    cell_depth = 0
     while stack:
         node = stack.pop()
         if node is _FLUSH:
             flush()
+            continue
+        if node is _SPACE:
+            current.append(" ")
+            continue
+        if node is _LEAVE_CELL:
+            cell_depth -= 1
             continue
         tag = node.tag
         if tag == "-text":
@@ -67,11 +76,16 @@ def walk_html_to_text(html: str) -> str:
             continue
         if tag.startswith("-") or tag in DROPPED_TAGS:  # comments, doctype; invisible elements
             continue
-        if tag in BLOCK_TAGS:
+        if tag in BLOCK_TAGS and cell_depth:
+            current.append(" ")  # a block inside a table cell is set off by spaces, not split
+            stack.append(_SPACE)
+        elif tag in BLOCK_TAGS:
             flush()
             stack.append(_FLUSH)
         elif tag in CELL_TAGS:
             current.append(_CELL)
+            cell_depth += 1
+            stack.append(_LEAVE_CELL)
         children = []
         child = node.child
         while child is not None:

@@ -229,3 +229,17 @@ def test_content_that_looks_like_furniture_is_kept(html: str, kept: str) -> None
 def test_banners_are_left_out(banner: str) -> None:
     text = html_to_text(f"{banner}<p>Widgets ship in May.</p>")
     assert text == "Widgets ship in May."
+
+
+def test_a_row_whose_cells_hold_blocks_or_a_table_stays_one_paragraph() -> None:
+    # EYES5 F7: a <p> in a cell, or a nested table, split the row across paragraphs.
+    html = (
+        "<table><tr><th>Plan</th><th>Price</th><th>Limits</th></tr>"
+        "<tr><td><p>Team</p></td><td><div>$49</div><div>per month</div></td>"
+        "<td><table><tr><td>50 users</td><td>10 GB</td></tr></table></td></tr></table><p>After.</p>"
+    )
+    assert html_to_text(html).split("\n\n") == [
+        "Plan | Price | Limits",
+        "Team | $49 per month | 50 users | 10 GB",
+        "After.",
+    ]
