@@ -274,19 +274,30 @@ def walk(root: Path, include_hidden: bool = False) -> tuple[list[Path], list[Pat
 
     Hidden entries (.git, .venv, .env, .ssh, an editor's swap files) are not documents: sending them put a
     `.hidden/secret.md` into search (EYES4 E5), and walking `.venv` or `.git` costs more than the folder itself.
+    Dependency folders (node_modules, a virtual environment, site-packages) are left out with them.
     """
     files: list[Path] = []
     hidden: list[Path] = []
     for directory, dirs, names in os.walk(root):
         here = Path(directory)
         if not include_hidden:
-            hidden.extend(here / d for d in dirs if d.startswith("."))
+            left = [d for d in dirs if d.startswith(".") or _tool_directory(here / d)]
+            hidden.extend(here / d for d in left)
             hidden.extend(here / n for n in names if n.startswith("."))
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            dirs[:] = [d for d in dirs if d not in left]
             names = [n for n in names if not n.startswith(".")]
         dirs.sort()
         files.extend(p for p in (here / n for n in names) if p.is_file())
     return sorted(files), sorted(hidden)
+
+
+#: Folders tools fill with other people's files (EYES5 F8: node_modules and a venv's site-packages were sent).
+TOOL_DIRECTORIES = frozenset({"node_modules", "__pycache__", "site-packages", "bower_components"})
+
+
+def _tool_directory(path: Path) -> bool:
+    """A dependency or build folder: a TOOL_DIRECTORIES name, or a Python virtual environment (its pyvenv.cfg)."""
+    return path.name in TOOL_DIRECTORIES or (path / "pyvenv.cfg").is_file()
 
 
 def collect(root: Path, include_hidden: bool = False) -> list[Path]:
@@ -548,8 +559,9 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     ingest.add_argument(
         "--include-hidden",
         action="store_true",
-        help="also send files in hidden folders and hidden files (names starting with '.', e.g. .github/); "
-        "left out by default: they hold repositories' and tools' files, and secrets",
+        help="also send hidden files and folders (names starting with '.', e.g. .github/) and dependency folders "
+        "(node_modules/, __pycache__/, site-packages/, virtualenvs); left out by default: they hold repositories' "
+        "and tools' files, and secrets",
     )
     args = parser.parse_args(argv)
     console = console or Console(stderr=True)
@@ -632,7 +644,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     if hidden:
         names = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in hidden]
         console.print(
-            f"{len(names)} hidden file{'s' if len(names) != 1 else ''} and folders left out "
+            f"{len(names)} hidden or dependency file{'s' if len(names) != 1 else ''} and folders left out "
             f"(--include-hidden sends them): {shown_names(names)}"
         )
     for name, reason in report.failures:

@@ -88,7 +88,8 @@ def test_folder_ingest_waits_out_429s_and_reports_failures(tmp_path: Path) -> No
     # The file of a type it does not send is named, not silently left out (a run looked like the whole folder).
     assert re.search(r"^1 file skipped \(not \.htm/\.html/.*\): ignored\.bin$", text, re.M), text
     assert (
-        "2 hidden files and folders left out (--include-hidden sends them): .hidden/, hr/.notes.txt" in text
+        "2 hidden or dependency files and folders left out (--include-hidden sends them): .hidden/, hr/.notes.txt"
+        in text
     ), text
     assert "failed hr/zero.md: 422 invalid_input: the document contains no text" in text
     assert "failed empty.txt: 422 invalid_input: text is empty" in text
@@ -434,13 +435,22 @@ def test_hidden_files_are_sent_only_when_asked(tmp_path: Path) -> None:
     (root / ".github" / "README.md").write_text("ci notes")
     (root / "a.md").write_text("a")
     (root / ".env.txt").write_text("KEY=1")
+    # EYES5 F8: dependency folders were sent too.
+    (root / "web" / "node_modules" / "pkg").mkdir(parents=True)
+    (root / "web" / "node_modules" / "pkg" / "README.md").write_text("a package")
+    (root / "env" / "lib").mkdir(parents=True)
+    (root / "env" / "pyvenv.cfg").write_text("home = /usr/bin")
+    (root / "env" / "lib" / "LICENSE.txt").write_text("a licence")
     assert ingest_client.collect(root) == [root / "a.md"]
     files, hidden = ingest_client.walk(root)
-    assert (files, hidden) == ([root / "a.md"], [root / ".env.txt", root / ".github"])
+    assert files == [root / "a.md"]
+    assert hidden == [root / ".env.txt", root / ".github", root / "env", root / "web" / "node_modules"]
     assert ingest_client.collect(root, include_hidden=True) == [
         root / ".env.txt",
         root / ".github" / "README.md",
         root / "a.md",
+        root / "env" / "lib" / "LICENSE.txt",
+        root / "web" / "node_modules" / "pkg" / "README.md",
     ]
 
 
