@@ -99,6 +99,12 @@ class _Refused(httptools.HttpParserError):
     """Raised from a parser callback: uvicorn then answers the 4xx (send_400_response) and closes."""
 
 
+#: How long, and for how many bytes, a connection whose request was refused keeps reading (and dropping) what the
+#: client still sends after the answer, so the close does not reset the answer away (lingering close).
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1 << 20
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header and body-idle deadlines from the settings.
 
@@ -122,6 +128,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0
         self._header_bytes = 0
         self._refusal: tuple[int, str, str] | None = None
+        self._lingering = -1  # bytes discarded since a refusal's response was sent; -1: not lingering
 
     def _arm(self, seconds: float, reason: str) -> None:
         self._disarm()
@@ -179,6 +186,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering >= 0:
+            # The rest of a refused request: read and dropped, so the close is a FIN the client reads the answer
+            # before, not a reset that can destroy it (see send_400_response).
+            self._lingering += len(data)
+            if self._lingering > LINGER_MAX_BYTES:
+                self.transport.close()
+            return
         if self._in_body:
             if self._too_slow(len(data)):
                 self._disarm()
@@ -229,7 +243,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             ]
         )
         self.transport.write(b"".join(content))
-        self.transport.close()
+        # A lingering close, as nginx and Apache do: closing a socket whose peer is still sending (the rest of a
+        # 70 KB URL or of 5,000 headers) makes the kernel send a reset, and a reset can discard the answer from
+        # the client's receive buffer before it is read (seen as ConnectionResetError instead of the 414 on a
+        # quiet machine). So: the answer, then a FIN (write_eof), then read and drop what the client still sends
+        # until it closes, for at most LINGER_SECONDS and LINGER_MAX_BYTES.
+        if self.transport.can_write_eof():
+            self._disarm()
+            self._lingering = 0
+            self.transport.write_eof()
+            self._deadline = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         # Until on_message_complete the body is due (the rest of this very packet may already hold it all).
