@@ -18,9 +18,13 @@ from infra.offline import StackRun, run_stack
 @pytest.fixture(autouse=True)
 def _no_existing_cluster_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runs read the committed files only: a developer's (or CI job's) $RAGOPS_KUBE_CONTEXT / $RAGOPS_REGISTRY
-    would change what the existing target declares (infra/clusters/existing.py)."""
+    would change what the existing target declares (infra/clusters/existing.py), and so would $CI: on a CI runner
+    an empty context with a loopback registry is refused, so every staging/prod run re-targeted to `existing`
+    failed under `CI=true bash .ci/run` and passed on a laptop. Tests of that rule set $CI themselves
+    (tests/infra/test_clusters.py)."""
     monkeypatch.delenv("RAGOPS_KUBE_CONTEXT", raising=False)
     monkeypatch.delenv("RAGOPS_REGISTRY", raising=False)
+    monkeypatch.delenv("CI", raising=False)
 
 
 @pytest.fixture(autouse=True)
