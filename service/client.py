@@ -306,13 +306,6 @@ def collect(root: Path, include_hidden: bool = False) -> list[Path]:
     return [p for p in walk(root, include_hidden)[0] if p.suffix.lower() in kinds]
 
 
-def skipped(root: Path, include_hidden: bool = False) -> list[Path]:
-    """The files under `root` the client does not send for their type (a type the service does not ingest): the
-    summary names them, so a run does not look like the whole folder. Hidden ones are listed apart (`walk`)."""
-    kinds = TEXT_TYPES | UPLOAD_TYPES
-    return [p for p in walk(root, include_hidden)[0] if p.suffix.lower() not in kinds]
-
-
 def shown_names(names: list[str], limit: int = 10) -> str:
     """The first `limit` names, and how many more."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -582,7 +575,10 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             console.print(f"[red]error:[/red] --encoding {args.encoding!r} is not a charset Python knows")
             return 2
     key = args.key or os.environ.get("RAG_API_KEY")
-    files = collect(root, args.include_hidden)
+    # One walk for the count and the summary (ingest_folder lists what it sends itself).
+    every, hidden = walk(root, args.include_hidden)
+    kinds = TEXT_TYPES | UPLOAD_TYPES
+    files = [p for p in every if p.suffix.lower() in kinds]
     report = Report()
     progress = Progress(
         TextColumn("[bold]ingest"),
@@ -634,13 +630,12 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         f"{len(files)} files: {summary or 'nothing to do'}; "
         f"{report.rate_limited} rate-limit waits, {report.retried} retries"
     )
-    left_out = skipped(root, args.include_hidden)
+    left_out = [p for p in every if p.suffix.lower() not in kinds]
     if left_out:
         names = [p.relative_to(root).as_posix() for p in left_out]
-        kinds = "/".join(sorted(TEXT_TYPES | UPLOAD_TYPES))
         plural = "s" if len(names) != 1 else ""
-        console.print(f"{len(names)} file{plural} skipped (not {kinds}): {shown_names(names)}")
-    hidden = [] if args.include_hidden else walk(root)[1]
+        types = "/".join(sorted(kinds))
+        console.print(f"{len(names)} file{plural} skipped (not {types}): {shown_names(names)}")
     if hidden:
         names = [p.relative_to(root).as_posix() + ("/" if p.is_dir() else "") for p in hidden]
         console.print(

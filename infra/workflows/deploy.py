@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pulumi.automation import Workspace
+from pulumi.automation import ConfigMap, Workspace
 from pulumi.automation.errors import CommandError
 
 from infra.workflows.errors import stderr_of
@@ -112,6 +112,12 @@ COPYING_PROVIDERS = frozenset({"gke", "eks"})
 CLUSTER_KEY = f"{PROJECT}:cluster"
 
 
+def cluster_provider(config: ConfigMap) -> str:
+    """The cluster target a stack's config names (`rag:cluster.provider`, default `existing`)."""
+    cluster = _as_object(config[CLUSTER_KEY].value) if CLUSTER_KEY in config else None
+    return str((cluster or {}).get("provider", "existing"))
+
+
 def image_to_copy(ws: Workspace, stack: str) -> str | None:
     """The promoted image this update copies into the stack's own registry with skopeo, on this machine (None: no
     copy runs). The copy is a `command:local:Command` whose script names the image: it runs on the stack's first
@@ -120,8 +126,7 @@ def image_to_copy(ws: Workspace, stack: str) -> str | None:
     image = string_config(local.get(IMAGE_KEY))
     if not image:
         return None
-    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
-    if (cluster or {}).get("provider", "existing") not in COPYING_PROVIDERS:
+    if cluster_provider(local) not in COPYING_PROVIDERS:
         return None
     try:
         with deployed_config(ws, stack) as deployed:
@@ -158,8 +163,7 @@ def check_registry_tools_here(ctx: Context, stack: str, ws: Workspace) -> None:
     promotion's copy, log in with gcloud/aws and tag with skopeo (`registry-protect-existing` too, once). `up` would
     otherwise fail at that `command:local:Command`, after it had started changing the stack."""
     local = ws.get_all_config(stack)
-    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
-    provider = (cluster or {}).get("provider", "existing")
+    provider = cluster_provider(local)
     if provider not in COPYING_PROVIDERS:
         return
     image = image_to_copy(ws, stack)

@@ -142,11 +142,9 @@ def check_target_registry_tools(ctx: Context, ws: Workspace, source: str, target
     image there with skopeo, so the source's tool alone is not enough (`deploy.check_registry_tools_here` is the
     same check for `ragops up`)."""
     from infra.components.image import CopyPrerequisiteError, check_registry_tools
-    from infra.workflows.deploy import CLUSTER_KEY, COPYING_PROVIDERS
+    from infra.workflows.deploy import COPYING_PROVIDERS, cluster_provider
 
-    local = ws.get_all_config(target)
-    cluster = _as_object(local[CLUSTER_KEY].value) if CLUSTER_KEY in local else None
-    provider = (cluster or {}).get("provider", "existing")
+    provider = cluster_provider(ws.get_all_config(target))
     if provider not in COPYING_PROVIDERS:
         return
     tools = check_registry_tools if ctx.check_registry_tools is None else ctx.check_registry_tools
