@@ -486,7 +486,7 @@ def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str |
             group: aws.eks.get_node_group(cluster_name=name, node_group_name=group, opts=invoke).version
             for group in groups
         }
-    except Exception as exc:  # noqa: BLE001 - any failed read: the step cannot be checked
+    except Exception as exc:
         raise ConfigError(
             "rag:cluster.eks.version",
             file,

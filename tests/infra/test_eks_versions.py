@@ -195,13 +195,16 @@ def test_a_failed_read_is_refused_naming_the_key(
 
     def denied(self: PlatformMocks, args: Any) -> Any:
         if args.token == "aws:eks/getClusters:getClusters":
-            raise ProviderError(args.token, "AccessDeniedException: not authorized to perform: eks:ListClusters")
+            raise ProviderError(
+                args.token, "AccessDeniedException: not authorized to perform: eks:ListClusters"
+            )
         return original(self, args)
 
     monkeypatch.setattr(PlatformMocks, "call", denied)
     message = _refusal(_live("1.34"))
     assert "could not read the version EKS cluster" in message
-    assert "eks:ListClusters" in message and "AccessDeniedException" in message
+    assert "eks:ListClusters" in message
+    assert "AccessDeniedException" in message
     assert set(registered) <= {"pulumi:pulumi:Stack", "pulumi:providers:aws"}, registered
 
 

@@ -300,13 +300,18 @@ def test_a_program_refusal_is_the_red_line(ctx: Context, backend: FakeBackend, c
     target = "dev" if command == "up" else "staging"
     backend.script(target).up_error = ""
     backend.script(target).up_stdout = _refused_display(target)
-    args = ("up", "-s", "dev", "-q") if command == "up" else ("promote", "--from", "dev", "--to", "staging", "-q")
+    args = (
+        ("up", "-s", "dev", "-q")
+        if command == "up"
+        else ("promote", "--from", "dev", "--to", "staging", "-q")
+    )
     result = _invoke(ctx, *args)
     assert result.exit_code == 1, result.output
     out = " ".join(result.output.split())
     assert out.startswith(f"pulumi failed: {REFUSAL.format(stack=target)}"), out
     assert "without saying why" not in out
-    assert "code: 255" not in out and "Diagnostics" not in out
+    assert "code: 255" not in out
+    assert "Diagnostics" not in out
 
 
 def test_a_missing_stack_hints_at_pulumi_stack_init(ctx: Context, backend: FakeBackend) -> None:
