@@ -31,6 +31,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -420,10 +421,19 @@ def ignored_config(run: StackRun) -> list[str]:
     return inert.ignored(effective_config(run), defaults, stack_values, stack_file(run.stack))
 
 
-def plan_warnings(run: StackRun) -> list[str]:
-    """What deploys fine but will disappoint: monitoring whose alerts reach nobody, or whose runbook links are
-    relative paths (the default) that no pager can open."""
+def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
+    """What deploys fine but will disappoint: an EKS minor near or past its end of standard support, monitoring whose
+    alerts reach nobody, or whose runbook links are relative paths (the default) that no pager can open."""
     warnings = []
+    for cluster in run.of_type("aws:eks/cluster:Cluster"):
+        # The EKS minor near or past its end of standard support (infra/clusters/eks.py EKS_STANDARD_SUPPORT_ENDS).
+        from infra.clusters.eks import support_warning
+
+        support = support_warning(
+            str(cluster.inputs.get("version")), today or date.today(), f"Pulumi.{run.stack}.yaml"
+        )
+        if support:
+            warnings.append(support)
     if run.outputs.get("alertReceivers") == []:
         warnings.append(
             "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "
