@@ -18,9 +18,12 @@ import pulumi  # noqa: E402
 
 from infra.clusters import build_cluster  # noqa: E402
 from infra.config import load_config, load_secrets  # noqa: E402
+from infra.guards import check_deployed  # noqa: E402
 from infra.stack import build  # noqa: E402
 
 config = load_config()
+# Before any resource is registered: a refused step sends nothing (infra/guards.py).
+check_deployed(config)
 secrets = load_secrets()
 cluster = build_cluster(config)
 for name, value in build(config, cluster, secrets).items():
