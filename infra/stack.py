@@ -426,7 +426,9 @@ def postgres_args(
         monitor_labels=monitor_labels(config),
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
-        allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
+        # RDS: its security group admits the VPC. Cloud SQL: its private IP lies in the private services range, the
+        # only place the service's egress may reach on 5432 (without a range the rule would admit any address).
+        allowed_cidrs=tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network),
         instance_class=cfg.managed.instanceClass,
         # The major version only: RDS applies minor upgrades itself (auto_minor_version_upgrade), and a pinned
         # minor would make every later `up` try to downgrade the instance back to it.
@@ -678,6 +680,8 @@ def gateway_args(
         ingress_class_name=gateway.ingress.className or None,
         cert_manager_version=tls.certManagerVersion,
         install_cert_manager=tls.installCertManager,
+        # GKE Autopilot refuses the chart's leader-election Role and lease in kube-system (a managed namespace).
+        leader_election_in_own_namespace=config.cluster.provider == "gke" and config.cluster.gke.autopilot,
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
