@@ -1371,6 +1371,22 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
 
     monitoring = config.monitoring
+    if (
+        monitoring.enabled
+        and monitoring.mode == "install"
+        and cluster.provider == "gke"
+        and cluster.gke.autopilot
+    ):
+        # GKE Warden refuses the chart's node exporter (autogke-disallow-hostnamespaces, autogke-no-host-port,
+        # autogke-no-write-mode-hostpath) and its kube-dns scrape Service in kube-system (a managed namespace):
+        # the atomic release would fail and roll back in the first `up`.
+        fail(
+            "monitoring.enabled",
+            "kube-prometheus-stack cannot run on GKE Autopilot (cluster.gke.autopilot): Autopilot refuses its node "
+            "exporter (hostNetwork, hostPID, host ports, hostPath /proc, /sys, /) and its Services in kube-system. "
+            "Set monitoring.enabled false there (Autopilot runs Google Cloud Managed Service for Prometheus), or use "
+            "a Standard cluster",
+        )
     if monitoring.enabled and monitoring.mode == "existing":
         if config.cluster.provider != "existing":
             # A cluster this stack creates has no Prometheus Operator before the update that creates it.

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
@@ -217,6 +218,23 @@ def _fake_cert(name: str) -> str:
     return base64.b64encode(pem.encode()).decode()
 
 
+class ProviderError(grpc.RpcError):
+    """A provider's failed invoke as the engine answers it: a gRPC error (`invocation of <token> returned an error:
+    ...`, status Unknown), which the SDK turns into `Exception("invoke of <token> failed: ...")` raised where the
+    program called the invoke (pulumi/runtime/invoke.py). A plain exception raised in `Mocks.call` would instead
+    be the run's unhandled RPC error, which no `try` in the program can catch."""
+
+    def __init__(self, token: str, message: str) -> None:
+        super().__init__(message)
+        self._details = f"invocation of {token} returned an error: {message}"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
@@ -268,7 +286,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
             name = args.args.get("name") or args.args.get("clusterName")
             if not eks or name != eks["name"]:
                 # As EKS answers for a cluster that does not exist (ResourceNotFoundException).
-                raise ValueError(f"no EKS cluster {name!r}")
+                raise ProviderError(tok, f"ResourceNotFoundException: No cluster found for name: {name}.")
             if tok.endswith("getCluster"):
                 return {"name": name, "version": eks["version"], "id": name}, []
             return {"clusterName": name, "names": sorted(eks.get("nodeGroups") or {}), "id": name}, []
@@ -276,7 +294,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
             group = args.args.get("nodeGroupName")
             groups = (eks or {}).get("nodeGroups") or {}
             if group not in groups:
-                raise ValueError(f"no EKS node group {group!r}")
+                raise ProviderError(tok, f"ResourceNotFoundException: No node group found for name: {group}.")
             return {"nodeGroupName": group, "version": groups[group], "id": group}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {

@@ -678,6 +678,8 @@ def gateway_args(
         ingress_class_name=gateway.ingress.className or None,
         cert_manager_version=tls.certManagerVersion,
         install_cert_manager=tls.installCertManager,
+        # GKE Autopilot refuses the chart's leader-election Role and lease in kube-system (a managed namespace).
+        leader_election_in_own_namespace=config.cluster.provider == "gke" and config.cluster.gke.autopilot,
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,

@@ -463,30 +463,38 @@ def check_version_step(wanted: str, running: str | None, node_groups: Mapping[st
     return wanted
 
 
-def running_version(name: str, provider: aws.Provider) -> pulumi.Output[tuple[str | None, dict[str, str]]]:
-    """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS at preview and
-    update (ListClusters, DescribeCluster, ListNodegroups, DescribeNodegroup); (None, {}) when no cluster of that
-    name exists. Read from the cloud rather than from the stack's state: it is what UpdateClusterVersion will
-    compare against, even after an update made outside the stack or one that failed half way."""
-    invoke = pulumi.InvokeOutputOptions(provider=provider)
+def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str | None, dict[str, str]]:
+    """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS (ListClusters,
+    DescribeCluster, ListNodegroups, DescribeNodegroup) with the stack's own `provider`; (None, {}) when no cluster
+    of that name exists (a first `up`). Read from the cloud rather than from the stack's state: it is what
+    UpdateClusterVersion will compare against, even after an update made outside the stack or one that failed half
+    way.
 
-    def describe(names: list[str]) -> Any:
-        if name not in (names or []):
-            return (None, {})
-        cluster = aws.eks.get_cluster_output(name=name, opts=invoke)
-
-        def groups(group_names: list[str]) -> Any:
-            ordered = sorted(group_names or [])
-            versions = [
-                aws.eks.get_node_group_output(cluster_name=name, node_group_name=group, opts=invoke).version
-                for group in ordered
-            ]
-            return pulumi.Output.all(*versions).apply(lambda found: dict(zip(ordered, found, strict=True)))
-
-        listed = aws.eks.get_node_groups_output(cluster_name=name, opts=invoke).names
-        return pulumi.Output.all(cluster.version, listed.apply(groups)).apply(lambda v: (v[0], v[1]))
-
-    return aws.eks.get_clusters_output(opts=invoke).names.apply(describe)
+    Plain (blocking) invokes, called before the program registers any cloud resource: the Python SDK's
+    `pulumi.runtime.invoke` awaits the provider's registration, then the engine's Invoke, pumping the event loop
+    until it answers (`_sync_await`), and the engine runs invokes in `pulumi preview` as in `up`. So a refused step
+    stops the program before the VPC, IAM or RDS are even declared: nothing is updated. (As Outputs, the check only
+    held back the cluster, and an `up` updated everything that does not wait for it before failing.) A read that
+    fails (no `eks:ListClusters`, throttling) refuses too, naming the key: without it the step cannot be checked."""
+    invoke = pulumi.InvokeOptions(provider=provider)
+    try:
+        if name not in (aws.eks.get_clusters(opts=invoke).names or []):
+            return None, {}
+        running = aws.eks.get_cluster(name=name, opts=invoke).version
+        groups = sorted(aws.eks.get_node_groups(cluster_name=name, opts=invoke).names or [])
+        versions = {
+            group: aws.eks.get_node_group(cluster_name=name, node_group_name=group, opts=invoke).version
+            for group in groups
+        }
+    except Exception as exc:
+        raise ConfigError(
+            "rag:cluster.eks.version",
+            file,
+            f"could not read the version EKS cluster {name} runs ({str(exc).strip().splitlines()[0]}), so the "
+            "one-minor step cannot be checked: the deploying identity needs eks:ListClusters, eks:DescribeCluster, "
+            "eks:ListNodegroups and eks:DescribeNodegroup (docs/infra.md, cluster.eks.version)",
+        ) from exc
+    return running, versions
 
 
 #: The control-plane log types the cluster sends to CloudWatch Logs.
@@ -512,6 +520,11 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     aws_provider = aws.Provider(
         "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
     )
+    # The version EKS can reach from what runs, checked before any cloud resource is declared (running_version):
+    # a refused step fails the preview or `up` with the reason, not an `up` half way at UpdateClusterVersion.
+    file = stack_file(stack)
+    running, node_groups = running_version(name, aws_provider, file)
+    version = check_version_step(eks.version, running, node_groups, file)
     opts = pulumi.ResourceOptions(provider=aws_provider)
     kept = pulumi.ResourceOptions(provider=aws_provider, protect=config.protect)
 
@@ -648,12 +661,6 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         name=control_plane_log_group(name),
         retention_in_days=eks.controlPlaneLogs.retentionDays,
         opts=kept,
-    )
-    # The version EKS can reach from what runs: the cluster waits for the check, so a preview (a PR's `ragops
-    # preview`) fails with the reason instead of an `up` failing at UpdateClusterVersion.
-    file = stack_file(stack)
-    version = running_version(name, aws_provider).apply(
-        lambda found: check_version_step(eks.version, found[0], found[1], file)
     )
     cluster = aws.eks.Cluster(
         "eks",

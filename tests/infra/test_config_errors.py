@@ -308,6 +308,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "monitoring.alerting.email.smarthost",
         "SMTP server",
     ),
+    # GKE Warden refuses kube-prometheus-stack's node exporter and its kube-system Services (tests/infra/test_autopilot.py).
+    (
+        "staging",
+        {"cluster": {"gke": {"autopilot": True}}},
+        "monitoring.enabled",
+        "cannot run on GKE Autopilot",
+    ),
     (
         "staging",
         {"monitoring": {"mode": "existing"}},

@@ -69,6 +69,10 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
             assert (hits[0].document_id, hits[0].version, hits[0].chunk_index) == ("a", 1, 0)
             assert hits == owner.search("t", vector, limit=5, mode=mode, sparse=keyword, score_threshold=0.5)
         assert {(v.document_id, v.version, v.points) for v in remote.versions()} == {("a", 1, 1), ("a", 2, 2)}
+        texts = remote.chunk_texts("t", "a", 2, [1, 0, 5])
+        assert texts == owner.chunk_texts("t", "a", 2, [1, 0, 5])
+        assert texts[2] is None
+        assert texts[0] is not None
         remote.delete_versions_below("t", "a", 2)
         assert remote.count("t", "a") == 2
         remote.delete_version("t", "a", 2)

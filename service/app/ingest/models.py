@@ -110,6 +110,24 @@ class DocumentOut(BaseModel):
     updated_at: datetime
 
 
+class ChunkOut(BaseModel):
+    """One stored chunk: the text search matches and answers quote."""
+
+    chunk_index: int
+    text: str
+
+
+class DocumentChunks(BaseModel):
+    """A page of a document's stored chunks, in order; pass ``next_offset`` back as ``offset`` for the next page
+    (null after the last)."""
+
+    document_id: str
+    version: int
+    chunk_count: int
+    chunks: list[ChunkOut]
+    next_offset: int | None
+
+
 class DocumentList(BaseModel):
     """One page of documents ordered by id; pass ``next_cursor`` back as ``cursor`` for the next page."""
 

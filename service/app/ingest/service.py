@@ -66,6 +66,8 @@ from service.app.ingest.chunking import Chunker
 from service.app.ingest.extract import SUPPORTED_TYPES, normalize_content_type, normalize_text
 from service.app.ingest.index import ActiveIndex, IndexConfig, IndexGeneration
 from service.app.ingest.models import (
+    ChunkOut,
+    DocumentChunks,
     DocumentList,
     DocumentOut,
     IngestResult,
@@ -83,6 +85,8 @@ logger = logging.getLogger(__name__)
 
 # Chunks embedded between two checks of a job's lease (about a second of embedding on one core).
 FENCE_CHECK_CHUNKS = 128
+# How often GET .../chunks reads again when the document was replaced between its registry and store reads.
+CHUNK_READ_ATTEMPTS = 3
 # How often a job's write is tried when another process's commit wins the version compare-and-set.
 JOB_CONFLICT_ATTEMPTS = 3
 
@@ -523,6 +527,40 @@ class IngestService:
         if record is None:
             raise NotFound(f"document {document_id!r} not found", document_id=document_id)
         return to_document_out(record)
+
+    async def chunks(self, tenant_id: str, document_id: str, *, offset: int, limit: int) -> DocumentChunks:
+        """A page of the active version's stored chunks (as search serves them), or NotFound.
+
+        The registry names the version, the served store holds its text: read by point id, so a page costs
+        ``limit`` lookups whatever the document's size. A write that replaces the document between the two reads
+        deletes the old version's points; then the registry is read again (the new version's chunks are
+        complete once it is active), so a page never mixes two versions."""
+        validate_document_id(document_id)
+
+        def read() -> DocumentChunks | None:
+            collection = self._served()
+            vectors = self.index.current.vectors
+            record = self.registry.get(tenant_id, document_id, served=collection)
+            if record is None:
+                raise NotFound(f"document {document_id!r} not found", document_id=document_id)
+            indexes = list(range(offset, min(offset + limit, record.chunk_count)))
+            texts = vectors.chunk_texts(tenant_id, document_id, record.version, indexes) if indexes else []
+            if any(text is None for text in texts):
+                return None
+            stop = offset + len(indexes)
+            return DocumentChunks(
+                document_id=document_id,
+                version=record.version,
+                chunk_count=record.chunk_count,
+                chunks=[ChunkOut(chunk_index=i, text=t or "") for i, t in zip(indexes, texts, strict=True)],
+                next_offset=stop if stop < record.chunk_count else None,
+            )
+
+        for _ in range(CHUNK_READ_ATTEMPTS):
+            page = await to_thread.run_sync(read)
+            if page is not None:
+                return page
+        raise ServiceUnavailable(f"document {document_id!r} changed while its chunks were read; retry")
 
     async def list(self, tenant_id: str, *, cursor: str | None, limit: int) -> DocumentList:
         """A page of the tenant's documents ordered by id."""

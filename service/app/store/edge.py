@@ -1725,6 +1725,17 @@ class EdgeVectorStore:
         with self._engine() as shard:
             return shard.count(qe.CountRequest(exact=True, filter=qe.Filter(must=must)))
 
+    @_guarded
+    def chunk_texts(
+        self, tenant_id: str, document_id: str, version: int, chunk_indexes: Sequence[int]
+    ) -> list[str | None]:
+        """See `VectorStore.chunk_texts`."""
+        ids = [point_id(tenant_id, document_id, version, index) for index in chunk_indexes]
+        with self._engine() as shard:
+            records = shard.retrieve(ids, ["text"], False)
+        texts = {str(record.id): (record.payload or {}).get("text") for record in records}
+        return [texts.get(pid) for pid in ids]
+
     def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every stored (tenant, document, version) with its point count (orphan GC): one pass over the shard in
         point-id order, reading three payload fields (memory: one entry per version, not per point).

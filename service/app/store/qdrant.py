@@ -695,6 +695,16 @@ class QdrantVectorStore:
         return self.client.count(self.collection, count_filter=models.Filter(must=must), exact=True).count
 
     @_guarded
+    def chunk_texts(
+        self, tenant_id: str, document_id: str, version: int, chunk_indexes: Sequence[int]
+    ) -> list[str | None]:
+        """See `VectorStore.chunk_texts`."""
+        ids = [point_id(tenant_id, document_id, version, index) for index in chunk_indexes]
+        records = self.client.retrieve(self.collection, ids=ids, with_payload=["text"], with_vectors=False)
+        texts = {str(record.id): (record.payload or {}).get("text") for record in records}
+        return [texts.get(pid) for pid in ids]
+
+    @_guarded
     def drop(self) -> None:
         """Delete this collection and its points (one no replica serves, rolls back to or builds any more); the
         client, shared with the sibling collections, stays open."""

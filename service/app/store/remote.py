@@ -38,6 +38,7 @@ OPERATIONS = (
     "delete_document",
     "search",
     "count",
+    "chunk_texts",
     "versions",
 )
 
@@ -167,6 +168,17 @@ class RemoteVectorStore:
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int:
         return int(self._call("count", tenant_id=tenant_id, document_id=document_id))
+
+    def chunk_texts(
+        self, tenant_id: str, document_id: str, version: int, chunk_indexes: Sequence[int]
+    ) -> list[str | None]:
+        return self._call(  # type: ignore[no-any-return]
+            "chunk_texts",
+            tenant_id=tenant_id,
+            document_id=document_id,
+            version=version,
+            chunk_indexes=list(chunk_indexes),
+        )
 
     def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         return self._call("versions")  # the lending process scans its own store

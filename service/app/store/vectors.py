@@ -266,6 +266,13 @@ class VectorStore(Protocol):
 
     def count(self, tenant_id: str, document_id: str | None = None) -> int: ...
 
+    def chunk_texts(
+        self, tenant_id: str, document_id: str, version: int, chunk_indexes: Sequence[int]
+    ) -> list[str | None]:
+        """The stored text of those chunks of one version of a document, in the order asked (None for a chunk
+        the store does not hold): read by point id (`point_id`), so no filter or scan (GET .../chunks)."""
+        ...
+
     def versions(self, *, pause: Callable[[], None] | None = None) -> list[PointVersion]:
         """Every (tenant, document, version) the store holds points of, with the point count (orphan GC).
 

@@ -1,4 +1,5 @@
-"""Document routes: create/replace (JSON, file upload, or many at once in bulk), read, list, delete.
+"""Document routes: create/replace (JSON, file upload, or many at once in bulk), read (its entry or its stored
+chunks), list, delete.
 
 Logic lives in IngestService; the bulk route runs each item through the same path as PUT and reports each
 item's outcome with the status code its PUT would have had.
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive
@@ -39,6 +41,7 @@ from service.app.ingest.models import (
     BulkDocument,
     BulkItemResult,
     BulkResponse,
+    DocumentChunks,
     DocumentIn,
     DocumentList,
     DocumentOut,
@@ -519,6 +522,18 @@ async def get_document(document_id: DocumentIdPath, services: ServicesDep, tenan
     return await services.ingest.get(tenant, document_id)
 
 
+@router.get("/{document_id}/chunks", response_model=DocumentChunks, responses=error_responses(404, 503))
+async def get_document_chunks(
+    document_id: DocumentIdPath,
+    services: ServicesDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0, le=2**31, description="next_offset of the previous page")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
+) -> DocumentChunks:
+    """The stored text of a document's chunks (the active version, as search serves it), a page at a time."""
+    return await services.ingest.chunks(tenant, document_id, offset=offset, limit=limit)
+
+
 @router.get("", response_model=DocumentList)
 async def list_documents(
     services: ServicesDep,
@@ -544,9 +559,19 @@ async def delete_document(document_id: DocumentIdPath, services: ServicesDep, te
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.api_route("/{head}/{tail:path}", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
+class _NotChunks(PathConvertor):
+    """A path tail other than exactly ``chunks`` (the read-only resource below a document)."""
+
+    regex = "(?!chunks$).*"
+
+
+register_url_convertor("not_chunks", _NotChunks())
+
+
+@router.api_route("/{head}/{tail:not_chunks}", methods=["GET", "PUT", "DELETE"], include_in_schema=False)
 async def document_id_with_a_slash(head: str, tail: str) -> None:
     """A document path holding a "/" (``a%2Fb`` arrives decoded as ``a/b``): 422 naming the id pattern, as for
     any other invalid id, not a 404 the client cannot tell from an unknown document. Registered last, so it
-    only takes paths no route above matched (``/v1/documents/`` still redirects to the list)."""
+    only takes paths no route above matched (``/v1/documents/`` still redirects to the list). Its tail is never
+    ``chunks``: ``{id}/chunks`` is a read-only resource, and a PUT or DELETE of it is a 405 naming GET."""
     validate_document_id(f"{head}/{tail}")
