@@ -1592,6 +1592,22 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
             "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
             "(restore.time, restore.sourceInstance)",
         )
+    if postgres.mode == "managed" and config.cluster.provider == "gke":
+        # Cloud SQL honours storageGb and backupRetentionDays (infra/components/postgres.py, `cloudsql`); these two
+        # values it cannot.
+        if managed.backupRetentionDays == 0:
+            fail(
+                "postgres.managed.backupRetentionDays",
+                "0 turns automated backups off on RDS; Cloud SQL (cluster.provider gke) keeps them and point-in-time "
+                "recovery on, which its REGIONAL availability (multiAz) and the restore clone need: set 1-35",
+            )
+        if not managed.autoMinorVersionUpgrade:
+            fail(
+                "postgres.managed.autoMinorVersionUpgrade",
+                "false cannot be honoured on Cloud SQL (cluster.provider gke): it applies minor versions in the "
+                "maintenance window (postgres.managed.maintenanceWindow) and has no switch to turn that off; set "
+                "it true",
+            )
 
 
 _UNITS = {

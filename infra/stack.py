@@ -426,7 +426,9 @@ def postgres_args(
         monitor_labels=monitor_labels(config),
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
-        allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
+        # RDS: its security group admits the VPC. Cloud SQL: its private IP lies in the private services range, the
+        # only place the service's egress may reach on 5432 (without a range the rule would admit any address).
+        allowed_cidrs=tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network),
         instance_class=cfg.managed.instanceClass,
         # The major version only: RDS applies minor upgrades itself (auto_minor_version_upgrade), and a pinned
         # minor would make every later `up` try to downgrade the instance back to it.

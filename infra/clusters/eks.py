@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 import pulumi
@@ -420,6 +421,45 @@ def addon_version(addon: str, cluster: aws.eks.Cluster, provider: aws.Provider) 
     ).version
 
 
+#: End of standard support per EKS Kubernetes minor (EKS user guide, "Understand the Kubernetes version lifecycle on
+#: EKS", release calendar: 14 months after EKS releases the minor; then 12 months of extended support, billed per
+#: cluster hour, then an automatic upgrade). A minor not listed has no recorded date: no warning is given for it.
+EKS_STANDARD_SUPPORT_ENDS: Mapping[str, date] = {
+    "1.33": date(2026, 7, 29),
+    "1.34": date(2026, 12, 2),
+    "1.35": date(2027, 3, 27),
+}
+#: How long before a minor's end of standard support `make plan` and every preview/`up` start warning: a quarter,
+#: the time to take one minor through staging and then prod (each a one-minor step, docs/infra.md cluster.eks.version).
+EKS_SUPPORT_WARNING_DAYS = 90
+
+
+def support_warning(version: str, today: date, file: str) -> str | None:
+    """A warning when `version` (rag:cluster.eks.version) leaves EKS standard support within
+    EKS_SUPPORT_WARNING_DAYS of `today`, or has left it; None otherwise (or when the minor has no recorded date).
+
+    A warning, not a refusal: a cluster moves one minor per update, so the way off a minor past its end goes through
+    the next one, which may itself be days from its own end (1.33 -> 1.34 on 2026-11-26): refusing those would block
+    the only upgrade path. A date-driven refusal would also turn a green `make plan` red overnight with no change."""
+    ends = EKS_STANDARD_SUPPORT_ENDS.get(version)
+    if ends is None:
+        return None
+    days = (ends - today).days
+    if days > EKS_SUPPORT_WARNING_DAYS:
+        return None
+    newer = sorted((m for m in EKS_STANDARD_SUPPORT_ENDS if _minor(m) > _minor(version)), key=_minor)
+    step = f"raise it one minor at a time (next: {newer[0]})" if newer else "raise it one minor"
+    when = (
+        f"left EKS standard support on {ends}"
+        if days < 0
+        else f"leaves EKS standard support on {ends} ({days} days)"
+    )
+    return (
+        f"rag:cluster.eks.version in {file}: {version} {when}; after that EKS bills extended support per cluster "
+        f"hour and upgrades the cluster itself when that ends: {step} (docs/infra.md, cluster.eks.version)"
+    )
+
+
 def _minor(version: str) -> int:
     return int(version.split(".")[1])
 
@@ -525,6 +565,9 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     file = stack_file(stack)
     running, node_groups = running_version(name, aws_provider, file)
     version = check_version_step(eks.version, running, node_groups, file)
+    warning = support_warning(version, date.today(), file)
+    if warning:
+        pulumi.log.warn(warning)
     opts = pulumi.ResourceOptions(provider=aws_provider)
     kept = pulumi.ResourceOptions(provider=aws_provider, protect=config.protect)
 

@@ -220,3 +220,61 @@ def test_the_program_reports_a_refusal_as_one_line_to_the_language_host() -> Non
     assert isinstance(run_error, pulumi.RunError)
     assert str(run_error) == str(caught.value)
     assert run_error.__cause__ is caught.value
+
+
+# --- end of standard support (R5) --------------------------------------------------------------------------------
+
+
+def test_the_default_version_is_in_standard_support_for_a_quarter() -> None:
+    """Pulumi.yaml's default (what staging-on-EKS and every new EKS stack runs) was 1.34, whose standard support
+    ends 2026-12-02: a new cluster would bill extended support within days. The default is 1.35."""
+    from datetime import date
+
+    from infra.clusters.eks import EKS_STANDARD_SUPPORT_ENDS, support_warning
+    from tests.infra.conftest import run
+
+    (cluster,) = run("staging", "eks").of_type("aws:eks/cluster:Cluster")
+    assert cluster.inputs["version"] == "1.35"
+    assert support_warning("1.35", date(2026, 11, 26), "Pulumi.staging.yaml") is None
+    assert EKS_STANDARD_SUPPORT_ENDS["1.35"] == date(2027, 3, 27)
+
+
+@pytest.mark.parametrize(
+    ("version", "today", "expected"),
+    [
+        ("1.35", "2026-12-26", None),  # 91 days left
+        ("1.35", "2026-12-27", "leaves EKS standard support on 2027-03-27 (90 days)"),
+        ("1.34", "2026-11-26", "leaves EKS standard support on 2026-12-02 (6 days)"),
+        ("1.33", "2026-11-26", "left EKS standard support on 2026-07-29"),
+        ("1.36", "2026-11-26", None),  # no recorded date
+    ],
+)
+def test_a_minor_near_its_end_of_standard_support_is_a_warning(
+    version: str, today: str, expected: str | None
+) -> None:
+    from datetime import date
+
+    from infra.clusters.eks import support_warning
+
+    warning = support_warning(version, date.fromisoformat(today), "Pulumi.prod.yaml")
+    if expected is None:
+        assert warning is None
+        return
+    assert warning is not None
+    assert warning.startswith(f"rag:cluster.eks.version in Pulumi.prod.yaml: {version} {expected}")
+    assert "extended support" in warning
+    if version == "1.33":
+        assert "next: 1.34" in warning
+
+
+def test_make_plan_warns_for_a_stack_on_a_minor_near_its_end() -> None:
+    """A warning, not a refusal: the plan still passes (a 1.33 cluster's only way off is through 1.34)."""
+    from datetime import date
+
+    from infra.render import plan_warnings
+    from tests.infra.conftest import run
+
+    today = date(2026, 11, 26)
+    warned = plan_warnings(run("prod", None, cluster={"eks": {"version": "1.34"}}), today)
+    assert any(w.startswith("rag:cluster.eks.version in Pulumi.prod.yaml: 1.34 ") for w in warned), warned
+    assert not any("rag:cluster.eks.version" in w for w in plan_warnings(run("prod"), today))
