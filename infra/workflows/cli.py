@@ -632,6 +632,8 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
         with reach.client_for(info) as client:
             readiness = reach.check_ready(client)
         note = " [self-signed certificate, not verified]" if info.unverified_https else ""
+        if info.staging_https:
+            note = " [verified against Let's Encrypt's staging roots]"
         if not readiness.reachable:
             note += reach.loopback_note(info.url)
         typer.echo(f"readyz:    {readiness.describe()}{note}")
