@@ -88,6 +88,29 @@ def test_a_first_up_that_failed_midway_has_nothing_to_protect() -> None:
     assert again.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 2
 
 
+def test_an_old_cli_that_drops_the_outputs_of_a_failed_update_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before Pulumi 3.112 a failed update deleted the stack outputs: the stack then looks never deployed.
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    run_stack("dev")
+    assert warnings == []
+    monkeypatch.setattr(guards, "keeps_outputs_of_failed_updates", lambda: False)
+    run_stack("dev")
+    assert [w for w in warnings if "older than 3.112" in w and "does not check" in w]
+
+
+def test_a_cluster_deployed_before_the_images_were_pinned_still_has_its_major() -> None:
+    resources = {
+        "urn:pulumi:s::rag::rag:data:PostgresDatabase$kubernetes:postgresql.cnpg.io/v1:Cluster::postgres-cluster": {
+            "type": guards.CNPG_CLUSTER,
+            "outputs": {"spec": {"imageName": "ghcr.io/cloudnative-pg/postgresql:16"}},
+        }
+    }
+    assert guards.deployed_state(resources).registries == (guards.Registry(managed=False, major="16"),)
+
+
 def test_the_state_names_what_the_guards_read_on_every_target() -> None:
     # The guard finds the StatefulSet, the CNPG Cluster and the RDS / Cloud SQL instance by type and name: a renamed
     # resource would leave it blind, so every target's real run must show them.
