@@ -88,7 +88,16 @@ MAXMEMORY_SHARE = 0.5
 dataset: the AOF rewrite's fork (copy-on-write pages of every key written while it runs), client output buffers
 and allocator fragmentation. A fixed 200mb (the earlier default) OOM-killed a container limited to 128Mi and left
 most of a 4Gi limit unused."""
-_VALKEY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+_VALKEY_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
 
 
 def valkey_bytes(value: str) -> int:
