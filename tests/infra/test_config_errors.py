@@ -153,6 +153,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "postgres.managed.restore.snapshot",
         "Cloud SQL restores the registry by cloning",
     ),
+    # A CloudNativePG operator step the stack installs must be a recorded chart.
+    (
+        "prod",
+        {"postgres": {"mode": "cloudnative", "cloudnative": {"operatorChartVersion": "0.28.9"}}},
+        "postgres.cloudnative.operatorChartVersion",
+        "has no values record",
+    ),
     # Cloud SQL cannot turn its automated backups or its minor versions off.
     (
         "prod",
@@ -283,6 +290,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"service": {"pdb": {"minAvailable": 2}}}, "service.pdb.minAvailable", "drains would block"),
     ("dev", {"postgres": {"mode": "managed"}}, "postgres.mode", "managed needs a cloud cluster"),
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
+    (
+        "dev",
+        {"redis": {"incluster": {"resources": {"limits": {"memory": "48Mi"}}}}},
+        "redis.incluster.resources.limits.memory",
+        "under 64Mi",
+    ),
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
     # Private prod: `auto` makes the load balancer internal, which Let's Encrypt's HTTP-01 cannot reach.
