@@ -89,6 +89,12 @@ class Settings(BaseSettings):
         10240, ge=64, description="largest segment a merge or vacuum may build (bounds each index build)"
     )
     edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
+    edge_search_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="threads of the shard's search pool; 0: one per CPU, 1: on the calling thread",
+    )
     edge_consolidate_idle_seconds: float = Field(
         30.0,
         ge=0,

@@ -319,15 +319,16 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def search_threads() -> int:
-    """Threads of a shard's search pool: the CPUs this process may run on.
+def search_threads(configured: int = 0) -> int:
+    """Threads of a shard's search pool: ``configured`` (EDGE_SEARCH_THREADS), or 0 for the CPUs this process may
+    run on.
 
     qdrant-edge-py 0.9.0 derives 8 on a 2-CPU machine; per-segment reads then contend for the cores with the
     query embedding of concurrent searches. Measured there (docs/benchmarks.md, the search request path): one
     pool thread per CPU cut the CPU per query from 1.72 to 1.10 ms (dense top-9 at 10k) and from 2.40 to 1.76 ms
     (hybrid), with lower latency.
     """
-    return max(1, len(os.sched_getaffinity(0)))
+    return configured or max(1, len(os.sched_getaffinity(0)))
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -787,6 +788,7 @@ class EdgeVectorStore:
         optimize_chunk_points: int = OPTIMIZE_CHUNK_POINTS,
         segment_points: int = SEGMENT_POINTS,
         indexing_threads: int = 0,
+        search_threads: int = 0,
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
         quantization: bool = False,
@@ -812,6 +814,7 @@ class EdgeVectorStore:
         self._optimize_idle = optimize_idle_seconds
         self._optimize_chunk = optimize_chunk_points
         self._indexing_threads = indexing_threads
+        self._search_threads = search_threads
         # The engine sizes segments in KB of vector data; the service thinks in points of this dimension.
         self._indexing_threshold_kb: int | None = max(1, optimize_chunk_points * dimension * 4 // 1024)
         self._max_segment_kb: int | None = max(1, segment_points * dimension * 4 // 1024)
@@ -869,6 +872,7 @@ class EdgeVectorStore:
             optimize_chunk_points=settings.edge_optimize_chunk_points,
             segment_points=settings.edge_segment_points,
             indexing_threads=settings.edge_indexing_threads,
+            search_threads=settings.edge_search_threads,
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
             quantization=settings.edge_quantization == "int8",
@@ -891,6 +895,7 @@ class EdgeVectorStore:
             optimize_chunk_points=self._optimize_chunk,
             segment_points=self._segment_points,
             indexing_threads=self._indexing_threads,
+            search_threads=self._search_threads,
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
             quantization=self.quantization,
@@ -933,7 +938,7 @@ class EdgeVectorStore:
                 else None
             ),
             optimizers=self._optimizers_config(),
-            max_search_threads=search_threads(),
+            max_search_threads=search_threads(self._search_threads),
         )
 
     def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
@@ -1410,7 +1415,7 @@ class EdgeVectorStore:
             qe.EdgeConfig(
                 vectors=self._dense_params(),
                 optimizers=self._optimizers_config(),
-                max_search_threads=search_threads(),
+                max_search_threads=search_threads(self._search_threads),
             ),
         )
 
