@@ -42,6 +42,7 @@ program says so in a warning and goes on (`ragops` still checks).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -169,12 +170,24 @@ def _major(version: Any) -> str:
     return str(version or "").removeprefix("POSTGRES_").split(".")[0].split("_")[0]
 
 
+def _image_major(image: str) -> str | None:
+    """The PostgreSQL major of a CloudNativePG operand image: a pinned one (`infra.components.postgres.
+    pg_image_major`), or the leading number of any other tag (a Cluster deployed before the images were pinned ran
+    `postgresql:<major>`; the operator reads the major from the tag's leading number too)."""
+    from infra.components.postgres import pg_image_major  # the program has it loaded; ragops never calls this
+
+    pinned = pg_image_major(image)
+    if pinned is not None:
+        return str(pinned)
+    tag = image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+    match = re.match(r"\d+", tag)
+    return match.group(0) if match else None
+
+
 def deployed_state(
     resources: Mapping[str, Any], *, qdrant: str = QDRANT_NAME, postgres: str = POSTGRES_NAME
 ) -> DeployedState:
     """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
-    from infra.components.postgres import pg_image_major  # the program has it loaded; ragops never calls this
-
     replicas: int | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
@@ -185,9 +198,9 @@ def deployed_state(
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
-            major = pg_image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
+            major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
-                registries.append(Registry(managed=False, major=str(major)))
+                registries.append(Registry(managed=False, major=major))
         elif kind == RDS_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             version = outputs.get("engineVersionActual") or outputs.get("engineVersion")
             registries.append(Registry(managed=True, major=_major(version)))
@@ -228,12 +241,28 @@ def _read(token: str, key: str, names: tuple[str, ...]) -> tuple[str, Any]:
     raise failures[-1]
 
 
+def keeps_outputs_of_failed_updates() -> bool:
+    """Whether the engine keeps the stack's outputs when an update fails (Pulumi 3.112.0, pulumi/pulumi#15754; an
+    older one deleted them, and the stack then looks as if no update ever completed). Told by a monitor feature
+    that came later (invoke transforms, 3.125), as the SDK has no version call before 3.217."""
+    from pulumi.runtime import settings
+    from pulumi.runtime.proto import resource_pb2
+
+    return settings.monitor_supports_feature(resource_pb2.RESOURCE_MONITOR_FEATURE_INVOKE_TRANSFORMS)
+
+
 def read_deployed_state() -> DeployedState | None:
     """The stack's last recorded state (None: no update of it completed yet, or the backend could not say)."""
     names = stack_reference_names()
     try:
         name, outputs = _read(READ_STACK_OUTPUTS, "name", names)
         if not outputs.get("outputs"):
+            if not keeps_outputs_of_failed_updates():
+                pulumi.log.warn(
+                    f"Stack {names[0]} has no outputs, and this Pulumi CLI (older than 3.112) deletes them when an "
+                    "update fails: if one did, this run cannot see what the stack runs and does not check for an "
+                    "undeclared Qdrant scale-down or PostgreSQL major change. Use Pulumi 3.112 or newer (or ragops)."
+                )
             return None  # no completed update: nothing to protect (and no snapshot to read resources from)
         _, answer = _read(READ_RESOURCE_OUTPUTS, "stackName", (name,))
     except Exception as exc:  # the backend could not answer: warn, do not stop a deploy

@@ -17,6 +17,7 @@ import pytest
 from infra import guards
 from infra.config import deep_merge
 from infra.offline import PlatformMocks, StackRun, run_stack
+from infra.workflows.errors import program_refusal
 from tests.infra.conftest import run, target_overrides
 
 CNPG_KEY = "rag:postgres.cloudnative.majorUpgrade.fromVersion"
@@ -86,6 +87,29 @@ def test_a_first_up_that_failed_midway_has_nothing_to_protect() -> None:
         live={"state": state},
     )
     assert again.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 2
+
+
+def test_an_old_cli_that_drops_the_outputs_of_a_failed_update_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before Pulumi 3.112 a failed update deleted the stack outputs: the stack then looks never deployed.
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    run_stack("dev")
+    assert warnings == []
+    monkeypatch.setattr(guards, "keeps_outputs_of_failed_updates", lambda: False)
+    run_stack("dev")
+    assert [w for w in warnings if "older than 3.112" in w and "does not check" in w]
+
+
+def test_a_cluster_deployed_before_the_images_were_pinned_still_has_its_major() -> None:
+    resources = {
+        "urn:pulumi:s::rag::rag:data:PostgresDatabase$kubernetes:postgresql.cnpg.io/v1:Cluster::postgres-cluster": {
+            "type": guards.CNPG_CLUSTER,
+            "outputs": {"spec": {"imageName": "ghcr.io/cloudnative-pg/postgresql:16"}},
+        }
+    }
+    assert guards.deployed_state(resources).registries == (guards.Registry(managed=False, major="16"),)
 
 
 def test_the_state_names_what_the_guards_read_on_every_target() -> None:
@@ -201,9 +225,13 @@ def test_a_preview_shows_the_refusal(sent: list[str]) -> None:
     assert against("staging", deployed, {}, preview=True).urns == deployed.urns
 
 
-def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line() -> None:
-    # pulumi-language-python-exec logs str(e) of a pulumi.RunError, where any other exception gets a traceback.
+def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line_and_ragops_shows(sent: list[str]) -> None:
+    # pulumi-language-python-exec logs str(e) of a pulumi.RunError, where any other exception gets a traceback; the
+    # CLI prints it as `error: <message>`, and `ragops up` (whose own history check passed) shows that line alone.
     assert issubclass(guards.DeployedStateRefusal, pulumi.RunError)
+    message = refused("prod", run("prod"), {"postgres": {"version": "18"}}, sent)
+    output = f"Diagnostics:\n  pulumi:pulumi:Stack (rag-prod):\n    error: {message}\n"
+    assert program_refusal(output) == message
 
 
 class EngineError(grpc.RpcError):
