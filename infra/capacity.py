@@ -414,7 +414,13 @@ def gke_allocatable(shape: NodeShape) -> tuple[float, float]:
     else:
         reserved = sum(
             share * min(max(total - low, 0.0), high - low)
-            for low, high, share in ((0, 4, 0.25), (4, 8, 0.20), (8, 16, 0.10), (16, 128, 0.06), (128, 1e9, 0.02))
+            for low, high, share in (
+                (0, 4, 0.25),
+                (4, 8, 0.20),
+                (8, 16, 0.10),
+                (16, 128, 0.06),
+                (128, 1e9, 0.02),
+            )
         )
     return cpu, (total - reserved) * 1024 - 100
 
