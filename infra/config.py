@@ -1371,6 +1371,22 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
 
     monitoring = config.monitoring
+    if (
+        monitoring.enabled
+        and monitoring.mode == "install"
+        and cluster.provider == "gke"
+        and cluster.gke.autopilot
+    ):
+        # GKE Warden refuses the chart's node exporter (autogke-disallow-hostnamespaces, autogke-no-host-port,
+        # autogke-no-write-mode-hostpath) and its kube-dns scrape Service in kube-system (a managed namespace):
+        # the atomic release would fail and roll back in the first `up`.
+        fail(
+            "monitoring.enabled",
+            "kube-prometheus-stack cannot run on GKE Autopilot (cluster.gke.autopilot): Autopilot refuses its node "
+            "exporter (hostNetwork, hostPID, host ports, hostPath /proc, /sys, /) and its Services in kube-system. "
+            "Set monitoring.enabled false there (Autopilot runs Google Cloud Managed Service for Prometheus), or use "
+            "a Standard cluster",
+        )
     if monitoring.enabled and monitoring.mode == "existing":
         if config.cluster.provider != "existing":
             # A cluster this stack creates has no Prometheus Operator before the update that creates it.
@@ -1576,6 +1592,22 @@ def _check_managed_postgres(config: StackConfig, fail: Any) -> None:
             "is an RDS snapshot; Cloud SQL restores the registry by cloning an instance at a point in time "
             "(restore.time, restore.sourceInstance)",
         )
+    if postgres.mode == "managed" and config.cluster.provider == "gke":
+        # Cloud SQL honours storageGb and backupRetentionDays (infra/components/postgres.py, `cloudsql`); these two
+        # values it cannot.
+        if managed.backupRetentionDays == 0:
+            fail(
+                "postgres.managed.backupRetentionDays",
+                "0 turns automated backups off on RDS; Cloud SQL (cluster.provider gke) keeps them and point-in-time "
+                "recovery on, which its REGIONAL availability (multiAz) and the restore clone need: set 1-35",
+            )
+        if not managed.autoMinorVersionUpgrade:
+            fail(
+                "postgres.managed.autoMinorVersionUpgrade",
+                "false cannot be honoured on Cloud SQL (cluster.provider gke): it applies minor versions in the "
+                "maintenance window (postgres.managed.maintenanceWindow) and has no switch to turn that off; set "
+                "it true",
+            )
 
 
 _UNITS = {

@@ -31,16 +31,15 @@ PROVIDER_ONLY = (
         "Cloud SQL's machine tier",
         "RDS is sized by postgres.managed.instanceClass",
     ),
-    # Cloud SQL's instance sets none of these: it starts at its default disk and grows it (disk_autoresize), keeps
-    # its default 7 automated backups, and has no minor-upgrade switch (infra/components/postgres.py).
-    ("postgres.managed.storageGb", "eks", "RDS's allocated storage", "Cloud SQL grows its disk itself"),
+    # Cloud SQL maps storageGb and backupRetentionDays onto its own settings and refuses the values of
+    # backupRetentionDays and autoMinorVersionUpgrade it cannot honour (infra/components/postgres.py, `cloudsql`);
+    # it applies every settings change at `pulumi up`.
     (
-        "postgres.managed.backupRetentionDays",
+        "postgres.managed.applyImmediately",
         "eks",
-        "RDS's backup retention",
-        "Cloud SQL keeps its default 7 automated backups",
+        "RDS's choice between `pulumi up` and the maintenance window",
+        "Cloud SQL applies every change at `pulumi up`",
     ),
-    ("postgres.managed.autoMinorVersionUpgrade", "eks", "an RDS setting", "Cloud SQL has no such switch"),
     (
         "redis.managed.nodeType",
         "eks",

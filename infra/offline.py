@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pulumi
 import yaml
 from pulumi.runtime import mocks as pulumi_mocks
@@ -217,6 +218,23 @@ def _fake_cert(name: str) -> str:
     return base64.b64encode(pem.encode()).decode()
 
 
+class ProviderError(grpc.RpcError):
+    """A provider's failed invoke as the engine answers it: a gRPC error (`invocation of <token> returned an error:
+    ...`, status Unknown), which the SDK turns into `Exception("invoke of <token> failed: ...")` raised where the
+    program called the invoke (pulumi/runtime/invoke.py). A plain exception raised in `Mocks.call` would instead
+    be the run's unhandled RPC error, which no `try` in the program can catch."""
+
+    def __init__(self, token: str, message: str) -> None:
+        super().__init__(message)
+        self._details = f"invocation of {token} returned an error: {message}"
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
@@ -224,7 +242,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
         self._providers: dict[str, dict[str, Any]] = {}
         # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
-        # "version", "nodeGroups": {name: version}}}. Empty: a fresh account, no cluster yet.
+        # "version", "nodeGroups": {name: version}}}, and the stack's own last state as the engine's builtin
+        # invokes read it (infra/guards.py): {"state": {"outputs": {...}, "resources": {urn: {"type", "outputs"}}}}.
+        # Empty: a fresh account, no cluster yet, a stack never deployed.
         self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
@@ -244,6 +264,16 @@ class PlatformMocks(pulumi_mocks.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         """Answer the data-source invokes."""
         tok = args.token
+        state = self._live.get("state")
+        if tok == "pulumi:pulumi:readStackOutputs":
+            outputs = (state or {}).get("outputs") or {}
+            return {"name": args.args["name"], "outputs": outputs, "secretOutputNames": []}, []
+        if tok == "pulumi:pulumi:readStackResourceOutputs":
+            if state is None:
+                # The engine dereferences a nil snapshot here for a stack never deployed (pulumi
+                # pkg/backend/backend.go GetStackResourceOutputs): the program must not ask.
+                raise RuntimeError("readStackResourceOutputs of a stack without a snapshot")
+            return {"name": args.args["stackName"], "outputs": state.get("resources") or {}}, []
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names, ids = ["eu-west-1a", "eu-west-1b", "eu-west-1c"], ["z1", "z2", "z3"]
             # As the API answers an account with a Local Zone opted in: listed unless the opt-in-status filter
@@ -268,7 +298,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
             name = args.args.get("name") or args.args.get("clusterName")
             if not eks or name != eks["name"]:
                 # As EKS answers for a cluster that does not exist (ResourceNotFoundException).
-                raise ValueError(f"no EKS cluster {name!r}")
+                raise ProviderError(tok, f"ResourceNotFoundException: No cluster found for name: {name}.")
             if tok.endswith("getCluster"):
                 return {"name": name, "version": eks["version"], "id": name}, []
             return {"clusterName": name, "names": sorted(eks.get("nodeGroups") or {}), "id": name}, []
@@ -276,7 +306,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
             group = args.args.get("nodeGroupName")
             groups = (eks or {}).get("nodeGroups") or {}
             if group not in groups:
-                raise ValueError(f"no EKS node group {group!r}")
+                raise ProviderError(tok, f"ResourceNotFoundException: No node group found for name: {group}.")
             return {"nodeGroupName": group, "version": groups[group], "id": group}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
@@ -548,10 +578,11 @@ def run_stack(
     project_dir: Path = PROJECT_DIR,
     stack_config: Mapping[str, Any] | None = None,
     live: Mapping[str, Any] | None = None,
+    preview: bool = False,
 ) -> StackRun:
     """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values
     (or `stack_config`, see `cli_config`). `live` is what the cloud already runs, as the program's read-only
-    invokes find it (see `PlatformMocks`); by default nothing (a first `up`).
+    invokes find it (see `PlatformMocks`); by default nothing (a first `up`). `preview`: as `pulumi preview`.
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
@@ -562,6 +593,7 @@ def run_stack(
             project_dir=project_dir,
             stack_config=stack_config,
             live=live,
+            preview=preview,
         )
     except Exception as exc:
         cause = _root_cause(exc)
@@ -610,6 +642,7 @@ def _run_stack(
     project_dir: Path,
     stack_config: Mapping[str, Any] | None,
     live: Mapping[str, Any] | None,
+    preview: bool = False,
 ) -> StackRun:
     values, secret_keys = cli_config(
         stack, config_overrides=config_overrides, project_dir=project_dir, stack_config=stack_config
@@ -629,7 +662,7 @@ def _run_stack(
     set_all_config(values, secret_keys)
     mocks = PlatformMocks(live)
     monitor = _RecordingMonitor(mocks)
-    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     root = settings.get_root_resource()
 
     resolved: dict[str, tuple[Any, bool]] = {}

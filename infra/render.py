@@ -31,6 +31,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -361,7 +362,14 @@ def managed_databases(run: StackRun) -> list[str]:
         elif i.get("restoreToPointInTime"):
             point = i["restoreToPointInTime"]
             source = f"; created from a point in time ({point.get('restoreTime') or 'the latest restorable'})"
-        lines.append(f"{db.name}: RDS PostgreSQL {i.get('engineVersion')}, {when}; {major}; {minor}{source}")
+        backups = (
+            f"backups and point in time over {int(i['backupRetentionPeriod'])} days"
+            if i.get("backupRetentionPeriod")
+            else "no automated backups (backupRetentionDays 0)"
+        )
+        lines.append(
+            f"{db.name}: RDS PostgreSQL {i.get('engineVersion')}, {when}; {major}; {minor}; {backups}{source}"
+        )
     for db in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
         i = db.inputs
         window = i.get("settings", {}).get("maintenanceWindow") or {}
@@ -375,9 +383,26 @@ def managed_databases(run: StackRun) -> list[str]:
         source = ""
         if i.get("clone"):
             source = f"; cloned from {i['clone'].get('sourceInstanceName')} at {i['clone'].get('pointInTime') or 'its creation'}"
+        settings = i.get("settings", {})
+        backup = settings.get("backupConfiguration") or {}
+        kept = int((backup.get("backupRetentionSettings") or {}).get("retainedBackups") or 0)
+        logs = int(backup.get("transactionLogRetentionDays") or 0)
+        # N days of retention keep N+1 backups; fewer days of logs is the edition's limit, said where it bites.
+        short = (
+            f" (the most {settings.get('edition')} keeps; backups span {kept - 1} days)"
+            if logs < kept - 1
+            else ""
+        )
+        disk = (
+            f"disk {int(settings['diskSize'])} GB at creation"
+            if settings.get("diskSize")
+            else "disk of its source"
+        )
         lines.append(
-            f"{db.name}: Cloud SQL {version}, settings changes apply at `pulumi up`, maintenance {day} "
-            f"{int(window.get('hour', 0) or 0):02d}:00 UTC; {major}{source}"
+            f"{db.name}: Cloud SQL {version} ({settings.get('edition')}), settings changes apply at `pulumi up`, "
+            f"maintenance {day} {int(window.get('hour', 0) or 0):02d}:00 UTC; {major}; {kept} daily backups kept, "
+            f"point in time over {logs} days{short}; {disk}, autoresize up to "
+            f"{int(settings.get('diskAutoresizeLimit') or 0)} GB{source}"
         )
     return lines
 
@@ -420,10 +445,19 @@ def ignored_config(run: StackRun) -> list[str]:
     return inert.ignored(effective_config(run), defaults, stack_values, stack_file(run.stack))
 
 
-def plan_warnings(run: StackRun) -> list[str]:
-    """What deploys fine but will disappoint: monitoring whose alerts reach nobody, or whose runbook links are
-    relative paths (the default) that no pager can open."""
+def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
+    """What deploys fine but will disappoint: an EKS minor near or past its end of standard support, monitoring whose
+    alerts reach nobody, or whose runbook links are relative paths (the default) that no pager can open."""
     warnings = []
+    for cluster in run.of_type("aws:eks/cluster:Cluster"):
+        # The EKS minor near or past its end of standard support (infra/clusters/eks.py EKS_STANDARD_SUPPORT_ENDS).
+        from infra.clusters.eks import support_warning
+
+        support = support_warning(
+            str(cluster.inputs.get("version")), today or date.today(), f"Pulumi.{run.stack}.yaml"
+        )
+        if support:
+            warnings.append(support)
     if run.outputs.get("alertReceivers") == []:
         warnings.append(
             "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "

@@ -48,12 +48,12 @@ from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources, quantity_value
 from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
+from infra.guards import POSTGRES_NAME, QDRANT_NAME
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
 BACKUPS_NAME = "qdrant-backups"
-POSTGRES_NAME = "postgres"
 #: Where the CloudNativePG archives live in the backup bucket (Qdrant snapshots are under `qdrant/`).
 REGISTRY_BACKUP_PREFIX = "postgres"
 # The bucket name's scope part (region or project ID, projects are up to 30 characters) is cut beyond this.
@@ -426,7 +426,9 @@ def postgres_args(
         monitor_labels=monitor_labels(config),
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
-        allowed_cidrs=(network["vpc_cidr"],) if "vpc_cidr" in network else (),
+        # RDS: its security group admits the VPC. Cloud SQL: its private IP lies in the private services range, the
+        # only place the service's egress may reach on 5432 (without a range the rule would admit any address).
+        allowed_cidrs=tuple(network[key] for key in ("vpc_cidr", "private_services_cidr") if key in network),
         instance_class=cfg.managed.instanceClass,
         # The major version only: RDS applies minor upgrades itself (auto_minor_version_upgrade), and a pinned
         # minor would make every later `up` try to downgrade the instance back to it.
@@ -678,6 +680,8 @@ def gateway_args(
         ingress_class_name=gateway.ingress.className or None,
         cert_manager_version=tls.certManagerVersion,
         install_cert_manager=tls.installCertManager,
+        # GKE Autopilot refuses the chart's leader-election Role and lease in kube-system (a managed namespace).
+        leader_election_in_own_namespace=config.cluster.provider == "gke" and config.cluster.gke.autopilot,
         # Only the stack that owns the cluster's cert-manager may own a cluster-wide issuer name.
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
@@ -917,7 +921,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         monitoring_crds = (monitoring.crds_ready,)
 
     qdrant = QdrantCluster(
-        "qdrant",
+        QDRANT_NAME,
         qdrant_args(
             config,
             cluster,

@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
+from datetime import date
 from typing import Any
 
 import pulumi
@@ -420,6 +421,45 @@ def addon_version(addon: str, cluster: aws.eks.Cluster, provider: aws.Provider) 
     ).version
 
 
+#: End of standard support per EKS Kubernetes minor (EKS user guide, "Understand the Kubernetes version lifecycle on
+#: EKS", release calendar: 14 months after EKS releases the minor; then 12 months of extended support, billed per
+#: cluster hour, then an automatic upgrade). A minor not listed has no recorded date: no warning is given for it.
+EKS_STANDARD_SUPPORT_ENDS: Mapping[str, date] = {
+    "1.33": date(2026, 7, 29),
+    "1.34": date(2026, 12, 2),
+    "1.35": date(2027, 3, 27),
+}
+#: How long before a minor's end of standard support `make plan` and every preview/`up` start warning: a quarter,
+#: the time to take one minor through staging and then prod (each a one-minor step, docs/infra.md cluster.eks.version).
+EKS_SUPPORT_WARNING_DAYS = 90
+
+
+def support_warning(version: str, today: date, file: str) -> str | None:
+    """A warning when `version` (rag:cluster.eks.version) leaves EKS standard support within
+    EKS_SUPPORT_WARNING_DAYS of `today`, or has left it; None otherwise (or when the minor has no recorded date).
+
+    A warning, not a refusal: a cluster moves one minor per update, so the way off a minor past its end goes through
+    the next one, which may itself be days from its own end (1.33 -> 1.34 on 2026-11-26): refusing those would block
+    the only upgrade path. A date-driven refusal would also turn a green `make plan` red overnight with no change."""
+    ends = EKS_STANDARD_SUPPORT_ENDS.get(version)
+    if ends is None:
+        return None
+    days = (ends - today).days
+    if days > EKS_SUPPORT_WARNING_DAYS:
+        return None
+    newer = sorted((m for m in EKS_STANDARD_SUPPORT_ENDS if _minor(m) > _minor(version)), key=_minor)
+    step = f"raise it one minor at a time (next: {newer[0]})" if newer else "raise it one minor"
+    when = (
+        f"left EKS standard support on {ends}"
+        if days < 0
+        else f"leaves EKS standard support on {ends} ({days} days)"
+    )
+    return (
+        f"rag:cluster.eks.version in {file}: {version} {when}; after that EKS bills extended support per cluster "
+        f"hour and upgrades the cluster itself when that ends: {step} (docs/infra.md, cluster.eks.version)"
+    )
+
+
 def _minor(version: str) -> int:
     return int(version.split(".")[1])
 
@@ -463,30 +503,38 @@ def check_version_step(wanted: str, running: str | None, node_groups: Mapping[st
     return wanted
 
 
-def running_version(name: str, provider: aws.Provider) -> pulumi.Output[tuple[str | None, dict[str, str]]]:
-    """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS at preview and
-    update (ListClusters, DescribeCluster, ListNodegroups, DescribeNodegroup); (None, {}) when no cluster of that
-    name exists. Read from the cloud rather than from the stack's state: it is what UpdateClusterVersion will
-    compare against, even after an update made outside the stack or one that failed half way."""
-    invoke = pulumi.InvokeOutputOptions(provider=provider)
+def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str | None, dict[str, str]]:
+    """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS (ListClusters,
+    DescribeCluster, ListNodegroups, DescribeNodegroup) with the stack's own `provider`; (None, {}) when no cluster
+    of that name exists (a first `up`). Read from the cloud rather than from the stack's state: it is what
+    UpdateClusterVersion will compare against, even after an update made outside the stack or one that failed half
+    way.
 
-    def describe(names: list[str]) -> Any:
-        if name not in (names or []):
-            return (None, {})
-        cluster = aws.eks.get_cluster_output(name=name, opts=invoke)
-
-        def groups(group_names: list[str]) -> Any:
-            ordered = sorted(group_names or [])
-            versions = [
-                aws.eks.get_node_group_output(cluster_name=name, node_group_name=group, opts=invoke).version
-                for group in ordered
-            ]
-            return pulumi.Output.all(*versions).apply(lambda found: dict(zip(ordered, found, strict=True)))
-
-        listed = aws.eks.get_node_groups_output(cluster_name=name, opts=invoke).names
-        return pulumi.Output.all(cluster.version, listed.apply(groups)).apply(lambda v: (v[0], v[1]))
-
-    return aws.eks.get_clusters_output(opts=invoke).names.apply(describe)
+    Plain (blocking) invokes, called before the program registers any cloud resource: the Python SDK's
+    `pulumi.runtime.invoke` awaits the provider's registration, then the engine's Invoke, pumping the event loop
+    until it answers (`_sync_await`), and the engine runs invokes in `pulumi preview` as in `up`. So a refused step
+    stops the program before the VPC, IAM or RDS are even declared: nothing is updated. (As Outputs, the check only
+    held back the cluster, and an `up` updated everything that does not wait for it before failing.) A read that
+    fails (no `eks:ListClusters`, throttling) refuses too, naming the key: without it the step cannot be checked."""
+    invoke = pulumi.InvokeOptions(provider=provider)
+    try:
+        if name not in (aws.eks.get_clusters(opts=invoke).names or []):
+            return None, {}
+        running = aws.eks.get_cluster(name=name, opts=invoke).version
+        groups = sorted(aws.eks.get_node_groups(cluster_name=name, opts=invoke).names or [])
+        versions = {
+            group: aws.eks.get_node_group(cluster_name=name, node_group_name=group, opts=invoke).version
+            for group in groups
+        }
+    except Exception as exc:
+        raise ConfigError(
+            "rag:cluster.eks.version",
+            file,
+            f"could not read the version EKS cluster {name} runs ({str(exc).strip().splitlines()[0]}), so the "
+            "one-minor step cannot be checked: the deploying identity needs eks:ListClusters, eks:DescribeCluster, "
+            "eks:ListNodegroups and eks:DescribeNodegroup (docs/infra.md, cluster.eks.version)",
+        ) from exc
+    return running, versions
 
 
 #: The control-plane log types the cluster sends to CloudWatch Logs.
@@ -512,6 +560,14 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     aws_provider = aws.Provider(
         "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
     )
+    # The version EKS can reach from what runs, checked before any cloud resource is declared (running_version):
+    # a refused step fails the preview or `up` with the reason, not an `up` half way at UpdateClusterVersion.
+    file = stack_file(stack)
+    running, node_groups = running_version(name, aws_provider, file)
+    version = check_version_step(eks.version, running, node_groups, file)
+    warning = support_warning(version, date.today(), file)
+    if warning:
+        pulumi.log.warn(warning)
     opts = pulumi.ResourceOptions(provider=aws_provider)
     kept = pulumi.ResourceOptions(provider=aws_provider, protect=config.protect)
 
@@ -648,12 +704,6 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         name=control_plane_log_group(name),
         retention_in_days=eks.controlPlaneLogs.retentionDays,
         opts=kept,
-    )
-    # The version EKS can reach from what runs: the cluster waits for the check, so a preview (a PR's `ragops
-    # preview`) fails with the reason instead of an `up` failing at UpdateClusterVersion.
-    file = stack_file(stack)
-    version = running_version(name, aws_provider).apply(
-        lambda found: check_version_step(eks.version, found[0], found[1], file)
     )
     cluster = aws.eks.Cluster(
         "eks",

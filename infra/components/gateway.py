@@ -93,6 +93,10 @@ class TlsGatewayArgs:
     install_cert_manager: bool = True
     cert_manager_version: str = CERT_MANAGER_VERSION
     cert_manager_namespace: str = "cert-manager"
+    leader_election_in_own_namespace: bool = False
+    """Keep cert-manager's leader-election leases (and the Roles granting them) in `cert_manager_namespace` instead
+    of the chart's `kube-system` (values `global.leaderElection.namespace`). GKE Autopilot denies every write to
+    kube-system (GKE Warden, managed-namespaces-limitation), so there the chart's Role could not be created."""
     cert_manager: pulumi.Resource | None = None
     """A cert-manager installed elsewhere, waited for when install_cert_manager is False."""
     gateway_crds: tuple[pulumi.Resource, ...] = ()
@@ -139,8 +143,11 @@ def validate_args(args: TlsGatewayArgs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pure specs
-def cert_manager_values(gateway_api: bool = True) -> dict[str, Any]:
-    """Helm values: install the CRDs with the chart (kept on uninstall); Gateway API support only when used.
+def cert_manager_values(
+    gateway_api: bool = True, leader_election_namespace: str | None = None
+) -> dict[str, Any]:
+    """Helm values: install the CRDs with the chart (kept on uninstall); Gateway API support only when used;
+    the leader-election leases in `leader_election_namespace` when given (the chart's default is kube-system).
 
     cert-manager with Gateway API support on exits at start-up if the Gateway API CRDs are missing (v1.21.1
     pkg/controller/context.go; the atomic release would then roll back), so it is switched on only for the
@@ -156,6 +163,8 @@ def cert_manager_values(gateway_api: bool = True) -> dict[str, Any]:
         "crds": {"enabled": True, "keep": True},
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
     }
+    if leader_election_namespace is not None:
+        values["global"] = {"leaderElection": {"namespace": leader_election_namespace}}
     if gateway_api:
         values["config"] = {
             "apiVersion": "controller.config.cert-manager.io/v1alpha1",
@@ -470,7 +479,12 @@ class TlsGateway(pulumi.ComponentResource):
                 create_namespace=True,
                 atomic=True,
                 timeout=600,
-                values=cert_manager_values(gateway_api=args.entry == "gateway"),
+                values=cert_manager_values(
+                    gateway_api=args.entry == "gateway",
+                    leader_election_namespace=(
+                        args.cert_manager_namespace if args.leader_election_in_own_namespace else None
+                    ),
+                ),
                 # cert-manager only enables its Gateway API support if those CRDs exist when it starts.
                 opts=child(*args.gateway_crds),
             )

@@ -44,7 +44,24 @@ and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not 
   stack does not fail on the snapshot the first one left.
 - `cloudsql`: a GCP Cloud SQL PostgreSQL instance on a private IP, plus its database and user. The edition is
   set from the tier: PostgreSQL 16+ instances default to ENTERPRISE_PLUS, which refuses the shared-core and
-  `db-custom-*` tiers (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition` docstring).
+  `db-custom-*` tiers (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition` docstring). The RDS-shaped settings
+  map onto it (`cloudsql_backup_configuration`, `cloudsql_disk`):
+  - `allocated_storage_gb` is the disk a new instance starts with, and `max_allocated_storage_gb` the ceiling
+    `disk_autoresize` grows it to (`disk_autoresize_limit`, as RDS's `max_allocated_storage`). The size of a
+    running disk is left to autoresize (`settings.diskSize` in `ignore_changes`): a size below the grown one is a
+    replacement of the instance (terraform-provider-google `ForceNewIfChange("settings.0.disk_size",
+    IsDiskShrinkage)`), so a raised `allocated_storage_gb` reaches a running instance as its higher ceiling only.
+    A clone declares no size (it starts with its source's disk; the provider's post-clone settings update would
+    otherwise try to shrink a grown one).
+  - `backup_retention_days` N keeps N+1 daily automated backups (`retained_backups`, COUNT: one older than the
+    window, the base a restore to its first hour starts from) and N days of transaction logs for point-in-time
+    recovery, at most the edition's: 7 on ENTERPRISE, 35 on ENTERPRISE_PLUS (`transaction_log_retention_days`
+    docstring; Cloud SQL also refuses logs kept as long as the backups: "backup retention should be >
+    transaction log retention"). N = 0 (RDS: no automated backups) is refused: Cloud SQL's REGIONAL availability
+    and the restore clone need backups and point-in-time recovery.
+  - `auto_minor_version_upgrade` False is refused: Cloud SQL applies minor versions in its maintenance window and
+    has no switch to turn that off (Cloud SQL "Database versions and version policies": "Cloud SQL keeps your
+    instances up-to-date with patches and minor version updates automatically").
 
 Managed majors and maintenance (rds, cloudsql). The instance runs the major only (minors come in the weekly
 maintenance window); `apply_immediately` says whether RDS applies a change at `pulumi up` or in that window. A
@@ -124,6 +141,17 @@ DEFAULT_PG_IMAGE = PG_IMAGES["17"]
 # The operator reads the major from the tag's leading number (cloudnative-pg/machinery reference.New strips the
 # digest first); a pinned image also names its minor.
 _PINNED_PG_IMAGE = re.compile(r"^[^@]+:(?P<major>\d+)\.\d+[^/@:]*(@sha256:[0-9a-f]{64})?$")
+#: The Barman Cloud plugin's sidecar (`plugin-barman-cloud` container, a native sidecar of every instance pod, and
+#: of the recovery Job): without them it runs with no requests (the scheduler and the capacity checks see nothing,
+#: and in a quota'd namespace the LimitRange's 250m CPU limit would throttle the compression). It runs the plugin's
+#: Go manager and, per WAL segment and backup, the Python barman-cloud tools: up to `wal.maxParallel` (2) archivers
+#: at once and a base backup gzipping `data.jobs` (2) streams. An estimate, not measured: 100m / 256Mi requested,
+#: 1 CPU / 1Gi at most. The plugin reads them from the ObjectStore (plugin-barman-cloud v0.13.0
+#: internal/cnpgi/operator/lifecycle_resources.go); a change reaches the pods at the Cluster's next reconciliation,
+#: as a rolling restart (web/docs/usage.md: "could generate a rollout of the Cluster").
+BACKUP_SIDECAR_RESOURCES = Resources(
+    cpu_request="100m", memory_request="256Mi", cpu_limit="1", memory_limit="1Gi"
+)
 MODES = ("cloudnative", "rds", "cloudsql")
 BACKUP_CLOUDS = ("aws", "gcp")
 MAJOR_UPGRADE_ANNOTATION = "rag.dev/postgres-major-upgrade"
@@ -151,6 +179,11 @@ SNAPSHOT_SUFFIX_BYTES = 4
 # ENTERPRISE_PLUS runs only the predefined db-perf-optimized-N-* tiers; every other tier (shared-core, db-custom-*)
 # needs ENTERPRISE (pulumi-gcp 10.2.0 `DatabaseInstanceSettings.edition`/`tier` docstrings).
 ENTERPRISE_PLUS_TIER_PREFIX = "db-perf-optimized-"
+#: The most days of transaction logs (point-in-time recovery) each Cloud SQL edition keeps (pulumi-gcp 10.2.0
+#: `DatabaseInstanceSettingsBackupConfiguration.transaction_log_retention_days`: 1-7, Enterprise Plus 1-35).
+CLOUDSQL_LOG_RETENTION_MAX_DAYS: Mapping[str, int] = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
+#: Cloud SQL's smallest PD_SSD data disk, GB (`DatabaseInstanceSettings.disk_size` docstring).
+CLOUDSQL_MIN_DISK_GB = 10
 
 
 @dataclass(frozen=True)
@@ -208,6 +241,9 @@ class PostgresDatabaseArgs:
     """What installs cert-manager (its release): the Barman Cloud plugin's chart creates an Issuer and the
     Certificates of the plugin's mTLS with the operator, so the plugin release waits for it."""
     barman_cloud_chart_version: str = BARMAN_CLOUD_CHART_VERSION
+    backup_sidecar_resources: Resources = field(default_factory=lambda: BACKUP_SIDECAR_RESOURCES)
+    """The Barman Cloud plugin's sidecar in each instance pod (and in a recovery's restore Job): `ObjectStore`
+    `spec.instanceSidecarConfiguration.resources`."""
     archive_name: str | None = None
     """barman-cloud server name the cluster archives under; None: the cluster name."""
     recovery_source: str | None = None
@@ -223,10 +259,14 @@ class PostgresDatabaseArgs:
     allowed_cidrs: tuple[str, ...] = ()
     instance_class: str = "db.t4g.medium"
     allocated_storage_gb: int = 50
+    """The storage a new instance starts with, GB (RDS `allocated_storage`; Cloud SQL `disk_size`, at creation)."""
     max_allocated_storage_gb: int = 200
+    """The ceiling storage autoscaling grows to, GB (RDS `max_allocated_storage`; Cloud SQL `disk_autoresize_limit`)."""
     engine_version: str = "17"
     multi_az: bool = True
     backup_retention_days: int = 7
+    """Days of automated backups and point-in-time recovery (RDS `backup_retention_period`; Cloud SQL: N+1 daily
+    backups and up to N days of transaction logs, `cloudsql_backup_configuration`)."""
     final_snapshot_prefix: str = "rag-postgres-final"
     """Start of the RDS final snapshot's identifier (give it the stack: identifiers are per account and region);
     a random suffix drawn once per instance lifetime follows."""
@@ -237,7 +277,7 @@ class PostgresDatabaseArgs:
     apply_immediately: bool = False
     """RDS: apply a modification at `pulumi up` (True) or in the next maintenance window (False)."""
     auto_minor_version_upgrade: bool = True
-    """RDS: take new minor versions in the maintenance window."""
+    """Take new minor versions in the maintenance window (RDS; Cloud SQL always does, and refuses False)."""
     upgrade_from: str | None = None
     """The major the RDS / Cloud SQL instance runs while `engine_version` / `database_version` names a newer one:
     a declared major upgrade. None: no upgrade, and a changed version does not touch a Cloud SQL instance."""
@@ -326,6 +366,22 @@ def validate_args(args: PostgresDatabaseArgs) -> None:
     if args.mode == "cloudsql":
         require(args.region is not None, "PostgresDatabaseArgs.region is required in cloudsql mode.")
         require(
+            args.max_allocated_storage_gb >= args.allocated_storage_gb >= CLOUDSQL_MIN_DISK_GB,
+            f"PostgresDatabaseArgs.allocated_storage_gb must be at least {CLOUDSQL_MIN_DISK_GB} (Cloud SQL's "
+            "smallest PD_SSD disk) and not above max_allocated_storage_gb.",
+        )
+        require(
+            1 <= args.backup_retention_days <= 35,
+            f"PostgresDatabaseArgs.backup_retention_days {args.backup_retention_days} must be 1-35 in cloudsql "
+            "mode: Cloud SQL's REGIONAL availability and its restore clone need automated backups and "
+            "point-in-time recovery.",
+        )
+        require(
+            args.auto_minor_version_upgrade,
+            "PostgresDatabaseArgs.auto_minor_version_upgrade must be True in cloudsql mode: Cloud SQL applies "
+            "minor versions in its maintenance window and has no switch to turn that off.",
+        )
+        require(
             args.private_network is not None,
             "PostgresDatabaseArgs.private_network is required in cloudsql mode.",
         )
@@ -400,6 +456,7 @@ def _validate_backups(args: PostgresDatabaseArgs) -> None:
     require(
         args.archive_retention_days >= 1, "PostgresDatabaseArgs.archive_retention_days must be at least 1."
     )
+    args.backup_sidecar_resources.validate("PostgresDatabaseArgs.backup_sidecar_resources")
     for label, value in (("archive_name", args.archive_name), ("recovery_source", args.recovery_source)):
         require(
             value is None or bool(re.match(_ARCHIVE, value)),
@@ -463,6 +520,37 @@ def cloudsql_edition(tier: str) -> str:
     return "ENTERPRISE_PLUS" if tier.startswith(ENTERPRISE_PLUS_TIER_PREFIX) else "ENTERPRISE"
 
 
+def cloudsql_log_retention_days(retention_days: int, tier: str) -> int:
+    """Days of transaction logs (the point-in-time recovery window) Cloud SQL keeps for `retention_days` of
+    backups: as many, at most the edition's limit (`CLOUDSQL_LOG_RETENTION_MAX_DAYS`)."""
+    return min(retention_days, CLOUDSQL_LOG_RETENTION_MAX_DAYS[cloudsql_edition(tier)])
+
+
+def cloudsql_backup_configuration(retention_days: int, tier: str) -> dict[str, Any]:
+    """Cloud SQL `settings.backup_configuration` for RDS-style `retention_days` (1-35): daily automated backups,
+    N+1 of them kept (the oldest is the base a restore to the window's first hour starts from; Cloud SQL also
+    needs more backups than days of logs), and point-in-time recovery over `cloudsql_log_retention_days`."""
+    return {
+        "enabled": True,
+        "point_in_time_recovery_enabled": True,
+        "transaction_log_retention_days": cloudsql_log_retention_days(retention_days, tier),
+        "backup_retention_settings": {"retained_backups": retention_days + 1, "retention_unit": "COUNT"},
+    }
+
+
+def cloudsql_disk(args: PostgresDatabaseArgs, *, clone: bool) -> dict[str, Any]:
+    """Cloud SQL disk settings: PD_SSD grown by autoresize up to `max_allocated_storage_gb`, starting at
+    `allocated_storage_gb` (a clone starts with its source's disk instead)."""
+    disk: dict[str, Any] = {
+        "disk_type": "PD_SSD",
+        "disk_autoresize": True,
+        "disk_autoresize_limit": args.max_allocated_storage_gb,
+    }
+    if not clone:
+        disk["disk_size"] = args.allocated_storage_gb
+    return disk
+
+
 def pg_image_major(image: str) -> int | None:
     """The PostgreSQL major of a pinned operand image, or None when the tag does not name an exact minor."""
     match = _PINNED_PG_IMAGE.match(image)
@@ -523,12 +611,14 @@ def object_store_configuration(cloud: str, destination: pulumi.Input[str]) -> di
 
 
 def object_store_spec(args: PostgresDatabaseArgs, destination: pulumi.Input[str]) -> dict[str, Any]:
-    """`barmancloud.cnpg.io/v1` `ObjectStore`: where the archive is and how long it is kept (the plugin's sidecar
-    applies `retentionPolicy` to every server name under `destinationPath` that it archives)."""
+    """`barmancloud.cnpg.io/v1` `ObjectStore`: where the archive is, how long it is kept (the plugin's sidecar
+    applies `retentionPolicy` to every server name under `destinationPath` that it archives) and what the sidecar
+    requests (`BACKUP_SIDECAR_RESOURCES`)."""
     assert args.backup_cloud is not None
     return {
         "configuration": object_store_configuration(args.backup_cloud, destination),
         "retentionPolicy": f"{args.archive_retention_days}d",
+        "instanceSidecarConfiguration": {"resources": specs.resources_spec(args.backup_sidecar_resources)},
     }
 
 
@@ -933,6 +1023,16 @@ class PostgresDatabase(pulumi.ComponentResource):
             # hashicorp/terraform-provider-aws#34522): ignored once it exists, so keeping, changing or clearing the
             # restore keys later never replaces the registry.
             ignore = ["snapshotIdentifier", "restoreToPointInTime"]
+            # The database and the master user are the source's: RDS copies them with the data, the restore APIs take
+            # no master user, and DBName is documented as not applying to PostgreSQL restores (RestoreDBInstance-
+            # FromDBSnapshot: "only applies to RDS for Oracle and RDS for SQL Server", which is why the provider drops
+            # it on that path; RestoreDBInstanceToPointInTime once said the same of PostgreSQL, and the provider sends
+            # it there as given). So no db_name is sent, and both are ignored once the instance exists: each is
+            # ForceNew in the provider, and a source with other names would otherwise replace the restored registry
+            # at the next `up`. The source must therefore hold `database` owned by `username` (this stack's own
+            # instances always do; the password is the stack's too: the snapshot path resets it, and a point in time
+            # of the stack's own lineage already has it).
+            ignore += ["dbName", "username"]
             restore["identifier"] = args.restore_identifier
             if args.restore_snapshot is not None:
                 restore["snapshot_identifier"] = args.restore_snapshot
@@ -956,7 +1056,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             max_allocated_storage=args.max_allocated_storage_gb,
             storage_type="gp3",
             storage_encrypted=True,
-            db_name=args.database,
+            db_name=None if restored else args.database,
             username=args.username,
             password=password,
             port=PORT,
@@ -1034,6 +1134,8 @@ class PostgresDatabase(pulumi.ComponentResource):
         # Without a declared upgrade a changed version is ignored: Cloud SQL would run it at once as an in-place
         # major upgrade (pg_upgrade, the instance down), unannounced.
         ignore = [] if args.upgrade_from is not None else ["databaseVersion"]
+        # The running disk's size is autoresize's: a declared size below a grown disk would replace the instance.
+        ignore.append("settings.diskSize")
         if restored:
             extra["name"] = args.restore_identifier
             # Create-only (the provider clones only when it creates the instance): ignored afterwards, so keeping,
@@ -1053,14 +1155,13 @@ class PostgresDatabase(pulumi.ComponentResource):
                 "tier": args.tier,
                 "edition": cloudsql_edition(args.tier),
                 "availability_type": args.availability_type,
-                "disk_autoresize": True,
-                "disk_type": "PD_SSD",
+                **cloudsql_disk(args, clone=restored),
                 "ip_configuration": {
                     "ipv4_enabled": False,
                     "private_network": args.private_network,
                     "ssl_mode": "ENCRYPTED_ONLY",
                 },
-                "backup_configuration": {"enabled": True, "point_in_time_recovery_enabled": True},
+                "backup_configuration": cloudsql_backup_configuration(args.backup_retention_days, args.tier),
                 "maintenance_window": cloudsql_maintenance_window(
                     args.maintenance_day, args.maintenance_hour
                 ),

@@ -19,6 +19,7 @@ DNS + peers out) and optionally a ServiceMonitor.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra.components import prometheus_operator, specs
 from infra.components.specs import EgressTarget, Resources, require
@@ -44,10 +46,12 @@ API_KEY_KEY = "api-key"
 ALT_API_KEY_KEY = "alt-api-key"
 ALT_API_KEY_SINCE = (1, 17)
 """The first Qdrant minor with `service.alt_api_key` (qdrant/qdrant#7835, in v1.17.0)."""
-KEYS_ANNOTATION = "rag.platform/api-keys-sha256"
-"""On the pod template: a digest of the keys, so a key change restarts the nodes (one at a time). Qdrant reads its
+KEYS_ANNOTATION = "rag.platform/api-keys-hmac-sha256"
+"""On the pod template: an HMAC of the keys, so a key change restarts the nodes (one at a time). Qdrant reads its
 keys from the environment at start, and a Secret change alone restarts nothing: without it a rotated key reached
-only the clients, which the unrestarted nodes then refused."""
+only the clients, which the unrestarted nodes then refused. Keyed with a random salt kept secret in the stack's state:
+pod templates are readable by more people than Secrets, and a plain hash of a user-chosen key can be brute-forced
+offline."""
 SCRAPE_LABEL = {"rag.platform/scrape": "true"}
 """Only on the client Service, so the ServiceMonitor does not scrape every node twice (headless + client)."""
 
@@ -376,10 +380,10 @@ def snapshots_volume(args: QdrantClusterArgs, match: Mapping[str, str]) -> list[
     ]
 
 
-def keys_digest(api_key: str, alt_api_key: str | None) -> str:
-    """The pod template's KEYS_ANNOTATION: SHA-256 over both keys (a 40-character random key is not recoverable
-    from it, so it is not a secret)."""
-    return hashlib.sha256(f"{api_key}\0{alt_api_key or ''}".encode()).hexdigest()
+def keys_digest(api_key: str, alt_api_key: str | None, salt: str) -> str:
+    """The pod template's KEYS_ANNOTATION: HMAC-SHA256 over both keys, keyed with the stack's secret salt. Without
+    the salt (in the state only, as a secret) it says nothing about the keys, whether random or chosen by hand."""
+    return hmac.new(salt.encode(), f"{api_key}\0{alt_api_key or ''}".encode(), hashlib.sha256).hexdigest()
 
 
 def statefulset_spec(
@@ -520,8 +524,11 @@ class QdrantCluster(pulumi.ComponentResource):
         keys = {API_KEY_KEY: api_key}
         if args.alt_api_key is not None:
             keys[ALT_API_KEY_KEY] = pulumi.Output.secret(args.alt_api_key)
+        salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False, opts=child()).result
         keys_sha256 = pulumi.Output.unsecret(
-            pulumi.Output.all(args.api_key, args.alt_api_key).apply(lambda k: keys_digest(k[0], k[1]))
+            pulumi.Output.all(args.api_key, args.alt_api_key, salt).apply(
+                lambda k: keys_digest(k[0], k[1], k[2])
+            )
         )
         secret = k8s.core.v1.Secret(
             f"{name}-api-key",

@@ -21,6 +21,7 @@ The spec builders below are pure functions of the args; the component only wires
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra import embedding_models
 from infra.components import prometheus_operator, specs
@@ -358,13 +360,16 @@ def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
     return data
 
 
-SECRETS_ANNOTATION = "rag.platform/secrets-sha256"
+SECRETS_ANNOTATION = "rag.platform/secrets-hmac-sha256"
 
 
-def secrets_digest(values: Mapping[str, str]) -> str:
-    """SHA-256 over the Secret's values (the pod template's SECRETS_ANNOTATION). The values are random keys and
-    connection strings holding them: a digest of them reveals nothing an attacker could use."""
-    return hashlib.sha256(json.dumps(dict(values), sort_keys=True).encode()).hexdigest()
+def secrets_digest(values: Mapping[str, str], salt: str) -> str:
+    """HMAC-SHA256 over the Secret's values (the pod template's SECRETS_ANNOTATION), keyed with the stack's secret
+    salt. The values include keys a user may have chosen by hand (rag:serviceApiKeys, rag:adminApiKey): pod
+    templates are readable by more people than Secrets, and a plain hash of a weak key can be brute-forced offline."""
+    return hmac.new(
+        salt.encode(), json.dumps(dict(values), sort_keys=True).encode(), hashlib.sha256
+    ).hexdigest()
 
 
 def config_map_name(base: str, data: Mapping[str, str]) -> str:
@@ -657,8 +662,13 @@ class RagService(pulumi.ComponentResource):
         string_data = {k: pulumi.Output.secret(v) for k, v in secret_values.items() if v is not None}
         # The pods read the Secret into their environment at start only: a changed value (a rotated Qdrant or
         # database key) must restart them, or they keep the old one until something else does.
+        salt = random.RandomPassword(f"{name}-digest-salt", length=32, special=False, opts=child()).result
         secrets_annotation = {
-            SECRETS_ANNOTATION: pulumi.Output.unsecret(pulumi.Output.all(**string_data).apply(secrets_digest))
+            SECRETS_ANNOTATION: pulumi.Output.unsecret(
+                pulumi.Output.all(salt, pulumi.Output.all(**string_data)).apply(
+                    lambda v: secrets_digest(v[1], v[0])
+                )
+            )
         }
         secret = k8s.core.v1.Secret(
             f"{name}-secrets",

@@ -35,6 +35,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from typer.core import TyperOption
 
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
@@ -58,6 +59,23 @@ from infra.workflows.stacks import (
     describe_counts,
     parse_rfc3339,
 )
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type_rich(self: TyperOption, ctx: Any) -> str | None:
+    """The type column of the rich help: none for a flag, which takes no value.
+
+    typer 0.29.2 (click 8.5.1) labels every option with its annotation's type in the rich help, flags included,
+    so each ``--quiet``, ``--policy/--no-policy`` and ``--help`` read ``<bool>`` as if it took one; its plain
+    help, like click's own, prints no type for a flag. Value-taking options keep theirs (``<dir>``, ``<str>``).
+    """
+    if self.is_flag and self.metavar is None:
+        return None
+    return _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type_rich  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="ragops",
@@ -614,6 +632,8 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
         with reach.client_for(info) as client:
             readiness = reach.check_ready(client)
         note = " [self-signed certificate, not verified]" if info.unverified_https else ""
+        if info.staging_https:
+            note = " [verified against Let's Encrypt's staging roots]"
         if not readiness.reachable:
             note += reach.loopback_note(info.url)
         typer.echo(f"readyz:    {readiness.describe()}{note}")

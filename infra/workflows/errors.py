@@ -55,16 +55,36 @@ HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+#: The program's refusal of its config (infra/config.py ConfigError: `rag:<key> in Pulumi.<stack>.yaml: ...`) as the
+#: CLI shows it. The program raises it as a `pulumi.RunError`, which the Python language host logs as the message
+#: alone (a traceback ending in `ConfigError: ...` for any other exception), and the display prints that error
+#: under the stack's Diagnostics on stdout, as `error: <message>`. A failed program is a "bail" for the CLI, so
+#: stderr has nothing of it.
+PROGRAM_REFUSAL = re.compile(r"(?:error: |ConfigError: )(rag:[\w.\[\]-]+ in Pulumi\.[\w.-]+\.yaml: [^\n]+)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def program_refusal(output: str) -> str | None:
+    """The first config refusal of the program in a command's output (stdout and stderr), or None."""
+    match = PROGRAM_REFUSAL.search(ANSI.sub("", output))
+    return match[1].strip() if match else None
+
+
 @dataclass(frozen=True)
 class PulumiFailure:
     """A failed Pulumi command as the operator sees it."""
 
     stderr: str
     hint: str | None
+    #: The program refused its config (one line naming the key and the stack file): what the red line says.
+    refusal: str | None = None
 
     @property
     def headline(self) -> str:
-        """The first `error:` line of stderr (or its first line): what goes on the red line."""
+        """The program's config refusal, else the first `error:` line of stderr (or its first line): what goes on
+        the red line."""
+        if self.refusal:
+            return self.refusal
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
         for line in lines:
             if line.lower().startswith("error:"):
@@ -110,7 +130,7 @@ def hint_for(stderr: str, roles: Mapping[str, str] | None = None) -> str | None:
 def describe(exc: CommandError, roles: Mapping[str, str] | None = None) -> PulumiFailure:
     """The stderr and hint of a failed command."""
     stderr = stderr_of(exc)
-    return PulumiFailure(stderr=stderr, hint=hint_for(stderr, roles))
+    return PulumiFailure(stderr=stderr, hint=hint_for(stderr, roles), refusal=program_refusal(str(exc)))
 
 
 def check_cli_version(version: VersionInfo | None) -> str | None:

@@ -45,7 +45,7 @@ def test_gke_standard_cluster_has_a_node_pool_and_workload_identity() -> None:
 
 
 def test_gke_autopilot_has_no_node_pool() -> None:
-    result = run("staging", cluster={"gke": {"autopilot": True}})
+    result = run("staging", cluster={"gke": {"autopilot": True}}, monitoring={"enabled": False})
     assert result.by_name("gke").inputs["enableAutopilot"] is True
     assert result.of_type("gcp:container/nodePool:NodePool") == []
 

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from infra import deployability as d
+from infra import inert
 from infra import stack as program
-from infra.config import deep_merge
+from infra.config import ConfigError, deep_merge
 from infra.offline import StackRun, run_stack
 from tests.infra.conftest import target_overrides
 
@@ -61,6 +62,66 @@ def test_every_declared_key_changes_the_recorded_program(place: tuple[str, str, 
         f"declared in Pulumi.yaml but changing them on {stack} ({target}, with {extra}) changes nothing the "
         f"program declares: {unconsumed}"
     )
+
+
+#: Managed Postgres on GKE (Cloud SQL). The sweep above exercises `postgres.managed.` on eks (RDS) only, where every
+#: key has its place; on gke each key must change the Cloud SQL program too, or be refused with an error naming it
+#: and the stack file (a value Cloud SQL cannot honour), or be one `make plan` reports as inert there.
+GKE_POSTGRES_PLACES: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "postgres.managed.majorUpgrade.",
+        deep_merge(dict(d.MANAGED), {"postgres": {"managed": {"applyImmediately": True}}}),
+    ),
+    (
+        "postgres.managed.restore.",
+        deep_merge(dict(d.MANAGED), {"postgres": {"managed": {"restore": {"name": "r1"}}}}),
+    ),
+    ("postgres.managed.", dict(d.MANAGED)),
+)
+INERT_ON_GKE = {
+    key
+    for key, reader, _what, _instead in inert.PROVIDER_ONLY
+    if reader != "gke" and key.startswith("postgres.")
+}
+GKE_POSTGRES_KEYS = sorted(k for k in KEYS if k.startswith("postgres.managed.") and k not in INERT_ON_GKE)
+
+
+def _gke_place(key: str) -> dict[str, Any]:
+    return next(extra for prefix, extra in GKE_POSTGRES_PLACES if key.startswith(prefix))
+
+
+#: The other values of these keys are ones Cloud SQL cannot honour (a minor-version switch, an RDS snapshot).
+REFUSED_ON_GKE = {"postgres.managed.autoMinorVersionUpgrade", "postgres.managed.restore.snapshot"}
+
+
+def declared(result: StackRun) -> tuple[Any, ...]:
+    """What a run declares, with each resource's `ignore_changes` (a declared Cloud SQL upgrade changes only that:
+    the engine then applies the new databaseVersion)."""
+    return d.fingerprint(result), sorted((r.urn, tuple(r.ignore_changes)) for r in result.resources)
+
+
+@pytest.mark.parametrize("key", GKE_POSTGRES_KEYS)
+def test_every_managed_postgres_key_changes_cloud_sql_or_is_refused(key: str) -> None:
+    extra = _gke_place(key)
+    base = _run("dev", "gke", json.dumps(extra, sort_keys=True))
+    assert base.of_type("gcp:sql/databaseInstance:DatabaseInstance")  # the place runs Cloud SQL
+    value = d.config_value(d.effective_config(base), key)
+    other = d.alternative(key, value)
+    overrides = json.dumps(deep_merge(extra, d.nested(key, other)), sort_keys=True)
+    if key in REFUSED_ON_GKE:
+        with pytest.raises(ConfigError) as refused:
+            _run("dev", "gke", overrides)
+        assert refused.value.key == f"rag:{key}"
+        assert refused.value.stack_file == "Pulumi.dev.yaml"
+        return
+    changed = _run("dev", "gke", overrides)
+    assert declared(changed) != declared(base), f"{key}: {value!r} -> {other!r} changes nothing on gke"
+
+
+def test_the_gke_sweep_reaches_the_keys_cloud_sql_once_ignored() -> None:
+    assert {"postgres.managed.storageGb", "postgres.managed.backupRetentionDays"} <= set(GKE_POSTGRES_KEYS)
+    assert set(GKE_POSTGRES_KEYS) >= REFUSED_ON_GKE
+    assert {"postgres.managed.instanceClass", "postgres.managed.applyImmediately"} == INERT_ON_GKE
 
 
 def test_config_waivers_name_declared_keys_and_an_issue() -> None:

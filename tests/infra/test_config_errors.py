@@ -153,6 +153,19 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "postgres.managed.restore.snapshot",
         "Cloud SQL restores the registry by cloning",
     ),
+    # Cloud SQL cannot turn its automated backups or its minor versions off.
+    (
+        "prod",
+        {**GKE_PROD, "postgres": {"managed": {"backupRetentionDays": 0}}},
+        "postgres.managed.backupRetentionDays",
+        "Cloud SQL (cluster.provider gke) keeps them",
+    ),
+    (
+        "prod",
+        {**GKE_PROD, "postgres": {"managed": {"autoMinorVersionUpgrade": False}}},
+        "postgres.managed.autoMinorVersionUpgrade",
+        "has no switch to turn that off",
+    ),
     (
         "prod",
         {
@@ -307,6 +320,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"monitoring": {"alerting": {"email": {"to": "oncall@example.com", "sender": "alerts@example.com"}}}},
         "monitoring.alerting.email.smarthost",
         "SMTP server",
+    ),
+    # GKE Warden refuses kube-prometheus-stack's node exporter and its kube-system Services (tests/infra/test_autopilot.py).
+    (
+        "staging",
+        {"cluster": {"gke": {"autopilot": True}}},
+        "monitoring.enabled",
+        "cannot run on GKE Autopilot",
     ),
     (
         "staging",

@@ -27,7 +27,7 @@ def runs(target: str):
     for stack in STACKS:
         yield run(stack, target)
     if target == "gke":
-        yield run("staging", "gke", cluster={"gke": {"autopilot": True}})
+        yield run("staging", "gke", cluster={"gke": {"autopilot": True}}, monitoring={"enabled": False})
     else:
         yield run("prod", "eks", cluster={"eks": EKS_ACCESS["eks"]})
 

@@ -107,3 +107,174 @@ def test_the_addons_are_updated_after_the_nodes(addon: str) -> None:
     nodes, found = result.by_name("eks-nodes"), result.by_name(addon)
     assert nodes.urn in found.depends_on
     assert found.urn not in nodes.depends_on
+
+
+# --- the check runs before anything is registered (reviewer R3) ------------------------------------------------
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type of every resource the program registers, in order (the mocks see each RegisterResource)."""
+    from infra.offline import PlatformMocks
+
+    seen: list[str] = []
+    original = PlatformMocks.new_resource
+
+    def record(self: PlatformMocks, args: Any) -> Any:
+        seen.append(args.typ)
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "new_resource", record)
+    return seen
+
+
+@pytest.fixture
+def invokes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(token, provider reference) of every EKS read the program makes."""
+    from infra.offline import PlatformMocks
+
+    seen: list[tuple[str, str]] = []
+    original = PlatformMocks.call
+
+    def record(self: PlatformMocks, args: Any) -> Any:
+        if args.token.startswith("aws:eks/get") and "AddonVersion" not in args.token:
+            seen.append((args.token, args.provider))
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", record)
+    return seen
+
+
+def test_a_refused_step_registers_no_cloud_resource(registered: list[str]) -> None:
+    """The versions are read with blocking invokes before the program declares anything but the AWS provider the
+    reads go through: a refused step leaves the VPC, IAM roles, RDS and the generated keys undeclared, so an `up`
+    changes nothing (as Outputs, the check held back only the cluster)."""
+    _refusal(_live("1.33"))
+    assert registered, "the mocks saw no registration at all"
+    assert set(registered) <= {"pulumi:pulumi:Stack", "pulumi:providers:aws"}, registered
+
+
+def test_an_allowed_step_goes_on_to_declare_the_stack(registered: list[str]) -> None:
+    _prod(_live("1.34"))
+    assert "aws:ec2/vpc:Vpc" in registered
+    assert registered.index("pulumi:providers:aws") < registered.index("aws:ec2/vpc:Vpc")
+
+
+def test_the_reads_go_through_the_stacks_own_aws_provider(invokes: list[tuple[str, str]]) -> None:
+    """Region and credentials come from the stack's explicit provider (rag:cluster.eks.region), never the default
+    provider's ambient config, which may name another region or account."""
+    _prod(_live("1.34", **{"eks-nodes-1a2b": "1.34", "other": "1.34"}))
+    tokens = [token for token, _ in invokes]
+    assert tokens == [
+        "aws:eks/getClusters:getClusters",
+        "aws:eks/getCluster:getCluster",
+        "aws:eks/getNodeGroups:getNodeGroups",
+        "aws:eks/getNodeGroup:getNodeGroup",
+        "aws:eks/getNodeGroup:getNodeGroup",
+    ]
+    assert {provider.split("::")[-2] for _, provider in invokes} == {"aws"}
+    assert all("pulumi:providers:aws" in provider for _, provider in invokes)
+
+
+def test_no_cluster_yet_reads_only_the_list(invokes: list[tuple[str, str]]) -> None:
+    """A first `up`: ListClusters answers without this cluster, nothing else is read (DescribeCluster would fail
+    with ResourceNotFoundException), and the cluster is created at the configured version."""
+    result = _prod(None)
+    assert [token for token, _ in invokes] == ["aws:eks/getClusters:getClusters"]
+    assert result.by_name("eks").inputs["version"] == "1.35"
+
+
+def test_a_failed_read_is_refused_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, registered: list[str]
+) -> None:
+    """Without the read the step cannot be checked: the run stops before any resource, with the key, the stack
+    file and the cause (here an AccessDenied on ListClusters), not a traceback from inside the SDK."""
+    from infra.offline import PlatformMocks, ProviderError
+
+    original = PlatformMocks.call
+
+    def denied(self: PlatformMocks, args: Any) -> Any:
+        if args.token == "aws:eks/getClusters:getClusters":
+            raise ProviderError(
+                args.token, "AccessDeniedException: not authorized to perform: eks:ListClusters"
+            )
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", denied)
+    message = _refusal(_live("1.34"))
+    assert "could not read the version EKS cluster" in message
+    assert "eks:ListClusters" in message
+    assert "AccessDeniedException" in message
+    assert set(registered) <= {"pulumi:pulumi:Stack", "pulumi:providers:aws"}, registered
+
+
+def test_the_program_reports_a_refusal_as_one_line_to_the_language_host() -> None:
+    """The CLI's Python language host logs a `pulumi.RunError` as its message alone and any other exception as a
+    traceback (pulumi-language-python-exec): the program raises its ConfigError as one, so `pulumi up` and `ragops`
+    show the key and the stack file on one line. The offline run reports the ConfigError it carries."""
+    import pulumi
+
+    with pytest.raises(ConfigError) as caught:
+        _prod(_live("1.33"))
+    run_error = caught.value.__context__
+    assert isinstance(run_error, pulumi.RunError)
+    assert str(run_error) == str(caught.value)
+    assert run_error.__cause__ is caught.value
+
+
+# --- end of standard support (R5) --------------------------------------------------------------------------------
+
+
+def test_the_default_version_is_in_standard_support_for_a_quarter() -> None:
+    """Pulumi.yaml's default (what staging-on-EKS and every new EKS stack runs) was 1.34, whose standard support
+    ends 2026-12-02: a new cluster would bill extended support within days. The default is 1.35."""
+    from datetime import date
+
+    from infra.clusters.eks import EKS_STANDARD_SUPPORT_ENDS, support_warning
+    from tests.infra.conftest import run
+
+    (cluster,) = run("staging", "eks").of_type("aws:eks/cluster:Cluster")
+    assert cluster.inputs["version"] == "1.35"
+    assert support_warning("1.35", date(2026, 11, 26), "Pulumi.staging.yaml") is None
+    assert EKS_STANDARD_SUPPORT_ENDS["1.35"] == date(2027, 3, 27)
+
+
+@pytest.mark.parametrize(
+    ("version", "today", "expected"),
+    [
+        ("1.35", "2026-12-26", None),  # 91 days left
+        ("1.35", "2026-12-27", "leaves EKS standard support on 2027-03-27 (90 days)"),
+        ("1.34", "2026-11-26", "leaves EKS standard support on 2026-12-02 (6 days)"),
+        ("1.33", "2026-11-26", "left EKS standard support on 2026-07-29"),
+        ("1.36", "2026-11-26", None),  # no recorded date
+    ],
+)
+def test_a_minor_near_its_end_of_standard_support_is_a_warning(
+    version: str, today: str, expected: str | None
+) -> None:
+    from datetime import date
+
+    from infra.clusters.eks import support_warning
+
+    warning = support_warning(version, date.fromisoformat(today), "Pulumi.prod.yaml")
+    if expected is None:
+        assert warning is None
+        return
+    assert warning is not None
+    assert warning.startswith(f"rag:cluster.eks.version in Pulumi.prod.yaml: {version} {expected}")
+    assert "extended support" in warning
+    if version == "1.33":
+        assert "next: 1.34" in warning
+
+
+def test_make_plan_warns_for_a_stack_on_a_minor_near_its_end() -> None:
+    """A warning, not a refusal: the plan still passes (a 1.33 cluster's only way off is through 1.34)."""
+    from datetime import date
+
+    from infra.render import plan_warnings
+    from tests.infra.conftest import run
+
+    today = date(2026, 11, 26)
+    warned = plan_warnings(run("prod", None, cluster={"eks": {"version": "1.34"}}), today)
+    assert any(w.startswith("rag:cluster.eks.version in Pulumi.prod.yaml: 1.34 ") for w in warned), warned
+    assert not any("rag:cluster.eks.version" in w for w in plan_warnings(run("prod"), today))

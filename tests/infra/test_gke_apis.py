@@ -20,7 +20,9 @@ GKE_RUNS = {
     "dev": lambda: run("dev", "gke"),
     "staging": lambda: run("staging", "gke"),
     "prod": lambda: run("prod", "gke"),
-    "staging-autopilot": lambda: run("staging", "gke", cluster={"gke": {"autopilot": True}}),
+    "staging-autopilot": lambda: run(
+        "staging", "gke", cluster={"gke": {"autopilot": True}}, monitoring={"enabled": False}
+    ),
 }
 
 

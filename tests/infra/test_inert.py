@@ -84,16 +84,28 @@ def test_a_key_from_the_command_line_is_attributed_to_it(
     assert "## Ignored config" in (tmp_path / "plan.md").read_text()
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{"storageGb": 150}, {"backupRetentionDays": 21}, {"autoMinorVersionUpgrade": False}],
-    ids=lambda value: json.dumps(value, sort_keys=True),
-)
-def test_rds_only_keys_are_reported_on_gke_and_change_nothing_there(overrides: dict) -> None:
-    (key,) = overrides
+def test_apply_immediately_is_reported_on_gke_and_changes_nothing_there() -> None:
+    # Cloud SQL applies every settings change at `pulumi up`: RDS's switch between now and the window is inert there.
     gke = {"cluster": {"provider": "gke"}}
-    changed = {"postgres": {"mode": "managed", "managed": overrides}}
+    changed = {"postgres": {"mode": "managed", "managed": {"applyImmediately": True}}}
     assert recorded(run("prod", "gke", **gke, **changed)) == recorded(run("prod", "gke", **gke))
     assert recorded(run("prod", **changed)) != recorded(run("prod"))
     lines = render.ignored_config(run("prod", "gke", **gke, **changed))
-    assert any(line.startswith(f"rag:postgres.managed.{key} in ") and "RDS" in line for line in lines), lines
+    assert any(
+        line.startswith("rag:postgres.managed.applyImmediately in ") and "RDS" in line for line in lines
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"storageGb": 150}, {"backupRetentionDays": 21}],
+    ids=lambda value: json.dumps(value, sort_keys=True),
+)
+def test_storage_and_backup_retention_change_cloud_sql_and_are_not_reported_there(overrides: dict) -> None:
+    # They were RDS-only until Cloud SQL honoured them (disk_size/autoresize limit, retained backups and logs).
+    (key,) = overrides
+    gke = {"cluster": {"provider": "gke"}}
+    changed = {"postgres": {"mode": "managed", "managed": overrides}}
+    assert recorded(run("prod", "gke", **gke, **changed)) != recorded(run("prod", "gke", **gke))
+    lines = render.ignored_config(run("prod", "gke", **gke, **changed))
+    assert not any(line.startswith(f"rag:postgres.managed.{key} ") for line in lines), lines

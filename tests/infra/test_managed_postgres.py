@@ -131,6 +131,87 @@ def test_cloud_sql_ignores_a_version_change_unless_an_upgrade_is_declared() -> N
     assert upgrading.inputs["databaseVersion"] == "POSTGRES_18"
 
 
+# ---------------------------------------------------------------------------------------------- Cloud SQL settings
+def test_cloud_sql_takes_storage_and_backup_retention_from_the_managed_keys() -> None:
+    # prod: storageGb 100, backupRetentionDays 14, tier db-custom-2-7680 (ENTERPRISE).
+    settings = gke().by_name("postgres-instance").inputs["settings"]
+    assert (settings["diskSize"], settings["diskAutoresize"], settings["diskAutoresizeLimit"]) == (
+        100,
+        True,
+        400,
+    )
+    assert settings["diskType"] == "PD_SSD"
+    backup = settings["backupConfiguration"]
+    # 14 days: 15 daily backups (the oldest is the base of a restore to the window's first hour), and the point in
+    # time over ENTERPRISE's most, 7 days (Cloud SQL also wants more backups than days of logs).
+    assert backup["backupRetentionSettings"] == {"retainedBackups": 15, "retentionUnit": "COUNT"}
+    assert backup["transactionLogRetentionDays"] == 7
+    assert backup["enabled"] is True
+    assert backup["pointInTimeRecoveryEnabled"] is True
+    # Each key changes the instance.
+    changed = (
+        gke(**managed(storageGb=150, backupRetentionDays=5)).by_name("postgres-instance").inputs["settings"]
+    )
+    assert (changed["diskSize"], changed["diskAutoresizeLimit"]) == (150, 600)
+    assert changed["backupConfiguration"]["backupRetentionSettings"]["retainedBackups"] == 6
+    assert changed["backupConfiguration"]["transactionLogRetentionDays"] == 5
+    # An ENTERPRISE_PLUS tier keeps the whole window as logs (up to 35 days).
+    plus = gke(**managed(tier="db-perf-optimized-N-2")).by_name("postgres-instance").inputs["settings"]
+    assert plus["edition"] == "ENTERPRISE_PLUS"
+    assert plus["backupConfiguration"]["transactionLogRetentionDays"] == 14
+
+
+def test_cloud_sql_leaves_a_running_disk_to_autoresize_and_a_clone_to_its_source() -> None:
+    # A disk grown past diskSize would make a smaller declared size a replacement of the instance
+    # (terraform-provider-google IsDiskShrinkage): the size is create-only, the ceiling follows storageGb.
+    instance = gke().by_name("postgres-instance")
+    assert "settings.diskSize" in instance.ignore_changes
+    clone = gke(**managed(restore={"name": "r1"})).by_name("postgres-r1-instance")
+    assert "diskSize" not in clone.inputs["settings"]
+    assert clone.inputs["settings"]["diskAutoresizeLimit"] == 400
+    assert clone.inputs["settings"]["backupConfiguration"]["transactionLogRetentionDays"] == 7
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "rds_input", "words"),
+    [
+        ({"backupRetentionDays": 0}, "backupRetentionDays", "backupRetentionPeriod", "Cloud SQL"),
+        (
+            {"autoMinorVersionUpgrade": False},
+            "autoMinorVersionUpgrade",
+            "autoMinorVersionUpgrade",
+            "no switch",
+        ),
+    ],
+)
+def test_cloud_sql_refuses_what_it_cannot_honour_naming_the_key_and_the_stack_file(
+    keys: dict[str, Any], key: str, rds_input: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        gke(**managed(**keys))
+    assert caught.value.key == f"rag:postgres.managed.{key}"
+    assert caught.value.stack_file == "Pulumi.prod.yaml"
+    assert words in str(caught.value)
+    # The same value is an RDS setting, taken on eks.
+    [value] = keys.values()
+    assert run("prod", **managed(**keys)).by_name("postgres-instance").inputs[rds_input] == value
+
+
+def test_the_component_refuses_what_cloud_sql_cannot_honour() -> None:
+    from infra.components.postgres import PostgresDatabaseArgs, validate_args
+    from infra.components.specs import ComponentArgsError
+
+    base = {"mode": "cloudsql", "password": "p", "region": "europe-west4", "private_network": "net"}
+    validate_args(PostgresDatabaseArgs(**base))
+    for bad in (
+        {"auto_minor_version_upgrade": False},
+        {"backup_retention_days": 0},
+        {"allocated_storage_gb": 5},
+    ):
+        with pytest.raises(ComponentArgsError):
+            validate_args(PostgresDatabaseArgs(**base, **bad))
+
+
 # ---------------------------------------------------------------------------------------------- restores
 def test_an_rds_point_in_time_restore_is_a_new_instance_the_url_follows_and_the_original_stays() -> None:
     before = run("prod")
@@ -148,6 +229,12 @@ def test_an_rds_point_in_time_restore_is_a_new_instance_the_url_follows_and_the_
     assert original.urn in new.depends_on
     # Create-only inputs are ignored once the instance exists: keeping, editing or clearing them replaces nothing.
     assert {"snapshotIdentifier", "restoreToPointInTime"} <= set(new.ignore_changes)
+    # The database and master user are the source's: no DBName is sent with the restore, and neither name is
+    # diffed later (each is ForceNew: a source with other names would otherwise replace the restored registry).
+    assert "dbName" not in new.inputs
+    assert {"dbName", "username"} <= set(new.ignore_changes)
+    assert original.inputs["dbName"] == "rag"
+    assert not {"dbName", "username"} & set(original.ignore_changes)
     assert "rag-prod-postgres-r1." in database_url(restored)
     assert "rag-prod-postgres-r1." not in database_url(before)
     # Its own final snapshot name, drawn once for its lifetime.
@@ -159,6 +246,8 @@ def test_an_rds_snapshot_restore_and_its_later_updates() -> None:
     new = snapshot.by_name("postgres-r2-instance")
     assert new.inputs["snapshotIdentifier"] == "rds:rag-prod-2026-11-26-03-00"
     assert "restoreToPointInTime" not in new.inputs
+    assert "dbName" not in new.inputs
+    assert {"dbName", "username"} <= set(new.ignore_changes)
     # Later: the source keys cleared. Only ignored inputs differ, so the engine changes nothing on the instance.
     cleared = run("prod", **managed(restore={"name": "r2"})).by_name("postgres-r2-instance")
     assert cleared.urn == new.urn
@@ -241,8 +330,17 @@ def test_make_plan_says_when_each_managed_database_takes_a_change() -> None:
     )
     assert "changes apply at `pulumi up`" in now
     assert "major upgrade to 18 declared" in now
+    assert "backups and point in time over 14 days" in rds
     [cloudsql] = managed_databases(gke())
     assert "a changed databaseVersion is ignored" in cloudsql
     assert "maintenance sun 03:00 UTC" in cloudsql
+    # Where the edition shortens the point-in-time window below the retention, the plan says so.
+    assert (
+        "15 daily backups kept, point in time over 7 days (the most ENTERPRISE keeps; backups span 14 days)"
+        in (cloudsql)
+    )
+    assert "disk 100 GB at creation, autoresize up to 400 GB" in cloudsql
+    [plus] = managed_databases(gke(**managed(tier="db-perf-optimized-N-2")))
+    assert "point in time over 14 days;" in plus
     restored = managed_databases(gke(**managed(restore={"name": "r1", "time": "2026-11-26T03:00:00Z"})))
     assert any("cloned from postgres-instance at 2026-11-26T03:00:00Z" in line for line in restored)

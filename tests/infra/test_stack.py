@@ -142,6 +142,8 @@ def test_postgres_managed_sizes_and_network() -> None:
         "europe-west1",
     )
     assert gke.database_version.startswith("POSTGRES_")
+    # Cloud SQL's private IP comes from the private services range: the service's egress goes there, not anywhere.
+    assert gke.allowed_cidrs == ("10.100.0.0/16",)
 
 
 def test_redis_args_per_target() -> None:

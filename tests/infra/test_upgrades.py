@@ -42,10 +42,10 @@ def by_name(result: StackRun, name: str) -> RecordedResource:
 
 # ---------------------------------------------------------------------------------------------- kube-version
 def test_every_pinned_chart_has_a_range_covering_the_stacks_cluster_versions() -> None:
-    """prod runs EKS 1.35 and staging-on-EKS the default 1.34: each chart they install (cert-manager, kube-prometheus-stack,
+    """prod runs EKS 1.35 and staging-on-EKS the default, 1.35 too: each chart they install (cert-manager, kube-prometheus-stack,
     Envoy Gateway, metrics-server, cluster-autoscaler, CloudNativePG on staging) has a recorded range that covers
     it, and the checks find nothing."""
-    for result, minor in ((run("prod"), "1.35"), (run("staging", "eks"), "1.34")):
+    for result, minor in ((run("prod"), "1.35"), (run("staging", "eks"), "1.35")):
         assert d.cluster_kubernetes_version(result) == (minor, "rag:cluster.eks.version")
         charts = {d._release_chart(r) for r in result.resources if r.type in d.HELM_TYPES}
         for chart in charts & set(d.CHART_VERSION_KEYS):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from service.app.core.config import Settings
 from service.app.core.errors import ServiceUnavailable
 from service.app.store import edge as edge_module
 from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked, unindexed_points
@@ -1095,6 +1096,46 @@ def test_the_search_pool_has_one_thread_per_cpu_on_new_and_existing_shards(tmp_p
     store.ensure_collection()
     store.close()
     assert json.loads((other / "edge_config.json").read_text())["max_search_threads"] == cpus
+
+
+def _search_pool_cpu_ns() -> int:
+    """CPU time so far of every qdrant-edge search-pool thread in this process (/proc: exact, in ns)."""
+    total = 0
+    for task in os.scandir(f"/proc/{os.getpid()}/task"):
+        try:
+            if Path(task.path, "comm").read_text().startswith("edge-search"):
+                total += int(Path(task.path, "schedstat").read_text().split()[0])
+        except OSError:  # a thread that exited meanwhile
+            continue
+    return total
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_edge_search_threads_sizes_the_search_pool_and_one_runs_queries_on_the_calling_thread(
+    tmp_path: Path, threads: int
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", edge_search_threads=threads)
+    store = EdgeVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    store.ensure_collection()
+    try:
+        rng = np.random.default_rng(3)
+        store.upsert([*unit_points(rng, "a", 200, DIM), *unit_points(rng, "b", 200, DIM)])
+        assert json.loads((store.path / "edge_config.json").read_text())["max_search_threads"] == threads
+        queries = [point.vector for point in unit_points(rng, "q", 50, DIM)]
+        before = _search_pool_cpu_ns()
+        for vector in queries:
+            assert len(store.search("t", vector, limit=3)) == 3
+        pool = _search_pool_cpu_ns() - before
+        # One thread: the engine runs the query on the caller (no hand-off to a pool thread and back);
+        # more: the pool's threads do the segment reads.
+        assert (pool == 0) == (threads == 1)
+    finally:
+        store.close()
+    # A sibling (a re-index's new collection) keeps the setting.
+    other = store.sibling("other", DIM)
+    other.ensure_collection()
+    other.close()
+    assert json.loads((other.path / "edge_config.json").read_text())["max_search_threads"] == threads
 
 
 def unit_points(rng: np.random.Generator, document_id: str, count: int, dim: int, tenant: str = "t") -> list:

@@ -182,6 +182,7 @@ class Script:
     )
     preview_error: str | None = None  # stderr of a failing preview
     up_error: str | None = None  # stderr of a failing up
+    up_stdout: str = "Updating (stack)"  # stdout of a failing up (the display: a program's errors are here)
     up_interrupt: bool = False  # raise KeyboardInterrupt mid-up (Ctrl-C)
     up_sigterm: bool = False  # the process receives SIGTERM mid-up (a cancelled CI job)
     up_resources: int = 12
@@ -572,7 +573,7 @@ class _Handler:
         config = read_config(self.cwd, stack.name)  # what this checkout's stack file says
         if script.up_error is not None:
             stack.history.append(_history("update", {"create": 3}, "failed", config))
-            return "Updating (stack)", script.up_error, 255
+            return script.up_stdout, script.up_error, 255
         stack.resources = script.up_resources
         promoted = config.get("rag:image", {}).get("value")
         # As the program does: a build's ref (in this stack's registry), or the promoted digest copied into this

@@ -272,6 +272,48 @@ def test_a_pulumi_failure_prints_a_red_line_the_stderr_and_a_hint(
     assert "Updating (stack)" not in out
 
 
+#: The display of an `up` whose program refused its config: the language host logs the program's RunError as its
+#: message, which the CLI prints under the stack's Diagnostics on stdout; a failed program is a "bail", so stderr is
+#: empty (pulumi/pulumi pkg/cmd/pulumi PrintEngineResult).
+REFUSAL = (
+    "rag:cluster.eks.version in Pulumi.{stack}.yaml: the cluster runs 1.33, and EKS upgrades one minor at a time "
+    "(UpdateClusterVersion refuses 1.35): set 1.34, `ragops up`, and raise it again after that update"
+)
+
+
+def _refused_display(stack: str) -> str:
+    return (
+        f"Updating ({stack})\n\n     Type                 Name       Status\n"
+        f" +   pulumi:pulumi:Stack  rag-{stack}  **failed**     1 error\n\n"
+        f"Diagnostics:\n  pulumi:pulumi:Stack (rag-{stack}):\n    \x1b[31merror: \x1b[0m{REFUSAL.format(stack=stack)}\n\n"
+        "Resources:\n\nDuration: 3s\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["up", "promote"])
+def test_a_program_refusal_is_the_red_line(ctx: Context, backend: FakeBackend, command: str) -> None:
+    """`ragops up`/`promote` of a stack whose program refuses its config (here an EKS version two minors ahead of
+    what runs) print that refusal, naming the key and the stack file, as the red line: not "failed without saying
+    why" (stderr is empty) nor the CommandResult dump."""
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    backend.add_stack("staging")
+    target = "dev" if command == "up" else "staging"
+    backend.script(target).up_error = ""
+    backend.script(target).up_stdout = _refused_display(target)
+    args = (
+        ("up", "-s", "dev", "-q")
+        if command == "up"
+        else ("promote", "--from", "dev", "--to", "staging", "-q")
+    )
+    result = _invoke(ctx, *args)
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert out.startswith(f"pulumi failed: {REFUSAL.format(stack=target)}"), out
+    assert "without saying why" not in out
+    assert "code: 255" not in out
+    assert "Diagnostics" not in out
+
+
 def test_a_missing_stack_hints_at_pulumi_stack_init(ctx: Context, backend: FakeBackend) -> None:
     result = _invoke(ctx, "up", "-s", "qa", "-q")
     assert result.exit_code == 1

@@ -107,6 +107,8 @@ class _Mocks(pulumi.runtime.Mocks):
             state.setdefault("connectionName", f"proj:region:{args.name}")
         if args.typ == "docker-build:index:Image":
             state.setdefault("digest", "sha256:" + "ab" * 32)
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state.setdefault("result", f"random-{args.name}"[: int(state.get("length", 32))])
         if args.typ in ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
             state.setdefault("bucket", state.get("bucket") or f"{args.name}-bucket")
             state.setdefault("arn", f"arn:aws:s3:::{state['bucket']}")

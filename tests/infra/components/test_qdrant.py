@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -163,6 +164,7 @@ def test_children_names_parents_and_protection() -> None:
         "qdrant-pdb",
         "qdrant-netpol",
         "qdrant-servicemonitor",
+        "qdrant-digest-salt",
     }
     assert program.named("qdrant-statefulset").protect is True
     assert program.named("qdrant-api-key").protect is True
@@ -243,7 +245,9 @@ def test_a_second_key_reaches_every_node_from_the_secret_and_any_key_change_rest
     rotated = run_cluster(cluster_args(image="qdrant/qdrant:v1.19.0-unprivileged", api_key="other-key"))
     # Adding the second key, and changing the first, each change the pod template: the nodes restart one by one.
     assert len({digest(one), digest(two), digest(rotated)}) == 3
-    assert digest(one) == q.keys_digest("s3cr3t-key", None)
+    # Keyed with the stack's secret salt (a RandomPassword of the component): not a plain hash of the keys.
+    assert digest(one) == q.keys_digest("s3cr3t-key", None, "random-qdrant-digest-salt")
+    assert digest(one) != hashlib.sha256(b"s3cr3t-key\0").hexdigest()
     assert "n3xt-key" not in repr(two.named("qdrant-statefulset").inputs)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pulumi
 import pulumi_kubernetes as k8s
 import pytest
@@ -222,11 +225,13 @@ def test_production_service_resources_and_names() -> None:
         "rag-worker-netpol",
         "rag-servicemonitor",
         "rag-worker-podmonitor",
+        "rag-digest-salt",  # keys the Secret digest on the pod templates (not a Kubernetes object)
     }
     for res in program.resources:
         if res is not component:
             assert res.parent == component.urn
-            assert res.inputs["metadata"]["namespace"] == "rag"
+            if res.type.startswith("kubernetes:"):
+                assert res.inputs["metadata"]["namespace"] == "rag"
 
 
 def test_hpa_owns_replicas_and_worker_has_its_own() -> None:
@@ -281,6 +286,12 @@ def test_a_changed_secret_value_restarts_the_api_and_the_worker() -> None:
     assert "rotated-key" not in repr(
         run_service(prod_args(qdrant_api_key="rotated-key")).named("rag-api").inputs
     )
+    # Keyed with the component's secret salt: a plain SHA-256 of the values (brute-forceable for a key chosen by
+    # hand) is not what the pod template shows.
+    program = run_service(prod_args())
+    values = program.named("rag-secrets").inputs["stringData"]
+    assert before == {rs.secrets_digest(values, "random-rag-digest-salt")}
+    assert before != {hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()}
 
 
 def test_service_account_carries_identity_annotations() -> None:
