@@ -17,6 +17,7 @@ import pytest
 from infra import guards
 from infra.config import deep_merge
 from infra.offline import PlatformMocks, StackRun, run_stack
+from infra.workflows.errors import program_refusal
 from tests.infra.conftest import run, target_overrides
 
 CNPG_KEY = "rag:postgres.cloudnative.majorUpgrade.fromVersion"
@@ -224,9 +225,13 @@ def test_a_preview_shows_the_refusal(sent: list[str]) -> None:
     assert against("staging", deployed, {}, preview=True).urns == deployed.urns
 
 
-def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line() -> None:
-    # pulumi-language-python-exec logs str(e) of a pulumi.RunError, where any other exception gets a traceback.
+def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line_and_ragops_shows(sent: list[str]) -> None:
+    # pulumi-language-python-exec logs str(e) of a pulumi.RunError, where any other exception gets a traceback; the
+    # CLI prints it as `error: <message>`, and `ragops up` (whose own history check passed) shows that line alone.
     assert issubclass(guards.DeployedStateRefusal, pulumi.RunError)
+    message = refused("prod", run("prod"), {"postgres": {"version": "18"}}, sent)
+    output = f"Diagnostics:\n  pulumi:pulumi:Stack (rag-prod):\n    error: {message}\n"
+    assert program_refusal(output) == message
 
 
 class EngineError(grpc.RpcError):
