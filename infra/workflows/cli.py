@@ -246,6 +246,15 @@ def preview(
     console.print(f"preview of {stack}: {pending}", highlight=False)
 
 
+DropSecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--drop-secret",
+        help="A secret config key the stack's last update ran with that this update removes on purpose "
+        "(repeatable); without it such an update is refused.",
+    ),
+]
+
 ReindexTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -263,6 +272,7 @@ def up(
     policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """`pulumi up` a stack with the policy pack (CI runs this on dev for every push to main); an update that
     changes the embedding model or chunking is followed until the service's re-index has switched."""
@@ -286,6 +296,7 @@ def up(
                 policy_pack=POLICY_PACK if policy else None,
                 on_output=on_output,
                 on_event=on_event,
+                drop_secrets=drop_secret or (),
             )
         return changes, before
 
@@ -353,6 +364,7 @@ def promote(
     target: Annotated[str, typer.Option("--to", help="Target stack (staging or prod).")],
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
     model or chunking is followed until the target's re-index has switched."""
@@ -361,7 +373,14 @@ def promote(
     def action() -> promote_mod.Promotion:
         promote_mod.check_order(source, target)  # refuse before touching Pulumi
         with _progress(f"promote {source} -> {target}", quiet) as (on_output, on_event):
-            return promote_mod.promote(context, source, target, on_output=on_output, on_event=on_event)
+            return promote_mod.promote(
+                context,
+                source,
+                target,
+                on_output=on_output,
+                on_event=on_event,
+                drop_secrets=drop_secret or (),
+            )
 
     done = _run(action, roles={source: "the source of the promotion", target: "the target of the promotion"})
     console.print(
@@ -398,6 +417,7 @@ def rollback(
     ] = None,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """Run an earlier release of the stack again (default: the one before the current image) through `up` with
     the policy pack: API and worker together, recorded in the stack's promotion record. Refused before anything
@@ -414,6 +434,7 @@ def rollback(
                 database_schema=database_schema,
                 on_output=on_output,
                 on_event=on_event,
+                drop_secrets=drop_secret or (),
             )
 
     done = _run(action)
