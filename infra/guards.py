@@ -22,6 +22,8 @@ engine itself; pkg/resource/deploy/builtins.go):
   ("which may include ongoing updates", deploy.BackendClient). Its backend client ranges over `snap.Resources`
   without checking for a nil snapshot, which is what a stack with no deployment has on the DIY backend (a nil
   pointer in the engine, not an error), so it is read only once the stack outputs say an update completed.
+They go to the default provider of package `pulumi` (never denied by `pulumi:disable-default-providers`,
+default_providers.go), which the state lists once like a stack reference's; it touches nothing outside the state.
 Invokes run in previews too (a PR preview shows the refusal) and answer at once: the program calls them before the
 cluster and every other resource are registered, so a refused `up` sends nothing. During an update the snapshot
 read is the previous one, plus at most the root stack's "same" step, which keeps its outputs (SameStep.Apply).
@@ -36,7 +38,7 @@ made outside Pulumi (`kubectl scale`): `pulumi refresh` records it.
 
 What passes: a stack with no completed update (a first `up`, also after a failed first attempt), a mode change
 (cloudnative <-> managed: a new registry simply gets the major), the declared steps, and an upgrade already done
-whose declaration is still set. `pulumi destroy` does not run the program. If the state cannot be read, the
+whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
 program says so in a warning and goes on (`ragops` still checks).
 """
 
