@@ -319,16 +319,38 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def search_threads(configured: int = 0) -> int:
-    """Threads of a shard's search pool: ``configured`` (EDGE_SEARCH_THREADS), or 0 for the CPUs this process may
-    run on.
+# With EDGE_SEARCH_THREADS unset (0), a shard of fewer segments than this is searched on the calling thread, a
+# larger one by a pool of one thread per CPU (docs/benchmarks.md, "The search path's fixed cost at stop 16").
+POOL_MIN_SEGMENTS = 4
 
-    qdrant-edge-py 0.9.0 derives 8 on a 2-CPU machine; per-segment reads then contend for the cores with the
-    query embedding of concurrent searches. Measured there (docs/benchmarks.md, the search request path): one
-    pool thread per CPU cut the CPU per query from 1.72 to 1.10 ms (dense top-9 at 10k) and from 2.40 to 1.76 ms
-    (hybrid), with lower latency.
+
+def search_threads(configured: int = 0, segments: int | None = None) -> int:
+    """Threads of a shard's search pool: ``configured`` (EDGE_SEARCH_THREADS), or with 0 chosen by the shard's
+    ``segments`` (None: not known, a pool).
+
+    One thread: qdrant-edge runs the query on the calling thread, so a search makes no hand-off to a pool thread
+    and back (two wake-ups, spinning threads). That costs more than it buys while the segments are few: measured
+    on 2 CPUs, distinct queries over HTTP (docs/benchmarks.md, "The search path's fixed cost at stop 16"): one
+    segment (~300 points) 0.91x the p50 and 0.88x the CPU per search of a 2-thread pool, 2 segments (10k) 0.94x
+    and 0.85x; at 7 segments (100k) the pool's parallel per-segment reads win (one thread: 1.07x the p50, at 0.87x
+    the CPU). A pool has one thread per CPU this process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU
+    machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
+    (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
+    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in.
     """
-    return configured or max(1, len(os.sched_getaffinity(0)))
+    if configured:
+        return configured
+    if segments is not None and segments < POOL_MIN_SEGMENTS:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def shard_segments(path: Path) -> int:
+    """Segments of the shard at ``path`` as stored (before it is loaded; 0 for a new one)."""
+    try:
+        return sum(1 for entry in os.scandir(path / "segments") if entry.is_dir())
+    except OSError:
+        return 0
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -938,7 +960,7 @@ class EdgeVectorStore:
                 else None
             ),
             optimizers=self._optimizers_config(),
-            max_search_threads=search_threads(self._search_threads),
+            max_search_threads=search_threads(self._search_threads, segments=0),
         )
 
     def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
@@ -1415,7 +1437,7 @@ class EdgeVectorStore:
             qe.EdgeConfig(
                 vectors=self._dense_params(),
                 optimizers=self._optimizers_config(),
-                max_search_threads=search_threads(self._search_threads),
+                max_search_threads=search_threads(self._search_threads, shard_segments(self.path)),
             ),
         )
 
