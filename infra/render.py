@@ -755,6 +755,30 @@ def _collect_abandoned_loops() -> None:
     gc.collect()
 
 
+def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, dict[str, Any]] | None:
+    """Run the stack's program offline with `--set` overrides, for a command line (`make plan`, `make rbac`).
+
+    A config error, a malformed `--set` or a missing stack file is printed as one line on stderr (a `--set`
+    value is named as `--set`, not as the stack file) and gives None; the caller exits with 2.
+    """
+    overrides: dict[str, Any] = {}
+    try:
+        overrides = parse_overrides(set_pairs)
+        run = run_stack(stack, config_overrides=overrides)
+        environment_for(stack, overrides)  # reads the stack file: a missing one is reported here, not later
+    except ConfigError as error:
+        if overridden(error.key, overrides):  # the value came from the command line, not the stack file
+            error = ConfigError(error.key, "--set", error.problem)
+        print(f"config error: {error}", file=sys.stderr)
+        _collect_abandoned_loops()
+        return None
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        _collect_abandoned_loops()
+        return None
+    return run, overrides
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (reads Pulumi.<stack>.yaml)")
@@ -763,21 +787,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=JSON", help="override a config key"
     )
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    try:
-        overrides = parse_overrides(args.set)
-        run = run_stack(args.stack, config_overrides=overrides)
-        environment = environment_for(args.stack, overrides)
-    except ConfigError as error:
-        if overridden(error.key, overrides):  # the value came from the command line, not the stack file
-            error = ConfigError(error.key, "--set", error.problem)
-        print(f"config error: {error}", file=sys.stderr)
-        _collect_abandoned_loops()
+    loaded = load_run(args.stack, args.set)
+    if loaded is None:
         return 2
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        _collect_abandoned_loops()
-        return 2
+    run, overrides = loaded
+    environment = environment_for(args.stack, overrides)
     report = render_run(run, args.out, environment=environment)
     print_report(report, args.out)
     return 0 if report.ok else 1

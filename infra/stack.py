@@ -48,12 +48,12 @@ from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources, quantity_value
 from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
+from infra.guards import POSTGRES_NAME, QDRANT_NAME
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "rag"  # the RagService component's name: its pods' labels admit it to the data stores
 BACKUPS_NAME = "qdrant-backups"
-POSTGRES_NAME = "postgres"
 #: Where the CloudNativePG archives live in the backup bucket (Qdrant snapshots are under `qdrant/`).
 REGISTRY_BACKUP_PREFIX = "postgres"
 # The bucket name's scope part (region or project ID, projects are up to 30 characters) is cut beyond this.
@@ -921,7 +921,7 @@ def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict
         monitoring_crds = (monitoring.crds_ready,)
 
     qdrant = QdrantCluster(
-        "qdrant",
+        QDRANT_NAME,
         qdrant_args(
             config,
             cluster,

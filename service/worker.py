@@ -71,7 +71,7 @@ async def _default_services(settings: Settings) -> Any:
         vectors = RemoteVectorStore.from_settings(settings)
     # Same container as the API (migrates the registry, ensures the collection, loads the model).
     services = await to_thread.run_sync(
-        lambda: build_services(settings, vectors=vectors, start_reindex=False)
+        lambda: build_services(settings, vectors=vectors, start_reindex=False, queries=False)
     )
     if vectors is not None:
         services.closers.append(vectors.close)

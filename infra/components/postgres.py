@@ -141,6 +141,17 @@ DEFAULT_PG_IMAGE = PG_IMAGES["17"]
 # The operator reads the major from the tag's leading number (cloudnative-pg/machinery reference.New strips the
 # digest first); a pinned image also names its minor.
 _PINNED_PG_IMAGE = re.compile(r"^[^@]+:(?P<major>\d+)\.\d+[^/@:]*(@sha256:[0-9a-f]{64})?$")
+#: The Barman Cloud plugin's sidecar (`plugin-barman-cloud` container, a native sidecar of every instance pod, and
+#: of the recovery Job): without them it runs with no requests (the scheduler and the capacity checks see nothing,
+#: and in a quota'd namespace the LimitRange's 250m CPU limit would throttle the compression). It runs the plugin's
+#: Go manager and, per WAL segment and backup, the Python barman-cloud tools: up to `wal.maxParallel` (2) archivers
+#: at once and a base backup gzipping `data.jobs` (2) streams. An estimate, not measured: 100m / 256Mi requested,
+#: 1 CPU / 1Gi at most. The plugin reads them from the ObjectStore (plugin-barman-cloud v0.13.0
+#: internal/cnpgi/operator/lifecycle_resources.go); a change reaches the pods at the Cluster's next reconciliation,
+#: as a rolling restart (web/docs/usage.md: "could generate a rollout of the Cluster").
+BACKUP_SIDECAR_RESOURCES = Resources(
+    cpu_request="100m", memory_request="256Mi", cpu_limit="1", memory_limit="1Gi"
+)
 MODES = ("cloudnative", "rds", "cloudsql")
 BACKUP_CLOUDS = ("aws", "gcp")
 MAJOR_UPGRADE_ANNOTATION = "rag.dev/postgres-major-upgrade"
@@ -243,6 +254,9 @@ class PostgresDatabaseArgs:
     """What installs cert-manager (its release): the Barman Cloud plugin's chart creates an Issuer and the
     Certificates of the plugin's mTLS with the operator, so the plugin release waits for it."""
     barman_cloud_chart_version: str = BARMAN_CLOUD_CHART_VERSION
+    backup_sidecar_resources: Resources = field(default_factory=lambda: BACKUP_SIDECAR_RESOURCES)
+    """The Barman Cloud plugin's sidecar in each instance pod (and in a recovery's restore Job): `ObjectStore`
+    `spec.instanceSidecarConfiguration.resources`."""
     archive_name: str | None = None
     """barman-cloud server name the cluster archives under; None: the cluster name."""
     recovery_source: str | None = None
@@ -455,6 +469,7 @@ def _validate_backups(args: PostgresDatabaseArgs) -> None:
     require(
         args.archive_retention_days >= 1, "PostgresDatabaseArgs.archive_retention_days must be at least 1."
     )
+    args.backup_sidecar_resources.validate("PostgresDatabaseArgs.backup_sidecar_resources")
     for label, value in (("archive_name", args.archive_name), ("recovery_source", args.recovery_source)):
         require(
             value is None or bool(re.match(_ARCHIVE, value)),
@@ -609,12 +624,14 @@ def object_store_configuration(cloud: str, destination: pulumi.Input[str]) -> di
 
 
 def object_store_spec(args: PostgresDatabaseArgs, destination: pulumi.Input[str]) -> dict[str, Any]:
-    """`barmancloud.cnpg.io/v1` `ObjectStore`: where the archive is and how long it is kept (the plugin's sidecar
-    applies `retentionPolicy` to every server name under `destinationPath` that it archives)."""
+    """`barmancloud.cnpg.io/v1` `ObjectStore`: where the archive is, how long it is kept (the plugin's sidecar
+    applies `retentionPolicy` to every server name under `destinationPath` that it archives) and what the sidecar
+    requests (`BACKUP_SIDECAR_RESOURCES`)."""
     assert args.backup_cloud is not None
     return {
         "configuration": object_store_configuration(args.backup_cloud, destination),
         "retentionPolicy": f"{args.archive_retention_days}d",
+        "instanceSidecarConfiguration": {"resources": specs.resources_spec(args.backup_sidecar_resources)},
     }
 
 

@@ -17,6 +17,7 @@ Every mode outputs `url`, a secret `REDIS_URL` for RagService, and `egress_targe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -54,8 +55,9 @@ class RedisCacheArgs:
     image: str = DEFAULT_IMAGE
     storage_size: str = "2Gi"
     storage_class: str | None = None
-    maxmemory: str = "200mb"
-    """Valkey `maxmemory`; keep it below the memory limit. Keys with a TTL are evicted first (volatile-lru)."""
+    maxmemory: str | None = None
+    """Valkey `maxmemory` (Valkey units: `200mb`, `1gb`, or bytes), below the memory limit; None: half the
+    container's memory limit. Keys with a TTL are evicted first (volatile-lru)."""
     resources: Resources = field(
         default_factory=lambda: Resources(
             cpu_request="100m", memory_request="256Mi", cpu_limit="500m", memory_limit="384Mi"
@@ -81,6 +83,42 @@ class RedisCacheArgs:
     tier: Literal["BASIC", "STANDARD_HA"] = "STANDARD_HA"
 
 
+MAXMEMORY_SHARE = 0.5
+"""The default `maxmemory` as a share of the container's memory limit. The rest is for what Valkey uses beyond its
+dataset: the AOF rewrite's fork (copy-on-write pages of every key written while it runs), client output buffers
+and allocator fragmentation. A fixed 200mb (the earlier default) OOM-killed a container limited to 128Mi and left
+most of a 4Gi limit unused."""
+_VALKEY_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+
+
+def valkey_bytes(value: str) -> int:
+    """A Valkey memory size (`200mb`, `1gb`, `100m`, `1048576`; units as valkey.conf defines them) in bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", value)
+    unit = match.group(2).lower() if match else ""
+    require(
+        match is not None and unit in _VALKEY_UNITS,
+        f"RedisCacheArgs.maxmemory {value!r} is not a Valkey memory size (e.g. 200mb, 1gb, or bytes).",
+    )
+    return int(match.group(1)) * _VALKEY_UNITS[unit]  # type: ignore[union-attr]
+
+
+def maxmemory_bytes(args: RedisCacheArgs) -> int:
+    """The `--maxmemory` Valkey runs with: the explicit value, else MAXMEMORY_SHARE of the memory limit."""
+    limit = specs.quantity_value(args.resources.memory_limit)
+    if args.maxmemory is None:
+        return int(limit * MAXMEMORY_SHARE)
+    return valkey_bytes(args.maxmemory)
+
+
 def validate_args(args: RedisCacheArgs) -> None:
     """Raise ComponentArgsError with a full sentence when the args cannot produce a reachable Redis."""
     require(args.mode in MODES, f"RedisCacheArgs.mode {args.mode!r} must be one of {', '.join(MODES)}.")
@@ -93,6 +131,19 @@ def validate_args(args: RedisCacheArgs) -> None:
         )
     if args.mode == "incluster":
         specs.check_in_cluster_store("RedisCacheArgs", args)
+        limit = specs.quantity_value(args.resources.memory_limit)
+        maxmemory = maxmemory_bytes(args)
+        require(
+            maxmemory < limit,
+            f"RedisCacheArgs.maxmemory ({maxmemory} bytes) must be below the memory limit "
+            f"{args.resources.memory_limit}: Valkey needs room beyond its dataset (the AOF rewrite's fork, client "
+            "buffers), or the container is OOM-killed.",
+        )
+        require(
+            maxmemory >= 32 * 1024**2,
+            f"RedisCacheArgs: maxmemory {maxmemory} bytes (from the memory limit {args.resources.memory_limit}) is "
+            "under 32 MiB: too small for the cache and the job queue; raise the memory limit.",
+        )
     if args.mode == "elasticache":
         require(args.vpc_id is not None, "RedisCacheArgs.vpc_id is required in elasticache mode.")
         require(
@@ -140,7 +191,7 @@ def valkey_container(args: RedisCacheArgs, secret_name: str) -> dict[str, Any]:
             "--dir",
             "/data",
             "--maxmemory",
-            args.maxmemory,
+            str(maxmemory_bytes(args)),
             "--maxmemory-policy",
             "volatile-lru",
         ],

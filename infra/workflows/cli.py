@@ -35,6 +35,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from typer.core import TyperOption
 
 from infra.workflows import drift as drift_mod
 from infra.workflows import ephemeral as ephemeral_mod
@@ -58,6 +59,23 @@ from infra.workflows.stacks import (
     describe_counts,
     parse_rfc3339,
 )
+
+_display_type_rich = TyperOption.display_type_rich
+
+
+def _flag_type_rich(self: TyperOption, ctx: Any) -> str | None:
+    """The type column of the rich help: none for a flag, which takes no value.
+
+    typer 0.29.2 (click 8.5.1) labels every option with its annotation's type in the rich help, flags included,
+    so each ``--quiet``, ``--policy/--no-policy`` and ``--help`` read ``<bool>`` as if it took one; its plain
+    help, like click's own, prints no type for a flag. Value-taking options keep theirs (``<dir>``, ``<str>``).
+    """
+    if self.is_flag and self.metavar is None:
+        return None
+    return _display_type_rich(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_type_rich  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="ragops",
@@ -228,6 +246,15 @@ def preview(
     console.print(f"preview of {stack}: {pending}", highlight=False)
 
 
+DropSecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--drop-secret",
+        help="A secret config key the stack's last update ran with that this update removes on purpose "
+        "(repeatable); without it such an update is refused.",
+    ),
+]
+
 ReindexTimeoutOpt = Annotated[
     float,
     typer.Option(
@@ -245,6 +272,7 @@ def up(
     policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """`pulumi up` a stack with the policy pack (CI runs this on dev for every push to main); an update that
     changes the embedding model or chunking is followed until the service's re-index has switched."""
@@ -268,6 +296,7 @@ def up(
                 policy_pack=POLICY_PACK if policy else None,
                 on_output=on_output,
                 on_event=on_event,
+                drop_secrets=drop_secret or (),
             )
         return changes, before
 
@@ -335,6 +364,7 @@ def promote(
     target: Annotated[str, typer.Option("--to", help="Target stack (staging or prod).")],
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
     model or chunking is followed until the target's re-index has switched."""
@@ -343,7 +373,14 @@ def promote(
     def action() -> promote_mod.Promotion:
         promote_mod.check_order(source, target)  # refuse before touching Pulumi
         with _progress(f"promote {source} -> {target}", quiet) as (on_output, on_event):
-            return promote_mod.promote(context, source, target, on_output=on_output, on_event=on_event)
+            return promote_mod.promote(
+                context,
+                source,
+                target,
+                on_output=on_output,
+                on_event=on_event,
+                drop_secrets=drop_secret or (),
+            )
 
     done = _run(action, roles={source: "the source of the promotion", target: "the target of the promotion"})
     console.print(
@@ -380,6 +417,7 @@ def rollback(
     ] = None,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
     """Run an earlier release of the stack again (default: the one before the current image) through `up` with
     the policy pack: API and worker together, recorded in the stack's promotion record. Refused before anything
@@ -396,6 +434,7 @@ def rollback(
                 database_schema=database_schema,
                 on_output=on_output,
                 on_event=on_event,
+                drop_secrets=drop_secret or (),
             )
 
     done = _run(action)
@@ -614,6 +653,8 @@ def status(ctx: typer.Context, stack: StackOpt) -> None:
         with reach.client_for(info) as client:
             readiness = reach.check_ready(client)
         note = " [self-signed certificate, not verified]" if info.unverified_https else ""
+        if info.staging_https:
+            note = " [verified against Let's Encrypt's staging roots]"
         if not readiness.reachable:
             note += reach.loopback_note(info.url)
         typer.echo(f"readyz:    {readiness.describe()}{note}")

@@ -11,6 +11,7 @@ refusing (``rag:image ... missing``) or, worse, the settings reverting to what t
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from pulumi.automation import ConfigMap, Workspace
@@ -27,6 +28,7 @@ from infra.workflows.promote import (
 from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.reindex import EMBEDDING_KEY
 from infra.workflows.scaling import check_scale_down
+from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     POLICY_PACK,
     PROJECT,
@@ -190,11 +192,14 @@ def deploy(
     policy_pack: str | None = POLICY_PACK,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> dict[str, int]:
-    """Update the stack and return the change counts of the update."""
+    """Update the stack and return the change counts of the update (refused when it would drop a secret key the
+    last update ran with, unless ``drop_secrets`` names it: ``infra.workflows.secrets``)."""
     ws = ctx.workspace()
     st = select(ws, stack)
     keep_promoted(ws, stack)
+    check_secrets_kept(ws, stack, drop_secrets)
     check_image_copy(ctx, stack, ws)
     check_registry_tools_here(ctx, stack, ws)
     check_scale_down(ws, stack)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from infra.workflows import reindex as reindex_mod
 from infra.workflows.preview import run_preview
 from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
+from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     POLICY_PACK,
     PROJECT,
@@ -232,6 +233,7 @@ def promote(
     *,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> Promotion:
     """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it."""
     check_order(source, target)
@@ -295,6 +297,7 @@ def promote(
             "extraModels": [m for m in models if m != model],
         }
         copied[reindex_mod.EMBEDDING_KEY] = values[reindex_mod.EMBEDDING_KEY]
+    check_secrets_kept(ws, target, drop_secrets)  # before anything is written to the target
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
     check_major_upgrade(ws, target)
@@ -474,6 +477,7 @@ def rollback(
     policy_pack: str | None = POLICY_PACK,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> Rollback:
     """``ragops rollback --stack S [--to-update N | --digest D]``: run an earlier release again, through ``up``.
 
@@ -541,6 +545,7 @@ def rollback(
     values[SERVICE_KEY], _ = merge_promotable(
         _service_object(ws, stack, recorded), _service_object(ws, stack)
     )
+    check_secrets_kept(ws, stack, drop_secrets)
     set_config_values(ws, stack, values)
     check_scale_down(ws, stack)
     check_major_upgrade(ws, stack)

@@ -4,7 +4,10 @@ Both read the stack's outputs from the backend (``pulumi stack output --json --s
 ``imageDigest``, ``promotion``, ``ephemeral``, the secret ``apiKeys`` and ``tlsIssuer`` (``ragops reindex`` also
 the secret ``adminApiKey`` and ``embedding``). A stack whose certificate
 comes from the self-signed issuer (dev, PR stacks) cannot be verified against public CAs: its HTTPS is used without
-verification, and the output says so. Every other issuer is verified.
+verification, and the output says so. Every other issuer is verified: ``letsencrypt-staging`` (staging) against
+Let's Encrypt's staging roots, bundled in ``letsencrypt-staging-roots.pem`` (they are in no public trust store, so
+verifying against the public CAs would fail every staging check, and turning verification off would accept any
+certificate), everything else against the public CAs (certifi).
 
 ``smoke`` is the check the workflows run after every ``up``: ``/readyz`` through the public URL (retried while the
 rollout and the certificate settle, up to ``wait`` seconds), then one document ingested with the stack's API key, a
@@ -14,10 +17,12 @@ search that must return it, and the document deleted again, so repeated smoke ru
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +31,24 @@ from infra.workflows.ephemeral import is_loopback_name
 from infra.workflows.stacks import Context, WorkflowError, _as_object
 
 READYZ_TIMEOUT_SECONDS = 5.0
+#: Let's Encrypt's staging roots (the file says where they come from and pins their fingerprints).
+LETSENCRYPT_STAGING_ROOTS = Path(__file__).with_name("letsencrypt-staging-roots.pem")
+STAGING_ISSUER = "letsencrypt-staging"
+
+
+def tls_verify(issuer: str | None) -> ssl.SSLContext | bool:
+    """How to verify the HTTPS of a stack whose certificate comes from ``issuer`` (the ``tlsIssuer`` output).
+
+    False for the self-signed issuer (nothing to verify against); an SSL context trusting only Let's Encrypt's
+    staging roots for ``letsencrypt-staging``; True (httpx: the public CAs of certifi) for any other issuer.
+    """
+    if issuer == "selfSigned":
+        return False
+    if issuer == STAGING_ISSUER:
+        return ssl.create_default_context(cafile=str(LETSENCRYPT_STAGING_ROOTS))
+    return True
+
+
 SMOKE_QUERY = "ragops smoke check: the zebra crossing at the lighthouse"
 
 
@@ -46,14 +69,19 @@ class StackInfo:
     """The index config the stack deploys: {model, chunkSize, chunkOverlap, imageModels}."""
 
     @property
-    def verify_tls(self) -> bool:
-        """Whether the URL's certificate can be checked against the public CAs."""
-        return self.tls_issuer != "selfSigned"
+    def verify_tls(self) -> ssl.SSLContext | bool:
+        """How the URL's certificate is checked (httpx's ``verify``): see :func:`tls_verify`."""
+        return tls_verify(self.tls_issuer)
 
     @property
     def unverified_https(self) -> bool:
         """An https URL whose certificate is not verified (the self-signed issuer)."""
-        return bool(self.url and self.url.startswith("https://") and not self.verify_tls)
+        return bool(self.url and self.url.startswith("https://") and self.tls_issuer == "selfSigned")
+
+    @property
+    def staging_https(self) -> bool:
+        """An https URL verified against Let's Encrypt's staging roots instead of the public CAs."""
+        return bool(self.url and self.url.startswith("https://") and self.tls_issuer == STAGING_ISSUER)
 
 
 @dataclass(frozen=True)
@@ -105,7 +133,7 @@ def read_info(ctx: Context, stack: str) -> StackInfo:
 
 
 def client_for(info: StackInfo, transport: httpx.BaseTransport | None = None) -> httpx.Client:
-    """An HTTP client for the stack's URL (no certificate verification for a self-signed issuer)."""
+    """An HTTP client for the stack's URL, verifying its certificate as :func:`tls_verify` says."""
     if not info.url:
         raise WorkflowError(
             f"Stack {info.stack!r} has no serviceUrl output: has it been deployed (`ragops up`)?"

@@ -22,6 +22,7 @@ its last catch-up), and failed only when a replica reports a failure while the p
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ class Endpoint:
 
     url: str
     key: str | None
-    verify: bool = True
+    verify: ssl.SSLContext | bool = True
     label: str = ""
 
     def client(self, transport: httpx.BaseTransport | None = None) -> httpx.Client:

@@ -6,12 +6,11 @@ lost; with 2 and more the collections run under-replicated. The procedure (docs/
 moves the shards off those peers and removes them from the consensus through Qdrant's cluster API first, then sets
 `rag:qdrant.scaleDownTo` to the new count to say so.
 
-How the guard knows the current count: the program cannot (a `pulumi preview` sees only the new config, and
-reading the live StatefulSet needs a cluster the offline plan does not have). The backend can: every update
-records the config it ran with in the stack's history, failed updates included. The deployed count is the largest
+How ragops knows the current count before Pulumi runs: every update records the config it ran with in the stack's history, failed updates included. The deployed count is the largest
 `rag:qdrant.replicas` of the updates since (and including) the newest one that succeeded: a failed update may have
 scaled the StatefulSet before it failed. `ragops preview`, `up`, `promote` and `rollback` run this check before
-they call Pulumi; a bare `pulumi up` does not (use ragops for Qdrant stacks).
+they call Pulumi. The decision and its message are `infra.guards.scale_down_refusal`, which the program also makes
+from the StatefulSet in the stack's state, so a bare `pulumi up`/`preview` refuses the same scale-down.
 """
 
 from __future__ import annotations
@@ -24,10 +23,12 @@ from pulumi.automation import Stack, Workspace
 from pulumi.automation.errors import StackNotFoundError
 
 from infra.config import declared_defaults
-from infra.workflows.stacks import PROJECT, WorkflowError
+from infra.guards import QDRANT_KEY, scale_down_refusal
+from infra.guards import SCALE_DOWN_RUNBOOK as RUNBOOK
+from infra.workflows.stacks import WorkflowError
 
-QDRANT_KEY = f"{PROJECT}:qdrant"
-RUNBOOK = "docs/runbooks.md#scale-qdrant-down"
+__all__ = ["QDRANT_KEY", "RUNBOOK", "ScaleDownRefused", "check_scale_down", "deployed_replicas", "scale_of"]
+
 #: How many updates back the history is read (each page is one `pulumi stack history` call).
 HISTORY_DEPTH = 20
 
@@ -86,16 +87,6 @@ def check_scale_down(ws: Workspace, stack: str) -> None:
     config = ws.get_all_config(stack)
     value = config.get(QDRANT_KEY)
     planned = scale_of(value.value if value is not None else None)
-    deployed = deployed_replicas(ws, stack)
-    if deployed is None or planned.replicas >= deployed:
-        return
-    if planned.scale_down_to == planned.replicas:
-        return
-    removed = ", ".join(f"qdrant-{i}" for i in range(planned.replicas, deployed))
-    raise ScaleDownRefused(
-        f"Refusing to scale Qdrant on stack {stack!r} from {deployed} to {planned.replicas} replicas: Kubernetes "
-        f"removes the highest pods ({removed}), and the shards only they hold would be lost, their peers left "
-        f"dead in the cluster. First move their shards to the remaining nodes and remove their peers "
-        f"({RUNBOOK}), then acknowledge it with `pulumi config set --path {QDRANT_KEY}.scaleDownTo "
-        f"{planned.replicas} -s {stack}`."
-    )
+    problem = scale_down_refusal(stack, deployed_replicas(ws, stack), planned.replicas, planned.scale_down_to)
+    if problem is not None:
+        raise ScaleDownRefused(problem)

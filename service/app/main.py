@@ -111,6 +111,7 @@ def build_services(
     vectors: VectorStore | None = None,
     registry: DocumentRegistry | None = None,
     start_reindex: bool = True,
+    queries: bool = True,
 ) -> Services:
     """Build (or take) the adapters, prepare the backends, and wire the domain services.
 
@@ -118,6 +119,8 @@ def build_services(
     failed load raises here, as an inline one would.
     ``start_reindex``: whether a config that differs from the served index starts a re-index here (the API);
     workers pass False and follow the index pointer instead.
+    ``queries``: whether this process serves searches; an ingestion worker passes False, so the embedder does not
+    build its int8 query session (~80 MB) at start-up (service.app.store.embedder).
     """
     closers: list[Callable[[], Any]] = []
     if embedder is None:
@@ -126,7 +129,9 @@ def build_services(
         from service.app.store.embedder import FastEmbedEmbedder
 
         # The model loads while the registry migrates (ONNX Runtime builds its session without the GIL).
-        embedder = start_in_thread(lambda: FastEmbedEmbedder.from_settings(settings), name="model-load")
+        embedder = start_in_thread(
+            lambda: FastEmbedEmbedder.from_settings(settings, queries=queries), name="model-load"
+        )
     try:
         if registry is None:
             registry = DocumentRegistry.from_settings(settings)

@@ -283,6 +283,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("staging", {"service": {"pdb": {"minAvailable": 2}}}, "service.pdb.minAvailable", "drains would block"),
     ("dev", {"postgres": {"mode": "managed"}}, "postgres.mode", "managed needs a cloud cluster"),
     ("dev", {"redis": {"mode": "managed"}}, "redis.mode", "managed needs a cloud cluster"),
+    (
+        "dev",
+        {"redis": {"incluster": {"resources": {"limits": {"memory": "48Mi"}}}}},
+        "redis.incluster.resources.limits.memory",
+        "under 64Mi",
+    ),
     ("staging", {"cluster": {"provider": "eks"}}, "gateway.className", "GKE-managed Gateway class"),
     ("staging", {"tls": {"email": ""}}, "tls.email", "ACME e-mail"),
     # Private prod: `auto` makes the load balancer internal, which Let's Encrypt's HTTP-01 cannot reach.

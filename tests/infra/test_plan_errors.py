@@ -79,3 +79,27 @@ def test_a_value_from_the_command_line_is_blamed_on_it(
 )
 def test_which_keys_came_from_the_command_line(key: str, overrides: dict | None, expected: bool) -> None:
     assert offline.overridden(key, overrides) is expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--stack", "nope"], "error: [Errno 2] No such file or directory: '{root}/Pulumi.nope.yaml'"),
+        (
+            ["--stack", "dev", "--set", 'qdrant.replicas="x"'],
+            'config error: rag:qdrant.replicas in --set: expected an integer, got a string ("x")',
+        ),
+        (
+            ["--stack", "dev", "--set", "qdrant.replicas"],
+            "error: --set expects KEY=VALUE, got 'qdrant.replicas'",
+        ),
+    ],
+    ids=["missing-stack-file", "wrong-type-in-set", "malformed-set"],
+)
+def test_make_rbac_reports_errors_as_make_plan_does(args: list[str], expected: str) -> None:
+    # EYES6 G9: `python -m infra.rbac` printed a 20-line traceback (and exited 1) where `make plan` prints one line.
+    command = [sys.executable, "-m", "infra.rbac", *args]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [expected.format(root=REPO_ROOT)]
+    assert result.stdout == ""

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient, models
 
+from service.app.core.config import Settings
 from service.app.core.errors import ServiceUnavailable
 from service.app.store import edge as edge_module
 from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked, unindexed_points
@@ -1074,16 +1075,46 @@ def test_settings_refuse_a_live_segment_cap_above_the_consolidation_cap(tmp_path
         store.close()
 
 
-def test_the_search_pool_has_one_thread_per_cpu_on_new_and_existing_shards(tmp_path: Path) -> None:
-    # The engine's own default was 8 threads on 2 CPUs, contending with the query embedding for the cores.
+def test_the_search_pool_follows_the_segments_on_new_and_existing_shards(tmp_path: Path) -> None:
+    # EDGE_SEARCH_THREADS unset: a shard of few segments is searched on the calling thread (no hand-off to a pool
+    # and back), a larger one by one pool thread per CPU (the engine's own default was 8 threads on 2 CPUs,
+    # contending with the query embedding for the cores).
     import json
 
     import qdrant_edge as qe
 
     cpus = len(os.sched_getaffinity(0))
     path = tmp_path / "edge" / "c"
-    store = EdgeVectorStore(path, collection="c", dimension=DIM, optimize_idle_seconds=None)
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=DIM,
+        optimize_idle_seconds=None,
+        optimize_chunk_points=64,
+        segment_points=64,
+    )
     store.ensure_collection()
+    try:
+        # new: no segments yet
+        assert json.loads((path / "edge_config.json").read_text())["max_search_threads"] == 1
+        rng = np.random.default_rng(5)
+        for index in range(8):
+            store.upsert(unit_points(rng, f"doc-{index}", 64, DIM))
+            store.optimize()
+        segments = store.shard.info().segments_count
+        assert segments >= edge_module.POOL_MIN_SEGMENTS
+    finally:
+        store.close()
+    assert edge_module.shard_segments(path) == segments
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=DIM,
+        optimize_idle_seconds=None,
+        optimize_chunk_points=64,
+        segment_points=64,
+    )
+    store.ensure_collection()  # opened again with its segments: a pool
     store.close()
     assert json.loads((path / "edge_config.json").read_text())["max_search_threads"] == cpus
 
@@ -1094,7 +1125,56 @@ def test_the_search_pool_has_one_thread_per_cpu_on_new_and_existing_shards(tmp_p
     store = EdgeVectorStore(other, collection="d", dimension=DIM, optimize_idle_seconds=None)
     store.ensure_collection()
     store.close()
-    assert json.loads((other / "edge_config.json").read_text())["max_search_threads"] == cpus
+    assert json.loads((other / "edge_config.json").read_text())["max_search_threads"] == 1
+
+
+def test_search_threads_choice() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    assert edge_module.search_threads(3, segments=1) == 3  # EDGE_SEARCH_THREADS wins
+    assert edge_module.search_threads(0, segments=0) == 1
+    assert edge_module.search_threads(0, segments=edge_module.POOL_MIN_SEGMENTS - 1) == 1
+    assert edge_module.search_threads(0, segments=edge_module.POOL_MIN_SEGMENTS) == cpus
+    assert edge_module.search_threads(0) == cpus
+
+
+def _search_pool_cpu_ns() -> int:
+    """CPU time so far of every qdrant-edge search-pool thread in this process (/proc: exact, in ns)."""
+    total = 0
+    for task in os.scandir(f"/proc/{os.getpid()}/task"):
+        try:
+            if Path(task.path, "comm").read_text().startswith("edge-search"):
+                total += int(Path(task.path, "schedstat").read_text().split()[0])
+        except OSError:  # a thread that exited meanwhile
+            continue
+    return total
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_edge_search_threads_sizes_the_search_pool_and_one_runs_queries_on_the_calling_thread(
+    tmp_path: Path, threads: int
+) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", edge_search_threads=threads)
+    store = EdgeVectorStore.from_settings(settings, model_name="m", dimension=DIM)
+    store.ensure_collection()
+    try:
+        rng = np.random.default_rng(3)
+        store.upsert([*unit_points(rng, "a", 200, DIM), *unit_points(rng, "b", 200, DIM)])
+        assert json.loads((store.path / "edge_config.json").read_text())["max_search_threads"] == threads
+        queries = [point.vector for point in unit_points(rng, "q", 50, DIM)]
+        before = _search_pool_cpu_ns()
+        for vector in queries:
+            assert len(store.search("t", vector, limit=3)) == 3
+        pool = _search_pool_cpu_ns() - before
+        # One thread: the engine runs the query on the caller (no hand-off to a pool thread and back);
+        # more: the pool's threads do the segment reads.
+        assert (pool == 0) == (threads == 1)
+    finally:
+        store.close()
+    # A sibling (a re-index's new collection) keeps the setting.
+    other = store.sibling("other", DIM)
+    other.ensure_collection()
+    other.close()
+    assert json.loads((other.path / "edge_config.json").read_text())["max_search_threads"] == threads
 
 
 def unit_points(rng: np.random.Generator, document_id: str, count: int, dim: int, tenant: str = "t") -> list:

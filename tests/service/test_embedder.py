@@ -664,3 +664,61 @@ def test_concurrent_int8_queries_each_run_alone_and_match_their_lone_vectors(
         together = list(pool.map(int8_embedder.embed_query, texts * 3))
     assert together == alone * 3  # bit for bit: no batch-mate moves a vector
     assert coalescer.calls - calls == coalescer.runs - runs == 18  # one text per run, however many wait
+
+
+def test_a_documents_only_embedder_builds_its_int8_session_on_the_first_query(
+    model_dir: Path, int8_embedder: FastEmbedEmbedder, embedder: FastEmbedEmbedder, tmp_path: Path
+) -> None:
+    settings = Settings(
+        embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_query_precision="int8"
+    )
+    worker = FastEmbedEmbedder.from_settings(settings, queries=False)
+    assert not worker.query_session_loaded
+    assert int8_embedder.query_session_loaded  # a process serving searches builds it at start-up
+    texts = ["a document about file ownership", "another one, about modes"]
+    assert worker.embed_documents(texts) == embedder.embed_documents(texts)
+    assert not worker.query_session_loaded  # documents never need it
+
+    # A query that does reach it gets the session then, and the same vector a serving process computes.
+    assert worker.query_graph == int8_embedder.query_graph
+    text = "change a file's owner"
+    with ThreadPoolExecutor(4) as pool:  # concurrent first queries build one session
+        vectors = list(pool.map(worker.embed_query, [text] * 4))
+    assert worker.query_session_loaded
+    assert vectors == [int8_embedder.embed_query(text)] * 4
+    assert worker.session_options == int8_embedder.session_options
+
+
+def test_a_documents_only_embedder_still_refuses_a_missing_int8_graph(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    partial = tmp_path / "model"
+    partial.mkdir()
+    for name in model_dir.iterdir():
+        if name.is_file() and name.name != "model_query_int8.onnx":
+            (partial / name.name).symlink_to(name)
+    with pytest.raises(EmbeddingModelError, match=r"model_query_int8\.onnx.*make model"):
+        FastEmbedEmbedder(
+            MODEL, model_path=partial, cache_dir=tmp_path / "cache", query_precision="int8", queries=False
+        )
+
+
+def test_the_ingestion_worker_does_not_build_the_int8_query_session(model_dir: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from service import worker
+
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        embedding_model_path=model_dir,
+        embedding_cache_dir=tmp_path / "cache",
+        embedding_query_precision="int8",
+    )
+    services = asyncio.run(worker._default_services(settings))
+    try:
+        assert isinstance(services.embedder, FastEmbedEmbedder)
+        assert services.embedder.query_precision == "int8"
+        assert not services.embedder.query_session_loaded
+    finally:
+        services.close()

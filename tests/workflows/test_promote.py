@@ -106,6 +106,9 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         # must be able to run on it).
         ["stack", "history", "--json", "--stack", "staging"],
         ["config", "--show-secrets", "--json", "--stack", "staging"],
+        # The secrets guard: the secret keys of the target's latest updates (names only, no secrets shown).
+        ["stack", "select", "--stack", "staging"],
+        ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
         *scale_guard("staging"),
         [

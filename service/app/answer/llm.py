@@ -20,6 +20,12 @@ Failure handling, outermost first:
   checked here, not by the package's lenient model construction (which yields a ``str`` for an HTML page, and
   raw ``JSONDecodeError``/``AttributeError`` for the rest), and only structure is checked, so providers that
   omit optional fields (``created``, ``usage``, ``finish_reason``) still work.
+- not HTTP at all: a reply the HTTP parser refuses (an illegal status line, a bad ``Content-Length`` or header:
+  LLM_BASE_URL pointing at a port that speaks another protocol, or a broken proxy) is ``protocol``, named by
+  what the parser refused (never the bytes, which may echo our request). It used to be ``connection``, which
+  sends the operator to the network and the provider's status page instead of the URL. A server that accepts
+  the connection and closes it without a byte stays ``connection`` (nothing tells the two apart). A failure of
+  the call that is none of these (a defect here, not the provider) is ``internal``.
 
 Metrics: latency (`rag_llm_request_duration_seconds`, time to first token), calls by outcome, errors by cause,
 tokens in/out. The API key is only ever handed to the client object; it is never logged or put in an error.
@@ -38,6 +44,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import h11
 import httpx2
 import openai
 from purgatory import AsyncCircuitBreakerFactory
@@ -215,6 +222,25 @@ def _is_client_error(exc: BaseException) -> bool:
     return isinstance(exc, openai.APIStatusError) and exc.status_code < 500 and exc.status_code != 429
 
 
+def not_http(exc: BaseException) -> str | None:
+    """What the HTTP parser (h11, under httpcore) refused in the server's reply, when that is why the call failed:
+    its message up to the first colon (``illegal status line``, ``bad Content-Length``), so none of the reply's
+    bytes. None for anything else, a peer that closed the connection included."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain openai -> httpx -> httpcore -> h11 is four deep
+        if seen is None:
+            return None
+        if isinstance(seen, h11.RemoteProtocolError):
+            text = str(seen)
+            if "closed connection" in text or "peer state" in text:
+                return None
+            return (
+                re.sub(r"[^A-Za-z -]", "", text.split(":", 1)[0]).strip()[:60] or "a reply that is not HTTP"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def classify(exc: BaseException) -> str:
     """The `cause` label of a failed call."""
     if isinstance(exc, BadResponse):
@@ -224,7 +250,7 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
-        return "connection"
+        return "protocol" if not_http(exc) else "connection"
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited"
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
@@ -235,7 +261,7 @@ def classify(exc: BaseException) -> str:
         return "bad_response"
     if isinstance(exc, openai.APIError):
         return "server_error"  # an error event inside a 200 stream: the provider failed mid-answer
-    return "protocol"
+    return "internal"
 
 
 class LlmClient:
@@ -288,6 +314,11 @@ class LlmClient:
         elif isinstance(exc, BadResponse):
             message = f"the LLM at {self.endpoint} answered {exc.status} with a body that is not a chat completion: "
             message += exc.detail
+        elif cause == "protocol":
+            message = (
+                f"the server at {self.endpoint} did not answer in HTTP ({not_http(exc)}): check that "
+                "LLM_BASE_URL is the OpenAI-compatible endpoint, with its scheme and port"
+            )
         elif isinstance(exc, openai.APIError) and not isinstance(exc, openai.APIConnectionError):
             message = f"the LLM at {self.endpoint} reported an error in its reply ({cause})"
         else:

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         "keepalives); without it a lost host parked each call for the kernel's ~15 minutes",
     )
 
+    write_durability: Literal["power_loss", "process_crash"] = Field(
+        "power_loss",
+        description="what an acknowledged write survives on the embedded stores: power_loss (the edge store's WAL "
+        "and the SQLite registry's WAL are fsynced before the 2xx) or process_crash (no fsync per write: a power "
+        "cut or kernel crash can lose the last writes, a process crash cannot)",
+    )
+
     # --- vector store (Qdrant) -------------------------------------------------------------------------
     qdrant_url: str | None = Field(None, description="http(s)://host:6333 ; unset: the embedded VECTOR_STORE")
     vector_store: Literal["edge", "local"] = Field(
@@ -82,6 +89,12 @@ class Settings(BaseSettings):
         10240, ge=64, description="largest segment a merge or vacuum may build (bounds each index build)"
     )
     edge_indexing_threads: int = Field(0, ge=0, le=64, description="HNSW build threads; 0: one per CPU")
+    edge_search_threads: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="threads of the shard's search pool; 1: on the calling thread; 0: 1 below 4 segments, else per CPU",
+    )
     edge_consolidate_idle_seconds: float = Field(
         30.0,
         ge=0,

@@ -129,7 +129,7 @@ LLM_REQUESTS = Counter(
 LLM_ERRORS = Counter(
     "rag_llm_errors_total", "Failed Chat Completions calls, by cause.", ["cause"]
 )  # timeout | rate_limited | server_error | connection | circuit_open | auth | bad_request | bad_response
-# | empty_response | protocol
+# | empty_response | protocol | internal
 LLM_SECONDS = Histogram(
     "rag_llm_request_duration_seconds",
     "Chat Completions call time, start to last token (retries included).",
@@ -161,6 +161,7 @@ for _cause in (
     "bad_response",
     "empty_response",
     "protocol",
+    "internal",
 ):
     LLM_ERRORS.labels(cause=_cause)
 for _direction in ("input", "output"):

@@ -23,10 +23,17 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   consolidation's child process instead (see Consolidation).
 - Same point ids and payload as server mode (uuid5 of tenant/document/version/chunk), so versioned writes,
   idempotent retries and the registry-decides-visibility protocol of service.app.ingest.service are unchanged.
-- Durability: every update goes through the shard's write-ahead log before it is applied; a process killed
-  mid-write reopens with every acknowledged write (tests/service/test_edge_store.py kills one with SIGKILL).
-  The WAL is memory-mapped and not fsynced per write (like the server's default): a power loss can lose the
-  last writes, a process crash cannot.
+- Durability: every update goes through the shard's write-ahead log before it is applied, and the shard
+  replays it when it is loaded; a process killed mid-write reopens with every acknowledged write
+  (tests/service/test_edge_store.py kills one with SIGKILL). The engine memory-maps its WAL and does not sync it
+  per update (``SerdeWal::write``: "does not guarantee durability"); a power loss could then lose the last
+  writes. So with ``WRITE_DURABILITY=power_loss`` (the default) an upsert returns only after the WAL's files
+  (and its directory) are fsynced, which is what a Qdrant server does for a ``wait=true`` update (it flushes
+  its WAL before applying it, and flushes segments every few seconds). Not ``EdgeShard.flush()``, the only
+  sync the binding exposes: it also syncs every segment (55 fsync/msync calls for a one-segment shard,
+  12-185 ms on the benchmark machine's disk against 0.5-2 ms for the WAL's files; benchmarks.md
+  "Write durability"); it stays the fallback when the WAL's files are not where this version keeps them.
+  ``process_crash`` skips the fsync.
 - Indexing: new points land in an appendable, unindexed segment; a background thread runs the shard's
   optimizers (HNSW build, merges, vacuum of deleted points). qdrant-edge-py 0.9.0 holds the GIL for the whole
   of ``optimize()`` (measured, docs/benchmarks.md): the process answers nothing else, event loop included,
@@ -118,6 +125,8 @@ logger = logging.getLogger(__name__)
 
 DENSE_VECTOR = edge_ops.DENSE_VECTOR
 UPSERT_BATCH = 256
+# The shard's write-ahead log directory (qdrant-edge's WAL_PATH) and its open segments' prefix (the wal crate).
+WAL_DIRECTORY = "wal"
 SCROLL_PAGE = 4096
 # Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
 # (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
@@ -297,19 +306,51 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names created or renamed in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def search_threads() -> int:
-    """Threads of a shard's search pool: the CPUs this process may run on.
+# With EDGE_SEARCH_THREADS unset (0), a shard of fewer segments than this is searched on the calling thread, a
+# larger one by a pool of one thread per CPU (docs/benchmarks.md, "The search path's fixed cost at stop 16").
+POOL_MIN_SEGMENTS = 4
 
-    qdrant-edge-py 0.9.0 derives 8 on a 2-CPU machine; per-segment reads then contend for the cores with the
-    query embedding of concurrent searches. Measured there (docs/benchmarks.md, the search request path): one
-    pool thread per CPU cut the CPU per query from 1.72 to 1.10 ms (dense top-9 at 10k) and from 2.40 to 1.76 ms
-    (hybrid), with lower latency.
+
+def search_threads(configured: int = 0, segments: int | None = None) -> int:
+    """Threads of a shard's search pool: ``configured`` (EDGE_SEARCH_THREADS), or with 0 chosen by the shard's
+    ``segments`` (None: not known, a pool).
+
+    One thread: qdrant-edge runs the query on the calling thread, so a search makes no hand-off to a pool thread
+    and back (two wake-ups, spinning threads). That costs more than it buys while the segments are few: measured
+    on 2 CPUs, distinct queries over HTTP (docs/benchmarks.md, "The search path's fixed cost at stop 16"): one
+    segment (~300 points) 0.91x the p50 and 0.88x the CPU per search of a 2-thread pool, 2 segments (10k) 0.94x
+    and 0.85x; at 7 segments (100k) the pool's parallel per-segment reads win (one thread: 1.07x the p50, at 0.87x
+    the CPU). A pool has one thread per CPU this process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU
+    machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
+    (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
+    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in.
     """
+    if configured:
+        return configured
+    if segments is not None and segments < POOL_MIN_SEGMENTS:
+        return 1
     return max(1, len(os.sched_getaffinity(0)))
+
+
+def shard_segments(path: Path) -> int:
+    """Segments of the shard at ``path`` as stored (before it is loaded; 0 for a new one)."""
+    try:
+        return sum(1 for entry in os.scandir(path / "segments") if entry.is_dir())
+    except OSError:
+        return 0
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -769,11 +810,13 @@ class EdgeVectorStore:
         optimize_chunk_points: int = OPTIMIZE_CHUNK_POINTS,
         segment_points: int = SEGMENT_POINTS,
         indexing_threads: int = 0,
+        search_threads: int = 0,
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
         quantization: bool = False,
         metadata_index_max_keys: int = METADATA_INDEX_MAX_KEYS,
         min_free_bytes: int = 0,
+        sync_writes: bool = True,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -786,11 +829,14 @@ class EdgeVectorStore:
         # engine writes its segments through memory maps, and a page it cannot back on a full filesystem is a
         # SIGBUS that kills the process with no log line (seen on a full tmpfs), not an ENOSPC it could answer.
         self.min_free_bytes = min_free_bytes
+        # WRITE_DURABILITY=power_loss: an upsert returns once its WAL records are on disk (see `sync`).
+        self.sync_writes = sync_writes
         self._segment_points = segment_points
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
         self._optimize_chunk = optimize_chunk_points
         self._indexing_threads = indexing_threads
+        self._search_threads = search_threads
         # The engine sizes segments in KB of vector data; the service thinks in points of this dimension.
         self._indexing_threshold_kb: int | None = max(1, optimize_chunk_points * dimension * 4 // 1024)
         self._max_segment_kb: int | None = max(1, segment_points * dimension * 4 // 1024)
@@ -848,11 +894,13 @@ class EdgeVectorStore:
             optimize_chunk_points=settings.edge_optimize_chunk_points,
             segment_points=settings.edge_segment_points,
             indexing_threads=settings.edge_indexing_threads,
+            search_threads=settings.edge_search_threads,
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
             quantization=settings.edge_quantization == "int8",
             metadata_index_max_keys=settings.metadata_index_max_keys,
             min_free_bytes=settings.ready_min_free_bytes,
+            sync_writes=settings.write_durability == "power_loss",
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -869,11 +917,13 @@ class EdgeVectorStore:
             optimize_chunk_points=self._optimize_chunk,
             segment_points=self._segment_points,
             indexing_threads=self._indexing_threads,
+            search_threads=self._search_threads,
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
             quantization=self.quantization,
             metadata_index_max_keys=self.metadata_index_max_keys,
             min_free_bytes=self.min_free_bytes,
+            sync_writes=self.sync_writes,
         )
         other._lock = self._lock
         return other
@@ -910,7 +960,7 @@ class EdgeVectorStore:
                 else None
             ),
             optimizers=self._optimizers_config(),
-            max_search_threads=search_threads(),
+            max_search_threads=search_threads(self._search_threads, segments=0),
         )
 
     def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
@@ -1322,6 +1372,8 @@ class EdgeVectorStore:
         self._checkpoint("replaced")
         try:
             ready.rename(self.path)
+            if self.sync_writes:  # the renames too: a power loss must not put the served shard back
+                fsync_path(self.path.parent)
             self._checkpoint("swapped")
             self._shard = self._load()
             self._search_params = self._read_search_params()
@@ -1385,7 +1437,7 @@ class EdgeVectorStore:
             qe.EdgeConfig(
                 vectors=self._dense_params(),
                 optimizers=self._optimizers_config(),
-                max_search_threads=search_threads(),
+                max_search_threads=search_threads(self._search_threads, shard_segments(self.path)),
             ),
         )
 
@@ -1576,6 +1628,7 @@ class EdgeVectorStore:
             )
             self._apply(entry)
             self._wrote(len(batch))
+        self.sync()
         self._queue_indexes()
 
     @_guarded
@@ -1595,7 +1648,41 @@ class EdgeVectorStore:
             )
             self._apply(entry)
             self._wrote(len(batch))
+        self.sync()
         self._queue_indexes()
+
+    def sync(self) -> None:
+        """With ``sync_writes`` (WRITE_DURABILITY=power_loss): put every write applied so far on disk, so it
+        survives a power loss. The caller acknowledges nothing before this returns: the ingest commits the
+        registry (which makes the version visible and the write acknowledged) only after its upsert returned.
+
+        fsyncs the files of the shard's WAL directory and the directory itself (fsync writes back the pages
+        the engine dirtied through its memory map: Linux's msync(MS_SYNC) is the same call on the same file;
+        a clean file costs next to nothing, so a segment the WAL retired while this write ran is covered too).
+        Where this version of the engine keeps no ``open-*`` WAL segment, ``EdgeShard.flush()`` instead.
+        Deletes are not synced: a lost delete leaves points the registry no longer names, which the orphan
+        collector removes.
+        """
+        if not self.sync_writes:
+            return
+        with self._gate.shared():  # no consolidation swap between the check and the syncs
+            wal = self.path / WAL_DIRECTORY
+            try:
+                names = sorted(os.listdir(wal)) if wal.is_dir() else []
+                if not any(name.startswith("open-") for name in names):
+                    self.shard.flush()
+                    return
+                for name in names:
+                    fsync_path(wal / name)
+                fsync_path(wal)
+            except OSError as exc:
+                # After a failed fsync the kernel may have dropped the dirty pages: nothing can say the write
+                # is on disk, so it is not acknowledged (the ingest discards its version).
+                FAILURES.labels(component="vector_store").inc()
+                logger.error("could not sync the edge store's WAL under %s: %s", wal, exc)
+                raise ServiceUnavailable(
+                    "the embedded store could not sync its write-ahead log; retry"
+                ) from exc
 
     def _apply(self, entry: edge_ops.Entry) -> None:
         """Apply one write (logged for a consolidation's copy while one merges)."""

@@ -44,7 +44,10 @@ float32 one and the labelled retrieval metrics stay within noise (docs/benchmark
 VNNI/AMX"). Each text runs alone (a run quantizes its activations with one scale over the batch, so batch-mates
 would move a query's vector) on one intra-op thread (a ~1.3 ms run gains nothing from a second one), and
 concurrent queries take a core each (``query_runs``). fp32 runs queries through ``model.onnx`` as before; hub
-models (production images, fetch_model) have no int8 graph and need fp32, which the image sets.
+models (production images, fetch_model) have no int8 graph and need fp32, which the image sets. The int8 session
+(~80 MB of RSS) is built at start-up only where searches are served: the ingestion worker (``queries=False``,
+`python -m service.worker`) checks that the graph is there and usable, and builds the session only if a query
+ever reaches it.
 
 Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
 EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
@@ -59,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -149,6 +153,7 @@ class FastEmbedEmbedder:
         batch_size: int = 32,
         threads: int | None = None,
         query_precision: QueryPrecision = "fp32",
+        queries: bool = True,
     ) -> None:
         from fastembed import TextEmbedding
 
@@ -180,7 +185,14 @@ class FastEmbedEmbedder:
         # int8 queries run on one intra-op thread unless EMBEDDING_THREADS says otherwise: a ~1.3 ms run is too
         # small to split (2 threads: 1.2x the wall and 1.5x the CPU of 1), so concurrent queries take a core each.
         query_threads = 1 if threads is None and query_precision == "int8" else threads
-        self._query_session = self._load_query_session(query_precision, query_threads)
+        self._query_threads = query_threads
+        self._query_session_lock = threading.Lock()
+        # The int8 graph is checked here either way (a missing file fails at start-up, in every process); its
+        # session (~80 MB, ~50 ms of CPU) is built now only for a process that serves searches (``queries``): an
+        # ingestion worker embeds documents alone and builds it only if a query ever comes (module docstring).
+        self._query_session: ort.InferenceSession | None = self._check_query_graph(query_precision)
+        if self._query_session is None and queries:
+            self._query_session = self._load_query_session(query_threads)
         # The limit fastembed truncates at (tokenizer_config's model_max_length), so chunks never exceed it.
         truncation = self._model.model.tokenizer.truncation or {}
         if not truncation.get("max_length"):
@@ -243,11 +255,10 @@ class FastEmbedEmbedder:
         inner._ensure_tokenizer()
         self._input_names = {node.name for node in inner.model.get_inputs()}
 
-    def _load_query_session(self, precision: QueryPrecision, threads: int | None) -> ort.InferenceSession:
-        """The session search queries run: the document session (fp32), or the model directory's dynamic int8
-        graph (``model_query_int8.onnx``, written by `make model`; module docstring, "Int8 queries")."""
-        import onnxruntime as ort
-
+    def _check_query_graph(self, precision: QueryPrecision) -> ort.InferenceSession | None:
+        """The session fp32 queries run (the document one); for int8, None once the graph is known usable: the
+        model directory's dynamic int8 graph (``model_query_int8.onnx``, written by `make model`; module
+        docstring, "Int8 queries") exists and the model's pooling is the one ``_embed_one`` repeats."""
         if precision == "fp32":
             return self._model.model.model
         if precision != "int8":
@@ -263,6 +274,23 @@ class FastEmbedEmbedder:
                 f"EMBEDDING_QUERY_PRECISION=int8 needs {path}, which `make model` (service.tools.export_minilm) "
                 "writes beside model.onnx; rebuild the model directory, or set EMBEDDING_QUERY_PRECISION=fp32"
             )
+        return None
+
+    def _query_model(self) -> ort.InferenceSession:
+        """The session search queries run, built on first use where the constructor did not build it."""
+        session = self._query_session
+        if session is None:
+            with self._query_session_lock:
+                if self._query_session is None:
+                    self._query_session = self._load_query_session(self._query_threads)
+                session = self._query_session
+        return session
+
+    def _load_query_session(self, threads: int | None) -> ort.InferenceSession:
+        """The int8 query graph's session (``_check_query_graph`` has found it usable)."""
+        import onnxruntime as ort
+
+        path = self.model_dir / QUERY_INT8_FILE
         try:
             session = ort.InferenceSession(
                 str(path), sess_options=self._session_options(threads), providers=["CPUExecutionProvider"]
@@ -276,9 +304,14 @@ class FastEmbedEmbedder:
     @property
     def query_graph(self) -> str:
         """The file the query session runs (for tests and operators)."""
-        if self._query_session is self._model.model.model:
+        if self.query_precision == "fp32":
             return str(self.model_dir / self._model.model.model_description.model_file)
         return str(self.model_dir / QUERY_INT8_FILE)
+
+    @property
+    def query_session_loaded(self) -> bool:
+        """Whether the session queries run is built (an ingestion worker's int8 one is not until a query)."""
+        return self._query_session is not None
 
     def _direct_query_path(self) -> bool:
         """Whether a lone query may run the model's steps directly (``_embed_one``): only for fastembed's
@@ -299,7 +332,7 @@ class FastEmbedEmbedder:
     @property
     def session_options(self) -> dict[str, str]:
         """The ONNX Runtime settings the session runs with (for tests and operators)."""
-        options = self._query_session.get_session_options()
+        options = self._query_model().get_session_options()
         return {
             "intra_op_num_threads": str(options.intra_op_num_threads),
             "inter_op_num_threads": str(options.inter_op_num_threads),
@@ -308,8 +341,9 @@ class FastEmbedEmbedder:
         }
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FastEmbedEmbedder:
-        """Build the embedder the settings describe (local model dir if any, else fastembed's cache)."""
+    def from_settings(cls, settings: Settings, *, queries: bool = True) -> FastEmbedEmbedder:
+        """Build the embedder the settings describe (local model dir if any, else fastembed's cache);
+        ``queries`` False for a process that only embeds documents (see the constructor)."""
         return cls(
             settings.embedding_model,
             model_path=settings.resolved_model_path,
@@ -317,6 +351,7 @@ class FastEmbedEmbedder:
             batch_size=settings.embedding_batch_size,
             threads=settings.embedding_threads,
             query_precision=settings.embedding_query_precision,
+            queries=queries,
         )
 
     @property
@@ -396,7 +431,7 @@ class FastEmbedEmbedder:
     def _embed_group(self, texts: list[str]) -> list[np.ndarray]:
         """One ONNX run of several queries: fastembed's query path, on the query session when it is not the
         document one (int8: fastembed's own tokenising, input and pooling steps around our session's run)."""
-        if self._query_session is self._model.model.model:
+        if self.query_precision == "fp32":
             return list(self._model.query_embed(texts, batch_size=len(texts)))
         import numpy as np
         from fastembed.common.onnx_model import OnnxOutputContext
@@ -410,7 +445,7 @@ class FastEmbedEmbedder:
             feeds["attention_mask"] = mask
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        tokens = self._query_session.run(inner.ONNX_OUTPUT_NAMES, feeds)[0]
+        tokens = self._query_model().run(inner.ONNX_OUTPUT_NAMES, feeds)[0]
         output = OnnxOutputContext(model_output=tokens, attention_mask=mask, input_ids=ids)
         return list(inner._post_process_onnx_output(output))
 
@@ -429,7 +464,7 @@ class FastEmbedEmbedder:
             feeds["attention_mask"] = np.ones_like(ids)
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        tokens = self._query_session.run(inner.ONNX_OUTPUT_NAMES, feeds)[0][0]
+        tokens = self._query_model().run(inner.ONNX_OUTPUT_NAMES, feeds)[0][0]
         # fastembed's mean_pooling and normalize, for one text with every token real: float64 sum / count, the L2
         # norm (at least 1e-12), then the model's dtype.
         pooled = tokens.sum(axis=0, dtype=np.float64) / tokens.shape[0]

@@ -14,8 +14,13 @@ a network partition from the database) finds out at its next renewal or commit a
 the result or the document of the worker that took the job over. A worker killed mid-job is replaced after
 at most one lease plus one sweep (``due_for_wakeup`` re-sends wake-ups for expired leases), not after an hour.
 
-Lease times are written with the writer's clock and compared with the reader's: clocks must agree to well
-within the lease (NTP-synchronised nodes agree to milliseconds; the default lease is 30 s).
+One clock: every time this table writes or compares (lease expiry, due times, wake-ups, ages) is the
+database's, read in the same transaction (Postgres ``clock_timestamp()``; SQLite's ``'now'``, the clock of the
+one host whose processes share the file), never the worker's own. Until 2026-11-26 a worker computed
+``lease_until`` from its own clock and another compared it with its own, so a node whose clock ran behind
+wrote leases that looked expired to the others (its live jobs were taken over and run twice), and one running
+ahead took live jobs over or kept a dead worker's job for as long as it was ahead
+(tests/service/test_job_lease_clock.py runs two processes, one with a skewed clock).
 
 Retries are rows put back to ``queued`` with a later ``next_attempt_at``; ``attempts`` counts claims, so a
 job whose worker dies every time (a document that exhausts its memory) fails after JOBS_MAX_ATTEMPTS claims
@@ -35,7 +40,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,8 +52,17 @@ from service.app.store.registry import DocumentRegistry, _guarded, _utc, jobs_ta
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def database_now(connection: Connection) -> datetime:
+    """The database server's current time (UTC), read on ``connection`` (see the module docstring: one clock)."""
+    if connection.dialect.name == "postgresql":
+        # clock_timestamp(), not now(): now() is the start of the transaction, and a commit holding a lease
+        # (JobLease.hold) runs at the end of a long one.
+        value = connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    else:
+        value = datetime.fromisoformat(
+            connection.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar_one()
+        )
+    return _utc(value)
 
 
 def lease_holder() -> str:
@@ -121,8 +135,8 @@ class JobTable:
 
     @_guarded
     def insert(self, job_id: str, tenant_id: str, document_id: str, payload: str) -> JobRow:
-        now = _now()
         with self.engine.begin() as connection:
+            now = database_now(connection)
             connection.execute(
                 jobs_table.insert().values(
                     job_id=job_id,
@@ -164,18 +178,18 @@ class JobTable:
         (its worker died or stalled) -> running here, ``reclaimed``. None when another worker holds a live lease,
         or the job is not due, done, unknown, or was already claimed ``max_attempts`` times (the sweep fails
         it: ``due_for_wakeup``)."""
-        now = _now()
-        values = {
-            "status": RUNNING,
-            "started_at": now,
-            "lease_until": now + timedelta(seconds=lease_seconds),
-            "lease_token": uuid.uuid4().hex,
-            "lease_holder": lease_holder(),
-            "attempts": jobs_table.c.attempts + 1,
-            "woken_at": None,  # an expired lease is woken once by the sweep (due_for_wakeup)
-        }
         mine = jobs_table.c.job_id == job_id
         with self.engine.begin() as connection:
+            now = database_now(connection)
+            values = {
+                "status": RUNNING,
+                "started_at": now,
+                "lease_until": now + timedelta(seconds=lease_seconds),
+                "lease_token": uuid.uuid4().hex,
+                "lease_holder": lease_holder(),
+                "attempts": jobs_table.c.attempts + 1,
+                "woken_at": None,  # an expired lease is woken once by the sweep (due_for_wakeup)
+            }
             reclaimed = False
             result = connection.execute(
                 jobs_table.update()
@@ -207,7 +221,7 @@ class JobTable:
         result = connection.execute(
             jobs_table.update()
             .where(self._held(job_id, token))
-            .values(lease_until=_now() + timedelta(seconds=lease_seconds))
+            .values(lease_until=database_now(connection) + timedelta(seconds=lease_seconds))
         )
         return result.rowcount == 1
 
@@ -223,6 +237,7 @@ class JobTable:
     ) -> bool:
         """Record the outcome of the attempt holding ``token``; False (nothing written) when it lost the lease."""
         with self.engine.begin() as connection:
+            now = database_now(connection)
             done = connection.execute(
                 jobs_table.update()
                 .where(self._held(job_id, token))
@@ -232,7 +247,7 @@ class JobTable:
                     status=status,
                     error=error,
                     result=result,
-                    finished_at=_now(),
+                    finished_at=now,
                     lease_until=None,
                     lease_token=None,
                     payload="",
@@ -244,8 +259,8 @@ class JobTable:
     def retry_later(self, job_id: str, token: str, delay_seconds: float, error: str) -> bool:
         """Back to queued, due after ``delay_seconds`` (a dependency outage; the error is kept for the poller);
         False when the attempt lost its lease."""
-        now = _now()
         with self.engine.begin() as connection:
+            now = database_now(connection)
             done = connection.execute(
                 jobs_table.update()
                 .where(self._held(job_id, token))
@@ -275,7 +290,7 @@ class JobTable:
                     lease_until=None,
                     lease_token=None,
                     attempts=jobs_table.c.attempts - 1,
-                    next_attempt_at=_now(),
+                    next_attempt_at=database_now(connection),
                 )
             )
         return done.rowcount == 1
@@ -287,9 +302,9 @@ class JobTable:
         than when its lease expires. A job that was running when the process died ``max_attempts`` times (a
         document that crashes the process, say by exhausting its memory) is failed instead of resumed forever.
         Returns (the queued job ids, oldest first; the rows failed here; how many running rows were taken back)."""
-        now = _now()
         error = f"internal: the service stopped {max_attempts} times while running this job; it is not resumed again"
         with self.engine.begin() as connection:
+            now = database_now(connection)
             exhausted = [
                 _row(row)
                 for row in connection.execute(
@@ -336,11 +351,11 @@ class JobTable:
 
         A job whose lease expired after ``max_attempts`` claims is failed here instead (its worker died every
         time: a document that kills the process). Returns (the ids to wake, oldest first; the rows failed)."""
-        now = _now()
-        stale = now - timedelta(seconds=stale_seconds)
-        expired = sa.and_(jobs_table.c.status == RUNNING, jobs_table.c.lease_until < now)
         failed: list[JobRow] = []
         with self.engine.begin() as connection:
+            now = database_now(connection)
+            stale = now - timedelta(seconds=stale_seconds)
+            expired = sa.and_(jobs_table.c.status == RUNNING, jobs_table.c.lease_until < now)
             if max_attempts is not None:
                 error = (
                     f"internal: the worker stopped {max_attempts} times while running this job (its lease "
@@ -395,14 +410,14 @@ class JobTable:
         """Waiting and running jobs and the age of the oldest of each, in one query. A running job whose lease
         expired counts as waiting (since its submission, like a queued one): its worker is gone and it waits
         for another, so a queue whose every worker died shows jobs waiting, not running."""
-        now = _now()
-        waiting = sa.or_(
-            jobs_table.c.status == QUEUED,
-            sa.and_(jobs_table.c.status == RUNNING, jobs_table.c.lease_until < now),
-        )
-        state = sa.case((waiting, QUEUED), else_=RUNNING)
-        since = sa.case((waiting, jobs_table.c.created_at), else_=jobs_table.c.started_at)
         with self.engine.connect() as connection:
+            now = database_now(connection)
+            waiting = sa.or_(
+                jobs_table.c.status == QUEUED,
+                sa.and_(jobs_table.c.status == RUNNING, jobs_table.c.lease_until < now),
+            )
+            state = sa.case((waiting, QUEUED), else_=RUNNING)
+            since = sa.case((waiting, jobs_table.c.created_at), else_=jobs_table.c.started_at)
             rows = connection.execute(
                 sa.select(state.label("state"), sa.func.count(), sa.func.min(since))
                 .where(jobs_table.c.status.in_([QUEUED, RUNNING]))
@@ -432,8 +447,8 @@ class JobTable:
 
     @_guarded
     def purge_finished(self, older_than_seconds: float) -> int:
-        cutoff = _now() - timedelta(seconds=older_than_seconds)
         with self.engine.begin() as connection:
+            cutoff = database_now(connection) - timedelta(seconds=older_than_seconds)
             return int(
                 connection.execute(jobs_table.delete().where(jobs_table.c.finished_at < cutoff)).rowcount or 0
             )

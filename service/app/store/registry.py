@@ -409,12 +409,14 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets readers (searches) run while a write commits; NORMAL syncs at checkpoints, which in WAL mode
-    # keeps the database consistent across crashes (only the very last commits can be lost on power failure).
+def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (searches) run while a write commits. In WAL mode NORMAL syncs only at checkpoints: the
+    # database stays consistent, but a commit can be rolled back by a power loss or an OS crash (not by a process
+    # crash); FULL syncs the WAL at every commit, so a commit that returned survives a power loss too
+    # (https://www.sqlite.org/pragma.html#pragma_synchronous, WRITE_DURABILITY).
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.close()
 
 
@@ -454,9 +456,12 @@ def make_engine(
     *,
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+    durable: bool = True,
 ) -> Engine:
-    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout;
-    Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)."""
+    """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout,
+    WAL mode and ``synchronous=FULL`` (``durable``: a commit survives a power loss) or ``NORMAL`` (a process
+    crash only); Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)
+    and keep the server's own ``synchronous_commit`` (on by default: a commit is flushed before it returns)."""
     url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -464,7 +469,9 @@ def make_engine(
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(
+            engine, "connect", functools.partial(_sqlite_pragmas, "FULL" if durable else "NORMAL")
+        )
         return engine
     connect_args = postgres_connect_args(
         parsed.query, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
@@ -683,12 +690,15 @@ class DocumentRegistry:
         *,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         tcp_timeout: float = TCP_TIMEOUT_SECONDS,
+        durable: bool = True,
     ) -> None:
         self.url = url
         #: (the database's revision, its compatible_from) when it is ahead of this release's schema and declared
         #: compatible with it (a rollback: `_run_ahead`); None when it is at this release's head.
         self.schema_ahead: tuple[str, str | None] | None = None
-        self.engine = make_engine(url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout)
+        self.engine = make_engine(
+            url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout, durable=durable
+        )
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
         database = self.engine.url.database
@@ -708,6 +718,7 @@ class DocumentRegistry:
             settings.resolved_database_url,
             connect_timeout=settings.database_connect_timeout_seconds,
             tcp_timeout=settings.database_tcp_timeout_seconds,
+            durable=settings.write_durability == "power_loss",
         )
 
     @property

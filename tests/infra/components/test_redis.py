@@ -7,7 +7,7 @@ import pytest
 
 from infra.components import redis as r
 from infra.components.rag_service import client_selector
-from infra.components.specs import ComponentArgsError
+from infra.components.specs import ComponentArgsError, Resources
 
 from .conftest import Program, assert_all_parented, is_secret, resolve, run_components, validate_manifests
 
@@ -47,6 +47,31 @@ def test_redis_url_encodes_the_password() -> None:
     assert r.redis_url("a/b@c", "h", 6379) == "redis://:a%2Fb%40c@h:6379/0"
     assert r.redis_url("pw", "h", tls=True).startswith("rediss://:pw@h:6379")
     assert r.redis_url(None, "h") == "redis://h:6379/0"
+
+
+def test_maxmemory_follows_the_memory_limit_unless_set() -> None:
+    def maxmemory(args: r.RedisCacheArgs) -> str:
+        r.validate_args(args)
+        container = r.valkey_container(args, "redis-password")
+        return container["args"][container["args"].index("--maxmemory") + 1]
+
+    def limited(memory: str, **more: object) -> r.RedisCacheArgs:
+        res = Resources(cpu_request="100m", memory_request="64Mi", cpu_limit="500m", memory_limit=memory)
+        return incluster(resources=res, **more)
+
+    # Half the limit: a 128Mi container no longer runs Valkey at 200mb (OOM-killed), and a 4Gi one uses 2Gi.
+    assert maxmemory(limited("128Mi")) == str(64 * 2**20)
+    assert maxmemory(limited("4Gi")) == str(2 * 2**30)
+    assert maxmemory(incluster()) == str(192 * 2**20)  # the default 384Mi limit
+    # An explicit value in Valkey's units (mb = MiB, m = 10^6), refused at or above the limit.
+    assert maxmemory(limited("1Gi", maxmemory="200mb")) == str(200 * 2**20)
+    assert maxmemory(limited("1Gi", maxmemory="300m")) == str(300 * 10**6)
+    with pytest.raises(ComponentArgsError, match="must be below the memory limit 1Gi"):
+        r.validate_args(limited("1Gi", maxmemory="1gb"))
+    with pytest.raises(ComponentArgsError, match="not a Valkey memory size"):
+        r.validate_args(limited("1Gi", maxmemory="200MiB"))
+    with pytest.raises(ComponentArgsError, match="under 32 MiB"):
+        r.validate_args(limited("48Mi"))
 
 
 def test_valkey_container_takes_password_from_env_not_manifest() -> None:

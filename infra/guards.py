@@ -1,0 +1,316 @@
+"""Steps a `pulumi up` must not take undeclared, refused by the program itself before it registers anything.
+
+Two changes of the config look harmless in a diff and are not: a lower `rag:qdrant.replicas` (the StatefulSet
+deletes the highest pods with the shards only they hold, their peers left dead in the Raft consensus) and another
+`rag:postgres.version` major (CloudNativePG runs `pg_upgrade` in place, offline, as soon as the Cluster's image names
+it; RDS refuses it in the middle of the `up`; Cloud SQL's `databaseVersion` is ignored, so the stack file then
+names a major the instance does not run). Each is a declared step (`rag:qdrant.scaleDownTo`,
+`rag:postgres.<mode>.majorUpgrade.fromVersion`). The decisions, and their messages, live here once:
+`ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
+history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
+preview` refuses the same steps.
+
+How the program reads what is deployed: two invokes of Pulumi's builtin provider (package `pulumi`, served by the
+engine itself; pkg/resource/deploy/builtins.go):
+- `pulumi:pulumi:readStackOutputs` (`{"name"}`): the root stack resource's outputs in the backend's latest
+  snapshot. Both backends answer it for a stack with no deployment yet: the DIY backend's `getSnapshotStackOutputs`
+  returns an empty map for a checkpoint without `Latest` (what `pulumi stack init` writes), the service's
+  `DeserializeStackOutputs` one for a deployment without a root stack. The service requires the fully qualified
+  `<org>/<project>/<stack>`; the DIY backend accepts it with the org `organization`, which is what
+  `pulumi.get_organization()` returns there (diy/state.go).
+- `pulumi:pulumi:readStackResourceOutputs` (`{"stackName"}`): every resource's type and outputs in that snapshot
+  ("which may include ongoing updates", deploy.BackendClient). Its backend client ranges over `snap.Resources`
+  without checking for a nil snapshot, which is what a stack with no deployment has on the DIY backend (a nil
+  pointer in the engine, not an error), so it is read only once the stack outputs say an update completed.
+They go to the default provider of package `pulumi` (never denied by `pulumi:disable-default-providers`,
+default_providers.go), which the state lists once like a stack reference's; it touches nothing outside the state.
+Invokes run in previews too (a PR preview shows the refusal) and answer at once: the program calls them before the
+cluster and every other resource are registered, so a refused `up` sends nothing. During an update the snapshot
+read is the previous one, plus at most the root stack's "same" step, which keeps its outputs (SameStep.Apply).
+
+Why resource state rather than a stack output of its own, or a live read: the state holds the Qdrant StatefulSet,
+the CloudNativePG Cluster and the RDS / Cloud SQL instance as their last step left them, also when a later step
+of that update failed (a failed update may already have scaled or upgraded; stack outputs are only written by an
+update that completes), and existing stacks have it without a new output first. A live read
+(`StatefulSet.get`, `aws.rds.get_instance`, `gcp.sql.get_database_instance`) fails when the object does not exist
+(a first `up`), and for Kubernetes needs a reachable cluster in the preview. What the state cannot show is a change
+made outside Pulumi (`kubectl scale`): `pulumi refresh` records it.
+
+What passes: a stack with no completed update (a first `up`, also after a failed first attempt), a mode change
+(cloudnative <-> managed: a new registry simply gets the major), the declared steps, and an upgrade already done
+whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
+program says so in a warning and goes on (`ragops` still checks).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from infra.config import PROJECT, ConfigError, StackConfig
+
+QDRANT_NAME = "qdrant"
+"""The QdrantCluster's name in the program (its StatefulSet is `<name>-statefulset`)."""
+POSTGRES_NAME = "postgres"
+"""The PostgresDatabase's name in the program (`<name>-cluster`, `<name>-instance`, `<name>-<restore>-instance`)."""
+
+QDRANT_KEY = f"{PROJECT}:qdrant"
+SCALE_DOWN_RUNBOOK = "docs/runbooks.md#scale-qdrant-down"
+MANAGED_RUNBOOK = "docs/runbooks.md#upgrade-the-managed-registrys-major-version"
+CNPG_RUNBOOK = "docs/runbooks.md#upgrade-the-cloudnativepg-registrys-major-version"
+
+READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
+READ_RESOURCE_OUTPUTS = "pulumi:pulumi:readStackResourceOutputs"
+
+STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
+RDS_INSTANCE = "aws:rds/instance:Instance"
+CLOUDSQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+
+
+# --- the decisions (shared with ragops) ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A registry database: planned (from config) or running (from history or state)."""
+
+    managed: bool
+    major: str
+    upgrade_from: str = ""
+    """The declared upgrade of the registry's own mode (managed or cloudnative); "" for a running registry."""
+
+    @property
+    def upgrade_key(self) -> str:
+        """The key that declares a major upgrade of this registry."""
+        return f"{PROJECT}:postgres.{'managed' if self.managed else 'cloudnative'}.majorUpgrade.fromVersion"
+
+
+def scale_down_refusal(stack: str, deployed: int | None, replicas: int, scale_down_to: int) -> str | None:
+    """Why lowering Qdrant from `deployed` to `replicas` replicas is refused (None: it is not), `scale_down_to`
+    being the config's `rag:qdrant.scaleDownTo` acknowledgement."""
+    if deployed is None or replicas >= deployed or scale_down_to == replicas:
+        return None
+    removed = ", ".join(f"qdrant-{i}" for i in range(replicas, deployed))
+    return (
+        f"Refusing to scale Qdrant on stack {stack!r} from {deployed} to {replicas} replicas: Kubernetes "
+        f"removes the highest pods ({removed}), and the shards only they hold would be lost, their peers left "
+        f"dead in the cluster. First move their shards to the remaining nodes and remove their peers "
+        f"({SCALE_DOWN_RUNBOOK}), then acknowledge it with `pulumi config set --path {QDRANT_KEY}.scaleDownTo "
+        f"{replicas} -s {stack}`."
+    )
+
+
+def major_upgrade_refusal(
+    stack: str,
+    planned: Registry,
+    running: Iterable[Registry],
+    *,
+    seen: str = "the registry's last updates ran",
+) -> str | None:
+    """Why moving the registry to `planned` is refused (None: it is not). `running`: the registries the stack may
+    run (only those of the planned mode count: a mode change makes a new registry, which takes any major); `seen`
+    says where those came from, for the message."""
+    majors = {
+        registry.major for registry in running if registry.managed == planned.managed and registry.major
+    }
+    if not majors:
+        return None
+    key = planned.upgrade_key
+    runbook = MANAGED_RUNBOOK if planned.managed else CNPG_RUNBOOK
+    current = " or ".join(sorted(majors))
+    if planned.upgrade_from:
+        if planned.upgrade_from in majors or planned.major in majors:
+            return None  # declared from the running major, or already done (the declaration is then cleared)
+        return (
+            f"{key} declares an upgrade from {planned.upgrade_from}, but {seen} PostgreSQL {current}. "
+            f"Set fromVersion to the major it runs ({runbook})."
+        )
+    if planned.major in majors:
+        return None
+    source = current if len(majors) == 1 else "<the major the instance runs>"
+    if not planned.managed:
+        return (
+            f"rag:postgres.version goes from {current} to {planned.major}, a major upgrade of the CloudNativePG "
+            "registry (the operator runs pg_upgrade in place: every instance is down while it runs), and none is "
+            f"declared. Follow {runbook}: take a base backup, then `pulumi config set --path {key} {source} -s "
+            f"{stack}` and, with backups on, a new rag:postgres.cloudnative.archiveName ending in "
+            f"-pg{planned.major}; or set rag:postgres.version back to {current}."
+        )
+    return (
+        f"rag:postgres.version goes from {current} to {planned.major}, a major upgrade of the RDS / Cloud SQL "
+        "registry (pg_upgrade: the instance is down while it runs), and none is declared. Follow "
+        f"{runbook}: take a snapshot, then `pulumi config set --path {key} {source} -s {stack}` and "
+        f"`pulumi config set --path rag:postgres.managed.applyImmediately true -s {stack}`; or set "
+        f"rag:postgres.version back to {current}."
+    )
+
+
+# --- what the stack runs, from its own state ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeployedState:
+    """What the stack's last recorded state runs."""
+
+    qdrant_replicas: int | None
+    """The Qdrant StatefulSet's replicas (None: no StatefulSet in the state)."""
+    registries: tuple[Registry, ...]
+    """The CloudNativePG Cluster and RDS / Cloud SQL instances, with the major each runs."""
+
+
+def _name(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def _major(version: Any) -> str:
+    """`17` of `17`, `17.5`, `POSTGRES_17`."""
+    return str(version or "").removeprefix("POSTGRES_").split(".")[0].split("_")[0]
+
+
+def _image_major(image: str) -> str | None:
+    """The PostgreSQL major of a CloudNativePG operand image: a pinned one (`infra.components.postgres.
+    pg_image_major`), or the leading number of any other tag (a Cluster deployed before the images were pinned ran
+    `postgresql:<major>`; the operator reads the major from the tag's leading number too)."""
+    from infra.components.postgres import pg_image_major  # the program has it loaded; ragops never calls this
+
+    pinned = pg_image_major(image)
+    if pinned is not None:
+        return str(pinned)
+    tag = image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+    match = re.match(r"\d+", tag)
+    return match.group(0) if match else None
+
+
+def deployed_state(
+    resources: Mapping[str, Any], *, qdrant: str = QDRANT_NAME, postgres: str = POSTGRES_NAME
+) -> DeployedState:
+    """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
+    replicas: int | None = None
+    registries: list[Registry] = []
+    for urn, entry in resources.items():
+        if not isinstance(entry, Mapping):
+            continue
+        kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
+        if kind == STATEFULSET and name == f"{qdrant}-statefulset":
+            count = (outputs.get("spec") or {}).get("replicas")
+            replicas = int(count) if count is not None else 1  # the StatefulSet's default
+        elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
+            major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
+            if major is not None:
+                registries.append(Registry(managed=False, major=major))
+        elif kind == RDS_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
+            version = outputs.get("engineVersionActual") or outputs.get("engineVersion")
+            registries.append(Registry(managed=True, major=_major(version)))
+        elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
+            registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
+    return DeployedState(qdrant_replicas=replicas, registries=tuple(registries))
+
+
+def _plain(value: Any) -> Any:
+    """An invoke answer without the SDK's secret wrappers (the state's secrets are not read here)."""
+    from pulumi.runtime import rpc
+
+    if rpc.is_rpc_secret(value):
+        return _plain(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def stack_reference_names() -> tuple[str, ...]:
+    """This stack as the backends' stack references name it: `<org>/<project>/<stack>` (the service requires it; a
+    project-scoped DIY backend takes it with the org `organization`), then the bare stack name (all a DIY backend
+    with the legacy, pre-project layout parses)."""
+    stack = pulumi.get_stack()
+    return (f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{stack}", stack)
+
+
+def _read(token: str, key: str, names: tuple[str, ...]) -> tuple[str, Any]:
+    """The first of `names` the builtin invoke `token` answers for, with its answer (the last error otherwise)."""
+    failures: list[Exception] = []
+    for name in names:
+        try:
+            return name, _plain(pulumi.runtime.invoke(token, {key: name}).value) or {}
+        except Exception as exc:  # the engine answers an unknown or unparsable name with an error
+            failures.append(exc)
+    raise failures[-1]
+
+
+def keeps_outputs_of_failed_updates() -> bool:
+    """Whether the engine keeps the stack's outputs when an update fails (Pulumi 3.112.0, pulumi/pulumi#15754; an
+    older one deleted them, and the stack then looks as if no update ever completed). Told by a monitor feature
+    that came later (invoke transforms, 3.125), as the SDK has no version call before 3.217."""
+    from pulumi.runtime import settings
+    from pulumi.runtime.proto import resource_pb2
+
+    return settings.monitor_supports_feature(resource_pb2.RESOURCE_MONITOR_FEATURE_INVOKE_TRANSFORMS)
+
+
+def read_deployed_state() -> DeployedState | None:
+    """The stack's last recorded state (None: no update of it completed yet, or the backend could not say)."""
+    names = stack_reference_names()
+    try:
+        name, outputs = _read(READ_STACK_OUTPUTS, "name", names)
+        if not outputs.get("outputs"):
+            if not keeps_outputs_of_failed_updates():
+                pulumi.log.warn(
+                    f"Stack {names[0]} has no outputs, and this Pulumi CLI (older than 3.112) deletes them when an "
+                    "update fails: if one did, this run cannot see what the stack runs and does not check for an "
+                    "undeclared Qdrant scale-down or PostgreSQL major change. Use Pulumi 3.112 or newer (or ragops)."
+                )
+            return None  # no completed update: nothing to protect (and no snapshot to read resources from)
+        _, answer = _read(READ_RESOURCE_OUTPUTS, "stackName", (name,))
+    except Exception as exc:  # the backend could not answer: warn, do not stop a deploy
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        pulumi.log.warn(
+            f"Could not read stack {names[0]}'s state ({reason}): this run does not check for an undeclared "
+            "Qdrant scale-down or PostgreSQL major change (ragops does)."
+        )
+        return None
+    return deployed_state(answer.get("outputs") or {})
+
+
+class DeployedStateRefusal(ConfigError, pulumi.RunError):
+    """The config takes a step the stack's state says is undeclared. A `pulumi.RunError`, so the CLI prints its one
+    line (`error: <key> in <file>: ...`) and no traceback."""
+
+
+def planned_registry(config: StackConfig) -> Registry:
+    """The registry the config asks for."""
+    postgres = config.postgres
+    managed = postgres.mode == "managed"
+    upgrade = (postgres.managed if managed else postgres.cloudnative).majorUpgrade.fromVersion
+    return Registry(managed=managed, major=str(postgres.version), upgrade_from=str(upgrade or ""))
+
+
+def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRefusal | None:
+    """The first undeclared step `config` takes from `state` (None: none)."""
+    if state is None:
+        return None
+    stack = config.stack
+    scale = scale_down_refusal(
+        stack, state.qdrant_replicas, config.qdrant.replicas, config.qdrant.scaleDownTo
+    )
+    if scale is not None:
+        return DeployedStateRefusal(f"{QDRANT_KEY}.scaleDownTo", config.stack_file, scale)
+    planned = planned_registry(config)
+    major = major_upgrade_refusal(
+        stack, planned, state.registries, seen="the stack's state has the registry on"
+    )
+    if major is not None:
+        return DeployedStateRefusal(planned.upgrade_key, config.stack_file, major)
+    return None
+
+
+def check_deployed(config: StackConfig) -> None:
+    """Refuse, before any resource is registered, a step the stack's state says is undeclared (see the module doc)."""
+    error = refusal(config, read_deployed_state())
+    if error is not None:
+        raise error

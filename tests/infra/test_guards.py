@@ -1,0 +1,295 @@
+"""A bare `pulumi up`/`preview` refuses an undeclared Qdrant scale-down or PostgreSQL major change (infra/guards.py).
+
+Each test runs a real stack file through the real program under mocks twice: once as the deployed state (its
+recorded resources become the state the engine's `readStackResourceOutputs` invoke returns, the way the backend
+keeps them), then with the changed config against that state. A refused run must raise the one-line error naming
+the key and the stack file before the program has sent any resource (the mocks count what reaches them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pulumi
+import pytest
+
+from infra import guards
+from infra.config import deep_merge
+from infra.offline import PlatformMocks, StackRun, run_stack
+from infra.workflows.errors import program_refusal
+from tests.infra.conftest import run, target_overrides
+
+CNPG_KEY = "rag:postgres.cloudnative.majorUpgrade.fromVersion"
+MANAGED_KEY = "rag:postgres.managed.majorUpgrade.fromVersion"
+GKE = target_overrides("prod", "gke")
+
+
+def state_of(deployed: StackRun) -> dict[str, Any]:
+    """The state a completed update of `deployed` leaves in the backend, as the builtin invokes answer it: the
+    stack outputs, and each resource's type and outputs (the mocks echo inputs as outputs, as a provider does for
+    the fields read here: spec.replicas, spec.imageName, engineVersion, databaseVersion)."""
+    outputs = {name: value for name, value in deployed.outputs.items() if value is not None}
+    resources = {
+        resource.urn: {"type": resource.type, "outputs": resource.inputs} for resource in deployed.resources
+    }
+    return {"outputs": outputs, "resources": resources}
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the resources the program registered (the root stack aside), in order."""
+    names: list[str] = []
+    register = PlatformMocks.new_resource
+
+    def recording(self: PlatformMocks, args: Any) -> Any:
+        names.append(args.name)
+        return register(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "new_resource", recording)
+    return names
+
+
+def against(stack: str, deployed: StackRun, overrides: dict[str, Any], *, preview: bool = False) -> StackRun:
+    """`stack` with `overrides` (bare keys), run against the state `deployed` left."""
+    return run_stack(stack, config_overrides=overrides, live={"state": state_of(deployed)}, preview=preview)
+
+
+def refused(
+    stack: str, deployed: StackRun, overrides: dict[str, Any], sent: list[str], *, preview: bool = False
+) -> str:
+    """The refusal's message; asserts it is one line and nothing was sent before it."""
+    sent.clear()
+    with pytest.raises(guards.DeployedStateRefusal) as caught:
+        against(stack, deployed, overrides, preview=preview)
+    assert sent == []
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------------------------------------- nothing deployed
+def test_a_first_up_deploys_without_reading_any_resource_state(sent: list[str]) -> None:
+    # No `state`: the mocks answer readStackOutputs with no outputs, and fail readStackResourceOutputs as the engine
+    # would on a stack without a snapshot; the program must not ask for it.
+    first = run_stack("staging", config_overrides={"qdrant": {"replicas": 3}})
+    assert first.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 3
+    assert "qdrant-statefulset" in sent
+
+
+def test_a_first_up_that_failed_midway_has_nothing_to_protect() -> None:
+    # A first update that failed wrote resources but no stack outputs: the stack never ran, any config goes.
+    deployed = run("staging")
+    state = {**state_of(deployed), "outputs": {}}
+    again = run_stack(
+        "staging",
+        config_overrides={"qdrant": {"replicas": 2}, "postgres": {"version": "18"}},
+        live={"state": state},
+    )
+    assert again.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 2
+
+
+def test_an_old_cli_that_drops_the_outputs_of_a_failed_update_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before Pulumi 3.112 a failed update deleted the stack outputs: the stack then looks never deployed.
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    run_stack("dev")
+    assert warnings == []
+    monkeypatch.setattr(guards, "keeps_outputs_of_failed_updates", lambda: False)
+    run_stack("dev")
+    assert [w for w in warnings if "older than 3.112" in w and "does not check" in w]
+
+
+def test_a_cluster_deployed_before_the_images_were_pinned_still_has_its_major() -> None:
+    resources = {
+        "urn:pulumi:s::rag::rag:data:PostgresDatabase$kubernetes:postgresql.cnpg.io/v1:Cluster::postgres-cluster": {
+            "type": guards.CNPG_CLUSTER,
+            "outputs": {"spec": {"imageName": "ghcr.io/cloudnative-pg/postgresql:16"}},
+        }
+    }
+    assert guards.deployed_state(resources).registries == (guards.Registry(managed=False, major="16"),)
+
+
+def test_the_state_names_what_the_guards_read_on_every_target() -> None:
+    # The guard finds the StatefulSet, the CNPG Cluster and the RDS / Cloud SQL instance by type and name: a renamed
+    # resource would leave it blind, so every target's real run must show them.
+    assert guards.deployed_state(state_of(run("staging"))["resources"]) == guards.DeployedState(
+        qdrant_replicas=3, registries=(guards.Registry(managed=False, major="17"),)
+    )
+    assert guards.deployed_state(state_of(run("prod"))["resources"]).registries == (
+        guards.Registry(managed=True, major="17"),
+    )
+    assert guards.deployed_state(state_of(run("prod", **GKE))["resources"]).registries == (
+        guards.Registry(managed=True, major="17"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL majors
+def test_the_same_major_deploys_as_before() -> None:
+    deployed = run("staging")
+    again = against("staging", deployed, {})
+    assert again.urns == deployed.urns
+    assert again.by_name("postgres-cluster").inputs == deployed.by_name("postgres-cluster").inputs
+
+
+def test_an_undeclared_cloudnative_major_change_is_refused_before_anything_is_sent(sent: list[str]) -> None:
+    message = refused("staging", run("staging"), {"postgres": {"version": "18"}}, sent)
+    assert message.startswith(f"{CNPG_KEY} in Pulumi.staging.yaml: rag:postgres.version goes from 17 to 18")
+    assert f"pulumi config set --path {CNPG_KEY} 17 -s staging" in message
+    assert guards.CNPG_RUNBOOK in message
+
+
+def test_a_declared_cloudnative_major_upgrade_goes_ahead_and_a_done_one_with_its_declaration_too() -> None:
+    upgrade = {
+        "version": "18",
+        "cloudnative": {"majorUpgrade": {"fromVersion": "17"}, "archiveName": "postgres-pg18"},
+    }
+    upgraded = against("staging", run("staging"), {"postgres": upgrade})
+    assert (
+        upgraded.by_name("postgres-cluster")
+        .inputs["spec"]["imageName"]
+        .startswith("ghcr.io/cloudnative-pg/postgresql:18.")
+    )
+    # The next `up` before the declaration is cleared: the state runs 18 already.
+    assert against("staging", upgraded, {"postgres": upgrade}).by_name("postgres-cluster")
+
+
+def test_a_declaration_from_a_major_the_registry_does_not_run_is_refused(sent: list[str]) -> None:
+    upgrade = {
+        "version": "18",
+        "cloudnative": {"majorUpgrade": {"fromVersion": "16"}, "archiveName": "postgres-pg18"},
+    }
+    message = refused("staging", run("staging"), {"postgres": upgrade}, sent)
+    assert message.startswith(f"{CNPG_KEY} in Pulumi.staging.yaml: {CNPG_KEY} declares an upgrade from 16")
+    assert "the stack's state has the registry on PostgreSQL 17" in message
+
+
+def test_an_undeclared_rds_major_change_is_refused_and_a_declared_one_goes_ahead(sent: list[str]) -> None:
+    deployed = run("prod")
+    message = refused("prod", deployed, {"postgres": {"version": "18"}}, sent)
+    assert message.startswith(f"{MANAGED_KEY} in Pulumi.prod.yaml: rag:postgres.version goes from 17 to 18")
+    assert "rag:postgres.managed.applyImmediately true -s prod" in message
+    declared = {"version": "18", "managed": {"applyImmediately": True, "majorUpgrade": {"fromVersion": "17"}}}
+    assert (
+        against("prod", deployed, {"postgres": declared}).by_name("postgres-instance").inputs["engineVersion"]
+        == "18"
+    )
+
+
+def test_an_undeclared_cloud_sql_major_change_is_refused_not_silently_ignored(sent: list[str]) -> None:
+    # Without the declaration the program keeps Cloud SQL's databaseVersion out of the update (ignore_changes): the
+    # `up` would succeed with the stack file naming a major the instance does not run.
+    deployed = run("prod", **GKE)
+    message = refused("prod", deployed, deep_merge(GKE, {"postgres": {"version": "18"}}), sent)
+    assert message.startswith(f"{MANAGED_KEY} in Pulumi.prod.yaml: rag:postgres.version goes from 17 to 18")
+
+
+def test_a_new_registry_of_the_other_mode_takes_any_major() -> None:
+    # Moving the staging registry from CloudNativePG to Cloud SQL creates an instance: nothing runs a major to keep.
+    moved = against("staging", run("staging"), {"postgres": {"mode": "managed", "version": "18"}})
+    assert moved.by_name("postgres-instance").inputs["databaseVersion"] == "POSTGRES_18"
+
+
+# ---------------------------------------------------------------------------------------------- Qdrant replicas
+def test_a_scale_down_without_the_drain_is_refused_and_with_it_goes_ahead(sent: list[str]) -> None:
+    deployed = run("staging")
+    message = refused("staging", deployed, {"qdrant": {"replicas": 2}}, sent)
+    assert message.startswith(
+        "rag:qdrant.scaleDownTo in Pulumi.staging.yaml: Refusing to scale Qdrant on stack 'staging' from 3 to 2"
+    )
+    assert "(qdrant-2)" in message
+    assert "pulumi config set --path rag:qdrant.scaleDownTo 2 -s staging" in message
+    drained = against("staging", deployed, {"qdrant": {"replicas": 2, "scaleDownTo": 2}})
+    assert drained.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 2
+
+
+def test_a_scale_up_goes_ahead() -> None:
+    deployed = run("dev")
+    assert deployed.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 1
+    grown = against("dev", deployed, {"qdrant": {"replicas": 3}})
+    assert grown.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 3
+    # ... and the grown state then guards its own count.
+    with pytest.raises(guards.DeployedStateRefusal, match="from 3 to 1 replicas"):
+        against("dev", grown, {})
+
+
+# ---------------------------------------------------------------------------------------------- preview, errors
+def test_a_preview_shows_the_refusal(sent: list[str]) -> None:
+    deployed = run("staging")
+    message = refused("staging", deployed, {"qdrant": {"replicas": 2}}, sent, preview=True)
+    assert "from 3 to 2 replicas" in message
+    message = refused("staging", deployed, {"postgres": {"version": "18"}}, sent, preview=True)
+    assert message.startswith(f"{CNPG_KEY} in Pulumi.staging.yaml")
+    assert against("staging", deployed, {}, preview=True).urns == deployed.urns
+
+
+def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line_and_ragops_shows(sent: list[str]) -> None:
+    # pulumi-language-python-exec logs str(e) of a pulumi.RunError, where any other exception gets a traceback; the
+    # CLI prints it as `error: <message>`, and `ragops up` (whose own history check passed) shows that line alone.
+    assert issubclass(guards.DeployedStateRefusal, pulumi.RunError)
+    message = refused("prod", run("prod"), {"postgres": {"version": "18"}}, sent)
+    output = f"Diagnostics:\n  pulumi:pulumi:Stack (rag-prod):\n    error: {message}\n"
+    assert program_refusal(output) == message
+
+
+class EngineError(grpc.RpcError):
+    """How the engine answers an invoke its provider failed (resmon.Invoke returns the error as a gRPC status)."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return f"invocation of {guards.READ_RESOURCE_OUTPUTS} returned an error: snapshot integrity failure"
+
+
+def test_a_state_the_backend_cannot_read_warns_and_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+    answer = PlatformMocks.call
+
+    def failing(self: PlatformMocks, args: Any) -> Any:
+        if args.token == guards.READ_RESOURCE_OUTPUTS:
+            raise EngineError()
+        return answer(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", failing)
+    again = against("staging", run("staging"), {"qdrant": {"replicas": 2}})
+    assert again.by_name("qdrant-statefulset").inputs["spec"]["replicas"] == 2
+    assert [
+        w for w in warnings if "snapshot integrity failure" in w and "does not check for an undeclared" in w
+    ]
+
+
+def test_the_program_reads_its_own_stack_by_its_fully_qualified_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The service backend refuses a stack reference that is not <org>/<project>/<stack>.
+    names: list[str] = []
+    answer = PlatformMocks.call
+
+    def recording(self: PlatformMocks, args: Any) -> Any:
+        if args.token.startswith("pulumi:pulumi:read"):
+            names.append(args.args.get("name") or args.args.get("stackName"))
+        return answer(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", recording)
+    against("staging", run("staging"), {})
+    assert names == ["organization/rag/staging", "organization/rag/staging"]
+
+
+def test_a_backend_that_parses_bare_stack_names_only_is_read_by_the_bare_name(
+    monkeypatch: pytest.MonkeyPatch, sent: list[str]
+) -> None:
+    # A DIY backend in the legacy (pre-project) layout parses a stack name only (tokens.ParseStackName): "/" fails.
+    answer = PlatformMocks.call
+
+    def legacy(self: PlatformMocks, args: Any) -> Any:
+        if args.token.startswith("pulumi:pulumi:read") and "/" in str(
+            args.args.get("name") or args.args.get("stackName")
+        ):
+            raise EngineError()
+        return answer(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", legacy)
+    message = refused("staging", run("staging"), {"qdrant": {"replicas": 2}}, sent)
+    assert "from 3 to 2 replicas" in message
