@@ -329,6 +329,9 @@ class CloudNativePg:
     """CloudNativePG Cluster settings (mode cloudnative)."""
 
     installOperator: bool
+    operatorChartVersion: str = _f(pattern=re.compile(r"^([0-9]+\.[0-9]+\.[0-9]+)?$"))
+    """The cloudnative-pg chart to run instead of the pinned one (a step of a one-minor-at-a-time upgrade); empty:
+    the pinned chart."""
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
@@ -1348,6 +1351,22 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "postgres.cloudnative.archiveName",
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
+            )
+    if cnpg.operatorChartVersion:
+        from infra import chart_values
+
+        if not cnpg.installOperator:
+            fail(
+                "postgres.cloudnative.operatorChartVersion",
+                "pins the operator chart the stack installs, but postgres.cloudnative.installOperator is false "
+                "(the cluster's own operator is upgraded where it is installed)",
+            )
+        if chart_values.load("cloudnative-pg", cnpg.operatorChartVersion) is None:
+            fail(
+                "postgres.cloudnative.operatorChartVersion",
+                f"{cnpg.operatorChartVersion} has no values record in infra/charts/ (recorded: "
+                f"{', '.join(sorted(f.stem.removeprefix('cloudnative-pg-') for f in chart_values.CHARTS_DIR.glob('cloudnative-pg-*.json')))}"
+                "); record it first (infra/chart_values.py)",
             )
     _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)

@@ -153,6 +153,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "postgres.managed.restore.snapshot",
         "Cloud SQL restores the registry by cloning",
     ),
+    # A CloudNativePG operator step the stack installs must be a recorded chart.
+    (
+        "prod",
+        {"postgres": {"mode": "cloudnative", "cloudnative": {"operatorChartVersion": "0.28.9"}}},
+        "postgres.cloudnative.operatorChartVersion",
+        "has no values record",
+    ),
     # Cloud SQL cannot turn its automated backups or its minor versions off.
     (
         "prod",
