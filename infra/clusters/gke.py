@@ -10,6 +10,7 @@ Memorystore (managed modes) get private IPs on it. Workload identity: one Google
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ import pulumi_kubernetes as k8s
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
-from infra.config import GkeCluster, StackConfig, internal_load_balancer
+from infra.config import ConfigError, GkeCluster, StackConfig, internal_load_balancer, stack_file
 from infra.naming import cloud_name
 
 # Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
@@ -131,6 +132,72 @@ def maintenance_policy(gke: GkeCluster) -> dict[str, Any]:
     }
 
 
+#: Maintenance exclusion scopes that hold the node pools' minor too (GKE API MaintenanceExclusionOptions.Scope:
+#: NO_MINOR_UPGRADES "excludes all minor upgrades for the cluster, only patches are allowed", control plane and
+#: nodes alike; NO_MINOR_OR_NODE_UPGRADES also excludes every node pool upgrade). Exclusions only stop *automatic*
+#: upgrades ("Maintenance windows and exclusions" concepts page): raising minMasterVersion upgrades the control plane
+#: by hand, and the node pools would stay a minor behind, since their auto-upgrade is what the exclusion holds.
+NODE_MINOR_HOLDING_SCOPES = frozenset({"NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES"})
+MIN_MASTER_VERSION_KEY = "rag:cluster.gke.minMasterVersion"
+#: How the Container API answers on a project where it is not enabled yet (a first `up`: the program enables it):
+#: `googleapi: Error 403: Kubernetes Engine API has not been used in project N before or it is disabled ...
+#: SERVICE_DISABLED`. No cluster can exist there.
+CONTAINER_API_DISABLED = re.compile(r"SERVICE_DISABLED|has not been used in project .* or it is disabled")
+
+
+def nodes_follow_master(gke: GkeCluster) -> bool:
+    """Whether the node pool is upgraded with the control plane by the stack (its `version` is the cluster's
+    `master_version`): when an exclusion holds the nodes' minor, so their auto-upgrade never will."""
+    return any(exclusion.scope in NODE_MINOR_HOLDING_SCOPES for exclusion in gke.maintenance.exclusions)
+
+
+def _gke_minor(version: str) -> int:
+    return int(version.split(".")[1])
+
+
+def check_master_step(wanted: str, running: str | None, file: str) -> None:
+    """Refuse (ConfigError naming rag:cluster.gke.minMasterVersion and the stack file) a `minMasterVersion` more
+    than one minor above the control plane's `running` version: GKE upgrades a control plane one minor at a time
+    (and refuses a skip in the update). Lower or equal is a floor already met (the provider upgrades the master
+    only when its version is below the minimum); `running` None: no cluster yet, created at `wanted`."""
+    if not wanted or running is None:
+        return
+    step = _gke_minor(wanted) - _gke_minor(running)
+    if step > 1:
+        raise ConfigError(
+            MIN_MASTER_VERSION_KEY,
+            file,
+            f"the cluster's control plane runs {running}, and GKE upgrades a control plane one minor at a time "
+            f"({wanted} is {step} minors ahead): set 1.{_gke_minor(running) + 1}, `ragops up`, and raise it again "
+            "after that upgrade (docs/infra.md, gke.minMasterVersion)",
+        )
+
+
+def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, file: str) -> str | None:
+    """The version the control plane of GKE cluster `name` runs (`master_version` of the container cluster data
+    source, currentMasterVersion), read with the stack's own `provider`; None when there is no such cluster yet:
+    the data source's "<projects/P/locations/L/clusters/N> not found" error (terraform-provider-google
+    datasourceContainerClusterRead), or a Container API not enabled yet. A blocking invoke made before any cloud
+    resource is declared (as on EKS: infra/clusters/eks.py running_version), so a refused step changes nothing.
+    Any other failure is refused too: without the read the step cannot be checked."""
+    try:
+        found = gcp.container.get_cluster(
+            name=name, location=gke.region, project=gke.project, opts=pulumi.InvokeOptions(provider=provider)
+        )
+    except Exception as exc:
+        text = str(exc)
+        if f"clusters/{name} not found" in text or CONTAINER_API_DISABLED.search(text):
+            return None
+        raise ConfigError(
+            MIN_MASTER_VERSION_KEY,
+            file,
+            f"could not read the version GKE cluster {name} runs ({text.strip().splitlines()[0]}), so the "
+            "one-minor step cannot be checked: the deploying identity needs container.clusters.get "
+            "(docs/infra.md, gke.minMasterVersion)",
+        ) from exc
+    return found.master_version or None
+
+
 def build_gke(config: StackConfig) -> ClusterTarget:
     """The GKE cluster target for `config` (provider `gke`)."""
     gke = config.cluster.gke
@@ -139,6 +206,13 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     low, high = ACCOUNT_ID_LIMIT
     protect = config.protect
     gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
+    if gke.minMasterVersion:
+        # Checked against what runs before anything else is declared: a refused step fails the preview or `up`
+        # with the reason and changes nothing, instead of an `up` failing at the cluster after the rest moved.
+        file = stack_file(stack)
+        check_master_step(
+            gke.minMasterVersion, running_master_version(cluster_name, gke, gcp_provider, file), file
+        )
     opts = pulumi.ResourceOptions(provider=gcp_provider)
     kept = pulumi.ResourceOptions(provider=gcp_provider, protect=protect)
 
@@ -324,6 +398,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             location=gke.region,
             autoscaling={"min_node_count": pool.minNodes, "max_node_count": pool.maxNodes},
             management={"auto_repair": True, "auto_upgrade": True},
+            # Under an exclusion that holds the nodes' minor, the nodes follow the control plane's version (never
+            # newer than it, as GKE requires): raising minMasterVersion upgrades the master, then the pool, in one
+            # `up`. Otherwise auto-upgrade moves them after the master, and a `version` here would fight it.
+            **({"version": cluster.master_version} if nodes_follow_master(gke) else {}),
             node_config={
                 "machine_type": pool.machineType,
                 "disk_size_gb": pool.diskSizeGb,
