@@ -1,6 +1,7 @@
 """When should the extractive answerer say it cannot answer? Measure it on a labelled set and pick the threshold.
 
     python -m quality.abstention            # in-process app, real model: the sweep, the choice, leave-one-out
+    python -m quality.abstention --fp32     # with fp32 query embeddings (the tests' embedder), not int8
 
 The set is quality/answers.json (its answerable questions with their expected phrases, its unanswerable ones far
 from the corpus) plus tests/fixtures/answer_abstention.json (more documents, more answerable questions, and
@@ -18,6 +19,7 @@ leave-one-out figure picks it without the question it then judges, so it estimat
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import re
@@ -173,7 +175,12 @@ def measure(client: Any, items: Sequence[Item], tenant: str = "default") -> list
     return [client.portal.call(one, item.query) for item in items]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Measure abstaining on the labelled set, pick its threshold."
+    )
+    parser.add_argument("--fp32", action="store_true", help="fp32 query embeddings (the tests'), not int8")
+    precision = "fp32" if parser.parse_args(argv).fp32 else "int8"
     from fastapi.testclient import TestClient
 
     from service.app.main import create_app
@@ -182,12 +189,10 @@ def main() -> None:
 
     documents, items = load()
     with tempfile.TemporaryDirectory(prefix="rag-abstention-") as tmp:
-        embedder = FastEmbedEmbedder(
-            "sentence-transformers/all-MiniLM-L6-v2",
-            model_path=Path(".models/all-MiniLM-L6-v2"),
-            cache_dir=Path(tmp) / "cache",
-        )
-        with TestClient(create_app(make_settings(Path(tmp)), embedder=embedder)) as client:
+        settings = make_settings(Path(tmp), embedding_query_precision=precision)
+        # As deployed (int8 query graph by default); the tests' embedder runs fp32 queries (--fp32 to compare).
+        embedder = FastEmbedEmbedder.from_settings(settings)
+        with TestClient(create_app(settings, embedder=embedder)) as client:
             ingest(client, documents)
             features = measure(client, items)
             through_http = http_rates(client, items)
