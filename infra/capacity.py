@@ -1,4 +1,4 @@
-"""Node capacity on EKS: do the stack's pods, at the most replicas its autoscalers may ask for, fit the nodes the
+"""Node capacity on EKS and GKE Standard: do the stack's pods, at the most replicas its autoscalers may ask for, fit the nodes the
 node group can have? (`make plan`'s `node-capacity` check, `check_node_capacity`.)
 
 An HPA that scales the API past what the nodes hold leaves the extra pods Pending: the HPA reports the replicas it
@@ -74,7 +74,7 @@ class NodeShape:
     """An instance type's vCPUs, nominal memory and max pods."""
 
     vcpus: int
-    memory_gib: int
+    memory_gib: float
     max_pods: int
 
 
@@ -308,13 +308,13 @@ class CapacityProblem:
 
 
 def node_capacity_problems(run: StackRun) -> list[CapacityProblem]:
-    """What keeps the stack's peak pods from fitting its EKS node groups (see the module doc)."""
+    """What keeps the stack's peak pods from fitting its EKS node groups or GKE node pools (see the module doc)."""
     groups = run.of_type(NODE_GROUP)
+    problems = gke_node_capacity_problems(run)
     if not groups:
-        return []
+        return problems
     autoscaled = autoscaled_clusters(run)
     pods = list(peak_pods(run))
-    problems = []
     for group in groups:
         cluster = str(group.inputs.get("clusterName"))
         # EKS's default when a group names no type (CreateNodegroup: t3.medium).
@@ -365,6 +365,125 @@ def node_capacity_problems(run: StackRun) -> list[CapacityProblem]:
                 "or lower service.autoscaling.maxReplicas or the pods' requests"
                 + ("" if with_autoscaler else "; or turn rag:cluster.eks.clusterAutoscaler.enabled on")
                 + " (docs/infra.md, 'Node capacity').",
+            )
+        )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- GKE node pools
+NODE_POOL = "gcp:container/nodePool:NodePool"
+#: Nominal GB (Compute Engine's GB: 2^30 bytes) per vCPU of each family's standard / highmem / highcpu types.
+_GCE_GIB_PER_VCPU: dict[str, dict[str, float]] = {
+    **{family: {"standard": 4, "highmem": 8, "highcpu": 1} for family in ("e2", "n2", "n2d")},
+    **{family: {"standard": 4, "highmem": 8, "highcpu": 2} for family in ("n4", "c3", "c3d", "c4")},
+    "n1": {"standard": 3.75, "highmem": 6.5, "highcpu": 0.9},
+    "t2d": {"standard": 4},
+}
+_GCE_TYPE = re.compile(r"^(?P<family>[a-z0-9]+)-(?P<kind>standard|highmem|highcpu)-(?P<vcpus>[0-9]+)$")
+#: E2 shared-core types: (vCPUs the node reports, GB).
+_GCE_SHARED = {"e2-medium": (2, 4.0), "e2-small": (2, 2.0)}
+#: (millicores, MiB) the DaemonSets of every GKE Standard node request (kube-proxy, fluentbit-gke, gke-metrics-agent,
+#: pdcsi-node, and node-exporter when monitoring is on): an estimate, like NODE_DAEMONS for EKS.
+GKE_NODE_DAEMONS = (300, 320)
+#: Pods per node on a VPC-native Standard cluster (`max_pods_per_node` default).
+GKE_MAX_PODS = 110
+
+
+def gce_shape(machine_type: str) -> NodeShape | None:
+    """vCPUs, nominal GiB and max pods of a Compute Engine machine type the check knows; None else."""
+    if machine_type in _GCE_SHARED:
+        vcpus, memory = _GCE_SHARED[machine_type]
+        return NodeShape(vcpus, memory, GKE_MAX_PODS)
+    match = _GCE_TYPE.fullmatch(machine_type)
+    per_vcpu = _GCE_GIB_PER_VCPU.get(match["family"], {}).get(match["kind"]) if match else None
+    if match is None or per_vcpu is None:
+        return None
+    vcpus = int(match["vcpus"])
+    return NodeShape(vcpus, vcpus * per_vcpu, GKE_MAX_PODS)
+
+
+def gke_allocatable(shape: NodeShape) -> tuple[float, float]:
+    """(millicores, MiB) a GKE Standard node offers to pods (GKE "Plan node sizes", memory and CPU reservations):
+    memory reserved 25 % of the first 4 GiB, 20 % of the next 4, 10 % of the next 8, 6 % of the next 112 and 2 %
+    above 128 GiB (255 MiB under 1 GiB), plus a 100 MiB eviction threshold; CPU as on EKS (6 % of the first core,
+    1 % of the second, 0.5 % of the third and fourth, 0.25 % above). Of the nominal memory, `MEMORY_VISIBLE`."""
+    cpu, _ = allocatable(NodeShape(shape.vcpus, 0, 0))
+    total = shape.memory_gib * MEMORY_VISIBLE
+    if total < 1:
+        reserved = 255 / 1024
+    else:
+        reserved = sum(
+            share * min(max(total - low, 0.0), high - low)
+            for low, high, share in (
+                (0, 4, 0.25),
+                (4, 8, 0.20),
+                (8, 16, 0.10),
+                (16, 128, 0.06),
+                (128, 1e9, 0.02),
+            )
+        )
+    return cpu, (total - reserved) * 1024 - 100
+
+
+def _pool_zones(pool: RecordedResource) -> int:
+    """Zones a node pool's per-zone counts apply to: its nodeLocations, else 3 in a region and 1 in a zone."""
+    locations = pool.inputs.get("nodeLocations")
+    if locations:
+        return len(locations)
+    location = str(pool.inputs.get("location") or "")
+    return GKE_DEFAULT_ZONES if location.count("-") == 1 else 1
+
+
+def gke_node_capacity_problems(run: StackRun) -> list[CapacityProblem]:
+    """The GKE Standard half of `node_capacity_problems`: each node pool at its autoscaler's maximum (GKE's own
+    cluster autoscaler runs for a pool with an `autoscaling` block; `maxNodeCount` is per zone), else at
+    `nodeCount` per zone. Autopilot has no node pools: Google sizes its nodes to the pods."""
+    pools = run.of_type(NODE_POOL)
+    if not pools:
+        return []
+    pods = list(peak_pods(run))
+    problems = []
+    for pool in pools:
+        machine_type = str((pool.inputs.get("nodeConfig") or {}).get("machineType") or "e2-medium")
+        shape = gce_shape(machine_type)
+        if shape is None:
+            problems.append(
+                CapacityProblem(
+                    pool,
+                    f"machine type {machine_type!r} is not one the node-capacity check knows the allocatable of, so "
+                    "no check says whether the stack's pods fit its nodes.",
+                    "use an e2/n1/n2/n2d/n4/c3/c3d/c4/t2d standard, highmem or highcpu type, or add it to "
+                    "infra/capacity.py.",
+                )
+            )
+            continue
+        zones = _pool_zones(pool)
+        scaling = pool.inputs.get("autoscaling") or {}
+        if scaling.get("totalMaxNodeCount"):
+            nodes = int(scaling["totalMaxNodeCount"])
+        elif scaling:
+            nodes = int(scaling.get("maxNodeCount") or 0) * zones
+        else:
+            nodes = int(pool.inputs.get("nodeCount") or pool.inputs.get("initialNodeCount") or 0) * zones
+        cpu, memory = gke_allocatable(shape)
+        free_cpu, free_memory = cpu - GKE_NODE_DAEMONS[0], memory - GKE_NODE_DAEMONS[1]
+        addons = [
+            Pod("cluster add-ons", CLUSTER_ADDONS[0] / ADDON_PODS, CLUSTER_ADDONS[1] / ADDON_PODS, False)
+        ] * ADDON_PODS
+        left = unplaced([*pods, *addons], nodes, free_cpu, free_memory)
+        if not left:
+            continue
+        pending = sorted({p.workload for p in left})
+        which = "maxNodeCount per zone (GKE's autoscaler ceiling)" if scaling else "nodeCount per zone"
+        problems.append(
+            CapacityProblem(
+                pool,
+                f"at their peak (HPA maxReplicas) {len(left)} pod(s) of {', '.join(pending)} fit none of the "
+                f"{nodes} x {machine_type} nodes ({which}, {zones} zone(s)), {free_cpu / 1000:.2f} vCPU and "
+                f"{free_memory / 1024:.1f} GiB free each after GKE's reservations and node daemons: they would "
+                "stay Pending.",
+                "raise rag:cluster.gke.nodePool.maxNodes or machineType, or lower service.autoscaling.maxReplicas "
+                "or the pods' requests (docs/infra.md, 'Node capacity').",
             )
         )
     return problems

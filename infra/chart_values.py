@@ -88,6 +88,27 @@ KUBERNETES_SUPPORT: Mapping[str, tuple[tuple[str, KubernetesRange], ...]] = {
         ),
     ),
     "cloudnative-pg": (
+        # 0.27 and 0.28: the steps of a one-minor-at-a-time upgrade (`rag:postgres.cloudnative.operatorChartVersion`).
+        (
+            "0.27.",
+            KubernetesRange(
+                "1.32",
+                "1.35",
+                "chart 0.27.1 runs operator 1.28.1 (no kubeVersion); cloudnative-pg/cloudnative-pg "
+                "docs/src/supported_releases.md at v1.30.0, old releases: 1.28.x 'Supported Kubernetes versions: "
+                "1.32, 1.33, 1.34, 1.35' (end of life June 30, 2026)",
+            ),
+        ),
+        (
+            "0.28.",
+            KubernetesRange(
+                "1.33",
+                "1.35",
+                "chart 0.28.3 runs operator 1.29.1 (its kubeVersion '>=1.29.0-0' is looser); "
+                "cloudnative-pg/cloudnative-pg docs/src/supported_releases.md at v1.30.0, 1.29.x 'Supported "
+                "Kubernetes versions: 1.33, 1.34, 1.35' (end of life 29 Sep 2026)",
+            ),
+        ),
         (
             "0.29.",
             KubernetesRange(

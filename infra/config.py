@@ -56,7 +56,8 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any = MISSING, **checks: Any) -> Any:
-    """A dataclass field carrying its checks (min, max, pattern) in metadata."""
+    """A dataclass field carrying its checks (min, max, pattern; integer_ok: a string that may be written as an
+    integer, read as its decimal text) in metadata."""
     if isinstance(default, (dict, list)):
         raise TypeError("mutable defaults are not used")
     return field(default=default, metadata=checks)
@@ -320,7 +321,7 @@ class CnpgRecovery:
 class CnpgMajorUpgrade:
     """A declared major-version upgrade of the CloudNativePG Cluster (an offline in-place pg_upgrade)."""
 
-    fromVersion: str = _f(pattern=re.compile(r"^(1[4-8])?$"))
+    fromVersion: str = _f(pattern=re.compile(r"^(1[4-8])?$"), integer_ok=True)
     """The major the Cluster runs now, while postgres.version names the target; empty: no upgrade declared."""
 
 
@@ -329,6 +330,9 @@ class CloudNativePg:
     """CloudNativePG Cluster settings (mode cloudnative)."""
 
     installOperator: bool
+    operatorChartVersion: str = _f(pattern=re.compile(r"^([0-9]+\.[0-9]+\.[0-9]+)?$"))
+    """The cloudnative-pg chart to run instead of the pinned one (a step of a one-minor-at-a-time upgrade); empty:
+    the pinned chart."""
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
@@ -352,7 +356,7 @@ class MaintenanceWindow:
 class MajorUpgrade:
     """A declared major-version upgrade of the RDS / Cloud SQL instance (docs/runbooks.md)."""
 
-    fromVersion: str = _f(pattern=MAJOR_RE)
+    fromVersion: str = _f(pattern=MAJOR_RE, integer_ok=True)
     """The major the instance runs now, while postgres.version names the target; empty: no upgrade declared."""
 
 
@@ -388,7 +392,7 @@ class PostgresConfig:
     """The registry database."""
 
     mode: Literal["cloudnative", "managed"]
-    version: str = _f(pattern=re.compile(r"^1[4-8]$"))
+    version: str = _f(pattern=re.compile(r"^1[4-8]$"), integer_ok=True)
     database: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
     user: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
     cloudnative: CloudNativePg
@@ -1022,6 +1026,9 @@ def _coerce(hint: Any, value: Any, key: str, file: str, checks: Mapping[str, Any
         _check_range(value, key, file, checks)
         return float(value)
     if hint is str:
+        if checks.get("integer_ok") and isinstance(value, int) and not isinstance(value, bool):
+            # A major version: `pulumi config set --path rag:postgres.version 18` stores the number 18.
+            value = str(value)
         if not isinstance(value, str):
             raise ConfigError(key, file, f"expected a string, got {_kind(value)}")
         pattern = checks.get("pattern")
@@ -1349,6 +1356,22 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 f"must name a new archive when recovering from {cnpg.recovery.source!r}: barman-cloud refuses to "
                 "archive into a non-empty location, and the source must stay intact to restore from again",
             )
+    if cnpg.operatorChartVersion:
+        from infra import chart_values
+
+        if not cnpg.installOperator:
+            fail(
+                "postgres.cloudnative.operatorChartVersion",
+                "pins the operator chart the stack installs, but postgres.cloudnative.installOperator is false "
+                "(the cluster's own operator is upgraded where it is installed)",
+            )
+        if chart_values.load("cloudnative-pg", cnpg.operatorChartVersion) is None:
+            fail(
+                "postgres.cloudnative.operatorChartVersion",
+                f"{cnpg.operatorChartVersion} has no values record in infra/charts/ (recorded: "
+                f"{', '.join(sorted(f.stem.removeprefix('cloudnative-pg-') for f in chart_values.CHARTS_DIR.glob('cloudnative-pg-*.json')))}"
+                "); record it first (infra/chart_values.py)",
+            )
     _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)
     if config.backups.enabled and cluster.provider == "existing":
@@ -1441,6 +1464,11 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "the SMTP server (host:port) is required when email.to is set",
             )
 
+    if config.environment == "staging" and not config.tls.enabled:
+        # The policy pack refuses it too (tls-entry-point-outside-dev), but without naming the key or the file.
+        fail(
+            "tls.enabled", "staging requires TLS, like prod (an HTTPS entry point): only dev may turn it off"
+        )
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")

@@ -2312,7 +2312,8 @@ def check_chart_values(run: StackRun, analysis: Analysis, graph: Graph) -> list[
 CHART_VERSION_KEYS: Mapping[str, str] = {
     "cert-manager": "rag:tls.certManagerVersion",
     "kube-prometheus-stack": "rag:monitoring.chartVersion",
-    "cloudnative-pg": "CNPG_CHART_VERSION in infra/components/postgres.py",
+    "cloudnative-pg": "rag:postgres.cloudnative.operatorChartVersion (empty: CNPG_CHART_VERSION in "
+    "infra/components/postgres.py)",
     "plugin-barman-cloud": "BARMAN_CLOUD_CHART_VERSION in infra/components/postgres.py",
     "gateway-helm": "ENVOY_GATEWAY_CHART in infra/clusters/eks.py",
     "metrics-server": "METRICS_SERVER_CHART in infra/clusters/eks.py",
@@ -2950,6 +2951,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "postgres.cloudnative.recovery.source": "postgres",
     "postgres.cloudnative.recovery.targetTime": "2026-11-26T03:00:00Z",
     "postgres.cloudnative.majorUpgrade.fromVersion": "16",  # from 16 to the default 17
+    "postgres.cloudnative.operatorChartVersion": "0.28.3",
     "postgres.managed.instanceClass": "db.r7g.large",
     "postgres.managed.tier": "db-custom-4-15360",
     "postgres.managed.maintenanceWindow.day": "wed",

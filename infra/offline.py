@@ -242,9 +242,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         # Provider id -> its inputs, so a resource's outputs can reflect its provider's project/region.
         self._providers: dict[str, dict[str, Any]] = {}
         # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
-        # "version", "nodeGroups": {name: version}}}, and the stack's own last state as the engine's builtin
-        # invokes read it (infra/guards.py): {"state": {"outputs": {...}, "resources": {urn: {"type", "outputs"}}}}.
-        # Empty: a fresh account, no cluster yet, a stack never deployed.
+        # "version", "nodeGroups": {name: version}}, "gke": {"name", "masterVersion"}}, and the stack's own last
+        # state as the engine's builtin invokes read it (infra/guards.py): {"state": {"outputs": {...}, "resources":
+        # {urn: {"type", "outputs"}}}}. Empty: a fresh account, no cluster yet, a stack never deployed.
         self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
@@ -308,6 +308,14 @@ class PlatformMocks(pulumi_mocks.Mocks):
             if group not in groups:
                 raise ProviderError(tok, f"ResourceNotFoundException: No node group found for name: {group}.")
             return {"nodeGroupName": group, "version": groups[group], "id": group}, []
+        if tok == "gcp:container/getCluster:getCluster":
+            gke = self._live.get("gke")
+            name = args.args.get("name")
+            if not gke or name != gke["name"]:
+                # As terraform-provider-google's data source answers a 404 (datasourceContainerClusterRead).
+                where = f"projects/{args.args.get('project')}/locations/{args.args.get('location')}/clusters/{name}"
+                raise ProviderError(tok, f"{where} not found")
+            return {"name": name, "masterVersion": gke["masterVersion"], "id": name}, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT_ID,
@@ -338,6 +346,18 @@ class PlatformMocks(pulumi_mocks.Mocks):
         if tok == "gcp:organizations/getProject:getProject":
             return {"number": "123456789", "projectId": args.args.get("projectId", "offline-project")}, []
         return {}, []
+
+
+#: The control plane version the offline GKE cluster runs when its config names no minimum (the channel's default).
+GKE_DEFAULT_MASTER = "1.34.5-gke.1000000"
+
+
+def gke_master_version(minimum: str) -> str:
+    """The version a GKE control plane runs (`masterVersion`) for `minMasterVersion`: that version when it is a full
+    one, the minor's newest patch in the channel (a plausible one) for a minor, the channel's default when empty."""
+    if re.fullmatch(r"1\.\d+", minimum):
+        return f"{minimum}.5-gke.1000000"
+    return minimum or GKE_DEFAULT_MASTER
 
 
 def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -406,6 +426,7 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "masterAuth": {"clusterCaCertificate": _fake_cert(name)},
             "location": inputs.get("location", "europe-west1"),
             "selfLink": f"https://container.googleapis.com/v1/projects/p/locations/l/clusters/{name}",
+            "masterVersion": gke_master_version(str(inputs.get("minMasterVersion") or "")),
         }
     if typ == "gcp:artifactregistry/repository:Repository":
         return {"name": inputs.get("repositoryId") or name, "registryUri": None}

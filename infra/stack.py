@@ -33,7 +33,7 @@ from infra.components.monitoring import (
     Monitoring,
     MonitoringArgs,
 )
-from infra.components.postgres import PostgresDatabase, PostgresDatabaseArgs, pg_image
+from infra.components.postgres import CNPG_CHART_VERSION, PostgresDatabase, PostgresDatabaseArgs, pg_image
 from infra.components.qdrant import ALT_API_KEY_SINCE, QdrantCluster, QdrantClusterArgs
 from infra.components.rag_service import (
     READINESS_PATH,
@@ -414,6 +414,7 @@ def postgres_args(
         depends_on=ready if mode == "cloudnative" else tuple(cluster.depends_on),
         namespace=config.namespace,
         install_operator=cfg.cloudnative.installOperator,
+        operator_chart_version=cnpg.operatorChartVersion or CNPG_CHART_VERSION,
         instances=cfg.cloudnative.instances,
         storage_size=cfg.cloudnative.storage.size,
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),

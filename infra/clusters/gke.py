@@ -10,6 +10,7 @@ Memorystore (managed modes) get private IPs on it. Workload identity: one Google
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ import pulumi_kubernetes as k8s
 from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
-from infra.config import GkeCluster, StackConfig, internal_load_balancer
+from infra.config import ConfigError, GkeCluster, StackConfig, internal_load_balancer, stack_file
 from infra.naming import cloud_name
 
 # Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
@@ -55,6 +56,8 @@ ACCOUNT_ID_LIMIT = (6, 30)
 REPOSITORY_ID_LIMIT = 63
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
+# What a destroy does to the private services connection when the API refuses to delete it (see build_gke).
+PRIVATE_SERVICES_DELETION_POLICY = "REMOVE_PEERING"
 # The proxy-only subnet of the regional Gateway classes (Envoy-based load balancers, internal or external).
 PROXY_ONLY_CIDR = GKE_PROXY_ONLY_CIDR
 # The control plane's private range (a /28 outside every other range of the network).
@@ -129,6 +132,72 @@ def maintenance_policy(gke: GkeCluster) -> dict[str, Any]:
     }
 
 
+#: Maintenance exclusion scopes that hold the node pools' minor too (GKE API MaintenanceExclusionOptions.Scope:
+#: NO_MINOR_UPGRADES "excludes all minor upgrades for the cluster, only patches are allowed", control plane and
+#: nodes alike; NO_MINOR_OR_NODE_UPGRADES also excludes every node pool upgrade). Exclusions only stop *automatic*
+#: upgrades ("Maintenance windows and exclusions" concepts page): raising minMasterVersion upgrades the control plane
+#: by hand, and the node pools would stay a minor behind, since their auto-upgrade is what the exclusion holds.
+NODE_MINOR_HOLDING_SCOPES = frozenset({"NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES"})
+MIN_MASTER_VERSION_KEY = "rag:cluster.gke.minMasterVersion"
+#: How the Container API answers on a project where it is not enabled yet (a first `up`: the program enables it):
+#: `googleapi: Error 403: Kubernetes Engine API has not been used in project N before or it is disabled ...
+#: SERVICE_DISABLED`. No cluster can exist there.
+CONTAINER_API_DISABLED = re.compile(r"SERVICE_DISABLED|has not been used in project .* or it is disabled")
+
+
+def nodes_follow_master(gke: GkeCluster) -> bool:
+    """Whether the node pool is upgraded with the control plane by the stack (its `version` is the cluster's
+    `master_version`): when an exclusion holds the nodes' minor, so their auto-upgrade never will."""
+    return any(exclusion.scope in NODE_MINOR_HOLDING_SCOPES for exclusion in gke.maintenance.exclusions)
+
+
+def _gke_minor(version: str) -> int:
+    return int(version.split(".")[1])
+
+
+def check_master_step(wanted: str, running: str | None, file: str) -> None:
+    """Refuse (ConfigError naming rag:cluster.gke.minMasterVersion and the stack file) a `minMasterVersion` more
+    than one minor above the control plane's `running` version: GKE upgrades a control plane one minor at a time
+    (and refuses a skip in the update). Lower or equal is a floor already met (the provider upgrades the master
+    only when its version is below the minimum); `running` None: no cluster yet, created at `wanted`."""
+    if not wanted or running is None:
+        return
+    step = _gke_minor(wanted) - _gke_minor(running)
+    if step > 1:
+        raise ConfigError(
+            MIN_MASTER_VERSION_KEY,
+            file,
+            f"the cluster's control plane runs {running}, and GKE upgrades a control plane one minor at a time "
+            f"({wanted} is {step} minors ahead): set 1.{_gke_minor(running) + 1}, `ragops up`, and raise it again "
+            "after that upgrade (docs/infra.md, gke.minMasterVersion)",
+        )
+
+
+def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, file: str) -> str | None:
+    """The version the control plane of GKE cluster `name` runs (`master_version` of the container cluster data
+    source, currentMasterVersion), read with the stack's own `provider`; None when there is no such cluster yet:
+    the data source's "<projects/P/locations/L/clusters/N> not found" error (terraform-provider-google
+    datasourceContainerClusterRead), or a Container API not enabled yet. A blocking invoke made before any cloud
+    resource is declared (as on EKS: infra/clusters/eks.py running_version), so a refused step changes nothing.
+    Any other failure is refused too: without the read the step cannot be checked."""
+    try:
+        found = gcp.container.get_cluster(
+            name=name, location=gke.region, project=gke.project, opts=pulumi.InvokeOptions(provider=provider)
+        )
+    except Exception as exc:
+        text = str(exc)
+        if f"clusters/{name} not found" in text or CONTAINER_API_DISABLED.search(text):
+            return None
+        raise ConfigError(
+            MIN_MASTER_VERSION_KEY,
+            file,
+            f"could not read the version GKE cluster {name} runs ({text.strip().splitlines()[0]}), so the "
+            "one-minor step cannot be checked: the deploying identity needs container.clusters.get "
+            "(docs/infra.md, gke.minMasterVersion)",
+        ) from exc
+    return found.master_version or None
+
+
 def build_gke(config: StackConfig) -> ClusterTarget:
     """The GKE cluster target for `config` (provider `gke`)."""
     gke = config.cluster.gke
@@ -137,6 +206,13 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     low, high = ACCOUNT_ID_LIMIT
     protect = config.protect
     gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
+    if gke.minMasterVersion:
+        # Checked against what runs before anything else is declared: a refused step fails the preview or `up`
+        # with the reason and changes nothing, instead of an `up` failing at the cluster after the rest moved.
+        file = stack_file(stack)
+        check_master_step(
+            gke.minMasterVersion, running_master_version(cluster_name, gke, gcp_provider, file), file
+        )
     opts = pulumi.ResourceOptions(provider=gcp_provider)
     kept = pulumi.ResourceOptions(provider=gcp_provider, protect=protect)
 
@@ -193,12 +269,20 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         network=network.id,
         service="servicenetworking.googleapis.com",
         reserved_peering_ranges=[private_range.name],
+        # A destroy deletes Cloud SQL/Memorystore first, but the API still refuses deleteConnection while the
+        # producer holds their resources (Cloud SQL keeps them to allow a restore), and the peering then blocks
+        # the network's delete. REMOVE_PEERING removes the peering when deleteConnection is refused (pulumi-gcp
+        # 10.2.0 docstring; ABANDON would leave the peering and the network still blocked). Upstream keeps it for
+        # teardown once no instance uses the connection: here only a destroy (instances first) or a replaced
+        # network deletes it. A provider-side field: an in-place update of the state, no replacement; an existing
+        # stack records it at its next `up`, before which a destroy still uses DELETE.
+        deletion_policy=PRIVATE_SERVICES_DELETION_POLICY,
         opts=opts,
     )
 
     # Private nodes have no external address: Cloud NAT lets them pull public images (Docker Hub, ghcr.io).
     router = gcp.compute.Router("nat-router", network=network.id, region=gke.region, opts=opts)
-    gcp.compute.RouterNat(
+    nat = gcp.compute.RouterNat(
         "nat",
         router=router.name,
         region=gke.region,
@@ -296,8 +380,15 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             name=cluster_name,
             remove_default_node_pool=True,
             initial_node_count=1,
+            # GKE creates the default pool (deleted right after) with this identity; without it, with the Compute
+            # Engine default account, which hardened projects delete and the deploy identity cannot act as.
+            node_config={"service_account": node_sa.email, "oauth_scopes": NODE_SCOPES},
             workload_identity_config={"workload_pool": workload_pool},
-            opts=kept,
+            # node_config is ForceNew on the cluster (terraform-provider-google node_config.go): an existing
+            # cluster, created without it, keeps its state instead of being replaced.
+            opts=pulumi.ResourceOptions.merge(
+                kept, pulumi.ResourceOptions(depends_on=node_roles, ignore_changes=["nodeConfig"])
+            ),
             **common,
         )
         pool = gke.nodePool
@@ -307,6 +398,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             location=gke.region,
             autoscaling={"min_node_count": pool.minNodes, "max_node_count": pool.maxNodes},
             management={"auto_repair": True, "auto_upgrade": True},
+            # Under an exclusion that holds the nodes' minor, the nodes follow the control plane's version (never
+            # newer than it, as GKE requires): raising minMasterVersion upgrades the master, then the pool, in one
+            # `up`. Otherwise auto-upgrade moves them after the master, and a `version` here would fight it.
+            **({"version": cluster.master_version} if nodes_follow_master(gke) else {}),
             node_config={
                 "machine_type": pool.machineType,
                 "disk_size_gb": pool.diskSizeGb,
@@ -315,7 +410,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
                 "oauth_scopes": NODE_SCOPES,
                 "workload_metadata_config": {"mode": "GKE_METADATA"},
             },
-            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
+            # Private nodes pull public images only through Cloud NAT: a failed NAT fails the `up` here, not
+            # every release on ImagePullBackOff after its timeout.
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[*node_roles, nat])),
         )
         depends.append(node_pool)
 
@@ -400,8 +497,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "private_services_cidr": PRIVATE_SERVICES_CIDR,
             "project": gke.project,
         },
-        # Workloads wait for the nodes (the cluster itself on Autopilot) and for the webhooks' firewall rule.
-        depends_on=(*(depends or [cluster]), webhooks),
+        # Workloads wait for the nodes (the cluster itself on Autopilot), the webhooks' firewall rule and Cloud NAT
+        # (Autopilot's nodes come with the first pods).
+        depends_on=(*(depends or [cluster]), webhooks, nat),
         # The service's pods pull from the stack's Artifact Registry repository as the node account.
         image_pull=tuple(
             grant

@@ -153,6 +153,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "postgres.managed.restore.snapshot",
         "Cloud SQL restores the registry by cloning",
     ),
+    # A CloudNativePG operator step the stack installs must be a recorded chart.
+    (
+        "prod",
+        {"postgres": {"mode": "cloudnative", "cloudnative": {"operatorChartVersion": "0.28.9"}}},
+        "postgres.cloudnative.operatorChartVersion",
+        "has no values record",
+    ),
     # Cloud SQL cannot turn its automated backups or its minor versions off.
     (
         "prod",
@@ -377,6 +384,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster's own Alertmanager",
     ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
+    ("staging", {"tls": {"enabled": False}}, "tls.enabled", "staging requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
     ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),
     ("prod", {"qdrant": {"replicas": 2, "replicationFactor": 2}}, "qdrant.replicas", "at least 3"),

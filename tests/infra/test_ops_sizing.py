@@ -287,3 +287,70 @@ def test_allocatable_follows_the_eks_ami_reservations() -> None:
     assert instance_shape("t5.large") is None
     assert instance_shape("t3.4xlarge") is None  # no such size
     assert instance_shape("t3.medium") == instance_shape("t3a.medium")
+
+
+# ------------------------------------------------------------------------------------- node-capacity on GKE
+QDRANT_6_CPU = {
+    "resources": {"requests": {"cpu": "6", "memory": "20Gi"}, "limits": {"cpu": "6", "memory": "20Gi"}}
+}
+
+
+def test_the_declared_gke_stacks_fit_their_node_pools_at_peak() -> None:
+    for stack, target in (("staging", None), ("prod", "gke"), ("dev", "gke")):
+        assert capacity_findings(run(stack, target)) == [], stack
+
+
+def test_a_qdrant_no_gke_node_can_hold_is_a_finding() -> None:
+    """EYES6 G5: 6 vCPU / 20Gi Qdrant pods on e2-standard-4 nodes passed `make plan` on GKE (the check knew only
+    EKS node groups) and would stay Pending for ever on a real cluster."""
+    (finding,) = capacity_findings(run("staging", qdrant=QDRANT_6_CPU))
+    assert finding.name == "gke-nodes"
+    assert "qdrant" in finding.message
+    assert (
+        "9 x e2-standard-4 nodes (maxNodeCount per zone (GKE's autoscaler ceiling), 3 zone(s))"
+        in finding.message
+    )
+    assert "cluster.gke.nodePool.maxNodes or machineType" in finding.fix
+    # The same pods on nodes large enough: no finding.
+    bigger = {"provider": "gke", "gke": {"nodePool": {"machineType": "n2-standard-8"}}}
+    assert capacity_findings(run("staging", qdrant=QDRANT_6_CPU, cluster=bigger)) == []
+
+
+def test_a_fixed_gke_pool_counts_node_count_per_zone() -> None:
+    result = with_hpa_max(run("staging"), 40)
+    assert capacity_findings(result) == []  # the autoscaler may grow the pool to 3 per zone x 3 zones
+
+    def fixed_one_per_zone(inputs: dict[str, Any]) -> None:
+        inputs.pop("autoscaling")
+        inputs["nodeCount"] = 1
+        inputs["nodeLocations"] = ["europe-west1-b", "europe-west1-c"]
+
+    (finding,) = capacity_findings(patched(result, "gke-nodes", fixed_one_per_zone))
+    assert "2 x e2-standard-4 nodes (nodeCount per zone, 2 zone(s))" in finding.message
+
+
+def test_a_gke_machine_type_of_unknown_shape_is_a_finding() -> None:
+    def arm(inputs: dict[str, Any]) -> None:
+        inputs["nodeConfig"]["machineType"] = "t2a-standard-4"
+
+    (finding,) = capacity_findings(patched(run("staging"), "gke-nodes", arm))
+    assert "t2a-standard-4" in finding.message
+
+
+def test_gke_allocatable_follows_gkes_reservations() -> None:
+    from infra.capacity import MEMORY_VISIBLE, NodeShape, gce_shape, gke_allocatable
+
+    # A node whose kernel sees exactly 16 GiB: 25 % of 4 + 20 % of 4 + 10 % of 8 = 2.6 GiB reserved, and the
+    # 100 MiB eviction threshold (GKE's "Plan node sizes" example figures).
+    cpu, memory = gke_allocatable(NodeShape(4, 16 / MEMORY_VISIBLE, 110))
+    assert cpu == 3920
+    assert round(memory, 1) == round((16 - 2.6) * 1024 - 100, 1)
+    # 200 GiB: + 6 % of 112 + 2 % of 72.
+    _, big = gke_allocatable(NodeShape(32, 200 / MEMORY_VISIBLE, 110))
+    assert round(big, 1) == round((200 - 2.6 - 0.06 * 112 - 0.02 * 72) * 1024 - 100, 1)
+    assert gce_shape("e2-standard-4") == NodeShape(4, 16, 110)
+    assert gce_shape("n1-standard-4") == NodeShape(4, 15.0, 110)
+    assert gce_shape("c3-highcpu-8") == NodeShape(8, 16, 110)
+    assert gce_shape("e2-medium") == NodeShape(2, 4.0, 110)
+    assert gce_shape("m5.large") is None
+    assert gce_shape("t2d-highmem-4") is None  # T2D has standard types only
