@@ -94,11 +94,16 @@ def test_disagreeing_near_duplicates_are_both_quoted_and_flagged(client: TestCli
         flagged = {by_n[int(n)]["document_id"] for n in note.groups()}
         assert "handbook:vacation-2025.md" in flagged
         assert len(flagged) == 2
-        # Each quote carries the marker of a source that says it.
-        for days in ("25", "26"):
-            quote = re.search(rf"Employees get {days} days[^\[]*\[(\d+)\]", answer)
+        # Each quote carries the markers of the sources that say it: both copies of the 25-day policy.
+        for days, documents in (
+            ("25", {"handbook:vacation.md", "handbook:vacation-copy.md"}),
+            ("26", {"handbook:vacation-2025.md"}),
+        ):
+            quote = re.search(rf"Employees get {days} days[^\[]*\[([\d, ]+)\]", answer)
             assert quote, (mode, answer)
-            assert f"{days} days" in by_n[int(quote.group(1))]["text"]
+            cited = [by_n[int(n)] for n in quote.group(1).split(",")]
+            assert {c["document_id"] for c in cited} == documents, (mode, answer)
+            assert all(f"{days} days" in c["text"] for c in cited)
 
 
 def test_a_near_miss_gets_no_answer(client: TestClient) -> None:

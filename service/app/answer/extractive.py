@@ -21,7 +21,8 @@ the answer is in a cited source (the one exception is the note that two sources 
   labelled set of answerable and near-miss questions (quality/abstention.py; docs/answers.md, "Abstaining").
 - **At most ``MAX_SENTENCES`` units**, each within ``RELATIVE_SUPPORT`` of the best's support (or naming a code),
   in source order, each with its ``[n]``; numbers are dense in order of first use (`citations.clean_citations`).
-- **Near-duplicates.** An exact repeat is quoted once, from the better source. A unit from another document with
+- **Near-duplicates.** An exact repeat is quoted once, from the better source, and cited with every other document
+  that says it ("[1, 2]": a copy does not hide its original). A unit from another document with
   nearly the same words (``NEAR_DUPLICATE``) that disagrees with a quoted one (other numbers, or a negation the
   other lacks) is quoted too, with its own source, and the answer ends with a note naming both (EYES4 E12: "26
   days [1] ... 25 days [2]" passed through without comment). The service cannot know which is right; showing one
@@ -198,14 +199,21 @@ def extract_answer(
     names) come first; others that name a code earn a bonus in proportion to its distinctiveness.
     """
     candidates: list[Unit] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
+    # Per unit, the other documents' sources saying exactly the same: cited with it ("[1, 2]"), so a copied
+    # document does not hide the original (EYES4 E12: only the copy was cited).
+    same: dict[int, list[Source]] = {}
     for source in sources:
         for unit in units_of(source):
             # Neighbouring chunks overlap and copies repeat: the same unit is quoted once, from the better source.
-            if unit.text.lower() in seen:
-                continue
-            seen.add(unit.text.lower())
-            candidates.append(unit)
+            first = seen.get(unit.text.lower())
+            if first is None:
+                seen[unit.text.lower()] = len(candidates)
+                candidates.append(unit)
+            elif all(s.result.document_id != source.result.document_id for s in same.get(first, [])) and (
+                candidates[first].document_id != source.result.document_id
+            ):
+                same.setdefault(first, []).append(source)
     candidates = candidates[:MAX_CANDIDATES]
     if not candidates:
         return Extract(answer="", cited=[])
@@ -270,9 +278,12 @@ def extract_answer(
                 conflicts.append((i, j))
                 break
     chosen.sort(key=lambda i: (candidates[i].n, candidates[i].position))
-    raw = " ".join(f"{candidates[i].text} [{candidates[i].n}]" for i in chosen)
+    raw = " ".join(
+        f"{candidates[i].text} [{', '.join(str(n) for n in [candidates[i].n, *(s.n for s in same.get(i, []))])}]"
+        for i in chosen
+    )
     for i, j in conflicts:
         first, second = sorted((candidates[i].n, candidates[j].n))
         raw += " " + DISAGREE_NOTE.format(f"[{first}] and [{second}]")
-    answer, cited = clean_citations(raw, {c.n for c in candidates})
+    answer, cited = clean_citations(raw, {source.n for source in sources})
     return Extract(answer=answer, cited=cited, unnamed=unnamed, **measured)  # type: ignore[arg-type]
