@@ -30,9 +30,9 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   writes. So with ``WRITE_DURABILITY=power_loss`` (the default) an upsert returns only after the WAL's files
   (and its directory) are fsynced, which is what a Qdrant server does for a ``wait=true`` update (it flushes
   its WAL before applying it, and flushes segments every few seconds). Not ``EdgeShard.flush()``, the only
-  sync the binding exposes: it also syncs every segment (55 fsync/msync calls for a one-segment shard,
-  12-185 ms on the benchmark machine's disk against 0.5-2 ms for the WAL's files; benchmarks.md
-  "Write durability"); it stays the fallback when the WAL's files are not where this version keeps them.
+  sync the binding exposes: it also syncs every segment (55 fsync/msync calls for a one-segment shard: a median
+  of 238 ms on the benchmark machine's disk against 5 ms for the WAL's files; benchmarks.md "Write
+  durability"); it stays the fallback when the WAL's files are not where this version keeps them.
   ``process_crash`` skips the fsync.
 - Indexing: new points land in an appendable, unindexed segment; a background thread runs the shard's
   optimizers (HNSW build, merges, vacuum of deleted points). qdrant-edge-py 0.9.0 holds the GIL for the whole
