@@ -366,6 +366,8 @@ def run_size(
     started = time.perf_counter()
     service = ServiceProcess(data_dir, env=args.service_env)
     startup = time.perf_counter() - started
+    # The search pool the service chose for this shard when it opened it (EDGE_SEARCH_THREADS; 1: the calling thread).
+    pool = json.loads((data_dir / "edge" / name / "edge_config.json").read_text()).get("max_search_threads")
     sweep: dict[str, dict] = {}
     try:
         texts = query_texts[: args.queries]
@@ -432,6 +434,7 @@ def run_size(
         "segments": segments,
         "segments_built": segments_built,
         "consolidate": consolidate_seconds if consolidated else None,
+        "pool": pool,
         "modes": modes,
         "edge": {**summary(edge_lat), **edge_load},
         "numpy": summary(numpy_lat),
@@ -804,8 +807,9 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
     rows += [
         "",
         "| chunks | edge engine p50 / p99 (ms) | numpy exact p50 (ms) | local mode p50 (ms) | recall@5 edge vs exact "
-        "| adapter dense / sparse / hybrid p50 (ms) | segments built / after consolidation (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| adapter dense / sparse / hybrid p50 (ms) | segments built / after consolidation (s) "
+        "| service's search pool (threads; 1: the calling thread) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         local = r["local"]
@@ -817,7 +821,7 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
             f"| {r['n']:,} | {f(r['edge']['p50'], 2)} / {f(r['edge']['p99'], 2)} | {f(r['numpy']['p50'], 2)} "
             f"| {f(local['p50']) if local else 'skipped'} | {r['recall']:.3f} "
             f"| {f(modes['dense']['p50'], 2)} / {f(modes['sparse']['p50'], 2)} / {f(modes['hybrid']['p50'], 2)} "
-            f"| {r['segments_built']} / {merged} |"
+            f"| {r['segments_built']} / {merged} | {r.get('pool') or '-'} |"
         )
     rows += [
         "",

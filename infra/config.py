@@ -1464,6 +1464,11 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "the SMTP server (host:port) is required when email.to is set",
             )
 
+    if config.environment == "staging" and not config.tls.enabled:
+        # The policy pack refuses it too (tls-entry-point-outside-dev), but without naming the key or the file.
+        fail(
+            "tls.enabled", "staging requires TLS, like prod (an HTTPS entry point): only dev may turn it off"
+        )
     if config.is_prod:
         if not config.tls.enabled:
             fail("tls.enabled", "prod requires TLS")

@@ -756,6 +756,17 @@ def grafana_access(monitoring: Monitoring) -> dict[str, str] | None:
     }
 
 
+def tls_issuer_output(config: StackConfig) -> str | None:
+    """What issues the entry point's certificate (the ``tlsIssuer`` output, which ``ragops`` verifies HTTPS by):
+    ``selfSigned``/``letsencrypt-staging``/``letsencrypt``, or ``clusterIssuer:<name>`` for an existing
+    ClusterIssuer (``tls.issuer`` is then unused: reporting it would make ragops verify the wrong CA)."""
+    if not config.tls.enabled:
+        return None
+    if config.tls.clusterIssuer:
+        return f"clusterIssuer:{config.tls.clusterIssuer}"
+    return config.tls.issuer
+
+
 def embedding_output(config: StackConfig) -> dict[str, Any]:
     """The index config the stack deploys, and the models its image holds (`ragops up`/`promote` compare it
     before and after an update to follow the re-index a change starts; None: a promotion that did not record
@@ -799,7 +810,7 @@ def outputs(
         "apiKeys": pulumi.Output.secret(api_keys) if api_keys is not None else None,
         "adminApiKey": pulumi.Output.secret(admin_api_key) if admin_api_key is not None else None,
         "embedding": embedding_output(config),
-        "tlsIssuer": config.tls.issuer if config.tls.enabled else None,
+        "tlsIssuer": tls_issuer_output(config),
         "grafana": dict(grafana) if grafana is not None else None,
         "grafanaAdminPassword": (
             pulumi.Output.secret(grafana_admin_password) if grafana_admin_password is not None else None

@@ -56,6 +56,8 @@ ACCOUNT_ID_LIMIT = (6, 30)
 REPOSITORY_ID_LIMIT = 63
 # Private services access range (Cloud SQL, Memorystore PRIVATE_SERVICE_ACCESS): fixed, so egress can name it.
 PRIVATE_SERVICES_CIDR = "10.100.0.0/16"
+# What a destroy does to the private services connection when the API refuses to delete it (see build_gke).
+PRIVATE_SERVICES_DELETION_POLICY = "REMOVE_PEERING"
 # The proxy-only subnet of the regional Gateway classes (Envoy-based load balancers, internal or external).
 PROXY_ONLY_CIDR = GKE_PROXY_ONLY_CIDR
 # The control plane's private range (a /28 outside every other range of the network).
@@ -267,12 +269,20 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         network=network.id,
         service="servicenetworking.googleapis.com",
         reserved_peering_ranges=[private_range.name],
+        # A destroy deletes Cloud SQL/Memorystore first, but the API still refuses deleteConnection while the
+        # producer holds their resources (Cloud SQL keeps them to allow a restore), and the peering then blocks
+        # the network's delete. REMOVE_PEERING removes the peering when deleteConnection is refused (pulumi-gcp
+        # 10.2.0 docstring; ABANDON would leave the peering and the network still blocked). Upstream keeps it for
+        # teardown once no instance uses the connection: here only a destroy (instances first) or a replaced
+        # network deletes it. A provider-side field: an in-place update of the state, no replacement; an existing
+        # stack records it at its next `up`, before which a destroy still uses DELETE.
+        deletion_policy=PRIVATE_SERVICES_DELETION_POLICY,
         opts=opts,
     )
 
     # Private nodes have no external address: Cloud NAT lets them pull public images (Docker Hub, ghcr.io).
     router = gcp.compute.Router("nat-router", network=network.id, region=gke.region, opts=opts)
-    gcp.compute.RouterNat(
+    nat = gcp.compute.RouterNat(
         "nat",
         router=router.name,
         region=gke.region,
@@ -370,8 +380,15 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             name=cluster_name,
             remove_default_node_pool=True,
             initial_node_count=1,
+            # GKE creates the default pool (deleted right after) with this identity; without it, with the Compute
+            # Engine default account, which hardened projects delete and the deploy identity cannot act as.
+            node_config={"service_account": node_sa.email, "oauth_scopes": NODE_SCOPES},
             workload_identity_config={"workload_pool": workload_pool},
-            opts=kept,
+            # node_config is ForceNew on the cluster (terraform-provider-google node_config.go): an existing
+            # cluster, created without it, keeps its state instead of being replaced.
+            opts=pulumi.ResourceOptions.merge(
+                kept, pulumi.ResourceOptions(depends_on=node_roles, ignore_changes=["nodeConfig"])
+            ),
             **common,
         )
         pool = gke.nodePool
@@ -393,7 +410,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
                 "oauth_scopes": NODE_SCOPES,
                 "workload_metadata_config": {"mode": "GKE_METADATA"},
             },
-            opts=pulumi.ResourceOptions.merge(kept, after_node_roles),
+            # Private nodes pull public images only through Cloud NAT: a failed NAT fails the `up` here, not
+            # every release on ImagePullBackOff after its timeout.
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[*node_roles, nat])),
         )
         depends.append(node_pool)
 
@@ -478,8 +497,9 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             "private_services_cidr": PRIVATE_SERVICES_CIDR,
             "project": gke.project,
         },
-        # Workloads wait for the nodes (the cluster itself on Autopilot) and for the webhooks' firewall rule.
-        depends_on=(*(depends or [cluster]), webhooks),
+        # Workloads wait for the nodes (the cluster itself on Autopilot), the webhooks' firewall rule and Cloud NAT
+        # (Autopilot's nodes come with the first pods).
+        depends_on=(*(depends or [cluster]), webhooks, nat),
         # The service's pods pull from the stack's Artifact Registry repository as the node account.
         image_pull=tuple(
             grant

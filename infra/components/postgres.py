@@ -156,6 +156,19 @@ MODES = ("cloudnative", "rds", "cloudsql")
 BACKUP_CLOUDS = ("aws", "gcp")
 MAJOR_UPGRADE_ANNOTATION = "rag.dev/postgres-major-upgrade"
 """On the Cluster during a declared major upgrade: `<from>-><to>` (kubectl shows why every instance is down)."""
+WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+"""pulumi-kubernetes awaits no custom resource by default (a CR is "created" once the API server accepts it); with
+this annotation (4.18+, `metadata.ReadyCondition`) it waits for the condition, as `kubectl wait --for` does. On the
+Cluster, the API and worker (which exit when the registry does not answer) start only once Postgres is up."""
+CLUSTER_READY = "condition=Ready"
+"""CloudNativePG v1.30.0 `ConditionClusterReady` ("Ready"), True once the phase is healthy (every instance up)."""
+CLUSTER_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="60m")
+"""How long an `up` waits for the Cluster to be Ready (the provider's default is 10 minutes). Create: a first
+bootstrap on a new cluster waits for a node scale-up, pulls the operand and plugin images through NAT, runs initdb
+and then clones each replica in turn; 30 minutes is about twice that on cold nodes (a restore from the archive
+grows with the data and may take longer: the operator goes on, and the next `up` waits again). Update: CloudNativePG's
+condition carries no observedGeneration, so the wait catches only a Cluster already not Ready when the change lands;
+60 minutes is the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned)."""
 RECOVERY_SOURCE = "origin"
 """Name of the externalClusters entry a recovery bootstraps from."""
 # barman-cloud server names and CNPG cluster names: DNS labels.
@@ -725,10 +738,11 @@ def cluster_spec(
 def cluster_metadata(
     args: PostgresDatabaseArgs, cluster_name: str, ns: str, labels: Mapping[str, str]
 ) -> dict[str, Any]:
-    """The Cluster's metadata: a declared major upgrade is annotated `<from>-><to>`."""
-    annotations = None
+    """The Cluster's metadata: `pulumi up` waits for it to be Ready (`WAIT_FOR_ANNOTATION`); a declared major
+    upgrade is annotated `<from>-><to>`."""
+    annotations = {WAIT_FOR_ANNOTATION: CLUSTER_READY}
     if args.major_upgrade_from is not None:
-        annotations = {MAJOR_UPGRADE_ANNOTATION: f"{args.major_upgrade_from}->{pg_image_major(args.image)}"}
+        annotations[MAJOR_UPGRADE_ANNOTATION] = f"{args.major_upgrade_from}->{pg_image_major(args.image)}"
     return specs.metadata(cluster_name, ns, labels, annotations)
 
 
@@ -868,7 +882,10 @@ class PostgresDatabase(pulumi.ComponentResource):
             kind="Cluster",
             metadata=cluster_metadata(args, cluster_name, ns, object_labels),
             spec=cluster_spec(args, app_secret, destination, cluster_name),
-            opts=self._opts(args, protect=args.protect, extra=waits),
+            opts=pulumi.ResourceOptions.merge(
+                self._opts(args, protect=args.protect, extra=waits),
+                pulumi.ResourceOptions(custom_timeouts=CLUSTER_TIMEOUTS),
+            ),
         )
         self.backup_destination = destination
         self.archive_name = archive_name(args, cluster_name) if destination is not None else None

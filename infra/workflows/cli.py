@@ -240,7 +240,9 @@ def preview(
     pending = describe_counts(report.pending) or "no changes"
     if not report.ok:
         console.print(f"[red]preview of {stack} failed[/] ({pending})")
-        if report.error:
+        if report.refusal:  # the program refused the config: its one line, not the CLI's whole output
+            console.print(report.refusal, markup=False, highlight=False)
+        elif report.error:
             console.print(report.error, markup=False, highlight=False)
         raise typer.Exit(1)
     console.print(f"preview of {stack}: {pending}", highlight=False)

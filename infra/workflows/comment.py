@@ -45,7 +45,9 @@ class _Section:
 def summary_markdown(report: PreviewReport) -> str:
     """The part of the comment that is never trimmed."""
     out = [MARKER.format(stack=report.stack), f"### Pulumi preview for `{report.stack}`", ""]
-    if report.error is not None:
+    if report.refusal is not None:
+        out += [f"**Preview failed:** {report.refusal}", ""]
+    elif report.error is not None:
         out += ["**Preview failed.**", ""]
     pending = report.pending
     if report.ok and not pending:

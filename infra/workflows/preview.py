@@ -14,6 +14,7 @@ from typing import Any
 from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
+from infra.workflows.errors import program_refusal
 from infra.workflows.registry_upgrade import MajorUpgradeRefused, check_major_upgrade
 from infra.workflows.scaling import ScaleDownRefused, check_scale_down
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
@@ -107,6 +108,12 @@ class PreviewReport:
     def ok(self) -> bool:
         """The preview ran to completion."""
         return self.error is None
+
+    @property
+    def refusal(self) -> str | None:
+        """The program's refusal of the stack's config (one line naming the key and the stack file), when that is
+        why the preview failed (infra/workflows/errors.py program_refusal)."""
+        return program_refusal(self.error) if self.error else None
 
     @property
     def pending(self) -> dict[str, int]:

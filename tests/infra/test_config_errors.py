@@ -384,6 +384,7 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster's own Alertmanager",
     ),
     ("prod", {"tls": {"enabled": False}}, "tls.enabled", "prod requires TLS"),
+    ("staging", {"tls": {"enabled": False}}, "tls.enabled", "staging requires TLS"),
     ("prod", {"tls": {"issuer": "selfSigned"}}, "tls.issuer", "prod requires the letsencrypt issuer"),
     ("prod", {"tls": {"clusterIssuer": "shared"}}, "tls.clusterIssuer", "prod creates its own"),
     ("prod", {"qdrant": {"replicas": 2, "replicationFactor": 2}}, "qdrant.replicas", "at least 3"),

@@ -95,9 +95,14 @@ def test_an_account_without_the_node_role_or_granted_too_late_is_a_finding() -> 
     member = result.by_name("node-sa-container.defaultNodeServiceAccount")
     (found,) = identity_findings(replace(result, member, role="roles/logging.logWriter"))
     assert "roles/container.defaultNodeServiceAccount" in found.message
+    # The pool waits for the grant directly and through the cluster (whose default pool runs as the same account).
     (pool,) = result.of_type(d.GKE_NODE_POOL)
-    unordered = dataclasses.replace(pool, depends_on=tuple(u for u in pool.depends_on if u != member.urn))
-    result = dataclasses.replace(result, resources=[unordered if r is pool else r for r in result.resources])
+    (cluster,) = result.of_type(d.GKE_CLUSTER)
+    unordered = {
+        r.urn: dataclasses.replace(r, depends_on=tuple(u for u in r.depends_on if u != member.urn))
+        for r in (pool, cluster)
+    }
+    result = dataclasses.replace(result, resources=[unordered.get(r.urn, r) for r in result.resources])
     assert [f.name for f in identity_findings(result)] == ["gke-nodes"]
 
 

@@ -279,15 +279,14 @@ def test_main_renders_dev(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert (tmp_path / "plan.md").is_file()
 
 
-def test_a_policy_violating_config_override_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Config allows staging without TLS; the policy pack does not (it would leave staging with no HTTPS entry)."""
-    assert render.main(["--stack", "staging", "--out", str(tmp_path), "--set", "tls.enabled=false"]) == 1
-    out = capsys.readouterr().out
-    assert (
-        "POLICY  [mandatory] tls-entry-point-outside-dev: staging has no TLS entry point: declare a Gateway "
-        "with an HTTPS listener (certificateRefs) or an Ingress with spec.tls." in out
-    )
-    assert out.rstrip().splitlines()[-1].startswith("FAIL")
+def test_staging_without_tls_is_a_config_error_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Staging without TLS used to pass the config and fail only the policy pack (tls-entry-point-outside-dev),
+    whose message names neither the key nor the file; now the config refuses it, naming the key."""
+    assert render.main(["--stack", "staging", "--out", str(tmp_path), "--set", "tls.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "config error: rag:tls.enabled in --set: staging requires TLS" in err
 
 
 def test_config_error_exits_2_naming_the_key(tmp_path: Path) -> None:

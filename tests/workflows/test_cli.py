@@ -314,6 +314,23 @@ def test_a_program_refusal_is_the_red_line(ctx: Context, backend: FakeBackend, c
     assert "Diagnostics" not in out
 
 
+def test_a_program_refusal_is_what_a_failed_preview_and_its_comment_show(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    """`ragops preview` (a PR's check) prints the refusal's line, and the PR comment says it under "Preview
+    failed", instead of the CommandResult dump with every line of the display."""
+    backend.add_stack("dev")
+    backend.script("dev").preview_error = ""
+    backend.script("dev").preview_stdout = _refused_display("dev")
+    comment = tmp_path / "comment.md"
+    result = _invoke(ctx, "preview", "-s", "dev", "-q", "--comment-file", str(comment))
+    assert result.exit_code == 1, result.output
+    out = " ".join(result.output.split())
+    assert f"preview of dev failed (no changes) {REFUSAL.format(stack='dev')}" in out, out
+    assert "code: 255" not in out
+    assert f"**Preview failed:** {REFUSAL.format(stack='dev')}" in comment.read_text(encoding="utf-8")
+
+
 def test_a_missing_stack_hints_at_pulumi_stack_init(ctx: Context, backend: FakeBackend) -> None:
     result = _invoke(ctx, "up", "-s", "qa", "-q")
     assert result.exit_code == 1

@@ -202,3 +202,14 @@ def test_the_self_signed_issuer_is_used_without_verification(
 ) -> None:
     line = _status(ctx, backend, https_url, "selfSigned")
     assert line == "readyz:    ready (HTTP 200; qdrant ok) [self-signed certificate, not verified]"
+
+
+def test_an_existing_cluster_issuer_is_reported_and_verified_against_the_public_cas() -> None:
+    """With `tls.clusterIssuer`, `tls.issuer` is unused: the output used to report it anyway (staging's
+    letsencrypt-staging), so ragops checked a corporate or other ACME issuer's certificate against the wrong CA."""
+    from infra.offline import run_stack
+
+    run = run_stack("staging", config_overrides={"tls": {"clusterIssuer": "corp-ca"}})
+    assert run.outputs["tlsIssuer"] == "clusterIssuer:corp-ca"
+    assert reach.tls_verify(run.outputs["tlsIssuer"]) is True
+    assert run_stack("staging").outputs["tlsIssuer"] == "letsencrypt-staging"

@@ -5,6 +5,11 @@ A marker survives only when every number in it names a source that was in the pr
 arrive split over tokens (``"["``, ``"1"``, ``"]"``), so a possibly-unfinished marker at the end of the text
 seen so far is held back until the next token decides it. What is held back is bounded (a run of digits, commas
 and spaces after ``[``), so plain text with a bracket is never delayed for long.
+
+Markers are renumbered densely in order of first use (EYES4 E12): the source first cited is ``[1]``, the next new
+one ``[2]``, whatever their numbers in the prompt, so an answer never cites ``[1]`` and ``[3]`` without ``[2]``.
+A marker is decided as a whole, in order, so this works while streaming too; ``cited`` keeps the prompt's numbers
+in that order (``cited[k]`` is the source the answer calls ``[k + 1]``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ class CitationFilter:
     def __init__(self, valid: range | set[int]) -> None:
         self._valid = valid
         self._pending = ""
-        self.cited: list[int] = []  # valid numbers in order of first use
+        self.cited: list[
+            int
+        ] = []  # valid prompt numbers in order of first use; [k + 1] in the text is cited[k]
 
     def feed(self, text: str) -> str:
         """The part of ``pending + text`` that is decided, cleaned; the rest waits for the next piece."""
@@ -51,13 +58,15 @@ class CitationFilter:
                 self.cited.append(n)
         if not kept:
             return ""
-        if kept == numbers:
+        dense = [self.cited.index(n) + 1 for n in kept]
+        if dense == numbers:
             return match.group(0)
-        return f"{match.group(1)}[{', '.join(str(n) for n in kept)}]"
+        return f"{match.group(1)}[{', '.join(str(n) for n in dense)}]"
 
 
 def clean_citations(text: str, valid: range | set[int]) -> tuple[str, list[int]]:
-    """``text`` with invalid markers removed, and the valid numbers it cites in order of first use."""
+    """``text`` with invalid markers removed and the rest renumbered densely, and the prompt numbers it cites in
+    order of first use (``[k + 1]`` in the text is the returned list's ``k``-th)."""
     citations = CitationFilter(valid)
     cleaned = citations.feed(text) + citations.finish()
     return cleaned, citations.cited

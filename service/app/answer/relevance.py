@@ -54,6 +54,20 @@ def code_words(text: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def proper_names(text: str) -> list[str]:
+    """Capitalised words of a question that are not its first word, "I" or a code word (``code_words``): the
+    places, people and products it names ("interns in Japan", "on-call pay in Brazil")."""
+    words = _WORD.findall(text)
+    codes = set(code_words(text))
+    return list(
+        dict.fromkeys(
+            word
+            for word in words[1:]
+            if word[0].isupper() and word != "I" and word not in codes and not word.isupper()
+        )
+    )
+
+
 class KeywordEvidence:
     """The question's BM25 terms and code words, to judge chunks against (see the module docstring)."""
 
@@ -64,6 +78,11 @@ class KeywordEvidence:
         self.codes = [
             terms
             for terms in (frozenset(self._encoder.query(word).indices) for word in code_words(query))
+            if terms
+        ]
+        self.names = [
+            terms
+            for terms in (frozenset(self._encoder.query(word).indices) for word in proper_names(query))
             if terms
         ]
 
@@ -77,6 +96,14 @@ class KeywordEvidence:
         terms = self._terms_of(text)
         return any(code <= terms for code in self.codes)
 
+    def lacks_a_name(self, text: str) -> bool:
+        """Whether ``text`` misses a proper name of the question (``proper_names``): a policy for employees that
+        never mentions Japan does not say what interns in Japan get, however close its wording."""
+        if not self.names:
+            return False
+        terms = self._terms_of(text)
+        return any(not name <= terms for name in self.names)
+
     def supports(self, text: str) -> bool:
         """Whether ``text`` matches the question's keywords well enough to be a source on that alone."""
         if not self.terms:
@@ -86,6 +113,16 @@ class KeywordEvidence:
             return any(code <= terms for code in self.codes)
         matched = len(self.terms & terms)
         return matched >= min(2, len(self.terms)) and matched >= MIN_TERM_SHARE * len(self.terms)
+
+    def coverage(self, texts: Sequence[str]) -> np.ndarray:
+        """Per text, in [0, 1]: the share of the question's distinct BM25 terms it contains (zeros when the
+        question has none). An answer usually repeats the words of its question ("the daily meal allowance");
+        text close in meaning that lacks them ("interns", "Japan") is often about something else."""
+        if not self.terms:
+            return np.zeros(len(texts), dtype=np.float32)
+        return np.array(
+            [len(self.terms & self._terms_of(text)) / len(self.terms) for text in texts], dtype=np.float32
+        )
 
     def code_shares(self, sentences: Sequence[str]) -> np.ndarray:
         """Per sentence, in [0, 1]: how distinctive the most distinctive code word of the question it names is,

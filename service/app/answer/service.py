@@ -66,16 +66,18 @@ Event = dict[str, Any]  # {"event": name, "data": json-able}
 
 
 def _citations(sources: list[Source], cited: list[int]) -> list[Citation]:
+    """The citations of an answer whose markers were renumbered densely: ``cited[k]`` (a prompt number) is
+    ``[k + 1]`` in the answer (citations.CitationFilter)."""
     by_n = {source.n: source.result for source in sources}
     return [
         Citation(
-            n=n,
+            n=k,
             document_id=by_n[n].document_id,
             chunk_index=by_n[n].chunk_index,
             text=by_n[n].text,
             score=by_n[n].score,
         )
-        for n in sorted(cited)
+        for k, n in enumerate(cited, start=1)
     ]
 
 

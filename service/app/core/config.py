@@ -103,6 +103,27 @@ class Settings(BaseSettings):
     edge_consolidate_segment_points: int = Field(
         20480, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
+    edge_consolidate_replay_max_points: int = Field(
+        4096,
+        ge=0,
+        le=65536,
+        description="points written during a consolidation's merge that are logged (in memory, ~12 KB each at "
+        "384 dimensions) and replayed onto the merged copy; past it the merge is given up and retried at the next "
+        "pause (0: any write during the merge gives it up)",
+    )
+    edge_consolidate_trickle_points: int = Field(
+        512,
+        ge=0,
+        description="writes of at most this many points in the last EDGE_CONSOLIDATE_IDLE_SECONDS count as a "
+        "trickle, which starts a due consolidation after EDGE_CONSOLIDATE_TRICKLE_WAIT_SECONDS without a pause "
+        "(0: only a pause starts one)",
+    )
+    edge_consolidate_trickle_wait_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="how long a due consolidation waits for a pause under a trickle of writes before it starts "
+        "anyway; default: ten times EDGE_CONSOLIDATE_IDLE_SECONDS",
+    )
     edge_quantization: Literal["none", "int8"] = Field(
         "none",
         description="scalar quantization of the dense vectors of NEW edge shards (searched, then rescored exactly)",
@@ -355,6 +376,18 @@ class Settings(BaseSettings):
             raise SettingsError("EDGE_OPTIMIZE_CHUNK_POINTS must not exceed EDGE_SEGMENT_POINTS")
         if self.edge_segment_points > self.edge_consolidate_segment_points:
             raise SettingsError("EDGE_SEGMENT_POINTS must not exceed EDGE_CONSOLIDATE_SEGMENT_POINTS")
+        if self.edge_consolidate_trickle_points > self.edge_consolidate_replay_max_points:
+            # A forced start under more writes than the log holds would only be given up at the limit.
+            raise SettingsError(
+                "EDGE_CONSOLIDATE_TRICKLE_POINTS must not exceed EDGE_CONSOLIDATE_REPLAY_MAX_POINTS "
+                f"({self.edge_consolidate_trickle_points} > {self.edge_consolidate_replay_max_points})"
+            )
+        wait = self.edge_consolidate_trickle_wait_seconds
+        if wait is not None and wait < self.edge_consolidate_idle_seconds:
+            raise SettingsError(
+                "EDGE_CONSOLIDATE_TRICKLE_WAIT_SECONDS must be at least EDGE_CONSOLIDATE_IDLE_SECONDS "
+                f"({wait} < {self.edge_consolidate_idle_seconds}): a pause that long starts one anyway"
+            )
         if self.llm_base_url and not self.llm_model:
             raise SettingsError("LLM_MODEL is required when LLM_BASE_URL is set")
         if self.llm_base_url and not self.llm_base_url.startswith(("http://", "https://")):

@@ -53,9 +53,10 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   reached the shard) and sent to the child once it has merged, which applies it to the merged copy; the last of
   them under the exclusive gate, before the copy is renamed in, so the copy holds every acknowledged write when
   it is swapped in (a trickle of writes no longer keeps a large shard from ever consolidating). Past
-  ``REPLAY_MAX_POINTS`` logged points the merge is given up (``rag_edge_consolidations_total{outcome=
-  "replay_limit"}``) and the next pause retries. Writes that never pause that long but only trickle start a due
-  consolidation anyway after ``CONSOLIDATE_TRICKLE_WAIT`` times the pause. A crash at any point leaves the served shard in place, or a
+  ``EDGE_CONSOLIDATE_REPLAY_MAX_POINTS`` logged points the merge is given up (``rag_edge_consolidations_total{outcome=
+  "replay_limit"}``) and the next pause retries. Writes that never pause that long but only trickle (at most
+  ``EDGE_CONSOLIDATE_TRICKLE_POINTS``) start a due consolidation anyway after
+  ``EDGE_CONSOLIDATE_TRICKLE_WAIT_SECONDS`` (ten times the pause by default). A crash at any point leaves the served shard in place, or a
   merged copy with every acknowledged write replayed (renamed to ``ready`` only then): the next open finishes
   or undoes the swap (``_recover_swap``). The engine's vacuum has no size
   cap, so with consolidation on the serving process never vacuums: the child does (segments with more than 20 %
@@ -168,8 +169,11 @@ CONSOLIDATION_FILE = "consolidation.json"
 # is swapped in; past this many points (an upsert's points, one per other write) the merge is abandoned instead
 # and retried at the next pause. The log holds each point's vectors and payload (~12 KB at 384 dimensions).
 REPLAY_MAX_POINTS = 4096
-# Writes that never pause for EDGE_CONSOLIDATE_IDLE_SECONDS but only trickle (at most REPLAY_MAX_POINTS / 8 points
-# in the last EDGE_CONSOLIDATE_IDLE_SECONDS) start a due consolidation anyway after this many times that wait.
+# EDGE_CONSOLIDATE_REPLAY_MAX_POINTS's default. Writes that never pause for EDGE_CONSOLIDATE_IDLE_SECONDS but only
+# trickle (at most EDGE_CONSOLIDATE_TRICKLE_POINTS, by default REPLAY_MAX_POINTS / 8, in the last
+# EDGE_CONSOLIDATE_IDLE_SECONDS) start a due consolidation anyway after EDGE_CONSOLIDATE_TRICKLE_WAIT_SECONDS,
+# by default this many times that wait. All three were chosen, not measured (docs/service.md).
+CONSOLIDATE_TRICKLE_POINTS = REPLAY_MAX_POINTS // 8
 CONSOLIDATE_TRICKLE_WAIT = 10
 # Test hook (never set in service): the consolidation blocks for ever at the named point, after saying so on
 # stderr, so a test can kill -9 the process there (points: merging, merged, replaying, replayed, ready, replaced,
@@ -817,6 +821,9 @@ class EdgeVectorStore:
         metadata_index_max_keys: int = METADATA_INDEX_MAX_KEYS,
         min_free_bytes: int = 0,
         sync_writes: bool = True,
+        replay_max_points: int = REPLAY_MAX_POINTS,
+        trickle_points: int = CONSOLIDATE_TRICKLE_POINTS,
+        trickle_wait_seconds: float | None = None,
     ) -> None:
         if not 0 < optimize_chunk_points <= segment_points:
             raise ValueError("optimize_chunk_points must be between 1 and segment_points")
@@ -856,7 +863,10 @@ class EdgeVectorStore:
         self._replay_points = 0
         self._replay_broken: str | None = None
         self._replay_lock = threading.Lock()
-        self.replay_max_points = REPLAY_MAX_POINTS
+        self.replay_max_points = replay_max_points
+        self.trickle_points = trickle_points
+        # None: CONSOLIDATE_TRICKLE_WAIT times the idle wait.
+        self.trickle_wait_seconds = trickle_wait_seconds
         self.consolidation_hook: Callable[[str], None] | None = None  # tests: called at each named point
         # Points deleted since the last consolidation (what it would vacuum), kept in the consolidation record.
         self._deleted_points = 0
@@ -901,6 +911,9 @@ class EdgeVectorStore:
             metadata_index_max_keys=settings.metadata_index_max_keys,
             min_free_bytes=settings.ready_min_free_bytes,
             sync_writes=settings.write_durability == "power_loss",
+            replay_max_points=settings.edge_consolidate_replay_max_points,
+            trickle_points=settings.edge_consolidate_trickle_points,
+            trickle_wait_seconds=settings.edge_consolidate_trickle_wait_seconds,
         )
 
     def sibling(self, collection: str, dimension: int) -> EdgeVectorStore:
@@ -924,6 +937,9 @@ class EdgeVectorStore:
             metadata_index_max_keys=self.metadata_index_max_keys,
             min_free_bytes=self.min_free_bytes,
             sync_writes=self.sync_writes,
+            replay_max_points=self.replay_max_points,
+            trickle_points=self.trickle_points,
+            trickle_wait_seconds=self.trickle_wait_seconds,
         )
         other._lock = self._lock
         return other
@@ -1012,8 +1028,9 @@ class EdgeVectorStore:
                     chunk_points=self._optimize_chunk,
                     consolidate=self._consolidate_when_idle if self._consolidate_idle else None,
                     consolidate_idle=self._consolidate_idle or 0.0,
-                    consolidate_wait=(self._consolidate_idle or 0.0) * CONSOLIDATE_TRICKLE_WAIT,
-                    trickle_points=self.replay_max_points // 8,
+                    consolidate_wait=self.trickle_wait_seconds
+                    or (self._consolidate_idle or 0.0) * CONSOLIDATE_TRICKLE_WAIT,
+                    trickle_points=self.trickle_points,
                 )
                 self._optimizer.start()
 
