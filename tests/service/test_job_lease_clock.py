@@ -164,3 +164,49 @@ def test_a_skewed_clock_neither_steals_a_live_job_nor_keeps_a_dead_workers_job(
         assert table.claim(job_id, LEASE_SECONDS) is None
     finally:
         registry.close()
+
+
+def test_the_reindex_lease_is_on_the_database_clock_too(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas racing for the re-index lease (REINDEX_LEASE_SECONDS), the holder's clock 60 s behind and the
+    other's 60 s ahead: the other neither takes the live lease nor reads it as expired; once the holder stops
+    renewing, the other takes it one lease later."""
+    from service.app.store import registry as registry_module
+
+    registry = open_registry(database_url)
+    try:
+
+        def skew(offset: float) -> None:
+            class Skewed(datetime):
+                @classmethod
+                def now(cls, tz=None):  # type: ignore[no-untyped-def,override]
+                    from datetime import timedelta
+
+                    return datetime.now(tz) + timedelta(seconds=offset)
+
+            monkeypatch.setattr(registry_module, "datetime", Skewed)
+
+        skew(-60.0)
+        held = registry.acquire_index_lease("replica-a", "c2", {}, LEASE_SECONDS)
+        assert held.holder == "replica-a"
+        for _ in range(3):
+            skew(-60.0)
+            assert registry.renew_index_lease("replica-a", LEASE_SECONDS)
+            skew(60.0)
+            seen = registry.acquire_index_lease("replica-b", "c2", {}, LEASE_SECONDS)
+            assert seen.holder == "replica-a", "a live re-index lease was taken over"
+            assert seen.live()
+        # replica-a stops renewing (it died): replica-b gets the lease once it runs out on the database's clock.
+        taken = wait_for(
+            lambda: (
+                (lease := registry.acquire_index_lease("replica-b", "c2", {}, LEASE_SECONDS)).holder
+                == "replica-b"
+                and lease
+            ),
+            "replica-b to take the dead holder's lease",
+            20,
+        )
+        assert taken.live()
+    finally:
+        registry.close()

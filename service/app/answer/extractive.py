@@ -19,7 +19,8 @@ the answer is in a cited source (the one exception is the note that two sources 
   to the question but does not answer it ("How many vacation days do interns in Japan get?" against a policy for
   employees): the answer says so and cites nothing (EYES5 F5). The weight and the threshold were chosen on a
   labelled set of answerable and near-miss questions (quality/abstention.py; docs/answers.md, "Abstaining").
-- **At most ``MAX_SENTENCES`` units**, each within ``RELATIVE_SUPPORT`` of the best's support (or naming a code),
+- **At most ``MAX_SENTENCES`` units**, each within ``RELATIVE_SUPPORT`` of the best's support and at least
+  ``MIN_SUPPORT`` (or naming a code: a code question's best unit may have little support, and its padding none),
   in source order, each with its ``[n]``; numbers are dense in order of first use (`citations.clean_citations`).
 - **Near-duplicates.** An exact repeat is quoted once, from the better source, and cited with every other document
   that says it ("[1, 2]": a copy does not hide its original). A unit from another document with
@@ -245,7 +246,7 @@ def extract_answer(
     unnamed = evidence is not None and evidence.lacks_a_name(chunk)
     if not measured["keyword"] and (unnamed or float(confidence[best]) < MIN_SUPPORT):
         return Extract(answer="", cited=[], unnamed=unnamed, **measured)  # type: ignore[arg-type]
-    floor = RELATIVE_SUPPORT * float(confidence[best])
+    floor = max(MIN_SUPPORT, RELATIVE_SUPPORT * float(confidence[best]))
 
     def qualifies(i: int) -> bool:
         return bool(named[i] > 0) or float(confidence[i]) >= floor

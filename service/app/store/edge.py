@@ -64,6 +64,11 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   count, at which cap, and the points deleted since, which the next one would vacuum) is kept beside the shard
   (``consolidation.json``, replaced atomically), so a restart does not copy a shard that is already as merged as
   the cap allows into a child only to find nothing to merge, nor forget the deletes that make a vacuum due.
+- Searching: a query reads every segment; qdrant-edge does that in the shard's search pool, handing the query
+  from the calling thread to the pool's threads and back. With few segments that hand-off costs more than the
+  parallel reads buy, so a shard of fewer than ``POOL_MIN_SEGMENTS`` segments is searched on the calling thread
+  (a pool of one) and a larger one by one thread per CPU, chosen whenever the shard is opened
+  (``search_threads``; EDGE_SEARCH_THREADS fixes it).
 - One process owns a shard: an exclusive ``flock`` on ``EDGE_PATH/.lock`` taken before the shard is opened, with
   an error naming the path (the engine's own WAL lock would only say ``WouldBlock``).
 

@@ -47,22 +47,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service.app.core.errors import Conflict
-from service.app.store.registry import DocumentRegistry, _guarded, _utc, jobs_table
+from service.app.store.registry import DocumentRegistry, _guarded, _utc, database_now, jobs_table
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-
-
-def database_now(connection: Connection) -> datetime:
-    """The database server's current time (UTC), read on ``connection`` (see the module docstring: one clock)."""
-    if connection.dialect.name == "postgresql":
-        # clock_timestamp(), not now(): now() is the start of the transaction, and a commit holding a lease
-        # (JobLease.hold) runs at the end of a long one.
-        value = connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
-    else:
-        value = datetime.fromisoformat(
-            connection.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar_one()
-        )
-    return _utc(value)
 
 
 def lease_holder() -> str:

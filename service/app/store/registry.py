@@ -292,15 +292,33 @@ class IndexPointer:
 
 @dataclass(frozen=True)
 class IndexLease:
-    """Which replica builds the next index (``collection`` with ``config``), held until ``expires_at``."""
+    """Which replica builds the next index (``collection`` with ``config``), held until ``expires_at``; both
+    ``expires_at`` and ``read_at`` (when the row was read) are the database's clock, never a replica's."""
 
     holder: str
     collection: str
     config: dict[str, Any]
     expires_at: datetime
+    read_at: datetime | None = None
 
     def live(self, now: datetime | None = None) -> bool:
-        return _aware(self.expires_at) > (now or datetime.now(UTC))
+        """Whether the lease was live when it was read (on the database's clock; ``now`` to ask about another
+        moment of that clock)."""
+        return _aware(self.expires_at) > (now or self.read_at or datetime.now(UTC))
+
+
+def database_now(connection: Connection) -> datetime:
+    """The database server's current time (UTC), read on ``connection`` (service.app.store.jobstore: one clock
+    for every lease, the jobs' and the re-index's)."""
+    if connection.dialect.name == "postgresql":
+        # clock_timestamp(), not now(): now() is the start of the transaction, and a commit holding a lease
+        # (JobLease.hold) runs at the end of a long one.
+        value = connection.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    else:
+        value = datetime.fromisoformat(
+            connection.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar_one()
+        )
+    return _utc(value)
 
 
 def _aware(moment: datetime) -> datetime:
@@ -1345,10 +1363,11 @@ class DocumentRegistry:
     def index_lease(self, name: str = "default") -> IndexLease | None:
         """The re-index lease row (live or expired), or None when nobody holds or held one."""
         with self.engine.connect() as connection:
+            now = database_now(connection)
             row = connection.execute(sa.select(index_lease).where(index_lease.c.name == name)).first()
         if row is None:
             return None
-        return IndexLease(row.holder, row.collection, dict(row.config), _aware(row.expires_at))
+        return IndexLease(row.holder, row.collection, dict(row.config), _aware(row.expires_at), now)
 
     @_guarded
     def acquire_index_lease(
@@ -1367,18 +1386,18 @@ class DocumentRegistry:
         One conditional statement decides (an insert, or an update guarded by holder/expiry), so of two
         replicas racing for it exactly one gets it; the caller compares the returned holder with its own.
         """
-        now = datetime.now(UTC)
-        takeable = [index_lease.c.holder == holder, index_lease.c.expires_at <= now]
-        if take_from is not None:
-            takeable.append(index_lease.c.holder == take_from)
-        values = {
-            "holder": holder,
-            "collection": collection,
-            "config": config,
-            "expires_at": now + timedelta(seconds=ttl_seconds),
-        }
         try:
             with self.engine.begin() as connection:
+                now = database_now(connection)
+                takeable = [index_lease.c.holder == holder, index_lease.c.expires_at <= now]
+                if take_from is not None:
+                    takeable.append(index_lease.c.holder == take_from)
+                values = {
+                    "holder": holder,
+                    "collection": collection,
+                    "config": config,
+                    "expires_at": now + timedelta(seconds=ttl_seconds),
+                }
                 connection.execute(
                     index_lease.update()
                     .where(
@@ -1401,12 +1420,11 @@ class DocumentRegistry:
     @_guarded
     def renew_index_lease(self, holder: str, ttl_seconds: float, name: str = "default") -> bool:
         """Extend ``holder``'s lease; False when it no longer holds it (expired and taken over)."""
-        now = datetime.now(UTC)
         with self.engine.begin() as connection:
             result = connection.execute(
                 index_lease.update()
                 .where(index_lease.c.name == name, index_lease.c.holder == holder)
-                .values(expires_at=now + timedelta(seconds=ttl_seconds))
+                .values(expires_at=database_now(connection) + timedelta(seconds=ttl_seconds))
             )
         return result.rowcount == 1
 
