@@ -82,6 +82,48 @@ def rules(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                 for key, reader, what, instead in PROVIDER_ONLY
                 if key.startswith(f"{store}.") and reader != provider
             )
+    found.extend(_switched_off(config))
+    return found
+
+
+def _others(config: Mapping[str, Any], block: str, keep: tuple[str, ...]) -> list[str]:
+    """The keys of a block but `keep`, an object as a `prefix.`."""
+    values = config.get(block) or {}
+    return [
+        f"{block}.{k}" + ("." if isinstance(v, Mapping) else "") for k, v in values.items() if k not in keep
+    ]
+
+
+def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Keys a switch of their own block turns off (EYES6 G8): set, they change nothing until the switch is on."""
+    found: list[tuple[str, str]] = []
+    if not config["namespaceQuota"]["enabled"]:
+        found.extend(
+            (key, "namespaceQuota.enabled is false")
+            for key in _others(config, "namespaceQuota", ("enabled",))
+        )
+    if not config["llm"]["enabled"]:
+        # minScore is not the LLM's: extractive answers use it too.
+        found.extend((key, "llm.enabled is false") for key in _others(config, "llm", ("enabled", "minScore")))
+    monitoring = config["monitoring"]
+    if monitoring["enabled"] and monitoring["mode"] == "existing":
+        found.extend(
+            (
+                key,
+                "monitoring.mode is existing: the cluster's own Prometheus keeps its chart, retention and storage",
+            )
+            for key in ("monitoring.chartVersion", "monitoring.retention", "monitoring.storage.")
+        )
+    gateway = config["gateway"]
+    if not gateway["ingress"]["enabled"]:
+        found.append(("gateway.ingress.className", "gateway.ingress.enabled is false"))
+    provider = config["cluster"]["provider"]
+    if provider == "existing":
+        found.append(
+            ("gateway.loadBalancer", "cluster.provider is existing: the cluster's own Gateway class decides")
+        )
+    if provider == "eks" and not config["cluster"]["eks"]["endpointPublicAccess"]:
+        found.append(("cluster.eks.publicAccessCidrs", "cluster.eks.endpointPublicAccess is false"))
     return found
 
 

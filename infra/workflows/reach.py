@@ -11,7 +11,8 @@ certificate), everything else against the public CAs (certifi).
 
 ``smoke`` is the check the workflows run after every ``up``: ``/readyz`` through the public URL (retried while the
 rollout and the certificate settle, up to ``wait`` seconds), then one document ingested with the stack's API key, a
-search that must return it, and the document deleted again, so repeated smoke runs leave nothing behind.
+search that must return it, a question it answers (``/v1/answer``; the extractive answerer must cite it), and the
+document deleted again, so repeated smoke runs leave nothing behind.
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ def tls_verify(issuer: str | None) -> ssl.SSLContext | bool:
     return True
 
 
-SMOKE_QUERY = "ragops smoke check: the zebra crossing at the lighthouse"
+#: The smoke document and a question it answers. A question, not the document's own text: the extractive
+#: answerer abstains on a query that only restates a passage ("None of the retrieved passages answers this
+#: question directly"), which would pass an answer step that proves nothing.
+SMOKE_DOCUMENT = "The ragops smoke check says the zebra crossing of Ragops Point is at the lighthouse."
+SMOKE_QUERY = "Where is the zebra crossing of Ragops Point?"
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,7 @@ def smoke(
         body = _expect(
             client.put(
                 f"/v1/documents/{document_id}",
-                json={"text": SMOKE_QUERY, "metadata": {"source": "ragops-smoke"}},
+                json={"text": SMOKE_DOCUMENT, "metadata": {"source": "ragops-smoke"}},
                 headers=auth,
             ),
             (200, 201),
@@ -271,6 +276,13 @@ def smoke(
             if not str(answered.get("answer", "")).strip():
                 raise SmokeFailure(f"POST /v1/answer returned no answer: {answered}")
             cited = [c.get("document_id") for c in answered.get("citations", [])]
+            if answered.get("generator") == "extractive" and document_id not in cited:
+                # The extractive answerer quotes the passage it answers from: no citation of the document just
+                # found means it abstained or answered from something else.
+                raise SmokeFailure(
+                    f"POST /v1/answer did not answer from the document just ingested ({document_id}): "
+                    f"{str(answered.get('answer'))[:200]!r}, citations {cited}"
+                )
             report.steps.append(
                 f"POST /v1/answer: {answered.get('model')} answered with {len(cited)} citation(s)"
             )

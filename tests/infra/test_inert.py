@@ -109,3 +109,92 @@ def test_storage_and_backup_retention_change_cloud_sql_and_are_not_reported_ther
     assert recorded(run("prod", "gke", **gke, **changed)) != recorded(run("prod", "gke", **gke))
     lines = render.ignored_config(run("prod", "gke", **gke, **changed))
     assert not any(line.startswith(f"rag:postgres.managed.{key} ") for line in lines), lines
+
+
+# EYES6 G8: keys a switch of their own block turns off. Each: (stack, target, the switch as set, the key's change,
+# the line's start, the switch turned on so the same change shows).
+SWITCHED_OFF = [
+    (
+        "dev",
+        None,
+        {},
+        {"namespaceQuota": {"pods": 20}},
+        "rag:namespaceQuota.pods in --set has no effect: namespaceQuota.enabled is false",
+        {"namespaceQuota": {"enabled": True}},
+    ),
+    (
+        "dev",
+        None,
+        {},
+        {"llm": {"maxTokens": 256}},
+        "rag:llm.maxTokens in --set has no effect: llm.enabled is false",
+        {
+            "llm": {
+                "enabled": True,
+                "baseUrl": "http://llm.ai.svc:8000/v1",
+                "model": "org/model",
+                "keyless": True,
+            }
+        },
+    ),
+    (
+        "dev",
+        None,
+        {"monitoring": {"enabled": True, "mode": "existing"}},
+        {"monitoring": {"retention": "30d"}},
+        "rag:monitoring.retention in --set has no effect: monitoring.mode is existing",
+        {"monitoring": {"enabled": True, "mode": "install"}},
+    ),
+    (
+        "dev",
+        None,
+        {},
+        {"gateway": {"ingress": {"className": "nginx"}}},
+        "rag:gateway.ingress.className in --set has no effect: gateway.ingress.enabled is false",
+        {"gateway": {"ingress": {"enabled": True}}},
+    ),
+    (
+        "prod",
+        None,
+        {},
+        {"cluster": {"eks": {"publicAccessCidrs": ["203.0.113.0/24"]}}},
+        "rag:cluster.eks.publicAccessCidrs in --set has no effect: cluster.eks.endpointPublicAccess is false",
+        {"cluster": {"eks": {"endpointPublicAccess": True, "publicAccessCidrs": ["198.51.100.0/24"]}}},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("stack", "target", "switch", "change", "line", "on"),
+    SWITCHED_OFF,
+    ids=[c[4].split()[0] for c in SWITCHED_OFF],
+)
+def test_a_key_its_own_switch_turns_off_is_reported_and_inert(
+    stack: str, target: str | None, switch: dict, change: dict, line: str, on: dict
+) -> None:
+    from infra.config import deep_merge
+
+    before, after = run(stack, target, **switch), run(stack, target, **deep_merge(switch, change))
+    assert recorded(after) == recorded(before)
+    assert any(reported.startswith(line) for reported in render.ignored_config(after)), render.ignored_config(
+        after
+    )
+    # Switched on, the same change changes what is deployed, and is not reported.
+    turned_on = deep_merge(switch, on)
+    changed = run(stack, target, **deep_merge(turned_on, change))
+    assert recorded(changed) != recorded(run(stack, target, **turned_on))
+    assert not any(
+        reported.startswith(line.split(" in ")[0] + " ") for reported in render.ignored_config(changed)
+    )
+
+
+def test_the_load_balancer_choice_is_reported_and_inert_on_an_existing_cluster() -> None:
+    changed = run("dev", gateway={"loadBalancer": "internal"})
+    assert recorded(changed) == recorded(run("dev"))
+    assert any(
+        line.startswith("rag:gateway.loadBalancer in --set has no effect: cluster.provider is existing")
+        for line in render.ignored_config(changed)
+    )
+    # On a cloud target it picks the load balancer's scheme.
+    public = run("dev", "eks", gateway={"loadBalancer": "public"})
+    assert recorded(run("dev", "eks", gateway={"loadBalancer": "internal"})) != recorded(public)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.config import ConfigError, StackConfig, parse_config
+from infra.config import SECRET_KEYS, ConfigError, StackConfig, parse_config
 from infra.offline import PROMOTED_PLACEHOLDER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +117,18 @@ def test_runbook_procedures_apply_changes_with_ragops_not_a_bare_pulumi_up() -> 
     ]
     assert bare == []
     assert "### Applying a stack change" in text
+
+
+def test_a_runbook_that_removes_a_secret_says_so_to_ragops() -> None:
+    """`ragops up` refuses an update that drops a secret the last one ran with unless `--drop-secret` names it
+    (docs/delivery.md, Secrets): a runbook step that removes one must pass the flag, or it stops there."""
+    text = RUNBOOKS.read_text(encoding="utf-8")
+    steps = [line for block in re.findall(r"```bash\n(.*?)```", text, re.S) for line in block.splitlines()]
+    removals = [
+        (line, key)
+        for line in steps
+        for key in re.findall(r"pulumi config rm (?:--path )?rag:(\w+)", line)
+        if key in SECRET_KEYS and "ragops up" in line
+    ]
+    assert removals, "no runbook removes a secret (the rotation's last step did)"
+    assert [line for line, key in removals if f"--drop-secret rag:{key}" not in line] == []

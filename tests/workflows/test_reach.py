@@ -236,3 +236,33 @@ def test_status_says_when_the_stack_runs_a_rolled_back_release(
         f"rollback:  to update 7 by oncall at 2026-03-02T09:00:00Z (replaced {rollback['replaced']})"
         in result.output
     )
+
+
+def test_smoke_fails_when_the_extractive_answer_does_not_cite_the_document() -> None:
+    """An abstention ("None of the retrieved passages answers ...", no citation) is not an answer: the smoke check
+    names the step, and still deletes its document."""
+    from infra.workflows.reach import SmokeFailure, StackInfo, smoke
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        doc = request.url.path.rsplit("/", 1)[-1]
+        if request.url.path == "/readyz":
+            return httpx.Response(200, json={"status": "ok"})
+        if request.method == "PUT":
+            return httpx.Response(201, json={"status": "created", "chunks": 1})
+        if request.url.path == "/v1/search":
+            return httpx.Response(200, json={"results": [{"document_id": seen[1].rsplit("/", 1)[-1]}]})
+        if request.url.path == "/v1/answer":
+            body = {
+                "answer": "None of the retrieved passages answers this question directly.",
+                "citations": [],
+            }
+            return httpx.Response(200, json={**body, "generator": "extractive", "model": "extractive"})
+        return httpx.Response(204 if request.method == "DELETE" and doc.startswith("ragops-smoke-") else 404)
+
+    info = StackInfo("dev", "http://svc", None, None, None, None, api_keys={KEY: "default"})
+    with pytest.raises(SmokeFailure, match=r"POST /v1/answer did not answer from the document just ingested"):
+        smoke(info, wait_seconds=0, transport=httpx.MockTransport(handler))
+    assert seen[-1].startswith("DELETE /v1/documents/ragops-smoke-")
