@@ -58,7 +58,9 @@ and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not 
     recovery, at most the edition's: 7 on ENTERPRISE, 35 on ENTERPRISE_PLUS (`transaction_log_retention_days`
     docstring; Cloud SQL also refuses logs kept as long as the backups: "backup retention should be >
     transaction log retention"). N = 0 (RDS: no automated backups) is refused: Cloud SQL's REGIONAL availability
-    and the restore clone need backups and point-in-time recovery.
+    and the restore clone need backups and point-in-time recovery. The backups run before the maintenance hour
+    (`start_time`, `cloudsql_backup_start_time`).
+  - Deleting the instance keeps its backups, as RDS keeps a final snapshot (`cloudsql_backups_on_delete`).
   - `auto_minor_version_upgrade` False is refused: Cloud SQL applies minor versions in its maintenance window and
     has no switch to turn that off (Cloud SQL "Database versions and version policies": "Cloud SQL keeps your
     instances up-to-date with patches and minor version updates automatically").
@@ -197,6 +199,12 @@ ENTERPRISE_PLUS_TIER_PREFIX = "db-perf-optimized-"
 CLOUDSQL_LOG_RETENTION_MAX_DAYS: Mapping[str, int] = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
 #: Cloud SQL's smallest PD_SSD data disk, GB (`DatabaseInstanceSettings.disk_size` docstring).
 CLOUDSQL_MIN_DISK_GB = 10
+#: Days Cloud SQL keeps the final backup it takes when the instance is deleted: the most it allows
+#: (`DatabaseInstanceSettingsFinalBackupConfig.retention_days`, 1-365), so at least any `backup_retention_days`
+#: (1-35). RDS's final snapshot never expires; a year is the closest Cloud SQL comes.
+CLOUDSQL_FINAL_BACKUP_RETENTION_DAYS = 365
+#: Hours Cloud SQL's daily backup window lasts from `backup_configuration.start_time` (a backup starts in it).
+CLOUDSQL_BACKUP_WINDOW_HOURS = 4
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,8 @@ class PostgresDatabaseArgs:
     maintenance_day: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "sun"
     """Day of the weekly maintenance window (rds, cloudsql), UTC."""
     maintenance_hour: int = 3
-    """Hour (UTC) the one-hour maintenance window starts; RDS backups run in the hour before it."""
+    """Hour (UTC) the one-hour maintenance window starts; backups run before it (RDS in the hour before it, Cloud
+    SQL's 4-hour window ending an hour before it)."""
     apply_immediately: bool = False
     """RDS: apply a modification at `pulumi up` (True) or in the next maintenance window (False)."""
     auto_minor_version_upgrade: bool = True
@@ -513,6 +522,14 @@ def rds_backup_window(hour: int) -> str:
     return f"{start:02d}:00-{start:02d}:30"
 
 
+def cloudsql_backup_start_time(hour: int) -> str:
+    """Cloud SQL `backup_configuration.start_time` ("HH:MM", UTC) for the maintenance window at `hour`: its 4-hour
+    backup window (a backup starts in it) ends an hour before maintenance, leaving the last backup started an hour
+    to finish, as RDS's window does (`rds_backup_window`). Unset, Cloud SQL picks a random window that may overlap
+    the maintenance hour (a restart during a backup)."""
+    return f"{(hour - CLOUDSQL_BACKUP_WINDOW_HOURS - 1) % 24:02d}:00"
+
+
 def cloudsql_maintenance_window(day: str, hour: int) -> dict[str, Any]:
     """Cloud SQL `settings.maintenance_window`: day 1 (Monday) to 7 (Sunday), hour 0-23 UTC, stable track."""
     return {"day": DAYS.index(day) + 1, "hour": hour, "update_track": "stable"}
@@ -539,15 +556,31 @@ def cloudsql_log_retention_days(retention_days: int, tier: str) -> int:
     return min(retention_days, CLOUDSQL_LOG_RETENTION_MAX_DAYS[cloudsql_edition(tier)])
 
 
-def cloudsql_backup_configuration(retention_days: int, tier: str) -> dict[str, Any]:
+def cloudsql_backup_configuration(retention_days: int, tier: str, maintenance_hour: int) -> dict[str, Any]:
     """Cloud SQL `settings.backup_configuration` for RDS-style `retention_days` (1-35): daily automated backups,
-    N+1 of them kept (the oldest is the base a restore to the window's first hour starts from; Cloud SQL also
-    needs more backups than days of logs), and point-in-time recovery over `cloudsql_log_retention_days`."""
+    started before the maintenance window (`cloudsql_backup_start_time`), N+1 of them kept (the oldest is the base
+    a restore to the window's first hour starts from; Cloud SQL also needs more backups than days of logs), and
+    point-in-time recovery over `cloudsql_log_retention_days`."""
     return {
         "enabled": True,
+        "start_time": cloudsql_backup_start_time(maintenance_hour),
         "point_in_time_recovery_enabled": True,
         "transaction_log_retention_days": cloudsql_log_retention_days(retention_days, tier),
         "backup_retention_settings": {"retained_backups": retention_days + 1, "retention_unit": "COUNT"},
+    }
+
+
+def cloudsql_backups_on_delete() -> dict[str, Any]:
+    """What Cloud SQL keeps when the instance is deleted (a `destroy`, a restore with `keep_original` False): by
+    default nothing ("if you don't take a final backup ... Cloud SQL deletes all backups"), where RDS leaves a final
+    snapshot. So the automated backups are retained (`retain_backups_on_delete`, by the backup retention setting)
+    and a final backup is taken, kept `CLOUDSQL_FINAL_BACKUP_RETENTION_DAYS` (`final_backup_config`). Cloud SQL
+    reads both from the instance's settings when it deletes it (the provider's delete sends only a description):
+    an instance has them once an `up` has set them, an in-place settings update (neither field is ForceNew in
+    terraform-provider-google's `resource_sql_database_instance.go`)."""
+    return {
+        "retain_backups_on_delete": True,
+        "final_backup_config": {"enabled": True, "retention_days": CLOUDSQL_FINAL_BACKUP_RETENTION_DAYS},
     }
 
 
@@ -1178,7 +1211,10 @@ class PostgresDatabase(pulumi.ComponentResource):
                     "private_network": args.private_network,
                     "ssl_mode": "ENCRYPTED_ONLY",
                 },
-                "backup_configuration": cloudsql_backup_configuration(args.backup_retention_days, args.tier),
+                "backup_configuration": cloudsql_backup_configuration(
+                    args.backup_retention_days, args.tier, args.maintenance_hour
+                ),
+                **cloudsql_backups_on_delete(),
                 "maintenance_window": cloudsql_maintenance_window(
                     args.maintenance_day, args.maintenance_hour
                 ),

@@ -172,6 +172,41 @@ def test_cloud_sql_leaves_a_running_disk_to_autoresize_and_a_clone_to_its_source
     assert clone.inputs["settings"]["backupConfiguration"]["transactionLogRetentionDays"] == 7
 
 
+def test_deleting_a_cloud_sql_instance_keeps_its_backups_as_rds_keeps_a_final_snapshot() -> None:
+    # Cloud SQL deletes every backup with the instance unless told otherwise (RDS: skip_final_snapshot False).
+    # A destroy, or a restore with keepOriginal false, must leave the data: the automated backups are retained and
+    # a final backup is taken, kept at least as long as the backups themselves.
+    restored = gke(**managed(restore={"name": "r1"}, backupRetentionDays=35, tier="db-perf-optimized-N-2"))
+    for instance in (gke().by_name("postgres-instance"), *restored.of_type(CLOUDSQL)):
+        settings = instance.inputs["settings"]
+        assert settings["retainBackupsOnDelete"] is True
+        assert settings["finalBackupConfig"]["enabled"] is True
+        assert settings["finalBackupConfig"]["retentionDays"] >= 35
+        # Cloud SQL reads both from the instance when it deletes it: they must reach a running instance (an
+        # in-place settings update; neither is ForceNew upstream), so no ignore_changes may cover them.
+        assert not any(path in ("settings", "settings.finalBackupConfig") for path in instance.ignore_changes)
+        assert "settings.retainBackupsOnDelete" not in instance.ignore_changes
+    assert len(restored.of_type(CLOUDSQL)) == 2
+
+
+@pytest.mark.parametrize(("hour", "start"), [(3, "22:00"), (0, "19:00"), (4, "23:00"), (23, "18:00")])
+def test_cloud_sql_backups_run_in_a_window_that_ends_before_the_maintenance_hour(
+    hour: int, start: str
+) -> None:
+    # Unset, Cloud SQL picks a random 4-hour backup window, which may hold the maintenance hour (a restart mid
+    # backup). Like RDS's, it is set from the maintenance window: 4 hours ending an hour before it.
+    settings = (
+        gke(**managed(maintenanceWindow={"day": "sat", "hour": hour}))
+        .by_name("postgres-instance")
+        .inputs["settings"]
+    )
+    assert settings["backupConfiguration"]["startTime"] == start
+    assert settings["maintenanceWindow"]["hour"] == hour
+    # The hours a backup may start in: none is the maintenance hour or the hour before it (left to finish).
+    window = {(int(start[:2]) + offset) % 24 for offset in range(4)}
+    assert not window & {hour, (hour - 1) % 24}
+
+
 @pytest.mark.parametrize(
     ("keys", "key", "rds_input", "words"),
     [
