@@ -704,7 +704,8 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             f"More than {t.llm_error_ratio:.0%} of LLM calls failed over 10 minutes; "
             "rag_llm_errors_total{cause} says why: timeout, connection, rate_limited, server_error, auth, "
             "bad_request, bad_response (a reply that is not a chat completion: a proxy's page, broken JSON or "
-            "stream events), empty_response (no text), circuit_open, protocol (any other failure of the call); "
+            "stream events), empty_response (no text), circuit_open, protocol (the server did not answer in HTTP), "
+            "internal (any other failure in the service's call path); "
             "runbook ragllmerrorrate.",
         ),
         rule(
