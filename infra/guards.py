@@ -233,14 +233,15 @@ def stack_reference_names() -> tuple[str, ...]:
 
 
 def _read(token: str, key: str, names: tuple[str, ...]) -> tuple[str, Any]:
-    """The first of `names` the builtin invoke `token` answers for, with its answer (the last error otherwise)."""
+    """The first of `names` the builtin invoke `token` answers for, with its answer (else the first name's error: the
+    fallback's own refusal, e.g. the service's "should be of the form '<organization>/<project>/<stack>'", says less)."""
     failures: list[Exception] = []
     for name in names:
         try:
             return name, _plain(pulumi.runtime.invoke(token, {key: name}).value) or {}
         except Exception as exc:  # the engine answers an unknown or unparsable name with an error
             failures.append(exc)
-    raise failures[-1]
+    raise failures[0]
 
 
 def keeps_outputs_of_failed_updates() -> bool:

@@ -237,11 +237,14 @@ def test_the_refusal_is_a_run_error_the_cli_prints_as_its_one_line_and_ragops_sh
 class EngineError(grpc.RpcError):
     """How the engine answers an invoke its provider failed (resmon.Invoke returns the error as a gRPC status)."""
 
+    def __init__(self, reason: str = "snapshot integrity failure") -> None:
+        self.reason = reason
+
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.UNKNOWN
 
     def details(self) -> str:
-        return f"invocation of {guards.READ_RESOURCE_OUTPUTS} returned an error: snapshot integrity failure"
+        return f"invocation of {guards.READ_RESOURCE_OUTPUTS} returned an error: {self.reason}"
 
 
 def test_a_state_the_backend_cannot_read_warns_and_deploys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,3 +296,22 @@ def test_a_backend_that_parses_bare_stack_names_only_is_read_by_the_bare_name(
     monkeypatch.setattr(PlatformMocks, "call", legacy)
     message = refused("staging", run("staging"), {"qdrant": {"replicas": 2}}, sent)
     assert "from 3 to 2 replicas" in message
+
+
+def test_when_no_name_answers_the_warning_gives_the_full_names_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *args, **kwargs: warnings.append(message))
+
+    answer = PlatformMocks.call
+
+    def unreachable(self: PlatformMocks, args: Any) -> Any:
+        if not args.token.startswith("pulumi:pulumi:read"):
+            return answer(self, args)
+        name = str(args.args.get("name") or args.args.get("stackName"))
+        raise EngineError(
+            "dial tcp: connection refused" if "/" in name else "should be of the form '<org>/<p>/<s>'"
+        )
+
+    monkeypatch.setattr(PlatformMocks, "call", unreachable)
+    assert against("staging", run("staging"), {"qdrant": {"replicas": 2}}).by_name("qdrant-statefulset")
+    assert [w for w in warnings if "connection refused" in w and "does not check" in w]
