@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="threads of the shard's search pool; 1: on the calling thread; 0: 1 below 4 segments, else per CPU",
+        description="threads of the shard's search pool; 1: on the calling thread; 0: 1 below 5 segments, else per CPU",
     )
     edge_consolidate_idle_seconds: float = Field(
         30.0,
