@@ -19,8 +19,9 @@ process's CPU per search (utime + stime from /proc/PID/stat, exited threads
 included) split by thread, and the service's own /metrics means (query embedding, engine + registry, whole
 request).
 
-A prebuilt store instead (``--data-dir DIR``: a data directory with ``registry.db`` and ``edge/``, e.g. the 100k
-store of bench/scale.py's corpus, /tmp/s16perf/build.py-style) is copied for each service, and the raw path
+A prebuilt store instead (``--data-dir DIR``: a stopped service's DATA_DIR with ``registry.db`` and ``edge/``, e.g.
+one built as bench/scale.py's ``run_size`` builds a size: its shard, consolidated, and a registry row per
+document; the tenant searched is ``default``) is copied for each service, and the raw path
 searches a copy of its shard, embedding with the graph the service's queries run (EMBEDDING_QUERY_PRECISION,
 int8 by default); ``--texts FILE`` (a JSON list) gives the query texts. ``--env K=V`` / ``--baseline-env K=V``
 set a variable for one service only, so ``--baseline .`` A/Bs a setting within one checkout.
