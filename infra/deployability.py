@@ -35,8 +35,9 @@ Schema validation and the policy pack look at one object at a time. This module 
   names is declared.
 * **gcp-apis**: every Google resource waits for the ``projects.Service`` that enables each API it calls
   (:data:`GCP_RESOURCE_APIS`); an unmapped resource type is itself a finding.
-* **gke-node-identity**: GKE nodes (each node pool, an Autopilot cluster's auto-provisioning defaults) run as a
-  service account the stack grants ``roles/container.defaultNodeServiceAccount`` before they are created.
+* **gke-node-identity**: GKE nodes (each node pool, a Standard cluster's default pool, an Autopilot cluster's
+  auto-provisioning defaults) run as a service account the stack grants ``roles/container.defaultNodeServiceAccount``
+  before they are created.
 * GKE with private nodes: a chart's admission webhook on a port other than 443/10250 needs a firewall rule from the
   control plane's range; a regional Gateway class needs the region's proxy-only subnet.
 
@@ -1972,7 +1973,8 @@ GKE_NODE_ROLE = "roles/container.defaultNodeServiceAccount"
 
 
 def check_gke_node_identity(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
-    """GKE nodes run as a service account of the stack that holds GKE's minimum node role, and boot after it.
+    """GKE nodes run as a service account of the stack that holds GKE's minimum node role, and boot after it: each
+    node pool, a Standard cluster's default pool (its own nodeConfig) and Autopilot's auto-provisioned nodes.
 
     Unset, GKE uses the Compute Engine default service account, which organisations created after 2024-05-03
     grant nothing (iam.automaticIamGrantsForDefaultServiceAccounts): Autopilot pods cannot pull from Artifact
@@ -1991,6 +1993,10 @@ def check_gke_node_identity(run: StackRun, analysis: Analysis, graph: Graph) -> 
         if _truthy(cluster.inputs.get("enableAutopilot")):
             path = ("clusterAutoscaling", "autoProvisioningDefaults", "serviceAccount")
             nodes.append((cluster, _get(cluster.inputs, *path)))
+        else:
+            # A Standard cluster boots its default pool from its own nodeConfig, even with
+            # removeDefaultNodePool (GKE creates the pool and then deletes it): those nodes must register too.
+            nodes.append((cluster, _get(cluster.inputs, "nodeConfig", "serviceAccount")))
     for pool in run.of_type(GKE_NODE_POOL):
         nodes.append((pool, _get(pool.inputs, "nodeConfig", "serviceAccount")))
     findings: list[Finding] = []
@@ -2002,8 +2008,8 @@ def check_gke_node_identity(run: StackRun, analysis: Analysis, graph: Graph) -> 
                     resource.urn,
                     "its nodes run as the Compute Engine default service account, which organisations created "
                     "after May 2024 grant nothing: no system logs/metrics, no image pulls from Artifact Registry.",
-                    "set the node service account (nodeConfig.serviceAccount; Autopilot: clusterAutoscaling."
-                    "autoProvisioningDefaults.serviceAccount) to one the stack grants "
+                    "set the node service account (a node pool's or a Standard cluster's nodeConfig.serviceAccount; "
+                    "Autopilot: clusterAutoscaling.autoProvisioningDefaults.serviceAccount) to one the stack grants "
                     f"{GKE_NODE_ROLE} (infra/clusters/gke.py NODE_ROLES).",
                 )
             )

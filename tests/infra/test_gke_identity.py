@@ -93,8 +93,10 @@ def test_a_node_pool_on_the_default_compute_account_is_a_finding() -> None:
 def test_an_account_without_the_node_role_or_granted_too_late_is_a_finding() -> None:
     result = run("staging", "gke")
     member = result.by_name("node-sa-container.defaultNodeServiceAccount")
-    (found,) = identity_findings(replace(result, member, role="roles/logging.logWriter"))
-    assert "roles/container.defaultNodeServiceAccount" in found.message
+    # The Standard cluster's default pool and the node pool run as the same account: both lose the role.
+    found = identity_findings(replace(result, member, role="roles/logging.logWriter"))
+    assert sorted(f.name for f in found) == ["gke", "gke-nodes"]
+    assert all("roles/container.defaultNodeServiceAccount" in f.message for f in found)
     # The pool waits for the grant directly and through the cluster (whose default pool runs as the same account).
     (pool,) = result.of_type(d.GKE_NODE_POOL)
     (cluster,) = result.of_type(d.GKE_CLUSTER)
@@ -103,7 +105,29 @@ def test_an_account_without_the_node_role_or_granted_too_late_is_a_finding() -> 
         for r in (pool, cluster)
     }
     result = dataclasses.replace(result, resources=[unordered.get(r.urn, r) for r in result.resources])
-    assert [f.name for f in identity_findings(result)] == ["gke-nodes"]
+    assert sorted(f.name for f in identity_findings(result)) == ["gke", "gke-nodes"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_a_standard_clusters_default_pool_off_the_node_account_is_a_finding(stack: str) -> None:
+    """`make plan` sees the default pool's identity (gke.py sets it since REVIEW5 V2): GKE boots that pool from the
+    cluster's own nodeConfig before `removeDefaultNodePool` deletes it, and unset it runs as the Compute Engine
+    default account, which new organisations grant nothing."""
+    result = run(stack, "gke")
+    (cluster,) = result.of_type(d.GKE_CLUSTER)
+    assert identity_findings(result) == []
+    # No nodeConfig at all, or one without a service account: the Compute Engine default account.
+    config = {k: v for k, v in cluster.inputs["nodeConfig"].items() if k != "serviceAccount"}
+    for broken in (replace(result, cluster, nodeConfig=config), replace(result, cluster, nodeConfig=None)):
+        (found,) = identity_findings(broken)
+        assert (found.name, found.resource) == ("gke", cluster.urn)
+        assert "Compute Engine default service account" in found.message
+        assert "Standard cluster's nodeConfig.serviceAccount" in found.fix
+    # Another account than the node account (one the stack does not grant the node role).
+    other = replace(result, cluster, nodeConfig={**cluster.inputs["nodeConfig"], "serviceAccount": "x@p.iam"})
+    (found,) = identity_findings(other)
+    assert found.resource == cluster.urn
+    assert "x@p.iam is not granted roles/container.defaultNodeServiceAccount" in found.message
 
 
 def test_cloud_sql_database_is_destroyed_before_its_user() -> None:
