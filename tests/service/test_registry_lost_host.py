@@ -111,7 +111,7 @@ def test_the_settings_reach_the_engine(key: str, monkeypatch: pytest.MonkeyPatch
 
     seen: dict[str, float] = {}
 
-    def fake_engine(url: str, *, connect_timeout: float, tcp_timeout: float) -> object:
+    def fake_engine(url: str, *, connect_timeout: float, tcp_timeout: float, durable: bool) -> object:
         seen.update(
             database_connect_timeout_seconds=connect_timeout, database_tcp_timeout_seconds=tcp_timeout
         )
