@@ -44,8 +44,10 @@ program says so in a warning and goes on (`ragops` still checks).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,13 +234,39 @@ def stack_reference_names() -> tuple[str, ...]:
     return (f"{pulumi.get_organization() or 'organization'}/{pulumi.get_project()}/{stack}", stack)
 
 
+NO_RESOURCE_REFERENCES = "PULUMI_DISABLE_RESOURCE_REFERENCES"
+
+
+@contextlib.contextmanager
+def _without_resource_references() -> Iterator[None]:
+    """The state reads ask the engine for plain IDs instead of resource references (REVIEW6 W2).
+
+    The SDK asks for references by default (the invoke's `acceptResources`, read from this variable per call). For
+    each reference in an answer it would build a resource object, which calls `pulumi:pulumi:getResource`; the
+    engine answers that only for resources registered in this run, and at program start there are none, so the
+    error ("unknown resource <urn>") would fail the whole run from a background task, past the guard's own
+    `try`. A state holding a reference (a component that registers a resource as an output) would then stop every
+    `up`. The reads run before anything is registered, so no other request reads the variable meanwhile.
+    """
+    before = os.environ.get(NO_RESOURCE_REFERENCES)
+    os.environ[NO_RESOURCE_REFERENCES] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[NO_RESOURCE_REFERENCES]
+        else:
+            os.environ[NO_RESOURCE_REFERENCES] = before
+
+
 def _read(token: str, key: str, names: tuple[str, ...]) -> tuple[str, Any]:
     """The first of `names` the builtin invoke `token` answers for, with its answer (else the first name's error: the
     fallback's own refusal, e.g. the service's "should be of the form '<organization>/<project>/<stack>'", says less)."""
     failures: list[Exception] = []
     for name in names:
         try:
-            return name, _plain(pulumi.runtime.invoke(token, {key: name}).value) or {}
+            with _without_resource_references():
+                return name, _plain(pulumi.runtime.invoke(token, {key: name}).value) or {}
         except Exception as exc:  # the engine answers an unknown or unparsable name with an error
             failures.append(exc)
     raise failures[0]

@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 import pulumi
 import yaml
+from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.config import set_all_config
@@ -480,6 +481,17 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
 # --- the recording monitor -----------------------------------------------------------------------------------
 
 
+def _downgrade_references(value: Any) -> Any:
+    """Resource references (`rpc._special_sig_key` = `_special_resource_sig`) replaced by their ID, else URN."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_resource_sig:
+            return value.get("id") or value.get("urn")
+        return {key: _downgrade_references(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_downgrade_references(item) for item in value]
+    return value
+
+
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     """The SDK's mock monitor, keeping each RegisterResource request's options next to its inputs."""
 
@@ -493,6 +505,19 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         if parent and parent.split("::")[2] == STACK_TYPE:
             parent = ""
         return super().make_urn(parent, type_, name)
+
+    def Invoke(self, request: Any) -> Any:
+        """As the engine answers: an invoke that does not accept resource references gets each one as its ID
+        (a component's: its URN), pulumi's plugin.MarshalProperties with KeepResources false."""
+        response = super().Invoke(request)
+        if request.acceptResources or not request.tok.startswith("pulumi:pulumi:"):
+            return response
+        value = json_format.MessageToDict(getattr(response, "return"))
+        downgraded = _downgrade_references(value)
+        if downgraded != value:
+            getattr(response, "return").Clear()
+            json_format.ParseDict(downgraded, getattr(response, "return"))
+        return response
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)

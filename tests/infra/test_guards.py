@@ -8,11 +8,14 @@ the key and the stack file before the program has sent any resource (the mocks c
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 import grpc
 import pulumi
 import pytest
+from pulumi.runtime import rpc
 
 from infra import guards
 from infra.config import deep_merge
@@ -315,3 +318,33 @@ def test_when_no_name_answers_the_warning_gives_the_full_names_error(monkeypatch
     monkeypatch.setattr(PlatformMocks, "call", unreachable)
     assert against("staging", run("staging"), {"qdrant": {"replicas": 2}}).by_name("qdrant-statefulset")
     assert [w for w in warnings if "connection refused" in w and "does not check" in w]
+
+
+# ------------------------------------------------------------------------------ resource references in the state
+def test_a_resource_reference_in_the_state_does_not_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REVIEW6 W2: a resource's outputs in the state may hold a resource reference (a component registering a
+    resource as an output; a helm v4 Chart's `resources`). Asked with references accepted, the SDK rebuilds each one
+    through `pulumi:pulumi:getResource`, which the engine answers only for resources of this run (none yet at the
+    guard), and the whole run failed from a background task. The reads now ask for plain IDs, as the engine then
+    sends them (the offline monitor downgrades references the same way)."""
+    deployed = run("staging")
+    state = state_of(deployed)
+    reference = {
+        rpc._special_sig_key: rpc._special_resource_sig,
+        "urn": "urn:pulumi:staging::rag::kubernetes:helm.sh/v4:Chart$kubernetes:apiextensions.k8s.io/v1:"
+        "CustomResourceDefinition::envoy-crds:gateways.gateway.networking.k8s.io",
+        "id": "gateways.gateway.networking.k8s.io",
+        "packageVersion": "4.34.2",
+    }
+    state["resources"]["urn:pulumi:staging::rag::kubernetes:helm.sh/v4:Chart::envoy-crds"] = {
+        "type": "kubernetes:helm.sh/v4:Chart",
+        "outputs": {"resources": [reference]},
+    }
+    again = run_stack("staging", live={"state": state})
+    assert again.urns == deployed.urns
+    # The guard still reads the state it needs, with the reference among it.
+    assert guards.NO_RESOURCE_REFERENCES not in os.environ  # restored after the reads
+    # With references accepted (the SDK's default), the same state fails the run past the guard.
+    monkeypatch.setattr(guards, "_without_resource_references", contextlib.nullcontext)
+    with pytest.raises(Exception, match="unknown resource"):
+        run_stack("staging", live={"state": state})
