@@ -86,6 +86,12 @@ class EventCollector:
         op = str(getattr(meta.op, "value", meta.op))
         if op in QUIET_OPS and not meta.diffs:
             return
+        if str(meta.type).startswith("pulumi:providers:") and meta.urn.rsplit("::", 1)[-1].startswith(
+            "default"
+        ):
+            # The engine's own default providers (the program's state reads add package `pulumi`'s, infra/guards.py):
+            # nothing the stack declares, and the engine's change summary leaves them out too (REVIEW6 W5).
+            return
         key = (op, meta.urn)
         if key in self._seen:  # pre and outputs events describe the same step
             return

@@ -107,3 +107,19 @@ def test_preview_of_unknown_stack_raises_not_found(ctx: Context, backend: FakeBa
     with pytest.raises(StackNotFoundError):
         run_preview(ctx.workspace(), "nope")
     assert backend.commands() == [["stack", "select", "--stack", "nope"]]
+
+
+def test_the_engines_default_providers_are_not_listed_as_changes(ctx: Context, backend: FakeBackend) -> None:
+    # REVIEW6 W5: the program's state reads (infra/guards.py) make the engine register package `pulumi`'s default
+    # provider; every PR comment showed "+ create pulumi:providers:pulumi default" until the stack's next `up`.
+    backend.add_stack("dev")
+    script = backend.script("dev")
+    script.preview_events = [
+        step_event("create", "default", "pulumi:providers:pulumi"),
+        step_event("create", "default_4_34_2", "pulumi:providers:kubernetes"),
+        step_event("create", "k8s", "pulumi:providers:kubernetes"),  # a provider the program declares: listed
+        step_event("update", "rag-service", diffs=["spec"]),
+    ]
+    script.preview_summary = {"update": 1, "same": 10}
+    report = run_preview(ctx.workspace(), "dev")
+    assert [(s.op, s.name) for s in report.steps] == [("create", "k8s"), ("update", "rag-service")]
