@@ -115,4 +115,6 @@ def test_a_config_error_inside_an_output_is_a_run_error_for_the_language_host() 
     with pytest.raises(pulumi.RunError) as raised:
         offline.run_stack("prod", config_overrides={"cluster": {"eks": {"availabilityZones": 4}}})
     assert isinstance(raised.value, ConfigError)
-    assert str(raised.value).startswith("rag:cluster.eks.availabilityZones in Pulumi.prod.yaml: 4 zones asked")
+    assert str(raised.value).startswith(
+        "rag:cluster.eks.availabilityZones in Pulumi.prod.yaml: 4 zones asked"
+    )
