@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pulumi.errors import RunError
 
 from infra import embedding_models
 
@@ -43,13 +42,10 @@ RATE_LIMIT_RE = re.compile(rf"^{_RATE_ITEM}([,;|]{_RATE_ITEM})*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
-class ConfigError(RunError, ValueError):
+class ConfigError(ValueError):
     """A stack's configuration is missing, mistyped or breaks an environment rule.
 
-    The message names the key and the stack file; `key` and `stack_file` carry them for tools. A `pulumi.RunError`:
-    Pulumi's Python language host prints a RunError as its message alone, so a config error raised inside an
-    Output (the EKS zone count, read from the cloud) reaches a bare `pulumi up` as that one line, not as "Program
-    failed with an unhandled exception" and a traceback (the program's top level converts the others itself).
+    The message names the key and the stack file; `key` and `stack_file` carry them for tools.
     """
 
     def __init__(self, key: str, stack_file: str, problem: str) -> None:

@@ -103,18 +103,3 @@ def test_make_rbac_reports_errors_as_make_plan_does(args: list[str], expected: s
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [expected.format(root=REPO_ROOT)]
     assert result.stdout == ""
-
-
-def test_a_config_error_inside_an_output_is_a_run_error_for_the_language_host() -> None:
-    """Pulumi's Python language host (pulumi-language-python-exec) prints a `pulumi.RunError` as its message alone
-    and any other exception as "Program failed with an unhandled exception" with a traceback. The program's top
-    level converts a ConfigError itself; one raised inside an Output (the EKS zone count, read from the cloud)
-    reaches the host as raised, so it must be a RunError to be one line in a bare `pulumi up`."""
-    import pulumi
-
-    with pytest.raises(pulumi.RunError) as raised:
-        offline.run_stack("prod", config_overrides={"cluster": {"eks": {"availabilityZones": 4}}})
-    assert isinstance(raised.value, ConfigError)
-    assert str(raised.value).startswith(
-        "rag:cluster.eks.availabilityZones in Pulumi.prod.yaml: 4 zones asked"
-    )
