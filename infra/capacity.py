@@ -380,8 +380,8 @@ _GCE_GIB_PER_VCPU: dict[str, dict[str, float]] = {
     "t2d": {"standard": 4},
 }
 _GCE_TYPE = re.compile(r"^(?P<family>[a-z0-9]+)-(?P<kind>standard|highmem|highcpu)-(?P<vcpus>[0-9]+)$")
-#: E2 shared-core types: (vCPUs the node reports, GB).
-_GCE_SHARED = {"e2-medium": (2, 4.0), "e2-small": (2, 2.0)}
+#: GB of the E2 shared-core types the check knows (their vCPUs: `gce_vcpus`).
+_GCE_SHARED_GIB = {"e2-medium": 4.0, "e2-small": 2.0}
 #: (millicores, MiB) the DaemonSets of every GKE Standard node request (kube-proxy, fluentbit-gke, gke-metrics-agent,
 #: pdcsi-node, and node-exporter when monitoring is on): an estimate, like NODE_DAEMONS for EKS.
 GKE_NODE_DAEMONS = (300, 320)
@@ -391,14 +391,13 @@ GKE_MAX_PODS = 110
 
 def gce_shape(machine_type: str) -> NodeShape | None:
     """vCPUs, nominal GiB and max pods of a Compute Engine machine type the check knows; None else."""
-    if machine_type in _GCE_SHARED:
-        vcpus, memory = _GCE_SHARED[machine_type]
-        return NodeShape(vcpus, memory, GKE_MAX_PODS)
+    vcpus = gce_vcpus(machine_type)
+    if vcpus is not None and machine_type in _GCE_SHARED_GIB:
+        return NodeShape(vcpus, _GCE_SHARED_GIB[machine_type], GKE_MAX_PODS)
     match = _GCE_TYPE.fullmatch(machine_type)
     per_vcpu = _GCE_GIB_PER_VCPU.get(match["family"], {}).get(match["kind"]) if match else None
-    if match is None or per_vcpu is None:
+    if vcpus is None or per_vcpu is None:
         return None
-    vcpus = int(match["vcpus"])
     return NodeShape(vcpus, vcpus * per_vcpu, GKE_MAX_PODS)
 
 

@@ -755,17 +755,18 @@ def _collect_abandoned_loops() -> None:
     gc.collect()
 
 
-def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, dict[str, Any]] | None:
+def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, str] | None:
     """Run the stack's program offline with `--set` overrides, for a command line (`make plan`, `make rbac`).
 
-    A config error, a malformed `--set` or a missing stack file is printed as one line on stderr (a `--set`
-    value is named as `--set`, not as the stack file) and gives None; the caller exits with 2.
+    Gives the run and the `rag:environment` it ran with. A config error, a malformed `--set` or a missing stack
+    file is printed as one line on stderr (a `--set` value is named as `--set`, not as the stack file) and gives
+    None; the caller exits with 2.
     """
     overrides: dict[str, Any] = {}
     try:
         overrides = parse_overrides(set_pairs)
         run = run_stack(stack, config_overrides=overrides)
-        environment_for(stack, overrides)  # reads the stack file: a missing one is reported here, not later
+        environment = environment_for(stack, overrides)
     except ConfigError as error:
         if overridden(error.key, overrides):  # the value came from the command line, not the stack file
             error = ConfigError(error.key, "--set", error.problem)
@@ -776,7 +777,7 @@ def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, dict[str, 
         print(f"error: {error}", file=sys.stderr)
         _collect_abandoned_loops()
         return None
-    return run, overrides
+    return run, environment
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -790,8 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_run(args.stack, args.set)
     if loaded is None:
         return 2
-    run, overrides = loaded
-    environment = environment_for(args.stack, overrides)
+    run, environment = loaded
     report = render_run(run, args.out, environment=environment)
     print_report(report, args.out)
     return 0 if report.ok else 1
