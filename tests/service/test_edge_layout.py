@@ -78,9 +78,11 @@ def every_point_found(store: EdgeVectorStore, documents: int) -> bool:
     return True
 
 
-def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_throughout(tmp_path: Path) -> None:
+def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_throughout(
+    tmp_path: Path,
+) -> None:
     # 12 x 64 points under a 256-point cap: the planner packs the 64-128 point segments into merged ones of at
-    # most 256 (the default cap does the same with 40,960 at 100k chunks: 13 segments -> 3 + the appendable one).
+    # most 256 (the default cap does the same with 30,720 at 100k chunks: 13 segments -> 5 + the appendable one).
     store = fragmented(tmp_path / "edge" / "c", 12, consolidate_segment_points=256)
     seen: dict[str, bool] = {}
 
@@ -97,10 +99,11 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         assert store.consolidate()
         assert seen == {"merging": True, "merged": True}
         after = store.shard.info().segments_count
-        assert after <= -(-12 * 64 // 256) + 2  # one per cap, + one the packing may leave, + the appendable one
+        # One segment per cap, + one the packing may leave, + the appendable one.
+        assert after <= -(-12 * 64 // 256) + 2
         assert after < before
         graphs = segment_graphs(store.path)
-        assert [m for m in graphs if m is not None] and all(m in (None, edge_module.HNSW_M) for m in graphs)
+        assert set(graphs) - {None} == {edge_module.HNSW_M}
         assert every_point_found(store, 12)
         assert not store.consolidation_due()
     finally:

@@ -101,10 +101,10 @@ class Settings(BaseSettings):
         description="merge small segments in a child process once writes have paused this long; 0: never",
     )
     edge_consolidate_segment_points: int = Field(
-        40960, ge=64, description="largest segment a consolidation merges (in a child process)"
+        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     edge_hnsw_ef: int = Field(
-        160,
+        128,
         ge=1,
         le=10_000,
         description="HNSW search beam per segment of the edge store (higher: better recall, more CPU per search)",

@@ -148,7 +148,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 40960
+CONSOLIDATE_SEGMENT_POINTS = 30720
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
@@ -161,17 +161,19 @@ QUANTIZATION_QUANTILE = 0.99
 QUANTIZATION_OVERSAMPLING = 2.0
 # The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17"). A search
 # costs about one HNSW walk per segment, and recall on a near-duplicate-heavy corpus falls as a segment holds more
-# copies of one text: with 16 links per point (32 on the base layer) a 33k-point segment of bench/scale.py's corpus
-# (~17 copies of each chunk) kept recall@5 0.92-0.95 at beams 100-160, and seven 14k-point ones 0.977 at 100. With
-# 32 links, three such segments kept 0.979 at beam 100 and 0.991 at 160, for 0.44-0.53x the engine CPU per query
-# of seven at 16 links and beam 100. So shards are built with HNSW_M links (new shards, and every segment a
-# consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges), and
-# searched with EDGE_HNSW_EF. The serving process loads a shard with the graph config it has stored: a different
-# one would make the engine rebuild every segment built otherwise (its config-mismatch optimizer), in this
-# process, holding the GIL; a shard built by an earlier release takes HNSW_M at its next consolidation.
+# copies of one text: with 16 links per point (32 on the base layer) three 33k-point segments of bench/scale.py's
+# corpus (~17 copies of each chunk) kept recall@5 0.92-0.95 at beams 100-160, seven 14k-point ones 0.977 at 100.
+# With 32 links recall holds in larger segments, but varies from build to build past ~25k points (three segments
+# of 33k: 0.991 at beam 160; two of 38.5k + one of 23k, as the merge packs them: 0.953-0.957). Five merged
+# segments of <= 23k (cap 30,720) kept 0.985 at beam 128 for 0.75x the warm engine CPU of seven at 16 links and
+# beam 100 (0.977). So shards are built with HNSW_M links (new shards, and every segment a consolidation merges:
+# the child loads its copy with this graph config, which rebuilds what it merges) and searched with EDGE_HNSW_EF.
+# The serving process loads a shard with the graph config it has stored: a different one would make the engine
+# rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
+# shard built by an earlier release takes HNSW_M at its next consolidation.
 HNSW_M = 32
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF = 160
+HNSW_EF = 128
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
@@ -357,7 +359,8 @@ def search_threads(configured: int = 0, segments: int | None = None) -> int:
     (one thread: 1.07-1.08x the p50 in two runs, at 0.87-0.88x the CPU). A pool has one thread per CPU this process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU
     machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
     (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
-    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in.
+    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in. The default
+    consolidation leaves 6 at 100k chunks (5 merged + the appendable one): a pool, as at 7.
     """
     if configured:
         return configured
