@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     precision = "fp32" if parser.parse_args(argv).fp32 else "int8"
     from fastapi.testclient import TestClient
 
-    from service.app.main import create_app
     from service.app.core.config import Settings
+    from service.app.main import create_app
     from service.app.store.embedder import FastEmbedEmbedder
 
     documents, items = load()
