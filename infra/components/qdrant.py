@@ -444,7 +444,9 @@ def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str
     scale-down (who reads the object sees it was planned)."""
     annotations = dict(REPLACE_KEEPS_PODS)
     if args.scale_down_acknowledged is not None:
-        annotations[SCALE_DOWN_ANNOTATION] = f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"
+        annotations[SCALE_DOWN_ANNOTATION] = (
+            f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"
+        )
     return specs.metadata(base, args.namespace, labels, annotations)
 
 

@@ -63,8 +63,12 @@ def replaced(before: Program, after: Program) -> dict[str, list[str]]:
 def test_every_step_of_a_key_rotation_replaces_the_secret_and_nothing_protected() -> None:
     """docs/runbooks.md "Rotate the Qdrant API key" in prod (protected): add, swap, drop."""
     start = run_cluster(cluster_args(image=V119, api_key="old-key"))
-    add = run_cluster(cluster_args(image=V119, api_key="old-key", alt_api_key=pulumi.Output.secret("new-key")))
-    swap = run_cluster(cluster_args(image=V119, api_key="new-key", alt_api_key=pulumi.Output.secret("old-key")))
+    add = run_cluster(
+        cluster_args(image=V119, api_key="old-key", alt_api_key=pulumi.Output.secret("new-key"))
+    )
+    swap = run_cluster(
+        cluster_args(image=V119, api_key="new-key", alt_api_key=pulumi.Output.secret("old-key"))
+    )
     drop = run_cluster(cluster_args(image=V119, api_key="new-key"))
     for before, after in ((start, add), (add, swap), (swap, drop)):
         changes = replaced(before, after)

@@ -105,7 +105,9 @@ def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data
 
 def test_an_acknowledged_scale_down_is_recorded_on_the_statefulset() -> None:
     labels = {"app": "qdrant"}
-    assert q.SCALE_DOWN_ANNOTATION not in q.statefulset_metadata(cluster_args(), "qdrant", labels)["annotations"]
+    assert (
+        q.SCALE_DOWN_ANNOTATION not in q.statefulset_metadata(cluster_args(), "qdrant", labels)["annotations"]
+    )
     meta = q.statefulset_metadata(cluster_args(scale_down_acknowledged=3), "qdrant", labels)
     assert meta["annotations"][q.SCALE_DOWN_ANNOTATION].startswith("3 ")
     with pytest.raises(ComponentArgsError, match="scale_down_acknowledged must be None or equal to replicas"):
