@@ -98,7 +98,8 @@ class QdrantClusterArgs:
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
-    """Protect the StatefulSet and its Secret from `pulumi destroy` (prod: True)."""
+    """Protect the StatefulSet and the `founded` marker from `pulumi destroy` (prod: True). Not the API-key Secret:
+    a key rotation replaces it."""
     pdb: bool = True
     """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
@@ -427,15 +428,25 @@ def statefulset_spec(
 
 
 SCALE_DOWN_ANNOTATION = "rag.platform/scale-down-acknowledged"
+REPLACE_KEEPS_PODS = {"pulumi.com/deletionPropagationPolicy": "orphan"}
+"""On the StatefulSet: when Pulumi deletes the object, its pods (and their PVCs) are left running instead of being
+deleted with it (pulumi-kubernetes reads the annotation from the OLD state's inputs when it deletes, so it acts from
+the `up` after the one that first records it; the default is a foreground delete, which waits for every pod to go).
+Pulumi deletes it for a replace: `spec.volumeClaimTemplates` (a new `rag:qdrant.storage.size` or `storageClass`) is
+immutable, so pulumi-kubernetes replaces the StatefulSet, delete first (a named object). With a foreground delete
+every node went down at once for the replace; orphaned, they keep serving and the new StatefulSet, with the same
+selector and pod template, adopts them without a restart. It never deletes a pod otherwise: the program only deletes
+the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods."""
 
 
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata; it records an acknowledged scale-down (who reads the object sees it was planned)."""
-    annotations = (
-        {SCALE_DOWN_ANNOTATION: f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"}
-        if args.scale_down_acknowledged is not None
-        else None
-    )
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), and it records an acknowledged
+    scale-down (who reads the object sees it was planned)."""
+    annotations = dict(REPLACE_KEEPS_PODS)
+    if args.scale_down_acknowledged is not None:
+        annotations[SCALE_DOWN_ANNOTATION] = (
+            f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"
+        )
     return specs.metadata(base, args.namespace, labels, annotations)
 
 
@@ -530,12 +541,16 @@ class QdrantCluster(pulumi.ComponentResource):
                 lambda k: keys_digest(k[0], k[1], k[2])
             )
         )
+        # Not protected, unlike the data: pulumi-kubernetes replaces a Secret whose data changes (its provider's
+        # enableSecretMutable is off: provider/pkg/provider/diff.go forceNewProperties), and Pulumi refuses to
+        # replace a protected resource, so every step of a key rotation (docs/runbooks.md) failed in prod. What it
+        # holds is rebuilt from the stack (config or the random key in the state) by any `up`.
         secret = k8s.core.v1.Secret(
             f"{name}-api-key",
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
             string_data=keys,
-            opts=child(protect=args.protect),
+            opts=child(),
         )
         k8s.core.v1.Service(
             f"{name}-headless",
