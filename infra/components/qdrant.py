@@ -409,7 +409,7 @@ def statefulset_spec(
                 "serviceAccountName": base,
                 "automountServiceAccountToken": False,
                 "securityContext": specs.pod_security_context(RUN_AS_USER, FS_GROUP),
-                "terminationGracePeriodSeconds": 60,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "affinity": specs.pod_anti_affinity(match, required=args.anti_affinity == "required"),
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
@@ -439,10 +439,33 @@ selector and pod template, adopts them without a restart. It never deletes a pod
 the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods."""
 
 
+TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
+"""How long pulumi-kubernetes waits for the StatefulSet to be ready after a create or update (`await.Update`: a
+resource's customTimeouts, else this annotation, else 10 minutes)."""
+TERMINATION_GRACE_SECONDS = 60
+
+
+def rollout_timeout_seconds(args: QdrantClusterArgs, base: str = APP) -> int:
+    """The StatefulSet's await timeout: a rolling update restarts the nodes one at a time, and each may take its
+    grace period to stop, then the startup probe's whole budget (a node loading large collections) and its first
+    ready answers. Pulumi's default (10 minutes) is less than one node's budget: a version or resources change on a
+    big prod cluster failed the `up` ("timed out waiting" on the StatefulSet) while the rollout went on, and every
+    client waiting on the StatefulSet (the service) was left out of that `up`."""
+    container = container_spec(args, base, f"{base}-api-key")
+    startup, ready = container["startupProbe"], container["readinessProbe"]
+    node = (
+        TERMINATION_GRACE_SECONDS
+        + startup["periodSeconds"] * startup["failureThreshold"]
+        + ready["periodSeconds"] * ready["failureThreshold"]
+    )
+    return max(600, args.replicas * node)
+
+
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), and it records an acknowledged
-    scale-down (who reads the object sees it was planned)."""
-    annotations = dict(REPLACE_KEEPS_PODS)
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), Pulumi waits for a rollout as
+    long as the nodes' probes allow (`rollout_timeout_seconds`), and it records an acknowledged scale-down (who reads
+    the object sees it was planned)."""
+    annotations = {**REPLACE_KEEPS_PODS, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
     if args.scale_down_acknowledged is not None:
         annotations[SCALE_DOWN_ANNOTATION] = (
             f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"

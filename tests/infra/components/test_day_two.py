@@ -101,3 +101,22 @@ def test_resources_replicas_and_version_update_the_statefulset_in_place() -> Non
     after = run_cluster(cluster_args(image=V119, replicas=4, replication_factor=2))
     assert replaced(before, after) == {"qdrant-bootstrap": ["data"]}
     assert after.named("qdrant-bootstrap").protect is False
+
+
+def test_pulumi_waits_for_a_rolling_update_as_long_as_the_nodes_probes_allow() -> None:
+    """A rollout restarts the nodes one at a time; pulumi-kubernetes' default wait (10 minutes, await.go) is less
+    than one node's startup budget, so a version change on a loaded prod cluster failed the `up` mid-rollout."""
+    three = run_cluster(cluster_args(replicas=3)).named("qdrant-statefulset").inputs
+    pod = three["spec"]["template"]["spec"]
+    startup, ready = pod["containers"][0]["startupProbe"], pod["containers"][0]["readinessProbe"]
+    node = (
+        pod["terminationGracePeriodSeconds"]
+        + startup["periodSeconds"] * startup["failureThreshold"]
+        + ready["periodSeconds"] * ready["failureThreshold"]
+    )
+    assert node > 600
+    assert int(three["metadata"]["annotations"]["pulumi.com/timeoutSeconds"]) >= 3 * node
+    five = run_cluster(cluster_args(replicas=5)).named("qdrant-statefulset").inputs
+    assert int(five["metadata"]["annotations"]["pulumi.com/timeoutSeconds"]) >= 5 * node
+    # On the StatefulSet object, not its pod template: a new count restarts no node.
+    assert three["spec"]["template"] == five["spec"]["template"]
