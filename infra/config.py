@@ -346,6 +346,9 @@ class CloudNativePg:
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
+    backupSidecarResources: Resources
+    """The Barman Cloud plugin's sidecar in every instance pod (with backups on): its ObjectStore's
+    `instanceSidecarConfiguration.resources`."""
     archiveName: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
     recovery: CnpgRecovery
     majorUpgrade: CnpgMajorUpgrade
@@ -1231,6 +1234,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
 
     quota = config.namespaceQuota
+    sidecar = config.postgres.cloudnative.backupSidecarResources
     for key, requested, limited in (
         ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
         ("namespaceQuota.requests.memory", quota.requests.memory, quota.limits.memory),
@@ -1240,6 +1244,24 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 key,
                 f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): every pod's requests are "
                 "at most its limits, so the requests quota could never be used",
+            )
+    for key, requested, limited in (
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.cpu",
+            sidecar.requests.cpu,
+            sidecar.limits.cpu,
+        ),
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.memory",
+            sidecar.requests.memory,
+            sidecar.limits.memory,
+        ),
+    ):
+        if _quantity(requested) > _quantity(limited):
+            fail(
+                key,
+                f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): Kubernetes refuses a "
+                "container whose requests exceed its limits, and the plugin puts this sidecar into every instance pod",
             )
 
     if config.redis.mode == "incluster":

@@ -2797,6 +2797,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
         {"backups": {"enabled": True}, "postgres": {"cloudnative": {"archiveName": "postgres-r1"}}},
     ),
     ("postgres.cloudnative.archiveName", "dev", "eks", {"backups": {"enabled": True}}),
+    ("postgres.cloudnative.backupSidecarResources.", "dev", "eks", {"backups": {"enabled": True}}),
     ("redis.mode", "dev", "eks", {}),
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
