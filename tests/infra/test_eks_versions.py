@@ -113,22 +113,6 @@ def test_the_addons_are_updated_after_the_nodes(addon: str) -> None:
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The type of every resource the program registers, in order (the mocks see each RegisterResource)."""
-    from infra.offline import PlatformMocks
-
-    seen: list[str] = []
-    original = PlatformMocks.new_resource
-
-    def record(self: PlatformMocks, args: Any) -> Any:
-        seen.append(args.typ)
-        return original(self, args)
-
-    monkeypatch.setattr(PlatformMocks, "new_resource", record)
-    return seen
-
-
-@pytest.fixture
 def invokes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(token, provider reference) of every EKS read the program makes."""
     from infra.offline import PlatformMocks

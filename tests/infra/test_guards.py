@@ -39,20 +39,6 @@ def state_of(deployed: StackRun) -> dict[str, Any]:
     return {"outputs": outputs, "resources": resources}
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the resources the program registered (the root stack aside), in order."""
-    names: list[str] = []
-    register = PlatformMocks.new_resource
-
-    def recording(self: PlatformMocks, args: Any) -> Any:
-        names.append(args.name)
-        return register(self, args)
-
-    monkeypatch.setattr(PlatformMocks, "new_resource", recording)
-    return names
-
-
 def against(stack: str, deployed: StackRun, overrides: dict[str, Any], *, preview: bool = False) -> StackRun:
     """`stack` with `overrides` (bare keys), run against the state `deployed` left."""
     return run_stack(stack, config_overrides=overrides, live={"state": state_of(deployed)}, preview=preview)
