@@ -232,6 +232,15 @@ class EksCluster:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImageRetention:
+    """How long the stack's own registry (ECR on eks, Artifact Registry on gke) keeps images no stack needs; what a
+    stack deploys, the release before it and every promoted image stay (infra/components/image.py)."""
+
+    neverDeployedDays: int = _f(min=1, max=3650)
+    supersededBuildDays: int = _f(min=1, max=3650)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     """Which cluster the platform runs on; only the selected provider's block is checked strictly."""
 
@@ -239,6 +248,7 @@ class ClusterConfig:
     existing: ExistingCluster
     gke: GkeCluster
     eks: EksCluster
+    imageRetention: ImageRetention
 
     @property
     def storage_class(self) -> str:
