@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pulumi.errors import RunError
 
 from infra import embedding_models
 
@@ -42,10 +43,17 @@ RATE_LIMIT_RE = re.compile(rf"^{_RATE_ITEM}([,;|]{_RATE_ITEM})*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(RunError):
     """A stack's configuration is missing, mistyped or breaks an environment rule.
 
     The message names the key and the stack file; `key` and `stack_file` carry them for tools.
+
+    A `pulumi.RunError` and not a ValueError. Pulumi's Python language host (pulumi-language-python-exec) logs a
+    RunError as its message alone and any other exception as "Program failed with an unhandled exception" and a
+    traceback. A config error raised inside an Output that feeds a resource input (the EKS zone count, read from the
+    cloud) travels through the SDK's input serialisation, which re-raises every ValueError as a new "While
+    processing input" ValueError (pulumi/runtime/rpc.py serialize_properties, resource.py do_register) and lets
+    anything else through as raised: as a ValueError it reached the host wrapped, as a RunError it is one line.
     """
 
     def __init__(self, key: str, stack_file: str, problem: str) -> None:
@@ -232,6 +240,15 @@ class EksCluster:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImageRetention:
+    """How long the stack's own registry (ECR on eks, Artifact Registry on gke) keeps images no stack needs; what a
+    stack deploys, the release before it and every promoted image stay (infra/components/image.py)."""
+
+    neverDeployedDays: int = _f(min=1, max=3650)
+    supersededBuildDays: int = _f(min=1, max=3650)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     """Which cluster the platform runs on; only the selected provider's block is checked strictly."""
 
@@ -239,6 +256,7 @@ class ClusterConfig:
     existing: ExistingCluster
     gke: GkeCluster
     eks: EksCluster
+    imageRetention: ImageRetention
 
     @property
     def storage_class(self) -> str:
@@ -336,6 +354,9 @@ class CloudNativePg:
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
+    backupSidecarResources: Resources
+    """The Barman Cloud plugin's sidecar in every instance pod (with backups on): its ObjectStore's
+    `instanceSidecarConfiguration.resources`."""
     archiveName: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
     recovery: CnpgRecovery
     majorUpgrade: CnpgMajorUpgrade
@@ -1221,6 +1242,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
 
     quota = config.namespaceQuota
+    sidecar = config.postgres.cloudnative.backupSidecarResources
     for key, requested, limited in (
         ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
         ("namespaceQuota.requests.memory", quota.requests.memory, quota.limits.memory),
@@ -1230,6 +1252,24 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 key,
                 f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): every pod's requests are "
                 "at most its limits, so the requests quota could never be used",
+            )
+    for key, requested, limited in (
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.cpu",
+            sidecar.requests.cpu,
+            sidecar.limits.cpu,
+        ),
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.memory",
+            sidecar.requests.memory,
+            sidecar.limits.memory,
+        ),
+    ):
+        if _quantity(requested) > _quantity(limited):
+            fail(
+                key,
+                f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): Kubernetes refuses a "
+                "container whose requests exceed its limits, and the plugin puts this sidecar into every instance pod",
             )
 
     if config.redis.mode == "incluster":

@@ -2777,6 +2777,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("cluster.eks.endpointPublicAccess", "dev", "eks", {"cluster": {"eks": {"publicAccessCidrs": ALLOWED}}}),
     ("cluster.gke.", "dev", "gke", {}),
     ("cluster.eks.", "dev", "eks", {}),
+    # Read by both clouds' registries; tests/infra/test_image_retention.py checks gke's too.
+    ("cluster.imageRetention.", "dev", "eks", {}),
     ("postgres.mode", "dev", "eks", {}),
     # The registry's archive and recovery exist where it is backed up (cloudnative on a cloud, backups on).
     (
@@ -2795,6 +2797,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
         {"backups": {"enabled": True}, "postgres": {"cloudnative": {"archiveName": "postgres-r1"}}},
     ),
     ("postgres.cloudnative.archiveName", "dev", "eks", {"backups": {"enabled": True}}),
+    ("postgres.cloudnative.backupSidecarResources.", "dev", "eks", {"backups": {"enabled": True}}),
     ("redis.mode", "dev", "eks", {}),
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),

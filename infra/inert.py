@@ -122,6 +122,12 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(
             ("gateway.loadBalancer", "cluster.provider is existing: the cluster's own Gateway class decides")
         )
+        found.append(
+            (
+                "cluster.imageRetention.",
+                "cluster.provider is existing: its registry (cluster.existing.registry) keeps its own rules",
+            )
+        )
     if provider == "eks" and not config["cluster"]["eks"]["endpointPublicAccess"]:
         found.append(("cluster.eks.publicAccessCidrs", "cluster.eks.endpointPublicAccess is false"))
     return found

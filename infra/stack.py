@@ -420,6 +420,7 @@ def postgres_args(
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
         image=pg_image(cfg.version),
         resources=resources(cfg.cloudnative.resources),
+        backup_sidecar_resources=resources(cfg.cloudnative.backupSidecarResources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
         monitoring_namespace=prometheus_namespace(config),

@@ -884,8 +884,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         ),
         opts=opts,
     )
-    # Retention that never takes a deployed image: only untagged ones expire; every image a stack deploys carries
-    # its protected tag (infra/components/image.py ecr_lifecycle_policy, copy_script).
+    # Retention that never takes what the stack runs, its rollback target or a promoted image; builds it moved on
+    # from and images nothing deployed expire (infra/components/image.py ecr_lifecycle_policy, rag:cluster.imageRetention).
     # Images deployed before each index's manifests got their own protected tags: tag them once, before the rule
     # that expires untagged images is set.
     protect_existing = command.local.Command(
@@ -894,7 +894,12 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
-        policy=json.dumps(ecr_lifecycle_policy()),
+        policy=json.dumps(
+            ecr_lifecycle_policy(
+                config.cluster.imageRetention.neverDeployedDays,
+                config.cluster.imageRetention.supersededBuildDays,
+            )
+        ),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[protect_existing])),
     )
 

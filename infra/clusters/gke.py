@@ -423,9 +423,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
-        # Untagged versions go after 14 days; every image a stack deploys carries its protected tag and stays
-        # (infra/components/image.py artifact_registry_cleanup_policies, copy_script). Not a dry run: the policies act.
-        cleanup_policies=artifact_registry_cleanup_policies(),
+        # What the stack runs, its rollback target and promoted images stay; superseded builds and what nothing
+        # deployed go (infra/components/image.py artifact_registry_cleanup_policies, rag:cluster.imageRetention).
+        # Not a dry run: the policies act.
+        cleanup_policies=artifact_registry_cleanup_policies(
+            config.cluster.imageRetention.neverDeployedDays, config.cluster.imageRetention.supersededBuildDays
+        ),
         cleanup_policy_dry_run=False,
         opts=kept,
     )

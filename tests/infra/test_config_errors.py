@@ -265,6 +265,19 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "namespaceQuota.requests.cpu",
         "exceeds namespaceQuota.limits.cpu (6)",
     ),
+    # The Barman Cloud plugin's sidecar: Kubernetes refuses the instance pods it would be put into.
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"backupSidecarResources": {"requests": {"cpu": "1500m"}}}}},
+        "postgres.cloudnative.backupSidecarResources.requests.cpu",
+        "exceeds postgres.cloudnative.backupSidecarResources.limits.cpu (1)",
+    ),
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"backupSidecarResources": {"requests": {"memory": "2Gi"}}}}},
+        "postgres.cloudnative.backupSidecarResources.requests.memory",
+        "exceeds postgres.cloudnative.backupSidecarResources.limits.memory (1Gi)",
+    ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     ("staging", {"qdrant": {"scaleDownTo": 2}}, "qdrant.scaleDownTo", "neither 0 nor qdrant.replicas (3)"),
     (

@@ -161,6 +161,14 @@ SWITCHED_OFF = [
         "rag:cluster.eks.publicAccessCidrs in --set has no effect: cluster.eks.endpointPublicAccess is false",
         {"cluster": {"eks": {"endpointPublicAccess": True, "publicAccessCidrs": ["198.51.100.0/24"]}}},
     ),
+    (
+        "dev",
+        None,
+        {},
+        {"cluster": {"imageRetention": {"neverDeployedDays": 7}}},
+        "rag:cluster.imageRetention in --set has no effect: cluster.provider is existing",
+        {"cluster": {"provider": "eks"}, "gateway": {"className": "envoy-gateway"}},
+    ),
 ]
 
 

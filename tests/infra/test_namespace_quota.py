@@ -8,6 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from infra import capacity
 from infra.components.specs import quantity_value
 from infra.offline import StackRun, run_stack
 from infra.workflows import ephemeral
@@ -15,6 +18,7 @@ from infra.workflows import ephemeral
 ROOT = Path(__file__).resolve().parents[2]
 QUOTA = "kubernetes:core/v1:ResourceQuota"
 LIMITS = "kubernetes:core/v1:LimitRange"
+CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 
 
 def pr_stack(**extra: Any) -> StackRun:
@@ -77,8 +81,10 @@ def peak(run: StackRun) -> dict[str, float]:
                     total["pvcs"] += replicas
         elif resource.type == "kubernetes:postgresql.cnpg.io/v1:Cluster":
             instances = int(spec.get("instances") or 1)
-            # Each instance, plus the one-off initdb/join Job pod the operator runs with the same resources.
-            add([{"resources": spec["resources"]}], instances + 1)
+            # Each instance, plus the one-off initdb/join Job pod the operator runs with the same resources; with
+            # backups each also carries the Barman Cloud plugin's sidecar (plugin-barman-cloud v0.13.0 injects it
+            # into the instance pods and the recovery Job: counted on the Job pod too, an upper bound).
+            add([{"resources": spec["resources"]}, *capacity.backup_sidecars(run, resource)], instances + 1)
             total["requests.storage"] += instances * quantity_value(spec["storage"]["size"])
             total["pvcs"] += instances
     return total
@@ -133,3 +139,34 @@ def test_permanent_stacks_have_no_quota_unless_asked() -> None:
     assert run_stack("dev").of_type(LIMITS) == []
     custom = run_stack("dev", config_overrides={"namespaceQuota": {"enabled": True, "pods": 40}})
     assert custom.of_type(QUOTA)[0].inputs["spec"]["hard"]["pods"] == "40"
+
+
+def test_the_quota_peak_counts_the_backup_sidecar_of_every_instance() -> None:
+    """The plugin's sidecar draws on the namespace's quota like any container. A PR stack has no backups (the
+    template turns them off), hence no sidecar; a quota'd stack that archives its registry (dev on eks with backups
+    and the quota on) counts it per instance pod, and a sidecar raised through its config key shows in the peak."""
+    assert capacity.backup_sidecars(pr_stack(), pr_stack().of_type(CLUSTER)[0]) == []
+    extra = {
+        "cluster": {"provider": "eks"},
+        "backups": {"enabled": True},
+        "namespaceQuota": {"enabled": True},
+    }
+    base = run_stack("dev", config_overrides=extra)
+    (cluster,) = base.of_type(CLUSTER)
+    (sidecar,) = capacity.backup_sidecars(base, cluster)
+    pods = int(cluster.inputs["spec"]["instances"]) + 1
+    bigger = run_stack(
+        "dev",
+        config_overrides={
+            **extra,
+            "postgres": {
+                "cloudnative": {"backupSidecarResources": {"requests": {"cpu": "600m", "memory": "1Gi"}}}
+            },
+        },
+    )
+    assert peak(bigger)["requests.cpu"] - peak(base)["requests.cpu"] == pytest.approx(
+        pods * (0.6 - quantity_value(sidecar["resources"]["requests"]["cpu"]))
+    )
+    assert peak(bigger)["requests.memory"] - peak(base)["requests.memory"] == pytest.approx(
+        pods * (2**30 - quantity_value(sidecar["resources"]["requests"]["memory"]))
+    )

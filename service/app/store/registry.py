@@ -479,7 +479,7 @@ def make_engine(
     """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout,
     WAL mode and ``synchronous=FULL`` (``durable``: a commit survives a power loss) or ``NORMAL`` (a process
     crash only); Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)
-    and keep the server's own ``synchronous_commit`` (on by default: a commit is flushed before it returns)."""
+    and, ``durable``, never run with ``synchronous_commit=off`` (``_postgres_commit_flushed``)."""
     url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -494,7 +494,40 @@ def make_engine(
     connect_args = postgres_connect_args(
         parsed.query, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
     )
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if durable:
+        sa.event.listen(engine, "connect", _postgres_commit_flushed)
+    return engine
+
+
+_RAISE_SYNCHRONOUS_COMMIT = (
+    "SELECT set_config('synchronous_commit', 'on', false) FROM (SELECT 1) AS one "
+    "WHERE current_setting('synchronous_commit') = 'off'"
+)
+
+
+def _postgres_commit_flushed(dbapi_connection: Any, _record: Any) -> None:
+    """WRITE_DURABILITY=power_loss on a Postgres whose ``synchronous_commit`` is ``off`` (set for the server, the
+    database or the role, often to speed up bulk loads): a COMMIT returns before its WAL is flushed, so a write
+    the service acknowledged is lost if the server crashes within ``wal_writer_delay`` x 3
+    (https://www.postgresql.org/docs/15/wal-async-commit.html). The parameter is settable per session, so each of
+    the registry's connections turns it back ``on``; every other value (``local``, ``remote_write``, ``on``,
+    ``remote_apply``) flushes locally and is kept as the server has it. One round trip per new connection, in
+    the pool's lifetime; the SET is committed, or the pool's reset (a rollback) would undo it."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(_RAISE_SYNCHRONOUS_COMMIT)
+        raised = cursor.fetchone() is not None
+    dbapi_connection.commit()
+    if raised and not _warned_async_commit:
+        _warned_async_commit.append(True)
+        logger.warning(
+            "Postgres runs with synchronous_commit=off for the registry's role or database; the registry's "
+            "connections set it to on, so an acknowledged write survives a Postgres crash "
+            "(WRITE_DURABILITY=power_loss; process_crash keeps the server's setting)"
+        )
+
+
+_warned_async_commit: list[bool] = []  # once per process, not per pooled connection
 
 
 class RegistryOpenError(RuntimeError):
