@@ -5,7 +5,9 @@ deletes the highest pods with the shards only they hold, their peers left dead i
 `rag:postgres.version` major (CloudNativePG runs `pg_upgrade` in place, offline, as soon as the Cluster's image names
 it; RDS refuses it in the middle of the `up`; Cloud SQL's `databaseVersion` is ignored, so the stack file then
 names a major the instance does not run). Each is a declared step (`rag:qdrant.scaleDownTo`,
-`rag:postgres.<mode>.majorUpgrade.fromVersion`). The decisions, and their messages, live here once:
+`rag:postgres.<mode>.majorUpgrade.fromVersion`). A third has no declared form: another `rag:namespace` (every object
+created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only. The
+decisions, and their messages, live here once:
 `ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
 history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
 preview` refuses the same steps.
@@ -59,15 +61,19 @@ QDRANT_NAME = "qdrant"
 """The QdrantCluster's name in the program (its StatefulSet is `<name>-statefulset`)."""
 POSTGRES_NAME = "postgres"
 """The PostgresDatabase's name in the program (`<name>-cluster`, `<name>-instance`, `<name>-<restore>-instance`)."""
+NAMESPACE_NAME = "namespace"
+"""The stack's Namespace resource in the program (infra/stack.py)."""
 
 QDRANT_KEY = f"{PROJECT}:qdrant"
 SCALE_DOWN_RUNBOOK = "docs/runbooks.md#scale-qdrant-down"
 MANAGED_RUNBOOK = "docs/runbooks.md#upgrade-the-managed-registrys-major-version"
 CNPG_RUNBOOK = "docs/runbooks.md#upgrade-the-cloudnativepg-registrys-major-version"
+DAY_TWO_DOC = "docs/operations.md#day-two-what-the-next-up-does-with-a-changed-key"
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_RESOURCE_OUTPUTS = "pulumi:pulumi:readStackResourceOutputs"
 
+NAMESPACE = "kubernetes:core/v1:Namespace"
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
@@ -104,6 +110,24 @@ def scale_down_refusal(stack: str, deployed: int | None, replicas: int, scale_do
         f"dead in the cluster. First move their shards to the remaining nodes and remove their peers "
         f"({SCALE_DOWN_RUNBOOK}), then acknowledge it with `pulumi config set --path {QDRANT_KEY}.scaleDownTo "
         f"{replicas} -s {stack}`."
+    )
+
+
+def namespace_refusal(stack: str, deployed: str | None, namespace: str) -> str | None:
+    """Why moving the stack from namespace `deployed` to `namespace` is refused (None: it is not).
+
+    `metadata.namespace` is a field pulumi-kubernetes replaces on (provider/pkg/provider/diff.go): every object is
+    created again in the new namespace, empty (a new Qdrant cluster, a new CloudNativePG Cluster), and the old
+    Namespace is deleted at the end of the `up` with every PVC in it; in prod the `up` stops at the first protected
+    object, the new namespace half-filled. There is no declared form of this step: a new stack is."""
+    if deployed is None or deployed == namespace:
+        return None
+    return (
+        f"Refusing to move stack {stack!r} from namespace {deployed!r} to {namespace!r}: every object would be "
+        f"created again, empty, in {namespace!r} (a new Qdrant cluster and registry), and {deployed!r} deleted "
+        f"with its volumes at the end of the update. Set it back (`pulumi config set {PROJECT}:namespace "
+        f"{deployed} -s {stack}`); to move, deploy a new stack and restore its data from backups "
+        f"({DAY_TWO_DOC})."
     )
 
 
@@ -163,6 +187,8 @@ class DeployedState:
     """The Qdrant StatefulSet's replicas (None: no StatefulSet in the state)."""
     registries: tuple[Registry, ...]
     """The CloudNativePG Cluster and RDS / Cloud SQL instances, with the major each runs."""
+    namespace: str | None = None
+    """The stack's Namespace (None: none in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -193,12 +219,15 @@ def deployed_state(
 ) -> DeployedState:
     """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
     replicas: int | None = None
+    namespace: str | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
             continue
         kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
-        if kind == STATEFULSET and name == f"{qdrant}-statefulset":
+        if kind == NAMESPACE and name == NAMESPACE_NAME:
+            namespace = str((outputs.get("metadata") or {}).get("name") or "") or None
+        elif kind == STATEFULSET and name == f"{qdrant}-statefulset":
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
@@ -210,7 +239,7 @@ def deployed_state(
             registries.append(Registry(managed=True, major=_major(version)))
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
-    return DeployedState(qdrant_replicas=replicas, registries=tuple(registries))
+    return DeployedState(qdrant_replicas=replicas, registries=tuple(registries), namespace=namespace)
 
 
 def _plain(value: Any) -> Any:
@@ -306,9 +335,9 @@ def read_deployed_state() -> DeployedState | None:
     return deployed_state(answer.get("outputs") or {})
 
 
-class DeployedStateRefusal(ConfigError, pulumi.RunError):
-    """The config takes a step the stack's state says is undeclared. A `pulumi.RunError`, so the CLI prints its one
-    line (`error: <key> in <file>: ...`) and no traceback."""
+class DeployedStateRefusal(ConfigError):
+    """The config takes a step the stack's state says is undeclared. A ConfigError, so a `pulumi.RunError`: the CLI
+    prints its one line (`error: <key> in <file>: ...`) and no traceback."""
 
 
 def planned_registry(config: StackConfig) -> Registry:
@@ -324,6 +353,9 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     if state is None:
         return None
     stack = config.stack
+    moved = namespace_refusal(stack, state.namespace, config.namespace)
+    if moved is not None:
+        return DeployedStateRefusal(f"{PROJECT}:namespace", config.stack_file, moved)
     scale = scale_down_refusal(
         stack, state.qdrant_replicas, config.qdrant.replicas, config.qdrant.scaleDownTo
     )

@@ -105,7 +105,7 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
     # The guard finds the StatefulSet, the CNPG Cluster and the RDS / Cloud SQL instance by type and name: a renamed
     # resource would leave it blind, so every target's real run must show them.
     assert guards.deployed_state(state_of(run("staging"))["resources"]) == guards.DeployedState(
-        qdrant_replicas=3, registries=(guards.Registry(managed=False, major="17"),)
+        qdrant_replicas=3, registries=(guards.Registry(managed=False, major="17"),), namespace="rag"
     )
     assert guards.deployed_state(state_of(run("prod"))["resources"]).registries == (
         guards.Registry(managed=True, major="17"),
@@ -202,6 +202,23 @@ def test_a_scale_up_goes_ahead() -> None:
     # ... and the grown state then guards its own count.
     with pytest.raises(guards.DeployedStateRefusal, match="from 3 to 1 replicas"):
         against("dev", grown, {})
+
+
+# ---------------------------------------------------------------------------------------------- namespace
+def test_moving_a_deployed_stack_to_another_namespace_is_refused_before_anything_is_sent(
+    sent: list[str],
+) -> None:
+    # A new namespace re-creates every object there, empty, and deletes the old namespace with its PVCs.
+    deployed = run("dev")
+    message = refused("dev", deployed, {"namespace": "rag-two"}, sent)
+    assert message.startswith(
+        "rag:namespace in Pulumi.dev.yaml: Refusing to move stack 'dev' from namespace 'rag' to 'rag-two'"
+    )
+    assert "pulumi config set rag:namespace rag -s dev" in message
+    assert guards.DAY_TWO_DOC in message
+    # The namespace it runs in deploys as before; a first `up` may name any namespace.
+    assert against("dev", deployed, {}).by_name("namespace").inputs["metadata"]["name"] == "rag"
+    assert run("dev", namespace="rag-two").by_name("namespace").inputs["metadata"]["name"] == "rag-two"
 
 
 # ---------------------------------------------------------------------------------------------- preview, errors
