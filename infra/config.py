@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pulumi.errors import RunError
 
 from infra import embedding_models
 
@@ -42,10 +43,17 @@ RATE_LIMIT_RE = re.compile(rf"^{_RATE_ITEM}([,;|]{_RATE_ITEM})*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(RunError):
     """A stack's configuration is missing, mistyped or breaks an environment rule.
 
     The message names the key and the stack file; `key` and `stack_file` carry them for tools.
+
+    A `pulumi.RunError` and not a ValueError. Pulumi's Python language host (pulumi-language-python-exec) logs a
+    RunError as its message alone and any other exception as "Program failed with an unhandled exception" and a
+    traceback. A config error raised inside an Output that feeds a resource input (the EKS zone count, read from the
+    cloud) travels through the SDK's input serialisation, which re-raises every ValueError as a new "While
+    processing input" ValueError (pulumi/runtime/rpc.py serialize_properties, resource.py do_register) and lets
+    anything else through as raised: as a ValueError it reached the host wrapped, as a RunError it is one line.
     """
 
     def __init__(self, key: str, stack_file: str, problem: str) -> None:

@@ -363,9 +363,9 @@ def read_deployed_state() -> DeployedState | None:
     return deployed_state(answer.get("outputs") or {})
 
 
-class DeployedStateRefusal(ConfigError, pulumi.RunError):
-    """The config takes a step the stack's state says is undeclared. A `pulumi.RunError`, so the CLI prints its one
-    line (`error: <key> in <file>: ...`) and no traceback."""
+class DeployedStateRefusal(ConfigError):
+    """The config takes a step the stack's state says is undeclared. A ConfigError, so a `pulumi.RunError`: the CLI
+    prints its one line (`error: <key> in <file>: ...`) and no traceback."""
 
 
 def planned_registry(config: StackConfig) -> Registry:

@@ -114,6 +114,30 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
             for key in ("monitoring.chartVersion", "monitoring.retention", "monitoring.storage.")
         )
+    if not config.get("slackWebhookUrl"):
+        # The Slack receiver exists only with its webhook (infra/components/monitoring.py alertmanager_config).
+        found.append(
+            (
+                "monitoring.alerting.slack.channel",
+                "the secret rag:slackWebhookUrl is not set, so there is no Slack receiver "
+                "(`pulumi config set --secret rag:slackWebhookUrl URL`)",
+            )
+        )
+    tls = config["tls"]
+    if tls["clusterIssuer"]:
+        # The stack creates no issuer: the existing ClusterIssuer issues the certificate, with its own ACME
+        # account (infra/components/gateway.py TlsGateway; the `tlsIssuer` output says clusterIssuer:<name>).
+        found.extend(
+            (
+                key,
+                f"tls.clusterIssuer is set: the existing ClusterIssuer {tls['clusterIssuer']} issues the certificate",
+            )
+            for key in ("tls.issuer", "tls.email")
+        )
+    elif tls["issuer"] == "selfSigned":
+        found.append(
+            ("tls.email", "tls.issuer is selfSigned: only the letsencrypt issuers have an ACME account")
+        )
     gateway = config["gateway"]
     if not gateway["ingress"]["enabled"]:
         found.append(("gateway.ingress.className", "gateway.ingress.enabled is false"))

@@ -665,9 +665,10 @@ def overridden(key: str, overrides: Mapping[str, Any] | None) -> bool:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    """What to report for a failed run: a ConfigError anywhere in the chain (the SDK wraps an error raised inside
-    an Output in one "While processing input ... has risen" ValueError per dependent input); else the innermost
-    error of such a wrapping; else `exc`."""
+    """What to report for a failed run: a ConfigError anywhere in the chain; else the innermost error of the SDK's
+    wrapping (it re-raises a ValueError raised inside an Output as one "While processing input ... has risen"
+    ValueError per dependent input; a ConfigError, a RunError, passes as raised); else `exc`. The CLI's language host
+    does no such unwrapping: tests/infra/test_language_host_errors.py runs the program as it does."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:

@@ -3,7 +3,8 @@
 - ``up`` creates (or updates) a stack from ``ephemeral.template.yaml`` (the dev stack file + overrides), records
   ``rag:ephemeral`` = {name, owner, expiresAt} and runs ``pulumi up``. A NEW stack is refused (TooManyStacksError,
   naming the live ones) when the backend already holds ``maxStacks`` ephemeral stacks (the template's, or
-  $RAGOPS_EPHEMERAL_MAX_STACKS); each is bounded by its namespace's ResourceQuota (``rag:namespaceQuota``). If anything fails or is interrupted
+  $RAGOPS_EPHEMERAL_MAX_STACKS), simultaneous creations included (:func:`claim_slot`); each is bounded by its
+  namespace's ResourceQuota (``rag:namespaceQuota``). If anything fails or is interrupted
   (KeyboardInterrupt included) the stack is destroyed and removed before the error propagates.
 - ``destroy`` runs ``pulumi destroy`` then ``pulumi stack rm``; a stack that is already gone is success.
   The stack is only removed once its resources are gone, so a failed destroy never orphans cloud resources.
@@ -292,8 +293,8 @@ def refuse_past_cap(ws: Workspace, name: str, cap: int, now: datetime) -> None:
     """TooManyStacksError when stack `name` does not exist yet and `cap` other ephemeral stacks are live, naming
     them and what frees a slot. An existing stack (a new push to a live PR) is never refused.
 
-    Two first `up`s started at the same moment on different runners can both pass (the count is a read, not a
-    lease): the cap can be exceeded by the runners racing, never more."""
+    A first check before anything is created (the count is a read: :func:`claim_slot` settles simultaneous
+    creations once the stack exists)."""
     names = [summary.name for summary in ws.list_stacks()]
     if any(full.rsplit("/", 1)[-1] == name for full in names):
         return
@@ -326,6 +327,79 @@ def refuse_past_cap(ws: Workspace, name: str, cap: int, now: datetime) -> None:
         "`ragops ephemeral destroy NAME` frees a slot; a new push to an existing PR updates its stack and is "
         "never refused."
     )
+
+
+#: How many times a new stack that may take a slot a simultaneous creation also wants counts again, and how long
+#: apart (seconds), before it backs out: the other side backs out with one `stack rm` of an empty stack, or its
+#: first update completes and it counts as live.
+CLAIM_RECOUNTS = 20
+CLAIM_WAIT = 3.0
+
+
+def census(ws: Workspace, name: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(live ephemeral stacks but `name`, with their records; the stacks being created right now, `name` included).
+
+    A stack being created has no record the backend shows yet (its config is in the creating runner's checkout;
+    the record reaches the backend with the first update's history) and no history at all: any valid ephemeral
+    name with neither counts, a never-deployed stack made by hand too (it shows in `ragops ephemeral list`)."""
+    live: list[tuple[str, dict[str, Any]]] = []
+    creating = {name}
+    for summary in ws.list_stacks():
+        short = summary.name.rsplit("/", 1)[-1]
+        if short == name or short in PERMANENT_STACKS or not NAME_RE.match(short):
+            continue
+        try:
+            record = read_ephemeral(ws, summary.name)
+            if record is not None:
+                live.append((short, record))
+            elif not Stack.select(summary.name, ws).history(page_size=1, show_secrets=False):
+                creating.add(short)
+        except StackNotFoundError:
+            continue  # removed meanwhile: a creation that backed out, a teardown
+    return sorted(live), sorted(creating)
+
+
+def slot_decision(name: str, live: int, creating: list[str], cap: int) -> str:
+    """ "take" (everyone being created fits), "wait" (`name` is among the first by name of those the free slots
+    fit: the others back out) or "back out".
+
+    Safe whatever the timing: a stack that takes a slot never leaves it, and counts in every later census (being
+    created, then live), so a later census sees it. Deterministic: runners that see each other order them the
+    same way, so one of two simultaneous creations for one slot takes it and the other backs out; one that saw
+    none (it counted first and took its slot) is never displaced, the other runner then waits in vain and backs
+    out."""
+    free = cap - live
+    if len(creating) <= free:
+        return "take"
+    if sorted(creating).index(name) < free:
+        return "wait"
+    return "back out"
+
+
+def claim_slot(ctx: Context, ws: Workspace, name: str, cap: int) -> None:
+    """Run right after `name` was created: take a slot under the cap, or remove the stack again and raise
+    TooManyStacksError. Any other way out (an interrupt while waiting) removes it too."""
+    try:
+        for _attempt in range(CLAIM_RECOUNTS):
+            live, creating = census(ws, name)
+            decision = slot_decision(name, len(live), creating, cap)
+            if decision == "take":
+                return
+            if decision == "back out":
+                break
+            ctx.sleep(CLAIM_WAIT)
+        others = [other for other in creating if other != name]
+        raise TooManyStacksError(
+            f"Refusing to create ephemeral stack {name!r}: {len(live)} ephemeral stacks are live and the cap is "
+            f"{cap} (maxStacks in {TEMPLATE.name}, or ${MAX_STACKS_ENV}), and {', '.join(others)} "
+            f"{'is' if len(others) == 1 else 'are'} being created at the same moment (or never deployed), taking the free "
+            f"slot(s) first (the first names in order win). Live: {', '.join(n for n, _ in live) or 'none'}. "
+            f"Retry once a slot is free: `ragops ephemeral destroy NAME` or `ragops ephemeral reap`."
+        )
+    except BaseException:
+        with contextlib.suppress(StackNotFoundError):
+            ws.remove_stack(name)
+        raise
 
 
 @dataclass(frozen=True)
@@ -381,6 +455,7 @@ def up(
             owned = True
             stack = Stack.select(name, ws)
         else:
+            claim_slot(ctx, ws, name, cap)  # removes the stack again when it is past the cap
             owned = True
         set_config_values(ws, name, values)
         stack.up(
