@@ -406,3 +406,40 @@ def check_deployed(config: StackConfig) -> None:
     error = refusal(config, read_deployed_state())
     if error is not None:
         raise error
+
+
+# --- reads through the stack's own cloud provider ---------------------------------------------------------------
+
+
+def provider_unconfigured(answer: Any, provider: str, key: str, file: str, what: str) -> bool:
+    """Whether `answer`, a blocking invoke's result read through the stack's own `provider` (aws, gcp) for the check
+    of `key` (the EKS/GKE version reads, infra/clusters), is the engine's answer of a provider it could not
+    configure, rather than the cloud's.
+
+    The engine configures a provider only once every input of it is known; it answers each invoke through one it
+    could not configure with no properties and no error (pulumi sdk/go/common/resource/plugin/provider_plugin.go
+    `Invoke`: "If the provider is not fully configured, return an empty property map"). In `pulumi preview` that is
+    every provider an input of which is an Output of a resource still to be created (a preview gives a new or
+    changed provider the unknown ID and configures it with what it has, pkg/resource/deploy/providers/registry.go
+    `Create`). A data source's real answer always carries its `id` (the bridged aws and gcp data sources set one),
+    so an answer without one is that empty answer, not "no cluster": read as one, the version check would pass.
+
+    In a preview: warns that `key` is not checked in this preview and returns True (the caller skips its check; the
+    update checks it). In an update every input of a provider is known before the engine configures it, so an empty
+    answer is not expected; it is refused (ConfigError naming `key` and `file`), never taken for "no cluster"."""
+    if getattr(answer, "id", None) is not None:
+        return False
+    if pulumi.runtime.is_dry_run():
+        pulumi.log.warn(
+            f"{key} in {file}: not checked in this preview: the {provider} provider's configuration is not known "
+            f"yet (an input of it comes from a resource still to be created), and such a provider answers every "
+            f"read with nothing, so {what} cannot be read. `pulumi up` reads it once the provider is configured "
+            "and refuses a step the cluster cannot take."
+        )
+        return True
+    raise ConfigError(
+        key,
+        file,
+        f"the {provider} provider answered the read of {what} with nothing (the engine's answer when it could not "
+        "configure the provider), so the step cannot be checked: refusing rather than taking it for no cluster",
+    )
