@@ -409,6 +409,15 @@ class ManagedPostgres:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PostgresModeSwitch:
+    """A declared move of the registry to the other `postgres.mode` (docs/runbooks.md "Move the registry to the
+    other mode"): the `up` creates a new, empty registry, the dump is restored into it."""
+
+    fromMode: str = _f(pattern=re.compile(r"^(cloudnative|managed)?$"))
+    """The mode the registry runs now, while postgres.mode names the new one; empty: no switch declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PostgresConfig:
     """The registry database."""
 
@@ -418,6 +427,7 @@ class PostgresConfig:
     user: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
     cloudnative: CloudNativePg
     managed: ManagedPostgres
+    modeSwitch: PostgresModeSwitch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1424,6 +1434,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
     _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)
+    if config.postgres.modeSwitch.fromMode == config.postgres.mode:
+        fail(
+            "postgres.modeSwitch.fromMode",
+            f"is postgres.mode itself ({config.postgres.mode}): it names the mode the registry runs before a switch "
+            "to postgres.mode (docs/operations.md#moving-the-registry-to-the-other-mode); empty when there is none",
+        )
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",

@@ -2964,6 +2964,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
+    "postgres.modeSwitch.fromMode": "managed",  # the place runs cloudnative: a declared switch from managed
     "qdrant.scaleDownTo": 3,  # the place's qdrant.replicas: it acknowledges a scale-down TO the configured count
     "postgres.mode": "managed",
     "postgres.version": "16",

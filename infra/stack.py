@@ -190,12 +190,17 @@ def with_seconds(schedule: str) -> str:
 
 
 def namespace_metadata(config: StackConfig) -> dict[str, Any]:
-    """The platform namespace; an ephemeral stack's says whose it is and when it expires."""
+    """The platform namespace; an ephemeral stack's says whose it is and when it expires, and a declared move of the
+    registry to the other `postgres.mode` is recorded on it (infra/guards.py)."""
     annotations = (
         {"rag.dev/ephemeral-owner": config.ephemeral.owner, "rag.dev/expires-at": config.ephemeral.expiresAt}
         if config.ephemeral is not None
         else {}
     )
+    if config.postgres.modeSwitch.fromMode:  # a declared registry switch, recorded where its data lived
+        annotations["rag.platform/registry-mode-switch"] = (
+            f"{config.postgres.modeSwitch.fromMode}->{config.postgres.mode} (docs/operations.md#moving-the-registry-to-the-other-mode)"
+        )
     return {
         "name": config.namespace,
         "annotations": annotations,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,131 @@ def test_every_registry_connection_runs_the_synchronous_mode_of_the_setting(
 def test_write_durability_refuses_an_unknown_mode_naming_the_variable() -> None:
     with pytest.raises(ValidationError, match="write_durability"):
         Settings(_env_file=None, write_durability="sometimes")
+
+
+WAIT = 120  # seconds: a hang guard only (a correct run never waits on it)
+
+
+def test_a_put_whose_wal_sync_is_held_is_not_visible_and_a_failed_sync_answers_503(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry commit (the acknowledgement) waits for the WAL sync: while the sync is held nothing of the
+    write is visible; when it fails the PUT gets 503 and nothing ever becomes visible."""
+    real = os.fsync
+    entered, release = threading.Event(), threading.Event()
+    events: list[tuple[str, str]] = []
+
+    def held(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if f"/{WAL_DIRECTORY}/" in path and not entered.is_set():
+            entered.set()
+            assert release.wait(WAIT)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        record_commits(monkeypatch, events)
+        monkeypatch.setattr(edge_module.os, "fsync", held)
+        answer: dict[str, Any] = {}
+        writer = threading.Thread(
+            target=lambda: answer.update(put=client.put("/v1/documents/handbook", json={"text": TEXT}))
+        )
+        writer.start()
+        assert entered.wait(WAIT)
+        # The write's points are in the shard, its sync is running: not acknowledged, not visible.
+        assert events == []
+        assert client.get("/v1/documents/handbook").status_code == 404
+        hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
+        assert hits == []
+        release.set()
+        writer.join(WAIT)
+        assert answer["put"].status_code == 503, answer["put"].text
+        assert events == []  # never committed
+        assert client.get("/v1/documents/handbook").status_code == 404
+        hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
+        assert hits == []
+
+
+def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that_covers_it(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: the first WAL sync is held until every other writer has applied its points and asked for a
+    sync; they share the next one. Each registry commit comes after a sync that STARTED after that write's
+    points were applied, and every write ends acknowledged, readable and searchable."""
+    writers = 6
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    local = threading.local()
+    real_fsync = os.fsync
+
+    def note(kind: str, what: str) -> None:
+        with lock:
+            events.append((kind, what))
+
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        store = services_of(client).vectors
+        assert isinstance(store, EdgeVectorStore)
+        syncer = store._wal_sync
+        real_upsert, real_sync, real_flush = store.upsert, store.sync, syncer._flush
+        held = threading.Event()
+
+        def upsert(points: Any) -> None:
+            local.document = points[0].document_id
+            real_upsert(points)
+
+        def sync() -> None:
+            note("applied", getattr(local, "document", "?"))
+            real_sync()
+
+        def flush() -> None:
+            round_ = str(syncer.flushes)
+            note("sync-start", round_)
+            real_flush()
+            note("sync-end", round_)
+
+        def fsync(fd: int) -> None:
+            if f"/{WAL_DIRECTORY}/" in os.readlink(f"/proc/self/fd/{fd}") and not held.is_set():
+                held.set()
+                syncer.wait_for_arrivals(start + writers)  # every writer's points are applied
+            real_fsync(fd)
+
+        start = syncer.arrived
+        monkeypatch.setattr(store, "upsert", upsert)
+        monkeypatch.setattr(store, "sync", sync)
+        monkeypatch.setattr(syncer, "_flush", flush)
+        monkeypatch.setattr(edge_module.os, "fsync", fsync)
+        record_commits(monkeypatch, events)
+        barrier = threading.Barrier(writers)
+        statuses: dict[str, int] = {}
+
+        def put(index: int) -> None:
+            barrier.wait(WAIT)
+            text = f"Policy {index}: employees in office {index} get {20 + index} days of paid vacation."
+            statuses[f"doc{index}"] = client.put(f"/v1/documents/doc{index}", json={"text": text}).status_code
+
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+
+        assert statuses == {f"doc{i}": 201 for i in range(writers)}
+        # One held sync for the first writer, one shared by the other five.
+        assert [kind for kind, _ in events].count("sync-start") == 2
+        for i in range(writers):
+            document = f"doc{i}"
+            applied = events.index(("applied", document))
+            commit = events.index(("activate", document))
+            covering = [
+                round_
+                for position, (kind, round_) in enumerate(events)
+                if kind == "sync-start"
+                and applied < position
+                and ("sync-end", round_) in events[position:commit]
+            ]
+            assert covering, f"{document} was committed without a sync that started after its write: {events}"
+            assert client.get(f"/v1/documents/{document}").status_code == 200
+            hits = client.post(
+                "/v1/search", json={"query": f"office {i} paid vacation", "top_k": writers}
+            ).json()["results"]
+            assert document in {hit["document_id"] for hit in hits}
