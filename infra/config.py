@@ -409,6 +409,15 @@ class ManagedPostgres:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PostgresModeSwitch:
+    """A declared move of the registry to the other `postgres.mode` (docs/runbooks.md "Move the registry to the
+    other mode"): the `up` creates a new, empty registry, the dump is restored into it."""
+
+    fromMode: str = _f(pattern=re.compile(r"^(cloudnative|managed)?$"))
+    """The mode the registry runs now, while postgres.mode names the new one; empty: no switch declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PostgresConfig:
     """The registry database."""
 
@@ -418,6 +427,7 @@ class PostgresConfig:
     user: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
     cloudnative: CloudNativePg
     managed: ManagedPostgres
+    modeSwitch: PostgresModeSwitch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -656,6 +666,24 @@ class LlmAlerts:
     latencyP95Seconds: float = _f(min=0.1, max=600)
 
 
+def llm_in_cluster_namespace(base_url: str, own_namespace: str) -> str | None:
+    """The namespace of the in-cluster Service an LLM baseUrl names, or None for a host outside the cluster.
+
+    In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
+    `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
+    search path, but cannot be told from an external two-label name, so it is not taken for one.
+    """
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        return labels[1]
+    if len(labels) == 1 and host and not host.isdigit() and host != "localhost":  # localhost: the pod itself
+        return own_namespace
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LlmConfig:
     """Answer generation: an OpenAI-compatible Chat Completions endpoint, or extractive answers when disabled."""
@@ -678,6 +706,7 @@ class LlmConfig:
     minScore: float = _f(min=-1, max=1)
     egressCidrs: tuple[str, ...] = ()
     egressExcept: tuple[str, ...] = ()
+    targetPort: int = _f(min=0, max=65535)
     alerts: LlmAlerts
 
     def env(self) -> dict[str, str]:
@@ -701,23 +730,9 @@ class LlmConfig:
         return values
 
     def in_cluster_namespace(self, own_namespace: str) -> str | None:
-        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster.
-
-        In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
-        `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
-        search path, but cannot be told from an external two-label name, so it is not taken for one.
-        """
-        from urllib.parse import urlsplit
-
-        host = (urlsplit(self.baseUrl).hostname or "").lower().rstrip(".")
-        labels = host.split(".")
-        if len(labels) >= 3 and labels[2] == "svc":
-            return labels[1]
-        if (
-            len(labels) == 1 and host and not host.isdigit() and host != "localhost"
-        ):  # localhost: the pod itself
-            return own_namespace
-        return None
+        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster
+        (`llm_in_cluster_namespace`)."""
+        return llm_in_cluster_namespace(self.baseUrl, own_namespace)
 
     @property
     def port(self) -> int:
@@ -726,6 +741,11 @@ class LlmConfig:
 
         parts = urlsplit(self.baseUrl)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def pod_port(self) -> int:
+        """The port an in-cluster server's pods listen on (its Service's targetPort): `targetPort`, else baseUrl's."""
+        return self.targetPort or self.port
 
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -1414,6 +1434,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
     _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)
+    if config.postgres.modeSwitch.fromMode == config.postgres.mode:
+        fail(
+            "postgres.modeSwitch.fromMode",
+            f"is postgres.mode itself ({config.postgres.mode}): it names the mode the registry runs before a switch "
+            "to postgres.mode (docs/operations.md#moving-the-registry-to-the-other-mode); empty when there is none",
+        )
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",

@@ -2826,6 +2826,20 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
+    # The port of an in-cluster server's pods: read only for a baseUrl naming an in-cluster Service.
+    (
+        "llm.targetPort",
+        "dev",
+        "existing",
+        {
+            "llm": {
+                "enabled": True,
+                "baseUrl": "http://vllm.models.svc:8000/v1",
+                "model": "m",
+                "keyless": True,
+            }
+        },
+    ),
     ("llm.enabled", "dev", "existing", {"llm": LLM_ON, "llmApiKey": "offline-llm-key-0123456789"}),
     (
         "llm.",
@@ -2950,6 +2964,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
+    "postgres.modeSwitch.fromMode": "managed",  # the place runs cloudnative: a declared switch from managed
     "qdrant.scaleDownTo": 3,  # the place's qdrant.replicas: it acknowledges a scale-down TO the configured count
     "postgres.mode": "managed",
     "postgres.version": "16",

@@ -38,9 +38,10 @@ update that completes), and existing stacks have it without a new output first. 
 (a first `up`), and for Kubernetes needs a reachable cluster in the preview. What the state cannot show is a change
 made outside Pulumi (`kubectl scale`): `pulumi refresh` records it.
 
-What passes: a stack with no completed update (a first `up`, also after a failed first attempt), a mode change
-(cloudnative <-> managed: a new registry simply gets the major), the declared steps, and an upgrade already done
-whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
+Another `rag:postgres.mode` is a declared step too (`rag:postgres.modeSwitch.fromMode`): the `up` would roll the
+service onto a new, empty registry and delete the old one last. What passes: a stack with no completed update (a
+first `up`, also after a failed first attempt), the declared steps (a declared mode switch makes a new registry,
+which takes any major), and an upgrade or switch already done whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
 program says so in a warning and goes on (`ragops` still checks).
 """
 
@@ -128,6 +129,33 @@ def namespace_refusal(stack: str, deployed: str | None, namespace: str) -> str |
         f"with its volumes at the end of the update. Set it back (`pulumi config set {PROJECT}:namespace "
         f"{deployed} -s {stack}`); to move, deploy a new stack and restore its data from backups "
         f"({DAY_TWO_DOC})."
+    )
+
+
+MODE_SWITCH_KEY = f"{PROJECT}:postgres.modeSwitch.fromMode"
+MODE_SWITCH_RUNBOOK = "docs/operations.md#moving-the-registry-to-the-other-mode"
+
+
+def mode_switch_refusal(
+    stack: str, planned: Registry, running: Iterable[Registry], declared: str
+) -> str | None:
+    """Why moving the registry to `planned`'s mode is refused (None: it is not): the state runs registries of the
+    other mode only, and `declared` (`rag:postgres.modeSwitch.fromMode`) does not name it. The `up` would create a
+    new, empty registry, roll the service onto it, and delete the old one last (CloudNativePG's PVCs go with its
+    Cluster; in prod the protected delete fails after the switch)."""
+    modes = {registry.managed for registry in running}
+    # Nothing deployed, or the planned mode's registry exists (no switch, or one already done).
+    if not modes or planned.managed in modes:
+        return None
+    current, new = ("cloudnative", "managed") if planned.managed else ("managed", "cloudnative")
+    if declared == current:
+        return None
+    return (
+        f"rag:postgres.mode goes from {current} to {new} on stack {stack!r}: the service would move to a new, empty "
+        f"registry (nothing is copied) and the {current} one be deleted at the end of the `up` (in prod the "
+        f"protected delete fails after the switch). Follow {MODE_SWITCH_RUNBOOK}: dump the registry, then `pulumi "
+        f"config set --path {MODE_SWITCH_KEY} {current} -s {stack}` and restore the dump into the new one; or set "
+        f"rag:postgres.mode back to {current}."
     )
 
 
@@ -362,6 +390,9 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     if scale is not None:
         return DeployedStateRefusal(f"{QDRANT_KEY}.scaleDownTo", config.stack_file, scale)
     planned = planned_registry(config)
+    switch = mode_switch_refusal(stack, planned, state.registries, config.postgres.modeSwitch.fromMode)
+    if switch is not None:
+        return DeployedStateRefusal(MODE_SWITCH_KEY, config.stack_file, switch)
     major = major_upgrade_refusal(
         stack, planned, state.registries, seen="the stack's state has the registry on"
     )

@@ -18,7 +18,7 @@ import pytest
 from pulumi.runtime import rpc
 
 from infra import guards
-from infra.config import deep_merge
+from infra.config import ConfigError, deep_merge
 from infra.offline import PlatformMocks, StackRun, run_stack
 from infra.workflows.errors import program_refusal
 from tests.infra.conftest import run, target_overrides
@@ -175,10 +175,43 @@ def test_an_undeclared_cloud_sql_major_change_is_refused_not_silently_ignored(se
     assert message.startswith(f"{MANAGED_KEY} in Pulumi.prod.yaml: rag:postgres.version goes from 17 to 18")
 
 
-def test_a_new_registry_of_the_other_mode_takes_any_major() -> None:
-    # Moving the staging registry from CloudNativePG to Cloud SQL creates an instance: nothing runs a major to keep.
-    moved = against("staging", run("staging"), {"postgres": {"mode": "managed", "version": "18"}})
+def test_an_undeclared_registry_mode_switch_is_refused_before_anything_is_sent(sent: list[str]) -> None:
+    # Another postgres.mode creates a new, empty registry, rolls the service onto it and deletes the old one last
+    # (in prod the protected delete fails after the switch): refused naming the declaration and the migration.
+    message = refused("staging", run("staging"), {"postgres": {"mode": "managed"}}, sent)
+    assert message.startswith(
+        f"{guards.MODE_SWITCH_KEY} in Pulumi.staging.yaml: rag:postgres.mode goes from cloudnative to managed"
+    )
+    assert f"pulumi config set --path {guards.MODE_SWITCH_KEY} cloudnative -s staging" in message
+    assert guards.MODE_SWITCH_RUNBOOK in message
+    message = refused("prod", run("prod"), {"postgres": {"mode": "cloudnative"}}, sent)
+    assert message.startswith(
+        f"{guards.MODE_SWITCH_KEY} in Pulumi.prod.yaml: rag:postgres.mode goes from managed to cloudnative"
+    )
+    # A declaration naming the wrong mode does not pass either (it names the mode postgres.mode asks for).
+    with pytest.raises(ConfigError, match=r"rag:postgres\.modeSwitch\.fromMode in Pulumi\.staging\.yaml"):
+        against(
+            "staging",
+            run("staging"),
+            {"postgres": {"mode": "managed", "modeSwitch": {"fromMode": "managed"}}},
+        )
+
+
+def test_a_declared_registry_mode_switch_takes_any_major_and_is_recorded() -> None:
+    deployed = run("staging")
+    declared = {"mode": "managed", "version": "18", "modeSwitch": {"fromMode": "cloudnative"}}
+    moved = against("staging", deployed, {"postgres": declared})
     assert moved.by_name("postgres-instance").inputs["databaseVersion"] == "POSTGRES_18"
+    assert not moved.of_type(guards.CNPG_CLUSTER)
+    annotations = moved.by_name("namespace").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/registry-mode-switch"].startswith("cloudnative->managed (")
+    # Done: the next `up` passes with the declaration still set, and once it is cleared.
+    assert against("staging", moved, {"postgres": declared}).by_name("postgres-instance")
+    assert against("staging", moved, {"postgres": {"mode": "managed", "version": "18"}}).by_name(
+        "postgres-instance"
+    )
+    # A first `up` may pick either mode without a declaration.
+    assert run("staging", postgres={"mode": "managed"}).by_name("postgres-instance")
 
 
 # ---------------------------------------------------------------------------------------------- Qdrant replicas
