@@ -24,7 +24,7 @@ import copy
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,7 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
+from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     PERMANENT_STACKS,
     PROJECT,
@@ -441,6 +442,13 @@ class EphemeralStack:
         return {"name": self.name, "owner": self.owner, "expiresAt": self.expires_at}
 
 
+#: Why an ephemeral stack cannot keep a secret set on it by hand (the secrets guard's advice for it).
+EPHEMERAL_SECRETS_REMEDY = (
+    "An ephemeral stack's config is written again from {template} at every `ragops ephemeral up`, its secure "
+    "values dropped, so a secret set on the stack by hand does not survive the next push"
+)
+
+
 def up(
     ctx: Context,
     name: str,
@@ -451,8 +459,13 @@ def up(
     template: Path = TEMPLATE,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> EphemeralStack:
-    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first."""
+    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first.
+
+    An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
+    refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
+    anything torn down."""
     validate_name(name)
     lifetime = parse_ttl(ttl)
     record = EphemeralStack(
@@ -479,8 +492,17 @@ def up(
                     f"Stack {name!r} already exists and is not an ephemeral stack (no {EPHEMERAL_KEY} record); "
                     "refusing to adopt it. Pick another name."
                 ) from None
-            owned = True
             stack = Stack.select(name, ws)
+            # Before it is ours to tear down: a refusal leaves the stack as it is.
+            check_secrets_kept(
+                ws,
+                name,
+                drop_secrets,
+                planned=values,
+                remedy=EPHEMERAL_SECRETS_REMEDY.format(template=template.name),
+                selected=stack,
+            )
+            owned = True
         else:
             claim_slot(ctx, ws, name, cap)  # removes the stack again when it is past the cap
             owned = True
