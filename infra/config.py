@@ -666,6 +666,24 @@ class LlmAlerts:
     latencyP95Seconds: float = _f(min=0.1, max=600)
 
 
+def llm_in_cluster_namespace(base_url: str, own_namespace: str) -> str | None:
+    """The namespace of the in-cluster Service an LLM baseUrl names, or None for a host outside the cluster.
+
+    In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
+    `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
+    search path, but cannot be told from an external two-label name, so it is not taken for one.
+    """
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        return labels[1]
+    if len(labels) == 1 and host and not host.isdigit() and host != "localhost":  # localhost: the pod itself
+        return own_namespace
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class LlmConfig:
     """Answer generation: an OpenAI-compatible Chat Completions endpoint, or extractive answers when disabled."""
@@ -688,6 +706,7 @@ class LlmConfig:
     minScore: float = _f(min=-1, max=1)
     egressCidrs: tuple[str, ...] = ()
     egressExcept: tuple[str, ...] = ()
+    targetPort: int = _f(min=0, max=65535)
     alerts: LlmAlerts
 
     def env(self) -> dict[str, str]:
@@ -711,23 +730,9 @@ class LlmConfig:
         return values
 
     def in_cluster_namespace(self, own_namespace: str) -> str | None:
-        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster.
-
-        In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
-        `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
-        search path, but cannot be told from an external two-label name, so it is not taken for one.
-        """
-        from urllib.parse import urlsplit
-
-        host = (urlsplit(self.baseUrl).hostname or "").lower().rstrip(".")
-        labels = host.split(".")
-        if len(labels) >= 3 and labels[2] == "svc":
-            return labels[1]
-        if (
-            len(labels) == 1 and host and not host.isdigit() and host != "localhost"
-        ):  # localhost: the pod itself
-            return own_namespace
-        return None
+        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster
+        (`llm_in_cluster_namespace`)."""
+        return llm_in_cluster_namespace(self.baseUrl, own_namespace)
 
     @property
     def port(self) -> int:
@@ -736,6 +741,11 @@ class LlmConfig:
 
         parts = urlsplit(self.baseUrl)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def pod_port(self) -> int:
+        """The port an in-cluster server's pods listen on (its Service's targetPort): `targetPort`, else baseUrl's."""
+        return self.targetPort or self.port
 
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -2857,6 +2857,20 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
+    # The port of an in-cluster server's pods: read only for a baseUrl naming an in-cluster Service.
+    (
+        "llm.targetPort",
+        "dev",
+        "existing",
+        {
+            "llm": {
+                "enabled": True,
+                "baseUrl": "http://vllm.models.svc:8000/v1",
+                "model": "m",
+                "keyless": True,
+            }
+        },
+    ),
     ("llm.enabled", "dev", "existing", {"llm": LLM_ON, "llmApiKey": "offline-llm-key-0123456789"}),
     (
         "llm.",

@@ -573,9 +573,9 @@ def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
     port to the internet without the private ranges the cluster lives in. That rule never admits an in-cluster
     server: the Service's ClusterIP is rewritten (DNAT, by kube-proxy or the CNI's own load balancer) to a backend
     pod's IP and its targetPort before the policy is evaluated, and both lie in the excluded private ranges. So an
-    in-cluster server gets a rule of its own, to every pod of its namespace on any port: the Service's selector
-    and targetPort live in the cluster, not in this stack, and the server's namespace keeps its own ingress
-    policies.
+    in-cluster server gets a rule of its own, to the pods of its namespace on the port they listen on: baseUrl's
+    port, or `llm.targetPort` when its Service maps another (e.g. port 80 to vLLM's 8000). The Service's selector
+    lives in the cluster, not in this stack; the server's namespace keeps its own ingress policies.
     """
     llm = config.llm
     if not llm.enabled:
@@ -585,7 +585,7 @@ def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
         targets.append(EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept))
     namespace = llm.in_cluster_namespace(config.namespace)
     if namespace is not None:
-        targets.append(EgressTarget("llm-in-cluster", None, namespace=namespace))
+        targets.append(EgressTarget("llm-in-cluster", llm.pod_port, namespace=namespace))
     return tuple(targets)
 
 
