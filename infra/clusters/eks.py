@@ -182,11 +182,24 @@ def zone_opts(
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases, depends_on=depends_on))
 
 
-def require_zones(names: list[str], zones: int, region: str) -> list[str]:
-    """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for."""
-    if len(names) < zones:
-        from infra.config import ConfigError, stack_file
+def require_zones(names: list[str] | None, zones: int, region: str) -> Any:
+    """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for.
 
+    `names` None is the empty answer of an aws provider the engine has not configured yet (infra/guards.py
+    provider_unconfigured): the zones are unknown in a preview (as the subnets' zones then are), refused in an
+    update rather than failing on the missing list."""
+    from infra.config import ConfigError, stack_file
+
+    if names is None:
+        if pulumi.runtime.is_dry_run():
+            return pulumi.output.UNKNOWN
+        raise ConfigError(
+            "rag:cluster.eks.availabilityZones",
+            stack_file(pulumi.get_stack()),
+            f"the aws provider answered the read of {region}'s Availability Zones with nothing (the engine's answer "
+            "when it could not configure the provider), so the subnets cannot be placed",
+        )
+    if len(names) < zones:
         raise ConfigError(
             "rag:cluster.eks.availabilityZones",
             stack_file(pulumi.get_stack()),

@@ -12,16 +12,21 @@ preview and in an update, against an account whose EKS cluster runs 1.33 and who
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pulumi
 import pytest
+from pulumi.output import UNKNOWN
 
 from infra.clusters.gke import CLUSTER_NAME_LIMIT
+from infra.config import ConfigError
 from infra.naming import cloud_name
-from infra.offline import cli_config
+from infra.offline import cli_config, run_stack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXEC = Path(__file__).with_name("exec_program.py")
@@ -123,3 +128,50 @@ def test_an_update_through_an_unconfigured_provider_is_refused_not_read_as_no_cl
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"error: {key} in Pulumi.prod.yaml: {read} runs with nothing"), line
     assert "refusing rather than taking it for no cluster" in line
+
+
+def _pending_region(monkeypatch: pytest.MonkeyPatch, module: Any, region: str) -> None:
+    """The program's `module.Provider` (aws, gcp) gets its region from an Output not known yet."""
+    real = module.Provider
+
+    def provider(name: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs["region"] = pulumi.Output.from_input(region).apply(lambda _: UNKNOWN)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(module, "Provider", provider)
+
+
+def test_the_whole_eks_program_previews_through_an_unconfigured_provider(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every read through the provider answers nothing in such a preview: the version check warns, and the zone
+    list (read the same way) is unknown instead of failing the preview with a TypeError on the missing list; the
+    cluster is planned at the configured version, unchecked. An update is refused at the version read."""
+    import pulumi_aws as aws
+
+    _pending_region(monkeypatch, aws, "eu-west-1")
+    with caplog.at_level(logging.WARNING):
+        result = run_stack("prod", preview=True, live=LIVE)
+    assert result.by_name("eks").inputs["version"] == "1.35"  # two minors above what runs: not checked
+    warned = [r.getMessage() for r in caplog.records if "not checked in this preview" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("rag:cluster.eks.version in Pulumi.prod.yaml"), warned
+
+    with pytest.raises(
+        ConfigError, match=r"^rag:cluster\.eks\.version in Pulumi\.prod\.yaml: the aws provider"
+    ):
+        run_stack("prod", live=LIVE)
+
+
+def test_the_whole_gke_program_previews_through_an_unconfigured_provider(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pulumi_gcp as gcp
+
+    _pending_region(monkeypatch, gcp, "europe-west1")
+    on_gke = {"cluster": {"provider": "gke"}, "gateway": {"className": "gke-l7-global-external-managed"}}
+    with caplog.at_level(logging.WARNING):
+        run_stack("prod", preview=True, live=LIVE, config_overrides=on_gke)
+    warned = [r.getMessage() for r in caplog.records if "not checked in this preview" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith("rag:cluster.gke.minMasterVersion in Pulumi.prod.yaml"), warned
