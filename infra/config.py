@@ -656,6 +656,9 @@ class BackupsConfig:
     bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
     transferMiBps: int = _f(min=1, max=10000)
+    discardBucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
+    """The bucket the program created whose deletion, with every backup in it, the operator accepts (backups turned
+    off, or `bucket` named instead); empty: a deployed stack refuses to delete it (infra/guards.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)

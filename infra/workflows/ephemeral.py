@@ -403,6 +403,32 @@ def claim_slot(ctx: Context, ws: Workspace, name: str, cap: int) -> None:
         raise
 
 
+def check_runner_tools(ctx: Context, ws: Workspace, name: str, values: dict[str, Any]) -> None:
+    """Refuse before anything is created when the stack's `up` would tag images in a gke/eks registry of its own on
+    this machine without skopeo and the registry's CLI (`deploy.check_registry_tools_here`, from the config the
+    stack is about to get): a PR stack builds, and a failure there would come after the cluster's namespace, the
+    databases and the build. A PR stack on `existing` (what a template with a base demands) tags nothing."""
+    from infra.workflows.deploy import (
+        COPYING_PROVIDERS,
+        protect_existing_done,
+        registry_tagging,
+        require_registry_tools,
+    )
+
+    provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    if provider not in COPYING_PROVIDERS:
+        return
+    image = str(values.get(f"{PROJECT}:image") or "")
+    exists = any(summary.name.rsplit("/", 1)[-1] == name for summary in ws.list_stacks())
+    what = registry_tagging(
+        provider,
+        building=not image,
+        copying=image or None,
+        tagged_before=exists and protect_existing_done(ws, name),
+    )
+    require_registry_tools(ctx, name, provider, what)
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -451,6 +477,7 @@ def up(
     if base is not None:
         values = require_shared_cluster(values, base)
     values[EPHEMERAL_KEY] = record.record()
+    check_runner_tools(ctx, ws, name, values)
     cap = max_stacks(template)
     refuse_past_cap(ws, name, cap, ctx.clock())
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
