@@ -52,13 +52,15 @@ def test_a_changed_chunk_size_over_textless_documents_is_visible_and_the_advice_
         assert status["state"] == "failed", status
         assert "first re-send the 2 documents written before texts were kept" in status["startup"]
         assert "default/old-a, default/old-b" in status["error"]
-        assert "re-send each one" in status["error"] and "allow_missing" in status["error"]
+        assert "re-send each one" in status["error"]
+        assert "allow_missing" in status["error"]
         assert "first re-send the 2 documents" in caplog.text
 
         ready = client.get("/readyz")
         assert ready.status_code == 200  # the old index serves
         warning = ready.json()["warnings"]["index"]
-        assert "does not have the deployed settings" in warning and "chunk 32/4" in warning
+        assert "does not have the deployed settings" in warning
+        assert "chunk 32/4" in warning
         assert "re-send each one" in warning
         # Search still answers from the old index.
         assert client.get("/v1/documents/old-a/chunks").status_code == 200
@@ -73,7 +75,8 @@ def test_a_changed_chunk_size_over_textless_documents_is_visible_and_the_advice_
         refused = client.get("/v1/documents/old-a/chunks")
         assert refused.status_code == 409, refused.text
         message = refused.json()["error"]["message"]
-        assert "before texts were kept" in message and "re-send it" in message
+        assert "before texts were kept" in message
+        assert "re-send it" in message
         assert client.get("/v1/documents/kept/chunks").status_code == 200
 
         # The advice: an unchanged re-send keeps the text; the document is then served and re-indexable.
