@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from infra.config import llm_in_cluster_namespace
+
 #: Managed-service keys only one cloud's resource reads: (key, provider that reads it, what it is, what the other
 #: provider uses instead).
 PROVIDER_ONLY = (
@@ -121,6 +123,14 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
                 "monitoring.alerting.slack.channel",
                 "the secret rag:slackWebhookUrl is not set, so there is no Slack receiver "
                 "(`pulumi config set --secret rag:slackWebhookUrl URL`)",
+            )
+        )
+    llm = config["llm"]
+    if llm["enabled"] and llm_in_cluster_namespace(str(llm["baseUrl"]), str(config["namespace"])) is None:
+        found.append(
+            (
+                "llm.targetPort",
+                "llm.baseUrl names no in-cluster Service (http://<service>.<namespace>.svc:<port>)",
             )
         )
     tls = config["tls"]

@@ -556,7 +556,9 @@ def _child_tag_lines(repository: str, indent: str = "", prefix: str = PROTECTED_
     lines = [
         """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
         f"""  for child in $(printf '%s' "$raw" | {_CHILD_DIGEST}); do""",
-        f'    child_tag={q(f"docker://{repository}:{prefix}")}"${{child#sha256:}}"',
+        # The prefix inside the quotes: the text of `copy_script` for `sha256-` stays what deployed stacks ran (a
+        # changed script would update every promoted stack's copy Command in place on its next `up`).
+        f'    child_tag={q(f"docker://{repository}:")}"{prefix}${{child#sha256:}}"',
         '    if ! skopeo inspect --raw --authfile "$auth" "$child_tag" >/dev/null 2>&1; then',
         f'      skopeo copy --preserve-digests --retry-times 3 --authfile "$auth" {q(f"docker://{repository}@")}"$child" "$child_tag" >&2',
         "    fi",

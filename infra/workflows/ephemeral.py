@@ -24,7 +24,7 @@ import copy
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,7 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
+from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     PERMANENT_STACKS,
     PROJECT,
@@ -402,6 +403,32 @@ def claim_slot(ctx: Context, ws: Workspace, name: str, cap: int) -> None:
         raise
 
 
+def check_runner_tools(ctx: Context, ws: Workspace, name: str, values: dict[str, Any]) -> None:
+    """Refuse before anything is created when the stack's `up` would tag images in a gke/eks registry of its own on
+    this machine without skopeo and the registry's CLI (`deploy.check_registry_tools_here`, from the config the
+    stack is about to get): a PR stack builds, and a failure there would come after the cluster's namespace, the
+    databases and the build. A PR stack on `existing` (what a template with a base demands) tags nothing."""
+    from infra.workflows.deploy import (
+        COPYING_PROVIDERS,
+        protect_existing_done,
+        registry_tagging,
+        require_registry_tools,
+    )
+
+    provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    if provider not in COPYING_PROVIDERS:
+        return
+    image = str(values.get(f"{PROJECT}:image") or "")
+    exists = any(summary.name.rsplit("/", 1)[-1] == name for summary in ws.list_stacks())
+    what = registry_tagging(
+        provider,
+        building=not image,
+        copying=image or None,
+        tagged_before=exists and protect_existing_done(ws, name),
+    )
+    require_registry_tools(ctx, name, provider, what)
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -415,6 +442,13 @@ class EphemeralStack:
         return {"name": self.name, "owner": self.owner, "expiresAt": self.expires_at}
 
 
+#: Why an ephemeral stack cannot keep a secret set on it by hand (the secrets guard's advice for it).
+EPHEMERAL_SECRETS_REMEDY = (
+    "An ephemeral stack's config is written again from {template} at every `ragops ephemeral up`, its secure "
+    "values dropped, so a secret set on the stack by hand does not survive the next push"
+)
+
+
 def up(
     ctx: Context,
     name: str,
@@ -425,8 +459,13 @@ def up(
     template: Path = TEMPLATE,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> EphemeralStack:
-    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first."""
+    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first.
+
+    An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
+    refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
+    anything torn down."""
     validate_name(name)
     lifetime = parse_ttl(ttl)
     record = EphemeralStack(
@@ -438,6 +477,7 @@ def up(
     if base is not None:
         values = require_shared_cluster(values, base)
     values[EPHEMERAL_KEY] = record.record()
+    check_runner_tools(ctx, ws, name, values)
     cap = max_stacks(template)
     refuse_past_cap(ws, name, cap, ctx.clock())
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
@@ -452,8 +492,17 @@ def up(
                     f"Stack {name!r} already exists and is not an ephemeral stack (no {EPHEMERAL_KEY} record); "
                     "refusing to adopt it. Pick another name."
                 ) from None
-            owned = True
             stack = Stack.select(name, ws)
+            # Before it is ours to tear down: a refusal leaves the stack as it is.
+            check_secrets_kept(
+                ws,
+                name,
+                drop_secrets,
+                planned=values,
+                remedy=EPHEMERAL_SECRETS_REMEDY.format(template=template.name),
+                selected=stack,
+            )
+            owned = True
         else:
             claim_slot(ctx, ws, name, cap)  # removes the stack again when it is past the cap
             owned = True

@@ -36,6 +36,7 @@ from infra.components.image import (
     SUPERSEDED_BUILD_DAYS,
     UNPROTECTED_EXPIRY_DAYS,
     build_script,
+    copy_script,
     protect_existing_script,
     protected_tag,
     release_script,
@@ -311,3 +312,10 @@ def test_older_releases_are_tagged_before_the_untagged_rule_is_set() -> None:
     assert gke.by_name("registry-protect-existing").inputs["create"] == protect_existing_script(
         gke.outputs["imageDigest"].rsplit("@", 1)[0]
     )
+
+
+def test_the_copy_script_of_a_promoted_stack_is_the_text_it_ran_before() -> None:
+    """`copy_script` for `sha256-` is what the deployed stacks' copy Commands hold: a changed text would update each
+    promoted stack's `service-image-copy` in place on its next `up` (a copy run, skopeo needed, a diff in preview)."""
+    script = copy_script("r.example.com/a@sha256:" + "a" * 64, "r.example.com/b")
+    assert 'child_tag=docker://r.example.com/b:"sha256-${child#sha256:}"' in script

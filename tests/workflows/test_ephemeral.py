@@ -625,3 +625,51 @@ def test_two_concurrent_reapers_destroy_each_stack_once(ctx: Context, backend: F
         assert name in rb.destroyed
         assert ra.skipped[name] == "already removed"
     assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]
+
+
+# ---------------------------------------------------------------- the tools the PR stack's `up` runs here
+
+
+def _template(tmp_path: Path, provider: str) -> Path:
+    """A template without a base (nothing demands a shared cluster) whose PR stacks run on `provider`."""
+    template = tmp_path / f"ephemeral-{provider}.template.yaml"
+    template.write_text(
+        "domain: preview.example.com\n"
+        "config:\n"
+        "  rag:environment: dev\n"
+        "  rag:namespace: '{name}'\n"
+        f"  rag:cluster:\n    provider: {provider}\n"
+    )
+    return template
+
+
+def test_a_pr_stack_that_builds_on_eks_is_refused_before_anything_is_created_without_the_registry_tools(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    from infra.components.image import check_registry_tools
+
+    looked_up: list[str] = []
+    ctx.check_registry_tools = lambda p: check_registry_tools(
+        p, which=lambda n: looked_up.append(n) or (None if n == "aws" else n)
+    )
+    with pytest.raises(
+        WorkflowError, match=r"Cannot update pr-9: the update tags the image it builds .* aws is not"
+    ):
+        ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "eks"))
+    assert looked_up == ["skopeo", "aws"]
+    assert "pr-9" not in backend.stacks
+    assert backend.commands("up") == []
+    # With the tools it goes ahead.
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: n)
+    ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "eks"))
+    assert len(backend.commands("up")) == 1
+
+
+def test_a_pr_stack_on_an_existing_cluster_tags_nothing_and_checks_no_registry_tool(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    looked_up: list[str] = []
+    ctx.check_registry_tools = looked_up.append
+    ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "existing"))
+    ephemeral.up(ctx, "pr-10", "24h")  # the committed template: dev's shared cluster
+    assert looked_up == []
