@@ -536,7 +536,7 @@ def main() -> None:
 
         fast = KeepAliveClient(service.url)
         for index in range(10):  # warm-up texts of their own: every measured query is new to both paths
-            for warm_client in ("httpx", "http.client"):
+            for warm_client in ("httpx", "keep-alive client"):
                 query = f"warm-up question {index} {warm_client}"
                 if warm_client == "httpx":
                     client.post("/v1/search", json={"query": query, "top_k": 5}).raise_for_status()
@@ -550,13 +550,13 @@ def main() -> None:
         # HTTP first) alternates too, so each client sees both orders equally often.
         gap = args.gap_ms / 1000
         quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
-        http_latency: dict[str, list[float]] = {"http.client": [], "httpx": []}
+        http_latency: dict[str, list[float]] = {"keep-alive client": [], "httpx": []}
         server_cpu_before = thread_cpu_seconds(service.proc.pid)
         raw_latency, raw_embed = [], []
         raw8_latency, raw8_embed = [], []
         paths = ("http", "raw") if raw_int8 is None else ("http", "raw", "raw-int8")
         for index, query in enumerate(queries):
-            via = "http.client" if (index // 2) % 2 == 0 else "httpx"
+            via = "keep-alive client" if (index // 2) % 2 == 0 else "httpx"
             for path in paths[index % len(paths) :] + paths[: index % len(paths)]:
                 # A pause before each timed call, then until both processes are idle: on 2 shared cores, work one
                 # path leaves running after it returns (the raw ONNX session's spinning thread, the server's
@@ -603,14 +603,14 @@ def main() -> None:
         ("Ingest throughput (chunks/s)", f"{http_rate:.1f}", f"{raw_rate:.1f}", f"{http_rate / raw_rate:.2f}x", ">= 0.90x"),
         ("Ingest CPU per chunk (ms, both processes)", f"{cpu_of['http'] / http_chunks * 1000:.1f}",
          f"{cpu_of['raw'] / raw_chunks * 1000:.1f}", f"{cpu_of['http'] / cpu_of['raw']:.2f}x", "-"),
-        *search_rows("http.client"),
+        *search_rows("keep-alive client"),
         *search_rows("httpx"),
     ]  # fmt: skip
     if raw8_latency:
         raw8_p50 = statistics.median(raw8_latency)
-        p50 = statistics.median(http_latency["http.client"])
+        p50 = statistics.median(http_latency["keep-alive client"])
         rows.append(
-            ("Search latency p50 (ms), http.client, against raw with the int8 query graph",
+            ("Search latency p50 (ms), keep-alive client, against raw with the int8 query graph",
              f"{p50 * 1000:.1f}", f"{raw8_p50 * 1000:.1f}", f"{p50 / raw8_p50:.2f}x", "-")
         )  # fmt: skip
     table = "\n".join(

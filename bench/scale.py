@@ -523,8 +523,8 @@ def interleaved(  # type: ignore[no-untyped-def]
     percentiles of both, and from the service's own /metrics and /proc: the mean server-side time per search
     spent embedding, in the engine + registry check, and in the whole request, and its CPU per search.
 
-    Each text goes over HTTP through ONE of two clients, alternately: a minimal keep-alive http.client
-    connection (``http``, bench/httpclient.py) and httpx (``httpx``), so the client's own cost per request is
+    Each text goes over HTTP through ONE of two clients, alternately: a minimal keep-alive client
+    (one socket, httptools' parser: ``http``, bench/httpclient.py) and httpx (``httpx``), so the client's own cost per request is
     measured side by side (a text sent twice would hit the service's query-vector cache the second time). Before
     each timed call the process idles for GAP_SECONDS, so work one path leaves running after it returns (the
     server's post-response bookkeeping) does not land in the other path's timing.
@@ -740,7 +740,7 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         f"embedder class with the graph the service runs, EMBEDDING_QUERY_PRECISION={QUERY_PRECISION}). "
         "**Repeated**: the same texts "
         "again (vectors cached in the service; raw = engine query with the stored vector). HTTP is timed with two "
-        "clients, each sending every other text: a minimal keep-alive `http.client` connection (the p50 / p95 / "
+        "clients, each sending every other text: a minimal keep-alive client, one socket and httptools' parser (the p50 / p95 / "
         "p99 and ratio columns) and httpx (its p50 and ratio in the `httpx` columns); the difference is the "
         "client's own cost per request, not the service's (bench/httpclient.py). 5 ms idle before each timed call.",
         "",

@@ -8,7 +8,7 @@ its ``service`` package is imported first), each with embedded defaults in a tem
 auth, rate limits and the search cache off, as in bench/ingest_search.py), are given `make bench`'s documents
 (PUT one by one), so both search the same chunks. (Each ingests for itself rather than sharing a copied data
 directory: the two versions' registry schemas may differ.) Each distinct query text goes to
-both services (``mode: dense``, top_k 5, a keep-alive ``http.client`` connection each) and to the raw path of
+both services (``mode: dense``, top_k 5, a keep-alive connection each, bench/httpclient.py) and to the raw path of
 `make bench` in this process (fastembed's ``query_embed`` and a dense qdrant-edge query with the tenant filter
 on a shard of the same chunks, bench/ingest_search.py ``raw_shard`` / ``ingest_raw``), the order rotating query
 by query;

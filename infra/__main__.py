@@ -17,23 +17,21 @@ if str(_HERE.parent) not in sys.path:
 import pulumi  # noqa: E402
 
 from infra.clusters import build_cluster  # noqa: E402
-from infra.config import ConfigError, load_config, load_secrets  # noqa: E402
+from infra.config import load_config, load_secrets  # noqa: E402
 from infra.guards import check_deployed  # noqa: E402
 from infra.stack import build  # noqa: E402
 
-try:
-    config = load_config()
-    # What the stack's state says is deployed, before anything is registered: an undeclared Qdrant scale-down or
-    # PostgreSQL major change is refused with nothing sent (infra/guards.py).
-    check_deployed(config)
-    # The cluster target first: EKS and GKE read what the cloud runs and refuse a version step it cannot take before
-    # anything else (the generated keys included) is registered, so a refused `up` changes nothing.
-    cluster = build_cluster(config)
-    secrets = load_secrets()
-    outputs = build(config, cluster, secrets)
-except ConfigError as exc:
-    # The language host reports a RunError as its message alone: one line naming the key and the stack file, not a
-    # traceback (`ragops` shows that line; infra/workflows/errors.py). The offline runs report the ConfigError itself.
-    raise pulumi.RunError(str(exc)) from exc
+# A refused config raises a ConfigError, a `pulumi.RunError`: the language host reports it as its message alone, one
+# line naming the key and the stack file, here and inside an Output alike (infra/config.py ConfigError; `ragops`
+# shows that line, infra/workflows/errors.py).
+config = load_config()
+# What the stack's state says is deployed, before anything is registered: an undeclared Qdrant scale-down or
+# PostgreSQL major change is refused with nothing sent (infra/guards.py).
+check_deployed(config)
+# The cluster target first: EKS and GKE read what the cloud runs and refuse a version step it cannot take before
+# anything else (the generated keys included) is registered, so a refused `up` changes nothing.
+cluster = build_cluster(config)
+secrets = load_secrets()
+outputs = build(config, cluster, secrets)
 for name, value in outputs.items():
     pulumi.export(name, value)

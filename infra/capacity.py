@@ -685,3 +685,121 @@ def qdrant_points_in_memory(
     if per_point == 0:
         return float("inf")
     return memory_bytes / per_point * nodes / replication_factor
+
+
+# ---------------------------------------------------------------------------------------- the namespace's quota
+QUOTA = "kubernetes:core/v1:ResourceQuota"
+LIMIT_RANGE = "kubernetes:core/v1:LimitRange"
+#: The ResourceQuota's `hard` keys the peak is compared with, and the `rag:` key that sets each (stack.namespace_quota_spec).
+QUOTA_KEYS = {
+    "requests.cpu": "namespaceQuota.requests.cpu",
+    "requests.memory": "namespaceQuota.requests.memory",
+    "limits.cpu": "namespaceQuota.limits.cpu",
+    "limits.memory": "namespaceQuota.limits.memory",
+    "requests.storage": "namespaceQuota.storage",
+    "persistentvolumeclaims": "namespaceQuota.persistentVolumeClaims",
+    "pods": "namespaceQuota.pods",
+}
+
+
+def _surge(spec: Mapping[str, Any], replicas: int) -> int:
+    """A Deployment's extra pods during a rolling update (`maxSurge`, default 25 %, rounded up)."""
+    surge = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%")
+    if isinstance(surge, str) and surge.endswith("%"):
+        return -(-replicas * int(surge[:-1]) // 100)
+    return int(surge)
+
+
+def _container_defaults(run: StackRun, namespace: str) -> dict[str, dict[str, str]]:
+    """The namespace's LimitRange container defaults (`default` limits, `defaultRequest` requests), if any."""
+    for limit_range in run.of_type(LIMIT_RANGE):
+        if (limit_range.inputs.get("metadata") or {}).get("namespace") != namespace:
+            continue
+        for rule in (limit_range.inputs.get("spec") or {}).get("limits") or []:
+            if rule.get("type") == "Container":
+                return {"limits": rule.get("default") or {}, "requests": rule.get("defaultRequest") or {}}
+    return {"limits": {}, "requests": {}}
+
+
+def namespace_peak(run: StackRun, namespace: str) -> dict[str, float]:
+    """What the stack's workloads in `namespace` charge its ResourceQuota at their peak, in the quota's `hard` keys
+    (cpu in cores, memory and storage in bytes): each Deployment at its HPA's `maxReplicas` (else `replicas`) plus
+    its rolling update's surge pods, each StatefulSet at `replicas` with its claims, each CloudNativePG Cluster's
+    instances plus the operator's one-off Job pod with the same resources (and the backup sidecar), one pod of
+    each CronJob and Job. A container's missing requests or limits are what the admission plugins give it: a
+    missing request is its limit, else the LimitRange's `defaultRequest`; a missing limit the LimitRange's
+    `default`. A pod charges max(largest init container, sum of containers + restartable init containers)."""
+    total = dict.fromkeys(QUOTA_KEYS, 0.0)
+    defaults = _container_defaults(run, namespace)
+    hpa = _hpa_max(run)
+
+    def charge(container: Mapping[str, Any]) -> dict[str, float]:
+        resources = container.get("resources") or {}
+        limits = {**defaults["limits"], **(resources.get("limits") or {})}
+        requests = {
+            **defaults["requests"],
+            **(resources.get("limits") or {}),
+            **(resources.get("requests") or {}),
+        }
+        return {
+            f"{kind}.{name}": quantity_value(str(values[name])) if values.get(name) is not None else 0.0
+            for kind, values in (("requests", requests), ("limits", limits))
+            for name in ("cpu", "memory")
+        }
+
+    def add_pods(pod_spec: Mapping[str, Any], count: int) -> None:
+        init = pod_spec.get("initContainers") or []
+        sidecars = [c for c in init if c.get("restartPolicy") == "Always"]
+        main = [charge(c) for c in [*(pod_spec.get("containers") or []), *sidecars]]
+        others = [charge(c) for c in init if c.get("restartPolicy") != "Always"]
+        for key in ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory"):
+            total[key] += count * max([sum(c[key] for c in main), *(c[key] for c in others)])
+        total["pods"] += count
+
+    def add_claim(size: str, count: int) -> None:
+        total["requests.storage"] += count * quantity_value(size)
+        total["persistentvolumeclaims"] += count
+
+    for resource in run.resources:
+        metadata = resource.inputs.get("metadata") or {}
+        if metadata.get("namespace") != namespace:
+            continue
+        spec = resource.inputs.get("spec") or {}
+        if resource.type == "kubernetes:apps/v1:Deployment":
+            replicas = hpa.get((namespace, str(metadata.get("name"))), int(spec.get("replicas", 1)))
+            add_pods((spec.get("template") or {}).get("spec") or {}, replicas + _surge(spec, replicas))
+        elif resource.type == "kubernetes:apps/v1:StatefulSet":
+            replicas = int(spec.get("replicas", 1))
+            pod_spec = (spec.get("template") or {}).get("spec") or {}
+            add_pods(pod_spec, replicas)
+            for claim in spec.get("volumeClaimTemplates") or []:
+                add_claim(claim["spec"]["resources"]["requests"]["storage"], replicas)
+            for volume in pod_spec.get("volumes") or []:
+                if "ephemeral" in volume:
+                    template = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+                    add_claim(template["resources"]["requests"]["storage"], replicas)
+        elif resource.type == CNPG_CLUSTER:
+            instances = int(spec.get("instances", 1))
+            containers = [{"resources": spec.get("resources") or {}}, *backup_sidecars(run, resource)]
+            add_pods({"containers": containers}, instances + 1)
+            add_claim(spec["storage"]["size"], instances)
+            if spec.get("walStorage"):
+                add_claim(spec["walStorage"]["size"], instances)
+        elif resource.type == "kubernetes:batch/v1:CronJob":
+            job = (spec.get("jobTemplate") or {}).get("spec") or {}
+            add_pods((job.get("template") or {}).get("spec") or {}, 1)
+        elif resource.type == "kubernetes:batch/v1:Job":
+            add_pods((spec.get("template") or {}).get("spec") or {}, int(spec.get("parallelism", 1)))
+    return total
+
+
+def quota_problems(run: StackRun) -> list[tuple[RecordedResource, str, float, float]]:
+    """(the ResourceQuota, its `hard` key, what the peak takes, the quota) for each key the peak exceeds."""
+    problems = []
+    for quota in run.of_type(QUOTA):
+        namespace = str((quota.inputs.get("metadata") or {}).get("namespace"))
+        used = namespace_peak(run, namespace)
+        for key, value in ((quota.inputs.get("spec") or {}).get("hard") or {}).items():
+            if key in used and used[key] > quantity_value(str(value)):
+                problems.append((quota, key, used[key], quantity_value(str(value))))
+    return problems

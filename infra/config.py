@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from pulumi.errors import RunError
 
 from infra import embedding_models
 
@@ -42,10 +43,17 @@ RATE_LIMIT_RE = re.compile(rf"^{_RATE_ITEM}([,;|]{_RATE_ITEM})*$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 
 
-class ConfigError(ValueError):
+class ConfigError(RunError):
     """A stack's configuration is missing, mistyped or breaks an environment rule.
 
     The message names the key and the stack file; `key` and `stack_file` carry them for tools.
+
+    A `pulumi.RunError` and not a ValueError. Pulumi's Python language host (pulumi-language-python-exec) logs a
+    RunError as its message alone and any other exception as "Program failed with an unhandled exception" and a
+    traceback. A config error raised inside an Output that feeds a resource input (the EKS zone count, read from the
+    cloud) travels through the SDK's input serialisation, which re-raises every ValueError as a new "While
+    processing input" ValueError (pulumi/runtime/rpc.py serialize_properties, resource.py do_register) and lets
+    anything else through as raised: as a ValueError it reached the host wrapped, as a RunError it is one line.
     """
 
     def __init__(self, key: str, stack_file: str, problem: str) -> None:
@@ -232,6 +240,15 @@ class EksCluster:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImageRetention:
+    """How long the stack's own registry (ECR on eks, Artifact Registry on gke) keeps images no stack needs; what a
+    stack deploys, the release before it and every promoted image stay (infra/components/image.py)."""
+
+    neverDeployedDays: int = _f(min=1, max=3650)
+    supersededBuildDays: int = _f(min=1, max=3650)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterConfig:
     """Which cluster the platform runs on; only the selected provider's block is checked strictly."""
 
@@ -239,6 +256,7 @@ class ClusterConfig:
     existing: ExistingCluster
     gke: GkeCluster
     eks: EksCluster
+    imageRetention: ImageRetention
 
     @property
     def storage_class(self) -> str:
@@ -336,6 +354,9 @@ class CloudNativePg:
     instances: int = _f(min=1, max=9)
     storage: Storage
     resources: Resources
+    backupSidecarResources: Resources
+    """The Barman Cloud plugin's sidecar in every instance pod (with backups on): its ObjectStore's
+    `instanceSidecarConfiguration.resources`."""
     archiveName: str = _f(pattern=re.compile(r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"))
     recovery: CnpgRecovery
     majorUpgrade: CnpgMajorUpgrade
@@ -388,6 +409,15 @@ class ManagedPostgres:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PostgresModeSwitch:
+    """A declared move of the registry to the other `postgres.mode` (docs/runbooks.md "Move the registry to the
+    other mode"): the `up` creates a new, empty registry, the dump is restored into it."""
+
+    fromMode: str = _f(pattern=re.compile(r"^(cloudnative|managed)?$"))
+    """The mode the registry runs now, while postgres.mode names the new one; empty: no switch declared."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class PostgresConfig:
     """The registry database."""
 
@@ -397,6 +427,7 @@ class PostgresConfig:
     user: str = _f(pattern=re.compile(r"^[a-z_][a-z0-9_]{0,62}$"))
     cloudnative: CloudNativePg
     managed: ManagedPostgres
+    modeSwitch: PostgresModeSwitch
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -625,6 +656,9 @@ class BackupsConfig:
     bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
     transferMiBps: int = _f(min=1, max=10000)
+    discardBucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
+    """The bucket the program created whose deletion, with every backup in it, the operator accepts (backups turned
+    off, or `bucket` named instead); empty: a deployed stack refuses to delete it (infra/guards.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -633,6 +667,24 @@ class LlmAlerts:
 
     errorRatePercent: float = _f(min=0.1, max=100)
     latencyP95Seconds: float = _f(min=0.1, max=600)
+
+
+def llm_in_cluster_namespace(base_url: str, own_namespace: str) -> str | None:
+    """The namespace of the in-cluster Service an LLM baseUrl names, or None for a host outside the cluster.
+
+    In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
+    `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
+    search path, but cannot be told from an external two-label name, so it is not taken for one.
+    """
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        return labels[1]
+    if len(labels) == 1 and host and not host.isdigit() and host != "localhost":  # localhost: the pod itself
+        return own_namespace
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -657,6 +709,7 @@ class LlmConfig:
     minScore: float = _f(min=-1, max=1)
     egressCidrs: tuple[str, ...] = ()
     egressExcept: tuple[str, ...] = ()
+    targetPort: int = _f(min=0, max=65535)
     alerts: LlmAlerts
 
     def env(self) -> dict[str, str]:
@@ -680,23 +733,9 @@ class LlmConfig:
         return values
 
     def in_cluster_namespace(self, own_namespace: str) -> str | None:
-        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster.
-
-        In-cluster: `<service>.<namespace>.svc` (any cluster domain after it, e.g. `.cluster.local`), or a bare
-        `<service>` in the stack's own namespace. `<service>.<namespace>` also resolves through the pod's DNS
-        search path, but cannot be told from an external two-label name, so it is not taken for one.
-        """
-        from urllib.parse import urlsplit
-
-        host = (urlsplit(self.baseUrl).hostname or "").lower().rstrip(".")
-        labels = host.split(".")
-        if len(labels) >= 3 and labels[2] == "svc":
-            return labels[1]
-        if (
-            len(labels) == 1 and host and not host.isdigit() and host != "localhost"
-        ):  # localhost: the pod itself
-            return own_namespace
-        return None
+        """The namespace of the in-cluster Service baseUrl names, or None for a host outside the cluster
+        (`llm_in_cluster_namespace`)."""
+        return llm_in_cluster_namespace(self.baseUrl, own_namespace)
 
     @property
     def port(self) -> int:
@@ -705,6 +744,11 @@ class LlmConfig:
 
         parts = urlsplit(self.baseUrl)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def pod_port(self) -> int:
+        """The port an in-cluster server's pods listen on (its Service's targetPort): `targetPort`, else baseUrl's."""
+        return self.targetPort or self.port
 
 
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -1177,6 +1221,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "cluster-autoscaler-<minor>.<patch> tag to EKS_CLUSTER_AUTOSCALER_IMAGES in infra/config.py",
             )
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        _check_vpc_cidr(cluster.eks.vpcCidr, cluster.eks.availabilityZones, "cluster.eks.vpcCidr", fail)
         seen: set[str] = set()
         for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):
             for arn in getattr(cluster.eks, key.rsplit(".", 1)[1]):
@@ -1221,6 +1266,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
 
     quota = config.namespaceQuota
+    sidecar = config.postgres.cloudnative.backupSidecarResources
     for key, requested, limited in (
         ("namespaceQuota.requests.cpu", quota.requests.cpu, quota.limits.cpu),
         ("namespaceQuota.requests.memory", quota.requests.memory, quota.limits.memory),
@@ -1230,6 +1276,24 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 key,
                 f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): every pod's requests are "
                 "at most its limits, so the requests quota could never be used",
+            )
+    for key, requested, limited in (
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.cpu",
+            sidecar.requests.cpu,
+            sidecar.limits.cpu,
+        ),
+        (
+            "postgres.cloudnative.backupSidecarResources.requests.memory",
+            sidecar.requests.memory,
+            sidecar.limits.memory,
+        ),
+    ):
+        if _quantity(requested) > _quantity(limited):
+            fail(
+                key,
+                f"{requested} exceeds {key.replace('requests', 'limits')} ({limited}): Kubernetes refuses a "
+                "container whose requests exceed its limits, and the plugin puts this sidecar into every instance pod",
             )
 
     if config.redis.mode == "incluster":
@@ -1374,6 +1438,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
     _check_cnpg_major_upgrade(config, fail)
     _check_managed_postgres(config, fail)
+    if config.postgres.modeSwitch.fromMode == config.postgres.mode:
+        fail(
+            "postgres.modeSwitch.fromMode",
+            f"is postgres.mode itself ({config.postgres.mode}): it names the mode the registry runs before a switch "
+            "to postgres.mode (docs/operations.md#moving-the-registry-to-the-other-mode); empty when there is none",
+        )
     if config.backups.enabled and cluster.provider == "existing":
         fail(
             "backups.enabled",
@@ -1797,6 +1867,24 @@ def _bytes(quantity: str) -> float:
     """A storage quantity (already matched by QUANTITY_RE) in bytes."""
     number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
     return float(number) * _UNITS.get(unit, 1)
+
+
+def _check_vpc_cidr(cidr: str, zones: int, key: str, fail: Any) -> None:
+    """The EKS VPC's range holds a public and a private /20 per Availability Zone (infra/clusters/eks.py
+    subnet_cidrs carves them from it): refused here, naming the key, rather than as a ValueError and a traceback in
+    the middle of the program."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        fail(key, f"{cidr!r} is not an IPv4 network in CIDR notation (host bits must be zero)")
+    room = 2 ** (20 - network.prefixlen) if network.prefixlen <= 20 else 0
+    if room < 2 * zones:
+        largest = 20 - (2 * zones - 1).bit_length()
+        fail(
+            key,
+            f"{cidr} holds {room} /20 subnets, and a public and a private one per Availability Zone "
+            f"(cluster.eks.availabilityZones: {zones}) need {2 * zones}: use a /{largest} or larger, or fewer zones",
+        )
 
 
 def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:

@@ -52,8 +52,9 @@ GCP_DEPLOY_ROLES: dict[str, tuple[str, ...]] = {
     # Creates the repository and pushes the built image (admin includes writer).
     "gcp:artifactregistry/repository:Repository": ("roles/artifactregistry.admin",),
     "docker-build:index:Image": ("roles/artifactregistry.writer",),
-    # The promotion copy (infra/components/image.py, skopeo on the runner) pushes into the stack's repository.
-    "command:local:Command": ("roles/artifactregistry.writer",),
+    # The promotion copy (infra/components/image.py, skopeo on the runner) pushes into the stack's repository; a
+    # build's protection step also removes the `live-` tag of a release two builds back (tags.delete: repoAdmin).
+    "command:local:Command": ("roles/artifactregistry.writer", "roles/artifactregistry.repoAdmin"),
     "gcp:sql/databaseInstance:DatabaseInstance": ("roles/cloudsql.admin",),
     "gcp:sql/database:Database": ("roles/cloudsql.admin",),
     "gcp:sql/user:User": ("roles/cloudsql.admin",),
@@ -171,8 +172,9 @@ AWS_DEPLOY_ACTIONS: dict[str, tuple[str, ...]] = {
     # The promotion copy pushes the promoted image into the stack's repository (reading the source the same way
     # when it is an ECR repository of this account; another account's needs a repository policy there), and the
     # one-time registry-protect-existing step lists the repository's tags (the registry API's tags/list is
-    # ecr:ListImages: without it skopeo gets 403; containers/skopeo#738).
-    "command:local:Command": (*ECR_PUSH, "ecr:ListImages"),
+    # ecr:ListImages: without it skopeo gets 403; containers/skopeo#738). A build's protection step removes the
+    # `live-` tag of a release two builds back by tag (ecr:BatchDeleteImage; the image keeps its `build-` tag).
+    "command:local:Command": (*ECR_PUSH, "ecr:ListImages", "ecr:BatchDeleteImage"),
     # The EKS control-plane log group (/aws/eks/<cluster>/cluster) and its retention.
     "aws:cloudwatch/logGroup:LogGroup": (
         "logs:CreateLogGroup",

@@ -2277,6 +2277,36 @@ def check_node_capacity(run: StackRun, analysis: Analysis, graph: Graph) -> list
     ]
 
 
+def _quota_amount(key: str, value: float) -> str:
+    if key.endswith(".cpu"):
+        return f"{value:g} CPU"
+    if key.endswith((".memory", ".storage")):
+        return f"{value / 2**30:.2f}Gi"
+    return f"{value:g}"
+
+
+def check_namespace_quota(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
+    """With `rag:namespaceQuota.enabled`, the stack's own workloads fit its ResourceQuota at their peak
+    (`capacity.namespace_peak`): Kubernetes refuses the pod or PVC that would pass it, so a rollout, the HPA or a
+    backup Job stops at `exceeded quota` on a stack that previewed clean."""
+    findings = []
+    for quota, key, used, hard in capacity.quota_problems(run):
+        setting = capacity.QUOTA_KEYS[key]
+        findings.append(
+            Finding(
+                "namespace-quota",
+                quota.urn,
+                f"at their peak (HPA maxReplicas, each Deployment's rollout surge, CloudNativePG's Job pod, one "
+                f"pod of each CronJob and Job) the stack's workloads take {_quota_amount(key, used)} of {key}, "
+                f"over the namespace quota's {_quota_amount(key, hard)}: Kubernetes refuses the pod or volume past "
+                "it (`exceeded quota`), so a rollout or a scale-up stops there.",
+                f"raise rag:{setting} to at least {_quota_amount(key, used)} in the stack file, or lower what the "
+                'stack requests (docs/delivery.md, "Bounded").',
+            )
+        )
+    return findings
+
+
 def check_chart_values(run: StackRun, analysis: Analysis, graph: Graph) -> list[Finding]:
     """Every values key a Helm release sets is a key of that chart version's values.yaml (`infra.chart_values`):
     Helm keeps an unknown key and renders nothing from it, so a misspelt or removed one never applies."""
@@ -2702,6 +2732,7 @@ CHECKS = (
     check_gke_node_identity,
     check_ops_sizing,
     check_node_capacity,
+    check_namespace_quota,
     check_pod_memory,
     check_traffic,
     check_alert_targets,
@@ -2777,6 +2808,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("cluster.eks.endpointPublicAccess", "dev", "eks", {"cluster": {"eks": {"publicAccessCidrs": ALLOWED}}}),
     ("cluster.gke.", "dev", "gke", {}),
     ("cluster.eks.", "dev", "eks", {}),
+    # Read by both clouds' registries; tests/infra/test_image_retention.py checks gke's too.
+    ("cluster.imageRetention.", "dev", "eks", {}),
     ("postgres.mode", "dev", "eks", {}),
     # The registry's archive and recovery exist where it is backed up (cloudnative on a cloud, backups on).
     (
@@ -2795,6 +2828,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
         {"backups": {"enabled": True}, "postgres": {"cloudnative": {"archiveName": "postgres-r1"}}},
     ),
     ("postgres.cloudnative.archiveName", "dev", "eks", {"backups": {"enabled": True}}),
+    ("postgres.cloudnative.backupSidecarResources.", "dev", "eks", {"backups": {"enabled": True}}),
     ("redis.mode", "dev", "eks", {}),
     ("postgres.managed.tier", "dev", "gke", MANAGED),
     ("redis.managed.tier", "dev", "gke", MANAGED),
@@ -2823,6 +2857,20 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     ("qdrant.", "dev", "existing", {"qdrant": {"replicas": 3, "replicationFactor": 2}}),
     ("llm.alerts.", "dev", "existing", {"monitoring": {"enabled": True}}),
     ("llm.minScore", "dev", "existing", {}),
+    # The port of an in-cluster server's pods: read only for a baseUrl naming an in-cluster Service.
+    (
+        "llm.targetPort",
+        "dev",
+        "existing",
+        {
+            "llm": {
+                "enabled": True,
+                "baseUrl": "http://vllm.models.svc:8000/v1",
+                "model": "m",
+                "keyless": True,
+            }
+        },
+    ),
     ("llm.enabled", "dev", "existing", {"llm": LLM_ON, "llmApiKey": "offline-llm-key-0123456789"}),
     (
         "llm.",
@@ -2874,6 +2922,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     # The cluster's own Prometheus Operator: its namespace and selectors.
     ("monitoring.existing.", "dev", "existing", {"monitoring": {"enabled": True, "mode": "existing"}}),
     ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("backups.discardBucket", "dev", "gke", {}),  # accepts the deletion of a created bucket: backups off
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
     ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
@@ -2947,6 +2996,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.storage.storageClass": "fast-qdrant",
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
+    "postgres.modeSwitch.fromMode": "managed",  # the place runs cloudnative: a declared switch from managed
     "qdrant.scaleDownTo": 3,  # the place's qdrant.replicas: it acknowledges a scale-down TO the configured count
     "postgres.mode": "managed",
     "postgres.version": "16",
@@ -2991,6 +3041,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "monitoring.storage.storageClass": "fast-monitoring",
     "backups.schedule": "0 4 * * *",
     "backups.bucket": "rag-other-backups",
+    "backups.discardBucket": "rag-discarded-backups",
     "llmApiKey": "offline-other-llm-key-0123456789",
     "llm.baseUrl": "https://llm.other.example.com:8443/v1",
     "llm.model": "offline-other-model",

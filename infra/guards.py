@@ -5,7 +5,9 @@ deletes the highest pods with the shards only they hold, their peers left dead i
 `rag:postgres.version` major (CloudNativePG runs `pg_upgrade` in place, offline, as soon as the Cluster's image names
 it; RDS refuses it in the middle of the `up`; Cloud SQL's `databaseVersion` is ignored, so the stack file then
 names a major the instance does not run). Each is a declared step (`rag:qdrant.scaleDownTo`,
-`rag:postgres.<mode>.majorUpgrade.fromVersion`). The decisions, and their messages, live here once:
+`rag:postgres.<mode>.majorUpgrade.fromVersion`). A third has no declared form: another `rag:namespace` (every object
+created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only. The
+decisions, and their messages, live here once:
 `ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
 history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
 preview` refuses the same steps.
@@ -36,9 +38,10 @@ update that completes), and existing stacks have it without a new output first. 
 (a first `up`), and for Kubernetes needs a reachable cluster in the preview. What the state cannot show is a change
 made outside Pulumi (`kubectl scale`): `pulumi refresh` records it.
 
-What passes: a stack with no completed update (a first `up`, also after a failed first attempt), a mode change
-(cloudnative <-> managed: a new registry simply gets the major), the declared steps, and an upgrade already done
-whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
+Another `rag:postgres.mode` is a declared step too (`rag:postgres.modeSwitch.fromMode`): the `up` would roll the
+service onto a new, empty registry and delete the old one last. What passes: a stack with no completed update (a
+first `up`, also after a failed first attempt), the declared steps (a declared mode switch makes a new registry,
+which takes any major), and an upgrade or switch already done whose declaration is still set. `pulumi destroy` does not run the program (unless `--run-program`). If the state cannot be read, the
 program says so in a warning and goes on (`ragops` still checks).
 """
 
@@ -59,19 +62,29 @@ QDRANT_NAME = "qdrant"
 """The QdrantCluster's name in the program (its StatefulSet is `<name>-statefulset`)."""
 POSTGRES_NAME = "postgres"
 """The PostgresDatabase's name in the program (`<name>-cluster`, `<name>-instance`, `<name>-<restore>-instance`)."""
+NAMESPACE_NAME = "namespace"
+"""The stack's Namespace resource in the program (infra/stack.py)."""
 
 QDRANT_KEY = f"{PROJECT}:qdrant"
 SCALE_DOWN_RUNBOOK = "docs/runbooks.md#scale-qdrant-down"
 MANAGED_RUNBOOK = "docs/runbooks.md#upgrade-the-managed-registrys-major-version"
 CNPG_RUNBOOK = "docs/runbooks.md#upgrade-the-cloudnativepg-registrys-major-version"
+DAY_TWO_DOC = "docs/operations.md#day-two-what-the-next-up-does-with-a-changed-key"
+BUCKET_DOC = "docs/operations.md#turning-backups-off"
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_RESOURCE_OUTPUTS = "pulumi:pulumi:readStackResourceOutputs"
 
+NAMESPACE = "kubernetes:core/v1:Namespace"
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
 CLOUDSQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+BUCKETS = {"aws:s3/bucket:Bucket": "bucket", "gcp:storage/bucket:Bucket": "name"}
+"""The backup bucket's type -> its output holding the bucket's name."""
+BACKUPS_NAME = "qdrant-backups"
+"""The QdrantBackups component's name in the program (its bucket is `<name>-bucket`)."""
+DISCARD_KEY = f"{PROJECT}:backups.discardBucket"
 
 
 # --- the decisions (shared with ragops) ---------------------------------------------------------------------------
@@ -104,6 +117,68 @@ def scale_down_refusal(stack: str, deployed: int | None, replicas: int, scale_do
         f"dead in the cluster. First move their shards to the remaining nodes and remove their peers "
         f"({SCALE_DOWN_RUNBOOK}), then acknowledge it with `pulumi config set --path {QDRANT_KEY}.scaleDownTo "
         f"{replicas} -s {stack}`."
+    )
+
+
+def namespace_refusal(stack: str, deployed: str | None, namespace: str) -> str | None:
+    """Why moving the stack from namespace `deployed` to `namespace` is refused (None: it is not).
+
+    `metadata.namespace` is a field pulumi-kubernetes replaces on (provider/pkg/provider/diff.go): every object is
+    created again in the new namespace, empty (a new Qdrant cluster, a new CloudNativePG Cluster), and the old
+    Namespace is deleted at the end of the `up` with every PVC in it; in prod the `up` stops at the first protected
+    object, the new namespace half-filled. There is no declared form of this step: a new stack is."""
+    if deployed is None or deployed == namespace:
+        return None
+    return (
+        f"Refusing to move stack {stack!r} from namespace {deployed!r} to {namespace!r}: every object would be "
+        f"created again, empty, in {namespace!r} (a new Qdrant cluster and registry), and {deployed!r} deleted "
+        f"with its volumes at the end of the update. Set it back (`pulumi config set {PROJECT}:namespace "
+        f"{deployed} -s {stack}`); to move, deploy a new stack and restore its data from backups "
+        f"({DAY_TWO_DOC})."
+    )
+
+
+MODE_SWITCH_KEY = f"{PROJECT}:postgres.modeSwitch.fromMode"
+MODE_SWITCH_RUNBOOK = "docs/operations.md#moving-the-registry-to-the-other-mode"
+
+
+def mode_switch_refusal(
+    stack: str, planned: Registry, running: Iterable[Registry], declared: str
+) -> str | None:
+    """Why moving the registry to `planned`'s mode is refused (None: it is not): the state runs registries of the
+    other mode only, and `declared` (`rag:postgres.modeSwitch.fromMode`) does not name it. The `up` would create a
+    new, empty registry, roll the service onto it, and delete the old one last (CloudNativePG's PVCs go with its
+    Cluster; in prod the protected delete fails after the switch)."""
+    modes = {registry.managed for registry in running}
+    # Nothing deployed, or the planned mode's registry exists (no switch, or one already done).
+    if not modes or planned.managed in modes:
+        return None
+    current, new = ("cloudnative", "managed") if planned.managed else ("managed", "cloudnative")
+    if declared == current:
+        return None
+    return (
+        f"rag:postgres.mode goes from {current} to {new} on stack {stack!r}: the service would move to a new, empty "
+        f"registry (nothing is copied) and the {current} one be deleted at the end of the `up` (in prod the "
+        f"protected delete fails after the switch). Follow {MODE_SWITCH_RUNBOOK}: dump the registry, then `pulumi "
+        f"config set --path {MODE_SWITCH_KEY} {current} -s {stack}` and restore the dump into the new one; or set "
+        f"rag:postgres.mode back to {current}."
+    )
+
+
+def bucket_refusal(stack: str, deployed: str | None, keeps: bool, discard: str) -> str | None:
+    """Why deleting the backup bucket the program created (`deployed`) is refused (None: it is not): the config no
+    longer creates it (`keeps` false: backups off, or another `rag:backups.bucket`) and `discard`
+    (`rag:backups.discardBucket`) does not name it. Outside prod the bucket has `force_destroy`, so the `up` empties
+    it: every Qdrant snapshot and the registry's WAL and base backups; in prod the protected delete stops the `up`
+    at its end, after the rest was applied."""
+    if deployed is None or keeps or discard == deployed:
+        return None
+    return (
+        f"Refusing to delete the backup bucket {deployed!r} of stack {stack!r} with every Qdrant snapshot and "
+        "registry backup in it: the program creates it only while rag:backups.enabled is true and rag:backups.bucket "
+        f"empty, and the `up` would empty and delete it (in prod: stop at its protection). To keep the backups, "
+        f"copy them out or keep the bucket out of the stack ({BUCKET_DOC}); then `pulumi config set --path "
+        f"{DISCARD_KEY} {deployed} -s {stack}`. Or set rag:backups.enabled back to true."
     )
 
 
@@ -163,6 +238,10 @@ class DeployedState:
     """The Qdrant StatefulSet's replicas (None: no StatefulSet in the state)."""
     registries: tuple[Registry, ...]
     """The CloudNativePG Cluster and RDS / Cloud SQL instances, with the major each runs."""
+    namespace: str | None = None
+    """The stack's Namespace (None: none in the state)."""
+    backup_bucket: str | None = None
+    """The name of the backup bucket the program created (None: none in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -193,12 +272,18 @@ def deployed_state(
 ) -> DeployedState:
     """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
     replicas: int | None = None
+    namespace: str | None = None
+    bucket: str | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
             continue
         kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
-        if kind == STATEFULSET and name == f"{qdrant}-statefulset":
+        if kind in BUCKETS and name == f"{BACKUPS_NAME}-bucket":
+            bucket = str(outputs.get(BUCKETS[kind]) or "") or None
+        elif kind == NAMESPACE and name == NAMESPACE_NAME:
+            namespace = str((outputs.get("metadata") or {}).get("name") or "") or None
+        elif kind == STATEFULSET and name == f"{qdrant}-statefulset":
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
@@ -210,7 +295,9 @@ def deployed_state(
             registries.append(Registry(managed=True, major=_major(version)))
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
-    return DeployedState(qdrant_replicas=replicas, registries=tuple(registries))
+    return DeployedState(
+        qdrant_replicas=replicas, registries=tuple(registries), namespace=namespace, backup_bucket=bucket
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -306,9 +393,9 @@ def read_deployed_state() -> DeployedState | None:
     return deployed_state(answer.get("outputs") or {})
 
 
-class DeployedStateRefusal(ConfigError, pulumi.RunError):
-    """The config takes a step the stack's state says is undeclared. A `pulumi.RunError`, so the CLI prints its one
-    line (`error: <key> in <file>: ...`) and no traceback."""
+class DeployedStateRefusal(ConfigError):
+    """The config takes a step the stack's state says is undeclared. A ConfigError, so a `pulumi.RunError`: the CLI
+    prints its one line (`error: <key> in <file>: ...`) and no traceback."""
 
 
 def planned_registry(config: StackConfig) -> Registry:
@@ -324,12 +411,24 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     if state is None:
         return None
     stack = config.stack
+    moved = namespace_refusal(stack, state.namespace, config.namespace)
+    if moved is not None:
+        return DeployedStateRefusal(f"{PROJECT}:namespace", config.stack_file, moved)
     scale = scale_down_refusal(
         stack, state.qdrant_replicas, config.qdrant.replicas, config.qdrant.scaleDownTo
     )
     if scale is not None:
         return DeployedStateRefusal(f"{QDRANT_KEY}.scaleDownTo", config.stack_file, scale)
+    backups = config.backups
+    bucket = bucket_refusal(
+        stack, state.backup_bucket, backups.enabled and not backups.bucket, backups.discardBucket
+    )
+    if bucket is not None:
+        return DeployedStateRefusal(DISCARD_KEY, config.stack_file, bucket)
     planned = planned_registry(config)
+    switch = mode_switch_refusal(stack, planned, state.registries, config.postgres.modeSwitch.fromMode)
+    if switch is not None:
+        return DeployedStateRefusal(MODE_SWITCH_KEY, config.stack_file, switch)
     major = major_upgrade_refusal(
         stack, planned, state.registries, seen="the stack's state has the registry on"
     )
@@ -343,3 +442,40 @@ def check_deployed(config: StackConfig) -> None:
     error = refusal(config, read_deployed_state())
     if error is not None:
         raise error
+
+
+# --- reads through the stack's own cloud provider ---------------------------------------------------------------
+
+
+def provider_unconfigured(answer: Any, provider: str, key: str, file: str, what: str) -> bool:
+    """Whether `answer`, a blocking invoke's result read through the stack's own `provider` (aws, gcp) for the check
+    of `key` (the EKS/GKE version reads, infra/clusters), is the engine's answer of a provider it could not
+    configure, rather than the cloud's.
+
+    The engine configures a provider only once every input of it is known; it answers each invoke through one it
+    could not configure with no properties and no error (pulumi sdk/go/common/resource/plugin/provider_plugin.go
+    `Invoke`: "If the provider is not fully configured, return an empty property map"). In `pulumi preview` that is
+    every provider an input of which is an Output of a resource still to be created (a preview gives a new or
+    changed provider the unknown ID and configures it with what it has, pkg/resource/deploy/providers/registry.go
+    `Create`). A data source's real answer always carries its `id` (the bridged aws and gcp data sources set one),
+    so an answer without one is that empty answer, not "no cluster": read as one, the version check would pass.
+
+    In a preview: warns that `key` is not checked in this preview and returns True (the caller skips its check; the
+    update checks it). In an update every input of a provider is known before the engine configures it, so an empty
+    answer is not expected; it is refused (ConfigError naming `key` and `file`), never taken for "no cluster"."""
+    if getattr(answer, "id", None) is not None:
+        return False
+    if pulumi.runtime.is_dry_run():
+        pulumi.log.warn(
+            f"{key} in {file}: not checked in this preview: the {provider} provider's configuration is not known "
+            f"yet (an input of it comes from a resource still to be created), and such a provider answers every "
+            f"read with nothing, so {what} cannot be read. `pulumi up` reads it once the provider is configured "
+            "and refuses a step the cluster cannot take."
+        )
+        return True
+    raise ConfigError(
+        key,
+        file,
+        f"the {provider} provider answered the read of {what} with nothing (the engine's answer when it could not "
+        "configure the provider), so the step cannot be checked: refusing rather than taking it for no cluster",
+    )

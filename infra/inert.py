@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from infra.config import llm_in_cluster_namespace
+
 #: Managed-service keys only one cloud's resource reads: (key, provider that reads it, what it is, what the other
 #: provider uses instead).
 PROVIDER_ONLY = (
@@ -114,6 +116,38 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
             for key in ("monitoring.chartVersion", "monitoring.retention", "monitoring.storage.")
         )
+    if not config.get("slackWebhookUrl"):
+        # The Slack receiver exists only with its webhook (infra/components/monitoring.py alertmanager_config).
+        found.append(
+            (
+                "monitoring.alerting.slack.channel",
+                "the secret rag:slackWebhookUrl is not set, so there is no Slack receiver "
+                "(`pulumi config set --secret rag:slackWebhookUrl URL`)",
+            )
+        )
+    llm = config["llm"]
+    if llm["enabled"] and llm_in_cluster_namespace(str(llm["baseUrl"]), str(config["namespace"])) is None:
+        found.append(
+            (
+                "llm.targetPort",
+                "llm.baseUrl names no in-cluster Service (http://<service>.<namespace>.svc:<port>)",
+            )
+        )
+    tls = config["tls"]
+    if tls["clusterIssuer"]:
+        # The stack creates no issuer: the existing ClusterIssuer issues the certificate, with its own ACME
+        # account (infra/components/gateway.py TlsGateway; the `tlsIssuer` output says clusterIssuer:<name>).
+        found.extend(
+            (
+                key,
+                f"tls.clusterIssuer is set: the existing ClusterIssuer {tls['clusterIssuer']} issues the certificate",
+            )
+            for key in ("tls.issuer", "tls.email")
+        )
+    elif tls["issuer"] == "selfSigned":
+        found.append(
+            ("tls.email", "tls.issuer is selfSigned: only the letsencrypt issuers have an ACME account")
+        )
     gateway = config["gateway"]
     if not gateway["ingress"]["enabled"]:
         found.append(("gateway.ingress.className", "gateway.ingress.enabled is false"))
@@ -121,6 +155,12 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     if provider == "existing":
         found.append(
             ("gateway.loadBalancer", "cluster.provider is existing: the cluster's own Gateway class decides")
+        )
+        found.append(
+            (
+                "cluster.imageRetention.",
+                "cluster.provider is existing: its registry (cluster.existing.registry) keeps its own rules",
+            )
         )
     if provider == "eks" and not config["cluster"]["eks"]["endpointPublicAccess"]:
         found.append(("cluster.eks.publicAccessCidrs", "cluster.eks.endpointPublicAccess is false"))

@@ -35,10 +35,11 @@ from typing import Any
 import grpc
 import pulumi
 import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime.config import set_all_config
+from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -499,6 +500,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         super().__init__(mocks)
         self.records: list[RecordedResource] = []
         self.reads: list[RecordedResource] = []
+        # Providers registered with an unknown input: the engine cannot configure them (see Invoke).
+        self.unconfigured: set[str] = set()
 
     def make_urn(self, parent: str, type_: str, name: str) -> str:
         """URNs as the engine makes them: children of the root stack carry no `pulumi:pulumi:Stack$` prefix."""
@@ -508,7 +511,12 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def Invoke(self, request: Any) -> Any:
         """As the engine answers: an invoke that does not accept resource references gets each one as its ID
-        (a component's: its URN), pulumi's plugin.MarshalProperties with KeepResources false."""
+        (a component's: its URN), pulumi's plugin.MarshalProperties with KeepResources false. An invoke through a
+        provider registered with an unknown input answers an empty result and no error, as the engine's provider
+        plugin does for a provider it could not configure (sdk/go/common/resource/plugin/provider_plugin.go
+        `Invoke`: "If the provider is not fully configured, return an empty property map")."""
+        if request.provider and request.provider.rsplit("::", 1)[0] in self.unconfigured:
+            return resource_pb2.ResourceInvokeResponse(**{"return": struct_pb2.Struct()})
         response = super().Invoke(request)
         if request.acceptResources or not request.tok.startswith("pulumi:pulumi:"):
             return response
@@ -522,6 +530,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)
         urn = self.make_urn(request.parent, request.type, request.name)
+        if request.type.startswith("pulumi:providers:") and rpc.struct_contains_unknowns(request.object):
+            self.unconfigured.add(urn)
         raw = rpc.deserialize_properties(request.object) if request.type != STACK_TYPE else {}
         inputs: dict[str, Any] = {}
         secret_keys: set[str] = set()
@@ -665,9 +675,10 @@ def overridden(key: str, overrides: Mapping[str, Any] | None) -> bool:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    """What to report for a failed run: a ConfigError anywhere in the chain (the SDK wraps an error raised inside
-    an Output in one "While processing input ... has risen" ValueError per dependent input); else the innermost
-    error of such a wrapping; else `exc`."""
+    """What to report for a failed run: a ConfigError anywhere in the chain; else the innermost error of the SDK's
+    wrapping (it re-raises a ValueError raised inside an Output as one "While processing input ... has risen"
+    ValueError per dependent input; a ConfigError, a RunError, passes as raised); else `exc`. The CLI's language host
+    does no such unwrapping: tests/infra/test_language_host_errors.py runs the program as it does."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:

@@ -43,9 +43,10 @@ import yaml
 from referencing import Registry, Resource
 
 from infra.capacity import gke_quota_usage
+from infra.components.postgres import pg_image_major
 from infra.config import ConfigError
 from infra.deployability import Analysis, analyse, describe
-from infra.offline import RecordedResource, StackRun, cli_config, overridden, run_stack
+from infra.offline import ACCOUNT_ID, RecordedResource, StackRun, cli_config, overridden, run_stack
 from infra.policy import Violation, run_policies
 
 #: The Kubernetes minor version manifests are validated against: the oldest version a cluster target may run
@@ -339,9 +340,109 @@ def quota_usage(run: StackRun) -> list[str]:
     return lines + gke_quota_usage(run)
 
 
+def _refused_while_protected(db: Any, flag: bool) -> str:
+    """What stops a delete first: Pulumi's protect (a destroy fails on it) and the cloud's deletion protection."""
+    guards = [
+        name for name, on in (("protected in the state", db.protect), ("deletion protection", flag)) if on
+    ]
+    return f"refused while {' and '.join(guards)}; once lifted, " if guards else ""
+
+
+def rds_on_delete(db: Any) -> str:
+    """What is left of an RDS instance deleted by `pulumi destroy` (or dropped after a restore): its final snapshot,
+    named `<final_snapshot_prefix>-<8 hex drawn once per instance>`, which RDS keeps until it is deleted by hand,
+    while the automated backups go with the instance (`delete_automated_backups` unset: pulumi-aws 7.51.1
+    `rds.Instance` docstring, "Default is `true`")."""
+    i = db.inputs
+    if i.get("skipFinalSnapshot"):
+        snapshot = "no final snapshot (skipFinalSnapshot)"
+    else:
+        prefix = str(i.get("finalSnapshotIdentifier") or "").rsplit("-", 1)[0] or "<final snapshot>"
+        snapshot = f"the final snapshot {prefix}-<8 hex> is kept until deleted by hand"
+    automated = (
+        "its automated backups are kept"
+        if i.get("deleteAutomatedBackups") is False
+        else "its automated backups go"
+    )
+    return (
+        f"on delete: {_refused_while_protected(db, bool(i.get('deletionProtection')))}{snapshot}; {automated}"
+    )
+
+
+def cloudsql_on_delete(db: Any) -> str:
+    """What is left of a Cloud SQL instance deleted by `pulumi destroy` (or dropped after a restore): the final
+    backup (`settings.final_backup_config`, kept `retention_days`) and the automated backups
+    (`retain_backups_on_delete`: kept "based on the backups retention setting"; pulumi-gcp 10.2.0 docstrings).
+    Cloud SQL reads both from the instance's settings when it deletes it: an instance created before the stack set
+    them has them only after one `up` (postgres.cloudsql_backups_on_delete)."""
+    settings = db.inputs.get("settings") or {}
+    final = settings.get("finalBackupConfig") or {}
+    kept = int(
+        ((settings.get("backupConfiguration") or {}).get("backupRetentionSettings") or {}).get(
+            "retainedBackups"
+        )
+        or 0
+    )
+    parts = [
+        f"a final backup kept {int(final.get('retentionDays') or 0)} days"
+        if final.get("enabled")
+        else "no final backup"
+    ]
+    parts.append(
+        f"the {kept} automated backups kept by their retention"
+        if settings.get("retainBackupsOnDelete")
+        else "the automated backups go with it"
+    )
+    guard = _refused_while_protected(
+        db, bool(db.inputs.get("deletionProtection") or settings.get("deletionProtectionEnabled"))
+    )
+    return f"on delete: {guard}{' and '.join(parts)} (once an `up` has set them on the instance)"
+
+
+def cloudnative_databases(run: StackRun) -> list[str]:
+    """What survives a `pulumi destroy` of each in-cluster CloudNativePG Cluster: not its volumes (the operator makes
+    the Cluster own its PVCs, CloudNativePG v1.30.0 `SetInheritedDataAndOwnership`, so Kubernetes deletes them with
+    it), and the archive (base backups and WAL, through the Barman Cloud plugin) only where the bucket survives: a
+    protected bucket stays, the stack's bucket outside prod is deleted with its contents (`forceDestroy`), a bucket
+    the stack does not create (`backups.bucket`) stays."""
+    lines = []
+    buckets = [*run.of_type("aws:s3/bucket:Bucket"), *run.of_type("gcp:storage/bucket:Bucket")]
+    stores = run.of_type("kubernetes:barmancloud.cnpg.io/v1:ObjectStore")
+    for cluster in run.of_type("kubernetes:postgresql.cnpg.io/v1:Cluster"):
+        spec = cluster.inputs.get("spec") or {}
+        major = pg_image_major(str(spec.get("imageName") or "")) or "?"
+        head = (
+            f"{cluster.name}: CloudNativePG PostgreSQL {major} in the cluster, {int(spec.get('instances') or 1)} "
+            f"instance(s) of {(spec.get('storage') or {}).get('size')}"
+        )
+        guard = "refused while protected in the state; once lifted, " if cluster.protect else ""
+        volumes = "its volumes (PVCs the Cluster owns) are deleted with it"
+        if not stores:
+            archive = "no archive (backups.enabled false): nothing survives"
+        else:
+            destination = ((stores[0].inputs.get("spec") or {}).get("configuration") or {}).get(
+                "destinationPath"
+            )
+            server = ((spec.get("plugins") or [{}])[0].get("parameters") or {}).get("serverName")
+            # Offline, an S3 bucket's name carries the placeholder account ID: say so rather than print a fake one.
+            destination = str(destination or "<backup bucket>").replace(ACCOUNT_ID, "<account>")
+            where = f"the archive (base backups and WAL) in {destination}/{server}/"
+            if not buckets:
+                archive = f"{where} stays (backups.bucket: a bucket the stack does not create)"
+            elif any(b.protect for b in buckets):
+                archive = f"{where} survives (the bucket is protected)"
+            elif any(b.inputs.get("forceDestroy") for b in buckets):
+                archive = f"{where} is deleted with the stack's bucket (forceDestroy outside prod)"
+            else:
+                archive = f"{where} stops the destroy at the bucket (not empty), and stays"
+        lines.append(f"{head}; on destroy: {guard}{volumes}; {archive}")
+    return lines
+
+
 def managed_databases(run: StackRun) -> list[str]:
     """How each RDS / Cloud SQL instance takes a change: at `pulumi up` or in its maintenance window, and whether
-    a major upgrade is declared (infra/components/postgres.py; docs/runbooks.md)."""
+    a major upgrade is declared (infra/components/postgres.py; docs/runbooks.md); and what each database, the
+    CloudNativePG ones too, leaves behind when it is deleted."""
     lines = []
     for db in run.of_type("aws:rds/instance:Instance"):
         i = db.inputs
@@ -368,7 +469,8 @@ def managed_databases(run: StackRun) -> list[str]:
             else "no automated backups (backupRetentionDays 0)"
         )
         lines.append(
-            f"{db.name}: RDS PostgreSQL {i.get('engineVersion')}, {when}; {major}; {minor}; {backups}{source}"
+            f"{db.name}: RDS PostgreSQL {i.get('engineVersion')}, {when}; {major}; {minor}; {backups}{source}; "
+            f"{rds_on_delete(db)}"
         )
     for db in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
         i = db.inputs
@@ -402,9 +504,9 @@ def managed_databases(run: StackRun) -> list[str]:
             f"{db.name}: Cloud SQL {version} ({settings.get('edition')}), settings changes apply at `pulumi up`, "
             f"maintenance {day} {int(window.get('hour', 0) or 0):02d}:00 UTC; {major}; {kept} daily backups kept, "
             f"point in time over {logs} days{short}; {disk}, autoresize up to "
-            f"{int(settings.get('diskAutoresizeLimit') or 0)} GB{source}"
+            f"{int(settings.get('diskAutoresizeLimit') or 0)} GB{source}; {cloudsql_on_delete(db)}"
         )
-    return lines
+    return lines + cloudnative_databases(run)
 
 
 def summarize(run: StackRun, environment: str) -> dict[str, Any]:
@@ -642,7 +744,7 @@ def plan_markdown(report: Report) -> str:
         "",
         *_lines(s.get("quotas", []), "none"),
         "",
-        "## Managed databases",
+        "## Databases (and what a delete leaves)",
         "",
         *_lines(s.get("managedDatabases", []), "none"),
         "",

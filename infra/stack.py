@@ -190,12 +190,19 @@ def with_seconds(schedule: str) -> str:
 
 
 def namespace_metadata(config: StackConfig) -> dict[str, Any]:
-    """The platform namespace; an ephemeral stack's says whose it is and when it expires."""
+    """The platform namespace; an ephemeral stack's says whose it is and when it expires, and a declared move of the
+    registry to the other `postgres.mode` is recorded on it (infra/guards.py)."""
     annotations = (
         {"rag.dev/ephemeral-owner": config.ephemeral.owner, "rag.dev/expires-at": config.ephemeral.expiresAt}
         if config.ephemeral is not None
         else {}
     )
+    if config.postgres.modeSwitch.fromMode:  # a declared registry switch, recorded where its data lived
+        annotations["rag.platform/registry-mode-switch"] = (
+            f"{config.postgres.modeSwitch.fromMode}->{config.postgres.mode} (docs/operations.md#moving-the-registry-to-the-other-mode)"
+        )
+    if config.backups.discardBucket:  # an accepted deletion of the backup bucket, with its backups
+        annotations["rag.platform/backups-bucket-discarded"] = config.backups.discardBucket
     return {
         "name": config.namespace,
         "annotations": annotations,
@@ -420,6 +427,7 @@ def postgres_args(
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
         image=pg_image(cfg.version),
         resources=resources(cfg.cloudnative.resources),
+        backup_sidecar_resources=resources(cfg.cloudnative.backupSidecarResources),
         client_selectors=CLIENTS,
         pod_monitor=config.monitoring.enabled,
         monitoring_namespace=prometheus_namespace(config),
@@ -567,9 +575,9 @@ def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
     port to the internet without the private ranges the cluster lives in. That rule never admits an in-cluster
     server: the Service's ClusterIP is rewritten (DNAT, by kube-proxy or the CNI's own load balancer) to a backend
     pod's IP and its targetPort before the policy is evaluated, and both lie in the excluded private ranges. So an
-    in-cluster server gets a rule of its own, to every pod of its namespace on any port: the Service's selector
-    and targetPort live in the cluster, not in this stack, and the server's namespace keeps its own ingress
-    policies.
+    in-cluster server gets a rule of its own, to the pods of its namespace on the port they listen on: baseUrl's
+    port, or `llm.targetPort` when its Service maps another (e.g. port 80 to vLLM's 8000). The Service's selector
+    lives in the cluster, not in this stack; the server's namespace keeps its own ingress policies.
     """
     llm = config.llm
     if not llm.enabled:
@@ -579,7 +587,7 @@ def llm_egress(config: StackConfig) -> tuple[EgressTarget, ...]:
         targets.append(EgressTarget("llm", llm.port, cidrs=llm.egressCidrs, except_cidrs=llm.egressExcept))
     namespace = llm.in_cluster_namespace(config.namespace)
     if namespace is not None:
-        targets.append(EgressTarget("llm-in-cluster", None, namespace=namespace))
+        targets.append(EgressTarget("llm-in-cluster", llm.pod_port, namespace=namespace))
     return tuple(targets)
 
 

@@ -356,6 +356,20 @@ def _env_values(run: StackRun, workload: Workload) -> Iterator[tuple[str, str]]:
                         yield str(env.get("name")), str(value)
 
 
+def _llm_target_port(run: StackRun) -> int:
+    """`rag:llm.targetPort` (0: unset): the port an in-cluster LLM server's pods listen on, which a NetworkPolicy
+    sees instead of its Service's port (the ClusterIP is rewritten to a pod's IP and targetPort first)."""
+    import json
+
+    raw = run.config.get("rag:llm")
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except json.JSONDecodeError:
+        return 0
+    port = value.get("targetPort", 0) if isinstance(value, dict) else 0
+    return port if isinstance(port, int) else 0
+
+
 def flows(run: StackRun) -> list[Flow]:
     """Every connection the recorded program needs (see the module docstring)."""
     found: list[Flow] = []
@@ -387,7 +401,12 @@ def flows(run: StackRun) -> list[Flow]:
                         namespace, None, what=f"Service {service_name}.{namespace} (not in the stack)"
                     )
                     why = f"{variable} connects to {service_name}.{namespace}:{port}"
-                    found.append(Flow(workload.pods, outside, int(port), "TCP", why, workload.resource.urn))
+                    pod_port = _llm_target_port(run) if variable == "LLM_BASE_URL" else 0
+                    if pod_port:
+                        why += f" (its pods' port {pod_port}, rag:llm.targetPort)"
+                    found.append(
+                        Flow(workload.pods, outside, pod_port or int(port), "TCP", why, workload.resource.urn)
+                    )
                     continue
                 needs_dns = True
                 for target, target_port in _backends(service, namespace, pods, int(port)):

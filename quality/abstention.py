@@ -183,13 +183,25 @@ def main(argv: list[str] | None = None) -> None:
     precision = "fp32" if parser.parse_args(argv).fp32 else "int8"
     from fastapi.testclient import TestClient
 
+    from service.app.core.config import Settings
     from service.app.main import create_app
     from service.app.store.embedder import FastEmbedEmbedder
-    from tests.service.support import make_settings
 
     documents, items = load()
     with tempfile.TemporaryDirectory(prefix="rag-abstention-") as tmp:
-        settings = make_settings(Path(tmp), embedding_query_precision=precision)
+        # Embedded defaults confined to the temp dir; no auth, limits, cache or background collector in the way.
+        settings = Settings(
+            _env_file=None,
+            environment="test",
+            data_dir=Path(tmp),
+            redis_url=None,
+            auth_disabled=True,
+            rate_limit_enabled=False,
+            cache_enabled=False,
+            gc_enabled=False,
+            log_json=False,
+            embedding_query_precision=precision,
+        )
         # As deployed (int8 query graph by default); the tests' embedder runs fp32 queries (--fp32 to compare).
         embedder = FastEmbedEmbedder.from_settings(settings)
         with TestClient(create_app(settings, embedder=embedder)) as client:

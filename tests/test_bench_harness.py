@@ -190,6 +190,89 @@ def test_the_keep_alive_client_reconnects_once_after_the_server_dropped_an_idle_
         server.server_close()
 
 
+def test_the_keep_alive_client_reads_whole_responses_however_the_server_frames_and_splits_them() -> None:
+    """bench/httpclient.py parses the answer with httptools, not by hand: a chunked body, a Content-Length body
+    that arrives in many small writes with the next status line's bytes not mixed in, and ``Connection: close``
+    (the connection is then dropped and the next request goes out on a new one) are all read whole; every
+    request is one well-formed HTTP/1.1 message with its Host, Content-Type and Content-Length."""
+    import json
+    import socket
+    import threading
+
+    from httpclient import KeepAliveClient
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    requests: list[bytes] = []
+    connections: list[int] = []
+
+    def read_request(connection: socket.socket, buffer: bytes) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in buffer:
+            buffer += connection.recv(65536)
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += connection.recv(65536)
+        requests.append(head + b"\r\n\r\n" + rest[:length])
+        return rest[:length], rest[length:]
+
+    def serve() -> None:
+        answers = iter(["chunked", "split", "close", "plain"])
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connections.append(connection.fileno())
+            buffer = b""
+            with connection:
+                for answer in answers:
+                    body, buffer = read_request(connection, buffer)
+                    payload = json.dumps({"answer": answer, "echo": json.loads(body)}).encode()
+                    if answer == "chunked":
+                        half = len(payload) // 2
+                        connection.sendall(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                            + b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+                            % (half, payload[:half], len(payload) - half, payload[half:])
+                        )
+                    elif answer == "split":
+                        message = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+                        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        for index in range(0, len(message), 7):
+                            connection.sendall(message[index : index + 7])
+                    else:
+                        close = b"connection: close\r\n" if answer == "close" else b""
+                        connection.sendall(
+                            b"HTTP/1.1 200 OK\r\n%scontent-length: %d\r\n\r\n%s"
+                            % (close, len(payload), payload)
+                        )
+                        if close:
+                            break
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with KeepAliveClient(f"http://127.0.0.1:{port}") as client:
+            for answer in ("chunked", "split", "close", "plain"):
+                got = json.loads(client.post_json("/v1/search", {"query": answer}))
+                assert got == {"answer": answer, "echo": {"query": answer}}
+        assert len(connections) == 2  # the one after "Connection: close" is new
+        for request in requests:
+            head, _, body = request.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"POST /v1/search HTTP/1.1"
+            assert f"host: 127.0.0.1:{port}".encode() in lines
+            assert b"content-type: application/json" in lines
+            assert f"content-length: {len(body)}".encode() in lines
+    finally:
+        listener.close()
+
+
 def test_a_timed_call_waits_while_the_other_side_still_has_a_thread_spinning() -> None:
     """bench/ingest_search.py's Quiescence: fastembed's default ONNX session (the raw side) keeps a worker thread
     spinning after each query, and the service may still be busy after its response; a timed call must not start

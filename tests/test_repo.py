@@ -127,3 +127,25 @@ def test_make_serve_turns_auth_off_only_without_keys(
         check=True,
     )
     assert printed.stdout.strip() == auth_disabled
+
+
+def test_shipped_code_never_imports_the_tests() -> None:
+    """The service, the Pulumi program and the quality tools run without tests/ (the image and a pip install carry
+    no tests): an import of `tests.` there works in a checkout and fails where it is deployed."""
+    import ast
+
+    offenders = []
+    for top in ("service/app", "infra", "quality"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                offenders += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+                    for name in names
+                    if name == "tests" or name.startswith("tests.")
+                ]
+    assert not offenders, offenders

@@ -43,6 +43,7 @@ from infra.config import (
     internal_load_balancer,
     stack_file,
 )
+from infra.guards import provider_unconfigured
 from infra.naming import cloud_name
 
 ECR_READ_POLICY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
@@ -181,11 +182,24 @@ def zone_opts(
     return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(aliases=aliases, depends_on=depends_on))
 
 
-def require_zones(names: list[str], zones: int, region: str) -> list[str]:
-    """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for."""
-    if len(names) < zones:
-        from infra.config import ConfigError, stack_file
+def require_zones(names: list[str] | None, zones: int, region: str) -> Any:
+    """The region's Availability Zones, refusing (with the key to change) a region that has fewer than asked for.
 
+    `names` None is the empty answer of an aws provider the engine has not configured yet (infra/guards.py
+    provider_unconfigured): the zones are unknown in a preview (as the subnets' zones then are), refused in an
+    update rather than failing on the missing list."""
+    from infra.config import ConfigError, stack_file
+
+    if names is None:
+        if pulumi.runtime.is_dry_run():
+            return pulumi.output.UNKNOWN
+        raise ConfigError(
+            "rag:cluster.eks.availabilityZones",
+            stack_file(pulumi.get_stack()),
+            f"the aws provider answered the read of {region}'s Availability Zones with nothing (the engine's answer "
+            "when it could not configure the provider), so the subnets cannot be placed",
+        )
+    if len(names) < zones:
         raise ConfigError(
             "rag:cluster.eks.availabilityZones",
             stack_file(pulumi.get_stack()),
@@ -506,7 +520,8 @@ def check_version_step(wanted: str, running: str | None, node_groups: Mapping[st
 def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str | None, dict[str, str]]:
     """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS (ListClusters,
     DescribeCluster, ListNodegroups, DescribeNodegroup) with the stack's own `provider`; (None, {}) when no cluster
-    of that name exists (a first `up`). Read from the cloud rather than from the stack's state: it is what
+    of that name exists (a first `up`), or in a preview whose `provider` is not configured yet (warned:
+    infra/guards.py provider_unconfigured). Read from the cloud rather than from the stack's state: it is what
     UpdateClusterVersion will compare against, even after an update made outside the stack or one that failed half
     way.
 
@@ -518,7 +533,17 @@ def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str |
     fails (no `eks:ListClusters`, throttling) refuses too, naming the key: without it the step cannot be checked."""
     invoke = pulumi.InvokeOptions(provider=provider)
     try:
-        if name not in (aws.eks.get_clusters(opts=invoke).names or []):
+        clusters = aws.eks.get_clusters(opts=invoke)
+    except Exception as exc:
+        raise _unreadable(name, file, exc) from exc
+    # A provider not configured yet (an Output among its inputs, in a preview) answers with nothing: warned and not
+    # checked in a preview, refused in an update; never read as "no cluster" (infra/guards.py).
+    if provider_unconfigured(
+        clusters, "aws", "rag:cluster.eks.version", file, f"the version EKS cluster {name} runs"
+    ):
+        return None, {}
+    try:
+        if name not in (clusters.names or []):
             return None, {}
         running = aws.eks.get_cluster(name=name, opts=invoke).version
         groups = sorted(aws.eks.get_node_groups(cluster_name=name, opts=invoke).names or [])
@@ -527,14 +552,18 @@ def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str |
             for group in groups
         }
     except Exception as exc:
-        raise ConfigError(
-            "rag:cluster.eks.version",
-            file,
-            f"could not read the version EKS cluster {name} runs ({str(exc).strip().splitlines()[0]}), so the "
-            "one-minor step cannot be checked: the deploying identity needs eks:ListClusters, eks:DescribeCluster, "
-            "eks:ListNodegroups and eks:DescribeNodegroup (docs/infra.md, cluster.eks.version)",
-        ) from exc
+        raise _unreadable(name, file, exc) from exc
     return running, versions
+
+
+def _unreadable(name: str, file: str, exc: Exception) -> ConfigError:
+    return ConfigError(
+        "rag:cluster.eks.version",
+        file,
+        f"could not read the version EKS cluster {name} runs ({str(exc).strip().splitlines()[0]}), so the "
+        "one-minor step cannot be checked: the deploying identity needs eks:ListClusters, eks:DescribeCluster, "
+        "eks:ListNodegroups and eks:DescribeNodegroup (docs/infra.md, cluster.eks.version)",
+    )
 
 
 #: The control-plane log types the cluster sends to CloudWatch Logs.
@@ -884,8 +913,8 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         ),
         opts=opts,
     )
-    # Retention that never takes a deployed image: only untagged ones expire; every image a stack deploys carries
-    # its protected tag (infra/components/image.py ecr_lifecycle_policy, copy_script).
+    # Retention that never takes what the stack runs, its rollback target or a promoted image; builds it moved on
+    # from and images nothing deployed expire (infra/components/image.py ecr_lifecycle_policy, rag:cluster.imageRetention).
     # Images deployed before each index's manifests got their own protected tags: tag them once, before the rule
     # that expires untagged images is set.
     protect_existing = command.local.Command(
@@ -894,7 +923,12 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     aws.ecr.LifecyclePolicy(
         "registry-lifecycle",
         repository=repository.name,
-        policy=json.dumps(ecr_lifecycle_policy()),
+        policy=json.dumps(
+            ecr_lifecycle_policy(
+                config.cluster.imageRetention.neverDeployedDays,
+                config.cluster.imageRetention.supersededBuildDays,
+            )
+        ),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[protect_existing])),
     )
 

@@ -23,6 +23,7 @@ from infra.clusters import ClusterTarget, Registry
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
 from infra.config import ConfigError, GkeCluster, StackConfig, internal_load_balancer, stack_file
+from infra.guards import provider_unconfigured
 from infra.naming import cloud_name
 
 # Every API the program's Google resources call (infra/deployability.py GCP_RESOURCE_APIS says which resource type
@@ -177,7 +178,8 @@ def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, f
     """The version the control plane of GKE cluster `name` runs (`master_version` of the container cluster data
     source, currentMasterVersion), read with the stack's own `provider`; None when there is no such cluster yet:
     the data source's "<projects/P/locations/L/clusters/N> not found" error (terraform-provider-google
-    datasourceContainerClusterRead), or a Container API not enabled yet. A blocking invoke made before any cloud
+    datasourceContainerClusterRead), or a Container API not enabled yet; also in a preview whose `provider` is not
+    configured yet (warned: infra/guards.py provider_unconfigured). A blocking invoke made before any cloud
     resource is declared (as on EKS: infra/clusters/eks.py running_version), so a refused step changes nothing.
     Any other failure is refused too: without the read the step cannot be checked."""
     try:
@@ -195,6 +197,12 @@ def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, f
             "one-minor step cannot be checked: the deploying identity needs container.clusters.get "
             "(docs/infra.md, gke.minMasterVersion)",
         ) from exc
+    # A provider not configured yet (an Output among its inputs, in a preview) answers with nothing: warned and not
+    # checked in a preview, refused in an update; never read as "no cluster" (infra/guards.py).
+    if provider_unconfigured(
+        found, "gcp", MIN_MASTER_VERSION_KEY, file, f"the version GKE cluster {name} runs"
+    ):
+        return None
     return found.master_version or None
 
 
@@ -423,9 +431,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         location=gke.region,
         format="DOCKER",
         description=f"RAG service images ({stack})",
-        # Untagged versions go after 14 days; every image a stack deploys carries its protected tag and stays
-        # (infra/components/image.py artifact_registry_cleanup_policies, copy_script). Not a dry run: the policies act.
-        cleanup_policies=artifact_registry_cleanup_policies(),
+        # What the stack runs, its rollback target and promoted images stay; superseded builds and what nothing
+        # deployed go (infra/components/image.py artifact_registry_cleanup_policies, rag:cluster.imageRetention).
+        # Not a dry run: the policies act.
+        cleanup_policies=artifact_registry_cleanup_policies(
+            config.cluster.imageRetention.neverDeployedDays, config.cluster.imageRetention.supersededBuildDays
+        ),
         cleanup_policy_dry_run=False,
         opts=kept,
     )

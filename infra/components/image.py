@@ -302,9 +302,12 @@ class ServiceImage(pulumi.ComponentResource):
         # reference reaches a Deployment (the reference carries the step as a dependency). Nothing on delete.
         self.protect = command.local.Command(
             f"{name}-protect",
+            # An update (the next build) runs it again in place: pulumi-command replaces a Command only when its
+            # `triggers` change, and hands the run the last stdout, from which it learns the releases to keep.
             create=pulumi.Output.all(repository, image.digest).apply(
-                lambda v: copy_script(digest_ref(v[0], v[1]), v[0])
+                lambda v: build_script(digest_ref(v[0], v[1]), v[0])
             ),
+            delete=repository.apply(release_script),
             opts=pulumi.ResourceOptions(parent=self),
         )
         return pulumi.Output.all(repository, image.digest, self.protect.id).apply(
@@ -366,14 +369,23 @@ def _login_lines(hosts: Sequence[str], login: Callable[[str], Login | None]) -> 
     return lines
 
 
-#: The tag prefix that protects an image from the registries' retention rules: `sha256-<hex>`, one tag per digest
-#: (never moved, so ECR's IMMUTABLE tags take it), put on every image a stack deploys by the code path that deploys
-#: it (`copy_script`: a promotion's or rollback's copy, and a build's protection step). The retention rules
-#: (`ecr_lifecycle_policy`, `artifact_registry_cleanup_policies`) expire only what carries no such tag.
+#: The tag prefix that keeps an image for good: `sha256-<hex>`, one tag per digest (never moved, so ECR's IMMUTABLE
+#: tags take it), put on by the copy of a promotion or rollback (`copy_script` into the stack's own registry): every
+#: image a promoted stack runs or ran, hence every rollback target there. Builds deployed before `build-`/`live-`
+#: existed carry it too, and stay.
 PROTECTED_TAG_PREFIX = "sha256-"
-#: How long an unprotected image stays: a build pushed by an `up` that failed before it deployed it, the manifests
-#: of an index that was never deployed, a tag someone pushed by hand.
+#: A build a stack deployed (`build_script`): expires `supersededBuildDays` after its push unless it is live.
+BUILD_TAG_PREFIX = "build-"
+#: What a building stack deploys now and the release it replaced (its rollback target): kept while the stack
+#: deploys it; removed by the stack's own protection step when it moves two releases on, or is destroyed.
+LIVE_TAG_PREFIX = "live-"
+#: Tags the retention rules never expire (the build cache `buildcache` is rewritten by every build).
+KEPT_TAG_PREFIXES = (PROTECTED_TAG_PREFIX, LIVE_TAG_PREFIX)
+#: How long an image nothing deployed stays: a build pushed by an `up` that failed before it deployed it, the
+#: manifests of an index that was never deployed, a tag someone pushed by hand (`rag:cluster.imageRetention`).
 UNPROTECTED_EXPIRY_DAYS = 14
+#: How long a build a stack deployed stays after its push once no stack deploys it (the default).
+SUPERSEDED_BUILD_DAYS = 30
 _CHILD_DIGEST = (
     r"""grep -oE '"digest"[[:space:]]*:[[:space:]]*"sha256:[0-9a-f]{64}"' | grep -oE 'sha256:[0-9a-f]{64}'"""
 )
@@ -386,27 +398,44 @@ def protected_tag(digest: str) -> str:
 
 
 def copy_script(
-    source_ref: str, repository: str, *, login: Callable[[str], Login | None] = registry_login
+    source_ref: str,
+    repository: str,
+    *,
+    login: Callable[[str], Login | None] = registry_login,
+    prefix: str = PROTECTED_TAG_PREFIX,
 ) -> str:
     """The `/bin/sh -c` script that puts `source_ref`'s digest into `repository` under its protected tag, and proves it.
 
-    It prints `<repository>@<digest>` last. Idempotent: an image whose protected tag is already there is not copied
-    again (ECR's IMMUTABLE tags refuse a second push of a tag); one already in the repository by digest only (a
-    build, pushed untagged) is tagged where it is, so `source_ref` may name the repository itself. The tag is
-    `sha256-<hex>` (`protected_tag`), which the retention rules never expire; an index's manifests (the platform
-    image, BuildKit's attestation) each get theirs too, so no rule can take a manifest from under a protected index
-    whatever the registry makes of untagged children.
+    It prints `<repository>@<digest>` last. Idempotent: an image whose tag is already there is not copied again
+    (ECR's IMMUTABLE tags refuse a second push of a tag); one already in the repository by digest only (a build,
+    pushed untagged) is tagged where it is, so `source_ref` may name the repository itself. The tag is
+    `<prefix><hex>`: `sha256-<hex>` (`protected_tag`, kept for good: a promotion's or rollback's copy) unless
+    `prefix` says otherwise (`build_script`); an index's manifests (the platform image, BuildKit's attestation) each
+    get theirs too, so no rule can take a manifest from under an index whatever the registry makes of untagged
+    children.
     """
     digest = source_ref.rsplit("@", 1)[1]
+    lines = [
+        *_copy_lines(source_ref, repository, login, prefix),
+        f"echo {shlex.quote(f'{repository}@{digest}')}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _copy_lines(
+    source_ref: str, repository: str, login: Callable[[str], Login | None], prefix: str
+) -> list[str]:
+    """`copy_script` without its last line; leaves the proven index manifest in `$raw`."""
+    digest = source_ref.rsplit("@", 1)[1]
     target = f"docker://{repository}@{digest}"
-    tag = f"docker://{repository}:{protected_tag(digest)}"
+    tag = f"docker://{repository}:{_tag(prefix, digest)}"
     q = shlex.quote
     copy = 'skopeo copy --all --preserve-digests --retry-times 3 --authfile "$auth"'
-    lines = [
+    return [
         *_AUTH_FILE,
         *_login_lines((_host(source_ref), _host(repository)), login),
         f'if skopeo inspect --raw --authfile "$auth" {q(tag)} >/dev/null 2>&1; then',
-        f"  echo {q(f'{repository}:{protected_tag(digest)} is already in the target registry')} >&2",
+        f"  echo {q(f'{repository}:{_tag(prefix, digest)} is already in the target registry')} >&2",
         f'elif skopeo inspect --raw --authfile "$auth" {q(target)} >/dev/null 2>&1; then',
         f"  {copy} {q(target)} {q(tag)} >&2",
         "else",
@@ -418,20 +447,118 @@ def copy_script(
         "  exit 1",
         "fi",
         f'raw="$(skopeo inspect --raw --authfile "$auth" {q(target)})"',
-        *_child_tag_lines(repository),
+        *_child_tag_lines(repository, prefix=prefix),
+    ]
+
+
+def _tag(prefix: str, digest: str) -> str:
+    require(digest.startswith("sha256:"), f"Image digest {digest!r} is not a sha256 digest.")
+    return prefix + digest.removeprefix("sha256:")
+
+
+#: How to remove one tag of an image from a repository (the image stays while it has another tag): a shell line that
+#: reads the tag from `$tag`, or None where no command is known.
+Untag = Callable[[str], str | None]
+
+
+def registry_untag(repository: str) -> str | None:
+    """Removes `$tag` from `repository`: ECR's BatchDeleteImage by tag ("when you remove the last tag from an image,
+    the image is deleted", so never the last one: every image this removes a `live-` tag from keeps its `build-`
+    tag), Artifact Registry's `gcloud artifacts docker tags delete` (roles/artifactregistry.repoAdmin)."""
+    q = shlex.quote
+    host, path = repository.split("/", 1)
+    if _ARTIFACT_REGISTRY.fullmatch(host):
+        return f'gcloud artifacts docker tags delete {q(repository + ":")}"$tag" --quiet'
+    match = _ECR.fullmatch(host)
+    if match:
+        return (
+            f"aws ecr batch-delete-image --region {q(match.group('region'))} --registry-id {q(host.split('.', 1)[0])} "
+            f'--repository-name {q(path)} --image-ids imageTag="$tag" >/dev/null'
+        )
+    return None
+
+
+def _untag_releases(line: str, skip: str) -> list[str]:
+    """Shell lines removing the `live-` tags of every release the last run printed (`live <digest> <manifests>`)
+    but those `skip` (a shell condition on `$release`) names. A failure only warns: it leaves an image kept."""
+    return [
+        """printf '%s\\n' "${PULUMI_COMMAND_STDOUT:-}" | grep '^live sha256:' | cut -c 6- | while read -r release; do""",
+        f"  if {skip}; then continue; fi",
+        "  for manifest in $release; do",
+        f'    tag="{LIVE_TAG_PREFIX}${{manifest#sha256:}}"',
+        f'    {line} </dev/null || echo "warning: could not remove the tag $tag; the image stays until it is removed" >&2',
+        "  done",
+        "done",
+    ]
+
+
+def build_script(
+    built_ref: str,
+    repository: str,
+    *,
+    login: Callable[[str], Login | None] = registry_login,
+    untag: Untag = registry_untag,
+) -> str:
+    """The `/bin/sh -c` script of a build's protection step (`<name>-protect`), run on create and on every update.
+
+    Tags the build `build-<hex>` (it expires `supersededBuildDays` after its push) and `live-<hex>` (kept), each
+    manifest of its index too, and proves the digest like `copy_script`. It prints `live <digest> <manifests>` for
+    the build it deploys and for the one before (read from `PULUMI_COMMAND_STDOUT`, the previous run's stdout
+    pulumi-command passes in), then `<repository>@<digest>`; every other release the last run listed loses its
+    `live-` tags. So a building stack keeps what it runs and its rollback target, whatever their age."""
+    line = untag(repository)
+    require(
+        line is not None,
+        f"ServiceImage: {repository} is neither ECR nor Artifact Registry; no command removes its `live-` tags.",
+    )
+    digest = built_ref.rsplit("@", 1)[1]
+    q = shlex.quote
+    live = f"docker://{repository}:{_tag(LIVE_TAG_PREFIX, digest)}"
+    lines = [
+        *_copy_lines(built_ref, repository, login, BUILD_TAG_PREFIX),
+        f'if ! skopeo inspect --raw --authfile "$auth" {q(live)} >/dev/null 2>&1; then',
+        f'  skopeo copy --all --preserve-digests --retry-times 3 --authfile "$auth" '
+        f"{q(f'docker://{repository}@{digest}')} {q(live)} >&2",
+        "fi",
+        *_child_tag_lines(repository, prefix=LIVE_TAG_PREFIX),
+        'manifests=""',
+        """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
+        f"""  manifests="$(printf '%s' "$raw" | {_CHILD_DIGEST} | tr '\\n' ' ')\"""",
+        "fi",
+        # The release before: the first one the last run printed that is not this one.
+        """previous="$(printf '%s\\n' "${PULUMI_COMMAND_STDOUT:-}" | grep '^live sha256:' | """
+        f"""grep -v {q(f"^live {digest}")} | head -n 1 | cut -c 6-)\"""",
+        *_untag_releases(
+            line,
+            f'[ "${{release%% *}}" = {q(digest)} ] || {{ [ -n "$previous" ] && '
+            '[ "${release%% *}" = "${previous%% *}" ]; }',
+        ),
+        f'echo "live {digest} $manifests"',
+        'if [ -n "$previous" ]; then echo "live $previous"; fi',
         f"echo {q(f'{repository}@{digest}')}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _child_tag_lines(repository: str, indent: str = "") -> list[str]:
-    """Shell lines giving each manifest the index in `$raw` lists its protected tag (nothing for an image manifest:
-    only an index has `manifests`)."""
+def release_script(repository: str, *, untag: Untag = registry_untag) -> str:
+    """The delete script of a build's protection step: the stack no longer deploys a build of its own (destroyed, or
+    moved to a promoted or rolled-back image, which its copy keeps), so the releases the last run kept lose their
+    `live-` tags and expire with their `build-` tag."""
+    line = untag(repository)
+    require(line is not None, f"ServiceImage: no command removes tags from {repository}.")
+    return "\n".join(["set -u", *_untag_releases(line, "false")]) + "\n"
+
+
+def _child_tag_lines(repository: str, indent: str = "", prefix: str = PROTECTED_TAG_PREFIX) -> list[str]:
+    """Shell lines giving each manifest the index in `$raw` lists its `<prefix><hex>` tag (nothing for an image
+    manifest: only an index has `manifests`)."""
     q = shlex.quote
     lines = [
         """if printf '%s' "$raw" | grep -q '"manifests"'; then""",
         f"""  for child in $(printf '%s' "$raw" | {_CHILD_DIGEST}); do""",
-        f'    child_tag={q(f"docker://{repository}:")}"sha256-${{child#sha256:}}"',
+        # The prefix inside the quotes: the text of `copy_script` for `sha256-` stays what deployed stacks ran (a
+        # changed script would update every promoted stack's copy Command in place on its next `up`).
+        f'    child_tag={q(f"docker://{repository}:")}"{prefix}${{child#sha256:}}"',
         '    if ! skopeo inspect --raw --authfile "$auth" "$child_tag" >/dev/null 2>&1; then',
         f'      skopeo copy --preserve-digests --retry-times 3 --authfile "$auth" {q(f"docker://{repository}@")}"$child" "$child_tag" >&2',
         "    fi",
@@ -471,47 +598,106 @@ def protect_existing_script(repository: str, *, login: Callable[[str], Login | N
     return "\n".join(lines) + "\n"
 
 
-def ecr_lifecycle_policy(days: int = UNPROTECTED_EXPIRY_DAYS) -> dict[str, Any]:
-    """The image repository's ECR lifecycle policy: expire untagged images pushed more than `days` ago, nothing else.
+def ecr_lifecycle_policy(
+    days: int = UNPROTECTED_EXPIRY_DAYS, build_days: int = SUPERSEDED_BUILD_DAYS
+) -> dict[str, Any]:
+    """The image repository's ECR lifecycle policy: keep `sha256-*` and `live-*` images, expire `build-*` images
+    pushed more than `build_days` ago, and any other image (untagged, or tagged by hand) after `days`.
 
-    ECR's rules (Lifecycle policy properties): `tagStatus: untagged` selects images without any tag, and a rule
-    can only expire what it selects, so every image with a tag (the protected `sha256-<hex>` of each deployed image
-    and of each manifest its index lists) stays whatever its age or count. The former "keep the last 50 images"
-    (`tagStatus: any`, `imageCountMoreThan`) counted every build and every index's manifests, and expired the
-    running release and every rollback target once 50 newer ones were pushed. A rule protecting tagged images by
-    priority is not used: ECR has no "keep" action, only rules that expire beyond a count or an age."""
+    ECR's evaluation rules (Lifecycle policies, "Lifecycle policy evaluation rules"): rules apply lowest
+    `rulePriority` first; "an image that matches the tagging requirements of a rule cannot be expired by a rule with
+    a lower priority"; a `tagPrefixList` rule selects an image with a tag starting with the prefix; a `tagStatus:
+    any` rule must come last; only one rule may select untagged images (the last one here). ECR has no "keep"
+    action, so a keep is a rule that selects the kept prefix and expires beyond a count no repository reaches (the
+    idiom of the AWS CDK's `addLifecycleRule({tagPrefixList: ['prod'], maxImageCount: 9999})`). The former
+    "keep the last 50 images" counted every build and every index's manifests, and expired the running release and
+    every rollback target once 50 newer ones were pushed."""
+
+    def keep(priority: int, prefix: str, why: str) -> dict[str, Any]:
+        return {
+            "rulePriority": priority,
+            "description": f"keep {prefix}* images ({why})",
+            "selection": {
+                "tagStatus": "tagged",
+                "tagPrefixList": [prefix],
+                "countType": "imageCountMoreThan",
+                "countNumber": ECR_KEEP_COUNT,
+            },
+            "action": {"type": "expire"},
+        }
+
     return {
         "rules": [
+            keep(1, PROTECTED_TAG_PREFIX, "promoted or rolled back to"),
+            keep(2, LIVE_TAG_PREFIX, "deployed now, or the release before"),
             {
-                "rulePriority": 1,
-                "description": f"expire images with no tag (never deployed: no {PROTECTED_TAG_PREFIX}* tag) after {days} days",
+                "rulePriority": 3,
+                "description": f"expire builds no stack deploys any more {build_days} days after their push",
                 "selection": {
-                    "tagStatus": "untagged",
+                    "tagStatus": "tagged",
+                    "tagPrefixList": [BUILD_TAG_PREFIX],
+                    "countType": "sinceImagePushed",
+                    "countUnit": "days",
+                    "countNumber": build_days,
+                },
+                "action": {"type": "expire"},
+            },
+            {
+                "rulePriority": 4,
+                "description": f"expire what was never deployed (untagged, or tagged by hand) after {days} days",
+                "selection": {
+                    "tagStatus": "any",
                     "countType": "sinceImagePushed",
                     "countUnit": "days",
                     "countNumber": days,
                 },
                 "action": {"type": "expire"},
-            }
+            },
         ]
     }
 
 
-def artifact_registry_cleanup_policies(days: int = UNPROTECTED_EXPIRY_DAYS) -> list[dict[str, Any]]:
+#: The count a keep rule expires beyond: ECR's default quota is 20,000 images per repository; a promoted stack's
+#: repository reaches 9,999 `sha256-` images after some 3,300 releases (an index and two manifests each).
+ECR_KEEP_COUNT = 9999
+
+
+def artifact_registry_cleanup_policies(
+    days: int = UNPROTECTED_EXPIRY_DAYS, build_days: int = SUPERSEDED_BUILD_DAYS
+) -> list[dict[str, Any]]:
     """The image repository's Artifact Registry cleanup policies (pulumi-gcp 10.2.0 RepositoryCleanupPolicyArgs):
-    delete untagged versions older than `days`, and keep every version tagged `sha256-*`. A version matching both a
-    delete and a keep policy is kept (Artifact Registry "Cleanup policy overview"), so the keep policy still holds
-    if a broader delete policy is ever added. Durations are seconds, as the API returns them."""
+    the same retention as `ecr_lifecycle_policy`. A version matching a delete and a keep policy is kept (Artifact
+    Registry "Cleanup policy overview"); `tagPrefixes` applies on any prefix match; durations are seconds, as the
+    API returns them. So: keep `sha256-*`, `live-*` and the build cache; keep `build-*` versions newer than
+    `build_days`; delete `build-*` versions older than that; delete anything else older than `days`."""
     return [
         {
             "id": "keep-deployed",
             "action": "KEEP",
-            "condition": {"tag_state": "TAGGED", "tag_prefixes": [PROTECTED_TAG_PREFIX]},
+            "condition": {"tag_state": "TAGGED", "tag_prefixes": [*KEPT_TAG_PREFIXES, "buildcache"]},
+        },
+        {
+            "id": "keep-recent-builds",
+            "action": "KEEP",
+            "condition": {
+                "tag_state": "TAGGED",
+                "tag_prefixes": [BUILD_TAG_PREFIX],
+                "newer_than": f"{build_days * 86400}s",
+            },
+        },
+        {
+            "id": "delete-superseded-builds",
+            "action": "DELETE",
+            "condition": {
+                "tag_state": "TAGGED",
+                "tag_prefixes": [BUILD_TAG_PREFIX],
+                "older_than": f"{build_days * 86400}s",
+            },
         },
         {
             "id": "delete-undeployed",
             "action": "DELETE",
-            "condition": {"tag_state": "UNTAGGED", "older_than": f"{days * 86400}s"},
+            "condition": {"tag_state": "ANY", "older_than": f"{days * 86400}s"},
         },
     ]
 

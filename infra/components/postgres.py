@@ -89,6 +89,7 @@ All modes output `url` = `postgresql+psycopg://user:password@host:5432/db` as a 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -160,17 +161,23 @@ MAJOR_UPGRADE_ANNOTATION = "rag.dev/postgres-major-upgrade"
 """On the Cluster during a declared major upgrade: `<from>-><to>` (kubectl shows why every instance is down)."""
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
 """pulumi-kubernetes awaits no custom resource by default (a CR is "created" once the API server accepts it); with
-this annotation (4.18+, `metadata.ReadyCondition`) it waits for the condition, as `kubectl wait --for` does. On the
-Cluster, the API and worker (which exit when the registry does not answer) start only once Postgres is up."""
+this annotation (`metadata.ReadyCondition`) it waits, on create and on every update, until the expressions hold. On
+the Cluster, the API and worker (which exit when the registry does not answer) start only once Postgres is up."""
 CLUSTER_READY = "condition=Ready"
-"""CloudNativePG v1.30.0 `ConditionClusterReady` ("Ready"), True once the phase is healthy (every instance up)."""
+"""CloudNativePG v1.30.0 `ConditionClusterReady` ("Ready"): True only while the phase is "Cluster in healthy state"
+(pkg/resources/status `SetClusterReadyCondition`, applied with every phase the operator registers)."""
+CLUSTER_APPLIED_IMAGE = "{.status.pgDataImageInfo.image}"
+"""The image the data directory last ran (CloudNativePG v1.30.0 `ClusterStatus.PGDataImageInfo`): the operator sets
+it to `spec.imageName` when it takes up a minor change, and after a major upgrade only once pg_upgrade has finished
+(pkg/reconciler/majorupgrade `majorVersionUpgradeHandleCompletion`); never from the spec by itself."""
+CLUSTER_READY_INSTANCES = "{.status.readyInstances}"
+"""The instance pods that are ready (`ClusterStatus.ReadyInstances`, counted at every reconciliation)."""
 CLUSTER_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="60m")
-"""How long an `up` waits for the Cluster to be Ready (the provider's default is 10 minutes). Create: a first
+"""How long an `up` waits for the Cluster (`cluster_wait_for`; the provider's default is 10 minutes). Create: a first
 bootstrap on a new cluster waits for a node scale-up, pulls the operand and plugin images through NAT, runs initdb
 and then clones each replica in turn; 30 minutes is about twice that on cold nodes (a restore from the archive
-grows with the data and may take longer: the operator goes on, and the next `up` waits again). Update: CloudNativePG's
-condition carries no observedGeneration, so the wait catches only a Cluster already not Ready when the change lands;
-60 minutes is the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned)."""
+grows with the data and may take longer: the operator goes on, and the next `up` waits again). Update: 60 minutes is
+the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned)."""
 RECOVERY_SOURCE = "origin"
 """Name of the externalClusters entry a recovery bootstraps from."""
 # barman-cloud server names and CNPG cluster names: DNS labels.
@@ -768,12 +775,33 @@ def cluster_spec(
     }
 
 
+def cluster_wait_for(args: PostgresDatabaseArgs) -> list[str]:
+    """What `pulumi up` waits for on the Cluster (`WAIT_FOR_ANNOTATION`, a JSON list: every expression must hold on
+    the same observed object, pulumi-kubernetes `condition.All`): Ready, the data directory on the declared image and
+    every declared instance ready.
+
+    Ready alone passes at once on an update: CloudNativePG's condition carries no observedGeneration and the Cluster
+    has no `status.observedGeneration` (v1.30.0 api/v1/cluster_types.go), so the provider's generation check
+    (condition/kubectl.go `checkCondition`) cannot see that the operator has not reacted, and the Ready=True left by
+    the last healthy loop satisfies it. The other two expressions are status the operator writes and the pre-change
+    Cluster cannot have when the image or the instance count changes: a major upgrade is waited for until
+    pg_upgrade has finished and the cluster is healthy again with all its instances. What they cannot see (the
+    Cluster records no applied generation) is a change the operator applies as a rolling restart without a new
+    image (resources, parameters, storage, the backup sidecar), and the restart a minor image change starts after
+    the operator has taken the image up: the wait can end before the restart begins (docs/infra.md)."""
+    return [
+        CLUSTER_READY,
+        f"jsonpath={CLUSTER_APPLIED_IMAGE}={args.image}",
+        f"jsonpath={CLUSTER_READY_INSTANCES}={args.instances}",
+    ]
+
+
 def cluster_metadata(
     args: PostgresDatabaseArgs, cluster_name: str, ns: str, labels: Mapping[str, str]
 ) -> dict[str, Any]:
-    """The Cluster's metadata: `pulumi up` waits for it to be Ready (`WAIT_FOR_ANNOTATION`); a declared major
-    upgrade is annotated `<from>-><to>`."""
-    annotations = {WAIT_FOR_ANNOTATION: CLUSTER_READY}
+    """The Cluster's metadata: `pulumi up` waits for it (`cluster_wait_for`); a declared major upgrade is annotated
+    `<from>-><to>`."""
+    annotations = {WAIT_FOR_ANNOTATION: json.dumps(cluster_wait_for(args))}
     if args.major_upgrade_from is not None:
         annotations[MAJOR_UPGRADE_ANNOTATION] = f"{args.major_upgrade_from}->{pg_image_major(args.image)}"
     return specs.metadata(cluster_name, ns, labels, annotations)
@@ -896,7 +924,11 @@ class PostgresDatabase(pulumi.ComponentResource):
             metadata=specs.metadata(app_secret, ns, object_labels),
             type="kubernetes.io/basic-auth",
             string_data={"username": args.username, "password": password},
-            opts=self._opts(args, protect=args.protect),
+            # Not protected, unlike the Cluster: its content is rebuilt from `postgres.user` and the stack's
+            # RandomPassword by any `up`, and a Secret whose data changes is replaced (pulumi-kubernetes,
+            # enableSecretMutable off), which the engine refuses for a protected resource: a new password or user
+            # would stop prod's `up` here (REVIEW7 finding 1, as for the Valkey and Qdrant key Secrets).
+            opts=self._opts(args),
         )
         waits = (secret, *((operator,) if operator is not None else ()))
         destination: pulumi.Output[str] | None = None

@@ -98,7 +98,8 @@ class QdrantClusterArgs:
     anti_affinity: Literal["required", "preferred"] = "required"
     """`required`: never two nodes of the cluster on one Kubernetes node."""
     protect: bool = False
-    """Protect the StatefulSet and its Secret from `pulumi destroy` (prod: True)."""
+    """Protect the StatefulSet and the `founded` marker from `pulumi destroy` (prod: True). Not the API-key Secret:
+    a key rotation replaces it."""
     pdb: bool = True
     """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
@@ -342,6 +343,17 @@ def bootstrap_config_name(base: str) -> str:
     return f"{base}-bootstrap"
 
 
+FOUNDED_DATA = {
+    "founded": "The Qdrant cluster has formed: a node without Raft state joins a running peer and never "
+    "founds a new cluster (docs/runbooks.md#replace-a-qdrant-node)."
+}
+"""The `founded` marker's data. Fixed: the marker stays protected in prod (deleting it, e.g. by a `pulumi destroy`
+that stops at the protected StatefulSet after deleting its dependents, would let pod 0 on an empty volume found a
+second cluster), and pulumi-kubernetes replaces a ConfigMap whose data changes (enableConfigMapMutable off),
+which the engine refuses for a protected resource: an edited text would stop every prod `up`. Only its existence
+is read (bootstrap_script)."""
+
+
 def founded_config_name(base: str) -> str:
     """ConfigMap whose existence says the cluster has formed; created after the StatefulSet first became ready."""
     return f"{base}-founded"
@@ -408,7 +420,7 @@ def statefulset_spec(
                 "serviceAccountName": base,
                 "automountServiceAccountToken": False,
                 "securityContext": specs.pod_security_context(RUN_AS_USER, FS_GROUP),
-                "terminationGracePeriodSeconds": 60,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "affinity": specs.pod_anti_affinity(match, required=args.anti_affinity == "required"),
                 "topologySpreadConstraints": specs.topology_spread(match)[:1],
                 "containers": [container_spec(args, base, secret_name)],
@@ -427,15 +439,48 @@ def statefulset_spec(
 
 
 SCALE_DOWN_ANNOTATION = "rag.platform/scale-down-acknowledged"
+REPLACE_KEEPS_PODS = {"pulumi.com/deletionPropagationPolicy": "orphan"}
+"""On the StatefulSet: when Pulumi deletes the object, its pods (and their PVCs) are left running instead of being
+deleted with it (pulumi-kubernetes reads the annotation from the OLD state's inputs when it deletes, so it acts from
+the `up` after the one that first records it; the default is a foreground delete, which waits for every pod to go).
+Pulumi deletes it for a replace: `spec.volumeClaimTemplates` (a new `rag:qdrant.storage.size` or `storageClass`) is
+immutable, so pulumi-kubernetes replaces the StatefulSet, delete first (a named object). With a foreground delete
+every node went down at once for the replace; orphaned, they keep serving and the new StatefulSet, with the same
+selector and pod template, adopts them without a restart. It never deletes a pod otherwise: the program only deletes
+the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods."""
+
+
+TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
+"""How long pulumi-kubernetes waits for the StatefulSet to be ready after a create or update (`await.Update`: a
+resource's customTimeouts, else this annotation, else 10 minutes)."""
+TERMINATION_GRACE_SECONDS = 60
+
+
+def rollout_timeout_seconds(args: QdrantClusterArgs, base: str = APP) -> int:
+    """The StatefulSet's await timeout: a rolling update restarts the nodes one at a time, and each may take its
+    grace period to stop, then the startup probe's whole budget (a node loading large collections) and its first
+    ready answers. Pulumi's default (10 minutes) is less than one node's budget: a version or resources change on a
+    big prod cluster failed the `up` ("timed out waiting" on the StatefulSet) while the rollout went on, and every
+    client waiting on the StatefulSet (the service) was left out of that `up`."""
+    container = container_spec(args, base, f"{base}-api-key")
+    startup, ready = container["startupProbe"], container["readinessProbe"]
+    node = (
+        TERMINATION_GRACE_SECONDS
+        + startup["periodSeconds"] * startup["failureThreshold"]
+        + ready["periodSeconds"] * ready["failureThreshold"]
+    )
+    return max(600, args.replicas * node)
 
 
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata; it records an acknowledged scale-down (who reads the object sees it was planned)."""
-    annotations = (
-        {SCALE_DOWN_ANNOTATION: f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"}
-        if args.scale_down_acknowledged is not None
-        else None
-    )
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), Pulumi waits for a rollout as
+    long as the nodes' probes allow (`rollout_timeout_seconds`), and it records an acknowledged scale-down (who reads
+    the object sees it was planned)."""
+    annotations = {**REPLACE_KEEPS_PODS, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
+    if args.scale_down_acknowledged is not None:
+        annotations[SCALE_DOWN_ANNOTATION] = (
+            f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"
+        )
     return specs.metadata(base, args.namespace, labels, annotations)
 
 
@@ -530,12 +575,16 @@ class QdrantCluster(pulumi.ComponentResource):
                 lambda k: keys_digest(k[0], k[1], k[2])
             )
         )
+        # Not protected, unlike the data: pulumi-kubernetes replaces a Secret whose data changes (its provider's
+        # enableSecretMutable is off: provider/pkg/provider/diff.go forceNewProperties), and Pulumi refuses to
+        # replace a protected resource, so every step of a key rotation (docs/runbooks.md) failed in prod. What it
+        # holds is rebuilt from the stack (config or the random key in the state) by any `up`.
         secret = k8s.core.v1.Secret(
             f"{name}-api-key",
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
             string_data=keys,
-            opts=child(protect=args.protect),
+            opts=child(),
         )
         k8s.core.v1.Service(
             f"{name}-headless",
@@ -569,10 +618,7 @@ class QdrantCluster(pulumi.ComponentResource):
         k8s.core.v1.ConfigMap(
             f"{name}-founded",
             metadata=specs.metadata(founded_config_name(base), ns, object_labels),
-            data={
-                "founded": "The Qdrant cluster has formed: a node without Raft state joins a running peer and never "
-                "founds a new cluster (docs/runbooks.md#replace-a-qdrant-node)."
-            },
+            data=dict(FOUNDED_DATA),
             opts=child(protect=args.protect, extra=(statefulset,)),
         )
         if args.pdb and args.replicas > 1:

@@ -458,6 +458,10 @@ def worker_pod_monitor_spec(match: Mapping[str, str], namespace: str) -> dict[st
     }
 
 
+HPA_OWNED = "spec.replicas"
+"""The API Deployment's field the HPA sets once it runs (`ignore_changes` on the Deployment)."""
+
+
 def deployment_spec(
     container: Mapping[str, Any],
     *,
@@ -469,7 +473,8 @@ def deployment_spec(
     termination_grace_seconds: int = 30,
     pod_annotations: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Deployment spec; `replicas=None` leaves the count to the HPA (so `pulumi up` never fights it)."""
+    """Deployment spec; `replicas=None` leaves the count out (the API Deployment sends it also with an HPA, and
+    ignores its later changes: `HPA_OWNED`)."""
     volumes, _ = pod_volumes()
     spec: dict[str, Any] = {
         "selector": {"matchLabels": dict(match)},
@@ -681,7 +686,18 @@ class RagService(pulumi.ComponentResource):
         # The pods read the ServiceAccount, ConfigMap and Secret by name, and connect to the data stores at
         # start-up: the Deployments (and their rollout await) wait for all of them.
         reads = [service_account, config_map, secret, *args.backends]
-        api_replicas = None if args.autoscaling is not None else args.replicas
+        # With an HPA the Deployment still sends `replicas` (the HPA's floor when it is created) and ignores later
+        # changes of it. Under server-side apply a field the provider's manager owned and no longer sends is
+        # removed, which resets it to 1: dropping `replicas` when autoscaling is turned on took the API to one pod
+        # (kubernetes.io, "Migrating Deployments and StatefulSets to horizontal autoscaling"). With `ignoreChanges`
+        # pulumi-kubernetes sends the live count while it owns the field and leaves it out once the HPA's
+        # kube-controller-manager does (provider/pkg/await/await.go, handleSSAIgnoreFields): no reset, no conflict.
+        api_replicas = args.autoscaling.min_replicas if args.autoscaling is not None else args.replicas
+        api_opts = child(reads)
+        if args.autoscaling is not None:
+            api_opts = pulumi.ResourceOptions.merge(
+                api_opts, pulumi.ResourceOptions(ignore_changes=[HPA_OWNED])
+            )
         deployment = k8s.apps.v1.Deployment(
             f"{name}-api",
             metadata=specs.metadata(base, ns, api_labels),
@@ -697,7 +713,7 @@ class RagService(pulumi.ComponentResource):
                 termination_grace_seconds=API_TERMINATION_GRACE_SECONDS,
                 pod_annotations=secrets_annotation,
             ),
-            opts=child(reads),
+            opts=api_opts,
         )
 
         k8s.core.v1.Service(

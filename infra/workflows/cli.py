@@ -205,6 +205,16 @@ def _print_notes(exc: BaseException) -> None:
         console.print(note, markup=False, highlight=False)
 
 
+DropSecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--drop-secret",
+        help="A secret config key the stack's last update ran with that this update removes on purpose "
+        "(repeatable); without it such an update is refused.",
+    ),
+]
+
+
 @app.command()
 def preview(
     ctx: typer.Context,
@@ -215,8 +225,10 @@ def preview(
     ] = None,
     policy: Annotated[bool, typer.Option("--policy/--no-policy", help=f"Run the {POLICY_PACK} pack.")] = True,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
-    """`pulumi preview --diff` with the policy pack, summarised as a PR comment (exit 1 if it fails)."""
+    """`pulumi preview --diff` with the policy pack, summarised as a PR comment (exit 1 if it fails, also when the
+    update it previews would drop a secret key the last update ran with: `ragops up` would refuse it)."""
     context: Context = ctx.obj
 
     def action() -> Any:
@@ -231,6 +243,7 @@ def preview(
                 policy_pack=POLICY_PACK if policy else None,
                 on_output=on_output,
                 on_event=on_event,
+                drop_secrets=drop_secret or (),
             )
 
     report = _run(action)
@@ -247,15 +260,6 @@ def preview(
         raise typer.Exit(1)
     console.print(f"preview of {stack}: {pending}", highlight=False)
 
-
-DropSecretOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--drop-secret",
-        help="A secret config key the stack's last update ran with that this update removes on purpose "
-        "(repeatable); without it such an update is refused.",
-    ),
-]
 
 ReindexTimeoutOpt = Annotated[
     float,
@@ -503,8 +507,10 @@ def ephemeral_up(
         ),
     ] = None,
     quiet: QuietOpt = False,
+    drop_secret: DropSecretOpt = None,
 ) -> None:
-    """Create/update an ephemeral stack and `up` it; tear it down if that fails or is interrupted."""
+    """Create/update an ephemeral stack and `up` it; tear it down if that fails or is interrupted (a stack whose
+    last update ran with a secret key the template lacks is refused first, unless `--drop-secret` names it)."""
     context: Context = ctx.obj
 
     def action() -> ephemeral_mod.EphemeralStack:
@@ -520,7 +526,14 @@ def ephemeral_up(
         try:
             with _progress(f"ephemeral up {name}", quiet) as (on_output, on_event):
                 return ephemeral_mod.up(
-                    context, name, ttl, owner=owner, domain=domain, on_output=on_output, on_event=on_event
+                    context,
+                    name,
+                    ttl,
+                    owner=owner,
+                    domain=domain,
+                    on_output=on_output,
+                    on_event=on_event,
+                    drop_secrets=drop_secret or (),
                 )
         finally:
             if in_main:

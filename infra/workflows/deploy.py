@@ -159,30 +159,71 @@ def check_image_copy(ctx: Context, stack: str, ws: Workspace) -> None:
         ) from exc
 
 
-def check_registry_tools_here(ctx: Context, stack: str, ws: Workspace) -> None:
-    """Refuse before the update changes anything when it would tag images in a gke/eks stack's own registry on this
-    machine without the tools for it: a build's protection step (`service-image-protect`, every build), and a
-    promotion's copy, log in with gcloud/aws and tag with skopeo (`registry-protect-existing` too, once). `up` would
-    otherwise fail at that `command:local:Command`, after it had started changing the stack."""
-    local = ws.get_all_config(stack)
-    provider = cluster_provider(local)
+#: The one-time step tagging the manifests of images deployed before (`infra/clusters/{gke,eks}.py`): a stack whose
+#: state lacks it runs it (skopeo, with gcloud/aws logins) on its next update, whatever that update deploys.
+PROTECT_EXISTING = "registry-protect-existing"
+
+
+def registry_tagging(
+    provider: str, *, building: bool, copying: str | None, tagged_before: bool
+) -> str | None:
+    """What an update of a `provider` stack tags in the stack's own registry on this machine (None: nothing), for
+    the message of a refusal: a build's protection step, a promotion's copy, or the one-time tagging of the images
+    deployed before (`registry-protect-existing`, when `tagged_before` is false)."""
     if provider not in COPYING_PROVIDERS:
+        return None
+    if building:
+        return "tags the image it builds"
+    if copying is not None:
+        return f"copies {copying}"
+    if not tagged_before:
+        return f"tags the images deployed before once ({PROTECT_EXISTING})"
+    return None
+
+
+def protect_existing_done(ws: Workspace, stack: str) -> bool:
+    """Whether the stack's state holds the one-time `registry-protect-existing` step (a never-deployed stack: no)."""
+    try:
+        state = ws.export_stack(stack).deployment or {}
+    except CommandError:
+        return False
+    return any(
+        str(resource.get("urn", "")).endswith(f"::{PROTECT_EXISTING}")
+        for resource in state.get("resources") or []
+    )
+
+
+def require_registry_tools(ctx: Context, stack: str, provider: str, what: str | None) -> None:
+    """Raise WorkflowError when the update `what` describes (see `registry_tagging`) cannot run on this machine."""
+    if what is None:
         return
-    image = image_to_copy(ws, stack)
-    building = not string_config(local.get(IMAGE_KEY))
-    if not building and image is None:
-        return  # keeps the deployed image: no copy, no protection step
     from infra.components.image import CopyPrerequisiteError, check_registry_tools
 
     check = check_registry_tools if ctx.check_registry_tools is None else ctx.check_registry_tools
     try:
         check(provider)
     except CopyPrerequisiteError as exc:
-        what = "tags the image it builds" if building else f"copies {image}"
         raise WorkflowError(
             f"Cannot update {stack}: the update {what} in the stack's own registry on this machine, "
             f"and {str(exc)[0].lower()}{str(exc)[1:]}"
         ) from exc
+
+
+def check_registry_tools_here(ctx: Context, stack: str, ws: Workspace) -> None:
+    """Refuse before the update changes anything when it would tag images in a gke/eks stack's own registry on this
+    machine without the tools for it: a build's protection step (`service-image-protect`, every build), a
+    promotion's copy, and the one-time `registry-protect-existing` (an update that keeps a promoted image runs it
+    too, when the stack was deployed before it existed) log in with gcloud/aws and tag with skopeo. `up` would
+    otherwise fail at that `command:local:Command`, after it had started changing the stack."""
+    local = ws.get_all_config(stack)
+    provider = cluster_provider(local)
+    if provider not in COPYING_PROVIDERS:
+        return
+    building = not string_config(local.get(IMAGE_KEY))
+    copying = None if building else image_to_copy(ws, stack)
+    tagged_before = building or copying is not None or protect_existing_done(ws, stack)
+    what = registry_tagging(provider, building=building, copying=copying, tagged_before=tagged_before)
+    require_registry_tools(ctx, stack, provider, what)
 
 
 def deploy(

@@ -3,7 +3,8 @@
 - ``up`` creates (or updates) a stack from ``ephemeral.template.yaml`` (the dev stack file + overrides), records
   ``rag:ephemeral`` = {name, owner, expiresAt} and runs ``pulumi up``. A NEW stack is refused (TooManyStacksError,
   naming the live ones) when the backend already holds ``maxStacks`` ephemeral stacks (the template's, or
-  $RAGOPS_EPHEMERAL_MAX_STACKS); each is bounded by its namespace's ResourceQuota (``rag:namespaceQuota``). If anything fails or is interrupted
+  $RAGOPS_EPHEMERAL_MAX_STACKS), simultaneous creations included (:func:`claim_slot`); each is bounded by its
+  namespace's ResourceQuota (``rag:namespaceQuota``). If anything fails or is interrupted
   (KeyboardInterrupt included) the stack is destroyed and removed before the error propagates.
 - ``destroy`` runs ``pulumi destroy`` then ``pulumi stack rm``; a stack that is already gone is success.
   The stack is only removed once its resources are gone, so a failed destroy never orphans cloud resources.
@@ -23,7 +24,7 @@ import copy
 import os
 import re
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from pulumi.automation.errors import (
     StackNotFoundError,
 )
 
+from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     PERMANENT_STACKS,
     PROJECT,
@@ -292,8 +294,8 @@ def refuse_past_cap(ws: Workspace, name: str, cap: int, now: datetime) -> None:
     """TooManyStacksError when stack `name` does not exist yet and `cap` other ephemeral stacks are live, naming
     them and what frees a slot. An existing stack (a new push to a live PR) is never refused.
 
-    Two first `up`s started at the same moment on different runners can both pass (the count is a read, not a
-    lease): the cap can be exceeded by the runners racing, never more."""
+    A first check before anything is created (the count is a read: :func:`claim_slot` settles simultaneous
+    creations once the stack exists)."""
     names = [summary.name for summary in ws.list_stacks()]
     if any(full.rsplit("/", 1)[-1] == name for full in names):
         return
@@ -328,6 +330,105 @@ def refuse_past_cap(ws: Workspace, name: str, cap: int, now: datetime) -> None:
     )
 
 
+#: How many times a new stack that may take a slot a simultaneous creation also wants counts again, and how long
+#: apart (seconds), before it backs out: the other side backs out with one `stack rm` of an empty stack, or its
+#: first update completes and it counts as live.
+CLAIM_RECOUNTS = 20
+CLAIM_WAIT = 3.0
+
+
+def census(ws: Workspace, name: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """(live ephemeral stacks but `name`, with their records; the stacks being created right now, `name` included).
+
+    A stack being created has no record the backend shows yet (its config is in the creating runner's checkout;
+    the record reaches the backend with the first update's history) and no history at all: any valid ephemeral
+    name with neither counts, a never-deployed stack made by hand too (it shows in `ragops ephemeral list`)."""
+    live: list[tuple[str, dict[str, Any]]] = []
+    creating = {name}
+    for summary in ws.list_stacks():
+        short = summary.name.rsplit("/", 1)[-1]
+        if short == name or short in PERMANENT_STACKS or not NAME_RE.match(short):
+            continue
+        try:
+            record = read_ephemeral(ws, summary.name)
+            if record is not None:
+                live.append((short, record))
+            elif not Stack.select(summary.name, ws).history(page_size=1, show_secrets=False):
+                creating.add(short)
+        except StackNotFoundError:
+            continue  # removed meanwhile: a creation that backed out, a teardown
+    return sorted(live), sorted(creating)
+
+
+def slot_decision(name: str, live: int, creating: list[str], cap: int) -> str:
+    """ "take" (everyone being created fits), "wait" (`name` is among the first by name of those the free slots
+    fit: the others back out) or "back out".
+
+    Safe whatever the timing: a stack that takes a slot never leaves it, and counts in every later census (being
+    created, then live), so a later census sees it. Deterministic: runners that see each other order them the
+    same way, so one of two simultaneous creations for one slot takes it and the other backs out; one that saw
+    none (it counted first and took its slot) is never displaced, the other runner then waits in vain and backs
+    out."""
+    free = cap - live
+    if len(creating) <= free:
+        return "take"
+    if sorted(creating).index(name) < free:
+        return "wait"
+    return "back out"
+
+
+def claim_slot(ctx: Context, ws: Workspace, name: str, cap: int) -> None:
+    """Run right after `name` was created: take a slot under the cap, or remove the stack again and raise
+    TooManyStacksError. Any other way out (an interrupt while waiting) removes it too."""
+    try:
+        for _attempt in range(CLAIM_RECOUNTS):
+            live, creating = census(ws, name)
+            decision = slot_decision(name, len(live), creating, cap)
+            if decision == "take":
+                return
+            if decision == "back out":
+                break
+            ctx.sleep(CLAIM_WAIT)
+        others = [other for other in creating if other != name]
+        raise TooManyStacksError(
+            f"Refusing to create ephemeral stack {name!r}: {len(live)} ephemeral stacks are live and the cap is "
+            f"{cap} (maxStacks in {TEMPLATE.name}, or ${MAX_STACKS_ENV}), and {', '.join(others)} "
+            f"{'is' if len(others) == 1 else 'are'} being created at the same moment (or never deployed), taking the free "
+            f"slot(s) first (the first names in order win). Live: {', '.join(n for n, _ in live) or 'none'}. "
+            f"Retry once a slot is free: `ragops ephemeral destroy NAME` or `ragops ephemeral reap`."
+        )
+    except BaseException:
+        with contextlib.suppress(StackNotFoundError):
+            ws.remove_stack(name)
+        raise
+
+
+def check_runner_tools(ctx: Context, ws: Workspace, name: str, values: dict[str, Any]) -> None:
+    """Refuse before anything is created when the stack's `up` would tag images in a gke/eks registry of its own on
+    this machine without skopeo and the registry's CLI (`deploy.check_registry_tools_here`, from the config the
+    stack is about to get): a PR stack builds, and a failure there would come after the cluster's namespace, the
+    databases and the build. A PR stack on `existing` (what a template with a base demands) tags nothing."""
+    from infra.workflows.deploy import (
+        COPYING_PROVIDERS,
+        protect_existing_done,
+        registry_tagging,
+        require_registry_tools,
+    )
+
+    provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    if provider not in COPYING_PROVIDERS:
+        return
+    image = str(values.get(f"{PROJECT}:image") or "")
+    exists = any(summary.name.rsplit("/", 1)[-1] == name for summary in ws.list_stacks())
+    what = registry_tagging(
+        provider,
+        building=not image,
+        copying=image or None,
+        tagged_before=exists and protect_existing_done(ws, name),
+    )
+    require_registry_tools(ctx, name, provider, what)
+
+
 @dataclass(frozen=True)
 class EphemeralStack:
     """The ``rag:ephemeral`` record of a stack."""
@@ -341,6 +442,13 @@ class EphemeralStack:
         return {"name": self.name, "owner": self.owner, "expiresAt": self.expires_at}
 
 
+#: Why an ephemeral stack cannot keep a secret set on it by hand (the secrets guard's advice for it).
+EPHEMERAL_SECRETS_REMEDY = (
+    "An ephemeral stack's config is written again from {template} at every `ragops ephemeral up`, its secure "
+    "values dropped, so a secret set on the stack by hand does not survive the next push"
+)
+
+
 def up(
     ctx: Context,
     name: str,
@@ -351,8 +459,13 @@ def up(
     template: Path = TEMPLATE,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
 ) -> EphemeralStack:
-    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first."""
+    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first.
+
+    An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
+    refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
+    anything torn down."""
     validate_name(name)
     lifetime = parse_ttl(ttl)
     record = EphemeralStack(
@@ -364,6 +477,7 @@ def up(
     if base is not None:
         values = require_shared_cluster(values, base)
     values[EPHEMERAL_KEY] = record.record()
+    check_runner_tools(ctx, ws, name, values)
     cap = max_stacks(template)
     refuse_past_cap(ws, name, cap, ctx.clock())
     owned = False  # only a stack we created, or one already marked ephemeral, may be torn down on failure
@@ -378,9 +492,19 @@ def up(
                     f"Stack {name!r} already exists and is not an ephemeral stack (no {EPHEMERAL_KEY} record); "
                     "refusing to adopt it. Pick another name."
                 ) from None
-            owned = True
             stack = Stack.select(name, ws)
+            # Before it is ours to tear down: a refusal leaves the stack as it is.
+            check_secrets_kept(
+                ws,
+                name,
+                drop_secrets,
+                planned=values,
+                remedy=EPHEMERAL_SECRETS_REMEDY.format(template=template.name),
+                selected=stack,
+            )
+            owned = True
         else:
+            claim_slot(ctx, ws, name, cap)  # removes the stack again when it is past the cap
             owned = True
         set_config_values(ws, name, values)
         stack.up(

@@ -8,6 +8,7 @@ why; the CLI then exits 1.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from pulumi.automation.errors import CommandError
 from infra.workflows.errors import program_refusal
 from infra.workflows.registry_upgrade import MajorUpgradeRefused, check_major_upgrade
 from infra.workflows.scaling import ScaleDownRefused, check_scale_down
+from infra.workflows.secrets import SecretsDropped, check_secrets_kept
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
 
 # Steps that change nothing; everything else counts as a pending change.
@@ -138,13 +140,20 @@ def run_preview(
     policy_pack: str | None = POLICY_PACK,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] | None = None,
 ) -> PreviewReport:
-    """Run ``pulumi preview --diff [--policy-pack infra/policy]`` on a stack and report the planned changes."""
+    """Run ``pulumi preview --diff [--policy-pack infra/policy]`` on a stack and report the planned changes.
+
+    With `drop_secrets` (``ragops preview``), a config that lacks a secret key of the stack's last update, other
+    than those named, fails the preview as ``ragops up`` would refuse it (infra/workflows/secrets.py); None skips
+    that check (promote's preview of the source stack as deployed)."""
     st = select(ws, stack)
     try:
+        if drop_secrets is not None:
+            check_secrets_kept(ws, stack, drop_secrets, doing="preview")
         check_scale_down(ws, stack)
         check_major_upgrade(ws, stack)
-    except (ScaleDownRefused, MajorUpgradeRefused) as exc:
+    except (SecretsDropped, ScaleDownRefused, MajorUpgradeRefused) as exc:
         return PreviewReport(stack=stack, changes={}, steps=[], violations=[], error=str(exc))
     collector = EventCollector(forward=on_event)
     try:

@@ -9,7 +9,11 @@ no error (the program generates a new API key, the Qdrant key rotation reverts, 
 So ``ragops up``, ``promote`` and ``rollback`` read the names of the secret keys of the stack's latest updates
 (``pulumi stack history --json`` without ``--show-secrets``: names and the ``secret`` flag, no values and no
 passphrase needed) and refuse, before anything is written, when the config they are about to apply lacks one of
-them, unless the operator names it with ``--drop-secret KEY`` (the removal is intended). Carrying the secrets over
+them, unless the operator names it with ``--drop-secret KEY`` (the removal is intended). ``ragops preview`` fails
+the same way (the PR comment says which key the update it previews would drop, instead of the deploy after the
+merge being refused), and so does ``ragops ephemeral up`` for a PR stack that exists: its config is written again
+from the template at every push, secure values dropped, so a secret set on it by hand is gone at the next push;
+the check runs before the stack is touched, so a refusal does not tear the stack down. Carrying the secrets over
 from the backend instead (as ``keep_promoted`` does for the promotion) would hide the defect: the committed file
 is what the next bare ``pulumi up`` uses, and the docs say where secrets must live (docs/delivery.md).
 """
@@ -39,10 +43,11 @@ def qualified(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
 
 
-def deployed_secret_keys(ws: Workspace, stack: str) -> set[str]:
-    """The secret config keys of the stack's updates since (and including) its newest successful one."""
+def deployed_secret_keys(ws: Workspace, stack: str, selected: Stack | None = None) -> set[str]:
+    """The secret config keys of the stack's updates since (and including) its newest successful one (`selected`:
+    the stack, already selected by the caller)."""
     try:
-        history = Stack.select(stack, ws).history(page_size=HISTORY_DEPTH, show_secrets=False)
+        history = (selected or Stack.select(stack, ws)).history(page_size=HISTORY_DEPTH, show_secrets=False)
     except StackNotFoundError:
         return set()
     keys: set[str] = set()
@@ -55,23 +60,36 @@ def deployed_secret_keys(ws: Workspace, stack: str) -> set[str]:
     return keys
 
 
-def check_secrets_kept(ws: Workspace, stack: str, drop: Collection[str] = ()) -> None:
-    """SecretsDropped when the stack's config (this checkout's file, plus any ESC environment it imports) lacks a
-    secret key of its last update that ``drop`` does not name."""
-    deployed = deployed_secret_keys(ws, stack)
+def check_secrets_kept(
+    ws: Workspace,
+    stack: str,
+    drop: Collection[str] = (),
+    *,
+    doing: str = "deploy",
+    planned: Collection[str] = (),
+    remedy: str | None = None,
+    selected: Stack | None = None,
+) -> None:
+    """SecretsDropped when the stack's config (this checkout's file, plus any ESC environment it imports, plus the
+    keys in `planned` the command is about to set) lacks a secret key of its last update that ``drop`` does not
+    name. `doing` is what is refused (deploy, preview); `remedy` replaces the advice on keeping the secret."""
+    deployed = deployed_secret_keys(ws, stack, selected)
     if not deployed:
         return
     allowed = {qualified(key) for key in drop}
-    missing = sorted(deployed - set(ws.get_all_config(stack)) - allowed)
+    missing = sorted(deployed - set(ws.get_all_config(stack)) - set(planned) - allowed)
     if not missing:
         return
     names = ", ".join(missing)
     flags = " ".join(f"--drop-secret {key}" for key in missing)
     them = "it" if len(missing) == 1 else "them"
+    this = "the update it previews" if doing == "preview" else "this one"
+    keep = remedy or (
+        f"A secret from `pulumi config set --secret` lives only in the checkout that ran it: commit the encrypted "
+        f"value (and the file's encryptionsalt) to Pulumi.{stack}.yaml, or import it from a Pulumi ESC environment "
+        "(docs/delivery.md, Secrets)"
+    )
     raise SecretsDropped(
-        f"Refusing to deploy {stack}: Pulumi.{stack}.yaml lacks the secret config {names} that the stack's last "
-        f"deploy ran with, so this one would run without {them}. A secret from `pulumi config set --secret` "
-        f"lives only in the checkout that ran it: commit the encrypted value (and the file's encryptionsalt) to "
-        f"Pulumi.{stack}.yaml, or import it from a Pulumi ESC environment (docs/delivery.md, Secrets); to "
-        f"remove {them} on purpose, pass {flags}."
+        f"Refusing to {doing} {stack}: Pulumi.{stack}.yaml lacks the secret config {names} that the stack's last "
+        f"deploy ran with, so {this} would run without {them}. {keep}; to remove {them} on purpose, pass {flags}."
     )

@@ -17,6 +17,7 @@ import getpass
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ class Context:
     #: Reads an image's labels (`ref` -> {label: value}) from its registry; raises `infra.schema.ImageLabelError`
     #: when it cannot. None: `infra.schema.read_image_labels` (skopeo, the promotion copy's logins).
     image_labels: Callable[[str], Mapping[str, str]] | None = None
+    #: Waits that many seconds (a PR stack's first `up` waiting for a simultaneous creation to back out).
+    sleep: Callable[[float], None] = time.sleep
 
     def pulumi(self) -> PulumiCommand:
         """The Pulumi CLI, its version checked once up front (WorkflowError when it is too old)."""

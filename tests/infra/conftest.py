@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 from functools import cache
+from typing import Any
 
 import pytest
 
-from infra.offline import StackRun, run_stack
+from infra.offline import PlatformMocks, StackRun, run_stack
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +86,29 @@ def target_run(request: pytest.FixtureRequest) -> StackRun:
     """Each real stack file on each cluster target."""
     stack, target = request.param
     return run(stack, target)
+
+
+def _registrations(monkeypatch: pytest.MonkeyPatch, field: str) -> list[str]:
+    """`field` ("typ" or "name") of every resource the program registers, in order (the mocks see each
+    RegisterResource)."""
+    seen: list[str] = []
+    original = PlatformMocks.new_resource
+
+    def record(self: PlatformMocks, args: Any) -> Any:
+        seen.append(getattr(args, field))
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "new_resource", record)
+    return seen
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type of every resource the program registers, in order."""
+    return _registrations(monkeypatch, "typ")
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every resource the program registers, in order."""
+    return _registrations(monkeypatch, "name")

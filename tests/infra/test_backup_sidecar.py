@@ -96,3 +96,17 @@ def test_the_component_validates_the_sidecar_resources() -> None:
     )
     with pytest.raises(ComponentArgsError, match="backup_sidecar_resources"):
         pg.validate_args(args)
+
+
+def test_the_sidecar_resources_come_from_their_config_keys() -> None:
+    """`postgres.cloudnative.backupSidecarResources` (Pulumi.yaml) is what the ObjectStore gives the sidecar, and
+    what the capacity checks count for it."""
+    sized = {"requests": {"cpu": "300m", "memory": "384Mi"}, "limits": {"cpu": "2", "memory": "3Gi"}}
+    result = run(
+        "prod", "eks", postgres={"mode": "cloudnative", "cloudnative": {"backupSidecarResources": sized}}
+    )
+    assert store_of(result).inputs["spec"]["instanceSidecarConfiguration"] == {"resources": sized}
+    (cluster,) = result.of_type(capacity.CNPG_CLUSTER)
+    pods = [p for p in capacity.peak_pods(result) if p.workload == cluster.name]
+    postgres_m = 1000 * quantity_value(cluster.inputs["spec"]["resources"]["requests"]["cpu"])
+    assert {p.cpu_m for p in pods} == {postgres_m + 300}

@@ -37,6 +37,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
     ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "a CI runner's loopback"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    # A declared registry switch names the mode the registry runs before it, not the one it goes to.
+    (
+        "dev",
+        {"postgres": {"modeSwitch": {"fromMode": "cloudnative"}}},
+        "postgres.modeSwitch.fromMode",
+        "is postgres.mode itself",
+    ),
     # A CloudNativePG recovery reads the archive in the backup bucket and archives under a new name.
     (
         "staging",
@@ -234,6 +241,15 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.publicAccessCidrs",
         "not an IPv4/IPv6 network",
     ),
+    # The subnets are /20s carved from the VPC range, a public and a private one per zone (prod: 3 zones).
+    ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/18"}}}, "cluster.eks.vpcCidr", "holds 4 /20 subnets"),
+    ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/20"}}}, "cluster.eks.vpcCidr", "use a /17 or larger"),
+    (
+        "prod",
+        {"cluster": {"eks": {"vpcCidr": "10.0.0.1/16"}}},
+        "cluster.eks.vpcCidr",
+        "host bits must be zero",
+    ),
     (
         "prod",
         {"cluster": {"eks": {"endpointPublicAccess": True}}},
@@ -264,6 +280,19 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         {"namespaceQuota": {"requests": {"cpu": "6500m"}}},
         "namespaceQuota.requests.cpu",
         "exceeds namespaceQuota.limits.cpu (6)",
+    ),
+    # The Barman Cloud plugin's sidecar: Kubernetes refuses the instance pods it would be put into.
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"backupSidecarResources": {"requests": {"cpu": "1500m"}}}}},
+        "postgres.cloudnative.backupSidecarResources.requests.cpu",
+        "exceeds postgres.cloudnative.backupSidecarResources.limits.cpu (1)",
+    ),
+    (
+        "staging",
+        {"postgres": {"cloudnative": {"backupSidecarResources": {"requests": {"memory": "2Gi"}}}}},
+        "postgres.cloudnative.backupSidecarResources.requests.memory",
+        "exceeds postgres.cloudnative.backupSidecarResources.limits.memory (1Gi)",
     ),
     ("dev", {"qdrant": {"replicationFactor": 2}}, "qdrant.replicationFactor", "exceeds qdrant.replicas (1)"),
     ("staging", {"qdrant": {"scaleDownTo": 2}}, "qdrant.scaleDownTo", "neither 0 nor qdrant.replicas (3)"),

@@ -14,6 +14,7 @@ import pulumi
 import pytest
 
 from infra.clusters.eks import nat_alias_suffixes, nat_suffix, require_zones, zone_opts
+from infra.config import ConfigError
 from infra.offline import RecordedResource, StackRun
 from infra.render import quota_usage, summarize
 from tests.infra.conftest import run
@@ -248,7 +249,7 @@ def test_subnets_are_only_in_the_regions_availability_zones(stack: str, target: 
 def test_a_region_with_fewer_zones_than_asked_is_refused_naming_the_key() -> None:
     assert require_zones(["eu-west-1a", "eu-west-1b"], 2, "eu-west-1") == ["eu-west-1a", "eu-west-1b"]
     with pytest.raises(
-        ValueError,
+        ConfigError,
         match=r"rag:cluster\.eks\.availabilityZones in Pulumi\.\w+\.yaml: 4 zones asked, but eu-west-1 offers 3",
     ):
         require_zones(["eu-west-1a", "eu-west-1b", "eu-west-1c"], 4, "eu-west-1")

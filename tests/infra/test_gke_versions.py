@@ -121,19 +121,6 @@ def test_the_exclusion_scope_key_changes_what_is_deployed() -> None:
 
 
 @pytest.fixture
-def registered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    seen: list[str] = []
-    original = PlatformMocks.new_resource
-
-    def record(self: PlatformMocks, args: Any) -> Any:
-        seen.append(args.typ)
-        return original(self, args)
-
-    monkeypatch.setattr(PlatformMocks, "new_resource", record)
-    return seen
-
-
-@pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict[str, Any], str]]:
     seen: list[tuple[dict[str, Any], str]] = []
     original = PlatformMocks.call

@@ -18,7 +18,7 @@ import pytest
 from pulumi.runtime import rpc
 
 from infra import guards
-from infra.config import deep_merge
+from infra.config import ConfigError, deep_merge
 from infra.offline import PlatformMocks, StackRun, run_stack
 from infra.workflows.errors import program_refusal
 from tests.infra.conftest import run, target_overrides
@@ -37,20 +37,6 @@ def state_of(deployed: StackRun) -> dict[str, Any]:
         resource.urn: {"type": resource.type, "outputs": resource.inputs} for resource in deployed.resources
     }
     return {"outputs": outputs, "resources": resources}
-
-
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the resources the program registered (the root stack aside), in order."""
-    names: list[str] = []
-    register = PlatformMocks.new_resource
-
-    def recording(self: PlatformMocks, args: Any) -> Any:
-        names.append(args.name)
-        return register(self, args)
-
-    monkeypatch.setattr(PlatformMocks, "new_resource", recording)
-    return names
 
 
 def against(stack: str, deployed: StackRun, overrides: dict[str, Any], *, preview: bool = False) -> StackRun:
@@ -119,11 +105,16 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
     # The guard finds the StatefulSet, the CNPG Cluster and the RDS / Cloud SQL instance by type and name: a renamed
     # resource would leave it blind, so every target's real run must show them.
     assert guards.deployed_state(state_of(run("staging"))["resources"]) == guards.DeployedState(
-        qdrant_replicas=3, registries=(guards.Registry(managed=False, major="17"),)
+        qdrant_replicas=3,
+        registries=(guards.Registry(managed=False, major="17"),),
+        namespace="rag",
+        backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
     )
-    assert guards.deployed_state(state_of(run("prod"))["resources"]).registries == (
-        guards.Registry(managed=True, major="17"),
-    )
+    prod = guards.deployed_state(state_of(run("prod"))["resources"])
+    assert prod.registries == (guards.Registry(managed=True, major="17"),)
+    assert prod.backup_bucket is not None  # S3
+    assert prod.backup_bucket.startswith("rag-prod-qdrant-backups-")
+    assert guards.deployed_state(state_of(run("dev"))["resources"]).backup_bucket is None
     assert guards.deployed_state(state_of(run("prod", **GKE))["resources"]).registries == (
         guards.Registry(managed=True, major="17"),
     )
@@ -189,10 +180,43 @@ def test_an_undeclared_cloud_sql_major_change_is_refused_not_silently_ignored(se
     assert message.startswith(f"{MANAGED_KEY} in Pulumi.prod.yaml: rag:postgres.version goes from 17 to 18")
 
 
-def test_a_new_registry_of_the_other_mode_takes_any_major() -> None:
-    # Moving the staging registry from CloudNativePG to Cloud SQL creates an instance: nothing runs a major to keep.
-    moved = against("staging", run("staging"), {"postgres": {"mode": "managed", "version": "18"}})
+def test_an_undeclared_registry_mode_switch_is_refused_before_anything_is_sent(sent: list[str]) -> None:
+    # Another postgres.mode creates a new, empty registry, rolls the service onto it and deletes the old one last
+    # (in prod the protected delete fails after the switch): refused naming the declaration and the migration.
+    message = refused("staging", run("staging"), {"postgres": {"mode": "managed"}}, sent)
+    assert message.startswith(
+        f"{guards.MODE_SWITCH_KEY} in Pulumi.staging.yaml: rag:postgres.mode goes from cloudnative to managed"
+    )
+    assert f"pulumi config set --path {guards.MODE_SWITCH_KEY} cloudnative -s staging" in message
+    assert guards.MODE_SWITCH_RUNBOOK in message
+    message = refused("prod", run("prod"), {"postgres": {"mode": "cloudnative"}}, sent)
+    assert message.startswith(
+        f"{guards.MODE_SWITCH_KEY} in Pulumi.prod.yaml: rag:postgres.mode goes from managed to cloudnative"
+    )
+    # A declaration naming the wrong mode does not pass either (it names the mode postgres.mode asks for).
+    with pytest.raises(ConfigError, match=r"rag:postgres\.modeSwitch\.fromMode in Pulumi\.staging\.yaml"):
+        against(
+            "staging",
+            run("staging"),
+            {"postgres": {"mode": "managed", "modeSwitch": {"fromMode": "managed"}}},
+        )
+
+
+def test_a_declared_registry_mode_switch_takes_any_major_and_is_recorded() -> None:
+    deployed = run("staging")
+    declared = {"mode": "managed", "version": "18", "modeSwitch": {"fromMode": "cloudnative"}}
+    moved = against("staging", deployed, {"postgres": declared})
     assert moved.by_name("postgres-instance").inputs["databaseVersion"] == "POSTGRES_18"
+    assert not moved.of_type(guards.CNPG_CLUSTER)
+    annotations = moved.by_name("namespace").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/registry-mode-switch"].startswith("cloudnative->managed (")
+    # Done: the next `up` passes with the declaration still set, and once it is cleared.
+    assert against("staging", moved, {"postgres": declared}).by_name("postgres-instance")
+    assert against("staging", moved, {"postgres": {"mode": "managed", "version": "18"}}).by_name(
+        "postgres-instance"
+    )
+    # A first `up` may pick either mode without a declaration.
+    assert run("staging", postgres={"mode": "managed"}).by_name("postgres-instance")
 
 
 # ---------------------------------------------------------------------------------------------- Qdrant replicas
@@ -216,6 +240,52 @@ def test_a_scale_up_goes_ahead() -> None:
     # ... and the grown state then guards its own count.
     with pytest.raises(guards.DeployedStateRefusal, match="from 3 to 1 replicas"):
         against("dev", grown, {})
+
+
+# ---------------------------------------------------------------------------------------------- namespace
+def test_moving_a_deployed_stack_to_another_namespace_is_refused_before_anything_is_sent(
+    sent: list[str],
+) -> None:
+    # A new namespace re-creates every object there, empty, and deletes the old namespace with its PVCs.
+    deployed = run("dev")
+    message = refused("dev", deployed, {"namespace": "rag-two"}, sent)
+    assert message.startswith(
+        "rag:namespace in Pulumi.dev.yaml: Refusing to move stack 'dev' from namespace 'rag' to 'rag-two'"
+    )
+    assert "pulumi config set rag:namespace rag -s dev" in message
+    assert guards.DAY_TWO_DOC in message
+    # The namespace it runs in deploys as before; a first `up` may name any namespace.
+    assert against("dev", deployed, {}).by_name("namespace").inputs["metadata"]["name"] == "rag"
+    assert run("dev", namespace="rag-two").by_name("namespace").inputs["metadata"]["name"] == "rag-two"
+
+
+# ---------------------------------------------------------------------------------------------- backup bucket
+def test_turning_backups_off_is_refused_while_the_stack_holds_the_bucket_it_created(sent: list[str]) -> None:
+    # The created bucket leaves the program; outside prod force_destroy would empty it with every backup in it.
+    deployed = run("staging")
+    bucket = guards.deployed_state(state_of(deployed)["resources"]).backup_bucket
+    assert bucket is not None
+    assert bucket.startswith("rag-staging-qdrant-backups")
+    message = refused("staging", deployed, {"backups": {"enabled": False}}, sent)
+    assert message.startswith(
+        f"{guards.DISCARD_KEY} in Pulumi.staging.yaml: Refusing to delete the backup bucket {bucket!r}"
+    )
+    assert f"pulumi config set --path {guards.DISCARD_KEY} {bucket} -s staging" in message
+    assert guards.BUCKET_DOC in message
+    # Naming another bucket drops the created one just the same; prod (protected: a half-applied `up`) too.
+    refused("staging", deployed, {"backups": {"bucket": "rag-elsewhere"}}, sent)
+    prod = run("prod")
+    assert refused("prod", prod, {"backups": {"enabled": False}}, sent).startswith(
+        f"{guards.DISCARD_KEY} in Pulumi.prod.yaml"
+    )
+    # Accepted: the bucket goes, and the acceptance is recorded.
+    off = against("staging", deployed, {"backups": {"enabled": False, "discardBucket": bucket}})
+    assert not [r for r in off.resources if r.urn.endswith("::qdrant-backups-bucket")]
+    annotations = off.by_name("namespace").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/backups-bucket-discarded"] == bucket
+    # Backups on as before, and a stack that never created a bucket, deploy unasked.
+    assert against("staging", deployed, {}).urns == deployed.urns
+    assert against("dev", run("dev"), {"backups": {"enabled": False}}).by_name("namespace")
 
 
 # ---------------------------------------------------------------------------------------------- preview, errors

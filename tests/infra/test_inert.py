@@ -161,6 +161,48 @@ SWITCHED_OFF = [
         "rag:cluster.eks.publicAccessCidrs in --set has no effect: cluster.eks.endpointPublicAccess is false",
         {"cluster": {"eks": {"endpointPublicAccess": True, "publicAccessCidrs": ["198.51.100.0/24"]}}},
     ),
+    (
+        "dev",
+        None,
+        {},
+        {"cluster": {"imageRetention": {"neverDeployedDays": 7}}},
+        "rag:cluster.imageRetention in --set has no effect: cluster.provider is existing",
+        {"cluster": {"provider": "eks"}, "gateway": {"className": "envoy-gateway"}},
+    ),
+    # An existing ClusterIssuer issues the certificate: the stack's own issuer and its ACME e-mail are not made.
+    (
+        "staging",
+        None,
+        {"tls": {"clusterIssuer": "corp-ca"}},
+        {"tls": {"issuer": "letsencrypt"}},
+        "rag:tls.issuer in Pulumi.staging.yaml has no effect: tls.clusterIssuer is set",
+        {"tls": {"clusterIssuer": ""}},
+    ),
+    (
+        "staging",
+        None,
+        {"tls": {"clusterIssuer": "corp-ca"}},
+        {"tls": {"email": "ops@example.com"}},
+        "rag:tls.email in Pulumi.staging.yaml has no effect: tls.clusterIssuer is set",
+        {"tls": {"clusterIssuer": ""}},
+    ),
+    (
+        "staging",
+        None,
+        {"tls": {"issuer": "selfSigned"}},
+        {"tls": {"email": "ops@example.com"}},
+        "rag:tls.email in Pulumi.staging.yaml has no effect: tls.issuer is selfSigned",
+        {"tls": {"issuer": "letsencrypt-staging"}},
+    ),
+    # No webhook, no Slack receiver: its channel goes nowhere.
+    (
+        "prod",
+        None,
+        {},
+        {"monitoring": {"alerting": {"slack": {"channel": "#rag-alerts"}}}},
+        "rag:monitoring.alerting.slack.channel in --set has no effect: the secret rag:slackWebhookUrl is not set",
+        {"slackWebhookUrl": "https://hooks.slack.com/services/T0/B0/X"},
+    ),
 ]
 
 

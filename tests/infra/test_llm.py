@@ -59,8 +59,10 @@ def test_an_in_cluster_provider_gets_its_own_port_and_range() -> None:
     }
     result = run("dev", llm=llm)
     egress = result.by_name("rag-api-netpol").inputs["spec"]["egress"]
-    (rule,) = [r for r in egress if {"protocol": "TCP", "port": 8000} in r.get("ports", [])]
+    rules = [r for r in egress if {"protocol": "TCP", "port": 8000} in r.get("ports", [])]
+    (rule,) = [r for r in rules if "ipBlock" in r["to"][0]]
     assert rule["to"] == [{"ipBlock": {"cidr": "10.96.0.0/12"}}]
+    assert len(rules) == 2  # and the namespace rule, on the same port
     assert "LLM_API_KEY" not in result.by_name("rag-secrets").inputs["stringData"]
 
 
@@ -77,13 +79,14 @@ def test_an_in_cluster_provider_named_by_its_service_is_admitted_by_namespace() 
     result = run("prod", llm=IN_CLUSTER)
     (rule,) = _namespace_rules(result.by_name("rag-api-netpol").inputs["spec"]["egress"])
     assert rule == {
+        "ports": [{"protocol": "TCP", "port": 8000}],  # baseUrl's port, not any port of that namespace
         "to": [
             {
                 "podSelector": {"matchLabels": {}},
                 "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "models"}},
             }
-        ]
-    }  # any port: the Service's targetPort is not in the stack
+        ],
+    }
     assert _namespace_rules(result.by_name("rag-worker-netpol").inputs["spec"]["egress"]) == []
     # A bare service name resolves in the stack's own namespace; an external host gets no such rule.
     bare = run("dev", llm={**IN_CLUSTER, "baseUrl": "http://ollama:11434/v1"})
@@ -212,3 +215,37 @@ def test_the_llm_error_alert_and_its_runbook_name_every_cause_the_service_counts
     for cause in causes:
         assert cause in description, cause
         assert f"`{cause}`" in section, cause
+
+
+def test_an_in_cluster_provider_behind_another_service_port_is_reached_on_its_pods_port() -> None:
+    """A Service mapping port 80 to vLLM's 8000: the policy sees the pod's port (the ClusterIP is rewritten to the
+    pod's IP and targetPort before it is evaluated), so the rule opens `llm.targetPort`, and nothing else."""
+    from infra import traffic
+
+    mapped = {**IN_CLUSTER, "baseUrl": "http://vllm.models.svc:80/v1"}
+    plain = run("prod", llm=mapped)
+    ((rule,),) = [_namespace_rules(plain.by_name("rag-api-netpol").inputs["spec"]["egress"])]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 80}]
+    ported = run("prod", llm={**mapped, "targetPort": 8000})
+    (rule,) = _namespace_rules(ported.by_name("rag-api-netpol").inputs["spec"]["egress"])
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+    assert ported.by_name("rag-config").inputs["data"]["LLM_BASE_URL"] == "http://vllm.models.svc:80/v1"
+    # make plan's traffic check follows the pod's port: the API reaches the server, on 8000.
+    assert traffic.blocked(ported) == []
+    (flow,) = [f for f in traffic.flows(ported) if f.why.startswith("LLM_BASE_URL")]
+    assert flow.port == 8000
+
+
+def test_the_pods_port_of_an_external_provider_is_reported_as_ignored() -> None:
+    from infra import render
+
+    external = run("dev", llm={**PROVIDER, "targetPort": 8000}, llmApiKey=KEY)
+    assert recorded_egress(external) == recorded_egress(run("dev", llm=PROVIDER, llmApiKey=KEY))
+    assert any(
+        line.startswith("rag:llm.targetPort in --set has no effect: llm.baseUrl names no in-cluster Service")
+        for line in render.ignored_config(external)
+    )
+
+
+def recorded_egress(result) -> object:
+    return result.by_name("rag-api-netpol").inputs["spec"]["egress"]

@@ -4,17 +4,23 @@ declares fits that quota at its peak (every Deployment's rollout surge pod inclu
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from infra import capacity
 from infra.components.specs import quantity_value
+from infra.config import deep_merge
+from infra.deployability import analyse
 from infra.offline import StackRun, run_stack
 from infra.workflows import ephemeral
+from tests.infra.conftest import target_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 QUOTA = "kubernetes:core/v1:ResourceQuota"
 LIMITS = "kubernetes:core/v1:LimitRange"
+CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 
 
 def pr_stack(**extra: Any) -> StackRun:
@@ -25,63 +31,10 @@ def pr_stack(**extra: Any) -> StackRun:
     return run_stack("dev", config_overrides={**overrides, **extra})
 
 
-def _surge(spec: dict[str, Any], replicas: int) -> int:
-    surge = ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%")
-    if isinstance(surge, str) and surge.endswith("%"):
-        return math.ceil(replicas * int(surge[:-1]) / 100)
-    return int(surge)
-
-
 def peak(run: StackRun) -> dict[str, float]:
-    """Requests, limits, PVC storage and pods of everything the stack runs in its namespace, at a rollout's peak."""
-    total = dict.fromkeys(
-        (
-            "requests.cpu",
-            "requests.memory",
-            "limits.cpu",
-            "limits.memory",
-            "requests.storage",
-            "pods",
-            "pvcs",
-        ),
-        0.0,
-    )
-
-    def add(containers: list[dict[str, Any]], count: int) -> None:
-        for container in containers:
-            resources = container.get("resources") or {}
-            for kind in ("requests", "limits"):
-                for name in ("cpu", "memory"):
-                    total[f"{kind}.{name}"] += count * quantity_value((resources.get(kind) or {})[name])
-        total["pods"] += count
-
-    for resource in run.resources:
-        spec = resource.inputs.get("spec") or {}
-        if resource.type == "kubernetes:apps/v1:Deployment":
-            replicas = int(spec.get("replicas") or 1)
-            add(spec["template"]["spec"]["containers"], replicas + _surge(spec, replicas))
-        elif resource.type == "kubernetes:apps/v1:StatefulSet":
-            replicas = int(spec.get("replicas") or 1)
-            add(spec["template"]["spec"]["containers"], replicas)
-            for claim in spec.get("volumeClaimTemplates") or []:
-                total["requests.storage"] += replicas * quantity_value(
-                    claim["spec"]["resources"]["requests"]["storage"]
-                )
-                total["pvcs"] += replicas
-            for volume in spec["template"]["spec"].get("volumes") or []:
-                if "ephemeral" in volume:
-                    size = volume["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"]["requests"][
-                        "storage"
-                    ]
-                    total["requests.storage"] += replicas * quantity_value(size)
-                    total["pvcs"] += replicas
-        elif resource.type == "kubernetes:postgresql.cnpg.io/v1:Cluster":
-            instances = int(spec.get("instances") or 1)
-            # Each instance, plus the one-off initdb/join Job pod the operator runs with the same resources.
-            add([{"resources": spec["resources"]}], instances + 1)
-            total["requests.storage"] += instances * quantity_value(spec["storage"]["size"])
-            total["pvcs"] += instances
-    return total
+    """What the PR stack's workloads charge its namespace's quota at their peak (`capacity.namespace_peak`)."""
+    (quota,) = run.of_type(QUOTA)
+    return capacity.namespace_peak(run, quota.inputs["metadata"]["namespace"])
 
 
 def test_a_pr_stack_gets_a_quota_and_container_defaults_and_fits_them_at_its_peak() -> None:
@@ -95,7 +48,7 @@ def test_a_pr_stack_gets_a_quota_and_container_defaults_and_fits_them_at_its_pea
     assert used["pods"] >= 5  # the walk found the API, the worker, Qdrant, Redis and Postgres
     for key in ("requests.cpu", "requests.memory", "limits.cpu", "limits.memory", "requests.storage", "pods"):
         assert used[key] <= quantity_value(hard[key]), (key, used[key], hard[key])
-    assert used["pvcs"] <= int(hard["persistentvolumeclaims"])
+    assert used["persistentvolumeclaims"] <= int(hard["persistentvolumeclaims"])
     # The old footprint had a 20Gi Qdrant snapshot volume; the quota would not hold it now.
     assert used["requests.storage"] <= 25 * 2**30
     (rule,) = limits.inputs["spec"]["limits"]
@@ -126,6 +79,47 @@ def test_a_pr_stack_too_big_for_its_quota_is_caught() -> None:
     run = pr_stack(qdrant={"resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "4Gi"}}})
     hard = run.of_type(QUOTA)[0].inputs["spec"]["hard"]
     assert peak(run)["requests.memory"] > quantity_value(hard["requests.memory"])
+    (finding,) = [
+        f
+        for f in analyse(run).findings
+        if f.check == "namespace-quota" and "of requests.memory," in f.message
+    ]
+    assert "over the namespace quota's 4.00Gi" in finding.message
+    assert finding.fix.startswith("raise rag:namespaceQuota.requests.memory to at least ")
+    assert [f for f in analyse(pr_stack()).findings if f.check == "namespace-quota"] == []
+
+
+@pytest.mark.parametrize("target", ["eks", "gke"])
+def test_a_permanent_stack_that_turns_the_quota_on_is_checked_against_it(target: str) -> None:
+    """`rag:namespaceQuota` sized for a PR stack does not hold dev with backups (CloudNativePG's Barman sidecar,
+    the backup CronJobs, bigger volumes): `make plan` says which keys and by how much, before an `up` that would
+    stop at `exceeded quota`. Every finding's amount is the peak the walk computed."""
+    overrides = deep_merge(
+        target_overrides("dev", target), {"namespaceQuota": {"enabled": True}, "backups": {"enabled": True}}
+    )
+    run = run_stack("dev", config_overrides=overrides)
+    used = peak(run)
+    found = {f.fix.split()[1]: f for f in analyse(run).findings if f.check == "namespace-quota"}
+    hard = run.of_type(QUOTA)[0].inputs["spec"]["hard"]
+    over = {capacity.QUOTA_KEYS[key] for key in hard if used[key] > quantity_value(hard[key])}
+    assert "namespaceQuota.requests.memory" in over  # the sidecars alone take it past 4Gi
+    assert set(found) == {f"rag:{key}" for key in over}
+    raised = run_stack(
+        "dev",
+        config_overrides=deep_merge(
+            overrides,
+            {
+                "namespaceQuota": {
+                    "requests": {"cpu": "2", "memory": "6Gi"},
+                    "limits": {"cpu": "12", "memory": "16Gi"},
+                    "storage": "60Gi",
+                    "persistentVolumeClaims": 8,
+                    "pods": 20,
+                }
+            },
+        ),
+    )
+    assert [f for f in analyse(raised).findings if f.check == "namespace-quota"] == []
 
 
 def test_permanent_stacks_have_no_quota_unless_asked() -> None:
@@ -133,3 +127,34 @@ def test_permanent_stacks_have_no_quota_unless_asked() -> None:
     assert run_stack("dev").of_type(LIMITS) == []
     custom = run_stack("dev", config_overrides={"namespaceQuota": {"enabled": True, "pods": 40}})
     assert custom.of_type(QUOTA)[0].inputs["spec"]["hard"]["pods"] == "40"
+
+
+def test_the_quota_peak_counts_the_backup_sidecar_of_every_instance() -> None:
+    """The plugin's sidecar draws on the namespace's quota like any container. A PR stack has no backups (the
+    template turns them off), hence no sidecar; a quota'd stack that archives its registry (dev on eks with backups
+    and the quota on) counts it per instance pod, and a sidecar raised through its config key shows in the peak."""
+    assert capacity.backup_sidecars(pr_stack(), pr_stack().of_type(CLUSTER)[0]) == []
+    extra = {
+        "cluster": {"provider": "eks"},
+        "backups": {"enabled": True},
+        "namespaceQuota": {"enabled": True},
+    }
+    base = run_stack("dev", config_overrides=extra)
+    (cluster,) = base.of_type(CLUSTER)
+    (sidecar,) = capacity.backup_sidecars(base, cluster)
+    pods = int(cluster.inputs["spec"]["instances"]) + 1
+    bigger = run_stack(
+        "dev",
+        config_overrides={
+            **extra,
+            "postgres": {
+                "cloudnative": {"backupSidecarResources": {"requests": {"cpu": "600m", "memory": "1Gi"}}}
+            },
+        },
+    )
+    assert peak(bigger)["requests.cpu"] - peak(base)["requests.cpu"] == pytest.approx(
+        pods * (0.6 - quantity_value(sidecar["resources"]["requests"]["cpu"]))
+    )
+    assert peak(bigger)["requests.memory"] - peak(base)["requests.memory"] == pytest.approx(
+        pods * (2**30 - quantity_value(sidecar["resources"]["requests"]["memory"]))
+    )

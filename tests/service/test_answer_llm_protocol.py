@@ -142,3 +142,27 @@ def test_a_server_that_does_not_speak_http_is_a_503_with_cause_protocol(
     assert metric(client, by_cause(cause)) == before[cause] + 1
     assert metric(client, by_cause(other)) == before[other]
     assert metric(client, 'rag_llm_requests_total{outcome="error"}') == errors + 1
+
+
+@pytest.mark.parametrize(
+    ("case", "attempts"),
+    [("binary garbage", 1), ("a bad Content-Length", 1), ("nothing, then a close", 3)],
+)
+def test_a_reply_that_is_not_http_is_not_retried_a_closed_connection_is(
+    case: str, attempts: int, garbage: GarbageServer, embedder: Any, tmp_path: Path
+) -> None:
+    """With LLM_MAX_RETRIES=2 the openai client would send a request that failed in transport three times: the
+    same URL answers the same non-HTTP bytes each time, so a ``protocol`` failure is sent once; a connection
+    closed without a byte (maybe a restart) keeps its retries."""
+    reply, cause, _ = REPLIES[case]
+    garbage.reply = reply
+    settings = llm_settings(tmp_path, garbage.base_url, API_KEY, llm_max_retries=2, llm_circuit_failures=1000)
+    with running_app(settings, embedder=embedder) as app:
+        body = {"text": VACATION, "content_type": "text/plain"}
+        assert app.put("/v1/documents/handbook:vacation", json=body).status_code == 201
+        for stream in (False, True):
+            requests = garbage.requests
+            response = app.post("/v1/answer", json={**QUESTION, "stream": stream})
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["cause"] == cause
+            assert garbage.requests == requests + attempts, (stream, garbage.requests - requests)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from service.app.core.config import Settings
@@ -47,14 +49,29 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]
     monkeypatch.setattr(edge_module.os, "fsync", fsync)
 
 
-def record_commits(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]) -> None:
+def record_commits(
+    monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]], registry: DocumentRegistry
+) -> None:
+    """Every registry commit that activates a document is recorded (as ("activate", document)) at the moment the
+    transaction commits, not when `activate` is called: the ingest prepares the transaction while the vector
+    store syncs, and only its commit acknowledges the write."""
     real = DocumentRegistry.activate
+    activating = threading.local()
 
     def activate(self: DocumentRegistry, *args: Any, **kwargs: Any) -> Any:
-        events.append(("activate", args[1]))
-        return real(self, *args, **kwargs)
+        activating.document = args[1]
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            activating.document = None
+
+    def committed(_connection: Any) -> None:
+        document = getattr(activating, "document", None)
+        if document is not None:
+            events.append(("activate", document))
 
     monkeypatch.setattr(DocumentRegistry, "activate", activate)
+    sa.event.listen(registry.engine, "commit", committed)
 
 
 def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledges_it(
@@ -67,7 +84,7 @@ def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledge
         assert store.sync_writes
         before = wal_files(store)
         record_fsyncs(monkeypatch, events)
-        record_commits(monkeypatch, events)
+        record_commits(monkeypatch, events, services_of(client).registry)
         response = client.put("/v1/documents/handbook", json={"text": TEXT})
         assert response.status_code == 201, response.text
         after = wal_files(store)
@@ -136,3 +153,125 @@ def test_every_registry_connection_runs_the_synchronous_mode_of_the_setting(
 def test_write_durability_refuses_an_unknown_mode_naming_the_variable() -> None:
     with pytest.raises(ValidationError, match="write_durability"):
         Settings(_env_file=None, write_durability="sometimes")
+
+
+WAIT = 120  # seconds: a hang guard only (a correct run never waits on it)
+
+
+def test_a_put_whose_wal_sync_is_held_is_not_visible_and_a_failed_sync_answers_503(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry commit (the acknowledgement) waits for the WAL sync: while the sync is held nothing of the
+    write is visible; when it fails the PUT gets 503 and nothing ever becomes visible."""
+    real = os.fsync
+    entered, release = threading.Event(), threading.Event()
+    events: list[tuple[str, str]] = []
+
+    def held(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if f"/{WAL_DIRECTORY}/" in path and not entered.is_set():
+            entered.set()
+            assert release.wait(WAIT)
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        record_commits(monkeypatch, events, services_of(client).registry)
+        monkeypatch.setattr(edge_module.os, "fsync", held)
+        answer: dict[str, Any] = {}
+        writer = threading.Thread(
+            target=lambda: answer.update(put=client.put("/v1/documents/handbook", json={"text": TEXT}))
+        )
+        writer.start()
+        assert entered.wait(WAIT)
+        # The write's points are in the shard, its sync is running: not acknowledged, not visible.
+        assert events == []
+        assert client.get("/v1/documents/handbook").status_code == 404
+        hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
+        assert hits == []
+        release.set()
+        writer.join(WAIT)
+        assert answer["put"].status_code == 503, answer["put"].text
+        assert events == []  # never committed
+        assert client.get("/v1/documents/handbook").status_code == 404
+        hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
+        assert hits == []
+
+
+def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that_covers_it(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: the first WAL sync is held until every other writer has applied its points and asked for a
+    sync; they share the next one. Each registry commit comes after a sync that STARTED after that write's
+    points were applied, and every write ends acknowledged, readable and searchable."""
+    writers = 6
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    real_fsync = os.fsync
+
+    def note(kind: str, what: str) -> None:
+        with lock:
+            events.append((kind, what))
+
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        store = services_of(client).vectors
+        assert isinstance(store, EdgeVectorStore)
+        syncer = store._wal_sync
+        real_upsert, real_flush = store.upsert, syncer._flush
+        held = threading.Event()
+
+        def upsert(points: Any, **kwargs: Any) -> None:
+            real_upsert(points, **kwargs)
+            note("applied", points[0].document_id)  # in the shard; its sync may still be to come
+
+        def flush() -> None:
+            round_ = str(syncer.flushes)
+            note("sync-start", round_)
+            real_flush()
+            note("sync-end", round_)
+
+        def fsync(fd: int) -> None:
+            if f"/{WAL_DIRECTORY}/" in os.readlink(f"/proc/self/fd/{fd}") and not held.is_set():
+                held.set()
+                syncer.wait_for_arrivals(start + writers)  # every writer's points are applied
+            real_fsync(fd)
+
+        start = syncer.arrived
+        monkeypatch.setattr(store, "upsert", upsert)
+        monkeypatch.setattr(syncer, "_flush", flush)
+        monkeypatch.setattr(edge_module.os, "fsync", fsync)
+        record_commits(monkeypatch, events, services_of(client).registry)
+        barrier = threading.Barrier(writers)
+        statuses: dict[str, int] = {}
+
+        def put(index: int) -> None:
+            barrier.wait(WAIT)
+            text = f"Policy {index}: employees in office {index} get {20 + index} days of paid vacation."
+            statuses[f"doc{index}"] = client.put(f"/v1/documents/doc{index}", json={"text": text}).status_code
+
+        threads = [threading.Thread(target=put, args=(i,)) for i in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+
+        assert statuses == {f"doc{i}": 201 for i in range(writers)}
+        # One held sync for the first writer, one shared by the other five.
+        assert [kind for kind, _ in events].count("sync-start") == 2
+        for i in range(writers):
+            document = f"doc{i}"
+            applied = events.index(("applied", document))
+            commit = events.index(("activate", document))
+            covering = [
+                round_
+                for position, (kind, round_) in enumerate(events)
+                if kind == "sync-start"
+                and applied < position
+                and ("sync-end", round_) in events[position:commit]
+            ]
+            assert covering, f"{document} was committed without a sync that started after its write: {events}"
+            assert client.get(f"/v1/documents/{document}").status_code == 200
+            hits = client.post(
+                "/v1/search", json={"query": f"office {i} paid vacation", "top_k": writers}
+            ).json()["results"]
+            assert document in {hit["document_id"] for hit in hits}

@@ -149,6 +149,8 @@ class FakeStack:
     # The lock files of a self-managed backend: (user, host, pid, RFC 3339 time). The running operation's is added
     # while it holds `lock`; a killed one's stays behind until `pulumi cancel` deletes every file.
     lock_files: list[tuple[str, str, int, str]] = field(default_factory=list)
+    # URNs of the resources `stack export` shows (the count above is what a history entry reports).
+    urns: list[str] = field(default_factory=list)
 
     @property
     def config(self) -> dict[str, dict[str, Any]]:
@@ -381,6 +383,8 @@ class _Handler:
             return lambda stack: self._outputs(stack, show_secrets="--show-secrets" in a)
         if a[:2] == ["stack", "history"]:
             return self._history
+        if a[:2] == ["stack", "export"]:
+            return self._export
         if a[:2] == ["config", "set-all"]:
             return lambda stack: self._set_all(stack, json.loads(str(self._opt("--json"))))
         if a[:2] == ["config", "refresh"]:
@@ -450,6 +454,10 @@ class _Handler:
             page = int(self._opt("--page") or 1)
             entries = entries[(page - 1) * int(size) : page * int(size)]
         return json.dumps(entries), "", 0
+
+    def _export(self, stack: FakeStack) -> tuple[str, str, int]:
+        resources = [{"urn": urn, "type": urn.split("::")[-2]} for urn in stack.urns]
+        return json.dumps({"version": 3, "deployment": {"manifest": {}, "resources": resources}}), "", 0
 
     def _config(self, stack: FakeStack) -> tuple[str, str, int]:
         return json.dumps(read_config(self.cwd, stack.name)), "", 0

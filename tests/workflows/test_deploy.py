@@ -114,10 +114,15 @@ def test_ragops_preview_of_prod_shows_only_the_committed_change(tmp_path: Path) 
 OTHER = "registry.example.com/rag/service@sha256:" + "cd" * 32
 
 
+#: The one-time tagging step in a stack's state (`deploy.PROTECT_EXISTING`).
+PROTECT_EXISTING_URN = "urn:pulumi:prod::rag::command:local:Command::registry-protect-existing"
+
+
 def _eks_prod(
-    tmp_path: Path, image: str, deployed: str | None = DIGEST
+    tmp_path: Path, image: str, deployed: str | None = DIGEST, *, tagged_before: bool = True
 ) -> tuple[FakeBackend, Context, list[str]]:
-    """prod on EKS: deployed with `deployed` (None: never deployed), its checkout now naming `image`."""
+    """prod on EKS: deployed with `deployed` (None: never deployed), its checkout now naming `image`; its state
+    holds the one-time `registry-protect-existing` unless not `tagged_before` (deployed by an older version)."""
     backend = FakeBackend(tmp_path)
     (tmp_path / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
     config = {"rag:environment": "prod", "rag:cluster": {"provider": "eks"}}
@@ -126,6 +131,8 @@ def _eks_prod(
     else:
         backend.add_stack("prod", config={**config, "rag:image": deployed})
         backend.stacks["prod"].set_config("rag:image", image)
+        if tagged_before:
+            backend.stacks["prod"].urns.append(PROTECT_EXISTING_URN)
     checked: list[str] = []
     ctx = Context(
         work_dir=tmp_path,
@@ -264,4 +271,25 @@ def test_an_update_keeping_the_promoted_image_needs_no_registry_tools(tmp_path: 
     backend, ctx, _ = _eks_prod(tmp_path, DIGEST)
     ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: None)
     deploy(ctx, "prod", policy_pack=None)
+    assert len(backend.commands("up")) == 1
+
+
+def test_the_first_update_of_a_promoted_stack_deployed_before_the_one_time_tagging_needs_the_tools(
+    tmp_path: Path,
+) -> None:
+    """Its next `up`, even one keeping the image, creates `registry-protect-existing` (skopeo + the registry CLI on
+    this machine): refused before anything changes without them, checked once they are there."""
+    backend, ctx, _ = _eks_prod(tmp_path, DIGEST, tagged_before=False)
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: None if n == "skopeo" else n)
+    with pytest.raises(
+        WorkflowError,
+        match=r"Cannot update prod: the update tags the images deployed before once \(registry-protect-existing\) "
+        r".* skopeo is not on PATH",
+    ):
+        deploy(ctx, "prod", policy_pack=None)
+    assert backend.commands("up") == []
+    looked_up: list[str] = []
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: looked_up.append(n) or n)
+    deploy(ctx, "prod", policy_pack=None)
+    assert looked_up == ["skopeo", "aws"]
     assert len(backend.commands("up")) == 1

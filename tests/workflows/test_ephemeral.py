@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from datetime import timedelta
@@ -13,7 +14,7 @@ from pulumi.automation.errors import CommandError
 from infra.workflows import ephemeral
 from infra.workflows.stacks import Context, UsageError, WorkflowError
 from tests.workflows.conftest import NOW
-from tests.workflows.fake_pulumi import FakeBackend
+from tests.workflows.fake_pulumi import FakeBackend, FakePulumi
 
 # ---------------------------------------------------------------- validation and TTL arithmetic
 
@@ -99,6 +100,8 @@ def test_up_creates_configures_and_updates_the_stack(ctx: Context, backend: Fake
     cmds = backend.commands()
     assert cmds.pop(0) == ["stack", "ls", "--json"]  # the cap on live ephemeral stacks, counted first
     assert cmds[0] == ["stack", "init", "pr-123"]
+    # Counted again once it exists: a simultaneous creation would show now (ephemeral.claim_slot).
+    assert cmds.pop(1) == ["stack", "ls", "--json"]
     assert cmds[1][:5] == ["config", "set-all", "--stack", "pr-123", "--json"]
     written = json.loads(cmds[1][5])
     assert written["rag:ephemeral"]["objectValue"] == record.record()
@@ -264,6 +267,138 @@ def test_below_the_cap_a_new_stack_is_created_and_a_live_one_is_always_updated(
     ephemeral.destroy(ctx, "pr-100")
     ephemeral.up(ctx, "pr-8", "24h")
     assert "pr-8" in backend.stacks
+
+
+class _Gated(FakePulumi):
+    """One runner's CLI on the shared backend: its count after `stack init` waits at `barrier` until every runner
+    has created its stack (two `ragops ephemeral up` started at the same moment)."""
+
+    def __init__(self, backend: FakeBackend, barrier: threading.Barrier | None) -> None:
+        super().__init__(backend)
+        self.barrier = barrier
+        self.created = False
+
+    def run(self, args, cwd, additional_env, on_output=None, on_error=None):
+        if self.created and self.barrier is not None and "ls" in args and "stack" in args:
+            self.barrier.wait(timeout=30)
+            self.barrier = None
+        result = super().run(args, cwd, additional_env, on_output, on_error)
+        if "init" in args and "stack" in args:
+            self.created = True
+        return result
+
+
+def _runner(ctx: Context, backend: FakeBackend, tmp_path: Path, machine: str, **changes: object) -> Context:
+    """Another machine's ragops: its own checkout (a copy of the project files), the same backend."""
+    checkout = tmp_path / machine
+    checkout.mkdir()
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml"):
+        (checkout / name).write_bytes((ctx.work_dir / name).read_bytes())
+    return dataclasses.replace(ctx, work_dir=checkout, **changes)
+
+
+def test_two_simultaneous_creations_for_the_last_slot_one_takes_it_the_other_backs_out(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    _live(backend, 4)  # the cap is 5: one slot left
+    barrier = threading.Barrier(2)
+    second_done = threading.Event()
+    first = _runner(
+        ctx,
+        backend,
+        tmp_path,
+        "runner-a",
+        pulumi_command=_Gated(backend, barrier),
+        sleep=lambda seconds: second_done.wait(timeout=30),  # until the other has backed out
+    )
+    second = _runner(ctx, backend, tmp_path, "runner-b", pulumi_command=_Gated(backend, barrier))
+    outcome: dict[str, object] = {}
+
+    def create(name: str, runner: Context, done: threading.Event | None) -> None:
+        try:
+            outcome[name] = ephemeral.up(runner, name, "24h")
+        except BaseException as exc:
+            outcome[name] = exc
+        finally:
+            if done is not None:
+                done.set()
+
+    threads = [
+        threading.Thread(target=create, args=("pr-1", first, None)),
+        threading.Thread(target=create, args=("pr-2", second, second_done)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    # Both passed the first count and created their stacks; both then saw each other, and the first name won.
+    assert isinstance(outcome["pr-1"], ephemeral.EphemeralStack)
+    assert isinstance(outcome["pr-2"], ephemeral.TooManyStacksError)
+    assert "pr-1 is being created at the same moment" in str(outcome["pr-2"])
+    assert "pr-2" not in backend.stacks  # backed out: removed, never configured nor deployed
+    inits = sorted(c for c in backend.commands("stack") if c[1] == "init")
+    assert inits == [["stack", "init", "pr-1"], ["stack", "init", "pr-2"]]
+    writes = [
+        c for c in backend.commands() if "pr-2" in c and (c[0] in ("up", "destroy") or c[1:2] == ["set-all"])
+    ]
+    assert writes == []
+    live = ephemeral.live_stacks(ctx.workspace(), [s.name for s in ctx.workspace().list_stacks()], exclude="")
+    assert len(live) == 5  # the cap, not one more
+
+
+def test_a_stack_that_took_the_last_slot_first_is_never_displaced(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    """The first runner counted before the second created its stack, took the slot and is deploying (no record in
+    the backend yet). The second, whose name sorts first, sees it, waits for it to back out in vain and backs out."""
+    _live(backend, 4)
+    inside = threading.Event()
+    release = threading.Event()
+    backend.during = lambda op, stack: (inside.set(), release.wait(timeout=30)) if op == "up" else None
+    first = _runner(ctx, backend, tmp_path, "runner-a")
+    waits: list[float] = []
+    second = _runner(ctx, backend, tmp_path, "runner-b", sleep=waits.append)
+    outcome: dict[str, object] = {}
+
+    def create_first() -> None:
+        try:
+            outcome["pr-5"] = ephemeral.up(first, "pr-5", "24h")
+        except BaseException as exc:
+            outcome["pr-5"] = exc
+
+    thread = threading.Thread(target=create_first)
+    thread.start()
+    assert inside.wait(timeout=30)  # pr-5 took the slot and its first update is running
+    try:
+        with pytest.raises(ephemeral.TooManyStacksError, match="pr-5 is being created"):
+            ephemeral.up(second, "pr-0", "24h")
+    finally:
+        release.set()
+        thread.join(timeout=60)
+    assert waits == [ephemeral.CLAIM_WAIT] * ephemeral.CLAIM_RECOUNTS
+    assert isinstance(outcome["pr-5"], ephemeral.EphemeralStack)
+    assert "pr-0" not in backend.stacks
+    assert "pr-5" in backend.stacks
+
+
+@pytest.mark.parametrize(
+    ("name", "live", "creating", "cap", "decision"),
+    [
+        ("pr-1", 4, ["pr-1"], 5, "take"),
+        ("pr-1", 4, ["pr-1", "pr-2"], 5, "wait"),
+        ("pr-2", 4, ["pr-1", "pr-2"], 5, "back out"),
+        ("pr-2", 3, ["pr-1", "pr-2", "pr-3"], 5, "wait"),
+        ("pr-3", 3, ["pr-1", "pr-2", "pr-3"], 5, "back out"),
+        ("pr-1", 5, ["pr-1"], 5, "back out"),
+        ("pr-1", 3, ["pr-1", "pr-2"], 5, "take"),
+    ],
+)
+def test_the_slot_decision_is_the_same_on_every_runner(
+    name: str, live: int, creating: list[str], cap: int, decision: str
+) -> None:
+    assert ephemeral.slot_decision(name, live, creating, cap) == decision
 
 
 def test_the_cap_comes_from_the_environment_or_the_template_and_is_checked(
@@ -490,3 +625,51 @@ def test_two_concurrent_reapers_destroy_each_stack_once(ctx: Context, backend: F
         assert name in rb.destroyed
         assert ra.skipped[name] == "already removed"
     assert sorted(backend.stacks) == ["dev", "pr-3", "prod", "scratch"]
+
+
+# ---------------------------------------------------------------- the tools the PR stack's `up` runs here
+
+
+def _template(tmp_path: Path, provider: str) -> Path:
+    """A template without a base (nothing demands a shared cluster) whose PR stacks run on `provider`."""
+    template = tmp_path / f"ephemeral-{provider}.template.yaml"
+    template.write_text(
+        "domain: preview.example.com\n"
+        "config:\n"
+        "  rag:environment: dev\n"
+        "  rag:namespace: '{name}'\n"
+        f"  rag:cluster:\n    provider: {provider}\n"
+    )
+    return template
+
+
+def test_a_pr_stack_that_builds_on_eks_is_refused_before_anything_is_created_without_the_registry_tools(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    from infra.components.image import check_registry_tools
+
+    looked_up: list[str] = []
+    ctx.check_registry_tools = lambda p: check_registry_tools(
+        p, which=lambda n: looked_up.append(n) or (None if n == "aws" else n)
+    )
+    with pytest.raises(
+        WorkflowError, match=r"Cannot update pr-9: the update tags the image it builds .* aws is not"
+    ):
+        ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "eks"))
+    assert looked_up == ["skopeo", "aws"]
+    assert "pr-9" not in backend.stacks
+    assert backend.commands("up") == []
+    # With the tools it goes ahead.
+    ctx.check_registry_tools = lambda p: check_registry_tools(p, which=lambda n: n)
+    ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "eks"))
+    assert len(backend.commands("up")) == 1
+
+
+def test_a_pr_stack_on_an_existing_cluster_tags_nothing_and_checks_no_registry_tool(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    looked_up: list[str] = []
+    ctx.check_registry_tools = looked_up.append
+    ephemeral.up(ctx, "pr-9", "24h", template=_template(tmp_path, "existing"))
+    ephemeral.up(ctx, "pr-10", "24h")  # the committed template: dev's shared cluster
+    assert looked_up == []

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from infra.components.image import copy_script, protect_existing_script, protected_tag
+from infra.components.image import (
+    build_script,
+    copy_script,
+    protect_existing_script,
+    protected_tag,
+    release_script,
+)
 from tests.workflows.registries import (
     PASSWORD,
     USERNAME,
@@ -137,3 +143,67 @@ def test_the_one_time_step_fails_when_it_cannot_list_the_repository(tmp_path: Pa
         assert refused.returncode == 1, refused.stderr
         assert "cannot list its tags" in refused.stderr
         assert "no images to protect yet" not in refused.stderr
+
+
+def test_a_building_stack_keeps_what_it_runs_and_the_release_before_live(tmp_path: Path) -> None:
+    """The build step (`build_script`) run as pulumi-command runs it: on create, then on each update in place with
+    the last run's stdout in PULUMI_COMMAND_STDOUT (trailing newline trimmed); its delete runs `release_script`.
+    A build gets `build-` and `live-` tags (each manifest too); the third build frees the first's `live-` tags, the
+    second stays (the rollback target); a retried `up` of the same build frees nothing; the delete frees both."""
+    with registry(tmp_path, auth=False) as own:
+        env = isolated_home(tmp_path, own)
+        repository = f"{own.host}/dev/rag-service"
+        removed = tmp_path / "removed"
+        untag = lambda repo: f'echo "$tag" >> {removed}'  # noqa: E731 - what ECR/AR would be told to remove
+        builds = [push_test_image(tmp_path, env, repository, labels={"build": str(n)}) for n in range(3)]
+
+        def run(ref: str, last: subprocess.CompletedProcess[str] | None) -> subprocess.CompletedProcess[str]:
+            stdout = {} if last is None else {"PULUMI_COMMAND_STDOUT": last.stdout.rstrip("\n")}
+            done = _sh(build_script(ref, repository, login=lambda host: None, untag=untag), {**env, **stdout})
+            assert done.returncode == 0, done.stderr
+            return done
+
+        def live(ref: str) -> set[str]:
+            digest = ref.rsplit("@", 1)[1]
+            return {f"live-{m.removeprefix('sha256:')}" for m in (digest, *_children(env, ref))}
+
+        first = run(builds[0], None)
+        for manifest in (builds[0].rsplit("@", 1)[1], *_children(env, builds[0])):
+            hexa = manifest.removeprefix("sha256:")
+            for tag in (f"build-{hexa}", f"live-{hexa}"):
+                assert raw_manifest(env, f"{repository}:{tag}").returncode == 0, tag
+            assert raw_manifest(env, f"{repository}:{protected_tag(manifest)}").returncode != 0
+        assert first.stdout.splitlines()[-1] == builds[0]
+
+        second = run(builds[1], first)
+        assert not removed.exists()  # the first build is the rollback target now
+        assert [line.split()[1] for line in second.stdout.splitlines()[:2]] == [
+            builds[1].rsplit("@", 1)[1],
+            builds[0].rsplit("@", 1)[1],
+        ]
+
+        third = run(builds[2], second)
+        assert set(removed.read_text().split()) == live(builds[0])
+        assert [line.split()[1] for line in third.stdout.splitlines()[:2]] == [
+            builds[2].rsplit("@", 1)[1],
+            builds[1].rsplit("@", 1)[1],
+        ]
+
+        retried = run(builds[2], third)
+        assert set(removed.read_text().split()) == live(builds[0])
+        assert retried.stdout == third.stdout
+
+        gone = _sh(release_script(repository, untag=untag), {**env, "PULUMI_COMMAND_STDOUT": retried.stdout})
+        assert gone.returncode == 0, gone.stderr
+        assert set(removed.read_text().split()) == live(builds[0]) | live(builds[1]) | live(builds[2])
+
+
+def test_a_failed_untag_only_warns(tmp_path: Path) -> None:
+    """Removing a `live-` tag can only keep an image longer when it fails: the step goes on."""
+    last = f"live sha256:{'a' * 64} \nlive sha256:{'b' * 64}"
+    done = _sh(
+        release_script("example.invalid/r", untag=lambda repo: "false"),
+        {"PATH": "/usr/bin:/bin", "PULUMI_COMMAND_STDOUT": last},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("could not remove the tag live-") == 2

@@ -145,3 +145,90 @@ def test_a_promotion_is_refused_before_it_writes_the_target(ctx: Context, backen
 
     promote(ctx, "staging", "prod", drop_secrets=["rag:pagerdutyRoutingKey"])
     assert prod.deployed_config()["rag:image"]["value"] == DIGEST
+
+
+def test_a_preview_fails_saying_which_secret_the_update_it_previews_would_drop(
+    tmp_path: Path, prod_with_laptop_secrets: FakeBackend
+) -> None:
+    """A PR's `ragops preview` from a fresh checkout says what the deploy after the merge would be refused for,
+    in the CLI's output and the PR comment, before the preview runs; `--drop-secret` lets it run."""
+    backend = prod_with_laptop_secrets
+    ctx = Context(work_dir=_checkout(tmp_path, "ci"), pulumi_command=backend.command())
+    comment = tmp_path / "comment.md"
+    previews = len(backend.commands("preview"))
+    args = ["preview", "-s", "prod", "-q", "--no-policy", "--comment-file", str(comment)]
+
+    refused = runner.invoke(app, args, obj=ctx)
+    assert refused.exit_code == 1
+    said = " ".join(refused.output.split())
+    assert (
+        "Refusing to preview prod: Pulumi.prod.yaml lacks the secret config rag:serviceApiKeys, "
+        "rag:slackWebhookUrl that the stack's last deploy ran with, so the update it previews would run without "
+        "them." in said
+    )
+    assert "pass --drop-secret rag:serviceApiKeys --drop-secret rag:slackWebhookUrl." in said
+    assert "lacks the secret config rag:serviceApiKeys, rag:slackWebhookUrl" in " ".join(
+        comment.read_text().split()
+    )
+    assert len(backend.commands("preview")) == previews  # refused before the preview
+
+    one = runner.invoke(app, [*args, "--drop-secret", "rag:slackWebhookUrl"], obj=ctx)
+    assert one.exit_code == 1
+    assert "lacks the secret config rag:serviceApiKeys that" in " ".join(one.output.split())
+
+    drop_both = ["--drop-secret", "rag:slackWebhookUrl", "--drop-secret", "serviceApiKeys"]
+    both = runner.invoke(app, [*args, *drop_both], obj=ctx)
+    assert both.exit_code == 0, both.output
+    assert len(backend.commands("preview")) == previews + 1
+    assert "lacks the secret" not in comment.read_text()
+
+
+def test_promotes_preview_of_its_source_is_not_refused_for_secrets(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """`promote` previews the source stack as deployed only to find pending changes: the secrets check is the
+    target's (above), not a reason to fail that preview."""
+    from infra.workflows.preview import run_preview
+
+    backend.add_stack("staging", config={"rag:service": {"replicas": 3}}, outputs={"imageDigest": DIGEST})
+    backend.stacks["staging"].history[-1]["config"]["rag:slackWebhookUrl"] = {"value": "x", "secret": True}
+    assert run_preview(ctx.workspace(), "staging", policy_pack=None).ok
+    refused = run_preview(ctx.workspace(), "staging", policy_pack=None, drop_secrets=())
+    assert not refused.ok
+    assert refused.error is not None
+    assert refused.error.startswith(
+        "Refusing to preview staging: Pulumi.staging.yaml lacks the secret config"
+    )
+
+
+def test_ephemeral_up_refuses_to_drop_a_secret_set_on_the_pr_stack_and_keeps_the_stack(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """A PR stack's config is written again from the template at every push (secure values dropped): a secret set
+    on it by hand would be gone at the next push. Refused before the config is written, and the stack is kept
+    (not torn down as a failed `up` is); `--drop-secret` lets the push go on without it."""
+    from infra.workflows import ephemeral
+
+    ephemeral.up(ctx, "pr-5", "24h")
+    # Set on the PR stack by hand and deployed with it: its last update ran with the secret.
+    backend.stacks["pr-5"].history[-1]["config"]["rag:slackWebhookUrl"] = {"value": "x", "secret": True}
+    ups, writes = len(backend.commands("up")), len(backend.commands("config"))
+
+    refused = runner.invoke(app, ["ephemeral", "up", "--stack", "pr-5", "-q"], obj=ctx)
+    assert refused.exit_code == 1
+    said = " ".join(refused.output.split())
+    assert said.startswith(
+        "refused: Refusing to deploy pr-5: Pulumi.pr-5.yaml lacks the secret config rag:slackWebhookUrl that the "
+        "stack's last deploy ran with, so this one would run without it. An ephemeral stack's config is written "
+        "again from ephemeral.template.yaml at every `ragops ephemeral up`"
+    ), said
+    assert said.endswith("pass --drop-secret rag:slackWebhookUrl.")
+    assert "destroyed" not in said
+    assert "pr-5" in backend.stacks  # kept: nothing torn down
+    assert backend.commands("destroy") == []
+    assert len(backend.commands("up")) == ups
+    assert [c for c in backend.commands("config")[writes:] if c[1] == "set-all"] == []
+
+    ephemeral.up(ctx, "pr-5", "24h", drop_secrets=["slackWebhookUrl"])
+    assert len(backend.commands("up")) == ups + 1
+    assert "rag:slackWebhookUrl" not in backend.stacks["pr-5"].deployed_config()

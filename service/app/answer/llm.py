@@ -25,7 +25,10 @@ Failure handling, outermost first:
   what the parser refused (never the bytes, which may echo our request). It used to be ``connection``, which
   sends the operator to the network and the provider's status page instead of the URL. A server that accepts
   the connection and closes it without a byte stays ``connection`` (nothing tells the two apart). A failure of
-  the call that is none of these (a defect here, not the provider) is ``internal``.
+  the call that is none of these (a defect here, not the provider) is ``internal``. A ``protocol`` failure is
+  not retried: the same URL answers the same bytes again, so LLM_MAX_RETRIES retries would only multiply the
+  wait (with backoff) before the same 503. The openai client retries every transport error, so the client here
+  hands such a failure back as an ``APIConnectionError`` already, which the package propagates without retrying.
 
 Metrics: latency (`rag_llm_request_duration_seconds`, time to first token), calls by outcome, errors by cause,
 tokens in/out. The API key is only ever handed to the client object; it is never logged or put in an error.
@@ -264,6 +267,22 @@ def classify(exc: BaseException) -> str:
     return "internal"
 
 
+class _OpenAI(openai.AsyncOpenAI):
+    """The openai client, except that a reply which is not HTTP is not retried (see the module's docstring).
+
+    The package retries any transport error (``request_exceptions``) and propagates an ``OpenAIError`` raised
+    while sending as it is (openai/_base_client.py, ``AsyncAPIClient.request``): raising the connection error
+    here, from the parser's error, ends the attempts at the first one."""
+
+    async def _send_request(self, request: httpx2.Request, *, stream: bool, **kwargs: Any) -> httpx2.Response:
+        try:
+            return await super()._send_request(request, stream=stream, **kwargs)
+        except httpx2.RequestError as exc:
+            if not_http(exc):
+                raise openai.APIConnectionError(request=request) from exc
+            raise
+
+
 class LlmClient:
     """Chat Completions with timeouts, retries, a circuit breaker and metrics; `complete` or `stream`."""
 
@@ -274,7 +293,7 @@ class LlmClient:
         self.model = settings.llm_model
         self.base_url = settings.llm_base_url
         self.endpoint = endpoint(settings.llm_base_url)
-        self._client = openai.AsyncOpenAI(
+        self._client = _OpenAI(
             base_url=settings.llm_base_url,
             api_key=key or NO_KEY,
             timeout=httpx2.Timeout(settings.llm_timeout_seconds),

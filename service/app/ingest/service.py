@@ -46,6 +46,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -89,6 +90,9 @@ FENCE_CHECK_CHUNKS = 128
 CHUNK_READ_ATTEMPTS = 3
 # How often a job's write is tried when another process's commit wins the version compare-and-set.
 JOB_CONFLICT_ATTEMPTS = 3
+# Runs the vector store's syncs of written points while the writer prepares its registry commit. The syncs of
+# concurrent writers are grouped by the store (one fsync round covers all of them), so a few threads suffice.
+_SYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-sync")
 
 
 def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
@@ -269,6 +273,13 @@ class IngestService:
                     logger.info("write of %s/%s lost a race; writing again", tenant_id, document_id)
             raise AssertionError("unreachable")
 
+    def _missing_from_served(self, tenant_id: str, record: DocumentRecord) -> bool:
+        """Whether the served index lacks ``record``'s version (a re-index switched without its text)."""
+        if not record.chunk_count:
+            return False
+        vectors = self.index.current.vectors
+        return vectors.chunk_texts(tenant_id, record.document_id, record.version, [0]) == [None]
+
     async def accept(self, tenant_id: str, document_id: str) -> int:
         """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
         validate_new_document_id(document_id)
@@ -299,10 +310,14 @@ class IngestService:
                 )
                 current = replace(current, content_hash=digest)
         if current is not None and current.content_hash == digest:
-            # A document written before texts were kept gets its text now (a no-op when it has one).
-            await to_thread.run_sync(
+            # A document written before texts were kept gets its text now (a no-op when it has one); if a
+            # re-index left it out of the served index (it could not rebuild it), it is written again below.
+            kept_now = await to_thread.run_sync(
                 self.registry.ensure_source, tenant_id, document_id, current.version, text
             )
+            if kept_now and await to_thread.run_sync(self._missing_from_served, tenant_id, current):
+                current = replace(current, content_hash="")
+        if current is not None and current.content_hash == digest:
             # Acknowledged: an older queued write of the document must not replace it later.
             await to_thread.run_sync(
                 self.registry.confirm_unchanged, tenant_id, document_id, current.version, ticket
@@ -466,7 +481,7 @@ class IngestService:
         points = self._points(generation, tenant_id, document_id, version, text, metadata, digest, fence)
         fault_point("before_upsert")
         try:
-            store.upsert(points)
+            synced = self._upsert(store, points)
         except ServiceUnavailable:
             self._discard(store, tenant_id, document_id, version)
             raise
@@ -491,6 +506,7 @@ class IngestService:
                 text=text,
                 fence=fence,
                 ticket=ticket,
+                before_commit=None if synced is None else synced.result,
             )
         except (Conflict, ServiceUnavailable):  # Superseded is a Conflict
             self._discard(store, tenant_id, document_id, version)
@@ -502,6 +518,19 @@ class IngestService:
         except ServiceUnavailable:
             logger.warning("stale chunks of %s/%s left behind (invisible)", tenant_id, document_id)
         return len(points)
+
+    @staticmethod
+    def _upsert(store: VectorStore, points: list[ChunkPoint]) -> Future[None] | None:
+        """Write the points (invisible until the commit); for a store that syncs its writes to disk
+        (WRITE_DURABILITY=power_loss on the edge store), the sync is started here and returned: it runs while the
+        registry prepares the commit, which waits for it (``before_commit``) and commits nothing if it fails."""
+        deferred = getattr(store, "sync_deferred", None)
+        if deferred is None or not getattr(store, "sync_writes", False):
+            store.upsert(points)
+            return None
+        with deferred():
+            store.upsert(points)
+        return _SYNCS.submit(store.sync)  # type: ignore[attr-defined]
 
     def _discard(self, store: VectorStore, tenant_id: str, document_id: str, version: int) -> None:
         # Best effort: these points were never active; if this fails too the next write removes them.
@@ -546,6 +575,17 @@ class IngestService:
             indexes = list(range(offset, min(offset + limit, record.chunk_count)))
             texts = vectors.chunk_texts(tenant_id, document_id, record.version, indexes) if indexes else []
             if any(text is None for text in texts):
+                if self.registry.source(tenant_id, document_id) is None:
+                    again = self.registry.get(tenant_id, document_id)
+                    if again is not None and again.version == record.version:
+                        # Written before texts were kept, so the re-index that built the served index left it
+                        # out: a retry never helps, a re-send does.
+                        raise Conflict(
+                            f"document {document_id!r} is not in the served index: it was written by a release "
+                            "before texts were kept, so a re-index could not rebuild it; re-send it (PUT the "
+                            "same content again) to index it with the current settings",
+                            document_id=document_id,
+                        )
                 return None
             stop = offset + len(indexes)
             return DocumentChunks(

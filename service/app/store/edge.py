@@ -105,6 +105,7 @@ from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
 from service.app.core.metrics import EDGE_CONSOLIDATIONS, FAILURES, METADATA_INDEX_BACKLOG
 from service.app.store import edge_ops
+from service.app.store.group_sync import GroupSync
 from service.app.store.metadata_index import (
     IndexKind,
     MetadataKeyBudget,
@@ -133,6 +134,8 @@ DENSE_VECTOR = edge_ops.DENSE_VECTOR
 UPSERT_BATCH = 256
 # The shard's write-ahead log directory (qdrant-edge's WAL_PATH) and its open segments' prefix (the wal crate).
 WAL_DIRECTORY = "wal"
+# How often a WAL sync lists the directory again when a segment was renamed or removed under it.
+WAL_LIST_ATTEMPTS = 3
 SCROLL_PAGE = 4096
 # Points per scroll call of the orphan collector's scan: a call holds the GIL, ~50 us per point read at 100k
 # (the payload is read whole), so this bounds one hold to a few ms (bench/gc_startup.py, docs/benchmarks.md).
@@ -863,6 +866,13 @@ class EdgeVectorStore:
         self.min_free_bytes = min_free_bytes
         # WRITE_DURABILITY=power_loss: an upsert returns once its WAL records are on disk (see `sync`).
         self.sync_writes = sync_writes
+        # Concurrent writers share one WAL sync (group commit); the WAL directory is fsynced only when the names
+        # in it changed since its last fsync (a segment created, closed or removed).
+        self._wal_sync = GroupSync(self._sync_wal)
+        self._wal_names: frozenset[tuple[str, int]] | None = None
+        self._deferring = (
+            threading.local()
+        )  # `sync_deferred`: this thread's upserts leave the sync to the caller
         self._segment_points = segment_points
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
@@ -1697,8 +1707,20 @@ class EdgeVectorStore:
             )
             self._apply(entry)
             self._wrote(len(batch))
-        self.sync()
+        if not getattr(self._deferring, "active", False):
+            self.sync()
         self._queue_indexes()
+
+    @contextlib.contextmanager
+    def sync_deferred(self) -> Iterator[None]:
+        """Upserts this thread makes inside the block return before their WAL sync: the caller owes a `sync()`
+        (it may run on another thread, overlapping other work) and acknowledges nothing they wrote before it
+        returned. The ingest runs it while the registry prepares the commit that acknowledges the write."""
+        self._deferring.active = True
+        try:
+            yield
+        finally:
+            self._deferring.active = False
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
@@ -1720,38 +1742,67 @@ class EdgeVectorStore:
         self.sync()
         self._queue_indexes()
 
+    @_guarded
     def sync(self) -> None:
         """With ``sync_writes`` (WRITE_DURABILITY=power_loss): put every write applied so far on disk, so it
         survives a power loss. The caller acknowledges nothing before this returns: the ingest commits the
         registry (which makes the version visible and the write acknowledged) only after its upsert returned.
 
-        fsyncs the files of the shard's WAL directory and the directory itself (fsync writes back the pages
-        the engine dirtied through its memory map: Linux's msync(MS_SYNC) is the same call on the same file;
-        a clean file costs next to nothing, so a segment the WAL retired while this write ran is covered too).
-        Where this version of the engine keeps no ``open-*`` WAL segment, ``EdgeShard.flush()`` instead.
-        Deletes are not synced: a lost delete leaves points the registry no longer names, which the orphan
-        collector removes.
+        Group commit (service.app.store.group_sync): concurrent callers share one sync, which covers every write
+        applied before it started; a caller whose write came later waits for the next one. The sync fsyncs the
+        files of the shard's WAL directory (fsync writes back the pages the engine dirtied through its memory
+        map: Linux's msync(MS_SYNC) is the same call on the same file; a clean file costs next to nothing, so a
+        segment the WAL retired while this write ran is covered too), and the directory itself when the names
+        in it changed since its last fsync (a segment created, retired or removed), else the directory holds
+        nothing new to make durable. Where this version of the engine keeps no ``open-*`` WAL segment,
+        ``EdgeShard.flush()`` instead. Deletes are not synced: a lost delete leaves points the registry no
+        longer names, which the orphan collector removes.
         """
         if not self.sync_writes:
             return
-        with self._gate.shared():  # no consolidation swap between the check and the syncs
+        self._wal_sync.sync()
+
+    def _sync_wal(self) -> None:
+        """One sync of the WAL (`sync`'s leader runs it for every caller waiting)."""
+        with self._gate.shared():  # no consolidation swap between the listing and the syncs
             wal = self.path / WAL_DIRECTORY
             try:
-                names = sorted(os.listdir(wal)) if wal.is_dir() else []
-                if not any(name.startswith("open-") for name in names):
-                    self.shard.flush()
-                    return
-                for name in names:
-                    fsync_path(wal / name)
-                fsync_path(wal)
+                for attempt in range(WAL_LIST_ATTEMPTS):
+                    try:
+                        self._fsync_wal(wal)
+                        return
+                    except FileNotFoundError:
+                        # The WAL retired (renamed) or removed a segment between the listing and its fsync: list
+                        # again (the renamed file is synced under its new name, the directory with it).
+                        if attempt + 1 == WAL_LIST_ATTEMPTS:
+                            raise
             except OSError as exc:
                 # After a failed fsync the kernel may have dropped the dirty pages: nothing can say the write
                 # is on disk, so it is not acknowledged (the ingest discards its version).
+                self._wal_names = None
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("could not sync the edge store's WAL under %s: %s", wal, exc)
                 raise ServiceUnavailable(
                     "the embedded store could not sync its write-ahead log; retry"
                 ) from exc
+
+    def _fsync_wal(self, wal: Path) -> None:
+        names = sorted(os.listdir(wal)) if wal.is_dir() else []
+        if not any(name.startswith("open-") for name in names):
+            self.shard.flush()
+            return
+        listing = [(str(wal), os.stat(wal).st_ino)]
+        for name in names:
+            fd = os.open(wal / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                listing.append((name, os.fstat(fd).st_ino))
+            finally:
+                os.close(fd)
+        names_now = frozenset(listing)
+        if names_now != self._wal_names:
+            fsync_path(wal)
+            self._wal_names = names_now
 
     def _apply(self, entry: edge_ops.Entry) -> None:
         """Apply one write (logged for a consolidation's copy while one merges)."""

@@ -479,7 +479,7 @@ def make_engine(
     """An engine for the registry URL; SQLite files get their directory created and a generous lock timeout,
     WAL mode and ``synchronous=FULL`` (``durable``: a commit survives a power loss) or ``NORMAL`` (a process
     crash only); Postgres connections get bounded connect and dead-peer timeouts (``postgres_connect_args``)
-    and keep the server's own ``synchronous_commit`` (on by default: a commit is flushed before it returns)."""
+    and, ``durable``, never run with ``synchronous_commit=off`` (``_postgres_commit_flushed``)."""
     url = normalize_database_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -494,7 +494,40 @@ def make_engine(
     connect_args = postgres_connect_args(
         parsed.query, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout
     )
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if durable:
+        sa.event.listen(engine, "connect", _postgres_commit_flushed)
+    return engine
+
+
+_RAISE_SYNCHRONOUS_COMMIT = (
+    "SELECT set_config('synchronous_commit', 'on', false) FROM (SELECT 1) AS one "
+    "WHERE current_setting('synchronous_commit') = 'off'"
+)
+
+
+def _postgres_commit_flushed(dbapi_connection: Any, _record: Any) -> None:
+    """WRITE_DURABILITY=power_loss on a Postgres whose ``synchronous_commit`` is ``off`` (set for the server, the
+    database or the role, often to speed up bulk loads): a COMMIT returns before its WAL is flushed, so a write
+    the service acknowledged is lost if the server crashes within ``wal_writer_delay`` x 3
+    (https://www.postgresql.org/docs/15/wal-async-commit.html). The parameter is settable per session, so each of
+    the registry's connections turns it back ``on``; every other value (``local``, ``remote_write``, ``on``,
+    ``remote_apply``) flushes locally and is kept as the server has it. One round trip per new connection, in
+    the pool's lifetime; the SET is committed, or the pool's reset (a rollback) would undo it."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(_RAISE_SYNCHRONOUS_COMMIT)
+        raised = cursor.fetchone() is not None
+    dbapi_connection.commit()
+    if raised and not _warned_async_commit:
+        _warned_async_commit.append(True)
+        logger.warning(
+            "Postgres runs with synchronous_commit=off for the registry's role or database; the registry's "
+            "connections set it to on, so an acknowledged write survives a Postgres crash "
+            "(WRITE_DURABILITY=power_loss; process_crash keeps the server's setting)"
+        )
+
+
+_warned_async_commit: list[bool] = []  # once per process, not per pooled connection
 
 
 class RegistryOpenError(RuntimeError):
@@ -946,8 +979,13 @@ class DocumentRegistry:
         text: str | None = None,
         fence: CommitFence | None = None,
         ticket: int | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> DocumentRecord:
         """Make ``version`` the active one, in one transaction with the tenant's data_version bump.
+
+        ``before_commit`` runs inside the transaction once its statements are done, just before the commit (the
+        ingest waits there for the vector store's sync of the version's points, which ran meanwhile); when it
+        raises, nothing is committed.
 
         ``ticket``: the write ticket an async write took at its acceptance (`accept_write`); the commit raises
         `Superseded` (changing nothing) when a write or delete with a newer ticket already took effect. None (a
@@ -1005,6 +1043,8 @@ class DocumentRegistry:
                         documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
                     )
                 ).one()
+                if before_commit is not None:
+                    before_commit()
         except IntegrityError as exc:
             raise Conflict(
                 f"document {document_id!r} was created by a concurrent request; retry",
@@ -1258,6 +1298,26 @@ class DocumentRegistry:
         return kept, missing
 
     @_guarded
+    def count_without_text(self) -> int:
+        """Active documents of every tenant with no kept text (written before texts were kept)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(
+                documents.outerjoin(
+                    document_sources,
+                    sa.and_(
+                        document_sources.c.tenant_id == documents.c.tenant_id,
+                        document_sources.c.document_id == documents.c.document_id,
+                        document_sources.c.version == documents.c.version,
+                    ),
+                )
+            )
+            .where(document_sources.c.text.is_(None))
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    @_guarded
     def count_documents(self) -> int:
         """Active documents of every tenant (a re-index's total)."""
         with self.engine.connect() as connection:
@@ -1486,8 +1546,9 @@ class DocumentRegistry:
         return result.rowcount == 1
 
     @_guarded
-    def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:
-        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003)."""
+    def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> bool:
+        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003);
+        True when it was kept now."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
@@ -1499,14 +1560,15 @@ class DocumentRegistry:
                 )
             ).scalar()
             if active != version:
-                return
-            connection.execute(
+                return False
+            result = connection.execute(
                 insert(document_sources)
                 .values(tenant_id=tenant_id, document_id=document_id, version=version, text=text)
                 .on_conflict_do_nothing(
                     index_elements=[document_sources.c.tenant_id, document_sources.c.document_id]
                 )
             )
+        return result.rowcount == 1
 
     def _keep_source(
         self, connection: Connection, tenant_id: str, document_id: str, version: int, text: str | None

@@ -105,7 +105,9 @@ def test_snapshot_scratch_volume_only_when_sized_else_snapshots_live_on_the_data
 
 def test_an_acknowledged_scale_down_is_recorded_on_the_statefulset() -> None:
     labels = {"app": "qdrant"}
-    assert "annotations" not in q.statefulset_metadata(cluster_args(), "qdrant", labels)
+    assert (
+        q.SCALE_DOWN_ANNOTATION not in q.statefulset_metadata(cluster_args(), "qdrant", labels)["annotations"]
+    )
     meta = q.statefulset_metadata(cluster_args(scale_down_acknowledged=3), "qdrant", labels)
     assert meta["annotations"][q.SCALE_DOWN_ANNOTATION].startswith("3 ")
     with pytest.raises(ComponentArgsError, match="scale_down_acknowledged must be None or equal to replicas"):
@@ -167,7 +169,8 @@ def test_children_names_parents_and_protection() -> None:
         "qdrant-digest-salt",
     }
     assert program.named("qdrant-statefulset").protect is True
-    assert program.named("qdrant-api-key").protect is True
+    # A key rotation replaces the Secret (test_day_two.py): protected, it could not be rotated in prod.
+    assert program.named("qdrant-api-key").protect is False
     assert program.named("qdrant-service").protect is False
     # The `founded` marker stops a node on an empty volume from founding a second cluster: kept like the data.
     assert program.named("qdrant-founded").protect is True

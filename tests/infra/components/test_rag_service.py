@@ -234,11 +234,13 @@ def test_production_service_resources_and_names() -> None:
                 assert res.inputs["metadata"]["namespace"] == "rag"
 
 
-def test_hpa_owns_replicas_and_worker_has_its_own() -> None:
+def test_hpa_floor_starts_the_api_and_worker_has_its_own() -> None:
+    # The API Deployment sends the HPA's floor and ignores later changes of it (tests/infra/test_autoscaling_switch.py):
+    # dropping the field under server-side apply would reset it to 1.
     program = run_service(prod_args())
     api = program.named("rag-api").inputs["spec"]
     worker = program.named("rag-worker").inputs["spec"]
-    assert "replicas" not in api
+    assert api["replicas"] == 3
     assert worker["replicas"] == 2
     assert worker["template"]["spec"]["containers"][0]["command"] == ["python", "-m", "service.worker"]
     hpa = program.named("rag-hpa").inputs["spec"]

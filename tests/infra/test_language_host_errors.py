@@ -1,0 +1,115 @@
+"""A config error reaches a bare `pulumi up` / `pulumi preview` as one line naming the key and the stack file.
+
+The program runs here as the CLI's Python language host runs it (tests/infra/exec_program.py: the config from
+$PULUMI_CONFIG, `pulumi.runtime.configure`, `run_in_stack(runpy.run_path(...))`, a RunError logged as its message
+alone, anything else as "Program failed with an unhandled exception" and a traceback), in a subprocess, against the
+offline mocks; nothing unwraps the error on the way, unlike `infra.offline.run_stack`. The real case is the EKS
+zone count: the region's zones are read from the cloud, so the check runs inside an Output that feeds each subnet's
+`availabilityZone`, and the SDK re-raises a ValueError raised there as "While processing input" ValueErrors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.naming import cloud_name
+from infra.offline import cli_config
+from infra.workflows.errors import program_refusal
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXEC = Path(__file__).with_name("exec_program.py")
+ZONES_REFUSAL = (
+    "rag:cluster.eks.availabilityZones in Pulumi.prod.yaml: 4 zones asked, but eu-west-1 offers 3 Availability "
+    "Zones to this account (eu-west-1a, eu-west-1b, eu-west-1c): lower it"
+)
+
+
+def _exec(
+    stack: str,
+    tmp_path: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    preview: bool = False,
+    live: dict[str, Any] | None = None,
+    program: Path = REPO_ROOT / "infra" / "__main__.py",
+) -> subprocess.CompletedProcess[str]:
+    values, secret_keys = cli_config(stack, config_overrides=overrides)
+    env = {
+        **os.environ,
+        "PULUMI_CONFIG": json.dumps(values),
+        "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secret_keys),
+    }
+    command = [sys.executable, str(EXEC), "--stack", stack, "--dry_run", "true" if preview else "false"]
+    if live is not None:
+        (tmp_path / "live.json").write_text(json.dumps(live))
+        command += ["--live", str(tmp_path / "live.json")]
+    command.append(str(program))
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
+def test_a_config_error_inside_an_output_is_one_line_for_the_language_host(
+    preview: bool, tmp_path: Path
+) -> None:
+    result = _exec(
+        "prod", tmp_path, overrides={"cluster": {"eks": {"availabilityZones": 4}}}, preview=preview
+    )
+    assert result.stderr.splitlines() == [f"error: {ZONES_REFUSAL}"], result.stderr
+    assert result.returncode == 1  # the host's status after a RunError (32 after an unhandled exception)
+    # ragops reads the same line out of the CLI's output (its red line).
+    assert program_refusal(result.stdout + result.stderr) == ZONES_REFUSAL
+
+
+def test_a_refusal_at_the_top_level_is_one_line_too(tmp_path: Path) -> None:
+    """The EKS version check runs before anything is registered (blocking invokes): two minors up is refused."""
+    name = cloud_name("prod", limit=100)
+    live = {"eks": {"name": name, "version": "1.33", "nodeGroups": {"eks-nodes-1a2b": "1.33"}}}
+    result = _exec("prod", tmp_path, live=live)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: rag:cluster.eks.version in Pulumi.prod.yaml: "), lines
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("raised", "one_line"),
+    [
+        ('ConfigError("rag:x.y", "Pulumi.dev.yaml", "bad")', True),
+        ('ValueError("rag:x.y in Pulumi.dev.yaml: bad")', False),
+    ],
+    ids=["ConfigError", "ValueError"],
+)
+def test_the_runner_wraps_a_value_error_inside_an_output_as_the_sdk_does(
+    raised: str, one_line: bool, tmp_path: Path
+) -> None:
+    """The control: the same program raising a ValueError inside an Output that feeds an input gets the SDK's
+    "While processing input" wrapping and the host's traceback, so the runner does not hide what the host shows.
+    A blocking invoke after the registration (as the program's cloud reads are) lets the registration fail while
+    the program still runs, so the host is handed the registration's error, as in the real program."""
+    program = tmp_path / "__main__.py"
+    program.write_text(
+        "import pulumi\n"
+        "from infra.config import ConfigError\n\n"
+        "def fail(_):\n"
+        f"    raise {raised}\n\n"
+        'pulumi.CustomResource("test:index:Thing", "thing", {"value": pulumi.Output.from_input(1).apply(fail)})\n'
+        'pulumi.runtime.invoke("aws:index/getAvailabilityZones:getAvailabilityZones", {"state": "available"})\n'
+    )
+    result = _exec("dev", tmp_path, program=program)
+    if one_line:
+        assert result.stderr.splitlines() == ["error: rag:x.y in Pulumi.dev.yaml: bad"], result.stderr
+        assert result.returncode == 1
+    else:
+        assert result.stderr.startswith("error: Program failed with an unhandled exception:\nTraceback"), (
+            result.stderr
+        )
+        assert "ValueError: While processing resource: 'thing'" in result.stderr
+        assert "has risen: While processing input: 'value'" in result.stderr
+        assert result.returncode == 32
