@@ -656,6 +656,9 @@ class BackupsConfig:
     bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
     transferMiBps: int = _f(min=1, max=10000)
+    discardBucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
+    """The bucket the program created whose deletion, with every backup in it, the operator accepts (backups turned
+    off, or `bucket` named instead); empty: a deployed stack refuses to delete it (infra/guards.py)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -1218,6 +1221,7 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "cluster-autoscaler-<minor>.<patch> tag to EKS_CLUSTER_AUTOSCALER_IMAGES in infra/config.py",
             )
         _check_cidrs(cluster.eks.publicAccessCidrs, "cluster.eks.publicAccessCidrs", fail)
+        _check_vpc_cidr(cluster.eks.vpcCidr, cluster.eks.availabilityZones, "cluster.eks.vpcCidr", fail)
         seen: set[str] = set()
         for key in ("cluster.eks.adminPrincipals", "cluster.eks.readerPrincipals"):
             for arn in getattr(cluster.eks, key.rsplit(".", 1)[1]):
@@ -1863,6 +1867,24 @@ def _bytes(quantity: str) -> float:
     """A storage quantity (already matched by QUANTITY_RE) in bytes."""
     number, unit = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", quantity).groups()  # type: ignore[union-attr]
     return float(number) * _UNITS.get(unit, 1)
+
+
+def _check_vpc_cidr(cidr: str, zones: int, key: str, fail: Any) -> None:
+    """The EKS VPC's range holds a public and a private /20 per Availability Zone (infra/clusters/eks.py
+    subnet_cidrs carves them from it): refused here, naming the key, rather than as a ValueError and a traceback in
+    the middle of the program."""
+    try:
+        network = ipaddress.ip_network(cidr)
+    except ValueError:
+        fail(key, f"{cidr!r} is not an IPv4 network in CIDR notation (host bits must be zero)")
+    room = 2 ** (20 - network.prefixlen) if network.prefixlen <= 20 else 0
+    if room < 2 * zones:
+        largest = 20 - (2 * zones - 1).bit_length()
+        fail(
+            key,
+            f"{cidr} holds {room} /20 subnets, and a public and a private one per Availability Zone "
+            f"(cluster.eks.availabilityZones: {zones}) need {2 * zones}: use a /{largest} or larger, or fewer zones",
+        )
 
 
 def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:

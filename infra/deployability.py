@@ -2922,6 +2922,7 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
     # The cluster's own Prometheus Operator: its namespace and selectors.
     ("monitoring.existing.", "dev", "existing", {"monitoring": {"enabled": True, "mode": "existing"}}),
     ("monitoring.", "dev", "existing", {"monitoring": {"enabled": True}}),
+    ("backups.discardBucket", "dev", "gke", {}),  # accepts the deletion of a created bucket: backups off
     ("backups.", "dev", "gke", {"backups": {"enabled": True}}),
     ("tls.", "dev", "existing", {"tls": {"issuer": "letsencrypt-staging", "email": "platform@example.com"}}),
     ("gateway.ingress.className", "dev", "existing", {"gateway": {"ingress": {"enabled": True}}}),
@@ -3040,6 +3041,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "monitoring.storage.storageClass": "fast-monitoring",
     "backups.schedule": "0 4 * * *",
     "backups.bucket": "rag-other-backups",
+    "backups.discardBucket": "rag-discarded-backups",
     "llmApiKey": "offline-other-llm-key-0123456789",
     "llm.baseUrl": "https://llm.other.example.com:8443/v1",
     "llm.model": "offline-other-model",

@@ -70,6 +70,7 @@ SCALE_DOWN_RUNBOOK = "docs/runbooks.md#scale-qdrant-down"
 MANAGED_RUNBOOK = "docs/runbooks.md#upgrade-the-managed-registrys-major-version"
 CNPG_RUNBOOK = "docs/runbooks.md#upgrade-the-cloudnativepg-registrys-major-version"
 DAY_TWO_DOC = "docs/operations.md#day-two-what-the-next-up-does-with-a-changed-key"
+BUCKET_DOC = "docs/operations.md#turning-backups-off"
 
 READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_RESOURCE_OUTPUTS = "pulumi:pulumi:readStackResourceOutputs"
@@ -79,6 +80,11 @@ STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
 CLOUDSQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+BUCKETS = {"aws:s3/bucket:Bucket": "bucket", "gcp:storage/bucket:Bucket": "name"}
+"""The backup bucket's type -> its output holding the bucket's name."""
+BACKUPS_NAME = "qdrant-backups"
+"""The QdrantBackups component's name in the program (its bucket is `<name>-bucket`)."""
+DISCARD_KEY = f"{PROJECT}:backups.discardBucket"
 
 
 # --- the decisions (shared with ragops) ---------------------------------------------------------------------------
@@ -159,6 +165,23 @@ def mode_switch_refusal(
     )
 
 
+def bucket_refusal(stack: str, deployed: str | None, keeps: bool, discard: str) -> str | None:
+    """Why deleting the backup bucket the program created (`deployed`) is refused (None: it is not): the config no
+    longer creates it (`keeps` false: backups off, or another `rag:backups.bucket`) and `discard`
+    (`rag:backups.discardBucket`) does not name it. Outside prod the bucket has `force_destroy`, so the `up` empties
+    it: every Qdrant snapshot and the registry's WAL and base backups; in prod the protected delete stops the `up`
+    at its end, after the rest was applied."""
+    if deployed is None or keeps or discard == deployed:
+        return None
+    return (
+        f"Refusing to delete the backup bucket {deployed!r} of stack {stack!r} with every Qdrant snapshot and "
+        "registry backup in it: the program creates it only while rag:backups.enabled is true and rag:backups.bucket "
+        f"empty, and the `up` would empty and delete it (in prod: stop at its protection). To keep the backups, "
+        f"copy them out or keep the bucket out of the stack ({BUCKET_DOC}); then `pulumi config set --path "
+        f"{DISCARD_KEY} {deployed} -s {stack}`. Or set rag:backups.enabled back to true."
+    )
+
+
 def major_upgrade_refusal(
     stack: str,
     planned: Registry,
@@ -217,6 +240,8 @@ class DeployedState:
     """The CloudNativePG Cluster and RDS / Cloud SQL instances, with the major each runs."""
     namespace: str | None = None
     """The stack's Namespace (None: none in the state)."""
+    backup_bucket: str | None = None
+    """The name of the backup bucket the program created (None: none in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -248,12 +273,15 @@ def deployed_state(
     """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
     replicas: int | None = None
     namespace: str | None = None
+    bucket: str | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
             continue
         kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
-        if kind == NAMESPACE and name == NAMESPACE_NAME:
+        if kind in BUCKETS and name == f"{BACKUPS_NAME}-bucket":
+            bucket = str(outputs.get(BUCKETS[kind]) or "") or None
+        elif kind == NAMESPACE and name == NAMESPACE_NAME:
             namespace = str((outputs.get("metadata") or {}).get("name") or "") or None
         elif kind == STATEFULSET and name == f"{qdrant}-statefulset":
             count = (outputs.get("spec") or {}).get("replicas")
@@ -267,7 +295,9 @@ def deployed_state(
             registries.append(Registry(managed=True, major=_major(version)))
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
-    return DeployedState(qdrant_replicas=replicas, registries=tuple(registries), namespace=namespace)
+    return DeployedState(
+        qdrant_replicas=replicas, registries=tuple(registries), namespace=namespace, backup_bucket=bucket
+    )
 
 
 def _plain(value: Any) -> Any:
@@ -389,6 +419,12 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     )
     if scale is not None:
         return DeployedStateRefusal(f"{QDRANT_KEY}.scaleDownTo", config.stack_file, scale)
+    backups = config.backups
+    bucket = bucket_refusal(
+        stack, state.backup_bucket, backups.enabled and not backups.bucket, backups.discardBucket
+    )
+    if bucket is not None:
+        return DeployedStateRefusal(DISCARD_KEY, config.stack_file, bucket)
     planned = planned_registry(config)
     switch = mode_switch_refusal(stack, planned, state.registries, config.postgres.modeSwitch.fromMode)
     if switch is not None:

@@ -201,6 +201,8 @@ def namespace_metadata(config: StackConfig) -> dict[str, Any]:
         annotations["rag.platform/registry-mode-switch"] = (
             f"{config.postgres.modeSwitch.fromMode}->{config.postgres.mode} (docs/operations.md#moving-the-registry-to-the-other-mode)"
         )
+    if config.backups.discardBucket:  # an accepted deletion of the backup bucket, with its backups
+        annotations["rag.platform/backups-bucket-discarded"] = config.backups.discardBucket
     return {
         "name": config.namespace,
         "annotations": annotations,

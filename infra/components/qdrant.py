@@ -343,6 +343,17 @@ def bootstrap_config_name(base: str) -> str:
     return f"{base}-bootstrap"
 
 
+FOUNDED_DATA = {
+    "founded": "The Qdrant cluster has formed: a node without Raft state joins a running peer and never "
+    "founds a new cluster (docs/runbooks.md#replace-a-qdrant-node)."
+}
+"""The `founded` marker's data. Fixed: the marker stays protected in prod (deleting it, e.g. by a `pulumi destroy`
+that stops at the protected StatefulSet after deleting its dependents, would let pod 0 on an empty volume found a
+second cluster), and pulumi-kubernetes replaces a ConfigMap whose data changes (enableConfigMapMutable off),
+which the engine refuses for a protected resource: an edited text would stop every prod `up`. Only its existence
+is read (bootstrap_script)."""
+
+
 def founded_config_name(base: str) -> str:
     """ConfigMap whose existence says the cluster has formed; created after the StatefulSet first became ready."""
     return f"{base}-founded"
@@ -607,10 +618,7 @@ class QdrantCluster(pulumi.ComponentResource):
         k8s.core.v1.ConfigMap(
             f"{name}-founded",
             metadata=specs.metadata(founded_config_name(base), ns, object_labels),
-            data={
-                "founded": "The Qdrant cluster has formed: a node without Raft state joins a running peer and never "
-                "founds a new cluster (docs/runbooks.md#replace-a-qdrant-node)."
-            },
+            data=dict(FOUNDED_DATA),
             opts=child(protect=args.protect, extra=(statefulset,)),
         )
         if args.pdb and args.replicas > 1:

@@ -48,7 +48,10 @@ class RedisCacheArgs:
     """Secret password (incluster) or AUTH token (elasticache, 16-128 printable characters). Memorystore
     generates its own AUTH string."""
     protect: bool = False
-    """Protect the stateful resource (StatefulSet / replication group / instance) from deletion (prod: True)."""
+    """Protect the stateful resource (StatefulSet / replication group / instance) from deletion (prod: True). Not
+    the password Secret: its content is rebuilt from `password` (the stack's RandomPassword in the state), and a
+    Secret whose data changes is replaced (pulumi-kubernetes, enableSecretMutable off), which the engine refuses
+    for a protected resource: a new password would stop prod's `up` there."""
     depends_on: tuple[pulumi.Resource, ...] = ()
     # --- incluster
     namespace: str | None = None
@@ -282,7 +285,7 @@ class RedisCache(pulumi.ComponentResource):
             metadata=specs.metadata(secret_name, ns, object_labels),
             type="Opaque",
             string_data={PASSWORD_KEY: password},
-            opts=self._opts(args, protect=args.protect),
+            opts=self._opts(args),
         )
         ports = [specs.service_port("redis", PORT)]
         k8s.core.v1.Service(

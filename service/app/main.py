@@ -233,10 +233,12 @@ def build_services(
             "before may be chunked differently from new ones (before version 2, a text without spaces could be "
             "one chunk far over the character cap; before version 3, every line break of hard-wrapped text ended "
             "a sentence, so answers quoted half-lines). Search works as it is; to rebuild them with the current "
-            "rules, re-index with the same settings: POST /v1/admin/reindex {} or `ragops reindex start`",
+            "rules, re-index with the same settings: POST /v1/admin/reindex {} (an admin route: set "
+            "ADMIN_API_KEY, which `make serve` leaves unset) or `ragops reindex start`%s",
             generation.collection,
             generation.config.chunker,
             CHUNKER_VERSION,
+            _textless_note(registry),
         )
     if start_reindex:
         _startup_reindex(settings, registry, reindexer, generation, wanted, needs_sparse=needs_sparse)
@@ -245,6 +247,18 @@ def build_services(
         reindexer.resume_interrupted = True
         reindexer.sync(force=True)
     return services
+
+
+def _textless_note(registry: DocumentRegistry) -> str:
+    """What a re-index needs first when some documents have no kept text ("" when none)."""
+    count = registry.count_without_text()
+    if not count:
+        return ""
+    return (
+        f"; first re-send the {count} documents written before texts were kept (PUT them again, or run "
+        "`python -m service.client ingest DIR` again): a re-index cannot rebuild them and fails until then "
+        "(GET /v1/admin/reindex lists them)"
+    )
 
 
 def _startup_reindex(
@@ -268,6 +282,8 @@ def _startup_reindex(
     if decision.reindex and not settings.reindex_on_config_change:
         reason = f"{reason.removesuffix(': re-indexing')}; not re-indexing: REINDEX_ON_CONFIG_CHANGE is off"
         decision = replace(decision, reindex=False)
+    if decision.reindex:
+        reason += _textless_note(registry)
     reindexer.startup = reason
     if not decision.reindex:
         # A served index that differs from the settings is worth a warning; one that has them is not news.

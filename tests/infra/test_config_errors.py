@@ -241,6 +241,15 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.publicAccessCidrs",
         "not an IPv4/IPv6 network",
     ),
+    # The subnets are /20s carved from the VPC range, a public and a private one per zone (prod: 3 zones).
+    ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/18"}}}, "cluster.eks.vpcCidr", "holds 4 /20 subnets"),
+    ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/20"}}}, "cluster.eks.vpcCidr", "use a /17 or larger"),
+    (
+        "prod",
+        {"cluster": {"eks": {"vpcCidr": "10.0.0.1/16"}}},
+        "cluster.eks.vpcCidr",
+        "host bits must be zero",
+    ),
     (
         "prod",
         {"cluster": {"eks": {"endpointPublicAccess": True}}},

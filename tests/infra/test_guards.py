@@ -105,11 +105,16 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
     # The guard finds the StatefulSet, the CNPG Cluster and the RDS / Cloud SQL instance by type and name: a renamed
     # resource would leave it blind, so every target's real run must show them.
     assert guards.deployed_state(state_of(run("staging"))["resources"]) == guards.DeployedState(
-        qdrant_replicas=3, registries=(guards.Registry(managed=False, major="17"),), namespace="rag"
+        qdrant_replicas=3,
+        registries=(guards.Registry(managed=False, major="17"),),
+        namespace="rag",
+        backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
     )
-    assert guards.deployed_state(state_of(run("prod"))["resources"]).registries == (
-        guards.Registry(managed=True, major="17"),
-    )
+    prod = guards.deployed_state(state_of(run("prod"))["resources"])
+    assert prod.registries == (guards.Registry(managed=True, major="17"),)
+    assert prod.backup_bucket is not None  # S3
+    assert prod.backup_bucket.startswith("rag-prod-qdrant-backups-")
+    assert guards.deployed_state(state_of(run("dev"))["resources"]).backup_bucket is None
     assert guards.deployed_state(state_of(run("prod", **GKE))["resources"]).registries == (
         guards.Registry(managed=True, major="17"),
     )
@@ -252,6 +257,35 @@ def test_moving_a_deployed_stack_to_another_namespace_is_refused_before_anything
     # The namespace it runs in deploys as before; a first `up` may name any namespace.
     assert against("dev", deployed, {}).by_name("namespace").inputs["metadata"]["name"] == "rag"
     assert run("dev", namespace="rag-two").by_name("namespace").inputs["metadata"]["name"] == "rag-two"
+
+
+# ---------------------------------------------------------------------------------------------- backup bucket
+def test_turning_backups_off_is_refused_while_the_stack_holds_the_bucket_it_created(sent: list[str]) -> None:
+    # The created bucket leaves the program; outside prod force_destroy would empty it with every backup in it.
+    deployed = run("staging")
+    bucket = guards.deployed_state(state_of(deployed)["resources"]).backup_bucket
+    assert bucket is not None
+    assert bucket.startswith("rag-staging-qdrant-backups")
+    message = refused("staging", deployed, {"backups": {"enabled": False}}, sent)
+    assert message.startswith(
+        f"{guards.DISCARD_KEY} in Pulumi.staging.yaml: Refusing to delete the backup bucket {bucket!r}"
+    )
+    assert f"pulumi config set --path {guards.DISCARD_KEY} {bucket} -s staging" in message
+    assert guards.BUCKET_DOC in message
+    # Naming another bucket drops the created one just the same; prod (protected: a half-applied `up`) too.
+    refused("staging", deployed, {"backups": {"bucket": "rag-elsewhere"}}, sent)
+    prod = run("prod")
+    assert refused("prod", prod, {"backups": {"enabled": False}}, sent).startswith(
+        f"{guards.DISCARD_KEY} in Pulumi.prod.yaml"
+    )
+    # Accepted: the bucket goes, and the acceptance is recorded.
+    off = against("staging", deployed, {"backups": {"enabled": False, "discardBucket": bucket}})
+    assert not [r for r in off.resources if r.urn.endswith("::qdrant-backups-bucket")]
+    annotations = off.by_name("namespace").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/backups-bucket-discarded"] == bucket
+    # Backups on as before, and a stack that never created a bucket, deploy unasked.
+    assert against("staging", deployed, {}).urns == deployed.urns
+    assert against("dev", run("dev"), {"backups": {"enabled": False}}).by_name("namespace")
 
 
 # ---------------------------------------------------------------------------------------------- preview, errors

@@ -269,6 +269,13 @@ class IngestService:
                     logger.info("write of %s/%s lost a race; writing again", tenant_id, document_id)
             raise AssertionError("unreachable")
 
+    def _missing_from_served(self, tenant_id: str, record: DocumentRecord) -> bool:
+        """Whether the served index lacks ``record``'s version (a re-index switched without its text)."""
+        if not record.chunk_count:
+            return False
+        vectors = self.index.current.vectors
+        return vectors.chunk_texts(tenant_id, record.document_id, record.version, [0]) == [None]
+
     async def accept(self, tenant_id: str, document_id: str) -> int:
         """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
         validate_new_document_id(document_id)
@@ -299,10 +306,14 @@ class IngestService:
                 )
                 current = replace(current, content_hash=digest)
         if current is not None and current.content_hash == digest:
-            # A document written before texts were kept gets its text now (a no-op when it has one).
-            await to_thread.run_sync(
+            # A document written before texts were kept gets its text now (a no-op when it has one); if a
+            # re-index left it out of the served index (it could not rebuild it), it is written again below.
+            kept_now = await to_thread.run_sync(
                 self.registry.ensure_source, tenant_id, document_id, current.version, text
             )
+            if kept_now and await to_thread.run_sync(self._missing_from_served, tenant_id, current):
+                current = replace(current, content_hash="")
+        if current is not None and current.content_hash == digest:
             # Acknowledged: an older queued write of the document must not replace it later.
             await to_thread.run_sync(
                 self.registry.confirm_unchanged, tenant_id, document_id, current.version, ticket
@@ -546,6 +557,17 @@ class IngestService:
             indexes = list(range(offset, min(offset + limit, record.chunk_count)))
             texts = vectors.chunk_texts(tenant_id, document_id, record.version, indexes) if indexes else []
             if any(text is None for text in texts):
+                if self.registry.source(tenant_id, document_id) is None:
+                    again = self.registry.get(tenant_id, document_id)
+                    if again is not None and again.version == record.version:
+                        # Written before texts were kept, so the re-index that built the served index left it
+                        # out: a retry never helps, a re-send does.
+                        raise Conflict(
+                            f"document {document_id!r} is not in the served index: it was written by a release "
+                            "before texts were kept, so a re-index could not rebuild it; re-send it (PUT the "
+                            "same content again) to index it with the current settings",
+                            document_id=document_id,
+                        )
                 return None
             stop = offset + len(indexes)
             return DocumentChunks(

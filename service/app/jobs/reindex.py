@@ -234,6 +234,18 @@ def _text(settings: dict[str, Any] | None) -> str:
     return f"{settings['model']} chunk {settings['chunk_size']}/{settings['chunk_overlap']}"
 
 
+def without_text_advice(count: int, listed: list[str]) -> str:
+    """Why a re-index cannot include documents written before texts were kept, and what makes it possible."""
+    named = ", ".join(listed[:5]) + (", ..." if count > len(listed[:5]) else "")
+    return (
+        f"{count} documents have no kept text (written by a release before texts were kept: {named}), so no "
+        "re-index can rebuild them: re-send each one (PUT /v1/documents/{id} again, or run `python -m "
+        "service.client ingest DIR` again: the same content is enough), then re-index again; or "
+        'POST /v1/admin/reindex with {"allow_missing": true} to switch without them (they drop out of search '
+        "until re-sent)"
+    )
+
+
 def operator_pin(pointer: IndexPointer | None) -> dict[str, Any] | None:
     """The deployed settings an operator's choice of the served index holds against (None: the configuration
     chose it, or the pointer predates migration 0009)."""
@@ -379,6 +391,29 @@ class Reindexer:
         _LIVE_HOLDERS.add(self.holder)
 
     # -- public API ---------------------------------------------------------------------------------------
+
+    def attention(self) -> str | None:
+        """Why the served index does not have the deployed settings although start-up wanted them (a re-index
+        to them failed or could not start), with what to do; None when there is nothing to act on."""
+        if self.settings_config is None or self.running():
+            return None
+        served = self.index.current
+        if served.config.same_settings(self.settings_config):
+            return None
+        wanted = _text(settings_of(self.settings_config))
+        status = self.status()
+        if (
+            status.state == "failed"
+            and status.target
+            and settings_of(status.target) == settings_of(self.settings_config)
+        ):
+            return (
+                f"the served index ({_text(settings_of(served.config))}) does not have the deployed settings "
+                f"({wanted}): the re-index to them failed: {status.error}"
+            )
+        if self.startup and "cannot re-index" in self.startup:
+            return f"the served index does not have the deployed settings ({wanted}): {self.startup}"
+        return None
 
     def status(self) -> ReindexStatus:
         self.sync()
@@ -867,8 +902,7 @@ class Reindexer:
             self._build(target)
             if self._status.documents_without_text and not allow_missing:
                 raise InvalidInput(
-                    f"{self._status.documents_without_text} documents have no kept text (written before "
-                    "texts were kept); re-send them, or re-index with allow_missing to switch without them"
+                    without_text_advice(self._status.documents_without_text, self._status.without_text)
                 )
             self._set(replace(self._status, state="catching_up"))
             replayed = self._catch_up(target)

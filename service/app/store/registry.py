@@ -1291,6 +1291,26 @@ class DocumentRegistry:
         return kept, missing
 
     @_guarded
+    def count_without_text(self) -> int:
+        """Active documents of every tenant with no kept text (written before texts were kept)."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(
+                documents.outerjoin(
+                    document_sources,
+                    sa.and_(
+                        document_sources.c.tenant_id == documents.c.tenant_id,
+                        document_sources.c.document_id == documents.c.document_id,
+                        document_sources.c.version == documents.c.version,
+                    ),
+                )
+            )
+            .where(document_sources.c.text.is_(None))
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    @_guarded
     def count_documents(self) -> int:
         """Active documents of every tenant (a re-index's total)."""
         with self.engine.connect() as connection:
@@ -1519,8 +1539,9 @@ class DocumentRegistry:
         return result.rowcount == 1
 
     @_guarded
-    def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> None:
-        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003)."""
+    def ensure_source(self, tenant_id: str, document_id: str, version: int, text: str) -> bool:
+        """Keep ``text`` for the active ``version`` if no text is kept yet (documents written before migration 0003);
+        True when it was kept now."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
@@ -1532,14 +1553,15 @@ class DocumentRegistry:
                 )
             ).scalar()
             if active != version:
-                return
-            connection.execute(
+                return False
+            result = connection.execute(
                 insert(document_sources)
                 .values(tenant_id=tenant_id, document_id=document_id, version=version, text=text)
                 .on_conflict_do_nothing(
                     index_elements=[document_sources.c.tenant_id, document_sources.c.document_id]
                 )
             )
+        return result.rowcount == 1
 
     def _keep_source(
         self, connection: Connection, tenant_id: str, document_id: str, version: int, text: str | None

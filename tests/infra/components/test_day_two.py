@@ -33,6 +33,7 @@ FORCE_NEW: dict[str, tuple[str, ...]] = {
     "kubernetes:core/v1:Service": ("spec.clusterIP",),
 }
 V119 = "qdrant/qdrant:v1.19.0-unprivileged"
+PINNED_FOUNDED = "8d5a72ddb41fab0a34d02e73ec0495dffc96434c7623155f730036783a5f7532"
 
 
 def _at(inputs: dict[str, Any], path: str) -> Any:
@@ -120,3 +121,25 @@ def test_pulumi_waits_for_a_rolling_update_as_long_as_the_nodes_probes_allow() -
     assert int(five["metadata"]["annotations"]["pulumi.com/timeoutSeconds"]) >= 5 * node
     # On the StatefulSet object, not its pod template: a new count restarts no node.
     assert three["spec"]["template"] == five["spec"]["template"]
+
+
+def test_the_founded_marker_stays_protected_and_no_key_change_replaces_it() -> None:
+    """The marker is protected in prod (its loss lets a new cluster be founded on an empty volume), so no change of
+    the component's args may touch its data (a replace the engine refuses for a protected resource)."""
+    import hashlib
+    import json
+
+    base = run_cluster(cluster_args(image=V119, api_key="old-key"))
+    for other in (
+        cluster_args(image=V119, api_key="new-key"),
+        cluster_args(image=V119, api_key="old-key", replicas=5, storage_size="20Gi"),
+        cluster_args(api_key="old-key"),
+    ):
+        assert "qdrant-founded" not in replaced(base, run_cluster(other))
+    assert base.named("qdrant-founded").protect is True
+    # Pinned: an edit of the text is a replace of a protected object, refused in every prod `up`.
+    digest = hashlib.sha256(json.dumps(q.FOUNDED_DATA, sort_keys=True).encode()).hexdigest()
+    assert base.named("qdrant-founded").inputs["data"] == q.FOUNDED_DATA
+    assert digest == PINNED_FOUNDED, (
+        "FOUNDED_DATA changed: every prod `up` would stop at the protected marker"
+    )

@@ -123,6 +123,25 @@ def test_incluster_children_protection_and_secret_url() -> None:
     assert validate_manifests(program) == 5
 
 
+def test_a_new_password_replaces_only_an_unprotected_secret() -> None:
+    # pulumi-kubernetes replaces a Secret whose data changes (enableSecretMutable off), and the engine refuses to
+    # replace a protected resource: the Secret, rebuilt from the stack's RandomPassword, must not be protected.
+    before, after = (
+        run_cache(incluster()),
+        run_cache(incluster(password=pulumi.Output.secret("another-pw-1234"))),
+    )
+    changed = {
+        name
+        for name in ("redis-password", "redis-statefulset")
+        if before.named(name).inputs != after.named(name).inputs
+    }
+    assert changed == {
+        "redis-password"
+    }  # the pods read it through secretKeyRef: the StatefulSet spec is the same
+    assert after.named("redis-password").protect is False
+    assert after.named("redis-statefulset").protect is True
+
+
 def test_elasticache_is_encrypted_authenticated_and_protected() -> None:
     program = run_cache(elasticache())
     assert_all_parented(program, "rag:data:RedisCache")

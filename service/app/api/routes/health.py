@@ -136,4 +136,20 @@ async def _readiness(services: Any, *, gating: frozenset[str] | None) -> JSONRes
             },
             status_code=http_status,
         )
-    return JSONResponse({"status": "ok", "checks": report})
+    body: dict[str, Any] = {"status": "ok", "checks": report}
+    warning = await _index_warning(services)
+    if warning is not None:
+        # Serving works (the previous index answers), so this gates nothing; it is here to be seen.
+        body["warnings"] = {"index": warning}
+    return JSONResponse(body)
+
+
+async def _index_warning(services: Any) -> str | None:
+    """Why the served index lacks the deployed settings (a failed start-up re-index), or None."""
+    attention = getattr(getattr(services, "reindexer", None), "attention", None)
+    if attention is None:
+        return None
+    try:
+        return await asyncio.wait_for(run_in_threadpool(attention), timeout=READY_CHECK_TIMEOUT_SECONDS)
+    except Exception:  # the database check reports a failing registry; a warning must not fail the probe
+        return None
