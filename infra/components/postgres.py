@@ -924,7 +924,11 @@ class PostgresDatabase(pulumi.ComponentResource):
             metadata=specs.metadata(app_secret, ns, object_labels),
             type="kubernetes.io/basic-auth",
             string_data={"username": args.username, "password": password},
-            opts=self._opts(args, protect=args.protect),
+            # Not protected, unlike the Cluster: its content is rebuilt from `postgres.user` and the stack's
+            # RandomPassword by any `up`, and a Secret whose data changes is replaced (pulumi-kubernetes,
+            # enableSecretMutable off), which the engine refuses for a protected resource: a new password or user
+            # would stop prod's `up` here (REVIEW7 finding 1, as for the Valkey and Qdrant key Secrets).
+            opts=self._opts(args),
         )
         waits = (secret, *((operator,) if operator is not None else ()))
         destination: pulumi.Output[str] | None = None

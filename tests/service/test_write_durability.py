@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from pydantic import ValidationError
 
 from service.app.core.config import Settings
@@ -48,14 +49,29 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]
     monkeypatch.setattr(edge_module.os, "fsync", fsync)
 
 
-def record_commits(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]) -> None:
+def record_commits(
+    monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]], registry: DocumentRegistry
+) -> None:
+    """Every registry commit that activates a document is recorded (as ("activate", document)) at the moment the
+    transaction commits, not when `activate` is called: the ingest prepares the transaction while the vector
+    store syncs, and only its commit acknowledges the write."""
     real = DocumentRegistry.activate
+    activating = threading.local()
 
     def activate(self: DocumentRegistry, *args: Any, **kwargs: Any) -> Any:
-        events.append(("activate", args[1]))
-        return real(self, *args, **kwargs)
+        activating.document = args[1]
+        try:
+            return real(self, *args, **kwargs)
+        finally:
+            activating.document = None
+
+    def committed(_connection: Any) -> None:
+        document = getattr(activating, "document", None)
+        if document is not None:
+            events.append(("activate", document))
 
     monkeypatch.setattr(DocumentRegistry, "activate", activate)
+    sa.event.listen(registry.engine, "commit", committed)
 
 
 def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledges_it(
@@ -68,7 +84,7 @@ def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledge
         assert store.sync_writes
         before = wal_files(store)
         record_fsyncs(monkeypatch, events)
-        record_commits(monkeypatch, events)
+        record_commits(monkeypatch, events, services_of(client).registry)
         response = client.put("/v1/documents/handbook", json={"text": TEXT})
         assert response.status_code == 201, response.text
         after = wal_files(store)
@@ -160,7 +176,7 @@ def test_a_put_whose_wal_sync_is_held_is_not_visible_and_a_failed_sync_answers_5
         real(fd)
 
     with running_app(make_settings(tmp_path), embedder=embedder) as client:
-        record_commits(monkeypatch, events)
+        record_commits(monkeypatch, events, services_of(client).registry)
         monkeypatch.setattr(edge_module.os, "fsync", held)
         answer: dict[str, Any] = {}
         writer = threading.Thread(
@@ -191,7 +207,6 @@ def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that
     writers = 6
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
-    local = threading.local()
     real_fsync = os.fsync
 
     def note(kind: str, what: str) -> None:
@@ -202,16 +217,12 @@ def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that
         store = services_of(client).vectors
         assert isinstance(store, EdgeVectorStore)
         syncer = store._wal_sync
-        real_upsert, real_sync, real_flush = store.upsert, store.sync, syncer._flush
+        real_upsert, real_flush = store.upsert, syncer._flush
         held = threading.Event()
 
-        def upsert(points: Any) -> None:
-            local.document = points[0].document_id
-            real_upsert(points)
-
-        def sync() -> None:
-            note("applied", getattr(local, "document", "?"))
-            real_sync()
+        def upsert(points: Any, **kwargs: Any) -> None:
+            real_upsert(points, **kwargs)
+            note("applied", points[0].document_id)  # in the shard; its sync may still be to come
 
         def flush() -> None:
             round_ = str(syncer.flushes)
@@ -227,10 +238,9 @@ def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that
 
         start = syncer.arrived
         monkeypatch.setattr(store, "upsert", upsert)
-        monkeypatch.setattr(store, "sync", sync)
         monkeypatch.setattr(syncer, "_flush", flush)
         monkeypatch.setattr(edge_module.os, "fsync", fsync)
-        record_commits(monkeypatch, events)
+        record_commits(monkeypatch, events, services_of(client).registry)
         barrier = threading.Barrier(writers)
         statuses: dict[str, int] = {}
 

@@ -46,6 +46,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -89,6 +90,9 @@ FENCE_CHECK_CHUNKS = 128
 CHUNK_READ_ATTEMPTS = 3
 # How often a job's write is tried when another process's commit wins the version compare-and-set.
 JOB_CONFLICT_ATTEMPTS = 3
+# Runs the vector store's syncs of written points while the writer prepares its registry commit. The syncs of
+# concurrent writers are grouped by the store (one fsync round covers all of them), so a few threads suffice.
+_SYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-sync")
 
 
 def content_hash(text: str, metadata: dict[str, Any], content_type: str) -> str:
@@ -477,7 +481,7 @@ class IngestService:
         points = self._points(generation, tenant_id, document_id, version, text, metadata, digest, fence)
         fault_point("before_upsert")
         try:
-            store.upsert(points)
+            synced = self._upsert(store, points)
         except ServiceUnavailable:
             self._discard(store, tenant_id, document_id, version)
             raise
@@ -502,6 +506,7 @@ class IngestService:
                 text=text,
                 fence=fence,
                 ticket=ticket,
+                before_commit=None if synced is None else synced.result,
             )
         except (Conflict, ServiceUnavailable):  # Superseded is a Conflict
             self._discard(store, tenant_id, document_id, version)
@@ -513,6 +518,19 @@ class IngestService:
         except ServiceUnavailable:
             logger.warning("stale chunks of %s/%s left behind (invisible)", tenant_id, document_id)
         return len(points)
+
+    @staticmethod
+    def _upsert(store: VectorStore, points: list[ChunkPoint]) -> Future[None] | None:
+        """Write the points (invisible until the commit); for a store that syncs its writes to disk
+        (WRITE_DURABILITY=power_loss on the edge store), the sync is started here and returned: it runs while the
+        registry prepares the commit, which waits for it (``before_commit``) and commits nothing if it fails."""
+        deferred = getattr(store, "sync_deferred", None)
+        if deferred is None or not getattr(store, "sync_writes", False):
+            store.upsert(points)
+            return None
+        with deferred():
+            store.upsert(points)
+        return _SYNCS.submit(store.sync)  # type: ignore[attr-defined]
 
     def _discard(self, store: VectorStore, tenant_id: str, document_id: str, version: int) -> None:
         # Best effort: these points were never active; if this fails too the next write removes them.

@@ -850,6 +850,9 @@ class EdgeVectorStore:
         # in it changed since its last fsync (a segment created, closed or removed).
         self._wal_sync = GroupSync(self._sync_wal)
         self._wal_names: frozenset[tuple[str, int]] | None = None
+        self._deferring = (
+            threading.local()
+        )  # `sync_deferred`: this thread's upserts leave the sync to the caller
         self._segment_points = segment_points
         self.upsert_batch = UPSERT_BATCH
         self._optimize_idle = optimize_idle_seconds
@@ -1657,8 +1660,20 @@ class EdgeVectorStore:
             )
             self._apply(entry)
             self._wrote(len(batch))
-        self.sync()
+        if not getattr(self._deferring, "active", False):
+            self.sync()
         self._queue_indexes()
+
+    @contextlib.contextmanager
+    def sync_deferred(self) -> Iterator[None]:
+        """Upserts this thread makes inside the block return before their WAL sync: the caller owes a `sync()`
+        (it may run on another thread, overlapping other work) and acknowledges nothing they wrote before it
+        returned. The ingest runs it while the registry prepares the commit that acknowledges the write."""
+        self._deferring.active = True
+        try:
+            yield
+        finally:
+            self._deferring.active = False
 
     @_guarded
     def upsert_records(self, records: Sequence[tuple[str, Sequence[float], dict[str, Any]]]) -> None:
@@ -1680,6 +1695,7 @@ class EdgeVectorStore:
         self.sync()
         self._queue_indexes()
 
+    @_guarded
     def sync(self) -> None:
         """With ``sync_writes`` (WRITE_DURABILITY=power_loss): put every write applied so far on disk, so it
         survives a power loss. The caller acknowledges nothing before this returns: the ingest commits the

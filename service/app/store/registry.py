@@ -979,8 +979,13 @@ class DocumentRegistry:
         text: str | None = None,
         fence: CommitFence | None = None,
         ticket: int | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> DocumentRecord:
         """Make ``version`` the active one, in one transaction with the tenant's data_version bump.
+
+        ``before_commit`` runs inside the transaction once its statements are done, just before the commit (the
+        ingest waits there for the vector store's sync of the version's points, which ran meanwhile); when it
+        raises, nothing is committed.
 
         ``ticket``: the write ticket an async write took at its acceptance (`accept_write`); the commit raises
         `Superseded` (changing nothing) when a write or delete with a newer ticket already took effect. None (a
@@ -1038,6 +1043,8 @@ class DocumentRegistry:
                         documents.c.tenant_id == tenant_id, documents.c.document_id == document_id
                     )
                 ).one()
+                if before_commit is not None:
+                    before_commit()
         except IntegrityError as exc:
             raise Conflict(
                 f"document {document_id!r} was created by a concurrent request; retry",
