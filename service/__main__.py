@@ -219,10 +219,10 @@ def port_in_use(host: str, port: int) -> str | None:
 
 def load_model(settings: Any, loader: Any) -> Any:
     """The embedder the settings describe; any failure is an EmbeddingModelError naming the setting."""
+    from loguru import logger as fastembed_logger  # fastembed's logger
+
     from service.app.core.config import DEFAULT_EMBEDDING_MODEL
     from service.app.store.embedder import EmbeddingModelError
-
-    from loguru import logger as fastembed_logger  # fastembed's logger
 
     # fastembed logs each source it failed to load a model from on stderr; the error below says it in one line.
     fastembed_logger.disable("fastembed")

@@ -476,8 +476,3 @@ def test_an_empty_embedding_model_path_means_unset() -> None:
     settings = Settings(_env_file=None, embedding_model="BAAI/bge-small-en-v1.5", embedding_model_path="")
     assert settings.embedding_model_path is None
     assert settings.resolved_model_path is None
-    assert (
-        Settings(_env_file=None, embedding_model_path="").resolved_model_path
-        == Path(".models/all-MiniLM-L6-v2")
-        or not (REPO / ".models").exists()
-    )
