@@ -219,12 +219,25 @@ def port_in_use(host: str, port: int) -> str | None:
 
 def load_model(settings: Any, loader: Any) -> Any:
     """The embedder the settings describe; any failure is an EmbeddingModelError naming the setting."""
+    from loguru import logger as fastembed_logger  # fastembed's logger
+
+    from service.app.core.config import DEFAULT_EMBEDDING_MODEL
     from service.app.store.embedder import EmbeddingModelError
 
+    # fastembed logs each source it failed to load a model from on stderr; the error below says it in one line.
+    fastembed_logger.disable("fastembed")
     try:
         return loader.from_settings(settings)
-    except EmbeddingModelError:
-        raise
+    except EmbeddingModelError as exc:
+        path = settings.embedding_model_path
+        if path is None or settings.embedding_model == DEFAULT_EMBEDDING_MODEL:
+            raise
+        # A local dir given for another model: the two settings must name the same model.
+        raise EmbeddingModelError(
+            f"EMBEDDING_MODEL {settings.embedding_model!r} with EMBEDDING_MODEL_PATH {path}: {exc}; "
+            "EMBEDDING_MODEL_PATH must hold that model's files (unset it to load EMBEDDING_MODEL from "
+            "fastembed's cache, fetched by `python -m service.tools.fetch_model`)"
+        ) from exc
     except Exception as exc:  # fastembed and ONNX Runtime raise plain ValueError/RuntimeError
         path = settings.resolved_model_path
         where = (
@@ -233,10 +246,15 @@ def load_model(settings: Any, loader: Any) -> Any:
             else f"EMBEDDING_MODEL {settings.embedding_model!r} (in {settings.resolved_embedding_cache_dir})"
         )
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise EmbeddingModelError(
-            f"{where} cannot be loaded ({reason}); rebuild it with `make model`, or fetch it with "
-            "`python -m service.tools.fetch_model`"
-        ) from exc
+        fix = (
+            "rebuild it with `make model`, or fetch it with `python -m service.tools.fetch_model`"
+            if path is not None
+            else "fetch it with `python -m service.tools.fetch_model --model ...` (or, for the default model, "
+            "`make model`)"
+        )
+        raise EmbeddingModelError(f"{where} cannot be loaded ({reason}); {fix}") from exc
+    finally:
+        fastembed_logger.enable("fastembed")
 
 
 class StartupGuard:

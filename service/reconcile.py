@@ -6,10 +6,12 @@
 
 Runs with the service's own settings (the environment of an API or worker pod: DATABASE_URL, QDRANT_URL or
 VECTOR_STORE_URL + INTERNAL_TOKEN, the model), and is safe while the service serves: see
-service.app.jobs.reconcile. Prints one JSON report (per collection and tenant, with document ids).
+service.app.jobs.reconcile. On the embedded store (`make serve`) the service owns the store: stop it first
+(run while it serves, this exits 2 with one line naming DATA_DIR and the service's pid). Prints one JSON
+report (per collection and tenant, with document ids).
 Exit status: 0 when the store matches the registry (after a dry run: nothing needed doing), 1 when documents
 remain that only their client can restore (no kept text; their ids are listed) or a dry run found work,
-2 for a usage or settings error.
+2 for a usage or settings error, or an embedded store a running service owns.
 """
 
 from __future__ import annotations
@@ -57,7 +59,25 @@ def main(argv: list[str] | None = None, *, services: Any = None) -> int:
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
                 handler.setStream(sys.stderr)
-    container = services if services is not None else open_services(settings)
+    if owned:
+        from service.app.store.edge import StoreLocked
+        from service.tools.backup import BackupError, in_use_message, refuse_if_served
+
+        # Before the registry is opened (and migrated): one line, not a traceback from inside the container.
+        try:
+            refuse_if_served(settings, "reconcile")
+            container = open_services(settings)
+        except BackupError as exc:
+            print(f"reconcile: error: {exc}", file=sys.stderr)
+            return 2
+        except StoreLocked as exc:  # a service that started between the check and the open; or local mode
+            edge = settings.embedded_vector_store == "edge"
+            print(
+                f"reconcile: error: {in_use_message(settings, 'reconcile') if edge else exc}", file=sys.stderr
+            )
+            return 2
+    else:
+        container = services
     try:
         report = reconcile(
             container.registry,

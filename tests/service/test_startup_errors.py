@@ -440,3 +440,39 @@ def test_a_registry_with_documents_but_no_index_pointer_is_an_upgrade_not_a_lost
     finally:
         store.close()
         registry.close()
+
+
+def test_another_embedding_model_without_a_local_dir_is_one_line_naming_embedding_model(
+    populated: Path, tmp_path: Path
+) -> None:
+    # EYES7 M2: with the repo's .models present, a changed EMBEDDING_MODEL was loaded from the MiniLM dir and
+    # failed naming that file. The `make model` dir holds the default model only; another comes from the cache.
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+
+    result = run_service(data, EMBEDDING_MODEL="BAAI/bge-small-en-v1.5", HF_HUB_OFFLINE="1")
+
+    line = assert_one_line_error(result, "EMBEDDING_MODEL 'BAAI/bge-small-en-v1.5'", "fetch_model")
+    assert "all-MiniLM" not in line
+
+
+def test_a_local_dir_of_another_model_is_one_line_naming_both_settings(
+    populated: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(populated, data)
+    minilm = REPO / ".models" / "all-MiniLM-L6-v2"
+
+    result = run_service(
+        data, EMBEDDING_MODEL="BAAI/bge-small-en-v1.5", EMBEDDING_MODEL_PATH=str(minilm), HF_HUB_OFFLINE="1"
+    )
+
+    assert_one_line_error(
+        result, "EMBEDDING_MODEL 'BAAI/bge-small-en-v1.5' with EMBEDDING_MODEL_PATH", "unset it"
+    )
+
+
+def test_an_empty_embedding_model_path_means_unset() -> None:
+    settings = Settings(_env_file=None, embedding_model="BAAI/bge-small-en-v1.5", embedding_model_path="")
+    assert settings.embedding_model_path is None
+    assert settings.resolved_model_path is None

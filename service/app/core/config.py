@@ -27,6 +27,7 @@ PRODUCTION_MAX_INLINE_EXTRACT_BYTES = 65536
 
 # Where `make model` writes the offline all-MiniLM-L6-v2 export (relative to the repo root).
 DEFAULT_MODEL_DIR = Path(".models/all-MiniLM-L6-v2")
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the model DEFAULT_MODEL_DIR holds
 
 
 class SettingsError(ValueError):
@@ -166,7 +167,7 @@ class Settings(BaseSettings):
     )
 
     # --- embedding and chunking ------------------------------------------------------------------------
-    embedding_model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
     embedding_model_path: Path | None = Field(
         None, description="local ONNX model dir; default .models/all-MiniLM-L6-v2 when it exists"
     )
@@ -359,6 +360,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
 
+    @field_validator("embedding_model_path", mode="before")
+    @classmethod
+    def _empty_model_path_is_unset(cls, value: object) -> object:
+        # `EMBEDDING_MODEL_PATH=` (empty) means unset (fastembed's cache), not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
@@ -486,6 +493,9 @@ class Settings(BaseSettings):
     def resolved_model_path(self) -> Path | None:
         if self.embedding_model_path is not None:
             return self.embedding_model_path
+        # `make model`'s dir holds the default model only: any other EMBEDDING_MODEL comes from fastembed's cache.
+        if self.embedding_model != DEFAULT_EMBEDDING_MODEL:
+            return None
         return DEFAULT_MODEL_DIR if (DEFAULT_MODEL_DIR / "model.onnx").exists() else None
 
     @property

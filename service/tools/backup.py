@@ -1,0 +1,366 @@
+"""Back up and restore the embedded store (`make serve`: the SQLite registry and the qdrant-edge store).
+
+    python -m service.tools.backup create /backups/rag-2026-11-27     # the service stopped
+    python -m service.tools.backup verify /backups/rag-2026-11-27
+    python -m service.tools.backup restore /backups/rag-2026-11-27    # into an empty DATA_DIR; --force: beside it
+
+DATA_DIR, DATABASE_URL and EDGE_PATH come from the environment, as for the service. The store has one owning
+process (the `.lock` in EDGE_PATH): `create` and `restore` take that lock for their whole run, so they refuse
+with one line while a service runs, and a service cannot start while they copy. Offline is what makes the copy
+consistent: nothing writes while the registry (SQLite's online backup API) and the edge shards are copied.
+
+`create` writes into ``<target>.partial`` and renames it to the target only after every file and the manifest
+(`manifest.json`: each file's size and SHA-256, the registry's Alembic revision, the writing version) are on
+disk, so a killed `create` leaves no target, only a ``.partial`` directory without a manifest, which `restore`
+refuses. `restore` checks every file against the manifest first, copies the edge shards, and moves the registry
+into place last: a `restore` killed midway leaves a store without a registry, which the service refuses to start
+on (docs/service.md, start-up errors); run `restore --force` again.
+
+Exit status: 0 done, 1 the backup is incomplete or damaged (`verify`, `restore`), 2 a refusal or usage error
+(the service is running, the target exists, a server-backed store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
+from service.app.store.edge import LOCK_FILE, DirectoryLock, EmbeddedStoreError, StoreLocked, fsync_path
+
+MANIFEST = "manifest.json"
+REGISTRY = "registry.db"
+EDGE = "edge"
+FORMAT = 1
+CHUNK = 1 << 20
+# Test hook (never set in service): `create` stops for ever after copying the named part ("registry" or "edge"),
+# `restore` before moving the registry into place ("restored shards"), after saying so on stderr, so a test can
+# kill -9 it there.
+BLOCK_AT_ENV = "BACKUP_TEST_BLOCK_AT"
+
+
+class BackupError(Exception):
+    """A refusal or a damaged backup; the message is one line naming the path and what to do."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def lock_holder(directory: Path) -> int | None:
+    """The pid written in ``<directory>/.lock`` by its owner, if any."""
+    try:
+        return int((directory / LOCK_FILE).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def in_use_message(settings: Settings, what: str) -> str:
+    """One line for a tool that needs the embedded store while a service owns it: the data dir and the way out."""
+    edge = settings.resolved_edge_path
+    pid = lock_holder(edge)
+    who = f" (pid {pid})" if pid else ""
+    stop = f"`kill {pid}`" if pid else "stop that process"
+    return (
+        f"the embedded store in DATA_DIR={settings.data_dir} (EDGE_PATH {edge}) is in use by a running "
+        f"service{who}; {what} needs it to itself: stop the service (Ctrl-C on `make serve`, or {stop}), run "
+        "this again, then start the service"
+    )
+
+
+def refuse_if_served(settings: Settings, what: str) -> None:
+    """Raise BackupError (one line) when a running service owns the embedded edge store of ``settings``."""
+    if settings.embedded_vector_store != "edge" or not settings.resolved_edge_path.is_dir():
+        return
+    lock = DirectoryLock(settings.resolved_edge_path)
+    try:
+        lock.acquire()
+    except StoreLocked:
+        raise BackupError(in_use_message(settings, what)) from None
+    lock.release()
+
+
+def _registry_path(settings: Settings) -> Path:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        raise BackupError(
+            f"DATABASE_URL ({url.render_as_string(hide_password=True)}) is not the embedded SQLite registry: back "
+            "up a PostgreSQL registry with its own tools (pg_dump, or the platform's backups)"
+        )
+    return Path(url.database)
+
+
+def _check_embedded(settings: Settings) -> tuple[Path, Path]:
+    if settings.embedded_vector_store != "edge":
+        raise BackupError(
+            "this tool backs up the embedded edge store; with QDRANT_URL use Qdrant's snapshots "
+            "(docs/runbooks.md), with VECTOR_STORE=local run `python -m service.tools.migrate_store` first"
+        )
+    return _registry_path(settings), settings.resolved_edge_path
+
+
+def _take_lock(settings: Settings, edge: Path, what: str) -> DirectoryLock:
+    lock = DirectoryLock(edge)
+    try:
+        lock.acquire()
+    except StoreLocked:
+        raise BackupError(in_use_message(settings, what)) from None
+    except EmbeddedStoreError as exc:
+        raise BackupError(str(exc)) from None
+    return lock
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while block := source.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):
+        if not path.is_symlink():
+            fsync_path(path)
+    fsync_path(root)
+
+
+def _alembic_revision(connection: sqlite3.Connection) -> str | None:
+    try:
+        row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def _version() -> str:
+    """The package version and, in a git checkout, its commit (what an operator rolls back to)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("rag-platform")
+    except PackageNotFoundError:
+        found = "unknown"
+    git = shutil.which("git")
+    if git is None:
+        return found
+    try:
+        commit = subprocess.run(  # noqa: S603 (a fixed command line)
+            [git, "-C", str(Path(__file__).resolve().parents[2]), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return found
+    return f"{found} ({commit})" if commit else found
+
+
+def _block_at(point: str) -> None:
+    if os.environ.get(BLOCK_AT_ENV) == point:
+        print(f"backup: test hook: blocked after copying the {point}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
+
+
+def create(settings: Settings, target: Path) -> dict[str, Any]:
+    """Copy the stopped embedded store to ``target`` (which must not exist); the manifest written."""
+    registry, edge = _check_embedded(settings)
+    if target.exists():
+        raise BackupError(f"{target} already exists: back up into a new directory")
+    if not registry.is_file():
+        raise BackupError(
+            f"{registry} does not exist: DATA_DIR={settings.data_dir} holds no registry to back up"
+        )
+    partial = target.with_name(target.name + ".partial")
+    lock = _take_lock(settings, edge, "a backup")
+    try:
+        if partial.exists():  # a killed earlier run: nothing in it was ever a backup
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        # SQLite's backup API: a consistent copy of the registry with its WAL folded in, not the raw file.
+        # Read-write (not mode=ro): a read-only connection to a WAL database leaves an empty -wal and -shm
+        # behind, and the last connection's close checkpoints a WAL a kill -9 left and removes both.
+        source = sqlite3.connect(f"file:{registry}?mode=rw", uri=True)
+        copy = sqlite3.connect(partial / REGISTRY)
+        try:
+            source.backup(copy)
+            # One self-contained file (no -wal/-shm beside it); the service turns WAL back on when it opens it.
+            copy.execute("PRAGMA journal_mode=DELETE")
+            revision = _alembic_revision(copy)
+        finally:
+            copy.close()
+            source.close()
+        _block_at("registry")
+        if edge.is_dir():
+            shutil.copytree(edge, partial / EDGE, ignore=shutil.ignore_patterns(LOCK_FILE))
+        else:
+            (partial / EDGE).mkdir()
+        _block_at("edge")
+        files = {
+            path.relative_to(partial).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            for path in _files(partial)
+        }
+        manifest = {
+            "format": FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "service_version": _version(),
+            "registry_revision": revision,
+            "source": {"data_dir": str(settings.data_dir), "registry": str(registry), "edge": str(edge)},
+            "files": files,
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(partial)
+        partial.rename(target)
+        fsync_path(target.parent)
+    finally:
+        lock.release()
+    return manifest
+
+
+def verify(source: Path) -> dict[str, Any]:
+    """The manifest of a complete backup at ``source``; BackupError (status 1) naming what is missing or wrong."""
+    manifest_path = source / MANIFEST
+    if not manifest_path.is_file():
+        hint = " (an interrupted `create`: take the backup again)" if source.name.endswith(".partial") else ""
+        raise BackupError(f"{source} is not a complete backup: it has no {MANIFEST}{hint}", status=1)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: dict[str, dict[str, Any]] = manifest["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackupError(
+            f"{manifest_path} cannot be read ({exc}): the backup is damaged", status=1
+        ) from None
+    if manifest.get("format") != FORMAT:
+        raise BackupError(
+            f"{manifest_path} has format {manifest.get('format')!r}; this version reads {FORMAT}", 1
+        )
+    present = {p.relative_to(source).as_posix() for p in _files(source)} - {MANIFEST}
+    extra = sorted(present - set(files))
+    if extra:
+        raise BackupError(
+            f"{source} holds files its manifest does not list ({extra[0]}, ...): damaged", status=1
+        )
+    for name, expected in sorted(files.items()):
+        path = source / name
+        if not path.is_file():
+            raise BackupError(f"{path} is missing: the backup is incomplete", status=1)
+        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            raise BackupError(
+                f"{path} does not match its manifest (size or SHA-256): the backup is damaged", 1
+            )
+    if REGISTRY not in files:
+        raise BackupError(f"{source} has no {REGISTRY}: the backup is incomplete", status=1)
+    return manifest
+
+
+def _occupied(registry: Path, edge: Path) -> list[Path]:
+    found = [p for p in (registry, Path(f"{registry}-wal")) if p.exists()]
+    if edge.is_dir() and any(entry.name != LOCK_FILE for entry in edge.iterdir()):
+        found.append(edge)
+    return found
+
+
+def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[str, Any]:
+    """Put the backup at ``source`` in place of the stopped store; with ``force``, what was there is moved aside."""
+    registry, edge = _check_embedded(settings)
+    manifest = verify(source)
+    occupied = _occupied(registry, edge)
+    if occupied and not force:
+        raise BackupError(
+            f"DATA_DIR={settings.data_dir} is not empty ({', '.join(map(str, occupied))}): restore into an empty "
+            "DATA_DIR, or add --force to move what is there aside (to <name>.pre-restore-<time>)"
+        )
+    lock = _take_lock(settings, edge, "a restore")
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        for path in (registry, Path(f"{registry}-wal"), Path(f"{registry}-shm")):
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.pre-restore-{stamp}"))
+        if edge.is_dir():
+            aside = edge.with_name(f"{edge.name}.pre-restore-{stamp}")
+            for entry in edge.iterdir():
+                if entry.name != LOCK_FILE:
+                    aside.mkdir(exist_ok=True)
+                    entry.rename(aside / entry.name)
+        edge.mkdir(parents=True, exist_ok=True)
+        for entry in sorted((source / EDGE).iterdir()) if (source / EDGE).is_dir() else []:
+            if entry.is_dir():
+                shutil.copytree(entry, edge / entry.name)
+            else:
+                shutil.copy2(entry, edge / entry.name)
+        _fsync_tree(edge)
+        _block_at("restored shards")
+        # The registry last, by rename: until it is in place the service refuses to start on these shards.
+        registry.parent.mkdir(parents=True, exist_ok=True)
+        incoming = registry.with_name(f".{registry.name}.restoring")
+        shutil.copy2(source / REGISTRY, incoming)
+        fsync_path(incoming)
+        incoming.rename(registry)
+        fsync_path(registry.parent)
+    finally:
+        lock.release()
+    return manifest
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m service.tools.backup", description=__doc__.splitlines()[0])
+    commands = root.add_subparsers(dest="command", required=True)
+    made = commands.add_parser("create", help="copy the stopped store into a new directory")
+    made.add_argument("target", type=Path)
+    checked = commands.add_parser("verify", help="check a backup against its manifest")
+    checked.add_argument("source", type=Path)
+    put = commands.add_parser("restore", help="put a backup in place (the service stopped)")
+    put.add_argument("source", type=Path)
+    put.add_argument(
+        "--force", action="store_true", help="restore over a non-empty DATA_DIR, moving it aside"
+    )
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "verify":
+            manifest = verify(args.source)
+        else:
+            settings = get_settings()
+            if args.command == "create":
+                manifest = create(settings, args.target)
+            else:
+                manifest = restore(settings, args.source, force=args.force)
+    except (ValidationError, SettingsError) as exc:
+        print(f"backup: error: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except BackupError as exc:
+        print(f"backup: error: {exc}", file=sys.stderr)
+        return exc.status
+    files = manifest["files"]
+    size = sum(entry["bytes"] for entry in files.values())
+    print(
+        f"backup: {args.command}: {len(files)} files, {size} bytes, registry revision "
+        f"{manifest['registry_revision']}, written by {manifest['service_version']} at {manifest['created']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
