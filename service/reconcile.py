@@ -70,8 +70,11 @@ def main(argv: list[str] | None = None, *, services: Any = None) -> int:
         except BackupError as exc:
             print(f"reconcile: error: {exc}", file=sys.stderr)
             return 2
-        except StoreLocked:  # a service that started between the check and the open
-            print(f"reconcile: error: {in_use_message(settings, 'reconcile')}", file=sys.stderr)
+        except StoreLocked as exc:  # a service that started between the check and the open; or local mode
+            edge = settings.embedded_vector_store == "edge"
+            print(
+                f"reconcile: error: {in_use_message(settings, 'reconcile') if edge else exc}", file=sys.stderr
+            )
             return 2
     else:
         container = services

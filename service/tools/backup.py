@@ -45,7 +45,8 @@ EDGE = "edge"
 FORMAT = 1
 CHUNK = 1 << 20
 # Test hook (never set in service): `create` stops for ever after copying the named part ("registry" or "edge"),
-# after saying so on stderr, so a test can kill -9 it there.
+# `restore` before moving the registry into place ("restored shards"), after saying so on stderr, so a test can
+# kill -9 it there.
 BLOCK_AT_ENV = "BACKUP_TEST_BLOCK_AT"
 
 
@@ -307,6 +308,7 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
             else:
                 shutil.copy2(entry, edge / entry.name)
         _fsync_tree(edge)
+        _block_at("restored shards")
         # The registry last, by rename: until it is in place the service refuses to start on these shards.
         registry.parent.mkdir(parents=True, exist_ok=True)
         incoming = registry.with_name(f".{registry.name}.restoring")

@@ -8,6 +8,8 @@
 - `kill -9` of `create` after it copied the registry and the edge shards (test hook): the source is byte for
   byte untouched and a service starts on it; no target exists; the `.partial` left behind is refused by
   `verify` and `restore`; a damaged file in a complete backup is refused too.
+- `kill -9` of `restore` after the shards, before the registry: the service refuses to start there in one line
+  (shards without a registry), a plain `restore` refuses the half-filled DATA_DIR, `restore --force` completes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from service.tools.backup import BLOCK_AT_ENV
-from tests.service.service_process import REPO_ROOT, service_process, wait_for
+from tests.service.service_process import REPO_ROOT, ServiceProcess, service_process, wait_for
 from tests.service.test_faults import body, env_for
 
 DOCUMENTS = [f"doc{i}" for i in range(6)]
@@ -211,3 +213,42 @@ def test_kill_9_of_create_leaves_the_source_untouched_and_no_backup_that_restore
     assert result.returncode == 1, result.stderr
     assert "does not match its manifest" in result.stderr, result.stderr
     assert not (tmp_path / "empty" / "registry.db").exists()
+
+
+def test_kill_9_of_restore_leaves_a_store_the_service_refuses_until_restore_force(tmp_path: Path) -> None:
+    source, target = tmp_path / "source", tmp_path / "target"
+    _write(source, tmp_path / "source.log")
+    backup = tmp_path / "backup"
+    assert _run("service.tools.backup", "create", str(backup), data_dir=source).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.tools.backup", "restore", str(backup)],
+        cwd=REPO_ROOT,
+        env={**_env(target), BLOCK_AT_ENV: "restored shards"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    line = wait_for(proc.stderr.readline, "restore to block before the registry")
+    assert "blocked after copying the restored shards" in line, line
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert not (target / "registry.db").exists()
+    assert any((target / "edge").iterdir())
+
+    # The service refuses the shards without their registry (one line, nothing started), and a plain restore
+    # refuses the half-filled DATA_DIR; `restore --force` finishes the job.
+    refused = ServiceProcess(env_for(target, GC_ENABLED="false"), tmp_path / "refused.log")
+    assert refused.wait_exit() != 0
+    assert "service: error:" in refused.tail()
+    assert "records no documents" in refused.tail()
+    again = _run("service.tools.backup", "restore", str(backup), data_dir=target)
+    assert again.returncode == 2
+    assert "is not empty" in again.stderr
+    forced = _run("service.tools.backup", "restore", "--force", str(backup), data_dir=target)
+    assert forced.returncode == 0, forced.stderr
+    with (
+        service_process(env_for(target, GC_ENABLED="false"), tmp_path / "target.log") as service,
+        service.client() as http,
+    ):
+        assert _served(http) == set(DOCUMENTS)
