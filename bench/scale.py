@@ -12,7 +12,9 @@ every search carries a real tenant filter.
 
 Per size:
 - **edge (raw)**: qdrant-edge-py used directly: build + index time, load time and RSS of a fresh process,
-  search p50/p95/p99 with the tenant filter, recall@5 against exact search.
+  search p50/p95/p99 with the tenant filter and the search parameters the adapter sends for that shard
+  (EDGE_HNSW_EF; a quantized shard's rescoring: the store is created with the default EDGE_QUANTIZATION),
+  recall@5 against exact search.
 - **numpy exact**: a float32 matrix product over the tenant's vectors (the ground truth).
 - **local (raw)**: qdrant-client local mode; skipped above ``--local-max`` points (1.7 s per search and 42 s to
   load at 100k, issue 13's measurement), so the run stays bounded.
