@@ -20,6 +20,7 @@ from service.app.ingest.extract import (
     CELL_TAGS,
     DROPPED_TAGS,
     page_title,
+    pre_text,
     prune_page,
     with_title,
 )
@@ -29,6 +30,16 @@ _FLUSH = object()
 _CELL = object()
 _SPACE = object()
 _LEAVE_CELL = object()
+_PRE = object()  # first piece of a preformatted block: its lines are kept
+_NEWLINE = object()
+_LEAVE_PRE = object()
+
+
+def _preformatted(node: Any, cell_depth: int, pre_depth: int) -> bool:
+    """A <pre> outside table cells and other <pre>s that holds no table cell keeps its line breaks."""
+    if node.tag != "pre" or cell_depth or pre_depth:
+        return False
+    return not any(child.tag in CELL_TAGS for child in node.traverse(include_text=False))
 
 
 def walk_html_to_text(html: str) -> str:
@@ -46,6 +57,12 @@ def walk_html_to_text(html: str) -> str:
     current: list[Any] = []
 
     def flush() -> None:
+        if current and current[0] is _PRE:
+            line = pre_text("".join(current[1:]))
+            if line.strip():
+                blocks.append(line)
+            current.clear()
+            return
         cells: list[str] = [""]
         for piece in current:
             if piece is _CELL:
@@ -58,7 +75,8 @@ def walk_html_to_text(html: str) -> str:
         current.clear()
 
     stack: list[Any] = [root]
-    cell_depth = 0
+    cell_depth = pre_depth = 0
+    in_pre = False  # inside a preformatted <pre>
     while stack:
         node = stack.pop()
         if node is _FLUSH:
@@ -67,8 +85,15 @@ def walk_html_to_text(html: str) -> str:
         if node is _SPACE:
             current.append(" ")
             continue
+        if node is _NEWLINE:
+            current.append("\n")
+            continue
         if node is _LEAVE_CELL:
             cell_depth -= 1
+            continue
+        if node is _LEAVE_PRE:
+            pre_depth -= 1
+            in_pre = in_pre and pre_depth > 0  # a preformatted <pre> has no <pre> around it: depth 1
             continue
         tag = node.tag
         if tag == "-text":
@@ -76,7 +101,16 @@ def walk_html_to_text(html: str) -> str:
             continue
         if tag.startswith("-") or tag in DROPPED_TAGS:  # comments, doctype; invisible elements
             continue
-        if tag in BLOCK_TAGS and cell_depth:
+        if not in_pre and _preformatted(node, cell_depth, pre_depth):
+            flush()
+            current.append(_PRE)
+            stack.append(_FLUSH)
+            in_pre = True
+        elif in_pre and tag in BLOCK_TAGS:
+            current.append("\n")  # a line break inside a preformatted block (a <br> only before itself)
+            if tag != "br":
+                stack.append(_NEWLINE)
+        elif tag in BLOCK_TAGS and cell_depth:
             current.append(" ")  # a block inside a table cell is set off by spaces, not split
             stack.append(_SPACE)
         elif tag in BLOCK_TAGS:
@@ -86,6 +120,9 @@ def walk_html_to_text(html: str) -> str:
             current.append(_CELL)
             cell_depth += 1
             stack.append(_LEAVE_CELL)
+        if tag == "pre":
+            pre_depth += 1
+            stack.append(_LEAVE_PRE)
         children = []
         child = node.child
         while child is not None:
