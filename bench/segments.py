@@ -55,8 +55,8 @@ from service.app.store.edge import (  # noqa: E402
     CONSOLIDATE_SEGMENT_POINTS,
     DENSE_VECTOR,
     HIT_PAYLOAD,
+    HNSW_EF,
     QUANTIZATION_OVERSAMPLING,
-    QUANTIZED_HNSW_EF,
     EdgeVectorStore,
     _copy_sparse,
 )
@@ -357,7 +357,7 @@ def main() -> None:
         setup += (
             f" The int8 row: the same ingest into a store created with `EDGE_QUANTIZATION=int8` ({int8_build['segments']} "
             f"segments, longest indexing pass {int8_build['longest_pass']:.1f} s), consolidated at the default cap and "
-            f"searched as the adapter searches a quantized shard (hnsw_ef {QUANTIZED_HNSW_EF}, the best "
+            f"searched as the adapter searches a quantized shard (hnsw_ef {HNSW_EF}, the best "
             f"{QUANTIZATION_OVERSAMPLING:g} x limit rescored with the float vectors; its ef 64 column keeps the rescoring)."
         )
     start, end = (START, END) if args.noise == scale.NOISE else (NOISE_START, NOISE_END)

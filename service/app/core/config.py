@@ -102,7 +102,13 @@ class Settings(BaseSettings):
         description="merge small segments in a child process once writes have paused this long; 0: never",
     )
     edge_consolidate_segment_points: int = Field(
-        20480, ge=64, description="largest segment a consolidation merges (in a child process)"
+        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
+    )
+    edge_hnsw_ef: int = Field(
+        128,
+        ge=1,
+        le=10_000,
+        description="HNSW search beam per segment of the edge store (higher: better recall, more CPU per search)",
     )
     edge_consolidate_replay_max_points: int = Field(
         4096,

@@ -151,7 +151,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 20480
+CONSOLIDATE_SEGMENT_POINTS = 30720
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
@@ -162,7 +162,21 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # with a wider beam (hnsw_ef) than the engine's default (ef_construct, 100), which buys the recall back.
 QUANTIZATION_QUANTILE = 0.99
 QUANTIZATION_OVERSAMPLING = 2.0
-QUANTIZED_HNSW_EF = 160
+# The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17"). A search
+# costs about one HNSW walk per segment, and recall on a near-duplicate-heavy corpus falls as a segment holds more
+# copies of one text: with 16 links per point (32 on the base layer) three 33k-point segments of bench/scale.py's
+# corpus (~17 copies of each chunk) kept recall@5 0.92-0.95 at beams 100-160, seven 14k-point ones 0.977 at 100.
+# With 32 links recall holds in larger segments, but varies from build to build past ~25k points (three segments
+# of 33k: 0.991 at beam 160; two of 38.5k + one of 23k, as the merge packs them: 0.953-0.957). Five merged
+# segments of <= 23k (cap 30,720) kept 0.985 at beam 128 for 0.75x the warm engine CPU of seven at 16 links and
+# beam 100 (0.977). So shards are built with HNSW_M links (new shards, and every segment a consolidation merges:
+# the child loads its copy with this graph config, which rebuilds what it merges) and searched with EDGE_HNSW_EF.
+# The serving process loads a shard with the graph config it has stored: a different one would make the engine
+# rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
+# shard built by an earlier release takes HNSW_M at its next consolidation.
+HNSW_M = 32
+HNSW_EF_CONSTRUCT = 100
+HNSW_EF = 128
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
@@ -348,7 +362,8 @@ def search_threads(configured: int = 0, segments: int | None = None) -> int:
     (one thread: 1.07-1.08x the p50 in two runs, at 0.87-0.88x the CPU). A pool has one thread per CPU this process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU
     machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
     (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
-    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in.
+    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in. The default
+    consolidation leaves 6 at 100k chunks (5 merged + the appendable one): a pool, as at 7.
     """
     if configured:
         return configured
@@ -748,7 +763,9 @@ def _copy_sparse(src: str, dst: str) -> None:
     shutil.copystat(src, dst)
 
 
-# The consolidation child: opens the copy with the consolidation's optimizer settings, merges, and prints what it
+# The consolidation child: opens the copy with the consolidation's optimizer and HNSW settings (a segment built
+# with another graph config is rebuilt with this one: a copy written by an earlier release takes HNSW_M), merges,
+# and prints what it
 # did; then applies the writes the serving process sends it (JSON lines of service.app.store.edge_ops entries, the
 # writes acknowledged during the merge) until "finish", when it flushes, closes the copy and says how many it
 # applied. End of input without "finish": the copy is given up. It dies with the thread that started it
@@ -762,9 +779,11 @@ except (OSError, AttributeError):
 os.nice(10)
 import qdrant_edge as qe
 path, name, size, optimizers = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+hnsw = json.loads(sys.argv[7]) if len(sys.argv) > 7 else None
 shard = qe.EdgeShard.load(path, qe.EdgeConfig(
     vectors={name: qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine)},
     optimizers=qe.EdgeOptimizersConfig(**optimizers),
+    hnsw_config=qe.HnswIndexConfig(**hnsw) if hnsw else None,
 ))
 indexes = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
 kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
@@ -826,6 +845,7 @@ class EdgeVectorStore:
         consolidate_idle_seconds: float | None = None,
         consolidate_segment_points: int = CONSOLIDATE_SEGMENT_POINTS,
         quantization: bool = False,
+        hnsw_ef: int = HNSW_EF,
         metadata_index_max_keys: int = METADATA_INDEX_MAX_KEYS,
         min_free_bytes: int = 0,
         sync_writes: bool = True,
@@ -869,6 +889,7 @@ class EdgeVectorStore:
         # New shards are created with it; a shard keeps what it was created with (changing it would rebuild
         # every segment in this process, holding the GIL), and is searched as it is stored (_read_search_params).
         self.quantization = quantization
+        self.hnsw_ef = hnsw_ef  # EDGE_HNSW_EF: the search beam (per segment)
         self._search_params: qe.SearchParams | None = None
         self._gate = _Gate()
         # While a consolidation's child merges its copy: every write acknowledged since the copy, in the order it
@@ -923,6 +944,7 @@ class EdgeVectorStore:
             consolidate_idle_seconds=settings.edge_consolidate_idle_seconds,
             consolidate_segment_points=settings.edge_consolidate_segment_points,
             quantization=settings.edge_quantization == "int8",
+            hnsw_ef=settings.edge_hnsw_ef,
             metadata_index_max_keys=settings.metadata_index_max_keys,
             min_free_bytes=settings.ready_min_free_bytes,
             sync_writes=settings.write_durability == "power_loss",
@@ -949,6 +971,7 @@ class EdgeVectorStore:
             consolidate_idle_seconds=self._consolidate_idle,
             consolidate_segment_points=self._consolidate_points,
             quantization=self.quantization,
+            hnsw_ef=self.hnsw_ef,
             metadata_index_max_keys=self.metadata_index_max_keys,
             min_free_bytes=self.min_free_bytes,
             sync_writes=self.sync_writes,
@@ -977,12 +1000,7 @@ class EdgeVectorStore:
         return qe.EdgeConfig(
             vectors=self._dense_params(),
             sparse_vectors={SPARSE_VECTOR: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            hnsw_config=qe.HnswIndexConfig(
-                m=16,
-                ef_construct=100,
-                full_scan_threshold=10_000,
-                max_indexing_threads=self._indexing_threads,
-            ),
+            hnsw_config=self._hnsw_config(),
             quantization_config=(
                 qe.ScalarQuantizationConfig(
                     qe.ScalarType.Int8, quantile=QUANTIZATION_QUANTILE, always_ram=True
@@ -992,6 +1010,14 @@ class EdgeVectorStore:
             ),
             optimizers=self._optimizers_config(),
             max_search_threads=search_threads(self._search_threads, segments=0),
+        )
+
+    def _hnsw_config(self) -> qe.HnswIndexConfig:
+        return qe.HnswIndexConfig(
+            m=HNSW_M,
+            ef_construct=HNSW_EF_CONSTRUCT,
+            full_scan_threshold=10_000,
+            max_indexing_threads=self._indexing_threads,
         )
 
     def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
@@ -1180,10 +1206,29 @@ class EdgeVectorStore:
         self._settled_segments = segments
         self._write_record()
 
+    def _consolidation_hnsw(self) -> dict[str, int]:
+        """The graph the consolidation's child builds (the serving process keeps the stored one: `_load`)."""
+        config = self._hnsw_config()
+        return {
+            "m": config.m,
+            "ef_construct": config.ef_construct,
+            "full_scan_threshold": config.full_scan_threshold,
+            "max_indexing_threads": config.max_indexing_threads,
+        }
+
+    def _stored_hnsw_m(self) -> int | None:
+        """Links per point of the open shard's graph config as stored (None: unreadable)."""
+        try:
+            config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+            return int(config["hnsw_config"]["m"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     def consolidation_due(self) -> bool:
         """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
-        any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), or more points deleted since
-        than the share the child vacuums at."""
+        any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), more points deleted since
+        than the share the child vacuums at, or a graph built with other than ``HNSW_M`` links per point (a shard
+        an earlier release wrote: the child rebuilds it)."""
         with self._engine() as shard:
             info = shard.info()
         settled = self._settled_segments
@@ -1194,7 +1239,8 @@ class EdgeVectorStore:
         deleted = self._deleted_points >= self.vacuum_min_points and self._deleted_points > (
             CONSOLIDATE_DELETED_SHARE * (info.points_count + self._deleted_points)
         )
-        return info.segments_count > settled or deleted or bool(self._deferred_indexes)
+        stale_graph = info.points_count > 0 and self._stored_hnsw_m() not in (None, HNSW_M)
+        return info.segments_count > settled or deleted or bool(self._deferred_indexes) or stale_graph
 
     @_guarded
     def consolidate(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
@@ -1238,6 +1284,7 @@ class EdgeVectorStore:
                     json.dumps(self._consolidation_optimizers()),
                     json.dumps(deferred),
                     str(Path(edge_ops.__file__).resolve().parents[3]),  # where the service package is
+                    json.dumps(self._consolidation_hnsw()),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -1473,22 +1520,22 @@ class EdgeVectorStore:
             ),
         )
 
-    def _read_search_params(self) -> qe.SearchParams | None:
-        """Search settings for the shard as stored: a quantized one is searched on its int8 vectors with a wider
-        beam and the best candidates rescored with the original vectors (so every score is the exact cosine);
-        an unquantized one with the engine's defaults."""
+    def _read_search_params(self) -> qe.SearchParams:
+        """Search settings for the shard as stored: the beam EDGE_HNSW_EF; a quantized shard is searched on its
+        int8 vectors and the best candidates rescored with the original vectors (so every score is the exact
+        cosine)."""
         config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
         if not config.get("quantization_config"):
-            return None
+            return qe.SearchParams(hnsw_ef=self.hnsw_ef)
         return qe.SearchParams(
-            hnsw_ef=QUANTIZED_HNSW_EF,
+            hnsw_ef=self.hnsw_ef,
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING),
         )
 
     @property
     def quantized(self) -> bool:
         """Whether the open shard stores int8-quantized dense vectors (searched, then rescored exactly)."""
-        return self._search_params is not None
+        return self._search_params is not None and self._search_params.quantization is not None
 
     def _ensure_sparse(self) -> None:
         """Add the BM25 vector to a shard that predates it and fill it from every point's chunk text."""
