@@ -141,6 +141,9 @@ def server_options(settings: Any, log_config: object, protocol: type) -> dict[st
         "access_log": False,
         "timeout_keep_alive": settings.http_keep_alive_seconds,
         "limit_concurrency": settings.http_limit_concurrency,
+        # Unset, uvicorn waits for in-flight requests without end: a long bulk outlived the pod's grace period
+        # (SIGKILL mid-request) and Ctrl-C seemed to hang (EYES7 M5). Cut requests are not acknowledged.
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
 
 

@@ -14,6 +14,10 @@ by "-" and 8 hex digits of its SHA-256 added before the extension (the service's
 (unchanged ones cost no embedding). Files whose ids still coincide (`a:b.txt` beside `a/b.txt`) are reported
 and skipped before anything is sent, never sent in one batch the service would refuse whole.
 
+Metadata (for search filters): `--metadata KEY=VALUE` (repeatable) goes with every document, and a sidecar
+`FILE.meta.json` beside a file (a JSON object) adds that file's own keys, which win. A sidecar that is not a JSON
+object fails its file with the reason; nothing of that file is sent.
+
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
 a few times with a growing pause; a 401 or 403 (the key, not the file) stops the run at once with exit 2.
 Every file's outcome is counted; failed files are listed with the service's
@@ -66,6 +70,8 @@ BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)  # the UTF-32
 # An HTML page's own declaration, looked for in its first 1024 bytes as the HTML standard's prescan does.
 META_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.IGNORECASE)
 PREFERRED_LEGACY = "cp1252"
+# A file's own metadata: `report.pdf.meta.json` beside `report.pdf` (never sent as a document: not a text type).
+SIDECAR_SUFFIX = ".meta.json"
 
 
 def upload_type(path: Path) -> str:
@@ -262,6 +268,7 @@ class Pending:
     size: int  # the bytes it adds to a bulk body (its JSON as httpx sends it, and a comma)
     charset: str | None = None  # declared on its upload part, for a text file that is not UTF-8
     error: str | None = None  # why it could not be read: reported as its failure, nothing sent
+    metadata: dict[str, Any] = field(default_factory=dict)  # --metadata, then its sidecar's (SIDECAR_SUFFIX)
 
 
 def is_hidden(path: Path, root: Path) -> bool:
@@ -316,15 +323,61 @@ def json_body(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def prepare(path: Path, root: Path, max_batch_bytes: int, encoding: str | None = None) -> Pending:
+def metadata_option(value: str) -> tuple[str, Any]:
+    """``--metadata key=value``: a JSON number, true/false stay typed (``year=2024`` filters as a number),
+    anything else is a string."""
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{value!r} is not key=value")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw
+    if not isinstance(parsed, (int, float, bool)):
+        parsed = raw
+    return key.strip(), parsed
+
+
+def sidecar_metadata(path: Path) -> dict[str, Any]:
+    """The metadata of ``path``'s sidecar (``report.pdf.meta.json``: a JSON object), {} without one; ValueError
+    saying what is wrong with one that is not a JSON object."""
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    try:
+        text = sidecar.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"its metadata file {sidecar.name} cannot be read: {exc}") from exc
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"its metadata file {sidecar.name} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"its metadata file {sidecar.name} must hold a JSON object, not {type(value).__name__}"
+        )
+    return value
+
+
+def prepare(
+    path: Path,
+    root: Path,
+    max_batch_bytes: int,
+    encoding: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Pending:
     document_id = document_id_for(path, root)
     name = path.relative_to(root).as_posix()
     suffix = path.suffix.lower()
     content_type = TEXT_TYPES.get(suffix)
     try:
+        metadata = {**(metadata or {}), **sidecar_metadata(path)}  # the file's own keys win
+    except ValueError as exc:
+        return Pending(name=name, document=None, size=0, error=str(exc))
+    try:
         size = path.stat().st_size
         if content_type is None:
-            return Pending(name=name, document=None, size=size)
+            return Pending(name=name, document=None, size=size, metadata=metadata)
         data = path.read_bytes()
     except OSError as exc:  # unreadable, or gone since the folder was listed: this file fails, not the run
         return Pending(name=name, document=None, size=0, error=f"could not read it: {exc.strerror or exc}")
@@ -338,9 +391,11 @@ def prepare(path: Path, root: Path, max_batch_bytes: int, encoding: str | None =
     ):
         # Uploaded on its own, as its bytes: with no charset that decodes it (a binary file under a text
         # name), the service refuses it with its reason, which the report lists.
-        return Pending(name=name, document=None, size=size, charset=charset)
+        return Pending(name=name, document=None, size=size, charset=charset, metadata=metadata)
     document = {"document_id": document_id, "text": data.decode("utf-8"), "content_type": content_type}
-    return Pending(name=name, document=document, size=len(json_body(document)) + 1)
+    if metadata:
+        document["metadata"] = metadata
+    return Pending(name=name, document=document, size=len(json_body(document)) + 1, metadata=metadata)
 
 
 def batches(items: list[Pending], batch_size: int, max_batch_bytes: int) -> Iterator[list[Pending]]:
@@ -430,7 +485,8 @@ def upload(client: IngestClient, root: Path, item: Pending, report: Report) -> N
                 "POST",
                 "/v1/documents",
                 files={"file": (path.name, handle, part_type)},
-                data={"document_id": document_id_for(path, root)},
+                data={"document_id": document_id_for(path, root)}
+                | ({"metadata": json.dumps(item.metadata)} if item.metadata else {}),
             )
         except NoAnswer as exc:
             report.fail(item.name, str(exc))
@@ -451,9 +507,13 @@ def ingest_folder(
     advance: Callable[[int], None],
     encoding: str | None = None,
     include_hidden: bool = False,
+    metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Send every file under `root`; outcomes go to `report`, progress to `advance(files_done)`."""
-    prepared = [prepare(path, root, max_batch_bytes, encoding) for path in collect(root, include_hidden)]
+    """Send every file under `root` (with ``metadata`` and its sidecar's); outcomes go to `report`, progress to
+    `advance(files_done)`."""
+    prepared = [
+        prepare(path, root, max_batch_bytes, encoding, metadata) for path in collect(root, include_hidden)
+    ]
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
@@ -556,6 +616,16 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         "(node_modules/, __pycache__/, site-packages/, virtualenvs); left out by default: they hold repositories' "
         "and tools' files, and secrets",
     )
+    ingest.add_argument(
+        "--metadata",
+        action="append",
+        type=metadata_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata for every document, repeatable (--metadata team=hr --metadata year=2024: numbers and "
+        f"true/false stay typed, for filters); a file's sidecar FILE{SIDECAR_SUFFIX} (a JSON object) adds to it "
+        "and wins",
+    )
     args = parser.parse_args(argv)
     console = console or Console(stderr=True)
     root: Path = args.directory
@@ -607,6 +677,7 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 advance=lambda n: progress.update(task, advance=n, note=""),
                 encoding=encoding,
                 include_hidden=args.include_hidden,
+                metadata=dict(args.metadata),
             )
         except httpx.HTTPError as exc:
             console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")

@@ -186,6 +186,8 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
     registry, edge = _check_embedded(settings)
     if target.exists():
         raise BackupError(f"{target} already exists: back up into a new directory")
+    if target.resolve().is_relative_to(edge.resolve()):
+        raise BackupError(f"{target} is inside EDGE_PATH ({edge}), which it copies: back up somewhere else")
     if not registry.is_file():
         raise BackupError(
             f"{registry} does not exist: DATA_DIR={settings.data_dir} holds no registry to back up"

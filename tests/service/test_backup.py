@@ -138,6 +138,10 @@ def test_backup_restore_round_trip_serves_every_document(tmp_path: Path) -> None
     checked = _run("service.tools.backup", "verify", str(backup), data_dir=tmp_path / "unused")
     assert checked.returncode == 0, checked.stderr
     assert "registry revision" in checked.stdout, checked.stderr
+    inside = _run("service.tools.backup", "create", str(source / "edge" / "b"), data_dir=source)
+    assert inside.returncode == 2
+    assert "inside EDGE_PATH" in inside.stderr
+    assert not (source / "edge" / "b.partial").exists()
     again = _run("service.tools.backup", "create", str(backup), data_dir=source)
     assert again.returncode == 2
     assert "already exists" in again.stderr

@@ -512,3 +512,63 @@ def test_a_url_that_can_never_work_is_not_retried() -> None:
     assert slept == []
     assert report.retried == 0
     assert output.getvalue() == ""
+
+
+def test_folder_metadata_from_the_command_line_and_sidecars_reaches_the_filters(tmp_path: Path) -> None:
+    # EYES7 M3: every bulk-loaded document had {} metadata, so the README's filters could not select them.
+    folder = tmp_path / "docs"
+    (folder / "hr").mkdir(parents=True)
+    (folder / "hr" / "leave.md").write_text("# Leave\n\nEmployees get thirty days of paid leave a year.\n")
+    (folder / "hr" / "leave.md.meta.json").write_text(json.dumps({"year": 2023, "owner": "ana"}))
+    (folder / "travel.txt").write_text("Travel is booked through the portal two weeks ahead.\n")
+    (folder / "report.pdf").write_bytes(make_pdf(["Quarterly report: paid leave costs grew."]))
+    (folder / "report.pdf.meta.json").write_text(json.dumps({"team": "finance"}))
+    (folder / "broken.txt").write_text("A file whose sidecar is not an object.\n")
+    (folder / "broken.txt.meta.json").write_text("[1, 2]")
+    output = io.StringIO()
+    with api_process(
+        tmp_path,
+        api_keys=API_KEYS,
+        environment="test",
+        data_dir=str(tmp_path / "data"),
+        cache_enabled="false",
+    ) as url:
+        code = ingest_client.main(
+            [
+                "ingest",
+                str(folder),
+                "--url",
+                url,
+                "--key",
+                KEY_A,
+                "--metadata",
+                "team=hr",
+                "--metadata",
+                "year=2024",
+            ],
+            console=Console(file=output, width=200),
+        )
+        listed = httpx.get(f"{url}/v1/documents?limit=100", headers=bearer(KEY_A)).json()["documents"]
+        filtered = httpx.post(
+            f"{url}/v1/search",
+            json={"query": "paid leave", "top_k": 10, "filter": {"team": "hr", "year": {"gte": 2024}}},
+            headers=bearer(KEY_A),
+        ).json()["results"]
+    text = output.getvalue()
+    assert code == 1, text  # the broken sidecar's file failed
+    assert (
+        "failed broken.txt: its metadata file broken.txt.meta.json must hold a JSON object, not list" in text
+    )
+    metadata = {d["document_id"]: d["metadata"] for d in listed}
+    assert metadata == {
+        "hr:leave.md": {"team": "hr", "year": 2023, "owner": "ana"},  # the sidecar's keys win
+        "travel.txt": {"team": "hr", "year": 2024},  # numbers stay numbers
+        "report.pdf": {"team": "finance", "year": 2024},  # an upload carries them too
+    }, text
+    assert {hit["document_id"] for hit in filtered} == {"travel.txt"}
+
+
+def test_a_metadata_option_without_a_key_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        ingest_client.main(["ingest", str(tmp_path), "--url", "http://127.0.0.1:9", "--metadata", "year"])
+    assert exit_info.value.code == 2

@@ -351,6 +351,12 @@ class Settings(BaseSettings):
         description="past its first HTTP_BODY_IDLE_TIMEOUT_SECONDS a request body must arrive at this many bytes "
         "per second on average, else the connection is closed (0: no minimum)",
     )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="on SIGTERM/Ctrl-C, how long in-flight requests may finish before they are cancelled and the "
+        "process shuts down (inside the pod's 45 s grace period, after its 10 s preStop wait)",
+    )
     http_keep_alive_seconds: int = Field(
         5, ge=1, description="idle keep-alive connections are closed after this"
     )
