@@ -12,7 +12,9 @@ every search carries a real tenant filter.
 
 Per size:
 - **edge (raw)**: qdrant-edge-py used directly: build + index time, load time and RSS of a fresh process,
-  search p50/p95/p99 with the tenant filter, recall@5 against exact search.
+  search p50/p95/p99 with the tenant filter and the search parameters the adapter sends for that shard
+  (EDGE_HNSW_EF; a quantized shard's rescoring: the store is created with the default EDGE_QUANTIZATION),
+  recall@5 against exact search.
 - **numpy exact**: a float32 matrix product over the tenant's vectors (the ground truth).
 - **local (raw)**: qdrant-client local mode; skipped above ``--local-max`` points (1.7 s per search and 42 s to
   load at 100k, issue 13's measurement), so the run stays bounded.
@@ -216,6 +218,8 @@ def run_size(
         optimize_idle_seconds=None,
         consolidate_idle_seconds=defaults.edge_consolidate_idle_seconds,
         consolidate_segment_points=defaults.edge_consolidate_segment_points,
+        quantization=defaults.edge_quantization == "int8",
+        hnsw_ef=defaults.edge_hnsw_ef,
     )
     store.ensure_collection()
     points = [
@@ -248,6 +252,9 @@ def run_size(
     consolidated, consolidate_seconds = timed(store.consolidate)
     segments = store.shard.info().segments_count
     modes = engine_modes(store, query_texts[: args.queries], query_vectors[: args.queries])
+    # The raw path searches with what the adapter sends for this shard (EDGE_HNSW_EF; a quantized shard's rescoring),
+    # so raw latency and recall@5 are those of the service's engine work.
+    params = store._search_params
     store.close()
 
     # Registry rows so the service's visibility check keeps the hits (a document is active in its tenants).
@@ -267,6 +274,7 @@ def run_size(
                 query=qe.Query.Nearest(vector, using=DENSE_VECTOR),
                 filter=tenant_filter,
                 with_payload=True,
+                params=params,
             )
         )
 
@@ -278,7 +286,10 @@ def run_size(
                 limit=TOP_K,
                 prefetches=[
                     qe.Prefetch(
-                        PREFETCH_MIN, query=qe.Query.Nearest(vector, using=DENSE_VECTOR), filter=tenant_filter
+                        PREFETCH_MIN,
+                        query=qe.Query.Nearest(vector, using=DENSE_VECTOR),
+                        filter=tenant_filter,
+                        params=params,
                     ),
                     qe.Prefetch(
                         PREFETCH_MIN,

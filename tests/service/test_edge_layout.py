@@ -161,7 +161,10 @@ def clustered_corpus(n: int, dim: int, seed: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_recall_against_exact_search_stays_above_a_floor_on_a_seeded_corpus(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quantization", [True, False], ids=["int8", "float"])
+def test_recall_against_exact_search_stays_above_a_floor_on_a_seeded_corpus(
+    tmp_path: Path, quantization: bool
+) -> None:
     # Large enough that the tenant's points pass the engine's full-scan threshold (10,000 KB of vectors: ~6,700
     # points at 384 dimensions), so the search walks the HNSW graphs with the store's beam; consolidated into
     # the layout the store targets. The floor is a behaviour bound well below the measured recall@5 (0.98-0.99
@@ -179,6 +182,7 @@ def test_recall_against_exact_search_stays_above_a_floor_on_a_seeded_corpus(tmp_
         consolidate_idle_seconds=3600,
         consolidate_segment_points=9600,
         sync_writes=False,
+        quantization=quantization,
     )
     store.ensure_collection()
     try:
@@ -202,6 +206,7 @@ def test_recall_against_exact_search_stays_above_a_floor_on_a_seeded_corpus(tmp_
             store.optimize()
         store.consolidate()
         assert set(segment_graphs(store.path)) - {None} == {edge_module.HNSW_M}
+        assert store.quantized == quantization
         rng = np.random.default_rng(5)
         mine = np.flatnonzero(tenants == "t")
         hits = 0

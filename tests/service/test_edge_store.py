@@ -1266,7 +1266,8 @@ def test_a_shard_keeps_the_quantization_it_was_created_with(tmp_path: Path) -> N
             new.close()
     finally:
         reopened.close()
-    assert make_settings(tmp_path).edge_quantization == "none"  # the default stays float (docs/benchmarks.md)
+    # New shards are quantized by default since stop 17 (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k").
+    assert make_settings(tmp_path).edge_quantization == "int8"
 
 
 def test_consolidation_keeps_an_int8_store_quantized(tmp_path: Path) -> None:

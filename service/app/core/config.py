@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         30720, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     edge_hnsw_ef: int = Field(
-        128,
+        160,
         ge=1,
         le=10_000,
         description="HNSW search beam per segment of the edge store (higher: better recall, more CPU per search)",
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
         "anyway; default: ten times EDGE_CONSOLIDATE_IDLE_SECONDS",
     )
     edge_quantization: Literal["none", "int8"] = Field(
-        "none",
+        "int8",
         description="scalar quantization of the dense vectors of NEW edge shards (searched, then rescored exactly)",
     )
     metadata_index_max_keys: int = Field(
