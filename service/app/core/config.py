@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         30720, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     edge_hnsw_ef: int = Field(
-        160,
+        250,
         ge=1,
         le=10_000,
         description="HNSW search beam per segment of the edge store (higher: better recall, more CPU per search)",

@@ -169,15 +169,16 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # With 32 links recall holds in larger segments, but varies from build to build past ~25k points (three segments
 # of 33k: 0.991 at beam 160; two of 38.5k + one of 23k, as the merge packs them: 0.953-0.957). Five merged
 # segments of <= 23k (cap 30,720) kept 0.985 at beam 128 for 0.75x the warm engine CPU of seven at 16 links and
-# beam 100 (0.977); with int8 quantization (EDGE_QUANTIZATION, the default for new shards) 0.987 at beam 160 for
-# 0.43x the warm and 0.62x the cold CPU. So shards are built with HNSW_M links (new shards, and every segment a consolidation merges:
+# beam 100 (0.977); with int8 quantization (EDGE_QUANTIZATION, the default for new shards) 0.970-0.998 at beam 160
+# across builds and corpora, for 0.43x the warm and 0.62x the cold CPU, and 0.988 at 250 in a build that gave 0.982
+# at 160: the default beam is 250, for margin. So shards are built with HNSW_M links (new shards, and every segment a consolidation merges:
 # the child loads its copy with this graph config, which rebuilds what it merges) and searched with EDGE_HNSW_EF.
 # The serving process loads a shard with the graph config it has stored: a different one would make the engine
 # rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
 # shard built by an earlier release takes HNSW_M at its next consolidation.
 HNSW_M = 32
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF = 160
+HNSW_EF = 250
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
