@@ -871,6 +871,8 @@ class EdgeVectorStore:
         # in it changed since its last fsync (a segment created, closed or removed).
         self._wal_sync = GroupSync(self._sync_wal)
         self._wal_names: frozenset[tuple[str, int]] | None = None
+        # Set by a failed WAL fsync: writes are refused until a restart (see `_sync_wal`).
+        self.write_failure: str | None = None
         self._deferring = (
             threading.local()
         )  # `sync_deferred`: this thread's upserts leave the sync to the caller
@@ -1673,7 +1675,11 @@ class EdgeVectorStore:
         return stats.f_bavail * stats.f_frsize
 
     def _check_room(self) -> None:
-        """ServiceUnavailable when the store's volume has less free space than ``min_free_bytes``."""
+        """ServiceUnavailable when a WAL sync failed since the store opened (`write_failure`), or when the store's
+        volume has less free space than ``min_free_bytes``."""
+        if self.write_failure is not None:
+            FAILURES.labels(component="vector_store").inc()
+            raise ServiceUnavailable(self.write_failure)
         if not self.min_free_bytes:
             return
         free = self._free_bytes()
@@ -1779,8 +1785,20 @@ class EdgeVectorStore:
                             raise
             except OSError as exc:
                 # After a failed fsync the kernel may have dropped the dirty pages: nothing can say the write
-                # is on disk, so it is not acknowledged (the ingest discards its version).
+                # is on disk, so it is not acknowledged (the ingest discards its version). Nor can anything say
+                # the pages are still there to write back: Linux marks them clean after reporting the error once,
+                # so the next fsync succeeds over a WAL with a hole where this write was, and a replay after a
+                # power loss stops at the hole and loses every write acknowledged after it (PostgreSQL's
+                # "fsyncgate", which it answers by stopping). So the store takes no more writes until the process
+                # restarts and the engine reopens the WAL as it is on disk; searches go on. A segment renamed
+                # away under the listing (FileNotFoundError after the retries) says nothing about the disk.
                 self._wal_names = None
+                if not isinstance(exc, FileNotFoundError):
+                    self.write_failure = (
+                        f"a sync of the embedded store's write-ahead log failed ({exc.strerror or exc}): writes "
+                        "are refused until the service restarts, since nothing can say the writes before it "
+                        "reached the disk; check the disk (its kernel log), then restart; searches still work"
+                    )
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("could not sync the edge store's WAL under %s: %s", wal, exc)
                 raise ServiceUnavailable(
