@@ -188,6 +188,7 @@ METADATA_INDEX_FILE = "metadata_indexes.json"
 # (13 segments of ~7.7k points pair up into 7 under a 20,480 cap at 100k chunks), copy the whole shard into a child
 # after every start-up only to find nothing to merge (docs/benchmarks.md, "Segments after a restart").
 CONSOLIDATION_FILE = "consolidation.json"
+CONSOLIDATION_TEMPORARY = "consolidation.tmp"  # `_write_record` writes it, then renames it over the record
 # Writes acknowledged while a consolidation's child merges are logged and replayed onto the merged copy before it
 # is swapped in; past this many points (an upsert's points, one per other write) the merge is abandoned instead
 # and retried at the next pause. The log holds each point's vectors and payload (~12 KB at 384 dimensions).
@@ -1193,7 +1194,7 @@ class EdgeVectorStore:
             record["segments"] = settled
         record["deleted_points"] = self._deleted_points if deleted is None else deleted
         target = directory / CONSOLIDATION_FILE
-        temporary = target.with_suffix(".tmp")
+        temporary = directory / CONSOLIDATION_TEMPORARY
         with self._record_lock:
             try:
                 with open(temporary, "w", encoding="utf-8") as handle:
@@ -1275,7 +1276,19 @@ class EdgeVectorStore:
         child: subprocess.Popen[str] | None = None
         errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
         try:
-            shutil.copytree(self.path, building, copy_function=_copy_sparse)
+            # Without the record's temporary file: a delete running meanwhile writes the record (`_write_record`)
+            # through it and renames it away, so a listed file vanished before its copy (ENOENT gave the
+            # consolidation up). The record itself is replaced atomically: the copy gets the old or the new one.
+            shutil.copytree(
+                self.path,
+                building,
+                copy_function=_copy_sparse,
+                ignore=lambda directory, names: (
+                    [CONSOLIDATION_TEMPORARY]
+                    if Path(directory) == self.path and CONSOLIDATION_TEMPORARY in names
+                    else []
+                ),
+            )
             child = subprocess.Popen(  # noqa: S603 (our own interpreter and script)
                 [
                     sys.executable,
