@@ -1321,3 +1321,29 @@ def test_the_optimizer_backlog_counts_dense_vectors_and_is_never_negative(tmp_pa
         assert store.shard.info().indexed_vectors_count == 2 * chunk
     finally:
         store.close()
+
+
+def test_a_record_written_during_the_copy_does_not_give_the_consolidation_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete during a consolidation's copy writes the consolidation record through a temporary file that it
+    renames away: the copy listed it and then found it gone (ENOENT), and the consolidation was given up (a flaky
+    concurrent-writer test showed it). Staged here: the temporary file exists when the copy lists the directory
+    and disappears at the first file copied."""
+    store = fragmented_store(tmp_path / "edge" / "c", consolidate_idle_seconds=3600)
+    try:
+        temporary = store.path / edge_module.CONSOLIDATION_TEMPORARY
+        temporary.write_text("{}", encoding="utf-8")
+        copy = edge_module._copy_sparse
+
+        def renamed_away_meanwhile(src: str, dst: str) -> None:
+            temporary.unlink(missing_ok=True)
+            copy(src, dst)
+
+        monkeypatch.setattr(edge_module, "_copy_sparse", renamed_away_meanwhile)
+        before = store.shard.info().segments_count
+        assert store.consolidate()
+        assert store.shard.info().segments_count < before
+        assert len(store.search("t", distinct_points("doc-1", 64)[0].vector, limit=10)) == 10
+    finally:
+        store.close()

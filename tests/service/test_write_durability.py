@@ -99,7 +99,7 @@ def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledge
     assert wal in synced_before_commit  # the directory: a WAL segment created by this write keeps its name
 
 
-def test_a_failed_fsync_answers_503_and_commits_nothing(
+def test_a_failed_fsync_answers_503_commits_nothing_and_refuses_writes_until_a_restart(
     tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(fd: int) -> None:
@@ -114,7 +114,19 @@ def test_a_failed_fsync_answers_503_and_commits_nothing(
         assert client.get("/v1/documents/handbook").status_code == 404
         hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
         assert hits == []
-        # The disk is back: the same write goes through, once.
+        # The next fsync would succeed over a WAL that may have lost the failed write's pages (Linux marks them
+        # clean after reporting the error), so a replay could stop there: no more writes until a restart. The
+        # readiness probes say why; searches go on.
+        refused = client.put("/v1/documents/other", json={"text": TEXT})
+        assert refused.status_code == 503, refused.text
+        assert "writes are refused until the service restarts" in refused.json()["error"]["message"]
+        ready = client.get("/readyz/serving")
+        assert ready.status_code == 503
+        assert "write-ahead log failed" in ready.text
+        assert client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).status_code == 200
+    # Restarted on the same data: the same write goes through, once.
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        assert client.get("/readyz/serving").status_code == 200
         assert client.put("/v1/documents/handbook", json={"text": TEXT}).status_code == 201
         hits = client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).json()["results"]
         assert [hit["document_id"] for hit in hits] == ["handbook"]

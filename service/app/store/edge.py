@@ -189,6 +189,7 @@ METADATA_INDEX_FILE = "metadata_indexes.json"
 # (13 segments of ~7.7k points pair up into 7 under a 20,480 cap at 100k chunks), copy the whole shard into a child
 # after every start-up only to find nothing to merge (docs/benchmarks.md, "Segments after a restart").
 CONSOLIDATION_FILE = "consolidation.json"
+CONSOLIDATION_TEMPORARY = "consolidation.tmp"  # `_write_record` writes it, then renames it over the record
 # Writes acknowledged while a consolidation's child merges are logged and replayed onto the merged copy before it
 # is swapped in; past this many points (an upsert's points, one per other write) the merge is abandoned instead
 # and retried at the next pause. The log holds each point's vectors and payload (~12 KB at 384 dimensions).
@@ -872,6 +873,8 @@ class EdgeVectorStore:
         # in it changed since its last fsync (a segment created, closed or removed).
         self._wal_sync = GroupSync(self._sync_wal)
         self._wal_names: frozenset[tuple[str, int]] | None = None
+        # Set by a failed WAL fsync: writes are refused until a restart (see `_sync_wal`).
+        self.write_failure: str | None = None
         self._deferring = (
             threading.local()
         )  # `sync_deferred`: this thread's upserts leave the sync to the caller
@@ -1192,7 +1195,7 @@ class EdgeVectorStore:
             record["segments"] = settled
         record["deleted_points"] = self._deleted_points if deleted is None else deleted
         target = directory / CONSOLIDATION_FILE
-        temporary = target.with_suffix(".tmp")
+        temporary = directory / CONSOLIDATION_TEMPORARY
         with self._record_lock:
             try:
                 with open(temporary, "w", encoding="utf-8") as handle:
@@ -1274,7 +1277,19 @@ class EdgeVectorStore:
         child: subprocess.Popen[str] | None = None
         errors = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in the finally below)
         try:
-            shutil.copytree(self.path, building, copy_function=_copy_sparse)
+            # Without the record's temporary file: a delete running meanwhile writes the record (`_write_record`)
+            # through it and renames it away, so a listed file vanished before its copy (ENOENT gave the
+            # consolidation up). The record itself is replaced atomically: the copy gets the old or the new one.
+            shutil.copytree(
+                self.path,
+                building,
+                copy_function=_copy_sparse,
+                ignore=lambda directory, names: (
+                    [CONSOLIDATION_TEMPORARY]
+                    if Path(directory) == self.path and CONSOLIDATION_TEMPORARY in names
+                    else []
+                ),
+            )
             child = subprocess.Popen(  # noqa: S603 (our own interpreter and script)
                 [
                     sys.executable,
@@ -1674,7 +1689,11 @@ class EdgeVectorStore:
         return stats.f_bavail * stats.f_frsize
 
     def _check_room(self) -> None:
-        """ServiceUnavailable when the store's volume has less free space than ``min_free_bytes``."""
+        """ServiceUnavailable when a WAL sync failed since the store opened (`write_failure`), or when the store's
+        volume has less free space than ``min_free_bytes``."""
+        if self.write_failure is not None:
+            FAILURES.labels(component="vector_store").inc()
+            raise ServiceUnavailable(self.write_failure)
         if not self.min_free_bytes:
             return
         free = self._free_bytes()
@@ -1780,8 +1799,20 @@ class EdgeVectorStore:
                             raise
             except OSError as exc:
                 # After a failed fsync the kernel may have dropped the dirty pages: nothing can say the write
-                # is on disk, so it is not acknowledged (the ingest discards its version).
+                # is on disk, so it is not acknowledged (the ingest discards its version). Nor can anything say
+                # the pages are still there to write back: Linux marks them clean after reporting the error once,
+                # so the next fsync succeeds over a WAL with a hole where this write was, and a replay after a
+                # power loss stops at the hole and loses every write acknowledged after it (PostgreSQL's
+                # "fsyncgate", which it answers by stopping). So the store takes no more writes until the process
+                # restarts and the engine reopens the WAL as it is on disk; searches go on. A segment renamed
+                # away under the listing (FileNotFoundError after the retries) says nothing about the disk.
                 self._wal_names = None
+                if not isinstance(exc, FileNotFoundError):
+                    self.write_failure = (
+                        f"a sync of the embedded store's write-ahead log failed ({exc.strerror or exc}): writes "
+                        "are refused until the service restarts, since nothing can say the writes before it "
+                        "reached the disk; check the disk (its kernel log), then restart; searches still work"
+                    )
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("could not sync the edge store's WAL under %s: %s", wal, exc)
                 raise ServiceUnavailable(

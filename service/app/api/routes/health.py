@@ -40,8 +40,12 @@ def _ping_vectors(vectors: Any) -> None:
         raise RuntimeError(f"collection {vectors.collection} does not exist")
 
 
-def _check_disk(settings: Any) -> None:
-    """Free space under DATA_DIR: a full disk fails every write while every ping still answers."""
+def _check_disk(settings: Any, vectors: Any = None) -> None:
+    """Free space under DATA_DIR: a full disk fails every write while every ping still answers; and an embedded
+    store that refuses writes since a failed sync of its log (edge.EdgeVectorStore.write_failure)."""
+    failure = getattr(vectors, "write_failure", None)
+    if isinstance(failure, str):
+        raise RuntimeError(failure)
     stats = os.statvfs(settings.data_dir)
     free = stats.f_bavail * stats.f_frsize
     if free < settings.ready_min_free_bytes:
@@ -111,7 +115,7 @@ async def _readiness(services: Any, *, gating: frozenset[str] | None) -> JSONRes
         "database": lambda: run_in_threadpool(_ping_registry, services.registry),
     }
     if services.settings.uses_data_dir:
-        checks["disk"] = lambda: run_in_threadpool(_check_disk, services.settings)
+        checks["disk"] = lambda: run_in_threadpool(_check_disk, services.settings, services.vectors)
     if services.settings.redis_url:
         checks["redis"] = lambda: _redis_check(services)
     results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
