@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 
 from service.app.core.config import Settings
+from service.app.core.errors import ServiceUnavailable
 from service.app.store import edge as edge_module
 from service.app.store.edge import WAL_DIRECTORY, EdgeVectorStore
 from service.app.store.embedder import FastEmbedEmbedder
@@ -287,3 +288,27 @@ def test_concurrent_puts_share_wal_syncs_and_each_commits_only_after_a_sync_that
                 "/v1/search", json={"query": f"office {i} paid vacation", "top_k": writers}
             ).json()["results"]
             assert document in {hit["document_id"] for hit in hits}
+
+
+def test_a_write_waiting_for_the_next_sync_round_is_not_acknowledged_after_a_failed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: a write applied while the failing round ran waits for the next round. That round's fsync
+    would succeed (the kernel reports a write-back error once) over a WAL that may have lost the failed round's
+    pages, so it must fail too, whatever fsync says now."""
+    from tests.service.test_edge_store import distinct_points
+
+    store = EdgeVectorStore(tmp_path / "edge", collection="c", dimension=16, sync_writes=True)
+    store.ensure_collection()
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(
+                edge_module.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "EIO"))
+            )
+            with pytest.raises(ServiceUnavailable):
+                store.upsert(distinct_points("first", 3))
+        assert store.write_failure is not None
+        with pytest.raises(ServiceUnavailable, match="writes are refused until the service restarts"):
+            store.sync()  # a write that was waiting for the next round: fsync works again, the round still fails
+    finally:
+        store.close()

@@ -1784,7 +1784,11 @@ class EdgeVectorStore:
         self._wal_sync.sync()
 
     def _sync_wal(self) -> None:
-        """One sync of the WAL (`sync`'s leader runs it for every caller waiting)."""
+        """One sync of the WAL (`sync`'s leader runs it for every caller waiting). After a failed one, none: a
+        write applied before the failure was known, and waiting for the next round, must not be acknowledged by
+        an fsync that succeeds over the hole the failed one may have left (`write_failure`)."""
+        if self.write_failure is not None:
+            raise ServiceUnavailable(self.write_failure)
         with self._gate.shared():  # no consolidation swap between the listing and the syncs
             wal = self.path / WAL_DIRECTORY
             try:
