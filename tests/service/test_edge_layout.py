@@ -7,7 +7,6 @@ computed against exact search."""
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -16,26 +15,13 @@ import pytest
 from service.app.store import edge as edge_module
 from service.app.store.edge import EdgeVectorStore
 from service.app.store.vectors import ChunkPoint
+from tests.service.test_edge_store import distinct_points
 
 DIM = 16
 
 
 def points(document_id: str, count: int, *, dim: int = DIM, tenant: str = "t") -> list[ChunkPoint]:
-    rng = np.random.default_rng(zlib.crc32(document_id.encode()))
-    return [
-        ChunkPoint(
-            tenant_id=tenant,
-            document_id=document_id,
-            version=1,
-            chunk_index=i,
-            text=f"{document_id} #{i}",
-            vector=rng.standard_normal(dim).tolist(),
-            metadata={},
-            content_hash="h",
-            model="m",
-        )
-        for i in range(count)
-    ]
+    return distinct_points(document_id, count, dim, tenant=tenant)
 
 
 def segment_graphs(path: Path) -> list[int | None]:

@@ -451,12 +451,12 @@ def test_a_filter_on_a_number_past_int64_matches_nothing_instead_of_failing(tmp_
 # --- consolidation: fewer segments for searches, merged in a child process (no GIL freeze in this one) ---
 
 
-def distinct_points(document_id: str, count: int, dim: int = 16) -> list[ChunkPoint]:
+def distinct_points(document_id: str, count: int, dim: int = 16, *, tenant: str = "t") -> list[ChunkPoint]:
     """Points whose vectors differ per document and chunk (no ties: rankings compare exactly)."""
     rng = np.random.default_rng(zlib.crc32(document_id.encode()))
     return [
         ChunkPoint(
-            tenant_id="t",
+            tenant_id=tenant,
             document_id=document_id,
             version=1,
             chunk_index=i,
