@@ -58,7 +58,7 @@ from service.app.store.edge import (  # noqa: E402
     HNSW_EF,
     QUANTIZATION_OVERSAMPLING,
     EdgeVectorStore,
-    _copy_sparse,
+    copy_sparse,
 )
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
@@ -141,7 +141,7 @@ def build(
 
 
 def consolidate(source: Path, path: Path, cap: int, dimension: int, *, label: str = "") -> dict:
-    shutil.copytree(source, path, copy_function=_copy_sparse)
+    shutil.copytree(source, path, copy_function=copy_sparse)
     store = EdgeVectorStore(
         path,
         collection="c",

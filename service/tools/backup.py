@@ -37,7 +37,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
-from service.app.store.edge import LOCK_FILE, DirectoryLock, EmbeddedStoreError, StoreLocked, fsync_path
+from service.app.store.edge import (
+    LOCK_FILE,
+    DirectoryLock,
+    EmbeddedStoreError,
+    StoreLocked,
+    copy_sparse,
+    fsync_path,
+)
 
 MANIFEST = "manifest.json"
 REGISTRY = "registry.db"
@@ -213,7 +220,11 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             source.close()
         _block_at("registry")
         if edge.is_dir():
-            shutil.copytree(edge, partial / EDGE, ignore=shutil.ignore_patterns(LOCK_FILE))
+            # Holes kept: the engine's files are mostly preallocated, sparse space (a one-document store is 0.4 MB on
+            # disk and 194 MB apparent); a plain copy writes every zero.
+            shutil.copytree(
+                edge, partial / EDGE, ignore=shutil.ignore_patterns(LOCK_FILE), copy_function=copy_sparse
+            )
         else:
             (partial / EDGE).mkdir()
         _block_at("edge")
@@ -306,9 +317,9 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
         edge.mkdir(parents=True, exist_ok=True)
         for entry in sorted((source / EDGE).iterdir()) if (source / EDGE).is_dir() else []:
             if entry.is_dir():
-                shutil.copytree(entry, edge / entry.name)
+                shutil.copytree(entry, edge / entry.name, copy_function=copy_sparse)
             else:
-                shutil.copy2(entry, edge / entry.name)
+                copy_sparse(str(entry), str(edge / entry.name))
         _fsync_tree(edge)
         _block_at("restored shards")
         # The registry last, by rename: until it is in place the service refuses to start on these shards.

@@ -1334,13 +1334,13 @@ def test_a_record_written_during_the_copy_does_not_give_the_consolidation_up(
     try:
         temporary = store.path / edge_module.CONSOLIDATION_TEMPORARY
         temporary.write_text("{}", encoding="utf-8")
-        copy = edge_module._copy_sparse
+        copy = edge_module.copy_sparse
 
         def renamed_away_meanwhile(src: str, dst: str) -> None:
             temporary.unlink(missing_ok=True)
             copy(src, dst)
 
-        monkeypatch.setattr(edge_module, "_copy_sparse", renamed_away_meanwhile)
+        monkeypatch.setattr(edge_module, "copy_sparse", renamed_away_meanwhile)
         before = store.shard.info().segments_count
         assert store.consolidate()
         assert store.shard.info().segments_count < before

@@ -735,7 +735,7 @@ class _Optimizer:
         self._thread.join()
 
 
-def _copy_sparse(src: str, dst: str) -> None:
+def copy_sparse(src: str, dst: str) -> None:
     """Copy a file keeping its holes: the engine's files are mostly preallocated, sparse space (a 100k-chunk
     shard is 1.2 GB apparent, 0.3 GB on disk), and a plain copy would write every zero."""
     with open(src, "rb") as source, open(dst, "wb") as target:
@@ -1283,7 +1283,7 @@ class EdgeVectorStore:
             shutil.copytree(
                 self.path,
                 building,
-                copy_function=_copy_sparse,
+                copy_function=copy_sparse,
                 ignore=lambda directory, names: (
                     [CONSOLIDATION_TEMPORARY]
                     if Path(directory) == self.path and CONSOLIDATION_TEMPORARY in names
