@@ -107,16 +107,7 @@ def test_a_shard_with_the_old_graph_opens_unchanged_and_its_next_consolidation_r
         old.close()
     assert set(segment_graphs(path)) - {None} == {16}
     assert len(segment_graphs(path)) <= 2
-    store = EdgeVectorStore(
-        path,
-        collection="c",
-        dimension=DIM,
-        optimize_chunk_points=64,
-        segment_points=128,
-        optimize_idle_seconds=None,
-        consolidate_idle_seconds=3600,
-    )
-    store.ensure_collection()
+    store = fragmented(path, 0)  # reopened by this release, nothing added
     try:
         # Opened as stored: loading it with another graph config would have the serving process's optimizer
         # rebuild every segment (holding the GIL).
