@@ -319,6 +319,7 @@ def converge(
     timeout_seconds: float = 3600.0,
     interval_seconds: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """After a rollout with a new index config: follow the re-index the new pods started at start-up, or start
     it when none runs (REINDEX_ON_CONFIG_CHANGE off, or nothing picked it up); the status once search serves it.
@@ -336,6 +337,9 @@ def converge(
         except ReindexFailure as exc:
             if exc.status_code != 409:  # 409: one is running (another poll may have raced us): follow it
                 raise
+    # The pointer must leave the collection it named, unless it already names ``wanted``: then this is the
+    # switch's final catch-up (state "switching") and the collection it names is the new one, which it keeps.
+    moved_from = None if serving_config(status) == wanted else (status.get("serving") or {}).get("collection")
     return follow(
         client,
         wanted,
@@ -343,5 +347,6 @@ def converge(
         timeout_seconds=timeout_seconds,
         interval_seconds=interval_seconds,
         sleep=sleep,
-        from_collection=(status.get("serving") or {}).get("collection"),
+        clock=clock,
+        from_collection=moved_from,
     )

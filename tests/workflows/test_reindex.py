@@ -292,6 +292,39 @@ def test_follow_fails_on_a_failed_build_and_after_its_deadline(scripted: Threadi
         )
 
 
+def test_converge_caught_in_the_switch_ends_when_it_has_switched(scripted: ThreadingHTTPServer) -> None:
+    # `ragops up` reads the status after the rollout while the new pods' start-up re-index is in its final
+    # catch-up: the pointer already names the new collection. It must not wait for the pointer to leave it (it
+    # waited an hour in CI: the pointer never moves again).
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("switching", NEW, NEW, done=10, collection="c-new"),
+        _status("switching", NEW, NEW, done=10, collection="c-new"),
+        _status("switched", NEW, NEW, done=10, collection="c-new"),
+    ]
+    ticks = iter(range(100))
+    seen: list[str] = []
+    with _client(scripted) as client:
+        last = reindex_mod.converge(
+            client,
+            NEW,
+            on_status=lambda s: seen.append(s["state"]),
+            timeout_seconds=50,
+            sleep=lambda _s: None,
+            clock=lambda: float(next(ticks)),
+        )
+    assert seen == ["switching", "switched"]
+    assert last["serving"]["collection"] == "c-new"
+
+    # Caught before the switch, it still waits for the pointer to leave the old collection.
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("building", OLD, NEW, done=3, collection="c-old"),
+        _status("switched", NEW, NEW, done=10, collection="c-new"),
+    ]
+    with _client(scripted) as client:
+        last = reindex_mod.converge(client, NEW, sleep=lambda _s: None)
+    assert last["serving"]["collection"] == "c-new"
+
+
 # --- ragops up / promote with a changed index config ---------------------------------------------------------
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 BGE = "BAAI/bge-small-en-v1.5"
