@@ -548,7 +548,9 @@ def test_bootstrap_refuses_an_image_more_than_one_minor_ahead_of_the_cluster(
     assert result.returncode == 0, result.stderr
 
 
-def test_bootstrap_refuses_an_older_minor_than_the_nodes_own_storage_ran(tmp_path: Path, peers: Peers) -> None:
+def test_bootstrap_refuses_an_older_minor_than_the_nodes_own_storage_ran(
+    tmp_path: Path, peers: Peers
+) -> None:
     # A rollback of 1.16 -> 1.15 after node 2 (peer 3) ran 1.16.3: its storage was migrated forward, and Qdrant
     # supports no downgrade. Node 1 (peer 2) never ran 1.16, so it may go back; a patch step back passes.
     state = JOINED.replace(
