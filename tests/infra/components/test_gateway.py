@@ -325,8 +325,11 @@ def test_a_load_balancer_scheme_switch_on_eks_gives_the_proxy_a_new_service() ->
     Sync internal vs non-internal"): a switch that only flipped the annotation left a public NLB behind a stack set
     to internal. The internal Service has its own name, so Envoy Gateway creates a new one (a new NLB) and deletes
     the other; the public one keeps Envoy Gateway's generated name, which deployed public stacks run with."""
+
     def proxy(load_balancer: str) -> dict[str, object]:
-        spec = run("dev", "eks", gateway={"loadBalancer": load_balancer}).by_name("envoy-proxy").inputs["spec"]
+        spec = (
+            run("dev", "eks", gateway={"loadBalancer": load_balancer}).by_name("envoy-proxy").inputs["spec"]
+        )
         return spec["provider"]["kubernetes"]
 
     public, service = proxy("public"), proxy("internal")["envoyService"]
