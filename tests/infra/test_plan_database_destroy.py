@@ -41,9 +41,7 @@ def test_rds_leaves_its_final_snapshot_and_its_automated_backups() -> None:
         with_inputs(
             run("prod"),
             RDS,
-            lambda i: i.update(
-                skipFinalSnapshot=True, deleteAutomatedBackups=True, deletionProtection=False
-            ),
+            lambda i: i.update(skipFinalSnapshot=True, deleteAutomatedBackups=True, deletionProtection=False),
         )
     )
     assert changed.endswith("on delete: no final snapshot (skipFinalSnapshot); its automated backups go")
