@@ -109,6 +109,7 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         registries=(guards.Registry(managed=False, major="17"),),
         namespace="rag",
         backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
+        namespace_created=True,
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
