@@ -351,8 +351,10 @@ def _refused_while_protected(db: Any, flag: bool) -> str:
 def rds_on_delete(db: Any) -> str:
     """What is left of an RDS instance deleted by `pulumi destroy` (or dropped after a restore): its final snapshot,
     named `<final_snapshot_prefix>-<8 hex drawn once per instance>`, which RDS keeps until it is deleted by hand,
-    while the automated backups go with the instance (`delete_automated_backups` unset: pulumi-aws 7.51.1
-    `rds.Instance` docstring, "Default is `true`")."""
+    and the automated backups, kept for their retention days with `delete_automated_backups` false
+    (`rag:postgres.managed.retainBackupsOnDelete`; the provider's default, true, deletes them with the instance:
+    pulumi-aws 7.51.1 `rds.Instance` docstring, "Default is `true`"). The provider reads the flag from the state
+    when it deletes, so it holds once an `up` has recorded it."""
     i = db.inputs
     if i.get("skipFinalSnapshot"):
         snapshot = "no final snapshot (skipFinalSnapshot)"
@@ -360,7 +362,7 @@ def rds_on_delete(db: Any) -> str:
         prefix = str(i.get("finalSnapshotIdentifier") or "").rsplit("-", 1)[0] or "<final snapshot>"
         snapshot = f"the final snapshot {prefix}-<8 hex> is kept until deleted by hand"
     automated = (
-        "its automated backups are kept"
+        "its automated backups are kept by their retention (once an `up` has recorded it)"
         if i.get("deleteAutomatedBackups") is False
         else "its automated backups go"
     )
