@@ -404,6 +404,7 @@ class ManagedPostgres:
     maintenanceWindow: MaintenanceWindow
     applyImmediately: bool = False
     autoMinorVersionUpgrade: bool = True
+    retainBackupsOnDelete: bool = True
     majorUpgrade: MajorUpgrade
     restore: ManagedRestore
 
@@ -1585,6 +1586,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "postgres.managed.multiAz",
                 "prod requires true: a managed database in one zone (RDS single-AZ, Cloud SQL ZONAL) is down "
                 "with its zone, and with it every write",
+            )
+        if config.postgres.mode == "managed" and not config.postgres.managed.retainBackupsOnDelete:
+            fail(
+                "postgres.managed.retainBackupsOnDelete",
+                "prod requires true: without it a destroy, or a restore with keepOriginal false, deletes the "
+                "automated backups with the instance and ends point-in-time recovery (only the final snapshot or "
+                "backup is left)",
             )
         if config.redis.mode == "managed" and cluster.provider == "eks" and config.redis.managed.replicas < 1:
             fail(

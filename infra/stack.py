@@ -446,6 +446,7 @@ def postgres_args(
         max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
         multi_az=cfg.managed.multiAz,
         backup_retention_days=cfg.managed.backupRetentionDays,
+        retain_backups_on_delete=managed.retainBackupsOnDelete,
         final_snapshot_prefix=cloud_name(
             config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
         ),
