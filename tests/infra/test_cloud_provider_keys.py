@@ -58,7 +58,9 @@ def test_an_aws_region_equal_to_the_eks_region_is_accepted() -> None:
     ],
     ids=["region-differs", "profile", "assume-role", "unquoted-id", "not-a-list", "typo-region"],
 )
-def test_aws_stack_keys_the_provider_would_ignore_are_refused(extra: dict[str, Any], key: str, fragment: str) -> None:
+def test_aws_stack_keys_the_provider_would_ignore_are_refused(
+    extra: dict[str, Any], key: str, fragment: str
+) -> None:
     if "rag:cluster.eks.region" in extra:
         config = _prod_with({})
         config["rag:cluster"]["eks"]["region"] = extra["rag:cluster.eks.region"]
@@ -103,9 +105,12 @@ def test_gcp_keys_equal_to_the_cluster_block_pass() -> None:
     assert (provider.inputs["project"], provider.inputs["region"]) == (gke["project"], gke["region"])
 
 
-def test_make_plan_names_an_ignored_aws_key_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_make_plan_names_an_ignored_aws_key_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = render.main(["--stack", "prod", "--out", str(tmp_path), "--set", 'aws:profile="prod-admin"'])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("config error: aws:profile in --set"), err
-    assert "AWS_PROFILE=prod-admin" in err and len(err.strip().splitlines()) == 1
+    assert "AWS_PROFILE=prod-admin" in err
+    assert len(err.strip().splitlines()) == 1
