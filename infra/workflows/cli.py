@@ -366,7 +366,9 @@ def _follow_index_change(context: Context, stack: str, before: dict[str, Any] | 
 @app.command()
 def promote(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option("--from", help="Source stack (environment dev or staging, e.g. dev).")],
+    source: Annotated[
+        str, typer.Option("--from", help="Source stack (environment dev or staging, e.g. dev).")
+    ],
     target: Annotated[str, typer.Option("--to", help="Target stack (the next environment, e.g. staging).")],
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,

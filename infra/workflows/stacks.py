@@ -201,7 +201,11 @@ def permanent_stacks(work_dir: Path) -> list[str]:
     def order(name: str) -> tuple[int, int, str]:
         env = stack_environment(work_dir, name)
         rank = ENVIRONMENTS.index(env) if env in ENVIRONMENTS else len(ENVIRONMENTS)
-        return (rank, PERMANENT_STACKS.index(name) if name in PERMANENT_STACKS else len(PERMANENT_STACKS), name)
+        return (
+            rank,
+            PERMANENT_STACKS.index(name) if name in PERMANENT_STACKS else len(PERMANENT_STACKS),
+            name,
+        )
 
     return sorted(names, key=order)
 

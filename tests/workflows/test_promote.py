@@ -266,7 +266,9 @@ def test_a_stack_file_without_a_promoted_environment_or_an_ephemeral_one_is_refu
 ) -> None:
     _stacks(backend)
     (ctx.work_dir / "Pulumi.qa.yaml").write_text("config:\n  rag:environment: dev\n")
-    (ctx.work_dir / "Pulumi.pr-9.yaml").write_text("config:\n  rag:environment: staging\n  rag:ephemeral: {}\n")
+    (ctx.work_dir / "Pulumi.pr-9.yaml").write_text(
+        "config:\n  rag:environment: staging\n  rag:ephemeral: {}\n"
+    )
     with pytest.raises(UsageError, match=r"qa is environment dev, by rag:environment"):
         promote(ctx, "dev", "qa")
     with pytest.raises(UsageError, match=r"pr-9 is not a permanent stack"):
