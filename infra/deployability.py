@@ -579,6 +579,15 @@ def _namespaces(run: StackRun, config: Mapping[str, Any], analysis: Analysis) ->
         analysis.prerequisites.append(capability)
 
 
+def namespace_lines(analysis: Analysis) -> list[str]:
+    """One line per namespace the stack creates or uses (`make plan` prints them): `<name>: <what happens to it>`."""
+    return [
+        f"{c.name.removeprefix('namespace:')}: {c.detail}"
+        for c in sorted(analysis.capabilities.values(), key=lambda c: c.name)
+        if c.name.startswith("namespace:")
+    ]
+
+
 # ---------------------------------------------------------------------------------------------- references
 @dataclass(frozen=True)
 class Reference:

@@ -230,6 +230,31 @@ def major_upgrade_refusal(
     )
 
 
+STORAGE_SHRINK_KEY = f"{PROJECT}:postgres.cloudnative.storage.size"
+
+
+def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str | None:
+    """Why giving the CloudNativePG Cluster a smaller volume than `deployed` is refused (None: it is not). The
+    operator's webhook refuses it ("can't shrink existing storage", internal/webhook/v1/cluster_webhook.go
+    `validateStorageConfigurationChange`, v1.30.0), but only when the Cluster is applied, in the middle of the `up`,
+    after the steps before it. A volume never shrinks, so there is nothing to declare: set it back."""
+    from infra.components.specs import quantity_value  # the program has it loaded; ragops never calls this
+
+    if deployed is None:
+        return None
+    try:
+        if quantity_value(size) >= quantity_value(deployed):
+            return None
+    except ValueError:  # not a quantity the state or the config check knows: the operator decides
+        return None
+    return (
+        f"Refusing to shrink the CloudNativePG registry's volumes on stack {stack!r} from {deployed} to {size}: "
+        f"a volume never shrinks, and the operator refuses the Cluster in the middle of the `up` (\"can't shrink "
+        f'existing storage"). Set it back (`pulumi config set --path {STORAGE_SHRINK_KEY} {deployed} -s {stack}`); '
+        f"to move to smaller volumes, restore into a new Cluster ({DAY_TWO_DOC})."
+    )
+
+
 # --- what the stack runs, from its own state ------------------------------------------------------------------
 
 
@@ -250,6 +275,8 @@ class DeployedState:
     """Whether the state holds a Namespace the stack created (`rag:namespaceMode` create)."""
     namespace_released: bool = False
     """Whether that Namespace carries RELEASED_ANNOTATION: an update already marked it to be kept."""
+    postgres_storage: str | None = None
+    """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -284,6 +311,7 @@ def deployed_state(
     workload_namespace: str | None = None
     created = released = False
     bucket: str | None = None
+    storage: str | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
@@ -302,6 +330,7 @@ def deployed_state(
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
+            storage = str(((outputs.get("spec") or {}).get("storage") or {}).get("size") or "") or None
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
                 registries.append(Registry(managed=False, major=major))
@@ -317,6 +346,7 @@ def deployed_state(
         backup_bucket=bucket,
         namespace_created=created,
         namespace_released=released,
+        postgres_storage=storage,
     )
 
 
@@ -465,6 +495,12 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     )
     if major is not None:
         return DeployedStateRefusal(planned.upgrade_key, config.stack_file, major)
+    if config.postgres.mode == "cloudnative":
+        shrink = storage_shrink_refusal(
+            stack, state.postgres_storage, config.postgres.cloudnative.storage.size
+        )
+        if shrink is not None:
+            return DeployedStateRefusal(STORAGE_SHRINK_KEY, config.stack_file, shrink)
     return None
 
 

@@ -45,7 +45,7 @@ from referencing import Registry, Resource
 from infra.capacity import gke_quota_usage
 from infra.components.postgres import pg_image_major
 from infra.config import ConfigError
-from infra.deployability import Analysis, analyse, describe
+from infra.deployability import Analysis, analyse, describe, namespace_lines
 from infra.offline import ACCOUNT_ID, RecordedResource, StackRun, cli_config, overridden, run_stack
 from infra.policy import Violation, run_policies
 
@@ -819,6 +819,9 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  QUOTA   {quota}")
     for database in report.summary.get("managedDatabases", []):
         print(f"  DATABASE {database}")
+    if report.deployability is not None:
+        for namespace in namespace_lines(report.deployability):
+            print(f"  NAMESPACE {namespace}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

@@ -796,8 +796,9 @@ def cluster_wait_for(args: PostgresDatabaseArgs) -> list[str]:
     the last healthy loop satisfies it. The other two expressions are status the operator writes and the pre-change
     Cluster cannot have when the image or the instance count changes: a major upgrade is waited for until
     pg_upgrade has finished and the cluster is healthy again with all its instances. What they cannot see (the
-    Cluster records no applied generation) is a change the operator applies as a rolling restart without a new
-    image (resources, parameters, storage, the backup sidecar), and the restart a minor image change starts after
+    Cluster records no applied generation: cloudnative-pg#11390) is a change the operator applies as a rolling
+    restart without a new image (resources, parameters that need a restart, the backup sidecar; a larger storage size
+    is an in-place PVC resize, no restart), and the restart a minor image change starts after
     the operator has taken the image up: the wait can end before the restart begins (docs/infra.md)."""
     return [
         CLUSTER_READY,

@@ -8,12 +8,13 @@ state the first left (tests/infra/test_guards.py `against`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 
-from infra import deployability, guards, rbac
+from infra import deployability, guards, rbac, render
 from infra.config import ConfigError
 from infra.deployability import Graph
 from infra.offline import RecordedResource, StackRun, run_stack
@@ -207,3 +208,22 @@ def test_a_state_that_cannot_be_read_stops_a_mode_that_would_drop_a_created_name
     with pytest.raises(guards.DeployedStateRefusal, match="backend unavailable"):
         run_stack("dev", config_overrides={"namespaceMode": "patch"})
     assert own_namespace(run_stack("dev"))[0].type == NAMESPACE
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("create", "NAMESPACE rag: created by the stack; `pulumi destroy` deletes it with everything in it"),
+        (
+            "existing",
+            "NAMESPACE rag: prerequisite: its owner's namespace, with its pod-security labels; the stack never",
+        ),
+    ],
+)
+def test_make_plan_prints_whether_it_creates_or_uses_the_namespace(
+    mode: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert render.main(["--stack", "dev", "--out", str(tmp_path), "--set", f'namespaceMode="{mode}"']) == 0
+    out = capsys.readouterr().out
+    assert f"  {said}" in out
+    assert "  NAMESPACE cert-manager: created by Helm when missing, never deleted" in out
