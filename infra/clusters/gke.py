@@ -206,26 +206,6 @@ def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, f
     return found.master_version or None
 
 
-#: A Google Cloud region name (`europe-west1`, `us-central1`, `northamerica-northeast2`): the format only, as the
-#: Python SDK keeps no list of regions; a zone (`europe-west1-b`) would make every `location=` a zonal one.
-GCP_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
-_GCP_ZONE_RE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
-
-
-def check_region(region: str, file: str) -> str:
-    """`region` if it is shaped like a Google Cloud region; a ConfigError naming rag:cluster.gke.region otherwise
-    (a zone gets its region suggested: a zonal cluster has a single control-plane replica)."""
-    if GCP_REGION_RE.match(region):
-        return region
-    zone = _GCP_ZONE_RE.match(region)
-    hint = (
-        f"a zone, not a region: use {zone.group(1)} (the cluster is regional, across its zones)"
-        if zone
-        else "not a Google Cloud region name (e.g. europe-west1, us-central1: `gcloud compute regions list`)"
-    )
-    raise ConfigError("rag:cluster.gke.region", file, f"{region!r} is {hint}")
-
-
 def check_gcp_keys(gke: GkeCluster, keys: Mapping[str, Any], file: str) -> None:
     """Refuse `gcp:*` stack keys the explicit Google provider would not read (`keys`: bare name -> value).
 
@@ -265,9 +245,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     low, high = ACCOUNT_ID_LIMIT
     protect = config.protect
     check_gcp_keys(gke, provider_stack_keys("gcp"), stack_file(stack))
-    gcp_provider = gcp.Provider(
-        "gcp", project=gke.project, region=check_region(gke.region, stack_file(stack))
-    )
+    gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
     if gke.minMasterVersion:
         # Checked against what runs before anything else is declared: a refused step fails the preview or `up`
         # with the reason and changes nothing, instead of an `up` failing at the cluster after the rest moved.
