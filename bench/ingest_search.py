@@ -411,14 +411,25 @@ class Quiescence:
         )
 
 
-def histogram_mean_ms(metrics: str, name: str, labels: str = "") -> float | None:
-    """Mean of a Prometheus histogram in the text exposition, in milliseconds."""
+def histogram_values(metrics: str, name: str, labels: str = "") -> dict[str, float]:
+    """The ``sum`` and ``count`` of a Prometheus histogram in the text exposition (the series with ``labels``)."""
     values = {}
     for suffix in ("sum", "count"):
         pattern = rf"^{name}_{suffix}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$"
         for match in re.finditer(pattern, metrics, re.MULTILINE):
             if all(part in (match.group(1) or "") for part in labels.split(",") if part):
                 values[suffix] = float(match.group(2))
+    return values
+
+
+def histogram_sum(metrics: str, name: str, labels: str = "") -> float:
+    """The sum of a Prometheus histogram's observations (0 before the first)."""
+    return histogram_values(metrics, name, labels).get("sum", 0.0)
+
+
+def histogram_mean_ms(metrics: str, name: str, labels: str = "") -> float | None:
+    """Mean of a Prometheus histogram in the text exposition, in milliseconds."""
+    values = histogram_values(metrics, name, labels)
     if not values.get("count"):
         return None
     return values["sum"] / values["count"] * 1000

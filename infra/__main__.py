@@ -18,7 +18,7 @@ import pulumi  # noqa: E402
 
 from infra.clusters import build_cluster  # noqa: E402
 from infra.config import load_config, load_secrets  # noqa: E402
-from infra.guards import check_deployed  # noqa: E402
+from infra.guards import check_deployed, namespace_release  # noqa: E402
 from infra.stack import build  # noqa: E402
 
 # A refused config raises a ConfigError, a `pulumi.RunError`: the language host reports it as its message alone, one
@@ -27,11 +27,11 @@ from infra.stack import build  # noqa: E402
 config = load_config()
 # What the stack's state says is deployed, before anything is registered: an undeclared Qdrant scale-down or
 # PostgreSQL major change is refused with nothing sent (infra/guards.py).
-check_deployed(config)
+deployed = check_deployed(config)
 # The cluster target first: EKS and GKE read what the cloud runs and refuse a version step it cannot take before
 # anything else (the generated keys included) is registered, so a refused `up` changes nothing.
 cluster = build_cluster(config)
 secrets = load_secrets()
-outputs = build(config, cluster, secrets)
+outputs = build(config, cluster, secrets, release_namespace=namespace_release(config, deployed))
 for name, value in outputs.items():
     pulumi.export(name, value)

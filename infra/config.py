@@ -404,6 +404,7 @@ class ManagedPostgres:
     maintenanceWindow: MaintenanceWindow
     applyImmediately: bool = False
     autoMinorVersionUpgrade: bool = True
+    retainBackupsOnDelete: bool = True
     majorUpgrade: MajorUpgrade
     restore: ManagedRestore
 
@@ -779,6 +780,12 @@ class Promotion:
     """The embedding models the promoted image holds (None: not recorded, a promotion from before they were)."""
 
 
+NamespaceMode = Literal["create", "patch", "existing"]
+"""`rag:namespaceMode`: who owns the stack's namespace (infra/stack.py `stack_namespace`). create: the stack creates
+it and `pulumi destroy` deletes it; patch: it exists (the platform team's) and the stack applies its labels and
+annotations server-side, released on destroy; existing: it exists and the stack never writes it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Ephemeral:
     """An ephemeral preview stack (written by `ragops ephemeral up`)."""
@@ -795,6 +802,7 @@ class StackConfig:
     stack: str
     environment: Literal["dev", "staging", "prod"]
     namespace: str
+    namespaceMode: NamespaceMode
     image: str
     cluster: ClusterConfig
     namespaceQuota: NamespaceQuota
@@ -1198,6 +1206,12 @@ def _check_rules(config: StackConfig, file: str) -> None:
             )
     if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", config.namespace):
         fail("namespace", f"{config.namespace!r} is not a valid Kubernetes namespace name")
+    if config.namespaceMode != "create" and config.cluster.provider != "existing":
+        fail(
+            "namespaceMode",
+            f"{config.namespaceMode!r} needs cluster.provider existing: the {config.cluster.provider} target creates "
+            f"the cluster in this stack, so no namespace {config.namespace!r} exists before it (use create)",
+        )
     for proxy_namespace in config.gateway.proxyNamespaces:
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", proxy_namespace):
             fail("gateway.proxyNamespaces", f"{proxy_namespace!r} is not a valid Kubernetes namespace name")
@@ -1572,6 +1586,13 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "postgres.managed.multiAz",
                 "prod requires true: a managed database in one zone (RDS single-AZ, Cloud SQL ZONAL) is down "
                 "with its zone, and with it every write",
+            )
+        if config.postgres.mode == "managed" and not config.postgres.managed.retainBackupsOnDelete:
+            fail(
+                "postgres.managed.retainBackupsOnDelete",
+                "prod requires true: without it a destroy, or a restore with keepOriginal false, deletes the "
+                "automated backups with the instance and ends point-in-time recovery (only the final snapshot or "
+                "backup is left)",
             )
         if config.redis.mode == "managed" and cluster.provider == "eks" and config.redis.managed.replicas < 1:
             fail(

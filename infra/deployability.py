@@ -154,6 +154,7 @@ WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "Cr
 CLUSTER_SCOPED_KINDS = frozenset(
     {
         "Namespace",
+        "NamespacePatch",
         "StorageClass",
         "ClusterIssuer",
         "GatewayClass",
@@ -164,6 +165,8 @@ CLUSTER_SCOPED_KINDS = frozenset(
         "PriorityClass",
     }
 )
+#: The stack's own namespace as the program declares it (infra/stack.py `stack_namespace`).
+NAMESPACE_TYPES = frozenset({"kubernetes:core/v1:Namespace", "kubernetes:core/v1:NamespacePatch"})
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -496,6 +499,7 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
                 caps[name] = capability
                 analysis.prerequisites.append(capability)
 
+    _namespaces(run, config, analysis)
     tls = _get(config, "tls") or {}
     if tls.get("enabled") and not tls.get("installCertManager", True):
         for group in ("cert-manager.io", "acme.cert-manager.io"):
@@ -539,6 +543,49 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
             if caps.setdefault(capability.name, capability) is capability:
                 analysis.prerequisites.append(capability)
     return analysis
+
+
+def _namespaces(run: StackRun, config: Mapping[str, Any], analysis: Analysis) -> None:
+    """Which namespaces the stack creates (and whether `pulumi destroy` deletes them) and which it only uses: a
+    `namespace:<name>` capability each, or a prerequisite for the stack's own under `rag:namespaceMode` patch or
+    existing (infra/stack.py `stack_namespace`)."""
+    caps = analysis.capabilities
+    for resource in run.of_type("kubernetes:core/v1:Namespace"):
+        fate = (
+            "kept when it leaves the stack (handed over, rag:namespaceMode)"
+            if resource.retain_on_delete
+            else "`pulumi destroy` deletes it with everything in it"
+        )
+        name = f"namespace:{object_name(resource)}"
+        caps.setdefault(name, Capability(name, resource.urn, f"created by the stack; {fate}"))
+    for resource in run.resources:
+        if resource.type in HELM_TYPES and resource.inputs.get("createNamespace"):
+            name = f"namespace:{resource.inputs.get('namespace') or 'default'}"
+            caps.setdefault(
+                name, Capability(name, resource.urn, "created by Helm when missing, never deleted")
+            )
+    mode = _get(config, "namespaceMode")
+    own = f"namespace:{_get(config, 'namespace')}"
+    if mode in ("patch", "existing") and own not in caps:
+        detail = (
+            "prerequisite: its owner's namespace; the stack applies its pod-security labels and annotations "
+            "(NamespacePatch, released by `pulumi destroy`), never creates or deletes it (rag:namespaceMode patch)"
+            if mode == "patch"
+            else "prerequisite: its owner's namespace, with its pod-security labels; the stack never writes, "
+            "creates or deletes it (rag:namespaceMode existing)"
+        )
+        capability = Capability(own, None, detail)
+        caps[own] = capability
+        analysis.prerequisites.append(capability)
+
+
+def namespace_lines(analysis: Analysis) -> list[str]:
+    """One line per namespace the stack creates or uses (`make plan` prints them): `<name>: <what happens to it>`."""
+    return [
+        f"{c.name.removeprefix('namespace:')}: {c.detail}"
+        for c in sorted(analysis.capabilities.values(), key=lambda c: c.name)
+        if c.name.startswith("namespace:")
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- references
@@ -744,9 +791,10 @@ def check_references(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
                 )
             )
 
-    namespaces = {object_name(r): r for r in run.resources if r.type == "kubernetes:core/v1:Namespace"}
+    namespaces = {object_name(r): r for r in run.resources if r.type in NAMESPACE_TYPES}
     for resource in run.resources:
-        # A namespaced object (or a release that does not create its namespace) waits for its Namespace.
+        # A namespaced object (or a release that does not create its namespace) waits for its Namespace (or for
+        # the NamespacePatch that labels it: its pod-security level before any pod is admitted).
         if is_kubernetes_object(resource):
             namespace = object_namespace(resource)
         elif resource.type in HELM_TYPES and not resource.inputs.get("createNamespace"):
@@ -2952,6 +3000,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "monitoring.alerting.email.username": "rag-alerts",
     "environment": "staging",
     "namespace": "rag-other",
+    "namespaceMode": "existing",
     "image": DIGEST,
     "qdrantApiKey": "offline-other-qdrant-key-0123456789",
     "qdrantApiKeyNext": "offline-next-qdrant-key-0123456789",

@@ -76,6 +76,9 @@ READ_STACK_OUTPUTS = "pulumi:pulumi:readStackOutputs"
 READ_RESOURCE_OUTPUTS = "pulumi:pulumi:readStackResourceOutputs"
 
 NAMESPACE = "kubernetes:core/v1:Namespace"
+NAMESPACE_PATCH = "kubernetes:core/v1:NamespacePatch"
+RELEASED_ANNOTATION = "rag.platform/namespace-released"
+"""Marks a Namespace the stack created as kept when it leaves the stack (infra/stack.py `stack_namespace`)."""
 STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
@@ -227,6 +230,31 @@ def major_upgrade_refusal(
     )
 
 
+STORAGE_SHRINK_KEY = f"{PROJECT}:postgres.cloudnative.storage.size"
+
+
+def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str | None:
+    """Why giving the CloudNativePG Cluster a smaller volume than `deployed` is refused (None: it is not). The
+    operator's webhook refuses it ("can't shrink existing storage", internal/webhook/v1/cluster_webhook.go
+    `validateStorageConfigurationChange`, v1.30.0), but only when the Cluster is applied, in the middle of the `up`,
+    after the steps before it. A volume never shrinks, so there is nothing to declare: set it back."""
+    from infra.components.specs import quantity_value  # the program has it loaded; ragops never calls this
+
+    if deployed is None:
+        return None
+    try:
+        if quantity_value(size) >= quantity_value(deployed):
+            return None
+    except ValueError:  # not a quantity the state or the config check knows: the operator decides
+        return None
+    return (
+        f"Refusing to shrink the CloudNativePG registry's volumes on stack {stack!r} from {deployed} to {size}: "
+        f"a volume never shrinks, and the operator refuses the Cluster in the middle of the `up` (\"can't shrink "
+        f'existing storage"). Set it back (`pulumi config set --path {STORAGE_SHRINK_KEY} {deployed} -s {stack}`); '
+        f"to move to smaller volumes, restore into a new Cluster ({DAY_TWO_DOC})."
+    )
+
+
 # --- what the stack runs, from its own state ------------------------------------------------------------------
 
 
@@ -239,9 +267,16 @@ class DeployedState:
     registries: tuple[Registry, ...]
     """The CloudNativePG Cluster and RDS / Cloud SQL instances, with the major each runs."""
     namespace: str | None = None
-    """The stack's Namespace (None: none in the state)."""
+    """The stack's namespace (None: none in the state): its Namespace or NamespacePatch, else (`rag:namespaceMode`
+    existing declares neither) the namespace of the Qdrant StatefulSet."""
     backup_bucket: str | None = None
     """The name of the backup bucket the program created (None: none in the state)."""
+    namespace_created: bool = False
+    """Whether the state holds a Namespace the stack created (`rag:namespaceMode` create)."""
+    namespace_released: bool = False
+    """Whether that Namespace carries RELEASED_ANNOTATION: an update already marked it to be kept."""
+    postgres_storage: str | None = None
+    """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -273,7 +308,10 @@ def deployed_state(
     """The state's facts from `readStackResourceOutputs`' answer: URN -> {"type", "outputs"}."""
     replicas: int | None = None
     namespace: str | None = None
+    workload_namespace: str | None = None
+    created = released = False
     bucket: str | None = None
+    storage: str | None = None
     registries: list[Registry] = []
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
@@ -281,12 +319,18 @@ def deployed_state(
         kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
         if kind in BUCKETS and name == f"{BACKUPS_NAME}-bucket":
             bucket = str(outputs.get(BUCKETS[kind]) or "") or None
-        elif kind == NAMESPACE and name == NAMESPACE_NAME:
-            namespace = str((outputs.get("metadata") or {}).get("name") or "") or None
+        elif kind in (NAMESPACE, NAMESPACE_PATCH) and name == NAMESPACE_NAME:
+            metadata = outputs.get("metadata") or {}
+            namespace = str(metadata.get("name") or "") or None
+            if kind == NAMESPACE:
+                created = True
+                released = RELEASED_ANNOTATION in (metadata.get("annotations") or {})
         elif kind == STATEFULSET and name == f"{qdrant}-statefulset":
+            workload_namespace = str((outputs.get("metadata") or {}).get("namespace") or "") or None
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
+            storage = str(((outputs.get("spec") or {}).get("storage") or {}).get("size") or "") or None
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
                 registries.append(Registry(managed=False, major=major))
@@ -296,7 +340,13 @@ def deployed_state(
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
     return DeployedState(
-        qdrant_replicas=replicas, registries=tuple(registries), namespace=namespace, backup_bucket=bucket
+        qdrant_replicas=replicas,
+        registries=tuple(registries),
+        namespace=namespace or workload_namespace,
+        backup_bucket=bucket,
+        namespace_created=created,
+        namespace_released=released,
+        postgres_storage=storage,
     )
 
 
@@ -371,6 +421,13 @@ def keeps_outputs_of_failed_updates() -> bool:
 
 def read_deployed_state() -> DeployedState | None:
     """The stack's last recorded state (None: no update of it completed yet, or the backend could not say)."""
+    return read_state()[0]
+
+
+def read_state() -> tuple[DeployedState | None, str | None]:
+    """The stack's last recorded state, and why it is unknown (None: it is known; a state of None then means no
+    update completed). Unknown: the backend could not answer, or this CLI may have deleted the outputs a failed
+    update left."""
     names = stack_reference_names()
     try:
         name, outputs = _read(READ_STACK_OUTPUTS, "name", names)
@@ -381,7 +438,11 @@ def read_deployed_state() -> DeployedState | None:
                     "update fails: if one did, this run cannot see what the stack runs and does not check for an "
                     "undeclared Qdrant scale-down or PostgreSQL major change. Use Pulumi 3.112 or newer (or ragops)."
                 )
-            return None  # no completed update: nothing to protect (and no snapshot to read resources from)
+                return None, "this Pulumi CLI (older than 3.112) deletes the outputs of a failed update"
+            return (
+                None,
+                None,
+            )  # no completed update: nothing to protect (and no snapshot to read resources from)
         _, answer = _read(READ_RESOURCE_OUTPUTS, "stackName", (name,))
     except Exception as exc:  # the backend could not answer: warn, do not stop a deploy
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -389,8 +450,8 @@ def read_deployed_state() -> DeployedState | None:
             f"Could not read stack {names[0]}'s state ({reason}): this run does not check for an undeclared "
             "Qdrant scale-down or PostgreSQL major change (ragops does)."
         )
-        return None
-    return deployed_state(answer.get("outputs") or {})
+        return None, f"the backend could not answer ({reason})"
+    return deployed_state(answer.get("outputs") or {}), None
 
 
 class DeployedStateRefusal(ConfigError):
@@ -434,14 +495,45 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     )
     if major is not None:
         return DeployedStateRefusal(planned.upgrade_key, config.stack_file, major)
+    if config.postgres.mode == "cloudnative":
+        shrink = storage_shrink_refusal(
+            stack, state.postgres_storage, config.postgres.cloudnative.storage.size
+        )
+        if shrink is not None:
+            return DeployedStateRefusal(STORAGE_SHRINK_KEY, config.stack_file, shrink)
     return None
 
 
-def check_deployed(config: StackConfig) -> None:
-    """Refuse, before any resource is registered, a step the stack's state says is undeclared (see the module doc)."""
-    error = refusal(config, read_deployed_state())
+def check_deployed(config: StackConfig) -> DeployedState | None:
+    """Refuse, before any resource is registered, a step the stack's state says is undeclared (see the module doc);
+    returns the state read (None: none)."""
+    state, unknown = read_state()
+    if unknown is not None and config.namespaceMode != "create":
+        # Without the state this run cannot tell whether the stack created its namespace: dropped from the program
+        # unmarked, the engine would delete it (`namespace_release`).
+        raise DeployedStateRefusal(
+            f"{PROJECT}:namespaceMode",
+            config.stack_file,
+            f"cannot read stack {config.stack!r}'s state ({unknown}), so this run cannot tell whether the stack "
+            f"created namespace {config.namespace!r}; with namespaceMode {config.namespaceMode} an `up` would delete "
+            "a namespace it created. Run it again once the state can be read (Pulumi 3.112 or newer)",
+        )
+    error = refusal(config, state)
     if error is not None:
         raise error
+    return state
+
+
+def namespace_release(config: StackConfig, state: DeployedState | None) -> bool:
+    """Whether this update must first mark the Namespace the stack created as kept (`rag:namespaceMode` is no longer
+    create): dropped from the program unmarked, the engine would delete it with everything in it. Once an update
+    marked it, the next one drops it from the stack and the cluster keeps it (infra/stack.py `stack_namespace`)."""
+    return (
+        config.namespaceMode != "create"
+        and state is not None
+        and state.namespace_created
+        and not state.namespace_released
+    )
 
 
 # --- reads through the stack's own cloud provider ---------------------------------------------------------------

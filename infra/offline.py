@@ -79,6 +79,9 @@ class RecordedResource:
     ignore_changes: tuple[
         str, ...
     ] = ()  # input property paths the engine leaves alone on update (`ignore_changes=`)
+    retain_on_delete: bool = (
+        False  # `retain_on_delete=`: a delete drops it from the state and leaves the object
+    )
 
 
 @dataclass(frozen=True)
@@ -554,6 +557,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 depends_on=tuple(sorted(set(request.dependencies))),
                 aliases=tuple(self._alias_urns(request)),
                 ignore_changes=tuple(request.ignoreChanges),
+                retain_on_delete=bool(request.retainOnDelete),
             )
         )
         return response

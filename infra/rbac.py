@@ -49,6 +49,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_DIR = REPO_ROOT / "docs" / "rbac"
 WRITE = ("get", "list", "watch", "create", "update", "patch", "delete")
 READ = ("get", "list", "watch")
+PATCH = ("get", "patch")
 ROLE_NAME = "rag-deployer"
 
 #: Kinds that are not namespaced (the ones the program and its charts create).
@@ -227,7 +228,13 @@ def needs(run: StackRun) -> list[Need]:
                 if kind in CLUSTER_SCOPED
                 else str((resource.inputs.get("metadata") or {}).get("namespace") or "default")
             )
-            found.append(Need(namespace, group, plural(kind), WRITE, f"declares {kind}"))
+            if resource.type.endswith("Patch"):
+                # A Patch resource (NamespacePatch, rag:namespaceMode patch) only applies fields of an object that
+                # exists: create, update and delete are all server-side apply PATCHes of that one name.
+                name = str((resource.inputs.get("metadata") or {}).get("name") or "")
+                found.append(Need(namespace, group, plural(kind), PATCH, f"patches {kind} {name}", (name,)))
+            else:
+                found.append(Need(namespace, group, plural(kind), WRITE, f"declares {kind}"))
             if namespace is not None:
                 workload_namespaces.add(namespace)
         elif resource.type in HELM_TYPES:

@@ -45,7 +45,7 @@ from referencing import Registry, Resource
 from infra.capacity import gke_quota_usage
 from infra.components.postgres import pg_image_major
 from infra.config import ConfigError
-from infra.deployability import Analysis, analyse, describe
+from infra.deployability import Analysis, analyse, describe, namespace_lines
 from infra.offline import ACCOUNT_ID, RecordedResource, StackRun, cli_config, overridden, run_stack
 from infra.policy import Violation, run_policies
 
@@ -351,8 +351,10 @@ def _refused_while_protected(db: Any, flag: bool) -> str:
 def rds_on_delete(db: Any) -> str:
     """What is left of an RDS instance deleted by `pulumi destroy` (or dropped after a restore): its final snapshot,
     named `<final_snapshot_prefix>-<8 hex drawn once per instance>`, which RDS keeps until it is deleted by hand,
-    while the automated backups go with the instance (`delete_automated_backups` unset: pulumi-aws 7.51.1
-    `rds.Instance` docstring, "Default is `true`")."""
+    and the automated backups, kept for their retention days with `delete_automated_backups` false
+    (`rag:postgres.managed.retainBackupsOnDelete`; the provider's default, true, deletes them with the instance:
+    pulumi-aws 7.51.1 `rds.Instance` docstring, "Default is `true`"). The provider reads the flag from the state
+    when it deletes, so it holds once an `up` has recorded it."""
     i = db.inputs
     if i.get("skipFinalSnapshot"):
         snapshot = "no final snapshot (skipFinalSnapshot)"
@@ -360,7 +362,7 @@ def rds_on_delete(db: Any) -> str:
         prefix = str(i.get("finalSnapshotIdentifier") or "").rsplit("-", 1)[0] or "<final snapshot>"
         snapshot = f"the final snapshot {prefix}-<8 hex> is kept until deleted by hand"
     automated = (
-        "its automated backups are kept"
+        "its automated backups are kept by their retention (once an `up` has recorded it)"
         if i.get("deleteAutomatedBackups") is False
         else "its automated backups go"
     )
@@ -817,6 +819,9 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  QUOTA   {quota}")
     for database in report.summary.get("managedDatabases", []):
         print(f"  DATABASE {database}")
+    if report.deployability is not None:
+        for namespace in namespace_lines(report.deployability):
+            print(f"  NAMESPACE {namespace}")
     print(f"{'PASS' if report.ok else 'FAIL'}: see {out / 'plan.md'}")
 
 

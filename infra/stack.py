@@ -48,7 +48,7 @@ from infra.components.redis import RedisCache, RedisCacheArgs
 from infra.components.specs import EgressTarget, Resources, quantity_value
 from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
-from infra.guards import POSTGRES_NAME, QDRANT_NAME
+from infra.guards import POSTGRES_NAME, QDRANT_NAME, RELEASED_ANNOTATION
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -446,6 +446,7 @@ def postgres_args(
         max_allocated_storage_gb=max(cfg.managed.storageGb * 4, 200),
         multi_az=cfg.managed.multiAz,
         backup_retention_days=cfg.managed.backupRetentionDays,
+        retain_backups_on_delete=managed.retainBackupsOnDelete,
         final_snapshot_prefix=cloud_name(
             config.stack, POSTGRES_NAME, "final", limit=FINAL_SNAPSHOT_PREFIX_LIMIT
         ),
@@ -884,14 +885,15 @@ def limit_range_spec() -> dict[str, Any]:
 
 
 def namespace_quota(
-    config: StackConfig, cluster: ClusterTarget, namespace: k8s.core.v1.Namespace
+    config: StackConfig, cluster: ClusterTarget, namespace: tuple[pulumi.Resource, ...]
 ) -> tuple[pulumi.Resource, ...]:
-    """The namespace's ResourceQuota and LimitRange when `rag:namespaceQuota.enabled` (PR stacks), else none.
+    """The namespace's ResourceQuota and LimitRange when `rag:namespaceQuota.enabled` (PR stacks), else none; they
+    wait for `namespace` (what `stack_namespace` returns).
 
     Every workload waits for both: a pod admitted before the LimitRange exists would get no defaults."""
     if not config.namespaceQuota.enabled:
         return ()
-    opts = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=[namespace])
+    opts = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(namespace))
     labels = {"app.kubernetes.io/part-of": "rag"}
     metadata = {"name": "rag-quota", "namespace": config.namespace, "labels": labels}
     quota = k8s.core.v1.ResourceQuota(
@@ -903,19 +905,63 @@ def namespace_quota(
     return (quota, limits)
 
 
-def build(config: StackConfig, cluster: ClusterTarget, secrets: Secrets) -> dict[str, Any]:
-    """Create every component of the stack on `cluster`; returns the stack outputs to export."""
+def stack_namespace(
+    config: StackConfig, cluster: ClusterTarget, *, release: bool = False
+) -> tuple[pulumi.Resource, ...]:
+    """The stack's namespace as `rag:namespaceMode` says (what every namespaced object waits for).
+
+    - `create`: a Namespace with `namespace_metadata`; `pulumi destroy` deletes it, with everything in it. Since
+      pulumi-kubernetes 4.29 (#2926) a create is a client-side create, so on a cluster where the namespace
+      already exists the first `up` fails with AlreadyExists (the provider's `upsertExistingObjects` would adopt
+      it instead, and the destroy would then delete the platform team's namespace).
+    - `patch`: a NamespacePatch: the same labels and annotations applied with server-side apply under a field
+      manager of its own. A label another manager holds at another value is a conflict that fails the update
+      (never forced: the platform's pod-security level wins). Its delete (`pulumi destroy`, or another mode)
+      only gives up its fields (pulumi-kubernetes ssa.Relinquish): the labels nobody else holds go, the
+      namespace stays. A server-side apply creates a missing object, so a missing namespace is created (if the
+      deployer may), and then also stays.
+    - `existing`: nothing; the namespace and its pod-security labels are its owner's. The `rag.platform/*` and
+      ephemeral annotations are then recorded nowhere in the cluster (they are records for people: the guards
+      read the stack's state, infra/guards.py).
+
+    Without a Namespace object everything waits for the cluster target's own prerequisites, as the Namespace did.
+
+    `release`: the stack created the namespace and the mode now says another owner has it (infra/guards.py
+    `namespace_release`). Dropping the Namespace from the program would delete it, so this `up` keeps it with
+    `retain_on_delete` (the engine reads that option from the state when it deletes) and the
+    RELEASED_ANNOTATION; the next `up` drops it from the stack, and the cluster keeps it (docs/operations.md).
+    """
+    after_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on))
+    metadata = namespace_metadata(config)
+    if config.namespaceMode == "create" or release:
+        if release:
+            metadata["annotations"][RELEASED_ANNOTATION] = config.namespaceMode
+            pulumi.log.warn(
+                f"rag:namespaceMode {config.namespaceMode} in {config.stack_file}: this update keeps namespace "
+                f"{config.namespace!r}, which the stack created, and marks it to be kept when it leaves the stack; "
+                "run `pulumi up` once more to hand it over (docs/operations.md#deploying-into-a-namespace-the-"
+                "platform-team-owns)."
+            )
+        opts = pulumi.ResourceOptions.merge(after_cluster, pulumi.ResourceOptions(retain_on_delete=release))
+        return (k8s.core.v1.Namespace("namespace", metadata=metadata, opts=opts),)
+    if config.namespaceMode == "patch":
+        return (k8s.core.v1.NamespacePatch("namespace", metadata=metadata, opts=after_cluster),)
+    return tuple(cluster.depends_on)
+
+
+def build(
+    config: StackConfig, cluster: ClusterTarget, secrets: Secrets, *, release_namespace: bool = False
+) -> dict[str, Any]:
+    """Create every component of the stack on `cluster`; returns the stack outputs to export.
+
+    `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`)."""
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
     # Data stores may be managed cloud resources: a component picks the provider of each child's package.
     data_opts = pulumi.ResourceOptions(
         providers=[p for p in (cluster.k8s_provider, cluster.cloud_provider) if p is not None]
     )
-    namespace = k8s.core.v1.Namespace(
-        "namespace",
-        metadata=namespace_metadata(config),
-        opts=pulumi.ResourceOptions(provider=cluster.k8s_provider, depends_on=list(cluster.depends_on)),
-    )
-    ready = (namespace, *namespace_quota(config, cluster, namespace))
+    namespace = stack_namespace(config, cluster, release=release_namespace)
+    ready = (*namespace, *namespace_quota(config, cluster, namespace))
 
     # Monitoring first: its CRDs gate every ServiceMonitor, PodMonitor and PrometheusRule.
     monitoring_crds: tuple[pulumi.Resource, ...] = ()

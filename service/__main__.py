@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from concurrent.futures import wait
+from pathlib import Path
 from typing import Any
 
 
@@ -67,6 +68,20 @@ def main() -> None:
         except EmbeddedStoreError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
+    # A SQLite registry this start is about to create (or to fill: a zero-byte file): a refused start removes
+    # what it made, so "nothing changed" holds and the next start sees the DATA_DIR as the operator left it.
+    fresh: list[tuple[Path, bool]] = []
+    try:
+        serve(settings, fresh)
+    except BaseException as exc:
+        if fresh and is_refused_start(exc):
+            undo_fresh_registry(*fresh[0])
+        raise
+
+
+def serve(settings: Any, fresh: list[tuple[Path, bool]]) -> None:
+    """Migrate the registry in this process, then run uvicorn (one process, or WORKERS worker processes).
+    ``fresh`` receives the SQLite registry file this start creates, if it does (see fresh_sqlite_registry)."""
     model = None
     if settings.workers == 1:
         # fastembed is imported here, not in the thread: only the session build runs beside the main thread's
@@ -84,6 +99,9 @@ def main() -> None:
         from service.app.store.registry import RegistryOpenError, open_registry
 
         # Migrate in the parent so that several workers never race on the schema at start-up.
+        created = fresh_sqlite_registry(settings.resolved_database_url)
+        if created is not None:
+            fresh.append(created)
         try:
             open_registry(
                 settings.resolved_database_url,
@@ -122,6 +140,75 @@ def main() -> None:
             # (SIGABRT), replacing this failure's exit status.
             wait([model])
         raise
+
+
+def fresh_sqlite_registry(url: str) -> tuple[Path, bool] | None:
+    """(the file, whether it exists) when ``url`` is a SQLite registry file that is missing or zero bytes long,
+    with no -wal beside it (nothing was ever committed to it); else None (a server database, or a registry
+    with content, which a refused start never touches)."""
+    from sqlalchemy.engine import make_url
+
+    from service.app.store.registry import normalize_database_url
+
+    try:
+        parsed = make_url(normalize_database_url(url))
+    except Exception:
+        return None  # refused later with its own message
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or "mode=memory" in url
+    ):
+        return None
+    path = Path(database)
+    try:
+        if Path(f"{path}-wal").exists() or (path.exists() and (not path.is_file() or path.stat().st_size)):
+            return None
+    except OSError:
+        return None
+    return path, path.exists()
+
+
+def is_refused_start(exc: BaseException) -> bool:
+    """Whether ``exc`` ends a start-up that never served: one of the one-line refusals (exit 2), uvicorn's
+    failed start-up (3), or an error before uvicorn ran. A shutdown after serving exits 0 (or re-raises
+    SIGTERM/SIGINT), so a registry that took writes is never undone."""
+    if isinstance(exc, SystemExit):
+        return exc.code not in (0, None)
+    return not isinstance(exc, KeyboardInterrupt)
+
+
+def undo_fresh_registry(path: Path, existed: bool) -> None:
+    """Remove the registry a refused start created (or empty again the zero-byte file it filled), with its
+    -wal/-shm, when it records no document and no job: nothing a client wrote can be in it."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {
+                row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            used = {
+                "documents": "SELECT 1 FROM documents LIMIT 1",
+                "jobs": "SELECT 1 FROM jobs LIMIT 1",
+            }
+            for table, query in used.items():
+                if table in tables and connection.execute(query).fetchone():
+                    return  # a worker served before another failed: keep it
+        finally:
+            connection.close()
+        for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            leftover.unlink(missing_ok=True)
+        if existed:
+            with path.open("r+b") as file:
+                file.truncate(0)
+        else:
+            path.unlink(missing_ok=True)
+    except (OSError, sqlite3.Error):
+        return  # not ours to explain: the refusal's own line has been printed
 
 
 def server_options(settings: Any, log_config: object, protocol: type) -> dict[str, Any]:

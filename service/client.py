@@ -19,7 +19,8 @@ Metadata (for search filters): `--metadata KEY=VALUE` (repeatable) goes with eve
 object fails its file with the reason; nothing of that file is sent.
 
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
-a few times with a growing pause; a 401 or 403 (the key, not the file) stops the run at once with exit 2.
+a few times with a growing pause; a batch without an answer within --timeout goes again in halves (the service
+stops a batch whose client left; what it stored comes back unchanged), and later batches stay that small; a 401 or 403 (the key, not the file) stops the run at once with exit 2.
 Every file's outcome is counted; failed files are listed with the service's
 reason at the end and the exit status is 1 when any failed (0 when all were stored).
 
@@ -164,9 +165,8 @@ class NotTheService(Exception):
 class NoAnswer(Exception):
     """The request reached the service but no answer came within the client's timeout.
 
-    Not retried: the service keeps working on a request whose client left, so sending the batch again ran it
-    once more beside the first (five copies of one batch were seen); the files are reported instead, and the
-    run goes on with the next batch."""
+    Not retried as it was: a batch goes again in halves (the service stops a bulk whose client left after its
+    current item, and what it stored comes back unchanged); a single file is reported, and the run goes on."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__(
@@ -195,6 +195,13 @@ class IngestClient:
         self._report = report
         self._sleep = sleep
         self._on_wait = on_wait or (lambda _message: None)
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def on_wait(self, message: str) -> None:
+        self._on_wait(message)
 
     def close(self) -> None:
         self._http.close()
@@ -540,10 +547,18 @@ def ingest_folder(
                 headers={"Content-Type": "application/json"},
             )
         except NoAnswer as exc:
-            del queue[: len(batch)]
-            for item in batch:
-                report.fail(item.name, str(exc))
-            advance(len(batch))
+            if len(batch) > 1:
+                # The service is slower than this batch needs (a busy host: EYES7 M6 saw a 256 kB batch take
+                # 487 s). It stops an abandoned batch after its current item (the client left), and what it
+                # stored comes back `unchanged` at no embedding cost: the same files go again, in halves, and
+                # the rest of the run keeps the smaller batches.
+                batch_size = max(1, len(batch) // 2)
+                report.retried += 1
+                client.on_wait(f"no answer within {client.timeout:g} s; sending {batch_size} files per batch")
+                continue
+            del queue[:1]
+            report.fail(batch[0].name, str(exc))
+            advance(1)
             continue
         # Each item costs one ingest request: a batch must fit the key's limit, which every answer states.
         limit = response.headers.get("RateLimit-Limit", "")

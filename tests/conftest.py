@@ -8,6 +8,9 @@ import pytest
 
 from service.app.store.embedder import FastEmbedEmbedder
 
+# A test still hanging after pytest-timeout failed it ends the run with every stack (see the module).
+pytest_plugins = ["tests.support.hang_backstop"]
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO_ROOT / ".models" / "all-MiniLM-L6-v2"
 

@@ -90,6 +90,15 @@ ENVOY_PROXY_NAME = "rag-proxy"
 # Controller is not installed, so its `external`/`nlb-ip` modes and annotations are not used.
 NLB_TYPE_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-type"
 NLB_INTERNAL_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-internal"
+ENVOY_INTERNAL_SERVICE = f"{ENVOY_PROXY_NAME}-internal"
+"""The internal proxy Service's name (EnvoyProxy `envoyService.name`; a public one keeps Envoy Gateway's generated
+name). The cloud provider never changes the scheme of an NLB it has created (cloud-provider-aws
+pkg/providers/v1/aws_loadbalancer.go `ensureLoadBalancerv2`, v1.36.1: "TODO: Sync internal vs non-internal";
+"Subnets cannot be modified on NLBs"), so a `rag:gateway.loadBalancer` switch that only changed the annotation
+would leave the load balancer as it was: public after a switch to internal. With the name following the scheme,
+Envoy Gateway creates the Service under the new name (a new NLB of the new scheme) and deletes the old one
+(internal/infrastructure/kubernetes/infra_resource.go `createOrUpdateService`: `DeleteAllExcept`, v1.9.0): the
+address changes, and DNS must follow (docs/operations.md, day two)."""
 
 
 #: Labels Envoy Gateway puts on every proxy pod it creates, whatever the Gateway (internal/infrastructure/
@@ -110,7 +119,8 @@ def envoy_proxy_replicas(environment: str) -> int:
 
 def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False, replicas: int = 2) -> dict[str, Any]:
     """EnvoyProxy (gateway.envoyproxy.io/v1alpha1, Envoy Gateway v1.9.0) for the stack's GatewayClass: the proxy
-    Service Envoy Gateway creates gets an NLB, internal when `internal`.
+    Service Envoy Gateway creates gets an NLB, internal when `internal` (then under its own name,
+    `ENVOY_INTERNAL_SERVICE`, so that a switch replaces the load balancer rather than leaving it as it was).
 
     With `merge_gateways`, every Gateway of the class (dev's and each PR stack's, in their own namespaces) is merged
     onto one Envoy fleet behind one Service, hence one NLB: the address `*.<preview domain>` points at. Without it
@@ -133,8 +143,11 @@ def envoy_proxy_spec(internal: bool, *, merge_gateways: bool = False, replicas: 
         }
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
+    service: dict[str, Any] = {"annotations": annotations}
+    if internal:
+        service["name"] = ENVOY_INTERNAL_SERVICE
     kubernetes: dict[str, Any] = {
-        "envoyService": {"annotations": annotations},
+        "envoyService": service,
         "envoyDeployment": {"replicas": replicas, "pod": {"topologySpreadConstraints": spread}},
         "envoyPDB": {"maxUnavailable": 1},
     }

@@ -37,7 +37,8 @@ cloudnative-pg/charts tags up to cloudnative-pg-v0.29.0 at b21ad2d, 2026-07-20).
 and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not supported"); 1.29.x ended on
 2026-09-29 and 1.27.x (the previous pin) on 2026-03-09.
 - `rds`: an AWS RDS PostgreSQL instance, storage-encrypted, not public, in its own subnet group and security
-  group, with automated backups, a final snapshot on deletion and `deletion_protection` following `protect`.
+  group, with automated backups (kept after the instance is deleted, for their retention days, unless
+  `retain_backups_on_delete` is False), a final snapshot on deletion and `deletion_protection` following `protect`.
   The final snapshot's identifier is `<final_snapshot_prefix>-<8 hex>`: the prefix carries the stack (snapshot
   identifiers are unique per account and region, so a fixed name collides across stacks) and the random suffix is
   drawn once per instance lifetime (a `random.RandomId`, destroyed with the stack), so a second destroy of the same
@@ -60,7 +61,8 @@ and 1.36 (docs/src/supported_releases.md at v1.30.0; 1.30-1.33 "tested, but not 
     transaction log retention"). N = 0 (RDS: no automated backups) is refused: Cloud SQL's REGIONAL availability
     and the restore clone need backups and point-in-time recovery. The backups run before the maintenance hour
     (`start_time`, `cloudsql_backup_start_time`).
-  - Deleting the instance keeps its backups, as RDS keeps a final snapshot (`cloudsql_backups_on_delete`).
+  - Deleting the instance keeps its backups, as RDS keeps its final snapshot and automated backups
+    (`cloudsql_backups_on_delete`).
   - `auto_minor_version_upgrade` False is refused: Cloud SQL applies minor versions in its maintenance window and
     has no switch to turn that off (Cloud SQL "Database versions and version policies": "Cloud SQL keeps your
     instances up-to-date with patches and minor version updates automatically").
@@ -295,6 +297,12 @@ class PostgresDatabaseArgs:
     backup_retention_days: int = 7
     """Days of automated backups and point-in-time recovery (RDS `backup_retention_period`; Cloud SQL: N+1 daily
     backups and up to N days of transaction logs, `cloudsql_backup_configuration`)."""
+    retain_backups_on_delete: bool = True
+    """Keep the automated backups when the instance is deleted (a destroy, a restore with `keep_original` False), for
+    their retention days, so point-in-time recovery outlives the instance: RDS `delete_automated_backups` False
+    (the provider's default, True, deletes them at once: "Whether to remove automated backups immediately after the
+    DB instance is deleted"), Cloud SQL `retain_backups_on_delete`. Both are read from the state (RDS) or the
+    instance (Cloud SQL) at deletion: the value a delete uses is the one the last `up` recorded."""
     final_snapshot_prefix: str = "rag-postgres-final"
     """Start of the RDS final snapshot's identifier (give it the stack: identifiers are per account and region);
     a random suffix drawn once per instance lifetime follows."""
@@ -577,16 +585,18 @@ def cloudsql_backup_configuration(retention_days: int, tier: str, maintenance_ho
     }
 
 
-def cloudsql_backups_on_delete() -> dict[str, Any]:
+def cloudsql_backups_on_delete(*, retain: bool = True) -> dict[str, Any]:
     """What Cloud SQL keeps when the instance is deleted (a `destroy`, a restore with `keep_original` False): by
     default nothing ("if you don't take a final backup ... Cloud SQL deletes all backups"), where RDS leaves a final
     snapshot. So the automated backups are retained (`retain_backups_on_delete`, by the backup retention setting)
     and a final backup is taken, kept `CLOUDSQL_FINAL_BACKUP_RETENTION_DAYS` (`final_backup_config`). Cloud SQL
     reads both from the instance's settings when it deletes it (the provider's delete sends only a description):
     an instance has them once an `up` has set them, an in-place settings update (neither field is ForceNew in
-    terraform-provider-google's `resource_sql_database_instance.go`)."""
+    terraform-provider-google's `resource_sql_database_instance.go`). `retain` False (a throwaway stack) lets the
+    automated backups go with the instance; the final backup is still taken, as RDS still takes its final
+    snapshot."""
     return {
-        "retain_backups_on_delete": True,
+        "retain_backups_on_delete": retain,
         "final_backup_config": {"enabled": True, "retention_days": CLOUDSQL_FINAL_BACKUP_RETENTION_DAYS},
     }
 
@@ -786,8 +796,9 @@ def cluster_wait_for(args: PostgresDatabaseArgs) -> list[str]:
     the last healthy loop satisfies it. The other two expressions are status the operator writes and the pre-change
     Cluster cannot have when the image or the instance count changes: a major upgrade is waited for until
     pg_upgrade has finished and the cluster is healthy again with all its instances. What they cannot see (the
-    Cluster records no applied generation) is a change the operator applies as a rolling restart without a new
-    image (resources, parameters, storage, the backup sidecar), and the restart a minor image change starts after
+    Cluster records no applied generation: cloudnative-pg#11390) is a change the operator applies as a rolling
+    restart without a new image (resources, parameters that need a restart, the backup sidecar; a larger storage size
+    is an in-place PVC resize, no restart), and the restart a minor image change starts after
     the operator has taken the image up: the wait can end before the restart begins (docs/infra.md)."""
     return [
         CLUSTER_READY,
@@ -1150,6 +1161,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             backup_window=rds_backup_window(args.maintenance_hour),
             maintenance_window=rds_maintenance_window(args.maintenance_day, args.maintenance_hour),
             deletion_protection=args.protect,
+            delete_automated_backups=not args.retain_backups_on_delete,
             skip_final_snapshot=False,
             final_snapshot_identifier=suffix.hex.apply(lambda hex_: f"{args.final_snapshot_prefix}-{hex_}"),
             copy_tags_to_snapshot=True,
@@ -1246,7 +1258,7 @@ class PostgresDatabase(pulumi.ComponentResource):
                 "backup_configuration": cloudsql_backup_configuration(
                     args.backup_retention_days, args.tier, args.maintenance_hour
                 ),
-                **cloudsql_backups_on_delete(),
+                **cloudsql_backups_on_delete(retain=args.retain_backups_on_delete),
                 "maintenance_window": cloudsql_maintenance_window(
                     args.maintenance_day, args.maintenance_hour
                 ),

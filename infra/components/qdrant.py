@@ -221,6 +221,18 @@ if has_state; then
         exit 1
       fi
     done
+    # Nor an older minor than this node's own storage last ran (its entry under this_peer_id): Qdrant migrates
+    # storage forward only and supports no downgrade. Peers that never ran the newer minor may go back.
+    own="$(grep -o '"this_peer_id":[0-9]*' "$STORAGE/raft_state.json" | cut -d: -f2)"
+    last="$(grep -o "\\"${{own:-none}}\\":{{\\"version\\":\\"[0-9]*[.][0-9]*[.][0-9]*" "$STORAGE/raft_state.json" | cut -d'"' -f6)"
+    if [ -n "$last" ]; then
+      # major.minor as one number, e.g. 1.19 -> 1019
+      ran=$(( ${{last%%.*}} * 1000 + $(printf '%s' "$last" | cut -d. -f2) ))
+      if [ "$ran" -gt $(( ${{target%%.*}} * 1000 + ${{target#*.}} )) ]; then
+        log refuse "image $QDRANT_IMAGE_VERSION is older than Qdrant $last, which last ran on this node's storage; Qdrant does not support a downgrade: set the version back, or restore a backup into a cluster of the old version (docs/infra.md#upgrading-qdrant)"
+        exit 1
+      fi
+    fi
   fi
   log restart "local Raft state found"
   if [ "$INDEX" = "0" ]; then exec ./entrypoint.sh --uri "$(p2p 0)"; fi

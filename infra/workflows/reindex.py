@@ -335,7 +335,13 @@ def converge(
         try:
             start(client, **wanted)
         except ReindexFailure as exc:
-            if exc.status_code != 409:  # 409: one is running (another poll may have raced us): follow it
+            # The status was read from one replica at one moment: the re-index may have started (409: one is
+            # running) or even switched (422: the index already has these settings) since. Read it again: a
+            # refusal is a failure only while the pointer does not name ``wanted`` and nothing runs.
+            if exc.status_code not in (409, 422):
+                raise
+            status = get_status(client)
+            if exc.status_code == 422 and serving_config(status) != wanted:
                 raise
     # The pointer must leave the collection it named, unless it already names ``wanted``: then this is the
     # switch's final catch-up (state "switching") and the collection it names is the new one, which it keeps.

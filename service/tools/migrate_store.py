@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pydantic import ValidationError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error
-from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, legacy_local_store
+from service.app.store.edge import EdgeVectorStore, EmbeddedStoreError, StoreLocked, legacy_local_store
+from service.tools.backup import in_use_message
 
 PAGE = 1024
 
@@ -31,7 +32,16 @@ def migrate(settings: Settings, *, report: Callable[[str], None] = print) -> dic
     if legacy is None:
         report(f"nothing to migrate: no local-mode store at {settings.resolved_qdrant_path}")
         return {}
-    client = QdrantClient(path=str(legacy))
+    try:
+        client = QdrantClient(path=str(legacy))
+    except RuntimeError as exc:  # qdrant-client's lock: a service of an earlier release still serves it
+        if "already accessed" not in str(exc):
+            raise
+        raise EmbeddedStoreError(
+            f"the local-mode store at {legacy} is in use by another process (a service of an earlier release "
+            "still running on DATA_DIR?); migrate_store needs it to itself: stop that process, run this again, "
+            "then start the service"
+        ) from None
     copied: dict[str, int] = {}
     try:
         for description in client.get_collections().collections:
@@ -99,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         migrate(settings)
     except (SettingsError, ValidationError) as exc:
         print(f"migrate_store: error: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    except StoreLocked:
+        # The edge store's own message advises WORKERS=1 (right for a second service process, not here).
+        print(f"migrate_store: error: {in_use_message(settings, 'migrate_store')}", file=sys.stderr)
         return 2
     except EmbeddedStoreError as exc:
         print(f"migrate_store: error: {exc}", file=sys.stderr)

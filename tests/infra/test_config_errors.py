@@ -37,6 +37,8 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ("prod", {"image": "localhost:5001/rag/rag-service@sha256:" + "d" * 64}, "image", "local to the machine"),
     ("staging", {"image": "127.0.0.1:5000/rag@sha256:" + "d" * 64}, "image", "a CI runner's loopback"),
     ("dev", {"namespace": "Rag_Platform"}, "namespace", "not a valid Kubernetes namespace"),
+    # The cloud targets create the cluster in the stack: no namespace of another owner exists before it.
+    ("staging", {"namespaceMode": "existing"}, "namespaceMode", "needs cluster.provider existing"),
     # A declared registry switch names the mode the registry runs before it, not the one it goes to.
     (
         "dev",

@@ -109,6 +109,8 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         registries=(guards.Registry(managed=False, major="17"),),
         namespace="rag",
         backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
+        namespace_created=True,
+        postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
@@ -257,6 +259,24 @@ def test_moving_a_deployed_stack_to_another_namespace_is_refused_before_anything
     # The namespace it runs in deploys as before; a first `up` may name any namespace.
     assert against("dev", deployed, {}).by_name("namespace").inputs["metadata"]["name"] == "rag"
     assert run("dev", namespace="rag-two").by_name("namespace").inputs["metadata"]["name"] == "rag-two"
+
+
+def test_a_smaller_cloudnative_volume_is_refused_before_anything_is_sent(sent: list[str]) -> None:
+    # CloudNativePG's webhook refuses a shrink only when the Cluster is applied, in the middle of the `up`.
+    deployed = run("staging")
+    size = deployed.by_name("postgres-cluster").inputs["spec"]["storage"]["size"]
+    key = guards.STORAGE_SHRINK_KEY
+    message = refused("staging", deployed, {"postgres": {"cloudnative": {"storage": {"size": "1Gi"}}}}, sent)
+    assert message.startswith(
+        f"{key} in Pulumi.staging.yaml: Refusing to shrink the CloudNativePG registry's"
+    )
+    assert f"from {size} to 1Gi" in message
+    assert f"pulumi config set --path {key} {size} -s staging" in message
+    # A larger volume is resized in place; the same size (in other units too) is no change.
+    larger = against("staging", deployed, {"postgres": {"cloudnative": {"storage": {"size": "100Gi"}}}})
+    assert larger.by_name("postgres-cluster").inputs["spec"]["storage"]["size"] == "100Gi"
+    assert guards.storage_shrink_refusal("s", "10Gi", "10240Mi") is None
+    assert guards.storage_shrink_refusal("s", None, "1Gi") is None
 
 
 # ---------------------------------------------------------------------------------------------- backup bucket

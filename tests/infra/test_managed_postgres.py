@@ -189,6 +189,33 @@ def test_deleting_a_cloud_sql_instance_keeps_its_backups_as_rds_keeps_a_final_sn
     assert len(restored.of_type(CLOUDSQL)) == 2
 
 
+def test_a_destroy_keeps_the_automated_backups_unless_a_non_prod_stack_lets_them_go() -> None:
+    """pulumi-aws `rds.Instance.delete_automated_backups` defaults to true ("remove automated backups immediately
+    after the DB instance is deleted"): a destroy ended point-in-time recovery. `retainBackupsOnDelete` (true by
+    default) keeps them on both clouds for their retention; a throwaway stack may let them go, prod may not."""
+    rds = run("prod").by_name("postgres-instance")
+    assert rds.inputs["deleteAutomatedBackups"] is False
+    # Read from the state at deletion, set in place: no ignore_changes may hide it from a running instance.
+    assert "deleteAutomatedBackups" not in rds.ignore_changes
+    assert gke().by_name("postgres-instance").inputs["settings"]["retainBackupsOnDelete"] is True
+
+    throwaway = {"environment": "staging", **managed(retainBackupsOnDelete=False)}
+    assert run("prod", **throwaway).by_name("postgres-instance").inputs["deleteAutomatedBackups"] is True
+    settings = gke(**throwaway).by_name("postgres-instance").inputs["settings"]
+    assert settings["retainBackupsOnDelete"] is False
+    assert settings["finalBackupConfig"]["enabled"] is True  # the final backup stays, as RDS's final snapshot
+    # Every RDS / Cloud SQL instance of the stack follows it, a restored one too.
+    restored = run("prod", **deep_merge(throwaway, managed(restore={"name": "r1"})))
+    assert [i.inputs["deleteAutomatedBackups"] for i in restored.of_type(RDS)] == [True, True]
+
+    for overrides in ({}, GKE):
+        with pytest.raises(ConfigError) as caught:
+            run("prod", **deep_merge(overrides, managed(retainBackupsOnDelete=False)))
+        assert caught.value.key == "rag:postgres.managed.retainBackupsOnDelete"
+        assert caught.value.stack_file == "Pulumi.prod.yaml"
+        assert "point-in-time recovery" in str(caught.value)
+
+
 @pytest.mark.parametrize(("hour", "start"), [(3, "22:00"), (0, "19:00"), (4, "23:00"), (23, "18:00")])
 def test_cloud_sql_backups_run_in_a_window_that_ends_before_the_maintenance_hour(
     hour: int, start: str

@@ -29,25 +29,22 @@ def with_inputs(result: StackRun, type_: str, change: Any) -> StackRun:
     return dataclasses.replace(result, resources=[new if r is resource else r for r in result.resources])
 
 
-def test_rds_leaves_its_final_snapshot_and_not_its_automated_backups() -> None:
+def test_rds_leaves_its_final_snapshot_and_its_automated_backups() -> None:
     [line] = managed_databases(run("prod"))
     assert line.endswith(
         "on delete: refused while protected in the state and deletion protection; once lifted, the final snapshot "
-        "rag-prod-postgres-final-<8 hex> is kept until deleted by hand; its automated backups go"
+        "rag-prod-postgres-final-<8 hex> is kept until deleted by hand; its automated backups are kept by their "
+        "retention (once an `up` has recorded it)"
     )
-    # The line follows the inputs: the prefix is the program's, and a skipped snapshot or kept backups would show.
+    # The line follows the inputs: the prefix is the program's, and a skipped snapshot or deleted backups would show.
     [changed] = managed_databases(
         with_inputs(
             run("prod"),
             RDS,
-            lambda i: i.update(
-                skipFinalSnapshot=True, deleteAutomatedBackups=False, deletionProtection=False
-            ),
+            lambda i: i.update(skipFinalSnapshot=True, deleteAutomatedBackups=True, deletionProtection=False),
         )
     )
-    assert changed.endswith(
-        "on delete: no final snapshot (skipFinalSnapshot); its automated backups are kept"
-    )
+    assert changed.endswith("on delete: no final snapshot (skipFinalSnapshot); its automated backups go")
 
 
 def test_cloud_sql_leaves_its_final_backup_and_its_retained_backups() -> None:

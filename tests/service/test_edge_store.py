@@ -396,6 +396,58 @@ def test_a_store_created_with_other_optimizer_settings_takes_the_bounded_ones_on
     assert (stored["indexing_threshold"], stored["max_segment_size"]) == (1, 4)
 
 
+def test_migrate_store_refuses_a_store_in_use_in_one_line_saying_to_stop_the_service(tmp_path: Path) -> None:
+    # The edge lock's message advises "one service process per DATA_DIR (WORKERS=1)": migrate_store printed it
+    # as it was, telling its user about WORKERS instead of stopping the service; and a local-mode store still
+    # open in a service of an earlier release was a qdrant-client RuntimeError traceback.
+    from service.app.store.edge import DirectoryLock
+    from service.app.store.qdrant import QdrantVectorStore
+
+    settings = make_settings(tmp_path)
+    old = QdrantVectorStore.from_settings(
+        make_settings(tmp_path, vector_store="local"), model_name="m", dimension=DIM
+    )
+    old.ensure_collection()
+    old.upsert(points("a", 3))
+    old.close()
+    env = {key: value for key, value in os.environ.items() if key not in ("QDRANT_PATH", "EDGE_PATH")}
+    env.update({"DATA_DIR": str(tmp_path), "ENVIRONMENT": "test", "HOME": str(tmp_path)})
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "service.tools.migrate_store"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    lock = DirectoryLock(settings.resolved_edge_path)
+    lock.acquire()  # as a running service holds it
+    try:
+        result = run()
+    finally:
+        lock.release()
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("migrate_store: error: "), line
+    assert f"(pid {os.getpid()})" in line
+    assert "stop the service" in line
+    assert "WORKERS" not in line
+
+    holder = QdrantClient(path=str(settings.resolved_qdrant_path))  # a service of an earlier release
+    try:
+        result = run()
+    finally:
+        holder.close()
+    assert result.returncode == 2, result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("migrate_store: error: the local-mode store at "), line
+    assert "stop that process" in line
+    assert settings.resolved_qdrant_path.is_dir()  # not retired: nothing was copied
+
+
 def test_migrate_store_indexes_chunk_by_chunk_so_no_segment_outgrows_the_cap(tmp_path: Path) -> None:
     # One optimize() after copying everything would index the whole store as one segment, which the service's
     # vacuum would later rebuild in a single GIL-holding call.

@@ -16,6 +16,7 @@ written, one replaced and one deleted per tenant; the store is put back to its c
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -59,7 +60,7 @@ def _dry_run(client: TestClient) -> tuple[int, dict[str, Any]]:
     return code, json.loads(out.getvalue())
 
 
-def _run_cli(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+def _run_cli(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "QDRANT_URL", "REDIS_URL")},
         "ENVIRONMENT": "test",
@@ -73,7 +74,7 @@ def _run_cli(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
         **extra,
     }
     return subprocess.run(
-        [sys.executable, "-m", "service.reconcile"],
+        [sys.executable, "-m", "service.reconcile", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -81,6 +82,15 @@ def _run_cli(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         check=False,
     )
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    """Every file and directory under ``root`` (the lock file too), files by SHA-256."""
+    return {
+        str(path.relative_to(root)): "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if "fastembed" not in path.parts  # the model cache, not the store
+    }
 
 
 def _tenant(report: dict[str, Any], tenant: str) -> dict[str, Any]:
@@ -138,6 +148,21 @@ def test_reconcile_after_restoring_an_old_store_under_a_newer_registry(
             assert found["without_text"] == 0
         # Nothing changed: the old versions are still there, the new ones still missing.
         assert set(_served(client, "acme")) == {"kept", "replaced", "deleted"}
+
+    # The command's dry run, as an operator runs it on the stopped store: the same findings, and not one byte
+    # of DATA_DIR changed (EYES7 L2: opening the store optimized it, started a consolidation, and the engine
+    # rewrote its config and trackers; SQLite may leave -wal/-shm files).
+    files = _checksums(tmp_path)
+    scratch = tmp_path.parent / f"{tmp_path.name}-scratch"
+    scratch.mkdir()
+    dry = _run_cli(tmp_path, "--dry-run", TMPDIR=str(scratch))
+    assert dry.returncode == 1, dry.stderr[-2000:]
+    report = json.loads(dry.stdout)
+    assert report["dry_run"] is True
+    for tenant in TENANTS:
+        assert sorted(_tenant(report, tenant)["reindexed_ids"]) == ["added", "replaced"]
+    assert _checksums(tmp_path) == files
+    assert not any(scratch.iterdir())  # its copy is gone
 
     killed = _run_cli(tmp_path, RAG_FAULT_KILL_AT="reconcile_write")
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -408,12 +408,37 @@ def test_a_lost_registry_beside_a_filled_store_refuses_to_start_and_keeps_every_
     lose(data)
     before = stored_chunks(data)
     assert len(before) == 2
+    files = snapshot(data)
 
     for _attempt in range(2):  # the registry the refused start created must not make the next start succeed
         result = run_service(data, GC_GRACE_SECONDS="0")
         line = assert_one_line_error(result, str(data / "registry.db"), "2 chunks of 1 documents", "backup")
         assert "GC_GRACE_SECONDS" in line
+        # Nor stay behind: the refused start removed the registry it created (or emptied the zero-byte one
+        # it filled), so "nothing changed" holds for the registry as for the chunks (stop 17 left a migrated
+        # empty registry.db, and -wal/-shm files, there).
+        assert sorted(p.name for p in data.glob("registry.db*")) == sorted(
+            p for p in files if p.startswith("registry.db")
+        )
+        assert {k: v for k, v in snapshot(data).items() if k.startswith("registry.db")} == {
+            k: v for k, v in files.items() if k.startswith("registry.db")
+        }
         assert stored_chunks(data) == before
+
+
+def test_a_refused_first_start_leaves_no_registry_behind(tmp_path: Path) -> None:
+    # A first start with wrong settings (here a model directory missing its tokenizer) is refused after the
+    # registry was created and migrated: the empty DATA_DIR must stay as it was (stop 17 left registry.db).
+    model = tmp_path / "model"
+    shutil.copytree(REPO / ".models" / "all-MiniLM-L6-v2", model)
+    (model / "tokenizer.json").unlink()
+    data = tmp_path / "data"
+    data.mkdir()
+
+    result = run_service(data, EMBEDDING_MODEL_PATH=str(model))
+
+    assert_one_line_error(result, f"EMBEDDING_MODEL_PATH {model}", "tokenizer.json")
+    assert not list(data.glob("registry.db*")), sorted(p.name for p in data.iterdir())
 
 
 def test_a_registry_with_documents_but_no_index_pointer_is_an_upgrade_not_a_lost_registry(

@@ -27,6 +27,8 @@ from service.app.store import edge as edge_module
 from service.app.store.edge import WAL_DIRECTORY, EdgeVectorStore
 from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.registry import DocumentRegistry
+from service.app.store.sparse import SparseVector
+from service.app.store.vectors import ChunkPoint
 from tests.service.support import make_settings, running_app, services_of
 
 TEXT = "Employees get 25 days of paid vacation per year.\n\nUnused days expire in March."
@@ -98,6 +100,65 @@ def test_the_wal_files_a_write_changed_are_fsynced_before_the_commit_acknowledge
     for name in changed:
         assert wal / name in synced_before_commit, f"{name} changed but was not fsynced before the commit"
     assert wal in synced_before_commit  # the directory: a WAL segment created by this write keeps its name
+
+
+def test_every_wal_file_a_write_changed_is_fsynced_across_segment_retires_and_an_idle_preallocated_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes large enough that the WAL's 32 MiB segments retire (renamed to closed-*, the next preallocated
+    open-N taking over): after every upsert, each WAL file whose content it changed (the one appended to, the
+    retired one under its new name) was fsynced before the upsert returned. While nothing in the directory was
+    created, renamed or removed, the preallocated next segment is left alone (a clean file's fsync still flushes
+    the device's cache)."""
+    store = EdgeVectorStore(tmp_path / "edge" / "c", collection="c", dimension=4, optimize_idle_seconds=None)
+    store.ensure_collection()
+    events: list[tuple[str, str]] = []
+    record_fsyncs(monkeypatch, events)
+    wal = (store.path / WAL_DIRECTORY).resolve()
+    filler = "x" * (7 << 20)  # one 7 MiB WAL record per upsert: a 32 MiB segment retires every 4-5 upserts
+    retires = idle_skipped = 0
+    try:
+        for n in range(30):
+            before = wal_files(store)
+            events.clear()
+            store.upsert(
+                [
+                    ChunkPoint(
+                        tenant_id="t",
+                        document_id=f"d{n}",
+                        version=1,
+                        chunk_index=0,
+                        text=f"{n} {filler}",
+                        vector=[1.0, 0.5, 0.25, float(n)],
+                        metadata={},
+                        content_hash="h",
+                        model="m",
+                        sparse=SparseVector.of([n], [1.0]),  # not BM25 over 7 MiB of filler
+                    )
+                ]
+            )
+            after = wal_files(store)
+            synced = {Path(path) for _, path in events}
+            for name, digest in after.items():
+                # Segments the WAL's creator thread preallocates in the background (new open-N, tmp-*) hold no
+                # record; every other file that is new or different holds this write (or the retired one's).
+                created = name not in before and not name.startswith("closed-")
+                if before.get(name) != digest and not created:
+                    assert wal / name in synced, f"upsert {n}: {name} changed but was not fsynced"
+            retires += any(name.startswith("closed-") and name not in before for name in after)
+            idle_skipped += any(
+                name.startswith("open-")
+                and name in before
+                and before[name] == after[name]
+                and wal / name not in synced
+                for name in after
+            )
+            if retires >= 2 and idle_skipped:
+                break
+    finally:
+        store.close()
+    assert retires >= 2, "no WAL segment retired twice: the test no longer crosses a retire"
+    assert idle_skipped, "every sync fsynced the idle preallocated segment too"
 
 
 def test_a_failed_fsync_answers_503_commits_nothing_and_refuses_writes_until_a_restart(

@@ -40,7 +40,18 @@ def free_port() -> int:
 
 class _JsonHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        status, body = self.server.answer(self.path)  # type: ignore[attr-defined]
+        self._reply(*self.server.answer(self.path))  # type: ignore[attr-defined]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"null")
+        post = self.server.answer_post  # type: ignore[attr-defined]
+        if post is None:
+            self._reply(405, {"error": {"message": "this scripted server answers GETs only"}})
+            return
+        self._reply(*post(self.path, body))
+
+    def _reply(self, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -53,10 +64,15 @@ class _JsonHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def json_server(answer: Callable[[str], tuple[int, Any]]) -> Iterator[ThreadingHTTPServer]:
-    """A real HTTP server on a free loopback port whose GETs answer ``answer(path)``: (status, JSON body)."""
+def json_server(
+    answer: Callable[[str], tuple[int, Any]],
+    post: Callable[[str, Any], tuple[int, Any]] | None = None,
+) -> Iterator[ThreadingHTTPServer]:
+    """A real HTTP server on a free loopback port whose GETs answer ``answer(path)`` and POSTs
+    ``post(path, JSON body)``: (status, JSON body); without ``post`` a POST is refused with 405."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _JsonHandler)
     server.answer = answer  # type: ignore[attr-defined]
+    server.answer_post = post  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -214,15 +214,37 @@ def test_the_admin_key_comes_from_the_environment(ctx: Context, service: str, mo
 
 
 # --- following a re-index across replicas: a scripted admin API on a real loopback server --------------------
+REPEATS = 50
+
+
 @pytest.fixture
 def scripted() -> Iterator[ThreadingHTTPServer]:
-    """A loopback admin API answering each GET with the next of `server.statuses` (the last one repeats)."""
+    """A loopback admin API answering each GET with the next of `server.statuses`, and each POST with the next of
+    `server.posts` ((status, body); 405 when none is left), recorded in `server.posted`.
+
+    The last status repeats, REPEATS times at most: a follow that polls on past the script's end (the state it
+    waits for never comes) then gets an error and fails at once, instead of spinning until its deadline."""
 
     def answer(path: str) -> tuple[int, dict]:
         statuses = server.statuses  # type: ignore[attr-defined]
-        return 200, (statuses.pop(0) if len(statuses) > 1 else statuses[0])
+        if len(statuses) > 1:
+            return 200, statuses.pop(0)
+        seen, count = server.repeats  # type: ignore[attr-defined]
+        count = count + 1 if seen is statuses else 1
+        server.repeats = (statuses, count)  # type: ignore[attr-defined]
+        if count > REPEATS:
+            return 500, {"error": {"message": f"polled {REPEATS} times past the scripted statuses"}}
+        return 200, statuses[0]
 
-    with json_server(answer) as server:
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        server.posted.append((path, body))  # type: ignore[attr-defined]
+        posts = server.posts  # type: ignore[attr-defined]
+        return posts.pop(0) if posts else (405, {"error": {"message": "no POST scripted"}})
+
+    with json_server(answer, post) as server:
+        server.repeats = (None, 0)  # type: ignore[attr-defined]
+        server.posts = []  # type: ignore[attr-defined]
+        server.posted = []  # type: ignore[attr-defined]
         yield server
 
 
@@ -323,6 +345,54 @@ def test_converge_caught_in_the_switch_ends_when_it_has_switched(scripted: Threa
     with _client(scripted) as client:
         last = reindex_mod.converge(client, NEW, sleep=lambda _s: None)
     assert last["serving"]["collection"] == "c-new"
+
+
+ALREADY = (
+    422,
+    {
+        "error": {
+            "message": "the index is already built with this model and chunking (and this release's chunker)"
+        }
+    },
+)
+
+
+def test_converge_that_finds_the_reindex_done_between_its_read_and_its_start_ends(
+    scripted: ThreadingHTTPServer,
+) -> None:
+    # The read reaches a replica that is not building (idle, the old pointer); before the start, the re-index the
+    # new pods started switches, and the start is refused: the index already has these settings. That is done,
+    # not a failure.
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("idle", OLD, collection="c-old"),
+        _status("switched", NEW, NEW, done=10, collection="c-new"),
+    ]
+    scripted.posts = [ALREADY]  # type: ignore[attr-defined]
+    with _client(scripted) as client:
+        last = reindex_mod.converge(client, NEW, sleep=lambda _s: None)
+    assert last["serving"]["collection"] == "c-new"
+    assert scripted.posted == [("/v1/admin/reindex", {"allow_missing": False, **NEW})]  # type: ignore[attr-defined]
+
+    # Refused while the pointer still names the old config (a model this image lacks): that is the failure.
+    scripted.statuses = [_status("idle", OLD, collection="c-old")]  # type: ignore[attr-defined]
+    scripted.posts = [(422, {"error": {"message": "cannot load model m"}})]  # type: ignore[attr-defined]
+    with (
+        _client(scripted) as client,
+        pytest.raises(reindex_mod.ReindexFailure, match="HTTP 422: cannot load model m"),
+    ):
+        reindex_mod.converge(client, NEW, sleep=lambda _s: None)
+
+    # Refused as running (409) by a replica that is in the switch's final catch-up: the pointer names the new
+    # collection already, which it keeps; done once that replica has finished.
+    scripted.statuses = [  # type: ignore[attr-defined]
+        _status("idle", OLD, collection="c-old"),
+        _status("switching", NEW, NEW, done=10, collection="c-new"),
+        _status("switched", NEW, NEW, done=10, collection="c-new"),
+    ]
+    scripted.posts = [(409, {"error": {"message": "a re-index is already running"}})]  # type: ignore[attr-defined]
+    with _client(scripted) as client:
+        last = reindex_mod.converge(client, NEW, sleep=lambda _s: None)
+    assert (last["state"], last["serving"]["collection"]) == ("switched", "c-new")
 
 
 # --- ragops up / promote with a changed index config ---------------------------------------------------------

@@ -10,6 +10,7 @@ never the raw path, which would explode label cardinality.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -25,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.app.api.fast_search import FastSearch
 from service.app.core.config import Settings
 from service.app.core.errors import error_body
-from service.app.core.logging import request_id_var
+from service.app.core.logging import CUT_AFTER_RESPONSE_STARTED, request_id_var
 from service.app.core.metrics import REQUEST_SECONDS, REQUESTS
 from service.app.core.ratelimit import RATE_LIMIT_HEADERS
 
@@ -36,6 +37,10 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # The global backstop sits above the routes' own limits (MAX_DOCUMENT_BYTES, + 64 KiB for a multipart envelope)
 # so those answer first with their precise message; this one guards every other route before any code runs.
 BODY_LIMIT_SLACK_BYTES = 128 * 1024
+#: scope["state"] key set, to why and with what consequence, on a request the shutdown cut (here on uvicorn's cancel
+#: past SHUTDOWN_GRACE_SECONDS; by a streamed answer that sse-starlette ended at shutdown): logged as one WARNING
+#: line instead of the access line.
+SHUT_DOWN = "cut_by_shutdown"
 DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 QUIET_PATHS = (
     "/healthz",
@@ -130,6 +135,7 @@ class RequestContextMiddleware:
         ]
         status = 500
         started = False
+        cut_answered = False
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
@@ -149,6 +155,27 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            # Only uvicorn cancels a request's task: at shutdown, past SHUTDOWN_GRACE_SECONDS. Re-raised, it
+            # reached uvicorn as an "Exception in ASGI application" traceback (and a 500 in the access log and
+            # the metrics); here it is one line saying what was cut, the client gets a 503 when nothing was sent
+            # yet, and the task ends (the process is going down: nothing waits on it).
+            scope["state"][SHUT_DOWN] = (
+                f"still running SHUTDOWN_GRACE_SECONDS={self.settings.shutdown_grace_seconds:g} after the signal; "
+                "what it had committed stays stored, the rest was not written"
+            )
+            if not started:
+                status, cut_answered = 503, True
+                await _send_json(
+                    send,
+                    503,
+                    error_body(
+                        "service_unavailable",
+                        "the service shut down before this request finished; what it had stored stays "
+                        "stored, send it again to finish it",
+                    ),
+                    [(b"connection", b"close"), (b"retry-after", b"1"), *extra_headers],
+                )
         except Exception:
             # Starlette's ServerErrorMiddleware sits outside us and would answer without our headers.
             logger.exception("unhandled error", extra={"path": path})
@@ -171,7 +198,9 @@ class RequestContextMiddleware:
                 timer = self._timers[(route, method)] = REQUEST_SECONDS.labels(route=route, method=method)
             timer.observe(elapsed)
             level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
-            if logger.isEnabledFor(level):
+            if scope["state"].get(SHUT_DOWN):  # one line saying what was cut, instead of the access line
+                self._log_cut(scope, path, elapsed, answered=cut_answered)
+            elif logger.isEnabledFor(level):
                 logger.log(
                     level,
                     "%s %s %s",
@@ -188,6 +217,30 @@ class RequestContextMiddleware:
                     },
                 )
             request_id_var.reset(token)
+
+    def _log_cut(self, scope: Scope, path: str, elapsed: float, *, answered: bool) -> None:
+        if not answered:
+            CUT_AFTER_RESPONSE_STARTED.set(True)  # uvicorn's line about the incomplete response is dropped
+        state = scope.get("state", {})
+        progress = state.get("progress")
+        method = scope["method"]
+        logger.warning(
+            "shutdown cut %s %s after %.1f s in flight, %s: %s%s",
+            method,
+            path,
+            elapsed,
+            "answered 503" if answered else "its response was cut short (the connection is closed)",
+            state[SHUT_DOWN],
+            f" ({progress})" if progress else "",
+            extra={
+                "method": method,
+                "path": path,
+                "route": _route_template(scope),
+                "tenant": state.get("tenant"),
+                "duration_ms": round(elapsed * 1000, 2),
+                "cut": True,
+            },
+        )
 
 
 class BodyTooLarge(HTTPException):

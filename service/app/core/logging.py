@@ -57,6 +57,20 @@ class _PlainFormatter(logging.Formatter):
         return f"{line} [request_id={request_id}]" if request_id else line
 
 
+#: Set in a request's task when the shutdown cut it after its response had started (service.app.api.middleware
+#: logs the cut in one line): uvicorn then logs "ASGI callable returned without completing response" at ERROR
+#: for it, which `CutRequestFilter` drops.
+CUT_AFTER_RESPONSE_STARTED: ContextVar[bool] = ContextVar("cut_after_response_started", default=False)
+_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
+
+
+class CutRequestFilter(logging.Filter):
+    """Drops uvicorn's line about an incomplete response for a request the shutdown cut (already logged)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _UVICORN_INCOMPLETE and CUT_AFTER_RESPONSE_STARTED.get())
+
+
 def configure_logging(settings: Settings) -> None:
     """Route the root logger (and uvicorn's) to stdout with the JSON formatter at LOG_LEVEL; idempotent."""
     root = logging.getLogger()
@@ -77,6 +91,9 @@ def configure_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, CutRequestFilter) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(CutRequestFilter())
     logging.getLogger("uvicorn.access").handlers.clear()
     logging.getLogger("uvicorn.access").propagate = False
     # Libraries' warnings.warn (e.g. qdrant-client's version check, from a thread of its own) become log lines

@@ -1324,6 +1324,13 @@ class DocumentRegistry:
             return int(connection.execute(sa.select(sa.func.count()).select_from(documents)).scalar() or 0)
 
     @_guarded
+    def count_documents_by_tenant(self) -> dict[str, int]:
+        """Active documents per tenant that has any (rag_documents; one pass over the primary key's index)."""
+        query = sa.select(documents.c.tenant_id, sa.func.count()).group_by(documents.c.tenant_id)
+        with self.engine.connect() as connection:
+            return {str(tenant): int(count) for tenant, count in connection.execute(query)}
+
+    @_guarded
     def index_pointer(self, name: str = "default") -> IndexPointer | None:
         """The persisted index pointer, or None before the first start-up that wrote it."""
         with self.engine.connect() as connection:

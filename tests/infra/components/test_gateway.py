@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pulumi_kubernetes as k8s
 import pytest
@@ -317,6 +318,27 @@ def test_staging_and_prod_on_eks_keep_one_proxy_per_gateway(stack: str) -> None:
     assert "mergeGateways" not in proxy.inputs["spec"]
     assert eks.envoy_proxy_spec(False) == eks.envoy_proxy_spec(False, merge_gateways=False)
     assert eks.envoy_proxy_spec(True, merge_gateways=True)["mergeGateways"] is True
+
+
+def test_a_load_balancer_scheme_switch_on_eks_gives_the_proxy_a_new_service() -> None:
+    """The cloud provider never changes an existing NLB's scheme (cloud-provider-aws ensureLoadBalancerv2, "TODO:
+    Sync internal vs non-internal"): a switch that only flipped the annotation left a public NLB behind a stack set
+    to internal. The internal Service has its own name, so Envoy Gateway creates a new one (a new NLB) and deletes
+    the other; the public one keeps Envoy Gateway's generated name, which deployed public stacks run with."""
+
+    def proxy(load_balancer: str) -> dict[str, object]:
+        spec = (
+            run("dev", "eks", gateway={"loadBalancer": load_balancer}).by_name("envoy-proxy").inputs["spec"]
+        )
+        return spec["provider"]["kubernetes"]
+
+    public, service = proxy("public"), proxy("internal")["envoyService"]
+    assert "name" not in public["envoyService"]
+    assert public["envoyService"]["annotations"] == {eks.NLB_TYPE_ANNOTATION: "nlb"}
+    assert service["name"] == eks.ENVOY_INTERNAL_SERVICE
+    assert service["annotations"][eks.NLB_INTERNAL_ANNOTATION] == "true"
+    # A Service name: a DNS-1035 label.
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", eks.ENVOY_INTERNAL_SERVICE)
 
 
 @pytest.mark.parametrize(("stack", "replicas"), [("dev", 2), ("staging", 2), ("prod", 3)])

@@ -548,6 +548,31 @@ def test_bootstrap_refuses_an_image_more_than_one_minor_ahead_of_the_cluster(
     assert result.returncode == 0, result.stderr
 
 
+def test_bootstrap_refuses_an_older_minor_than_the_nodes_own_storage_ran(
+    tmp_path: Path, peers: Peers
+) -> None:
+    # A rollback of 1.16 -> 1.15 after node 2 (peer 3) ran 1.16.3: its storage was migrated forward, and Qdrant
+    # supports no downgrade. Node 1 (peer 2) never ran 1.16, so it may go back; a patch step back passes.
+    state = JOINED.replace(
+        ',"this_peer_id":2',
+        ',"peer_metadata_by_id":{"1":{"version":"1.15.4"},"2":{"version":"1.15.4"},"3":{"version":"1.16.3"}},'
+        '"this_peer_id":2',
+    )
+    migrated = state.replace('"this_peer_id":2', '"this_peer_id":3')
+    back, args = start_node(tmp_path / "back", peers, 2, state=migrated, image_version="1.15.4")
+    assert (back.returncode, args) == (1, None)
+    assert events(back) == ["refuse"]
+    assert "older than Qdrant 1.16.3, which last ran on this node's storage" in back.stdout
+    major, args = start_node(tmp_path / "major", peers, 2, state=migrated, image_version="0.16.3")
+    assert (major.returncode, args) == (1, None)
+    untouched, args = start_node(tmp_path / "untouched", peers, 1, state=state, image_version="1.15.4")
+    assert untouched.returncode == 0, untouched.stdout
+    assert args == ["--bootstrap", p2p(0), "--uri", p2p(1)]
+    patch, args = start_node(tmp_path / "patch", peers, 2, state=migrated, image_version="1.16.1")
+    assert patch.returncode == 0, patch.stdout
+    assert events(patch) == ["restart"]
+
+
 def test_the_image_version_reaches_the_bootstrap_check() -> None:
     env = {e["name"]: e.get("value") for e in q.container_spec(cluster_args(), "qdrant", "k")["env"]}
     assert env["QDRANT_IMAGE_VERSION"] == q.image_version(q.DEFAULT_IMAGE)

@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.app.answer.models import AnswerRequest, AnswerResponse
 from service.app.api.deps import ServicesDep, TenantDep
+from service.app.api.middleware import SHUT_DOWN
 from service.app.api.routing import AuthenticatedRoute
 from service.app.core.errors import error_responses
 from service.app.core.security import rate_limit
@@ -53,12 +54,25 @@ class _AnswerEvents(EventSourceResponse):
     """
 
     def __init__(self, events: AsyncIterator[dict[str, Any]]) -> None:
-        super().__init__(_sse(events), ping=PING_SECONDS, headers={"Cache-Control": "no-store"})
+        # sse-starlette ends a stream as soon as the server starts shutting down (it would otherwise hold the
+        # shutdown for as long as the model talks); the event tells this request it was cut, for the log.
+        self._shutdown = anyio.Event()
+        super().__init__(
+            _sse(events),
+            ping=PING_SECONDS,
+            headers={"Cache-Control": "no-store"},
+            shutdown_event=self._shutdown,
+        )
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+            if self._shutdown.is_set():
+                scope.setdefault("state", {})[SHUT_DOWN] = (
+                    "answer streams end when the service shuts down; the client sees the stream end without "
+                    "its usage event and may ask again"
+                )
         finally:
             aclose = getattr(self._events, "aclose", None)
             if aclose is not None:

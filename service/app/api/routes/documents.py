@@ -414,7 +414,23 @@ async def bulk_ingest(
     documents = _bulk_documents(parse_json_field(body, "body"), settings.bulk_max_documents)
     await _charge_items(request, services, len(documents))
     items: list[BulkItemResult] = []
+    state = request.scope.setdefault("state", {})
     for index, document in enumerate(documents):
+        if index and await request.is_disconnected():
+            # The client gave up waiting (its timeout, on a busy host): the rest would be stored for nobody
+            # while the client sends them again (the folder client does, in smaller batches).
+            logger.warning(
+                "documents:bulk: its client left after %d of %d items; the rest were not stored",
+                index,
+                len(documents),
+                extra={"tenant": tenant, "stored_items": index, "items": len(documents)},
+            )
+            break
+        # For the shutdown's line if it cuts this request (service.app.api.middleware): what was done.
+        state["progress"] = (
+            f"documents:bulk had finished {index} of {len(documents)} items; item {index} "
+            f"({document.document_id!r}) was in progress"
+        )
         try:
             result = await _ingest_json_document(services, tenant, document.document_id, document)
         except RagError as exc:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from service.app.api.deps import ServicesDep
-from service.app.core.metrics import CACHE_REQUESTS, FAILURES, JOB_SECONDS, JOBS
+from service.app.core.metrics import CACHE_REQUESTS, DOCUMENTS, FAILURES, JOB_SECONDS, JOBS
 
 router = APIRouter(tags=["operations"])
 
@@ -22,6 +22,10 @@ for _status in ("succeeded", "failed"):
     JOB_SECONDS.labels(status=_status)
 for _component in ("vector_store", "registry", "embedder", "cache", "jobs", "rate_limiter"):
     FAILURES.labels(component=_component)
+
+
+#: Tenants this process has reported documents for (a tenant emptied since is set to 0).
+_DOCUMENT_TENANTS: set[str] = set()
 
 
 def _registry() -> CollectorRegistry:
@@ -36,12 +40,21 @@ def _registry() -> CollectorRegistry:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format; queue depth and oldest queued job's age are read from the queue at scrape time,
-    so a queue nobody consumes is visible from the API even with no worker running."""
+    so a queue nobody consumes is visible from the API even with no worker running; documents per tenant from
+    the registry."""
     jobs = getattr(services, "jobs", None)
     if jobs is not None:
         # An unreachable queue must not break the scrape; /readyz reports it.
         with contextlib.suppress(Exception):
             await jobs.stats()
+    # An unreachable registry must not break the scrape either (/readyz reports it): the last values stay.
+    with contextlib.suppress(Exception):
+        counts = await to_thread.run_sync(services.registry.count_documents_by_tenant)
+        for tenant in _DOCUMENT_TENANTS - counts.keys():
+            DOCUMENTS.labels(tenant=tenant).set(0)  # emptied (or gone): 0, not its last count
+        for tenant, count in counts.items():
+            DOCUMENTS.labels(tenant=tenant).set(count)
+        _DOCUMENT_TENANTS.update(counts)
     reindexer = getattr(services, "reindexer", None)
     if reindexer is not None:
         # Follows the pointer and lease (a registry read, off the event loop; within INDEX_POINTER_TTL_SECONDS
