@@ -71,6 +71,10 @@ class KeepAliveClient:
         """POST ``body`` as JSON; the response body (HTTPStatusError unless 2xx)."""
         return self._request(b"POST", path, json.dumps(body).encode(), b"content-type: application/json\r\n")
 
+    def put_json(self, path: str, body: Any) -> bytes:
+        """PUT ``body`` as JSON; the response body (HTTPStatusError unless 2xx)."""
+        return self._request(b"PUT", path, json.dumps(body).encode(), b"content-type: application/json\r\n")
+
     def get(self, path: str) -> bytes:
         return self._request(b"GET", path, None, b"")
 

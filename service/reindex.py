@@ -7,7 +7,12 @@
 
 The admin key comes from --key or ADMIN_API_KEY (not needed when the service runs with AUTH_DISABLED=true).
 Exit status: 0 when the command did what it says (with --wait: the re-index switched), 1 when the service
-refused it or the re-index failed (the reason is printed), 2 for a usage error. How the re-index works:
+refused it, the re-index failed (the reason is printed) or --wait gave up after --timeout, 2 for a usage error.
+
+``start --wait`` through a load balancer polls several replicas, each with its own job status (one may still
+show an earlier re-index's ``switched``, or ``idle`` before it saw the new build): it judges by the index pointer
+every replica shares (``serving``), as ``ragops reindex`` does: done once the pointer names the new settings and
+has left the collection it named at the start, and the answering replica is not running. How the re-index works:
 service.app.jobs.reindex. Client-side tool (rich): the development install.
 """
 
@@ -23,8 +28,9 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-RUNNING = {"building", "catching_up", "switching"}
+RUNNING = {"waiting", "building", "catching_up", "switching"}  # waiting: another replica builds
 ROUTE = "/v1/admin/reindex"
+INDEX_FIELDS = ("model", "chunk_size", "chunk_overlap")
 
 
 class CommandFailed(Exception):
@@ -41,8 +47,42 @@ def _check(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
-def watch(client: httpx.Client, console: Console, interval: float) -> dict[str, Any]:
-    """Poll the status with a progress bar until the re-index is no longer running; the last status."""
+def _settings(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {name: value.get(name) for name in INDEX_FIELDS} if value else None
+
+
+def _switched(status: dict[str, Any], wanted: dict[str, Any], before: str | None) -> bool:
+    """The pointer names ``wanted``, has left ``before``, and the answering replica is not running."""
+    serving = status.get("serving") or {}
+    return (
+        _settings(serving) == wanted
+        and serving.get("collection") != before
+        and status["state"] not in RUNNING
+    )
+
+
+def _ended(status: dict[str, Any], wanted: dict[str, Any] | None, before: str | None) -> bool:
+    """Whether a watch is over: without ``wanted``, once the answering replica is not running; with it (a
+    start's target), once it has switched (``_switched``) or a replica reports the build towards it failed."""
+    if wanted is None:
+        return status["state"] not in RUNNING
+    if _switched(status, wanted, before):
+        return True
+    return status["state"] in ("failed", "interrupted") and _settings(status.get("target")) == wanted
+
+
+def watch(
+    client: httpx.Client,
+    console: Console,
+    interval: float,
+    *,
+    wanted: dict[str, Any] | None = None,
+    before: str | None = None,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """Poll the status with a progress bar until the re-index has ended (see ``_ended``); the last status.
+    CommandFailed after ``timeout`` seconds (the re-index goes on in the service)."""
+    deadline = time.monotonic() + timeout
     status = _check(client.get(ROUTE))
     with Progress(
         TextColumn("{task.description}"),
@@ -60,8 +100,12 @@ def watch(client: httpx.Client, console: Console, interval: float) -> dict[str, 
                 completed=status["documents_done"],
                 total=status["documents_total"] or None,
             )
-            if status["state"] not in RUNNING:
+            if _ended(status, wanted, before):
                 return status
+            if time.monotonic() >= deadline:
+                raise CommandFailed(
+                    f"still {status['state']} after {timeout:.0f}s (it goes on in the service: `status --wait`)"
+                )
             time.sleep(interval)
             status = _check(client.get(ROUTE))
 
@@ -91,24 +135,28 @@ def summary(status: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, client: httpx.Client, console: Console) -> int:
+    wanted = before = None
     if args.command == "start":
         body: dict[str, Any] = {"allow_missing": args.allow_missing}
         for key in ("model", "chunk_size", "chunk_overlap"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
+        # With --wait: the collection the pointer names now, which the switch moves it off (even for a
+        # re-index of the same settings).
+        if args.wait:
+            before = (_check(client.get(ROUTE)).get("serving") or {}).get("collection")
         status = _check(client.post(ROUTE, json=body))
+        wanted = _settings(status.get("target"))
     elif args.command == "rollback":
         status = _check(client.post(f"{ROUTE}/rollback"))
     else:
         status = _check(client.get(ROUTE))
     if getattr(args, "wait", False):
-        status = watch(client, console, args.interval)
+        status = watch(client, console, args.interval, wanted=wanted, before=before, timeout=args.timeout)
     console.print(summary(status))
-    if status["state"] in ("failed", "interrupted"):
-        return 1
-    if getattr(args, "wait", False) and args.command == "start" and status["state"] != "switched":
-        return 1
-    return 0
+    if wanted is not None and getattr(args, "wait", False):
+        return 0 if _switched(status, wanted, before) else 1
+    return 1 if status["state"] in ("failed", "interrupted") else 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -118,12 +166,14 @@ def parser() -> argparse.ArgumentParser:
         "--key", default=os.environ.get("ADMIN_API_KEY"), help="admin key (default $ADMIN_API_KEY)"
     )
     root.add_argument("--interval", type=float, default=2.0, help="seconds between status polls with --wait")
+    root.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait follows before giving up")
     # The same options after the sub-command (`start --url URL`, as `ragops reindex` takes them): SUPPRESS keeps a
     # sub-command that does not repeat them from overwriting the values given (or defaulted) before it.
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", default=argparse.SUPPRESS, help="the service's URL ($SERVICE_URL)")
     connection.add_argument("--key", default=argparse.SUPPRESS, help="admin key (default $ADMIN_API_KEY)")
     connection.add_argument("--interval", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    connection.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = root.add_subparsers(dest="command", required=True)
     start = commands.add_parser(
         "start", parents=[connection], help="build the index for a new model/chunking, then switch"
