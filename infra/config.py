@@ -1147,6 +1147,8 @@ def _is_rfc3339_utc(text: str) -> bool:
 
 #: Environments that never build: they run the image a promotion recorded in `rag:image`.
 PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+#: The environment each promoted one receives from (infra.workflows.stacks.PROMOTION_CHAIN, reversed).
+_PROMOTED_FROM = {"staging": "dev", "prod": "staging"}
 
 
 def _is_local_registry(registry: str) -> bool:
@@ -1189,7 +1191,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
         # prod, past the dev -> staging -> prod chain (and a CI checkout's committed file never has the key).
         fail(
             "image",
-            f"missing: {config.environment} deploys only a promoted image (`ragops promote --to {config.stack}`), "
+            f"missing: {config.environment} deploys only a promoted image (`ragops promote --from "
+            f"{_PROMOTED_FROM[config.environment]} --to {config.stack}`, or from another stack of environment "
+            f"{_PROMOTED_FROM[config.environment]}), "
             "never a build of this checkout; to change only this stack's settings, first restore the config it "
             f"was deployed with: `pulumi config refresh --force -s {config.stack}` (or `ragops up -s "
             f"{config.stack}`, which keeps the deployed image)",
