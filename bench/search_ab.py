@@ -24,7 +24,8 @@ one built as bench/scale.py's ``run_size`` builds a size: its shard, consolidate
 document; the tenant searched is ``default``) is copied for each service, and the raw path
 searches a copy of its shard, embedding with the graph the service's queries run (EMBEDDING_QUERY_PRECISION,
 int8 by default); ``--texts FILE`` (a JSON list) gives the query texts. ``--env K=V`` / ``--baseline-env K=V``
-set a variable for one service only, so ``--baseline .`` A/Bs a setting within one checkout.
+set a variable for one service only, so ``--baseline .`` A/Bs a setting within one checkout; ``--baseline-data-dir
+DIR`` has the baseline serve a copy of another prebuilt data dir (the same points in another layout).
 
 On a machine shared with other jobs, wall times say little; running the whole script in ``SCHED_FIFO``
 (``chrt -f 10``: it mostly sleeps, so it costs the other jobs little) keeps them from preempting the measured
@@ -89,6 +90,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--gap-ms", type=float, default=5, help="idle pause before each timed call")
     parser.add_argument("--data-dir", type=Path, help="a prebuilt data dir both services serve copies of")
+    parser.add_argument(
+        "--baseline-data-dir",
+        type=Path,
+        help="with --data-dir: the baseline serves a copy of this prebuilt data dir instead (the same points in "
+        "another layout, e.g. another consolidation cap), so a store layout is A/B'd through HTTP",
+    )
     parser.add_argument("--texts", type=Path, help="JSON list of query texts (default: make bench's queries)")
     parser.add_argument("--env", action="append", default=[], help="K=V for this checkout's service")
     parser.add_argument("--baseline-env", action="append", default=[], help="K=V for the baseline's service")
@@ -118,7 +125,10 @@ def main() -> None:
         ]
         for name, command in (("baseline", baseline_command), ("this checkout", None)):
             if args.data_dir:
-                shutil.copytree(args.data_dir, work / name / "data", ignore=shutil.ignore_patterns(".lock"))
+                data = (
+                    args.baseline_data_dir if name == "baseline" and args.baseline_data_dir else args.data_dir
+                )
+                shutil.copytree(data, work / name / "data", ignore=shutil.ignore_patterns(".lock"))
             # The start-up orphan pass reads every point of a large store for tens of seconds: off, so it does not
             # land in one side's timings (bench/scale.py waits for it instead).
             env = {"GC_ENABLED": "false", **envs[name]} if args.data_dir else envs[name]

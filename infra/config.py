@@ -163,6 +163,16 @@ class GkeMaintenance:
     exclusions: tuple[GkeMaintenanceExclusion, ...] = ()
 
 
+#: A GCP region (`europe-west1`, `northamerica-northeast2`) and project ID (6-30 characters: lower-case letters, digits
+#: and hyphens, starting with a letter). The program names buckets and accounts after them (infra/naming.py), and
+#: the components take the region as given: a malformed one failed there, with a traceback, instead of here.
+GCP_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
+GCP_PROJECT_RE = re.compile(r"^([a-z][a-z0-9-]{4,28}[a-z0-9])?$")
+#: An AWS region (`eu-west-1`, `us-gov-west-1`, `eusc-de-east-1`), at most 20 characters: the S3 bucket name carries
+#: it next to the account ID, within S3's 63.
+AWS_REGION_RE = re.compile(r"^(?=.{1,20}$)[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}$")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GkeCluster:
     """A GKE cluster with its Artifact Registry repository and workload identity."""
@@ -1147,6 +1157,8 @@ def _is_rfc3339_utc(text: str) -> bool:
 
 #: Environments that never build: they run the image a promotion recorded in `rag:image`.
 PROMOTED_ENVIRONMENTS = frozenset({"staging", "prod"})
+#: The environment each promoted one receives from (infra.workflows.stacks.PROMOTION_CHAIN, reversed).
+_PROMOTED_FROM = {"staging": "dev", "prod": "staging"}
 
 
 def _is_local_registry(registry: str) -> bool:
@@ -1189,7 +1201,9 @@ def _check_rules(config: StackConfig, file: str) -> None:
         # prod, past the dev -> staging -> prod chain (and a CI checkout's committed file never has the key).
         fail(
             "image",
-            f"missing: {config.environment} deploys only a promoted image (`ragops promote --to {config.stack}`), "
+            f"missing: {config.environment} deploys only a promoted image (`ragops promote --from "
+            f"{_PROMOTED_FROM[config.environment]} --to {config.stack}`, or from another stack of environment "
+            f"{_PROMOTED_FROM[config.environment]}), "
             "never a build of this checkout; to change only this stack's settings, first restore the config it "
             f"was deployed with: `pulumi config refresh --force -s {config.stack}` (or `ragops up -s "
             f"{config.stack}`, which keeps the deployed image)",
@@ -1220,6 +1234,19 @@ def _check_rules(config: StackConfig, file: str) -> None:
     if cluster.provider == "gke" and not cluster.gke.project:
         fail(
             "cluster.gke.project", "missing key (the GCP project id is required when cluster.provider is gke)"
+        )
+    if cluster.provider == "gke" and not GCP_PROJECT_RE.match(cluster.gke.project):
+        fail(
+            "cluster.gke.project",
+            f"{cluster.gke.project!r} is not a GCP project ID (6-30 lower-case letters, digits and hyphens, "
+            "starting with a letter)",
+        )
+    if cluster.provider == "gke" and not GCP_REGION_RE.match(cluster.gke.region):
+        fail("cluster.gke.region", f"{cluster.gke.region!r} is not a GCP region such as europe-west1")
+    if cluster.provider == "eks" and not AWS_REGION_RE.match(cluster.eks.region):
+        fail(
+            "cluster.eks.region",
+            f"{cluster.eks.region!r} is not an AWS region such as eu-west-1 (at most 20 characters)",
         )
     if cluster.provider == "gke" and cluster.gke.nodePool.minNodes > cluster.gke.nodePool.maxNodes:
         fail("cluster.gke.nodePool.minNodes", "must not exceed cluster.gke.nodePool.maxNodes")

@@ -11,7 +11,8 @@ through `opts`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,8 @@ from infra.components.rag_service import (
     client_selector,
 )
 from infra.components.redis import RedisCache, RedisCacheArgs
-from infra.components.specs import EgressTarget, Resources, quantity_value
-from infra.config import ConfigError, Secrets, StackConfig, label_pairs, stack_file
+from infra.components.specs import ComponentArgsError, EgressTarget, Resources, quantity_value
+from infra.config import PROJECT, ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
 from infra.guards import POSTGRES_NAME, QDRANT_NAME, RELEASED_ANNOTATION
 from infra.naming import HASH_LENGTH, cloud_name, sanitize, stack_hash
@@ -70,6 +71,126 @@ CLIENTS = (client_selector(SERVICE_NAME),)
 #: Where the eks target installs Envoy Gateway (infra/clusters/eks.py ENVOY_GATEWAY_NAMESPACE, not imported here so
 #: the program does not load pulumi_aws on other targets; test_stack checks the two agree).
 EKS_PROXY_NAMESPACE = "envoy-gateway-system"
+
+
+#: The config key (under `rag:`) each component argument the components refuse is built from: `config_errors` turns
+#: a ComponentArgsError about one of them into a ConfigError naming the key and the stack file, which the language
+#: host prints as one line (a ComponentArgsError is a ValueError: a bare `pulumi up` printed its traceback). Looked up
+#: by the longest prefix of the field the message starts with (`...resources.memory_limit` -> `...resources`).
+#: Arguments the program derives itself (passwords, network IDs, ports, the image it built) are not here: a refusal
+#: of one of those is a bug of the program and keeps its traceback. tests/infra/test_component_errors.py checks that
+#: every field a component refuses is one or the other, and that each key is declared.
+ARG_KEYS: Mapping[str, str] = {
+    "QdrantClusterArgs.namespace": "namespace",
+    "QdrantClusterArgs.image": "qdrant.version",
+    "QdrantClusterArgs.replicas": "qdrant.replicas",
+    "QdrantClusterArgs.replication_factor": "qdrant.replicationFactor",
+    "QdrantClusterArgs.scale_down_acknowledged": "qdrant.scaleDownTo",
+    "QdrantClusterArgs.shard_number": "qdrant.shardNumber",
+    "QdrantClusterArgs.storage_size": "qdrant.storage.size",
+    "QdrantClusterArgs.snapshots_size": "qdrant.snapshotsStorage.size",
+    "QdrantClusterArgs.resources": "qdrant.resources",
+    "QdrantClusterArgs.alt_api_key": "qdrantApiKeyNext",
+    "PostgresDatabaseArgs.mode": "postgres.mode",
+    "PostgresDatabaseArgs.namespace": "namespace",
+    "PostgresDatabaseArgs.database": "postgres.database",
+    "PostgresDatabaseArgs.username": "postgres.user",
+    "PostgresDatabaseArgs.image": "postgres.version",
+    "PostgresDatabaseArgs.instances": "postgres.cloudnative.instances",
+    "PostgresDatabaseArgs.storage_size": "postgres.cloudnative.storage.size",
+    "PostgresDatabaseArgs.resources": "postgres.cloudnative.resources",
+    "PostgresDatabaseArgs.backup_sidecar_resources": "postgres.cloudnative.backupSidecarResources",
+    "PostgresDatabaseArgs.major_upgrade_from": "postgres.cloudnative.majorUpgrade.fromVersion",
+    "PostgresDatabaseArgs.archive_name": "postgres.cloudnative.archiveName",
+    "PostgresDatabaseArgs.recovery_source": "postgres.cloudnative.recovery.source",
+    "PostgresDatabaseArgs.recovery_target_time": "postgres.cloudnative.recovery.targetTime",
+    "PostgresDatabaseArgs.archive_retention_days": "backups.retentionDays",
+    "PostgresDatabaseArgs.backup_schedule": "backups.schedule",
+    "PostgresDatabaseArgs.allocated_storage_gb": "postgres.managed.storageGb",
+    "PostgresDatabaseArgs.backup_retention_days": "postgres.managed.backupRetentionDays",
+    "PostgresDatabaseArgs.auto_minor_version_upgrade": "postgres.managed.autoMinorVersionUpgrade",
+    "PostgresDatabaseArgs.maintenance_day": "postgres.managed.maintenanceWindow.day",
+    "PostgresDatabaseArgs.apply_immediately": "postgres.managed.applyImmediately",
+    "PostgresDatabaseArgs.upgrade_from": "postgres.managed.majorUpgrade.fromVersion",
+    "PostgresDatabaseArgs.restore_name": "postgres.managed.restore.name",
+    "PostgresDatabaseArgs.restore_snapshot": "postgres.managed.restore.snapshot",
+    "PostgresDatabaseArgs.restore_time": "postgres.managed.restore.time",
+    "PostgresDatabaseArgs.keep_original": "postgres.managed.restore.keepOriginal",
+    "RedisCacheArgs.mode": "redis.mode",
+    "RedisCacheArgs.namespace": "namespace",
+    "RedisCacheArgs.image": "redis.version",
+    "RedisCacheArgs.storage_size": "redis.incluster.storage.size",
+    "RedisCacheArgs.resources": "redis.incluster.resources",
+    "RedisCacheArgs.maxmemory": "redis.incluster.resources",  # from the memory limit: the stack sets no maxmemory
+    "RedisCacheArgs.num_cache_clusters": "redis.managed.replicas",
+    "RedisCacheArgs.memory_size_gb": "redis.managed.memorySizeGb",
+    "ServiceImageArgs.existing_ref": "image",
+    "RagServiceArgs.namespace": "namespace",
+    "RagServiceArgs.environment": "environment",
+    "RagServiceArgs.replicas": "service.replicas",
+    "RagServiceArgs.resources": "service.resources",
+    "RagServiceArgs.autoscaling.min_replicas": "service.autoscaling.minReplicas",
+    "RagServiceArgs.autoscaling.max_replicas": "service.autoscaling.maxReplicas",
+    "RagServiceArgs.autoscaling.cpu_utilization": "service.autoscaling.targetCpuUtilization",
+    "RagServiceArgs.pdb_min_available": "service.pdb.minAvailable",
+    "RagServiceArgs.worker.enabled": "service.worker.enabled",
+    "RagServiceArgs.worker.replicas": "service.worker.replicas",
+    "RagServiceArgs.worker.resources": "service.worker.resources",
+    "RagServiceArgs.worker.concurrency": "service.settings.jobsMaxConcurrency",
+    "RagServiceArgs.settings": "service.settings",
+    "RagServiceArgs.qdrant_replication_factor": "qdrant.replicationFactor",
+    "RagServiceArgs.qdrant_shard_number": "qdrant.shardNumber",
+    "TlsGatewayArgs.namespace": "namespace",
+    "TlsGatewayArgs.hostname": "gateway.hostname",
+    "TlsGatewayArgs.gateway_class_name": "gateway.className",
+    "TlsGatewayArgs.entry": "gateway.ingress.enabled",
+    "TlsGatewayArgs.issuer": "tls.issuer",
+    "TlsGatewayArgs.acme_email": "tls.email",
+    "TlsGatewayArgs.existing_cluster_issuer": "tls.clusterIssuer",
+    "TlsGatewayArgs.issuer_kind": "tls.installCertManager",
+    "MonitoringArgs.service_namespace": "namespace",
+    "MonitoringArgs.namespace": "monitoring.existing.namespace",
+    "MonitoringArgs.storage_size": "monitoring.storage.size",
+    "MonitoringArgs.retention": "monitoring.retention",
+    "MonitoringArgs.runbook_url": "monitoring.runbookUrl",
+    "MonitoringArgs.qdrant_replicas": "qdrant.replicas",
+    "MonitoringArgs.postgres_instances": "postgres.cloudnative.instances",
+    "MonitoringArgs.receivers": "monitoring.alerting",
+    "MonitoringArgs.receivers.email_smarthost": "monitoring.alerting.email.smarthost",
+    "MonitoringArgs.thresholds.error_ratio": "monitoring.alerts.errorRatePercent",
+    "MonitoringArgs.thresholds.p95_latency_seconds": "monitoring.alerts.latencyP95Seconds",
+    "MonitoringArgs.thresholds.queue_oldest_job_age_seconds": "monitoring.alerts.queueOldestJobAgeSeconds",
+    "MonitoringArgs.thresholds.certificate_expiry_days": "monitoring.alerts.certificateExpiryDays",
+    "MonitoringArgs.thresholds.backup_max_age_hours": "monitoring.alerts.backupMaxAgeHours",
+    "QdrantBackupsArgs.namespace": "namespace",
+    "QdrantBackupsArgs.bucket_name": "backups.bucket",
+    "QdrantBackupsArgs.schedule": "backups.schedule",
+    "QdrantBackupsArgs.retention_days": "backups.retentionDays",
+    "QdrantBackupsArgs.restore_scratch_size": "qdrant.storage.size",
+}
+
+
+def config_key_of(field: str | None) -> str | None:
+    """The `rag:` key a component argument comes from (ARG_KEYS, longest prefix first), None if none does."""
+    parts = (field or "").split(".")
+    for end in range(len(parts), 1, -1):
+        key = ARG_KEYS.get(".".join(parts[:end]))
+        if key is not None:
+            return f"{PROJECT}:{key}"
+    return None
+
+
+@contextmanager
+def config_errors(config: StackConfig) -> Iterator[None]:
+    """Re-raise a component's refusal of an argument built from config as a ConfigError naming the key and the
+    stack file: a RunError the language host prints as that one line, not a ValueError's traceback."""
+    try:
+        yield
+    except ComponentArgsError as error:
+        key = config_key_of(error.field)
+        if key is None:
+            raise
+        raise ConfigError(key, stack_file(config.stack), str(error).rstrip(".")) from error
 
 
 def proxy_namespaces(config: StackConfig) -> tuple[str, ...]:
@@ -954,7 +1075,16 @@ def build(
 ) -> dict[str, Any]:
     """Create every component of the stack on `cluster`; returns the stack outputs to export.
 
-    `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`)."""
+    `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`). A component's
+    refusal of an argument built from config is a ConfigError naming the key and the stack file (`config_errors`).
+    """
+    with config_errors(config):
+        return _build(config, cluster, secrets, release_namespace=release_namespace)
+
+
+def _build(
+    config: StackConfig, cluster: ClusterTarget, secrets: Secrets, *, release_namespace: bool
+) -> dict[str, Any]:
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
     # Data stores may be managed cloud resources: a component picks the provider of each child's package.
     data_opts = pulumi.ResourceOptions(

@@ -144,7 +144,7 @@ def validate_args(args: RedisCacheArgs) -> None:
         )
         require(
             maxmemory >= 32 * 1024**2,
-            f"RedisCacheArgs: maxmemory {maxmemory} bytes (from the memory limit {args.resources.memory_limit}) is "
+            f"RedisCacheArgs.maxmemory {maxmemory} bytes (from the memory limit {args.resources.memory_limit}) is "
             "under 32 MiB: too small for the cache and the job queue; raise the memory limit.",
         )
     if args.mode == "elasticache":

@@ -23,8 +23,21 @@ DIGEST_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
+#: How every ComponentArgsError message starts: the args field it is about (`QdrantClusterArgs.replicas`,
+#: `RagServiceArgs.autoscaling.min_replicas`).
+_ARGS_FIELD = re.compile(r"^[A-Z][A-Za-z]*Args(\.[a-z_0-9]+)+")
+
+
 class ComponentArgsError(ValueError):
-    """A component's arguments are invalid; the message says which field and why."""
+    """A component's arguments are invalid; the message says which field and why, starting with the field."""
+
+    @property
+    def field(self) -> str | None:
+        """The args field the message starts with (`QdrantClusterArgs.replicas`), None if it names none.
+
+        The program maps it back to the config key it came from (infra/stack.py `config_errors`)."""
+        match = _ARGS_FIELD.match(str(self))
+        return match.group(0) if match else None
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -366,8 +366,10 @@ def _follow_index_change(context: Context, stack: str, before: dict[str, Any] | 
 @app.command()
 def promote(
     ctx: typer.Context,
-    source: Annotated[str, typer.Option("--from", help="Source stack (dev or staging).")],
-    target: Annotated[str, typer.Option("--to", help="Target stack (staging or prod).")],
+    source: Annotated[
+        str, typer.Option("--from", help="Source stack (environment dev or staging, e.g. dev).")
+    ],
+    target: Annotated[str, typer.Option("--to", help="Target stack (the next environment, e.g. staging).")],
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
     drop_secret: DropSecretOpt = None,
@@ -377,7 +379,7 @@ def promote(
     context: Context = ctx.obj
 
     def action() -> promote_mod.Promotion:
-        promote_mod.check_order(source, target)  # refuse before touching Pulumi
+        promote_mod.check_order(source, target, context.work_dir)  # refuse before touching Pulumi
         with _progress(f"promote {source} -> {target}", quiet) as (on_output, on_event):
             return promote_mod.promote(
                 context,
@@ -514,7 +516,7 @@ def ephemeral_up(
     context: Context = ctx.obj
 
     def action() -> ephemeral_mod.EphemeralStack:
-        ephemeral_mod.validate_name(name)
+        ephemeral_mod.validate_name(name, context.work_dir)
         ephemeral_mod.parse_ttl(ttl)
         ephemeral_mod.template_config(
             context.work_dir, name, domain=domain
@@ -565,7 +567,7 @@ def ephemeral_destroy(
     context: Context = ctx.obj
 
     def action() -> bool:
-        ephemeral_mod.validate_name(name)
+        ephemeral_mod.validate_name(name, context.work_dir)
         with _progress(f"ephemeral destroy {name}", quiet) as (on_output, on_event):
             return ephemeral_mod.destroy(context, name, force=force, on_output=on_output, on_event=on_event)
 

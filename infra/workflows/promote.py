@@ -13,7 +13,9 @@ A promotion is refused before anything is written when the image cannot start on
 cannot serve the target's current index meanwhile (it lacks the model that index was built with); the CLI
 follows the re-index such a promotion starts (``infra.workflows.reindex.converge``).
 
-Only dev -> staging and staging -> prod are allowed: prod never receives a build staging has not run.
+Promotions follow the stacks' `rag:environment` (their stack files in the checkout): a staging-environment stack
+receives only from a dev-environment one, a prod one only from a staging one, so prod never receives a build a
+staging stack has not run (with the shipped stacks: dev -> staging -> prod; ``check_order``).
 
 Every fact about the source comes from the backend, never from the runner's checkout: its outputs (digest,
 embedding, the models its image holds) and the config its latest update ran with (``stacks.deployed_config``:
@@ -29,6 +31,7 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pulumi.automation import ConfigMap, UpdateSummary, Workspace
@@ -42,20 +45,23 @@ from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     POLICY_PACK,
     PROJECT,
+    PROMOTION_CHAIN,
+    REPO_ROOT,
     Context,
     OnEvent,
     OnOutput,
     UsageError,
     WorkflowError,
     _as_object,
+    allowed_promotions,
     deployed_config,
     describe_counts,
+    is_permanent,
     rfc3339,
     select,
     set_config_values,
+    stack_environment,
 )
-
-ALLOWED_PROMOTIONS: dict[str, str] = {"dev": "staging", "staging": "prod"}
 
 IMAGE_KEY = f"{PROJECT}:image"
 PROMOTION_KEY = f"{PROJECT}:promotion"
@@ -99,11 +105,35 @@ class Promotion:
         return record
 
 
-def check_order(source: str, target: str) -> None:
-    """Refuse any promotion other than dev -> staging or staging -> prod."""
-    if ALLOWED_PROMOTIONS.get(source) != target:
-        allowed = ", ".join(f"{a} -> {b}" for a, b in ALLOWED_PROMOTIONS.items())
-        raise UsageError(f"Cannot promote {source} -> {target}: the only allowed promotions are {allowed}.")
+def check_order(source: str, target: str, work_dir: Path = REPO_ROOT) -> None:
+    """Refuse any promotion but one along the environments: from a permanent stack whose `rag:environment` is dev
+    to a staging one, or staging to prod (read from the stack files in `work_dir`, so a fourth permanent stack
+    such as ``Pulumi.qa.yaml`` with environment staging receives from dev, docs/delivery.md#adding-a-permanent-stack).
+    """
+    allowed = allowed_promotions(work_dir)
+    if (source, target) in allowed:
+        return
+    listed = ", ".join(f"{a} -> {b}" for a, b in allowed)
+    why = ""
+    if source == target:
+        why = " (a stack cannot promote to itself)"
+    else:
+        for name in (source, target):
+            if not is_permanent(work_dir, name):
+                why = (
+                    f" ({name} is not a permanent stack: no Pulumi.{name}.yaml in this checkout, or one with a "
+                    f"{PROJECT}:ephemeral record)"
+                )
+                break
+        else:
+            src_env, tgt_env = stack_environment(work_dir, source), stack_environment(work_dir, target)
+            why = (
+                f" ({source} is environment {src_env} and {target} is environment {tgt_env}, by {PROJECT}:environment "
+                f"in their stack files: a stack receives only from the environment before its own, "
+                + ", ".join(f"{a} -> {b}" for a, b in PROMOTION_CHAIN.items())
+                + ")"
+            )
+    raise UsageError(f"Cannot promote {source} -> {target}: the only allowed promotions are {listed}{why}.")
 
 
 def check_digest(ref: Any, source: str) -> str:
@@ -236,7 +266,7 @@ def promote(
     drop_secrets: Collection[str] = (),
 ) -> Promotion:
     """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it."""
-    check_order(source, target)
+    check_order(source, target, ctx.work_dir)
     ws = ctx.workspace()
     src = select(ws, source)
     outputs = src.outputs()

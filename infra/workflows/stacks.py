@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pulumi.automation import (
     CommandError,
     ConfigMap,
@@ -41,7 +42,13 @@ from infra.workflows.errors import check_cli_version, stderr_of
 PROJECT = "rag"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY_PACK = "infra/policy"  # relative to the work dir, where every pulumi command runs
+#: The permanent stacks this project ships (each named after its `rag:environment`). Another permanent stack is any
+#: stack with a stack file in the checkout that carries no `rag:ephemeral` key (`permanent_stacks`).
 PERMANENT_STACKS = ("dev", "staging", "prod")
+#: The environment a promotion moves an image along: a stack of environment E receives only from a stack of the
+#: environment before it (`promotion_sources`), never a build of a checkout (config.PROMOTED_ENVIRONMENTS).
+PROMOTION_CHAIN: dict[str, str] = {"dev": "staging", "staging": "prod"}
+ENVIRONMENTS = ("dev", "staging", "prod")
 
 Clock = Callable[[], datetime]
 OnOutput = Callable[[str], Any]
@@ -146,6 +153,75 @@ class Context:
             pulumi_command=self.pulumi(),
             env_vars=dict(self.env_vars or {}),
         )
+
+
+def committed_config(work_dir: Path, stack: str) -> dict[str, Any] | None:
+    """The `config` mapping of the checkout's ``Pulumi.<stack>.yaml`` (None when there is no such file)."""
+    path = Path(work_dir) / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        return None
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"{path.name} is not valid YAML: {exc}") from exc
+    config = doc.get("config") if isinstance(doc, dict) else None
+    return dict(config) if isinstance(config, dict) else {}
+
+
+def is_permanent(work_dir: Path, stack: str) -> bool:
+    """Whether `stack` is a permanent stack: one of PERMANENT_STACKS, or a stack file in the checkout with config
+    but no ``rag:ephemeral`` key (`ragops ephemeral up` writes that key into every PR stack's file; a committed
+    stack file such as ``Pulumi.qa.yaml`` never has it). A file without config (only the passphrase provider's
+    ``encryptionsalt``, which `pulumi stack init` writes) says nothing."""
+    short = stack.rsplit("/", 1)[-1]
+    if short in PERMANENT_STACKS:
+        return True
+    config = committed_config(work_dir, short)
+    return bool(config) and f"{PROJECT}:ephemeral" not in config
+
+
+def stack_environment(work_dir: Path, stack: str) -> str:
+    """The `rag:environment` a stack deploys with, from its stack file in the checkout; a file that does not set it
+    runs Pulumi.yaml's default (dev), except the three shipped stacks, which are named after their environment."""
+    short = stack.rsplit("/", 1)[-1]
+    value = (committed_config(work_dir, short) or {}).get(f"{PROJECT}:environment")
+    if isinstance(value, str) and value:
+        return value
+    return short if short in PERMANENT_STACKS else "dev"
+
+
+def permanent_stacks(work_dir: Path) -> list[str]:
+    """Every permanent stack of the checkout (PERMANENT_STACKS plus each other non-ephemeral stack file), in
+    promotion order: by environment (dev, staging, prod), then by name."""
+    names = set(PERMANENT_STACKS)
+    for path in Path(work_dir).glob("Pulumi.*.yaml"):
+        name = path.name[len("Pulumi.") : -len(".yaml")]
+        if name and is_permanent(work_dir, name):
+            names.add(name)
+
+    def order(name: str) -> tuple[int, int, str]:
+        env = stack_environment(work_dir, name)
+        rank = ENVIRONMENTS.index(env) if env in ENVIRONMENTS else len(ENVIRONMENTS)
+        return (
+            rank,
+            PERMANENT_STACKS.index(name) if name in PERMANENT_STACKS else len(PERMANENT_STACKS),
+            name,
+        )
+
+    return sorted(names, key=order)
+
+
+def allowed_promotions(work_dir: Path) -> list[tuple[str, str]]:
+    """Every (source, target) pair a promotion may take in this checkout: from a permanent stack of environment E
+    to a permanent stack of PROMOTION_CHAIN[E] (dev -> staging, staging -> prod, by `rag:environment`)."""
+    stacks = permanent_stacks(work_dir)
+    envs = {name: stack_environment(work_dir, name) for name in stacks}
+    return [
+        (source, target)
+        for source in stacks
+        for target in stacks
+        if source != target and PROMOTION_CHAIN.get(envs[source]) == envs[target]
+    ]
 
 
 def select(ws: Workspace, name: str) -> Stack:

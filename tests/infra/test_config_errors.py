@@ -218,6 +218,22 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     ("dev", {"gateway": {"proxyNamespaces": ["Ingress_Nginx"]}}, "gateway.proxyNamespaces", "not a valid"),
     ("dev", {"cluster": {"provider": "gke"}}, "cluster.gke.project", "GCP project id"),
+    # A destroy of prod's managed registry must leave its automated backups (point-in-time recovery).
+    (
+        "prod",
+        {"postgres": {"managed": {"retainBackupsOnDelete": False}}},
+        "postgres.managed.retainBackupsOnDelete",
+        "point-in-time recovery",
+    ),
+    # Names of buckets and accounts are built from them (infra/naming.py), where a malformed one failed late.
+    (
+        "staging",
+        {"cluster": {"gke": {"project": "Rag_Staging"}}},
+        "cluster.gke.project",
+        "not a GCP project ID",
+    ),
+    ("staging", {"cluster": {"gke": {"region": "europe-west1-b"}}}, "cluster.gke.region", "not a GCP region"),
+    ("prod", {"cluster": {"eks": {"region": "eu-west-1a"}}}, "cluster.eks.region", "not an AWS region"),
     (
         "staging",
         {"cluster": {"gke": {"nodePool": {"minNodes": 5, "maxNodes": 3}}}},

@@ -113,3 +113,40 @@ def test_the_runner_wraps_a_value_error_inside_an_output_as_the_sdk_does(
         assert "ValueError: While processing resource: 'thing'" in result.stderr
         assert "has risen: While processing input: 'value'" in result.stderr
         assert result.returncode == 32
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("rag:slackWebhookUrl", "https://hooks.slack.example/services/T0/B0/x"),
+        ("rag:adminApiKey", "a-plain-admin-key-of-forty-characters-xx"),
+    ],
+)
+def test_a_secret_stored_in_plain_text_is_refused_by_a_bare_pulumi_up(key: str, value: str) -> None:
+    """The engine passes the names of the stack's secure config values to the program: Target.Config.SecureKeys()
+    (pkg/resource/deploy/source_eval.go) -> RunRequest.configSecretKeys -> the Python language host's
+    PULUMI_CONFIG_SECRET_KEYS, always set (`[]` when there are none: constructConfigSecretKeys in
+    sdk/python/cmd/pulumi-language-python/main.go) -> `set_all_config` in pulumi-language-python-exec ->
+    `is_config_secret`. So the program itself tells a value written by `pulumi config set --secret` from one typed
+    into the stack file, with no `ragops` around it (infra/config.py check_config_keys)."""
+    values, secret_keys = cli_config("dev")
+    values[key] = value
+
+    def exec_with(secrets: list[str]) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "PULUMI_CONFIG": json.dumps(values),
+            "PULUMI_CONFIG_SECRET_KEYS": json.dumps(secrets),
+        }
+        command = [sys.executable, str(EXEC), "--stack", "dev", str(REPO_ROOT / "infra" / "__main__.py")]
+        return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    plain = exec_with(secret_keys)
+    assert plain.stderr.splitlines() == [
+        f"error: {key} in Pulumi.dev.yaml: stored in plain text (it would sit in the stack file and git history); "
+        f"set it with `pulumi config set --secret {key} ...`"
+    ], plain.stderr
+    assert plain.returncode == 1
+    # The same value, stored encrypted (the engine names the key), is taken.
+    encrypted = exec_with([*secret_keys, key])
+    assert encrypted.returncode == 0, encrypted.stderr

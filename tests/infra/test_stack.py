@@ -130,7 +130,7 @@ def test_postgres_managed_sizes_and_network() -> None:
     gke = stack.postgres_args(
         config(
             "prod",
-            cluster={"provider": "gke", "gke": {"project": "p"}},
+            cluster={"provider": "gke", "gke": {"project": "proj-1"}},
             gateway={"className": "gke-l7-global-external-managed"},
         ),
         target("gke"),
@@ -154,7 +154,7 @@ def test_redis_args_per_target() -> None:
     memorystore = stack.redis_args(
         config(
             "prod",
-            cluster={"provider": "gke", "gke": {"project": "p"}},
+            cluster={"provider": "gke", "gke": {"project": "proj-1"}},
             gateway={"className": "gke-l7-global-external-managed"},
         ),
         target("gke"),

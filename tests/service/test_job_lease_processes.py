@@ -1,5 +1,5 @@
 """Job leases across real processes: Postgres, Redis, the API (`python -m service`, lending its embedded store) and
-`python -m service.worker` processes, with a short lease (JOB_LEASE_SECONDS=2) set through the setting.
+`python -m service.worker` processes, with a short lease (JOB_LEASE_SECONDS=5) set through the setting.
 
 - A worker that stalls right after claiming a job (it SIGSTOPs itself: RAG_FAULT_STOP_AT=job_claimed) loses the
   job to another worker once its lease expires; the document is then changed by a later job; the stalled worker,
@@ -37,7 +37,10 @@ from tests.service.support import create_database
 from tests.support.processes import service_env
 from tests.support.servers import _stop, free_port
 
-LEASE_SECONDS = 2.0
+# Short, to keep the waits for an expiry short, but long against a stall: the heartbeat renews every third of it,
+# so a worker loses a live job only when its loop stalls for two thirds of a lease. At 2 s (1.3 s of stall) a
+# loaded machine could take the long job from its live worker, which the heartbeat part then reports as a bug.
+LEASE_SECONDS = 5.0
 
 
 def sentences(marker: str, count: int) -> str:

@@ -27,6 +27,7 @@ from service.app.ingest.index import IndexConfig
 from service.app.jobs.reindex import startup_decision
 from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.registry import DocumentRegistry, IndexPointer, index_pointer
+from tests.service.service_process import wait_for
 from tests.service.support import create_database, make_settings, running_app, services_of
 from tests.support.processes import ApiProcess, start_api
 from tests.support.servers import _stop
@@ -262,8 +263,12 @@ def test_replicas_starting_together_honour_a_rollback_and_a_waiting_one_gives_up
         assert registry.acquire_index_lease(holder, "rag_b_target", B.as_dict(), 600).holder == holder
         with running_app(settings("waiting", B), embedder=embedder) as waiting:
             reindexer = services_of(waiting).reindexer
-            status = reindexer.status()
-            assert status.state == "waiting"
+            # Its start-up re-index reports "building" until its thread has found the lease held: wait for that
+            # (read at once, a loaded machine could still show "building").
+            status = wait_for(
+                lambda: (s := reindexer.status()).state == "waiting" and s,
+                "the replica to wait for the lease",
+            )
             assert status.builder == holder
             # The operator rolls back meanwhile: the pointer now holds A against the deployed B.
             with registry.engine.begin() as connection:

@@ -92,7 +92,10 @@ def test_worker_probes_fail_when_it_stops_consuming_and_recover(
             tmp_path,
             redis_url=redis_server.url,
             worker_metrics_port=port,
-            worker_stale_seconds=1.0,
+            # Long against a stall (the probes read 200 only while a poll succeeded this recently: at 1 s, a
+            # loaded machine could miss it between the readiness wait and the liveness check), short for the wait
+            # for the probes to fail once Redis is gone.
+            worker_stale_seconds=5.0,
             jobs_sweep_seconds=0.2,
         )
         with TestClient(create_app(settings, embedder=embedder)) as client:

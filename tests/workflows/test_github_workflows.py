@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.workflows.stacks import REPO_ROOT
+from infra.workflows.stacks import REPO_ROOT, permanent_stacks
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 FILES = sorted(WORKFLOWS.glob("*.yml"))
@@ -206,7 +206,9 @@ def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
     wf = _load("nightly.yml")
     assert wf["on"]["schedule"][0]["cron"]
     drift = wf["jobs"]["drift"]
-    assert drift["strategy"]["matrix"]["stack"] == ["dev", "staging", "prod"]
+    # Every permanent stack of the checkout (each committed non-ephemeral Pulumi.<stack>.yaml) is checked: a new
+    # one must be added to the matrix (docs/delivery.md#adding-a-permanent-stack).
+    assert drift["strategy"]["matrix"]["stack"] == permanent_stacks(REPO_ROOT) == ["dev", "staging", "prod"]
     assert drift["strategy"]["fail-fast"] is False
     assert 'ragops drift --stack "${{ matrix.stack }}"' in _runs(drift)
     assert "ragops ephemeral reap" in _runs(wf["jobs"]["reap"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.workflows.promote import PROMOTABLE_KEYS, check_digest, merge_promotable, promote
-from infra.workflows.stacks import Context, UsageError, WorkflowError
+from infra.workflows.promote import PROMOTABLE_KEYS, check_digest, check_order, merge_promotable, promote
+from infra.workflows.stacks import Context, UsageError, WorkflowError, allowed_promotions
 from tests.workflows.conftest import ImageSourceChecks
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend, registry_ref, step_event
 
@@ -233,6 +233,46 @@ def test_refuses_any_other_order_before_calling_pulumi(
     _stacks(backend)
     with pytest.raises(UsageError, match="only allowed promotions are dev -> staging, staging -> prod"):
         promote(ctx, source, target)
+    assert backend.calls == []
+
+
+def test_a_fourth_permanent_stack_receives_along_its_environment(ctx: Context, backend: FakeBackend) -> None:
+    """EYES8 H1: a committed Pulumi.qa.yaml with environment staging receives from the dev stack (what its own
+    `pulumi up` refusal tells the operator to run), and passes its image on to prod; never sideways."""
+    _stacks(backend)
+    backend.add_stack("qa", config={"rag:environment": "staging"}, outputs={})
+
+    done = promote(ctx, "dev", "qa")
+
+    qa = backend.stacks["qa"]
+    assert qa.config_value("rag:image") == DIGEST
+    assert qa.config_value("rag:promotion")["from"] == "dev"
+    assert done.target == "qa"
+    check_order("qa", "prod", ctx.work_dir)
+    check_order("staging", "prod", ctx.work_dir)
+    assert allowed_promotions(ctx.work_dir) == [
+        ("dev", "staging"),
+        ("dev", "qa"),
+        ("staging", "prod"),
+        ("qa", "prod"),
+    ]
+    for source, target in (("staging", "qa"), ("qa", "staging"), ("qa", "dev"), ("prod", "qa")):
+        with pytest.raises(UsageError, match=rf"Cannot promote {source} -> {target}: .* by rag:environment"):
+            check_order(source, target, ctx.work_dir)
+
+
+def test_a_stack_file_without_a_promoted_environment_or_an_ephemeral_one_is_refused(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _stacks(backend)
+    (ctx.work_dir / "Pulumi.qa.yaml").write_text("config:\n  rag:environment: dev\n")
+    (ctx.work_dir / "Pulumi.pr-9.yaml").write_text(
+        "config:\n  rag:environment: staging\n  rag:ephemeral: {}\n"
+    )
+    with pytest.raises(UsageError, match=r"qa is environment dev, by rag:environment"):
+        promote(ctx, "dev", "qa")
+    with pytest.raises(UsageError, match=r"pr-9 is not a permanent stack"):
+        promote(ctx, "dev", "pr-9")
     assert backend.calls == []
 
 

@@ -27,6 +27,9 @@ from tests.support.servers import free_port, json_server
 from tests.workflows.fake_pulumi import FakeBackend
 
 runner = CliRunner()
+# How long a command here follows a real re-index (three documents: seconds) before it fails saying where it
+# stopped; the default (an hour) would leave a wait that never ends to pytest-timeout's stack dump.
+FOLLOW = "300"
 KEY = "tenant-key-0123456789abcdef0123"
 ADMIN = "admin-key-0123456789abcdef0123456"
 DOCS = {
@@ -114,6 +117,8 @@ def test_start_follows_to_the_switch_then_rolls_back_through_the_stack_outputs(
         "8",
         "--interval",
         "0.05",
+        "--timeout",
+        FOLLOW,
     )
     assert started.exit_code == 0, started.output
     out = _flat(started.output)
@@ -162,6 +167,8 @@ def test_start_follows_to_the_switch_then_rolls_back_through_the_stack_outputs(
         "64",
         "--chunk-overlap",
         "8",
+        "--timeout",
+        FOLLOW,
     )
     # The same config as the standby: built again from the kept texts (4 documents now), then switched.
     assert forward.exit_code == 0, forward.output
@@ -427,7 +434,7 @@ def test_up_follows_the_reindex_the_new_pods_started_at_start_up(
             "adminApiKey": ADMIN,
             "embedding": _embedding(96, 16),
         }
-        result = _invoke(ctx, "up", "-s", "dev", "-q")
+        result = _invoke(ctx, "up", "-s", "dev", "-q", "--reindex-timeout", FOLLOW)
         assert result.exit_code == 0, result.output
         out = _flat(result.output)
         assert f"dev: index config changed {MINILM} (chunk 200/32) -> {MINILM} (chunk 96/16)" in out
@@ -499,7 +506,7 @@ def test_promote_copies_the_model_records_the_image_models_and_follows_the_reind
         "adminApiKey": ADMIN,
         "embedding": _embedding(48, 8, image=[MINILM, BGE]),
     }
-    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "-q")
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "-q", "--reindex-timeout", FOLLOW)
     assert result.exit_code == 0, result.output
     out = _flat(result.output)
     assert "staging: index config changed" in out

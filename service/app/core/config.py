@@ -102,13 +102,16 @@ class Settings(BaseSettings):
         description="merge small segments in a child process once writes have paused this long; 0: never",
     )
     edge_consolidate_segment_points: int = Field(
-        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
+        102400, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     edge_hnsw_ef: int = Field(
-        250,
+        600,
         ge=1,
         le=10_000,
-        description="HNSW search beam per segment of the edge store (higher: better recall, more CPU per search)",
+        description=(
+            "HNSW search beam per merged segment of the edge store (higher: better recall, more CPU per search); "
+            "a shard of unmerged segments is searched with at most 250"
+        ),
     )
     edge_consolidate_replay_max_points: int = Field(
         4096,

@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, TimeoutError
@@ -155,6 +156,24 @@ def _extract_in_child(kind: str, payload: Any, content_type: str, cpu_seconds: i
 
 
 # --------------------------------------------------------------------------------------------- in the API
+#: A -W option for the interpreters multiprocessing starts (the resource tracker, the forkserver): they take
+#: this process's sys.warnoptions on their command line.
+QUIET_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker without its leak warning (EYES7 L4).
+
+    The pool's queues use named POSIX semaphores, registered with the resource tracker: a process of its own
+    that unlinks whatever its parent did not. After a ``kill -9`` (or the OOM killer) of the service it unlinks
+    them, as it should, and warns "There appear to be 2 leaked semaphore objects to clean up at shutdown" on the
+    service's stderr: an alarming line, after the process's own log, about a clean-up that worked. The warning
+    is ignored in the tracker only (this process read its warning options at start-up), before it starts.
+    """
+    if QUIET_TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(QUIET_TRACKER_WARNING)
+
+
 class Extractor:
     """Text extraction within the per-document budgets of the settings (see the module docstring)."""
 
@@ -172,6 +191,7 @@ class Extractor:
 
     # ---- the pool
     def _context(self) -> Any:
+        quiet_resource_tracker()
         context = multiprocessing.get_context("forkserver")
         # Workers fork from a server that imported the parsers once: a new worker costs a fork, not an import.
         # "__main__": a main run as a script (not `python -m`) is imported once there, not again per worker.

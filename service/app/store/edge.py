@@ -151,7 +151,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 30720
+CONSOLIDATE_SEGMENT_POINTS = 102400
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
@@ -162,23 +162,28 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # with a wider beam (hnsw_ef) than the engine's default (ef_construct, 100), which buys the recall back.
 QUANTIZATION_QUANTILE = 0.99
 QUANTIZATION_OVERSAMPLING = 2.0
-# The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17"). A search
-# costs about one HNSW walk per segment, and recall on a near-duplicate-heavy corpus falls as a segment holds more
-# copies of one text: with 16 links per point (32 on the base layer) three 33k-point segments of bench/scale.py's
-# corpus (~17 copies of each chunk) kept recall@5 0.92-0.95 at beams 100-160, seven 14k-point ones 0.977 at 100.
-# With 32 links recall holds in larger segments, but varies from build to build past ~25k points (three segments
-# of 33k: 0.991 at beam 160; two of 38.5k + one of 23k, as the merge packs them: 0.953-0.957). Five merged
-# segments of <= 23k (cap 30,720) kept 0.985 at beam 128 for 0.75x the warm engine CPU of seven at 16 links and
-# beam 100 (0.977); with int8 quantization (EDGE_QUANTIZATION, the default for new shards) 0.970-0.998 at beam 160
-# across builds and corpora, for 0.43x the warm and 0.62x the cold CPU, and 0.988 at 250 in a build that gave 0.982
-# at 160: the default beam is 250, for margin. So shards are built with HNSW_M links (new shards, and every segment a consolidation merges:
-# the child loads its copy with this graph config, which rebuilds what it merges) and searched with EDGE_HNSW_EF.
+# The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17" and "One
+# merged segment at 100k, stop 18"). A search costs about one HNSW walk per segment, and recall on a
+# near-duplicate-heavy corpus falls as a segment holds more copies of one text (bench/scale.py's: 50 copies of each
+# chunk at ~0.87 cosine): a point's base-layer links (2 x m) fill up inside its clique and the graph falls apart
+# into islands that no beam buys back. With 16 links, seven segments of ~14k; with 32, five of <= 23k (0.970-0.998
+# at beam 160 across builds; 0.953-0.957 in two of 38.5k); with 64 links (128 on the base layer, more than a clique
+# fills), ONE merged segment of all 100k points kept recall@5 0.991-0.992 at beam 600 in three builds (0.983-0.988
+# at 400), for 0.45-0.65x the engine CPU per new query of five 32-link segments at beam 250, on the calling thread
+# (no hand-off to the search pool). So shards are built with HNSW_M links (new shards, and every segment a
+# consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges), the cap
+# merges 100k chunks into one segment, and a shard of merged segments is searched with EDGE_HNSW_EF (600).
+# The beam is per segment, and a segment the serving process built (at most EDGE_SEGMENT_POINTS) needs less: a
+# shard whose segments hold EDGE_SEGMENT_POINTS points or fewer on average (before its first consolidation, or
+# with consolidation off) is searched with min(EDGE_HNSW_EF, SMALL_SEGMENT_EF): 13 unmerged segments at beam 600
+# cost 1.8x the CPU of 250 (`search_beam`).
 # The serving process loads a shard with the graph config it has stored: a different one would make the engine
 # rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
 # shard built by an earlier release takes HNSW_M at its next consolidation.
-HNSW_M = 32
+HNSW_M = 64
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF = 250
+HNSW_EF = 600
+SMALL_SEGMENT_EF = 250
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
@@ -366,7 +371,7 @@ def search_threads(configured: int = 0, segments: int | None = None) -> int:
     machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
     (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
     taken when the shard is opened: at start-up and when a consolidation swaps merged segments in. The default
-    consolidation leaves 6 at 100k chunks (5 merged + the appendable one): a pool, as at 7.
+    consolidation leaves 2 at 100k chunks (1 merged + the appendable one): the calling thread.
     """
     if configured:
         return configured
@@ -381,6 +386,17 @@ def shard_segments(path: Path) -> int:
         return sum(1 for entry in os.scandir(path / "segments") if entry.is_dir())
     except OSError:
         return 0
+
+
+def search_beam(hnsw_ef: int, *, points: int, segments: int, segment_points: int) -> int:
+    """The HNSW beam a shard of ``points`` in ``segments`` (the appendable one included) is searched with:
+    ``hnsw_ef`` (EDGE_HNSW_EF) once its segments average more than ``segment_points`` (EDGE_SEGMENT_POINTS: what
+    the serving process's bounded passes build) points, i.e. it holds merged segments; else the smaller
+    ``SMALL_SEGMENT_EF`` (never more than ``hnsw_ef``). Chosen when the shard is opened (start-up, and a
+    consolidation's swap), like the search pool."""
+    if points > segment_points * max(1, segments):
+        return hnsw_ef
+    return min(hnsw_ef, SMALL_SEGMENT_EF)
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -894,7 +910,7 @@ class EdgeVectorStore:
         # New shards are created with it; a shard keeps what it was created with (changing it would rebuild
         # every segment in this process, holding the GIL), and is searched as it is stored (_read_search_params).
         self.quantization = quantization
-        self.hnsw_ef = hnsw_ef  # EDGE_HNSW_EF: the search beam (per segment)
+        self.hnsw_ef = hnsw_ef  # EDGE_HNSW_EF: the search beam per merged segment (`search_beam`)
         self._search_params: qe.SearchParams | None = None
         self._gate = _Gate()
         # While a consolidation's child merges its copy: every write acknowledged since the copy, in the order it
@@ -1538,14 +1554,21 @@ class EdgeVectorStore:
         )
 
     def _read_search_params(self) -> qe.SearchParams:
-        """Search settings for the shard as stored: the beam EDGE_HNSW_EF; a quantized shard is searched on its
-        int8 vectors and the best candidates rescored with the original vectors (so every score is the exact
-        cosine)."""
+        """Search settings for the shard as stored: the beam `search_beam` chooses from EDGE_HNSW_EF and the
+        layout; a quantized shard is searched on its int8 vectors and the best candidates rescored with the
+        original vectors (so every score is the exact cosine)."""
         config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
+        info = self.shard.info()
+        beam = search_beam(
+            self.hnsw_ef,
+            points=info.points_count,
+            segments=info.segments_count,
+            segment_points=self._segment_points,
+        )
         if not config.get("quantization_config"):
-            return qe.SearchParams(hnsw_ef=self.hnsw_ef)
+            return qe.SearchParams(hnsw_ef=beam)
         return qe.SearchParams(
-            hnsw_ef=self.hnsw_ef,
+            hnsw_ef=beam,
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING),
         )
 
