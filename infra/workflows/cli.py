@@ -516,7 +516,7 @@ def ephemeral_up(
     context: Context = ctx.obj
 
     def action() -> ephemeral_mod.EphemeralStack:
-        ephemeral_mod.validate_name(name)
+        ephemeral_mod.validate_name(name, context.work_dir)
         ephemeral_mod.parse_ttl(ttl)
         ephemeral_mod.template_config(
             context.work_dir, name, domain=domain
@@ -567,7 +567,7 @@ def ephemeral_destroy(
     context: Context = ctx.obj
 
     def action() -> bool:
-        ephemeral_mod.validate_name(name)
+        ephemeral_mod.validate_name(name, context.work_dir)
         with _progress(f"ephemeral destroy {name}", quiet) as (on_output, on_event):
             return ephemeral_mod.destroy(context, name, force=force, on_output=on_output, on_event=on_event)
 

@@ -49,6 +49,7 @@ from infra.workflows.stacks import (
     UsageError,
     WorkflowError,
     _as_object,
+    is_permanent,
     parse_rfc3339,
     rfc3339,
     set_config_values,
@@ -60,6 +61,8 @@ TEMPLATE = Path(__file__).with_name("ephemeral.template.yaml")
 # A DNS label (it becomes a namespace and a hostname) short enough to leave room for resource-name suffixes.
 NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 MAX_NAME_LENGTH = 40
+#: The names CI gives PR stacks (pr.yml, pr-close.yml): `destroy --force` trusts them without a record.
+PR_NAME_RE = re.compile(r"pr-[0-9]+")
 TTL_RE = re.compile(r"(\d+)([smhd])")
 TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MIN_TTL = timedelta(minutes=5)
@@ -69,14 +72,27 @@ class NotEphemeralError(WorkflowError):
     """The named stack exists but carries no ``rag:ephemeral`` record: not ours to adopt or destroy."""
 
 
+class PermanentStackError(UsageError, NotEphemeralError):
+    """The name is a permanent stack's (its stack file in the checkout carries no ``rag:ephemeral`` key)."""
+
+
 MAX_TTL = timedelta(days=7)
 
 
-def validate_name(name: str) -> str:
-    """Return the name if it can be an ephemeral stack name, else raise UsageError saying why."""
+def validate_name(name: str, work_dir: Path | None = None) -> str:
+    """Return the name if it can be an ephemeral stack name, else raise UsageError saying why.
+
+    With `work_dir` (the checkout), a name whose ``Pulumi.<name>.yaml`` there carries no ``rag:ephemeral`` key is a
+    permanent stack too (a committed ``Pulumi.qa.yaml``: `stacks.is_permanent`)."""
     if name in PERMANENT_STACKS:
         raise UsageError(
             f"{name!r} is a permanent stack; ephemeral stacks need their own name (e.g. pr-123)."
+        )
+    if work_dir is not None and is_permanent(work_dir, name):
+        raise PermanentStackError(
+            f"{name!r} is not an ephemeral stack: Pulumi.{name}.yaml in this checkout has no {EPHEMERAL_KEY} "
+            "record, so it is a permanent stack (docs/delivery.md#adding-a-permanent-stack); ephemeral stacks need "
+            "their own name (e.g. pr-123), and `--force` does not change that."
         )
     if len(name) > MAX_NAME_LENGTH or not NAME_RE.match(name):
         raise UsageError(
@@ -466,7 +482,7 @@ def up(
     An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
     refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
     anything torn down."""
-    validate_name(name)
+    validate_name(name, ctx.work_dir)
     lifetime = parse_ttl(ttl)
     record = EphemeralStack(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
@@ -688,11 +704,26 @@ def destroy(
     valid name is not ours to destroy. (CI passes ``--force`` for ``pr-<number>``, a name only ephemeral stacks
     use, so a stack whose first update was killed before recording anything is still cleaned up.) With
     ``force`` a stale backend lock (a killed job's, see :func:`stale_lock_reason`) is cancelled first.
+
+    ``force`` never destroys a permanent stack: one whose stack file in the checkout has no ``rag:ephemeral`` key
+    (a committed ``Pulumi.qa.yaml``), or, unless named ``pr-<number>`` (CI's names, which only PR stacks use), one
+    whose latest update ran without that key (every update `up` runs has it: :func:`_updated_as_ephemeral`).
     """
-    validate_name(name)
+    validate_name(name, ctx.work_dir)
     ws = ctx.workspace()
     try:
-        if not force:
+        if force:
+            try:
+                updated = _updated_as_ephemeral(ws, name)
+            except StackNotFoundError:
+                return False
+            if updated is False and not PR_NAME_RE.fullmatch(name):
+                raise NotEphemeralError(
+                    f"Stack {name!r} was last updated without a {EPHEMERAL_KEY} record (not by `ragops ephemeral "
+                    "up`), so it is not an ephemeral stack; refusing to destroy it, --force or not. Destroy a "
+                    f"permanent stack with `pulumi destroy -s {name}`."
+                )
+        else:
             try:
                 record = read_ephemeral(ws, name)
             except StackNotFoundError:
@@ -740,6 +771,16 @@ def read_ephemeral(ws: Workspace, stack: str) -> dict[str, Any] | None:
         if record:
             return record
     return _history_record(ws, stack)
+
+
+def _updated_as_ephemeral(ws: Workspace, stack: str) -> bool | None:
+    """Whether the stack's latest update (not a destroy or refresh: a fresh CI checkout's teardown records an empty
+    config) ran with a ``rag:ephemeral`` key, as every update of `up` does; None when it never ran an update (a
+    first `up` killed before it started)."""
+    for entry in Stack.select(stack, ws).history(page_size=20, show_secrets=False):
+        if entry.kind == "update":
+            return EPHEMERAL_KEY in (entry.config or {})
+    return None
 
 
 def _history_record(ws: Workspace, stack: str) -> dict[str, Any] | None:

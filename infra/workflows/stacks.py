@@ -169,14 +169,15 @@ def committed_config(work_dir: Path, stack: str) -> dict[str, Any] | None:
 
 
 def is_permanent(work_dir: Path, stack: str) -> bool:
-    """Whether `stack` is a permanent stack: one of PERMANENT_STACKS, or a stack file in the checkout that carries
-    no ``rag:ephemeral`` key (`ragops ephemeral up` writes that key into every PR stack's file; a committed stack
-    file such as ``Pulumi.qa.yaml`` never has it)."""
+    """Whether `stack` is a permanent stack: one of PERMANENT_STACKS, or a stack file in the checkout with config
+    but no ``rag:ephemeral`` key (`ragops ephemeral up` writes that key into every PR stack's file; a committed
+    stack file such as ``Pulumi.qa.yaml`` never has it). A file without config (only the passphrase provider's
+    ``encryptionsalt``, which `pulumi stack init` writes) says nothing."""
     short = stack.rsplit("/", 1)[-1]
     if short in PERMANENT_STACKS:
         return True
     config = committed_config(work_dir, short)
-    return config is not None and f"{PROJECT}:ephemeral" not in config
+    return bool(config) and f"{PROJECT}:ephemeral" not in config
 
 
 def stack_environment(work_dir: Path, stack: str) -> str:

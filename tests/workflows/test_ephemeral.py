@@ -458,6 +458,30 @@ def test_destroy_refuses_a_stack_without_an_ephemeral_record_unless_forced(
     assert "scratch" not in backend.stacks
 
 
+def test_force_never_destroys_a_permanent_stack(ctx: Context, backend: FakeBackend) -> None:
+    """EYES8 M2: `destroy --force --stack qa` destroyed and removed a committed fourth permanent stack."""
+    backend.add_stack("qa", config={"rag:environment": "staging"})  # a committed Pulumi.qa.yaml
+    for force in (False, True):
+        with pytest.raises(ephemeral.PermanentStackError, match=r"Pulumi\.qa\.yaml .* no rag:ephemeral"):
+            ephemeral.destroy(ctx, "qa", force=force)
+    with pytest.raises(ephemeral.PermanentStackError):
+        ephemeral.up(ctx, "qa", "24h")
+    assert backend.calls == []
+    assert backend.stacks["qa"].resources == 12
+
+    # On a checkout without its file: its last update ran without a record (not `ephemeral up`), so still refused,
+    # unless the name is CI's pr-<number>, which only PR stacks use.
+    for name in ("qa", "pr-21"):
+        backend.add_stack(name, config={"rag:environment": "dev"})
+        (ctx.work_dir / f"Pulumi.{name}.yaml").unlink()
+    with pytest.raises(ephemeral.NotEphemeralError, match="last updated without a rag:ephemeral record"):
+        ephemeral.destroy(ctx, "qa", force=True)
+    assert backend.commands("destroy") == []
+    assert "qa" in backend.stacks
+    assert ephemeral.destroy(ctx, "pr-21", force=True) is True
+    assert "pr-21" not in backend.stacks
+
+
 def test_destroy_reads_the_record_from_state_on_a_fresh_checkout(ctx: Context, backend: FakeBackend) -> None:
     record = {"name": "pr-77", "owner": "a", "expiresAt": "2026-03-09T00:00:00Z"}
     backend.add_stack("pr-77", config={}, outputs={"ephemeral": record})  # no local stack file values
