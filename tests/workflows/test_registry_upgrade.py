@@ -45,6 +45,20 @@ def test_an_undeclared_major_change_is_refused_before_pulumi_runs(ctx: Context, 
     assert backend.commands("preview") == []
 
 
+def test_a_major_downgrade_is_refused_with_its_own_advice(ctx: Context, backend: FakeBackend) -> None:
+    """EYES8 L7: 18 -> 17 is not an undeclared upgrade (whose fromVersion advice led to a second error)."""
+    _deployed(backend, "18")
+    _configure(backend, "17")
+    with pytest.raises(registry_upgrade.MajorUpgradeRefused) as caught:
+        deploy(ctx, "prod")
+    message = str(caught.value)
+    assert (
+        "rag:postgres.version goes from 18 down to 17: PostgreSQL has no in-place major downgrade" in message
+    )
+    assert "fromVersion" not in message
+    assert backend.commands("up") == []
+
+
 def test_the_declared_upgrade_and_its_cleared_follow_up_go_ahead(ctx: Context, backend: FakeBackend) -> None:
     _deployed(backend, "17")
     _configure(backend, "18", **UPGRADE)
