@@ -224,12 +224,15 @@ def major_upgrade_refusal(
         return None
     if is_downgrade(planned, majors):
         # Not an undeclared upgrade (whose advice, fromVersion, config.py refuses as "not below"): no way down.
-        newest = max(majors, key=int)
+        back = (
+            f"(`pulumi config set --path rag:postgres.version '\"{current}\"' -s {stack}`)"
+            if len(majors) == 1
+            else f"to the major the registry runs ({current})"
+        )
         return (
             f"rag:postgres.version goes from {current} down to {planned.major}: PostgreSQL has no in-place major "
-            "downgrade (pg_upgrade only goes up; CloudNativePG, RDS and Cloud SQL refuse it). Set it back "
-            f"(`pulumi config set --path rag:postgres.version '\"{newest}\"' -s {stack}`), or restore a backup "
-            f"into a new registry of the older major ({runbook})."
+            f"downgrade (pg_upgrade only goes up; CloudNativePG, RDS and Cloud SQL refuse it). Set it back {back}, "
+            f"or restore a backup into a new registry of the older major ({runbook})."
         )
     source = current if len(majors) == 1 else "<the major the instance runs>"
     if not planned.managed:
