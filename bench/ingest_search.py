@@ -548,6 +548,10 @@ def main() -> None:
         # The service holds what the raw shard holds for the searches below: the httpx copies go.
         for document_id, _, _ in documents:
             client.delete(f"/v1/documents/httpx-{document_id}").raise_for_status()
+        # The engine's background optimizer runs once writes paused EDGE_OPTIMIZE_IDLE_SECONDS (holding the GIL):
+        # let it do the ingest's and the deletes' work before the searches are timed.
+        time.sleep(settings.edge_optimize_idle_seconds + 1)
+        Quiescence(service.proc.pid, max_wait=10).wait("searches", 0)
 
         tenant = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue("default"))])
 

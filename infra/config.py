@@ -934,6 +934,44 @@ def check_config_keys(stack: str) -> None:
                 f"stored in plain text (it would sit in the stack file and git history); set it with "
                 f"`pulumi config set --secret {key} ...`",
             )
+    # An inline kubeconfig (rag:cluster.existing.kubeconfig) may carry the cluster's credentials. The engine marks
+    # an object secure when any value in it is (`pulumi config set --path --secret`), so rag:cluster as a whole.
+    cluster = get_config(f"{PROJECT}:cluster")
+    if cluster and not is_config_secret(f"{PROJECT}:cluster"):
+        try:
+            inline = ((json.loads(cluster) or {}).get("existing") or {}).get("kubeconfig") or ""
+        except (ValueError, AttributeError):
+            inline = ""  # not an object: parse_config names it
+        if isinstance(inline, str) and kubeconfig_credentials(inline):
+            key = f"{PROJECT}:cluster.existing.kubeconfig"
+            raise ConfigError(
+                key,
+                file,
+                f"an inline kubeconfig with credentials ({', '.join(kubeconfig_credentials(inline))}) stored in "
+                "plain text (it would sit in the stack file and git history); give a path to it instead, or set "
+                f'it with `pulumi config set --path --secret {key} "$(cat <kubeconfig>)"`',
+            )
+
+
+#: What a kubeconfig user entry may hold that grants access by itself (client-go's AuthInfo fields).
+KUBECONFIG_CREDENTIALS = ("token", "client-key-data", "password")
+
+
+def kubeconfig_credentials(text: str) -> list[str]:
+    """The credential fields an inline kubeconfig (not a path) holds in its users; empty for a path, or for a
+    kubeconfig that authenticates through an exec plugin or files."""
+    if "\n" not in text and not text.lstrip().startswith("{"):
+        return []  # a path
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return []
+    found: set[str] = set()
+    for entry in (doc.get("users") if isinstance(doc, Mapping) else None) or []:
+        user = entry.get("user") if isinstance(entry, Mapping) else None
+        if isinstance(user, Mapping):
+            found |= {name for name in KUBECONFIG_CREDENTIALS if user.get(name)}
+    return sorted(found)
 
 
 def _decode(key: str, text: str, decl: Mapping[str, Any], stack: str) -> Any:

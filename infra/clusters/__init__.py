@@ -79,3 +79,20 @@ def build_cluster(config: StackConfig) -> ClusterTarget:
     from infra.clusters.existing import build_existing
 
     return build_existing(config)
+
+
+def provider_stack_keys(namespace: str) -> dict[str, Any]:
+    """The `<namespace>:*` keys (bare name -> value as the CLI hands it) the stack's config sets.
+
+    The program's cloud providers are explicit (`aws.Provider("aws", ...)`, `gcp.Provider("gcp", ...)`), and an
+    explicit provider reads no stack config of its package: `aws:profile` or `gcp:project` in a stack file would do
+    nothing at all. The cloud targets read them from here to honour or refuse each one (eks.py, gke.py).
+    """
+    from pulumi.runtime.config import CONFIG, get_config, get_config_env
+
+    prefix = f"{namespace}:"
+    return {
+        key[len(prefix) :]: get_config(key)
+        for key in sorted({*CONFIG.get(), *get_config_env()})
+        if key.startswith(prefix)
+    }

@@ -20,9 +20,11 @@ EventBridge rules, and node lifecycles outside the managed node group; one insta
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import ipaddress
 import json
+import re
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
@@ -32,7 +34,7 @@ import pulumi_aws as aws
 import pulumi_command as command
 import pulumi_kubernetes as k8s
 
-from infra.clusters import ClusterTarget, Registry
+from infra.clusters import ClusterTarget, Registry, provider_stack_keys
 from infra.components.gateway import envoy_gateway_crds
 from infra.components.image import ecr_lifecycle_policy, protect_existing_script
 from infra.config import (
@@ -530,6 +532,92 @@ def check_version_step(wanted: str, running: str | None, node_groups: Mapping[st
     return wanted
 
 
+#: The `aws:*` stack keys the program hands its explicit AWS provider (stack key -> ProviderArgs argument): the
+#: account guards. pulumi-aws checks the credentials' account (STS GetCallerIdentity) against them when the provider
+#: is configured, before any read or change: `aws:allowedAccountIds: ["111122223333"]` in a stack file is what stops
+#: a deploy from a shell whose credentials reach another account (docs/infra.md, "AWS credentials and account").
+AWS_ACCOUNT_GUARDS = {
+    "allowedAccountIds": "allowed_account_ids",
+    "forbiddenAccountIds": "forbidden_account_ids",
+}
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$")
+
+
+def check_region(region: str, file: str) -> str:
+    """`region` if AWS has such a region (pulumi-aws's `Region` enum, the provider's own list); a ConfigError naming
+    rag:cluster.eks.region otherwise. pulumi-aws defaults `skip_region_validation` to true, so a mistyped region
+    passed every offline check and a real `up` failed at the first call (a DNS error for
+    eks.<region>.amazonaws.com), reported as an unreadable cluster version."""
+    known = sorted(r.value for r in aws.Region)
+    if region not in known:
+        close = difflib.get_close_matches(region, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(
+            "rag:cluster.eks.region",
+            file,
+            f"{region!r} is not an AWS region{hint}: one of {', '.join(known)}",
+        )
+    return region
+
+
+def aws_provider_args(region: str, keys: Mapping[str, Any], file: str) -> dict[str, Any]:
+    """The explicit AWS provider's arguments from the stack's `aws:*` keys (`keys`, bare name -> value).
+
+    An explicit provider reads no `aws:*` stack config, so each key is honoured here or refused, never ignored:
+    - `aws:allowedAccountIds` / `aws:forbiddenAccountIds` (lists of 12-digit account IDs) are passed on.
+    - `aws:region` must equal rag:cluster.eks.region (the one source: the kubeconfig and the plan use it).
+    - `aws:profile` is refused: the provider is not the only AWS client of an `up` (the kubeconfig's
+      `aws eks get-token`, the image copy's `aws ecr get-login-password` run with the shell's credentials), so a
+      profile given to the provider alone would split one deploy across two identities. The shell's
+      `AWS_PROFILE` reaches them all; `aws:allowedAccountIds` guards the account.
+    - Any other `aws:*` key is refused as doing nothing.
+    """
+    args: dict[str, Any] = {}
+    for bare, value in sorted(keys.items()):
+        key = f"aws:{bare}"
+        if bare == "region":
+            if value != region:
+                raise ConfigError(
+                    key,
+                    file,
+                    f"{value} differs from rag:cluster.eks.region ({region}), the only region the stack's AWS "
+                    "provider uses: remove aws:region (or make it equal)",
+                )
+        elif bare == "profile":
+            raise ConfigError(
+                key,
+                file,
+                "not read (the stack's AWS provider is explicit, and the kubeconfig and image copy use the "
+                f"shell's credentials): remove it and run with AWS_PROFILE={value}; pin the account with "
+                'aws:allowedAccountIds (docs/infra.md, "AWS credentials and account")',
+            )
+        elif bare in AWS_ACCOUNT_GUARDS:
+            try:
+                ids = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError:
+                ids = value
+            if (
+                not isinstance(ids, list)
+                or not ids
+                or not all(isinstance(i, str) and _ACCOUNT_ID.match(i) for i in ids)
+            ):
+                raise ConfigError(
+                    key,
+                    file,
+                    f'must be a list of quoted 12-digit AWS account IDs, e.g. ["111122223333"] (got {value})',
+                )
+            args[AWS_ACCOUNT_GUARDS[bare]] = ids
+        else:
+            raise ConfigError(
+                key,
+                file,
+                "not read: the stack's AWS provider is explicit (infra/clusters/eks.py) and takes only "
+                "aws:allowedAccountIds, aws:forbiddenAccountIds and rag:cluster.eks.region; credentials come from "
+                "the environment (AWS_PROFILE; a role to assume goes in that profile). Remove the key",
+            )
+    return args
+
+
 def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str | None, dict[str, str]]:
     """(the Kubernetes version the cluster `name` runs, {node group: its version}), read from EKS (ListClusters,
     DescribeCluster, ListNodegroups, DescribeNodegroup) with the stack's own `provider`; (None, {}) when no cluster
@@ -599,12 +687,15 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     name = cloud_name(stack, limit=100)
     # The in-tree load balancer controller picks subnets carrying this tag (cloud-provider-aws findSubnets).
     cluster_tag = f"kubernetes.io/cluster/{name}"
+    file = stack_file(stack)
     aws_provider = aws.Provider(
-        "aws", region=eks.region, default_tags={"tags": {"project": "rag", "stack": stack}}
+        "aws",
+        region=check_region(eks.region, file),
+        default_tags={"tags": {"project": "rag", "stack": stack}},
+        **aws_provider_args(eks.region, provider_stack_keys("aws"), file),
     )
     # The version EKS can reach from what runs, checked before any cloud resource is declared (running_version):
     # a refused step fails the preview or `up` with the reason, not an `up` half way at UpdateClusterVersion.
-    file = stack_file(stack)
     running, node_groups = running_version(name, aws_provider, file)
     version = check_version_step(eks.version, running, node_groups, file)
     warning = support_warning(version, date.today(), file)

@@ -19,7 +19,7 @@ import pulumi_command as command
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.clusters import ClusterTarget, Registry
+from infra.clusters import ClusterTarget, Registry, provider_stack_keys
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
 from infra.config import ConfigError, GkeCluster, StackConfig, internal_load_balancer, stack_file
@@ -206,6 +206,37 @@ def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, f
     return found.master_version or None
 
 
+def check_gcp_keys(gke: GkeCluster, keys: Mapping[str, Any], file: str) -> None:
+    """Refuse `gcp:*` stack keys the explicit Google provider would not read (`keys`: bare name -> value).
+
+    `gcp:project` / `gcp:region` equal to rag:cluster.gke.project / region are harmless; a different value is what
+    the reader of the stack file would believe is deployed, so it is refused, as is any other `gcp:*` key
+    (credentials come from the environment: ADC or GOOGLE_APPLICATION_CREDENTIALS)."""
+    sources = {
+        "project": ("rag:cluster.gke.project", gke.project),
+        "region": ("rag:cluster.gke.region", gke.region),
+    }
+    for bare, value in sorted(keys.items()):
+        key = f"gcp:{bare}"
+        if bare in sources:
+            source, wanted = sources[bare]
+            if value != wanted:
+                raise ConfigError(
+                    key,
+                    file,
+                    f"{value} differs from {source} ({wanted}), the only {bare} the stack's Google provider uses: "
+                    f"remove {key} (or make it equal)",
+                )
+            continue
+        raise ConfigError(
+            key,
+            file,
+            "not read: the stack's Google provider is explicit (infra/clusters/gke.py) and takes its project and "
+            "region from rag:cluster.gke; credentials come from the environment (gcloud auth "
+            "application-default login, GOOGLE_APPLICATION_CREDENTIALS). Remove the key",
+        )
+
+
 def build_gke(config: StackConfig) -> ClusterTarget:
     """The GKE cluster target for `config` (provider `gke`)."""
     gke = config.cluster.gke
@@ -213,6 +244,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
     cluster_name = cloud_name(stack, limit=CLUSTER_NAME_LIMIT)
     low, high = ACCOUNT_ID_LIMIT
     protect = config.protect
+    check_gcp_keys(gke, provider_stack_keys("gcp"), stack_file(stack))
     gcp_provider = gcp.Provider("gcp", project=gke.project, region=gke.region)
     if gke.minMasterVersion:
         # Checked against what runs before anything else is declared: a refused step fails the preview or `up`

@@ -47,7 +47,7 @@ from infra.workflows import restore as restore_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy, keep_promoted
 from infra.workflows.errors import describe
-from infra.workflows.preview import run_preview
+from infra.workflows.preview import PreviewReport, run_preview
 from infra.workflows.stacks import (
     POLICY_PACK,
     REPO_ROOT,
@@ -236,6 +236,11 @@ def preview(
         keep_promoted(
             ws, stack
         )  # preview what `ragops up` would deploy: a staging/prod checkout names no image
+        try:
+            # `ragops up`'s own check: a PR whose merge's `up` would be refused must not get a green comment.
+            _check_models_kept(context, stack)
+        except WorkflowError as exc:
+            return PreviewReport(stack=stack, changes={}, steps=[], violations=[], error=str(exc))
         with _progress(f"preview {stack}", quiet) as (on_output, on_event):
             return run_preview(
                 ws,
@@ -287,14 +292,7 @@ def up(
     def action() -> tuple[dict[str, int], dict[str, Any] | None]:
         # First, so the image check below sees the promoted image a staging/prod checkout does not name.
         keep_promoted(context.workspace(), stack)
-        before = _deployed_embedding(context, stack)
-        if before is not None:
-            planned = reindex_mod.planned_image_models(
-                context.workspace().get_all_config(stack), _declared_embedding(context)
-            )
-            reindex_mod.check_image_keeps(
-                stack, before, planned, where=f"rag:embedding.extraModels in Pulumi.{stack}.yaml"
-            )
+        before = _check_models_kept(context, stack)
         with _progress(f"up {stack}", quiet) as (on_output, on_event):
             changes = deploy(
                 context,
@@ -310,6 +308,21 @@ def up(
     summary = describe_counts(changes) or "no changes"
     console.print(f"up {stack}: {summary}", highlight=False)
     _follow_index_change(context, stack, before, reindex_timeout)
+
+
+def _check_models_kept(context: Context, stack: str) -> dict[str, Any] | None:
+    """Refuse (WorkflowError) an update whose image would lack the model the deployed index was built with
+    (reindex.check_image_keeps); gives the deployed ``embedding`` output (None: not deployed yet). Run by `up` and,
+    so that a PR's comment is red when its merge's `up` would be refused, by `preview`."""
+    before = _deployed_embedding(context, stack)
+    if before is not None:
+        planned = reindex_mod.planned_image_models(
+            context.workspace().get_all_config(stack), _declared_embedding(context)
+        )
+        reindex_mod.check_image_keeps(
+            stack, before, planned, where=f"rag:embedding.extraModels in Pulumi.{stack}.yaml"
+        )
+    return before
 
 
 def _deployed_embedding(context: Context, stack: str) -> dict[str, Any] | None:

@@ -683,3 +683,38 @@ def test_encrypted_secrets_and_provider_namespaces_pass() -> None:
     )
     result = run_stack("staging", stack_config=stack_config)
     assert result.outputs["serviceUrl"].startswith("https://")
+
+
+INLINE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://10.0.0.1:6443"}}]
+contexts: [{name: kind-rag, context: {cluster: c, user: u}}]
+current-context: kind-rag
+users: [{name: u, user: {token: abc.def}}]
+"""
+
+
+def test_an_inline_kubeconfig_with_credentials_in_plain_text_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        run_stack("dev", config_overrides={"cluster": {"existing": {"kubeconfig": INLINE_KUBECONFIG}}})
+    assert caught.value.key == "rag:cluster.existing.kubeconfig"
+    assert caught.value.stack_file == "Pulumi.dev.yaml"
+    assert "credentials (token)" in str(caught.value)
+    assert "pulumi config set --path --secret rag:cluster.existing.kubeconfig" in str(caught.value)
+
+
+def test_a_kubeconfig_path_or_one_without_credentials_is_not_a_secret() -> None:
+    from infra.config import kubeconfig_credentials
+
+    assert kubeconfig_credentials("~/.kube/config") == []
+    assert kubeconfig_credentials("/etc/rancher/k3s/k3s.yaml") == []
+    # EKS/GKE style: an exec plugin fetches a short-lived token; the file itself grants nothing.
+    exec_plugin = INLINE_KUBECONFIG.replace(
+        "{token: abc.def}", "{exec: {command: aws, args: [eks, get-token]}}"
+    )
+    assert kubeconfig_credentials(exec_plugin) == []
+    both = INLINE_KUBECONFIG.replace("{token: abc.def}", '{client-key-data: "LS0t", password: "p"}')
+    assert kubeconfig_credentials(both) == ["client-key-data", "password"]
+    assert kubeconfig_credentials("{not yaml: [") == []
+    result = run_stack("dev", config_overrides={"cluster": {"existing": {"kubeconfig": exec_plugin}}})
+    assert result.outputs["serviceUrl"].startswith("https://")

@@ -115,12 +115,22 @@ def test_the_runner_wraps_a_value_error_inside_an_output_as_the_sdk_does(
         assert result.returncode == 32
 
 
+INLINE_KUBECONFIG = (
+    "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
+    "contexts: [{name: kind-rag, context: {cluster: c, user: u}}]\ncurrent-context: kind-rag\n"
+    "users: [{name: u, user: {client-key-data: LS0t}}]\n"
+)
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [
         ("rag:slackWebhookUrl", "https://hooks.slack.example/services/T0/B0/x"),
         ("rag:adminApiKey", "a-plain-admin-key-of-forty-characters-xx"),
+        # `pulumi config set --path --secret rag:cluster.existing.kubeconfig` makes the engine name rag:cluster.
+        ("rag:cluster", json.dumps({"provider": "existing", "existing": {"kubeconfig": INLINE_KUBECONFIG}})),
     ],
+    ids=["webhook", "admin-key", "inline-kubeconfig"],
 )
 def test_a_secret_stored_in_plain_text_is_refused_by_a_bare_pulumi_up(key: str, value: str) -> None:
     """The engine passes the names of the stack's secure config values to the program: Target.Config.SecureKeys()
@@ -142,10 +152,17 @@ def test_a_secret_stored_in_plain_text_is_refused_by_a_bare_pulumi_up(key: str, 
         return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
 
     plain = exec_with(secret_keys)
-    assert plain.stderr.splitlines() == [
-        f"error: {key} in Pulumi.dev.yaml: stored in plain text (it would sit in the stack file and git history); "
-        f"set it with `pulumi config set --secret {key} ...`"
-    ], plain.stderr
+    [line] = plain.stderr.splitlines()
+    if key == "rag:cluster":
+        assert line.startswith(
+            "error: rag:cluster.existing.kubeconfig in Pulumi.dev.yaml: an inline kubeconfig with credentials "
+            "(client-key-data) stored in plain text"
+        ), line
+    else:
+        assert line == (
+            f"error: {key} in Pulumi.dev.yaml: stored in plain text (it would sit in the stack file and git "
+            f"history); set it with `pulumi config set --secret {key} ...`"
+        )
     assert plain.returncode == 1
     # The same value, stored encrypted (the engine names the key), is taken.
     encrypted = exec_with([*secret_keys, key])

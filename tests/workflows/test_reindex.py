@@ -562,3 +562,33 @@ def test_follow_reports_a_resumed_build_and_fails_on_an_interrupted_one(
         )
     assert "`ragops reindex start` with the same settings resumes it" in str(failure.value)
     assert "resumes the build pod-a:1:abc left when it died (attempt 2)" in lines[0]
+
+
+def test_preview_is_refused_like_up_for_a_model_change_whose_image_drops_the_served_model(
+    ctx: Context, backend: FakeBackend, work_dir: Path, tmp_path: Path
+) -> None:
+    """EYES8 L13: `ragops preview` (a PR's check) ran without `up`'s model check, so the PR comment was green and
+    the merge's `up` was refused."""
+    (work_dir / "Pulumi.yaml").write_text(
+        "name: rag\nruntime: python\nmain: infra/\nconfig:\n  embedding:\n    default:\n"
+        f"      model: {BGE}\n      extraModels: []\n"
+    )
+    backend.add_stack(
+        "dev",
+        config={"rag:embedding": {"model": MINILM}},
+        outputs={"serviceUrl": "http://127.0.0.1:9", "embedding": _embedding(200, 32, model=BGE)},
+    )
+    comment = tmp_path / "comment.md"
+    result = _invoke(ctx, "preview", "-s", "dev", "-q", "--comment-file", str(comment))
+    assert result.exit_code == 1, result.output
+    out = _flat(result.output)
+    assert "rag:embedding.extraModels in Pulumi.dev.yaml: stack 'dev' serves an index" in out, out
+    text = " ".join(comment.read_text(encoding="utf-8").split())
+    assert "**Preview failed.**" in text, text
+    assert "rag:embedding.extraModels in Pulumi.dev.yaml: stack 'dev' serves an index" in text, text
+    assert not backend.commands("preview")  # refused before the engine ran
+
+    backend.stacks["dev"].set_config("rag:embedding", {"model": MINILM, "extraModels": [BGE]})
+    result = _invoke(ctx, "preview", "-s", "dev", "-q", "--comment-file", str(comment))
+    assert result.exit_code == 0, result.output
+    assert backend.commands("preview")

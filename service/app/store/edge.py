@@ -1856,8 +1856,15 @@ class EdgeVectorStore:
         holds nothing new, and an fsync of a clean file still flushes the device's write cache: measured at
         2.6 ms p50 of a 7 ms sync on the loaded benchmark machine (docs/benchmarks.md, stop 18)."""
         try:
-            entries = sorted((entry.name, entry.inode()) for entry in os.scandir(wal))
-        except (FileNotFoundError, NotADirectoryError):
+            # stat's inode, not readdir's d_ino: on overlayfs (a container's writable layer) the two may differ.
+            entries = sorted(
+                (entry.name, entry.stat(follow_symlinks=False).st_ino) for entry in os.scandir(wal)
+            )
+        except NotADirectoryError:
+            entries = []
+        except FileNotFoundError:
+            if wal.exists():
+                raise  # a segment renamed or removed between the listing and its stat: list again
             entries = []
         appending = min(
             ((int(name[5:]), name) for name, _ in entries if name.startswith("open-") and name[5:].isdigit()),

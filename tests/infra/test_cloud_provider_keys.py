@@ -1,0 +1,116 @@
+"""The cloud providers are explicit, so no `aws:*` / `gcp:*` stack key reaches them by itself (EYES8 M4): each such
+key is honoured (passed to the provider) or refused naming the key and the stack file; region names are checked
+offline (EYES8 M1: pulumi-aws skips region validation, so a typo used to fail only at the first call of an `up`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from infra import render
+from infra.config import ConfigError
+from infra.offline import PROJECT_DIR, run_stack
+
+
+def _prod_with(extra: dict[str, Any]) -> dict[str, Any]:
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.prod.yaml").read_text(encoding="utf-8"))
+    return {**doc["config"], **extra}
+
+
+def _staging_with(extra: dict[str, Any]) -> dict[str, Any]:
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.staging.yaml").read_text(encoding="utf-8"))
+    return {**doc["config"], **extra}
+
+
+def _aws_provider(result: Any) -> Any:
+    (provider,) = [r for r in result.of_type("pulumi:providers:aws") if r.name == "aws"]
+    return provider
+
+
+def test_the_account_guard_reaches_the_explicit_aws_provider() -> None:
+    result = run_stack("prod", stack_config=_prod_with({"aws:allowedAccountIds": ["111122223333"]}))
+    provider = _aws_provider(result)
+    # A provider's inputs travel as strings: a list as its JSON (pulumi-aws Provider `to_json`).
+    assert json.loads(provider.inputs["allowedAccountIds"]) == ["111122223333"]
+    forbidden = run_stack("prod", stack_config=_prod_with({"aws:forbiddenAccountIds": ["444455556666"]}))
+    assert json.loads(_aws_provider(forbidden).inputs["forbiddenAccountIds"]) == ["444455556666"]
+    assert "allowedAccountIds" not in _aws_provider(forbidden).inputs
+
+
+def test_an_aws_region_equal_to_the_eks_region_is_accepted() -> None:
+    result = run_stack("prod", stack_config=_prod_with({"aws:region": "eu-west-1"}))
+    assert _aws_provider(result).inputs["region"] == "eu-west-1"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "fragment"),
+    [
+        ({"aws:region": "us-east-1"}, "aws:region", "differs from rag:cluster.eks.region (eu-west-1)"),
+        ({"aws:profile": "qa"}, "aws:profile", "AWS_PROFILE=qa"),
+        ({"aws:assumeRole": {"roleArn": "arn:aws:iam::1:role/x"}}, "aws:assumeRole", "not read"),
+        ({"aws:allowedAccountIds": [111122223333]}, "aws:allowedAccountIds", "quoted 12-digit"),
+        ({"aws:allowedAccountIds": "111122223333"}, "aws:allowedAccountIds", "quoted 12-digit"),
+        ({"rag:cluster.eks.region": "eu-centrl-1"}, "rag:cluster.eks.region", "did you mean eu-central-1?"),
+    ],
+    ids=["region-differs", "profile", "assume-role", "unquoted-id", "not-a-list", "typo-region"],
+)
+def test_aws_stack_keys_the_provider_would_ignore_are_refused(
+    extra: dict[str, Any], key: str, fragment: str
+) -> None:
+    if "rag:cluster.eks.region" in extra:
+        config = _prod_with({})
+        config["rag:cluster"]["eks"]["region"] = extra["rag:cluster.eks.region"]
+    else:
+        config = _prod_with(extra)
+    with pytest.raises(ConfigError) as caught:
+        run_stack("prod", stack_config=config)
+    assert (caught.value.key, caught.value.stack_file) == (key, "Pulumi.prod.yaml")
+    assert fragment in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "region", "key", "fragment"),
+    [
+        ({"gcp:region": "us-central1"}, None, "gcp:region", "differs from rag:cluster.gke.region"),
+        ({"gcp:project": "someone-else"}, None, "gcp:project", "differs from rag:cluster.gke.project"),
+        ({"gcp:credentials": "/tmp/key.json"}, None, "gcp:credentials", "not read"),
+        ({}, "europe-west1-b", "rag:cluster.gke.region", "not a GCP region"),
+        ({}, "europe-west", "rag:cluster.gke.region", "not a GCP region"),
+    ],
+    ids=["region-differs", "project-differs", "credentials", "zone", "no-digit"],
+)
+def test_gcp_stack_keys_and_regions_the_provider_would_misread_are_refused(
+    extra: dict[str, Any], region: str | None, key: str, fragment: str
+) -> None:
+    config = _staging_with(extra)
+    if region:
+        config["rag:cluster"]["gke"]["region"] = region
+    with pytest.raises(ConfigError) as caught:
+        run_stack("staging", stack_config=config)
+    assert (caught.value.key, caught.value.stack_file) == (key, "Pulumi.staging.yaml")
+    assert fragment in str(caught.value), str(caught.value)
+
+
+def test_gcp_keys_equal_to_the_cluster_block_pass() -> None:
+    doc = _staging_with({})
+    gke = doc["rag:cluster"]["gke"]
+    result = run_stack(
+        "staging", stack_config=_staging_with({"gcp:project": gke["project"], "gcp:region": gke["region"]})
+    )
+    (provider,) = [r for r in result.of_type("pulumi:providers:gcp") if r.name == "gcp"]
+    assert (provider.inputs["project"], provider.inputs["region"]) == (gke["project"], gke["region"])
+
+
+def test_make_plan_names_an_ignored_aws_key_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = render.main(["--stack", "prod", "--out", str(tmp_path), "--set", 'aws:profile="prod-admin"'])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("config error: aws:profile in --set"), err
+    assert "AWS_PROFILE=prod-admin" in err
+    assert len(err.strip().splitlines()) == 1
