@@ -469,19 +469,25 @@ def capabilities(run: StackRun, config: Mapping[str, Any] | None = None) -> Anal
             "EKS kube-proxy binds 127.0.0.1",
         )
 
+    ingress = _get(config, "gateway", "ingress") or {}
+    if target == "eks" and ingress.get("enabled"):
+        # EKS serves no Ingress by itself (the stack installs Envoy Gateway, which serves the Gateway API only): an
+        # Ingress controller the user installed is a prerequisite, as on an existing cluster (EYES8 M6).
+        for name, detail in _ingress_prerequisites(ingress).items():
+            if name not in caps:
+                capability = Capability(name, None, f"prerequisite: {detail}")
+                caps[name] = capability
+                analysis.prerequisites.append(capability)
+
     if target == "existing":
         existing = _get(config, "cluster", "existing") or {}
         class_name = _get(config, "gateway", "className")
-        ingress = _get(config, "gateway", "ingress") or {}
         prerequisites = dict(EXISTING_PREREQUISITES)
         if ingress.get("enabled"):
             # Ingress mode renders no Gateway: the Gateway API and a GatewayClass are not needed, an
             # IngressClass (docs/infra.md, cluster prerequisites) is.
             del prerequisites["api:gateway.networking.k8s.io"]
-            if ingress.get("className"):
-                prerequisites[f"ingressclass:{ingress['className']}"] = (
-                    f"an Ingress controller serving IngressClass {ingress['className']}"
-                )
+            prerequisites.update(_ingress_prerequisites(ingress))
         elif class_name:
             prerequisites[f"gatewayclass:{class_name}"] = (
                 f"a Gateway controller serving GatewayClass {class_name}"
@@ -833,6 +839,22 @@ def check_references(run: StackRun, analysis: Analysis, graph: Graph) -> list[Fi
         for ref in pod_references(spec, namespace):
             check(resource, ref, f"{kind} {object_name(resource)}")
     return findings
+
+
+def _ingress_prerequisites(ingress: Mapping[str, Any]) -> dict[str, str]:
+    """What `gateway.ingress` (enabled) needs from a cluster that does not serve Ingress itself (existing, EKS): the
+    named IngressClass's controller, or, with no className, a default IngressClass: the API server's
+    DefaultIngressClass admission gives a class-less Ingress (and cert-manager's class-less HTTP-01 solver Ingress)
+    the class marked `ingressclass.kubernetes.io/is-default-class: "true"`; without one no controller takes them,
+    and the Ingress never gets an address."""
+    name = ingress.get("className")
+    if name:
+        return {f"ingressclass:{name}": f"an Ingress controller serving IngressClass {name}"}
+    return {
+        "default-ingressclass": "a default IngressClass (annotated ingressclass.kubernetes.io/is-default-class: "
+        '"true") with its controller, or set rag:gateway.ingress.className: the Ingress and the ACME HTTP-01 '
+        "solver name no class"
+    }
 
 
 def _class_references(resource: RecordedResource) -> Iterator[tuple[str, str, str]]:

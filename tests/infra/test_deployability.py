@@ -672,3 +672,25 @@ def test_no_disruption_budget_blocks_a_node_drain() -> None:
         [blocked.urn, zero.urn + "-zero", everything.urn + "-all"]
     )
     assert "enablePDB" in next(f for f in found if f.resource == blocked.urn).fix
+
+
+def test_an_ingress_on_eks_needs_the_controller_the_user_installs() -> None:
+    """EYES8 M6: EKS serves no Ingress (the stack's Envoy Gateway serves the Gateway API only). A named class was a
+    plan FAIL (class-reference) though docs/infra.md lists it as a prerequisite, and no className passed with no
+    prerequisite although nothing would serve the class-less Ingress or cert-manager's HTTP-01 solver."""
+    named = d.analyse(run("prod", "eks", gateway={"ingress": {"enabled": True, "className": "nginx"}}))
+    assert named.findings == [], "\n".join(str(f) for f in named.findings)
+    prerequisites = {c.name: c.detail for c in named.prerequisites}
+    assert "IngressClass nginx" in prerequisites["ingressclass:nginx"]
+
+    classless = d.analyse(run("prod", "eks", gateway={"ingress": {"enabled": True}}))
+    assert classless.findings == [], "\n".join(str(f) for f in classless.findings)
+    detail = {c.name: c.detail for c in classless.prerequisites}["default-ingressclass"]
+    assert "ingressclass.kubernetes.io/is-default-class" in detail
+    assert "rag:gateway.ingress.className" in detail
+
+    # The same class-less Ingress on an existing cluster needs the same default class (kind ships none).
+    existing = d.analyse(run("dev", "existing", gateway={"ingress": {"enabled": True}}))
+    assert "default-ingressclass" in {c.name for c in existing.prerequisites}
+    # Without the Ingress, nothing of it is asked for.
+    assert not {c.name for c in d.analyse(run("prod", "eks")).prerequisites} & {"default-ingressclass"}
