@@ -6,7 +6,8 @@ deletes the highest pods with the shards only they hold, their peers left dead i
 it; RDS refuses it in the middle of the `up`; Cloud SQL's `databaseVersion` is ignored, so the stack file then
 names a major the instance does not run). Each is a declared step (`rag:qdrant.scaleDownTo`,
 `rag:postgres.<mode>.majorUpgrade.fromVersion`). A third has no declared form: another `rag:namespace` (every object
-created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only. The
+created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only, and
+so is another cluster (`rag:cluster.provider`, its region, project, VPC range or zone count: a new, empty one). The
 decisions, and their messages, live here once:
 `ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
 history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
@@ -83,6 +84,10 @@ STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
 CLOUDSQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+AWS_PROVIDER = "pulumi:providers:aws"
+GCP_PROVIDER = "pulumi:providers:gcp"
+VPC = "aws:ec2/vpc:Vpc"
+SUBNET = "aws:ec2/subnet:Subnet"
 BUCKETS = {"aws:s3/bucket:Bucket": "bucket", "gcp:storage/bucket:Bucket": "name"}
 """The backup bucket's type -> its output holding the bucket's name."""
 BACKUPS_NAME = "qdrant-backups"
@@ -143,6 +148,64 @@ def namespace_refusal(stack: str, deployed: str | None, namespace: str) -> str |
 
 MODE_SWITCH_KEY = f"{PROJECT}:postgres.modeSwitch.fromMode"
 MODE_SWITCH_RUNBOOK = "docs/operations.md#moving-the-registry-to-the-other-mode"
+
+
+@dataclass(frozen=True)
+class ClusterIdentity:
+    """What places the stack's cluster: a change of any of it replaces the cluster (or its network) with a new, empty
+    one. From the state: the explicit `aws`/`gcp` provider (infra/clusters: the stack's only ones), the EKS VPC and
+    its private subnets."""
+
+    provider: str
+    """eks, gke, or existing (a stack whose state has workloads but no cloud provider of its own)."""
+    region: str = ""
+    project: str = ""
+    vpc_cidr: str = ""
+    zones: int = 0
+
+
+def cluster_refusal(
+    stack: str, deployed: ClusterIdentity | None, config: StackConfig
+) -> tuple[str, str] | None:
+    """(key, why) when `config` moves the deployed stack to another cluster (None: it does not).
+
+    The provider, `cluster.<eks|gke>.region`, `cluster.gke.project`, `cluster.eks.vpcCidr` and
+    `cluster.eks.availabilityZones` are ForceNew on the cluster or its network (terraform-provider-aws
+    `aws_eks_cluster` vpc_config / `aws_vpc` cidr_block, terraform-provider-google `google_container_cluster`
+    location / project; another provider or region is another cluster altogether): the `up` builds a new, empty
+    cluster and every Kubernetes object on it again (a new Qdrant cluster and registry), and deletes the old one with
+    its volumes (outside prod: nothing is protected). Like another namespace, it has no declared form."""
+    if deployed is None:
+        return None
+    cluster = config.cluster
+    changes: list[tuple[str, Any, Any]] = []
+    if cluster.provider != deployed.provider:
+        changes.append(("cluster.provider", deployed.provider, cluster.provider))
+    elif cluster.provider == "eks":
+        eks = cluster.eks
+        changes += [
+            ("cluster.eks.region", deployed.region, eks.region),
+            ("cluster.eks.vpcCidr", deployed.vpc_cidr, eks.vpcCidr),
+            ("cluster.eks.availabilityZones", deployed.zones, eks.availabilityZones),
+        ]
+    elif cluster.provider == "gke":
+        changes += [
+            ("cluster.gke.region", deployed.region, cluster.gke.region),
+            ("cluster.gke.project", deployed.project, cluster.gke.project),
+        ]
+    for key, was, wanted in changes:
+        if was in ("", 0, None) or was == wanted:
+            continue  # not in the state (an older one): nothing to compare
+        return (
+            f"{PROJECT}:{key}",
+            f"Refusing to change {key} of stack {stack!r} from {was!r} to {wanted!r}: that replaces the cluster "
+            f"(or its network) with a new, empty one: every object would be created again there (a new Qdrant "
+            f"cluster and registry) and the old cluster deleted with its volumes. Set it back (`pulumi config set "
+            f"--path {PROJECT}:{key} {was} -s {stack}`), or deploy a new stack there and restore into it "
+            "(docs/delivery.md#adding-a-permanent-stack, docs/runbooks.md), or `pulumi destroy` this stack first "
+            f"({DAY_TWO_DOC})",
+        )
+    return None
 
 
 def mode_switch_refusal(
@@ -299,6 +362,8 @@ class DeployedState:
     """Whether that Namespace carries RELEASED_ANNOTATION: an update already marked it to be kept."""
     postgres_storage: str | None = None
     """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
+    cluster: ClusterIdentity | None = None
+    """Where the stack's cluster is (None: nothing deployed in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -335,11 +400,25 @@ def deployed_state(
     bucket: str | None = None
     storage: str | None = None
     registries: list[Registry] = []
+    cloud: dict[str, Any] = {}
+    private_subnets = 0
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
             continue
         kind, outputs, name = entry.get("type"), entry.get("outputs") or {}, _name(urn)
-        if kind in BUCKETS and name == f"{BACKUPS_NAME}-bucket":
+        if kind == AWS_PROVIDER and name == "aws":
+            cloud.update(provider="eks", region=str(outputs.get("region") or ""))
+        elif kind == GCP_PROVIDER and name == "gcp":
+            cloud.update(
+                provider="gke",
+                region=str(outputs.get("region") or ""),
+                project=str(outputs.get("project") or ""),
+            )
+        elif kind == VPC and name == "vpc":
+            cloud["vpc_cidr"] = str(outputs.get("cidrBlock") or "")
+        elif kind == SUBNET and re.fullmatch(r"private-[0-9]+", name):
+            private_subnets += 1
+        elif kind in BUCKETS and name == f"{BACKUPS_NAME}-bucket":
             bucket = str(outputs.get(BUCKETS[kind]) or "") or None
         elif kind in (NAMESPACE, NAMESPACE_PATCH) and name == NAMESPACE_NAME:
             metadata = outputs.get("metadata") or {}
@@ -361,7 +440,13 @@ def deployed_state(
             registries.append(Registry(managed=True, major=_major(version)))
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
+    identity: ClusterIdentity | None = None
+    if "provider" in cloud:
+        identity = ClusterIdentity(**cloud, zones=private_subnets if cloud["provider"] == "eks" else 0)
+    elif namespace or workload_namespace:
+        identity = ClusterIdentity(provider="existing")
     return DeployedState(
+        cluster=identity,
         qdrant_replicas=replicas,
         registries=tuple(registries),
         namespace=namespace or workload_namespace,
@@ -494,6 +579,9 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     if state is None:
         return None
     stack = config.stack
+    elsewhere = cluster_refusal(stack, state.cluster, config)
+    if elsewhere is not None:
+        return DeployedStateRefusal(elsewhere[0], config.stack_file, elsewhere[1])
     moved = namespace_refusal(stack, state.namespace, config.namespace)
     if moved is not None:
         return DeployedStateRefusal(f"{PROJECT}:namespace", config.stack_file, moved)

@@ -155,9 +155,23 @@ def cli_config(
     stack_values: dict[str, Any] = dict(stack_config)
 
     secret_keys: set[str] = set()
+
+    def decrypted(value: Any, name: str) -> tuple[Any, bool]:
+        """`value` with each `{secure: ...}` in it (also one set with `config set --path --secret`, inside an
+        object) replaced by a placeholder, and whether there was one: the engine then names the top-level key."""
+        if isinstance(value, Mapping):
+            if set(value) == {"secure"}:
+                return f"offline-secret-{name}", True
+            pairs = {k: decrypted(v, str(k)) for k, v in value.items()}
+            return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+        if isinstance(value, list):
+            items = [decrypted(v, name) for v in value]
+            return [v for v, _ in items], any(s for _, s in items)
+        return value, False
+
     for key, value in list(stack_values.items()):
-        if isinstance(value, Mapping) and set(value) == {"secure"}:
-            stack_values[key] = f"offline-secret-{key.split(':')[-1]}"
+        stack_values[key], secure = decrypted(value, key.split(":")[-1])
+        if secure:
             secret_keys.add(key)
 
     for key, value in (config_overrides or {}).items():

@@ -111,12 +111,19 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
         namespace_created=True,
         postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
+        cluster=guards.ClusterIdentity(provider="gke", region="europe-west1", project="rag-staging"),
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
     assert prod.backup_bucket is not None  # S3
     assert prod.backup_bucket.startswith("rag-prod-qdrant-backups-")
+    assert prod.cluster == guards.ClusterIdentity(
+        provider="eks", region="eu-west-1", vpc_cidr="10.0.0.0/16", zones=3
+    )
     assert guards.deployed_state(state_of(run("dev"))["resources"]).backup_bucket is None
+    assert guards.deployed_state(state_of(run("dev"))["resources"]).cluster == guards.ClusterIdentity(
+        "existing"
+    )
     assert guards.deployed_state(state_of(run("prod", **GKE))["resources"]).registries == (
         guards.Registry(managed=True, major="17"),
     )
@@ -278,6 +285,45 @@ def test_moving_a_deployed_stack_to_another_namespace_is_refused_before_anything
     # The namespace it runs in deploys as before; a first `up` may name any namespace.
     assert against("dev", deployed, {}).by_name("namespace").inputs["metadata"]["name"] == "rag"
     assert run("dev", namespace="rag-two").by_name("namespace").inputs["metadata"]["name"] == "rag-two"
+
+
+# ---------------------------------------------------------------------------------------------- cluster (EYES8 M7)
+EKS_STAGING = target_overrides("staging", "eks")
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "was"),
+    [
+        ({"cluster": {"eks": {"region": "eu-central-1"}}}, "cluster.eks.region", "eu-west-1"),
+        ({"cluster": {"eks": {"vpcCidr": "10.8.0.0/16"}}}, "cluster.eks.vpcCidr", "10.0.0.0/16"),
+        ({"cluster": {"eks": {"availabilityZones": 2}}}, "cluster.eks.availabilityZones", "3"),
+        (target_overrides("staging", "gke"), "cluster.provider", "eks"),
+    ],
+)
+def test_moving_a_deployed_stack_to_another_cluster_is_refused_before_anything_is_sent(
+    sent: list[str], change: dict[str, Any], key: str, was: str
+) -> None:
+    # staging on EKS: nothing is protected outside prod, so the replacement would delete the cluster with its volumes.
+    deployed = run("staging", "eks")
+    message = refused("staging", deployed, deep_merge(EKS_STAGING, change), sent)
+    assert message.startswith(
+        f"rag:{key} in Pulumi.staging.yaml: Refusing to change {key} of stack 'staging'"
+    )
+    assert "new, empty one" in message
+    assert f"pulumi config set --path rag:{key} {was} -s staging" in message
+    # The same cluster deploys as before.
+    assert against("staging", deployed, EKS_STAGING).by_name("vpc").inputs["cidrBlock"] == "10.0.0.0/16"
+
+
+def test_another_gke_region_or_an_existing_cluster_moved_to_a_cloud_is_refused(sent: list[str]) -> None:
+    gke = run("staging")
+    message = refused("staging", gke, {"cluster": {"gke": {"region": "europe-west4"}}}, sent)
+    assert message.startswith(
+        "rag:cluster.gke.region in Pulumi.staging.yaml: Refusing to change cluster.gke.region"
+    )
+    existing = run("dev")
+    message = refused("dev", existing, target_overrides("dev", "eks"), sent)
+    assert "from 'existing' to 'eks'" in message
 
 
 def test_a_smaller_cloudnative_volume_is_refused_before_anything_is_sent(sent: list[str]) -> None:
