@@ -142,6 +142,11 @@ def cli_config(
     declared: dict[str, Any] = project.get("config") or {}
     if stack_config is None:
         path = project_dir / stack_file(stack)
+        if not path.is_file():
+            raise ValueError(
+                f"no stack file {stack_file(stack)} in {project_dir}: create it first (a copy of the nearest "
+                'stack\'s file; docs/delivery.md, "Adding a permanent stack")'
+            )
         try:
             stack_doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
