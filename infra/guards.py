@@ -248,6 +248,16 @@ def bucket_refusal(stack: str, deployed: str | None, keeps: bool, discard: str) 
     )
 
 
+def is_downgrade(planned: Registry, majors: Iterable[str]) -> bool:
+    """Whether `planned`'s major is below every one of `majors` (a downgrade, not an undeclared upgrade)."""
+    found = [m for m in majors if m]
+    return (
+        bool(found)
+        and planned.major.isdigit()
+        and all(m.isdigit() and int(m) > int(planned.major) for m in found)
+    )
+
+
 def major_upgrade_refusal(
     stack: str,
     planned: Registry,
@@ -275,6 +285,18 @@ def major_upgrade_refusal(
         )
     if planned.major in majors:
         return None
+    if is_downgrade(planned, majors):
+        # Not an undeclared upgrade (whose advice, fromVersion, config.py refuses as "not below"): no way down.
+        back = (
+            f"(`pulumi config set --path rag:postgres.version '\"{current}\"' -s {stack}`)"
+            if len(majors) == 1
+            else f"to the major the registry runs ({current})"
+        )
+        return (
+            f"rag:postgres.version goes from {current} down to {planned.major}: PostgreSQL has no in-place major "
+            f"downgrade (pg_upgrade only goes up; CloudNativePG, RDS and Cloud SQL refuse it). Set it back {back}, "
+            f"or restore a backup into a new registry of the older major ({runbook})."
+        )
     source = current if len(majors) == 1 else "<the major the instance runs>"
     if not planned.managed:
         return (
@@ -582,7 +604,9 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
         stack, planned, state.registries, seen="the stack's state has the registry on"
     )
     if major is not None:
-        return DeployedStateRefusal(planned.upgrade_key, config.stack_file, major)
+        same_mode = (r.major for r in state.registries if r.managed == planned.managed)
+        key = f"{PROJECT}:postgres.version" if is_downgrade(planned, same_mode) else planned.upgrade_key
+        return DeployedStateRefusal(key, config.stack_file, major)
     if config.postgres.mode == "cloudnative":
         shrink = storage_shrink_refusal(
             stack, state.postgres_storage, config.postgres.cloudnative.storage.size

@@ -142,6 +142,11 @@ def cli_config(
     declared: dict[str, Any] = project.get("config") or {}
     if stack_config is None:
         path = project_dir / stack_file(stack)
+        if not path.is_file():
+            raise ValueError(
+                f"no stack file {stack_file(stack)} in {project_dir}: create it first (a copy of the nearest "
+                'stack\'s file; docs/delivery.md, "Adding a permanent stack")'
+            )
         try:
             stack_doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
@@ -155,9 +160,23 @@ def cli_config(
     stack_values: dict[str, Any] = dict(stack_config)
 
     secret_keys: set[str] = set()
+
+    def decrypted(value: Any, name: str) -> tuple[Any, bool]:
+        """`value` with each `{secure: ...}` in it (also one set with `config set --path --secret`, inside an
+        object) replaced by a placeholder, and whether there was one: the engine then names the top-level key."""
+        if isinstance(value, Mapping):
+            if set(value) == {"secure"}:
+                return f"offline-secret-{name}", True
+            pairs = {k: decrypted(v, str(k)) for k, v in value.items()}
+            return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+        if isinstance(value, list):
+            items = [decrypted(v, name) for v in value]
+            return [v for v, _ in items], any(s for _, s in items)
+        return value, False
+
     for key, value in list(stack_values.items()):
-        if isinstance(value, Mapping) and set(value) == {"secure"}:
-            stack_values[key] = f"offline-secret-{key.split(':')[-1]}"
+        stack_values[key], secure = decrypted(value, key.split(":")[-1])
+        if secure:
             secret_keys.add(key)
 
     for key, value in (config_overrides or {}).items():

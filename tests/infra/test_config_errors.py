@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import textwrap
 from typing import Any
 
@@ -734,6 +735,21 @@ def test_a_kubeconfig_path_or_one_without_credentials_is_not_a_secret() -> None:
     assert kubeconfig_credentials("{not yaml: [") == []
     result = run_stack("dev", config_overrides={"cluster": {"existing": {"kubeconfig": exec_plugin}}})
     assert result.outputs["serviceUrl"].startswith("https://")
+
+
+def test_a_kubeconfig_set_with_path_secret_runs_offline_as_a_secret() -> None:
+    """`pulumi config set --path --secret rag:cluster.existing.kubeconfig` writes `{secure: ...}` inside the object:
+    `make plan` (the offline runner) takes it as the engine does, rag:cluster then being a secret key."""
+    import yaml
+
+    from infra.offline import PROJECT_DIR, cli_config
+
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.dev.yaml").read_text(encoding="utf-8"))["config"]
+    doc["rag:cluster"]["existing"]["kubeconfig"] = {"secure": "v1:AAAA"}
+    values, secret_keys = cli_config("dev", stack_config=doc)
+    assert "rag:cluster" in secret_keys
+    assert json.loads(values["rag:cluster"])["existing"]["kubeconfig"] == "offline-secret-kubeconfig"
+    assert run_stack("dev", stack_config=doc).outputs["serviceUrl"].startswith("https://")
 
 
 # --------------------------------------------------------------------------------- secrets the service would refuse

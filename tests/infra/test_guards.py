@@ -144,6 +144,25 @@ def test_an_undeclared_cloudnative_major_change_is_refused_before_anything_is_se
     assert guards.CNPG_RUNBOOK in message
 
 
+def test_a_major_downgrade_is_refused_as_one_naming_the_version_not_as_an_undeclared_upgrade(
+    sent: list[str],
+) -> None:
+    """EYES8 L7: 18 -> 17 was called "a major upgrade" and its advice (fromVersion 18) only led to config.py's
+    "18 is not below postgres.version (17)"."""
+    upgrade = {
+        "version": "18",
+        "cloudnative": {"majorUpgrade": {"fromVersion": "17"}, "archiveName": "postgres-pg18"},
+    }
+    deployed = against("staging", run("staging"), {"postgres": upgrade})
+    message = refused("staging", deployed, {"postgres": {"version": "17"}}, sent)
+    assert message.startswith(
+        "rag:postgres.version in Pulumi.staging.yaml: rag:postgres.version goes from 18 down to 17"
+    )
+    assert "no in-place major downgrade" in message
+    assert "pulumi config set --path rag:postgres.version '\"18\"' -s staging" in message
+    assert "fromVersion" not in message
+
+
 def test_a_declared_cloudnative_major_upgrade_goes_ahead_and_a_done_one_with_its_declaration_too() -> None:
     upgrade = {
         "version": "18",

@@ -84,7 +84,11 @@ def test_which_keys_came_from_the_command_line(key: str, overrides: dict | None,
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--stack", "nope"], "error: [Errno 2] No such file or directory: '{root}/Pulumi.nope.yaml'"),
+        (
+            ["--stack", "nope"],
+            "error: no stack file Pulumi.nope.yaml in {root}: create it first (a copy of the nearest stack's file; "
+            'docs/delivery.md, "Adding a permanent stack")',
+        ),
         (
             ["--stack", "dev", "--set", 'qdrant.replicas="x"'],
             'config error: rag:qdrant.replicas in --set: expected an integer, got a string ("x")',

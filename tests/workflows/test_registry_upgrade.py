@@ -45,6 +45,20 @@ def test_an_undeclared_major_change_is_refused_before_pulumi_runs(ctx: Context, 
     assert backend.commands("preview") == []
 
 
+def test_a_major_downgrade_is_refused_with_its_own_advice(ctx: Context, backend: FakeBackend) -> None:
+    """EYES8 L7: 18 -> 17 is not an undeclared upgrade (whose fromVersion advice led to a second error)."""
+    _deployed(backend, "18")
+    _configure(backend, "17")
+    with pytest.raises(registry_upgrade.MajorUpgradeRefused) as caught:
+        deploy(ctx, "prod")
+    message = str(caught.value)
+    assert (
+        "rag:postgres.version goes from 18 down to 17: PostgreSQL has no in-place major downgrade" in message
+    )
+    assert "fromVersion" not in message
+    assert backend.commands("up") == []
+
+
 def test_the_declared_upgrade_and_its_cleared_follow_up_go_ahead(ctx: Context, backend: FakeBackend) -> None:
     _deployed(backend, "17")
     _configure(backend, "18", **UPGRADE)
@@ -87,7 +101,10 @@ def test_a_failed_update_may_have_upgraded_and_counts(ctx: Context, backend: Fak
     _configure(backend, "18", **UPGRADE)
     registry_upgrade.check_major_upgrade(ctx.workspace(), "prod")  # the retry goes ahead
     _configure(backend, "16")
-    with pytest.raises(registry_upgrade.MajorUpgradeRefused, match="from 17 or 18 to 16"):
+    with pytest.raises(
+        registry_upgrade.MajorUpgradeRefused,
+        match=r"from 17 or 18 down to 16: .* Set it back to the major the registry runs",
+    ):
         registry_upgrade.check_major_upgrade(ctx.workspace(), "prod")
 
 
