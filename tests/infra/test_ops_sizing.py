@@ -283,7 +283,7 @@ def test_instance_type_messages_say_which_types_are_known_and_which_do_not_exist
     assert "t3/t3a (medium to 2xlarge)" in small.fix
     assert "add its shape" in small.fix
     (typo,) = capacity_findings(patched(run("prod"), "eks-nodes", of_type("m6i.huge")))
-    assert "'m6i.huge' is not an EC2 instance type" in typo.message
+    assert "'m6i.huge' (rag:cluster.eks.nodeGroup.instanceType) is not an EC2 instance type" in typo.message
     assert "add its shape" not in typo.fix
 
 
