@@ -169,12 +169,12 @@ def cluster_refusal(
 ) -> tuple[str, str] | None:
     """(key, why) when `config` moves the deployed stack to another cluster (None: it does not).
 
-    The provider, `cluster.<eks|gke>.region`, `cluster.gke.project`, `cluster.eks.vpcCidr` and
-    `cluster.eks.availabilityZones` are ForceNew on the cluster or its network (terraform-provider-aws
+    The provider, `cluster.<eks|gke>.region`, `cluster.gke.project` and `cluster.eks.vpcCidr` are ForceNew on the cluster or its network (terraform-provider-aws
     `aws_eks_cluster` vpc_config / `aws_vpc` cidr_block, terraform-provider-google `google_container_cluster`
     location / project; another provider or region is another cluster altogether): the `up` builds a new, empty
     cluster and every Kubernetes object on it again (a new Qdrant cluster and registry), and deletes the old one with
-    its volumes (outside prod: nothing is protected). Like another namespace, it has no declared form."""
+    its volumes (outside prod: nothing is protected). Like another namespace, it has no declared form.
+    `cluster.eks.availabilityZones` is refused for other reasons (`_zones_refusal`)."""
     if deployed is None:
         return None
     cluster = config.cluster
@@ -196,6 +196,8 @@ def cluster_refusal(
     for key, was, wanted in changes:
         if was in ("", 0, None) or was == wanted:
             continue  # not in the state (an older one): nothing to compare
+        if key == "cluster.eks.availabilityZones":
+            return (f"{PROJECT}:{key}", _zones_refusal(stack, was, wanted))
         return (
             f"{PROJECT}:{key}",
             f"Refusing to change {key} of stack {stack!r} from {was!r} to {wanted!r}: that replaces the cluster "
@@ -206,6 +208,29 @@ def cluster_refusal(
             f"({DAY_TWO_DOC})",
         )
     return None
+
+
+def _zones_refusal(stack: str, was: Any, wanted: Any) -> str:
+    """Another number of zones does not replace the cluster (its subnets update in place since
+    terraform-provider-aws 5.25, #34090), but EKS takes new subnets only in the zones it was created with ("All
+    subnets that you add must be in the same set of AZs as originally provided", EKS user guide, network
+    requirements; aws/containers-roadmap#2330): more zones fail the `up` half-way, after the new subnets were
+    made; fewer strand the EBS volumes (Qdrant's, the registry's) of the dropped zones, whose pods then never
+    schedule."""
+    more = isinstance(was, int) and isinstance(wanted, int) and wanted > was
+    why = (
+        "EKS accepts subnets only in the zones the cluster was created with, so the `up` would fail half-way, "
+        "after creating the new zones' subnets"
+        if more
+        else "the volumes of Qdrant and the registry in the dropped zones stay there (EBS volumes are zonal), and "
+        "their pods would never be scheduled again"
+    )
+    return (
+        f"Refusing to change cluster.eks.availabilityZones of stack {stack!r} from {was!r} to {wanted!r}: {why}. "
+        f"Set it back (`pulumi config set --path {PROJECT}:cluster.eks.availabilityZones {was} -s {stack}`), or "
+        "deploy a new stack with the zones you want and restore into it (docs/delivery.md#adding-a-permanent-stack, "
+        f"docs/runbooks.md) ({DAY_TWO_DOC})"
+    )
 
 
 def mode_switch_refusal(

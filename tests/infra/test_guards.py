@@ -309,10 +309,25 @@ def test_moving_a_deployed_stack_to_another_cluster_is_refused_before_anything_i
     assert message.startswith(
         f"rag:{key} in Pulumi.staging.yaml: Refusing to change {key} of stack 'staging'"
     )
-    assert "new, empty one" in message
+    if key == "cluster.eks.availabilityZones":  # fewer zones: the cluster stays, the zonal volumes strand
+        assert "EBS volumes are zonal" in message
+    else:
+        assert "new, empty one" in message
     assert f"pulumi config set --path rag:{key} {was} -s staging" in message
     # The same cluster deploys as before.
     assert against("staging", deployed, EKS_STAGING).by_name("vpc").inputs["cidrBlock"] == "10.0.0.0/16"
+
+
+def test_more_zones_are_refused_as_a_change_eks_itself_refuses_half_way(sent: list[str]) -> None:
+    wider = deep_merge(EKS_STAGING, {"cluster": {"eks": {"availabilityZones": 3}}})
+    narrower = deep_merge(EKS_STAGING, {"cluster": {"eks": {"availabilityZones": 2}}})
+    deployed = run_stack("staging", config_overrides=narrower)  # a stack first deployed with two zones
+    message = refused("staging", deployed, wider, sent)
+    assert message.startswith(
+        "rag:cluster.eks.availabilityZones in Pulumi.staging.yaml: Refusing to change "
+        "cluster.eks.availabilityZones of stack 'staging' from 2 to 3"
+    )
+    assert "EKS accepts subnets only in the zones the cluster was created with" in message
 
 
 def test_another_gke_region_or_an_existing_cluster_moved_to_a_cloud_is_refused(sent: list[str]) -> None:
