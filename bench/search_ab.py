@@ -22,8 +22,9 @@ request).
 A prebuilt store instead (``--data-dir DIR``: a stopped service's DATA_DIR with ``registry.db`` and ``edge/``, e.g.
 one built as bench/scale.py's ``run_size`` builds a size: its shard, consolidated, and a registry row per
 document; the tenant searched is ``default``) is copied for each service, and the raw path
-searches a copy of its shard, embedding with the graph the service's queries run (EMBEDDING_QUERY_PRECISION,
-int8 by default); ``--texts FILE`` (a JSON list) gives the query texts. ``--env K=V`` / ``--baseline-env K=V``
+searches a copy of its shard with the parameters the adapter sends for it (the beam for its layout, a quantized
+shard's rescoring), embedding with the graph the service's queries run (EMBEDDING_QUERY_PRECISION, int8 by
+default); ``--texts FILE`` (a JSON list) gives the query texts. ``--env K=V`` / ``--baseline-env K=V``
 set a variable for one service only, so ``--baseline .`` A/Bs a setting within one checkout; ``--baseline-data-dir
 DIR`` has the baseline serve a copy of another prebuilt data dir (the same points in another layout).
 
@@ -70,7 +71,7 @@ from ingest_search import (  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
-from service.app.store.edge import HIT_PAYLOAD  # noqa: E402
+from service.app.store.edge import HIT_PAYLOAD, QUANTIZATION_OVERSAMPLING, search_beam  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 
 RAW = "raw (embed + engine)"
@@ -143,6 +144,21 @@ def main() -> None:
             source = next(p for p in (args.data_dir / "edge").iterdir() if p.is_dir())
             shutil.copytree(source, work / "raw-edge", ignore=shutil.ignore_patterns(".lock"))
             shard = qe.EdgeShard.load(str(work / "raw-edge"))
+            # The raw query searches with what the adapter sends for this shard (the beam for its layout, a
+            # quantized shard's rescoring), not the engine's defaults.
+            defaults, info = Settings(_env_file=None), shard.info()
+            stored = json.loads((work / "raw-edge" / "edge_config.json").read_text(encoding="utf-8"))
+            raw_params = qe.SearchParams(
+                hnsw_ef=search_beam(
+                    defaults.edge_hnsw_ef,
+                    points=info.points_count,
+                    segments=info.segments_count,
+                    segment_points=defaults.edge_segment_points,
+                ),
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING)
+                if stored.get("quantization_config")
+                else None,
+            )
             embedder = FastEmbedEmbedder(
                 MODEL,
                 model_path=MODEL_DIR,
@@ -152,6 +168,7 @@ def main() -> None:
             model = None
         else:
             model = TextEmbedding(MODEL, specific_model_path=str(MODEL_DIR))
+            raw_params = None  # make bench's raw path: the engine's defaults
         if model is not None:
             # The raw path's shard: make bench's raw ingest of the same documents (same chunker settings).
             settings = Settings(_env_file=None)
@@ -180,6 +197,7 @@ def main() -> None:
                     query=qe.Query.Nearest(vector, using="dense"),
                     filter=tenant,
                     with_payload=HIT_PAYLOAD,
+                    params=raw_params,
                 )
             )
             return embedded

@@ -31,7 +31,7 @@ deployed = check_deployed(config)
 # The cluster target first: EKS and GKE read what the cloud runs and refuse a version step it cannot take before
 # anything else (the generated keys included) is registered, so a refused `up` changes nothing.
 cluster = build_cluster(config)
-secrets = load_secrets()
+secrets = load_secrets(config)
 outputs = build(config, cluster, secrets, release_namespace=namespace_release(config, deployed))
 for name, value in outputs.items():
     pulumi.export(name, value)

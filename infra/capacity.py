@@ -100,6 +100,13 @@ def instance_shape(instance_type: str) -> NodeShape | None:
     return None
 
 
+def is_ec2_instance_type(instance_type: str) -> bool:
+    """Whether EC2 has an instance type of that name (pulumi-aws's `ec2.InstanceType` enum, the provider's list)."""
+    import pulumi_aws as aws
+
+    return instance_type in {t.value for t in aws.ec2.InstanceType}
+
+
 def allocatable(shape: NodeShape) -> tuple[float, float]:
     """(millicores, MiB) a node of `shape` offers to pods, after the EKS AMI's kube-reserved and eviction threshold."""
     reserved_m = 0.0
@@ -324,12 +331,23 @@ def node_capacity_problems(run: StackRun) -> list[CapacityProblem]:
             continue  # a required argument: the provider refuses the group before any pod is placed
         shape = instance_shape(str(types[0])) if types else None
         if shape is None:
+            known = "use an m/c/r generation 5-7 type (large to 4xlarge) or a t3/t3a (medium to 2xlarge)"
+            if types and not is_ec2_instance_type(str(types[0])):
+                problems.append(
+                    CapacityProblem(
+                        group,
+                        f"instance type {types[0]!r} (rag:cluster.eks.nodeGroup.instanceType) is not an EC2 instance type (pulumi-aws's InstanceType list "
+                        "has no such name: a typo, or a type newer than the pinned pulumi-aws).",
+                        f"{known}.",
+                    )
+                )
+                continue
             problems.append(
                 CapacityProblem(
                     group,
-                    f"instance type {types!r} is not one the node-capacity check knows the allocatable of, so no "
+                    f"instance type {types!r} (rag:cluster.eks.nodeGroup.instanceType) is not one the node-capacity check knows the allocatable of, so no "
                     "check says whether the stack's pods fit its nodes.",
-                    "use an m/c/r generation 5-7 type (large to 4xlarge) or a t3, or add its shape to infra/capacity.py.",
+                    f"{known}, or add its shape to infra/capacity.py.",
                 )
             )
             continue

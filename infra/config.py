@@ -35,7 +35,51 @@ PROJECT = "rag"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
 IMAGE_DIGEST_RE = re.compile(r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$")
 QUANTITY_RE = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
-CRON_RE = re.compile(r"^(\S+\s+){4}\S+$")
+#: The five fields of a standard cron schedule (what a Kubernetes CronJob and, with a seconds field the program
+#: adds, a CloudNativePG ScheduledBackup parse, both with robfig/cron): name, lowest, highest, the names it takes.
+_CRON_FIELDS: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
+def cron_problem(schedule: str) -> str | None:
+    """Why `schedule` is not a 5-field cron schedule with every value in range (None: it is)."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        macro = schedule.strip().startswith("@")
+        return (
+            f"{schedule!r} is not 5 cron fields (minute hour day-of-month month day-of-week, e.g. '0 3 * * *')"
+            + (
+                "; a macro such as @daily is not accepted (the CloudNativePG backup adds a seconds field to it)"
+                if macro
+                else ""
+            )
+        )
+    for (name, low, high, names), text in zip(_CRON_FIELDS, fields, strict=True):
+        for item in text.split(","):
+            base, slash, step = item.partition("/")
+            if slash and not (step.isdigit() and int(step) > 0):
+                return f"{schedule!r}: the step {step!r} in the {name} field is not a positive number"
+            if base in ("*", "?"):
+                continue
+            bounds = []
+            for part in base.split("-", 1):
+                if part.lower() in names:  # jan = 1, sun = 0
+                    value: int | None = names.index(part.lower()) + (1 if name == "month" else 0)
+                else:
+                    value = int(part) if part.isdigit() else None
+                if value is None or not low <= value <= high:
+                    return f"{schedule!r}: {part!r} in the {name} field is not {low}-{high}"
+                bounds.append(value)
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                return f"{schedule!r}: the range {base!r} in the {name} field runs backwards"
+    return None
+
+
 # The service's RATE_LIMIT_* syntax (the `limits` library's): one or more "N/unit", "N/M units" or "N per unit"
 # joined by ";" "," or "|" (docs/operations.md: "10/second;1000/hour"); amounts of at least 1.
 _RATE_ITEM = r"\s*[1-9][0-9]*\s*(/|per)\s*([1-9][0-9]*\s*)?(second|minute|hour|day|month|year)s?\s*"
@@ -666,7 +710,8 @@ class BackupsConfig:
     """Scheduled Qdrant snapshots to object storage."""
 
     enabled: bool
-    schedule: str = _f(pattern=CRON_RE)
+    schedule: str
+    """Checked by `cron_problem` (fields and ranges) in the rules."""
     bucket: str = _f(pattern=re.compile(r"^([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])?$"))
     retentionDays: int = _f(min=1, max=3650)
     transferMiBps: int = _f(min=1, max=10000)
@@ -1616,6 +1661,10 @@ def _check_rules(config: StackConfig, file: str) -> None:
                 "the SMTP server (host:port) is required when email.to is set",
             )
 
+    schedule_problem = cron_problem(config.backups.schedule)
+    if schedule_problem is not None:
+        fail("backups.schedule", schedule_problem)
+
     if config.environment == "staging" and not config.tls.enabled:
         # The policy pack refuses it too (tls-entry-point-outside-dev), but without naming the key or the file.
         fail(
@@ -1982,6 +2031,11 @@ def _check_cidrs(cidrs: tuple[str, ...], key: str, fail: Any) -> None:
             ipaddress.ip_network(cidr)
         except ValueError:
             fail(key, f"{cidr!r} is not an IPv4/IPv6 network in CIDR notation (host bits must be zero)")
+        if "/" not in cidr:
+            # ip_network takes a bare address as a /32 (/128); EKS refuses it ("The following CIDRs are invalid in
+            # publicAccessCidrs") and a NetworkPolicy's ipBlock.cidr must be CIDR notation: only at `up`.
+            full = ipaddress.ip_network(cidr)
+            fail(key, f"{cidr!r} is an address, not a network in CIDR notation: write {str(full)!r}")
 
 
 # --- secrets ---------------------------------------------------------------------------------------------------
@@ -2016,8 +2070,37 @@ class Secrets:
     qdrant_api_key_next: Any = None  # pulumi.Output[str] | None: rag:qdrantApiKeyNext (Qdrant's alt_api_key)
 
 
-def load_secrets() -> Secrets:
-    """Secret config as Outputs; an empty key gets a RandomPassword (secret in state) created at top level."""
+def check_service_api_keys(config: StackConfig, raw: str) -> None:
+    """Refuse `rag:serviceApiKeys` the service would refuse at start (its own parser and production key length,
+    service/app/core/config.py), naming the key and the stack file, never a value: otherwise the API pods
+    crash-loop and the `up` ends at the Deployment's await timeout. Offline (`make plan`) an encrypted value is a
+    placeholder (infra/offline.py), which is not checked."""
+    if raw.startswith("offline-secret-"):
+        return
+    from service.app.core.config import MIN_PRODUCTION_KEY_LENGTH, SettingsError, parse_api_keys
+
+    def fail(problem: str) -> typing.NoReturn:
+        raise ConfigError(f"{PROJECT}:serviceApiKeys", stack_file(config.stack), problem)
+
+    try:
+        keys = parse_api_keys(raw)
+    except SettingsError as exc:
+        fail(
+            f"the service would refuse it: {exc} (set it with `pulumi config set --secret {PROJECT}:serviceApiKeys`)"
+        )
+    if not keys:
+        fail("holds no key: unset it to have one generated, or name at least one key")
+    short = [key for key in keys if len(key) < MIN_PRODUCTION_KEY_LENGTH]
+    if config.is_prod and short:
+        fail(
+            f"{len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters, which the service refuses in "
+            "production (generate keys with `openssl rand -hex 32`)"
+        )
+
+
+def load_secrets(config: StackConfig | None = None) -> Secrets:
+    """Secret config as Outputs; an empty key gets a RandomPassword (secret in state) created at top level. With
+    `config`, `rag:serviceApiKeys` is checked against the service's own rules (`check_service_api_keys`)."""
     import pulumi
     import pulumi_random as random
     from pulumi.runtime.config import get_config
@@ -2029,6 +2112,8 @@ def load_secrets() -> Secrets:
     else:
         qdrant_key = random.RandomPassword("qdrant-api-key-random", length=40, special=False).result
     if get_config(f"{PROJECT}:serviceApiKeys"):
+        if config is not None:
+            check_service_api_keys(config, get_config(f"{PROJECT}:serviceApiKeys") or "")
         api_keys = cfg.require_secret("serviceApiKeys")
     else:
         generated = random.RandomPassword("service-api-key-random", length=40, special=False).result

@@ -24,6 +24,7 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import re
 import runpy
 import sys
@@ -97,6 +98,8 @@ class StackRun:
     #: Existing objects the program reads (`Resource.get`): the engine reads them in the preview too, and one that
     #: does not exist fails it. `id` is in `inputs["id"]`; nothing is created for them.
     reads: list[RecordedResource] = field(default_factory=list)
+    #: What the program warned (`pulumi.log.warn`), in order: `make plan` lists them under Warnings once.
+    warnings: list[str] = field(default_factory=list)
 
     def of_type(self, type_: str) -> list[RecordedResource]:
         """The resources of one type token."""
@@ -742,7 +745,13 @@ def _run_stack(
     set_all_config(values, secret_keys)
     mocks = PlatformMocks(live)
     monitor = _RecordingMonitor(mocks)
-    pulumi_mocks.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    # The program's pulumi.log.warn lands in `program_log` (MockEngine.Log): recorded for the run instead of printed
+    # raw on stderr by logging's last-resort handler (make plan then printed the EKS support warning twice).
+    recorder = _Recorder()
+    program_log.addHandler(recorder)
+    pulumi_mocks.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=preview, logger=program_log, monitor=monitor
+    )
     root = settings.get_root_resource()
 
     resolved: dict[str, tuple[Any, bool]] = {}
@@ -761,6 +770,7 @@ def _run_stack(
         _sync_await(run_pulumi_func(program))
     finally:
         infra.stack.current_git_sha = read_commit
+        program_log.removeHandler(recorder)
         settings.ROOT.set(None)
         set_all_config({}, [])
         loop.close()
@@ -775,4 +785,20 @@ def _run_stack(
         secret_outputs=secret_outputs,
         config=dict(values),
         reads=list(monitor.reads),
+        warnings=[r.getMessage() for r in recorder.records if r.levelno == logging.WARNING],
     )
+
+
+#: The logger the offline engine writes the program's `pulumi.log` messages to (see `_run_stack`).
+program_log = logging.getLogger("infra.offline.program")
+
+
+class _Recorder(logging.Handler):
+    """Keeps one run's log records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)

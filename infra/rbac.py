@@ -33,6 +33,7 @@ Not covered: the cloud side of gke/eks stacks (``infra/deploy_identity.py``), an
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -455,7 +456,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_run(args.stack, args.set)
     if loaded is None:
         return 2  # the one-line error is printed (as `make plan` prints it)
-    sys.stdout.write(render(loaded[0], f"stack {args.stack}", subject=subject))
+    run = loaded[0]
+    provider = (json.loads(run.config.get("rag:cluster") or "{}") or {}).get("provider")
+    if provider not in (None, "existing"):
+        # The charts a cloud target installs (metrics-server, the autoscaler, ...) are not in CHART_OBJECTS: the
+        # deploy identity of a gke/eks stack is the cloud's (infra/deploy_identity.py), an admin of its own cluster.
+        print(
+            f"error: stack {args.stack} runs on {provider} (rag:cluster.provider): `make rbac` generates the RBAC of "
+            "a deploy on an existing cluster only; a gke/eks stack's deploy identity is its cloud's "
+            '(docs/delivery.md, "Deploy identity"; docs/infra.md, "Kubernetes RBAC for a deploy")',
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        text = render(run, f"stack {args.stack}", subject=subject)
+    except UnknownChart as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
     return 0
 
 

@@ -552,7 +552,8 @@ def ignored_config(run: StackRun) -> list[str]:
 def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
     """What deploys fine but will disappoint: an EKS minor near or past its end of standard support, monitoring whose
     alerts reach nobody, or whose runbook links are relative paths (the default) that no pager can open."""
-    warnings = []
+    # The program's own (pulumi.log.warn), once each; the EKS support warning is derived below, for `today`.
+    warnings = [w for w in dict.fromkeys(run.warnings) if not w.startswith("rag:cluster.eks.version in ")]
     for cluster in run.of_type("aws:eks/cluster:Cluster"):
         # The EKS minor near or past its end of standard support (infra/clusters/eks.py EKS_STANDARD_SUPPORT_ENDS).
         from infra.clusters.eks import support_warning
@@ -560,7 +561,7 @@ def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
         support = support_warning(
             str(cluster.inputs.get("version")), today or date.today(), f"Pulumi.{run.stack}.yaml"
         )
-        if support:
+        if support and support not in warnings:
             warnings.append(support)
     if run.outputs.get("alertReceivers") == []:
         warnings.append(

@@ -370,8 +370,27 @@ def monitor_labels(config: StackConfig) -> dict[str, str]:
 
 
 def _refuse_receiver_secrets(config: StackConfig, secrets: Secrets | None) -> None:
-    """The receivers' secrets configure the stack's own Alertmanager; with mode existing none is installed."""
-    if secrets is None or not existing_prometheus(config):
+    """The receivers' secrets configure the stack's own Alertmanager; with mode existing none is installed. An
+    e-mail receiver with a username authenticates to its smarthost: without `rag:smtpPassword` every e-mailed alert
+    fails (Alertmanager: "missing password for PLAIN auth mechanism")."""
+    if secrets is None:
+        return
+    email = config.monitoring.alerting.email
+    if (
+        config.monitoring.enabled
+        and not existing_prometheus(config)
+        and email.to
+        and email.username
+        and secrets.smtp_password is None
+    ):
+        raise ConfigError(
+            "rag:smtpPassword",
+            stack_file(config.stack),
+            "missing: monitoring.alerting.email.username is set, so Alertmanager logs in to the smarthost, and "
+            "without a password every e-mailed alert fails: `pulumi config set --secret rag:smtpPassword ...`, or "
+            "clear the username for a relay that takes mail without a login",
+        )
+    if not existing_prometheus(config):
         return
     for key, value in (
         ("slackWebhookUrl", secrets.slack_webhook_url),

@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -116,6 +117,10 @@ def _print_version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+#: The checkout of this invocation (its stack files say which stacks are permanent), for `_run`'s hints.
+_checkout: ContextVar[Path | None] = ContextVar("ragops_checkout", default=None)
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
@@ -130,6 +135,7 @@ def _root(
     """Deliver the RAG platform with the Pulumi Automation API (any backend; no Pulumi Cloud features)."""
     if ctx.obj is None:  # tests hand in a Context with a fake Pulumi runner
         ctx.obj = Context(work_dir=work_dir)
+    _checkout.set(ctx.obj.work_dir)
 
 
 @contextmanager
@@ -178,7 +184,7 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except CommandError as exc:
-        failure = describe(exc, roles)
+        failure = describe(exc, roles, _checkout.get())
         console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
         if failure.stderr and failure.stderr != failure.headline:
             console.print(failure.stderr, markup=False, highlight=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from pulumi.automation.errors import CommandError
 from semver import VersionInfo
@@ -101,36 +102,44 @@ def stderr_of(exc: CommandError) -> str:
     return text.strip()
 
 
-def missing_stack_hint(name: str, roles: Mapping[str, str] | None = None) -> str:
-    """How to create stack `name`: a permanent stack (dev, staging, prod) with `pulumi stack init` only, since
-    `ragops ephemeral` refuses those names; any other name may also be an ephemeral PR stack. `roles` says what
-    each stack of the command is (promote: the source and the target)."""
-    from infra.workflows.stacks import PERMANENT_STACKS
+def missing_stack_hint(
+    name: str, roles: Mapping[str, str] | None = None, work_dir: Path | None = None
+) -> str:
+    """How to create stack `name`: a permanent stack (dev, staging, prod, or another stack file of the checkout
+    `work_dir` without a ``rag:ephemeral`` record, such as ``Pulumi.qa.yaml``) with `pulumi stack init` only, since
+    `ragops ephemeral` refuses those; any other name may also be an ephemeral PR stack. `roles` says what each
+    stack of the command is (promote: the source and the target)."""
+    from infra.workflows.stacks import REPO_ROOT, is_permanent
 
     short = name.rsplit("/", 1)[-1]
     role = (roles or {}).get(short)
     which = f"{short} ({role})" if role else "the stack"
     hint = f"{which} does not exist in this backend: create it with `pulumi stack init {name}`"
-    if short not in PERMANENT_STACKS:
+    if not is_permanent(work_dir or REPO_ROOT, short):
         hint += f" (ephemeral PR stacks: `ragops ephemeral up --name {short}`)"
     return hint
 
 
-def hint_for(stderr: str, roles: Mapping[str, str] | None = None) -> str | None:
-    """A one-line fix for a common cause, or None. `roles` names what each stack of the command is."""
+def hint_for(stderr: str, roles: Mapping[str, str] | None = None, work_dir: Path | None = None) -> str | None:
+    """A one-line fix for a common cause, or None. `roles` names what each stack of the command is; `work_dir`
+    is the checkout whose stack files say which stacks are permanent."""
     for pattern, hint in HINTS:
         match = pattern.search(stderr)
         if match:
             if pattern is MISSING_STACK:
-                return missing_stack_hint(match.group(1), roles)
+                return missing_stack_hint(match.group(1), roles, work_dir)
             return hint.format(*match.groups())
     return None
 
 
-def describe(exc: CommandError, roles: Mapping[str, str] | None = None) -> PulumiFailure:
+def describe(
+    exc: CommandError, roles: Mapping[str, str] | None = None, work_dir: Path | None = None
+) -> PulumiFailure:
     """The stderr and hint of a failed command."""
     stderr = stderr_of(exc)
-    return PulumiFailure(stderr=stderr, hint=hint_for(stderr, roles), refusal=program_refusal(str(exc)))
+    return PulumiFailure(
+        stderr=stderr, hint=hint_for(stderr, roles, work_dir), refusal=program_refusal(str(exc))
+    )
 
 
 def check_cli_version(version: VersionInfo | None) -> str | None:

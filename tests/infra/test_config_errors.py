@@ -260,6 +260,12 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "cluster.eks.publicAccessCidrs",
         "not an IPv4/IPv6 network",
     ),
+    (
+        "prod",
+        {"cluster": {"eks": {"publicAccessCidrs": ["203.0.113.5"]}}},
+        "cluster.eks.publicAccessCidrs",
+        "is an address, not a network in CIDR notation: write '203.0.113.5/32'",
+    ),
     # The subnets are /20s carved from the VPC range, a public and a private one per zone (prod: 3 zones).
     ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/18"}}}, "cluster.eks.vpcCidr", "holds 4 /20 subnets"),
     ("prod", {"cluster": {"eks": {"vpcCidr": "10.0.0.0/20"}}}, "cluster.eks.vpcCidr", "use a /17 or larger"),
@@ -467,6 +473,16 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "got BASIC",
     ),
     ("dev", {"llm": {"egressCidrs": ["10.0.0.1/8"]}}, "llm.egressCidrs", "not an IPv4/IPv6 network"),
+    # EYES8 L11: a bare address is no CIDR: a NetworkPolicy ipBlock and EKS's publicAccessCidrs refuse it at `up`.
+    ("dev", {"llm": {"egressCidrs": ["0.0.0.0"]}}, "llm.egressCidrs", "write '0.0.0.0/32'"),
+    # EYES8 L10: cron fields are range-checked (the CronJob and the ScheduledBackup refuse them at `up`).
+    (
+        "staging",
+        {"backups": {"schedule": "61 3 * * *"}},
+        "backups.schedule",
+        "'61' in the minute field is not 0-59",
+    ),
+    ("staging", {"backups": {"schedule": "@daily"}}, "backups.schedule", "a macro such as @daily"),
     ("dev", {"llm": {"egressExcept": ["nowhere"]}}, "llm.egressExcept", "not an IPv4/IPv6 network"),
     ("dev", {"llm": {"enabled": True, "model": "m"}}, "llm.baseUrl", "base URL is required"),
     ("dev", {"llm": {"enabled": True, "baseUrl": "https://x.example/v1"}}, "llm.model", "model name"),
@@ -531,7 +547,7 @@ WRONG_TYPES: list[tuple[dict[str, Any], str, str]] = [
         "unknown value 'perzone'",
     ),
     ({"qdrant": {"replicas": 0}}, "qdrant.replicas", "out of range"),
-    ({"backups": {"schedule": "daily"}}, "backups.schedule", "invalid value"),
+    ({"backups": {"schedule": "daily"}}, "backups.schedule", "not 5 cron fields"),
     ({"tls": {"installCertManger": False}}, "tls.installCertManger", "unknown key"),
     ({"qdrant": {"replicas": None}}, "qdrant.replicas", "missing key"),
     ({"promotion": {"from": "dev", "digest": DIGEST, "at": "now"}}, "promotion.by", "missing key"),
@@ -734,3 +750,42 @@ def test_a_kubeconfig_set_with_path_secret_runs_offline_as_a_secret() -> None:
     assert "rag:cluster" in secret_keys
     assert json.loads(values["rag:cluster"])["existing"]["kubeconfig"] == "offline-secret-kubeconfig"
     assert run_stack("dev", stack_config=doc).outputs["serviceUrl"].startswith("https://")
+
+
+# --------------------------------------------------------------------------------- secrets the service would refuse
+@pytest.mark.parametrize(
+    ("stack", "keys", "fragment"),
+    [
+        # EYES8 L12: the service refuses keys under 32 characters in production; found at start, not at `up`.
+        ("prod", '{"acme": "tenant-a"}', "1 key(s) shorter than 32 characters"),
+        ("staging", "not-a-pair", "the service would refuse it: API_KEYS entries must look like key:tenant"),
+        ("dev", '{"k": "bad tenant!"}', "is not 1-64 characters"),
+    ],
+)
+def test_service_api_keys_the_service_would_refuse_are_a_config_error(
+    stack: str, keys: str, fragment: str
+) -> None:
+    error = error_of(stack, {"serviceApiKeys": keys})
+    assert_names(error, "serviceApiKeys", stack, fragment)
+    assert keys not in str(error)  # a secret is never echoed
+
+
+def test_service_api_keys_the_service_accepts_pass() -> None:
+    long_key = "k" * 32
+    run_stack("prod", config_overrides={"serviceApiKeys": f'{{"{long_key}": "acme"}}'})
+    run_stack("dev", config_overrides={"serviceApiKeys": "short:acme"})  # only production asks for length
+
+
+def test_an_email_receiver_with_a_login_but_no_smtp_password_is_refused() -> None:
+    """EYES8 L3: Alertmanager would log in with an empty password at the first alert and fail every e-mail."""
+    email = {"to": "ops@example.com", "sender": "rag@example.com", "smarthost": "smtp.example.com:587"}
+    error = error_of("staging", {"monitoring": {"alerting": {"email": {**email, "username": "u"}}}})
+    assert_names(error, "smtpPassword", "staging", "monitoring.alerting.email.username is set")
+    run_stack("staging", config_overrides={"monitoring": {"alerting": {"email": email}}})
+    run_stack(
+        "staging",
+        config_overrides={
+            "monitoring": {"alerting": {"email": {**email, "username": "u"}}},
+            "smtpPassword": "pw",
+        },
+    )

@@ -260,3 +260,21 @@ def test_make_plan_warns_for_a_stack_on_a_minor_near_its_end() -> None:
     warned = plan_warnings(run("prod", None, cluster={"eks": {"version": "1.34"}}), today)
     assert any(w.startswith("rag:cluster.eks.version in Pulumi.prod.yaml: 1.34 ") for w in warned), warned
     assert not any("rag:cluster.eks.version" in w for w in plan_warnings(run("prod"), today))
+
+
+def test_make_plan_prints_the_support_warning_once(tmp_path: Any) -> None:
+    """EYES8 L8: the program's pulumi.log.warn reached stderr raw (logging's last resort) next to the plan's own
+    WARNING line. 1.33 left standard support on 2026-07-29, so it warns on any day this test runs. A process of its
+    own, as `make plan` runs: under pytest, the logging plugin's handler would swallow the raw line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "infra.render", "--stack", "prod", "--out", str(tmp_path)]
+    command += ["--set", 'cluster.eks.version="1.33"']
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    both = result.stdout + result.stderr
+    assert both.count("1.33 left EKS standard support on 2026-07-29") == 1, both
+    assert "WARNING" in result.stdout

@@ -269,6 +269,24 @@ def test_an_instance_type_of_unknown_shape_is_a_finding() -> None:
     assert "m7g.xlarge" in finding.message
 
 
+def test_instance_type_messages_say_which_types_are_known_and_which_do_not_exist() -> None:
+    """EYES8 L2: t3.small was told to "use ... a t3" (only t3/t3a medium to 2xlarge are known), and m6i.huge, no EC2
+    type at all, was told to add its shape."""
+
+    def of_type(name: str) -> Callable[[dict[str, Any]], None]:
+        def patch(inputs: dict[str, Any]) -> None:
+            inputs["instanceTypes"] = [name]
+
+        return patch
+
+    (small,) = capacity_findings(patched(run("prod"), "eks-nodes", of_type("t3.small")))
+    assert "t3/t3a (medium to 2xlarge)" in small.fix
+    assert "add its shape" in small.fix
+    (typo,) = capacity_findings(patched(run("prod"), "eks-nodes", of_type("m6i.huge")))
+    assert "'m6i.huge' (rag:cluster.eks.nodeGroup.instanceType) is not an EC2 instance type" in typo.message
+    assert "add its shape" not in typo.fix
+
+
 def test_allocatable_follows_the_eks_ami_reservations() -> None:
     from infra.capacity import allocatable, instance_shape
 

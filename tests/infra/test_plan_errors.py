@@ -97,8 +97,14 @@ def test_which_keys_came_from_the_command_line(key: str, overrides: dict | None,
             ["--stack", "dev", "--set", "qdrant.replicas"],
             "error: --set expects KEY=VALUE, got 'qdrant.replicas'",
         ),
+        (
+            ["--stack", "prod"],
+            "error: stack prod runs on eks (rag:cluster.provider): `make rbac` generates the RBAC of a deploy on an "
+            "existing cluster only; a gke/eks stack's deploy identity is its cloud's (docs/delivery.md, \"Deploy "
+            'identity"; docs/infra.md, "Kubernetes RBAC for a deploy")',
+        ),
     ],
-    ids=["missing-stack-file", "wrong-type-in-set", "malformed-set"],
+    ids=["missing-stack-file", "wrong-type-in-set", "malformed-set", "cloud-stack"],
 )
 def test_make_rbac_reports_errors_as_make_plan_does(args: list[str], expected: str) -> None:
     # EYES6 G9: `python -m infra.rbac` printed a 20-line traceback (and exited 1) where `make plan` prints one line.

@@ -58,3 +58,18 @@ def test_the_hint_reads_a_fully_qualified_stack_name() -> None:
     assert errors.hint_for(stderr, {"staging": "the target of the promotion"}).startswith(
         "staging (the target of the promotion) does not exist"
     )
+
+
+def test_a_committed_stack_file_is_a_permanent_stack_and_not_offered_as_an_ephemeral_one(
+    ctx: Context,
+) -> None:
+    # A fourth permanent stack (docs/delivery.md, "Adding a permanent stack"): its committed file has config and
+    # no rag:ephemeral record, and `ragops ephemeral up --name qa` refuses it, so the hint must not offer that.
+    (ctx.work_dir / "Pulumi.qa.yaml").write_text("config:\n  rag:environment: staging\n")
+    out = invoke(ctx, "status", "-s", "qa")
+    assert "create it with `pulumi stack init qa`" in out
+    assert "ephemeral" not in out
+    assert "'qa' is not an ephemeral stack" in invoke(ctx, "ephemeral", "up", "--name", "qa")
+    # A PR stack's file (written by `ragops ephemeral up`) keeps the offer.
+    (ctx.work_dir / "Pulumi.pr-8.yaml").write_text("config:\n  rag:ephemeral:\n    owner: me\n")
+    assert "(ephemeral PR stacks: `ragops ephemeral up --name pr-8`)" in invoke(ctx, "status", "-s", "pr-8")
