@@ -215,4 +215,16 @@ def ignored(
             where = stack_file if any(_in(stack, k) for k in members) else "--set"
             what = f"rag:{group}" + (f" ({len(members)} keys)" if len(members) > 1 else "")
             lines.append(f"{what} in {where} has no effect: {why}")
+    # A cloud's provider keys: only that cloud's target builds its provider, which reads (or refuses) them
+    # (infra/clusters/eks.py aws_provider_args, gke.py check_gcp_keys); on another target nothing reads them.
+    provider = config["cluster"]["provider"]
+    for namespace, target in (("aws", "eks"), ("gcp", "gke")):
+        if provider == target:
+            continue
+        lines.extend(
+            f"{key} in {stack_file} has no effect: cluster.provider is {provider}, and only the {target} target "
+            f"builds the {namespace} provider"
+            for key in sorted(stack_values)
+            if key.startswith(f"{namespace}:")
+        )
     return lines

@@ -68,6 +68,7 @@ class ClusterTarget:
 
 def build_cluster(config: StackConfig) -> ClusterTarget:
     """The configured cluster target (import is lazy so a dev run never loads the cloud SDKs)."""
+    check_kubernetes_keys(provider_stack_keys("kubernetes"), config.stack_file)
     if config.cluster.provider == "gke":
         from infra.clusters.gke import build_gke
 
@@ -96,3 +97,19 @@ def provider_stack_keys(namespace: str) -> dict[str, Any]:
         for key in sorted({*CONFIG.get(), *get_config_env()})
         if key.startswith(prefix)
     }
+
+
+def check_kubernetes_keys(keys: Mapping[str, Any], file: str) -> None:
+    """Refuse `kubernetes:*` stack keys (`keys`: bare name -> value): every Kubernetes provider of the program is
+    explicit (built by the cluster target), so `kubernetes:context` or `kubernetes:kubeconfig` would be ignored and
+    the stack deployed to whatever cluster the target names."""
+    from infra.config import ConfigError
+
+    for bare in sorted(keys):
+        raise ConfigError(
+            f"kubernetes:{bare}",
+            file,
+            "not read: the stack's Kubernetes provider is explicit (infra/clusters/), built from rag:cluster "
+            "(an existing cluster's rag:cluster.existing.context / kubeconfig; gke/eks: the cluster the stack "
+            "creates). Remove the key",
+        )

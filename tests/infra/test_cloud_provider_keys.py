@@ -114,3 +114,13 @@ def test_make_plan_names_an_ignored_aws_key_in_one_line(
     assert err.startswith("config error: aws:profile in --set"), err
     assert "AWS_PROFILE=prod-admin" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_kubernetes_provider_key_is_refused_naming_where_the_cluster_is_chosen() -> None:
+    """`kubernetes:context` in a stack file would be ignored by the explicit Kubernetes provider, and the stack
+    deployed to the context rag:cluster.existing names."""
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError) as caught:
+        run_stack("dev", stack_config={**doc["config"], "kubernetes:context": "prod-admin"})
+    assert (caught.value.key, caught.value.stack_file) == ("kubernetes:context", "Pulumi.dev.yaml")
+    assert "rag:cluster.existing.context" in str(caught.value)

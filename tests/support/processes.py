@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.servers import _stop, _wait_until, free_port
+from tests.support.servers import ServerError, _stop, _wait_until, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,25 @@ def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -
     """Start `python -m service` with `settings` in `workdir` (no .env read from the repo); return once
     ``ready_path`` answers 200 (``/readyz`` when the test needs the stores ready, not only the process). The
     caller stops it (or kills it: `_stop` after a signal is harmless). ``log_json`` may be overridden (false by
-    default: readable in a failure message)."""
+    default: readable in a failure message).
+
+    The port is picked free, then bound by the child: another process may take it in between, and the child
+    exits saying it cannot listen there. That start is retried on a new port (twice at most); any other exit
+    fails the test."""
+    for attempt in range(3):
+        try:
+            return _start_api_once(workdir, ready_path, settings)
+        except PortTaken:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class PortTaken(ServerError):
+    """The child exited because another process took the port it was given."""
+
+
+def _start_api_once(workdir: Path, ready_path: str, settings: dict[str, str]) -> ApiProcess:
     port = free_port()
     env = service_env(**{"log_json": "false", **settings, "host": "127.0.0.1", "port": str(port)})
     # Beside the test's own files (a pytest tmp_path, cleaned with them), not a directory of /tmp of its own
@@ -68,6 +86,13 @@ def start_api(workdir: Path, *, ready_path: str = "/healthz", **settings: str) -
 
     try:
         _wait_until(ready, "the API process", proc, log)
+    except ServerError as exc:
+        _stop(proc)
+        output = log.read_text(errors="replace")
+        # The service's own bind probe, or uvicorn's bind when the port went in the probe's wake.
+        if f"cannot listen on 127.0.0.1:{port}" in output or "address already in use" in output.lower():
+            raise PortTaken(str(exc)) from exc
+        raise
     except BaseException:
         _stop(proc)
         raise
