@@ -492,6 +492,9 @@ class InClusterRedis:
 
     storage: Storage
     resources: Resources
+    downgradeFrom: str = _f(pattern=re.compile(r"^([0-9]{1,3})?$"), integer_ok=True)
+    """The Valkey major the pod runs while redis.version names an older one whose append-only file format differs:
+    a declared downgrade to an empty cache (infra/guards.py `valkey_downgrade_refusal`)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3090,6 +3090,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "redis.mode": "managed",
     "redis.version": "8.1.4",
     "redis.incluster.storage.storageClass": "fast-redis",
+    "redis.incluster.downgradeFrom": "9",  # a declared downgrade from 9: the pod's init moves 9.x's AOF aside
     "redis.managed.nodeType": "cache.r7g.large",
     "redis.managed.tier": "BASIC",
     "service.autoscaling.minReplicas": 2,

@@ -7,7 +7,9 @@ it; RDS refuses it in the middle of the `up`; Cloud SQL's `databaseVersion` is i
 names a major the instance does not run). Each is a declared step (`rag:qdrant.scaleDownTo`,
 `rag:postgres.<mode>.majorUpgrade.fromVersion`). A third has no declared form: another `rag:namespace` (every object
 created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only, and
-so is another cluster (`rag:cluster.provider`, its region, project, VPC range or zone count: a new, empty one). The
+so is another cluster (`rag:cluster.provider`, its region, project, VPC range or zone count: a new, empty one). An older
+`rag:redis.version` major than the in-cluster Valkey's is refused too when it cannot load the append-only file the
+newer one wrote (`rag:redis.incluster.downgradeFrom` accepts an empty cache). The
 decisions, and their messages, live here once:
 `ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
 history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
@@ -63,6 +65,8 @@ QDRANT_NAME = "qdrant"
 """The QdrantCluster's name in the program (its StatefulSet is `<name>-statefulset`)."""
 POSTGRES_NAME = "postgres"
 """The PostgresDatabase's name in the program (`<name>-cluster`, `<name>-instance`, `<name>-<restore>-instance`)."""
+REDIS_NAME = "redis"
+"""The RedisCache's name in the program (its in-cluster Valkey StatefulSet is `<name>-statefulset`)."""
 NAMESPACE_NAME = "namespace"
 """The stack's Namespace resource in the program (infra/stack.py)."""
 
@@ -365,6 +369,33 @@ def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str |
     )
 
 
+VALKEY_DOWNGRADE_KEY = f"{PROJECT}:redis.incluster.downgradeFrom"
+
+
+def valkey_downgrade_refusal(stack: str, deployed: str | None, version: str, declared: str) -> str | None:
+    """Why running the in-cluster Valkey `version` on the append-only file the `deployed` major wrote is refused
+    (None: it is not). An older Valkey cannot load a newer base format: 8.x reads RDB 11 only and exits at start on
+    9.x's `VALKEY080` base (valkey-io/valkey#2888; `rdb-version-check relaxed` exists from 8.1 only), so the pod
+    crash-loops until the file is removed. `declared` (`rag:redis.incluster.downgradeFrom`) naming the deployed
+    major accepts an empty cache: the pod's init container then moves the file aside (infra/components/redis.py).
+    Within a major the format stays, so a minor downgrade passes."""
+    from infra.components.redis import aof_format  # the program has it loaded; ragops never calls this
+
+    planned = version.split(".")[0]
+    if deployed is None or not deployed.isdigit() or not planned.isdigit() or declared == deployed:
+        return None
+    if int(planned) >= int(deployed) or aof_format(int(planned)) == aof_format(int(deployed)):
+        return None
+    return (
+        f"Refusing to run Valkey {version} on stack {stack!r} over the append-only file Valkey {deployed} wrote: "
+        f"its format (RDB {aof_format(int(deployed))}) is newer than {planned}.x loads, so the pod would crash-loop "
+        f"at start (valkey-io/valkey#2888). Set rag:redis.version back to a {deployed}.x release, or accept an "
+        f"empty cache (queued jobs are kept by the database): `pulumi config set --path {VALKEY_DOWNGRADE_KEY} "
+        f"{deployed} -s {stack}` (the pod then moves the old file aside; clear the key after the `up`; "
+        f"{DAY_TWO_DOC})."
+    )
+
+
 # --- what the stack runs, from its own state ------------------------------------------------------------------
 
 
@@ -389,6 +420,8 @@ class DeployedState:
     """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
     cluster: ClusterIdentity | None = None
     """Where the stack's cluster is (None: nothing deployed in the state)."""
+    valkey_major: str | None = None
+    """The major of the in-cluster Valkey's image (None: no Valkey StatefulSet in the state, or a tag without one)."""
 
 
 def _name(urn: str) -> str:
@@ -414,6 +447,12 @@ def _image_major(image: str) -> str | None:
     return match.group(0) if match else None
 
 
+def _valkey_major(image: str) -> int | None:
+    from infra.components.redis import image_major  # the program has it loaded; ragops never calls this
+
+    return image_major(image)
+
+
 def deployed_state(
     resources: Mapping[str, Any], *, qdrant: str = QDRANT_NAME, postgres: str = POSTGRES_NAME
 ) -> DeployedState:
@@ -425,6 +464,7 @@ def deployed_state(
     bucket: str | None = None
     storage: str | None = None
     registries: list[Registry] = []
+    valkey_major: str | None = None
     cloud: dict[str, Any] = {}
     private_subnets = 0
     for urn, entry in resources.items():
@@ -455,6 +495,13 @@ def deployed_state(
             workload_namespace = str((outputs.get("metadata") or {}).get("namespace") or "") or None
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
+        elif kind == STATEFULSET and name == f"{REDIS_NAME}-statefulset":
+            pod = ((outputs.get("spec") or {}).get("template") or {}).get("spec") or {}
+            images = [
+                str(c.get("image") or "") for c in pod.get("containers") or [] if c.get("name") == "valkey"
+            ]
+            valkey = _valkey_major(images[0]) if images else None
+            valkey_major = str(valkey) if valkey is not None else None
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
             storage = str(((outputs.get("spec") or {}).get("storage") or {}).get("size") or "") or None
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
@@ -479,6 +526,7 @@ def deployed_state(
         namespace_created=created,
         namespace_released=released,
         postgres_storage=storage,
+        valkey_major=valkey_major,
     )
 
 
@@ -632,6 +680,12 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
         same_mode = (r.major for r in state.registries if r.managed == planned.managed)
         key = f"{PROJECT}:postgres.version" if is_downgrade(planned, same_mode) else planned.upgrade_key
         return DeployedStateRefusal(key, config.stack_file, major)
+    if config.redis.mode == "incluster":
+        valkey = valkey_downgrade_refusal(
+            stack, state.valkey_major, config.redis.version, config.redis.incluster.downgradeFrom
+        )
+        if valkey is not None:
+            return DeployedStateRefusal(VALKEY_DOWNGRADE_KEY, config.stack_file, valkey)
     if config.postgres.mode == "cloudnative":
         shrink = storage_shrink_refusal(
             stack, state.postgres_storage, config.postgres.cloudnative.storage.size

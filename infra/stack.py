@@ -121,6 +121,7 @@ ARG_KEYS: Mapping[str, str] = {
     "RedisCacheArgs.image": "redis.version",
     "RedisCacheArgs.storage_size": "redis.incluster.storage.size",
     "RedisCacheArgs.resources": "redis.incluster.resources",
+    "RedisCacheArgs.aof_set_aside_from": "redis.incluster.downgradeFrom",
     "RedisCacheArgs.maxmemory": "redis.incluster.resources",  # from the memory limit: the stack sets no maxmemory
     "RedisCacheArgs.num_cache_clusters": "redis.managed.replicas",
     "RedisCacheArgs.memory_size_gb": "redis.managed.memorySizeGb",
@@ -633,6 +634,7 @@ def redis_args(
         storage_size=cfg.incluster.storage.size,
         storage_class=storage_class(cfg.incluster.storage.storageClass, cluster),
         resources=resources(cfg.incluster.resources),
+        aof_set_aside_from=cfg.incluster.downgradeFrom,
         client_selectors=CLIENTS,
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),

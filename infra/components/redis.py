@@ -66,6 +66,10 @@ class RedisCacheArgs:
             cpu_request="100m", memory_request="256Mi", cpu_limit="500m", memory_limit="384Mi"
         )
     )
+    aof_set_aside_from: str = ""
+    """A Valkey major ("9") whose append-only file this image cannot load (a declared downgrade): an init container
+    moves `/data/appendonlydir` aside when its format is newer than this image loads, so Valkey starts with an
+    empty cache instead of crash-looping (valkey-io/valkey#2888). "": none."""
     network_policy: bool = True
     client_selectors: tuple[Mapping[str, str], ...] = ()
     """Pod label selectors (same namespace) allowed to connect."""
@@ -214,6 +218,53 @@ def valkey_container(args: RedisCacheArgs, secret_name: str) -> dict[str, Any]:
     }
 
 
+AOF_DIR = "/data/appendonlydir"
+"""Where Valkey (7.0 and later: a multi-part AOF, `appenddirname`) keeps its append-only file under `--dir /data`."""
+
+
+def aof_format(major: int) -> int:
+    """The RDB format of the append-only file's base that Valkey `major` writes (and the newest it loads): 11 up to
+    8.x (valkey-io/valkey#665 moved 8.0 back to Redis 7.2's 11), 80 (`VALKEY080`) from 9.0 (#2422); a later major
+    is taken to bring its own until known otherwise."""
+    return 11 if major <= 8 else 80 if major == 9 else major
+
+
+def image_major(image: str) -> int | None:
+    """The Valkey major of an image (`valkey/valkey:8.1.3` -> 8; None: a tag without one)."""
+    tag = image.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+    match = re.match(r"[0-9]+", tag)
+    return int(match.group(0)) if match else None
+
+
+def aof_set_aside_container(args: RedisCacheArgs) -> dict[str, Any]:
+    """An init container that moves the append-only file aside when its base is in a newer format than this image
+    loads (the RDB version in the base file's header: `REDIS0011`, `VALKEY080`), to `<dir>.unreadable-<time>`.
+    Decided by the file, not by a marker: after the move Valkey writes its own format, which the next start keeps.
+    Valkey then starts with an empty cache; the old file stays on the volume (delete it to free the space)."""
+    major = image_major(args.image)
+    require(
+        major is not None,
+        f"RedisCacheArgs.aof_set_aside_from needs an image tag that starts with its major, got {args.image!r}.",
+    )
+    loadable = aof_format(major)  # type: ignore[arg-type]
+    script = (
+        f'set -eu; for f in {AOF_DIR}/*.base.rdb; do [ -f "$f" ] || continue; '
+        'v=$(head -c 9 "$f" | tr -dc 0-9); v=${v#0}; v=${v#0}; '
+        f'if [ "${{v:-0}}" -gt {loadable} ]; then aside={AOF_DIR}.unreadable-$(date +%Y%m%d%H%M%S); '
+        f'mv {AOF_DIR} "$aside"; echo "RDB format $v is newer than {loadable}: moved {AOF_DIR} to $aside"; '
+        "break; fi; done"
+    )
+    return {
+        "name": "aof-set-aside",
+        "image": args.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", script],
+        "resources": specs.resources_spec(args.resources),
+        "securityContext": specs.container_security_context(RUN_AS_USER, RUN_AS_USER),
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+
+
 def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[str, Any]:
     """One-replica StatefulSet with a PVC for the append-only file."""
     match = specs.selector_labels(APP, base, "cache")
@@ -229,6 +280,7 @@ def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[
                 "automountServiceAccountToken": False,
                 "securityContext": specs.pod_security_context(RUN_AS_USER, RUN_AS_USER),
                 "terminationGracePeriodSeconds": 30,
+                **({"initContainers": [aof_set_aside_container(args)]} if args.aof_set_aside_from else {}),
                 "containers": [valkey_container(args, secret_name)],
                 "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
             },

@@ -112,6 +112,7 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         namespace_created=True,
         postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
         cluster=guards.ClusterIdentity(provider="gke", region="europe-west1", project="rag-staging"),
+        valkey_major="8",
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
@@ -268,6 +269,50 @@ def test_a_scale_up_goes_ahead() -> None:
     # ... and the grown state then guards its own count.
     with pytest.raises(guards.DeployedStateRefusal, match="from 3 to 1 replicas"):
         against("dev", grown, {})
+
+
+# ---------------------------------------------------------------------------------------------- Valkey
+VALKEY_KEY = "rag:redis.incluster.downgradeFrom"
+
+
+def test_a_valkey_downgrade_that_cannot_load_the_append_only_file_is_refused_and_a_declared_one_goes_ahead(
+    sent: list[str],
+) -> None:
+    """REVIEW8 finding 4 (valkey-io/valkey#2888): 9.x's append-only file is RDB 80, which 8.x cannot load: the pod
+    would crash-loop until the file is removed by hand."""
+    deployed = against("staging", run("staging"), {"redis": {"version": "9.0.1"}})
+    assert guards.deployed_state(state_of(deployed)["resources"]).valkey_major == "9"
+    message = refused("staging", deployed, {"redis": {"version": "8.1.3"}}, sent)
+    assert message.startswith(
+        f"{VALKEY_KEY} in Pulumi.staging.yaml: Refusing to run Valkey 8.1.3 on stack 'staging' over the "
+        "append-only file Valkey 9 wrote"
+    )
+    assert "valkey-io/valkey#2888" in message
+    assert f"pulumi config set --path {VALKEY_KEY} 9 -s staging" in message
+    assert guards.DAY_TWO_DOC in message
+    assert "rag:redis.version back to a 9.x release" in message
+    # The preview shows it too; a declaration from another major does not pass.
+    refused("staging", deployed, {"redis": {"version": "8.1.3"}}, sent, preview=True)
+    refused("staging", deployed, {"redis": {"version": "8.1.3", "incluster": {"downgradeFrom": 10}}}, sent)
+    # Declared (the CLI stores `9` as an integer): the 8.x pod moves the unreadable file aside first.
+    down = against("staging", deployed, {"redis": {"version": "8.1.3", "incluster": {"downgradeFrom": 9}}})
+    pod = down.by_name("redis-statefulset").inputs["spec"]["template"]["spec"]
+    assert [c["image"] for c in pod["initContainers"]] == ["valkey/valkey:8.1.3"]
+    assert "initContainers" not in deployed.by_name("redis-statefulset").inputs["spec"]["template"]["spec"]
+    # Done: the state runs 8.x, the next `up` passes with or without the declaration.
+    assert guards.deployed_state(state_of(down)["resources"]).valkey_major == "8"
+    against("staging", down, {"redis": {"version": "8.1.3"}})
+
+
+def test_valkey_downgrades_within_a_format_and_upgrades_go_ahead() -> None:
+    deployed = against("staging", run("staging"), {"redis": {"version": "9.1.0"}})
+    assert against("staging", deployed, {"redis": {"version": "9.0.1"}}).by_name("redis-statefulset")
+    eight = run("staging")
+    for version in ("8.0.1", "7.2.8", "9.0.1"):
+        assert against("staging", eight, {"redis": {"version": version}}).by_name("redis-statefulset")
+    # A managed cache keeps no in-cluster append-only file: moving to it is not this check's business.
+    managed = against("staging", deployed, {"redis": {"mode": "managed", "version": "8.1.3"}})
+    assert managed.by_name("redis-instance")
 
 
 # ---------------------------------------------------------------------------------------------- namespace

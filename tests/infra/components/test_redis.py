@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pulumi
 import pytest
 
@@ -211,3 +214,66 @@ def test_each_child_gets_the_provider_of_its_package() -> None:
     assert len(aws_children) == 3
     for res in aws_children:
         assert res.provider.startswith(cloud_urn + "::"), res.name
+
+
+def _run_set_aside(args: r.RedisCacheArgs, data: Path) -> subprocess.CompletedProcess[str]:
+    """The init container's script, run by the machine's sh against `data` standing in for the volume's /data."""
+    script = r.aof_set_aside_container(args)["command"][2].replace("/data/", f"{data}/")
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True, timeout=30)
+
+
+def _aof(data: Path, header: bytes) -> Path:
+    aof = data / "appendonlydir"
+    aof.mkdir()
+    (aof / "appendonly.aof.3.base.rdb").write_bytes(
+        header + b"\xfa\x0bvalkey-ver\x059.0.0\xff" + bytes(range(256))
+    )
+    (aof / "appendonly.aof.3.incr.aof").write_bytes(b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n")
+    (aof / "appendonly.aof.manifest").write_text("file appendonly.aof.3.base.rdb seq 3 type b\n")
+    return aof
+
+
+def test_a_declared_downgrade_moves_only_an_unreadable_append_only_file_aside(tmp_path: Path) -> None:
+    """valkey-io/valkey#2888: 8.x exits at start on 9.x's `VALKEY080` base. With the declaration, the 8.x pod's init
+    container moves such a file aside (once: what 8.x then writes is kept) and leaves a file 8.x reads alone."""
+    assert (
+        "initContainers" not in r.statefulset_spec(incluster(), "redis", "redis-password")["template"]["spec"]
+    )
+    args = incluster(image="valkey/valkey:8.1.3", aof_set_aside_from="9")
+    pod = r.statefulset_spec(args, "redis", "redis-password")["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["aof-set-aside"]
+    assert pod["initContainers"][0]["image"] == "valkey/valkey:8.1.3"
+    assert pod["initContainers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+
+    newer, older = tmp_path / "newer", tmp_path / "older"
+    newer.mkdir()
+    older.mkdir()
+    _aof(newer, b"VALKEY080")
+    kept = _aof(older, b"REDIS0011")
+    moved = _run_set_aside(args, newer)
+    assert "RDB format 80 is newer than 11" in moved.stdout
+    assert not (newer / "appendonlydir").exists()
+    [aside] = [p for p in newer.iterdir() if p.name.startswith("appendonlydir.unreadable-")]
+    assert (aside / "appendonly.aof.3.base.rdb").read_bytes().startswith(b"VALKEY080")
+    _run_set_aside(args, older)
+    assert sorted(p.name for p in older.iterdir()) == ["appendonlydir"]
+    assert (kept / "appendonly.aof.3.base.rdb").read_bytes().startswith(b"REDIS0011")
+    # The next start (8.x wrote its own file) and a first start (no file yet) keep what is there.
+    _aof(newer, b"REDIS0011")
+    _run_set_aside(args, newer)
+    assert (newer / "appendonlydir").is_dir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _run_set_aside(args, empty)
+    assert list(empty.iterdir()) == []
+    # A 9.x image reads 9.x's format: nothing is moved.
+    _run_set_aside(incluster(image="valkey/valkey:9.0.1", aof_set_aside_from="10"), tmp_path / "older")
+    assert (older / "appendonlydir").is_dir()
+
+
+def test_the_formats_change_only_at_valkey_9() -> None:
+    assert [r.aof_format(major) for major in (7, 8, 9)] == [11, 11, 80]
+    assert r.image_major("valkey/valkey:9.0.1@sha256:abc") == 9
+    assert r.image_major("valkey/valkey:latest") is None
+    with pytest.raises(ComponentArgsError, match="needs an image tag that starts with its major"):
+        r.aof_set_aside_container(incluster(image="valkey/valkey:latest", aof_set_aside_from="9"))
