@@ -2979,7 +2979,8 @@ CONFIG_PLACES: tuple[tuple[str, str, str, Mapping[str, Any]], ...] = (
         "monitoring.alerting.email.",
         "dev",
         "existing",
-        {"monitoring": {"enabled": True, "alerting": {"email": EMAIL}}},
+        # EMAIL logs in (a username), so it needs its password (refused without one).
+        {"monitoring": {"enabled": True, "alerting": {"email": EMAIL}}, "smtpPassword": "smtp-password-one"},
     ),
     (
         "smtpPassword",

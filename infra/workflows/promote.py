@@ -43,6 +43,7 @@ from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
+    PERMANENT_STACKS,
     POLICY_PACK,
     PROJECT,
     PROMOTION_CHAIN,
@@ -57,10 +58,10 @@ from infra.workflows.stacks import (
     deployed_config,
     describe_counts,
     is_permanent,
+    promotion_environment,
     rfc3339,
     select,
     set_config_values,
-    stack_environment,
 )
 
 IMAGE_KEY = f"{PROJECT}:image"
@@ -125,8 +126,16 @@ def check_order(source: str, target: str, work_dir: Path = REPO_ROOT) -> None:
                     f"{PROJECT}:ephemeral record)"
                 )
                 break
+            if promotion_environment(work_dir, name) is None:
+                why = (
+                    f" (Pulumi.{name}.yaml is not committed: a stack other than {', '.join(PERMANENT_STACKS)} takes "
+                    "part in promotions by its committed stack file only, what the team reviewed, "
+                    "docs/delivery.md#adding-a-permanent-stack)"
+                )
+                break
         else:
-            src_env, tgt_env = stack_environment(work_dir, source), stack_environment(work_dir, target)
+            src_env = promotion_environment(work_dir, source)
+            tgt_env = promotion_environment(work_dir, target)
             why = (
                 f" ({source} is environment {src_env} and {target} is environment {tgt_env}, by {PROJECT}:environment "
                 f"in their stack files: a stack receives only from the environment before its own, "

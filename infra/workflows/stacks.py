@@ -211,11 +211,50 @@ def permanent_stacks(work_dir: Path) -> list[str]:
     return sorted(names, key=order)
 
 
+def committed_environment(work_dir: Path, stack: str) -> str | None:
+    """The `rag:environment` of ``Pulumi.<stack>.yaml`` as committed at HEAD in `work_dir`'s git checkout (what
+    the team reviewed, not a file only this runner has or edited), or None when it is not committed there (or
+    there is no git). A committed file that does not set it runs Pulumi.yaml's default, dev."""
+    try:
+        shown = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["git", "-C", str(work_dir), "show", f"HEAD:./Pulumi.{stack}.yaml"],  # noqa: S607 - git from PATH
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if shown.returncode != 0:
+        return None
+    try:
+        doc = yaml.safe_load(shown.stdout) or {}
+    except yaml.YAMLError:
+        return None
+    config = doc.get("config") if isinstance(doc, dict) else None
+    value = config.get(f"{PROJECT}:environment") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else "dev"
+
+
+def promotion_environment(work_dir: Path, stack: str) -> str | None:
+    """The environment a promotion judges `stack` by: the shipped stacks' from their files (as always), any other
+    permanent stack's from its committed file only (`committed_environment`). Otherwise an untracked
+    ``Pulumi.mine.yaml`` saying `rag:environment: staging`, a hand-set image and one `up` would open a path to
+    prod (`promote --from mine --to prod`)."""
+    if stack in PERMANENT_STACKS:
+        return stack_environment(work_dir, stack)
+    return committed_environment(work_dir, stack)
+
+
 def allowed_promotions(work_dir: Path) -> list[tuple[str, str]]:
     """Every (source, target) pair a promotion may take in this checkout: from a permanent stack of environment E
-    to a permanent stack of PROMOTION_CHAIN[E] (dev -> staging, staging -> prod, by `rag:environment`)."""
-    stacks = permanent_stacks(work_dir)
-    envs = {name: stack_environment(work_dir, name) for name in stacks}
+    to a permanent stack of PROMOTION_CHAIN[E] (dev -> staging, staging -> prod, by `rag:environment`); a stack
+    other than the shipped three by its committed stack file only (`promotion_environment`)."""
+    envs = {
+        name: env
+        for name in permanent_stacks(work_dir)
+        if (env := promotion_environment(work_dir, name)) is not None
+    }
+    stacks = list(envs)
     return [
         (source, target)
         for source in stacks

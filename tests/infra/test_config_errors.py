@@ -483,6 +483,13 @@ RULES: list[tuple[str, dict[str, Any], str, str]] = [
         "'61' in the minute field is not 0-59",
     ),
     ("staging", {"backups": {"schedule": "@daily"}}, "backups.schedule", "a macro such as @daily"),
+    # Sunday is 0 only: robfig/cron (the CronJob's and CloudNativePG's parser) bounds the day of week at 6.
+    (
+        "staging",
+        {"backups": {"schedule": "0 3 * * 5-7"}},
+        "backups.schedule",
+        "'7' in the day of week field is not 0-6",
+    ),
     ("dev", {"llm": {"egressExcept": ["nowhere"]}}, "llm.egressExcept", "not an IPv4/IPv6 network"),
     ("dev", {"llm": {"enabled": True, "model": "m"}}, "llm.baseUrl", "base URL is required"),
     ("dev", {"llm": {"enabled": True, "baseUrl": "https://x.example/v1"}}, "llm.model", "model name"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -241,6 +242,7 @@ def test_a_fourth_permanent_stack_receives_along_its_environment(ctx: Context, b
     `pulumi up` refusal tells the operator to run), and passes its image on to prod; never sideways."""
     _stacks(backend)
     backend.add_stack("qa", config={"rag:environment": "staging"}, outputs={})
+    _commit(ctx.work_dir)
 
     done = promote(ctx, "dev", "qa")
 
@@ -261,6 +263,33 @@ def test_a_fourth_permanent_stack_receives_along_its_environment(ctx: Context, b
             check_order(source, target, ctx.work_dir)
 
 
+def _commit(work_dir: Path) -> None:
+    """Make `work_dir` a git checkout with every file committed (what CI's clone of main is)."""
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "stacks"],
+    ):
+        subprocess.run(["git", "-C", str(work_dir), *args], check=True, capture_output=True)
+
+
+def test_a_stack_file_only_this_runner_has_opens_no_path_to_prod(ctx: Context, backend: FakeBackend) -> None:
+    """An untracked Pulumi.mine.yaml saying `rag:environment: staging` (or a committed qa file edited locally to
+    say it) must not make its stack a source for prod: other stacks take part by their committed files only."""
+    _stacks(backend)
+    backend.add_stack("qa", config={"rag:environment": "dev"}, outputs={})
+    _commit(ctx.work_dir)
+    backend.add_stack("mine", config={"rag:environment": "staging"}, outputs={"imageDigest": DIGEST})
+    with pytest.raises(UsageError, match=r"Pulumi.mine.yaml is not committed"):
+        promote(ctx, "mine", "prod")
+    (ctx.work_dir / "Pulumi.qa.yaml").write_text("config:\n  rag:environment: staging\n")
+    with pytest.raises(UsageError, match=r"qa is environment dev and prod is environment prod"):
+        check_order("qa", "prod", ctx.work_dir)  # judged by the committed file, not the edit
+    assert ("mine", "prod") not in allowed_promotions(ctx.work_dir)
+    assert backend.calls == []
+    check_order("staging", "prod", ctx.work_dir)  # the shipped chain is unchanged
+
+
 def test_a_stack_file_without_a_promoted_environment_or_an_ephemeral_one_is_refused(
     ctx: Context, backend: FakeBackend
 ) -> None:
@@ -269,6 +298,7 @@ def test_a_stack_file_without_a_promoted_environment_or_an_ephemeral_one_is_refu
     (ctx.work_dir / "Pulumi.pr-9.yaml").write_text(
         "config:\n  rag:environment: staging\n  rag:ephemeral: {}\n"
     )
+    _commit(ctx.work_dir)
     with pytest.raises(UsageError, match=r"qa is environment dev, by rag:environment"):
         promote(ctx, "dev", "qa")
     with pytest.raises(UsageError, match=r"pr-9 is not a permanent stack"):
