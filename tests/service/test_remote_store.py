@@ -3,6 +3,10 @@ API's own store, round-tripping the dataclasses; a wrong token or a down API is 
 
 from __future__ import annotations
 
+import re
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import httpx
@@ -100,3 +104,97 @@ def test_an_unreachable_owner_is_a_service_unavailable() -> None:
     remote = RemoteVectorStore(f"http://127.0.0.1:{free_port()}", TOKEN, timeout=2)
     with pytest.raises(ServiceUnavailable, match="did not answer"):
         remote.upsert([])
+
+
+class ClosingOwner:
+    """An owning API on a raw socket that closes a kept-alive connection under the next request on it, as
+    uvicorn does when the API runs again after a stall longer than its keep-alive timeout: its timer runs
+    before it reads the socket and closes it with the request unread, so the kernel resets it (``reset``);
+    or it closes the connection after reading the request, unanswered (``closed``). A connection's first
+    request is answered, except with ``every_connection`` (then each is closed under its first request)."""
+
+    def __init__(self, how: str, *, every_connection: bool = False) -> None:
+        self.how, self.every_connection = how, every_connection
+        self.connections = self.answered = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return b""
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        while length and len(body) < int(length.group(1)):
+            body += conn.recv(65536)
+        return data
+
+    def _close_under(self, conn: socket.socket) -> None:
+        if self.how == "reset":
+            conn.recv(1, socket.MSG_PEEK)  # the request has arrived; left unread
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            self._read_request(conn)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            self.connections += 1
+            with conn:
+                if self.every_connection:
+                    self._close_under(conn)
+                    continue
+                if not self._read_request(conn):
+                    continue
+                self.answered += 1  # before it is sent: the test reads it once the answer has arrived
+                payload = b'{"result": 7}'
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                    % (len(payload), payload)
+                )
+                self._close_under(conn)  # the next request on this kept-alive connection
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept (close alone does not on Linux)
+        self.listener.close()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["reset", "closed"])
+def test_a_request_on_a_connection_the_owner_closed_is_sent_again_on_a_new_one(how: str) -> None:
+    # A worker gave its live job up to a retry (attempt 2) when the API, stalled past its keep-alive, reset the
+    # pooled connection its write waited on (tests/service/test_job_lease_processes.py, the heartbeat part).
+    owner = ClosingOwner(how)
+    remote = RemoteVectorStore(owner.url, TOKEN, timeout=10)
+    try:
+        assert remote.count("t") == 7
+        assert remote.count("t") == 7  # its connection closed under it: answered on a second connection
+        assert (owner.connections, owner.answered) == (2, 2)
+        assert remote.count("t") == 7
+        assert (owner.connections, owner.answered) == (3, 3)
+    finally:
+        remote.close()
+        owner.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "closed"])
+def test_an_owner_that_closes_every_connection_is_a_service_unavailable_after_one_more_try(how: str) -> None:
+    owner = ClosingOwner(how, every_connection=True)
+    remote = RemoteVectorStore(owner.url, TOKEN, timeout=10)
+    try:
+        with pytest.raises(ServiceUnavailable, match="did not answer"):
+            remote.upsert([])
+        assert (owner.connections, owner.answered) == (2, 0)  # sent again once, not in a loop
+    finally:
+        remote.close()
+        owner.close()

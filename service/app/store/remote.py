@@ -43,6 +43,19 @@ OPERATIONS = (
 )
 
 
+# A request on a kept-alive connection that the owning API closed under it: reset with the request unread,
+# or closed before answering. An API that stalls (a CPU-starved pod, a long pause, SIGSTOP) past its
+# keep-alive timeout (HTTP_KEEP_ALIVE_SECONDS, 5 s) while a worker's request waits on such a connection
+# resets that connection when it runs again: uvicorn (on uvloop and on asyncio's loop alike) runs the overdue
+# keep-alive timer before it reads the request. The worker took that for an outage and gave its live job up
+# to a retry (a second attempt). The same closing races any request sent as a connection reaches that
+# timeout (httpx keeps idle connections 5 s too). Every operation is idempotent (point ids are uuid5 of
+# tenant, document, version and chunk; deletes and ensure_collection repeat harmlessly; the rest read), so
+# sending it again is safe even when the owner ran it before closing. Not a timeout (no answer within the
+# 60 s) nor a refused connection (the owner is down): those stay an outage at once.
+CLOSED_UNDER_US = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+
+
 def encode_args(operation: str, args: dict[str, Any]) -> dict[str, Any]:
     """Keyword arguments of `operation` as JSON-ready values."""
     out = dict(args)
@@ -92,12 +105,13 @@ class RemoteVectorStore:
     def __init__(self, base_url: str, token: str, *, timeout: float = 60.0, transport: Any = None) -> None:
         self.collection = "remote"
         self.has_sparse = False  # the owning store's, learnt by ensure_collection
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        self._client_args: dict[str, Any] = {
+            "base_url": base_url.rstrip("/"),
+            "headers": {"Authorization": f"Bearer {token}"},
+            "timeout": timeout,
+        }
+        self._transport = transport
+        self._http = httpx.Client(**self._client_args, transport=transport)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteVectorStore:
@@ -110,8 +124,14 @@ class RemoteVectorStore:
         )
 
     def _call(self, operation: str, **args: Any) -> Any:
+        path, body = f"{INTERNAL_PREFIX}/{operation}", encode_args(operation, args)
         try:
-            response = self._http.post(f"{INTERNAL_PREFIX}/{operation}", json=encode_args(operation, args))
+            try:
+                response = self._http.post(path, json=body)
+            except CLOSED_UNDER_US:
+                # A pooled connection the owner closed: sent again once, on a connection of its own (see
+                # CLOSED_UNDER_US); a second failure is an outage like any other.
+                response = self._post_on_a_new_connection(path, body)
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(
                 f"vector store unavailable: the owning API did not answer ({exc})"
@@ -185,6 +205,12 @@ class RemoteVectorStore:
 
     def ping(self) -> None:
         self._call("count", tenant_id="-", document_id=None)
+
+    def _post_on_a_new_connection(self, path: str, body: Any) -> httpx.Response:
+        if self._transport is not None:  # an injected transport (tests) has no pool to go stale
+            return self._http.post(path, json=body)
+        with httpx.Client(**self._client_args) as fresh:
+            return fresh.post(path, json=body)
 
     def close(self) -> None:
         self._http.close()
