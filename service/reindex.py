@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -61,14 +62,36 @@ def _switched(status: dict[str, Any], wanted: dict[str, Any], before: str | None
     )
 
 
-def _ended(status: dict[str, Any], wanted: dict[str, Any] | None, before: str | None) -> bool:
+def _started(status: dict[str, Any]) -> datetime | None:
+    value = status.get("started_at")
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def is_this_builds_failure(status: dict[str, Any], wanted: dict[str, Any], since: datetime | None) -> bool:
+    """Whether ``status`` reports that the build towards ``wanted`` which started at ``since`` (the start's own
+    answer; None: unknown) failed or was interrupted. Behind a load balancer a replica may still show an EARLIER
+    build's failure towards the same settings (the one the operator fixed and started again): its start time is
+    before ``since``, and it says nothing of this one."""
+    if status["state"] not in ("failed", "interrupted") or _settings(status.get("target")) != wanted:
+        return False
+    started = _started(status)
+    return since is None or started is None or started >= since
+
+
+def _ended(
+    status: dict[str, Any], wanted: dict[str, Any] | None, before: str | None, since: datetime | None = None
+) -> bool:
     """Whether a watch is over: without ``wanted``, once the answering replica is not running; with it (a
-    start's target), once it has switched (``_switched``) or a replica reports the build towards it failed."""
+    start's target), once it has switched (``_switched``) or a replica reports that this build failed
+    (``is_this_builds_failure``)."""
     if wanted is None:
         return status["state"] not in RUNNING
     if _switched(status, wanted, before):
         return True
-    return status["state"] in ("failed", "interrupted") and _settings(status.get("target")) == wanted
+    return is_this_builds_failure(status, wanted, since)
 
 
 def watch(
@@ -78,6 +101,7 @@ def watch(
     *,
     wanted: dict[str, Any] | None = None,
     before: str | None = None,
+    since: datetime | None = None,
     timeout: float = 3600.0,
 ) -> dict[str, Any]:
     """Poll the status with a progress bar until the re-index has ended (see ``_ended``); the last status.
@@ -100,7 +124,7 @@ def watch(
                 completed=status["documents_done"],
                 total=status["documents_total"] or None,
             )
-            if _ended(status, wanted, before):
+            if _ended(status, wanted, before, since):
                 return status
             if time.monotonic() >= deadline:
                 raise CommandFailed(
@@ -135,7 +159,7 @@ def summary(status: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, client: httpx.Client, console: Console) -> int:
-    wanted = before = None
+    wanted = before = since = None
     if args.command == "start":
         body: dict[str, Any] = {"allow_missing": args.allow_missing}
         for key in ("model", "chunk_size", "chunk_overlap"):
@@ -147,12 +171,15 @@ def run(args: argparse.Namespace, client: httpx.Client, console: Console) -> int
             before = (_check(client.get(ROUTE)).get("serving") or {}).get("collection")
         status = _check(client.post(ROUTE, json=body))
         wanted = _settings(status.get("target"))
+        since = _started(status)
     elif args.command == "rollback":
         status = _check(client.post(f"{ROUTE}/rollback"))
     else:
         status = _check(client.get(ROUTE))
     if getattr(args, "wait", False):
-        status = watch(client, console, args.interval, wanted=wanted, before=before, timeout=args.timeout)
+        status = watch(
+            client, console, args.interval, wanted=wanted, before=before, since=since, timeout=args.timeout
+        )
     console.print(summary(status))
     if wanted is not None and getattr(args, "wait", False):
         return 0 if _switched(status, wanted, before) else 1

@@ -800,6 +800,7 @@ def follow_with_progress(
     interval: float,
     title: str,
     from_collection: str | None = None,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """`reindex_mod.follow` with a progress bar of documents re-embedded."""
     with _reindex_progress(title) as on_status:
@@ -810,6 +811,7 @@ def follow_with_progress(
             timeout_seconds=timeout,
             interval_seconds=interval,
             from_collection=from_collection,
+            since=since,
         )
 
 
@@ -865,6 +867,7 @@ def reindex_start(
                 interval=interval,
                 title=f"re-index {endpoint.label}",
                 from_collection=before.get("collection"),
+                since=status.get("started_at"),
             )
 
     status = _run(action)
@@ -892,7 +895,12 @@ def reindex_status(
             target = reindex_mod.index_config(status.get("target"))
             if wait and status.get("state") in reindex_mod.RUNNING and target is not None:
                 status = follow_with_progress(
-                    client, target, timeout=timeout, interval=interval, title=f"re-index {endpoint.label}"
+                    client,
+                    target,
+                    timeout=timeout,
+                    interval=interval,
+                    title=f"re-index {endpoint.label}",
+                    since=status.get("started_at"),
                 )
             return status
 

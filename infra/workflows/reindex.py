@@ -26,6 +26,7 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -160,8 +161,12 @@ def follow(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     from_collection: str | None = None,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """Poll until search serves ``wanted`` (model, chunk_size, chunk_overlap); the last status.
+
+    ``since``: the ``started_at`` of the build being followed (the start's own answer), when known: a failure a
+    replica still shows from an EARLIER build towards the same settings (started before it) is not this one's.
 
     ``from_collection``: the collection the pointer named when the re-index started; the pointer must have
     left it (a re-index of the same config, e.g. to add vectors, is only done once it moved).
@@ -180,9 +185,10 @@ def follow(
         # Done once the pointer names it and this replica is not still in the switch's final catch-up.
         if serving_config(status) == wanted and moved and state not in RUNNING:
             return status
-        if state == "failed" and index_config(status.get("target")) == wanted:
+        ours = index_config(status.get("target")) == wanted and _not_before(status.get("started_at"), since)
+        if state == "failed" and ours:
             raise ReindexFailure(f"the re-index failed: {status.get('error')}")
-        if state == "interrupted" and index_config(status.get("target")) == wanted:
+        if state == "interrupted" and ours:
             # Its builder died and no replica resumes it (they do, up to a limit): an admin decides.
             raise ReindexFailure(
                 f"the re-index was interrupted: {status.get('error')} "
@@ -197,6 +203,16 @@ def follow(
                 "it keeps running in the service: `ragops reindex status --wait`"
             )
         sleep(interval_seconds)
+
+
+def _not_before(started_at: Any, since: str | None) -> bool:
+    """Whether a status's ``started_at`` is not before ``since`` (True when either is unknown)."""
+    try:
+        started = datetime.fromisoformat(started_at) if isinstance(started_at, str) else None
+        floor = datetime.fromisoformat(since) if isinstance(since, str) else None
+    except ValueError:
+        return True
+    return started is None or floor is None or started >= floor
 
 
 def describe_config(config: Mapping[str, Any] | None) -> str:
@@ -331,9 +347,10 @@ def converge(
         return status
     if state == "failed" and index_config(status.get("target")) == wanted:
         raise ReindexFailure(f"the re-index the new pods started failed: {status.get('error')}")
+    since = None  # the started_at of the build this call started (a replica's earlier failure is not it)
     if state not in RUNNING:  # interrupted too: starting it again resumes the dead build's collection
         try:
-            start(client, **wanted)
+            since = start(client, **wanted).get("started_at")
         except ReindexFailure as exc:
             # The status was read from one replica at one moment: the re-index may have started (409: one is
             # running) or even switched (422: the index already has these settings) since. Read it again: a
@@ -355,4 +372,5 @@ def converge(
         sleep=sleep,
         clock=clock,
         from_collection=moved_from,
+        since=since,
     )

@@ -95,3 +95,35 @@ def test_start_wait_fails_when_the_build_fails_and_gives_up_after_its_timeout(
         code = main(["--interval", "0.01", "--timeout", "0", "start", "--chunk-size", "64", "--wait"], client)
     assert code == 1
     assert "still idle after 0s" in capsys.readouterr().out
+
+
+def test_start_wait_is_not_ended_by_a_replicas_failure_of_an_earlier_build(
+    replicas: ThreadingHTTPServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The operator fixed what failed the last build towards NEW and started it again; one replica behind the
+    # load balancer still shows that earlier build's failure (started before this one): not this build's end.
+    started = "2026-11-27T07:00:00+00:00"
+    replicas.started = {  # type: ignore[attr-defined]
+        **_status("building", OLD, "c-old", NEW),
+        "serving": None,
+        "started_at": started,
+    }
+    stale = {**_status("failed", OLD, "c-old", NEW), "started_at": "2026-11-27T06:10:00+00:00"}
+    replicas.statuses = [  # type: ignore[attr-defined]
+        _status("switched", OLD, "c-old"),  # read before the start
+        stale,
+        {**_status("building", OLD, "c-old", NEW), "started_at": started},
+        stale,
+        _status("switched", NEW, "c-new", NEW),
+    ]
+    assert _start_wait(replicas) == 0
+    assert "serving c-new" in capsys.readouterr().out
+
+    # This build's own failure (started at or after the start's answer) still ends it with exit 1.
+    replicas.statuses = [  # type: ignore[attr-defined]
+        _status("switched", OLD, "c-old"),
+        stale,
+        {**_status("failed", OLD, "c-old", NEW), "started_at": started},
+    ]
+    replicas.repeats = 0  # type: ignore[attr-defined]
+    assert _start_wait(replicas) == 1

@@ -321,6 +321,30 @@ def test_follow_fails_on_a_failed_build_and_after_its_deadline(scripted: Threadi
         )
 
 
+def test_follow_is_not_ended_by_a_replicas_failure_of_an_earlier_build(scripted: ThreadingHTTPServer) -> None:
+    # `ragops reindex start` after a failed build towards the same settings: a replica still shows the earlier
+    # failure (started before this build's start answered): it says nothing of this build.
+    since = "2026-11-27T07:00:00+00:00"
+    stale = {**_status("failed", OLD, NEW, error="model gone"), "started_at": "2026-11-27T06:10:00+00:00"}
+    scripted.statuses = [  # type: ignore[attr-defined]
+        stale,
+        {**_status("building", OLD, NEW, done=5), "started_at": since},
+        stale,
+        _status("switched", NEW, NEW, done=10, collection="c-new"),
+    ]
+    with _client(scripted) as client:
+        last = reindex_mod.follow(client, NEW, sleep=lambda _s: None, from_collection="c", since=since)
+    assert last["serving"]["collection"] == "c-new"
+
+    # This build's own failure still fails it.
+    scripted.statuses = [  # type: ignore[attr-defined]
+        stale,
+        {**_status("failed", OLD, NEW, error="disk full"), "started_at": since},
+    ]
+    with _client(scripted) as client, pytest.raises(reindex_mod.ReindexFailure, match="failed: disk full"):
+        reindex_mod.follow(client, NEW, sleep=lambda _s: None, since=since)
+
+
 def test_converge_caught_in_the_switch_ends_when_it_has_switched(scripted: ThreadingHTTPServer) -> None:
     # `ragops up` reads the status after the rollout while the new pods' start-up re-index is in its final
     # catch-up: the pointer already names the new collection. It must not wait for the pointer to leave it (it
