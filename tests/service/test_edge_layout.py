@@ -68,7 +68,7 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
     tmp_path: Path,
 ) -> None:
     # 12 x 64 points under a 256-point cap: the planner packs the 64-128 point segments into merged ones of at
-    # most 256 (the default cap, 102,400, merges the 13 segments of 100k chunks into one + the appendable one).
+    # most 256 (the default cap does the same with 30,720 at 100k chunks: 13 segments -> 5 + the appendable one).
     store = fragmented(tmp_path / "edge" / "c", 12, consolidate_segment_points=256)
     seen: dict[str, bool] = {}
 
@@ -80,8 +80,9 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         before = store.shard.info().segments_count
         assert before >= 6
         assert every_point_found(store, 12)
-        # Unmerged segments (the serving process's, at most segment_points each) are searched with the small beam.
-        assert store._search_params.hnsw_ef == edge_module.SMALL_SEGMENT_EF < edge_module.HNSW_EF
+        # Unmerged segments (the serving process's, at most segment_points each) are searched with the small beam
+        # (the same as the default beam; a wider EDGE_HNSW_EF applies to merged segments only).
+        assert store._search_params.hnsw_ef == edge_module.SMALL_SEGMENT_EF <= edge_module.HNSW_EF
         store.consolidation_hook = during
         assert store.consolidate()
         assert seen == {"merging": True, "merged": True}
@@ -100,7 +101,7 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
 
 def test_the_beam_follows_the_layout_and_never_exceeds_the_setting() -> None:
     beam = edge_module.search_beam
-    small, full = edge_module.SMALL_SEGMENT_EF, edge_module.HNSW_EF
+    small, full = edge_module.SMALL_SEGMENT_EF, 600  # an EDGE_HNSW_EF wider than the small beam
     # 13 bounded segments of <= 10,240 at 100k chunks (+ the appendable one): the small beam.
     assert beam(full, points=100_000, segments=14, segment_points=10_240) == small
     # One merged segment + the appendable one: the full beam.

@@ -151,7 +151,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 102400
+CONSOLIDATE_SEGMENT_POINTS = 30720
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
@@ -168,11 +168,13 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # chunk at ~0.87 cosine): a point's base-layer links (2 x m) fill up inside its clique and the graph falls apart
 # into islands that no beam buys back. With 16 links, seven segments of ~14k; with 32, five of <= 23k (0.970-0.998
 # at beam 160 across builds; 0.953-0.957 in two of 38.5k); with 64 links (128 on the base layer, more than a clique
-# fills), ONE merged segment of all 100k points kept recall@5 0.991-0.992 at beam 600 in three builds (0.983-0.988
-# at 400), for 0.45-0.65x the engine CPU per new query of five 32-link segments at beam 250, on the calling thread
-# (no hand-off to the search pool). So shards are built with HNSW_M links (new shards, and every segment a
+# fills), ONE merged segment of all 100k points kept recall@5 0.991-0.992 at beam 600 in three builds of one
+# engineer, for 0.45-0.65x the engine CPU per new query of five 32-link segments at beam 250; but the quiet verdict
+# of 2026-11-27 06:46 measured 0.909 with it, and on that run's vectors three more builds gave 0.974, 0.941 (at
+# ef_construct 256) and five 32-link segments 0.991 (docs/benchmarks.md, "Issue 13 verdict, 2026-11-27 06:46"): the
+# one-segment layout is not robust. So shards are built with HNSW_M (32) links (new shards, and every segment a
 # consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges), the cap
-# merges 100k chunks into one segment, and a shard of merged segments is searched with EDGE_HNSW_EF (600).
+# merges 100k chunks into five segments (+ the appendable one), searched with EDGE_HNSW_EF (250).
 # The beam is per segment, and a segment the serving process built (at most EDGE_SEGMENT_POINTS) needs less: a
 # shard whose segments hold EDGE_SEGMENT_POINTS points or fewer on average (before its first consolidation, or
 # with consolidation off) is searched with min(EDGE_HNSW_EF, SMALL_SEGMENT_EF): 13 unmerged segments at beam 600
@@ -180,9 +182,9 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # The serving process loads a shard with the graph config it has stored: a different one would make the engine
 # rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
 # shard built by an earlier release takes HNSW_M at its next consolidation.
-HNSW_M = 64
+HNSW_M = 32
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF = 600
+HNSW_EF = 250
 SMALL_SEGMENT_EF = 250
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
@@ -371,7 +373,7 @@ def search_threads(configured: int = 0, segments: int | None = None) -> int:
     machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
     (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
     taken when the shard is opened: at start-up and when a consolidation swaps merged segments in. The default
-    consolidation leaves 2 at 100k chunks (1 merged + the appendable one): the calling thread.
+    consolidation leaves 6 at 100k chunks (5 merged + the appendable one): a pool, as at 7.
     """
     if configured:
         return configured
