@@ -28,7 +28,9 @@ DIGEST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service@sha256:" + "a
 def stack_values(stack: str) -> dict[str, Any]:
     """The bare-keyed values a stack file sets."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    values = {
+        key.split(":", 1)[1]: value for key, value in document["config"].items() if key.startswith("rag:")
+    }
     if values.get("environment") in PROMOTED_ENVIRONMENTS:
         # What a promotion sets and the committed file never holds (as the offline runner does).
         values.setdefault("image", PROMOTED_PLACEHOLDER)
