@@ -1342,7 +1342,9 @@ class DocumentRegistry:
                     found[tenant_id] = kept
                     continue
                 count = connection.execute(
-                    sa.select(sa.func.count()).select_from(documents).where(documents.c.tenant_id == tenant_id)
+                    sa.select(sa.func.count())
+                    .select_from(documents)
+                    .where(documents.c.tenant_id == tenant_id)
                 ).scalar()
                 found[str(tenant_id)] = (int(data_version), int(count or 0))
         return found
