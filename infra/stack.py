@@ -512,6 +512,8 @@ def qdrant_args(
         snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
+        # patch/existing: a destroy leaves the namespace, so it must not leave the Qdrant pods running in it.
+        namespace_deleted_after=config.namespaceMode == "create",
         pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
