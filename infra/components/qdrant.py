@@ -100,6 +100,12 @@ class QdrantClusterArgs:
     protect: bool = False
     """Protect the StatefulSet and the `founded` marker from `pulumi destroy` (prod: True). Not the API-key Secret:
     a key rotation replaces it."""
+    namespace_deleted_after: bool = True
+    """The stack deletes the namespace after the StatefulSet (`rag:namespaceMode: create`), which ends the pods a
+    delete of the StatefulSet orphaned: its delete may then keep the pods (`REPLACE_KEEPS_PODS`, a replace without
+    an outage). False (a namespace the stack does not delete, `patch`/`existing`): nothing would end orphaned pods,
+    and a `pulumi destroy` left every Qdrant node running in the namespace, so the delete is foreground (a replace
+    then restarts every node at once, docs/runbooks.md#growing-a-statefulsets-volume)."""
     pdb: bool = True
     """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
@@ -459,7 +465,9 @@ Pulumi deletes it for a replace: `spec.volumeClaimTemplates` (a new `rag:qdrant.
 immutable, so pulumi-kubernetes replaces the StatefulSet, delete first (a named object). With a foreground delete
 every node went down at once for the replace; orphaned, they keep serving and the new StatefulSet, with the same
 selector and pod template, adopts them without a restart. It never deletes a pod otherwise: the program only deletes
-the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods."""
+the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods. Only
+when the stack deletes that namespace (`QdrantClusterArgs.namespace_deleted_after`): in one it does not, the pods
+outlived the destroy (the StatefulSet controller had handed them over to no one)."""
 
 
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
@@ -485,10 +493,11 @@ def rollout_timeout_seconds(args: QdrantClusterArgs, base: str = APP) -> int:
 
 
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), Pulumi waits for a rollout as
-    long as the nodes' probes allow (`rollout_timeout_seconds`), and it records an acknowledged scale-down (who reads
-    the object sees it was planned)."""
-    annotations = {**REPLACE_KEEPS_PODS, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`, when the namespace goes after it
+    on a destroy), Pulumi waits for a rollout as long as the nodes' probes allow (`rollout_timeout_seconds`), and it
+    records an acknowledged scale-down (who reads the object sees it was planned)."""
+    keep_pods = REPLACE_KEEPS_PODS if args.namespace_deleted_after else {}
+    annotations = {**keep_pods, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
     if args.scale_down_acknowledged is not None:
         annotations[SCALE_DOWN_ANNOTATION] = (
             f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"

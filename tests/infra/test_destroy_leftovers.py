@@ -1,0 +1,78 @@
+"""What a `pulumi destroy` leaves running: nothing the stack started may outlive it in a namespace it keeps.
+
+pulumi-kubernetes deletes an object with the propagation its `pulumi.com/deletionPropagationPolicy` annotation names,
+read from the state (provider/pkg/metadata/overrides.go `DeletionPropagation`, foreground by default; await.go
+`Deletion`). Qdrant's StatefulSet says `orphan`, so that a replace (its `volumeClaimTemplates` are immutable) keeps
+the nodes serving; the orphaned pods then belong to no one. With `rag:namespaceMode: create` the destroy deletes
+the namespace after the StatefulSet (everything in it waits for the Namespace), which ends them. With `patch` or
+`existing` the namespace stays: a destroy left every Qdrant node running there, with its volumes and the old
+stack's data, and the next stack's StatefulSet of the same name adopted them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.deployability import Graph
+from infra.offline import StackRun
+from tests.infra.conftest import run
+
+ORPHAN = ("pulumi.com/deletionPropagationPolicy", "orphan")
+STATEFULSET = "kubernetes:apps/v1:StatefulSet"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+
+RUNS = [
+    ("dev", None, {}),
+    ("dev", None, {"namespaceMode": "patch"}),
+    ("dev", None, {"namespaceMode": "existing"}),
+    ("staging", None, {}),
+    ("staging", "existing", {"namespaceMode": "patch"}),
+    ("prod", None, {}),
+    ("prod", "existing", {"namespaceMode": "existing"}),
+]
+
+
+def _run(stack: str, target: str | None, overrides: dict) -> StackRun:
+    return run(stack, target, **overrides)
+
+
+def _orphaning(result: StackRun) -> list:
+    return [
+        r
+        for r in result.of_type(STATEFULSET)
+        if ((r.inputs.get("metadata") or {}).get("annotations") or {}).get(ORPHAN[0]) == ORPHAN[1]
+    ]
+
+
+@pytest.mark.parametrize(("stack", "target", "overrides"), RUNS)
+def test_pods_a_delete_orphans_end_with_a_namespace_the_destroy_deletes_after(
+    stack: str, target: str | None, overrides: dict
+) -> None:
+    result = _run(stack, target, overrides)
+    graph = Graph(result)
+    namespaces = {
+        r.inputs["metadata"]["name"]: r
+        for r in result.of_type(NAMESPACE)
+        if not r.retain_on_delete  # a retained Namespace outlives the destroy (a handover)
+    }
+    for statefulset in _orphaning(result):
+        name = statefulset.inputs["metadata"]["namespace"]
+        assert name in namespaces, (statefulset.name, "orphaned pods would outlive the destroy")
+        # Deleted after the StatefulSet: the StatefulSet waits for it on create.
+        assert namespaces[name].urn in graph.closure(statefulset.urn), statefulset.name
+
+
+@pytest.mark.parametrize("mode", ["patch", "existing"])
+def test_a_namespace_the_stack_keeps_gets_a_foreground_delete_of_qdrant(mode: str) -> None:
+    """The defect: the orphan annotation was unconditional, so a destroy with `patch`/`existing` left the nodes up."""
+    qdrant = run("dev", namespaceMode=mode).by_name("qdrant-statefulset")
+    annotations = qdrant.inputs["metadata"].get("annotations") or {}
+    assert ORPHAN[0] not in annotations
+    # The rest of the metadata is unchanged: the rollout timeout still applies.
+    assert "pulumi.com/timeoutSeconds" in annotations
+
+
+def test_a_namespace_the_stack_deletes_keeps_the_replace_without_an_outage() -> None:
+    """`create`: the replace still orphans the pods (tests/infra/components/test_day_two.py), the namespace ends them."""
+    qdrant = run("dev").by_name("qdrant-statefulset")
+    assert qdrant.inputs["metadata"]["annotations"][ORPHAN[0]] == ORPHAN[1]
