@@ -208,12 +208,15 @@ ready() {{
     IFS= read -r status <&3 && case "$status" in "HTTP/1."?" 200"*) exit 0 ;; esac; exit 1' \\
     "$(host "$1")" "$PROBE_PORT" 2>/dev/null
 }}
+# raft_state.json without its whitespace, so the greps below match however the file is laid out (Qdrant writes it
+# compact, but a pretty-printed file would make every check skip itself). No value they read holds a space.
+raft_json() {{ tr -d ' \\t\\r\\n' < "$STORAGE/raft_state.json"; }}
 # Raft state that counts: a legacy CBOR `raft_state`, or a JSON one past term 0. Qdrant writes the file BEFORE it
 # bootstraps, so a node whose join failed (e.g. its URI still registered to a dead peer) has a term-0 file and
 # would, started without --bootstrap, found a cluster of its own (Consensus::new: is_new_deployment = term 0).
 has_state() {{
   [ -e "$STORAGE/raft_state" ] && return 0
-  [ -e "$STORAGE/raft_state.json" ] && ! grep -q '"hard_state":{{"term":0,' "$STORAGE/raft_state.json"
+  [ -e "$STORAGE/raft_state.json" ] && ! raft_json | grep -q '"hard_state":{{"term":0,'
 }}
 case "$INDEX" in ''|*[!0-9]*) echo "HOSTNAME $HOSTNAME does not end in a pod ordinal" >&2; exit 1 ;; esac
 if has_state; then
@@ -221,7 +224,7 @@ if has_state; then
   # of any peer version its Raft state records (peer_metadata_by_id: {{"<id>": {{"version": "1.15.4"}}}}).
   if [ -n "${{QDRANT_IMAGE_VERSION:-}}" ] && [ -e "$STORAGE/raft_state.json" ]; then
     target="$(printf '%s' "$QDRANT_IMAGE_VERSION" | cut -d. -f1,2)"
-    for seen in $(grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' "$STORAGE/raft_state.json" | cut -d'"' -f4 | sort -u); do
+    for seen in $(raft_json | grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' | cut -d'"' -f4 | sort -u); do
       if [ "${{seen%%.*}}" = "${{target%%.*}}" ] && [ $(( ${{target#*.}} - $(printf '%s' "$seen" | cut -d. -f2) )) -gt 1 ]; then
         log refuse "image $QDRANT_IMAGE_VERSION is more than one minor ahead of Qdrant $seen in this cluster; upgrade one minor at a time (docs/infra.md#upgrading-qdrant)"
         exit 1
@@ -229,8 +232,8 @@ if has_state; then
     done
     # Nor an older minor than this node's own storage last ran (its entry under this_peer_id): Qdrant migrates
     # storage forward only and supports no downgrade. Peers that never ran the newer minor may go back.
-    own="$(grep -o '"this_peer_id":[0-9]*' "$STORAGE/raft_state.json" | cut -d: -f2)"
-    last="$(grep -o "\\"${{own:-none}}\\":{{\\"version\\":\\"[0-9]*[.][0-9]*[.][0-9]*" "$STORAGE/raft_state.json" | cut -d'"' -f6)"
+    own="$(raft_json | grep -o '"this_peer_id":[0-9]*' | cut -d: -f2)"
+    last="$(raft_json | grep -o "\\"${{own:-none}}\\":{{\\"version\\":\\"[0-9]*[.][0-9]*[.][0-9]*" | cut -d'"' -f6)"
     if [ -n "$last" ]; then
       # major.minor as one number, e.g. 1.19 -> 1019
       ran=$(( ${{last%%.*}} * 1000 + $(printf '%s' "$last" | cut -d. -f2) ))

@@ -941,6 +941,10 @@ def reconcile(
     deployment: Annotated[
         str, typer.Option("--deployment", help="Whose pod runs it (rag for a stack without workers).")
     ] = restore_mod.DEFAULT_DEPLOYMENT,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 1)."),
+    ] = restore_mod.DEFAULT_TIMEOUT,
 ) -> None:
     """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
     context: Context = ctx.obj
@@ -952,6 +956,7 @@ def reconcile(
             tenant=tenant,
             namespace=namespace,
             deployment=deployment,
+            timeout=timeout,
             on_output=lambda line: typer.echo(line),
         )
     )

@@ -76,3 +76,23 @@ def test_a_namespace_the_stack_deletes_keeps_the_replace_without_an_outage() -> 
     """`create`: the replace still orphans the pods (tests/infra/components/test_day_two.py), the namespace ends them."""
     qdrant = run("dev").by_name("qdrant-statefulset")
     assert qdrant.inputs["metadata"]["annotations"][ORPHAN[0]] == ORPHAN[1]
+
+
+def test_the_killed_update_runbook_names_every_helm_release_the_program_installs() -> None:
+    """A release left `pending-install`/`pending-upgrade` by a killed `up` blocks every later `up` until Helm's own
+    record is fixed by hand (docs/runbooks.md): the runbook must name each release and its namespace as deployed."""
+    from infra.offline import PROJECT_DIR
+
+    text = (PROJECT_DIR / "docs" / "runbooks.md").read_text(encoding="utf-8")
+    start = text.index("## A deploy killed mid-update")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end != -1 else len(text)]
+    releases = {
+        (r.inputs["name"], r.inputs["namespace"])
+        for stack, target in (("staging", "eks"), ("staging", "gke"), ("prod", None), ("dev", None))
+        for r in run(stack, target).of_type("kubernetes:helm.sh/v3:Release")
+    }
+    assert len(releases) >= 7
+    for name, namespace in sorted(releases):
+        assert f"`{name}`" in section, name
+        assert f"`{namespace}`" in section, (name, namespace)
