@@ -303,6 +303,7 @@ def test_namespace_and_outputs_carry_the_ephemeral_and_promotion_records() -> No
     out = stack.outputs(cfg, target(), service_url="https://x", image_ref=DIGEST, qdrant_endpoint="http://q")
     assert list(out) == [
         "serviceUrl",
+        "ingressAddress",
         "imageDigest",
         "qdrantEndpoint",
         "kubeconfig",
