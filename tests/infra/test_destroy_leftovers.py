@@ -96,3 +96,17 @@ def test_the_killed_update_runbook_names_every_helm_release_the_program_installs
     for name, namespace in sorted(releases):
         assert f"`{name}`" in section, name
         assert f"`{namespace}`" in section, (name, namespace)
+
+
+@pytest.mark.parametrize(("target", "retained"), [("gke", True), ("eks", True), ("existing", False)])
+def test_a_build_leaves_the_registry_only_by_its_retention_rules(target: str, retained: bool) -> None:
+    """pulumi-docker-build's delete removes `<repository>@<digest>` from the registry (v0.0.22 `client.go` Delete):
+    on ECR/Artifact Registry, whose rules keep what a rollback or a promotion needs, the build's delete (the stack
+    moving to a promoted or rolled-back image, a `--replace`) must only drop it from the state. On `existing` (a PR
+    stack's registry, no rules) the delete is what removes a destroyed stack's image."""
+    result = run("dev", target)
+    build = result.by_name("service-image-image")
+    assert build.type == "docker-build:index:Image"
+    assert build.retain_on_delete is retained
+    # Retained exactly where the protection step tags it for the rules.
+    assert any(r.name == "service-image-protect" for r in result.resources) is retained

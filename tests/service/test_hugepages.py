@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -25,6 +26,8 @@ from service.app.store.hugepages import (
     resident_pages,
     thp_mode,
 )
+
+_NO_FREE_HUGE_PAGE = {errno.ENOMEM, errno.EAGAIN}
 
 
 def _collapse_supported() -> bool:
@@ -76,8 +79,12 @@ def test_memory_filled_inside_the_block_is_collapsed_and_keeps_its_bytes() -> No
     start = _address(region)
     ours = [extent for extent in result.extents if start <= extent < start + 6 * HUGE_PAGE]
     if _collapse_supported():
-        assert len(ours) >= 5  # every whole extent of the mapping
-        assert huge_page_bytes(ours) >= 5 * HUGE_PAGE
+        assert result.tried >= 5  # every whole extent of the mapping was asked for
+        # A loaded host may have no free 2 MiB page at that moment (the kernel's answer, not a failure of ours).
+        assert set(result.refused) <= _NO_FREE_HUGE_PAGE, result.refused
+        if not result.refused:
+            assert len(ours) >= 5
+            assert huge_page_bytes(ours) >= 5 * HUGE_PAGE
     else:  # THP never, or a kernel without MADV_COLLAPSE: nothing collapsed, nothing broken
         assert result.extents == []
     assert region[:] == data  # the same bytes, whatever their pages
@@ -107,10 +114,14 @@ def test_the_int8_query_session_runs_on_huge_pages_with_the_same_vectors(
             embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_query_precision="int8"
         )
     )
+    huge = embedder.query_huge_pages
     if _collapse_supported():
-        # the int8 weights (~11 MB) and the word-embedding table (~45 MB) at least
-        assert embedder.query_huge_pages.collapsed_bytes >= 40 * 2**20
-        assert huge_page_bytes(embedder.query_huge_pages.extents) >= 40 * 2**20
+        # the int8 weights (~11 MB) and the word-embedding table (~45 MB) at least were asked for
+        assert huge.tried >= 20
+        assert set(huge.refused) <= _NO_FREE_HUGE_PAGE, huge.refused
+        if not huge.refused:
+            assert huge.collapsed_bytes >= 40 * 2**20
+            assert huge_page_bytes(huge.extents) >= 40 * 2**20
     else:
         assert embedder.query_huge_pages.extents == []
     # A session of the same graph and options built without the collapse computes the same numbers, bit for bit.
@@ -135,3 +146,36 @@ def test_the_int8_query_session_runs_on_huge_pages_with_the_same_vectors(
     assert worker.query_huge_pages.extents == []
     worker.embed_query("change a file's owner")
     assert worker.query_huge_pages.tried == len(worker.query_huge_pages.extents) or not _collapse_supported()
+
+
+def test_a_refused_collapse_is_counted_by_its_errno_and_leaves_the_memory_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ctypes
+
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+
+    class Refusing:
+        calls: list[tuple[int, int, int]] = []
+
+        def madvise(self, start: int, length: int, advice: int) -> int:
+            self.calls.append((start, length, advice))
+            ctypes.set_errno(errno.ENOMEM)  # what the kernel says with no free 2 MiB page
+            return -1
+
+        def malloc_trim(self, pad: int) -> int:
+            return 1
+
+    fake = Refusing()
+    monkeypatch.setattr(hugepages, "_libc", lambda: fake)
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(4 * HUGE_PAGE)
+        region[:] = b"\2" * (4 * HUGE_PAGE)
+    assert result.extents == []
+    assert result.tried >= 3
+    assert result.refused == {errno.ENOMEM: result.tried}
+    assert all(length == HUGE_PAGE and advice == hugepages.MADV_COLLAPSE for _, length, advice in fake.calls)
+    assert region[:] == b"\2" * (4 * HUGE_PAGE)
+    region.close()

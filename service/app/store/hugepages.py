@@ -51,6 +51,7 @@ class HugePages:
 
     extents: list[int] = field(default_factory=list)
     tried: int = 0  # extents it asked the kernel to collapse
+    refused: dict[int, int] = field(default_factory=dict)  # errno -> extents the kernel did not collapse
 
     @property
     def collapsed_bytes(self) -> int:
@@ -147,6 +148,9 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
         result.tried += 1
         if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
             result.extents.append(start)
+        else:  # e.g. ENOMEM/EAGAIN: no free 2 MiB page right now; EINVAL: THP disabled for this process
+            error = ctypes.get_errno()
+            result.refused[error] = result.refused.get(error, 0) + 1
 
 
 def huge_page_bytes(extents: list[int], smaps: Path = Path("/proc/self/smaps")) -> int:
