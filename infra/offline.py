@@ -271,7 +271,8 @@ class PlatformMocks(pulumi_mocks.Mocks):
         # What the cloud already runs, as the read-only invokes see it (`run_stack(live=...)`): {"eks": {"name",
         # "version", "nodeGroups": {name: version}}, "gke": {"name", "masterVersion"}}, and the stack's own last
         # state as the engine's builtin invokes read it (infra/guards.py): {"state": {"outputs": {...}, "resources":
-        # {urn: {"type", "outputs"}}}}. Empty: a fresh account, no cluster yet, a stack never deployed.
+        # {urn: {"type", "outputs"}}}}, and {"objects": {"<type token> <id>": {...}}}: what a read (`get`) of a deployed
+        # Kubernetes object finds (its status). Empty: a fresh account, no cluster yet, a stack never deployed.
         self._live: Mapping[str, Any] = live or {}
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
@@ -284,6 +285,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         if args.typ.startswith("gcp:") and "project" not in inputs and provider_inputs.get("project"):
             inputs = {**inputs, "project": provider_inputs["project"]}
         state: dict[str, Any] = dict(args.inputs)
+        if args.resource_id:  # a read: the object as the cluster has it, else what was asked for
+            found = (self._live.get("objects") or {}).get(f"{args.typ} {args.resource_id}") or {}
+            return args.resource_id, {**state, **found}
         extra = _outputs_for(args.typ, name, inputs)
         state.update(extra)
         return f"{name}-id", state

@@ -264,7 +264,12 @@ def needs(run: StackRun) -> list[Need]:
             if resource.inputs.get("createNamespace"):
                 found.append(Need(None, "", "namespaces", WRITE, f"Helm creates namespace {release_ns}"))
             workload_namespaces.add(release_ns)
+    declared = {resource.urn: resource.type for resource in run.resources}
     for read in run.reads:
+        # A read of an object the program declares itself (it waits for it: the stack's Gateway or Ingress, read
+        # back for its address) needs nothing beyond the rights that write it.
+        if any(declared.get(urn) == read.type for urn in read.depends_on):
+            continue
         group_version, kind = read.type.split(":", 1)[1].rsplit(":", 1)
         group = group_version.split("/", 1)[0] if "/" in group_version else ""
         scope = None if kind in CLUSTER_SCOPED else "default"

@@ -485,6 +485,13 @@ def qdrant_alt_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[st
     return secrets.qdrant_api_key_next
 
 
+def throwaway_in_kept_namespace(config: StackConfig) -> bool:
+    """A PR stack (`rag:ephemeral`) in a namespace it does not delete (`rag:namespaceMode` patch/existing, e.g. one
+    namespace for every PR stack in turn): its destroy must take the StatefulSets' claims too, or the next PR stack
+    there starts on this one's Qdrant data and Valkey cache. CloudNativePG's claims go with its `Cluster` anyway."""
+    return config.ephemeral is not None and config.namespaceMode != "create"
+
+
 def qdrant_args(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -512,6 +519,9 @@ def qdrant_args(
         snapshots_storage_class=storage_class(cfg.snapshotsStorage.storageClass, cluster),
         resources=resources(cfg.resources),
         protect=config.protect,
+        # patch/existing: a destroy leaves the namespace, so it must not leave the Qdrant pods running in it.
+        namespace_deleted_after=config.namespaceMode == "create",
+        claims_deleted_with_statefulset=throwaway_in_kept_namespace(config),
         pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
@@ -635,6 +645,7 @@ def redis_args(
         storage_class=storage_class(cfg.incluster.storage.storageClass, cluster),
         resources=resources(cfg.incluster.resources),
         aof_set_aside_from=cfg.incluster.downgradeFrom,
+        claims_deleted_with_statefulset=throwaway_in_kept_namespace(config),
         client_selectors=CLIENTS,
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),
@@ -838,6 +849,8 @@ def gateway_args(
         issuer_kind="ClusterIssuer" if tls.installCertManager else "Issuer",
         existing_cluster_issuer=tls.clusterIssuer or None,
         gateway_crds=gateway_crds,
+        # A cloud load balancer is the entry there: the first `up` waits for its address (`ingressAddress`).
+        wait_for_address=config.cluster.provider in ("eks", "gke"),
         depends_on=ready,
     )
 
@@ -943,6 +956,7 @@ def outputs(
     service_url: pulumi.Input[str],
     image_ref: pulumi.Input[str],
     qdrant_endpoint: pulumi.Input[str],
+    ingress_address: pulumi.Input[str | None] | None = None,
     api_keys: pulumi.Input[str] | None = None,
     admin_api_key: pulumi.Input[str] | None = None,
     grafana: Mapping[str, str] | None = None,
@@ -953,6 +967,9 @@ def outputs(
     (`pulumi stack output apiKeys --show-secrets`)."""
     return {
         "serviceUrl": service_url,
+        # The load balancer's address to point DNS at, of whichever entry (Gateway or Ingress) is deployed, read at
+        # every `up`; None without TLS (no entry) and until the controller assigns one.
+        "ingressAddress": ingress_address,
         "imageDigest": image_ref,
         "qdrantEndpoint": qdrant_endpoint,
         "kubeconfig": cluster.kubeconfig,
@@ -1266,15 +1283,18 @@ def _build(
     )
 
     service_url: pulumi.Input[str] = service.url
+    ingress_address: pulumi.Input[str | None] | None = None
     if gateway is not None:
         if (service.service_name, service.service_port) != (SERVICE_NAME, RagServiceArgs.port):
             raise ValueError("The gateway was built for another Service name or port than the service has.")
         service_url = gateway.url
+        ingress_address = gateway.address
 
     return outputs(
         config,
         cluster,
         service_url=service_url,
+        ingress_address=ingress_address,
         image_ref=image.ref,
         qdrant_endpoint=qdrant.endpoint,
         api_keys=secrets.service_api_keys,

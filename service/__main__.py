@@ -68,9 +68,10 @@ def main() -> None:
         except EmbeddedStoreError as exc:
             print(f"service: error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
-    # A SQLite registry this start is about to create (or to fill: a zero-byte file): a refused start removes
-    # what it made, so "nothing changed" holds and the next start sees the DATA_DIR as the operator left it.
-    fresh: list[tuple[Path, bool]] = []
+    # A SQLite registry this start created (or filled: a zero-byte file), marked as this process's: a refused
+    # start removes what it made, so "nothing changed" holds and the next start sees the DATA_DIR as the operator
+    # left it; a registry any process served is never removed (see undo_fresh_registry).
+    fresh: list[tuple[Path, bool, int]] = []
     try:
         serve(settings, fresh)
     except BaseException as exc:
@@ -79,9 +80,9 @@ def main() -> None:
         raise
 
 
-def serve(settings: Any, fresh: list[tuple[Path, bool]]) -> None:
+def serve(settings: Any, fresh: list[tuple[Path, bool, int]]) -> None:
     """Migrate the registry in this process, then run uvicorn (one process, or WORKERS worker processes).
-    ``fresh`` receives the SQLite registry file this start creates, if it does (see fresh_sqlite_registry)."""
+    ``fresh`` receives the SQLite registry file this start creates, if it does (see create_fresh_registry)."""
     model = None
     if settings.workers == 1:
         # fastembed is imported here, not in the thread: only the session build runs beside the main thread's
@@ -101,7 +102,9 @@ def serve(settings: Any, fresh: list[tuple[Path, bool]]) -> None:
         # Migrate in the parent so that several workers never race on the schema at start-up.
         created = fresh_sqlite_registry(settings.resolved_database_url)
         if created is not None:
-            fresh.append(created)
+            token = create_fresh_registry(created[0])
+            if token is not None:
+                fresh.append((*created, token))
         try:
             open_registry(
                 settings.resolved_database_url,
@@ -115,7 +118,7 @@ def serve(settings: Any, fresh: list[tuple[Path, bool]]) -> None:
             from service.app.main import create_app
 
             # The lifespan waits for the model and opens the store: a failure there is one line too.
-            app: object = StartupGuard(create_app(settings, embedder=model))
+            app: object = StartupGuard(create_app(settings, embedder=model), settings.resolved_database_url)
             # create_app already routed uvicorn's loggers through the service's handler (JSON lines); uvicorn's
             # own dictConfig would put its plain handlers back.
             log_config: object = None
@@ -146,23 +149,9 @@ def fresh_sqlite_registry(url: str) -> tuple[Path, bool] | None:
     """(the file, whether it exists) when ``url`` is a SQLite registry file that is missing or zero bytes long,
     with no -wal beside it (nothing was ever committed to it); else None (a server database, or a registry
     with content, which a refused start never touches)."""
-    from sqlalchemy.engine import make_url
-
-    from service.app.store.registry import normalize_database_url
-
-    try:
-        parsed = make_url(normalize_database_url(url))
-    except Exception:
-        return None  # refused later with its own message
-    database = parsed.database
-    if (
-        parsed.get_backend_name() != "sqlite"
-        or not database
-        or database == ":memory:"
-        or "mode=memory" in url
-    ):
+    path = sqlite_registry_path(url)  # None: refused later with its own message, or not a SQLite file
+    if path is None:
         return None
-    path = Path(database)
     try:
         if Path(f"{path}-wal").exists() or (path.exists() and (not path.is_file() or path.stat().st_size)):
             return None
@@ -180,33 +169,138 @@ def is_refused_start(exc: BaseException) -> bool:
     return not isinstance(exc, KeyboardInterrupt)
 
 
-def undo_fresh_registry(path: Path, existed: bool) -> None:
-    """Remove the registry a refused start created (or empty again the zero-byte file it filled), with its
-    -wal/-shm, when it records no document and no job: nothing a client wrote can be in it."""
+#: PRAGMA user_version of a fresh registry file: 0 once any process served it (or for a registry of any other
+#: origin: nothing else in the service sets it), the creating process's token until then, and this value once
+#: a refused start removed it (read by a process that opened the file before it was unlinked).
+REMOVED_MARK = -1
+
+
+def _sqlite_transaction(path: Path) -> Any:
+    """A connection to the existing file ``path`` in a BEGIN IMMEDIATE transaction: no other process commits
+    anything to it until this one commits or rolls back."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=30, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def create_fresh_registry(path: Path) -> int | None:
+    """Create the missing (or zero-byte) SQLite registry ``path`` marked as this process's fresh one: a random
+    token in its user_version, set in the transaction that checks the file is still empty. The token, or None
+    when the file was not ours to create (another process got there first, or it cannot be written: the
+    migration then reports it)."""
+    import secrets
+    import sqlite3
+
+    token = secrets.randbelow(2**31 - 2) + 1
+    try:
+        path.touch(exist_ok=True)
+        connection = _sqlite_transaction(path)
+        try:
+            tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables or connection.execute("PRAGMA user_version").fetchone()[0]:
+                connection.execute("ROLLBACK")
+                return None
+            connection.execute(f"PRAGMA user_version = {token}")
+            connection.execute("COMMIT")
+        finally:
+            connection.close()
+    except (OSError, sqlite3.Error):
+        return None
+    return token
+
+
+def registry_served_refusal(url: str) -> str | None:
+    """Record, before this process serves, that the SQLite registry at ``url`` has served (its fresh mark is
+    cleared, in one transaction with the check): no refused start removes it after this. Why this process must
+    not serve (one line) when a refused start of another process removed the file it opened; else None."""
+    import sqlite3
+
+    found = sqlite_registry_path(url)
+    if found is None:
+        return None
+    removed = (
+        f"the registry {found} was removed by a refused start of another process while this one started; "
+        "start it again"
+    )
+    try:
+        connection = _sqlite_transaction(found)
+    except sqlite3.Error:
+        # Gone from its path since this process opened it: no later start would see what it wrote.
+        return None if found.exists() else removed
+    try:
+        mark = connection.execute("PRAGMA user_version").fetchone()[0]
+        if mark == REMOVED_MARK:
+            connection.execute("ROLLBACK")
+            return removed
+        if mark:
+            connection.execute("PRAGMA user_version = 0")
+        connection.execute("COMMIT")
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+    return None
+
+
+def sqlite_registry_path(url: str) -> Path | None:
+    """The file of a SQLite registry URL (None: a server database, memory, or a URL refused elsewhere)."""
+    from sqlalchemy.engine import make_url
+
+    from service.app.store.registry import normalize_database_url
+
+    try:
+        parsed = make_url(normalize_database_url(url))
+    except Exception:
+        return None
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not database
+        or database == ":memory:"
+        or "mode=memory" in url
+    ):
+        return None
+    return Path(database)
+
+
+def undo_fresh_registry(path: Path, existed: bool, token: int) -> None:
+    """Remove the registry this refused start created (or empty again the zero-byte file it filled), with its
+    -wal/-shm, only while it still carries this process's mark: no process served it (each clears the mark
+    before it serves, see registry_served_refusal) and, as a second guard, it records no document and no job.
+    The check and the removed mark are one transaction, so no process can commit in between; one that opened
+    the file before it was unlinked finds the removed mark and refuses to serve."""
     import sqlite3
 
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = _sqlite_transaction(path)
         try:
             tables = {
                 row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
-            used = {
-                "documents": "SELECT 1 FROM documents LIMIT 1",
-                "jobs": "SELECT 1 FROM jobs LIMIT 1",
-            }
-            for table, query in used.items():
-                if table in tables and connection.execute(query).fetchone():
-                    return  # a worker served before another failed: keep it
+            used = any(
+                table in tables and connection.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()  # noqa: S608
+                for table in ("documents", "jobs")
+            )
+            if used or connection.execute("PRAGMA user_version").fetchone()[0] != token:
+                connection.execute("ROLLBACK")
+                return  # another process served it (or wrote to it): keep it
+            connection.execute(f"PRAGMA user_version = {REMOVED_MARK}")
+            connection.execute("COMMIT")
         finally:
             connection.close()
-        for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-            leftover.unlink(missing_ok=True)
         if existed:
             with path.open("r+b") as file:
                 file.truncate(0)
         else:
             path.unlink(missing_ok=True)
+        for leftover in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+            leftover.unlink(missing_ok=True)
     except (OSError, sqlite3.Error):
         return  # not ours to explain: the refusal's own line has been printed
 
@@ -244,7 +338,7 @@ def guarded_app() -> Any:
 
     settings = get_settings()
     model = start_in_thread(lambda: load_model(settings, FastEmbedEmbedder), name="model-load")
-    return StartupGuard(create_app(settings, embedder=model))
+    return StartupGuard(create_app(settings, embedder=model), settings.resolved_database_url)
 
 
 def serve_workers(app: str, workers: int, options: dict[str, Any]) -> None:
@@ -357,8 +451,9 @@ class StartupGuard:
     traceback.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, registry_url: str | None = None) -> None:
         self.app = app
+        self.registry_url = registry_url
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -370,6 +465,13 @@ class StartupGuard:
             if message["type"] == "lifespan.startup.failed":
                 held.append(message)  # sent below, once the exception says whether it is a known one
                 return
+            if message["type"] == "lifespan.startup.complete" and self.registry_url is not None:
+                # The last step before serving: from here on no refused start may remove this registry.
+                refusal = registry_served_refusal(self.registry_url)
+                if refusal is not None:
+                    print(f"service: error: {refusal}", file=sys.stderr, flush=True)
+                    await send({"type": "lifespan.startup.failed", "message": ""})
+                    return
             await send(message)
 
         try:

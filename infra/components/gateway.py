@@ -27,7 +27,16 @@ Creates:
 
 CRD ordering: the ClusterIssuer and Certificate depend on the cert-manager release that installs their CRDs; the
 Gateway and HTTPRoutes depend on `gateway_crds` (whatever installs the Gateway API CRDs: GKE has them built in).
-Output: `url`, the public https URL of the service.
+Outputs: `url`, the public https URL of the service, and `address`, the load balancer's address to point the
+hostname's DNS record at, read from the deployed entry's status at every `up` (`entry_address`).
+
+Why a read and not the entry's own outputs: a resource's outputs are what the provider saw at its last create or
+update, and the load balancer can change under an unchanged entry (on EKS a `gateway.loadBalancer` switch changes
+the EnvoyProxy, not the Gateway; an ingress controller may replace its Service). A `get` is read again by every
+`up` (and by a preview of a deployed stack), so the address never comes from an earlier update. On cloud targets
+the Gateway also waits for `Programmed` (`wait_for_address`): Envoy Gateway v1.9.0 and GKE set it only once the
+Gateway has an address (Envoy Gateway `updateGatewayProgrammedCondition`: `AddressNotAssigned` until then), so the
+first `up`'s read already finds one; the Ingress is awaited until its controller publishes an address anyway.
 """
 
 from __future__ import annotations
@@ -66,6 +75,14 @@ GKE_PROXY_ONLY_CLASSES = frozenset({"gke-l7-regional-external-managed", "gke-l7-
 """GKE Gateway classes whose load balancer is Envoy-based and regional: they need a proxy-only subnet in the region
 (GKE "Deploying Gateways", requirements) and their proxies reach the pods from its addresses, not from Google's
 front-end ranges (Cloud Load Balancing "Firewall rules": Envoy-based load balancers send from the proxy-only subnet)."""
+PROGRAMMED_WAIT = "condition=Programmed"
+"""`pulumi.com/waitFor` on the Gateway (cloud targets): pulumi-kubernetes waits, on create and every update, until the
+Gateway's Programmed condition is True for its current generation (await/condition kubectl.go compares the
+condition's observedGeneration)."""
+WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+GATEWAY_ADDRESS_TIMEOUT = "20m"
+"""How long an `up` waits for a cloud load balancer behind a new or changed Gateway (the provider's default is 10
+minutes; a GKE load balancer's first programming takes several)."""
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -107,6 +124,10 @@ class TlsGatewayArgs:
     existing_cluster_issuer: str | None = None
     """Name of a ClusterIssuer that already exists in the cluster: the Certificate uses it and no issuer is
     created (`issuer`, `acme_email` and `issuer_kind` are then unused)."""
+    wait_for_address: bool = False
+    """Wait (on create and every update) until the Gateway is Programmed, i.e. has an address: on cloud targets,
+    where the entry is a cloud load balancer. Off on `existing` clusters, whose Gateway implementation may never
+    assign one (a local cluster without a load balancer)."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -441,12 +462,53 @@ def ingress_spec(
     return spec
 
 
+def entry_address(entry: str, status: Mapping[str, Any] | None) -> str | None:
+    """The load balancer's address in the status of the deployed entry, or None while it has none.
+
+    A Gateway lists it in `status.addresses[].value` (an IP or a hostname; Gateway API v1 GatewayStatusAddress);
+    an Ingress in `status.loadBalancer.ingress[]` as `hostname` (an AWS load balancer) or `ip` (GKE, most
+    bare-metal controllers). The first one is the one to point DNS at."""
+    status = status or {}
+    if entry == "gateway":
+        for address in status.get("addresses") or []:
+            if address.get("value"):
+                return str(address["value"])
+        return None
+    for ingress in (status.get("loadBalancer") or {}).get("ingress") or []:
+        value = ingress.get("hostname") or ingress.get("ip")
+        if value:
+            return str(value)
+    return None
+
+
+class LiveObject(pulumi.CustomResource):
+    """A read (`get`) of a deployed Kubernetes object with its status.
+
+    pulumi_kubernetes' `CustomResource` drops every output it does not declare, status included, so a Gateway read
+    through it has no status; this declares it. Only ever read, never created."""
+
+    status: pulumi.Output[Any]
+
+    def __init__(
+        self, name: str, api_version: str, kind: str, id: pulumi.Input[str], opts: pulumi.ResourceOptions
+    ) -> None:
+        super().__init__(
+            f"kubernetes:{api_version}:{kind}",
+            name,
+            {"apiVersion": api_version, "kind": kind, "metadata": None, "status": None},
+            pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=id)),
+        )
+
+
 # ---------------------------------------------------------------------------------------------- component
 class TlsGateway(pulumi.ComponentResource):
     """cert-manager, an issuer, a Certificate and a Gateway API entry (or Ingress) to the service."""
 
     url: pulumi.Output[str]
     """Public URL of the service, https://<hostname>."""
+    address: pulumi.Output[str | None]
+    """The load balancer's address (IP or hostname) of the deployed entry, read at every `up`; None until the
+    controller assigns one (`entry_address`)."""
     cert_manager: pulumi.Resource | None
     """The cert-manager release (when installed here), for others needing its CRDs."""
     gateway_name: str
@@ -521,16 +583,30 @@ class TlsGateway(pulumi.ComponentResource):
             opts=child(*crds),
         )
 
+        entry: pulumi.CustomResource
         if args.entry == "gateway":
+            gateway_annotations = dict(args.gateway_annotations)
+            gateway_opts = child(certificate, *args.gateway_crds)
+            if args.wait_for_address:
+                gateway_annotations[WAIT_FOR_ANNOTATION] = PROGRAMMED_WAIT
+                gateway_opts = pulumi.ResourceOptions.merge(
+                    gateway_opts,
+                    pulumi.ResourceOptions(
+                        custom_timeouts=pulumi.CustomTimeouts(
+                            create=GATEWAY_ADDRESS_TIMEOUT, update=GATEWAY_ADDRESS_TIMEOUT
+                        )
+                    ),
+                )
             gateway = k8s.apiextensions.CustomResource(
                 f"{name}-gateway",
                 api_version="gateway.networking.k8s.io/v1",
                 kind="Gateway",
-                metadata=specs.metadata(gateway_name, ns, object_labels, args.gateway_annotations),
+                metadata=specs.metadata(gateway_name, ns, object_labels, gateway_annotations),
                 spec=gateway_spec(args.gateway_class_name, args.hostname, tls_secret),
                 # After the Certificate, whose (temporary) Secret its HTTPS listener needs to be programmed.
-                opts=child(certificate, *args.gateway_crds),
+                opts=gateway_opts,
             )
+            entry = gateway
             k8s.apiextensions.CustomResource(
                 f"{name}-redirect-route",
                 api_version="gateway.networking.k8s.io/v1",
@@ -566,7 +642,7 @@ class TlsGateway(pulumi.ComponentResource):
                 spec=closed_service_spec(),
                 opts=child(),
             )
-            k8s.networking.v1.Ingress(
+            entry = k8s.networking.v1.Ingress(
                 f"{name}-ingress",
                 metadata=specs.metadata(base, ns, object_labels),
                 spec=ingress_spec(
@@ -583,4 +659,13 @@ class TlsGateway(pulumi.ComponentResource):
         self.gateway_name = gateway_name
         self.tls_secret_name = tls_secret
         self.url = pulumi.Output.from_input(f"https://{args.hostname}")
-        self.register_outputs({"url": self.url})
+        # Read after the entry exists (its id is unknown in a preview that creates it: no read then).
+        live = LiveObject(
+            f"{name}-{args.entry}-live",
+            "gateway.networking.k8s.io/v1" if args.entry == "gateway" else "networking.k8s.io/v1",
+            "Gateway" if args.entry == "gateway" else "Ingress",
+            entry.id,
+            pulumi.ResourceOptions(parent=self, depends_on=[entry]),
+        )
+        self.address = live.status.apply(lambda status, entry=args.entry: entry_address(entry, status))
+        self.register_outputs({"url": self.url, "address": self.address})

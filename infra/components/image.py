@@ -294,7 +294,13 @@ class ServiceImage(pulumi.ComponentResource):
                 # `ragops rollback` checks before it moves a stack to another release (infra/schema.py).
                 **schema_labels(args.context_dir),
             },
-            opts=pulumi.ResourceOptions(parent=self),
+            # pulumi-docker-build's delete removes `<repository>@<digest>` from the registry (v0.0.22
+            # internal/client.go `Delete`: ManifestDelete, errors ignored): a `destroy`, but also the stack moving to
+            # a promoted or rolled-back image, or a `--replace`, deleted the last build at once (ECR takes it), the
+            # release a roll-forward or a promotion from this registry needs. Where retention rules decide
+            # (`protect_build`: its tags, then `supersededBuildDays`), the delete only leaves the state. Elsewhere
+            # (`existing`: a PR stack's registry has no rules) the delete still cleans the build up.
+            opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.protect_build),
         )
         if not args.protect_build:
             return pulumi.Output.all(repository, image.digest).apply(lambda v: digest_ref(v[0], v[1]))

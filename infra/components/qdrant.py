@@ -100,6 +100,15 @@ class QdrantClusterArgs:
     protect: bool = False
     """Protect the StatefulSet and the `founded` marker from `pulumi destroy` (prod: True). Not the API-key Secret:
     a key rotation replaces it."""
+    namespace_deleted_after: bool = True
+    """The stack deletes the namespace after the StatefulSet (`rag:namespaceMode: create`), which ends the pods a
+    delete of the StatefulSet orphaned: its delete may then keep the pods (`REPLACE_KEEPS_PODS`, a replace without
+    an outage). False (a namespace the stack does not delete, `patch`/`existing`): nothing would end orphaned pods,
+    and a `pulumi destroy` left every Qdrant node running in the namespace, so the delete is foreground (a replace
+    then restarts every node at once, docs/runbooks.md#growing-a-statefulsets-volume)."""
+    claims_deleted_with_statefulset: bool = False
+    """The data claims go with the StatefulSet (`specs.claim_retention`): a throwaway stack (a PR stack) in a
+    namespace it does not delete, where the next stack there would otherwise start on this one's data."""
     pdb: bool = True
     """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
@@ -202,12 +211,15 @@ ready() {{
     IFS= read -r status <&3 && case "$status" in "HTTP/1."?" 200"*) exit 0 ;; esac; exit 1' \\
     "$(host "$1")" "$PROBE_PORT" 2>/dev/null
 }}
+# raft_state.json without its whitespace, so the greps below match however the file is laid out (Qdrant writes it
+# compact, but a pretty-printed file would make every check skip itself). No value they read holds a space.
+raft_json() {{ tr -d ' \\t\\r\\n' < "$STORAGE/raft_state.json"; }}
 # Raft state that counts: a legacy CBOR `raft_state`, or a JSON one past term 0. Qdrant writes the file BEFORE it
 # bootstraps, so a node whose join failed (e.g. its URI still registered to a dead peer) has a term-0 file and
 # would, started without --bootstrap, found a cluster of its own (Consensus::new: is_new_deployment = term 0).
 has_state() {{
   [ -e "$STORAGE/raft_state" ] && return 0
-  [ -e "$STORAGE/raft_state.json" ] && ! grep -q '"hard_state":{{"term":0,' "$STORAGE/raft_state.json"
+  [ -e "$STORAGE/raft_state.json" ] && ! raft_json | grep -q '"hard_state":{{"term":0,'
 }}
 case "$INDEX" in ''|*[!0-9]*) echo "HOSTNAME $HOSTNAME does not end in a pod ordinal" >&2; exit 1 ;; esac
 if has_state; then
@@ -215,7 +227,7 @@ if has_state; then
   # of any peer version its Raft state records (peer_metadata_by_id: {{"<id>": {{"version": "1.15.4"}}}}).
   if [ -n "${{QDRANT_IMAGE_VERSION:-}}" ] && [ -e "$STORAGE/raft_state.json" ]; then
     target="$(printf '%s' "$QDRANT_IMAGE_VERSION" | cut -d. -f1,2)"
-    for seen in $(grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' "$STORAGE/raft_state.json" | cut -d'"' -f4 | sort -u); do
+    for seen in $(raft_json | grep -o '"version":"[0-9]*[.][0-9]*[.][0-9]*' | cut -d'"' -f4 | sort -u); do
       if [ "${{seen%%.*}}" = "${{target%%.*}}" ] && [ $(( ${{target#*.}} - $(printf '%s' "$seen" | cut -d. -f2) )) -gt 1 ]; then
         log refuse "image $QDRANT_IMAGE_VERSION is more than one minor ahead of Qdrant $seen in this cluster; upgrade one minor at a time (docs/infra.md#upgrading-qdrant)"
         exit 1
@@ -223,8 +235,8 @@ if has_state; then
     done
     # Nor an older minor than this node's own storage last ran (its entry under this_peer_id): Qdrant migrates
     # storage forward only and supports no downgrade. Peers that never ran the newer minor may go back.
-    own="$(grep -o '"this_peer_id":[0-9]*' "$STORAGE/raft_state.json" | cut -d: -f2)"
-    last="$(grep -o "\\"${{own:-none}}\\":{{\\"version\\":\\"[0-9]*[.][0-9]*[.][0-9]*" "$STORAGE/raft_state.json" | cut -d'"' -f6)"
+    own="$(raft_json | grep -o '"this_peer_id":[0-9]*' | cut -d: -f2)"
+    last="$(raft_json | grep -o "\\"${{own:-none}}\\":{{\\"version\\":\\"[0-9]*[.][0-9]*[.][0-9]*" | cut -d'"' -f6)"
     if [ -n "$last" ]; then
       # major.minor as one number, e.g. 1.19 -> 1019
       ran=$(( ${{last%%.*}} * 1000 + $(printf '%s' "$last" | cut -d. -f2) ))
@@ -422,7 +434,7 @@ def statefulset_spec(
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate"},
         "selector": {"matchLabels": dict(match)},
-        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "persistentVolumeClaimRetentionPolicy": specs.claim_retention(args.claims_deleted_with_statefulset),
         "template": {
             "metadata": {
                 "labels": pod_labels,
@@ -459,7 +471,9 @@ Pulumi deletes it for a replace: `spec.volumeClaimTemplates` (a new `rag:qdrant.
 immutable, so pulumi-kubernetes replaces the StatefulSet, delete first (a named object). With a foreground delete
 every node went down at once for the replace; orphaned, they keep serving and the new StatefulSet, with the same
 selector and pod template, adopts them without a restart. It never deletes a pod otherwise: the program only deletes
-the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods."""
+the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods. Only
+when the stack deletes that namespace (`QdrantClusterArgs.namespace_deleted_after`): in one it does not, the pods
+outlived the destroy (the StatefulSet controller had handed them over to no one)."""
 
 
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
@@ -485,10 +499,11 @@ def rollout_timeout_seconds(args: QdrantClusterArgs, base: str = APP) -> int:
 
 
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`), Pulumi waits for a rollout as
-    long as the nodes' probes allow (`rollout_timeout_seconds`), and it records an acknowledged scale-down (who reads
-    the object sees it was planned)."""
-    annotations = {**REPLACE_KEEPS_PODS, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`, when the namespace goes after it
+    on a destroy), Pulumi waits for a rollout as long as the nodes' probes allow (`rollout_timeout_seconds`), and it
+    records an acknowledged scale-down (who reads the object sees it was planned)."""
+    keep_pods = REPLACE_KEEPS_PODS if args.namespace_deleted_after else {}
+    annotations = {**keep_pods, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
     if args.scale_down_acknowledged is not None:
         annotations[SCALE_DOWN_ANNOTATION] = (
             f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"

@@ -527,6 +527,23 @@ def ephemeral_up(
             "--comment-file", help="Write a Markdown PR comment with the stack's URL here.", dir_okay=False
         ),
     ] = None,
+    namespace_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace-mode",
+            envvar=ephemeral_mod.NAMESPACE_MODE_ENV,
+            help="rag:namespaceMode of the PR stack: create (default), or patch/existing where deployers may "
+            "not create namespaces.",
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            envvar=ephemeral_mod.NAMESPACE_ENV,
+            help="rag:namespace of the PR stack; {name} becomes the stack name (default: {name}).",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     drop_secret: DropSecretOpt = None,
 ) -> None:
@@ -537,9 +554,10 @@ def ephemeral_up(
     def action() -> ephemeral_mod.EphemeralStack:
         ephemeral_mod.validate_name(name, context.work_dir)
         ephemeral_mod.parse_ttl(ttl)
+        # A bad domain or namespace: refused before any Pulumi call.
         ephemeral_mod.template_config(
-            context.work_dir, name, domain=domain
-        )  # a bad domain: before any Pulumi call
+            context.work_dir, name, domain=domain, namespace_mode=namespace_mode, namespace=namespace
+        )
         # A cancelled CI job gets SIGTERM: turn it into KeyboardInterrupt so the teardown still runs.
         # (Signal handlers can only be installed from the main thread.)
         in_main = threading.current_thread() is threading.main_thread()
@@ -552,6 +570,8 @@ def ephemeral_up(
                     ttl,
                     owner=owner,
                     domain=domain,
+                    namespace_mode=namespace_mode,
+                    namespace=namespace,
                     on_output=on_output,
                     on_event=on_event,
                     drop_secrets=drop_secret or (),
@@ -941,6 +961,10 @@ def reconcile(
     deployment: Annotated[
         str, typer.Option("--deployment", help="Whose pod runs it (rag for a stack without workers).")
     ] = restore_mod.DEFAULT_DEPLOYMENT,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 1)."),
+    ] = restore_mod.DEFAULT_TIMEOUT,
 ) -> None:
     """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
     context: Context = ctx.obj
@@ -952,6 +976,7 @@ def reconcile(
             tenant=tenant,
             namespace=namespace,
             deployment=deployment,
+            timeout=timeout,
             on_output=lambda line: typer.echo(line),
         )
     )

@@ -211,13 +211,79 @@ def validate_domain(domain: str) -> str:
     return cleaned
 
 
+NAMESPACE_MODE_ENV = "RAGOPS_EPHEMERAL_NAMESPACE_MODE"
+NAMESPACE_ENV = "RAGOPS_EPHEMERAL_NAMESPACE"
+NAMESPACE_MODES = ("create", "patch", "existing")
+NAMESPACE_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DEFAULT_NAMESPACE = "rag"
+"""Pulumi.yaml's default `rag:namespace` (a base stack file that sets none deploys there)."""
+
+
+def namespace_choice(
+    values: dict[str, Any],
+    *,
+    mode: str | None,
+    namespace: str | None,
+    base_namespace: str | None,
+    cap: int,
+    template: Path = TEMPLATE,
+) -> dict[str, Any]:
+    """`values` with the operator's `rag:namespaceMode` / `rag:namespace` for the PR stack (not yet substituted).
+
+    Where deployers may not create namespaces, the platform team gives PR stacks one (or one per PR): `existing`
+    deploys into it and never writes it, `patch` adds the stack's labels with server-side apply. A namespace
+    without `{name}` is shared by every PR stack, whose objects have fixed names (`qdrant`, `rag`, ...): two at
+    once would overwrite each other, so it needs a cap of one live stack. The base stack's own namespace is
+    refused (a PR stack there would take over dev's objects, and its destroy delete them)."""
+    mode = (mode or "").strip() or None
+    namespace = (namespace or "").strip() or None
+    out = dict(values)
+    if mode is not None:
+        if mode not in NAMESPACE_MODES:
+            raise UsageError(
+                f"Namespace mode {mode!r} (--namespace-mode / ${NAMESPACE_MODE_ENV}) must be one of "
+                f"{', '.join(NAMESPACE_MODES)}."
+            )
+        out[f"{PROJECT}:namespaceMode"] = mode
+    if namespace is not None:
+        out[f"{PROJECT}:namespace"] = namespace
+    pattern = str(out.get(f"{PROJECT}:namespace") or "{name}")
+    probe = pattern.replace("{name}", "a" * MAX_NAME_LENGTH)
+    if not NAMESPACE_RE.match(probe):
+        raise UsageError(
+            f"PR stack namespace {pattern!r} (--namespace / ${NAMESPACE_ENV}) must be a DNS label of at most 63 "
+            f"characters once {{name}} becomes a stack name of up to {MAX_NAME_LENGTH}."
+        )
+    if "{name}" not in pattern:
+        if pattern == (base_namespace or DEFAULT_NAMESPACE):
+            raise UsageError(
+                f"PR stack namespace {pattern!r} is the base stack's own: a PR stack there would replace its "
+                "objects and its destroy would delete them. Give PR stacks a namespace of their own."
+            )
+        if cap > 1:
+            raise UsageError(
+                f"PR stack namespace {pattern!r} has no {{name}}: every PR stack would deploy into it, and their "
+                f"objects (same names) would overwrite each other. Use a name with {{name}} (one namespace per "
+                f"PR), or allow one live stack (${MAX_STACKS_ENV}=1 or maxStacks: 1 in {template.name})."
+            )
+    return out
+
+
 def template_config(
-    work_dir: Path, name: str, template: Path = TEMPLATE, *, domain: str | None = None
+    work_dir: Path,
+    name: str,
+    template: Path = TEMPLATE,
+    *,
+    domain: str | None = None,
+    namespace_mode: str | None = None,
+    namespace: str | None = None,
 ) -> dict[str, Any]:
     """The config of a new ephemeral stack: the base stack file's values, secure ones dropped, then overrides.
 
     `{name}` becomes the stack name and `{domain}` the preview domain: the argument, else $RAGOPS_PREVIEW_DOMAIN,
-    else the template's `domain`.
+    else the template's `domain`. `namespace_mode` / `namespace` (else $RAGOPS_EPHEMERAL_NAMESPACE_MODE /
+    $RAGOPS_EPHEMERAL_NAMESPACE, else the template's) set `rag:namespaceMode` / `rag:namespace`
+    (`namespace_choice`).
     """
     spec = yaml.safe_load(template.read_text()) or {}
     chosen = validate_domain(domain or os.environ.get(DOMAIN_ENV) or str(spec.get("domain") or ""))
@@ -228,7 +294,15 @@ def template_config(
         if path.exists():
             base = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
     cleaned = {k: v for k, v in ((k, _drop_secure(v)) for k, v in base.items()) if v is not None}
-    return _substitute(_deep_merge(cleaned, spec.get("config") or {}), {"name": name, "domain": chosen})
+    merged = namespace_choice(
+        _deep_merge(cleaned, spec.get("config") or {}),
+        mode=namespace_mode or os.environ.get(NAMESPACE_MODE_ENV),
+        namespace=namespace or os.environ.get(NAMESPACE_ENV),
+        base_namespace=str(cleaned.get(f"{PROJECT}:namespace") or DEFAULT_NAMESPACE),
+        cap=max_stacks(template),
+        template=template,
+    )
+    return _substitute(merged, {"name": name, "domain": chosen})
 
 
 def base_stack_name(template: Path = TEMPLATE) -> str | None:
@@ -473,6 +547,8 @@ def up(
     owner: str | None = None,
     domain: str | None = None,
     template: Path = TEMPLATE,
+    namespace_mode: str | None = None,
+    namespace: str | None = None,
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
@@ -487,7 +563,9 @@ def up(
     record = EphemeralStack(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)
     )
-    values = template_config(ctx.work_dir, name, template, domain=domain)
+    values = template_config(
+        ctx.work_dir, name, template, domain=domain, namespace_mode=namespace_mode, namespace=namespace
+    )
     ws = ctx.workspace()
     base = base_stack_name(template)
     if base is not None:

@@ -12,20 +12,33 @@ the stack's own pods, which hold its settings and reach its Qdrant and database.
 
 The command's report (JSON) and exit status pass through: 0 consistent, 1 documents left that only their clients
 can restore (or, with ``--dry-run``, work to do).
+
+The call is bounded (``--timeout``, default DEFAULT_TIMEOUT): a kubectl that hangs (an API server that stopped
+answering mid-stream, a pod stuck terminating) would otherwise hold the terminal or a CI job for ever. At the bound
+kubectl and anything it started are killed and the command fails naming what it waited for. Killing ``kubectl
+exec`` ends the stream, not necessarily the command in the pod (a non-TTY exec is not signalled when its client
+goes), hence the hint in the error.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
+from typing import IO
 from urllib.parse import urlparse
 
 from infra.workflows.stacks import Context, UsageError, WorkflowError
 
 DEFAULT_DEPLOYMENT = "rag-worker"
+DEFAULT_TIMEOUT = 7200.0
+"""Seconds `ragops reconcile` waits for kubectl: the reconciliation re-indexes every document whose points are
+missing, which after a lost Qdrant volume is the whole store (~46 chunks/s per embedding process: docs/benchmarks.md)."""
 
 
 def namespace_of(qdrant_endpoint: object) -> str:
@@ -82,6 +95,60 @@ def _kubeconfig_file(content: str) -> Iterator[str]:
             os.unlink(path)
 
 
+class KubectlTimeout(WorkflowError):
+    """kubectl did not finish within its bound; it was killed."""
+
+
+def _pump(stream: IO[str], on_output: Callable[[str], None]) -> None:
+    for line in stream:
+        on_output(line.rstrip("\n"))
+
+
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    # kubectl runs in a session of its own (start_new_session): its group is kubectl and whatever it started.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
+
+
+def run_bounded(argv: list[str], *, timeout: float, what: str, on_output: Callable[[str], None]) -> int:
+    """Run ``argv`` passing each output line to ``on_output``; its exit status. After ``timeout`` seconds it and
+    its process group are killed and KubectlTimeout names ``what`` it was waiting for.
+
+    The output is read on a thread so that the wait itself has the bound (a read loop blocks for as long as the
+    child writes nothing)."""
+    try:
+        process = subprocess.Popen(  # noqa: S603 - a fixed argv, no shell
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+    except FileNotFoundError:
+        raise WorkflowError(f"{argv[0]} is not on PATH (https://kubernetes.io/docs/tasks/tools/)") from None
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    reader = threading.Thread(
+        target=_pump, args=(process.stdout, on_output), name="kubectl-output", daemon=True
+    )
+    reader.start()
+    try:
+        code = process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        # Output a child of kubectl still holds open ends with the same bound.
+        reader.join(timeout=max(0.0, deadline - time.monotonic()))
+        if not reader.is_alive():
+            return code
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if process.returncode is None or reader.is_alive():
+            _kill_group(process)
+            process.wait()
+            reader.join(timeout=10)
+            process.stdout.close()
+    raise KubectlTimeout(
+        f"gave up after {timeout:g} s waiting for {what}; killed kubectl. The command may still be running in "
+        "the pod: check before running it again (--timeout to wait longer)"
+    )
+
+
 def reconcile(
     ctx: Context,
     stack: str,
@@ -91,9 +158,11 @@ def reconcile(
     namespace: str | None = None,
     deployment: str = DEFAULT_DEPLOYMENT,
     kubectl: str = "kubectl",
+    timeout: float = DEFAULT_TIMEOUT,
     on_output: Callable[[str], None] = print,
 ) -> int:
-    """Run the reconciliation in the stack's pod; its exit status (0 consistent, 1 not)."""
+    """Run the reconciliation in the stack's pod; its exit status (0 consistent, 1 not). KubectlTimeout after
+    ``timeout`` seconds."""
     if tenant is not None and not tenant.strip():
         raise UsageError("--tenant must not be empty")
     outputs = {k: v.value for k, v in ctx.workspace().stack_outputs(stack).items()}
@@ -104,18 +173,12 @@ def reconcile(
         argv = reconcile_argv(
             ns, kubeconfig=path, deployment=deployment, dry_run=dry_run, tenant=tenant, kubectl=kubectl
         )
-        try:
-            process = subprocess.Popen(  # noqa: S603 - a fixed argv, no shell
-                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        except FileNotFoundError:
-            raise WorkflowError(
-                f"{kubectl} is not on PATH (https://kubernetes.io/docs/tasks/tools/)"
-            ) from None
-        assert process.stdout is not None
-        for line in process.stdout:
-            on_output(line.rstrip("\n"))
-        code = process.wait()
+        code = run_bounded(
+            argv,
+            timeout=timeout,
+            what=f"kubectl exec deploy/{deployment} in namespace {ns} (python -m service.reconcile)",
+            on_output=on_output,
+        )
     if code not in (0, 1):
         raise WorkflowError(
             f"the reconciliation did not run (kubectl exited {code}): is deploy/{deployment} running in "

@@ -24,6 +24,7 @@ STACK_TYPE = "pulumi:pulumi:Stack"
 DIGEST = "ghcr.io/example/rag-service@sha256:" + "b" * 64
 OUTPUTS = {
     "serviceUrl",
+    "ingressAddress",
     "imageDigest",
     "qdrantEndpoint",
     "kubeconfig",

@@ -158,3 +158,49 @@ def test_a_bulk_whose_client_left_stops_after_its_current_item(
         _sent, codes = asyncio.run(scenario())
     assert codes == [200, 200, 404]  # the item in progress finished; the one after it was never started
     assert "documents:bulk: its client left after 2 of 3 items; the rest were not stored" in caplog.text
+
+
+def test_a_bulk_cut_right_after_an_item_was_stored_does_not_name_it_as_in_progress(
+    tmp_path: Path, embedder: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The cut lands after item 1's ingest returned (it is stored) and before item 2 begins: the line named item
+    # 1 as "in progress", so an operator would resend or check a document that was in fact stored.
+    app = create_app(production_settings(tmp_path), embedder=embedder)
+    documents = [
+        {"document_id": "first", "text": "the first document of the batch"},
+        {"document_id": "second", "text": "the second document of the batch"},
+        {"document_id": "third", "text": "the third document of the batch"},
+    ]
+
+    async def scenario() -> tuple[httpx.Response, list[int]]:
+        async with app.router.lifespan_context(app):
+            ingest = app.state.services.ingest
+            real = ingest.ingest
+
+            async def then_cut(tenant: str, document_id: str, **kwargs: Any) -> Any:
+                result = await real(tenant, document_id, **kwargs)
+                if document_id == "second":  # stored: uvicorn's cancel arrives before the next item starts
+                    task = asyncio.current_task()
+                    assert task is not None
+                    task.cancel("Task cancelled, timeout graceful shutdown exceeded")
+                return result
+
+            ingest.ingest = then_cut
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://t", headers=bearer(KEY_A)
+            ) as c:
+                response = await c.post("/v1/documents:bulk", json={"documents": documents})
+                ingest.ingest = real
+                codes = [(await c.get(f"/v1/documents/{d['document_id']}")).status_code for d in documents]
+        return response, codes
+
+    with caplog.at_level(logging.INFO, logger="service.access"):
+        response, codes = asyncio.run(scenario())
+    assert response.status_code == 503, response.text
+    assert codes == [200, 200, 404]
+    (line,) = [
+        r.getMessage() for r in caplog.records if r.name == "service.access" and "bulk" in r.getMessage()
+    ]
+    assert "documents:bulk had finished 2 of 3 items)" in line, line
+    assert "in progress" not in line, line

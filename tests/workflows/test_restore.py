@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
 import sys
 from pathlib import Path
@@ -117,3 +118,77 @@ def test_namespace_comes_from_the_qdrant_endpoint() -> None:
     for bad in ("", None, "http://10.0.0.5:6333", "qdrant:6333"):
         with pytest.raises(WorkflowError, match="--namespace"):
             restore.namespace_of(bad)
+
+
+HANGING_KUBECTL = """#!/bin/sh
+echo $$ > {pids}/kubectl
+echo "$2" > {pids}/kubeconfig
+sleep 1000 &
+echo $! > {pids}/child
+echo "connected to the pod"
+wait
+"""
+
+
+def _dead(pid: int) -> bool:
+    """Whether `pid` has exited (or exits within 10 s: a SIGKILL is delivered asynchronously, and the process
+    closes its files, which ended our read, before it is done exiting)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        # A pidfd becomes readable when its process terminates (pidfd_open(2)), zombie or reaped.
+        return bool(select.select([pidfd], [], [], 10)[0])
+    finally:
+        os.close(pidfd)
+
+
+def test_a_hanging_kubectl_is_killed_at_the_timeout_with_what_it_waited_for(
+    ctx: Context, backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`process.wait()` had no bound: a kubectl whose stream stalls held `ragops reconcile` (and a CI job) for ever.
+    Now kubectl and what it started are killed at `--timeout` and the command exits 1 naming the call."""
+    bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
+    bin_dir.mkdir()
+    pids.mkdir()
+    script = bin_dir / "kubectl"
+    script.write_text(HANGING_KUBECTL.format(pids=pids))
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _stack(backend)
+    # The bound is the command's own; 5 s leaves a loaded machine ample time to start the stand-in's shell.
+    result = runner.invoke(app, ["reconcile", "-s", "staging", "--timeout", "5"], obj=ctx)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "connected to the pod" in output  # what kubectl printed before it stalled still passes through
+    assert (
+        "gave up after 5 s waiting for kubectl exec deploy/rag-worker in namespace staging-ns "
+        "(python -m service.reconcile); killed kubectl"
+    ) in output
+    kubectl_pid, child_pid = (int((pids / name).read_text()) for name in ("kubectl", "child"))
+    assert _dead(kubectl_pid)
+    assert _dead(child_pid)  # the whole process group, not only kubectl
+    # The kubeconfig file with the stack's credentials is gone as after a normal run.
+    kubeconfig = Path((pids / "kubeconfig").read_text().strip())
+    assert kubeconfig.name.startswith("ragops-kubeconfig-")
+    assert not kubeconfig.exists()
+
+
+def test_run_bounded_returns_the_exit_status_and_every_line_when_kubectl_finishes(tmp_path: Path) -> None:
+    lines: list[str] = []
+    code = restore.run_bounded(
+        ["sh", "-c", "echo one; echo two; exit 3"], timeout=60, what="sh", on_output=lines.append
+    )
+    assert (code, lines) == (3, ["one", "two"])
+    # A child that outlives the command and keeps its output open is bounded too (and killed).
+    marker = tmp_path / "grandchild"
+    with pytest.raises(restore.KubectlTimeout, match="waiting for the stand-in"):
+        restore.run_bounded(
+            ["sh", "-c", f"sh -c 'echo $$ > {marker}; exec sleep 1000' & echo started"],
+            timeout=5,
+            what="the stand-in",
+            on_output=lines.append,
+        )
+    assert "started" in lines
+    assert _dead(int(marker.read_text()))

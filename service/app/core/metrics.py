@@ -69,16 +69,8 @@ REINDEX_INTERRUPTED = Gauge(
     "not resumed automatically. 0 otherwise.",
     multiprocess_mode="livemax",
 )
-# Read from the registry at each scrape (the source of truth: nothing to drift across restarts, deletes, re-indexes
-# or other replicas' writes). Per tenant: tenants are the operator's own API_KEYS entries (a bounded, known set),
-# and "which tenant grows" is the question the gauge answers; a tenant left with no documents reads 0 until the
-# process restarts. Each API replica reports the same values: aggregate with max(), not sum().
-DOCUMENTS = Gauge(
-    "rag_documents",
-    "Active documents in the registry, per tenant (read at scrape time).",
-    ["tenant"],
-    multiprocess_mode="livemostrecent",
-)
+# rag_documents{tenant} is rendered by the /metrics route itself (service.app.api.routes.metrics): it is read
+# from the registry by the process that answers the scrape, never merged from other workers' files.
 # Queue gauges are set from the job table (the API at scrape time, the worker on each poll): a queue that grows
 # with no live consumer shows here even when no worker is running at all.
 JOB_QUEUE_DEPTH = Gauge("rag_queue_depth", "Ingestion jobs waiting to run (queued, retries included).")

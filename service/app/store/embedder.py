@@ -47,7 +47,9 @@ concurrent queries take a core each (``query_runs``). fp32 runs queries through 
 models (production images, fetch_model) have no int8 graph and need fp32, which the image sets. The int8 session
 (~80 MB of RSS) is built at start-up only where searches are served: the ingestion worker (``queries=False``,
 `python -m service.worker`) checks that the graph is there and usable, and builds the session only if a query
-ever reaches it.
+ever reaches it. The memory that session allocates is collapsed into transparent huge pages
+(service.app.store.hugepages: a run streams every weight through AMX tile loads, and with 4 KiB pages it also
+walked page tables; docs/benchmarks.md "The query embedding, stop 19").
 
 Document runs: ``embed_documents`` groups a document's chunks with the same ``padded_groups`` cost model, at most
 EMBEDDING_BATCH_SIZE texts a run. A document is mostly full chunks (~150-200 tokens) plus one shorter tail; in a
@@ -72,6 +74,7 @@ from tokenizers import Tokenizer
 
 from service.app.core.metrics import EMBEDDING_FAILURES, EMBEDDING_SECONDS, QUERY_EMBEDDING_BATCH
 from service.app.store.coalesce import BatchCoalescer
+from service.app.store.hugepages import HugePages, huge_pages_for_new_memory
 
 # The query graph EMBEDDING_QUERY_PRECISION=int8 runs, beside model.onnx (service.tools.export_minilm writes it).
 QUERY_INT8_FILE = "model_query_int8.onnx"
@@ -187,6 +190,8 @@ class FastEmbedEmbedder:
         query_threads = 1 if threads is None and query_precision == "int8" else threads
         self._query_threads = query_threads
         self._query_session_lock = threading.Lock()
+        # What the int8 query session's memory got of huge pages (module docstring); empty until it is built.
+        self.query_huge_pages = HugePages()
         # The int8 graph is checked here either way (a missing file fails at start-up, in every process); its
         # session (~80 MB, ~50 ms of CPU) is built now only for a process that serves searches (``queries``): an
         # ingestion worker embeds documents alone and builds it only if a query ever comes (module docstring).
@@ -292,11 +297,14 @@ class FastEmbedEmbedder:
 
         path = self.model_dir / QUERY_INT8_FILE
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=self._session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            # Its weights collapsed into huge pages (service.app.store.hugepages): every run streams them all.
+            with huge_pages_for_new_memory() as huge:
+                session = ort.InferenceSession(
+                    str(path), sess_options=self._session_options(threads), providers=["CPUExecutionProvider"]
+                )
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
+        self.query_huge_pages = huge
         if {node.name for node in session.get_inputs()} != self._input_names:
             raise EmbeddingModelError(f"{path} does not take the inputs of {self.model_dir / 'model.onnx'}")
         return session

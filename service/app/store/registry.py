@@ -1324,11 +1324,30 @@ class DocumentRegistry:
             return int(connection.execute(sa.select(sa.func.count()).select_from(documents)).scalar() or 0)
 
     @_guarded
-    def count_documents_by_tenant(self) -> dict[str, int]:
-        """Active documents per tenant that has any (rag_documents; one pass over the primary key's index)."""
-        query = sa.select(documents.c.tenant_id, sa.func.count()).group_by(documents.c.tenant_id)
+    def document_counts(self, cached: Mapping[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+        """(data_version, active documents) of every tenant that ever wrote (rag_documents).
+
+        A tenant whose data_version is the one in ``cached`` keeps its cached count: nothing is scanned for it.
+        Only a tenant written or deleted from since (by any process: data_version is bumped in the same
+        transaction as every document insert or delete) is counted again, over its range of the primary key.
+        The data_version is read before the count, so a write committed in between leaves a newer data_version
+        in the table than the one cached with the count: the next call counts that tenant again, and a count is
+        never kept past a change."""
         with self.engine.connect() as connection:
-            return {str(tenant): int(count) for tenant, count in connection.execute(query)}
+            versions = connection.execute(sa.select(tenants.c.tenant_id, tenants.c.data_version)).all()
+            found: dict[str, tuple[int, int]] = {}
+            for tenant_id, data_version in versions:
+                kept = cached.get(tenant_id)
+                if kept is not None and kept[0] == data_version:
+                    found[tenant_id] = kept
+                    continue
+                count = connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(documents)
+                    .where(documents.c.tenant_id == tenant_id)
+                ).scalar()
+                found[str(tenant_id)] = (int(data_version), int(count or 0))
+        return found
 
     @_guarded
     def index_pointer(self, name: str = "default") -> IndexPointer | None:

@@ -608,3 +608,49 @@ def test_the_default_qdrant_is_within_the_service_clients_window_and_the_deploye
             "version"
         ]
         assert pinned == "v1.15.4", stack
+
+
+def _layout(state: str, layout: str) -> str:
+    """`state` as another JSON writer would lay it out (the same document)."""
+    document = json.loads(state)
+    if layout == "compact":
+        return state
+    if layout == "pretty":  # serde_json::to_writer_pretty: two spaces, "key": value
+        return json.dumps(document, indent=2)
+    if layout == "spaced":  # one line, a space after every separator
+        return json.dumps(document, separators=(", ", ": "))
+    return json.dumps(document, indent="\t").replace("\n", "\r\n")  # tabs and CRLF
+
+
+@pytest.mark.parametrize("layout", ["compact", "pretty", "spaced", "tabs-crlf"])
+def test_bootstrap_reads_raft_state_whatever_its_whitespace(
+    tmp_path: Path, peers: Peers, layout: str
+) -> None:
+    """The script greps raft_state.json for the term, this node's peer id and the versions peers ran. Qdrant writes
+    it compact (serde_json through a BufWriter); a pretty-printed file made every check skip itself: a term-0 file
+    counted as state (the node founded a cluster of its own instead of joining), and neither version check fired."""
+    # Past term 0: a restart, no peer needed.
+    result, args = start_node(tmp_path / "joined", peers, 1, state=_layout(JOINED, layout))
+    assert (result.returncode, events(result)) == (0, ["restart"]), result.stdout + result.stderr
+    assert args == ["--bootstrap", p2p(0), "--uri", p2p(1)]
+    # Term 0 (a failed join): no state, so it waits for a peer rather than found.
+    result, args = start_node(tmp_path / "never", peers, 0, state=_layout(NEVER_JOINED, layout))
+    assert (result.returncode, args, events(result)) == (1, None, ["wait", "wait"])
+    versions = JOINED.replace(
+        ',"this_peer_id":2',
+        ',"peer_metadata_by_id":{"1":{"version":"1.15.4"},"3":{"version":"1.16.3"}},"this_peer_id":3',
+    )
+    # This node (peer 3) ran 1.16.3: 1.15 is a downgrade; peer 1's 1.15.4 makes 1.17 a jump of two minors.
+    for image, refusal in (
+        ("1.15.4", "older than Qdrant 1.16.3, which last ran on this node's storage"),
+        ("1.17.0", "more than one minor ahead of Qdrant 1.15.4"),
+    ):
+        result, args = start_node(
+            tmp_path / image, peers, 2, state=_layout(versions, layout), image_version=image
+        )
+        assert (result.returncode, args, events(result)) == (1, None, ["refuse"]), result.stdout
+        assert refusal in result.stdout
+    result, args = start_node(
+        tmp_path / "same", peers, 2, state=_layout(versions, layout), image_version="1.16.3"
+    )
+    assert (result.returncode, events(result)) == (0, ["restart"]), result.stdout

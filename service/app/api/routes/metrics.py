@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
+from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
 
 from service.app.api.deps import ServicesDep
-from service.app.core.metrics import CACHE_REQUESTS, DOCUMENTS, FAILURES, JOB_SECONDS, JOBS
+from service.app.core.metrics import CACHE_REQUESTS, FAILURES, JOB_SECONDS, JOBS
 
 router = APIRouter(tags=["operations"])
 
@@ -24,8 +27,29 @@ for _component in ("vector_store", "registry", "embedder", "cache", "jobs", "rat
     FAILURES.labels(component=_component)
 
 
-#: Tenants this process has reported documents for (a tenant emptied since is set to 0).
-_DOCUMENT_TENANTS: set[str] = set()
+#: Per registry: (data_version, active documents) per tenant as last counted (DocumentRegistry.document_counts).
+_DOCUMENT_COUNTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[int, int]]] = weakref.WeakKeyDictionary()
+
+
+class _DocumentGauge:
+    """rag_documents{tenant}, rendered from this scrape's counts by the process that answers it.
+
+    Not a prometheus_client Gauge: with WORKERS > 1 a Gauge's samples live in each worker's file of
+    PROMETHEUS_MULTIPROC_DIR and are merged at scrape time, so a worker that last reported a tenant kept that
+    count after the tenant was emptied until the same worker was scraped again."""
+
+    def __init__(self, counts: dict[str, tuple[int, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "rag_documents",
+            "Active documents in the registry, per tenant that ever wrote (0: emptied; read at scrape time).",
+            labels=["tenant"],
+        )
+        for tenant, (_, count) in sorted(self.counts.items()):
+            family.add_metric([tenant], count)
+        return [family]
 
 
 def _registry() -> CollectorRegistry:
@@ -47,18 +71,19 @@ async def metrics(services: ServicesDep) -> Response:
         # An unreachable queue must not break the scrape; /readyz reports it.
         with contextlib.suppress(Exception):
             await jobs.stats()
-    # An unreachable registry must not break the scrape either (/readyz reports it): the last values stay.
+    # An unreachable registry must not break the scrape either (/readyz reports it): the last counts are shown.
+    registry = services.registry
+    counts = _DOCUMENT_COUNTS.get(registry, {})
     with contextlib.suppress(Exception):
-        counts = await to_thread.run_sync(services.registry.count_documents_by_tenant)
-        for tenant in _DOCUMENT_TENANTS - counts.keys():
-            DOCUMENTS.labels(tenant=tenant).set(0)  # emptied (or gone): 0, not its last count
-        for tenant, count in counts.items():
-            DOCUMENTS.labels(tenant=tenant).set(count)
-        _DOCUMENT_TENANTS.update(counts)
+        counts = await to_thread.run_sync(registry.document_counts, counts)
+        _DOCUMENT_COUNTS[registry] = counts
     reindexer = getattr(services, "reindexer", None)
     if reindexer is not None:
         # Follows the pointer and lease (a registry read, off the event loop; within INDEX_POINTER_TTL_SECONDS
         # of the last follow it reads nothing), so rag_reindex_interrupted is current without any traffic.
         with contextlib.suppress(Exception):
             await to_thread.run_sync(reindexer.sync)
-    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+    documents = CollectorRegistry(auto_describe=False)
+    documents.register(_DocumentGauge(counts))
+    body = generate_latest(_registry()) + generate_latest(documents)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,126 @@
+"""`ingressAddress`: the load balancer's address to point DNS at, of whichever entry (Gateway or Ingress) is deployed.
+
+The output is read from the deployed object at every `up` (infra/components/gateway.py `LiveObject`), so a switch
+of entry, class or load balancer cannot leave it at an address an earlier update saw. The offline mocks answer a
+read with what `live["objects"]` says the cluster holds (infra/offline.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from infra import rbac
+from infra.components import gateway as gw
+from infra.offline import StackRun, run_stack
+from tests.infra.conftest import target_overrides
+
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+NLB = "k8s-envoygat-ragproxy-0123456789.elb.eu-west-1.amazonaws.com"
+ALB = "k8s-rag-gateway-0123456789.eu-west-1.elb.amazonaws.com"
+
+
+def cluster(gateway_address: str | None = NLB, ingress_address: str | None = ALB) -> dict[str, Any]:
+    """What the cluster reports for the stack's Gateway and Ingress (the mock ids of the declared objects)."""
+    gateway_status = {
+        "addresses": [{"type": "Hostname", "value": gateway_address}] if gateway_address else []
+    }
+    ingress_status = {"loadBalancer": {"ingress": [{"hostname": ingress_address}] if ingress_address else []}}
+    return {
+        "objects": {
+            f"{GATEWAY} gateway-gateway-id": {"status": gateway_status},
+            f"{INGRESS} gateway-ingress-id": {"status": ingress_status},
+        }
+    }
+
+
+def deploy(target: str, live: dict[str, Any] | None = None, **overrides: Any) -> StackRun:
+    config = target_overrides("staging", target)
+    for key, value in overrides.items():
+        config[key] = {**config.get(key, {}), **value}
+    return run_stack("staging", config_overrides=config, live=live if live is not None else cluster())
+
+
+def test_entry_address_reads_a_gateways_and_an_ingresss_status() -> None:
+    assert (
+        gw.entry_address("gateway", {"addresses": [{"type": "IPAddress", "value": "34.1.2.3"}]}) == "34.1.2.3"
+    )
+    assert gw.entry_address("gateway", {"addresses": [{"value": ""}, {"value": NLB}]}) == NLB
+    assert gw.entry_address("ingress", {"loadBalancer": {"ingress": [{"hostname": ALB}]}}) == ALB
+    assert (
+        gw.entry_address("ingress", {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}) == "203.0.113.7"
+    )
+    # Not assigned yet (a Gateway before its load balancer exists, an Ingress before its controller published).
+    for entry in ("gateway", "ingress"):
+        assert gw.entry_address(entry, None) is None
+        assert gw.entry_address(entry, {}) is None
+    assert gw.entry_address("gateway", {"addresses": []}) is None
+    assert gw.entry_address("ingress", {"loadBalancer": {}}) is None
+    # A Gateway's status never answers for an Ingress, nor the other way round.
+    assert gw.entry_address("ingress", {"addresses": [{"value": NLB}]}) is None
+    assert gw.entry_address("gateway", {"loadBalancer": {"ingress": [{"hostname": ALB}]}}) is None
+
+
+@pytest.mark.parametrize("target", ["eks", "gke", "existing"])
+def test_the_output_is_the_address_of_the_gateway_the_cluster_reports(target: str) -> None:
+    result = deploy(target)
+    assert result.outputs["ingressAddress"] == NLB
+    reads = [r for r in result.reads if r.type in (GATEWAY, INGRESS)]
+    assert [(r.type, r.inputs["id"]) for r in reads] == [(GATEWAY, "gateway-gateway-id")]
+    # Read after the Gateway exists, through the stack's own Kubernetes provider (never a default provider).
+    assert result.by_name("gateway-gateway").urn in reads[0].depends_on
+    assert reads[0].provider == result.by_name("gateway-gateway").provider
+
+
+@pytest.mark.parametrize("target", ["eks", "gke", "existing"])
+def test_after_a_switch_to_the_ingress_the_output_is_the_ingresss_address(target: str) -> None:
+    result = deploy(
+        target, gateway={"ingress": {"enabled": True, "className": "alb"}, "proxyNamespaces": ["kube-system"]}
+    )
+    assert not result.of_type(GATEWAY)
+    assert result.outputs["ingressAddress"] == ALB
+    reads = [r for r in result.reads if r.type in (GATEWAY, INGRESS)]
+    assert [(r.type, r.inputs["id"]) for r in reads] == [(INGRESS, "gateway-ingress-id")]
+    assert result.by_name("gateway-ingress").urn in reads[0].depends_on
+
+
+def test_a_load_balancer_switch_that_leaves_the_gateway_unchanged_still_moves_the_output() -> None:
+    """On EKS a `gateway.loadBalancer` switch changes the EnvoyProxy (a new proxy Service, a new NLB) and not the
+    Gateway, so the Gateway's own outputs would keep the old NLB; the read reports the one the cluster has now."""
+    internal = "internal-k8s-envoygat-ragproxy-9876543210.elb.eu-west-1.amazonaws.com"
+    before = deploy("eks", cluster(NLB), gateway={"loadBalancer": "public"})
+    after = deploy(
+        "eks", cluster(internal), gateway={"loadBalancer": "internal"}, tls={"issuer": "selfSigned"}
+    )
+    assert before.by_name("gateway-gateway").inputs["spec"] == after.by_name("gateway-gateway").inputs["spec"]
+    assert (before.outputs["ingressAddress"], after.outputs["ingressAddress"]) == (NLB, internal)
+
+
+def test_no_address_until_one_is_assigned_and_none_without_an_entry() -> None:
+    assert deploy("existing", cluster(None, None)).outputs["ingressAddress"] is None
+    ingress = {"ingress": {"enabled": True}, "proxyNamespaces": ["ingress-nginx"]}
+    assert deploy("existing", cluster(None, None), gateway=ingress).outputs["ingressAddress"] is None
+    # dev without TLS has no entry: the service URL is in-cluster and there is nothing to point DNS at.
+    bare = run_stack("dev", config_overrides={"tls": {"enabled": False}})
+    assert bare.outputs["ingressAddress"] is None
+    assert not [r for r in bare.reads if r.type in (GATEWAY, INGRESS)]
+
+
+@pytest.mark.parametrize(("target", "waits"), [("eks", True), ("gke", True), ("existing", False)])
+def test_a_cloud_gateway_waits_until_it_is_programmed(target: str, waits: bool) -> None:
+    """Envoy Gateway and GKE set Programmed only once the Gateway has an address, so the first `up` of a cloud
+    stack ends with one; an existing cluster's implementation may never assign one (no load balancer)."""
+    gateway = deploy(target).by_name("gateway-gateway")
+    annotations = gateway.inputs["metadata"].get("annotations") or {}
+    assert (annotations.get("pulumi.com/waitFor") == "condition=Programmed") is waits
+    assert ("pulumi.com/waitFor" in annotations) is waits
+
+
+def test_the_read_adds_no_rights_beyond_writing_the_entry() -> None:
+    """The deployer's RBAC (infra/rbac.py) grants what it writes; the read of its own Gateway needs nothing more
+    (a Role in "default" for a read would be wrong: the Gateway is in the stack's namespace)."""
+    manifests = rbac.manifests(deploy("existing"))
+    assert not [m for m in manifests if m["metadata"].get("namespace") == "default"]
+    assert json.dumps(manifests).count('"gateways"') >= 1

@@ -1,0 +1,181 @@
+"""The int8 query session's memory collapsed into transparent huge pages (service.app.store.hugepages)."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service.app.core.config import Settings
+from service.app.store import hugepages
+from service.app.store.embedder import QUERY_INT8_FILE, FastEmbedEmbedder
+from service.app.store.hugepages import (
+    HUGE_PAGE,
+    MIN_NEW_PAGES,
+    MIN_PRESENT_PAGES,
+    PAGES_PER_HUGE,
+    anonymous_ranges,
+    grown_extents,
+    huge_page_bytes,
+    huge_pages_for_new_memory,
+    resident_pages,
+    thp_mode,
+)
+
+_NO_FREE_HUGE_PAGE = {errno.ENOMEM, errno.EAGAIN}
+
+
+def _collapse_supported() -> bool:
+    """Whether this host can collapse: THP not ``never`` and Linux 6.1+ (MADV_COLLAPSE)."""
+    release = os.uname().release.split("-")[0].split(".")
+    return thp_mode() in ("always", "madvise") and tuple(int(part) for part in release[:2]) >= (6, 1)
+
+
+def _private_anonymous(size: int) -> mmap.mmap:
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _address(region: mmap.mmap) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(region))
+
+
+def test_grown_extents_are_the_ones_the_block_filled() -> None:
+    before = {0: 0, HUGE_PAGE: PAGES_PER_HUGE, 2 * HUGE_PAGE: MIN_PRESENT_PAGES - MIN_NEW_PAGES + 1}
+    after = {
+        0: PAGES_PER_HUGE,  # filled by the block: collapsed
+        HUGE_PAGE: PAGES_PER_HUGE,  # full before: someone else's memory, left alone
+        2 * HUGE_PAGE: MIN_PRESENT_PAGES,  # full now, but the block added too little
+        3 * HUGE_PAGE: MIN_PRESENT_PAGES - 1,  # new but sparse: collapsing would make RSS of its holes
+        4 * HUGE_PAGE: MIN_PRESENT_PAGES,  # a new mapping, full enough
+    }
+    assert grown_extents(before, after) == [0, 4 * HUGE_PAGE]
+
+
+def test_resident_pages_counts_touched_pages_of_a_private_anonymous_mapping() -> None:
+    region = _private_anonymous(4 * HUGE_PAGE)
+    start = _address(region)
+    extent = -(-start // HUGE_PAGE) * HUGE_PAGE
+    assert (start, start + 4 * HUGE_PAGE) in anonymous_ranges()
+    assert resident_pages([(start, start + 4 * HUGE_PAGE)])[extent] == 0
+    offset = extent - start
+    for page in range(0, HUGE_PAGE, 4096 * 2):  # every other page of one whole extent
+        region[offset + page] = 1
+    assert resident_pages([(start, start + 4 * HUGE_PAGE)])[extent] == PAGES_PER_HUGE // 2
+    region.close()
+
+
+def test_memory_filled_inside_the_block_is_collapsed_and_keeps_its_bytes() -> None:
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(6 * HUGE_PAGE)
+        data = np.random.default_rng(7).integers(0, 255, 6 * HUGE_PAGE, dtype=np.uint8).tobytes()
+        region[:] = data
+    start = _address(region)
+    ours = [extent for extent in result.extents if start <= extent < start + 6 * HUGE_PAGE]
+    if _collapse_supported():
+        assert result.tried >= 5  # every whole extent of the mapping was asked for
+        # A loaded host may have no free 2 MiB page at that moment (the kernel's answer, not a failure of ours).
+        assert set(result.refused) <= _NO_FREE_HUGE_PAGE, result.refused
+        if not result.refused:
+            assert len(ours) >= 5
+            assert huge_page_bytes(ours) >= 5 * HUGE_PAGE
+    else:  # THP never, or a kernel without MADV_COLLAPSE: nothing collapsed, nothing broken
+        assert result.extents == []
+    assert region[:] == data  # the same bytes, whatever their pages
+    region.close()
+
+
+def test_nothing_is_done_where_thp_is_never(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always madvise [never]\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+    monkeypatch.setattr(hugepages, "resident_pages", lambda *a: pytest.fail("scanned memory under THP never"))
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(4 * HUGE_PAGE)
+        region[:] = b"\1" * (4 * HUGE_PAGE)
+    assert result.extents == []
+    assert result.tried == 0
+    region.close()
+    assert thp_mode(enabled) == "never"
+    assert thp_mode(tmp_path / "missing") is None
+
+
+def test_the_int8_query_session_runs_on_huge_pages_with_the_same_vectors(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    embedder = FastEmbedEmbedder.from_settings(
+        Settings(
+            embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_query_precision="int8"
+        )
+    )
+    huge = embedder.query_huge_pages
+    if _collapse_supported():
+        # the int8 weights (~11 MB) and the word-embedding table (~45 MB) at least were asked for
+        assert huge.tried >= 20
+        assert set(huge.refused) <= _NO_FREE_HUGE_PAGE, huge.refused
+        if not huge.refused:
+            assert huge.collapsed_bytes >= 40 * 2**20
+            assert huge_page_bytes(huge.extents) >= 40 * 2**20
+    else:
+        assert embedder.query_huge_pages.extents == []
+    # A session of the same graph and options built without the collapse computes the same numbers, bit for bit.
+    plain = ort.InferenceSession(
+        str(model_dir / QUERY_INT8_FILE),
+        sess_options=FastEmbedEmbedder._session_options(1),
+        providers=["CPUExecutionProvider"],
+    )
+    tokenizer = embedder._model.model.tokenizer
+    for text in ["change a file's owner", "how do I list the open ports of a process", "x"]:
+        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        expected = plain.run(["last_hidden_state"], feeds)[0]
+        assert np.array_equal(embedder._query_model().run(["last_hidden_state"], feeds)[0], expected)
+    # a documents-only embedder builds (and collapses) nothing until a query comes
+    worker = FastEmbedEmbedder.from_settings(
+        Settings(
+            embedding_model_path=model_dir, embedding_cache_dir=tmp_path, embedding_query_precision="int8"
+        ),
+        queries=False,
+    )
+    assert worker.query_huge_pages.extents == []
+    worker.embed_query("change a file's owner")
+    assert worker.query_huge_pages.tried == len(worker.query_huge_pages.extents) or not _collapse_supported()
+
+
+def test_a_refused_collapse_is_counted_by_its_errno_and_leaves_the_memory_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ctypes
+
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+
+    class Refusing:
+        calls: list[tuple[int, int, int]] = []
+
+        def madvise(self, start: int, length: int, advice: int) -> int:
+            self.calls.append((start, length, advice))
+            ctypes.set_errno(errno.ENOMEM)  # what the kernel says with no free 2 MiB page
+            return -1
+
+        def malloc_trim(self, pad: int) -> int:
+            return 1
+
+    fake = Refusing()
+    monkeypatch.setattr(hugepages, "_libc", lambda: fake)
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(4 * HUGE_PAGE)
+        region[:] = b"\2" * (4 * HUGE_PAGE)
+    assert result.extents == []
+    assert result.tried >= 3
+    assert result.refused == {errno.ENOMEM: result.tried}
+    assert all(length == HUGE_PAGE and advice == hugepages.MADV_COLLAPSE for _, length, advice in fake.calls)
+    assert region[:] == b"\2" * (4 * HUGE_PAGE)
+    region.close()
