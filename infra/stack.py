@@ -485,6 +485,13 @@ def qdrant_alt_api_key(config: StackConfig, secrets: Secrets) -> pulumi.Input[st
     return secrets.qdrant_api_key_next
 
 
+def throwaway_in_kept_namespace(config: StackConfig) -> bool:
+    """A PR stack (`rag:ephemeral`) in a namespace it does not delete (`rag:namespaceMode` patch/existing, e.g. one
+    namespace for every PR stack in turn): its destroy must take the StatefulSets' claims too, or the next PR stack
+    there starts on this one's Qdrant data and Valkey cache. CloudNativePG's claims go with its `Cluster` anyway."""
+    return config.ephemeral is not None and config.namespaceMode != "create"
+
+
 def qdrant_args(
     config: StackConfig,
     cluster: ClusterTarget,
@@ -514,6 +521,7 @@ def qdrant_args(
         protect=config.protect,
         # patch/existing: a destroy leaves the namespace, so it must not leave the Qdrant pods running in it.
         namespace_deleted_after=config.namespaceMode == "create",
+        claims_deleted_with_statefulset=throwaway_in_kept_namespace(config),
         pdb=cfg.pdb.enabled,
         client_selectors=(*CLIENTS, backup_selector(BACKUPS_NAME)) if config.backups.enabled else CLIENTS,
         service_monitor=config.monitoring.enabled,
@@ -637,6 +645,7 @@ def redis_args(
         storage_class=storage_class(cfg.incluster.storage.storageClass, cluster),
         resources=resources(cfg.incluster.resources),
         aof_set_aside_from=cfg.incluster.downgradeFrom,
+        claims_deleted_with_statefulset=throwaway_in_kept_namespace(config),
         client_selectors=CLIENTS,
         vpc_id=network.get("vpc_id"),
         subnet_ids=tuple(network.get("private_subnet_ids", ())),

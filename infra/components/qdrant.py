@@ -106,6 +106,9 @@ class QdrantClusterArgs:
     an outage). False (a namespace the stack does not delete, `patch`/`existing`): nothing would end orphaned pods,
     and a `pulumi destroy` left every Qdrant node running in the namespace, so the delete is foreground (a replace
     then restarts every node at once, docs/runbooks.md#growing-a-statefulsets-volume)."""
+    claims_deleted_with_statefulset: bool = False
+    """The data claims go with the StatefulSet (`specs.claim_retention`): a throwaway stack (a PR stack) in a
+    namespace it does not delete, where the next stack there would otherwise start on this one's data."""
     pdb: bool = True
     """Create a PodDisruptionBudget (at most one node evicted at a time) when there is more than one node."""
     network_policy: bool = True
@@ -431,7 +434,7 @@ def statefulset_spec(
         "podManagementPolicy": "Parallel",
         "updateStrategy": {"type": "RollingUpdate"},
         "selector": {"matchLabels": dict(match)},
-        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "persistentVolumeClaimRetentionPolicy": specs.claim_retention(args.claims_deleted_with_statefulset),
         "template": {
             "metadata": {
                 "labels": pod_labels,

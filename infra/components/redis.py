@@ -66,6 +66,9 @@ class RedisCacheArgs:
             cpu_request="100m", memory_request="256Mi", cpu_limit="500m", memory_limit="384Mi"
         )
     )
+    claims_deleted_with_statefulset: bool = False
+    """incluster: the data claim goes with the StatefulSet (`specs.claim_retention`): a throwaway stack in a
+    namespace it does not delete."""
     aof_set_aside_from: str = ""
     """A Valkey major ("9") whose append-only file this image cannot load (a declared downgrade): an init container
     moves `/data/appendonlydir` aside when its format is newer than this image loads, so Valkey starts with an
@@ -273,7 +276,7 @@ def statefulset_spec(args: RedisCacheArgs, base: str, secret_name: str) -> dict[
         "serviceName": f"{base}-headless",
         "selector": {"matchLabels": dict(match)},
         "updateStrategy": {"type": "RollingUpdate"},
-        "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+        "persistentVolumeClaimRetentionPolicy": specs.claim_retention(args.claims_deleted_with_statefulset),
         "template": {
             "metadata": {"labels": specs.labels(APP, base, "cache")},
             "spec": {

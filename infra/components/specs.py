@@ -323,6 +323,15 @@ def pvc_spec(size: str, storage_class: str | None = None) -> dict[str, Any]:
     return spec
 
 
+def claim_retention(delete_with_statefulset: bool) -> dict[str, str]:
+    """A StatefulSet's `persistentVolumeClaimRetentionPolicy`: its claims stay when it is deleted or scaled down
+    (`Retain`), unless `delete_with_statefulset` (a throwaway stack in a namespace it does not delete, where nothing
+    else would delete them): then the StatefulSet controller owns them and the garbage collector deletes them with
+    it (`whenDeleted: Delete`, GA in Kubernetes 1.32). Never for a stack whose data matters: a replace (a new
+    volume size, delete first) would delete the data with the object."""
+    return {"whenDeleted": "Delete" if delete_with_statefulset else "Retain", "whenScaled": "Retain"}
+
+
 def volume_claim_template(
     name: str, match: Mapping[str, str], size: str, storage_class: str | None = None
 ) -> dict[str, Any]:

@@ -110,3 +110,39 @@ def test_a_build_leaves_the_registry_only_by_its_retention_rules(target: str, re
     assert build.retain_on_delete is retained
     # Retained exactly where the protection step tags it for the rules.
     assert any(r.name == "service-image-protect" for r in result.resources) is retained
+
+
+PR_RECORD = {"name": "pr-7", "owner": "alice", "expiresAt": "2030-01-01T00:00:00Z"}
+CLAIMS = ("qdrant-statefulset", "redis-statefulset")
+
+
+def _claim_policy(result: StackRun, name: str) -> dict:
+    return result.by_name(name).inputs["spec"]["persistentVolumeClaimRetentionPolicy"]
+
+
+@pytest.mark.parametrize("mode", ["existing", "patch"])
+def test_a_pr_stack_in_a_namespace_it_keeps_deletes_its_claims_with_the_statefulsets(mode: str) -> None:
+    """`ragops ephemeral up --namespace-mode existing|patch` (one namespace for every PR stack in turn, or one per PR
+    the platform team made): the destroy leaves the namespace, so the StatefulSets' claims must go with them, or the
+    next PR stack there starts on this one's Qdrant data and Valkey cache (same claim names). Foreground delete
+    (R1) + `whenDeleted: Delete`: the garbage collector deletes the claims before the StatefulSet is gone."""
+    result = run("dev", ephemeral=PR_RECORD, namespaceMode=mode, namespace="preview")
+    for name in CLAIMS:
+        assert _claim_policy(result, name) == {"whenDeleted": "Delete", "whenScaled": "Retain"}, name
+    annotations = result.by_name("qdrant-statefulset").inputs["metadata"]["annotations"]
+    assert ORPHAN[0] not in annotations  # an orphaning delete would keep the claims' owner away from the GC
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"ephemeral": PR_RECORD},  # a PR stack's own namespace: its deletion takes the claims
+        {"namespaceMode": "existing"},  # a kept stack: a replace (new volume size) must not delete the data
+        {"namespaceMode": "patch"},
+        {},
+    ],
+)
+def test_every_other_stack_keeps_its_claims_when_a_statefulset_goes(overrides: dict) -> None:
+    result = run("dev", **overrides)
+    for name in CLAIMS:
+        assert _claim_policy(result, name) == {"whenDeleted": "Retain", "whenScaled": "Retain"}, name
