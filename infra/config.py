@@ -1003,9 +1003,14 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
 
 # Config namespaces the program or its providers read. Any other namespace is a typo (`rga:qdrant`): the CLI passes
 # it through untouched and the block it meant to set silently keeps its defaults.
-KNOWN_NAMESPACES = frozenset(
-    {PROJECT, "pulumi", "aws", "gcp", "kubernetes", "eks", "random", "tls", "docker-build"}
-)
+KNOWN_NAMESPACES = frozenset({PROJECT, "pulumi", "aws", "gcp", "kubernetes", "docker-build"})
+#: Namespaces of Pulumi packages whose config nothing in the program reads: `eks:*` (the EKS cluster is built from
+#: aws.* resources, not pulumi-eks), `tls:proxy` (no pulumi-tls resource), `random:*` (pulumi-random has no config).
+UNREAD_PACKAGES = {
+    "eks": "the EKS cluster is built from aws.* resources (infra/clusters/eks.py), not the pulumi-eks component",
+    "tls": "the program creates no pulumi-tls resource",
+    "random": "pulumi-random has no provider configuration",
+}
 
 
 def check_config_keys(stack: str) -> None:
@@ -1019,6 +1024,8 @@ def check_config_keys(stack: str) -> None:
     file = stack_file(stack)
     for key in sorted({*CONFIG.get(), *get_config_env()}):
         namespace, _, bare = key.partition(":")
+        if namespace in UNREAD_PACKAGES:
+            raise ConfigError(key, file, f"not read: {UNREAD_PACKAGES[namespace]}. Remove the key")
         if namespace not in KNOWN_NAMESPACES:
             hint = f" (did you mean {PROJECT}:{bare}?)" if bare else ""
             raise ConfigError(

@@ -229,3 +229,21 @@ def test_every_listed_gcp_region_deploys() -> None:
             if r.name == "gcp"
         ]
         assert provider.inputs["region"] == region
+
+
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("eks:nodeAmiId", "not the pulumi-eks component"),
+        ("tls:proxy", "no pulumi-tls resource"),
+        ("random:seed", "no provider configuration"),
+    ],
+)
+def test_keys_of_a_pulumi_package_the_program_does_not_use_are_refused(key: str, fragment: str) -> None:
+    """pulumi-eks and pulumi-tls are pinned but create nothing here, and pulumi-random reads no config: their
+    namespaces were accepted as known, so `eks:*` in a stack file was silently read by nothing."""
+    with pytest.raises(ConfigError) as caught:
+        run_stack("prod", stack_config=_prod_with({key: "x"}))
+    assert (caught.value.key, caught.value.stack_file) == (key, "Pulumi.prod.yaml")
+    assert fragment in str(caught.value)
+    assert len(str(caught.value).splitlines()) == 1
