@@ -14,6 +14,7 @@ feeds it from `pulumi.Config("rag")`. Secrets never pass through here as plain v
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import re
@@ -213,6 +214,58 @@ class GkeMaintenance:
 #: the components take the region as given: a malformed one failed there, with a traceback, instead of here.
 GCP_REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]{1,2}$")
 GCP_PROJECT_RE = re.compile(r"^([a-z][a-z0-9-]{4,28}[a-z0-9])?$")
+#: The Google Cloud regions (Compute Engine's public regions, as of 2026-11: cloud.google.com/compute/docs/regions-zones).
+#: No kept source lists them offline (pulumi-gcp 10.2.0 has no region enum; google-cloud-compute asks the API), and
+#: the shape alone let a typo of a valid shape (`europe-west99`) through to the first API call of an `up`, after the
+#: plan was green. A region Google opens later is refused until it is added here: a one-line change, named in the
+#: error, as pulumi-aws's `Region` enum must be bumped for a new AWS region (infra/clusters/eks.py check_region).
+GCP_REGIONS = frozenset(
+    (
+        "africa-south1",
+        "asia-east1",
+        "asia-east2",
+        "asia-northeast1",
+        "asia-northeast2",
+        "asia-northeast3",
+        "asia-south1",
+        "asia-south2",
+        "asia-southeast1",
+        "asia-southeast2",
+        "asia-southeast3",
+        "australia-southeast1",
+        "australia-southeast2",
+        "europe-central2",
+        "europe-north1",
+        "europe-north2",
+        "europe-southwest1",
+        "europe-west1",
+        "europe-west10",
+        "europe-west12",
+        "europe-west2",
+        "europe-west3",
+        "europe-west4",
+        "europe-west6",
+        "europe-west8",
+        "europe-west9",
+        "me-central1",
+        "me-central2",
+        "me-west1",
+        "northamerica-northeast1",
+        "northamerica-northeast2",
+        "northamerica-south1",
+        "southamerica-east1",
+        "southamerica-west1",
+        "us-central1",
+        "us-east1",
+        "us-east4",
+        "us-east5",
+        "us-south1",
+        "us-west1",
+        "us-west2",
+        "us-west3",
+        "us-west4",
+    )
+)
 #: An AWS region (`eu-west-1`, `us-gov-west-1`, `eusc-de-east-1`), at most 20 characters: the S3 bucket name carries
 #: it next to the account ID, within S3's 63.
 AWS_REGION_RE = re.compile(r"^(?=.{1,20}$)[a-z]{2,4}(-[a-z]+)+-[0-9]{1,2}$")
@@ -950,9 +1003,14 @@ def load_config(project_file: Path = PROJECT_FILE) -> StackConfig:
 
 # Config namespaces the program or its providers read. Any other namespace is a typo (`rga:qdrant`): the CLI passes
 # it through untouched and the block it meant to set silently keeps its defaults.
-KNOWN_NAMESPACES = frozenset(
-    {PROJECT, "pulumi", "aws", "gcp", "kubernetes", "eks", "random", "tls", "docker-build"}
-)
+KNOWN_NAMESPACES = frozenset({PROJECT, "pulumi", "aws", "gcp", "kubernetes", "docker-build"})
+#: Namespaces of Pulumi packages whose config nothing in the program reads: `eks:*` (the EKS cluster is built from
+#: aws.* resources, not pulumi-eks), `tls:proxy` (no pulumi-tls resource), `random:*` (pulumi-random has no config).
+UNREAD_PACKAGES = {
+    "eks": "the EKS cluster is built from aws.* resources (infra/clusters/eks.py), not the pulumi-eks component",
+    "tls": "the program creates no pulumi-tls resource",
+    "random": "pulumi-random has no provider configuration",
+}
 
 
 def check_config_keys(stack: str) -> None:
@@ -966,6 +1024,8 @@ def check_config_keys(stack: str) -> None:
     file = stack_file(stack)
     for key in sorted({*CONFIG.get(), *get_config_env()}):
         namespace, _, bare = key.partition(":")
+        if namespace in UNREAD_PACKAGES:
+            raise ConfigError(key, file, f"not read: {UNREAD_PACKAGES[namespace]}. Remove the key")
         if namespace not in KNOWN_NAMESPACES:
             hint = f" (did you mean {PROJECT}:{bare}?)" if bare else ""
             raise ConfigError(
@@ -1330,6 +1390,14 @@ def _check_rules(config: StackConfig, file: str) -> None:
         )
     if cluster.provider == "gke" and not GCP_REGION_RE.match(cluster.gke.region):
         fail("cluster.gke.region", f"{cluster.gke.region!r} is not a GCP region such as europe-west1")
+    if cluster.provider == "gke" and cluster.gke.region not in GCP_REGIONS:
+        close = difflib.get_close_matches(cluster.gke.region, sorted(GCP_REGIONS), n=1)
+        fail(
+            "cluster.gke.region",
+            f"{cluster.gke.region!r} is not a GCP region"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + ": a region Google opened after 2026-11 must first be added to GCP_REGIONS in infra/config.py",
+        )
     if cluster.provider == "eks" and not AWS_REGION_RE.match(cluster.eks.region):
         fail(
             "cluster.eks.region",

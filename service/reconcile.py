@@ -8,7 +8,9 @@ Runs with the service's own settings (the environment of an API or worker pod: D
 VECTOR_STORE_URL + INTERNAL_TOKEN, the model), and is safe while the service serves: see
 service.app.jobs.reconcile. On the embedded store (`make serve`) the service owns the store: stop it first
 (run while it serves, this exits 2 with one line naming DATA_DIR and the service's pid); there a dry run works
-on a copy in TMPDIR and changes nothing in DATA_DIR (DryRunCopy). Prints one JSON
+on a copy in TMPDIR and changes nothing in DATA_DIR (DryRunCopy; refused up front when TMPDIR has no room for
+it). A dry run never migrates a registry it opens in place (PostgreSQL, or SQLite beside a Qdrant server): one
+whose schema is behind this release's is refused (dry_run_registry_refusal). Prints one JSON
 report (per collection and tenant, with document ids).
 Exit status: 0 when the store matches the registry (after a dry run: nothing needed doing), 1 when documents
 remain that only their client can restore (no kept text; their ids are listed) or a dry run found work,
@@ -35,6 +37,95 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     root.add_argument("--tenant", default=None, help="reconcile one tenant only (default: every tenant)")
     return root
+
+
+#: Room a dry run wants in TMPDIR beyond its copy: opening the copy writes (the engine's next preallocation step is
+#: 32 MiB files for the appendable segment and its WAL; SQLite's WAL), as READY_MIN_FREE_BYTES's default.
+DRY_RUN_HEADROOM_BYTES = 64 * 1024 * 1024
+
+
+def free_bytes(directory: str) -> int:
+    """Free space for this user under ``directory`` (statvfs)."""
+    import shutil
+
+    return shutil.disk_usage(directory).free
+
+
+def copy_bytes(paths: list[Any]) -> int:
+    """Space a copy of these files and directories takes: the blocks of each file (copy_sparse keeps holes)."""
+    from pathlib import Path
+
+    total = 0
+    for root in paths:
+        root = Path(root)
+        if not root.exists():
+            continue
+        for path in [root] if root.is_file() else root.rglob("*"):
+            if path.is_file() and path.name != ".lock":
+                stat = path.stat()
+                total += min(stat.st_size, stat.st_blocks * 512)
+    return total
+
+
+def dry_run_registry_refusal(settings: Settings) -> str | None:
+    """Why a dry run must not open the registry of ``settings`` in place (one line), or None.
+
+    Opening migrates a registry whose schema is behind this release's (the service's start-up does): a dry run
+    that changes nothing cannot. A registry at this release's head opens without a write; one ahead of it is run
+    on without a write (a rollback), or refused by the open itself."""
+    import sqlite3
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from service.app.store.registry import (
+        SCHEMA_HEAD,
+        DocumentRegistry,
+        normalize_database_url,
+        schema_sequence,
+    )
+
+    url = settings.resolved_database_url
+    parsed = make_url(normalize_database_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:" or "mode=memory" in url:
+            return None
+        path = Path(database)
+        if not path.is_file():
+            return f"there is no registry at {path}: a dry run creates none; check DATA_DIR / DATABASE_URL"
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # no WAL switch, no -shm left behind
+        try:
+            tables = {
+                row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            rows = (
+                connection.execute("SELECT version_num FROM alembic_version").fetchall()
+                if ("alembic_version" in tables)
+                else []
+            )
+        finally:
+            connection.close()
+        revision = str(rows[0][0]) if len(rows) == 1 else None
+        where = str(path)
+    else:
+        registry = DocumentRegistry(
+            url,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            tcp_timeout=settings.database_tcp_timeout_seconds,
+        )
+        try:
+            revision = registry.schema_revision()
+            where = registry.describe()
+        finally:
+            registry.close()
+    if revision == SCHEMA_HEAD or (schema_sequence(revision) or 0) > (schema_sequence(SCHEMA_HEAD) or 0):
+        return None
+    return (
+        f"the registry ({where}) is at schema {revision or 'none (no registry tables)'}, behind this release's "
+        f"{SCHEMA_HEAD}, and opening it would migrate it: a dry run changes nothing. Start this release's service "
+        "once (it migrates the registry), then run the dry run again"
+    )
 
 
 def open_services(settings: Settings) -> Any:
@@ -79,6 +170,27 @@ class DryRunCopy:
                 os.close(fd)
                 raise BackupError(in_use_message(settings, "reconcile")) from None
             self._fd = fd
+        url = make_url(settings.resolved_database_url)
+        database = url.database
+        registry = (
+            Path(database)
+            if url.get_backend_name() == "sqlite" and database and database != ":memory:"
+            else None
+        )
+        copied = [edge] + ([Path(f"{registry}{suffix}") for suffix in ("", "-wal")] if registry else [])
+        needed = copy_bytes(copied) + DRY_RUN_HEADROOM_BYTES
+        scratch = tempfile.gettempdir()
+        try:
+            room = free_bytes(scratch)
+        except OSError:
+            room = None  # a TMPDIR that cannot be read: mkdtemp below says so
+        if room is not None and room < needed:
+            self._unlock()
+            raise BackupError(
+                f"a dry run works on a copy of the store (the engine writes to a store it opens), which needs "
+                f"{needed / 2**20:.0f} MiB in TMPDIR ({scratch}: {room / 2**20:.0f} MiB free); set TMPDIR to a "
+                f"directory with room for {edge} and the registry; nothing was copied or changed"
+            )
         self.root = Path(tempfile.mkdtemp(prefix="reconcile-dry-run-"))
         update: dict[str, Any] = {"edge_path": self.root / "edge"}
         try:
@@ -89,10 +201,7 @@ class DryRunCopy:
                     copy_function=copy_sparse,
                     ignore=shutil.ignore_patterns(".lock"),
                 )
-            url = make_url(settings.resolved_database_url)
-            database = url.database
-            if url.get_backend_name() == "sqlite" and database and database != ":memory:":
-                registry = Path(database)
+            if registry is not None:
                 # The file and its WAL as they are (the service is stopped: no -shm needed, SQLite rebuilds it).
                 for suffix in ("", "-wal"):
                     source = Path(f"{registry}{suffix}")
@@ -109,10 +218,14 @@ class DryRunCopy:
         self.settings = settings.model_copy(update=update)
 
     def close(self) -> None:
-        import os
         import shutil
 
         shutil.rmtree(self.root, ignore_errors=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        import os
+
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
@@ -147,6 +260,10 @@ def main(argv: list[str] | None = None, *, services: Any = None) -> int:
             else:
                 refuse_if_served(settings, "reconcile")
                 opened = settings
+            if args.dry_run and opened.resolved_database_url == settings.resolved_database_url:
+                refusal = dry_run_registry_refusal(opened)  # the registry is opened in place, not copied
+                if refusal is not None:
+                    raise BackupError(refusal)
             container = open_services(opened)
         except BackupError as exc:
             print(f"reconcile: error: {exc}", file=sys.stderr)

@@ -69,6 +69,11 @@ class ClusterTarget:
 def build_cluster(config: StackConfig) -> ClusterTarget:
     """The configured cluster target (import is lazy so a dev run never loads the cloud SDKs)."""
     check_kubernetes_keys(provider_stack_keys("kubernetes"), config.stack_file)
+    for namespace, target in CLOUD_NAMESPACES.items():
+        if config.cluster.provider != target:
+            check_no_cloud_keys(
+                namespace, target, config.cluster.provider, provider_stack_keys(namespace), config.stack_file
+            )
     if config.cluster.provider == "gke":
         from infra.clusters.gke import build_gke
 
@@ -112,4 +117,27 @@ def check_kubernetes_keys(keys: Mapping[str, Any], file: str) -> None:
             "not read: the stack's Kubernetes provider is explicit (infra/clusters/), built from rag:cluster "
             "(an existing cluster's rag:cluster.existing.context / kubeconfig; gke/eks: the cluster the stack "
             "creates). Remove the key",
+        )
+
+
+#: Each cloud's config namespace and the one cluster target that builds its provider.
+CLOUD_NAMESPACES = {"aws": "eks", "gcp": "gke"}
+
+
+def check_no_cloud_keys(
+    namespace: str, target: str, provider: str, keys: Mapping[str, Any], file: str
+) -> None:
+    """Refuse `<namespace>:*` keys on a stack whose cluster target builds no provider of that cloud (`keys`: bare
+    name -> value). Nothing would read them, and a reader of the stack file would believe them in force:
+    `aws:allowedAccountIds` on a gke or existing stack guards no account (infra review finding 4). Refused rather
+    than listed by `make plan` alone, so a bare `pulumi up` says it too."""
+    from infra.config import ConfigError
+
+    for bare in sorted(keys):
+        raise ConfigError(
+            f"{namespace}:{bare}",
+            file,
+            f"not read: rag:cluster.provider is {provider}, and only the {target} target builds the stack's "
+            f"{namespace} provider, so this key guards or sets nothing. Remove it (a stack switched to {target} "
+            "takes it again)",
         )

@@ -560,7 +560,9 @@ def check_region(region: str, file: str) -> str:
     return region
 
 
-def aws_provider_args(region: str, keys: Mapping[str, Any], file: str) -> dict[str, Any]:
+def aws_provider_args(
+    region: str, keys: Mapping[str, Any], file: str, *, prod: bool = False
+) -> dict[str, Any]:
     """The explicit AWS provider's arguments from the stack's `aws:*` keys (`keys`, bare name -> value).
 
     An explicit provider reads no `aws:*` stack config, so each key is honoured here or refused, never ignored:
@@ -570,8 +572,22 @@ def aws_provider_args(region: str, keys: Mapping[str, Any], file: str) -> dict[s
       `aws eks get-token`, the image copy's `aws ecr get-login-password` run with the shell's credentials), so a
       profile given to the provider alone would split one deploy across two identities. The shell's
       `AWS_PROFILE` reaches them all; `aws:allowedAccountIds` guards the account.
+    - `aws:assumeRole` / `aws:assumeRoles` (pulumi-aws 7 reads the list `assumeRoles`) are refused for the same
+      reason: the role would reach the provider alone, and `aws eks get-token` (which takes a role ARN but no
+      external ID nor session name) and the image scripts' `aws ecr` calls would run as the shell's identity, which
+      has no access entry on a cluster the role created: the `up` would stop half way at the first Kubernetes
+      object. A profile with `role_arn` (and `external_id`, `role_session_name`) reaches every AWS client.
     - Any other `aws:*` key is refused as doing nothing.
+    - `prod`: `aws:allowedAccountIds` is required, so credentials that reach another account cannot deploy prod.
     """
+    if prod and "allowedAccountIds" not in keys:
+        raise ConfigError(
+            "aws:allowedAccountIds",
+            file,
+            'missing: a prod EKS stack pins its AWS account (aws:allowedAccountIds: ["<12-digit account ID>"]), '
+            "so credentials that reach another account fail before anything is read or changed "
+            '(docs/infra.md, "AWS credentials and account")',
+        )
     args: dict[str, Any] = {}
     for bare, value in sorted(keys.items()):
         key = f"aws:{bare}"
@@ -590,6 +606,16 @@ def aws_provider_args(region: str, keys: Mapping[str, Any], file: str) -> dict[s
                 "not read (the stack's AWS provider is explicit, and the kubeconfig and image copy use the "
                 f"shell's credentials): remove it and run with AWS_PROFILE={value}; pin the account with "
                 'aws:allowedAccountIds (docs/infra.md, "AWS credentials and account")',
+            )
+        elif bare in ("assumeRole", "assumeRoles"):
+            raise ConfigError(
+                key,
+                file,
+                "not read: a role given to the stack's AWS provider alone would not reach `aws eks get-token` nor "
+                "the image scripts' `aws ecr` calls, which run with the shell's credentials (an `up` stopped half "
+                "way, Unauthorized at the cluster the role created). Put the role in an AWS profile (role_arn, "
+                "source_profile or credential_source, external_id, role_session_name) and run with AWS_PROFILE; "
+                'in CI, assume it before `up` (docs/infra.md, "AWS credentials and account")',
             )
         elif bare in AWS_ACCOUNT_GUARDS:
             try:
@@ -692,7 +718,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         "aws",
         region=check_region(eks.region, file),
         default_tags={"tags": {"project": "rag", "stack": stack}},
-        **aws_provider_args(eks.region, provider_stack_keys("aws"), file),
+        **aws_provider_args(eks.region, provider_stack_keys("aws"), file, prod=config.is_prod),
     )
     # The version EKS can reach from what runs, checked before any cloud resource is declared (running_version):
     # a refused step fails the preview or `up` with the reason, not an `up` half way at UpdateClusterVersion.

@@ -54,6 +54,10 @@ def target_overrides(stack: str, target: str) -> dict:
     }
     if target == "gke" and stack == "dev":
         overrides["cluster"]["gke"] = {"project": "rag-dev"}
+    if target != "eks":
+        # Only the eks target builds an AWS provider: on another target the prod file's account pin is refused,
+        # so moving the stack removes it, as an operator switching cluster.provider would (test_cloud_provider_keys).
+        overrides["aws:allowedAccountIds"] = None
     if target == "existing":
         overrides.update(IN_CLUSTER)
         overrides["backups"] = {"enabled": False}  # snapshots go to GCS/S3: cloud targets only
@@ -65,6 +69,8 @@ def _run(stack: str, target: str | None, overrides_json: str = "{}") -> StackRun
     overrides = json.loads(overrides_json)
     if target is not None:
         overrides = {**target_overrides(stack, target), **overrides}
+    elif (overrides.get("cluster") or {}).get("provider") not in (None, "eks"):
+        overrides["aws:allowedAccountIds"] = None  # as target_overrides: the stack moved off eks
     return run_stack(stack, config_overrides=overrides or None)
 
 

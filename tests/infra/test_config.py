@@ -28,7 +28,9 @@ DIGEST = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rag-service@sha256:" + "a
 def stack_values(stack: str) -> dict[str, Any]:
     """The bare-keyed values a stack file sets."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    values = {
+        key.split(":", 1)[1]: value for key, value in document["config"].items() if key.startswith("rag:")
+    }
     if values.get("environment") in PROMOTED_ENVIRONMENTS:
         # What a promotion sets and the committed file never holds (as the offline runner does).
         values.setdefault("image", PROMOTED_PLACEHOLDER)
@@ -270,7 +272,9 @@ def test_cli_config_is_what_the_cli_passes() -> None:
     values, secret_keys = cli_config("prod")
     # Every declared key is present, `rag:`-prefixed, as a string; objects are JSON; a stack object replaces
     # the declared default whole (the program merges it back over the default itself).
-    assert set(values) == {f"rag:{key}" for key in declared_config()}
+    # (and prod's one provider key, its AWS account pin, as the CLI passes it: infra/clusters/eks.py reads it).
+    assert set(values) == {f"rag:{key}" for key in declared_config()} | {"aws:allowedAccountIds"}
+    assert yaml.safe_load(values["aws:allowedAccountIds"]) == ["111122223333"]
     assert all(isinstance(value, str) for value in values.values())
     assert values["rag:environment"] == "prod"
     # A committed prod file names no image (promotions set it; the backend keeps it): offline, a placeholder.

@@ -240,25 +240,3 @@ def test_the_load_balancer_choice_is_reported_and_inert_on_an_existing_cluster()
     # On a cloud target it picks the load balancer's scheme.
     public = run("dev", "eks", gateway={"loadBalancer": "public"})
     assert recorded(run("dev", "eks", gateway={"loadBalancer": "internal"})) != recorded(public)
-
-
-def test_a_clouds_provider_keys_on_another_target_are_reported() -> None:
-    """EYES8 M4's other half: on eks the `aws:*` keys are passed on or refused (test_cloud_provider_keys.py); on gke or
-    existing no AWS provider exists, so an `aws:allowedAccountIds` there guards nothing: the plan says so."""
-    from collections.abc import Mapping
-
-    from infra import inert
-    from infra.deployability import _declared_config, effective_config
-
-    defaults = {k: v.get("default") if isinstance(v, Mapping) else v for k, v in _declared_config().items()}
-    stack_values = {"aws:allowedAccountIds": ["111122223333"], "gcp:region": "europe-west1"}
-    on_gke = inert.ignored(effective_config(run("staging")), defaults, stack_values, "Pulumi.qa.yaml")
-    assert [line for line in on_gke if line.startswith(("aws:", "gcp:"))] == [
-        "aws:allowedAccountIds in Pulumi.qa.yaml has no effect: cluster.provider is gke, and only the eks target "
-        "builds the aws provider"
-    ]
-    on_eks = inert.ignored(effective_config(run("prod")), defaults, stack_values, "Pulumi.qa.yaml")
-    assert [line for line in on_eks if line.startswith(("aws:", "gcp:"))] == [
-        "gcp:region in Pulumi.qa.yaml has no effect: cluster.provider is eks, and only the gke target builds the "
-        "gcp provider"
-    ]

@@ -56,7 +56,9 @@ def cli_value(text: str) -> Any:
 
 def committed(stack: str) -> dict[str, Any]:
     document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8"))
-    values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    values = {
+        key.split(":", 1)[1]: value for key, value in document["config"].items() if key.startswith("rag:")
+    }
     values.setdefault("image", PROMOTED_PLACEHOLDER)  # what `ragops up` carries over from the promotion
     return values
 

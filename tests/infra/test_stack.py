@@ -39,10 +39,14 @@ NETWORKS: dict[str, dict[str, Any]] = {
 def config(stack_name: str, **changes: Any) -> StackConfig:
     """A committed stack file's config, with `changes` merged into its top-level objects."""
     document = yaml.safe_load((ROOT / f"Pulumi.{stack_name}.yaml").read_text())
-    values = {key.split(":", 1)[1]: value for key, value in document["config"].items()}
+    values = {
+        key.split(":", 1)[1]: value for key, value in document["config"].items() if key.startswith("rag:")
+    }
     if values.get("environment") in PROMOTED_ENVIRONMENTS:
         values.setdefault("image", PROMOTED_PLACEHOLDER)  # what a promotion sets (as the offline runner does)
     for key, change in changes.items():
+        if ":" in key:
+            continue  # another namespace's key (target_overrides unsets prod's aws:*): not rag config
         values[key] = deep_merge(values.get(key), change) if isinstance(change, dict) else change
     return parse_config(values, stack_name)
 

@@ -169,7 +169,11 @@ def test_the_whole_gke_program_previews_through_an_unconfigured_provider(
     import pulumi_gcp as gcp
 
     _pending_region(monkeypatch, gcp, "europe-west1")
-    on_gke = {"cluster": {"provider": "gke"}, "gateway": {"className": "gke-l7-global-external-managed"}}
+    on_gke = {
+        "cluster": {"provider": "gke"},
+        "gateway": {"className": "gke-l7-global-external-managed"},
+        "aws:allowedAccountIds": None,  # prod's account pin: refused off eks
+    }
     with caplog.at_level(logging.WARNING):
         run_stack("prod", preview=True, live=LIVE, config_overrides=on_gke)
     warned = [r.getMessage() for r in caplog.records if "not checked in this preview" in r.getMessage()]

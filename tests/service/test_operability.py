@@ -11,11 +11,13 @@ import sys
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from service.app.core.errors import ServiceUnavailable
 from service.app.core.logging import JsonFormatter, request_id_var
 from tests.service.prod_support import MakeClient
-from tests.support.servers import free_port, redis_server
+from tests.service.service_process import wait_for
+from tests.support.servers import free_port, redis_server, restartable_postgres
 
 pytest_plugins = ["tests.service.prod_fixtures"]
 
@@ -129,6 +131,54 @@ def test_the_readiness_probe_the_deployment_uses_survives_shared_backend_outages
         down = client.get(READINESS_PATH)
         assert down.status_code == 503
         assert down.json()["error"]["failed"]["qdrant"] == "qdrant: connection refused"
+
+
+def test_a_killed_registry_database_is_a_503_for_search_and_the_pods_recover_with_no_restart(
+    make_client: MakeClient, headers_a: dict[str, str]
+) -> None:
+    """What docs/runbooks.md#postgresunreachablefromservice promises: with the registry's Postgres killed (-9),
+    search (and reads and ingest) answer 503 `document registry unavailable` -- every hit is judged against the
+    registry's active versions, so the vector store alone would serve deleted and replaced documents -- while the
+    readiness path stays 200 (degraded) so the pods stay in the Service; Postgres back on the same port, the same
+    app answers again with what was stored before, no restart."""
+    from infra.components.rag_service import READINESS_PATH
+
+    with restartable_postgres("outage") as postgres, make_client(database_url=postgres.url) as client:
+        stored = client.put(
+            "/v1/documents/outage-doc", json={"text": "Glaciers carve valleys."}, headers=headers_a
+        )
+        assert stored.status_code == 201, stored.text
+        query = {"query": "what carves valleys"}
+        assert client.post("/v1/search", json=query, headers=headers_a).status_code == 200
+
+        postgres.kill()
+        for request in (
+            lambda: client.post("/v1/search", json=query, headers=headers_a),  # a cached query too
+            lambda: client.post("/v1/search", json={**query, "mode": "dense"}, headers=headers_a),
+            lambda: client.get("/v1/documents/outage-doc", headers=headers_a),
+            lambda: client.put("/v1/documents/other", json={"text": "Rivers."}, headers=headers_a),
+        ):
+            refused = request()
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "service_unavailable"
+            assert "document registry unavailable" in refused.json()["error"]["message"]
+        degraded = client.get(READINESS_PATH)
+        assert degraded.status_code == 200
+        assert degraded.json()["status"] == "degraded"
+        assert degraded.json()["checks"]["database"] == "failed"
+        assert client.get("/readyz").status_code == 503
+
+        postgres.start()
+
+        def search_answers() -> Response | None:
+            response = client.post("/v1/search", json=query, headers=headers_a)
+            assert response.status_code in (200, 503), response.text
+            return response if response.status_code == 200 else None
+
+        found = wait_for(search_answers, "search to answer after Postgres came back")
+        assert [hit["document_id"] for hit in found.json()["results"]][:1] == ["outage-doc"]
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/documents/outage-doc", headers=headers_a).status_code == 200
 
 
 def test_the_api_starts_while_redis_is_down(make_client: MakeClient) -> None:
