@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
 from service.app.core.logging import configure_logging
+from service.app.core.metrics import FAILURES
 from service.app.core.usage import parse_no_arguments
 from service.app.jobs.health import HealthServer, WorkerHealth, health_app
 from service.app.jobs.queue import (
@@ -224,6 +225,9 @@ async def run(
                 if not stop.is_set():
                     raise
             except (RedisError, OSError) as exc:
+                # Counted: with no traffic this is the only Redis failure a prod stack (no RedisDown on a
+                # managed Redis) has for RedisUnreachableFromService to see.
+                FAILURES.labels(component="jobs").inc()
                 logger.warning(
                     "Redis unavailable (%s); worker reconnects in %.0f s", type(exc).__name__, backoff
                 )

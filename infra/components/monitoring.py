@@ -727,11 +727,13 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         ),
         rule(
             "RagEmbeddingFailures",
-            f"sum(increase({M_EMBED_FAILURES}{{{sel}}}[10m])) > {t.embedding_failures_per_10m}",
+            # The namespace only, not the API's job: the workers (their PodMonitor's job) embed async ingests.
+            f"sum(increase({M_EMBED_FAILURES}{{{nsel}}}[10m])) > {t.embedding_failures_per_10m}",
             "5m",
             "warning",
             "Embedding calls are failing.",
-            f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes.",
+            f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes "
+            "(API and workers together).",
         ),
         rule(
             "RagPodRestarting",

@@ -117,7 +117,11 @@ CASES = [
          {svc("up", pod="rag-1"): "0x20", svc("up", pod="rag-2"): "1x20"}, "10m"),
     Case("staging", "RagEmbeddingFailures", "one failure a minute",
          {svc("rag_embedding_failures_total"): "0+1x20"}, "15m", WHOLE),
+    Case("staging", "RagEmbeddingFailures", "async ingests fail in a worker (its PodMonitor's job)",
+         {in_ns("rag_embedding_failures_total", job="rag/rag-worker", pod="rag-worker-1"): "0+1x20"}, "15m", WHOLE),
     Case("staging", "RagEmbeddingFailures", "no new failures", {svc("rag_embedding_failures_total"): "3x20"}, "15m"),
+    Case("staging", "RagEmbeddingFailures", "another namespace's worker fails",
+         {'rag_embedding_failures_total{namespace="pr-7", job="pr-7/rag-worker"}': "0+1x20"}, "15m"),
     Case("staging", "RagPodRestarting", "a container restarts every minute",
          {in_ns("kube_pod_container_status_restarts_total", pod="rag-1", container="api"): "0+1x40"}, "35m",
          [{"namespace": NS, "pod": "rag-1", "container": "api"}]),
@@ -225,6 +229,13 @@ CASES = [
          {in_ns("kube_statefulset_status_replicas_ready", statefulset="redis"): "1x20"}, "10m"),
     Case("prod", "RedisUnreachableFromService", "cache calls fail",
          {svc("rag_failures_total", component="cache", pod="rag-1"): "0+2x20"}, "12m", BY_NS),
+    # No traffic: only the worker's reconnect loop meets the dead Redis (one failure per back-off, <= 30 s + arq's
+    # connection retries); its series come from the worker PodMonitor's job.
+    Case("prod", "RedisUnreachableFromService", "an idle worker's reconnects fail every minute",
+         {in_ns("rag_failures_total", component="jobs", job="rag/rag-worker", pod="rag-worker-1"): "0+1x20"}, "12m",
+         BY_NS),
+    Case("prod", "RedisUnreachableFromService", "one failed wake-up, then Redis is back",
+         {in_ns("rag_failures_total", component="jobs", job="rag/rag-worker", pod="rag-worker-1"): "0x5 1x30"}, "20m"),
     Case("prod", "RedisUnreachableFromService", "cache calls succeed",
          {svc("rag_failures_total", component="cache", pod="rag-1"): "0x20"}, "12m"),
     # --- backups (staging: the qdrant-backups CronJob)

@@ -278,6 +278,11 @@ class Settings(BaseSettings):
 
     # --- async ingestion -------------------------------------------------------------------------------
     jobs_queue_name: str = "rag:ingest"
+    jobs_in_process: bool = Field(
+        False,
+        description="run async ingestion jobs in this API process even with REDIS_URL set (no worker deployed); "
+        "Redis then serves only the cache and rate limits",
+    )
     worker_metrics_port: int = Field(
         9100, ge=0, le=65535, description="worker's /metrics, /healthz, /readyz port (on HOST); 0: off"
     )
