@@ -11,6 +11,7 @@ Argument shapes: every command that acts on one stack takes `--stack/-s` (`ephem
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -414,6 +415,24 @@ def promote(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )
     _follow_index_change(context, target, done.index_before, reindex_timeout)
+
+
+@app.command("promotion-targets")
+def promotion_targets(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option("--from", help="Source stack, e.g. dev.")],
+) -> None:
+    """Print, as a JSON list, the stacks SOURCE may promote to, read from the committed stack files (promote.yml's
+    jobs fan out over it)."""
+    context: Context = ctx.obj
+    targets = _run(lambda: promote_mod.promotion_targets(source, context.work_dir))
+    if not targets:
+        console.print(
+            f"[red]refused:[/] no permanent stack receives promotions from {source!r} in this checkout",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    typer.echo(json.dumps(targets, separators=(",", ":")))
 
 
 @app.command()
