@@ -476,7 +476,12 @@ def _longest_wait_minutes() -> int:
 
 @pytest.mark.parametrize(
     ("workflow", "job"),
-    [("main.yml", "deploy-dev"), ("promote.yml", "staging"), ("promote.yml", "prod"), ("pr.yml", "ephemeral")],
+    [
+        ("main.yml", "deploy-dev"),
+        ("promote.yml", "staging"),
+        ("promote.yml", "prod"),
+        ("pr.yml", "ephemeral"),
+    ],
 )
 def test_a_deploy_job_outlasts_the_longest_wait_of_its_update(workflow: str, job: str) -> None:
     """A job killed mid-update leaves the backend's lock, pending operations and Helm releases `pending-upgrade`
