@@ -48,7 +48,7 @@ from infra.workflows import reindex as reindex_mod
 from infra.workflows import restore as restore_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy, keep_promoted
-from infra.workflows.errors import describe
+from infra.workflows.errors import CREATING_COMMANDS, MISSING_STACK, describe, stderr_of
 from infra.workflows.preview import PreviewReport, run_preview
 from infra.workflows.stacks import (
     POLICY_PACK,
@@ -120,6 +120,9 @@ def _print_version(value: bool) -> None:
 
 #: The checkout of this invocation (its stack files say which stacks are permanent), for `_run`'s hints.
 _checkout: ContextVar[Path | None] = ContextVar("ragops_checkout", default=None)
+#: This invocation's Context and top-level command (`up`, `status`, `ephemeral`, ...), for `_run`'s hints.
+_context: ContextVar[Context | None] = ContextVar("ragops_context", default=None)
+_command: ContextVar[str | None] = ContextVar("ragops_command", default=None)
 
 
 @app.callback()
@@ -137,6 +140,8 @@ def _root(
     if ctx.obj is None:  # tests hand in a Context with a fake Pulumi runner
         ctx.obj = Context(work_dir=work_dir)
     _checkout.set(ctx.obj.work_dir)
+    _context.set(ctx.obj)
+    _command.set(ctx.invoked_subcommand)
 
 
 @contextmanager
@@ -185,7 +190,9 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except CommandError as exc:
-        failure = describe(exc, roles, _checkout.get())
+        failure = describe(
+            exc, roles, _checkout.get(), creates=_command_creates_stacks(), backend=_backend_url(exc)
+        )
         console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
         if failure.stderr and failure.stderr != failure.headline:
             console.print(failure.stderr, markup=False, highlight=False)
@@ -204,6 +211,31 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
             )
             raise typer.Exit(1) from exc
         raise
+
+
+def _command_creates_stacks() -> bool:
+    """Whether the running ragops command deploys a stack the backend may not have yet (errors.CREATING_COMMANDS:
+    `ragops up`, `ragops preview`), as opposed to reading or operating a deployed one."""
+    command = _command.get()
+    return command is None or command in CREATING_COMMANDS
+
+
+def _backend_url(exc: CommandError) -> str | None:
+    """The state backend this invocation talks to, for a missing stack's hint: PULUMI_BACKEND_URL (the
+    context's environment, then ours), else what `pulumi whoami` says (Automation API `who_am_i().url`); None
+    when neither answers. Only asked about when the stack was missing."""
+    if not MISSING_STACK.search(stderr_of(exc)):
+        return None
+    context = _context.get()
+    url = dict((context.env_vars if context else None) or {}).get("PULUMI_BACKEND_URL") or os.environ.get(
+        "PULUMI_BACKEND_URL"
+    )
+    if url or context is None:
+        return url or None
+    try:
+        return context.workspace().who_am_i().url or None
+    except Exception:  # best effort: the hint then names no URL
+        return None
 
 
 def _print_notes(exc: BaseException) -> None:

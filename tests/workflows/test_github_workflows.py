@@ -443,3 +443,57 @@ def test_the_cluster_step_exports_what_its_variables_say(
     if variables["KUBECONFIG_DATA"]:
         assert kubeconfig == str(tmp_path / "kubeconfig")
         assert (tmp_path / "kubeconfig").read_text() == variables["KUBECONFIG_DATA"]
+
+
+def _minutes(duration: str) -> int:
+    """A Pulumi customTimeouts duration ("30m", "1h", "90s") in whole minutes, rounded up."""
+    seconds = sum(
+        int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([hms])", duration)
+    )
+    return -(-seconds // 60)
+
+
+def _longest_wait_minutes() -> int:
+    """The longest single wait a `pulumi up` of any permanent stack can make on one resource: the customTimeouts the
+    program sets, each StatefulSet/Deployment's `pulumi.com/timeoutSeconds` and each Helm release's `timeout`."""
+    from infra.components import gateway, postgres
+    from tests.infra.conftest import run
+
+    waits = [
+        _minutes(postgres.CLUSTER_TIMEOUTS.create),
+        _minutes(postgres.CLUSTER_TIMEOUTS.update),
+        _minutes(gateway.GATEWAY_ADDRESS_TIMEOUT),
+    ]
+    for stack in ("dev", "staging", "prod"):
+        for resource in run(stack).resources:
+            annotations = (resource.inputs.get("metadata") or {}).get("annotations") or {}
+            if "pulumi.com/timeoutSeconds" in annotations:
+                waits.append(-(-int(annotations["pulumi.com/timeoutSeconds"]) // 60))
+            if resource.type == "kubernetes:helm.sh/v3:Release" and resource.inputs.get("timeout"):
+                waits.append(-(-int(resource.inputs["timeout"]) // 60))
+    return max(waits)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "job"),
+    [
+        ("main.yml", "deploy-dev"),
+        ("promote.yml", "staging"),
+        ("promote.yml", "prod"),
+        ("pr.yml", "ephemeral"),
+    ],
+)
+def test_a_deploy_job_outlasts_the_longest_wait_of_its_update(workflow: str, job: str) -> None:
+    """A job killed mid-update leaves the backend's lock, pending operations and Helm releases `pending-upgrade`
+    (docs/runbooks.md). The CloudNativePG Cluster's update waits up to 60 minutes (`CLUSTER_TIMEOUTS`, REVIEW9 R11):
+    a 60-minute job was killed exactly when that wait ended, before pulumi could record the failure. The job must
+    outlast the longest wait, then the re-index it follows, with 15 minutes for the rest (install, build, smoke)."""
+    definition = _load(workflow)["jobs"][job]
+    reindex = max((int(s) for s in re.findall(r"--reindex-timeout (\d+)", _runs(definition))), default=0)
+    needed = _longest_wait_minutes() + -(-reindex // 60) + 15
+    assert _longest_wait_minutes() >= 60  # the Cluster's update wait is counted
+    assert definition["timeout-minutes"] >= needed, (workflow, job, needed)
+    # A lock such a job left counts as stale only once no such job can still hold it (+5: GitHub's cancel timeout).
+    from infra.workflows.ephemeral import STALE_LOCK_AFTER
+
+    assert STALE_LOCK_AFTER.total_seconds() >= (definition["timeout-minutes"] + 5) * 60
