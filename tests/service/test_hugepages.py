@@ -69,6 +69,8 @@ def test_resident_pages_counts_touched_pages_of_a_private_anonymous_mapping() ->
         region[offset + page] = 1
     assert resident_pages([(start, start + 4 * HUGE_PAGE)])[extent] == PAGES_PER_HUGE // 2
     region.close()
+    # a mapping past MAX_SCANNED_MAPPING (a runtime's reservation) is not read at all
+    assert resident_pages([(HUGE_PAGE, HUGE_PAGE + hugepages.MAX_SCANNED_MAPPING + HUGE_PAGE)]) == {}
 
 
 def test_memory_filled_inside_the_block_is_collapsed_and_keeps_its_bytes() -> None:
