@@ -44,7 +44,8 @@ def test_every_claim_is_deleted_before_the_wait_and_the_wait_before_the_driver(
     released = result.by_name("volumes-released")
     assert released.type == COMMAND
     assert "kubectl get pv" in released.inputs["delete"]
-    assert result.config and released.inputs["environment"][KUBECONFIG_ENV]
+    assert result.config
+    assert released.inputs["environment"][KUBECONFIG_ENV]
     waited_for = graph.closure(released.urn)
     for name in driver:
         assert result.by_name(name).urn in waited_for, name  # deleted after the wait
@@ -58,7 +59,8 @@ def test_every_claim_is_deleted_before_the_wait_and_the_wait_before_the_driver(
         *(r for r in result.of_type(NAMESPACE) if r.inputs["metadata"].get("name") in spaces),
         *(r for r in result.of_type(RELEASE) if r.inputs.get("namespace") in spaces),
     ]
-    assert makers and len(holders) >= 3
+    assert makers
+    assert len(holders) >= 3
     for resource in holders:
         assert released.urn in graph.closure(resource.urn), resource.name  # deleted before the wait
 
@@ -94,7 +96,9 @@ def _fake_kubectl(tmp_path: Path) -> dict[str, str]:
 
 def _run(tmp_path: Path, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess[str]:
     script = release_wait_script("gp3", timeout_seconds=timeout, poll_seconds=0)
-    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_the_delete_waits_until_the_released_volumes_are_gone(tmp_path: Path) -> None:
@@ -125,13 +129,18 @@ def test_a_volume_never_deleted_fails_the_destroy_and_names_it(tmp_path: Path) -
     (tmp_path / "pv").write_text("gp3 rag/data-redis-0 pvc-9\n")
     done = _run(tmp_path, env, timeout=0)
     assert done.returncode == 1
-    assert "pvc-9" in done.stderr and "run the destroy again" in done.stderr
+    assert "pvc-9" in done.stderr
+    assert "run the destroy again" in done.stderr
 
 
 def test_no_kubectl_fails_the_delete_with_a_reason(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), KUBECONFIG_ENV: "{}"}
     done = subprocess.run(
-        ["/bin/sh", "-c", release_wait_script("gp3", 0, 0)], env=env, capture_output=True, text=True, timeout=60
+        ["/bin/sh", "-c", release_wait_script("gp3", 0, 0)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 1
     assert "kubectl not found" in done.stderr
