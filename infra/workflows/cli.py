@@ -1,7 +1,8 @@
 """``ragops``: the delivery CLI (Typer + rich) over the workflow functions.
 
 Exit codes: 0 success; 1 refused or failed (a promotion refusal, drift, a failed preview, up or smoke check);
-2 usage (bad options, an invalid stack name, TTL or preview domain, a promotion order that is not allowed). Long
+2 usage (bad options, an invalid stack name, TTL or preview domain, a promotion order that is not allowed);
+3 `reconcile` only: the reconciliation did not run or its report never came (kubectl failed or timed out). Long
 operations stream Pulumi's output and show a spinner naming the resource being worked on. A failed Pulumi command
 prints one red line, the CLI's stderr (nothing else) and, for the common set-up mistakes, a one-line hint.
 
@@ -1014,24 +1015,30 @@ def reconcile(
     ] = restore_mod.DEFAULT_DEPLOYMENT,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 1)."),
+        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 3)."),
     ] = restore_mod.DEFAULT_TIMEOUT,
 ) -> None:
     """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
     context: Context = ctx.obj
-    code = _run(
-        lambda: restore_mod.reconcile(
-            context,
-            stack,
-            dry_run=dry_run,
-            tenant=tenant,
-            namespace=namespace,
-            deployment=deployment,
-            timeout=timeout,
-            on_output=lambda line: typer.echo(line),
-        )
-    )
-    raise typer.Exit(code)
+
+    def action() -> int:
+        try:
+            return restore_mod.reconcile(
+                context,
+                stack,
+                dry_run=dry_run,
+                tenant=tenant,
+                namespace=namespace,
+                deployment=deployment,
+                timeout=timeout,
+                on_output=lambda line: typer.echo(line),
+            )
+        except restore_mod.ReconcileNotRun as exc:
+            # Not 1 ("documents left"): a retry or a look at the pod, not a re-index, is what it needs.
+            console.print(f"[red]reconciliation not run:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(restore_mod.RECONCILE_NOT_RUN) from exc
+
+    raise typer.Exit(_run(action))
 
 
 @app.command("qdrant-drain")
