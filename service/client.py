@@ -773,7 +773,10 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 metadata=dict(args.metadata),
             )
         except httpx.HTTPError as exc:
-            console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")
+            console.print(
+                f"[red]error:[/red] cannot reach {args.url}: {exc}; start the service (or fix --url) and run the "
+                "same command again: what was already stored is skipped"
+            )
             return 2
         except NotTheService as exc:
             console.print(

@@ -552,6 +552,25 @@ def test_a_url_that_can_never_work_is_not_retried() -> None:
     assert output.getvalue() == ""
 
 
+def test_a_service_that_cannot_be_reached_says_a_rerun_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EYES9 L5: the give-up line must tell the operator that running the same command again is safe and resumes.
+    (tmp_path / "a.md").write_text("# A\n\nsome text\n", encoding="utf-8")
+    real = ingest_client.IngestClient
+    monkeypatch.setattr(
+        ingest_client, "IngestClient", lambda *a, **kw: real(*a, **{**kw, "sleep": lambda _s: None})
+    )
+    output = io.StringIO()
+    code = ingest_client.main(
+        ["ingest", str(tmp_path), "--url", "http://127.0.0.1:9"], console=Console(file=output, width=400)
+    )
+    text = " ".join(output.getvalue().split())
+    assert code == 2, text
+    assert "cannot reach http://127.0.0.1:9" in text
+    assert "run the same command again: what was already stored is skipped" in text
+
+
 def test_folder_metadata_from_the_command_line_and_sidecars_reaches_the_filters(tmp_path: Path) -> None:
     # EYES7 M3: every bulk-loaded document had {} metadata, so the README's filters could not select them.
     folder = tmp_path / "docs"
