@@ -372,6 +372,26 @@ def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str |
 VALKEY_DOWNGRADE_KEY = f"{PROJECT}:redis.incluster.downgradeFrom"
 
 
+UNRECOVERABLE_KEY = f"{PROJECT}:postgres"
+CNPG_UNRECOVERABLE = "Cluster is unrecoverable and needs manual intervention"
+"""CloudNativePG v1.30.0 `PhaseUnrecoverable` (api/v1/cluster_types.go): an instance Job (initdb, join, recovery)
+used up its retries, and the operator waits for a person (internal/controller/cluster_controller.go)."""
+
+
+def unrecoverable_refusal(stack: str, phase: str | None) -> str | None:
+    """Refuse an `up` over a CloudNativePG Cluster the state last saw unrecoverable: pulumi-kubernetes recorded that
+    update with its error, so this `up` would update the Cluster and wait for `Ready` for the Cluster's update
+    timeout (60 minutes, as long as the deploy jobs' own timeout) and fail the same way."""
+    if phase != CNPG_UNRECOVERABLE:
+        return None
+    return (
+        f"the stack's state has its CloudNativePG Cluster in phase {phase!r} (an instance Job failed; the operator "
+        "leaves it so): this `up` would wait 60 minutes for it to become Ready and fail. Recover it by hand "
+        "(docs/runbooks.md#the-registrys-cluster-never-became-ready-a-failed-instance-job), then run `pulumi "
+        f"refresh -s {stack}` and `up` again."
+    )
+
+
 def valkey_downgrade_refusal(stack: str, deployed: str | None, version: str, declared: str) -> str | None:
     """Why running the in-cluster Valkey `version` on the append-only file the `deployed` major wrote is refused
     (None: it is not). An older Valkey cannot load a newer base format: 8.x reads RDB 11 only and exits at start on
@@ -422,6 +442,8 @@ class DeployedState:
     """Where the stack's cluster is (None: nothing deployed in the state)."""
     valkey_major: str | None = None
     """The major of the in-cluster Valkey's image (None: no Valkey StatefulSet in the state, or a tag without one)."""
+    postgres_phase: str | None = None
+    """The CloudNativePG Cluster's `status.phase` as the state last recorded it (None: none)."""
 
 
 def _name(urn: str) -> str:
@@ -463,6 +485,7 @@ def deployed_state(
     created = released = False
     bucket: str | None = None
     storage: str | None = None
+    phase: str | None = None
     registries: list[Registry] = []
     valkey_major: str | None = None
     cloud: dict[str, Any] = {}
@@ -504,6 +527,7 @@ def deployed_state(
             valkey_major = str(valkey) if valkey is not None else None
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
             storage = str(((outputs.get("spec") or {}).get("storage") or {}).get("size") or "") or None
+            phase = str((outputs.get("status") or {}).get("phase") or "") or None
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
                 registries.append(Registry(managed=False, major=major))
@@ -527,6 +551,7 @@ def deployed_state(
         namespace_released=released,
         postgres_storage=storage,
         valkey_major=valkey_major,
+        postgres_phase=phase,
     )
 
 
@@ -687,6 +712,9 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
         if valkey is not None:
             return DeployedStateRefusal(VALKEY_DOWNGRADE_KEY, config.stack_file, valkey)
     if config.postgres.mode == "cloudnative":
+        stuck = unrecoverable_refusal(stack, state.postgres_phase)
+        if stuck is not None:
+            return DeployedStateRefusal(UNRECOVERABLE_KEY, config.stack_file, stuck)
         shrink = storage_shrink_refusal(
             stack, state.postgres_storage, config.postgres.cloudnative.storage.size
         )

@@ -46,7 +46,15 @@ from infra.capacity import gke_quota_usage
 from infra.components.postgres import pg_image_major
 from infra.config import ConfigError
 from infra.deployability import Analysis, analyse, describe, namespace_lines
-from infra.offline import ACCOUNT_ID, RecordedResource, StackRun, cli_config, overridden, run_stack
+from infra.offline import (
+    ACCOUNT_ID,
+    PROMOTED_PLACEHOLDER,
+    RecordedResource,
+    StackRun,
+    cli_config,
+    overridden,
+    run_stack,
+)
 from infra.policy import Violation, run_policies
 
 #: The Kubernetes minor version manifests are validated against: the oldest version a cluster target may run
@@ -109,6 +117,8 @@ class Report:
     """Worth a look, not a failure (e.g. alerts that reach nobody)."""
     ignored: list[str] = field(default_factory=list)
     """Config the stack sets that does nothing for its target (`infra.inert`), not a failure."""
+    image: str | None = None
+    """The image line (`promotion_line`): the plan shows a placeholder for a promoted stack's image."""
     summary: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -549,6 +559,25 @@ def ignored_config(run: StackRun) -> list[str]:
     return inert.ignored(effective_config(run), defaults, stack_values, stack_file(run.stack))
 
 
+#: The environment each promoted one receives from (infra.workflows.stacks.PROMOTION_CHAIN, reversed).
+RECEIVES_FROM = {"staging": "dev", "prod": "staging"}
+
+
+def promotion_line(run: StackRun) -> str | None:
+    """The one line saying the plan shows a placeholder image: a staging/prod-environment stack deploys only the
+    image a promotion records in the backend, which offline is not read; a stack never promoted (a new `qa`) has
+    none, and its `pulumi up` is refused until its first promotion."""
+    if run.config.get("rag:image") != PROMOTED_PLACEHOLDER:
+        return None
+    environment = run.config.get("rag:environment", "")
+    source = RECEIVES_FROM.get(environment, "dev")
+    return (
+        f"a placeholder: {run.stack} (environment {environment}) deploys only a promoted image, which the backend "
+        f"holds once it was promoted; a stack never promoted needs its first promotion before any `up`: "
+        f"`ragops promote --from {source} --to {run.stack}` (or from another stack of environment {source})"
+    )
+
+
 def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
     """What deploys fine but will disappoint: an EKS minor near or past its end of standard support, monitoring whose
     alerts reach nobody, or whose runbook links are relative paths (the default) that no pager can open."""
@@ -631,6 +660,7 @@ def render_run(run: StackRun, out: Path, *, environment: str, deployability: boo
 
     report.violations = run_policies(run.resources, environment=environment)
     report.warnings = plan_warnings(run)
+    report.image = promotion_line(run)
     report.ignored = ignored_config(run)
     if deployability:
         report.deployability = analyse(run)
@@ -658,6 +688,7 @@ def plan_json(report: Report) -> dict[str, Any]:
         ],
         "deployability": _deployability_json(report.deployability),
         "warnings": list(report.warnings),
+        "image": report.image,
         "ignoredConfig": list(report.ignored),
         "ok": report.ok,
     }
@@ -733,6 +764,7 @@ def plan_markdown(report: Report) -> str:
         f"{len(report.problems)} validation problems, {len(report.violations)} policy violations, "
         f"{len(report.findings)} deployability findings.",
         "",
+        *([f"**Image**: {report.image}", ""] if report.image else []),
         "## Resources by type",
         "",
         "| type | count |",
@@ -812,6 +844,8 @@ def print_report(report: Report, out: Path) -> None:
         print(f"  DEPLOY  {finding}")
     if report.deployability is not None and report.deployability.waived:
         print(f"  ({len(report.deployability.waived)} known deployability findings waived: see plan.md)")
+    if report.image:
+        print(f"  IMAGE   {report.image}")
     for warning in report.warnings:
         print(f"  WARNING {warning}")
     for key in report.ignored:

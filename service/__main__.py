@@ -21,6 +21,15 @@ def main() -> None:
     # Start-up allocates hundreds of thousands of objects that all stay alive (modules, classes, pydantic and
     # FastAPI schemas); the cyclic collector's passes over them were about a quarter of the import CPU time. Off
     # until the app is built, then those objects are frozen out of every later collection.
+    from service.app.core.usage import parse_no_arguments
+
+    parse_no_arguments(
+        "python -m service",
+        "Serve the RAG API with uvicorn on HOST:PORT (WORKERS processes), after migrating the registry once.",
+        "Configured by environment variables only (e.g. HOST, PORT, WORKERS, DATA_DIR, DATABASE_URL, "
+        "QDRANT_URL, REDIS_URL, API_KEYS, API_KEYS_FILE, ADMIN_API_KEY, AUTH_DISABLED, ENVIRONMENT, "
+        "EMBEDDING_MODEL) or a .env file; see docs/operations.md.",
+    )
     gc.disable()
     from pydantic import ValidationError
 

@@ -19,8 +19,12 @@ Metadata (for search filters): `--metadata KEY=VALUE` (repeatable) goes with eve
 object fails its file with the reason; nothing of that file is sent.
 
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
-a few times with a growing pause; a batch without an answer within --timeout goes again in halves (the service
-stops a batch whose client left; what it stored comes back unchanged), and later batches stay that small; a 401 or 403 (the key, not the file) stops the run at once with exit 2.
+a few times with a growing pause; a batch without an answer within --timeout goes again in halves, and later
+batches stay that small. The service stops a batch whose client left after the item it was storing: before the
+halves go, the client asks which of the batch's files the service holds with this very content (text and
+Markdown files; `GET /v1/documents/{id}`, its content hash), waiting a bounded time for the one it was storing,
+and sends only the others (their ingest rate limit was paid once, by the abandoned batch; they count as `stored`).
+A 401 or 403 (the key, not the file) stops the run at once with exit 2.
 Every file's outcome is counted; failed files are listed with the service's
 reason at the end and the exit status is 1 when any failed (0 when all were stored).
 
@@ -63,6 +67,10 @@ TRANSIENT_RETRIES = 4
 # 5 MB (the earlier default) was 4-10 minutes of embedding on a quiet core: every such batch outlasted the timeout.
 DEFAULT_MAX_BATCH_BYTES = 256_000
 DEFAULT_TIMEOUT = 300.0
+# After a batch without an answer: how long the client waits for the file the service was still storing, and how
+# often it asks (a GET of one document).
+ABANDONED_WAIT_SECONDS = 60.0
+POLL_SECONDS = 0.25
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
 # The bytes of a bulk body around its items: {"documents":[ ... ]}, items joined by ",".
 BULK_ENVELOPE = len(b'{"documents":[]}')
@@ -188,12 +196,14 @@ class IngestClient:
         sleep: Callable[[float], None] = time.sleep,
         timeout: float = DEFAULT_TIMEOUT,
         on_wait: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
         self._timeout = timeout
         self._report = report
         self._sleep = sleep
+        self._clock = clock
         self._on_wait = on_wait or (lambda _message: None)
 
     @property
@@ -202,6 +212,42 @@ class IngestClient:
 
     def on_wait(self, message: str) -> None:
         self._on_wait(message)
+
+    def stored_hash(self, document_id: str) -> str | None:
+        """The content hash the service holds for ``document_id`` (None: no such document, or no answer)."""
+        try:
+            response = self.send("GET", f"/v1/documents/{document_id}")
+        except (NoAnswer, NotTheService, httpx.TransportError):  # NotTheService: a 404, no such document yet
+            return None
+        if response.status_code != 200:
+            return None
+        value = response.json().get("content_hash")
+        return value if isinstance(value, str) else None
+
+    def settle_abandoned(self, batch: list[Pending]) -> list[Pending]:
+        """The files of a batch that got no answer which the service does not hold with this content yet.
+
+        The service goes on with the item it was storing when the client left, then stops the batch. Each file
+        whose content hash the service already holds is stored (by that batch, or before it): sending it again
+        would pay its rate limit twice for an `unchanged`. The first file not held yet is most likely the one
+        still being stored: it is asked again, every POLL_SECONDS, until it is held or ABANDONED_WAIT_SECONDS
+        (at most the client's timeout) have passed, so the halves do not run beside it. Files whose hash cannot
+        be computed here (HTML: the service extracts its text) are sent again, as before."""
+        expected = [content_hash_of(item) for item in batch]
+        held = [
+            digest is not None and self.stored_hash(item.document["document_id"]) == digest  # type: ignore[index]
+            for item, digest in zip(batch, expected, strict=True)
+        ]
+        first = next((index for index, ok in enumerate(held) if not ok), None)
+        if first is not None and expected[first] is not None:
+            document_id = batch[first].document["document_id"]  # type: ignore[index]
+            deadline = self._clock() + min(self._timeout, ABANDONED_WAIT_SECONDS)
+            while self._clock() < deadline:
+                self._sleep(POLL_SECONDS)
+                if self.stored_hash(document_id) == expected[first]:
+                    held[first] = True
+                    break
+        return [item for item, ok in zip(batch, held, strict=True) if not ok]
 
     def close(self) -> None:
         self._http.close()
@@ -250,6 +296,27 @@ class IngestClient:
                 self._sleep(retry_after_seconds(response, default=2.0**transient))
                 continue
             return response
+
+
+def content_hash_of(item: Pending) -> str | None:
+    """The content hash the service stores for this batch item (None: it cannot be known here, for HTML)."""
+    document = item.document
+    if document is None or document["content_type"] not in ("text/plain", "text/markdown"):
+        return None
+    # The service's own functions (this tool runs in the development install): imported at the first batch
+    # without an answer only. A service of another release may hash differently: then nothing matches and every
+    # file is sent again, as before.
+    from service.app.ingest.extract import normalize_content_type, normalize_text
+    from service.app.ingest.models import validate_metadata
+    from service.app.ingest.service import content_hash
+
+    try:
+        metadata = validate_metadata(document.get("metadata") or {})
+    except Exception:
+        return None  # the service refuses it with its reason when it is sent again
+    return content_hash(
+        normalize_text(document["text"]), metadata, normalize_content_type(document["content_type"])
+    )
 
 
 def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:
@@ -549,11 +616,22 @@ def ingest_folder(
         except NoAnswer as exc:
             if len(batch) > 1:
                 # The service is slower than this batch needs (a busy host: EYES7 M6 saw a 256 kB batch take
-                # 487 s). It stops an abandoned batch after its current item (the client left), and what it
-                # stored comes back `unchanged` at no embedding cost: the same files go again, in halves, and
-                # the rest of the run keeps the smaller batches.
+                # 487 s). It stops an abandoned batch after its current item (the client left): the files it
+                # holds with this content are done (not sent again: their rate limit was paid), the others go
+                # again, in halves, once the one it was storing is done, and the rest of the run keeps the
+                # smaller batches.
                 batch_size = max(1, len(batch) // 2)
                 report.retried += 1
+                client.on_wait(
+                    f"no answer within {client.timeout:g} s; asking which files the service stored"
+                )
+                remaining = client.settle_abandoned(batch)
+                kept = {id(item) for item in remaining}
+                for item in batch:
+                    if id(item) not in kept:
+                        report.outcomes["stored"] += 1
+                queue[: len(batch)] = remaining
+                advance(len(batch) - len(remaining))
                 client.on_wait(f"no answer within {client.timeout:g} s; sending {batch_size} files per batch")
                 continue
             del queue[:1]
@@ -695,7 +773,10 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 metadata=dict(args.metadata),
             )
         except httpx.HTTPError as exc:
-            console.print(f"[red]error:[/red] cannot reach {args.url}: {exc}")
+            console.print(
+                f"[red]error:[/red] cannot reach {args.url}: {exc}; start the service (or fix --url) and run the "
+                "same command again: what was already stored is skipped"
+            )
             return 2
         except NotTheService as exc:
             console.print(

@@ -32,6 +32,8 @@ from redis.exceptions import RedisError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
 from service.app.core.logging import configure_logging
+from service.app.core.metrics import FAILURES
+from service.app.core.usage import parse_no_arguments
 from service.app.jobs.health import HealthServer, WorkerHealth, health_app
 from service.app.jobs.queue import (
     ARQ_FUNCTION,
@@ -223,6 +225,9 @@ async def run(
                 if not stop.is_set():
                     raise
             except (RedisError, OSError) as exc:
+                # Counted: with no traffic this is the only Redis failure a prod stack (no RedisDown on a
+                # managed Redis) has for RedisUnreachableFromService to see.
+                FAILURES.labels(component="jobs").inc()
                 logger.warning(
                     "Redis unavailable (%s); worker reconnects in %.0f s", type(exc).__name__, backoff
                 )
@@ -248,6 +253,13 @@ async def run(
 
 def main() -> int:
     """Run the worker until SIGTERM/SIGINT (arq finishes or re-queues running jobs)."""
+    parse_no_arguments(
+        "python -m service.worker",
+        "Run the ingestion worker: consume the Redis job queue, extract, chunk and embed documents, and serve "
+        "its own /healthz, /readyz and /metrics port.",
+        "Configured by the API's environment variables (REDIS_URL and DATABASE_URL required, QDRANT_URL or "
+        "INTERNAL_TOKEN for the vector store, JOBS_MAX_CONCURRENCY, WORKER_PORT, ...); see docs/operations.md.",
+    )
     try:
         settings = get_settings()
         configure_logging(settings)

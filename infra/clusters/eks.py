@@ -35,6 +35,7 @@ import pulumi_command as command
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry, provider_stack_keys
+from infra.clusters.volumes import volumes_released
 from infra.components.gateway import envoy_gateway_crds
 from infra.components.image import ecr_lifecycle_policy, protect_existing_script
 from infra.config import (
@@ -1081,6 +1082,20 @@ def build_eks(config: StackConfig) -> ClusterTarget:
         reclaim_policy="Retain" if config.protect else "Delete",
         opts=pulumi.ResourceOptions(provider=k8s_provider, depends_on=[ebs_addon]),
     )
+    # A destroy deletes the claims (with their namespaces) before the EBS CSI add-on and the node group; the disks
+    # behind them are deleted by the driver afterwards. Outside prod (whose class retains them) wait for that.
+    released = (
+        ()
+        if config.protect
+        else (
+            volumes_released(
+                "volumes-released",
+                eks.storageClass,
+                kubeconfig,
+                [storage_class, ebs_addon, node_group, vpc_cni],
+            ),
+        )
+    )
 
     in_cluster = pulumi.ResourceOptions(provider=k8s_provider, depends_on=[node_group, vpc_cni])
     chart, version, repo = METRICS_SERVER_CHART
@@ -1257,6 +1272,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             storage_class,
             metrics_server,
             *autoscaler,
+            *released,
         ),
         gateway_api=(envoy_gateway, *gateway_classes),
         # The service's pods pull from the stack's ECR repository with the node role.

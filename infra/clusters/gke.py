@@ -20,6 +20,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.clusters import ClusterTarget, Registry, provider_stack_keys
+from infra.clusters.volumes import volumes_released
 from infra.components.gateway import GKE_PROXY_ONLY_CIDR, uses_proxy_only_subnet
 from infra.components.image import artifact_registry_cleanup_policies, protect_existing_script
 from infra.config import ConfigError, GkeCluster, StackConfig, internal_load_balancer, stack_file
@@ -519,6 +520,17 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
     )
     k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    # A destroy deletes the claims before the node pool and the cluster; GKE's PD CSI driver deletes the disks
+    # behind them afterwards (infra/clusters/volumes.py). Not in prod: its cluster is protected from deletion.
+    released = (
+        ()
+        if protect
+        else (
+            volumes_released(
+                "volumes-released", gke.storageClass, kubeconfig, [*(depends or [cluster]), nat]
+            ),
+        )
+    )
     token = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(provider=gcp_provider))
     return ClusterTarget(
         provider_name="gke",
@@ -542,7 +554,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         },
         # Workloads wait for the nodes (the cluster itself on Autopilot), the webhooks' firewall rule and Cloud NAT
         # (Autopilot's nodes come with the first pods).
-        depends_on=(*(depends or [cluster]), webhooks, nat),
+        depends_on=(*(depends or [cluster]), webhooks, nat, *released),
         # The service's pods pull from the stack's Artifact Registry repository as the node account.
         image_pull=tuple(
             grant

@@ -144,6 +144,11 @@ class AlertThresholds:
     llm_p95_latency_seconds: float = 30.0
     """p95 of successful LLM calls, start to last token."""
     unschedulable_pod_minutes: int = 10
+    volume_free_ratio: float = 0.15
+    """A data volume (Qdrant, Valkey, CloudNativePG) with less free space than this share of its capacity: grow it
+    while it can still be done calmly (a resize takes minutes to hours, and Qdrant's optimizer needs headroom)."""
+    volume_critical_free_ratio: float = 0.05
+    """Less free than this: writes are about to fail."""
     """A pod of the stack Pending as unschedulable this long: no node fits it, and (on EKS) the Cluster Autoscaler
     did not add one within the minutes a node takes to join."""
 
@@ -226,6 +231,8 @@ class MonitoringArgs:
     """Prometheus `job` of Qdrant's ServiceMonitor (its client Service name)."""
     qdrant_replicas: int = 1
     """Qdrant nodes that should be up."""
+    qdrant_statefulset: str = "qdrant"
+    """Name of Qdrant's StatefulSet (its data claims are `storage-<name>-<n>`)."""
     postgres_mode: str = "cloudnative"
     """`cloudnative` (CNPG exporter series) or a managed mode (`rds`, `cloudsql`: the service's own series)."""
     postgres_cluster: str = "postgres"
@@ -599,6 +606,52 @@ def cluster_autoscaling_rules(
     return rules
 
 
+def volume_rules(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The stack's data volumes filling up, on the kubelet's volume stats.
+
+    `kubelet_volume_stats_{available,capacity}_bytes` come from each kubelet's /metrics, labelled with the claim's
+    `namespace` and `persistentvolumeclaim` (kube-prometheus-stack scrapes the kubelet by default, job `kubelet`,
+    honouring those labels; its own KubePersistentVolumeFillingUp reads the same series). The job is not selected
+    so a cluster's own Prometheus (`existing`) that scrapes the kubelet under another job name fires too. The
+    claims: Qdrant's `storage-<sts>-N`, Valkey's `data-<sts>-N`, CloudNativePG's `<cluster>-N` (and `-N-wal`).
+    The chart's generic alert stays; these name the stack's own procedure (runbook: growing the volume).
+    """
+    ns = args.service_namespace
+    t = args.thresholds
+    claims = [f"storage-{args.qdrant_statefulset}-[0-9]+"]
+    if args.redis_mode == "incluster":
+        claims.append(f"data-{args.redis_statefulset}-[0-9]+")
+    if args.postgres_mode == "cloudnative":
+        claims.append(f"{args.postgres_cluster}-[0-9]+(-wal)?")
+    vsel = f'namespace="{ns}", persistentvolumeclaim=~"{"|".join(claims)}"'
+    free = (
+        f"max by (namespace, persistentvolumeclaim) (kubelet_volume_stats_available_bytes{{{vsel}}})"
+        f" / max by (namespace, persistentvolumeclaim) (kubelet_volume_stats_capacity_bytes{{{vsel}}})"
+    )
+    return [
+        rule(
+            "RagVolumeFillingUp",
+            f"{free} < {t.volume_free_ratio}",
+            "15m",
+            "warning",
+            "A data volume of the stack is filling up.",
+            f"Volume {{{{ $labels.persistentvolumeclaim }}}} has less than {t.volume_free_ratio:.0%} of its "
+            "capacity free: grow it before writes fail.",
+        ),
+        rule(
+            "RagVolumeAlmostFull",
+            f"{free} < {t.volume_critical_free_ratio}",
+            "5m",
+            "critical",
+            "A data volume of the stack is almost full.",
+            f"Volume {{{{ $labels.persistentvolumeclaim }}}} has less than {t.volume_critical_free_ratio:.0%} of "
+            "its capacity free: its data store's writes are about to fail.",
+        ),
+    ]
+
+
 def node_rules(
     args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -727,11 +780,13 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         ),
         rule(
             "RagEmbeddingFailures",
-            f"sum(increase({M_EMBED_FAILURES}{{{sel}}}[10m])) > {t.embedding_failures_per_10m}",
+            # The namespace only, not the API's job: the workers (their PodMonitor's job) embed async ingests.
+            f"sum(increase({M_EMBED_FAILURES}{{{nsel}}}[10m])) > {t.embedding_failures_per_10m}",
             "5m",
             "warning",
             "Embedding calls are failing.",
-            f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes.",
+            f"More than {t.embedding_failures_per_10m} embedding calls raised in the last 10 minutes "
+            "(API and workers together).",
         ),
         rule(
             "RagPodRestarting",
@@ -908,6 +963,7 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
         {"name": "rag-datastores", "rules": datastores},
         {"name": "rag-cluster-autoscaling", "rules": cluster_autoscaling_rules(args, rule)},
         {"name": "rag-nodes", "rules": node_rules(args, rule)},
+        {"name": "rag-volumes", "rules": volume_rules(args, rule)},
     ]
     if args.backup_cronjob:
         cron = args.backup_cronjob

@@ -268,6 +268,7 @@ def managed_setting_names() -> tuple[str, ...]:
         "QDRANT_URL",
         "QDRANT_REPLICATION_FACTOR",
         "QDRANT_SHARD_NUMBER",
+        "JOBS_IN_PROCESS",
     )
 
 
@@ -354,6 +355,10 @@ def config_data(args: RagServiceArgs, qdrant_url: str | None) -> dict[str, str]:
         "QDRANT_SHARD_NUMBER": str(args.qdrant_shard_number),
         "JOBS_MAX_CONCURRENCY": str(args.worker.concurrency),
     }
+    if not args.worker.enabled:
+        # No worker consumes the Redis queue: the API runs the jobs itself (rows in the registry; several
+        # replicas share them by lease), Redis keeps serving the cache and rate limits.
+        data["JOBS_IN_PROCESS"] = "true"
     if qdrant_url is not None:
         data["QDRANT_URL"] = qdrant_url
     data.update(args.settings)

@@ -1,7 +1,8 @@
 """``ragops``: the delivery CLI (Typer + rich) over the workflow functions.
 
 Exit codes: 0 success; 1 refused or failed (a promotion refusal, drift, a failed preview, up or smoke check);
-2 usage (bad options, an invalid stack name, TTL or preview domain, a promotion order that is not allowed). Long
+2 usage (bad options, an invalid stack name, TTL or preview domain, a promotion order that is not allowed);
+3 `reconcile` only: the reconciliation did not run or its report never came (kubectl failed or timed out). Long
 operations stream Pulumi's output and show a spinner naming the resource being worked on. A failed Pulumi command
 prints one red line, the CLI's stderr (nothing else) and, for the common set-up mistakes, a one-line hint.
 
@@ -11,6 +12,7 @@ Argument shapes: every command that acts on one stack takes `--stack/-s` (`ephem
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -47,7 +49,7 @@ from infra.workflows import reindex as reindex_mod
 from infra.workflows import restore as restore_mod
 from infra.workflows.comment import render_comment
 from infra.workflows.deploy import deploy, keep_promoted
-from infra.workflows.errors import describe
+from infra.workflows.errors import CREATING_COMMANDS, MISSING_STACK, describe, stderr_of
 from infra.workflows.preview import PreviewReport, run_preview
 from infra.workflows.stacks import (
     POLICY_PACK,
@@ -119,6 +121,9 @@ def _print_version(value: bool) -> None:
 
 #: The checkout of this invocation (its stack files say which stacks are permanent), for `_run`'s hints.
 _checkout: ContextVar[Path | None] = ContextVar("ragops_checkout", default=None)
+#: This invocation's Context and top-level command (`up`, `status`, `ephemeral`, ...), for `_run`'s hints.
+_context: ContextVar[Context | None] = ContextVar("ragops_context", default=None)
+_command: ContextVar[str | None] = ContextVar("ragops_command", default=None)
 
 
 @app.callback()
@@ -136,6 +141,8 @@ def _root(
     if ctx.obj is None:  # tests hand in a Context with a fake Pulumi runner
         ctx.obj = Context(work_dir=work_dir)
     _checkout.set(ctx.obj.work_dir)
+    _context.set(ctx.obj)
+    _command.set(ctx.invoked_subcommand)
 
 
 @contextmanager
@@ -184,7 +191,9 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
         console.print(f"[red]refused:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     except CommandError as exc:
-        failure = describe(exc, roles, _checkout.get())
+        failure = describe(
+            exc, roles, _checkout.get(), creates=_command_creates_stacks(), backend=_backend_url(exc)
+        )
         console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
         if failure.stderr and failure.stderr != failure.headline:
             console.print(failure.stderr, markup=False, highlight=False)
@@ -203,6 +212,31 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
             )
             raise typer.Exit(1) from exc
         raise
+
+
+def _command_creates_stacks() -> bool:
+    """Whether the running ragops command deploys a stack the backend may not have yet (errors.CREATING_COMMANDS:
+    `ragops up`, `ragops preview`), as opposed to reading or operating a deployed one."""
+    command = _command.get()
+    return command is None or command in CREATING_COMMANDS
+
+
+def _backend_url(exc: CommandError) -> str | None:
+    """The state backend this invocation talks to, for a missing stack's hint: PULUMI_BACKEND_URL (the
+    context's environment, then ours), else what `pulumi whoami` says (Automation API `who_am_i().url`); None
+    when neither answers. Only asked about when the stack was missing."""
+    if not MISSING_STACK.search(stderr_of(exc)):
+        return None
+    context = _context.get()
+    url = dict((context.env_vars if context else None) or {}).get("PULUMI_BACKEND_URL") or os.environ.get(
+        "PULUMI_BACKEND_URL"
+    )
+    if url or context is None:
+        return url or None
+    try:
+        return context.workspace().who_am_i().url or None
+    except Exception:  # best effort: the hint then names no URL
+        return None
 
 
 def _print_notes(exc: BaseException) -> None:
@@ -414,6 +448,24 @@ def promote(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )
     _follow_index_change(context, target, done.index_before, reindex_timeout)
+
+
+@app.command("promotion-targets")
+def promotion_targets(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Option("--from", help="Source stack, e.g. dev.")],
+) -> None:
+    """Print, as a JSON list, the stacks SOURCE may promote to, read from the committed stack files (promote.yml's
+    jobs fan out over it)."""
+    context: Context = ctx.obj
+    targets = _run(lambda: promote_mod.promotion_targets(source, context.work_dir))
+    if not targets:
+        console.print(
+            f"[red]refused:[/] no permanent stack receives promotions from {source!r} in this checkout",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    typer.echo(json.dumps(targets, separators=(",", ":")))
 
 
 @app.command()
@@ -963,24 +1015,30 @@ def reconcile(
     ] = restore_mod.DEFAULT_DEPLOYMENT,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 1)."),
+        typer.Option("--timeout", min=1, help="Seconds to wait for kubectl before killing it (exit 3)."),
     ] = restore_mod.DEFAULT_TIMEOUT,
 ) -> None:
     """After a Qdrant or registry restore: remove orphan points, re-index documents whose points are missing."""
     context: Context = ctx.obj
-    code = _run(
-        lambda: restore_mod.reconcile(
-            context,
-            stack,
-            dry_run=dry_run,
-            tenant=tenant,
-            namespace=namespace,
-            deployment=deployment,
-            timeout=timeout,
-            on_output=lambda line: typer.echo(line),
-        )
-    )
-    raise typer.Exit(code)
+
+    def action() -> int:
+        try:
+            return restore_mod.reconcile(
+                context,
+                stack,
+                dry_run=dry_run,
+                tenant=tenant,
+                namespace=namespace,
+                deployment=deployment,
+                timeout=timeout,
+                on_output=lambda line: typer.echo(line),
+            )
+        except restore_mod.ReconcileNotRun as exc:
+            # Not 1 ("documents left"): a retry or a look at the pod, not a re-index, is what it needs.
+            console.print(f"[red]reconciliation not run:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(restore_mod.RECONCILE_NOT_RUN) from exc
+
+    raise typer.Exit(_run(action))
 
 
 @app.command("qdrant-drain")

@@ -621,8 +621,8 @@ def up(
 
 
 #: A backend lock older than this was left by a process that cannot still be running: twice the longest job
-#: that holds one (the PR job's and the deploy jobs' `timeout-minutes: 60`).
-STALE_LOCK_AFTER = timedelta(hours=2)
+#: that holds one (the PR job's and the deploy jobs' `timeout-minutes: 120`).
+STALE_LOCK_AFTER = timedelta(hours=4)
 # One line per lock file in a self-managed backend's "currently locked" error (pulumi/pulumi
 # pkg/backend/diy/lock.go checkForLock: "\n  <url>: created by <user>@<host> (pid <pid>) at <RFC 3339>").
 LOCK_LINE_RE = re.compile(

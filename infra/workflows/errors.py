@@ -102,43 +102,84 @@ def stderr_of(exc: CommandError) -> str:
     return text.strip()
 
 
+#: The ragops commands that deploy a stack the backend may not have yet (a first `up`, a PR's `preview`): only for
+#: these is "create it" the likely fix. Every other command reads or operates a deployed stack, where a missing
+#: stack almost always means the wrong backend (another `pulumi login`, PULUMI_BACKEND_URL unset or different).
+CREATING_COMMANDS = frozenset({"up", "preview"})
+
+
 def missing_stack_hint(
-    name: str, roles: Mapping[str, str] | None = None, work_dir: Path | None = None
+    name: str,
+    roles: Mapping[str, str] | None = None,
+    work_dir: Path | None = None,
+    *,
+    creates: bool = True,
+    backend: str | None = None,
 ) -> str:
-    """How to create stack `name`: a permanent stack (dev, staging, prod, or another stack file of the checkout
-    `work_dir` without a ``rag:ephemeral`` record, such as ``Pulumi.qa.yaml``) with `pulumi stack init` only, since
-    `ragops ephemeral` refuses those; any other name may also be an ephemeral PR stack. `roles` says what each
-    stack of the command is (promote: the source and the target)."""
+    """What to do about stack `name` missing from the backend. `creates`: the command deploys it (`up`,
+    `preview`), so `pulumi stack init` is offered (a permanent stack -- dev, staging, prod, or another stack file
+    of the checkout `work_dir` without a ``rag:ephemeral`` record, such as ``Pulumi.qa.yaml`` -- with that only,
+    since `ragops ephemeral` refuses those; any other name may also be an ephemeral PR stack). Otherwise the
+    command reads or operates a deployed stack, and the hint points at the backend (`backend`: its URL when
+    known), never at creating an empty stack. `roles` says what each stack of the command is (promote: the
+    source and the target)."""
     from infra.workflows.stacks import REPO_ROOT, is_permanent
 
     short = name.rsplit("/", 1)[-1]
     role = (roles or {}).get(short)
     which = f"{short} ({role})" if role else "the stack"
-    hint = f"{which} does not exist in this backend: create it with `pulumi stack init {name}`"
-    if not is_permanent(work_dir or REPO_ROOT, short):
+    where = f"the backend you are logged in to ({backend})" if backend else "the backend you are logged in to"
+    permanent = is_permanent(work_dir or REPO_ROOT, short)
+    if not creates:
+        hint = (
+            f"{which} is not in {where}: you are probably logged in to another backend than the one it was "
+            "deployed to; check `pulumi whoami -v` and `pulumi stack ls`, and set PULUMI_BACKEND_URL (or "
+            "`pulumi login <url>`) to the backend CI deploys with"
+        )
+        if not permanent:
+            hint += "; a PR stack may also have been destroyed or reaped (`ragops ephemeral list`)"
+        return hint
+    here = f"this backend ({backend})" if backend else "this backend"
+    hint = f"{which} does not exist in {here}: create it with `pulumi stack init {name}`"
+    if not permanent:
         hint += f" (ephemeral PR stacks: `ragops ephemeral up --name {short}`)"
     return hint
 
 
-def hint_for(stderr: str, roles: Mapping[str, str] | None = None, work_dir: Path | None = None) -> str | None:
+def hint_for(
+    stderr: str,
+    roles: Mapping[str, str] | None = None,
+    work_dir: Path | None = None,
+    *,
+    creates: bool = True,
+    backend: str | None = None,
+) -> str | None:
     """A one-line fix for a common cause, or None. `roles` names what each stack of the command is; `work_dir`
-    is the checkout whose stack files say which stacks are permanent."""
+    is the checkout whose stack files say which stacks are permanent; `creates` and `backend` as for
+    `missing_stack_hint`."""
     for pattern, hint in HINTS:
         match = pattern.search(stderr)
         if match:
             if pattern is MISSING_STACK:
-                return missing_stack_hint(match.group(1), roles, work_dir)
+                return missing_stack_hint(match.group(1), roles, work_dir, creates=creates, backend=backend)
             return hint.format(*match.groups())
     return None
 
 
 def describe(
-    exc: CommandError, roles: Mapping[str, str] | None = None, work_dir: Path | None = None
+    exc: CommandError,
+    roles: Mapping[str, str] | None = None,
+    work_dir: Path | None = None,
+    *,
+    creates: bool = True,
+    backend: str | None = None,
 ) -> PulumiFailure:
     """The stderr and hint of a failed command."""
     stderr = stderr_of(exc)
     return PulumiFailure(
-        stderr=stderr, hint=hint_for(stderr, roles, work_dir), refusal=program_refusal(str(exc))
+        stderr=stderr,
+        hint=hint_for(stderr, roles, work_dir, creates=creates, backend=backend),
+        refusal=program_refusal(str(exc)),
     )
 
 

@@ -106,6 +106,13 @@ class Promotion:
         return record
 
 
+def promotion_targets(source: str, work_dir: Path = REPO_ROOT) -> list[str]:
+    """The stacks `source` may promote to in this checkout (`allowed_promotions`), in promotion order: what
+    promote.yml fans out to. From `dev`: every committed permanent stack of environment staging (a fourth stack
+    such as `qa` included once its file is committed); from `staging`: every one of environment prod."""
+    return [target for src, target in allowed_promotions(work_dir) if src == source]
+
+
 def check_order(source: str, target: str, work_dir: Path = REPO_ROOT) -> None:
     """Refuse any promotion but one along the environments: from a permanent stack whose `rag:environment` is dev
     to a staging one, or staging to prod (read from the stack files in `work_dir`, so a fourth permanent stack

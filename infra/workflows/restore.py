@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -99,6 +100,16 @@ class KubectlTimeout(WorkflowError):
     """kubectl did not finish within its bound; it was killed."""
 
 
+class ReconcileNotRun(WorkflowError):
+    """`ragops reconcile` got no report: kubectl failed or timed out (exit code RECONCILE_NOT_RUN, not 1)."""
+
+
+RECONCILE_NOT_RUN = 3
+"""`ragops reconcile`'s exit code when the reconciliation did not run or its report never came; 1 means it ran and
+documents are left."""
+_REPORTED_INCONSISTENT = re.compile(r'"consistent":\s*false')
+
+
 def _pump(stream: IO[str], on_output: Callable[[str], None]) -> None:
     for line in stream:
         on_output(line.rstrip("\n"))
@@ -161,8 +172,9 @@ def reconcile(
     timeout: float = DEFAULT_TIMEOUT,
     on_output: Callable[[str], None] = print,
 ) -> int:
-    """Run the reconciliation in the stack's pod; its exit status (0 consistent, 1 not). KubectlTimeout after
-    ``timeout`` seconds."""
+    """Run the reconciliation in the stack's pod; its exit status (0 consistent, 1 documents left: the report
+    said so). ReconcileNotRun when it did not run or its report never came: kubectl failed (it exits 1 too, as does
+    a traceback in the pod) or was killed after ``timeout`` seconds (KubectlTimeout)."""
     if tenant is not None and not tenant.strip():
         raise UsageError("--tenant must not be empty")
     outputs = {k: v.value for k, v in ctx.workspace().stack_outputs(stack).items()}
@@ -173,15 +185,27 @@ def reconcile(
         argv = reconcile_argv(
             ns, kubeconfig=path, deployment=deployment, dry_run=dry_run, tenant=tenant, kubectl=kubectl
         )
-        code = run_bounded(
-            argv,
-            timeout=timeout,
-            what=f"kubectl exec deploy/{deployment} in namespace {ns} (python -m service.reconcile)",
-            on_output=on_output,
-        )
-    if code not in (0, 1):
-        raise WorkflowError(
-            f"the reconciliation did not run (kubectl exited {code}): is deploy/{deployment} running in "
-            f"namespace {ns}? (--deployment rag for the API pods of a stack without workers)"
-        )
-    return code
+        seen: list[str] = []
+
+        def passed_on(line: str) -> None:
+            seen.append(line)
+            on_output(line)
+
+        try:
+            code = run_bounded(
+                argv,
+                timeout=timeout,
+                what=f"kubectl exec deploy/{deployment} in namespace {ns} (python -m service.reconcile)",
+                on_output=passed_on,
+            )
+        except KubectlTimeout as exc:
+            raise ReconcileNotRun(str(exc)) from exc
+    # `python -m service.reconcile` exits 1 only after printing its report with "consistent": false; kubectl's own
+    # failures (no cluster, no pod, a refused exec) and a traceback in the pod exit 1 as well, without one.
+    if code == 0 or (code == 1 and _REPORTED_INCONSISTENT.search("\n".join(seen))):
+        return code
+    raise ReconcileNotRun(
+        f"the reconciliation did not run or did not finish (kubectl exited {code}, no report): is "
+        f"deploy/{deployment} running in namespace {ns}? (--deployment rag for the API pods of a stack without "
+        "workers; the output above says more)"
+    )

@@ -509,7 +509,9 @@ def create_app(
         app.include_router(router, dependencies=v1_security, responses=v1_errors)
     app.include_router(
         admin.router,
-        dependencies=admin.admin_dependencies(auth_disabled=settings.auth_disabled),
+        dependencies=admin.admin_dependencies(
+            auth_disabled=settings.auth_disabled and settings.admin_api_key is None
+        ),
         responses=error_responses(401, 403),
     )
     app.include_router(health.router)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import httpx
 
+from service.app.core.usage import parse_no_arguments
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 180.0
 
@@ -201,6 +203,12 @@ def supervise(run: ProdLike, stop: threading.Event) -> int:
 
 
 def main() -> int:
+    parse_no_arguments(
+        "python -m service.tools.serve_prod",
+        "The production shape on one machine (make serve-prod): throwaway Postgres and Redis, the API and the "
+        "worker as separate processes; Ctrl-C stops and removes everything.",
+        "Environment: API_KEYS=key:tenant to choose the key (else one is generated and printed).",
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -79,6 +79,14 @@ def ca(metric: str, **labels: str) -> str:
     return f"{metric}{{{body}}}"
 
 
+def kubelet(metric: str, claim: str, ns: str = NS) -> str:
+    """A kubelet volume-stats series as kube-prometheus-stack's kubelet ServiceMonitor stores it."""
+    labels = {"namespace": ns, "persistentvolumeclaim": claim, "job": "kubelet", "metrics_path": "/metrics",
+              "node": "node-a", "instance": "10.0.0.1:10250"}  # fmt: skip
+    return f"{metric}{{{', '.join(f'{k}={v!r}'.replace(chr(39), chr(34)) for k, v in labels.items())}}}"
+
+
+GI = 1024**3
 REQ = "rag_http_requests_total"
 LAT = "rag_http_request_duration_seconds_bucket"
 WHOLE = [{}]  # one alert without labels of its own (an aggregate)
@@ -117,7 +125,11 @@ CASES = [
          {svc("up", pod="rag-1"): "0x20", svc("up", pod="rag-2"): "1x20"}, "10m"),
     Case("staging", "RagEmbeddingFailures", "one failure a minute",
          {svc("rag_embedding_failures_total"): "0+1x20"}, "15m", WHOLE),
+    Case("staging", "RagEmbeddingFailures", "async ingests fail in a worker (its PodMonitor's job)",
+         {in_ns("rag_embedding_failures_total", job="rag/rag-worker", pod="rag-worker-1"): "0+1x20"}, "15m", WHOLE),
     Case("staging", "RagEmbeddingFailures", "no new failures", {svc("rag_embedding_failures_total"): "3x20"}, "15m"),
+    Case("staging", "RagEmbeddingFailures", "another namespace's worker fails",
+         {'rag_embedding_failures_total{namespace="pr-7", job="pr-7/rag-worker"}': "0+1x20"}, "15m"),
     Case("staging", "RagPodRestarting", "a container restarts every minute",
          {in_ns("kube_pod_container_status_restarts_total", pod="rag-1", container="api"): "0+1x40"}, "35m",
          [{"namespace": NS, "pod": "rag-1", "container": "api"}]),
@@ -225,6 +237,13 @@ CASES = [
          {in_ns("kube_statefulset_status_replicas_ready", statefulset="redis"): "1x20"}, "10m"),
     Case("prod", "RedisUnreachableFromService", "cache calls fail",
          {svc("rag_failures_total", component="cache", pod="rag-1"): "0+2x20"}, "12m", BY_NS),
+    # No traffic: only the worker's reconnect loop meets the dead Redis (one failure per back-off, <= 30 s + arq's
+    # connection retries); its series come from the worker PodMonitor's job.
+    Case("prod", "RedisUnreachableFromService", "an idle worker's reconnects fail every minute",
+         {in_ns("rag_failures_total", component="jobs", job="rag/rag-worker", pod="rag-worker-1"): "0+1x20"}, "12m",
+         BY_NS),
+    Case("prod", "RedisUnreachableFromService", "one failed wake-up, then Redis is back",
+         {in_ns("rag_failures_total", component="jobs", job="rag/rag-worker", pod="rag-worker-1"): "0x5 1x30"}, "20m"),
     Case("prod", "RedisUnreachableFromService", "cache calls succeed",
          {svc("rag_failures_total", component="cache", pod="rag-1"): "0x20"}, "12m"),
     # --- backups (staging: the qdrant-backups CronJob)
@@ -349,6 +368,47 @@ CASES = [
          {ca("cluster_autoscaler_failed_scale_ups_total", reason="cloudProviderError"): "0x20",
           ca("cluster_autoscaler_node_group_backoff_status", node_group="eks-nodes-1", reason="cloudProviderError"): "0x20"},
          "12m"),
+    # --- data volumes: the kubelet's volume stats (kube-prometheus-stack's kubelet scrape: job kubelet, the claim's
+    # namespace and persistentvolumeclaim honoured), one series per node that mounts the claim
+    Case("staging", "RagVolumeFillingUp", "Qdrant's volume 90% full",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-1"): f"{GI}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-1"): f"{10 * GI}x30",
+          kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0"): f"{8 * GI}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{10 * GI}x30"},
+         "20m", [{"namespace": NS, "persistentvolumeclaim": "storage-qdrant-1"}]),
+    Case("staging", "RagVolumeFillingUp", "a CloudNativePG instance's volume 88% full",
+         {kubelet("kubelet_volume_stats_available_bytes", "postgres-2"): f"{12 * GI // 10}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "postgres-2"): f"{10 * GI}x30"},
+         "20m", [{"namespace": NS, "persistentvolumeclaim": "postgres-2"}]),
+    Case("staging", "RagVolumeFillingUp", "Valkey's volume half full",
+         {kubelet("kubelet_volume_stats_available_bytes", "data-redis-0"): f"{GI}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "data-redis-0"): f"{2 * GI}x30"}, "20m"),
+    Case("staging", "RagVolumeFillingUp", "another stack's namespace, another claim",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0", ns="pr-7"): "0x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0", ns="pr-7"): f"{GI}x30",
+          kubelet("kubelet_volume_stats_available_bytes", "scratch"): "0x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "scratch"): f"{GI}x30"}, "20m"),
+    Case("staging", "RagVolumeAlmostFull", "Valkey's AOF volume 97% full",
+         {kubelet("kubelet_volume_stats_available_bytes", "data-redis-0"): f"{3 * GI // 100}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "data-redis-0"): f"{GI}x30"},
+         "10m", [{"namespace": NS, "persistentvolumeclaim": "data-redis-0"}]),
+    Case("staging", "RagVolumeAlmostFull", "90% full (only filling up)",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0"): f"{GI}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{10 * GI}x30"}, "10m"),
+    Case("prod", "RagVolumeFillingUp", "Qdrant on prod (RDS, ElastiCache: no claims of theirs)",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-2"): "0x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-2"): f"{GI}x30"},
+         "20m", [{"namespace": NS, "persistentvolumeclaim": "storage-qdrant-2"}]),
+    Case("prod", "RagVolumeFillingUp", "prod has no in-cluster Postgres",
+         {kubelet("kubelet_volume_stats_available_bytes", "postgres-1"): "0x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "postgres-1"): f"{GI}x30"}, "20m"),
+    Case("prod", "RagVolumeAlmostFull", "Qdrant full",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0"): "0x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{GI}x30"},
+         "10m", [{"namespace": NS, "persistentvolumeclaim": "storage-qdrant-0"}]),
+    Case("prod", "RagVolumeAlmostFull", "Qdrant 20% free",
+         {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0"): f"{GI // 5}x30",
+          kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{GI}x30"}, "10m"),
     Case("prod", "ClusterAutoscalerDown", "never scraped", {}, "12m", WHOLE),
     Case("prod", "ClusterAutoscalerDown", "its target is down", {ca("up"): "0x20"}, "12m", WHOLE),
     Case("prod", "ClusterAutoscalerDown", "scraped", {ca("up"): "1x20"}, "12m"),
@@ -464,6 +524,28 @@ def test_every_declared_alert_has_a_firing_and_a_quiet_case() -> None:
         tested = {c.alert for c in CASES if c.stack == stack}
         assert declared - (firing & quiet) == set(), stack
         assert tested <= declared, stack
+
+
+def test_the_volume_alerts_select_the_claims_the_stack_declares() -> None:
+    """The claim names the volume alerts match are the ones the recorded StatefulSets and CloudNativePG Cluster
+    will create (`<template>-<statefulset>-<n>`, `<cluster>-<n>`), and no other."""
+    for stack in ("staging", "prod"):
+        result = run(stack)
+        claims = [
+            f"{template['metadata']['name']}-{r.inputs['metadata']['name']}-0"
+            for r in result.resources
+            if r.type == "kubernetes:apps/v1:StatefulSet"
+            for template in r.inputs["spec"].get("volumeClaimTemplates", [])
+        ] + [
+            f"{r.inputs['metadata']['name']}-1"
+            for r in result.resources
+            if r.type == "kubernetes:postgresql.cnpg.io/v1:Cluster"
+        ]
+        expr = declared_alerts(result)["RagVolumeFillingUp"]["expr"]
+        pattern = re.search(r'persistentvolumeclaim=~"([^"]+)"', expr).group(1)  # type: ignore[union-attr]
+        assert all(re.fullmatch(pattern, claim) for claim in claims), (stack, claims, pattern)
+        assert not re.fullmatch(pattern, "prometheus-db-0"), stack
+        assert len(claims) == (3 if stack == "staging" else 1), claims  # prod: RDS and ElastiCache
 
 
 def test_managed_data_stores_use_the_series_that_exist_for_them() -> None:

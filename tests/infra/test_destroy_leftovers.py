@@ -146,3 +146,38 @@ def test_every_other_stack_keeps_its_claims_when_a_statefulset_goes(overrides: d
     result = run("dev", **overrides)
     for name in CLAIMS:
         assert _claim_policy(result, name) == {"whenDeleted": "Retain", "whenScaled": "Retain"}, name
+
+
+def _state_with_cluster_phase(phase: str | None) -> dict:
+    """dev's completed update as the backend keeps it (tests/infra/test_guards.py `state_of`), its CloudNativePG
+    Cluster's outputs carrying `status.phase` as pulumi-kubernetes records the live object after a failed await."""
+    from tests.infra.test_guards import state_of
+
+    state = state_of(run("dev"))
+    for entry in state["resources"].values():
+        if entry["type"] == "kubernetes:postgresql.cnpg.io/v1:Cluster" and phase is not None:
+            entry["outputs"] = {**entry["outputs"], "status": {"phase": phase}}
+    return state
+
+
+def test_an_up_over_an_unrecoverable_registry_cluster_is_refused_before_anything_is_sent() -> None:
+    """A failed instance Job leaves the Cluster unrecoverable for good (CloudNativePG v1.30.0); the next `up` would
+    wait its 60-minute update timeout (the deploy jobs' own) and fail. Refused in one line naming the runbook."""
+    from infra import guards
+    from infra.offline import run_stack
+
+    with pytest.raises(guards.DeployedStateRefusal) as caught:
+        run_stack("dev", live={"state": _state_with_cluster_phase(guards.CNPG_UNRECOVERABLE)})
+    message = str(caught.value)
+    assert message.startswith("rag:postgres in Pulumi.dev.yaml: ")
+    assert "\n" not in message
+    assert "the-registrys-cluster-never-became-ready-a-failed-instance-job" in message
+    assert "pulumi refresh -s dev" in message
+
+
+@pytest.mark.parametrize("phase", [None, "Cluster in healthy state", "Setting up primary"])
+def test_any_other_recorded_phase_goes_on(phase: str | None) -> None:
+    from infra.offline import run_stack
+
+    again = run_stack("dev", live={"state": _state_with_cluster_phase(phase)})
+    assert again.by_name("postgres-cluster")

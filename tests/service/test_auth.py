@@ -77,12 +77,27 @@ def test_key_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     assert auth.authenticate("env-key").tenant == "tenant-env"
 
 
-def test_a_broken_key_file_keeps_the_last_good_keys(tmp_path: Path) -> None:
+def test_a_broken_key_file_keeps_the_last_good_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     key_file = tmp_path / "api-keys"
     write_keys(key_file, "good-key:tenant-a", 1_000_000_000_000_000_000)
     auth = ApiKeyAuthenticator(Settings(api_keys_file=key_file))
     write_keys(key_file, "this is not a key list", 1_000_000_002_000_000_000)
-    assert auth.authenticate("good-key").tenant == "tenant-a"
+    with caplog.at_level(logging.ERROR):
+        assert auth.authenticate("good-key").tenant == "tenant-a"
+    # One line naming the file (not API_KEYS, which is fine), without a traceback (EYES9 L7).
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == (
+        f"API_KEYS_FILE {key_file} entries must look like key:tenant; keeping the previous keys"
+    )
+    assert record.exc_info is None
+    caplog.clear()
+    write_keys(key_file, '{"half-written": "tenant-a"', 1_000_000_002_500_000_000)
+    with caplog.at_level(logging.ERROR):
+        assert auth.authenticate("good-key").tenant == "tenant-a"
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage().startswith(f"API_KEYS_FILE {key_file} is not valid JSON: ")
+    assert "API_KEYS is" not in record.getMessage()
+    assert record.exc_info is None
 
 
 def test_an_emptied_key_file_keeps_the_last_good_keys(

@@ -7,8 +7,10 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import os
 import random
 import re
+import signal
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,7 @@ from rich.console import Console
 from service import client as ingest_client
 from tests.service.prod_support import API_KEYS, KEY_A, bearer
 from tests.service.support import make_pdf
-from tests.support.processes import api_process
+from tests.support.processes import _stop, api_process, start_api
 
 
 def make_folder(root: Path) -> None:
@@ -182,10 +184,11 @@ def test_a_batch_without_an_answer_in_time_goes_again_in_halves_and_the_run_keep
     tmp_path: Path,
 ) -> None:
     """EYES7 M6: on a busy host a batch outlasted the client's timeout and its files were reported failed ("run
-    the same command again"). The service now stops a bulk whose client left after its current item, and what
-    it stored comes back unchanged: the batch goes again in halves, later batches stay small, and only a single
-    file without an answer fails (with what to do). Here the service answers batches of at most 2 files in
-    time, and never the file "note-5.md"; what an abandoned batch stored is `unchanged` when sent again."""
+    the same command again"). The service stops a bulk whose client left after its current item: the client
+    asks which files the service holds with this content (not sent again: their rate limit was paid once), waits
+    a bounded time for the one being stored, and sends the others again in halves; later batches stay small,
+    and only a single file without an answer fails (with what to do). Here the service answers batches of at
+    most 2 files in time, and never the file "note-5.md"; an abandoned batch stores its first file."""
     folder = tmp_path / "docs"
     folder.mkdir()
     for i in range(8):
@@ -194,6 +197,12 @@ def test_a_batch_without_an_answer_in_time_goes_again_in_halves_and_the_run_keep
     bulks: list[list[str]] = []
     uploads: list[str] = []
     stored: set[str] = set()
+    hashes = {
+        f"note-{i}.md": ingest_client.content_hash_of(
+            ingest_client.prepare(folder / f"note-{i}.md", folder, 100_000)
+        )
+        for i in range(8)
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/documents:bulk":
@@ -205,23 +214,30 @@ def test_a_batch_without_an_answer_in_time_goes_again_in_halves_and_the_run_keep
                 )  # what it finished before the client left
                 raise httpx.ReadTimeout("timed out", request=request)
             items = [
-                {
-                    "index": i,
-                    "document_id": d,
-                    "status_code": 200 if d in stored else 201,
-                    "result": {"status": "unchanged" if d in stored else "created"},
-                }
+                {"index": i, "document_id": d, "status_code": 201, "result": {"status": "created"}}
                 for i, d in enumerate(ids)
             ]
             stored.update(ids)
             return httpx.Response(200, json={"succeeded": len(ids), "failed": 0, "items": items})
+        if request.method == "GET":
+            document_id = request.url.path.rsplit("/", 1)[1]
+            if document_id in stored:
+                return httpx.Response(
+                    200, json={"document_id": document_id, "content_hash": hashes[document_id]}
+                )
+            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such document"}})
         uploads.append(request.url.path)
         return httpx.Response(201, json={"status": "created"})
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
 
     waits: list[str] = []
     report = ingest_client.Report()
     client = ingest_client.IngestClient(
-        "http://service", None, report, sleep=lambda _s: None, timeout=7, on_wait=waits.append
+        "http://service", None, report, sleep=sleep, clock=lambda: now[0], timeout=7, on_wait=waits.append
     )
     client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
     done: list[int] = []
@@ -229,16 +245,21 @@ def test_a_batch_without_an_answer_in_time_goes_again_in_halves_and_the_run_keep
         client, folder, report, batch_size=8, max_batch_bytes=100_000, advance=done.append
     )
     names = [f"note-{i}.md" for i in range(8)]
-    assert bulks[:3] == [names, names[:4], names[:2]], bulks  # 8 -> 4 -> 2: answered
-    assert all(len(ids) <= 2 for ids in bulks[3:]), bulks  # the rest of the run keeps batches of 2
+    # 8 (stores note-0) -> the 4 after it (stores note-1) -> 2 at a time: answered.
+    assert bulks[:3] == [names, names[1:5], names[2:4]], bulks
+    assert all(len(ids) <= 2 for ids in bulks[2:]), bulks  # the rest of the run keeps batches of 2
+    for index, ids in enumerate(bulks):  # a file the service held was never sent again
+        held_before = {d for earlier in bulks[:index] for d in earlier[:1] if d != "note-5.md"}
+        assert not held_before & set(ids), (index, bulks)
     assert uploads == ["/v1/documents"]
     assert sum(done) == 9
-    assert report.outcomes == {"created": 6, "unchanged": 2, "failed": 1}, report.outcomes
+    assert report.outcomes == {"created": 5, "stored": 3, "failed": 1}, report.outcomes
     ((name, reason),) = report.failures
     assert name == "note-5.md"
     assert "no answer within 7 s" in reason
     assert "run the same command again" in reason
     assert "no answer within 7 s; sending 4 files per batch" in waits
+    assert now[0] <= 3 * 7 + 1  # each wait for a file being stored is bounded by the timeout
 
 
 def test_the_default_batch_fits_the_timeout_at_the_documented_rate() -> None:
@@ -531,6 +552,25 @@ def test_a_url_that_can_never_work_is_not_retried() -> None:
     assert output.getvalue() == ""
 
 
+def test_a_service_that_cannot_be_reached_says_a_rerun_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EYES9 L5: the give-up line must tell the operator that running the same command again is safe and resumes.
+    (tmp_path / "a.md").write_text("# A\n\nsome text\n", encoding="utf-8")
+    real = ingest_client.IngestClient
+    monkeypatch.setattr(
+        ingest_client, "IngestClient", lambda *a, **kw: real(*a, **{**kw, "sleep": lambda _s: None})
+    )
+    output = io.StringIO()
+    code = ingest_client.main(
+        ["ingest", str(tmp_path), "--url", "http://127.0.0.1:9"], console=Console(file=output, width=400)
+    )
+    text = " ".join(output.getvalue().split())
+    assert code == 2, text
+    assert "cannot reach http://127.0.0.1:9" in text
+    assert "run the same command again: what was already stored is skipped" in text
+
+
 def test_folder_metadata_from_the_command_line_and_sidecars_reaches_the_filters(tmp_path: Path) -> None:
     # EYES7 M3: every bulk-loaded document had {} metadata, so the README's filters could not select them.
     folder = tmp_path / "docs"
@@ -589,3 +629,59 @@ def test_a_metadata_option_without_a_key_is_a_usage_error(tmp_path: Path) -> Non
     with pytest.raises(SystemExit) as exit_info:
         ingest_client.main(["ingest", str(tmp_path), "--url", "http://127.0.0.1:9", "--metadata", "year"])
     assert exit_info.value.code == 2
+
+
+def test_a_batch_the_real_service_was_still_storing_is_not_sent_again_for_what_it_stored(
+    tmp_path: Path,
+) -> None:
+    """Against a real service: the process stops itself (SIGSTOP) before committing the batch's first file, so
+    the client's read times out for sure; it is resumed once the client gave up. The client waits for the file
+    the service was storing and does not send it again (the resend overlapped it, and paid its rate limit a
+    second time); the others go again and every file ends stored once."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    names = [f"note-{i}.md" for i in range(4)]
+    for i, name in enumerate(names):
+        (folder / name).write_text(f"Note {i} about the harbour and its tides.")
+    started = start_api(
+        tmp_path,
+        data_dir=str(tmp_path / "data"),
+        api_keys=API_KEYS,
+        environment="test",
+        rag_fault_stop_at="before_activate",
+    )
+    try:
+        bulks: list[list[str]] = []
+
+        def record(request: httpx.Request) -> None:
+            if request.url.path == "/v1/documents:bulk":
+                bulks.append([d["document_id"] for d in json.loads(request.content)["documents"]])
+
+        def resume(message: str) -> None:
+            if "asking which files the service stored" in message:
+                os.kill(started.proc.pid, signal.SIGCONT)  # the client gave up: the service goes on
+
+        report = ingest_client.Report()
+        client = ingest_client.IngestClient(started.url, KEY_A, report, timeout=20, on_wait=resume)
+        client._http.event_hooks["request"] = [record]
+        try:
+            ingest_client.ingest_folder(
+                client, folder, report, batch_size=4, max_batch_bytes=100_000, advance=lambda _n: None
+            )
+        finally:
+            client.close()
+        assert bulks[0] == names, bulks
+        assert all("note-0.md" not in ids for ids in bulks[1:]), bulks  # stored by the abandoned batch
+        assert report.outcomes["stored"] >= 1, report.outcomes
+        assert sum(report.outcomes.values()) == 4, report.outcomes
+        assert not report.failures, report.failures
+        for name in names:
+            got = httpx.get(f"{started.url}/v1/documents/{name}", headers=bearer(KEY_A), timeout=60)
+            assert got.status_code == 200, got.text
+        assert any("its client left after 1 of 4 items" in line for line in started.log_lines()), (
+            started.log_lines()[-20:]
+        )
+    finally:
+        if started.proc.poll() is None:
+            os.kill(started.proc.pid, signal.SIGCONT)
+        _stop(started.proc)

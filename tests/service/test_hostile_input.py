@@ -67,7 +67,7 @@ def test_a_broken_keys_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"service: error: API_KEYS_FILE {keys}: API_KEYS is not valid JSON: Expecting value"
+        f"service: error: API_KEYS_FILE {keys} is not valid JSON: Expecting value"
     ]
 
 

@@ -69,6 +69,8 @@ def test_resident_pages_counts_touched_pages_of_a_private_anonymous_mapping() ->
         region[offset + page] = 1
     assert resident_pages([(start, start + 4 * HUGE_PAGE)])[extent] == PAGES_PER_HUGE // 2
     region.close()
+    # a mapping past MAX_SCANNED_MAPPING (a runtime's reservation) is not read at all
+    assert resident_pages([(HUGE_PAGE, HUGE_PAGE + hugepages.MAX_SCANNED_MAPPING + HUGE_PAGE)]) == {}
 
 
 def test_memory_filled_inside_the_block_is_collapsed_and_keeps_its_bytes() -> None:
@@ -116,12 +118,13 @@ def test_the_int8_query_session_runs_on_huge_pages_with_the_same_vectors(
     )
     huge = embedder.query_huge_pages
     if _collapse_supported():
-        # the int8 weights (~11 MB) and the word-embedding table (~45 MB) at least were asked for
-        assert huge.tried >= 20
-        assert set(huge.refused) <= _NO_FREE_HUGE_PAGE, huge.refused
+        # ~65-75 MB are asked for (weights, word-embedding table) where malloc placed them in fresh pages; how
+        # much depends on the heap's layout, so the bound is loose. Later frees may split a few again.
+        assert huge.tried >= 10, huge
+        assert set(huge.refused) <= _NO_FREE_HUGE_PAGE, huge
         if not huge.refused:
-            assert huge.collapsed_bytes >= 40 * 2**20
-            assert huge_page_bytes(huge.extents) >= 40 * 2**20
+            assert huge.collapsed_bytes >= 20 * 2**20, huge
+            assert huge_page_bytes(huge.extents) >= 8 * 2**20, huge
     else:
         assert embedder.query_huge_pages.extents == []
     # A session of the same graph and options built without the collapse computes the same numbers, bit for bit.
@@ -179,3 +182,33 @@ def test_a_refused_collapse_is_counted_by_its_errno_and_leaves_the_memory_alone(
     assert all(length == HUGE_PAGE and advice == hugepages.MADV_COLLAPSE for _, length, advice in fake.calls)
     assert region[:] == b"\2" * (4 * HUGE_PAGE)
     region.close()
+
+
+def test_the_document_session_is_collapsed_only_where_it_also_runs_the_queries(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    def build(precision: str) -> FastEmbedEmbedder:
+        return FastEmbedEmbedder.from_settings(
+            Settings(
+                embedding_model_path=model_dir,
+                embedding_cache_dir=tmp_path,
+                embedding_query_precision=precision,
+            )
+        )
+
+    fp32, int8 = build("fp32"), build("int8")
+    # int8: the float32 session only embeds documents; start-up skips its collapse
+    assert int8.document_huge_pages.tried == 0
+    huge = fp32.document_huge_pages
+    if (
+        _collapse_supported()
+    ):  # fp32 queries (production images) run the float32 session: its ~90 MB collapsed
+        assert huge.tried >= 10, huge
+        assert set(huge.refused) <= _NO_FREE_HUGE_PAGE, huge
+        if not huge.refused:
+            assert huge_page_bytes(huge.extents) >= 8 * 2**20, huge
+    else:
+        assert huge.extents == []
+    # fp32 queries and documents are the same numbers as the int8 embedder's float32 session computes
+    text = "how do I change the owner of a file"
+    assert fp32.embed_documents([text]) == int8.embed_documents([text])

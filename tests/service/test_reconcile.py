@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,45 @@ def test_reconcile_after_restoring_an_old_store_under_a_newer_registry(
         assert code == 1
         assert _tenant(report, "acme")["without_text_ids"] == ["added"]
         assert _tenant(report, "acme")["reindexed"] == 0
+
+
+def test_points_of_a_document_deleted_within_the_grace_are_reported_as_pending_not_hidden(
+    tmp_path: Path, embedder: FastEmbedEmbedder
+) -> None:
+    """EYES9 L2: a store restored from before a delete, with the default GC_GRACE_SECONDS: the deleted document's
+    points are younger than the grace, so reconcile keeps them (the collector removes them later). The report
+    said `consistent: true` and listed nothing while they remained; it now lists them as pending collection,
+    with when they become removable, and stays consistent (search never serves them)."""
+    settings = make_settings(tmp_path, qdrant_path=None, vector_store="edge", chunk_size=64, chunk_overlap=0)
+    assert settings.gc_grace_seconds >= 600
+    with running_app(settings, embedder=embedder) as client:
+        for document_id in ("kept", "policy"):
+            _put(client, "default", document_id, "m0001")
+    shutil.copytree(tmp_path / "edge", tmp_path / "edge-at-t")
+    with running_app(settings, embedder=embedder) as client:
+        _delete(client, "default", "policy")
+    shutil.rmtree(tmp_path / "edge")
+    shutil.copytree(tmp_path / "edge-at-t", tmp_path / "edge")
+
+    with running_app(settings, embedder=embedder) as client:
+        for args in (["--dry-run"], []):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = cli.main(args, services=services_of(client))
+            report = json.loads(out.getvalue())
+            assert code == 0, report
+            assert report["consistent"] is True
+            assert report["orphan_versions"] == 0
+            pending = report["pending_collection"]
+            assert pending["versions"] == 1
+            assert pending["points"] > 0
+            tenant = _tenant(report, "default")
+            assert [i.split("@")[0] for i in tenant["pending_ids"]] == ["policy"]
+            assert tenant["pending_points"] == pending["points"]
+            removable = datetime.fromisoformat(pending["removable_after"])
+            assert removable > datetime.now(UTC)  # within the grace: not yet
+            assert removable <= datetime.now(UTC) + timedelta(seconds=settings.gc_grace_seconds)
+        # The real run kept them (the collector's job, after the grace); search does not serve them.
+        assert set(_served(client, "default")) == {"kept", "policy"}
+        hits = client.post("/v1/search", json={"query": "m0001 salmon trout", "top_k": 50}).json()["results"]
+        assert {hit["document_id"] for hit in hits} == {"kept"}

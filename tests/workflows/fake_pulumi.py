@@ -215,6 +215,8 @@ class FakeBackend:
         # Called with (operation, stack) while an operation holds the stack's lock: lets tests interleave
         # concurrent reapers deterministically.
         self.during: Callable[[str, str], None] | None = None
+        # What `pulumi whoami --json` answers as the backend's URL (pkg/cmd/pulumi/whoami.go).
+        self.url = f"file://{self.work_dir}/.pulumi-state"
 
     def add_stack(
         self,
@@ -371,6 +373,8 @@ class _Handler:
             return self._rm(a[-1], force="--force" in a)
         if a[:2] == ["stack", "ls"]:
             return self._ls()
+        if a[0] == "whoami":
+            return json.dumps({"user": "tester", "organizations": [], "url": self.b.url}), "", 0
         on_stack = self._on_stack(a)
         stack = self._stack()
         if stack is None:

@@ -3,7 +3,10 @@ offline), actions pinned to exact versions, and each workflow wired to the ragop
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +18,8 @@ import yaml
 from infra.workflows.stacks import REPO_ROOT, permanent_stacks
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
+#: The installed CLI (`make install`), as promote.yml's steps run it.
+RAGOPS = Path(sys.executable).with_name("ragops")
 FILES = sorted(WORKFLOWS.glob("*.yml"))
 EXPECTED = {"pr.yml", "pr-close.yml", "main.yml", "promote.yml", "nightly.yml", "e2e.yml"}
 
@@ -150,26 +155,117 @@ def test_main_updates_dev_after_tests() -> None:
 def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     wf = _load("promote.yml")
     assert "workflow_dispatch" in wf["on"]
-    staging, prod = wf["jobs"]["staging"], wf["jobs"]["prod"]
-    assert staging["environment"] == "staging"
-    assert prod["environment"] == "prod"
-    assert prod["needs"] == "staging"
+    targets, staging, prod = wf["jobs"]["targets"], wf["jobs"]["staging"], wf["jobs"]["prod"]
+    # Each level fans out over the stacks the committed stack files name (test_promote_targets_* below).
+    assert staging["needs"] == "targets"
+    assert prod["needs"] == ["targets", "staging"]
+    assert staging["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.targets.outputs.from-dev) }}"
+    assert prod["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.targets.outputs.from-staging) }}"
+    assert staging["environment"] == prod["environment"] == "${{ matrix.stack }}"
+    assert targets["outputs"] == {
+        "from-dev": "${{ steps.targets.outputs.from-dev }}",
+        "from-staging": "${{ steps.targets.outputs.from-staging }}",
+    }
     assert (
         _runs(staging)
         .strip()
         .endswith(
-            "ragops promote --from dev --to staging --reindex-timeout 2400\n.venv/bin/ragops smoke --stack staging"
+            'ragops promote --from dev --to "${{ matrix.stack }}" --reindex-timeout 2400\n'
+            '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
         )
     )
     assert (
         _runs(prod)
         .strip()
         .endswith(
-            "ragops promote --from staging --to prod --reindex-timeout 2400\n.venv/bin/ragops smoke --stack prod"
+            'ragops promote --from staging --to "${{ matrix.stack }}" --reindex-timeout 2400\n'
+            '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
         )
     )
     _assert_reindex_fits_the_job(staging)
     _assert_reindex_fits_the_job(prod)
+
+
+def _promotion_jobs(checkout: Path, tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Run promote.yml's `targets` step (its shell script, with the real ragops on `checkout`) and expand the two
+    matrices from the outputs it wrote, as GitHub does: {job: [(environment, promote command)]}."""
+    wf = _load("promote.yml")
+    (step,) = [s for s in wf["jobs"]["targets"]["steps"] if s.get("id") == "targets"]
+    shim = checkout / ".venv" / "bin" / "ragops"
+    shim.parent.mkdir(parents=True)
+    shim.write_text(f'#!/bin/sh\nexec {RAGOPS} --work-dir {checkout} "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    output = tmp_path / "github_output"
+    output.write_text("")
+    env = {**os.environ, "GITHUB_OUTPUT": str(output)}
+    subprocess.run(["bash", "-e", "-c", step["run"]], cwd=checkout, env=env, check=True, timeout=120)
+    step_outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    expanded: dict[str, list[tuple[str, str]]] = {}
+    for job_name in ("staging", "prod"):
+        job = wf["jobs"][job_name]
+        key = re.fullmatch(
+            r"\$\{\{ fromJSON\(needs\.targets\.outputs\.(.+)\) \}\}", job["strategy"]["matrix"]["stack"]
+        )
+        assert key is not None
+        stacks = json.loads(step_outputs[key[1]])
+        (promote,) = [s["run"] for s in job["steps"] if "ragops promote" in s.get("run", "")]
+        expanded[job_name] = [
+            (
+                job["environment"].replace("${{ matrix.stack }}", stack),
+                promote.replace("${{ matrix.stack }}", stack),
+            )
+            for stack in stacks
+        ]
+    return expanded
+
+
+def _checkout(tmp_path: Path, **stack_files: str) -> Path:
+    """A git checkout of the repository's stack files plus `stack_files` ({name: rag:environment}), committed."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir(parents=True)
+    for path in WORKFLOWS.parents[1].glob("Pulumi*.yaml"):
+        shutil.copy(path, checkout / path.name)
+    for name, environment in stack_files.items():
+        (checkout / f"Pulumi.{name}.yaml").write_text(f"config:\n  rag:environment: {environment}\n")
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "stacks"],
+    ):
+        subprocess.run(["git", "-C", str(checkout), *args], check=True, capture_output=True)
+    return checkout
+
+
+def test_promote_targets_follow_the_committed_stack_files(tmp_path: Path) -> None:
+    """A fourth stack gets its promotion job from its committed stack file alone (it was a manual edit of this
+    workflow): qa of environment staging receives from dev next to staging; prod still receives from staging."""
+    shipped = _promotion_jobs(_checkout(tmp_path / "shipped"), tmp_path / "shipped")
+    assert shipped == {
+        "staging": [("staging", '.venv/bin/ragops promote --from dev --to "staging" --reindex-timeout 2400')],
+        "prod": [("prod", '.venv/bin/ragops promote --from staging --to "prod" --reindex-timeout 2400')],
+    }
+    qa = _promotion_jobs(_checkout(tmp_path / "qa", qa="staging"), tmp_path / "qa")
+    assert [environment for environment, _ in qa["staging"]] == ["staging", "qa"]
+    assert qa["staging"][1][1] == '.venv/bin/ragops promote --from dev --to "qa" --reindex-timeout 2400'
+    assert [environment for environment, _ in qa["prod"]] == ["prod"]
+    # A second prod-environment stack receives from staging.
+    second = _promotion_jobs(_checkout(tmp_path / "eu", **{"prod-eu": "prod"}), tmp_path / "eu")
+    assert [environment for environment, _ in second["prod"]] == ["prod", "prod-eu"]
+
+
+def test_the_targets_step_fails_when_a_level_has_no_target(tmp_path: Path) -> None:
+    """No stack of environment prod in the checkout: the step fails (no empty matrix, no silent skip of prod)."""
+    checkout = _checkout(tmp_path)
+    (checkout / "Pulumi.prod.yaml").write_text("config:\n  rag:environment: staging\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        _promotion_jobs(checkout, tmp_path)
+
+
+def test_promote_targets_ignore_a_stack_file_that_is_not_committed(tmp_path: Path) -> None:
+    checkout = _checkout(tmp_path)
+    (checkout / "Pulumi.mine.yaml").write_text("config:\n  rag:environment: staging\n")
+    jobs = _promotion_jobs(checkout, tmp_path)
+    assert [environment for environment, _ in jobs["staging"]] == ["staging"]
 
 
 #: What a job that touches prod runs on: the labels in vars.PROD_RUNNER, else a self-hosted prod runner.
@@ -347,3 +443,57 @@ def test_the_cluster_step_exports_what_its_variables_say(
     if variables["KUBECONFIG_DATA"]:
         assert kubeconfig == str(tmp_path / "kubeconfig")
         assert (tmp_path / "kubeconfig").read_text() == variables["KUBECONFIG_DATA"]
+
+
+def _minutes(duration: str) -> int:
+    """A Pulumi customTimeouts duration ("30m", "1h", "90s") in whole minutes, rounded up."""
+    seconds = sum(
+        int(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in re.findall(r"(\d+)([hms])", duration)
+    )
+    return -(-seconds // 60)
+
+
+def _longest_wait_minutes() -> int:
+    """The longest single wait a `pulumi up` of any permanent stack can make on one resource: the customTimeouts the
+    program sets, each StatefulSet/Deployment's `pulumi.com/timeoutSeconds` and each Helm release's `timeout`."""
+    from infra.components import gateway, postgres
+    from tests.infra.conftest import run
+
+    waits = [
+        _minutes(postgres.CLUSTER_TIMEOUTS.create),
+        _minutes(postgres.CLUSTER_TIMEOUTS.update),
+        _minutes(gateway.GATEWAY_ADDRESS_TIMEOUT),
+    ]
+    for stack in ("dev", "staging", "prod"):
+        for resource in run(stack).resources:
+            annotations = (resource.inputs.get("metadata") or {}).get("annotations") or {}
+            if "pulumi.com/timeoutSeconds" in annotations:
+                waits.append(-(-int(annotations["pulumi.com/timeoutSeconds"]) // 60))
+            if resource.type == "kubernetes:helm.sh/v3:Release" and resource.inputs.get("timeout"):
+                waits.append(-(-int(resource.inputs["timeout"]) // 60))
+    return max(waits)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "job"),
+    [
+        ("main.yml", "deploy-dev"),
+        ("promote.yml", "staging"),
+        ("promote.yml", "prod"),
+        ("pr.yml", "ephemeral"),
+    ],
+)
+def test_a_deploy_job_outlasts_the_longest_wait_of_its_update(workflow: str, job: str) -> None:
+    """A job killed mid-update leaves the backend's lock, pending operations and Helm releases `pending-upgrade`
+    (docs/runbooks.md). The CloudNativePG Cluster's update waits up to 60 minutes (`CLUSTER_TIMEOUTS`, REVIEW9 R11):
+    a 60-minute job was killed exactly when that wait ended, before pulumi could record the failure. The job must
+    outlast the longest wait, then the re-index it follows, with 15 minutes for the rest (install, build, smoke)."""
+    definition = _load(workflow)["jobs"][job]
+    reindex = max((int(s) for s in re.findall(r"--reindex-timeout (\d+)", _runs(definition))), default=0)
+    needed = _longest_wait_minutes() + -(-reindex // 60) + 15
+    assert _longest_wait_minutes() >= 60  # the Cluster's update wait is counted
+    assert definition["timeout-minutes"] >= needed, (workflow, job, needed)
+    # A lock such a job left counts as stale only once no such job can still hold it (+5: GitHub's cancel timeout).
+    from infra.workflows.ephemeral import STALE_LOCK_AFTER
+
+    assert STALE_LOCK_AFTER.total_seconds() >= (definition["timeout-minutes"] + 5) * 60

@@ -34,8 +34,12 @@ if "--kubeconfig" in argv:
     record["path"] = path
 with open({log!r}, "a") as out:
     out.write(json.dumps(record) + "\\n")
-print(json.dumps({{"consistent": True, "reindexed": 2}}))
-sys.exit(int(os.environ.get("FAKE_KUBECTL_EXIT", "0")))
+code = int(os.environ.get("FAKE_KUBECTL_EXIT", "0"))
+if os.environ.get("FAKE_KUBECTL_ERROR"):  # kubectl's own failure: its error line, exit 1, no report
+    print(os.environ["FAKE_KUBECTL_ERROR"], file=sys.stderr)
+else:
+    print(json.dumps({{"consistent": code == 0, "reindexed": 2}}, indent=2))
+sys.exit(code)
 """
 
 
@@ -99,7 +103,7 @@ def test_exit_1_passes_through_and_other_failures_say_what_to_check(
     assert runner.invoke(app, ["reconcile", "-s", "staging"], obj=ctx).exit_code == 1
     monkeypatch.setenv("FAKE_KUBECTL_EXIT", "127")
     result = runner.invoke(app, ["reconcile", "-s", "staging", "--deployment", "rag"], obj=ctx)
-    assert result.exit_code == 1
+    assert result.exit_code == restore.RECONCILE_NOT_RUN == 3
     assert "is deploy/rag running in namespace staging-ns" in " ".join(result.output.split())
 
 
@@ -148,7 +152,7 @@ def test_a_hanging_kubectl_is_killed_at_the_timeout_with_what_it_waited_for(
     ctx: Context, backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`process.wait()` had no bound: a kubectl whose stream stalls held `ragops reconcile` (and a CI job) for ever.
-    Now kubectl and what it started are killed at `--timeout` and the command exits 1 naming the call."""
+    Now kubectl and what it started are killed at `--timeout` and the command exits 3 naming the call."""
     bin_dir, pids = tmp_path / "bin", tmp_path / "pids"
     bin_dir.mkdir()
     pids.mkdir()
@@ -160,7 +164,7 @@ def test_a_hanging_kubectl_is_killed_at_the_timeout_with_what_it_waited_for(
     # The bound is the command's own; 5 s leaves a loaded machine ample time to start the stand-in's shell.
     result = runner.invoke(app, ["reconcile", "-s", "staging", "--timeout", "5"], obj=ctx)
     output = " ".join(result.output.split())
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output  # not 1: nothing says documents are left
     assert "connected to the pod" in output  # what kubectl printed before it stalled still passes through
     assert (
         "gave up after 5 s waiting for kubectl exec deploy/rag-worker in namespace staging-ns "
@@ -192,3 +196,24 @@ def test_run_bounded_returns_the_exit_status_and_every_line_when_kubectl_finishe
         )
     assert "started" in lines
     assert _dead(int(marker.read_text()))
+
+
+def test_kubectl_failing_with_exit_1_is_not_documents_left(
+    ctx: Context, backend: FakeBackend, kubectl_log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kubectl exits 1 for its own errors (no route to the cluster, the pod gone, an expired token), as
+    `service.reconcile` does for documents left: only the report tells them apart. A failed kubectl said
+    "documents left", and an operator re-ran a restore step instead of fixing the connection."""
+    _stack(backend)
+    monkeypatch.setenv("FAKE_KUBECTL_EXIT", "1")
+    monkeypatch.setenv("FAKE_KUBECTL_ERROR", "error: unable to upgrade connection: pod does not exist")
+    result = runner.invoke(app, ["reconcile", "-s", "staging"], obj=ctx)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 3, result.output
+    assert "did not run or did not finish (kubectl exited 1, no report)" in output
+    assert "pod does not exist" in output  # kubectl's own line passes through
+    # The same exit status with the report's verdict is the service's "documents left".
+    monkeypatch.delenv("FAKE_KUBECTL_ERROR")
+    result = runner.invoke(app, ["reconcile", "-s", "staging"], obj=ctx)
+    assert result.exit_code == 1, result.output
+    assert '"consistent": false' in result.output

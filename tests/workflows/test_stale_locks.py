@@ -98,13 +98,13 @@ def test_the_reaper_finds_a_stack_whose_first_up_failed_and_cancels_its_lock_onc
     failed_first_up_killed_mid_teardown(ctx, backend, "fv-az999-1", 2817)
     assert backend.stacks["pr-7"].outputs == {}  # no completed update: no `ephemeral` output
 
-    # An hour later (expired, lock younger than twice the job timeout): found through the update history, skipped.
-    early = ephemeral.reap(checkout_at(tmp_path, backend, "early", 1))
+    # Three hours later (expired, lock younger than twice the job timeout): found through the update history, skipped.
+    early = ephemeral.reap(checkout_at(tmp_path, backend, "early", 3))
     assert early.skipped == {"pr-7": "locked by another operation (another reaper?)"}
     assert backend.commands("cancel") == []
     assert "pr-7" in backend.stacks
 
-    late = ephemeral.reap(checkout_at(tmp_path, backend, "late", 3))
+    late = ephemeral.reap(checkout_at(tmp_path, backend, "late", 5))
     assert late.destroyed == ["pr-7"]
     assert late.failed == {}
     assert len(backend.commands("cancel")) == 1
@@ -118,7 +118,7 @@ def test_a_lock_of_a_live_process_on_this_machine_is_never_cancelled(
     # A destroy of this machine that has been running for a day (a hung kubectl wait, say): alive, so kept.
     old = rfc3339(NOW - timedelta(days=1))
     backend.stacks["pr-7"].lock_files.append(("runner", socket.gethostname(), os.getpid(), old))
-    report = ephemeral.reap(checkout_at(tmp_path, backend, "reaper", 3))
+    report = ephemeral.reap(checkout_at(tmp_path, backend, "reaper", 5))
     assert report.skipped == {"pr-7": "locked by another operation (another reaper?)"}
     with pytest.raises(WorkflowError, match="locked by another operation"):
         ephemeral.destroy(ctx, "pr-7", force=True)

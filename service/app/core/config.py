@@ -278,6 +278,11 @@ class Settings(BaseSettings):
 
     # --- async ingestion -------------------------------------------------------------------------------
     jobs_queue_name: str = "rag:ingest"
+    jobs_in_process: bool = Field(
+        False,
+        description="run async ingestion jobs in this API process even with REDIS_URL set (no worker deployed); "
+        "Redis then serves only the cache and rate limits",
+    )
     worker_metrics_port: int = Field(
         9100, ge=0, le=65535, description="worker's /metrics, /healthz, /readyz port (on HOST); 0: off"
     )
@@ -523,15 +528,14 @@ class Settings(BaseSettings):
                 content = self.api_keys_file.read_text(encoding="utf-8")
             except OSError as exc:
                 raise SettingsError(f"API_KEYS_FILE {self.api_keys_file} cannot be read: {exc}") from exc
-            try:
-                keys.update(parse_api_keys(content))
-            except SettingsError as exc:
-                raise SettingsError(f"API_KEYS_FILE {self.api_keys_file}: {exc}") from None
+            # Its errors name the file, not API_KEYS (EYES9 L7: a broken file was reported as API_KEYS).
+            keys.update(parse_api_keys(content, source=f"API_KEYS_FILE {self.api_keys_file}"))
         return keys
 
 
-def parse_api_keys(raw: str) -> dict[str, str]:
-    """Parse `{"key": "tenant"}` JSON or `key:tenant,key:tenant` (newlines also separate pairs)."""
+def parse_api_keys(raw: str, source: str = "API_KEYS") -> dict[str, str]:
+    """Parse `{"key": "tenant"}` JSON or `key:tenant,key:tenant` (newlines also separate pairs); errors name
+    `source` (the variable, or `API_KEYS_FILE <path>`)."""
     raw = raw.strip()
     if not raw:
         return {}
@@ -539,12 +543,12 @@ def parse_api_keys(raw: str) -> dict[str, str]:
         try:
             parsed = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise SettingsError(f"API_KEYS is not valid JSON: {exc.msg}") from exc
+            raise SettingsError(f"{source} is not valid JSON: {exc.msg}") from exc
         if not isinstance(parsed, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
         ):
-            raise SettingsError("API_KEYS must map string keys to string tenants")
-        return _checked_tenants(parsed)
+            raise SettingsError(f"{source} must map string keys to string tenants")
+        return _checked_tenants(parsed, source)
     keys: dict[str, str] = {}
     for pair in raw.replace("\n", ",").split(","):
         pair = pair.strip()
@@ -552,19 +556,19 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             continue
         key, sep, tenant = pair.partition(":")
         if not sep or not key.strip() or not tenant.strip():
-            raise SettingsError("API_KEYS entries must look like key:tenant")
+            raise SettingsError(f"{source} entries must look like key:tenant")
         keys[key.strip()] = tenant.strip()
-    return _checked_tenants(keys)
+    return _checked_tenants(keys, source)
 
 
-def _checked_tenants(keys: dict[str, str]) -> dict[str, str]:
+def _checked_tenants(keys: dict[str, str], source: str = "API_KEYS") -> dict[str, str]:
     # A tenant name is stored in 64-character columns and used in keys: refuse what would fail every write.
     for key, tenant in keys.items():
         if not key.strip():
-            raise SettingsError("API_KEYS has an empty key")
+            raise SettingsError(f"{source} has an empty key")
         if not TENANT_PATTERN.fullmatch(tenant):
             raise SettingsError(
-                f"API_KEYS: tenant {tenant[:80]!r} is not 1-64 characters of letters, digits, '_', '.' or '-'"
+                f"{source}: tenant {tenant[:80]!r} is not 1-64 characters of letters, digits, '_', '.' or '-'"
             )
     return keys
 

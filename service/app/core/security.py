@@ -87,7 +87,7 @@ class ApiKeyAuthenticator:
             # An empty file is what a half-written Secret or a truncating write (`> file`) looks like mid-way: it
             # parses, as "no keys", and would turn every tenant away. Keep the last good keys, loudly.
             self._file_stamp = stamp
-            raise SettingsError("API_KEYS_FILE now holds no keys")
+            raise SettingsError(f"API_KEYS_FILE {self._settings.api_keys_file} now holds no keys")
         self._digests = [
             (hashlib.sha256(key.encode("utf-8")).digest(), tenant, key_id(key))
             for key, tenant in keys.items()
@@ -103,9 +103,10 @@ class ApiKeyAuthenticator:
             try:
                 self._load(keep_if_empty=True)
                 logger.info("API keys reloaded", extra={"keys": len(self._digests)})
-            except SettingsError:
-                # A half-written or broken Secret must not lock everyone out: keep the last good keys.
-                logger.exception("API_KEYS_FILE could not be reloaded; keeping the previous keys")
+            except SettingsError as exc:
+                # A half-written or broken Secret must not lock everyone out: keep the last good keys. One line
+                # naming the file and what is wrong with it (the error is the operator's, not a bug's traceback).
+                logger.error("%s; keeping the previous keys", exc)
                 self._file_stamp = self._stamp()
 
     @property

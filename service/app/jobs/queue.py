@@ -589,9 +589,10 @@ def redis_settings(settings: Settings) -> RedisSettings:
 async def build_job_queue(
     settings: Settings, ingest: Ingestor, table: JobTable | None = None, *, exclusive: bool = False
 ) -> JobQueue:
-    """Durable jobs woken through arq on Redis when REDIS_URL is set, else run in this process (resuming the
-    jobs the previous process left; ``exclusive``: this process holds the embedded store's lock)."""
-    if settings.redis_url:
+    """Durable jobs woken through arq on Redis when REDIS_URL is set (and JOBS_IN_PROCESS is not), else run in
+    this process (resuming the jobs the previous process left; ``exclusive``: this process holds the embedded
+    store's lock). JOBS_IN_PROCESS: a deployment without a worker, whose API would otherwise only enqueue."""
+    if settings.redis_url and not settings.jobs_in_process:
         assert table is not None, "durable jobs need the registry database's job table"
         return await ArqJobQueue.connect(settings, table)
     assert table is not None, "jobs need the registry database's job table"

@@ -66,7 +66,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -96,6 +96,11 @@ RUN_OVERHEAD_TOKENS = 16
 # ONNX Runtime's ``session.dynamic_block_base``: a parallel loop of N iterations starts in blocks of
 # N / (threads x this) and shrinks them as it goes (0, ONNX Runtime's default, gives each thread one equal share).
 DYNAMIC_BLOCK_BASE = "3"
+
+
+@contextlib.contextmanager
+def _no_huge_pages() -> Iterator[HugePages]:
+    yield HugePages()
 
 
 class EmbeddingModelError(RuntimeError):
@@ -178,7 +183,7 @@ class FastEmbedEmbedder:
             raise EmbeddingModelError(
                 f"EMBEDDING_MODEL {model_name!r} cannot be loaded: {exc}{hint}"
             ) from exc
-        self._load_session(threads)
+        self._load_session(threads, huge_pages=query_precision == "fp32")
         self._direct_query = self._direct_query_path()
         self.model_name = model_name
         self.dimension = int(self._model.embedding_size)
@@ -237,7 +242,7 @@ class FastEmbedEmbedder:
         options.add_session_config_entry("session.dynamic_block_base", DYNAMIC_BLOCK_BASE)
         return options
 
-    def _load_session(self, threads: int | None) -> None:
+    def _load_session(self, threads: int | None, *, huge_pages: bool) -> None:
         """The ONNX session fastembed would build, with ``_session_options``."""
         import onnxruntime as ort
         from fastembed.common.onnx_external_data import link_external_data
@@ -252,11 +257,17 @@ class FastEmbedEmbedder:
         with contextlib.suppress(OSError):
             path = link_external_data(model_dir, description.model_file, description.additional_files or [])
         try:
-            inner.model = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            # When it is also the query session (fp32 queries: production images), its weights are collapsed
+            # into huge pages as the int8 query session's are (service.app.store.hugepages); otherwise it only
+            # embeds documents, in runs of hundreds of token rows per weight read, and start-up skips the cost.
+            collapse = huge_pages_for_new_memory if huge_pages else _no_huge_pages
+            with collapse() as huge:
+                inner.model = ort.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise EmbeddingModelError(f"the ONNX model {path} cannot be loaded: {exc}") from exc
+        self.document_huge_pages = huge
         inner._ensure_tokenizer()
         self._input_names = {node.name for node in inner.model.get_inputs()}
 

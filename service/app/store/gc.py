@@ -105,13 +105,16 @@ def collect_orphans(
     dry_run: bool = False,
     tenant_id: str | None = None,
     on_orphan: Callable[[PointVersion], None] | None = None,
+    on_pending: Callable[[PointVersion], None] | None = None,
 ) -> GcReport:
     """One bounded collection run (blocking; call it from a thread), paced by ``pause`` between its slices
     (default: a new ``Pacer``).
 
     ``dry_run`` finds the orphans without deleting them (the counts are what a real run would remove);
     ``tenant_id`` limits the run to one tenant; ``on_orphan`` sees every orphan version found (the restore
-    reconciliation reports them per tenant, service.app.jobs.reconcile)."""
+    reconciliation reports them per tenant, service.app.jobs.reconcile); ``on_pending`` sees every version that is
+    not active but still within ``grace_seconds`` (kept by this run, removed by a later one once the grace has
+    passed: a deleted document's or a write's in flight)."""
     pause = pause if pause is not None else Pacer()
     # The clock is read before the scan: a version first seen late in a long, paced pass is judged against the
     # start, which only makes the grace longer (a live write's points are never at risk).
@@ -141,6 +144,11 @@ def collect_orphans(
                 removed_points += version.points
                 if on_orphan is not None:
                     on_orphan(version)
+            elif (
+                on_pending is not None
+                and active.get((version.tenant_id, version.document_id)) != version.version
+            ):
+                on_pending(version)
     report = GcReport(len(stored), removed_versions, removed_points)
     if dry_run:
         return report

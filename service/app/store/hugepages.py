@@ -40,6 +40,9 @@ MADV_COLLAPSE = 25
 # An extent is collapsed when the block made at least this many of its pages resident and it is now this full.
 MIN_NEW_PAGES = 64
 MIN_PRESENT_PAGES = 500
+# A mapping larger than this is not scanned (its pagemap alone would be 8 bytes per 4 KiB: 16 MiB for 8 GiB): a
+# runtime's reservation, not buffers a session just filled.
+MAX_SCANNED_MAPPING = 8 * 1024**3
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 Range = tuple[int, int]
@@ -97,7 +100,7 @@ def resident_pages(ranges: list[Range], pagemap: Path = Path("/proc/self/pagemap
         for lo, hi in ranges:
             start = -(-lo // HUGE_PAGE) * HUGE_PAGE
             end = hi // HUGE_PAGE * HUGE_PAGE
-            if end <= start:
+            if end <= start or hi - lo > MAX_SCANNED_MAPPING:
                 continue
             try:
                 raw = os.pread(fd, (end - start) // PAGE * 8, start // PAGE * 8)

@@ -216,7 +216,9 @@ def can_run_on(head: str, compatible_from: str | None) -> bool:
 class SchemaAheadError(RuntimeError):
     """The database's schema is ahead of this release's and not declared compatible with it (nothing changed)."""
 
-    def __init__(self, where: str, revision: str, compatible_from: str | None) -> None:
+    def __init__(
+        self, where: str, revision: str, compatible_from: str | None, *, embedded: bool = False
+    ) -> None:
         self.revision = revision
         self.compatible_from = compatible_from
         needs = (
@@ -224,11 +226,24 @@ class SchemaAheadError(RuntimeError):
             if compatible_from
             else "it records no compatibility (schema_compat has no row for it), so no older release may run on it"
         )
+        if embedded:
+            # A SQLite registry (make serve): its backup is the embedded store's, restored by the newer release's
+            # tool (an older release may not have it), not a cluster rollback (EYES9 L3).
+            restore = (
+                "or, with the service stopped, restore the pre-upgrade backup of DATA_DIR with the newer "
+                "release's `python -m service.tools.backup restore --force <backup>` (older releases may not have "
+                "that tool) and then start this release (docs/operations.md, 'Backing up and restoring the "
+                "embedded store')"
+            )
+        else:
+            restore = (
+                "or restore the registry from a backup taken before that migration "
+                "(docs/runbooks.md, 'Rolling back a release')"
+            )
         super().__init__(
             f"the registry database ({where}) is at schema {revision}, written by a newer version (this release's "
             f"schema is {SCHEMA_HEAD}), and {needs}: this release refuses to start and changed nothing. Run a "
-            f"release at schema {compatible_from or revision} or newer (fix forward), or restore the registry from a backup taken before that migration "
-            "(docs/runbooks.md, 'Rolling back a release')"
+            f"release at schema {compatible_from or revision} or newer (fix forward), {restore}"
         )
 
 
@@ -811,7 +826,9 @@ class DocumentRegistry:
         declares this release's head compatible (schema_compat), else SchemaAheadError. Nothing is written."""
         compatible_from = self.schema_compatible_from(revision)
         if not can_run_on(SCHEMA_HEAD, compatible_from):
-            raise SchemaAheadError(self.describe(), revision, compatible_from)
+            raise SchemaAheadError(
+                self.describe(), revision, compatible_from, embedded=self.dialect == "sqlite"
+            )
         self.schema_ahead = (revision, compatible_from)
         logger.warning(
             "the registry database (%s) is at schema %s, ahead of this release's %s; it is declared compatible "

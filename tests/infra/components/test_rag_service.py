@@ -288,6 +288,16 @@ def test_a_changed_secret_value_restarts_the_api_and_the_worker() -> None:
     assert "rotated-key" not in repr(
         run_service(prod_args(qdrant_api_key="rotated-key")).named("rag-api").inputs
     )
+    # A tenant key rotation (docs/runbooks.md "Rotate a tenant's or the admin API key"): adding the new key, and
+    # later removing the old one, each roll the pods, as does a new admin key.
+    for rotated in (
+        {"api_keys": pulumi.Output.secret('{"k1": "tenant-a", "k2": "tenant-a"}')},
+        {"api_keys": pulumi.Output.secret('{"k2": "tenant-a"}')},
+        {"admin_api_key": pulumi.Output.secret("new-admin-key")},
+    ):
+        rolled = digests(run_service(prod_args(**rotated)))
+        assert len(rolled) == 1
+        assert rolled != before, rotated
     # Keyed with the component's secret salt: a plain SHA-256 of the values (brute-forceable for a key chosen by
     # hand) is not what the pod template shows.
     program = run_service(prod_args())

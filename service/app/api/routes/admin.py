@@ -22,9 +22,11 @@ from service.app.ingest.index import IndexConfig
 
 
 async def require_admin(request: Request) -> None:
-    """401 without a bearer token, 403 when no ADMIN_API_KEY is configured, 401 for a wrong key."""
+    """401 without a bearer token, 403 when no ADMIN_API_KEY is configured, 401 for a wrong key. With
+    AUTH_DISABLED (`make serve`) the routes are open only while no ADMIN_API_KEY is set: a key that is set is
+    always checked (EYES9 L4: it was ignored, so `HOST=0.0.0.0 make serve` with a key left re-indexing open)."""
     settings = request.app.state.services.settings
-    if settings.auth_disabled:
+    if settings.auth_disabled and settings.admin_api_key is None:
         return
     token = bearer_token(request.headers.get("authorization"))
     if token is None:
