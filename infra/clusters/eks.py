@@ -684,11 +684,49 @@ def running_version(name: str, provider: aws.Provider, file: str) -> tuple[str |
     return running, versions
 
 
+#: The stack's AWS provider refused the account its credentials reach (aws-sdk-go-base `VerifyAccountIDAllowed`:
+#: "AWS account ID not allowed: <id>" for aws:allowedAccountIds and aws:forbiddenAccountIds alike; older
+#: terraform-provider-aws releases said "Forbidden AWS Account ID: <id>").
+_WRONG_ACCOUNT = re.compile(r"account id not allowed|forbidden aws account id", re.IGNORECASE)
+#: No credentials, or ones AWS rejects (pulumi-aws's pre-configure check: "No valid credential sources found",
+#: "Invalid credentials configured"; STS/EKS: InvalidClientTokenId, ExpiredToken, an expired SSO session, ...).
+_BAD_CREDENTIALS = re.compile(
+    r"no valid credential sources|invalid credentials configured|InvalidClientTokenId|ExpiredToken|"
+    r"UnrecognizedClientException|SignatureDoesNotMatch|security token included in the request is|"
+    r"failed to refresh cached credentials|SSO session .*(expired|invalid)|token has expired",
+    re.IGNORECASE,
+)
+_NAMED_ACCOUNT = re.compile(r"not allowed:?\s*(\d{12})|Account ID:\s*(\d{12})", re.IGNORECASE)
+
+
 def _unreadable(name: str, file: str, exc: Exception) -> ConfigError:
+    """The refusal when the first reads through the stack's AWS provider fail, by what failed: the account guard
+    (naming aws:allowedAccountIds), the credentials, or the read itself (the permissions it needs)."""
+    text = str(exc).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if _WRONG_ACCOUNT.search(text):
+        found = _NAMED_ACCOUNT.search(text)
+        account = next((g for g in found.groups() if g), None) if found else None
+        return ConfigError(
+            "aws:allowedAccountIds",
+            file,
+            f"the AWS credentials in the environment reach account {account or '(see the provider error)'}, which "
+            "this stack's aws:allowedAccountIds / aws:forbiddenAccountIds rule out: deploy with the credentials "
+            'of the stack\'s account (AWS_PROFILE; docs/infra.md, "AWS credentials and account")',
+        )
+    cause = next((line for line in lines if _BAD_CREDENTIALS.search(line)), lines[0] if lines else repr(exc))
+    if _BAD_CREDENTIALS.search(text):
+        return ConfigError(
+            "rag:cluster.eks.version",
+            file,
+            f"could not read the version EKS cluster {name} runs: the AWS credentials in the environment are "
+            f"missing, expired or rejected ({cause}); set AWS_PROFILE (or renew the session: aws sso login) and "
+            'run again (docs/infra.md, "AWS credentials and account")',
+        )
     return ConfigError(
         "rag:cluster.eks.version",
         file,
-        f"could not read the version EKS cluster {name} runs ({str(exc).strip().splitlines()[0]}), so the "
+        f"could not read the version EKS cluster {name} runs ({cause}), so the "
         "one-minor step cannot be checked: the deploying identity needs eks:ListClusters, eks:DescribeCluster, "
         "eks:ListNodegroups and eks:DescribeNodegroup (docs/infra.md, cluster.eks.version)",
     )

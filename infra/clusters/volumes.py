@@ -48,13 +48,16 @@ printf '%s' "${KUBECONFIG_ENV}" > "$config"
 export KUBECONFIG="$config"
 deadline=$(( $(date +%s) + {int(timeout_seconds)} ))
 while :; do
-  claims=$(kubectl get pvc --all-namespaces -o jsonpath={pvc_query})
-  volumes=$(kubectl get pv -o jsonpath={pv_query})
-  left=$(printf '%s\\n' "$volumes" | while read -r class claim volume; do
-    [ "$class" = {wanted} ] || continue
-    printf '%s\\n' "$claims" | grep -qxF -- "$claim" || printf '%s ' "$volume"
-  done)
-  [ -z "$left" ] && exit 0
+  if claims=$(kubectl get pvc --all-namespaces -o jsonpath={pvc_query}) \\
+    && volumes=$(kubectl get pv -o jsonpath={pv_query}); then
+    left=$(printf '%s\\n' "$volumes" | while read -r class claim volume; do
+      [ "$class" = {wanted} ] || continue
+      printf '%s\\n' "$claims" | grep -qxF -- "$claim" || printf '%s ' "$volume"
+    done)
+    [ -z "$left" ] && exit 0
+  else
+    left="(kubectl failed: see its error above)"  # a transient API error is retried until the deadline
+  fi
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "volumes of deleted claims still not deleted by the storage driver after {int(timeout_seconds)} s: $left" >&2
     echo "(the driver, nodes and cluster are kept: run the destroy again, or delete the disks by hand)" >&2

@@ -278,3 +278,63 @@ def test_make_plan_prints_the_support_warning_once(tmp_path: Any) -> None:
     both = result.stdout + result.stderr
     assert both.count("1.33 left EKS standard support on 2026-07-29") == 1, both
     assert "WARNING" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("error", "key", "says", "not_says"),
+    [
+        (
+            # aws-sdk-go-base VerifyAccountIDAllowed, through the provider's configure.
+            "1 error occurred:\n\t* AWS account ID not allowed: 444455556666\n",
+            "aws:allowedAccountIds",
+            "reach account 444455556666",
+            "eks:ListClusters",
+        ),
+        (
+            # pulumi-aws's own pre-configure check (pulumi/pulumi-aws#3310), several lines.
+            "pulumi:providers:aws resource 'aws' has a problem:\nInvalid credentials configured.\n"
+            "Please see https://www.pulumi.com/docs/intro/cloud-providers/aws/setup/",
+            "rag:cluster.eks.version",
+            "missing, expired or rejected (Invalid credentials configured.)",
+            "eks:ListClusters",
+        ),
+        (
+            "operation error EKS: ListClusters, https response error StatusCode: 403, "
+            "api error ExpiredTokenException: The security token included in the request is expired",
+            "rag:cluster.eks.version",
+            "missing, expired or rejected",
+            "eks:ListClusters",
+        ),
+        (
+            "AccessDeniedException: not authorized to perform: eks:ListClusters",
+            "rag:cluster.eks.version",
+            "needs eks:ListClusters",
+            "credentials in the environment",
+        ),
+    ],
+)
+def test_a_failed_first_read_says_what_failed(
+    monkeypatch: pytest.MonkeyPatch, registered: list[str], error: str, key: str, says: str, not_says: str
+) -> None:
+    """Every failure of the first read through the stack's AWS provider said "needs eks:ListClusters": a deploy
+    with another account's credentials (the provider's aws:allowedAccountIds guard) or with expired ones was sent
+    to fix IAM permissions. The refusal names what failed, on one line, with the key and the stack file."""
+    from infra.offline import PlatformMocks, ProviderError
+
+    original = PlatformMocks.call
+
+    def failing(self: PlatformMocks, args: Any) -> Any:
+        if args.token == "aws:eks/getClusters:getClusters":
+            raise ProviderError(args.token, error)
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", failing)
+    with pytest.raises(ConfigError) as caught:
+        _prod(_live("1.34"))
+    message = str(caught.value)
+    assert caught.value.key == key
+    assert message.startswith(f"{key} in Pulumi.prod.yaml: ")
+    assert "\n" not in message
+    assert says in message
+    assert not_says not in message
+    assert set(registered) <= {"pulumi:pulumi:Stack", "pulumi:providers:aws"}, registered

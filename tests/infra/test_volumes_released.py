@@ -81,6 +81,7 @@ def _fake_kubectl(tmp_path: Path) -> dict[str, str]:
         'case "$2" in\n'
         '  pvc) cat "$FAKE/pvcs" ;;\n'
         '  pv) n=$(( $(cat "$FAKE/count" 2>/dev/null || echo 0) + 1 )); echo "$n" > "$FAKE/count"\n'
+        '      if [ -f "$FAKE/fail.$n" ]; then echo "error: the server is currently unable" >&2; exit 1; fi\n'
         '      if [ -f "$FAKE/pv.$n" ]; then cat "$FAKE/pv.$n"; else cat "$FAKE/pv"; fi ;;\n'
         "  *) exit 9 ;;\n"
         "esac\n"
@@ -144,3 +145,22 @@ def test_no_kubectl_fails_the_delete_with_a_reason(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "kubectl not found" in done.stderr
+
+
+def test_a_failed_kubectl_call_is_retried_until_the_deadline(tmp_path: Path) -> None:
+    """An API server hiccup during the destroy must not fail it: the next poll decides."""
+    env = _fake_kubectl(tmp_path)
+    (tmp_path / "pvcs").write_text("")
+    (tmp_path / "fail.1").write_text("")
+    (tmp_path / "pv").write_text("")
+    done = _run(tmp_path, env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "count").read_text().strip() == "2"
+    assert "unable" in done.stderr
+    # Failing at every poll until the deadline fails the destroy, saying why.
+    for n in range(1, 4):
+        (tmp_path / f"fail.{n}").write_text("")
+    (tmp_path / "count").unlink()
+    done = _run(tmp_path, env, timeout=0)
+    assert done.returncode == 1
+    assert "kubectl failed" in done.stderr
