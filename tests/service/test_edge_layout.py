@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from service.app.store import edge as edge_module
 from service.app.store.edge import EdgeVectorStore
@@ -101,6 +102,22 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         assert acorn.max_selectivity == edge_module.ACORN_MAX_SELECTIVITY == 1.0
         assert every_point_found(store, 12)
         assert not store.consolidation_due()
+        # ACORN only for a tenant holding ACORN_MIN_SHARE of the points: a small one (here 7 of 775) and an
+        # unknown one get the plain walk with the same beam and rescoring, and still find their points.
+        small = points("doc-small", 7, tenant="small")
+        store.upsert(small)
+        assert edge_module.ACORN_MIN_SHARE * store.shard.count(qe.CountRequest(exact=True)) > 7
+        assert store._tenant_search_params("t") is store._search_params
+        for tenant in ("small", "nobody"):
+            plain = store._tenant_search_params(tenant)
+            assert plain is not None
+            assert plain.acorn is None
+            assert plain.hnsw_ef == edge_module.HNSW_EF
+            assert repr(plain.quantization) == repr(store._search_params.quantization)
+        for point in small:
+            top = store.search("small", point.vector, limit=1)
+            assert [(h.document_id, h.chunk_index) for h in top] == [(point.document_id, point.chunk_index)]
+        assert store.search("nobody", small[0].vector, limit=1) == []
     finally:
         store.close()
 

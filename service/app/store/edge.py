@@ -173,7 +173,10 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # the same filter off, whatever the beam, the oversampling or the reuse of a source graph. ACORN (the engine's
 # ACORN-1 filtered walk: a rejected neighbour's own neighbours are visited instead) closes those gaps, so merged
 # segments are searched with it at any filter selectivity (ACORN_MAX_SELECTIVITY 1.0; the engine's default, 0.4,
-# would leave a 90 % tenant on the plain walk). So shards are built with HNSW_M (64) links (new shards, and every
+# would leave a 90 % tenant on the plain walk), but only for a tenant holding at least ACORN_MIN_SHARE of the
+# shard's points (the engine's estimate, about 2 us): a 10 % tenant scored recall@5 1.000 on the plain walk too,
+# where ACORN cost 5-9x its CPU, 2-5x stop 17's layout ("Small tenants on the merged layout, stop 19"); a
+# tenant under the engine's full-scan threshold (~6.6k points a segment) is scanned exactly either way. So shards are built with HNSW_M (64) links (new shards, and every
 # segment a consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges),
 # the cap merges 100k chunks into one segment (+ the appendable one), searched with EDGE_HNSW_EF (400) and ACORN.
 # The beam is per segment, and a segment the serving process built (at most EDGE_SEGMENT_POINTS) needs less: a
@@ -188,6 +191,7 @@ HNSW_EF_CONSTRUCT = 100
 HNSW_EF = 400
 SMALL_SEGMENT_EF = 250
 ACORN_MAX_SELECTIVITY = 1.0
+ACORN_MIN_SHARE = 0.2
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
@@ -1589,6 +1593,20 @@ class EdgeVectorStore:
             acorn=acorn,
         )
 
+    def _tenant_search_params(self, tenant_id: str) -> qe.SearchParams | None:
+        """The dense search settings for ``tenant_id``: ACORN (merged layouts) only when the tenant holds at least
+        ACORN_MIN_SHARE of the shard's points by the engine's estimate (see HNSW_M's comment)."""
+        params = self._search_params
+        if params is None or params.acorn is None:
+            return params
+        tenant = qe.Filter(must=[_match("tenant_id", tenant_id)])
+        with self._engine() as shard:
+            points = shard.count(qe.CountRequest(exact=False))
+            share = shard.count(qe.CountRequest(exact=False, filter=tenant))
+        if share >= ACORN_MIN_SHARE * points:
+            return params
+        return qe.SearchParams(hnsw_ef=params.hnsw_ef, quantization=params.quantization)
+
     @property
     def quantized(self) -> bool:
         """Whether the open shard stores int8-quantized dense vectors (searched, then rescored exactly)."""
@@ -1964,6 +1982,7 @@ class EdgeVectorStore:
         """Best chunks of the tenant matching every condition, by ``mode`` (see `VectorStore.search`); the
         engine releases the GIL while it searches."""
         selection = qe.Filter(must=[_match("tenant_id", tenant_id), *(_condition(c) for c in conditions)])
+        dense_params = self._tenant_search_params(tenant_id) if mode != "sparse" else None
         if mode == "dense":
             if vector is None:
                 raise ValueError("dense search needs the query vector")
@@ -1974,7 +1993,7 @@ class EdgeVectorStore:
                 filter=selection,
                 with_payload=HIT_PAYLOAD,
                 score_threshold=score_threshold,
-                params=self._search_params,
+                params=dense_params,
             )
             with self._engine() as shard:
                 found = shard.query(request)
@@ -2004,7 +2023,7 @@ class EdgeVectorStore:
                             query=qe.Query.Nearest(list(vector), using=DENSE_VECTOR),
                             filter=selection,
                             score_threshold=score_threshold,
-                            params=self._search_params,
+                            params=dense_params,
                         ),
                         qe.Prefetch(prefetch_limit, query=sparse_query, filter=selection),
                     ],
