@@ -68,7 +68,7 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
     tmp_path: Path,
 ) -> None:
     # 12 x 64 points under a 256-point cap: the planner packs the 64-128 point segments into merged ones of at
-    # most 256 (the default cap does the same with 30,720 at 100k chunks: 13 segments -> 5 + the appendable one).
+    # most 256 (the default cap does the same with 102,400 at 100k chunks: 13 segments -> 1 + the appendable one).
     store = fragmented(tmp_path / "edge" / "c", 12, consolidate_segment_points=256)
     seen: dict[str, bool] = {}
 
@@ -81,8 +81,9 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         assert before >= 6
         assert every_point_found(store, 12)
         # Unmerged segments (the serving process's, at most segment_points each) are searched with the small beam
-        # (the same as the default beam; a wider EDGE_HNSW_EF applies to merged segments only).
+        # (narrower than the default beam, EDGE_HNSW_EF, which applies to merged segments only).
         assert store._search_params.hnsw_ef == edge_module.SMALL_SEGMENT_EF <= edge_module.HNSW_EF
+        assert store._search_params.acorn is None  # and the plain filtered walk
         store.consolidation_hook = during
         assert store.consolidate()
         assert seen == {"merging": True, "merged": True}
@@ -93,6 +94,11 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         graphs = segment_graphs(store.path)
         assert set(graphs) - {None} == {edge_module.HNSW_M}
         assert store._search_params.hnsw_ef == edge_module.HNSW_EF  # merged segments: the full beam
+        # and ACORN's filtered walk at any selectivity (a 90 % tenant too: the engine's default stops at 40 %)
+        acorn = store._search_params.acorn
+        assert acorn is not None
+        assert acorn.enable
+        assert acorn.max_selectivity == edge_module.ACORN_MAX_SELECTIVITY == 1.0
         assert every_point_found(store, 12)
         assert not store.consolidation_due()
     finally:
@@ -109,6 +115,13 @@ def test_the_beam_follows_the_layout_and_never_exceeds_the_setting() -> None:
     assert beam(full, points=0, segments=1, segment_points=10_240) == small  # a new shard
     assert beam(full, points=20_481, segments=2, segment_points=10_240) == full  # just past the average
     assert beam(full, points=20_480, segments=2, segment_points=10_240) == small
+    # ACORN's filtered walk goes with the merged layouts, never with the unmerged ones.
+    merged = edge_module.merged_layout
+    assert merged(points=100_000, segments=2, segment_points=10_240)
+    assert merged(points=20_481, segments=2, segment_points=10_240)
+    assert not merged(points=20_480, segments=2, segment_points=10_240)
+    assert not merged(points=100_000, segments=14, segment_points=10_240)
+    assert not merged(points=0, segments=0, segment_points=10_240)
     # EDGE_HNSW_EF below the small beam applies to every layout.
     assert beam(100, points=100_000, segments=14, segment_points=10_240) == 100
     assert beam(100, points=100_000, segments=2, segment_points=10_240) == 100

@@ -102,10 +102,10 @@ class Settings(BaseSettings):
         description="merge small segments in a child process once writes have paused this long; 0: never",
     )
     edge_consolidate_segment_points: int = Field(
-        30720, ge=64, description="largest segment a consolidation merges (in a child process)"
+        102400, ge=64, description="largest segment a consolidation merges (in a child process)"
     )
     edge_hnsw_ef: int = Field(
-        250,
+        400,
         ge=1,
         le=10_000,
         description=(

@@ -151,7 +151,7 @@ SEGMENT_POINTS = 10240
 MERGE_SEGMENT_NUMBER = 2
 # Consolidation (see the module docstring): the child merges towards one segment per cap, and vacuums segments
 # with more than the engine's default share of deleted points (which the serving process no longer does).
-CONSOLIDATE_SEGMENT_POINTS = 30720
+CONSOLIDATE_SEGMENT_POINTS = 102400
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
@@ -162,30 +162,32 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # with a wider beam (hnsw_ef) than the engine's default (ef_construct, 100), which buys the recall back.
 QUANTIZATION_QUANTILE = 0.99
 QUANTIZATION_OVERSAMPLING = 2.0
-# The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17" and "One
-# merged segment at 100k, stop 18"). A search costs about one HNSW walk per segment, and recall on a
-# near-duplicate-heavy corpus falls as a segment holds more copies of one text (bench/scale.py's: 50 copies of each
-# chunk at ~0.87 cosine): a point's base-layer links (2 x m) fill up inside its clique and the graph falls apart
-# into islands that no beam buys back. With 16 links, seven segments of ~14k; with 32, five of <= 23k (0.970-0.998
-# at beam 160 across builds; 0.953-0.957 in two of 38.5k); with 64 links (128 on the base layer, more than a clique
-# fills), ONE merged segment of all 100k points kept recall@5 0.991-0.992 at beam 600 in three builds of one
-# engineer, for 0.45-0.65x the engine CPU per new query of five 32-link segments at beam 250; but the quiet verdict
-# of 2026-11-27 06:46 measured 0.909 with it, and on that run's vectors three more builds gave 0.974, 0.941 (at
-# ef_construct 256) and five 32-link segments 0.991 (docs/benchmarks.md, "Issue 13 verdict, 2026-11-27 06:46"): the
-# one-segment layout is not robust. So shards are built with HNSW_M (32) links (new shards, and every segment a
-# consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges), the cap
-# merges 100k chunks into five segments (+ the appendable one), searched with EDGE_HNSW_EF (250).
+# The HNSW graph and the search beam (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k, stop 17", "One merged
+# segment at 100k, stop 18" and "One-segment recall at 100k: the tenant filter, stop 19"). A search costs about one
+# HNSW walk per segment, so one merged segment is the cheapest layout. On a near-duplicate-heavy corpus
+# (bench/scale.py's: 50 copies of each chunk at ~0.87 cosine) the copies of a text form cliques that fill a point's
+# base-layer links (2 x m): with 16 or 32 links a large segment falls apart into islands; with 64 links (128 on the
+# base layer) one segment of 100k points holds together, but the engine's filtered walk does not step on a point
+# the filter rejects (the tenant filter: the other tenants' 10 %), and in some builds a clique's few links in from
+# the rest of the graph all went through rejected points: recall@5 0.90-0.91 in those builds against 0.99 with
+# the same filter off, whatever the beam, the oversampling or the reuse of a source graph. ACORN (the engine's
+# ACORN-1 filtered walk: a rejected neighbour's own neighbours are visited instead) closes those gaps, so merged
+# segments are searched with it at any filter selectivity (ACORN_MAX_SELECTIVITY 1.0; the engine's default, 0.4,
+# would leave a 90 % tenant on the plain walk). So shards are built with HNSW_M (64) links (new shards, and every
+# segment a consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges),
+# the cap merges 100k chunks into one segment (+ the appendable one), searched with EDGE_HNSW_EF (400) and ACORN.
 # The beam is per segment, and a segment the serving process built (at most EDGE_SEGMENT_POINTS) needs less: a
 # shard whose segments hold EDGE_SEGMENT_POINTS points or fewer on average (before its first consolidation, or
-# with consolidation off) is searched with min(EDGE_HNSW_EF, SMALL_SEGMENT_EF): 13 unmerged segments at beam 600
-# cost 1.8x the CPU of 250 (`search_beam`).
+# with consolidation off) is searched with min(EDGE_HNSW_EF, SMALL_SEGMENT_EF) and the plain walk (its small
+# segments hold few copies of a text: no islands) (`search_beam`, `merged_layout`).
 # The serving process loads a shard with the graph config it has stored: a different one would make the engine
 # rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
 # shard built by an earlier release takes HNSW_M at its next consolidation.
-HNSW_M = 32
+HNSW_M = 64
 HNSW_EF_CONSTRUCT = 100
-HNSW_EF = 250
+HNSW_EF = 400
 SMALL_SEGMENT_EF = 250
+ACORN_MAX_SELECTIVITY = 1.0
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
 # files (so they travel with it through a consolidation and go with it when it is dropped), and the builder thread
 # idles this many times as long as a build took before the next one: <= 1/(1 + ratio) of the process, like the
@@ -396,9 +398,16 @@ def search_beam(hnsw_ef: int, *, points: int, segments: int, segment_points: int
     the serving process's bounded passes build) points, i.e. it holds merged segments; else the smaller
     ``SMALL_SEGMENT_EF`` (never more than ``hnsw_ef``). Chosen when the shard is opened (start-up, and a
     consolidation's swap), like the search pool."""
-    if points > segment_points * max(1, segments):
+    if merged_layout(points=points, segments=segments, segment_points=segment_points):
         return hnsw_ef
     return min(hnsw_ef, SMALL_SEGMENT_EF)
+
+
+def merged_layout(*, points: int, segments: int, segment_points: int) -> bool:
+    """Whether a shard of ``points`` in ``segments`` (the appendable one included) holds merged segments: its
+    segments average more than ``segment_points`` (EDGE_SEGMENT_POINTS, what the serving process's bounded passes
+    build). Such a shard is searched with the full beam and ACORN (see HNSW_M's comment)."""
+    return points > segment_points * max(1, segments)
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -1561,17 +1570,23 @@ class EdgeVectorStore:
         original vectors (so every score is the exact cosine)."""
         config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
         info = self.shard.info()
-        beam = search_beam(
-            self.hnsw_ef,
-            points=info.points_count,
-            segments=info.segments_count,
-            segment_points=self._segment_points,
+        layout = {
+            "points": info.points_count,
+            "segments": info.segments_count,
+            "segment_points": self._segment_points,
+        }
+        beam = search_beam(self.hnsw_ef, **layout)
+        acorn = (
+            qe.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY)
+            if merged_layout(**layout)
+            else None
         )
         if not config.get("quantization_config"):
-            return qe.SearchParams(hnsw_ef=beam)
+            return qe.SearchParams(hnsw_ef=beam, acorn=acorn)
         return qe.SearchParams(
             hnsw_ef=beam,
             quantization=qe.QuantizationSearchParams(rescore=True, oversampling=QUANTIZATION_OVERSAMPLING),
+            acorn=acorn,
         )
 
     @property
