@@ -106,7 +106,9 @@ def test_the_delete_waits_until_the_released_volumes_are_gone(tmp_path: Path) ->
     env = _fake_kubectl(tmp_path)
     (tmp_path / "pvcs").write_text("kube-system/kept\n")
     # Two polls still see the volume of the deleted claim, the third sees it deleted by the driver.
-    (tmp_path / "pv.1").write_text("gp3 Delete rag/storage-qdrant-0 pvc-1\ngp3 Delete kube-system/kept pvc-2\n")
+    (tmp_path / "pv.1").write_text(
+        "gp3 Delete rag/storage-qdrant-0 pvc-1\ngp3 Delete kube-system/kept pvc-2\n"
+    )
     (tmp_path / "pv.2").write_text("gp3 Delete rag/storage-qdrant-0 pvc-1\n")
     (tmp_path / "pv").write_text("gp3 Delete kube-system/kept pvc-2\n")
     done = _run(tmp_path, env, timeout=300)
