@@ -720,7 +720,8 @@ def test_no_alert_threshold_docstring_is_detached_from_its_field() -> None:
     documented = []
     for i, node in enumerate(body):
         if is_doc(node):
-            assert i > 0 and isinstance(body[i - 1], ast.AnnAssign), node.value.value
+            assert i > 0, node.value.value
+            assert isinstance(body[i - 1], ast.AnnAssign), node.value.value
             documented.append(ast.unparse(body[i - 1].target))
     for name in ("unschedulable_pod_minutes", "volume_free_ratio", "volume_critical_free_ratio"):
         assert name in documented, name
