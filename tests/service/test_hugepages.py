@@ -212,3 +212,36 @@ def test_the_document_session_is_collapsed_only_where_it_also_runs_the_queries(
     # fp32 queries and documents are the same numbers as the int8 embedder's float32 session computes
     text = "how do I change the owner of a file"
     assert fp32.embed_documents([text]) == int8.embed_documents([text])
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_a_failure_of_the_collapse_never_fails_the_block_it_wraps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing_call: int
+) -> None:
+    # The module is a speed hint around the query session's build: an unexpected error while it reads /proc
+    # (before the block or after it) must leave the session built (it surfaced as "the ONNX model cannot be
+    # loaded" and failed the start-up), with nothing collapsed and the reason kept.
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+    calls: list[int] = []
+    real = hugepages.resident_pages
+
+    def failing(ranges: list[tuple[int, int]]) -> dict[int, int]:
+        calls.append(1)
+        if len(calls) == failing_call:
+            raise ValueError("an unexpected pagemap")
+        return real(ranges)
+
+    monkeypatch.setattr(hugepages, "resident_pages", failing)
+    built = []
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(4 * HUGE_PAGE)
+        region[:] = b"\3" * (4 * HUGE_PAGE)
+        built.append(True)
+    assert built == [True]
+    assert result.extents == []
+    assert result.tried == 0
+    assert result.failed == "ValueError: an unexpected pagemap"
+    assert region[:] == b"\3" * (4 * HUGE_PAGE)
+    region.close()

@@ -55,6 +55,7 @@ class HugePages:
     extents: list[int] = field(default_factory=list)
     tried: int = 0  # extents it asked the kernel to collapse
     refused: dict[int, int] = field(default_factory=dict)  # errno -> extents the kernel did not collapse
+    failed: str | None = None  # what stopped it early (never raised: a speed hint must not fail the block)
 
     @property
     def collapsed_bytes(self) -> int:
@@ -143,17 +144,27 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
     if libc is None or thp_mode() not in ("always", "madvise"):
         yield result
         return
-    with contextlib.suppress(AttributeError):  # glibc's; musl has none (its free pages are not reused alike)
-        libc.malloc_trim(0)
-    before = resident_pages(anonymous_ranges())
+    # A speed hint: nothing it meets (an unexpected /proc format, a failed allocation) may fail the block's
+    # work, e.g. the session build it wraps; such a failure is kept in ``result.failed`` and nothing is collapsed.
+    try:
+        with contextlib.suppress(AttributeError):  # glibc's; musl has none (its free pages are not reused alike)
+            libc.malloc_trim(0)
+        before = resident_pages(anonymous_ranges())
+    except Exception as exc:
+        result.failed = f"{type(exc).__name__}: {exc}"
+        yield result
+        return
     yield result
-    for start in grown_extents(before, resident_pages(anonymous_ranges())):
-        result.tried += 1
-        if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
-            result.extents.append(start)
-        else:  # e.g. ENOMEM/EAGAIN: no free 2 MiB page right now; EINVAL: THP disabled for this process
-            error = ctypes.get_errno()
-            result.refused[error] = result.refused.get(error, 0) + 1
+    try:
+        for start in grown_extents(before, resident_pages(anonymous_ranges())):
+            result.tried += 1
+            if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
+                result.extents.append(start)
+            else:  # e.g. ENOMEM/EAGAIN: no free 2 MiB page right now; EINVAL: THP disabled for this process
+                error = ctypes.get_errno()
+                result.refused[error] = result.refused.get(error, 0) + 1
+    except Exception as exc:
+        result.failed = f"{type(exc).__name__}: {exc}"
 
 
 def huge_page_bytes(extents: list[int], smaps: Path = Path("/proc/self/smaps")) -> int:
