@@ -147,7 +147,8 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
     # A speed hint: nothing it meets (an unexpected /proc format, a failed allocation) may fail the block's
     # work, e.g. the session build it wraps; such a failure is kept in ``result.failed`` and nothing is collapsed.
     try:
-        with contextlib.suppress(AttributeError):  # glibc's; musl has none (its free pages are not reused alike)
+        # glibc's malloc_trim; musl has none (its free pages are not reused alike)
+        with contextlib.suppress(AttributeError):
             libc.malloc_trim(0)
         before = resident_pages(anonymous_ranges())
     except Exception as exc:
