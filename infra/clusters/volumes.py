@@ -63,6 +63,9 @@ while :; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "volumes of deleted claims still not deleted by the storage driver after {int(timeout_seconds)} s: $left" >&2
     echo "(the driver, nodes and cluster are kept: run the destroy again, or delete the disks by hand)" >&2
+    case "$left" in "(kubectl failed"*)
+      echo "(a cluster that no longer answers: check what is left in the cloud console, then run pulumi state delete on this volumes-released resource and run the destroy again)" >&2 ;;
+    esac
     exit 1
   fi
   sleep {int(poll_seconds)}
