@@ -245,3 +245,37 @@ def test_a_failure_of_the_collapse_never_fails_the_block_it_wraps(
     assert result.failed == "ValueError: an unexpected pagemap"
     assert region[:] == b"\3" * (4 * HUGE_PAGE)
     region.close()
+
+
+def test_the_collapses_stop_at_their_time_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Each MADV_COLLAPSE may enter direct reclaim and compaction (madvise(2)); on a fragmented node that is slow,
+    # and the query session's build waits for it: the collapses stop once MAX_COLLAPSE_SECONDS have passed.
+    import ctypes
+
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+    now = [0.0]
+    monkeypatch.setattr(hugepages, "_clock", lambda: now[0])
+
+    class Slow:
+        calls = 0
+
+        def madvise(self, start: int, length: int, advice: int) -> int:
+            self.calls += 1
+            now[0] += hugepages.MAX_COLLAPSE_SECONDS / 2 + 0.01  # each collapse takes over half the budget
+            ctypes.set_errno(0)
+            return 0
+
+        def malloc_trim(self, pad: int) -> int:
+            return 1
+
+    slow = Slow()
+    monkeypatch.setattr(hugepages, "_libc", lambda: slow)
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(6 * HUGE_PAGE)
+        region[:] = b"\4" * (6 * HUGE_PAGE)
+    assert slow.calls == result.tried == 2  # the third would start past the budget
+    assert result.failed is not None
+    assert "stopped after" in result.failed
+    region.close()

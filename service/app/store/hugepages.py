@@ -20,7 +20,8 @@ khugepaged behave as before, and a nearly full extent gains at most a few pages 
 What it does not change: any number the model computes (the same bytes on other pages), or anything on a host
 with THP ``never``, without ``MADV_COLLAPSE`` (older kernels) or not on Linux: nothing is done there. Every
 failure is ignored: this is a speed hint. Cost: the collapse copies each extent once (~75 MB for MiniLM's int8
-graph: ~0.1-0.3 s of start-up CPU on this machine).
+graph: ~0.1-0.3 s of start-up CPU on this machine); each collapse may also enter the kernel's direct reclaim and
+compaction, so the collapses stop after ``MAX_COLLAPSE_SECONDS`` (what is left stays on 4 KiB pages).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,11 @@ MIN_PRESENT_PAGES = 500
 # A mapping larger than this is not scanned (its pagemap alone would be 8 bytes per 4 KiB: 16 MiB for 8 GiB): a
 # runtime's reservation, not buffers a session just filled.
 MAX_SCANNED_MAPPING = 8 * 1024**3
+# The collapses stop once they took this long: each may enter direct reclaim and compaction for its 2 MiB page
+# (madvise(2): whatever the mappings' flags), which on a fragmented, memory-pressed node can take far longer than the
+# ~0.1-0.3 s the copies cost here, and the wrapped block (the query session's build) waits for them.
+MAX_COLLAPSE_SECONDS = 2.0
+_clock = time.monotonic
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 Range = tuple[int, int]
@@ -157,7 +164,13 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
         return
     yield result
     try:
+        deadline = _clock() + MAX_COLLAPSE_SECONDS
         for start in grown_extents(before, resident_pages(anonymous_ranges())):
+            if _clock() > deadline:
+                result.failed = (
+                    f"stopped after {MAX_COLLAPSE_SECONDS:g} s (the kernel's reclaim or compaction)"
+                )
+                break
             result.tried += 1
             if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
                 result.extents.append(start)
