@@ -18,9 +18,6 @@ from typing import Any
 
 def main() -> None:
     """Run the service as configured by the environment."""
-    # Start-up allocates hundreds of thousands of objects that all stay alive (modules, classes, pydantic and
-    # FastAPI schemas); the cyclic collector's passes over them were about a quarter of the import CPU time. Off
-    # until the app is built, then those objects are frozen out of every later collection.
     from service.app.core.usage import parse_no_arguments
 
     parse_no_arguments(
@@ -30,6 +27,9 @@ def main() -> None:
         "QDRANT_URL, REDIS_URL, API_KEYS, API_KEYS_FILE, ADMIN_API_KEY, AUTH_DISABLED, ENVIRONMENT, "
         "EMBEDDING_MODEL) or a .env file; see docs/operations.md.",
     )
+    # Start-up allocates hundreds of thousands of objects that all stay alive (modules, classes, pydantic and
+    # FastAPI schemas); the cyclic collector's passes over them were about a quarter of the import CPU time. Off
+    # until the app is built, then those objects are frozen out of every later collection.
     gc.disable()
     from pydantic import ValidationError
 

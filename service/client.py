@@ -214,10 +214,12 @@ class IngestClient:
         self._on_wait(message)
 
     def stored_hash(self, document_id: str) -> str | None:
-        """The content hash the service holds for ``document_id`` (None: no such document, or no answer)."""
+        """The content hash the service holds for ``document_id`` (None: no such document, or another answer).
+
+        Raises NoAnswer or httpx.TransportError when the service does not answer (after ``send``'s retries)."""
         try:
             response = self.send("GET", f"/v1/documents/{document_id}")
-        except (NoAnswer, NotTheService, httpx.TransportError):  # NotTheService: a 404, no such document yet
+        except NotTheService:  # a 404: no such document yet
             return None
         if response.status_code != 200:
             return None
@@ -232,21 +234,27 @@ class IngestClient:
         would pay its rate limit twice for an `unchanged`. The first file not held yet is most likely the one
         still being stored: it is asked again, every POLL_SECONDS, until it is held or ABANDONED_WAIT_SECONDS
         (at most the client's timeout) have passed, so the halves do not run beside it. Files whose hash cannot
-        be computed here (HTML: the service extracts its text) are sent again, as before."""
+        be computed here (HTML: the service extracts its text) are sent again, as before. A question the service
+        does not answer (a read timeout, or connection errors past ``send``'s retries) ends the asking: the files
+        not confirmed yet go again at once (asking each in turn cost a full timeout or ~30 s of retries per
+        file of the batch, before anything was sent again)."""
         expected = [content_hash_of(item) for item in batch]
-        held = [
-            digest is not None and self.stored_hash(item.document["document_id"]) == digest  # type: ignore[index]
-            for item, digest in zip(batch, expected, strict=True)
-        ]
-        first = next((index for index, ok in enumerate(held) if not ok), None)
-        if first is not None and expected[first] is not None:
-            document_id = batch[first].document["document_id"]  # type: ignore[index]
-            deadline = self._clock() + min(self._timeout, ABANDONED_WAIT_SECONDS)
-            while self._clock() < deadline:
-                self._sleep(POLL_SECONDS)
-                if self.stored_hash(document_id) == expected[first]:
-                    held[first] = True
-                    break
+        held = [False] * len(batch)
+        try:
+            for index, (item, digest) in enumerate(zip(batch, expected, strict=True)):
+                if digest is not None:
+                    held[index] = self.stored_hash(item.document["document_id"]) == digest  # type: ignore[index]
+            first = next((index for index, ok in enumerate(held) if not ok), None)
+            if first is not None and expected[first] is not None:
+                document_id = batch[first].document["document_id"]  # type: ignore[index]
+                deadline = self._clock() + min(self._timeout, ABANDONED_WAIT_SECONDS)
+                while self._clock() < deadline:
+                    self._sleep(POLL_SECONDS)
+                    if self.stored_hash(document_id) == expected[first]:
+                        held[first] = True
+                        break
+        except (NoAnswer, httpx.TransportError):
+            self._on_wait("the service does not answer; sending the files not confirmed stored again")
         return [item for item, ok in zip(batch, held, strict=True) if not ok]
 
     def close(self) -> None:

@@ -5,7 +5,8 @@
     python -m service.reindex status --url URL [--wait]
     python -m service.reindex rollback --url URL
 
-The admin key comes from --key or ADMIN_API_KEY (not needed when the service runs with AUTH_DISABLED=true).
+The admin key comes from --key or ADMIN_API_KEY (not needed when the service runs with AUTH_DISABLED=true and
+no ADMIN_API_KEY of its own: a key the service has set is checked, auth off or not).
 Exit status: 0 when the command did what it says (with --wait: the re-index switched), 1 when the service
 refused it, the re-index failed (the reason is printed) or --wait gave up after --timeout, 2 for a usage error.
 

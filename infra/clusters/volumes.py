@@ -33,11 +33,12 @@ def release_wait_script(
     storage_class: str, timeout_seconds: int = RELEASE_TIMEOUT_SECONDS, poll_seconds: int = POLL_SECONDS
 ) -> str:
     """The delete step: poll (kubectl, with the stack's kubeconfig from `$RAG_DESTROY_KUBECONFIG`) until no
-    PersistentVolume of `storage_class` is left whose claim (`spec.claimRef`) no longer exists."""
+    PersistentVolume of `storage_class` with reclaim policy `Delete` is left whose claim (`spec.claimRef`) no longer
+    exists. A `Retain` volume is the driver's to keep, not to delete: waiting for it would fail every destroy of the stack after the wait."""
     wanted = shlex.quote(storage_class)
     pv_query = shlex.quote(
-        "{range .items[*]}{.spec.storageClassName} {.spec.claimRef.namespace}/{.spec.claimRef.name}"
-        ' {.metadata.name}{"\\n"}{end}'
+        "{range .items[*]}{.spec.storageClassName} {.spec.persistentVolumeReclaimPolicy}"
+        ' {.spec.claimRef.namespace}/{.spec.claimRef.name} {.metadata.name}{"\\n"}{end}'
     )
     pvc_query = shlex.quote('{range .items[*]}{.metadata.namespace}/{.metadata.name}{"\\n"}{end}')
     return f"""set -eu
@@ -50,8 +51,9 @@ deadline=$(( $(date +%s) + {int(timeout_seconds)} ))
 while :; do
   if claims=$(kubectl get pvc --all-namespaces -o jsonpath={pvc_query}) \\
     && volumes=$(kubectl get pv -o jsonpath={pv_query}); then
-    left=$(printf '%s\\n' "$volumes" | while read -r class claim volume; do
-      [ "$class" = {wanted} ] || continue
+    left=$(printf '%s\\n' "$volumes" | while read -r class policy claim volume; do
+      # Only the driver's deletes are waited for: a Retain volume (patched so, or a class that retains) never goes.
+      [ "$class" = {wanted} ] && [ "$policy" = Delete ] || continue
       printf '%s\\n' "$claims" | grep -qxF -- "$claim" || printf '%s ' "$volume"
     done)
     [ -z "$left" ] && exit 0
@@ -61,6 +63,9 @@ while :; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     echo "volumes of deleted claims still not deleted by the storage driver after {int(timeout_seconds)} s: $left" >&2
     echo "(the driver, nodes and cluster are kept: run the destroy again, or delete the disks by hand)" >&2
+    case "$left" in "(kubectl failed"*)
+      echo "(a cluster that no longer answers: check what is left in the cloud console, then run pulumi state delete on this volumes-released resource and run the destroy again)" >&2 ;;
+    esac
     exit 1
   fi
   sleep {int(poll_seconds)}

@@ -144,13 +144,13 @@ class AlertThresholds:
     llm_p95_latency_seconds: float = 30.0
     """p95 of successful LLM calls, start to last token."""
     unschedulable_pod_minutes: int = 10
+    """A pod of the stack Pending as unschedulable this long: no node fits it, and (on EKS) the Cluster Autoscaler
+    did not add one within the minutes a node takes to join."""
     volume_free_ratio: float = 0.15
     """A data volume (Qdrant, Valkey, CloudNativePG) with less free space than this share of its capacity: grow it
     while it can still be done calmly (a resize takes minutes to hours, and Qdrant's optimizer needs headroom)."""
     volume_critical_free_ratio: float = 0.05
     """Less free than this: writes are about to fail."""
-    """A pod of the stack Pending as unschedulable this long: no node fits it, and (on EKS) the Cluster Autoscaler
-    did not add one within the minutes a node takes to join."""
 
 
 @dataclass(frozen=True)

@@ -697,3 +697,31 @@ def test_the_alerts_for_an_existing_prometheus_fire_on_their_series(tmp_path: Pa
     )
     result = run_promtool(tmp_path, own, fires)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_alert_threshold_docstring_is_detached_from_its_field() -> None:
+    """No AlertThresholds docstring stands detached from its field (one did: a field added between a field and its
+    docstring took that docstring, and the other field had none)."""
+    import ast
+    import inspect
+
+    from infra.components import monitoring
+
+    (cls,) = [
+        node
+        for node in ast.parse(inspect.getsource(monitoring)).body
+        if isinstance(node, ast.ClassDef) and node.name == "AlertThresholds"
+    ]
+    body = cls.body[1:]  # after the class docstring
+
+    def is_doc(node: ast.stmt) -> bool:
+        return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+
+    documented = []
+    for i, node in enumerate(body):
+        if is_doc(node):
+            assert i > 0, node.value.value
+            assert isinstance(body[i - 1], ast.AnnAssign), node.value.value
+            documented.append(ast.unparse(body[i - 1].target))
+    for name in ("unschedulable_pod_minutes", "volume_free_ratio", "volume_critical_free_ratio"):
+        assert name in documented, name

@@ -106,9 +106,11 @@ def test_the_delete_waits_until_the_released_volumes_are_gone(tmp_path: Path) ->
     env = _fake_kubectl(tmp_path)
     (tmp_path / "pvcs").write_text("kube-system/kept\n")
     # Two polls still see the volume of the deleted claim, the third sees it deleted by the driver.
-    (tmp_path / "pv.1").write_text("gp3 rag/storage-qdrant-0 pvc-1\ngp3 kube-system/kept pvc-2\n")
-    (tmp_path / "pv.2").write_text("gp3 rag/storage-qdrant-0 pvc-1\n")
-    (tmp_path / "pv").write_text("gp3 kube-system/kept pvc-2\n")
+    (tmp_path / "pv.1").write_text(
+        "gp3 Delete rag/storage-qdrant-0 pvc-1\ngp3 Delete kube-system/kept pvc-2\n"
+    )
+    (tmp_path / "pv.2").write_text("gp3 Delete rag/storage-qdrant-0 pvc-1\n")
+    (tmp_path / "pv").write_text("gp3 Delete kube-system/kept pvc-2\n")
     done = _run(tmp_path, env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "count").read_text().strip() == "3"
@@ -118,7 +120,7 @@ def test_the_delete_waits_until_the_released_volumes_are_gone(tmp_path: Path) ->
 def test_volumes_of_live_claims_and_other_classes_are_not_waited_for(tmp_path: Path) -> None:
     env = _fake_kubectl(tmp_path)
     (tmp_path / "pvcs").write_text("rag/storage-qdrant-0\n")
-    (tmp_path / "pv").write_text("gp3 rag/storage-qdrant-0 pvc-1\ngp2 gone/data pvc-3\n")
+    (tmp_path / "pv").write_text("gp3 Delete rag/storage-qdrant-0 pvc-1\ngp2 Delete gone/data pvc-3\n")
     done = _run(tmp_path, env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "count").read_text().strip() == "1"
@@ -127,11 +129,12 @@ def test_volumes_of_live_claims_and_other_classes_are_not_waited_for(tmp_path: P
 def test_a_volume_never_deleted_fails_the_destroy_and_names_it(tmp_path: Path) -> None:
     env = _fake_kubectl(tmp_path)
     (tmp_path / "pvcs").write_text("")
-    (tmp_path / "pv").write_text("gp3 rag/data-redis-0 pvc-9\n")
+    (tmp_path / "pv").write_text("gp3 Delete rag/data-redis-0 pvc-9\n")
     done = _run(tmp_path, env, timeout=0)
     assert done.returncode == 1
     assert "pvc-9" in done.stderr
     assert "run the destroy again" in done.stderr
+    assert "pulumi state delete" not in done.stderr  # the cluster answers: the volume is the driver's
 
 
 def test_no_kubectl_fails_the_delete_with_a_reason(tmp_path: Path) -> None:
@@ -164,3 +167,20 @@ def test_a_failed_kubectl_call_is_retried_until_the_deadline(tmp_path: Path) -> 
     done = _run(tmp_path, env, timeout=0)
     assert done.returncode == 1
     assert "kubectl failed" in done.stderr
+    # A cluster that never answers again would fail every destroy here: the way out is named.
+    assert "pulumi state delete on this volumes-released resource" in done.stderr
+
+
+def test_a_retained_volume_of_the_class_is_not_waited_for(tmp_path: Path) -> None:
+    """A volume whose reclaim policy is Retain (patched so by hand, or a configured class that retains) stays after
+    its claim on purpose: the driver never deletes it, so waiting for it would fail every destroy at the deadline."""
+    env = _fake_kubectl(tmp_path)
+    (tmp_path / "pvcs").write_text("")
+    (tmp_path / "pv").write_text("gp3 Retain rag/storage-qdrant-0 pvc-7\n")
+    done = _run(tmp_path, env, timeout=0)
+    assert done.returncode == 0, done.stderr
+    # The same volume with policy Delete is waited for (and named at the deadline).
+    (tmp_path / "pv").write_text("gp3 Delete rag/storage-qdrant-0 pvc-7\n")
+    done = _run(tmp_path, env, timeout=0)
+    assert done.returncode == 1
+    assert "pvc-7" in done.stderr

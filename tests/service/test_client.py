@@ -685,3 +685,42 @@ def test_a_batch_the_real_service_was_still_storing_is_not_sent_again_for_what_i
         if started.proc.poll() is None:
             os.kill(started.proc.pid, signal.SIGCONT)
         _stop(started.proc)
+
+
+@pytest.mark.parametrize(
+    ("failure", "requests_per_question"),
+    [(httpx.ReadTimeout, 1), (httpx.ConnectError, 1 + ingest_client.TRANSIENT_RETRIES)],
+)
+def test_a_service_that_does_not_answer_the_questions_after_an_abandoned_batch_is_asked_once(
+    tmp_path: Path, failure: type[httpx.TransportError], requests_per_question: int
+) -> None:
+    """After a batch without an answer the client asks which files the service holds. A service that does not
+    answer that either (still stopped, or gone) was asked once per file of the batch, each a full --timeout (or
+    ~30 s of connection retries), then polled for the first one: hours for a large batch before anything was sent
+    again. The first question without an answer ends the asking, and every file goes again."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"note-{i}.md").write_text(f"Note {i}.")
+    batch = [ingest_client.prepare(folder / f"note-{i}.md", folder, 100_000) for i in range(6)]
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        raise failure("no answer", request=request)
+
+    waits: list[str] = []
+    now = [0.0]
+    client = ingest_client.IngestClient(
+        "http://service",
+        None,
+        ingest_client.Report(),
+        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
+        clock=lambda: now[0],
+        timeout=7,
+        on_wait=waits.append,
+    )
+    client._http = httpx.Client(base_url="http://service", transport=httpx.MockTransport(handler))
+    assert client.settle_abandoned(batch) == batch  # nothing confirmed: every file goes again
+    assert asked == ["/v1/documents/note-0.md"] * requests_per_question, asked
+    assert "the service does not answer; sending the files not confirmed stored again" in waits

@@ -124,3 +124,52 @@ def test_a_stopped_pass_ends_at_its_next_slice_without_removing_anything_more(tm
     finally:
         registry.close()
         store.close()
+
+
+def test_pending_versions_are_the_inactive_ones_written_within_the_grace_and_not_older_than_the_active_one() -> (
+    None
+):
+    """What reconcile reports as pending_collection (docs/runbooks.md): the grace is measured from the version's
+    write, not from a delete or a replacement; a version older than the active one is an orphan at once."""
+    from service.app.store.gc import now_version
+    from service.app.store.vectors import PointVersion
+
+    now = now_version()
+    minute, day = 60 * 1_000_000, 86_400 * 1_000_000
+    stored = [
+        PointVersion("t", "replaced", now - 2 * minute, 3),  # replaced a minute later: an orphan at once
+        PointVersion("t", "replaced", now - minute, 3),  # the active version
+        PointVersion("t", "in-flight", now - minute, 2),  # newer than the active one: a write in flight
+        PointVersion("t", "in-flight", now - day, 2),  # the active version
+        PointVersion("t", "deleted-old", now - day, 4),  # written a day ago, deleted just now: an orphan
+        PointVersion("t", "deleted-new", now - minute, 5),  # written and deleted within the grace: pending
+    ]
+    active = {("t", "replaced"): now - minute, ("t", "in-flight"): now - day}
+
+    class Registry:
+        def active_version_pairs(self, pairs: object) -> dict[tuple[str, str], int]:
+            return active
+
+    class Vectors:
+        def versions(self, *, pause: object = None) -> list[PointVersion]:
+            return stored
+
+    orphans: list[PointVersion] = []
+    pending: list[PointVersion] = []
+    collect_orphans(
+        Registry(),  # type: ignore[arg-type]
+        Vectors(),  # type: ignore[arg-type]
+        grace_seconds=3600,
+        dry_run=True,
+        pause=lambda: None,
+        on_orphan=orphans.append,
+        on_pending=pending.append,
+    )
+    assert [(v.document_id, v.version) for v in orphans] == [
+        ("replaced", now - 2 * minute),
+        ("deleted-old", now - day),
+    ]
+    assert [(v.document_id, v.version) for v in pending] == [
+        ("in-flight", now - minute),
+        ("deleted-new", now - minute),
+    ]

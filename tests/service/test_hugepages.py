@@ -212,3 +212,70 @@ def test_the_document_session_is_collapsed_only_where_it_also_runs_the_queries(
     # fp32 queries and documents are the same numbers as the int8 embedder's float32 session computes
     text = "how do I change the owner of a file"
     assert fp32.embed_documents([text]) == int8.embed_documents([text])
+
+
+@pytest.mark.parametrize("failing_call", [1, 2])
+def test_a_failure_of_the_collapse_never_fails_the_block_it_wraps(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing_call: int
+) -> None:
+    # The module is a speed hint around the query session's build: an unexpected error while it reads /proc
+    # (before the block or after it) must leave the session built (it surfaced as "the ONNX model cannot be
+    # loaded" and failed the start-up), with nothing collapsed and the reason kept.
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+    calls: list[int] = []
+    real = hugepages.resident_pages
+
+    def failing(ranges: list[tuple[int, int]]) -> dict[int, int]:
+        calls.append(1)
+        if len(calls) == failing_call:
+            raise ValueError("an unexpected pagemap")
+        return real(ranges)
+
+    monkeypatch.setattr(hugepages, "resident_pages", failing)
+    built = []
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(4 * HUGE_PAGE)
+        region[:] = b"\3" * (4 * HUGE_PAGE)
+        built.append(True)
+    assert built == [True]
+    assert result.extents == []
+    assert result.tried == 0
+    assert result.failed == "ValueError: an unexpected pagemap"
+    assert region[:] == b"\3" * (4 * HUGE_PAGE)
+    region.close()
+
+
+def test_the_collapses_stop_at_their_time_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Each MADV_COLLAPSE may enter direct reclaim and compaction (madvise(2)); on a fragmented node that is slow,
+    # and the query session's build waits for it: the collapses stop once MAX_COLLAPSE_SECONDS have passed.
+    import ctypes
+
+    enabled = tmp_path / "enabled"
+    enabled.write_text("always [madvise] never\n")
+    monkeypatch.setattr(hugepages, "THP_ENABLED", enabled)
+    now = [0.0]
+    monkeypatch.setattr(hugepages, "_clock", lambda: now[0])
+
+    class Slow:
+        calls = 0
+
+        def madvise(self, start: int, length: int, advice: int) -> int:
+            self.calls += 1
+            now[0] += hugepages.MAX_COLLAPSE_SECONDS / 2 + 0.01  # each collapse takes over half the budget
+            ctypes.set_errno(0)
+            return 0
+
+        def malloc_trim(self, pad: int) -> int:
+            return 1
+
+    slow = Slow()
+    monkeypatch.setattr(hugepages, "_libc", lambda: slow)
+    with huge_pages_for_new_memory() as result:
+        region = _private_anonymous(6 * HUGE_PAGE)
+        region[:] = b"\4" * (6 * HUGE_PAGE)
+    assert slow.calls == result.tried == 2  # the third would start past the budget
+    assert result.failed is not None
+    assert "stopped after" in result.failed
+    region.close()

@@ -497,3 +497,19 @@ def test_a_deploy_job_outlasts_the_longest_wait_of_its_update(workflow: str, job
     from infra.workflows.ephemeral import STALE_LOCK_AFTER
 
     assert STALE_LOCK_AFTER.total_seconds() >= (definition["timeout-minutes"] + 5) * 60
+
+
+def test_every_aws_session_outlasts_its_job() -> None:
+    """configure-aws-credentials asks for a 1-hour session unless told otherwise (its `role-duration-seconds`
+    default): a 120-minute deploy job lost its AWS credentials half way, and with them the provider, the EKS
+    token (`aws eks get-token`) and the S3 state backend, mid-update."""
+    seen = 0
+    for path in FILES:
+        for name, job in _load(path.name)["jobs"].items():
+            for step in job.get("steps", []):
+                if "aws-actions/configure-aws-credentials" not in str(step.get("uses", "")):
+                    continue
+                seen += 1
+                duration = int((step.get("with") or {}).get("role-duration-seconds", 3600))
+                assert duration >= job["timeout-minutes"] * 60, (path.name, name, duration)
+    assert seen >= 5

@@ -59,10 +59,12 @@ class TenantReport:
     orphan_ids: list[str] = field(default_factory=list)
     reindexed_ids: list[str] = field(default_factory=list)
     without_text_ids: list[str] = field(default_factory=list)
-    # Inactive versions younger than GC_GRACE_SECONDS (a document deleted, or replaced by a write, less than the
-    # grace ago; or a write in flight): invisible to search, kept by this pass, removed by the orphan collector
-    # once `pending_removable_after` (UTC, ISO 8601) has passed. Not an inconsistency (EYES9 L2: they went
-    # unreported, so "consistent" read as "the store matches the registry" while their points remained).
+    # Inactive versions written less than GC_GRACE_SECONDS ago and not older than the active one (a write in
+    # flight, or a document deleted within the grace of its last write: the age is the version's, not the
+    # delete's; a version older than the active one is an orphan at once): invisible to search, kept by this
+    # pass, removed by the orphan collector once `pending_removable_after` (UTC, ISO 8601) has passed. Not an
+    # inconsistency (EYES9 L2: they went unreported, so "consistent" read as "the store matches the registry"
+    # while their points remained).
     pending_versions: int = 0
     pending_points: int = 0
     pending_ids: list[str] = field(default_factory=list)

@@ -113,8 +113,9 @@ def collect_orphans(
     ``dry_run`` finds the orphans without deleting them (the counts are what a real run would remove);
     ``tenant_id`` limits the run to one tenant; ``on_orphan`` sees every orphan version found (the restore
     reconciliation reports them per tenant, service.app.jobs.reconcile); ``on_pending`` sees every version that is
-    not active but still within ``grace_seconds`` (kept by this run, removed by a later one once the grace has
-    passed: a deleted document's or a write's in flight)."""
+    not active, not older than the active one, and written less than ``grace_seconds`` ago (kept by this run,
+    removed by a later one once the grace has passed: a write in flight, or a document deleted within the grace
+    of its last write)."""
     pause = pause if pause is not None else Pacer()
     # The clock is read before the scan: a version first seen late in a long, paced pass is judged against the
     # start, which only makes the grace longer (a live write's points are never at risk).

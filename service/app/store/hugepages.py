@@ -20,7 +20,8 @@ khugepaged behave as before, and a nearly full extent gains at most a few pages 
 What it does not change: any number the model computes (the same bytes on other pages), or anything on a host
 with THP ``never``, without ``MADV_COLLAPSE`` (older kernels) or not on Linux: nothing is done there. Every
 failure is ignored: this is a speed hint. Cost: the collapse copies each extent once (~75 MB for MiniLM's int8
-graph: ~0.1-0.3 s of start-up CPU on this machine).
+graph: ~0.1-0.3 s of start-up CPU on this machine); each collapse may also enter the kernel's direct reclaim and
+compaction, so the collapses stop after ``MAX_COLLAPSE_SECONDS`` (what is left stays on 4 KiB pages).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,11 @@ MIN_PRESENT_PAGES = 500
 # A mapping larger than this is not scanned (its pagemap alone would be 8 bytes per 4 KiB: 16 MiB for 8 GiB): a
 # runtime's reservation, not buffers a session just filled.
 MAX_SCANNED_MAPPING = 8 * 1024**3
+# The collapses stop once they took this long: each may enter direct reclaim and compaction for its 2 MiB page
+# (madvise(2): whatever the mappings' flags), which on a fragmented, memory-pressed node can take far longer than the
+# ~0.1-0.3 s the copies cost here, and the wrapped block (the query session's build) waits for them.
+MAX_COLLAPSE_SECONDS = 2.0
+_clock = time.monotonic
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 Range = tuple[int, int]
@@ -55,6 +62,7 @@ class HugePages:
     extents: list[int] = field(default_factory=list)
     tried: int = 0  # extents it asked the kernel to collapse
     refused: dict[int, int] = field(default_factory=dict)  # errno -> extents the kernel did not collapse
+    failed: str | None = None  # what stopped it early (never raised: a speed hint must not fail the block)
 
     @property
     def collapsed_bytes(self) -> int:
@@ -143,17 +151,34 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
     if libc is None or thp_mode() not in ("always", "madvise"):
         yield result
         return
-    with contextlib.suppress(AttributeError):  # glibc's; musl has none (its free pages are not reused alike)
-        libc.malloc_trim(0)
-    before = resident_pages(anonymous_ranges())
+    # A speed hint: nothing it meets (an unexpected /proc format, a failed allocation) may fail the block's
+    # work, e.g. the session build it wraps; such a failure is kept in ``result.failed`` and nothing is collapsed.
+    try:
+        # glibc's malloc_trim; musl has none (its free pages are not reused alike)
+        with contextlib.suppress(AttributeError):
+            libc.malloc_trim(0)
+        before = resident_pages(anonymous_ranges())
+    except Exception as exc:
+        result.failed = f"{type(exc).__name__}: {exc}"
+        yield result
+        return
     yield result
-    for start in grown_extents(before, resident_pages(anonymous_ranges())):
-        result.tried += 1
-        if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
-            result.extents.append(start)
-        else:  # e.g. ENOMEM/EAGAIN: no free 2 MiB page right now; EINVAL: THP disabled for this process
-            error = ctypes.get_errno()
-            result.refused[error] = result.refused.get(error, 0) + 1
+    try:
+        deadline = _clock() + MAX_COLLAPSE_SECONDS
+        for start in grown_extents(before, resident_pages(anonymous_ranges())):
+            if _clock() > deadline:
+                result.failed = (
+                    f"stopped after {MAX_COLLAPSE_SECONDS:g} s (the kernel's reclaim or compaction)"
+                )
+                break
+            result.tried += 1
+            if libc.madvise(start, HUGE_PAGE, MADV_COLLAPSE) == 0:
+                result.extents.append(start)
+            else:  # e.g. ENOMEM/EAGAIN: no free 2 MiB page right now; EINVAL: THP disabled for this process
+                error = ctypes.get_errno()
+                result.refused[error] = result.refused.get(error, 0) + 1
+    except Exception as exc:
+        result.failed = f"{type(exc).__name__}: {exc}"
 
 
 def huge_page_bytes(extents: list[int], smaps: Path = Path("/proc/self/smaps")) -> int:
