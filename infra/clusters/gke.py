@@ -175,6 +175,16 @@ def check_master_step(wanted: str, running: str | None, file: str) -> None:
         )
 
 
+#: No Google credentials, or ones Google rejects (golang.org/x/oauth2/google: "could not find default credentials";
+#: an expired or revoked user login: "oauth2: ... invalid_grant", "Reauthentication is needed"; the API: 401
+#: "Request had invalid authentication credentials"). Sent to fix IAM permissions before.
+GOOGLE_BAD_CREDENTIALS = re.compile(
+    r"could not find default credentials|invalid_grant|invalid_rapt|reauthentication is needed|"
+    r"invalid authentication credentials|oauth2: cannot fetch token",
+    re.IGNORECASE,
+)
+
+
 def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, file: str) -> str | None:
     """The version the control plane of GKE cluster `name` runs (`master_version` of the container cluster data
     source, currentMasterVersion), read with the stack's own `provider`; None when there is no such cluster yet:
@@ -191,6 +201,16 @@ def running_master_version(name: str, gke: GkeCluster, provider: gcp.Provider, f
         text = str(exc)
         if f"clusters/{name} not found" in text or CONTAINER_API_DISABLED.search(text):
             return None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if GOOGLE_BAD_CREDENTIALS.search(text):
+            cause = next(line for line in lines if GOOGLE_BAD_CREDENTIALS.search(line))
+            raise ConfigError(
+                MIN_MASTER_VERSION_KEY,
+                file,
+                f"could not read the version GKE cluster {name} runs: the Google credentials in the environment are "
+                f"missing, expired or rejected ({cause}); run `gcloud auth application-default login` (or set "
+                "GOOGLE_APPLICATION_CREDENTIALS) and run again (docs/infra.md, gke.minMasterVersion)",
+            ) from exc
         raise ConfigError(
             MIN_MASTER_VERSION_KEY,
             file,

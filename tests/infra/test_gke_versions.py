@@ -231,3 +231,34 @@ def test_the_step_rule(wanted: str, running: str | None, allowed: bool) -> None:
     else:
         with pytest.raises(ConfigError):
             check_master_step(wanted, running, "Pulumi.prod.yaml")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        "google: could not find default credentials. See https://cloud.google.com/docs/authentication/external/"
+        "set-up-adc for more information",
+        'oauth2: "invalid_grant" "reauth related error (invalid_rapt)"',
+        "googleapi: Error 401: Request had invalid authentication credentials. Expected OAuth 2 access token",
+    ],
+    ids=["no-credentials", "expired-login", "rejected-token"],
+)
+def test_a_read_that_failed_on_credentials_says_so_not_permissions(
+    monkeypatch: pytest.MonkeyPatch, registered: list[str], error: str
+) -> None:
+    """Every failed read was sent to fix IAM (container.clusters.get); missing or expired Google credentials are
+    fixed by logging in again, and the refusal now says that, still on one line naming the key."""
+    original = PlatformMocks.call
+
+    def failing(self: PlatformMocks, args: Any) -> Any:
+        if args.token == "gcp:container/getCluster:getCluster":
+            raise ProviderError(args.token, f'Error reading Container Cluster "rag-prod": {error}')
+        return original(self, args)
+
+    monkeypatch.setattr(PlatformMocks, "call", failing)
+    message = _refusal(_live("1.35.5-gke.1000000"), "1.35")
+    assert "\n" not in message
+    assert "Google credentials in the environment are missing, expired or rejected" in message
+    assert "gcloud auth application-default login" in message
+    assert "container.clusters.get" not in message
+    assert set(registered) <= {"pulumi:pulumi:Stack", "pulumi:providers:gcp"}, registered
