@@ -294,8 +294,9 @@ def template_config(
         if path.exists():
             base = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
     cleaned = {k: v for k, v in ((k, _drop_secure(v)) for k, v in base.items()) if v is not None}
+    overrides = spec.get("config") or {}
     merged = namespace_choice(
-        _deep_merge(cleaned, spec.get("config") or {}),
+        _without_other_clouds_keys(_deep_merge(cleaned, overrides), overrides),
         mode=namespace_mode or os.environ.get(NAMESPACE_MODE_ENV),
         namespace=namespace or os.environ.get(NAMESPACE_ENV),
         base_namespace=str(cleaned.get(f"{PROJECT}:namespace") or DEFAULT_NAMESPACE),
@@ -303,6 +304,22 @@ def template_config(
         template=template,
     )
     return _substitute(merged, {"name": name, "domain": chosen})
+
+
+def _without_other_clouds_keys(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the base stack's `aws:*` / `gcp:*` keys when the PR stack's cluster target builds no
+    provider of that cloud (a cloud dev's PR stacks run on `existing`): the program refuses such keys as guarding
+    nothing (infra/clusters/__init__.py `check_no_cloud_keys`), and a template cannot remove a key its base sets,
+    so a dev that pins its account (`aws:allowedAccountIds`) could have no PR stacks. Keys the template sets itself
+    stay, and are refused by the program like any other stack's."""
+    from infra.clusters import CLOUD_NAMESPACES
+
+    provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    return {
+        key: value
+        for key, value in values.items()
+        if key in overrides or CLOUD_NAMESPACES.get(key.partition(":")[0], provider) == provider
+    }
 
 
 def base_stack_name(template: Path = TEMPLATE) -> str | None:

@@ -124,3 +124,40 @@ def test_a_prerequisite_on_a_cluster_the_same_stack_creates_is_a_finding_not_a_p
         for f in analysis.findings
         if f.check == "crd-order"
     )
+
+
+@pytest.mark.parametrize(
+    ("provider", "key", "value"),
+    [("eks", "aws:allowedAccountIds", ["111122223333"]), ("gke", "gcp:project", "rag-dev-123")],
+)
+def test_a_cloud_devs_provider_keys_do_not_follow_its_pr_stacks_onto_the_shared_cluster(
+    provider: str, key: str, value: Any, tmp_path: Path
+) -> None:
+    """A cloud dev that pins its account (aws:allowedAccountIds, as docs/infra.md advises) must still have PR
+    stacks: they run on `existing`, where the program refuses `aws:*`/`gcp:*` keys as guarding nothing, and the
+    template cannot remove a key the base file sets. Keys the template sets itself stay (and are refused)."""
+    checkout = checkout_with_dev_on(tmp_path, provider)
+    dev = yaml.safe_load((checkout / "Pulumi.dev.yaml").read_text(encoding="utf-8"))
+    dev["config"][key] = value
+    (checkout / "Pulumi.dev.yaml").write_text(yaml.safe_dump(dev), encoding="utf-8")
+    template = yaml.safe_load(ephemeral.TEMPLATE.read_text())
+    template["config"]["rag:cluster"] = {
+        "provider": "existing",
+        "existing": {
+            "kubeconfig": DEV_KUBECONFIG,
+            "context": "",
+            "registry": "r.example.com/rag",
+            "storageClass": "gp3",
+        },
+    }
+    template["config"]["rag:gateway"]["className"] = "envoy-gateway"
+    path = tmp_path / "template.yaml"
+    path.write_text(yaml.safe_dump(template))
+    values = ephemeral.template_config(checkout, "pr-7", path, domain="preview.example.com")
+    assert key not in values
+    values[ephemeral.EPHEMERAL_KEY] = {"name": "pr-7", "owner": "o", "expiresAt": "2026-03-02T12:00:00Z"}
+    run_stack("pr-7", stack_config=values)  # the real program accepts it
+    # Set by the template itself, the key is the operator's choice: kept, and refused by the program.
+    template["config"][key] = value
+    path.write_text(yaml.safe_dump(template))
+    assert ephemeral.template_config(checkout, "pr-7", path, domain="preview.example.com")[key] == value
