@@ -578,6 +578,10 @@ def promotion_line(run: StackRun) -> str | None:
     )
 
 
+#: The example account ID of AWS's documentation, which the committed prod stack file pins until replaced.
+EXAMPLE_AWS_ACCOUNT = "111122223333"
+
+
 def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
     """What deploys fine but will disappoint: an EKS minor near or past its end of standard support, monitoring whose
     alerts reach nobody, or whose runbook links are relative paths (the default) that no pager can open."""
@@ -592,6 +596,13 @@ def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
         )
         if support and support not in warnings:
             warnings.append(support)
+    pinned = str(run.config.get("aws:allowedAccountIds") or "")
+    if EXAMPLE_AWS_ACCOUNT in pinned:
+        warnings.append(
+            f"aws:allowedAccountIds in Pulumi.{run.stack}.yaml holds {EXAMPLE_AWS_ACCOUNT}, AWS's documentation "
+            "example account: a real `up` stops at the AWS provider before any change until it names the stack's "
+            'own account (docs/infra.md, "AWS credentials and account")'
+        )
     if run.outputs.get("alertReceivers") == []:
         warnings.append(
             "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "

@@ -749,3 +749,15 @@ def test_plan_warns_when_alert_runbook_links_are_not_urls(tmp_path: Path) -> Non
     url = "https://github.com/acme/rag/blob/main/docs/runbooks.md"
     assert render.main([*args, "--set", f"monitoring.runbookUrl={url}"]) == 0
     assert json.loads((tmp_path / "plan.json").read_text())["warnings"] == []
+
+
+def test_plan_warns_while_prod_pins_the_example_aws_account() -> None:
+    """The committed Pulumi.prod.yaml pins AWS's example account 111122223333 (a real account must replace it): a
+    real `up` stops at the provider, so the plan says so in review rather than on the first deploy."""
+    warnings = render.plan_warnings(cached_run("prod"))
+    assert any(
+        w.startswith("aws:allowedAccountIds in Pulumi.prod.yaml holds 111122223333") for w in warnings
+    ), warnings
+    assert not [
+        w for w in render.plan_warnings(cached_run("staging")) if w.startswith("aws:allowedAccountIds")
+    ]
