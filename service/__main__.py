@@ -7,6 +7,7 @@ so the model load overlaps the imports and the migration (docs/benchmarks.md, st
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import socket
@@ -45,10 +46,12 @@ def main() -> None:
     if refusal:
         print(f"service: error: {refusal}", file=sys.stderr)
         raise SystemExit(2)
-    taken = port_in_use(settings.host, settings.port)
-    if taken:
-        # Before anything is loaded or opened: uvicorn would only find out after the whole start-up.
-        print(f"service: error: {taken}", file=sys.stderr)
+    # The port is bound (not listened on yet) before anything is loaded or opened, and this socket is the one
+    # uvicorn serves on: uvicorn's own bind came after the whole start-up, after the fresh registry's mark was
+    # cleared (registry_served_refusal), so a port taken meanwhile left a migrated registry behind.
+    listener = bind_port(settings.host, settings.port)
+    if isinstance(listener, str):
+        print(f"service: error: {listener}", file=sys.stderr)
         raise SystemExit(2)
     if settings.embedded_vector_store == "edge":
         # Fail here with one line rather than with a traceback from inside the app's lifespan.
@@ -82,16 +85,19 @@ def main() -> None:
     # left it; a registry any process served is never removed (see undo_fresh_registry).
     fresh: list[tuple[Path, bool, int]] = []
     try:
-        serve(settings, fresh)
+        serve(settings, fresh, listener)
     except BaseException as exc:
         if fresh and is_refused_start(exc):
             undo_fresh_registry(*fresh[0])
         raise
+    finally:
+        listener.close()
 
 
-def serve(settings: Any, fresh: list[tuple[Path, bool, int]]) -> None:
-    """Migrate the registry in this process, then run uvicorn (one process, or WORKERS worker processes).
-    ``fresh`` receives the SQLite registry file this start creates, if it does (see create_fresh_registry)."""
+def serve(settings: Any, fresh: list[tuple[Path, bool, int]], listener: socket.socket) -> None:
+    """Migrate the registry in this process, then run uvicorn on ``listener`` (one process, or WORKERS worker
+    processes). ``fresh`` receives the SQLite registry file this start creates, if it does (see
+    create_fresh_registry)."""
     model = None
     if settings.workers == 1:
         # fastembed is imported here, not in the thread: only the session build runs beside the main thread's
@@ -103,8 +109,6 @@ def serve(settings: Any, fresh: list[tuple[Path, bool, int]]) -> None:
 
         model = start_in_thread(lambda: load_model(settings, FastEmbedEmbedder), name="model-load")
     try:
-        import uvicorn
-
         from service.app.core.server import GuardedHttpToolsProtocol
         from service.app.store.registry import RegistryOpenError, open_registry
 
@@ -143,9 +147,9 @@ def serve(settings: Any, fresh: list[tuple[Path, bool, int]]) -> None:
         gc.enable()
         options = server_options(settings, log_config, GuardedHttpToolsProtocol)
         if model is not None:
-            uvicorn.run(app, **options)  # type: ignore[arg-type]
+            run_server(app, listener, options)
         else:
-            serve_workers(str(app), settings.workers, options)
+            serve_workers(str(app), settings.workers, options, listener)
     except BaseException:
         if model is not None:
             # Let a session build in native code finish: interpreter exit under it aborts the process
@@ -238,6 +242,15 @@ def registry_served_refusal(url: str) -> str | None:
         "start it again"
     )
     try:
+        # A read first, without the write lock: a registry that served carries 0 for good (only an empty file
+        # is ever marked, and only a marked one is removed), so the usual start takes no lock and waits for no
+        # writer (up to 30 s behind another process's transaction).
+        reader = sqlite3.connect(f"file:{found}?mode=rw", uri=True, timeout=30)
+        try:
+            if reader.execute("PRAGMA user_version").fetchone()[0] == 0:
+                return None
+        finally:
+            reader.close()
         connection = _sqlite_transaction(found)
     except sqlite3.Error:
         # Gone from its path since this process opened it: no later start would see what it wrote.
@@ -350,7 +363,27 @@ def guarded_app() -> Any:
     return StartupGuard(create_app(settings, embedder=model), settings.resolved_database_url)
 
 
-def serve_workers(app: str, workers: int, options: dict[str, Any]) -> None:
+def run_server(app: Any, listener: socket.socket, options: dict[str, Any]) -> None:
+    """``uvicorn.run(app, **options)`` on the socket main() bound: uvicorn listens on it once the lifespan's
+    start-up completed (as it binds then otherwise), with uvicorn.run's exit status for a failed start-up (3)."""
+    import logging
+
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    host, port = listener.getsockname()[:2]
+    # uvicorn logs this line itself only for a socket it binds
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d (Press CTRL+C to quit)", host, port
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is a clean stop
+        server.run(sockets=[listener])
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
+
+
+def serve_workers(app: str, workers: int, options: dict[str, Any], listener: socket.socket) -> None:
     """``uvicorn.run(app, factory=True, workers=N)``, with the exit status uvicorn drops: when a worker fails its
     start-up, uvicorn's supervisor stops the others and returns as after a clean shutdown (exit 0, so a process
     manager would not see the failure). Here that is exit 3, uvicorn's own status for a failed start-up of one
@@ -360,7 +393,7 @@ def serve_workers(app: str, workers: int, options: dict[str, Any]) -> None:
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(app, factory=True, workers=workers, **options)
-    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor = Multiprocess(config, sockets=[listener])
     supervisor.run()
     if any(worker.process.exitcode == STARTUP_FAILURE for worker in supervisor.processes):
         raise SystemExit(STARTUP_FAILURE)
@@ -392,22 +425,23 @@ def embedded_store_refusal(settings: Any) -> str | None:
     return None
 
 
-def port_in_use(host: str, port: int) -> str | None:
-    """Why HOST:PORT cannot be bound (one line), or None. A bind probe, as uvicorn binds (SO_REUSEADDR)."""
-    if port == 0:
-        return None
+def bind_port(host: str, port: int) -> socket.socket | str:
+    """The socket bound to HOST:PORT as uvicorn binds one (SO_REUSEADDR, inheritable by WORKERS processes; not
+    listening yet, so a connection is refused until the service serves), or why it cannot be (one line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return (
-                f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process is using the port, "
-                "or HOST is not an address of this machine; set PORT (or HOST) to another value, or stop the "
-                "other process"
-            )
-    return None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        return (
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): another process is using the port, "
+            "or HOST is not an address of this machine; set PORT (or HOST) to another value, or stop the "
+            "other process"
+        )
+    listener.set_inheritable(True)
+    return listener
 
 
 def load_model(settings: Any, loader: Any) -> Any:
@@ -475,8 +509,11 @@ class StartupGuard:
                 held.append(message)  # sent below, once the exception says whether it is a known one
                 return
             if message["type"] == "lifespan.startup.complete" and self.registry_url is not None:
-                # The last step before serving: from here on no refused start may remove this registry.
-                refusal = registry_served_refusal(self.registry_url)
+                # The last step before serving (the port is bound already, main() did): from here on no refused
+                # start may remove this registry. SQLite may wait for another process's lock: off the loop.
+                import anyio.to_thread
+
+                refusal = await anyio.to_thread.run_sync(registry_served_refusal, self.registry_url)
                 if refusal is not None:
                     print(f"service: error: {refusal}", file=sys.stderr, flush=True)
                     await send({"type": "lifespan.startup.failed", "message": ""})

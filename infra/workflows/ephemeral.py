@@ -23,6 +23,7 @@ import contextlib
 import copy
 import os
 import re
+import shutil
 import socket
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -749,6 +750,26 @@ def _cancelling_stale_lock(
     return operation()
 
 
+#: The resource whose delete waits, with kubectl, for the cloud disks of the deleted claims (infra/clusters/volumes.py;
+#: declared by the gke and eks targets).
+VOLUMES_RELEASED = "volumes-released"
+
+
+def require_destroy_tools(ws: Workspace, name: str) -> None:
+    """Raise WorkflowError, before anything is deleted, when the stack's state holds the `volumes-released` step and
+    kubectl is not on PATH: its delete would fail only after every namespace of the stack was gone."""
+    try:
+        state = ws.export_stack(name).deployment or {}
+    except CommandError:
+        return  # the destroy reports what is wrong with the stack
+    waits = any(str(r.get("urn", "")).endswith(f"::{VOLUMES_RELEASED}") for r in state.get("resources") or [])
+    if waits and shutil.which("kubectl") is None:
+        raise WorkflowError(
+            f"kubectl not found on PATH: destroying stack {name!r} waits with it for its released cloud volumes "
+            f"(the {VOLUMES_RELEASED} resource); install kubectl and run the destroy again (nothing was changed)."
+        )
+
+
 def teardown(
     ws: Workspace,
     name: str,
@@ -768,6 +789,7 @@ def teardown(
         stack = Stack.select(name, ws)
     except StackNotFoundError:
         return False
+    require_destroy_tools(ws, name)
     _cancelling_stale_lock(
         ws,
         name,

@@ -6,12 +6,18 @@ service, and helper processes standing for a second start sharing the file."""
 from __future__ import annotations
 
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
+import service.__main__ as service_main
+from service.__main__ import registry_served_refusal
 from service.app.store.registry import open_registry
 from tests.service.prod_support import API_KEYS, KEY_A, bearer
 from tests.support.processes import ROOT, _stop, service_env, start_api
@@ -23,15 +29,16 @@ SERVES_THEN_RAISES = """
 import signal
 import uvicorn
 
-def run(app, **options):
+import service.__main__
+
+def run_server(app, listener, options):
     server = uvicorn.Server(uvicorn.Config(app, **options))
     signal.signal(signal.SIGUSR1, lambda *_: setattr(server, "should_exit", True))
-    server.run()
+    server.run(sockets=[listener])
     raise RuntimeError("a failure after serving")
 
-uvicorn.run = run
-from service.__main__ import main
-main()
+service.__main__.run_server = run_server
+service.__main__.main()
 """
 
 # A second process beside the service: creates the registry as a start does, then removes it as a refused
@@ -195,3 +202,86 @@ def test_a_start_that_opened_a_registry_a_refused_start_removed_does_not_serve_o
         if opener is not None:
             _stop(opener)
     assert not database.exists()
+
+
+# `python -m service` whose bind probe (before the fix: port_in_use, separate from uvicorn's own bind after the
+# start-up) found the port free: the test's socket takes it "in between". After the fix the bind that finds it
+# taken is the one the service serves on, before anything is opened, so patching the probe changes nothing.
+PROBE_SAW_A_FREE_PORT = """
+import service.__main__
+if hasattr(service.__main__, "port_in_use"):
+    service.__main__.port_in_use = lambda host, port: None
+service.__main__.main()
+"""
+
+
+def test_a_port_taken_after_the_probe_leaves_no_registry_behind(tmp_path: Path) -> None:
+    # The fresh mark used to be cleared when the lifespan completed, before uvicorn bound the port: a start that
+    # then failed to bind kept the registry it had created and migrated ("nothing changed" broken).
+    data = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = service_env(
+            data_dir=str(data), api_keys=API_KEYS, environment="test", host="127.0.0.1", port=str(port)
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE_SAW_A_FREE_PORT],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert not (data / "registry.db").exists(), sorted(path.name for path in data.iterdir())
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stdout + done.stderr, done.stdout + done.stderr
+    assert "Application startup" not in done.stdout + done.stderr  # refused before the app was built
+
+
+def test_the_check_before_serving_takes_no_write_lock_on_a_registry_that_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It ran BEGIN IMMEDIATE (waiting up to 30 s for another process's writer) at every SQLite start; a
+    # registry that served carries 0 for good, which a plain read tells.
+    database = tmp_path / "registry.db"
+    url = f"sqlite:///{database}"
+    open_registry(url).close()
+    assert registry_served_refusal(url) is None
+    writer = sqlite3.connect(database, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another process's write transaction in flight
+        monkeypatch.setattr(
+            service_main,
+            "_sqlite_transaction",
+            lambda path: pytest.fail("took the write lock of a served registry"),
+        )
+        assert registry_served_refusal(url) is None
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+async def test_the_check_before_serving_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop_thread = threading.get_ident()
+    seen: list[int] = []
+
+    def check(url: str) -> None:
+        seen.append(threading.get_ident())
+
+    monkeypatch.setattr(service_main, "registry_served_refusal", check)
+
+    async def app(scope: dict, receive: object, send) -> None:
+        await send({"type": "lifespan.startup.complete"})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await service_main.StartupGuard(app, "sqlite:///unused.db")({"type": "lifespan"}, None, send)
+    assert sent == [{"type": "lifespan.startup.complete"}]
+    assert len(seen) == 1
+    assert seen[0] != loop_thread

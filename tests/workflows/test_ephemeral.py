@@ -146,6 +146,7 @@ def test_up_again_updates_the_existing_stack_and_extends_expiry(ctx: Context, ba
 def _teardown_calls(name: str) -> list[list[str]]:
     return [
         ["stack", "select", "--stack", name],
+        ["stack", "export", "--show-secrets", "--stack", name],
         [
             "destroy",
             "--skip-preview",
@@ -169,7 +170,7 @@ def test_failed_up_is_torn_down_before_the_error_propagates(ctx: Context, backen
         ephemeral.up(ctx, "pr-9", "24h")
 
     assert "pr-9" not in backend.stacks
-    assert backend.commands()[-4:] == _teardown_calls("pr-9")
+    assert backend.commands()[-5:] == _teardown_calls("pr-9")
     assert any("destroyed and removed" in note for note in info.value.__notes__)
 
 
@@ -180,7 +181,7 @@ def test_interrupted_up_is_torn_down_and_the_interrupt_reraised(ctx: Context, ba
         ephemeral.up(ctx, "pr-10", "24h")
 
     assert "pr-10" not in backend.stacks
-    assert backend.commands()[-4:] == _teardown_calls("pr-10")
+    assert backend.commands()[-5:] == _teardown_calls("pr-10")
 
 
 def test_failed_teardown_keeps_the_stack_and_says_so(ctx: Context, backend: FakeBackend) -> None:
@@ -443,6 +444,39 @@ def test_destroy_is_destroy_then_rm_and_idempotent(ctx: Context, backend: FakeBa
     backend.calls.clear()
     assert ephemeral.destroy(ctx, "pr-3", force=True) is False
     assert backend.commands() == [["stack", "select", "--stack", "pr-3"]]
+
+
+def test_destroy_without_kubectl_is_refused_before_anything_is_deleted(
+    ctx: Context, backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REVIEW_INFRA19 #7: a cloud stack's destroy deletes every namespace, then fails at the volumes-released
+    delete (kubectl waits there for the released disks). Without kubectl it is refused first, in one line."""
+    backend.add_stack("pr-31", config={"rag:ephemeral": {"name": "pr-31"}})
+    urn = f"urn:pulumi:pr-31::rag::command:local:Command::{ephemeral.VOLUMES_RELEASED}"
+    backend.stacks["pr-31"].urns.append(urn)
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no kubectl
+    with pytest.raises(
+        WorkflowError, match=r"^kubectl not found on PATH: destroying stack 'pr-31' .*"
+    ) as info:
+        ephemeral.destroy(ctx, "pr-31")
+    assert "\n" not in str(info.value)
+    assert backend.commands("destroy") == []
+    assert backend.stacks["pr-31"].resources == 12
+    # With kubectl on PATH (a stub: the fake destroy never runs the delete script) it goes ahead.
+    kubectl = tmp_path / "bin" / "kubectl"
+    kubectl.write_text("#!/bin/sh\nexit 0\n")
+    kubectl.chmod(0o755)
+    assert ephemeral.destroy(ctx, "pr-31") is True
+    assert "pr-31" not in backend.stacks
+
+
+def test_destroy_without_kubectl_goes_ahead_on_a_stack_that_does_not_wait_for_volumes(
+    ctx: Context, backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend.add_stack("pr-32", config={"rag:ephemeral": {"name": "pr-32"}})  # an `existing` target's state
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert ephemeral.destroy(ctx, "pr-32", force=True) is True
 
 
 def test_destroy_refuses_a_stack_without_an_ephemeral_record_unless_forced(

@@ -186,23 +186,45 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     _assert_reindex_fits_the_job(prod)
 
 
-def _promotion_jobs(checkout: Path, tmp_path: Path) -> dict[str, list[tuple[str, str]]]:
-    """Run promote.yml's `targets` step (its shell script, with the real ragops on `checkout`) and expand the two
-    matrices from the outputs it wrote, as GitHub does: {job: [(environment, promote command)]}."""
+def _job_runs(condition: str | None, inputs: dict[str, str], outputs: dict[str, str]) -> bool:
+    """Evaluate a job-level `if` made of `a == 'b'` / `a != 'b'` clauses joined by `&&` (what promote.yml uses)."""
+    if condition is None:
+        return True
+    values = {
+        **{f"inputs.{k}": v for k, v in inputs.items()},
+        **{f"needs.targets.outputs.{k}": v for k, v in outputs.items()},
+    }
+    for clause in condition.split("&&"):
+        match = re.fullmatch(r"\s*([\w.-]+) (==|!=) '([^']*)'\s*", clause)
+        assert match, condition
+        if (values[match[1]] == match[3]) != (match[2] == "=="):
+            return False
+    return True
+
+
+def _promotion_jobs(checkout: Path, tmp_path: Path, to: str = "prod") -> dict[str, list[tuple[str, str]]]:
+    """Run promote.yml's `targets` step (its shell script, with the real ragops on `checkout`, for the input
+    `to`) and expand the two matrices from the outputs it wrote, as GitHub does: {job: [(environment, promote
+    command)]}, [] for a job its `if` skips (GitHub evaluates it before the matrix, which must not be empty)."""
     wf = _load("promote.yml")
     (step,) = [s for s in wf["jobs"]["targets"]["steps"] if s.get("id") == "targets"]
     shim = checkout / ".venv" / "bin" / "ragops"
-    shim.parent.mkdir(parents=True)
+    shim.parent.mkdir(parents=True, exist_ok=True)
     shim.write_text(f'#!/bin/sh\nexec {RAGOPS} --work-dir {checkout} "$@"\n', encoding="utf-8")
     shim.chmod(0o755)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     output = tmp_path / "github_output"
     output.write_text("")
-    env = {**os.environ, "GITHUB_OUTPUT": str(output)}
+    step_env = {k: v.replace("${{ inputs.to }}", to) for k, v in step.get("env", {}).items()}
+    env = {**os.environ, **step_env, "GITHUB_OUTPUT": str(output)}
     subprocess.run(["bash", "-e", "-c", step["run"]], cwd=checkout, env=env, check=True, timeout=120)
     step_outputs = dict(line.split("=", 1) for line in output.read_text().splitlines())
     expanded: dict[str, list[tuple[str, str]]] = {}
     for job_name in ("staging", "prod"):
         job = wf["jobs"][job_name]
+        if not _job_runs(job.get("if"), {"to": to}, step_outputs):
+            expanded[job_name] = []
+            continue
         key = re.fullmatch(
             r"\$\{\{ fromJSON\(needs\.targets\.outputs\.(.+)\) \}\}", job["strategy"]["matrix"]["stack"]
         )
@@ -253,12 +275,25 @@ def test_promote_targets_follow_the_committed_stack_files(tmp_path: Path) -> Non
     assert [environment for environment, _ in second["prod"]] == ["prod", "prod-eu"]
 
 
-def test_the_targets_step_fails_when_a_level_has_no_target(tmp_path: Path) -> None:
-    """No stack of environment prod in the checkout: the step fails (no empty matrix, no silent skip of prod)."""
-    checkout = _checkout(tmp_path)
-    (checkout / "Pulumi.prod.yaml").write_text("config:\n  rag:environment: staging\n")
+def test_a_checkout_without_a_prod_environment_stack_promotes_to_staging(tmp_path: Path) -> None:
+    """No stack of environment prod in the checkout (its Pulumi.prod.yaml says staging): a promotion to staging
+    still runs (prod's matrix is empty and its job skipped, as GitHub requires); one asked to reach prod fails at
+    the targets step (no silent skip)."""
+    checkout = _checkout(tmp_path, prod="staging")
+    jobs = _promotion_jobs(checkout, tmp_path / "to-staging", to="staging")
+    assert [environment for environment, _ in jobs["staging"]] == ["staging", "prod"]
+    assert jobs["prod"] == []
     with pytest.raises(subprocess.CalledProcessError):
-        _promotion_jobs(checkout, tmp_path)
+        _promotion_jobs(checkout, tmp_path / "to-prod", to="prod")
+
+
+def test_the_targets_step_fails_when_staging_has_no_target(tmp_path: Path) -> None:
+    """No stack of environment staging: neither promotion can run, and the step says so instead of skipping."""
+    checkout = _checkout(tmp_path)
+    (checkout / "Pulumi.staging.yaml").write_text("config:\n  rag:environment: prod\n")
+    for to in ("staging", "prod"):
+        with pytest.raises(subprocess.CalledProcessError):
+            _promotion_jobs(checkout, tmp_path / to, to=to)
 
 
 def test_promote_targets_ignore_a_stack_file_that_is_not_committed(tmp_path: Path) -> None:
