@@ -17,6 +17,7 @@ from typing import Any
 from pulumi.automation import ConfigMap, Workspace
 from pulumi.automation.errors import CommandError
 
+from infra.workflows.alerting import check_alerting
 from infra.workflows.errors import stderr_of
 from infra.workflows.promote import (
     IMAGE_KEY,
@@ -241,6 +242,7 @@ def deploy(
     st = select(ws, stack)
     keep_promoted(ws, stack)
     check_secrets_kept(ws, stack, drop_secrets)
+    check_alerting(ws, stack, ctx.work_dir)
     check_image_copy(ctx, stack, ws)
     check_registry_tools_here(ctx, stack, ws)
     check_scale_down(ws, stack)

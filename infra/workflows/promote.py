@@ -38,6 +38,7 @@ from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 
 from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
+from infra.workflows.alerting import check_alerting
 from infra.workflows.preview import run_preview
 from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
@@ -289,6 +290,7 @@ def promote(
     digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
     check_copy_prerequisites(ctx, source, target, digest)
     check_target_registry_tools(ctx, ws, source, target)
+    check_alerting(ws, target, ctx.work_dir)
 
     # The source as deployed (its last update's config), against the code checked out here.
     with deployed_config(ws, source) as source_config:
