@@ -70,7 +70,8 @@ DEFAULT_TIMEOUT = 300.0
 # After a batch without an answer: how long the client waits for the file the service was still storing, and how
 # often it asks (a GET of one document).
 ABANDONED_WAIT_SECONDS = 60.0
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.25  # the first wait between two questions about the file being stored; doubled after each
+MAX_POLL_SECONDS = 8.0  # ... up to this: ~12 questions in ABANDONED_WAIT_SECONDS (it was 240, each a read)
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
 # The bytes of a bulk body around its items: {"documents":[ ... ]}, items joined by ",".
 BULK_ENVELOPE = len(b'{"documents":[]}')
@@ -237,19 +238,30 @@ class IngestClient:
         be computed here (HTML: the service extracts its text) are sent again, as before. A question the service
         does not answer (a read timeout, or connection errors past ``send``'s retries) ends the asking: the files
         not confirmed yet go again at once (asking each in turn cost a full timeout or ~30 s of retries per
-        file of the batch, before anything was sent again)."""
+        file of the batch, before anything was sent again).
+
+        The service takes a batch's items in order, so the one it was storing comes after the last file it
+        holds; a file it refuses at once (text empty once normalised, bad metadata: known here with the service's
+        own checks) is never held and never the one being stored: it is neither asked about nor waited for (the
+        client polled such a file for ABANDONED_WAIT_SECONDS, 240 reads against the read rate limit), and goes
+        again to get its reason. The questions about the file being stored are spaced out (POLL_SECONDS doubling
+        up to MAX_POLL_SECONDS)."""
         expected = [content_hash_of(item) for item in batch]
+        refused = [refused_at_once(item) for item in batch]
         held = [False] * len(batch)
         try:
             for index, (item, digest) in enumerate(zip(batch, expected, strict=True)):
-                if digest is not None:
+                if digest is not None and not refused[index]:
                     held[index] = self.stored_hash(item.document["document_id"]) == digest  # type: ignore[index]
-            first = next((index for index, ok in enumerate(held) if not ok), None)
+            after = max((index for index, ok in enumerate(held) if ok), default=-1) + 1
+            first = next((index for index in range(after, len(batch)) if not refused[index]), None)
             if first is not None and expected[first] is not None:
                 document_id = batch[first].document["document_id"]  # type: ignore[index]
                 deadline = self._clock() + min(self._timeout, ABANDONED_WAIT_SECONDS)
+                pause = POLL_SECONDS
                 while self._clock() < deadline:
-                    self._sleep(POLL_SECONDS)
+                    self._sleep(min(pause, max(0.0, deadline - self._clock())))
+                    pause = min(pause * 2, MAX_POLL_SECONDS)
                     if self.stored_hash(document_id) == expected[first]:
                         held[first] = True
                         break
@@ -325,6 +337,31 @@ def content_hash_of(item: Pending) -> str | None:
     return content_hash(
         normalize_text(document["text"]), metadata, normalize_content_type(document["content_type"])
     )
+
+
+def refused_at_once(item: Pending) -> bool:
+    """Whether the service refuses this batch item by itself before storing anything (its text is empty once
+    normalised, or has an unpaired surrogate; its metadata is invalid), with the service's own checks."""
+    document = item.document
+    if document is None:
+        return False
+    from service.app.ingest.extract import normalize_text
+    from service.app.ingest.models import has_lone_surrogate, validate_metadata
+
+    text = document.get("text")
+    if isinstance(text, str) and has_lone_surrogate(text):
+        return True
+    plain = document.get("content_type") in (
+        "text/plain",
+        "text/markdown",
+    )  # HTML: emptiness is known once extracted
+    if plain and isinstance(text, str) and not normalize_text(text):
+        return True
+    try:
+        validate_metadata(document.get("metadata") or {})
+    except Exception:
+        return True
+    return False
 
 
 def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:

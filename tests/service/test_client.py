@@ -21,6 +21,7 @@ from service import client as ingest_client
 from tests.service.prod_support import API_KEYS, KEY_A, bearer
 from tests.service.support import make_pdf
 from tests.support.processes import _stop, api_process, start_api
+from tests.support.servers import _wait_until
 
 
 def make_folder(root: Path) -> None:
@@ -724,3 +725,79 @@ def test_a_service_that_does_not_answer_the_questions_after_an_abandoned_batch_i
     assert client.settle_abandoned(batch) == batch  # nothing confirmed: every file goes again
     assert asked == ["/v1/documents/note-0.md"] * requests_per_question, asked
     assert "the service does not answer; sending the files not confirmed stored again" in waits
+
+
+def test_a_file_the_abandoned_batch_refused_is_not_waited_for_and_the_questions_are_few(
+    tmp_path: Path,
+) -> None:
+    """Against a real service: the abandoned batch's first file is refused by the service at once (its text is
+    empty once normalised), the second is the one it was storing (stopped before its commit, resumed once the
+    client gave up). The client waited for the first file not held, the refused one: ABANDONED_WAIT_SECONDS of
+    questions every POLL_SECONDS (240 reads against the read rate limit), then sent the stored file again. Now
+    the refused file is not asked about, the stored one is waited for with few questions and not sent again,
+    and the refused one goes again to be reported with its reason. The client's clock is fake; each of its
+    pauses waits (bounded) until the service has logged that it stopped the batch, so no poll races it."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    names = [f"note-{i}.md" for i in range(4)]
+    (folder / names[0]).write_text("  \n\n \t\n")
+    for i, name in enumerate(names[1:], start=1):
+        (folder / name).write_text(f"Note {i} about the harbour and its tides.")
+    started = start_api(
+        tmp_path,
+        data_dir=str(tmp_path / "data"),
+        api_keys=API_KEYS,
+        environment="test",
+        rag_fault_stop_at="before_activate",
+    )
+    try:
+        bulks: list[list[str]] = []
+        reads: list[str] = []
+
+        def record(request: httpx.Request) -> None:
+            if request.url.path == "/v1/documents:bulk":
+                bulks.append([d["document_id"] for d in json.loads(request.content)["documents"]])
+            elif request.method == "GET":
+                reads.append(request.url.path.rsplit("/", 1)[1])
+
+        def resume(message: str) -> None:
+            if "asking which files the service stored" in message:
+                os.kill(started.proc.pid, signal.SIGCONT)  # the client gave up: the service goes on
+
+        def stopped_the_batch() -> bool:
+            return any("its client left after" in line for line in started.log_lines())
+
+        now = [0.0]
+
+        def sleep(seconds: float) -> None:
+            _wait_until(
+                stopped_the_batch, "the service stopping the abandoned batch", started.proc, started.log
+            )
+            now[0] += seconds
+
+        report = ingest_client.Report()
+        client = ingest_client.IngestClient(
+            started.url, KEY_A, report, timeout=20, on_wait=resume, sleep=sleep, clock=lambda: now[0]
+        )
+        client._http.event_hooks["request"] = [record]
+        try:
+            ingest_client.ingest_folder(
+                client, folder, report, batch_size=4, max_batch_bytes=100_000, advance=lambda _n: None
+            )
+        finally:
+            client.close()
+        assert bulks[0] == names, bulks
+        assert "note-0.md" not in reads, reads  # refused at once: never the one being stored
+        assert all("note-1.md" not in ids for ids in bulks[1:]), bulks  # stored by the abandoned batch
+        assert any("note-0.md" in ids for ids in bulks[1:]), bulks  # sent again for its reason
+        # one question per file that may be held, then the file being stored: at most the spaced-out polls
+        assert len(reads) <= 3 + 12, reads
+        assert [name for name, _ in report.failures] == ["note-0.md"], report.failures
+        assert "text is empty" in report.failures[0][1], report.failures
+        for name in names[1:]:
+            got = httpx.get(f"{started.url}/v1/documents/{name}", headers=bearer(KEY_A), timeout=60)
+            assert got.status_code == 200, got.text
+    finally:
+        if started.proc.poll() is None:
+            os.kill(started.proc.pid, signal.SIGCONT)
+        _stop(started.proc)

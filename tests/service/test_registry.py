@@ -136,15 +136,49 @@ def test_data_version_is_bumped_by_every_write_and_delete_of_the_tenant_only(
 ) -> None:
     other = tenant + "-other"
     assert registry.data_version(tenant) == 0
+    seen = []
     write(registry, tenant, "a", expected=None, version=1)
+    seen.append(registry.data_version(tenant))
     write(registry, tenant, "a", expected=1, version=2)
+    seen.append(registry.data_version(tenant))
     write(registry, tenant, "b", expected=None, version=1)
-    assert registry.data_version(tenant) == 3
+    seen.append(registry.data_version(tenant))
     assert registry.delete(tenant, "a") is not None
-    assert registry.data_version(tenant) == 4
+    seen.append(registry.data_version(tenant))
+    assert seen == sorted(set(seen)), seen  # every write and delete moved it forward
+    assert seen[0] > 0
     assert registry.delete(tenant, "a") is None
-    assert registry.data_version(tenant) == 4
+    assert registry.data_version(tenant) == seen[-1]
     assert registry.data_version(other) == 0
+
+
+def test_data_version_after_a_restore_never_comes_back_to_a_value_cached_before_it(
+    registry: DocumentRegistry, tenant: str
+) -> None:
+    # A registry restored under running API processes rolls the versions back; with +1 bumps the writes after it
+    # reached the versions those processes had cached with other contents, so rag_documents kept the old count
+    # (and the search cache its old answers) until the tenant's next write.
+    write(registry, tenant, "a", expected=None, version=1)
+    write(registry, tenant, "b", expected=None, version=1)
+    backup = registry.data_version(tenant)
+    cached: dict[str, tuple[int, int]] = dict(registry.document_counts({}))
+    write(registry, tenant, "c", expected=None, version=1)  # after the backup
+    cached = registry.document_counts(cached)
+    assert cached[tenant][1] == 3
+    assert registry.delete(tenant, "c") is not None  # ... restored: back to the backup's documents
+    _set_data_version(registry, tenant, backup)  # and its version
+    assert registry.delete(tenant, "b") is not None  # a write after the restore
+    assert registry.document_counts(cached)[tenant][1] == 1
+    assert registry.data_version(tenant) != cached[tenant][0]
+
+
+def _set_data_version(registry: DocumentRegistry, tenant: str, value: int) -> None:
+    import sqlalchemy as sa
+
+    from service.app.store.registry import tenants
+
+    with registry.engine.begin() as connection:
+        connection.execute(sa.update(tenants).where(tenants.c.tenant_id == tenant).values(data_version=value))
 
 
 def test_tenants_are_isolated(registry: DocumentRegistry, tenant: str) -> None:

@@ -52,6 +52,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1635,10 +1636,16 @@ class DocumentRegistry:
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
-        statement = insert(tenants).values(tenant_id=tenant_id, data_version=1)
+        # The next version is the clock in microseconds, or one more than the last where that is not above it:
+        # it still grows with every write, and a registry restored under running processes (its versions rolled
+        # back) never comes back to a version they cached (rag_documents' counts, the search cache's keys) with
+        # other contents, as +1 from the restored value did (REVIEW_SERVICE19 finding 2).
+        stamp = time.time_ns() // 1000
+        statement = insert(tenants).values(tenant_id=tenant_id, data_version=stamp)
+        following = tenants.c.data_version + 1
         connection.execute(
             statement.on_conflict_do_update(
                 index_elements=[tenants.c.tenant_id],
-                set_={"data_version": tenants.c.data_version + 1},
+                set_={"data_version": sa.case((following > stamp, following), else_=stamp)},
             )
         )
