@@ -194,11 +194,13 @@ def _run(action: Callable[[], T], roles: Mapping[str, str] | None = None) -> T:
         failure = describe(
             exc, roles, _checkout.get(), creates=_command_creates_stacks(), backend=_backend_url(exc)
         )
-        console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False)
+        # soft_wrap: no line breaks inserted at the console's width (80 in a CI log), which split a long backend
+        # URL or path mid-word and made it impossible to copy.
+        console.print(f"[red]pulumi failed: {escape(failure.headline)}[/]", highlight=False, soft_wrap=True)
         if failure.stderr and failure.stderr != failure.headline:
-            console.print(failure.stderr, markup=False, highlight=False)
+            console.print(failure.stderr, markup=False, highlight=False, soft_wrap=True)
         if failure.hint:
-            console.print(f"[yellow]hint:[/] {escape(failure.hint)}", highlight=False)
+            console.print(f"[yellow]hint:[/] {escape(failure.hint)}", highlight=False, soft_wrap=True)
         _print_notes(exc)
         raise typer.Exit(1) from exc
     except KeyboardInterrupt as exc:

@@ -21,6 +21,12 @@ runner = CliRunner()
 def invoke(ctx: Context, *args: str) -> str:
     result = runner.invoke(app, list(args), obj=ctx)
     assert result.exit_code != 0, result.output
+    # The hint is printed without inserted line breaks: a long backend URL (CI's temp paths) was split mid-word
+    # at the console's 80 columns ("pulumi-st ate") and could not be copied.
+    for hint in (
+        line for line in result.output.splitlines() if line.startswith("hint:") and "backend (" in line
+    ):
+        assert "): " in hint, result.output  # the backend's whole URL, closed on the hint's own line
     return " ".join(result.output.split())
 
 
