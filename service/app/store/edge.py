@@ -375,11 +375,12 @@ def search_threads(configured: int = 0, segments: int | None = None) -> int:
     on 2 CPUs, distinct queries over HTTP (docs/benchmarks.md, "The search path's fixed cost at stop 16"): one
     segment (~300 points) 0.91x the p50 and 0.88x the CPU per search of a 2-thread pool, 2 segments (10k) 0.94x
     and 0.85x, 4 segments (50k) 0.99x and 0.89x; at 7 segments (100k) the pool's parallel per-segment reads win
-    (one thread: 1.07-1.08x the p50 in two runs, at 0.87-0.88x the CPU). A pool has one thread per CPU this process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU
-    machine, and per-segment reads then contend for the cores with the query embedding of concurrent searches
-    (one per CPU cut the CPU per query from 1.72 to 1.10 ms, dense top-9 at 10k, with lower latency). The count is
-    taken when the shard is opened: at start-up and when a consolidation swaps merged segments in. The default
-    consolidation leaves 6 at 100k chunks (5 merged + the appendable one): a pool, as at 7.
+    (one thread: 1.07-1.08x the p50 in two runs, at 0.87-0.88x the CPU). A pool has one thread per CPU this
+    process may run on: qdrant-edge-py 0.9.0 derives 8 on a 2-CPU machine, and per-segment reads then contend for
+    the cores with the query embedding of concurrent searches (one per CPU cut the CPU per query from 1.72 to
+    1.10 ms, dense top-9 at 10k, with lower latency). The count is taken when the shard is opened: at start-up and
+    when a consolidation swaps merged segments in. The default consolidation leaves 2 at 100k chunks (1 merged +
+    the appendable one): the calling thread.
     """
     if configured:
         return configured
