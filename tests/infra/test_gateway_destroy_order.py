@@ -29,7 +29,14 @@ def _routing(result: StackRun) -> list:
 
 @pytest.mark.parametrize(
     ("stack_name", "target"),
-    [("dev", "gke"), ("staging", "gke"), ("prod", "gke"), ("dev", "eks"), ("prod", "eks"), ("dev", "existing")],
+    [
+        ("dev", "gke"),
+        ("staging", "gke"),
+        ("prod", "gke"),
+        ("dev", "eks"),
+        ("prod", "eks"),
+        ("dev", "existing"),
+    ],
 )
 def test_everything_that_routes_to_the_service_is_deleted_before_it(stack_name: str, target: str) -> None:
     result = run(stack_name, target)
@@ -39,7 +46,8 @@ def test_everything_that_routes_to_the_service_is_deleted_before_it(stack_name: 
     names = {r.name for r in routing}
     assert {"gateway-gateway", "gateway-route"} <= names
     if target == "gke":
-        assert "gateway-health-check-policy" in names  # it targets the Service (GKE's health check of its NEGs)
+        # It targets the Service (GKE's health check of its NEGs).
+        assert "gateway-health-check-policy" in names
     for resource in routing:
         # A wait-for edge: the engine deletes `resource` (and waits for it to be gone) before the Service.
         assert service.urn in graph.closure(resource.urn), resource.name
