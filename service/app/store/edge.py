@@ -163,7 +163,8 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # written (docs/benchmarks.md, stop 19). So a due consolidation is not started while the merge would rewrite a
 # merged segment for new points holding less than CONSOLIDATE_LEAVE_SHARE of its points, nor when it would merge
 # nothing at all, unless the shard has more than CONSOLIDATE_MAX_SEGMENTS segments (what a search visits:
-# the merged one, the appendable one and at most three sealed ones of the serving process's ~4k points).
+# the merged one, the appendable one and at most three the serving process built, each of at most
+# EDGE_SEGMENT_POINTS: its own passes merge the ones it sealed up to that size).
 # A vacuum, a deferred metadata index or a stale graph still starts one (`merge_worthwhile`, `consolidate`).
 CONSOLIDATE_LEAVE_SHARE = 0.25
 CONSOLIDATE_MAX_SEGMENTS = 5
