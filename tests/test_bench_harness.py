@@ -475,3 +475,59 @@ def test_scale_splits_a_live_process_cpu_by_thread() -> None:
     assert thread_group(105, "python", 100, names) == "native pools"  # no Python frames: ONNX Runtime's
     assert thread_group(105, "python", 100, {}) == "other"  # without py-spy nothing tells them apart
     assert thread_group(106, "libuv-worker", 100, names) == "other"
+
+
+def test_query_session_charges_a_pool_threads_cpu_to_its_own_variant() -> None:
+    # bench/query_session.py once counted process CPU around each run only, so a spinning variant's pool thread
+    # (still spinning after its run) was charged to the next variant. Each variant's pool threads are now found when
+    # its session is built and their schedstat CPU is counted for that variant: a 1-thread session has none, a
+    # 2-thread one exactly one, and that thread is charged CPU by the variant's own runs.
+    import numpy as np
+    import onnxruntime as ort
+    from query_session import thread_ids, threads_cpu, variants
+
+    from service.app.store.embedder import QUERY_INT8_FILE
+
+    path = str(ROOT / ".models" / "all-MiniLM-L6-v2" / QUERY_INT8_FILE)
+    options = variants()
+    pools = {}
+    sessions = {}
+    for name in ("service (1 thread)", "2 threads, spinning"):
+        before = thread_ids()
+        sessions[name] = ort.InferenceSession(
+            path, sess_options=options[name], providers=["CPUExecutionProvider"]
+        )
+        pools[name] = sorted(thread_ids() - before)
+    assert pools["service (1 thread)"] == []
+    assert len(pools["2 threads, spinning"]) == 1
+    ids = np.array([[101, 2054, 2003, 1037, 3231, 6251, 1997, 3793, 102]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    spent = threads_cpu(pools["2 threads, spinning"])
+    for _ in range(
+        20
+    ):  # a run splits its GEMMs across both threads: the pool thread works (and spins) in each
+        sessions["2 threads, spinning"].run(None, feed)
+    assert threads_cpu(pools["2 threads, spinning"]) > spent
+
+
+def test_search_ab_server_means_cover_only_the_searches_between_its_two_scrapes() -> None:
+    # The warm-up searches (the first, slowest embedding runs among them) happened before the first scrape; the
+    # means are over what the measured searches added, and a part nothing observed in the window is None.
+    from search_ab import window_means
+
+    def scrape(embedding: tuple[float, int], request: tuple[float, int]) -> str:
+        return (
+            f'rag_embedding_duration_seconds_sum{{kind="query"}} {embedding[0]}\n'
+            f'rag_embedding_duration_seconds_count{{kind="query"}} {embedding[1]}\n'
+            'rag_embedding_duration_seconds_sum{kind="document"} 9.0\n'
+            'rag_embedding_duration_seconds_count{kind="document"} 3\n'
+            f'rag_http_request_duration_seconds_sum{{method="POST",route="/v1/search"}} {request[0]}\n'
+            f'rag_http_request_duration_seconds_count{{method="POST",route="/v1/search"}} {request[1]}\n'
+        )
+
+    before = scrape((0.5, 20), (0.6, 20))  # 20 warm-up searches at 25 ms of embedding each
+    after = scrape((0.5 + 200 * 0.002, 220), (0.6 + 200 * 0.005, 220))
+    means = window_means(before, after)
+    assert means["query embedding"] == pytest.approx(2.0)
+    assert means["whole request inside the server"] == pytest.approx(5.0)
+    assert means["vector search + registry check"] is None

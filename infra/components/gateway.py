@@ -493,7 +493,17 @@ class LiveObject(pulumi.CustomResource):
     """A read (`get`) of a deployed Kubernetes object with its status.
 
     pulumi_kubernetes' `CustomResource` drops every output it does not declare, status included, so a Gateway read
-    through it has no status; this declares it. Only ever read, never created."""
+    through it has no status; this declares it. Only ever read, never created.
+
+    The read sends no input but names (every value None is left out, pulumi/runtime/rpc.py
+    `serialize_properties`), as pulumi_kubernetes' own `CustomResource.get` sends none: pulumi-kubernetes `Read`
+    (provider/pkg/provider/provider.go) takes the kind from the type token and the namespace and name from the id
+    (`<namespace>/<name>`) only when the inputs carry no apiVersion/kind; with them (as this class sent before
+    REVIEW10 F0) it looked the object up in the inputs' namespace, none, hence `default` (clients.go
+    `NamespaceOrDefault`), found nothing in a stack's namespace, and the step failed ("resource '<ns>/<name>' does
+    not exist"): every real `up` with an entry, and every preview of a deployed one. Read that way, it also returns
+    the object as the cluster has it, without pulumi-kubernetes' readiness awaiters (an Ingress's would fail the read
+    while it has no load balancer address)."""
 
     status: pulumi.Output[Any]
 
@@ -503,7 +513,7 @@ class LiveObject(pulumi.CustomResource):
         super().__init__(
             f"kubernetes:{api_version}:{kind}",
             name,
-            {"apiVersion": api_version, "kind": kind, "metadata": None, "status": None},
+            {"apiVersion": None, "kind": None, "metadata": None, "status": None},
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=id)),
         )
 
