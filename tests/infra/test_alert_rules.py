@@ -743,12 +743,12 @@ def test_a_stack_without_a_worker_alerts_on_a_queue_nothing_consumes(case: Case,
 def test_a_stack_with_a_worker_keeps_the_poll_rule() -> None:
     """A stopped worker (the Deployment there, no pod polling) is what the worker's rule catches; the job-table rule
     would stay quiet while the API pods export nothing of the worker's."""
-    expr = declared_alerts(run("staging"))["RagQueueNoConsumer"]["expr"]
-    assert "rag_worker_last_poll_timestamp_seconds" in expr and "rag_jobs_running" not in expr
-    expr = declared_alerts(run("staging", service={"worker": {"enabled": False}}))["RagQueueNoConsumer"][
-        "expr"
-    ]
-    assert "rag_worker_last_poll_timestamp_seconds" not in expr and "rag_jobs_running" in expr
+    with_worker = declared_alerts(run("staging"))["RagQueueNoConsumer"]["expr"]
+    assert "rag_worker_last_poll_timestamp_seconds" in with_worker
+    assert "rag_jobs_running" not in with_worker
+    without = declared_alerts(run("staging", service={"worker": {"enabled": False}}))
+    assert "rag_worker_last_poll_timestamp_seconds" not in without["RagQueueNoConsumer"]["expr"]
+    assert "rag_jobs_running" in without["RagQueueNoConsumer"]["expr"]
 
 
 def test_no_alert_threshold_docstring_is_detached_from_its_field() -> None:
