@@ -524,6 +524,8 @@ def rollback(
         f"by {done.by} at {done.at})",
         highlight=False,
     )
+    if done.warning is not None:
+        console.print(done.warning, style="bold red", markup=False, highlight=False, soft_wrap=True)
     _follow_index_change(context, stack, done.index_before, reindex_timeout)
 
 

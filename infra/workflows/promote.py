@@ -39,7 +39,7 @@ from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 
 from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
-from infra.workflows.alerting import check_alerting
+from infra.workflows.alerting import check_alerting, rollback_warning
 from infra.workflows.preview import run_preview
 from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
@@ -379,6 +379,8 @@ class Rollback:
     at: str
     by: str
     index_before: dict[str, Any] | None = None
+    warning: str | None = None
+    """Printed by the CLI: the stack's alerts page nobody (`alerting.rollback_warning`), where `up` refuses."""
 
 
 def _sha(ref: str | None) -> str | None:
@@ -604,6 +606,7 @@ def rollback(
         at=rfc3339(ctx.clock()),
         by=ctx.actor(),
         index_before=before,
+        warning=rollback_warning(ws, stack, ctx.work_dir),
     )
     record = dict(promotion) if promotion else {"from": stack, "digest": image, "at": done.at, "by": done.by}
     record["rollback"] = {"toUpdate": done.to_update, "replaced": current, "at": done.at, "by": done.by}
@@ -619,6 +622,8 @@ def rollback(
         _service_object(ws, stack, recorded), _service_object(ws, stack)
     )
     check_secrets_kept(ws, stack, drop_secrets)
+    if done.warning is not None and on_output is not None:
+        on_output(done.warning)  # before the up's own output: the pager gap is seen while the rollback runs
     set_config_values(ws, stack, values)
     check_scale_down(ws, stack)
     check_major_upgrade(ws, stack)
