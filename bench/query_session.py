@@ -6,8 +6,12 @@ One session per variant of the service's options (``FastEmbedEmbedder._session_o
 no spinning, every graph optimisation, sequential execution, the dynamic block base) on ``model_query_int8.onnx``.
 Texts are distinct query-like sentences (bench/scale.py's: first sentences of standard-library docstrings),
 tokenized once outside the timing; each round runs every text once through every variant, the variants in a
-shuffled order per text, so the load of other processes hits all alike. Reported: process CPU per run
-(``time.process_time``, all threads: a second intra-op thread's CPU counts), p50 and mean, and the wall p50;
+shuffled order per text, so the load of other processes hits all alike. Reported: CPU per run (the calling
+thread's ``time.thread_time`` over the run, plus the CPU of that variant's own intra-op pool threads from
+``/proc/self/task/*/schedstat`` over the run and a ``--settle-ms`` pause after it, so what a spinning thread burns
+after the run is counted, and counted for its own variant: until stop 20 this was ``time.process_time`` of the
+whole process around the run alone, so a spinning variant's tail landed on whichever variant ran next), p50 and
+mean, and the wall p50;
 plus the largest difference of any vector from the baseline's (the options must not change the numbers).
 """
 
@@ -65,7 +69,27 @@ def variants() -> dict[str, ort.SessionOptions]:
     o = FastEmbedEmbedder._session_options(2)
     o.add_session_config_entry("session.intra_op.allow_spinning", "1")
     out["2 threads, spinning"] = o
+    # onnxruntime 1.31's bounded spin (stop 20): the second thread spins at most this long between parallel
+    # sections, so it stays awake through a run's ~36 GEMMs and sleeps soon after the run ends.
+    for microseconds in (50, 200):
+        o = FastEmbedEmbedder._session_options(2)
+        o.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        o.add_session_config_entry("session.intra_op.spin_duration_us", str(microseconds))
+        out[f"2 threads, spin {microseconds} us"] = o
     return out
+
+
+def thread_ids() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+def threads_cpu(tids: list[int]) -> float:
+    """CPU seconds the given threads of this process have run (schedstat: nanoseconds, not 10 ms ticks)."""
+    total = 0
+    for tid in tids:
+        with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as stat:
+            total += int(stat.read().split()[0])
+    return total / 1e9
 
 
 def main() -> None:
@@ -73,7 +97,13 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--only", default="", help="comma list of variant names")
+    parser.add_argument(
+        "--settle-ms",
+        type=float,
+        default=2.0,
+        help="pause inside each run's CPU window, so a spinning variant's tail is counted as its own",
+    )
+    parser.add_argument("--only", default="", help="variant names separated by ';' (names contain commas)")
     args = parser.parse_args()
     embedder = FastEmbedEmbedder(scale.MODEL, model_path=scale.MODEL_DIR, query_precision="int8")
     tokenizer = embedder._model.model.tokenizer
@@ -88,11 +118,12 @@ def main() -> None:
     path = str(scale.MODEL_DIR / QUERY_INT8_FILE)
     chosen = variants()
     if args.only:
-        chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
-    sessions = {
-        name: ort.InferenceSession(path, sess_options=o, providers=["CPUExecutionProvider"])
-        for name, o in chosen.items()
-    }
+        chosen = {k: v for k, v in chosen.items() if k in args.only.split(";")}
+    sessions, pools = {}, {}
+    for name, o in chosen.items():
+        before = thread_ids()
+        sessions[name] = ort.InferenceSession(path, sess_options=o, providers=["CPUExecutionProvider"])
+        pools[name] = sorted(thread_ids() - before)  # the session's intra-op pool threads (none at 1 thread)
     output = ["last_hidden_state"]
     for session in sessions.values():  # first-run costs out of the way
         session.run(output, feeds[0])
@@ -107,10 +138,14 @@ def main() -> None:
         for i, feed in enumerate(feeds):
             rng.shuffle(names)
             for name in names:
-                c0, w0 = time.process_time(), time.perf_counter()
+                own = pools[name]
+                c0, p0, w0 = time.thread_time(), threads_cpu(own), time.perf_counter()
                 out = sessions[name].run(output, feed)[0]
                 wall[name].append(time.perf_counter() - w0)
-                cpu[name].append(time.process_time() - c0)
+                c1 = time.thread_time()
+                # A spinning pool thread keeps burning CPU after the run returns: its tail is this variant's.
+                time.sleep(args.settle_ms / 1000)
+                cpu[name].append(c1 - c0 + threads_cpu(own) - p0)
                 drift[name] = max(drift[name], float(np.abs(out - reference[i]).max()))
     tokens = [f["input_ids"].shape[1] for f in feeds]
     print(

@@ -286,6 +286,20 @@ class PlatformMocks(pulumi_mocks.Mocks):
             inputs = {**inputs, "project": provider_inputs["project"]}
         state: dict[str, Any] = dict(args.inputs)
         if args.resource_id:  # a read: the object as the cluster has it, else what was asked for
+            names_kind = "apiVersion" in inputs or "kind" in inputs
+            if (
+                args.typ.startswith("kubernetes:")
+                and names_kind
+                and not (inputs.get("metadata") or {}).get("namespace")
+            ):
+                # pulumi-kubernetes `Read` (provider/pkg/provider/provider.go) takes the namespace and name from the
+                # id only for a read that names no apiVersion/kind; otherwise it looks in the inputs' namespace,
+                # none here, so `default` (clients.go NamespaceOrDefault), and the engine fails the step. Every
+                # namespaced read of this program names none (REVIEW10 F0).
+                raise RuntimeError(
+                    f"resource '{args.resource_id}' does not exist: the read of {args.name} names "
+                    "apiVersion/kind without metadata.namespace, so pulumi-kubernetes looks in `default`"
+                )
             found = (self._live.get("objects") or {}).get(f"{args.typ} {args.resource_id}") or {}
             return args.resource_id, {**state, **found}
         extra = _outputs_for(args.typ, name, inputs)

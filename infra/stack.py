@@ -10,6 +10,7 @@ through `opts`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -826,8 +827,9 @@ def gateway_args(
     service_port: int,
     ready: tuple[pulumi.Resource, ...] = (),
     gateway_crds: tuple[pulumi.Resource, ...] = (),
+    backend: pulumi.Input[pulumi.Resource] | None = None,
 ) -> TlsGatewayArgs:
-    """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service."""
+    """The TLS entry (`rag:tls`, `rag:gateway`) in front of the service (`backend`: its Service, awaited)."""
     tls = config.tls
     gateway = config.gateway
     return TlsGatewayArgs(
@@ -851,6 +853,7 @@ def gateway_args(
         gateway_crds=gateway_crds,
         # A cloud load balancer is the entry there: the first `up` waits for its address (`ingressAddress`).
         wait_for_address=config.cluster.provider in ("eks", "gke"),
+        backend=backend,
         depends_on=ready,
     )
 
@@ -1116,12 +1119,32 @@ def build(
     `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`). A component's
     refusal of an argument built from config is a ConfigError naming the key and the stack file (`config_errors`).
     """
-    with config_errors(config):
-        return _build(config, cluster, secrets, release_namespace=release_namespace)
+    with config_errors(config), declared_later() as api_service:
+        return _build(config, cluster, secrets, release_namespace=release_namespace, api_service=api_service)
+
+
+@contextmanager
+def declared_later() -> Iterator[asyncio.Future[pulumi.Resource | None]]:
+    """A resource the program declares further down, for one declared before it to wait for (`depends_on` takes an
+    awaitable). The program sets it once the resource exists. A program that fails before sets it to None (no
+    dependency) on the way out: the SDK waits for every pending registration after a failure
+    (runtime/stack.py `run_pulumi_func` -> `wait_for_rpcs`), so an unset one would hang the `up` for good, and an
+    exception would replace the program's own error."""
+    later: asyncio.Future[pulumi.Resource | None] = asyncio.get_event_loop().create_future()
+    try:
+        yield later
+    finally:
+        if not later.done():
+            later.set_result(None)
 
 
 def _build(
-    config: StackConfig, cluster: ClusterTarget, secrets: Secrets, *, release_namespace: bool
+    config: StackConfig,
+    cluster: ClusterTarget,
+    secrets: Secrets,
+    *,
+    release_namespace: bool,
+    api_service: asyncio.Future[pulumi.Resource | None],
 ) -> dict[str, Any]:
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
     # Data stores may be managed cloud resources: a component picks the provider of each child's package.
@@ -1201,7 +1224,9 @@ def _build(
             )
 
     # The TLS entry before the registry: its cert-manager also serves the Barman Cloud plugin's certificates, which
-    # the registry's backups need. It routes to the service by name and port (checked once the service exists).
+    # the registry's backups need. It routes to the service by name and port (checked once the service exists), and
+    # what routes there waits for the service's Service (declared below): a destroy deletes the Gateway, and GKE's
+    # load balancer with it, before the Service whose NEGs that load balancer uses (REVIEW9 R9).
     gateway: TlsGateway | None = None
     if config.tls.enabled:
         gateway = TlsGateway(
@@ -1212,6 +1237,7 @@ def _build(
                 service_port=RagServiceArgs.port,
                 ready=ready,
                 gateway_crds=cluster.gateway_api,
+                backend=api_service,
             ),
             opts=in_cluster,
         )
@@ -1281,6 +1307,7 @@ def _build(
         ),
         opts=in_cluster,
     )
+    api_service.set_result(service.service)
 
     service_url: pulumi.Input[str] = service.url
     ingress_address: pulumi.Input[str | None] | None = None

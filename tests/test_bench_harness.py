@@ -475,3 +475,36 @@ def test_scale_splits_a_live_process_cpu_by_thread() -> None:
     assert thread_group(105, "python", 100, names) == "native pools"  # no Python frames: ONNX Runtime's
     assert thread_group(105, "python", 100, {}) == "other"  # without py-spy nothing tells them apart
     assert thread_group(106, "libuv-worker", 100, names) == "other"
+
+
+def test_query_session_charges_a_pool_threads_cpu_to_its_own_variant() -> None:
+    # bench/query_session.py once counted process CPU around each run only, so a spinning variant's pool thread
+    # (still spinning after its run) was charged to the next variant. Each variant's pool threads are now found when
+    # its session is built and their schedstat CPU is counted for that variant: a 1-thread session has none, a
+    # 2-thread one exactly one, and that thread is charged CPU by the variant's own runs.
+    import numpy as np
+    import onnxruntime as ort
+    from query_session import thread_ids, threads_cpu, variants
+
+    from service.app.store.embedder import QUERY_INT8_FILE
+
+    path = str(ROOT / ".models" / "all-MiniLM-L6-v2" / QUERY_INT8_FILE)
+    options = variants()
+    pools = {}
+    sessions = {}
+    for name in ("service (1 thread)", "2 threads, spinning"):
+        before = thread_ids()
+        sessions[name] = ort.InferenceSession(
+            path, sess_options=options[name], providers=["CPUExecutionProvider"]
+        )
+        pools[name] = sorted(thread_ids() - before)
+    assert pools["service (1 thread)"] == []
+    assert len(pools["2 threads, spinning"]) == 1
+    ids = np.array([[101, 2054, 2003, 1037, 3231, 6251, 1997, 3793, 102]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    spent = threads_cpu(pools["2 threads, spinning"])
+    for _ in range(
+        20
+    ):  # a run splits its GEMMs across both threads: the pool thread works (and spins) in each
+        sessions["2 threads, spinning"].run(None, feed)
+    assert threads_cpu(pools["2 threads, spinning"]) > spent

@@ -128,6 +128,14 @@ class TlsGatewayArgs:
     """Wait (on create and every update) until the Gateway is Programmed, i.e. has an address: on cloud targets,
     where the entry is a cloud load balancer. Off on `existing` clusters, whose Gateway implementation may never
     assign one (a local cluster without a load balancer)."""
+    backend: pulumi.Input[pulumi.Resource] | None = None
+    """The Service the entry routes to (`service_name`), or an awaitable of it when it is declared after this
+    component (the stack builds the service after the registry, which needs this component's cert-manager). The
+    Gateway, its routes and HealthCheckPolicy (or the Ingress) wait for it, so a destroy deletes them, and the load
+    balancer the Gateway's GKE finalizer tears down, before the Service: nothing else links them (the routes name it
+    by string), and a Service deleted first left GKE's NEG controller retrying to delete NEGs a backend service
+    still used (REVIEW9 R9). A create waits for it too (pulumi-kubernetes awaits a Service's first ready endpoint):
+    a first `up` programs the load balancer once the API pods are ready, not in parallel with their start."""
     depends_on: tuple[pulumi.Resource, ...] = ()
 
 
@@ -485,7 +493,17 @@ class LiveObject(pulumi.CustomResource):
     """A read (`get`) of a deployed Kubernetes object with its status.
 
     pulumi_kubernetes' `CustomResource` drops every output it does not declare, status included, so a Gateway read
-    through it has no status; this declares it. Only ever read, never created."""
+    through it has no status; this declares it. Only ever read, never created.
+
+    The read sends no input but names (every value None is left out, pulumi/runtime/rpc.py
+    `serialize_properties`), as pulumi_kubernetes' own `CustomResource.get` sends none: pulumi-kubernetes `Read`
+    (provider/pkg/provider/provider.go) takes the kind from the type token and the namespace and name from the id
+    (`<namespace>/<name>`) only when the inputs carry no apiVersion/kind; with them (as this class sent before
+    REVIEW10 F0) it looked the object up in the inputs' namespace, none, hence `default` (clients.go
+    `NamespaceOrDefault`), found nothing in a stack's namespace, and the step failed ("resource '<ns>/<name>' does
+    not exist"): every real `up` with an entry, and every preview of a deployed one. Read that way, it also returns
+    the object as the cluster has it, without pulumi-kubernetes' readiness awaiters (an Ingress's would fail the read
+    while it has no load balancer address)."""
 
     status: pulumi.Output[Any]
 
@@ -495,7 +513,7 @@ class LiveObject(pulumi.CustomResource):
         super().__init__(
             f"kubernetes:{api_version}:{kind}",
             name,
-            {"apiVersion": api_version, "kind": kind, "metadata": None, "status": None},
+            {"apiVersion": None, "kind": None, "metadata": None, "status": None},
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=id)),
         )
 
@@ -583,10 +601,16 @@ class TlsGateway(pulumi.ComponentResource):
             opts=child(*crds),
         )
 
+        # Whatever routes to the backend Service waits for it (`TlsGatewayArgs.backend`): deleted before it.
+        backend: list[pulumi.Input[pulumi.Resource]] = [args.backend] if args.backend is not None else []
+
+        def routing(*extra: pulumi.Resource) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=[*args.depends_on, *extra, *backend])
+
         entry: pulumi.CustomResource
         if args.entry == "gateway":
             gateway_annotations = dict(args.gateway_annotations)
-            gateway_opts = child(certificate, *args.gateway_crds)
+            gateway_opts = routing(certificate, *args.gateway_crds)
             if args.wait_for_address:
                 gateway_annotations[WAIT_FOR_ANNOTATION] = PROGRAMMED_WAIT
                 gateway_opts = pulumi.ResourceOptions.merge(
@@ -621,7 +645,7 @@ class TlsGateway(pulumi.ComponentResource):
                 kind="HTTPRoute",
                 metadata=specs.metadata(base, ns, object_labels),
                 spec=service_route_spec(gateway_name, args.hostname, args.service_name, args.service_port),
-                opts=child(gateway, *args.gateway_crds),
+                opts=routing(gateway, *args.gateway_crds),
             )
             if is_gke_class(args.gateway_class_name):
                 k8s.apiextensions.CustomResource(
@@ -633,7 +657,7 @@ class TlsGateway(pulumi.ComponentResource):
                         args.service_name, args.service_port, args.health_check_path
                     ),
                     # networking.gke.io CRDs come with GKE's Gateway API support.
-                    opts=child(*args.gateway_crds),
+                    opts=routing(*args.gateway_crds),
                 )
         else:
             closed = k8s.core.v1.Service(
@@ -653,7 +677,7 @@ class TlsGateway(pulumi.ComponentResource):
                     args.ingress_class_name,
                     closed_service=f"{base}-closed",
                 ),
-                opts=child(closed, certificate),
+                opts=routing(closed, certificate),
             )
 
         self.gateway_name = gateway_name

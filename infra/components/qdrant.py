@@ -105,7 +105,8 @@ class QdrantClusterArgs:
     delete of the StatefulSet orphaned: its delete may then keep the pods (`REPLACE_KEEPS_PODS`, a replace without
     an outage). False (a namespace the stack does not delete, `patch`/`existing`): nothing would end orphaned pods,
     and a `pulumi destroy` left every Qdrant node running in the namespace, so the delete is foreground (a replace
-    then restarts every node at once, docs/runbooks.md#growing-a-statefulsets-volume)."""
+    then restarts every node at once, docs/runbooks.md#growing-a-statefulsets-volume), unless `protect`
+    (`keeps_pods_on_delete`)."""
     claims_deleted_with_statefulset: bool = False
     """The data claims go with the StatefulSet (`specs.claim_retention`): a throwaway stack (a PR stack) in a
     namespace it does not delete, where the next stack there would otherwise start on this one's data."""
@@ -472,8 +473,8 @@ immutable, so pulumi-kubernetes replaces the StatefulSet, delete first (a named 
 every node went down at once for the replace; orphaned, they keep serving and the new StatefulSet, with the same
 selector and pod template, adopts them without a restart. It never deletes a pod otherwise: the program only deletes
 the StatefulSet in a `pulumi destroy`, which then deletes (and waits for) the namespace and with it the pods. Only
-when the stack deletes that namespace (`QdrantClusterArgs.namespace_deleted_after`): in one it does not, the pods
-outlived the destroy (the StatefulSet controller had handed them over to no one)."""
+when the stack deletes that namespace, or the StatefulSet is protected (`keeps_pods_on_delete`): in a namespace it
+keeps, an unprotected one's pods outlived the destroy (the StatefulSet controller had handed them over to no one)."""
 
 
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
@@ -498,11 +499,27 @@ def rollout_timeout_seconds(args: QdrantClusterArgs, base: str = APP) -> int:
     return max(600, args.replicas * node)
 
 
+def keeps_pods_on_delete(args: QdrantClusterArgs) -> bool:
+    """Whether Pulumi's delete of the StatefulSet orphans its pods (`REPLACE_KEEPS_PODS`). pulumi-kubernetes reads
+    the annotation from the old state for every delete, a replace's and a destroy's alike (provider.go `Delete` ->
+    await.go `Deletion`), so the choice is per stack, not per operation:
+    - the stack deletes the namespace after the StatefulSet (`create`): orphan. A replace keeps the nodes serving,
+      a destroy ends the pods with the namespace.
+    - a kept namespace (`patch`/`existing`), protected (prod): orphan. The engine deletes a protected resource in
+      no operation (a replace is refused like a destroy), so a delete only follows a deliberate
+      `pulumi state unprotect`: for a volume grow (docs/runbooks.md#growing-a-statefulsets-volume), where a
+      foreground delete took every prod node down at once, or for a final destroy, whose runbook step deletes the
+      pods with the claims (docs/operations.md#deploying-into-a-namespace-the-platform-team-owns).
+    - a kept namespace, unprotected: foreground. A plain `pulumi destroy` (a PR stack's reaper) must not leave
+      the nodes running there; a replace restarts every node at once (dev/staging, or let it go by hand first)."""
+    return args.namespace_deleted_after or args.protect
+
+
 def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str, str]) -> dict[str, Any]:
-    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`, when the namespace goes after it
-    on a destroy), Pulumi waits for a rollout as long as the nodes' probes allow (`rollout_timeout_seconds`), and it
-    records an acknowledged scale-down (who reads the object sees it was planned)."""
-    keep_pods = REPLACE_KEEPS_PODS if args.namespace_deleted_after else {}
+    """The StatefulSet's metadata: a replace keeps its pods (`REPLACE_KEEPS_PODS`, `keeps_pods_on_delete`), Pulumi
+    waits for a rollout as long as the nodes' probes allow (`rollout_timeout_seconds`), and it records an
+    acknowledged scale-down (who reads the object sees it was planned)."""
+    keep_pods = REPLACE_KEEPS_PODS if keeps_pods_on_delete(args) else {}
     annotations = {**keep_pods, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
     if args.scale_down_acknowledged is not None:
         annotations[SCALE_DOWN_ANNOTATION] = (

@@ -607,6 +607,8 @@ class RagService(pulumi.ComponentResource):
     """In-cluster URL of the API, http://<service>.<namespace>.svc:<port>."""
     deployment_name: str
     service_account_name: str
+    service: k8s.core.v1.Service
+    """The API's Service (`service_name`): what an entry routing to it waits for (`TlsGatewayArgs.backend`)."""
 
     def __init__(self, name: str, args: RagServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(args)
@@ -721,7 +723,7 @@ class RagService(pulumi.ComponentResource):
             opts=api_opts,
         )
 
-        k8s.core.v1.Service(
+        self.service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=specs.metadata(base, ns, api_labels),
             spec=service_spec(api_match, args.port),

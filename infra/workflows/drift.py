@@ -14,13 +14,20 @@ rescheduled pod cannot pull it and a promotion would ship a digest that no longe
 (registry unreachable from the drift runner, an expired ECR or gcloud token in state) leaves it unchanged with the
 warning "unable to verify image tags, leaving state unchanged". The image stays in the refresh for that reason:
 excluding it would hide the one drift that stops pods from starting.
+
+What the refresh leaves out: the stack's read-only resources (`external` in its state: the entry's live read behind
+`ingressAddress`, the CRD gates of `monitoring.mode: existing`). The engine compares such a resource by its outputs
+alone (pulumi/pulumi pkg/resource/deploy/step.go `RefreshStep.ResultOp`), which are the whole live object, so any
+controller write since the last `up` (a status condition, GKE's `networking.gke.io/last-reconcile-time` stamped on
+every reconcile) was reported as drift nightly, with no resource named. The stack manages nothing there: the next
+`up` reads it again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pulumi.automation import EngineEvent
+from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
 from infra.workflows.preview import NO_CHANGE_OPS, EventCollector, Step
@@ -104,18 +111,36 @@ def check_drift(
     ctx: Context, stack: str, *, on_output: OnOutput | None = None, on_event: OnEvent | None = None
 ) -> DriftReport:
     """Preview a refresh with expect-no-changes and report what drifted (and what could not be read)."""
-    st = select(ctx.workspace(), stack)
+    ws = ctx.workspace()
+    st = select(ws, stack)
     collector = _WarningCollector(EventCollector(forward=on_event))
+    reads = read_only_urns(ws, stack)
     try:
         # The RefreshResult's summary is the stack's last *update* (a preview-only refresh writes no history),
         # so the verdict comes from this run's own events.
-        st.refresh(preview_only=True, expect_no_changes=True, on_output=on_output, on_event=collector)
+        st.refresh(
+            preview_only=True,
+            expect_no_changes=True,
+            exclude=reads or None,
+            on_output=on_output,
+            on_event=collector,
+        )
     except CommandError:
         report = _report(stack, collector)
         if report.has_drift:
             return report
         raise
     return _report(stack, collector)
+
+
+def read_only_urns(ws: Workspace, stack: str) -> list[str]:
+    """The URNs of the stack's read-only resources (`"external": true` in its state), which the drift check leaves
+    out (an unreadable state leaves nothing out: the refresh then reports what it finds, as before)."""
+    try:
+        state = ws.export_stack(stack).deployment or {}
+    except CommandError:
+        return []
+    return [str(r["urn"]) for r in state.get("resources") or [] if r.get("external") and r.get("urn")]
 
 
 def _report(stack: str, collector: _WarningCollector) -> DriftReport:

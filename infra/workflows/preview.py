@@ -21,8 +21,13 @@ from infra.workflows.scaling import ScaleDownRefused, check_scale_down
 from infra.workflows.secrets import SecretsDropped, check_secrets_kept
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
 
-# Steps that change nothing; everything else counts as a pending change.
-NO_CHANGE_OPS = frozenset({"same"})
+# Steps that change nothing; everything else counts as a pending change. A `read` is counted by the engine when a
+# read-only resource (`ResourceOptions(id=...)`: the entry's live read for `ingressAddress`, the CRD gates of
+# `monitoring.mode: existing`) reads other outputs than the state holds (pulumi/pulumi pkg/engine/update.go
+# `shouldRecordReadStep`): the whole live object, `resourceVersion` included, so any controller write since the last
+# `up` (GKE stamps `networking.gke.io/last-reconcile-time` on its Gateways at every reconcile) counts one. The update
+# would deploy nothing for it; counting it refused every promotion from such a stack (REVIEW10 F1).
+NO_CHANGE_OPS = frozenset({"same", "read"})
 # Engine steps that are bookkeeping during a refresh rather than a change (kept out of step lists).
 QUIET_OPS = frozenset({"same", "read", "refresh"})
 
@@ -125,7 +130,7 @@ class PreviewReport:
 
     @property
     def pending(self) -> dict[str, int]:
-        """Change counts other than ``same`` (non-zero only): empty means the stack is up to date."""
+        """Change counts other than ``same`` and ``read`` (non-zero only): empty means the stack is up to date."""
         pending = {op: n for op, n in self.changes.items() if op not in NO_CHANGE_OPS and n > 0}
         if not pending and not self.changes:
             # No summary (a failed preview): fall back to the steps we saw.

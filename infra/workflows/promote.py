@@ -26,6 +26,7 @@ them in the backend with the update, which is where the next promotion (another 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
@@ -447,6 +448,7 @@ def check_schema(
     deployed: list[str],
     where: str,
     database_schema: str | None = None,
+    own_repository: str | None = None,
 ) -> None:
     """Refuse a rollback whose release cannot start on the stack's registry database (EYES_OPS3 O5).
 
@@ -456,8 +458,22 @@ def check_schema(
     schema head is at or after that revision, or at or after the revision's ``compatible_from``; both come from
     the images' labels (infra/schema.py). Images the registry no longer serves are skipped (older releases);
     the current one and the target must be readable.
+
+    With `own_repository` (a rollback: the stack's own registry, where the copy of every image it ran stays,
+    tagged `sha256-<hex>` for good), each image is read there first, then from the registry its ref names: a
+    promoted stack's history names the *source's* registry (dev's), whose retention expires a build
+    `supersededBuildDays` after its push, so a rollback to an older release was refused on a read of dev's
+    registry although the stack's own copy was there (REVIEW10 F3).
     """
-    read = ctx.image_labels or schema_mod.read_image_labels
+    read_ref = ctx.image_labels or schema_mod.read_image_labels
+
+    def read(ref: str) -> Mapping[str, str]:
+        sha = _sha(ref)
+        own_ref = f"{own_repository}@{sha}" if own_repository and sha else None
+        if own_ref is not None and own_ref != ref:
+            with contextlib.suppress(schema_mod.ImageLabelError):
+                return read_ref(own_ref)
+        return read_ref(ref)
 
     def labels(ref: str) -> Mapping[str, str]:
         try:
@@ -563,7 +579,8 @@ def rollback(
         )
     where = f"Cannot roll {stack} back to update {entry.version} ({image})"
     ran = [_image_of(h) for h in history if h.kind == "update" and h.result == "succeeded" and _image_of(h)]
-    check_schema(ctx, stack, image, [current or "", *ran], where, database_schema)
+    own = current.rsplit("@", 1)[0] if current and _sha(current) else None
+    check_schema(ctx, stack, image, [current or "", *ran], where, database_schema, own_repository=own)
 
     recorded = entry.config or {}
     promotion = _as_object(recorded[PROMOTION_KEY].value) if PROMOTION_KEY in recorded else None

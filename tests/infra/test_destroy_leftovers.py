@@ -56,6 +56,10 @@ def test_pods_a_delete_orphans_end_with_a_namespace_the_destroy_deletes_after(
         if not r.retain_on_delete  # a retained Namespace outlives the destroy (a handover)
     }
     for statefulset in _orphaning(result):
+        if statefulset.protect:
+            # Pulumi deletes it only after a deliberate `pulumi state unprotect` (a volume grow keeps the nodes
+            # up; a final destroy's runbook step deletes the pods): test_prod_keeps_the_orphan_in_every_mode.
+            continue
         name = statefulset.inputs["metadata"]["namespace"]
         assert name in namespaces, (statefulset.name, "orphaned pods would outlive the destroy")
         # Deleted after the StatefulSet: the StatefulSet waits for it on create.
@@ -70,6 +74,30 @@ def test_a_namespace_the_stack_keeps_gets_a_foreground_delete_of_qdrant(mode: st
     assert ORPHAN[0] not in annotations
     # The rest of the metadata is unchanged: the rollout timeout still applies.
     assert "pulumi.com/timeoutSeconds" in annotations
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+@pytest.mark.parametrize("mode", ["create", "patch", "existing"])
+def test_the_rendered_propagation_per_stack_and_namespace_mode(stack: str, mode: str) -> None:
+    """pulumi-kubernetes applies the annotation to a replace and a destroy alike, so each case gets the safe one:
+    orphan where the namespace ends the pods (`create`) or where no Pulumi delete happens without a deliberate
+    `pulumi state unprotect` (prod, protected: its volume grow no longer restarts every node at once); foreground
+    where a plain destroy would leave the nodes running in a kept namespace (dev/staging with patch/existing)."""
+    qdrant = run(stack, "existing", namespaceMode=mode).by_name("qdrant-statefulset")
+    assert qdrant.protect is (stack == "prod")
+    annotations = qdrant.inputs["metadata"]["annotations"]
+    orphans = annotations.get(ORPHAN[0]) == ORPHAN[1]
+    assert orphans is (mode == "create" or stack == "prod"), annotations
+    assert ORPHAN[0] in annotations or not orphans  # foreground is pulumi-kubernetes' default (no annotation)
+
+
+def test_prod_keeps_the_orphan_in_every_mode() -> None:
+    """The defect: prod with `patch`/`existing` lost the orphan with R1's fix, so a prod volume grow (after the
+    runbook's unprotect) deleted the StatefulSet in the foreground and every Qdrant node went down at once."""
+    for mode in ("patch", "existing"):
+        qdrant = run("prod", "existing", namespaceMode=mode).by_name("qdrant-statefulset")
+        assert qdrant.protect
+        assert qdrant.inputs["metadata"]["annotations"][ORPHAN[0]] == ORPHAN[1], mode
 
 
 def test_a_namespace_the_stack_deletes_keeps_the_replace_without_an_outage() -> None:

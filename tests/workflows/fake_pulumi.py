@@ -151,6 +151,8 @@ class FakeStack:
     lock_files: list[tuple[str, str, int, str]] = field(default_factory=list)
     # URNs of the resources `stack export` shows (the count above is what a history entry reports).
     urns: list[str] = field(default_factory=list)
+    # Of those, the read-only ones (`ResourceOptions(id=...)`), which the state marks `"external": true`.
+    external_urns: set[str] = field(default_factory=set)
 
     @property
     def config(self) -> dict[str, dict[str, Any]]:
@@ -196,6 +198,10 @@ class Script:
     refresh_events: list[dict[str, Any]] = field(default_factory=list)
     refresh_summary: dict[str, int] = field(default_factory=lambda: {"same": 12})
     refresh_error: str | None = None  # a refresh that fails for reasons other than drift
+    # Read-only resources whose live object changed since the last update (a controller's status or annotation
+    # write): the engine compares them by outputs and counts an `update` for each, unless `--exclude`d
+    # (pulumi/pulumi pkg/resource/deploy/step.go `RefreshStep.ResultOp`).
+    refresh_changed_reads: list[str] = field(default_factory=list)
 
 
 class FakeBackend:
@@ -460,7 +466,14 @@ class _Handler:
         return json.dumps(entries), "", 0
 
     def _export(self, stack: FakeStack) -> tuple[str, str, int]:
-        resources = [{"urn": urn, "type": urn.split("::")[-2]} for urn in stack.urns]
+        resources = [
+            {
+                "urn": urn,
+                "type": urn.split("::")[-2],
+                **({"external": True} if urn in stack.external_urns else {}),
+            }
+            for urn in stack.urns
+        ]
         return json.dumps({"version": 3, "deployment": {"manifest": {}, "resources": resources}}), "", 0
 
     def _config(self, stack: FakeStack) -> tuple[str, str, int]:
@@ -523,9 +536,22 @@ class _Handler:
         script = self.b.script(stack.name)
         if script.refresh_error is not None:
             return "", script.refresh_error, 255
-        summary = {"summaryEvent": {"resourceChanges": script.refresh_summary}}
-        self._emit([*script.refresh_events, summary])
-        drifted = any(n for op, n in script.refresh_summary.items() if op != "same")
+        excluded = {v for flag, v in zip(self.args, self.args[1:]) if flag == "--exclude"}
+        reads = [urn for urn in script.refresh_changed_reads if urn not in excluded]
+        changes = dict(script.refresh_summary)
+        if reads:
+            changes["update"] = changes.get("update", 0) + len(reads)
+        read_events = [
+            {
+                "resourcePreEvent": {
+                    "metadata": {"op": "refresh", "urn": urn, "type": urn.split("::")[-2], "provider": ""}
+                }
+            }
+            for urn in reads
+        ]
+        summary = {"summaryEvent": {"resourceChanges": changes}}
+        self._emit([*script.refresh_events, *read_events, summary])
+        drifted = any(n for op, n in changes.items() if op != "same")
         if drifted and "--expect-no-changes" in self.args:
             return "Refreshing (stack)", "error: no changes were expected but changes were proposed", 255
         return "Refreshing (stack)", "", 0

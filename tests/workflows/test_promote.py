@@ -345,6 +345,41 @@ def test_refuses_when_source_has_pending_changes(ctx: Context, backend: FakeBack
     assert "rag:promotion" not in backend.stacks["staging"].config
 
 
+# The entry's live read for `ingressAddress` (infra/components/gateway.py LiveObject): a read-only resource.
+LIVE_READ = "gateway-gateway-live"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+
+
+def test_a_source_whose_gateway_a_controller_touched_is_still_promoted(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """A real preview counts a `read` when a read-only resource's live object differs from the state
+    (pulumi/pulumi pkg/engine/update.go shouldRecordReadStep): GKE stamps its Gateways at every reconcile, so
+    staging's preview carried `1 read` after nearly every `up`, and counting it refused every promotion to prod."""
+    _stacks(backend)
+    script = backend.script("dev")
+    script.preview_summary = {"read": 1, "same": 11}
+    script.preview_events = [step_event("read", LIVE_READ, GATEWAY)]
+
+    promote(ctx, "dev", "staging")
+
+    assert len(backend.commands("up")) == 1
+    assert backend.stacks["staging"].config_value("rag:image") == DIGEST
+
+
+def test_a_read_next_to_a_real_change_still_refuses(ctx: Context, backend: FakeBackend) -> None:
+    _stacks(backend)
+    script = backend.script("dev")
+    script.preview_summary = {"read": 1, "update": 1, "same": 10}
+    script.preview_events = [
+        step_event("read", LIVE_READ, GATEWAY),
+        step_event("update", "rag-service", diffs=["spec"]),
+    ]
+    with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)"):
+        promote(ctx, "dev", "staging")
+    assert backend.commands("up") == []
+
+
 def test_refuses_when_the_source_preview_fails(ctx: Context, backend: FakeBackend) -> None:
     _stacks(backend)
     backend.script("dev").preview_error = "error: program failed"

@@ -267,6 +267,41 @@ def test_rollback_needs_the_labels_of_the_target_and_the_current_image(fleet: Fl
     refuses_writing_nothing(fleet, "manifest unknown")
 
 
+def test_a_rollback_reads_the_image_from_the_stacks_own_registry(fleet: Fleet) -> None:
+    """Staging's history names release A by dev's registry (what its promotion set as rag:image); dev's retention
+    expired A's build (`supersededBuildDays`), while staging's own copy keeps it for good (`sha256-<hex>`). The
+    rollback reads A's labels there instead of refusing on dev's registry."""
+    fleet.labels[sha(RELEASE_A)] = schema("0011_schema_compat", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_B)] = schema("0012_expand", "0011_schema_compat")
+    read: list[str] = []
+
+    def labels(ref: str) -> dict[str, str]:
+        read.append(ref)
+        if ref.startswith("registry.example.com/dev/"):
+            raise ImageLabelError(f"cannot read {ref} from this machine: manifest unknown")
+        return fleet.labels_of(ref)
+
+    job = fleet.job()
+    job.image_labels = labels
+    staging = fleet.backend.stacks["staging"]
+    assert staging.deployed_config()["rag:image"]["value"] == RELEASE_B  # dev's registry
+
+    done = rollback(job, "staging")
+
+    assert sha(done.digest) == sha(RELEASE_A)
+    assert staging.outputs["imageDigest"] == registry_ref("staging", RELEASE_A)
+    assert registry_ref("staging", RELEASE_A) in read
+    # The schema check still ran on both images (a contract-breaking B would have refused it).
+    assert registry_ref("staging", RELEASE_B) in read
+
+
+def test_a_rollback_whose_image_is_in_neither_registry_is_refused(fleet: Fleet) -> None:
+    fleet.labels[sha(RELEASE_B)] = schema("0012_expand", "0011_schema_compat")
+    fleet.labels[sha(RELEASE_A)] = ImageLabelError("manifest unknown")  # gone from both registries
+    message = refuses_writing_nothing(fleet, "cannot check that the release can run")
+    assert "manifest unknown" in message
+
+
 def test_rollback_refuses_a_database_schema_that_is_no_revision(fleet: Fleet) -> None:
     with pytest.raises(UsageError, match="is not a registry schema revision"):
         rollback(fleet.job(), "prod", database_schema="latest")

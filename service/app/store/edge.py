@@ -64,6 +64,10 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   count, at which cap, and the points deleted since, which the next one would vacuum) is kept beside the shard
   (``consolidation.json``, replaced atomically), so a restart does not copy a shard that is already as merged as
   the cap allows into a child only to find nothing to merge, nor forget the deletes that make a vacuum due.
+  A due consolidation starts no child when the engine's planner (ported: `planned_merges`) would merge nothing,
+  or would rewrite a merged segment for a few new points (`merge_worthwhile`: under CONSOLIDATE_LEAVE_SHARE of
+  its points, at most CONSOLIDATE_MAX_SEGMENTS segments): a trickle no longer re-merges the whole shard per
+  sealed segment.
 - Searching: a query reads every segment; qdrant-edge does that in the shard's search pool, handing the query
   from the calling thread to the pool's threads and back. With few segments that hand-off costs more than the
   parallel reads buy, so a shard of fewer than ``POOL_MIN_SEGMENTS`` segments is searched on the calling thread
@@ -154,6 +158,15 @@ MERGE_SEGMENT_NUMBER = 2
 CONSOLIDATE_SEGMENT_POINTS = 102400
 CONSOLIDATE_DELETED_SHARE = 0.2
 CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted points are not worth a rebuild
+# Below the cap, the engine's planner merges a merged segment again with every new segment beside it (smallest
+# first, while the sum fits): at 60-100k chunks a copy of the whole shard, re-quantized, for every 4,096 points
+# written (docs/benchmarks.md, stop 19). So a due consolidation is not started while the merge would rewrite a
+# merged segment for new points holding less than CONSOLIDATE_LEAVE_SHARE of its points, nor when it would merge
+# nothing at all, unless the shard has more than CONSOLIDATE_MAX_SEGMENTS segments (what a search visits:
+# the merged one, the appendable one and at most three sealed ones of the serving process's ~4k points).
+# A vacuum, a deferred metadata index or a stale graph still starts one (`merge_worthwhile`, `consolidate`).
+CONSOLIDATE_LEAVE_SHARE = 0.25
+CONSOLIDATE_MAX_SEGMENTS = 5
 # Scalar (int8) quantization of the stored dense vectors (engine-side; the model is unchanged): the HNSW search
 # scores candidates on the quantized copy (a quarter of the bytes, kept in RAM), then rescores the best
 # ``QUANTIZATION_OVERSAMPLING`` x limit with the original float vectors, so every returned score is the exact
@@ -214,8 +227,8 @@ REPLAY_MAX_POINTS = 4096
 CONSOLIDATE_TRICKLE_POINTS = REPLAY_MAX_POINTS // 8
 CONSOLIDATE_TRICKLE_WAIT = 10
 # Test hook (never set in service): the consolidation blocks for ever at the named point, after saying so on
-# stderr, so a test can kill -9 the process there (points: merging, merged, replaying, replayed, ready, replaced,
-# swapped; see EdgeVectorStore.consolidate).
+# stderr, so a test can kill -9 the process there (points: skipped, merging, merged, replaying, replayed, ready,
+# replaced, swapped; see EdgeVectorStore.consolidate).
 BLOCK_AT_ENV = "EDGE_TEST_BLOCK_CONSOLIDATION_AT"
 METADATA_INDEX_PAUSE_RATIO = 9.0
 METADATA_INDEX_MAX_KEYS = 32
@@ -413,6 +426,87 @@ def merged_layout(*, points: int, segments: int, segment_points: int) -> bool:
     segments average more than ``segment_points`` (EDGE_SEGMENT_POINTS, what the serving process's bounded passes
     build). Such a shard is searched with the full beam and ACORN (see HNSW_M's comment)."""
     return points > segment_points * max(1, segments)
+
+
+def stored_segment_points(path: Path, dimension: int) -> list[int] | None:
+    """Points (deleted ones included) of each segment of the shard at ``path``, read from the engine's dense vector
+    files without loading it: an indexed segment's ``matrix.dat`` (a small header, then ``dimension`` float32 per
+    point), the appendable one's ``vectors/status.dat`` (its length, a little-endian u64). None when any segment
+    is not laid out so (another engine version or vector storage): the caller then plans as if nothing were known.
+    A segment created or dropped by a pass while this reads also gives None."""
+    sizes: list[int] = []
+    try:
+        for entry in os.scandir(path / "segments"):
+            if not entry.is_dir():
+                continue
+            storage = Path(entry.path) / f"vector_storage-{DENSE_VECTOR}"
+            matrix = storage / "matrix.dat"
+            if matrix.is_file():
+                sizes.append(matrix.stat().st_size // (dimension * 4))
+                continue
+            status = (storage / "vectors" / "status.dat").read_bytes()
+            if len(status) != 8:
+                return None
+            sizes.append(int.from_bytes(status, "little"))
+    except OSError:
+        return None
+    return sizes
+
+
+def planned_merges(sizes: Sequence[int], cap: int) -> list[list[int]]:
+    """The batches (indexes into ``sizes``) the engine's merge planner would merge among segments of ``sizes``
+    points under a cap of ``cap`` points, with ``default_segment_number`` 1 as the consolidation's child runs it:
+    a port of ``MergeOptimizer::plan_optimizations`` (qdrant 1.19.0, lib/shard/src/optimizers/merge_optimizer.rs).
+    Smallest first, each batch while its sum stays below the cap; a first batch of 2 is only planned with a second
+    batch (one of 2 alone would not reduce the segment count). Empty: a child would merge nothing."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    plan: list[list[int]] = []
+    held: list[int] | None = None
+    taken = 0
+    last = len(sizes) + 1  # expected segments + 2 - default_segment_number
+    while taken < min(last, len(order)):
+        batch: list[int] = []
+        total = 0
+        for index in order[taken : min(last, len(order))]:
+            total += sizes[index]
+            if total >= cap:
+                break
+            batch.append(index)
+        if len(batch) < 2:
+            break
+        first = taken == 0
+        taken += len(batch)
+        last += 1
+        if first and len(batch) < 3:
+            held = batch
+            continue
+        if held is not None:
+            plan.append(held)
+            held = None
+        plan.append(batch)
+    return plan
+
+
+def merge_worthwhile(
+    sizes: Sequence[int], *, cap: int, segment_points: int, leave_share: float, max_segments: int
+) -> bool:
+    """Whether a consolidation of segments of ``sizes`` points (the appendable one included) under a cap of ``cap``
+    points is worth starting: the engine's planner would merge something (`planned_merges`), and it would not
+    rewrite a merged segment (more than ``segment_points``: larger than the serving process builds) for the sake
+    of a few new points, i.e. the segments merged into it hold ``leave_share`` of its points or more, or the shard
+    has more than ``max_segments`` segments (the bound on what a search visits). A merge rewrites the whole merged
+    segment (copied, re-quantized, its graph reused and the new points inserted), so leaving it alone until the
+    new points are a sizable share rewrites it once per that share instead of once per sealed segment."""
+    plan = planned_merges(sizes, cap)
+    if not plan:
+        return False
+    if len(sizes) > max_segments:
+        return True
+    for batch in plan:
+        merged = [sizes[i] for i in batch if sizes[i] > segment_points]
+        if merged and sum(sizes[i] for i in batch) - max(merged) < leave_share * max(merged):
+            return False
+    return True
 
 
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
@@ -946,6 +1040,11 @@ class EdgeVectorStore:
         self._record_lock = threading.Lock()
         self.vacuum_min_points = CONSOLIDATE_VACUUM_MIN_POINTS
         self._settled_segments: int | None = None  # segments the last consolidation left (or could not merge)
+        # A merged segment is left alone while the segments a merge would add to it hold less than this share of
+        # its points, unless the shard has more than max_segments segments (`merge_worthwhile`).
+        self.leave_share = CONSOLIDATE_LEAVE_SHARE
+        self.max_segments = CONSOLIDATE_MAX_SEGMENTS
+        self.skipped_consolidations = 0  # due, but not worth a child (`consolidate`): none was started
         self.last_consolidation: dict[str, Any] | None = None
         self._lock = DirectoryLock(path.parent)
         self._holds_lock = False
@@ -1265,7 +1364,13 @@ class EdgeVectorStore:
         """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
         any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), more points deleted since
         than the share the child vacuums at, or a graph built with other than ``HNSW_M`` links per point (a shard
-        an earlier release wrote: the child rebuilds it)."""
+        an earlier release wrote: the child rebuilds it). (`consolidate` may still find a merge not worth
+        starting: `merge_worthwhile`.)"""
+        return bool(self._due_reasons()[0])
+
+    def _due_reasons(self) -> tuple[set[str], int]:
+        """Why a consolidation is due ("segments", "vacuum", "indexes", "graph"; empty: it is not), and the
+        shard's segment count the answer was taken at."""
         with self._engine() as shard:
             info = shard.info()
         settled = self._settled_segments
@@ -1273,11 +1378,38 @@ class EdgeVectorStore:
             settled is None
         ):  # not consolidated yet in this process: one segment per cap (+ the appendable one)
             settled = math.ceil(info.points_count / self._consolidate_points) + 1
-        deleted = self._deleted_points >= self.vacuum_min_points and self._deleted_points > (
+        reasons: set[str] = set()
+        if info.segments_count > settled:
+            reasons.add("segments")
+        if self._deleted_points >= self.vacuum_min_points and self._deleted_points > (
             CONSOLIDATE_DELETED_SHARE * (info.points_count + self._deleted_points)
+        ):
+            reasons.add("vacuum")
+        if self._deferred_indexes:
+            reasons.add("indexes")
+        if info.points_count > 0 and self._stored_hnsw_m() not in (None, HNSW_M):
+            reasons.add("graph")
+        return reasons, info.segments_count
+
+    def _merge_worthwhile(self) -> bool:
+        """Whether the child would merge anything worth its cost (`merge_worthwhile`) on the shard as stored;
+        True when its segments' sizes cannot be read (then the child's planner alone decides, as before)."""
+        # The engine writes the appendable segment's length and drops merged-away segments' directories on a
+        # flush (the copy would take one anyway); a count that still differs from the engine's is not trusted.
+        with self._engine() as shard:
+            shard.flush()
+            segments = shard.info().segments_count
+        sizes = stored_segment_points(self.path, self.dimension)
+        if sizes is None or len(sizes) != segments:
+            return True
+        cap_kb = max(1, self._consolidate_points * self.dimension * 4 // 1024)
+        return merge_worthwhile(
+            sizes,
+            cap=cap_kb * 1024 // (self.dimension * 4),
+            segment_points=self._segment_points,
+            leave_share=self.leave_share,
+            max_segments=self.max_segments,
         )
-        stale_graph = info.points_count > 0 and self._stored_hnsw_m() not in (None, HNSW_M)
-        return info.segments_count > settled or deleted or bool(self._deferred_indexes) or stale_graph
 
     @_guarded
     def consolidate(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
@@ -1291,7 +1423,16 @@ class EdgeVectorStore:
         ``cancelled()`` turns true, or when there is nothing to merge. The served shard is never touched until
         the swap, which holds every other call to the store off for as long as the last replayed writes, closing
         the old shard and loading the merged one take."""
-        if not self.consolidation_due():
+        reasons, segments = self._due_reasons()
+        if not reasons:
+            return False
+        if reasons == {"segments"} and not self._merge_worthwhile():
+            # Only a new segment made it due, and merging would merge nothing or rewrite a merged segment for a
+            # few new points: no copy, no child; this layout counts as settled until another segment comes.
+            EDGE_CONSOLIDATIONS.labels(outcome="skipped").inc()
+            self.skipped_consolidations += 1
+            self._write_settled(segments)
+            self._checkpoint("skipped")
             return False
         building, ready, replaced = self._swap_paths()
         for leftover in (building, ready, replaced):
