@@ -282,8 +282,11 @@ def promote(
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
+    policy_pack: str | None = POLICY_PACK,
 ) -> Promotion:
-    """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it."""
+    """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it with the
+    policy pack (`ragops up` and `rollback` run it too: a promotion is how staging and prod are updated, so without
+    it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7)."""
     check_order(source, target, ctx.work_dir)
     ws = ctx.workspace()
     src = select(ws, source)
@@ -350,7 +353,12 @@ def promote(
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
     check_major_upgrade(ws, target)
-    tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
+    tgt.up(
+        policy_packs=[policy_pack] if policy_pack else None,
+        on_output=on_output,
+        on_event=on_event,
+        message=f"promote {source} -> {target}: {digest}",
+    )
     return promotion
 
 

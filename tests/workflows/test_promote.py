@@ -118,6 +118,9 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
             "--skip-preview",
             "--message",
             f"promote dev -> staging: {DIGEST}",
+            # The policy pack, as on `ragops up` and `rollback`: promotions are how staging and prod are updated.
+            "--policy-pack",
+            "infra/policy",
             "--exec-kind",
             "auto.local",
             "--stack",
