@@ -508,3 +508,26 @@ def test_query_session_charges_a_pool_threads_cpu_to_its_own_variant() -> None:
     ):  # a run splits its GEMMs across both threads: the pool thread works (and spins) in each
         sessions["2 threads, spinning"].run(None, feed)
     assert threads_cpu(pools["2 threads, spinning"]) > spent
+
+
+def test_search_ab_server_means_cover_only_the_searches_between_its_two_scrapes() -> None:
+    # The warm-up searches (the first, slowest embedding runs among them) happened before the first scrape; the
+    # means are over what the measured searches added, and a part nothing observed in the window is None.
+    from search_ab import window_means
+
+    def scrape(embedding: tuple[float, int], request: tuple[float, int]) -> str:
+        return (
+            f'rag_embedding_duration_seconds_sum{{kind="query"}} {embedding[0]}\n'
+            f'rag_embedding_duration_seconds_count{{kind="query"}} {embedding[1]}\n'
+            'rag_embedding_duration_seconds_sum{kind="document"} 9.0\n'
+            'rag_embedding_duration_seconds_count{kind="document"} 3\n'
+            f'rag_http_request_duration_seconds_sum{{method="POST",route="/v1/search"}} {request[0]}\n'
+            f'rag_http_request_duration_seconds_count{{method="POST",route="/v1/search"}} {request[1]}\n'
+        )
+
+    before = scrape((0.5, 20), (0.6, 20))  # 20 warm-up searches at 25 ms of embedding each
+    after = scrape((0.5 + 200 * 0.002, 220), (0.6 + 200 * 0.005, 220))
+    means = window_means(before, after)
+    assert means["query embedding"] == pytest.approx(2.0)
+    assert means["whole request inside the server"] == pytest.approx(5.0)
+    assert means["vector search + registry check"] is None

@@ -100,6 +100,7 @@ M_JOB_SECONDS = "rag_job_duration_seconds"
 M_QUEUE_DEPTH = "rag_queue_depth"
 M_QUEUE_OLDEST_AGE = "rag_queue_oldest_job_age_seconds"
 M_WORKER_POLL = "rag_worker_last_poll_timestamp_seconds"
+M_JOBS_RUNNING = "rag_jobs_running"
 M_JOBS_RUNNING_OLDEST_AGE = "rag_jobs_running_oldest_age_seconds"
 M_JOBS_RECLAIMED = "rag_jobs_reclaimed_total"
 M_REINDEX_INTERRUPTED = "rag_reindex_interrupted"
@@ -244,6 +245,10 @@ class MonitoringArgs:
     redis_mode: str = "incluster"
     """`incluster` (the StatefulSet's kube-state-metrics series) or managed (the service's own series)."""
     redis_statefulset: str = "redis"
+    worker: bool = True
+    """The stack runs the worker Deployment (`rag:service.worker.enabled`), which exports its last poll of the queue.
+    False: the API pods run the jobs (JOBS_IN_PROCESS) and export no poll time, so `RagQueueNoConsumer` reads the
+    jobs running and finished instead."""
     backup_cronjob: str | None = None
     """Name of the Qdrant backup CronJob; None when backups are off (no backup alerts)."""
     tls_enabled: bool = True
@@ -630,7 +635,21 @@ def volume_rules(
         f"max by (namespace, persistentvolumeclaim) (kubelet_volume_stats_available_bytes{{{vsel}}})"
         f" / max by (namespace, persistentvolumeclaim) (kubelet_volume_stats_capacity_bytes{{{vsel}}})"
     )
+    stats = f"kubelet_volume_stats_capacity_bytes{{{vsel}}}"
     return [
+        rule(
+            "RagVolumeStatsMissing",
+            # Qdrant's claims always exist and are mounted while the stack runs: no series for any claim of the
+            # stack means the two alerts below cannot fire (not "the volumes are fine").
+            f"absent({stats})",
+            "30m",
+            "warning",
+            "No volume stats for the stack's claims: the volume alerts cannot fire.",
+            "Prometheus has no kubelet_volume_stats_* series for any of the stack's data claims for 30 minutes: it "
+            "does not scrape the kubelets (monitoring.mode existing: that Prometheus' choice), or the claims' "
+            "storage driver reports no volume stats. RagVolumeFillingUp and RagVolumeAlmostFull stay silent "
+            "whatever the volumes' use.",
+        ),
         rule(
             "RagVolumeFillingUp",
             f"{free} < {t.volume_free_ratio}",
@@ -650,6 +669,38 @@ def volume_rules(
             "its capacity free: its data store's writes are about to fail.",
         ),
     ]
+
+
+def queue_no_consumer_rule(
+    args: MonitoringArgs, rule: Callable[[str, str, str, str, str, str], dict[str, Any]], nsel: str
+) -> dict[str, Any]:
+    """`RagQueueNoConsumer`: jobs stay queued and nothing takes them. With the worker Deployment, nothing is a
+    worker's poll of the queue for `worker_poll_stale_seconds`. Without one (`MonitoringArgs.worker` False) the API
+    pods run the jobs and no process exports a poll time, so the worker's rule fired on any backlog that lasted 5
+    minutes (a bulk upload): there it is no job running (`rag_jobs_running`, from the job table, however many API
+    pods) and none finished (`rag_jobs_total`) in 10 minutes while jobs are queued."""
+    t = args.thresholds
+    depth = f"max by (namespace) ({M_QUEUE_DEPTH}{{{nsel}}}) > 0"
+    if args.worker:
+        return rule(
+            "RagQueueNoConsumer",
+            f"{depth} unless on (namespace) (time() - max by (namespace) ({M_WORKER_POLL}{{{nsel}}})"
+            f" < {t.worker_poll_stale_seconds})",
+            "5m",
+            "critical",
+            "Jobs are queued and no worker is consuming them.",
+            f"The ingestion queue holds jobs and no worker has polled it for {t.worker_poll_stale_seconds}s.",
+        )
+    return rule(
+        "RagQueueNoConsumer",
+        f"{depth} unless on (namespace) (max by (namespace) ({M_JOBS_RUNNING}{{{nsel}}}) > 0"
+        f" or sum by (namespace) (increase({M_JOBS}{{{nsel}}}[10m])) > 0)",
+        "5m",
+        "critical",
+        "Jobs are queued and no API pod is running them (stack without a worker).",
+        "The ingestion queue holds jobs, none is running and none finished in 10 minutes: the API pods "
+        "(JOBS_IN_PROCESS) do not take them, or every queued job waits out a retry back-off (a data store down).",
+    )
 
 
 def node_rules(
@@ -808,16 +859,7 @@ def alert_groups(args: MonitoringArgs) -> list[dict[str, Any]]:
             "An ingestion job failed.",
             "At least one asynchronous ingestion job failed in the last 15 minutes.",
         ),
-        rule(
-            "RagQueueNoConsumer",
-            f"max by (namespace) ({M_QUEUE_DEPTH}{{{nsel}}}) > 0"
-            f" unless on (namespace) (time() - max by (namespace) ({M_WORKER_POLL}{{{nsel}}})"
-            f" < {t.worker_poll_stale_seconds})",
-            "5m",
-            "critical",
-            "Jobs are queued and no worker is consuming them.",
-            f"The ingestion queue holds jobs and no worker has polled it for {t.worker_poll_stale_seconds}s.",
-        ),
+        queue_no_consumer_rule(args, rule, nsel),
         rule(
             "RagQueueOldestJobTooOld",
             f"max by (namespace) ({M_QUEUE_OLDEST_AGE}{{{nsel}}}) > {t.queue_oldest_job_age_seconds}",

@@ -16,7 +16,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -428,10 +428,29 @@ def promote(
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
     drop_secret: DropSecretOpt = None,
+    preview_only: Annotated[
+        bool,
+        typer.Option(
+            "--preview-only",
+            help="Change nothing: run every check, then preview the target with the promoted config "
+            "(what an approver reads before the promotion runs).",
+        ),
+    ] = False,
+    comment_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--comment-file", help="With --preview-only: write the Markdown summary here.", dir_okay=False
+        ),
+    ] = None,
 ) -> None:
     """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
     model or chunking is followed until the target's re-index has switched."""
     context: Context = ctx.obj
+    if preview_only:
+        _preview_promotion(context, source, target, quiet, drop_secret or (), comment_file)
+        return
+    if comment_file is not None:
+        raise typer.BadParameter("--comment-file goes with --preview-only.", param_hint="--comment-file")
 
     def action() -> promote_mod.Promotion:
         promote_mod.check_order(source, target, context.work_dir)  # refuse before touching Pulumi
@@ -450,6 +469,36 @@ def promote(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )
     _follow_index_change(context, target, done.index_before, reindex_timeout)
+
+
+def _preview_promotion(
+    context: Context,
+    source: str,
+    target: str,
+    quiet: bool,
+    drop_secrets: Collection[str],
+    comment_file: Path | None,
+) -> None:
+    """`ragops promote --preview-only`: the target's preview with the promoted config; exit 1 when it fails."""
+
+    def action() -> PreviewReport:
+        promote_mod.check_order(source, target, context.work_dir)
+        with _progress(f"preview promote {source} -> {target}", quiet) as (on_output, on_event):
+            return promote_mod.preview_promotion(
+                context, source, target, on_output=on_output, on_event=on_event, drop_secrets=drop_secrets
+            )[1]
+
+    report = _run(
+        action, roles={source: "the source of the promotion", target: "the target of the promotion"}
+    )
+    if comment_file is not None:
+        comment_file.write_text(render_comment(report) + "\n", encoding="utf-8")
+    pending = describe_counts(report.pending) or "no changes"
+    if not report.ok:
+        console.print(f"[red]preview of promote {source} -> {target} failed[/] ({pending})")
+        console.print(report.refusal or report.error or "", markup=False, highlight=False)
+        raise typer.Exit(1)
+    console.print(f"preview of promote {source} -> {target}: {pending} on {target}", highlight=False)
 
 
 @app.command("promotion-targets")
@@ -524,6 +573,8 @@ def rollback(
         f"by {done.by} at {done.at})",
         highlight=False,
     )
+    if done.warning is not None:
+        console.print(done.warning, style="bold red", markup=False, highlight=False, soft_wrap=True)
     _follow_index_change(context, stack, done.index_before, reindex_timeout)
 
 

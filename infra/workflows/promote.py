@@ -39,8 +39,8 @@ from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 
 from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
-from infra.workflows.alerting import check_alerting
-from infra.workflows.preview import run_preview
+from infra.workflows.alerting import check_alerting, rollback_warning
+from infra.workflows.preview import PreviewReport, run_preview
 from infra.workflows.registry_upgrade import check_major_upgrade
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
@@ -64,6 +64,7 @@ from infra.workflows.stacks import (
     rfc3339,
     select,
     set_config_values,
+    stack_file,
 )
 
 IMAGE_KEY = f"{PROJECT}:image"
@@ -282,8 +283,70 @@ def promote(
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
+    policy_pack: str | None = POLICY_PACK,
 ) -> Promotion:
-    """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it."""
+    """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it with the
+    policy pack (`ragops up` and `rollback` run it too: a promotion is how staging and prod are updated, so without
+    it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7)."""
+    ws, tgt, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets)
+    set_config_values(ws, target, values)
+    check_scale_down(ws, target)
+    check_major_upgrade(ws, target)
+    tgt.up(
+        policy_packs=[policy_pack] if policy_pack else None,
+        on_output=on_output,
+        on_event=on_event,
+        message=f"promote {source} -> {target}: {digest_of(values)}",
+    )
+    return promotion
+
+
+def preview_promotion(
+    ctx: Context,
+    source: str,
+    target: str,
+    *,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+    drop_secrets: Collection[str] = (),
+    policy_pack: str | None = POLICY_PACK,
+) -> tuple[Promotion, PreviewReport]:
+    """What ``promote`` would do to the target, without doing it (``ragops promote --preview-only``): the same
+    refusals and the source's pending-changes check, then ``pulumi preview --diff`` of the target with the promoted
+    config written to this checkout's stack file only for the preview (put back byte for byte afterwards, as
+    ``deployed_config`` does): the backend and the target's resources are not touched. What the target's ``up``
+    would change is everything the checkout's program changed since the target's last update, not only the image:
+    the approver of a promotion reads this (REVIEW10 F4)."""
+    ws, _, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets)
+    path = stack_file(ws, target)
+    saved = path.read_bytes() if path.is_file() else None
+    try:
+        set_config_values(ws, target, values)
+        check_scale_down(ws, target)
+        check_major_upgrade(ws, target)
+        report = run_preview(ws, target, policy_pack=policy_pack, on_output=on_output, on_event=on_event)
+    finally:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+    return promotion, report
+
+
+def digest_of(values: Mapping[str, Any]) -> str:
+    """The promoted image of a promotion's config values."""
+    return str(values[IMAGE_KEY])
+
+
+def _prepare(
+    ctx: Context,
+    source: str,
+    target: str,
+    on_output: OnOutput | None,
+    on_event: OnEvent | None,
+    drop_secrets: Collection[str],
+) -> tuple[Workspace, Any, dict[str, Any], Promotion]:
+    """Every check of a promotion and the config it writes to the target (nothing written yet)."""
     check_order(source, target, ctx.work_dir)
     ws = ctx.workspace()
     src = select(ws, source)
@@ -347,11 +410,7 @@ def promote(
         }
         copied[reindex_mod.EMBEDDING_KEY] = values[reindex_mod.EMBEDDING_KEY]
     check_secrets_kept(ws, target, drop_secrets)  # before anything is written to the target
-    set_config_values(ws, target, values)
-    check_scale_down(ws, target)
-    check_major_upgrade(ws, target)
-    tgt.up(on_output=on_output, on_event=on_event, message=f"promote {source} -> {target}: {digest}")
-    return promotion
+    return ws, tgt, values, promotion
 
 
 # ------------------------------------------------------------------------------------------------------ rollback
@@ -371,6 +430,8 @@ class Rollback:
     at: str
     by: str
     index_before: dict[str, Any] | None = None
+    warning: str | None = None
+    """Printed by the CLI: the stack's alerts page nobody (`alerting.rollback_warning`), where `up` refuses."""
 
 
 def _sha(ref: str | None) -> str | None:
@@ -596,6 +657,7 @@ def rollback(
         at=rfc3339(ctx.clock()),
         by=ctx.actor(),
         index_before=before,
+        warning=rollback_warning(ws, stack, ctx.work_dir),
     )
     record = dict(promotion) if promotion else {"from": stack, "digest": image, "at": done.at, "by": done.by}
     record["rollback"] = {"toUpdate": done.to_update, "replaced": current, "at": done.at, "by": done.by}
@@ -611,6 +673,8 @@ def rollback(
         _service_object(ws, stack, recorded), _service_object(ws, stack)
     )
     check_secrets_kept(ws, stack, drop_secrets)
+    if done.warning is not None and on_output is not None:
+        on_output(done.warning)  # before the up's own output: the pager gap is seen while the rollback runs
     set_config_values(ws, stack, values)
     check_scale_down(ws, stack)
     check_major_upgrade(ws, stack)

@@ -50,6 +50,7 @@ from service.app.jobs.reindex import Reindexer, startup_decision
 from service.app.search.query_cache import QueryVectorCache
 from service.app.search.service import SearchService
 from service.app.store.gc import CollectionStopped, Pacer, collect_orphans
+from service.app.store.live_versions import LiveVersions
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry, RegistryOpenError
 from service.app.store.remote import RemoteVectorStore
@@ -216,6 +217,7 @@ def build_services(
             query_cache=QueryVectorCache(settings.query_embedding_cache_size)
             if settings.query_embedding_cache_size
             else None,
+            live=LiveVersions(registry, outage_seconds=settings.registry_outage_search_seconds),
         ),
         closers=closers,
         reindexer=reindexer,

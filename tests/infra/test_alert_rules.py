@@ -409,6 +409,19 @@ CASES = [
     Case("prod", "RagVolumeAlmostFull", "Qdrant 20% free",
          {kubelet("kubelet_volume_stats_available_bytes", "storage-qdrant-0"): f"{GI // 5}x30",
           kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{GI}x30"}, "10m"),
+    # --- the volume alerts' guard: no volume stats for any of the stack's claims
+    Case("staging", "RagVolumeStatsMissing", "the kubelets are not scraped (the service's series only)",
+         {svc("up", pod="rag-1"): "1x40"}, "35m", BY_NS),
+    Case("staging", "RagVolumeStatsMissing", "only another namespace's and another claim's stats",
+         {kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0", ns="pr-7"): f"{GI}x40",
+          kubelet("kubelet_volume_stats_capacity_bytes", "scratch"): f"{GI}x40"}, "35m", BY_NS),
+    Case("staging", "RagVolumeStatsMissing", "Qdrant's claims reported",
+         {kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{GI}x40"}, "35m"),
+    Case("staging", "RagVolumeStatsMissing", "missing for less than 30 minutes",
+         {kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-0"): f"{GI}x15"}, "35m"),
+    Case("prod", "RagVolumeStatsMissing", "nothing reported", {svc("up", pod="rag-1"): "1x40"}, "35m", BY_NS),
+    Case("prod", "RagVolumeStatsMissing", "Qdrant's claims reported",
+         {kubelet("kubelet_volume_stats_capacity_bytes", "storage-qdrant-2"): f"{GI}x40"}, "35m"),
     Case("prod", "ClusterAutoscalerDown", "never scraped", {}, "12m", WHOLE),
     Case("prod", "ClusterAutoscalerDown", "its target is down", {ca("up"): "0x20"}, "12m", WHOLE),
     Case("prod", "ClusterAutoscalerDown", "scraped", {ca("up"): "1x20"}, "12m"),
@@ -697,6 +710,45 @@ def test_the_alerts_for_an_existing_prometheus_fire_on_their_series(tmp_path: Pa
     )
     result = run_promtool(tmp_path, own, fires)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+NO_WORKER = [
+    Case("staging", "RagQueueNoConsumer", "jobs queued, none running, none finished",
+         {svc("rag_queue_depth", pod="rag-1"): "3x30", svc("rag_jobs_running", pod="rag-1"): "0x30"}, "20m", BY_NS),
+    Case("staging", "RagQueueNoConsumer", "jobs finished long ago, the queue stuck since",
+         {svc("rag_queue_depth", pod="rag-1"): "3x45", svc("rag_jobs_running", pod="rag-1"): "0x45",
+          svc("rag_jobs_total", pod="rag-1", status="succeeded"): "0+1x5 5x40"}, "40m", BY_NS),
+    # The defect: with no worker to poll, the worker's rule fired on this (a bulk upload being worked off).
+    Case("staging", "RagQueueNoConsumer", "a backlog the API pods work off",
+         {svc("rag_queue_depth", pod="rag-1"): "50x30", svc("rag_jobs_running", pod="rag-1"): "4x30",
+          svc("rag_jobs_total", pod="rag-1", status="succeeded"): "0+5x30"}, "20m"),
+    Case("staging", "RagQueueNoConsumer", "one long job running, none finished yet",
+         {svc("rag_queue_depth", pod="rag-2"): "3x30", svc("rag_jobs_running", pod="rag-2"): "1x30"}, "20m"),
+    Case("staging", "RagQueueNoConsumer", "between jobs: none running at the scrapes, one finishing a minute",
+         {svc("rag_queue_depth", pod="rag-1"): "3x30", svc("rag_jobs_running", pod="rag-1"): "0x30",
+          svc("rag_jobs_total", pod="rag-1", status="failed"): "0+1x30"}, "20m"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", NO_WORKER, ids=lambda c: c.name)
+def test_a_stack_without_a_worker_alerts_on_a_queue_nothing_consumes(case: Case, tmp_path: Path) -> None:
+    """`rag:service.worker.enabled: false`: the API pods run the jobs (JOBS_IN_PROCESS) and no process exports a
+    poll time, so the worker's rule fired on every backlog that lasted 5 minutes."""
+    result = run(case.stack, service={"worker": {"enabled": False}})
+    assert not [r for r in result.resources if r.name == "rag-worker"]
+    result = run_promtool(tmp_path, declared_groups(result), case)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_stack_with_a_worker_keeps_the_poll_rule() -> None:
+    """A stopped worker (the Deployment there, no pod polling) is what the worker's rule catches; the job-table rule
+    would stay quiet while the API pods export nothing of the worker's."""
+    with_worker = declared_alerts(run("staging"))["RagQueueNoConsumer"]["expr"]
+    assert "rag_worker_last_poll_timestamp_seconds" in with_worker
+    assert "rag_jobs_running" not in with_worker
+    without = declared_alerts(run("staging", service={"worker": {"enabled": False}}))
+    assert "rag_worker_last_poll_timestamp_seconds" not in without["RagQueueNoConsumer"]["expr"]
+    assert "rag_jobs_running" in without["RagQueueNoConsumer"]["expr"]
 
 
 def test_no_alert_threshold_docstring_is_detached_from_its_field() -> None:

@@ -459,3 +459,21 @@ def test_ephemeral_up_without_a_preview_domain_says_how_to_set_one(
     assert result.exit_code == 2
     assert "RAGOPS_PREVIEW_DOMAIN" in result.output
     assert backend.calls == []
+
+
+def test_promote_preview_only_writes_the_summary_and_updates_nothing(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    backend.add_stack("dev", outputs={"imageDigest": "registry.example.com/rag/service@sha256:" + "ab" * 32})
+    backend.add_stack("staging", outputs={})
+    out = tmp_path / "promotion.md"
+    result = _invoke(
+        ctx, "promote", "--from", "dev", "--to", "staging", "--preview-only", "--comment-file", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    assert "preview of promote dev -> staging:" in result.output
+    assert out.read_text().strip()
+    assert backend.commands("up") == []
+    refused = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "--comment-file", str(out))
+    assert refused.exit_code == 2
+    assert backend.commands("up") == []

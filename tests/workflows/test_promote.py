@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.workflows.promote import PROMOTABLE_KEYS, check_digest, check_order, merge_promotable, promote
+from infra.workflows.promote import (
+    PROMOTABLE_KEYS,
+    check_digest,
+    check_order,
+    merge_promotable,
+    preview_promotion,
+    promote,
+)
 from infra.workflows.stacks import Context, UsageError, WorkflowError, allowed_promotions
 from tests.workflows.conftest import ImageSourceChecks
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend, registry_ref, step_event
@@ -118,6 +125,9 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
             "--skip-preview",
             "--message",
             f"promote dev -> staging: {DIGEST}",
+            # The policy pack, as on `ragops up` and `rollback`: promotions are how staging and prod are updated.
+            "--policy-pack",
+            "infra/policy",
             "--exec-kind",
             "auto.local",
             "--stack",
@@ -378,6 +388,39 @@ def test_a_read_next_to_a_real_change_still_refuses(ctx: Context, backend: FakeB
     with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)"):
         promote(ctx, "dev", "staging")
     assert backend.commands("up") == []
+
+
+def test_a_promotion_preview_shows_the_target_with_the_promoted_config_and_changes_nothing(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """What an approver reads before a promotion (REVIEW10 F4): the target's preview with the promoted image and
+    settings; the checkout's stack file, the backend and the target stay as they were, and nothing is updated."""
+    _stacks(backend)
+    staging_file = ctx.work_dir / "Pulumi.staging.yaml"
+    before = staging_file.read_bytes()
+    history = list(backend.stacks["staging"].history)
+
+    promotion, report = preview_promotion(ctx, "dev", "staging")
+
+    assert promotion.digest == DIGEST
+    assert report.ok, report.error
+    # The fake previews the checkout's config against what the target last ran: the promoted keys differ.
+    [change] = [s for s in report.steps if s.op == "update"]
+    assert {"rag:image", "rag:promotion"} <= set(change.diffs)
+    [preview] = [c for c in backend.commands("preview") if c[-1] == "staging"]
+    assert preview[preview.index("--policy-pack") + 1] == "infra/policy"
+    assert backend.commands("up") == []
+    assert staging_file.read_bytes() == before
+    assert backend.stacks["staging"].history == history
+
+
+def test_a_promotion_preview_refuses_what_the_promotion_refuses(ctx: Context, backend: FakeBackend) -> None:
+    _stacks(backend)
+    backend.script("dev").preview_summary = {"update": 1, "same": 11}
+    backend.script("dev").preview_events = [step_event("update", "rag-service", diffs=["spec"])]
+    with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)"):
+        preview_promotion(ctx, "dev", "staging")
+    assert [c for c in backend.commands("preview") if c[-1] == "staging"] == []
 
 
 def test_refuses_when_the_source_preview_fails(ctx: Context, backend: FakeBackend) -> None:

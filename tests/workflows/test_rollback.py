@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from infra.schema import ImageLabelError
@@ -333,3 +334,47 @@ def test_a_promotion_is_checked_against_the_targets_schema_too(fleet: Fleet) -> 
         promote(fleet.job(), "staging", "prod")
     assert "the stack's database is at 0012_contract" in str(refused.value)
     assert (len(prod.history), prod.deployed_config()) == before
+
+
+def _with_monitoring(job: Context, monitoring: dict) -> Context:
+    """The job's checkout of Pulumi.prod.yaml with `rag:monitoring` set (config lives in the stack file)."""
+    path = job.work_dir / "Pulumi.prod.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"]["rag:monitoring"] = monitoring
+    path.write_text(yaml.safe_dump(doc))
+    return job
+
+
+def test_a_rollback_of_a_prod_that_pages_nobody_warns_loudly_and_goes_on(fleet: Fleet) -> None:
+    """`up` and `promote` refuse a prod whose alerts page nobody (tests/workflows/test_alerting.py); the rollback is
+    the emergency path and changes the image, not who is paged: it warns (before the up and after it) and runs."""
+    prod = fleet.backend.stacks["prod"]
+    pages_nobody = {"enabled": True}  # no receiver, the default runbookUrl
+    outputs: list[str] = []
+    done = rollback(_with_monitoring(fleet.job(), pages_nobody), "prod", on_output=outputs.append)
+    assert prod.outputs["imageDigest"] == registry_ref("prod", RELEASE_A)
+    assert done.warning is not None
+    for named in ("WARNING", "no alert receiver", "rag:slackWebhookUrl", "runbookUrl", "Pulumi.prod.yaml"):
+        assert named in done.warning
+    assert outputs[0] == done.warning  # before the up's own output
+    with pytest.raises(WorkflowError, match=r"^Refusing to update prod"):  # the refusal `up` keeps
+        deploy(_with_monitoring(fleet.job(), pages_nobody), "prod")
+
+    job = _with_monitoring(fleet.job(), pages_nobody)
+    result = CliRunner().invoke(
+        cli.app,
+        ["--work-dir", str(job.work_dir), "rollback", "--stack", "prod", "--digest", RELEASE_B, "--quiet"],
+        obj=job,
+    )
+    assert result.exit_code == 0, result.output
+    assert "WARNING: rolling prod back although its alerts would page nobody" in result.output
+    assert sha(prod.outputs["imageDigest"]) == sha(RELEASE_B)
+
+
+def test_a_rollback_of_a_prod_that_pages_someone_prints_no_warning(fleet: Fleet) -> None:
+    pages = {
+        "enabled": True,
+        "runbookUrl": "https://git.example.com/rag/docs/runbooks.md",
+        "alerting": {"email": {"to": "ops@example.com"}},
+    }
+    assert rollback(_with_monitoring(fleet.job(), pages), "prod").warning is None

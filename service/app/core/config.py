@@ -65,6 +65,14 @@ class Settings(BaseSettings):
         description="Postgres: drop a connection whose host stopped answering after this long (tcp_user_timeout, "
         "keepalives); without it a lost host parked each call for the kernel's ~15 minutes",
     )
+    registry_outage_search_seconds: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="search answers from the process's copy of the live document versions while the registry "
+        "cannot be read, for at most this long after the copy's last registry read (then 503); 0: every search "
+        "needs the registry",
+    )
 
     write_durability: Literal["power_loss", "process_crash"] = Field(
         "power_loss",

@@ -9,7 +9,8 @@ The vector store may hold points that are not (or no longer) visible: a new vers
 not yet cleaned up, leftovers of a crashed or failed write (see service.app.ingest.service and
 service.app.store.gc). The registry decides: hits are over-fetched and those whose (document_id, version) is not
 active are dropped. All pages of one search are judged against ONE registry snapshot (`DocumentRegistry.snapshot`),
-so a write committing mid-search cannot mix versions in a response; pages grow geometrically until ``top_k``
+so a write committing mid-search cannot mix versions in a response (through `LiveVersions`, which also keeps a
+bounded-age copy of the versions looked up, so search answers through a registry outage: see there); pages grow geometrically until ``top_k``
 visible hits are found or the store is exhausted, so search is correct whatever the share of invisible points.
 A search never returns duplicates.
 """
@@ -26,6 +27,7 @@ from service.app.core.metrics import FAILURES, INVISIBLE_HITS, SEARCH_SECONDS
 from service.app.ingest.index import ActiveIndex
 from service.app.search.models import DEFAULT_MODE, SearchRequest, SearchResponse, SearchResult
 from service.app.search.query_cache import QueryVectorCache
+from service.app.store.live_versions import LiveVersions
 from service.app.store.protocols import Embedder
 from service.app.store.registry import DocumentRegistry
 from service.app.store.sparse import SparseVector, default_encoder
@@ -51,8 +53,12 @@ class SearchService:
         embedder: Embedder,
         index: ActiveIndex | None = None,
         query_cache: QueryVectorCache | None = None,
+        live: LiveVersions | None = None,
     ) -> None:
         self.registry = registry
+        # The versions hits are judged by (REGISTRY_OUTAGE_SEARCH_SECONDS; without it every search needs the
+        # registry, as before the copy existed).
+        self.live = live if live is not None else LiveVersions(registry, outage_seconds=0)
         # Vectors of recent query texts, per model (QUERY_EMBEDDING_CACHE_SIZE; None: every search embeds).
         self.query_cache = query_cache
         self._fixed = (vectors, embedder)
@@ -152,7 +158,7 @@ class SearchService:
         # A fused ranking depends on how deep each side is read, so a deeper page could reorder what an earlier
         # page returned: sparse and hybrid re-read the ranking from its top, deeper each round, and keep that.
         fused = mode != "dense"
-        with self.registry.snapshot() as snapshot:
+        with self.live.view(tenant_id) as view:
             while True:
                 if fused:
                     kept, seen = [], set()
@@ -168,7 +174,7 @@ class SearchService:
                 )
                 unknown = {hit.document_id for hit in hits} - active.keys()
                 if unknown:
-                    found = snapshot.active_versions(tenant_id, unknown)
+                    found = view.active_versions(unknown)
                     active.update({document_id: found.get(document_id) for document_id in unknown})
                 invisible = 0
                 for hit in hits:

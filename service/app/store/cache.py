@@ -227,12 +227,18 @@ class CachedSearch:
 
     def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None] | None:
         """(key, cached value or None); None when there is no safe key (the data version is unavailable)."""
+        live = getattr(self._inner, "live", None)
+        read_from = live.now() if live is not None else 0.0
         try:
             version = self._registry.data_version(tenant_id)
         except Exception:
             # Without the version there is no safe key; the search itself will report a registry outage.
             logger.warning("search cache bypassed: data version unavailable", exc_info=True)
             return None
+        if live is not None:
+            # A cache hit never reaches the inner search: the data_version just read keeps the live-version copy
+            # confirmed (its age bounds search through a registry outage: service.app.store.live_versions).
+            live.confirmed(tenant_id, version, read_from)
         # The served collection names the model, the chunking and the sparse encoder: a re-index switch (or its
         # rollback) changes it, so results cached from the other index are never served after it. The data
         # version alone does not move on a switch.

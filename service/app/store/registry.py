@@ -369,6 +369,23 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def _announced(func: Callable[..., R]) -> Callable[..., R]:
+    """Tell the registry's change listeners (`DocumentRegistry.on_change`) once a write or delete that reached its
+    data_version bump has ended, whatever its outcome (a commit whose answer was lost may have happened). One that
+    failed before (the database unreachable, a conflict) changed nothing and tells nobody."""
+
+    @functools.wraps(func)
+    def wrapper(self: DocumentRegistry, tenant_id: str, *args: Any, **kwargs: Any) -> R:
+        self._writing.bumped = False
+        try:
+            return func(self, tenant_id, *args, **kwargs)
+        finally:
+            if self._writing.bumped:
+                self._changed(tenant_id)
+
+    return wrapper
+
+
 def encode_cursor(document_id: str) -> str:
     """Opaque cursor: the last document id of a page, base64url-encoded."""
     return base64.urlsafe_b64encode(json.dumps({"after": document_id}).encode()).decode().rstrip("=")
@@ -666,6 +683,19 @@ class RegistrySnapshot:
             FAILURES.labels(component="registry").inc()
             raise ServiceUnavailable("document registry unavailable; retry later") from exc
 
+    def data_version(self, tenant_id: str) -> int:
+        """The tenant's data_version as of the snapshot (0 before its first write)."""
+        mark = "?" if self._connection.dialect.paramstyle == "qmark" else "%s"
+        try:
+            row = self._connection.exec_driver_sql(
+                f"SELECT data_version FROM tenants WHERE tenant_id = {mark}",  # noqa: S608 - a placeholder
+                (tenant_id,),
+            ).first()
+        except SQLAlchemyError as exc:
+            FAILURES.labels(component="registry").inc()
+            raise ServiceUnavailable("document registry unavailable; retry later") from exc
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
 
 class _SqliteSnapshot(RegistrySnapshot):
     """The same reads on a plain sqlite3 connection inside one read transaction (see `_SqliteReaders`)."""
@@ -766,6 +796,10 @@ class DocumentRegistry:
         self.engine = make_engine(
             url, connect_timeout=connect_timeout, tcp_timeout=tcp_timeout, durable=durable
         )
+        # Told of every write or delete this process makes, after it ends whatever its outcome (a commit whose
+        # answer was lost may have happened): search's live-version copy drops the tenant's (live_versions.py).
+        self._change_listeners: list[Callable[[str], None]] = []
+        self._writing = threading.local()  # `bumped`: the running write reached its data_version bump
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
         database = self.engine.url.database
@@ -787,6 +821,14 @@ class DocumentRegistry:
             tcp_timeout=settings.database_tcp_timeout_seconds,
             durable=settings.write_durability == "power_loss",
         )
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(tenant_id)`` after every document write or delete this registry object makes."""
+        self._change_listeners.append(listener)
+
+    def _changed(self, tenant_id: str) -> None:
+        for listener in self._change_listeners:
+            listener(tenant_id)
 
     @property
     def dialect(self) -> str:
@@ -983,6 +1025,7 @@ class DocumentRegistry:
         return int(value or 0)
 
     @_guarded
+    @_announced
     def activate(
         self,
         tenant_id: str,
@@ -1228,6 +1271,7 @@ class DocumentRegistry:
         return insert(table)
 
     @_guarded
+    @_announced
     def delete(self, tenant_id: str, document_id: str) -> DocumentRecord | None:
         """Remove the row (and bump data_version) atomically; the removed record, or None if there was none.
 
@@ -1631,6 +1675,7 @@ class DocumentRegistry:
             )
 
     def _bump(self, connection: Connection, tenant_id: str) -> None:
+        self._writing.bumped = True
         # One atomic upsert, so two first writes of a tenant never collide on the tenants row.
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
