@@ -69,14 +69,20 @@ def main() -> None:
         print("first merge", json.dumps(step("--merge-one", left, 0, 0)), flush=True)
         for n in range(args.sealed):
             step("--write-one", left, base + n * SEALED, SEALED)
+        shutil.copytree(left.parent, merged.parent, copy_function=edge.copy_sparse)  # before the decision
         kept = step("--merge-one", left, 0, 0)
         print("new decision", json.dumps(kept), flush=True)
         if kept["swapped"] or kept["child_peak_rss_mb"]:
             raise SystemExit(f"the new decision started a child on this layout: {kept}")
-        for copy in (merged, single):
-            shutil.copytree(left.parent, copy.parent, copy_function=edge.copy_sparse)
+        shutil.copytree(left.parent, single.parent, copy_function=edge.copy_sparse)
         print("stop 19's decision", json.dumps(step("--merge-one", merged, 0, 0, always=True)), flush=True)
-    vectors, tenants, queries = segment_builds.corpus(args.cache, args.seed, args.points, args.queries)
+    # The points as each write made them (bench/consolidation_growth.py's `write` draws the first start + count
+    # points and keeps its slice: the base's and each sealed segment's are separate draws).
+    vectors, tenants, queries = segment_builds.corpus(args.cache, args.seed, base, args.queries)
+    for n in range(args.sealed):
+        more, more_tenants, _ = segment_builds.corpus(args.cache, args.seed, base + (n + 1) * SEALED, 0)
+        vectors = np.concatenate([vectors, more[base + n * SEALED :]])
+        tenants = np.concatenate([tenants, more_tenants[base + n * SEALED :]])
     mine = np.flatnonzero(tenants == scale.TENANT)
     unit = vectors[mine] / np.linalg.norm(vectors[mine], axis=1, keepdims=True)
     exact = []

@@ -67,7 +67,8 @@ the process (docs/benchmarks.md has the side-by-side). It keeps the semantics of
   A due consolidation starts no child when the engine's planner (ported: `planned_merges`) would merge nothing,
   or would rewrite a merged segment for a few new points (`merge_worthwhile`: under CONSOLIDATE_LEAVE_SHARE of
   its points, at most CONSOLIDATE_MAX_SEGMENTS segments): a trickle no longer re-merges the whole shard per
-  sealed segment.
+  sealed segment. A merged segment so left alone is merged anyway once writes have paused for the trickle wait
+  (the optimizer's "settle"; ``left_alone`` in the record), so a shard at rest is searched in its merged layout.
 - Searching: a query reads every segment; qdrant-edge does that in the shard's search pool, handing the query
   from the calling thread to the pool's threads and back. With few segments that hand-off costs more than the
   parallel reads buy, so a shard of fewer than ``POOL_MIN_SEGMENTS`` segments is searched on the calling thread
@@ -751,6 +752,8 @@ class _Optimizer:
         consolidate_idle: float = 0.0,
         consolidate_wait: float | None = None,
         trickle_points: int = 0,
+        settle: Callable[[Callable[[], bool]], object] | None = None,
+        settling: bool = False,
     ) -> None:
         self._run_pass = run_pass
         self._idle = idle_seconds
@@ -768,6 +771,10 @@ class _Optimizer:
         self._pending = True  # a loaded shard may hold unindexed points from before a restart
         self._consolidation_wanted = True  # and may have been left with many small segments
         self._wanted_since = self._started
+        # A consolidation left a merged segment alone (``consolidate`` returned True): ``settle`` merges it anyway
+        # once writes have paused for ``consolidate_wait`` (a layout left for a trickle is not kept at rest).
+        self._settle = settle
+        self._settling = settling and settle is not None
         self._written = 0  # points written since the last pass started
         self._stopping = False
         self._running = False
@@ -814,6 +821,15 @@ class _Optimizer:
         with self._changed:
             while not self._stopping and not self._pending:
                 if self._consolidate is None or not self._consolidation_wanted:
+                    if self._settling:
+                        now = time.monotonic()
+                        remaining = max(self._last_write, self._started) + self._consolidate_wait - now
+                        if remaining <= 0:
+                            self._settling = False
+                            self._running = True
+                            return "settle"
+                        self._changed.wait(remaining)
+                        continue
                     self._changed.wait()
                     continue
                 now = time.monotonic()
@@ -847,9 +863,14 @@ class _Optimizer:
             try:
                 if work == "pass":
                     self._run_pass()
+                elif work == "settle":
+                    assert self._settle is not None
+                    self._settle(self._stopped)
                 else:
                     assert self._consolidate is not None
-                    self._consolidate(self._stopped)
+                    left = self._consolidate(self._stopped)
+                    with self._changed:
+                        self._settling = left is True and self._settle is not None
             except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("edge store %s failed", "optimization" if work == "pass" else work, exc_info=exc)
@@ -1069,6 +1090,10 @@ class EdgeVectorStore:
         self.leave_share = CONSOLIDATE_LEAVE_SHARE
         self.max_segments = CONSOLIDATE_MAX_SEGMENTS
         self.skipped_consolidations = 0  # due, but not worth a child (`consolidate`): none was started
+        # The last due consolidation left a merged segment alone for a few new points (kept in the record: the
+        # optimizer merges it anyway once writes have paused for the trickle wait, after a restart too).
+        self.left_alone = False
+        self._plannable = False
         self.last_consolidation: dict[str, Any] | None = None
         self._lock = DirectoryLock(path.parent)
         self._holds_lock = False
@@ -1233,6 +1258,8 @@ class EdgeVectorStore:
                     consolidate_wait=self.trickle_wait_seconds
                     or (self._consolidate_idle or 0.0) * CONSOLIDATE_TRICKLE_WAIT,
                     trickle_points=self.trickle_points,
+                    settle=self._settle_when_idle if self._consolidate_idle else None,
+                    settling=self.left_alone,
                 )
                 self._optimizer.start()
 
@@ -1326,6 +1353,7 @@ class EdgeVectorStore:
         ran at the current cap (else unknown), and the points deleted since (what the next one would vacuum)."""
         self._settled_segments = None
         self._deleted_points = 0
+        self.left_alone = False
         try:
             record = json.loads((self.path / CONSOLIDATION_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -1337,6 +1365,7 @@ class EdgeVectorStore:
                 self._settled_segments = int(record["segments"])
         with contextlib.suppress(ValueError, KeyError, TypeError):
             self._deleted_points = max(0, int(record["deleted_points"]))
+        self.left_alone = record.get("left_alone") is True
 
     def _write_record(
         self, directory: Path | None = None, *, segments: int | None = None, deleted: int | None = None
@@ -1350,6 +1379,8 @@ class EdgeVectorStore:
         if settled is not None:
             record["segments"] = settled
         record["deleted_points"] = self._deleted_points if deleted is None else deleted
+        if self.left_alone:
+            record["left_alone"] = True
         target = directory / CONSOLIDATION_FILE
         temporary = directory / CONSOLIDATION_TEMPORARY
         with self._record_lock:
@@ -1430,17 +1461,18 @@ class EdgeVectorStore:
         sizes = stored_segment_points(self.path, self.dimension)
         if sizes is None or len(sizes) != segments:
             return True
-        cap_kb = max(1, self._consolidate_points * self.dimension * 4 // 1024)
+        cap = max(1, self._consolidate_points * self.dimension * 4 // 1024) * 1024 // (self.dimension * 4)
+        self._plannable = bool(planned_merges(sizes, cap))  # False: the child would merge nothing at all
         return merge_worthwhile(
             sizes,
-            cap=cap_kb * 1024 // (self.dimension * 4),
+            cap=cap,
             segment_points=self._segment_points,
             leave_share=self.leave_share,
             max_segments=self.max_segments,
         )
 
     @_guarded
-    def consolidate(self, cancelled: Callable[[], bool] = lambda: False) -> bool:
+    def consolidate(self, cancelled: Callable[[], bool] = lambda: False, *, settle: bool = False) -> bool:
         """Merge the shard's segments (up to EDGE_CONSOLIDATE_SEGMENT_POINTS each) in a child process and swap
         the result in; True when it did. See the module docstring for why and what it guarantees.
 
@@ -1452,6 +1484,8 @@ class EdgeVectorStore:
         the swap, which holds every other call to the store off for as long as the last replayed writes, closing
         the old shard and loading the merged one take."""
         reasons, segments = self._due_reasons()
+        if settle and self.left_alone:
+            reasons.add("settle")  # writes paused long enough: merge what was left alone
         if not reasons:
             return False
         if reasons == {"segments"} and not self._merge_worthwhile():
@@ -1459,6 +1493,7 @@ class EdgeVectorStore:
             # few new points: no copy, no child; this layout counts as settled until another segment comes.
             EDGE_CONSOLIDATIONS.labels(outcome="skipped").inc()
             self.skipped_consolidations += 1
+            self.left_alone = self._plannable  # a merge was put off (not: there was none to make)
             self._write_settled(segments)
             self._checkpoint("skipped")
             return False
@@ -1515,6 +1550,7 @@ class EdgeVectorStore:
                 return False
             if not result["changed"]:  # the merge planner found nothing within the cap: keep what is served
                 EDGE_CONSOLIDATIONS.labels(outcome="unchanged").inc()
+                self.left_alone = False
                 self._deleted_points = max(0, self._deleted_points - deleted_at_copy)
                 self._write_settled(result["segments_before"])
                 return False
@@ -1532,6 +1568,7 @@ class EdgeVectorStore:
                 result["replayed"], result["segments_after"] = self._finish_child(child, errors)
                 self._checkpoint("replayed")
                 deleted_since = max(0, self._deleted_points - deleted_at_copy)
+                self.left_alone = False
                 # The record goes in with the copy: a crash after the rename leaves it with the shard it describes.
                 self._write_record(building, segments=result["segments_after"], deleted=deleted_since)
                 self._replay = None
@@ -1682,8 +1719,13 @@ class EdgeVectorStore:
             self._shard = self._load()
             raise
 
-    def _consolidate_when_idle(self, cancelled: Callable[[], bool]) -> None:
+    def _consolidate_when_idle(self, cancelled: Callable[[], bool]) -> bool:
+        """One consolidation; True when it left a merged segment alone (the optimizer settles it later)."""
         self.consolidate(cancelled)
+        return self.left_alone
+
+    def _settle_when_idle(self, cancelled: Callable[[], bool]) -> None:
+        self.consolidate(cancelled, settle=True)
 
     def _open(self) -> qe.EdgeShard:
         free = self._free_bytes()
