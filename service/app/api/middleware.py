@@ -214,6 +214,8 @@ class RequestContextMiddleware:
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 2),
                         "tenant": scope.get("state", {}).get("tenant"),
+                        # The API key's id (service.app.core.security.key_id), never the key; None without one.
+                        "key_id": scope.get("state", {}).get("key_id"),
                     },
                 )
             request_id_var.reset(token)
@@ -237,6 +239,7 @@ class RequestContextMiddleware:
                 "path": path,
                 "route": _route_template(scope),
                 "tenant": state.get("tenant"),
+                "key_id": state.get("key_id"),
                 "duration_ms": round(elapsed * 1000, 2),
                 "cut": True,
             },

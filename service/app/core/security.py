@@ -169,6 +169,9 @@ def authenticate_request(request: Request) -> Principal:
         token = bearer_token(presented[0] if presented else None)
         if token is None:
             raise MissingApiKey("missing API key: send `Authorization: Bearer <key>`")
+        # The access log names the key by its id, a refused one too: during a rotation on-call sees which
+        # clients still send the old key, before and after it is removed (docs/runbooks.md).
+        request.state.key_id = key_id(token)
         found = services.auth.authenticate(token)
         if found is None:
             raise InvalidApiKey("invalid API key")
