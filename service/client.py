@@ -185,6 +185,18 @@ class NoAnswer(Exception):
         )
 
 
+def names_a_missing_document(response: httpx.Response) -> bool:
+    """Whether a 404 is the service's answer about a document it does not hold (its error names the document),
+    rather than a route that does not exist at that URL."""
+    if response.status_code != 404:
+        return False
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "not_found" and "document_id" in error
+
+
 class IngestClient:
     """Sends requests to the service, waiting out 429s (Retry-After) and retrying transient failures."""
 
@@ -218,10 +230,8 @@ class IngestClient:
         """The content hash the service holds for ``document_id`` (None: no such document, or another answer).
 
         Raises NoAnswer or httpx.TransportError when the service does not answer (after ``send``'s retries)."""
-        try:
-            response = self.send("GET", f"/v1/documents/{document_id}")
-        except NotTheService:  # a 404: no such document yet
-            return None
+        # NotTheService when the URL is not the service's; a 404 naming the document: no such document yet.
+        response = self.send("GET", f"/v1/documents/{document_id}")
         if response.status_code != 200:
             return None
         value = response.json().get("content_hash")
@@ -305,9 +315,10 @@ class IngestClient:
             if response.status_code in (401, 403):
                 # The key, not the file: every other file would be refused the same way.
                 raise KeyRefused(error_reason(response))
-            if response.status_code in (404, 405):
-                # Both routes the client calls create documents: a 404 or 405 is the URL, not the file (a
-                # --url ending in /v1 printed one "404 not_found" per file).
+            if response.status_code in (404, 405) and not names_a_missing_document(response):
+                # The routes the client calls exist: a 404 or 405 that is not the service's "no such document"
+                # (a GET of one not stored yet) is the URL, not the file (a --url ending in /v1 printed one
+                # "404 not_found" per file).
                 raise NotTheService(f"{method} {response.request.url} answered {error_reason(response)}")
             if response.status_code == 503 and transient < TRANSIENT_RETRIES:
                 transient += 1
