@@ -59,3 +59,12 @@ def test_a_base_url_ending_in_v1_is_not_the_service_even_for_a_document_read() -
     client._http = httpx.Client(base_url="http://service/v1", transport=httpx.MockTransport(service))
     with pytest.raises(ingest_client.NotTheService):
         client.stored_hash("missing")  # /v1/v1/documents/missing: the route 404
+
+
+def test_the_real_service_names_the_document_in_its_404_and_not_in_a_route_404(tmp_path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """The contract the client relies on, against the app itself."""
+    from tests.service.support import make_settings, running_app
+
+    with running_app(make_settings(tmp_path), embedder=embedder) as app:
+        assert ingest_client.names_a_missing_document(app.get("/v1/documents/nope"))
+        assert not ingest_client.names_a_missing_document(app.get("/v1/v1/documents/nope"))
