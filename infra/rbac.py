@@ -217,6 +217,17 @@ def _group_kind(resource: Any) -> tuple[str, str]:
     return (api_version.split("/", 1)[0] if "/" in api_version else "", str(manifest["kind"]))
 
 
+def read_scope(kind: str, read_id: str) -> tuple[str | None, str]:
+    """(namespace, name) a `Resource.get` of `kind` by `read_id` reads: pulumi-kubernetes' Read splits a namespaced
+    object's id `<namespace>/<name>` (provider.go `parseFqName`) and reads a bare name in `default`
+    (clients.go `NamespaceOrDefault`); a cluster-scoped object has no namespace. The Role used to name the whole id
+    in `default`, so a read of `rag/x` was granted as a `get` of `rag/x` in `default`: denied on the cluster."""
+    if kind in CLUSTER_SCOPED:
+        return None, read_id
+    namespace, _, name = read_id.rpartition("/")
+    return (namespace or "default"), name
+
+
 def needs(run: StackRun) -> list[Need]:
     """Everything the stack's deploy does to the cluster (see the module docstring)."""
     found: list[Need] = []
@@ -272,10 +283,8 @@ def needs(run: StackRun) -> list[Need]:
             continue
         group_version, kind = read.type.split(":", 1)[1].rsplit(":", 1)
         group = group_version.split("/", 1)[0] if "/" in group_version else ""
-        scope = None if kind in CLUSTER_SCOPED else "default"
-        found.append(
-            Need(scope, group, plural(kind), ("get",), "reads an existing object", (str(read.inputs["id"]),))
-        )
+        scope, name = read_scope(kind, str(read.inputs["id"]))
+        found.append(Need(scope, group, plural(kind), ("get",), "reads an existing object", (name,)))
     for namespace in sorted(workload_namespaces):
         for group, resource_name in AWAIT_READS:
             found.append(Need(namespace, group, resource_name, READ, "await logic and Helm --wait"))

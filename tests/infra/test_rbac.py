@@ -179,3 +179,43 @@ def test_a_chart_without_a_record_is_refused() -> None:
 )
 def test_kinds_map_to_their_api_resources(kind: str, resource: str) -> None:
     assert rbac.plural(kind) == resource
+
+
+def _read(kind: str, group_version: str, read_id: str) -> RecordedResource:
+    return RecordedResource(
+        type=f"kubernetes:{group_version}:{kind}",
+        name=f"read-{kind.lower()}",
+        urn=f"urn:pulumi:dev::rag::kubernetes:{group_version}:{kind}::read",
+        custom=True,
+        inputs={"id": read_id},
+        secret_keys=frozenset(),
+        parent=None,
+        protect=False,
+        provider=None,
+        depends_on=(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "group_version", "read_id", "namespace", "name"),
+    [
+        ("ConfigMap", "core/v1", "rag/settings", "rag", "settings"),  # a namespaced read: <namespace>/<name>
+        ("ConfigMap", "core/v1", "settings", "default", "settings"),  # a bare name: pulumi-kubernetes reads default
+        ("CustomResourceDefinition", "apiextensions.k8s.io/v1", "prometheusrules.monitoring.coreos.com", None,
+         "prometheusrules.monitoring.coreos.com"),
+    ],
+)  # fmt: skip
+def test_a_read_is_granted_in_the_namespace_its_id_names(
+    kind: str, group_version: str, read_id: str, namespace: str | None, name: str
+) -> None:
+    """A namespaced read was granted as a `get` of the whole id in `default`: the read of `rag/settings` would be
+    denied (no get on configmaps in `rag`)."""
+    run_ = StackRun(
+        stack="dev",
+        resources=[],
+        outputs={},
+        secret_outputs=frozenset(),
+        reads=[_read(kind, group_version, read_id)],
+    )
+    reads = [n for n in rbac.needs(run_) if n.why == "reads an existing object"]
+    assert [(n.namespace, n.names) for n in reads] == [(namespace, (name,))]
