@@ -9,8 +9,8 @@ weights signed int8 per output channel, embeddings float32), ``int8-tensor`` the
 per-tensor weights (the quantizer's default), ``int8-rr`` per tensor with ``reduce_range`` (7-bit weights).
 ``int4-b32`` / ``int4-b128`` (only with ``--variants``; stop 20): the MatMul weights 4-bit, weight-only, in blocks
 of 32 / 128 along K (``MatMulNBitsQuantizer``, symmetric, ``accuracy_level`` 4: MLAS quantizes the activations to
-int8 and runs its int8 kernel), the Attention weights int8 per channel as in the project's recipe: half the bytes of
-the weights a run streams. Building them needs ``onnx-ir`` (the quantizer imports it; a measuring-only package, not
+int8 and runs its int8 kernel), the Attention weights int8 per channel as in the project's recipe: ~0.6x the
+weight bytes a run streams (the MatMuls' three quarters halved). Building them needs ``onnx-ir`` (the quantizer imports it; a measuring-only package, not
 a service dependency: ``pip install onnx-ir``).
 
 - **Cost**: every variant with 1 and 2 intra-op threads, the service's session options (no spinning, the dynamic

@@ -1,8 +1,9 @@
-"""The edge store's segment layout and search settings (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k"):
-a consolidation leaves the target layout built with ``HNSW_M`` links, searches see every point before, during and
-after it, a shard an earlier release wrote (16 links) opens without a rebuild in the serving process and is
-rebuilt by its next consolidation, and recall on a fixed seeded corpus, searched through HNSW, stays above a floor
-computed against exact search."""
+"""The edge store's segment layout and search settings (docs/benchmarks.md, "Segments x m x hnsw_ef at 100k",
+"The tenant graph layout, stop 20"): a consolidation leaves the target layout (one graph per tenant: ``HNSW_M``
+0, ``HNSW_PAYLOAD_M`` links), searches see every point before, during and after it, a shard an earlier release
+wrote (one global graph of 16 links, indexes with graphs of their own) opens without a rebuild in the serving
+process, is searched as that release did, and is rebuilt into tenant graphs by its next consolidation, and recall
+on a fixed seeded corpus, searched through HNSW, stays above a floor computed against exact search."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ DIM = 16
 
 def points(document_id: str, count: int, *, dim: int = DIM, tenant: str = "t") -> list[ChunkPoint]:
     return distinct_points(document_id, count, dim, tenant=tenant)
+
+
+def stored_graph(path: Path) -> tuple[int, int | None]:
+    """(m, payload_m) of the shard's graph config as stored."""
+    config = json.loads((path / "edge_config.json").read_text())["hnsw_config"]
+    return config["m"], config.get("payload_m")
+
+
+def graphless_indexes(store: EdgeVectorStore) -> set[str]:
+    """The payload indexes built without graphs of their own (``enable_hnsw`` off)."""
+    schema = store.shard.info().payload_schema
+    return {field for field, info in schema.items() if getattr(info.params, "enable_hnsw", None) is False}
 
 
 def segment_graphs(path: Path) -> list[int | None]:
@@ -102,18 +115,16 @@ def test_consolidation_leaves_the_target_layout_and_searches_see_every_point_thr
         assert acorn.max_selectivity == edge_module.ACORN_MAX_SELECTIVITY == 1.0
         assert every_point_found(store, 12)
         assert not store.consolidation_due()
-        # ACORN only for a tenant holding ACORN_MIN_SHARE of the points: a small one (here 7 of 775) and an
-        # unknown one get the plain walk with the same beam and rescoring, and still find their points.
+        # One graph per tenant, no global one; the other indexes build none of their own.
+        assert stored_graph(store.path) == (0, edge_module.HNSW_PAYLOAD_M) == (edge_module.HNSW_M, 64)
+        assert graphless_indexes(store) >= {"document_id", "version"}
+        assert "tenant_id" not in graphless_indexes(store)
+        # No per-tenant decision on tenant graphs: a large tenant, a small one (7 of 775) and an unknown one are
+        # all searched with the shard's settings, and each finds its points.
         small = points("doc-small", 7, tenant="small")
         store.upsert(small)
-        assert edge_module.ACORN_MIN_SHARE * store.shard.count(qe.CountRequest(exact=True)) > 7
-        assert store._tenant_search_params("t") is store._search_params
-        for tenant in ("small", "nobody"):
-            plain = store._tenant_search_params(tenant)
-            assert plain is not None
-            assert plain.acorn is None
-            assert plain.hnsw_ef == edge_module.HNSW_EF
-            assert repr(plain.quantization) == repr(store._search_params.quantization)
+        for tenant in ("t", "small", "nobody"):
+            assert store._tenant_search_params(tenant) is store._search_params
         for point in small:
             top = store.search("small", point.vector, limit=1)
             assert [(h.document_id, h.chunk_index) for h in top] == [(point.document_id, point.chunk_index)]
@@ -148,10 +159,15 @@ def test_a_shard_with_the_old_graph_opens_unchanged_and_its_next_consolidation_r
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "edge" / "c"
+    old_kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer}
     with monkeypatch.context() as old_release:
-        old_release.setattr(edge_module, "HNSW_M", 16)  # what releases before stop 17 built
+        # What releases before stop 17 built: one global graph of 16 links, indexes with the engine's defaults.
+        old_release.setattr(edge_module, "HNSW_M", 16)
+        old_release.setattr(edge_module, "HNSW_PAYLOAD_M", None)
+        old_release.setattr(edge_module.edge_ops, "index_params", old_kinds.__getitem__)
         old = fragmented(path, 6, consolidate_segment_points=20480)
         assert old.consolidate()  # merged as far as that release's cap allowed: no more segments to merge
+        assert not graphless_indexes(old)
         old.close()
     assert set(segment_graphs(path)) - {None} == {16}
     assert len(segment_graphs(path)) <= 2
@@ -161,17 +177,39 @@ def test_a_shard_with_the_old_graph_opens_unchanged_and_its_next_consolidation_r
         # rebuild every segment (holding the GIL).
         store.optimize()
         assert set(segment_graphs(path)) - {None} == {16}
-        assert json.loads((path / "edge_config.json").read_text())["hnsw_config"]["m"] == 16
+        assert stored_graph(path) == (16, None)
         assert every_point_found(store, 6)
-        assert store.consolidation_due()  # only because the graph is not this release's
+        # Searched as that release did: ACORN only for a tenant holding ACORN_MIN_SHARE of the points; a small
+        # one (7 of 391) and an unknown one get the plain walk with the same beam and rescoring.
+        assert not store._tenant_graphs
+        small = points("doc-small", 7, tenant="small")
+        store.upsert(small)
+        assert edge_module.ACORN_MIN_SHARE * store.shard.count(qe.CountRequest(exact=True)) > 7
+        assert store._search_params.acorn is not None
+        assert store._tenant_search_params("t") is store._search_params
+        for tenant in ("small", "nobody"):
+            plain = store._tenant_search_params(tenant)
+            assert plain is not None
+            assert plain.acorn is None
+            assert plain.hnsw_ef == store._search_params.hnsw_ef
+            assert repr(plain.quantization) == repr(store._search_params.quantization)
+        assert store.consolidation_due()  # because the graph is not this release's
         assert store.consolidate()
+        # Rebuilt into tenant graphs, and its other indexes re-created without graphs of their own.
         assert set(segment_graphs(path)) - {None} == {edge_module.HNSW_M}
-        assert json.loads((path / "edge_config.json").read_text())["hnsw_config"]["m"] == edge_module.HNSW_M
+        assert stored_graph(path) == (edge_module.HNSW_M, edge_module.HNSW_PAYLOAD_M)
+        assert graphless_indexes(store) >= {"document_id", "version"}
+        assert store._tenant_graphs
+        assert store._tenant_search_params("small") is store._search_params
         assert every_point_found(store, 6)
+        for point in small:
+            top = store.search("small", point.vector, limit=1)
+            assert [(h.document_id, h.chunk_index) for h in top] == [(point.document_id, point.chunk_index)]
         assert not store.consolidation_due()
         store.upsert(points("late", 64))
         store.optimize()  # built by the serving process with the stored (new) graph: no mismatch rebuild
         assert set(segment_graphs(path)) - {None} == {edge_module.HNSW_M}
+        assert stored_graph(path) == (edge_module.HNSW_M, edge_module.HNSW_PAYLOAD_M)
         assert store.count("t") == 7 * 64
     finally:
         store.close()

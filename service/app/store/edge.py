@@ -163,7 +163,8 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # written (docs/benchmarks.md, stop 19). So a due consolidation is not started while the merge would rewrite a
 # merged segment for new points holding less than CONSOLIDATE_LEAVE_SHARE of its points, nor when it would merge
 # nothing at all, unless the shard has more than CONSOLIDATE_MAX_SEGMENTS segments (what a search visits:
-# the merged one, the appendable one and at most three sealed ones of the serving process's ~4k points).
+# the merged one, the appendable one and at most three the serving process built, each of at most
+# EDGE_SEGMENT_POINTS: its own passes merge the ones it sealed up to that size).
 # A vacuum, a deferred metadata index or a stale graph still starts one (`merge_worthwhile`, `consolidate`).
 CONSOLIDATE_LEAVE_SHARE = 0.25
 CONSOLIDATE_MAX_SEGMENTS = 5
@@ -189,7 +190,21 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # would leave a 90 % tenant on the plain walk), but only for a tenant holding at least ACORN_MIN_SHARE of the
 # shard's points (the engine's estimate, about 2 us): a 10 % tenant scored recall@5 1.000 on the plain walk too,
 # where ACORN cost 5-9x its CPU, 2-5x stop 17's layout ("Small tenants on the merged layout, stop 19"); a
-# tenant under the engine's full-scan threshold (~6.6k points a segment) is scanned exactly either way. So shards are built with HNSW_M (64) links (new shards, and every
+# tenant under the engine's full-scan threshold (~6.6k points a segment) is scanned exactly either way.
+# ACORN's 2-hop walk still cost ~2x the plain walk's CPU for a 90 % tenant (0.98 against 0.46 ms, stop 20), spent
+# on the other tenants' points in its neighbour lists. So since stop 20 the graph has no cross-tenant links at
+# all: Qdrant's multitenancy layout, ``m`` 0 (no global graph) and ``payload_m`` HNSW_PAYLOAD_M (64), which
+# builds one graph per tenant (per value of the ``is_tenant`` ``tenant_id`` index) over that tenant's points in a
+# segment, for every tenant above a quarter of the full-scan threshold (lib/segment hnsw/build.rs: with m 0 no
+# block is too large for its own graph). A tenant-filtered walk then meets no rejected neighbour: the plain walk's
+# cost, and no unreachable cliques (recall@5 0.98-0.99 in every build measured where the global graph's plain
+# walk fell to 0.91: "The tenant graph layout, stop 20" in docs/benchmarks.md). ACORN stays on for merged
+# segments (it costs nothing where no neighbour is rejected, and still bridges what a metadata condition or a
+# deleted point rejects), for every tenant. The other indexes (document_id, version, metadata.*) are created
+# with ``enable_hnsw`` off (`edge_ops.index_params`): with m 0 the engine would build a graph for each of their
+# large blocks too (e.g. a metadata value every point holds: a second, cross-tenant graph; 1.6x the merge CPU).
+# An unfiltered dense search would walk one tenant's graph only: the store never sends one (every search is
+# scoped to its tenant). So shards are built with HNSW_M (0) and HNSW_PAYLOAD_M (new shards, and every
 # segment a consolidation merges: the child loads its copy with this graph config, which rebuilds what it merges),
 # the cap merges 100k chunks into one segment (+ the appendable one), searched with EDGE_HNSW_EF (400) and ACORN.
 # The beam is per segment, and a segment the serving process built (at most EDGE_SEGMENT_POINTS) needs less: a
@@ -198,8 +213,10 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # segments hold few copies of a text: no islands) (`search_beam`, `merged_layout`).
 # The serving process loads a shard with the graph config it has stored: a different one would make the engine
 # rebuild every segment built otherwise (its config-mismatch optimizer), in this process, holding the GIL; a
-# shard built by an earlier release takes HNSW_M at its next consolidation.
-HNSW_M = 64
+# shard built by an earlier release (one global graph of 16-64 links) is served as it is, with ACORN for its
+# large tenants only (ACORN_MIN_SHARE, as stop 19 shipped), and takes the tenant graphs at its next consolidation.
+HNSW_M = 0
+HNSW_PAYLOAD_M = 64
 HNSW_EF_CONSTRUCT = 100
 HNSW_EF = 400
 SMALL_SEGMENT_EF = 250
@@ -907,6 +924,8 @@ except (OSError, AttributeError):
     pass
 os.nice(10)
 import qdrant_edge as qe
+sys.path.insert(0, sys.argv[6])
+from service.app.store.edge_ops import index_params, operation
 path, name, size, optimizers = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 hnsw = json.loads(sys.argv[7]) if len(sys.argv) > 7 else None
 shard = qe.EdgeShard.load(path, qe.EdgeConfig(
@@ -915,19 +934,22 @@ shard = qe.EdgeShard.load(path, qe.EdgeConfig(
     hnsw_config=qe.HnswIndexConfig(**hnsw) if hnsw else None,
 ))
 indexes = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-kinds = {"keyword": qe.PayloadSchemaType.Keyword, "integer": qe.PayloadSchemaType.Integer,
-         "float": qe.PayloadSchemaType.Float, "bool": qe.PayloadSchemaType.Bool}
+kinds = {"PayloadSchemaType.Keyword": "keyword", "PayloadSchemaType.Integer": "integer",
+         "PayloadSchemaType.Float": "float", "PayloadSchemaType.Bool": "bool"}
+if hnsw and hnsw.get("m") == 0:  # tenant graphs: no other index may build graphs (an earlier release's may)
+    for field, info in shard.info().payload_schema.items():
+        kind = kinds.get(str(info.data_type))
+        if field != "tenant_id" and kind and getattr(info.params, "enable_hnsw", None) is not False:
+            shard.update(qe.UpdateOperation.create_field_index(field, index_params(kind)))
 before = shard.info().segments_count
 changed = shard.optimize()
 for key, kind in indexes.items():  # metadata indexes deferred here from the serving process (its own GIL)
     if "metadata." + key not in shard.info().payload_schema:
-        shard.update(qe.UpdateOperation.create_field_index("metadata." + key, kinds[kind]))
+        shard.update(qe.UpdateOperation.create_field_index("metadata." + key, index_params(kind)))
         changed = True
 shard.flush()
 after = shard.info().segments_count
 print(json.dumps({"changed": changed, "segments_before": before, "segments_after": after}), flush=True)
-sys.path.insert(0, sys.argv[6])
-from service.app.store.edge_ops import operation
 replayed = 0
 for line in sys.stdin:
     entry = json.loads(line)
@@ -1022,6 +1044,8 @@ class EdgeVectorStore:
         self.quantization = quantization
         self.hnsw_ef = hnsw_ef  # EDGE_HNSW_EF: the search beam per merged segment (`search_beam`)
         self._search_params: qe.SearchParams | None = None
+        # Whether the open shard's graphs are per tenant (HNSW_M 0; `_read_search_params`).
+        self._tenant_graphs = False
         self._gate = _Gate()
         # While a consolidation's child merges its copy: every write acknowledged since the copy, in the order it
         # reached the shard (appended under _replay_lock), for the copy before it is swapped in; and why the copy
@@ -1154,6 +1178,7 @@ class EdgeVectorStore:
             ef_construct=HNSW_EF_CONSTRUCT,
             full_scan_threshold=10_000,
             max_indexing_threads=self._indexing_threads,
+            payload_m=HNSW_PAYLOAD_M,
         )
 
     def _dense_params(self) -> dict[str, qe.EdgeVectorParams]:
@@ -1342,7 +1367,7 @@ class EdgeVectorStore:
         self._settled_segments = segments
         self._write_record()
 
-    def _consolidation_hnsw(self) -> dict[str, int]:
+    def _consolidation_hnsw(self) -> dict[str, int | None]:
         """The graph the consolidation's child builds (the serving process keeps the stored one: `_load`)."""
         config = self._hnsw_config()
         return {
@@ -1350,22 +1375,25 @@ class EdgeVectorStore:
             "ef_construct": config.ef_construct,
             "full_scan_threshold": config.full_scan_threshold,
             "max_indexing_threads": config.max_indexing_threads,
+            "payload_m": config.payload_m,
         }
 
-    def _stored_hnsw_m(self) -> int | None:
-        """Links per point of the open shard's graph config as stored (None: unreadable)."""
+    def _stored_graph(self) -> tuple[int, int | None] | None:
+        """(m, payload_m) of the open shard's graph config as stored (None: unreadable): links per point of the
+        global graph, and of each tenant's (None: the engine's default, m)."""
         try:
-            config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))
-            return int(config["hnsw_config"]["m"])
-        except (OSError, ValueError, KeyError, TypeError):
+            config = json.loads((self.path / "edge_config.json").read_text(encoding="utf-8"))["hnsw_config"]
+            payload_m = config.get("payload_m")
+            return int(config["m"]), None if payload_m is None else int(payload_m)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
     def consolidation_due(self) -> bool:
         """Whether a consolidation may merge or vacuum anything: more segments than the last one left (before
         any, than one per EDGE_CONSOLIDATE_SEGMENT_POINTS plus the appendable one), more points deleted since
-        than the share the child vacuums at, or a graph built with other than ``HNSW_M`` links per point (a shard
-        an earlier release wrote: the child rebuilds it). (`consolidate` may still find a merge not worth
-        starting: `merge_worthwhile`.)"""
+        than the share the child vacuums at, or a graph other than ``HNSW_M`` / ``HNSW_PAYLOAD_M`` (a shard an
+        earlier release wrote: the child rebuilds it into tenant graphs). (`consolidate` may still find a merge not
+        worth starting: `merge_worthwhile`.)"""
         return bool(self._due_reasons()[0])
 
     def _due_reasons(self) -> tuple[set[str], int]:
@@ -1387,7 +1415,7 @@ class EdgeVectorStore:
             reasons.add("vacuum")
         if self._deferred_indexes:
             reasons.add("indexes")
-        if info.points_count > 0 and self._stored_hnsw_m() not in (None, HNSW_M):
+        if info.points_count > 0 and self._stored_graph() not in (None, (HNSW_M, HNSW_PAYLOAD_M)):
             reasons.add("graph")
         return reasons, info.segments_count
 
@@ -1722,6 +1750,10 @@ class EdgeVectorStore:
             "segment_points": self._segment_points,
         }
         beam = search_beam(self.hnsw_ef, **layout)
+        hnsw = config.get("hnsw_config") or {}
+        # Tenant graphs (see HNSW_M's comment): a tenant's walk meets no other tenant's point, so ACORN costs
+        # nothing for the tenant filter and needs no per-tenant decision.
+        self._tenant_graphs = hnsw.get("m") == 0 and bool(hnsw.get("payload_m"))
         acorn = (
             qe.AcornSearchParams(enable=True, max_selectivity=ACORN_MAX_SELECTIVITY)
             if merged_layout(**layout)
@@ -1736,10 +1768,12 @@ class EdgeVectorStore:
         )
 
     def _tenant_search_params(self, tenant_id: str) -> qe.SearchParams | None:
-        """The dense search settings for ``tenant_id``: ACORN (merged layouts) only when the tenant holds at least
-        ACORN_MIN_SHARE of the shard's points by the engine's estimate (see HNSW_M's comment)."""
+        """The dense search settings for ``tenant_id``: on a shard of tenant graphs, the shard's; on one global
+        graph (a shard an earlier release merged, until its next consolidation), ACORN (merged layouts) only when
+        the tenant holds at least ACORN_MIN_SHARE of the shard's points by the engine's estimate (see HNSW_M's
+        comment)."""
         params = self._search_params
-        if params is None or params.acorn is None:
+        if params is None or params.acorn is None or self._tenant_graphs:
             return params
         tenant = qe.Filter(must=[_match("tenant_id", tenant_id)])
         with self._engine() as shard:
@@ -1795,8 +1829,10 @@ class EdgeVectorStore:
         schema = self.shard.info().payload_schema
         wanted: list[tuple[str, Any]] = [
             ("tenant_id", qe.KeywordIndexParams(is_tenant=True)),
-            ("document_id", qe.PayloadSchemaType.Keyword),
-            ("version", qe.PayloadSchemaType.Integer),
+            # No graph of their own (see HNSW_M's comment); a shard created before keeps its indexes until its
+            # next consolidation's child re-creates them so.
+            ("document_id", edge_ops.index_params("keyword")),
+            ("version", edge_ops.index_params("integer")),
         ]
         for key, params in wanted:
             if key not in schema:

@@ -17,12 +17,22 @@ import qdrant_edge as qe
 from service.app.store.sparse import SPARSE_VECTOR
 
 DENSE_VECTOR = "dense"
-INDEX_KINDS: dict[str, qe.PayloadSchemaType] = {
-    "keyword": qe.PayloadSchemaType.Keyword,
-    "integer": qe.PayloadSchemaType.Integer,
-    "float": qe.PayloadSchemaType.Float,
-    "bool": qe.PayloadSchemaType.Bool,
-}
+
+
+def index_params(kind: str) -> Any:
+    """A payload index of ``kind`` (keyword, integer, float, bool) that gets no HNSW graph of its own: with the
+    store's tenant graphs (``m`` 0, service.app.store.edge.HNSW_M) the engine would otherwise build one over each
+    of the field's large blocks (every value held by more than a quarter of the full-scan threshold's points)."""
+    if kind == "keyword":
+        return qe.KeywordIndexParams(enable_hnsw=False)
+    if kind == "integer":
+        return qe.IntegerIndexParams(lookup=True, range=True, enable_hnsw=False)
+    if kind == "float":
+        return qe.FloatIndexParams(enable_hnsw=False)
+    if kind == "bool":
+        return qe.BoolIndexParams(enable_hnsw=False)
+    raise ValueError(f"unknown payload index kind {kind!r}")
+
 
 Entry = dict[str, Any]
 
@@ -84,5 +94,5 @@ def operation(entry: Entry) -> qe.UpdateOperation:
         field = f"metadata.{entry['key']}"
         if entry["kind"] is None:
             return qe.UpdateOperation.delete_field_index(field)
-        return qe.UpdateOperation.create_field_index(field, INDEX_KINDS[entry["kind"]])
+        return qe.UpdateOperation.create_field_index(field, index_params(entry["kind"]))
     raise ValueError(f"unknown write entry {op!r}")
