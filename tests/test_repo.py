@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,10 +135,20 @@ def test_make_serve_turns_auth_off_only_without_keys(
     ("env_file", "command_line", "environ", "expected"),
     [
         (None, [], {}, "127.0.0.1 8000 True"),  # the service's defaults: local, single user
-        ("HOST=0.0.0.0\nPORT=8794\nAPI_KEYS=0123456789abcdef0123456789abcdef:team\n", [], {}, "0.0.0.0 8794 False"),
+        (
+            "HOST=0.0.0.0\nPORT=8794\nAPI_KEYS=0123456789abcdef0123456789abcdef:team\n",
+            [],
+            {},
+            "0.0.0.0 8794 False",
+        ),
         ("HOST=0.0.0.0\nPORT=8794\n", ["PORT=9000"], {}, "0.0.0.0 9000 True"),  # the command line wins
         ("HOST=0.0.0.0\nPORT=8794\n", [], {"HOST": "127.0.0.2"}, "127.0.0.2 8794 True"),  # so does the env
-        ("AUTH_DISABLED=false\nAPI_KEYS=\n", [], {}, "127.0.0.1 8000 False"),  # .env's own AUTH_DISABLED holds
+        (
+            "AUTH_DISABLED=false\nAPI_KEYS=\n",
+            [],
+            {},
+            "127.0.0.1 8000 False",
+        ),  # .env's own AUTH_DISABLED holds
     ],
 )
 def test_make_serve_runs_the_service_with_the_settings_of_dotenv(
@@ -152,10 +162,21 @@ def test_make_serve_runs_the_service_with_the_settings_of_dotenv(
         (tmp_path / ".env").write_text(env_file)
     fake_python = tmp_path / ".venv" / "bin" / "python"
     fake_python.parent.mkdir(parents=True)
-    probe = "from service.app.core.config import Settings; s = Settings(); print(s.host, s.port, s.auth_disabled)"
+    probe = (
+        "from service.app.core.config import Settings; s = Settings(); print(s.host, s.port, s.auth_disabled)"
+    )
     fake_python.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(probe)}\n")
     fake_python.chmod(0o755)
-    names = ("HOST", "PORT", "AUTH_DISABLED", "API_KEYS", "API_KEYS_FILE", "ENVIRONMENT", "MAKEFLAGS", "MFLAGS")
+    names = (
+        "HOST",
+        "PORT",
+        "AUTH_DISABLED",
+        "API_KEYS",
+        "API_KEYS_FILE",
+        "ENVIRONMENT",
+        "MAKEFLAGS",
+        "MFLAGS",
+    )
     env = {key: value for key, value in os.environ.items() if key not in names} | environ
     served = subprocess.run(
         # -o: the set-up targets (venv, model) count as done; the serve recipe itself runs as written.
