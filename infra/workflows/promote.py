@@ -47,7 +47,7 @@ from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.alerting import check_alerting, rollback_warning
 from infra.workflows.preview import PreviewReport, run_preview
-from infra.workflows.registry_upgrade import check_major_upgrade
+from infra.workflows.registry_upgrade import check_major_upgrade, check_registry_recoverable
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
@@ -296,6 +296,7 @@ def promote(
     policy pack (`ragops up` and `rollback` run it too: a promotion is how staging and prod are updated, so without
     it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7)."""
     ws, tgt, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
+    check_registry_recoverable(ws, target)  # from the state alone: before anything is written
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
     check_major_upgrade(ws, target)
@@ -326,6 +327,7 @@ def preview_promotion(
     would change is everything the checkout's program changed since the target's last update, not only the image:
     the approver of a promotion reads this (REVIEW10 F4)."""
     ws, _, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
+    check_registry_recoverable(ws, target)
     path = stack_file(ws, target)
     saved = path.read_bytes() if path.is_file() else None
     try:
@@ -820,6 +822,7 @@ def rollback(
         _service_object(ws, stack, recorded), _service_object(ws, stack)
     )
     check_secrets_kept(ws, stack, drop_secrets)
+    check_registry_recoverable(ws, stack)  # from the state alone: before anything is written
     if done.warning is not None and on_output is not None:
         on_output(done.warning)  # before the up's own output: the pager gap is seen while the rollback runs
     set_config_values(ws, stack, values)

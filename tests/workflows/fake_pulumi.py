@@ -153,6 +153,8 @@ class FakeStack:
     urns: list[str] = field(default_factory=list)
     # Of those, the read-only ones (`ResourceOptions(id=...)`), which the state marks `"external": true`.
     external_urns: set[str] = field(default_factory=set)
+    # Of those, the outputs `stack export` shows for some (URN -> outputs; the others export none).
+    resource_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, dict[str, Any]]:
@@ -491,8 +493,10 @@ class _Handler:
         resources = [
             {
                 "urn": urn,
-                "type": urn.split("::")[-2],
+                # The resource's own type: the URN's type part ends with it (after the parents' types, `$`).
+                "type": urn.split("::")[-2].rsplit("$", 1)[-1],
                 **({"external": True} if urn in stack.external_urns else {}),
+                **({"outputs": stack.resource_outputs[urn]} if urn in stack.resource_outputs else {}),
             }
             for urn in stack.urns
         ]

@@ -121,6 +121,8 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         # The secrets guard: the secret keys of the target's latest updates (names only, no secrets shown).
         ["stack", "select", "--stack", "staging"],
         ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "staging"],
+        # The registry guard reads the target's state (a failed first `up`'s too): before anything is written.
+        ["stack", "export", "--show-secrets", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
         *scale_guard("staging"),
         [
