@@ -38,7 +38,8 @@ def test_backup_of_a_local_mode_store_keeps_its_vectors_through_migrate_and_roll
     finally:
         holder.close()
     assert busy.returncode == 2, busy.stderr
-    assert busy.stderr.count("\n") == 1 and "in use by a running service" in busy.stderr, busy.stderr
+    assert busy.stderr.count("\n") == 1, busy.stderr
+    assert "in use by a running service" in busy.stderr, busy.stderr
     assert not (tmp_path / "busy").exists()
 
     # The operator follows operations.md with the new release's defaults (VECTOR_STORE unset: edge).
@@ -52,7 +53,8 @@ def test_backup_of_a_local_mode_store_keeps_its_vectors_through_migrate_and_roll
 
     migrated = _run("service.tools.migrate_store", data_dir=data)
     assert migrated.returncode == 0, migrated.stderr
-    assert (data / "qdrant.migrated").is_dir() and not (data / "qdrant").exists()
+    assert (data / "qdrant.migrated").is_dir()
+    assert not (data / "qdrant").exists()
     with service_process(env_for(data, GC_ENABLED="false"), tmp_path / "new.log") as service:
         with service.client() as http:
             assert _served(http) == set(DOCUMENTS)
@@ -73,6 +75,8 @@ def test_backup_of_a_local_mode_store_keeps_its_vectors_through_migrate_and_roll
     assert again.returncode == 0, again.stderr
     assert not (data / "qdrant").exists()
     assert len(list(data.glob("qdrant.migrated-*"))) == 1
-    with service_process(env_for(data, GC_ENABLED="false"), tmp_path / "new2.log") as service:
-        with service.client() as http:
-            assert _served(http) == set(DOCUMENTS)
+    with (
+        service_process(env_for(data, GC_ENABLED="false"), tmp_path / "new2.log") as service,
+        service.client() as http,
+    ):
+        assert _served(http) == set(DOCUMENTS)
