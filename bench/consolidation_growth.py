@@ -13,6 +13,11 @@ times: a fresh process writes ``--step`` more points the same way, and a fresh p
 image) with its wall seconds, whether it merged ("swapped") or found nothing within the cap ("unchanged"), the
 segments before and after, and how many of the segment directories before it are still there after it (a merged
 segment left alone survives; one taken into the merge does not).
+
+A layout spec may end in ``:always`` (stop 19's decision: every due consolidation starts a child, whatever
+`merge_worthwhile` says) and ``--interleave`` runs the layouts' rounds alternately on copies of ONE base shard
+(written and first merged once, by the first layout), so a loaded machine weighs on both alike; a last line per
+layout sums the child CPU per 1,000 points written and the highest child peak RSS over the rounds.
 """
 
 from __future__ import annotations
@@ -100,6 +105,8 @@ def merge(args: argparse.Namespace) -> None:
         quantization=True,
     )
     store.ensure_collection()
+    if args.always:  # stop 19's decision: a child whenever a consolidation is due
+        store._merge_worthwhile = lambda: True  # type: ignore[method-assign]
     info = store.shard.info()
     before = segment_dirs(Path(args.dest))
     due = store.consolidation_due()
@@ -138,6 +145,7 @@ def step(
     start: int,
     count: int,
     ef_delta: int = 0,
+    always: bool = False,
 ) -> dict:
     out = subprocess.run(
         [
@@ -158,6 +166,7 @@ def step(
                 str(count),
             ),
             *("--ef-delta", str(ef_delta)),
+            *(["--always"] if always else []),
         ],
         check=True,
         capture_output=True,
@@ -185,6 +194,8 @@ def main() -> None:
     for hidden in ("--dest", "--m", "--cap", "--start", "--count"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--ef-delta", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--always", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--interleave", action="store_true", help="alternate the layouts' rounds (one base)")
     args = parser.parse_args()
     if args.write_one or args.merge_one:
         args.m, args.cap, args.start, args.count = (
@@ -196,7 +207,7 @@ def main() -> None:
         (write if args.write_one else merge)(args)
         return
     layouts = [
-        (n, int(m), int(c), bool(rest))
+        (n, int(m), int(c), "rebuild" in rest, "always" in rest)
         for n, m, c, *rest in (s.split(":") for s in args.layout or ["one:64:102400"])
     ]
     print(
@@ -206,7 +217,10 @@ def main() -> None:
         "| layout | points before | due | outcome | child CPU s | wall s | child peak RSS MB | segments | kept dirs |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, m, cap, rebuild in layouts:
+    if args.interleave:
+        interleaved(args, layouts)
+        return
+    for name, m, cap, rebuild, always in layouts:
         shard = args.work / name / "c"
         shutil.rmtree(shard.parent, ignore_errors=True)
         shard.parent.mkdir(parents=True)
@@ -218,16 +232,65 @@ def main() -> None:
                 written = step(args, "--write-one", shard, m, cap, total, args.step)
                 total += args.step
                 print(f"<!-- {name} write {round_}: {json.dumps(written)} -->", flush=True)
-            got = step(args, "--merge-one", shard, m, cap, 0, 0, ef_delta=round_ % 2 if rebuild else 0)
-            print(
-                f"| {name} (m {m}, cap {cap:,}) | {got['points']:,} | {got['due']} "
-                f"| {'swapped' if got['swapped'] else 'not swapped'} | {got['child_cpu_seconds']:.1f} "
-                f"| {got['seconds']:.1f} | {got['child_peak_rss_mb']:.0f} "
-                f"| {got['segments_before']} -> {got['segments_after']} | {got['dirs_kept']}/{got['dirs_before']} "
-                f"| load {got['load']} |",
-                flush=True,
+            got = step(
+                args,
+                "--merge-one",
+                shard,
+                m,
+                cap,
+                0,
+                0,
+                ef_delta=round_ % 2 if rebuild else 0,
+                always=always,
             )
+            row(name, m, cap, got)
         shutil.rmtree(shard.parent, ignore_errors=True)
+
+
+def row(name: str, m: int, cap: int, got: dict) -> None:
+    print(
+        f"| {name} (m {m}, cap {cap:,}) | {got['points']:,} | {got['due']} "
+        f"| {'swapped' if got['swapped'] else 'not swapped'} | {got['child_cpu_seconds']:.1f} "
+        f"| {got['seconds']:.1f} | {got['child_peak_rss_mb']:.0f} "
+        f"| {got['segments_before']} -> {got['segments_after']} | {got['dirs_kept']}/{got['dirs_before']} "
+        f"| load {got['load']} |",
+        flush=True,
+    )
+
+
+def interleaved(args: argparse.Namespace, layouts: list[tuple[str, int, int, bool, bool]]) -> None:
+    """One base (the first layout's write and first merge), copied per layout; then round by round, each layout
+    in turn writes the same ``--step`` points and consolidates."""
+    first = args.work / layouts[0][0] / "c"
+    for name, *_ in layouts:
+        shutil.rmtree(args.work / name, ignore_errors=True)
+    first.parent.mkdir(parents=True)
+    name, m, cap, _, always = layouts[0]
+    print(f"<!-- base write: {json.dumps(step(args, '--write-one', first, m, cap, 0, args.base))} -->")
+    row(f"{name} (first merge)", m, cap, step(args, "--merge-one", first, m, cap, 0, 0, always=always))
+    for name, *_ in layouts[1:]:
+        shutil.copytree(first.parent, args.work / name, copy_function=edge.copy_sparse)
+    totals = {name: [0.0, 0.0, 0, 0] for name, *_ in layouts}  # child CPU, peak RSS, children, written
+    total = args.base
+    for _ in range(args.rounds):
+        for name, m, cap, _, always in layouts:
+            shard = args.work / name / "c"
+            step(args, "--write-one", shard, m, cap, total, args.step)
+            got = step(args, "--merge-one", shard, m, cap, 0, 0, always=always)
+            row(name, m, cap, got)
+            summary = totals[name]
+            summary[0] += got["child_cpu_seconds"]
+            summary[1] = max(summary[1], got["child_peak_rss_mb"])
+            summary[2] += got["child_peak_rss_mb"] > 0
+            summary[3] += args.step
+        total += args.step
+    for name, (cpu, rss, children, written) in totals.items():
+        print(
+            f"<!-- {name}: {cpu:.1f} s child CPU over {written:,} points written "
+            f"({cpu / written * 1000:.2f} s per 1,000), {children} children, peak RSS {rss:.0f} MB -->"
+        )
+    for name, *_ in layouts:
+        shutil.rmtree(args.work / name, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import email.utils
 import json
 import os
 import re
@@ -185,6 +186,18 @@ class NoAnswer(Exception):
         )
 
 
+def names_a_missing_document(response: httpx.Response) -> bool:
+    """Whether a 404 is the service's answer about a document it does not hold (its error names the document),
+    rather than a route that does not exist at that URL."""
+    if response.status_code != 404:
+        return False
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return False
+    return isinstance(error, dict) and error.get("code") == "not_found" and "document_id" in error
+
+
 class IngestClient:
     """Sends requests to the service, waiting out 429s (Retry-After) and retrying transient failures."""
 
@@ -214,20 +227,37 @@ class IngestClient:
     def on_wait(self, message: str) -> None:
         self._on_wait(message)
 
+    def now(self) -> float:
+        """This client's clock (monotonic seconds)."""
+        return self._clock()
+
     def stored_hash(self, document_id: str) -> str | None:
         """The content hash the service holds for ``document_id`` (None: no such document, or another answer).
 
         Raises NoAnswer or httpx.TransportError when the service does not answer (after ``send``'s retries)."""
-        try:
-            response = self.send("GET", f"/v1/documents/{document_id}")
-        except NotTheService:  # a 404: no such document yet
-            return None
-        if response.status_code != 200:
-            return None
-        value = response.json().get("content_hash")
-        return value if isinstance(value, str) else None
+        return self._stored(document_id)[0]
 
-    def settle_abandoned(self, batch: list[Pending]) -> list[Pending]:
+    def _stored(self, document_id: str) -> tuple[str | None, float | None]:
+        """(content hash, how many seconds before this answer the service started writing the version it holds,
+        on the service's own clock: its ``version`` is that start in microseconds, its Date header the answer's
+        time; None when either is missing)."""
+        # NotTheService when the URL is not the service's; a 404 naming the document: no such document yet.
+        response = self.send("GET", f"/v1/documents/{document_id}")
+        if response.status_code != 200:
+            return None, None
+        body = response.json()
+        value = body.get("content_hash")
+        version = body.get("version")
+        try:
+            answered: float | None = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            answered = None
+        age = answered - version / 1_000_000 if isinstance(version, int) and answered is not None else None
+        return (value if isinstance(value, str) else None), age
+
+    def settle_abandoned(
+        self, batch: list[Pending], *, sent_at: float | None = None, earlier: list[Pending] | None = None
+    ) -> list[Pending]:
         """The files of a batch that got no answer which the service does not hold with this content yet.
 
         The service goes on with the item it was storing when the client left, then stops the batch. Each file
@@ -245,14 +275,24 @@ class IngestClient:
         own checks) is never held and never the one being stored: it is neither asked about nor waited for (the
         client polled such a file for ABANDONED_WAIT_SECONDS, 240 reads against the read rate limit), and goes
         again to get its reason. The questions about the file being stored are spaced out (POLL_SECONDS doubling
-        up to MAX_POLL_SECONDS)."""
+        up to MAX_POLL_SECONDS).
+
+        ``sent_at`` (`now` when the batch was sent) and ``earlier``: a file held with a version the service started
+        writing before the batch was sent (longer ago than the time since, on the service's clock, plus 2 s for
+        its Date header's whole seconds) was stored by an earlier run: it is appended to ``earlier`` (reported
+        `unchanged`, not `stored`)."""
         expected = [content_hash_of(item) for item in batch]
         refused = [refused_at_once(item) for item in batch]
         held = [False] * len(batch)
         try:
             for index, (item, digest) in enumerate(zip(batch, expected, strict=True)):
                 if digest is not None and not refused[index]:
-                    held[index] = self.stored_hash(item.document["document_id"]) == digest  # type: ignore[index]
+                    found, age = self._stored(item.document["document_id"])  # type: ignore[index]
+                    held[index] = found == digest
+                    since = None if sent_at is None else self._clock() - sent_at
+                    before = held[index] and age is not None and since is not None and age > since + 2
+                    if before and earlier is not None:
+                        earlier.append(item)
             after = max((index for index, ok in enumerate(held) if ok), default=-1) + 1
             first = next((index for index in range(after, len(batch)) if not refused[index]), None)
             if first is not None and expected[first] is not None:
@@ -305,9 +345,10 @@ class IngestClient:
             if response.status_code in (401, 403):
                 # The key, not the file: every other file would be refused the same way.
                 raise KeyRefused(error_reason(response))
-            if response.status_code in (404, 405):
-                # Both routes the client calls create documents: a 404 or 405 is the URL, not the file (a
-                # --url ending in /v1 printed one "404 not_found" per file).
+            if response.status_code in (404, 405) and not names_a_missing_document(response):
+                # The routes the client calls exist: a 404 or 405 that is not the service's "no such document"
+                # (a GET of one not stored yet) is the URL, not the file (a --url ending in /v1 printed one
+                # "404 not_found" per file).
                 raise NotTheService(f"{method} {response.request.url} answered {error_reason(response)}")
             if response.status_code == 503 and transient < TRANSIENT_RETRIES:
                 transient += 1
@@ -651,6 +692,7 @@ def ingest_folder(
             upload(client, root, batch[0], report)
             advance(1)
             continue
+        sent_at = client.now()
         try:
             response = client.send(
                 "POST",
@@ -670,11 +712,13 @@ def ingest_folder(
                 client.on_wait(
                     f"no answer within {client.timeout:g} s; asking which files the service stored"
                 )
-                remaining = client.settle_abandoned(batch)
+                earlier: list[Pending] = []
+                remaining = client.settle_abandoned(batch, sent_at=sent_at, earlier=earlier)
                 kept = {id(item) for item in remaining}
+                before = {id(item) for item in earlier}  # held from an earlier run: the batch changed nothing
                 for item in batch:
                     if id(item) not in kept:
-                        report.outcomes["stored"] += 1
+                        report.outcomes["unchanged" if id(item) in before else "stored"] += 1
                 queue[: len(batch)] = remaining
                 advance(len(batch) - len(remaining))
                 client.on_wait(f"no answer within {client.timeout:g} s; sending {batch_size} files per batch")

@@ -424,7 +424,9 @@ def promote(
     source: Annotated[
         str, typer.Option("--from", help="Source stack (environment dev or staging, e.g. dev).")
     ],
-    target: Annotated[str, typer.Option("--to", help="Target stack (the next environment, e.g. staging).")],
+    target: Annotated[
+        str | None, typer.Option("--to", help="Target stack (the next environment, e.g. staging).")
+    ] = None,
     reindex_timeout: ReindexTimeoutOpt = 3600.0,
     quiet: QuietOpt = False,
     drop_secret: DropSecretOpt = None,
@@ -442,12 +444,44 @@ def promote(
             "--comment-file", help="With --preview-only: write the Markdown summary here.", dir_okay=False
         ),
     ] = None,
+    check_source_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-source-only",
+            help="Without --to: check only the source (its digest, no pending changes) with the source's "
+            "credentials, and write what the target's promotion needs to --record-file.",
+        ),
+    ] = False,
+    record_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--record-file", help="With --check-source-only: write the record here.", dir_okay=False
+        ),
+    ] = None,
+    checked_source: Annotated[
+        Path | None,
+        typer.Option(
+            "--checked-source",
+            help="A --check-source-only record of the source (made from this commit): the source stack is then "
+            "not read at all, so this job needs the target's credentials only.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
     model or chunking is followed until the target's re-index has switched."""
     context: Context = ctx.obj
+    if check_source_only:
+        _check_promotion_source(context, source, target, quiet, record_file, checked_source, preview_only)
+        return
+    if record_file is not None:
+        raise typer.BadParameter("--record-file goes with --check-source-only.", param_hint="--record-file")
+    if target is None:
+        raise typer.BadParameter("Name the target stack (or check the source only: --check-source-only).")
+    checked = _read_source_check(checked_source)
     if preview_only:
-        _preview_promotion(context, source, target, quiet, drop_secret or (), comment_file)
+        _preview_promotion(context, source, target, quiet, drop_secret or (), comment_file, checked)
         return
     if comment_file is not None:
         raise typer.BadParameter("--comment-file goes with --preview-only.", param_hint="--comment-file")
@@ -462,6 +496,7 @@ def promote(
                 on_output=on_output,
                 on_event=on_event,
                 drop_secrets=drop_secret or (),
+                checked=checked,
             )
 
     done = _run(action, roles={source: "the source of the promotion", target: "the target of the promotion"})
@@ -471,6 +506,47 @@ def promote(
     _follow_index_change(context, target, done.index_before, reindex_timeout)
 
 
+def _read_source_check(path: Path | None) -> promote_mod.SourceCheck | None:
+    """The `--checked-source` record, or None; a file that is no record is a usage error (exit 2)."""
+    if path is None:
+        return None
+    return _run(lambda: promote_mod.SourceCheck.from_json(path.read_text(encoding="utf-8"), str(path)))
+
+
+def _check_promotion_source(
+    context: Context,
+    source: str,
+    target: str | None,
+    quiet: bool,
+    record_file: Path | None,
+    checked_source: Path | None,
+    preview_only: bool,
+) -> None:
+    """`ragops promote --from S --check-source-only --record-file F`: the source's half of a promotion, run with
+    the source's credentials (promote.yml's source-check job); F is what `--checked-source` reads."""
+    if target is not None or checked_source is not None or preview_only:
+        raise typer.BadParameter(
+            "--check-source-only checks the source for every target: without --to, --checked-source or "
+            "--preview-only.",
+            param_hint="--check-source-only",
+        )
+    if record_file is None:
+        raise typer.BadParameter("--check-source-only writes its record to --record-file.")
+
+    def action() -> promote_mod.SourceCheck:
+        with _progress(f"check promotion source {source}", quiet) as (on_output, on_event):
+            return promote_mod.check_source(context, source, on_output=on_output, on_event=on_event)
+
+    checked = _run(action, roles={source: "the source of the promotion"})
+    record_file.write_text(checked.to_json() + "\n", encoding="utf-8")
+    console.print(
+        f"promotion source {source} checked: {checked.digest}, no pending changes "
+        f"({describe_counts(checked.preview) or 'nothing previewed'})",
+        highlight=False,
+        soft_wrap=True,  # the digest stays one copyable line
+    )
+
+
 def _preview_promotion(
     context: Context,
     source: str,
@@ -478,6 +554,7 @@ def _preview_promotion(
     quiet: bool,
     drop_secrets: Collection[str],
     comment_file: Path | None,
+    checked: promote_mod.SourceCheck | None = None,
 ) -> None:
     """`ragops promote --preview-only`: the target's preview with the promoted config; exit 1 when it fails."""
 
@@ -485,7 +562,13 @@ def _preview_promotion(
         promote_mod.check_order(source, target, context.work_dir)
         with _progress(f"preview promote {source} -> {target}", quiet) as (on_output, on_event):
             return promote_mod.preview_promotion(
-                context, source, target, on_output=on_output, on_event=on_event, drop_secrets=drop_secrets
+                context,
+                source,
+                target,
+                on_output=on_output,
+                on_event=on_event,
+                drop_secrets=drop_secrets,
+                checked=checked,
             )[1]
 
     report = _run(

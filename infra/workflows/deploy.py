@@ -26,7 +26,7 @@ from infra.workflows.promote import (
     _service_object,
     merge_promotable,
 )
-from infra.workflows.registry_upgrade import check_major_upgrade
+from infra.workflows.registry_upgrade import check_major_upgrade, check_registry_recoverable
 from infra.workflows.reindex import EMBEDDING_KEY
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
@@ -247,6 +247,7 @@ def deploy(
     check_registry_tools_here(ctx, stack, ws)
     check_scale_down(ws, stack)
     check_major_upgrade(ws, stack)
+    check_registry_recoverable(ws, stack)
     try:
         result = st.up(
             policy_packs=[policy_pack] if policy_pack else None,

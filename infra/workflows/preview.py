@@ -16,7 +16,12 @@ from pulumi.automation import EngineEvent, Workspace
 from pulumi.automation.errors import CommandError
 
 from infra.workflows.errors import program_refusal
-from infra.workflows.registry_upgrade import MajorUpgradeRefused, check_major_upgrade
+from infra.workflows.registry_upgrade import (
+    MajorUpgradeRefused,
+    RegistryUnrecoverable,
+    check_major_upgrade,
+    check_registry_recoverable,
+)
 from infra.workflows.scaling import ScaleDownRefused, check_scale_down
 from infra.workflows.secrets import SecretsDropped, check_secrets_kept
 from infra.workflows.stacks import POLICY_PACK, OnEvent, OnOutput, change_counts, select
@@ -158,7 +163,9 @@ def run_preview(
             check_secrets_kept(ws, stack, drop_secrets, doing="preview")
         check_scale_down(ws, stack)
         check_major_upgrade(ws, stack)
-    except (SecretsDropped, ScaleDownRefused, MajorUpgradeRefused) as exc:
+        if drop_secrets is not None:  # a stack about to be updated (not promote's look at its source)
+            check_registry_recoverable(ws, stack)
+    except (SecretsDropped, ScaleDownRefused, MajorUpgradeRefused, RegistryUnrecoverable) as exc:
         return PreviewReport(stack=stack, changes={}, steps=[], violations=[], error=str(exc))
     collector = EventCollector(forward=on_event)
     try:

@@ -17,6 +17,10 @@ Promotions follow the stacks' `rag:environment` (their stack files in the checko
 receives only from a dev-environment one, a prod one only from a staging one, so prod never receives a build a
 staging stack has not run (with the shipped stacks: dev -> staging -> prod; ``check_order``).
 
+The source's half can run elsewhere (``check_source``, ``ragops promote --check-source-only``): promote.yml checks
+the source in a job of the source's own environment and hands the target's jobs its ``SourceCheck`` record, so a
+job never holds another environment's credentials (REVIEW10 F2).
+
 Every fact about the source comes from the backend, never from the runner's checkout: its outputs (digest,
 embedding, the models its image holds) and the config its latest update ran with (``stacks.deployed_config``:
 what the pending-changes preview runs with, and where the promotable settings are read). A promotion's own writes
@@ -28,8 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import re
+import subprocess
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +47,7 @@ from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.alerting import check_alerting, rollback_warning
 from infra.workflows.preview import PreviewReport, run_preview
-from infra.workflows.registry_upgrade import check_major_upgrade
+from infra.workflows.registry_upgrade import check_major_upgrade, check_registry_recoverable
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
@@ -284,11 +290,13 @@ def promote(
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
     policy_pack: str | None = POLICY_PACK,
+    checked: SourceCheck | None = None,
 ) -> Promotion:
     """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it with the
     policy pack (`ragops up` and `rollback` run it too: a promotion is how staging and prod are updated, so without
     it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7)."""
-    ws, tgt, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets)
+    ws, tgt, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
+    check_registry_recoverable(ws, target)  # from the state alone: before anything is written
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
     check_major_upgrade(ws, target)
@@ -310,6 +318,7 @@ def preview_promotion(
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
     policy_pack: str | None = POLICY_PACK,
+    checked: SourceCheck | None = None,
 ) -> tuple[Promotion, PreviewReport]:
     """What ``promote`` would do to the target, without doing it (``ragops promote --preview-only``): the same
     refusals and the source's pending-changes check, then ``pulumi preview --diff`` of the target with the promoted
@@ -317,7 +326,8 @@ def preview_promotion(
     ``deployed_config`` does): the backend and the target's resources are not touched. What the target's ``up``
     would change is everything the checkout's program changed since the target's last update, not only the image:
     the approver of a promotion reads this (REVIEW10 F4)."""
-    ws, _, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets)
+    ws, _, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
+    check_registry_recoverable(ws, target)
     path = stack_file(ws, target)
     saved = path.read_bytes() if path.is_file() else None
     try:
@@ -338,24 +348,126 @@ def digest_of(values: Mapping[str, Any]) -> str:
     return str(values[IMAGE_KEY])
 
 
-def _prepare(
+def checkout_commit(work_dir: Path) -> str | None:
+    """The commit `work_dir`'s git checkout is at (HEAD), or None outside a git checkout."""
+    try:
+        shown = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["git", "-C", str(work_dir), "rev-parse", "--verify", "HEAD"],  # noqa: S607 - git from PATH
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return shown.stdout.strip() or None if shown.returncode == 0 else None
+
+
+SOURCE_RECORD_KIND = "ragops/promotion-source/v1"
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """A promotion source that passed its checks (``ragops promote --from S --check-source-only``): the facts a
+    promotion needs from it, read with the source's own credentials, so the target's job needs none of them.
+
+    promote.yml runs the check in a job of the source's environment and hands this record (JSON, no secrets: the
+    digest, the `embedding` output and the plain `rag:service` object) to the target's jobs, which run with the
+    target's credentials only (REVIEW10 F2: they previewed the source with the target's, which cannot reach dev's
+    cluster or decrypt dev with a passphrase of its own). The record names the commit the source was previewed
+    against; a promotion from another checkout refuses it, since "no pending changes" held for that code only.
+    """
+
+    stack: str
+    digest: str
+    embedding: dict[str, Any] | None
+    service: dict[str, Any]
+    commit: str | None
+    at: str
+    by: str
+    preview: dict[str, int]
+    """The source preview's change counts (only `same` and `read`: anything else refused the check)."""
+
+    def to_json(self) -> str:
+        """One line of JSON (a GitHub job output)."""
+        return json.dumps(
+            {"kind": SOURCE_RECORD_KIND, **dataclasses.asdict(self)}, sort_keys=True, separators=(",", ":")
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> SourceCheck:
+        """Parse a record, refusing anything else with what to do (`where`: the file it came from)."""
+        how = (
+            "write it with `ragops promote --from SOURCE --check-source-only --record-file F` in the source's "
+            "environment (promote.yml's source-check jobs; an empty one is what GitHub passes when it withheld "
+            "the job output as possibly holding a secret)"
+        )
+        if not text.strip():
+            raise UsageError(f"{where} is empty, not a source check record: {how}.")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where} is not a source check record ({exc}): {how}.") from exc
+        if not isinstance(data, dict) or data.get("kind") != SOURCE_RECORD_KIND:
+            raise UsageError(f"{where} is not a source check record (no kind {SOURCE_RECORD_KIND!r}): {how}.")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in fields if name not in data]
+        if missing:
+            raise UsageError(
+                f"{where} is not a complete source check record (no {', '.join(missing)}): {how}."
+            )
+        record = cls(**{name: data[name] for name in fields})
+        if not isinstance(record.service, dict) or not isinstance(record.stack, str):
+            raise UsageError(f"{where} is not a source check record (bad stack or service): {how}.")
+        check_digest(record.digest, record.stack)
+        return record
+
+    def check_for(self, source: str, work_dir: Path) -> None:
+        """Refuse the record for a promotion from another stack, or from a checkout at another commit."""
+        if self.stack != source:
+            raise UsageError(
+                f"The source check record is for {self.stack!r}, not {source!r}: check {source} "
+                f"(`ragops promote --from {source} --check-source-only`)."
+            )
+        here = checkout_commit(work_dir)
+        if here != self.commit:
+            raise WorkflowError(
+                f"Cannot promote from {source}: its check ran against commit {self.commit or '(no git checkout)'}, "
+                f"this checkout is at {here or '(no git checkout)'}; "
+                "its pending-changes preview holds for that code only. Check the source again from this checkout."
+            )
+
+
+def check_source(
     ctx: Context,
     source: str,
-    target: str,
+    *,
+    on_output: OnOutput | None = None,
+    on_event: OnEvent | None = None,
+) -> SourceCheck:
+    """The source's half of a promotion (``ragops promote --from S --check-source-only``): its digest, and no
+    pending changes against this checkout's code; needs the source's credentials only."""
+    if not promotion_targets(source, ctx.work_dir):
+        raise UsageError(
+            f"No permanent stack receives promotions from {source!r} in this checkout: the allowed promotions are "
+            + (", ".join(f"{a} -> {b}" for a, b in allowed_promotions(ctx.work_dir)) or "none")
+            + "."
+        )
+    ws = ctx.workspace()
+    outputs = select(ws, source).outputs()
+    digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
+    return _check_source_preview(ctx, ws, source, outputs, digest, on_output, on_event)
+
+
+def _check_source_preview(
+    ctx: Context,
+    ws: Workspace,
+    source: str,
+    outputs: Mapping[str, Any],
+    digest: str,
     on_output: OnOutput | None,
     on_event: OnEvent | None,
-    drop_secrets: Collection[str],
-) -> tuple[Workspace, Any, dict[str, Any], Promotion]:
-    """Every check of a promotion and the config it writes to the target (nothing written yet)."""
-    check_order(source, target, ctx.work_dir)
-    ws = ctx.workspace()
-    src = select(ws, source)
-    outputs = src.outputs()
-    digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
-    check_copy_prerequisites(ctx, source, target, digest)
-    check_target_registry_tools(ctx, ws, source, target)
-    check_alerting(ws, target, ctx.work_dir)
-
+) -> SourceCheck:
     # The source as deployed (its last update's config), against the code checked out here.
     with deployed_config(ws, source) as source_config:
         report = run_preview(ws, source, policy_pack=None, on_output=on_output, on_event=on_event)
@@ -369,10 +481,47 @@ def _prepare(
                 f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
                 f"Run `pulumi up -s {source}` (or merge to main) and promote again."
             )
-        source_service = _service_object(ws, source, source_config)
+        service = _service_object(ws, source, source_config)
+    return SourceCheck(
+        stack=source,
+        digest=digest,
+        embedding=_as_object(outputs["embedding"].value) if "embedding" in outputs else None,
+        service=service,
+        commit=checkout_commit(ctx.work_dir),
+        at=rfc3339(ctx.clock()),
+        by=ctx.actor(),
+        preview=dict(report.changes),
+    )
+
+
+def _prepare(
+    ctx: Context,
+    source: str,
+    target: str,
+    on_output: OnOutput | None,
+    on_event: OnEvent | None,
+    drop_secrets: Collection[str],
+    checked: SourceCheck | None = None,
+) -> tuple[Workspace, Any, dict[str, Any], Promotion]:
+    """Every check of a promotion and the config it writes to the target (nothing written yet). With `checked`
+    (a source check made elsewhere, with the source's credentials) the source stack is not touched at all."""
+    check_order(source, target, ctx.work_dir)
+    ws = ctx.workspace()
+    if checked is None:
+        outputs = select(ws, source).outputs()
+        digest = check_digest(outputs["imageDigest"].value if "imageDigest" in outputs else None, source)
+    else:
+        checked.check_for(source, ctx.work_dir)
+        digest = checked.digest
+    check_copy_prerequisites(ctx, source, target, digest)
+    check_target_registry_tools(ctx, ws, source, target)
+    check_alerting(ws, target, ctx.work_dir)
+    if checked is None:
+        checked = _check_source_preview(ctx, ws, source, outputs, digest, on_output, on_event)
+    source_service = checked.service
 
     tgt = select(ws, target)
-    source_embedding = _as_object(outputs["embedding"].value) if "embedding" in outputs else None
+    source_embedding = checked.embedding
     models = (source_embedding or {}).get("imageModels")
     models = list(models) if isinstance(models, list) and models else None
     target_outputs = tgt.outputs()
@@ -673,6 +822,7 @@ def rollback(
         _service_object(ws, stack, recorded), _service_object(ws, stack)
     )
     check_secrets_kept(ws, stack, drop_secrets)
+    check_registry_recoverable(ws, stack)  # from the state alone: before anything is written
     if done.warning is not None and on_output is not None:
         on_output(done.warning)  # before the up's own output: the pager gap is seen while the rollback runs
     set_config_values(ws, stack, values)

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from pulumi.automation import Stack, Workspace
-from pulumi.automation.errors import StackNotFoundError
+from pulumi.automation.errors import CommandError, StackNotFoundError
 
 from infra.config import declared_defaults
-from infra.guards import CNPG_RUNBOOK, Registry, major_upgrade_refusal
+from infra.guards import CNPG_RUNBOOK, Registry, deployed_state, major_upgrade_refusal, unrecoverable_refusal
 from infra.guards import MANAGED_RUNBOOK as RUNBOOK
 from infra.workflows.scaling import HISTORY_DEPTH, _object
 from infra.workflows.stacks import PROJECT, WorkflowError
@@ -30,6 +30,10 @@ POSTGRES_KEY = f"{PROJECT}:postgres"
 
 class MajorUpgradeRefused(WorkflowError):
     """The config changes the managed registry's major without declaring it, or declares it from the wrong one."""
+
+
+class RegistryUnrecoverable(WorkflowError):
+    """The stack's state records its CloudNativePG Cluster unrecoverable (a failed instance Job)."""
 
 
 def registry_of(postgres: Any) -> Registry:
@@ -71,3 +75,24 @@ def check_major_upgrade(ws: Workspace, stack: str) -> None:
     problem = major_upgrade_refusal(stack, planned, deployed_registries(ws, stack))
     if problem is not None:
         raise MajorUpgradeRefused(f"Not deploying stack {stack!r}: {problem}")
+
+
+def check_registry_recoverable(ws: Workspace, stack: str) -> None:
+    """RegistryUnrecoverable when the stack's state records its CloudNativePG Cluster in CloudNativePG's
+    unrecoverable phase (`infra.guards.unrecoverable_refusal`, the program's own refusal and message). Read from
+    `pulumi stack export`, which also holds what a failed FIRST `up` recorded: the program reads resource outputs
+    only once an update completed (infra/guards.py `read_state`: the builtin read of a stack with no deployment
+    dereferences a nil snapshot on the DIY backend), so without this the second `up` after a failed first one
+    waited 60 minutes for the Cluster again. A stack never deployed, or a state that cannot be read, passes."""
+    try:
+        deployment = ws.export_stack(stack).deployment or {}
+    except CommandError:
+        return
+    entries = {
+        str(resource["urn"]): {"type": resource.get("type"), "outputs": resource.get("outputs") or {}}
+        for resource in deployment.get("resources") or []
+        if isinstance(resource, dict) and resource.get("urn")
+    }
+    problem = unrecoverable_refusal(stack, deployed_state(entries).postgres_phase)
+    if problem is not None:
+        raise RegistryUnrecoverable(f"Not deploying stack {stack!r}: {problem}")

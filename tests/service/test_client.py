@@ -226,7 +226,8 @@ def test_a_batch_without_an_answer_in_time_goes_again_in_halves_and_the_run_keep
                 return httpx.Response(
                     200, json={"document_id": document_id, "content_hash": hashes[document_id]}
                 )
-            return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such document"}})
+            error = {"code": "not_found", "message": "no such document", "document_id": document_id}
+            return httpx.Response(404, json={"error": error})
         uploads.append(request.url.path)
         return httpx.Response(201, json={"status": "created"})
 

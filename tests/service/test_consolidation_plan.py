@@ -149,6 +149,61 @@ def test_a_trickle_leaves_the_merged_segment_alone_until_the_new_points_are_a_sh
         store.close()
 
 
+def test_the_background_optimizer_under_a_trickle_leaves_the_merged_segment_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same trickle through the service's own trigger: the optimizer thread seals each 64 points in a pass and
+    # tries a consolidation once writes pause (0.2 s here); the merged segment survives three of them.
+    path = tmp_path / "edge" / "c"
+    template = fragmented_store(
+        path, chunks=16, consolidate_idle_seconds=3600, consolidate_segment_points=4096
+    )
+    try:
+        assert template.consolidate()
+        merged = largest(template)
+    finally:
+        template.close()
+    children: list[object] = []
+    popen = subprocess.Popen
+
+    def counted(*args: object, **kwargs: object) -> object:
+        children.append(args)
+        return popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(edge_module.subprocess, "Popen", counted)
+    store = EdgeVectorStore(
+        path,
+        collection="c",
+        dimension=16,
+        optimize_chunk_points=64,
+        segment_points=128,
+        optimize_idle_seconds=0.05,
+        consolidate_idle_seconds=0.2,
+        consolidate_segment_points=4096,
+    )
+    store.ensure_collection()
+    try:
+        optimizer = store._optimizer
+        assert optimizer is not None
+        assert optimizer.consolidated.wait(120)  # the start-up attempt: the record says settled
+        assert optimizer.consolidations == 1
+        assert store.skipped_consolidations == 0
+        for round_ in range(1, 5):
+            optimizer.consolidated.clear()
+            store.upsert(distinct_points(f"late-{round_}", 64))  # a chunk: a pass seals it, then the attempt
+            assert optimizer.consolidated.wait(120)
+            assert optimizer.consolidations == 1 + round_
+            if round_ < 4:
+                assert store.skipped_consolidations == round_
+                assert largest(store) == merged
+                assert children == []
+        assert len(children) == 1  # the fourth: 6 segments, merged in once
+        assert largest(store)[1] == 20 * 64
+        assert store.count("t") == 20 * 64
+    finally:
+        store.close()
+
+
 def test_deletes_past_the_vacuum_share_still_start_a_consolidation_the_layout_alone_would_skip(
     tmp_path: Path,
 ) -> None:

@@ -24,7 +24,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,6 +153,8 @@ class FakeStack:
     urns: list[str] = field(default_factory=list)
     # Of those, the read-only ones (`ResourceOptions(id=...)`), which the state marks `"external": true`.
     external_urns: set[str] = field(default_factory=set)
+    # Of those, the outputs `stack export` shows for some (URN -> outputs; the others export none).
+    resource_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def config(self) -> dict[str, dict[str, Any]]:
@@ -257,19 +259,30 @@ class FakeBackend:
                 out.append(args)
         return out
 
-    def command(self, version: VersionInfo | None = None) -> FakePulumi:
-        """A PulumiCommand bound to this backend (a CLI <= 3.205 gets its events through a log file)."""
-        return FakePulumi(self, version)
+    def command(
+        self, version: VersionInfo | None = None, credentials: Collection[str] | None = None
+    ) -> FakePulumi:
+        """A PulumiCommand bound to this backend (a CLI <= 3.205 gets its events through a log file). With
+        `credentials`, the job holds those stacks' credentials only (one GitHub environment's passphrase, cluster
+        and cloud identity): a command on any other stack fails as the real CLI does with another stack's
+        passphrase."""
+        return FakePulumi(self, version, credentials)
 
 
 class FakePulumi(PulumiCommand):
     """The injected ``pulumi_command``: records argv and answers like the CLI."""
 
-    def __init__(self, backend: FakeBackend, version: VersionInfo | None = None) -> None:
+    def __init__(
+        self,
+        backend: FakeBackend,
+        version: VersionInfo | None = None,
+        credentials: Collection[str] | None = None,
+    ) -> None:
         # No super().__init__: it would run `pulumi version`.
         self.command = "pulumi"
         self.version = version or VersionInfo(3, 272, 0)
         self.backend = backend
+        self.credentials = None if credentials is None else frozenset(credentials)
 
     def run(
         self,
@@ -284,6 +297,17 @@ class FakePulumi(PulumiCommand):
             args.insert(0, "--non-interactive")  # what the real PulumiCommand.run does
         with self.backend.mutex:
             self.backend.calls.append(list(args))
+        stack = args[args.index("--stack") + 1] if "--stack" in args[:sep] else None
+        if self.credentials is not None and stack is not None and stack not in self.credentials:
+            # pkg/secrets/passphrase: the stack's salt does not verify with this environment's passphrase.
+            raise create_command_error(
+                CommandResult(
+                    stdout="",
+                    stderr="error: incorrect passphrase, please set PULUMI_CONFIG_PASSPHRASE to the correct "
+                    "passphrase or set PULUMI_CONFIG_PASSPHRASE_FILE to a file containing the passphrase\n",
+                    code=255,
+                )
+            )
         handler = _Handler(self.backend, [a for a in args if a != "--non-interactive"], Path(cwd))
         stdout, stderr, code = handler.handle()
         for line in stdout.splitlines():
@@ -469,8 +493,10 @@ class _Handler:
         resources = [
             {
                 "urn": urn,
-                "type": urn.split("::")[-2],
+                # The resource's own type: the URN's type part ends with it (after the parents' types, `$`).
+                "type": urn.split("::")[-2].rsplit("$", 1)[-1],
                 **({"external": True} if urn in stack.external_urns else {}),
+                **({"outputs": stack.resource_outputs[urn]} if urn in stack.resource_outputs else {}),
             }
             for urn in stack.urns
         ]

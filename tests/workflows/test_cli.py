@@ -477,3 +477,67 @@ def test_promote_preview_only_writes_the_summary_and_updates_nothing(
     refused = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "--comment-file", str(out))
     assert refused.exit_code == 2
     assert backend.commands("up") == []
+
+
+def test_promote_check_source_only_writes_the_record_the_target_jobs_read(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    """promote.yml's three steps: the source check (source's credentials), the approver's preview and the
+    promotion (target's credentials), the record passed between them."""
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    backend.add_stack("staging", outputs={})
+    record = tmp_path / "source.json"
+    checked = _invoke(ctx, "promote", "--from", "dev", "--check-source-only", "--record-file", str(record))
+    assert checked.exit_code == 0, checked.output
+    assert f"promotion source dev checked: {DIGEST}, no pending changes" in checked.output
+    assert record.read_text().count("\n") == 1
+    backend.calls.clear()
+    summary = tmp_path / "summary.md"
+    previewed = _invoke(
+        ctx,
+        "promote",
+        "--from",
+        "dev",
+        "--to",
+        "staging",
+        "--checked-source",
+        str(record),
+        "--preview-only",
+        "--comment-file",
+        str(summary),
+    )
+    assert previewed.exit_code == 0, previewed.output
+    assert summary.read_text().strip()
+    promoted = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "--checked-source", str(record))
+    assert promoted.exit_code == 0, promoted.output
+    assert not [c for c in backend.commands() if c[c.index("--stack") + 1 :][:1] == ["dev"]]
+    assert backend.stacks["staging"].config_value("rag:image") == DIGEST
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--check-source-only"],  # no --record-file
+        ["--check-source-only", "--record-file", "r.json", "--to", "staging"],
+        ["--record-file", "r.json", "--to", "staging"],
+        [],  # no --to
+    ],
+)
+def test_promote_source_check_options_are_usage_errors(
+    ctx: Context, backend: FakeBackend, args: list[str]
+) -> None:
+    result = _invoke(ctx, "promote", "--from", "dev", *args)
+    assert result.exit_code == 2, result.output
+    assert backend.calls == []
+
+
+def test_an_empty_checked_source_is_refused_with_the_reason(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    """GitHub passes an empty job output when it withheld it as possibly holding a secret."""
+    empty = tmp_path / "source.json"
+    empty.write_text("")
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", "--checked-source", str(empty))
+    assert result.exit_code == 2
+    assert "is empty, not a source check record" in " ".join(result.output.split())
+    assert backend.calls == []

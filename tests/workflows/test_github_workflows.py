@@ -152,13 +152,22 @@ def test_main_updates_dev_after_tests() -> None:
     _assert_reindex_fits_the_job(deploy)
 
 
+#: The promotion step of a target job: the source check's record stands in for the source stack.
+PROMOTE = (
+    '.venv/bin/ragops promote --from {source} --to "{stack}" --checked-source "$RUNNER_TEMP/source.json"'
+)
+
+
 def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
     wf = _load("promote.yml")
     assert "workflow_dispatch" in wf["on"]
-    targets, staging, prod = wf["jobs"]["targets"], wf["jobs"]["staging"], wf["jobs"]["prod"]
-    # Each level fans out over the stacks the committed stack files name (test_promote_targets_* below).
-    assert staging["needs"] == "targets"
-    assert prod["needs"] == ["targets", "staging"]
+    jobs = wf["jobs"]
+    targets, staging, prod = jobs["targets"], jobs["staging"], jobs["prod"]
+    # Each level fans out over the stacks the committed stack files name (test_promote_targets_* below), after
+    # the source's check and the approvers' previews.
+    assert staging["needs"] == ["targets", "source-dev", "preview-staging"]
+    assert jobs["source-staging"]["needs"] == ["targets", "staging"]
+    assert prod["needs"] == ["targets", "source-staging", "preview-prod"]
     assert staging["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.targets.outputs.from-dev) }}"
     assert prod["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.targets.outputs.from-staging) }}"
     assert staging["environment"] == prod["environment"] == "${{ matrix.stack }}"
@@ -166,24 +175,148 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
         "from-dev": "${{ steps.targets.outputs.from-dev }}",
         "from-staging": "${{ steps.targets.outputs.from-staging }}",
     }
-    assert (
-        _runs(staging)
-        .strip()
-        .endswith(
-            'ragops promote --from dev --to "${{ matrix.stack }}" --reindex-timeout 2400\n'
-            '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
+    for job, source in ((staging, "dev"), (prod, "staging")):
+        assert (
+            _runs(job)
+            .strip()
+            .endswith(
+                PROMOTE.format(source=source, stack="${{ matrix.stack }}")
+                + " --reindex-timeout 2400\n"
+                + '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
+            )
         )
-    )
-    assert (
-        _runs(prod)
-        .strip()
-        .endswith(
-            'ragops promote --from staging --to "${{ matrix.stack }}" --reindex-timeout 2400\n'
-            '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
-        )
-    )
     _assert_reindex_fits_the_job(staging)
     _assert_reindex_fits_the_job(prod)
+
+
+def _promote_commands(job: dict[str, Any]) -> list[list[str]]:
+    """The `ragops promote` invocations of a job's steps, split like a shell would (quotes dropped)."""
+    import shlex
+
+    found = []
+    for step in job["steps"]:
+        for line in step.get("run", "").replace("\\\n", " ").splitlines():
+            words = shlex.split(line.replace("${{ matrix.stack }}", "TARGET"))
+            if words[:2] == [".venv/bin/ragops", "promote"]:
+                found.append(words[2:])
+    return found
+
+
+def _option(words: list[str], name: str) -> str | None:
+    return words[words.index(name) + 1] if name in words else None
+
+
+def test_no_promotion_job_reads_a_stack_of_another_environment() -> None:
+    """REVIEW10 F2: the staging job previewed dev and read its outputs with staging's credentials, so with one set
+    of credentials per environment every promotion stopped at "Could not check 'dev' for pending changes". Each
+    job now acts on the stack of its own environment only (`<stack>` or its read-only `<stack>-drift`): the
+    source check on the source, the preview and the promotion on the target, with the check's record."""
+    jobs = _load("promote.yml")["jobs"]
+    seen = set()
+    for name, job in jobs.items():
+        commands = _promote_commands(job)
+        if not commands:
+            continue
+        environment = job["environment"].replace("${{ matrix.stack }}", "TARGET")
+        own = environment.removesuffix("-drift")
+        for words in commands:
+            if "--check-source-only" in words:
+                assert _option(words, "--from") == own, name
+                assert "--to" not in words, name
+                assert environment == f"{own}-drift", name  # read access, no reviewers to wait for
+                seen.add(("check", own))
+            else:
+                assert _option(words, "--to") == own == "TARGET", name
+                assert _option(words, "--checked-source") == "$RUNNER_TEMP/source.json", name
+                seen.add(("preview" if "--preview-only" in words else "promote", _option(words, "--from")))
+    assert seen == {
+        ("check", "dev"),
+        ("check", "staging"),
+        ("preview", "dev"),
+        ("preview", "staging"),
+        ("promote", "dev"),
+        ("promote", "staging"),
+    }
+
+
+def test_approvers_read_the_targets_preview_before_the_approval() -> None:
+    """REVIEW10 F4: the environment's approval gates the promotion job, whose `up` shows nothing beforehand. A job
+    per target without reviewers (`<stack>-drift`) writes the target's preview with the promoted config to its
+    summary first, and the promotion job needs it; both take the same source check."""
+    jobs = _load("promote.yml")["jobs"]
+    for level, preview_name, source_job in (
+        ("staging", "preview-staging", "source-dev"),
+        ("prod", "preview-prod", "source-staging"),
+    ):
+        promotion, preview = jobs[level], jobs[preview_name]
+        assert preview_name in promotion["needs"]
+        assert preview["needs"] == ["targets", source_job]
+        assert source_job in promotion["needs"]
+        assert preview["strategy"]["matrix"] == promotion["strategy"]["matrix"]
+        assert preview.get("if") == promotion.get("if")
+        assert preview["environment"] == "${{ matrix.stack }}-drift"
+        assert preview["runs-on"] == promotion["runs-on"]  # prod's private endpoint: the prod runner
+        [words] = _promote_commands(preview)
+        assert "--preview-only" in words
+        assert _option(words, "--comment-file") == "$GITHUB_STEP_SUMMARY"
+        for job in (preview, promotion):
+            [record] = [s for s in job["steps"] if "SOURCE_RECORD" in s.get("env", {})]
+            assert record["env"]["SOURCE_RECORD"] == "${{ needs." + source_job + ".outputs.record }}"
+
+
+def test_the_source_record_reaches_the_target_jobs_intact(tmp_path: Path) -> None:
+    """The source job's step writes the record as its output, the target jobs' step writes it back to the file
+    `--checked-source` reads: run both scripts as the runner would, with a record like the real one."""
+    from infra.workflows.promote import SourceCheck
+
+    record = SourceCheck(
+        stack="dev",
+        digest="ghcr.io/acme/rag@sha256:" + "ab" * 32,
+        embedding={"model": "m", "imageModels": ["m"]},
+        service={"settings": {"chunkSize": 300, "note": 'it\'s "quoted" $HOME `x`'}},
+        commit="0" * 40,
+        at="2026-03-01T12:00:00Z",
+        by="octocat",
+        preview={"same": 12},
+    )
+    jobs = _load("promote.yml")["jobs"]
+    for source_job in ("source-dev", "source-staging"):
+        job = jobs[source_job]
+        [step] = [s for s in job["steps"] if s.get("id") == "check"]
+        assert job["outputs"] == {"record": "${{ steps.check.outputs.record }}"}
+        shim = tmp_path / source_job / "ragops"
+        shim.parent.mkdir(parents=True)
+        (tmp_path / source_job / "record.json").write_text(record.to_json() + "\n")
+        shim.write_text(
+            '#!/bin/sh\nwhile [ "$1" != --record-file ]; do shift; done\n'
+            f'cp {tmp_path / source_job / "record.json"} "$2"\n'
+        )
+        shim.chmod(0o755)
+        output = tmp_path / source_job / "github_output"
+        output.write_text("")
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "RUNNER_TEMP": str(tmp_path / source_job),
+            "GITHUB_OUTPUT": str(output),
+        }
+        script = step["run"].replace(".venv/bin/ragops", str(shim))
+        subprocess.run(["bash", "-e", "-c", script], env=env, check=True, timeout=30)
+        [line] = output.read_text().splitlines()
+        key, value = line.split("=", 1)
+        assert key == "record"
+        consumers = [j for j in jobs.values() if source_job in str(j.get("needs"))]
+        assert len(consumers) == 2  # the preview and the promotion
+        for consumer in consumers:
+            [write] = [s for s in consumer["steps"] if "SOURCE_RECORD" in s.get("env", {})]
+            target_temp = tmp_path / source_job / "target"
+            target_temp.mkdir(exist_ok=True)
+            subprocess.run(
+                ["bash", "-e", "-c", write["run"]],
+                env={"PATH": "/usr/bin:/bin", "RUNNER_TEMP": str(target_temp), "SOURCE_RECORD": value},
+                check=True,
+                timeout=30,
+            )
+            assert SourceCheck.from_json((target_temp / "source.json").read_text(), "source.json") == record
 
 
 def _job_runs(condition: str | None, inputs: dict[str, str], outputs: dict[str, str]) -> bool:
@@ -231,6 +364,7 @@ def _promotion_jobs(checkout: Path, tmp_path: Path, to: str = "prod") -> dict[st
         assert key is not None
         stacks = json.loads(step_outputs[key[1]])
         (promote,) = [s["run"] for s in job["steps"] if "ragops promote" in s.get("run", "")]
+        promote = promote.replace(' "$RUNNER_TEMP/source.json"\n', ' "$RUNNER_TEMP/source.json" ').strip()
         expanded[job_name] = [
             (
                 job["environment"].replace("${{ matrix.stack }}", stack),
@@ -263,12 +397,12 @@ def test_promote_targets_follow_the_committed_stack_files(tmp_path: Path) -> Non
     workflow): qa of environment staging receives from dev next to staging; prod still receives from staging."""
     shipped = _promotion_jobs(_checkout(tmp_path / "shipped"), tmp_path / "shipped")
     assert shipped == {
-        "staging": [("staging", '.venv/bin/ragops promote --from dev --to "staging" --reindex-timeout 2400')],
-        "prod": [("prod", '.venv/bin/ragops promote --from staging --to "prod" --reindex-timeout 2400')],
+        "staging": [("staging", PROMOTE.format(source="dev", stack="staging") + " --reindex-timeout 2400")],
+        "prod": [("prod", PROMOTE.format(source="staging", stack="prod") + " --reindex-timeout 2400")],
     }
     qa = _promotion_jobs(_checkout(tmp_path / "qa", qa="staging"), tmp_path / "qa")
     assert [environment for environment, _ in qa["staging"]] == ["staging", "qa"]
-    assert qa["staging"][1][1] == '.venv/bin/ragops promote --from dev --to "qa" --reindex-timeout 2400'
+    assert qa["staging"][1][1] == PROMOTE.format(source="dev", stack="qa") + " --reindex-timeout 2400"
     assert [environment for environment, _ in qa["prod"]] == ["prod"]
     # A second prod-environment stack receives from staging.
     second = _promotion_jobs(_checkout(tmp_path / "eu", **{"prod-eu": "prod"}), tmp_path / "eu")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pulumi.automation.errors import CommandError
 
 from infra.workflows.promote import (
     PROMOTABLE_KEYS,
+    SourceCheck,
     check_digest,
     check_order,
+    check_source,
     merge_promotable,
     preview_promotion,
     promote,
@@ -117,6 +121,8 @@ def test_promotion_dev_to_staging_exact_calls_and_result(ctx: Context, backend: 
         # The secrets guard: the secret keys of the target's latest updates (names only, no secrets shown).
         ["stack", "select", "--stack", "staging"],
         ["stack", "history", "--json", "--page-size", "20", "--page", "1", "--stack", "staging"],
+        # The registry guard reads the target's state (a failed first `up`'s too): before anything is written.
+        ["stack", "export", "--show-secrets", "--stack", "staging"],
         ["config", "set-all", "--stack", "staging", "--json", set_all],
         *scale_guard("staging"),
         [
@@ -562,3 +568,105 @@ def test_a_source_never_deployed_from_anywhere_is_refused_with_the_reason(tmp_pa
     with pytest.raises(WorkflowError, match=r"last deployed with .*no previous deployment"):
         promote(ctx, "staging", "prod")
     assert backend.commands("up") == []
+
+
+# ------------------------------------------------------------------------------- the source checked in its own job
+
+
+def _job(ctx: Context, backend: FakeBackend, *credentials: str) -> Context:
+    """The promote.yml job of one GitHub environment: `ctx`'s checkout, the credentials of `credentials` only."""
+    return dataclasses.replace(ctx, pulumi_command=backend.command(credentials=credentials))
+
+
+def _stacks_touched(backend: FakeBackend) -> set[str]:
+    return {c[c.index("--stack") + 1] for c in backend.commands() if "--stack" in c}
+
+
+def test_a_target_job_holding_only_the_targets_credentials_promotes_from_the_source_check(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """REVIEW10 F2: the staging job previewed dev and read its outputs with staging's credentials, which cannot
+    decrypt dev (a passphrase per environment) or reach its cluster: every promotion stopped at the source. The
+    source is now checked in a job of its own environment, and the target's jobs (the approver's preview, then
+    the promotion) take its record and never touch the source stack."""
+    _stacks(backend)
+    with pytest.raises(CommandError, match="incorrect passphrase"):
+        promote(_job(ctx, backend, "staging"), "dev", "staging")  # what the old staging job did
+    assert backend.commands("up") == []
+
+    backend.calls.clear()
+    record = check_source(_job(ctx, backend, "dev"), "dev").to_json()
+    assert _stacks_touched(backend) == {"dev"}
+    assert "\n" not in record  # one GitHub job output line
+    checked = SourceCheck.from_json(record, "source.json")
+    assert (checked.stack, checked.digest, checked.service) == ("dev", DIGEST, DEV_SERVICE)
+
+    backend.calls.clear()
+    _, report = preview_promotion(_job(ctx, backend, "staging"), "dev", "staging", checked=checked)
+    assert report.ok, report.error
+    done = promote(_job(ctx, backend, "staging"), "dev", "staging", checked=checked)
+
+    assert _stacks_touched(backend) == {"staging"}
+    staging = backend.stacks["staging"]
+    assert staging.config_value("rag:image") == DIGEST
+    assert staging.config_value("rag:service")["settings"]["chunkSize"] == 300  # dev's, from the record
+    assert done.record()["from"] == "dev"
+
+
+def test_the_source_check_refuses_what_the_promotion_refuses_and_records_nothing(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _stacks(backend)
+    backend.script("dev").preview_summary = {"update": 1, "same": 11}
+    backend.script("dev").preview_events = [step_event("update", "rag-service", diffs=["spec"])]
+    with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)"):
+        check_source(ctx, "dev")
+    backend.stacks["dev"].outputs = {"imageDigest": "registry.example.com/rag/service:latest"}
+    with pytest.raises(WorkflowError, match="not an immutable digest ref"):
+        check_source(ctx, "dev")
+    with pytest.raises(UsageError, match="No permanent stack receives promotions from 'prod'"):
+        check_source(ctx, "prod")
+
+
+def _git(work_dir: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(work_dir), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_a_source_check_is_refused_for_another_source_or_another_commit(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """ "No pending changes" held for the code the source was previewed against: a record from another commit (or
+    of another stack) does not stand in for the check."""
+    _stacks(backend)
+    _git(ctx.work_dir, "init", "-q")
+    _git(ctx.work_dir, "add", "-A")
+    _git(ctx.work_dir, "commit", "-q", "-m", "one")
+    checked = check_source(ctx, "dev")
+    assert checked.commit is not None
+    assert len(checked.commit) == 40
+    with pytest.raises(UsageError, match="record is for 'dev', not 'staging'"):
+        promote(ctx, "staging", "prod", checked=checked)
+    (ctx.work_dir / "infra.py").write_text("# a change\n")
+    _git(ctx.work_dir, "add", "-A")
+    _git(ctx.work_dir, "commit", "-q", "-m", "two")
+    with pytest.raises(WorkflowError, match=f"its check ran against commit {checked.commit}"):
+        promote(ctx, "dev", "staging", checked=checked)
+    assert backend.commands("up") == []
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "is empty, not a source check record"),
+        ("{", "is not a source check record"),  # GitHub withheld the job output ("may contain secret")
+        ('{"kind": "something else"}', "no kind"),
+        ('{"kind": "ragops/promotion-source/v1", "stack": "dev"}', "no digest"),
+    ],
+)
+def test_a_file_that_is_no_source_check_record_is_a_usage_error(text: str, why: str) -> None:
+    with pytest.raises(UsageError, match=why):
+        SourceCheck.from_json(text, "source.json")

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from infra.guards import CNPG_UNRECOVERABLE
 from infra.workflows import registry_upgrade
 from infra.workflows.deploy import deploy
 from infra.workflows.preview import run_preview
@@ -151,3 +152,46 @@ def test_an_undeclared_cloudnative_major_change_is_refused_and_a_declared_one_go
     write_config(backend.work_dir, "prod", {"rag:postgres": _entry(wrong)})
     with pytest.raises(registry_upgrade.MajorUpgradeRefused, match="CloudNativePG registry"):
         registry_upgrade.check_major_upgrade(ctx.workspace(), "prod")
+
+
+CLUSTER_URN = "urn:pulumi:staging::rag::rag:data:PostgresDatabase$kubernetes:postgresql.cnpg.io/v1:Cluster::postgres-cluster"
+
+
+def _after_a_failed_first_up(backend: FakeBackend, phase: str) -> None:
+    """staging's first `up` failed: no stack outputs (no update completed), but the state holds what it created,
+    the CloudNativePG Cluster with the status pulumi-kubernetes last saw (a create that timed out is recorded)."""
+    stack = backend.add_stack("staging", config={"rag:environment": "staging"}, outputs={})
+    stack.history[-1]["result"] = "failed"
+    stack.urns.append(CLUSTER_URN)
+    stack.resource_outputs[CLUSTER_URN] = {
+        "metadata": {"name": "postgres", "namespace": "rag"},
+        "spec": {"instances": 1, "imageName": "ghcr.io/cloudnative-pg/postgresql:17.6"},
+        "status": {"phase": phase},
+    }
+
+
+def test_an_up_after_a_failed_first_up_over_an_unrecoverable_cluster_is_refused(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """The program's own guard reads resource outputs only once an update completed (infra/guards.py `read_state`),
+    so the second `up` after a failed first one waited 60 minutes for the Cluster again; ragops reads the export."""
+    _after_a_failed_first_up(backend, CNPG_UNRECOVERABLE)
+    with pytest.raises(registry_upgrade.RegistryUnrecoverable) as caught:
+        deploy(ctx, "staging")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "docs/runbooks.md#the-registrys-cluster-never-became-ready-a-failed-instance-job" in message
+    assert "pulumi refresh -s staging" in message
+    assert backend.commands("up") == []
+    report = run_preview(ctx.workspace(), "staging", drop_secrets=())  # as `ragops preview` runs it
+    assert report.error is not None
+    assert "unrecoverable" in report.error
+    assert backend.commands("preview") == []
+
+
+def test_a_cluster_still_starting_after_a_failed_first_up_is_deployed(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    _after_a_failed_first_up(backend, "Setting up primary")
+    deploy(ctx, "staging")
+    assert len(backend.commands("up")) == 1

@@ -30,6 +30,11 @@ DEFAULT_MODEL_DIR = Path(".models/all-MiniLM-L6-v2")
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"  # the model DEFAULT_MODEL_DIR holds
 
 
+# GC_GRACE_SECONDS below this (other than 0 on the embedded single-process service) is refused: see
+# Settings._check_gc_grace.
+MIN_GC_GRACE_SECONDS = 60.0
+
+
 class SettingsError(ValueError):
     """A setting is missing or unsafe; the message names the environment variable."""
 
@@ -403,8 +408,43 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    def _check_gc_grace(self) -> None:
+        """A write checks its age against GC_GRACE_SECONDS, then commits; the collector removes unpublished versions
+        older than it. A write that passed the check can still be committing (its transaction, the wait for the
+        store's sync) when a collection starts: with a grace of seconds that collection removes the points of a
+        version that then commits. Below MIN_GC_GRACE_SECONDS that gap is no longer small against the grace.
+        0 is the exception where nothing else can write: every write of this process refuses to commit (its age is
+        above 0), so collecting every unpublished version at once (after a crash) loses no committed write; with
+        another writer of the store possible (a Qdrant server, a worker queue or a worker writing through this API,
+        several worker processes) it would. The embedded store is locked to one process, whatever the registry."""
+        grace = self.gc_grace_seconds
+        if 0 < grace < MIN_GC_GRACE_SECONDS:
+            raise SettingsError(
+                f"GC_GRACE_SECONDS={grace:g} is below the safe floor of {MIN_GC_GRACE_SECONDS:g} s: the orphan "
+                "collector could remove the points of a write that passed its age check and is still committing; "
+                f"use at least {MIN_GC_GRACE_SECONDS:g} (default 3600)"
+            )
+        shared = [
+            name
+            for name, on in (
+                ("QDRANT_URL", self.qdrant_url),
+                ("VECTOR_STORE_URL", self.vector_store_url),
+                ("REDIS_URL", self.redis_url),
+                ("WORKERS>1", self.workers > 1),
+            )
+            if on
+        ]
+        if grace == 0 and shared:
+            raise SettingsError(
+                f"GC_GRACE_SECONDS=0 is refused with {', '.join(shared)} set: other processes may be writing, and "
+                "a collection without grace removes the points of their writes in flight, which then commit "
+                f"without them; use at least {MIN_GC_GRACE_SECONDS:g} (default 3600). 0 is accepted only for the "
+                "embedded single-process service (after a crash, to collect at once), where it refuses every write"
+            )
+
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> Settings:
+        self._check_gc_grace()
         if self.chunk_overlap >= self.chunk_size:
             raise SettingsError("CHUNK_OVERLAP must be smaller than CHUNK_SIZE")
         if self.edge_optimize_chunk_points > self.edge_segment_points:

@@ -163,7 +163,8 @@ CONSOLIDATE_VACUUM_MIN_POINTS = 1000  # the engine's default: fewer deleted poin
 # written (docs/benchmarks.md, stop 19). So a due consolidation is not started while the merge would rewrite a
 # merged segment for new points holding less than CONSOLIDATE_LEAVE_SHARE of its points, nor when it would merge
 # nothing at all, unless the shard has more than CONSOLIDATE_MAX_SEGMENTS segments (what a search visits:
-# the merged one, the appendable one and at most three sealed ones of the serving process's ~4k points).
+# the merged one, the appendable one and at most three the serving process built, each of at most
+# EDGE_SEGMENT_POINTS: its own passes merge the ones it sealed up to that size).
 # A vacuum, a deferred metadata index or a stale graph still starts one (`merge_worthwhile`, `consolidate`).
 CONSOLIDATE_LEAVE_SHARE = 0.25
 CONSOLIDATE_MAX_SEGMENTS = 5
@@ -196,7 +197,7 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # builds one graph per tenant (per value of the ``is_tenant`` ``tenant_id`` index) over that tenant's points in a
 # segment, for every tenant above a quarter of the full-scan threshold (lib/segment hnsw/build.rs: with m 0 no
 # block is too large for its own graph). A tenant-filtered walk then meets no rejected neighbour: the plain walk's
-# cost, and no unreachable cliques (recall@5 0.98-0.99 in every build measured where the global graph's plain
+# cost, and no unreachable cliques (recall@5 0.983-0.998 in the six builds measured where the global graph's plain
 # walk fell to 0.91: "The tenant graph layout, stop 20" in docs/benchmarks.md). ACORN stays on for merged
 # segments (it costs nothing where no neighbour is rejected, and still bridges what a metadata condition or a
 # deleted point rejects), for every tenant. The other indexes (document_id, version, metadata.*) are created
