@@ -670,3 +670,37 @@ def test_a_source_check_is_refused_for_another_source_or_another_commit(
 def test_a_file_that_is_no_source_check_record_is_a_usage_error(text: str, why: str) -> None:
     with pytest.raises(UsageError, match=why):
         SourceCheck.from_json(text, "source.json")
+
+
+IMAGE_BUILD = "docker-build:index:Image"
+
+
+@pytest.mark.parametrize("umask_002", [True, False])
+def test_a_source_image_rebuilt_by_a_checkouts_file_modes_is_refused_naming_the_cause(
+    ctx: Context, backend: FakeBackend, umask_002: bool
+) -> None:
+    """REVIEW10 F6: pulumi-docker-build hashes each file's mode into the build context, so a laptop clone under
+    umask 002 previews dev's image as rebuilt and the promotion is refused for "pending changes". The refusal
+    stays (the image would differ), and names the cause when this checkout's modes are not CI's."""
+    _stacks(backend)
+    (ctx.work_dir / "service").mkdir()
+    dockerfile = ctx.work_dir / "service" / "Dockerfile"
+    dockerfile.write_text("FROM scratch\n")
+    dockerfile.chmod(0o644)
+    _git(ctx.work_dir, "init", "-q")
+    _git(ctx.work_dir, "add", "-A")
+    _git(ctx.work_dir, "commit", "-q", "-m", "one")
+    for path in ctx.work_dir.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            path.chmod(0o664 if umask_002 else 0o644)
+    script = backend.script("dev")
+    script.preview_summary = {"update": 1, "same": 11}
+    script.preview_events = [step_event("update", "service-image", IMAGE_BUILD, diffs=["contextHash"])]
+
+    with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)") as refused:
+        promote(ctx, "dev", "staging")
+
+    message = " ".join(str(refused.value).split())
+    assert ("Pulumi.dev.yaml (-rw-rw-r--)" in message) is umask_002
+    assert ("umask 002" in message) is umask_002
+    assert backend.commands("up") == []
