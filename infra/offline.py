@@ -28,7 +28,7 @@ import logging
 import re
 import runpy
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -714,10 +714,19 @@ def session_commit() -> str:
     return current_git_sha()
 
 
-def _quiet_abandoned_tasks(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def _quiet_abandoned_tasks(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any], failures: Sequence[BaseException] = ()
+) -> None:
     """A failed program leaves the SDK's pending RPC tasks behind; asyncio would print each when it is collected
-    ("Task was destroyed but it is pending!") above the one line that says what failed. Anything else is reported."""
-    if str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
+    ("Task was destroyed but it is pending!") above the one line that says what failed, and each Output that
+    carries the failure (a failed read: every Output of the resource, "Future exception was never retrieved").
+    `failures`: what the run failed with (raised to the caller). Anything else is reported."""
+    message = str(context.get("message", ""))
+    if message.startswith("Task was destroyed but it is pending"):
+        return
+    if message.startswith("Future exception was never retrieved") and any(
+        str(context.get("exception")) == str(failure) for failure in failures
+    ):
         return
     loop.default_exception_handler(context)
 
@@ -807,7 +816,8 @@ def _run_stack(
     # The SDK schedules on the thread's current event loop; a previous async test may have closed or unset
     # it, so each run gets a loop of its own.
     loop = asyncio.new_event_loop()
-    loop.set_exception_handler(_quiet_abandoned_tasks)
+    failures: list[BaseException] = []
+    loop.set_exception_handler(functools.partial(_quiet_abandoned_tasks, failures=failures))
     asyncio.set_event_loop(loop)
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
@@ -837,6 +847,9 @@ def _run_stack(
     infra.stack.current_git_sha = session_commit
     try:
         _sync_await(run_pulumi_func(program))
+    except Exception as exc:
+        failures.append(_root_cause(exc))
+        raise
     finally:
         infra.stack.current_git_sha = read_commit
         program_log.removeHandler(recorder)
