@@ -107,6 +107,7 @@ import qdrant_edge as qe
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.files import make_private_dirs
 from service.app.core.metrics import EDGE_CONSOLIDATIONS, FAILURES, METADATA_INDEX_BACKLOG
 from service.app.store import edge_ops
 from service.app.store.group_sync import GroupSync
@@ -348,7 +349,7 @@ class DirectoryLock:
 
     def _acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)  # DATA_DIR and edge/ hold every chunk's text: 0700
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # EDGE_PATH is a file, or this user may not write it
             raise EmbeddedStoreError(
