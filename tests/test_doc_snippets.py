@@ -143,3 +143,14 @@ def test_the_disk_alert_fires_on_node_exporters_series(tmp_path: Path) -> None:
         [promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_no_document_puts_an_api_key_on_a_command_line() -> None:
+    """EYES10: the docs showed `--key "$RAG_API_KEY"`, which puts the key in every user's `ps`; the client reads
+    $RAG_API_KEY itself."""
+    from service import client
+
+    assert 'os.environ.get("RAG_API_KEY")' in Path(client.__file__).read_text(encoding="utf-8")
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"--key \"?\$\{?RAG_API_KEY", text), path.name
