@@ -322,6 +322,14 @@ def refuse_local_beside_edge(settings: Settings) -> None:
     )
 
 
+class DiskNearlyFull(ServiceUnavailable):
+    """A write refused because the store's volume has less free space than READY_MIN_FREE_BYTES."""
+
+
+# Retry-After of that 503: space comes back only when an operator frees it, so not a tight retry loop.
+DISK_FULL_RETRY_SECONDS = 60
+
+
 class DirectoryLock:
     """An exclusive, non-blocking ``flock`` on ``<directory>/.lock``; released on close or when the process dies."""
 
@@ -851,6 +859,8 @@ class _Optimizer:
                 else:
                     assert self._consolidate is not None
                     self._consolidate(self._stopped)
+            except DiskNearlyFull as exc:  # refused before it wrote anything: the cause, not a traceback
+                logger.error("edge store %s not run: %s", "optimization" if work == "pass" else work, exc)
             except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("edge store %s failed", "optimization" if work == "pass" else work, exc_info=exc)
@@ -1937,11 +1947,17 @@ class EdgeVectorStore:
         if free < self.min_free_bytes:
             FAILURES.labels(component="vector_store").inc()
             logger.error("write refused: %d bytes free under %s, below READY_MIN_FREE_BYTES", free, self.path)
-            raise ServiceUnavailable(
+            raise DiskNearlyFull(
                 f"the embedded store's disk is nearly full ({free // (1024 * 1024)} MiB free, below "
                 f"READY_MIN_FREE_BYTES {self.min_free_bytes // (1024 * 1024)} MiB): writes are refused until "
-                "space is freed; searches still work"
+                "space is freed; searches still work",
+                retry_after=DISK_FULL_RETRY_SECONDS,
             )
+
+    def check_room(self) -> None:
+        """What a write would be refused for now (`_check_room`), for a write accepted before it runs: an async
+        write's 202 must not promise what a full disk already refuses."""
+        self._check_room()
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:
