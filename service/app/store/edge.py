@@ -1224,11 +1224,13 @@ class EdgeVectorStore:
             self._lock.acquire()
             self._holds_lock = True
             try:
+                free_before = self._free_bytes()
                 self._shard = self._open()
                 self._read_record()
                 self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
+                self._refuse_if_opening_filled_the_disk(free_before)
             except BaseException:
                 self._close_locked()
                 raise
@@ -1246,6 +1248,25 @@ class EdgeVectorStore:
                     trickle_points=self.trickle_points,
                 )
                 self._optimizer.start()
+
+    def _refuse_if_opening_filled_the_disk(self, free_before: int) -> None:
+        """EmbeddedStoreError when opening took the volume below ``min_free_bytes``. `_open` checks the free space
+        before it, but loading a shard makes its preallocated files real and replays its WAL: 600 chunks written
+        by one process grew from 11 to 58 MB at the next start (EYES10 S6b), so a start with 64-111 MiB free came
+        up refusing every write, its resumed jobs failing. How much a load writes is not known before it (the
+        files' holes bound it, but a fresh store's are ~200 MB it never fills), so the check is after it."""
+        if not self.min_free_bytes:
+            return
+        free = self._free_bytes()
+        if free >= self.min_free_bytes:
+            return
+        mib = 1024 * 1024
+        raise EmbeddedStoreError(
+            f"opening the embedded store at {self.path} wrote {max(0, free_before - free) // mib} MiB (loading its "
+            f"segments and replaying its write-ahead log): {free // mib} MiB are free now, below "
+            f"READY_MIN_FREE_BYTES ({self.min_free_bytes // mib} MiB), so it would refuse every write; free space "
+            "on the volume (or grow it), then start again. The stored data is intact"
+        )
 
     def _optimize_pass(self) -> None:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
