@@ -66,6 +66,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from service.app.core.files import make_private_dirs
 from service.app.core.metrics import FAILURES
 from service.app.ingest.models import has_lone_surrogate
 
@@ -518,7 +519,7 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(Path(database).parent)  # it holds every document's text: 0700
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(
             engine, "connect", functools.partial(_sqlite_pragmas, "FULL" if durable else "NORMAL")
