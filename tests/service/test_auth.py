@@ -3,6 +3,7 @@ contract (401 + WWW-Authenticate, every /v1 route protected) and production refu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.app.core import security
 from service.app.core.config import Settings
 from service.app.core.security import ApiKeyAuthenticator, bearer_token, key_id
+from tests.service.prod_support import KEY_A, MakeClient, bearer
 
 pytest_plugins = ["tests.service.prod_fixtures"]  # fixtures: make_client, client, headers_a, headers_b
 
@@ -157,6 +159,20 @@ def test_a_live_key_file_edit_is_held_to_the_production_rules(
     staging = ApiKeyAuthenticator(Settings(_env_file=None, environment="staging", api_keys_file=key_file))
     write_keys(key_file, "short:acme", 1_000_000_003_000_000_000)
     assert staging.authenticate("short").tenant == "acme"
+
+
+def test_a_short_key_added_live_is_refused_over_http_in_production(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    """EYES10's reproduction through the app: `{..., "short": "acme"}` written into API_KEYS_FILE under
+    ENVIRONMENT=production was then a 200 for `Bearer short`."""
+    key_file = tmp_path / "api-keys"
+    write_keys(key_file, json.dumps({KEY_A: "acme"}), 1_000_000_000_000_000_000)
+    with make_client(environment="production", api_keys={}, api_keys_file=key_file) as client:
+        assert client.get("/v1/documents", headers=bearer(KEY_A)).status_code == 200
+        write_keys(key_file, json.dumps({KEY_A: "acme", "short": "acme"}), 1_000_000_001_000_000_000)
+        assert client.get("/v1/documents", headers=bearer("short")).status_code == 401
+        assert client.get("/v1/documents", headers=bearer(KEY_A)).status_code == 200
 
 
 def test_the_production_key_error_names_where_the_short_key_came_from(tmp_path: Path) -> None:
