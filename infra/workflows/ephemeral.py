@@ -521,13 +521,16 @@ def check_runner_tools(ctx: Context, ws: Workspace, name: str, values: dict[str,
         COPYING_PROVIDERS,
         protect_existing_done,
         registry_tagging,
+        require_build_daemon,
         require_registry_tools,
     )
 
     provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    image = str(values.get(f"{PROJECT}:image") or "")
+    if not image:
+        require_build_daemon(ctx, name)
     if provider not in COPYING_PROVIDERS:
         return
-    image = str(values.get(f"{PROJECT}:image") or "")
     exists = any(summary.name.rsplit("/", 1)[-1] == name for summary in ws.list_stacks())
     what = registry_tagging(
         provider,

@@ -86,6 +86,9 @@ def pr_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
         pulumi_command=backend.command(),
         clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
         actor=lambda: "octocat",
+        check_build_daemon=lambda: (
+            None
+        ),  # a module fixture: the conftest's function-scoped no-op does not reach it
     )
     configs = {}
     for name in PR_STACKS:

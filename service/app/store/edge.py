@@ -198,7 +198,7 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # builds one graph per tenant (per value of the ``is_tenant`` ``tenant_id`` index) over that tenant's points in a
 # segment, for every tenant above a quarter of the full-scan threshold (lib/segment hnsw/build.rs: with m 0 no
 # block is too large for its own graph). A tenant-filtered walk then meets no rejected neighbour: the plain walk's
-# cost, and no unreachable cliques (recall@5 0.983-0.998 in the six builds measured where the global graph's plain
+# cost, and no unreachable cliques (recall@5 0.981-0.998 in the eight builds measured where the global graph's plain
 # walk fell to 0.91: "The tenant graph layout, stop 20" in docs/benchmarks.md). ACORN stays on for merged
 # segments (it costs nothing where no neighbour is rejected, and still bridges what a metadata condition or a
 # deleted point rejects), for every tenant. The other indexes (document_id, version, metadata.*) are created
