@@ -7,12 +7,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
 MODEL_DIR := .models/all-MiniLM-L6-v2
-HOST ?= 127.0.0.1
-PORT ?= 8000
 STACK ?= dev
 # `make serve` is the local, single-user run: authentication is off unless keys are given (API_KEYS/API_KEYS_FILE).
 # Keys given on the command line, in the environment or in .env (which the service reads) turn authentication on.
 SERVE_AUTH_DISABLED ?= $(if $(API_KEYS)$(API_KEYS_FILE)$(shell grep -sE '^[[:space:]]*(export[[:space:]]+)?API_KEYS(_FILE)?[[:space:]]*=[[:space:]]*[^[:space:]#]' .env),false,true)
+# HOST, PORT (and AUTH_DISABLED when given) reach the service from the command line, the environment or .env: make
+# sets none of them itself, as a variable make exports beats .env (the service's defaults are 127.0.0.1:8000).
+SERVE_AUTH = $(if $(AUTH_DISABLED)$(shell grep -sE '^[[:space:]]*(export[[:space:]]+)?AUTH_DISABLED[[:space:]]*=' .env),,AUTH_DISABLED=$(SERVE_AUTH_DISABLED) )
 
 comma := ,
 
@@ -49,8 +50,8 @@ model: $(MODEL_DIR)/model.onnx ## Build the offline all-MiniLM-L6-v2 ONNX model 
 servers: ## Make sure the test servers exist (redis-server, promtool, chromium, skopeo + docker-registry via apt when missing; Postgres 15 binaries ship on the image)
 	@bash .ci/ensure-servers
 
-serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on $(HOST):$(PORT)
-	HOST=$(HOST) PORT=$(PORT) AUTH_DISABLED=$(SERVE_AUTH_DISABLED) $(PY) -m service
+serve: install model ## Run the service on embedded defaults (SQLite + qdrant-edge under .data/) on HOST:PORT (127.0.0.1:8000)
+	$(SERVE_AUTH)$(PY) -m service
 
 data-servers: ## Make sure the Postgres and Redis server binaries exist (what `make serve-prod` runs)
 	@bash .ci/ensure-servers data

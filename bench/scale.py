@@ -14,7 +14,7 @@ Per size:
 - **edge (raw)**: qdrant-edge-py used directly: build + index time, load time and RSS of a fresh process,
   search p50/p95/p99 with the tenant filter and the search parameters the adapter sends for that shard
   (EDGE_HNSW_EF; a quantized shard's rescoring: the store is created with the default EDGE_QUANTIZATION),
-  recall@5 against exact search. The store is built ``--builds`` times (default 2) from the same points, each
+  recall@5 against exact search. The store is built ``--builds`` times (default 3) from the same points, each
   from scratch by the service's own indexing and consolidation, and recall@5 is reported per build and as the
   lowest: an HNSW build is random, and on this near-duplicate corpus one build's recall is not the layout's.
 - **numpy exact**: a float32 matrix product over the tenant's vectors (the ground truth).
@@ -999,7 +999,7 @@ def main() -> None:
     parser.add_argument(
         "--builds",
         type=int,
-        default=2,
+        default=3,
         help="build each size's store this many times from the same points (the service's indexing and "
         "consolidation, from scratch) and report recall@5 per build and the lowest: HNSW builds are random",
     )

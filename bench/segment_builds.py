@@ -1,7 +1,10 @@
 """Recall over independent builds at 100k: a layout's recall is its worst build's, not one build's.
 
     python bench/segment_builds.py --cache DIR --work DIR --builds 3 --draws 13,14 \\
-        --layout one:64:102400 --layout five:32:30720 --ef 250,400,600 --acorn 0,1
+        --layout tenant:0:102400 --layout global:64:102400 --ef 250,400,600 --acorn 0,1
+
+(``m`` 0: one graph per tenant of ``HNSW_PAYLOAD_M`` links, the store's layout since stop 20; ``m`` > 0: one
+global graph of ``m`` links, the layout of stops 17-19.)
 
 bench/segment_levers.py consolidates copies of ONE base shard; an HNSW build is random (each point's level, the
 parallel insertion order), and on bench/scale.py's corpus (2,000 real chunks replicated 50x with noise; the exact

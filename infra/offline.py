@@ -28,7 +28,7 @@ import logging
 import re
 import runpy
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class StackRun:
     #: The `{"rag:key": "value"}` config the program ran with (Pulumi.yaml defaults, stack values, overrides).
     config: Mapping[str, str] = field(default_factory=dict)
     #: Existing objects the program reads (`Resource.get`): the engine reads them in the preview too, and one that
-    #: does not exist fails it. `id` is in `inputs["id"]`; nothing is created for them.
+    #: does not exist fails it. `inputs` is what the read sends, and its `id`; nothing is created for them.
     reads: list[RecordedResource] = field(default_factory=list)
     #: What the program warned (`pulumi.log.warn`), in order: `make plan` lists them under Warnings once.
     warnings: list[str] = field(default_factory=list)
@@ -262,6 +262,43 @@ class ProviderError(grpc.RpcError):
         return self._details
 
 
+def parse_fq_name(resource_id: str) -> tuple[str, str]:
+    """(namespace, name) of a pulumi-kubernetes id: `<namespace>/<name>`, or `<name>` (no namespace), as
+    provider/pkg/provider/util.go `parseFqName` splits it."""
+    parts = resource_id.split("/")
+    return ("", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def kubernetes_id(typ: str, inputs: Mapping[str, Any]) -> str | None:
+    """The id pulumi-kubernetes gives an object it creates: `<namespace>/<name>`, or the bare name of one without a
+    namespace (util.go `fqObjName` of the live object); a Helm release's is `<namespace>/<name>` of the release
+    (helm_release.go `fqName`). None for what is not a Kubernetes object (providers, components)."""
+    if not typ.startswith("kubernetes:") or typ.startswith("kubernetes:helm.sh/v4"):
+        return None
+    if typ == "kubernetes:helm.sh/v3:Release":
+        return f"{inputs.get('namespace') or 'default'}/{inputs.get('name')}" if inputs.get("name") else None
+    metadata = inputs.get("metadata")
+    if not isinstance(metadata, Mapping) or not metadata.get("name"):
+        return None
+    namespace = metadata.get("namespace")
+    return f"{namespace}/{metadata['name']}" if namespace else str(metadata["name"])
+
+
+def kubernetes_read_target(inputs: Mapping[str, Any], resource_id: str) -> tuple[str, str]:
+    """Where pulumi-kubernetes' `Read` looks for the object a `get` (a ReadResource with `resource_id` and the read's
+    `inputs`) names: (namespace, name); an empty namespace is `default` for a namespaced kind (clients.go
+    `NamespaceOrDefault`).
+
+    provider/pkg/provider/provider.go `Read`: the name always comes from the id (`parseFqName`); the namespace comes
+    from the id only when the inputs name no apiVersion/kind (then the kind is the type token's, `gvkFromURN`), else
+    from the inputs' `metadata.namespace`. pulumi/pulumi step.go `ReadStep.Apply` sends the read's own inputs on
+    every `up` (never the last read's outputs), so this holds at every run."""
+    id_namespace, name = parse_fq_name(resource_id)
+    metadata = inputs.get("metadata") if isinstance(inputs.get("metadata"), Mapping) else {}
+    names_kind = bool(inputs.get("apiVersion") or inputs.get("kind"))
+    return str(metadata.get("namespace") or ("" if names_kind else id_namespace)), name
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
@@ -286,25 +323,23 @@ class PlatformMocks(pulumi_mocks.Mocks):
             inputs = {**inputs, "project": provider_inputs["project"]}
         state: dict[str, Any] = dict(args.inputs)
         if args.resource_id:  # a read: the object as the cluster has it, else what was asked for
-            names_kind = "apiVersion" in inputs or "kind" in inputs
-            if (
-                args.typ.startswith("kubernetes:")
-                and names_kind
-                and not (inputs.get("metadata") or {}).get("namespace")
-            ):
-                # pulumi-kubernetes `Read` (provider/pkg/provider/provider.go) takes the namespace and name from the
-                # id only for a read that names no apiVersion/kind; otherwise it looks in the inputs' namespace,
-                # none here, so `default` (clients.go NamespaceOrDefault), and the engine fails the step. Every
-                # namespaced read of this program names none (REVIEW10 F0).
-                raise RuntimeError(
-                    f"resource '{args.resource_id}' does not exist: the read of {args.name} names "
-                    "apiVersion/kind without metadata.namespace, so pulumi-kubernetes looks in `default`"
-                )
+            if args.typ.startswith("kubernetes:"):
+                namespace, object_name = kubernetes_read_target(inputs, args.resource_id)
+                id_namespace = parse_fq_name(args.resource_id)[0]
+                if id_namespace and (namespace or "default") != id_namespace:
+                    # The provider GETs `<namespace>/<name>` where it resolved, finds nothing (404: its
+                    # `deleteResponse`), and the engine fails the step (pulumi/pulumi step.go ReadStep.Apply:
+                    # "resource '<id>' does not exist"). Every `up` with an entry failed so before REVIEW10 F0.
+                    raise RuntimeError(
+                        f"resource '{args.resource_id}' does not exist: the read of {args.name} names "
+                        f"apiVersion/kind without the id's namespace, so pulumi-kubernetes looks for "
+                        f"{object_name} in `{namespace or 'default'}`"
+                    )
             found = (self._live.get("objects") or {}).get(f"{args.typ} {args.resource_id}") or {}
             return args.resource_id, {**state, **found}
         extra = _outputs_for(args.typ, name, inputs)
         state.update(extra)
-        return f"{name}-id", state
+        return kubernetes_id(args.typ, inputs) or f"{name}-id", state
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, list[tuple[str, str]]]:
         """Answer the data-source invokes."""
@@ -474,7 +509,9 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "masterVersion": gke_master_version(str(inputs.get("minMasterVersion") or "")),
         }
     if typ == "gcp:artifactregistry/repository:Repository":
-        return {"name": inputs.get("repositoryId") or name, "registryUri": None}
+        repository = inputs.get("repositoryId") or name
+        where = f"{inputs.get('location')}-docker.pkg.dev/{inputs.get('project') or 'offline-project'}"
+        return {"name": repository, "registryUri": f"{where}/{repository}"}
     if typ == "gcp:serviceaccount/account:Account":
         project = inputs.get("project") or "offline-project"
         email = f"{inputs.get('accountId') or name}@{project}.iam.gserviceaccount.com"
@@ -494,7 +531,16 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
             "name": inputs.get("name") or name,
         }
     if typ == "gcp:redis/instance:Instance":
-        return {"host": "10.30.0.4", "port": 6379, "currentLocationId": "europe-west1-b"}
+        # `authString` only with AUTH on (terraform-provider-google redis instance: "populated if auth_enabled").
+        auth = _digest("redis-auth", name)
+        return {
+            "host": "10.30.0.4",
+            "port": 6379,
+            "currentLocationId": "europe-west1-b",
+            "authString": f"{auth[:8]}-{auth[8:12]}-{auth[12:16]}-{auth[16:20]}-{auth[20:32]}"
+            if inputs.get("authEnabled")
+            else None,
+        }
     if typ == "gcp:storage/bucket:Bucket":
         bucket = inputs.get("name") or f"{name}-{_digest('bucket', name)[:8]}"
         return {
@@ -605,13 +651,18 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def ReadResource(self, request: Any) -> Any:
         response = super().ReadResource(request)
         provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        # What the read sends (the provider resolves where to look from it, `kubernetes_read_target`), and its id.
+        sent = {
+            key: _plain(rpc.unwrap_rpc_secret(value))
+            for key, value in rpc.deserialize_properties(request.properties).items()
+        }
         self.reads.append(
             RecordedResource(
                 type=request.type,
                 name=request.name,
                 urn=self.make_urn(request.parent, request.type, request.name),
                 custom=True,
-                inputs={"id": request.id},
+                inputs={**sent, "id": request.id},
                 secret_keys=frozenset(),
                 parent=request.parent or None,
                 protect=False,
@@ -663,10 +714,19 @@ def session_commit() -> str:
     return current_git_sha()
 
 
-def _quiet_abandoned_tasks(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+def _quiet_abandoned_tasks(
+    loop: asyncio.AbstractEventLoop, context: dict[str, Any], failures: Sequence[BaseException] = ()
+) -> None:
     """A failed program leaves the SDK's pending RPC tasks behind; asyncio would print each when it is collected
-    ("Task was destroyed but it is pending!") above the one line that says what failed. Anything else is reported."""
-    if str(context.get("message", "")).startswith("Task was destroyed but it is pending"):
+    ("Task was destroyed but it is pending!") above the one line that says what failed, and each Output that
+    carries the failure (a failed read: every Output of the resource, "Future exception was never retrieved").
+    `failures`: what the run failed with (raised to the caller). Anything else is reported."""
+    message = str(context.get("message", ""))
+    if message.startswith("Task was destroyed but it is pending"):
+        return
+    if message.startswith("Future exception was never retrieved") and any(
+        str(context.get("exception")) == str(failure) for failure in failures
+    ):
         return
     loop.default_exception_handler(context)
 
@@ -756,7 +816,8 @@ def _run_stack(
     # The SDK schedules on the thread's current event loop; a previous async test may have closed or unset
     # it, so each run gets a loop of its own.
     loop = asyncio.new_event_loop()
-    loop.set_exception_handler(_quiet_abandoned_tasks)
+    failures: list[BaseException] = []
+    loop.set_exception_handler(functools.partial(_quiet_abandoned_tasks, failures=failures))
     asyncio.set_event_loop(loop)
     settings.ROOT.set(None)
     settings.SETTINGS.outputs.clear()
@@ -786,6 +847,9 @@ def _run_stack(
     infra.stack.current_git_sha = session_commit
     try:
         _sync_await(run_pulumi_func(program))
+    except Exception as exc:
+        failures.append(_root_cause(exc))
+        raise
     finally:
         infra.stack.current_git_sha = read_commit
         program_log.removeHandler(recorder)

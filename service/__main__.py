@@ -210,9 +210,11 @@ def create_fresh_registry(path: Path) -> int | None:
     import secrets
     import sqlite3
 
+    from service.app.core.files import PRIVATE_FILE_MODE
+
     token = secrets.randbelow(2**31 - 2) + 1
     try:
-        path.touch(exist_ok=True)
+        path.touch(mode=PRIVATE_FILE_MODE, exist_ok=True)  # every document's text: 0600 (and its -wal, -shm)
         connection = _sqlite_transaction(path)
         try:
             tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]

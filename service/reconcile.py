@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
+from service.app.core.errors import ServiceUnavailable
 from service.app.core.logging import configure_logging
 
 
@@ -104,6 +105,9 @@ def dry_run_registry_refusal(settings: Settings) -> str | None:
                 if ("alembic_version" in tables)
                 else []
             )
+            pointed = "index_pointer" in tables and bool(
+                connection.execute("SELECT 1 FROM index_pointer WHERE name = 'default'").fetchall()
+            )
         finally:
             connection.close()
         revision = str(rows[0][0]) if len(rows) == 1 else None
@@ -117,10 +121,17 @@ def dry_run_registry_refusal(settings: Settings) -> str | None:
         try:
             revision = registry.schema_revision()
             where = registry.describe()
+            pointed = revision is not None and registry.index_pointer() is not None
         finally:
             registry.close()
     if revision == SCHEMA_HEAD or (schema_sequence(revision) or 0) > (schema_sequence(SCHEMA_HEAD) or 0):
-        return None
+        if pointed:
+            return None
+        # Opening the services records the served index (the settings' collection) in a registry that has none.
+        return (
+            f"the registry ({where}) records no served index yet, and opening it would record one: a dry run "
+            "changes nothing. Start the service once (it records the index), then run the dry run again"
+        )
     return (
         f"the registry ({where}) is at schema {revision or 'none (no registry tables)'}, behind this release's "
         f"{SCHEMA_HEAD}, and opening it would migrate it: a dry run changes nothing. Start this release's service "
@@ -264,7 +275,18 @@ def main(argv: list[str] | None = None, *, services: Any = None) -> int:
                 refusal = dry_run_registry_refusal(opened)  # the registry is opened in place, not copied
                 if refusal is not None:
                     raise BackupError(refusal)
+            if args.dry_run and (opened.qdrant_url or opened.embedded_vector_store == "local"):
+                from service.app.store.qdrant import QdrantVectorStore
+
+                QdrantVectorStore.read_only = (
+                    True  # opened in place: only read (no collection, index, layout)
+                )
             container = open_services(opened)
+        except ServiceUnavailable as exc:  # the store refused to open (read-only: its collection is missing)
+            print(f"reconcile: error: {exc.message}", file=sys.stderr)
+            if scratch is not None:
+                scratch.close()
+            return 2
         except BackupError as exc:
             print(f"reconcile: error: {exc}", file=sys.stderr)
             if scratch is not None:

@@ -36,7 +36,8 @@ the EnvoyProxy, not the Gateway; an ingress controller may replace its Service).
 `up` (and by a preview of a deployed stack), so the address never comes from an earlier update. On cloud targets
 the Gateway also waits for `Programmed` (`wait_for_address`): Envoy Gateway v1.9.0 and GKE set it only once the
 Gateway has an address (Envoy Gateway `updateGatewayProgrammedCondition`: `AddressNotAssigned` until then), so the
-first `up`'s read already finds one; the Ingress is awaited until its controller publishes an address anyway.
+first `up`'s read already finds one; on cloud targets the Ingress is awaited until its controller publishes an address
+(pulumi-kubernetes' Ingress awaiter), elsewhere not (`SKIP_AWAIT_ANNOTATION`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ PROGRAMMED_WAIT = "condition=Programmed"
 Gateway's Programmed condition is True for its current generation (await/condition kubectl.go compares the
 condition's observedGeneration)."""
 WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+"""On the Ingress where `wait_for_address` is off: pulumi-kubernetes awaits every Ingress (create, update, refresh)
+until `.status.loadBalancer.ingress` has an address (await/ingress.go `processIngressEvent`: `ingressReady` only
+with one; default timeout 10 minutes), so on a cluster whose controller never publishes one every `up` failed at the
+Ingress; with it the `up` completes and `ingressAddress` stays None until one is published (REVIEW11 M3)."""
 GATEWAY_ADDRESS_TIMEOUT = "20m"
 """How long an `up` waits for a cloud load balancer behind a new or changed Gateway (the provider's default is 10
 minutes; a GKE load balancer's first programming takes several)."""
@@ -125,7 +131,7 @@ class TlsGatewayArgs:
     """Name of a ClusterIssuer that already exists in the cluster: the Certificate uses it and no issuer is
     created (`issuer`, `acme_email` and `issuer_kind` are then unused)."""
     wait_for_address: bool = False
-    """Wait (on create and every update) until the Gateway is Programmed, i.e. has an address: on cloud targets,
+    """Wait (on create and every update) until the Gateway is Programmed (the Ingress: has an address), on cloud targets,
     where the entry is a cloud load balancer. Off on `existing` clusters, whose Gateway implementation may never
     assign one (a local cluster without a load balancer)."""
     backend: pulumi.Input[pulumi.Resource] | None = None
@@ -668,7 +674,12 @@ class TlsGateway(pulumi.ComponentResource):
             )
             entry = k8s.networking.v1.Ingress(
                 f"{name}-ingress",
-                metadata=specs.metadata(base, ns, object_labels),
+                metadata=specs.metadata(
+                    base,
+                    ns,
+                    object_labels,
+                    None if args.wait_for_address else {SKIP_AWAIT_ANNOTATION: "true"},
+                ),
                 spec=ingress_spec(
                     args.hostname,
                     tls_secret,

@@ -32,6 +32,7 @@ also how the source is read when its host is neither. Runner prerequisites: skop
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -745,6 +746,53 @@ def check_registry_tools(provider: str, *, which: Callable[[str], str | None] = 
         raise CopyPrerequisiteError(
             f"{cli} is not on PATH: it logs in to {registry} for skopeo ({install}; GitHub's ubuntu-24.04 runners "
             "have it)."
+        )
+
+
+class BuildPrerequisiteError(Exception):
+    """This machine cannot build the service image: no Docker daemon answers (the message says where it looked)."""
+
+
+def check_build_daemon(
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """What an `up` that builds the service image on this machine needs: a Docker daemon. pulumi-docker-build builds
+    with the daemon's BuildKit through its API (at DOCKER_HOST, else the docker CLI's current context), not with the
+    docker binary; without one the `up` failed at the image after it had started changing the stack. With the
+    docker CLI here, `docker version` asks that same daemon (context included); without it, a unix-socket
+    DOCKER_HOST (or the default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
+
+    Raises BuildPrerequisiteError naming the daemon's address and what to do."""
+    if which("docker") is not None:
+        try:
+            done = run(
+                ["docker", "version", "--format", "{{.Server.Version}}"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=30,
+            )
+        except subprocess.TimeoutExpired:
+            raise BuildPrerequisiteError(
+                "the Docker daemon did not answer `docker version` within 30 s: start it, or set DOCKER_HOST (or "
+                "`docker context use`) to one that runs."
+            ) from None
+        if done.returncode != 0 or not done.stdout.strip():
+            reason = (done.stderr.strip().splitlines() or ["no server version"])[-1]
+            raise BuildPrerequisiteError(
+                f"no Docker daemon answers `docker version` ({reason}): start it (the build runs in its BuildKit), "
+                "or set DOCKER_HOST (or `docker context use`) to one that runs; or deploy a built image with "
+                "`rag:image`."
+            )
+        return
+    host = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://") and not Path(host[len("unix://") :]).exists():
+        raise BuildPrerequisiteError(
+            f"no Docker daemon socket at {host} (and no docker CLI on PATH): start Docker (the build runs in its "
+            "BuildKit), or set DOCKER_HOST to one that runs; or deploy a built image with `rag:image`."
         )
 
 

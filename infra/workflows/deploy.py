@@ -210,17 +210,34 @@ def require_registry_tools(ctx: Context, stack: str, provider: str, what: str | 
         ) from exc
 
 
+def require_build_daemon(ctx: Context, stack: str) -> None:
+    """Raise WorkflowError, before the update changes anything, when it builds the service image (no `rag:image`)
+    and no Docker daemon answers on this machine (`infra.components.image.check_build_daemon`)."""
+    from infra.components.image import BuildPrerequisiteError, check_build_daemon
+
+    check = check_build_daemon if ctx.check_build_daemon is None else ctx.check_build_daemon
+    try:
+        check()
+    except BuildPrerequisiteError as exc:
+        raise WorkflowError(
+            f"Cannot update {stack}: the update builds the service image on this machine, and {exc}"
+        ) from exc
+
+
 def check_registry_tools_here(ctx: Context, stack: str, ws: Workspace) -> None:
-    """Refuse before the update changes anything when it would tag images in a gke/eks stack's own registry on this
-    machine without the tools for it: a build's protection step (`service-image-protect`, every build), a
+    """Refuse before the update changes anything when it builds the image without a Docker daemon here
+    (`require_build_daemon`), or would tag images in a gke/eks stack's own registry on this machine without the
+    tools for it: a build's protection step (`service-image-protect`, every build), a
     promotion's copy, and the one-time `registry-protect-existing` (an update that keeps a promoted image runs it
     too, when the stack was deployed before it existed) log in with gcloud/aws and tag with skopeo. `up` would
     otherwise fail at that `command:local:Command`, after it had started changing the stack."""
     local = ws.get_all_config(stack)
     provider = cluster_provider(local)
+    building = not string_config(local.get(IMAGE_KEY))
+    if building:
+        require_build_daemon(ctx, stack)
     if provider not in COPYING_PROVIDERS:
         return
-    building = not string_config(local.get(IMAGE_KEY))
     copying = None if building else image_to_copy(ws, stack)
     tagged_before = building or copying is not None or protect_existing_done(ws, stack)
     what = registry_tagging(provider, building=building, copying=copying, tagged_before=tagged_before)

@@ -43,6 +43,7 @@ from pulumi.automation.errors import (
 from infra.workflows.secrets import check_secrets_kept
 from infra.workflows.stacks import (
     PERMANENT_STACKS,
+    POLICY_PACK,
     PROJECT,
     Context,
     OnEvent,
@@ -520,13 +521,16 @@ def check_runner_tools(ctx: Context, ws: Workspace, name: str, values: dict[str,
         COPYING_PROVIDERS,
         protect_existing_done,
         registry_tagging,
+        require_build_daemon,
         require_registry_tools,
     )
 
     provider = str((values.get(f"{PROJECT}:cluster") or {}).get("provider", "existing"))
+    image = str(values.get(f"{PROJECT}:image") or "")
+    if not image:
+        require_build_daemon(ctx, name)
     if provider not in COPYING_PROVIDERS:
         return
-    image = str(values.get(f"{PROJECT}:image") or "")
     exists = any(summary.name.rsplit("/", 1)[-1] == name for summary in ws.list_stacks())
     what = registry_tagging(
         provider,
@@ -570,8 +574,11 @@ def up(
     on_output: OnOutput | None = None,
     on_event: OnEvent | None = None,
     drop_secrets: Collection[str] = (),
+    policy_pack: str | None = POLICY_PACK,
 ) -> EphemeralStack:
-    """Create or update the ephemeral stack and ``up`` it; on any failure or interrupt, tear it down first.
+    """Create or update the ephemeral stack and ``up`` it with the policy pack (as ``ragops up``, ``promote`` and
+    ``rollback`` do: the PR preview's pack ran against dev's config, not the PR stack's); on any failure or
+    interrupt, a mandatory policy violation included, tear it down first.
 
     An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
     refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
@@ -620,7 +627,10 @@ def up(
             owned = True
         set_config_values(ws, name, values)
         stack.up(
-            on_output=on_output, on_event=on_event, message=f"ephemeral {name} until {record.expires_at}"
+            policy_packs=[policy_pack] if policy_pack else None,
+            on_output=on_output,
+            on_event=on_event,
+            message=f"ephemeral {name} until {record.expires_at}",
         )
     except BaseException as exc:
         if not owned:

@@ -35,6 +35,7 @@ import copy
 import dataclasses
 import json
 import re
+import stat
 import subprocess
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from pulumi.automation import ConfigMap, UpdateSummary, Workspace
 from infra import schema as schema_mod
 from infra.workflows import reindex as reindex_mod
 from infra.workflows.alerting import check_alerting, rollback_warning
-from infra.workflows.preview import PreviewReport, run_preview
+from infra.workflows.preview import NO_CHANGE_OPS, PreviewReport, run_preview
 from infra.workflows.registry_upgrade import check_major_upgrade, check_registry_recoverable
 from infra.workflows.scaling import check_scale_down
 from infra.workflows.secrets import check_secrets_kept
@@ -363,6 +364,62 @@ def checkout_commit(work_dir: Path) -> str | None:
     return shown.stdout.strip() or None if shown.returncode == 0 else None
 
 
+#: The type token of the image build (infra/components/image.py `ServiceImage`).
+IMAGE_BUILD_TYPE = "docker-build:index:Image"
+#: The permission bits git gives a checked-out file of each recorded mode under umask 022 (CI's runners).
+GIT_CHECKOUT_MODES = {"100644": 0o644, "100755": 0o755}
+
+
+def modes_unlike_ci(work_dir: Path, limit: int = 3) -> tuple[int, list[str]]:
+    """Tracked files of `work_dir`'s checkout whose permission bits differ from what git checks out under umask 022
+    (0644, 0755 for executables): how many, and the first `limit` as `path (-rw-rw-r--)`. (0, []) outside git."""
+    try:
+        listed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["git", "-C", str(work_dir), "ls-files", "-s", "-z"],  # noqa: S607 - git from PATH
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, []
+    if listed.returncode != 0:
+        return 0, []
+    count, examples = 0, []
+    for entry in listed.stdout.decode(errors="replace").split("\0"):
+        meta, _, name = entry.partition("\t")
+        expected = GIT_CHECKOUT_MODES.get(meta.split(" ", 1)[0])
+        if expected is None or not name:
+            continue  # symlinks, submodules
+        try:
+            mode = (work_dir / name).lstat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) != expected:
+            count += 1
+            if len(examples) < limit:
+                examples.append(f"{name} ({stat.filemode(mode)})")
+    return count, examples
+
+
+def _image_mode_hint(work_dir: Path, report: PreviewReport) -> str:
+    """Why a checkout made under another umask previews the image as rebuilt (REVIEW10 F6): pulumi-docker-build
+    (0.0.22, provider/internal/context.go `hashFile`) writes each file's mode string into the build context's
+    hash, so a clone under umask 002 (`-rw-rw-r--`) hashes unlike CI's (022, `-rw-r--r--`) with the same content.
+    The provider has no option to leave modes out; the hint names the files and the way out."""
+    if not any(s.type == IMAGE_BUILD_TYPE and s.op not in NO_CHANGE_OPS for s in report.steps):
+        return ""
+    count, examples = modes_unlike_ci(work_dir)
+    if not count:
+        return ""
+    return (
+        f" The image build is among them, and {count} file(s) of this checkout have other permissions than a CI "
+        f"checkout (umask 022) gives them, e.g. {', '.join(examples)}: pulumi-docker-build hashes each file's mode "
+        "into the build context, so this checkout (made under umask 002?) previews the image as rebuilt even "
+        "with the same content. Promote from CI, or fix the modes (`git ls-files -z | xargs -0 chmod g-w,o-w` in "
+        "the checkout; or clone again after `umask 022`) and check again."
+    )
+
+
 SOURCE_RECORD_KIND = "ragops/promotion-source/v1"
 
 
@@ -480,6 +537,7 @@ def _check_source_preview(
             raise WorkflowError(
                 f"Stack {source!r} has pending changes ({changes}): what it runs is not what the code says. "
                 f"Run `pulumi up -s {source}` (or merge to main) and promote again."
+                + _image_mode_hint(ctx.work_dir, report)
             )
         service = _service_object(ws, source, source_config)
     return SourceCheck(

@@ -4,7 +4,10 @@
     python -m service.tools.backup verify /backups/rag-2026-11-27
     python -m service.tools.backup restore /backups/rag-2026-11-27    # into an empty DATA_DIR; --force: beside it
 
-DATA_DIR, DATABASE_URL and EDGE_PATH come from the environment, as for the service. The store has one owning
+DATA_DIR, DATABASE_URL, EDGE_PATH and QDRANT_PATH come from the environment, as for the service. A local-mode
+Qdrant store (an earlier release's default, DATA_DIR/qdrant) is backed up too whenever it is on disk, whatever
+VECTOR_STORE says: before `migrate_store` it is where the vectors are, and it is what an older release reads
+after a rollback. `restore` puts it back at QDRANT_PATH. The store has one owning
 process (the `.lock` in EDGE_PATH): `create` and `restore` take that lock for their whole run, so they refuse
 with one line while a service runs, and a service cannot start while they copy. Offline is what makes the copy
 consistent: nothing writes while the registry (SQLite's online backup API) and the edge shards are copied.
@@ -49,6 +52,10 @@ from service.app.store.edge import (
 MANIFEST = "manifest.json"
 REGISTRY = "registry.db"
 EDGE = "edge"
+# The local-mode store of releases before qdrant-edge (QDRANT_PATH), kept under this name in a backup.
+LEGACY = "qdrant"
+# qdrant-client's own lock file in a local-mode directory (portalocker, an exclusive flock).
+LEGACY_LOCK = ".lock"
 FORMAT = 1
 CHUNK = 1 << 20
 # Test hook (never set in service): `create` stops for ever after copying the named part ("registry" or "edge"),
@@ -111,12 +118,45 @@ def _registry_path(settings: Settings) -> Path:
 
 
 def _check_embedded(settings: Settings) -> tuple[Path, Path]:
-    if settings.embedded_vector_store != "edge":
+    if settings.embedded_vector_store is None:
         raise BackupError(
-            "this tool backs up the embedded edge store; with QDRANT_URL use Qdrant's snapshots "
-            "(docs/runbooks.md), with VECTOR_STORE=local run `python -m service.tools.migrate_store` first"
+            "this tool backs up the embedded stores; with QDRANT_URL use Qdrant's snapshots (docs/runbooks.md)"
         )
+    if str(settings.resolved_qdrant_path) == ":memory:" and settings.embedded_vector_store == "local":
+        raise BackupError("QDRANT_PATH is :memory:: a throwaway store has nothing on disk to back up")
     return _registry_path(settings), settings.resolved_edge_path
+
+
+def _legacy_path(settings: Settings) -> Path | None:
+    """QDRANT_PATH when it holds a local-mode store (by what is on disk, not by VECTOR_STORE), else None."""
+    from service.app.store.edge import legacy_local_store
+
+    return legacy_local_store(settings)
+
+
+class _LegacyLock:
+    """qdrant-client's own lock on a local-mode directory, so a service of an earlier release (or one run with
+    VECTOR_STORE=local) cannot open it while it is copied, and a running one makes the tool refuse."""
+
+    def __init__(self, settings: Settings, directory: Path, what: str) -> None:
+        import portalocker
+
+        self._file = (directory / LEGACY_LOCK).open("a+")
+        try:
+            portalocker.lock(self._file, portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING)
+        except portalocker.exceptions.LockException:
+            self._file.close()
+            raise BackupError(
+                f"the local-mode store at {directory} (DATA_DIR={settings.data_dir}) is in use by a running "
+                f"service (an earlier release's, or VECTOR_STORE=local); {what} needs it to itself: stop that "
+                "service, run this again, then start it"
+            ) from None
+
+    def release(self) -> None:
+        import portalocker
+
+        portalocker.unlock(self._file)
+        self._file.close()
 
 
 def _take_lock(settings: Settings, edge: Path, what: str) -> DirectoryLock:
@@ -199,8 +239,18 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
         raise BackupError(
             f"{registry} does not exist: DATA_DIR={settings.data_dir} holds no registry to back up"
         )
+    legacy = _legacy_path(settings)
+    if legacy is not None and target.resolve().is_relative_to(legacy.resolve()):
+        raise BackupError(
+            f"{target} is inside QDRANT_PATH ({legacy}), which it copies: back up somewhere else"
+        )
     partial = target.with_name(target.name + ".partial")
     lock = _take_lock(settings, edge, "a backup")
+    try:
+        legacy_lock = _LegacyLock(settings, legacy, "a backup") if legacy is not None else None
+    except BaseException:
+        lock.release()
+        raise
     try:
         if partial.exists():  # a killed earlier run: nothing in it was ever a backup
             shutil.rmtree(partial)
@@ -227,6 +277,15 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             )
         else:
             (partial / EDGE).mkdir()
+        if legacy is not None:
+            # An earlier release's store: before `migrate_store` it holds every vector, and after one it is what
+            # the earlier release reads again on a rollback (migrate_store retires it as qdrant.migrated).
+            shutil.copytree(
+                legacy,
+                partial / LEGACY,
+                ignore=shutil.ignore_patterns(LEGACY_LOCK),
+                copy_function=copy_sparse,
+            )
         _block_at("edge")
         files = {
             path.relative_to(partial).as_posix(): {"bytes": path.stat().st_size, "sha256": _sha256(path)}
@@ -237,7 +296,12 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "service_version": _version(),
             "registry_revision": revision,
-            "source": {"data_dir": str(settings.data_dir), "registry": str(registry), "edge": str(edge)},
+            "source": {
+                "data_dir": str(settings.data_dir),
+                "registry": str(registry),
+                "edge": str(edge),
+                **({"qdrant": str(legacy)} if legacy is not None else {}),
+            },
             "files": files,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -245,6 +309,8 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
         partial.rename(target)
         fsync_path(target.parent)
     finally:
+        if legacy_lock is not None:
+            legacy_lock.release()
         lock.release()
     return manifest
 
@@ -285,10 +351,12 @@ def verify(source: Path) -> dict[str, Any]:
     return manifest
 
 
-def _occupied(registry: Path, edge: Path) -> list[Path]:
+def _occupied(registry: Path, edge: Path, legacy: Path | None) -> list[Path]:
     found = [p for p in (registry, Path(f"{registry}-wal")) if p.exists()]
     if edge.is_dir() and any(entry.name != LOCK_FILE for entry in edge.iterdir()):
         found.append(edge)
+    if legacy is not None:
+        found.append(legacy)
     return found
 
 
@@ -296,7 +364,8 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
     """Put the backup at ``source`` in place of the stopped store; with ``force``, what was there is moved aside."""
     registry, edge = _check_embedded(settings)
     manifest = verify(source)
-    occupied = _occupied(registry, edge)
+    legacy = _legacy_path(settings)
+    occupied = _occupied(registry, edge, legacy)
     if occupied and not force:
         raise BackupError(
             f"DATA_DIR={settings.data_dir} is not empty ({', '.join(map(str, occupied))}): restore into an empty "
@@ -304,7 +373,25 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
         )
     lock = _take_lock(settings, edge, "a restore")
     try:
+        legacy_lock = _LegacyLock(settings, legacy, "a restore") if legacy is not None else None
+    except BaseException:
+        lock.release()
+        raise
+    try:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        # DATA_DIR ends as the backup had it: a local-mode store there now is moved aside whether or not the
+        # backup has one (the edge-era release refuses to start beside one, an earlier release would read it).
+        if legacy is not None:  # its lock (an open file inside it) is held across the rename
+            legacy.rename(legacy.with_name(f"{legacy.name}.pre-restore-{stamp}"))
+        if (source / LEGACY).is_dir():
+            qdrant_path = settings.resolved_qdrant_path
+            incoming_legacy = qdrant_path.with_name(f".{qdrant_path.name}.restoring")
+            if incoming_legacy.exists():  # a killed earlier restore's partial copy
+                shutil.rmtree(incoming_legacy)
+            shutil.copytree(source / LEGACY, incoming_legacy, copy_function=copy_sparse)
+            _fsync_tree(incoming_legacy)
+            incoming_legacy.rename(qdrant_path)
+            fsync_path(qdrant_path.parent)
         for path in (registry, Path(f"{registry}-wal"), Path(f"{registry}-shm")):
             if path.exists():
                 path.rename(path.with_name(f"{path.name}.pre-restore-{stamp}"))
@@ -330,6 +417,8 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
         incoming.rename(registry)
         fsync_path(registry.parent)
     finally:
+        if legacy_lock is not None:
+            legacy_lock.release()
         lock.release()
     return manifest
 

@@ -4,15 +4,18 @@
 
 Every collection at QDRANT_PATH is copied point by point (same ids, payloads and vectors, so the registry's
 versions keep matching) into the edge shard of the same name under EDGE_PATH, indexed, and the old directory is
-renamed to ``<QDRANT_PATH>.migrated`` so the service starts on the edge store. Stop the service first: both
-stores are single-process. Re-running after an interruption is safe (upserts by id are idempotent, and the old
-directory is only renamed once every collection was copied).
+renamed to ``<QDRANT_PATH>.migrated`` (``.migrated-<time>`` when that exists) so the service starts on the edge
+store; a rollback to a release before qdrant-edge needs that store back (docs/operations.md: a backup taken
+before the migration holds it). Stop the service first: both stores are single-process. Re-running after an
+interruption is safe (upserts by id are idempotent, and the old directory is only renamed once every collection
+was copied).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -68,6 +71,10 @@ def migrate(settings: Settings, *, report: Callable[[str], None] = print) -> dic
     finally:
         client.close()
     retired = legacy.with_name(legacy.name + ".migrated")
+    if retired.exists():
+        # An earlier migration's copy (a rollback restored the pre-upgrade backup's store, and this is the
+        # upgrade again): keep both, a rename onto it would fail once every point was copied.
+        retired = legacy.with_name(f"{legacy.name}.migrated-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
     legacy.rename(retired)
     report(f"retired {legacy} as {retired}; delete it once the service runs on the edge store")
     return copied

@@ -98,7 +98,9 @@ def _eks_stack(tmp_path: Path, up_error: str) -> tuple[FakeBackend, Context]:
     (tmp_path / "Pulumi.yaml").write_text("name: rag\nruntime: python\nmain: infra/\n")
     backend.add_stack("dev", config={"rag:environment": "dev"})
     backend.script("dev").up_error = up_error
-    return backend, Context(work_dir=tmp_path, pulumi_command=backend.command())
+    return backend, Context(
+        work_dir=tmp_path, pulumi_command=backend.command(), check_build_daemon=lambda: None
+    )
 
 
 def test_ragops_up_meeting_ekss_own_group_says_how_to_adopt_it(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ contract (401 + WWW-Authenticate, every /v1 route protected) and production refu
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from service.app.core import security
 from service.app.core.config import Settings
 from service.app.core.security import ApiKeyAuthenticator, bearer_token, key_id
+from tests.service.prod_support import KEY_A, MakeClient, bearer
 
 pytest_plugins = ["tests.service.prod_fixtures"]  # fixtures: make_client, client, headers_a, headers_b
 
@@ -115,6 +117,85 @@ def test_an_emptied_key_file_keeps_the_last_good_keys(
     write_keys(key_file, "next-key:tenant-a", 1_000_000_004_000_000_000)
     assert auth.authenticate("good-key") is None
     assert auth.authenticate("next-key").tenant == "tenant-a"
+
+
+STRONG_A = "a" * 32
+STRONG_B = "b" * 64
+
+
+def test_a_live_key_file_edit_is_held_to_the_production_rules(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """EYES10: under ENVIRONMENT=production a live edit adding a 4-character key was served ("API keys reloaded",
+    then 200), and the next restart refused to start on it. The reload applies the start-up's rules now: the file
+    is refused whole, in one line naming it and the rule, and the previous keys stay."""
+    key_file = tmp_path / "api-keys"
+    write_keys(key_file, f'{{"{STRONG_A}": "acme"}}', 1_000_000_000_000_000_000)
+    settings = Settings(_env_file=None, environment="production", api_keys_file=key_file)
+    auth = ApiKeyAuthenticator(settings)
+    write_keys(
+        key_file,
+        f'{{"{STRONG_A}": "acme", "{STRONG_B}": "globex", "short": "acme"}}',
+        1_000_000_001_000_000_000,
+    )
+    with caplog.at_level(logging.INFO):
+        assert auth.authenticate("short") is None
+        assert auth.authenticate(STRONG_B) is None  # the whole edit is refused, not just its bad line
+        assert auth.authenticate(STRONG_A).tenant == "acme"
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.getMessage() == (
+        f"API_KEYS_FILE {key_file}: 1 key(s) shorter than 32 characters are refused when ENVIRONMENT=production "
+        "(generate keys with `openssl rand -hex 32`); keeping the previous keys"
+    )
+    assert "API keys reloaded" not in caplog.text
+    # The corrected file is taken, and a restart would accept what the reload accepted.
+    write_keys(key_file, f'{{"{STRONG_A}": "acme", "{STRONG_B}": "globex"}}', 1_000_000_002_000_000_000)
+    assert auth.authenticate(STRONG_B).tenant == "globex"
+    assert Settings(_env_file=None, environment="production", api_keys_file=key_file).load_api_keys() == {
+        STRONG_A: "acme",
+        STRONG_B: "globex",
+    }
+    # Outside production short keys stay allowed on reload, as at start-up.
+    staging = ApiKeyAuthenticator(Settings(_env_file=None, environment="staging", api_keys_file=key_file))
+    write_keys(key_file, "short:acme", 1_000_000_003_000_000_000)
+    assert staging.authenticate("short").tenant == "acme"
+
+
+def test_a_short_key_added_live_is_refused_over_http_in_production(
+    tmp_path: Path, make_client: MakeClient
+) -> None:
+    """EYES10's reproduction through the app: `{..., "short": "acme"}` written into API_KEYS_FILE under
+    ENVIRONMENT=production was then a 200 for `Bearer short`."""
+    key_file = tmp_path / "api-keys"
+    write_keys(key_file, json.dumps({KEY_A: "acme"}), 1_000_000_000_000_000_000)
+    with make_client(environment="production", api_keys={}, api_keys_file=key_file) as client:
+        assert client.get("/v1/documents", headers=bearer(KEY_A)).status_code == 200
+        write_keys(key_file, json.dumps({KEY_A: "acme", "short": "acme"}), 1_000_000_001_000_000_000)
+        assert client.get("/v1/documents", headers=bearer("short")).status_code == 401
+        assert client.get("/v1/documents", headers=bearer(KEY_A)).status_code == 200
+
+
+def test_the_production_key_error_names_where_the_short_key_came_from(tmp_path: Path) -> None:
+    """EYES10: a short key in API_KEYS_FILE was reported as "API_KEYS: ..."."""
+    key_file = tmp_path / "api-keys"
+    key_file.write_text("short:acme\n")
+    with pytest.raises(ValueError, match=rf"API_KEYS_FILE {key_file}: 1 key\(s\) shorter than 32"):
+        Settings(
+            _env_file=None, environment="production", api_keys=f"{STRONG_A}:acme", api_keys_file=key_file
+        )
+    key_file.write_text(f"{STRONG_B}:acme\n")
+    with pytest.raises(ValueError, match=r"API_KEYS: 1 key\(s\) shorter than 32"):
+        Settings(_env_file=None, environment="production", api_keys="short:acme", api_keys_file=key_file)
+
+
+def test_an_empty_api_keys_file_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """EYES10: `API_KEYS_FILE=` (to override .env's value from the shell) was read as the path "." and the start
+    refused with "Is a directory"."""
+    monkeypatch.setenv("API_KEYS_FILE", "")
+    monkeypatch.setenv("API_KEYS", "k:t")
+    settings = Settings(_env_file=None)
+    assert settings.api_keys_file is None
+    assert settings.load_api_keys() == {"k": "t"}
 
 
 @pytest.mark.parametrize(

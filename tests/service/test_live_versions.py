@@ -277,3 +277,36 @@ def test_a_result_cache_hit_keeps_the_copy_confirmed(
         answered = client.post("/v1/search", json=QUERY)
         assert answered.status_code == 200, answered.text
         assert answered.json() == first.json()
+
+
+def test_the_result_cache_does_not_ask_a_registry_that_just_failed(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed registry read, searches answer from the copy for the retry pause without asking the
+    registry; the result cache's key read skips it too (on a lost host each read costs the connect timeout)."""
+    settings = make_settings(tmp_path, registry_outage_search_seconds=60, cache_enabled=True)
+    with running_app(settings, embedder=embedder) as client:
+        clock = Clock()
+        services = services_of(client)
+        services.search.live._clock = clock
+        assert client.put("/v1/documents/kept", json={"text": TEXTS["kept"]}).status_code == 201
+        first = client.post("/v1/search", json=QUERY)
+        reads: list[str] = []
+
+        def data_version(tenant_id: str) -> int:
+            reads.append(tenant_id)
+            raise ServiceUnavailable("registry down")
+
+        registry_down(client, monkeypatch)
+        monkeypatch.setattr(services.registry, "data_version", data_version)
+        assert (
+            client.post("/v1/search", json={**QUERY, "top_k": 19}).json()["results"]
+            == first.json()["results"]
+        )
+        assert len(reads) == 1  # the first search met the failure
+        for _ in range(3):  # within the pause: neither the copy nor the cache asks
+            assert client.post("/v1/search", json=QUERY).json() == first.json()
+        assert len(reads) == 1
+        clock.now += 2  # past the pause: asked again
+        assert client.post("/v1/search", json=QUERY).json() == first.json()
+        assert len(reads) == 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.components import image
 from infra.components.image import CopyPrerequisiteError
 from infra.workflows.stacks import Context
 from tests.workflows.fake_pulumi import FakeBackend
@@ -15,6 +16,13 @@ NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 PREVIEW_DOMAIN = "preview.example.com"
+
+
+@pytest.fixture(autouse=True)
+def no_build_daemon_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake backend builds nothing, and CI has no Docker daemon: an `up` that builds skips the daemon check
+    unless a test injects one (`Context.check_build_daemon`; the check itself: tests/workflows/test_build_daemon.py)."""
+    monkeypatch.setattr(image, "check_build_daemon", lambda: None)
 
 
 @pytest.fixture(autouse=True)

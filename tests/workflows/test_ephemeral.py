@@ -112,6 +112,9 @@ def test_up_creates_configures_and_updates_the_stack(ctx: Context, backend: Fake
         "--skip-preview",
         "--message",
         "ephemeral pr-123 until 2026-03-02T12:00:00Z",
+        # The policy pack, as on `ragops up`/`promote`/`rollback`: the PR preview ran it on dev's config only.
+        "--policy-pack",
+        "infra/policy",
         "--exec-kind",
         "auto.local",
         "--stack",

@@ -670,3 +670,78 @@ def test_a_source_check_is_refused_for_another_source_or_another_commit(
 def test_a_file_that_is_no_source_check_record_is_a_usage_error(text: str, why: str) -> None:
     with pytest.raises(UsageError, match=why):
         SourceCheck.from_json(text, "source.json")
+
+
+IMAGE_BUILD = "docker-build:index:Image"
+
+
+@pytest.mark.parametrize("umask_002", [True, False])
+def test_a_source_image_rebuilt_by_a_checkouts_file_modes_is_refused_naming_the_cause(
+    ctx: Context, backend: FakeBackend, umask_002: bool
+) -> None:
+    """REVIEW10 F6: pulumi-docker-build hashes each file's mode into the build context, so a laptop clone under
+    umask 002 previews dev's image as rebuilt and the promotion is refused for "pending changes". The refusal
+    stays (the image would differ), and names the cause when this checkout's modes are not CI's."""
+    _stacks(backend)
+    (ctx.work_dir / "service").mkdir()
+    dockerfile = ctx.work_dir / "service" / "Dockerfile"
+    dockerfile.write_text("FROM scratch\n")
+    dockerfile.chmod(0o644)
+    _git(ctx.work_dir, "init", "-q")
+    _git(ctx.work_dir, "add", "-A")
+    _git(ctx.work_dir, "commit", "-q", "-m", "one")
+    for path in ctx.work_dir.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            path.chmod(0o664 if umask_002 else 0o644)
+    script = backend.script("dev")
+    script.preview_summary = {"update": 1, "same": 11}
+    script.preview_events = [step_event("update", "service-image", IMAGE_BUILD, diffs=["contextHash"])]
+
+    with pytest.raises(WorkflowError, match=r"pending changes \(1 update\)") as refused:
+        promote(ctx, "dev", "staging")
+
+    message = " ".join(str(refused.value).split())
+    assert ("Pulumi.dev.yaml (-rw-rw-r--)" in message) is umask_002
+    assert ("umask 002" in message) is umask_002
+    assert backend.commands("up") == []
+
+
+def test_dev_to_staging_to_prod_with_per_environment_credentials_from_fresh_clones(tmp_path: Path) -> None:
+    """promote.yml as it runs: six jobs, each a fresh clone of the same commit holding one environment's
+    credentials; the source checks hand their records to the target jobs, which never touch their source."""
+    origin = _checkout(tmp_path, "origin", COMMITTED)
+    _git(origin, "init", "-q")
+    _git(origin, "add", "-A")
+    _git(origin, "commit", "-q", "-m", "release")
+    backend = FakeBackend(_checkout(tmp_path, "main-job", COMMITTED))
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    backend.add_stack("staging", outputs={"imageDigest": "old@sha256:" + "0" * 64})
+    backend.add_stack("prod", outputs={"imageDigest": "old@sha256:" + "0" * 64})
+
+    def job(name: str, stack: str) -> Context:
+        subprocess.run(
+            ["git", "clone", "-q", str(origin), str(tmp_path / name)], check=True, capture_output=True
+        )
+        return Context(
+            work_dir=tmp_path / name,
+            pulumi_command=backend.command(credentials=[stack]),
+            clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
+            actor=lambda: "octocat",
+            check_image_source=lambda ref: None,
+            check_registry_tools=lambda provider: None,
+            image_labels=lambda ref: {},
+        )
+
+    from_dev = SourceCheck.from_json(check_source(job("source-dev", "dev"), "dev").to_json(), "r")
+    assert preview_promotion(job("preview-staging", "staging"), "dev", "staging", checked=from_dev)[1].ok
+    promote(job("staging", "staging"), "dev", "staging", checked=from_dev)
+    from_staging = SourceCheck.from_json(
+        check_source(job("source-staging", "staging"), "staging").to_json(), "r"
+    )
+    assert from_staging.digest == registry_ref("staging", DIGEST)
+    assert preview_promotion(job("preview-prod", "prod"), "staging", "prod", checked=from_staging)[1].ok
+    promote(job("prod", "prod"), "staging", "prod", checked=from_staging)
+
+    deployed = backend.stacks["prod"].deployed_config()
+    assert deployed["rag:image"]["value"] == registry_ref("staging", DIGEST)
+    assert deployed["rag:service"]["objectValue"] == {"replicas": 5, "settings": {"chunkSize": 300}}

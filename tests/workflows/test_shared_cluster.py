@@ -86,6 +86,9 @@ def pr_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, 
         pulumi_command=backend.command(),
         clock=lambda: datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
         actor=lambda: "octocat",
+        check_build_daemon=lambda: (
+            None
+        ),  # a module fixture: the conftest's function-scoped no-op does not reach it
     )
     configs = {}
     for name in PR_STACKS:
@@ -228,3 +231,19 @@ def test_dev_and_pr_gateways_merge_onto_one_envoy_fleet(shared_runs: list[StackR
     ]
     assert envoy_proxy in applied
     assert gateway_class in applied
+
+
+def test_pr_stacks_as_ci_makes_them_pass_the_policy_pack_their_up_runs(
+    shared_runs: list[StackRun], pr_configs: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """`ragops ephemeral up` runs `pulumi up --policy-pack infra/policy` (as `up`, `promote` and `rollback` do):
+    the committed template's PR stacks must pass it, in the environment the pack reads (`rag:environment`, dev's
+    from the base file: the TLS and prod-protection rules do not apply; resources, non-root, pinned images, the
+    Qdrant key and PDBs do). Even the TLS rules pass: a PR stack serves HTTPS from its own Issuer."""
+    for run in shared_runs[1:]:
+        environment = pr_configs[run.stack].get("rag:environment", run.stack)
+        assert environment == "dev"
+        for checked_as in (environment, "staging"):
+            report = render.render_run(run, tmp_path / run.stack / checked_as, environment=checked_as)
+            assert report.violations == [], (run.stack, checked_as)
+            assert report.problems == [], (run.stack, checked_as)

@@ -387,10 +387,19 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     docs_enabled: bool | None = Field(None, description="OpenAPI UI; default on except in production")
 
-    @field_validator("embedding_model_path", mode="before")
+    @field_validator(
+        "embedding_model_path",
+        "api_keys_file",
+        "edge_path",
+        "qdrant_path",
+        "embedding_cache_dir",
+        "llm_tokenizer_path",
+        mode="before",
+    )
     @classmethod
-    def _empty_model_path_is_unset(cls, value: object) -> object:
-        # `EMBEDDING_MODEL_PATH=` (empty) means unset (fastembed's cache), not the current directory.
+    def _empty_path_is_unset(cls, value: object) -> object:
+        # `EMBEDDING_MODEL_PATH=` (empty, e.g. to override .env from the shell) means unset, not the current
+        # directory: `API_KEYS_FILE=` was read as "." (EYES10).
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("api_keys", mode="before")
@@ -507,17 +516,11 @@ class Settings(BaseSettings):
         if any(origin.strip().lower() == "null" for origin in self.cors_origins):
             # Sandboxed iframes and file:// pages all send Origin: null; allowing it allows any of them.
             raise SettingsError("CORS_ORIGINS='null' is refused when ENVIRONMENT=production")
-        keys = self.load_api_keys()
+        keys = self.load_api_keys()  # refuses short keys, naming API_KEYS or the file they came from
         if not keys:
             raise SettingsError(
                 "ENVIRONMENT=production needs at least one key in API_KEYS or API_KEYS_FILE "
                 f"({self.api_keys_file or 'API_KEYS'} holds none)"
-            )
-        short = [key for key in keys if len(key) < MIN_PRODUCTION_KEY_LENGTH]
-        if short:
-            raise SettingsError(
-                f"API_KEYS: {len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters are refused "
-                "when ENVIRONMENT=production (generate keys with `openssl rand -hex 32`)"
             )
         admin = self.admin_api_key.get_secret_value() if self.admin_api_key is not None else None
         if admin is not None and len(admin) < MIN_PRODUCTION_KEY_LENGTH:
@@ -569,15 +572,27 @@ class Settings(BaseSettings):
         return self.environment != "production" if self.docs_enabled is None else self.docs_enabled
 
     def load_api_keys(self) -> dict[str, str]:
-        """API key -> tenant, merging API_KEYS and the file at API_KEYS_FILE (re-read on each call)."""
-        keys = dict(self.api_keys)
+        """API key -> tenant, merging API_KEYS and the file at API_KEYS_FILE (re-read on each call). Production's
+        key rules are checked here, so a live edit of the file is held to them as the start-up is (EYES10: a short
+        key added at run time was served, and the next restart refused to start)."""
+        keys = self._production_keys(dict(self.api_keys), "API_KEYS")
         if self.api_keys_file is not None:
+            source = f"API_KEYS_FILE {self.api_keys_file}"
             try:
                 content = self.api_keys_file.read_text(encoding="utf-8")
             except OSError as exc:
-                raise SettingsError(f"API_KEYS_FILE {self.api_keys_file} cannot be read: {exc}") from exc
+                raise SettingsError(f"{source} cannot be read: {exc}") from exc
             # Its errors name the file, not API_KEYS (EYES9 L7: a broken file was reported as API_KEYS).
-            keys.update(parse_api_keys(content, source=f"API_KEYS_FILE {self.api_keys_file}"))
+            keys.update(self._production_keys(parse_api_keys(content, source=source), source))
+        return keys
+
+    def _production_keys(self, keys: dict[str, str], source: str) -> dict[str, str]:
+        short = [key for key in keys if len(key) < MIN_PRODUCTION_KEY_LENGTH]
+        if short and self.environment == "production":
+            raise SettingsError(
+                f"{source}: {len(short)} key(s) shorter than {MIN_PRODUCTION_KEY_LENGTH} characters are refused "
+                "when ENVIRONMENT=production (generate keys with `openssl rand -hex 32`)"
+            )
         return keys
 
 

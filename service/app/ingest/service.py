@@ -281,8 +281,16 @@ class IngestService:
         return vectors.chunk_texts(tenant_id, record.document_id, record.version, [0]) == [None]
 
     async def accept(self, tenant_id: str, document_id: str) -> int:
-        """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`."""
+        """Take an async write's ticket at its acceptance (before the 202): see `DocumentRegistry.accept_write`.
+
+        ServiceUnavailable, as the same write sent synchronously, while the vector store refuses writes now (the
+        embedded store's disk below READY_MIN_FREE_BYTES, or a failed WAL sync): a 202 would promise a job that
+        can only spend its attempts and fail (EYES10)."""
         validate_new_document_id(document_id)
+        # Only the embedded engine manages a disk of its own; the other adapters have nothing to check.
+        check_room = getattr(self.index.current.vectors, "check_room", None)
+        if check_room is not None:
+            await to_thread.run_sync(check_room)
         return await to_thread.run_sync(self.registry.accept_write, tenant_id, document_id)
 
     async def _write(

@@ -228,6 +228,10 @@ class CachedSearch:
     def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None] | None:
         """(key, cached value or None); None when there is no safe key (the data version is unavailable)."""
         live = getattr(self._inner, "live", None)
+        if live is not None and live.registry_down():
+            # A registry read failed a moment ago: the search answers from the live-version copy without asking
+            # it; this read would only add its wait (up to DATABASE_CONNECT_TIMEOUT_SECONDS on a lost host).
+            return None
         read_from = live.now() if live is not None else 0.0
         try:
             version = self._registry.data_version(tenant_id)

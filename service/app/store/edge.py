@@ -108,6 +108,7 @@ import qdrant_edge as qe
 
 from service.app.core.config import Settings
 from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.files import make_private_dirs
 from service.app.core.metrics import EDGE_CONSOLIDATIONS, FAILURES, METADATA_INDEX_BACKLOG
 from service.app.store import edge_ops
 from service.app.store.group_sync import GroupSync
@@ -198,7 +199,7 @@ QUANTIZATION_OVERSAMPLING = 2.0
 # builds one graph per tenant (per value of the ``is_tenant`` ``tenant_id`` index) over that tenant's points in a
 # segment, for every tenant above a quarter of the full-scan threshold (lib/segment hnsw/build.rs: with m 0 no
 # block is too large for its own graph). A tenant-filtered walk then meets no rejected neighbour: the plain walk's
-# cost, and no unreachable cliques (recall@5 0.98-0.99 in every build measured where the global graph's plain
+# cost, and no unreachable cliques (recall@5 0.981-0.998 in the eight builds measured where the global graph's plain
 # walk fell to 0.91: "The tenant graph layout, stop 20" in docs/benchmarks.md). ACORN stays on for merged
 # segments (it costs nothing where no neighbour is rejected, and still bridges what a metadata condition or a
 # deleted point rejects), for every tenant. The other indexes (document_id, version, metadata.*) are created
@@ -322,6 +323,14 @@ def refuse_local_beside_edge(settings: Settings) -> None:
     )
 
 
+class DiskNearlyFull(ServiceUnavailable):
+    """A write refused because the store's volume has less free space than READY_MIN_FREE_BYTES."""
+
+
+# Retry-After of that 503: space comes back only when an operator frees it, so not a tight retry loop.
+DISK_FULL_RETRY_SECONDS = 60
+
+
 class DirectoryLock:
     """An exclusive, non-blocking ``flock`` on ``<directory>/.lock``; released on close or when the process dies."""
 
@@ -341,7 +350,7 @@ class DirectoryLock:
 
     def _acquire(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)  # DATA_DIR and edge/ hold every chunk's text: 0700
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:  # EDGE_PATH is a file, or this user may not write it
             raise EmbeddedStoreError(
@@ -871,6 +880,8 @@ class _Optimizer:
                     left = self._consolidate(self._stopped)
                     with self._changed:
                         self._settling = left is True and self._settle is not None
+            except DiskNearlyFull as exc:  # refused before it wrote anything: the cause, not a traceback
+                logger.error("edge store %s not run: %s", "optimization" if work == "pass" else work, exc)
             except Exception as exc:  # an optimizer failure leaves the data as it was; retry after next write
                 FAILURES.labels(component="vector_store").inc()
                 logger.error("edge store %s failed", "optimization" if work == "pass" else work, exc_info=exc)
@@ -1238,11 +1249,13 @@ class EdgeVectorStore:
             self._lock.acquire()
             self._holds_lock = True
             try:
+                free_before = self._free_bytes()
                 self._shard = self._open()
                 self._read_record()
                 self._search_params = self._read_search_params()
                 self._ensure_indexes()
                 self._ensure_sparse()
+                self._refuse_if_opening_filled_the_disk(free_before)
             except BaseException:
                 self._close_locked()
                 raise
@@ -1262,6 +1275,25 @@ class EdgeVectorStore:
                     settling=self.left_alone,
                 )
                 self._optimizer.start()
+
+    def _refuse_if_opening_filled_the_disk(self, free_before: int) -> None:
+        """EmbeddedStoreError when opening took the volume below ``min_free_bytes``. `_open` checks the free space
+        before it, but loading a shard makes its preallocated files real and replays its WAL: 600 chunks written
+        by one process grew from 11 to 58 MB at the next start (EYES10 S6b), so a start with 64-111 MiB free came
+        up refusing every write, its resumed jobs failing. How much a load writes is not known before it (the
+        files' holes bound it, but a fresh store's are ~200 MB it never fills), so the check is after it."""
+        if not self.min_free_bytes:
+            return
+        free = self._free_bytes()
+        if free >= self.min_free_bytes:
+            return
+        mib = 1024 * 1024
+        raise EmbeddedStoreError(
+            f"opening the embedded store at {self.path} wrote {max(0, free_before - free) // mib} MiB (loading its "
+            f"segments and replaying its write-ahead log): {free // mib} MiB are free now, below "
+            f"READY_MIN_FREE_BYTES ({self.min_free_bytes // mib} MiB), so it would refuse every write; free space "
+            "on the volume (or grow it), then start again. The stored data is intact"
+        )
 
     def _optimize_pass(self) -> None:
         """One bounded optimisation pass (the background optimizer's; holds the GIL while it runs)."""
@@ -1978,11 +2010,17 @@ class EdgeVectorStore:
         if free < self.min_free_bytes:
             FAILURES.labels(component="vector_store").inc()
             logger.error("write refused: %d bytes free under %s, below READY_MIN_FREE_BYTES", free, self.path)
-            raise ServiceUnavailable(
+            raise DiskNearlyFull(
                 f"the embedded store's disk is nearly full ({free // (1024 * 1024)} MiB free, below "
                 f"READY_MIN_FREE_BYTES {self.min_free_bytes // (1024 * 1024)} MiB): writes are refused until "
-                "space is freed; searches still work"
+                "space is freed; searches still work",
+                retry_after=DISK_FULL_RETRY_SECONDS,
             )
+
+    def check_room(self) -> None:
+        """What a write would be refused for now (`_check_room`), for a write accepted before it runs: an async
+        write's 202 must not promise what a full disk already refuses."""
+        self._check_room()
 
     @_guarded
     def upsert(self, points: Sequence[ChunkPoint]) -> None:

@@ -136,6 +136,11 @@ class LiveVersions:
             if dropped is not None:
                 self._held -= len(dropped.versions)
 
+    def registry_down(self) -> bool:
+        """Whether searches answer from the copy without asking the registry right now (a read failed less than
+        RETRY_SECONDS ago, or one search is probing it)."""
+        return self.outage_seconds > 0 and self._clock() < self._down_until
+
     def now(self) -> float:
         """The copy's clock (read before a registry read that will `confirm` the copy)."""
         return self._clock()

@@ -28,7 +28,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ClassVar, ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from qdrant_client import QdrantClient, models
@@ -201,6 +201,11 @@ class LocalPointIndex:
 class QdrantVectorStore:
     """VectorStore over qdrant-client, server or local mode."""
 
+    #: Set by a dry run (service.reconcile --dry-run) before it opens the store in place: `ensure_collection` then
+    #: only reads. A missing collection is refused (VectorStoreOpenError), not created; no memory layout, payload
+    #: index or sparse vector is added. Process-wide: that process opens nothing else.
+    read_only: ClassVar[bool] = False
+
     def __init__(
         self, client: QdrantClient, *, collection: str, dimension: int, local: bool, settings: Settings
     ) -> None:
@@ -310,8 +315,16 @@ class QdrantVectorStore:
     @_guarded
     def ensure_collection(self) -> None:
         """Create the collection (dense + BM25 sparse vector) and its payload indexes when missing; check the
-        dimension when present, and add the sparse vector to a local-mode collection that predates it."""
-        if self.client.collection_exists(self.collection):
+        dimension when present, and add the sparse vector to a local-mode collection that predates it (only the
+        reads when `read_only`)."""
+        exists = self.client.collection_exists(self.collection)
+        if self.read_only and not exists:
+            where = "the Qdrant server (QDRANT_URL)" if not self.local else "the local-mode store"
+            raise VectorStoreOpenError(
+                f"collection {self.collection} does not exist on {where}, and opening the store would create it "
+                "empty: a dry run changes nothing. Restore the collection, or run without --dry-run"
+            )
+        if exists:
             info = self.client.get_collection(self.collection)
             vectors = info.config.params.vectors
             size = vectors.size if isinstance(vectors, models.VectorParams) else None
@@ -321,7 +334,7 @@ class QdrantVectorStore:
                 )
             self.has_sparse = SPARSE_VECTOR in (info.config.params.sparse_vectors or {})
             indexed = _metadata_kinds(info.payload_schema)
-            if not self.local:
+            if not self.local and not self.read_only:
                 self._apply_memory_layout(info)
         else:
             indexed = {}
@@ -342,8 +355,17 @@ class QdrantVectorStore:
             self.has_sparse = True
         if self.local:
             self._points = self._scan_points()
-            if not self.has_sparse:
+            if not self.has_sparse and not self.read_only:
                 self._add_sparse_vector()
+            return
+        if self.read_only:
+            self.metadata_budget = MetadataKeyBudget(
+                self._settings.metadata_index_max_keys,
+                store="qdrant",
+                collection=self.collection,
+                existing=indexed,
+                refresh=self._indexed_metadata_keys,
+            )
             return
         if not self.has_sparse:
             # Adding a vector to a live server collection needs Qdrant 1.18 (the stacks run 1.15), and other

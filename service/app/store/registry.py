@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import functools
 import json
 import logging
@@ -66,6 +67,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from service.app.core.files import make_private_dirs
 from service.app.core.metrics import FAILURES
 from service.app.ingest.models import has_lone_surrogate
 
@@ -354,6 +356,20 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def _disk_full(exc: SQLAlchemyError) -> bool:
+    """Whether the database refused for want of disk space: SQLite's SQLITE_FULL ("database or disk is full"),
+    an ENOSPC, or PostgreSQL's disk_full (53100)."""
+    cause = getattr(exc, "orig", None)
+    if (
+        isinstance(cause, sqlite3.Error)
+        and (getattr(cause, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    ):
+        return True
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        return True
+    return getattr(cause, "sqlstate", None) == "53100"
+
+
 def _guarded(func: Callable[P, R]) -> Callable[P, R]:
     """Turn backend failures into ServiceUnavailable (domain errors pass through untouched)."""
 
@@ -364,6 +380,13 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
         except SQLAlchemyError as exc:
             FAILURES.labels(component="registry").inc()
             logger.warning("registry call %s failed: %s", func.__name__, exc)
+            if _disk_full(exc):
+                # The cause the operator can act on, not only in the log (EYES10: a DELETE on a full disk).
+                raise ServiceUnavailable(
+                    "document registry unavailable: its disk is full (the database refused the write for want "
+                    "of space); nothing was changed: free space on the volume, then retry",
+                    retry_after=60,
+                ) from exc
             raise ServiceUnavailable("document registry unavailable; retry later") from exc
 
     return wrapper
@@ -518,7 +541,7 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(Path(database).parent)  # it holds every document's text: 0700
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         sa.event.listen(
             engine, "connect", functools.partial(_sqlite_pragmas, "FULL" if durable else "NORMAL")

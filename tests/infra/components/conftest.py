@@ -20,6 +20,8 @@ from pulumi.runtime.mocks import MockMonitor
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from infra.offline import kubernetes_id, kubernetes_read_target, parse_fq_name
+
 SECRET_SIG = rpc._special_sig_key
 SECRET_VALUE = rpc._special_secret_sig
 
@@ -112,7 +114,19 @@ class _Mocks(pulumi.runtime.Mocks):
         if args.typ in ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"):
             state.setdefault("bucket", state.get("bucket") or f"{args.name}-bucket")
             state.setdefault("arn", f"arn:aws:s3:::{state['bucket']}")
-        return f"{args.name}-id", state
+        if args.resource_id:
+            # A read: resolved and refused where pulumi-kubernetes would (REVIEW10 F0), as the stack runs do.
+            if args.typ.startswith("kubernetes:"):
+                namespace, object_name = kubernetes_read_target(state, args.resource_id)
+                id_namespace = parse_fq_name(args.resource_id)[0]
+                if id_namespace and (namespace or "default") != id_namespace:
+                    raise RuntimeError(
+                        f"resource '{args.resource_id}' does not exist: pulumi-kubernetes looks for {object_name} "
+                        f"in `{namespace or 'default'}`"
+                    )
+            return args.resource_id, state
+        # Kubernetes objects get pulumi-kubernetes' ids (`<namespace>/<name>`), as in infra/offline.py.
+        return kubernetes_id(args.typ, state) or f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         return {}
