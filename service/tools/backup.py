@@ -364,6 +364,11 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
     """Put the backup at ``source`` in place of the stopped store; with ``force``, what was there is moved aside."""
     registry, edge = _check_embedded(settings)
     manifest = verify(source)
+    if (source / LEGACY).is_dir() and str(settings.resolved_qdrant_path) == ":memory:":
+        raise BackupError(
+            f"{source} holds a local-mode store ({LEGACY}/) and QDRANT_PATH is :memory:: unset QDRANT_PATH (default "
+            "DATA_DIR/qdrant) to restore it"
+        )
     legacy = _legacy_path(settings)
     occupied = _occupied(registry, edge, legacy)
     if occupied and not force:

@@ -100,3 +100,21 @@ def test_restoring_a_vectorless_backup_beside_a_retired_store_says_to_move_it_ba
     assert rolled_back.returncode == 0, rolled_back.stderr
     assert rolled_back.stderr.startswith("backup: warning: this backup holds no vectors"), rolled_back.stderr
     assert f"mv {target / 'qdrant.migrated'} {target / 'qdrant'}" in rolled_back.stderr
+
+
+def test_a_backup_with_a_local_mode_store_is_not_restored_into_a_memory_qdrant_path(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "qdrant" / "collection" / "c").mkdir(parents=True)
+    (source / "qdrant" / "meta.json").write_text('{"collections": {}}')
+    sqlite3.connect(source / "registry.db").close()
+    backup = tmp_path / "with-qdrant"
+    made = _run("service.tools.backup", "create", str(backup), data_dir=source)
+    assert made.returncode == 0, made.stderr
+    assert (backup / "qdrant" / "meta.json").is_file()
+    assert not (backup / "qdrant" / ".lock").exists()  # qdrant-client's lock file, taken during the copy
+
+    target = tmp_path / "target"
+    refused = _run("service.tools.backup", "restore", str(backup), data_dir=target, QDRANT_PATH=":memory:")
+    assert refused.returncode == 2, refused.stderr
+    assert "QDRANT_PATH is :memory:" in refused.stderr
+    assert not (target / "registry.db").exists()
