@@ -364,6 +364,11 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
     """Put the backup at ``source`` in place of the stopped store; with ``force``, what was there is moved aside."""
     registry, edge = _check_embedded(settings)
     manifest = verify(source)
+    if (source / LEGACY).is_dir() and str(settings.resolved_qdrant_path) == ":memory:":
+        raise BackupError(
+            f"{source} holds a local-mode store ({LEGACY}/) and QDRANT_PATH is :memory:: unset QDRANT_PATH (default "
+            "DATA_DIR/qdrant) to restore it"
+        )
     legacy = _legacy_path(settings)
     occupied = _occupied(registry, edge, legacy)
     if occupied and not force:
@@ -423,6 +428,26 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
     return manifest
 
 
+def vectorless_rollback_hint(settings: Settings, manifest: dict[str, Any]) -> str | None:
+    """A warning when a restored backup holds no vectors while DATA_DIR keeps a store `migrate_store` retired:
+    a backup an earlier version of this tool took of a local-mode store (it copied the registry only, EYES10),
+    which an earlier release then serves with every search empty unless that store is moved back."""
+    if any(name.startswith((f"{EDGE}/", f"{LEGACY}/")) for name in manifest["files"]):
+        return None
+    qdrant_path = settings.resolved_qdrant_path
+    if str(qdrant_path) == ":memory:" or qdrant_path.exists():
+        return None
+    retired = sorted(qdrant_path.parent.glob(f"{qdrant_path.name}.migrated*"))
+    if not retired:
+        return None
+    return (
+        f"this backup holds no vectors (no {EDGE}/ shards, no {LEGACY}/ store), and {retired[-1]} holds the "
+        "local-mode store migrate_store retired: if the backup was taken before the migration (by a backup "
+        f"tool that did not copy {LEGACY}/), run `mv {retired[-1]} {qdrant_path}` before the earlier release "
+        "starts here, or every search it answers is empty"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m service.tools.backup", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -449,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                 manifest = create(settings, args.target)
             else:
                 manifest = restore(settings, args.source, force=args.force)
+                hint = vectorless_rollback_hint(settings, manifest)
+                if hint is not None:
+                    print(f"backup: warning: {hint}", file=sys.stderr)
     except (ValidationError, SettingsError) as exc:
         print(f"backup: error: {describe_settings_error(exc)}", file=sys.stderr)
         return 2

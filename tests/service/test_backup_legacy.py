@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 from pathlib import Path
 
 from qdrant_client import QdrantClient
@@ -80,3 +81,40 @@ def test_backup_of_a_local_mode_store_keeps_its_vectors_through_migrate_and_roll
         service.client() as http,
     ):
         assert _served(http) == set(DOCUMENTS)
+
+
+def test_restoring_a_vectorless_backup_beside_a_retired_store_says_to_move_it_back(tmp_path: Path) -> None:
+    # What an earlier version of the tool made of a local-mode DATA_DIR: the registry and an empty edge/.
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    sqlite3.connect(source / "registry.db").close()
+    backup = tmp_path / "registry-only"
+    assert _run("service.tools.backup", "create", str(backup), data_dir=source).returncode == 0
+    target.mkdir()
+    plain = _run("service.tools.backup", "restore", str(backup), data_dir=target)
+    assert plain.returncode == 0, plain.stderr
+    assert "warning" not in plain.stderr  # nothing retired there: nothing to say
+
+    (target / "qdrant.migrated" / "collection").mkdir(parents=True)
+    rolled_back = _run("service.tools.backup", "restore", "--force", str(backup), data_dir=target)
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert rolled_back.stderr.startswith("backup: warning: this backup holds no vectors"), rolled_back.stderr
+    assert f"mv {target / 'qdrant.migrated'} {target / 'qdrant'}" in rolled_back.stderr
+
+
+def test_a_backup_with_a_local_mode_store_is_not_restored_into_a_memory_qdrant_path(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "qdrant" / "collection" / "c").mkdir(parents=True)
+    (source / "qdrant" / "meta.json").write_text('{"collections": {}}')
+    sqlite3.connect(source / "registry.db").close()
+    backup = tmp_path / "with-qdrant"
+    made = _run("service.tools.backup", "create", str(backup), data_dir=source)
+    assert made.returncode == 0, made.stderr
+    assert (backup / "qdrant" / "meta.json").is_file()
+    assert not (backup / "qdrant" / ".lock").exists()  # qdrant-client's lock file, taken during the copy
+
+    target = tmp_path / "target"
+    refused = _run("service.tools.backup", "restore", str(backup), data_dir=target, QDRANT_PATH=":memory:")
+    assert refused.returncode == 2, refused.stderr
+    assert "QDRANT_PATH is :memory:" in refused.stderr
+    assert not (target / "registry.db").exists()
