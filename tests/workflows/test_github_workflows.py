@@ -239,6 +239,55 @@ def test_no_promotion_job_reads_a_stack_of_another_environment() -> None:
     }
 
 
+def test_target_jobs_log_in_to_the_committed_sources_registry_before_promoting() -> None:
+    """REVIEW_INFRA20 R1: the committed staging is on GKE, so prod's preview and promotion jobs read staging's
+    Artifact Registry (skopeo, logged in by gcloud) on the prod runner: they must authenticate GCP from their own
+    environment's variables (`prod` / `prod-drift`, docs/delivery.md) and install gcloud, before ragops runs; and
+    the same for AWS, should the source be on eks."""
+    committed = {
+        stack: yaml.safe_load((REPO_ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]["rag:cluster"][
+            "provider"
+        ]
+        for stack in ("dev", "staging")
+    }
+    assert committed["staging"] == "gke"  # the case R1 is about; the check below covers any provider
+    login_action = {"gke": "google-github-actions/auth@", "eks": "aws-actions/configure-aws-credentials@"}
+    gate = {"gke": "vars.GCP_WORKLOAD_IDENTITY_PROVIDER != ''", "eks": "vars.AWS_ROLE_ARN != ''"}
+    jobs = _load("promote.yml")["jobs"]
+    for name, source in (
+        ("preview-staging", "dev"),
+        ("staging", "dev"),
+        ("preview-prod", "staging"),
+        ("prod", "staging"),
+    ):
+        steps = jobs[name]["steps"]
+        [promote_at] = [i for i, s in enumerate(steps) if ".venv/bin/ragops promote" in s.get("run", "")]
+        for provider in ("gke", "eks"):
+            [login_at] = [
+                i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith(login_action[provider])
+            ]
+            assert login_at < promote_at, name
+            # Gated on the environment's own variables only: set them in `prod`/`prod-drift` and the login runs.
+            assert steps[login_at].get("if") == gate[provider], name
+        gcloud = [
+            i
+            for i, s in enumerate(steps)
+            if str(s.get("uses", "")).startswith("google-github-actions/setup-gcloud@")
+        ]
+        assert gcloud, name
+        assert gcloud[0] < promote_at, name
+        if committed[source] == "gke":
+            assert steps[gcloud[0]].get("if") == gate["gke"], name
+    delivery = (REPO_ROOT / "docs" / "delivery.md").read_text()
+    section = delivery[delivery.index("#### What a promotion job needs from its source") :]
+    section = section[: section.index("\n#")]
+    for needle in (
+        "`prod` and `prod-drift` need a GCP identity",
+        "`roles/artifactregistry.reader` on staging's",
+    ):
+        assert needle in " ".join(section.split()), needle
+
+
 def test_approvers_read_the_targets_preview_before_the_approval() -> None:
     """REVIEW10 F4: the environment's approval gates the promotion job, whose `up` shows nothing beforehand. A job
     per target without reviewers (`<stack>-drift`) writes the target's preview with the promoted config to its
