@@ -322,6 +322,7 @@ def test_approvers_read_the_targets_preview_before_the_approval() -> None:
         assert upload["with"]["name"] == "previewed-${{ matrix.stack }}"
         assert upload["with"]["path"] == "${{ runner.temp }}/previewed/target-version.json"
         assert upload["with"]["if-no-files-found"] == "error"
+        assert upload["with"]["overwrite"] is True  # a re-run preview replaces it (artifact names are unique)
         assert int(upload["with"]["retention-days"]) >= 30  # an approval may come 30 days later
         steps = promotion["steps"]
         [download] = [
