@@ -750,7 +750,24 @@ def check_registry_tools(provider: str, *, which: Callable[[str], str | None] = 
 
 
 class BuildPrerequisiteError(Exception):
-    """This machine cannot build the service image: no Docker daemon answers (the message says where it looked)."""
+    """This machine cannot build the service image: no buildx builder (or, without buildx, no Docker daemon) answers
+    (the message says where it looked)."""
+
+
+def _docker(
+    run: Callable[..., subprocess.CompletedProcess[str]], args: list[str], what: str
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return run(["docker", *args], capture_output=True, text=True, check=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise BuildPrerequisiteError(
+            f"`docker {' '.join(args)}` did not answer within 120 s ({what}): start it, or set DOCKER_HOST (or "
+            "`docker context use` / `docker buildx use`) to one that runs."
+        ) from None
+
+
+def _last_line(done: subprocess.CompletedProcess[str], default: str) -> str:
+    return (done.stderr.strip().splitlines() or [default])[-1]
 
 
 def check_build_daemon(
@@ -759,33 +776,32 @@ def check_build_daemon(
     run: Callable[..., subprocess.CompletedProcess[str]] = subprocess.run,
     environ: Mapping[str, str] = os.environ,
 ) -> None:
-    """What an `up` that builds the service image on this machine needs: a Docker daemon. pulumi-docker-build builds
-    with the daemon's BuildKit through its API (at DOCKER_HOST, else the docker CLI's current context), not with the
-    docker binary; without one the `up` failed at the image after it had started changing the stack. With the
-    docker CLI here, `docker version` asks that same daemon (context included); without it, a unix-socket
-    DOCKER_HOST (or the default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
+    """What an `up` that builds the service image on this machine needs: a build daemon. pulumi-docker-build builds
+    through a buildx builder from the docker CLI's builder store (provider/internal/host.go `builderFor`): a
+    `remote`, `kubernetes` or `docker-container` builder it can reach, else it creates a `docker-container` one,
+    which needs a Docker daemon. So with the buildx plugin here, `docker buildx inspect --bootstrap` asks the
+    current builder to start and answer (a remote/kubernetes builder needs no local dockerd); without the plugin,
+    `docker version` asks the daemon (context included); without the docker CLI, a unix-socket DOCKER_HOST (or the
+    default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
 
-    Raises BuildPrerequisiteError naming the daemon's address and what to do."""
+    Raises BuildPrerequisiteError naming what did not answer and what to do."""
     if which("docker") is not None:
-        try:
-            done = run(
-                ["docker", "version", "--format", "{{.Server.Version}}"],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=30,
-            )
-        except subprocess.TimeoutExpired:
-            raise BuildPrerequisiteError(
-                "the Docker daemon did not answer `docker version` within 30 s: start it, or set DOCKER_HOST (or "
-                "`docker context use`) to one that runs."
-            ) from None
+        if _docker(run, ["buildx", "version"], "the buildx plugin").returncode == 0:
+            done = _docker(run, ["buildx", "inspect", "--bootstrap"], "the current buildx builder")
+            if done.returncode != 0:
+                raise BuildPrerequisiteError(
+                    f"the current buildx builder does not start (`docker buildx inspect --bootstrap`: "
+                    f"{_last_line(done, 'no reason given')}): start the Docker daemon, or `docker buildx use` a "
+                    "builder that runs (a `remote` or `kubernetes` one needs no local daemon); or deploy a built "
+                    "image with `rag:image`."
+                )
+            return
+        done = _docker(run, ["version", "--format", "{{.Server.Version}}"], "the Docker daemon")
         if done.returncode != 0 or not done.stdout.strip():
-            reason = (done.stderr.strip().splitlines() or ["no server version"])[-1]
             raise BuildPrerequisiteError(
-                f"no Docker daemon answers `docker version` ({reason}): start it (the build runs in its BuildKit), "
-                "or set DOCKER_HOST (or `docker context use`) to one that runs; or deploy a built image with "
-                "`rag:image`."
+                f"no Docker daemon answers `docker version` ({_last_line(done, 'no server version')}) and there is "
+                "no buildx plugin: start the daemon (the build runs in its BuildKit), or set DOCKER_HOST (or "
+                "`docker context use`) to one that runs; or deploy a built image with `rag:image`."
             )
         return
     host = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"

@@ -212,7 +212,8 @@ def require_registry_tools(ctx: Context, stack: str, provider: str, what: str | 
 
 def require_build_daemon(ctx: Context, stack: str) -> None:
     """Raise WorkflowError, before the update changes anything, when it builds the service image (no `rag:image`)
-    and no Docker daemon answers on this machine (`infra.components.image.check_build_daemon`)."""
+    and no build daemon answers on this machine (`infra.components.image.check_build_daemon`: the current
+    buildx builder, else the Docker daemon)."""
     from infra.components.image import BuildPrerequisiteError, check_build_daemon
 
     check = check_build_daemon if ctx.check_build_daemon is None else ctx.check_build_daemon

@@ -130,8 +130,8 @@ class Context:
     #: Checks that this machine has the tools a gke/eks `up` runs to tag images in the stack's own registry (`provider`
     #: -> raises with the reason). None: `infra.components.image.check_registry_tools` (skopeo and gcloud/aws on PATH).
     check_registry_tools: Callable[[str], None] | None = None
-    #: Checks that a Docker daemon answers on this machine, for an `up` that builds the image (raises with the
-    #: reason). None: `infra.components.image.check_build_daemon`.
+    #: Checks that a buildx builder (else a Docker daemon) answers on this machine, for an `up` that builds the image
+    #: (raises with the reason). None: `infra.components.image.check_build_daemon`.
     check_build_daemon: Callable[[], None] | None = None
     #: Reads an image's labels (`ref` -> {label: value}) from its registry; raises `infra.schema.ImageLabelError`
     #: when it cannot. None: `infra.schema.read_image_labels` (skopeo, the promotion copy's logins).

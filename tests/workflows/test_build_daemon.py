@@ -1,13 +1,12 @@
-"""An `up` that builds the service image needs a Docker daemon on this machine (pulumi-docker-build builds with its
-BuildKit through the daemon's API): `ragops up` and `ragops ephemeral up` refuse before anything changes when none
-answers, instead of failing at the image after the stack's other resources were created or updated."""
+"""An `up` that builds the service image needs a build daemon on this machine (pulumi-docker-build builds through a
+buildx builder: a remote/kubernetes one needs no local dockerd; without buildx, the Docker daemon's BuildKit):
+`ragops up` and `ragops ephemeral up` refuse before anything changes when none answers, instead of failing at the
+image after the stack's other resources were created or updated."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,26 +16,82 @@ from infra.workflows.stacks import Context, WorkflowError
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
 
 
-def _docker(returncode: int, stdout: str = "", stderr: str = "") -> Any:
-    def run(args: list[str], **_kwargs: Any) -> subprocess.CompletedProcess[str]:
-        assert args[:2] == ["docker", "version"]
-        return subprocess.CompletedProcess(args, returncode, stdout, stderr)
-
-    return run
-
-
-def test_a_daemon_that_answers_passes() -> None:
-    check_build_daemon(which=lambda _: "/usr/bin/docker", run=_docker(0, "28.5.1\n"))
-
-
-def test_no_daemon_behind_the_docker_cli_names_the_cli_s_reason() -> None:
-    reason = (
-        "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+def _fake_docker(tmp_path: Path, *, buildx: bool, bootstrap: bool, daemon: bool) -> Path:
+    """A `docker` CLI on PATH: the buildx plugin (or none, with the real CLI's error), a current builder that starts
+    or not (`buildx inspect --bootstrap`), a daemon that answers `docker version` or not. Logs each call."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "docker.log"
+    plugin = (
+        "echo 'github.com/docker/buildx v0.29.1 a1b2c3d'; exit 0"
+        if buildx
+        else "echo \"docker: 'buildx' is not a docker command.\" >&2; exit 1"
     )
+    builder = (
+        "echo 'Name: k8s'; echo 'Driver: kubernetes'; echo 'Status: running'; exit 0"
+        if bootstrap
+        else "echo 'ERROR: failed to dial gRPC: cannot connect to the Docker daemon' >&2; exit 1"
+    )
+    server = (
+        "echo 28.5.1; exit 0"
+        if daemon
+        else "echo; echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2; exit 1"
+    )
+    (bin_dir / "docker").write_text(
+        f"""#!/bin/sh
+echo "$*" >> {log}
+case "$1 $2" in
+  "buildx version") {plugin} ;;
+  "buildx inspect") [ "$3" = --bootstrap ] || exit 3; {builder} ;;
+  "version --format") {server} ;;
+esac
+exit 4
+"""
+    )
+    (bin_dir / "docker").chmod(0o755)
+    return bin_dir
+
+
+def _calls(tmp_path: Path) -> list[str]:
+    return (tmp_path / "docker.log").read_text().splitlines()
+
+
+def test_a_remote_builder_without_a_local_daemon_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pulumi-docker-build builds through a buildx builder (a kubernetes/remote driver needs no local dockerd)."""
+    monkeypatch.setenv("PATH", str(_fake_docker(tmp_path, buildx=True, bootstrap=True, daemon=False)))
+    check_build_daemon()
+    assert _calls(tmp_path) == ["buildx version", "buildx inspect --bootstrap"]
+
+
+@pytest.mark.parametrize("daemon", [True, False])
+def test_a_builder_that_does_not_start_is_refused_with_buildx_s_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, daemon: bool
+) -> None:
+    monkeypatch.setenv("PATH", str(_fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=daemon)))
+    with pytest.raises(BuildPrerequisiteError, match="the current buildx builder does not start") as caught:
+        check_build_daemon()
+    assert "failed to dial gRPC" in str(caught.value)
+    assert "docker buildx use" in str(caught.value)
+    assert _calls(tmp_path) == ["buildx version", "buildx inspect --bootstrap"]
+
+
+def test_without_buildx_a_daemon_that_answers_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(_fake_docker(tmp_path, buildx=False, bootstrap=False, daemon=True)))
+    check_build_daemon()
+    assert _calls(tmp_path) == ["buildx version", "version --format {{.Server.Version}}"]
+
+
+def test_without_buildx_no_daemon_names_the_cli_s_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(_fake_docker(tmp_path, buildx=False, bootstrap=True, daemon=False)))
     with pytest.raises(BuildPrerequisiteError, match="no Docker daemon answers") as caught:
-        check_build_daemon(which=lambda _: "/usr/bin/docker", run=_docker(1, "\n", reason))
-    assert reason in str(caught.value)
+        check_build_daemon()
+    assert "Cannot connect to the Docker daemon at unix:///var/run/docker.sock." in str(caught.value)
     assert "DOCKER_HOST" in str(caught.value)
+    assert _calls(tmp_path) == ["buildx version", "version --format {{.Server.Version}}"]
 
 
 def test_without_the_cli_a_missing_socket_is_refused(tmp_path: Path) -> None:

@@ -522,9 +522,15 @@ class IngestService:
                 ticket=ticket,
                 before_commit=None if synced is None else synced.result,
             )
-        except (Conflict, ServiceUnavailable):  # Superseded is a Conflict
+        except Conflict:  # Superseded is a Conflict: raised before the commit, nothing was changed
             self._discard(store, tenant_id, document_id, version)
             raise
+        except ServiceUnavailable:
+            # The outcome is unknown: a commit whose answer was lost (a connection reset after the server
+            # committed) made ``version`` active. Its points are discarded only once the registry says it is not.
+            if not self._committed(store, tenant_id, document_id, version):
+                raise
+            logger.warning("commit of %s/%s answered with an error but it happened", tenant_id, document_id)
 
         fault_point("before_cleanup")
         try:
@@ -545,6 +551,26 @@ class IngestService:
         with deferred():
             store.upsert(points)
         return _SYNCS.submit(store.sync)  # type: ignore[attr-defined]
+
+    def _committed(self, store: VectorStore, tenant_id: str, document_id: str, version: int) -> bool:
+        """After a commit whose outcome is unknown: True when the registry holds ``version`` active (the commit
+        happened); otherwise the version's points are discarded and False returned. When the registry cannot be
+        read either, the points are left: the orphan collector removes them after GC_GRACE_SECONDS unless the
+        version is active (then a retry of the write finds it unchanged, and searchable)."""
+        try:
+            record = self.registry.get(tenant_id, document_id)
+        except ServiceUnavailable:
+            logger.warning(
+                "commit of version %s of %s/%s may have happened; its points are left to the orphan collector",
+                version,
+                tenant_id,
+                document_id,
+            )
+            return False
+        if record is not None and record.version == version:
+            return True
+        self._discard(store, tenant_id, document_id, version)
+        return False
 
     def _discard(self, store: VectorStore, tenant_id: str, document_id: str, version: int) -> None:
         # Best effort: these points were never active; if this fails too the next write removes them.

@@ -1,0 +1,133 @@
+"""A registry commit whose answer was lost (REVIEW_SERVICE20 F8): the write must not delete the points of the version
+it made active, and a retry of the write must end with the document searchable.
+
+The lost answer is made at the database driver: the commit reaches SQLite, then the driver raises as a connection
+reset after the server committed would, so the registry's own error handling (``_guarded``) turns it into the
+ServiceUnavailable the write path sees."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.app.core.errors import ServiceUnavailable
+from tests.service.support import make_settings, running_app, services_of
+
+TEXT = "Salmon swim up the river to spawn."
+Q = {"query": "salmon swim up the river", "top_k": 5}
+
+
+def _lose_commit_answers(monkeypatch: pytest.MonkeyPatch, registry: Any) -> None:
+    """Every registry.activate commits, then its commit raises as a lost answer would (this thread only)."""
+    armed = threading.local()
+    dialect = registry.engine.dialect
+    do_commit = dialect.do_commit
+    activate = registry.activate
+
+    def commit_then_lose(dbapi_connection: Any) -> None:
+        do_commit(dbapi_connection)  # the commit happened ...
+        if getattr(armed, "on", False):
+            raise sqlite3.OperationalError("connection reset after the commit")  # ... its answer was lost
+
+    def armed_activate(*args: Any, **kwargs: Any) -> Any:
+        armed.on = True
+        try:
+            return activate(*args, **kwargs)
+        finally:
+            armed.on = False
+
+    monkeypatch.setattr(dialect, "do_commit", commit_then_lose)
+    monkeypatch.setattr(registry, "activate", armed_activate)
+
+
+def _found(client: Any) -> list[str]:
+    response = client.post("/v1/search", json=Q)
+    assert response.status_code == 200, response.text
+    return [hit["document_id"] for hit in response.json()["results"]]
+
+
+def test_a_lost_commit_answer_keeps_the_active_versions_points(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        _lose_commit_answers(monkeypatch, services.registry)
+        put = client.put("/v1/documents/salmon", json={"text": TEXT})
+        monkeypatch.undo()
+
+        # The registry was read back: the commit happened, so the write is acknowledged as what it was.
+        assert put.status_code == 201, put.text
+        assert put.json()["status"] == "created"
+        record = services.registry.get("default", "salmon")
+        assert record is not None
+        assert record.version == put.json()["version"]
+        assert services.vectors.count("default", "salmon") == 1
+        assert _found(client) == ["salmon"]
+
+        retry = client.put("/v1/documents/salmon", json={"text": TEXT})
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["status"] == "unchanged"
+        assert _found(client) == ["salmon"]
+
+
+def test_a_lost_commit_answer_with_the_registry_then_unreadable_leaves_the_points(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        registry = services.registry
+        _lose_commit_answers(monkeypatch, registry)
+        reads = {"get": 0}
+        get = registry.get
+
+        def unreadable_after_the_commit(*args: Any, **kwargs: Any) -> Any:
+            reads["get"] += 1
+            if reads["get"] > 1:  # the first is the write's own read before it publishes
+                raise ServiceUnavailable("document registry unavailable; retry later")
+            return get(*args, **kwargs)
+
+        monkeypatch.setattr(registry, "get", unreadable_after_the_commit)
+        put = client.put("/v1/documents/salmon", json={"text": TEXT})
+        monkeypatch.undo()
+
+        # Outcome unknown: the client is told to retry, and nothing that may be active was deleted.
+        assert put.status_code == 503, put.text
+        assert reads["get"] == 2  # the write did try to find out what the registry holds
+        record = registry.get("default", "salmon")
+        assert record is not None
+        assert services.vectors.count("default", "salmon") == 1
+        assert _found(client) == ["salmon"]
+
+        retry = client.put("/v1/documents/salmon", json={"text": TEXT})
+        assert retry.status_code == 200, retry.text
+        assert retry.json()["status"] == "unchanged"
+        assert retry.json()["version"] == record.version
+        assert _found(client) == ["salmon"]
+
+
+def test_an_unavailable_registry_that_did_not_commit_still_discards_the_points(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        registry = services.registry
+        dialect = registry.engine.dialect
+
+        def commit_fails(dbapi_connection: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")  # nothing committed
+
+        monkeypatch.setattr(dialect, "do_commit", commit_fails)
+        put = client.put("/v1/documents/salmon", json={"text": TEXT})
+        monkeypatch.undo()
+
+        assert put.status_code == 503, put.text
+        assert registry.get("default", "salmon") is None
+        assert services.vectors.count("default", "salmon") == 0  # read back: not active, so discarded
+
+        retry = client.put("/v1/documents/salmon", json={"text": TEXT})
+        assert retry.status_code == 201, retry.text
+        assert _found(client) == ["salmon"]
