@@ -23,7 +23,9 @@ allows (docs/service.md, "Search during a registry outage").
 
 After a failed read, searches use the copy for RETRY_SECONDS without asking the registry, then one search at a
 time probes it (the others keep using the copy meanwhile): a registry host that stops answering holds a read up
-to DATABASE_CONNECT_TIMEOUT_SECONDS, which would otherwise be every search's latency through a failover.
+to DATABASE_CONNECT_TIMEOUT_SECONDS, which would otherwise be every search's latency through a failover. The
+result cache's key read goes through the same rule (`read_data_version`), and a response answered from the copy is
+cached only under the copy's own data_version (`storable`).
 """
 
 from __future__ import annotations
