@@ -468,6 +468,24 @@ def promote(
             dir_okay=False,
         ),
     ] = None,
+    record_target_version: Annotated[
+        Path | None,
+        typer.Option(
+            "--record-target-version",
+            help="With --preview-only: write the target's last update version (read before its preview) here.",
+            dir_okay=False,
+        ),
+    ] = None,
+    previewed_target_version: Annotated[
+        Path | None,
+        typer.Option(
+            "--previewed-target-version",
+            help="A --record-target-version file of the preview the approvers read: refuse when the target was "
+            "updated since.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Deploy the source stack's image digest (and promotable settings) to the next stack; a changed embedding
     model or chunking is followed until the target's re-index has switched."""
@@ -481,10 +499,22 @@ def promote(
         raise typer.BadParameter("Name the target stack (or check the source only: --check-source-only).")
     checked = _read_source_check(checked_source)
     if preview_only:
-        _preview_promotion(context, source, target, quiet, drop_secret or (), comment_file, checked)
+        if previewed_target_version is not None:
+            raise typer.BadParameter(
+                "--previewed-target-version goes with the promotion, not --preview-only.",
+                param_hint="--previewed-target-version",
+            )
+        _preview_promotion(
+            context, source, target, quiet, drop_secret or (), comment_file, checked, record_target_version
+        )
         return
     if comment_file is not None:
         raise typer.BadParameter("--comment-file goes with --preview-only.", param_hint="--comment-file")
+    if record_target_version is not None:
+        raise typer.BadParameter(
+            "--record-target-version goes with --preview-only.", param_hint="--record-target-version"
+        )
+    previewed = _read_previewed_version(previewed_target_version, target)
 
     def action() -> promote_mod.Promotion:
         promote_mod.check_order(source, target, context.work_dir)  # refuse before touching Pulumi
@@ -497,6 +527,7 @@ def promote(
                 on_event=on_event,
                 drop_secrets=drop_secret or (),
                 checked=checked,
+                previewed_version=previewed,
             )
 
     done = _run(action, roles={source: "the source of the promotion", target: "the target of the promotion"})
@@ -504,6 +535,33 @@ def promote(
         f"promoted {done.digest} {done.source} -> {done.target} (by {done.by} at {done.at})", highlight=False
     )
     _follow_index_change(context, target, done.index_before, reindex_timeout)
+
+
+PREVIEWED_VERSION_KIND = "ragops-previewed-target"
+
+
+def _read_previewed_version(path: Path | None, target: str) -> int | None:
+    """The `--previewed-target-version` file's version for `target`, or None; anything else is a usage error."""
+    if path is None:
+        return None
+    how = (
+        f"write it with `ragops promote --to {target} --preview-only --record-target-version F` "
+        "(promote.yml's preview job)"
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{path} is not a previewed-target record ({exc}): {how}.") from None
+    if not isinstance(data, dict) or data.get("kind") != PREVIEWED_VERSION_KIND:
+        raise typer.BadParameter(f"{path} is not a previewed-target record: {how}.")
+    if data.get("stack") != target:
+        raise typer.BadParameter(
+            f"{path} records the preview of {data.get('stack')!r}, not {target!r}: {how}."
+        )
+    version = data.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise typer.BadParameter(f"{path} has no update version ({version!r}): {how}.")
+    return version
 
 
 def _read_source_check(path: Path | None) -> promote_mod.SourceCheck | None:
@@ -555,11 +613,18 @@ def _preview_promotion(
     drop_secrets: Collection[str],
     comment_file: Path | None,
     checked: promote_mod.SourceCheck | None = None,
+    version_file: Path | None = None,
 ) -> None:
-    """`ragops promote --preview-only`: the target's preview with the promoted config; exit 1 when it fails."""
+    """`ragops promote --preview-only`: the target's preview with the promoted config; exit 1 when it fails. With
+    `version_file`, the target's last update version, read before the preview, goes there (the approved job's
+    `--previewed-target-version` refuses a target updated since: REVIEW_INFRA20 R2)."""
 
     def action() -> PreviewReport:
         promote_mod.check_order(source, target, context.work_dir)
+        if version_file is not None:
+            version = promote_mod.last_update_version(context.workspace(), target)
+            record = {"kind": PREVIEWED_VERSION_KIND, "stack": target, "version": version}
+            version_file.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
         with _progress(f"preview promote {source} -> {target}", quiet) as (on_output, on_event):
             return promote_mod.preview_promotion(
                 context,

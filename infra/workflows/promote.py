@@ -292,11 +292,17 @@ def promote(
     drop_secrets: Collection[str] = (),
     policy_pack: str | None = POLICY_PACK,
     checked: SourceCheck | None = None,
+    previewed_version: int | None = None,
 ) -> Promotion:
     """Promote the source stack's deployed image (and promotable settings) to the target, then ``up`` it with the
     policy pack (`ragops up` and `rollback` run it too: a promotion is how staging and prod are updated, so without
-    it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7)."""
+    it the pack never ran where `protect-stateful-in-prod` and the TLS rules apply; REVIEW10 F7).
+
+    `previewed_version`: the target's last update version when the preview the approvers read was taken
+    (`last_update_version`, recorded by the preview job); refused when the target was updated since."""
     ws, tgt, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
+    if previewed_version is not None:
+        check_unchanged_since_preview(ws, target, previewed_version)  # before anything is written
     check_registry_recoverable(ws, target)  # from the state alone: before anything is written
     set_config_values(ws, target, values)
     check_scale_down(ws, target)
@@ -308,6 +314,25 @@ def promote(
         message=f"promote {source} -> {target}: {digest_of(values)}",
     )
     return promotion
+
+
+def last_update_version(ws: Workspace, stack: str) -> int:
+    """The version of the stack's newest update in the backend's history (`pulumi stack history`; 0: none yet).
+    Any update counts, whatever its kind or result: a failed `up` or a refresh changes the state too."""
+    newest = select(ws, stack).history(page_size=1, show_secrets=False)
+    return int(newest[0].version) if newest else 0
+
+
+def check_unchanged_since_preview(ws: Workspace, target: str, previewed: int) -> None:
+    """Refuse when the target was updated after the preview its approvers read (REVIEW_INFRA20 R2): between the
+    preview job and the approval (up to 30 days) a `ragops rollback` or a hand-run `up` may change the target, and
+    the approved `up` would then apply a diff nobody previewed."""
+    now = last_update_version(ws, target)
+    if now != previewed:
+        raise WorkflowError(
+            f"{target} changed since the preview the approvers read (update {previewed} -> {now}): run the "
+            "workflow again"
+        )
 
 
 def preview_promotion(

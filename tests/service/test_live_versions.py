@@ -310,3 +310,164 @@ def test_the_result_cache_does_not_ask_a_registry_that_just_failed(
         clock.now += 2  # past the pause: asked again
         assert client.post("/v1/search", json=QUERY).json() == first.json()
         assert len(reads) == 2
+
+
+def test_a_search_answered_from_an_older_copy_is_never_cached_under_the_newer_version(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process deletes a document; the cache's key read sees the new data_version but the search's
+    snapshot fails, so the search is answered from the copy at the older version (the deleted document legitimately
+    within the bound). That response must not be cached under the new version: with the registry up again, every
+    identical search (every replica sharing the cache) would get the deleted document for CACHE_TTL_SECONDS."""
+    settings = make_settings(tmp_path, registry_outage_search_seconds=60, cache_enabled=True)
+    with running_app(settings, embedder=embedder) as client:
+        clock = Clock()
+        services = services_of(client)
+        services.search.live._clock = clock
+        for document_id, text in TEXTS.items():
+            assert client.put(f"/v1/documents/{document_id}", json={"text": text}).status_code == 201
+        assert ids(client.post("/v1/search", json=QUERY)) == set(TEXTS)  # the copy filled (and cached)
+        other = DocumentRegistry(services.registry.url)  # another process deletes 'theirs'
+        try:
+            assert other.delete("default", "theirs") is not None
+        finally:
+            other.close()
+        registry_down(client, monkeypatch)  # the snapshot fails; the key's data_version read still answers
+        during = client.post("/v1/search", json=QUERY)
+        assert during.status_code == 200, during.text
+        assert ids(during) == set(TEXTS)  # from the copy: within the bound
+        monkeypatch.undo()
+        clock.now += 500  # the registry answers again, past the bound and the pause
+        after = client.post("/v1/search", json=QUERY)
+        assert after.status_code == 200, after.text
+        assert ids(after) == {"kept", "mine", "replaced"}
+
+
+def test_a_copy_filled_by_another_search_between_lookups_never_drops_a_live_document() -> None:
+    """Two searches of a tenant share one copy: one adding a document while the other looks it up must leave it
+    either found or read from the registry, never neither (a live hit silently dropped)."""
+    from contextlib import contextmanager
+
+    from service.app.store.live_versions import LiveVersions
+
+    class Snapshot:
+        def data_version(self, tenant_id: str) -> int:
+            return 7
+
+        def active_versions(self, tenant_id: str, document_ids: list[str]) -> dict[str, int]:
+            return {d: 1 for d in document_ids if d in {"a", "b"}}
+
+    class Registry:
+        def on_change(self, listener: Any) -> None:
+            pass
+
+        @contextmanager
+        def snapshot(self) -> Iterator[Snapshot]:
+            yield Snapshot()
+
+    live = LiveVersions(Registry(), outage_seconds=60)  # type: ignore[arg-type]
+    with live.view("t") as first, live.view("t") as second:
+        copy = first._copy
+        assert copy is not None
+
+        class Interleaved(dict):  # type: ignore[type-arg]
+            """The other search remembers 'a' right after this one's first read of the copy."""
+
+            reads = 0
+
+            def get(self, key: Any, default: Any = None) -> Any:
+                value = super().get(key, default)
+                Interleaved.reads += 1
+                if Interleaved.reads == 1:
+                    assert second.active_versions(["a"]) == {"a": 1}
+                return value
+
+            def __contains__(self, key: object) -> bool:
+                Interleaved.reads += 1
+                if Interleaved.reads == 1:
+                    assert second.active_versions(["a"]) == {"a": 1}
+                return super().__contains__(key)
+
+        copy.versions = Interleaved(copy.versions)
+        assert first.active_versions(["a"]) == {"a": 1}
+        assert Interleaved.reads >= 2  # the other search's lookup did run in between
+
+
+def test_with_the_result_cache_on_one_search_at_a_time_probes_a_lost_registry(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lost registry host holds each read up to the connect timeout. After the pause, one search probes (here
+    its key read hangs until released); every other search meanwhile answers from the copy without asking the
+    registry, and the probing search, once its read fails, answers from the copy without a second wait."""
+    settings = make_settings(tmp_path, registry_outage_search_seconds=60, cache_enabled=True)
+    with running_app(settings, embedder=embedder) as client:
+        clock = Clock()
+        services = services_of(client)
+        services.search.live._clock = clock
+        assert client.put("/v1/documents/kept", json={"text": TEXTS["kept"]}).status_code == 201
+        first = client.post("/v1/search", json=QUERY)
+        assert ids(first) == {"kept"}
+        reads = {"data_version": 0, "snapshot": 0}
+        hanging = threading.Event()  # a read is waiting on the lost host
+        release = threading.Event()
+
+        def data_version(tenant_id: str) -> int:
+            reads["data_version"] += 1
+            hanging.set()
+            release.wait(60)
+            raise ServiceUnavailable("lost host")
+
+        def snapshot() -> None:
+            reads["snapshot"] += 1
+            raise ServiceUnavailable("lost host")
+
+        monkeypatch.setattr(services.registry, "data_version", data_version)
+        monkeypatch.setattr(services.registry, "snapshot", snapshot)
+        release.set()  # the first failure comes at once
+        assert client.post("/v1/search", json={**QUERY, "top_k": 7}).status_code == 200
+        assert reads == {"data_version": 1, "snapshot": 0}  # the failed key read started the pause
+        release.clear()
+        hanging.clear()
+        clock.now += 2  # past the pause
+        probe: dict[str, Any] = {}
+        prober = threading.Thread(target=lambda: probe.update(r=client.post("/v1/search", json=QUERY)))
+        prober.start()
+        try:
+            assert hanging.wait(60), "the probing search never read the registry"
+            for top_k in (8, 9, 10):  # meanwhile: answered from the copy, nothing asked
+                answered = client.post("/v1/search", json={**QUERY, "top_k": top_k})
+                assert answered.status_code == 200, answered.text
+                assert ids(answered) == {"kept"}
+            assert reads == {"data_version": 2, "snapshot": 0}
+        finally:
+            release.set()
+            prober.join(120)
+        assert probe["r"].status_code == 200, probe["r"].text
+        assert reads == {"data_version": 2, "snapshot": 0}  # no second wait for the prober
+
+
+def test_a_failed_write_keeps_the_pause_a_successful_one_ends_it() -> None:
+    """A write that reached its bump and then failed (its commit's answer lost in a failover) drops the copy but
+    does not end the pause after a failed read: the next search would wait on a registry that just failed."""
+    from contextlib import contextmanager
+
+    from service.app.store.live_versions import LiveVersions
+
+    class Registry:
+        def on_change(self, listener: Any) -> None:
+            pass
+
+        @contextmanager
+        def snapshot(self) -> Iterator[None]:
+            raise ServiceUnavailable("down")
+            yield
+
+    clock = Clock()
+    live = LiveVersions(Registry(), outage_seconds=60, clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(ServiceUnavailable, match="holds no copy"), live.view("t"):
+        pass
+    assert live.registry_down()
+    live.forget("t", False)
+    assert live.registry_down()
+    live.forget("t", True)
+    assert not live.registry_down()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -512,6 +513,84 @@ def test_promote_check_source_only_writes_the_record_the_target_jobs_read(
     assert promoted.exit_code == 0, promoted.output
     assert not [c for c in backend.commands() if c[c.index("--stack") + 1 :][:1] == ["dev"]]
     assert backend.stacks["staging"].config_value("rag:image") == DIGEST
+
+
+def test_a_target_updated_after_the_approvers_preview_is_not_promoted(
+    ctx: Context, backend: FakeBackend, tmp_path: Path
+) -> None:
+    """REVIEW_INFRA20 R2: the approval may come days after the preview job; a rollback or a hand-run `up` of the
+    target in between means the approved `up` would apply a diff nobody read. The preview job records the target's
+    last update version, and the approved promotion refuses when it moved, before anything is written."""
+    from infra.workflows.stacks import select
+
+    backend.add_stack("dev", outputs={"imageDigest": DIGEST})
+    backend.add_stack("staging", outputs={})
+    record, version = tmp_path / "source.json", tmp_path / "previewed" / "target-version.json"
+    version.parent.mkdir()
+    assert (
+        _invoke(
+            ctx, "promote", "--from", "dev", "--check-source-only", "--record-file", str(record)
+        ).exit_code
+        == 0
+    )
+    common = ["promote", "--from", "dev", "--to", "staging", "--checked-source", str(record)]
+
+    def preview() -> dict:
+        done = _invoke(ctx, *common, "--preview-only", "--record-target-version", str(version))
+        assert done.exit_code == 0, done.output
+        return json.loads(version.read_text())
+
+    seen = preview()
+    assert seen == {"kind": "ragops-previewed-target", "stack": "staging", "version": 1}
+    select(ctx.workspace(), "staging").up()  # someone's hand-run `up` while the approval waits
+    before_ups = len(backend.commands("up"))
+    refused = _invoke(ctx, *common, "--previewed-target-version", str(version))
+    assert refused.exit_code == 1, refused.output
+    assert (
+        "staging changed since the preview the approvers read (update 1 -> 2): run the workflow again"
+        in " ".join(refused.output.split())
+    )
+    assert len(backend.commands("up")) == before_ups
+    assert "rag:image" not in backend.stacks["staging"].config  # nothing written
+
+    assert preview()["version"] == 2  # the workflow run again: the new preview is what the approvers read
+    promoted = _invoke(ctx, *common, "--previewed-target-version", str(version))
+    assert promoted.exit_code == 0, promoted.output
+    assert backend.stacks["staging"].config_value("rag:image") == DIGEST
+
+
+@pytest.mark.parametrize(
+    ("args", "content", "reason"),
+    [
+        (["--preview-only", "--previewed-target-version", "{file}"], None, "goes with the promotion"),
+        (["--record-target-version", "{file}"], None, "goes with --preview-only"),
+        (["--previewed-target-version", "{file}"], "", "is not a previewed-target record"),
+        (["--previewed-target-version", "{file}"], '{"kind": "x"}', "is not a previewed-target record"),
+        (
+            ["--previewed-target-version", "{file}"],
+            '{"kind": "ragops-previewed-target", "stack": "qa", "version": 3}',
+            "records the preview of 'qa', not 'staging'",
+        ),
+        (
+            ["--previewed-target-version", "{file}"],
+            '{"kind": "ragops-previewed-target", "stack": "staging", "version": "3"}',
+            "has no update version",
+        ),
+    ],
+)
+def test_previewed_target_version_misuse_is_a_usage_error(
+    ctx: Context, backend: FakeBackend, tmp_path: Path, args: list[str], content: str | None, reason: str
+) -> None:
+    file = tmp_path / "v.json"
+    file.write_text(
+        '{"kind": "ragops-previewed-target", "stack": "staging", "version": 1}'
+        if content is None
+        else content
+    )
+    result = _invoke(ctx, "promote", "--from", "dev", "--to", "staging", *[a.format(file=file) for a in args])
+    assert result.exit_code == 2, result.output
+    assert reason in " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())
+    assert backend.calls == []
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,7 @@ def test_promote_goes_through_staging_then_prod_behind_environments() -> None:
             .strip()
             .endswith(
                 PROMOTE.format(source=source, stack="${{ matrix.stack }}")
+                + ' --previewed-target-version "$RUNNER_TEMP/previewed/target-version.json"'
                 + " --reindex-timeout 2400\n"
                 + '.venv/bin/ragops smoke --stack "${{ matrix.stack }}"'
             )
@@ -311,6 +312,30 @@ def test_approvers_read_the_targets_preview_before_the_approval() -> None:
         for job in (preview, promotion):
             [record] = [s for s in job["steps"] if "SOURCE_RECORD" in s.get("env", {})]
             assert record["env"]["SOURCE_RECORD"] == "${{ needs." + source_job + ".outputs.record }}"
+        # REVIEW_INFRA20 R2: the target's update version the preview saw reaches the approved job, per target (an
+        # artifact named after it: a matrix job's outputs keep one leg's only), and the promotion refuses a change.
+        previewed = "$RUNNER_TEMP/previewed/target-version.json"
+        assert _option(words, "--record-target-version") == previewed
+        [upload] = [
+            s for s in preview["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@")
+        ]
+        assert upload["with"]["name"] == "previewed-${{ matrix.stack }}"
+        assert upload["with"]["path"] == "${{ runner.temp }}/previewed/target-version.json"
+        assert upload["with"]["if-no-files-found"] == "error"
+        assert upload["with"]["overwrite"] is True  # a re-run preview replaces it (artifact names are unique)
+        assert int(upload["with"]["retention-days"]) >= 30  # an approval may come 30 days later
+        steps = promotion["steps"]
+        [download] = [
+            i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("actions/download-artifact@")
+        ]
+        assert steps[download]["with"] == {
+            "name": "previewed-${{ matrix.stack }}",
+            "path": "${{ runner.temp }}/previewed",
+        }
+        [promote_at] = [i for i, s in enumerate(steps) if ".venv/bin/ragops promote" in s.get("run", "")]
+        assert download < promote_at
+        [promoting] = _promote_commands(promotion)
+        assert _option(promoting, "--previewed-target-version") == previewed
 
 
 def test_the_source_record_reaches_the_target_jobs_intact(tmp_path: Path) -> None:
@@ -441,17 +466,20 @@ def _checkout(tmp_path: Path, **stack_files: str) -> Path:
     return checkout
 
 
+PREVIEWED = ' --previewed-target-version "$RUNNER_TEMP/previewed/target-version.json" --reindex-timeout 2400'
+
+
 def test_promote_targets_follow_the_committed_stack_files(tmp_path: Path) -> None:
     """A fourth stack gets its promotion job from its committed stack file alone (it was a manual edit of this
     workflow): qa of environment staging receives from dev next to staging; prod still receives from staging."""
     shipped = _promotion_jobs(_checkout(tmp_path / "shipped"), tmp_path / "shipped")
     assert shipped == {
-        "staging": [("staging", PROMOTE.format(source="dev", stack="staging") + " --reindex-timeout 2400")],
-        "prod": [("prod", PROMOTE.format(source="staging", stack="prod") + " --reindex-timeout 2400")],
+        "staging": [("staging", PROMOTE.format(source="dev", stack="staging") + PREVIEWED)],
+        "prod": [("prod", PROMOTE.format(source="staging", stack="prod") + PREVIEWED)],
     }
     qa = _promotion_jobs(_checkout(tmp_path / "qa", qa="staging"), tmp_path / "qa")
     assert [environment for environment, _ in qa["staging"]] == ["staging", "qa"]
-    assert qa["staging"][1][1] == PROMOTE.format(source="dev", stack="qa") + " --reindex-timeout 2400"
+    assert qa["staging"][1][1] == PROMOTE.format(source="dev", stack="qa") + PREVIEWED
     assert [environment for environment, _ in qa["prod"]] == ["prod"]
     # A second prod-environment stack receives from staging.
     second = _promotion_jobs(_checkout(tmp_path / "eu", **{"prod-eu": "prod"}), tmp_path / "eu")

@@ -193,24 +193,32 @@ class CachedSearch:
         found = await run_in_threadpool(self._lookup, tenant_id, request)
         if found is None:
             return await self._inner.search(tenant_id, request)
-        key, raw = found
+        key, raw, _ = found
         cached = self._decode(key, raw)
         if cached is not None:
             return cached
         response = await self._inner.search(tenant_id, request)
-        await run_in_threadpool(self._store, key, response)
+        live = getattr(self._inner, "live", None)
+        if live is None or live.outage_seconds <= 0:
+            # With the live-version copy on, whether this response came from the copy is known only in the
+            # thread that searched (`storable`): this path cannot tell, so it stores nothing.
+            await run_in_threadpool(self._store, key, response)
         return response
 
     def _search_in_thread(self, tenant_id: str, request: BaseModel, search_sync: Any) -> Any:
         found = self._lookup(tenant_id, request)
         if found is None:
             return search_sync(tenant_id, request)
-        key, raw = found
+        key, raw, version = found
         cached = self._decode(key, raw)
         if cached is not None:
             return cached
         response = search_sync(tenant_id, request)
-        self._store(key, response)
+        live = getattr(self._inner, "live", None)
+        if live is None or live.storable(version):
+            # Never a response answered from an older live-version copy under this newer key: it may hold a
+            # document deleted since, served from the cache with the registry up (service.app.store.live_versions).
+            self._store(key, response)
         return response
 
     def _decode(self, key: str, raw: bytes | None) -> Any:
@@ -225,24 +233,25 @@ class CachedSearch:
     def _store(self, key: str, response: BaseModel) -> None:
         self._cache.set(key, response.model_dump_json().encode(), self._ttl_seconds)
 
-    def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None] | None:
-        """(key, cached value or None); None when there is no safe key (the data version is unavailable)."""
+    def _lookup(self, tenant_id: str, request: BaseModel) -> tuple[str, bytes | None, int] | None:
+        """(key, cached value or None, data version); None when there is no safe key (the data version is
+        unavailable)."""
         live = getattr(self._inner, "live", None)
-        if live is not None and live.registry_down():
-            # A registry read failed a moment ago: the search answers from the live-version copy without asking
-            # it; this read would only add its wait (up to DATABASE_CONNECT_TIMEOUT_SECONDS on a lost host).
-            return None
-        read_from = live.now() if live is not None else 0.0
         try:
-            version = self._registry.data_version(tenant_id)
+            if live is not None:
+                # Through the live-version copy: while a registry read failed a moment ago (or one search probes
+                # it) this returns None without asking, a failed read starts that pause, and a read confirms the
+                # copy (a cache hit never reaches the inner search). On a lost host each read costs
+                # DATABASE_CONNECT_TIMEOUT_SECONDS: one search at a time pays it.
+                version = live.read_data_version(tenant_id, self._registry.data_version)
+            else:
+                version = self._registry.data_version(tenant_id)
         except Exception:
             # Without the version there is no safe key; the search itself will report a registry outage.
             logger.warning("search cache bypassed: data version unavailable", exc_info=True)
             return None
-        if live is not None:
-            # A cache hit never reaches the inner search: the data_version just read keeps the live-version copy
-            # confirmed (its age bounds search through a registry outage: service.app.store.live_versions).
-            live.confirmed(tenant_id, version, read_from)
+        if version is None:
+            return None
         # The served collection names the model, the chunking and the sparse encoder: a re-index switch (or its
         # rollback) changes it, so results cached from the other index are never served after it. The data
         # version alone does not move on a switch.
@@ -255,4 +264,4 @@ class CachedSearch:
             sync()
         served = index.current.collection if index is not None else self._model_name
         key = search_cache_key(tenant_id, version, served, request.model_dump(mode="json"))
-        return key, self._cache.get(key)
+        return key, self._cache.get(key), version

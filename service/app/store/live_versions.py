@@ -23,7 +23,9 @@ allows (docs/service.md, "Search during a registry outage").
 
 After a failed read, searches use the copy for RETRY_SECONDS without asking the registry, then one search at a
 time probes it (the others keep using the copy meanwhile): a registry host that stops answering holds a read up
-to DATABASE_CONNECT_TIMEOUT_SECONDS, which would otherwise be every search's latency through a failover.
+to DATABASE_CONNECT_TIMEOUT_SECONDS, which would otherwise be every search's latency through a failover. The
+result cache's key read goes through the same rule (`read_data_version`), and a response answered from the copy is
+cached only under the copy's own data_version (`storable`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.app.core.errors import ServiceUnavailable
 from service.app.store.registry import DocumentRegistry, RegistrySnapshot
@@ -46,6 +49,7 @@ RETRY_SECONDS = 1.0
 #: Documents held across all tenants; past it every copy is dropped (refilled by the next searches). ~100 bytes
 #: each: a few MB at most.
 MAX_DOCUMENTS = 65_536
+_MISSING: Any = object()
 
 
 @dataclass
@@ -81,11 +85,18 @@ class LiveView:
 
     def active_versions(self, document_ids: Iterable[str]) -> dict[str, int]:
         """document_id -> active version for those of ``document_ids`` that exist."""
-        ids = set(document_ids)
         known = self._copy.versions if self._copy is not None else {}
-        # dict reads are atomic; a concurrent search adding to the same copy adds values of the same data_version.
-        found = {d: v for d in ids if (v := known.get(d, -1)) is not None and v != -1}
-        unknown = [d for d in ids if d not in known]
+        # ONE read per document: a concurrent search of the tenant may add to (or clear) this copy meanwhile, so a
+        # document looked up twice (once for a version, once for "unknown") could fall between the two and be
+        # dropped as not active. Each dict read is atomic and added values are of the copy's one data_version.
+        found: dict[str, int] = {}
+        unknown: list[str] = []
+        for d in set(document_ids):
+            v = known.get(d, _MISSING)
+            if v is _MISSING:
+                unknown.append(d)
+            elif v is not None:
+                found[d] = v
         if not unknown:
             return found
         if self._snapshot is None:
@@ -122,15 +133,18 @@ class LiveVersions:
         self._generations: dict[str, int] = {}  # per tenant, bumped by every write or delete of this process
         self._held = 0
         self._down_until = 0.0  # monotonic; inf while one search probes the registry
+        # copy_version: the copy's data_version when this thread's last search was answered from the copy alone
+        self._local = threading.local()
         if outage_seconds > 0:
             registry.on_change(self.forget)
 
-    def forget(self, tenant_id: str) -> None:
-        """Drop the tenant's copy: this process changed (or may have changed) one of its documents. The registry
-        answered that write moments ago, so the next search reads it again (no pause after a failed read)."""
+    def forget(self, tenant_id: str, ok: bool = True) -> None:
+        """Drop the tenant's copy: this process changed (or may have changed) one of its documents. When the write
+        succeeded (``ok``) the registry answered it moments ago, so the pause after a failed read ends; a write
+        that failed (its commit's answer lost) leaves the pause as it is."""
         with self._lock:
             self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
-            if self._down_until != math.inf:
+            if ok and self._down_until != math.inf:
                 self._down_until = 0.0
             dropped = self._copies.pop(tenant_id, None)
             if dropped is not None:
@@ -141,17 +155,67 @@ class LiveVersions:
         RETRY_SECONDS ago, or one search is probing it)."""
         return self.outage_seconds > 0 and self._clock() < self._down_until
 
-    def now(self) -> float:
-        """The copy's clock (read before a registry read that will `confirm` the copy)."""
-        return self._clock()
+    def storable(self, data_version: int) -> bool:
+        """Whether the response of this thread's last search may be stored under ``data_version`` (the result
+        cache's key): always when it was judged by a registry snapshot (which opened after the key's read, so at
+        that version or a newer one); when it was answered from the copy alone, only if the copy is at exactly
+        that version. A copy at an older version may hold documents deleted since, and a cache entry under the
+        newer key would serve them with the registry up, on every replica sharing the cache."""
+        judged = getattr(self._local, "copy_version", None)
+        return judged is None or judged == data_version
 
-    def confirmed(self, tenant_id: str, data_version: int, read_from: float) -> None:
-        """The registry answered ``data_version`` for the tenant in a read started at ``read_from`` (`now`), outside
-        a search (the result cache's key): a copy at that data_version was the registry's state then."""
+    def read_data_version(self, tenant_id: str, read: Callable[[str], int]) -> int | None:
+        """The tenant's data_version by ``read`` (the result cache's key read), or None while searches answer from
+        the copy without asking the registry. Takes the probe slot like `view`: after the pause one search at a
+        time asks, and a failed read starts the pause, so its search answers from the copy without a second wait
+        (a lost host holds each read up to DATABASE_CONNECT_TIMEOUT_SECONDS). A successful read confirms the copy
+        (a cache hit never reaches `view`)."""
+        if self.outage_seconds <= 0:
+            return read(tenant_id)
+        if not self._take_probe():
+            return None
+        now = self._clock()
+        try:
+            data_version = read(tenant_id)
+        except ServiceUnavailable as exc:
+            self._failed(exc.message)
+            return None
+        except BaseException:
+            self._release_probe()
+            raise
+        self._answered()
         with self._lock:
             copy = self._copies.get(tenant_id)
             if copy is not None and copy.data_version == data_version:
-                copy.confirmed_at = max(copy.confirmed_at, read_from)
+                copy.confirmed_at = max(copy.confirmed_at, now)
+        return data_version
+
+    def _take_probe(self) -> bool:
+        """False while searches skip the registry; else True (marking this search the probe after a pause)."""
+        with self._lock:
+            if self._clock() < self._down_until:
+                return False
+            if self._down_until:
+                self._down_until = math.inf  # this search probes; the others use the copy meanwhile
+            return True
+
+    def _failed(self, reason: str) -> None:
+        with self._lock:
+            if not self._down_until:
+                logger.warning("registry read failed; search answers from the live-version copy: %s", reason)
+            self._down_until = self._clock() + RETRY_SECONDS
+
+    def _release_probe(self) -> None:
+        # Never leave a probe marked in flight: every later search would skip the registry.
+        with self._lock:
+            if self._down_until == math.inf:
+                self._down_until = self._clock() + RETRY_SECONDS
+
+    def _answered(self) -> None:
+        with self._lock:
+            if self._down_until:
+                logger.warning("registry answers again; search reads it")
+            self._down_until = 0.0
 
     def held(self, tenant_id: str) -> dict[str, int | None] | None:
         """The tenant's copy (a snapshot of it, for tests and diagnostics); None when there is none."""
@@ -162,17 +226,15 @@ class LiveVersions:
     @contextmanager
     def view(self, tenant_id: str) -> Iterator[LiveView]:
         """The versions one search judges its hits by, all as of one registry data_version (see the module)."""
+        self._local.copy_version = None
         if self.outage_seconds <= 0:  # the copy is off: every search reads the registry, as before it existed
             with self.registry.snapshot() as snapshot:
                 yield LiveView(self, tenant_id, snapshot, None, 0)
             return
         with self._lock:
             generation = self._generations.get(tenant_id, 0)
-            now = self._clock()
-            skip = now < self._down_until
-            if not skip and self._down_until:
-                self._down_until = math.inf  # this search probes; the others use the copy meanwhile
-        if skip:
+        now = self._clock()
+        if not self._take_probe():
             yield self._outage_view(tenant_id, generation)
             return
         with ExitStack() as stack:
@@ -180,27 +242,15 @@ class LiveVersions:
                 snapshot = stack.enter_context(self.registry.snapshot())
                 data_version = snapshot.data_version(tenant_id)
             except ServiceUnavailable as exc:
-                reason = exc.message
                 with suppress(ServiceUnavailable):
                     stack.close()
-                with self._lock:
-                    if not self._down_until:
-                        logger.warning(
-                            "registry read failed; search answers from the live-version copy: %s", reason
-                        )
-                    self._down_until = self._clock() + RETRY_SECONDS
+                self._failed(exc.message)
                 view = self._outage_view(tenant_id, generation)
             except BaseException:
-                # Never leave a probe marked in flight: every later search would skip the registry.
-                with self._lock:
-                    if self._down_until == math.inf:
-                        self._down_until = self._clock() + RETRY_SECONDS
+                self._release_probe()
                 raise
             else:
-                with self._lock:
-                    if self._down_until:
-                        logger.warning("registry answers again; search reads it")
-                    self._down_until = 0.0
+                self._answered()
                 # Confirmed as of ``now``, read before the snapshot was taken: the age is never understated.
                 copy = self._confirm(tenant_id, data_version, generation, now)
                 view = LiveView(self, tenant_id, snapshot, copy, generation)
@@ -223,6 +273,7 @@ class LiveVersions:
                 f"{age:.0f} s ago and is no longer served; retry later",
                 retry_after=int(RETRY_SECONDS) or 1,
             )
+        self._local.copy_version = copy.data_version
         return LiveView(self, tenant_id, None, copy, generation, outage=True)
 
     def _confirm(self, tenant_id: str, data_version: int, generation: int, now: float) -> _Copy | None:

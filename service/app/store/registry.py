@@ -395,16 +395,20 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
 def _announced(func: Callable[..., R]) -> Callable[..., R]:
     """Tell the registry's change listeners (`DocumentRegistry.on_change`) once a write or delete that reached its
     data_version bump has ended, whatever its outcome (a commit whose answer was lost may have happened). One that
-    failed before (the database unreachable, a conflict) changed nothing and tells nobody."""
+    failed before (the database unreachable, a conflict) changed nothing and tells nobody. Listeners are told
+    whether it succeeded: one that raised after its bump means the registry just failed."""
 
     @functools.wraps(func)
     def wrapper(self: DocumentRegistry, tenant_id: str, *args: Any, **kwargs: Any) -> R:
         self._writing.bumped = False
+        ok = False
         try:
-            return func(self, tenant_id, *args, **kwargs)
+            result = func(self, tenant_id, *args, **kwargs)
+            ok = True
+            return result
         finally:
             if self._writing.bumped:
-                self._changed(tenant_id)
+                self._changed(tenant_id, ok)
 
     return wrapper
 
@@ -821,7 +825,7 @@ class DocumentRegistry:
         )
         # Told of every write or delete this process makes, after it ends whatever its outcome (a commit whose
         # answer was lost may have happened): search's live-version copy drops the tenant's (live_versions.py).
-        self._change_listeners: list[Callable[[str], None]] = []
+        self._change_listeners: list[Callable[[str, bool], None]] = []
         self._writing = threading.local()  # `bumped`: the running write reached its data_version bump
         # Search snapshots of a SQLite file skip SQLAlchemy (see _SqliteReaders); Postgres and in-memory SQLite
         # (one database per connection) keep the engine's path.
@@ -845,13 +849,14 @@ class DocumentRegistry:
             durable=settings.write_durability == "power_loss",
         )
 
-    def on_change(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(tenant_id)`` after every document write or delete this registry object makes."""
+    def on_change(self, listener: Callable[[str, bool], None]) -> None:
+        """Call ``listener(tenant_id, ok)`` after every document write or delete this registry object makes (``ok``:
+        it succeeded; False: it raised after its data_version bump, so it may or may not have committed)."""
         self._change_listeners.append(listener)
 
-    def _changed(self, tenant_id: str) -> None:
+    def _changed(self, tenant_id: str, ok: bool) -> None:
         for listener in self._change_listeners:
-            listener(tenant_id)
+            listener(tenant_id, ok)
 
     @property
     def dialect(self) -> str:
