@@ -26,6 +26,7 @@ Exit status: 0 done, 1 the backup is incomplete or damaged (`verify`, `restore`)
 from __future__ import annotations
 
 import argparse
+import calendar
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.app.core.config import Settings, SettingsError, describe_settings_error, get_settings
+from service.app.core.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, make_private_dirs
 from service.app.store.edge import (
     LOCK_FILE,
     DirectoryLock,
@@ -182,6 +184,20 @@ def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_FILE)
 
 
+def _make_private(root: Path) -> None:
+    """Owner-only, as the service keeps them: every directory under ``root`` (and itself) 0700, every file 0600 (the
+    registry holds every document's text, the stores their chunks; a copy is made with the umask, 0755/0644)."""
+    if root.is_file():
+        os.chmod(root, PRIVATE_FILE_MODE)
+        return
+    os.chmod(root, PRIVATE_DIR_MODE)
+    for directory, subdirectories, names in os.walk(root):
+        for name in subdirectories:
+            os.chmod(Path(directory, name), PRIVATE_DIR_MODE)
+        for name in names:
+            os.chmod(Path(directory, name), PRIVATE_FILE_MODE)
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):
         if not path.is_symlink():
@@ -254,7 +270,7 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
     try:
         if partial.exists():  # a killed earlier run: nothing in it was ever a backup
             shutil.rmtree(partial)
-        partial.mkdir(parents=True)
+        make_private_dirs(partial)  # the backup holds every document's text: 0700, as DATA_DIR
         # SQLite's backup API: a consistent copy of the registry with its WAL folded in, not the raw file.
         # Read-write (not mode=ro): a read-only connection to a WAL database leaves an empty -wal and -shm
         # behind, and the last connection's close checkpoints a WAL a kill -9 left and removes both.
@@ -305,6 +321,7 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             "files": files,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _make_private(partial)
         _fsync_tree(partial)
         partial.rename(target)
         fsync_path(target.parent)
@@ -394,6 +411,7 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
             if incoming_legacy.exists():  # a killed earlier restore's partial copy
                 shutil.rmtree(incoming_legacy)
             shutil.copytree(source / LEGACY, incoming_legacy, copy_function=copy_sparse)
+            _make_private(incoming_legacy)
             _fsync_tree(incoming_legacy)
             incoming_legacy.rename(qdrant_path)
             fsync_path(qdrant_path.parent)
@@ -406,18 +424,20 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
                 if entry.name != LOCK_FILE:
                     aside.mkdir(exist_ok=True)
                     entry.rename(aside / entry.name)
-        edge.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(edge)
         for entry in sorted((source / EDGE).iterdir()) if (source / EDGE).is_dir() else []:
             if entry.is_dir():
                 shutil.copytree(entry, edge / entry.name, copy_function=copy_sparse)
             else:
                 copy_sparse(str(entry), str(edge / entry.name))
+            _make_private(edge / entry.name)  # a backup taken before they were kept 0600 has them 0644
         _fsync_tree(edge)
         _block_at("restored shards")
         # The registry last, by rename: until it is in place the service refuses to start on these shards.
-        registry.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(registry.parent)
         incoming = registry.with_name(f".{registry.name}.restoring")
         shutil.copy2(source / REGISTRY, incoming)
+        os.chmod(incoming, PRIVATE_FILE_MODE)  # every document's text: 0600 whatever mode the backup had
         fsync_path(incoming)
         incoming.rename(registry)
         fsync_path(registry.parent)
@@ -428,23 +448,73 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict[st
     return manifest
 
 
+_STAMP = "%Y%m%dT%H%M%S"  # migrate_store's `.migrated-<time>` (UTC)
+
+
+def _retired_stores(qdrant_path: Path) -> list[tuple[float, Path]]:
+    """The local-mode stores `migrate_store` retired beside ``qdrant_path``, oldest first, each with the time it was
+    retired: the one in its name (`.migrated-<time>`), or for `.migrated` its change time (set by the rename that
+    retired it; an upper bound if it was touched since)."""
+    found = []
+    for path in qdrant_path.parent.glob(f"{qdrant_path.name}.migrated*"):
+        suffix = path.name[len(qdrant_path.name) + len(".migrated") :]
+        if suffix == "":
+            found.append((path.stat().st_ctime, path))
+        elif suffix.startswith("-"):
+            try:
+                stamp = time.strptime(suffix[1:], _STAMP)
+            except ValueError:
+                continue
+            found.append((calendar.timegm(stamp), path))
+    return sorted(found)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 def vectorless_rollback_hint(settings: Settings, manifest: dict[str, Any]) -> str | None:
     """A warning when a restored backup holds no vectors while DATA_DIR keeps a store `migrate_store` retired:
     a backup an earlier version of this tool took of a local-mode store (it copied the registry only, EYES10),
-    which an earlier release then serves with every search empty unless that store is moved back."""
+    which an earlier release then serves with every search empty unless that store is moved back.
+
+    Every retired store is listed with the time it was retired; the one that matches the backup is the first
+    retired at or after the backup's ``created`` (the store the release it was taken from kept writing until that
+    migration): moving back another one serves vectors whose versions the registry does not name."""
     if any(name.startswith((f"{EDGE}/", f"{LEGACY}/")) for name in manifest["files"]):
         return None
     qdrant_path = settings.resolved_qdrant_path
     if str(qdrant_path) == ":memory:" or qdrant_path.exists():
         return None
-    retired = sorted(qdrant_path.parent.glob(f"{qdrant_path.name}.migrated*"))
+    retired = _retired_stores(qdrant_path)
     if not retired:
         return None
-    return (
-        f"this backup holds no vectors (no {EDGE}/ shards, no {LEGACY}/ store), and {retired[-1]} holds the "
-        "local-mode store migrate_store retired: if the backup was taken before the migration (by a backup "
-        f"tool that did not copy {LEGACY}/), run `mv {retired[-1]} {qdrant_path}` before the earlier release "
-        "starts here, or every search it answers is empty"
+    listed = "; ".join(f"{path} (retired {_utc(when)})" for when, path in retired)
+    created = manifest.get("created")
+    try:
+        taken = calendar.timegm(time.strptime(str(created), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        taken = None
+    head = (
+        f"this backup holds no vectors (no {EDGE}/ shards, no {LEGACY}/ store; created {created}), and DATA_DIR "
+        f"keeps the local-mode stores migrate_store retired: {listed}. "
+    )
+    if taken is None:
+        return head + (
+            "The backup's creation time cannot be read, so which store matches it is unknown: move back the one "
+            f"retired first after the backup was taken (`mv <it> {qdrant_path}`) before the earlier release starts "
+            "here, or every search it answers is empty"
+        )
+    matching = next((path for when, path in retired if when >= taken), None)
+    if matching is None:
+        return head + (
+            f"None was retired after the backup was created ({created}), so none holds its vectors: moving one back "
+            "serves vectors the registry does not name"
+        )
+    return head + (
+        f"{matching} is the one retired first after the backup was created: if the backup was taken before that "
+        f"migration (by a backup tool that did not copy {LEGACY}/), run `mv {matching} {qdrant_path}` before the "
+        "earlier release starts here, or every search it answers is empty"
     )
 
 
