@@ -1,10 +1,13 @@
 """CPU per search of the registry part of search: the live-version copy (REGISTRY_OUTAGE_SEARCH_SECONDS > 0) against
 main's path (the copy off: one snapshot and one active-version query per search), interleaved in one process.
 
-Each "search" judges 9 hits (the service's first page at top_k 5) drawn from a fixed hot set of documents of a
-tenant of ``--documents`` documents, as `SearchService._visible_hits` does: open the view, look the ids up.
-Rounds alternate A (off) and B (on); the figure is process CPU per search (time.process_time), median of rounds,
-and the B/A ratio. ``--writes`` bumps the tenant's data_version every that many searches (a tenant under ingest).
+Each "search" judges 9 hits (the service's first page at top_k 5) drawn from a hot set of ``--hot`` documents of a
+tenant of ``--documents`` documents, as `SearchService._visible_hits` does: open the view, look the ids up. Every
+round pair draws FRESH id sets (the same ones for A and B), so the copy arm meets ids it does not hold yet as a real
+tenant's new queries do; the copy's hit rate (ids answered from the copy / ids looked up) is printed with the ratio:
+B/A means little without it. Rounds alternate A (off) and B (on); the figure is process CPU per search
+(time.process_time around each search), median of rounds, and the B/A ratio. ``--writes`` bumps the tenant's
+data_version every that many searches (a tenant under ingest: the copy restarts empty after each).
 
     python bench/live_versions_ab.py                      # SQLite file under a temp dir
     python bench/live_versions_ab.py --database-url postgresql+psycopg://...
@@ -40,14 +43,6 @@ def fill(registry: DocumentRegistry, documents: int) -> None:
         )
 
 
-def run(live: LiveVersions, searches: list[list[str]]) -> float:
-    started = time.process_time()
-    for ids in searches:
-        with live.view(TENANT) as view:
-            view.active_versions(ids)
-    return (time.process_time() - started) / len(searches)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--database-url", default=None)
@@ -64,7 +59,6 @@ def main() -> None:
         fill(registry, args.documents)
         rng = random.Random(7)
         hot = [f"doc-{i}" for i in rng.sample(range(args.documents), args.hot)]
-        searches = [rng.sample(hot, 9) for _ in range(args.searches)]
         off = LiveVersions(registry, outage_seconds=0)
         on = LiveVersions(registry, outage_seconds=120)
         version = [1]
@@ -84,29 +78,42 @@ def main() -> None:
                     chunk_count=1,
                 )
 
-        def timed(live: LiveVersions) -> float:
-            if not args.writes:
-                return run(live, searches)
+        hits = [0, 0]  # ids the copy arm found in its copy, ids it looked up
+
+        def timed(live: LiveVersions, searches: list[list[str]]) -> float:
             total = 0.0
             for n, ids in enumerate(searches):
                 writer(n)
+                if live is on:  # outside the timed window
+                    copy = on._copies.get(TENANT)
+                    held = copy.versions if copy is not None else {}
+                    hits[0] += sum(1 for d in ids if d in held)
+                    hits[1] += len(ids)
                 started = time.process_time()
                 with live.view(TENANT) as view:
                     view.active_versions(ids)
                 total += time.process_time() - started
             return total / len(searches)
 
-        timed(off), timed(on)  # warm both
+        def draw() -> list[list[str]]:
+            return [rng.sample(hot, 9) for _ in range(args.searches)]
+
+        warm = draw()
+        timed(off, warm), timed(on, warm)  # warm both (the connections, the code paths) ...
+        on.forget(TENANT)  # ... but the measured rounds start with an empty copy
+        hits[:] = [0, 0]
         a, b = [], []
         for round_ in range(args.rounds):
+            searches = draw()  # fresh ids every round: the copy holds only what earlier rounds looked up
             first, second = (off, on) if round_ % 2 == 0 else (on, off)
-            x, y = timed(first), timed(second)
+            x, y = timed(first, searches), timed(second, searches)
             (a if first is off else b).append(x)
             (b if second is on else a).append(y)
         ma, mb = statistics.median(a), statistics.median(b)
         print(
             f"{registry.dialect}: off (main's path) {ma * 1e6:.1f} us CPU/search, copy on {mb * 1e6:.1f} us, "
-            f"B/A {mb / ma:.2f} (median of {args.rounds} interleaved rounds of {args.searches} searches"
+            f"B/A {mb / ma:.2f}, copy hit rate {hits[0] / max(hits[1], 1):.2f} (median of {args.rounds} interleaved "
+            f"rounds of {args.searches} searches, hot set {args.hot} of {args.documents}"
             f"{f', a write every {args.writes}' if args.writes else ''})"
         )
         registry.close()
