@@ -780,7 +780,8 @@ def check_build_daemon(
     through a buildx builder from the docker CLI's builder store (provider/internal/host.go `builderFor`): a
     `remote`, `kubernetes` or `docker-container` builder it can reach, else it creates a `docker-container` one,
     which needs a Docker daemon. So with the buildx plugin here, `docker buildx inspect --bootstrap` asks the
-    current builder to start and answer (a remote/kubernetes builder needs no local dockerd); without the plugin,
+    current builder to start and answer (a remote/kubernetes builder needs no local dockerd), else each other
+    builder `docker buildx ls` names (at most 8); without the plugin,
     `docker version` asks the daemon (context included); without the docker CLI, a unix-socket DOCKER_HOST (or the
     default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
 
@@ -788,14 +789,29 @@ def check_build_daemon(
     if which("docker") is not None:
         if _docker(run, ["buildx", "version"], "the buildx plugin").returncode == 0:
             done = _docker(run, ["buildx", "inspect", "--bootstrap"], "the current buildx builder")
-            if done.returncode != 0:
-                raise BuildPrerequisiteError(
-                    f"the current buildx builder does not start (`docker buildx inspect --bootstrap`: "
-                    f"{_last_line(done, 'no reason given')}): start the Docker daemon, or `docker buildx use` a "
-                    "builder that runs (a `remote` or `kubernetes` one needs no local daemon); or deploy a built "
-                    "image with `rag:image`."
-                )
-            return
+            if done.returncode == 0:
+                return
+            # The provider passes over a current builder of the `docker` driver (the default one, which needs
+            # dockerd) to the first other builder it can reach: any builder that starts will do.
+            listed = _docker(run, ["buildx", "ls", "--format", "{{.Name}}"], "the buildx builders")
+            lines = [] if listed.returncode != 0 else [line.strip() for line in listed.stdout.splitlines()]
+            # Node rows (`\\_ name`) are not builders; `default` is the docker-driver builder the provider skips.
+            names = (n for n in lines if n and not n.startswith("\\_") and n != "default")
+            others = list(dict.fromkeys(names))[:8]
+            for name in others:
+                if (
+                    _docker(
+                        run, ["buildx", "inspect", "--bootstrap", name], f"buildx builder {name}"
+                    ).returncode
+                    == 0
+                ):
+                    return
+            raise BuildPrerequisiteError(
+                f"the current buildx builder does not start (`docker buildx inspect --bootstrap`: "
+                f"{_last_line(done, 'no reason given')}), nor does any other (`docker buildx ls`: "
+                f"{', '.join(others) or 'none'}): start the Docker daemon, or create a builder that runs (a "
+                "`remote` or `kubernetes` one needs no local daemon); or deploy a built image with `rag:image`."
+            )
         done = _docker(run, ["version", "--format", "{{.Server.Version}}"], "the Docker daemon")
         if done.returncode != 0 or not done.stdout.strip():
             raise BuildPrerequisiteError(

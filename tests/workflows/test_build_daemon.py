@@ -16,7 +16,9 @@ from infra.workflows.stacks import Context, WorkflowError
 from tests.workflows.fake_pulumi import DIGEST, FakeBackend
 
 
-def _fake_docker(tmp_path: Path, *, buildx: bool, bootstrap: bool, daemon: bool) -> Path:
+def _fake_docker(
+    tmp_path: Path, *, buildx: bool, bootstrap: bool, daemon: bool, others: str = "", starts: str = "none"
+) -> Path:
     """A `docker` CLI on PATH: the buildx plugin (or none, with the real CLI's error), a current builder that starts
     or not (`buildx inspect --bootstrap`), a daemon that answers `docker version` or not. Logs each call."""
     bin_dir = tmp_path / "bin"
@@ -42,7 +44,14 @@ def _fake_docker(tmp_path: Path, *, buildx: bool, bootstrap: bool, daemon: bool)
 echo "$*" >> {log}
 case "$1 $2" in
   "buildx version") {plugin} ;;
-  "buildx inspect") [ "$3" = --bootstrap ] || exit 3; {builder} ;;
+  "buildx ls") [ "$3 $4" = "--format {{{{.Name}}}}" ] || exit 3; printf '{others}'; exit 0 ;;
+  "buildx inspect")
+    [ "$3" = --bootstrap ] || exit 3
+    if [ -n "$4" ]; then
+      [ "$4" = "{starts}" ] && {{ echo "Name: $4"; echo 'Driver: remote'; exit 0; }}
+      echo "ERROR: builder $4 does not start" >&2; exit 1
+    fi
+    {builder} ;;
   "version --format") {server} ;;
 esac
 exit 4
@@ -73,8 +82,36 @@ def test_a_builder_that_does_not_start_is_refused_with_buildx_s_reason(
     with pytest.raises(BuildPrerequisiteError, match="the current buildx builder does not start") as caught:
         check_build_daemon()
     assert "failed to dial gRPC" in str(caught.value)
-    assert "docker buildx use" in str(caught.value)
-    assert _calls(tmp_path) == ["buildx version", "buildx inspect --bootstrap"]
+    assert "nor does any other (`docker buildx ls`: none)" in str(caught.value)
+    assert _calls(tmp_path) == [
+        "buildx version",
+        "buildx inspect --bootstrap",
+        "buildx ls --format {{.Name}}",
+    ]
+
+
+def test_another_builder_that_starts_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`docker buildx create --driver kubernetes` without `--use`: the current builder stays the default (docker
+    driver, no dockerd here), which the provider passes over for the first builder it can reach."""
+    listing = "default\\n \\\\_ default\\nbroken\\n \\\\_ broken0\\nk8s\\n \\\\_ k8s0\\n"
+    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing, starts="k8s")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    check_build_daemon()
+    assert _calls(tmp_path) == [
+        "buildx version",
+        "buildx inspect --bootstrap",
+        "buildx ls --format {{.Name}}",
+        "buildx inspect --bootstrap broken",
+        "buildx inspect --bootstrap k8s",
+    ]
+
+
+def test_no_builder_that_starts_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = "default\\nbroken\\n"
+    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(BuildPrerequisiteError, match=r"nor does any other \(`docker buildx ls`: broken\)"):
+        check_build_daemon()
 
 
 def test_without_buildx_a_daemon_that_answers_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
