@@ -693,6 +693,9 @@ class Alerts:
     queueOldestJobAgeSeconds: int = _f(min=30, max=86400)
     certificateExpiryDays: int = _f(min=1, max=60)
     backupMaxAgeHours: int = _f(min=1, max=720)
+    volumeStats: bool
+    """The kubelets report volume stats for the stack's claims. False (kind/k3s local-path, hostPath volumes: no
+    `kubelet_volume_stats_*`): `RagVolumeStatsMissing` is left out instead of firing for good."""
 
 
 @dataclass(frozen=True, kw_only=True)

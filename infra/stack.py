@@ -439,6 +439,7 @@ def monitoring_args(
         redis_mode=redis_mode(config, cluster),
         redis_statefulset="redis",
         worker=config.service.worker.enabled,
+        volume_stats=mon.alerts.volumeStats,
         backup_cronjob=BACKUPS_NAME if backups_on else None,
         postgres_backups=backups_on and postgres_mode(config, cluster) == "cloudnative",
         tls_enabled=config.tls.enabled,

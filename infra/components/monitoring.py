@@ -249,6 +249,10 @@ class MonitoringArgs:
     """The stack runs the worker Deployment (`rag:service.worker.enabled`), which exports its last poll of the queue.
     False: the API pods run the jobs (JOBS_IN_PROCESS) and export no poll time, so `RagQueueNoConsumer` reads the
     jobs running and finished instead."""
+    volume_stats: bool = True
+    """The cluster's kubelets report volume stats for the stack's claims (`monitoring.alerts.volumeStats`). False
+    (hostPath volumes, e.g. kind's local-path class, export none): `RagVolumeStatsMissing` is left out, since it
+    would fire for good there."""
     backup_cronjob: str | None = None
     """Name of the Qdrant backup CronJob; None when backups are off (no backup alerts)."""
     tls_enabled: bool = True
@@ -636,7 +640,7 @@ def volume_rules(
         f" / max by (namespace, persistentvolumeclaim) (kubelet_volume_stats_capacity_bytes{{{vsel}}})"
     )
     stats = f"kubelet_volume_stats_capacity_bytes{{{vsel}}}"
-    return [
+    missing = [
         rule(
             "RagVolumeStatsMissing",
             # Qdrant's claims always exist and are mounted while the stack runs: no series for any claim of the
@@ -649,7 +653,10 @@ def volume_rules(
             "does not scrape the kubelets (monitoring.mode existing: that Prometheus' choice), or the claims' "
             "storage driver reports no volume stats. RagVolumeFillingUp and RagVolumeAlmostFull stay silent "
             "whatever the volumes' use.",
-        ),
+        )
+    ]
+    return [
+        *(missing if args.volume_stats else []),
         rule(
             "RagVolumeFillingUp",
             f"{free} < {t.volume_free_ratio}",

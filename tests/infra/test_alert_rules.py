@@ -777,3 +777,46 @@ def test_no_alert_threshold_docstring_is_detached_from_its_field() -> None:
             documented.append(ast.unparse(body[i - 1].target))
     for name in ("unschedulable_pod_minutes", "volume_free_ratio", "volume_critical_free_ratio"):
         assert name in documented, name
+
+
+def test_volume_stats_off_leaves_out_the_alert_that_would_fire_for_good(tmp_path: Path) -> None:
+    """REVIEW_INFRA20 R4: on kind/k3s local-path (hostPath) volumes the kubelet exports no volume stats
+    (kubernetes-sigs/kind#3643), so RagVolumeStatsMissing fired 30 minutes after every `up`, for good.
+    `monitoring.alerts.volumeStats: false` leaves that rule out; the volume-full alerts stay."""
+    nothing = Case(
+        "staging", "RagVolumeStatsMissing", "no stats", {svc("up", pod="rag-1"): "1x40"}, "35m", BY_NS
+    )
+    result = run_promtool(tmp_path, declared_groups(run("staging")), nothing)
+    assert result.returncode == 0, result.stdout + result.stderr  # fires by default
+
+    off = declared_groups(run("staging", monitoring={"alerts": {"volumeStats": False}}))
+    alerts = {r["alert"] for g in off for r in g["rules"]}
+    assert "RagVolumeStatsMissing" not in alerts
+    assert {"RagVolumeFillingUp", "RagVolumeAlmostFull"} <= alerts
+    # promtool over the rendered volume group with the same series: nothing fires.
+    [group] = [g for g in off if any(r["alert"] == "RagVolumeFillingUp" for r in g["rules"])]
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": [group]}, sort_keys=False))
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in nothing.series.items()],
+                "alert_rule_test": [
+                    {"eval_time": "35m", "alertname": name, "exp_alerts": []}
+                    for name in ("RagVolumeStatsMissing", "RagVolumeFillingUp", "RagVolumeAlmostFull")
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    quiet = subprocess.run(
+        [promtool(), "test", "rules", "test.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
