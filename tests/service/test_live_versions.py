@@ -343,6 +343,44 @@ def test_a_search_answered_from_an_older_copy_is_never_cached_under_the_newer_ve
         assert ids(after) == {"kept", "mine", "replaced"}
 
 
+def test_a_search_skipping_the_registry_after_its_key_read_is_never_cached_under_the_newer_version(
+    tmp_path: Path, embedder: FastEmbedEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The concurrent variant: another search's registry read fails between this search's cache-key read (the new
+    data_version) and its view, so this search skips the registry (the pause) and answers from the older copy;
+    that answer is not cached under the new version either."""
+    settings = make_settings(tmp_path, registry_outage_search_seconds=60, cache_enabled=True)
+    with running_app(settings, embedder=embedder) as client:
+        clock = Clock()
+        services = services_of(client)
+        live = services.search.live
+        live._clock = clock
+        for document_id, text in TEXTS.items():
+            assert client.put(f"/v1/documents/{document_id}", json={"text": text}).status_code == 201
+        assert ids(client.post("/v1/search", json=QUERY)) == set(TEXTS)
+        other = DocumentRegistry(services.registry.url)
+        try:
+            assert other.delete("default", "theirs") is not None
+        finally:
+            other.close()
+        read = live.read_data_version
+
+        def read_then_another_search_fails(tenant_id: str, reader: Any) -> int | None:
+            version = read(tenant_id, reader)
+            live._failed("another search's registry read failed")  # what a concurrent search's failure does
+            return version
+
+        monkeypatch.setattr(live, "read_data_version", read_then_another_search_fails)
+        during = client.post("/v1/search", json=QUERY)
+        assert during.status_code == 200, during.text
+        assert ids(during) == set(TEXTS)  # from the copy (the registry skipped during the pause)
+        monkeypatch.undo()
+        clock.now += 500
+        after = client.post("/v1/search", json=QUERY)
+        assert after.status_code == 200, after.text
+        assert ids(after) == {"kept", "mine", "replaced"}
+
+
 def test_a_copy_filled_by_another_search_between_lookups_never_drops_a_live_document() -> None:
     """Two searches of a tenant share one copy: one adding a document while the other looks it up must leave it
     either found or read from the registry, never neither (a live hit silently dropped)."""
