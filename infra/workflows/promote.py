@@ -304,9 +304,7 @@ def promote(
     if previewed_version is not None:
         check_unchanged_since_preview(ws, target, previewed_version)  # before anything is written
     check_registry_recoverable(ws, target)  # from the state alone: before anything is written
-    set_config_values(ws, target, values)
-    check_scale_down(ws, target)
-    check_major_upgrade(ws, target)
+    write_checked(ws, target, values)
     tgt.up(
         policy_packs=[policy_pack] if policy_pack else None,
         on_output=on_output,
@@ -314,6 +312,25 @@ def promote(
         message=f"promote {source} -> {target}: {digest_of(values)}",
     )
     return promotion
+
+
+def write_checked(ws: Workspace, stack: str, values: Mapping[str, Any]) -> None:
+    """Write `values` into the stack's file and run the guards that read the config to apply (the Qdrant
+    scale-down and the registry's major-version guard); when a guard refuses, the stack file is put back byte for
+    byte, so a promotion or rollback refused on a laptop leaves the checkout as it found it (it kept the promoted
+    image and settings before)."""
+    path = stack_file(ws, stack)
+    saved = path.read_bytes() if path.is_file() else None
+    set_config_values(ws, stack, values)
+    try:
+        check_scale_down(ws, stack)
+        check_major_upgrade(ws, stack)
+    except BaseException:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+        raise
 
 
 def last_update_version(ws: Workspace, stack: str) -> int:
@@ -908,9 +925,7 @@ def rollback(
     check_registry_recoverable(ws, stack)  # from the state alone: before anything is written
     if done.warning is not None and on_output is not None:
         on_output(done.warning)  # before the up's own output: the pager gap is seen while the rollback runs
-    set_config_values(ws, stack, values)
-    check_scale_down(ws, stack)
-    check_major_upgrade(ws, stack)
+    write_checked(ws, stack, values)
     st.up(
         policy_packs=[policy_pack] if policy_pack else None,
         on_output=on_output,

@@ -21,9 +21,18 @@ from infra.workflows.promote import (
     preview_promotion,
     promote,
 )
+from infra.workflows.scaling import ScaleDownRefused
 from infra.workflows.stacks import Context, UsageError, WorkflowError, allowed_promotions
 from tests.workflows.conftest import ImageSourceChecks
-from tests.workflows.fake_pulumi import DIGEST, FakeBackend, registry_ref, step_event
+from tests.workflows.fake_pulumi import (
+    DIGEST,
+    FakeBackend,
+    _entry,
+    _history,
+    registry_ref,
+    step_event,
+    write_config,
+)
 
 DEV_SERVICE = {"replicas": 1, "settings": {"logLevel": "DEBUG", "chunkSize": 300, "chunkOverlap": 40}}
 STAGING_SERVICE = {
@@ -745,3 +754,23 @@ def test_dev_to_staging_to_prod_with_per_environment_credentials_from_fresh_clon
     deployed = backend.stacks["prod"].deployed_config()
     assert deployed["rag:image"]["value"] == registry_ref("staging", DIGEST)
     assert deployed["rag:service"]["objectValue"] == {"replicas": 5, "settings": {"chunkSize": 300}}
+
+
+def test_a_promotion_a_guard_refuses_leaves_the_targets_stack_file_as_it_was(
+    ctx: Context, backend: FakeBackend
+) -> None:
+    """The guards read the config to apply from the stack file, so it is written first; a refusal puts it back
+    byte for byte (on a laptop the checkout kept the promoted image and settings after a refused promotion)."""
+    _stacks(backend)
+    backend.stacks["staging"].history.append(
+        _history("update", {"update": 1}, "succeeded", {"rag:qdrant": _entry({"replicas": 3})})
+    )
+    write_config(backend.work_dir, "staging", {"rag:qdrant": _entry({"replicas": 1})})
+    path = backend.work_dir / "Pulumi.staging.yaml"
+    before = path.read_bytes()
+
+    with pytest.raises(ScaleDownRefused, match="from 3 to 1 replicas"):
+        promote(ctx, "dev", "staging")
+
+    assert path.read_bytes() == before
+    assert backend.commands("up") == []
