@@ -71,7 +71,7 @@ from infra.workflows.stacks import (
     rfc3339,
     select,
     set_config_values,
-    stack_file,
+    stack_file_restorer,
 )
 
 IMAGE_KEY = f"{PROJECT}:image"
@@ -319,17 +319,13 @@ def write_checked(ws: Workspace, stack: str, values: Mapping[str, Any]) -> None:
     scale-down and the registry's major-version guard); when a guard refuses, the stack file is put back byte for
     byte, so a promotion or rollback refused on a laptop leaves the checkout as it found it (it kept the promoted
     image and settings before)."""
-    path = stack_file(ws, stack)
-    saved = path.read_bytes() if path.is_file() else None
+    restore = stack_file_restorer(ws, stack)
     set_config_values(ws, stack, values)
     try:
         check_scale_down(ws, stack)
         check_major_upgrade(ws, stack)
     except BaseException:
-        if saved is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(saved)
+        restore()
         raise
 
 
@@ -371,18 +367,12 @@ def preview_promotion(
     the approver of a promotion reads this (REVIEW10 F4)."""
     ws, _, values, promotion = _prepare(ctx, source, target, on_output, on_event, drop_secrets, checked)
     check_registry_recoverable(ws, target)
-    path = stack_file(ws, target)
-    saved = path.read_bytes() if path.is_file() else None
+    restore = stack_file_restorer(ws, target)
     try:
-        set_config_values(ws, target, values)
-        check_scale_down(ws, target)
-        check_major_upgrade(ws, target)
+        write_checked(ws, target, values)
         report = run_preview(ws, target, policy_pack=policy_pack, on_output=on_output, on_event=on_event)
     finally:
-        if saved is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(saved)
+        restore()
     return promotion, report
 
 

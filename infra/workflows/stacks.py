@@ -276,6 +276,21 @@ def stack_file(ws: Workspace, stack: str) -> Path:
     return Path(ws.work_dir) / f"Pulumi.{stack}.yaml"
 
 
+def stack_file_restorer(ws: Workspace, stack: str) -> Callable[[], None]:
+    """A call that puts the stack's file in this checkout back as it is now, byte for byte (removes it when there
+    is none now): what a run that writes config only for its own use leaves behind."""
+    path = stack_file(ws, stack)
+    saved = path.read_bytes() if path.is_file() else None
+
+    def restore() -> None:
+        if saved is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(saved)
+
+    return restore
+
+
 @contextmanager
 def deployed_config(ws: Workspace, stack: str) -> Iterator[ConfigMap]:
     """The config the stack's latest update ran with, in this checkout's stack file while the block runs.
@@ -286,8 +301,7 @@ def deployed_config(ws: Workspace, stack: str) -> Iterator[ConfigMap]:
     not the committed file a fresh CI checkout has. The checkout's file is put back afterwards, byte for byte
     (or removed when there was none): an operator's local edits survive a promotion run from their laptop.
     """
-    path = stack_file(ws, stack)
-    saved = path.read_bytes() if path.is_file() else None
+    restore = stack_file_restorer(ws, stack)
     try:
         try:
             ws.refresh_config(stack)
@@ -298,10 +312,7 @@ def deployed_config(ws: Workspace, stack: str) -> Iterator[ConfigMap]:
             ) from exc
         yield ws.get_all_config(stack)
     finally:
-        if saved is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(saved)
+        restore()
 
 
 def config_object(ws: Workspace, stack: str, key: str) -> dict[str, Any] | None:
