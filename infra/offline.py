@@ -314,9 +314,10 @@ def refresh_awaits(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> boo
     resource's state keeps the inputs its program sent (step.go `ReadStep.Apply`), so a `get` that sends none is
     checked at every refresh: an Ingress without an address is then "unhealthy" (an initialization error)."""
     live = outputs.get("live") if isinstance(outputs.get("live"), Mapping) else outputs
-    kind = f"{inputs.get('apiVersion') or live.get('apiVersion') or ''} {inputs.get('kind') or live.get('kind') or ''}"
-    if not (inputs.get("apiVersion") or inputs.get("kind")) and not (live.get("apiVersion") or live.get("kind")):
+    named = inputs if inputs.get("apiVersion") or inputs.get("kind") else live
+    if not (named.get("apiVersion") or named.get("kind")):
         return False
+    kind = f"{named.get('apiVersion') or ''} {named.get('kind') or ''}"
     metadata = inputs.get("metadata") if isinstance(inputs.get("metadata"), Mapping) else {}
     annotations = metadata.get("annotations") if isinstance(metadata.get("annotations"), Mapping) else {}
     return kind in AWAITED_READS and str(annotations.get("pulumi.com/skipAwait", "")).lower() != "true"

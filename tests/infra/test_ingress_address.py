@@ -254,7 +254,9 @@ def test_a_plain_refresh_of_the_entry_read_runs_no_readiness_check(target: str) 
     # Ingress itself skips the await (`existing`), the annotation survives and the next refresh stays clean.
     entry = result.by_name("gateway-ingress").inputs["metadata"]
     pruned_annotations = {
-        k: v for k, v in (entry.get("annotations") or {}).items() if k in state_inputs["metadata"]["annotations"]
+        k: v
+        for k, v in (entry.get("annotations") or {}).items()
+        if k in state_inputs["metadata"]["annotations"]
     }
     pruned = {**live, "metadata": {"name": "gateway", "annotations": pruned_annotations}}
     assert refresh_awaits(pruned, live) is (target != "existing")
