@@ -109,14 +109,16 @@ def test_a_registry_and_a_local_mode_store_made_outside_the_service_are_owner_on
     tmp_path: Path, usual_umask: None
 ) -> None:
     data = tmp_path / "data"
-    registry = DocumentRegistry.from_settings(Settings(_env_file=None, data_dir=data))  # as every tool opens it
+    registry = DocumentRegistry.from_settings(
+        Settings(_env_file=None, data_dir=data)
+    )  # as every tool opens it
     try:
         registry.migrate()
         beside = {p.name: mode(p) for p in data.iterdir() if p.name.startswith("registry.db")}
     finally:
         registry.close()
     assert beside["registry.db"] == 0o600
-    assert beside == {name: 0o600 for name in beside}  # its -wal/-shm take its mode
+    assert beside == dict.fromkeys(beside, 0o600)  # its -wal/-shm take its mode
     assert mode(data / "registry.db") == 0o600
 
     settings = Settings(_env_file=None, data_dir=tmp_path / "other", vector_store="local")
