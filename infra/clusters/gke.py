@@ -555,7 +555,10 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         )
     )
     k8s_provider = k8s.Provider(
-        "k8s", kubeconfig=kubeconfig, enable_server_side_apply=True, cluster_identifier=cluster_identity(cluster.id)
+        "k8s",
+        kubeconfig=kubeconfig,
+        enable_server_side_apply=True,
+        cluster_identifier=cluster_identity(cluster.id),
     )
     # A destroy deletes the claims before the node pool and the cluster; GKE's PD CSI driver deletes the disks
     # behind them afterwards (infra/clusters/volumes.py). Not in prod: its cluster is protected from deletion.
