@@ -163,7 +163,8 @@ def test_a_delete_whose_commit_answer_was_lost_is_answered_as_done(
         assert refused.status_code == 503, refused.text
         assert services.registry.get("default", "salmon") is not None
         assert client.delete("/v1/documents/salmon").status_code == 204
-        assert client.delete("/v1/documents/salmon").status_code == 404  # a delete after that one: nothing there
+        # A delete after that one: nothing there.
+        assert client.delete("/v1/documents/salmon").status_code == 404
 
 
 def test_the_retry_of_a_delete_whose_outcome_stayed_unknown_is_answered_as_done(
