@@ -299,6 +299,30 @@ def kubernetes_read_target(inputs: Mapping[str, Any], resource_id: str) -> tuple
     return str(metadata.get("namespace") or ("" if names_kind else id_namespace)), name
 
 
+#: Kinds pulumi-kubernetes checks for readiness when it reads a resource it already holds (a refresh): await.go
+#: `awaiters` entries with an `awaitRead` (the Ingress's: `ingressReady` only with a load balancer address).
+AWAITED_READS = frozenset({"networking.k8s.io/v1 Ingress"})
+
+
+def refresh_awaits(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> bool:
+    """Whether pulumi-kubernetes' `Read` runs its readiness check when a refresh reads a resource whose state holds
+    `inputs` and `outputs` (the engine sends both, pulumi/pulumi step.go `RefreshStep.Apply`).
+
+    provider/pkg/provider/provider.go `Read`: with no apiVersion/kind in the inputs nor in the state's live object
+    (a first `get`) it reads from the cluster and checks nothing (`readFromCluster`); otherwise await.go `Read` runs the
+    kind's `awaitRead` unless the INPUTS carry `pulumi.com/skipAwait: "true"` (metadata.SkipAwaitLogic). A read
+    resource's state keeps the inputs its program sent (step.go `ReadStep.Apply`), so a `get` that sends none is
+    checked at every refresh: an Ingress without an address is then "unhealthy" (an initialization error)."""
+    live = outputs.get("live") if isinstance(outputs.get("live"), Mapping) else outputs
+    named = inputs if inputs.get("apiVersion") or inputs.get("kind") else live
+    if not (named.get("apiVersion") or named.get("kind")):
+        return False
+    kind = f"{named.get('apiVersion') or ''} {named.get('kind') or ''}"
+    metadata = inputs.get("metadata") if isinstance(inputs.get("metadata"), Mapping) else {}
+    annotations = metadata.get("annotations") if isinstance(metadata.get("annotations"), Mapping) else {}
+    return kind in AWAITED_READS and str(annotations.get("pulumi.com/skipAwait", "")).lower() != "true"
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
