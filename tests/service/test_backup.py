@@ -151,8 +151,9 @@ def test_backup_restore_round_trip_serves_every_document(tmp_path: Path) -> None
     apparent = sum(
         path.stat().st_size for path in backup.rglob("*") if path.is_file() and path.name != "manifest.json"
     )
-    assert f"({apparent} bytes) apparent" in made.stdout and apparent > on_disk, made.stdout
-    assert " MB (" in checked.stdout and "on disk (allocated)" in checked.stdout
+    assert f"({apparent} bytes) apparent" in made.stdout, made.stdout
+    assert apparent > on_disk
+    assert "on disk (allocated)" in checked.stdout
     inside = _run("service.tools.backup", "create", str(source / "edge" / "b"), data_dir=source)
     assert inside.returncode == 2
     assert "inside EDGE_PATH" in inside.stderr
