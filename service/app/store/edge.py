@@ -107,7 +107,8 @@ import numpy as np
 import qdrant_edge as qe
 
 from service.app.core.config import Settings
-from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.errors import DiskFull, RagError, ServiceUnavailable
+from service.app.core.faults import faked_free_bytes
 from service.app.core.files import make_private_dirs
 from service.app.core.metrics import EDGE_CONSOLIDATIONS, FAILURES, METADATA_INDEX_BACKLOG
 from service.app.store import edge_ops
@@ -323,7 +324,7 @@ def refuse_local_beside_edge(settings: Settings) -> None:
     )
 
 
-class DiskNearlyFull(ServiceUnavailable):
+class DiskNearlyFull(DiskFull):
     """A write refused because the store's volume has less free space than READY_MIN_FREE_BYTES."""
 
 
@@ -1996,7 +1997,7 @@ class EdgeVectorStore:
         while not where.exists() and where != where.parent:
             where = where.parent
         stats = os.statvfs(where)
-        return stats.f_bavail * stats.f_frsize
+        return faked_free_bytes(stats.f_bavail * stats.f_frsize)
 
     def _check_room(self) -> None:
         """ServiceUnavailable when a WAL sync failed since the store opened (`write_failure`), or when the store's
