@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import hashlib
 import json
 import os
@@ -554,12 +555,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup: error: {exc}", file=sys.stderr)
         return exc.status
     files = manifest["files"]
-    size = sum(entry["bytes"] for entry in files.values())
     print(
-        f"backup: {args.command}: {len(files)} files, {size} bytes, registry revision "
+        f"backup: {args.command}: {len(files)} files, "
+        f"{size_summary(args.target if args.command == 'create' else args.source, files)}, registry revision "
         f"{manifest['registry_revision']}, written by {manifest['service_version']} at {manifest['created']}"
     )
     return 0
+
+
+def size_summary(backup: Path, files: dict[str, dict[str, Any]]) -> str:
+    """What the backup's files take on disk (their allocated blocks, what `du` says), then their apparent size.
+
+    The engine's files are mostly preallocated holes, kept sparse here: a 70 MB backup was summed as "343268282
+    bytes" (EYES10), and a copy that does not keep holes (scp, rsync without --sparse, many object-store uploads)
+    writes the apparent size.
+    """
+    apparent = sum(entry["bytes"] for entry in files.values())
+    allocated = 0
+    for name in files:
+        with contextlib.suppress(OSError):
+            allocated += (Path(backup) / name).stat().st_blocks * 512
+    summary = f"{_mb(allocated)} on disk (allocated)"
+    if apparent > allocated:
+        summary += (
+            f", {_mb(apparent)} apparent (sparse files: a copy that does not keep holes writes that much)"
+        )
+    return summary
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB ({size} bytes)"
 
 
 if __name__ == "__main__":
