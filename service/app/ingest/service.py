@@ -541,6 +541,12 @@ class IngestService:
             if not self._committed(store, tenant_id, document_id, version):
                 raise
             logger.warning("commit of %s/%s answered with an error but it happened", tenant_id, document_id)
+        except Exception:
+            # Anything else (a bug, a failed sync of the points before the commit): the points are discarded at
+            # once, not after GC_GRACE_SECONDS, unless the registry says the version is active (the failure came
+            # after the commit); unreadable, they are left to the collector, as above. The error stands.
+            self._committed(store, tenant_id, document_id, version)
+            raise
 
         fault_point("before_cleanup")
         try:
