@@ -517,9 +517,13 @@ def _outputs_for(typ: str, name: str, inputs: Mapping[str, Any]) -> dict[str, An
     if typ.startswith("aws:ec2/") or typ.startswith("aws:"):
         return {"arn": f"arn:aws:{typ.split(':')[1].split('/')[0]}:{region}:{ACCOUNT_ID}:{name}"}
     if typ == "gcp:container/cluster:Cluster":
+        # GKE's `endpoint` is the private address when the private endpoint is enabled, the public one otherwise
+        # (PrivateClusterConfig.enablePrivateEndpoint: "whether the master's internal IP address is used as the
+        # cluster endpoint"), so switching it moves the kubeconfig's server on the same cluster.
+        private = bool((inputs.get("privateClusterConfig") or {}).get("enablePrivateEndpoint"))
         return {
             "name": inputs.get("name") or name,
-            "endpoint": f"34.{int(_digest('gke', name)[:2], 16)}.0.1",
+            "endpoint": "172.16.0.2" if private else f"34.{int(_digest('gke', name)[:2], 16)}.0.1",
             "masterAuth": {"clusterCaCertificate": _fake_cert(name)},
             "location": inputs.get("location", "europe-west1"),
             "selfLink": f"https://container.googleapis.com/v1/projects/p/locations/l/clusters/{name}",
