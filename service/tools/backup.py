@@ -262,6 +262,9 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             f"{target} is inside QDRANT_PATH ({legacy}), which it copies: back up somewhere else"
         )
     partial = target.with_name(target.name + ".partial")
+    # The edge store's lock keeps a service of this release from starting on DATA_DIR while it is copied; on a
+    # DATA_DIR an earlier release left (qdrant/ only) taking it makes edge/, which is removed again below.
+    edge_existed = edge.exists()
     lock = _take_lock(settings, edge, "a backup")
     try:
         legacy_lock = _LegacyLock(settings, legacy, "a backup") if legacy is not None else None
@@ -286,14 +289,12 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             copy.close()
             source.close()
         _block_at("registry")
-        if edge.is_dir():
+        if edge_existed and edge.is_dir():
             # Holes kept: the engine's files are mostly preallocated, sparse space (a one-document store is 0.4 MB on
             # disk and 194 MB apparent); a plain copy writes every zero.
             shutil.copytree(
                 edge, partial / EDGE, ignore=shutil.ignore_patterns(LOCK_FILE), copy_function=copy_sparse
             )
-        else:
-            (partial / EDGE).mkdir()
         if legacy is not None:
             # An earlier release's store: before `migrate_store` it holds every vector, and after one it is what
             # the earlier release reads again on a rollback (migrate_store retires it as qdrant.migrated).
@@ -329,6 +330,11 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
     finally:
         if legacy_lock is not None:
             legacy_lock.release()
+        if not edge_existed:
+            # Still under the lock: a service starting now is refused as during the copy, one after finds none.
+            with contextlib.suppress(OSError):
+                (edge / LOCK_FILE).unlink()
+                edge.rmdir()
         lock.release()
     return manifest
 
