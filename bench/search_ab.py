@@ -69,6 +69,8 @@ from ingest_search import (  # noqa: E402
     running_threads,
     thread_cpu_seconds,
 )
+from interleave import path_orders  # noqa: E402
+from priority import conditions  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -254,7 +256,7 @@ def main() -> None:
         # path follows each other one equally often, the boundaries between queries included. Rotations alone
         # had the baseline follow the raw path (whose embedding evicts the caches) twice as often as this
         # checkout's service: an A/A run then read ~0.95x for this checkout (docs/benchmarks.md, stop 19).
-        orders = [p[i:] + p[:i] for p in (paths, paths[::-1]) for i in range(len(p))]
+        orders = path_orders(paths)
         for index, text in enumerate(measured):
             for path in orders[index % len(orders)]:
                 settle()
@@ -286,7 +288,7 @@ def main() -> None:
     print(
         f"{args.docs} documents, {count} distinct queries per path, interleaved; load average {load_before:.1f} "
         f"before, {os.getloadavg()[0]:.1f} after; baseline: {args.baseline} {envs['baseline'] or ''}, this "
-        f"checkout {envs['this checkout'] or ''}; store: {args.data_dir or 'make bench documents'}"
+        f"checkout {envs['this checkout'] or ''}; store: {args.data_dir or 'make bench documents'}; {conditions()}"
     )
     base = statistics.median(latency["baseline"])
     raw = statistics.median(latency[RAW])
