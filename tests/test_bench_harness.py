@@ -730,3 +730,45 @@ def test_segment_builds_charges_a_query_its_own_thread_and_the_engine_pool_not_o
     assert other_spent
     assert charged >= pool_spent[0] * 0.99
     assert charged < pool_spent[0] + other_spent[0] / 2
+
+
+def test_startup_measures_a_service_loaded_from_byte_code_even_where_python_may_not_write_it(
+    tmp_path: Path,
+) -> None:
+    # With PYTHONDONTWRITEBYTECODE=1 (this sandbox's shell) every start compiled the service's ~650 KB of source
+    # (~11 % of the imports' instructions), and whether an earlier run had left .pyc files decided a tenth of the
+    # verdict's imports row. bench/startup.py compiles the checkout's service package first, as the image does.
+    from startup import compile_service
+
+    package = tmp_path / "checkout" / "service"
+    (package / "app").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "app" / "__init__.py").write_text("")
+    (package / "app" / "main.py").write_text("VALUE = 42\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    probe = [sys.executable, "-v", "-c", "import service.app.main as m; assert m.VALUE == 42"]
+
+    def loaded_from_byte_code() -> bool:
+        done = subprocess.run(probe, cwd=package.parent, env=env, capture_output=True, text=True, check=True)
+        return f"code object from '{package / 'app' / '__pycache__'}/main." in done.stderr
+
+    assert not loaded_from_byte_code()  # compiled from source, and nothing written
+    compile_service(package.parent)
+    assert loaded_from_byte_code()
+    (package / "app" / "main.py").write_text("VALUE = 42  # changed\n")  # a stale .pyc is not used
+    assert not loaded_from_byte_code()
+    compile_service(package.parent)
+    assert loaded_from_byte_code()
+
+
+def test_startup_breakdown_is_the_median_of_each_step_over_the_probes() -> None:
+    # One probe per checkout used to be the whole breakdown: one slow moment set a row.
+    from startup import medians
+
+    probes = [
+        {"wall": {"imports: app": 0.8, "model load": 0.3}, "cpu": {"imports: app": 0.7, "model load": 0.2}},
+        {"wall": {"imports: app": 2.5, "model load": 0.4}, "cpu": {"imports: app": 0.9, "model load": 0.3}},
+        {"wall": {"imports: app": 0.9, "model load": 0.2}, "cpu": {"imports: app": 0.8, "model load": 0.1}},
+    ]
+    assert medians(probes) == {"imports: app": 0.9, "model load": 0.3}
+    assert medians(probes, "cpu") == {"imports: app": 0.8, "model load": 0.2}
