@@ -72,6 +72,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from httpclient import KeepAliveClient  # noqa: E402
 from ingest_search import ServiceProcess, percentile  # noqa: E402
+from priority import conditions  # noqa: E402
 from sections import replace_section  # noqa: E402
 from startup import measure_startup, phases  # noqa: E402
 
@@ -1082,7 +1083,8 @@ def main() -> None:
     setup = (
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
-        f"{load_before:.1f} before and {load[0]:.1f} after (the machine was shared with other jobs: compare within a row, not across runs). "
+        f"{load_before:.1f} before and {load[0]:.1f} after (the machine was shared with other jobs: compare within a row, not across runs); "
+        f"{conditions()}. "
         f"{len(texts)} real chunks of standard-library docstrings embedded in {embed_seconds:.0f} s, replicated "
         f"with noise up to each size; {args.queries} queries (docstring first sentences), top_k {TOP_K}, tenant "
         f"filter on 90 % of the points; local mode measured on {args.local_queries} queries, skipped above "

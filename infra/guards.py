@@ -435,12 +435,13 @@ used up its retries, and the operator waits for a person (internal/controller/cl
 def unrecoverable_refusal(stack: str, phase: str | None) -> str | None:
     """Refuse an `up` over a CloudNativePG Cluster the state last saw unrecoverable: pulumi-kubernetes recorded that
     update with its error, so this `up` would update the Cluster and wait for `Ready` for the Cluster's update
-    timeout (60 minutes, as long as the deploy jobs' own timeout) and fail the same way."""
+    timeout (30 minutes; 60 with a declared major upgrade) and fail the same way."""
     if phase != CNPG_UNRECOVERABLE:
         return None
     return (
         f"the stack's state has its CloudNativePG Cluster in phase {phase!r} (an instance Job failed; the operator "
-        "leaves it so): this `up` would wait 60 minutes for it to become Ready and fail. Recover it by hand "
+        "leaves it so): this `up` would wait 30 minutes (60 with a declared major upgrade) for it to become Ready "
+        "and fail. Recover it by hand "
         "(docs/runbooks.md#the-registrys-cluster-never-became-ready-a-failed-instance-job), then run `pulumi "
         f"refresh -s {stack}` and `up` again."
     )

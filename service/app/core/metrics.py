@@ -185,3 +185,6 @@ EXTRACTIONS = Counter(
     "Text extractions by where they ran and outcome.",
     ["where", "outcome"],
 )  # where: inline | worker; outcome: ok | invalid | extract_cpu_seconds | extract_memory_mb | unavailable | error
+for _where in ("inline", "worker"):
+    for _outcome in ("ok", "invalid", "extract_cpu_seconds", "extract_memory_mb", "unavailable", "error"):
+        EXTRACTIONS.labels(where=_where, outcome=_outcome)
