@@ -212,8 +212,9 @@ def cluster_refusal(
                 f"{PROJECT}:{key}",
                 f"Refusing to change {key} of stack {stack!r} from {was!r} to {wanted!r}: `enable_autopilot` is "
                 "ForceNew (terraform-provider-google google_container_cluster), so the `up` would replace the cluster "
-                "by a new, empty one of the same name (outside prod the old one is deleted first, its workloads and "
-                "the state of every object on it with it; in prod the protected cluster stops the `up`). Set it back "
+                "by a new, empty one of the same name, which either collides with the running one half-way through "
+                "the `up` or takes its place with none of the stack's objects on it (in prod the protected cluster "
+                "stops the `up`). Set it back "
                 f"(`pulumi config set --path {PROJECT}:{key} {str(was).lower()} -s {stack}`), or deploy a new stack "
                 "of the other kind and restore into it (docs/delivery.md#adding-a-permanent-stack, docs/runbooks.md) "
                 f"({DAY_TWO_DOC})",
