@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from ingest_search import MODEL_DIR, free_port, histogram_sum, make_document, process_cpu_seconds  # noqa: E402
+from priority import check_same_priority  # noqa: E402
 
 # After a PUT, before reading the process's CPU: ONNX Runtime's worker threads spin on for a few ms (their CPU
 # belongs to that PUT). Not a timing assertion: a longer pause only moves CPU from the next PUT to this one.
@@ -68,6 +69,7 @@ def start(label: str, checkout: Path, durability: str, work: Path) -> tuple[subp
             raise SystemExit(f"{label} exited ({process.returncode}); see {work / label}.log")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                check_same_priority(process.pid)  # the variants compete at the benchmark's priority
                 return process, url
         except httpx.HTTPError:
             pass

@@ -21,8 +21,10 @@ are idle again is reported per chunk for each path.
 
 Search: the same queries, all different, are sent as POST /v1/search (top_k 5, mode dense) and as raw
 query_embed + a dense engine query with a tenant filter; p50/p99 latencies of each and the p50 ratio (target <= 1.3). Both measurements interleave the
-two paths document by document and query by query (alternating which goes first), so background load on
-shared cores hits both alike.
+paths document by document and query by query, cycling through every rotation of the paths and of their reverse
+(bench/interleave.py: each path follows each other one equally often), so background load on shared cores and
+what one path leaves in the caches hit all alike. The service runs at the benchmark's own priority
+(bench/priority.py; the setup line says which).
 
 Before each timed search the benchmark waits until neither side has work left running (`Quiescence`): the
 raw side's fastembed session keeps an ONNX Runtime worker thread spinning for ~50 ms of CPU after every query
@@ -60,6 +62,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from httpclient import KeepAliveClient  # noqa: E402
+from interleave import path_orders  # noqa: E402
+from priority import check_same_priority, conditions  # noqa: E402
 from sections import replace_section  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
@@ -154,7 +158,9 @@ class ServiceProcess:
     It counts as started only when ITS child answers: the port must be free before the start, the child must be
     alive, and the socket answering /healthz must be the child's (a stale server on the port once answered for
     a child that had died, and a whole benchmark measured the wrong process). Anything else is a SystemExit
-    naming what answered.
+    naming what answered. Every thread of the child must then run at the benchmark's own priority (niceness and
+    scheduling policy, which it inherits): the service and the benchmark's own path compete for the same cores
+    at one priority (bench/priority.py).
     """
 
     def __init__(
@@ -219,6 +225,7 @@ class ServiceProcess:
             if healthy:
                 holders = listening_pids(self.port)
                 if self.proc.poll() is None and self.proc.pid in holders:
+                    check_same_priority(self.proc.pid)
                     return
                 raise SystemExit(
                     f"{self.url} answers, but not from the benchmark's service (pid {self.proc.pid}, "
@@ -236,6 +243,20 @@ class ServiceProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def interleaved(rounds: int, paths: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(round, path) in timing order: each round (a document, a query) visits every path, in the orders
+    ``path_orders`` cycles through, so each path follows each other one equally often."""
+    orders = path_orders(paths)
+    return [(index, path) for index in range(rounds) for path in orders[index % len(orders)]]
+
+
+def http_client_for(query_index: int) -> str:
+    """Which HTTP client sends query ``query_index`` (only one does: a text the service has embedded once would
+    hit its query-vector cache the second time): two queries each in turn, so with the orders of
+    ``interleaved`` (which change every query) each client meets every order equally often."""
+    return "keep-alive client" if (query_index // 2) % 2 == 0 else "httpx"
 
 
 def ingest_http(
@@ -418,14 +439,22 @@ class Quiescence:
         )
 
 
+LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
 def histogram_values(metrics: str, name: str, labels: str = "") -> dict[str, float]:
-    """The ``sum`` and ``count`` of a Prometheus histogram in the text exposition (the series with ``labels``)."""
-    values = {}
+    """The ``sum`` and ``count`` of a Prometheus histogram in the text exposition, added up over every series
+    whose labels include ``labels`` (each ``key="value"`` of it; "" matches every series): a histogram with
+    several label sets (a route's methods, the embedding's kinds) has one ``_sum``/``_count`` per set. A suffix
+    no series has is absent (nothing observed yet)."""
+    values: dict[str, float] = {}
+    wanted = [part for part in labels.split(",") if part]
     for suffix in ("sum", "count"):
         pattern = rf"^{name}_{suffix}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$"
         for match in re.finditer(pattern, metrics, re.MULTILINE):
-            if all(part in (match.group(1) or "") for part in labels.split(",") if part):
-                values[suffix] = float(match.group(2))
+            present = {f'{key}="{value}"' for key, value in LABEL.findall(match.group(1) or "")}
+            if all(part in present for part in wanted):
+                values[suffix] = values.get(suffix, 0.0) + float(match.group(2))
     return values
 
 
@@ -511,7 +540,7 @@ def main() -> None:
         ingest_http(client, documents[:3], "warm-httpx-")
         ingest_raw(model, chunker, qdrant, collection, documents[:3], settings.embedding_batch_size, "warm-")
 
-        # Document by document, rotating which path goes first, so all see the same background load. The service
+        # Document by document, cycling the order of the paths, so all see the same background load. The service
         # is timed with both HTTP clients (each document PUT once with each, under its own id): the keep-alive
         # client is the headline (the search rows' reasoning: a client's own CPU is not the service's), httpx's
         # row keeps its ~1 ms more per PUT visible. Before
@@ -524,8 +553,7 @@ def main() -> None:
         chunks_of = dict.fromkeys(paths, 0)
         seconds_of = dict.fromkeys(paths, 0.0)
         cpu_of = dict.fromkeys(paths, 0.0)
-        timed = [(path, document) for index, document in enumerate(documents)
-                 for path in paths[index % 3:] + paths[:index % 3]]  # fmt: skip
+        timed = [(path, documents[index]) for index, path in interleaved(len(documents), paths)]
         ingest_quiet.wait(timed[0][0], 0)
         for position, (path, document) in enumerate(timed):
             cpu_before = cpu_seconds(service.proc.pid)
@@ -577,8 +605,8 @@ def main() -> None:
                 if raw_int8 is not None:
                     raw_search(next(iter(raw_int8.query_embed(query))).tolist())
         # Each query is searched by the raw path and over HTTP by ONE of the two clients (alternately: a text the
-        # service has embedded once would hit its query-vector cache the second time). The order (raw first or
-        # HTTP first) alternates too, so each client sees both orders equally often.
+        # service has embedded once would hit its query-vector cache the second time). The order of the paths cycles
+        # too (below), and each client meets every order of the paths equally often (tests/test_bench_harness.py).
         gap = args.gap_ms / 1000
         quiet = Quiescence(service.proc.pid, max_wait=args.settle_max_ms / 1000)
         http_latency: dict[str, list[float]] = {"keep-alive client": [], "httpx": []}
@@ -586,28 +614,29 @@ def main() -> None:
         raw_latency, raw_embed = [], []
         raw8_latency, raw8_embed = [], []
         paths = ("http", "raw") if raw_int8 is None else ("http", "raw", "raw-int8")
-        for index, query in enumerate(queries):
-            via = "keep-alive client" if (index // 2) % 2 == 0 else "httpx"
-            for path in paths[index % len(paths) :] + paths[: index % len(paths)]:
-                # A pause before each timed call, then until both processes are idle: on 2 shared cores, work one
-                # path leaves running after it returns (the raw ONNX session's spinning thread, the server's
-                # post-response bookkeeping) would otherwise land inside the other path's timing (Quiescence).
-                quiet.wait(path, gap)
-                started = time.perf_counter()
-                if path == "http":
-                    # mode dense: the raw path is a dense engine query, so both sides do the same work.
-                    body = {"query": query, "top_k": 5, "mode": "dense"}
-                    if via == "httpx":
-                        client.post("/v1/search", json=body).raise_for_status()
-                    else:
-                        fast.post_json("/v1/search", body)
-                    http_latency[via].append(time.perf_counter() - started)
+        # Each path follows each other one equally often (bench/interleave.py): rotations alone had http follow
+        # raw-int8 (whose embedding in this process evicts the caches) in two of three queries.
+        for index, path in interleaved(len(queries), paths):
+            query, via = queries[index], http_client_for(index)
+            # A pause before each timed call, then until both processes are idle: on 2 shared cores, work one
+            # path leaves running after it returns (the raw ONNX session's spinning thread, the server's
+            # post-response bookkeeping) would otherwise land inside the other path's timing (Quiescence).
+            quiet.wait(path, gap)
+            started = time.perf_counter()
+            if path == "http":
+                # mode dense: the raw path is a dense engine query, so both sides do the same work.
+                body = {"query": query, "top_k": 5, "mode": "dense"}
+                if via == "httpx":
+                    client.post("/v1/search", json=body).raise_for_status()
                 else:
-                    embedding = model if path == "raw" else raw_int8
-                    vector = next(iter(embedding.query_embed(query))).tolist()
-                    (raw_embed if path == "raw" else raw8_embed).append(time.perf_counter() - started)
-                    raw_search(vector)
-                    (raw_latency if path == "raw" else raw8_latency).append(time.perf_counter() - started)
+                    fast.post_json("/v1/search", body)
+                http_latency[via].append(time.perf_counter() - started)
+            else:
+                embedding = model if path == "raw" else raw_int8
+                vector = next(iter(embedding.query_embed(query))).tolist()
+                (raw_embed if path == "raw" else raw8_embed).append(time.perf_counter() - started)
+                raw_search(vector)
+                (raw_latency if path == "raw" else raw8_latency).append(time.perf_counter() - started)
         fast.close()
         server_cpu_after = thread_cpu_seconds(service.proc.pid)
         breakdown = server_breakdown(client.get("/metrics").text)
@@ -682,7 +711,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
         f"Python {platform.python_version()}, measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average "
         f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} at the end (other jobs on the machine count: "
-        "read the ratios)."
+        f"read the ratios); {conditions()}."
     )
     lines = [f"- {what}: {value:.1f} ms" for what, value in breakdown.items() if value is not None]
     raw_embed_mean = statistics.mean(raw_embed) * 1000
@@ -750,8 +779,8 @@ wraps, on the same documents in the same run:
   with qdrant-edge-py into a shard of its own, document by document, with the BM25 sparse vectors, payload and
   payload indexes the service's shard has; searches are `query_embed` + an engine query with a tenant filter.
 
-Both measurements interleave the two paths document by document and query by query (alternating which goes
-first), so load from other processes on the shared CPUs hits both alike.
+Both measurements interleave the paths document by document and query by query (each path following each
+other one equally often), so load from other processes on the shared CPUs hits all alike.
 The service additionally hashes the content, reads/writes the registry, cleans up previous versions and, on
 search, checks hits against the registry: the ratios are the cost of those guarantees plus HTTP.
 

@@ -918,7 +918,8 @@ def render(results: list[dict], setup: str, empty_boot: dict | None = None) -> s
         )
     rows.append("")
     rows.append(
-        "Start-up steps timed one after the other in a fresh process (bench/startup.py); the service overlaps "
+        "Start-up steps timed one after the other in a fresh process (bench/startup.py; medians of 3 such "
+        "processes, the service's modules compiled to byte code beforehand); the service overlaps "
         "the model load with the imports and the migration, so the steps add up to more than the start-up."
     )
     with_concurrency = [r for r in results if r["concurrency"]]

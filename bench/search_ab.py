@@ -69,6 +69,7 @@ from ingest_search import (  # noqa: E402
     running_threads,
     thread_cpu_seconds,
 )
+from interleave import path_orders  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -254,7 +255,7 @@ def main() -> None:
         # path follows each other one equally often, the boundaries between queries included. Rotations alone
         # had the baseline follow the raw path (whose embedding evicts the caches) twice as often as this
         # checkout's service: an A/A run then read ~0.95x for this checkout (docs/benchmarks.md, stop 19).
-        orders = [p[i:] + p[:i] for p in (paths, paths[::-1]) for i in range(len(p))]
+        orders = path_orders(paths)
         for index, text in enumerate(measured):
             for path in orders[index % len(orders)]:
                 settle()

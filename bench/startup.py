@@ -15,6 +15,19 @@ so both see the same machine load; the ratio is the result.
 the entry point and the app, the fastembed import, the model load, the registry migration, the store's
 opening, the wiring of the services, the first query. The service overlaps some of these (the model loads in
 a thread while the app is imported and the registry migrates), so their sum exceeds the measured start-up.
+One probe per run and checkout, interleaved with the start-ups (until stop 21: one probe per checkout after
+all runs, so one slow moment of a shared machine set a whole row); the table gives the median of each step's
+wall time and, for the imports, its CPU time (``time.process_time()`` in the probe: less sensitive to other
+jobs than the wall time).
+
+**Byte code.** Before measuring, each checkout's ``service`` package is compiled to ``__pycache__``
+(``compileall``, which skips what is up to date; the files are git-ignored), as the image does at build time
+and as any start after the first does where Python may write byte code. Without it, a shell with
+``PYTHONDONTWRITEBYTECODE=1`` (this sandbox's) compiles the service's ~650 KB of source at every start: ~11 %
+of the imports' instructions (docs/benchmarks.md, "Start-up imports, stop 21"), and whether an earlier run had
+left ``.pyc`` files behind decided a tenth of the imports row.
+
+The service runs at the benchmark's priority (bench/priority.py; the setup line says which).
 
 Results go to stdout; ``--write`` replaces the section between the start-up markers in docs/benchmarks.md.
 """
@@ -35,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from priority import check_same_priority, conditions
 from sections import replace_section
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,11 +59,13 @@ END = "<!-- startup:end -->"
 # Run in a fresh interpreter inside the checkout under test: each step of build_services timed on its own.
 PHASES = r"""
 import json, sys, time
-t = time.perf_counter()
-out = {}
+t, c = time.perf_counter(), time.process_time()
+out, cpu = {}, {}
 def mark(name):
-    global t
-    now = time.perf_counter(); out[name] = now - t; t = now
+    global t, c
+    now, spent = time.perf_counter(), time.process_time()
+    out[name], cpu[name] = now - t, spent - c
+    t, c = now, spent
 import uvicorn
 import service.__main__
 from service.app.core.config import get_settings
@@ -75,7 +91,7 @@ vector = embedder.embed_query("how do I open a file?")
 vectors.search("default", vector, limit=5)
 mark("first query")
 services.close(); vectors.close(); registry.close()
-print(json.dumps(out))
+print(json.dumps({"wall": out, "cpu": cpu}))
 """
 
 
@@ -115,10 +131,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def compile_service(checkout: Path) -> None:
+    """Byte-compile ``checkout``'s service package into its (git-ignored) ``__pycache__`` directories, as the
+    image does (module docstring, "Byte code"); a no-op for what is up to date."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "service"],
+        cwd=checkout,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def measure_startup(
     checkout: Path, data_dir: Path, *, extra_env: dict[str, str] | None = None, timeout: float = 300.0
 ) -> dict[str, float]:
     """Spawn `python -m service` in ``checkout`` on ``data_dir``: seconds to /readyz 200, then the first search."""
+    compile_service(checkout)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +174,7 @@ def measure_startup(
                     pass
                 time.sleep(0.02)
             ready = time.perf_counter() - started
+            check_same_priority(proc.pid)
             t = time.perf_counter()
             client.post("/v1/search", json={"query": "how do I open a file?", "top_k": 5}).raise_for_status()
             first = time.perf_counter() - t
@@ -155,8 +184,12 @@ def measure_startup(
     return {"ready": ready, "first_search": first}
 
 
-def phases(checkout: Path, data_dir: Path, *, extra_env: dict[str, str] | None = None) -> dict[str, float]:
-    """The sequential breakdown of start-up steps (see module docstring), in a fresh process in ``checkout``."""
+def phase_probe(
+    checkout: Path, data_dir: Path, *, extra_env: dict[str, str] | None = None
+) -> dict[str, dict[str, float]]:
+    """One sequential breakdown of the start-up steps (module docstring) in a fresh process in ``checkout``:
+    {"wall": step -> seconds, "cpu": step -> CPU seconds of the probe process}."""
+    compile_service(checkout)
     result = subprocess.run(
         [sys.executable, "-c", PHASES],
         cwd=checkout,
@@ -168,6 +201,19 @@ def phases(checkout: Path, data_dir: Path, *, extra_env: dict[str, str] | None =
     if result.returncode != 0:
         raise SystemExit(f"phase probe failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def medians(probes: list[dict[str, dict[str, float]]], clock: str = "wall") -> dict[str, float]:
+    """Each step's median over ``probes`` (``clock``: "wall" or "cpu")."""
+    steps = list(dict.fromkeys(step for probe in probes for step in probe[clock]))
+    return {step: statistics.median(probe[clock][step] for probe in probes) for step in steps}
+
+
+def phases(
+    checkout: Path, data_dir: Path, *, extra_env: dict[str, str] | None = None, runs: int = 3
+) -> dict[str, float]:
+    """Each start-up step's median wall seconds over ``runs`` probes, each a fresh process on ``data_dir``."""
+    return medians([phase_probe(checkout, data_dir, extra_env=extra_env) for _ in range(runs)])
 
 
 def prepared(source: Path | None, work: Path, name: str) -> Path:
@@ -205,7 +251,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rag-startup-"))
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
-    breakdown: dict[str, dict[str, float]] = {}
+    probes: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in checkouts}
     try:
         for i in range(args.runs):
             order = list(checkouts.items()) if i % 2 == 0 else list(reversed(checkouts.items()))
@@ -214,14 +260,17 @@ def main() -> None:
                 runs[name].append(measure_startup(checkout, data))
                 shutil.rmtree(data.parent, ignore_errors=True)
                 print(json.dumps({"checkout": name, "run": i, **runs[name][-1]}), flush=True)
-        for name, checkout in checkouts.items():
-            data = prepared(args.data, work, f"phases-{name.replace(' ', '-')}")
-            breakdown[name] = phases(checkout, data)
-            print(json.dumps({"checkout": name, "phases": breakdown[name]}), flush=True)
+            for name, checkout in order:  # the breakdown, interleaved the same way (a fresh copy of the data)
+                data = prepared(args.data, work, f"phases-{name.replace(' ', '-')}-{i}")
+                probes[name].append(phase_probe(checkout, data))
+                shutil.rmtree(data.parent, ignore_errors=True)
+                print(json.dumps({"checkout": name, "run": i, "phases": probes[name][-1]}), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
-    table = render(runs, breakdown, args, load_before[0], load_after[0])
+    breakdown = {name: medians(values) for name, values in probes.items()}
+    cpu = {name: medians(values, "cpu") for name, values in probes.items()}
+    table = render(runs, breakdown, args, load_before[0], load_after[0], cpu)
     print(table)
     if args.write:
         replace_section(args.write, table, START, END, heading="")
@@ -234,6 +283,7 @@ def render(
     args: argparse.Namespace,
     load_before: float,
     load_after: float,
+    cpu: dict[str, dict[str, float]] | None = None,
 ) -> str:
     what = args.label or (f"a copy of {args.data}" if args.data else "an empty data dir")
     setup = (
@@ -241,26 +291,33 @@ def render(
         f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, load average "
         f"{load_before:.1f} before and {load_after:.1f} after; {args.runs} runs per checkout on {what}"
         + (", interleaved with the baseline" if len(runs) > 1 else "")
-        + "."
+        + f"; the service's modules loaded from byte code compiled beforehand; {conditions()}."
     )
     rows = [
         "| checkout | start-up to /readyz 200, median (min-max) (s) | first search, median (ms) |",
         "|---|---|---|",
     ]
-    medians = {}
+    ready_median = {}
     for name, values in runs.items():
         ready = [v["ready"] for v in values]
-        medians[name] = statistics.median(ready)
+        ready_median[name] = statistics.median(ready)
         first = statistics.median(v["first_search"] for v in values) * 1000
-        rows.append(f"| {name} | {medians[name]:.2f} ({min(ready):.2f}-{max(ready):.2f}) | {first:.0f} |")
-    if "baseline" in medians:
+        rows.append(
+            f"| {name} | {ready_median[name]:.2f} ({min(ready):.2f}-{max(ready):.2f}) | {first:.0f} |"
+        )
+    if "baseline" in ready_median:
         rows.append("")
         rows.append(
-            f"This checkout / baseline: {medians['this checkout'] / medians['baseline']:.2f}x "
+            f"This checkout / baseline: {ready_median['this checkout'] / ready_median['baseline']:.2f}x "
             "(median start-up, same machine, runs interleaved)."
         )
     steps = list(dict.fromkeys(step for phases_ in breakdown.values() for step in phases_))
-    rows += ["", "Sequential breakdown (s), one fresh process each, steps run one after the other:", ""]
+    rows += [
+        "",
+        "Sequential breakdown (s), one fresh process per run, steps run one after the other; medians over the "
+        "runs (interleaved with the start-ups):",
+        "",
+    ]
     rows.append("| step | " + " | ".join(breakdown) + " |")
     rows.append("|---|" + "---|" * len(breakdown))
     for step in steps:
@@ -268,6 +325,13 @@ def render(
             f"| {step} | " + " | ".join(f"{breakdown[name].get(step, 0.0):.2f}" for name in breakdown) + " |"
         )
     rows.append("| sum | " + " | ".join(f"{sum(breakdown[name].values()):.2f}" for name in breakdown) + " |")
+    if cpu:
+        imports = {
+            name: sum(v for k, v in steps_.items() if k.startswith("imports")) for name, steps_ in cpu.items()
+        }
+        rows.append(
+            "| imports, CPU (s) | " + " | ".join(f"{imports.get(name, 0.0):.2f}" for name in breakdown) + " |"
+        )
     return "\n".join([START, "", setup, "", *rows, "", END])
 
 

@@ -9,7 +9,8 @@ names a major the instance does not run). Each is a declared step (`rag:qdrant.s
 created again, empty, in the new namespace, the old one deleted with its volumes), refused from the state only, and
 so is another cluster (`rag:cluster.provider`, its region, project, VPC range or zone count: a new, empty one). An older
 `rag:redis.version` major than the in-cluster Valkey's is refused too when it cannot load the append-only file the
-newer one wrote (`rag:redis.incluster.downgradeFrom` accepts an empty cache). The
+newer one wrote (`rag:redis.incluster.downgradeFrom` accepts an empty cache), and so is another `rag:postgres.database`
+or `rag:postgres.user` than the running registry was created with (no declared form: a name is fixed at creation). The
 decisions, and their messages, live here once:
 `ragops` (infra/workflows/scaling.py, registry_upgrade.py) makes them from the config of the stack's update
 history before Pulumi runs; the program makes them from the stack's own state, so a bare `pulumi up` or `pulumi
@@ -88,6 +89,8 @@ STATEFULSET = "kubernetes:apps/v1:StatefulSet"
 CNPG_CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
 RDS_INSTANCE = "aws:rds/instance:Instance"
 CLOUDSQL_INSTANCE = "gcp:sql/databaseInstance:DatabaseInstance"
+CLOUDSQL_DATABASE = "gcp:sql/database:Database"
+CLOUDSQL_USER = "gcp:sql/user:User"
 AWS_PROVIDER = "pulumi:providers:aws"
 GCP_PROVIDER = "pulumi:providers:gcp"
 VPC = "aws:ec2/vpc:Vpc"
@@ -369,6 +372,57 @@ def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str |
     )
 
 
+@dataclass(frozen=True)
+class RegistryNames:
+    """The application database and its owner a registry was created with, as the state records them."""
+
+    kind: str
+    """`cloudnative` (the Cluster's bootstrap), `rds` (the instance's dbName / username) or `cloudsql` (the declared
+    Database and User)."""
+    database: str | None
+    owner: str | None
+
+    @property
+    def managed(self) -> bool:
+        return self.kind != "cloudnative"
+
+
+RENAME_EFFECT = {
+    "cloudnative": "CloudNativePG creates the database and its owner only when the Cluster bootstraps (its webhook "
+    "checks no bootstrap change on an update, internal/webhook/v1/cluster_webhook.go v1.30.0, and the operator never "
+    "runs initdb again), so the service would be pointed at a database and role that do not exist: its new pods "
+    "never become ready and the `up` fails after the Deployments' wait",
+    "rds": "RDS takes the database name and the master user only at creation (`db_name` and `username` are ForceNew "
+    "in the provider): the `up` would replace the instance with a new, empty registry (in prod the protected "
+    "replace stops the `up` there, after the steps before it)",
+    "cloudsql": "Cloud SQL's database and user are separate resources whose `name` is ForceNew: the `up` would "
+    "create a new, empty database (or a user owning nothing), move the service to it and drop the old one at the "
+    "end (in prod the protected database stops the `up` there, after the steps before it)",
+}
+
+
+def registry_names_refusal(
+    stack: str, planned_managed: bool, running: Iterable[RegistryNames], database: str, user: str
+) -> tuple[str, str] | None:
+    """(key, why) when `rag:postgres.database` / `rag:postgres.user` differ from what the running registry of the
+    planned mode was created with (None: they do not, or nothing of that mode runs: a first `up`, or a declared
+    mode switch's new registry, which takes any names). No declared form: a name is fixed at creation."""
+    for names in running:
+        if names.managed != planned_managed:
+            continue
+        for key, was, wanted in (("database", names.database, database), ("user", names.owner, user)):
+            if was is None or was == wanted:
+                continue
+            return (
+                f"{PROJECT}:postgres.{key}",
+                f"rag:postgres.{key} goes from {was!r} to {wanted!r} on stack {stack!r}, but the registry was "
+                f"created with {was!r}: {RENAME_EFFECT[names.kind]}. Set it back (`pulumi config set --path "
+                f"rag:postgres.{key} {was} -s {stack}`); another name means another registry: dump and restore "
+                f"({MODE_SWITCH_RUNBOOK}, {DAY_TWO_DOC}).",
+            )
+    return None
+
+
 VALKEY_DOWNGRADE_KEY = f"{PROJECT}:redis.incluster.downgradeFrom"
 
 
@@ -444,6 +498,8 @@ class DeployedState:
     """The major of the in-cluster Valkey's image (None: no Valkey StatefulSet in the state, or a tag without one)."""
     postgres_phase: str | None = None
     """The CloudNativePG Cluster's `status.phase` as the state last recorded it (None: none)."""
+    registry_names: tuple[RegistryNames, ...] = ()
+    """The database and owner each registry in the state was created with."""
 
 
 def _name(urn: str) -> str:
@@ -487,6 +543,8 @@ def deployed_state(
     storage: str | None = None
     phase: str | None = None
     registries: list[Registry] = []
+    names: list[RegistryNames] = []
+    cloudsql_names: dict[str, str | None] = {}
     valkey_major: str | None = None
     cloud: dict[str, Any] = {}
     private_subnets = 0
@@ -531,11 +589,23 @@ def deployed_state(
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
                 registries.append(Registry(managed=False, major=major))
+            bootstrap = (outputs.get("spec") or {}).get("bootstrap") or {}
+            owner = bootstrap.get("initdb") or bootstrap.get("recovery") or {}
+            names.append(
+                RegistryNames("cloudnative", _text(owner.get("database")), _text(owner.get("owner")))
+            )
         elif kind == RDS_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             version = outputs.get("engineVersionActual") or outputs.get("engineVersion")
             registries.append(Registry(managed=True, major=_major(version)))
+            names.append(RegistryNames("rds", _text(outputs.get("dbName")), _text(outputs.get("username"))))
+        elif kind == CLOUDSQL_DATABASE and name == f"{postgres}-database":
+            cloudsql_names["database"] = _text(outputs.get("name"))
+        elif kind == CLOUDSQL_USER and name == f"{postgres}-user":
+            cloudsql_names["owner"] = _text(outputs.get("name"))
         elif kind == CLOUDSQL_INSTANCE and name.startswith(f"{postgres}-") and name.endswith("-instance"):
             registries.append(Registry(managed=True, major=_major(outputs.get("databaseVersion"))))
+    if cloudsql_names:
+        names.append(RegistryNames("cloudsql", cloudsql_names.get("database"), cloudsql_names.get("owner")))
     identity: ClusterIdentity | None = None
     if "provider" in cloud:
         identity = ClusterIdentity(**cloud, zones=private_subnets if cloud["provider"] == "eks" else 0)
@@ -552,7 +622,12 @@ def deployed_state(
         postgres_storage=storage,
         valkey_major=valkey_major,
         postgres_phase=phase,
+        registry_names=tuple(names),
     )
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
 
 
 def _plain(value: Any) -> Any:
@@ -705,6 +780,11 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
         same_mode = (r.major for r in state.registries if r.managed == planned.managed)
         key = f"{PROJECT}:postgres.version" if is_downgrade(planned, same_mode) else planned.upgrade_key
         return DeployedStateRefusal(key, config.stack_file, major)
+    renamed = registry_names_refusal(
+        stack, planned.managed, state.registry_names, config.postgres.database, config.postgres.user
+    )
+    if renamed is not None:
+        return DeployedStateRefusal(renamed[0], config.stack_file, renamed[1])
     if config.redis.mode == "incluster":
         valkey = valkey_downgrade_refusal(
             stack, state.valkey_major, config.redis.version, config.redis.incluster.downgradeFrom

@@ -170,7 +170,10 @@ class DryRunCopy:
         from service.app.store.edge import copy_sparse
         from service.tools.backup import BackupError, in_use_message
 
-        edge = settings.resolved_edge_path
+        # VECTOR_STORE=local: qdrant-client's store at QDRANT_PATH, which opening rewrites too (its .lock and
+        # meta.json); its lock is the same kind of flock (portalocker) on its own .lock file.
+        local = settings.embedded_vector_store == "local"
+        edge = settings.resolved_qdrant_path if local else settings.resolved_edge_path
         self._fd: int | None = None
         lock = edge / ".lock"
         if lock.is_file():
@@ -179,7 +182,12 @@ class DryRunCopy:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise BackupError(in_use_message(settings, "reconcile")) from None
+                raise BackupError(
+                    f"the local-mode store at {edge} (DATA_DIR={settings.data_dir}) is in use by a running "
+                    "service; reconcile needs it to itself: stop that service, run this again, then start it"
+                    if local
+                    else in_use_message(settings, "reconcile")
+                ) from None
             self._fd = fd
         url = make_url(settings.resolved_database_url)
         database = url.database
@@ -203,12 +211,13 @@ class DryRunCopy:
                 f"directory with room for {edge} and the registry; nothing was copied or changed"
             )
         self.root = Path(tempfile.mkdtemp(prefix="reconcile-dry-run-"))
-        update: dict[str, Any] = {"edge_path": self.root / "edge"}
+        copy = self.root / edge.name
+        update: dict[str, Any] = {"qdrant_path" if local else "edge_path": copy}
         try:
             if edge.is_dir():
                 shutil.copytree(
                     edge,
-                    self.root / "edge",
+                    copy,
                     copy_function=copy_sparse,
                     ignore=shutil.ignore_patterns(".lock"),
                 )
@@ -265,7 +274,13 @@ def main(argv: list[str] | None = None, *, services: Any = None) -> int:
 
         # Before the registry is opened (and migrated): one line, not a traceback from inside the container.
         try:
-            if args.dry_run and settings.embedded_vector_store == "edge":
+            if args.dry_run and (
+                settings.embedded_vector_store == "edge"
+                or (
+                    settings.embedded_vector_store == "local"
+                    and str(settings.resolved_qdrant_path) != ":memory:"
+                )
+            ):
                 scratch = DryRunCopy(settings)  # held until the end: no service starts on the store meanwhile
                 opened = scratch.settings
             else:

@@ -3,6 +3,9 @@ another process answers on (a stale server once answered for a dead child and a 
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
 import random
 import subprocess
 import sys
@@ -531,3 +534,241 @@ def test_search_ab_server_means_cover_only_the_searches_between_its_two_scrapes(
     assert means["query embedding"] == pytest.approx(2.0)
     assert means["whole request inside the server"] == pytest.approx(5.0)
     assert means["vector search + registry check"] is None
+
+
+def follows(sequence: list[str]) -> dict[tuple[str, str], int]:
+    """How often each path directly follows each other one in a timing sequence."""
+    counts: dict[tuple[str, str], int] = {}
+    for before, after in itertools.pairwise(sequence):
+        if before != after:
+            counts[(before, after)] = counts.get((before, after), 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    "paths", [("http", "raw"), ("http", "raw", "raw-int8"), ("http", "raw", "http-httpx")]
+)
+def test_every_path_follows_every_other_one_equally_often(paths: tuple[str, ...]) -> None:
+    # make bench's rotations had http follow raw-int8 (whose embedding evicts the caches) in 2 of 3 queries
+    # (stop 19's and 20's order bias). Over whole cycles of orders, the boundaries between rounds included, each
+    # ordered pair of paths is adjacent equally often, and each path holds each position equally often.
+    from ingest_search import interleaved
+    from interleave import path_orders
+
+    orders = path_orders(paths)
+    for cycles in (1, 3):
+        sequence = [path for _, path in interleaved(len(orders) * cycles, paths)]
+        counts = follows(sequence + sequence[:1])  # cyclic: the next cycle starts where this one started
+        assert set(counts) == {(a, b) for a in paths for b in paths if a != b}
+        assert len(set(counts.values())) == 1, counts
+    for position in range(len(paths)):
+        assert sorted(order[position] for order in orders) == sorted(paths * (len(orders) // len(paths)))
+
+    rotations = [paths[i:] + paths[:i] for i in range(len(paths))]  # the old schedule, for contrast
+    if len(paths) == 3:
+        assert len(set(follows([p for _ in range(3) for r in rotations for p in r]).values())) > 1
+
+
+def test_each_http_client_meets_every_order_of_the_paths_equally_often() -> None:
+    # Only one HTTP client sends each query; if the clients and the orders cycled in step, one client would be
+    # timed after the raw path more often than the other.
+    from ingest_search import http_client_for, interleaved
+
+    paths = ("http", "raw", "raw-int8")
+    rounds = 24
+    schedule = interleaved(rounds, paths)
+    orders_of: dict[str, list[tuple[str, ...]]] = {"keep-alive client": [], "httpx": []}
+    for index in range(rounds):
+        orders_of[http_client_for(index)].append(tuple(p for i, p in schedule if i == index))
+    for seen in orders_of.values():
+        counts = {order: seen.count(order) for order in set(seen)}
+        assert len(counts) == 6, counts
+        assert len(set(counts.values())) == 1, counts
+
+
+def test_more_than_three_paths_are_refused_rather_than_biased() -> None:
+    from interleave import path_orders
+
+    with pytest.raises(ValueError, match="at most 3"):
+        path_orders(("a", "b", "c", "d"))
+    with pytest.raises(ValueError, match="distinct"):
+        path_orders(("a", "a"))
+
+
+def test_histogram_values_add_up_every_series_the_labels_select() -> None:
+    # The request histogram has one series per (route, method); the last one matching used to be read alone.
+    from ingest_search import histogram_mean_ms, histogram_values
+
+    scrape = (
+        'rag_http_request_duration_seconds_sum{method="POST",route="/v1/search"} 3.0\n'
+        'rag_http_request_duration_seconds_count{method="POST",route="/v1/search"} 1000\n'
+        'rag_http_request_duration_seconds_sum{method="GET",route="/v1/search"} 1.0\n'
+        'rag_http_request_duration_seconds_count{method="GET",route="/v1/search"} 100\n'
+        'rag_http_request_duration_seconds_sum{method="GET",route="/v1/search/x"} 50.0\n'
+        'rag_http_request_duration_seconds_count{method="GET",route="/v1/search/x"} 5\n'
+        'rag_embedding_duration_seconds_sum{kind="query"} 2.0\n'
+        'rag_embedding_duration_seconds_count{kind="query"} 10\n'
+        'rag_embedding_duration_seconds_sum{subkind="query",kind="document"} 9.0\n'
+        'rag_embedding_duration_seconds_count{subkind="query",kind="document"} 3\n'
+    )
+    name = "rag_http_request_duration_seconds"
+    assert histogram_values(scrape, name, 'route="/v1/search"') == {"sum": 4.0, "count": 1100.0}
+    assert histogram_values(scrape, name, 'method="POST",route="/v1/search"') == {"sum": 3.0, "count": 1000.0}
+    assert histogram_values(scrape, name) == {"sum": 54.0, "count": 1105.0}
+    assert histogram_values(scrape, name, 'route="/v1/other"') == {}
+    # a label's name is matched whole: subkind="query" is not kind="query"
+    assert histogram_mean_ms(scrape, "rag_embedding_duration_seconds", 'kind="query"') == pytest.approx(200.0)
+
+
+def priority_probe(tmp_path: Path, niceness: int, command: str) -> subprocess.CompletedProcess[str]:
+    """A benchmark process niced by ``niceness`` that starts a ServiceProcess running ``command`` (Python source
+    formatted with the port) and prints the child's threads' (nice, policy) and the conditions line."""
+    script = f"""
+import json, os, sys
+sys.path.insert(0, {str(ROOT / "bench")!r})
+from ingest_search import ServiceProcess, free_port
+from priority import conditions, thread_priorities
+os.nice({niceness})
+port = free_port()
+served = {str(tmp_path / "served")!r}
+os.makedirs(served, exist_ok=True)
+open(os.path.join(served, "healthz"), "w").write("ok")
+command = [sys.executable, "-c", {command!r}.format(port=port, served=served)]
+service = ServiceProcess(__import__("pathlib").Path({str(tmp_path / "data")!r}), port=port, command=command, timeout=60)
+try:
+    print(json.dumps({{"threads": sorted(set(thread_priorities(service.proc.pid).values())),
+                      "own": os.getpriority(os.PRIO_PROCESS, 0), "conditions": conditions()}}))
+finally:
+    service.stop()
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
+SERVE = (
+    "import runpy, sys; {prelude}sys.argv = ['http.server', '{{port}}', '--bind', '127.0.0.1', '--directory', "
+    "'{{served}}']; runpy.run_module('http.server', run_name='__main__')"
+)
+
+
+def test_a_service_runs_at_the_priority_of_the_benchmark_that_started_it(tmp_path: Path) -> None:
+    # The service and the benchmark's own (raw) path compete for the same cores at one priority, and the result
+    # says which: under `nice -n 10` the conditions line says the run was niced.
+    done = priority_probe(tmp_path, 4, SERVE.format(prelude=""))
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    own = found["own"]
+    assert own >= 4
+    assert found["threads"] == [[own, os.SCHED_OTHER, 0]]
+    assert f"benchmark and services at nice {own} (SCHED_OTHER) (niced:" in found["conditions"]
+
+
+def test_a_service_that_changes_its_own_priority_is_refused_naming_both(tmp_path: Path) -> None:
+    policy = os.SCHED_IDLE if os.sched_getscheduler(0) != os.SCHED_IDLE else os.SCHED_BATCH
+    name = {os.SCHED_IDLE: "SCHED_IDLE", os.SCHED_BATCH: "SCHED_BATCH"}[policy]
+    prelude = f"import os; os.sched_setscheduler(0, {policy}, os.sched_param(0)); "
+    done = priority_probe(tmp_path, 0, SERVE.format(prelude=prelude))
+    assert done.returncode != 0
+    assert "runs thread" in done.stderr, done.stderr[-2000:]
+    assert f"({name}), the benchmark at nice" in done.stderr
+    assert "both must run at one priority" in done.stderr
+
+
+def test_segment_builds_charges_a_query_its_own_thread_and_the_engine_pool_not_other_threads() -> None:
+    # segment_builds timed queries with time.process_time(): every thread of the process, so a BLAS pool still
+    # spinning after the truth's matrix product (or any other thread) was charged to the next query.
+    import hashlib
+    import threading
+
+    from segment_builds import query_cpu_seconds
+
+    def work(rounds: int) -> float:
+        """CPU-bound work that releases the GIL (hashlib on large buffers); this thread's CPU seconds spent."""
+        started = time.thread_time()
+        block = b"x" * (1 << 20)
+        for _ in range(rounds):
+            hashlib.sha256(block).digest()
+        return time.thread_time() - started
+
+    release = threading.Event()  # the threads live on after the query, as the engine's pool threads do
+
+    def named(name: str, rounds: int, spent: list[float], go: threading.Event) -> threading.Event:
+        done = threading.Event()
+
+        def run() -> None:
+            Path(f"/proc/self/task/{threading.get_native_id()}/comm").write_text(name)
+            go.wait(60)
+            spent.append(work(rounds))
+            done.set()
+            release.wait(60)
+
+        threading.Thread(target=run, daemon=True).start()
+        return done
+
+    pool_spent: list[float] = []
+    other_spent: list[float] = []
+    go_pool, go_other = threading.Event(), threading.Event()
+    pool_done = named(
+        "edge-search-0", 20, pool_spent, go_pool
+    )  # what an engine pool thread does for the query
+    other_done = named(
+        "blas-worker", 200, other_spent, go_other
+    )  # 10x as much, on a thread the query never used
+
+    def query() -> str:
+        go_other.set()
+        go_pool.set()
+        assert pool_done.wait(60)
+        assert other_done.wait(60)  # the other thread's work falls entirely inside the measured window
+        return "hits"
+
+    try:
+        result, charged = query_cpu_seconds(query)
+    finally:
+        release.set()
+    assert result == "hits"
+    assert pool_spent
+    assert other_spent
+    assert charged >= pool_spent[0] * 0.99
+    assert charged < pool_spent[0] + other_spent[0] / 2
+
+
+def test_startup_measures_a_service_loaded_from_byte_code_even_where_python_may_not_write_it(
+    tmp_path: Path,
+) -> None:
+    # With PYTHONDONTWRITEBYTECODE=1 (this sandbox's shell) every start compiled the service's ~650 KB of source
+    # (~11 % of the imports' instructions), and whether an earlier run had left .pyc files decided a tenth of the
+    # verdict's imports row. bench/startup.py compiles the checkout's service package first, as the image does.
+    from startup import compile_service
+
+    package = tmp_path / "checkout" / "service"
+    (package / "app").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "app" / "__init__.py").write_text("")
+    (package / "app" / "main.py").write_text("VALUE = 42\n")
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    probe = [sys.executable, "-v", "-c", "import service.app.main as m; assert m.VALUE == 42"]
+
+    def loaded_from_byte_code() -> bool:
+        done = subprocess.run(probe, cwd=package.parent, env=env, capture_output=True, text=True, check=True)
+        return f"code object from '{package / 'app' / '__pycache__'}/main." in done.stderr
+
+    assert not loaded_from_byte_code()  # compiled from source, and nothing written
+    compile_service(package.parent)
+    assert loaded_from_byte_code()
+    (package / "app" / "main.py").write_text("VALUE = 42  # changed\n")  # a stale .pyc is not used
+    assert not loaded_from_byte_code()
+    compile_service(package.parent)
+    assert loaded_from_byte_code()
+
+
+def test_startup_breakdown_is_the_median_of_each_step_over_the_probes() -> None:
+    # One probe per checkout used to be the whole breakdown: one slow moment set a row.
+    from startup import medians
+
+    probes = [
+        {"wall": {"imports: app": 0.8, "model load": 0.3}, "cpu": {"imports: app": 0.7, "model load": 0.2}},
+        {"wall": {"imports: app": 2.5, "model load": 0.4}, "cpu": {"imports: app": 0.9, "model load": 0.3}},
+        {"wall": {"imports: app": 0.9, "model load": 0.2}, "cpu": {"imports: app": 0.8, "model load": 0.1}},
+    ]
+    assert medians(probes) == {"imports: app": 0.9, "model load": 0.3}
+    assert medians(probes, "cpu") == {"imports: app": 0.8, "model load": 0.2}

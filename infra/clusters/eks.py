@@ -1106,7 +1106,12 @@ def build_eks(config: StackConfig) -> ClusterTarget:
             lambda parts: kubeconfig_for(parts[0], parts[1], parts[2]["data"], eks.region)
         )
     )
-    k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    # The cluster's id, not the kubeconfig, tells pulumi-kubernetes whether the provider points at another cluster
+    # (infra/clusters/gke.py `cluster_identity`): no stack-wide replace when the endpoint or CA in the state moves.
+    identity = cluster.arn.apply(lambda arn: f"eks:{arn}")
+    k8s_provider = k8s.Provider(
+        "k8s", kubeconfig=kubeconfig, enable_server_side_apply=True, cluster_identifier=identity
+    )
     storage_class = k8s.storage.v1.StorageClass(
         "gp3",
         metadata={
@@ -1203,6 +1208,7 @@ def build_eks(config: StackConfig) -> ClusterTarget:
     crd_provider = k8s.Provider(
         "k8s-crds",
         kubeconfig=kubeconfig,
+        cluster_identifier=identity,
         enable_server_side_apply=True,
         upsert_existing_objects=True,
         enable_patch_force=True,

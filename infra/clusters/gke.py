@@ -77,6 +77,21 @@ DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
 CONTROL_PLANE_WEBHOOK_PORTS = (9443,)
 
 
+def cluster_identity(cluster_id: pulumi.Input[str]) -> pulumi.Output[str]:
+    """The Kubernetes providers' `clusterIdentifier`: the cluster resource's id, which changes only with the cluster.
+
+    Without it pulumi-kubernetes decides from the kubeconfig whether the provider points at another cluster, and
+    replaces the provider, and with it every Kubernetes object of the stack, when the active cluster's server or
+    CA changes (provider/pkg/provider/provider.go `DiffConfig`; the engine replaces each resource whose provider's
+    DiffConfig asks for it, pkg/resource/deploy/step_generator.go `providerChanged`). GKE changes both on the same
+    cluster: `rag:cluster.gke.privateEndpoint` switches `endpoint` between the public and the private address
+    ("whether the master's internal IP address is used as the cluster endpoint"), and a credential or IP rotation
+    gives the control plane a new address and CA. The replace is create-before-delete, so the `up` failed at the
+    first named object with "already exists" (or at a protected one), after the cluster's own update. With the
+    identifier the provider is updated in place instead, and replaced only when the id changes (a new cluster)."""
+    return pulumi.Output.from_input(cluster_id).apply(lambda value: f"gke:{value}")
+
+
 def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
     """A kubeconfig that authenticates with gke-gcloud-auth-plugin (no long-lived credentials inside)."""
     return json.dumps(
@@ -539,7 +554,12 @@ def build_gke(config: StackConfig) -> ClusterTarget:
             lambda parts: kubeconfig_for(parts[0], parts[1], parts[2]["cluster_ca_certificate"])
         )
     )
-    k8s_provider = k8s.Provider("k8s", kubeconfig=kubeconfig, enable_server_side_apply=True)
+    k8s_provider = k8s.Provider(
+        "k8s",
+        kubeconfig=kubeconfig,
+        enable_server_side_apply=True,
+        cluster_identifier=cluster_identity(cluster.id),
+    )
     # A destroy deletes the claims before the node pool and the cluster; GKE's PD CSI driver deletes the disks
     # behind them afterwards (infra/clusters/volumes.py). Not in prod: its cluster is protected from deletion.
     released = (

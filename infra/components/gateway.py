@@ -501,15 +501,25 @@ class LiveObject(pulumi.CustomResource):
     pulumi_kubernetes' `CustomResource` drops every output it does not declare, status included, so a Gateway read
     through it has no status; this declares it. Only ever read, never created.
 
-    The read sends no input but names (every value None is left out, pulumi/runtime/rpc.py
-    `serialize_properties`), as pulumi_kubernetes' own `CustomResource.get` sends none: pulumi-kubernetes `Read`
+    The read names no kind and no namespace (every value None is left out, pulumi/runtime/rpc.py
+    `serialize_properties`), as pulumi_kubernetes' own `CustomResource.get` names none: pulumi-kubernetes `Read`
     (provider/pkg/provider/provider.go) takes the kind from the type token and the namespace and name from the id
     (`<namespace>/<name>`) only when the inputs carry no apiVersion/kind; with them (as this class sent before
     REVIEW10 F0) it looked the object up in the inputs' namespace, none, hence `default` (clients.go
     `NamespaceOrDefault`), found nothing in a stack's namespace, and the step failed ("resource '<ns>/<name>' does
     not exist"): every real `up` with an entry, and every preview of a deployed one. Read that way, it also returns
     the object as the cluster has it, without pulumi-kubernetes' readiness awaiters (an Ingress's would fail the read
-    while it has no load balancer address)."""
+    while it has no load balancer address).
+
+    Its one input, `pulumi.com/skipAwait` in `metadata.annotations`, names neither kind nor namespace (so the read
+    above is unchanged) and is for `pulumi refresh`: the engine keeps a read's own inputs in the state (pulumi/pulumi
+    step.go `ReadStep.Apply`) and sends them, with the last live object, to the refresh's `Read` (`RefreshStep`);
+    the live object names the kind, so the provider then runs the Ingress's `awaitRead`, unless those inputs skip
+    it (await.go `Read`, metadata.SkipAwaitLogic). Without it a plain refresh reported the read unhealthy while the
+    Ingress had no address. After a refresh the state keeps the inputs the provider prunes to the live object's
+    shape (provider.go `pruneLiveState`): the annotation stays where the Ingress carries it (`existing`, where
+    no address is normal); on eks/gke a second refresh in a row, with no `up` between, checks the address again, as
+    the refresh of the Ingress itself does there (its `up` waits for one)."""
 
     status: pulumi.Output[Any]
 
@@ -519,7 +529,12 @@ class LiveObject(pulumi.CustomResource):
         super().__init__(
             f"kubernetes:{api_version}:{kind}",
             name,
-            {"apiVersion": None, "kind": None, "metadata": None, "status": None},
+            {
+                "apiVersion": None,
+                "kind": None,
+                "metadata": {"annotations": {SKIP_AWAIT_ANNOTATION: "true"}},
+                "status": None,
+            },
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(id=id)),
         )
 

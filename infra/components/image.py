@@ -770,6 +770,25 @@ def _last_line(done: subprocess.CompletedProcess[str], default: str) -> str:
     return (done.stderr.strip().splitlines() or [default])[-1]
 
 
+def buildx_builders(table: str) -> list[tuple[str, str, bool]]:
+    """(name, driver, current) of each builder a plain `docker buildx ls` lists, in its order.
+
+    Read from the table every buildx prints (`--format` came with v0.13.0; older versions refuse the flag): a
+    builder's row starts in the first column, its nodes' rows are indented (`  node` before v0.13, ` \\_ node` since);
+    the current builder is marked `name *` (before v0.13) or `name*` (commands/ls.go `lsContext.Name`); the next
+    column is the driver (`docker` for the docker contexts' builders), empty when the builder could not be loaded."""
+    builders: list[tuple[str, str, bool]] = []
+    for line in table.splitlines():
+        if not line.strip() or line[0].isspace() or line.startswith(("NAME/NODE", "\\_")):
+            continue
+        tokens = line.split()
+        current = tokens[0].endswith("*") or (len(tokens) > 1 and tokens[1] == "*")
+        rest = tokens[2:] if len(tokens) > 1 and tokens[1] == "*" else tokens[1:]
+        driver = rest[0] if rest and rest[0] not in ("error", "inactive", "running", "stopped") else ""
+        builders.append((tokens[0].rstrip("*"), driver, current))
+    return builders
+
+
 def check_build_daemon(
     *,
     which: Callable[[str], str | None] = shutil.which,
@@ -777,13 +796,17 @@ def check_build_daemon(
     environ: Mapping[str, str] = os.environ,
 ) -> None:
     """What an `up` that builds the service image on this machine needs: a build daemon. pulumi-docker-build builds
-    through a buildx builder from the docker CLI's builder store (provider/internal/host.go `builderFor`): a
-    `remote`, `kubernetes` or `docker-container` builder it can reach, else it creates a `docker-container` one,
-    which needs a Docker daemon. So with the buildx plugin here, `docker buildx inspect --bootstrap` asks the
-    current builder to start and answer (a remote/kubernetes builder needs no local dockerd), else each other
-    builder `docker buildx ls` names (at most 8); without the plugin,
-    `docker version` asks the daemon (context included); without the docker CLI, a unix-socket DOCKER_HOST (or the
-    default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
+    through a buildx builder from the docker CLI's builder store (provider/internal/host.go `builderFor`, the program
+    names no builder): the current one; when that is a docker context's builder (the `docker` driver: `default`, or
+    any other context), the first builder of another driver whose every node dials, else a `docker-container` one it
+    creates, which needs the Docker daemon. A current builder of another driver is used as it is.
+
+    So with the buildx plugin here, `docker buildx inspect --bootstrap` asks the current builder to start and answer
+    (a remote/kubernetes builder needs no local dockerd); when it does not, and `docker buildx ls` (its plain table,
+    which every buildx version prints) shows it is a docker context's builder, each listed builder of another driver
+    is asked the same (at most 8); another context's builder is not, as the provider would not use it. Without the
+    plugin, `docker version` asks the daemon (context included); without the docker CLI, a unix-socket DOCKER_HOST
+    (or the default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
 
     Raises BuildPrerequisiteError naming what did not answer and what to do."""
     if which("docker") is not None:
@@ -791,13 +814,16 @@ def check_build_daemon(
             done = _docker(run, ["buildx", "inspect", "--bootstrap"], "the current buildx builder")
             if done.returncode == 0:
                 return
-            # The provider passes over a current builder of the `docker` driver (the default one, which needs
-            # dockerd) to the first other builder it can reach: any builder that starts will do.
-            listed = _docker(run, ["buildx", "ls", "--format", "{{.Name}}"], "the buildx builders")
-            lines = [] if listed.returncode != 0 else [line.strip() for line in listed.stdout.splitlines()]
-            # Node rows (`\\_ name`) are not builders; `default` is the docker-driver builder the provider skips.
-            names = (n for n in lines if n and not n.startswith("\\_") and n != "default")
-            others = list(dict.fromkeys(names))[:8]
+            listed = _docker(run, ["buildx", "ls"], "the buildx builders")
+            builders = buildx_builders(listed.stdout) if listed.returncode == 0 else []
+            current = next(((name, driver) for name, driver, is_current in builders if is_current), None)
+            if current is not None and current[1] not in ("", "docker"):
+                raise BuildPrerequisiteError(
+                    f"the current buildx builder {current[0]} ({current[1]} driver) does not start (`docker buildx "
+                    f"inspect --bootstrap`: {_last_line(done, 'no reason given')}), and the build uses it: start "
+                    "it, or `docker buildx use` a builder that runs; or deploy a built image with `rag:image`."
+                )
+            others = [name for name, driver, _ in builders if driver != "docker" and name != "default"][:8]
             for name in others:
                 if (
                     _docker(
@@ -808,9 +834,10 @@ def check_build_daemon(
                     return
             raise BuildPrerequisiteError(
                 f"the current buildx builder does not start (`docker buildx inspect --bootstrap`: "
-                f"{_last_line(done, 'no reason given')}), nor does any other (`docker buildx ls`: "
-                f"{', '.join(others) or 'none'}): start the Docker daemon, or create a builder that runs (a "
-                "`remote` or `kubernetes` one needs no local daemon); or deploy a built image with `rag:image`."
+                f"{_last_line(done, 'no reason given')}), nor does any other the build could use (`docker buildx "
+                f"ls`, builders not of the docker driver: {', '.join(others) or 'none'}): start the Docker daemon, "
+                "or create a builder that runs (a `remote` or `kubernetes` one needs no local daemon); or deploy a "
+                "built image with `rag:image`."
             )
         done = _docker(run, ["version", "--format", "{{.Server.Version}}"], "the Docker daemon")
         if done.returncode != 0 or not done.stdout.strip():

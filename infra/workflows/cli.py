@@ -306,6 +306,15 @@ def preview(
             console.print(report.error, markup=False, highlight=False)
         raise typer.Exit(1)
     console.print(f"preview of {stack}: {pending}", highlight=False)
+    # REVIEW10 F6 on a laptop: a checkout made under umask 002 shows the image as rebuilt with the same content.
+    note = promote_mod.image_modes_note(context.work_dir, report)
+    if note:
+        console.print(
+            f"[yellow]note:[/] the image build is among the changes, and {escape(note)} An `up` from this "
+            f"checkout would build and deploy a new image; fix the modes ({escape(promote_mod.FIX_MODES)}) and "
+            "preview again.",
+            highlight=False,
+        )
 
 
 ReindexTimeoutOpt = Annotated[

@@ -433,23 +433,34 @@ def modes_unlike_ci(work_dir: Path, limit: int = 3) -> tuple[int, list[str]]:
     return count, examples
 
 
-def _image_mode_hint(work_dir: Path, report: PreviewReport) -> str:
+def image_modes_note(work_dir: Path, report: PreviewReport) -> str:
     """Why a checkout made under another umask previews the image as rebuilt (REVIEW10 F6): pulumi-docker-build
     (0.0.22, provider/internal/context.go `hashFile`) writes each file's mode string into the build context's
     hash, so a clone under umask 002 (`-rw-rw-r--`) hashes unlike CI's (022, `-rw-r--r--`) with the same content.
-    The provider has no option to leave modes out; the hint names the files and the way out."""
+    The provider has no option to leave modes out; the note names the files ("" when the image build is not among
+    the report's changes, or every mode is CI's). Said by a refused promotion and by `ragops preview`."""
     if not any(s.type == IMAGE_BUILD_TYPE and s.op not in NO_CHANGE_OPS for s in report.steps):
         return ""
     count, examples = modes_unlike_ci(work_dir)
     if not count:
         return ""
     return (
-        f" The image build is among them, and {count} file(s) of this checkout have other permissions than a CI "
-        f"checkout (umask 022) gives them, e.g. {', '.join(examples)}: pulumi-docker-build hashes each file's mode "
-        "into the build context, so this checkout (made under umask 002?) previews the image as rebuilt even "
-        "with the same content. Promote from CI, or fix the modes (`git ls-files -z | xargs -0 chmod g-w,o-w` in "
-        "the checkout; or clone again after `umask 022`) and check again."
+        f"{count} file(s) of this checkout have other permissions than a CI checkout (umask 022) gives them, e.g. "
+        f"{', '.join(examples)}: pulumi-docker-build hashes each file's mode into the build context, so this "
+        "checkout (made under umask 002?) previews the image as rebuilt even with the same content."
     )
+
+
+#: How to put a checkout's modes back to a CI checkout's (the fix every mode note names).
+FIX_MODES = "`git ls-files -z | xargs -0 chmod g-w,o-w` in the checkout; or clone again after `umask 022`"
+
+
+def _image_mode_hint(work_dir: Path, report: PreviewReport) -> str:
+    """The promotion's refusal's part of `image_modes_note`."""
+    note = image_modes_note(work_dir, report)
+    if not note:
+        return ""
+    return f" The image build is among them, and {note} Promote from CI, or fix the modes ({FIX_MODES}) and check again."
 
 
 SOURCE_RECORD_KIND = "ragops/promotion-source/v1"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import calendar
+import contextlib
 import hashlib
 import json
 import os
@@ -261,6 +262,9 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             f"{target} is inside QDRANT_PATH ({legacy}), which it copies: back up somewhere else"
         )
     partial = target.with_name(target.name + ".partial")
+    # The edge store's lock keeps a service of this release from starting on DATA_DIR while it is copied; on a
+    # DATA_DIR an earlier release left (qdrant/ only) taking it makes edge/, which is removed again below.
+    edge_existed = edge.exists()
     lock = _take_lock(settings, edge, "a backup")
     try:
         legacy_lock = _LegacyLock(settings, legacy, "a backup") if legacy is not None else None
@@ -285,14 +289,12 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
             copy.close()
             source.close()
         _block_at("registry")
-        if edge.is_dir():
+        if edge_existed and edge.is_dir():
             # Holes kept: the engine's files are mostly preallocated, sparse space (a one-document store is 0.4 MB on
             # disk and 194 MB apparent); a plain copy writes every zero.
             shutil.copytree(
                 edge, partial / EDGE, ignore=shutil.ignore_patterns(LOCK_FILE), copy_function=copy_sparse
             )
-        else:
-            (partial / EDGE).mkdir()
         if legacy is not None:
             # An earlier release's store: before `migrate_store` it holds every vector, and after one it is what
             # the earlier release reads again on a rollback (migrate_store retires it as qdrant.migrated).
@@ -328,6 +330,11 @@ def create(settings: Settings, target: Path) -> dict[str, Any]:
     finally:
         if legacy_lock is not None:
             legacy_lock.release()
+        if not edge_existed:
+            # Still under the lock: a service starting now is refused as during the copy, one after finds none.
+            with contextlib.suppress(OSError):
+                (edge / LOCK_FILE).unlink()
+                edge.rmdir()
         lock.release()
     return manifest
 
@@ -554,12 +561,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup: error: {exc}", file=sys.stderr)
         return exc.status
     files = manifest["files"]
-    size = sum(entry["bytes"] for entry in files.values())
     print(
-        f"backup: {args.command}: {len(files)} files, {size} bytes, registry revision "
+        f"backup: {args.command}: {len(files)} files, "
+        f"{size_summary(args.target if args.command == 'create' else args.source, files)}, registry revision "
         f"{manifest['registry_revision']}, written by {manifest['service_version']} at {manifest['created']}"
     )
     return 0
+
+
+def size_summary(backup: Path, files: dict[str, dict[str, Any]]) -> str:
+    """What the backup's files take on disk (their allocated blocks, what `du` says), then their apparent size.
+
+    The engine's files are mostly preallocated holes, kept sparse here: a 70 MB backup was summed as "343268282
+    bytes" (EYES10), and a copy that does not keep holes (scp, rsync without --sparse, many object-store uploads)
+    writes the apparent size.
+    """
+    apparent = sum(entry["bytes"] for entry in files.values())
+    allocated = 0
+    for name in files:
+        with contextlib.suppress(OSError):
+            allocated += (Path(backup) / name).stat().st_blocks * 512
+    summary = f"{_mb(allocated)} on disk (allocated)"
+    if apparent > allocated:
+        summary += (
+            f", {_mb(apparent)} apparent (sparse files: a copy that does not keep holes writes that much)"
+        )
+    return summary
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB ({size} bytes)"
 
 
 if __name__ == "__main__":

@@ -95,3 +95,34 @@ def test_the_aws_deploy_role_may_list_the_image_repository_the_protection_step_r
     (statement, _) = ident.aws_deploy_policy()["Statement"]
     assert "ecr:ListImages" in ident.AWS_DEPLOY_ACTIONS["command:local:Command"]
     assert "ecr:ListImages" in statement["Action"]
+
+
+def test_each_deploy_identity_names_the_registry_access_of_its_committed_promotion_source() -> None:
+    """A promotion's target job copies the image from its source's registry (docs/delivery.md, "What a promotion job
+    needs"), so a deploy identity bullet must name the access the COMMITTED source needs: the GKE bullet assumed a
+    GKE dev (`artifactregistry.reader` on dev's project) while the committed dev is on `existing` (note20)."""
+    import yaml
+
+    def provider(stack: str) -> str:
+        config = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text(encoding="utf-8"))["config"]
+        return str(config["rag:cluster"]["provider"])
+
+    bullets = {
+        match["cloud"]: " ".join(match["text"].split())
+        for match in re.finditer(
+            r"^- \*\*(?P<cloud>GKE|EKS) deploy identity\*\*(?P<text>.*?)(?=^- \*\*|^\S)",
+            section(DOC),
+            re.M | re.S,
+        )
+    }
+    assert set(bullets) == {"GKE", "EKS"}
+    for source, target in (("dev", "staging"), ("staging", "prod")):
+        cloud, source_cloud = provider(target), provider(source)
+        if cloud not in ("gke", "eks"):
+            continue
+        text = bullets[cloud.upper()]
+        if source_cloud == "gke":
+            assert f"`roles/artifactregistry.reader` on {source}'s repository" in text, (source, text)
+        elif source_cloud == "existing":
+            assert "`REGISTRY` login" in text, (source, text)
+            assert f"{source}'s project" not in text, (source, text)

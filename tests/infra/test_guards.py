@@ -113,6 +113,7 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
         cluster=guards.ClusterIdentity(provider="gke", region="europe-west1", project="rag-staging"),
         valkey_major="8",
+        registry_names=(guards.RegistryNames("cloudnative", "rag", "rag"),),
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
@@ -563,3 +564,54 @@ def test_a_resource_reference_in_the_state_does_not_fail_the_run(monkeypatch: py
     monkeypatch.setattr(guards, "_without_resource_references", contextlib.nullcontext)
     with pytest.raises(Exception, match="unknown resource"):
         run_stack("staging", live={"state": state})
+
+
+# ---------------------------------------------------------------------------------------------- database and owner
+@pytest.mark.parametrize(
+    ("stack", "overrides", "kind"),
+    [
+        (
+            "staging",
+            {},
+            "cloudnative",
+        ),  # the Cluster's bootstrap: never run again, the service points at nothing
+        ("prod", {}, "rds"),  # db_name / username ForceNew: a new, empty instance
+        ("prod", GKE, "cloudsql"),  # sql.Database / sql.User name ForceNew: a new, empty database
+    ],
+)
+@pytest.mark.parametrize("key", ["database", "user"])
+def test_renaming_the_registry_database_or_owner_is_refused_before_anything_is_sent(
+    stack: str, overrides: dict[str, Any], kind: str, key: str, sent: list[str]
+) -> None:
+    deployed = run(stack, **overrides)
+    names = guards.deployed_state(state_of(deployed)["resources"]).registry_names
+    assert [n.kind for n in names] == [kind]
+    assert (names[0].database, names[0].owner) == ("rag", "rag")
+    message = refused(stack, deployed, deep_merge(overrides, {"postgres": {key: "renamed"}}), sent)
+    assert message.startswith(
+        f"rag:postgres.{key} in Pulumi.{stack}.yaml: rag:postgres.{key} goes from 'rag' to 'renamed'"
+    )
+    assert guards.RENAME_EFFECT[kind] in message
+    assert f"pulumi config set --path rag:postgres.{key} rag -s {stack}" in message
+    # The same names deploy as before.
+    assert against(stack, deployed, overrides).by_name("qdrant-statefulset") is not None
+
+
+def test_a_declared_mode_switch_creates_the_new_registry_under_any_names() -> None:
+    # The new registry is empty and created in this `up`: its names are free; the old one's are not compared.
+    switched = against(
+        "staging",
+        run("staging"),
+        {"postgres": {"mode": "managed", "modeSwitch": {"fromMode": "cloudnative"}, "database": "registry"}},
+    )
+    assert switched.resources  # not refused
+    assert (
+        guards.registry_names_refusal("s", True, guards.deployed_state({}).registry_names, "x", "y") is None
+    )
+    cnpg = guards.RegistryNames("cloudnative", "rag", "rag")
+    assert guards.registry_names_refusal("s", True, (cnpg,), "x", "y") is None
+    assert guards.registry_names_refusal("s", False, (cnpg,), "rag", "rag") is None
+    # A name the state does not record (a restored RDS instance sends none) is not compared.
+    assert (
+        guards.registry_names_refusal("s", True, (guards.RegistryNames("rds", None, None),), "x", "y") is None
+    )

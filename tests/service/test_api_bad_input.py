@@ -82,13 +82,43 @@ def test_a_body_just_under_the_limit_is_accepted(client: TestClient) -> None:
 
 # --- types ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("filename", "declared"), [("cat.png", "image/png"), ("doc.docx", "application/octet-stream")]
+    ("filename", "declared"),
+    [
+        ("cat.png", "image/png"),
+        ("doc.docx", "application/octet-stream"),
+        # EYES10: a generic type with an unknown extension, or none, is not taken as text (documented).
+        ("x.bin", "application/octet-stream"),
+        ("noext", "application/octet-stream"),
+        ("notes.csv", ""),
+    ],
 )
 def test_unsupported_upload_types_are_415(client: TestClient, filename: str, declared: str) -> None:
     response = client.post(
-        "/v1/documents", files={"file": (filename, b"\x89PNG...", declared)}, data={"document_id": KEEP}
+        "/v1/documents", files={"file": (filename, b"plain words", declared)}, data={"document_id": KEEP}
     )
     assert_error(response, 415, "unsupported_media_type", "unsupported")
+    assert response.json()["error"]["supported"] == [
+        "text/plain",
+        "text/markdown",
+        "text/html",
+        "application/pdf",
+    ]
+
+
+def test_an_upload_part_without_a_content_type_and_an_unknown_extension_is_415(client: TestClient) -> None:
+    part = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="noext"\r\n\r\nplain words\r\n--xyz--\r\n'
+    response = client.post(
+        "/v1/documents", content=part, headers={"content-type": "multipart/form-data; boundary=xyz"}
+    )
+    assert_error(response, 415, "unsupported_media_type", "'noext'")
+
+
+def test_a_declared_text_type_wins_over_an_unknown_extension(client: TestClient) -> None:
+    """The documented rule: the part's own supported type is taken as said, whatever the file is called."""
+    response = client.post("/v1/documents", files={"file": ("notes.log", b"plain words", "text/plain")})
+    assert response.status_code == 201, response.text
+    assert client.get("/v1/documents/notes.log").json()["content_type"] == "text/plain"
+    assert client.delete("/v1/documents/notes.log").status_code == 204
 
 
 def test_an_unsupported_json_content_type_is_415(client: TestClient) -> None:

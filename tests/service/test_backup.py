@@ -145,6 +145,15 @@ def test_backup_restore_round_trip_serves_every_document(tmp_path: Path) -> None
     checked = _run("service.tools.backup", "verify", str(backup), data_dir=tmp_path / "unused")
     assert checked.returncode == 0, checked.stderr
     assert "registry revision" in checked.stdout, checked.stderr
+    # The summary's size is what the backup takes on disk (EYES10: it printed the apparent size, ~5x it).
+    on_disk = int(made.stdout.split(" MB (", 1)[1].split(" bytes) on disk (allocated)", 1)[0])
+    assert on_disk == _allocated(backup) - (backup / "manifest.json").stat().st_blocks * 512, made.stdout
+    apparent = sum(
+        path.stat().st_size for path in backup.rglob("*") if path.is_file() and path.name != "manifest.json"
+    )
+    assert f"({apparent} bytes) apparent" in made.stdout, made.stdout
+    assert apparent > on_disk
+    assert "on disk (allocated)" in checked.stdout
     inside = _run("service.tools.backup", "create", str(source / "edge" / "b"), data_dir=source)
     assert inside.returncode == 2
     assert "inside EDGE_PATH" in inside.stderr

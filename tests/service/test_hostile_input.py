@@ -197,6 +197,14 @@ def test_disk_full_fails_readiness_and_writes_answer_503(tmp_path: Path, embedde
         assert ready.status_code == 503
         assert ready.json()["checks"]["disk"] == "failed"
         assert "READY_MIN_FREE_BYTES" in ready.json()["error"]["failed"]["disk"]
+        # Searches are still served, so the serving probe (Kubernetes, a VM's load balancer) stays 200 and says
+        # what is degraded (EYES10: it was a 503, which took reads offline for a disk that only refuses writes).
+        serving = client.get("/readyz/serving")
+        assert serving.status_code == 200, serving.text
+        assert serving.json()["status"] == "degraded"
+        assert serving.json()["checks"] == {"qdrant": "ok", "database": "ok", "disk": "failed"}
+        assert "READY_MIN_FREE_BYTES" in serving.json()["error"]["failed"]["disk"]
+        assert client.post("/v1/search", json={"query": "room", "top_k": 1}).status_code == 200
         write = client.put("/v1/documents/d", json={"text": "no room for this"})
         assert write.status_code == 503
         assert write.json()["error"]["message"] == "vector store unavailable; retry later"  # no class names

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from service.app.api.middleware import BODY_LIMIT_SLACK_BYTES, BodySizeLimitMiddleware
+from service.app.core.errors import ErrorResponse
 from tests.service.prod_support import KEY_A, MakeClient
 from tests.support.processes import api_process
 
@@ -113,6 +115,27 @@ def test_declared_oversize_body_is_refused_before_reading(make_client: MakeClien
         assert "the larger of MAX_DOCUMENT_BYTES (1000) and BULK_MAX_BYTES (1000)" in response.text
         assert response.headers["X-Request-ID"]
         assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_middleware_413_and_the_route_413_have_one_format(make_client: MakeClient) -> None:
+    """EYES10: the middleware's 413 was `json.dumps` with spaces (`{"error": {`), the route's compact; a client
+    comparing or parsing them strictly saw two formats. Both are now the error model, rendered alike."""
+    headers = {"Authorization": f"Bearer {KEY_A}", "Content-Type": "application/json"}
+    with make_client(max_document_bytes=1000, bulk_max_bytes=1000) as client:
+        by_route = client.put(
+            "/v1/documents/big", content=b'{"text": "' + b"x" * 2000 + b'"}', headers=headers
+        )
+        by_middleware = client.put(
+            "/v1/documents/big", content=b"x" * (1000 + BODY_LIMIT_SLACK_BYTES + 1), headers=headers
+        )
+    assert by_route.status_code == by_middleware.status_code == 413
+    assert "MAX_DOCUMENT_BYTES (1000 bytes)" in by_route.text  # the route's own check answered the first
+    assert "128 KiB" in by_middleware.text or "envelope" in by_middleware.text  # the middleware the second
+    for response in (by_route, by_middleware):
+        body = ErrorResponse.model_validate_json(response.content)
+        assert body.error.code == "payload_too_large"
+        assert response.headers["content-type"] == "application/json"
+        assert response.content == JSONResponse(response.json()).body, response.content
 
 
 def test_probes_answer_head_and_an_id_with_an_encoded_slash_is_a_422(tmp_path: Path) -> None:

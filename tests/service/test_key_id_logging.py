@@ -62,3 +62,26 @@ def test_the_documented_shell_command_computes_the_logged_id() -> None:
         check=True,
     )
     assert done.stdout.strip() == fingerprint(KEY_A)
+
+
+def test_a_request_hashes_the_presented_key_once(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The access log's key id and the key check come from one SHA-256 of the presented key (note20: it was
+    hashed twice per request), for an accepted key and a refused one alike."""
+    from service.app.core import security
+
+    real = hashlib.sha256
+    hashed: list[bytes] = []
+
+    def counting(data: bytes = b"", **kwargs: object) -> object:
+        if data in (KEY_A.encode(), OLD_KEY.encode()):
+            hashed.append(data)
+        return real(data, **kwargs)  # type: ignore[arg-type]
+
+    with make_client() as client:
+        monkeypatch.setattr(security.hashlib, "sha256", counting)
+        assert client.get("/v1/documents", headers=bearer(KEY_A)).status_code == 200
+        assert hashed == [KEY_A.encode()]
+        assert client.get("/v1/documents", headers=bearer(OLD_KEY)).status_code == 401
+        assert hashed == [KEY_A.encode(), OLD_KEY.encode()]

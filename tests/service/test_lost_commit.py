@@ -21,12 +21,12 @@ TEXT = "Salmon swim up the river to spawn."
 Q = {"query": "salmon swim up the river", "top_k": 5}
 
 
-def _lose_commit_answers(monkeypatch: pytest.MonkeyPatch, registry: Any) -> None:
-    """Every registry.activate commits, then its commit raises as a lost answer would (this thread only)."""
+def _lose_commit_answers(monkeypatch: pytest.MonkeyPatch, registry: Any, method: str = "activate") -> None:
+    """Every registry.<method> commits, then its commit raises as a lost answer would (this thread only)."""
     armed = threading.local()
     dialect = registry.engine.dialect
     do_commit = dialect.do_commit
-    activate = registry.activate
+    activate = getattr(registry, method)
 
     def commit_then_lose(dbapi_connection: Any) -> None:
         do_commit(dbapi_connection)  # the commit happened ...
@@ -41,7 +41,7 @@ def _lose_commit_answers(monkeypatch: pytest.MonkeyPatch, registry: Any) -> None
             armed.on = False
 
     monkeypatch.setattr(dialect, "do_commit", commit_then_lose)
-    monkeypatch.setattr(registry, "activate", armed_activate)
+    monkeypatch.setattr(registry, method, armed_activate)
 
 
 def _found(client: Any) -> list[str]:
@@ -131,3 +131,63 @@ def test_an_unavailable_registry_that_did_not_commit_still_discards_the_points(
         retry = client.put("/v1/documents/salmon", json={"text": TEXT})
         assert retry.status_code == 201, retry.text
         assert _found(client) == ["salmon"]
+
+
+def test_a_delete_whose_commit_answer_was_lost_is_answered_as_done(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """note20: the delete happened, the client was told 503, and its retry got a 404 ("no such document"). The
+    registry is read back: the row is gone, so the answer is the 204 the delete earned."""
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        assert client.put("/v1/documents/salmon", json={"text": TEXT}).status_code == 201
+        _lose_commit_answers(monkeypatch, services.registry, "delete")
+        deleted = client.delete("/v1/documents/salmon")
+        monkeypatch.undo()
+
+        assert deleted.status_code == 204, deleted.text
+        assert services.registry.get("default", "salmon") is None
+        assert client.get("/v1/documents/salmon").status_code == 404
+        assert _found(client) == []
+        # Unknown documents are still a 404, and a delete that did not commit is still a 503 and done by its retry.
+        assert client.delete("/v1/documents/never").status_code == 404
+        assert client.put("/v1/documents/salmon", json={"text": TEXT}).status_code == 201
+        dialect = services.registry.engine.dialect
+
+        def commit_fails(dbapi_connection: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error")  # nothing committed
+
+        monkeypatch.setattr(dialect, "do_commit", commit_fails)
+        refused = client.delete("/v1/documents/salmon")
+        monkeypatch.undo()
+        assert refused.status_code == 503, refused.text
+        assert services.registry.get("default", "salmon") is not None
+        assert client.delete("/v1/documents/salmon").status_code == 204
+        # A delete after that one: nothing there.
+        assert client.delete("/v1/documents/salmon").status_code == 404
+
+
+def test_the_retry_of_a_delete_whose_outcome_stayed_unknown_is_answered_as_done(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit's answer is lost and the registry cannot be read back either: 503 (retry), and the retry, which
+    finds no row, is answered 204 (the delete happened), not 404."""
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        registry = services.registry
+        assert client.put("/v1/documents/salmon", json={"text": TEXT}).status_code == 201
+        _lose_commit_answers(monkeypatch, registry, "delete")
+
+        def unreadable(*args: Any, **kwargs: Any) -> Any:
+            raise ServiceUnavailable("document registry unavailable; retry later")
+
+        monkeypatch.setattr(registry, "get", unreadable)
+        deleted = client.delete("/v1/documents/salmon")
+        monkeypatch.undo()
+
+        assert deleted.status_code == 503, deleted.text
+        assert registry.get("default", "salmon") is None  # it did happen
+        retry = client.delete("/v1/documents/salmon")
+        assert retry.status_code == 204, retry.text
+        assert client.delete("/v1/documents/salmon").status_code == 404  # answered once: later ones are 404s
+        assert _found(client) == []

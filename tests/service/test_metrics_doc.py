@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import Counter, Gauge, Histogram, Summary
 
 from service.app.core import metrics
@@ -60,13 +61,33 @@ def test_table_rows_are_told_apart_from_mentions() -> None:
     }
 
 
-def test_every_series_the_service_exports_is_a_row_of_the_operations_metrics_table(tmp_path: Path) -> None:
-    api = start_api(tmp_path, auth_disabled="true")
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What a real `python -m service` answers on /metrics after one write (no consolidation has run)."""
+    api = start_api(tmp_path_factory.mktemp("metrics"), auth_disabled="true")
     try:
         assert httpx.put(f"{api.url}/v1/documents/d", json={"text": "one"}, timeout=60).status_code == 201
-        body = httpx.get(f"{api.url}/metrics", timeout=60).text
+        return httpx.get(f"{api.url}/metrics", timeout=60).text
     finally:
         _stop(api.proc)
+
+
+def test_counters_have_no_created_twins_and_fixed_labels_start_at_zero(scraped: str) -> None:
+    """EYES10: every counter had a `_created` series nothing reads, and `rag_edge_consolidations_total` had no
+    sample until the first consolidation (an alert or rate() on it saw nothing rather than 0)."""
+    assert "rag_http_requests_total" in scraped  # the scrape is the service's
+    assert "_created" not in scraped
+    samples = dict(line.rsplit(" ", 1) for line in scraped.splitlines() if line and not line.startswith("#"))
+    for outcome in ("swapped", "unchanged", "skipped", "replay_limit", "discarded"):
+        assert samples[f'rag_edge_consolidations_total{{outcome="{outcome}"}}'] == "0.0", outcome
+    for reason in ("header_timeout", "body_idle", "body_slow"):
+        assert samples[f'rag_http_connections_closed_total{{reason="{reason}"}}'] == "0.0", reason
+    assert samples['rag_documents_ingested_total{status="created"}'] == "1.0"
+    assert samples['rag_documents_ingested_total{status="superseded"}'] == "0.0"
+
+
+def test_every_series_the_service_exports_is_a_row_of_the_operations_metrics_table(scraped: str) -> None:
+    body = scraped
     scraped = scraped_names(body)
     assert "rag_documents" in scraped  # rendered by the route, not by service.app.core.metrics
     names = scraped | module_names()

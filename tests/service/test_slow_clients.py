@@ -144,6 +144,8 @@ def test_what_the_http_parser_refuses_is_a_json_error_and_the_server_keeps_servi
     error = json.loads(body)["error"]
     assert error["code"] == code
     assert error["message"]
+    # Rendered as the app renders its error bodies (compact JSON), not `{"error": {` (EYES10).
+    assert body == json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False).encode()
     with service.client() as client:
         assert client.get("/healthz").status_code == 200
 

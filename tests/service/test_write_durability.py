@@ -178,13 +178,17 @@ def test_a_failed_fsync_answers_503_commits_nothing_and_refuses_writes_until_a_r
         assert hits == []
         # The next fsync would succeed over a WAL that may have lost the failed write's pages (Linux marks them
         # clean after reporting the error), so a replay could stop there: no more writes until a restart. The
-        # readiness probes say why; searches go on.
+        # readiness probes say why; searches go on (so the serving probe stays 200, `degraded`; /readyz fails).
         refused = client.put("/v1/documents/other", json={"text": TEXT})
         assert refused.status_code == 503, refused.text
         assert "writes are refused until the service restarts" in refused.json()["error"]["message"]
-        ready = client.get("/readyz/serving")
+        ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "write-ahead log failed" in ready.text
+        serving = client.get("/readyz/serving")
+        assert serving.status_code == 200, serving.text
+        assert serving.json()["status"] == "degraded"
+        assert "write-ahead log failed" in serving.text
         assert client.post("/v1/search", json={"query": "paid vacation days", "top_k": 5}).status_code == 200
     # Restarted on the same data: the same write goes through, once.
     with running_app(make_settings(tmp_path), embedder=embedder) as client:

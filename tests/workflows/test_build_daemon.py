@@ -20,10 +20,13 @@ def _fake_docker(
     tmp_path: Path, *, buildx: bool, bootstrap: bool, daemon: bool, others: str = "", starts: str = "none"
 ) -> Path:
     """A `docker` CLI on PATH: the buildx plugin (or none, with the real CLI's error), a current builder that starts
-    or not (`buildx inspect --bootstrap`), a daemon that answers `docker version` or not. Logs each call."""
+    or not (`buildx inspect --bootstrap`), a daemon that answers `docker version` or not, `buildx ls` printing the table
+    `others` and refusing flags (as buildx before v0.13.0 refuses `--format`; commands/ls.go). Logs each call."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "docker.log"
+    table = tmp_path / "buildx-ls.txt"
+    table.write_text(others)
     plugin = (
         "echo 'github.com/docker/buildx v0.29.1 a1b2c3d'; exit 0"
         if buildx
@@ -44,7 +47,7 @@ def _fake_docker(
 echo "$*" >> {log}
 case "$1 $2" in
   "buildx version") {plugin} ;;
-  "buildx ls") [ "$3 $4" = "--format {{{{.Name}}}}" ] || exit 3; printf '{others}'; exit 0 ;;
+  "buildx ls") [ -z "$3" ] || {{ echo "unknown flag: $3" >&2; exit 1; }}; while IFS= read -r row; do printf '%s\\n' "$row"; done < {table}; exit 0 ;;
   "buildx inspect")
     [ "$3" = --bootstrap ] || exit 3
     if [ -n "$4" ]; then
@@ -82,35 +85,94 @@ def test_a_builder_that_does_not_start_is_refused_with_buildx_s_reason(
     with pytest.raises(BuildPrerequisiteError, match="the current buildx builder does not start") as caught:
         check_build_daemon()
     assert "failed to dial gRPC" in str(caught.value)
-    assert "nor does any other (`docker buildx ls`: none)" in str(caught.value)
+    assert "builders not of the docker driver: none)" in str(caught.value)
     assert _calls(tmp_path) == [
         "buildx version",
         "buildx inspect --bootstrap",
-        "buildx ls --format {{.Name}}",
+        "buildx ls",
     ]
 
 
-def test_another_builder_that_starts_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+#: `docker buildx ls` as buildx v0.13+ prints it (commands/ls.go): the current builder is the default docker context's
+#: (dockerd down here), another context's builder, a remote and a kubernetes builder, one that cannot be loaded.
+LISTING = r"""NAME/NODE         DRIVER/ENDPOINT                  STATUS     BUILDKIT   PLATFORMS
+default*          docker
+ \_ default       \_ default                       error
+desktop-linux     docker
+ \_ desktop-linux \_ desktop-linux                 running    v0.16.0    linux/amd64
+broken                                             error
+k8s               kubernetes
+ \_ k8s0          \_ kubernetes:///k8s?deployment=  inactive
+"""
+#: The same builders as buildx before v0.13 prints them (`name *` for the current one, nodes indented two spaces).
+OLD_LISTING = """NAME/NODE      DRIVER/ENDPOINT               STATUS   PLATFORMS
+k8s            kubernetes
+  k8s0         kubernetes:///k8s?deployment= inactive
+default *      docker
+  default      default                       error
+desktop-linux  docker
+  desktop-linux desktop-linux                running  linux/amd64
+"""
+
+
+@pytest.mark.parametrize("listing", [LISTING, OLD_LISTING], ids=["buildx>=0.13", "buildx<0.13"])
+def test_another_builder_that_starts_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: str
+) -> None:
     """`docker buildx create --driver kubernetes` without `--use`: the current builder stays the default (docker
-    driver, no dockerd here), which the provider passes over for the first builder it can reach."""
-    listing = "default\\n \\\\_ default\\nbroken\\n \\\\_ broken0\\nk8s\\n \\\\_ k8s0\\n"
+    driver, no dockerd here), which the provider passes over for the first builder of another driver whose nodes
+    dial (pulumi-docker-build provider/internal/host.go `builderFor`). Node rows and the other docker context's
+    builder are not asked (the provider skips every builder of the docker driver). Old buildx versions refuse
+    `buildx ls --format`, so the check reads the plain table every version prints."""
     bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing, starts="k8s")
     monkeypatch.setenv("PATH", str(bin_dir))
     check_build_daemon()
-    assert _calls(tmp_path) == [
-        "buildx version",
-        "buildx inspect --bootstrap",
-        "buildx ls --format {{.Name}}",
-        "buildx inspect --bootstrap broken",
-        "buildx inspect --bootstrap k8s",
-    ]
+    calls = _calls(tmp_path)
+    assert calls[:3] == ["buildx version", "buildx inspect --bootstrap", "buildx ls"]
+    assert calls[-1] == "buildx inspect --bootstrap k8s"
+    assert not [c for c in calls if c.endswith(("desktop-linux", "k8s0", "default"))]
+
+
+def test_only_another_docker_context_answering_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The provider never builds on another docker context's builder (it skips the docker driver) and falls back to
+    creating a docker-container builder on the current context's daemon, which is down: the `up` would fail at the
+    image, so the check refuses (it passed before: it asked every builder but `default`)."""
+    listing = LISTING.replace("k8s               kubernetes\n", "").replace(
+        " \\_ k8s0          \\_ kubernetes:///k8s?deployment=  inactive\n", ""
+    )
+    assert "k8s" not in listing
+    bin_dir = _fake_docker(
+        tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing, starts="desktop-linux"
+    )
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: broken\)"):
+        check_build_daemon()
+    assert "buildx inspect --bootstrap desktop-linux" not in _calls(tmp_path)
+
+
+def test_a_current_builder_of_another_driver_that_does_not_start_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docker buildx use k8s` with k8s down: the provider builds with the current builder as it is (no fallback),
+    so another builder that starts does not help."""
+    listing = LISTING.replace("default*", "default ").replace(
+        "k8s               kubernetes", "k8s*              kubernetes"
+    )
+    bin_dir = _fake_docker(
+        tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing, starts="broken"
+    )
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(BuildPrerequisiteError, match=r"current buildx builder k8s \(kubernetes driver\)"):
+        check_build_daemon()
+    assert _calls(tmp_path)[-1] == "buildx ls"
 
 
 def test_no_builder_that_starts_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    listing = "default\\nbroken\\n"
-    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing)
+    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=LISTING)
     monkeypatch.setenv("PATH", str(bin_dir))
-    with pytest.raises(BuildPrerequisiteError, match=r"nor does any other \(`docker buildx ls`: broken\)"):
+    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: broken, k8s\)"):
         check_build_daemon()
 
 

@@ -620,3 +620,39 @@ def test_an_empty_checked_source_is_refused_with_the_reason(
     assert result.exit_code == 2
     assert "is empty, not a source check record" in " ".join(result.output.split())
     assert backend.calls == []
+
+
+@pytest.mark.parametrize("umask_002", [True, False])
+def test_a_preview_of_an_image_rebuilt_by_a_checkouts_file_modes_names_the_cause(
+    ctx: Context, backend: FakeBackend, umask_002: bool
+) -> None:
+    """REVIEW10 F6 from a laptop: pulumi-docker-build hashes each file's mode into the build context, so `ragops
+    preview -s dev` from a clone made under umask 002 shows dev's image as rebuilt with the same content. The hint
+    a refused promotion gives is printed by the preview too (note20: it covered promotions only)."""
+    from tests.workflows.test_promote import IMAGE_BUILD, _git
+
+    backend.add_stack("dev")
+    (ctx.work_dir / "service").mkdir()
+    (ctx.work_dir / "service" / "Dockerfile").write_text("FROM scratch\n")
+    for path in ctx.work_dir.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)
+    _git(ctx.work_dir, "init", "-q")
+    _git(ctx.work_dir, "add", "-A")
+    _git(ctx.work_dir, "commit", "-q", "-m", "one")
+    for path in ctx.work_dir.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            path.chmod(0o664 if umask_002 else 0o644)
+    backend.script("dev").preview_summary = {"update": 1, "same": 11}
+    backend.script("dev").preview_events = [
+        step_event("update", "service-image", IMAGE_BUILD, diffs=["contextHash"])
+    ]
+
+    result = _invoke(ctx, "preview", "-s", "dev", "-q")
+
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "preview of dev: 1 update" in output
+    assert ("(-rw-rw-r--)" in output) is umask_002
+    assert ("umask 002" in output) is umask_002
+    assert ("chmod g-w,o-w" in output) is umask_002

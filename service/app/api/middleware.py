@@ -11,7 +11,6 @@ never the raw path, which would explode label cardinality.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -89,7 +89,9 @@ def _route_template(scope: Scope) -> str:
 async def _send_json(
     send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]
 ) -> None:
-    payload = json.dumps(body).encode()
+    # Rendered by JSONResponse, as the routes' error handlers render theirs: one error format byte for byte
+    # (`json.dumps` with its default separators wrote `{"error": {` here and `{"error":{` there; EYES10).
+    payload = JSONResponse(body).body
     await send(
         {
             "type": "http.response.start",

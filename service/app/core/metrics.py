@@ -6,7 +6,12 @@ exposes the default registry; in multi-process uvicorn set PROMETHEUS_MULTIPROC_
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# No `<name>_created` twin per counter and histogram (prometheus_client's creation timestamps, one more series per
+# label set): no alert, dashboard or runbook of this project reads them (EYES10). Read at scrape time, so this
+# holds for the API's and the worker's exposition alike.
+disable_created_metrics()
 
 REQUESTS = Counter(
     "rag_http_requests_total",
@@ -18,6 +23,8 @@ REQUEST_SECONDS = Histogram(
 )
 CHUNKS_INGESTED = Counter("rag_chunks_ingested_total", "Chunks embedded and written to the vector store.")
 DOCUMENTS_INGESTED = Counter("rag_documents_ingested_total", "Documents ingested, by outcome.", ["status"])
+for _status in ("created", "updated", "unchanged", "superseded"):
+    DOCUMENTS_INGESTED.labels(status=_status)
 EMBEDDING_SECONDS = Histogram(
     "rag_embedding_duration_seconds",
     "Time spent embedding: one batch of passages (kind=document), or one search query as its search waited for"
@@ -53,7 +60,9 @@ CONNECTIONS_CLOSED = Counter(
     "rag_http_connections_closed_total",
     "Connections the server closed because the client was too slow.",
     ["reason"],
-)  # header_timeout | body_idle
+)  # header_timeout | body_idle | body_slow
+for _reason in ("header_timeout", "body_idle", "body_slow"):
+    CONNECTIONS_CLOSED.labels(reason=_reason)
 ORPHAN_COLLECTIONS = Counter("rag_orphan_collections_total", "Orphan collector runs completed.")
 SHADOW_WRITE_FAILURES = Counter(
     "rag_shadow_write_failures_total",
@@ -117,7 +126,10 @@ EDGE_CONSOLIDATIONS = Counter(
     "Consolidation attempts of the embedded store that got as far as a merge, by outcome.",
     ["outcome"],
 )  # swapped | unchanged | replay_limit (too many writes during the merge) | discarded (cancelled, or a write
-# that cannot be replayed)
+# that cannot be replayed) | skipped (due, but not worth a child)
+# Every outcome is a series from the start (0), so rate() and an alert see it before the first consolidation.
+for _outcome in ("swapped", "unchanged", "skipped", "replay_limit", "discarded"):
+    EDGE_CONSOLIDATIONS.labels(outcome=_outcome)
 
 # --- answers (POST /v1/answer) ------------------------------------------------------------------------------
 # LLM calls take seconds, not milliseconds: buckets up to two minutes.

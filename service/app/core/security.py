@@ -116,14 +116,20 @@ class ApiKeyAuthenticator:
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal for `presented`, or None; examines every key whatever the outcome."""
+        return self.identify(presented)[1]
+
+    def identify(self, presented: str) -> tuple[str, Principal | None]:
+        """(`key_id(presented)`, its principal or None) from one hash of the key: the access log names a refused
+        key too. Examines every key whatever the outcome."""
         self._refresh()
-        digest = hashlib.sha256(presented.encode("utf-8")).digest()
+        hashed = hashlib.sha256(presented.encode("utf-8"))
+        digest = hashed.digest()
         found: Principal | None = None
         for candidate, tenant, kid in self._digests:
             # Bitwise & (not `and`) so compare_digest runs for every key: no early exit.
             if hmac.compare_digest(candidate, digest) & (found is None):
                 found = Principal(tenant=tenant, key_id=kid)
-        return found
+        return hashed.hexdigest()[:12], found
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -171,8 +177,7 @@ def authenticate_request(request: Request) -> Principal:
             raise MissingApiKey("missing API key: send `Authorization: Bearer <key>`")
         # The access log names the key by its id, a refused one too: during a rotation on-call sees which
         # clients still send the old key, before and after it is removed (docs/runbooks.md).
-        request.state.key_id = key_id(token)
-        found = services.auth.authenticate(token)
+        request.state.key_id, found = services.auth.identify(token)
         if found is None:
             raise InvalidApiKey("invalid API key")
         principal = found

@@ -229,7 +229,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """uvicorn's answer to a request its parser refused, as the JSON error body every other error has."""
         status, code, message = self._refusal or (400, "bad_request", f"malformed HTTP request: {msg}")
         self._refusal = None
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        # Compact, as JSONResponse renders every other error body (one format for clients that compare bytes).
+        body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])

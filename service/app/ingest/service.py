@@ -90,6 +90,10 @@ FENCE_CHECK_CHUNKS = 128
 CHUNK_READ_ATTEMPTS = 3
 # How often a job's write is tried when another process's commit wins the version compare-and-set.
 JOB_CONFLICT_ATTEMPTS = 3
+# How long a delete answered 503 with its outcome unknown makes this process answer its retry 204 rather than
+# 404 (a client retries within seconds to minutes), and how many such deletes it remembers at most.
+UNCERTAIN_DELETE_SECONDS = 600.0
+UNCERTAIN_DELETES_KEPT = 10_000
 # Runs the vector store's syncs of written points while the writer prepares its registry commit. The syncs of
 # concurrent writers are grouped by the store (one fsync round covers all of them), so a few threads suffice.
 _SYNCS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-sync")
@@ -189,6 +193,8 @@ class IngestService:
         self.sync_index: Callable[[], None] | None = None
         self.commit_deadline_us = int(commit_deadline_seconds * 1_000_000)
         self._locks = _KeyedLocks()
+        # (tenant, document) -> monotonic deadline: deletes answered 503 whose commit may have happened.
+        self._uncertain_deletes: dict[tuple[str, str], float] = {}
 
     @property
     def vectors(self) -> VectorStore:
@@ -597,6 +603,30 @@ class IngestService:
             raise NotFound(f"document {document_id!r} not found", document_id=document_id)
         return to_document_out(record)
 
+    def _delete_happened(self, tenant_id: str, document_id: str) -> bool:
+        """After a registry delete whose outcome is unknown: True when the document is gone now (the commit
+        happened, or a concurrent delete won: either way it is deleted). When the registry cannot be read, the
+        document is remembered as possibly deleted (for its retry) and False returned."""
+        try:
+            gone = self.registry.get(tenant_id, document_id) is None
+        except ServiceUnavailable:
+            if len(self._uncertain_deletes) >= UNCERTAIN_DELETES_KEPT:
+                now = time.monotonic()
+                self._uncertain_deletes = {k: t for k, t in self._uncertain_deletes.items() if t > now}
+            if len(self._uncertain_deletes) < UNCERTAIN_DELETES_KEPT:
+                self._uncertain_deletes[(tenant_id, document_id)] = (
+                    time.monotonic() + UNCERTAIN_DELETE_SECONDS
+                )
+            return False
+        if gone:
+            logger.warning(
+                "delete of %s/%s answered with an error but it happened; its points are left to the orphan "
+                "collector",
+                tenant_id,
+                document_id,
+            )
+        return gone
+
     async def chunks(self, tenant_id: str, document_id: str, *, offset: int, limit: int) -> DocumentChunks:
         """A page of the active version's stored chunks (as search serves them), or NotFound.
 
@@ -649,13 +679,28 @@ class IngestService:
         )
         return DocumentList(documents=[to_document_out(r) for r in page.items], next_cursor=page.next_cursor)
 
-    async def delete(self, tenant_id: str, document_id: str) -> DocumentOut:
-        """Remove a document (registry row first, then its points); NotFound when unknown."""
+    async def delete(self, tenant_id: str, document_id: str) -> DocumentOut | None:
+        """Remove a document (registry row first, then its points); NotFound when unknown.
+
+        A delete whose commit answer was lost (a connection reset after the database committed) is read back: the
+        row gone means it happened (None: the removed record is not known, its points are left to the orphan
+        collector, which removes the points of versions the registry does not hold). When the read fails too,
+        the 503 stands and this process remembers the document for UNCERTAIN_DELETE_SECONDS: the client's
+        retry, finding no row, is answered as a delete that happened (204), not a 404."""
         validate_document_id(document_id)
-        async with self._locks.hold((tenant_id, document_id)):
-            record = await to_thread.run_sync(self.registry.delete, tenant_id, document_id)
+        key = (tenant_id, document_id)
+        async with self._locks.hold(key):
+            try:
+                record = await to_thread.run_sync(self.registry.delete, tenant_id, document_id)
+            except ServiceUnavailable:
+                if not await to_thread.run_sync(self._delete_happened, tenant_id, document_id):
+                    raise
+                return None
             if record is None:
+                if self._uncertain_deletes.pop(key, 0.0) > time.monotonic():
+                    return None  # the retry of a delete whose outcome was unknown: it had happened
                 raise NotFound(f"document {document_id!r} not found", document_id=document_id)
+            self._uncertain_deletes.pop(key, None)
             fault_point("after_registry_delete")
             state = self.index.state
             for generation in (state.current, state.shadow):

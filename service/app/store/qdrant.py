@@ -35,6 +35,7 @@ from qdrant_client import QdrantClient, models
 
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, RagError, ServiceUnavailable
+from service.app.core.files import make_private_dirs
 from service.app.core.metrics import FAILURES
 from service.app.store.metadata_index import IndexKind, MetadataKeyBudget, rebuilt_kind
 from service.app.store.sparse import SPARSE_VECTOR, SparseVector, default_encoder
@@ -274,7 +275,7 @@ class QdrantVectorStore:
         if str(path) == ":memory:":
             client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
         else:
-            path.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(path)  # every chunk's text: 0700, as DATA_DIR and the edge store
             try:
                 client = QdrantClient(path=str(path), force_disable_check_same_thread=True)
             except RuntimeError as exc:

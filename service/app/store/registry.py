@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import functools
 import json
@@ -67,7 +68,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.app.core.config import Settings
 from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
-from service.app.core.files import make_private_dirs
+from service.app.core.files import PRIVATE_FILE_MODE, make_private_dirs
 from service.app.core.metrics import FAILURES
 from service.app.ingest.models import has_lone_surrogate
 
@@ -487,6 +488,12 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def _create_private(database: str, *_connect: Any) -> None:
+    # There already, or not creatable (SQLite's own open then reports why, as before).
+    with contextlib.suppress(OSError):
+        os.close(os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE_FILE_MODE))
+
+
 def _sqlite_pragmas(synchronous: str, dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers (searches) run while a write commits. In WAL mode NORMAL syncs only at checkpoints: the
     # database stays consistent, but a commit can be rolled back by a power loss or an OS crash (not by a process
@@ -547,6 +554,10 @@ def make_engine(
         if database and database != ":memory:":
             make_private_dirs(Path(database).parent)  # it holds every document's text: 0700
         engine = sa.create_engine(url, connect_args={"timeout": 30})
+        if database and database != ":memory:" and not parsed.query:
+            # The file SQLite creates at the first connect gets 0644 from the usual umask (and its -wal/-shm
+            # copy its mode): a tool opening a missing registry creates it owner-only, as `python -m service`.
+            sa.event.listen(engine, "do_connect", functools.partial(_create_private, database))
         sa.event.listen(
             engine, "connect", functools.partial(_sqlite_pragmas, "FULL" if durable else "NORMAL")
         )

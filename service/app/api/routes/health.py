@@ -86,7 +86,11 @@ async def _redis_check(services: Any) -> None:
 #: service degrades without them (searches keep working, the cache is bypassed, jobs wait): failing the
 #: Kubernetes readiness probe on them would take EVERY pod out of the load balancer at the same moment, so a Redis
 #: restart or a managed-database failover would turn into "no healthy upstream" for all traffic.
-SERVING_CHECKS = frozenset({"qdrant", "disk"})
+#: Nor does a low disk (or an embedded store that refuses writes since a failed log sync): writes are refused,
+#: but searches, reads and deletes are still served, so `disk` gates /readyz (the signal for ingest) and not
+#: /readyz/serving, which reports it as `degraded` (EYES10: a nearly full disk took a VM's reads offline behind a
+#: health-checking proxy).
+SERVING_CHECKS = frozenset({"qdrant"})
 
 
 @router.head("/readyz", include_in_schema=False)
@@ -100,12 +104,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 @router.head("/readyz/serving", include_in_schema=False)
 @router.get(
     "/readyz/serving",
-    responses={503: {"description": "the vector store or the disk failed; the body names each failed check"}},
+    responses={503: {"description": "the vector store failed; the body names each failed check"}},
 )
 async def readyz_serving(services: ServicesDep) -> JSONResponse:
     """The Kubernetes readiness probe (and GKE's load-balancer health check): 503 only when this pod cannot serve
-    at all (the vector store, free space in DATA_DIR); a failed database or Redis is reported as `degraded`
-    with 200, since every replica shares them and the service degrades rather than stops without them."""
+    searches at all (the vector store); a failed database or Redis, and a disk too full to write (`disk`), are
+    reported as `degraded` with 200: every replica shares the first two and the service degrades rather than
+    stops without them, and a full disk refuses writes while searches go on. /readyz fails on all of them."""
     return await _readiness(services, gating=SERVING_CHECKS)
 
 
