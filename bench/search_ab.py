@@ -70,6 +70,7 @@ from ingest_search import (  # noqa: E402
     thread_cpu_seconds,
 )
 from interleave import path_orders  # noqa: E402
+from priority import conditions  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
@@ -287,7 +288,7 @@ def main() -> None:
     print(
         f"{args.docs} documents, {count} distinct queries per path, interleaved; load average {load_before:.1f} "
         f"before, {os.getloadavg()[0]:.1f} after; baseline: {args.baseline} {envs['baseline'] or ''}, this "
-        f"checkout {envs['this checkout'] or ''}; store: {args.data_dir or 'make bench documents'}"
+        f"checkout {envs['this checkout'] or ''}; store: {args.data_dir or 'make bench documents'}; {conditions()}"
     )
     base = statistics.median(latency["baseline"])
     raw = statistics.median(latency[RAW])

@@ -21,12 +21,23 @@ object fails its file with the reason; nothing of that file is sent.
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
 a few times with a growing pause; a batch without an answer within --timeout goes again in halves, and later
 batches stay that small. The service stops a batch whose client left after the item it was storing: before the
-halves go, the client asks which of the batch's files the service holds with this very content (text and
-Markdown files; `GET /v1/documents/{id}`, its content hash), waiting a bounded time for the one it was storing,
+halves go, the client asks which of the batch's files the service holds with this very content (text,
+Markdown and HTML files; `GET /v1/documents/{id}`, its content hash), waiting a bounded time for the one it was storing,
 and sends only the others (their ingest rate limit was paid once, by the abandoned batch; they count as `stored`).
 A 401 or 403 (the key, not the file) stops the run at once with exit 2.
 Every file's outcome is counted; failed files are listed with the service's
 reason at the end and the exit status is 1 when any failed (0 when all were stored).
+
+Each document costs one request of the key's ingest rate limit (the service's RATE_LIMIT_INGEST, 120 a minute by
+default): an import of N files takes at least N/120 minutes however fast the service embeds. The waits are shown
+as they happen and summed at the end; raise the limit for a large import (docs/service.md).
+
+Progress is a bar on a terminal; when stderr is not one (a log file, a pipe, cron) it is a plain line every
+PROGRESS_LINE_SECONDS instead.
+
+`--prune` (never by default) then deletes the documents this folder's runs stored whose files are gone: the
+documents whose metadata holds every `--metadata KEY=VALUE` of the run (which `--prune` requires: the tag that
+tells this folder's documents from the tenant's others) and whose id is no file's in the folder now.
 
 This is a client-side tool: it needs the development install (`make install`, for rich), not the service image.
 """
@@ -74,6 +85,8 @@ ABANDONED_WAIT_SECONDS = 60.0
 POLL_SECONDS = 0.25  # the first wait between two questions about the file being stored; doubled after each
 MAX_POLL_SECONDS = 8.0  # ... up to this: ~12 questions in ABANDONED_WAIT_SECONDS (it was 240, each a read)
 MAX_RATE_LIMIT_WAITS = 100  # a budget that never frees up is a misconfiguration, not something to wait out
+PROGRESS_LINE_SECONDS = 30.0  # a plain progress line this often when stderr is not a terminal
+LIST_PAGE = 100  # documents per page of GET /v1/documents (the service's maximum)
 # The bytes of a bulk body around its items: {"documents":[ ... ]}, items joined by ",".
 BULK_ENVELOPE = len(b'{"documents":[]}')
 # Byte order marks the service decodes by themselves (service/app/ingest/extract.py decode_text).
@@ -147,6 +160,7 @@ class Report:
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)
     rate_limited: int = 0  # 429s waited out
+    rate_limit_seconds: float = 0.0  # ... and how long they made the run wait
     retried: int = 0  # transient errors retried
 
     def record(self, item: dict[str, Any], name: str) -> None:
@@ -264,8 +278,9 @@ class IngestClient:
         whose content hash the service already holds is stored (by that batch, or before it): sending it again
         would pay its rate limit twice for an `unchanged`. The first file not held yet is most likely the one
         still being stored: it is asked again, every POLL_SECONDS, until it is held or ABANDONED_WAIT_SECONDS
-        (at most the client's timeout) have passed, so the halves do not run beside it. Files whose hash cannot
-        be computed here (HTML: the service extracts its text) are sent again, as before. A question the service
+        (at most the client's timeout) have passed, so the halves do not run beside it (an HTML page too: its
+        hash is that of the text extracted here as the service does). Files whose hash cannot be computed here
+        are sent again, as before. A question the service
         does not answer (a read timeout, or connection errors past ``send``'s retries) ends the asking: the files
         not confirmed yet go again at once (asking each in turn cost a full timeout or ~30 s of retries per
         file of the batch, before anything was sent again).
@@ -339,7 +354,8 @@ class IngestClient:
                 waits += 1
                 self._report.rate_limited += 1
                 delay = retry_after_seconds(response)
-                self._on_wait(f"rate limited; waiting {delay:g} s")
+                self._report.rate_limit_seconds += delay
+                self._on_wait(f"rate limited ({rate_limit_reason(response)}); waiting {delay:g} s")
                 self._sleep(delay)
                 continue
             if response.status_code in (401, 403):
@@ -360,9 +376,10 @@ class IngestClient:
 
 
 def content_hash_of(item: Pending) -> str | None:
-    """The content hash the service stores for this batch item (None: it cannot be known here, for HTML)."""
+    """The content hash the service stores for this batch item (None: it cannot be known here). An HTML page's is
+    that of its visible text, extracted here as the service extracts it."""
     document = item.document
-    if document is None or document["content_type"] not in ("text/plain", "text/markdown"):
+    if document is None or document["content_type"] not in ("text/plain", "text/markdown", "text/html"):
         return None
     # The service's own functions (this tool runs in the development install): imported at the first batch
     # without an answer only. A service of another release may hash differently: then nothing matches and every
@@ -373,11 +390,14 @@ def content_hash_of(item: Pending) -> str | None:
 
     try:
         metadata = validate_metadata(document.get("metadata") or {})
+        text = document["text"]
+        if document["content_type"] == "text/html":
+            from service.app.ingest.extract import html_to_text
+
+            text = html_to_text(text)
     except Exception:
         return None  # the service refuses it with its reason when it is sent again
-    return content_hash(
-        normalize_text(document["text"]), metadata, normalize_content_type(document["content_type"])
-    )
+    return content_hash(normalize_text(text), metadata, normalize_content_type(document["content_type"]))
 
 
 def refused_at_once(item: Pending) -> bool:
@@ -406,9 +426,29 @@ def refused_at_once(item: Pending) -> bool:
 
 
 def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float:
-    """Retry-After in seconds (delta form; the service never sends the HTTP-date form), else `default`."""
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else default
+    """Retry-After in seconds: the delta form (the service's), or an HTTP date (a proxy's) counted from the
+    answer's Date header (else from now); `default` when absent or unreadable, and never more than an hour."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        until = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return default
+    try:
+        now = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        now = time.time()
+    return min(max(0.0, until - now), 3600.0)
+
+
+def rate_limit_reason(response: httpx.Response) -> str:
+    """The service's words for a 429 ("rate limit exceeded for ingest: 120 per 1 minute"), without its retry."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return "429"
+    return str(message).split("; retry in", 1)[0] if message else "429"
 
 
 def error_reason(response: httpx.Response) -> str:
@@ -762,6 +802,95 @@ def ingest_folder(
         advance(len(batch))
 
 
+class PlainProgress:
+    """Progress as plain lines, for a stderr that is not a terminal (rich draws no bar there, and a 12-minute
+    import printed nothing until its summary: EYES10): the first line at once, then one every
+    PROGRESS_LINE_SECONDS with the count, the elapsed time and the latest wait (a rate limit, a retry)."""
+
+    def __init__(self, console: Console, total: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._console = console
+        self._total = total
+        self._clock = clock
+        self._start = clock()
+        self._done = 0
+        self._note = ""
+        self._last: float | None = None
+
+    def advance(self, count: int) -> None:
+        self._done += count
+        self._show()
+
+    def note(self, message: str) -> None:
+        self._note = message
+        self._show()
+
+    def _show(self) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < PROGRESS_LINE_SECONDS:
+            return
+        self._last = now
+        elapsed = int(now - self._start)
+        line = f"ingest: {self._done}/{self._total} files, {elapsed // 60} min {elapsed % 60:02d} s"
+        if self._note:
+            line += f"; last wait: {self._note}"
+        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def folder_ids(root: Path, include_hidden: bool) -> set[str]:
+    """The ids of every file in the folder the client would send now (those it failed included)."""
+    return {document_id_for(path, root) for path in collect(root, include_hidden)}
+
+
+def stale_documents(client: IngestClient, tag: dict[str, Any], keep: set[str]) -> list[str]:
+    """The ids of the tenant's documents whose metadata holds every pair of ``tag`` and whose id is not in
+    ``keep``: what the folder's earlier runs stored for files that are gone (GET /v1/documents, page by page)."""
+    stale: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": LIST_PAGE} | ({"cursor": cursor} if cursor else {})
+        try:
+            response = client.send("GET", "/v1/documents", params=params)
+        except NoAnswer as exc:
+            raise PruneRefused(f"listing the documents: {exc}") from exc
+        if response.status_code != 200:
+            raise PruneRefused(f"listing the documents answered {error_reason(response)}")
+        page = response.json()
+        for document in page["documents"]:
+            metadata = document.get("metadata") or {}
+            tagged = all(
+                key in metadata
+                and metadata[key] == value
+                and isinstance(metadata[key], bool) == isinstance(value, bool)  # True == 1 in Python
+                for key, value in tag.items()
+            )
+            if tagged and document["document_id"] not in keep:
+                stale.append(document["document_id"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return stale
+
+
+def prune(client: IngestClient, stale: list[str], report: Report) -> list[str]:
+    """DELETE each of ``stale`` (a 404: already gone, fine); the ids deleted. Failures go to ``report``."""
+    deleted = []
+    for document_id in stale:
+        try:
+            response = client.send("DELETE", f"/v1/documents/{document_id}")
+        except NoAnswer as exc:
+            report.fail(f"(prune) {document_id}", str(exc))
+            continue
+        if response.status_code in (204, 404):
+            deleted.append(document_id)
+            report.outcomes["pruned"] += 1
+        else:
+            report.fail(f"(prune) {document_id}", error_reason(response))
+    return deleted
+
+
+class PruneRefused(Exception):
+    """The documents could not be listed: nothing is pruned."""
+
+
 def main(argv: list[str] | None = None, console: Console | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.client", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -808,8 +937,20 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         f"true/false stay typed, for filters); a file's sidecar FILE{SIDECAR_SUFFIX} (a JSON object) adds to it "
         "and wins",
     )
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="after the run, delete the documents tagged with every --metadata pair of this run (required "
+        "with --prune) whose files are no longer in DIR; never done without it",
+    )
     args = parser.parse_args(argv)
     console = console or Console(stderr=True)
+    if args.prune and not args.metadata:
+        console.print(
+            "[red]error:[/red] --prune needs --metadata KEY=VALUE (e.g. --metadata source=handbook): it deletes "
+            "only documents carrying this run's tag, so the tenant's other documents are never touched"
+        )
+        return 2
     root: Path = args.directory
     if not root.is_dir():
         console.print(f"[red]error:[/red] {root} is not a directory")
@@ -839,15 +980,18 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         TextColumn("{task.fields[note]}"),
         TimeElapsedColumn(),
         console=console,
+        disable=not console.is_terminal,
     )
+    task = progress.add_task("ingest", total=len(files), note="")
+    plain = None if console.is_terminal else PlainProgress(console, len(files))
+    pruned: list[str] = []
     with progress:
-        task = progress.add_task("ingest", total=len(files), note="")
         client = IngestClient(
             args.url,
             key,
             report,
             timeout=args.timeout,
-            on_wait=lambda message: progress.update(task, note=message),
+            on_wait=plain.note if plain else lambda message: progress.update(task, note=message),
         )
         try:
             ingest_folder(
@@ -856,11 +1000,17 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 report,
                 batch_size=args.batch_size,
                 max_batch_bytes=args.max_batch_bytes,
-                advance=lambda n: progress.update(task, advance=n, note=""),
+                advance=plain.advance if plain else lambda n: progress.update(task, advance=n, note=""),
                 encoding=encoding,
                 include_hidden=args.include_hidden,
                 metadata=dict(args.metadata),
             )
+            if args.prune:
+                keep = folder_ids(root, args.include_hidden)
+                pruned = prune(client, stale_documents(client, dict(args.metadata), keep), report)
+        except PruneRefused as exc:
+            console.print(f"[red]error:[/red] {exc}; nothing was pruned")
+            return 2
         except httpx.HTTPError as exc:
             console.print(
                 f"[red]error:[/red] cannot reach {args.url}: {exc}; start the service (or fix --url) and run the "
@@ -881,11 +1031,24 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             return 2
         finally:
             client.close()
-    summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(report.outcomes.items()))
+    summary = ", ".join(
+        f"{count} {outcome}" for outcome, count in sorted(report.outcomes.items()) if outcome != "pruned"
+    )
+    waited = f" ({report.rate_limit_seconds / 60:.1f} min)" if report.rate_limited else ""
     console.print(
         f"{len(files)} files: {summary or 'nothing to do'}; "
-        f"{report.rate_limited} rate-limit waits, {report.retried} retries"
+        f"{report.rate_limited} rate-limit waits{waited}, {report.retried} retries"
     )
+    if report.rate_limited:
+        console.print(
+            "the API key's rate limit slowed this run (each document costs one request of RATE_LIMIT_INGEST, "
+            "120 a minute by default): raise it for a large import (docs/service.md)"
+        )
+    if args.prune:
+        console.print(
+            f"pruned {len(pruned)} document{'s' if len(pruned) != 1 else ''} whose files are gone"
+            + (f": {shown_names(pruned)}" if pruned else "")
+        )
     left_out = [p for p in every if p.suffix.lower() not in kinds]
     if left_out:
         names = [p.relative_to(root).as_posix() for p in left_out]

@@ -1328,7 +1328,10 @@ class Monitoring(pulumi.ComponentResource):
     (`gvkExists`: it may be the CRD of a resource created in the same update), so a missing CRD would pass the
     preview and fail the update at the first ServiceMonitor, after the namespace and data stores are already
     created. A read of a missing object fails in the preview itself ("resource '...' does not exist"), before
-    anything is created, naming the CRD, and every monitor and rule waits for the reads.
+    anything is created, naming the CRD, and every monitor and rule waits for the reads. The state then holds the
+    three CRDs whole (a read's outputs are what pulumi-kubernetes returns: the live object and, for a read by id,
+    the inputs derived from it): kept, as every kind is created in this mode and an `APIService` read of the group
+    would not tell which CRDs exist (docs/infra.md, "A cluster without the CRDs").
     """
 
     crds_ready: pulumi.Resource

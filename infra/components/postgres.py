@@ -175,11 +175,26 @@ it to `spec.imageName` when it takes up a minor change, and after a major upgrad
 CLUSTER_READY_INSTANCES = "{.status.readyInstances}"
 """The instance pods that are ready (`ClusterStatus.ReadyInstances`, counted at every reconciliation)."""
 CLUSTER_TIMEOUTS = pulumi.CustomTimeouts(create="30m", update="60m")
-"""How long an `up` waits for the Cluster (`cluster_wait_for`; the provider's default is 10 minutes). Create: a first
-bootstrap on a new cluster waits for a node scale-up, pulls the operand and plugin images through NAT, runs initdb
-and then clones each replica in turn; 30 minutes is about twice that on cold nodes (a restore from the archive
+"""The longest an `up` waits for the Cluster (`cluster_wait_for`; the provider's default is 10 minutes). Create: a
+first bootstrap on a new cluster waits for a node scale-up, pulls the operand and plugin images through NAT, runs
+initdb and then clones each replica in turn; 30 minutes is about twice that on cold nodes (a restore from the archive
 grows with the data and may take longer: the operator goes on, and the next `up` waits again). Update: 60 minutes is
-the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned)."""
+the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned), and only an update that declares
+one waits that long (`cluster_timeouts`)."""
+CLUSTER_UPDATE_TIMEOUT = "30m"
+"""An update of the Cluster without a declared major upgrade: what it can wait for is a new instance's clone, or a
+Cluster that is not healthy (a failover, a bootstrap still running) becoming healthy; the create's bound. It is also
+how long a bare `pulumi up` waits (and then fails) after a failed first `up` left the Cluster unrecoverable:
+pulumi-kubernetes' `waitFor` await has no failure exit (await/internal/awaiter.go `Await` ends on the condition or
+the deadline; a condition's error is ignored while it waits), so only the deadline ends it (docs/runbooks.md)."""
+
+
+def cluster_timeouts(args: PostgresDatabaseArgs) -> pulumi.CustomTimeouts:
+    """The Cluster's custom timeouts: the update waits 60 minutes only while a major upgrade is declared."""
+    update = CLUSTER_TIMEOUTS.update if args.major_upgrade_from is not None else CLUSTER_UPDATE_TIMEOUT
+    return pulumi.CustomTimeouts(create=CLUSTER_TIMEOUTS.create, update=update)
+
+
 RECOVERY_SOURCE = "origin"
 """Name of the externalClusters entry a recovery bootstraps from."""
 # barman-cloud server names and CNPG cluster names: DNS labels.
@@ -960,7 +975,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             spec=cluster_spec(args, app_secret, destination, cluster_name),
             opts=pulumi.ResourceOptions.merge(
                 self._opts(args, protect=args.protect, extra=waits),
-                pulumi.ResourceOptions(custom_timeouts=CLUSTER_TIMEOUTS),
+                pulumi.ResourceOptions(custom_timeouts=cluster_timeouts(args)),
             ),
         )
         self.backup_destination = destination

@@ -83,7 +83,7 @@ def check_registry_recoverable(ws: Workspace, stack: str) -> None:
     `pulumi stack export`, which also holds what a failed FIRST `up` recorded: the program reads resource outputs
     only once an update completed (infra/guards.py `read_state`: the builtin read of a stack with no deployment
     dereferences a nil snapshot on the DIY backend), so without this the second `up` after a failed first one
-    waited 60 minutes for the Cluster again. A stack never deployed, or a state that cannot be read, passes."""
+    waited the Cluster's update timeout again. A stack never deployed, or a state that cannot be read, passes."""
     try:
         deployment = ws.export_stack(stack).deployment or {}
     except CommandError:

@@ -190,7 +190,7 @@ def _state_with_cluster_phase(phase: str | None) -> dict:
 
 def test_an_up_over_an_unrecoverable_registry_cluster_is_refused_before_anything_is_sent() -> None:
     """A failed instance Job leaves the Cluster unrecoverable for good (CloudNativePG v1.30.0); the next `up` would
-    wait its 60-minute update timeout (the deploy jobs' own) and fail. Refused in one line naming the runbook."""
+    wait its update timeout (30 minutes) and fail. Refused in one line naming the runbook."""
     from infra import guards
     from infra.offline import run_stack
 

@@ -107,6 +107,16 @@ def test_monitors_and_rules_wait_for_the_reads_of_every_existing_crd() -> None:
     assert [r for r in run("dev", monitoring={"enabled": True}).reads if r.type == CRD_READ] == []
 
 
+@pytest.mark.parametrize("tls", [True, False])
+def test_each_crd_read_gates_a_kind_the_stack_creates(tls: bool) -> None:
+    """The reads keep three whole CRDs in the state (note20): each is kept because each kind is created in this mode
+    (a read of the API group alone, its `APIService`, could not tell a missing PodMonitor CRD; docs/infra.md "A
+    cluster without the CRDs"). A kind the stack stopped creating would make its read dead weight."""
+    result = run("dev", monitoring=EXISTING, tls={"enabled": tls})
+    created = {r.type.rsplit(":", 1)[1].lower() + "s" for r in monitoring_objects(result)}
+    assert {crd.split(".", 1)[0] for crd in MONITORING_CRDS} <= created
+
+
 def test_network_policies_admit_the_existing_prometheus_namespace() -> None:
     result = existing(namespace="observability")
     peers = set()

@@ -29,3 +29,60 @@ def test_memorystore_with_auth_puts_its_auth_string_in_the_redis_url() -> None:
     url = secret.inputs["stringData"]["REDIS_URL"]
     assert re.fullmatch(r"redis://:[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}@10\.30\.0\.4:6379/0", url), url
     assert "stringData" in secret.secret_keys
+
+
+def _modelled_invokes() -> set[str]:
+    """The provider invoke tokens `PlatformMocks.call` answers (the engine's builtin `pulumi:pulumi:` ones aside)."""
+    import inspect
+
+    from infra.offline import PlatformMocks
+
+    source = inspect.getsource(PlatformMocks.call)
+    return {
+        t
+        for t in re.findall(r'"([a-z0-9-]+:[A-Za-z0-9/]+:[A-Za-z0-9]+)"', source)
+        if not t.startswith("pulumi:")
+    }
+
+
+def test_the_mocks_answer_only_invokes_the_program_makes() -> None:
+    """An answer for a call the program no longer makes is dead weight that looks like coverage (note20: getPartition,
+    getRegion, getPolicyDocument and gcp getProject were answered, never called). Each modelled token's SDK function
+    (`aws:eks/getNodeGroup:getNodeGroup` -> `aws.eks.get_node_group[_output]`) must be called in infra/."""
+    from infra.offline import PROJECT_DIR
+
+    program = "\n".join(
+        path.read_text(encoding="utf-8")
+        for path in (PROJECT_DIR / "infra").rglob("*.py")
+        if path.name != "offline.py"
+    )
+    modelled = _modelled_invokes()
+    assert len(modelled) >= 10
+    for token in sorted(modelled):
+        package, module, function = token.split(":")
+        module = module.split("/")[0]
+        snake = re.sub(r"(?<!^)(?=[A-Z])", "_", function).lower()
+        prefix = rf"{package}\." if module == "index" else rf"{package}\.{module}\."
+        assert re.search(rf"{prefix}{snake}(_output)?\(", program), (
+            f"{token}: answered by the mocks, never called"
+        )
+
+
+def test_an_invoke_the_mocks_do_not_model_fails_the_run_naming_it() -> None:
+    """The mocks answered any other invoke with an empty result, so a program that started to call one would read
+    nothing and pass whatever it did with it; now the call fails, naming the token (a plain exception: the run's
+    unhandled RPC error, which no `try` in the program can swallow)."""
+    import pytest
+    from pulumi.runtime.mocks import MockCallArgs
+
+    from infra.offline import PlatformMocks
+
+    mocks = PlatformMocks()
+    for token in ("aws:index/getRegion:getRegion", "gcp:organizations/getProject:getProject"):
+        with pytest.raises(RuntimeError, match=f"do not model the invoke {token}"):
+            mocks.call(MockCallArgs(token=token, args={}, provider=""))
+    # The modelled ones still answer with the provider's shape.
+    identity, _ = mocks.call(
+        MockCallArgs(token="aws:index/getCallerIdentity:getCallerIdentity", args={}, provider="")
+    )
+    assert set(identity) == {"accountId", "arn", "userId"}

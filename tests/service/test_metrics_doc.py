@@ -84,6 +84,7 @@ def test_counters_have_no_created_twins_and_fixed_labels_start_at_zero(scraped: 
         assert samples[f'rag_http_connections_closed_total{{reason="{reason}"}}'] == "0.0", reason
     assert samples['rag_documents_ingested_total{status="created"}'] == "1.0"
     assert samples['rag_documents_ingested_total{status="superseded"}'] == "0.0"
+    assert samples['rag_extractions_total{outcome="extract_memory_mb",where="worker"}'] == "0.0"
 
 
 def test_every_series_the_service_exports_is_a_row_of_the_operations_metrics_table(scraped: str) -> None:

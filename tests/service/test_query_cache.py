@@ -263,3 +263,63 @@ def test_size_zero_turns_the_cache_off(tmp_path: Path, embedder: FastEmbedEmbedd
 def test_a_cache_of_no_entries_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         QueryVectorCache(0)
+
+
+class ArrayEmbedder(HashEmbedder):
+    """A model with the array query path (`embed_query_array`), as FastEmbedEmbedder has: float32 rows, some of
+    them views of a bigger batch array (as a coalesced batch's rows are)."""
+
+    def __init__(self, model_name: str, *, dtype: Any = None, as_row: bool = False) -> None:
+        super().__init__(model_name)
+        import numpy as np
+
+        self.dtype = dtype or np.float32
+        self.as_row = as_row
+        self.arrays = 0
+
+    def embed_query_array(self, text: str) -> Any:
+        import numpy as np
+
+        self.arrays += 1
+        vector = np.asarray(self.embed_query(text), dtype=self.dtype)
+        return np.stack([vector, vector])[0] if self.as_row else vector
+
+
+def test_the_array_path_is_used_and_a_hit_equals_the_models_list() -> None:
+    import numpy as np
+
+    cache = QueryVectorCache(max_entries=4)
+    model = ArrayEmbedder("m")
+    first = cache.dense(model, "glaciers")
+    second = cache.dense(model, "glaciers")
+    expected = np.asarray(model.embed_query("glaciers"), dtype=np.float32).tolist()
+    assert first == second == expected
+    assert model.arrays == 1  # the second was a hit
+    first.append(1.0)  # a caller's list is its own
+    assert cache.dense(model, "glaciers") == expected
+
+
+def test_a_kept_array_is_read_only_and_never_a_view_of_a_batch() -> None:
+    cache = QueryVectorCache(max_entries=4)
+    model = ArrayEmbedder("m", as_row=True)
+    cache.dense(model, "reefs")
+    (stored,) = cache._entries.values()
+    assert stored.base is None  # the row was copied: the batch array is not kept alive by the entry
+    assert not stored.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        stored[0] = 0.0
+
+
+def test_an_array_of_another_dtype_is_kept_exactly() -> None:
+    import numpy as np
+
+    cache = QueryVectorCache(max_entries=4)
+    model = ArrayEmbedder("m", dtype=np.float64)  # float64 values not exact in float32
+    assert cache.dense(model, "violins") == model.embed_query("violins")
+
+
+def test_the_real_models_array_path_equals_its_list_path(embedder: FastEmbedEmbedder) -> None:
+    cache = QueryVectorCache(max_entries=4)
+    for text in ("how do glaciers move", "a violin's bridge"):
+        assert cache.dense(embedder, text) == embedder.embed_query(text)
+        assert embedder.embed_query_array(text).tolist() == embedder.embed_query(text)

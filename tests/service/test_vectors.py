@@ -4,6 +4,7 @@ threshold, and refusing a collection of the wrong size. Server mode is checked t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from service.app.store.registry import normalize_database_url
 from service.app.store.vectors import (
     ChunkPoint,
     MetadataCondition,
+    VectorHit,
     VectorStore,
     collection_name,
     model_slug,
@@ -307,3 +309,35 @@ def test_versions_lists_every_stored_version_with_its_point_count(store: VectorS
     ]
     store.delete_version("t1", "doc", 1)
     assert {(p.tenant_id, p.version) for p in store.versions()} == {("t1", 2), ("t2", 1)}
+
+
+def test_a_hit_from_a_payload_equals_the_constructed_one_and_is_immutable() -> None:
+    payload = {"document_id": "d", "version": 3, "chunk_index": 2, "text": "t", "metadata": {"lang": "en"}}
+    hit = VectorHit.from_payload(payload, 0.25)
+    assert hit == VectorHit(
+        document_id="d", version=3, chunk_index=2, text="t", score=0.25, metadata={"lang": "en"}
+    )
+    assert hit.metadata is not payload["metadata"]  # the hit's metadata is its own
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        hit.version = 4  # type: ignore[misc]
+    assert VectorHit.from_payload({**payload, "metadata": None}, 1).metadata == {}
+
+
+def test_searches_alternating_tenants_and_filters_stay_confined(store: VectorStore) -> None:
+    # The edge adapter keeps each tenant's filter between searches: reusing it must never leak another tenant's
+    # points, with or without metadata conditions beside it.
+    store.upsert([chunk("a", 1, 0, [1, 0, 0, 0], tenant="t1"), chunk("b", 1, 0, [1, 0, 0, 0], tenant="t2")])
+    for _ in range(3):
+        for tenant, document in (("t1", "a"), ("t2", "b")):
+            hits = store.search(tenant, [1, 0, 0, 0], limit=5)
+            assert [hit.document_id for hit in hits] == [document]
+            hits = store.search(
+                tenant, [1, 0, 0, 0], limit=5, conditions=[MetadataCondition("lang", equals="en")]
+            )
+            assert [hit.document_id for hit in hits] == [document]
+            assert (
+                store.search(
+                    tenant, [1, 0, 0, 0], limit=5, conditions=[MetadataCondition("lang", equals="de")]
+                )
+                == []
+            )

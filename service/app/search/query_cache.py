@@ -58,7 +58,13 @@ class QueryVectorCache:
 
     def dense(self, embedder: Embedder, text: str) -> list[float]:
         """``embedder.embed_query(text)``, from the cache when this model embedded this text recently."""
-        stored = self._get("dense", embedder.model_name, text, lambda: _compact(embedder.embed_query(text)))
+        as_array = getattr(embedder, "embed_query_array", None)
+        if as_array is not None:  # the model's own float32 array: exact as it is, no list round trips
+            stored = self._get("dense", embedder.model_name, text, lambda: _frozen(as_array(text)))
+        else:
+            stored = self._get(
+                "dense", embedder.model_name, text, lambda: _compact(embedder.embed_query(text))
+            )
         return stored.tolist()  # a new list per call: callers may keep or change it
 
     def sparse(self, encoder: SparseEncoder, text: str) -> SparseVector:
@@ -82,6 +88,16 @@ class QueryVectorCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return value
+
+
+def _frozen(vector: np.ndarray) -> np.ndarray:
+    """An embedder's float32 array kept as it is (read-only); any other dtype as `_compact` keeps a list."""
+    if vector.dtype != np.float32:
+        return _compact(vector.tolist())
+    if vector.base is not None:  # a row of a batch's array: keep the row, not the whole batch alive
+        vector = vector.copy()
+    vector.flags.writeable = False
+    return vector
 
 
 def _compact(vector: list[float]) -> np.ndarray:

@@ -409,9 +409,15 @@ class FastEmbedEmbedder:
         Concurrent calls are coalesced into one ONNX run (module docstring). ``rag_embedding_duration_seconds
         {kind="query"}`` is this call's time, waiting for a batch included: the embedding time a search saw.
         """
+        return self.embed_query_array(text).tolist()
+
+    def embed_query_array(self, text: str) -> np.ndarray:
+        """`embed_query` as the model's array (float32), not converted to a list: the query-vector cache keeps it
+        as it is (service.app.search.query_cache). Concurrent calls for the same text may share one array: never
+        change it."""
         started = time.perf_counter()
         try:
-            return self._queries.submit(text).tolist()
+            return self._queries.submit(text)
         except Exception:
             EMBEDDING_FAILURES.inc()
             raise

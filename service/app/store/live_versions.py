@@ -69,19 +69,12 @@ class LiveView:
         snapshot: RegistrySnapshot | None,
         copy: _Copy | None,
         generation: int,
-        outage: bool = False,
     ) -> None:
         self._owner = owner
         self._tenant_id = tenant_id
         self._snapshot = snapshot
         self._copy = copy
         self._generation = generation
-        self._outage = outage  # the registry could not be read: the copy alone answers
-
-    @property
-    def from_copy(self) -> bool:
-        """Whether this search is answered from the copy alone (the registry could not be read)."""
-        return self._outage
 
     def active_versions(self, document_ids: Iterable[str]) -> dict[str, int]:
         """document_id -> active version for those of ``document_ids`` that exist."""
@@ -274,7 +267,7 @@ class LiveVersions:
                 retry_after=int(RETRY_SECONDS) or 1,
             )
         self._local.copy_version = copy.data_version
-        return LiveView(self, tenant_id, None, copy, generation, outage=True)
+        return LiveView(self, tenant_id, None, copy, generation)  # the copy alone answers
 
     def _confirm(self, tenant_id: str, data_version: int, generation: int, now: float) -> _Copy | None:
         """The tenant's copy at ``data_version`` (a new empty one when the version moved), marked confirmed now;
