@@ -110,6 +110,8 @@ def workflow_problems(work_dir: Path) -> list[str]:
                 f"list it: add {stack!r} to jobs.drift.strategy.matrix.stack and an include entry "
                 f"{{stack: {stack}, runner: ...}} ({DOC})"
             )
+    for stack in permanent:
+        problems.extend(environment_problems(Path(work_dir) / f"Pulumi.{stack}.yaml"))
     for stack in stacks:
         if stack not in permanent:
             problems.append(
@@ -162,7 +164,10 @@ def stack_file_findings(work_dir: Path, stack: str) -> tuple[list[str], list[str
                 f"{len(shared)} such value(s)): set {stack}'s own with `pulumi config set --secret --stack {stack}` "
                 f"({DOC})"
             )
-    if f"{PROJECT}:ephemeral" in config or not is_permanent(work_dir, stack):
+    if f"{PROJECT}:ephemeral" in config:
+        return errors, warnings
+    errors.extend(environment_problems(path))
+    if not is_permanent(work_dir, stack):
         return errors, warnings
     cluster = cluster_of(work_dir, stack)
     if cluster.get("provider") == "existing":
@@ -193,6 +198,29 @@ def stack_file_findings(work_dir: Path, stack: str) -> tuple[list[str], list[str
             f"the first Kubernetes object ({DOC})"
         )
     return errors, warnings
+
+
+#: The top-level keys of a stack file (the Pulumi CLI's ProjectStack): everything else is a misplaced config key.
+STACK_FILE_KEYS = ("config", "encryptionsalt", "secretsprovider", "encryptedkey", "environment")
+
+
+def environment_problems(path: Path) -> list[str]:
+    """A stack file that does not name its `rag:environment` under `config:` (Pulumi.yaml's default, dev, would
+    make it a build-from-the-checkout stack and a promotion source), or has keys outside `config:`."""
+    problems = [
+        f"{key} in {path.name}: not a stack file key (config keys go under `config:`; the file's keys are "
+        f"{', '.join(STACK_FILE_KEYS)})"
+        for key in _doc(path)
+        if key not in STACK_FILE_KEYS
+    ]
+    environment = _config(path).get(f"{PROJECT}:environment")
+    if not isinstance(environment, str) or not environment:
+        problems.append(
+            f"{PROJECT}:environment in {path.name}: missing: every permanent stack file names its environment "
+            "under `config:` (dev, staging or prod): without it the stack would run as dev, build from whoever's "
+            f"checkout runs `up` and be a promotion source into staging ({DOC})"
+        )
+    return problems
 
 
 def _namespace(work_dir: Path, config: Mapping[str, Any]) -> Any:

@@ -5,15 +5,18 @@ committed stack files and the workflows (infra/workflows/wiring.py): what is wir
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from infra import render
-from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT
+from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, UsageError, allowed_promotions
 from infra.workflows.wiring import stack_file_findings, workflow_problems
 
+RAGOPS = Path(sys.executable).with_name("ragops")
 QA_PUBLIC = """config:
   rag:environment: staging
   rag:cluster:
@@ -141,3 +144,52 @@ def test_a_second_permanent_stack_in_devs_namespace_of_devs_cluster_is_warned(tm
     # Its own namespace: a neighbour, not a collision.
     own = cheap + "  rag:namespace: rag-qa\n"
     assert stack_file_findings(_repo(tmp_path / "own", qa=own), "qa") == ([], [])
+
+
+def _git_commit(repo: Path) -> None:
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-q", "-m", "stacks"],
+    ):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("config:\n  rag:cluster:\n    provider: eks\n", "rag:environment in Pulumi.perf.yaml: missing:"),
+        (
+            "rag:environment: staging\nconfig:\n  rag:namespace: perf\n",
+            "rag:environment in Pulumi.perf.yaml: not a",
+        ),
+    ],
+)
+def test_a_stack_file_without_its_environment_is_refused_naming_key_and_file(
+    tmp_path: Path, text: str, first: str
+) -> None:
+    """Pulumi.yaml's default (dev) would make it a build-from-the-checkout stack and a promotion source."""
+    repo = _repo(tmp_path, perf=text)
+    errors, _ = stack_file_findings(repo, "perf")
+    assert errors[0].startswith(first)
+    assert any(e.startswith("rag:environment in Pulumi.perf.yaml: missing:") for e in errors)
+    assert any(p.startswith("rag:environment in Pulumi.perf.yaml: missing:") for p in workflow_problems(repo))
+    # The shipped files name theirs.
+    for stack in PERMANENT_STACKS:
+        assert stack_file_findings(REPO_ROOT, stack)[0] == []
+
+
+def test_a_committed_stack_file_without_its_environment_opens_no_promotion(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, perf="config:\n  rag:cluster:\n    provider: eks\n")
+    _git_commit(repo)
+    result = subprocess.run(
+        [str(RAGOPS), "--work-dir", str(repo), "promotion-targets", "--from", "perf"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result
+    assert "rag:environment in Pulumi.perf.yaml: missing" in result.stderr
+    with pytest.raises(UsageError, match=r"rag:environment in Pulumi\.perf\.yaml: missing"):
+        allowed_promotions(repo)
