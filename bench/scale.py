@@ -71,7 +71,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from httpclient import KeepAliveClient  # noqa: E402
-from ingest_search import ServiceProcess, percentile  # noqa: E402
+from ingest_search import ServiceProcess, histogram_values, percentile  # noqa: E402
 from priority import conditions  # noqa: E402
 from sections import replace_section  # noqa: E402
 from startup import measure_startup, phases  # noqa: E402
@@ -526,14 +526,10 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 def histogram_totals(metrics: str, name: str, labels: str = "") -> tuple[float, float]:
-    """(sum, count) of a Prometheus histogram series in the text exposition."""
-    totals = {"sum": 0.0, "count": 0.0}
-    for suffix in totals:
-        pattern = rf"^{name}_{suffix}(?:\{{([^}}]*)\}})? ([0-9.eE+-]+)$"
-        for match in re.finditer(pattern, metrics, re.MULTILINE):
-            if all(part in (match.group(1) or "") for part in labels.split(",") if part):
-                totals[suffix] += float(match.group(2))
-    return totals["sum"], totals["count"]
+    """(sum, count) of a Prometheus histogram in the text exposition, over every series ``labels`` selects
+    (bench/ingest_search.py's ``histogram_values``; 0 before the first observation)."""
+    values = histogram_values(metrics, name, labels)
+    return values.get("sum", 0.0), values.get("count", 0.0)
 
 
 COLLECTIONS = re.compile(r"^rag_orphan_collections_total ([0-9.eE+-]+)$", re.MULTILINE)

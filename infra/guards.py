@@ -94,6 +94,7 @@ CLOUDSQL_USER = "gcp:sql/user:User"
 AWS_PROVIDER = "pulumi:providers:aws"
 GCP_PROVIDER = "pulumi:providers:gcp"
 VPC = "aws:ec2/vpc:Vpc"
+GKE_CLUSTER = "gcp:container/cluster:Cluster"
 SUBNET = "aws:ec2/subnet:Subnet"
 BUCKETS = {"aws:s3/bucket:Bucket": "bucket", "gcp:storage/bucket:Bucket": "name"}
 """The backup bucket's type -> its output holding the bucket's name."""
@@ -169,6 +170,8 @@ class ClusterIdentity:
     project: str = ""
     vpc_cidr: str = ""
     zones: int = 0
+    autopilot: bool | None = None
+    """gke: whether the cluster is an Autopilot one (None: not in the state)."""
 
 
 def cluster_refusal(
@@ -199,10 +202,23 @@ def cluster_refusal(
         changes += [
             ("cluster.gke.region", deployed.region, cluster.gke.region),
             ("cluster.gke.project", deployed.project, cluster.gke.project),
+            ("cluster.gke.autopilot", deployed.autopilot, cluster.gke.autopilot),
         ]
     for key, was, wanted in changes:
-        if was in ("", 0, None) or was == wanted:
+        if was is None or (not isinstance(was, bool) and was in ("", 0)) or was == wanted:
             continue  # not in the state (an older one): nothing to compare
+        if key == "cluster.gke.autopilot":
+            return (
+                f"{PROJECT}:{key}",
+                f"Refusing to change {key} of stack {stack!r} from {was!r} to {wanted!r}: `enable_autopilot` is "
+                "ForceNew (terraform-provider-google google_container_cluster), so the `up` would replace the cluster "
+                "by a new, empty one of the same name, which either collides with the running one half-way through "
+                "the `up` or takes its place with none of the stack's objects on it (in prod the protected cluster "
+                "stops the `up`). Set it back "
+                f"(`pulumi config set --path {PROJECT}:{key} {str(was).lower()} -s {stack}`), or deploy a new stack "
+                "of the other kind and restore into it (docs/delivery.md#adding-a-permanent-stack, docs/runbooks.md) "
+                f"({DAY_TWO_DOC})",
+            )
         if key == "cluster.eks.availabilityZones":
             return (f"{PROJECT}:{key}", _zones_refusal(stack, was, wanted))
         return (
@@ -561,6 +577,8 @@ def deployed_state(
                 region=str(outputs.get("region") or ""),
                 project=str(outputs.get("project") or ""),
             )
+        elif kind == GKE_CLUSTER and name == "gke":
+            cloud["autopilot"] = bool(outputs.get("enableAutopilot"))
         elif kind == VPC and name == "vpc":
             cloud["vpc_cidr"] = str(outputs.get("cidrBlock") or "")
         elif kind == SUBNET and re.fullmatch(r"private-[0-9]+", name):

@@ -48,6 +48,7 @@ from infra.config import ConfigError
 from infra.deployability import Analysis, analyse, describe, namespace_lines
 from infra.offline import (
     ACCOUNT_ID,
+    PROJECT_DIR,
     PROMOTED_PLACEHOLDER,
     RecordedResource,
     StackRun,
@@ -546,7 +547,6 @@ def ignored_config(run: StackRun) -> list[str]:
     from infra import inert
     from infra.config import stack_file
     from infra.deployability import _declared_config, effective_config
-    from infra.offline import PROJECT_DIR
 
     path = PROJECT_DIR / stack_file(run.stack)
     stack_values = (
@@ -603,6 +603,11 @@ def plan_warnings(run: StackRun, today: date | None = None) -> list[str]:
             "example account: a real `up` stops at the AWS provider before any change until it names the stack's "
             'own account (docs/infra.md, "AWS credentials and account")'
         )
+    # Across the checkout's stack files and workflows (a copied file, a shared cluster, a private endpoint that
+    # promote.yml's hosted runners cannot reach): infra/workflows/wiring.py.
+    from infra.workflows.wiring import stack_file_findings
+
+    warnings.extend(w for w in stack_file_findings(PROJECT_DIR, run.stack)[1] if w not in warnings)
     if run.outputs.get("alertReceivers") == []:
         warnings.append(
             "alerts reach nobody: monitoring is on but no Alertmanager receiver is configured "
@@ -918,6 +923,12 @@ def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, str] | Non
     overrides: dict[str, Any] = {}
     try:
         overrides = parse_overrides(set_pairs)
+        from infra.workflows.wiring import stack_file_findings
+
+        errors = stack_file_findings(PROJECT_DIR, stack)[0]
+        if errors:
+            print(f"config error: {errors[0]}", file=sys.stderr)
+            return None
         run = run_stack(stack, config_overrides=overrides)
         environment = environment_for(stack, overrides)
     except ConfigError as error:

@@ -21,8 +21,8 @@ object fails its file with the reason; nothing of that file is sent.
 A 429 is waited out for its Retry-After and the same request sent again; a connection error or a 503 is retried
 a few times with a growing pause; a batch without an answer within --timeout goes again in halves, and later
 batches stay that small. The service stops a batch whose client left after the item it was storing: before the
-halves go, the client asks which of the batch's files the service holds with this very content (text and
-Markdown files; `GET /v1/documents/{id}`, its content hash), waiting a bounded time for the one it was storing,
+halves go, the client asks which of the batch's files the service holds with this very content (text,
+Markdown and HTML files; `GET /v1/documents/{id}`, its content hash), waiting a bounded time for the one it was storing,
 and sends only the others (their ingest rate limit was paid once, by the abandoned batch; they count as `stored`).
 A 401 or 403 (the key, not the file) stops the run at once with exit 2.
 Every file's outcome is counted; failed files are listed with the service's
@@ -278,8 +278,9 @@ class IngestClient:
         whose content hash the service already holds is stored (by that batch, or before it): sending it again
         would pay its rate limit twice for an `unchanged`. The first file not held yet is most likely the one
         still being stored: it is asked again, every POLL_SECONDS, until it is held or ABANDONED_WAIT_SECONDS
-        (at most the client's timeout) have passed, so the halves do not run beside it. Files whose hash cannot
-        be computed here (HTML: the service extracts its text) are sent again, as before. A question the service
+        (at most the client's timeout) have passed, so the halves do not run beside it (an HTML page too: its
+        hash is that of the text extracted here as the service does). Files whose hash cannot be computed here
+        are sent again, as before. A question the service
         does not answer (a read timeout, or connection errors past ``send``'s retries) ends the asking: the files
         not confirmed yet go again at once (asking each in turn cost a full timeout or ~30 s of retries per
         file of the batch, before anything was sent again).
@@ -375,9 +376,10 @@ class IngestClient:
 
 
 def content_hash_of(item: Pending) -> str | None:
-    """The content hash the service stores for this batch item (None: it cannot be known here, for HTML)."""
+    """The content hash the service stores for this batch item (None: it cannot be known here). An HTML page's is
+    that of its visible text, extracted here as the service extracts it."""
     document = item.document
-    if document is None or document["content_type"] not in ("text/plain", "text/markdown"):
+    if document is None or document["content_type"] not in ("text/plain", "text/markdown", "text/html"):
         return None
     # The service's own functions (this tool runs in the development install): imported at the first batch
     # without an answer only. A service of another release may hash differently: then nothing matches and every
@@ -388,11 +390,14 @@ def content_hash_of(item: Pending) -> str | None:
 
     try:
         metadata = validate_metadata(document.get("metadata") or {})
+        text = document["text"]
+        if document["content_type"] == "text/html":
+            from service.app.ingest.extract import html_to_text
+
+            text = html_to_text(text)
     except Exception:
         return None  # the service refuses it with its reason when it is sent again
-    return content_hash(
-        normalize_text(document["text"]), metadata, normalize_content_type(document["content_type"])
-    )
+    return content_hash(normalize_text(text), metadata, normalize_content_type(document["content_type"]))
 
 
 def refused_at_once(item: Pending) -> bool:

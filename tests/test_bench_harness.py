@@ -618,6 +618,11 @@ def test_histogram_values_add_up_every_series_the_labels_select() -> None:
     assert histogram_values(scrape, name, 'route="/v1/other"') == {}
     # a label's name is matched whole: subkind="query" is not kind="query"
     assert histogram_mean_ms(scrape, "rag_embedding_duration_seconds", 'kind="query"') == pytest.approx(200.0)
+    # scale.py reads the same helper (it kept a copy of its own)
+    from scale import histogram_totals
+
+    assert histogram_totals(scrape, name, 'route="/v1/search"') == (4.0, 1100.0)
+    assert histogram_totals(scrape, name, 'route="/v1/other"') == (0.0, 0.0)
 
 
 def priority_probe(tmp_path: Path, niceness: int, command: str) -> subprocess.CompletedProcess[str]:

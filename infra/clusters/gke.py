@@ -77,7 +77,7 @@ DATAPATH_PROVIDER = "ADVANCED_DATAPATH"
 CONTROL_PLANE_WEBHOOK_PORTS = (9443,)
 
 
-def cluster_identity(cluster_id: pulumi.Input[str]) -> pulumi.Output[str]:
+def cluster_identity(cluster_id: pulumi.Input[str], autopilot: bool = False) -> pulumi.Output[str]:
     """The Kubernetes providers' `clusterIdentifier`: the cluster resource's id, which changes only with the cluster.
 
     Without it pulumi-kubernetes decides from the kubeconfig whether the provider points at another cluster, and
@@ -88,8 +88,12 @@ def cluster_identity(cluster_id: pulumi.Input[str]) -> pulumi.Output[str]:
     ("whether the master's internal IP address is used as the cluster endpoint"), and a credential or IP rotation
     gives the control plane a new address and CA. The replace is create-before-delete, so the `up` failed at the
     first named object with "already exists" (or at a protected one), after the cluster's own update. With the
-    identifier the provider is updated in place instead, and replaced only when the id changes (a new cluster)."""
-    return pulumi.Output.from_input(cluster_id).apply(lambda value: f"gke:{value}")
+    identifier the provider is updated in place instead, and replaced only when the identity changes (a new cluster).
+    The id is the cluster's path (project, location, name), which a same-name replacement keeps: the one such
+    replacement the config can ask for, `enable_autopilot` (ForceNew), is in the identity too (and refused on a
+    deployed stack by infra/guards.py)."""
+    kind = "/autopilot" if autopilot else ""
+    return pulumi.Output.from_input(cluster_id).apply(lambda value: f"gke:{value}{kind}")
 
 
 def kubeconfig_for(name: str, endpoint: str, ca_data: str) -> str:
@@ -558,7 +562,7 @@ def build_gke(config: StackConfig) -> ClusterTarget:
         "k8s",
         kubeconfig=kubeconfig,
         enable_server_side_apply=True,
-        cluster_identifier=cluster_identity(cluster.id),
+        cluster_identifier=cluster_identity(cluster.id, gke.autopilot),
     )
     # A destroy deletes the claims before the node pool and the cluster; GKE's PD CSI driver deletes the disks
     # behind them afterwards (infra/clusters/volumes.py). Not in prod: its cluster is protected from deletion.

@@ -217,7 +217,7 @@ def permanent_stacks(work_dir: Path) -> list[str]:
 def committed_environment(work_dir: Path, stack: str) -> str | None:
     """The `rag:environment` of ``Pulumi.<stack>.yaml`` as committed at HEAD in `work_dir`'s git checkout (what
     the team reviewed, not a file only this runner has or edited), or None when it is not committed there (or
-    there is no git). A committed file that does not set it runs Pulumi.yaml's default, dev."""
+    there is no git). A committed file that does not set it is refused (UsageError naming the key and the file)."""
     try:
         shown = subprocess.run(  # noqa: S603 - fixed argv, no shell
             ["git", "-C", str(work_dir), "show", f"HEAD:./Pulumi.{stack}.yaml"],  # noqa: S607 - git from PATH
@@ -235,7 +235,14 @@ def committed_environment(work_dir: Path, stack: str) -> str | None:
         return None
     config = doc.get("config") if isinstance(doc, dict) else None
     value = config.get(f"{PROJECT}:environment") if isinstance(config, dict) else None
-    return value if isinstance(value, str) and value else "dev"
+    if not isinstance(value, str) or not value:
+        # Pulumi.yaml's default would make it a dev stack, so a promotion source into staging, by omission.
+        raise UsageError(
+            f"{PROJECT}:environment in Pulumi.{stack}.yaml: missing: a permanent stack file names its environment "
+            "under `config:` (dev, staging or prod) to take part in a promotion "
+            "(docs/delivery.md#adding-a-permanent-stack)."
+        )
+    return value
 
 
 def promotion_environment(work_dir: Path, stack: str) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from infra.offline import PlatformMocks, StackRun, run_stack
+from infra.workflows.stacks import REPO_ROOT, permanent_stacks
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,9 @@ def _current_event_loop() -> None:
         asyncio.set_event_loop(asyncio.new_event_loop())
 
 
-STACKS = ("dev", "staging", "prod")
+#: Every permanent stack file of the checkout (the shipped three plus a committed Pulumi.qa.yaml, ...): a stack added
+#: as docs/delivery.md#adding-a-permanent-stack says runs through every `stack_run`/`target_run` test.
+STACKS = tuple(permanent_stacks(REPO_ROOT))
 TARGETS = ("existing", "gke", "eks")
 # Stacks the existing target can run without a config change (managed databases need a cloud).
 IN_CLUSTER = {"postgres": {"mode": "cloudnative"}, "redis": {"mode": "incluster"}}

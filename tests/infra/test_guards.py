@@ -111,7 +111,9 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
         namespace_created=True,
         postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
-        cluster=guards.ClusterIdentity(provider="gke", region="europe-west1", project="rag-staging"),
+        cluster=guards.ClusterIdentity(
+            provider="gke", region="europe-west1", project="rag-staging", autopilot=False
+        ),
         valkey_major="8",
         registry_names=(guards.RegistryNames("cloudnative", "rag", "rag"),),
     )
@@ -615,3 +617,21 @@ def test_a_declared_mode_switch_creates_the_new_registry_under_any_names() -> No
     assert (
         guards.registry_names_refusal("s", True, (guards.RegistryNames("rds", None, None),), "x", "y") is None
     )
+
+
+def test_switching_a_deployed_gke_cluster_to_or_from_autopilot_is_refused(sent: list[str]) -> None:
+    # enable_autopilot is ForceNew: a same-name replacement of the cluster, which the providers' identity and the
+    # Kubernetes objects' state would not survive.
+    deployed = run("staging")
+    to_autopilot = {"cluster": {"gke": {"autopilot": True}}, "monitoring": {"enabled": False}}
+    message = refused("staging", deployed, to_autopilot, sent)
+    assert message.startswith(
+        "rag:cluster.gke.autopilot in Pulumi.staging.yaml: Refusing to change cluster.gke.autopilot of stack "
+        "'staging' from False to True"
+    )
+    assert "pulumi config set --path rag:cluster.gke.autopilot false -s staging" in message
+    autopilot = run("staging", cluster={"gke": {"autopilot": True}}, monitoring={"enabled": False})
+    message = refused("staging", autopilot, {"monitoring": {"enabled": False}}, sent)
+    assert "from True to False" in message
+    # The same kind deploys as before.
+    assert against("staging", deployed, {}).by_name("gke").inputs.get("enableAutopilot") in (None, False)

@@ -79,6 +79,16 @@ def test_a_new_cluster_is_still_a_new_provider() -> None:
     assert replaces(old, {**old, "clusterIdentifier": "gke:projects/p/locations/l/clusters/other"}) is True
 
 
+def test_an_autopilot_cluster_of_the_same_name_is_another_cluster() -> None:
+    # enable_autopilot is ForceNew and keeps the cluster's path (project, location, name): it is in the identity.
+    standard = providers(run("staging"))["k8s"]
+    autopilot = providers(
+        run("staging", cluster={"gke": {"autopilot": True}}, monitoring={"enabled": False})
+    )["k8s"]
+    assert autopilot["clusterIdentifier"] == "gke:gke-id/autopilot"
+    assert replaces(standard, autopilot) is True
+
+
 def test_an_existing_cluster_keeps_the_kubeconfig_heuristics() -> None:
     # `existing` is a kubeconfig and context the user names: another one is another cluster, so no identifier.
     assert "clusterIdentifier" not in providers(run("dev"))["k8s"]

@@ -22,9 +22,9 @@ from infra import render
 from infra.clusters.eks import ENVOY_GATEWAY_CHART, envoy_proxy_spec
 from infra.offline import RecordedResource, StackRun
 from infra.policy import run_policies
+from tests.infra.conftest import STACKS
 from tests.infra.conftest import run as cached_run
 
-STACKS = ("dev", "staging", "prod")
 REPO = Path(__file__).resolve().parents[2]
 
 

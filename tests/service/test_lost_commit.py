@@ -191,3 +191,31 @@ def test_the_retry_of_a_delete_whose_outcome_stayed_unknown_is_answered_as_done(
         assert retry.status_code == 204, retry.text
         assert client.delete("/v1/documents/salmon").status_code == 404  # answered once: later ones are 404s
         assert _found(client) == []
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["before-the-commit", "after-the-commit"])
+def test_an_activate_failing_otherwise_discards_the_points_at_once_unless_the_version_is_active(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch, committed: bool
+) -> None:
+    """note20: an activate failing with an error other than Conflict/ServiceUnavailable (a bug, a failed sync of
+    the points) left the new points for the orphan collector's grace period. The registry is read back as for a
+    lost answer: not active -> discarded at once; active -> kept (and searchable)."""
+    with running_app(make_settings(tmp_path, gc_enabled=False), embedder=embedder) as client:
+        services = services_of(client)
+        registry = services.registry
+        activate = registry.activate
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            if committed:
+                activate(*args, **kwargs)
+            raise RuntimeError("an unexpected failure")
+
+        monkeypatch.setattr(registry, "activate", failing)
+        put = client.put("/v1/documents/salmon", json={"text": TEXT})
+        monkeypatch.undo()
+
+        assert put.status_code == 500, put.text
+        record = registry.get("default", "salmon")
+        assert (record is not None) == committed
+        assert services.vectors.count("default", "salmon") == (1 if committed else 0)
+        assert _found(client) == (["salmon"] if committed else [])

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.workflows.stacks import REPO_ROOT, permanent_stacks
+from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT
+from infra.workflows.wiring import workflow_problems
 
 WORKFLOWS = REPO_ROOT / ".github" / "workflows"
 #: The installed CLI (`make install`), as promote.yml's steps run it.
@@ -453,8 +454,9 @@ def _checkout(tmp_path: Path, **stack_files: str) -> Path:
     """A git checkout of the repository's stack files plus `stack_files` ({name: rag:environment}), committed."""
     checkout = tmp_path / "checkout"
     checkout.mkdir(parents=True)
-    for path in WORKFLOWS.parents[1].glob("Pulumi*.yaml"):
-        shutil.copy(path, checkout / path.name)
+    # Only the shipped stack files: a team's own Pulumi.qa.yaml in the repository must not change these answers.
+    for name in ("Pulumi.yaml", *(f"Pulumi.{stack}.yaml" for stack in PERMANENT_STACKS)):
+        shutil.copy(WORKFLOWS.parents[1] / name, checkout / name)
     for name, environment in stack_files.items():
         (checkout / f"Pulumi.{name}.yaml").write_text(f"config:\n  rag:environment: {environment}\n")
     for args in (
@@ -533,9 +535,9 @@ def test_jobs_that_reach_prod_run_where_the_private_endpoint_is_reachable() -> N
     prod = _load("promote.yml")["jobs"]["prod"]
     assert prod["runs-on"] == "${{ fromJSON(" + PROD_RUNNER + ") }}"
     assert _runner_default(prod["runs-on"]) == ["self-hosted", "rag-prod"]
-    assert (
-        _load("promote.yml")["jobs"]["staging"]["runs-on"] == "ubuntu-24.04"
-    )  # staging's endpoint is public
+    # Staging's endpoint is public: dev-level targets run hosted unless vars.STACK_RUNNERS names their runner.
+    for job in ("staging", "preview-staging"):
+        assert _load("promote.yml")["jobs"][job]["runs-on"] == STACK_RUNNER
     drift = _load("nightly.yml")["jobs"]["drift"]
     assert drift["runs-on"] == "${{ fromJSON(matrix.runner) }}"
     runners = {entry["stack"]: entry["runner"] for entry in drift["strategy"]["matrix"]["include"]}
@@ -544,13 +546,18 @@ def test_jobs_that_reach_prod_run_where_the_private_endpoint_is_reachable() -> N
     assert runners["dev"] == runners["staging"] == '["ubuntu-24.04"]'
 
 
+STACK_RUNNER = "${{ fromJSON(vars.STACK_RUNNERS || '{}')[matrix.stack] || 'ubuntu-24.04' }}"
+
+
 def test_nightly_checks_drift_on_every_stack_and_reaps() -> None:
     wf = _load("nightly.yml")
     assert wf["on"]["schedule"][0]["cron"]
     drift = wf["jobs"]["drift"]
     # Every permanent stack of the checkout (each committed non-ephemeral Pulumi.<stack>.yaml) is checked: a new
     # one must be added to the matrix (docs/delivery.md#adding-a-permanent-stack).
-    assert drift["strategy"]["matrix"]["stack"] == permanent_stacks(REPO_ROOT) == ["dev", "staging", "prod"]
+    # (a matrix entry with a runner each, one that reaches a private endpoint: infra/workflows/wiring.py).
+    assert workflow_problems(REPO_ROOT) == []
+    assert set(PERMANENT_STACKS) <= set(drift["strategy"]["matrix"]["stack"])
     assert drift["strategy"]["fail-fast"] is False
     assert 'ragops drift --stack "${{ matrix.stack }}"' in _runs(drift)
     assert "ragops ephemeral reap" in _runs(wf["jobs"]["reap"])

@@ -13,7 +13,8 @@ Hierarchy (raise these from services and adapters; routes stay thin):
     ├── Forbidden                  403 forbidden        key valid but not allowed
     ├── RateLimited                429 rate_limited     carries ``retry_after`` seconds (sent as Retry-After)
     └── ServiceUnavailable         503 service_unavailable  a backend (vector store, registry, embedder) failed;
-                                                         nothing visible changed, the client may retry
+        │                                                nothing visible changed, the client may retry
+        └── DiskFull               503 service_unavailable  ... for want of disk space (``"disk_full": true``)
 
 Every error response has the body ``{"error": {"code": ..., "message": ..., **details}}`` where ``message`` is a
 human-readable reason. Request validation errors (bad JSON, wrong types) map to 422 ``invalid_input`` with the
@@ -142,6 +143,16 @@ class ServiceUnavailable(RagError):
     def headers(self) -> dict[str, str] | None:
         retry_after = self.details.get("retry_after")
         return None if retry_after is None else {"Retry-After": str(retry_after)}
+
+
+class DiskFull(ServiceUnavailable):
+    """A write refused for want of disk space (the embedded store's volume below READY_MIN_FREE_BYTES, the
+    registry's database full). Space comes back only when someone frees it: an ingestion job waits for it
+    without spending its attempts (service.app.jobs.queue). The body says so (``"disk_full": true``), so a
+    worker writing through the owning API's store (service.app.store.remote) knows it too."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, **details, disk_full=True)
 
 
 class ErrorDetail(BaseModel):

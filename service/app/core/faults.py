@@ -1,6 +1,7 @@
 """Fault injection for the crash tests: ``RAG_FAULT_KILL_AT=<stage>`` makes the process SIGKILL itself there;
 ``RAG_FAULT_STOP_AT=<stage>`` makes it SIGSTOP itself there, once (a stalled process: a long GC or CPU-throttling
-pause, a frozen VM), until the test sends SIGCONT.
+pause, a frozen VM), until the test sends SIGCONT; ``RAG_FAULT_FREE_BYTES_FILE=<path>`` caps the data volume's free
+space as the service reads it at the number in that file while it exists (a disk that fills and frees).
 
 The hook sits in the real write path (service.app.ingest.service) so tests/service/test_faults.py can prove that
 a ``kill -9`` at each stage of an ingest or delete leaves nothing partial or mixed visible, and nothing the orphan
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 FAULT_ENV = "RAG_FAULT_KILL_AT"
 STOP_ENV = "RAG_FAULT_STOP_AT"
@@ -36,6 +38,21 @@ STAGES = frozenset(
     }
 )
 _stopped: set[str] = set()
+# Tests only: the free space the data volume reports is at most the number in this file while it exists (a disk
+# that fills and frees, across processes; CI may not mount a small filesystem).
+FREE_BYTES_ENV = "RAG_FAULT_FREE_BYTES_FILE"
+
+
+def faked_free_bytes(real: int) -> int:
+    """``real`` (statvfs), or less while RAG_FAULT_FREE_BYTES_FILE names a file holding a smaller number (tests;
+    never when ENVIRONMENT=production)."""
+    path = os.environ.get(FREE_BYTES_ENV)
+    if not path or os.environ.get("ENVIRONMENT") == "production":
+        return real
+    try:
+        return min(real, int(Path(path).read_text()))
+    except (OSError, ValueError):
+        return real
 
 
 def fault_point(stage: str) -> None:

@@ -101,6 +101,14 @@ JOBS_LEASE_LOST = Counter(
     "Job attempts this process stopped because their lease was taken over (it stalled past JOB_LEASE_SECONDS).",
 )
 JOBS = Counter("rag_jobs_total", "Ingestion jobs finished, by outcome.", ["status"])  # succeeded | failed
+JOBS_DISK_WAITS = Counter(
+    "rag_jobs_disk_waits_total",
+    "Times this process put an ingestion job back to wait for disk space (its attempt not counted).",
+)
+JOBS_WAITING_FOR_SPACE = Gauge(
+    "rag_jobs_waiting_for_space",
+    "Ingestion jobs this process holds back until the disk has room again (service.app.jobs.queue).",
+)
 JOB_SECONDS = Histogram(
     "rag_job_duration_seconds",
     "Run time of one ingestion job attempt (claim to outcome), by outcome.",

@@ -293,11 +293,15 @@ class IngestService:
         embedded store's disk below READY_MIN_FREE_BYTES, or a failed WAL sync): a 202 would promise a job that
         can only spend its attempts and fail (EYES10)."""
         validate_new_document_id(document_id)
-        # Only the embedded engine manages a disk of its own; the other adapters have nothing to check.
+        await to_thread.run_sync(self.check_room)
+        return await to_thread.run_sync(self.registry.accept_write, tenant_id, document_id)
+
+    def check_room(self) -> None:
+        """ServiceUnavailable (DiskFull when the disk is the cause) while the vector store refuses writes now.
+        Only the embedded engine manages a disk of its own; the other adapters have nothing to check."""
         check_room = getattr(self.index.current.vectors, "check_room", None)
         if check_room is not None:
-            await to_thread.run_sync(check_room)
-        return await to_thread.run_sync(self.registry.accept_write, tenant_id, document_id)
+            check_room()
 
     async def _write(
         self,
@@ -537,6 +541,12 @@ class IngestService:
             if not self._committed(store, tenant_id, document_id, version):
                 raise
             logger.warning("commit of %s/%s answered with an error but it happened", tenant_id, document_id)
+        except Exception:
+            # Anything else (a bug, a failed sync of the points before the commit): the points are discarded at
+            # once, not after GC_GRACE_SECONDS, unless the registry says the version is active (the failure came
+            # after the commit); unreadable, they are left to the collector, as above. The error stands.
+            self._committed(store, tenant_id, document_id, version)
+            raise
 
         fault_point("before_cleanup")
         try:

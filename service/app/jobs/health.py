@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.app.core.metrics import WORKER_LAST_POLL
+from service.app.jobs.queue import SPACE_WAITS
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class WorkerHealth:
             "status": "ok" if ok else "not_consuming",
             "last_poll_age_seconds": round(age, 3) if self.last_poll is not None else None,
             "stale_after_seconds": self.stale_seconds,
+            # Jobs held back until the disk has room: restarting the worker would not help, so not a failure.
+            "jobs_waiting_for_space": SPACE_WAITS.refresh(),
         }
         if not ok:
             body["reason"] = (

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from anyio import to_thread
 
 from service.app.core.config import Settings
-from service.app.core.errors import RagError, ServiceUnavailable
+from service.app.core.errors import DiskFull, RagError, ServiceUnavailable
 from service.app.core.faults import fault_point
 from service.app.core.logging import request_id_var
 from service.app.core.metrics import (
@@ -49,10 +49,12 @@ from service.app.core.metrics import (
     JOB_QUEUE_OLDEST_AGE,
     JOB_SECONDS,
     JOBS,
+    JOBS_DISK_WAITS,
     JOBS_LEASE_LOST,
     JOBS_RECLAIMED,
     JOBS_RUNNING,
     JOBS_RUNNING_OLDEST_AGE,
+    JOBS_WAITING_FOR_SPACE,
 )
 from service.app.jobs.models import IngestPayload, JobRecord, JobStatus
 from service.app.store.jobstore import FAILED, SUCCEEDED, JobLease, JobRow, JobTable, LeaseLost
@@ -66,6 +68,41 @@ logger = logging.getLogger(__name__)
 
 REDIS_TIMEOUT_SECONDS = 2.0
 ARQ_FUNCTION = "ingest_document"
+# A job that meets a full disk looks again this often at most (JOBS_RETRY_MAX_SECONDS when shorter).
+DISK_WAIT_MAX_SECONDS = 60.0
+
+
+def disk_wait_seconds(settings: Settings) -> float:
+    """How long a job waiting for disk space waits before it looks again."""
+    return min(DISK_WAIT_MAX_SECONDS, settings.jobs_retry_max_seconds)
+
+
+class SpaceWaits:
+    """The jobs this process holds back until the disk has room (rag_jobs_waiting_for_space). A job stays counted
+    until it runs again here, or until it is overdue (another worker took it, or it was deleted)."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+
+    def hold(self, job_id: str, seconds: float) -> bool:
+        """Count ``job_id`` as waiting; True when it was not already."""
+        first = job_id not in self._until
+        self._until[job_id] = time.monotonic() + 2 * seconds + 30
+        self.refresh()
+        return first
+
+    def release(self, job_id: str) -> None:
+        if self._until.pop(job_id, None) is not None:
+            self.refresh()
+
+    def refresh(self) -> int:
+        now = time.monotonic()
+        self._until = {job_id: until for job_id, until in self._until.items() if until > now}
+        JOBS_WAITING_FOR_SPACE.set(len(self._until))
+        return len(self._until)
+
+
+SPACE_WAITS = SpaceWaits()
 
 
 class Ingestor(Protocol):
@@ -370,7 +407,15 @@ async def run_durable_job(
     """Claim and run one stored job under a lease (JOB_LEASE_SECONDS, renewed by a heartbeat while it runs);
     a backend outage puts it back to queued with back-off (up to JOBS_MAX_ATTEMPTS tries; the retry is woken
     through ``pool``, or ``retry_later(job_id, delay)`` in-process), any other error fails it. A run whose lease
-    was taken over writes nothing more (service.app.store.jobstore). Returns what happened (for arq's result)."""
+    was taken over writes nothing more (service.app.store.jobstore). Returns what happened (for arq's result).
+
+    A full disk (DiskFull: the store's volume below READY_MIN_FREE_BYTES, the registry's database full) is no
+    outage that passes by itself: the job waits for space instead, queued, looked at again every
+    `disk_wait_seconds`, without spending an attempt, however long that takes (what was acknowledged is never
+    failed for it). The store's room is checked before the claim, so a waiting job costs no extraction or
+    embedding; a disk that fills during the run puts it back the same way."""
+    if not await _room_for(ingest, pool, settings, job_id, retry_later):
+        return "waiting for disk space"
     row = await to_thread.run_sync(
         lambda: table.claim(job_id, settings.job_lease_seconds, max_attempts=settings.jobs_max_attempts)
     )
@@ -399,6 +444,56 @@ async def run_durable_job(
     finally:
         heartbeat.cancel()
         await asyncio.gather(heartbeat, return_exceptions=True)
+
+
+async def _room_for(
+    ingest: Ingestor,
+    pool: ArqRedis | None,
+    settings: Settings,
+    job_id: str,
+    retry_later: Callable[[str, float], None] | None,
+) -> bool:
+    """Whether the store has room for the job's write now; else the job is left queued (unclaimed) and woken
+    again after `disk_wait_seconds`. Another refusal (a failed WAL sync) is the run's to handle."""
+    check_room = getattr(ingest, "check_room", None)
+    if check_room is None:
+        return True
+    try:
+        await to_thread.run_sync(check_room)
+    except DiskFull as exc:
+        delay = disk_wait_seconds(settings)
+        _wait_for_space(job_id, delay, exc.message)
+        await _wake_later(pool, settings, job_id, delay, retry_later)
+        return False
+    except ServiceUnavailable:
+        return True
+    SPACE_WAITS.release(job_id)
+    return True
+
+
+def _wait_for_space(job_id: str, delay: float, reason: str) -> None:
+    JOBS_DISK_WAITS.inc()
+    if SPACE_WAITS.hold(job_id, delay):
+        logger.warning(
+            "ingestion job %s waits for disk space (its attempts are not spent; looked at again every %.0f s): %s",
+            job_id,
+            delay,
+            reason,
+            extra={"job_id": job_id},
+        )
+
+
+async def _wake_later(
+    pool: ArqRedis | None,
+    settings: Settings,
+    job_id: str,
+    delay: float,
+    retry_later: Callable[[str, float], None] | None,
+) -> None:
+    if pool is not None:
+        await wake(pool, settings, job_id, defer_seconds=delay)
+    elif retry_later is not None:
+        retry_later(job_id, delay)
 
 
 async def _run_claimed(
@@ -443,7 +538,16 @@ async def _run_claimed(
             raise
         except LeaseLost:
             raise
+        except DiskFull as exc:
+            delay = disk_wait_seconds(settings)
+            reason = f"waiting for disk space: {exc.message}"
+            await to_thread.run_sync(lambda: lease.retry_later(delay, reason, refund=True))
+            _wait_for_space(job_id, delay, exc.message)
+            JOB_SECONDS.labels(status="retry").observe(time.perf_counter() - started)
+            await _wake_later(pool, settings, job_id, delay, retry_later)
+            return "waiting for disk space"
         except Exception as exc:
+            SPACE_WAITS.release(job_id)
             error = (
                 f"{exc.code}: {exc.message}"
                 if isinstance(exc, RagError)
@@ -469,6 +573,7 @@ async def _run_claimed(
             JOB_SECONDS.labels(status="failed").observe(time.perf_counter() - started)
             return "failed"
         await to_thread.run_sync(lambda: lease.finish(SUCCEEDED, error=None, result=_result_dict(result)))
+        SPACE_WAITS.release(job_id)
         JOBS.labels(status="succeeded").inc()
         JOB_SECONDS.labels(status="succeeded").observe(time.perf_counter() - started)
         logger.info(
@@ -484,6 +589,7 @@ async def queue_stats(table: JobTable) -> tuple[int, float]:
     """Queued and running jobs from the job table, set on rag_queue_depth / rag_queue_oldest_job_age_seconds
     and rag_jobs_running / rag_jobs_running_oldest_age_seconds; returns (queued, oldest queued job's age)."""
     stats = await to_thread.run_sync(table.stats)
+    SPACE_WAITS.refresh()
     JOB_QUEUE_DEPTH.set(stats.queued)
     JOB_QUEUE_OLDEST_AGE.set(stats.oldest_queued_seconds)
     JOBS_RUNNING.set(stats.running)

@@ -243,9 +243,12 @@ class JobTable:
         return done.rowcount == 1
 
     @_guarded
-    def retry_later(self, job_id: str, token: str, delay_seconds: float, error: str) -> bool:
+    def retry_later(
+        self, job_id: str, token: str, delay_seconds: float, error: str, *, refund: bool = False
+    ) -> bool:
         """Back to queued, due after ``delay_seconds`` (a dependency outage; the error is kept for the poller);
-        False when the attempt lost its lease."""
+        ``refund``: this attempt is not counted (the job waits for disk space, service.app.jobs.queue). False when
+        the attempt lost its lease."""
         with self.engine.begin() as connection:
             now = database_now(connection)
             done = connection.execute(
@@ -259,6 +262,7 @@ class JobTable:
                     lease_token=None,
                     next_attempt_at=now + timedelta(seconds=delay_seconds),
                     woken_at=now,
+                    **({"attempts": jobs_table.c.attempts - 1} if refund else {}),
                 )
             )
         return done.rowcount == 1
@@ -486,9 +490,10 @@ class JobLease:
         """Record the attempt's outcome; LeaseLost (nothing written) when the lease is no longer ours."""
         self._written(self.table.finish(self.job_id, self.token, status, error=error, result=result))
 
-    def retry_later(self, delay_seconds: float, error: str) -> None:
-        """Queued again, due in ``delay_seconds``; LeaseLost (nothing written) when the lease is no longer ours."""
-        self._written(self.table.retry_later(self.job_id, self.token, delay_seconds, error))
+    def retry_later(self, delay_seconds: float, error: str, *, refund: bool = False) -> None:
+        """Queued again, due in ``delay_seconds`` (``refund``: the attempt not counted); LeaseLost (nothing
+        written) when the lease is no longer ours."""
+        self._written(self.table.retry_later(self.job_id, self.token, delay_seconds, error, refund=refund))
 
     def release(self) -> bool:
         """Queued again at once (a shutdown); False when the lease was no longer ours anyway."""

@@ -67,7 +67,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from service.app.core.config import Settings
-from service.app.core.errors import Conflict, InvalidInput, ServiceUnavailable
+from service.app.core.errors import Conflict, DiskFull, InvalidInput, ServiceUnavailable
 from service.app.core.files import PRIVATE_FILE_MODE, make_private_dirs
 from service.app.core.metrics import FAILURES
 from service.app.ingest.models import has_lone_surrogate
@@ -383,7 +383,7 @@ def _guarded(func: Callable[P, R]) -> Callable[P, R]:
             logger.warning("registry call %s failed: %s", func.__name__, exc)
             if _disk_full(exc):
                 # The cause the operator can act on, not only in the log (EYES10: a DELETE on a full disk).
-                raise ServiceUnavailable(
+                raise DiskFull(
                     "document registry unavailable: its disk is full (the database refused the write for want "
                     "of space); nothing was changed: free space on the volume, then retry",
                     retry_after=60,

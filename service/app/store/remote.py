@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from service.app.core.config import Settings
-from service.app.core.errors import ServiceUnavailable
+from service.app.core.errors import DiskFull, ServiceUnavailable
 from service.app.store.sparse import SparseVector
 from service.app.store.vectors import ChunkPoint, MetadataCondition, PointVersion, SearchMode, VectorHit
 
@@ -138,10 +138,15 @@ class RemoteVectorStore:
             ) from exc
         if response.status_code != 200:
             try:
-                message = response.json()["error"]["message"]
+                error = response.json()["error"]
+                message = error["message"]
             except (ValueError, KeyError, TypeError):
-                message = response.text[:200]
-            raise ServiceUnavailable(
+                error, message = {}, response.text[:200]
+            # The owner's disk is full: its jobs wait for space rather than spend attempts (service.app.jobs.queue).
+            refused = (
+                DiskFull if isinstance(error, dict) and error.get("disk_full") is True else ServiceUnavailable
+            )
+            raise refused(
                 f"vector store unavailable: the owning API answered {response.status_code}: {message}"
             )
         return decode_result(operation, response.json()["result"])

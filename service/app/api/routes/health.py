@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.app.api.deps import ServicesDep
+from service.app.core.faults import faked_free_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def _check_disk(settings: Any, vectors: Any = None) -> None:
     if isinstance(failure, str):
         raise RuntimeError(failure)
     stats = os.statvfs(settings.data_dir)
-    free = stats.f_bavail * stats.f_frsize
+    free = faked_free_bytes(stats.f_bavail * stats.f_frsize)
     if free < settings.ready_min_free_bytes:
         raise RuntimeError(
             f"{free // (1024 * 1024)} MiB free in DATA_DIR, below READY_MIN_FREE_BYTES "

@@ -1,0 +1,114 @@
+"""An ingestion job accepted while the disk had room waits for space when the disk fills after its 202, instead of
+spending its attempts and ending `failed` (note20: the worker did not wait for space), and runs once space is back.
+
+Across processes: the service is a real `python -m service` (embedded store, jobs in the API process). The disk
+that fills and frees is its data volume's free space as the service reads it, capped by the number in the file
+RAG_FAULT_FREE_BYTES_FILE names while it exists (service.app.core.faults; a test cannot mount a small filesystem
+on CI); everything else is real. The job is held right after its claim (RAG_FAULT_STOP_AT=job_claimed: the
+process stops itself) while the disk fills, so the disk fills between the acceptance and the write, whatever the
+scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app.core.errors import DiskFull, ServiceUnavailable
+from service.app.store.remote import RemoteVectorStore
+from tests.service.service_process import service_process, wait_for
+from tests.service.test_faults import body, env_for
+
+WAITS = 3  # looks at the disk the job survives, beyond JOBS_MAX_ATTEMPTS (2) tries
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_job_waits_for_disk_space_without_spending_attempts_and_runs_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    full = tmp_path / "free-bytes"
+    env = env_for(
+        tmp_path / "data",
+        GC_ENABLED="false",
+        JOBS_MAX_ATTEMPTS="2",
+        JOBS_RETRY_BASE_SECONDS="0.1",
+        JOBS_RETRY_MAX_SECONDS="0.2",  # a waiting job looks at the disk again every 0.2 s
+        RAG_FAULT_STOP_AT="job_claimed",
+        RAG_FAULT_FREE_BYTES_FILE=str(full),
+    )
+    with service_process(env, tmp_path / "service.log") as service, service.client() as http:
+        with ThreadPoolExecutor(1) as sender:  # the job may stop the process before its 202 is on the wire
+            sent = sender.submit(http.put, "/v1/documents/salmon?async=true", json=body("m0001"))
+            wait_for(lambda: _state(service.proc.pid) == "T", "the job's claim to stop the service")
+            full.write_text("0")  # the disk fills between the 202 and the write
+            os.kill(service.proc.pid, signal.SIGCONT)
+            accepted = sent.result(timeout=120)
+        assert accepted.status_code == 202, accepted.text  # room: the 202 is a promise
+        status_url = accepted.headers["Location"]
+
+        def waited() -> bool:
+            job = http.get(status_url).json()
+            assert job["status"] != "failed", job  # before: both attempts spent on the full disk, then failed
+            return service.metric("rag_jobs_disk_waits_total") >= WAITS
+
+        wait_for(waited, f"the job to wait for space {WAITS} times")
+        job = http.get(status_url).json()
+        assert job["status"] == "queued", job
+        assert "waiting for disk space" in job["error"], job
+        assert "READY_MIN_FREE_BYTES" in job["error"], job
+        assert service.metric("rag_jobs_waiting_for_space") == 1
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["disk"] == "failed"
+        assert http.get("/v1/documents/salmon").status_code == 404
+        refused = http.put("/v1/documents/other", json=body("m0002"))  # what a client sending now is told
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["disk_full"] is True
+
+        full.unlink()  # space is back: the job runs, without a restart or a re-send
+        done = wait_for(
+            lambda: (job := http.get(status_url).json())["status"] in ("succeeded", "failed") and job,
+            "the job to finish",
+        )
+        assert done["status"] == "succeeded", done
+        assert done["error"] is None
+        assert service.metric("rag_jobs_waiting_for_space") == 0
+        assert http.get("/v1/documents/salmon").status_code == 200
+        hits = http.post("/v1/search", json={"query": "salmon trout river", "top_k": 3}).json()["results"]
+        assert [hit["document_id"] for hit in hits][:1] == ["salmon"]
+        assert service.stop() in (0, -signal.SIGTERM), service.tail()
+
+
+def test_a_worker_writing_through_the_owning_api_knows_its_disk_is_full() -> None:
+    """`make serve-prod`: the worker writes through the API's store; the API's disk-full 503 says so in its body,
+    so the worker's job waits for space too (any other 503 stays an outage)."""
+
+    def answer(disk_full: bool) -> Any:
+        def handler(request: httpx.Request) -> httpx.Response:
+            error: dict[str, Any] = {"code": "service_unavailable", "message": "no room", "retry_after": 60}
+            if disk_full:
+                error["disk_full"] = True
+            return httpx.Response(503, json={"error": error})
+
+        return httpx.MockTransport(handler)
+
+    full = RemoteVectorStore("http://api", "token", transport=answer(True))
+    other = RemoteVectorStore("http://api", "token", transport=answer(False))
+    try:
+        with pytest.raises(DiskFull, match="no room"):
+            full.delete_document("t", "d")
+        with pytest.raises(ServiceUnavailable) as outage:
+            other.delete_document("t", "d")
+        assert not isinstance(outage.value, DiskFull)
+    finally:
+        full.close()
+        other.close()
