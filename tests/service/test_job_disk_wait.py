@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +46,14 @@ def test_a_job_waits_for_disk_space_without_spending_attempts_and_runs_when_it_i
         RAG_FAULT_FREE_BYTES_FILE=str(full),
     )
     with service_process(env, tmp_path / "service.log") as service, service.client() as http:
-        accepted = http.put("/v1/documents/salmon?async=true", json=body("m0001"))
+        with ThreadPoolExecutor(1) as sender:  # the job may stop the process before its 202 is on the wire
+            sent = sender.submit(http.put, "/v1/documents/salmon?async=true", json=body("m0001"))
+            wait_for(lambda: _state(service.proc.pid) == "T", "the job's claim to stop the service")
+            full.write_text("0")  # the disk fills between the 202 and the write
+            os.kill(service.proc.pid, signal.SIGCONT)
+            accepted = sent.result(timeout=120)
         assert accepted.status_code == 202, accepted.text  # room: the 202 is a promise
         status_url = accepted.headers["Location"]
-        wait_for(lambda: _state(service.proc.pid) == "T", "the job's claim to stop the service")
-        full.write_text("0")  # the disk fills between the 202 and the write
-        os.kill(service.proc.pid, signal.SIGCONT)
 
         def waited() -> bool:
             job = http.get(status_url).json()

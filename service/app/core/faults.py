@@ -1,6 +1,7 @@
 """Fault injection for the crash tests: ``RAG_FAULT_KILL_AT=<stage>`` makes the process SIGKILL itself there;
 ``RAG_FAULT_STOP_AT=<stage>`` makes it SIGSTOP itself there, once (a stalled process: a long GC or CPU-throttling
-pause, a frozen VM), until the test sends SIGCONT.
+pause, a frozen VM), until the test sends SIGCONT; ``RAG_FAULT_FREE_BYTES_FILE=<path>`` caps the data volume's free
+space as the service reads it at the number in that file while it exists (a disk that fills and frees).
 
 The hook sits in the real write path (service.app.ingest.service) so tests/service/test_faults.py can prove that
 a ``kill -9`` at each stage of an ingest or delete leaves nothing partial or mixed visible, and nothing the orphan

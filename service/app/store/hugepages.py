@@ -22,6 +22,10 @@ with THP ``never``, without ``MADV_COLLAPSE`` (older kernels) or not on Linux: n
 failure is ignored: this is a speed hint. Cost: the collapse copies each extent once (~75 MB for MiniLM's int8
 graph: ~0.1-0.3 s of start-up CPU on this machine); each collapse may also enter the kernel's direct reclaim and
 compaction, so the collapses stop after ``MAX_COLLAPSE_SECONDS`` (what is left stays on 4 KiB pages).
+
+The embedded store's shard uses the two halves apart (``new_memory`` around its load, then ``collapse`` on a thread
+of its own, so neither start-up nor a consolidation's swap waits for the kernel): service.app.store.edge,
+SHARD_HUGE_PAGES.
 """
 
 from __future__ import annotations
@@ -147,12 +151,22 @@ def _libc() -> ctypes.CDLL | None:
 def huge_pages_for_new_memory() -> Iterator[HugePages]:
     """Collapse into huge pages the anonymous memory that the ``with`` block made resident (module docstring)."""
     result = HugePages()
+    with new_memory(result) as extents:
+        yield result
+    collapse(extents, result)
+
+
+@contextlib.contextmanager
+def new_memory(result: HugePages) -> Iterator[list[int]]:
+    """The 2 MiB extents of anonymous memory the ``with`` block filled (`grown_extents`), listed when it ends, for
+    `collapse` to collapse then or later (e.g. on another thread, so the block's caller does not wait for the
+    kernel's compaction). Empty where nothing can be collapsed; a failure to read /proc is kept in
+    ``result.failed`` (never raised: a speed hint must not fail the block)."""
+    extents: list[int] = []
     libc = _libc()
     if libc is None or thp_mode() not in ("always", "madvise"):
-        yield result
+        yield extents
         return
-    # A speed hint: nothing it meets (an unexpected /proc format, a failed allocation) may fail the block's
-    # work, e.g. the session build it wraps; such a failure is kept in ``result.failed`` and nothing is collapsed.
     try:
         # glibc's malloc_trim; musl has none (its free pages are not reused alike)
         with contextlib.suppress(AttributeError):
@@ -160,12 +174,25 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
         before = resident_pages(anonymous_ranges())
     except Exception as exc:
         result.failed = f"{type(exc).__name__}: {exc}"
-        yield result
+        yield extents
         return
-    yield result
+    yield extents
+    try:
+        extents.extend(grown_extents(before, resident_pages(anonymous_ranges())))
+    except Exception as exc:
+        result.failed = f"{type(exc).__name__}: {exc}"
+
+
+def collapse(extents: list[int], result: HugePages) -> HugePages:
+    """Ask the kernel to collapse each extent (``MADV_COLLAPSE``), for at most ``MAX_COLLAPSE_SECONDS``; what it
+    did is added to ``result``. An extent unmapped or reused since it was listed is refused or collapsed as it is
+    now: only its page size changes, never its bytes."""
+    libc = _libc()
+    if libc is None or not extents:
+        return result
     try:
         deadline = _clock() + MAX_COLLAPSE_SECONDS
-        for start in grown_extents(before, resident_pages(anonymous_ranges())):
+        for start in extents:
             if _clock() > deadline:
                 result.failed = (
                     f"stopped after {MAX_COLLAPSE_SECONDS:g} s (the kernel's reclaim or compaction)"
@@ -179,6 +206,7 @@ def huge_pages_for_new_memory() -> Iterator[HugePages]:
                 result.refused[error] = result.refused.get(error, 0) + 1
     except Exception as exc:
         result.failed = f"{type(exc).__name__}: {exc}"
+    return result
 
 
 def huge_page_bytes(extents: list[int], smaps: Path = Path("/proc/self/smaps")) -> int:
