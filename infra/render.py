@@ -896,10 +896,26 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def environment_for(stack: str, overrides: Mapping[str, Any]) -> str:
+def environment_for(
+    stack: str, overrides: Mapping[str, Any], stack_config: Mapping[str, Any] | None = None
+) -> str:
     """The ``rag:environment`` the program ran with (the stack name when unset)."""
-    values, _ = cli_config(stack, config_overrides=overrides)
+    values, _ = cli_config(stack, config_overrides=overrides, stack_config=stack_config)
     return values.get("rag:environment") or stack
+
+
+def pr_stack_config(stack: str) -> dict[str, Any] | None:
+    """A PR stack's config (`ragops ephemeral up`'s, from infra/workflows/ephemeral.template.yaml over dev's file)
+    when `stack` is a PR stack name without a stack file, so `make plan STACK=pr-1` renders what CI would deploy;
+    None otherwise (the stack file is read)."""
+    from infra.workflows.ephemeral import EPHEMERAL_PREFIX, template_config
+
+    if not stack.startswith(EPHEMERAL_PREFIX) or (PROJECT_DIR / f"Pulumi.{stack}.yaml").is_file():
+        return None
+    try:
+        return template_config(PROJECT_DIR, stack)
+    except Exception as exc:  # a bad $RAGOPS_PREVIEW_DOMAIN / namespace: the workflows' UsageError sentence
+        raise ValueError(str(exc)) from exc
 
 
 def _collect_abandoned_loops() -> None:
@@ -929,8 +945,9 @@ def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, str] | Non
         if errors:
             print(f"config error: {errors[0]}", file=sys.stderr)
             return None
-        run = run_stack(stack, config_overrides=overrides)
-        environment = environment_for(stack, overrides)
+        stack_config = pr_stack_config(stack)
+        run = run_stack(stack, config_overrides=overrides, stack_config=stack_config)
+        environment = environment_for(stack, overrides, stack_config)
     except ConfigError as error:
         if overridden(error.key, overrides):  # the value came from the command line, not the stack file
             error = ConfigError(error.key, "--set", error.problem)

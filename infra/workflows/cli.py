@@ -814,7 +814,7 @@ def ephemeral_up(
     context: Context = ctx.obj
 
     def action() -> ephemeral_mod.EphemeralStack:
-        ephemeral_mod.validate_name(name, context.work_dir)
+        ephemeral_mod.validate_new_name(name, context.work_dir)
         ephemeral_mod.parse_ttl(ttl)
         # A bad domain or namespace: refused before any Pulumi call.
         ephemeral_mod.template_config(

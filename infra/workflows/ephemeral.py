@@ -65,6 +65,9 @@ NAME_RE = re.compile(r"^[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 MAX_NAME_LENGTH = 40
 #: The names CI gives PR stacks (pr.yml, pr-close.yml): `destroy --force` trusts them without a record.
 PR_NAME_RE = re.compile(r"pr-[0-9]+")
+#: Every ephemeral stack's name starts with it, and no permanent stack file may (infra/workflows/wiring.py): a PR
+#: stack can never take a permanent stack's name in the shared backend, from any checkout.
+EPHEMERAL_PREFIX = "pr-"
 TTL_RE = re.compile(r"(\d+)([smhd])")
 TTL_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MIN_TTL = timedelta(minutes=5)
@@ -100,6 +103,18 @@ def validate_name(name: str, work_dir: Path | None = None) -> str:
         raise UsageError(
             f"Invalid ephemeral stack name {name!r}: use 1-{MAX_NAME_LENGTH} lowercase letters, digits and "
             "hyphens, starting with a letter and not ending with a hyphen (it becomes a namespace and hostname)."
+        )
+    return name
+
+
+def validate_new_name(name: str, work_dir: Path | None = None) -> str:
+    """`validate_name`, and the name is in the ephemeral namespace (`EPHEMERAL_PREFIX`): what `up` creates."""
+    validate_name(name, work_dir)
+    if not name.startswith(EPHEMERAL_PREFIX) or name == EPHEMERAL_PREFIX:
+        raise UsageError(
+            f"Invalid ephemeral stack name {name!r}: ephemeral stack names start with {EPHEMERAL_PREFIX!r} (pr.yml "
+            f"names them pr-<PR number>, e.g. pr-123), a namespace no permanent stack file may use, so a PR stack "
+            "can never take a permanent stack's name in the shared backend."
         )
     return name
 
@@ -583,7 +598,7 @@ def up(
     An existing stack whose last update ran with a secret key the template's config lacks (set on it by hand) is
     refused first, unless ``drop_secrets`` names it (infra/workflows/secrets.py): before its config is written or
     anything torn down."""
-    validate_name(name, ctx.work_dir)
+    validate_new_name(name, ctx.work_dir)
     lifetime = parse_ttl(ttl)
     record = EphemeralStack(
         name=name, owner=owner or ctx.actor(), expires_at=expires_at(ctx.clock(), lifetime)

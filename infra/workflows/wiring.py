@@ -18,6 +18,9 @@ import yaml
 
 from infra.workflows.stacks import PROJECT, is_permanent, permanent_stacks
 
+#: The names of PR stacks (infra/workflows/ephemeral.py EPHEMERAL_PREFIX; not imported: that module loads Pulumi).
+EPHEMERAL_PREFIX = "pr-"
+
 #: Labels of GitHub-hosted runners: no fixed address, outside every private network.
 HOSTED_PREFIXES = ("ubuntu-", "windows-", "macos-")
 DOC = "docs/delivery.md#adding-a-permanent-stack"
@@ -112,6 +115,11 @@ def workflow_problems(work_dir: Path) -> list[str]:
             )
     for stack in permanent:
         problems.extend(environment_problems(Path(work_dir) / f"Pulumi.{stack}.yaml"))
+        if stack.startswith(EPHEMERAL_PREFIX):
+            problems.append(
+                f"Pulumi.{stack}.yaml: {EPHEMERAL_PREFIX}<...> names are PR stacks' (`ragops ephemeral up`), not a "
+                f"permanent stack's ({DOC})"
+            )
     for stack in stacks:
         if stack not in permanent:
             problems.append(
@@ -165,6 +173,14 @@ def stack_file_findings(work_dir: Path, stack: str) -> tuple[list[str], list[str
                 f"({DOC})"
             )
     if f"{PROJECT}:ephemeral" in config:
+        return errors, warnings
+    if stack.startswith(EPHEMERAL_PREFIX):
+        errors.append(
+            f"{name}: {EPHEMERAL_PREFIX}<...> names are PR stacks' (`ragops ephemeral up`), which have no stack file: "
+            f"delete it; `make plan STACK={stack}` renders the PR stack offline from "
+            "infra/workflows/ephemeral.template.yaml, and a permanent stack needs a name outside that namespace "
+            f"({DOC})"
+        )
         return errors, warnings
     errors.extend(environment_problems(path))
     if not is_permanent(work_dir, stack):

@@ -88,6 +88,73 @@ def test_a_job_waits_for_disk_space_without_spending_attempts_and_runs_when_it_i
         assert service.stop() in (0, -signal.SIGTERM), service.tail()
 
 
+def test_a_worker_writing_through_the_apis_store_waits_for_its_disk(tmp_path: Path) -> None:
+    """`make serve-prod`'s layout: the API owns the embedded store, a `python -m service.worker` process writes
+    through it (VECTOR_STORE_URL), jobs are woken through Redis. The API's disk fills after the 202: the worker's
+    job waits for space (its attempts not spent) and runs once the API's disk has room again."""
+    from tests.support.servers import free_port, redis_server
+
+    full = tmp_path / "free-bytes"
+    token = "internal-token-0123456789abcdef0123456789"
+    with redis_server() as redis_url:
+        common = {
+            **env_for(tmp_path / "data", GC_ENABLED="false"),
+            "REDIS_URL": redis_url,
+            "JOBS_QUEUE_NAME": f"q-{tmp_path.name}",
+            "INTERNAL_TOKEN": token,
+            "JOBS_MAX_ATTEMPTS": "2",
+            "JOBS_RETRY_BASE_SECONDS": "0.1",
+            "JOBS_RETRY_MAX_SECONDS": "0.2",
+            "JOBS_SWEEP_SECONDS": "0.5",
+        }
+        api_env = {**common, "RAG_FAULT_FREE_BYTES_FILE": str(full)}
+        with service_process(api_env, tmp_path / "api.log") as api, api.client() as http:
+            worker_port = free_port()
+            worker_env = {
+                **common,
+                "VECTOR_STORE_URL": api.url,
+                "WORKER_METRICS_PORT": str(worker_port),
+                "RAG_FAULT_STOP_AT": "job_claimed",
+            }
+            with service_process(worker_env, tmp_path / "worker.log", module="service.worker") as worker:
+                worker_url = f"http://127.0.0.1:{worker_port}"
+                accepted = http.put("/v1/documents/salmon?async=true", json=body("m0001"))
+                assert accepted.status_code == 202, accepted.text
+                status_url = accepted.headers["Location"]
+                wait_for(lambda: _state(worker.proc.pid) == "T", "the worker's claim to stop it")
+                full.write_text("0")  # the API's disk fills between the 202 and the worker's write
+                os.kill(worker.proc.pid, signal.SIGCONT)
+
+                def waited() -> bool:
+                    job = http.get(status_url).json()
+                    assert job["status"] != "failed", job
+                    return _sample(worker_url, "rag_jobs_disk_waits_total") >= WAITS
+
+                wait_for(waited, f"the worker's job to wait for space {WAITS} times")
+                job = http.get(status_url).json()
+                assert job["status"] in ("queued", "running"), job
+                assert _sample(worker_url, "rag_jobs_waiting_for_space") == 1
+                health = httpx.get(f"{worker_url}/healthz", timeout=10)
+                assert health.status_code == 200  # a restart would not help
+                assert health.json()["jobs_waiting_for_space"] == 1
+
+                full.unlink()
+                done = wait_for(
+                    lambda: (job := http.get(status_url).json())["status"] in ("succeeded", "failed") and job,
+                    "the job to finish",
+                )
+                assert done["status"] == "succeeded", done
+                assert http.get("/v1/documents/salmon").status_code == 200
+                assert worker.stop() in (0, -signal.SIGTERM), worker.tail()
+
+
+def _sample(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_worker_writing_through_the_owning_api_knows_its_disk_is_full() -> None:
     """`make serve-prod`: the worker writes through the API's store; the API's disk-full 503 says so in its body,
     so the worker's job waits for space too (any other 503 stays an outage)."""

@@ -193,3 +193,39 @@ def test_a_committed_stack_file_without_its_environment_opens_no_promotion(tmp_p
     assert "rag:environment in Pulumi.perf.yaml: missing" in result.stderr
     with pytest.raises(UsageError, match=r"rag:environment in Pulumi\.perf\.yaml: missing"):
         allowed_promotions(repo)
+
+
+@pytest.mark.parametrize("name", ["qa", "prod-2", "feature-x"])
+def test_ephemeral_up_takes_only_names_in_the_pr_namespace(tmp_path: Path, name: str) -> None:
+    """A PR stack named like a permanent stack another checkout has (`qa` before its file is merged) would take
+    that name in the shared backend: `up` refuses before any Pulumi call (no CLI on PATH needed)."""
+    result = subprocess.run(
+        [str(RAGOPS), "--work-dir", str(_repo(tmp_path)), "ephemeral", "up", "--name", name, "--ttl", "1h",
+         "--domain", "preview.example.com"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result
+    assert "ephemeral stack names start with 'pr-'" in " ".join(result.stderr.split())
+    assert not result.stderr.startswith("\n")
+
+
+def test_a_permanent_stack_file_in_the_pr_namespace_is_refused(tmp_path: Path) -> None:
+    repo = _repo(tmp_path, **{"pr-1": (REPO_ROOT / "Pulumi.dev.yaml").read_text()})
+    (error,) = stack_file_findings(repo, "pr-1")[0]
+    assert error.startswith("Pulumi.pr-1.yaml: pr-<...> names are PR stacks'")
+    assert "make plan STACK=pr-1" in error
+    assert any(
+        p.startswith("Pulumi.pr-1.yaml: pr-<...> names are PR stacks'") for p in workflow_problems(repo)
+    )
+
+
+def test_make_plan_renders_a_pr_stack_from_the_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make plan STACK=pr-1` (no stack file): what `ragops ephemeral up --name pr-1` would deploy."""
+    monkeypatch.setenv("RAGOPS_PREVIEW_DOMAIN", "preview.example.com")
+    assert render.main(["--stack", "pr-1", "--out", str(tmp_path / "out")]) == 0
+    plan = (tmp_path / "out" / "plan.md").read_text()
+    assert plan.startswith("# Plan: stack `pr-1` (dev)")
+    assert '"https://pr-1.preview.example.com"' in plan
+    assert "NAMESPACE pr-1: created by the stack" in capsys.readouterr().out
