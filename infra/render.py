@@ -572,11 +572,11 @@ CLOUD_SIZES: dict[str, tuple[str, ...]] = {
 #: provider bridges; the Python SDK docstrings do not say it), with where that is read. Only paths checked at the
 #: source are listed; a path missing here is not proof of an in-place update.
 CLOUD_FORCE_NEW: dict[str, dict[str, str]] = {
-    "aws:eks/nodeGroup:NodeGroup": {
-        # terraform-provider-aws internal/service/eks/node_group.go (stored commit 012e0a32), resource schema.
-        path: "terraform-provider-aws internal/service/eks/node_group.go: ForceNew"
-        for path in ("instanceTypes", "diskSize", "capacityType", "amiType", "subnetIds", "nodeRoleArn")
-    },
+    # terraform-provider-aws internal/service/eks/node_group.go (stored commit 012e0a32), resource schema.
+    "aws:eks/nodeGroup:NodeGroup": dict.fromkeys(
+        ("instanceTypes", "diskSize", "capacityType", "amiType", "subnetIds", "nodeRoleArn"),
+        "terraform-provider-aws internal/service/eks/node_group.go (commit 012e0a32): ForceNew",
+    ),
     "gcp:container/nodePool:NodePool": {
         # machine_type / disk_size_gb are updated in place (node_config.go :536/:291, REVIEW12).
         "nodeConfig.spot": "terraform-provider-google v7.45.0 node_config.go:616-619: ForceNew",
@@ -587,10 +587,10 @@ CLOUD_FORCE_NEW: dict[str, dict[str, str]] = {
     "gcp:redis/instance:Instance": {
         "tier": "terraform-provider-google v7.45.0 resource_redis_instance.go:487-490: ForceNew",
     },
-    "aws:rds/instance:Instance": {
-        path: "terraform-provider-aws internal/service/rds/instance.go (stored commit 00e4b238): ForceNew"
-        for path in ("dbName", "username")
-    },
+    "aws:rds/instance:Instance": dict.fromkeys(
+        ("dbName", "username"),
+        "terraform-provider-aws internal/service/rds/instance.go (commit 00e4b238): ForceNew",
+    ),
     "gcp:sql/database:Database": {
         "name": "terraform-provider-google v7.45.0 resource_sql_database.go:151: ForceNew",
     },

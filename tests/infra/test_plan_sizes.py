@@ -61,7 +61,9 @@ def test_counts_database_and_cache_sizes_show_in_the_plan() -> None:
     ]
     for overrides, old, new in changes:
         diff = changed_lines(run("prod"), run("prod", **overrides))
-        assert len(diff) == 2 and old in diff[0] and new in diff[1], (overrides, diff)
+        assert len(diff) == 2, (overrides, diff)
+        assert old in diff[0], (overrides, diff)
+        assert new in diff[1], (overrides, diff)
 
 
 def test_managed_stores_on_gke_list_their_tiers() -> None:
@@ -83,7 +85,8 @@ def test_every_sized_type_is_a_cloud_type_and_every_force_new_path_is_cited() ->
         assert type_.split(":", 1)[0] in ("aws", "gcp"), type_
     for type_, paths in render.CLOUD_FORCE_NEW.items():
         for path, source in paths.items():
-            assert "ForceNew" in source and ".go" in source, (type_, path)
+            assert "ForceNew" in source, (type_, path)
+            assert ".go" in source, (type_, path)
             if type_ in render.CLOUD_SIZES and path in render.CLOUD_SIZES[type_]:
                 continue
             # A force-new path not shown in the plan must still be one the program sends.
