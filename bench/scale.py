@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import platform
@@ -78,8 +79,10 @@ from startup import measure_startup, phases  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
+from service.app.store import edge as edge_store  # noqa: E402
 from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
+from service.app.store.hugepages import huge_pages_for_new_memory  # noqa: E402
 from service.app.store.registry import DocumentRegistry  # noqa: E402
 from service.app.store.sparse import SPARSE_VECTOR, default_encoder  # noqa: E402
 from service.app.store.vectors import PREFETCH_MIN, RRF_K, ChunkPoint, collection_name  # noqa: E402
@@ -285,7 +288,10 @@ def run_size(
     raw_path = work / f"raw-edge-{n}"
     shutil.copytree(store.path, raw_path, ignore=shutil.ignore_patterns(".lock"))
     edge_load = probe_load("edge", raw_path, query_vectors[0].tolist())
-    shard = qe.EdgeShard.load(str(raw_path))
+    # Its RAM-resident memory on huge pages, as the service's shard (service.app.store.edge SHARD_HUGE_PAGES; here
+    # at once, the service's on a thread after the load), so the raw engine query stays the service's engine work.
+    with huge_pages_for_new_memory() if edge_store.SHARD_HUGE_PAGES else contextlib.nullcontext():
+        shard = qe.EdgeShard.load(str(raw_path))
     tenant_filter = qe.Filter(must=[qe.FieldCondition("tenant_id", match=qe.MatchValue(TENANT))])
 
     def edge_query(vector: list[float]) -> list:

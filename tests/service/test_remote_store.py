@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app.core.errors import ServiceUnavailable
+from service.app.core.errors import DiskFull, ServiceUnavailable
 from service.app.main import create_app
 from service.app.store.embedder import FastEmbedEmbedder
 from service.app.store.remote import RemoteVectorStore
@@ -84,11 +84,28 @@ def test_every_operation_reaches_the_owning_store(tmp_path: Path, embedder: Fast
         remote.upsert([point("b", 1, 0, vector)])
         remote.delete_document("t", "b")
         assert owner.count("t") == 0
+        remote.check_room()  # a store without a disk of its own to manage: nothing to refuse
         remote.close()
 
         wrong = RemoteVectorStore("http://testserver", "nope", transport=ThroughTestClient(client))
         with pytest.raises(ServiceUnavailable, match="401"):
             wrong.count("t")
+
+
+def test_check_room_says_the_owning_stores_disk_is_full(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:
+    """A worker checks the owner's room before it claims a job (service.app.jobs.queue): the owner's DiskFull
+    comes back as a DiskFull (the job waits for space), room as nothing."""
+    settings = make_settings(tmp_path, internal_token=TOKEN, vector_store="edge")
+    with TestClient(create_app(settings, embedder=embedder)) as client:
+        owner = client.app.state.services.vectors
+        remote = RemoteVectorStore("http://testserver", TOKEN, transport=ThroughTestClient(client))
+        remote.check_room()
+        owner.min_free_bytes = 2**62  # more than any disk has: the owner's real statvfs reading is "full"
+        with pytest.raises(DiskFull, match="READY_MIN_FREE_BYTES"):
+            remote.check_room()
+        owner.min_free_bytes = settings.ready_min_free_bytes
+        remote.check_room()
+        remote.close()
 
 
 def test_the_endpoint_is_absent_without_a_token(tmp_path: Path, embedder: FastEmbedEmbedder) -> None:

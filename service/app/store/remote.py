@@ -40,6 +40,7 @@ OPERATIONS = (
     "count",
     "chunk_texts",
     "versions",
+    "check_room",  # what a write would be refused for now (a full disk): a job waits before it claims
 )
 
 
@@ -150,6 +151,12 @@ class RemoteVectorStore:
                 f"vector store unavailable: the owning API answered {response.status_code}: {message}"
             )
         return decode_result(operation, response.json()["result"])
+
+    def check_room(self) -> None:
+        """DiskFull while the owning API's store refuses writes for want of space (service.app.jobs.queue checks
+        before it claims a job). An owner of an earlier release, without the operation, answers 404: an outage
+        here, so the job runs and its write finds out."""
+        self._call("check_room")
 
     def ensure_collection(self) -> None:
         result = self._call("ensure_collection")

@@ -44,6 +44,8 @@ async def vector_operation(operation: str, request: Request, services: ServicesD
         raise InvalidInput(f"bad arguments for {operation}: {exc}") from exc
     # The collection search serves from now (a re-index may have switched it).
     store = services.ingest.vectors
+    if operation == "check_room" and not hasattr(store, operation):
+        return InternalResult(result=None)  # a store without a disk of its own to manage
     method = getattr(store, operation)
     result = await to_thread.run_sync(lambda: method(**args))
     if operation == "ensure_collection":
