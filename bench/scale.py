@@ -79,8 +79,8 @@ from startup import measure_startup, phases  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
-from service.app.store import edge as edge_store  # noqa: E402
 from service.app.search.service import OVERFETCH_MIN  # noqa: E402
+from service.app.store import edge as edge_store  # noqa: E402
 from service.app.store.edge import DENSE_VECTOR, HIT_PAYLOAD, EdgeVectorStore  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.hugepages import huge_pages_for_new_memory  # noqa: E402
