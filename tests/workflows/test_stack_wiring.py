@@ -252,3 +252,14 @@ def test_an_error_in_a_pipe_starts_on_the_first_line(tmp_path: Path, argv: list[
     )
     assert result.returncode == 1, result
     assert result.stderr.startswith("error: the Pulumi CLI is not on PATH"), result.stderr
+
+
+def test_two_permanent_stacks_with_one_hostname_are_warned(tmp_path: Path) -> None:
+    staging_host = yaml.safe_load((REPO_ROOT / "Pulumi.staging.yaml").read_text())["config"]["rag:gateway"]
+    qa = QA_PUBLIC + f"  rag:gateway:\n    hostname: {staging_host['hostname']}\n"
+    (warning,) = stack_file_findings(_repo(tmp_path, qa=qa), "qa")[1]
+    assert warning.startswith(
+        f"rag:gateway.hostname in Pulumi.qa.yaml is {staging_host['hostname']!r}, as in Pulumi.staging.yaml"
+    )
+    own = QA_PUBLIC + "  rag:gateway:\n    hostname: rag.qa.example.com\n"
+    assert stack_file_findings(_repo(tmp_path / "own", qa=own), "qa") == ([], [])
