@@ -12,7 +12,7 @@ Runs the real program under mocks (``infra.offline.run_stack``), then:
 * runs the deployability analysis (``infra.deployability``): dependency closure (CRDs and what workloads read are
   created first), class references, what the cluster target must enforce (NetworkPolicy, metrics API, managed
   control plane), reported with the resource and the fix;
-* writes ``plan.md`` and ``plan.json`` (resource counts by type, protected resources, secrets, outputs with
+* writes ``plan.md`` and ``plan.json`` (resource counts by type, cloud resources' sizes, protected resources, secrets, outputs with
   secrets masked, validation and policy results) and prints a readable report.
 
 Exit status: 0 clean, 1 validation, policy or deployability failures, 2 configuration error (the ``ConfigError`` message naming
@@ -522,6 +522,111 @@ def managed_databases(run: StackRun) -> list[str]:
     return lines + cloudnative_databases(run)
 
 
+#: The inputs that size (or version) each cloud resource, as `dotted.path` in the resource's inputs: `make plan`
+#: lists them per resource (plan.md "Cloud resource sizes", plan.json `cloudSizes`), so that a diff of two plans shows
+#: a node, database or cache size change (EYES11 M5). A path in `CLOUD_FORCE_NEW` is marked `(replace)`.
+CLOUD_SIZES: dict[str, tuple[str, ...]] = {
+    "aws:eks/cluster:Cluster": ("version",),
+    "aws:eks/nodeGroup:NodeGroup": (
+        "instanceTypes",
+        "diskSize",
+        "capacityType",
+        "scalingConfig.minSize",
+        "scalingConfig.desiredSize",
+        "scalingConfig.maxSize",
+        "version",
+    ),
+    "gcp:container/cluster:Cluster": ("minMasterVersion", "enableAutopilot", "releaseChannel.channel"),
+    "gcp:container/nodePool:NodePool": (
+        "nodeConfig.machineType",
+        "nodeConfig.diskSizeGb",
+        "nodeConfig.spot",
+        "nodeCount",
+        "autoscaling.minNodeCount",
+        "autoscaling.maxNodeCount",
+        "autoscaling.totalMinNodeCount",
+        "autoscaling.totalMaxNodeCount",
+    ),
+    "aws:rds/instance:Instance": (
+        "instanceClass",
+        "allocatedStorage",
+        "maxAllocatedStorage",
+        "storageType",
+        "engineVersion",
+        "multiAz",
+    ),
+    "gcp:sql/databaseInstance:DatabaseInstance": (
+        "databaseVersion",
+        "settings.tier",
+        "settings.edition",
+        "settings.availabilityType",
+        "settings.diskSize",
+        "settings.diskAutoresizeLimit",
+        "settings.diskType",
+    ),
+    "aws:elasticache/replicationGroup:ReplicationGroup": ("nodeType", "numCacheClusters", "engineVersion"),
+    "gcp:redis/instance:Instance": ("tier", "memorySizeGb", "redisVersion"),
+}
+
+#: Inputs whose change makes the cloud provider replace the resource (ForceNew in the Terraform provider the Pulumi
+#: provider bridges; the Python SDK docstrings do not say it), with where that is read. Only paths checked at the
+#: source are listed; a path missing here is not proof of an in-place update.
+CLOUD_FORCE_NEW: dict[str, dict[str, str]] = {
+    # terraform-provider-aws internal/service/eks/node_group.go (stored commit 012e0a32), resource schema.
+    "aws:eks/nodeGroup:NodeGroup": dict.fromkeys(
+        ("instanceTypes", "diskSize", "capacityType", "amiType", "subnetIds", "nodeRoleArn"),
+        "terraform-provider-aws internal/service/eks/node_group.go (commit 012e0a32): ForceNew",
+    ),
+    "gcp:container/nodePool:NodePool": {
+        # machine_type / disk_size_gb are updated in place (node_config.go :536/:291, REVIEW12).
+        "nodeConfig.spot": "terraform-provider-google v7.45.0 node_config.go:616-619: ForceNew",
+    },
+    "gcp:container/cluster:Cluster": {
+        "enableAutopilot": "terraform-provider-google v7.45.0 resource_container_cluster.go:1114-1117: ForceNew",
+    },
+    "gcp:redis/instance:Instance": {
+        "tier": "terraform-provider-google v7.45.0 resource_redis_instance.go:487-490: ForceNew",
+    },
+    "aws:rds/instance:Instance": dict.fromkeys(
+        ("dbName", "username"),
+        "terraform-provider-aws internal/service/rds/instance.go (commit 00e4b238): ForceNew",
+    ),
+    "gcp:sql/database:Database": {
+        "name": "terraform-provider-google v7.45.0 resource_sql_database.go:151: ForceNew",
+    },
+    "gcp:sql/user:User": {
+        "name": "terraform-provider-google v7.45.0 resource_sql_user.go:141: ForceNew",
+    },
+}
+
+
+def _input_at(inputs: Mapping[str, Any], path: str) -> Any:
+    value: Any = inputs
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def cloud_sizes(run: StackRun) -> list[str]:
+    """One line per sized cloud resource (`CLOUD_SIZES`): `type::name: path=value, ...` in declaration order, each
+    ForceNew path marked `(replace)`."""
+    lines = []
+    for resource in run.resources:
+        paths = CLOUD_SIZES.get(resource.type)
+        if not paths:
+            continue
+        force_new = CLOUD_FORCE_NEW.get(resource.type, {})
+        fields = []
+        for path in paths:
+            value = _input_at(resource.inputs, path)
+            if value is None:
+                continue
+            shown = json.dumps(integral(value), sort_keys=True)
+            fields.append(f"{path}={shown}" + (" (replace)" if path in force_new else ""))
+        lines.append(f"`{resource.type}::{resource.name}`: {', '.join(fields) or 'no size inputs'}")
+    return sorted(lines)
+
+
 def summarize(run: StackRun, environment: str) -> dict[str, Any]:
     """Resource counts by type, protected resources, secrets and masked outputs."""
     resources = [r for r in run.resources if r.type != "pulumi:pulumi:Stack"]
@@ -533,6 +638,7 @@ def summarize(run: StackRun, environment: str) -> dict[str, Any]:
         "protected": sorted(f"{r.type}::{r.name}" for r in resources if r.protect),
         "quotas": quota_usage(run),
         "managedDatabases": managed_databases(run),
+        "cloudSizes": cloud_sizes(run),
         "secrets": {
             "resourcesWithSecretInputs": sum(1 for r in resources if r.secret_keys),
             "kubernetesSecrets": sum(1 for r in resources if r.type == "kubernetes:core/v1:Secret"),
@@ -794,6 +900,12 @@ def plan_markdown(report: Report) -> str:
         "## Cloud quotas",
         "",
         *_lines(s.get("quotas", []), "none"),
+        "",
+        "## Cloud resource sizes",
+        "",
+        "Sizes and versions the cloud provider is sent (`(replace)`: a change replaces the resource):",
+        "",
+        *_lines(s.get("cloudSizes", []), "none"),
         "",
         "## Databases (and what a delete leaves)",
         "",
