@@ -87,7 +87,6 @@ ARG_KEYS: Mapping[str, str] = {
     "QdrantClusterArgs.replicas": "qdrant.replicas",
     "QdrantClusterArgs.replication_factor": "qdrant.replicationFactor",
     "QdrantClusterArgs.scale_down_acknowledged": "qdrant.scaleDownTo",
-    "QdrantClusterArgs.volume_replaced_from": "qdrant.storage.replaceFrom",
     "QdrantClusterArgs.shard_number": "qdrant.shardNumber",
     "QdrantClusterArgs.storage_size": "qdrant.storage.size",
     "QdrantClusterArgs.snapshots_size": "qdrant.snapshotsStorage.size",
@@ -124,7 +123,6 @@ ARG_KEYS: Mapping[str, str] = {
     "RedisCacheArgs.storage_size": "redis.incluster.storage.size",
     "RedisCacheArgs.resources": "redis.incluster.resources",
     "RedisCacheArgs.aof_set_aside_from": "redis.incluster.downgradeFrom",
-    "RedisCacheArgs.volume_replaced_from": "redis.incluster.storage.replaceFrom",
     "RedisCacheArgs.maxmemory": "redis.incluster.resources",  # from the memory limit: the stack sets no maxmemory
     "RedisCacheArgs.num_cache_clusters": "redis.managed.replicas",
     "RedisCacheArgs.memory_size_gb": "redis.managed.memorySizeGb",
