@@ -787,7 +787,10 @@ def render_run(run: StackRun, out: Path, *, environment: str, deployability: boo
     if deployability:
         report.deployability = analyse(run)
     report.summary = summarize(run, environment)
-    (out / "plan.json").write_text(json.dumps(plan_json(report), indent=2) + "\n", encoding="utf-8")
+    # Sorted keys: two plans of one config are byte-identical, so a diff of two plans shows only the change.
+    (out / "plan.json").write_text(
+        json.dumps(plan_json(report), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (out / "plan.md").write_text(plan_markdown(report), encoding="utf-8")
     return report
 

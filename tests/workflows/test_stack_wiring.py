@@ -234,3 +234,21 @@ def test_make_plan_renders_a_pr_stack_from_the_template(
     assert plan.startswith("# Plan: stack `pr-1` (dev)")
     assert '"https://pr-1.preview.example.com"' in plan
     assert "NAMESPACE pr-1: created by the stack" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["drift", "--stack", "dev"], ["promote", "--from", "dev", "--to", "staging"], ["ephemeral", "reap"]],
+)
+def test_an_error_in_a_pipe_starts_on_the_first_line(tmp_path: Path, argv: list[str]) -> None:
+    """The progress spinner is for terminals: in a pipe (CI logs) it left a blank line before the error (L9)."""
+    result = subprocess.run(
+        [str(RAGOPS), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path)},  # no pulumi on PATH
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("error: the Pulumi CLI is not on PATH"), result.stderr
