@@ -1066,6 +1066,12 @@ def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, str] | Non
     except ConfigError as error:
         if overridden(error.key, overrides):  # the value came from the command line, not the stack file
             error = ConfigError(error.key, "--set", error.problem)
+        elif (
+            set_pairs
+        ):  # the file's value may be wrong only next to a --set one (replicationFactor > replicas)
+            error = ConfigError(
+                error.key, f"{error.stack_file} with --set {' '.join(set_pairs)}", error.problem
+            )
         print(f"config error: {error}", file=sys.stderr)
         _collect_abandoned_loops()
         return None
