@@ -79,8 +79,9 @@ from startup import measure_startup, phases  # noqa: E402
 
 from service.app.core.config import Settings  # noqa: E402
 from service.app.ingest.chunking import Chunker  # noqa: E402
+from service.app.search.service import OVERFETCH_MIN  # noqa: E402
 from service.app.store import edge as edge_store  # noqa: E402
-from service.app.store.edge import DENSE_VECTOR, EdgeVectorStore  # noqa: E402
+from service.app.store.edge import DENSE_VECTOR, HIT_PAYLOAD, EdgeVectorStore  # noqa: E402
 from service.app.store.embedder import FastEmbedEmbedder  # noqa: E402
 from service.app.store.hugepages import huge_pages_for_new_memory  # noqa: E402
 from service.app.store.registry import DocumentRegistry  # noqa: E402
@@ -94,6 +95,9 @@ QUERY_PRECISION = Settings(_env_file=None).embedding_query_precision
 TENANT = "default"
 CHUNKS_PER_DOCUMENT = 10
 TOP_K = 5
+# What the service asks the engine for a top_k of TOP_K: a few hits more, for the visibility check
+# (service.app.search.service), with the hit payload (the adapter's HIT_PAYLOAD), so the raw query is the same request.
+SERVICE_LIMIT = TOP_K + max(OVERFETCH_MIN, TOP_K // 4)
 START = "<!-- scale:start -->"
 END = "<!-- scale:end -->"
 
@@ -297,10 +301,10 @@ def run_size(
     def edge_query(vector: list[float]) -> list:
         return shard.query(
             qe.QueryRequest(
-                limit=TOP_K,
+                limit=SERVICE_LIMIT,
                 query=qe.Query.Nearest(vector, using=DENSE_VECTOR),
                 filter=tenant_filter,
-                with_payload=True,
+                with_payload=HIT_PAYLOAD,
                 params=params,
             )
         )
@@ -350,7 +354,7 @@ def run_size(
         numpy_lat.append(seconds)
         found, seconds = timed(edge_query, q.tolist())
         edge_lat.append(seconds)
-        recall_hits += len({id_to_row[str(p.id)] for p in found} & set(truth.tolist()))
+        recall_hits += len({id_to_row[str(p.id)] for p in found[:TOP_K]} & set(truth.tolist()))
     recall = recall_hits / (TOP_K * len(queries))
     # The same points built again (the service's indexing and consolidation, from scratch), each build's recall
     # with the adapter's parameters for its shard: HNSW builds are random (levels, parallel insertion), and on this

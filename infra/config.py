@@ -144,6 +144,21 @@ class Storage:
     storageClass: str = ""
 
 
+REPLACE_FROM_RE = re.compile(
+    r"^([0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?(/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?)?$"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplateStorage(Storage):
+    """A StatefulSet's volumeClaimTemplates size and class, which Kubernetes does not let change: a new one replaces
+    the StatefulSet (infra/guards.py `volume_template_refusal`)."""
+
+    replaceFrom: str = _f(pattern=REPLACE_FROM_RE)
+    """The size and class the deployed StatefulSet's template has (`10Gi`, `10Gi/gp3`) while `size` / `storageClass`
+    name new ones: the replace declared by docs/runbooks.md#growing-a-statefulsets-volume. "": none."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExistingCluster:
     """An existing cluster reached through a kubeconfig (kind, minikube, any)."""
@@ -415,7 +430,7 @@ class QdrantConfig:
     replicas: int = _f(min=1, max=15)
     replicationFactor: int = _f(min=1, max=10)
     shardNumber: int = _f(min=1, max=64)
-    storage: Storage
+    storage: TemplateStorage
     resources: Resources
     pdb: Toggle
     scaleDownTo: int = _f(min=0, max=15)
@@ -543,7 +558,7 @@ class PostgresConfig:
 class InClusterRedis:
     """The in-cluster Valkey StatefulSet (mode incluster)."""
 
-    storage: Storage
+    storage: TemplateStorage
     resources: Resources
     downgradeFrom: str = _f(pattern=re.compile(r"^([0-9]{1,3})?$"), integer_ok=True)
     """The Valkey major the pod runs while redis.version names an older one whose append-only file format differs:

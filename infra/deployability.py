@@ -3066,6 +3066,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "qdrant.collection.quantization": "int8",
     "qdrant.replicas": 5,
     "qdrant.storage.storageClass": "fast-qdrant",
+    "qdrant.storage.replaceFrom": "5Gi/slow-qdrant",  # a declared template replace, recorded on the StatefulSet
     "qdrant.snapshotsStorage.storageClass": "fast-snapshots",
     "qdrant.snapshotsStorage.size": "50Gi",
     "postgres.modeSwitch.fromMode": "managed",  # the place runs cloudnative: a declared switch from managed
@@ -3091,6 +3092,7 @@ ALTERNATIVES: Mapping[str, Any] = {
     "redis.mode": "managed",
     "redis.version": "8.1.4",
     "redis.incluster.storage.storageClass": "fast-redis",
+    "redis.incluster.storage.replaceFrom": "1Gi",
     "redis.incluster.downgradeFrom": "9",  # a declared downgrade from 9: the pod's init moves 9.x's AOF aside
     "redis.managed.nodeType": "cache.r7g.large",
     "redis.managed.tier": "BASIC",

@@ -388,6 +388,69 @@ def storage_shrink_refusal(stack: str, deployed: str | None, size: str) -> str |
     )
 
 
+VOLUME_RUNBOOK = "docs/runbooks.md#growing-a-statefulsets-volume"
+
+
+@dataclass(frozen=True)
+class VolumeTemplate:
+    """A StatefulSet's data volume template, as the state records it."""
+
+    size: str
+    storage_class: str = ""
+    """"": no `storageClassName` (the cluster's default class)."""
+
+    @property
+    def text(self) -> str:
+        """As `replaceFrom` declares it: `size` or `size/class`."""
+        return f"{self.size}/{self.storage_class}" if self.storage_class else self.size
+
+
+def _same_size(one: str, other: str) -> bool:
+    from infra.components.specs import quantity_value  # the program has it loaded; ragops never calls this
+
+    try:
+        return quantity_value(one) == quantity_value(other)
+    except ValueError:
+        return one == other
+
+
+def volume_template_refusal(
+    stack: str, what: str, key: str, deployed: VolumeTemplate | None, planned: VolumeTemplate, declared: str
+) -> str | None:
+    """Why a new volume template (size or class) for the protected StatefulSet of `what` is refused (None: it is
+    not: the same template, nothing deployed, or `declared` (`<key>.replaceFrom`) names the deployed one).
+    `spec.volumeClaimTemplates` is immutable (pulumi-kubernetes' StatefulSet forceNew list, provider/pkg/provider/
+    diff.go), so the `up` replaces the StatefulSet, deleting first (a named object); a protected one stops the
+    `up` there, after every step before it was applied, and the replacement would keep the PVCs at their old size
+    anyway. Called for protected stacks only. The declaration names the deployed template, so once the replace is
+    recorded it no longer matches anything and a later change is refused again."""
+    if deployed is None:
+        return None
+    same_class = deployed.storage_class == planned.storage_class
+    if same_class and _same_size(deployed.size, planned.size):
+        return None
+    if declared:
+        size, _, storage_class = declared.partition("/")
+        if storage_class == deployed.storage_class and _same_size(size, deployed.size):
+            return None
+    stale = (
+        f" ({key}.replaceFrom {declared!r} does not name the deployed template {deployed.text!r})"
+        if declared
+        else ""
+    )
+    back = f"pulumi config set --path {key}.size {deployed.size} -s {stack}"
+    if not same_class:
+        back += f" and `pulumi config set --path {key}.storageClass '{deployed.storage_class}' -s {stack}`"
+    return (
+        f"Refusing to change the {what} StatefulSet's volume template on stack {stack!r} from {deployed.text} to "
+        f"{planned.text}{stale}: a StatefulSet's volumeClaimTemplates cannot change, so the `up` would replace the "
+        f"protected StatefulSet and stop there, after applying every step before it (and a replacement keeps the "
+        f"PVCs at their old size). Grow the PVCs in place and unprotect the StatefulSet as in {VOLUME_RUNBOOK}, "
+        f"then declare it: `pulumi config set --path {key}.replaceFrom {deployed.text} -s {stack}` (clear it after "
+        f"the `up`); or set it back (`{back}`)."
+    )
+
+
 @dataclass(frozen=True)
 class RegistryNames:
     """The application database and its owner a registry was created with, as the state records them."""
@@ -509,6 +572,10 @@ class DeployedState:
     """Whether that Namespace carries RELEASED_ANNOTATION: an update already marked it to be kept."""
     postgres_storage: str | None = None
     """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
+    qdrant_volume: VolumeTemplate | None = None
+    """The Qdrant StatefulSet's `storage` volume template (None: none in the state)."""
+    valkey_volume: VolumeTemplate | None = None
+    """The in-cluster Valkey StatefulSet's `data` volume template (None: none in the state)."""
     cluster: ClusterIdentity | None = None
     """Where the stack's cluster is (None: nothing deployed in the state)."""
     valkey_major: str | None = None
@@ -563,6 +630,8 @@ def deployed_state(
     names: list[RegistryNames] = []
     cloudsql_names: dict[str, str | None] = {}
     valkey_major: str | None = None
+    qdrant_volume: VolumeTemplate | None = None
+    valkey_volume: VolumeTemplate | None = None
     cloud: dict[str, Any] = {}
     private_subnets = 0
     for urn, entry in resources.items():
@@ -593,9 +662,11 @@ def deployed_state(
                 released = RELEASED_ANNOTATION in (metadata.get("annotations") or {})
         elif kind == STATEFULSET and name == f"{qdrant}-statefulset":
             workload_namespace = str((outputs.get("metadata") or {}).get("namespace") or "") or None
+            qdrant_volume = _volume_template(outputs, "storage")
             count = (outputs.get("spec") or {}).get("replicas")
             replicas = int(count) if count is not None else 1  # the StatefulSet's default
         elif kind == STATEFULSET and name == f"{REDIS_NAME}-statefulset":
+            valkey_volume = _volume_template(outputs, "data")
             pod = ((outputs.get("spec") or {}).get("template") or {}).get("spec") or {}
             images = [
                 str(c.get("image") or "") for c in pod.get("containers") or [] if c.get("name") == "valkey"
@@ -640,9 +711,22 @@ def deployed_state(
         namespace_released=released,
         postgres_storage=storage,
         valkey_major=valkey_major,
+        qdrant_volume=qdrant_volume,
+        valkey_volume=valkey_volume,
         postgres_phase=phase,
         registry_names=tuple(names),
     )
+
+
+def _volume_template(outputs: Mapping[str, Any], template: str) -> VolumeTemplate | None:
+    """The StatefulSet's volume template named `template` (None: none, or no size recorded)."""
+    for claim in (outputs.get("spec") or {}).get("volumeClaimTemplates") or []:
+        if not isinstance(claim, Mapping) or (claim.get("metadata") or {}).get("name") != template:
+            continue
+        spec = claim.get("spec") or {}
+        size = _text(((spec.get("resources") or {}).get("requests") or {}).get("storage"))
+        return VolumeTemplate(size, str(spec.get("storageClassName") or "")) if size else None
+    return None
 
 
 def _text(value: Any) -> str | None:
@@ -804,6 +888,22 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     )
     if renamed is not None:
         return DeployedStateRefusal(renamed[0], config.stack_file, renamed[1])
+    if config.protect:
+        volumes = [("Qdrant", f"{QDRANT_KEY}.storage", state.qdrant_volume, config.qdrant.storage)]
+        if config.redis.mode == "incluster":
+            volumes.append(
+                (
+                    "Valkey",
+                    f"{PROJECT}:redis.incluster.storage",
+                    state.valkey_volume,
+                    config.redis.incluster.storage,
+                )
+            )
+        for what, key, deployed, storage in volumes:
+            planned = VolumeTemplate(storage.size, storage.storageClass or config.cluster.storage_class)
+            volume = volume_template_refusal(stack, what, key, deployed, planned, storage.replaceFrom)
+            if volume is not None:
+                return DeployedStateRefusal(f"{key}.replaceFrom", config.stack_file, volume)
     if config.redis.mode == "incluster":
         valkey = valkey_downgrade_refusal(
             stack, state.valkey_major, config.redis.version, config.redis.incluster.downgradeFrom

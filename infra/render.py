@@ -787,7 +787,10 @@ def render_run(run: StackRun, out: Path, *, environment: str, deployability: boo
     if deployability:
         report.deployability = analyse(run)
     report.summary = summarize(run, environment)
-    (out / "plan.json").write_text(json.dumps(plan_json(report), indent=2) + "\n", encoding="utf-8")
+    # Sorted keys: two plans of one config are byte-identical, so a diff of two plans shows only the change.
+    (out / "plan.json").write_text(
+        json.dumps(plan_json(report), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     (out / "plan.md").write_text(plan_markdown(report), encoding="utf-8")
     return report
 
@@ -1063,6 +1066,12 @@ def load_run(stack: str, set_pairs: Sequence[str]) -> tuple[StackRun, str] | Non
     except ConfigError as error:
         if overridden(error.key, overrides):  # the value came from the command line, not the stack file
             error = ConfigError(error.key, "--set", error.problem)
+        elif (
+            set_pairs
+        ):  # the file's value may be wrong only next to a --set one (replicationFactor > replicas)
+            error = ConfigError(
+                error.key, f"{error.stack_file} with --set {' '.join(set_pairs)}", error.problem
+            )
         print(f"config error: {error}", file=sys.stderr)
         _collect_abandoned_loops()
         return None

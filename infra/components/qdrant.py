@@ -92,6 +92,10 @@ class QdrantClusterArgs:
             cpu_request="500m", memory_request="1Gi", cpu_limit="2", memory_limit="2Gi"
         )
     )
+    volume_replaced_from: str = ""
+    """The `size[/class]` of the deployed StatefulSet's volume template while `storage_size` / `storage_class` name
+    new ones (`rag:qdrant.storage.replaceFrom`, docs/runbooks.md#growing-a-statefulsets-volume): recorded on the
+    StatefulSet as `rag.platform/volume-replaced-from`. "": none."""
     scale_down_acknowledged: int | None = None
     """The replica count an operator scaled down to by the runbook (shards moved off the removed nodes, their peers
     removed), recorded on the StatefulSet as `rag.platform/scale-down-acknowledged`; None when there was none."""
@@ -521,6 +525,8 @@ def statefulset_metadata(args: QdrantClusterArgs, base: str, labels: Mapping[str
     acknowledged scale-down (who reads the object sees it was planned)."""
     keep_pods = REPLACE_KEEPS_PODS if keeps_pods_on_delete(args) else {}
     annotations = {**keep_pods, TIMEOUT_ANNOTATION: str(rollout_timeout_seconds(args, base))}
+    if args.volume_replaced_from:
+        annotations[specs.VOLUME_REPLACED_ANNOTATION] = specs.volume_replaced_note(args.volume_replaced_from)
     if args.scale_down_acknowledged is not None:
         annotations[SCALE_DOWN_ANNOTATION] = (
             f"{args.scale_down_acknowledged} (docs/runbooks.md#scale-qdrant-down)"

@@ -69,6 +69,10 @@ class RedisCacheArgs:
     claims_deleted_with_statefulset: bool = False
     """incluster: the data claim goes with the StatefulSet (`specs.claim_retention`): a throwaway stack in a
     namespace it does not delete."""
+    volume_replaced_from: str = ""
+    """incluster: the `size[/class]` of the deployed StatefulSet's volume template while `storage_size` /
+    `storage_class` name new ones (`rag:redis.incluster.storage.replaceFrom`): recorded on the StatefulSet as
+    `rag.platform/volume-replaced-from`. "": none."""
     aof_set_aside_from: str = ""
     """A Valkey major ("9") whose append-only file this image cannot load (a declared downgrade): an init container
     moves `/data/appendonlydir` aside when its format is newer than this image loads, so Valkey starts with an
@@ -356,9 +360,14 @@ class RedisCache(pulumi.ComponentResource):
             opts=self._opts(args),
         )
         # The pods read the password Secret by name (secretKeyRef): the StatefulSet waits for it.
+        replaced = (
+            {specs.VOLUME_REPLACED_ANNOTATION: specs.volume_replaced_note(args.volume_replaced_from)}
+            if args.volume_replaced_from
+            else None
+        )
         statefulset = k8s.apps.v1.StatefulSet(
             f"{name}-statefulset",
-            metadata=specs.metadata(base, ns, object_labels),
+            metadata=specs.metadata(base, ns, object_labels, replaced),
             spec=statefulset_spec(args, base, secret_name),
             opts=self._opts(args, protect=args.protect, extra=(secret,)),
         )

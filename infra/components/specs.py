@@ -323,6 +323,16 @@ def pvc_spec(size: str, storage_class: str | None = None) -> dict[str, Any]:
     return spec
 
 
+VOLUME_REPLACED_ANNOTATION = "rag.platform/volume-replaced-from"
+"""On a StatefulSet whose volume template a declared `replaceFrom` changed (infra/guards.py
+`volume_template_refusal`): the template it replaced."""
+
+
+def volume_replaced_note(replaced_from: str) -> str:
+    """The VOLUME_REPLACED_ANNOTATION's value."""
+    return f"{replaced_from} (docs/runbooks.md#growing-a-statefulsets-volume)"
+
+
 def claim_retention(delete_with_statefulset: bool) -> dict[str, str]:
     """A StatefulSet's `persistentVolumeClaimRetentionPolicy`: its claims stay when it is deleted or scaled down
     (`Retain`), unless `delete_with_statefulset` (a throwaway stack in a namespace it does not delete, where nothing

@@ -147,7 +147,16 @@ def _root(
 
 @contextmanager
 def _progress(title: str, quiet: bool) -> Iterator[tuple[OnOutput, OnEvent]]:
-    """A spinner naming the current resource, with Pulumi's output printed above it."""
+    """A spinner naming the current resource, with Pulumi's output printed above it (on a terminal only: in a pipe
+    or a CI log the spinner has nothing to redraw, and its Live display left a blank line before an error)."""
+    if not console.is_terminal:
+
+        def plain_output(line: str) -> None:
+            if not quiet:
+                console.print(line, markup=False, highlight=False)
+
+        yield plain_output, lambda _event: None
+        return
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

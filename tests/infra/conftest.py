@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from infra.offline import PlatformMocks, StackRun, run_stack
-from infra.workflows.stacks import REPO_ROOT, permanent_stacks
+from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, permanent_stacks
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +43,7 @@ def _current_event_loop() -> None:
 #: Every permanent stack file of the checkout (the shipped three plus a committed Pulumi.qa.yaml, ...): a stack added
 #: as docs/delivery.md#adding-a-permanent-stack says runs through every `stack_run`/`target_run` test.
 STACKS = tuple(permanent_stacks(REPO_ROOT))
+SHIPPED_STACKS = PERMANENT_STACKS
 TARGETS = ("existing", "gke", "eks")
 # Stacks the existing target can run without a config change (managed databases need a cloud).
 IN_CLUSTER = {"postgres": {"mode": "cloudnative"}, "redis": {"mode": "incluster"}}
@@ -93,6 +94,15 @@ def stack_run(request: pytest.FixtureRequest) -> StackRun:
 )
 def target_run(request: pytest.FixtureRequest) -> StackRun:
     """Each real stack file on each cluster target."""
+    stack, target = request.param
+    return run(stack, target)
+
+
+@pytest.fixture(
+    params=[(stack, target) for stack in SHIPPED_STACKS for target in TARGETS], ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def shipped_target_run(request: pytest.FixtureRequest) -> StackRun:
+    """The three shipped stack files on each cluster target: for tests of the values those files choose."""
     stack, target = request.param
     return run(stack, target)
 

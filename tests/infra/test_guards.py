@@ -116,8 +116,11 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         ),
         valkey_major="8",
         registry_names=(guards.RegistryNames("cloudnative", "rag", "rag"),),
+        qdrant_volume=guards.VolumeTemplate(STAGING_QDRANT_SIZE, "standard-rwo"),
+        valkey_volume=guards.VolumeTemplate(STAGING_VALKEY_SIZE, "standard-rwo"),
     )
     prod = guards.deployed_state(state_of(run("prod"))["resources"])
+    assert prod.qdrant_volume == guards.VolumeTemplate("100Gi", "gp3")
     assert prod.registries == (guards.Registry(managed=True, major="17"),)
     assert prod.backup_bucket is not None  # S3
     assert prod.backup_bucket.startswith("rag-prod-qdrant-backups-")
@@ -405,6 +408,95 @@ def test_a_smaller_cloudnative_volume_is_refused_before_anything_is_sent(sent: l
     assert larger.by_name("postgres-cluster").inputs["spec"]["storage"]["size"] == "100Gi"
     assert guards.storage_shrink_refusal("s", "10Gi", "10240Mi") is None
     assert guards.storage_shrink_refusal("s", None, "1Gi") is None
+
+
+# ---------------------------------------------------------------------------------------------- StatefulSet volumes
+STAGING_QDRANT_SIZE = "20Gi"
+STAGING_VALKEY_SIZE = "2Gi"
+QDRANT_VOLUME_KEY = "rag:qdrant.storage.replaceFrom"
+VALKEY_VOLUME_KEY = "rag:redis.incluster.storage.replaceFrom"
+
+
+def template(run_: StackRun, name: str) -> dict[str, Any]:
+    return run_.by_name(name).inputs["spec"]["volumeClaimTemplates"][0]["spec"]
+
+
+def test_a_new_qdrant_volume_template_in_prod_is_refused_before_anything_is_sent_and_a_declared_one_goes_ahead(
+    sent: list[str],
+) -> None:
+    """REVIEW12 F4: volumeClaimTemplates are immutable, so the `up` replaces the protected StatefulSet and stopped
+    there, after every step before it had been applied. Now refused before anything is sent, unless declared."""
+    deployed = run("prod")
+    assert template(deployed, "qdrant-statefulset")["resources"]["requests"]["storage"] == "100Gi"
+    grow = {"qdrant": {"storage": {"size": "200Gi"}}}
+    message = refused("prod", deployed, grow, sent)
+    assert message.startswith(
+        f"{QDRANT_VOLUME_KEY} in Pulumi.prod.yaml: Refusing to change the Qdrant StatefulSet's volume template on "
+        "stack 'prod' from 100Gi/gp3 to 200Gi/gp3:"
+    )
+    assert guards.VOLUME_RUNBOOK in message
+    assert f"pulumi config set --path {QDRANT_VOLUME_KEY} 100Gi/gp3 -s prod" in message
+    assert "pulumi config set --path rag:qdrant.storage.size 100Gi -s prod" in message
+    refused("prod", deployed, grow, sent, preview=True)
+    # Another class is a new template too; so is a declaration that names another one than the state's.
+    other_class = refused("prod", deployed, {"qdrant": {"storage": {"storageClass": "io2"}}}, sent)
+    assert "from 100Gi/gp3 to 100Gi/io2" in other_class
+    assert "storageClass 'gp3'" in other_class
+    wrong = refused(
+        "prod", deployed, {"qdrant": {"storage": {"size": "200Gi", "replaceFrom": "100Gi"}}}, sent
+    )
+    assert f"({QDRANT_VOLUME_KEY} '100Gi' does not name the deployed template '100Gi/gp3')" in wrong
+    # The same size in other units is no new template.
+    against("prod", deployed, {"qdrant": {"storage": {"size": "102400Mi"}}})
+    # Declared (the runbook's PVC patch and unprotect done): the new template, recorded on the StatefulSet.
+    declared = {"qdrant": {"storage": {"size": "200Gi", "replaceFrom": "100Gi/gp3"}}}
+    grown = against("prod", deployed, declared)
+    assert template(grown, "qdrant-statefulset")["resources"]["requests"]["storage"] == "200Gi"
+    annotations = grown.by_name("qdrant-statefulset").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/volume-replaced-from"] == f"100Gi/gp3 ({guards.VOLUME_RUNBOOK})"
+    assert "rag.platform/volume-replaced-from" not in deployed.by_name("qdrant-statefulset").inputs[
+        "metadata"
+    ].get("annotations", {})
+    # Left on after the replace it names nothing deployed: harmless for the same template, refused for the next.
+    against("prod", grown, declared)
+    later = refused(
+        "prod", grown, {"qdrant": {"storage": {"size": "400Gi", "replaceFrom": "100Gi/gp3"}}}, sent
+    )
+    assert "from 200Gi/gp3 to 400Gi/gp3" in later
+    assert "does not name the deployed template '200Gi/gp3'" in later
+
+
+def test_a_new_valkey_volume_template_in_prod_is_refused_and_a_declared_one_goes_ahead(
+    sent: list[str],
+) -> None:
+    incluster = {"redis": {"mode": "incluster"}}
+    deployed = run("prod", **incluster)
+    assert template(deployed, "redis-statefulset")["resources"]["requests"]["storage"] == STAGING_VALKEY_SIZE
+    grow = {"redis": {"mode": "incluster", "incluster": {"storage": {"size": "8Gi"}}}}
+    message = refused("prod", deployed, grow, sent)
+    assert message.startswith(
+        f"{VALKEY_VOLUME_KEY} in Pulumi.prod.yaml: Refusing to change the Valkey StatefulSet's volume template on "
+        f"stack 'prod' from {STAGING_VALKEY_SIZE}/gp3 to 8Gi/gp3:"
+    )
+    assert f"pulumi config set --path {VALKEY_VOLUME_KEY} {STAGING_VALKEY_SIZE}/gp3 -s prod" in message
+    declared = deep_merge(
+        grow, {"redis": {"incluster": {"storage": {"replaceFrom": f"{STAGING_VALKEY_SIZE}/gp3"}}}}
+    )
+    grown = against("prod", deployed, declared)
+    assert template(grown, "redis-statefulset")["resources"]["requests"]["storage"] == "8Gi"
+    annotations = grown.by_name("redis-statefulset").inputs["metadata"]["annotations"]
+    assert annotations["rag.platform/volume-replaced-from"].startswith(f"{STAGING_VALKEY_SIZE}/gp3 ")
+    # Moving the cache to ElastiCache is not a template change of this StatefulSet.
+    assert against("prod", deployed, {}).by_name("redis-replication-group")
+
+
+def test_a_new_volume_template_outside_prod_goes_ahead_undeclared() -> None:
+    # Nothing is protected there: the replace (delete first) goes through; the docs say the PVCs keep their size.
+    deployed = run("staging")
+    bigger = {"qdrant": {"storage": {"size": "40Gi"}}, "redis": {"incluster": {"storage": {"size": "4Gi"}}}}
+    grown = against("staging", deployed, bigger)
+    assert template(grown, "qdrant-statefulset")["resources"]["requests"]["storage"] == "40Gi"
+    assert template(grown, "redis-statefulset")["resources"]["requests"]["storage"] == "4Gi"
 
 
 # ---------------------------------------------------------------------------------------------- backup bucket

@@ -113,3 +113,16 @@ def test_make_rbac_reports_errors_as_make_plan_does(args: list[str], expected: s
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [expected.format(root=REPO_ROOT)]
     assert result.stdout == ""
+
+
+def test_a_file_value_wrong_only_next_to_a_set_value_names_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prod's replicationFactor (2) is fine until `--set qdrant.replicas=1`: the line names the file AND the --set
+    that made it wrong, not the file alone (EYES11 L5)."""
+    args = ["--stack", "prod", "--out", str(tmp_path), "--set", "rag:qdrant.replicas=1"]
+    assert render.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "config error: rag:qdrant.replicationFactor in Pulumi.prod.yaml with --set rag:qdrant.replicas=1: "
+    ), err

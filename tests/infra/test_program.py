@@ -153,9 +153,9 @@ def test_protect_is_set_on_stateful_resources_in_prod_only(target: str) -> None:
             assert protected == set(), sorted(protected)
 
 
-def test_qdrant_replicas_per_environment(target_run: StackRun) -> None:
-    spec = statefulset(target_run, "qdrant")["spec"]
-    expected = {"dev": 1, "staging": 3, "prod": 3}[target_run.stack]
+def test_qdrant_replicas_per_environment(shipped_target_run: StackRun) -> None:
+    spec = statefulset(shipped_target_run, "qdrant")["spec"]
+    expected = {"dev": 1, "staging": 3, "prod": 3}[shipped_target_run.stack]
     assert spec["replicas"] == expected
     env = {item["name"]: item for item in spec["template"]["spec"]["containers"][0].get("env", [])}
     assert "QDRANT__CLUSTER__ENABLED" in env
@@ -201,26 +201,26 @@ def test_service_deployment_runs_the_deployed_image_with_probes(target_run: Stac
     assert worker["image"] == container["image"]
 
 
-def test_service_replicas_and_hpa_bounds_per_environment(target_run: StackRun) -> None:
-    deployment = target_run.by_name("rag-api").inputs["spec"]
-    hpas = target_run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
-    pdbs = {r.name for r in target_run.of_type("kubernetes:policy/v1:PodDisruptionBudget")}
-    if target_run.stack == "dev":
+def test_service_replicas_and_hpa_bounds_per_environment(shipped_target_run: StackRun) -> None:
+    deployment = shipped_target_run.by_name("rag-api").inputs["spec"]
+    hpas = shipped_target_run.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    pdbs = {r.name for r in shipped_target_run.of_type("kubernetes:policy/v1:PodDisruptionBudget")}
+    if shipped_target_run.stack == "dev":
         assert deployment["replicas"] == 1
         assert hpas == []
         assert "rag-pdb" not in pdbs
         return
-    bounds = {"staging": (2, 5), "prod": (3, 10)}[target_run.stack]
+    bounds = {"staging": (2, 5), "prod": (3, 10)}[shipped_target_run.stack]
     (hpa,) = hpas
     assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == bounds
     assert (
         hpa.inputs["spec"]["scaleTargetRef"]["name"]
-        == target_run.by_name("rag-api").inputs["metadata"]["name"]
+        == shipped_target_run.by_name("rag-api").inputs["metadata"]["name"]
     )
     # The HPA owns the count: the Deployment starts at its floor and ignores the field afterwards, so `pulumi up`
     # neither fights the HPA nor releases the field (tests/infra/test_autoscaling_switch.py).
     assert deployment["replicas"] == bounds[0]
-    assert "spec.replicas" in target_run.by_name("rag-api").ignore_changes
+    assert "spec.replicas" in shipped_target_run.by_name("rag-api").ignore_changes
     assert {"rag-pdb", "qdrant-pdb"} <= pdbs
 
 
@@ -319,6 +319,11 @@ def test_no_committed_urn_disappears(stack: str, target: str) -> None:
     if os.environ.get("UPDATE_SNAPSHOTS") == "1":
         SNAPSHOTS.mkdir(exist_ok=True)
         path.write_text("\n".join(current) + "\n")
+    # A new permanent stack (docs/delivery.md#adding-a-permanent-stack) commits its snapshots with the file.
+    assert path.is_file(), (
+        f"no URN snapshot {path.name} for Pulumi.{stack}.yaml: create it with "
+        "`UPDATE_SNAPSHOTS=1 pytest tests/infra/test_program.py -k urn` and commit it"
+    )
     committed = path.read_text().split()
     assert committed == sorted(committed)
     gone = sorted(set(committed) - set(current))
@@ -338,16 +343,16 @@ def test_the_snapshot_check_sees_resources_that_would_go() -> None:
     assert vanished("dev", "existing", run("dev", namespace="rag-elsewhere")) == set()
 
 
-def test_tls_issuer_follows_the_environment(target_run: StackRun) -> None:
-    issuer = target_run.by_name("gateway-issuer").inputs["spec"]
-    expected = {"dev": "selfSigned", "staging": "acme", "prod": "acme"}[target_run.stack]
+def test_tls_issuer_follows_the_environment(shipped_target_run: StackRun) -> None:
+    issuer = shipped_target_run.by_name("gateway-issuer").inputs["spec"]
+    expected = {"dev": "selfSigned", "staging": "acme", "prod": "acme"}[shipped_target_run.stack]
     assert expected in issuer
     if expected == "acme":
         server = issuer["acme"]["server"]
-        assert ("staging" in server) == (target_run.stack == "staging")
+        assert ("staging" in server) == (shipped_target_run.stack == "staging")
     assert (
-        target_run.outputs["serviceUrl"]
-        == f"https://{target_run.by_name('gateway-gateway').inputs['spec']['listeners'][1]['hostname']}"
+        shipped_target_run.outputs["serviceUrl"]
+        == f"https://{shipped_target_run.by_name('gateway-gateway').inputs['spec']['listeners'][1]['hostname']}"
     )
 
 

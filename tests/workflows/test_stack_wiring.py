@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infra import render
-from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, UsageError, allowed_promotions
+from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, UsageError, WorkflowError, allowed_promotions
 from infra.workflows.wiring import stack_file_findings, workflow_problems
 
 RAGOPS = Path(sys.executable).with_name("ragops")
@@ -33,9 +33,14 @@ def _repo(tmp_path: Path, **files: str) -> Path:
     """The shipped stack files, Pulumi.yaml and nightly.yml, plus `files` ({stack: text})."""
     repo = tmp_path / "repo"
     (repo / ".github" / "workflows").mkdir(parents=True)
-    shutil.copy(
-        REPO_ROOT / ".github" / "workflows" / "nightly.yml", repo / ".github" / "workflows" / "nightly.yml"
+    # The repository's nightly.yml with the shipped stacks only (a team's own qa entry must not change these answers).
+    nightly = yaml.safe_load(
+        (REPO_ROOT / ".github" / "workflows" / "nightly.yml").read_text(encoding="utf-8")
     )
+    matrix = nightly["jobs"]["drift"]["strategy"]["matrix"]
+    matrix["stack"] = [stack for stack in matrix["stack"] if stack in PERMANENT_STACKS]
+    matrix["include"] = [entry for entry in matrix["include"] if entry["stack"] in PERMANENT_STACKS]
+    (repo / ".github" / "workflows" / "nightly.yml").write_text(yaml.safe_dump(nightly), encoding="utf-8")
     for name in ("Pulumi.yaml", *(f"Pulumi.{stack}.yaml" for stack in PERMANENT_STACKS)):
         shutil.copy(REPO_ROOT / name, repo / name)
     for stack, text in files.items():
@@ -229,3 +234,44 @@ def test_make_plan_renders_a_pr_stack_from_the_template(
     assert plan.startswith("# Plan: stack `pr-1` (dev)")
     assert '"https://pr-1.preview.example.com"' in plan
     assert "NAMESPACE pr-1: created by the stack" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["drift", "--stack", "dev"], ["promote", "--from", "dev", "--to", "staging"], ["ephemeral", "reap"]],
+)
+def test_an_error_in_a_pipe_starts_on_the_first_line(tmp_path: Path, argv: list[str]) -> None:
+    """The progress spinner is for terminals: in a pipe (CI logs) it left a blank line before the error (L9)."""
+    result = subprocess.run(
+        [str(RAGOPS), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path)},  # no pulumi on PATH
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("error: the Pulumi CLI is not on PATH"), result.stderr
+
+
+def test_two_permanent_stacks_with_one_hostname_are_warned(tmp_path: Path) -> None:
+    staging_host = yaml.safe_load((REPO_ROOT / "Pulumi.staging.yaml").read_text())["config"]["rag:gateway"]
+    qa = QA_PUBLIC + f"  rag:gateway:\n    hostname: {staging_host['hostname']}\n"
+    (warning,) = stack_file_findings(_repo(tmp_path, qa=qa), "qa")[1]
+    assert warning.startswith(
+        f"rag:gateway.hostname in Pulumi.qa.yaml is {staging_host['hostname']!r}, as in Pulumi.staging.yaml"
+    )
+    own = QA_PUBLIC + "  rag:gateway:\n    hostname: rag.qa.example.com\n"
+    assert stack_file_findings(_repo(tmp_path / "own", qa=own), "qa") == ([], [])
+
+
+def test_an_untracked_scratch_file_that_is_not_yaml_stops_no_promotion(tmp_path: Path) -> None:
+    """The docs say an uncommitted stack file takes part in no promotion: a broken one must not stop them (L2);
+    a committed broken one still does, naming the file."""
+    repo = _repo(tmp_path)
+    _git_commit(repo)
+    (repo / "Pulumi.scratch.yaml").write_text("{\n", encoding="utf-8")
+    assert ("dev", "staging") in allowed_promotions(repo)
+    _git_commit(repo)
+    with pytest.raises(WorkflowError, match=r"Pulumi\.scratch\.yaml is not valid YAML"):
+        allowed_promotions(repo)

@@ -232,8 +232,8 @@ ACORN_MIN_SHARE = 0.2
 # and when a consolidation's merged copy is swapped in) is collapsed into 2 MiB pages (service.app.store.hugepages:
 # MADV_COLLAPSE; nothing is done on hosts without THP or MADV_COLLAPSE), on a thread of its own, so neither the
 # start-up nor the swap (searches wait for it) waits for the kernel's compaction (0.5 s for 55 MB on a loaded
-# host). Measured at 100k: the engine query's CPU 0.61x cold and 0.89x warm ("Huge pages for the shard, stop 21"
-# in docs/benchmarks.md). Memory the serving process's own optimisation passes build stays on 4 KiB pages until
+# host). Measured at 100k: a search's CPU right after the query embedding 0.64-0.82x over four builds, warm
+# 0.72-0.89x ("Huge pages for the shard, stop 21" in docs/benchmarks.md). Memory the serving process's own optimisation passes build stays on 4 KiB pages until
 # the next consolidation's swap (a bounded segment is small).
 SHARD_HUGE_PAGES = True
 # Metadata payload indexes (service.app.store.metadata_index): the admitted keys persist beside the shard's own
