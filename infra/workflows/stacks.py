@@ -199,7 +199,15 @@ def permanent_stacks(work_dir: Path) -> list[str]:
     names = set(PERMANENT_STACKS)
     for path in Path(work_dir).glob("Pulumi.*.yaml"):
         name = path.name[len("Pulumi.") : -len(".yaml")]
-        if name and is_permanent(work_dir, name):
+        try:
+            permanent = bool(name) and is_permanent(work_dir, name)
+        except WorkflowError:
+            # Not YAML: a committed or shipped file is everyone's problem; an untracked scratch file takes part in
+            # no promotion (as an uncommitted one never does) and must not stop one.
+            if name in PERMANENT_STACKS or _tracked(work_dir, path.name):
+                raise
+            continue
+        if permanent:
             names.add(name)
 
     def order(name: str) -> tuple[int, int, str]:
@@ -212,6 +220,20 @@ def permanent_stacks(work_dir: Path) -> list[str]:
         )
 
     return sorted(names, key=order)
+
+
+def _tracked(work_dir: Path, file: str) -> bool:
+    """Whether `file` is in `work_dir`'s git index (False without git)."""
+    try:
+        listed = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            ["git", "-C", str(work_dir), "ls-files", "--error-unmatch", "--", file],  # noqa: S607 - git from PATH
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0
 
 
 def committed_environment(work_dir: Path, stack: str) -> str | None:

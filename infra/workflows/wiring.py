@@ -205,6 +205,14 @@ def stack_file_findings(work_dir: Path, stack: str) -> tuple[list[str], list[str
                     "and set rag:tls.installCertManager and rag:postgres.cloudnative.installOperator to false ("
                     'docs/delivery.md, "Adding a permanent stack")'
                 )
+    hostname = _hostname(config)
+    for other_path in others.values():
+        other = other_path.name[len("Pulumi.") : -len(".yaml")]
+        if hostname and is_permanent(work_dir, other) and _hostname(_config(other_path)) == hostname:
+            warnings.append(
+                f"rag:gateway.hostname in {name} is {hostname!r}, as in {other_path.name}: both stacks would ask "
+                "for the same certificate and DNS points at one of them; give each stack its own hostname"
+            )
     environment = config.get(f"{PROJECT}:environment")
     if private_endpoint(work_dir, stack) and environment != "prod":
         warnings.append(
@@ -237,6 +245,11 @@ def environment_problems(path: Path) -> list[str]:
             f"checkout runs `up` and be a promotion source into staging ({DOC})"
         )
     return problems
+
+
+def _hostname(config: Mapping[str, Any]) -> str:
+    gateway = config.get(f"{PROJECT}:gateway")
+    return str(gateway.get("hostname") or "") if isinstance(gateway, Mapping) else ""
 
 
 def _namespace(work_dir: Path, config: Mapping[str, Any]) -> Any:

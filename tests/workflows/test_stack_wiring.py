@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infra import render
-from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, UsageError, allowed_promotions
+from infra.workflows.stacks import PERMANENT_STACKS, REPO_ROOT, UsageError, WorkflowError, allowed_promotions
 from infra.workflows.wiring import stack_file_findings, workflow_problems
 
 RAGOPS = Path(sys.executable).with_name("ragops")
@@ -252,3 +252,26 @@ def test_an_error_in_a_pipe_starts_on_the_first_line(tmp_path: Path, argv: list[
     )
     assert result.returncode == 1, result
     assert result.stderr.startswith("error: the Pulumi CLI is not on PATH"), result.stderr
+
+
+def test_two_permanent_stacks_with_one_hostname_are_warned(tmp_path: Path) -> None:
+    staging_host = yaml.safe_load((REPO_ROOT / "Pulumi.staging.yaml").read_text())["config"]["rag:gateway"]
+    qa = QA_PUBLIC + f"  rag:gateway:\n    hostname: {staging_host['hostname']}\n"
+    (warning,) = stack_file_findings(_repo(tmp_path, qa=qa), "qa")[1]
+    assert warning.startswith(
+        f"rag:gateway.hostname in Pulumi.qa.yaml is {staging_host['hostname']!r}, as in Pulumi.staging.yaml"
+    )
+    own = QA_PUBLIC + "  rag:gateway:\n    hostname: rag.qa.example.com\n"
+    assert stack_file_findings(_repo(tmp_path / "own", qa=own), "qa") == ([], [])
+
+
+def test_an_untracked_scratch_file_that_is_not_yaml_stops_no_promotion(tmp_path: Path) -> None:
+    """The docs say an uncommitted stack file takes part in no promotion: a broken one must not stop them (L2);
+    a committed broken one still does, naming the file."""
+    repo = _repo(tmp_path)
+    _git_commit(repo)
+    (repo / "Pulumi.scratch.yaml").write_text("{\n", encoding="utf-8")
+    assert ("dev", "staging") in allowed_promotions(repo)
+    _git_commit(repo)
+    with pytest.raises(WorkflowError, match=r"Pulumi\.scratch\.yaml is not valid YAML"):
+        allowed_promotions(repo)
