@@ -573,6 +573,9 @@ class ManagedRedis:
     tier: Literal["BASIC", "STANDARD_HA"]
     memorySizeGb: int = _f(min=1, max=300)
     replicas: int = _f(min=0, max=5)
+    applyImmediately: bool = True
+    """ElastiCache (eks): apply a node type, version or other change of the replication group at `pulumi up` (true)
+    or in its maintenance window, the hour after the registry's (false)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -54,6 +54,12 @@ PROVIDER_ONLY = (
         "ElastiCache's replicas",
         "Memorystore's replica is redis.managed.tier",
     ),
+    (
+        "redis.managed.applyImmediately",
+        "eks",
+        "ElastiCache's choice between `pulumi up` and the maintenance window",
+        "Memorystore applies every change at `pulumi up`",
+    ),
     ("redis.managed.tier", "gke", "Memorystore's tier", "ElastiCache's replicas are redis.managed.replicas"),
     (
         "redis.managed.memorySizeGb",

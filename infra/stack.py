@@ -46,7 +46,7 @@ from infra.components.rag_service import (
     WorkerSettings,
     client_selector,
 )
-from infra.components.redis import RedisCache, RedisCacheArgs
+from infra.components.redis import RedisCache, RedisCacheArgs, elasticache_maintenance_window
 from infra.components.specs import ComponentArgsError, EgressTarget, Resources, quantity_value
 from infra.config import PROJECT, ConfigError, Secrets, StackConfig, label_pairs, stack_file
 from infra.config import Resources as ConfigResources
@@ -661,6 +661,12 @@ def redis_args(
         # ElastiCache for Valkey takes major.minor (7.2, 8.0, 8.1): the same release line as the in-cluster image.
         engine_version=".".join(cfg.version.split(".")[:2]),
         num_cache_clusters=1 + cfg.managed.replicas,
+        apply_immediately=cfg.managed.applyImmediately,
+        # The hour after the registry's, so a pending change and AWS's patches land in a declared hour, never
+        # together with the registry's own maintenance.
+        maintenance_window=elasticache_maintenance_window(
+            config.postgres.managed.maintenanceWindow.day, config.postgres.managed.maintenanceWindow.hour
+        ),
         region=cluster.region or None,
         authorized_network=network.get("network_id"),
         memory_size_gb=cfg.managed.memorySizeGb,

@@ -89,12 +89,28 @@ class RedisCacheArgs:
     node_type: str = "cache.t4g.small"
     num_cache_clusters: int = 2
     engine_version: str = "8.0"
+    apply_immediately: bool = True
+    """elasticache: send a change of the group (node type, engine version, ...) with ApplyImmediately, so it is
+    made at `pulumi up`; False: AWS makes it in `maintenance_window` (the provider's default is False, and the
+    state then shows the old node type until it lands: every preview repeats the change)."""
+    maintenance_window: str | None = None
+    """elasticache: the weekly `ddd:hh24:mi-ddd:hh24:mi` (UTC) window for AWS's patches and pending changes;
+    None: one AWS picks."""
     # --- memorystore
     region: str | None = None
     authorized_network: pulumi.Input[str] | None = None
     """VPC network id the instance is reachable from (the GKE cluster's network)."""
     memory_size_gb: int = 1
     tier: Literal["BASIC", "STANDARD_HA"] = "STANDARD_HA"
+
+
+def elasticache_maintenance_window(registry_day: str, registry_hour: int) -> str:
+    """ElastiCache `maintenance_window` (ddd:hh24:mi-ddd:hh24:mi, UTC, at least 60 minutes): the hour after the
+    registry's maintenance hour on `registry_day` (the next day after 23:00)."""
+    from infra.components.postgres import DAYS, rds_maintenance_window
+
+    day = DAYS[(DAYS.index(registry_day) + 1) % 7] if registry_hour == 23 else registry_day
+    return rds_maintenance_window(day, (registry_hour + 1) % 24)
 
 
 MAXMEMORY_SHARE = 0.5
@@ -413,6 +429,8 @@ class RedisCache(pulumi.ComponentResource):
             security_group_ids=[network.security_group_id],
             snapshot_retention_limit=3,
             auto_minor_version_upgrade=True,
+            apply_immediately=args.apply_immediately,
+            maintenance_window=args.maintenance_window,
             opts=self._opts(args, protect=args.protect),
         )
         self.ready = (group,)
