@@ -417,7 +417,8 @@ def test_an_update_that_adds_registry_instances_or_grows_its_volumes_waits_the_l
     deployed = run("staging")
     cluster = deployed.by_name("postgres-cluster")
     assert cluster.inputs["spec"]["instances"] == 2
-    assert cluster.update_timeout == "30m"  # no Cluster in the state: the short bound (a bare `up` after a failed one)
+    # No Cluster in the state: the short bound (what a bare `up` after a failed first one waits).
+    assert cluster.update_timeout == "30m"
     same = against("staging", deployed, {})
     assert same.by_name("postgres-cluster").update_timeout == "30m"
     scaled = against("staging", deployed, {"postgres": {"cloudnative": {"instances": 3}}})
@@ -427,9 +428,8 @@ def test_an_update_that_adds_registry_instances_or_grows_its_volumes_waits_the_l
     assert grown.by_name("postgres-cluster").update_timeout == "60m"
     # Once the state records the larger Cluster, its next plain update is back on the short bound; fewer
     # instances (a scale-down waits for nothing new) too.
-    assert against("staging", scaled, {"postgres": {"cloudnative": {"instances": 3}}}).by_name(
-        "postgres-cluster"
-    ).update_timeout == "30m"
+    again = against("staging", scaled, {"postgres": {"cloudnative": {"instances": 3}}})
+    assert again.by_name("postgres-cluster").update_timeout == "30m"
     assert against("staging", scaled, {}).by_name("postgres-cluster").update_timeout == "30m"
     # The same size in other units is no growth.
     size = cluster.inputs["spec"]["storage"]["size"]
