@@ -18,7 +18,7 @@ import pulumi  # noqa: E402
 
 from infra.clusters import build_cluster  # noqa: E402
 from infra.config import load_config, load_secrets  # noqa: E402
-from infra.guards import check_deployed, namespace_release  # noqa: E402
+from infra.guards import check_deployed, namespace_release, registry_grows  # noqa: E402
 from infra.stack import build  # noqa: E402
 
 # A refused config raises a ConfigError, a `pulumi.RunError`: the language host reports it as its message alone, one
@@ -32,6 +32,12 @@ deployed = check_deployed(config)
 # anything else (the generated keys included) is registered, so a refused `up` changes nothing.
 cluster = build_cluster(config)
 secrets = load_secrets(config)
-outputs = build(config, cluster, secrets, release_namespace=namespace_release(config, deployed))
+outputs = build(
+    config,
+    cluster,
+    secrets,
+    release_namespace=namespace_release(config, deployed),
+    registry_grows=registry_grows(config, deployed),
+)
 for name, value in outputs.items():
     pulumi.export(name, value)

@@ -572,6 +572,8 @@ class DeployedState:
     """Whether that Namespace carries RELEASED_ANNOTATION: an update already marked it to be kept."""
     postgres_storage: str | None = None
     """The CloudNativePG Cluster's `spec.storage.size` (None: no Cluster in the state)."""
+    postgres_instances: int | None = None
+    """The CloudNativePG Cluster's `spec.instances` (None: no Cluster in the state)."""
     qdrant_volume: VolumeTemplate | None = None
     """The Qdrant StatefulSet's `storage` volume template (None: none in the state)."""
     valkey_volume: VolumeTemplate | None = None
@@ -625,6 +627,7 @@ def deployed_state(
     created = released = False
     bucket: str | None = None
     storage: str | None = None
+    instances: int | None = None
     phase: str | None = None
     registries: list[Registry] = []
     names: list[RegistryNames] = []
@@ -675,6 +678,8 @@ def deployed_state(
             valkey_major = str(valkey) if valkey is not None else None
         elif kind == CNPG_CLUSTER and name == f"{postgres}-cluster":
             storage = str(((outputs.get("spec") or {}).get("storage") or {}).get("size") or "") or None
+            count = (outputs.get("spec") or {}).get("instances")
+            instances = int(count) if count is not None else None
             phase = str((outputs.get("status") or {}).get("phase") or "") or None
             major = _image_major(str((outputs.get("spec") or {}).get("imageName") or ""))
             if major is not None:
@@ -710,6 +715,7 @@ def deployed_state(
         namespace_created=created,
         namespace_released=released,
         postgres_storage=storage,
+        postgres_instances=instances,
         valkey_major=valkey_major,
         qdrant_volume=qdrant_volume,
         valkey_volume=valkey_volume,
@@ -920,6 +926,26 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
         if shrink is not None:
             return DeployedStateRefusal(STORAGE_SHRINK_KEY, config.stack_file, shrink)
     return None
+
+
+def registry_grows(config: StackConfig, state: DeployedState | None) -> bool:
+    """Whether this `up` adds instances to the CloudNativePG Cluster the state records, or grows its volumes: its
+    update then waits for new replicas' clones, which grow with the data (infra/components/postgres.py
+    `cluster_timeouts`). False without a Cluster in the state: a first `up` creates it (the create's bound), and a
+    bare `up` after a failed first one keeps the short update bound that ends its wait on an unrecoverable Cluster."""
+    from infra.components.specs import quantity_value  # the program has it loaded; ragops never calls this
+
+    if state is None or config.postgres.mode != "cloudnative":
+        return False
+    cnpg = config.postgres.cloudnative
+    if state.postgres_instances is not None and cnpg.instances > state.postgres_instances:
+        return True
+    if state.postgres_storage is None:
+        return False
+    try:
+        return quantity_value(cnpg.storage.size) > quantity_value(state.postgres_storage)
+    except ValueError:  # not a quantity the state or the config check knows: the long bound is the safe one
+        return True
 
 
 def check_deployed(config: StackConfig) -> DeployedState | None:

@@ -83,6 +83,7 @@ class RecordedResource:
     retain_on_delete: bool = (
         False  # `retain_on_delete=`: a delete drops it from the state and leaves the object
     )
+    update_timeout: str = ""  # `custom_timeouts=`' update ("": the provider's default)
 
 
 @dataclass(frozen=True)
@@ -665,6 +666,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 aliases=tuple(self._alias_urns(request)),
                 ignore_changes=tuple(request.ignoreChanges),
                 retain_on_delete=bool(request.retainOnDelete),
+                update_timeout=request.customTimeouts.update,
             )
         )
         return response

@@ -545,6 +545,7 @@ def postgres_args(
     ready: tuple[pulumi.Resource, ...] = (),
     backup: RegistryBackup | None = None,
     cert_manager: tuple[pulumi.Resource, ...] = (),
+    grows: bool = False,
 ) -> PostgresDatabaseArgs:
     """Postgres (`rag:postgres`): CloudNativePG in the namespace, or RDS/Cloud SQL in the target's network.
 
@@ -578,6 +579,7 @@ def postgres_args(
         install_operator=cfg.cloudnative.installOperator,
         operator_chart_version=cnpg.operatorChartVersion or CNPG_CHART_VERSION,
         instances=cfg.cloudnative.instances,
+        grows=grows,
         storage_size=cfg.cloudnative.storage.size,
         storage_class=storage_class(cfg.cloudnative.storage.storageClass, cluster),
         image=pg_image(cfg.version),
@@ -1122,15 +1124,29 @@ def stack_namespace(
 
 
 def build(
-    config: StackConfig, cluster: ClusterTarget, secrets: Secrets, *, release_namespace: bool = False
+    config: StackConfig,
+    cluster: ClusterTarget,
+    secrets: Secrets,
+    *,
+    release_namespace: bool = False,
+    registry_grows: bool = False,
 ) -> dict[str, Any]:
     """Create every component of the stack on `cluster`; returns the stack outputs to export.
 
-    `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`). A component's
+    `release_namespace`: hand the namespace the stack created over to its owner (`stack_namespace`).
+    `registry_grows`: this `up` adds instances to the CloudNativePG Cluster or grows its volumes (infra/guards.py
+    `registry_grows`), so its update waits the long bound. A component's
     refusal of an argument built from config is a ConfigError naming the key and the stack file (`config_errors`).
     """
     with config_errors(config), declared_later() as api_service:
-        return _build(config, cluster, secrets, release_namespace=release_namespace, api_service=api_service)
+        return _build(
+            config,
+            cluster,
+            secrets,
+            release_namespace=release_namespace,
+            registry_grows=registry_grows,
+            api_service=api_service,
+        )
 
 
 @contextmanager
@@ -1154,6 +1170,7 @@ def _build(
     secrets: Secrets,
     *,
     release_namespace: bool,
+    registry_grows: bool,
     api_service: asyncio.Future[pulumi.Resource | None],
 ) -> dict[str, Any]:
     in_cluster = pulumi.ResourceOptions(provider=cluster.k8s_provider)
@@ -1262,6 +1279,7 @@ def _build(
             ready=ready,
             backup=registry_backup,
             cert_manager=(gateway.cert_manager,) if gateway is not None and gateway.cert_manager else (),
+            grows=registry_grows,
         ),
         opts=pulumi.ResourceOptions.merge(
             data_opts,

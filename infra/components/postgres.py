@@ -180,19 +180,26 @@ first bootstrap on a new cluster waits for a node scale-up, pulls the operand an
 initdb and then clones each replica in turn; 30 minutes is about twice that on cold nodes (a restore from the archive
 grows with the data and may take longer: the operator goes on, and the next `up` waits again). Update: 60 minutes is
 the runbook's bound for a major upgrade (pg_upgrade, then every replica re-cloned), and only an update that declares
-one waits that long (`cluster_timeouts`)."""
+one, or that adds instances or grows the volumes (`PostgresDatabaseArgs.grows`), waits that long
+(`cluster_timeouts`)."""
 CLUSTER_UPDATE_TIMEOUT = "30m"
-"""An update of the Cluster without a declared major upgrade: what it can wait for is a new instance's clone, or a
-Cluster that is not healthy (a failover, a bootstrap still running) becoming healthy; the create's bound. It is also
-how long a bare `pulumi up` waits (and then fails) after a failed first `up` left the Cluster unrecoverable:
-pulumi-kubernetes' `waitFor` await has no failure exit (await/internal/awaiter.go `Await` ends on the condition or
-the deadline; a condition's error is ignored while it waits), so only the deadline ends it (docs/runbooks.md)."""
+"""An update of the Cluster that neither declares a major upgrade nor grows it: what it can wait for is a Cluster
+that is not healthy (a failover, a bootstrap still running, a rolling restart) becoming healthy; the create's bound.
+It is also how long a bare `pulumi up` waits (and then fails) after a failed first `up` left the Cluster
+unrecoverable: pulumi-kubernetes' `waitFor` await has no failure exit (await/internal/awaiter.go `Await` ends on the
+condition or the deadline; a condition's error is ignored while it waits), so only the deadline ends it
+(docs/runbooks.md). An update that raises `instances` waits for each new replica's clone (pg_basebackup, growing with
+the data), so it gets the 60 minutes (REVIEW_INFRA21 M2); a clone that outlasts even those fails the `up` while the
+operator goes on cloning, and the next `up` waits again."""
 
 
 def cluster_timeouts(args: PostgresDatabaseArgs) -> pulumi.CustomTimeouts:
-    """The Cluster's custom timeouts: the update waits 60 minutes only while a major upgrade is declared."""
-    update = CLUSTER_TIMEOUTS.update if args.major_upgrade_from is not None else CLUSTER_UPDATE_TIMEOUT
-    return pulumi.CustomTimeouts(create=CLUSTER_TIMEOUTS.create, update=update)
+    """The Cluster's custom timeouts: the update waits 60 minutes while a major upgrade is declared or the update
+    grows the Cluster (`args.grows`), 30 otherwise."""
+    long = args.major_upgrade_from is not None or args.grows
+    return pulumi.CustomTimeouts(
+        create=CLUSTER_TIMEOUTS.create, update=CLUSTER_TIMEOUTS.update if long else CLUSTER_UPDATE_TIMEOUT
+    )
 
 
 RECOVERY_SOURCE = "origin"
@@ -298,6 +305,10 @@ class PostgresDatabaseArgs:
     major_upgrade_from: int | None = None
     """The major the Cluster runs when `image` names a higher one: a declared in-place major upgrade, recorded on
     the Cluster (`MAJOR_UPGRADE_ANNOTATION`); None: `image` must be the major the Cluster runs."""
+    grows: bool = False
+    """This update raises `instances` or `storage_size` above what the stack's state records (infra/guards.py
+    `registry_grows`): the Cluster's update then waits for new replicas' clones, so it gets the long update bound
+    (`cluster_timeouts`)."""
     # --- rds
     vpc_id: pulumi.Input[str] | None = None
     subnet_ids: tuple[pulumi.Input[str], ...] = ()

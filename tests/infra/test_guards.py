@@ -111,6 +111,7 @@ def test_the_state_names_what_the_guards_read_on_every_target() -> None:
         backup_bucket="rag-staging-qdrant-backups-rag-staging",  # GCS
         namespace_created=True,
         postgres_storage=run("staging").by_name("postgres-cluster").inputs["spec"]["storage"]["size"],
+        postgres_instances=2,
         cluster=guards.ClusterIdentity(
             provider="gke", region="europe-west1", project="rag-staging", autopilot=False
         ),
@@ -408,6 +409,33 @@ def test_a_smaller_cloudnative_volume_is_refused_before_anything_is_sent(sent: l
     assert larger.by_name("postgres-cluster").inputs["spec"]["storage"]["size"] == "100Gi"
     assert guards.storage_shrink_refusal("s", "10Gi", "10240Mi") is None
     assert guards.storage_shrink_refusal("s", None, "1Gi") is None
+
+
+def test_an_update_that_adds_registry_instances_or_grows_its_volumes_waits_the_long_bound() -> None:
+    # REVIEW_INFRA21 M2: the Cluster's update waits for readyInstances == instances, so raising `instances` waits for
+    # each new replica's clone (pg_basebackup, growing with the data): 30 minutes could fail a healthy scale-up.
+    deployed = run("staging")
+    cluster = deployed.by_name("postgres-cluster")
+    assert cluster.inputs["spec"]["instances"] == 2
+    # No Cluster in the state: the short bound (what a bare `up` after a failed first one waits).
+    assert cluster.update_timeout == "30m"
+    same = against("staging", deployed, {})
+    assert same.by_name("postgres-cluster").update_timeout == "30m"
+    scaled = against("staging", deployed, {"postgres": {"cloudnative": {"instances": 3}}})
+    assert scaled.by_name("postgres-cluster").inputs["spec"]["instances"] == 3
+    assert scaled.by_name("postgres-cluster").update_timeout == "60m"
+    grown = against("staging", deployed, {"postgres": {"cloudnative": {"storage": {"size": "100Gi"}}}})
+    assert grown.by_name("postgres-cluster").update_timeout == "60m"
+    # Once the state records the larger Cluster, its next plain update is back on the short bound; fewer
+    # instances (a scale-down waits for nothing new) too.
+    again = against("staging", scaled, {"postgres": {"cloudnative": {"instances": 3}}})
+    assert again.by_name("postgres-cluster").update_timeout == "30m"
+    assert against("staging", scaled, {}).by_name("postgres-cluster").update_timeout == "30m"
+    # The same size in other units is no growth.
+    size = cluster.inputs["spec"]["storage"]["size"]
+    assert size == "10Gi"
+    same_size = against("staging", deployed, {"postgres": {"cloudnative": {"storage": {"size": "10240Mi"}}}})
+    assert same_size.by_name("postgres-cluster").update_timeout == "30m"
 
 
 # ---------------------------------------------------------------------------------------------- StatefulSet volumes
