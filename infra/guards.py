@@ -95,6 +95,10 @@ AWS_PROVIDER = "pulumi:providers:aws"
 GCP_PROVIDER = "pulumi:providers:gcp"
 VPC = "aws:ec2/vpc:Vpc"
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
+K8S_PROVIDER = "pulumi:providers:kubernetes"
+K8S_PROVIDER_NAME = "k8s"
+PRIVATE_ENDPOINT_KEY = f"{PROJECT}:cluster.gke.privateEndpoint"
+ENDPOINT_DOC = "docs/operations.md#day-two-what-the-next-up-does-with-a-changed-key"
 SUBNET = "aws:ec2/subnet:Subnet"
 BUCKETS = {"aws:s3/bucket:Bucket": "bucket", "gcp:storage/bucket:Bucket": "name"}
 """The backup bucket's type -> its output holding the bucket's name."""
@@ -550,6 +554,32 @@ def valkey_downgrade_refusal(stack: str, deployed: str | None, version: str, dec
     )
 
 
+def endpoint_move_refusal(
+    stack: str, identified: bool | None, private_was: bool | None, private_planned: bool
+) -> str | None:
+    """Why moving GKE's endpoint in the first `up` that gives the stack's Kubernetes provider its
+    `clusterIdentifier` is refused (None: it is not; `identified` None: no provider in the state, `private_was` None:
+    no GKE cluster in it).
+
+    pulumi-kubernetes' `DiffConfig` (provider/pkg/provider/provider.go) decides from the identifier only when it is
+    in both the old and the new inputs ("We don't do this when adding or removing the identifier in order to make
+    on- and off-boarding less risky"): the `up` that adds it still compares the kubeconfigs' active clusters. If
+    that `up` also switches `privateEndpoint`, GKE's `endpoint` (the kubeconfig's server) moves, and the provider
+    and every Kubernetes object of the stack are replaced create-before-delete (REVIEW12 F1, REVIEW_INFRA21 M1). The
+    preview does not show it (terraform-provider-google never marks `endpoint` unknown). One `up` without the switch
+    records the identifier; from then on the switch is an in-place update of the provider."""
+    if identified is None or identified or private_was is None or private_was == private_planned:
+        return None
+    was = "true" if private_was else "false"
+    return (
+        f"Refusing to switch the GKE cluster's private endpoint on stack {stack!r} in the same `up` that gives its "
+        "Kubernetes providers their clusterIdentifier: pulumi-kubernetes ignores an identifier being added and "
+        "replaces a provider whose kubeconfig names another server, and with it every Kubernetes object of the "
+        f"stack (the preview does not show it). Run one `up` without the endpoint change first (`pulumi config set "
+        f"--path {PRIVATE_ENDPOINT_KEY} {was} -s {stack}`), then change it ({ENDPOINT_DOC})."
+    )
+
+
 # --- what the stack runs, from its own state ------------------------------------------------------------------
 
 
@@ -586,6 +616,10 @@ class DeployedState:
     """The CloudNativePG Cluster's `status.phase` as the state last recorded it (None: none)."""
     registry_names: tuple[RegistryNames, ...] = ()
     """The database and owner each registry in the state was created with."""
+    k8s_identified: bool | None = None
+    """Whether the stack's `k8s` Kubernetes provider carries a `clusterIdentifier` (None: no such provider)."""
+    gke_private_endpoint: bool | None = None
+    """The GKE cluster's `privateClusterConfig.enablePrivateEndpoint` (None: no GKE cluster in the state)."""
 
 
 def _name(urn: str) -> str:
@@ -637,6 +671,8 @@ def deployed_state(
     valkey_volume: VolumeTemplate | None = None
     cloud: dict[str, Any] = {}
     private_subnets = 0
+    identified: bool | None = None
+    private_endpoint: bool | None = None
     for urn, entry in resources.items():
         if not isinstance(entry, Mapping):
             continue
@@ -651,6 +687,9 @@ def deployed_state(
             )
         elif kind == GKE_CLUSTER and name == "gke":
             cloud["autopilot"] = bool(outputs.get("enableAutopilot"))
+            private_endpoint = bool((outputs.get("privateClusterConfig") or {}).get("enablePrivateEndpoint"))
+        elif kind == K8S_PROVIDER and name == K8S_PROVIDER_NAME:
+            identified = bool(outputs.get("clusterIdentifier"))
         elif kind == VPC and name == "vpc":
             cloud["vpc_cidr"] = str(outputs.get("cidrBlock") or "")
         elif kind == SUBNET and re.fullmatch(r"private-[0-9]+", name):
@@ -721,6 +760,8 @@ def deployed_state(
         valkey_volume=valkey_volume,
         postgres_phase=phase,
         registry_names=tuple(names),
+        k8s_identified=identified,
+        gke_private_endpoint=private_endpoint,
     )
 
 
@@ -864,6 +905,12 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
     elsewhere = cluster_refusal(stack, state.cluster, config)
     if elsewhere is not None:
         return DeployedStateRefusal(elsewhere[0], config.stack_file, elsewhere[1])
+    if config.cluster.provider == "gke":
+        endpoint = endpoint_move_refusal(
+            stack, state.k8s_identified, state.gke_private_endpoint, config.cluster.gke.privateEndpoint
+        )
+        if endpoint is not None:
+            return DeployedStateRefusal(PRIVATE_ENDPOINT_KEY, config.stack_file, endpoint)
     moved = namespace_refusal(stack, state.namespace, config.namespace)
     if moved is not None:
         return DeployedStateRefusal(f"{PROJECT}:namespace", config.stack_file, moved)

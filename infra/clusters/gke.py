@@ -89,6 +89,9 @@ def cluster_identity(cluster_id: pulumi.Input[str], autopilot: bool = False) -> 
     gives the control plane a new address and CA. The replace is create-before-delete, so the `up` failed at the
     first named object with "already exists" (or at a protected one), after the cluster's own update. With the
     identifier the provider is updated in place instead, and replaced only when the identity changes (a new cluster).
+    Only from the second `up` on: `DiffConfig` ignores an identifier being added, so the first `up` of a stack
+    deployed without one must not move the endpoint or CA (infra/guards.py `endpoint_move_refusal` refuses a
+    `privateEndpoint` switch in it; a rotation in between is not seen).
     The id is the cluster's path (project, location, name), which a same-name replacement keeps: the one such
     replacement the config can ask for, `enable_autopilot` (ForceNew), is in the identity too (and refused on a
     deployed stack by infra/guards.py)."""
