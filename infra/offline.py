@@ -324,6 +324,15 @@ def refresh_awaits(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> boo
     return kind in AWAITED_READS and str(annotations.get("pulumi.com/skipAwait", "")).lower() != "true"
 
 
+class UnmodelledInvoke(RuntimeError):
+    """The program asked for an invoke `PlatformMocks` has no answer for."""
+
+    def __init__(self, *tokens: str) -> None:
+        self.tokens = tokens
+        names = ", ".join(dict.fromkeys(tokens))
+        super().__init__(f"the offline mocks do not model the invoke {names}: add its provider's answer here")
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Plausible, deterministic outputs for the resource types and invokes the program uses."""
 
@@ -336,6 +345,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         # {urn: {"type", "outputs"}}}}, and {"objects": {"<type token> <id>": {...}}}: what a read (`get`) of a deployed
         # Kubernetes object finds (its status). Empty: a fresh account, no cluster yet, a stack never deployed.
         self._live: Mapping[str, Any] = live or {}
+        # The tokens of invokes these mocks do not model that the program asked for: `run_stack` fails the run when
+        # any was asked, even if the program caught the error (`call`).
+        self.unmodelled: list[str] = []
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str | None, dict]:
         """Echo the inputs, plus the outputs a real provider would compute for this type."""
@@ -441,9 +453,13 @@ class PlatformMocks(pulumi_mocks.Mocks):
                 "region": "europe-west1",
             }, []
         # An invoke the program did not make when these mocks were written has no faithful answer here: an empty one
-        # would let any read of it pass (a wrong shape, a missing field). Failing the run names it instead (a
-        # plain exception is the run's unhandled RPC error, which no `try` in the program can swallow).
-        raise RuntimeError(f"the offline mocks do not model the invoke {tok}: add its provider's answer here")
+        # would let any read of it pass (a wrong shape, a missing field). The exception reaches the program's
+        # `await`, where a broad `except Exception` around the invoke catches it (REVIEW_INFRA21 L1); the SDK also
+        # keeps it as the run's unhandled RPC error (pulumi/runtime/rpc_manager.py `rpc_wrapper`), which
+        # `wait_for_rpcs` raises at the end of the run. Not relying on that, the token is recorded too and
+        # `run_stack` fails the run naming it, whatever the program did with the error.
+        self.unmodelled.append(tok)
+        raise UnmodelledInvoke(tok)
 
 
 #: The control plane version the offline GKE cluster runs when its config names no minimum (the channel's default).
@@ -870,8 +886,13 @@ def _run_stack(
     infra.stack.current_git_sha = session_commit
     try:
         _sync_await(run_pulumi_func(program))
+        if mocks.unmodelled:  # asked, and caught by the program: the run still fails naming it
+            raise UnmodelledInvoke(*mocks.unmodelled)
     except Exception as exc:
         failures.append(_root_cause(exc))
+        if mocks.unmodelled and not isinstance(exc, UnmodelledInvoke):
+            # The program turned it into an error of its own (or a fallback that failed later): name the invoke.
+            raise UnmodelledInvoke(*mocks.unmodelled) from exc
         raise
     finally:
         infra.stack.current_git_sha = read_commit

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.infra.conftest import run
 
 MEMORYSTORE = "gcp:redis/instance:Instance"
@@ -70,8 +72,8 @@ def test_the_mocks_answer_only_invokes_the_program_makes() -> None:
 
 def test_an_invoke_the_mocks_do_not_model_fails_the_run_naming_it() -> None:
     """The mocks answered any other invoke with an empty result, so a program that started to call one would read
-    nothing and pass whatever it did with it; now the call fails, naming the token (a plain exception: the run's
-    unhandled RPC error, which no `try` in the program can swallow)."""
+    nothing and pass whatever it did with it; now the call fails, naming the token, and records it (the program can
+    catch the exception: test_an_unmodelled_invoke_the_program_catches_still_fails_the_run)."""
     import pytest
     from pulumi.runtime.mocks import MockCallArgs
 
@@ -81,8 +83,27 @@ def test_an_invoke_the_mocks_do_not_model_fails_the_run_naming_it() -> None:
     for token in ("aws:index/getRegion:getRegion", "gcp:organizations/getProject:getProject"):
         with pytest.raises(RuntimeError, match=f"do not model the invoke {token}"):
             mocks.call(MockCallArgs(token=token, args={}, provider=""))
+    assert mocks.unmodelled == ["aws:index/getRegion:getRegion", "gcp:organizations/getProject:getProject"]
     # The modelled ones still answer with the provider's shape.
     identity, _ = mocks.call(
         MockCallArgs(token="aws:index/getCallerIdentity:getCallerIdentity", args={}, provider="")
     )
     assert set(identity) == {"accountId", "arn", "userId"}
+
+
+def test_an_unmodelled_invoke_the_program_catches_still_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """REVIEW_INFRA21 L1: the mocks' exception reaches the program's `await`, and the program wraps some invokes in a
+    broad `except Exception` (infra/guards.py `read_state` warns and deploys, or refuses a namespaceMode it cannot
+    check): the run fails naming the token anyway, not with the program's fallback or its own error. (pulumi's SDK
+    also re-raises the caught RPC error at the end of the run, rpc_manager.py; `run_stack` does not rely on it.)"""
+    from infra import guards
+    from infra.offline import UnmodelledInvoke, run_stack
+
+    token = "pulumi:pulumi:readStackOutputsUnmodelled"
+    monkeypatch.setattr(guards, "READ_STACK_OUTPUTS", token)
+    for stack, overrides in (("staging", {}), ("dev", {"namespaceMode": "existing"})):
+        with pytest.raises(UnmodelledInvoke, match=f"do not model the invoke {token}") as caught:
+            run_stack(stack, config_overrides=overrides)
+        assert caught.value.tokens == (token,)
