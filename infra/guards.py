@@ -419,10 +419,18 @@ def _same_size(one: str, other: str) -> bool:
 
 
 def volume_template_refusal(
-    stack: str, what: str, key: str, deployed: VolumeTemplate | None, planned: VolumeTemplate, declared: str
+    stack: str,
+    what: str,
+    key: str,
+    deployed: VolumeTemplate | None,
+    planned: VolumeTemplate,
+    declared: str,
+    class_key: str = "",
 ) -> str | None:
     """Why a new volume template (size or class) for the protected StatefulSet of `what` is refused (None: it is
     not: the same template, nothing deployed, or `declared` (`<key>.replaceFrom`) names the deployed one).
+    `class_key` is the key the planned class comes from (`<key>.storageClass` unless given: an unset one falls
+    back to the cluster's `cluster.<provider>.storageClass`), so the way back names the key that changed.
     `spec.volumeClaimTemplates` is immutable (pulumi-kubernetes' StatefulSet forceNew list, provider/pkg/provider/
     diff.go), so the `up` replaces the StatefulSet, deleting first (a named object); a protected one stops the
     `up` there, after every step before it was applied, and the replacement would keep the PVCs at their old size
@@ -442,16 +450,19 @@ def volume_template_refusal(
         if declared
         else ""
     )
-    back = f"pulumi config set --path {key}.size {deployed.size} -s {stack}"
+    back = f"`pulumi config set --path {key}.size {deployed.size} -s {stack}`"
     if not same_class:
-        back += f" and `pulumi config set --path {key}.storageClass '{deployed.storage_class}' -s {stack}`"
+        back += (
+            f" and `pulumi config set --path {class_key or f'{key}.storageClass'} '{deployed.storage_class}'"
+            f" -s {stack}`"
+        )
     return (
         f"Refusing to change the {what} StatefulSet's volume template on stack {stack!r} from {deployed.text} to "
         f"{planned.text}{stale}: a StatefulSet's volumeClaimTemplates cannot change, so the `up` would replace the "
         f"protected StatefulSet and stop there, after applying every step before it (and a replacement keeps the "
         f"PVCs at their old size). Grow the PVCs in place and unprotect the StatefulSet as in {VOLUME_RUNBOOK}, "
         f"then declare it: `pulumi config set --path {key}.replaceFrom {deployed.text} -s {stack}` (clear it after "
-        f"the `up`); or set it back (`{back}`)."
+        f"the `up`); or set it back ({back})."
     )
 
 
@@ -954,7 +965,14 @@ def refusal(config: StackConfig, state: DeployedState | None) -> DeployedStateRe
             )
         for what, key, deployed, storage in volumes:
             planned = VolumeTemplate(storage.size, storage.storageClass or config.cluster.storage_class)
-            volume = volume_template_refusal(stack, what, key, deployed, planned, storage.replaceFrom)
+            class_key = (
+                f"{key}.storageClass"
+                if storage.storageClass
+                else f"{PROJECT}:cluster.{config.cluster.provider}.storageClass"
+            )
+            volume = volume_template_refusal(
+                stack, what, key, deployed, planned, storage.replaceFrom, class_key
+            )
             if volume is not None:
                 return DeployedStateRefusal(f"{key}.replaceFrom", config.stack_file, volume)
     if config.redis.mode == "incluster":

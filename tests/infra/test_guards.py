@@ -496,6 +496,19 @@ def test_a_new_qdrant_volume_template_in_prod_is_refused_before_anything_is_sent
     assert "does not name the deployed template '200Gi/gp3'" in later
 
 
+def test_a_new_cluster_storage_class_in_prod_is_refused_with_the_cluster_key_as_the_way_back(
+    sent: list[str],
+) -> None:
+    """s21-daytwo: the Qdrant volume template takes `cluster.eks.storageClass` when its own class is unset, so a
+    change of only the cluster key is a new template; the way back names that key, not qdrant.storage's."""
+    deployed = run("prod")
+    message = refused("prod", deployed, {"cluster": {"eks": {"storageClass": "io2"}}}, sent)
+    assert message.startswith(f"{QDRANT_VOLUME_KEY} in Pulumi.prod.yaml: ")
+    assert "from 100Gi/gp3 to 100Gi/io2" in message
+    assert "pulumi config set --path rag:cluster.eks.storageClass 'gp3' -s prod" in message
+    assert "qdrant.storage.storageClass" not in message
+
+
 def test_a_new_valkey_volume_template_in_prod_is_refused_and_a_declared_one_goes_ahead(
     sent: list[str],
 ) -> None:
