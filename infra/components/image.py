@@ -804,7 +804,8 @@ def check_build_daemon(
     So with the buildx plugin here, `docker buildx inspect --bootstrap` asks the current builder to start and answer
     (a remote/kubernetes builder needs no local dockerd); when it does not, and `docker buildx ls` (its plain table,
     which every buildx version prints) shows it is a docker context's builder, each listed builder of another driver
-    is asked the same (at most 8); another context's builder is not, as the provider would not use it. Without the
+    is asked the same (at most 8); another context's builder is not, as the provider would not use it, nor one listed
+    with no driver (buildx could not load it: a context whose daemon is down, or a broken entry). Without the
     plugin, `docker version` asks the daemon (context included); without the docker CLI, a unix-socket DOCKER_HOST
     (or the default /var/run/docker.sock) must exist; another DOCKER_HOST is not checked.
 
@@ -823,7 +824,12 @@ def check_build_daemon(
                     f"inspect --bootstrap`: {_last_line(done, 'no reason given')}), and the build uses it: start "
                     "it, or `docker buildx use` a builder that runs; or deploy a built image with `rag:image`."
                 )
-            others = [name for name, driver, _ in builders if driver != "docker" and name != "default"][:8]
+            # Not a docker context's builder, nor one buildx could not load (an empty driver with status `error`: a
+            # docker context whose daemon is down, buildx v0.35 builder/builder.go `Factory`, or a broken entry),
+            # which the provider skips too (an empty Driver, pulumi-docker-build host.go `builderFor`).
+            others = [
+                name for name, driver, _ in builders if driver not in ("", "docker") and name != "default"
+            ][:8]
             for name in others:
                 if (
                     _docker(

@@ -104,6 +104,16 @@ broken                                             error
 k8s               kubernetes
  \_ k8s0          \_ kubernetes:///k8s?deployment=  inactive
 """
+#: What buildx v0.35 (the version pulumi-docker-build 0.0.22 vendors) really prints when a docker context's daemon is
+#: down: it sets a context builder's driver only once the daemon answers a ping (builder/builder.go `Factory`), so the
+#: row has an empty driver and `error`, and no node rows (REVIEW_INFRA21 L2). Here the current `default` and the other
+#: context `desktop-linux` are both down.
+DAEMON_DOWN_LISTING = r"""NAME/NODE         DRIVER/ENDPOINT                  STATUS     BUILDKIT   PLATFORMS
+default*                                           error
+desktop-linux                                      error
+k8s               kubernetes
+ \_ k8s0          \_ kubernetes:///k8s?deployment=  inactive
+"""
 #: The same builders as buildx before v0.13 prints them (`name *` for the current one, nodes indented two spaces).
 OLD_LISTING = """NAME/NODE      DRIVER/ENDPOINT               STATUS   PLATFORMS
 k8s            kubernetes
@@ -115,7 +125,11 @@ desktop-linux  docker
 """
 
 
-@pytest.mark.parametrize("listing", [LISTING, OLD_LISTING], ids=["buildx>=0.13", "buildx<0.13"])
+@pytest.mark.parametrize(
+    "listing",
+    [LISTING, OLD_LISTING, DAEMON_DOWN_LISTING],
+    ids=["buildx>=0.13", "buildx<0.13", "buildx-0.35-daemon-down"],
+)
 def test_another_builder_that_starts_passes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: str
 ) -> None:
@@ -147,9 +161,10 @@ def test_only_another_docker_context_answering_is_refused(
         tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing, starts="desktop-linux"
     )
     monkeypatch.setenv("PATH", str(bin_dir))
-    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: broken\)"):
+    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: none\)"):
         check_build_daemon()
     assert "buildx inspect --bootstrap desktop-linux" not in _calls(tmp_path)
+    assert "buildx inspect --bootstrap broken" not in _calls(tmp_path)
 
 
 def test_a_current_builder_of_another_driver_that_does_not_start_is_refused(
@@ -169,11 +184,22 @@ def test_a_current_builder_of_another_driver_that_does_not_start_is_refused(
     assert _calls(tmp_path)[-1] == "buildx ls"
 
 
-def test_no_builder_that_starts_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=LISTING)
+@pytest.mark.parametrize(
+    "listing", [LISTING, DAEMON_DOWN_LISTING], ids=["buildx>=0.13", "buildx-0.35-daemon-down"]
+)
+def test_no_builder_that_starts_names_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listing: str
+) -> None:
+    """Only the builders the provider could use are asked and named: not one listed with no driver (`broken`, or
+    with the daemon down `default` and the other context `desktop-linux`), which buildx could not load and the
+    provider skips (an empty Driver)."""
+    bin_dir = _fake_docker(tmp_path, buildx=True, bootstrap=False, daemon=False, others=listing)
     monkeypatch.setenv("PATH", str(bin_dir))
-    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: broken, k8s\)"):
+    with pytest.raises(BuildPrerequisiteError, match=r"builders not of the docker driver: k8s\)"):
         check_build_daemon()
+    assert [c for c in _calls(tmp_path) if c.startswith("buildx inspect --bootstrap ")] == [
+        "buildx inspect --bootstrap k8s"
+    ]
 
 
 def test_without_buildx_a_daemon_that_answers_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,3 +244,13 @@ def test_an_up_that_builds_without_a_daemon_is_refused_before_pulumi_runs(
     backend.stacks["dev"].set_config("rag:image", DIGEST)
     deploy(refusing, "dev", policy_pack=None)
     assert len(backend.commands("up")) == 1
+
+
+def test_buildx_s_daemon_down_rows_read_as_builders_without_a_driver() -> None:
+    from infra.components.image import buildx_builders
+
+    assert buildx_builders(DAEMON_DOWN_LISTING) == [
+        ("default", "", True),
+        ("desktop-linux", "", False),
+        ("k8s", "kubernetes", False),
+    ]
