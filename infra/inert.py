@@ -154,6 +154,16 @@ def _switched_off(config: Mapping[str, Any]) -> list[tuple[str, str]]:
         found.append(
             ("tls.email", "tls.issuer is selfSigned: only the letsencrypt issuers have an ACME account")
         )
+    if config["service"]["autoscaling"]["enabled"]:
+        # The Deployment is sent with minReplicas and ignores its replicas after that (infra/components/
+        # rag_service.py): the HPA owns the count.
+        found.append(
+            (
+                "service.replicas",
+                "service.autoscaling.enabled is true: the HPA sets the API's replica count "
+                "(service.autoscaling.minReplicas / maxReplicas)",
+            )
+        )
     gateway = config["gateway"]
     if not gateway["ingress"]["enabled"]:
         found.append(("gateway.ingress.className", "gateway.ingress.enabled is false"))
@@ -221,6 +231,32 @@ def ignored(
             where = stack_file if any(_in(stack, k) for k in members) else "--set"
             what = f"rag:{group}" + (f" ({len(members)} keys)" if len(members) > 1 else "")
             lines.append(f"{what} in {where} has no effect: {why}")
+    lines.extend(_partly_applied(config, defaults, stack, stack_file))
     # A cloud's provider keys (`aws:*` off eks, `gcp:*` off gke) are not listed here: the program refuses them
     # (infra/clusters/__init__.py check_no_cloud_keys), so the plan stops with that one line first.
     return lines
+
+
+def _partly_applied(
+    config: Mapping[str, Any], defaults: Mapping[str, Any], stack: Mapping[str, Any], stack_file: str
+) -> list[str]:
+    """Keys only part of whose value reaches the target: a `redis.version` patch on ElastiCache (s21-daytwo). Its
+    engineVersion takes major.minor for 7 and above (pulumi-aws ReplicationGroup `engine_version`: "If the version
+    is 7 or higher, the major and minor version should be set, e.g., `7.2`"), and AWS applies the patches itself,
+    so `8.1.3` -> `8.1.4` deploys nothing there (infra/stack.py `redis_args` sends `8.1`)."""
+    version = str(config["redis"]["version"])
+    parts = version.split(".")
+    if not (
+        config["cluster"]["provider"] == "eks"
+        and config["redis"]["mode"] == "managed"
+        and len(parts) > 2
+        and (_in(stack, "redis.version") or str(defaults.get("redis", {}).get("version")) != version)
+    ):
+        return []
+    where = stack_file if _in(stack, "redis.version") else "--set"
+    minor = ".".join(parts[:2])
+    return [
+        f"rag:redis.version {version} in {where} is applied only as {minor}: ElastiCache takes major.minor "
+        f"(engineVersion {minor!r}) and applies the patches itself, so its patch part "
+        f".{'.'.join(parts[2:])} is not applied on eks (redis.mode managed)"
+    ]

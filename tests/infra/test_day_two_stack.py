@@ -22,7 +22,6 @@ INERT_ON_BOTH = {
     "monitoring.existing.dashboardLabels": "monitoring.mode is install on both",
     "monitoring.existing.namespace": "monitoring.mode is install on both",
     "monitoring.existing.selectorLabels": "monitoring.mode is install on both",
-    "service.replicas": "service.autoscaling.enabled on both: the HPA sets the count (the Deployment sends minReplicas)",
 }
 
 

@@ -28,11 +28,15 @@ def test_the_committed_stacks_report_their_inert_keys() -> None:
         "rag:postgres.managed.tier in Pulumi.prod.yaml",
         "rag:redis.managed.tier in Pulumi.prod.yaml",
         "rag:redis.managed.memorySizeGb in Pulumi.prod.yaml",
+        "rag:service.replicas in Pulumi.prod.yaml",
     ]
     assert any("ElastiCache is sized by redis.managed.nodeType" in line for line in prod)
-    (staging,) = render.ignored_config(run("staging"))
+    staging, replicas = render.ignored_config(run("staging"))
     assert staging.startswith(
         "rag:cluster.eks (9 keys) in Pulumi.staging.yaml has no effect: cluster.provider is gke"
+    )
+    assert replicas.startswith(
+        "rag:service.replicas in Pulumi.staging.yaml has no effect: service.autoscaling.enabled is true"
     )
     assert render.ignored_config(run("dev")) == []
 
@@ -61,6 +65,36 @@ def test_a_reported_key_changes_nothing_here_and_something_where_it_applies(
     extra = reader if stack == "prod" else {**reader, "redis": {"mode": "managed"}}
     changed = deep_merge(extra, overrides)
     assert recorded(run(stack, target, **changed)) != recorded(run(stack, target, **extra))
+
+
+def test_service_replicas_is_reported_and_inert_where_the_hpa_sets_the_count() -> None:
+    """s21-daytwo: with autoscaling on, the Deployment is sent minReplicas and the HPA owns the count."""
+    assert recorded(run("prod", service={"replicas": 5})) == recorded(run("prod"))
+    assert recorded(run("staging", service={"replicas": 4})) == recorded(run("staging"))
+    scaled = {"service": {"autoscaling": {"enabled": True}}}
+    assert any(
+        line.startswith("rag:service.replicas in Pulumi.dev.yaml has no effect: service.autoscaling.enabled")
+        for line in render.ignored_config(run("dev", **scaled))
+    )
+    # Without the HPA the count is the Deployment's: reported nowhere, and it changes what is deployed.
+    assert not any("service.replicas" in line for line in render.ignored_config(run("dev")))
+    assert recorded(run("dev", service={"replicas": 2})) != recorded(run("dev"))
+
+
+def test_a_redis_patch_version_is_reported_as_not_applied_on_elasticache_only() -> None:
+    """s21-daytwo: ElastiCache's engineVersion is major.minor for 7 and above, so a patch pin deploys nothing on
+    prod; the plan says so. In-cluster Valkey (staging) runs the exact image tag, so it is not reported there."""
+    patch = {"redis": {"version": "8.1.4"}}
+    assert recorded(run("prod", **patch)) == recorded(run("prod"))
+    (line,) = [line for line in render.ignored_config(run("prod", **patch)) if "redis.version" in line]
+    assert line.startswith("rag:redis.version 8.1.4 in ")
+    assert "is applied only as 8.1" in line
+    assert "patch part .4 is not applied on eks" in line
+    assert not any("redis.version" in line for line in render.ignored_config(run("prod")))
+    # The minor part does reach ElastiCache; the patch does reach the in-cluster image.
+    assert recorded(run("prod", redis={"version": "8.2.0"})) != recorded(run("prod"))
+    assert recorded(run("staging", **patch)) != recorded(run("staging"))
+    assert not any("redis.version" in line for line in render.ignored_config(run("staging", **patch)))
 
 
 def test_a_key_from_the_command_line_is_attributed_to_it(
