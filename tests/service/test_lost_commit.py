@@ -178,10 +178,16 @@ def test_the_retry_of_a_delete_whose_outcome_stayed_unknown_is_answered_as_done(
         assert client.put("/v1/documents/salmon", json={"text": TEXT}).status_code == 201
         _lose_commit_answers(monkeypatch, registry, "delete")
 
-        def unreadable(*args: Any, **kwargs: Any) -> Any:
+        get = registry.get
+        reads: list[Any] = []
+
+        def unreadable_after_the_attempt(*args: Any, **kwargs: Any) -> Any:
+            reads.append(args)
+            if len(reads) == 1:
+                return get(*args, **kwargs)  # the read before the delete (the row is there)
             raise ServiceUnavailable("document registry unavailable; retry later")
 
-        monkeypatch.setattr(registry, "get", unreadable)
+        monkeypatch.setattr(registry, "get", unreadable_after_the_attempt)
         deleted = client.delete("/v1/documents/salmon")
         monkeypatch.undo()
 
@@ -191,6 +197,38 @@ def test_the_retry_of_a_delete_whose_outcome_stayed_unknown_is_answered_as_done(
         assert retry.status_code == 204, retry.text
         assert client.delete("/v1/documents/salmon").status_code == 404  # answered once: later ones are 404s
         assert _found(client) == []
+
+
+@pytest.mark.parametrize("lost", ["commit-answer", "before-the-database"])
+def test_a_failed_delete_of_a_document_that_never_existed_is_no_204(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch, lost: str
+) -> None:
+    """REVIEW_SERVICE21 LOW 6: the attempt fails (its commit answer lost, or it never reached the database) and the
+    read-back works and finds no row. There was no row before the attempt either, so nothing was deleted: the
+    503 stands (not 204 "it happened"), and its retry is the 404 of a document that never existed."""
+    with running_app(make_settings(tmp_path), embedder=embedder) as client:
+        services = services_of(client)
+        registry = services.registry
+        if lost == "commit-answer":
+            _lose_commit_answers(monkeypatch, registry, "delete")
+        else:
+
+            def unreachable(*args: Any, **kwargs: Any) -> Any:
+                raise ServiceUnavailable("document registry unavailable; retry later")  # a pool timeout, say
+
+            monkeypatch.setattr(registry, "delete", unreachable)
+        deleted = client.delete("/v1/documents/never")
+        monkeypatch.undo()
+
+        assert deleted.status_code == 503, deleted.text
+        assert registry.get("default", "never") is None
+        assert client.delete("/v1/documents/never").status_code == 404
+        # A document that existed is still answered as deleted when the commit's answer is lost.
+        assert client.put("/v1/documents/salmon", json={"text": TEXT}).status_code == 201
+        _lose_commit_answers(monkeypatch, registry, "delete")
+        gone = client.delete("/v1/documents/salmon")
+        monkeypatch.undo()
+        assert gone.status_code == 204, gone.text
 
 
 @pytest.mark.parametrize("committed", [False, True], ids=["before-the-commit", "after-the-commit"])

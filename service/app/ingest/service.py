@@ -613,10 +613,14 @@ class IngestService:
             raise NotFound(f"document {document_id!r} not found", document_id=document_id)
         return to_document_out(record)
 
-    def _delete_happened(self, tenant_id: str, document_id: str) -> bool:
-        """After a registry delete whose outcome is unknown: True when the document is gone now (the commit
-        happened, or a concurrent delete won: either way it is deleted). When the registry cannot be read, the
-        document is remembered as possibly deleted (for its retry) and False returned."""
+    def _delete_happened(self, tenant_id: str, document_id: str, existed: bool) -> bool:
+        """After a registry delete whose outcome is unknown: True when the document, which ``existed`` before the
+        attempt, is gone now (the commit happened, or a concurrent delete won: either way it is deleted). When the
+        registry cannot be read, the document is remembered as possibly deleted (for its retry) and False
+        returned. A document that did not exist before the attempt was not deleted by it: False (the 503 stands;
+        its retry gets the 404)."""
+        if not existed:
+            return False
         try:
             gone = self.registry.get(tenant_id, document_id) is None
         except ServiceUnavailable:
@@ -700,10 +704,13 @@ class IngestService:
         validate_document_id(document_id)
         key = (tenant_id, document_id)
         async with self._locks.hold(key):
+            # Read first: a failed attempt is only answered as done on read-back if there was a row to delete
+            # (the attempt may have failed before reaching the database: then "no row" means "never existed").
+            existed = await to_thread.run_sync(self.registry.get, tenant_id, document_id) is not None
             try:
                 record = await to_thread.run_sync(self.registry.delete, tenant_id, document_id)
             except ServiceUnavailable:
-                if not await to_thread.run_sync(self._delete_happened, tenant_id, document_id):
+                if not await to_thread.run_sync(self._delete_happened, tenant_id, document_id, existed):
                     raise
                 return None
             if record is None:

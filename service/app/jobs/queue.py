@@ -412,8 +412,10 @@ async def run_durable_job(
     A full disk (DiskFull: the store's volume below READY_MIN_FREE_BYTES, the registry's database full) is no
     outage that passes by itself: the job waits for space instead, queued, looked at again every
     `disk_wait_seconds`, without spending an attempt, however long that takes (what was acknowledged is never
-    failed for it). The store's room is checked before the claim, so a waiting job costs no extraction or
-    embedding; a disk that fills during the run puts it back the same way."""
+    failed for it). The store's room is checked before the claim, so a job waiting for the store's disk costs no
+    embedding; a disk that fills during the run puts it back the same way. A full registry database (Postgres:
+    not what the check before the claim looks at) is met only at the commit: such a job is chunked and embedded
+    again at each look until the registry has room."""
     if not await _room_for(ingest, pool, settings, job_id, retry_later):
         return "waiting for disk space"
     row = await to_thread.run_sync(
