@@ -37,7 +37,9 @@ PROGRESS_LINE_SECONDS instead.
 
 `--prune` (never by default) then deletes the documents this folder's runs stored whose files are gone: the
 documents whose metadata holds every `--metadata KEY=VALUE` of the run (which `--prune` requires: the tag that
-tells this folder's documents from the tenant's others) and whose id is no file's in the folder now.
+tells this folder's documents from the tenant's others) and whose file was missing at both the start and the
+end of the run and was not sent by it. A folder that cannot be listed stops the run (exit 2, naming it) before
+anything is sent, and one that cannot be listed at the end refuses the prune: its files would count as gone.
 
 This is a client-side tool: it needs the development install (`make install`, for rich), not the service image.
 """
@@ -55,6 +57,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +165,7 @@ class Report:
     rate_limited: int = 0  # 429s waited out
     rate_limit_seconds: float = 0.0  # ... and how long they made the run wait
     retried: int = 0  # transient errors retried
+    sent: set[str] = field(default_factory=set)  # ids of the files this run sent or found unchanged/failed
 
     def record(self, item: dict[str, Any], name: str) -> None:
         if item.get("error"):
@@ -263,7 +267,7 @@ class IngestClient:
         value = body.get("content_hash")
         version = body.get("version")
         try:
-            answered: float | None = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+            answered: float | None = http_date_seconds(response.headers["date"])
         except (KeyError, TypeError, ValueError):
             answered = None
         age = answered - version / 1_000_000 if isinstance(version, int) and answered is not None else None
@@ -432,14 +436,24 @@ def retry_after_seconds(response: httpx.Response, default: float = 1.0) -> float
     if value.isdigit():
         return min(float(value), 3600.0)
     try:
-        until = email.utils.parsedate_to_datetime(value).timestamp()
+        until = http_date_seconds(value)
     except (TypeError, ValueError, IndexError):
         return default
     try:
-        now = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+        now = http_date_seconds(response.headers["date"])
     except (KeyError, TypeError, ValueError, IndexError):
         now = time.time()
-    return min(max(0.0, until - now), 3600.0)
+    # At least a second: a date already past (a proxy's skewed clock) must not turn the waits into a burst.
+    return min(max(1.0, until - now), 3600.0)
+
+
+def http_date_seconds(value: str) -> float:
+    """An HTTP date as a Unix time; a date without a zone or with "-0000" is UTC (RFC 5322 section 3.3), not
+    this machine's local time (``parsedate_to_datetime`` returns it naive)."""
+    moment = email.utils.parsedate_to_datetime(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def rate_limit_reason(response: httpx.Response) -> str:
@@ -476,8 +490,14 @@ def is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def walk(root: Path, include_hidden: bool = False) -> tuple[list[Path], list[Path]]:
+def walk(
+    root: Path, include_hidden: bool = False, errors: list[OSError] | None = None
+) -> tuple[list[Path], list[Path]]:
     """Every file under `root` in a stable order, and the hidden files and folders left out (not descended into).
+
+    A folder that cannot be listed (EACCES, EIO, a stale network handle, renamed during the walk) or a file that
+    cannot be looked at adds its error to ``errors``: its files are missing from the answer, so a caller that
+    deletes what is missing (``--prune``) must not go on.
 
     Hidden entries (.git, .venv, .env, .ssh, an editor's swap files) are not documents: sending them put a
     `.hidden/secret.md` into search (EYES4 E5), and walking `.venv` or `.git` costs more than the folder itself.
@@ -485,7 +505,8 @@ def walk(root: Path, include_hidden: bool = False) -> tuple[list[Path], list[Pat
     """
     files: list[Path] = []
     hidden: list[Path] = []
-    for directory, dirs, names in os.walk(root):
+    failed = errors if errors is not None else []
+    for directory, dirs, names in os.walk(root, onerror=failed.append):
         here = Path(directory)
         if not include_hidden:
             left = [d for d in dirs if d.startswith(".") or _tool_directory(here / d)]
@@ -494,8 +515,26 @@ def walk(root: Path, include_hidden: bool = False) -> tuple[list[Path], list[Pat
             dirs[:] = [d for d in dirs if d not in left]
             names = [n for n in names if not n.startswith(".")]
         dirs.sort()
-        files.extend(p for p in (here / n for n in names) if p.is_file())
+        for path in (here / n for n in names):
+            try:
+                if path.is_file():
+                    files.append(path)
+            except OSError as exc:
+                failed.append(exc)
     return sorted(files), sorted(hidden)
+
+
+def walk_errors(errors: list[OSError], root: Path) -> str:
+    """The folders (or files) a walk could not read, named under `root`, with why: for one error line."""
+    named = []
+    for exc in errors:
+        where = Path(exc.filename) if exc.filename else root
+        try:
+            shown = where.relative_to(root).as_posix() or "."
+        except ValueError:
+            shown = str(where)
+        named.append(f"{shown} ({exc.strerror or exc})")
+    return shown_names(named)
 
 
 #: Folders tools fill with other people's files (EYES5 F8: node_modules and a venv's site-packages were sent).
@@ -504,7 +543,12 @@ TOOL_DIRECTORIES = frozenset({"node_modules", "__pycache__", "site-packages", "b
 
 def _tool_directory(path: Path) -> bool:
     """A dependency or build folder: a TOOL_DIRECTORIES name, or a Python virtual environment (its pyvenv.cfg)."""
-    return path.name in TOOL_DIRECTORIES or (path / "pyvenv.cfg").is_file()
+    if path.name in TOOL_DIRECTORIES:
+        return True
+    try:
+        return (path / "pyvenv.cfg").is_file()
+    except OSError:
+        return False  # a folder that cannot be looked into: the walk then reports it (it cannot list it)
 
 
 def collect(root: Path, include_hidden: bool = False) -> list[Path]:
@@ -711,9 +755,9 @@ def ingest_folder(
 ) -> None:
     """Send every file under `root` (with ``metadata`` and its sidecar's); outcomes go to `report`, progress to
     `advance(files_done)`."""
-    prepared = [
-        prepare(path, root, max_batch_bytes, encoding, metadata) for path in collect(root, include_hidden)
-    ]
+    paths = collect(root, include_hidden)
+    report.sent.update(document_id_for(path, root) for path in paths)  # never pruned by this run
+    prepared = [prepare(path, root, max_batch_bytes, encoding, metadata) for path in paths]
     pending = without_shared_ids(prepared, root, report)
     advance(len(prepared) - len(pending))
     for item in (p for p in pending if p.document is None):
@@ -837,8 +881,17 @@ class PlainProgress:
 
 
 def folder_ids(root: Path, include_hidden: bool) -> set[str]:
-    """The ids of every file in the folder the client would send now (those it failed included)."""
-    return {document_id_for(path, root) for path in collect(root, include_hidden)}
+    """The ids of every file in the folder the client would send now (those it failed included).
+
+    PruneRefused when a folder (or file) could not be read: its files would count as gone."""
+    errors: list[OSError] = []
+    kinds = TEXT_TYPES | UPLOAD_TYPES
+    files = [p for p in walk(root, include_hidden, errors)[0] if p.suffix.lower() in kinds]
+    if errors:
+        raise PruneRefused(
+            f"cannot read {walk_errors(errors, root)} in {root}: their files would count as gone"
+        )
+    return {document_id_for(path, root) for path in files}
 
 
 def stale_documents(client: IngestClient, tag: dict[str, Any], keep: set[str]) -> list[str]:
@@ -969,7 +1022,16 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
             return 2
     key = args.key or os.environ.get("RAG_API_KEY")
     # One walk for the count and the summary (ingest_folder lists what it sends itself).
-    every, hidden = walk(root, args.include_hidden)
+    unread: list[OSError] = []
+    every, hidden = walk(root, args.include_hidden, unread)
+    if unread:
+        # Its files would be silently left out, and with --prune their documents deleted (REVIEW_SERVICE21 H1).
+        console.print(
+            f"[red]error:[/red] cannot read {walk_errors(unread, root)} in {root}; nothing was sent"
+            + (" or pruned" if args.prune else "")
+            + ": fix the permissions (or move it out of the folder) and run the same command again"
+        )
+        return 2
     kinds = TEXT_TYPES | UPLOAD_TYPES
     files = [p for p in every if p.suffix.lower() in kinds]
     report = Report()
@@ -1006,7 +1068,13 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
                 metadata=dict(args.metadata),
             )
             if args.prune:
-                keep = folder_ids(root, args.include_hidden)
+                # Gone means missing from the start walk AND the end walk, and not sent by this run: a file
+                # briefly missing at either moment (an editor's save, git checkout, rsync) keeps its document.
+                keep = (
+                    {document_id_for(p, root) for p in files}
+                    | folder_ids(root, args.include_hidden)
+                    | report.sent
+                )
                 pruned = prune(client, stale_documents(client, dict(args.metadata), keep), report)
         except PruneRefused as exc:
             console.print(f"[red]error:[/red] {exc}; nothing was pruned")

@@ -13,10 +13,15 @@ clock for the rest.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -184,3 +189,144 @@ def test_a_429_is_waited_out_in_either_retry_after_form_and_the_summary_names_th
     assert code == 0, text
     assert "1 files: 1 created; 1 rate-limit waits (0.5 min), 0 retries" in text
     assert "RATE_LIMIT_INGEST" in text
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make `folder` behave as `chmod 000` does for a user other than root (the tests run as root, which reads
+    it anyway): listing it and looking at anything inside it fail with EACCES."""
+    real_scandir, real_is_file = os.scandir, Path.is_file
+
+    def denied(path: object) -> OSError:
+        return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(os.fsdecode(path)) == folder:
+            raise denied(path)
+        return real_scandir(path)
+
+    def is_file(self: Path) -> bool:
+        if folder in self.parents:
+            raise denied(self)
+        return real_is_file(self)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(Path, "is_file", is_file)
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_run_and_the_prune(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REVIEW_SERVICE21 H1: os.walk skipped a folder it could not list without a word, and --prune then deleted
+    every document under it; `chmod 000` on it died in a PermissionError traceback."""
+    folder = tmp_path / "handbook"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.md", "sub/s1.md", "sub/s2.md"):
+        (folder / name).write_text(f"# {name}\n\nWhat the handbook says about {name}.\n")
+    with api_process(
+        tmp_path,
+        api_keys=API_KEYS,
+        environment="test",
+        data_dir=str(tmp_path / "data"),
+        cache_enabled="false",
+    ) as url:
+        code, first = _run(url, folder, "--metadata", "source=handbook")
+        assert code == 0, first
+        every = {"a.md", "sub:s1.md", "sub:s2.md"}
+        assert _ids(url, KEY_A) == every
+        (folder / "b.md").write_text("# b\n\nA new file.\n")
+
+        with monkeypatch.context() as patch:
+            _unreadable(patch, folder / "sub")
+            for extra in ((), ("--prune",)):
+                code, text = _run(url, folder, "--metadata", "source=handbook", *extra)
+                text = " ".join(text.split())  # as one line, however the console wrapped it
+                assert code == 2, text
+                assert text.startswith("error: cannot read sub (Permission denied) in "), text
+                assert ("nothing was sent or pruned" if extra else "nothing was sent:") in text, text
+                assert "Traceback" not in text
+                assert _ids(url, KEY_A) == every  # nothing deleted, and b.md not sent either
+
+        # Readable at the start but not at the end of the run: the prune is refused, the ingest stands.
+        real_ingest = ingest_client.ingest_folder
+
+        def then_unreadable(*args: Any, **kwargs: Any) -> None:
+            real_ingest(*args, **kwargs)
+            _unreadable(patch, folder / "sub")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(ingest_client, "ingest_folder", then_unreadable)
+            code, text = _run(url, folder, "--metadata", "source=handbook", "--prune")
+        text = " ".join(text.split())
+        assert code == 2, text
+        assert "error: cannot read sub (Permission denied) in " in text, text
+        assert "their files would count as gone; nothing was pruned" in text, text
+        assert _ids(url, KEY_A) == every | {"b.md"}
+
+
+def test_prune_keeps_the_document_of_a_file_missing_only_at_one_end_of_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """REVIEW_SERVICE21 H2: the ids kept came from one walk after the ingest, so a file briefly moved away then
+    (an editor's save, git checkout, rsync) had its document deleted though the run had just found it."""
+    folder = tmp_path / "handbook"
+    folder.mkdir()
+    for name in ("a1.md", "a2.md", "a3.md", "gone.md"):
+        (folder / name).write_text(f"# {name}\n\nWhat the handbook says about {name}.\n")
+    with api_process(
+        tmp_path,
+        api_keys=API_KEYS,
+        environment="test",
+        data_dir=str(tmp_path / "data"),
+        cache_enabled="false",
+    ) as url:
+        code, first = _run(url, folder, "--metadata", "source=handbook")
+        assert code == 0, first
+        (folder / "gone.md").unlink()
+        real_ingest = ingest_client.ingest_folder
+
+        def with_gaps(client: Any, root: Path, *args: Any, **kwargs: Any) -> None:
+            # late.md appears after the start walk (this run sends it), a3.md is away from then on, and late.md
+            # and a2.md are away at the end walk.
+            (root / "late.md").write_text("# late\n\nA file written during the run.\n")
+            (root / "a3.md").rename(root / "a3.md~")
+            real_ingest(client, root, *args, **kwargs)
+            (root / "late.md").rename(root / "late.md~")
+            (root / "a2.md").rename(root / "a2.md~")
+
+        monkeypatch.setattr(ingest_client, "ingest_folder", with_gaps)
+        code, text = _run(url, folder, "--metadata", "source=handbook", "--prune")
+        assert code == 0, text
+        assert "3 files: 1 created, 2 unchanged" in text, text
+        assert "pruned 1 document whose files are gone: gone.md" in text, text
+        assert _ids(url, KEY_A) == {"a1.md", "a2.md", "a3.md", "late.md"}
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize("zone", ["-0000", "+0000", ""])
+def test_a_retry_after_date_without_a_zone_is_utc_and_one_in_the_past_waits_a_second(
+    new_york: None, zone: str
+) -> None:
+    """REVIEW_SERVICE21 L5: a "-0000" or zone-less date was read in local time (60 s became the 3600 s cap under
+    New York time), and a date already past gave 0 s, so up to 100 retries back to back."""
+    assert time.localtime(0).tm_gmtoff != 0  # the local time differs from UTC here
+    date = {"Date": "Wed, 21 Oct 2015 07:27:00 GMT"}
+
+    def waited(retry_after: str) -> float:
+        return ingest_client.retry_after_seconds(
+            httpx.Response(429, headers={"Retry-After": retry_after, **date})
+        )
+
+    assert waited(f"Wed, 21 Oct 2015 07:28:00 {zone}".strip()) == 60.0
+    assert waited(f"Wed, 21 Oct 2015 07:26:00 {zone}".strip()) == 1.0
+    date = {"Date": f"Wed, 21 Oct 2015 07:27:00 {zone}".strip()}
+    assert waited("Wed, 21 Oct 2015 07:27:30 GMT") == 30.0
