@@ -179,3 +179,84 @@ def test_a_worker_writing_through_the_owning_api_knows_its_disk_is_full() -> Non
     finally:
         full.close()
         other.close()
+
+
+class _FullDisk:
+    """An ingestor whose store has no room (what `IngestService.check_room` says while the disk is full)."""
+
+    def check_room(self) -> None:
+        raise DiskFull("the store's volume is below READY_MIN_FREE_BYTES")
+
+
+async def test_a_job_waiting_for_space_keeps_one_pending_wake_up(redis_url: str, tmp_path: Path) -> None:
+    """REVIEW_SERVICE21 MEDIUM 3: every look at a job waiting for space before its claim sent one more deferred
+    wake-up, and the sweep started one more chain each stale period, so a waiting job's wake-ups in Redis grew
+    without bound (3 -> 29 in 85 s). Played here look by look, without a clock: each round time passes (the row's
+    times are moved back, late enough for the sweep to take the job as stale: the worst case), the sweep runs,
+    and a worker takes every pending wake-up (real arq entries in a real Redis) and looks. The job keeps one
+    pending wake-up, stays queued with its attempts unspent, and says why it waits."""
+    import uuid
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+    from arq.connections import ArqRedis
+    from arq.constants import job_key_prefix
+
+    from service.app.core.config import Settings
+    from service.app.jobs.models import IngestPayload, new_job_id
+    from service.app.jobs.queue import run_durable_job, sweep, wake
+    from service.app.store.jobstore import JobTable
+    from service.app.store.registry import DocumentRegistry, jobs_table
+
+    settings = Settings(
+        redis_url=redis_url,
+        jobs_queue_name=f"test-space-{uuid.uuid4().hex[:8]}",
+        jobs_retry_max_seconds=60,
+        jobs_sweep_seconds=5,
+    )
+    registry = DocumentRegistry(f"sqlite:///{tmp_path / 'registry.db'}")
+    registry.migrate()
+    table = JobTable(registry)
+    pool = ArqRedis.from_url(redis_url)
+    job = IngestPayload(job_id=new_job_id(), tenant_id="t1", document_id="salmon", text="salmon swim")
+    table.insert(job.job_id, job.tenant_id, job.document_id, job.model_dump_json())
+    assert await wake(pool, settings, job.job_id)  # the submission's wake-up
+    queue = settings.jobs_queue_name
+
+    def time_passes(seconds: float) -> None:
+        with registry.engine.begin() as connection:
+            row = connection.execute(sa.select(jobs_table).where(jobs_table.c.job_id == job.job_id)).one()
+            connection.execute(
+                jobs_table.update()
+                .where(jobs_table.c.job_id == job.job_id)
+                .values(
+                    next_attempt_at=row.next_attempt_at - timedelta(seconds=seconds),
+                    woken_at=row.woken_at - timedelta(seconds=seconds),
+                )
+            )
+
+    pending: list[int] = []
+    looks = 0
+    try:
+        for _ in range(8):
+            time_passes(60 + 30 + 1)  # the wait (60 s) and the sweep's stale period (6 x 5 s), and more
+            await sweep(table, pool, settings)
+            for arq_id in await pool.zrange(queue, 0, -1):  # every pending wake-up is delivered, due or not
+                await pool.zrem(queue, arq_id)
+                await pool.delete(job_key_prefix + arq_id.decode())
+                assert await run_durable_job(_FullDisk(), table, pool, settings, job.job_id) == (
+                    "waiting for disk space"
+                )
+                looks += 1
+            pending.append(await pool.zcard(queue))
+        row = table.get(job.job_id)
+    finally:
+        await pool.delete(queue)
+        await pool.aclose()
+        registry.close()
+
+    assert looks >= 8
+    assert pending == [1] * 8, pending  # before the fix: [2, 3, 4, ...], one more chain per stale period
+    assert row is not None
+    assert (row.status, row.attempts) == ("queued", 0), row
+    assert (row.error or "").startswith("waiting for disk space: "), row.error

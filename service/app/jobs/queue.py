@@ -416,7 +416,7 @@ async def run_durable_job(
     embedding; a disk that fills during the run puts it back the same way. A full registry database (Postgres:
     not what the check before the claim looks at) is met only at the commit: such a job is chunked and embedded
     again at each look until the registry has room."""
-    if not await _room_for(ingest, pool, settings, job_id, retry_later):
+    if not await _room_for(ingest, table, pool, settings, job_id, retry_later):
         return "waiting for disk space"
     row = await to_thread.run_sync(
         lambda: table.claim(job_id, settings.job_lease_seconds, max_attempts=settings.jobs_max_attempts)
@@ -450,13 +450,17 @@ async def run_durable_job(
 
 async def _room_for(
     ingest: Ingestor,
+    table: JobTable,
     pool: ArqRedis | None,
     settings: Settings,
     job_id: str,
     retry_later: Callable[[str, float], None] | None,
 ) -> bool:
-    """Whether the store has room for the job's write now; else the job is left queued (unclaimed) and woken
-    again after `disk_wait_seconds`. Another refusal (a failed WAL sync) is the run's to handle."""
+    """Whether the store has room for the job's write now; else the job is left queued (unclaimed), its row put
+    off by `disk_wait_seconds` (``JobTable.wait_for_space``), and woken again then. Only the look that put the
+    row off sends that wake-up: a duplicate look (a wake-up from the sweep, say) sends none, so a waiting job
+    keeps one pending wake-up however long it waits (REVIEW_SERVICE21 MEDIUM 3: every look used to add one).
+    Another refusal (a failed WAL sync) is the run's to handle."""
     check_room = getattr(ingest, "check_room", None)
     if check_room is None:
         return True
@@ -465,7 +469,14 @@ async def _room_for(
     except DiskFull as exc:
         delay = disk_wait_seconds(settings)
         _wait_for_space(job_id, delay, exc.message)
-        await _wake_later(pool, settings, job_id, delay, retry_later)
+        try:
+            put_off = await to_thread.run_sync(
+                table.wait_for_space, job_id, delay, f"waiting for disk space: {exc.message}"
+            )
+        except ServiceUnavailable:
+            put_off = True  # the database is down too: keep the job's wake-ups going
+        if put_off:
+            await _wake_later(pool, settings, job_id, delay, retry_later)
         return False
     except ServiceUnavailable:
         return True

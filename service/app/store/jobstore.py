@@ -268,6 +268,27 @@ class JobTable:
         return done.rowcount == 1
 
     @_guarded
+    def wait_for_space(self, job_id: str, delay_seconds: float, error: str) -> bool:
+        """A queued, due job left unclaimed because the disk is full (service.app.jobs.queue): due again after
+        ``delay_seconds``, with ``error`` for the poller. ``woken_at`` is set to then too: the wake-up the caller
+        sends for then is the one the job has, so the sweep (``due_for_wakeup``) wakes it only if that one is
+        lost. False when the row is not queued and due (another look already put it off: that look's wake-up is
+        the job's; or it is running or done): then the caller sends none, so a job has one chain of wake-ups."""
+        with self.engine.begin() as connection:
+            now = database_now(connection)
+            then = now + timedelta(seconds=delay_seconds)
+            done = connection.execute(
+                jobs_table.update()
+                .where(
+                    jobs_table.c.job_id == job_id,
+                    jobs_table.c.status == QUEUED,
+                    jobs_table.c.next_attempt_at <= now,
+                )
+                .values(error=error, next_attempt_at=then, woken_at=then)
+            )
+        return done.rowcount == 1
+
+    @_guarded
     def release(self, job_id: str, token: str) -> bool:
         """A running job cut short by a shutdown: queued again at once (its attempt is not counted); the token
         is void from now on, so the cut-short run cannot commit if it goes on for a while."""
